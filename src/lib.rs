@@ -1,0 +1,11 @@
+//! # secmoe
+//!
+//! Private inference of Mixture-of-Experts Transformers between two parties under semi-honest
+//! two-party computation: additive secret shares over Z_2^64 ([`ring`]), an encrypted and metered
+//! link ([`net`]), oblivious transfer ([`ot`]) and the backend that runs the bulk math
+//! ([`backend`]).
+
+pub mod backend;
+pub mod net;
+pub mod ot;
+pub mod ring;

@@ -1,0 +1,161 @@
+//! Chosen-input OTs derived from random OTs (Beaver's derandomization).
+//!
+//! * Additively correlated OT over Z_2^w: the sender inputs Δ_i and gets a uniform x_i; the
+//!   receiver inputs c_i and gets x_i + c_i·Δ_i. Cost on top of the random OT: 1 + w bits.
+//! * 1-of-N OT (N = 2^m) of w-bit messages from m random 1-of-2 OTs: message j is padded with
+//!   H(⊕_k K_k^{j_k}, tweak_j). A receiver holding the keys of its own index j misses, for every
+//!   j' ≠ j, a key of some bit where j' differs, so every other pad is pseudorandom (random-oracle
+//!   model, as in KKRT's 1-of-N OT). Cost on top of the random OTs: m + N·w bits.
+
+use super::{Ot, OtError, OtKind, OtResult};
+use crate::backend::{Block, Tweaks};
+use crate::ring::mask;
+
+fn low_u64(b: &Block) -> u64 {
+    <[u64; 2]>::from(*b)[0]
+}
+
+fn bits_to_u64(bits: &[bool]) -> Vec<u64> {
+    bits.iter().map(|&b| b as u64).collect()
+}
+
+fn check_width(width: u32) -> OtResult<()> {
+    if !(1..=64).contains(&width) {
+        return Err(OtError::Invalid(format!("message width {width} bits is not in 1..=64")));
+    }
+    Ok(())
+}
+
+impl Ot {
+    fn hash(&mut self, keys: &[Block]) -> Vec<u64> {
+        let tweak = self.tweaks(keys.len());
+        let mut out = vec![Block::ZERO; keys.len()];
+        self.backend.hash_blocks(keys, Tweaks::Sequential(tweak), &mut out);
+        out.iter().map(low_u64).collect()
+    }
+
+    /// Correlated OT, sender side: returns `x` with `x_i` uniform in Z_2^w; the receiver gets
+    /// `x_i + c_i·Δ_i mod 2^w`.
+    #[tracing::instrument(level = "debug", skip_all, fields(n = deltas.len(), width))]
+    pub async fn cot_send(&mut self, kind: OtKind, deltas: &[u64], width: u32) -> OtResult<Vec<u64>> {
+        check_width(width)?;
+        let _s = self.meter().scope("cot");
+        let n = deltas.len();
+        let rot = self.random_send(kind, n).await?;
+        let flips = self.channel.recv_packed("cot choice flips", n, 1).await?;
+        // Reorder each pair so that `first` is the key the receiver holds when c_i = 0.
+        let mut first = Vec::with_capacity(n);
+        let mut second = Vec::with_capacity(n);
+        for (k, &d) in rot.keys.iter().zip(&flips) {
+            let (a, b) = if d == 1 { (k[1], k[0]) } else { (k[0], k[1]) };
+            first.push(a);
+            second.push(b);
+        }
+        let tweak = self.tweaks(n);
+        let mut h0 = vec![Block::ZERO; n];
+        let mut h1 = vec![Block::ZERO; n];
+        self.backend.hash_blocks(&first, Tweaks::Sequential(tweak), &mut h0);
+        self.backend.hash_blocks(&second, Tweaks::Sequential(tweak), &mut h1);
+        let m = mask(width);
+        let x: Vec<u64> = h0.iter().map(|h| low_u64(h) & m).collect();
+        let y: Vec<u64> = h1
+            .iter()
+            .zip(&x)
+            .zip(deltas)
+            .map(|((h, x), d)| low_u64(h).wrapping_sub(*x).wrapping_sub(*d) & m)
+            .collect();
+        self.channel.send_packed(&y, width).await?;
+        Ok(x)
+    }
+
+    /// Correlated OT, receiver side: returns `x_i + c_i·Δ_i mod 2^w`.
+    #[tracing::instrument(level = "debug", skip_all, fields(n = choices.len(), width))]
+    pub async fn cot_receive(&mut self, kind: OtKind, choices: &[bool], width: u32) -> OtResult<Vec<u64>> {
+        check_width(width)?;
+        let _s = self.meter().scope("cot");
+        let n = choices.len();
+        let rot = self.random_receive(kind, n).await?;
+        let flips: Vec<bool> = choices.iter().zip(&rot.choices).map(|(c, r)| c ^ r).collect();
+        self.channel.send_packed(&bits_to_u64(&flips), 1).await?;
+        let h = self.hash(&rot.keys);
+        let y = self.channel.recv_packed("cot corrections", n, width).await?;
+        let m = mask(width);
+        Ok(h.iter()
+            .zip(&y)
+            .zip(choices)
+            .map(|((h, y), &c)| if c { h.wrapping_sub(*y) & m } else { h & m })
+            .collect())
+    }
+
+    /// 1-of-N OT, sender side. `messages` holds `N = 2^log_n` messages of `width` bits per
+    /// instance, instance-major (`messages[t·N + j]`).
+    #[tracing::instrument(level = "debug", skip_all, fields(log_n, width))]
+    pub async fn one_of_n_send(&mut self, kind: OtKind, log_n: u32, width: u32, messages: &[u64]) -> OtResult<()> {
+        check_width(width)?;
+        if !(1..=16).contains(&log_n) {
+            return Err(OtError::Invalid(format!("1-of-2^{log_n} OT: log N must be in 1..=16")));
+        }
+        let big_n = 1usize << log_n;
+        if messages.len() % big_n != 0 {
+            return Err(OtError::Invalid(format!("{} messages is not a multiple of N = {big_n}", messages.len())));
+        }
+        let _s = self.meter().scope("1-of-n");
+        let inst = messages.len() / big_n;
+        let m = log_n as usize;
+        let rot = self.random_send(kind, inst * m).await?;
+        let flips = self.channel.recv_packed("1-of-N choice flips", inst * m, 1).await?;
+        // combined[t·N + j] = ⊕_k K_{t,k}^{j_k}, with the receiver's flips applied.
+        let mut combined = vec![Block::ZERO; inst * big_n];
+        for t in 0..inst {
+            let row = &mut combined[t * big_n..(t + 1) * big_n];
+            for k in 0..m {
+                let pair = rot.keys[t * m + k];
+                let d = flips[t * m + k] as usize;
+                let (k0, k1) = (pair[d], pair[1 - d]);
+                for (j, c) in row.iter_mut().enumerate() {
+                    *c ^= if (j >> k) & 1 == 1 { k1 } else { k0 };
+                }
+            }
+        }
+        let pads = self.hash(&combined);
+        let mk = mask(width);
+        let cipher: Vec<u64> = messages.iter().zip(&pads).map(|(msg, p)| msg.wrapping_add(*p) & mk).collect();
+        self.channel.send_packed(&cipher, width).await?;
+        Ok(())
+    }
+
+    /// 1-of-N OT, receiver side: returns message `choices[t]` of each instance.
+    #[tracing::instrument(level = "debug", skip_all, fields(log_n, width, n = choices.len()))]
+    pub async fn one_of_n_receive(&mut self, kind: OtKind, log_n: u32, width: u32, choices: &[u32]) -> OtResult<Vec<u64>> {
+        check_width(width)?;
+        if !(1..=16).contains(&log_n) {
+            return Err(OtError::Invalid(format!("1-of-2^{log_n} OT: log N must be in 1..=16")));
+        }
+        let big_n = 1usize << log_n;
+        if let Some(bad) = choices.iter().find(|&&c| c as usize >= big_n) {
+            return Err(OtError::Invalid(format!("choice {bad} is out of range for N = {big_n}")));
+        }
+        let _s = self.meter().scope("1-of-n");
+        let inst = choices.len();
+        let m = log_n as usize;
+        let rot = self.random_receive(kind, inst * m).await?;
+        let mut flips = Vec::with_capacity(inst * m);
+        let mut combined = vec![Block::ZERO; inst];
+        for (t, &j) in choices.iter().enumerate() {
+            for k in 0..m {
+                flips.push((((j >> k) & 1) == 1) ^ rot.choices[t * m + k]);
+                combined[t] ^= rot.keys[t * m + k];
+            }
+        }
+        self.channel.send_packed(&bits_to_u64(&flips), 1).await?;
+        // Hash with the tweak the sender used for (t, j): same reservation, offset t·N + j.
+        let tweak = self.tweaks(inst * big_n);
+        let idx: Vec<usize> = choices.iter().enumerate().map(|(t, &j)| t * big_n + j as usize).collect();
+        let listed: Vec<u64> = idx.iter().map(|&i| tweak + i as u64).collect();
+        let mut pads = vec![Block::ZERO; inst];
+        self.backend.hash_blocks(&combined, Tweaks::Listed(&listed), &mut pads);
+        let cipher = self.channel.recv_packed("1-of-N ciphertexts", inst * big_n, width).await?;
+        let mk = mask(width);
+        Ok(idx.iter().zip(&pads).map(|(&i, p)| cipher[i].wrapping_sub(low_u64(p)) & mk).collect())
+    }
+}

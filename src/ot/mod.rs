@@ -1,0 +1,212 @@
+//! Oblivious transfer: random OT in large batches from an OT extension (`cryprot-ot`: IKNP, or
+//! silent OT), and the derived chosen-input OTs the non-linear protocols use — additively
+//! correlated OT over Z_2^w and 1-of-N OT.
+//!
+//! Everything runs on a [`Link`]: the extension on its own sub-connections, the derivation
+//! messages on an own channel; all bytes and rounds are charged to the link's meter. Each party is
+//! sender in one direction and receiver in the other, so both roles exist on both sides.
+//!
+//! Security (semi-honest): the extension is the library's semi-honest IKNP (Ishai et al.,
+//! CRYPTO 2003) with Simplest-OT base OTs, or silent OT (Boyle et al. / Ferret-style, with
+//! expand-convolute codes). Keys are turned into pads by the backend's tweakable
+//! correlation-robust hash; every hash in a session gets a fresh tweak.
+
+mod derived;
+mod kind;
+
+pub use kind::OtKind;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cryprot_ot::extension::{SemiHonestOtExtensionReceiver, SemiHonestOtExtensionSender};
+use cryprot_ot::silent_ot::{SemiHonestSilentOtReceiver, SemiHonestSilentOtSender};
+use cryprot_ot::{RandChoiceRotReceiver, RotSender};
+use thiserror::Error;
+
+use crate::backend::{Backend, Block};
+use crate::net::{Channel, Link, Meter, NetError, Party};
+
+/// Errors of the OT layer.
+#[derive(Debug, Error)]
+pub enum OtError {
+    /// The link failed (peer gone, timeout, garbage).
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The OT extension library reported an error (usually: the peer went away).
+    #[error("{kind} OT extension failed during step `{step}`: {reason}")]
+    Extension {
+        /// Which extension.
+        kind: OtKind,
+        /// Protocol step that was running.
+        step: String,
+        /// The library's message.
+        reason: String,
+    },
+    /// The OT extension did not finish in time.
+    #[error("{kind} OT extension did not finish within {} s during step `{step}`", .after.as_secs_f64())]
+    Timeout {
+        /// Which extension.
+        kind: OtKind,
+        /// Protocol step that was running.
+        step: String,
+        /// The limit.
+        after: Duration,
+    },
+    /// Arguments that cannot describe an OT batch.
+    #[error("invalid OT request: {0}")]
+    Invalid(String),
+}
+
+/// Result alias of the OT layer.
+pub type OtResult<T> = Result<T, OtError>;
+
+/// Random OTs as seen by the sender: for OT `i`, two independent random keys.
+#[derive(Debug)]
+pub struct RandomOtSender {
+    /// `keys[i] = [k_i0, k_i1]`.
+    pub keys: Vec<[Block; 2]>,
+}
+
+/// Random OTs as seen by the receiver: a random choice bit and the chosen key.
+#[derive(Debug)]
+pub struct RandomOtReceiver {
+    /// `choices[i] = c_i`.
+    pub choices: Vec<bool>,
+    /// `keys[i] = k_{i,c_i}`.
+    pub keys: Vec<Block>,
+}
+
+/// Round trips of one extension call, from the protocols' message flow: IKNP sends one message
+/// (receiver → sender); silent OT runs an IKNP batch for its base OTs, then the sender's PPRF
+/// message. The first call in each direction adds the base OTs' round trip.
+const IKNP_ROUNDS: u64 = 1;
+const SILENT_ROUNDS: u64 = 2;
+const BASE_OT_ROUNDS: u64 = 1;
+
+/// One party's OT engine: both directions, both extension kinds.
+pub struct Ot {
+    party: Party,
+    channel: Channel,
+    backend: Arc<dyn Backend>,
+    iknp_sender: SemiHonestOtExtensionSender,
+    iknp_receiver: SemiHonestOtExtensionReceiver,
+    silent_sender: SemiHonestSilentOtSender,
+    silent_receiver: SemiHonestSilentOtReceiver,
+    next_tweak: u64,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Ot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ot").field("party", &self.party).field("backend", &self.backend.name()).finish_non_exhaustive()
+    }
+}
+
+impl Ot {
+    /// Sets up OT on `link`. Both parties must call this at the same point of their run; it
+    /// opens streams but sends no OT traffic yet (base OTs run on first use).
+    pub async fn new(link: &mut Link, backend: Arc<dyn Backend>) -> OtResult<Ot> {
+        // Sub-connections pair up by creation order: the client's sender meets the server's
+        // receiver on the first, and so on.
+        let (s0, s1, s2, s3) = (link.sub_connection(), link.sub_connection(), link.sub_connection(), link.sub_connection());
+        let (iknp_s, iknp_r, silent_s, silent_r) = match link.party() {
+            Party::Client => (s0, s1, s2, s3),
+            Party::Server => (s1, s0, s3, s2),
+        };
+        let channel = link.open_channel().await?;
+        Ok(Ot {
+            party: link.party(),
+            channel,
+            backend,
+            iknp_sender: SemiHonestOtExtensionSender::new(iknp_s),
+            iknp_receiver: SemiHonestOtExtensionReceiver::new(iknp_r),
+            silent_sender: SemiHonestSilentOtSender::new(silent_s),
+            silent_receiver: SemiHonestSilentOtReceiver::new(silent_r),
+            next_tweak: 0,
+            timeout: link.timeout(),
+        })
+    }
+
+    /// The meter OT traffic is charged to.
+    pub fn meter(&self) -> &Meter {
+        self.channel.meter()
+    }
+
+
+    /// Reserves `n` fresh tweaks; both parties reserve in the same order, so they agree.
+    fn tweaks(&mut self, n: usize) -> u64 {
+        let base = self.next_tweak;
+        self.next_tweak += n as u64;
+        base
+    }
+
+
+    /// `n` random OTs with this party as sender.
+    #[tracing::instrument(level = "debug", skip(self), fields(party = %self.party))]
+    pub async fn random_send(&mut self, kind: OtKind, n: usize) -> OtResult<RandomOtSender> {
+        let _s = self.meter().scope(kind.step_name());
+        if n == 0 {
+            return Ok(RandomOtSender { keys: Vec::new() });
+        }
+        let keys: Vec<[Block; 2]> = match kind {
+            OtKind::Iknp => {
+                let first = !self.iknp_sender.has_base_ots();
+                let fut = self.iknp_sender.send(n);
+                let keys = run_extension(self.timeout, self.channel.meter(), kind, fut).await?;
+                self.meter().add_rounds(IKNP_ROUNDS + if first { BASE_OT_ROUNDS } else { 0 });
+                keys
+            }
+            OtKind::Silent => {
+                let fut = self.silent_sender.random_send(n);
+                let buf = run_extension(self.timeout, self.channel.meter(), kind, fut).await?;
+                self.meter().add_rounds(SILENT_ROUNDS);
+                buf[..n].to_vec()
+            }
+        };
+        Ok(RandomOtSender { keys })
+    }
+
+    /// `n` random OTs with this party as receiver (random choice bits from a CSPRNG).
+    #[tracing::instrument(level = "debug", skip(self), fields(party = %self.party))]
+    pub async fn random_receive(&mut self, kind: OtKind, n: usize) -> OtResult<RandomOtReceiver> {
+        let _s = self.meter().scope(kind.step_name());
+        if n == 0 {
+            return Ok(RandomOtReceiver { choices: Vec::new(), keys: Vec::new() });
+        }
+        let (keys, choices) = match kind {
+            OtKind::Iknp => {
+                let first = !self.iknp_receiver.has_base_ots();
+                let fut = self.iknp_receiver.rand_choice_receive(n);
+                let (keys, choices) = run_extension(self.timeout, self.channel.meter(), kind, fut).await?;
+                self.meter().add_rounds(IKNP_ROUNDS + if first { BASE_OT_ROUNDS } else { 0 });
+                (keys, choices)
+            }
+            OtKind::Silent => {
+                let fut = self.silent_receiver.random_receive(n);
+                let (buf, choices) = run_extension(self.timeout, self.channel.meter(), kind, fut).await?;
+                self.meter().add_rounds(SILENT_ROUNDS);
+                (buf[..n].to_vec(), choices)
+            }
+        };
+        if keys.len() != n || choices.len() < n {
+            return Err(OtError::Invalid(format!("extension returned {} OTs, asked for {n}", keys.len())));
+        }
+        let choices = choices[..n].iter().map(|c| bool::from(*c)).collect();
+        Ok(RandomOtReceiver { choices, keys })
+    }
+}
+
+/// Runs one call into the extension library under the link's timeout, naming the step on error.
+async fn run_extension<T, E: std::fmt::Display>(
+    timeout: Duration,
+    meter: &Meter,
+    kind: OtKind,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> OtResult<T> {
+    match tokio::time::timeout(timeout, fut).await {
+        Err(_) => Err(OtError::Timeout { kind, step: meter.current_step(), after: timeout }),
+        Ok(Err(e)) => Err(OtError::Extension { kind, step: meter.current_step(), reason: e.to_string() }),
+        Ok(Ok(v)) => Ok(v),
+    }
+}

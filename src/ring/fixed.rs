@@ -1,0 +1,125 @@
+//! Two's-complement fixed point in Z_2^64.
+
+use super::RingError;
+
+/// Fractional bits used unless configured otherwise (the SecMoE paper's choice).
+pub const DEFAULT_FRAC_BITS: u32 = 18;
+
+/// A fixed-point format: the real `x` is carried as the ring element `round(x · 2^f) mod 2^64`.
+///
+/// Values are read back as signed integers, so the format holds `|x| < 2^(63-f)`; products of two
+/// encoded values carry `2f` fractional bits and are truncated by `f` bits afterwards
+/// ([`FixedPoint::mul`] is the plaintext reference of that step).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FixedPoint {
+    frac_bits: u32,
+}
+
+impl Default for FixedPoint {
+    fn default() -> Self {
+        Self { frac_bits: DEFAULT_FRAC_BITS }
+    }
+}
+
+impl FixedPoint {
+    /// A format with `frac_bits` fractional bits (1..=40, leaving room for products).
+    pub fn new(frac_bits: u32) -> Result<Self, RingError> {
+        if frac_bits == 0 || frac_bits > 40 {
+            return Err(RingError::BadFormat(frac_bits));
+        }
+        Ok(Self { frac_bits })
+    }
+
+    /// Number of fractional bits `f`.
+    pub fn frac_bits(&self) -> u32 {
+        self.frac_bits
+    }
+
+    /// The scale `2^f`.
+    pub fn scale(&self) -> f64 {
+        (1u64 << self.frac_bits) as f64
+    }
+
+    /// Largest magnitude (exclusive) that encodes without wrapping: `2^(63-f)`.
+    pub fn limit(&self) -> f64 {
+        (1u64 << (63 - self.frac_bits)) as f64
+    }
+
+    /// Encodes a real number, rounding to the nearest multiple of `2^-f`.
+    pub fn encode(&self, x: f64) -> Result<u64, RingError> {
+        let limit = self.limit();
+        if !x.is_finite() || x.abs() >= limit {
+            return Err(RingError::OutOfRange { value: x, frac_bits: self.frac_bits, limit });
+        }
+        Ok((x * self.scale()).round() as i64 as u64)
+    }
+
+    /// Encodes a slice of reals.
+    pub fn encode_slice(&self, xs: &[f64]) -> Result<Vec<u64>, RingError> {
+        xs.iter().map(|&x| self.encode(x)).collect()
+    }
+
+    /// Decodes a ring element read as a signed fixed-point number.
+    pub fn decode(&self, x: u64) -> f64 {
+        (x as i64) as f64 / self.scale()
+    }
+
+    /// Decodes a slice of ring elements.
+    pub fn decode_slice(&self, xs: &[u64]) -> Vec<f64> {
+        xs.iter().map(|&x| self.decode(x)).collect()
+    }
+
+    /// Plaintext reference of a fixed-point product: `(a · b mod 2^64) >> f`, an arithmetic shift
+    /// of the signed product. Exact whenever the true product fits in 63 bits.
+    pub fn mul(&self, a: u64, b: u64) -> u64 {
+        ((a.wrapping_mul(b) as i64) >> self.frac_bits) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn rejects_unusable_formats_and_values() {
+        assert_eq!(FixedPoint::new(0), Err(RingError::BadFormat(0)));
+        assert_eq!(FixedPoint::new(41), Err(RingError::BadFormat(41)));
+        let fp = FixedPoint::default();
+        assert!(fp.encode(f64::NAN).is_err());
+        assert!(fp.encode(f64::INFINITY).is_err());
+        assert!(fp.encode(fp.limit()).is_err());
+        assert!(fp.encode(-fp.limit()).is_err());
+    }
+
+    #[test]
+    fn negative_values_are_twos_complement() {
+        let fp = FixedPoint::default();
+        assert_eq!(fp.encode(-1.0), Ok((-(1i64 << 18)) as u64));
+        assert_eq!(fp.decode(fp.encode(-2.5).unwrap_or_default()), -2.5);
+    }
+
+    proptest! {
+        #[test]
+        fn encode_decode_is_within_half_an_ulp(x in -1.0e6f64..1.0e6, f in 8u32..=30) {
+            let fp = FixedPoint::new(f).unwrap_or_default();
+            let y = fp.decode(fp.encode(x).unwrap_or_default());
+            prop_assert!((x - y).abs() <= 0.5 / fp.scale() + 1e-12);
+        }
+
+        #[test]
+        fn encoding_is_additive(a in -1.0e6f64..1.0e6, b in -1.0e6f64..1.0e6) {
+            let fp = FixedPoint::default();
+            let sum = fp.encode(a).unwrap_or_default().wrapping_add(fp.encode(b).unwrap_or_default());
+            prop_assert!((fp.decode(sum) - (a + b)).abs() <= 1.0 / fp.scale());
+        }
+
+        #[test]
+        fn product_reference_is_within_one_ulp_plus_rounding(a in -1.0e3f64..1.0e3, b in -1.0e3f64..1.0e3) {
+            let fp = FixedPoint::default();
+            let (ea, eb) = (fp.encode(a).unwrap_or_default(), fp.encode(b).unwrap_or_default());
+            let exact = fp.decode(ea) * fp.decode(eb);
+            prop_assert!((fp.decode(fp.mul(ea, eb)) - exact).abs() <= 1.0 / fp.scale());
+        }
+    }
+}

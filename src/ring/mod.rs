@@ -1,0 +1,66 @@
+//! The ring Z_2^64, fixed-point encoding and additive secret shares.
+//!
+//! Every secret value in the engine is an element of Z_2^64 split as `x = x_c + x_s (mod 2^64)`
+//! between the client and the server. Real numbers are carried in two's-complement fixed point
+//! with `f` fractional bits (18 by default, the SecMoE paper's choice).
+
+mod fixed;
+mod pack;
+mod share;
+
+pub use fixed::{FixedPoint, DEFAULT_FRAC_BITS};
+pub use pack::{pack_bits, packed_len, unpack_bits};
+pub use share::{reconstruct, share_secret, Share};
+
+use thiserror::Error;
+
+/// Errors of the ring layer.
+#[derive(Debug, Error, PartialEq)]
+pub enum RingError {
+    /// A real number is not finite or does not fit the fixed-point range.
+    #[error("value {value} cannot be encoded with {frac_bits} fractional bits: it must be finite and |x| < {limit}")]
+    OutOfRange {
+        /// The rejected value.
+        value: f64,
+        /// Fractional bits of the format.
+        frac_bits: u32,
+        /// Largest magnitude the format holds.
+        limit: f64,
+    },
+    /// A fixed-point format with an unusable number of fractional bits.
+    #[error("fixed-point format needs 0 < frac_bits <= 40, got {0}")]
+    BadFormat(u32),
+    /// Two share vectors that should pair up have different lengths.
+    #[error("share vectors differ in length: {left} vs {right}")]
+    LengthMismatch {
+        /// Length of the first vector.
+        left: usize,
+        /// Length of the second vector.
+        right: usize,
+    },
+    /// A packed buffer has the wrong size for its declared contents.
+    #[error("packed buffer of {actual} bytes, expected {expected} for {count} values of {width} bits")]
+    PackedLength {
+        /// Expected byte length.
+        expected: usize,
+        /// Received byte length.
+        actual: usize,
+        /// Number of values declared.
+        count: usize,
+        /// Bit width of each value.
+        width: u32,
+    },
+}
+
+/// Keeps the low `bits` bits of `x` (the ring Z_2^bits inside u64). `bits` is in 1..=64.
+#[inline]
+pub fn mask(bits: u32) -> u64 {
+    debug_assert!((1..=64).contains(&bits));
+    u64::MAX >> (64 - bits)
+}
+
+/// Interprets a ring element as a signed two's-complement integer.
+#[inline]
+pub fn to_signed(x: u64) -> i64 {
+    x as i64
+}
