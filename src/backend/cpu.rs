@@ -1,6 +1,8 @@
 //! The CPU backend: rayon across chunks, AES-NI through `cryprot-core`.
 
 use cryprot_core::aes_hash::FIXED_KEY_HASH;
+use std::sync::Arc;
+
 use rayon::prelude::*;
 
 use super::{Backend, Block, Tweaks};
@@ -8,9 +10,28 @@ use super::{Backend, Block, Tweaks};
 /// Elements per parallel task; large enough to amortize scheduling, small enough to balance.
 const CHUNK: usize = 1 << 14;
 
-/// The CPU implementation of [`Backend`].
-#[derive(Debug, Default, Clone, Copy)]
-pub struct CpuBackend;
+/// The CPU implementation of [`Backend`], on its own rayon pool so that its work never queues
+/// behind the OT library's jobs, which park rayon workers while they wait for the network.
+#[derive(Debug, Clone)]
+pub struct CpuBackend {
+    pool: Arc<rayon::ThreadPool>,
+}
+
+impl CpuBackend {
+    /// A backend with `threads` worker threads (0: one per core).
+    pub fn new(threads: usize) -> Result<CpuBackend, rayon::ThreadPoolBuildError> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("secmoe-cpu-{i}"))
+            .build()?;
+        Ok(CpuBackend { pool: Arc::new(pool) })
+    }
+
+    /// Number of worker threads.
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+}
 
 impl Backend for CpuBackend {
     fn name(&self) -> &'static str {
@@ -29,7 +50,9 @@ impl Backend for CpuBackend {
         if input.len() <= CHUNK {
             run(0, out, input);
         } else {
-            out.par_chunks_mut(CHUNK).zip(input.par_chunks(CHUNK)).enumerate().for_each(|(c, (o, i))| run(c, o, i));
+            self.pool.install(|| {
+                out.par_chunks_mut(CHUNK).zip(input.par_chunks(CHUNK)).enumerate().for_each(|(c, (o, i))| run(c, o, i))
+            });
         }
     }
 }

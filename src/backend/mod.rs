@@ -47,7 +47,7 @@ mod tests {
 
     #[test]
     fn hashing_is_deterministic_and_separates_inputs_and_tweaks() {
-        let be = CpuBackend::default();
+        let be = CpuBackend::new(2).unwrap_or_else(|e| panic!("{e}"));
         // Pairs of equal inputs: 0,0,1,1,2,2,...
         let input: Vec<Block> = (0..10_000usize).map(|i| Block::from(i / 2)).collect();
         let mut a = vec![Block::ZERO; input.len()];

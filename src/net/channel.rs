@@ -127,6 +127,12 @@ impl Channel {
         Ok(())
     }
 
+    /// Writes bytes without a frame header. Only for tests of how a peer copes with garbage.
+    #[doc(hidden)]
+    pub async fn send_unframed(&mut self, bytes: &[u8]) -> NetResult<()> {
+        self.writer.write_all(bytes).await.map_err(|e| self.io_error(e))
+    }
+
     /// Pushes buffered bytes to the transport (used before a deliberate close).
     pub async fn flush(&mut self) -> NetResult<()> {
         match tokio::time::timeout(self.timeout, self.writer.flush()).await {
@@ -196,5 +202,77 @@ impl Channel {
     /// Sends `values` packed to `width` bits each.
     pub async fn send_packed(&mut self, values: &[u64], width: u32) -> NetResult<()> {
         self.send(&crate::ring::pack_bits(values, width)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn messages_arrive_in_order_and_are_counted() {
+        rt().block_on(async {
+            let (mut a, mut b) = Channel::in_memory_pair(Duration::from_secs(5));
+            let _s = a.meter().scope("step");
+            a.send_u64s(&[1, 2, 3]).await.ok();
+            a.send(b"hi").await.ok();
+            assert_eq!(b.recv_u64s("v", 3).await.ok(), Some(vec![1, 2, 3]));
+            assert_eq!(b.recv().await.ok(), Some(b"hi".to_vec()));
+            b.send_packed(&[1, 0, 1], 1).await.ok();
+            assert_eq!(a.recv_packed("bits", 3, 1).await.ok(), Some(vec![1, 0, 1]));
+            let ra = a.meter().report();
+            let step = ra.steps.iter().find(|(n, _)| n == "step").map(|x| x.1).unwrap_or_default();
+            assert_eq!(step.bytes_sent, 4 + 24 + 4 + 2);
+            assert_eq!(step.bytes_received, 4 + 1);
+            assert_eq!(step.rounds, 1);
+        });
+    }
+
+    #[test]
+    fn wrong_length_names_the_message() {
+        rt().block_on(async {
+            let (mut a, mut b) = Channel::in_memory_pair(Duration::from_secs(5));
+            a.send(&[0u8; 5]).await.ok();
+            let err = b.recv_u64s("shares", 1).await.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains("shares") && err.contains("expected 8") && err.contains('5'), "{err}");
+        });
+    }
+
+    #[test]
+    fn garbage_header_is_rejected_without_allocating() {
+        rt().block_on(async {
+            let (mut a, b) = Channel::in_memory_pair(Duration::from_secs(5));
+            let mut b = b.with_max_frame(1 << 20);
+            a.send_unframed(&[0xff, 0xff, 0xff, 0x7f, 1, 2, 3]).await.ok();
+            assert!(matches!(b.recv().await, Err(NetError::FrameTooLarge { .. })));
+        });
+    }
+
+    #[test]
+    fn silent_peer_times_out() {
+        rt().block_on(async {
+            let (_a, mut b) = Channel::in_memory_pair(Duration::from_millis(100));
+            let _s = b.meter().scope("waiting");
+            let err = b.recv().await.err();
+            assert!(matches!(&err, Some(NetError::Timeout { step, .. }) if step == "waiting"), "{err:?}");
+        });
+    }
+
+    #[test]
+    fn vanished_peer_is_reported_as_closed() {
+        rt().block_on(async {
+            let (a, mut b) = Channel::in_memory_pair(Duration::from_secs(5));
+            drop(a);
+            assert!(matches!(b.recv().await, Err(NetError::PeerClosed { .. })));
+            // a frame cut in the middle is the same
+            let (mut a, mut b) = Channel::in_memory_pair(Duration::from_secs(5));
+            a.send_unframed(&[10, 0, 0, 0, 1, 2]).await.ok();
+            drop(a);
+            assert!(matches!(b.recv().await, Err(NetError::PeerClosed { .. })));
+        });
     }
 }

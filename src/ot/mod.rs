@@ -77,6 +77,16 @@ pub struct RandomOtReceiver {
     pub keys: Vec<Block>,
 }
 
+/// Sizes the global rayon pool for the OT extension library. Its IKNP sender parks a rayon
+/// worker while it waits for rows from the network, so with as few workers as cores (2 here) a
+/// process running both parties, or several sessions, can run out of workers and stall. Call once
+/// at process start, before any OT; later calls (and a pool already built) are harmless.
+pub fn configure_extension_threads() {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).max(4) * 4;
+    // Err only means the global pool already exists: then it is the embedder's choice.
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+}
+
 /// Round trips of one extension call, from the protocols' message flow: IKNP sends one message
 /// (receiver → sender); silent OT runs an IKNP batch for its base OTs, then the sender's PPRF
 /// message. The first call in each direction adds the base OTs' round trip.
@@ -152,8 +162,10 @@ impl Ot {
         let keys: Vec<[Block; 2]> = match kind {
             OtKind::Iknp => {
                 let first = !self.iknp_sender.has_base_ots();
-                let fut = self.iknp_sender.send(n);
-                let keys = run_extension(self.timeout, self.channel.meter(), kind, fut).await?;
+                // The extension works in multiples of 128 OTs; the surplus is dropped.
+                let fut = self.iknp_sender.send(n.next_multiple_of(128));
+                let mut keys = run_extension(self.timeout, self.channel.meter(), kind, fut).await?;
+                keys.truncate(n);
                 self.meter().add_rounds(IKNP_ROUNDS + if first { BASE_OT_ROUNDS } else { 0 });
                 keys
             }
@@ -177,8 +189,9 @@ impl Ot {
         let (keys, choices) = match kind {
             OtKind::Iknp => {
                 let first = !self.iknp_receiver.has_base_ots();
-                let fut = self.iknp_receiver.rand_choice_receive(n);
-                let (keys, choices) = run_extension(self.timeout, self.channel.meter(), kind, fut).await?;
+                let fut = self.iknp_receiver.rand_choice_receive(n.next_multiple_of(128));
+                let (mut keys, choices) = run_extension(self.timeout, self.channel.meter(), kind, fut).await?;
+                keys.truncate(n);
                 self.meter().add_rounds(IKNP_ROUNDS + if first { BASE_OT_ROUNDS } else { 0 });
                 (keys, choices)
             }

@@ -1,0 +1,35 @@
+//! Shared helpers for the integration tests: both parties in one process over the real
+//! transport (QUIC + TLS on loopback).
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use secmoe::backend::CpuBackend;
+use secmoe::net::{Link, LinkConfig, PublicParams, loopback};
+use secmoe::ot::Ot;
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    secmoe::ot::configure_extension_threads();
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
+}
+
+pub fn config(timeout_s: u64) -> LinkConfig {
+    LinkConfig { timeout: Duration::from_secs(timeout_s), params: PublicParams::new().with("frac_bits", 18) }
+}
+
+pub async fn links() -> (Link, Link) {
+    loopback(config(30)).await.expect("loopback links")
+}
+
+/// (client link, client OT, server link, server OT).
+pub async fn ot_pair() -> (Link, Ot, Link, Ot) {
+    let (mut c, mut s) = links().await;
+    let (oc, os) = tokio::join!(Ot::new(&mut c, backend()), Ot::new(&mut s, backend()));
+    (c, oc.expect("client OT"), s, os.expect("server OT"))
+}
+
+pub fn backend() -> Arc<CpuBackend> {
+    Arc::new(CpuBackend::new(2).expect("thread pool"))
+}

@@ -1,0 +1,126 @@
+//! The real transport under failure: every case ends in a clear error on the affected side,
+//! within the timeout, never a hang or a panic.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use secmoe::net::{Identity, LinkConfig, Listener, NetError, PublicParams, connect};
+use secmoe::ot::OtKind;
+
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+#[test]
+fn messages_round_trip_and_are_metered() {
+    common::runtime().block_on(async {
+        let (mut c, mut s) = common::links().await;
+        {
+            let _step = c.meter().scope("exchange");
+            c.channel().send_u64s(&[7; 1000]).await.unwrap();
+            assert_eq!(s.channel().recv_u64s("values", 1000).await.unwrap(), vec![7; 1000]);
+            s.channel().send(b"ack").await.unwrap();
+            assert_eq!(c.channel().recv().await.unwrap(), b"ack");
+        }
+        let step = c.meter().report().prefixed("exchange");
+        assert!(step.bytes_sent >= 8000 && step.bytes_sent < 8200, "{step:?}");
+        assert_eq!(step.rounds, 1);
+        let (a, b) = tokio::join!(c.close(), s.close());
+        a.unwrap();
+        b.unwrap();
+    });
+}
+
+#[test]
+fn different_public_parameters_fail_on_both_sides_naming_the_field() {
+    common::runtime().block_on(async {
+        let id = Identity::generate().unwrap();
+        let server_cfg = LinkConfig { timeout: Duration::from_secs(10), params: PublicParams::new().with("frac_bits", 16) };
+        let listener = Listener::bind(any_port(), &id, server_cfg).unwrap();
+        let (c, s) = tokio::join!(connect(listener.local_addr(), id.cert_pem(), common::config(10)), listener.accept());
+        for err in [c.err().unwrap(), s.err().unwrap()] {
+            assert!(matches!(&err, NetError::ParamMismatch { field, .. } if field.contains("frac_bits")), "{err}");
+        }
+    });
+}
+
+#[test]
+fn a_server_with_another_certificate_is_refused() {
+    common::runtime().block_on(async {
+        let real = Identity::generate().unwrap();
+        let impostor = Identity::generate().unwrap();
+        assert_ne!(real.fingerprint(), impostor.fingerprint());
+        let listener = Listener::bind(any_port(), &impostor, common::config(5)).unwrap();
+        let addr = listener.local_addr();
+        tokio::spawn(async move { listener.accept().await });
+        let err = connect(addr, real.cert_pem(), common::config(5)).await.err().unwrap();
+        assert!(matches!(err, NetError::Transport(_) | NetError::Timeout { .. }), "{err}");
+    });
+}
+
+#[test]
+fn nobody_listening_is_a_timeout_not_a_hang() {
+    common::runtime().block_on(async {
+        let id = Identity::generate().unwrap();
+        // Bind and drop to get a port that is (very likely) closed.
+        let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let start = Instant::now();
+        let err = connect(port, id.cert_pem(), common::config(2)).await.err().unwrap();
+        assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+        assert!(matches!(err, NetError::Transport(_) | NetError::Timeout { .. }), "{err}");
+    });
+}
+
+#[test]
+fn peer_hanging_up_mid_protocol_is_reported_quickly() {
+    common::runtime().block_on(async {
+        let (mut c, s) = common::links().await;
+        drop(s);
+        let _step = c.meter().scope("waiting-for-server");
+        let start = Instant::now();
+        let err = c.channel().recv().await.err().unwrap();
+        assert!(start.elapsed() < Duration::from_secs(20), "took {:?}", start.elapsed());
+        assert!(matches!(&err, NetError::PeerClosed { step } | NetError::Io { step, .. } if step == "waiting-for-server"), "{err}");
+    });
+}
+
+#[test]
+fn silent_peer_is_a_timeout_naming_the_step() {
+    common::runtime().block_on(async {
+        let (mut c, _s) = common::links().await;
+        c.channel().set_timeout(Duration::from_millis(300));
+        let _step = c.meter().scope("gelu");
+        let err = c.channel().recv().await.err().unwrap();
+        assert!(matches!(&err, NetError::Timeout { step, .. } if step == "gelu"), "{err}");
+    });
+}
+
+#[test]
+fn garbage_and_wrong_lengths_on_the_wire_are_errors() {
+    common::runtime().block_on(async {
+        let (mut c, mut s) = common::links().await;
+        s.channel().send(&[1, 2, 3]).await.unwrap();
+        let err = c.channel().recv_u64s("shares", 4).await.err().unwrap();
+        assert!(matches!(err, NetError::WrongLength { expected: 32, actual: 3, .. }), "{err}");
+        s.channel().send_unframed(&[0xff, 0xff, 0xff, 0xff, 0, 0]).await.unwrap();
+        let err = c.channel().recv().await.err().unwrap();
+        assert!(matches!(err, NetError::FrameTooLarge { .. }), "{err}");
+    });
+}
+
+#[test]
+fn peer_vanishing_during_ot_is_an_error_on_the_other_side() {
+    common::runtime().block_on(async {
+        let (_c, mut oc, s, os) = common::ot_pair().await;
+        drop(os);
+        drop(s);
+        let start = Instant::now();
+        let res = oc.random_send(OtKind::Iknp, 1 << 16).await;
+        assert!(res.is_err(), "OT with a vanished peer succeeded");
+        assert!(start.elapsed() < Duration::from_secs(40), "took {:?}", start.elapsed());
+    });
+}

@@ -1,0 +1,102 @@
+//! OT correctness over the real transport: every correlation of large batches is checked.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use rand::{RngExt, SeedableRng, rngs::StdRng};
+use secmoe::ot::OtKind;
+use secmoe::ring::mask;
+
+const MILLION: usize = 1 << 20;
+
+#[test]
+fn random_ots_match_in_both_directions_for_both_kinds() {
+    common::runtime().block_on(async {
+        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        for kind in OtKind::ALL {
+            // client sends, server receives: a full million, every OT checked
+            let (snd, rcv) = tokio::join!(oc.random_send(kind, MILLION), os.random_receive(kind, MILLION));
+            let (snd, rcv) = (snd.unwrap(), rcv.unwrap());
+            assert_eq!(snd.keys.len(), MILLION);
+            for i in 0..MILLION {
+                let c = rcv.choices[i] as usize;
+                assert_eq!(rcv.keys[i], snd.keys[i][c], "{kind} OT {i}");
+                assert_ne!(rcv.keys[i], snd.keys[i][1 - c], "{kind} OT {i}: other key leaked");
+            }
+            let ones = rcv.choices.iter().filter(|&&c| c).count() as f64;
+            assert!((ones / MILLION as f64 - 0.5).abs() < 0.01, "choice bits are biased");
+            // the other direction, a smaller odd-sized batch
+            let (snd, rcv) = tokio::join!(os.random_send(kind, 1001), oc.random_receive(kind, 1001));
+            let (snd, rcv) = (snd.unwrap(), rcv.unwrap());
+            assert!((0..1001).all(|i| rcv.keys[i] == snd.keys[i][rcv.choices[i] as usize]));
+        }
+    });
+}
+
+#[test]
+fn correlated_ots_give_x_plus_choice_times_delta() {
+    common::runtime().block_on(async {
+        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        let mut rng = StdRng::seed_from_u64(3);
+        for (kind, n, width) in [(OtKind::Iknp, MILLION, 64), (OtKind::Silent, MILLION, 64), (OtKind::Iknp, 5000, 17), (OtKind::Silent, 777, 1)] {
+            let deltas: Vec<u64> = (0..n).map(|_| rng.random()).collect();
+            let choices: Vec<bool> = (0..n).map(|_| rng.random()).collect();
+            let (x, y) = tokio::join!(os.cot_send(kind, &deltas, width), oc.cot_receive(kind, &choices, width));
+            let (x, y) = (x.unwrap(), y.unwrap());
+            let m = mask(width);
+            for i in 0..n {
+                let expect = x[i].wrapping_add(if choices[i] { deltas[i] } else { 0 }) & m;
+                assert_eq!(y[i], expect, "{kind} COT {i} (width {width})");
+            }
+        }
+    });
+}
+
+#[test]
+fn one_of_n_ot_returns_the_chosen_message_only() {
+    common::runtime().block_on(async {
+        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        let mut rng = StdRng::seed_from_u64(4);
+        for (kind, log_n, width, inst) in [(OtKind::Iknp, 4, 2, 1 << 16), (OtKind::Silent, 4, 64, 1 << 14), (OtKind::Iknp, 1, 8, 100), (OtKind::Silent, 8, 3, 50)] {
+            let big_n = 1usize << log_n;
+            let msgs: Vec<u64> = (0..inst * big_n).map(|_| rng.random::<u64>() & mask(width)).collect();
+            let choices: Vec<u32> = (0..inst).map(|_| rng.random_range(0..big_n as u32)).collect();
+            let (s, r) = tokio::join!(oc.one_of_n_send(kind, log_n, width, &msgs), os.one_of_n_receive(kind, log_n, width, &choices));
+            s.unwrap();
+            let got = r.unwrap();
+            for t in 0..inst {
+                assert_eq!(got[t], msgs[t * big_n + choices[t] as usize], "{kind} 1-of-{big_n} instance {t}");
+            }
+        }
+    });
+}
+
+#[test]
+fn invalid_requests_are_errors_not_panics() {
+    common::runtime().block_on(async {
+        let (_c, mut oc, _s, _os) = common::ot_pair().await;
+        assert!(oc.cot_send(OtKind::Iknp, &[1], 0).await.is_err());
+        assert!(oc.cot_send(OtKind::Iknp, &[1], 65).await.is_err());
+        assert!(oc.one_of_n_send(OtKind::Iknp, 4, 2, &[0; 15]).await.is_err());
+        assert!(oc.one_of_n_receive(OtKind::Iknp, 2, 2, &[4]).await.is_err());
+        assert!(oc.one_of_n_receive(OtKind::Iknp, 17, 2, &[0]).await.is_err());
+    });
+}
+
+#[test]
+fn ot_bytes_and_rounds_are_charged_to_steps() {
+    common::runtime().block_on(async {
+        let (c, mut oc, _s, mut os) = common::ot_pair().await;
+        let n = 1 << 16;
+        let (a, b) = tokio::join!(oc.random_send(OtKind::Iknp, n), os.random_receive(OtKind::Iknp, n));
+        a.unwrap();
+        b.unwrap();
+        let report = c.meter().report();
+        let iknp = report.prefixed("ot-iknp");
+        // IKNP: the receiver sends 128 bits per OT (plus base OTs) to the sender.
+        assert!(iknp.bytes_received >= (n as u64) * 16, "{iknp:?}");
+        assert!(iknp.bytes() < (n as u64) * 16 + 200_000, "{iknp:?}");
+        assert!(iknp.rounds >= 1);
+    });
+}
