@@ -150,6 +150,11 @@ impl Meter {
     fn charge(&self, st: &mut State) {
         let now_bytes = self.counter.snapshot();
         let now = Instant::now();
+        if st.path.is_empty() && now_bytes == st.mark_bytes {
+            // Nothing moved outside any step: no "(unscoped)" row.
+            st.mark_time = now;
+            return;
+        }
         let key = st.path.join("/");
         let key = if key.is_empty() { "(unscoped)".to_string() } else { key };
         let entry = st.steps.entry(key).or_default();
