@@ -6,6 +6,7 @@
 //! ([`backend`]).
 
 pub mod backend;
+pub mod demo;
 pub mod net;
 pub mod ot;
 pub mod ring;

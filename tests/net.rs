@@ -39,7 +39,8 @@ fn messages_round_trip_and_are_metered() {
 fn different_public_parameters_fail_on_both_sides_naming_the_field() {
     common::runtime().block_on(async {
         let id = Identity::generate().unwrap();
-        let server_cfg = LinkConfig { timeout: Duration::from_secs(10), params: PublicParams::new().with("frac_bits", 16) };
+        let server_cfg =
+            LinkConfig { timeout: Duration::from_secs(10), params: PublicParams::new().with("frac_bits", 16) };
         let listener = Listener::bind(any_port(), &id, server_cfg).unwrap();
         let (c, s) = tokio::join!(connect(listener.local_addr(), id.cert_pem(), common::config(10)), listener.accept());
         for err in [c.err().unwrap(), s.err().unwrap()] {
@@ -84,7 +85,10 @@ fn peer_hanging_up_mid_protocol_is_reported_quickly() {
         let start = Instant::now();
         let err = c.channel().recv().await.err().unwrap();
         assert!(start.elapsed() < Duration::from_secs(20), "took {:?}", start.elapsed());
-        assert!(matches!(&err, NetError::PeerClosed { step } | NetError::Io { step, .. } if step == "waiting-for-server"), "{err}");
+        assert!(
+            matches!(&err, NetError::PeerClosed { step } | NetError::Io { step, .. } if step == "waiting-for-server"),
+            "{err}"
+        );
     });
 }
 

@@ -39,7 +39,12 @@ fn correlated_ots_give_x_plus_choice_times_delta() {
     common::runtime().block_on(async {
         let (_c, mut oc, _s, mut os) = common::ot_pair().await;
         let mut rng = StdRng::seed_from_u64(3);
-        for (kind, n, width) in [(OtKind::Iknp, MILLION, 64), (OtKind::Silent, MILLION, 64), (OtKind::Iknp, 5000, 17), (OtKind::Silent, 777, 1)] {
+        for (kind, n, width) in [
+            (OtKind::Iknp, MILLION, 64),
+            (OtKind::Silent, MILLION, 64),
+            (OtKind::Iknp, 5000, 17),
+            (OtKind::Silent, 777, 1),
+        ] {
             let deltas: Vec<u64> = (0..n).map(|_| rng.random()).collect();
             let choices: Vec<bool> = (0..n).map(|_| rng.random()).collect();
             let (x, y) = tokio::join!(os.cot_send(kind, &deltas, width), oc.cot_receive(kind, &choices, width));
@@ -58,11 +63,19 @@ fn one_of_n_ot_returns_the_chosen_message_only() {
     common::runtime().block_on(async {
         let (_c, mut oc, _s, mut os) = common::ot_pair().await;
         let mut rng = StdRng::seed_from_u64(4);
-        for (kind, log_n, width, inst) in [(OtKind::Iknp, 4, 2, 1 << 16), (OtKind::Silent, 4, 64, 1 << 14), (OtKind::Iknp, 1, 8, 100), (OtKind::Silent, 8, 3, 50)] {
+        for (kind, log_n, width, inst) in [
+            (OtKind::Iknp, 4, 2, 1 << 16),
+            (OtKind::Silent, 4, 64, 1 << 14),
+            (OtKind::Iknp, 1, 8, 100),
+            (OtKind::Silent, 8, 3, 50),
+        ] {
             let big_n = 1usize << log_n;
             let msgs: Vec<u64> = (0..inst * big_n).map(|_| rng.random::<u64>() & mask(width)).collect();
             let choices: Vec<u32> = (0..inst).map(|_| rng.random_range(0..big_n as u32)).collect();
-            let (s, r) = tokio::join!(oc.one_of_n_send(kind, log_n, width, &msgs), os.one_of_n_receive(kind, log_n, width, &choices));
+            let (s, r) = tokio::join!(
+                oc.one_of_n_send(kind, log_n, width, &msgs),
+                os.one_of_n_receive(kind, log_n, width, &choices)
+            );
             s.unwrap();
             let got = r.unwrap();
             for t in 0..inst {

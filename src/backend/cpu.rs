@@ -20,10 +20,8 @@ pub struct CpuBackend {
 impl CpuBackend {
     /// A backend with `threads` worker threads (0: one per core).
     pub fn new(threads: usize) -> Result<CpuBackend, rayon::ThreadPoolBuildError> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("secmoe-cpu-{i}"))
-            .build()?;
+        let pool =
+            rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("secmoe-cpu-{i}")).build()?;
         Ok(CpuBackend { pool: Arc::new(pool) })
     }
 

@@ -195,8 +195,11 @@ impl Channel {
     /// Receives `count` values of `width` bits packed by [`crate::ring::pack_bits`].
     pub async fn recv_packed(&mut self, what: &'static str, count: usize, width: u32) -> NetResult<Vec<u64>> {
         let buf = self.recv_exact(what, crate::ring::packed_len(count, width)).await?;
-        crate::ring::unpack_bits(&buf, count, width)
-            .map_err(|e| NetError::Malformed { step: self.meter.current_step(), what, reason: e.to_string() })
+        crate::ring::unpack_bits(&buf, count, width).map_err(|e| NetError::Malformed {
+            step: self.meter.current_step(),
+            what,
+            reason: e.to_string(),
+        })
     }
 
     /// Sends `values` packed to `width` bits each.

@@ -60,7 +60,8 @@ impl Hello {
     }
 
     fn decode(buf: &[u8], step: &str) -> NetResult<Hello> {
-        let bad = |reason: &str| NetError::Malformed { step: step.to_string(), what: "hello", reason: reason.to_string() };
+        let bad =
+            |reason: &str| NetError::Malformed { step: step.to_string(), what: "hello", reason: reason.to_string() };
         let mut r = Reader { buf, pos: 0 };
         if r.take(8).ok_or_else(|| bad("too short"))? != MAGIC {
             return Err(bad("not a secmoe peer (bad magic)"));

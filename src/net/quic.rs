@@ -49,8 +49,11 @@ impl Identity {
 
     /// Reads a certificate and key written by [`Identity::save`].
     pub fn load(cert: &Path, key: &Path) -> NetResult<Identity> {
-        let cert_pem = std::fs::read_to_string(cert).map_err(|e| transport(&format!("reading {}", cert.display()), e))?;
-        let key_pem = Zeroizing::new(std::fs::read_to_string(key).map_err(|e| transport(&format!("reading {}", key.display()), e))?);
+        let cert_pem =
+            std::fs::read_to_string(cert).map_err(|e| transport(&format!("reading {}", cert.display()), e))?;
+        let key_pem = Zeroizing::new(
+            std::fs::read_to_string(key).map_err(|e| transport(&format!("reading {}", key.display()), e))?,
+        );
         fingerprint(&cert_pem)?;
         if !key_pem.contains("PRIVATE KEY") {
             return Err(NetError::Transport(format!("{} holds no PEM private key", key.display())));
@@ -101,11 +104,21 @@ impl Subscriber for CountingSubscriber {
         Arc::new(ByteCounter::default())
     }
 
-    fn on_tx_stream_progress(&mut self, ctx: &mut Arc<ByteCounter>, _meta: &ConnectionMeta, e: &events::TxStreamProgress) {
+    fn on_tx_stream_progress(
+        &mut self,
+        ctx: &mut Arc<ByteCounter>,
+        _meta: &ConnectionMeta,
+        e: &events::TxStreamProgress,
+    ) {
         ctx.add_sent(e.bytes as u64);
     }
 
-    fn on_rx_stream_progress(&mut self, ctx: &mut Arc<ByteCounter>, _meta: &ConnectionMeta, e: &events::RxStreamProgress) {
+    fn on_rx_stream_progress(
+        &mut self,
+        ctx: &mut Arc<ByteCounter>,
+        _meta: &ConnectionMeta,
+        e: &events::RxStreamProgress,
+    ) {
         ctx.add_received(e.bytes as u64);
     }
 }
@@ -224,14 +237,33 @@ impl Link {
         self.conn.sub_connection()
     }
 
-    /// Ends the session cleanly: both sides exchange a final message, so neither closes while
-    /// the other still reads, then the connection is closed.
+    /// Ends the session cleanly: the client says goodbye, the server acknowledges, the client
+    /// closes the connection once it has read the acknowledgement, and the server returns when it
+    /// sees the close. Neither side closes while the other still has a message in flight.
     pub async fn close(mut self) -> NetResult<()> {
         let _s = self.meter().scope("close");
-        self.channel.send(b"bye").await?;
-        let bye = self.channel.recv_exact("bye", 3).await?;
-        if bye != b"bye" {
-            return Err(NetError::Malformed { step: "close".into(), what: "bye", reason: "unexpected content".into() });
+        match self.party {
+            Party::Client => {
+                self.channel.send(b"bye").await?;
+                self.channel.recv_exact("goodbye acknowledgement", 3).await?;
+            }
+            Party::Server => {
+                self.channel.recv_exact("goodbye", 3).await?;
+                self.channel.send(b"ack").await?;
+                // Closing now could discard the ack before the client reads it: wait until the
+                // client, having read it, closes the connection.
+                match self.channel.recv().await {
+                    Err(NetError::PeerClosed { .. } | NetError::Io { .. }) => {}
+                    Err(e) => return Err(e),
+                    Ok(_) => {
+                        return Err(NetError::Malformed {
+                            step: "close".into(),
+                            what: "goodbye",
+                            reason: "the client kept sending after its goodbye".into(),
+                        });
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -292,9 +324,8 @@ impl Listener {
 /// Connects to a server at `addr` that must present exactly the certificate `peer_cert_pem`.
 pub async fn connect(addr: SocketAddr, peer_cert_pem: &str, cfg: LinkConfig) -> NetResult<Link> {
     fingerprint(peer_cert_pem)?;
-    let local: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
-        .parse()
-        .map_err(|e| transport("local address", e))?;
+    let local: SocketAddr =
+        if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().map_err(|e| transport("local address", e))?;
     let client = s2n_quic::Client::builder()
         .with_tls(peer_cert_pem)
         .map_err(|e| transport("TLS setup (is the peer certificate valid PEM?)", e))?

@@ -58,12 +58,8 @@ impl Ot {
         self.backend.hash_blocks(&second, Tweaks::Sequential(tweak), &mut h1);
         let m = mask(width);
         let x: Vec<u64> = h0.iter().map(|h| low_u64(h) & m).collect();
-        let y: Vec<u64> = h1
-            .iter()
-            .zip(&x)
-            .zip(deltas)
-            .map(|((h, x), d)| low_u64(h).wrapping_sub(*x).wrapping_sub(*d) & m)
-            .collect();
+        let y: Vec<u64> =
+            h1.iter().zip(&x).zip(deltas).map(|((h, x), d)| low_u64(h).wrapping_sub(*x).wrapping_sub(*d) & m).collect();
         self.channel.send_packed(&y, width).await?;
         Ok(x)
     }
@@ -80,11 +76,7 @@ impl Ot {
         let h = self.hash(&rot.keys);
         let y = self.channel.recv_packed("cot corrections", n, width).await?;
         let m = mask(width);
-        Ok(h.iter()
-            .zip(&y)
-            .zip(choices)
-            .map(|((h, y), &c)| if c { h.wrapping_sub(*y) & m } else { h & m })
-            .collect())
+        Ok(h.iter().zip(&y).zip(choices).map(|((h, y), &c)| if c { h.wrapping_sub(*y) & m } else { h & m }).collect())
     }
 
     /// 1-of-N OT, sender side. `messages` holds `N = 2^log_n` messages of `width` bits per
@@ -126,7 +118,13 @@ impl Ot {
 
     /// 1-of-N OT, receiver side: returns message `choices[t]` of each instance.
     #[tracing::instrument(level = "debug", skip_all, fields(log_n, width, n = choices.len()))]
-    pub async fn one_of_n_receive(&mut self, kind: OtKind, log_n: u32, width: u32, choices: &[u32]) -> OtResult<Vec<u64>> {
+    pub async fn one_of_n_receive(
+        &mut self,
+        kind: OtKind,
+        log_n: u32,
+        width: u32,
+        choices: &[u32],
+    ) -> OtResult<Vec<u64>> {
         check_width(width)?;
         if !(1..=16).contains(&log_n) {
             return Err(OtError::Invalid(format!("1-of-2^{log_n} OT: log N must be in 1..=16")));

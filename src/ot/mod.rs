@@ -119,7 +119,8 @@ impl Ot {
     pub async fn new(link: &mut Link, backend: Arc<dyn Backend>) -> OtResult<Ot> {
         // Sub-connections pair up by creation order: the client's sender meets the server's
         // receiver on the first, and so on.
-        let (s0, s1, s2, s3) = (link.sub_connection(), link.sub_connection(), link.sub_connection(), link.sub_connection());
+        let (s0, s1, s2, s3) =
+            (link.sub_connection(), link.sub_connection(), link.sub_connection(), link.sub_connection());
         let (iknp_s, iknp_r, silent_s, silent_r) = match link.party() {
             Party::Client => (s0, s1, s2, s3),
             Party::Server => (s1, s0, s3, s2),
@@ -143,14 +144,12 @@ impl Ot {
         self.channel.meter()
     }
 
-
     /// Reserves `n` fresh tweaks; both parties reserve in the same order, so they agree.
     fn tweaks(&mut self, n: usize) -> u64 {
         let base = self.next_tweak;
         self.next_tweak += n as u64;
         base
     }
-
 
     /// `n` random OTs with this party as sender.
     #[tracing::instrument(level = "debug", skip(self), fields(party = %self.party))]

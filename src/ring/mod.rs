@@ -8,9 +8,9 @@ mod fixed;
 mod pack;
 mod share;
 
-pub use fixed::{FixedPoint, DEFAULT_FRAC_BITS};
+pub use fixed::{DEFAULT_FRAC_BITS, FixedPoint};
 pub use pack::{pack_bits, packed_len, unpack_bits};
-pub use share::{reconstruct, share_secret, Share};
+pub use share::{Share, reconstruct, share_secret};
 
 use thiserror::Error;
 
