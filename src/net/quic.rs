@@ -238,22 +238,29 @@ impl Link {
     }
 
     /// Ends the session cleanly: the client says goodbye, the server acknowledges, the client
-    /// closes the connection once it has read the acknowledgement, and the server returns when it
-    /// sees the close. Neither side closes while the other still has a message in flight.
+    /// closes the connection once it has read the acknowledgement (and waits until the close is
+    /// sent), and the server returns when it sees the close. Neither side closes while the other
+    /// still has a message in flight.
     pub async fn close(mut self) -> NetResult<()> {
         let _s = self.meter().scope("close");
         match self.party {
             Party::Client => {
                 self.channel.send(b"bye").await?;
                 self.channel.recv_exact("goodbye acknowledgement", 3).await?;
+                self.handle.close(0u32.into());
+                if let Some(client) = self._endpoint.downcast_mut::<s2n_quic::Client>() {
+                    // Bounded: a lost close only costs the server its grace period.
+                    let _ = tokio::time::timeout(CLOSE_GRACE, client.wait_idle()).await;
+                }
             }
             Party::Server => {
                 self.channel.recv_exact("goodbye", 3).await?;
                 self.channel.send(b"ack").await?;
-                // Closing now could discard the ack before the client reads it: wait until the
-                // client, having read it, closes the connection.
+                // Closing now could discard the ack before the client reads it: wait (briefly)
+                // until the client, having read it, closes the connection.
+                self.channel.set_timeout(CLOSE_GRACE.min(self.timeout));
                 match self.channel.recv().await {
-                    Err(NetError::PeerClosed { .. } | NetError::Io { .. }) => {}
+                    Err(NetError::PeerClosed { .. } | NetError::Io { .. } | NetError::Timeout { .. }) => {}
                     Err(e) => return Err(e),
                     Ok(_) => {
                         return Err(NetError::Malformed {
@@ -268,6 +275,9 @@ impl Link {
         Ok(())
     }
 }
+
+/// How long the end of a session waits for the connection close to travel.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 impl Drop for Link {
     fn drop(&mut self) {
