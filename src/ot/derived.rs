@@ -88,7 +88,7 @@ impl Ot {
             return Err(OtError::Invalid(format!("1-of-2^{log_n} OT: log N must be in 1..=16")));
         }
         let big_n = 1usize << log_n;
-        if messages.len() % big_n != 0 {
+        if !messages.len().is_multiple_of(big_n) {
             return Err(OtError::Invalid(format!("{} messages is not a multiple of N = {big_n}", messages.len())));
         }
         let _s = self.meter().scope("1-of-n");
