@@ -21,9 +21,14 @@ impl PublicParams {
         Self::default()
     }
 
-    /// Adds (or replaces) a parameter. Names are at most 255 bytes.
+    /// Adds (or replaces) a parameter. Names longer than 255 bytes are cut (at a character
+    /// boundary) to fit the wire format.
     pub fn with(mut self, name: &str, value: u64) -> Self {
-        self.entries.insert(name.chars().take(255).collect(), value);
+        let mut end = name.len().min(255);
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.entries.insert(name[..end].to_string(), value);
         self
     }
 
@@ -154,6 +159,15 @@ mod tests {
     fn encoding_round_trips() {
         let h = hello(Party::Server);
         assert_eq!(Hello::decode(&h.encode(), "t").ok(), Some(h));
+    }
+
+    #[test]
+    fn long_names_are_cut_to_fit_the_wire_format() {
+        let name = "é".repeat(200); // 400 bytes
+        let h = Hello { version: 1, party: Party::Client, params: PublicParams::new().with(&name, 1) };
+        let back = Hello::decode(&h.encode(), "t").ok();
+        assert_eq!(back, Some(h.clone()));
+        assert!(h.params.entries.keys().all(|k| k.len() <= 255));
     }
 
     #[test]
