@@ -2,9 +2,11 @@
 //!
 //! Every secret value in the engine is an element of Z_2^64 split as `x = x_c + x_s (mod 2^64)`
 //! between the client and the server. Real numbers are carried in two's-complement fixed point
-//! with `f` fractional bits (18 by default, the SecMoE paper's choice).
+//! with `f` fractional bits (18 by default, the SecMoE paper's choice). [`modp`] holds the
+//! arithmetic modulo word-sized primes that the RLWE layer's RNS limbs use.
 
 mod fixed;
+pub mod modp;
 mod pack;
 mod share;
 
@@ -37,6 +39,19 @@ pub enum RingError {
         left: usize,
         /// Length of the second vector.
         right: usize,
+    },
+    /// A number that is not a prime below 2^62.
+    #[error("{0} is not a prime below 2^62")]
+    BadModulus(u64),
+    /// No (or too few) NTT-friendly primes of the asked size.
+    #[error("cannot find {count} primes of {bits} bits congruent to 1 mod 2·{n}")]
+    NoPrimes {
+        /// Prime size asked for.
+        bits: u32,
+        /// Ring degree.
+        n: usize,
+        /// Number of primes asked for.
+        count: usize,
     },
     /// A packed buffer has the wrong size for its declared contents.
     #[error("packed buffer of {actual} bytes, expected {expected} for {count} values of {width} bits")]

@@ -1,0 +1,231 @@
+//! Arithmetic modulo a word-sized prime p < 2^62 (the RNS limbs of RLWE ciphertexts), and the
+//! search for NTT-friendly primes p ≡ 1 (mod 2N).
+//!
+//! Products by a constant use Shoup's precomputation: with w' = ⌊w·2^64/p⌋, the product w·y is
+//! reduced with one high multiplication and no division, and lands in [0, 2p) ("lazy").
+//! Keeping p < 2^62 leaves room for values in [0, 4p) inside a u64 (Harvey's lazy butterflies).
+
+use super::RingError;
+
+/// Largest supported prime size in bits.
+pub const MAX_PRIME_BITS: u32 = 61;
+
+/// A prime modulus p with its precomputed constants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Modulus {
+    p: u64,
+}
+
+impl Modulus {
+    /// Wraps a prime `p < 2^62` (checked: p must be prime and fit).
+    pub fn new(p: u64) -> Result<Modulus, RingError> {
+        if p >= 1 << (MAX_PRIME_BITS + 1) || !is_prime(p) {
+            return Err(RingError::BadModulus(p));
+        }
+        Ok(Modulus { p })
+    }
+
+    /// The prime.
+    #[inline]
+    pub fn value(&self) -> u64 {
+        self.p
+    }
+
+    /// Bit length of p.
+    pub fn bits(&self) -> u32 {
+        64 - self.p.leading_zeros()
+    }
+
+    /// `(a + b) mod p` for a, b < p.
+    #[inline]
+    pub fn add(&self, a: u64, b: u64) -> u64 {
+        let s = a + b;
+        if s >= self.p { s - self.p } else { s }
+    }
+
+    /// `(a - b) mod p` for a, b < p.
+    #[inline]
+    pub fn sub(&self, a: u64, b: u64) -> u64 {
+        if a >= b { a - b } else { a + self.p - b }
+    }
+
+    /// `(-a) mod p` for a < p.
+    #[inline]
+    pub fn neg(&self, a: u64) -> u64 {
+        if a == 0 { 0 } else { self.p - a }
+    }
+
+    /// `(a · b) mod p` for any a, b.
+    #[inline]
+    pub fn mul(&self, a: u64, b: u64) -> u64 {
+        ((a as u128 * b as u128) % self.p as u128) as u64
+    }
+
+    /// `x mod p` for any u64.
+    #[inline]
+    pub fn reduce(&self, x: u64) -> u64 {
+        x % self.p
+    }
+
+    /// Shoup's constant for multiplying by `w < p`: `⌊w · 2^64 / p⌋`.
+    #[inline]
+    pub fn shoup(&self, w: u64) -> u64 {
+        (((w as u128) << 64) / self.p as u128) as u64
+    }
+
+    /// `w · y mod p` in [0, 2p), for any u64 `y`, `w < p` and `w_shoup = self.shoup(w)`.
+    #[inline]
+    pub fn mul_shoup_lazy(&self, y: u64, w: u64, w_shoup: u64) -> u64 {
+        let q = ((y as u128 * w_shoup as u128) >> 64) as u64;
+        y.wrapping_mul(w).wrapping_sub(q.wrapping_mul(self.p))
+    }
+
+    /// `w · y mod p` in [0, p).
+    #[inline]
+    pub fn mul_shoup(&self, y: u64, w: u64, w_shoup: u64) -> u64 {
+        let r = self.mul_shoup_lazy(y, w, w_shoup);
+        if r >= self.p { r - self.p } else { r }
+    }
+
+    /// `a^e mod p`.
+    pub fn pow(&self, mut a: u64, mut e: u64) -> u64 {
+        let mut r = 1 % self.p;
+        a %= self.p;
+        while e > 0 {
+            if e & 1 == 1 {
+                r = self.mul(r, a);
+            }
+            a = self.mul(a, a);
+            e >>= 1;
+        }
+        r
+    }
+
+    /// `a^-1 mod p` for a ≠ 0 (Fermat).
+    pub fn inv(&self, a: u64) -> Option<u64> {
+        (a % self.p != 0).then(|| self.pow(a, self.p - 2))
+    }
+
+    /// The smallest primitive `order`-th root of unity, if `order` divides p - 1 and is a power
+    /// of two.
+    pub fn primitive_root(&self, order: u64) -> Option<u64> {
+        if !order.is_power_of_two() || (self.p - 1) % order != 0 {
+            return None;
+        }
+        let cofactor = (self.p - 1) / order;
+        // x^(order/2) = -1 exactly for the elements of order `order` among x = g^cofactor.
+        (2..self.p).map(|g| self.pow(g, cofactor)).find(|&x| order == 1 || self.pow(x, order / 2) == self.p - 1)
+    }
+}
+
+/// Deterministic Miller–Rabin for all u64 (the first 12 primes are a complete witness set).
+pub fn is_prime(n: u64) -> bool {
+    const WITNESSES: [u64; 12] = [2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37];
+    if n < 2 {
+        return false;
+    }
+    for &w in &WITNESSES {
+        if n % w == 0 {
+            return n == w;
+        }
+    }
+    let d = (n - 1) >> (n - 1).trailing_zeros();
+    let s = (n - 1).trailing_zeros();
+    let m = Modulus { p: n };
+    'witness: for &a in &WITNESSES {
+        let mut x = m.pow(a, d);
+        if x == 1 || x == n - 1 {
+            continue;
+        }
+        for _ in 1..s {
+            x = m.mul(x, x);
+            if x == n - 1 {
+                continue 'witness;
+            }
+        }
+        return false;
+    }
+    true
+}
+
+/// `count` distinct primes of exactly `bits` bits with p ≡ 1 (mod 2N), largest first.
+pub fn ntt_primes(bits: u32, n: usize, count: usize) -> Result<Vec<u64>, RingError> {
+    if !(20..=MAX_PRIME_BITS).contains(&bits) || !n.is_power_of_two() {
+        return Err(RingError::NoPrimes { bits, n, count });
+    }
+    let step = 2 * n as u64;
+    let top = (1u64 << bits) - 1;
+    let mut candidate = top - (top % step) + 1;
+    if candidate > top {
+        candidate -= step;
+    }
+    let mut out = Vec::with_capacity(count);
+    while out.len() < count && candidate >= 1 << (bits - 1) {
+        if is_prime(candidate) {
+            out.push(candidate);
+        }
+        candidate -= step;
+    }
+    if out.len() < count {
+        return Err(RingError::NoPrimes { bits, n, count });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn primality_matches_known_values() {
+        let primes = [2u64, 3, 65537, (1 << 61) - 1, 0xffff_ffff_0000_0001];
+        let composites = [0u64, 1, 4, 561, 3_215_031_751, (1 << 61) + 1, 0xffff_ffff_ffff_ffff];
+        assert!(primes.iter().all(|&p| is_prime(p)));
+        assert!(composites.iter().all(|&c| !is_prime(c)));
+    }
+
+    #[test]
+    fn ntt_primes_are_prime_congruent_and_sized() {
+        for (bits, n) in [(60, 8192), (49, 4096), (36, 4096)] {
+            let ps = ntt_primes(bits, n, 3).unwrap_or_default();
+            assert_eq!(ps.len(), 3);
+            for p in ps {
+                assert!(is_prime(p));
+                assert_eq!(p % (2 * n as u64), 1);
+                assert_eq!(64 - p.leading_zeros(), bits);
+            }
+        }
+    }
+
+    #[test]
+    fn primitive_roots_have_the_exact_order() {
+        let p = ntt_primes(60, 4096, 1).unwrap_or_default()[0];
+        let m = Modulus::new(p).unwrap_or_else(|e| panic!("{e}"));
+        let psi = m.primitive_root(8192).unwrap_or_default();
+        assert_eq!(m.pow(psi, 8192), 1);
+        assert_eq!(m.pow(psi, 4096), p - 1);
+    }
+
+    proptest! {
+        #[test]
+        fn shoup_products_match_plain_products(y in any::<u64>(), w in any::<u64>()) {
+            let m = Modulus::new((1 << 61) - 1).unwrap_or_else(|e| panic!("{e}"));
+            let w = w % m.value();
+            let lazy = m.mul_shoup_lazy(y, w, m.shoup(w));
+            prop_assert!(lazy < 2 * m.value());
+            prop_assert_eq!(lazy % m.value(), m.mul(y, w));
+        }
+
+        #[test]
+        fn field_laws_hold(a in any::<u64>(), b in any::<u64>()) {
+            let m = Modulus::new(0xfff_ffff_fffc_0001).unwrap_or_else(|e| panic!("{e}"));
+            let (a, b) = (a % m.value(), b % m.value());
+            prop_assert_eq!(m.sub(m.add(a, b), b), a);
+            prop_assert_eq!(m.add(a, m.neg(a)), 0);
+            if a != 0 {
+                prop_assert_eq!(m.mul(a, m.inv(a).unwrap_or_default()), 1);
+            }
+        }
+    }
+}
