@@ -5,6 +5,7 @@
 //! multiply-accumulates to the same trait.
 
 mod cpu;
+pub mod ntt;
 
 pub use cpu::CpuBackend;
 pub use cryprot_core::Block;

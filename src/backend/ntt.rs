@@ -1,0 +1,216 @@
+//! The negacyclic number-theoretic transform over Z_p[X]/(X^N + 1): precomputed tables and the
+//! per-limb kernels every backend shares (the CUDA kernels will mirror these loops).
+//!
+//! Forward: Cooley–Tukey on natural-order input with the powers of a primitive 2N-th root ψ in
+//! bit-reversed order, so the negacyclic twist is folded into the twiddles; output in bit-reversed
+//! order. Inverse: Gentleman–Sande with ψ^-1, then a scaling by N^-1. Harvey's lazy reduction keeps
+//! values in [0, 4p) inside the loops (p < 2^62) and reduces once at the end; every twiddle
+//! product is a Shoup product (no division).
+//!
+//! Pointwise products of transformed polynomials are negacyclic convolutions of the originals.
+
+use crate::ring::RingError;
+use crate::ring::modp::Modulus;
+
+/// Twiddle tables for one (N, p).
+#[derive(Debug, Clone)]
+pub struct NttTable {
+    n: usize,
+    modulus: Modulus,
+    /// ψ^bitrev(k), and their Shoup constants.
+    psi: Vec<u64>,
+    psi_shoup: Vec<u64>,
+    /// ψ^-bitrev(k), and their Shoup constants.
+    psi_inv: Vec<u64>,
+    psi_inv_shoup: Vec<u64>,
+    n_inv: u64,
+    n_inv_shoup: u64,
+}
+
+fn bit_reverse(x: usize, bits: u32) -> usize {
+    if bits == 0 { 0 } else { x.reverse_bits() >> (usize::BITS - bits) }
+}
+
+impl NttTable {
+    /// Tables for degree `n` (a power of two, 2..=2^17) and the prime `modulus` ≡ 1 (mod 2n).
+    pub fn new(n: usize, modulus: Modulus) -> Result<NttTable, RingError> {
+        let p = modulus.value();
+        if !n.is_power_of_two() || !(2..=1 << 17).contains(&n) || (p - 1) % (2 * n as u64) != 0 {
+            return Err(RingError::NoPrimes { bits: modulus.bits(), n, count: 1 });
+        }
+        let psi_root = modulus.primitive_root(2 * n as u64).ok_or(RingError::BadModulus(p))?;
+        let psi_root_inv = modulus.inv(psi_root).ok_or(RingError::BadModulus(p))?;
+        let log_n = n.trailing_zeros();
+        let mut psi = vec![0u64; n];
+        let mut psi_inv = vec![0u64; n];
+        let (mut pw, mut pw_inv) = (1u64, 1u64);
+        for k in 0..n {
+            let r = bit_reverse(k, log_n);
+            psi[r] = pw;
+            psi_inv[r] = pw_inv;
+            pw = modulus.mul(pw, psi_root);
+            pw_inv = modulus.mul(pw_inv, psi_root_inv);
+        }
+        let psi_shoup = psi.iter().map(|&w| modulus.shoup(w)).collect();
+        let psi_inv_shoup = psi_inv.iter().map(|&w| modulus.shoup(w)).collect();
+        let n_inv = modulus.inv(n as u64).ok_or(RingError::BadModulus(p))?;
+        Ok(NttTable { n, modulus, psi, psi_shoup, psi_inv, psi_inv_shoup, n_inv, n_inv_shoup: modulus.shoup(n_inv) })
+    }
+
+    /// Degree N.
+    pub fn degree(&self) -> usize {
+        self.n
+    }
+
+    /// The prime.
+    pub fn modulus(&self) -> &Modulus {
+        &self.modulus
+    }
+
+    /// In-place forward transform of one polynomial with coefficients in [0, p).
+    pub fn forward(&self, a: &mut [u64]) {
+        assert_eq!(a.len(), self.n, "NTT input has the wrong degree");
+        let p = self.modulus.value();
+        let two_p = 2 * p;
+        let mut t = self.n;
+        let mut m = 1;
+        while m < self.n {
+            t >>= 1;
+            for i in 0..m {
+                let (w, ws) = (self.psi[m + i], self.psi_shoup[m + i]);
+                let (lo, hi) = a[2 * i * t..2 * i * t + 2 * t].split_at_mut(t);
+                for (x, y) in lo.iter_mut().zip(hi.iter_mut()) {
+                    // x, y in [0, 4p) → outputs in [0, 4p)
+                    let u = if *x >= two_p { *x - two_p } else { *x };
+                    let v = self.modulus.mul_shoup_lazy(*y, w, ws);
+                    *x = u + v;
+                    *y = u + two_p - v;
+                }
+            }
+            m <<= 1;
+        }
+        for x in a.iter_mut() {
+            let mut v = *x;
+            if v >= two_p {
+                v -= two_p;
+            }
+            if v >= p {
+                v -= p;
+            }
+            *x = v;
+        }
+    }
+
+    /// In-place inverse transform (input in bit-reversed order, values in [0, p)).
+    pub fn inverse(&self, a: &mut [u64]) {
+        assert_eq!(a.len(), self.n, "NTT input has the wrong degree");
+        let p = self.modulus.value();
+        let two_p = 2 * p;
+        let mut t = 1;
+        let mut m = self.n >> 1;
+        while m >= 1 {
+            for i in 0..m {
+                let (w, ws) = (self.psi_inv[m + i], self.psi_inv_shoup[m + i]);
+                let (lo, hi) = a[2 * i * t..2 * i * t + 2 * t].split_at_mut(t);
+                for (x, y) in lo.iter_mut().zip(hi.iter_mut()) {
+                    // x, y in [0, 2p) → outputs in [0, 2p)
+                    let s = *x + *y;
+                    let d = *x + two_p - *y;
+                    *x = if s >= two_p { s - two_p } else { s };
+                    *y = self.modulus.mul_shoup_lazy(d, w, ws);
+                }
+            }
+            t <<= 1;
+            m >>= 1;
+        }
+        for x in a.iter_mut() {
+            *x = self.modulus.mul_shoup(*x, self.n_inv, self.n_inv_shoup);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ring::modp::ntt_primes;
+    use rand::{RngExt, SeedableRng, rngs::StdRng};
+
+    fn table(bits: u32, n: usize) -> NttTable {
+        let p = ntt_primes(bits, n, 1).unwrap_or_default()[0];
+        NttTable::new(n, Modulus::new(p).unwrap_or_else(|e| panic!("{e}"))).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn naive_negacyclic(a: &[u64], b: &[u64], m: &Modulus) -> Vec<u64> {
+        let n = a.len();
+        let mut c = vec![0u64; n];
+        for i in 0..n {
+            for j in 0..n {
+                let prod = m.mul(a[i], b[j]);
+                let k = i + j;
+                if k < n { c[k] = m.add(c[k], prod) } else { c[k - n] = m.sub(c[k - n], prod) }
+            }
+        }
+        c
+    }
+
+    fn random_poly(n: usize, p: u64, rng: &mut StdRng) -> Vec<u64> {
+        (0..n).map(|_| rng.random_range(0..p)).collect()
+    }
+
+    #[test]
+    fn forward_then_inverse_is_identity() {
+        let mut rng = StdRng::seed_from_u64(1);
+        for (bits, n) in [(60, 8192), (49, 4096), (36, 4096), (61, 16), (30, 2)] {
+            let t = table(bits, n);
+            let a = random_poly(n, t.modulus().value(), &mut rng);
+            let mut b = a.clone();
+            t.forward(&mut b);
+            assert_ne!(a, b);
+            t.inverse(&mut b);
+            assert_eq!(a, b, "N={n}, {bits}-bit prime");
+        }
+    }
+
+    #[test]
+    fn pointwise_product_is_negacyclic_convolution() {
+        let mut rng = StdRng::seed_from_u64(2);
+        for (bits, n) in [(60, 1024), (49, 2048), (61, 8), (36, 4096)] {
+            let t = table(bits, n);
+            let m = *t.modulus();
+            let (a, b) = (random_poly(n, m.value(), &mut rng), random_poly(n, m.value(), &mut rng));
+            let expect = naive_negacyclic(&a, &b, &m);
+            let (mut fa, mut fb) = (a.clone(), b.clone());
+            t.forward(&mut fa);
+            t.forward(&mut fb);
+            let mut c: Vec<u64> = fa.iter().zip(&fb).map(|(x, y)| m.mul(*x, *y)).collect();
+            t.inverse(&mut c);
+            assert_eq!(c, expect, "N={n}, {bits}-bit prime");
+        }
+    }
+
+    #[test]
+    fn x_times_x_to_the_n_minus_1_wraps_to_minus_one() {
+        let t = table(50, 64);
+        let m = *t.modulus();
+        let mut x = vec![0u64; 64];
+        x[1] = 1;
+        let mut xn1 = vec![0u64; 64];
+        xn1[63] = 1;
+        t.forward(&mut x);
+        t.forward(&mut xn1);
+        let mut c: Vec<u64> = x.iter().zip(&xn1).map(|(a, b)| m.mul(*a, *b)).collect();
+        t.inverse(&mut c);
+        let mut expect = vec![0u64; 64];
+        expect[0] = m.value() - 1;
+        assert_eq!(c, expect);
+    }
+
+    #[test]
+    fn rejects_mismatched_degree_and_prime() {
+        let p = ntt_primes(40, 1024, 1).unwrap_or_default()[0];
+        let m = Modulus::new(p).unwrap_or_else(|e| panic!("{e}"));
+        assert!(NttTable::new(1000, m).is_err());
+        // p ≡ 1 mod 2048 is not guaranteed ≡ 1 mod 2^18
+        assert!(NttTable::new(1 << 17, m).is_err() || (p - 1) % (1 << 18) == 0);
+    }
+}
