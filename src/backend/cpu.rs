@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::{Backend, Block, Tweaks};
+use super::{Backend, Block, NttTable, Tweaks};
 
 /// Elements per parallel task; large enough to amortize scheduling, small enough to balance.
 const CHUNK: usize = 1 << 14;
@@ -52,5 +52,17 @@ impl Backend for CpuBackend {
                 out.par_chunks_mut(CHUNK).zip(input.par_chunks(CHUNK)).enumerate().for_each(|(c, (o, i))| run(c, o, i))
             });
         }
+    }
+
+    fn ntt_forward(&self, table: &NttTable, polys: &mut [u64]) {
+        let n = table.degree();
+        assert!(polys.len().is_multiple_of(n), "ntt_forward: not a whole number of polynomials");
+        self.pool.install(|| polys.par_chunks_mut(n).for_each(|a| table.forward(a)));
+    }
+
+    fn ntt_inverse(&self, table: &NttTable, polys: &mut [u64]) {
+        let n = table.degree();
+        assert!(polys.len().is_multiple_of(n), "ntt_inverse: not a whole number of polynomials");
+        self.pool.install(|| polys.par_chunks_mut(n).for_each(|a| table.inverse(a)));
     }
 }

@@ -1,14 +1,15 @@
 //! The backend: one interface for the heavy, data-parallel operations, so that the same
 //! protocols run on the CPU (rayon) or on a GPU (the CUDA backend, a later issue).
 //!
-//! Today it holds the bulk hashing that turns OT keys into pads; the HE layer adds NTTs and
-//! multiply-accumulates to the same trait.
+//! Today it holds the bulk hashing that turns OT keys into pads and the batched NTT; the HE layer
+//! adds multiply-accumulates and selection sums to the same trait.
 
 mod cpu;
 pub mod ntt;
 
 pub use cpu::CpuBackend;
 pub use cryprot_core::Block;
+pub use ntt::NttTable;
 
 /// The server-heavy operations, batched.
 pub trait Backend: Send + Sync + std::fmt::Debug {
@@ -21,6 +22,15 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     ///
     /// Panics if `input`, `out` (and listed tweaks) differ in length: a caller bug, not input.
     fn hash_blocks(&self, input: &[Block], tweaks: Tweaks<'_>, out: &mut [Block]);
+
+    /// Forward negacyclic NTT of every polynomial in `polys` (consecutive runs of N coefficients
+    /// in [0, p), all modulo the table's prime), in place.
+    ///
+    /// Panics if `polys.len()` is not a multiple of N: a caller bug, not input.
+    fn ntt_forward(&self, table: &NttTable, polys: &mut [u64]);
+
+    /// Inverse of [`Backend::ntt_forward`], in place.
+    fn ntt_inverse(&self, table: &NttTable, polys: &mut [u64]);
 }
 
 /// The tweaks of a [`Backend::hash_blocks`] batch.

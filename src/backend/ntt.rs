@@ -70,19 +70,78 @@ impl NttTable {
     /// In-place forward transform of one polynomial with coefficients in [0, p).
     pub fn forward(&self, a: &mut [u64]) {
         assert_eq!(a.len(), self.n, "NTT input has the wrong degree");
-        let p = self.modulus.value();
+        #[cfg(target_arch = "x86_64")]
+        match simd::level() {
+            // SAFETY: the CPU supports the features these variants are compiled for (checked at
+            // run time by `simd::level`).
+            simd::Level::Avx512 => return unsafe { self.forward_avx512(a) },
+            // SAFETY: as above.
+            simd::Level::Avx2 => return unsafe { self.forward_avx2(a) },
+            simd::Level::Baseline => {}
+        }
+        self.forward_kernel(a)
+    }
+
+    /// In-place inverse transform (input in bit-reversed order, values in [0, p)).
+    pub fn inverse(&self, a: &mut [u64]) {
+        assert_eq!(a.len(), self.n, "NTT input has the wrong degree");
+        #[cfg(target_arch = "x86_64")]
+        match simd::level() {
+            // SAFETY: the CPU supports the features these variants are compiled for (checked at
+            // run time by `simd::level`).
+            simd::Level::Avx512 => return unsafe { self.inverse_avx512(a) },
+            // SAFETY: as above.
+            simd::Level::Avx2 => return unsafe { self.inverse_avx2(a) },
+            simd::Level::Baseline => {}
+        }
+        self.inverse_kernel(a)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512dq,avx512vl,bmi2")]
+    fn forward_avx512(&self, a: &mut [u64]) {
+        self.forward_kernel(a)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,bmi2")]
+    fn forward_avx2(&self, a: &mut [u64]) {
+        self.forward_kernel(a)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512dq,avx512vl,bmi2")]
+    fn inverse_avx512(&self, a: &mut [u64]) {
+        self.inverse_kernel(a)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,bmi2")]
+    fn inverse_avx2(&self, a: &mut [u64]) {
+        self.inverse_kernel(a)
+    }
+
+    // Conditional subtractions are written `x.min(x - c)` (wrapping): branch-free, and they
+    // vectorize.
+
+    /// The forward butterflies; inlined into each instruction-set variant, which the compiler
+    /// vectorizes for that set.
+    #[inline(always)]
+    fn forward_kernel(&self, a: &mut [u64]) {
+        let m_ = self.modulus;
+        let p = m_.value();
         let two_p = 2 * p;
         let mut t = self.n;
         let mut m = 1;
         while m < self.n {
             t >>= 1;
-            for i in 0..m {
-                let (w, ws) = (self.psi[m + i], self.psi_shoup[m + i]);
-                let (lo, hi) = a[2 * i * t..2 * i * t + 2 * t].split_at_mut(t);
+            let tw = self.psi[m..2 * m].iter().zip(&self.psi_shoup[m..2 * m]);
+            for (block, (&w, &ws)) in a.chunks_exact_mut(2 * t).zip(tw) {
+                let (lo, hi) = block.split_at_mut(t);
                 for (x, y) in lo.iter_mut().zip(hi.iter_mut()) {
                     // x, y in [0, 4p) → outputs in [0, 4p)
-                    let u = if *x >= two_p { *x - two_p } else { *x };
-                    let v = self.modulus.mul_shoup_lazy(*y, w, ws);
+                    let u = (*x).min(x.wrapping_sub(two_p));
+                    let v = m_.mul_shoup_lazy(*y, w, ws);
                     *x = u + v;
                     *y = u + two_p - v;
                 }
@@ -90,42 +149,68 @@ impl NttTable {
             m <<= 1;
         }
         for x in a.iter_mut() {
-            let mut v = *x;
-            if v >= two_p {
-                v -= two_p;
-            }
-            if v >= p {
-                v -= p;
-            }
-            *x = v;
+            let v = (*x).min(x.wrapping_sub(two_p));
+            *x = v.min(v.wrapping_sub(p));
         }
     }
 
-    /// In-place inverse transform (input in bit-reversed order, values in [0, p)).
-    pub fn inverse(&self, a: &mut [u64]) {
-        assert_eq!(a.len(), self.n, "NTT input has the wrong degree");
-        let p = self.modulus.value();
-        let two_p = 2 * p;
+    /// The inverse butterflies and scaling; inlined like [`Self::forward_kernel`].
+    #[inline(always)]
+    fn inverse_kernel(&self, a: &mut [u64]) {
+        let m_ = self.modulus;
+        let two_p = 2 * m_.value();
         let mut t = 1;
         let mut m = self.n >> 1;
         while m >= 1 {
-            for i in 0..m {
-                let (w, ws) = (self.psi_inv[m + i], self.psi_inv_shoup[m + i]);
-                let (lo, hi) = a[2 * i * t..2 * i * t + 2 * t].split_at_mut(t);
+            let tw = self.psi_inv[m..2 * m].iter().zip(&self.psi_inv_shoup[m..2 * m]);
+            for (block, (&w, &ws)) in a.chunks_exact_mut(2 * t).zip(tw) {
+                let (lo, hi) = block.split_at_mut(t);
                 for (x, y) in lo.iter_mut().zip(hi.iter_mut()) {
                     // x, y in [0, 2p) → outputs in [0, 2p)
-                    let s = *x + *y;
-                    let d = *x + two_p - *y;
-                    *x = if s >= two_p { s - two_p } else { s };
-                    *y = self.modulus.mul_shoup_lazy(d, w, ws);
+                    let (u, v) = (*x, *y);
+                    let s = u + v;
+                    *x = s.min(s.wrapping_sub(two_p));
+                    *y = m_.mul_shoup_lazy(u + two_p - v, w, ws);
                 }
             }
             t <<= 1;
             m >>= 1;
         }
         for x in a.iter_mut() {
-            *x = self.modulus.mul_shoup(*x, self.n_inv, self.n_inv_shoup);
+            *x = m_.mul_shoup(*x, self.n_inv, self.n_inv_shoup);
         }
+    }
+}
+
+/// Run-time choice of the instruction set for the NTT kernels (a serial fallback always exists).
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::sync::OnceLock;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(super) enum Level {
+        Avx512,
+        Avx2,
+        Baseline,
+    }
+
+    pub(super) fn level() -> Level {
+        static LEVEL: OnceLock<Level> = OnceLock::new();
+        *LEVEL.get_or_init(|| {
+            let avx512 = std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512dq")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("bmi2");
+            if std::env::var_os("SECMOE_NO_SIMD").is_some() {
+                Level::Baseline
+            } else if avx512 {
+                Level::Avx512
+            } else if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("bmi2") {
+                Level::Avx2
+            } else {
+                Level::Baseline
+            }
+        })
     }
 }
 
