@@ -39,5 +39,33 @@ fn bench_ntt(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_ntt);
+/// Our serial kernel against SEAL's, timed back to back in this run (`benches/seal_ntt.py`).
+fn compare_with_seal(_c: &mut Criterion) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/seal_ntt.py");
+    let out = match std::process::Command::new("python3").arg(script).output() {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Ok(o) => return println!("SEAL comparison skipped: {}", String::from_utf8_lossy(&o.stderr).trim()),
+        Err(e) => return println!("SEAL comparison skipped: cannot run python3 ({e})"),
+    };
+    let mut rng = StdRng::seed_from_u64(1);
+    println!("\nNTT, one 60-bit limb, one core: secmoe vs SEAL (tenseal), microseconds");
+    println!("{:<8} {:<8} {:>10} {:>10} {:>8}", "N", "dir", "secmoe", "SEAL", "ratio");
+    for line in out.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let [_, dir, n, us] = f[..] else { continue };
+        let n: usize = n.trim_start_matches("N=").parse().unwrap();
+        let seal: f64 = us.parse().unwrap();
+        let t = table(n, 60);
+        let mut a: Vec<u64> = (0..n).map(|_| rng.random_range(0..t.modulus().value())).collect();
+        let reps = 4000;
+        let start = std::time::Instant::now();
+        for _ in 0..reps {
+            if dir == "forward" { t.forward(&mut a) } else { t.inverse(&mut a) }
+        }
+        let ours = start.elapsed().as_secs_f64() / reps as f64 * 1e6;
+        println!("{n:<8} {dir:<8} {ours:>10.2} {seal:>10.2} {:>8.2}", ours / seal);
+    }
+}
+
+criterion_group!(benches, bench_ntt, compare_with_seal);
 criterion_main!(benches);
