@@ -2,11 +2,12 @@
 //!
 //! Private inference of Mixture-of-Experts Transformers between two parties under semi-honest
 //! two-party computation: additive secret shares over Z_2^64 ([`ring`]), an encrypted and metered
-//! link ([`net`]), oblivious transfer ([`ot`]) and the backend that runs the bulk math
-//! ([`backend`]).
+//! link ([`net`]), oblivious transfer ([`ot`]), RLWE/BFV encryption ([`he`], in progress) and the
+//! backend that runs the bulk math ([`backend`]).
 
 pub mod backend;
 pub mod demo;
+pub mod he;
 pub mod net;
 pub mod ot;
 pub mod ring;

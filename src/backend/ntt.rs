@@ -35,7 +35,7 @@ impl NttTable {
     /// Tables for degree `n` (a power of two, 2..=2^17) and the prime `modulus` ≡ 1 (mod 2n).
     pub fn new(n: usize, modulus: Modulus) -> Result<NttTable, RingError> {
         let p = modulus.value();
-        if !n.is_power_of_two() || !(2..=1 << 17).contains(&n) || (p - 1) % (2 * n as u64) != 0 {
+        if !n.is_power_of_two() || !(2..=1 << 17).contains(&n) || !(p - 1).is_multiple_of(2 * n as u64) {
             return Err(RingError::NoPrimes { bits: modulus.bits(), n, count: 1 });
         }
         let psi_root = modulus.primitive_root(2 * n as u64).ok_or(RingError::BadModulus(p))?;
@@ -228,9 +228,9 @@ mod tests {
     fn naive_negacyclic(a: &[u64], b: &[u64], m: &Modulus) -> Vec<u64> {
         let n = a.len();
         let mut c = vec![0u64; n];
-        for i in 0..n {
-            for j in 0..n {
-                let prod = m.mul(a[i], b[j]);
+        for (i, &ai) in a.iter().enumerate() {
+            for (j, &bj) in b.iter().enumerate() {
+                let prod = m.mul(ai, bj);
                 let k = i + j;
                 if k < n { c[k] = m.add(c[k], prod) } else { c[k - n] = m.sub(c[k - n], prod) }
             }
@@ -296,6 +296,6 @@ mod tests {
         let m = Modulus::new(p).unwrap_or_else(|e| panic!("{e}"));
         assert!(NttTable::new(1000, m).is_err());
         // p ≡ 1 mod 2048 is not guaranteed ≡ 1 mod 2^18
-        assert!(NttTable::new(1 << 17, m).is_err() || (p - 1) % (1 << 18) == 0);
+        assert!(NttTable::new(1 << 17, m).is_err() || (p - 1).is_multiple_of(1 << 18));
     }
 }

@@ -103,13 +103,13 @@ impl Modulus {
 
     /// `a^-1 mod p` for a ≠ 0 (Fermat).
     pub fn inv(&self, a: u64) -> Option<u64> {
-        (a % self.p != 0).then(|| self.pow(a, self.p - 2))
+        (!a.is_multiple_of(self.p)).then(|| self.pow(a, self.p - 2))
     }
 
     /// The smallest primitive `order`-th root of unity, if `order` divides p - 1 and is a power
     /// of two.
     pub fn primitive_root(&self, order: u64) -> Option<u64> {
-        if !order.is_power_of_two() || (self.p - 1) % order != 0 {
+        if !order.is_power_of_two() || !(self.p - 1).is_multiple_of(order) {
             return None;
         }
         let cofactor = (self.p - 1) / order;
@@ -125,7 +125,7 @@ pub fn is_prime(n: u64) -> bool {
         return false;
     }
     for &w in &WITNESSES {
-        if n % w == 0 {
+        if n.is_multiple_of(w) {
             return n == w;
         }
     }

@@ -1,0 +1,332 @@
+//! BFV with plaintext modulus t = 2^64 and coefficient encoding (Cheetah-style): a plaintext is
+//! a polynomial with coefficients in Z_2^64, encrypted as ⌊q·m/t⌉ + noise. (The textbook Δ·m
+//! with Δ = ⌊q/t⌋ would add an error (q mod t)·m/q of up to 2^19 here, since t is not small
+//! against q; the rounded encoding leaves only the noise.)
+//!
+//! Decryption computes x = c0 + c1·s mod q and rounds: m = ⌊(2^64·x + ⌊q/2⌋) / q⌋ mod 2^64,
+//! which is correct while the noise stays below Δ/2 (see [`Decryptor::noise_budget`]).
+
+use std::sync::Arc;
+
+use num_bigint::BigUint;
+use num_traits::{One, ToPrimitive, Zero};
+use rand::CryptoRng;
+use zeroize::Zeroize;
+
+use super::poly::{Form, RnsPoly};
+use super::{HeError, HeParams, HeResult};
+use crate::backend::Backend;
+
+/// A plaintext: up to N coefficients in Z_2^64 (missing ones are zero).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plaintext {
+    coeffs: Vec<u64>,
+}
+
+impl Plaintext {
+    /// Wraps coefficients; errors if there are more than N.
+    pub fn new(params: &HeParams, coeffs: Vec<u64>) -> HeResult<Plaintext> {
+        if coeffs.len() > params.degree() {
+            return Err(HeError::Shape(format!(
+                "{} plaintext coefficients exceed N = {}",
+                coeffs.len(),
+                params.degree()
+            )));
+        }
+        Ok(Plaintext { coeffs })
+    }
+
+    /// The coefficients (exactly N after decryption).
+    pub fn coeffs(&self) -> &[u64] {
+        &self.coeffs
+    }
+
+    /// ⌊q·m/t⌉ = Δ·m + ⌊(r·m + t/2)/t⌋ with q = Δ·t + r, in RNS coefficient form.
+    fn scaled(&self, params: &HeParams, ctx: &CrtContext) -> RnsPoly {
+        let n = params.degree();
+        let corrections: Vec<u64> = self
+            .coeffs
+            .iter()
+            .map(|&m| {
+                let prod = ctx.q_mod_t as u128 * m as u128;
+                let (_, carry) = (prod as u64).overflowing_add(1 << 63);
+                ((prod >> 64) as u64) + carry as u64
+            })
+            .collect();
+        let mut poly = RnsPoly::zero(params, Form::Coeff);
+        for (i, m) in params.moduli().iter().enumerate() {
+            let delta = ctx.delta_mod[i];
+            let dst = poly.limbs[i * n..(i + 1) * n].iter_mut();
+            for ((dst, &c), &corr) in dst.zip(&self.coeffs).zip(&corrections) {
+                *dst = m.add(m.mul(m.reduce(c), delta), m.reduce(corr));
+            }
+        }
+        poly
+    }
+}
+
+/// A BFV ciphertext (c0, c1) with c0 + c1·s ≈ Δ·m.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ciphertext {
+    pub(crate) c0: RnsPoly,
+    pub(crate) c1: RnsPoly,
+}
+
+impl Ciphertext {
+    /// `self += other` (both in the same form).
+    pub fn add_assign(&mut self, params: &HeParams, other: &Ciphertext) {
+        self.c0.add_assign(params, &other.c0);
+        self.c1.add_assign(params, &other.c1);
+    }
+
+    /// Adds a plaintext: c0 += Δ·m.
+    pub fn add_plain_assign(&mut self, params: &HeParams, pt: &Plaintext, backend: &dyn Backend) -> HeResult<()> {
+        let ctx = CrtContext::new(params);
+        let mut dm = pt.scaled(params, &ctx);
+        if self.c0.form() == Form::Ntt {
+            dm.to_ntt(params, backend);
+        }
+        self.c0.add_assign(params, &dm);
+        Ok(())
+    }
+}
+
+/// The client's secret key: a ternary polynomial, kept in NTT form. Zeroized on drop; its
+/// `Debug` prints nothing of it.
+pub struct SecretKey {
+    s: RnsPoly,
+    params: Arc<HeParams>,
+}
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretKey({}, redacted)", self.params.name())
+    }
+}
+
+impl Drop for SecretKey {
+    fn drop(&mut self) {
+        self.s.zeroize();
+    }
+}
+
+/// A public key (b, a) = (−a·s + e, a), in NTT form.
+#[derive(Debug, Clone)]
+pub struct PublicKey {
+    b: RnsPoly,
+    a: RnsPoly,
+    params: Arc<HeParams>,
+}
+
+impl SecretKey {
+    /// A fresh ternary secret key.
+    pub fn generate<R: CryptoRng + ?Sized>(params: &Arc<HeParams>, backend: &dyn Backend, rng: &mut R) -> SecretKey {
+        let mut coeffs = RnsPoly::ternary_coeffs(params.degree(), rng);
+        let mut s = RnsPoly::from_signed(params, &coeffs);
+        coeffs.zeroize();
+        s.to_ntt(params, backend);
+        SecretKey { s, params: params.clone() }
+    }
+
+    /// The matching public key.
+    pub fn public_key<R: CryptoRng + ?Sized>(&self, backend: &dyn Backend, rng: &mut R) -> PublicKey {
+        let p = &self.params;
+        let a = RnsPoly::uniform(p, Form::Ntt, rng);
+        let mut e = RnsPoly::from_signed(p, &RnsPoly::error_coeffs(p.degree(), rng));
+        e.to_ntt(p, backend);
+        let mut b = a.clone();
+        b.mul_assign(p, &self.s);
+        b.neg_assign(p);
+        b.add_assign(p, &e);
+        PublicKey { b, a, params: p.clone() }
+    }
+
+    /// Symmetric encryption: (c0, c1) = (−a·s + e + Δ·m, a), returned in NTT form.
+    pub fn encrypt<R: CryptoRng + ?Sized>(&self, pt: &Plaintext, backend: &dyn Backend, rng: &mut R) -> Ciphertext {
+        let p = &self.params;
+        let ctx = CrtContext::new(p);
+        let c1 = RnsPoly::uniform(p, Form::Ntt, rng);
+        let mut c0 = RnsPoly::from_signed(p, &RnsPoly::error_coeffs(p.degree(), rng));
+        c0.add_assign(p, &pt.scaled(p, &ctx));
+        c0.to_ntt(p, backend);
+        let mut as_ = c1.clone();
+        as_.mul_assign(p, &self.s);
+        c0.sub_assign(p, &as_);
+        Ciphertext { c0, c1 }
+    }
+
+    /// `c0 + c1·s` in coefficient form.
+    fn phase(&self, ct: &Ciphertext, backend: &dyn Backend) -> RnsPoly {
+        let p = &self.params;
+        let (mut c0, mut c1) = (ct.c0.clone(), ct.c1.clone());
+        c0.to_ntt(p, backend);
+        c1.to_ntt(p, backend);
+        c1.mul_assign(p, &self.s);
+        c0.add_assign(p, &c1);
+        c0.to_coeff(p, backend);
+        c0
+    }
+
+    /// Decrypts.
+    pub fn decrypt(&self, ct: &Ciphertext, backend: &dyn Backend) -> Plaintext {
+        let p = &self.params;
+        let ctx = CrtContext::new(p);
+        let x = self.phase(ct, backend);
+        let coeffs = (0..p.degree()).map(|j| ctx.round_to_t(&ctx.compose(p, &x, j))).collect();
+        Plaintext { coeffs }
+    }
+
+    /// Bits of noise budget left: log2(Δ/2) − log2(max |noise|). Decryption is correct while it
+    /// is positive.
+    pub fn noise_budget(&self, ct: &Ciphertext, backend: &dyn Backend) -> f64 {
+        let p = &self.params;
+        let ctx = CrtContext::new(p);
+        let x = self.phase(ct, backend);
+        let mut worst = BigUint::zero();
+        for j in 0..p.degree() {
+            let xj = ctx.compose(p, &x, j);
+            let m = ctx.round_to_t(&xj);
+            let dm = ((&ctx.q * BigUint::from(m) + (BigUint::one() << 63u32)) >> 64u32) % &ctx.q;
+            let v = if xj >= dm { &xj - &dm } else { &xj + &ctx.q - &dm };
+            let v = if v > ctx.half_q { &ctx.q - &v } else { v };
+            worst = worst.max(v);
+        }
+        let half_delta = bits(&ctx.delta) - 1.0;
+        if worst.is_zero() { half_delta } else { half_delta - bits(&worst) }
+    }
+}
+
+impl PublicKey {
+    /// Public-key encryption: (b·u + e0 + Δ·m, a·u + e1) with ternary u, in NTT form.
+    pub fn encrypt<R: CryptoRng + ?Sized>(&self, pt: &Plaintext, backend: &dyn Backend, rng: &mut R) -> Ciphertext {
+        let p = &self.params;
+        let ctx = CrtContext::new(p);
+        let mut u = RnsPoly::from_signed(p, &RnsPoly::ternary_coeffs(p.degree(), rng));
+        u.to_ntt(p, backend);
+        let mut c0 = RnsPoly::from_signed(p, &RnsPoly::error_coeffs(p.degree(), rng));
+        c0.add_assign(p, &pt.scaled(p, &ctx));
+        c0.to_ntt(p, backend);
+        let mut bu = self.b.clone();
+        bu.mul_assign(p, &u);
+        c0.add_assign(p, &bu);
+        let mut c1 = RnsPoly::from_signed(p, &RnsPoly::error_coeffs(p.degree(), rng));
+        c1.to_ntt(p, backend);
+        let mut au = self.a.clone();
+        au.mul_assign(p, &u);
+        c1.add_assign(p, &au);
+        Ciphertext { c0, c1 }
+    }
+}
+
+fn bits(x: &BigUint) -> f64 {
+    let b = x.bits();
+    if b <= 64 {
+        x.to_u64().map_or(0.0, |v| (v as f64).log2())
+    } else {
+        let top = (x >> (b - 53)).to_u64().unwrap_or(0) as f64;
+        top.log2() + (b - 53) as f64
+    }
+}
+
+/// Multi-precision constants for encoding and decoding: q, Δ = ⌊q/2^64⌋, and the CRT basis.
+struct CrtContext {
+    q: BigUint,
+    half_q: BigUint,
+    delta: BigUint,
+    delta_mod: Vec<u64>,
+    q_mod_t: u64,
+    /// (q / p_i) · ((q / p_i)^-1 mod p_i), the CRT idempotents.
+    basis: Vec<BigUint>,
+}
+
+impl CrtContext {
+    fn new(params: &HeParams) -> CrtContext {
+        let q: BigUint = params.moduli().iter().fold(BigUint::one(), |acc, m| acc * m.value());
+        let delta = &q >> 64u32;
+        let delta_mod = params.moduli().iter().map(|m| (&delta % m.value()).to_u64().unwrap_or(0)).collect();
+        let basis = params
+            .moduli()
+            .iter()
+            .map(|m| {
+                let q_hat = &q / m.value();
+                let q_hat_mod = (&q_hat % m.value()).to_u64().unwrap_or(0);
+                q_hat * m.inv(q_hat_mod).unwrap_or(0)
+            })
+            .collect();
+        let q_mod_t = (&q & BigUint::from(u64::MAX)).to_u64().unwrap_or(0);
+        CrtContext { half_q: &q >> 1u32, q, delta, delta_mod, q_mod_t, basis }
+    }
+
+    /// Coefficient `j` of `x` as an integer in [0, q).
+    fn compose(&self, params: &HeParams, x: &RnsPoly, j: usize) -> BigUint {
+        let n = params.degree();
+        let sum: BigUint = self.basis.iter().enumerate().map(|(i, b)| b * x.limbs[i * n + j]).sum();
+        sum % &self.q
+    }
+
+    /// ⌊(2^64·x + ⌊q/2⌋) / q⌋ mod 2^64.
+    fn round_to_t(&self, x: &BigUint) -> u64 {
+        let r = ((x << 64u32) + &self.half_q) / &self.q;
+        (r & BigUint::from(u64::MAX)).to_u64().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::CpuBackend;
+    use rand::{RngExt, SeedableRng, rngs::StdRng};
+
+    fn setup(params: HeResult<Arc<HeParams>>) -> (Arc<HeParams>, CpuBackend, StdRng) {
+        (
+            params.unwrap_or_else(|e| panic!("{e}")),
+            CpuBackend::new(1).unwrap_or_else(|e| panic!("{e}")),
+            StdRng::seed_from_u64(9),
+        )
+    }
+
+    #[test]
+    fn encryption_round_trips_for_every_parameter_set() {
+        for params in [HeParams::n4096(), HeParams::n8192()] {
+            let (p, be, mut rng) = setup(params);
+            let sk = SecretKey::generate(&p, &be, &mut rng);
+            let pk = sk.public_key(&be, &mut rng);
+            let mut coeffs: Vec<u64> = (0..p.degree()).map(|_| rng.random()).collect();
+            coeffs[0] = u64::MAX;
+            coeffs[1] = 0;
+            let pt = Plaintext::new(&p, coeffs).unwrap_or_else(|e| panic!("{e}"));
+            for ct in [sk.encrypt(&pt, &be, &mut rng), pk.encrypt(&pt, &be, &mut rng)] {
+                assert_eq!(sk.decrypt(&ct, &be), pt, "{}", p.name());
+                let budget = sk.noise_budget(&ct, &be);
+                // fresh noise is ~2^13 or less against Δ/2 ≈ 2^44 (N=4096) / 2^153 (N=8192)
+                assert!(budget > 25.0, "{}: only {budget:.1} bits of budget", p.name());
+            }
+        }
+    }
+
+    #[test]
+    fn sums_of_ciphertexts_and_plaintexts_decrypt_to_sums_mod_2_64() {
+        let (p, be, mut rng) = setup(HeParams::n4096());
+        let sk = SecretKey::generate(&p, &be, &mut rng);
+        let a: Vec<u64> = (0..p.degree()).map(|_| rng.random()).collect();
+        let b: Vec<u64> = (0..100).map(|_| rng.random()).collect();
+        let pa = Plaintext::new(&p, a.clone()).unwrap_or_else(|e| panic!("{e}"));
+        let pb = Plaintext::new(&p, b.clone()).unwrap_or_else(|e| panic!("{e}"));
+        let mut ct = sk.encrypt(&pa, &be, &mut rng);
+        ct.add_assign(&p, &sk.encrypt(&pb, &be, &mut rng));
+        ct.add_plain_assign(&p, &pb, &be).unwrap_or_else(|e| panic!("{e}"));
+        let got = sk.decrypt(&ct, &be);
+        for (j, (&got, &aj)) in got.coeffs().iter().zip(&a).enumerate() {
+            let bj = b.get(j).copied().unwrap_or(0);
+            assert_eq!(got, aj.wrapping_add(bj).wrapping_add(bj), "coefficient {j}");
+        }
+    }
+
+    #[test]
+    fn too_many_coefficients_is_an_error_and_the_key_is_not_printed() {
+        let (p, be, mut rng) = setup(HeParams::n4096());
+        assert!(Plaintext::new(&p, vec![0; 4097]).is_err());
+        let sk = SecretKey::generate(&p, &be, &mut rng);
+        assert_eq!(format!("{sk:?}"), "SecretKey(n4096, redacted)");
+    }
+}

@@ -1,0 +1,36 @@
+//! RLWE/BFV homomorphic encryption in RNS form, for the server's linear layers (Cheetah-style
+//! coefficient encoding with plaintext modulus 2^64).
+//!
+//! Done so far: 128-bit-secure parameter sets (N = 4096, 8192), RNS polynomials over the
+//! backend's NTT, secret/public keys, secret- and public-key encryption, decryption, additions and
+//! a noise-budget measurement. Still to come (issue 3): ct×pt and ct×ct products,
+//! relinearization, modulus switching, serialization.
+
+mod bfv;
+mod params;
+mod poly;
+
+pub use bfv::{Ciphertext, Plaintext, PublicKey, SecretKey};
+pub use params::{HeParams, max_log_q_128};
+pub use poly::{Form, RnsPoly};
+
+use thiserror::Error;
+
+use crate::ring::RingError;
+
+/// Errors of the HE layer.
+#[derive(Debug, Error)]
+pub enum HeError {
+    /// A parameter set that is insecure or malformed.
+    #[error("HE parameters: {0}")]
+    Params(String),
+    /// Inputs of the wrong size.
+    #[error("HE shape: {0}")]
+    Shape(String),
+    /// From the modular arithmetic below.
+    #[error(transparent)]
+    Ring(#[from] RingError),
+}
+
+/// Result alias of the HE layer.
+pub type HeResult<T> = Result<T, HeError>;

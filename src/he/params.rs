@@ -1,0 +1,121 @@
+//! RLWE parameter sets at 128-bit classical security by the HE standard (2018) tables.
+
+use std::sync::Arc;
+
+use crate::backend::NttTable;
+use crate::ring::modp::{Modulus, ntt_primes};
+
+use super::{HeError, HeResult};
+
+/// Largest total log2 q for 128-bit classical security with a ternary secret (HE standard,
+/// Table 1), by ring degree.
+pub fn max_log_q_128(n: usize) -> Option<u32> {
+    match n {
+        1024 => Some(27),
+        2048 => Some(54),
+        4096 => Some(109),
+        8192 => Some(218),
+        16384 => Some(438),
+        32768 => Some(881),
+        _ => None,
+    }
+}
+
+/// An RLWE ring Z_q[X]/(X^N + 1) with q = ∏ p_i (RNS), and its NTT tables.
+#[derive(Debug)]
+pub struct HeParams {
+    name: &'static str,
+    n: usize,
+    moduli: Vec<Modulus>,
+    tables: Vec<NttTable>,
+}
+
+impl HeParams {
+    /// Builds and checks a parameter set: N a power of two, every p_i an NTT-friendly prime, and
+    /// Σ log2 p_i within the 128-bit-security bound for N.
+    pub fn new(name: &'static str, n: usize, primes: &[u64]) -> HeResult<Arc<HeParams>> {
+        let bound = max_log_q_128(n).ok_or(HeError::Params(format!("N = {n} has no 128-bit security entry")))?;
+        let moduli: Vec<Modulus> = primes.iter().map(|&p| Modulus::new(p)).collect::<Result<_, _>>()?;
+        let log_q: f64 = primes.iter().map(|&p| (p as f64).log2()).sum();
+        if log_q > bound as f64 {
+            return Err(HeError::Params(format!(
+                "log2 q = {log_q:.1} exceeds {bound} for N = {n} at 128-bit security"
+            )));
+        }
+        let mut sorted = primes.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if sorted.len() != primes.len() {
+            return Err(HeError::Params("the RNS primes must be distinct".into()));
+        }
+        let tables = moduli.iter().map(|&m| NttTable::new(n, m)).collect::<Result<_, _>>()?;
+        Ok(Arc::new(HeParams { name, n, moduli, tables }))
+    }
+
+    /// N = 4096, q = two primes of 55 and 54 bits (109 bits).
+    pub fn n4096() -> HeResult<Arc<HeParams>> {
+        let mut primes = ntt_primes(55, 4096, 1)?;
+        primes.extend(ntt_primes(54, 4096, 1)?);
+        HeParams::new("n4096", 4096, &primes)
+    }
+
+    /// N = 8192, q = four primes of 55, 55, 54 and 54 bits (218 bits).
+    pub fn n8192() -> HeResult<Arc<HeParams>> {
+        let mut primes = ntt_primes(55, 8192, 2)?;
+        primes.extend(ntt_primes(54, 8192, 2)?);
+        HeParams::new("n8192", 8192, &primes)
+    }
+
+    /// Short name, also used in the handshake.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Ring degree N.
+    pub fn degree(&self) -> usize {
+        self.n
+    }
+
+    /// The RNS primes.
+    pub fn moduli(&self) -> &[Modulus] {
+        &self.moduli
+    }
+
+    /// NTT tables, one per prime.
+    pub fn tables(&self) -> &[NttTable] {
+        &self.tables
+    }
+
+    /// log2 q.
+    pub fn log_q(&self) -> f64 {
+        self.moduli.iter().map(|m| (m.value() as f64).log2()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_are_within_the_security_bound() {
+        for params in [HeParams::n4096(), HeParams::n8192()] {
+            let params = params.unwrap_or_else(|e| panic!("{e}"));
+            let bound = max_log_q_128(params.degree()).unwrap_or(0) as f64;
+            assert!(params.log_q() <= bound, "{}: {} > {bound}", params.name(), params.log_q());
+            assert!(params.log_q() > bound - 2.0, "{} wastes modulus", params.name());
+            for m in params.moduli() {
+                assert_eq!(m.value() % (2 * params.degree() as u64), 1);
+            }
+        }
+    }
+
+    #[test]
+    fn insecure_or_malformed_sets_are_rejected() {
+        let big = ntt_primes(60, 4096, 2).unwrap_or_default();
+        assert!(HeParams::new("x", 4096, &big).is_err(), "120 bits at N=4096 is insecure");
+        let p = ntt_primes(40, 4096, 1).unwrap_or_default();
+        assert!(HeParams::new("x", 4096, &[p[0], p[0]]).is_err(), "repeated prime");
+        assert!(HeParams::new("x", 3000, &p).is_err());
+        assert!(HeParams::new("x", 4096, &[p[0] + 2]).is_err(), "not prime / not NTT-friendly");
+    }
+}

@@ -1,0 +1,147 @@
+//! Polynomials of Z_q[X]/(X^N + 1) in RNS form: one row of N residues per prime.
+
+use rand::{CryptoRng, RngExt};
+use zeroize::Zeroize;
+
+use super::HeParams;
+use crate::backend::Backend;
+
+/// Coefficient or evaluation (NTT) representation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// Residues of the coefficients.
+    Coeff,
+    /// Residues of the NTT evaluations (products are pointwise).
+    Ntt,
+}
+
+/// A polynomial mod q in RNS form: `limbs[i·N + j]` is coefficient (or evaluation) j mod p_i.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RnsPoly {
+    pub(crate) limbs: Vec<u64>,
+    pub(crate) form: Form,
+}
+
+impl Zeroize for RnsPoly {
+    fn zeroize(&mut self) {
+        self.limbs.zeroize();
+    }
+}
+
+impl RnsPoly {
+    /// The zero polynomial.
+    pub fn zero(params: &HeParams, form: Form) -> RnsPoly {
+        RnsPoly { limbs: vec![0; params.degree() * params.moduli().len()], form }
+    }
+
+    /// Uniform mod q (uniform per residue is uniform mod q by the CRT).
+    pub fn uniform<R: CryptoRng + ?Sized>(params: &HeParams, form: Form, rng: &mut R) -> RnsPoly {
+        let n = params.degree();
+        let mut limbs = Vec::with_capacity(n * params.moduli().len());
+        for m in params.moduli() {
+            limbs.extend((0..n).map(|_| rng.random_range(0..m.value())));
+        }
+        RnsPoly { limbs, form }
+    }
+
+    /// Lifts small signed coefficients into every residue, in coefficient form.
+    pub fn from_signed(params: &HeParams, coeffs: &[i64]) -> RnsPoly {
+        let mut limbs = Vec::with_capacity(params.degree() * params.moduli().len());
+        for m in params.moduli() {
+            let p = m.value();
+            limbs.extend(coeffs.iter().map(|&c| if c >= 0 { c as u64 % p } else { p - ((-c) as u64 % p) }));
+        }
+        RnsPoly { limbs, form: Form::Coeff }
+    }
+
+    /// Ternary coefficients, uniform in {-1, 0, 1}.
+    pub fn ternary_coeffs<R: CryptoRng + ?Sized>(n: usize, rng: &mut R) -> Vec<i64> {
+        (0..n).map(|_| rng.random_range(0..3i64) - 1).collect()
+    }
+
+    /// Error coefficients from the centered binomial distribution with η = 21 (σ ≈ 3.24, the HE
+    /// standard's σ = 3.2 within 2%).
+    pub fn error_coeffs<R: CryptoRng + ?Sized>(n: usize, rng: &mut R) -> Vec<i64> {
+        const MASK: u64 = (1 << 21) - 1;
+        (0..n)
+            .map(|_| {
+                let r: u64 = rng.random();
+                (r & MASK).count_ones() as i64 - ((r >> 21) & MASK).count_ones() as i64
+            })
+            .collect()
+    }
+
+    /// Representation.
+    pub fn form(&self) -> Form {
+        self.form
+    }
+
+    /// The residues modulo prime `i`.
+    pub fn limb(&self, params: &HeParams, i: usize) -> &[u64] {
+        let n = params.degree();
+        &self.limbs[i * n..(i + 1) * n]
+    }
+
+    /// Converts to NTT form (no-op if already there).
+    pub fn to_ntt(&mut self, params: &HeParams, backend: &dyn Backend) {
+        if self.form == Form::Coeff {
+            let n = params.degree();
+            for (limb, table) in self.limbs.chunks_exact_mut(n).zip(params.tables()) {
+                backend.ntt_forward(table, limb);
+            }
+            self.form = Form::Ntt;
+        }
+    }
+
+    /// Converts to coefficient form (no-op if already there).
+    pub fn to_coeff(&mut self, params: &HeParams, backend: &dyn Backend) {
+        if self.form == Form::Ntt {
+            let n = params.degree();
+            for (limb, table) in self.limbs.chunks_exact_mut(n).zip(params.tables()) {
+                backend.ntt_inverse(table, limb);
+            }
+            self.form = Form::Coeff;
+        }
+    }
+
+    fn zip_limbs(
+        &mut self,
+        params: &HeParams,
+        other: &RnsPoly,
+        f: impl Fn(&crate::ring::modp::Modulus, u64, u64) -> u64,
+    ) {
+        assert_eq!(self.form, other.form, "RNS polynomials in different forms");
+        let n = params.degree();
+        for ((a, b), m) in self.limbs.chunks_exact_mut(n).zip(other.limbs.chunks_exact(n)).zip(params.moduli()) {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x = f(m, *x, *y);
+            }
+        }
+    }
+
+    /// `self += other`.
+    pub fn add_assign(&mut self, params: &HeParams, other: &RnsPoly) {
+        self.zip_limbs(params, other, |m, x, y| m.add(x, y));
+    }
+
+    /// `self -= other`.
+    pub fn sub_assign(&mut self, params: &HeParams, other: &RnsPoly) {
+        self.zip_limbs(params, other, |m, x, y| m.sub(x, y));
+    }
+
+    /// `self *= other`, both in NTT form (a negacyclic product).
+    pub fn mul_assign(&mut self, params: &HeParams, other: &RnsPoly) {
+        assert_eq!(self.form, Form::Ntt, "polynomial products need the NTT form");
+        self.zip_limbs(params, other, |m, x, y| m.mul(x, y));
+    }
+
+    /// `-self`.
+    pub fn neg_assign(&mut self, params: &HeParams) {
+        let n = params.degree();
+        for (a, m) in self.limbs.chunks_exact_mut(n).zip(params.moduli()) {
+            for x in a.iter_mut() {
+                *x = m.neg(*x);
+            }
+        }
+    }
+}
