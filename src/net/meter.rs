@@ -155,9 +155,7 @@ impl Meter {
             st.mark_time = now;
             return;
         }
-        let key = st.path.join("/");
-        let key = if key.is_empty() { "(unscoped)".to_string() } else { key };
-        let entry = st.steps.entry(key).or_default();
+        let entry = st.steps.entry(step_key(&st.path)).or_default();
         entry.bytes_sent += now_bytes.0 - st.mark_bytes.0;
         entry.bytes_received += now_bytes.1 - st.mark_bytes.1;
         entry.seconds += (now - st.mark_time).as_secs_f64();
@@ -178,14 +176,12 @@ impl Meter {
 
     /// Path of the step open now (for error messages).
     pub fn current_step(&self) -> String {
-        let st = self.lock();
-        if st.path.is_empty() { "(unscoped)".to_string() } else { st.path.join("/") }
+        step_key(&self.lock().path)
     }
 
     fn with_current(&self, f: impl FnOnce(&mut StepStats)) {
         let mut st = self.lock();
-        let key = st.path.join("/");
-        let key = if key.is_empty() { "(unscoped)".to_string() } else { key };
+        let key = step_key(&st.path);
         f(st.steps.entry(key).or_default());
     }
 
@@ -221,6 +217,11 @@ impl Meter {
         self.charge(&mut st);
         Report { steps: st.steps.iter().map(|(k, v)| (k.clone(), *v)).collect() }
     }
+}
+
+/// The report key of a step path: `"outer/inner"`, or `"(unscoped)"` outside any step.
+fn step_key(path: &[String]) -> String {
+    if path.is_empty() { "(unscoped)".to_string() } else { path.join("/") }
 }
 
 impl Drop for Scope {
