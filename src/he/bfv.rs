@@ -91,6 +91,61 @@ impl Ciphertext {
     }
 }
 
+/// A plaintext operand for products, prepared once and reused (the server's weights): signed
+/// coefficients (ring elements of Z_2^64 read in two's complement) lifted mod q, in NTT form,
+/// with Shoup constants for division-free products.
+///
+/// The product's noise is the ciphertext's noise times about Σ|w_j|, so operands with small
+/// coefficients (fixed-point weights) keep most of the budget.
+#[derive(Debug, Clone)]
+pub struct PlainOperand {
+    poly: RnsPoly,
+    shoup: Vec<u64>,
+}
+
+impl PlainOperand {
+    /// Prepares up to N coefficients.
+    pub fn new(params: &HeParams, coeffs: &[u64], backend: &dyn Backend) -> HeResult<PlainOperand> {
+        if coeffs.len() > params.degree() {
+            return Err(HeError::Shape(format!(
+                "{} operand coefficients exceed N = {}",
+                coeffs.len(),
+                params.degree()
+            )));
+        }
+        let mut signed: Vec<i64> = coeffs.iter().map(|&c| c as i64).collect();
+        signed.resize(params.degree(), 0);
+        let mut poly = RnsPoly::from_signed(params, &signed);
+        poly.to_ntt(params, backend);
+        let n = params.degree();
+        let shoup = poly
+            .limbs
+            .chunks_exact(n)
+            .zip(params.moduli())
+            .flat_map(|(limb, m)| limb.iter().map(move |&w| m.shoup(w)))
+            .collect();
+        Ok(PlainOperand { poly, shoup })
+    }
+}
+
+impl Ciphertext {
+    /// `self ← self · w`: both halves multiplied by the operand (converted to NTT form first).
+    /// Decrypts to the negacyclic product m·w with coefficients mod 2^64.
+    pub fn mul_plain_assign(&mut self, params: &HeParams, w: &PlainOperand, backend: &dyn Backend) {
+        let n = params.degree();
+        for c in [&mut self.c0, &mut self.c1] {
+            c.to_ntt(params, backend);
+            for (i, m) in params.moduli().iter().enumerate() {
+                let range = i * n..(i + 1) * n;
+                let (ws, wsh) = (&w.poly.limbs[range.clone()], &w.shoup[range.clone()]);
+                for ((x, &wv), &wsv) in c.limbs[range].iter_mut().zip(ws).zip(wsh) {
+                    *x = m.mul_shoup(*x, wv, wsv);
+                }
+            }
+        }
+    }
+}
+
 /// The client's secret key: a ternary polynomial, kept in NTT form. Zeroized on drop; its
 /// `Debug` prints nothing of it.
 pub struct SecretKey {
@@ -320,6 +375,37 @@ mod tests {
             let bj = b.get(j).copied().unwrap_or(0);
             assert_eq!(got, aj.wrapping_add(bj).wrapping_add(bj), "coefficient {j}");
         }
+    }
+
+    fn negacyclic_mod_2_64(a: &[u64], w: &[u64]) -> Vec<u64> {
+        let n = a.len();
+        let mut c = vec![0u64; n];
+        for (i, &ai) in a.iter().enumerate() {
+            for (j, &wj) in w.iter().enumerate() {
+                let prod = ai.wrapping_mul(wj);
+                if i + j < n {
+                    c[i + j] = c[i + j].wrapping_add(prod);
+                } else {
+                    c[i + j - n] = c[i + j - n].wrapping_sub(prod);
+                }
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn plaintext_products_decrypt_to_negacyclic_products_mod_2_64() {
+        let (p, be, mut rng) = setup(HeParams::n4096());
+        let sk = SecretKey::generate(&p, &be, &mut rng);
+        let m: Vec<u64> = (0..p.degree()).map(|_| rng.random()).collect();
+        // fixed-point-sized signed weights, |w| < 2^12, on a quarter of the coefficients
+        let w: Vec<u64> = (0..p.degree() / 4).map(|_| rng.random_range(-4096i64..4096) as u64).collect();
+        let mut ct = sk.encrypt(&Plaintext::new(&p, m.clone()).unwrap_or_else(|e| panic!("{e}")), &be, &mut rng);
+        let op = PlainOperand::new(&p, &w, &be).unwrap_or_else(|e| panic!("{e}"));
+        ct.mul_plain_assign(&p, &op, &be);
+        assert_eq!(sk.decrypt(&ct, &be).coeffs(), &negacyclic_mod_2_64(&m, &w)[..]);
+        let budget = sk.noise_budget(&ct, &be);
+        assert!(budget > 10.0, "{budget:.1} bits left after a product by 12-bit weights");
     }
 
     #[test]

@@ -2,15 +2,16 @@
 //! coefficient encoding with plaintext modulus 2^64).
 //!
 //! Done so far: 128-bit-secure parameter sets (N = 4096, 8192), RNS polynomials over the
-//! backend's NTT, secret/public keys, secret- and public-key encryption, decryption, additions and
-//! a noise-budget measurement. Still to come (issue 3): ct×pt and ct×ct products,
+//! backend's NTT, secret/public keys, secret- and public-key encryption, decryption, additions,
+//! products by prepared plaintext operands and a noise-budget measurement. Still to come (issue 3):
+//! ct×ct products,
 //! relinearization, modulus switching, serialization.
 
 mod bfv;
 mod params;
 mod poly;
 
-pub use bfv::{Ciphertext, Plaintext, PublicKey, SecretKey};
+pub use bfv::{Ciphertext, PlainOperand, Plaintext, PublicKey, SecretKey};
 pub use params::{HeParams, max_log_q_128};
 pub use poly::{Form, RnsPoly};
 
