@@ -5,15 +5,17 @@
 //! backend's NTT, secret/public keys, secret- and public-key encryption, decryption, additions,
 //! products by prepared plaintext operands and a noise-budget measurement. Still to come (issue 3):
 //! ct×ct products,
-//! relinearization, modulus switching, serialization.
+//! relinearization, modulus switching, key serialization.
 
 mod bfv;
 mod params;
 mod poly;
+mod wire;
 
 pub use bfv::{Ciphertext, PlainOperand, Plaintext, PublicKey, SecretKey};
 pub use params::{HeParams, max_log_q_128};
 pub use poly::{Form, RnsPoly};
+pub use wire::ciphertext_len;
 
 use thiserror::Error;
 
@@ -28,6 +30,14 @@ pub enum HeError {
     /// Inputs of the wrong size.
     #[error("HE shape: {0}")]
     Shape(String),
+    /// Bytes that do not describe a valid object under the parameters in use.
+    #[error("malformed {what}: {reason}")]
+    Malformed {
+        /// Which object.
+        what: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
     /// From the modular arithmetic below.
     #[error(transparent)]
     Ring(#[from] RingError),
