@@ -81,7 +81,7 @@ impl Ciphertext {
 
     /// Adds a plaintext: c0 += Δ·m.
     pub fn add_plain_assign(&mut self, params: &HeParams, pt: &Plaintext, backend: &dyn Backend) -> HeResult<()> {
-        let ctx = CrtContext::new(params);
+        let ctx = CrtContext::new(params.moduli());
         let mut dm = pt.scaled(params, &ctx);
         if self.c0.form() == Form::Ntt {
             dm.to_ntt(params, backend);
@@ -135,16 +135,57 @@ impl Ciphertext {
         let n = params.degree();
         for c in [&mut self.c0, &mut self.c1] {
             c.to_ntt(params, backend);
-            for (i, m) in params.moduli().iter().enumerate() {
-                let range = i * n..(i + 1) * n;
-                let (ws, wsh) = (&w.poly.limbs[range.clone()], &w.shoup[range.clone()]);
-                for ((x, &wv), &wsv) in c.limbs[range].iter_mut().zip(ws).zip(wsh) {
+            let operand = w.poly.limbs.chunks_exact(n).zip(w.shoup.chunks_exact(n));
+            for ((limb, m), (ws, wsh)) in c.limbs.chunks_exact_mut(n).zip(params.moduli()).zip(operand) {
+                for ((x, &wv), &wsv) in limb.iter_mut().zip(ws).zip(wsh) {
                     *x = m.mul_shoup(*x, wv, wsv);
                 }
             }
         }
     }
+
+    /// Number of RNS limbs (the modulus level): all primes when fresh, fewer after
+    /// [`Ciphertext::drop_last_modulus`].
+    pub fn limbs(&self, params: &HeParams) -> usize {
+        self.c0.limbs.len() / params.degree()
+    }
+
+    /// Modulus switching from q to q' = q / p_k (the last prime), to shrink what is sent back:
+    /// c' = ⌊c · q'/q⌉, computed per limb as (c_i − [c_k]) · p_k^-1 mod p_i with [c_k] the
+    /// centered last residue. The message is kept (its scale q/t becomes q'/t); the noise is
+    /// divided by p_k and gains a rounding term of about (1 + ‖s‖_1)/2. Leaves coefficient form.
+    pub fn drop_last_modulus(&mut self, params: &HeParams, backend: &dyn Backend) -> HeResult<()> {
+        let n = params.degree();
+        let k = self.limbs(params);
+        let left: f64 = params.moduli()[..k.saturating_sub(1)].iter().map(|m| (m.value() as f64).log2()).sum();
+        if left < MIN_LOG_Q {
+            return Err(HeError::Shape(format!(
+                "dropping a modulus would leave a {left:.0}-bit q, too small for 64-bit plaintexts (at least {MIN_LOG_Q})"
+            )));
+        }
+        let last = params.moduli()[k - 1];
+        let (pk, half) = (last.value(), last.value() / 2);
+        for c in [&mut self.c0, &mut self.c1] {
+            c.to_coeff(params, backend);
+            let (low, top) = c.limbs.split_at_mut((k - 1) * n);
+            for (limb, m) in low.chunks_exact_mut(n).zip(params.moduli()) {
+                let inv = m.inv(m.reduce(pk)).ok_or(HeError::Params("RNS primes must be distinct".into()))?;
+                let inv_shoup = m.shoup(inv);
+                let pk_mod = m.reduce(pk);
+                for (x, &v) in limb.iter_mut().zip(top.iter()) {
+                    // [v] centered in (−p_k/2, p_k/2], reduced mod p_i
+                    let v_mod = if v > half { m.sub(m.reduce(v), pk_mod) } else { m.reduce(v) };
+                    *x = m.mul_shoup(m.sub(*x, v_mod), inv, inv_shoup);
+                }
+            }
+            c.limbs.truncate((k - 1) * n);
+        }
+        Ok(())
+    }
 }
+
+/// Smallest log2 q that still holds plaintexts mod 2^64 with room for noise.
+const MIN_LOG_Q: f64 = 72.0;
 
 /// The client's secret key: a ternary polynomial, kept in NTT form. Zeroized on drop; its
 /// `Debug` prints nothing of it.
@@ -199,7 +240,7 @@ impl SecretKey {
     /// Symmetric encryption: (c0, c1) = (−a·s + e + Δ·m, a), returned in NTT form.
     pub fn encrypt<R: CryptoRng + ?Sized>(&self, pt: &Plaintext, backend: &dyn Backend, rng: &mut R) -> Ciphertext {
         let p = &self.params;
-        let ctx = CrtContext::new(p);
+        let ctx = CrtContext::new(p.moduli());
         let c1 = RnsPoly::uniform(p, Form::Ntt, rng);
         let mut c0 = RnsPoly::from_signed(p, &RnsPoly::error_coeffs(p.degree(), rng));
         c0.add_assign(p, &pt.scaled(p, &ctx));
@@ -225,7 +266,7 @@ impl SecretKey {
     /// Decrypts.
     pub fn decrypt(&self, ct: &Ciphertext, backend: &dyn Backend) -> Plaintext {
         let p = &self.params;
-        let ctx = CrtContext::new(p);
+        let ctx = CrtContext::new(&p.moduli()[..ct.limbs(p)]);
         let x = self.phase(ct, backend);
         let coeffs = (0..p.degree()).map(|j| ctx.round_to_t(&ctx.compose(p, &x, j))).collect();
         Plaintext { coeffs }
@@ -235,7 +276,7 @@ impl SecretKey {
     /// is positive.
     pub fn noise_budget(&self, ct: &Ciphertext, backend: &dyn Backend) -> f64 {
         let p = &self.params;
-        let ctx = CrtContext::new(p);
+        let ctx = CrtContext::new(&p.moduli()[..ct.limbs(p)]);
         let x = self.phase(ct, backend);
         let mut worst = BigUint::zero();
         for j in 0..p.degree() {
@@ -255,7 +296,7 @@ impl PublicKey {
     /// Public-key encryption: (b·u + e0 + Δ·m, a·u + e1) with ternary u, in NTT form.
     pub fn encrypt<R: CryptoRng + ?Sized>(&self, pt: &Plaintext, backend: &dyn Backend, rng: &mut R) -> Ciphertext {
         let p = &self.params;
-        let ctx = CrtContext::new(p);
+        let ctx = CrtContext::new(p.moduli());
         let mut u = RnsPoly::from_signed(p, &RnsPoly::ternary_coeffs(p.degree(), rng));
         u.to_ntt(p, backend);
         let mut c0 = RnsPoly::from_signed(p, &RnsPoly::error_coeffs(p.degree(), rng));
@@ -295,12 +336,12 @@ struct CrtContext {
 }
 
 impl CrtContext {
-    fn new(params: &HeParams) -> CrtContext {
-        let q: BigUint = params.moduli().iter().fold(BigUint::one(), |acc, m| acc * m.value());
+    /// Constants for q = ∏ `moduli` (all primes, or the first k at a lower level).
+    fn new(moduli: &[crate::ring::modp::Modulus]) -> CrtContext {
+        let q: BigUint = moduli.iter().fold(BigUint::one(), |acc, m| acc * m.value());
         let delta = &q >> 64u32;
-        let delta_mod = params.moduli().iter().map(|m| (&delta % m.value()).to_u64().unwrap_or(0)).collect();
-        let basis = params
-            .moduli()
+        let delta_mod = moduli.iter().map(|m| (&delta % m.value()).to_u64().unwrap_or(0)).collect();
+        let basis = moduli
             .iter()
             .map(|m| {
                 let q_hat = &q / m.value();
@@ -406,6 +447,28 @@ mod tests {
         assert_eq!(sk.decrypt(&ct, &be).coeffs(), &negacyclic_mod_2_64(&m, &w)[..]);
         let budget = sk.noise_budget(&ct, &be);
         assert!(budget > 10.0, "{budget:.1} bits left after a product by 12-bit weights");
+    }
+
+    #[test]
+    fn dropping_moduli_keeps_the_message_and_shrinks_the_ciphertext() {
+        for params in [HeParams::n4096(), HeParams::n8192()] {
+            let (p, be, mut rng) = setup(params);
+            let sk = SecretKey::generate(&p, &be, &mut rng);
+            let pt =
+                Plaintext::new(&p, (0..p.degree()).map(|_| rng.random()).collect()).unwrap_or_else(|e| panic!("{e}"));
+            let mut ct = sk.encrypt(&pt, &be, &mut rng);
+            let w: Vec<u64> = (0..64).map(|_| rng.random_range(-256i64..256) as u64).collect();
+            ct.mul_plain_assign(&p, &PlainOperand::new(&p, &w, &be).unwrap_or_else(|e| panic!("{e}")), &be);
+            let expect = sk.decrypt(&ct, &be);
+            let mut dropped = 0;
+            while ct.drop_last_modulus(&p, &be).is_ok() {
+                dropped += 1;
+                assert_eq!(sk.decrypt(&ct, &be), expect, "{} at {} limbs", p.name(), ct.limbs(&p));
+                assert!(sk.noise_budget(&ct, &be) > 0.0, "{}: budget exhausted", p.name());
+            }
+            // N=4096's 109-bit q cannot lose a 54-bit prime; N=8192 goes from 218 to 109 bits.
+            assert_eq!(dropped, if p.degree() == 4096 { 0 } else { 2 }, "{}", p.name());
+        }
     }
 
     #[test]
