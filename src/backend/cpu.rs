@@ -6,6 +6,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::{Backend, Block, NttTable, Tweaks};
+use crate::ring::modp::Modulus;
 
 /// Elements per parallel task; large enough to amortize scheduling, small enough to balance.
 const CHUNK: usize = 1 << 14;
@@ -64,5 +65,30 @@ impl Backend for CpuBackend {
         let n = table.degree();
         assert!(polys.len().is_multiple_of(n), "ntt_inverse: not a whole number of polynomials");
         self.pool.install(|| polys.par_chunks_mut(n).for_each(|a| table.inverse(a)));
+    }
+
+    fn mul_acc(&self, modulus: &Modulus, n: usize, x: &[u64], w: &[u64], w_shoup: &[u64], out: &mut [u64]) {
+        assert!(n > 0 && x.len().is_multiple_of(n) && out.len().is_multiple_of(n), "mul_acc: ragged polynomials");
+        let inputs = x.len() / n;
+        assert_eq!(w.len(), out.len() * inputs, "mul_acc: weights do not match inputs × outputs");
+        assert_eq!(w.len(), w_shoup.len(), "mul_acc: one Shoup constant per weight");
+        let two_p = 2 * modulus.value();
+        self.pool.install(|| {
+            out.par_chunks_mut(n).enumerate().for_each(|(j, acc)| {
+                acc.fill(0);
+                let row = j * inputs * n;
+                for i in 0..inputs {
+                    let (xi, wi, si) = (&x[i * n..][..n], &w[row + i * n..][..n], &w_shoup[row + i * n..][..n]);
+                    for (((a, &xv), &wv), &sv) in acc.iter_mut().zip(xi).zip(wi).zip(si) {
+                        // a < 2p and the lazy product < 2p: the sum stays below 4p < 2^64.
+                        let s = *a + modulus.mul_shoup_lazy(xv, wv, sv);
+                        *a = s.min(s.wrapping_sub(two_p));
+                    }
+                }
+                for a in acc.iter_mut() {
+                    *a = (*a).min(a.wrapping_sub(modulus.value()));
+                }
+            })
+        });
     }
 }

@@ -11,6 +11,8 @@ pub use cpu::CpuBackend;
 pub use cryprot_core::Block;
 pub use ntt::NttTable;
 
+use crate::ring::modp::Modulus;
+
 /// The server-heavy operations, batched.
 pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Short name used in reports (`"cpu"`, `"cuda"`).
@@ -31,6 +33,14 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Inverse of [`Backend::ntt_forward`], in place.
     fn ntt_inverse(&self, table: &NttTable, polys: &mut [u64]);
+
+    /// Pointwise multiply-accumulate over one RNS limb in NTT form, for ct×pt products and for
+    /// selection sums Σ_i W_i·[[t_i]]: `out[j] = Σ_i x[i] ⊙ w[j][i] mod p`, where `x` holds I
+    /// polynomials, `w` holds J rows of I plaintext polynomials (with Shoup constants `w_shoup`,
+    /// precomputed once per weight matrix) and `out` receives J polynomials, each of `n` values.
+    ///
+    /// Panics if the lengths do not match I·n, J·I·n and J·n: a caller bug, not input.
+    fn mul_acc(&self, modulus: &Modulus, n: usize, x: &[u64], w: &[u64], w_shoup: &[u64], out: &mut [u64]);
 }
 
 /// The tweaks of a [`Backend::hash_blocks`] batch.
@@ -55,6 +65,28 @@ impl Tweaks<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ring::modp::ntt_primes;
+    use rand::{RngExt, SeedableRng, rngs::StdRng};
+
+    #[test]
+    fn mul_acc_matches_the_plain_sum_of_products() {
+        let be = CpuBackend::new(2).unwrap_or_else(|e| panic!("{e}"));
+        let m = Modulus::new(ntt_primes(55, 64, 1).unwrap_or_default()[0]).unwrap_or_else(|e| panic!("{e}"));
+        let mut rng = StdRng::seed_from_u64(8);
+        let (n, i_count, j_count) = (64, 300, 5);
+        let x: Vec<u64> = (0..i_count * n).map(|_| rng.random_range(0..m.value())).collect();
+        let w: Vec<u64> = (0..j_count * i_count * n).map(|_| rng.random_range(0..m.value())).collect();
+        let ws: Vec<u64> = w.iter().map(|&v| m.shoup(v)).collect();
+        let mut out = vec![0u64; j_count * n];
+        be.mul_acc(&m, n, &x, &w, &ws, &mut out);
+        for j in 0..j_count {
+            for k in 0..n {
+                let expect =
+                    (0..i_count).fold(0, |acc, i| m.add(acc, m.mul(x[i * n + k], w[(j * i_count + i) * n + k])));
+                assert_eq!(out[j * n + k], expect, "output {j}, slot {k}");
+            }
+        }
+    }
 
     #[test]
     fn hashing_is_deterministic_and_separates_inputs_and_tweaks() {

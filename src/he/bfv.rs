@@ -133,13 +133,13 @@ impl Ciphertext {
     /// Decrypts to the negacyclic product m·w with coefficients mod 2^64.
     pub fn mul_plain_assign(&mut self, params: &HeParams, w: &PlainOperand, backend: &dyn Backend) {
         let n = params.degree();
+        let mut product = vec![0u64; n];
         for c in [&mut self.c0, &mut self.c1] {
             c.to_ntt(params, backend);
             let operand = w.poly.limbs.chunks_exact(n).zip(w.shoup.chunks_exact(n));
             for ((limb, m), (ws, wsh)) in c.limbs.chunks_exact_mut(n).zip(params.moduli()).zip(operand) {
-                for ((x, &wv), &wsv) in limb.iter_mut().zip(ws).zip(wsh) {
-                    *x = m.mul_shoup(*x, wv, wsv);
-                }
+                backend.mul_acc(m, n, limb, ws, wsh, &mut product);
+                limb.copy_from_slice(&product);
             }
         }
     }
