@@ -58,13 +58,21 @@ impl Backend for CpuBackend {
     fn ntt_forward(&self, table: &NttTable, polys: &mut [u64]) {
         let n = table.degree();
         assert!(polys.len().is_multiple_of(n), "ntt_forward: not a whole number of polynomials");
-        self.pool.install(|| polys.par_chunks_mut(n).for_each(|a| table.forward(a)));
+        if polys.len() == n {
+            table.forward(polys); // one polynomial: a hand-off to the pool would cost more
+        } else {
+            self.pool.install(|| polys.par_chunks_mut(n).for_each(|a| table.forward(a)));
+        }
     }
 
     fn ntt_inverse(&self, table: &NttTable, polys: &mut [u64]) {
         let n = table.degree();
         assert!(polys.len().is_multiple_of(n), "ntt_inverse: not a whole number of polynomials");
-        self.pool.install(|| polys.par_chunks_mut(n).for_each(|a| table.inverse(a)));
+        if polys.len() == n {
+            table.inverse(polys);
+        } else {
+            self.pool.install(|| polys.par_chunks_mut(n).for_each(|a| table.inverse(a)));
+        }
     }
 
     fn mul_acc(&self, modulus: &Modulus, n: usize, x: &[u64], w: &[u64], w_shoup: &[u64], out: &mut [u64]) {
@@ -73,22 +81,25 @@ impl Backend for CpuBackend {
         assert_eq!(w.len(), out.len() * inputs, "mul_acc: weights do not match inputs × outputs");
         assert_eq!(w.len(), w_shoup.len(), "mul_acc: one Shoup constant per weight");
         let two_p = 2 * modulus.value();
-        self.pool.install(|| {
-            out.par_chunks_mut(n).enumerate().for_each(|(j, acc)| {
-                acc.fill(0);
-                let row = j * inputs * n;
-                for i in 0..inputs {
-                    let (xi, wi, si) = (&x[i * n..][..n], &w[row + i * n..][..n], &w_shoup[row + i * n..][..n]);
-                    for (((a, &xv), &wv), &sv) in acc.iter_mut().zip(xi).zip(wi).zip(si) {
-                        // a < 2p and the lazy product < 2p: the sum stays below 4p < 2^64.
-                        let s = *a + modulus.mul_shoup_lazy(xv, wv, sv);
-                        *a = s.min(s.wrapping_sub(two_p));
-                    }
+        let one_output = |j: usize, acc: &mut [u64]| {
+            acc.fill(0);
+            let row = j * inputs * n;
+            for i in 0..inputs {
+                let (xi, wi, si) = (&x[i * n..][..n], &w[row + i * n..][..n], &w_shoup[row + i * n..][..n]);
+                for (((a, &xv), &wv), &sv) in acc.iter_mut().zip(xi).zip(wi).zip(si) {
+                    // a < 2p and the lazy product < 2p: the sum stays below 4p < 2^64.
+                    let s = *a + modulus.mul_shoup_lazy(xv, wv, sv);
+                    *a = s.min(s.wrapping_sub(two_p));
                 }
-                for a in acc.iter_mut() {
-                    *a = (*a).min(a.wrapping_sub(modulus.value()));
-                }
-            })
-        });
+            }
+            for a in acc.iter_mut() {
+                *a = (*a).min(a.wrapping_sub(modulus.value()));
+            }
+        };
+        if out.len() == n {
+            one_output(0, out); // one output: a hand-off to the pool would cost more
+        } else {
+            self.pool.install(|| out.par_chunks_mut(n).enumerate().for_each(|(j, acc)| one_output(j, acc)));
+        }
     }
 }
