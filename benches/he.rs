@@ -28,6 +28,13 @@ fn bench_he(c: &mut Criterion) {
             )
         });
         group.bench_function(format!("encrypt-sk/{id}"), |b| b.iter(|| sk.encrypt(&pt, &be, &mut rng)));
+        if params.degree() == 8192 {
+            let rlk = sk.relin_key(&be, &mut rng);
+            group.sample_size(10);
+            group
+                .bench_function(format!("ct-x-ct+relin/{id}"), |b| b.iter(|| ct.mul(&ct, &params, &rlk, &be).unwrap()));
+            group.sample_size(100);
+        }
     }
     group.finish();
 }

@@ -190,8 +190,8 @@ const MIN_LOG_Q: f64 = 72.0;
 /// The client's secret key: a ternary polynomial, kept in NTT form. Zeroized on drop; its
 /// `Debug` prints nothing of it.
 pub struct SecretKey {
-    s: RnsPoly,
-    params: Arc<HeParams>,
+    pub(crate) s: RnsPoly,
+    pub(crate) params: Arc<HeParams>,
 }
 
 impl std::fmt::Debug for SecretKey {
@@ -325,9 +325,9 @@ fn bits(x: &BigUint) -> f64 {
 }
 
 /// Multi-precision constants for encoding and decoding: q, Δ = ⌊q/2^64⌋, and the CRT basis.
-struct CrtContext {
-    q: BigUint,
-    half_q: BigUint,
+pub(crate) struct CrtContext {
+    pub(crate) q: BigUint,
+    pub(crate) half_q: BigUint,
     delta: BigUint,
     delta_mod: Vec<u64>,
     q_mod_t: u64,
@@ -337,7 +337,7 @@ struct CrtContext {
 
 impl CrtContext {
     /// Constants for q = ∏ `moduli` (all primes, or the first k at a lower level).
-    fn new(moduli: &[crate::ring::modp::Modulus]) -> CrtContext {
+    pub(crate) fn new(moduli: &[crate::ring::modp::Modulus]) -> CrtContext {
         let q: BigUint = moduli.iter().fold(BigUint::one(), |acc, m| acc * m.value());
         let delta = &q >> 64u32;
         let delta_mod = moduli.iter().map(|m| (&delta % m.value()).to_u64().unwrap_or(0)).collect();
@@ -355,8 +355,13 @@ impl CrtContext {
 
     /// Coefficient `j` of `x` as an integer in [0, q).
     fn compose(&self, params: &HeParams, x: &RnsPoly, j: usize) -> BigUint {
-        let n = params.degree();
-        let sum: BigUint = self.basis.iter().enumerate().map(|(i, b)| b * x.limbs[i * n + j]).sum();
+        self.compose_limbs(params.degree(), &x.limbs, j)
+    }
+
+    /// Coefficient `j` of RNS rows `limbs` (row i = residues mod the i-th prime, n each) as an
+    /// integer in [0, q).
+    pub(crate) fn compose_limbs(&self, n: usize, limbs: &[u64], j: usize) -> BigUint {
+        let sum: BigUint = self.basis.iter().enumerate().map(|(i, b)| b * limbs[i * n + j]).sum();
         sum % &self.q
     }
 

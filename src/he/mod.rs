@@ -8,11 +8,13 @@
 //! relinearization, modulus switching, key serialization.
 
 mod bfv;
+mod mult;
 mod params;
 mod poly;
 mod wire;
 
 pub use bfv::{Ciphertext, PlainOperand, Plaintext, PublicKey, SecretKey};
+pub use mult::RelinKey;
 pub use params::{HeParams, max_log_q_128};
 pub use poly::{Form, RnsPoly};
 pub use wire::ciphertext_len;
