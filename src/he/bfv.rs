@@ -423,22 +423,6 @@ mod tests {
         }
     }
 
-    fn negacyclic_mod_2_64(a: &[u64], w: &[u64]) -> Vec<u64> {
-        let n = a.len();
-        let mut c = vec![0u64; n];
-        for (i, &ai) in a.iter().enumerate() {
-            for (j, &wj) in w.iter().enumerate() {
-                let prod = ai.wrapping_mul(wj);
-                if i + j < n {
-                    c[i + j] = c[i + j].wrapping_add(prod);
-                } else {
-                    c[i + j - n] = c[i + j - n].wrapping_sub(prod);
-                }
-            }
-        }
-        c
-    }
-
     #[test]
     fn plaintext_products_decrypt_to_negacyclic_products_mod_2_64() {
         let (p, be, mut rng) = setup(HeParams::n4096());
@@ -449,7 +433,7 @@ mod tests {
         let mut ct = sk.encrypt(&Plaintext::new(&p, m.clone()).unwrap_or_else(|e| panic!("{e}")), &be, &mut rng);
         let op = PlainOperand::new(&p, &w, &be).unwrap_or_else(|e| panic!("{e}"));
         ct.mul_plain_assign(&p, &op, &be);
-        assert_eq!(sk.decrypt(&ct, &be).coeffs(), &negacyclic_mod_2_64(&m, &w)[..]);
+        assert_eq!(sk.decrypt(&ct, &be).coeffs(), &crate::he::negacyclic_mod_2_64(&m, &w)[..]);
         let budget = sk.noise_budget(&ct, &be);
         assert!(budget > 10.0, "{budget:.1} bits left after a product by 12-bit weights");
     }

@@ -47,3 +47,22 @@ pub enum HeError {
 
 /// Result alias of the HE layer.
 pub type HeResult<T> = Result<T, HeError>;
+
+/// Plaintext reference for the tests: the negacyclic product of two polynomials with
+/// coefficients in Z_2^64 (what a product of ciphertexts or by an operand must decrypt to).
+#[cfg(test)]
+pub(crate) fn negacyclic_mod_2_64(a: &[u64], b: &[u64]) -> Vec<u64> {
+    let n = a.len();
+    let mut c = vec![0u64; n];
+    for (i, &ai) in a.iter().enumerate().filter(|(_, v)| **v != 0) {
+        for (j, &bj) in b.iter().enumerate().filter(|(_, v)| **v != 0) {
+            let prod = ai.wrapping_mul(bj);
+            if i + j < n {
+                c[i + j] = c[i + j].wrapping_add(prod);
+            } else {
+                c[i + j - n] = c[i + j - n].wrapping_sub(prod);
+            }
+        }
+    }
+    c
+}

@@ -205,22 +205,6 @@ mod tests {
     use crate::he::Plaintext;
     use rand::{RngExt, SeedableRng, rngs::StdRng};
 
-    fn negacyclic_mod_2_64(a: &[u64], b: &[u64]) -> Vec<u64> {
-        let n = a.len();
-        let mut c = vec![0u64; n];
-        for (i, &ai) in a.iter().enumerate().filter(|(_, v)| **v != 0) {
-            for (j, &bj) in b.iter().enumerate().filter(|(_, v)| **v != 0) {
-                let prod = ai.wrapping_mul(bj);
-                if i + j < n {
-                    c[i + j] = c[i + j].wrapping_add(prod);
-                } else {
-                    c[i + j - n] = c[i + j - n].wrapping_sub(prod);
-                }
-            }
-        }
-        c
-    }
-
     #[test]
     fn products_of_ciphertexts_decrypt_to_products_mod_2_64() {
         let p = HeParams::n8192().unwrap_or_else(|e| panic!("{e}"));
@@ -235,7 +219,7 @@ mod tests {
         let ca = sk.encrypt(&Plaintext::new(&p, a.clone()).unwrap_or_else(|e| panic!("{e}")), &be, &mut rng);
         let cb = sk.encrypt(&Plaintext::new(&p, b.clone()).unwrap_or_else(|e| panic!("{e}")), &be, &mut rng);
         let prod = ca.mul(&cb, &p, &rlk, &be).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(sk.decrypt(&prod, &be).coeffs(), &negacyclic_mod_2_64(&a, &b)[..]);
+        assert_eq!(sk.decrypt(&prod, &be).coeffs(), &crate::he::negacyclic_mod_2_64(&a, &b)[..]);
         let budget = sk.noise_budget(&prod, &be);
         assert!(budget > 20.0, "only {budget:.1} bits left after one product");
     }
