@@ -12,21 +12,21 @@ pub fn packed_len(count: usize, width: u32) -> usize {
 /// Packs the low `width` bits (1..=64) of each value, little-endian bit order.
 pub fn pack_bits(values: &[u64], width: u32) -> Vec<u8> {
     let m = mask(width);
-    let mut out = vec![0u8; packed_len(values.len(), width)];
-    let mut bit = 0usize;
+    let total = packed_len(values.len(), width);
+    let mut out = Vec::with_capacity(total + 8);
+    // Bits accumulate in a 128-bit register and leave 64 at a time.
+    let (mut acc, mut filled) = (0u128, 0u32);
     for &v in values {
-        let mut v = v & m;
-        let mut left = width as usize;
-        while left > 0 {
-            let byte = bit / 8;
-            let off = bit % 8;
-            let take = (8 - off).min(left);
-            out[byte] |= ((v & ((1u64 << take) - 1)) as u8) << off;
-            v >>= take;
-            bit += take;
-            left -= take;
+        acc |= ((v & m) as u128) << filled;
+        filled += width;
+        if filled >= 64 {
+            out.extend_from_slice(&(acc as u64).to_le_bytes());
+            acc >>= 64;
+            filled -= 64;
         }
     }
+    out.extend_from_slice(&(acc as u64).to_le_bytes());
+    out.truncate(total);
     out
 }
 
@@ -36,21 +36,22 @@ pub fn unpack_bits(bytes: &[u8], count: usize, width: u32) -> Result<Vec<u64>, R
     if bytes.len() != expected {
         return Err(RingError::PackedLength { expected, actual: bytes.len(), count, width });
     }
+    let m = mask(width);
     let mut out = Vec::with_capacity(count);
-    let mut bit = 0usize;
+    let mut words = bytes.chunks(8).map(|c| {
+        let mut w = [0u8; 8];
+        w[..c.len()].copy_from_slice(c);
+        u64::from_le_bytes(w)
+    });
+    let (mut acc, mut filled) = (0u128, 0u32);
     for _ in 0..count {
-        let mut v = 0u64;
-        let mut got = 0usize;
-        while got < width as usize {
-            let byte = bit / 8;
-            let off = bit % 8;
-            let take = (8 - off).min(width as usize - got);
-            let chunk = (bytes[byte] >> off) as u64 & ((1u64 << take) - 1);
-            v |= chunk << got;
-            got += take;
-            bit += take;
+        if filled < width {
+            acc |= (words.next().unwrap_or(0) as u128) << filled;
+            filled += 64;
         }
-        out.push(v);
+        out.push(acc as u64 & m);
+        acc >>= width;
+        filled -= width;
     }
     Ok(out)
 }
