@@ -209,9 +209,9 @@ impl Drop for SecretKey {
 /// A public key (b, a) = (−a·s + e, a), in NTT form.
 #[derive(Debug, Clone)]
 pub struct PublicKey {
-    b: RnsPoly,
-    a: RnsPoly,
-    params: Arc<HeParams>,
+    pub(crate) b: RnsPoly,
+    pub(crate) a: RnsPoly,
+    pub(crate) params: Arc<HeParams>,
 }
 
 impl SecretKey {

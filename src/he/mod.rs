@@ -2,10 +2,10 @@
 //! coefficient encoding with plaintext modulus 2^64).
 //!
 //! Done so far: 128-bit-secure parameter sets (N = 4096, 8192), RNS polynomials over the
-//! backend's NTT, secret/public keys, secret- and public-key encryption, decryption, additions,
-//! products by prepared plaintext operands and a noise-budget measurement. Still to come (issue 3):
-//! ct×ct products,
-//! relinearization, modulus switching, key serialization.
+//! backend's NTT, secret/public/relinearization keys, secret- and public-key encryption,
+//! decryption, additions, products by prepared plaintext operands, ciphertext products with
+//! relinearization, modulus switching, validated serialization of ciphertexts and public keys,
+//! and a noise-budget measurement.
 
 mod bfv;
 mod mult;

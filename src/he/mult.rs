@@ -26,7 +26,7 @@ const AUX_BITS: u32 = 60;
 /// The relinearization key: for every prime p_i of Q, an encryption of s²·g_i, in NTT form.
 #[derive(Debug, Clone)]
 pub struct RelinKey {
-    parts: Vec<(RnsPoly, RnsPoly)>,
+    pub(crate) parts: Vec<(RnsPoly, RnsPoly)>,
 }
 
 impl SecretKey {

@@ -1,95 +1,169 @@
-//! Ciphertexts on the wire: a short header, then every residue packed to its prime's bit width.
-//! Reading validates everything before use: a wrong header, parameter set, length or an
-//! out-of-range residue is an error naming it, never a wrong ciphertext.
+//! Ciphertexts and keys on the wire: a short header, then every residue packed to its prime's
+//! bit width. Reading validates everything before use: a wrong header, parameter set, length or
+//! an out-of-range residue is an error naming it, never a wrong object.
+//!
+//! Header: tag (4 bytes), version, log2 N, RNS limbs, representation, number of polynomials (u16).
 
-use super::bfv::Ciphertext;
+use std::sync::Arc;
+
+use super::bfv::{Ciphertext, PublicKey};
+use super::mult::RelinKey;
 use super::poly::{Form, RnsPoly};
 use super::{HeError, HeParams, HeResult};
 use crate::ring::{pack_bits, packed_len, unpack_bits};
 
-const MAGIC: &[u8; 4] = b"SMct";
 const VERSION: u8 = 1;
-const HEADER: usize = 4 + 1 + 1 + 1 + 1;
+const HEADER: usize = 4 + 1 + 1 + 1 + 1 + 2;
+const CIPHERTEXT: (&[u8; 4], &str) = (b"SMct", "ciphertext");
+const PUBLIC_KEY: (&[u8; 4], &str) = (b"SMpk", "public key");
+const RELIN_KEY: (&[u8; 4], &str) = (b"SMrk", "relinearization key");
 
-fn malformed(reason: String) -> HeError {
-    HeError::Malformed { what: "ciphertext", reason }
+fn malformed(what: &'static str, reason: String) -> HeError {
+    HeError::Malformed { what, reason }
 }
 
-/// Bytes of a serialized ciphertext under `params` with its first `limbs` primes.
+/// Bytes of `polys` polynomials with the first `limbs` primes of `params`.
+fn encoded_len(params: &HeParams, limbs: usize, polys: usize) -> usize {
+    let per_poly: usize =
+        params.moduli()[..limbs.min(params.moduli().len())].iter().map(|m| packed_len(params.degree(), m.bits())).sum();
+    HEADER + polys * per_poly
+}
+
+/// Bytes of a serialized ciphertext under `params` at `limbs` RNS limbs.
 pub fn ciphertext_len(params: &HeParams, limbs: usize) -> usize {
-    HEADER
-        + 2 * params.moduli()[..limbs.min(params.moduli().len())]
-            .iter()
-            .map(|m| packed_len(params.degree(), m.bits()))
-            .sum::<usize>()
+    encoded_len(params, limbs, 2)
+}
+
+fn encode(tag: &[u8; 4], params: &HeParams, polys: &[&RnsPoly]) -> Vec<u8> {
+    let n = params.degree();
+    let limbs = polys.first().map_or(0, |p| p.limbs.len() / n);
+    let mut out = Vec::with_capacity(encoded_len(params, limbs, polys.len()));
+    out.extend_from_slice(tag);
+    out.push(VERSION);
+    out.push(n.trailing_zeros() as u8);
+    out.push(limbs as u8);
+    out.push(match polys.first().map(|p| p.form()) {
+        Some(Form::Ntt) => 1,
+        _ => 0,
+    });
+    out.extend_from_slice(&(polys.len() as u16).to_le_bytes());
+    for poly in polys {
+        for (limb, m) in poly.limbs.chunks_exact(n).zip(params.moduli()) {
+            out.extend(pack_bits(limb, m.bits()));
+        }
+    }
+    out
+}
+
+/// Reads polynomials written by [`encode`] under `tag`; `limbs` and `polys` are checked when given.
+fn decode(
+    (tag, what): (&[u8; 4], &'static str),
+    params: &HeParams,
+    bytes: &[u8],
+    limbs: Option<usize>,
+    polys: usize,
+) -> HeResult<Vec<RnsPoly>> {
+    if bytes.len() < HEADER || &bytes[..4] != tag || bytes[4] != VERSION {
+        return Err(malformed(what, format!("not a secmoe {what} (bad tag or version)")));
+    }
+    let n = params.degree();
+    if bytes[5] as u32 != n.trailing_zeros() {
+        return Err(malformed(what, format!("degree 2^{}, expected {n}", bytes[5])));
+    }
+    let k = bytes[6] as usize;
+    if k == 0 || k > params.moduli().len() || limbs.is_some_and(|l| l != k) {
+        let want = limbs.map_or(format!("1..={}", params.moduli().len()), |l| l.to_string());
+        return Err(malformed(what, format!("{k} RNS limbs, expected {want}")));
+    }
+    let form = match bytes[7] {
+        0 => Form::Coeff,
+        1 => Form::Ntt,
+        other => return Err(malformed(what, format!("unknown representation {other}"))),
+    };
+    let count = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    if count != polys {
+        return Err(malformed(what, format!("{count} polynomials, expected {polys}")));
+    }
+    let expected = encoded_len(params, k, polys);
+    if bytes.len() != expected {
+        return Err(malformed(
+            what,
+            format!("{} bytes, expected {expected} for {} at {k} limbs", bytes.len(), params.name()),
+        ));
+    }
+    let mut pos = HEADER;
+    let mut out = Vec::with_capacity(polys);
+    for index in 0..polys {
+        let mut limbs = Vec::with_capacity(n * k);
+        for (i, m) in params.moduli()[..k].iter().enumerate() {
+            let len = packed_len(n, m.bits());
+            let vals = unpack_bits(&bytes[pos..pos + len], n, m.bits())?;
+            if let Some(j) = vals.iter().position(|&v| v >= m.value()) {
+                return Err(malformed(
+                    what,
+                    format!("polynomial {index}: residue {j} of limb {i} is not below its prime"),
+                ));
+            }
+            limbs.extend(vals);
+            pos += len;
+        }
+        out.push(RnsPoly { limbs, form });
+    }
+    Ok(out)
+}
+
+fn pair(mut polys: Vec<RnsPoly>) -> (RnsPoly, RnsPoly) {
+    let second = polys.pop().unwrap_or_else(|| RnsPoly { limbs: Vec::new(), form: Form::Coeff });
+    let first = polys.pop().unwrap_or_else(|| RnsPoly { limbs: Vec::new(), form: Form::Coeff });
+    (first, second)
 }
 
 impl Ciphertext {
     /// Serializes (in the form it is in, at its modulus level).
     pub fn to_bytes(&self, params: &HeParams) -> Vec<u8> {
-        let n = params.degree();
-        let k = self.limbs(params);
-        let mut out = Vec::with_capacity(ciphertext_len(params, k));
-        out.extend_from_slice(MAGIC);
-        out.push(VERSION);
-        out.push(n.trailing_zeros() as u8);
-        out.push(k as u8);
-        out.push(match self.c0.form() {
-            Form::Coeff => 0,
-            Form::Ntt => 1,
-        });
-        for poly in [&self.c0, &self.c1] {
-            for (limb, m) in poly.limbs.chunks_exact(n).zip(params.moduli()) {
-                out.extend(pack_bits(limb, m.bits()));
-            }
-        }
-        out
+        encode(CIPHERTEXT.0, params, &[&self.c0, &self.c1])
     }
 
     /// Reads a ciphertext serialized under the same parameters (at any modulus level).
     pub fn from_bytes(params: &HeParams, bytes: &[u8]) -> HeResult<Ciphertext> {
-        if bytes.len() < HEADER || &bytes[..4] != MAGIC || bytes[4] != VERSION {
-            return Err(malformed("not a secmoe ciphertext (bad magic or version)".into()));
-        }
-        let n = params.degree();
-        if bytes[5] as u32 != n.trailing_zeros() {
-            return Err(malformed(format!("degree 2^{}, expected {n}", bytes[5])));
-        }
-        let k = bytes[6] as usize;
-        if k == 0 || k > params.moduli().len() {
-            return Err(malformed(format!("{k} RNS limbs, expected 1..={}", params.moduli().len())));
-        }
-        let expected = ciphertext_len(params, k);
-        if bytes.len() != expected {
-            return Err(malformed(format!(
-                "{} bytes, expected {expected} for {} at {k} limbs",
-                bytes.len(),
-                params.name()
-            )));
-        }
-        let form = match bytes[7] {
-            0 => Form::Coeff,
-            1 => Form::Ntt,
-            other => return Err(malformed(format!("unknown representation {other}"))),
-        };
-        let mut pos = HEADER;
-        let mut polys = Vec::with_capacity(2);
-        for half in ["c0", "c1"] {
-            let mut limbs = Vec::with_capacity(n * k);
-            for (i, m) in params.moduli()[..k].iter().enumerate() {
-                let len = packed_len(n, m.bits());
-                let vals = unpack_bits(&bytes[pos..pos + len], n, m.bits())?;
-                if let Some(j) = vals.iter().position(|&v| v >= m.value()) {
-                    return Err(malformed(format!("{half} residue {j} of limb {i} is not below its prime")));
-                }
-                limbs.extend(vals);
-                pos += len;
-            }
-            polys.push(RnsPoly { limbs, form });
-        }
-        let c1 = polys.pop().ok_or_else(|| malformed("missing c1".into()))?;
-        let c0 = polys.pop().ok_or_else(|| malformed("missing c0".into()))?;
+        let (c0, c1) = pair(decode(CIPHERTEXT, params, bytes, None, 2)?);
         Ok(Ciphertext { c0, c1 })
+    }
+}
+
+impl PublicKey {
+    /// Serializes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encode(PUBLIC_KEY.0, &self.params, &[&self.b, &self.a])
+    }
+
+    /// Reads a public key for `params` (full level, NTT form).
+    pub fn from_bytes(params: &Arc<HeParams>, bytes: &[u8]) -> HeResult<PublicKey> {
+        let (b, a) = pair(decode(PUBLIC_KEY, params, bytes, Some(params.moduli().len()), 2)?);
+        if b.form() != Form::Ntt {
+            return Err(malformed(PUBLIC_KEY.1, "expected the NTT representation".into()));
+        }
+        Ok(PublicKey { b, a, params: params.clone() })
+    }
+}
+
+impl RelinKey {
+    /// Serializes.
+    pub fn to_bytes(&self, params: &HeParams) -> Vec<u8> {
+        let polys: Vec<&RnsPoly> = self.parts.iter().flat_map(|(b, a)| [b, a]).collect();
+        encode(RELIN_KEY.0, params, &polys)
+    }
+
+    /// Reads a relinearization key for `params` (one part per prime, NTT form).
+    pub fn from_bytes(params: &HeParams, bytes: &[u8]) -> HeResult<RelinKey> {
+        let k = params.moduli().len();
+        let polys = decode(RELIN_KEY, params, bytes, Some(k), 2 * k)?;
+        if polys.iter().any(|p| p.form() != Form::Ntt) {
+            return Err(malformed(RELIN_KEY.1, "expected the NTT representation".into()));
+        }
+        let mut it = polys.into_iter();
+        let parts = std::iter::from_fn(|| Some((it.next()?, it.next()?))).collect();
+        Ok(RelinKey { parts })
     }
 }
 
@@ -100,7 +174,7 @@ mod tests {
     use crate::he::{Plaintext, SecretKey};
     use rand::{RngExt, SeedableRng, rngs::StdRng};
 
-    fn fixture() -> (std::sync::Arc<HeParams>, CpuBackend, SecretKey, Ciphertext, Plaintext) {
+    fn fixture() -> (Arc<HeParams>, CpuBackend, SecretKey, Ciphertext, Plaintext) {
         let p = HeParams::n4096().unwrap_or_else(|e| panic!("{e}"));
         let be = CpuBackend::new(1).unwrap_or_else(|e| panic!("{e}"));
         let mut rng = StdRng::seed_from_u64(5);
@@ -114,11 +188,28 @@ mod tests {
     fn round_trips_at_the_packed_size() {
         let (p, be, sk, ct, pt) = fixture();
         let bytes = ct.to_bytes(&p);
-        // 2 polys × 4096 × (55 + 54) bits, plus 8 header bytes
-        assert_eq!(bytes.len(), 8 + 2 * 4096 * 109 / 8);
+        // 2 polys × 4096 × (55 + 54) bits, plus the header
+        assert_eq!(bytes.len(), HEADER + 2 * 4096 * 109 / 8);
         let back = Ciphertext::from_bytes(&p, &bytes).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back, ct);
         assert_eq!(sk.decrypt(&back, &be), pt);
+    }
+
+    #[test]
+    fn keys_round_trip_and_still_work() {
+        let p = HeParams::n8192().unwrap_or_else(|e| panic!("{e}"));
+        let be = CpuBackend::new(1).unwrap_or_else(|e| panic!("{e}"));
+        let mut rng = StdRng::seed_from_u64(7);
+        let sk = SecretKey::generate(&p, &be, &mut rng);
+        let pk = PublicKey::from_bytes(&p, &sk.public_key(&be, &mut rng).to_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        let rlk = RelinKey::from_bytes(&p, &sk.relin_key(&be, &mut rng).to_bytes(&p)).unwrap_or_else(|e| panic!("{e}"));
+        let pt = Plaintext::new(&p, vec![3, 5]).unwrap_or_else(|e| panic!("{e}"));
+        let ct = pk.encrypt(&pt, &be, &mut rng);
+        let sq = ct.mul(&ct, &p, &rlk, &be).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(sk.decrypt(&sq, &be).coeffs()[..3], [9, 30, 25]);
+        // a key is not a ciphertext, and a ciphertext is not a key
+        assert!(Ciphertext::from_bytes(&p, &pk.to_bytes()).is_err());
+        assert!(PublicKey::from_bytes(&p, &ct.to_bytes(&p)).is_err());
     }
 
     #[test]
@@ -133,7 +224,7 @@ mod tests {
         ct.drop_last_modulus(&p, &be).unwrap_or_else(|e| panic!("{e}"));
         ct.drop_last_modulus(&p, &be).unwrap_or_else(|e| panic!("{e}"));
         let bytes = ct.to_bytes(&p);
-        assert_eq!(bytes.len(), 8 + 2 * 8192 * 110 / 8);
+        assert_eq!(bytes.len(), HEADER + 2 * 8192 * 110 / 8);
         assert!(bytes.len() * 100 < full * 51, "110 of 218 bits of modulus left");
         let back = Ciphertext::from_bytes(&p, &bytes).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(sk.decrypt(&back, &be).coeffs()[..100], pt.coeffs()[..]);
@@ -145,10 +236,10 @@ mod tests {
         let bytes = ct.to_bytes(&p);
         let err = |b: &[u8]| Ciphertext::from_bytes(&p, b).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err(&bytes[..bytes.len() - 1]).contains("bytes, expected"));
-        assert!(err(&bytes[..3]).contains("magic"));
+        assert!(err(&bytes[..3]).contains("tag"));
         let mut bad = bytes.clone();
         bad[0] = b'X';
-        assert!(err(&bad).contains("magic"));
+        assert!(err(&bad).contains("tag"));
         let mut bad = bytes.clone();
         bad[5] = 13;
         assert!(err(&bad).contains("degree"));
@@ -161,9 +252,12 @@ mod tests {
         let mut bad = bytes.clone();
         bad[7] = 9;
         assert!(err(&bad).contains("representation"));
+        let mut bad = bytes.clone();
+        bad[8] = 3;
+        assert!(err(&bad).contains("polynomials"));
         // all-ones residues are ≥ the prime
         let mut bad = bytes.clone();
-        for b in &mut bad[8..16] {
+        for b in &mut bad[HEADER..HEADER + 8] {
             *b = 0xff;
         }
         assert!(err(&bad).contains("not below its prime"), "{}", err(&bad));
