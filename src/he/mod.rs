@@ -4,7 +4,7 @@
 //! Done so far: 128-bit-secure parameter sets (N = 4096, 8192), RNS polynomials over the
 //! backend's NTT, secret/public/relinearization keys, secret- and public-key encryption,
 //! decryption, additions, products by prepared plaintext operands, ciphertext products with
-//! relinearization, modulus switching, validated serialization of ciphertexts and public keys,
+//! relinearization, modulus switching, validated serialization of ciphertexts and keys,
 //! and a noise-budget measurement.
 
 mod bfv;
