@@ -39,5 +39,47 @@ fn bench_he(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_he);
+/// Ours against SEAL at N = 8192, one thread, timed back to back (`benches/seal_ref.py mul`).
+fn compare_with_seal(_c: &mut Criterion) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/seal_ref.py");
+    let out = match std::process::Command::new("python3").args([script, "mul"]).output() {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Ok(o) => return println!("SEAL comparison skipped: {}", String::from_utf8_lossy(&o.stderr).trim()),
+        Err(e) => return println!("SEAL comparison skipped: cannot run python3 ({e})"),
+    };
+    let mut rng = StdRng::seed_from_u64(2);
+    let params = HeParams::n8192().unwrap();
+    let be = CpuBackend::new(1).unwrap();
+    let sk = SecretKey::generate(&params, &be, &mut rng);
+    let rlk = sk.relin_key(&be, &mut rng);
+    let pt = Plaintext::new(&params, (0..params.degree()).map(|_| rng.random()).collect()).unwrap();
+    let w: Vec<u64> = (0..params.degree()).map(|_| rng.random_range(-4096i64..4096) as u64).collect();
+    let op = PlainOperand::new(&params, &w, &be).unwrap();
+    let ct = sk.encrypt(&pt, &be, &mut rng);
+    let time = |reps: u32, f: &mut dyn FnMut()| {
+        let start = std::time::Instant::now();
+        for _ in 0..reps {
+            f();
+        }
+        start.elapsed().as_secs_f64() / reps as f64 * 1e6
+    };
+    let mut x = ct.clone();
+    let ours_pt = time(400, &mut || x.mul_plain_assign(&params, &op, &be));
+    let ours_ct = time(10, &mut || drop(ct.mul(&ct, &params, &rlk, &be).unwrap()));
+    println!("\nBFV at N=8192, one thread: secmoe (218-bit q) vs SEAL (default 218-bit q), microseconds");
+    println!("{:<22} {:>12} {:>12} {:>8}", "operation", "secmoe", "SEAL", "ratio");
+    for line in out.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let [_, op_name, _, us] = f[..] else { continue };
+        let seal: f64 = us.parse().unwrap();
+        let (name, ours) = match op_name {
+            "ctxpt" => ("ct x pt (NTT form)", ours_pt),
+            "ctxct" => ("ct x ct + relinearize", ours_ct),
+            _ => continue,
+        };
+        println!("{name:<22} {ours:>12.1} {seal:>12.1} {:>8.2}", ours / seal);
+    }
+}
+
+criterion_group!(benches, bench_he, compare_with_seal);
 criterion_main!(benches);

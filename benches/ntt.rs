@@ -39,10 +39,10 @@ fn bench_ntt(c: &mut Criterion) {
     group.finish();
 }
 
-/// Our serial kernel against SEAL's, timed back to back in this run (`benches/seal_ntt.py`).
+/// Our serial kernel against SEAL's, timed back to back in this run (`benches/seal_ref.py ntt`).
 fn compare_with_seal(_c: &mut Criterion) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/seal_ntt.py");
-    let out = match std::process::Command::new("python3").arg(script).output() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/seal_ref.py");
+    let out = match std::process::Command::new("python3").args([script, "ntt"]).output() {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
         Ok(o) => return println!("SEAL comparison skipped: {}", String::from_utf8_lossy(&o.stderr).trim()),
         Err(e) => return println!("SEAL comparison skipped: cannot run python3 ({e})"),
