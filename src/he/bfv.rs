@@ -41,8 +41,9 @@ impl Plaintext {
         &self.coeffs
     }
 
-    /// ⌊q·m/t⌉ = Δ·m + ⌊(r·m + t/2)/t⌋ with q = Δ·t + r, in RNS coefficient form.
-    fn scaled(&self, params: &HeParams, ctx: &CrtContext) -> RnsPoly {
+    /// ⌊q·m/t⌉ = Δ·m + ⌊(r·m + t/2)/t⌋ with q = Δ·t + r (q = the first `limbs` primes, as in
+    /// `ctx`), in RNS coefficient form.
+    fn scaled(&self, params: &HeParams, ctx: &CrtContext, limbs: usize) -> RnsPoly {
         let n = params.degree();
         let corrections: Vec<u64> = self
             .coeffs
@@ -53,8 +54,8 @@ impl Plaintext {
                 ((prod >> 64) as u64) + carry as u64
             })
             .collect();
-        let mut poly = RnsPoly::zero(params, Form::Coeff);
-        for (i, m) in params.moduli().iter().enumerate() {
+        let mut poly = RnsPoly { limbs: vec![0; n * limbs], form: Form::Coeff };
+        for (i, m) in params.moduli()[..limbs].iter().enumerate() {
             let delta = ctx.delta_mod[i];
             let dst = poly.limbs[i * n..(i + 1) * n].iter_mut();
             for ((dst, &c), &corr) in dst.zip(&self.coeffs).zip(&corrections) {
@@ -73,16 +74,35 @@ pub struct Ciphertext {
 }
 
 impl Ciphertext {
-    /// `self += other` (both in the same form).
-    pub fn add_assign(&mut self, params: &HeParams, other: &Ciphertext) {
-        self.c0.add_assign(params, &other.c0);
-        self.c1.add_assign(params, &other.c1);
+    /// `self += other`. Both must be at the same modulus level; `other` is brought to `self`'s
+    /// representation if it differs.
+    pub fn add_assign(&mut self, params: &HeParams, other: &Ciphertext, backend: &dyn Backend) -> HeResult<()> {
+        let (k, k_other) = (self.limbs(params), other.limbs(params));
+        if k != k_other {
+            return Err(HeError::Shape(format!("adding ciphertexts at {k} and {k_other} RNS limbs")));
+        }
+        if self.c0.form() == other.c0.form() {
+            self.c0.add_assign(params, &other.c0);
+            self.c1.add_assign(params, &other.c1);
+        } else {
+            let (mut c0, mut c1) = (other.c0.clone(), other.c1.clone());
+            for c in [&mut c0, &mut c1] {
+                match self.c0.form() {
+                    Form::Ntt => c.to_ntt(params, backend),
+                    Form::Coeff => c.to_coeff(params, backend),
+                }
+            }
+            self.c0.add_assign(params, &c0);
+            self.c1.add_assign(params, &c1);
+        }
+        Ok(())
     }
 
-    /// Adds a plaintext: c0 += Δ·m.
+    /// Adds a plaintext: c0 += ⌊q'·m/t⌉ at the ciphertext's level q'.
     pub fn add_plain_assign(&mut self, params: &HeParams, pt: &Plaintext, backend: &dyn Backend) -> HeResult<()> {
-        let ctx = CrtContext::new(params.moduli());
-        let mut dm = pt.scaled(params, &ctx);
+        let k = self.limbs(params);
+        let ctx = CrtContext::new(&params.moduli()[..k]);
+        let mut dm = pt.scaled(params, &ctx, k);
         if self.c0.form() == Form::Ntt {
             dm.to_ntt(params, backend);
         }
@@ -243,7 +263,7 @@ impl SecretKey {
         let ctx = CrtContext::new(p.moduli());
         let c1 = RnsPoly::uniform(p, Form::Ntt, rng);
         let mut c0 = RnsPoly::from_signed(p, &RnsPoly::error_coeffs(p.degree(), rng));
-        c0.add_assign(p, &pt.scaled(p, &ctx));
+        c0.add_assign(p, &pt.scaled(p, &ctx, p.moduli().len()));
         c0.to_ntt(p, backend);
         let mut as_ = c1.clone();
         as_.mul_assign(p, &self.s);
@@ -300,7 +320,7 @@ impl PublicKey {
         let mut u = RnsPoly::from_signed(p, &RnsPoly::ternary_coeffs(p.degree(), rng));
         u.to_ntt(p, backend);
         let mut c0 = RnsPoly::from_signed(p, &RnsPoly::error_coeffs(p.degree(), rng));
-        c0.add_assign(p, &pt.scaled(p, &ctx));
+        c0.add_assign(p, &pt.scaled(p, &ctx, p.moduli().len()));
         c0.to_ntt(p, backend);
         let mut bu = self.b.clone();
         bu.mul_assign(p, &u);
@@ -414,7 +434,10 @@ mod tests {
         let pa = Plaintext::new(&p, a.clone()).unwrap_or_else(|e| panic!("{e}"));
         let pb = Plaintext::new(&p, b.clone()).unwrap_or_else(|e| panic!("{e}"));
         let mut ct = sk.encrypt(&pa, &be, &mut rng);
-        ct.add_assign(&p, &sk.encrypt(&pb, &be, &mut rng));
+        let mut other = sk.encrypt(&pb, &be, &mut rng);
+        other.c0.to_coeff(&p, &be);
+        other.c1.to_coeff(&p, &be);
+        ct.add_assign(&p, &other, &be).unwrap_or_else(|e| panic!("{e}"));
         ct.add_plain_assign(&p, &pb, &be).unwrap_or_else(|e| panic!("{e}"));
         let got = sk.decrypt(&ct, &be);
         for (j, (&got, &aj)) in got.coeffs().iter().zip(&a).enumerate() {
@@ -458,6 +481,21 @@ mod tests {
             // N=4096's 109-bit q cannot lose a 54-bit prime; N=8192 goes from 218 to 109 bits.
             assert_eq!(dropped, if p.degree() == 4096 { 0 } else { 2 }, "{}", p.name());
         }
+    }
+
+    #[test]
+    fn operations_at_a_lower_level_stay_correct_or_are_refused() {
+        let (p, be, mut rng) = setup(HeParams::n8192());
+        let sk = SecretKey::generate(&p, &be, &mut rng);
+        let a: Vec<u64> = (0..p.degree()).map(|_| rng.random()).collect();
+        let pa = Plaintext::new(&p, a.clone()).unwrap_or_else(|e| panic!("{e}"));
+        let full = sk.encrypt(&pa, &be, &mut rng);
+        let mut low = full.clone();
+        low.drop_last_modulus(&p, &be).unwrap_or_else(|e| panic!("{e}"));
+        assert!(low.clone().add_assign(&p, &full, &be).is_err(), "levels differ");
+        low.add_plain_assign(&p, &pa, &be).unwrap_or_else(|e| panic!("{e}"));
+        let doubled: Vec<u64> = a.iter().map(|x| x.wrapping_mul(2)).collect();
+        assert_eq!(sk.decrypt(&low, &be).coeffs(), &doubled[..]);
     }
 
     #[test]
