@@ -2,6 +2,8 @@
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
+mod common;
+
 use criterion::{Criterion, criterion_group, criterion_main};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use secmoe::backend::CpuBackend;
@@ -41,12 +43,7 @@ fn bench_he(c: &mut Criterion) {
 
 /// Ours against SEAL at N = 8192, one thread, timed back to back (`benches/seal_ref.py mul`).
 fn compare_with_seal(_c: &mut Criterion) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/seal_ref.py");
-    let out = match std::process::Command::new("python3").args([script, "mul"]).output() {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
-        Ok(o) => return println!("SEAL comparison skipped: {}", String::from_utf8_lossy(&o.stderr).trim()),
-        Err(e) => return println!("SEAL comparison skipped: cannot run python3 ({e})"),
-    };
+    let Some(rows) = common::seal_reference("mul") else { return };
     let mut rng = StdRng::seed_from_u64(2);
     let params = HeParams::n8192().unwrap();
     let be = CpuBackend::new(1).unwrap();
@@ -68,11 +65,8 @@ fn compare_with_seal(_c: &mut Criterion) {
     let ours_ct = time(10, &mut || drop(ct.mul(&ct, &params, &rlk, &be).unwrap()));
     println!("\nBFV at N=8192, one thread: secmoe (218-bit q) vs SEAL (default 218-bit q), microseconds");
     println!("{:<22} {:>12} {:>12} {:>8}", "operation", "secmoe", "SEAL", "ratio");
-    for line in out.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let [_, op_name, _, us] = f[..] else { continue };
-        let seal: f64 = us.parse().unwrap();
-        let (name, ours) = match op_name {
+    for (op_name, _, seal) in rows {
+        let (name, ours) = match op_name.as_str() {
             "ctxpt" => ("ct x pt (NTT form)", ours_pt),
             "ctxct" => ("ct x ct + relinearize", ours_ct),
             _ => continue,

@@ -5,6 +5,8 @@
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
+mod common;
+
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use secmoe::backend::{Backend, CpuBackend, NttTable};
@@ -41,20 +43,12 @@ fn bench_ntt(c: &mut Criterion) {
 
 /// Our serial kernel against SEAL's, timed back to back in this run (`benches/seal_ref.py ntt`).
 fn compare_with_seal(_c: &mut Criterion) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/seal_ref.py");
-    let out = match std::process::Command::new("python3").args([script, "ntt"]).output() {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
-        Ok(o) => return println!("SEAL comparison skipped: {}", String::from_utf8_lossy(&o.stderr).trim()),
-        Err(e) => return println!("SEAL comparison skipped: cannot run python3 ({e})"),
-    };
+    let Some(rows) = common::seal_reference("ntt") else { return };
     let mut rng = StdRng::seed_from_u64(1);
     println!("\nNTT, one 60-bit limb, one core: secmoe vs SEAL (tenseal), microseconds");
     println!("{:<8} {:<8} {:>10} {:>10} {:>8}", "N", "dir", "secmoe", "SEAL", "ratio");
-    for line in out.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let [_, dir, n, us] = f[..] else { continue };
+    for (dir, n, seal) in rows {
         let n: usize = n.trim_start_matches("N=").parse().unwrap();
-        let seal: f64 = us.parse().unwrap();
         let t = table(n, 60);
         let mut a: Vec<u64> = (0..n).map(|_| rng.random_range(0..t.modulus().value())).collect();
         let reps = 4000;
