@@ -1,5 +1,7 @@
 //! Plain-text tables of what a run cost.
 
+use std::io::{self, Write};
+
 use secmoe::demo::DemoOutcome;
 use secmoe::net::{CostModel, Report, StepStats};
 
@@ -17,44 +19,52 @@ pub fn human_bytes(b: u64) -> String {
     }
 }
 
-fn row(name: &str, s: &StepStats) {
-    println!(
+fn row(out: &mut impl Write, name: &str, s: &StepStats) -> io::Result<()> {
+    writeln!(
+        out,
         "  {:<28} {:>11} {:>11} {:>7} {:>9.3}",
         name,
         human_bytes(s.bytes_sent),
         human_bytes(s.bytes_received),
         s.rounds,
         s.seconds
-    );
+    )
 }
 
-/// Prints a step table with totals and the LAN/WAN estimates.
-pub fn print_report(report: &Report) {
-    println!("  {:<28} {:>11} {:>11} {:>7} {:>9}", "step", "sent", "received", "rounds", "time (s)");
+/// Writes a step table with totals and the LAN/WAN estimates.
+fn write_report(out: &mut impl Write, report: &Report) -> io::Result<()> {
+    writeln!(out, "  {:<28} {:>11} {:>11} {:>7} {:>9}", "step", "sent", "received", "rounds", "time (s)")?;
     for (name, s) in &report.steps {
-        row(name, s);
+        row(out, name, s)?;
     }
     let t = report.total();
-    row("total", &t);
+    row(out, "total", &t)?;
     for net in [CostModel::LAN, CostModel::WAN] {
-        println!(
+        writeln!(
+            out,
             "  estimated {} ({} Gbps, {} ms RTT): {:.3} s",
             net.name,
             net.bandwidth_bps / 1e9,
             net.latency_s * 1e3,
             net.estimate(t.seconds, t.bytes(), t.rounds)
-        );
+        )?;
     }
+    Ok(())
 }
 
-/// Prints one party's outcome of the demo.
-pub fn print_outcome(out: &DemoOutcome) {
-    println!("== {} ({:.2} s wall)", out.party, out.wall_s);
-    print_report(&out.report);
-    let v = out.verify.total();
-    println!("  (verification outside the protocol: {} moved, not counted above)", human_bytes(v.bytes()));
-    for c in &out.checks {
-        println!("  ok: {c}");
+fn write_outcome(out: &mut impl Write, o: &DemoOutcome) -> io::Result<()> {
+    writeln!(out, "== {} ({:.2} s wall)", o.party, o.wall_s)?;
+    write_report(out, &o.report)?;
+    let v = o.verify.total();
+    writeln!(out, "  (verification outside the protocol: {} moved, not counted above)", human_bytes(v.bytes()))?;
+    for c in &o.checks {
+        writeln!(out, "  ok: {c}")?;
     }
-    println!();
+    writeln!(out)
+}
+
+/// Prints one party's outcome of the demo to stdout. A closed stdout (`secmoe demo | head`) is
+/// not an error of the run, so write failures are ignored.
+pub fn print_outcome(o: &DemoOutcome) {
+    let _ = write_outcome(&mut io::stdout().lock(), o);
 }
