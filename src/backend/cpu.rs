@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::{Backend, Block, NttTable, Tweaks};
+use super::{Backend, Block, NttTable, Prepared, Tweaks};
 use crate::ring::modp::Modulus;
 
 /// Elements per parallel task; large enough to amortize scheduling, small enough to balance.
@@ -75,20 +75,28 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn mul_acc(&self, modulus: &Modulus, n: usize, x: &[u64], w: &[u64], w_shoup: &[u64], out: &mut [u64]) {
+    fn mul_acc(&self, modulus: &Modulus, n: usize, x: &[u64], w: &[u64], prepared: Prepared<'_>, out: &mut [u64]) {
         assert!(n > 0 && x.len().is_multiple_of(n) && out.len().is_multiple_of(n), "mul_acc: ragged polynomials");
         let inputs = x.len() / n;
         assert_eq!(w.len(), out.len() * inputs, "mul_acc: weights do not match inputs × outputs");
-        assert_eq!(w.len(), w_shoup.len(), "mul_acc: one Shoup constant per weight");
+        match prepared {
+            Prepared::W(c) => assert_eq!(c.len(), w.len(), "mul_acc: one Shoup constant per weight"),
+            Prepared::X(c) => assert_eq!(c.len(), x.len(), "mul_acc: one Shoup constant per input"),
+        }
         let two_p = 2 * modulus.value();
         let one_output = |j: usize, acc: &mut [u64]| {
             acc.fill(0);
             let row = j * inputs * n;
             for i in 0..inputs {
-                let (xi, wi, si) = (&x[i * n..][..n], &w[row + i * n..][..n], &w_shoup[row + i * n..][..n]);
-                for (((a, &xv), &wv), &sv) in acc.iter_mut().zip(xi).zip(wi).zip(si) {
+                let (xi, wi) = (&x[i * n..][..n], &w[row + i * n..][..n]);
+                // (raw, constant-carrying, constants)
+                let (raw, fixed, consts) = match prepared {
+                    Prepared::W(c) => (xi, wi, &c[row + i * n..][..n]),
+                    Prepared::X(c) => (wi, xi, &c[i * n..][..n]),
+                };
+                for (((a, &y), &v), &sv) in acc.iter_mut().zip(raw).zip(fixed).zip(consts) {
                     // a < 2p and the lazy product < 2p: the sum stays below 4p < 2^64.
-                    let s = *a + modulus.mul_shoup_lazy(xv, wv, sv);
+                    let s = *a + modulus.mul_shoup_lazy(y, v, sv);
                     *a = s.min(s.wrapping_sub(two_p));
                 }
             }

@@ -36,11 +36,21 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Pointwise multiply-accumulate over one RNS limb in NTT form, for ct×pt products and for
     /// selection sums Σ_i W_i·[[t_i]]: `out[j] = Σ_i x[i] ⊙ w[j][i] mod p`, where `x` holds I
-    /// polynomials, `w` holds J rows of I plaintext polynomials (with Shoup constants `w_shoup`,
-    /// precomputed once per weight matrix) and `out` receives J polynomials, each of `n` values.
+    /// polynomials, `w` holds J rows of I polynomials and `out` receives J polynomials, each of
+    /// `n` values. One side carries Shoup constants ([`Prepared`]): the weights when they are
+    /// prepared once per model, or the shared inputs when the weights are transformed on the fly.
     ///
     /// Panics if the lengths do not match I·n, J·I·n and J·n: a caller bug, not input.
-    fn mul_acc(&self, modulus: &Modulus, n: usize, x: &[u64], w: &[u64], w_shoup: &[u64], out: &mut [u64]);
+    fn mul_acc(&self, modulus: &Modulus, n: usize, x: &[u64], w: &[u64], prepared: Prepared<'_>, out: &mut [u64]);
+}
+
+/// The Shoup constants of one operand of [`Backend::mul_acc`], as long as that operand.
+#[derive(Debug, Clone, Copy)]
+pub enum Prepared<'a> {
+    /// Constants of `w` (J·I·n values).
+    W(&'a [u64]),
+    /// Constants of `x` (I·n values).
+    X(&'a [u64]),
 }
 
 /// The tweaks of a [`Backend::hash_blocks`] batch.
@@ -77,13 +87,16 @@ mod tests {
         let x: Vec<u64> = (0..i_count * n).map(|_| rng.random_range(0..m.value())).collect();
         let w: Vec<u64> = (0..j_count * i_count * n).map(|_| rng.random_range(0..m.value())).collect();
         let ws: Vec<u64> = w.iter().map(|&v| m.shoup(v)).collect();
-        let mut out = vec![0u64; j_count * n];
-        be.mul_acc(&m, n, &x, &w, &ws, &mut out);
-        for j in 0..j_count {
-            for k in 0..n {
-                let expect =
-                    (0..i_count).fold(0, |acc, i| m.add(acc, m.mul(x[i * n + k], w[(j * i_count + i) * n + k])));
-                assert_eq!(out[j * n + k], expect, "output {j}, slot {k}");
+        let xs: Vec<u64> = x.iter().map(|&v| m.shoup(v)).collect();
+        for prepared in [Prepared::W(&ws), Prepared::X(&xs)] {
+            let mut out = vec![0u64; j_count * n];
+            be.mul_acc(&m, n, &x, &w, prepared, &mut out);
+            for j in 0..j_count {
+                for k in 0..n {
+                    let expect =
+                        (0..i_count).fold(0, |acc, i| m.add(acc, m.mul(x[i * n + k], w[(j * i_count + i) * n + k])));
+                    assert_eq!(out[j * n + k], expect, "{prepared:?}: output {j}, slot {k}");
+                }
             }
         }
     }

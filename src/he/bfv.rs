@@ -10,12 +10,13 @@ use std::sync::Arc;
 
 use num_bigint::BigUint;
 use num_traits::{One, ToPrimitive, Zero};
-use rand::CryptoRng;
+use rand::rngs::ChaCha20Rng;
+use rand::{CryptoRng, SeedableRng};
 use zeroize::Zeroize;
 
 use super::poly::{Form, RnsPoly};
 use super::{HeError, HeParams, HeResult};
-use crate::backend::Backend;
+use crate::backend::{Backend, Prepared};
 
 /// A plaintext: up to N coefficients in Z_2^64 (missing ones are zero).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,7 +159,7 @@ impl Ciphertext {
             c.to_ntt(params, backend);
             let operand = w.poly.limbs.chunks_exact(n).zip(w.shoup.chunks_exact(n));
             for ((limb, m), (ws, wsh)) in c.limbs.chunks_exact_mut(n).zip(params.moduli()).zip(operand) {
-                backend.mul_acc(m, n, limb, ws, wsh, &mut product);
+                backend.mul_acc(m, n, limb, ws, Prepared::W(wsh), &mut product);
                 limb.copy_from_slice(&product);
             }
         }
@@ -259,9 +260,35 @@ impl SecretKey {
 
     /// Symmetric encryption: (c0, c1) = (−a·s + e + Δ·m, a), returned in NTT form.
     pub fn encrypt<R: CryptoRng + ?Sized>(&self, pt: &Plaintext, backend: &dyn Backend, rng: &mut R) -> Ciphertext {
+        let c1 = RnsPoly::uniform(&self.params, Form::Ntt, rng);
+        self.encrypt_with_mask(pt, c1, backend, rng)
+    }
+
+    /// Symmetric encryption whose uniform half `a` is expanded from a fresh 32-byte seed, so that
+    /// only c0 and the seed travel (half the bytes). `a` is public in RLWE anyway; expanding it
+    /// with ChaCha20 keeps it indistinguishable from uniform.
+    pub fn encrypt_seeded<R: CryptoRng + ?Sized>(
+        &self,
+        pt: &Plaintext,
+        backend: &dyn Backend,
+        rng: &mut R,
+    ) -> SeededCiphertext {
+        let mut seed = [0u8; 32];
+        rng.fill_bytes(&mut seed);
+        let c1 = SeededCiphertext::mask(&self.params, seed);
+        let ct = self.encrypt_with_mask(pt, c1, backend, rng);
+        SeededCiphertext { c0: ct.c0, seed }
+    }
+
+    fn encrypt_with_mask<R: CryptoRng + ?Sized>(
+        &self,
+        pt: &Plaintext,
+        c1: RnsPoly,
+        backend: &dyn Backend,
+        rng: &mut R,
+    ) -> Ciphertext {
         let p = &self.params;
         let ctx = CrtContext::new(p.moduli());
-        let c1 = RnsPoly::uniform(p, Form::Ntt, rng);
         let mut c0 = RnsPoly::from_signed(p, &RnsPoly::error_coeffs(p.degree(), rng));
         c0.add_assign(p, &pt.scaled(p, &ctx, p.moduli().len()));
         c0.to_ntt(p, backend);
@@ -309,6 +336,25 @@ impl SecretKey {
         }
         let half_delta = bits(&ctx.delta) - 1.0;
         if worst.is_zero() { half_delta } else { half_delta - bits(&worst) }
+    }
+}
+
+/// A fresh symmetric ciphertext whose c1 is given by a seed (see [`SecretKey::encrypt_seeded`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeededCiphertext {
+    pub(crate) c0: RnsPoly,
+    pub(crate) seed: [u8; 32],
+}
+
+impl SeededCiphertext {
+    /// The uniform polynomial (NTT form) that `seed` stands for.
+    fn mask(params: &HeParams, seed: [u8; 32]) -> RnsPoly {
+        RnsPoly::uniform(params, Form::Ntt, &mut ChaCha20Rng::from_seed(seed))
+    }
+
+    /// The full ciphertext.
+    pub fn expand(&self, params: &HeParams) -> Ciphertext {
+        Ciphertext { c0: self.c0.clone(), c1: SeededCiphertext::mask(params, self.seed) }
     }
 }
 

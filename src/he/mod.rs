@@ -3,21 +3,24 @@
 //!
 //! Done so far: 128-bit-secure parameter sets (N = 4096, 8192), RNS polynomials over the
 //! backend's NTT, secret/public/relinearization keys, secret- and public-key encryption,
-//! decryption, additions, products by prepared plaintext operands, ciphertext products with
-//! relinearization, modulus switching, validated serialization of ciphertexts and keys,
-//! and a noise-budget measurement.
+//! decryption (also of seeded ciphertexts, half the size), additions, products by prepared
+//! plaintext operands, ciphertext products with relinearization, modulus switching, the
+//! server's response treatment (re-randomization, noise flooding, shrinking to power-of-two
+//! moduli), validated serialization of ciphertexts and keys, and a noise-budget measurement.
 
 mod bfv;
 mod mult;
 mod params;
 mod poly;
+mod response;
 mod wire;
 
-pub use bfv::{Ciphertext, PlainOperand, Plaintext, PublicKey, SecretKey};
+pub use bfv::{Ciphertext, PlainOperand, Plaintext, PublicKey, SecretKey, SeededCiphertext};
 pub use mult::RelinKey;
 pub use params::{HeParams, max_log_q_128};
 pub use poly::{Form, RnsPoly};
-pub use wire::ciphertext_len;
+pub use response::{MAX_FLOOD_BITS, ShrunkCiphertext};
+pub use wire::{ciphertext_len, seeded_ciphertext_len};
 
 use thiserror::Error;
 

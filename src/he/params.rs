@@ -66,6 +66,14 @@ impl HeParams {
         HeParams::new("n8192", 8192, &primes)
     }
 
+    /// N = 8192, q = three primes of 55, 55 and 54 bits (164 bits): the linear layers' set, with
+    /// room above 64-bit plaintexts for flooding noise that hides the weights.
+    pub fn n8192_q164() -> HeResult<Arc<HeParams>> {
+        let mut primes = ntt_primes(55, 8192, 2)?;
+        primes.extend(ntt_primes(54, 8192, 1)?);
+        HeParams::new("n8192q164", 8192, &primes)
+    }
+
     /// Short name, also used in the handshake.
     pub fn name(&self) -> &'static str {
         self.name

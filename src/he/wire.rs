@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use super::bfv::{Ciphertext, PublicKey};
+use super::bfv::{Ciphertext, PublicKey, SeededCiphertext};
 use super::mult::RelinKey;
 use super::poly::{Form, RnsPoly};
 use super::{HeError, HeParams, HeResult};
@@ -17,6 +17,8 @@ const HEADER: usize = 4 + 1 + 1 + 1 + 1 + 2;
 const CIPHERTEXT: (&[u8; 4], &str) = (b"SMct", "ciphertext");
 const PUBLIC_KEY: (&[u8; 4], &str) = (b"SMpk", "public key");
 const RELIN_KEY: (&[u8; 4], &str) = (b"SMrk", "relinearization key");
+const SEEDED: (&[u8; 4], &str) = (b"SMsc", "seeded ciphertext");
+const SEED_LEN: usize = 32;
 
 fn malformed(what: &'static str, reason: String) -> HeError {
     HeError::Malformed { what, reason }
@@ -27,6 +29,11 @@ fn encoded_len(params: &HeParams, limbs: usize, polys: usize) -> usize {
     let per_poly: usize =
         params.moduli()[..limbs.min(params.moduli().len())].iter().map(|m| packed_len(params.degree(), m.bits())).sum();
     HEADER + polys * per_poly
+}
+
+/// Bytes of a serialized seeded ciphertext (c0 at every limb, then the seed).
+pub fn seeded_ciphertext_len(params: &HeParams) -> usize {
+    encoded_len(params, params.moduli().len(), 1) + SEED_LEN
 }
 
 /// Bytes of a serialized ciphertext under `params` at `limbs` RNS limbs.
@@ -131,6 +138,31 @@ impl Ciphertext {
     }
 }
 
+impl SeededCiphertext {
+    /// Serializes: c0 as one polynomial, then the 32-byte seed of c1.
+    pub fn to_bytes(&self, params: &HeParams) -> Vec<u8> {
+        let mut out = encode(SEEDED.0, params, &[&self.c0]);
+        out.extend_from_slice(&self.seed);
+        out
+    }
+
+    /// Reads a seeded ciphertext (full level, NTT form) for `params`.
+    pub fn from_bytes(params: &HeParams, bytes: &[u8]) -> HeResult<SeededCiphertext> {
+        let Some(split) = bytes.len().checked_sub(SEED_LEN) else {
+            return Err(malformed(SEEDED.1, format!("{} bytes cannot hold a seed", bytes.len())));
+        };
+        let c0 = decode(SEEDED, params, &bytes[..split], Some(params.moduli().len()), 1)?
+            .pop()
+            .ok_or_else(|| malformed(SEEDED.1, "no polynomial".into()))?;
+        if c0.form() != Form::Ntt {
+            return Err(malformed(SEEDED.1, "expected the NTT representation".into()));
+        }
+        let mut seed = [0u8; SEED_LEN];
+        seed.copy_from_slice(&bytes[split..]);
+        Ok(SeededCiphertext { c0, seed })
+    }
+}
+
 impl PublicKey {
     /// Serializes.
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -193,6 +225,19 @@ mod tests {
         let back = Ciphertext::from_bytes(&p, &bytes).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back, ct);
         assert_eq!(sk.decrypt(&back, &be), pt);
+    }
+
+    #[test]
+    fn seeded_ciphertexts_are_half_the_size_and_round_trip() {
+        let (p, be, sk, _, pt) = fixture();
+        let seeded = sk.encrypt_seeded(&pt, &be, &mut StdRng::seed_from_u64(6));
+        let bytes = seeded.to_bytes(&p);
+        assert_eq!(bytes.len(), seeded_ciphertext_len(&p));
+        assert_eq!(bytes.len(), HEADER + 4096 * 109 / 8 + SEED_LEN);
+        let back = SeededCiphertext::from_bytes(&p, &bytes).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(sk.decrypt(&back.expand(&p), &be), pt);
+        let err = SeededCiphertext::from_bytes(&p, &bytes[..bytes.len() - 1]).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("bytes, expected")));
     }
 
     #[test]

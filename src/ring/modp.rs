@@ -14,6 +14,12 @@ pub const MAX_PRIME_BITS: u32 = 61;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Modulus {
     p: u64,
+    /// k = bit length of p.
+    k: u32,
+    /// Barrett's reciprocal ⌊2^2k / p⌋ (< 2^(k+1)).
+    mu: u128,
+    /// ⌊2^(64+k) / p⌋ (< 2^65), for Shoup constants.
+    mu64: u128,
 }
 
 impl Modulus {
@@ -22,7 +28,16 @@ impl Modulus {
         if p >= 1 << (MAX_PRIME_BITS + 1) || !is_prime(p) {
             return Err(RingError::BadModulus(p));
         }
-        Ok(Modulus { p })
+        Ok(Modulus::unchecked(p))
+    }
+
+    fn unchecked(p: u64) -> Modulus {
+        let k = 64 - p.leading_zeros();
+        if k > MAX_PRIME_BITS + 1 {
+            // Only the primality test goes here (up to 2^64): plain division, no Shoup constants.
+            return Modulus { p, k, mu: 0, mu64: 0 };
+        }
+        Modulus { p, k, mu: (1u128 << (2 * k)) / p as u128, mu64: (1u128 << (64 + k)) / p as u128 }
     }
 
     /// The prime.
@@ -58,7 +73,30 @@ impl Modulus {
     /// `(a · b) mod p` for any a, b.
     #[inline]
     pub fn mul(&self, a: u64, b: u64) -> u64 {
-        ((a as u128 * b as u128) % self.p as u128) as u64
+        self.reduce_u128(a as u128 * b as u128)
+    }
+
+    /// `x mod p` for any x: Barrett reduction (no division) when x < 2^2k, as for every product
+    /// of two residues.
+    #[inline]
+    pub fn reduce_u128(&self, x: u128) -> u64 {
+        self.div_rem(x).1
+    }
+
+    /// `(⌊x/p⌋, x mod p)` for any x; division-free (Barrett) when x < 2^2k.
+    #[inline]
+    pub fn div_rem(&self, x: u128) -> (u128, u64) {
+        if self.mu == 0 || x >> (2 * self.k) != 0 {
+            return (x / self.p as u128, (x % self.p as u128) as u64);
+        }
+        // q̂ = ⌊⌊x / 2^(k-1)⌋ · μ / 2^(k+1)⌋ is at most 2 below ⌊x/p⌋.
+        let mut q = ((x >> (self.k - 1)) * self.mu) >> (self.k + 1);
+        let mut r = (x - q * self.p as u128) as u64;
+        while r >= self.p {
+            r -= self.p;
+            q += 1;
+        }
+        (q, r)
     }
 
     /// `x mod p` for any u64.
@@ -70,7 +108,14 @@ impl Modulus {
     /// Shoup's constant for multiplying by `w < p`: `⌊w · 2^64 / p⌋`.
     #[inline]
     pub fn shoup(&self, w: u64) -> u64 {
-        (((w as u128) << 64) / self.p as u128) as u64
+        // w·⌊2^(64+k)/p⌋ / 2^k is at most 2 below ⌊w·2^64/p⌋ for w < p; fix by the remainder.
+        let mut q = ((w as u128 * self.mu64) >> self.k) as u64;
+        let mut r = ((w as u128) << 64) - q as u128 * self.p as u128;
+        while r >= self.p as u128 {
+            q += 1;
+            r -= self.p as u128;
+        }
+        q
     }
 
     /// `w · y mod p` in [0, 2p), for any u64 `y`, `w < p` and `w_shoup = self.shoup(w)`.
@@ -131,7 +176,7 @@ pub fn is_prime(n: u64) -> bool {
     }
     let d = (n - 1) >> (n - 1).trailing_zeros();
     let s = (n - 1).trailing_zeros();
-    let m = Modulus { p: n };
+    let m = Modulus::unchecked(n);
     'witness: for &a in &WITNESSES {
         let mut x = m.pow(a, d);
         if x == 1 || x == n - 1 {
@@ -215,6 +260,18 @@ mod tests {
             let lazy = m.mul_shoup_lazy(y, w, m.shoup(w));
             prop_assert!(lazy < 2 * m.value());
             prop_assert_eq!(lazy % m.value(), m.mul(y, w));
+        }
+
+        #[test]
+        fn division_free_reductions_match_division(x in any::<u128>(), w in any::<u64>(), bits in 20u32..62) {
+            let p = ntt_primes(bits, 1024, 1).unwrap_or_default()[0];
+            let m = Modulus::new(p).unwrap_or_else(|e| panic!("{e}"));
+            prop_assert_eq!(m.reduce_u128(x) as u128, x % p as u128);
+            let small = x % (p as u128 * p as u128);
+            prop_assert_eq!(m.div_rem(small), (small / p as u128, (small % p as u128) as u64));
+            let w = w % p;
+            prop_assert_eq!(m.shoup(w) as u128, ((w as u128) << 64) / p as u128);
+            prop_assert_eq!(m.shoup(p - 1) as u128, (((p - 1) as u128) << 64) / p as u128);
         }
 
         #[test]
