@@ -2,12 +2,13 @@
 //!
 //! Private inference of Mixture-of-Experts Transformers between two parties under semi-honest
 //! two-party computation: additive secret shares over Z_2^64 ([`ring`]), an encrypted and metered
-//! link ([`net`]), oblivious transfer ([`ot`]), RLWE/BFV encryption ([`he`], in progress) and the
-//! backend that runs the bulk math ([`backend`]).
+//! link ([`net`]), oblivious transfer ([`ot`]), RLWE/BFV encryption ([`he`]), the backend that runs the bulk
+//! math ([`backend`]) and the two-party protocols ([`proto`], in progress).
 
 pub mod backend;
 pub mod demo;
 pub mod he;
 pub mod net;
 pub mod ot;
+pub mod proto;
 pub mod ring;

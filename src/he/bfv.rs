@@ -43,18 +43,11 @@ impl Plaintext {
     }
 
     /// ⌊q·m/t⌉ = Δ·m + ⌊(r·m + t/2)/t⌋ with q = Δ·t + r (q = the first `limbs` primes, as in
-    /// `ctx`), in RNS coefficient form.
+    /// `ctx`), in RNS coefficient form. The coefficients m ∈ [0, 2^64) are read as integers, also
+    /// when t is larger than 2^64.
     fn scaled(&self, params: &HeParams, ctx: &CrtContext, limbs: usize) -> RnsPoly {
         let n = params.degree();
-        let corrections: Vec<u64> = self
-            .coeffs
-            .iter()
-            .map(|&m| {
-                let prod = ctx.q_mod_t as u128 * m as u128;
-                let (_, carry) = (prod as u64).overflowing_add(1 << 63);
-                ((prod >> 64) as u64) + carry as u64
-            })
-            .collect();
+        let corrections: Vec<u64> = self.coeffs.iter().map(|&m| ctx.rounding(m)).collect();
         let mut poly = RnsPoly { limbs: vec![0; n * limbs], form: Form::Coeff };
         for (i, m) in params.moduli()[..limbs].iter().enumerate() {
             let delta = ctx.delta_mod[i];
@@ -75,6 +68,11 @@ pub struct Ciphertext {
 }
 
 impl Ciphertext {
+    /// A ciphertext from the NTT-form residues of c0 and c1 (k·N each, limb-major).
+    pub(crate) fn from_ntt_limbs(c0: Vec<u64>, c1: Vec<u64>) -> Ciphertext {
+        Ciphertext { c0: RnsPoly { limbs: c0, form: Form::Ntt }, c1: RnsPoly { limbs: c1, form: Form::Ntt } }
+    }
+
     /// `self += other`. Both must be at the same modulus level; `other` is brought to `self`'s
     /// representation if it differs.
     pub fn add_assign(&mut self, params: &HeParams, other: &Ciphertext, backend: &dyn Backend) -> HeResult<()> {
@@ -102,7 +100,7 @@ impl Ciphertext {
     /// Adds a plaintext: c0 += ⌊q'·m/t⌉ at the ciphertext's level q'.
     pub fn add_plain_assign(&mut self, params: &HeParams, pt: &Plaintext, backend: &dyn Backend) -> HeResult<()> {
         let k = self.limbs(params);
-        let ctx = CrtContext::new(&params.moduli()[..k]);
+        let ctx = CrtContext::new(&params.moduli()[..k], params.plain_bits());
         let mut dm = pt.scaled(params, &ctx, k);
         if self.c0.form() == Form::Ntt {
             dm.to_ntt(params, backend);
@@ -179,9 +177,11 @@ impl Ciphertext {
         let n = params.degree();
         let k = self.limbs(params);
         let left: f64 = params.moduli()[..k.saturating_sub(1)].iter().map(|m| (m.value() as f64).log2()).sum();
-        if left < MIN_LOG_Q {
+        let min = (params.plain_bits() + MIN_NOISE_ROOM) as f64;
+        if left < min {
             return Err(HeError::Shape(format!(
-                "dropping a modulus would leave a {left:.0}-bit q, too small for 64-bit plaintexts (at least {MIN_LOG_Q})"
+                "dropping a modulus would leave a {left:.0}-bit q, too small for {}-bit plaintexts (at least {min})",
+                params.plain_bits()
             )));
         }
         let last = params.moduli()[k - 1];
@@ -205,8 +205,8 @@ impl Ciphertext {
     }
 }
 
-/// Smallest log2 q that still holds plaintexts mod 2^64 with room for noise.
-const MIN_LOG_Q: f64 = 72.0;
+/// Bits above the plaintext modulus that a modulus switch must leave for the noise.
+const MIN_NOISE_ROOM: u32 = 8;
 
 /// The client's secret key: a ternary polynomial, kept in NTT form. Zeroized on drop; its
 /// `Debug` prints nothing of it.
@@ -243,6 +243,17 @@ impl SecretKey {
         coeffs.zeroize();
         s.to_ntt(params, backend);
         SecretKey { s, params: params.clone() }
+    }
+
+    /// The secret's small signed coefficients (the caller zeroizes them when done).
+    pub(crate) fn signed_coeffs(&self, backend: &dyn Backend) -> Vec<i64> {
+        let p = &self.params;
+        let m = p.moduli()[0];
+        let mut limb = self.s.limb(p, 0).to_vec();
+        backend.ntt_inverse(&p.tables()[0], &mut limb);
+        let out = limb.iter().map(|&v| if v > m.value() / 2 { -((m.value() - v) as i64) } else { v as i64 }).collect();
+        limb.zeroize();
+        out
     }
 
     /// The matching public key.
@@ -288,7 +299,7 @@ impl SecretKey {
         rng: &mut R,
     ) -> Ciphertext {
         let p = &self.params;
-        let ctx = CrtContext::new(p.moduli());
+        let ctx = CrtContext::new(p.moduli(), p.plain_bits());
         let mut c0 = RnsPoly::from_signed(p, &RnsPoly::error_coeffs(p.degree(), rng));
         c0.add_assign(p, &pt.scaled(p, &ctx, p.moduli().len()));
         c0.to_ntt(p, backend);
@@ -310,12 +321,14 @@ impl SecretKey {
         c0
     }
 
-    /// Decrypts.
+    /// Decrypts. With t > 2^64 the coefficients are the low 64 bits of the plaintext.
     pub fn decrypt(&self, ct: &Ciphertext, backend: &dyn Backend) -> Plaintext {
         let p = &self.params;
-        let ctx = CrtContext::new(&p.moduli()[..ct.limbs(p)]);
+        let ctx = CrtContext::new(&p.moduli()[..ct.limbs(p)], p.plain_bits());
         let x = self.phase(ct, backend);
-        let coeffs = (0..p.degree()).map(|j| ctx.round_to_t(&ctx.compose(p, &x, j))).collect();
+        let low = BigUint::from(u64::MAX);
+        let coeffs =
+            (0..p.degree()).map(|j| (ctx.round_to_t(&ctx.compose(p, &x, j)) & &low).to_u64().unwrap_or(0)).collect();
         Plaintext { coeffs }
     }
 
@@ -323,13 +336,13 @@ impl SecretKey {
     /// is positive.
     pub fn noise_budget(&self, ct: &Ciphertext, backend: &dyn Backend) -> f64 {
         let p = &self.params;
-        let ctx = CrtContext::new(&p.moduli()[..ct.limbs(p)]);
+        let ctx = CrtContext::new(&p.moduli()[..ct.limbs(p)], p.plain_bits());
         let x = self.phase(ct, backend);
         let mut worst = BigUint::zero();
         for j in 0..p.degree() {
             let xj = ctx.compose(p, &x, j);
             let m = ctx.round_to_t(&xj);
-            let dm = ((&ctx.q * BigUint::from(m) + (BigUint::one() << 63u32)) >> 64u32) % &ctx.q;
+            let dm = ((&ctx.q * m + (BigUint::one() << (ctx.t_bits - 1))) >> ctx.t_bits) % &ctx.q;
             let v = if xj >= dm { &xj - &dm } else { &xj + &ctx.q - &dm };
             let v = if v > ctx.half_q { &ctx.q - &v } else { v };
             worst = worst.max(v);
@@ -362,7 +375,7 @@ impl PublicKey {
     /// Public-key encryption: (b·u + e0 + Δ·m, a·u + e1) with ternary u, in NTT form.
     pub fn encrypt<R: CryptoRng + ?Sized>(&self, pt: &Plaintext, backend: &dyn Backend, rng: &mut R) -> Ciphertext {
         let p = &self.params;
-        let ctx = CrtContext::new(p.moduli());
+        let ctx = CrtContext::new(p.moduli(), p.plain_bits());
         let mut u = RnsPoly::from_signed(p, &RnsPoly::ternary_coeffs(p.degree(), rng));
         u.to_ntt(p, backend);
         let mut c0 = RnsPoly::from_signed(p, &RnsPoly::error_coeffs(p.degree(), rng));
@@ -396,16 +409,19 @@ pub(crate) struct CrtContext {
     pub(crate) half_q: BigUint,
     delta: BigUint,
     delta_mod: Vec<u64>,
-    q_mod_t: u64,
+    /// q mod t, t = 2^t_bits.
+    q_mod_t: u128,
+    t_bits: u32,
     /// (q / p_i) · ((q / p_i)^-1 mod p_i), the CRT idempotents.
     basis: Vec<BigUint>,
 }
 
 impl CrtContext {
-    /// Constants for q = ∏ `moduli` (all primes, or the first k at a lower level).
-    pub(crate) fn new(moduli: &[crate::ring::modp::Modulus]) -> CrtContext {
+    /// Constants for q = ∏ `moduli` (all primes, or the first k at a lower level) and the
+    /// plaintext modulus 2^t_bits.
+    pub(crate) fn new(moduli: &[crate::ring::modp::Modulus], t_bits: u32) -> CrtContext {
         let q: BigUint = moduli.iter().fold(BigUint::one(), |acc, m| acc * m.value());
-        let delta = &q >> 64u32;
+        let delta = &q >> t_bits;
         let delta_mod = moduli.iter().map(|m| (&delta % m.value()).to_u64().unwrap_or(0)).collect();
         let basis = moduli
             .iter()
@@ -415,8 +431,8 @@ impl CrtContext {
                 q_hat * m.inv(q_hat_mod).unwrap_or(0)
             })
             .collect();
-        let q_mod_t = (&q & BigUint::from(u64::MAX)).to_u64().unwrap_or(0);
-        CrtContext { half_q: &q >> 1u32, q, delta, delta_mod, q_mod_t, basis }
+        let q_mod_t = (&q & ((BigUint::one() << t_bits) - 1u32)).to_u128().unwrap_or(0);
+        CrtContext { half_q: &q >> 1u32, q, delta, delta_mod, q_mod_t, t_bits, basis }
     }
 
     /// Coefficient `j` of `x` as an integer in [0, q).
@@ -431,10 +447,23 @@ impl CrtContext {
         sum % &self.q
     }
 
-    /// ⌊(2^64·x + ⌊q/2⌋) / q⌋ mod 2^64.
-    fn round_to_t(&self, x: &BigUint) -> u64 {
-        let r = ((x << 64u32) + &self.half_q) / &self.q;
-        (r & BigUint::from(u64::MAX)).to_u64().unwrap_or(0)
+    /// ⌊(t·x + ⌊q/2⌋) / q⌋ mod t: the plaintext coefficient.
+    fn round_to_t(&self, x: &BigUint) -> BigUint {
+        let r = ((x << self.t_bits) + &self.half_q) / &self.q;
+        r & ((BigUint::one() << self.t_bits) - 1u32)
+    }
+
+    /// ⌊(r·m + t/2) / t⌋ for r = q mod t and m < 2^64: the rounding part of ⌊q·m/t⌉.
+    fn rounding(&self, m: u64) -> u64 {
+        let (r_hi, r_lo) = (self.q_mod_t >> 64, self.q_mod_t & u64::MAX as u128);
+        let lo = r_lo * m as u128;
+        if self.t_bits == 64 {
+            let (_, carry) = (lo as u64).overflowing_add(1 << 63);
+            return ((lo >> 64) as u64) + carry as u64;
+        }
+        // r·m + t/2 = (r_hi·m + 2^(t_bits−65))·2^64 + lo, with t_bits > 64
+        let high = r_hi * m as u128 + (1u128 << (self.t_bits - 65)) + (lo >> 64);
+        (high >> (self.t_bits - 64)) as u64
     }
 }
 

@@ -9,6 +9,7 @@
 //! moduli), validated serialization of ciphertexts and keys, and a noise-budget measurement.
 
 mod bfv;
+mod galois;
 mod mult;
 mod params;
 mod poly;
@@ -16,6 +17,7 @@ mod response;
 mod wire;
 
 pub use bfv::{Ciphertext, PlainOperand, Plaintext, PublicKey, SecretKey, SeededCiphertext};
+pub use galois::GaloisKeys;
 pub use mult::RelinKey;
 pub use params::{HeParams, max_log_q_128};
 pub use poly::{Form, RnsPoly};

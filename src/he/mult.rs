@@ -75,7 +75,12 @@ impl TensorBasis {
             moduli.push(Modulus::new(p)?);
         }
         let tables = moduli.iter().map(|&m| NttTable::new(n, m)).collect::<Result<_, _>>()?;
-        Ok(TensorBasis { crt_q: CrtContext::new(params.moduli()), crt_qp: CrtContext::new(&moduli), moduli, tables })
+        Ok(TensorBasis {
+            crt_q: CrtContext::new(params.moduli(), 64),
+            crt_qp: CrtContext::new(&moduli, 64),
+            moduli,
+            tables,
+        })
     }
 
     /// Residue of a signed integer modulo `m`.
@@ -155,6 +160,12 @@ impl Ciphertext {
         backend: &dyn Backend,
     ) -> HeResult<Ciphertext> {
         let k = params.moduli().len();
+        if params.plain_bits() != 64 {
+            return Err(HeError::Params(format!(
+                "ciphertext products are implemented for t = 2^64, not 2^{}",
+                params.plain_bits()
+            )));
+        }
         if self.limbs(params) != k || other.limbs(params) != k {
             return Err(HeError::Shape("ciphertext products need both operands at the full modulus".into()));
         }

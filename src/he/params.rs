@@ -21,35 +21,65 @@ pub fn max_log_q_128(n: usize) -> Option<u32> {
     }
 }
 
-/// An RLWE ring Z_q[X]/(X^N + 1) with q = ∏ p_i (RNS), and its NTT tables.
+/// An RLWE ring Z_q[X]/(X^N + 1) with q = ∏ p_i (RNS), its NTT tables, the plaintext modulus
+/// t = 2^plain_bits, and optionally a special prime P for key switching (keys live mod q·P).
 #[derive(Debug)]
 pub struct HeParams {
     name: &'static str,
     n: usize,
+    /// The primes of q, then the special prime if there is one.
     moduli: Vec<Modulus>,
     tables: Vec<NttTable>,
+    q_count: usize,
+    plain_bits: u32,
 }
 
 impl HeParams {
     /// Builds and checks a parameter set: N a power of two, every p_i an NTT-friendly prime, and
     /// Σ log2 p_i within the 128-bit-security bound for N.
     pub fn new(name: &'static str, n: usize, primes: &[u64]) -> HeResult<Arc<HeParams>> {
+        HeParams::build(name, n, primes, None, 64)
+    }
+
+    /// Like [`HeParams::new`], with a special prime for key switching (the security bound then
+    /// covers q·P, the modulus of the keys) and a plaintext modulus 2^plain_bits (64..=96).
+    pub fn with_special(
+        name: &'static str,
+        n: usize,
+        primes: &[u64],
+        special: u64,
+        plain_bits: u32,
+    ) -> HeResult<Arc<HeParams>> {
+        HeParams::build(name, n, primes, Some(special), plain_bits)
+    }
+
+    fn build(
+        name: &'static str,
+        n: usize,
+        primes: &[u64],
+        special: Option<u64>,
+        plain_bits: u32,
+    ) -> HeResult<Arc<HeParams>> {
         let bound = max_log_q_128(n).ok_or(HeError::Params(format!("N = {n} has no 128-bit security entry")))?;
-        let moduli: Vec<Modulus> = primes.iter().map(|&p| Modulus::new(p)).collect::<Result<_, _>>()?;
-        let log_q: f64 = primes.iter().map(|&p| (p as f64).log2()).sum();
+        if !(64..=96).contains(&plain_bits) {
+            return Err(HeError::Params(format!("plaintext modulus 2^{plain_bits} is outside 2^64..=2^96")));
+        }
+        let all: Vec<u64> = primes.iter().copied().chain(special).collect();
+        let moduli: Vec<Modulus> = all.iter().map(|&p| Modulus::new(p)).collect::<Result<_, _>>()?;
+        let log_q: f64 = all.iter().map(|&p| (p as f64).log2()).sum();
         if log_q > bound as f64 {
             return Err(HeError::Params(format!(
                 "log2 q = {log_q:.1} exceeds {bound} for N = {n} at 128-bit security"
             )));
         }
-        let mut sorted = primes.to_vec();
+        let mut sorted = all.clone();
         sorted.sort_unstable();
         sorted.dedup();
-        if sorted.len() != primes.len() {
+        if sorted.len() != all.len() {
             return Err(HeError::Params("the RNS primes must be distinct".into()));
         }
         let tables = moduli.iter().map(|&m| NttTable::new(n, m)).collect::<Result<_, _>>()?;
-        Ok(Arc::new(HeParams { name, n, moduli, tables }))
+        Ok(Arc::new(HeParams { name, n, moduli, tables, q_count: primes.len(), plain_bits }))
     }
 
     /// N = 4096, q = two primes of 55 and 54 bits (109 bits).
@@ -66,17 +96,40 @@ impl HeParams {
         HeParams::new("n8192", 8192, &primes)
     }
 
-    /// N = 8192, q = three primes of 55, 55 and 54 bits (164 bits): the linear layers' set, with
-    /// room above 64-bit plaintexts for flooding noise that hides the weights.
-    pub fn n8192_q164() -> HeResult<Arc<HeParams>> {
+    /// The linear layers' set: N = 8192, q = three primes of 55, 55 and 54 bits (164 bits) with
+    /// room above the plaintext for flooding noise that hides the weights, a 54-bit special
+    /// prime for the Galois keys (q·P = 218 bits), and t = 2^70 so that packing up to 2^6
+    /// results into one ciphertext (which multiplies them by 2^6) keeps all 64 bits.
+    pub fn linear() -> HeResult<Arc<HeParams>> {
         let mut primes = ntt_primes(55, 8192, 2)?;
-        primes.extend(ntt_primes(54, 8192, 1)?);
-        HeParams::new("n8192q164", 8192, &primes)
+        let p54 = ntt_primes(54, 8192, 2)?;
+        primes.push(p54[0]);
+        HeParams::with_special("linear8192", 8192, &primes, p54[1], 70)
     }
 
     /// Short name, also used in the handshake.
     pub fn name(&self) -> &'static str {
         self.name
+    }
+
+    /// log2 t: plaintexts are polynomials mod 2^plain_bits.
+    pub fn plain_bits(&self) -> u32 {
+        self.plain_bits
+    }
+
+    /// The special key-switching prime and its NTT table, if the set has one.
+    pub fn special(&self) -> Option<(&Modulus, &NttTable)> {
+        self.moduli.get(self.q_count).zip(self.tables.get(self.q_count))
+    }
+
+    /// The primes of q followed by the special prime (the basis of key-switching keys).
+    pub fn ext_moduli(&self) -> &[Modulus] {
+        &self.moduli
+    }
+
+    /// NTT tables of [`HeParams::ext_moduli`].
+    pub fn ext_tables(&self) -> &[NttTable] {
+        &self.tables
     }
 
     /// Ring degree N.
@@ -86,17 +139,17 @@ impl HeParams {
 
     /// The RNS primes.
     pub fn moduli(&self) -> &[Modulus] {
-        &self.moduli
+        &self.moduli[..self.q_count]
     }
 
     /// NTT tables, one per prime.
     pub fn tables(&self) -> &[NttTable] {
-        &self.tables
+        &self.tables[..self.q_count]
     }
 
     /// log2 q.
     pub fn log_q(&self) -> f64 {
-        self.moduli.iter().map(|m| (m.value() as f64).log2()).sum()
+        self.moduli().iter().map(|m| (m.value() as f64).log2()).sum()
     }
 }
 

@@ -73,9 +73,10 @@ impl Ciphertext {
         backend: &dyn Backend,
     ) -> HeResult<ShrunkCiphertext> {
         let n = params.degree();
-        if !(65..=127).contains(&c0_bits) || !(65..=127).contains(&c1_bits) || c0_bits > c1_bits {
+        let t = params.plain_bits();
+        if c0_bits <= t || c0_bits > c1_bits || c1_bits > 127 {
             return Err(HeError::Params(format!(
-                "shrinking to {c0_bits}/{c1_bits} bits: need 65 ≤ c0 bits ≤ c1 bits ≤ 127"
+                "shrinking to {c0_bits}/{c1_bits} bits: need {t} < c0 bits ≤ c1 bits ≤ 127"
             )));
         }
         if let Some(&bad) = keep.iter().find(|&&j| j >= n) {
@@ -215,11 +216,15 @@ fn unpack_u128(bytes: &[u8], count: usize, bits: u32) -> Result<Vec<u128>, crate
 
 impl SecretKey {
     /// Decrypts the kept coefficients of a shrunk ciphertext: v = c0·2^(b1−b0) + c1·s mod 2^b1,
-    /// m = ⌊v·2^64 / 2^b1⌉ mod 2^64. The product c1·s is computed exactly over the integers
-    /// (its coefficients stay below N·2^b1) through the NTT primes, then reduced mod 2^b1.
-    pub fn decrypt_shrunk(&self, ct: &ShrunkCiphertext, keep: &[usize], backend: &dyn Backend) -> HeResult<Vec<u64>> {
+    /// m = ⌊v·t / 2^b1⌉ mod t (t = 2^plain_bits). The product c1·s is computed exactly over the
+    /// integers (its coefficients stay below N·2^b1) through the NTT primes, then reduced mod 2^b1.
+    pub fn decrypt_shrunk(&self, ct: &ShrunkCiphertext, keep: &[usize], backend: &dyn Backend) -> HeResult<Vec<u128>> {
         let p = &self.params;
         let n = p.degree();
+        let t = p.plain_bits();
+        if ct.c0_bits <= t {
+            return Err(HeError::Params(format!("a {}-bit c0 cannot hold {t}-bit plaintexts", ct.c0_bits)));
+        }
         if keep.len() != ct.c0.len() || ct.c1.len() != n {
             return Err(HeError::Shape(format!(
                 "{} kept positions for a shrunk ciphertext holding {}",
@@ -255,7 +260,8 @@ impl SecretKey {
         let big_p = m1.value() as u128 * m2.value() as u128;
         let mask = (1u128 << ct.c1_bits) - 1;
         let shift = ct.c1_bits - ct.c0_bits;
-        let half = 1u128 << (ct.c1_bits - 65);
+        let half = 1u128 << (ct.c1_bits - t - 1);
+        let t_mask = (1u128 << t) - 1;
         Ok(keep
             .iter()
             .zip(&ct.c0)
@@ -265,7 +271,7 @@ impl SecretKey {
                 let x = r1 as u128 + m1.value() as u128 * h as u128;
                 let c1s = if x > big_p / 2 { x.wrapping_sub(big_p) } else { x };
                 let v = (c0 << shift).wrapping_add(c1s) & mask;
-                ((v + half) >> (ct.c1_bits - 64)) as u64
+                ((v + half) >> (ct.c1_bits - t)) & t_mask
             })
             .collect())
     }
@@ -280,7 +286,7 @@ mod tests {
 
     #[test]
     fn a_flooded_rerandomized_shrunk_ciphertext_still_decrypts() {
-        let p = HeParams::n8192_q164().unwrap_or_else(|e| panic!("{e}"));
+        let p = HeParams::linear().unwrap_or_else(|e| panic!("{e}"));
         let be = CpuBackend::new(1).unwrap_or_else(|e| panic!("{e}"));
         let mut rng = StdRng::seed_from_u64(11);
         let sk = SecretKey::generate(&p, &be, &mut rng);
@@ -297,13 +303,13 @@ mod tests {
         assert_eq!(bytes.len(), ShrunkCiphertext::encoded_len(p.degree(), keep.len(), 67, 77));
         let back = ShrunkCiphertext::from_bytes(&p, &bytes, keep.len(), 67, 77).unwrap_or_else(|e| panic!("{e}"));
         let got = sk.decrypt_shrunk(&back, &keep, &be).unwrap_or_else(|e| panic!("{e}"));
-        let want: Vec<u64> = keep.iter().map(|&j| m[j]).collect();
+        let want: Vec<u128> = keep.iter().map(|&j| m[j] as u128).collect();
         assert_eq!(got, want);
     }
 
     #[test]
     fn malformed_shrunk_ciphertexts_are_refused_by_name() {
-        let p = HeParams::n8192_q164().unwrap_or_else(|e| panic!("{e}"));
+        let p = HeParams::linear().unwrap_or_else(|e| panic!("{e}"));
         let n = p.degree();
         let ct = ShrunkCiphertext { c0_bits: 67, c1_bits: 77, c0: vec![1; 10], c1: vec![2; n] };
         let bytes = ct.to_bytes();

@@ -1,5 +1,6 @@
 //! `secmoe`: run the two parties of a private inference, together or on two machines.
 
+mod bench;
 mod report;
 
 use std::net::SocketAddr;
@@ -30,6 +31,21 @@ struct Cli {
 enum Command {
     /// Run both parties in this process over the real encrypted transport on loopback.
     Demo(JobArgs),
+    /// Measure protocols through the real transport (both parties here) and print a table.
+    Bench {
+        /// Which set of measurements: `layers` (linear layers, shared products).
+        #[arg(long, default_value = "layers")]
+        preset: String,
+        /// Only the rows with this name (e.g. `linear`).
+        #[arg(long)]
+        only: Option<String>,
+        /// Also write the rows as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Backend worker threads (0: one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
     /// Write a fresh server identity (self-signed certificate and key) and print its fingerprint.
     Keygen {
         /// Folder to write `server.cert.pem` and `server.key.pem` into.
@@ -146,6 +162,9 @@ fn main() -> Result<()> {
                 report::print_outcome(&c);
                 report::print_outcome(&s);
                 Ok(())
+            }
+            Command::Bench { preset, only, json, threads } => {
+                bench::run(&preset, threads, only.as_deref(), json.as_deref()).await
             }
             Command::Keygen { out } => {
                 let id = write_identity(&out)?;

@@ -1,0 +1,215 @@
+//! `secmoe bench`: protocol measurements through the real two-party transport (both parties in
+//! this process, QUIC + TLS on loopback), printed as a table and optionally written as JSON.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use secmoe::backend::{Backend, CpuBackend};
+use secmoe::he::HeParams;
+use secmoe::net::{CostModel, Link, LinkConfig, PublicParams, loopback};
+use secmoe::proto::linear::{
+    HeClient, HeServer, linear_client, linear_server, matmul_shared_client, matmul_shared_server,
+};
+use secmoe::proto::tiling::MatShape;
+use secmoe::ring::{reconstruct, share_secret};
+use serde::Serialize;
+
+use crate::report::human_bytes;
+
+/// One measured row.
+#[derive(Debug, Serialize)]
+pub struct Row {
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    method: Option<String>,
+    shape: String,
+    backend: String,
+    threads: usize,
+    wall_s: f64,
+    /// Both directions together.
+    bytes: u64,
+    rounds: u64,
+    lan_s: f64,
+    wan_s: f64,
+    /// Peak resident memory of the process (both parties) during the row.
+    peak_rss_bytes: u64,
+    /// Whether the shares reconstructed to the plaintext result.
+    checked: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Output<'a> {
+    preset: &'a str,
+    machine: String,
+    rows: &'a [Row],
+}
+
+/// The presets `secmoe bench --preset` knows.
+pub const PRESETS: &[&str] = &["layers"];
+
+/// Runs a preset; prints the table; writes JSON if asked.
+pub async fn run(preset: &str, threads: usize, only: Option<&str>, json: Option<&Path>) -> Result<()> {
+    if !PRESETS.contains(&preset) {
+        bail!("unknown preset `{preset}` (known: {})", PRESETS.join(", "));
+    }
+    let backend = Arc::new(CpuBackend::new(threads)?);
+    let threads = backend.threads();
+    let mut rows = Vec::new();
+    let cases: Vec<(&str, MatShape)> = vec![
+        ("linear", MatShape { n: 128, d: 768, m: 3072 }),
+        ("linear", MatShape { n: 128, d: 3072, m: 768 }),
+        ("matmul-shared", MatShape { n: 128, d: 64, m: 128 }),
+    ];
+    print_header();
+    for (name, shape) in cases {
+        if only.is_some_and(|o| o != name) {
+            continue;
+        }
+        let row = measure(name, shape, backend.clone(), threads).await.with_context(|| format!("{name} {shape}"))?;
+        print_row(&row);
+        rows.push(row);
+    }
+    if let Some(path) = json {
+        let out = Output { preset, machine: machine(), rows: &rows };
+        std::fs::write(path, serde_json::to_string_pretty(&out)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+async fn links() -> Result<(Link, Link)> {
+    let cfg = LinkConfig { timeout: Duration::from_secs(600), params: PublicParams::new().with("bench", 1) };
+    Ok(loopback(cfg).await?)
+}
+
+async fn measure(name: &str, shape: MatShape, backend: Arc<CpuBackend>, threads: usize) -> Result<Row> {
+    let mut rng = StdRng::from_rng(&mut rand::rng());
+    let params = match name {
+        "matmul-shared" => HeParams::n8192()?,
+        _ => HeParams::linear()?,
+    };
+    let (mut c, mut s) = links().await?;
+    let be: Arc<dyn Backend> = backend;
+    let (hc, hs) = tokio::join!(
+        HeClient::setup(c.channel(), params.clone(), be.clone(), &mut rng),
+        HeServer::setup(s.channel(), params, be)
+    );
+    let (hc, hs) = (hc?, hs?);
+    let x: Vec<u64> = (0..shape.n * shape.d).map(|_| rng.random()).collect();
+    let (xc, xs) = share_secret(&x, &mut rng);
+    let before = c.meter().report().total();
+    reset_peak_rss();
+    let start = Instant::now();
+    let checked = match name {
+        "matmul-shared" => {
+            let y: Vec<u64> = (0..shape.d * shape.m).map(|_| rng.random()).collect();
+            let (yc, ys) = share_secret(&y, &mut rng);
+            let (zc, zs) = tokio::join!(
+                matmul_shared_client(&hc, c.channel(), shape, &xc, &yc),
+                matmul_shared_server(&hs, s.channel(), shape, &xs, &ys)
+            );
+            let z = reconstruct(&zc?, &zs?)?;
+            spot_check(shape, &x, &y, &z)
+        }
+        _ => {
+            let w: Vec<u64> = (0..shape.d * shape.m).map(|_| rng.random_range(-(1i64 << 18)..1 << 18) as u64).collect();
+            let (yc, ys) = tokio::join!(
+                linear_client(&hc, c.channel(), shape, &xc),
+                linear_server(&hs, s.channel(), shape, &xs, &w, 20)
+            );
+            let y = reconstruct(&yc?, &ys?)?;
+            spot_check(shape, &x, &w, &y)
+        }
+    };
+    let wall_s = start.elapsed().as_secs_f64();
+    let peak_rss_bytes = peak_rss();
+    let after = c.meter().report().total();
+    let (a, b) = tokio::join!(c.close(), s.close());
+    a?;
+    b?;
+    let bytes = (after.bytes_sent + after.bytes_received) - (before.bytes_sent + before.bytes_received);
+    let rounds = after.rounds - before.rounds;
+    Ok(Row {
+        name: name.into(),
+        method: None,
+        shape: shape.to_string(),
+        backend: "cpu".into(),
+        threads,
+        wall_s,
+        bytes,
+        rounds,
+        lan_s: CostModel::LAN.estimate(wall_s, bytes, rounds),
+        wan_s: CostModel::WAN.estimate(wall_s, bytes, rounds),
+        peak_rss_bytes,
+        checked,
+    })
+}
+
+/// Checks 64 entries of the result against the plaintext product (the whole product would take
+/// longer than the protocol).
+fn spot_check(s: MatShape, a: &[u64], b: &[u64], c: &[u64]) -> bool {
+    (0..64).all(|t| {
+        let (i, k) = ((t * 7919) % s.n, (t * 104_729) % s.m);
+        let want = (0..s.d).fold(0u64, |acc, j| acc.wrapping_add(a[i * s.d + j].wrapping_mul(b[j * s.m + k])));
+        c[i * s.m + k] == want
+    })
+}
+
+fn print_header() {
+    println!(
+        "{:<14} {:<22} {:>8} {:>11} {:>7} {:>8} {:>8} {:>10} {:>6}",
+        "name", "shape", "wall s", "bytes", "rounds", "LAN s", "WAN s", "peak RSS", "check"
+    );
+}
+
+fn print_row(r: &Row) {
+    println!(
+        "{:<14} {:<22} {:>8.2} {:>11} {:>7} {:>8.2} {:>8.2} {:>10} {:>6}",
+        r.name,
+        r.shape,
+        r.wall_s,
+        human_bytes(r.bytes),
+        r.rounds,
+        r.lan_s,
+        r.wan_s,
+        human_bytes(r.peak_rss_bytes),
+        if r.checked { "ok" } else { "WRONG" }
+    );
+    let _ = std::io::stdout().flush();
+}
+
+/// Resets the kernel's peak-RSS mark (Linux: `5` into /proc/self/clear_refs); best effort.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak resident set size (VmHWM) in bytes; 0 where /proc is unavailable.
+fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cpu}, {cores} cores")
+}

@@ -1,0 +1,433 @@
+//! Galois automorphisms σ_r: X ↦ X^r (r odd) with key switching back to the secret s, and the
+//! packing of many sparse results into one ciphertext that they enable.
+//!
+//! Key switching is hybrid (one digit per prime of q, a special prime P): the key for σ_r holds,
+//! for each prime p_i of q, an encryption mod q·P of P·g_i·σ_r(s) with g_i the i-th CRT
+//! idempotent of q. For c1 with digits d_i = [c1]_{p_i}, Σ d_i·key_i decrypts to
+//! P·c1·σ_r(s) + Σ d_i·e_i; dividing by P (rounding) leaves c1·σ_r(s) plus a noise of about
+//! k·N·σ·p_i/P, a few thousand here.
+//!
+//! Packing (the merge step of Chen–Dai–Kim–Song's PackLWEs, applied to coefficient blocks):
+//! ciphertexts whose useful coefficients sit at multiples of 2^ℓ are merged pairwise, level by
+//! level: C = (A + X^(2^v)·B) + σ_r(A − X^(2^v)·B) with r = N/2^v + 1 keeps A's coefficients of
+//! 2-adic valuation > v (doubled), cancels A's of valuation v and fills them with B's. After ℓ
+//! levels the coefficient a·2^ℓ + j of the result is 2^ℓ times coefficient a·2^ℓ of input j.
+
+use rand::rngs::ChaCha20Rng;
+use rand::{CryptoRng, SeedableRng};
+use zeroize::Zeroize;
+
+use super::bfv::{Ciphertext, SecretKey};
+use super::poly::{Form, RnsPoly};
+use super::{HeError, HeParams, HeResult};
+use crate::backend::{Backend, Prepared};
+use crate::ring::{pack_bits, packed_len, unpack_bits};
+
+/// The key of one automorphism: per limb l of q·P, the rows (b_0..b_{k−1}, a_0..a_{k−1}) in NTT
+/// form with their Shoup constants, laid out for [`Backend::mul_acc`].
+#[derive(Debug, Clone)]
+struct SwitchKey {
+    element: usize,
+    seed: [u8; 32],
+    /// rows[l] = b_0..b_{k-1} then a_0..a_{k-1}, each N residues mod the l-th prime of q·P.
+    rows: Vec<Vec<u64>>,
+    shoup: Vec<Vec<u64>>,
+}
+
+/// Keys for the automorphisms σ_r used by [`GaloisKeys::pack`]: r = N/2^v + 1, v < levels.
+#[derive(Debug, Clone)]
+pub struct GaloisKeys {
+    keys: Vec<SwitchKey>,
+}
+
+/// The Galois element of packing level v: r = N/2^v + 1.
+fn element(n: usize, v: u32) -> usize {
+    n / (1 << v) + 1
+}
+
+/// σ_r on one limb in coefficient form: X^i ↦ ±X^(i·r mod N), negated when i·r mod 2N ≥ N.
+fn automorphism_limb(src: &[u64], dst: &mut [u64], r: usize, p: u64) {
+    let n = src.len();
+    let mask = 2 * n - 1;
+    for (i, &v) in src.iter().enumerate() {
+        let j = (i * r) & mask;
+        if j < n {
+            dst[j] = v;
+        } else {
+            dst[j - n] = if v == 0 { 0 } else { p - v };
+        }
+    }
+}
+
+/// X^e · f on one limb in coefficient form (e < 2N).
+fn monomial_limb(src: &[u64], dst: &mut [u64], e: usize, p: u64) {
+    let n = src.len();
+    for (i, &v) in src.iter().enumerate() {
+        let j = (i + e) % (2 * n);
+        let (j, neg) = if j < n { (j, false) } else { (j - n, true) };
+        dst[j] = if neg && v != 0 { p - v } else { v };
+    }
+}
+
+impl RnsPoly {
+    /// X^e · self, in coefficient form, for any e (taken mod 2N).
+    pub(crate) fn monomial_mul(&self, params: &HeParams, e: usize) -> RnsPoly {
+        assert_eq!(self.form, Form::Coeff, "monomial products work on coefficients");
+        let n = params.degree();
+        let mut out = vec![0u64; self.limbs.len()];
+        for ((src, dst), m) in self.limbs.chunks_exact(n).zip(out.chunks_exact_mut(n)).zip(params.ext_moduli()) {
+            monomial_limb(src, dst, e % (2 * n), m.value());
+        }
+        RnsPoly { limbs: out, form: Form::Coeff }
+    }
+}
+
+impl SecretKey {
+    /// Keys for packing up to 2^levels results per ciphertext. Needs a parameter set with a
+    /// special prime.
+    pub fn galois_keys<R: CryptoRng + ?Sized>(
+        &self,
+        levels: u32,
+        backend: &dyn Backend,
+        rng: &mut R,
+    ) -> HeResult<GaloisKeys> {
+        let p = &self.params;
+        let n = p.degree();
+        let Some((special, _)) = p.special() else {
+            return Err(HeError::Params(format!("{} has no special prime for key switching", p.name())));
+        };
+        if levels == 0 || 1 << levels > n {
+            return Err(HeError::Params(format!("cannot pack 2^{levels} ciphertexts of degree {n}")));
+        }
+        let mut s = self.signed_coeffs(backend);
+        let mut s_ext = ext_ntt(p, &s, backend);
+        let keys = (0..levels)
+            .map(|v| {
+                let r = element(n, v);
+                let mut s_r = vec![0i64; n];
+                for (i, &c) in s.iter().enumerate() {
+                    let j = (i * r) % (2 * n);
+                    if j < n { s_r[j] = c } else { s_r[j - n] = -c }
+                }
+                let mut seed = [0u8; 32];
+                rng.fill_bytes(&mut seed);
+                let b = key_rows(p, &s_ext, &ext_ntt(p, &s_r, backend), special.value(), seed, backend, rng);
+                s_r.zeroize();
+                SwitchKey::new(p, r, seed, b)
+            })
+            .collect();
+        s.zeroize();
+        s_ext.zeroize();
+        Ok(GaloisKeys { keys })
+    }
+}
+
+/// Signed small coefficients lifted to every prime of q·P, in NTT form.
+fn ext_ntt(p: &HeParams, coeffs: &[i64], backend: &dyn Backend) -> Vec<u64> {
+    let mut out = Vec::with_capacity(coeffs.len() * p.ext_moduli().len());
+    for (m, table) in p.ext_moduli().iter().zip(p.ext_tables()) {
+        let start = out.len();
+        out.extend(coeffs.iter().map(|&c| if c >= 0 { c as u64 % m.value() } else { m.neg((-c) as u64 % m.value()) }));
+        backend.ntt_forward(table, &mut out[start..]);
+    }
+    out
+}
+
+/// The uniform halves a_0..a_{k−1} of a key, expanded from its seed: per limb of q·P, k rows.
+fn key_masks(p: &HeParams, seed: [u8; 32]) -> Vec<Vec<u64>> {
+    use rand::RngExt;
+    let (n, k) = (p.degree(), p.moduli().len());
+    let mut rng = ChaCha20Rng::from_seed(seed);
+    p.ext_moduli().iter().map(|m| (0..k * n).map(|_| rng.random_range(0..m.value())).collect()).collect()
+}
+
+/// b_i = −a_i·s + e_i + P·g_i·s' for every digit i, per limb of q·P (NTT form).
+fn key_rows<R: CryptoRng + ?Sized>(
+    p: &HeParams,
+    s: &[u64],
+    s_prime: &[u64],
+    special: u64,
+    seed: [u8; 32],
+    backend: &dyn Backend,
+    rng: &mut R,
+) -> Vec<Vec<u64>> {
+    let (n, k) = (p.degree(), p.moduli().len());
+    let masks = key_masks(p, seed);
+    let mut rows: Vec<Vec<u64>> = vec![Vec::with_capacity(k * n); k + 1];
+    for i in 0..k {
+        let e = ext_ntt(p, &RnsPoly::error_coeffs(n, rng), backend);
+        for (l, m) in p.ext_moduli().iter().enumerate() {
+            let (a, sl, el, spl) =
+                (&masks[l][i * n..][..n], &s[l * n..][..n], &e[l * n..][..n], &s_prime[l * n..][..n]);
+            let p_mod = m.reduce(special);
+            rows[l].extend((0..n).map(|j| {
+                let mut v = m.sub(el[j], m.mul(a[j], sl[j]));
+                if l == i {
+                    v = m.add(v, m.mul(p_mod, spl[j]));
+                }
+                v
+            }));
+        }
+    }
+    rows
+}
+
+impl SwitchKey {
+    /// Assembles rows (b's then a's per limb) and Shoup constants from the b's and the seed.
+    fn new(p: &HeParams, element: usize, seed: [u8; 32], b: Vec<Vec<u64>>) -> SwitchKey {
+        let masks = key_masks(p, seed);
+        let rows: Vec<Vec<u64>> = b
+            .into_iter()
+            .zip(masks)
+            .map(|(mut b, a)| {
+                b.extend(a);
+                b
+            })
+            .collect();
+        let shoup = rows.iter().zip(p.ext_moduli()).map(|(r, m)| r.iter().map(|&v| m.shoup(v)).collect()).collect();
+        SwitchKey { element, seed, rows, shoup }
+    }
+}
+
+impl Ciphertext {
+    /// σ_r(self) re-encrypted under s (coefficient form in, coefficient form out).
+    fn automorphism(&self, p: &HeParams, key: &SwitchKey, backend: &dyn Backend) -> Ciphertext {
+        let (n, k) = (p.degree(), p.moduli().len());
+        let ext = p.ext_moduli();
+        let permute = |c: &RnsPoly| {
+            let mut out = vec![0u64; k * n];
+            for ((src, dst), m) in c.limbs.chunks_exact(n).zip(out.chunks_exact_mut(n)).zip(p.moduli()) {
+                automorphism_limb(src, dst, key.element, m.value());
+            }
+            out
+        };
+        let (c0, c1) = (permute(&self.c0), permute(&self.c1));
+        // digits of c1 lifted to every limb of q·P: digits[l] = d_0..d_{k−1} mod p_l
+        let mut digits: Vec<Vec<u64>> = ext
+            .iter()
+            .map(|m| {
+                let mut d = Vec::with_capacity(k * n);
+                for i in 0..k {
+                    d.extend(c1[i * n..(i + 1) * n].iter().map(|&v| m.reduce(v)));
+                }
+                d
+            })
+            .collect();
+        let mut acc: Vec<Vec<u64>> = vec![vec![0u64; 2 * n]; k + 1];
+        for (l, ((d, m), table)) in digits.iter_mut().zip(ext).zip(p.ext_tables()).enumerate() {
+            backend.ntt_forward(table, d);
+            backend.mul_acc(m, n, d, &key.rows[l], Prepared::W(&key.shoup[l]), &mut acc[l]);
+            backend.ntt_inverse(table, &mut acc[l]);
+        }
+        // divide by P with rounding: x ← (x − [x]_P) / P mod p_l
+        let special = ext[k];
+        let half = special.value() / 2;
+        let mut out = [c0, c1];
+        for (h, target) in out.iter_mut().enumerate() {
+            for (l, m) in p.moduli().iter().enumerate() {
+                let inv = m.inv(m.reduce(special.value())).unwrap_or(0);
+                let (inv_shoup, p_mod) = (m.shoup(inv), m.reduce(special.value()));
+                let top = &acc[k][h * n..(h + 1) * n];
+                let row = &acc[l][h * n..(h + 1) * n];
+                let dst = &mut target[l * n..(l + 1) * n];
+                for j in 0..n {
+                    let v = top[j];
+                    let v_mod = if v > half { m.sub(m.reduce(v), p_mod) } else { m.reduce(v) };
+                    let ks = m.mul_shoup(m.sub(row[j], v_mod), inv, inv_shoup);
+                    dst[j] = if h == 0 { m.add(dst[j], ks) } else { ks };
+                }
+            }
+        }
+        let [c0, c1] = out;
+        Ciphertext { c0: RnsPoly { limbs: c0, form: Form::Coeff }, c1: RnsPoly { limbs: c1, form: Form::Coeff } }
+    }
+}
+
+impl GaloisKeys {
+    /// Number of packing levels the keys cover.
+    pub fn levels(&self) -> u32 {
+        self.keys.len() as u32
+    }
+
+    /// Merges 2^ℓ ciphertexts (ℓ = log2 of the count, at most [`GaloisKeys::levels`]) whose
+    /// useful coefficients sit at multiples of 2^ℓ: coefficient a·2^ℓ + j of the result is 2^ℓ
+    /// times coefficient a·2^ℓ of input j; nothing else of the inputs survives. Missing inputs
+    /// (`None`) count as zero. Inputs at the full level of q; returns coefficient form.
+    pub fn pack(&self, p: &HeParams, mut cts: Vec<Option<Ciphertext>>, backend: &dyn Backend) -> HeResult<Ciphertext> {
+        let count = cts.len();
+        let levels = count.trailing_zeros();
+        if !count.is_power_of_two() || levels > self.levels() {
+            return Err(HeError::Shape(format!("cannot pack {count} ciphertexts with {} key levels", self.levels())));
+        }
+        let k = p.moduli().len();
+        if cts.iter().flatten().any(|c| c.limbs(p) != k) {
+            return Err(HeError::Shape("packing needs ciphertexts at the full modulus".into()));
+        }
+        for ct in cts.iter_mut().flatten() {
+            ct.c0.to_coeff(p, backend);
+            ct.c1.to_coeff(p, backend);
+        }
+        let zero = || Ciphertext { c0: RnsPoly::zero(p, Form::Coeff), c1: RnsPoly::zero(p, Form::Coeff) };
+        for v in (0..levels).rev() {
+            let half = 1usize << v;
+            let key = &self.keys[v as usize];
+            let mut next = Vec::with_capacity(half);
+            let (low, high) = cts.split_at_mut(half);
+            for (a, b) in low.iter_mut().zip(high.iter_mut()) {
+                let (a, b) = (a.take(), b.take());
+                if a.is_none() && b.is_none() {
+                    next.push(None);
+                    continue;
+                }
+                let a = a.unwrap_or_else(zero);
+                let (mut sum, mut diff) = (a.clone(), a);
+                if let Some(b) = b {
+                    let shifted = Ciphertext { c0: b.c0.monomial_mul(p, half), c1: b.c1.monomial_mul(p, half) };
+                    sum.c0.add_assign(p, &shifted.c0);
+                    sum.c1.add_assign(p, &shifted.c1);
+                    diff.c0.sub_assign(p, &shifted.c0);
+                    diff.c1.sub_assign(p, &shifted.c1);
+                }
+                let turned = diff.automorphism(p, key, backend);
+                sum.c0.add_assign(p, &turned.c0);
+                sum.c1.add_assign(p, &turned.c1);
+                next.push(Some(sum));
+            }
+            cts = next;
+        }
+        Ok(cts.pop().flatten().unwrap_or_else(zero))
+    }
+
+    /// Serialized size under `p` for `levels` keys.
+    pub fn encoded_len(p: &HeParams, levels: u32) -> usize {
+        let (n, k) = (p.degree(), p.moduli().len());
+        let per_key: usize = 4 + 32 + p.ext_moduli().iter().map(|m| packed_len(k * n, m.bits())).sum::<usize>();
+        GALOIS_HEADER + levels as usize * per_key
+    }
+
+    /// Serializes: per key its element, its seed and the b rows (the a rows follow from the seed).
+    pub fn to_bytes(&self, p: &HeParams) -> Vec<u8> {
+        let k = p.moduli().len();
+        let n = p.degree();
+        let mut out = Vec::with_capacity(GaloisKeys::encoded_len(p, self.levels()));
+        out.extend_from_slice(GALOIS_TAG);
+        out.push(n.trailing_zeros() as u8);
+        out.push(self.keys.len() as u8);
+        for key in &self.keys {
+            out.extend_from_slice(&(key.element as u32).to_le_bytes());
+            out.extend_from_slice(&key.seed);
+            for (row, m) in key.rows.iter().zip(p.ext_moduli()) {
+                out.extend(pack_bits(&row[..k * n], m.bits()));
+            }
+        }
+        out
+    }
+
+    /// Reads Galois keys for `p`, checking every size, element and residue.
+    pub fn from_bytes(p: &HeParams, bytes: &[u8]) -> HeResult<GaloisKeys> {
+        let bad = |reason: String| HeError::Malformed { what: "Galois keys", reason };
+        let (n, k) = (p.degree(), p.moduli().len());
+        if p.special().is_none() {
+            return Err(HeError::Params(format!("{} has no special prime for key switching", p.name())));
+        }
+        if bytes.len() < GALOIS_HEADER || &bytes[..4] != GALOIS_TAG {
+            return Err(bad("not secmoe Galois keys (bad tag)".into()));
+        }
+        if bytes[4] as u32 != n.trailing_zeros() {
+            return Err(bad(format!("degree 2^{}, expected {n}", bytes[4])));
+        }
+        let levels = bytes[5] as u32;
+        if levels == 0 || 1 << levels > n {
+            return Err(bad(format!("{levels} levels")));
+        }
+        if bytes.len() != GaloisKeys::encoded_len(p, levels) {
+            return Err(bad(format!("{} bytes, expected {}", bytes.len(), GaloisKeys::encoded_len(p, levels))));
+        }
+        let mut pos = GALOIS_HEADER;
+        let mut keys = Vec::with_capacity(levels as usize);
+        for v in 0..levels {
+            let r = u32::from_le_bytes([bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]]) as usize;
+            if r != element(n, v) {
+                return Err(bad(format!("key {v} is for σ_{r}, expected σ_{}", element(n, v))));
+            }
+            let mut seed = [0u8; 32];
+            seed.copy_from_slice(&bytes[pos + 4..pos + 36]);
+            pos += 36;
+            let mut b = Vec::with_capacity(k + 1);
+            for (l, m) in p.ext_moduli().iter().enumerate() {
+                let len = packed_len(k * n, m.bits());
+                let row = unpack_bits(&bytes[pos..pos + len], k * n, m.bits()).map_err(|e| bad(e.to_string()))?;
+                if row.iter().any(|&x| x >= m.value()) {
+                    return Err(bad(format!("key {v}, limb {l}: a residue is not below its prime")));
+                }
+                b.push(row);
+                pos += len;
+            }
+            keys.push(SwitchKey::new(p, r, seed, b));
+        }
+        Ok(GaloisKeys { keys })
+    }
+}
+
+const GALOIS_TAG: &[u8; 4] = b"SMgk";
+const GALOIS_HEADER: usize = 4 + 1 + 1;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::CpuBackend;
+    use crate::he::Plaintext;
+    use rand::{RngExt, rngs::StdRng};
+
+    #[test]
+    fn packing_interleaves_the_inputs_times_their_count() {
+        let p = HeParams::linear().unwrap_or_else(|e| panic!("{e}"));
+        let be = CpuBackend::new(1).unwrap_or_else(|e| panic!("{e}"));
+        let mut rng = StdRng::seed_from_u64(21);
+        let sk = SecretKey::generate(&p, &be, &mut rng);
+        let keys = sk.galois_keys(3, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        let keys = GaloisKeys::from_bytes(&p, &keys.to_bytes(&p)).unwrap_or_else(|e| panic!("{e}"));
+        let n = p.degree();
+        let t_mask = (1u128 << p.plain_bits()) - 1;
+        for count in [1usize, 2, 8] {
+            let msgs: Vec<Vec<u64>> = (0..count).map(|_| (0..n).map(|_| rng.random()).collect()).collect();
+            let mut cts: Vec<Option<Ciphertext>> = msgs
+                .iter()
+                .map(|m| {
+                    Some(sk.encrypt(&Plaintext::new(&p, m.clone()).unwrap_or_else(|e| panic!("{e}")), &be, &mut rng))
+                })
+                .collect();
+            if count == 8 {
+                cts[5] = None;
+            }
+            let packed = keys.pack(&p, cts.clone(), &be).unwrap_or_else(|e| panic!("{e}"));
+            let keep: Vec<usize> = (0..n).collect();
+            let shrunk = packed.shrink(&p, &keep, 74, 83, &be).unwrap_or_else(|e| panic!("{e}"));
+            let got = sk.decrypt_shrunk(&shrunk, &keep, &be).unwrap_or_else(|e| panic!("{e}"));
+            for (pos, &g) in got.iter().enumerate() {
+                let (a, j) = (pos / count, pos % count);
+                let want = if cts[j].is_some() { msgs[j][a * count] as u128 * count as u128 & t_mask } else { 0 };
+                assert_eq!(g, want, "count {count}, position {pos}");
+            }
+            assert!(sk.noise_budget(&packed, &be) > 30.0);
+        }
+    }
+
+    #[test]
+    fn keys_need_a_special_prime_and_wrong_bytes_are_refused() {
+        let be = CpuBackend::new(1).unwrap_or_else(|e| panic!("{e}"));
+        let mut rng = StdRng::seed_from_u64(22);
+        let plain = HeParams::n4096().unwrap_or_else(|e| panic!("{e}"));
+        let sk = SecretKey::generate(&plain, &be, &mut rng);
+        assert!(sk.galois_keys(2, &be, &mut rng).is_err());
+        let p = HeParams::linear().unwrap_or_else(|e| panic!("{e}"));
+        let sk = SecretKey::generate(&p, &be, &mut rng);
+        let bytes = sk.galois_keys(1, &be, &mut rng).unwrap_or_else(|e| panic!("{e}")).to_bytes(&p);
+        let err = GaloisKeys::from_bytes(&p, &bytes[..bytes.len() - 1]).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("bytes, expected")));
+        let mut wrong = bytes.clone();
+        wrong[6] ^= 1;
+        let err = GaloisKeys::from_bytes(&p, &wrong).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("expected σ_8193")), "element check");
+    }
+}

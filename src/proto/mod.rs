@@ -1,0 +1,40 @@
+//! Two-party protocols over secret shares. Today: the HE matrix products of the linear layers
+//! ([`linear`]); the OT-based non-linear protocols join here.
+
+pub mod linear;
+pub mod tiling;
+
+use thiserror::Error;
+
+use crate::he::HeError;
+use crate::net::NetError;
+
+/// Errors of the protocols.
+#[derive(Debug, Error)]
+pub enum ProtoError {
+    /// The link failed (peer gone, timeout, garbage).
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// An HE object was malformed or parameters did not fit.
+    #[error(transparent)]
+    He(#[from] HeError),
+    /// This party's own inputs are inconsistent (wrong length, out-of-range weights).
+    #[error("invalid input: {0}")]
+    Input(String),
+    /// The peer refused the request, with its reason.
+    #[error("the peer refused: {0}")]
+    Refused(String),
+}
+
+/// Result alias of the protocols.
+pub type ProtoResult<T> = Result<T, ProtoError>;
+
+/// Runs CPU-heavy work from async code without stalling the runtime's other tasks (the link's
+/// I/O): on a multi-threaded runtime the worker hands its other tasks off first.
+pub(crate) fn compute<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}

@@ -1,0 +1,203 @@
+//! Cheetah's coefficient packing of a matrix product A (n×d) · B (d×m) into RLWE polynomials of
+//! degree N (Huang et al., USENIX Security 2022, §3.2).
+//!
+//! The product is cut into tiles of n_w × d_w × m_w with n_w·d_w·m_w ≤ N. A tile of A becomes
+//! â = Σ A[i,j]·X^(i·d_w·m_w + j) and a tile of B becomes b̂ = Σ B[j,k]·X^(k·d_w + d_w − 1 − j);
+//! in â·b̂ the coefficient of X^(i·d_w·m_w + k·d_w + d_w − 1) is Σ_j A[i,j]·B[j,k], with no
+//! wrap-around because every exponent stays below n_w·d_w·m_w ≤ N. Summing â·b̂ over the d-tiles
+//! gives the output tile.
+
+use std::ops::Range;
+
+/// Shape of a product A (n×d) · B (d×m).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatShape {
+    /// Rows of A (tokens).
+    pub n: usize,
+    /// Inner dimension.
+    pub d: usize,
+    /// Columns of B.
+    pub m: usize,
+}
+
+impl std::fmt::Display for MatShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}×{} · {}×{}", self.n, self.d, self.d, self.m)
+    }
+}
+
+/// Estimated costs that decide the tiling: bytes on the wire against server work.
+#[derive(Debug, Clone, Copy)]
+pub struct TilingCost {
+    /// Bytes of one input ciphertext.
+    pub input_bytes: f64,
+    /// Bytes of an output ciphertext with no kept coefficient (its c1).
+    pub output_bytes: f64,
+    /// Bytes per kept output coefficient.
+    pub kept_bytes: f64,
+    /// Seconds to prepare one weight polynomial (its NTT over every limb).
+    pub weight_s: f64,
+    /// Seconds of one ciphertext × plaintext product.
+    pub product_s: f64,
+    /// Bytes per second that make one second of compute worth as much as the bytes.
+    pub bandwidth: f64,
+}
+
+/// A tiling of one product shape for ring degree N.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tiling {
+    /// The product.
+    pub shape: MatShape,
+    /// Ring degree.
+    pub degree: usize,
+    /// Rows of A per tile.
+    pub n_w: usize,
+    /// Inner dimension per tile.
+    pub d_w: usize,
+    /// Columns of B per tile.
+    pub m_w: usize,
+}
+
+impl Tiling {
+    /// The tiling with the lowest estimated time `bytes / bandwidth + server seconds`.
+    pub fn choose(shape: MatShape, degree: usize, cost: &TilingCost) -> Tiling {
+        let mut best = (f64::INFINITY, Tiling { shape, degree, n_w: 1, d_w: 1, m_w: 1 });
+        for n_w in 1..=shape.n.min(degree) {
+            for d_w in 1..=shape.d.min(degree / n_w) {
+                let m_w = shape.m.min(degree / (n_w * d_w));
+                let t = Tiling { shape, degree, n_w, d_w, m_w };
+                let (ti, tj, tk) = t.tile_counts();
+                let bytes = (ti * tj) as f64 * cost.input_bytes
+                    + (ti * tk) as f64 * cost.output_bytes
+                    + (shape.n * shape.m) as f64 * cost.kept_bytes;
+                let work = (tj * tk) as f64 * cost.weight_s + (ti * tj * tk) as f64 * cost.product_s;
+                let score = bytes / cost.bandwidth + work;
+                if score < best.0 {
+                    best = (score, t);
+                }
+            }
+        }
+        best.1
+    }
+
+    /// Number of tiles along n, d and m.
+    pub fn tile_counts(&self) -> (usize, usize, usize) {
+        (self.shape.n.div_ceil(self.n_w), self.shape.d.div_ceil(self.d_w), self.shape.m.div_ceil(self.m_w))
+    }
+
+    fn rows(&self, ti: usize) -> Range<usize> {
+        ti * self.n_w..((ti + 1) * self.n_w).min(self.shape.n)
+    }
+
+    fn inner(&self, tj: usize) -> Range<usize> {
+        tj * self.d_w..((tj + 1) * self.d_w).min(self.shape.d)
+    }
+
+    fn cols(&self, tk: usize) -> Range<usize> {
+        tk * self.m_w..((tk + 1) * self.m_w).min(self.shape.m)
+    }
+
+    /// The polynomial of tile (ti, tj) of A (row-major n×d).
+    pub fn encode_a(&self, a: &[u64], ti: usize, tj: usize) -> Vec<u64> {
+        let mut poly = vec![0u64; self.degree];
+        let stride = self.d_w * self.m_w;
+        for (ii, i) in self.rows(ti).enumerate() {
+            let cols = self.inner(tj);
+            let len = cols.len();
+            poly[ii * stride..ii * stride + len].copy_from_slice(&a[i * self.shape.d + cols.start..][..len]);
+        }
+        poly
+    }
+
+    /// The polynomial of tile (tj, tk) of B (row-major d×m).
+    pub fn encode_b(&self, b: &[u64], tj: usize, tk: usize) -> Vec<u64> {
+        let mut poly = vec![0u64; self.degree];
+        for (jj, j) in self.inner(tj).enumerate() {
+            for (kk, k) in self.cols(tk).enumerate() {
+                poly[kk * self.d_w + self.d_w - 1 - jj] = b[j * self.shape.m + k];
+            }
+        }
+        poly
+    }
+
+    /// The coefficients of output tile (ti, tk) that hold A·B, with the (row, column) of each.
+    pub fn output_positions(&self, ti: usize, tk: usize) -> Vec<(usize, (usize, usize))> {
+        let stride = self.d_w * self.m_w;
+        let mut out = Vec::with_capacity(self.n_w * self.m_w);
+        for (ii, i) in self.rows(ti).enumerate() {
+            for (kk, k) in self.cols(tk).enumerate() {
+                out.push((ii * stride + kk * self.d_w + self.d_w - 1, (i, k)));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::he::negacyclic_mod_2_64;
+    use proptest::prelude::*;
+
+    fn plain_product(s: MatShape, a: &[u64], b: &[u64]) -> Vec<u64> {
+        let mut c = vec![0u64; s.n * s.m];
+        for i in 0..s.n {
+            for j in 0..s.d {
+                for k in 0..s.m {
+                    c[i * s.m + k] = c[i * s.m + k].wrapping_add(a[i * s.d + j].wrapping_mul(b[j * s.m + k]));
+                }
+            }
+        }
+        c
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(40))]
+        #[test]
+        fn packed_products_hold_the_matrix_product(
+            n in 1usize..9, d in 1usize..11, m in 1usize..9, n_w in 1usize..5, d_w in 1usize..6, seed in any::<u64>(),
+        ) {
+            let degree = 64;
+            let s = MatShape { n, d, m };
+            let (n_w, d_w) = (n_w.min(n), d_w.min(d).min(degree / n_w.min(n)));
+            let t = Tiling { shape: s, degree, n_w, d_w, m_w: m.min(degree / (n_w * d_w)) };
+            let mut x = seed;
+            let mut next = move || { x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); x };
+            let a: Vec<u64> = (0..n * d).map(|_| next()).collect();
+            let b: Vec<u64> = (0..d * m).map(|_| next()).collect();
+            let want = plain_product(s, &a, &b);
+            let (ti_count, tj_count, tk_count) = t.tile_counts();
+            let mut got = vec![0u64; n * m];
+            for ti in 0..ti_count {
+                for tk in 0..tk_count {
+                    let mut acc = vec![0u64; degree];
+                    for tj in 0..tj_count {
+                        let prod = negacyclic_mod_2_64(&t.encode_a(&a, ti, tj), &t.encode_b(&b, tj, tk));
+                        acc.iter_mut().zip(prod).for_each(|(x, y)| *x = x.wrapping_add(y));
+                    }
+                    for (pos, (i, k)) in t.output_positions(ti, tk) {
+                        got[i * m + k] = acc[pos];
+                    }
+                }
+            }
+            prop_assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn the_chosen_tiling_fits_the_ring_and_covers_the_shape() {
+        let cost = TilingCost {
+            input_bytes: 168e3,
+            output_bytes: 79e3,
+            kept_bytes: 8.5,
+            weight_s: 1.5e-4,
+            product_s: 5e-5,
+            bandwidth: 125e6,
+        };
+        for s in [MatShape { n: 128, d: 768, m: 3072 }, MatShape { n: 1, d: 5, m: 3 }, MatShape { n: 300, d: 1, m: 1 }]
+        {
+            let t = Tiling::choose(s, 8192, &cost);
+            assert!(t.n_w * t.d_w * t.m_w <= 8192 && t.n_w <= s.n && t.d_w <= s.d && t.m_w <= s.m, "{t:?}");
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! HE matrix products between two parties over the real transport: the shares always
+//! reconstruct to the exact product mod 2^64, whatever the shape, and wrong inputs end in errors
+//! that name the problem on both sides.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use std::sync::Arc;
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use secmoe::backend::Backend;
+use secmoe::he::HeParams;
+use secmoe::proto::ProtoError;
+use secmoe::proto::linear::{
+    HeClient, HeServer, linear_client, linear_server, matmul_shared_client, matmul_shared_server,
+};
+use secmoe::proto::tiling::MatShape;
+use secmoe::ring::{Share, reconstruct, share_secret};
+
+fn product(s: MatShape, a: &[u64], b: &[u64]) -> Vec<u64> {
+    let mut c = vec![0u64; s.n * s.m];
+    for i in 0..s.n {
+        for j in 0..s.d {
+            for k in 0..s.m {
+                c[i * s.m + k] = c[i * s.m + k].wrapping_add(a[i * s.d + j].wrapping_mul(b[j * s.m + k]));
+            }
+        }
+    }
+    c
+}
+
+/// Fixed-point-like weights: |w| < 2^20, both signs.
+fn weights(rng: &mut StdRng, count: usize) -> Vec<u64> {
+    (0..count).map(|_| rng.random_range(-(1i64 << 20)..(1 << 20)) as u64).collect()
+}
+
+async fn sessions(params: Arc<HeParams>) -> (secmoe::net::Link, HeClient, secmoe::net::Link, HeServer) {
+    let (mut c, mut s) = common::links().await;
+    let be: Arc<dyn Backend> = common::backend();
+    let mut rng = StdRng::seed_from_u64(1);
+    let (hc, hs) = tokio::join!(
+        HeClient::setup(c.channel(), params.clone(), be.clone(), &mut rng),
+        HeServer::setup(s.channel(), params, be)
+    );
+    (c, hc.unwrap(), s, hs.unwrap())
+}
+
+#[test]
+fn linear_layers_give_exact_shares_of_x_times_w_for_any_shape() {
+    common::runtime().block_on(async {
+        let (mut c, hc, mut s, hs) = sessions(HeParams::linear().unwrap()).await;
+        let mut rng = StdRng::seed_from_u64(2);
+        for (n, d, m) in [(1, 1, 1), (3, 5, 7), (2, 300, 41), (40, 9, 300), (130, 70, 3)] {
+            let shape = MatShape { n, d, m };
+            let x: Vec<u64> = (0..n * d).map(|_| rng.random()).collect();
+            let w = weights(&mut rng, d * m);
+            let (xc, xs) = share_secret(&x, &mut rng);
+            let (yc, ys) = tokio::join!(
+                linear_client(&hc, c.channel(), shape, &xc),
+                linear_server(&hs, s.channel(), shape, &xs, &w, 20)
+            );
+            let y = reconstruct(&yc.unwrap(), &ys.unwrap()).unwrap();
+            assert_eq!(y, product(shape, &x, &w), "{shape}");
+        }
+    });
+}
+
+#[test]
+fn products_of_two_shared_matrices_are_exact() {
+    common::runtime().block_on(async {
+        let (mut c, hc, mut s, hs) = sessions(HeParams::n8192().unwrap()).await;
+        let mut rng = StdRng::seed_from_u64(3);
+        let shape = MatShape { n: 6, d: 16, m: 5 };
+        let x: Vec<u64> = (0..shape.n * shape.d).map(|_| rng.random()).collect();
+        let y: Vec<u64> = (0..shape.d * shape.m).map(|_| rng.random()).collect();
+        let ((xc, xs), (yc, ys)) = (share_secret(&x, &mut rng), share_secret(&y, &mut rng));
+        let (zc, zs) = tokio::join!(
+            matmul_shared_client(&hc, c.channel(), shape, &xc, &yc),
+            matmul_shared_server(&hs, s.channel(), shape, &xs, &ys)
+        );
+        assert_eq!(reconstruct(&zc.unwrap(), &zs.unwrap()).unwrap(), product(shape, &x, &y));
+    });
+}
+
+#[test]
+fn mismatched_shapes_and_oversized_weights_are_refused_by_name() {
+    common::runtime().block_on(async {
+        let (mut c, hc, mut s, hs) = sessions(HeParams::linear().unwrap()).await;
+        let x = vec![Share::from_raw(1); 4 * 3];
+        let other = vec![Share::default(); 16];
+        // the client thinks d = 3, the server d = 4
+        let (rc, rs) = tokio::join!(
+            linear_client(&hc, c.channel(), MatShape { n: 4, d: 3, m: 2 }, &x),
+            linear_server(&hs, s.channel(), MatShape { n: 4, d: 4, m: 2 }, &other, &[0; 8], 20)
+        );
+        let (ec, es) = (rc.unwrap_err().to_string(), rs.unwrap_err().to_string());
+        assert!(ec.contains("refused") && ec.contains("4×3 · 3×2"), "{ec}");
+        assert!(es.contains("server expects 4×4 · 4×2"), "{es}");
+        // a weight beyond the declared bound
+        let shape = MatShape { n: 4, d: 3, m: 2 };
+        let mut w = vec![5u64; 6];
+        w[4] = (-(1i64 << 21)) as u64;
+        let (rc, rs) = tokio::join!(
+            linear_client(&hc, c.channel(), shape, &x),
+            linear_server(&hs, s.channel(), shape, &x, &w, 20)
+        );
+        assert!(matches!(rc, Err(ProtoError::Refused(ref m)) if m.contains("entry 4 of B")), "{rc:?}");
+        assert!(rs.unwrap_err().to_string().contains("exceeds the declared bound"));
+        // and the session still works afterwards
+        let w = vec![3u64; 6];
+        let (yc, ys) = tokio::join!(
+            linear_client(&hc, c.channel(), shape, &x),
+            linear_server(&hs, s.channel(), shape, &x, &w, 20)
+        );
+        assert_eq!(reconstruct(&yc.unwrap(), &ys.unwrap()).unwrap(), vec![18; 8]);
+    });
+}
+
+#[test]
+fn a_truncated_input_ciphertext_is_an_error_naming_it() {
+    common::runtime().block_on(async {
+        let (mut c, _hc, mut s, hs) = sessions(HeParams::linear().unwrap()).await;
+        let shape = MatShape { n: 1, d: 1, m: 1 };
+        let client = async {
+            let ch = c.channel();
+            ch.send_u64s(&[1, 1, 1]).await.unwrap();
+            assert_eq!(ch.recv().await.unwrap(), [0]);
+            ch.send(&[0u8; 100]).await.unwrap();
+        };
+        let (_, rs) = tokio::join!(client, hs.product(s.channel(), shape, &[1], 20, None));
+        let e = rs.unwrap_err().to_string();
+        assert!(e.contains("input ciphertext") && e.contains("100 bytes"), "{e}");
+    });
+}
