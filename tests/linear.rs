@@ -12,9 +12,10 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use secmoe::backend::Backend;
 use secmoe::he::HeParams;
+use secmoe::net::CostModel;
 use secmoe::proto::ProtoError;
 use secmoe::proto::linear::{
-    HeClient, HeServer, linear_client, linear_server, matmul_shared_client, matmul_shared_server,
+    HeClient, HeServer, linear_client, linear_server, matmul_shared_client, matmul_shared_server, tiling_for,
 };
 use secmoe::proto::tiling::MatShape;
 use secmoe::ring::{Share, reconstruct, share_secret};
@@ -47,13 +48,26 @@ async fn sessions(params: Arc<HeParams>) -> (secmoe::net::Link, HeClient, secmoe
     (c, hc.unwrap(), s, hs.unwrap())
 }
 
+/// Networks from "bytes are free" to "bytes are everything": the tilings they choose cover
+/// unpacked results and every packing level.
+const NETWORKS: [CostModel; 3] = [
+    CostModel { name: "fast", bandwidth_bps: 1e15, latency_s: 0.0 },
+    CostModel::WAN,
+    CostModel { name: "slow", bandwidth_bps: 1e6, latency_s: 0.0 },
+];
+
 #[test]
-fn linear_layers_give_exact_shares_of_x_times_w_for_any_shape() {
+fn linear_layers_give_exact_shares_of_x_times_w_for_any_shape_and_tiling() {
     common::runtime().block_on(async {
-        let (mut c, hc, mut s, hs) = sessions(HeParams::linear().unwrap()).await;
+        let params = HeParams::linear().unwrap();
+        let (mut c, mut hc, mut s, hs) = sessions(params.clone()).await;
         let mut rng = StdRng::seed_from_u64(2);
-        for (n, d, m) in [(1, 1, 1), (3, 5, 7), (2, 300, 41), (40, 9, 300), (130, 70, 3)] {
+        let mut packs = std::collections::BTreeSet::new();
+        let shapes = [(1, 1, 1), (3, 5, 7), (2, 300, 41), (40, 9, 300), (130, 70, 3), (16, 128, 64)];
+        for ((n, d, m), net) in shapes.into_iter().flat_map(|s| NETWORKS.map(|net| (s, net))) {
             let shape = MatShape { n, d, m };
+            packs.insert(tiling_for(&params, shape, &net).pack);
+            hc.set_network(net);
             let x: Vec<u64> = (0..n * d).map(|_| rng.random()).collect();
             let w = weights(&mut rng, d * m);
             let (xc, xs) = share_secret(&x, &mut rng);
@@ -62,8 +76,9 @@ fn linear_layers_give_exact_shares_of_x_times_w_for_any_shape() {
                 linear_server(&hs, s.channel(), shape, &xs, &w, 20)
             );
             let y = reconstruct(&yc.unwrap(), &ys.unwrap()).unwrap();
-            assert_eq!(y, product(shape, &x, &w), "{shape}");
+            assert_eq!(y, product(shape, &x, &w), "{shape} on {}: {:?}", net.name, tiling_for(&params, shape, &net));
         }
+        assert!(packs.contains(&0) && packs.len() >= 4, "packing levels exercised: {packs:?}");
     });
 }
 
@@ -119,17 +134,26 @@ fn mismatched_shapes_and_oversized_weights_are_refused_by_name() {
 }
 
 #[test]
-fn a_truncated_input_ciphertext_is_an_error_naming_it() {
+fn a_bad_tiling_or_a_truncated_ciphertext_is_an_error_naming_it() {
     common::runtime().block_on(async {
         let (mut c, _hc, mut s, hs) = sessions(HeParams::linear().unwrap()).await;
         let shape = MatShape { n: 1, d: 1, m: 1 };
         let client = async {
             let ch = c.channel();
-            ch.send_u64s(&[1, 1, 1]).await.unwrap();
+            // a tiling that does not fit the ring is refused before any ciphertext moves
+            ch.send_u64s(&[1, 1, 1, 1, 1 << 40, 1, 0]).await.unwrap();
+            let refusal = ch.recv().await.unwrap();
+            assert_eq!(refusal[0], 1);
+            ch.send_u64s(&[1, 1, 1, 1, 1, 1, 0]).await.unwrap();
             assert_eq!(ch.recv().await.unwrap(), [0]);
             ch.send(&[0u8; 100]).await.unwrap();
         };
-        let (_, rs) = tokio::join!(client, hs.product(s.channel(), shape, &[1], 20, None));
+        let server = async {
+            let e = hs.product(s.channel(), shape, &[1], 20, None).await.unwrap_err().to_string();
+            assert!(e.contains("tiling") && e.contains("does not fit"), "{e}");
+            hs.product(s.channel(), shape, &[1], 20, None).await
+        };
+        let (_, rs) = tokio::join!(client, server);
         let e = rs.unwrap_err().to_string();
         assert!(e.contains("input ciphertext") && e.contains("100 bytes"), "{e}");
     });

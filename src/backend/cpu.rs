@@ -37,6 +37,14 @@ impl Backend for CpuBackend {
         "cpu"
     }
 
+    fn for_each(&self, count: usize, task: &(dyn Fn(usize) + Sync)) {
+        if count == 1 {
+            task(0);
+        } else {
+            self.pool.install(|| (0..count).into_par_iter().for_each(task));
+        }
+    }
+
     fn hash_blocks(&self, input: &[Block], tweaks: Tweaks<'_>, out: &mut [Block]) {
         assert_eq!(input.len(), out.len(), "hash_blocks: input and output lengths differ");
         if let Tweaks::Listed(list) = tweaks {
@@ -65,6 +73,16 @@ impl Backend for CpuBackend {
         }
     }
 
+    fn ntt_forward_sparse(&self, table: &NttTable, polys: &mut [u64], support: usize) {
+        let n = table.degree();
+        assert!(polys.len().is_multiple_of(n), "ntt_forward_sparse: not a whole number of polynomials");
+        if polys.len() == n {
+            table.forward_sparse(polys, support);
+        } else {
+            self.pool.install(|| polys.par_chunks_mut(n).for_each(|a| table.forward_sparse(a, support)));
+        }
+    }
+
     fn ntt_inverse(&self, table: &NttTable, polys: &mut [u64]) {
         let n = table.degree();
         assert!(polys.len().is_multiple_of(n), "ntt_inverse: not a whole number of polynomials");
@@ -83,7 +101,6 @@ impl Backend for CpuBackend {
             Prepared::W(c) => assert_eq!(c.len(), w.len(), "mul_acc: one Shoup constant per weight"),
             Prepared::X(c) => assert_eq!(c.len(), x.len(), "mul_acc: one Shoup constant per input"),
         }
-        let two_p = 2 * modulus.value();
         let one_output = |j: usize, acc: &mut [u64]| {
             acc.fill(0);
             let row = j * inputs * n;
@@ -94,11 +111,7 @@ impl Backend for CpuBackend {
                     Prepared::W(c) => (xi, wi, &c[row + i * n..][..n]),
                     Prepared::X(c) => (wi, xi, &c[i * n..][..n]),
                 };
-                for (((a, &y), &v), &sv) in acc.iter_mut().zip(raw).zip(fixed).zip(consts) {
-                    // a < 2p and the lazy product < 2p: the sum stays below 4p < 2^64.
-                    let s = *a + modulus.mul_shoup_lazy(y, v, sv);
-                    *a = s.min(s.wrapping_sub(two_p));
-                }
+                accumulate(modulus, acc, raw, fixed, consts);
             }
             for a in acc.iter_mut() {
                 *a = (*a).min(a.wrapping_sub(modulus.value()));
@@ -109,5 +122,45 @@ impl Backend for CpuBackend {
         } else {
             self.pool.install(|| out.par_chunks_mut(n).enumerate().for_each(|(j, acc)| one_output(j, acc)));
         }
+    }
+}
+
+/// `acc += y ⊙ v mod p` (lazily, acc stays in [0, 2p)) with Shoup constants `consts` of `v`, on
+/// the best instruction set of the machine.
+fn accumulate(m: &Modulus, acc: &mut [u64], y: &[u64], v: &[u64], consts: &[u64]) {
+    #[cfg(target_arch = "x86_64")]
+    match super::ntt::simd::level() {
+        // SAFETY: the CPU supports the features these variants are compiled for (checked at run
+        // time by `simd::level`).
+        super::ntt::simd::Level::Avx512 => return unsafe { accumulate_avx512(m, acc, y, v, consts) },
+        // SAFETY: as above.
+        super::ntt::simd::Level::Avx2 => return unsafe { accumulate_avx2(m, acc, y, v, consts) },
+        super::ntt::simd::Level::Baseline => {}
+    }
+    accumulate_kernel(m, acc, y, v, consts)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl,bmi2")]
+fn accumulate_avx512(m: &Modulus, acc: &mut [u64], y: &[u64], v: &[u64], consts: &[u64]) {
+    accumulate_kernel(m, acc, y, v, consts)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,bmi2")]
+fn accumulate_avx2(m: &Modulus, acc: &mut [u64], y: &[u64], v: &[u64], consts: &[u64]) {
+    accumulate_kernel(m, acc, y, v, consts)
+}
+
+/// The multiply-accumulate loop, inlined into each instruction-set variant (which the compiler
+/// vectorizes for that set).
+#[inline(always)]
+fn accumulate_kernel(m: &Modulus, acc: &mut [u64], y: &[u64], v: &[u64], consts: &[u64]) {
+    let (p, two_p) = (m.value(), 2 * m.value());
+    for (((a, &y), &v), &sv) in acc.iter_mut().zip(y).zip(v).zip(consts) {
+        // Shoup: q = ⌊y·v'/2^64⌋, y·v − q·p in [0, 2p); a < 2p, so the sum stays below 4p < 2^64.
+        let q = ((y as u128 * sv as u128) >> 64) as u64;
+        let s = *a + y.wrapping_mul(v).wrapping_sub(q.wrapping_mul(p));
+        *a = s.min(s.wrapping_sub(two_p));
     }
 }

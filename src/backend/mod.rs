@@ -31,6 +31,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Panics if `polys.len()` is not a multiple of N: a caller bug, not input.
     fn ntt_forward(&self, table: &NttTable, polys: &mut [u64]);
 
+    /// [`Backend::ntt_forward`] of polynomials whose coefficients from `support` on are zero
+    /// (weights packed into few low coefficients): the first stages reduce to copies.
+    fn ntt_forward_sparse(&self, table: &NttTable, polys: &mut [u64], support: usize);
+
     /// Inverse of [`Backend::ntt_forward`], in place.
     fn ntt_inverse(&self, table: &NttTable, polys: &mut [u64]);
 
@@ -42,6 +46,25 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     ///
     /// Panics if the lengths do not match I·n, J·I·n and J·n: a caller bug, not input.
     fn mul_acc(&self, modulus: &Modulus, n: usize, x: &[u64], w: &[u64], prepared: Prepared<'_>, out: &mut [u64]);
+
+    /// Runs `task(i)` for every i in 0..count on the backend's host workers (the host-side
+    /// share of protocol work: per-ciphertext pipelines whose inner steps call the methods
+    /// above for one polynomial at a time).
+    fn for_each(&self, count: usize, task: &(dyn Fn(usize) + Sync));
+}
+
+/// Runs `task` for 0..count on the backend's workers and collects the results in order.
+pub fn map_indexed<T: Send>(backend: &dyn Backend, count: usize, task: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    use std::sync::Mutex;
+    let slots: Vec<Mutex<Option<T>>> = (0..count).map(|_| Mutex::new(None)).collect();
+    backend.for_each(count, &|i| {
+        let value = task(i);
+        *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(value);
+    });
+    slots
+        .into_iter()
+        .map(|s| s.into_inner().unwrap_or_else(|e| e.into_inner()).unwrap_or_else(|| unreachable!("every task ran")))
+        .collect()
 }
 
 /// The Shoup constants of one operand of [`Backend::mul_acc`], as long as that operand.

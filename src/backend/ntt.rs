@@ -69,17 +69,31 @@ impl NttTable {
 
     /// In-place forward transform of one polynomial with coefficients in [0, p).
     pub fn forward(&self, a: &mut [u64]) {
+        self.forward_sparse(a, self.n)
+    }
+
+    /// Forward transform of a polynomial whose coefficients from `support` on are zero (a
+    /// caller's promise): the first log2(N/s) stages, s = support rounded up to a power of two,
+    /// only copy each value to its partner (x ± w·0), so they become one replication of the
+    /// first s coefficients.
+    pub fn forward_sparse(&self, a: &mut [u64], support: usize) {
         assert_eq!(a.len(), self.n, "NTT input has the wrong degree");
+        let s = support.clamp(1, self.n).next_power_of_two();
+        debug_assert!(a[s..].iter().all(|&v| v == 0), "forward_sparse: nonzero beyond the support");
+        let (head, rest) = a.split_at_mut(s);
+        for block in rest.chunks_exact_mut(s) {
+            block.copy_from_slice(head);
+        }
         #[cfg(target_arch = "x86_64")]
         match simd::level() {
             // SAFETY: the CPU supports the features these variants are compiled for (checked at
             // run time by `simd::level`).
-            simd::Level::Avx512 => return unsafe { self.forward_avx512(a) },
+            simd::Level::Avx512 => return unsafe { self.forward_avx512(a, s) },
             // SAFETY: as above.
-            simd::Level::Avx2 => return unsafe { self.forward_avx2(a) },
+            simd::Level::Avx2 => return unsafe { self.forward_avx2(a, s) },
             simd::Level::Baseline => {}
         }
-        self.forward_kernel(a)
+        self.forward_kernel(a, s)
     }
 
     /// In-place inverse transform (input in bit-reversed order, values in [0, p)).
@@ -99,14 +113,14 @@ impl NttTable {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512dq,avx512vl,bmi2")]
-    fn forward_avx512(&self, a: &mut [u64]) {
-        self.forward_kernel(a)
+    fn forward_avx512(&self, a: &mut [u64], s: usize) {
+        self.forward_kernel(a, s)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,bmi2")]
-    fn forward_avx2(&self, a: &mut [u64]) {
-        self.forward_kernel(a)
+    fn forward_avx2(&self, a: &mut [u64], s: usize) {
+        self.forward_kernel(a, s)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -124,15 +138,15 @@ impl NttTable {
     // Conditional subtractions are written `x.min(x - c)` (wrapping): branch-free, and they
     // vectorize.
 
-    /// The forward butterflies; inlined into each instruction-set variant, which the compiler
-    /// vectorizes for that set.
+    /// The forward butterflies from the stage of half-size s/2 on (s = N: all of them);
+    /// inlined into each instruction-set variant, which the compiler vectorizes for that set.
     #[inline(always)]
-    fn forward_kernel(&self, a: &mut [u64]) {
+    fn forward_kernel(&self, a: &mut [u64], s: usize) {
         let m_ = self.modulus;
         let p = m_.value();
         let two_p = 2 * p;
-        let mut t = self.n;
-        let mut m = 1;
+        let mut t = s;
+        let mut m = self.n / s;
         while m < self.n {
             t >>= 1;
             let tw = self.psi[m..2 * m].iter().zip(&self.psi_shoup[m..2 * m]);
@@ -182,19 +196,20 @@ impl NttTable {
     }
 }
 
-/// Run-time choice of the instruction set for the NTT kernels (a serial fallback always exists).
+/// Run-time choice of the instruction set for the NTT and product kernels (a serial fallback
+/// always exists).
 #[cfg(target_arch = "x86_64")]
-mod simd {
+pub(super) mod simd {
     use std::sync::OnceLock;
 
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub(super) enum Level {
+    pub(in crate::backend) enum Level {
         Avx512,
         Avx2,
         Baseline,
     }
 
-    pub(super) fn level() -> Level {
+    pub(in crate::backend) fn level() -> Level {
         static LEVEL: OnceLock<Level> = OnceLock::new();
         *LEVEL.get_or_init(|| {
             let avx512 = std::arch::is_x86_feature_detected!("avx512f")
@@ -240,6 +255,20 @@ mod tests {
 
     fn random_poly(n: usize, p: u64, rng: &mut StdRng) -> Vec<u64> {
         (0..n).map(|_| rng.random_range(0..p)).collect()
+    }
+
+    #[test]
+    fn sparse_inputs_transform_like_dense_ones() {
+        let t = table(55, 1024);
+        let mut rng = StdRng::seed_from_u64(4);
+        for support in [1, 3, 64, 100, 1024] {
+            let mut a = vec![0u64; 1024];
+            a[..support].iter_mut().for_each(|v| *v = rng.random_range(0..t.modulus().value()));
+            let mut dense = a.clone();
+            t.forward(&mut dense);
+            t.forward_sparse(&mut a, support);
+            assert_eq!(a, dense, "support {support}");
+        }
     }
 
     #[test]

@@ -42,21 +42,51 @@ impl Plaintext {
         &self.coeffs
     }
 
-    /// ⌊q·m/t⌉ = Δ·m + ⌊(r·m + t/2)/t⌋ with q = Δ·t + r (q = the first `limbs` primes, as in
-    /// `ctx`), in RNS coefficient form. The coefficients m ∈ [0, 2^64) are read as integers, also
-    /// when t is larger than 2^64.
     fn scaled(&self, params: &HeParams, ctx: &CrtContext, limbs: usize) -> RnsPoly {
-        let n = params.degree();
-        let corrections: Vec<u64> = self.coeffs.iter().map(|&m| ctx.rounding(m)).collect();
-        let mut poly = RnsPoly { limbs: vec![0; n * limbs], form: Form::Coeff };
-        for (i, m) in params.moduli()[..limbs].iter().enumerate() {
-            let delta = ctx.delta_mod[i];
-            let dst = poly.limbs[i * n..(i + 1) * n].iter_mut();
-            for ((dst, &c), &corr) in dst.zip(&self.coeffs).zip(&corrections) {
-                *dst = m.add(m.mul(m.reduce(c), delta), m.reduce(corr));
-            }
+        let wide: Vec<u128> = self.coeffs.iter().map(|&c| c as u128).collect();
+        scaled(params, ctx, limbs, &wide)
+    }
+}
+
+/// ⌊q·m/t⌉ = Δ·m + ⌊(r·m + t/2)/t⌋ with q = Δ·t + r (q = the first `limbs` primes, as in `ctx`)
+/// for coefficients m < t, in RNS coefficient form.
+fn scaled(params: &HeParams, ctx: &CrtContext, limbs: usize, coeffs: &[u128]) -> RnsPoly {
+    let n = params.degree();
+    let corrections: Vec<u128> = coeffs.iter().map(|&m| ctx.rounding(m)).collect();
+    let mut poly = RnsPoly { limbs: vec![0; n * limbs], form: Form::Coeff };
+    for (i, m) in params.moduli()[..limbs].iter().enumerate() {
+        let delta = ctx.delta_mod[i];
+        let dst = poly.limbs[i * n..(i + 1) * n].iter_mut();
+        for ((dst, &c), &corr) in dst.zip(coeffs).zip(&corrections) {
+            *dst = m.add(m.mul(m.reduce_u128(c), delta), m.reduce_u128(corr));
         }
-        poly
+    }
+    poly
+}
+
+impl Ciphertext {
+    /// Adds ⌊q'·m/t⌉ for coefficients m < t given as u128 (t up to 2^96), at the ciphertext's
+    /// level q'.
+    pub(crate) fn add_wide_plain_assign(
+        &mut self,
+        params: &HeParams,
+        coeffs: &[u128],
+        backend: &dyn Backend,
+    ) -> HeResult<()> {
+        let t = params.plain_bits();
+        if coeffs.len() > params.degree() || coeffs.iter().any(|&c| c >> t != 0) {
+            return Err(HeError::Shape(format!("plaintext must have at most N coefficients below 2^{t}")));
+        }
+        let k = self.limbs(params);
+        let ctx = CrtContext::new(&params.moduli()[..k], t);
+        let mut padded = coeffs.to_vec();
+        padded.resize(params.degree(), 0);
+        let mut dm = scaled(params, &ctx, k, &padded);
+        if self.c0.form() == Form::Ntt {
+            dm.to_ntt(params, backend);
+        }
+        self.c0.add_assign(params, &dm);
+        Ok(())
     }
 }
 
@@ -393,6 +423,17 @@ impl PublicKey {
     }
 }
 
+/// The 256-bit product a·b as (high, low) 128-bit halves.
+fn mul_wide(a: u128, b: u128) -> (u128, u128) {
+    let (a1, a0) = (a >> 64, a & u64::MAX as u128);
+    let (b1, b0) = (b >> 64, b & u64::MAX as u128);
+    let (p00, p01, p10, p11) = (a0 * b0, a0 * b1, a1 * b0, a1 * b1);
+    let mid = (p00 >> 64) + (p01 & u64::MAX as u128) + (p10 & u64::MAX as u128);
+    let lo = (mid << 64) | (p00 & u64::MAX as u128);
+    let hi = p11 + (p01 >> 64) + (p10 >> 64) + (mid >> 64);
+    (hi, lo)
+}
+
 fn bits(x: &BigUint) -> f64 {
     let b = x.bits();
     if b <= 64 {
@@ -453,17 +494,13 @@ impl CrtContext {
         r & ((BigUint::one() << self.t_bits) - 1u32)
     }
 
-    /// ⌊(r·m + t/2) / t⌋ for r = q mod t and m < 2^64: the rounding part of ⌊q·m/t⌉.
-    fn rounding(&self, m: u64) -> u64 {
-        let (r_hi, r_lo) = (self.q_mod_t >> 64, self.q_mod_t & u64::MAX as u128);
-        let lo = r_lo * m as u128;
-        if self.t_bits == 64 {
-            let (_, carry) = (lo as u64).overflowing_add(1 << 63);
-            return ((lo >> 64) as u64) + carry as u64;
-        }
-        // r·m + t/2 = (r_hi·m + 2^(t_bits−65))·2^64 + lo, with t_bits > 64
-        let high = r_hi * m as u128 + (1u128 << (self.t_bits - 65)) + (lo >> 64);
-        (high >> (self.t_bits - 64)) as u64
+    /// ⌊(r·m + t/2) / t⌋ for r = q mod t and m < t: the rounding part of ⌊q·m/t⌉ (below t).
+    fn rounding(&self, m: u128) -> u128 {
+        let (hi, lo) = mul_wide(self.q_mod_t, m);
+        let (lo, carry) = lo.overflowing_add(1u128 << (self.t_bits - 1));
+        let hi = hi + carry as u128;
+        // (hi·2^128 + lo) >> t_bits, with 64 ≤ t_bits < 128 and the result below 2^t_bits
+        (hi << (128 - self.t_bits)) | (lo >> self.t_bits)
     }
 }
 
@@ -479,6 +516,17 @@ mod tests {
             CpuBackend::new(1).unwrap_or_else(|e| panic!("{e}")),
             StdRng::seed_from_u64(9),
         )
+    }
+
+    #[test]
+    fn wide_products_match_big_integers() {
+        let mut rng = StdRng::seed_from_u64(12);
+        for _ in 0..1000 {
+            let (a, b): (u128, u128) = (rng.random(), rng.random());
+            let (hi, lo) = mul_wide(a, b);
+            let want = BigUint::from(a) * BigUint::from(b);
+            assert_eq!((BigUint::from(hi) << 128u32) + BigUint::from(lo), want);
+        }
     }
 
     #[test]

@@ -406,7 +406,7 @@ mod tests {
             let got = sk.decrypt_shrunk(&shrunk, &keep, &be).unwrap_or_else(|e| panic!("{e}"));
             for (pos, &g) in got.iter().enumerate() {
                 let (a, j) = (pos / count, pos % count);
-                let want = if cts[j].is_some() { msgs[j][a * count] as u128 * count as u128 & t_mask } else { 0 };
+                let want = if cts[j].is_some() { (msgs[j][a * count] as u128 * count as u128) & t_mask } else { 0 };
                 assert_eq!(g, want, "count {count}, position {pos}");
             }
             assert!(sk.noise_budget(&packed, &be) > 30.0);

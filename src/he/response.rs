@@ -296,12 +296,12 @@ mod tests {
         let pt = Plaintext::new(&p, m.clone()).unwrap_or_else(|e| panic!("{e}"));
         let mut ct = sk.encrypt_seeded(&pt, &be, &mut rng).expand(&p);
         ct.rerandomize(&p, &pk, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
-        ct.flood(&p, 90, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        ct.flood(&p, 85, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         let keep: Vec<usize> = (0..p.degree()).step_by(3).chain([p.degree() - 1]).collect();
-        let shrunk = ct.shrink(&p, &keep, 67, 77, &be).unwrap_or_else(|e| panic!("{e}"));
+        let shrunk = ct.shrink(&p, &keep, 74, 83, &be).unwrap_or_else(|e| panic!("{e}"));
         let bytes = shrunk.to_bytes();
-        assert_eq!(bytes.len(), ShrunkCiphertext::encoded_len(p.degree(), keep.len(), 67, 77));
-        let back = ShrunkCiphertext::from_bytes(&p, &bytes, keep.len(), 67, 77).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(bytes.len(), ShrunkCiphertext::encoded_len(p.degree(), keep.len(), 74, 83));
+        let back = ShrunkCiphertext::from_bytes(&p, &bytes, keep.len(), 74, 83).unwrap_or_else(|e| panic!("{e}"));
         let got = sk.decrypt_shrunk(&back, &keep, &be).unwrap_or_else(|e| panic!("{e}"));
         let want: Vec<u128> = keep.iter().map(|&j| m[j] as u128).collect();
         assert_eq!(got, want);

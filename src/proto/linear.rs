@@ -3,15 +3,19 @@
 //! The core is [`HeClient::product`] / [`HeServer::product`]: the client holds A_c (n×d), the
 //! server holds B (d×m) in the clear and optionally its own share A_s; they end with additive
 //! shares of (A_c + A_s)·B. The client encrypts its tiles of A ([`Tiling`], seeded ciphertexts);
-//! the server adds A_s, multiplies by its tiles of B in NTT form, subtracts a fresh uniform mask R
-//! at the output coefficients, re-randomizes c1 with an encryption of zero, floods c0 with noise
-//! 2^κ above every B-dependent noise term, and returns each result shrunk to the kept
-//! coefficients (c0 at 68 bits, c1 at 77 bits). The client decrypts (A·B − R); the server keeps R.
+//! the server adds A_s and multiplies by its tiles of B in NTT form. Where the parameters have a
+//! special prime, the sparse results are then merged 2^ℓ at a time into dense ciphertexts with
+//! the client's Galois keys (BumbleBee-style packing; the merge multiplies them by 2^ℓ, which
+//! t = 2^(64+ℓ) absorbs). The server subtracts a fresh uniform mask R at the output
+//! coefficients, re-randomizes c1 with an encryption of zero, floods c0 with noise 2^κ above
+//! every B-dependent noise term, and returns each ciphertext shrunk to the output coefficients
+//! (c0 at t+4 bits, c1 at t+13 bits). The client decrypts (A·B − R); the server keeps R.
 //!
-//! Security (semi-honest): the server sees only RLWE ciphertexts under the client's key. The
-//! client sees (A·B − R) with R uniform, the junk coefficients never leave the server, c1 is an
-//! RLWE sample of the server's randomness, and the decrypted noise is statistically close
-//! (2^-κ per coefficient) to a distribution independent of B.
+//! Security (semi-honest): the server sees only RLWE ciphertexts and keys of the client. The
+//! client sees (A·B − R) with R uniform; the coefficients holding cross terms never leave the
+//! server (unsent, or cancelled by the packing); c1 is an RLWE sample of the server's randomness;
+//! and the decrypted noise is statistically close (2^-κ per coefficient) to a distribution
+//! independent of B.
 //!
 //! [`linear_client`] / [`linear_server`] apply it to a layer Y = X·W with X secret-shared and W
 //! the server's; [`matmul_shared_client`] / [`matmul_shared_server`] multiply two secret-shared
@@ -26,57 +30,80 @@ use tracing::instrument;
 
 use super::tiling::{MatShape, Tiling, TilingCost};
 use super::{ProtoError, ProtoResult, compute};
-use crate::backend::{Backend, Prepared};
+use crate::backend::{Backend, Prepared, map_indexed};
 use crate::he::{
-    Ciphertext, HeParams, MAX_FLOOD_BITS, Plaintext, PublicKey, SecretKey, SeededCiphertext, ShrunkCiphertext,
-    ciphertext_len, seeded_ciphertext_len,
+    Ciphertext, GaloisKeys, HeParams, MAX_FLOOD_BITS, Plaintext, PublicKey, SecretKey, SeededCiphertext,
+    ShrunkCiphertext, ciphertext_len, seeded_ciphertext_len,
 };
-use crate::net::Channel;
+use crate::net::{Channel, CostModel};
 use crate::ring::Share;
 
-/// Bits of c0 in a returned ciphertext.
-pub const C0_BITS: u32 = 68;
-/// Bits of c1 in a returned ciphertext.
-pub const C1_BITS: u32 = 77;
 /// Statistical security of the noise flooding: the decrypted noise is within 2^-40 per
 /// coefficient of a distribution that does not depend on the server's matrix.
 pub const STAT_BITS: u32 = 40;
 /// Bound on the centered binomial noise of a fresh encryption (η = 21).
 const FRESH_NOISE: u64 = 21;
+/// log2 of a bound on the noise one key switch adds (k·N·21·p_i/P plus the rounding).
+const KEYSWITCH_NOISE_BITS: u32 = 22;
 /// Byte budget for the weight polynomials the server holds in NTT form at once.
-const WEIGHT_BATCH_BYTES: usize = 256 << 20;
+const WEIGHT_BATCH_BYTES: usize = 192 << 20;
+
+/// A returned ciphertext's bytes, with the mask values it hides and their (row, column).
+type Response = (Vec<u8>, Vec<(u64, (usize, usize))>);
 
 const STATUS_OK: u8 = 0;
 const STATUS_REFUSED: u8 = 1;
 
-/// Cost estimates for [`Tiling::choose`] under `params` (both parties compute the same).
-fn tiling_cost(params: &HeParams) -> TilingCost {
+/// Bits of c0 in a returned ciphertext: 4 above the plaintext.
+fn c0_bits(p: &HeParams) -> u32 {
+    p.plain_bits() + 4
+}
+
+/// Bits of c1 in a returned ciphertext: 13 above the plaintext (c1·s rounding stays below 2^9).
+fn c1_bits(p: &HeParams) -> u32 {
+    p.plain_bits() + 13
+}
+
+/// Packing levels the parameters allow: t = 2^(64+ℓ) absorbs the factor 2^ℓ of a merge.
+fn max_pack(p: &HeParams) -> u32 {
+    if p.special().is_some() { p.plain_bits() - 64 } else { 0 }
+}
+
+/// Cost estimates for [`Tiling::choose`] under `params`, trading bytes against server time at
+/// the bandwidth of `network`.
+fn tiling_cost(params: &HeParams, network: &CostModel) -> TilingCost {
     let (n, limbs) = (params.degree() as f64, params.moduli().len() as f64);
     TilingCost {
         input_bytes: seeded_ciphertext_len(params) as f64,
-        output_bytes: n * C1_BITS as f64 / 8.0,
-        kept_bytes: C0_BITS as f64 / 8.0,
-        // one forward NTT per limb (≈ 0.5 ns per butterfly, N/2·log N of them), and a
-        // 2-polynomial pointwise multiply-accumulate per limb (≈ 1.5 ns per coefficient)
-        weight_s: limbs * 0.25e-9 * n * n.log2(),
-        product_s: limbs * 2.0 * 1.5e-9 * n,
-        bandwidth: 125e6,
+        output_bytes: n * c1_bits(params) as f64 / 8.0,
+        kept_bytes: c0_bits(params) as f64 / 8.0,
+        // measured on a 2-core AVX-512 machine, per core: an NTT stage ≈ 0.45 ns per
+        // coefficient and limb, a multiply-accumulate ≈ 1.2 ns per coefficient and limb, a key
+        // switch ≈ 5·(limbs + 1) transforms
+        weight_stage_s: limbs * 0.45e-9 * n,
+        product_s: limbs * 2.0 * 1.2e-9 * n,
+        keyswitch_s: 5.0 * (limbs + 1.0) * 0.45e-9 * n * n.log2(),
+        bandwidth: network.bandwidth_bps / 8.0,
+        max_pack: max_pack(params),
     }
 }
 
-/// The tiling both parties use for `shape` under `params`.
-pub fn tiling_for(params: &HeParams, shape: MatShape) -> Tiling {
-    Tiling::choose(shape, params.degree(), &tiling_cost(params))
+/// The tiling with the lowest estimated time for `shape` under `params` on `network`. The
+/// client chooses and announces it; the server checks it.
+pub fn tiling_for(params: &HeParams, shape: MatShape, network: &CostModel) -> Tiling {
+    Tiling::choose(shape, params.degree(), &tiling_cost(params, network))
 }
 
-/// Flooding noise (bits) for a product whose B entries are at most 2^b_bits in absolute value:
-/// every noise coefficient before flooding is a sum of at most (d-tiles·d_w·m_w) terms
-/// (e + rounding)·b with |e| ≤ 21, plus rounding terms, so 2^flood ≥ 2^κ times that bound.
+/// Flooding noise (bits) for a product whose B entries are at most 2^b_bits in absolute value.
+/// Before flooding, a noise coefficient of a result is a sum of at most (d-tiles·d_w·m_w)
+/// terms (e + rounding)·b with |e| ≤ 21, plus rounding terms; packing 2^ℓ results multiplies
+/// that by 2^ℓ and adds a key-switch noise per level. The flood is 2^κ times the bound.
 fn flood_bits(params: &HeParams, t: &Tiling, b_bits: u32) -> ProtoResult<u32> {
     let (_, tj, _) = t.tile_counts();
     let terms = (tj * t.d_w * t.m_w) as f64 * (FRESH_NOISE + 2) as f64;
-    let bits = terms.log2().ceil() as u32 + b_bits + STAT_BITS;
-    let room = params.log_q().floor() as u32 - 64 - 4;
+    let noise = terms * 2f64.powi(b_bits as i32) + 2f64.powi(KEYSWITCH_NOISE_BITS as i32);
+    let bits = (noise.log2() + t.pack as f64).ceil() as u32 + STAT_BITS;
+    let room = params.log_q().floor() as u32 - params.plain_bits() - 4;
     if bits > room || bits > MAX_FLOOD_BITS {
         return Err(ProtoError::Input(format!(
             "{} leaves {room} bits above the plaintext, but a {} product with {b_bits}-bit entries needs {bits} bits of flooding noise",
@@ -87,24 +114,28 @@ fn flood_bits(params: &HeParams, t: &Tiling, b_bits: u32) -> ProtoResult<u32> {
     Ok(bits)
 }
 
-/// The client's side: holds the secret key.
+/// The client's side: holds the secret key, and chooses the tiling of each product for the
+/// network it expects (WAN by default: fewer bytes at some more server time).
 #[derive(Debug)]
 pub struct HeClient {
     params: Arc<HeParams>,
     sk: SecretKey,
     backend: Arc<dyn Backend>,
+    network: CostModel,
 }
 
-/// The server's side: holds the client's public key (to re-randomize results).
+/// The server's side: holds the client's public key (to re-randomize results) and Galois keys
+/// (to pack them), where the parameters allow packing.
 #[derive(Debug)]
 pub struct HeServer {
     params: Arc<HeParams>,
     pk: PublicKey,
+    galois: Option<GaloisKeys>,
     backend: Arc<dyn Backend>,
 }
 
 impl HeClient {
-    /// Generates a key pair and sends the public key (once per session).
+    /// Generates a key pair and sends the public key and the Galois keys (once per session).
     #[instrument(skip_all, name = "he_setup", fields(params = params.name()))]
     pub async fn setup<R: CryptoRng + ?Sized>(
         ch: &mut Channel,
@@ -113,9 +144,20 @@ impl HeClient {
         rng: &mut R,
     ) -> ProtoResult<HeClient> {
         let _s = ch.meter().scope("he-setup");
-        let sk = SecretKey::generate(&params, backend.as_ref(), rng);
-        ch.send(&sk.public_key(backend.as_ref(), rng).to_bytes()).await?;
-        Ok(HeClient { params, sk, backend })
+        let be = backend.as_ref();
+        let sk = SecretKey::generate(&params, be, rng);
+        ch.send(&sk.public_key(be, rng).to_bytes()).await?;
+        let levels = max_pack(&params);
+        if levels > 0 {
+            let keys = compute(|| sk.galois_keys(levels, be, rng))?;
+            ch.send(&keys.to_bytes(&params)).await?;
+        }
+        Ok(HeClient { params, sk, backend, network: CostModel::WAN })
+    }
+
+    /// Tunes the tilings of later products for another network.
+    pub fn set_network(&mut self, network: CostModel) {
+        self.network = network;
     }
 
     /// Shares of (A_c + A_s)·B for the client's A_c (n×d, row-major); returns the client's
@@ -130,11 +172,12 @@ impl HeClient {
             )));
         }
         let (p, be) = (&self.params, self.backend.as_ref());
-        let t = tiling_for(p, shape);
-        let (ti_n, tj_n, tk_n) = t.tile_counts();
+        let t = tiling_for(p, shape, &self.network);
+        let (ti_n, tj_n, _) = t.tile_counts();
         {
             let _s = ch.meter().scope("he-product/input");
-            ch.send_u64s(&[shape.n as u64, shape.d as u64, shape.m as u64]).await?;
+            let header = [shape.n, shape.d, shape.m, t.n_w, t.d_w, t.m_w, t.pack as usize];
+            ch.send_u64s(&header.map(|v| v as u64)).await?;
             let status = ch.recv().await?;
             match status.split_first() {
                 Some((&STATUS_OK, [])) => {}
@@ -145,13 +188,12 @@ impl HeClient {
             }
             for ti in 0..ti_n {
                 let cts: Vec<Vec<u8>> = compute(|| {
-                    (0..tj_n)
-                        .into_par_iter()
-                        .map(|tj| {
-                            let pt = Plaintext::new(p, t.encode_a(a, ti, tj))?;
-                            Ok(self.sk.encrypt_seeded(&pt, be, &mut rand::make_rng::<ChaCha20Rng>()).to_bytes(p))
-                        })
-                        .collect::<ProtoResult<_>>()
+                    map_indexed(be, tj_n, |tj| {
+                        let pt = Plaintext::new(p, t.encode_a(a, ti, tj))?;
+                        Ok(self.sk.encrypt_seeded(&pt, be, &mut rand::make_rng::<ChaCha20Rng>()).to_bytes(p))
+                    })
+                    .into_iter()
+                    .collect::<ProtoResult<_>>()
                 })?;
                 for ct in cts {
                     ch.send(&ct).await?;
@@ -160,18 +202,17 @@ impl HeClient {
         }
         let _s = ch.meter().scope("he-product/output");
         let mut out = vec![0u64; shape.n * shape.m];
-        for tk in 0..tk_n {
-            for ti in 0..ti_n {
-                let bytes = ch.recv().await?;
-                let pos = t.output_positions(ti, tk);
-                let keep: Vec<usize> = pos.iter().map(|&(c, _)| c).collect();
-                let values = compute(|| {
-                    let ct = ShrunkCiphertext::from_bytes(p, &bytes, keep.len(), C0_BITS, C1_BITS)?;
-                    self.sk.decrypt_shrunk(&ct, &keep, be)
-                })?;
-                for (v, &(_, (i, k))) in values.into_iter().zip(&pos) {
-                    out[i * shape.m + k] = v as u64;
-                }
+        for g in 0..t.returned() {
+            let bytes = ch.recv().await?;
+            let pos = t.returned_positions(g);
+            let keep: Vec<usize> = pos.iter().map(|&(c, _, _)| c).collect();
+            let values = compute(|| {
+                let ct = ShrunkCiphertext::from_bytes(p, &bytes, keep.len(), c0_bits(p), c1_bits(p))?;
+                self.sk.decrypt_shrunk(&ct, &keep, be)
+            })?;
+            // a packed value is 2^pack·(A·B − R) mod 2^(64+pack'): the division is exact
+            for (v, &(_, _, (i, k))) in values.into_iter().zip(&pos) {
+                out[i * shape.m + k] = (v >> t.pack) as u64;
             }
         }
         Ok(out)
@@ -179,13 +220,28 @@ impl HeClient {
 }
 
 impl HeServer {
-    /// Receives the client's public key (once per session).
+    /// Receives the client's public key and Galois keys (once per session).
     #[instrument(skip_all, name = "he_setup", fields(params = params.name()))]
     pub async fn setup(ch: &mut Channel, params: Arc<HeParams>, backend: Arc<dyn Backend>) -> ProtoResult<HeServer> {
         let _s = ch.meter().scope("he-setup");
         let bytes = ch.recv().await?;
         let pk = PublicKey::from_bytes(&params, &bytes)?;
-        Ok(HeServer { params, pk, backend })
+        let galois = if max_pack(&params) > 0 {
+            let bytes = ch.recv().await?;
+            let keys = GaloisKeys::from_bytes(&params, &bytes)?;
+            if keys.levels() < max_pack(&params) {
+                return Err(ProtoError::Input(format!(
+                    "the client's Galois keys cover {} levels, {} needs {}",
+                    keys.levels(),
+                    params.name(),
+                    max_pack(&params)
+                )));
+            }
+            Some(keys)
+        } else {
+            None
+        };
+        Ok(HeServer { params, pk, galois, backend })
     }
 
     /// The server's side of [`HeClient::product`]: B (d×m, row-major, entries read as signed
@@ -201,12 +257,14 @@ impl HeServer {
         a_share: Option<&[u64]>,
     ) -> ProtoResult<Vec<u64>> {
         let (p, be) = (&self.params, self.backend.as_ref());
-        let t = tiling_for(p, shape);
-        let (ti_n, tj_n, tk_n) = t.tile_counts();
         let _s = ch.meter().scope("he-product/input");
-        let header = ch.recv_u64s("product shape", 3).await?;
-        let flood = match check_server_inputs(p, &t, &header, b, b_bits, a_share) {
-            Ok(bits) => bits,
+        let header = ch.recv_u64s("product header", 7).await?;
+        let checked = self.check_request(shape, &header).and_then(|t| {
+            let flood = check_server_inputs(p, &t, b, b_bits, a_share)?;
+            Ok((t, flood))
+        });
+        let (t, flood) = match checked {
+            Ok(ok) => ok,
             Err(e) => {
                 let mut msg = vec![STATUS_REFUSED];
                 msg.extend_from_slice(e.to_string().as_bytes());
@@ -215,6 +273,7 @@ impl HeServer {
             }
         };
         ch.send(&[STATUS_OK]).await?;
+        let (ti_n, tj_n, tk_n) = t.tile_counts();
         let mut inputs = Vec::with_capacity(ti_n * tj_n);
         for _ in 0..ti_n * tj_n {
             let bytes = ch.recv_exact("input ciphertext", seeded_ciphertext_len(p)).await?;
@@ -225,55 +284,122 @@ impl HeServer {
         let inputs = compute(|| Inputs::prepare(p, be, &t, &inputs, a_share))?;
         let mut rng = rand::make_rng::<ChaCha20Rng>();
         let mut mask = vec![0u64; shape.n * shape.m];
+        let group = 1usize << t.pack;
+        // column tiles per batch: a whole number of groups, within the weight memory budget
         let per_k = tj_n * p.degree() * p.moduli().len() * 8;
-        let batch = (WEIGHT_BATCH_BYTES / per_k).clamp(1, tk_n);
-        for first in (0..tk_n).step_by(batch) {
-            let ks = first..(first + batch).min(tk_n);
-            let responses = compute(|| -> ProtoResult<Vec<Vec<u8>>> {
-                let products = inputs.multiply(p, be, &t, b, ks.clone());
-                let seeds: Vec<[u8; 32]> = (0..products.len()).map(|_| rng.random()).collect();
-                products
-                    .into_par_iter()
-                    .zip(seeds)
-                    .map(|((ti, tk, ct), seed)| {
-                        respond(p, be, &self.pk, &t, ct, ti, tk, flood, &mut ChaCha20Rng::from_seed(seed))
-                    })
-                    .collect::<ProtoResult<Vec<_>>>()
-                    .map(|rs| {
-                        rs.into_iter()
-                            .map(|(bytes, r)| {
-                                for (v, (i, k)) in r {
-                                    mask[i * shape.m + k] = v;
-                                }
-                                bytes
-                            })
-                            .collect()
-                    })
+        let groups_per_batch = (WEIGHT_BATCH_BYTES / (per_k * group.div_ceil(ti_n))).max(1);
+        let results_per_batch = groups_per_batch * group;
+        let mut pending: Vec<Ciphertext> = Vec::new();
+        let mut next_group = 0;
+        let mut first_k = 0;
+        while first_k < tk_n {
+            let ks = first_k..(first_k + results_per_batch.div_ceil(ti_n)).min(tk_n);
+            first_k = ks.end;
+            let last = first_k == tk_n;
+            let responses = compute(|| -> ProtoResult<Vec<Response>> {
+                pending.extend(inputs.multiply(p, be, &t, b, ks));
+                let ready = if last { pending.len().div_ceil(group) } else { pending.len() / group };
+                let taken: Vec<Ciphertext> = pending.drain(..(ready * group).min(pending.len())).collect();
+                let mut members: Vec<Vec<Ciphertext>> = Vec::with_capacity(ready);
+                let mut it = taken.into_iter();
+                for _ in 0..ready {
+                    members.push(it.by_ref().take(group).collect());
+                }
+                let seeds: Vec<[u8; 32]> = (0..ready).map(|_| rng.random()).collect();
+                let members: Vec<std::sync::Mutex<Vec<Ciphertext>>> =
+                    members.into_iter().map(std::sync::Mutex::new).collect();
+                map_indexed(be, ready, |i| {
+                    let cts = std::mem::take(&mut *members[i].lock().unwrap_or_else(|e| e.into_inner()));
+                    self.respond(&t, next_group + i, cts, flood, &mut ChaCha20Rng::from_seed(seeds[i]))
+                })
+                .into_iter()
+                .collect()
             })?;
-            for bytes in responses {
+            next_group += responses.len();
+            for (bytes, values) in responses {
+                for (v, (i, k)) in values {
+                    mask[i * shape.m + k] = v;
+                }
                 ch.send(&bytes).await?;
             }
         }
         Ok(mask)
     }
+
+    /// The tiling the client announced for `shape`, if it is one this server can run.
+    fn check_request(&self, shape: MatShape, header: &[u64]) -> ProtoResult<Tiling> {
+        let asked = MatShape { n: header[0] as usize, d: header[1] as usize, m: header[2] as usize };
+        if asked != shape {
+            return Err(ProtoError::Input(format!(
+                "the client asked for a {asked} product, the server expects {shape}"
+            )));
+        }
+        let degree = self.params.degree();
+        let [n_w, d_w, m_w, pack] = [3, 4, 5, 6].map(|i| header[i].min(1 << 20) as usize);
+        let t = Tiling { shape, degree, n_w, d_w, m_w, pack: pack as u32 };
+        let fits = (1..=shape.n).contains(&n_w)
+            && (1..=shape.d).contains(&d_w)
+            && (1..=shape.m).contains(&m_w)
+            && n_w * d_w * m_w <= degree;
+        let packs = pack == 0 || (pack as u32 <= max_pack(&self.params) && d_w == 1 << pack);
+        if !fits || !packs {
+            return Err(ProtoError::Input(format!(
+                "the client's tiling {n_w}×{d_w}×{m_w} (packing 2^{pack}) does not fit {} for {shape}",
+                self.params.name()
+            )));
+        }
+        Ok(t)
+    }
+
+    /// Packs one group of results (if packing), masks, re-randomizes, floods and shrinks it;
+    /// returns its bytes and the mask values with their (row, column).
+    fn respond(
+        &self,
+        t: &Tiling,
+        g: usize,
+        members: Vec<Ciphertext>,
+        flood: u32,
+        rng: &mut ChaCha20Rng,
+    ) -> ProtoResult<Response> {
+        let (p, be) = (&self.params, self.backend.as_ref());
+        let n = p.degree();
+        let mut ct = match &self.galois {
+            Some(keys) if t.pack > 0 => {
+                // X^-(d_w − 1) moves each member's outputs to multiples of d_w = 2^pack
+                let shift = 2 * n - (t.d_w - 1);
+                let mut slots: Vec<Option<Ciphertext>> = members
+                    .into_iter()
+                    .map(|mut c| {
+                        c.c0.to_coeff(p, be);
+                        c.c1.to_coeff(p, be);
+                        Some(Ciphertext { c0: c.c0.monomial_mul(p, shift), c1: c.c1.monomial_mul(p, shift) })
+                    })
+                    .collect();
+                slots.resize(1 << t.pack, None);
+                keys.pack(p, slots, be)?
+            }
+            _ => members.into_iter().next().ok_or_else(|| ProtoError::Input("empty result group".into()))?,
+        };
+        let pos = t.returned_positions(g);
+        let t_mask = (1u128 << p.plain_bits()) - 1;
+        let mut neg_mask = vec![0u128; n];
+        let mut mask = Vec::with_capacity(pos.len());
+        for &(c, _, ik) in &pos {
+            let r: u64 = rng.random();
+            neg_mask[c] = ((r as u128) << t.pack).wrapping_neg() & t_mask;
+            mask.push((r, ik));
+        }
+        ct.add_wide_plain_assign(p, &neg_mask, be)?;
+        ct.rerandomize(p, &self.pk, be, rng)?;
+        ct.flood(p, flood, be, rng)?;
+        let keep: Vec<usize> = pos.iter().map(|&(c, _, _)| c).collect();
+        Ok((ct.shrink(p, &keep, c0_bits(p), c1_bits(p), be)?.to_bytes(), mask))
+    }
 }
 
 /// Checks the server's own inputs and the client's announced shape; returns the flooding bits.
-fn check_server_inputs(
-    p: &HeParams,
-    t: &Tiling,
-    header: &[u64],
-    b: &[u64],
-    b_bits: u32,
-    a_share: Option<&[u64]>,
-) -> ProtoResult<u32> {
+fn check_server_inputs(p: &HeParams, t: &Tiling, b: &[u64], b_bits: u32, a_share: Option<&[u64]>) -> ProtoResult<u32> {
     let s = t.shape;
-    if header != [s.n as u64, s.d as u64, s.m as u64] {
-        return Err(ProtoError::Input(format!(
-            "the client asked for a {}×{} · {}×{} product, the server expects {s}",
-            header[0], header[1], header[1], header[2]
-        )));
-    }
     if b.len() != s.d * s.m {
         return Err(ProtoError::Input(format!("B has {} entries, the shape {s} needs {}", b.len(), s.d * s.m)));
     }
@@ -284,13 +410,13 @@ fn check_server_inputs(
             s.n * s.d
         )));
     }
-    if b_bits < 63 {
-        if let Some(j) = b.iter().position(|&v| (v as i64).unsigned_abs() > 1 << b_bits) {
-            return Err(ProtoError::Input(format!(
-                "entry {j} of B ({}) exceeds the declared bound 2^{b_bits}",
-                b[j] as i64
-            )));
-        }
+    if b_bits < 63
+        && let Some(j) = b.iter().position(|&v| (v as i64).unsigned_abs() > 1 << b_bits)
+    {
+        return Err(ProtoError::Input(format!(
+            "entry {j} of B ({}) exceeds the declared bound 2^{b_bits}",
+            b[j] as i64
+        )));
     }
     flood_bits(p, t, b_bits.min(63))
 }
@@ -314,35 +440,34 @@ impl Inputs {
     ) -> ProtoResult<Inputs> {
         let (ti_n, tj_n, _) = t.tile_counts();
         let (n, limbs) = (p.degree(), p.moduli().len());
-        let cts: Vec<Ciphertext> = seeded
-            .par_iter()
-            .enumerate()
-            .map(|(idx, s)| {
-                let mut ct = s.expand(p);
-                if let Some(a) = a_share {
-                    ct.add_plain_assign(p, &Plaintext::new(p, t.encode_a(a, idx / tj_n, idx % tj_n))?, be)?;
-                }
-                Ok(ct)
-            })
-            .collect::<ProtoResult<_>>()?;
-        let rows = (0..ti_n * 2 * limbs)
-            .into_par_iter()
-            .map(|row| {
-                let (ti, h, l) = (row / (2 * limbs), (row / limbs) % 2, row % limbs);
-                let m = &p.moduli()[l];
-                let mut values = Vec::with_capacity(tj_n * n);
-                for tj in 0..tj_n {
-                    let ct = &cts[ti * tj_n + tj];
-                    values.extend_from_slice(if h == 0 { ct.c0.limb(p, l) } else { ct.c1.limb(p, l) });
-                }
-                let shoup = values.iter().map(|&v| m.shoup(v)).collect();
-                (values, shoup)
-            })
-            .collect();
+        let cts: Vec<Ciphertext> = map_indexed(be, seeded.len(), |idx| {
+            let mut ct = seeded[idx].expand(p);
+            if let Some(a) = a_share {
+                ct.add_plain_assign(p, &Plaintext::new(p, t.encode_a(a, idx / tj_n, idx % tj_n))?, be)?;
+            }
+            ct.c0.to_ntt(p, be);
+            ct.c1.to_ntt(p, be);
+            Ok(ct)
+        })
+        .into_iter()
+        .collect::<ProtoResult<_>>()?;
+        let rows = map_indexed(be, ti_n * 2 * limbs, |row| {
+            let (ti, h, l) = (row / (2 * limbs), (row / limbs) % 2, row % limbs);
+            let m = &p.moduli()[l];
+            let mut values = Vec::with_capacity(tj_n * n);
+            for tj in 0..tj_n {
+                let ct = &cts[ti * tj_n + tj];
+                values.extend_from_slice(if h == 0 { ct.c0.limb(p, l) } else { ct.c1.limb(p, l) });
+            }
+            let shoup = values.iter().map(|&v| m.shoup(v)).collect();
+            (values, shoup)
+        });
         Ok(Inputs { rows, tiles_i: ti_n })
     }
 
-    /// The unmasked products for output tiles (ti, tk), tk in `ks`, in (tk, ti) order.
+    /// The unmasked results for output tiles (ti, tk), tk in `ks`, in (tk, ti) order, in NTT form.
+    /// Each column tile is one task: its weight polynomials are transformed and used while they
+    /// are in cache, never stored for the whole matrix.
     fn multiply(
         &self,
         p: &HeParams,
@@ -350,79 +475,35 @@ impl Inputs {
         t: &Tiling,
         b: &[u64],
         ks: std::ops::Range<usize>,
-    ) -> Vec<(usize, usize, Ciphertext)> {
+    ) -> Vec<Ciphertext> {
         let (_, tj_n, _) = t.tile_counts();
         let (n, limbs) = (p.degree(), p.moduli().len());
-        let count = ks.len();
-        // weights[l] = [k in ks][tj][N], in NTT form mod p_l
-        let weights: Vec<Vec<u64>> = (0..limbs)
-            .map(|l| {
+        let per_k = map_indexed(be, ks.len(), |idx| {
+            let k = ks.start + idx;
+            let encoded: Vec<Vec<u64>> = (0..tj_n).map(|tj| t.encode_b(b, tj, k)).collect();
+            let mut results: Vec<(Vec<u64>, Vec<u64>)> =
+                (0..self.tiles_i).map(|_| (vec![0u64; limbs * n], vec![0u64; limbs * n])).collect();
+            let mut w = vec![0u64; tj_n * n];
+            for l in 0..limbs {
                 let m = &p.moduli()[l];
-                let mut w = vec![0u64; count * tj_n * n];
-                w.par_chunks_mut(n).enumerate().for_each(|(idx, poly)| {
-                    let (k, tj) = (ks.start + idx / tj_n, idx % tj_n);
-                    for (dst, v) in poly.iter_mut().zip(t.encode_b(b, tj, k)) {
+                for (poly, coeffs) in w.chunks_exact_mut(n).zip(&encoded) {
+                    for (dst, &v) in poly.iter_mut().zip(coeffs) {
                         let v = v as i64;
                         *dst = if v >= 0 { m.reduce(v as u64) } else { m.neg(m.reduce(v.unsigned_abs())) };
                     }
-                });
-                be.ntt_forward(&p.tables()[l], &mut w);
-                w
-            })
-            .collect();
-        let mut out = Vec::with_capacity(count * self.tiles_i);
-        let mut acc = vec![0u64; count * n];
-        let mut halves: Vec<Vec<Vec<u64>>> = vec![vec![Vec::new(); 2]; self.tiles_i];
-        for (ti, halves) in halves.iter_mut().enumerate() {
-            for (h, half) in halves.iter_mut().enumerate() {
-                // half = [k][l][N] for this (ti, h)
-                *half = vec![0u64; count * limbs * n];
-                for (l, w) in weights.iter().enumerate() {
-                    let (x, xs) = &self.rows[(ti * 2 + h) * limbs + l];
-                    be.mul_acc(&p.moduli()[l], n, x, w, Prepared::X(xs), &mut acc);
-                    for k in 0..count {
-                        half[(k * limbs + l) * n..][..n].copy_from_slice(&acc[k * n..][..n]);
+                    be.ntt_forward_sparse(&p.tables()[l], poly, t.d_w * t.m_w);
+                }
+                for (ti, (c0, c1)) in results.iter_mut().enumerate() {
+                    for (h, dst) in [c0, c1].into_iter().enumerate() {
+                        let (x, xs) = &self.rows[(ti * 2 + h) * limbs + l];
+                        be.mul_acc(m, n, x, &w, Prepared::X(xs), &mut dst[l * n..(l + 1) * n]);
                     }
                 }
             }
-        }
-        for k in 0..count {
-            for (ti, halves) in halves.iter().enumerate() {
-                let poly = |h: usize| halves[h][k * limbs * n..(k + 1) * limbs * n].to_vec();
-                out.push((ti, ks.start + k, Ciphertext::from_ntt_limbs(poly(0), poly(1))));
-            }
-        }
-        out
+            results
+        });
+        per_k.into_iter().flatten().map(|(c0, c1)| Ciphertext::from_ntt_limbs(c0, c1)).collect()
     }
-}
-
-/// Masks, re-randomizes, floods and shrinks one output tile; returns its bytes and the mask
-/// values with their (row, column).
-#[allow(clippy::too_many_arguments)]
-fn respond(
-    p: &HeParams,
-    be: &dyn Backend,
-    pk: &PublicKey,
-    t: &Tiling,
-    mut ct: Ciphertext,
-    ti: usize,
-    tk: usize,
-    flood: u32,
-    rng: &mut ChaCha20Rng,
-) -> ProtoResult<(Vec<u8>, Vec<(u64, (usize, usize))>)> {
-    let pos = t.output_positions(ti, tk);
-    let mut neg_mask = vec![0u64; p.degree()];
-    let mut mask = Vec::with_capacity(pos.len());
-    for &(c, ik) in &pos {
-        let r: u64 = rng.random();
-        neg_mask[c] = r.wrapping_neg();
-        mask.push((r, ik));
-    }
-    ct.add_plain_assign(p, &Plaintext::new(p, neg_mask)?, be)?;
-    ct.rerandomize(p, pk, be, rng)?;
-    ct.flood(p, flood, be, rng)?;
-    let keep: Vec<usize> = pos.iter().map(|&(c, _)| c).collect();
-    Ok((ct.shrink(p, &keep, C0_BITS, C1_BITS, be)?.to_bytes(), mask))
 }
 
 /// Bytes of a full (unshrunk) result ciphertext, for comparison in reports.
@@ -515,10 +596,47 @@ mod tests {
     use super::*;
 
     #[test]
+    #[ignore = "prints the tiling trade-off for the bench shapes"]
+    fn tiling_trade_offs() {
+        let p = HeParams::linear().unwrap_or_else(|e| panic!("{e}"));
+        let cost = tiling_cost(&p, &CostModel::LAN);
+        let shape = MatShape { n: 128, d: 768, m: 3072 };
+        let mut all = Vec::new();
+        for n_w in 1..=128usize {
+            for l in 0..=6u32 {
+                let d_w = 1usize << l;
+                let m_w = 3072.min(8192 / (n_w * d_w));
+                if m_w == 0 {
+                    continue;
+                }
+                let t = Tiling { shape, degree: 8192, n_w, d_w, m_w, pack: l };
+                let (a, b, c) = t.tile_counts();
+                let bytes = (a * b) as f64 * cost.input_bytes
+                    + t.returned() as f64 * cost.output_bytes
+                    + (128 * 3072) as f64 * cost.kept_bytes;
+                let secs = t.estimate(&cost) - bytes / cost.bandwidth;
+                all.push((bytes / 1e6, secs, n_w, d_w, m_w, a * b, a * c));
+            }
+        }
+        all.sort_by(|x, y| x.0.total_cmp(&y.0));
+        let mut best = f64::INFINITY;
+        for r in all {
+            if r.1 < best {
+                best = r.1;
+                println!(
+                    "{:.1} MB, {:.2} s single-core: n_w {} d_w {} m_w {} in {} out {}",
+                    r.0, r.1, r.2, r.3, r.4, r.5, r.6
+                );
+            }
+        }
+    }
+
+    #[test]
     fn tilings_for_the_bench_shapes() {
         let p = HeParams::linear().unwrap_or_else(|e| panic!("{e}"));
         for shape in [MatShape { n: 128, d: 768, m: 3072 }, MatShape { n: 128, d: 3072, m: 768 }] {
-            let t = tiling_for(&p, shape);
+            let t = tiling_for(&p, shape, &CostModel::WAN);
+            assert!(t.pack > 0, "{t:?}");
             let (a, b, c) = t.tile_counts();
             let bytes = (a * b) as f64 * seeded_ciphertext_len(&p) as f64
                 + (a * c) as f64 * (8192.0 * 77.0 / 8.0)

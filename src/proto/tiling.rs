@@ -35,12 +35,17 @@ pub struct TilingCost {
     pub output_bytes: f64,
     /// Bytes per kept output coefficient.
     pub kept_bytes: f64,
-    /// Seconds to prepare one weight polynomial (its NTT over every limb).
-    pub weight_s: f64,
+    /// Seconds of one NTT stage of a weight polynomial over every limb (a weight supported on
+    /// s coefficients needs log2 s stages).
+    pub weight_stage_s: f64,
     /// Seconds of one ciphertext × plaintext product.
     pub product_s: f64,
+    /// Seconds of one key switch (one merge when packing results).
+    pub keyswitch_s: f64,
     /// Bytes per second that make one second of compute worth as much as the bytes.
     pub bandwidth: f64,
+    /// Largest packing level available (log2 of the most results merged per ciphertext).
+    pub max_pack: u32,
 }
 
 /// A tiling of one product shape for ring degree N.
@@ -56,28 +61,49 @@ pub struct Tiling {
     pub d_w: usize,
     /// Columns of B per tile.
     pub m_w: usize,
+    /// Results merged per returned ciphertext: 2^pack (then d_w = 2^pack), or 1 unpacked.
+    pub pack: u32,
 }
 
 impl Tiling {
     /// The tiling with the lowest estimated time `bytes / bandwidth + server seconds`.
     pub fn choose(shape: MatShape, degree: usize, cost: &TilingCost) -> Tiling {
-        let mut best = (f64::INFINITY, Tiling { shape, degree, n_w: 1, d_w: 1, m_w: 1 });
+        let mut best = (f64::INFINITY, Tiling { shape, degree, n_w: 1, d_w: 1, m_w: 1, pack: 0 });
         for n_w in 1..=shape.n.min(degree) {
             for d_w in 1..=shape.d.min(degree / n_w) {
                 let m_w = shape.m.min(degree / (n_w * d_w));
-                let t = Tiling { shape, degree, n_w, d_w, m_w };
-                let (ti, tj, tk) = t.tile_counts();
-                let bytes = (ti * tj) as f64 * cost.input_bytes
-                    + (ti * tk) as f64 * cost.output_bytes
-                    + (shape.n * shape.m) as f64 * cost.kept_bytes;
-                let work = (tj * tk) as f64 * cost.weight_s + (ti * tj * tk) as f64 * cost.product_s;
-                let score = bytes / cost.bandwidth + work;
-                if score < best.0 {
-                    best = (score, t);
+                let packs = [0, d_w.trailing_zeros()];
+                for pack in packs.into_iter().filter(|&l| l <= cost.max_pack && (l == 0 || d_w == 1 << l)) {
+                    let t = Tiling { shape, degree, n_w, d_w, m_w, pack };
+                    let score = t.estimate(cost);
+                    if score < best.0 {
+                        best = (score, t);
+                    }
                 }
             }
         }
         best.1
+    }
+
+    /// `bytes / bandwidth + server seconds` under `cost`.
+    pub fn estimate(&self, cost: &TilingCost) -> f64 {
+        let (ti, tj, tk) = self.tile_counts();
+        let results = ti * tk;
+        let returned = self.returned();
+        let bytes = (ti * tj) as f64 * cost.input_bytes
+            + returned as f64 * cost.output_bytes
+            + (self.shape.n * self.shape.m) as f64 * cost.kept_bytes;
+        let stages = (self.d_w * self.m_w).next_power_of_two().trailing_zeros().max(1) as f64;
+        let work = (tj * tk) as f64 * cost.weight_stage_s * stages
+            + (ti * tj * tk) as f64 * cost.product_s
+            + (results - returned) as f64 * cost.keyswitch_s;
+        bytes / cost.bandwidth + work
+    }
+
+    /// Number of ciphertexts returned (results merged 2^pack at a time).
+    pub fn returned(&self) -> usize {
+        let (ti, _, tk) = self.tile_counts();
+        (ti * tk).div_ceil(1 << self.pack)
     }
 
     /// Number of tiles along n, d and m.
@@ -120,6 +146,32 @@ impl Tiling {
         poly
     }
 
+    /// Output tile of result number `r` in the order results are computed and returned: by
+    /// column tile, then row tile.
+    pub fn result_tile(&self, r: usize) -> (usize, usize) {
+        let (ti, _, _) = self.tile_counts();
+        (r % ti, r / ti)
+    }
+
+    /// The coefficients of returned ciphertext `g` that hold A·B: (coefficient, member result,
+    /// (row, column)). Member j of a packed group has its outputs at multiples of d_w after a
+    /// shift by X^-(d_w−1); packing moves coefficient a·d_w of member j to a·d_w + j.
+    pub fn returned_positions(&self, g: usize) -> Vec<(usize, usize, (usize, usize))> {
+        let (ti, _, tk) = self.tile_counts();
+        let size = 1usize << self.pack;
+        let shift = if self.pack > 0 { self.d_w - 1 } else { 0 };
+        let mut out = Vec::new();
+        for j in 0..size {
+            let r = g * size + j;
+            if r >= ti * tk {
+                break;
+            }
+            let (i, k) = self.result_tile(r);
+            out.extend(self.output_positions(i, k).into_iter().map(|(c, ik)| (c - shift + j, j, ik)));
+        }
+        out
+    }
+
     /// The coefficients of output tile (ti, tk) that hold A·B, with the (row, column) of each.
     pub fn output_positions(&self, ti: usize, tk: usize) -> Vec<(usize, (usize, usize))> {
         let stride = self.d_w * self.m_w;
@@ -160,7 +212,7 @@ mod tests {
             let degree = 64;
             let s = MatShape { n, d, m };
             let (n_w, d_w) = (n_w.min(n), d_w.min(d).min(degree / n_w.min(n)));
-            let t = Tiling { shape: s, degree, n_w, d_w, m_w: m.min(degree / (n_w * d_w)) };
+            let t = Tiling { shape: s, degree, n_w, d_w, m_w: m.min(degree / (n_w * d_w)), pack: 0 };
             let mut x = seed;
             let mut next = move || { x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); x };
             let a: Vec<u64> = (0..n * d).map(|_| next()).collect();
@@ -190,14 +242,29 @@ mod tests {
             input_bytes: 168e3,
             output_bytes: 79e3,
             kept_bytes: 8.5,
-            weight_s: 1.5e-4,
+            weight_stage_s: 1e-5,
             product_s: 5e-5,
+            keyswitch_s: 1.2e-3,
             bandwidth: 125e6,
+            max_pack: 6,
         };
         for s in [MatShape { n: 128, d: 768, m: 3072 }, MatShape { n: 1, d: 5, m: 3 }, MatShape { n: 300, d: 1, m: 1 }]
         {
             let t = Tiling::choose(s, 8192, &cost);
             assert!(t.n_w * t.d_w * t.m_w <= 8192 && t.n_w <= s.n && t.d_w <= s.d && t.m_w <= s.m, "{t:?}");
+            assert!(t.pack == 0 || t.d_w == 1 << t.pack, "{t:?}");
+            // every output lands exactly once, in a coefficient of its returned ciphertext
+            let mut seen = vec![0u8; s.n * s.m];
+            for g in 0..t.returned() {
+                let pos = t.returned_positions(g);
+                let mut coeffs: Vec<usize> = pos.iter().map(|p| p.0).collect();
+                coeffs.sort_unstable();
+                coeffs.dedup();
+                assert_eq!(coeffs.len(), pos.len(), "{t:?}");
+                assert!(coeffs.iter().all(|&c| c < 8192));
+                pos.iter().for_each(|&(_, _, (i, k))| seen[i * s.m + k] += 1);
+            }
+            assert!(seen.iter().all(|&c| c == 1), "{t:?}");
         }
     }
 }
