@@ -140,10 +140,30 @@ fn accumulate(m: &Modulus, acc: &mut [u64], y: &[u64], v: &[u64], consts: &[u64]
     accumulate_kernel(m, acc, y, v, consts)
 }
 
+/// AVX-512 version: 8 lanes at a time; the tail goes through the kernel.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx512vl,bmi2")]
 fn accumulate_avx512(m: &Modulus, acc: &mut [u64], y: &[u64], v: &[u64], consts: &[u64]) {
-    accumulate_kernel(m, acc, y, v, consts)
+    use std::arch::x86_64::*;
+    let len = acc.len().min(y.len()).min(v.len()).min(consts.len());
+    let body = len - len % 8;
+    let p = _mm512_set1_epi64(m.value() as i64);
+    let two_p = _mm512_set1_epi64(2 * m.value() as i64);
+    for i in (0..body).step_by(8) {
+        // SAFETY: i + 8 ≤ body ≤ the length of every slice; unaligned loads and stores.
+        unsafe {
+            let ya = _mm512_loadu_si512(y.as_ptr().add(i).cast());
+            let va = _mm512_loadu_si512(v.as_ptr().add(i).cast());
+            let sa = _mm512_loadu_si512(consts.as_ptr().add(i).cast());
+            let aa = _mm512_loadu_si512(acc.as_ptr().add(i).cast());
+            let q = super::ntt::mulhi_avx512(ya, sa);
+            let r = _mm512_sub_epi64(_mm512_mullo_epi64(ya, va), _mm512_mullo_epi64(q, p));
+            let s = _mm512_add_epi64(aa, r);
+            let s = _mm512_min_epu64(s, _mm512_sub_epi64(s, two_p));
+            _mm512_storeu_si512(acc.as_mut_ptr().add(i).cast(), s);
+        }
+    }
+    accumulate_kernel(m, &mut acc[body..len], &y[body..len], &v[body..len], &consts[body..len])
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -196,6 +196,28 @@ impl NttTable {
     }
 }
 
+/// The high 64 bits of the lane-wise 64×64-bit products, from four 32×32→64 products (AVX-512
+/// has no 64-bit high multiply).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq")]
+pub(super) fn mulhi_avx512(a: std::arch::x86_64::__m512i, b: std::arch::x86_64::__m512i) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    let low32 = _mm512_set1_epi64(0xffff_ffff);
+    let (ah, bh) = (_mm512_srli_epi64(a, 32), _mm512_srli_epi64(b, 32));
+    let ll = _mm512_mul_epu32(a, b);
+    let lh = _mm512_mul_epu32(a, bh);
+    let hl = _mm512_mul_epu32(ah, b);
+    let hh = _mm512_mul_epu32(ah, bh);
+    let mid = _mm512_add_epi64(
+        _mm512_add_epi64(_mm512_srli_epi64(ll, 32), _mm512_and_si512(lh, low32)),
+        _mm512_and_si512(hl, low32),
+    );
+    _mm512_add_epi64(
+        _mm512_add_epi64(hh, _mm512_srli_epi64(mid, 32)),
+        _mm512_add_epi64(_mm512_srli_epi64(lh, 32), _mm512_srli_epi64(hl, 32)),
+    )
+}
+
 /// Run-time choice of the instruction set for the NTT and product kernels (a serial fallback
 /// always exists).
 #[cfg(target_arch = "x86_64")]

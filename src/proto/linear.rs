@@ -45,8 +45,8 @@ pub const STAT_BITS: u32 = 40;
 const FRESH_NOISE: u64 = 21;
 /// log2 of a bound on the noise one key switch adds (k·N·21·p_i/P plus the rounding).
 const KEYSWITCH_NOISE_BITS: u32 = 22;
-/// Byte budget for the weight polynomials the server holds in NTT form at once.
-const WEIGHT_BATCH_BYTES: usize = 192 << 20;
+/// Byte budget for the unpacked results the server holds at once.
+const RESULT_BATCH_BYTES: usize = 128 << 20;
 
 /// A returned ciphertext's bytes, with the mask values it hides and their (row, column).
 type Response = (Vec<u8>, Vec<(u64, (usize, usize))>);
@@ -285,10 +285,9 @@ impl HeServer {
         let mut rng = rand::make_rng::<ChaCha20Rng>();
         let mut mask = vec![0u64; shape.n * shape.m];
         let group = 1usize << t.pack;
-        // column tiles per batch: a whole number of groups, within the weight memory budget
-        let per_k = tj_n * p.degree() * p.moduli().len() * 8;
-        let groups_per_batch = (WEIGHT_BATCH_BYTES / (per_k * group.div_ceil(ti_n))).max(1);
-        let results_per_batch = groups_per_batch * group;
+        // results per batch: whole groups, within the memory budget for unpacked results
+        let result_bytes = 2 * p.moduli().len() * p.degree() * 8;
+        let results_per_batch = (RESULT_BATCH_BYTES / result_bytes / group).max(1) * group;
         let mut pending: Vec<Ciphertext> = Vec::new();
         let mut next_group = 0;
         let mut first_k = 0;
@@ -486,12 +485,14 @@ impl Inputs {
             let mut w = vec![0u64; tj_n * n];
             for l in 0..limbs {
                 let m = &p.moduli()[l];
+                let support = t.d_w * t.m_w;
                 for (poly, coeffs) in w.chunks_exact_mut(n).zip(&encoded) {
-                    for (dst, &v) in poly.iter_mut().zip(coeffs) {
+                    poly[support..].fill(0);
+                    for (dst, &v) in poly[..support].iter_mut().zip(coeffs) {
                         let v = v as i64;
                         *dst = if v >= 0 { m.reduce(v as u64) } else { m.neg(m.reduce(v.unsigned_abs())) };
                     }
-                    be.ntt_forward_sparse(&p.tables()[l], poly, t.d_w * t.m_w);
+                    be.ntt_forward_sparse(&p.tables()[l], poly, support);
                 }
                 for (ti, (c0, c1)) in results.iter_mut().enumerate() {
                     for (h, dst) in [c0, c1].into_iter().enumerate() {
