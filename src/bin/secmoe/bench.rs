@@ -61,6 +61,7 @@ pub async fn run(preset: &str, threads: usize, only: Option<&str>, json: Option<
     let threads = backend.threads();
     let mut rows = Vec::new();
     let cases: Vec<(&str, MatShape)> = vec![
+        ("he-setup", MatShape { n: 0, d: 0, m: 0 }),
         ("linear", MatShape { n: 128, d: 768, m: 3072 }),
         ("linear", MatShape { n: 128, d: 3072, m: 768 }),
         ("matmul-shared", MatShape { n: 128, d: 64, m: 128 }),
@@ -96,11 +97,22 @@ async fn measure(name: &str, shape: MatShape, backend: Arc<CpuBackend>, threads:
     };
     let (mut c, mut s) = links().await?;
     let be: Arc<dyn Backend> = backend;
+    reset_peak_rss();
+    let start = Instant::now();
     let (hc, hs) = tokio::join!(
         HeClient::setup(c.channel(), params.clone(), be.clone(), &mut rng),
-        HeServer::setup(s.channel(), params, be)
+        HeServer::setup(s.channel(), params.clone(), be)
     );
     let (hc, hs) = (hc?, hs?);
+    if name == "he-setup" {
+        // the session's keys: public key and Galois keys of the linear layers' parameters
+        let wall_s = start.elapsed().as_secs_f64();
+        let t = c.meter().report().total();
+        let (a, b) = tokio::join!(c.close(), s.close());
+        a?;
+        b?;
+        return Ok(row(name, format!("keys of {}", params.name()), threads, wall_s, t.bytes(), t.rounds, true));
+    }
     let x: Vec<u64> = (0..shape.n * shape.d).map(|_| rng.random()).collect();
     let (xc, xs) = share_secret(&x, &mut rng);
     let before = c.meter().report().total();
@@ -128,17 +140,26 @@ async fn measure(name: &str, shape: MatShape, backend: Arc<CpuBackend>, threads:
         }
     };
     let wall_s = start.elapsed().as_secs_f64();
-    let peak_rss_bytes = peak_rss();
     let after = c.meter().report().total();
     let (a, b) = tokio::join!(c.close(), s.close());
     a?;
     b?;
-    let bytes = (after.bytes_sent + after.bytes_received) - (before.bytes_sent + before.bytes_received);
-    let rounds = after.rounds - before.rounds;
-    Ok(Row {
+    Ok(row(
+        name,
+        shape.to_string(),
+        threads,
+        wall_s,
+        after.bytes() - before.bytes(),
+        after.rounds - before.rounds,
+        checked,
+    ))
+}
+
+fn row(name: &str, shape: String, threads: usize, wall_s: f64, bytes: u64, rounds: u64, checked: bool) -> Row {
+    Row {
         name: name.into(),
         method: None,
-        shape: shape.to_string(),
+        shape,
         backend: "cpu".into(),
         threads,
         wall_s,
@@ -146,9 +167,9 @@ async fn measure(name: &str, shape: MatShape, backend: Arc<CpuBackend>, threads:
         rounds,
         lan_s: CostModel::LAN.estimate(wall_s, bytes, rounds),
         wan_s: CostModel::WAN.estimate(wall_s, bytes, rounds),
-        peak_rss_bytes,
+        peak_rss_bytes: peak_rss(),
         checked,
-    })
+    }
 }
 
 /// Checks 64 entries of the result against the plaintext product (the whole product would take
