@@ -53,7 +53,13 @@ struct Output<'a> {
 pub const PRESETS: &[&str] = &["layers"];
 
 /// Runs a preset; prints the table; writes JSON if asked.
-pub async fn run(preset: &str, threads: usize, only: Option<&str>, json: Option<&Path>) -> Result<()> {
+pub async fn run(
+    preset: &str,
+    threads: usize,
+    only: Option<&str>,
+    tune: CostModel,
+    json: Option<&Path>,
+) -> Result<()> {
     if !PRESETS.contains(&preset) {
         bail!("unknown preset `{preset}` (known: {})", PRESETS.join(", "));
     }
@@ -71,7 +77,8 @@ pub async fn run(preset: &str, threads: usize, only: Option<&str>, json: Option<
         if only.is_some_and(|o| o != name) {
             continue;
         }
-        let row = measure(name, shape, backend.clone(), threads).await.with_context(|| format!("{name} {shape}"))?;
+        let row =
+            measure(name, shape, backend.clone(), threads, tune).await.with_context(|| format!("{name} {shape}"))?;
         print_row(&row);
         rows.push(row);
     }
@@ -89,7 +96,7 @@ async fn links() -> Result<(Link, Link)> {
     Ok(loopback(cfg).await?)
 }
 
-async fn measure(name: &str, shape: MatShape, backend: Arc<CpuBackend>, threads: usize) -> Result<Row> {
+async fn measure(name: &str, shape: MatShape, backend: Arc<CpuBackend>, threads: usize, tune: CostModel) -> Result<Row> {
     let mut rng = StdRng::from_rng(&mut rand::rng());
     let params = match name {
         "matmul-shared" => HeParams::n8192()?,
@@ -103,7 +110,8 @@ async fn measure(name: &str, shape: MatShape, backend: Arc<CpuBackend>, threads:
         HeClient::setup(c.channel(), params.clone(), be.clone(), &mut rng),
         HeServer::setup(s.channel(), params.clone(), be)
     );
-    let (hc, hs) = (hc?, hs?);
+    let (mut hc, hs) = (hc?, hs?);
+    hc.set_network(tune);
     if name == "he-setup" {
         // the session's keys: public key and Galois keys of the linear layers' parameters
         let wall_s = start.elapsed().as_secs_f64();

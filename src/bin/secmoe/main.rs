@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use secmoe::backend::CpuBackend;
 use secmoe::demo::{self, DemoConfig};
-use secmoe::net::{Identity, LinkConfig, Listener, connect, fingerprint, loopback};
+use secmoe::net::{CostModel, Identity, LinkConfig, Listener, connect, fingerprint, loopback};
 use secmoe::ot::OtKind;
 use secmoe::ring::FixedPoint;
 
@@ -42,6 +42,10 @@ enum Command {
         /// Also write the rows as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Network the HE products are tuned for (tiling: bytes against server time): `lan`,
+        /// `wan`, or a bandwidth in Mbit/s.
+        #[arg(long, default_value = "wan")]
+        tune: String,
         /// Backend worker threads (0: one per core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
@@ -163,8 +167,22 @@ fn main() -> Result<()> {
                 report::print_outcome(&s);
                 Ok(())
             }
-            Command::Bench { preset, only, json, threads } => {
-                bench::run(&preset, threads, only.as_deref(), json.as_deref()).await
+            Command::Bench { preset, only, json, threads, tune } => {
+                let tune = match tune.as_str() {
+                    "lan" => CostModel::LAN,
+                    "wan" => CostModel::WAN,
+                    mbps => CostModel {
+                        name: "custom",
+                        bandwidth_bps: mbps
+                            .parse::<f64>()
+                            .ok()
+                            .filter(|v| *v > 0.0)
+                            .with_context(|| format!("--tune {mbps}: expected lan, wan or Mbit/s"))?
+                            * 1e6,
+                        latency_s: 0.0,
+                    },
+                };
+                bench::run(&preset, threads, only.as_deref(), tune, json.as_deref()).await
             }
             Command::Keygen { out } => {
                 let id = write_identity(&out)?;
