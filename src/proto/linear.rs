@@ -350,6 +350,28 @@ impl HeServer {
         Ok(t)
     }
 
+    /// Merges a group of results into one ciphertext (coefficient form) when packing: X^-(d_w−1)
+    /// moves each member's outputs to multiples of d_w = 2^pack, then the Galois keys merge them.
+    fn pack_group(&self, t: &Tiling, members: Vec<Ciphertext>) -> ProtoResult<Ciphertext> {
+        let (p, be) = (&self.params, self.backend.as_ref());
+        match &self.galois {
+            Some(keys) if t.pack > 0 => {
+                let shift = 2 * p.degree() - (t.d_w - 1);
+                let mut slots: Vec<Option<Ciphertext>> = members
+                    .into_iter()
+                    .map(|mut c| {
+                        c.c0.to_coeff(p, be);
+                        c.c1.to_coeff(p, be);
+                        Some(Ciphertext { c0: c.c0.monomial_mul(p, shift), c1: c.c1.monomial_mul(p, shift) })
+                    })
+                    .collect();
+                slots.resize(1 << t.pack, None);
+                Ok(keys.pack(p, slots, be)?)
+            }
+            _ => members.into_iter().next().ok_or_else(|| ProtoError::Input("empty result group".into())),
+        }
+    }
+
     /// Packs one group of results (if packing), masks, re-randomizes, floods and shrinks it;
     /// returns its bytes and the mask values with their (row, column).
     fn respond(
@@ -362,23 +384,7 @@ impl HeServer {
     ) -> ProtoResult<Response> {
         let (p, be) = (&self.params, self.backend.as_ref());
         let n = p.degree();
-        let mut ct = match &self.galois {
-            Some(keys) if t.pack > 0 => {
-                // X^-(d_w − 1) moves each member's outputs to multiples of d_w = 2^pack
-                let shift = 2 * n - (t.d_w - 1);
-                let mut slots: Vec<Option<Ciphertext>> = members
-                    .into_iter()
-                    .map(|mut c| {
-                        c.c0.to_coeff(p, be);
-                        c.c1.to_coeff(p, be);
-                        Some(Ciphertext { c0: c.c0.monomial_mul(p, shift), c1: c.c1.monomial_mul(p, shift) })
-                    })
-                    .collect();
-                slots.resize(1 << t.pack, None);
-                keys.pack(p, slots, be)?
-            }
-            _ => members.into_iter().next().ok_or_else(|| ProtoError::Input("empty result group".into()))?,
-        };
+        let mut ct = self.pack_group(t, members)?;
         let pos = t.returned_positions(g);
         let t_mask = (1u128 << p.plain_bits()) - 1;
         let mut neg_mask = vec![0u128; n];
@@ -595,6 +601,66 @@ pub async fn matmul_shared_server(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The worst case for noise: the largest packing (64 results per ciphertext), a long inner
+    /// dimension and weights at the declared bound. Every step keeps a margin, and the flooded
+    /// result still decrypts to the product.
+    #[test]
+    fn noise_budget_keeps_a_margin_through_every_step() {
+        use crate::backend::CpuBackend;
+        use rand::rngs::StdRng;
+        let p = HeParams::linear().unwrap_or_else(|e| panic!("{e}"));
+        let be: Arc<dyn Backend> = Arc::new(CpuBackend::new(2).unwrap_or_else(|e| panic!("{e}")));
+        let mut rng = StdRng::seed_from_u64(31);
+        let sk = SecretKey::generate(&p, be.as_ref(), &mut rng);
+        let server = HeServer {
+            params: p.clone(),
+            pk: sk.public_key(be.as_ref(), &mut rng),
+            galois: Some(sk.galois_keys(max_pack(&p), be.as_ref(), &mut rng).unwrap_or_else(|e| panic!("{e}"))),
+            backend: be.clone(),
+        };
+        let shape = MatShape { n: 128, d: 3072, m: 64 };
+        let t = Tiling { shape, degree: 8192, n_w: 128, d_w: 64, m_w: 1, pack: 6 };
+        let a: Vec<u64> = (0..shape.n * shape.d).map(|_| rng.random()).collect();
+        let b: Vec<u64> = (0..shape.d * shape.m)
+            .map(|_| if rng.random::<bool>() { 1u64 << 20 } else { (-(1i64 << 20)) as u64 })
+            .collect();
+        let flood = flood_bits(&p, &t, 20).unwrap_or_else(|e| panic!("{e}"));
+        let (_, tj_n, _) = t.tile_counts();
+        let seeded: Vec<SeededCiphertext> = (0..tj_n)
+            .map(|tj| {
+                let pt = Plaintext::new(&p, t.encode_a(&a, 0, tj)).unwrap_or_else(|e| panic!("{e}"));
+                sk.encrypt_seeded(&pt, be.as_ref(), &mut rng)
+            })
+            .collect();
+        let fresh = sk.noise_budget(&seeded[0].expand(&p), be.as_ref());
+        let inputs = Inputs::prepare(&p, be.as_ref(), &t, &seeded, None).unwrap_or_else(|e| panic!("{e}"));
+        let results = inputs.multiply(&p, be.as_ref(), &t, &b, 0..64);
+        let product = sk.noise_budget(&results[0], be.as_ref());
+        let mut packed = server.pack_group(&t, results).unwrap_or_else(|e| panic!("{e}"));
+        let after_pack = sk.noise_budget(&packed, be.as_ref());
+        packed.rerandomize(&p, &server.pk, be.as_ref(), &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        packed.flood(&p, flood, be.as_ref(), &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        let after_flood = sk.noise_budget(&packed, be.as_ref());
+        println!(
+            "noise budget (bits): fresh {fresh:.1}, after {tj_n} products {product:.1}, after packing 64 {after_pack:.1}, after flooding 2^{flood} {after_flood:.1}"
+        );
+        assert!(
+            product > after_pack && after_pack - (flood - STAT_BITS) as f64 > -1.0,
+            "the flood covers the packed noise"
+        );
+        assert!(after_flood >= 4.0, "{after_flood}");
+        // the flooded, shrunk result still holds 64·(A·B) at the output coefficients
+        let pos = t.returned_positions(0);
+        let keep: Vec<usize> = pos.iter().map(|x| x.0).collect();
+        let shrunk = packed.shrink(&p, &keep, c0_bits(&p), c1_bits(&p), be.as_ref()).unwrap_or_else(|e| panic!("{e}"));
+        let got = sk.decrypt_shrunk(&shrunk, &keep, be.as_ref()).unwrap_or_else(|e| panic!("{e}"));
+        for (v, &(_, _, (i, k))) in got.iter().zip(&pos) {
+            let want =
+                (0..shape.d).fold(0u64, |s, j| s.wrapping_add(a[i * shape.d + j].wrapping_mul(b[j * shape.m + k])));
+            assert_eq!((v >> 6) as u64, want);
+        }
+    }
 
     #[test]
     #[ignore = "prints the tiling trade-off for the bench shapes"]

@@ -53,13 +53,7 @@ struct Output<'a> {
 pub const PRESETS: &[&str] = &["layers"];
 
 /// Runs a preset; prints the table; writes JSON if asked.
-pub async fn run(
-    preset: &str,
-    threads: usize,
-    only: Option<&str>,
-    tune: CostModel,
-    json: Option<&Path>,
-) -> Result<()> {
+pub async fn run(preset: &str, threads: usize, only: Option<&str>, tune: CostModel, json: Option<&Path>) -> Result<()> {
     if !PRESETS.contains(&preset) {
         bail!("unknown preset `{preset}` (known: {})", PRESETS.join(", "));
     }
@@ -96,7 +90,13 @@ async fn links() -> Result<(Link, Link)> {
     Ok(loopback(cfg).await?)
 }
 
-async fn measure(name: &str, shape: MatShape, backend: Arc<CpuBackend>, threads: usize, tune: CostModel) -> Result<Row> {
+async fn measure(
+    name: &str,
+    shape: MatShape,
+    backend: Arc<CpuBackend>,
+    threads: usize,
+    tune: CostModel,
+) -> Result<Row> {
     let mut rng = StdRng::from_rng(&mut rand::rng());
     let params = match name {
         "matmul-shared" => HeParams::n8192()?,
