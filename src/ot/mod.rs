@@ -144,6 +144,17 @@ impl Ot {
         self.channel.meter()
     }
 
+    /// This party's role.
+    pub fn party(&self) -> Party {
+        self.party
+    }
+
+    /// The engine's message channel, for the protocols built on the OTs (their messages then
+    /// stay in order with the OT messages).
+    pub fn channel(&mut self) -> &mut Channel {
+        &mut self.channel
+    }
+
     /// Reserves `n` fresh tweaks; both parties reserve in the same order, so they agree.
     fn tweaks(&mut self, n: usize) -> u64 {
         let base = self.next_tweak;

@@ -1,6 +1,9 @@
-//! Two-party protocols over secret shares. Today: the HE matrix products of the linear layers
-//! ([`linear`]); the OT-based non-linear protocols join here.
+//! Two-party protocols over secret shares: the HE matrix products of the linear layers
+//! ([`linear`]), and the OT-based building blocks of the non-linear layers ([`boolean`],
+//! [`compare`]; in progress).
 
+pub mod boolean;
+pub mod compare;
 pub mod linear;
 pub mod tiling;
 
@@ -15,6 +18,9 @@ pub enum ProtoError {
     /// The link failed (peer gone, timeout, garbage).
     #[error(transparent)]
     Net(#[from] NetError),
+    /// An OT batch failed.
+    #[error(transparent)]
+    Ot(#[from] crate::ot::OtError),
     /// An HE object was malformed or parameters did not fit.
     #[error(transparent)]
     He(#[from] HeError),

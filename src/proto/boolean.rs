@@ -1,0 +1,82 @@
+//! XOR-shared bits: AND triples from correlated OT, and AND gates.
+//!
+//! A bit b is shared as b = b_server ⊕ b_client. An AND of shared bits uses a triple
+//! (a, b, c = a ∧ b) (Beaver): both parties open d = x ⊕ a and e = y ⊕ b, then
+//! z = c ⊕ d·b ⊕ e·a ⊕ d·e (the last term added by the server only). Openings reveal nothing:
+//! a and b are uniform and used once.
+
+use rand::RngExt;
+
+use super::ProtoResult;
+use crate::net::Party;
+use crate::ot::{Ot, OtKind};
+use crate::ring::{pack_bits, unpack_bits};
+
+/// One party's shares of AND triples.
+#[derive(Debug, Default)]
+pub struct Triples {
+    a: Vec<bool>,
+    b: Vec<bool>,
+    c: Vec<bool>,
+    used: usize,
+}
+
+impl Triples {
+    /// `n` fresh triples: each party draws its own a_p, b_p; the cross terms a_s·b_c and a_c·b_s
+    /// come from one 1-bit correlated OT each (sender Δ = its a, receiver choice = its b).
+    pub async fn generate(ot: &mut Ot, kind: OtKind, n: usize) -> ProtoResult<Triples> {
+        let mut rng = rand::make_rng::<rand::rngs::ChaCha20Rng>();
+        let a: Vec<bool> = (0..n).map(|_| rng.random()).collect();
+        let b: Vec<bool> = (0..n).map(|_| rng.random()).collect();
+        let deltas: Vec<u64> = a.iter().map(|&v| v as u64).collect();
+        let (sent, received) = match ot.party() {
+            Party::Server => {
+                let x = ot.cot_send(kind, &deltas, 1).await?;
+                (x, ot.cot_receive(kind, &b, 1).await?)
+            }
+            Party::Client => {
+                let y = ot.cot_receive(kind, &b, 1).await?;
+                (ot.cot_send(kind, &deltas, 1).await?, y)
+            }
+        };
+        let c = (0..n).map(|i| (a[i] & b[i]) ^ (sent[i] == 1) ^ (received[i] == 1)).collect();
+        Ok(Triples { a, b, c, used: 0 })
+    }
+
+    /// Triples not used yet.
+    pub fn remaining(&self) -> usize {
+        self.a.len() - self.used
+    }
+
+    fn take(&mut self, n: usize) -> ProtoResult<(&[bool], &[bool], &[bool])> {
+        if n > self.remaining() {
+            return Err(super::ProtoError::Input(format!("{n} AND gates but {} triples left", self.remaining())));
+        }
+        let r = self.used..self.used + n;
+        self.used += n;
+        Ok((&self.a[r.clone()], &self.b[r.clone()], &self.c[r]))
+    }
+}
+
+/// Shares of x ∧ y, element-wise, in one round.
+pub async fn and(ot: &mut Ot, triples: &mut Triples, x: &[bool], y: &[bool]) -> ProtoResult<Vec<bool>> {
+    if x.len() != y.len() {
+        return Err(super::ProtoError::Input(format!("AND of {} and {} bits", x.len(), y.len())));
+    }
+    let n = x.len();
+    let server = ot.party() == Party::Server;
+    let (a, b, c) = triples.take(n)?;
+    let (a, b, c) = (a.to_vec(), b.to_vec(), c.to_vec());
+    let mine: Vec<u64> = (0..n).flat_map(|i| [(x[i] ^ a[i]) as u64, (y[i] ^ b[i]) as u64]).collect();
+    let ch = ot.channel();
+    ch.send(&pack_bits(&mine, 1)).await?;
+    let theirs = ch.recv_exact("AND openings", crate::ring::packed_len(2 * n, 1)).await?;
+    let theirs = unpack_bits(&theirs, 2 * n, 1).map_err(|e| super::ProtoError::Input(e.to_string()))?;
+    Ok((0..n)
+        .map(|i| {
+            let d = (mine[2 * i] ^ theirs[2 * i]) == 1;
+            let e = (mine[2 * i + 1] ^ theirs[2 * i + 1]) == 1;
+            c[i] ^ (d & b[i]) ^ (e & a[i]) ^ (server & d & e)
+        })
+        .collect())
+}

@@ -1,0 +1,153 @@
+//! Comparison and the bit-level glue of the non-linear layers: the millionaire's protocol,
+//! the most significant bit / DReLU of a shared value, bit-to-arithmetic conversion and the
+//! multiplexer.
+//!
+//! Millionaire's (CrypTFlow2, Rathee et al. CCS 2020): the server's x and the client's y
+//! (ℓ bits) are cut into blocks of m = 4 bits. For each block a 1-of-16 OT, the server as
+//! sender, gives the client the bits [x_j > v] ⊕ r and [x_j = v] ⊕ r' for its own v = y_j; the
+//! server keeps r, r'. The blocks are combined up a tree, gt = gt_hi ⊕ (eq_hi ∧ gt_lo),
+//! eq = eq_hi ∧ eq_lo, with AND triples; log2(ℓ/m) rounds. Results are XOR shares of [x > y].
+
+use rand::RngExt;
+
+use super::boolean::{Triples, and};
+use super::{ProtoError, ProtoResult};
+use crate::net::Party;
+use crate::ot::{Ot, OtKind};
+
+/// Bits per millionaire's block (a 1-of-2^m OT each).
+const BLOCK_BITS: u32 = 4;
+
+/// AND triples a comparison of `bits`-bit values needs, per value.
+pub fn triples_per_comparison(bits: u32) -> usize {
+    2 * (bits.div_ceil(BLOCK_BITS) as usize).saturating_sub(1)
+}
+
+/// XOR shares of [x > y] for the server's `x` and the client's `y` (each party passes its own
+/// values, below 2^bits). Uses `triples` (see [`triples_per_comparison`]).
+pub async fn greater_than(
+    ot: &mut Ot,
+    kind: OtKind,
+    triples: &mut Triples,
+    mine: &[u64],
+    bits: u32,
+) -> ProtoResult<Vec<bool>> {
+    if !(1..=64).contains(&bits) {
+        return Err(ProtoError::Input(format!("comparison of {bits}-bit values")));
+    }
+    if bits < 64
+        && let Some(v) = mine.iter().find(|&&v| v >> bits != 0)
+    {
+        return Err(ProtoError::Input(format!("value {v:#x} does not fit {bits} bits")));
+    }
+    let n = mine.len();
+    let q = bits.div_ceil(BLOCK_BITS) as usize;
+    let block = |v: u64, j: usize| (v >> (j as u32 * BLOCK_BITS)) & ((1 << BLOCK_BITS) - 1);
+    // gt[i·q + j], eq[i·q + j]: shares for block j (0 = least significant) of value i
+    let (mut gt, mut eq) = match ot.party() {
+        Party::Server => {
+            let mut rng = rand::make_rng::<rand::rngs::ChaCha20Rng>();
+            let r: Vec<(bool, bool)> = (0..n * q).map(|_| (rng.random(), rng.random())).collect();
+            let mut messages = Vec::with_capacity(n * q << BLOCK_BITS);
+            for i in 0..n {
+                for j in 0..q {
+                    let (x, (rg, re)) = (block(mine[i], j), r[i * q + j]);
+                    messages.extend(
+                        (0..1u64 << BLOCK_BITS).map(|v| ((x > v) ^ rg) as u64 | ((((x == v) ^ re) as u64) << 1)),
+                    );
+                }
+            }
+            ot.one_of_n_send(kind, BLOCK_BITS, 2, &messages).await?;
+            r.into_iter().unzip::<bool, bool, Vec<bool>, Vec<bool>>()
+        }
+        Party::Client => {
+            let choices: Vec<u32> = (0..n * q).map(|k| block(mine[k / q], k % q) as u32).collect();
+            let got = ot.one_of_n_receive(kind, BLOCK_BITS, 2, &choices).await?;
+            got.iter().map(|&g| (g & 1 == 1, g & 2 == 2)).unzip()
+        }
+    };
+    // combine adjacent blocks, least significant first, until one is left
+    let mut width = q;
+    while width > 1 {
+        let pairs = width / 2;
+        let (mut x, mut y) = (Vec::with_capacity(2 * n * pairs), Vec::with_capacity(2 * n * pairs));
+        for i in 0..n {
+            for k in 0..pairs {
+                let (lo, hi) = (i * width + 2 * k, i * width + 2 * k + 1);
+                x.extend([eq[hi], eq[hi]]);
+                y.extend([gt[lo], eq[lo]]);
+            }
+        }
+        let z = and(ot, triples, &x, &y).await?;
+        let next = width.div_ceil(2);
+        let (mut ngt, mut neq) = (Vec::with_capacity(n * next), Vec::with_capacity(n * next));
+        for i in 0..n {
+            for k in 0..pairs {
+                let (hi, t) = (i * width + 2 * k + 1, 2 * (i * pairs + k));
+                ngt.push(gt[hi] ^ z[t]);
+                neq.push(z[t + 1]);
+            }
+            if width % 2 == 1 {
+                ngt.push(gt[i * width + width - 1]);
+                neq.push(eq[i * width + width - 1]);
+            }
+        }
+        (gt, eq, width) = (ngt, neq, next);
+    }
+    Ok(gt)
+}
+
+/// XOR shares of the most significant bit of shared values x = x_server + x_client mod 2^64:
+/// msb(x) = msb(x_s) ⊕ msb(x_c) ⊕ carry, with carry = [x_s mod 2^63 > 2^63 − 1 − x_c mod 2^63]
+/// from one 63-bit comparison.
+pub async fn msb(ot: &mut Ot, kind: OtKind, triples: &mut Triples, shares: &[u64]) -> ProtoResult<Vec<bool>> {
+    const LOW: u64 = (1 << 63) - 1;
+    let server = ot.party() == Party::Server;
+    let mine: Vec<u64> = shares.iter().map(|&v| if server { v & LOW } else { LOW - (v & LOW) }).collect();
+    let carry = greater_than(ot, kind, triples, &mine, 63).await?;
+    Ok(shares.iter().zip(carry).map(|(&v, c)| (v >> 63 == 1) ^ c).collect())
+}
+
+/// XOR shares of DReLU(x) = [x ≥ 0] (x read as a signed 64-bit value): 1 ⊕ msb(x).
+pub async fn drelu(ot: &mut Ot, kind: OtKind, triples: &mut Triples, shares: &[u64]) -> ProtoResult<Vec<bool>> {
+    let server = ot.party() == Party::Server;
+    Ok(msb(ot, kind, triples, shares).await?.into_iter().map(|b| b ^ server).collect())
+}
+
+/// Arithmetic shares (mod 2^64) of XOR-shared bits: b = b_s + b_c − 2·b_s·b_c, the product
+/// from one correlated OT (server sends Δ = b_s, client chooses with b_c).
+pub async fn b2a(ot: &mut Ot, kind: OtKind, bits: &[bool]) -> ProtoResult<Vec<u64>> {
+    match ot.party() {
+        Party::Server => {
+            let deltas: Vec<u64> = bits.iter().map(|&b| b as u64).collect();
+            let x = ot.cot_send(kind, &deltas, 64).await?;
+            Ok(bits.iter().zip(x).map(|(&b, x)| (b as u64).wrapping_add(x.wrapping_mul(2))).collect())
+        }
+        Party::Client => {
+            let y = ot.cot_receive(kind, bits, 64).await?;
+            Ok(bits.iter().zip(y).map(|(&b, y)| (b as u64).wrapping_sub(y.wrapping_mul(2))).collect())
+        }
+    }
+}
+
+/// Arithmetic shares of b·x for XOR-shared bits b and shared x: (b_s ⊕ b_c)·x_p for each party's
+/// own x_p comes from one correlated OT with Δ = (1 − 2·b_p)·x_p, the other party choosing with
+/// its bit; two OTs, one per direction.
+pub async fn mux(ot: &mut Ot, kind: OtKind, bits: &[bool], shares: &[u64]) -> ProtoResult<Vec<u64>> {
+    if bits.len() != shares.len() {
+        return Err(ProtoError::Input(format!("{} selector bits for {} values", bits.len(), shares.len())));
+    }
+    let deltas: Vec<u64> = bits.iter().zip(shares).map(|(&b, &x)| if b { x.wrapping_neg() } else { x }).collect();
+    let (x, y) = match ot.party() {
+        Party::Server => {
+            let x = ot.cot_send(kind, &deltas, 64).await?;
+            (x, ot.cot_receive(kind, bits, 64).await?)
+        }
+        Party::Client => {
+            let y = ot.cot_receive(kind, bits, 64).await?;
+            (ot.cot_send(kind, &deltas, 64).await?, y)
+        }
+    };
+    // own term b_p·x_p − x (as sender) plus the other party's term (as receiver)
+    Ok((0..bits.len()).map(|i| (if bits[i] { shares[i] } else { 0 }).wrapping_sub(x[i]).wrapping_add(y[i])).collect())
+}

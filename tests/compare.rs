@@ -1,0 +1,120 @@
+//! The OT-based building blocks against plaintext, over the real transport: comparison exact on
+//! edge values, MSB/DReLU across wrap-around, AND, bit-to-arithmetic and the multiplexer.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use secmoe::ot::OtKind;
+use secmoe::proto::boolean::{Triples, and};
+use secmoe::proto::compare::{b2a, drelu, greater_than, msb, mux, triples_per_comparison};
+
+const KIND: OtKind = OtKind::Iknp;
+
+fn xor_share(bits: &[bool], rng: &mut StdRng) -> (Vec<bool>, Vec<bool>) {
+    let r: Vec<bool> = bits.iter().map(|_| rng.random()).collect();
+    (bits.iter().zip(&r).map(|(b, r)| b ^ r).collect(), r)
+}
+
+fn add_share(values: &[u64], rng: &mut StdRng) -> (Vec<u64>, Vec<u64>) {
+    let r: Vec<u64> = values.iter().map(|_| rng.random()).collect();
+    (values.iter().zip(&r).map(|(v, r)| v.wrapping_sub(*r)).collect(), r)
+}
+
+fn open_bits(a: &[bool], b: &[bool]) -> Vec<bool> {
+    a.iter().zip(b).map(|(x, y)| x ^ y).collect()
+}
+
+#[test]
+fn comparison_is_exact_on_edge_values() {
+    common::runtime().block_on(async {
+        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        let mut rng = StdRng::seed_from_u64(1);
+        let edges = [0u64, 1, 2, 15, 16, 17, (1 << 62) - 1, 1 << 62, (1 << 63) - 1, 1 << 63, u64::MAX - 1, u64::MAX];
+        let mut xs = Vec::new();
+        let mut ys = Vec::new();
+        for &x in &edges {
+            for &y in &edges {
+                xs.push(x);
+                ys.push(y);
+            }
+        }
+        for _ in 0..1000 {
+            let x: u64 = rng.random();
+            // neighbours share long prefixes: the equal-prefix path of the tree
+            xs.extend([x, x, x]);
+            ys.extend([x, x.wrapping_add(1), x ^ 1 << rng.random_range(0..64)]);
+        }
+        for bits in [64u32, 63, 37, 4, 1] {
+            let mask = if bits == 64 { u64::MAX } else { (1 << bits) - 1 };
+            let (x, y): (Vec<u64>, Vec<u64>) = xs.iter().zip(&ys).map(|(a, b)| (a & mask, b & mask)).unzip();
+            let need = triples_per_comparison(bits) * x.len();
+            let (ts, tc) = tokio::join!(Triples::generate(&mut os, KIND, need), Triples::generate(&mut oc, KIND, need));
+            let (mut ts, mut tc) = (ts.unwrap(), tc.unwrap());
+            let (gs, gc) = tokio::join!(
+                greater_than(&mut os, KIND, &mut ts, &x, bits),
+                greater_than(&mut oc, KIND, &mut tc, &y, bits)
+            );
+            let got = open_bits(&gs.unwrap(), &gc.unwrap());
+            for i in 0..x.len() {
+                assert_eq!(got[i], x[i] > y[i], "{bits} bits: {:#x} > {:#x}", x[i], y[i]);
+            }
+            assert_eq!(ts.remaining(), 0);
+        }
+    });
+}
+
+#[test]
+fn msb_and_drelu_hold_across_wrap_around() {
+    common::runtime().block_on(async {
+        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        let mut rng = StdRng::seed_from_u64(2);
+        let mut values: Vec<u64> = [0i64, 1, -1, 2, -2, 1 << 62, -(1 << 62), i64::MAX, i64::MIN, i64::MIN + 1]
+            .iter()
+            .map(|&v| v as u64)
+            .collect();
+        values.extend((0..2000).map(|_| rng.random::<u64>()));
+        let (sv, cv) = add_share(&values, &mut rng);
+        // shares that wrap: server share near 2^64 for small values
+        let need = triples_per_comparison(63) * values.len();
+        let (ts, tc) =
+            tokio::join!(Triples::generate(&mut os, KIND, 2 * need), Triples::generate(&mut oc, KIND, 2 * need));
+        let (mut ts, mut tc) = (ts.unwrap(), tc.unwrap());
+        let (ms, mc) = tokio::join!(msb(&mut os, KIND, &mut ts, &sv), msb(&mut oc, KIND, &mut tc, &cv));
+        let got = open_bits(&ms.unwrap(), &mc.unwrap());
+        assert!(values.iter().zip(&got).all(|(v, m)| (v >> 63 == 1) == *m));
+        let (ds, dc) = tokio::join!(drelu(&mut os, KIND, &mut ts, &sv), drelu(&mut oc, KIND, &mut tc, &cv));
+        let got = open_bits(&ds.unwrap(), &dc.unwrap());
+        assert!(values.iter().zip(&got).all(|(v, d)| (*v as i64 >= 0) == *d));
+    });
+}
+
+#[test]
+fn and_b2a_and_mux_match_plaintext() {
+    common::runtime().block_on(async {
+        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        let mut rng = StdRng::seed_from_u64(3);
+        let n = 5000;
+        let x: Vec<bool> = (0..n).map(|_| rng.random()).collect();
+        let y: Vec<bool> = (0..n).map(|_| rng.random()).collect();
+        let ((xs, xc), (ys, yc)) = (xor_share(&x, &mut rng), xor_share(&y, &mut rng));
+        let (ts, tc) = tokio::join!(Triples::generate(&mut os, KIND, n), Triples::generate(&mut oc, KIND, n));
+        let (mut ts, mut tc) = (ts.unwrap(), tc.unwrap());
+        let (zs, zc) = tokio::join!(and(&mut os, &mut ts, &xs, &ys), and(&mut oc, &mut tc, &xc, &yc));
+        let z = open_bits(&zs.unwrap(), &zc.unwrap());
+        assert!((0..n).all(|i| z[i] == (x[i] & y[i])));
+        let (as_, ac) = tokio::join!(b2a(&mut os, KIND, &xs), b2a(&mut oc, KIND, &xc));
+        let (as_, ac) = (as_.unwrap(), ac.unwrap());
+        assert!((0..n).all(|i| as_[i].wrapping_add(ac[i]) == x[i] as u64));
+        let v: Vec<u64> = (0..n).map(|_| rng.random()).collect();
+        let (vs, vc) = add_share(&v, &mut rng);
+        let (ms, mc) = tokio::join!(mux(&mut os, KIND, &xs, &vs), mux(&mut oc, KIND, &xc, &vc));
+        let (ms, mc) = (ms.unwrap(), mc.unwrap());
+        assert!((0..n).all(|i| ms[i].wrapping_add(mc[i]) == if x[i] { v[i] } else { 0 }));
+        // running out of triples is an error, not a wrong answer
+        let (e1, e2) = tokio::join!(and(&mut os, &mut ts, &xs, &ys), and(&mut oc, &mut tc, &xc, &yc));
+        assert!(e1.unwrap_err().to_string().contains("triples left") && e2.is_err());
+    });
+}
