@@ -48,7 +48,7 @@ pub async fn greater_than(
         Party::Server => {
             let mut rng = rand::make_rng::<rand::rngs::ChaCha20Rng>();
             let r: Vec<(bool, bool)> = (0..n * q).map(|_| (rng.random(), rng.random())).collect();
-            let mut messages = Vec::with_capacity(n * q << BLOCK_BITS);
+            let mut messages = Vec::with_capacity((n * q) << BLOCK_BITS);
             for i in 0..n {
                 for j in 0..q {
                     let (x, (rg, re)) = (block(mine[i], j), r[i * q + j]);

@@ -12,6 +12,9 @@ use rand::{RngExt, SeedableRng};
 use secmoe::backend::{Backend, CpuBackend};
 use secmoe::he::HeParams;
 use secmoe::net::{CostModel, Link, LinkConfig, PublicParams, loopback};
+use secmoe::ot::{Ot, OtKind};
+use secmoe::proto::boolean::Triples;
+use secmoe::proto::compare::{greater_than, triples_per_comparison};
 use secmoe::proto::linear::{
     HeClient, HeServer, linear_client, linear_server, matmul_shared_client, matmul_shared_server,
 };
@@ -40,6 +43,9 @@ pub struct Row {
     peak_rss_bytes: u64,
     /// Whether the shares reconstructed to the plaintext result.
     checked: bool,
+    /// Bits on the wire per element, where the row counts elements (comparisons).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bits_per_op: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -66,6 +72,7 @@ pub async fn run(preset: &str, threads: usize, only: Option<&str>, tune: CostMod
         ("linear", MatShape { n: 128, d: 3072, m: 768 }),
         ("matmul-shared", MatShape { n: 128, d: 64, m: 128 }),
     ];
+    let compares = [OtKind::Iknp, OtKind::Silent];
     print_header();
     for (name, shape) in cases {
         if only.is_some_and(|o| o != name) {
@@ -73,6 +80,14 @@ pub async fn run(preset: &str, threads: usize, only: Option<&str>, tune: CostMod
         }
         let row =
             measure(name, shape, backend.clone(), threads, tune).await.with_context(|| format!("{name} {shape}"))?;
+        print_row(&row);
+        rows.push(row);
+    }
+    for kind in compares {
+        if only.is_some_and(|o| o != "compare") {
+            continue;
+        }
+        let row = measure_compare(kind, backend.clone(), threads).await.with_context(|| format!("compare, {kind}"))?;
         print_row(&row);
         rows.push(row);
     }
@@ -177,7 +192,49 @@ fn row(name: &str, shape: String, threads: usize, wall_s: f64, bytes: u64, round
         wan_s: CostModel::WAN.estimate(wall_s, bytes, rounds),
         peak_rss_bytes: peak_rss(),
         checked,
+        bits_per_op: None,
     }
+}
+
+/// 2^16 comparisons of 64-bit values (the server's against the client's), AND triples included;
+/// the OT engines' one-time base OTs are not.
+async fn measure_compare(kind: OtKind, backend: Arc<CpuBackend>, threads: usize) -> Result<Row> {
+    const N: usize = 1 << 16;
+    let mut rng = StdRng::from_rng(&mut rand::rng());
+    let (mut c, mut s) = links().await?;
+    let be: Arc<dyn Backend> = backend;
+    let (oc, os) = tokio::join!(Ot::new(&mut c, be.clone()), Ot::new(&mut s, be));
+    let (mut oc, mut os) = (oc?, os?);
+    let x: Vec<u64> = (0..N).map(|_| rng.random()).collect();
+    let y: Vec<u64> = (0..N).map(|i| if i % 4 == 0 { x[i] } else { rng.random() }).collect();
+    let before = c.meter().report().total();
+    reset_peak_rss();
+    let start = Instant::now();
+    let need = triples_per_comparison(64) * N;
+    let (ts, tc) = tokio::join!(Triples::generate(&mut os, kind, need), Triples::generate(&mut oc, kind, need));
+    let (mut ts, mut tc) = (ts?, tc?);
+    let (gs, gc) =
+        tokio::join!(greater_than(&mut os, kind, &mut ts, &x, 64), greater_than(&mut oc, kind, &mut tc, &y, 64));
+    let (gs, gc) = (gs?, gc?);
+    let wall_s = start.elapsed().as_secs_f64();
+    let checked = (0..N).all(|i| (gs[i] ^ gc[i]) == (x[i] > y[i]));
+    let after = c.meter().report().total();
+    drop((oc, os));
+    let (a, b) = tokio::join!(c.close(), s.close());
+    a?;
+    b?;
+    let bytes = after.bytes() - before.bytes();
+    let mut row = row(
+        "compare",
+        format!("2^16 × 64-bit, {kind} OT"),
+        threads,
+        wall_s,
+        bytes,
+        after.rounds - before.rounds,
+        checked,
+    );
+    row.bits_per_op = Some(bytes as f64 * 8.0 / N as f64);
+    Ok(row)
 }
 
 /// Checks 64 entries of the result against the plaintext product (the whole product would take
@@ -192,14 +249,15 @@ fn spot_check(s: MatShape, a: &[u64], b: &[u64], c: &[u64]) -> bool {
 
 fn print_header() {
     println!(
-        "{:<14} {:<22} {:>8} {:>11} {:>7} {:>8} {:>8} {:>10} {:>6}",
+        "{:<14} {:<26} {:>8} {:>11} {:>7} {:>8} {:>8} {:>10} {:>6}",
         "name", "shape", "wall s", "bytes", "rounds", "LAN s", "WAN s", "peak RSS", "check"
     );
 }
 
 fn print_row(r: &Row) {
+    let per_op = r.bits_per_op.map(|b| format!("  ({b:.0} bits each)")).unwrap_or_default();
     println!(
-        "{:<14} {:<22} {:>8.2} {:>11} {:>7} {:>8.2} {:>8.2} {:>10} {:>6}",
+        "{:<14} {:<26} {:>8.2} {:>11} {:>7} {:>8.2} {:>8.2} {:>10} {:>6}{per_op}",
         r.name,
         r.shape,
         r.wall_s,
