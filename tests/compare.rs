@@ -118,3 +118,29 @@ fn and_b2a_and_mux_match_plaintext() {
         assert!(e1.unwrap_err().to_string().contains("triples left") && e2.is_err());
     });
 }
+
+#[test]
+fn products_are_exact_and_truncation_stays_within_one_unit() {
+    use secmoe::net::Party;
+    use secmoe::proto::arith::{mul, truncate};
+    common::runtime().block_on(async {
+        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        let mut rng = StdRng::seed_from_u64(4);
+        let n = 3000;
+        let x: Vec<u64> = (0..n).map(|_| rng.random()).collect();
+        let mut y: Vec<u64> = (0..n).map(|_| rng.random()).collect();
+        y[..4].copy_from_slice(&[0, 1, u64::MAX, 1 << 63]);
+        let ((xs, xc), (ys, yc)) = (add_share(&x, &mut rng), add_share(&y, &mut rng));
+        let (zs, zc) = tokio::join!(mul(&mut os, KIND, &xs, &ys), mul(&mut oc, KIND, &xc, &yc));
+        let (zs, zc) = (zs.unwrap(), zc.unwrap());
+        assert!((0..n).all(|i| zs[i].wrapping_add(zc[i]) == x[i].wrapping_mul(y[i])));
+        // fixed-point values |x| < 2^40, truncated by 18 bits: ⌊x/2^18⌋ or one more
+        for _ in 0..100_000 {
+            let v = rng.random_range(-(1i64 << 40)..(1i64 << 40));
+            let (s, c) = add_share(&[v as u64], &mut rng);
+            let t = truncate(Party::Server, &s, 18)[0].wrapping_add(truncate(Party::Client, &c, 18)[0]) as i64;
+            let floor = v >> 18;
+            assert!(t == floor || t == floor + 1, "{v}: {t} vs {floor}");
+        }
+    });
+}

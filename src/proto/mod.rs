@@ -1,7 +1,8 @@
 //! Two-party protocols over secret shares: the HE matrix products of the linear layers
-//! ([`linear`]), and the OT-based building blocks of the non-linear layers ([`boolean`],
-//! [`compare`]; in progress).
+//! ([`linear`]), and the OT-based building blocks of the non-linear layers ([`arith`],
+//! [`boolean`], [`compare`]; in progress).
 
+pub mod arith;
 pub mod boolean;
 pub mod compare;
 pub mod linear;
