@@ -11,6 +11,9 @@ use super::{Ot, OtError, OtKind, OtResult};
 use crate::backend::{Block, Tweaks};
 use crate::ring::mask;
 
+/// Instances of a 1-of-N OT whose N pads are built, hashed and sent at a time.
+const ONE_OF_N_CHUNK: usize = 1 << 14;
+
 fn low_u64(b: &Block) -> u64 {
     <[u64; 2]>::from(*b)[0]
 }
@@ -96,23 +99,30 @@ impl Ot {
         let m = log_n as usize;
         let rot = self.random_send(kind, inst * m).await?;
         let flips = self.channel.recv_packed("1-of-N choice flips", inst * m, 1).await?;
-        // combined[t·N + j] = ⊕_k K_{t,k}^{j_k}, with the receiver's flips applied.
-        let mut combined = vec![Block::ZERO; inst * big_n];
-        for t in 0..inst {
-            let row = &mut combined[t * big_n..(t + 1) * big_n];
-            for k in 0..m {
-                let pair = rot.keys[t * m + k];
-                let d = flips[t * m + k] as usize;
-                let (k0, k1) = (pair[d], pair[1 - d]);
-                for (j, c) in row.iter_mut().enumerate() {
-                    *c ^= if (j >> k) & 1 == 1 { k1 } else { k0 };
+        let tweak = self.tweaks(inst * big_n);
+        let mk = mask(width);
+        // In chunks of instances, so that the N pads per instance never all exist at once.
+        for first in (0..inst).step_by(ONE_OF_N_CHUNK) {
+            let chunk = first..(first + ONE_OF_N_CHUNK).min(inst);
+            // combined[t·N + j] = ⊕_k K_{t,k}^{j_k}, with the receiver's flips applied.
+            let mut combined = vec![Block::ZERO; chunk.len() * big_n];
+            for (row, t) in combined.chunks_exact_mut(big_n).zip(chunk.clone()) {
+                for k in 0..m {
+                    let pair = rot.keys[t * m + k];
+                    let d = flips[t * m + k] as usize;
+                    let (k0, k1) = (pair[d], pair[1 - d]);
+                    for (j, c) in row.iter_mut().enumerate() {
+                        *c ^= if (j >> k) & 1 == 1 { k1 } else { k0 };
+                    }
                 }
             }
+            let mut pads = vec![Block::ZERO; combined.len()];
+            let base = tweak + (chunk.start * big_n) as u64;
+            self.backend.hash_blocks(&combined, Tweaks::Sequential(base), &mut pads);
+            let msgs = &messages[chunk.start * big_n..chunk.end * big_n];
+            let cipher: Vec<u64> = msgs.iter().zip(&pads).map(|(msg, p)| msg.wrapping_add(low_u64(p)) & mk).collect();
+            self.channel.send_packed(&cipher, width).await?;
         }
-        let pads = self.hash(&combined);
-        let mk = mask(width);
-        let cipher: Vec<u64> = messages.iter().zip(&pads).map(|(msg, p)| msg.wrapping_add(*p) & mk).collect();
-        self.channel.send_packed(&cipher, width).await?;
         Ok(())
     }
 
@@ -152,8 +162,16 @@ impl Ot {
         let listed: Vec<u64> = idx.iter().map(|&i| tweak + i as u64).collect();
         let mut pads = vec![Block::ZERO; inst];
         self.backend.hash_blocks(&combined, Tweaks::Listed(&listed), &mut pads);
-        let cipher = self.channel.recv_packed("1-of-N ciphertexts", inst * big_n, width).await?;
         let mk = mask(width);
-        Ok(idx.iter().zip(&pads).map(|(&i, p)| cipher[i].wrapping_sub(low_u64(p)) & mk).collect())
+        let mut out = Vec::with_capacity(inst);
+        for first in (0..inst).step_by(ONE_OF_N_CHUNK) {
+            let chunk = first..(first + ONE_OF_N_CHUNK).min(inst);
+            let cipher = self.channel.recv_packed("1-of-N ciphertexts", chunk.len() * big_n, width).await?;
+            for t in chunk.clone() {
+                let i = idx[t] - chunk.start * big_n;
+                out.push(cipher[i].wrapping_sub(low_u64(&pads[t])) & mk);
+            }
+        }
+        Ok(out)
     }
 }
