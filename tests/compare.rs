@@ -178,3 +178,36 @@ fn traffic_does_not_depend_on_the_inputs() {
         assert_eq!(seen[1], seen[2]);
     });
 }
+
+/// GeLU's breakpoints −5, −3, −1, 1, 3 in fixed point with 18 fractional bits, all five against
+/// each value in one batch, at full width and at a reduced 32-bit width.
+#[test]
+fn threshold_comparisons_share_one_batch_and_are_exact() {
+    use secmoe::proto::compare::at_least;
+    common::runtime().block_on(async {
+        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        let mut rng = StdRng::seed_from_u64(5);
+        let thresholds: Vec<i64> = [-5i64, -3, -1, 1, 3].iter().map(|t| t << 18).collect();
+        let mut values: Vec<i64> = thresholds.iter().flat_map(|&t| [t - 1, t, t + 1]).collect();
+        values.extend([0, 1 << 29, -(1 << 29), (1 << 31) - 1 - (5 << 18)]);
+        values.extend((0..3000).map(|_| rng.random_range(-(8i64 << 18)..(8i64 << 18))));
+        let raw: Vec<u64> = values.iter().map(|&v| v as u64).collect();
+        let (sv, cv) = add_share(&raw, &mut rng);
+        let th: Vec<u64> = thresholds.iter().map(|&t| t as u64).collect();
+        for bits in [64u32, 32] {
+            let need = triples_per_comparison(bits - 1) * values.len() * th.len();
+            let (ts, tc) = tokio::join!(Triples::generate(&mut os, KIND, need), Triples::generate(&mut oc, KIND, need));
+            let (mut ts, mut tc) = (ts.unwrap(), tc.unwrap());
+            let (a, b) = tokio::join!(
+                at_least(&mut os, KIND, &mut ts, &sv, &th, bits),
+                at_least(&mut oc, KIND, &mut tc, &cv, &th, bits)
+            );
+            let got = open_bits(&a.unwrap(), &b.unwrap());
+            for (i, &v) in values.iter().enumerate() {
+                for (k, &t) in thresholds.iter().enumerate() {
+                    assert_eq!(got[i * th.len() + k], v >= t, "{bits} bits: {v} ≥ {t}");
+                }
+            }
+        }
+    });
+}

@@ -32,40 +32,80 @@ pub async fn greater_than(
     mine: &[u64],
     bits: u32,
 ) -> ProtoResult<Vec<bool>> {
+    greater_than_many(ot, kind, triples, mine, 1, bits).await
+}
+
+/// XOR shares of [x_ik > y_i] for `per` server values x_i0..x_i(per−1) against each client value
+/// y_i: the server passes n·per values (grouped by i), the client its n values. The client's
+/// OT choices depend on y_i only, so one 1-of-16 OT per block carries all `per` comparisons
+/// (2·per-bit messages): comparing against several thresholds costs one OT batch. Results are
+/// grouped by i. Uses `per`·n·[`triples_per_comparison`] triples.
+pub async fn greater_than_many(
+    ot: &mut Ot,
+    kind: OtKind,
+    triples: &mut Triples,
+    mine: &[u64],
+    per: usize,
+    bits: u32,
+) -> ProtoResult<Vec<bool>> {
     if !(1..=64).contains(&bits) {
         return Err(ProtoError::Input(format!("comparison of {bits}-bit values")));
+    }
+    if !(1..=32).contains(&per) {
+        return Err(ProtoError::Input(format!("{per} server values per client value (1..=32)")));
     }
     if bits < 64
         && let Some(v) = mine.iter().find(|&&v| v >> bits != 0)
     {
         return Err(ProtoError::Input(format!("value {v:#x} does not fit {bits} bits")));
     }
-    let n = mine.len();
     let q = bits.div_ceil(BLOCK_BITS) as usize;
     let block = |v: u64, j: usize| (v >> (j as u32 * BLOCK_BITS)) & ((1 << BLOCK_BITS) - 1);
-    // gt[i·q + j], eq[i·q + j]: shares for block j (0 = least significant) of value i
-    let (mut gt, mut eq) = match ot.party() {
+    let width = 2 * per as u32;
+    // leaves gt[c·q + j], eq[c·q + j] for comparison c = i·per + k and block j (0 = least
+    // significant)
+    let (gt, eq, n) = match ot.party() {
         Party::Server => {
+            if !mine.len().is_multiple_of(per) {
+                return Err(ProtoError::Input(format!("{} server values is not a multiple of {per}", mine.len())));
+            }
+            let n = mine.len() / per;
             let mut rng = rand::make_rng::<rand::rngs::ChaCha20Rng>();
-            let r: Vec<(bool, bool)> = (0..n * q).map(|_| (rng.random(), rng.random())).collect();
+            let r: Vec<(bool, bool)> = (0..n * per * q).map(|_| (rng.random(), rng.random())).collect();
             let mut messages = Vec::with_capacity((n * q) << BLOCK_BITS);
             for i in 0..n {
                 for j in 0..q {
-                    let (x, (rg, re)) = (block(mine[i], j), r[i * q + j]);
-                    messages.extend(
-                        (0..1u64 << BLOCK_BITS).map(|v| ((x > v) ^ rg) as u64 | ((((x == v) ^ re) as u64) << 1)),
-                    );
+                    messages.extend((0..1u64 << BLOCK_BITS).map(|v| {
+                        (0..per).fold(0u64, |acc, k| {
+                            let c = i * per + k;
+                            let (x, (rg, re)) = (block(mine[c], j), r[c * q + j]);
+                            acc | (((x > v) ^ rg) as u64) << (2 * k) | (((x == v) ^ re) as u64) << (2 * k + 1)
+                        })
+                    }));
                 }
             }
-            ot.one_of_n_send(kind, BLOCK_BITS, 2, &messages).await?;
-            r.into_iter().unzip::<bool, bool, Vec<bool>, Vec<bool>>()
+            ot.one_of_n_send(kind, BLOCK_BITS, width, &messages).await?;
+            let (gt, eq) = r.into_iter().unzip::<bool, bool, Vec<bool>, Vec<bool>>();
+            (gt, eq, n)
         }
         Party::Client => {
-            let choices: Vec<u32> = (0..n * q).map(|k| block(mine[k / q], k % q) as u32).collect();
-            let got = ot.one_of_n_receive(kind, BLOCK_BITS, 2, &choices).await?;
-            got.iter().map(|&g| (g & 1 == 1, g & 2 == 2)).unzip()
+            let n = mine.len();
+            let choices: Vec<u32> = (0..n * q).map(|t| block(mine[t / q], t % q) as u32).collect();
+            let got = ot.one_of_n_receive(kind, BLOCK_BITS, width, &choices).await?;
+            let (mut gt, mut eq) = (vec![false; n * per * q], vec![false; n * per * q]);
+            for (t, &g) in got.iter().enumerate() {
+                let (i, j) = (t / q, t % q);
+                for k in 0..per {
+                    let c = i * per + k;
+                    gt[c * q + j] = (g >> (2 * k)) & 1 == 1;
+                    eq[c * q + j] = (g >> (2 * k + 1)) & 1 == 1;
+                }
+            }
+            (gt, eq, n)
         }
     };
+    let n = n * per;
+    let (mut gt, mut eq) = (gt, eq);
     // combine adjacent blocks, least significant first, until one is left
     let mut width = q;
     while width > 1 {
@@ -112,6 +152,47 @@ pub async fn msb(ot: &mut Ot, kind: OtKind, triples: &mut Triples, shares: &[u64
 pub async fn drelu(ot: &mut Ot, kind: OtKind, triples: &mut Triples, shares: &[u64]) -> ProtoResult<Vec<bool>> {
     let server = ot.party() == Party::Server;
     Ok(msb(ot, kind, triples, shares).await?.into_iter().map(|b| b ^ server).collect())
+}
+
+/// XOR shares of [x ≥ c_k] for shared values x and public thresholds c_k (ring elements read as
+/// signed), grouped by value, computed at `bits` bits: x − c_k must lie in
+/// [−2^(bits−1), 2^(bits−1)) (the caller's bound on its activations; exact under it). Each is
+/// 1 ⊕ msb(x − c_k mod 2^bits), whose carry compares the server's low(x_s − c_k) with the
+/// client's 2^(bits−1) − 1 − low(x_c): the same client value for every threshold, so all
+/// thresholds share one OT batch ([`greater_than_many`]).
+pub async fn at_least(
+    ot: &mut Ot,
+    kind: OtKind,
+    triples: &mut Triples,
+    shares: &[u64],
+    thresholds: &[u64],
+    bits: u32,
+) -> ProtoResult<Vec<bool>> {
+    if !(2..=64).contains(&bits) {
+        return Err(ProtoError::Input(format!("threshold comparison at {bits} bits")));
+    }
+    let server = ot.party() == Party::Server;
+    let low_mask = (1u64 << (bits - 1)) - 1;
+    let top = |v: u64| (v >> (bits - 1)) & 1 == 1;
+    let k = thresholds.len();
+    let (mine, tops): (Vec<u64>, Vec<bool>) = if server {
+        shares
+            .iter()
+            .flat_map(|&x| thresholds.iter().map(move |&c| x.wrapping_sub(c)))
+            .map(|v| (v & low_mask, top(v)))
+            .unzip()
+    } else {
+        shares.iter().map(|&x| (low_mask - (x & low_mask), top(x))).unzip()
+    };
+    let carry = greater_than_many(ot, kind, triples, &mine, k, bits - 1).await?;
+    Ok(carry
+        .iter()
+        .enumerate()
+        .map(|(c, &carry)| {
+            let own_top = if server { tops[c] } else { tops[c / k] };
+            carry ^ own_top ^ server
+        })
+        .collect())
 }
 
 /// Arithmetic shares (mod 2^64) of XOR-shared bits: b = b_s + b_c − 2·b_s·b_c, the product
