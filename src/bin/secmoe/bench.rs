@@ -14,7 +14,7 @@ use secmoe::he::HeParams;
 use secmoe::net::{CostModel, Link, LinkConfig, PublicParams, loopback};
 use secmoe::ot::{Ot, OtKind};
 use secmoe::proto::boolean::Triples;
-use secmoe::proto::compare::{greater_than, triples_per_comparison};
+use secmoe::proto::compare::{at_least, greater_than, triples_per_comparison};
 use secmoe::proto::linear::{
     HeClient, HeServer, linear_client, linear_server, matmul_shared_client, matmul_shared_server,
 };
@@ -43,7 +43,7 @@ pub struct Row {
     peak_rss_bytes: u64,
     /// Whether the shares reconstructed to the plaintext result.
     checked: bool,
-    /// Bits on the wire per element, where the row counts elements (comparisons).
+    /// Bits on the wire per element, where the row counts elements (compared values).
     #[serde(skip_serializing_if = "Option::is_none")]
     bits_per_op: Option<f64>,
 }
@@ -83,11 +83,12 @@ pub async fn run(preset: &str, threads: usize, only: Option<&str>, tune: CostMod
         print_row(&row);
         rows.push(row);
     }
-    for kind in compares {
-        if only.is_some_and(|o| o != "compare") {
+    for (name, kind) in ["compare", "breakpoints"].into_iter().flat_map(|n| compares.map(|k| (n, k))) {
+        if only.is_some_and(|o| o != name) {
             continue;
         }
-        let row = measure_compare(kind, backend.clone(), threads).await.with_context(|| format!("compare, {kind}"))?;
+        let row =
+            measure_compare(name, kind, backend.clone(), threads).await.with_context(|| format!("{name}, {kind}"))?;
         print_row(&row);
         rows.push(row);
     }
@@ -196,43 +197,55 @@ fn row(name: &str, shape: String, threads: usize, wall_s: f64, bytes: u64, round
     }
 }
 
-/// 2^16 comparisons of 64-bit values (the server's against the client's), AND triples included;
-/// the OT engines' one-time base OTs are not.
-async fn measure_compare(kind: OtKind, backend: Arc<CpuBackend>, threads: usize) -> Result<Row> {
+/// `compare`: 2^16 comparisons of 64-bit values (the server's against the client's).
+/// `breakpoints`: 2^16 shared fixed-point values against GeLU's five breakpoints at 32 bits.
+/// AND triples included; the OT engines' one-time base OTs are not.
+async fn measure_compare(name: &str, kind: OtKind, backend: Arc<CpuBackend>, threads: usize) -> Result<Row> {
     const N: usize = 1 << 16;
     let mut rng = StdRng::from_rng(&mut rand::rng());
     let (mut c, mut s) = links().await?;
     let be: Arc<dyn Backend> = backend;
     let (oc, os) = tokio::join!(Ot::new(&mut c, be.clone()), Ot::new(&mut s, be));
     let (mut oc, mut os) = (oc?, os?);
-    let x: Vec<u64> = (0..N).map(|_| rng.random()).collect();
+    let breakpoints: Vec<u64> = [-5i64, -3, -1, 1, 3].iter().map(|t| (t << 18) as u64).collect();
+    let per = if name == "breakpoints" { breakpoints.len() } else { 1 };
+    let x: Vec<u64> = if per == 1 {
+        (0..N).map(|_| rng.random()).collect()
+    } else {
+        (0..N).map(|_| rng.random_range(-(8i64 << 18)..8i64 << 18) as u64).collect()
+    };
     let y: Vec<u64> = (0..N).map(|i| if i % 4 == 0 { x[i] } else { rng.random() }).collect();
     let before = c.meter().report().total();
     reset_peak_rss();
     let start = Instant::now();
-    let need = triples_per_comparison(64) * N;
+    let bits = if per == 1 { 64 } else { 31 };
+    let need = triples_per_comparison(bits) * N * per;
     let (ts, tc) = tokio::join!(Triples::generate(&mut os, kind, need), Triples::generate(&mut oc, kind, need));
     let (mut ts, mut tc) = (ts?, tc?);
-    let (gs, gc) =
-        tokio::join!(greater_than(&mut os, kind, &mut ts, &x, 64), greater_than(&mut oc, kind, &mut tc, &y, 64));
-    let (gs, gc) = (gs?, gc?);
+    let checked = if per == 1 {
+        let (gs, gc) =
+            tokio::join!(greater_than(&mut os, kind, &mut ts, &x, 64), greater_than(&mut oc, kind, &mut tc, &y, 64));
+        let (gs, gc) = (gs?, gc?);
+        (0..N).all(|i| (gs[i] ^ gc[i]) == (x[i] > y[i]))
+    } else {
+        // x is shared as (x − y, y)
+        let xs: Vec<u64> = x.iter().zip(&y).map(|(a, b)| a.wrapping_sub(*b)).collect();
+        let (gs, gc) = tokio::join!(
+            at_least(&mut os, kind, &mut ts, &xs, &breakpoints, 32),
+            at_least(&mut oc, kind, &mut tc, &y, &breakpoints, 32)
+        );
+        let (gs, gc) = (gs?, gc?);
+        (0..N * per).all(|c| (gs[c] ^ gc[c]) == (x[c / per] as i64 >= breakpoints[c % per] as i64))
+    };
     let wall_s = start.elapsed().as_secs_f64();
-    let checked = (0..N).all(|i| (gs[i] ^ gc[i]) == (x[i] > y[i]));
     let after = c.meter().report().total();
     drop((oc, os));
     let (a, b) = tokio::join!(c.close(), s.close());
     a?;
     b?;
     let bytes = after.bytes() - before.bytes();
-    let mut row = row(
-        "compare",
-        format!("2^16 × 64-bit, {kind} OT"),
-        threads,
-        wall_s,
-        bytes,
-        after.rounds - before.rounds,
-        checked,
-    );
+    let shape = if per == 1 { format!("2^16 × 64-bit, {kind} OT") } else { format!("2^16 × 5 at 32-bit, {kind} OT") };
+    let mut row = row(name, shape, threads, wall_s, bytes, after.rounds - before.rounds, checked);
     row.bits_per_op = Some(bytes as f64 * 8.0 / N as f64);
     Ok(row)
 }
