@@ -82,6 +82,28 @@ impl Ot {
         Ok(h.iter().zip(&y).zip(choices).map(|((h, y), &c)| if c { h.wrapping_sub(*y) & m } else { h & m }).collect())
     }
 
+    /// Random OT with 1-bit messages, sender side: two uniform bits (m0, m1) per OT; the
+    /// receiver gets a uniform choice c and m_c. Nothing travels beyond the OT extension.
+    pub async fn random_bits_send(&mut self, kind: OtKind, n: usize) -> OtResult<Vec<[bool; 2]>> {
+        let rot = self.random_send(kind, n).await?;
+        let tweak = self.tweaks(n);
+        let (k0, k1): (Vec<Block>, Vec<Block>) = rot.keys.iter().map(|k| (k[0], k[1])).unzip();
+        let mut h0 = vec![Block::ZERO; n];
+        let mut h1 = vec![Block::ZERO; n];
+        self.backend.hash_blocks(&k0, Tweaks::Sequential(tweak), &mut h0);
+        self.backend.hash_blocks(&k1, Tweaks::Sequential(tweak), &mut h1);
+        Ok(h0.iter().zip(&h1).map(|(a, b)| [low_u64(a) & 1 == 1, low_u64(b) & 1 == 1]).collect())
+    }
+
+    /// Random OT with 1-bit messages, receiver side: (c_i, m_{c_i}).
+    pub async fn random_bits_receive(&mut self, kind: OtKind, n: usize) -> OtResult<(Vec<bool>, Vec<bool>)> {
+        let rot = self.random_receive(kind, n).await?;
+        let tweak = self.tweaks(n);
+        let mut h = vec![Block::ZERO; n];
+        self.backend.hash_blocks(&rot.keys, Tweaks::Sequential(tweak), &mut h);
+        Ok((rot.choices, h.iter().map(|v| low_u64(v) & 1 == 1).collect()))
+    }
+
     /// 1-of-N OT, sender side. `messages` holds `N = 2^log_n` messages of `width` bits per
     /// instance, instance-major (`messages[t·N + j]`).
     #[tracing::instrument(level = "debug", skip_all, fields(log_n, width))]

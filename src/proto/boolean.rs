@@ -5,8 +5,6 @@
 //! z = c ⊕ d·b ⊕ e·a ⊕ d·e (the last term added by the server only). Openings reveal nothing:
 //! a and b are uniform and used once.
 
-use rand::RngExt;
-
 use super::ProtoResult;
 use crate::net::Party;
 use crate::ot::{Ot, OtKind};
@@ -22,25 +20,26 @@ pub struct Triples {
 }
 
 impl Triples {
-    /// `n` fresh triples: each party draws its own a_p, b_p; the cross terms a_s·b_c and a_c·b_s
-    /// come from one 1-bit correlated OT each (sender Δ = its a, receiver choice = its b).
+    /// `n` fresh triples from two random bit-OTs each, one per direction: a random OT with
+    /// messages (m0, m1) and choice c gives m0 ⊕ m_c = (m0 ⊕ m1)·c, so the sender's a = m0 ⊕ m1
+    /// and the receiver's b = c have the product shared as (m0, m_c). The two cross terms
+    /// a_s·b_c and a_c·b_s come from the two directions; a_p·b_p is local. Nothing travels
+    /// beyond the OT extension itself.
     pub async fn generate(ot: &mut Ot, kind: OtKind, n: usize) -> ProtoResult<Triples> {
-        let mut rng = rand::make_rng::<rand::rngs::ChaCha20Rng>();
-        let a: Vec<bool> = (0..n).map(|_| rng.random()).collect();
-        let b: Vec<bool> = (0..n).map(|_| rng.random()).collect();
-        let deltas: Vec<u64> = a.iter().map(|&v| v as u64).collect();
         let (sent, received) = match ot.party() {
             Party::Server => {
-                let x = ot.cot_send(kind, &deltas, 1).await?;
-                (x, ot.cot_receive(kind, &b, 1).await?)
+                let s = ot.random_bits_send(kind, n).await?;
+                (s, ot.random_bits_receive(kind, n).await?)
             }
             Party::Client => {
-                let y = ot.cot_receive(kind, &b, 1).await?;
-                (ot.cot_send(kind, &deltas, 1).await?, y)
+                let r = ot.random_bits_receive(kind, n).await?;
+                (ot.random_bits_send(kind, n).await?, r)
             }
         };
-        let c = (0..n).map(|i| (a[i] & b[i]) ^ (sent[i] == 1) ^ (received[i] == 1)).collect();
-        Ok(Triples { a, b, c, used: 0 })
+        let (choices, chosen) = received;
+        let a: Vec<bool> = sent.iter().map(|m| m[0] ^ m[1]).collect();
+        let c = (0..n).map(|i| (a[i] & choices[i]) ^ sent[i][0] ^ chosen[i]).collect();
+        Ok(Triples { a, b: choices, c, used: 0 })
     }
 
     /// Triples not used yet.
