@@ -299,17 +299,10 @@ impl HeServer {
                 pending.extend(inputs.multiply(p, be, &t, b, ks));
                 let ready = if last { pending.len().div_ceil(group) } else { pending.len() / group };
                 let taken: Vec<Ciphertext> = pending.drain(..(ready * group).min(pending.len())).collect();
-                let mut members: Vec<Vec<Ciphertext>> = Vec::with_capacity(ready);
-                let mut it = taken.into_iter();
-                for _ in 0..ready {
-                    members.push(it.by_ref().take(group).collect());
-                }
                 let seeds: Vec<[u8; 32]> = (0..ready).map(|_| rng.random()).collect();
-                let members: Vec<std::sync::Mutex<Vec<Ciphertext>>> =
-                    members.into_iter().map(std::sync::Mutex::new).collect();
                 map_indexed(be, ready, |i| {
-                    let cts = std::mem::take(&mut *members[i].lock().unwrap_or_else(|e| e.into_inner()));
-                    self.respond(&t, next_group + i, cts, flood, &mut ChaCha20Rng::from_seed(seeds[i]))
+                    let members = &taken[i * group..((i + 1) * group).min(taken.len())];
+                    self.respond(&t, next_group + i, members, flood, &mut ChaCha20Rng::from_seed(seeds[i]))
                 })
                 .into_iter()
                 .collect()
@@ -352,14 +345,15 @@ impl HeServer {
 
     /// Merges a group of results into one ciphertext (coefficient form) when packing: X^-(d_w−1)
     /// moves each member's outputs to multiples of d_w = 2^pack, then the Galois keys merge them.
-    fn pack_group(&self, t: &Tiling, members: Vec<Ciphertext>) -> ProtoResult<Ciphertext> {
+    fn pack_group(&self, t: &Tiling, members: &[Ciphertext]) -> ProtoResult<Ciphertext> {
         let (p, be) = (&self.params, self.backend.as_ref());
         match &self.galois {
             Some(keys) if t.pack > 0 => {
                 let shift = 2 * p.degree() - (t.d_w - 1);
                 let mut slots: Vec<Option<Ciphertext>> = members
-                    .into_iter()
-                    .map(|mut c| {
+                    .iter()
+                    .map(|c| {
+                        let mut c = c.clone();
                         c.c0.to_coeff(p, be);
                         c.c1.to_coeff(p, be);
                         Some(Ciphertext { c0: c.c0.monomial_mul(p, shift), c1: c.c1.monomial_mul(p, shift) })
@@ -368,7 +362,7 @@ impl HeServer {
                 slots.resize(1 << t.pack, None);
                 Ok(keys.pack(p, slots, be)?)
             }
-            _ => members.into_iter().next().ok_or_else(|| ProtoError::Input("empty result group".into())),
+            _ => members.first().cloned().ok_or_else(|| ProtoError::Input("empty result group".into())),
         }
     }
 
@@ -378,7 +372,7 @@ impl HeServer {
         &self,
         t: &Tiling,
         g: usize,
-        members: Vec<Ciphertext>,
+        members: &[Ciphertext],
         flood: u32,
         rng: &mut ChaCha20Rng,
     ) -> ProtoResult<Response> {
@@ -637,7 +631,7 @@ mod tests {
         let inputs = Inputs::prepare(&p, be.as_ref(), &t, &seeded, None).unwrap_or_else(|e| panic!("{e}"));
         let results = inputs.multiply(&p, be.as_ref(), &t, &b, 0..64);
         let product = sk.noise_budget(&results[0], be.as_ref());
-        let mut packed = server.pack_group(&t, results).unwrap_or_else(|e| panic!("{e}"));
+        let mut packed = server.pack_group(&t, &results).unwrap_or_else(|e| panic!("{e}"));
         let after_pack = sk.noise_budget(&packed, be.as_ref());
         packed.rerandomize(&p, &server.pk, be.as_ref(), &mut rng).unwrap_or_else(|e| panic!("{e}"));
         packed.flood(&p, flood, be.as_ref(), &mut rng).unwrap_or_else(|e| panic!("{e}"));
