@@ -20,7 +20,8 @@ const BLOCK_BITS: u32 = 4;
 
 /// AND triples a comparison of `bits`-bit values needs, per value.
 pub fn triples_per_comparison(bits: u32) -> usize {
-    2 * (bits.div_ceil(BLOCK_BITS) as usize).saturating_sub(1)
+    // two per combination of blocks, minus the root's unused equality
+    (2 * (bits.div_ceil(BLOCK_BITS) as usize)).saturating_sub(3)
 }
 
 /// XOR shares of [x > y] for the server's `x` and the client's `y` (each party passes its own
@@ -106,26 +107,28 @@ pub async fn greater_than_many(
     };
     let n = n * per;
     let (mut gt, mut eq) = (gt, eq);
-    // combine adjacent blocks, least significant first, until one is left
+    // combine adjacent blocks, least significant first, until one is left; the root needs no
+    // equality bit
     let mut width = q;
     while width > 1 {
         let pairs = width / 2;
-        let (mut x, mut y) = (Vec::with_capacity(2 * n * pairs), Vec::with_capacity(2 * n * pairs));
+        let next = width.div_ceil(2);
+        let per_pair = if next == 1 { 1 } else { 2 };
+        let (mut x, mut y) = (Vec::with_capacity(per_pair * n * pairs), Vec::with_capacity(per_pair * n * pairs));
         for i in 0..n {
             for k in 0..pairs {
                 let (lo, hi) = (i * width + 2 * k, i * width + 2 * k + 1);
-                x.extend([eq[hi], eq[hi]]);
-                y.extend([gt[lo], eq[lo]]);
+                x.extend(&[eq[hi], eq[hi]][..per_pair]);
+                y.extend(&[gt[lo], eq[lo]][..per_pair]);
             }
         }
         let z = and(ot, triples, &x, &y).await?;
-        let next = width.div_ceil(2);
         let (mut ngt, mut neq) = (Vec::with_capacity(n * next), Vec::with_capacity(n * next));
         for i in 0..n {
             for k in 0..pairs {
-                let (hi, t) = (i * width + 2 * k + 1, 2 * (i * pairs + k));
+                let (hi, t) = (i * width + 2 * k + 1, per_pair * (i * pairs + k));
                 ngt.push(gt[hi] ^ z[t]);
-                neq.push(z[t + 1]);
+                neq.push(per_pair == 2 && z[t + 1]);
             }
             if width % 2 == 1 {
                 ngt.push(gt[i * width + width - 1]);
