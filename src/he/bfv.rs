@@ -14,7 +14,7 @@ use rand::rngs::ChaCha20Rng;
 use rand::{CryptoRng, SeedableRng};
 use zeroize::Zeroize;
 
-use super::poly::{Form, RnsPoly};
+use super::poly::{Form, RnsPoly, divide_by_prime};
 use super::{HeError, HeParams, HeResult};
 use crate::backend::{Backend, Prepared};
 
@@ -129,14 +129,8 @@ impl Ciphertext {
 
     /// Adds a plaintext: c0 += ⌊q'·m/t⌉ at the ciphertext's level q'.
     pub fn add_plain_assign(&mut self, params: &HeParams, pt: &Plaintext, backend: &dyn Backend) -> HeResult<()> {
-        let k = self.limbs(params);
-        let ctx = CrtContext::new(&params.moduli()[..k], params.plain_bits());
-        let mut dm = pt.scaled(params, &ctx, k);
-        if self.c0.form() == Form::Ntt {
-            dm.to_ntt(params, backend);
-        }
-        self.c0.add_assign(params, &dm);
-        Ok(())
+        let wide: Vec<u128> = pt.coeffs.iter().map(|&c| c as u128).collect();
+        self.add_wide_plain_assign(params, &wide, backend)
     }
 }
 
@@ -215,20 +209,10 @@ impl Ciphertext {
             )));
         }
         let last = params.moduli()[k - 1];
-        let (pk, half) = (last.value(), last.value() / 2);
         for c in [&mut self.c0, &mut self.c1] {
             c.to_coeff(params, backend);
             let (low, top) = c.limbs.split_at_mut((k - 1) * n);
-            for (limb, m) in low.chunks_exact_mut(n).zip(params.moduli()) {
-                let inv = m.inv(m.reduce(pk)).ok_or(HeError::Params("RNS primes must be distinct".into()))?;
-                let inv_shoup = m.shoup(inv);
-                let pk_mod = m.reduce(pk);
-                for (x, &v) in limb.iter_mut().zip(top.iter()) {
-                    // [v] centered in (−p_k/2, p_k/2], reduced mod p_i
-                    let v_mod = if v > half { m.sub(m.reduce(v), pk_mod) } else { m.reduce(v) };
-                    *x = m.mul_shoup(m.sub(*x, v_mod), inv, inv_shoup);
-                }
-            }
+            divide_by_prime(low, params.moduli(), top, &last);
             c.limbs.truncate((k - 1) * n);
         }
         Ok(())

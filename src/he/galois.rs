@@ -18,7 +18,7 @@ use rand::{CryptoRng, SeedableRng};
 use zeroize::Zeroize;
 
 use super::bfv::{Ciphertext, SecretKey};
-use super::poly::{Form, RnsPoly};
+use super::poly::{Form, RnsPoly, divide_by_prime};
 use super::{HeError, HeParams, HeResult};
 use crate::backend::{Backend, Prepared};
 use crate::ring::{pack_bits, packed_len, unpack_bits};
@@ -219,27 +219,15 @@ impl Ciphertext {
             backend.mul_acc(m, n, d, &key.rows[l], Prepared::W(&key.shoup[l]), &mut acc[l]);
             backend.ntt_inverse(table, &mut acc[l]);
         }
-        // divide by P with rounding: x ← (x − [x]_P) / P mod p_l
-        let special = ext[k];
-        let half = special.value() / 2;
-        let mut out = [c0, c1];
-        for (h, target) in out.iter_mut().enumerate() {
-            for (l, m) in p.moduli().iter().enumerate() {
-                let inv = m.inv(m.reduce(special.value())).unwrap_or(0);
-                let (inv_shoup, p_mod) = (m.shoup(inv), m.reduce(special.value()));
-                let top = &acc[k][h * n..(h + 1) * n];
-                let row = &acc[l][h * n..(h + 1) * n];
-                let dst = &mut target[l * n..(l + 1) * n];
-                for j in 0..n {
-                    let v = top[j];
-                    let v_mod = if v > half { m.sub(m.reduce(v), p_mod) } else { m.reduce(v) };
-                    let ks = m.mul_shoup(m.sub(row[j], v_mod), inv, inv_shoup);
-                    dst[j] = if h == 0 { m.add(dst[j], ks) } else { ks };
-                }
-            }
-        }
-        let [c0, c1] = out;
-        Ciphertext { c0: RnsPoly { limbs: c0, form: Form::Coeff }, c1: RnsPoly { limbs: c1, form: Form::Coeff } }
+        // divide by P with rounding, then (c0 + ks0, ks1)
+        let [ks0, ks1] = [0, 1].map(|h| {
+            let mut ks: Vec<u64> = acc[..k].iter().flat_map(|a| a[h * n..(h + 1) * n].iter().copied()).collect();
+            divide_by_prime(&mut ks, p.moduli(), &acc[k][h * n..(h + 1) * n], &ext[k]);
+            RnsPoly { limbs: ks, form: Form::Coeff }
+        });
+        let mut c0 = RnsPoly { limbs: c0, form: Form::Coeff };
+        c0.add_assign(p, &ks0);
+        Ciphertext { c0, c1: ks1 }
     }
 }
 
