@@ -20,18 +20,6 @@ use secmoe::proto::linear::{
 use secmoe::proto::tiling::MatShape;
 use secmoe::ring::{Share, reconstruct, share_secret};
 
-fn product(s: MatShape, a: &[u64], b: &[u64]) -> Vec<u64> {
-    let mut c = vec![0u64; s.n * s.m];
-    for i in 0..s.n {
-        for j in 0..s.d {
-            for k in 0..s.m {
-                c[i * s.m + k] = c[i * s.m + k].wrapping_add(a[i * s.d + j].wrapping_mul(b[j * s.m + k]));
-            }
-        }
-    }
-    c
-}
-
 /// Fixed-point-like weights: |w| < 2^20, both signs.
 fn weights(rng: &mut StdRng, count: usize) -> Vec<u64> {
     (0..count).map(|_| rng.random_range(-(1i64 << 20)..(1 << 20)) as u64).collect()
@@ -76,7 +64,13 @@ fn linear_layers_give_exact_shares_of_x_times_w_for_any_shape_and_tiling() {
                 linear_server(&hs, s.channel(), shape, &xs, &w, 20)
             );
             let y = reconstruct(&yc.unwrap(), &ys.unwrap()).unwrap();
-            assert_eq!(y, product(shape, &x, &w), "{shape} on {}: {:?}", net.name, tiling_for(&params, shape, &net));
+            assert_eq!(
+                y,
+                shape.plain_product(&x, &w),
+                "{shape} on {}: {:?}",
+                net.name,
+                tiling_for(&params, shape, &net)
+            );
         }
         assert!(packs.contains(&0) && packs.len() >= 4, "packing levels exercised: {packs:?}");
     });
@@ -95,7 +89,7 @@ fn products_of_two_shared_matrices_are_exact() {
             matmul_shared_client(&hc, c.channel(), shape, &xc, &yc),
             matmul_shared_server(&hs, s.channel(), shape, &xs, &ys)
         );
-        assert_eq!(reconstruct(&zc.unwrap(), &zs.unwrap()).unwrap(), product(shape, &x, &y));
+        assert_eq!(reconstruct(&zc.unwrap(), &zs.unwrap()).unwrap(), shape.plain_product(&x, &y));
     });
 }
 

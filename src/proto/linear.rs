@@ -25,7 +25,6 @@ use std::sync::Arc;
 
 use rand::rngs::ChaCha20Rng;
 use rand::{CryptoRng, RngExt, SeedableRng};
-use rayon::prelude::*;
 use tracing::instrument;
 
 use super::tiling::{MatShape, Tiling, TilingCost};
@@ -532,20 +531,6 @@ pub async fn linear_server(
     Ok(r.into_iter().map(Share::from_raw).collect())
 }
 
-/// Local product of two plain matrices over Z_2^64.
-fn local_product(shape: MatShape, a: &[u64], b: &[u64]) -> Vec<u64> {
-    let mut c = vec![0u64; shape.n * shape.m];
-    c.par_chunks_mut(shape.m).enumerate().for_each(|(i, row)| {
-        for j in 0..shape.d {
-            let aij = a[i * shape.d + j];
-            for (dst, &bjk) in row.iter_mut().zip(&b[j * shape.m..(j + 1) * shape.m]) {
-                *dst = dst.wrapping_add(aij.wrapping_mul(bjk));
-            }
-        }
-    });
-    c
-}
-
 fn transpose(rows: usize, cols: usize, a: &[u64]) -> Vec<u64> {
     let mut t = vec![0u64; rows * cols];
     for i in 0..rows {
@@ -569,7 +554,7 @@ pub async fn matmul_shared_client(
     let first = he.product(ch, shape, x).await?;
     let flipped = MatShape { n: shape.m, d: shape.d, m: shape.n };
     let second = he.product(ch, flipped, &transpose(shape.d, shape.m, y)).await?;
-    let local = local_product(shape, x, y);
+    let local = shape.plain_product(x, y);
     let second = transpose(shape.m, shape.n, &second);
     Ok((0..shape.n * shape.m)
         .map(|i| Share::from_raw(first[i].wrapping_add(second[i]).wrapping_add(local[i])))

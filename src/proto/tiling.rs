@@ -20,6 +20,24 @@ pub struct MatShape {
     pub m: usize,
 }
 
+impl MatShape {
+    /// The product A·B over Z_2^64 in the clear (row-major A: n×d, B: d×m): a party's local
+    /// term, and the plaintext reference of the protocols.
+    pub fn plain_product(&self, a: &[u64], b: &[u64]) -> Vec<u64> {
+        use rayon::prelude::*;
+        let mut c = vec![0u64; self.n * self.m];
+        c.par_chunks_mut(self.m.max(1)).enumerate().for_each(|(i, row)| {
+            for j in 0..self.d {
+                let aij = a[i * self.d + j];
+                for (dst, &bjk) in row.iter_mut().zip(&b[j * self.m..(j + 1) * self.m]) {
+                    *dst = dst.wrapping_add(aij.wrapping_mul(bjk));
+                }
+            }
+        });
+        c
+    }
+}
+
 impl std::fmt::Display for MatShape {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}×{} · {}×{}", self.n, self.d, self.d, self.m)
@@ -191,18 +209,6 @@ mod tests {
     use crate::he::negacyclic_mod_2_64;
     use proptest::prelude::*;
 
-    fn plain_product(s: MatShape, a: &[u64], b: &[u64]) -> Vec<u64> {
-        let mut c = vec![0u64; s.n * s.m];
-        for i in 0..s.n {
-            for j in 0..s.d {
-                for k in 0..s.m {
-                    c[i * s.m + k] = c[i * s.m + k].wrapping_add(a[i * s.d + j].wrapping_mul(b[j * s.m + k]));
-                }
-            }
-        }
-        c
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(40))]
         #[test]
@@ -217,7 +223,7 @@ mod tests {
             let mut next = move || { x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); x };
             let a: Vec<u64> = (0..n * d).map(|_| next()).collect();
             let b: Vec<u64> = (0..d * m).map(|_| next()).collect();
-            let want = plain_product(s, &a, &b);
+            let want = s.plain_product(&a, &b);
             let (ti_count, tj_count, tk_count) = t.tile_counts();
             let mut got = vec![0u64; n * m];
             for ti in 0..ti_count {
