@@ -99,10 +99,10 @@ impl Modulus {
         (q, r)
     }
 
-    /// `x mod p` for any u64.
+    /// `x mod p` for any u64 (Barrett, without a division, for primes above 2^32).
     #[inline]
     pub fn reduce(&self, x: u64) -> u64 {
-        x % self.p
+        self.reduce_u128(x as u128)
     }
 
     /// Shoup's constant for multiplying by `w < p`: `⌊w · 2^64 / p⌋`.
@@ -267,6 +267,7 @@ mod tests {
             let p = ntt_primes(bits, 1024, 1).unwrap_or_default()[0];
             let m = Modulus::new(p).unwrap_or_else(|e| panic!("{e}"));
             prop_assert_eq!(m.reduce_u128(x) as u128, x % p as u128);
+            prop_assert_eq!(m.reduce(x as u64), (x as u64) % p);
             let small = x % (p as u128 * p as u128);
             prop_assert_eq!(m.div_rem(small), (small / p as u128, (small % p as u128) as u64));
             let w = w % p;
