@@ -122,7 +122,7 @@ fn and_b2a_and_mux_match_plaintext() {
 #[test]
 fn products_are_exact_and_truncation_stays_within_one_unit() {
     use secmoe::net::Party;
-    use secmoe::proto::arith::{mul, truncate};
+    use secmoe::proto::arith::{mul, truncate_local};
     common::runtime().block_on(async {
         let (_c, mut oc, _s, mut os) = common::ot_pair().await;
         let mut rng = StdRng::seed_from_u64(4);
@@ -138,7 +138,8 @@ fn products_are_exact_and_truncation_stays_within_one_unit() {
         for _ in 0..100_000 {
             let v = rng.random_range(-(1i64 << 40)..(1i64 << 40));
             let (s, c) = add_share(&[v as u64], &mut rng);
-            let t = truncate(Party::Server, &s, 18)[0].wrapping_add(truncate(Party::Client, &c, 18)[0]) as i64;
+            let t =
+                truncate_local(Party::Server, &s, 18)[0].wrapping_add(truncate_local(Party::Client, &c, 18)[0]) as i64;
             let floor = v >> 18;
             assert!(t == floor || t == floor + 1, "{v}: {t} vs {floor}");
         }

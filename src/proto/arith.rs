@@ -2,54 +2,133 @@
 //! truncation that follows a fixed-point product.
 //!
 //! Products (Gilboa's OT multiplication): x·y = x_s·y_s + x_c·y_c + x_s·y_c + x_c·y_s. Each cross
-//! term a·b with a held by one party and b by the other comes from 64 correlated OTs: the holder
-//! of b chooses with its bits b_j, the holder of a sends Δ_j = a·2^j, and Σ_j of the received
-//! values minus Σ_j of the sender's is a·b.
+//! term a·b with a held by one party and b by the other comes from one correlated OT per bit of
+//! b: the holder of b chooses with its bits b_j, the holder of a sends Δ_j = a·2^j, and Σ_j of the
+//! received values minus Σ_j of the sender's is a·b. A b of fewer bits (a share in a smaller
+//! ring) needs fewer OTs.
 //!
-//! Truncation (SecureML, Mohassel–Zhang S&P 2017), local: with shares read as integers in
-//! [0, 2^64), the server takes ⌊x_s / 2^f⌋ and the client 2^64 − ⌊(2^64 − x_c) / 2^f⌋. Error
-//! model: if |x| < 2^k (x read as signed), the result is ⌊x/2^f⌋ or ⌊x/2^f⌋ + 1, except with
-//! probability at most 2^(k+1−64) per value, when it is off by about 2^(64−f). A product of two
-//! fixed-point values below 2^8 in real terms (18 fractional bits) has k ≤ 53: 2^-10 per value;
-//! products of values below 1 (k ≤ 37) fail with probability 2^-26. The protocols that cannot
-//! take that risk truncate exactly with a carry comparison ([`super::compare`]).
+//! Truncation with a known top bit (Cheetah, Huang et al. USENIX Security 2022): for a value Y
+//! shared mod 2^m with |Y| < 2^(m−2), Y' = Y + 2^(m−2) lies in [0, 2^(m−1)), so the shares wrap
+//! (Y'_s + Y'_c ≥ 2^m) exactly when either share has its top bit set. Then
+//! ⌊Y'/2^f⌋ = (Y'_s ≫ f) + (Y'_c ≫ f) − 2^(m−f)·(a ∨ b) + carry, with a, b the shares' top bits
+//! and carry ∈ {0, 1} from the low f bits. Dropping the carry gives ⌊Y/2^f⌋ or one less — never a
+//! large error — at the price of one correlated OT for a ∧ b. The same step lifts shares mod
+//! 2^m to shares mod 2^64. [`truncate_local`] (SecureML) needs no message but fails with a small
+//! probability; it is what the protocols use only where the failure cannot happen (values reduced
+//! to a smaller ring first).
 
-use super::ProtoResult;
+use rand::RngExt;
+
+use super::{ProtoError, ProtoResult};
 use crate::net::Party;
 use crate::ot::{Ot, OtKind};
+use crate::ring::mask;
 
 /// Shares of x ⊙ y (element-wise, mod 2^64) for shared x and y; 128 correlated OTs per element.
 pub async fn mul(ot: &mut Ot, kind: OtKind, x: &[u64], y: &[u64]) -> ProtoResult<Vec<u64>> {
     if x.len() != y.len() {
-        return Err(super::ProtoError::Input(format!("product of {} and {} values", x.len(), y.len())));
+        return Err(ProtoError::Input(format!("product of {} and {} values", x.len(), y.len())));
     }
     // cross term 1: the server's x times the client's y; cross term 2: the client's x times the
     // server's y. The party sending a term holds `a`, the one choosing holds `b`.
     let (first, second) = match ot.party() {
-        Party::Server => (cross_send(ot, kind, x).await?, cross_receive(ot, kind, y).await?),
-        Party::Client => (cross_receive(ot, kind, y).await?, cross_send(ot, kind, x).await?),
+        Party::Server => (cross_send(ot, kind, x, 64, 64).await?, cross_receive(ot, kind, y, 64, 64).await?),
+        Party::Client => (cross_receive(ot, kind, y, 64, 64).await?, cross_send(ot, kind, x, 64, 64).await?),
     };
     Ok((0..x.len()).map(|i| x[i].wrapping_mul(y[i]).wrapping_add(first[i]).wrapping_add(second[i])).collect())
 }
 
-/// The sender's share (−Σ_j r_j) of a·b, for its own `a`.
-async fn cross_send(ot: &mut Ot, kind: OtKind, a: &[u64]) -> ProtoResult<Vec<u64>> {
-    let deltas: Vec<u64> = a.iter().flat_map(|&v| (0..64).map(move |j| v << j)).collect();
-    let r = ot.cot_send(kind, &deltas, 64).await?;
-    Ok(r.chunks_exact(64).map(|c| c.iter().fold(0u64, |s, v| s.wrapping_sub(*v))).collect())
+/// Shares of x² (mod 2^64) for shared x: x_s² + x_c² + 2·x_s·x_c, one cross term (64 correlated
+/// OTs per element, half of [`mul`]).
+pub async fn square(ot: &mut Ot, kind: OtKind, x: &[u64]) -> ProtoResult<Vec<u64>> {
+    let doubled: Vec<u64> = x.iter().map(|v| v.wrapping_mul(2)).collect();
+    let cross = match ot.party() {
+        Party::Server => cross_send(ot, kind, &doubled, 64, 64).await?,
+        Party::Client => cross_receive(ot, kind, x, 64, 64).await?,
+    };
+    Ok(x.iter().zip(cross).map(|(v, c)| v.wrapping_mul(*v).wrapping_add(c)).collect())
 }
 
-/// The chooser's share (Σ_j r_j + b_j·a·2^j) of a·b, for its own `b`.
-async fn cross_receive(ot: &mut Ot, kind: OtKind, b: &[u64]) -> ProtoResult<Vec<u64>> {
-    let choices: Vec<bool> = b.iter().flat_map(|&v| (0..64).map(move |j| (v >> j) & 1 == 1)).collect();
-    let got = ot.cot_receive(kind, &choices, 64).await?;
-    Ok(got.chunks_exact(64).map(|c| c.iter().fold(0u64, |s, v| s.wrapping_add(*v))).collect())
+/// The sender's share (−Σ_j r_j mod 2^width) of a·b, for its own `a` and the other party's
+/// `b_bits`-bit `b` ([`cross_receive`]).
+pub(crate) async fn cross_send(ot: &mut Ot, kind: OtKind, a: &[u64], b_bits: u32, width: u32) -> ProtoResult<Vec<u64>> {
+    let deltas: Vec<u64> = a.iter().flat_map(|&v| (0..b_bits).map(move |j| v << j)).collect();
+    let r = ot.cot_send(kind, &deltas, width).await?;
+    Ok(r.chunks_exact(b_bits as usize).map(|c| c.iter().fold(0u64, |s, v| s.wrapping_sub(*v)) & mask(width)).collect())
 }
 
-/// Local truncation by `f` bits (see the module's error model).
-pub fn truncate(party: Party, shares: &[u64], f: u32) -> Vec<u64> {
+/// The chooser's share (Σ_j r_j + b_j·a·2^j mod 2^width) of a·b, for its own `b` (below
+/// 2^b_bits).
+pub(crate) async fn cross_receive(
+    ot: &mut Ot,
+    kind: OtKind,
+    b: &[u64],
+    b_bits: u32,
+    width: u32,
+) -> ProtoResult<Vec<u64>> {
+    let choices: Vec<bool> = b.iter().flat_map(|&v| (0..b_bits).map(move |j| (v >> j) & 1 == 1)).collect();
+    let got = ot.cot_receive(kind, &choices, width).await?;
+    Ok(got
+        .chunks_exact(b_bits as usize)
+        .map(|c| c.iter().fold(0u64, |s, v| s.wrapping_add(*v)) & mask(width))
+        .collect())
+}
+
+/// Faithful truncation by `f` bits of shared values with |x| < 2^62: shares of ⌊x/2^f⌋ or
+/// ⌊x/2^f⌋ − 1, never more wrong (see the module notes); one correlated OT of f bits per value.
+pub async fn truncate(ot: &mut Ot, kind: OtKind, shares: &[u64], f: u32) -> ProtoResult<Vec<u64>> {
+    truncate_extend(ot, kind, shares, 64, f).await
+}
+
+/// Shares mod 2^64 of ⌊Y/2^f⌋ (or one less) for Y shared mod 2^`bits` with |Y| < 2^(bits−2):
+/// truncation and extension to the full ring in one step (see the module notes). Shares are
+/// read modulo 2^`bits` (higher bits are ignored).
+pub async fn truncate_extend(ot: &mut Ot, kind: OtKind, shares: &[u64], bits: u32, f: u32) -> ProtoResult<Vec<u64>> {
+    if !(3..=64).contains(&bits) || f >= bits - 1 {
+        return Err(ProtoError::Input(format!("truncation by {f} bits of {bits}-bit values")));
+    }
+    let server = ot.party() == Party::Server;
+    let offset = 1u64 << (bits - 2);
+    let high = bits - f; // the wrap weighs 2^high after the shift
+    let (tops, own): (Vec<bool>, Vec<u64>) = shares
+        .iter()
+        .map(|&v| {
+            let v = if server { v.wrapping_add(offset) } else { v } & mask(bits);
+            let top = v >> (bits - 1) == 1;
+            let wrap = if top && high < 64 { 1u64 << high } else { 0 };
+            (top, (v >> f).wrapping_sub(wrap))
+        })
+        .unzip();
+    // a ∧ b weighs 2^high, so only its value mod 2^(64 − high) matters
+    let both = if high >= 64 {
+        vec![0; shares.len()]
+    } else {
+        let width = 64 - high;
+        let and = if server {
+            let deltas: Vec<u64> = tops.iter().map(|&a| a as u64).collect();
+            ot.cot_send(kind, &deltas, width).await?.iter().map(|x| x.wrapping_neg()).collect::<Vec<_>>()
+        } else {
+            ot.cot_receive(kind, &tops, width).await?
+        };
+        and.into_iter().map(|v| v << high).collect()
+    };
+    let unshift = if server { offset >> f } else { 0 };
+    Ok(own.iter().zip(both).map(|(o, b)| o.wrapping_add(b).wrapping_sub(unshift)).collect())
+}
+
+/// Local truncation by `f` bits (SecureML, Mohassel–Zhang S&P 2017): the server takes
+/// ⌊x_s / 2^f⌋ and the client 2^64 − ⌊(2^64 − x_c) / 2^f⌋. If |x| < 2^k (x read as signed), the
+/// result is ⌊x/2^f⌋ or ⌊x/2^f⌋ + 1, except with probability at most 2^(k+1−64) per value, when
+/// it is off by about 2^(64−f).
+pub fn truncate_local(party: Party, shares: &[u64], f: u32) -> Vec<u64> {
     match party {
         Party::Server => shares.iter().map(|&v| v >> f).collect(),
         Party::Client => shares.iter().map(|&v| (v.wrapping_neg() >> f).wrapping_neg()).collect(),
     }
+}
+
+/// A fresh uniform mask per value, below 2^bits (the sender's share in table lookups).
+pub(crate) fn masks(n: usize, bits: u32) -> Vec<u64> {
+    let mut rng = rand::make_rng::<rand::rngs::ChaCha20Rng>();
+    (0..n).map(|_| rng.random::<u64>() & mask(bits)).collect()
 }

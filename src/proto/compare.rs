@@ -235,3 +235,50 @@ pub async fn mux(ot: &mut Ot, kind: OtKind, bits: &[bool], shares: &[u64]) -> Pr
     // own term b_p·x_p − x (as sender) plus the other party's term (as receiver)
     Ok((0..bits.len()).map(|i| (if bits[i] { shares[i] } else { 0 }).wrapping_sub(x[i]).wrapping_add(y[i])).collect())
 }
+
+/// Most bits of one link of [`carry`]'s chain (a 1-of-2^(m+1) OT with its carry-in).
+const CARRY_LINK_BITS: u32 = 5;
+
+/// XOR shares of the carry [x_s + x_c ≥ 2^bits] out of the low `bits` bits of each party's
+/// value (`mine`, read mod 2^bits): a ripple-carry chain of lookups, least significant chunk
+/// first. Link i is a 1-of-2^(m_i+1) OT, the server as sender, the client choosing with its m_i
+/// bits and its share of the carry into the chunk; the server's table holds
+/// [x_s,i + v + (c_s ⊕ c_c) ≥ 2^m_i] ⊕ r_i. `bits` + (links − 1) random OTs per value, one round
+/// per link, no AND gates.
+pub async fn carry(ot: &mut Ot, kind: OtKind, mine: &[u64], bits: u32) -> ProtoResult<Vec<bool>> {
+    if !(1..=64).contains(&bits) {
+        return Err(ProtoError::Input(format!("carry out of {bits} bits")));
+    }
+    let links = bits.div_ceil(CARRY_LINK_BITS);
+    let server = ot.party() == Party::Server;
+    let mut shares = vec![false; mine.len()];
+    let mut low = 0;
+    for link in 0..links {
+        // spread the bits evenly over the links
+        let m = (bits - low).div_ceil(links - link);
+        let chunk = |v: u64| (v >> low) & ((1u64 << m) - 1);
+        let with_in = link > 0;
+        let log_n = m + with_in as u32;
+        if server {
+            let r = super::arith::masks(mine.len(), 1);
+            let mut table = Vec::with_capacity(mine.len() << log_n);
+            for (i, &v) in mine.iter().enumerate() {
+                let own = chunk(v);
+                table.extend((0..1u64 << log_n).map(|choice| {
+                    let carry_in = with_in && ((choice >> m) == 1) ^ shares[i];
+                    let sum = own + (choice & ((1 << m) - 1)) + carry_in as u64;
+                    ((sum >> m) & 1) ^ r[i]
+                }));
+            }
+            ot.one_of_n_send(kind, log_n, 1, &table).await?;
+            shares = r.iter().map(|&b| b == 1).collect();
+        } else {
+            let choices: Vec<u32> =
+                mine.iter().zip(&shares).map(|(&v, &c)| (chunk(v) | ((c as u64) << m)) as u32).collect();
+            let got = ot.one_of_n_receive(kind, log_n, 1, &choices).await?;
+            shares = got.iter().map(|&b| b == 1).collect();
+        }
+        low += m;
+    }
+    Ok(shares)
+}

@@ -1,11 +1,12 @@
 //! Two-party protocols over secret shares: the HE matrix products of the linear layers
 //! ([`linear`]), and the OT-based building blocks of the non-linear layers ([`arith`],
-//! [`boolean`], [`compare`]; in progress).
+//! [`boolean`], [`compare`]) and the activations built on them ([`piecewise`]).
 
 pub mod arith;
 pub mod boolean;
 pub mod compare;
 pub mod linear;
+pub mod piecewise;
 pub mod tiling;
 
 use thiserror::Error;

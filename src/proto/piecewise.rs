@@ -1,0 +1,539 @@
+//! Piecewise-quadratic activations (GeLU, SiLU) over shares, by Select-Then-Compute (SecMoE,
+//! Protocol 2) and by the baseline that evaluates every piece and multiplexes (BumbleBee).
+//!
+//! A [`Piecewise`] function has K pieces of width 2^w starting at `start`: a left tail (x below
+//! `start`), K − 2 quadratics, a right tail. Piece i evaluates y = α_i·d² + β_i·x + γ_i with
+//! d = x − mid_i, the distance from the piece's midpoint (|d| ≤ 2^(w−1), so d² is small and can
+//! be computed at a reduced width); the tails are linear (0 and x for GeLU and SiLU).
+//!
+//! **Select-Then-Compute** ([`evaluate`]), for x in fixed point (f = 18) with |x| bounded
+//! (`Piecewise::input_range`, the precondition):
+//! 1. Both parties shift x by a public constant so it is positive, reduce their shares mod
+//!    2^(f+R+1) and truncate them locally to k = 8 fractional bits (H = ⌊G/2^t⌋ or one less:
+//!    in a ring reduced this way the local truncation cannot fail).
+//! 2. H splits into the piece number (high bits) and the position in the piece (low k+w bits);
+//!    the carry between them comes from a chain of lookups ([`super::compare::carry`]).
+//! 3. One lookup (1-of-2^(R+2−w) OT on the client's high bits and carry share) gives shares of
+//!    the piece index i mod 2^⌈log2 K⌉: the one-hot selection vector in compact form.
+//! 4. d² once, from the low bits and the carry: one cross term of k+w bits and two correlated
+//!    OTs for the carry's terms.
+//! 5. Selection and computation in one step: each party obtains, by a 1-of-2^⌈log2 K⌉ OT on its
+//!    own index share, the other party's masked term θ_i·(d²_p, x_p, 1) — the masked row of the
+//!    coefficient matrix times that party's shares. Rows of zero coefficients contribute nothing.
+//! 6. One truncation-with-extension back to Z_2^64 ([`super::arith::truncate_extend`]).
+//!
+//! Error model (against [`Piecewise::reference`], the same fixed-point arithmetic computed in
+//! the clear): H can be one unit lower than its floor, which moves d by 2^-k or, at a piece
+//! boundary, picks the neighbouring piece at its edge; the final truncation can be one unit
+//! (2^-18) low. [`Piecewise::protocol_bound`] states the resulting bound. Outside the input range
+//! the shifted value wraps and the result is wrong: callers bound their activations.
+//!
+//! **Baseline** ([`evaluate_baseline`]): K − 1 breakpoint comparisons ([`super::compare::at_least`]),
+//! the one-hot vector by XOR of neighbours, x² by a full-width product, every piece's polynomial
+//! locally, K multiplexers and one truncation.
+
+use super::arith::{cross_receive, cross_send, masks, square, truncate, truncate_extend};
+use super::boolean::Triples;
+use super::compare::{at_least, carry, mux, triples_per_comparison};
+use super::{ProtoError, ProtoResult};
+use crate::net::Party;
+use crate::ot::{Ot, OtKind};
+use crate::ring::{DEFAULT_FRAC_BITS, mask};
+
+/// Fractional bits of x on input and y on output.
+const FRAC: u32 = DEFAULT_FRAC_BITS;
+/// Fractional bits of d (the in-piece offset) when it is squared.
+const D_BITS: u32 = 8;
+/// Fractional bits of the accumulated result before the final truncation.
+const ACC_BITS: u32 = 34;
+/// Fractional bits of the expanded coefficients in the baseline.
+const BASE_COEF_BITS: u32 = 24;
+
+/// One piece: y = α·d² + β·x + γ with d = x − (the piece's midpoint).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Piece {
+    /// Coefficient of d².
+    pub alpha: f64,
+    /// Coefficient of x.
+    pub beta: f64,
+    /// Constant term.
+    pub gamma: f64,
+}
+
+impl Piece {
+    const ZERO: Piece = Piece { alpha: 0.0, beta: 0.0, gamma: 0.0 };
+    const IDENTITY: Piece = Piece { alpha: 0.0, beta: 1.0, gamma: 0.0 };
+
+    /// Fixed-point coefficients (A, B, C) with y·2^ACC = A·D² + B·X + C for D = d·2^k, X = x·2^f.
+    fn fixed(&self) -> (i64, i64, i64) {
+        let q = |v: f64, bits: u32| (v * (1u64 << bits) as f64).round() as i64;
+        (q(self.alpha, ACC_BITS - 2 * D_BITS), q(self.beta, ACC_BITS - FRAC), q(self.gamma, ACC_BITS))
+    }
+}
+
+/// A piecewise-quadratic approximation of an activation function.
+#[derive(Debug, Clone)]
+pub struct Piecewise {
+    name: &'static str,
+    exact: fn(f64) -> f64,
+    /// Left end of the first quadratic piece (an integer).
+    start: i64,
+    /// log2 of the pieces' width.
+    width_log2: u32,
+    /// [left tail, quadratics…, right tail].
+    pieces: Vec<Piece>,
+    /// Inputs must satisfy −2^R ≤ x + lift < 2^R (see [`Piecewise::input_range`]).
+    range_bits: u32,
+}
+
+fn gelu_exact(x: f64) -> f64 {
+    0.5 * x * (1.0 + libm_erf(x / std::f64::consts::SQRT_2))
+}
+
+fn silu_exact(x: f64) -> f64 {
+    x / (1.0 + (-x).exp())
+}
+
+/// erf by Abramowitz–Stegun 7.1.26 is too coarse for a reference; this is the series/continued
+/// fraction pair with |error| < 1e-15.
+fn libm_erf(x: f64) -> f64 {
+    if x.abs() < 2.5 {
+        // Maclaurin series
+        let mut sum = x;
+        let mut term = x;
+        let x2 = x * x;
+        for n in 1..80 {
+            term *= -x2 / n as f64;
+            let add = term / (2 * n + 1) as f64;
+            sum += add;
+            if add.abs() < 1e-17 {
+                break;
+            }
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    } else {
+        // erfc by its continued fraction (Lentz)
+        let z = x.abs();
+        let mut f = z;
+        let mut c = z;
+        let mut d = 0.0;
+        for n in 1..200 {
+            let a = n as f64 / 2.0;
+            d = z + a * d;
+            d = 1.0 / d;
+            c = z + a / c;
+            let delta = c * d;
+            f *= delta;
+            if (delta - 1.0).abs() < 1e-16 {
+                break;
+            }
+        }
+        let erfc = (-z * z).exp() / (f * std::f64::consts::PI.sqrt());
+        (1.0 - erfc).copysign(x)
+    }
+}
+
+impl Piecewise {
+    /// GeLU (erf form): 0 below −5, quadratics on [−5, −3), [−3, −1), [−1, 1), [1, 3), x from 3 on
+    /// (the SecMoE paper's segments); |x| < 63.
+    pub fn gelu() -> Piecewise {
+        Piecewise::fit("gelu", gelu_exact, -5, 1, 4, Piece::ZERO, Piece::IDENTITY, 6)
+    }
+
+    /// SiLU (x·σ(x)): the same odd-integer breakpoints, further out because SiLU approaches its
+    /// tails more slowly (at −5 it is still −0.033): 0 below −7, seven quadratics on [−7, 7), x
+    /// from 7 on; |x| < 63.
+    pub fn silu() -> Piecewise {
+        Piecewise::fit("silu", silu_exact, -7, 1, 7, Piece::ZERO, Piece::IDENTITY, 6)
+    }
+
+    /// Least-squares fit of α·d² + β·x + γ on each quadratic piece (4096 points per piece,
+    /// minimax-refined by iteratively reweighted least squares).
+    #[allow(clippy::too_many_arguments)]
+    fn fit(
+        name: &'static str,
+        exact: fn(f64) -> f64,
+        start: i64,
+        width_log2: u32,
+        quadratics: usize,
+        left: Piece,
+        right: Piece,
+        range_bits: u32,
+    ) -> Piecewise {
+        let width = (1u64 << width_log2) as f64;
+        let mut pieces = vec![left];
+        for q in 0..quadratics {
+            let lo = start as f64 + q as f64 * width;
+            let mid = lo + width / 2.0;
+            pieces.push(fit_piece(exact, lo, width, mid));
+        }
+        pieces.push(right);
+        Piecewise { name, exact, start, width_log2, pieces, range_bits }
+    }
+
+    /// The function's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Number of pieces K (tails included).
+    pub fn pieces(&self) -> &[Piece] {
+        &self.pieces
+    }
+
+    /// The exact function (f64).
+    pub fn exact(&self, x: f64) -> f64 {
+        (self.exact)(x)
+    }
+
+    /// The approximation in real arithmetic.
+    pub fn approx(&self, x: f64) -> f64 {
+        let i = self.piece_of(x);
+        let p = self.pieces[i];
+        p.alpha * (x - self.mid(i)).powi(2) + p.beta * x + p.gamma
+    }
+
+    /// Inputs the protocols accept: [lo, hi).
+    pub fn input_range(&self) -> (f64, f64) {
+        let lift = self.lift() as f64;
+        let r = (1u64 << self.range_bits) as f64;
+        (-lift + 2f64.powi(-(D_BITS as i32) + 1), 2.0 * r - lift)
+    }
+
+    fn piece_of(&self, x: f64) -> usize {
+        let j = ((x - self.start as f64) / (1u64 << self.width_log2) as f64).floor();
+        (j + 1.0).clamp(0.0, (self.pieces.len() - 1) as f64) as usize
+    }
+
+    fn mid(&self, i: usize) -> f64 {
+        let width = (1u64 << self.width_log2) as f64;
+        self.start as f64 + (i as f64 - 1.0) * width + width / 2.0
+    }
+
+    /// Public shift making every accepted input positive, aligned so that `start + lift` is a
+    /// multiple of the piece width: 2^R + ((−start) mod 2^w).
+    fn lift(&self) -> i64 {
+        (1i64 << self.range_bits) + (-self.start).rem_euclid(1 << self.width_log2)
+    }
+
+    fn index_bits(&self) -> u32 {
+        (self.pieces.len() as u32).next_power_of_two().trailing_zeros()
+    }
+
+    /// Bits of the ring the selected terms are summed in: |Y| < 2^(R+1+ACC) ≤ 2^(bits−2).
+    fn sum_bits(&self) -> u32 {
+        self.range_bits + ACC_BITS + 3
+    }
+
+    /// Piece index from the high part h = ⌊(x + lift)/2^w⌋.
+    fn index_of_high(&self, high: u64) -> u64 {
+        let base = (self.start + self.lift()) >> self.width_log2;
+        (high as i64 - base + 1).clamp(0, self.pieces.len() as i64 - 1) as u64
+    }
+
+    /// The protocol's arithmetic in the clear, with exact floors: X = x·2^18 → y·2^18.
+    pub fn reference(&self, x: u64) -> u64 {
+        let (ring, t, lo_bits) = self.layout();
+        let g = x.wrapping_add((self.lift() as u64) << FRAC) & mask(ring);
+        let h = g >> t;
+        let (lo, hi) = (h & mask(lo_bits), h >> lo_bits);
+        let i = self.index_of_high(hi) as usize;
+        let d = lo as i64 - (1i64 << (lo_bits - 1)) + 1;
+        let (a, b, c) = self.pieces[i].fixed();
+        let y = a as i128 * (d * d) as i128 + b as i128 * (x as i64) as i128 + c as i128;
+        (y >> (ACC_BITS - FRAC)) as i64 as u64
+    }
+
+    /// (bits of the shifted value's ring, local truncation, bits of the in-piece position).
+    fn layout(&self) -> (u32, u32, u32) {
+        (FRAC + self.range_bits + 1, FRAC - D_BITS, D_BITS + self.width_log2)
+    }
+
+    /// Bound (in real units) on |protocol − reference| from the two one-unit truncation errors
+    /// (module notes): one unit of D changes d² by at most (2^w + 2^-k)·2^-k, weighed by the
+    /// largest |α|; a piece change at a boundary costs the largest jump between neighbouring
+    /// pieces there; the final truncation 2^-18.
+    pub fn protocol_bound(&self) -> f64 {
+        let k = 2f64.powi(-(D_BITS as i32));
+        let width = (1u64 << self.width_log2) as f64;
+        let step = self.pieces.iter().map(|p| p.alpha.abs() * (width + k) * k).fold(0.0, f64::max);
+        let jump = (1..self.pieces.len())
+            .map(|i| {
+                let b = self.start as f64 + (i as f64 - 1.0) * width;
+                let (l, r) = (self.pieces[i - 1], self.pieces[i]);
+                let at = |p: Piece, mid: f64| p.alpha * (b - mid).powi(2) + p.beta * b + p.gamma;
+                (at(l, self.mid(i - 1)) - at(r, self.mid(i))).abs()
+            })
+            .fold(0.0, f64::max);
+        2.0 * step + jump + 2.0 * 2f64.powi(-(FRAC as i32))
+    }
+}
+
+/// Least-squares fit of α·(x−mid)² + β·x + γ to `exact` on [lo, lo + width), refined towards the
+/// minimax fit by reweighting (Lawson's algorithm).
+fn fit_piece(exact: fn(f64) -> f64, lo: f64, width: f64, mid: f64) -> Piece {
+    const POINTS: usize = 4096;
+    let xs: Vec<f64> = (0..POINTS).map(|j| lo + width * (j as f64 + 0.5) / POINTS as f64).collect();
+    let ys: Vec<f64> = xs.iter().map(|&x| exact(x)).collect();
+    let mut weights = vec![1.0 / POINTS as f64; POINTS];
+    let mut best = Piece::ZERO;
+    for _ in 0..60 {
+        let mut m = [[0.0f64; 3]; 3];
+        let mut v = [0.0f64; 3];
+        for ((&x, &y), &w) in xs.iter().zip(&ys).zip(&weights) {
+            let basis = [(x - mid).powi(2), x, 1.0];
+            for r in 0..3 {
+                for c in 0..3 {
+                    m[r][c] += w * basis[r] * basis[c];
+                }
+                v[r] += w * basis[r] * y;
+            }
+        }
+        let [alpha, beta, gamma] = solve3(m, v);
+        best = Piece { alpha, beta, gamma };
+        let errs: Vec<f64> =
+            xs.iter().zip(&ys).map(|(&x, &y)| (alpha * (x - mid).powi(2) + beta * x + gamma - y).abs()).collect();
+        let total: f64 = weights.iter().zip(&errs).map(|(w, e)| w * e).sum();
+        if total == 0.0 {
+            break;
+        }
+        for (w, e) in weights.iter_mut().zip(&errs) {
+            *w *= e / total;
+        }
+    }
+    best
+}
+
+/// Solves a 3×3 linear system by Cramer's rule.
+fn solve3(m: [[f64; 3]; 3], v: [f64; 3]) -> [f64; 3] {
+    let det = |a: [[f64; 3]; 3]| {
+        a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1]) - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
+            + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0])
+    };
+    let d = det(m);
+    let mut out = [0.0; 3];
+    for (col, o) in out.iter_mut().enumerate() {
+        let mut a = m;
+        for r in 0..3 {
+            a[r][col] = v[r];
+        }
+        *o = det(a) / d;
+    }
+    out
+}
+
+/// Select-Then-Compute evaluation of `f` on shared fixed-point values (module notes): returns
+/// this party's shares of f(x). Inputs must lie in `f.input_range()`.
+#[tracing::instrument(level = "debug", skip_all, fields(f = f.name, n = shares.len()))]
+pub async fn evaluate(ot: &mut Ot, kind: OtKind, f: &Piecewise, shares: &[u64]) -> ProtoResult<Vec<u64>> {
+    let server = ot.party() == Party::Server;
+    let n = shares.len();
+    let (ring, t, lo_bits) = f.layout();
+    let hi_bits = ring - t - lo_bits;
+    let sum = f.sum_bits();
+    // 1–2: shift, reduce, truncate locally; split into high part and in-piece position
+    let lifted = (f.lift() as u64) << FRAC;
+    let h: Vec<u64> =
+        shares.iter().map(|&x| (if server { x.wrapping_add(lifted) } else { x } & mask(ring)) >> t).collect();
+    let lo: Vec<u64> = h.iter().map(|v| v & mask(lo_bits)).collect();
+    let hi: Vec<u64> = h.iter().map(|v| v >> lo_bits).collect();
+    let c = carry(ot, kind, &lo, lo_bits).await?;
+
+    // 4: D = P + Q − 2^(k+w)·c with P = lo_s − 2^(k+w−1) + 1 (server), Q = lo_c (client);
+    // D² = P² + Q² + 2PQ + c·(2^(2k+2w) − 2^(k+w+1)·P) − 2^(k+w+1)·c·Q, mod 2^sum.
+    let own: Vec<u64> =
+        if server { lo.iter().map(|&l| l.wrapping_sub(1 << (lo_bits - 1)).wrapping_add(1)).collect() } else { lo };
+    let cross = if server {
+        let doubled: Vec<u64> = own.iter().map(|p| p.wrapping_mul(2)).collect();
+        cross_send(ot, kind, &doubled, lo_bits, sum).await?
+    } else {
+        cross_receive(ot, kind, &own, lo_bits, sum).await?
+    };
+    // c = c_s ⊕ c_c, so c·Z = c_p·Z + c_other·(1 − 2c_p)·Z for the Z party p knows
+    let z: Vec<u64> = own
+        .iter()
+        .map(|&v| {
+            let scaled = v.wrapping_mul(1 << (lo_bits + 1)).wrapping_neg();
+            if server { scaled.wrapping_add(1 << (2 * lo_bits)) } else { scaled }
+        })
+        .collect();
+    let deltas: Vec<u64> = z.iter().zip(&c).map(|(&z, &b)| if b { z.wrapping_neg() } else { z }).collect();
+    let (sent, got) = if server {
+        let x = ot.cot_send(kind, &deltas, sum).await?;
+        (x, ot.cot_receive(kind, &c, sum).await?)
+    } else {
+        let y = ot.cot_receive(kind, &c, sum).await?;
+        (ot.cot_send(kind, &deltas, sum).await?, y)
+    };
+    let d2: Vec<u64> = (0..n)
+        .map(|i| {
+            let own_c = if c[i] { z[i] } else { 0 };
+            own[i]
+                .wrapping_mul(own[i])
+                .wrapping_add(cross[i])
+                .wrapping_add(own_c)
+                .wrapping_sub(sent[i])
+                .wrapping_add(got[i])
+                & mask(sum)
+        })
+        .collect();
+
+    // 3: index shares i = i_s + i_c mod 2^b from one lookup on (hi_c, c_c)
+    let b = f.index_bits();
+    let log_n = hi_bits + 1;
+    let index: Vec<u64> = if server {
+        let r = masks(n, b);
+        let mut table = Vec::with_capacity(n << log_n);
+        for i in 0..n {
+            table.extend((0..1u64 << log_n).map(|v| {
+                let high = (hi[i] + (v & mask(hi_bits)) + ((v >> hi_bits == 1) ^ c[i]) as u64) & mask(hi_bits);
+                f.index_of_high(high).wrapping_sub(r[i]) & mask(b)
+            }));
+        }
+        ot.one_of_n_send(kind, log_n, b, &table).await?;
+        r
+    } else {
+        let choices: Vec<u32> = (0..n).map(|i| (hi[i] | (c[i] as u64) << hi_bits) as u32).collect();
+        ot.one_of_n_receive(kind, log_n, b, &choices).await?
+    };
+
+    // 5: each party's masked term θ_i·(d²_p, x_p, 1) to the other, selected by its index share
+    let coefs: Vec<(u64, u64, u64)> =
+        f.pieces.iter().map(|p| p.fixed()).map(|(a, b, c)| (a as u64, b as u64, c as u64)).collect();
+    let term = |i: u64, d2: u64, x: u64| {
+        coefs.get(i as usize).map_or(0, |&(a, b, c)| {
+            let constant = if server { c } else { 0 };
+            a.wrapping_mul(d2).wrapping_add(b.wrapping_mul(x)).wrapping_add(constant) & mask(sum)
+        })
+    };
+    let r = masks(n, sum);
+    let mut table = Vec::with_capacity(n << b);
+    for i in 0..n {
+        table.extend(
+            (0..1u64 << b).map(|v| term((index[i] + v) & mask(b), d2[i], shares[i]).wrapping_sub(r[i]) & mask(sum)),
+        );
+    }
+    let choices: Vec<u32> = index.iter().map(|&v| v as u32).collect();
+    let got = if server {
+        ot.one_of_n_send(kind, b, sum, &table).await?;
+        ot.one_of_n_receive(kind, b, sum, &choices).await?
+    } else {
+        let got = ot.one_of_n_receive(kind, b, sum, &choices).await?;
+        ot.one_of_n_send(kind, b, sum, &table).await?;
+        got
+    };
+    let y: Vec<u64> = r.iter().zip(&got).map(|(r, g)| r.wrapping_add(*g) & mask(sum)).collect();
+
+    // 6: back to Z_2^64 at 18 fractional bits
+    truncate_extend(ot, kind, &y, sum, ACC_BITS - FRAC).await
+}
+
+/// The baseline (module notes): every piece evaluated, then multiplexed by the one-hot vector
+/// from K − 1 breakpoint comparisons. Same input range and fixed point as [`evaluate`].
+#[tracing::instrument(level = "debug", skip_all, fields(f = f.name, n = shares.len()))]
+pub async fn evaluate_baseline(ot: &mut Ot, kind: OtKind, f: &Piecewise, shares: &[u64]) -> ProtoResult<Vec<u64>> {
+    let server = ot.party() == Party::Server;
+    let n = shares.len();
+    let k = f.pieces.len();
+    let width = 1i64 << f.width_log2;
+    let thresholds: Vec<u64> = (0..k as i64 - 1).map(|j| ((f.start + j * width) << FRAC) as u64).collect();
+    // |x − c| < 2^(R+2) for accepted x and every breakpoint
+    let bits = FRAC + f.range_bits + 3;
+    let mut triples = Triples::generate(ot, kind, n * (k - 1) * triples_per_comparison(bits - 1)).await?;
+    let ge = at_least(ot, kind, &mut triples, shares, &thresholds, bits).await?;
+    // one-hot: piece i is selected when x ≥ breakpoint i−1 and not x ≥ breakpoint i
+    let selector: Vec<bool> = (0..n)
+        .flat_map(|v| {
+            let ge = &ge[v * (k - 1)..(v + 1) * (k - 1)];
+            (0..k).map(move |i| {
+                let above = if i == 0 { server } else { ge[i - 1] };
+                let below = if i == k - 1 { false } else { ge[i] };
+                above ^ below
+            })
+        })
+        .collect();
+    let x2 = square(ot, kind, shares).await?;
+    let x2 = truncate(ot, kind, &x2, FRAC).await?;
+    // α(x − m)² + βx + γ = α·x² + (β − 2αm)·x + (α·m² + γ), at BASE_COEF_BITS + 18 bits
+    let q = |v: f64, bits: u32| (v * (1u64 << bits) as f64).round() as i64 as u64;
+    let values: Vec<u64> = (0..n)
+        .flat_map(|v| {
+            let (x, x2) = (shares[v], x2[v]);
+            f.pieces.iter().enumerate().map(move |(i, p)| {
+                let m = f.mid(i);
+                let a = q(p.alpha, BASE_COEF_BITS);
+                let b = q(p.beta - 2.0 * p.alpha * m, BASE_COEF_BITS);
+                let c = if server { q(p.alpha * m * m + p.gamma, BASE_COEF_BITS + FRAC) } else { 0 };
+                a.wrapping_mul(x2).wrapping_add(b.wrapping_mul(x)).wrapping_add(c)
+            })
+        })
+        .collect();
+    let picked = mux(ot, kind, &selector, &values).await?;
+    let y: Vec<u64> = picked.chunks_exact(k).map(|c| c.iter().fold(0u64, |s, v| s.wrapping_add(*v))).collect();
+    truncate(ot, kind, &y, BASE_COEF_BITS).await
+}
+
+/// Checks a batch against the function's input range, for callers that hold plaintext (tests,
+/// benches): the protocols themselves cannot see the values.
+pub fn check_range(f: &Piecewise, xs: &[f64]) -> ProtoResult<()> {
+    let (lo, hi) = f.input_range();
+    match xs.iter().find(|&&x| !(lo..hi).contains(&x)) {
+        Some(x) => Err(ProtoError::Input(format!("{} input {x} outside [{lo}, {hi})", f.name))),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(f: &Piecewise, xs: impl Iterator<Item = f64>) -> (f64, f64) {
+        let (mut max, mut sum, mut n) = (0.0f64, 0.0, 0);
+        for x in xs {
+            let e = (f.approx(x) - f.exact(x)).abs();
+            max = max.max(e);
+            sum += e;
+            n += 1;
+        }
+        eprintln!("{}: max {max:.2e}, mean {:.2e}", f.name, sum / n as f64);
+        (max, sum / n as f64)
+    }
+
+    #[test]
+    fn erf_matches_known_values() {
+        for (x, want) in
+            [(0.0, 0.0), (0.5, 0.520_499_877_813_046_5), (1.0, 0.842_700_792_949_714_9), (3.0, 0.999_977_909_503_001_4)]
+        {
+            assert!((libm_erf(x) - want).abs() < 1e-14, "erf({x})");
+            assert!((libm_erf(-x) + want).abs() < 1e-14, "erf(-{x})");
+        }
+    }
+
+    #[test]
+    fn gelu_fit_beats_the_papers_error() {
+        let f = Piecewise::gelu();
+        let (max, mean) = errors(&f, (0..200_000).map(|j| -8.0 + 16.0 * j as f64 / 200_000.0));
+        assert!(max <= 1.2e-2 && mean <= 1.7e-3, "max {max}, mean {mean}");
+    }
+
+    #[test]
+    fn silu_fit_is_as_close() {
+        let f = Piecewise::silu();
+        let (max, mean) = errors(&f, (0..200_000).map(|j| -12.0 + 24.0 * j as f64 / 200_000.0));
+        assert!(max <= 1.2e-2 && mean <= 1.7e-3, "max {max}, mean {mean}");
+    }
+
+    #[test]
+    fn reference_follows_the_real_approximation() {
+        for f in [Piecewise::gelu(), Piecewise::silu()] {
+            let (lo, hi) = f.input_range();
+            for j in 0..10_000 {
+                let x = lo + (hi - lo) * j as f64 / 10_000.0;
+                let fixed = (x * (1u64 << FRAC) as f64).round() as i64 as u64;
+                let got = f.reference(fixed) as i64 as f64 / (1u64 << FRAC) as f64;
+                // d is quantized to 2^-8, plus the rounding of the coefficients
+                assert!((got - f.approx(x)).abs() < f.protocol_bound(), "{} at {x}: {got} vs {}", f.name, f.approx(x));
+            }
+        }
+    }
+}
