@@ -92,7 +92,8 @@ fn inputs(f: &Piecewise, rng: &mut StdRng, random: usize) -> Vec<f64> {
     }
     xs.retain(|x| (lo..hi).contains(x));
     xs.extend((0..random).map(|_| rng.random_range(lo..hi)));
-    xs
+    // on the fixed-point grid, so that the references see exactly the shared values
+    xs.iter().map(|x| (x * SCALE).round() / SCALE).filter(|x| (lo..hi).contains(x)).collect()
 }
 
 async fn run(os: &mut Ot, oc: &mut Ot, f: &Piecewise, xs: &[f64], baseline: bool, rng: &mut StdRng) -> Vec<f64> {
@@ -103,6 +104,8 @@ async fn run(os: &mut Ot, oc: &mut Ot, f: &Piecewise, xs: &[f64], baseline: bool
     } else {
         tokio::join!(evaluate(os, KIND, f, &s), evaluate(oc, KIND, f, &c))
     };
+    // the random OTs prepared for each batch are used up exactly
+    assert_eq!((os.prepared(KIND), oc.prepared(KIND)), ((0, 0), (0, 0)));
     open(&ys.unwrap(), &yc.unwrap()).iter().map(|&y| y as i64 as f64 / SCALE).collect()
 }
 

@@ -11,8 +11,8 @@ use super::{Ot, OtError, OtKind, OtResult};
 use crate::backend::{Block, Tweaks};
 use crate::ring::mask;
 
-/// Instances of a 1-of-N OT whose N pads are built, hashed and sent at a time.
-const ONE_OF_N_CHUNK: usize = 1 << 14;
+/// Pads of a 1-of-N OT built, hashed and sent at a time (whole instances, at least one).
+const ONE_OF_N_CHUNK: usize = 1 << 18;
 
 fn low_u64(b: &Block) -> u64 {
     <[u64; 2]>::from(*b)[0]
@@ -124,25 +124,30 @@ impl Ot {
         let tweak = self.tweaks(inst * big_n);
         let mk = mask(width);
         // In chunks of instances, so that the N pads per instance never all exist at once.
-        for first in (0..inst).step_by(ONE_OF_N_CHUNK) {
-            let chunk = first..(first + ONE_OF_N_CHUNK).min(inst);
-            // combined[t·N + j] = ⊕_k K_{t,k}^{j_k}, with the receiver's flips applied.
-            let mut combined = vec![Block::ZERO; chunk.len() * big_n];
+        let per_chunk = (ONE_OF_N_CHUNK / big_n).max(1);
+        let mut combined = vec![Block::ZERO; per_chunk.min(inst) * big_n];
+        let mut pads = combined.clone();
+        for first in (0..inst).step_by(per_chunk) {
+            let chunk = first..(first + per_chunk).min(inst);
+            let (combined, pads) = (&mut combined[..chunk.len() * big_n], &mut pads[..chunk.len() * big_n]);
+            // combined[t·N + j] = ⊕_k K_{t,k}^{j_k}, with the receiver's flips applied: the first
+            // entry XORs all K^0, then each bit k doubles the filled prefix with K^1 ⊕ K^0.
             for (row, t) in combined.chunks_exact_mut(big_n).zip(chunk.clone()) {
-                for k in 0..m {
-                    let pair = rot.keys[t * m + k];
-                    let d = flips[t * m + k] as usize;
-                    let (k0, k1) = (pair[d], pair[1 - d]);
-                    for (j, c) in row.iter_mut().enumerate() {
-                        *c ^= if (j >> k) & 1 == 1 { k1 } else { k0 };
+                let keys = &rot.keys[t * m..(t + 1) * m];
+                let flips = &flips[t * m..(t + 1) * m];
+                row[0] = keys.iter().zip(flips).fold(Block::ZERO, |acc, (pair, &d)| acc ^ pair[d as usize]);
+                for (k, pair) in keys.iter().enumerate() {
+                    let delta = pair[0] ^ pair[1];
+                    let (done, rest) = row.split_at_mut(1 << k);
+                    for (r, c) in rest[..1 << k].iter_mut().zip(done.iter()) {
+                        *r = *c ^ delta;
                     }
                 }
             }
-            let mut pads = vec![Block::ZERO; combined.len()];
             let base = tweak + (chunk.start * big_n) as u64;
-            self.backend.hash_blocks(&combined, Tweaks::Sequential(base), &mut pads);
+            self.backend.hash_blocks(combined, Tweaks::Sequential(base), pads);
             let msgs = &messages[chunk.start * big_n..chunk.end * big_n];
-            let cipher: Vec<u64> = msgs.iter().zip(&pads).map(|(msg, p)| msg.wrapping_add(low_u64(p)) & mk).collect();
+            let cipher: Vec<u64> = msgs.iter().zip(pads.iter()).map(|(msg, p)| msg.wrapping_add(low_u64(p)) & mk).collect();
             self.channel.send_packed(&cipher, width).await?;
         }
         Ok(())
@@ -186,8 +191,9 @@ impl Ot {
         self.backend.hash_blocks(&combined, Tweaks::Listed(&listed), &mut pads);
         let mk = mask(width);
         let mut out = Vec::with_capacity(inst);
-        for first in (0..inst).step_by(ONE_OF_N_CHUNK) {
-            let chunk = first..(first + ONE_OF_N_CHUNK).min(inst);
+        let per_chunk = (ONE_OF_N_CHUNK / big_n).max(1);
+        for first in (0..inst).step_by(per_chunk) {
+            let chunk = first..(first + per_chunk).min(inst);
             let cipher = self.channel.recv_packed("1-of-N ciphertexts", chunk.len() * big_n, width).await?;
             for t in chunk.clone() {
                 let i = idx[t] - chunk.start * big_n;

@@ -105,6 +105,7 @@ pub struct Ot {
     silent_receiver: SemiHonestSilentOtReceiver,
     next_tweak: u64,
     timeout: Duration,
+    pools: [Pool; 2],
 }
 
 impl std::fmt::Debug for Ot {
@@ -136,6 +137,7 @@ impl Ot {
             silent_receiver: SemiHonestSilentOtReceiver::new(silent_r),
             next_tweak: 0,
             timeout: link.timeout(),
+            pools: Default::default(),
         })
     }
 
@@ -162,62 +164,173 @@ impl Ot {
         base
     }
 
-    /// `n` random OTs with this party as sender.
+    /// Generates random OTs ahead of use (the offline phase): `send` with this party as sender
+    /// and `receive` as receiver, both directions at once. Later requests that fit in what is
+    /// left are served from this pool without a round trip. The peer must call this with the two
+    /// counts swapped, at the same point of the run, so that both pools stay in step.
+    #[tracing::instrument(level = "debug", skip(self), fields(party = %self.party))]
+    pub async fn prepare(&mut self, kind: OtKind, send: usize, receive: usize) -> OtResult<()> {
+        let _s = self.meter().scope(kind.step_name());
+        let meter = self.channel.meter().clone();
+        let timeout = self.timeout;
+        let (sent, received) = match kind {
+            OtKind::Iknp => {
+                let first = !self.iknp_sender.has_base_ots() || !self.iknp_receiver.has_base_ots();
+                let r = tokio::join!(
+                    iknp_send(&mut self.iknp_sender, timeout, &meter, send),
+                    iknp_receive(&mut self.iknp_receiver, timeout, &meter, receive)
+                );
+                self.meter().add_rounds(IKNP_ROUNDS + if first { BASE_OT_ROUNDS } else { 0 });
+                r
+            }
+            OtKind::Silent => {
+                let r = tokio::join!(
+                    silent_send(&mut self.silent_sender, timeout, &meter, send),
+                    silent_receive(&mut self.silent_receiver, timeout, &meter, receive)
+                );
+                self.meter().add_rounds(SILENT_ROUNDS);
+                r
+            }
+        };
+        let pool = &mut self.pools[kind as usize];
+        pool.sent.extend(sent?);
+        let received = received?;
+        pool.choices.extend(received.choices);
+        pool.received.extend(received.keys);
+        Ok(())
+    }
+
+    /// Random OTs left in the pool: (as sender, as receiver).
+    pub fn prepared(&self, kind: OtKind) -> (usize, usize) {
+        let pool = &self.pools[kind as usize];
+        (pool.sent.len(), pool.received.len())
+    }
+
+    /// `n` random OTs with this party as sender: from the pool if it holds `n`, else fresh.
     #[tracing::instrument(level = "debug", skip(self), fields(party = %self.party))]
     pub async fn random_send(&mut self, kind: OtKind, n: usize) -> OtResult<RandomOtSender> {
-        let _s = self.meter().scope(kind.step_name());
-        if n == 0 {
-            return Ok(RandomOtSender { keys: Vec::new() });
+        let pool = &mut self.pools[kind as usize];
+        if n <= pool.sent.len() {
+            return Ok(RandomOtSender { keys: pool.sent.drain(..n).collect() });
         }
-        let keys: Vec<[Block; 2]> = match kind {
+        let _s = self.meter().scope(kind.step_name());
+        let meter = self.channel.meter().clone();
+        let keys = match kind {
             OtKind::Iknp => {
                 let first = !self.iknp_sender.has_base_ots();
-                // The extension works in multiples of 128 OTs; the surplus is dropped.
-                let fut = self.iknp_sender.send(n.next_multiple_of(128));
-                let mut keys = run_extension(self.timeout, self.channel.meter(), kind, fut).await?;
-                keys.truncate(n);
+                let keys = iknp_send(&mut self.iknp_sender, self.timeout, &meter, n).await?;
                 self.meter().add_rounds(IKNP_ROUNDS + if first { BASE_OT_ROUNDS } else { 0 });
                 keys
             }
             OtKind::Silent => {
-                let fut = self.silent_sender.random_send(n);
-                let buf = run_extension(self.timeout, self.channel.meter(), kind, fut).await?;
+                let keys = silent_send(&mut self.silent_sender, self.timeout, &meter, n).await?;
                 self.meter().add_rounds(SILENT_ROUNDS);
-                buf[..n].to_vec()
+                keys
             }
         };
         Ok(RandomOtSender { keys })
     }
 
-    /// `n` random OTs with this party as receiver (random choice bits from a CSPRNG).
+    /// `n` random OTs with this party as receiver (random choice bits from a CSPRNG): from the
+    /// pool if it holds `n`, else fresh.
     #[tracing::instrument(level = "debug", skip(self), fields(party = %self.party))]
     pub async fn random_receive(&mut self, kind: OtKind, n: usize) -> OtResult<RandomOtReceiver> {
-        let _s = self.meter().scope(kind.step_name());
-        if n == 0 {
-            return Ok(RandomOtReceiver { choices: Vec::new(), keys: Vec::new() });
+        let pool = &mut self.pools[kind as usize];
+        if n <= pool.received.len() {
+            return Ok(RandomOtReceiver {
+                choices: pool.choices.drain(..n).collect(),
+                keys: pool.received.drain(..n).collect(),
+            });
         }
-        let (keys, choices) = match kind {
+        let _s = self.meter().scope(kind.step_name());
+        let meter = self.channel.meter().clone();
+        let got = match kind {
             OtKind::Iknp => {
                 let first = !self.iknp_receiver.has_base_ots();
-                let fut = self.iknp_receiver.rand_choice_receive(n.next_multiple_of(128));
-                let (mut keys, choices) = run_extension(self.timeout, self.channel.meter(), kind, fut).await?;
-                keys.truncate(n);
+                let got = iknp_receive(&mut self.iknp_receiver, self.timeout, &meter, n).await?;
                 self.meter().add_rounds(IKNP_ROUNDS + if first { BASE_OT_ROUNDS } else { 0 });
-                (keys, choices)
+                got
             }
             OtKind::Silent => {
-                let fut = self.silent_receiver.random_receive(n);
-                let (buf, choices) = run_extension(self.timeout, self.channel.meter(), kind, fut).await?;
+                let got = silent_receive(&mut self.silent_receiver, self.timeout, &meter, n).await?;
                 self.meter().add_rounds(SILENT_ROUNDS);
-                (buf[..n].to_vec(), choices)
+                got
             }
         };
-        if keys.len() != n || choices.len() < n {
-            return Err(OtError::Invalid(format!("extension returned {} OTs, asked for {n}", keys.len())));
-        }
-        let choices = choices[..n].iter().map(|c| bool::from(*c)).collect();
-        Ok(RandomOtReceiver { choices, keys })
+        Ok(got)
     }
+}
+
+/// Random OTs generated ahead of use, per extension kind.
+#[derive(Debug, Default)]
+struct Pool {
+    sent: Vec<[Block; 2]>,
+    choices: Vec<bool>,
+    received: Vec<Block>,
+}
+
+async fn iknp_send(
+    ext: &mut SemiHonestOtExtensionSender,
+    timeout: Duration,
+    meter: &Meter,
+    n: usize,
+) -> OtResult<Vec<[Block; 2]>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    // The extension works in multiples of 128 OTs; the surplus is dropped.
+    let mut keys = run_extension(timeout, meter, OtKind::Iknp, ext.send(n.next_multiple_of(128))).await?;
+    keys.truncate(n);
+    Ok(keys)
+}
+
+async fn iknp_receive(
+    ext: &mut SemiHonestOtExtensionReceiver,
+    timeout: Duration,
+    meter: &Meter,
+    n: usize,
+) -> OtResult<RandomOtReceiver> {
+    if n == 0 {
+        return Ok(RandomOtReceiver { choices: Vec::new(), keys: Vec::new() });
+    }
+    let fut = ext.rand_choice_receive(n.next_multiple_of(128));
+    let (mut keys, choices) = run_extension(timeout, meter, OtKind::Iknp, fut).await?;
+    keys.truncate(n);
+    received(keys, choices.iter().map(|c| bool::from(*c)), n)
+}
+
+async fn silent_send(
+    ext: &mut SemiHonestSilentOtSender,
+    timeout: Duration,
+    meter: &Meter,
+    n: usize,
+) -> OtResult<Vec<[Block; 2]>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let buf = run_extension(timeout, meter, OtKind::Silent, ext.random_send(n)).await?;
+    Ok(buf[..n].to_vec())
+}
+
+async fn silent_receive(
+    ext: &mut SemiHonestSilentOtReceiver,
+    timeout: Duration,
+    meter: &Meter,
+    n: usize,
+) -> OtResult<RandomOtReceiver> {
+    if n == 0 {
+        return Ok(RandomOtReceiver { choices: Vec::new(), keys: Vec::new() });
+    }
+    let (buf, choices) = run_extension(timeout, meter, OtKind::Silent, ext.random_receive(n)).await?;
+    received(buf[..n].to_vec(), choices.iter().map(|c| bool::from(*c)), n)
+}
+
+fn received(keys: Vec<Block>, choices: impl Iterator<Item = bool>, n: usize) -> OtResult<RandomOtReceiver> {
+    let choices: Vec<bool> = choices.take(n).collect();
+    if keys.len() != n || choices.len() != n {
+        return Err(OtError::Invalid(format!("extension returned {} OTs, asked for {n}", keys.len())));
+    }
+    Ok(RandomOtReceiver { choices, keys })
 }
 
 /// Runs one call into the extension library under the link's timeout, naming the step on error.

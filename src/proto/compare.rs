@@ -239,6 +239,17 @@ pub async fn mux(ot: &mut Ot, kind: OtKind, bits: &[bool], shares: &[u64]) -> Pr
 /// Most bits of one link of [`carry`]'s chain (a 1-of-2^(m+1) OT with its carry-in).
 const CARRY_LINK_BITS: u32 = 5;
 
+/// Random OTs (the server as sender) one [`carry`] of `bits` bits uses per value.
+pub fn carry_ots(bits: u32) -> usize {
+    (bits + bits.div_ceil(CARRY_LINK_BITS) - 1) as usize
+}
+
+/// Random OTs (the server as sender) one [`at_least`] at `bits` bits uses per value, for any
+/// number of thresholds (their AND triples aside).
+pub fn at_least_ots(bits: u32) -> usize {
+    ((bits - 1).div_ceil(BLOCK_BITS) * BLOCK_BITS) as usize
+}
+
 /// XOR shares of the carry [x_s + x_c ≥ 2^bits] out of the low `bits` bits of each party's
 /// value (`mine`, read mod 2^bits): a ripple-carry chain of lookups, least significant chunk
 /// first. Link i is a 1-of-2^(m_i+1) OT, the server as sender, the client choosing with its m_i

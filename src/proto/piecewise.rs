@@ -34,7 +34,7 @@
 
 use super::arith::{cross_receive, cross_send, masks, square, truncate, truncate_extend};
 use super::boolean::Triples;
-use super::compare::{at_least, carry, mux, triples_per_comparison};
+use super::compare::{at_least, at_least_ots, carry, carry_ots, mux, triples_per_comparison};
 use super::{ProtoError, ProtoResult};
 use crate::net::Party;
 use crate::ot::{Ot, OtKind};
@@ -244,6 +244,31 @@ impl Piecewise {
         (y >> (ACC_BITS - FRAC)) as i64 as u64
     }
 
+    /// Random OTs one batch of `n` values takes, (server as sender, client as sender), generated
+    /// in one go before the batch: the carry, the index lookup, one correlated OT for the carry's
+    /// term in d² and the final truncation on the server's side; the cross term of d² and the
+    /// other carry term on the client's; one selection lookup each.
+    fn random_ots(&self, n: usize) -> (usize, usize) {
+        let (ring, t, lo_bits) = self.layout();
+        let (hi_bits, b) = ((ring - t - lo_bits) as usize, self.index_bits() as usize);
+        ((carry_ots(lo_bits) + 1 + hi_bits + 1 + b + 1) * n, (lo_bits as usize + 1 + b) * n)
+    }
+
+    /// The same for the baseline: AND triples (two random OTs each, one per direction), the
+    /// comparisons' lookups, the square, two truncations, K multiplexers (one OT each way).
+    fn baseline_ots(&self, n: usize) -> (usize, usize) {
+        let k = self.pieces.len();
+        let bits = self.comparison_bits();
+        let triples = n * (k - 1) * triples_per_comparison(bits - 1);
+        (triples + n * (at_least_ots(bits) + 64 + 2 + k), triples + n * k)
+    }
+
+    /// Width of the baseline's breakpoint comparisons: |x − c| < 2^(R+2) for accepted x and
+    /// every breakpoint.
+    fn comparison_bits(&self) -> u32 {
+        FRAC + self.range_bits + 3
+    }
+
     /// (bits of the shifted value's ring, local truncation, bits of the in-piece position).
     fn layout(&self) -> (u32, u32, u32) {
         (FRAC + self.range_bits + 1, FRAC - D_BITS, D_BITS + self.width_log2)
@@ -322,12 +347,25 @@ fn solve3(m: [[f64; 3]; 3], v: [f64; 3]) -> [f64; 3] {
     out
 }
 
+/// Values evaluated per batch: bounds the memory of the lookup tables and OT keys (about 2 KB
+/// per value in flight); each batch adds its rounds.
+pub const BATCH: usize = 1 << 16;
+
 /// Select-Then-Compute evaluation of `f` on shared fixed-point values (module notes): returns
 /// this party's shares of f(x). Inputs must lie in `f.input_range()`.
 #[tracing::instrument(level = "debug", skip_all, fields(f = f.name, n = shares.len()))]
 pub async fn evaluate(ot: &mut Ot, kind: OtKind, f: &Piecewise, shares: &[u64]) -> ProtoResult<Vec<u64>> {
+    let mut out = Vec::with_capacity(shares.len());
+    for batch in shares.chunks(BATCH) {
+        out.extend(evaluate_batch(ot, kind, f, batch).await?);
+    }
+    Ok(out)
+}
+
+async fn evaluate_batch(ot: &mut Ot, kind: OtKind, f: &Piecewise, shares: &[u64]) -> ProtoResult<Vec<u64>> {
     let server = ot.party() == Party::Server;
     let n = shares.len();
+    prepare(ot, kind, f.random_ots(n)).await?;
     let (ring, t, lo_bits) = f.layout();
     let hi_bits = ring - t - lo_bits;
     let sum = f.sum_bits();
@@ -339,16 +377,18 @@ pub async fn evaluate(ot: &mut Ot, kind: OtKind, f: &Piecewise, shares: &[u64]) 
     let hi: Vec<u64> = h.iter().map(|v| v >> lo_bits).collect();
     let c = carry(ot, kind, &lo, lo_bits).await?;
 
-    // 4: D = P + Q − 2^(k+w)·c with P = lo_s − 2^(k+w−1) + 1 (server), Q = lo_c (client);
-    // D² = P² + Q² + 2PQ + c·(2^(2k+2w) − 2^(k+w+1)·P) − 2^(k+w+1)·c·Q, mod 2^sum.
-    let own: Vec<u64> =
-        if server { lo.iter().map(|&l| l.wrapping_sub(1 << (lo_bits - 1)).wrapping_add(1)).collect() } else { lo };
+    // 4: D = P + Q − 2^(k+w)·c with P = lo_s + e, e = 1 − 2^(k+w−1) (server), Q = lo_c (client);
+    // D² = P² + Q² + 2PQ + c·(2^(2k+2w) − 2^(k+w+1)·P) − 2^(k+w+1)·c·Q, mod 2^sum, where
+    // 2PQ = 2·lo_s·Q (a cross term, the server choosing with its bits) + 2e·Q (the client's).
+    let e = 1u64.wrapping_sub(1 << (lo_bits - 1));
     let cross = if server {
-        let doubled: Vec<u64> = own.iter().map(|p| p.wrapping_mul(2)).collect();
-        cross_send(ot, kind, &doubled, lo_bits, sum).await?
+        cross_receive(ot, kind, &lo, lo_bits, sum).await?
     } else {
-        cross_receive(ot, kind, &own, lo_bits, sum).await?
+        let doubled: Vec<u64> = lo.iter().map(|q| q.wrapping_mul(2)).collect();
+        let cross = cross_send(ot, kind, &doubled, lo_bits, sum).await?;
+        cross.iter().zip(&doubled).map(|(x, q)| x.wrapping_add(q.wrapping_mul(e))).collect()
     };
+    let own: Vec<u64> = if server { lo.iter().map(|&l| l.wrapping_add(e)).collect() } else { lo };
     // c = c_s ⊕ c_c, so c·Z = c_p·Z + c_other·(1 − 2c_p)·Z for the Z party p knows
     let z: Vec<u64> = own
         .iter()
@@ -432,13 +472,21 @@ pub async fn evaluate(ot: &mut Ot, kind: OtKind, f: &Piecewise, shares: &[u64]) 
 /// from K − 1 breakpoint comparisons. Same input range and fixed point as [`evaluate`].
 #[tracing::instrument(level = "debug", skip_all, fields(f = f.name, n = shares.len()))]
 pub async fn evaluate_baseline(ot: &mut Ot, kind: OtKind, f: &Piecewise, shares: &[u64]) -> ProtoResult<Vec<u64>> {
+    let mut out = Vec::with_capacity(shares.len());
+    for batch in shares.chunks(BATCH) {
+        out.extend(baseline_batch(ot, kind, f, batch).await?);
+    }
+    Ok(out)
+}
+
+async fn baseline_batch(ot: &mut Ot, kind: OtKind, f: &Piecewise, shares: &[u64]) -> ProtoResult<Vec<u64>> {
     let server = ot.party() == Party::Server;
     let n = shares.len();
+    prepare(ot, kind, f.baseline_ots(n)).await?;
     let k = f.pieces.len();
     let width = 1i64 << f.width_log2;
     let thresholds: Vec<u64> = (0..k as i64 - 1).map(|j| ((f.start + j * width) << FRAC) as u64).collect();
-    // |x − c| < 2^(R+2) for accepted x and every breakpoint
-    let bits = FRAC + f.range_bits + 3;
+    let bits = f.comparison_bits();
     let mut triples = Triples::generate(ot, kind, n * (k - 1) * triples_per_comparison(bits - 1)).await?;
     let ge = at_least(ot, kind, &mut triples, shares, &thresholds, bits).await?;
     // one-hot: piece i is selected when x ≥ breakpoint i−1 and not x ≥ breakpoint i
@@ -471,6 +519,13 @@ pub async fn evaluate_baseline(ot: &mut Ot, kind: OtKind, f: &Piecewise, shares:
     let picked = mux(ot, kind, &selector, &values).await?;
     let y: Vec<u64> = picked.chunks_exact(k).map(|c| c.iter().fold(0u64, |s, v| s.wrapping_add(*v))).collect();
     truncate(ot, kind, &y, BASE_COEF_BITS).await
+}
+
+/// Prepares a batch's random OTs, (server as sender, client as sender), both directions at once.
+async fn prepare(ot: &mut Ot, kind: OtKind, (server_sends, client_sends): (usize, usize)) -> ProtoResult<()> {
+    let (send, receive) =
+        if ot.party() == Party::Server { (server_sends, client_sends) } else { (client_sends, server_sends) };
+    Ok(ot.prepare(kind, send, receive).await?)
 }
 
 /// Checks a batch against the function's input range, for callers that hold plaintext (tests,

@@ -15,6 +15,7 @@ use secmoe::net::{CostModel, Link, LinkConfig, PublicParams, loopback};
 use secmoe::ot::{Ot, OtKind};
 use secmoe::proto::boolean::Triples;
 use secmoe::proto::compare::{at_least, greater_than, triples_per_comparison};
+use secmoe::proto::piecewise::{Piecewise, evaluate, evaluate_baseline};
 use secmoe::proto::linear::{
     HeClient, HeServer, linear_client, linear_server, matmul_shared_client, matmul_shared_server,
 };
@@ -46,6 +47,11 @@ pub struct Row {
     /// Bits on the wire per element, where the row counts elements (compared values).
     #[serde(skip_serializing_if = "Option::is_none")]
     bits_per_op: Option<f64>,
+    /// Largest and mean absolute error against the exact function, where the row computes one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_error: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mean_error: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -89,6 +95,16 @@ pub async fn run(preset: &str, threads: usize, only: Option<&str>, tune: CostMod
         }
         let row =
             measure_compare(name, kind, backend.clone(), threads).await.with_context(|| format!("{name}, {kind}"))?;
+        print_row(&row);
+        rows.push(row);
+    }
+    for (name, method) in ["gelu", "silu"].into_iter().flat_map(|n| ["stc", "baseline"].map(|m| (n, m))) {
+        if only.is_some_and(|o| o != name) {
+            continue;
+        }
+        let row = measure_activation(name, method, OtKind::Silent, backend.clone(), threads)
+            .await
+            .with_context(|| format!("{name}, {method}"))?;
         print_row(&row);
         rows.push(row);
     }
@@ -194,6 +210,8 @@ fn row(name: &str, shape: String, threads: usize, wall_s: f64, bytes: u64, round
         peak_rss_bytes: peak_rss(),
         checked,
         bits_per_op: None,
+        max_error: None,
+        mean_error: None,
     }
 }
 
@@ -250,6 +268,59 @@ async fn measure_compare(name: &str, kind: OtKind, backend: Arc<CpuBackend>, thr
     Ok(row)
 }
 
+/// `gelu`, `silu`: 128×3072 shared fixed-point values, uniform in [−8, 8), by
+/// Select-Then-Compute (`stc`) or by the baseline; checked against the fixed-point reference
+/// (STC: within its stated bound; baseline: within 1e-4 of the real approximation), with the
+/// error against the exact function.
+async fn measure_activation(
+    name: &str,
+    method: &str,
+    kind: OtKind,
+    backend: Arc<CpuBackend>,
+    threads: usize,
+) -> Result<Row> {
+    const N: usize = 128 * 3072;
+    const SCALE: f64 = (1u64 << 18) as f64;
+    let f = if name == "gelu" { Piecewise::gelu() } else { Piecewise::silu() };
+    let mut rng = StdRng::from_rng(&mut rand::rng());
+    let (mut c, mut s) = links().await?;
+    let be: Arc<dyn Backend> = backend;
+    let (oc, os) = tokio::join!(Ot::new(&mut c, be.clone()), Ot::new(&mut s, be));
+    let (mut oc, mut os) = (oc?, os?);
+    // inputs on the fixed-point grid, so that the references see exactly the shared values
+    let xs: Vec<f64> = (0..N).map(|_| (rng.random_range(-8.0..8.0) * SCALE).round() / SCALE).collect();
+    let raw: Vec<u64> = xs.iter().map(|&x| (x * SCALE).round() as i64 as u64).collect();
+    let (xc, xs_) = share_secret(&raw, &mut rng);
+    let (xc, xs_): (Vec<u64>, Vec<u64>) = (xc.iter().map(|v| v.raw()).collect(), xs_.iter().map(|v| v.raw()).collect());
+    let before = c.meter().report().total();
+    reset_peak_rss();
+    let start = Instant::now();
+    let (ys, yc) = if method == "stc" {
+        tokio::join!(evaluate(&mut os, kind, &f, &xs_), evaluate(&mut oc, kind, &f, &xc))
+    } else {
+        tokio::join!(evaluate_baseline(&mut os, kind, &f, &xs_), evaluate_baseline(&mut oc, kind, &f, &xc))
+    };
+    let wall_s = start.elapsed().as_secs_f64();
+    let after = c.meter().report().total();
+    let y: Vec<f64> = ys?.iter().zip(yc?).map(|(a, b)| a.wrapping_add(b) as i64 as f64 / SCALE).collect();
+    let checked = xs.iter().zip(&y).all(|(&x, &y)| {
+        let reference = f.reference((x * SCALE).round() as i64 as u64) as i64 as f64 / SCALE;
+        if method == "stc" { (y - reference).abs() <= f.protocol_bound() } else { (y - f.approx(x)).abs() <= 1e-4 }
+    });
+    let errors: Vec<f64> = xs.iter().zip(&y).map(|(&x, &y)| (y - f.exact(x)).abs()).collect();
+    drop((oc, os));
+    let (a, b) = tokio::join!(c.close(), s.close());
+    a?;
+    b?;
+    let bytes = after.bytes() - before.bytes();
+    let mut row = row(name, format!("128×3072, {method}, {kind} OT"), threads, wall_s, bytes, after.rounds - before.rounds, checked);
+    row.method = Some(method.into());
+    row.bits_per_op = Some(bytes as f64 * 8.0 / N as f64);
+    row.max_error = Some(errors.iter().copied().fold(0.0, f64::max));
+    row.mean_error = Some(errors.iter().sum::<f64>() / N as f64);
+    Ok(row)
+}
+
 fn print_header() {
     println!(
         "{:<14} {:<26} {:>8} {:>11} {:>7} {:>8} {:>8} {:>10} {:>6}",
@@ -258,7 +329,10 @@ fn print_header() {
 }
 
 fn print_row(r: &Row) {
-    let per_op = r.bits_per_op.map(|b| format!("  ({b:.0} bits each)")).unwrap_or_default();
+    let mut per_op = r.bits_per_op.map(|b| format!("  ({b:.0} bits each)")).unwrap_or_default();
+    if let (Some(max), Some(mean)) = (r.max_error, r.mean_error) {
+        per_op += &format!(", error max {max:.2e} mean {mean:.2e}");
+    }
     println!(
         "{:<14} {:<26} {:>8.2} {:>11} {:>7} {:>8.2} {:>8.2} {:>10} {:>6}{per_op}",
         r.name,
