@@ -32,6 +32,11 @@ fn check_width(width: u32) -> OtResult<()> {
 impl Ot {
     fn hash(&mut self, keys: &[Block]) -> Vec<u64> {
         let tweak = self.tweaks(keys.len());
+        self.hash_at(keys, tweak)
+    }
+
+    /// Hashes `keys` under tweaks `tweak`, `tweak + 1`, … (reserved by the caller).
+    fn hash_at(&self, keys: &[Block], tweak: u64) -> Vec<u64> {
         let mut out = vec![Block::ZERO; keys.len()];
         self.backend.hash_blocks(keys, Tweaks::Sequential(tweak), &mut out);
         out.iter().map(low_u64).collect()
@@ -39,47 +44,76 @@ impl Ot {
 
     /// Correlated OT, sender side: returns `x` with `x_i` uniform in Z_2^w; the receiver gets
     /// `x_i + c_i·Δ_i mod 2^w`.
-    #[tracing::instrument(level = "debug", skip_all, fields(n = deltas.len(), width))]
     pub async fn cot_send(&mut self, kind: OtKind, deltas: &[u64], width: u32) -> OtResult<Vec<u64>> {
+        self.cot_vec_send(kind, deltas, 1, width).await
+    }
+
+    /// Correlated OT, receiver side: returns `x_i + c_i·Δ_i mod 2^w`.
+    pub async fn cot_receive(&mut self, kind: OtKind, choices: &[bool], width: u32) -> OtResult<Vec<u64>> {
+        self.cot_vec_receive(kind, choices, 1, width).await
+    }
+
+    /// Correlated OT of vectors, sender side: OT i carries the `len` values
+    /// `deltas[i·len..(i+1)·len]` under one choice bit, its pads expanded from the random OT's
+    /// keys by the hash with a fresh tweak per value. Returns uniform `x` (same layout); the
+    /// receiver gets `x + c_i·Δ_i`. One random OT per vector.
+    #[tracing::instrument(level = "debug", skip_all, fields(n = deltas.len(), len, width))]
+    pub async fn cot_vec_send(&mut self, kind: OtKind, deltas: &[u64], len: usize, width: u32) -> OtResult<Vec<u64>> {
         check_width(width)?;
+        if len == 0 || !deltas.len().is_multiple_of(len) {
+            return Err(OtError::Invalid(format!("{} values in vectors of {len}", deltas.len())));
+        }
         let _s = self.meter().scope("cot");
-        let n = deltas.len();
+        let n = deltas.len() / len;
         let rot = self.random_send(kind, n).await?;
         let flips = self.channel.recv_packed("cot choice flips", n, 1).await?;
-        // Reorder each pair so that `first` is the key the receiver holds when c_i = 0.
-        let mut first = Vec::with_capacity(n);
-        let mut second = Vec::with_capacity(n);
+        // Reorder each pair so that `first` is the key the receiver holds when c_i = 0; one copy
+        // per value of the vector.
+        let mut first = Vec::with_capacity(n * len);
+        let mut second = Vec::with_capacity(n * len);
         for (k, &d) in rot.keys.iter().zip(&flips) {
             let (a, b) = if d == 1 { (k[1], k[0]) } else { (k[0], k[1]) };
-            first.push(a);
-            second.push(b);
+            first.extend(std::iter::repeat_n(a, len));
+            second.extend(std::iter::repeat_n(b, len));
         }
-        let tweak = self.tweaks(n);
-        let mut h0 = vec![Block::ZERO; n];
-        let mut h1 = vec![Block::ZERO; n];
-        self.backend.hash_blocks(&first, Tweaks::Sequential(tweak), &mut h0);
-        self.backend.hash_blocks(&second, Tweaks::Sequential(tweak), &mut h1);
         let m = mask(width);
-        let x: Vec<u64> = h0.iter().map(|h| low_u64(h) & m).collect();
+        // both keys of a pair under the same tweaks
+        let tweak = self.tweaks(n * len);
+        let x: Vec<u64> = self.hash_at(&first, tweak).iter().map(|h| h & m).collect();
+        let h1 = self.hash_at(&second, tweak);
         let y: Vec<u64> =
-            h1.iter().zip(&x).zip(deltas).map(|((h, x), d)| low_u64(h).wrapping_sub(*x).wrapping_sub(*d) & m).collect();
+            h1.iter().zip(&x).zip(deltas).map(|((h, x), d)| h.wrapping_sub(*x).wrapping_sub(*d) & m).collect();
         self.channel.send_packed(&y, width).await?;
         Ok(x)
     }
 
-    /// Correlated OT, receiver side: returns `x_i + c_i·Δ_i mod 2^w`.
-    #[tracing::instrument(level = "debug", skip_all, fields(n = choices.len(), width))]
-    pub async fn cot_receive(&mut self, kind: OtKind, choices: &[bool], width: u32) -> OtResult<Vec<u64>> {
+    /// Correlated OT of vectors, receiver side: returns `x + c_i·Δ_i` for each vector i.
+    #[tracing::instrument(level = "debug", skip_all, fields(n = choices.len(), len, width))]
+    pub async fn cot_vec_receive(
+        &mut self,
+        kind: OtKind,
+        choices: &[bool],
+        len: usize,
+        width: u32,
+    ) -> OtResult<Vec<u64>> {
         check_width(width)?;
+        if len == 0 {
+            return Err(OtError::Invalid("vectors of 0 values".into()));
+        }
         let _s = self.meter().scope("cot");
         let n = choices.len();
         let rot = self.random_receive(kind, n).await?;
         let flips: Vec<bool> = choices.iter().zip(&rot.choices).map(|(c, r)| c ^ r).collect();
         self.channel.send_packed(&bits_to_u64(&flips), 1).await?;
-        let h = self.hash(&rot.keys);
-        let y = self.channel.recv_packed("cot corrections", n, width).await?;
+        let keys: Vec<Block> = rot.keys.iter().flat_map(|&k| std::iter::repeat_n(k, len)).collect();
+        let h = self.hash(&keys);
+        let y = self.channel.recv_packed("cot corrections", n * len, width).await?;
         let m = mask(width);
-        Ok(h.iter().zip(&y).zip(choices).map(|((h, y), &c)| if c { h.wrapping_sub(*y) & m } else { h & m }).collect())
+        Ok(h.iter()
+            .zip(&y)
+            .enumerate()
+            .map(|(i, (h, y))| if choices[i / len] { h.wrapping_sub(*y) & m } else { h & m })
+            .collect())
     }
 
     /// Random OT with 1-bit messages, sender side: two uniform bits (m0, m1) per OT; the

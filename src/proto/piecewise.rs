@@ -71,6 +71,23 @@ impl Piece {
     }
 }
 
+/// Where a function's accepted inputs lie: (0, 2^(R+1)) − lift, and a bound on its outputs.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    range_bits: u32,
+    /// Real shift (rounded down to a piece boundary).
+    lift: f64,
+    output_bits: u32,
+}
+
+impl Window {
+    /// Inputs about (−2^R, 2^R), outputs below 2^(R+1) (GeLU, SiLU: |f(x)| ≤ |x|).
+    fn centred(range_bits: u32) -> Window {
+        let r = (1u64 << range_bits) as f64;
+        Window { range_bits, lift: r + 1.0, output_bits: range_bits + 1 }
+    }
+}
+
 /// A piecewise-quadratic approximation of an activation function.
 #[derive(Debug, Clone)]
 pub struct Piecewise {
@@ -78,12 +95,17 @@ pub struct Piecewise {
     exact: fn(f64) -> f64,
     /// Left end of the first quadratic piece (an integer).
     start: i64,
-    /// log2 of the pieces' width.
-    width_log2: u32,
+    /// log2 of the pieces' width (−1 for half-unit pieces).
+    width_log2: i32,
     /// [left tail, quadratics…, right tail].
     pieces: Vec<Piece>,
-    /// Inputs must satisfy −2^R ≤ x + lift < 2^R (see [`Piecewise::input_range`]).
+    /// Inputs must satisfy 0 < x + lift < 2^(R+1) (see [`Piecewise::input_range`]).
     range_bits: u32,
+    /// The public shift making accepted inputs positive, in units of 2^-18; `start + lift` is a
+    /// multiple of the piece width.
+    lift: i64,
+    /// |f(x)| < 2^output_bits on the accepted inputs.
+    output_bits: u32,
 }
 
 fn gelu_exact(x: f64) -> f64 {
@@ -137,30 +159,28 @@ impl Piecewise {
     /// GeLU (erf form): 0 below −5, quadratics on [−5, −3), [−3, −1), [−1, 1), [1, 3), x from 3 on
     /// (the SecMoE paper's segments); |x| < 63.
     pub fn gelu() -> Piecewise {
-        Piecewise::fit("gelu", gelu_exact, -5, 1, 4, Piece::ZERO, Piece::IDENTITY, 6)
+        Piecewise::fit("gelu", gelu_exact, -5, 1, 4, (Piece::ZERO, Piece::IDENTITY), Window::centred(6))
     }
 
     /// SiLU (x·σ(x)): the same odd-integer breakpoints, further out because SiLU approaches its
     /// tails more slowly (at −5 it is still −0.033): 0 below −7, seven quadratics on [−7, 7), x
     /// from 7 on; |x| < 63.
     pub fn silu() -> Piecewise {
-        Piecewise::fit("silu", silu_exact, -7, 1, 7, Piece::ZERO, Piece::IDENTITY, 6)
+        Piecewise::fit("silu", silu_exact, -7, 1, 7, (Piece::ZERO, Piece::IDENTITY), Window::centred(6))
     }
 
     /// Least-squares fit of α·d² + β·x + γ on each quadratic piece (4096 points per piece,
     /// minimax-refined by iteratively reweighted least squares).
-    #[allow(clippy::too_many_arguments)]
     fn fit(
         name: &'static str,
         exact: fn(f64) -> f64,
         start: i64,
-        width_log2: u32,
+        width_log2: i32,
         quadratics: usize,
-        left: Piece,
-        right: Piece,
-        range_bits: u32,
+        (left, right): (Piece, Piece),
+        window: Window,
     ) -> Piecewise {
-        let width = (1u64 << width_log2) as f64;
+        let width = 2f64.powi(width_log2);
         let mut pieces = vec![left];
         for q in 0..quadratics {
             let lo = start as f64 + q as f64 * width;
@@ -168,7 +188,12 @@ impl Piecewise {
             pieces.push(fit_piece(exact, lo, width, mid));
         }
         pieces.push(right);
-        Piecewise { name, exact, start, width_log2, pieces, range_bits }
+        let range_bits = window.range_bits;
+        // shift by `lift` real units, rounded down to a piece boundary offset from `start`
+        let unit = 1i64 << (FRAC as i32 + width_log2);
+        let lift_units = (window.lift * (1u64 << FRAC) as f64) as i64;
+        let lift = lift_units - (start * (1 << FRAC) + lift_units).rem_euclid(unit);
+        Piecewise { name, exact, start, width_log2, pieces, range_bits, lift, output_bits: window.output_bits }
     }
 
     /// The function's name.
@@ -195,25 +220,19 @@ impl Piecewise {
 
     /// Inputs the protocols accept: [lo, hi).
     pub fn input_range(&self) -> (f64, f64) {
-        let lift = self.lift() as f64;
+        let lift = self.lift as f64 / (1u64 << FRAC) as f64;
         let r = (1u64 << self.range_bits) as f64;
         (-lift + 2f64.powi(-(D_BITS as i32) + 1), 2.0 * r - lift)
     }
 
     fn piece_of(&self, x: f64) -> usize {
-        let j = ((x - self.start as f64) / (1u64 << self.width_log2) as f64).floor();
+        let j = ((x - self.start as f64) / 2f64.powi(self.width_log2)).floor();
         (j + 1.0).clamp(0.0, (self.pieces.len() - 1) as f64) as usize
     }
 
     fn mid(&self, i: usize) -> f64 {
-        let width = (1u64 << self.width_log2) as f64;
+        let width = 2f64.powi(self.width_log2);
         self.start as f64 + (i as f64 - 1.0) * width + width / 2.0
-    }
-
-    /// Public shift making every accepted input positive, aligned so that `start + lift` is a
-    /// multiple of the piece width: 2^R + ((−start) mod 2^w).
-    fn lift(&self) -> i64 {
-        (1i64 << self.range_bits) + (-self.start).rem_euclid(1 << self.width_log2)
     }
 
     fn index_bits(&self) -> u32 {
@@ -222,19 +241,19 @@ impl Piecewise {
 
     /// Bits of the ring the selected terms are summed in: |Y| < 2^(R+1+ACC) ≤ 2^(bits−2).
     fn sum_bits(&self) -> u32 {
-        self.range_bits + ACC_BITS + 3
+        self.output_bits + ACC_BITS + 2
     }
 
     /// Piece index from the high part h = ⌊(x + lift)/2^w⌋.
     fn index_of_high(&self, high: u64) -> u64 {
-        let base = (self.start + self.lift()) >> self.width_log2;
+        let base = ((self.start << FRAC) + self.lift) >> (FRAC as i32 + self.width_log2);
         (high as i64 - base + 1).clamp(0, self.pieces.len() as i64 - 1) as u64
     }
 
     /// The protocol's arithmetic in the clear, with exact floors: X = x·2^18 → y·2^18.
     pub fn reference(&self, x: u64) -> u64 {
         let (ring, t, lo_bits) = self.layout();
-        let g = x.wrapping_add((self.lift() as u64) << FRAC) & mask(ring);
+        let g = x.wrapping_add(self.lift as u64) & mask(ring);
         let h = g >> t;
         let (lo, hi) = (h & mask(lo_bits), h >> lo_bits);
         let i = self.index_of_high(hi) as usize;
@@ -271,7 +290,7 @@ impl Piecewise {
 
     /// (bits of the shifted value's ring, local truncation, bits of the in-piece position).
     fn layout(&self) -> (u32, u32, u32) {
-        (FRAC + self.range_bits + 1, FRAC - D_BITS, D_BITS + self.width_log2)
+        (FRAC + self.range_bits + 1, FRAC - D_BITS, (D_BITS as i32 + self.width_log2) as u32)
     }
 
     /// Bound (in real units) on |protocol − reference| from the two one-unit truncation errors
@@ -280,7 +299,7 @@ impl Piecewise {
     /// pieces there; the final truncation 2^-18.
     pub fn protocol_bound(&self) -> f64 {
         let k = 2f64.powi(-(D_BITS as i32));
-        let width = (1u64 << self.width_log2) as f64;
+        let width = 2f64.powi(self.width_log2);
         let step = self.pieces.iter().map(|p| p.alpha.abs() * (width + k) * k).fold(0.0, f64::max);
         let jump = (1..self.pieces.len())
             .map(|i| {
@@ -370,7 +389,7 @@ async fn evaluate_batch(ot: &mut Ot, kind: OtKind, f: &Piecewise, shares: &[u64]
     let hi_bits = ring - t - lo_bits;
     let sum = f.sum_bits();
     // 1–2: shift, reduce, truncate locally; split into high part and in-piece position
-    let lifted = (f.lift() as u64) << FRAC;
+    let lifted = f.lift as u64;
     let h: Vec<u64> =
         shares.iter().map(|&x| (if server { x.wrapping_add(lifted) } else { x } & mask(ring)) >> t).collect();
     let lo: Vec<u64> = h.iter().map(|v| v & mask(lo_bits)).collect();
@@ -484,8 +503,8 @@ async fn baseline_batch(ot: &mut Ot, kind: OtKind, f: &Piecewise, shares: &[u64]
     let n = shares.len();
     prepare(ot, kind, f.baseline_ots(n)).await?;
     let k = f.pieces.len();
-    let width = 1i64 << f.width_log2;
-    let thresholds: Vec<u64> = (0..k as i64 - 1).map(|j| ((f.start + j * width) << FRAC) as u64).collect();
+    let thresholds: Vec<u64> =
+        (0..k as i64 - 1).map(|j| ((f.start << FRAC) + ((j << FRAC) >> -f.width_log2.min(0) << f.width_log2.max(0))) as u64).collect();
     let bits = f.comparison_bits();
     let mut triples = Triples::generate(ot, kind, n * (k - 1) * triples_per_comparison(bits - 1)).await?;
     let ge = at_least(ot, kind, &mut triples, shares, &thresholds, bits).await?;
