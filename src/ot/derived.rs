@@ -181,7 +181,8 @@ impl Ot {
             let base = tweak + (chunk.start * big_n) as u64;
             self.backend.hash_blocks(combined, Tweaks::Sequential(base), pads);
             let msgs = &messages[chunk.start * big_n..chunk.end * big_n];
-            let cipher: Vec<u64> = msgs.iter().zip(pads.iter()).map(|(msg, p)| msg.wrapping_add(low_u64(p)) & mk).collect();
+            let cipher: Vec<u64> =
+                msgs.iter().zip(pads.iter()).map(|(msg, p)| msg.wrapping_add(low_u64(p)) & mk).collect();
             self.channel.send_packed(&cipher, width).await?;
         }
         Ok(())

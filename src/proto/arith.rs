@@ -132,3 +132,45 @@ pub(crate) fn masks(n: usize, bits: u32) -> Vec<u64> {
     let mut rng = rand::make_rng::<rand::rngs::ChaCha20Rng>();
     (0..n).map(|_| rng.random::<u64>() & mask(bits)).collect()
 }
+
+/// Shares mod 2^bits of x_ij·r_i: every value of row i (rows of `x.len() / r.len()` values)
+/// times that row's shared scalar. The cross terms use one correlated OT of a whole row per bit
+/// of the other party's scalar share ([`Ot::cot_vec_send`]): `bits` random OTs per row and
+/// direction instead of per value.
+pub async fn mul_rows(ot: &mut Ot, kind: OtKind, x: &[u64], r: &[u64], bits: u32) -> ProtoResult<Vec<u64>> {
+    if r.is_empty() || !x.len().is_multiple_of(r.len()) {
+        return Err(ProtoError::Input(format!("{} values in {} rows", x.len(), r.len())));
+    }
+    let len = x.len() / r.len();
+    // the holder of x_p sends row vectors x_p·2^j; the other chooses with the bits of its r
+    let deltas: Vec<u64> =
+        x.chunks_exact(len).flat_map(|row| (0..bits).flat_map(move |j| row.iter().map(move |&v| v << j))).collect();
+    let choices: Vec<bool> = r.iter().flat_map(|&v| (0..bits).map(move |j| (v >> j) & 1 == 1)).collect();
+    let (sent, got) = match ot.party() {
+        Party::Server => {
+            let a = ot.cot_vec_send(kind, &deltas, len, bits).await?;
+            (a, ot.cot_vec_receive(kind, &choices, len, bits).await?)
+        }
+        Party::Client => {
+            let b = ot.cot_vec_receive(kind, &choices, len, bits).await?;
+            (ot.cot_vec_send(kind, &deltas, len, bits).await?, b)
+        }
+    };
+    let (first, second) = (sum_bits(&sent, len, bits, true), sum_bits(&got, len, bits, false));
+    Ok((0..x.len())
+        .map(|i| x[i].wrapping_mul(r[i / len]).wrapping_add(first[i]).wrapping_add(second[i]) & mask(bits))
+        .collect())
+}
+
+/// Σ_j over the `bits` vectors of each row (negated for the sender's side).
+fn sum_bits(values: &[u64], len: usize, bits: u32, negate: bool) -> Vec<u64> {
+    values
+        .chunks_exact(len * bits as usize)
+        .flat_map(|row| {
+            (0..len).map(move |l| {
+                let s = (0..bits as usize).fold(0u64, |s, j| s.wrapping_add(row[j * len + l]));
+                if negate { s.wrapping_neg() } else { s }
+            })
+        })
+        .collect()
+}

@@ -293,3 +293,101 @@ pub async fn carry(ot: &mut Ot, kind: OtKind, mine: &[u64], bits: u32) -> ProtoR
     }
     Ok(shares)
 }
+
+/// XOR shares of [x ≥ 0] for shared values with |x| < 2^(bits−1) (the caller's bound), at that
+/// width: msb(x mod 2^bits) = top(x_s) ⊕ top(x_c) ⊕ carry of the low bits − 1 bits (a
+/// [`carry`] chain: bits + ⌈(bits−1)/5⌉ − 2 random OTs, no AND gates).
+pub async fn non_negative(ot: &mut Ot, kind: OtKind, shares: &[u64], bits: u32) -> ProtoResult<Vec<bool>> {
+    if !(2..=64).contains(&bits) {
+        return Err(ProtoError::Input(format!("sign test at {bits} bits")));
+    }
+    let server = ot.party() == Party::Server;
+    let low: Vec<u64> = shares.iter().map(|&v| v & (u64::MAX >> (65 - bits))).collect();
+    let c = carry(ot, kind, &low, bits - 1).await?;
+    Ok(shares.iter().zip(c).map(|(&v, c)| ((v >> (bits - 1)) & 1 == 1) ^ c ^ server).collect())
+}
+
+/// Shares of the maximum of each group of `len` consecutive shared values, and of its position
+/// in the group (the argmax; the first of equal maxima loses to a later one only if larger):
+/// a tree of ⌈log2 len⌉ levels of pairwise maxima, [a ≥ b] from [`non_negative`] on a − b at
+/// `bits` bits (|a − b| < 2^(bits−1), the caller's bound), then
+/// (max, index) = (b, j_b) + [a ≥ b]·(a − b, i_a − j_b) by one multiplexer pair.
+pub async fn max(
+    ot: &mut Ot,
+    kind: OtKind,
+    shares: &[u64],
+    len: usize,
+    bits: u32,
+) -> ProtoResult<(Vec<u64>, Vec<u64>)> {
+    if len == 0 || !shares.len().is_multiple_of(len) {
+        return Err(ProtoError::Input(format!("{} values in groups of {len}", shares.len())));
+    }
+    let server = ot.party() == Party::Server;
+    let groups = shares.len() / len;
+    // positions are public: the server holds them, the client holds zeros
+    let mut values: Vec<Vec<u64>> = shares.chunks_exact(len).map(<[u64]>::to_vec).collect();
+    let mut index: Vec<Vec<u64>> =
+        (0..groups).map(|_| (0..len as u64).map(|i| if server { i } else { 0 }).collect()).collect();
+    while values[0].len() > 1 {
+        let (mut diff, mut didx, mut base, mut bidx) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (v, ix) in values.iter().zip(&index) {
+            for p in 0..v.len() / 2 {
+                let (a, b) = (2 * p + 1, 2 * p);
+                diff.push(v[a].wrapping_sub(v[b]));
+                didx.push(ix[a].wrapping_sub(ix[b]));
+                base.push(v[b]);
+                bidx.push(ix[b]);
+            }
+        }
+        let ge = non_negative(ot, kind, &diff, bits).await?;
+        let both: Vec<bool> = ge.iter().chain(&ge).copied().collect();
+        let picked = mux(ot, kind, &both, &[diff, didx].concat()).await?;
+        let (dv, di) = picked.split_at(ge.len());
+        let mut t = 0;
+        for (v, ix) in values.iter_mut().zip(index.iter_mut()) {
+            let pairs = v.len() / 2;
+            let odd = (v.len() % 2 == 1).then(|| (v[v.len() - 1], ix[ix.len() - 1]));
+            let (nv, ni): (Vec<u64>, Vec<u64>) =
+                (0..pairs).map(|p| (base[t + p].wrapping_add(dv[t + p]), bidx[t + p].wrapping_add(di[t + p]))).unzip();
+            t += pairs;
+            (*v, *ix) = (nv, ni);
+            if let Some((a, b)) = odd {
+                v.push(a);
+                ix.push(b);
+            }
+        }
+    }
+    Ok((values.into_iter().map(|v| v[0]).collect(), index.into_iter().map(|v| v[0]).collect()))
+}
+
+/// XOR shares of the one-hot vector (`size` bits, least significant first) of a secret index
+/// shared additively (`index`, any ring: only its value mod 2^⌈log2 size⌉ is used; the index
+/// must be below `size`). One lookup: the client chooses with its share, the server's table
+/// holds onehot(i_s + v) ⊕ r. ⌈log2 size⌉ random OTs per index.
+pub async fn one_hot(ot: &mut Ot, kind: OtKind, index: &[u64], size: usize) -> ProtoResult<Vec<Vec<bool>>> {
+    if !(2..=64).contains(&size) {
+        return Err(ProtoError::Input(format!("one-hot vectors of {size} entries (2..=64)")));
+    }
+    let b = size.next_power_of_two().trailing_zeros();
+    let low = |v: u64| v & ((1 << b) - 1);
+    let bits = |word: u64| (0..size).map(|i| (word >> i) & 1 == 1).collect::<Vec<bool>>();
+    match ot.party() {
+        Party::Server => {
+            let r = super::arith::masks(index.len(), size as u32);
+            let table: Vec<u64> = index
+                .iter()
+                .zip(&r)
+                .flat_map(|(&i, &r)| {
+                    (0..1u64 << b).map(move |v| (1u64.checked_shl(low(i + v) as u32).unwrap_or(0)) ^ r)
+                })
+                .map(|w| w & (u64::MAX >> (64 - size)))
+                .collect();
+            ot.one_of_n_send(kind, b, size as u32, &table).await?;
+            Ok(r.into_iter().map(bits).collect())
+        }
+        Party::Client => {
+            let choices: Vec<u32> = index.iter().map(|&i| low(i) as u32).collect();
+            Ok(ot.one_of_n_receive(kind, b, size as u32, &choices).await?.into_iter().map(bits).collect())
+        }
+    }
+}

@@ -1,12 +1,13 @@
 //! Two-party protocols over secret shares: the HE matrix products of the linear layers
 //! ([`linear`]), and the OT-based building blocks of the non-linear layers ([`arith`],
-//! [`boolean`], [`compare`]) and the activations built on them ([`piecewise`]).
+//! [`boolean`], [`compare`]) and the functions built on them ([`piecewise`] activations, [`softmax`]).
 
 pub mod arith;
 pub mod boolean;
 pub mod compare;
 pub mod linear;
 pub mod piecewise;
+pub mod softmax;
 pub mod tiling;
 
 use thiserror::Error;

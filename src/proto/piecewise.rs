@@ -169,6 +169,24 @@ impl Piecewise {
         Piecewise::fit("silu", silu_exact, -7, 1, 7, (Piece::ZERO, Piece::IDENTITY), Window::centred(6))
     }
 
+    /// e^x for softmax after max-subtraction (x ≤ 0): 0 below −12 (e^-12 = 6e-6), 24 quadratics
+    /// of width ½ on [−12, 0), 1 + x from 0 on (the max subtracted may sit a little below the true
+    /// maximum); accepted inputs (−63.5, 0.5).
+    pub fn exp() -> Piecewise {
+        let one_plus = Piece { alpha: 0.0, beta: 1.0, gamma: 1.0 };
+        let window = Window { range_bits: 5, lift: 63.5, output_bits: 1 };
+        Piecewise::fit("exp", f64::exp, -12, -1, 24, (Piece::ZERO, one_plus), window)
+    }
+
+    /// 1/x on [1, 128] (a softmax denominator over up to 128 values), as the starting point of
+    /// Newton's iteration: 127 quadratics of width 1 on [1, 128), 1/128 from 128 on; accepted
+    /// inputs (2^-7, 256).
+    pub fn reciprocal() -> Piecewise {
+        let (left, right) = (Piece { gamma: 1.0, ..Piece::ZERO }, Piece { gamma: 1.0 / 128.0, ..Piece::ZERO });
+        let window = Window { range_bits: 7, lift: 0.0, output_bits: 1 };
+        Piecewise::fit("reciprocal", |x| 1.0 / x, 1, 0, 127, (left, right), window)
+    }
+
     /// Least-squares fit of α·d² + β·x + γ on each quadratic piece (4096 points per piece,
     /// minimax-refined by iteratively reweighted least squares).
     fn fit(
@@ -503,8 +521,9 @@ async fn baseline_batch(ot: &mut Ot, kind: OtKind, f: &Piecewise, shares: &[u64]
     let n = shares.len();
     prepare(ot, kind, f.baseline_ots(n)).await?;
     let k = f.pieces.len();
-    let thresholds: Vec<u64> =
-        (0..k as i64 - 1).map(|j| ((f.start << FRAC) + ((j << FRAC) >> -f.width_log2.min(0) << f.width_log2.max(0))) as u64).collect();
+    let thresholds: Vec<u64> = (0..k as i64 - 1)
+        .map(|j| ((f.start << FRAC) + ((j << FRAC) >> -f.width_log2.min(0) << f.width_log2.max(0))) as u64)
+        .collect();
     let bits = f.comparison_bits();
     let mut triples = Triples::generate(ot, kind, n * (k - 1) * triples_per_comparison(bits - 1)).await?;
     let ge = at_least(ot, kind, &mut triples, shares, &thresholds, bits).await?;

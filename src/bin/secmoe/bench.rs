@@ -15,10 +15,11 @@ use secmoe::net::{CostModel, Link, LinkConfig, PublicParams, loopback};
 use secmoe::ot::{Ot, OtKind};
 use secmoe::proto::boolean::Triples;
 use secmoe::proto::compare::{at_least, greater_than, triples_per_comparison};
-use secmoe::proto::piecewise::{Piecewise, evaluate, evaluate_baseline};
 use secmoe::proto::linear::{
     HeClient, HeServer, linear_client, linear_server, matmul_shared_client, matmul_shared_server,
 };
+use secmoe::proto::piecewise::{Piecewise, evaluate, evaluate_baseline};
+use secmoe::proto::softmax::softmax;
 use secmoe::proto::tiling::MatShape;
 use secmoe::ring::{reconstruct, share_secret};
 use serde::Serialize;
@@ -105,6 +106,11 @@ pub async fn run(preset: &str, threads: usize, only: Option<&str>, tune: CostMod
         let row = measure_activation(name, method, OtKind::Silent, backend.clone(), threads)
             .await
             .with_context(|| format!("{name}, {method}"))?;
+        print_row(&row);
+        rows.push(row);
+    }
+    if only.is_none_or(|o| o == "softmax") {
+        let row = measure_softmax(OtKind::Silent, backend.clone(), threads).await.context("softmax")?;
         print_row(&row);
         rows.push(row);
     }
@@ -313,10 +319,67 @@ async fn measure_activation(
     a?;
     b?;
     let bytes = after.bytes() - before.bytes();
-    let mut row = row(name, format!("128×3072, {method}, {kind} OT"), threads, wall_s, bytes, after.rounds - before.rounds, checked);
+    let mut row = row(
+        name,
+        format!("128×3072, {method}, {kind} OT"),
+        threads,
+        wall_s,
+        bytes,
+        after.rounds - before.rounds,
+        checked,
+    );
     row.method = Some(method.into());
     row.bits_per_op = Some(bytes as f64 * 8.0 / N as f64);
     row.max_error = Some(errors.iter().copied().fold(0.0, f64::max));
+    row.mean_error = Some(errors.iter().sum::<f64>() / N as f64);
+    Ok(row)
+}
+
+/// `softmax`: 12 heads × 128 rows of 128 logits, uniform in [−8, 8); checked within 3e-3 of the
+/// real softmax (f64), with the error.
+async fn measure_softmax(kind: OtKind, backend: Arc<CpuBackend>, threads: usize) -> Result<Row> {
+    const LEN: usize = 128;
+    const N: usize = 12 * 128 * LEN;
+    const SCALE: f64 = (1u64 << 18) as f64;
+    let mut rng = StdRng::from_rng(&mut rand::rng());
+    let (mut c, mut s) = links().await?;
+    let be: Arc<dyn Backend> = backend;
+    let (oc, os) = tokio::join!(Ot::new(&mut c, be.clone()), Ot::new(&mut s, be));
+    let (mut oc, mut os) = (oc?, os?);
+    let xs: Vec<f64> = (0..N).map(|_| (rng.random_range(-8.0..8.0) * SCALE).round() / SCALE).collect();
+    let raw: Vec<u64> = xs.iter().map(|&x| (x * SCALE) as i64 as u64).collect();
+    let r: Vec<u64> = raw.iter().map(|_| rng.random()).collect();
+    let shares: Vec<u64> = raw.iter().zip(&r).map(|(x, r)| x.wrapping_sub(*r)).collect();
+    let before = c.meter().report().total();
+    reset_peak_rss();
+    let start = Instant::now();
+    let (ys, yc) = tokio::join!(softmax(&mut os, kind, &shares, LEN), softmax(&mut oc, kind, &r, LEN));
+    let wall_s = start.elapsed().as_secs_f64();
+    let after = c.meter().report().total();
+    let y: Vec<f64> = ys?.iter().zip(yc?).map(|(a, b)| a.wrapping_add(b) as i64 as f64 / SCALE).collect();
+    let mut errors = Vec::with_capacity(N);
+    for (row, got) in xs.chunks_exact(LEN).zip(y.chunks_exact(LEN)) {
+        let m = row.iter().copied().fold(f64::MIN, f64::max);
+        let total: f64 = row.iter().map(|v| (v - m).exp()).sum();
+        errors.extend(row.iter().zip(got).map(|(v, g)| (g - (v - m).exp() / total).abs()));
+    }
+    drop((oc, os));
+    let (a, b) = tokio::join!(c.close(), s.close());
+    a?;
+    b?;
+    let bytes = after.bytes() - before.bytes();
+    let max_error = errors.iter().copied().fold(0.0, f64::max);
+    let mut row = row(
+        "softmax",
+        format!("12×128×128, {kind} OT"),
+        threads,
+        wall_s,
+        bytes,
+        after.rounds - before.rounds,
+        max_error < 3e-3,
+    );
+    row.bits_per_op = Some(bytes as f64 * 8.0 / N as f64);
+    row.max_error = Some(max_error);
     row.mean_error = Some(errors.iter().sum::<f64>() / N as f64);
     Ok(row)
 }

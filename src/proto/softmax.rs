@@ -1,0 +1,70 @@
+//! Softmax over rows of shared fixed-point values (f = 18), with max-subtraction:
+//! y_i = e^(x_i − m) / Σ_j e^(x_j − m), m = max_j x_j.
+//!
+//! 1. m by a tree of pairwise maxima ([`super::compare::max`]) at 27 bits: logits |x| < 64.
+//! 2. e^(x_i − m) by Select-Then-Compute over 24 quadratic pieces ([`Piecewise::exp`]): a row's
+//!    logits must lie within 63 of its maximum (the exp window); below −12 the result is 0.
+//! 3. The row sum s ∈ [1, len] (the maximum contributes e^0 = 1), and 1/s: a piecewise
+//!    quadratic start ([`Piecewise::reciprocal`], relative error < 1.5e-2) and two Newton steps
+//!    y ← y·(2 − s·y) (relative error ε → ε², so < 1e-7 before rounding), on one value per row.
+//! 4. y_i = e_i · (1/s) for the whole row by one correlated OT of the row per bit of the other
+//!    party's share of 1/s ([`super::arith::mul_rows`]), then one truncation back to Z_2^64.
+//!
+//! Error: the exp pieces (≤ 5.2e-4) plus the protocol's d² rounding ([`Piecewise::protocol_bound`]),
+//! scaled by 1/s, plus a few units of 2^-18 from the truncations.
+
+use super::arith::{mul, mul_rows, truncate, truncate_extend};
+use super::compare::max;
+use super::piecewise::{Piecewise, evaluate};
+use super::{ProtoError, ProtoResult};
+use crate::net::Party;
+use crate::ot::{Ot, OtKind};
+use crate::ring::DEFAULT_FRAC_BITS;
+
+const FRAC: u32 = DEFAULT_FRAC_BITS;
+/// Width of the max tree's comparisons: |a − b| < 2^(MAX_BITS−1) = 128 in real terms.
+const MAX_BITS: u32 = FRAC + 8;
+/// Ring of the final row products: e < 2 and 1/s ≤ 1 at 18 fractional bits each, so the
+/// product (36 fractional bits) stays below 2^38.
+const PRODUCT_BITS: u32 = 2 * FRAC + 4;
+/// Longest row: the reciprocal's start covers sums up to 128.
+pub const MAX_ROW: usize = 128;
+/// Values per batch (whole rows): bounds memory; each batch adds its rounds.
+const BATCH: usize = 1 << 15;
+
+/// Shares of softmax over each row of `len` consecutive shared values (module notes).
+#[tracing::instrument(level = "debug", skip_all, fields(n = x.len(), len))]
+pub async fn softmax(ot: &mut Ot, kind: OtKind, x: &[u64], len: usize) -> ProtoResult<Vec<u64>> {
+    if !(1..=MAX_ROW).contains(&len) || !x.len().is_multiple_of(len) {
+        return Err(ProtoError::Input(format!("softmax over rows of {len} (1..={MAX_ROW}) of {} values", x.len())));
+    }
+    let mut out = Vec::with_capacity(x.len());
+    for batch in x.chunks(BATCH / len * len) {
+        out.extend(softmax_batch(ot, kind, batch, len).await?);
+    }
+    Ok(out)
+}
+
+async fn softmax_batch(ot: &mut Ot, kind: OtKind, x: &[u64], len: usize) -> ProtoResult<Vec<u64>> {
+    let (m, _) = max(ot, kind, x, len, MAX_BITS).await?;
+    let z: Vec<u64> = x.iter().enumerate().map(|(i, v)| v.wrapping_sub(m[i / len])).collect();
+    let e = evaluate(ot, kind, &Piecewise::exp(), &z).await?;
+    let sums: Vec<u64> = e.chunks_exact(len).map(|row| row.iter().fold(0u64, |s, v| s.wrapping_add(*v))).collect();
+    let r = reciprocal(ot, kind, &sums).await?;
+    let y = mul_rows(ot, kind, &e, &r, PRODUCT_BITS).await?;
+    truncate_extend(ot, kind, &y, PRODUCT_BITS, FRAC).await
+}
+
+/// Shares of 1/s for shared s ∈ [1, 128] (module notes, step 3).
+pub async fn reciprocal(ot: &mut Ot, kind: OtKind, s: &[u64]) -> ProtoResult<Vec<u64>> {
+    let two = if ot.party() == Party::Server { 2u64 << FRAC } else { 0 };
+    let mut y = evaluate(ot, kind, &Piecewise::reciprocal(), s).await?;
+    for _ in 0..2 {
+        let sy = mul(ot, kind, s, &y).await?;
+        let sy = truncate(ot, kind, &sy, FRAC).await?;
+        let step: Vec<u64> = sy.iter().map(|v| two.wrapping_sub(*v)).collect();
+        let prod = mul(ot, kind, &y, &step).await?;
+        y = truncate(ot, kind, &prod, FRAC).await?;
+    }
+    Ok(y)
+}

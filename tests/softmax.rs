@@ -1,0 +1,129 @@
+//! Max/argmax, one-hot, row products, reciprocal and softmax over the real transport against
+//! plaintext.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use secmoe::ot::OtKind;
+use secmoe::proto::arith::mul_rows;
+use secmoe::proto::compare::{max, one_hot};
+use secmoe::proto::softmax::{reciprocal, softmax};
+
+const KIND: OtKind = OtKind::Iknp;
+const SCALE: f64 = (1u64 << 18) as f64;
+
+fn add_share(values: &[u64], rng: &mut StdRng) -> (Vec<u64>, Vec<u64>) {
+    let r: Vec<u64> = values.iter().map(|_| rng.random()).collect();
+    (values.iter().zip(&r).map(|(v, r)| v.wrapping_sub(*r)).collect(), r)
+}
+
+fn open(a: &[u64], b: &[u64]) -> Vec<u64> {
+    a.iter().zip(b).map(|(x, y)| x.wrapping_add(*y)).collect()
+}
+
+fn fixed(x: f64) -> u64 {
+    (x * SCALE).round() as i64 as u64
+}
+
+#[test]
+fn max_and_argmax_are_exact() {
+    common::runtime().block_on(async {
+        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        let mut rng = StdRng::seed_from_u64(21);
+        for len in [1usize, 2, 5, 128] {
+            let rows = 40;
+            let mut x: Vec<i64> = (0..rows * len).map(|_| rng.random_range(-(60i64 << 18)..(60i64 << 18))).collect();
+            // a row of equal values, and rows whose maximum is first, last, negative
+            x[..len].iter_mut().for_each(|v| *v = -3);
+            if len > 1 {
+                x[len] = 61 << 18;
+                x[3 * len - 1] = 62 << 18;
+            }
+            let raw: Vec<u64> = x.iter().map(|&v| v as u64).collect();
+            let (s, c) = add_share(&raw, &mut rng);
+            let (ms, mc) = tokio::join!(max(&mut os, KIND, &s, len, 26), max(&mut oc, KIND, &c, len, 26));
+            let ((ms, is), (mc, ic)) = (ms.unwrap(), mc.unwrap());
+            let (m, idx) = (open(&ms, &mc), open(&is, &ic));
+            for r in 0..rows {
+                let row = &x[r * len..(r + 1) * len];
+                let want = *row.iter().max().unwrap();
+                assert_eq!(m[r] as i64, want, "row {r} of {len}");
+                assert_eq!(row[idx[r] as usize], want, "argmax of row {r} of {len}");
+            }
+            // the one-hot vector of the argmax
+            if (2..=64).contains(&len) {
+                let (hs, hc) = tokio::join!(one_hot(&mut os, KIND, &is, len), one_hot(&mut oc, KIND, &ic, len));
+                let (hs, hc) = (hs.unwrap(), hc.unwrap());
+                for r in 0..rows {
+                    let bits: Vec<bool> = hs[r].iter().zip(&hc[r]).map(|(a, b)| a ^ b).collect();
+                    assert!(bits.iter().enumerate().all(|(i, &b)| b == (i as u64 == idx[r])), "one-hot of row {r}");
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn row_products_are_exact_mod_the_ring() {
+    common::runtime().block_on(async {
+        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        let mut rng = StdRng::seed_from_u64(22);
+        let (rows, len, bits) = (7, 33, 40u32);
+        let x: Vec<u64> = (0..rows * len).map(|_| rng.random()).collect();
+        let r: Vec<u64> = (0..rows).map(|_| rng.random()).collect();
+        let ((xs, xc), (rs, rc)) = (add_share(&x, &mut rng), add_share(&r, &mut rng));
+        let (a, b) = tokio::join!(mul_rows(&mut os, KIND, &xs, &rs, bits), mul_rows(&mut oc, KIND, &xc, &rc, bits));
+        let got = open(&a.unwrap(), &b.unwrap());
+        for i in 0..x.len() {
+            assert_eq!(got[i] & ((1 << bits) - 1), x[i].wrapping_mul(r[i / len]) & ((1 << bits) - 1));
+        }
+    });
+}
+
+#[test]
+fn reciprocal_is_accurate_on_its_range() {
+    common::runtime().block_on(async {
+        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        let mut rng = StdRng::seed_from_u64(23);
+        let mut s: Vec<f64> = vec![1.0, 1.5, 2.0, 127.999, 128.0];
+        s.extend((0..500).map(|_| rng.random_range(1.0..128.0)));
+        let raw: Vec<u64> = s.iter().map(|&v| fixed(v)).collect();
+        let (a, b) = add_share(&raw, &mut rng);
+        let (ys, yc) = tokio::join!(reciprocal(&mut os, KIND, &a), reciprocal(&mut oc, KIND, &b));
+        let y = open(&ys.unwrap(), &yc.unwrap());
+        for (v, y) in s.iter().zip(y) {
+            let got = y as i64 as f64 / SCALE;
+            assert!((got - 1.0 / v).abs() < 4.0 / SCALE, "1/{v}: {got}");
+        }
+    });
+}
+
+#[test]
+fn softmax_matches_the_real_function() {
+    common::runtime().block_on(async {
+        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        let mut rng = StdRng::seed_from_u64(24);
+        for (len, spread) in [(128usize, 8.0), (16, 31.0), (1, 1.0)] {
+            let rows = 12;
+            let x: Vec<f64> =
+                (0..rows * len).map(|_| (rng.random_range(-spread..spread) * SCALE).round() / SCALE).collect();
+            let raw: Vec<u64> = x.iter().map(|&v| fixed(v)).collect();
+            let (a, b) = add_share(&raw, &mut rng);
+            let (ys, yc) = tokio::join!(softmax(&mut os, KIND, &a, len), softmax(&mut oc, KIND, &b, len));
+            let y = open(&ys.unwrap(), &yc.unwrap());
+            for r in 0..rows {
+                let row = &x[r * len..(r + 1) * len];
+                let m = row.iter().copied().fold(f64::MIN, f64::max);
+                let total: f64 = row.iter().map(|v| (v - m).exp()).sum();
+                for i in 0..len {
+                    let want = (row[i] - m).exp() / total;
+                    let got = y[r * len + i] as i64 as f64 / SCALE;
+                    assert!((got - want).abs() < 3e-3, "row {r} of {len}, {i}: {got} vs {want}");
+                }
+            }
+        }
+    });
+}
