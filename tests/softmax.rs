@@ -127,3 +127,69 @@ fn softmax_matches_the_real_function() {
         }
     });
 }
+
+#[test]
+fn rsqrt_is_accurate_over_its_range() {
+    use secmoe::proto::layernorm::rsqrt;
+    common::runtime().block_on(async {
+        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        let mut rng = StdRng::seed_from_u64(25);
+        let mut v: Vec<f64> = vec![2f64.powi(-14), 0.25, 1.0, 3.999, 4.0, 1000.0, 65535.0];
+        v.extend((0..300).map(|_| 2f64.powf(rng.random_range(-14.0..16.0))));
+        let raw: Vec<u64> = v.iter().map(|&x| fixed(x)).collect();
+        let (a, b) = add_share(&raw, &mut rng);
+        let (ys, yc) = tokio::join!(rsqrt(&mut os, KIND, &a), rsqrt(&mut oc, KIND, &b));
+        let y = open(&ys.unwrap(), &yc.unwrap());
+        for (x, y) in v.iter().zip(y) {
+            let (got, want) = (y as i64 as f64 / SCALE, 1.0 / (fixed(*x) as f64 / SCALE).sqrt());
+            assert!((got - want).abs() <= 1e-3 * want + 8.0 / SCALE, "1/√{x}: {got} vs {want}");
+        }
+    });
+}
+
+#[test]
+fn layernorm_and_rmsnorm_match_the_real_functions() {
+    use secmoe::proto::layernorm::{Affine, layernorm, rmsnorm};
+    common::runtime().block_on(async {
+        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        let mut rng = StdRng::seed_from_u64(26);
+        let (rows, d) = (6, 768);
+        let x: Vec<f64> =
+            (0..rows * d).map(|i| rng.random_range(-3.0..3.0) * (1.0 + (i / d) as f64) + (i / d) as f64).collect();
+        let gamma: Vec<f64> = (0..d).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let beta: Vec<f64> = (0..d).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let eps = 1e-5;
+        let raw: Vec<u64> = x.iter().map(|&v| fixed(v)).collect();
+        let (g, b): (Vec<u64>, Vec<u64>) =
+            (gamma.iter().map(|&v| fixed(v)).collect(), beta.iter().map(|&v| fixed(v)).collect());
+        let (a, c) = add_share(&raw, &mut rng);
+        for centre in [true, false] {
+            let w = Affine::Weights { gamma: &g, beta: &b };
+            let (ys, yc) = if centre {
+                tokio::join!(
+                    layernorm(&mut os, KIND, &a, d, w, fixed(eps)),
+                    layernorm(&mut oc, KIND, &c, d, Affine::None, fixed(eps))
+                )
+            } else {
+                tokio::join!(
+                    rmsnorm(&mut os, KIND, &a, d, w, fixed(eps)),
+                    rmsnorm(&mut oc, KIND, &c, d, Affine::None, fixed(eps))
+                )
+            };
+            let y = open(&ys.unwrap(), &yc.unwrap());
+            for r in 0..rows {
+                let row = &x[r * d..(r + 1) * d];
+                let mu = if centre { row.iter().sum::<f64>() / d as f64 } else { 0.0 };
+                let var = row.iter().map(|v| (v - mu).powi(2)).sum::<f64>() / d as f64;
+                for i in 0..d {
+                    let want = gamma[i] * (row[i] - mu) / (var + eps).sqrt() + if centre { beta[i] } else { 0.0 };
+                    let got = y[r * d + i] as i64 as f64 / SCALE;
+                    assert!(
+                        (got - want).abs() < 2e-3 * (1.0 + want.abs()),
+                        "centre {centre}, row {r}, {i}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    });
+}

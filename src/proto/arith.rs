@@ -38,15 +38,35 @@ pub async fn mul(ot: &mut Ot, kind: OtKind, x: &[u64], y: &[u64]) -> ProtoResult
     Ok((0..x.len()).map(|i| x[i].wrapping_mul(y[i]).wrapping_add(first[i]).wrapping_add(second[i])).collect())
 }
 
-/// Shares of x² (mod 2^64) for shared x: x_s² + x_c² + 2·x_s·x_c, one cross term (64 correlated
-/// OTs per element, half of [`mul`]).
-pub async fn square(ot: &mut Ot, kind: OtKind, x: &[u64]) -> ProtoResult<Vec<u64>> {
+/// Shares of x² mod 2^bits for x shared mod 2^bits (shares are read mod 2^bits; the square of
+/// the ring element is exact): x_s² + x_c² + 2·x_s·x_c, one cross term of `bits` correlated OTs
+/// per element. At 64 bits that is half of [`mul`]; a value known to be small squares in a
+/// smaller ring for fewer OTs.
+pub async fn square(ot: &mut Ot, kind: OtKind, x: &[u64], bits: u32) -> ProtoResult<Vec<u64>> {
+    let x: Vec<u64> = x.iter().map(|v| v & mask(bits)).collect();
     let doubled: Vec<u64> = x.iter().map(|v| v.wrapping_mul(2)).collect();
     let cross = match ot.party() {
-        Party::Server => cross_send(ot, kind, &doubled, 64, 64).await?,
-        Party::Client => cross_receive(ot, kind, x, 64, 64).await?,
+        Party::Server => cross_send(ot, kind, &doubled, bits, bits).await?,
+        Party::Client => cross_receive(ot, kind, &x, bits, bits).await?,
     };
-    Ok(x.iter().zip(cross).map(|(v, c)| v.wrapping_mul(*v).wrapping_add(c)).collect())
+    Ok(x.iter().zip(cross).map(|(v, c)| v.wrapping_mul(*v).wrapping_add(c) & mask(bits)).collect())
+}
+
+/// Shares mod 2^bits of w_i·x_i for the server's own plaintext `weights` (the client passes
+/// none) and shared x: w·x_s locally, w·x_c as a cross term the client chooses with its share's
+/// `bits` bits.
+pub async fn mul_weights(ot: &mut Ot, kind: OtKind, x: &[u64], weights: &[u64], bits: u32) -> ProtoResult<Vec<u64>> {
+    let x: Vec<u64> = x.iter().map(|v| v & mask(bits)).collect();
+    match ot.party() {
+        Party::Server => {
+            if weights.len() != x.len() {
+                return Err(ProtoError::Input(format!("{} weights for {} values", weights.len(), x.len())));
+            }
+            let cross = cross_send(ot, kind, weights, bits, bits).await?;
+            Ok((0..x.len()).map(|i| weights[i].wrapping_mul(x[i]).wrapping_add(cross[i]) & mask(bits)).collect())
+        }
+        Party::Client => cross_receive(ot, kind, &x, bits, bits).await,
+    }
 }
 
 /// The sender's share (−Σ_j r_j mod 2^width) of a·b, for its own `a` and the other party's

@@ -1,10 +1,11 @@
 //! Two-party protocols over secret shares: the HE matrix products of the linear layers
 //! ([`linear`]), and the OT-based building blocks of the non-linear layers ([`arith`],
-//! [`boolean`], [`compare`]) and the functions built on them ([`piecewise`] activations, [`softmax`]).
+//! [`boolean`], [`compare`]) and the functions built on them ([`piecewise`] activations, [`softmax`], [`layernorm`]).
 
 pub mod arith;
 pub mod boolean;
 pub mod compare;
+pub mod layernorm;
 pub mod linear;
 pub mod piecewise;
 pub mod softmax;

@@ -187,6 +187,14 @@ impl Piecewise {
         Piecewise::fit("reciprocal", |x| 1.0 / x, 1, 0, 127, (left, right), window)
     }
 
+    /// 1/√x on [1, 4) (a normalized variance), as the starting point of Newton's iteration:
+    /// six quadratics of width ½, 1 below 1 and ½ from 4 on; accepted inputs (2^-7, 8).
+    pub fn rsqrt() -> Piecewise {
+        let (left, right) = (Piece { gamma: 1.0, ..Piece::ZERO }, Piece { gamma: 0.5, ..Piece::ZERO });
+        let window = Window { range_bits: 2, lift: 0.0, output_bits: 1 };
+        Piecewise::fit("rsqrt", |x| 1.0 / x.sqrt(), 1, -1, 6, (left, right), window)
+    }
+
     /// Least-squares fit of α·d² + β·x + γ on each quadratic piece (4096 points per piece,
     /// minimax-refined by iteratively reweighted least squares).
     fn fit(
@@ -538,7 +546,7 @@ async fn baseline_batch(ot: &mut Ot, kind: OtKind, f: &Piecewise, shares: &[u64]
             })
         })
         .collect();
-    let x2 = square(ot, kind, shares).await?;
+    let x2 = square(ot, kind, shares, 64).await?;
     let x2 = truncate(ot, kind, &x2, FRAC).await?;
     // α(x − m)² + βx + γ = α·x² + (β − 2αm)·x + (α·m² + γ), at BASE_COEF_BITS + 18 bits
     let q = |v: f64, bits: u32| (v * (1u64 << bits) as f64).round() as i64 as u64;

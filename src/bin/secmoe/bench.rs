@@ -15,6 +15,7 @@ use secmoe::net::{CostModel, Link, LinkConfig, PublicParams, loopback};
 use secmoe::ot::{Ot, OtKind};
 use secmoe::proto::boolean::Triples;
 use secmoe::proto::compare::{at_least, greater_than, triples_per_comparison};
+use secmoe::proto::layernorm::{Affine, layernorm};
 use secmoe::proto::linear::{
     HeClient, HeServer, linear_client, linear_server, matmul_shared_client, matmul_shared_server,
 };
@@ -106,6 +107,11 @@ pub async fn run(preset: &str, threads: usize, only: Option<&str>, tune: CostMod
         let row = measure_activation(name, method, OtKind::Silent, backend.clone(), threads)
             .await
             .with_context(|| format!("{name}, {method}"))?;
+        print_row(&row);
+        rows.push(row);
+    }
+    if only.is_none_or(|o| o == "layernorm") {
+        let row = measure_layernorm(OtKind::Silent, backend.clone(), threads).await.context("layernorm")?;
         print_row(&row);
         rows.push(row);
     }
@@ -380,6 +386,63 @@ async fn measure_softmax(kind: OtKind, backend: Arc<CpuBackend>, threads: usize)
     );
     row.bits_per_op = Some(bytes as f64 * 8.0 / N as f64);
     row.max_error = Some(max_error);
+    row.mean_error = Some(errors.iter().sum::<f64>() / N as f64);
+    Ok(row)
+}
+
+/// `layernorm`: 128 rows of 768 values (row i uniform in ±3·(1 + i/32) around i/16), with
+/// random γ ∈ [−2, 2) and β ∈ [−1, 1) held by the server; checked within 2e-3·(1 + |y|) of the
+/// real function.
+async fn measure_layernorm(kind: OtKind, backend: Arc<CpuBackend>, threads: usize) -> Result<Row> {
+    const D: usize = 768;
+    const N: usize = 128 * D;
+    const SCALE: f64 = (1u64 << 18) as f64;
+    let fixed = |v: f64| (v * SCALE).round() as i64 as u64;
+    let mut rng = StdRng::from_rng(&mut rand::rng());
+    let (mut c, mut s) = links().await?;
+    let be: Arc<dyn Backend> = backend;
+    let (oc, os) = tokio::join!(Ot::new(&mut c, be.clone()), Ot::new(&mut s, be));
+    let (mut oc, mut os) = (oc?, os?);
+    let xs: Vec<f64> =
+        (0..N).map(|i| rng.random_range(-3.0..3.0) * (1.0 + (i / D) as f64 / 32.0) + (i / D) as f64 / 16.0).collect();
+    let gamma: Vec<f64> = (0..D).map(|_| rng.random_range(-2.0..2.0)).collect();
+    let beta: Vec<f64> = (0..D).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let (g, b): (Vec<u64>, Vec<u64>) =
+        (gamma.iter().map(|&v| fixed(v)).collect(), beta.iter().map(|&v| fixed(v)).collect());
+    let raw: Vec<u64> = xs.iter().map(|&x| fixed(x)).collect();
+    let r: Vec<u64> = raw.iter().map(|_| rng.random()).collect();
+    let shares: Vec<u64> = raw.iter().zip(&r).map(|(x, r)| x.wrapping_sub(*r)).collect();
+    let eps = 1e-5;
+    let before = c.meter().report().total();
+    reset_peak_rss();
+    let start = Instant::now();
+    let (ys, yc) = tokio::join!(
+        layernorm(&mut os, kind, &shares, D, Affine::Weights { gamma: &g, beta: &b }, fixed(eps)),
+        layernorm(&mut oc, kind, &r, D, Affine::None, fixed(eps))
+    );
+    let wall_s = start.elapsed().as_secs_f64();
+    let after = c.meter().report().total();
+    let y: Vec<f64> = ys?.iter().zip(yc?).map(|(a, b)| a.wrapping_add(b) as i64 as f64 / SCALE).collect();
+    let mut errors = Vec::with_capacity(N);
+    let mut checked = true;
+    for (row, got) in xs.chunks_exact(D).zip(y.chunks_exact(D)) {
+        let mu = row.iter().sum::<f64>() / D as f64;
+        let var = row.iter().map(|v| (v - mu).powi(2)).sum::<f64>() / D as f64;
+        for i in 0..D {
+            let want = gamma[i] * (row[i] - mu) / (var + eps).sqrt() + beta[i];
+            errors.push((got[i] - want).abs());
+            checked &= (got[i] - want).abs() < 2e-3 * (1.0 + want.abs());
+        }
+    }
+    drop((oc, os));
+    let (a, b) = tokio::join!(c.close(), s.close());
+    a?;
+    b?;
+    let bytes = after.bytes() - before.bytes();
+    let mut row =
+        row("layernorm", format!("128×768, {kind} OT"), threads, wall_s, bytes, after.rounds - before.rounds, checked);
+    row.bits_per_op = Some(bytes as f64 * 8.0 / N as f64);
+    row.max_error = Some(errors.iter().copied().fold(0.0, f64::max));
     row.mean_error = Some(errors.iter().sum::<f64>() / N as f64);
     Ok(row)
 }

@@ -1,0 +1,185 @@
+//! LayerNorm and RMSNorm over rows of shared fixed-point values (f = 18), and the reciprocal
+//! square root they need.
+//!
+//! LayerNorm: y = γ ⊙ (x − μ)/√(σ² + ε) + β per row of d values, γ and β the server's weights.
+//! 1. μ = Σx · ⌊2^24/d⌉ / 2^24 (local sum, one faithful truncation).
+//! 2. σ² from the squares of c = x − μ at 10 fractional bits in a 44-bit ring (|c| < 64, d ≤ 1024:
+//!    Σc² < 2^42): one cross term of 44 correlated OTs per value instead of 128, the row sum
+//!    lifted back with [`super::arith::truncate_extend`].
+//! 3. 1/√(σ² + ε) per row ([`rsqrt`]).
+//! 4. c·r for the whole row by [`super::arith::mul_rows`] (a 51-bit ring), then γ ⊙ · + β by a
+//!    cross term with the server's weights at 12 fractional bits (41 correlated OTs per value).
+//!
+//! RMSNorm: y = γ ⊙ x/√(Σx²/d + ε), the same steps without μ and β.
+//!
+//! Preconditions: |x − μ| < 64 (|x| < 64 for RMSNorm), σ² + ε ∈ [2^-14, 2^16), |γ| < 16.
+//! Error: a few units of 2^-12 in c² (relative 2^-9 of σ² at worst for tiny variances), the
+//! rsqrt to 1e-6 relative, γ rounded to 2^-12.
+
+use super::arith::{mul, mul_rows, mul_weights, square, truncate, truncate_extend};
+use super::boolean::Triples;
+use super::compare::{at_least, b2a, triples_per_comparison};
+use super::piecewise::{Piecewise, evaluate};
+use super::{ProtoError, ProtoResult};
+use crate::net::Party;
+use crate::ot::{Ot, OtKind};
+use crate::ring::DEFAULT_FRAC_BITS;
+
+const FRAC: u32 = DEFAULT_FRAC_BITS;
+/// Fractional bits of the row constant 1/d.
+const MEAN_BITS: u32 = 24;
+/// c at 10 fractional bits when squared; the squares' ring.
+const SQUARE_SHIFT: u32 = 8;
+const SQUARE_BITS: u32 = 44;
+/// Ring of c·r (|c| < 2^6, r < 2^7, 36 fractional bits).
+const NORMALIZED_BITS: u32 = 2 * FRAC + 15;
+/// Fractional bits of γ, and the ring of γ·n (|γ| < 2^4, |n| < 2^5).
+const WEIGHT_BITS: u32 = 12;
+const SCALED_BITS: u32 = FRAC + WEIGHT_BITS + 11;
+/// Longest row.
+pub const MAX_WIDTH: usize = 1024;
+/// Exponents k of the normalization v = 4^k·m, m ∈ [1, 4).
+const K_MIN: i32 = -8;
+const K_MAX: i32 = 7;
+
+/// The server's LayerNorm weights (the client passes [`Affine::None`]), in fixed point with
+/// f = 18, one per column.
+#[derive(Debug, Clone, Copy)]
+pub enum Affine<'a> {
+    /// The client's side: it holds no weights.
+    None,
+    /// The server's weights.
+    Weights {
+        /// γ, length d.
+        gamma: &'a [u64],
+        /// β, length d.
+        beta: &'a [u64],
+    },
+}
+
+/// Shares of LayerNorm over each row of `width` consecutive shared values (module notes);
+/// `eps` in fixed point.
+#[tracing::instrument(level = "debug", skip_all, fields(n = x.len(), width))]
+pub async fn layernorm(
+    ot: &mut Ot,
+    kind: OtKind,
+    x: &[u64],
+    width: usize,
+    affine: Affine<'_>,
+    eps: u64,
+) -> ProtoResult<Vec<u64>> {
+    normalize(ot, kind, x, width, affine, eps, true).await
+}
+
+/// Shares of RMSNorm (γ only: β in `affine` must be zeros or is ignored).
+#[tracing::instrument(level = "debug", skip_all, fields(n = x.len(), width))]
+pub async fn rmsnorm(
+    ot: &mut Ot,
+    kind: OtKind,
+    x: &[u64],
+    width: usize,
+    affine: Affine<'_>,
+    eps: u64,
+) -> ProtoResult<Vec<u64>> {
+    normalize(ot, kind, x, width, affine, eps, false).await
+}
+
+async fn normalize(
+    ot: &mut Ot,
+    kind: OtKind,
+    x: &[u64],
+    width: usize,
+    affine: Affine<'_>,
+    eps: u64,
+    centre: bool,
+) -> ProtoResult<Vec<u64>> {
+    let server = ot.party() == Party::Server;
+    if !(1..=MAX_WIDTH).contains(&width) || !x.len().is_multiple_of(width) {
+        return Err(ProtoError::Input(format!("rows of {width} (1..={MAX_WIDTH}) over {} values", x.len())));
+    }
+    let rows = x.len() / width;
+    let inv_d = ((1u64 << MEAN_BITS) as f64 / width as f64).round() as u64;
+    let scale = |sums: Vec<u64>| -> Vec<u64> { sums.iter().map(|s| s.wrapping_mul(inv_d)).collect() };
+    let c: Vec<u64> = if centre {
+        let sums: Vec<u64> = x.chunks_exact(width).map(|r| r.iter().fold(0u64, |s, v| s.wrapping_add(*v))).collect();
+        let mu = truncate(ot, kind, &scale(sums), MEAN_BITS).await?;
+        x.iter().enumerate().map(|(i, v)| v.wrapping_sub(mu[i / width])).collect()
+    } else {
+        x.to_vec()
+    };
+    // σ² (or the mean square): squares of c at 10 fractional bits in a small ring
+    let coarse = truncate(ot, kind, &c, SQUARE_SHIFT).await?;
+    let squares = square(ot, kind, &coarse, SQUARE_BITS).await?;
+    let sums: Vec<u64> = squares.chunks_exact(width).map(|r| r.iter().fold(0u64, |s, v| s.wrapping_add(*v))).collect();
+    let sums = truncate_extend(ot, kind, &sums, SQUARE_BITS, 2 * (FRAC - SQUARE_SHIFT) - FRAC).await?;
+    let var = truncate(ot, kind, &scale(sums), MEAN_BITS).await?;
+    let var: Vec<u64> = var.iter().map(|v| if server { v.wrapping_add(eps) } else { *v }).collect();
+    let r = rsqrt(ot, kind, &var).await?;
+    debug_assert_eq!(r.len(), rows);
+    let n = mul_rows(ot, kind, &c, &r, NORMALIZED_BITS).await?;
+    let n = truncate_extend(ot, kind, &n, NORMALIZED_BITS, FRAC).await?;
+    let (gamma, beta): (Vec<u64>, Vec<u64>) = match affine {
+        Affine::None if server => return Err(ProtoError::Input("the server must pass the weights".into())),
+        Affine::None => (Vec::new(), Vec::new()),
+        Affine::Weights { gamma, beta } => {
+            if gamma.len() != width || beta.len() != width {
+                return Err(ProtoError::Input(format!("{} γ and {} β for rows of {width}", gamma.len(), beta.len())));
+            }
+            let g = gamma.iter().map(|&g| ((g as i64) >> (FRAC - WEIGHT_BITS)) as u64);
+            (g.cycle().take(x.len()).collect(), beta.iter().copied().cycle().take(x.len()).collect())
+        }
+    };
+    let scaled = mul_weights(ot, kind, &n, &gamma, SCALED_BITS).await?;
+    let y = truncate_extend(ot, kind, &scaled, SCALED_BITS, WEIGHT_BITS).await?;
+    Ok(if server && centre { y.iter().zip(&beta).map(|(y, b)| y.wrapping_add(*b)).collect() } else { y })
+}
+
+/// Shares of 1/√v for shared v ∈ [2^-14, 2^16) (fixed point, f = 18): v = 4^k·m with m ∈ [1, 4)
+/// from 15 threshold comparisons (one-hot of k, converted to arithmetic shares), a piecewise
+/// start on m ([`Piecewise::rsqrt`]) refined by two Newton steps y ← y·(3 − m·y²)/2, then
+/// times 2^-k.
+pub async fn rsqrt(ot: &mut Ot, kind: OtKind, v: &[u64]) -> ProtoResult<Vec<u64>> {
+    let server = ot.party() == Party::Server;
+    let n = v.len();
+    let thresholds: Vec<u64> = (K_MIN + 1..=K_MAX).map(|k| 1u64 << (FRAC as i32 + 2 * k)).collect();
+    // |v − c| < 2^(bits−1) for v, c < 2^34
+    let bits = FRAC + 18;
+    let mut triples = Triples::generate(ot, kind, n * thresholds.len() * triples_per_comparison(bits - 1)).await?;
+    let ge = at_least(ot, kind, &mut triples, v, &thresholds, bits).await?;
+    let t = thresholds.len();
+    // one-hot of k: bit i (k = K_MIN + i) is ge[i−1] ⊕ ge[i], with ge[−1] = 1 and ge[t] = 0
+    let onehot: Vec<bool> = (0..n)
+        .flat_map(|j| {
+            let ge = &ge[j * t..(j + 1) * t];
+            (0..=t).map(move |i| (if i == 0 { server } else { ge[i - 1] }) ^ (i < t && ge[i]))
+        })
+        .collect();
+    let onehot = b2a(ot, kind, &onehot).await?;
+    let weigh = |shift: &dyn Fn(i32) -> i32| -> Vec<u64> {
+        onehot
+            .chunks_exact(t + 1)
+            .map(|b| {
+                b.iter()
+                    .enumerate()
+                    .fold(0u64, |s, (i, &b)| s.wrapping_add(b.wrapping_mul(1u64 << shift(K_MIN + i as i32))))
+            })
+            .collect()
+    };
+    let quarter = weigh(&|k| FRAC as i32 - 2 * k); // 4^-k
+    let half = weigh(&|k| FRAC as i32 - k); // 2^-k
+    let m = mul(ot, kind, v, &quarter).await?;
+    let m = truncate(ot, kind, &m, FRAC).await?;
+    let three = if server { 3u64 << FRAC } else { 0 };
+    let mut y = evaluate(ot, kind, &Piecewise::rsqrt(), &m).await?;
+    for _ in 0..2 {
+        let y2 = mul(ot, kind, &y, &y).await?;
+        let y2 = truncate(ot, kind, &y2, FRAC).await?;
+        let my2 = mul(ot, kind, &m, &y2).await?;
+        let my2 = truncate(ot, kind, &my2, FRAC).await?;
+        let step: Vec<u64> = my2.iter().map(|v| three.wrapping_sub(*v)).collect();
+        let prod = mul(ot, kind, &y, &step).await?;
+        y = truncate(ot, kind, &prod, FRAC + 1).await?;
+    }
+    let r = mul(ot, kind, &y, &half).await?;
+    truncate(ot, kind, &r, FRAC).await
+}
