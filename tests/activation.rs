@@ -171,3 +171,35 @@ fn select_then_compute_traffic_does_not_depend_on_the_inputs() {
         assert_eq!(seen[1], seen[2]);
     });
 }
+
+#[test]
+fn relu_and_swiglu_match_plaintext() {
+    use secmoe::proto::piecewise::{relu, swiglu};
+    common::runtime().block_on(async {
+        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        let mut rng = StdRng::seed_from_u64(16);
+        let mut x: Vec<i64> = vec![0, 1, -1, (1 << 40) - 1, -(1 << 40)];
+        x.extend((0..3000).map(|_| rng.random_range(-(1i64 << 40)..(1i64 << 40))));
+        let raw: Vec<u64> = x.iter().map(|&v| v as u64).collect();
+        let (s, c) = add_share(&raw, &mut rng);
+        let (a, b) = tokio::join!(relu(&mut os, KIND, &s, 42), relu(&mut oc, KIND, &c, 42));
+        let got = open(&a.unwrap(), &b.unwrap());
+        assert!(x.iter().zip(&got).all(|(&v, &g)| g as i64 == v.max(0)));
+
+        let f = Piecewise::silu();
+        let g: Vec<f64> = (0..2000).map(|_| (rng.random_range(-10.0..10.0) * SCALE).round() / SCALE).collect();
+        let u: Vec<f64> = (0..2000).map(|_| rng.random_range(-8.0..8.0)).collect();
+        let (gr, ur): (Vec<u64>, Vec<u64>) = g
+            .iter()
+            .zip(&u)
+            .map(|(a, b)| ((a * SCALE).round() as i64 as u64, (b * SCALE).round() as i64 as u64))
+            .unzip();
+        let ((gs, gc), (us, uc)) = (add_share(&gr, &mut rng), add_share(&ur, &mut rng));
+        let (a, b) = tokio::join!(swiglu(&mut os, KIND, &gs, &us), swiglu(&mut oc, KIND, &gc, &uc));
+        let got = open(&a.unwrap(), &b.unwrap());
+        for i in 0..g.len() {
+            let (y, want) = (got[i] as i64 as f64 / SCALE, f.exact(g[i]) * u[i]);
+            assert!((y - want).abs() <= 1.2e-2 * u[i].abs() + 1e-4, "silu({})·{}: {y} vs {want}", g[i], u[i]);
+        }
+    });
+}

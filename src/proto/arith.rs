@@ -26,16 +26,26 @@ use crate::ring::mask;
 
 /// Shares of x ⊙ y (element-wise, mod 2^64) for shared x and y; 128 correlated OTs per element.
 pub async fn mul(ot: &mut Ot, kind: OtKind, x: &[u64], y: &[u64]) -> ProtoResult<Vec<u64>> {
+    mul_in(ot, kind, x, y, 64).await
+}
+
+/// Shares of x ⊙ y mod 2^bits for x, y shared mod 2^bits (shares are read mod 2^bits): 2·bits
+/// correlated OTs per element. Values known to be small multiply in a smaller ring for fewer
+/// OTs, then [`truncate_extend`] returns to Z_2^64.
+pub async fn mul_in(ot: &mut Ot, kind: OtKind, x: &[u64], y: &[u64], bits: u32) -> ProtoResult<Vec<u64>> {
     if x.len() != y.len() {
         return Err(ProtoError::Input(format!("product of {} and {} values", x.len(), y.len())));
     }
+    let (x, y): (Vec<u64>, Vec<u64>) = x.iter().zip(y).map(|(a, b)| (a & mask(bits), b & mask(bits))).unzip();
     // cross term 1: the server's x times the client's y; cross term 2: the client's x times the
     // server's y. The party sending a term holds `a`, the one choosing holds `b`.
     let (first, second) = match ot.party() {
-        Party::Server => (cross_send(ot, kind, x, 64, 64).await?, cross_receive(ot, kind, y, 64, 64).await?),
-        Party::Client => (cross_receive(ot, kind, y, 64, 64).await?, cross_send(ot, kind, x, 64, 64).await?),
+        Party::Server => (cross_send(ot, kind, &x, bits, bits).await?, cross_receive(ot, kind, &y, bits, bits).await?),
+        Party::Client => (cross_receive(ot, kind, &y, bits, bits).await?, cross_send(ot, kind, &x, bits, bits).await?),
     };
-    Ok((0..x.len()).map(|i| x[i].wrapping_mul(y[i]).wrapping_add(first[i]).wrapping_add(second[i])).collect())
+    Ok((0..x.len())
+        .map(|i| x[i].wrapping_mul(y[i]).wrapping_add(first[i]).wrapping_add(second[i]) & mask(bits))
+        .collect())
 }
 
 /// Shares of x² mod 2^bits for x shared mod 2^bits (shares are read mod 2^bits; the square of

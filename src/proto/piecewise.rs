@@ -32,9 +32,9 @@
 //! the one-hot vector by XOR of neighbours, x² by a full-width product, every piece's polynomial
 //! locally, K multiplexers and one truncation.
 
-use super::arith::{cross_receive, cross_send, masks, square, truncate, truncate_extend};
+use super::arith::{cross_receive, cross_send, masks, mul_in, square, truncate, truncate_extend};
 use super::boolean::Triples;
-use super::compare::{at_least, at_least_ots, carry, carry_ots, mux, triples_per_comparison};
+use super::compare::{at_least, at_least_ots, carry, carry_ots, mux, non_negative, triples_per_comparison};
 use super::{ProtoError, ProtoResult};
 use crate::net::Party;
 use crate::ot::{Ot, OtKind};
@@ -565,6 +565,23 @@ async fn baseline_batch(ot: &mut Ot, kind: OtKind, f: &Piecewise, shares: &[u64]
     let picked = mux(ot, kind, &selector, &values).await?;
     let y: Vec<u64> = picked.chunks_exact(k).map(|c| c.iter().fold(0u64, |s, v| s.wrapping_add(*v))).collect();
     truncate(ot, kind, &y, BASE_COEF_BITS).await
+}
+
+/// Shares of ReLU(x) = [x ≥ 0]·x for |x| < 2^(bits−1) (fixed point or not): the sign at that
+/// width ([`super::compare::non_negative`]) and one multiplexer.
+pub async fn relu(ot: &mut Ot, kind: OtKind, shares: &[u64], bits: u32) -> ProtoResult<Vec<u64>> {
+    let positive = non_negative(ot, kind, shares, bits).await?;
+    mux(ot, kind, &positive, shares).await
+}
+
+/// Shares of SwiGLU's gate product SiLU(g) ⊙ u for shared g (in SiLU's input range) and u
+/// (|u| < 64), fixed point f = 18: SiLU by Select-Then-Compute, the product in a 50-bit ring
+/// (|SiLU(g)·u| < 2^12 in real terms) and one truncation back to Z_2^64.
+pub async fn swiglu(ot: &mut Ot, kind: OtKind, gate: &[u64], up: &[u64]) -> ProtoResult<Vec<u64>> {
+    const BITS: u32 = 2 * FRAC + 14;
+    let activated = evaluate(ot, kind, &Piecewise::silu(), gate).await?;
+    let product = mul_in(ot, kind, &activated, up, BITS).await?;
+    truncate_extend(ot, kind, &product, BITS, FRAC).await
 }
 
 /// Prepares a batch's random OTs, (server as sender, client as sender), both directions at once.
