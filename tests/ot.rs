@@ -44,6 +44,9 @@ fn correlated_ots_give_x_plus_choice_times_delta() {
             (OtKind::Silent, MILLION, 64),
             (OtKind::Iknp, 5000, 17),
             (OtKind::Silent, 777, 1),
+            // below the silent extension's smallest batch
+            (OtKind::Silent, 1, 64),
+            (OtKind::Silent, 24, 64),
         ] {
             let deltas: Vec<u64> = (0..n).map(|_| rng.random()).collect();
             let choices: Vec<bool> = (0..n).map(|_| rng.random()).collect();

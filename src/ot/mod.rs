@@ -299,6 +299,10 @@ async fn iknp_receive(
     received(keys, choices.iter().map(|c| bool::from(*c)), n)
 }
 
+/// Smallest batch the silent extension is asked for: its code (expand-accumulate with a 24-wide
+/// accumulator) fails on batches below 25 OTs; smaller requests take the first n.
+const SILENT_MIN: usize = 128;
+
 async fn silent_send(
     ext: &mut SemiHonestSilentOtSender,
     timeout: Duration,
@@ -308,7 +312,7 @@ async fn silent_send(
     if n == 0 {
         return Ok(Vec::new());
     }
-    let buf = run_extension(timeout, meter, OtKind::Silent, ext.random_send(n)).await?;
+    let buf = run_extension(timeout, meter, OtKind::Silent, ext.random_send(n.max(SILENT_MIN))).await?;
     Ok(buf[..n].to_vec())
 }
 
@@ -321,7 +325,7 @@ async fn silent_receive(
     if n == 0 {
         return Ok(RandomOtReceiver { choices: Vec::new(), keys: Vec::new() });
     }
-    let (buf, choices) = run_extension(timeout, meter, OtKind::Silent, ext.random_receive(n)).await?;
+    let (buf, choices) = run_extension(timeout, meter, OtKind::Silent, ext.random_receive(n.max(SILENT_MIN))).await?;
     received(buf[..n].to_vec(), choices.iter().map(|c| bool::from(*c)), n)
 }
 

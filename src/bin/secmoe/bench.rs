@@ -29,7 +29,7 @@ use crate::report::human_bytes;
 
 /// One measured row.
 #[derive(Debug, Serialize)]
-pub struct Row {
+pub(crate) struct Row {
     name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     method: Option<String>,
@@ -48,12 +48,15 @@ pub struct Row {
     checked: bool,
     /// Bits on the wire per element, where the row counts elements (compared values).
     #[serde(skip_serializing_if = "Option::is_none")]
-    bits_per_op: Option<f64>,
+    pub(crate) bits_per_op: Option<f64>,
     /// Largest and mean absolute error against the exact function, where the row computes one.
     #[serde(skip_serializing_if = "Option::is_none")]
     max_error: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     mean_error: Option<f64>,
+    /// Microseconds per element, where the row counts elements.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) us_per_op: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -64,7 +67,7 @@ struct Output<'a> {
 }
 
 /// The presets `secmoe bench --preset` knows.
-pub const PRESETS: &[&str] = &["layers"];
+pub const PRESETS: &[&str] = &["layers", "blocks"];
 
 /// Runs a preset; prints the table; writes JSON if asked.
 pub async fn run(preset: &str, threads: usize, only: Option<&str>, tune: CostModel, json: Option<&Path>) -> Result<()> {
@@ -74,6 +77,11 @@ pub async fn run(preset: &str, threads: usize, only: Option<&str>, tune: CostMod
     let backend = Arc::new(CpuBackend::new(threads)?);
     let threads = backend.threads();
     let mut rows = Vec::new();
+    if preset == "blocks" {
+        print_header();
+        crate::blocks::run(backend, threads, only, &mut rows).await?;
+        return write_json(preset, &rows, json);
+    }
     let cases: Vec<(&str, MatShape)> = vec![
         ("he-setup", MatShape { n: 0, d: 0, m: 0 }),
         ("linear", MatShape { n: 128, d: 768, m: 3072 }),
@@ -120,8 +128,12 @@ pub async fn run(preset: &str, threads: usize, only: Option<&str>, tune: CostMod
         print_row(&row);
         rows.push(row);
     }
+    write_json(preset, &rows, json)
+}
+
+fn write_json(preset: &str, rows: &[Row], json: Option<&Path>) -> Result<()> {
     if let Some(path) = json {
-        let out = Output { preset, machine: machine(), rows: &rows };
+        let out = Output { preset, machine: machine(), rows };
         std::fs::write(path, serde_json::to_string_pretty(&out)?)
             .with_context(|| format!("writing {}", path.display()))?;
         println!("wrote {}", path.display());
@@ -129,7 +141,7 @@ pub async fn run(preset: &str, threads: usize, only: Option<&str>, tune: CostMod
     Ok(())
 }
 
-async fn links() -> Result<(Link, Link)> {
+pub(crate) async fn links() -> Result<(Link, Link)> {
     let cfg = LinkConfig { timeout: Duration::from_secs(600), params: PublicParams::new().with("bench", 1) };
     Ok(loopback(cfg).await?)
 }
@@ -207,7 +219,15 @@ async fn measure(
     ))
 }
 
-fn row(name: &str, shape: String, threads: usize, wall_s: f64, bytes: u64, rounds: u64, checked: bool) -> Row {
+pub(crate) fn row(
+    name: &str,
+    shape: String,
+    threads: usize,
+    wall_s: f64,
+    bytes: u64,
+    rounds: u64,
+    checked: bool,
+) -> Row {
     Row {
         name: name.into(),
         method: None,
@@ -224,6 +244,7 @@ fn row(name: &str, shape: String, threads: usize, wall_s: f64, bytes: u64, round
         bits_per_op: None,
         max_error: None,
         mean_error: None,
+        us_per_op: None,
     }
 }
 
@@ -454,8 +475,11 @@ fn print_header() {
     );
 }
 
-fn print_row(r: &Row) {
+pub(crate) fn print_row(r: &Row) {
     let mut per_op = r.bits_per_op.map(|b| format!("  ({b:.0} bits each)")).unwrap_or_default();
+    if let Some(us) = r.us_per_op {
+        per_op += &format!(", {us:.2} µs each");
+    }
     if let (Some(max), Some(mean)) = (r.max_error, r.mean_error) {
         per_op += &format!(", error max {max:.2e} mean {mean:.2e}");
     }
@@ -475,7 +499,7 @@ fn print_row(r: &Row) {
 }
 
 /// Resets the kernel's peak-RSS mark (Linux: `5` into /proc/self/clear_refs); best effort.
-fn reset_peak_rss() {
+pub(crate) fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 

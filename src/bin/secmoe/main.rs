@@ -1,6 +1,7 @@
 //! `secmoe`: run the two parties of a private inference, together or on two machines.
 
 mod bench;
+mod blocks;
 mod report;
 
 use std::net::SocketAddr;
@@ -33,7 +34,8 @@ enum Command {
     Demo(JobArgs),
     /// Measure protocols through the real transport (both parties here) and print a table.
     Bench {
-        /// Which set of measurements: `layers` (linear layers, shared products).
+        /// Which set of measurements: `layers` (the layers: linear, GeLU/SiLU, softmax, LayerNorm),
+        /// `blocks` (every non-linear block at 2^10 and 2^16 values, per value).
         #[arg(long, default_value = "layers")]
         preset: String,
         /// Only the rows with this name (e.g. `linear`).

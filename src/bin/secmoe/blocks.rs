@@ -1,0 +1,214 @@
+//! `secmoe bench --preset blocks`: every non-linear building block and function at 2^10 and
+//! 2^16 values, per value: time, bits on the wire, rounds (both parties here, silent OT, the
+//! engines' one-time base OTs excluded). Each result is checked against plaintext.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use secmoe::backend::{Backend, CpuBackend};
+use secmoe::ot::{Ot, OtKind};
+use secmoe::proto::ProtoResult;
+use secmoe::proto::arith::{mul, truncate};
+use secmoe::proto::boolean::Triples;
+use secmoe::proto::compare::{b2a, greater_than, max, mux, non_negative, one_hot, triples_per_comparison};
+use secmoe::proto::layernorm::rsqrt;
+use secmoe::proto::piecewise::{Piecewise, evaluate, evaluate_baseline, relu};
+use secmoe::proto::softmax::reciprocal;
+
+use crate::bench::{Row, links, print_row, reset_peak_rss, row};
+
+const SCALE: f64 = (1u64 << 18) as f64;
+
+/// The blocks, in table order.
+pub const BLOCKS: &[&str] = &[
+    "compare",
+    "sign",
+    "b2a",
+    "mux",
+    "mul",
+    "truncate",
+    "max",
+    "one-hot",
+    "relu",
+    "gelu-stc",
+    "gelu-baseline",
+    "silu-stc",
+    "exp",
+    "reciprocal",
+    "rsqrt",
+];
+
+type Run<'a> = Pin<Box<dyn Future<Output = ProtoResult<Vec<u64>>> + 'a>>;
+
+/// One block's inputs, both parties' runs, and the check of the opened result.
+struct Case {
+    /// Plaintext inputs (real or raw, per block) and their shares (server, client).
+    x: Vec<f64>,
+    raw: Vec<u64>,
+    server: Vec<u64>,
+    client: Vec<u64>,
+    /// Second operand where the block takes two.
+    raw2: Vec<u64>,
+    server2: Vec<u64>,
+    client2: Vec<u64>,
+}
+
+fn case(n: usize, rng: &mut StdRng, range: (f64, f64)) -> Case {
+    let x: Vec<f64> = (0..n).map(|_| (rng.random_range(range.0..range.1) * SCALE).round() / SCALE).collect();
+    let raw: Vec<u64> = x.iter().map(|v| (v * SCALE) as i64 as u64).collect();
+    let raw2: Vec<u64> = (0..n).map(|_| rng.random::<u64>()).collect();
+    let split = |v: &[u64], rng: &mut StdRng| -> (Vec<u64>, Vec<u64>) {
+        let c: Vec<u64> = v.iter().map(|_| rng.random()).collect();
+        (v.iter().zip(&c).map(|(a, b)| a.wrapping_sub(*b)).collect(), c)
+    };
+    let (server, client) = split(&raw, rng);
+    let (server2, client2) = split(&raw2, rng);
+    Case { x, raw, server, client, raw2, server2, client2 }
+}
+
+fn bits_of(v: &[u64]) -> Vec<bool> {
+    v.iter().map(|b| b & 1 == 1).collect()
+}
+
+/// Runs the `blocks` preset (or one block with `only`).
+pub async fn run(backend: Arc<CpuBackend>, threads: usize, only: Option<&str>, rows: &mut Vec<Row>) -> Result<()> {
+    for &name in BLOCKS {
+        if only.is_some_and(|o| o != name) {
+            continue;
+        }
+        for n in [1usize << 10, 1 << 16] {
+            let row = measure(name, n, OtKind::Silent, backend.clone(), threads)
+                .await
+                .with_context(|| format!("{name} at {n}"))?;
+            print_row(&row);
+            rows.push(row);
+        }
+    }
+    Ok(())
+}
+
+async fn measure(name: &str, n: usize, kind: OtKind, backend: Arc<CpuBackend>, threads: usize) -> Result<Row> {
+    let mut rng = StdRng::from_rng(&mut rand::rng());
+    let (mut c, mut s) = links().await?;
+    let be: Arc<dyn Backend> = backend;
+    let (oc, os) = tokio::join!(Ot::new(&mut c, be.clone()), Ot::new(&mut s, be));
+    let (mut oc, mut os) = (oc?, os?);
+    let range = match name {
+        "reciprocal" => (1.0, 128.0),
+        "rsqrt" => (0.01, 1000.0),
+        "exp" => (-20.0, 0.0),
+        _ => (-8.0, 8.0),
+    };
+    let k = case(n, &mut rng, range);
+    let before = c.meter().report().total();
+    reset_peak_rss();
+    let start = Instant::now();
+    let (ys, yc) = run_block(name, kind, &mut os, &mut oc, &k).await?;
+    let wall_s = start.elapsed().as_secs_f64();
+    let after = c.meter().report().total();
+    let opened: Vec<u64> = ys.iter().zip(&yc).map(|(a, b)| a.wrapping_add(*b)).collect();
+    let real = |v: u64| v as i64 as f64 / SCALE;
+    let close =
+        |f: &dyn Fn(f64) -> f64, tol: f64| k.x.iter().zip(&opened).all(|(&x, &y)| (real(y) - f(x)).abs() <= tol);
+    let checked = match name {
+        "compare" => opened.iter().enumerate().all(|(i, &b)| (b & 1 == 1) == (k.server2[i] > k.client2[i])),
+        "sign" => opened.iter().zip(&k.x).all(|(&b, &x)| (b & 1 == 1) == (x >= 0.0)),
+        "b2a" => opened.iter().zip(&k.raw2).all(|(&y, &b)| y == b & 1),
+        "mux" => opened.iter().enumerate().all(|(i, &y)| y == if k.raw2[i] & 1 == 1 { k.raw[i] } else { 0 }),
+        "mul" => opened.iter().enumerate().all(|(i, &y)| y == k.raw[i].wrapping_mul(k.raw2[i])),
+        "truncate" => opened.iter().zip(&k.raw).all(|(&y, &x)| (x as i64 >> 18) - (y as i64) <= 1),
+        "max" => opened
+            .iter()
+            .enumerate()
+            .all(|(r, &m)| m == *k.raw[r * 128..(r + 1) * 128].iter().max_by_key(|v| **v as i64).unwrap_or(&0)),
+        "one-hot" => opened.iter().zip(&k.raw2).all(|(&h, &i)| h == 1 << (i & 7)),
+        "relu" => opened.iter().zip(&k.raw).all(|(&y, &x)| y as i64 == (x as i64).max(0)),
+        "gelu-stc" | "gelu-baseline" => close(&|x| Piecewise::gelu().exact(x), 1.2e-2),
+        "silu-stc" => close(&|x| Piecewise::silu().exact(x), 1.2e-2),
+        "exp" => close(&f64::exp, 3e-3),
+        "reciprocal" => close(&|x| 1.0 / x, 8.0 / SCALE),
+        "rsqrt" => close(&|x| 1.0 / x.sqrt(), 1e-3 * 10.0),
+        _ => false,
+    };
+    drop((oc, os));
+    let (a, b) = tokio::join!(c.close(), s.close());
+    a?;
+    b?;
+    let bytes = after.bytes() - before.bytes();
+    let shape = format!("2^{} values, {kind} OT", n.trailing_zeros());
+    let mut row = row(name, shape, threads, wall_s, bytes, after.rounds - before.rounds, checked);
+    row.bits_per_op = Some(bytes as f64 * 8.0 / n as f64);
+    row.us_per_op = Some(wall_s * 1e6 / n as f64);
+    Ok(row)
+}
+
+/// Runs one block with both parties; returns (server, client) output shares, bits as 0/1.
+async fn run_block(name: &str, kind: OtKind, os: &mut Ot, oc: &mut Ot, k: &Case) -> Result<(Vec<u64>, Vec<u64>)> {
+    let widen = |v: Vec<bool>| v.into_iter().map(u64::from).collect::<Vec<u64>>();
+    let (s, c): (Run<'_>, Run<'_>) = match name {
+        "compare" => {
+            let need = triples_per_comparison(64) * k.raw.len();
+            let (ts, tc) = tokio::join!(Triples::generate(os, kind, need), Triples::generate(oc, kind, need));
+            let (mut ts, mut tc) = (ts?, tc?);
+            let (a, b) = tokio::join!(
+                greater_than(os, kind, &mut ts, &k.server2, 64),
+                greater_than(oc, kind, &mut tc, &k.client2, 64)
+            );
+            return Ok((widen(a?), widen(b?)));
+        }
+        "sign" => {
+            let (a, b) = tokio::join!(non_negative(os, kind, &k.server, 32), non_negative(oc, kind, &k.client, 32));
+            return Ok((widen(a?), widen(b?)));
+        }
+        "b2a" | "mux" => {
+            // XOR shares of the low bit of raw2: the server holds it, the client zeros
+            let (bs, bc): (Vec<bool>, Vec<bool>) = (bits_of(&k.raw2), vec![false; k.raw2.len()]);
+            if name == "b2a" {
+                let (a, b) = tokio::join!(b2a(os, kind, &bs), b2a(oc, kind, &bc));
+                return Ok((a?, b?));
+            }
+            let (a, b) = tokio::join!(mux(os, kind, &bs, &k.server), mux(oc, kind, &bc, &k.client));
+            return Ok((a?, b?));
+        }
+        "mul" => (Box::pin(mul(os, kind, &k.server, &k.server2)), Box::pin(mul(oc, kind, &k.client, &k.client2))),
+        "truncate" => (Box::pin(truncate(os, kind, &k.server, 18)), Box::pin(truncate(oc, kind, &k.client, 18))),
+        "max" => {
+            let (a, b) = tokio::join!(max(os, kind, &k.server, 128, 26), max(oc, kind, &k.client, 128, 26));
+            return Ok((a?.0, b?.0));
+        }
+        "one-hot" => {
+            let zeros = vec![0; k.raw2.len()];
+            let (a, b) = tokio::join!(one_hot(os, kind, &k.raw2, 8), one_hot(oc, kind, &zeros, 8));
+            let pack = |v: Vec<Vec<bool>>| {
+                v.iter().map(|h| h.iter().rev().fold(0u64, |w, &b| w << 1 | b as u64)).collect::<Vec<u64>>()
+            };
+            let (a, b) = (pack(a?), pack(b?));
+            // XOR shares: open by XOR, returned so that the caller's sum is the XOR
+            return Ok((a.iter().zip(&b).map(|(x, y)| x ^ y).collect(), vec![0; b.len()]));
+        }
+        "relu" => (Box::pin(relu(os, kind, &k.server, 32)), Box::pin(relu(oc, kind, &k.client, 32))),
+        "gelu-stc" | "silu-stc" | "exp" | "gelu-baseline" => {
+            let f = match name {
+                "silu-stc" => Piecewise::silu(),
+                "exp" => Piecewise::exp(),
+                _ => Piecewise::gelu(),
+            };
+            let (a, b) = if name == "gelu-baseline" {
+                tokio::join!(evaluate_baseline(os, kind, &f, &k.server), evaluate_baseline(oc, kind, &f, &k.client))
+            } else {
+                tokio::join!(evaluate(os, kind, &f, &k.server), evaluate(oc, kind, &f, &k.client))
+            };
+            return Ok((a?, b?));
+        }
+        "reciprocal" => (Box::pin(reciprocal(os, kind, &k.server)), Box::pin(reciprocal(oc, kind, &k.client))),
+        "rsqrt" => (Box::pin(rsqrt(os, kind, &k.server)), Box::pin(rsqrt(oc, kind, &k.client))),
+        other => anyhow::bail!("unknown block `{other}`"),
+    };
+    let (a, b) = tokio::join!(s, c);
+    Ok((a?, b?))
+}
