@@ -192,26 +192,22 @@ impl Ot {
                 r
             }
         };
-        let pool = &mut self.pools[kind as usize];
-        pool.sent.extend(sent?);
-        let received = received?;
-        pool.choices.extend(received.choices);
-        pool.received.extend(received.keys);
+        self.pools[kind as usize].add(sent?, received?);
         Ok(())
     }
 
     /// Random OTs left in the pool: (as sender, as receiver).
     pub fn prepared(&self, kind: OtKind) -> (usize, usize) {
         let pool = &self.pools[kind as usize];
-        (pool.sent.len(), pool.received.len())
+        (pool.sent_left(), pool.received_left())
     }
 
     /// `n` random OTs with this party as sender: from the pool if it holds `n`, else fresh.
     #[tracing::instrument(level = "debug", skip(self), fields(party = %self.party))]
     pub async fn random_send(&mut self, kind: OtKind, n: usize) -> OtResult<RandomOtSender> {
         let pool = &mut self.pools[kind as usize];
-        if n <= pool.sent.len() {
-            return Ok(RandomOtSender { keys: pool.sent.drain(..n).collect() });
+        if n <= pool.sent_left() {
+            return Ok(RandomOtSender { keys: pool.take_sent(n) });
         }
         let _s = self.meter().scope(kind.step_name());
         let meter = self.channel.meter().clone();
@@ -236,11 +232,8 @@ impl Ot {
     #[tracing::instrument(level = "debug", skip(self), fields(party = %self.party))]
     pub async fn random_receive(&mut self, kind: OtKind, n: usize) -> OtResult<RandomOtReceiver> {
         let pool = &mut self.pools[kind as usize];
-        if n <= pool.received.len() {
-            return Ok(RandomOtReceiver {
-                choices: pool.choices.drain(..n).collect(),
-                keys: pool.received.drain(..n).collect(),
-            });
+        if n <= pool.received_left() {
+            return Ok(pool.take_received(n));
         }
         let _s = self.meter().scope(kind.step_name());
         let meter = self.channel.meter().clone();
@@ -261,12 +254,48 @@ impl Ot {
     }
 }
 
-/// Random OTs generated ahead of use, per extension kind.
+/// Random OTs generated ahead of use, per extension kind: taken from the front (an index, so
+/// that taking does not move what is left).
 #[derive(Debug, Default)]
 struct Pool {
     sent: Vec<[Block; 2]>,
+    sent_used: usize,
     choices: Vec<bool>,
     received: Vec<Block>,
+    received_used: usize,
+}
+
+impl Pool {
+    fn sent_left(&self) -> usize {
+        self.sent.len() - self.sent_used
+    }
+
+    fn received_left(&self) -> usize {
+        self.received.len() - self.received_used
+    }
+
+    fn add(&mut self, sent: Vec<[Block; 2]>, received: RandomOtReceiver) {
+        self.sent.drain(..self.sent_used);
+        self.sent_used = 0;
+        self.sent.extend(sent);
+        self.choices.drain(..self.received_used);
+        self.received.drain(..self.received_used);
+        self.received_used = 0;
+        self.choices.extend(received.choices);
+        self.received.extend(received.keys);
+    }
+
+    fn take_sent(&mut self, n: usize) -> Vec<[Block; 2]> {
+        let r = self.sent_used..self.sent_used + n;
+        self.sent_used += n;
+        self.sent[r].to_vec()
+    }
+
+    fn take_received(&mut self, n: usize) -> RandomOtReceiver {
+        let r = self.received_used..self.received_used + n;
+        self.received_used += n;
+        RandomOtReceiver { choices: self.choices[r.clone()].to_vec(), keys: self.received[r].to_vec() }
+    }
 }
 
 async fn iknp_send(

@@ -108,11 +108,14 @@ pub async fn run(preset: &str, threads: usize, only: Option<&str>, tune: CostMod
         print_row(&row);
         rows.push(row);
     }
-    for (name, method) in ["gelu", "silu"].into_iter().flat_map(|n| ["stc", "baseline"].map(|m| (n, m))) {
+    // Select-Then-Compute with either OT (silent: fewest bytes; IKNP: least compute), the
+    // baseline with silent OT
+    let methods = [("stc", OtKind::Silent), ("stc", OtKind::Iknp), ("baseline", OtKind::Silent)];
+    for (name, (method, kind)) in ["gelu", "silu"].into_iter().flat_map(|n| methods.map(|m| (n, m))) {
         if only.is_some_and(|o| o != name) {
             continue;
         }
-        let row = measure_activation(name, method, OtKind::Silent, backend.clone(), threads)
+        let row = measure_activation(name, method, kind, backend.clone(), threads)
             .await
             .with_context(|| format!("{name}, {method}"))?;
         print_row(&row);
