@@ -46,6 +46,8 @@ fn max_and_argmax_are_exact() {
             let (s, c) = add_share(&raw, &mut rng);
             let (ms, mc) = tokio::join!(max(&mut os, KIND, &s, len, 26), max(&mut oc, KIND, &c, len, 26));
             let ((ms, is), (mc, ic)) = (ms.unwrap(), mc.unwrap());
+            // each level's random OTs were prepared exactly
+            assert_eq!((os.prepared(KIND), oc.prepared(KIND)), ((0, 0), (0, 0)));
             let (m, idx) = (open(&ms, &mc), open(&is, &ic));
             for r in 0..rows {
                 let row = &x[r * len..(r + 1) * len];

@@ -339,6 +339,10 @@ pub async fn max(
                 bidx.push(ix[b]);
             }
         }
+        // this level's random OTs in one go: the sign's carry chain (server as sender), one
+        // multiplexer pair per comparison (one OT each way per value)
+        let pairs = diff.len();
+        super::prepare(ot, kind, (pairs * (carry_ots(bits - 1) + 2), 2 * pairs)).await?;
         let ge = non_negative(ot, kind, &diff, bits).await?;
         let both: Vec<bool> = ge.iter().chain(&ge).copied().collect();
         let picked = mux(ot, kind, &both, &[diff, didx].concat()).await?;

@@ -14,7 +14,8 @@ pub mod tiling;
 use thiserror::Error;
 
 use crate::he::HeError;
-use crate::net::NetError;
+use crate::net::{NetError, Party};
+use crate::ot::{Ot, OtKind};
 
 /// Errors of the protocols.
 #[derive(Debug, Error)]
@@ -38,6 +39,19 @@ pub enum ProtoError {
 
 /// Result alias of the protocols.
 pub type ProtoResult<T> = Result<T, ProtoError>;
+
+/// Prepares the random OTs of a step, (server as sender, client as sender), both directions at
+/// once and in one extension call each ([`Ot::prepare`]): the step's OTs then cost no extension
+/// round trips of their own.
+pub(crate) async fn prepare(
+    ot: &mut Ot,
+    kind: OtKind,
+    (server_sends, client_sends): (usize, usize),
+) -> ProtoResult<()> {
+    let (send, receive) =
+        if ot.party() == Party::Server { (server_sends, client_sends) } else { (client_sends, server_sends) };
+    Ok(ot.prepare(kind, send, receive).await?)
+}
 
 /// Runs CPU-heavy work from async code without stalling the runtime's other tasks (the link's
 /// I/O): on a multi-threaded runtime the worker hands its other tasks off first.

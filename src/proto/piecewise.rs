@@ -35,7 +35,7 @@
 use super::arith::{cross_receive, cross_send, masks, mul_in, square, truncate, truncate_extend};
 use super::boolean::Triples;
 use super::compare::{at_least, at_least_ots, carry, carry_ots, mux, non_negative, triples_per_comparison};
-use super::{ProtoError, ProtoResult};
+use super::{ProtoError, ProtoResult, prepare};
 use crate::net::Party;
 use crate::ot::{Ot, OtKind};
 use crate::ring::{DEFAULT_FRAC_BITS, mask};
@@ -582,13 +582,6 @@ pub async fn swiglu(ot: &mut Ot, kind: OtKind, gate: &[u64], up: &[u64]) -> Prot
     let activated = evaluate(ot, kind, &Piecewise::silu(), gate).await?;
     let product = mul_in(ot, kind, &activated, up, BITS).await?;
     truncate_extend(ot, kind, &product, BITS, FRAC).await
-}
-
-/// Prepares a batch's random OTs, (server as sender, client as sender), both directions at once.
-async fn prepare(ot: &mut Ot, kind: OtKind, (server_sends, client_sends): (usize, usize)) -> ProtoResult<()> {
-    let (send, receive) =
-        if ot.party() == Party::Server { (server_sends, client_sends) } else { (client_sends, server_sends) };
-    Ok(ot.prepare(kind, send, receive).await?)
 }
 
 /// Checks a batch against the function's input range, for callers that hold plaintext (tests,

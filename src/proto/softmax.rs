@@ -30,7 +30,7 @@ const PRODUCT_BITS: u32 = 2 * FRAC + 4;
 /// Longest row: the reciprocal's start covers sums up to 128.
 pub const MAX_ROW: usize = 128;
 /// Values per batch (whole rows): bounds memory; each batch adds its rounds.
-const BATCH: usize = 1 << 15;
+const BATCH: usize = 1 << 17;
 
 /// Shares of softmax over each row of `len` consecutive shared values (module notes).
 #[tracing::instrument(level = "debug", skip_all, fields(n = x.len(), len))]
