@@ -35,7 +35,7 @@ fn bench_nonlinear(c: &mut Criterion) {
     let mut group = c.benchmark_group("nonlinear");
     group.sample_size(10).measurement_time(Duration::from_secs(30));
     for name in ["gelu-stc", "gelu-baseline", "softmax"] {
-        let mut run = |os: &mut Ot, oc: &mut Ot| {
+        let run = |os: &mut Ot, oc: &mut Ot| {
             rt.block_on(async {
                 let (a, b) = match name {
                     "gelu-stc" => tokio::join!(evaluate(os, KIND, &gelu, &xs), evaluate(oc, KIND, &gelu, &xc)),
