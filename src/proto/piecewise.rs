@@ -1,5 +1,6 @@
-//! Piecewise-quadratic activations (GeLU, SiLU) over shares, by Select-Then-Compute (SecMoE,
-//! Protocol 2) and by the baseline that evaluates every piece and multiplexes (BumbleBee).
+//! Piecewise-quadratic functions over shares (GeLU, SiLU; the starting points of e^x, 1/x and
+//! 1/√x), by Select-Then-Compute (SecMoE, Protocol 2) and by the baseline that evaluates every
+//! piece and multiplexes (BumbleBee); ReLU and SwiGLU's gate product.
 //!
 //! A [`Piecewise`] function has K pieces of width 2^w starting at `start`: a left tail (x below
 //! `start`), K − 2 quadratics, a right tail. Piece i evaluates y = α_i·d² + β_i·x + γ_i with
@@ -18,8 +19,12 @@
 //! 4. d² once, from the low bits and the carry: one cross term of k+w bits and two correlated
 //!    OTs for the carry's terms.
 //! 5. Selection and computation in one step: each party obtains, by a 1-of-2^⌈log2 K⌉ OT on its
-//!    own index share, the other party's masked term θ_i·(d²_p, x_p, 1) — the masked row of the
-//!    coefficient matrix times that party's shares. Rows of zero coefficients contribute nothing.
+//!    own index share, the other party's term θ_i·(d²_p, x_p, 1) masked by a fresh pad — the
+//!    paper's masked selection of the coefficient row, fused with the products by that party's
+//!    shares, so no product of two secrets is left. Rows of zero coefficients contribute nothing.
+//!
+//! The random OTs of each batch are prepared in one go, both directions at once; about 35 per
+//! value for GeLU, no AND gates.
 //! 6. One truncation-with-extension back to Z_2^64 ([`super::arith::truncate_extend`]).
 //!
 //! Error model (against [`Piecewise::reference`], the same fixed-point arithmetic computed in
@@ -109,16 +114,16 @@ pub struct Piecewise {
 }
 
 fn gelu_exact(x: f64) -> f64 {
-    0.5 * x * (1.0 + libm_erf(x / std::f64::consts::SQRT_2))
+    0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2))
 }
 
 fn silu_exact(x: f64) -> f64 {
     x / (1.0 + (-x).exp())
 }
 
-/// erf by Abramowitz–Stegun 7.1.26 is too coarse for a reference; this is the series/continued
-/// fraction pair with |error| < 1e-15.
-fn libm_erf(x: f64) -> f64 {
+/// The error function for the f64 reference (std has none): its Maclaurin series below 2.5,
+/// 1 − erfc by erfc's continued fraction above; |error| < 1e-14.
+fn erf(x: f64) -> f64 {
     if x.abs() < 2.5 {
         // Maclaurin series
         let mut sum = x;
@@ -227,7 +232,7 @@ impl Piecewise {
         self.name
     }
 
-    /// Number of pieces K (tails included).
+    /// The K pieces: left tail, quadratics, right tail.
     pub fn pieces(&self) -> &[Piece] {
         &self.pieces
     }
@@ -615,8 +620,8 @@ mod tests {
         for (x, want) in
             [(0.0, 0.0), (0.5, 0.520_499_877_813_046_5), (1.0, 0.842_700_792_949_714_9), (3.0, 0.999_977_909_503_001_4)]
         {
-            assert!((libm_erf(x) - want).abs() < 1e-14, "erf({x})");
-            assert!((libm_erf(-x) + want).abs() < 1e-14, "erf(-{x})");
+            assert!((erf(x) - want).abs() < 1e-14, "erf({x})");
+            assert!((erf(-x) + want).abs() < 1e-14, "erf(-{x})");
         }
     }
 
