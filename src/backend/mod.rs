@@ -39,7 +39,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn ntt_inverse(&self, table: &NttTable, polys: &mut [u64]);
 
     /// Pointwise multiply-accumulate over one RNS limb in NTT form, for ct×pt products and for
-    /// selection sums Σ_i W_i·[[t_i]]: `out[j] = Σ_i x[i] ⊙ w[j][i] mod p`, where `x` holds I
+    /// selection sums Σ_i W_i·[\[t_i\]]: `out[j] = Σ_i x[i] ⊙ w[j][i] mod p`, where `x` holds I
     /// polynomials, `w` holds J rows of I polynomials and `out` receives J polynomials, each of
     /// `n` values. One side carries Shoup constants ([`Prepared`]): the weights when they are
     /// prepared once per model, or the shared inputs when the weights are transformed on the fly.

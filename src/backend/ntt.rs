@@ -1,4 +1,4 @@
-//! The negacyclic number-theoretic transform over Z_p[X]/(X^N + 1): precomputed tables and the
+//! The negacyclic number-theoretic transform over Z_p\[X\]/(X^N + 1): precomputed tables and the
 //! per-limb kernels every backend shares (the CUDA kernels will mirror these loops).
 //!
 //! Forward: Cooley–Tukey on natural-order input with the powers of a primitive 2N-th root ψ in

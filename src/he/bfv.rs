@@ -194,7 +194,7 @@ impl Ciphertext {
     }
 
     /// Modulus switching from q to q' = q / p_k (the last prime), to shrink what is sent back:
-    /// c' = ⌊c · q'/q⌉, computed per limb as (c_i − [c_k]) · p_k^-1 mod p_i with [c_k] the
+    /// c' = ⌊c · q'/q⌉, computed per limb as (c_i − \[c_k\]) · p_k^-1 mod p_i with \[c_k\] the
     /// centered last residue. The message is kept (its scale q/t becomes q'/t); the noise is
     /// divided by p_k and gains a rounding term of about (1 + ‖s‖_1)/2. Leaves coefficient form.
     pub fn drop_last_modulus(&mut self, params: &HeParams, backend: &dyn Backend) -> HeResult<()> {

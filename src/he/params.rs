@@ -21,7 +21,7 @@ pub fn max_log_q_128(n: usize) -> Option<u32> {
     }
 }
 
-/// An RLWE ring Z_q[X]/(X^N + 1) with q = ∏ p_i (RNS), its NTT tables, the plaintext modulus
+/// An RLWE ring Z_q\[X\]/(X^N + 1) with q = ∏ p_i (RNS), its NTT tables, the plaintext modulus
 /// t = 2^plain_bits, and optionally a special prime P for key switching (keys live mod q·P).
 #[derive(Debug)]
 pub struct HeParams {

@@ -4,9 +4,9 @@
 //!
 //! Millionaire's (CrypTFlow2, Rathee et al. CCS 2020): the server's x and the client's y
 //! (ℓ bits) are cut into blocks of m = 4 bits. For each block a 1-of-16 OT, the server as
-//! sender, gives the client the bits [x_j > v] ⊕ r and [x_j = v] ⊕ r' for its own v = y_j; the
+//! sender, gives the client the bits \[x_j > v\] ⊕ r and [x_j = v] ⊕ r' for its own v = y_j; the
 //! server keeps r, r'. The blocks are combined up a tree, gt = gt_hi ⊕ (eq_hi ∧ gt_lo),
-//! eq = eq_hi ∧ eq_lo, with AND triples; log2(ℓ/m) rounds. Results are XOR shares of [x > y].
+//! eq = eq_hi ∧ eq_lo, with AND triples; log2(ℓ/m) rounds. Results are XOR shares of \[x > y\].
 
 use rand::RngExt;
 
@@ -24,7 +24,7 @@ pub fn triples_per_comparison(bits: u32) -> usize {
     (2 * (bits.div_ceil(BLOCK_BITS) as usize)).saturating_sub(3)
 }
 
-/// XOR shares of [x > y] for the server's `x` and the client's `y` (each party passes its own
+/// XOR shares of \[x > y\] for the server's `x` and the client's `y` (each party passes its own
 /// values, below 2^bits). Uses `triples` (see [`triples_per_comparison`]).
 pub async fn greater_than(
     ot: &mut Ot,
@@ -36,7 +36,7 @@ pub async fn greater_than(
     greater_than_many(ot, kind, triples, mine, 1, bits).await
 }
 
-/// XOR shares of [x_ik > y_i] for `per` server values x_i0..x_i(per−1) against each client value
+/// XOR shares of \[x_ik > y_i\] for `per` server values x_i0..x_i(per−1) against each client value
 /// y_i: the server passes n·per values (grouped by i), the client its n values. The client's
 /// OT choices depend on y_i only, so one 1-of-16 OT per block carries all `per` comparisons
 /// (2·per-bit messages): comparing against several thresholds costs one OT batch. Results are

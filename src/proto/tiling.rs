@@ -2,8 +2,8 @@
 //! degree N (Huang et al., USENIX Security 2022, §3.2).
 //!
 //! The product is cut into tiles of n_w × d_w × m_w with n_w·d_w·m_w ≤ N. A tile of A becomes
-//! â = Σ A[i,j]·X^(i·d_w·m_w + j) and a tile of B becomes b̂ = Σ B[j,k]·X^(k·d_w + d_w − 1 − j);
-//! in â·b̂ the coefficient of X^(i·d_w·m_w + k·d_w + d_w − 1) is Σ_j A[i,j]·B[j,k], with no
+//! â = Σ A\[i,j\]·X^(i·d_w·m_w + j) and a tile of B becomes b̂ = Σ B\[j,k\]·X^(k·d_w + d_w − 1 − j);
+//! in â·b̂ the coefficient of X^(i·d_w·m_w + k·d_w + d_w − 1) is Σ_j A\[i,j\]·B\[j,k\], with no
 //! wrap-around because every exponent stays below n_w·d_w·m_w ≤ N. Summing â·b̂ over the d-tiles
 //! gives the output tile.
 
