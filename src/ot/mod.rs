@@ -175,7 +175,9 @@ impl Ot {
         let timeout = self.timeout;
         let (sent, received) = match kind {
             OtKind::Iknp => {
-                let first = !self.iknp_sender.has_base_ots() || !self.iknp_receiver.has_base_ots();
+                // the first use of a direction adds its base OTs' round trip
+                let first = (send > 0 && !self.iknp_sender.has_base_ots())
+                    || (receive > 0 && !self.iknp_receiver.has_base_ots());
                 let r = tokio::join!(
                     iknp_send(&mut self.iknp_sender, timeout, &meter, send),
                     iknp_receive(&mut self.iknp_receiver, timeout, &meter, receive)
@@ -202,55 +204,24 @@ impl Ot {
         (pool.sent_left(), pool.received_left())
     }
 
-    /// `n` random OTs with this party as sender: from the pool if it holds `n`, else fresh.
+    /// `n` random OTs with this party as sender: from the pool, extended first by a fresh batch
+    /// if it holds fewer than `n` (the peer's receiving side does the same, so both stay in step).
     #[tracing::instrument(level = "debug", skip(self), fields(party = %self.party))]
     pub async fn random_send(&mut self, kind: OtKind, n: usize) -> OtResult<RandomOtSender> {
-        let pool = &mut self.pools[kind as usize];
-        if n <= pool.sent_left() {
-            return Ok(RandomOtSender { keys: pool.take_sent(n) });
+        if n > self.pools[kind as usize].sent_left() {
+            self.prepare(kind, n, 0).await?;
         }
-        let _s = self.meter().scope(kind.step_name());
-        let meter = self.channel.meter().clone();
-        let keys = match kind {
-            OtKind::Iknp => {
-                let first = !self.iknp_sender.has_base_ots();
-                let keys = iknp_send(&mut self.iknp_sender, self.timeout, &meter, n).await?;
-                self.meter().add_rounds(IKNP_ROUNDS + if first { BASE_OT_ROUNDS } else { 0 });
-                keys
-            }
-            OtKind::Silent => {
-                let keys = silent_send(&mut self.silent_sender, self.timeout, &meter, n).await?;
-                self.meter().add_rounds(SILENT_ROUNDS);
-                keys
-            }
-        };
-        Ok(RandomOtSender { keys })
+        Ok(RandomOtSender { keys: self.pools[kind as usize].take_sent(n) })
     }
 
-    /// `n` random OTs with this party as receiver (random choice bits from a CSPRNG): from the
-    /// pool if it holds `n`, else fresh.
+    /// `n` random OTs with this party as receiver (random choice bits from a CSPRNG), as
+    /// [`Ot::random_send`].
     #[tracing::instrument(level = "debug", skip(self), fields(party = %self.party))]
     pub async fn random_receive(&mut self, kind: OtKind, n: usize) -> OtResult<RandomOtReceiver> {
-        let pool = &mut self.pools[kind as usize];
-        if n <= pool.received_left() {
-            return Ok(pool.take_received(n));
+        if n > self.pools[kind as usize].received_left() {
+            self.prepare(kind, 0, n).await?;
         }
-        let _s = self.meter().scope(kind.step_name());
-        let meter = self.channel.meter().clone();
-        let got = match kind {
-            OtKind::Iknp => {
-                let first = !self.iknp_receiver.has_base_ots();
-                let got = iknp_receive(&mut self.iknp_receiver, self.timeout, &meter, n).await?;
-                self.meter().add_rounds(IKNP_ROUNDS + if first { BASE_OT_ROUNDS } else { 0 });
-                got
-            }
-            OtKind::Silent => {
-                let got = silent_receive(&mut self.silent_receiver, self.timeout, &meter, n).await?;
-                self.meter().add_rounds(SILENT_ROUNDS);
-                got
-            }
-        };
-        Ok(got)
+        Ok(self.pools[kind as usize].take_received(n))
     }
 }
 
@@ -275,23 +246,38 @@ impl Pool {
     }
 
     fn add(&mut self, sent: Vec<[Block; 2]>, received: RandomOtReceiver) {
-        self.sent.drain(..self.sent_used);
-        self.sent_used = 0;
-        self.sent.extend(sent);
-        self.choices.drain(..self.received_used);
-        self.received.drain(..self.received_used);
-        self.received_used = 0;
-        self.choices.extend(received.choices);
-        self.received.extend(received.keys);
+        if self.sent_left() == 0 {
+            (self.sent, self.sent_used) = (sent, 0); // moved, not copied
+        } else {
+            self.sent.drain(..self.sent_used);
+            self.sent_used = 0;
+            self.sent.extend(sent);
+        }
+        if self.received_left() == 0 {
+            (self.choices, self.received, self.received_used) = (received.choices, received.keys, 0);
+        } else {
+            self.choices.drain(..self.received_used);
+            self.received.drain(..self.received_used);
+            self.received_used = 0;
+            self.choices.extend(received.choices);
+            self.received.extend(received.keys);
+        }
     }
 
     fn take_sent(&mut self, n: usize) -> Vec<[Block; 2]> {
+        if self.sent_used == 0 && n == self.sent.len() {
+            return std::mem::take(&mut self.sent); // the whole pool: moved, not copied
+        }
         let r = self.sent_used..self.sent_used + n;
         self.sent_used += n;
         self.sent[r].to_vec()
     }
 
     fn take_received(&mut self, n: usize) -> RandomOtReceiver {
+        if self.received_used == 0 && n == self.received.len() {
+            let (choices, keys) = (std::mem::take(&mut self.choices), std::mem::take(&mut self.received));
+            return RandomOtReceiver { choices, keys };
+        }
         let r = self.received_used..self.received_used + n;
         self.received_used += n;
         RandomOtReceiver { choices: self.choices[r.clone()].to_vec(), keys: self.received[r].to_vec() }

@@ -71,7 +71,7 @@ pub async fn layernorm(
     normalize(ot, kind, x, width, affine, eps, true).await
 }
 
-/// Shares of RMSNorm (γ only: β in `affine` must be zeros or is ignored).
+/// Shares of RMSNorm: y = γ ⊙ x/√(Σx²/d + ε) (β in `affine` is not used).
 #[tracing::instrument(level = "debug", skip_all, fields(n = x.len(), width))]
 pub async fn rmsnorm(
     ot: &mut Ot,
