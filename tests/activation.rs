@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::{add_share, open};
+
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use secmoe::ot::{Ot, OtKind};
@@ -15,15 +17,6 @@ use secmoe::proto::piecewise::{Piecewise, evaluate, evaluate_baseline};
 
 const KIND: OtKind = OtKind::Iknp;
 const SCALE: f64 = (1u64 << 18) as f64;
-
-fn add_share(values: &[u64], rng: &mut StdRng) -> (Vec<u64>, Vec<u64>) {
-    let r: Vec<u64> = values.iter().map(|_| rng.random()).collect();
-    (values.iter().zip(&r).map(|(v, r)| v.wrapping_sub(*r)).collect(), r)
-}
-
-fn open(a: &[u64], b: &[u64]) -> Vec<u64> {
-    a.iter().zip(b).map(|(x, y)| x.wrapping_add(*y)).collect()
-}
 
 #[test]
 fn truncation_is_floor_or_one_less_even_for_extreme_shares() {

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::add_share;
+
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use secmoe::ot::OtKind;
@@ -16,11 +18,6 @@ const KIND: OtKind = OtKind::Iknp;
 fn xor_share(bits: &[bool], rng: &mut StdRng) -> (Vec<bool>, Vec<bool>) {
     let r: Vec<bool> = bits.iter().map(|_| rng.random()).collect();
     (bits.iter().zip(&r).map(|(b, r)| b ^ r).collect(), r)
-}
-
-fn add_share(values: &[u64], rng: &mut StdRng) -> (Vec<u64>, Vec<u64>) {
-    let r: Vec<u64> = values.iter().map(|_| rng.random()).collect();
-    (values.iter().zip(&r).map(|(v, r)| v.wrapping_sub(*r)).collect(), r)
 }
 
 fn open_bits(a: &[bool], b: &[bool]) -> Vec<bool> {

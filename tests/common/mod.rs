@@ -33,3 +33,15 @@ pub async fn ot_pair() -> (Link, Ot, Link, Ot) {
 pub fn backend() -> Arc<CpuBackend> {
     Arc::new(CpuBackend::new(2).expect("thread pool"))
 }
+
+/// Additive shares (server, client) of `values`: the client's uniform from `rng`.
+pub fn add_share(values: &[u64], rng: &mut rand::rngs::StdRng) -> (Vec<u64>, Vec<u64>) {
+    use rand::RngExt;
+    let r: Vec<u64> = values.iter().map(|_| rng.random()).collect();
+    (values.iter().zip(&r).map(|(v, r)| v.wrapping_sub(*r)).collect(), r)
+}
+
+/// Reconstructs additive shares.
+pub fn open(a: &[u64], b: &[u64]) -> Vec<u64> {
+    a.iter().zip(b).map(|(x, y)| x.wrapping_add(*y)).collect()
+}
