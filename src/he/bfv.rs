@@ -241,11 +241,14 @@ impl Drop for SecretKey {
     }
 }
 
-/// A public key (b, a) = (−a·s + e, a), in NTT form.
+/// A public key (b, a) = (−a·s + e, a), in NTT form. Its uniform half `a` is expanded from a
+/// 32-byte seed, on the wire too: whoever receives the key gets an `a` it can trust to be
+/// uniform (a client cannot send a = 0, which would make re-randomization by this key void).
 #[derive(Debug, Clone)]
 pub struct PublicKey {
     pub(crate) b: RnsPoly,
     pub(crate) a: RnsPoly,
+    pub(crate) seed: [u8; 32],
     pub(crate) params: Arc<HeParams>,
 }
 
@@ -273,14 +276,16 @@ impl SecretKey {
     /// The matching public key.
     pub fn public_key<R: CryptoRng + ?Sized>(&self, backend: &dyn Backend, rng: &mut R) -> PublicKey {
         let p = &self.params;
-        let a = RnsPoly::uniform(p, Form::Ntt, rng);
+        let mut seed = [0u8; 32];
+        rng.fill_bytes(&mut seed);
+        let a = SeededCiphertext::mask(p, seed);
         let mut e = RnsPoly::from_signed(p, &RnsPoly::error_coeffs(p.degree(), rng));
         e.to_ntt(p, backend);
         let mut b = a.clone();
         b.mul_assign(p, &self.s);
         b.neg_assign(p);
         b.add_assign(p, &e);
-        PublicKey { b, a, params: p.clone() }
+        PublicKey { b, a, seed, params: p.clone() }
     }
 
     /// Symmetric encryption: (c0, c1) = (−a·s + e + Δ·m, a), returned in NTT form.
@@ -375,7 +380,7 @@ pub struct SeededCiphertext {
 
 impl SeededCiphertext {
     /// The uniform polynomial (NTT form) that `seed` stands for.
-    fn mask(params: &HeParams, seed: [u8; 32]) -> RnsPoly {
+    pub(crate) fn mask(params: &HeParams, seed: [u8; 32]) -> RnsPoly {
         RnsPoly::uniform(params, Form::Ntt, &mut ChaCha20Rng::from_seed(seed))
     }
 

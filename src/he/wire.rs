@@ -15,7 +15,7 @@ use crate::ring::{pack_bits, packed_len, unpack_bits};
 const VERSION: u8 = 1;
 const HEADER: usize = 4 + 1 + 1 + 1 + 1 + 2;
 const CIPHERTEXT: (&[u8; 4], &str) = (b"SMct", "ciphertext");
-const PUBLIC_KEY: (&[u8; 4], &str) = (b"SMpk", "public key");
+const PUBLIC_KEY: (&[u8; 4], &str) = (b"SMps", "public key");
 const RELIN_KEY: (&[u8; 4], &str) = (b"SMrk", "relinearization key");
 const SEEDED: (&[u8; 4], &str) = (b"SMsc", "seeded ciphertext");
 const SEED_LEN: usize = 32;
@@ -164,18 +164,31 @@ impl SeededCiphertext {
 }
 
 impl PublicKey {
-    /// Serializes.
+    /// Serializes: b as one polynomial, then the 32-byte seed of a.
     pub fn to_bytes(&self) -> Vec<u8> {
-        encode(PUBLIC_KEY.0, &self.params, &[&self.b, &self.a])
+        let mut out = encode(PUBLIC_KEY.0, &self.params, &[&self.b]);
+        out.extend_from_slice(&self.seed);
+        out
     }
 
-    /// Reads a public key for `params` (full level, NTT form).
+    /// Reads a public key for `params` (full level, NTT form); `a` is expanded from its seed.
+    /// A key whose b has a limb of zeros (b = 0 in some residue: not an RLWE sample) is refused.
     pub fn from_bytes(params: &Arc<HeParams>, bytes: &[u8]) -> HeResult<PublicKey> {
-        let (b, a) = pair(decode(PUBLIC_KEY, params, bytes, Some(params.moduli().len()), 2)?);
+        let Some(split) = bytes.len().checked_sub(SEED_LEN) else {
+            return Err(malformed(PUBLIC_KEY.1, format!("{} bytes cannot hold a seed", bytes.len())));
+        };
+        let b = decode(PUBLIC_KEY, params, &bytes[..split], Some(params.moduli().len()), 1)?
+            .pop()
+            .ok_or_else(|| malformed(PUBLIC_KEY.1, "no polynomial".into()))?;
         if b.form() != Form::Ntt {
             return Err(malformed(PUBLIC_KEY.1, "expected the NTT representation".into()));
         }
-        Ok(PublicKey { b, a, params: params.clone() })
+        if let Some(l) = b.limbs.chunks_exact(params.degree()).position(|limb| limb.iter().all(|&v| v == 0)) {
+            return Err(malformed(PUBLIC_KEY.1, format!("b is zero modulo prime {l} (a degenerate key)")));
+        }
+        let mut seed = [0u8; SEED_LEN];
+        seed.copy_from_slice(&bytes[split..]);
+        Ok(PublicKey { b, a: SeededCiphertext::mask(params, seed), seed, params: params.clone() })
     }
 }
 
@@ -255,6 +268,21 @@ mod tests {
         // a key is not a ciphertext, and a ciphertext is not a key
         assert!(Ciphertext::from_bytes(&p, &pk.to_bytes()).is_err());
         assert!(PublicKey::from_bytes(&p, &ct.to_bytes(&p)).is_err());
+    }
+
+    #[test]
+    fn a_public_key_travels_as_b_and_a_seed_and_a_degenerate_b_is_refused() {
+        let (p, be, sk, _, _) = fixture();
+        let mut rng = StdRng::seed_from_u64(8);
+        let bytes = sk.public_key(&be, &mut rng).to_bytes();
+        assert_eq!(bytes.len(), HEADER + 4096 * 109 / 8 + SEED_LEN);
+        // b = 0 modulo the first prime: the first limb's bits are all zero
+        let mut zero = bytes.clone();
+        zero[HEADER..HEADER + 4096 * 55 / 8].fill(0);
+        let err = PublicKey::from_bytes(&p, &zero).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("degenerate")));
+        let err = PublicKey::from_bytes(&p, &bytes[..SEED_LEN - 1]).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("seed")));
     }
 
     #[test]

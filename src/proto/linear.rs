@@ -6,22 +6,27 @@
 //! the server adds A_s and multiplies by its tiles of B in NTT form. Where the parameters have a
 //! special prime, the sparse results are then merged 2^ℓ at a time into dense ciphertexts with
 //! the client's Galois keys (BumbleBee-style packing; the merge multiplies them by 2^ℓ, which
-//! t = 2^(64+ℓ) absorbs). The server subtracts a fresh uniform mask R at the output
-//! coefficients, re-randomizes c1 with an encryption of zero, floods c0 with noise 2^κ above
-//! every B-dependent noise term, and returns each ciphertext shrunk to the output coefficients
-//! (c0 at t+4 bits, c1 at t+13 bits). The client decrypts (A·B − R); the server keeps R.
+//! t = 2^(64+ℓ) absorbs). The server subtracts a fresh mask 2^ℓ·R at the output coefficients,
+//! R uniform over the whole plaintext ring above the packing shift (mod 2^(log t − ℓ)), keeps
+//! R mod 2^64 as its share, re-randomizes c1 with an encryption of zero, floods c0 with noise
+//! 2^κ above a bound on every B-dependent noise term, and returns each ciphertext shrunk to the
+//! output coefficients (c0 at t+4 bits, c1 at t+13 bits). The client decrypts 2^ℓ·(A·B − R) mod t
+//! and keeps (A·B − R) mod 2^64.
 //!
-//! Security (semi-honest): the server sees only RLWE ciphertexts and keys of the client. The
-//! client sees (A·B − R) with R uniform; the coefficients holding cross terms never leave the
-//! server (unsent, or cancelled by the packing); c1 is an RLWE sample of the server's randomness;
-//! and the decrypted noise is statistically close (2^-κ per coefficient) to a distribution
-//! independent of B.
+//! Security (semi-honest): the server sees only RLWE ciphertexts and keys of the client. Every
+//! bit the client decrypts is uniform and independent of B: (A_c + A_s)·B exceeds 2^64 (the
+//! shares carry), so a mask of 64 bits would leave the top log t − 64 − ℓ bits of a function of
+//! B in the clear — R covers all of them. The coefficients holding cross terms never leave the
+//! server (unsent, or cancelled by the packing); c1 is an RLWE sample of the server's
+//! randomness; and the decrypted noise is within statistical distance 2^-κ + 2^-[`TAIL_BITS`]
+//! per coefficient of a distribution that does not depend on B (see [`HeServer::statistical_distance`]
+//! for a session's total).
 //!
 //! [`linear_client`] / [`linear_server`] apply it to a layer Y = X·W with X secret-shared and W
 //! the server's; [`matmul_shared_client`] / [`matmul_shared_server`] multiply two secret-shared
 //! matrices (Q·Kᵀ, P·V) with two such products and local terms.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rand::rngs::ChaCha20Rng;
 use rand::{CryptoRng, RngExt, SeedableRng};
@@ -37,11 +42,17 @@ use crate::he::{
 use crate::net::{Channel, CostModel};
 use crate::ring::Share;
 
-/// Statistical security of the noise flooding: the decrypted noise is within 2^-40 per
-/// coefficient of a distribution that does not depend on the server's matrix.
-pub const STAT_BITS: u32 = 40;
+/// Least statistical security of the noise flooding, per returned coefficient: the flood
+/// exceeds the noise bound by 2^κ with κ ≥ this; a product that would need less is refused.
+/// κ is as large as the parameters leave room for (see [`flood_bits`]).
+pub const MIN_STAT_BITS: u32 = 40;
+/// The noise bound holds except with probability 2^-TAIL_BITS per coefficient, over the
+/// client's encryption noise.
+pub const TAIL_BITS: u32 = 64;
 /// Bound on the centered binomial noise of a fresh encryption (η = 21).
-const FRESH_NOISE: u64 = 21;
+const FRESH_NOISE: f64 = 21.0;
+/// Bound on the rounding of the encodings of A_c and A_s, per coefficient.
+const ROUNDING_NOISE: f64 = 2.0;
 /// log2 of a bound on the noise one key switch adds (k·N·21·p_i/P plus the rounding).
 const KEYSWITCH_NOISE_BITS: u32 = 22;
 /// Byte budget for the unpacked results the server holds at once.
@@ -93,24 +104,39 @@ pub fn tiling_for(params: &HeParams, shape: MatShape, network: &CostModel) -> Ti
     Tiling::choose(shape, params.degree(), &tiling_cost(params, network))
 }
 
-/// Flooding noise (bits) for a product whose B entries are at most 2^b_bits in absolute value.
-/// Before flooding, a noise coefficient of a result is a sum of at most (d-tiles·d_w·m_w)
-/// terms (e + rounding)·b with |e| ≤ 21, plus rounding terms; packing 2^ℓ results multiplies
-/// that by 2^ℓ and adds a key-switch noise per level. The flood is 2^κ times the bound.
-fn flood_bits(params: &HeParams, t: &Tiling, b_bits: u32) -> ProtoResult<u32> {
+/// log2 of a bound on the B-dependent noise of one result coefficient, for B entries of at most
+/// 2^b_bits in absolute value. Before packing, a noise coefficient is a sum over T = d-tiles·d_w·m_w
+/// terms (e_i + ε_i)·b_i: e_i the client's fresh noise (independent, centered binomial, |e_i| ≤ 21),
+/// ε_i the encodings' rounding (|ε_i| ≤ 2, taken at its worst). By Hoeffding's inequality
+/// |Σ e_i·b_i| ≤ 21·2^b·√(2T·ln(2/δ)) except with probability δ = 2^-[`TAIL_BITS`] (instead of the
+/// worst case 21·2^b·T); the roundings add 2·2^b·T. Packing 2^ℓ results multiplies the noise by 2^ℓ
+/// and adds a key switch per level.
+fn noise_bound_bits(t: &Tiling, b_bits: u32) -> f64 {
     let (_, tj, _) = t.tile_counts();
-    let terms = (tj * t.d_w * t.m_w) as f64 * (FRESH_NOISE + 2) as f64;
-    let noise = terms * 2f64.powi(b_bits as i32) + 2f64.powi(KEYSWITCH_NOISE_BITS as i32);
-    let bits = (noise.log2() + t.pack as f64).ceil() as u32 + STAT_BITS;
-    let room = params.log_q().floor() as u32 - params.plain_bits() - 4;
-    if bits > room || bits > MAX_FLOOD_BITS {
+    let terms = (tj * t.d_w * t.m_w) as f64;
+    let b = 2f64.powi(b_bits as i32);
+    let ln_tail = (TAIL_BITS + 1) as f64 * std::f64::consts::LN_2;
+    let fresh = FRESH_NOISE * b * (2.0 * terms * ln_tail).sqrt().min(terms);
+    let rounding = ROUNDING_NOISE * b * terms;
+    (fresh + rounding + 2f64.powi(KEYSWITCH_NOISE_BITS as i32)).log2() + t.pack as f64
+}
+
+/// Flooding noise (bits) and its margin κ for a product whose B entries are at most 2^b_bits in
+/// absolute value: the noise bound plus the largest κ the parameters leave room for (the flood
+/// must stay 4 bits below q/t for the shrunk result to decrypt), at least [`MIN_STAT_BITS`].
+fn flood_bits(params: &HeParams, t: &Tiling, b_bits: u32) -> ProtoResult<(u32, u32)> {
+    let bound = noise_bound_bits(t, b_bits).ceil() as u32;
+    let room = (params.log_q().floor() as u32 - params.plain_bits() - 4).min(MAX_FLOOD_BITS);
+    let kappa = room.saturating_sub(bound);
+    if kappa < MIN_STAT_BITS {
         return Err(ProtoError::Input(format!(
-            "{} leaves {room} bits above the plaintext, but a {} product with {b_bits}-bit entries needs {bits} bits of flooding noise",
+            "{} leaves {room} bits above the plaintext, but a {} product with {b_bits}-bit entries needs {} bits of flooding noise",
             params.name(),
-            t.shape
+            t.shape,
+            bound + MIN_STAT_BITS
         )));
     }
-    Ok(bits)
+    Ok((bound + kappa, kappa))
 }
 
 /// The client's side: holds the secret key, and chooses the tiling of each product for the
@@ -131,6 +157,8 @@ pub struct HeServer {
     pk: PublicKey,
     galois: Option<GaloisKeys>,
     backend: Arc<dyn Backend>,
+    /// Sum over every coefficient returned so far of its statistical distance bound.
+    exposure: Mutex<f64>,
 }
 
 impl HeClient {
@@ -163,6 +191,14 @@ impl HeClient {
     /// n×m share.
     #[instrument(skip_all, name = "he_product", fields(shape = %shape))]
     pub async fn product(&self, ch: &mut Channel, shape: MatShape, a: &[u64]) -> ProtoResult<Vec<u64>> {
+        let (t, decrypted) = self.product_decrypted(ch, shape, a).await?;
+        // 2^pack·(A·B − R) mod t: the division is exact, and the share is its value mod 2^64
+        Ok(decrypted.into_iter().map(|v| (v >> t.pack) as u64).collect())
+    }
+
+    /// [`HeClient::product`] up to decryption: the tiling, and everything the client decrypts —
+    /// the whole t-bit plaintext at each output (row-major n×m).
+    async fn product_decrypted(&self, ch: &mut Channel, shape: MatShape, a: &[u64]) -> ProtoResult<(Tiling, Vec<u128>)> {
         if a.len() != shape.n * shape.d {
             return Err(ProtoError::Input(format!(
                 "A has {} entries, the shape {shape} needs {}",
@@ -200,7 +236,7 @@ impl HeClient {
             }
         }
         let _s = ch.meter().scope("he-product/output");
-        let mut out = vec![0u64; shape.n * shape.m];
+        let mut out = vec![0u128; shape.n * shape.m];
         for g in 0..t.returned() {
             let bytes = ch.recv().await?;
             let pos = t.returned_positions(g);
@@ -209,12 +245,11 @@ impl HeClient {
                 let ct = ShrunkCiphertext::from_bytes(p, &bytes, keep.len(), c0_bits(p), c1_bits(p))?;
                 self.sk.decrypt_shrunk(&ct, &keep, be)
             })?;
-            // a packed value is 2^pack·(A·B − R) mod 2^(64+pack'): the division is exact
             for (v, &(_, _, (i, k))) in values.into_iter().zip(&pos) {
-                out[i * shape.m + k] = (v >> t.pack) as u64;
+                out[i * shape.m + k] = v;
             }
         }
-        Ok(out)
+        Ok((t, out))
     }
 }
 
@@ -240,7 +275,7 @@ impl HeServer {
         } else {
             None
         };
-        Ok(HeServer { params, pk, galois, backend })
+        Ok(HeServer { params, pk, galois, backend, exposure: Mutex::new(0.0) })
     }
 
     /// The server's side of [`HeClient::product`]: B (d×m, row-major, entries read as signed
@@ -262,7 +297,7 @@ impl HeServer {
             let flood = check_server_inputs(p, &t, b, b_bits, a_share)?;
             Ok((t, flood))
         });
-        let (t, flood) = match checked {
+        let (t, (flood, kappa)) = match checked {
             Ok(ok) => ok,
             Err(e) => {
                 let mut msg = vec![STATUS_REFUSED];
@@ -272,6 +307,8 @@ impl HeServer {
             }
         };
         ch.send(&[STATUS_OK]).await?;
+        tracing::debug!(flood, kappa, "flooding");
+        self.add_exposure(shape.n * shape.m, kappa);
         let (ti_n, tj_n, tk_n) = t.tile_counts();
         let mut inputs = Vec::with_capacity(ti_n * tj_n);
         for _ in 0..ti_n * tj_n {
@@ -317,6 +354,19 @@ impl HeServer {
         Ok(mask)
     }
 
+    /// An upper bound on the statistical distance between the noise in everything this session's
+    /// client has decrypted so far and noise that does not depend on the server's matrices: the
+    /// sum over returned coefficients of 2^-κ + 2^-[`TAIL_BITS`] (κ ≥ [`MIN_STAT_BITS`] per product,
+    /// as large as the parameters allow).
+    pub fn statistical_distance(&self) -> f64 {
+        *self.exposure.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add_exposure(&self, coefficients: usize, kappa: u32) {
+        let per = 2f64.powi(-(kappa as i32)) + 2f64.powi(-(TAIL_BITS as i32));
+        *self.exposure.lock().unwrap_or_else(|e| e.into_inner()) += coefficients as f64 * per;
+    }
+
     /// The tiling the client announced for `shape`, if it is one this server can run.
     fn check_request(&self, shape: MatShape, header: &[u64]) -> ProtoResult<Tiling> {
         let asked = MatShape { n: header[0] as usize, d: header[1] as usize, m: header[2] as usize };
@@ -337,6 +387,11 @@ impl HeServer {
             return Err(ProtoError::Input(format!(
                 "the client's tiling {n_w}×{d_w}×{m_w} (packing 2^{pack}) does not fit {} for {shape}",
                 self.params.name()
+            )));
+        }
+        if !t.fills_ring() {
+            return Err(ProtoError::Input(format!(
+                "the client's tiling {n_w}×{d_w}×{m_w} for {shape} uses less than half of what the ring of {degree} coefficients allows"
             )));
         }
         Ok(t)
@@ -379,13 +434,15 @@ impl HeServer {
         let n = p.degree();
         let mut ct = self.pack_group(t, members)?;
         let pos = t.returned_positions(g);
+        // R uniform mod 2^(log t − pack): every bit of 2^pack·R up to t is random
         let t_mask = (1u128 << p.plain_bits()) - 1;
+        let r_mask = t_mask >> t.pack;
         let mut neg_mask = vec![0u128; n];
         let mut mask = Vec::with_capacity(pos.len());
         for &(c, _, ik) in &pos {
-            let r: u64 = rng.random();
-            neg_mask[c] = ((r as u128) << t.pack).wrapping_neg() & t_mask;
-            mask.push((r, ik));
+            let r = rng.random::<u128>() & r_mask;
+            neg_mask[c] = (r << t.pack).wrapping_neg() & t_mask;
+            mask.push((r as u64, ik));
         }
         ct.add_wide_plain_assign(p, &neg_mask, be)?;
         ct.rerandomize(p, &self.pk, be, rng)?;
@@ -395,8 +452,16 @@ impl HeServer {
     }
 }
 
-/// Checks the server's own inputs and the client's announced shape; returns the flooding bits.
-fn check_server_inputs(p: &HeParams, t: &Tiling, b: &[u64], b_bits: u32, a_share: Option<&[u64]>) -> ProtoResult<u32> {
+/// Checks the server's own inputs and the client's announced shape; returns the flooding bits
+/// and their margin κ. The refusal of a weight beyond its bound names neither the weight nor its
+/// value (the message goes to the client); both are logged here.
+fn check_server_inputs(
+    p: &HeParams,
+    t: &Tiling,
+    b: &[u64],
+    b_bits: u32,
+    a_share: Option<&[u64]>,
+) -> ProtoResult<(u32, u32)> {
     let s = t.shape;
     if b.len() != s.d * s.m {
         return Err(ProtoError::Input(format!("B has {} entries, the shape {s} needs {}", b.len(), s.d * s.m)));
@@ -411,9 +476,9 @@ fn check_server_inputs(p: &HeParams, t: &Tiling, b: &[u64], b_bits: u32, a_share
     if b_bits < 63
         && let Some(j) = b.iter().position(|&v| (v as i64).unsigned_abs() > 1 << b_bits)
     {
+        tracing::warn!(index = j, value = b[j] as i64, bound_bits = b_bits, "a weight exceeds its declared bound");
         return Err(ProtoError::Input(format!(
-            "entry {j} of B ({}) exceeds the declared bound 2^{b_bits}",
-            b[j] as i64
+            "a weight exceeds the declared bound 2^{b_bits} (its index and value are in the server's log)"
         )));
     }
     flood_bits(p, t, b_bits.min(63))
@@ -597,6 +662,7 @@ mod tests {
             pk: sk.public_key(be.as_ref(), &mut rng),
             galois: Some(sk.galois_keys(max_pack(&p), be.as_ref(), &mut rng).unwrap_or_else(|e| panic!("{e}"))),
             backend: be.clone(),
+            exposure: Mutex::new(0.0),
         };
         let shape = MatShape { n: 128, d: 3072, m: 64 };
         let t = Tiling { shape, degree: 8192, n_w: 128, d_w: 64, m_w: 1, pack: 6 };
@@ -604,7 +670,7 @@ mod tests {
         let b: Vec<u64> = (0..shape.d * shape.m)
             .map(|_| if rng.random::<bool>() { 1u64 << 20 } else { (-(1i64 << 20)) as u64 })
             .collect();
-        let flood = flood_bits(&p, &t, 20).unwrap_or_else(|e| panic!("{e}"));
+        let (flood, kappa) = flood_bits(&p, &t, 20).unwrap_or_else(|e| panic!("{e}"));
         let (_, tj_n, _) = t.tile_counts();
         let seeded: Vec<SeededCiphertext> = (0..tj_n)
             .map(|tj| {
@@ -621,14 +687,16 @@ mod tests {
         packed.rerandomize(&p, &server.pk, be.as_ref(), &mut rng).unwrap_or_else(|e| panic!("{e}"));
         packed.flood(&p, flood, be.as_ref(), &mut rng).unwrap_or_else(|e| panic!("{e}"));
         let after_flood = sk.noise_budget(&packed, be.as_ref());
+        // the budget is log2((q/t)/2) minus the noise's bits
+        let half_delta = p.log_q() - p.plain_bits() as f64 - 1.0;
+        let bound = noise_bound_bits(&t, 20);
         println!(
-            "noise budget (bits): fresh {fresh:.1}, after {tj_n} products {product:.1}, after packing 64 {after_pack:.1}, after flooding 2^{flood} {after_flood:.1}"
+            "noise budget (bits): fresh {fresh:.1}, after {tj_n} products {product:.1}, after packing 64 {after_pack:.1} \
+             (noise 2^{:.1}, bound 2^{bound:.1}), after flooding 2^{flood} (κ = {kappa}) {after_flood:.1}",
+            half_delta - after_pack
         );
-        assert!(
-            product > after_pack && after_pack - (flood - STAT_BITS) as f64 > -1.0,
-            "the flood covers the packed noise"
-        );
-        assert!(after_flood >= 4.0, "{after_flood}");
+        assert!(product > after_pack && half_delta - after_pack <= bound, "the bound covers the packed noise");
+        assert!(kappa >= MIN_STAT_BITS && after_flood >= 2.0, "{after_flood}");
         // the flooded, shrunk result still holds 64·(A·B) at the output coefficients
         let pos = t.returned_positions(0);
         let keep: Vec<usize> = pos.iter().map(|x| x.0).collect();
@@ -639,6 +707,128 @@ mod tests {
                 (0..shape.d).fold(0u64, |s, j| s.wrapping_add(a[i * shape.d + j].wrapping_mul(b[j * shape.m + k])));
             assert_eq!((v >> 6) as u64, want);
         }
+    }
+
+    /// What the client decrypts in `runs` products of its fixed share `a` with the server's `w`
+    /// (the server's share of A zero, or fresh uniform each run): every t-bit value, per run.
+    async fn client_views(
+        (hc, hs): (&HeClient, &HeServer),
+        (cc, sc): (&mut Channel, &mut Channel),
+        shape: MatShape,
+        a: &[u64],
+        w: &[u64],
+        server_share: bool,
+        runs: usize,
+    ) -> (Tiling, Vec<Vec<u128>>) {
+        let mut rng = rand::make_rng::<ChaCha20Rng>();
+        let mut views = Vec::new();
+        let mut tiling = None;
+        for _ in 0..runs {
+            let a_s: Vec<u64> = (0..a.len()).map(|_| if server_share { rng.random() } else { 0 }).collect();
+            let (c, s) = tokio::join!(
+                hc.product_decrypted(cc, shape, a),
+                hs.product(sc, shape, w, 20, server_share.then_some(&a_s[..]))
+            );
+            let (t, view) = c.unwrap_or_else(|e| panic!("{e}"));
+            s.unwrap_or_else(|e| panic!("{e}"));
+            tiling = Some(t);
+            views.push(view);
+        }
+        (tiling.unwrap_or_else(|| panic!("no runs")), views)
+    }
+
+    /// Six-bit fields [lo, lo + 6) covering all t bits.
+    fn fields(t_bits: u32) -> Vec<u32> {
+        (0..t_bits - 6).step_by(6).chain([t_bits - 6]).collect()
+    }
+
+    /// Two-sample χ² of the pooled histograms of one field, with its degrees of freedom.
+    fn chi_square(x: &[Vec<u128>], y: &[Vec<u128>], lo: u32) -> (f64, usize) {
+        let histogram = |views: &[Vec<u128>]| {
+            let mut h = [0f64; 64];
+            views.iter().flatten().for_each(|&v| h[((v >> lo) & 63) as usize] += 1.0);
+            h
+        };
+        let (hx, hy) = (histogram(x), histogram(y));
+        let cells: Vec<(f64, f64)> = hx.into_iter().zip(hy).filter(|(a, b)| a + b > 0.0).collect();
+        (cells.iter().map(|(a, b)| (a - b) * (a - b) / (a + b)).sum(), cells.len().saturating_sub(1))
+    }
+
+    /// Pairs of runs that decrypted the same field value at the same output, summed over outputs.
+    fn collisions(views: &[Vec<u128>], lo: u32) -> usize {
+        let field = |run: usize, i: usize| (views[run][i] >> lo) & 63;
+        (0..views[0].len())
+            .map(|i| (0..views.len()).flat_map(|r| (0..r).map(move |q| (q, r))).filter(|&(q, r)| field(q, i) == field(r, i)).count())
+            .sum()
+    }
+
+    /// The client's view of a product: for fixed client inputs and two different weight
+    /// matrices, everything the client decrypts — all t bits of every output, before the shift
+    /// and the reduction to 64 bits — has the same distribution: below the packing shift the bits
+    /// are zero, above it uniform and fresh in every run. Checked for every tiling the cost model
+    /// picks (unpacked and packed), with the server's share of A zero (the client holds the whole
+    /// input, whose signed entries carry) and uniform. Per field of six bits: a two-sample χ² of
+    /// the pooled histograms, and the number of runs that repeat a value at the same output
+    /// against what uniform bits give (a deterministic function of the weights repeats always).
+    #[test]
+    fn client_view_does_not_depend_on_the_weights() {
+        use crate::backend::CpuBackend;
+        use rand::rngs::StdRng;
+        const RUNS: usize = 8;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap_or_else(|e| panic!("{e}"));
+        rt.block_on(async {
+            let p = HeParams::linear().unwrap_or_else(|e| panic!("{e}"));
+            let be: Arc<dyn Backend> = Arc::new(CpuBackend::new(2).unwrap_or_else(|e| panic!("{e}")));
+            let (mut cc, mut sc) = Channel::in_memory_pair(std::time::Duration::from_secs(60));
+            let mut rng = StdRng::seed_from_u64(41);
+            let (hc, hs) = tokio::join!(
+                HeClient::setup(&mut cc, p.clone(), be.clone(), &mut rng),
+                HeServer::setup(&mut sc, p.clone(), be.clone())
+            );
+            let (mut hc, hs) = (hc.unwrap_or_else(|e| panic!("{e}")), hs.unwrap_or_else(|e| panic!("{e}")));
+            let shape = MatShape { n: 16, d: 64, m: 32 };
+            // small signed fixed-point inputs: the client's share alone carries past 2^64
+            let a: Vec<u64> = (0..shape.n * shape.d).map(|_| rng.random_range(-(1i64 << 24)..1 << 24) as u64).collect();
+            let w_random: Vec<u64> = (0..shape.d * shape.m).map(|_| rng.random_range(-(1i64 << 20)..1 << 20) as u64).collect();
+            let w_flat = vec![(1u64 << 20) - 1; shape.d * shape.m];
+            let mut seen = Vec::new();
+            let t_bits = p.plain_bits();
+            for bps in [1e15, 1e9, 4e8, 1e8, 1e7, 1e6] {
+                let net = CostModel { name: "sweep", bandwidth_bps: bps, latency_s: 0.0 };
+                let tiling = tiling_for(&p, shape, &net);
+                if seen.contains(&tiling) {
+                    continue;
+                }
+                seen.push(tiling);
+                hc.set_network(net);
+                for server_share in [false, true] {
+                    let ch = (&mut cc, &mut sc);
+                    let (t, x) = client_views((&hc, &hs), ch, shape, &a, &w_random, server_share, RUNS).await;
+                    let (_, y) = client_views((&hc, &hs), (&mut cc, &mut sc), shape, &a, &w_flat, server_share, RUNS).await;
+                    let what = format!("{t:?}, server share {}", if server_share { "uniform" } else { "zero" });
+                    for lo in fields(t_bits) {
+                        let (chi, dof) = chi_square(&x, &y, lo);
+                        let limit = dof as f64 + 8.0 * (2.0 * dof as f64).sqrt() + 10.0;
+                        assert!(chi <= limit, "bits {lo}..{}: χ² {chi:.0} > {limit:.0} ({dof} dof), {what}", lo + 6);
+                        // uniform bits above the shift give 2^-random collisions per pair
+                        let random = (lo + 6).saturating_sub(lo.max(t.pack)).min(6);
+                        let pairs = (shape.n * shape.m * RUNS * (RUNS - 1) / 2) as f64;
+                        let expected = pairs / 2f64.powi(random as i32);
+                        let limit = expected + 8.0 * expected.sqrt() + 10.0;
+                        for (name, views) in [("random", &x), ("flat", &y)] {
+                            let c = collisions(views, lo) as f64;
+                            assert!(
+                                c <= limit && (random < 6 || c >= expected - 8.0 * expected.sqrt() - 10.0),
+                                "bits {lo}..{}: {c} repeats with {name} weights, uniform bits give {expected:.0}, {what}",
+                                lo + 6
+                            );
+                        }
+                    }
+                }
+            }
+            let packs: Vec<u32> = seen.iter().map(|t| t.pack).collect();
+            assert!(packs.contains(&0) && packs.iter().any(|&l| l > 0), "tilings exercised: {seen:?}");
+        });
     }
 
     #[test]

@@ -84,7 +84,8 @@ pub struct Tiling {
 }
 
 impl Tiling {
-    /// The tiling with the lowest estimated time `bytes / bandwidth + server seconds`.
+    /// The tiling with the lowest estimated time `bytes / bandwidth + server seconds` among those
+    /// that [fill the ring](Tiling::fills_ring).
     pub fn choose(shape: MatShape, degree: usize, cost: &TilingCost) -> Tiling {
         let mut best = (f64::INFINITY, Tiling { shape, degree, n_w: 1, d_w: 1, m_w: 1, pack: 0 });
         for n_w in 1..=shape.n.min(degree) {
@@ -93,6 +94,9 @@ impl Tiling {
                 let packs = [0, d_w.trailing_zeros()];
                 for pack in packs.into_iter().filter(|&l| l <= cost.max_pack && (l == 0 || d_w == 1 << l)) {
                     let t = Tiling { shape, degree, n_w, d_w, m_w, pack };
+                    if !t.fills_ring() {
+                        continue;
+                    }
                     let score = t.estimate(cost);
                     if score < best.0 {
                         best = (score, t);
@@ -101,6 +105,15 @@ impl Tiling {
             }
         }
         best.1
+    }
+
+    /// Whether a tile holds at least half of what the ring allows: n_w·d_w·m_w ≥ min(N, n·d·m)/2.
+    /// Narrower tiles only cost more, and the server refuses them: each would carry fewer weights
+    /// per ciphertext, the degenerate end of which (1×1×1) a malicious client could try to attack.
+    /// The tiling n_w = min(n, N), d_w = min(d, N/n_w), m_w = min(m, N/(n_w·d_w)) always fills.
+    pub fn fills_ring(&self) -> bool {
+        let whole = self.shape.n.saturating_mul(self.shape.d).saturating_mul(self.shape.m);
+        2 * self.n_w * self.d_w * self.m_w >= whole.min(self.degree)
     }
 
     /// `bytes / bandwidth + server seconds` under `cost`.
@@ -242,6 +255,22 @@ mod tests {
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        /// Whatever the shape and network, the chooser finds a tiling the server accepts.
+        #[test]
+        fn the_chooser_always_finds_a_tiling_that_fills_the_ring(
+            n in 1usize..300, d in 1usize..5000, m in 1usize..5000, log_bw in 3.0f64..12.0, max_pack in 0u32..7,
+        ) {
+            let cost = TilingCost {
+                input_bytes: 168e3, output_bytes: 79e3, kept_bytes: 8.5, weight_stage_s: 1e-5,
+                product_s: 5e-5, keyswitch_s: 1.2e-3, bandwidth: 10f64.powf(log_bw), max_pack,
+            };
+            let t = Tiling::choose(MatShape { n, d, m }, 8192, &cost);
+            prop_assert!(t.fills_ring() && t.n_w * t.d_w * t.m_w <= 8192, "{:?}", t);
+        }
+    }
+
     #[test]
     fn the_chosen_tiling_fits_the_ring_and_covers_the_shape() {
         let cost = TilingCost {
@@ -259,6 +288,7 @@ mod tests {
             let t = Tiling::choose(s, 8192, &cost);
             assert!(t.n_w * t.d_w * t.m_w <= 8192 && t.n_w <= s.n && t.d_w <= s.d && t.m_w <= s.m, "{t:?}");
             assert!(t.pack == 0 || t.d_w == 1 << t.pack, "{t:?}");
+            assert!(t.fills_ring(), "{t:?}");
             // every output lands exactly once, in a coefficient of its returned ciphertext
             let mut seen = vec![0u8; s.n * s.m];
             for g in 0..t.returned() {
