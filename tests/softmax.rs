@@ -61,6 +61,26 @@ fn max_and_argmax_are_exact() {
     });
 }
 
+/// The one-hot vector of an index whose server share sits at the top of the ring (the shares
+/// wrap around 2^64): the table lookup works mod 2^⌈log2 size⌉ and never overflows.
+#[test]
+fn one_hot_of_an_index_shared_across_the_wrap_around() {
+    common::runtime().block_on(async {
+        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        let size = 40;
+        let index: Vec<u64> = (0..size as u64).collect();
+        let server: Vec<u64> = index.iter().map(|&i| u64::MAX - i).collect();
+        let client: Vec<u64> = index.iter().zip(&server).map(|(i, s)| i.wrapping_sub(*s)).collect();
+        let (hs, hc) =
+            tokio::join!(one_hot(&mut os, KIND, &server, size), one_hot(&mut oc, KIND, &client, size));
+        let (hs, hc) = (hs.unwrap(), hc.unwrap());
+        for (i, (s, c)) in hs.iter().zip(&hc).enumerate() {
+            let bits: Vec<bool> = s.iter().zip(c).map(|(a, b)| a ^ b).collect();
+            assert!(bits.iter().enumerate().all(|(j, &b)| b == (j == i)), "one-hot of {i}");
+        }
+    });
+}
+
 #[test]
 fn row_products_are_exact_mod_the_ring() {
     common::runtime().block_on(async {

@@ -382,7 +382,7 @@ pub async fn one_hot(ot: &mut Ot, kind: OtKind, index: &[u64], size: usize) -> P
                 .iter()
                 .zip(&r)
                 .flat_map(|(&i, &r)| {
-                    (0..1u64 << b).map(move |v| (1u64.checked_shl(low(i + v) as u32).unwrap_or(0)) ^ r)
+                    (0..1u64 << b).map(move |v| (1u64.checked_shl(low(i.wrapping_add(v)) as u32).unwrap_or(0)) ^ r)
                 })
                 .map(|w| w & (u64::MAX >> (64 - size)))
                 .collect();
