@@ -74,3 +74,106 @@ fn serve_and_client_in_two_processes() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("fingerprint"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Writes `pem` to `dir/name`, creating `dir`.
+fn write(dir: &std::path::Path, name: &str, pem: &str) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, pem).unwrap();
+    path
+}
+
+/// Starts `serve --once` with the identity in `id`; returns the process and its address.
+fn serve_once(id: &std::path::Path) -> (std::process::Child, String) {
+    let mut server = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--once", "--ots", "5000", "--timeout", "5", "--identity"])
+        .arg(id)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let addr = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix("secmoe server listening on ").map(|r| r.split_whitespace().next().unwrap().to_string())
+        })
+        .unwrap();
+    // keep reading, so that the server's later lines find their pipe open
+    std::thread::spawn(move || lines.for_each(drop));
+    (server, addr)
+}
+
+/// The client trusts the pinned certificate and nothing else: not a certificate for the
+/// server's name from an authority the client machine's trust store holds (here the store named
+/// by SSL_CERT_FILE), and not another certificate signed by a pinned one.
+#[test]
+fn the_pin_admits_no_other_certificate() {
+    let dir = std::env::temp_dir().join(format!("secmoe-pin-test-{}", std::process::id()));
+    let genuine = dir.join("genuine");
+    let status = Command::new(BIN).args(["keygen", "--out"]).arg(&genuine).stdout(Stdio::null()).status().unwrap();
+    assert!(status.success());
+    // an authority the client's system store trusts, and its certificate for the server's name
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "an authority the client trusts");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf_params = rcgen::CertificateParams::new(vec![secmoe::net::SERVER_NAME.to_string()]).unwrap();
+    leaf_params.distinguished_name.push(rcgen::DnType::CommonName, secmoe::net::SERVER_NAME);
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+    let impostor = dir.join("impostor");
+    write(&impostor, "server.cert.pem", &leaf.pem());
+    write(&impostor, "server.key.pem", &leaf_key.serialize_pem());
+    let ca = write(&dir, "ca.pem", &ca_cert.pem());
+    let empty = dir.join("no-certs");
+    std::fs::create_dir_all(&empty).unwrap();
+    let (mut server, addr) = serve_once(&impostor);
+    let client = |pin: &std::path::Path| {
+        Command::new(BIN)
+            .args(["client", "--connect", &addr, "--ots", "5000", "--timeout", "5", "--peer-cert"])
+            .arg(pin)
+            .env("SSL_CERT_FILE", &ca)
+            .env("SSL_CERT_DIR", &empty)
+            .output()
+            .unwrap()
+    };
+    // pinned: the genuine server's certificate; presented: the authority's, for the same name
+    let out = client(&genuine.join("server.cert.pem"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("connecting to"), "{err}");
+    // pinned: the authority itself; presented: a certificate it signed
+    let out = client(&ca);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("other than the pinned one"), "{err}");
+    let _ = server.kill();
+    let _ = server.wait();
+    // a certificate file holding more than one block is refused before connecting
+    let two = write(&dir, "two.pem", &format!("{}{}", leaf.pem(), ca_cert.pem()));
+    let out = client(&two);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("exactly one PEM block"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The key file is private whether it existed before or not, and never written through a link.
+#[cfg(unix)]
+#[test]
+fn keygen_makes_the_key_private_and_refuses_links() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("secmoe-keyfile-test-{}", std::process::id()));
+    let key = write(&dir, "server.key.pem", "old");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let status = Command::new(BIN).args(["keygen", "--out"]).arg(&dir).stdout(Stdio::null()).status().unwrap();
+    assert!(status.success());
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    let elsewhere = write(&dir, "elsewhere", "x");
+    std::fs::remove_file(&key).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &key).unwrap();
+    let out = Command::new(BIN).args(["keygen", "--out"]).arg(&dir).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("symbolic link"));
+    assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "x");
+    let _ = std::fs::remove_dir_all(&dir);
+}

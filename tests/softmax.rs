@@ -71,8 +71,7 @@ fn one_hot_of_an_index_shared_across_the_wrap_around() {
         let index: Vec<u64> = (0..size as u64).collect();
         let server: Vec<u64> = index.iter().map(|&i| u64::MAX - i).collect();
         let client: Vec<u64> = index.iter().zip(&server).map(|(i, s)| i.wrapping_sub(*s)).collect();
-        let (hs, hc) =
-            tokio::join!(one_hot(&mut os, KIND, &server, size), one_hot(&mut oc, KIND, &client, size));
+        let (hs, hc) = tokio::join!(one_hot(&mut os, KIND, &server, size), one_hot(&mut oc, KIND, &client, size));
         let (hs, hc) = (hs.unwrap(), hc.unwrap());
         for (i, (s, c)) in hs.iter().zip(&hc).enumerate() {
             let bits: Vec<bool> = s.iter().zip(c).map(|(a, b)| a ^ b).collect();

@@ -2,8 +2,10 @@
 //! certificate, carrying `cryprot-net` multiplexed streams.
 //!
 //! The server owns an [`Identity`] (certificate + key); the client trusts exactly that certificate
-//! (copied to it out of band, e.g. checked by its SHA-256 fingerprint), so no certificate
-//! authority is involved and a different server cannot impersonate it. The channel is encrypted
+//! (copied to it out of band, e.g. checked by its SHA-256 fingerprint): its TLS trust store starts
+//! empty — the operating system's authorities are not loaded — and holds that one certificate,
+//! so no certificate authority is involved and a different server cannot impersonate it, even
+//! with a certificate for the same name from an authority the machine trusts. The channel is encrypted
 //! and authenticated in both directions by TLS; the client itself is not authenticated by
 //! certificate (semi-honest model: the server serves whoever connects).
 
@@ -61,16 +63,28 @@ impl Identity {
         Ok(Identity { cert_pem, key_pem })
     }
 
-    /// Writes the certificate (public, give it to clients) and the key (private, mode 0600).
+    /// Writes the certificate (public, give it to clients) and the key (private: mode 0600, set
+    /// on the file whether it is new or not). Refuses to write through a symbolic link.
     pub fn save(&self, cert: &Path, key: &Path) -> NetResult<()> {
-        std::fs::write(cert, &self.cert_pem).map_err(|e| transport(&format!("writing {}", cert.display()), e))?;
+        for path in [cert, key] {
+            if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(NetError::Transport(format!(
+                    "{} is a symbolic link; refusing to write through it",
+                    path.display()
+                )));
+            }
+        }
+        let writing = |path: &Path, e: std::io::Error| transport(&format!("writing {}", path.display()), e);
+        std::fs::write(cert, &self.cert_pem).map_err(|e| writing(cert, e))?;
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create(true).truncate(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut f = opts.open(key).map_err(|e| transport(&format!("writing {}", key.display()), e))?;
-        std::io::Write::write_all(&mut f, self.key_pem.as_bytes())
-            .map_err(|e| transport(&format!("writing {}", key.display()), e))
+        let mut f = opts.open(key).map_err(|e| writing(key, e))?;
+        // the mode above applies only to a file this call creates
+        #[cfg(unix)]
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(|e| writing(key, e))?;
+        std::io::Write::write_all(&mut f, self.key_pem.as_bytes()).map_err(|e| writing(key, e))
     }
 
     /// The certificate in PEM form (public).
@@ -84,42 +98,71 @@ impl Identity {
     }
 }
 
-/// SHA-256 fingerprint of the first certificate in a PEM text, as colon-separated hex.
+/// SHA-256 fingerprint of the certificate in a PEM text, as colon-separated hex. The text must
+/// hold exactly one block, a certificate: what is fingerprinted is all that is trusted.
 pub fn fingerprint(cert_pem: &str) -> NetResult<String> {
-    let block = pem::parse(cert_pem).map_err(|e| transport("parsing certificate PEM", e))?;
+    let blocks = pem::parse_many(cert_pem).map_err(|e| transport("parsing certificate PEM", e))?;
+    let [block] = &blocks[..] else {
+        return Err(NetError::Transport(format!(
+            "expected exactly one PEM block (the server's certificate), found {}",
+            blocks.len()
+        )));
+    };
     if block.tag() != "CERTIFICATE" {
         return Err(NetError::Transport(format!("expected a CERTIFICATE PEM block, found {}", block.tag())));
     }
-    let digest = Sha256::digest(block.contents());
-    Ok(digest.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":"))
+    Ok(hex_digest(block.contents()))
 }
 
-/// Counts stream payload bytes per connection into a [`ByteCounter`].
-struct CountingSubscriber;
+/// SHA-256 of `der` as colon-separated hex.
+fn hex_digest(der: &[u8]) -> String {
+    Sha256::digest(der).iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
+}
 
-impl Subscriber for CountingSubscriber {
-    type ConnectionContext = Arc<ByteCounter>;
+/// What a connection's events tell: its stream payload bytes, and the certificate the peer
+/// presented (its verified chain's leaf, DER).
+#[derive(Clone, Default)]
+struct ConnectionRecord {
+    bytes: Arc<ByteCounter>,
+    peer_leaf: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+}
 
-    fn create_connection_context(&mut self, _meta: &ConnectionMeta, _info: &ConnectionInfo) -> Arc<ByteCounter> {
-        Arc::new(ByteCounter::default())
+/// Fills a [`ConnectionRecord`] per connection.
+struct RecordingSubscriber;
+
+impl Subscriber for RecordingSubscriber {
+    type ConnectionContext = ConnectionRecord;
+
+    fn create_connection_context(&mut self, _meta: &ConnectionMeta, _info: &ConnectionInfo) -> ConnectionRecord {
+        ConnectionRecord::default()
     }
 
     fn on_tx_stream_progress(
         &mut self,
-        ctx: &mut Arc<ByteCounter>,
+        ctx: &mut ConnectionRecord,
         _meta: &ConnectionMeta,
         e: &events::TxStreamProgress,
     ) {
-        ctx.add_sent(e.bytes as u64);
+        ctx.bytes.add_sent(e.bytes as u64);
     }
 
     fn on_rx_stream_progress(
         &mut self,
-        ctx: &mut Arc<ByteCounter>,
+        ctx: &mut ConnectionRecord,
         _meta: &ConnectionMeta,
         e: &events::RxStreamProgress,
     ) {
-        ctx.add_received(e.bytes as u64);
+        ctx.bytes.add_received(e.bytes as u64);
+    }
+
+    fn on_tls_exporter_ready(
+        &mut self,
+        ctx: &mut ConnectionRecord,
+        _meta: &ConnectionMeta,
+        e: &events::TlsExporterReady,
+    ) {
+        let leaf = e.session.peer_cert_chain_der().ok().and_then(|chain| chain.into_iter().next());
+        *ctx.peer_leaf.lock().unwrap_or_else(|p| p.into_inner()) = leaf;
     }
 }
 
@@ -186,7 +229,7 @@ impl Link {
         endpoint: Box<dyn std::any::Any + Send + Sync>,
     ) -> NetResult<Link> {
         let counter: Arc<ByteCounter> = quic
-            .query_event_context(|c: &Arc<ByteCounter>| c.clone())
+            .query_event_context(|c: &ConnectionRecord| c.bytes.clone())
             .map_err(|e| transport("reading connection counters", e))?;
         let handle = quic.handle();
         let (mut conn, manager) = cryprot_net::Connection::new(quic);
@@ -303,7 +346,7 @@ impl Listener {
             .map_err(|e| transport("QUIC io", e))?
             .with_limits(limits(&cfg)?)
             .map_err(|e| transport("QUIC limits", e))?
-            .with_event(CountingSubscriber)
+            .with_event(RecordingSubscriber)
             .map_err(|e| transport("QUIC events", e))?
             .start()
             .map_err(|e| transport(&format!("starting QUIC server on {addr}"), e))?;
@@ -331,19 +374,25 @@ impl Listener {
     }
 }
 
-/// Connects to a server at `addr` that must present exactly the certificate `peer_cert_pem`.
+/// Connects to a server at `addr` that must present exactly the certificate `peer_cert_pem`: the
+/// TLS trust store holds that certificate alone (no system authorities).
 pub async fn connect(addr: SocketAddr, peer_cert_pem: &str, cfg: LinkConfig) -> NetResult<Link> {
     fingerprint(peer_cert_pem)?;
     let local: SocketAddr =
         if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().map_err(|e| transport("local address", e))?;
+    let tls = s2n_quic::provider::tls::default::Client::builder()
+        .with_empty_trust_store()
+        .and_then(|b| b.with_certificate(peer_cert_pem))
+        .and_then(|b| b.build())
+        .map_err(|e| transport("TLS setup (is the peer certificate valid PEM?)", e))?;
     let client = s2n_quic::Client::builder()
-        .with_tls(peer_cert_pem)
-        .map_err(|e| transport("TLS setup (is the peer certificate valid PEM?)", e))?
+        .with_tls(tls)
+        .map_err(|e| transport("TLS setup", e))?
         .with_io(io(local)?)
         .map_err(|e| transport("QUIC io", e))?
         .with_limits(limits(&cfg)?)
         .map_err(|e| transport("QUIC limits", e))?
-        .with_event(CountingSubscriber)
+        .with_event(RecordingSubscriber)
         .map_err(|e| transport("QUIC events", e))?
         .start()
         .map_err(|e| transport("starting QUIC client", e))?;
@@ -356,6 +405,18 @@ pub async fn connect(addr: SocketAddr, peer_cert_pem: &str, cfg: LinkConfig) -> 
                 "connecting to {addr}: {e} (is the server running, and is its certificate the pinned one?)"
             ))
         })?;
+    // The trust store held the pin alone; check the leaf too, so that even a pinned certificate
+    // able to sign others (a CA) admits no certificate but itself.
+    let leaf = quic
+        .query_event_context(|c: &ConnectionRecord| c.peer_leaf.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        .map_err(|e| transport("reading the server's certificate", e))?;
+    let pinned = pem::parse(peer_cert_pem).map_err(|e| transport("parsing certificate PEM", e))?;
+    if leaf.as_deref() != Some(pinned.contents()) {
+        return Err(NetError::Transport(format!(
+            "{addr} presented a certificate other than the pinned one (SHA-256 {})",
+            leaf.map(|der| hex_digest(&der)).unwrap_or_else(|| "unavailable".into())
+        )));
+    }
     Link::establish(Party::Client, quic, &cfg, Box::new(client)).await
 }
 

@@ -198,7 +198,12 @@ impl HeClient {
 
     /// [`HeClient::product`] up to decryption: the tiling, and everything the client decrypts —
     /// the whole t-bit plaintext at each output (row-major n×m).
-    async fn product_decrypted(&self, ch: &mut Channel, shape: MatShape, a: &[u64]) -> ProtoResult<(Tiling, Vec<u128>)> {
+    async fn product_decrypted(
+        &self,
+        ch: &mut Channel,
+        shape: MatShape,
+        a: &[u64],
+    ) -> ProtoResult<(Tiling, Vec<u128>)> {
         if a.len() != shape.n * shape.d {
             return Err(ProtoError::Input(format!(
                 "A has {} entries, the shape {shape} needs {}",
@@ -758,7 +763,12 @@ mod tests {
     fn collisions(views: &[Vec<u128>], lo: u32) -> usize {
         let field = |run: usize, i: usize| (views[run][i] >> lo) & 63;
         (0..views[0].len())
-            .map(|i| (0..views.len()).flat_map(|r| (0..r).map(move |q| (q, r))).filter(|&(q, r)| field(q, i) == field(r, i)).count())
+            .map(|i| {
+                (0..views.len())
+                    .flat_map(|r| (0..r).map(move |q| (q, r)))
+                    .filter(|&(q, r)| field(q, i) == field(r, i))
+                    .count()
+            })
             .sum()
     }
 
