@@ -168,32 +168,41 @@ impl Ot {
     /// and `receive` as receiver, both directions at once. Later requests that fit in what is
     /// left are served from this pool without a round trip. The peer must call this with the two
     /// counts swapped, at the same point of the run, so that both pools stay in step.
+    ///
+    /// A silent batch smaller than [`SILENT_MIN`] runs on IKNP instead (per direction; both
+    /// parties decide alike from the counts): below it the silent extension's noise is too light.
     #[tracing::instrument(level = "debug", skip(self), fields(party = %self.party))]
     pub async fn prepare(&mut self, kind: OtKind, send: usize, receive: usize) -> OtResult<()> {
         let _s = self.meter().scope(kind.step_name());
         let meter = self.channel.meter().clone();
         let timeout = self.timeout;
-        let (sent, received) = match kind {
-            OtKind::Iknp => {
-                // the first use of a direction adds its base OTs' round trip
-                let first = (send > 0 && !self.iknp_sender.has_base_ots())
-                    || (receive > 0 && !self.iknp_receiver.has_base_ots());
-                let r = tokio::join!(
-                    iknp_send(&mut self.iknp_sender, timeout, &meter, send),
-                    iknp_receive(&mut self.iknp_receiver, timeout, &meter, receive)
-                );
-                self.meter().add_rounds(IKNP_ROUNDS + if first { BASE_OT_ROUNDS } else { 0 });
-                r
-            }
-            OtKind::Silent => {
-                let r = tokio::join!(
-                    silent_send(&mut self.silent_sender, timeout, &meter, send),
-                    silent_receive(&mut self.silent_receiver, timeout, &meter, receive)
-                );
-                self.meter().add_rounds(SILENT_ROUNDS);
-                r
+        let (by_send, by_receive) = (extension_for(kind, send), extension_for(kind, receive));
+        // rounds of a direction: IKNP's first use adds its base OTs' round trip
+        let rounds = |ext: OtKind, n: usize, has_base_ots: bool| match (n, ext) {
+            (0, _) => 0,
+            (_, OtKind::Iknp) => IKNP_ROUNDS + if has_base_ots { 0 } else { BASE_OT_ROUNDS },
+            (_, OtKind::Silent) => SILENT_ROUNDS,
+        };
+        let round_trips = rounds(by_send, send, self.iknp_sender.has_base_ots()).max(rounds(
+            by_receive,
+            receive,
+            self.iknp_receiver.has_base_ots(),
+        ));
+        let Ot { iknp_sender, iknp_receiver, silent_sender, silent_receiver, .. } = self;
+        let sending = async {
+            match by_send {
+                OtKind::Iknp => iknp_send(iknp_sender, timeout, &meter, send).await,
+                OtKind::Silent => silent_send(silent_sender, timeout, &meter, send).await,
             }
         };
+        let receiving = async {
+            match by_receive {
+                OtKind::Iknp => iknp_receive(iknp_receiver, timeout, &meter, receive).await,
+                OtKind::Silent => silent_receive(silent_receiver, timeout, &meter, receive).await,
+            }
+        };
+        let (sent, received) = tokio::join!(sending, receiving);
+        self.meter().add_rounds(round_trips);
         self.pools[kind as usize].add(sent?, received?);
         Ok(())
     }
@@ -314,9 +323,37 @@ async fn iknp_receive(
     received(keys, choices.iter().map(|c| bool::from(*c)), n)
 }
 
-/// Smallest batch the silent extension is asked for: its code (expand-accumulate with a 24-wide
-/// accumulator) fails on batches below 25 OTs; smaller requests take the first n.
-const SILENT_MIN: usize = 128;
+/// Smallest batch the silent extension runs; smaller ones run on IKNP ([`Ot::prepare`]).
+///
+/// `cryprot-ot` 0.3.0 sizes the regular noise of n silent OTs for 128-bit security by its own
+/// criterion — t = 248 points, one per partition of 2n/t code positions rounded up to an even
+/// number, at least 4 — and drops the points that land beyond the 2n positions of the code. For
+/// small n whole partitions lie beyond: at 128 OTs only 64 of the 248 points remain (about
+/// 2^-33 by the same criterion), at 4096 about 241. From 2^16 on at least 247 remain (≥ 127 bits);
+/// see [`silent_noise_weight`].
+pub const SILENT_MIN: usize = 1 << 16;
+
+/// The extension that runs a batch of `n` random OTs asked of `kind`.
+fn extension_for(kind: OtKind, n: usize) -> OtKind {
+    if kind == OtKind::Silent && n < SILENT_MIN { OtKind::Iknp } else { kind }
+}
+
+/// Expected number of the silent extension's regular-noise points for a batch of `n` OTs that
+/// fall inside its code, as `cryprot-ot` 0.3.0 sizes them (with its x86 layout of 8 interleaved
+/// trees): the weight its LPN security rests on, ≈ 0.515 bits per point.
+pub fn silent_noise_weight(n: usize) -> f64 {
+    let (code, trees) = (2 * n, 8);
+    let points = (128.0 / -(0.7f64).log2()) as usize; // 248: minimum distance 0.15
+    let points = if code < 512 { points.max(64) } else { points }.next_multiple_of(trees);
+    let width = (code.div_ceil(points)).next_multiple_of(2).max(4);
+    (0..points)
+        .map(|i| {
+            // tree i's point is uniform over forest·8·width + 8·p + i mod 8, p < width
+            let start = (i / trees) * trees * width + i % trees;
+            code.saturating_sub(start).div_ceil(trees).min(width) as f64 / width as f64
+        })
+        .sum()
+}
 
 async fn silent_send(
     ext: &mut SemiHonestSilentOtSender,
@@ -327,7 +364,8 @@ async fn silent_send(
     if n == 0 {
         return Ok(Vec::new());
     }
-    let buf = run_extension(timeout, meter, OtKind::Silent, ext.random_send(n.max(SILENT_MIN))).await?;
+    debug_assert!(n >= SILENT_MIN);
+    let buf = run_extension(timeout, meter, OtKind::Silent, ext.random_send(n)).await?;
     Ok(buf[..n].to_vec())
 }
 
@@ -340,7 +378,8 @@ async fn silent_receive(
     if n == 0 {
         return Ok(RandomOtReceiver { choices: Vec::new(), keys: Vec::new() });
     }
-    let (buf, choices) = run_extension(timeout, meter, OtKind::Silent, ext.random_receive(n.max(SILENT_MIN))).await?;
+    debug_assert!(n >= SILENT_MIN);
+    let (buf, choices) = run_extension(timeout, meter, OtKind::Silent, ext.random_receive(n)).await?;
     received(buf[..n].to_vec(), choices.iter().map(|c| bool::from(*c)), n)
 }
 
@@ -363,5 +402,30 @@ async fn run_extension<T, E: std::fmt::Display>(
         Err(_) => Err(OtError::Timeout { kind, step: meter.current_step(), after: timeout }),
         Ok(Err(e)) => Err(OtError::Extension { kind, step: meter.current_step(), reason: e.to_string() }),
         Ok(Ok(v)) => Ok(v),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The silent extension never runs where its noise is light: from [`SILENT_MIN`] on at least
+    /// 247 of its 248 noise points fall inside the code (≥ 127 bits by the library's criterion);
+    /// smaller batches, where as few as 64 would, go to IKNP.
+    #[test]
+    fn silent_batches_keep_their_full_noise_weight() {
+        assert!((silent_noise_weight(128) - 64.0).abs() < 1e-9);
+        assert!(silent_noise_weight(4096) < 242.0);
+        let sizes =
+            (SILENT_MIN..SILENT_MIN + 4096).chain((17..25).flat_map(|b| [(1 << b) - 1, 1 << b, (1 << b) + 12_345]));
+        for n in sizes {
+            let w = silent_noise_weight(n);
+            assert!(w >= 247.0 && w * -(0.7f64).log2() >= 127.0, "{n} OTs: noise weight {w:.2}");
+        }
+        for n in [1, 25, 128, 4096, SILENT_MIN - 1] {
+            assert_eq!(extension_for(OtKind::Silent, n), OtKind::Iknp, "{n}");
+        }
+        assert_eq!(extension_for(OtKind::Silent, SILENT_MIN), OtKind::Silent);
+        assert_eq!(extension_for(OtKind::Iknp, 1 << 20), OtKind::Iknp);
     }
 }
