@@ -51,8 +51,9 @@ pub const MIN_STAT_BITS: u32 = 40;
 pub const TAIL_BITS: u32 = 64;
 /// Bound on the centered binomial noise of a fresh encryption (η = 21).
 const FRESH_NOISE: f64 = 21.0;
-/// Bound on the rounding of the encodings of A_c and A_s, per coefficient.
-const ROUNDING_NOISE: f64 = 2.0;
+/// Bound on the rounding of the encodings of A_c and A_s, per coefficient (each rounds
+/// q·a/t to the nearest integer).
+const ROUNDING_NOISE: f64 = 1.0;
 /// log2 of a bound on the noise one key switch adds (k·N·21·p_i/P plus the rounding).
 const KEYSWITCH_NOISE_BITS: u32 = 22;
 /// Byte budget for the unpacked results the server holds at once.
@@ -107,9 +108,9 @@ pub fn tiling_for(params: &HeParams, shape: MatShape, network: &CostModel) -> Ti
 /// log2 of a bound on the B-dependent noise of one result coefficient, for B entries of at most
 /// 2^b_bits in absolute value. Before packing, a noise coefficient is a sum over T = d-tiles·d_w·m_w
 /// terms (e_i + ε_i)·b_i: e_i the client's fresh noise (independent, centered binomial, |e_i| ≤ 21),
-/// ε_i the encodings' rounding (|ε_i| ≤ 2, taken at its worst). By Hoeffding's inequality
+/// ε_i the encodings' rounding (|ε_i| ≤ 1, taken at its worst). By Hoeffding's inequality
 /// |Σ e_i·b_i| ≤ 21·2^b·√(2T·ln(2/δ)) except with probability δ = 2^-[`TAIL_BITS`] (instead of the
-/// worst case 21·2^b·T); the roundings add 2·2^b·T. Packing 2^ℓ results multiplies the noise by 2^ℓ
+/// worst case 21·2^b·T); the roundings add 2^b·T. Packing 2^ℓ results multiplies the noise by 2^ℓ
 /// and adds a key switch per level.
 fn noise_bound_bits(t: &Tiling, b_bits: u32) -> f64 {
     let (_, tj, _) = t.tile_counts();
@@ -887,11 +888,15 @@ mod tests {
             let bytes = (a * b) as f64 * seeded_ciphertext_len(&p) as f64
                 + (a * c) as f64 * (8192.0 * 77.0 / 8.0)
                 + (shape.n * shape.m) as f64 * 68.0 / 8.0;
+            let (flood, kappa) = flood_bits(&p, &t, 20).unwrap_or_else(|e| panic!("{e}"));
             println!(
-                "{shape}: {t:?} tiles {a}×{b}×{c}, weights {}, products {}, {:.1} MB",
+                "{shape}: {t:?} tiles {a}×{b}×{c}, weights {}, products {}, {:.1} MB, flood 2^{flood} (κ = {kappa}): \
+                 statistical distance ≤ 2^{:.1} for the {} outputs",
                 b * c,
                 a * b * c,
-                bytes / 1e6
+                bytes / 1e6,
+                ((shape.n * shape.m) as f64).log2() - kappa as f64,
+                shape.n * shape.m
             );
         }
     }

@@ -57,6 +57,10 @@ pub(crate) struct Row {
     /// Microseconds per element, where the row counts elements.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) us_per_op: Option<f64>,
+    /// log2 of the bound on the statistical distance of the noise in what the client decrypted
+    /// from a weight-independent one, for the HE product rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stat_distance_log2: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -211,7 +215,7 @@ async fn measure(
     let (a, b) = tokio::join!(c.close(), s.close());
     a?;
     b?;
-    Ok(row(
+    let mut r = row(
         name,
         shape.to_string(),
         threads,
@@ -219,7 +223,9 @@ async fn measure(
         after.bytes() - before.bytes(),
         after.rounds - before.rounds,
         checked,
-    ))
+    );
+    r.stat_distance_log2 = Some(hs.statistical_distance().log2());
+    Ok(r)
 }
 
 pub(crate) fn row(
@@ -248,6 +254,7 @@ pub(crate) fn row(
         max_error: None,
         mean_error: None,
         us_per_op: None,
+        stat_distance_log2: None,
     }
 }
 
