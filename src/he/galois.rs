@@ -96,7 +96,7 @@ impl SecretKey {
         let Some((special, _)) = p.special() else {
             return Err(HeError::Params(format!("{} has no special prime for key switching", p.name())));
         };
-        if levels == 0 || 1 << levels > n {
+        if levels == 0 || levels > n.trailing_zeros() {
             return Err(HeError::Params(format!("cannot pack 2^{levels} ciphertexts of degree {n}")));
         }
         let mut s = self.signed_coeffs(backend);
@@ -325,8 +325,8 @@ impl GaloisKeys {
             return Err(bad(format!("degree 2^{}, expected {n}", bytes[4])));
         }
         let levels = bytes[5] as u32;
-        if levels == 0 || 1 << levels > n {
-            return Err(bad(format!("{levels} levels")));
+        if levels == 0 || levels > n.trailing_zeros() {
+            return Err(bad(format!("{levels} levels, expected 1 to {}", n.trailing_zeros())));
         }
         if bytes.len() != GaloisKeys::encoded_len(p, levels) {
             return Err(bad(format!("{} bytes, expected {}", bytes.len(), GaloisKeys::encoded_len(p, levels))));

@@ -50,7 +50,10 @@ impl RnsPoly {
         let mut limbs = Vec::with_capacity(params.degree() * params.moduli().len());
         for m in params.moduli() {
             let p = m.value();
-            limbs.extend(coeffs.iter().map(|&c| if c >= 0 { c as u64 % p } else { p - ((-c) as u64 % p) }));
+            limbs.extend(coeffs.iter().map(|&c| {
+                let r = c.unsigned_abs() % p; // |i64::MIN| fits in a u64
+                if c >= 0 || r == 0 { r } else { p - r }
+            }));
         }
         RnsPoly { limbs, form: Form::Coeff }
     }
@@ -162,6 +165,26 @@ pub(crate) fn divide_by_prime(low: &mut [u64], moduli: &[Modulus], top: &[u64], 
         for (x, &v) in row.iter_mut().zip(top) {
             let v_mod = if v > half { m.sub(m.reduce(v), p_mod) } else { m.reduce(v) };
             *x = m.mul_shoup(m.sub(*x, v_mod), inv, inv_shoup);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_coefficients_reduce_at_the_extremes() {
+        let p = HeParams::n4096().unwrap_or_else(|e| panic!("{e}"));
+        let q0 = p.moduli()[0].value();
+        let coeffs = [i64::MIN, i64::MAX, -1, 0, 1, -(q0 as i64), q0 as i64];
+        let poly = RnsPoly::from_signed(&p, &coeffs);
+        for (l, m) in p.moduli().iter().enumerate() {
+            let q = m.value() as i128;
+            for (j, &c) in coeffs.iter().enumerate() {
+                let want = (c as i128).rem_euclid(q) as u64;
+                assert_eq!(poly.limbs[l * coeffs.len() + j], want, "{c} mod {q}");
+            }
         }
     }
 }

@@ -87,8 +87,8 @@ impl Ciphertext {
         let (mut c0, mut c1) = (self.c0.clone(), self.c1.clone());
         c0.to_coeff(params, backend);
         c1.to_coeff(params, backend);
-        let to_c0 = PowerOfTwoSwitch::new(moduli, c0_bits);
-        let to_c1 = PowerOfTwoSwitch::new(moduli, c1_bits);
+        let to_c0 = PowerOfTwoSwitch::new(moduli, c0_bits)?;
+        let to_c1 = PowerOfTwoSwitch::new(moduli, c1_bits)?;
         Ok(ShrunkCiphertext {
             c0_bits,
             c1_bits,
@@ -96,6 +96,12 @@ impl Ciphertext {
             c1: (0..n).map(|j| to_c1.apply(&c1, n, j)).collect(),
         })
     }
+}
+
+/// The error for RNS primes that are not pairwise coprime (parameter sets are built from distinct
+/// primes, so this names a broken invariant instead of computing with a zero inverse).
+fn not_coprime(m: &Modulus) -> HeError {
+    HeError::Params(format!("the prime {} is not coprime to the other RNS primes", m.value()))
 }
 
 /// Constants for x ↦ ⌊2^b·x/q⌉ mod 2^b from the RNS residues of x. With x̃_i = x_i·(q/p_i)^-1
@@ -108,19 +114,19 @@ struct PowerOfTwoSwitch {
 }
 
 impl PowerOfTwoSwitch {
-    fn new(moduli: &[Modulus], bits: u32) -> PowerOfTwoSwitch {
+    fn new(moduli: &[Modulus], bits: u32) -> HeResult<PowerOfTwoSwitch> {
         let terms = moduli
             .iter()
             .enumerate()
             .map(|(i, m)| {
                 let q_hat =
                     moduli.iter().enumerate().filter(|&(j, _)| j != i).fold(1, |acc, (_, o)| m.mul(acc, o.value()));
-                let inv = m.inv(q_hat).unwrap_or(0);
+                let inv = m.inv(q_hat).ok_or_else(|| not_coprime(m))?;
                 let pow = 1u128 << bits;
-                (*m, inv, m.shoup(inv), pow / m.value() as u128, (pow % m.value() as u128) as u64)
+                Ok((*m, inv, m.shoup(inv), pow / m.value() as u128, (pow % m.value() as u128) as u64))
             })
-            .collect();
-        PowerOfTwoSwitch { bits, terms }
+            .collect::<HeResult<_>>()?;
+        Ok(PowerOfTwoSwitch { bits, terms })
     }
 
     fn apply(&self, poly: &RnsPoly, n: usize, j: usize) -> u128 {
@@ -256,7 +262,7 @@ impl SecretKey {
         c1.mul_assign(p, &self.s);
         c1.to_coeff(p, backend);
         // Garner: x = r1 + p1·((r2 − r1)·p1^-1 mod p2) in [0, p1·p2).
-        let p1_inv = m2.inv(m2.reduce(m1.value())).unwrap_or(0);
+        let p1_inv = m2.inv(m2.reduce(m1.value())).ok_or_else(|| not_coprime(&m2))?;
         let big_p = m1.value() as u128 * m2.value() as u128;
         let mask = (1u128 << ct.c1_bits) - 1;
         let shift = ct.c1_bits - ct.c0_bits;

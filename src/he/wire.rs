@@ -338,4 +338,103 @@ mod tests {
         let other = HeParams::n8192().unwrap_or_else(|e| panic!("{e}"));
         assert!(Ciphertext::from_bytes(&other, &bytes).is_err());
     }
+
+    /// Every decoder, fed random bytes or a valid encoding with bytes changed, cut or extended,
+    /// returns an object or an error naming what it read — never a panic.
+    mod decoders {
+        use super::*;
+        use crate::he::{GaloisKeys, ShrunkCiphertext};
+        use proptest::prelude::*;
+        use std::sync::OnceLock;
+
+        /// (N=4096 parameters, the linear set, valid encodings by decoder name)
+        type Samples = (Arc<HeParams>, Arc<HeParams>, Vec<(&'static str, Vec<u8>)>);
+
+        fn samples() -> &'static Samples {
+            static SAMPLES: OnceLock<Samples> = OnceLock::new();
+            SAMPLES.get_or_init(|| {
+                let (p, be, sk, ct, pt) = fixture();
+                let mut rng = StdRng::seed_from_u64(9);
+                let lin = HeParams::linear().unwrap_or_else(|e| panic!("{e}"));
+                let lin_sk = SecretKey::generate(&lin, &be, &mut rng);
+                let galois = lin_sk.galois_keys(2, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+                let shrunk = ShrunkCiphertext::from_bytes(
+                    &p,
+                    &{
+                        let mut c = sk.encrypt(&pt, &be, &mut rng);
+                        c.flood(&p, 20, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+                        c.shrink(&p, &[0, 5, 9], 70, 80, &be).unwrap_or_else(|e| panic!("{e}")).to_bytes()
+                    },
+                    3,
+                    70,
+                    80,
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+                let samples = vec![
+                    ("ciphertext", ct.to_bytes(&p)),
+                    ("seeded", sk.encrypt_seeded(&pt, &be, &mut rng).to_bytes(&p)),
+                    ("public key", sk.public_key(&be, &mut rng).to_bytes()),
+                    ("galois", galois.to_bytes(&lin)),
+                    ("shrunk", shrunk.to_bytes()),
+                ];
+                (p, lin, samples)
+            })
+        }
+
+        fn decode(which: &str, bytes: &[u8]) -> Result<(), String> {
+            let (p, lin, _) = samples();
+            let r = match which {
+                "ciphertext" => Ciphertext::from_bytes(p, bytes).map(drop),
+                "seeded" => SeededCiphertext::from_bytes(p, bytes).map(drop),
+                "public key" => PublicKey::from_bytes(p, bytes).map(drop),
+                "galois" => GaloisKeys::from_bytes(lin, bytes).map(drop),
+                _ => ShrunkCiphertext::from_bytes(p, bytes, 3, 70, 80).map(drop),
+            };
+            r.map_err(|e| e.to_string())
+        }
+
+        /// Every header byte of every encoding set to the values that overflow careless code.
+        #[test]
+        fn extreme_header_bytes_are_errors() {
+            for (name, valid) in &samples().2 {
+                for i in 0..16.min(valid.len()) {
+                    for v in [0u8, 1, 7, 0x40, 0x7f, 0x80, 0xff] {
+                        let mut bytes = valid.clone();
+                        bytes[i] = v;
+                        let _ = decode(name, &bytes);
+                    }
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+            #[test]
+            fn never_panic_and_name_what_is_wrong(
+                which in 0usize..5,
+                edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+                cut in any::<prop::sample::Index>(),
+                mode in 0u8..4,
+                noise in proptest::collection::vec(any::<u8>(), 0..64),
+            ) {
+                let (name, valid) = &samples().2[which];
+                let mut bytes = valid.clone();
+                // header bytes are where a decoder must be most careful: edit them often
+                for (at, v) in &edits {
+                    let i = if *v % 2 == 0 { at.index(16.min(bytes.len())) } else { at.index(bytes.len()) };
+                    bytes[i] = *v;
+                }
+                match mode {
+                    0 => bytes.truncate(cut.index(bytes.len() + 1)),
+                    1 => bytes.extend_from_slice(&noise),
+                    2 => bytes = noise.clone(),
+                    _ => {}
+                }
+                if let Err(e) = decode(name, &bytes) {
+                    let named = ["ciphertext", "public key", "Galois keys", "bytes", "tag", "prime", "levels", "seed", "degree", "limbs", "widths", "expected", "degenerate", "representation", "polynomial"];
+                    prop_assert!(named.iter().any(|n| e.contains(n)), "{}: {}", name, e);
+                }
+            }
+        }
+    }
 }

@@ -12,6 +12,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::{ByteCounter, Meter, NetError, NetResult};
 use std::sync::Arc;
 
+/// Buffer reserved for an incoming frame before its bytes arrive: a peer announcing a large
+/// frame and then sending nothing costs this, not the announced length.
+const INITIAL_READ: usize = 1 << 16;
+
 /// How long a receive (or a blocked send) may wait for the peer by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest frame accepted by default (1 GiB).
@@ -152,8 +156,12 @@ impl Channel {
             if len > max {
                 return Err(Err(len));
             }
-            let mut buf = vec![0u8; len];
-            self.reader.read_exact(&mut buf).await.map_err(Ok)?;
+            // grow with what arrives, not with what the header announces
+            let mut buf = Vec::with_capacity(len.min(INITIAL_READ));
+            (&mut self.reader).take(len as u64).read_to_end(&mut buf).await.map_err(Ok)?;
+            if buf.len() < len {
+                return Err(Ok(std::io::Error::from(ErrorKind::UnexpectedEof)));
+            }
             Ok(buf)
         };
         let buf = match tokio::time::timeout(timeout, read).await {
@@ -218,6 +226,20 @@ mod tests {
 
     #[test]
     fn messages_arrive_in_order_and_are_counted() {
+        rt().block_on(async {
+            // a frame that announces far more than it brings: the reader fails cleanly when the
+            // peer goes away (and reserves only what arrives, not the announced length)
+            let (mut a, b) = Channel::in_memory_pair(Duration::from_secs(5));
+            let mut b = b.with_max_frame(1 << 30);
+            a.send_unframed(&(1u32 << 29).to_le_bytes()).await.ok();
+            a.send_unframed(&[7u8; 10]).await.ok();
+            drop(a);
+            assert!(matches!(b.recv().await, Err(NetError::PeerClosed { .. })));
+        });
+    }
+
+    #[test]
+    fn a_short_frame_is_an_error_not_a_huge_buffer() {
         rt().block_on(async {
             let (mut a, mut b) = Channel::in_memory_pair(Duration::from_secs(5));
             let _s = a.meter().scope("step");

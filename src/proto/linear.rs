@@ -270,7 +270,7 @@ impl HeServer {
             let bytes = ch.recv().await?;
             let keys = GaloisKeys::from_bytes(&params, &bytes)?;
             if keys.levels() < max_pack(&params) {
-                return Err(ProtoError::Input(format!(
+                return Err(ProtoError::BadRequest(format!(
                     "the client's Galois keys cover {} levels, {} needs {}",
                     keys.levels(),
                     params.name(),
@@ -377,7 +377,7 @@ impl HeServer {
     fn check_request(&self, shape: MatShape, header: &[u64]) -> ProtoResult<Tiling> {
         let asked = MatShape { n: header[0] as usize, d: header[1] as usize, m: header[2] as usize };
         if asked != shape {
-            return Err(ProtoError::Input(format!(
+            return Err(ProtoError::BadRequest(format!(
                 "the client asked for a {asked} product, the server expects {shape}"
             )));
         }
@@ -390,13 +390,13 @@ impl HeServer {
             && n_w * d_w * m_w <= degree;
         let packs = pack == 0 || (pack as u32 <= max_pack(&self.params) && d_w == 1 << pack);
         if !fits || !packs {
-            return Err(ProtoError::Input(format!(
+            return Err(ProtoError::BadRequest(format!(
                 "the client's tiling {n_w}×{d_w}×{m_w} (packing 2^{pack}) does not fit {} for {shape}",
                 self.params.name()
             )));
         }
         if !t.fills_ring() {
-            return Err(ProtoError::Input(format!(
+            return Err(ProtoError::BadRequest(format!(
                 "the client's tiling {n_w}×{d_w}×{m_w} for {shape} uses less than half of what the ring of {degree} coefficients allows"
             )));
         }

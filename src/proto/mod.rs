@@ -32,6 +32,10 @@ pub enum ProtoError {
     /// This party's own inputs are inconsistent (wrong length, out-of-range weights).
     #[error("invalid input: {0}")]
     Input(String),
+    /// The peer asked for something this party will not run (a shape it does not expect, a
+    /// tiling or keys that do not fit the parameters); it was told why.
+    #[error("the peer's request is invalid: {0}")]
+    BadRequest(String),
     /// The peer refused the request, with its reason.
     #[error("the peer refused: {0}")]
     Refused(String),
