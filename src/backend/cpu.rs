@@ -129,15 +129,23 @@ impl Backend for CpuBackend {
 /// the best instruction set of the machine.
 fn accumulate(m: &Modulus, acc: &mut [u64], y: &[u64], v: &[u64], consts: &[u64]) {
     #[cfg(target_arch = "x86_64")]
-    match super::ntt::simd::level() {
-        // SAFETY: the CPU supports the features these variants are compiled for (checked at run
-        // time by `simd::level`).
-        super::ntt::simd::Level::Avx512 => return unsafe { accumulate_avx512(m, acc, y, v, consts) },
-        // SAFETY: as above.
-        super::ntt::simd::Level::Avx2 => return unsafe { accumulate_avx2(m, acc, y, v, consts) },
-        super::ntt::simd::Level::Baseline => {}
-    }
+    return accumulate_at(super::ntt::simd::level(), m, acc, y, v, consts);
+    #[cfg(not(target_arch = "x86_64"))]
     accumulate_kernel(m, acc, y, v, consts)
+}
+
+/// [`accumulate`] at instruction-set `level`, which the CPU must support.
+#[cfg(target_arch = "x86_64")]
+fn accumulate_at(level: super::ntt::simd::Level, m: &Modulus, acc: &mut [u64], y: &[u64], v: &[u64], consts: &[u64]) {
+    use super::ntt::simd::Level;
+    match level {
+        // SAFETY: the CPU supports the features these variants are compiled for (checked at run
+        // time by `simd::level` / `simd::available`).
+        Level::Avx512 => unsafe { accumulate_avx512(m, acc, y, v, consts) },
+        // SAFETY: as above.
+        Level::Avx2 => unsafe { accumulate_avx2(m, acc, y, v, consts) },
+        Level::Baseline => accumulate_kernel(m, acc, y, v, consts),
+    }
 }
 
 /// AVX-512 version: 8 lanes at a time; the tail goes through the kernel.
@@ -182,5 +190,35 @@ fn accumulate_kernel(m: &Modulus, acc: &mut [u64], y: &[u64], v: &[u64], consts:
         let q = ((y as u128 * sv as u128) >> 64) as u64;
         let s = *a + y.wrapping_mul(v).wrapping_sub(q.wrapping_mul(p));
         *a = s.min(s.wrapping_sub(two_p));
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+    use crate::ring::modp::ntt_primes;
+    use rand::{RngExt, SeedableRng, rngs::StdRng};
+
+    /// The multiply-accumulate at every instruction set this CPU has equals the portable one,
+    /// including lengths that leave a tail for the kernel.
+    #[test]
+    fn every_simd_level_accumulates_what_the_portable_kernel_does() {
+        let mut rng = StdRng::seed_from_u64(12);
+        for bits in [55, 60, 36] {
+            let m = Modulus::new(ntt_primes(bits, 64, 1).unwrap_or_default()[0]).unwrap_or_else(|e| panic!("{e}"));
+            let len = 1000 + 5;
+            let draw = |rng: &mut StdRng| -> Vec<u64> { (0..len).map(|_| rng.random_range(0..m.value())).collect() };
+            let (y, v) = (draw(&mut rng), draw(&mut rng));
+            // acc may hold lazy values in [0, 2p)
+            let acc: Vec<u64> = (0..len).map(|_| rng.random_range(0..2 * m.value())).collect();
+            let consts: Vec<u64> = v.iter().map(|&x| m.shoup(x)).collect();
+            let mut want = acc.clone();
+            accumulate_kernel(&m, &mut want, &y, &v, &consts);
+            for level in super::super::ntt::simd::available() {
+                let mut got = acc.clone();
+                accumulate_at(level, &m, &mut got, &y, &v, &consts);
+                assert_eq!(got, want, "{level:?}, {bits}-bit prime");
+            }
+        }
     }
 }

@@ -85,29 +85,43 @@ impl NttTable {
             block.copy_from_slice(head);
         }
         #[cfg(target_arch = "x86_64")]
-        match simd::level() {
-            // SAFETY: the CPU supports the features these variants are compiled for (checked at
-            // run time by `simd::level`).
-            simd::Level::Avx512 => return unsafe { self.forward_avx512(a, s) },
-            // SAFETY: as above.
-            simd::Level::Avx2 => return unsafe { self.forward_avx2(a, s) },
-            simd::Level::Baseline => {}
-        }
+        return self.forward_at(simd::level(), a, s);
+        #[cfg(not(target_arch = "x86_64"))]
         self.forward_kernel(a, s)
+    }
+
+    /// The forward transform at instruction-set `level`, which the CPU must support (a level
+    /// from [`simd::level`] or [`simd::available`]).
+    #[cfg(target_arch = "x86_64")]
+    fn forward_at(&self, level: simd::Level, a: &mut [u64], s: usize) {
+        match level {
+            // SAFETY: the CPU supports the features these variants are compiled for (checked at
+            // run time by `simd::level` / `simd::available`).
+            simd::Level::Avx512 => unsafe { self.forward_avx512(a, s) },
+            // SAFETY: as above.
+            simd::Level::Avx2 => unsafe { self.forward_avx2(a, s) },
+            simd::Level::Baseline => self.forward_kernel(a, s),
+        }
+    }
+
+    /// The inverse transform at instruction-set `level` (as [`NttTable::forward_at`]).
+    #[cfg(target_arch = "x86_64")]
+    fn inverse_at(&self, level: simd::Level, a: &mut [u64]) {
+        match level {
+            // SAFETY: as in `forward_at`.
+            simd::Level::Avx512 => unsafe { self.inverse_avx512(a) },
+            // SAFETY: as above.
+            simd::Level::Avx2 => unsafe { self.inverse_avx2(a) },
+            simd::Level::Baseline => self.inverse_kernel(a),
+        }
     }
 
     /// In-place inverse transform (input in bit-reversed order, values in [0, p)).
     pub fn inverse(&self, a: &mut [u64]) {
         assert_eq!(a.len(), self.n, "NTT input has the wrong degree");
         #[cfg(target_arch = "x86_64")]
-        match simd::level() {
-            // SAFETY: the CPU supports the features these variants are compiled for (checked at
-            // run time by `simd::level`).
-            simd::Level::Avx512 => return unsafe { self.inverse_avx512(a) },
-            // SAFETY: as above.
-            simd::Level::Avx2 => return unsafe { self.inverse_avx2(a) },
-            simd::Level::Baseline => {}
-        }
+        return self.inverse_at(simd::level(), a);
+        #[cfg(not(target_arch = "x86_64"))]
         self.inverse_kernel(a)
     }
 
@@ -231,23 +245,28 @@ pub(super) mod simd {
         Baseline,
     }
 
+    /// The level the kernels run at: the best [available](available) one, or the portable one
+    /// when `SECMOE_NO_SIMD` is set.
     pub(in crate::backend) fn level() -> Level {
         static LEVEL: OnceLock<Level> = OnceLock::new();
-        *LEVEL.get_or_init(|| {
-            let avx512 = std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512dq")
-                && std::arch::is_x86_feature_detected!("avx512vl")
-                && std::arch::is_x86_feature_detected!("bmi2");
-            if std::env::var_os("SECMOE_NO_SIMD").is_some() {
-                Level::Baseline
-            } else if avx512 {
-                Level::Avx512
-            } else if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("bmi2") {
-                Level::Avx2
-            } else {
-                Level::Baseline
-            }
-        })
+        *LEVEL.get_or_init(
+            || {
+                if std::env::var_os("SECMOE_NO_SIMD").is_some() { Level::Baseline } else { available()[0] }
+            },
+        )
+    }
+
+    /// The levels this CPU supports, best first (the portable one always).
+    pub(in crate::backend) fn available() -> Vec<Level> {
+        let avx512 = std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("bmi2");
+        let avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("bmi2");
+        [(avx512, Level::Avx512), (avx2, Level::Avx2), (true, Level::Baseline)]
+            .into_iter()
+            .filter_map(|(has, level)| has.then_some(level))
+            .collect()
     }
 }
 
@@ -321,6 +340,28 @@ mod tests {
             let mut c: Vec<u64> = fa.iter().zip(&fb).map(|(x, y)| m.mul(*x, *y)).collect();
             t.inverse(&mut c);
             assert_eq!(c, expect, "N={n}, {bits}-bit prime");
+        }
+    }
+
+    /// Every instruction set this CPU has gives the portable kernel's results, bit for bit.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn every_simd_level_computes_what_the_portable_kernel_does() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let levels = simd::available();
+        println!("SIMD levels tested: {levels:?}");
+        for (bits, n) in [(60, 8192), (55, 4096), (36, 64)] {
+            let t = table(bits, n);
+            let a = random_poly(n, t.modulus().value(), &mut rng);
+            let mut want = a.clone();
+            t.forward_at(simd::Level::Baseline, &mut want, n);
+            for &level in &levels {
+                let mut got = a.clone();
+                t.forward_at(level, &mut got, n);
+                assert_eq!(got, want, "forward at {level:?}, N={n}");
+                t.inverse_at(level, &mut got);
+                assert_eq!(got, a, "inverse at {level:?}, N={n}");
+            }
         }
     }
 
