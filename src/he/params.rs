@@ -96,15 +96,16 @@ impl HeParams {
         HeParams::new("n8192", 8192, &primes)
     }
 
-    /// The linear layers' set: N = 8192, q = three primes of 55, 55 and 54 bits (164 bits) with
-    /// room above the plaintext for flooding noise that hides the weights, a 54-bit special
+    /// The linear layers' set: N = 8192, q = three primes of 58, 58 and 57 bits (173 bits) with
+    /// room above the plaintext for flooding noise that hides the weights, a 45-bit special
     /// prime for the Galois keys (q·P = 218 bits), and t = 2^70 so that packing up to 2^6
-    /// results into one ciphertext (which multiplies them by 2^6) keeps all 64 bits.
+    /// results into one ciphertext (which multiplies them by 2^6) keeps all 64 bits. The special
+    /// prime is as small as keeps a key switch's noise (k·N·21·p_i/P ≈ 2^32) below the weights'
+    /// noise: every bit moved from P to q is a bit more of flooding margin.
     pub fn linear() -> HeResult<Arc<HeParams>> {
-        let mut primes = ntt_primes(55, 8192, 2)?;
-        let p54 = ntt_primes(54, 8192, 2)?;
-        primes.push(p54[0]);
-        HeParams::with_special("linear8192", 8192, &primes, p54[1], 70)
+        let mut primes = ntt_primes(58, 8192, 2)?;
+        primes.extend(ntt_primes(57, 8192, 1)?);
+        HeParams::with_special("linear8192", 8192, &primes, ntt_primes(45, 8192, 1)?[0], 70)
     }
 
     /// Short name, also used in the handshake.

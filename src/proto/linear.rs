@@ -54,8 +54,9 @@ const FRESH_NOISE: f64 = 21.0;
 /// Bound on the rounding of the encodings of A_c and A_s, per coefficient (each rounds
 /// q·a/t to the nearest integer).
 const ROUNDING_NOISE: f64 = 1.0;
-/// log2 of a bound on the noise one key switch adds (k·N·21·p_i/P plus the rounding).
-const KEYSWITCH_NOISE_BITS: u32 = 22;
+/// log2 of a bound on the noise one key switch adds (k·N·21·p_i/P plus the rounding: 3·2^13·21·2^13
+/// for the linear set's 58-bit primes and 45-bit special prime, rounded up with room).
+const KEYSWITCH_NOISE_BITS: u32 = 35;
 /// Byte budget for the unpacked results the server holds at once.
 const RESULT_BATCH_BYTES: usize = 128 << 20;
 
