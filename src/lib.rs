@@ -6,7 +6,6 @@
 //! math ([`backend`]) and the two-party protocols ([`proto`], in progress).
 
 pub mod backend;
-pub mod demo;
 pub mod he;
 pub mod net;
 pub mod ot;

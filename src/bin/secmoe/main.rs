@@ -1,7 +1,7 @@
 //! `secmoe`: run the two parties of a private inference, together or on two machines.
 
 mod bench;
-mod blocks;
+mod demo;
 mod report;
 
 use std::net::SocketAddr;
@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use demo::DemoConfig;
 use secmoe::backend::CpuBackend;
-use secmoe::demo::{self, DemoConfig};
 use secmoe::net::{CostModel, Identity, LinkConfig, Listener, connect, fingerprint, loopback};
 use secmoe::ot::OtKind;
 use secmoe::ring::FixedPoint;

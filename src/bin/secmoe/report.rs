@@ -2,7 +2,7 @@
 
 use std::io::{self, Write};
 
-use secmoe::demo::DemoOutcome;
+use crate::demo::DemoOutcome;
 use secmoe::net::{CostModel, Report, StepStats};
 
 /// Bytes in human units.

@@ -1,17 +1,16 @@
-//! `secmoe bench`: protocol measurements through the real two-party transport (both parties in
-//! this process, QUIC + TLS on loopback), printed as a table and optionally written as JSON.
+//! `secmoe bench --preset layers`: the layers' protocols at the sizes of the targets — the HE
+//! keys, linear layers and a shared product, comparisons, GeLU/SiLU (Select-Then-Compute and the
+//! baseline), LayerNorm, softmax — each result checked whole against the plaintext.
 
-use std::io::Write;
-use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use secmoe::backend::{Backend, CpuBackend};
 use secmoe::he::HeParams;
-use secmoe::net::{CostModel, Link, LinkConfig, PublicParams, loopback};
+use secmoe::net::CostModel;
 use secmoe::ot::{Ot, OtKind};
 use secmoe::proto::boolean::Triples;
 use secmoe::proto::compare::{at_least, greater_than, triples_per_comparison};
@@ -23,69 +22,18 @@ use secmoe::proto::piecewise::{Piecewise, evaluate, evaluate_baseline};
 use secmoe::proto::softmax::softmax;
 use secmoe::proto::tiling::MatShape;
 use secmoe::ring::{reconstruct, share_secret};
-use serde::Serialize;
 
-use crate::report::human_bytes;
+use super::harness::{Row, links, reset_peak_rss, row};
+use super::report::print_row;
 
-/// One measured row.
-#[derive(Debug, Serialize)]
-pub(crate) struct Row {
-    name: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    method: Option<String>,
-    shape: String,
-    backend: String,
+/// Runs the preset's rows (or those named `only`), printing each and adding it to `rows`.
+pub(crate) async fn run(
+    backend: Arc<CpuBackend>,
     threads: usize,
-    wall_s: f64,
-    /// Both directions together.
-    bytes: u64,
-    rounds: u64,
-    lan_s: f64,
-    wan_s: f64,
-    /// Peak resident memory of the process (both parties) during the row.
-    peak_rss_bytes: u64,
-    /// Whether the shares reconstructed to the plaintext result.
-    checked: bool,
-    /// Bits on the wire per element, where the row counts elements (compared values).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) bits_per_op: Option<f64>,
-    /// Largest and mean absolute error against the exact function, where the row computes one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_error: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    mean_error: Option<f64>,
-    /// Microseconds per element, where the row counts elements.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) us_per_op: Option<f64>,
-    /// log2 of the bound on the statistical distance of the noise in what the client decrypted
-    /// from a weight-independent one, for the HE product rows.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stat_distance_log2: Option<f64>,
-}
-
-#[derive(Debug, Serialize)]
-struct Output<'a> {
-    preset: &'a str,
-    machine: String,
-    rows: &'a [Row],
-}
-
-/// The presets `secmoe bench --preset` knows.
-pub const PRESETS: &[&str] = &["layers", "blocks"];
-
-/// Runs a preset; prints the table; writes JSON if asked.
-pub async fn run(preset: &str, threads: usize, only: Option<&str>, tune: CostModel, json: Option<&Path>) -> Result<()> {
-    if !PRESETS.contains(&preset) {
-        bail!("unknown preset `{preset}` (known: {})", PRESETS.join(", "));
-    }
-    let backend = Arc::new(CpuBackend::new(threads)?);
-    let threads = backend.threads();
-    let mut rows = Vec::new();
-    if preset == "blocks" {
-        print_header();
-        crate::blocks::run(backend, threads, only, &mut rows).await?;
-        return write_json(preset, &rows, json);
-    }
+    only: Option<&str>,
+    tune: CostModel,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
     let cases: Vec<(&str, MatShape)> = vec![
         ("he-setup", MatShape { n: 0, d: 0, m: 0 }),
         ("linear", MatShape { n: 128, d: 768, m: 3072 }),
@@ -93,7 +41,6 @@ pub async fn run(preset: &str, threads: usize, only: Option<&str>, tune: CostMod
         ("matmul-shared", MatShape { n: 128, d: 64, m: 128 }),
     ];
     let compares = [OtKind::Iknp, OtKind::Silent];
-    print_header();
     for (name, shape) in cases {
         if only.is_some_and(|o| o != name) {
             continue;
@@ -135,22 +82,7 @@ pub async fn run(preset: &str, threads: usize, only: Option<&str>, tune: CostMod
         print_row(&row);
         rows.push(row);
     }
-    write_json(preset, &rows, json)
-}
-
-fn write_json(preset: &str, rows: &[Row], json: Option<&Path>) -> Result<()> {
-    if let Some(path) = json {
-        let out = Output { preset, machine: machine(), rows };
-        std::fs::write(path, serde_json::to_string_pretty(&out)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {}", path.display());
-    }
     Ok(())
-}
-
-pub(crate) async fn links() -> Result<(Link, Link)> {
-    let cfg = LinkConfig { timeout: Duration::from_secs(600), params: PublicParams::new().with("bench", 1) };
-    Ok(loopback(cfg).await?)
 }
 
 async fn measure(
@@ -226,36 +158,6 @@ async fn measure(
     );
     r.stat_distance_log2 = Some(hs.statistical_distance().log2());
     Ok(r)
-}
-
-pub(crate) fn row(
-    name: &str,
-    shape: String,
-    threads: usize,
-    wall_s: f64,
-    bytes: u64,
-    rounds: u64,
-    checked: bool,
-) -> Row {
-    Row {
-        name: name.into(),
-        method: None,
-        shape,
-        backend: "cpu".into(),
-        threads,
-        wall_s,
-        bytes,
-        rounds,
-        lan_s: CostModel::LAN.estimate(wall_s, bytes, rounds),
-        wan_s: CostModel::WAN.estimate(wall_s, bytes, rounds),
-        peak_rss_bytes: peak_rss(),
-        checked,
-        bits_per_op: None,
-        max_error: None,
-        mean_error: None,
-        us_per_op: None,
-        stat_distance_log2: None,
-    }
 }
 
 /// `compare`: 2^16 comparisons of 64-bit values (the server's against the client's).
@@ -476,64 +378,4 @@ async fn measure_layernorm(kind: OtKind, backend: Arc<CpuBackend>, threads: usiz
     row.max_error = Some(errors.iter().copied().fold(0.0, f64::max));
     row.mean_error = Some(errors.iter().sum::<f64>() / N as f64);
     Ok(row)
-}
-
-fn print_header() {
-    println!(
-        "{:<14} {:<26} {:>8} {:>11} {:>7} {:>8} {:>8} {:>10} {:>6}",
-        "name", "shape", "wall s", "bytes", "rounds", "LAN s", "WAN s", "peak RSS", "check"
-    );
-}
-
-pub(crate) fn print_row(r: &Row) {
-    let mut per_op = r.bits_per_op.map(|b| format!("  ({b:.0} bits each)")).unwrap_or_default();
-    if let Some(us) = r.us_per_op {
-        per_op += &format!(", {us:.2} µs each");
-    }
-    if let (Some(max), Some(mean)) = (r.max_error, r.mean_error) {
-        per_op += &format!(", error max {max:.2e} mean {mean:.2e}");
-    }
-    println!(
-        "{:<14} {:<26} {:>8.2} {:>11} {:>7} {:>8.2} {:>8.2} {:>10} {:>6}{per_op}",
-        r.name,
-        r.shape,
-        r.wall_s,
-        human_bytes(r.bytes),
-        r.rounds,
-        r.lan_s,
-        r.wan_s,
-        human_bytes(r.peak_rss_bytes),
-        if r.checked { "ok" } else { "WRONG" }
-    );
-    let _ = std::io::stdout().flush();
-}
-
-/// Resets the kernel's peak-RSS mark (Linux: `5` into /proc/self/clear_refs); best effort.
-pub(crate) fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-/// Peak resident set size (VmHWM) in bytes; 0 where /proc is unavailable.
-fn peak_rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
-        })
-        .map_or(0, |kb| kb * 1024)
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cpu}, {cores} cores")
 }

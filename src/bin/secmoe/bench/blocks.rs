@@ -20,7 +20,8 @@ use secmoe::proto::layernorm::rsqrt;
 use secmoe::proto::piecewise::{Piecewise, evaluate, evaluate_baseline, relu};
 use secmoe::proto::softmax::reciprocal;
 
-use crate::bench::{Row, links, print_row, reset_peak_rss, row};
+use super::harness::{Row, links, reset_peak_rss, row};
+use super::report::print_row;
 
 const SCALE: f64 = (1u64 << 18) as f64;
 
@@ -76,7 +77,12 @@ fn bits_of(v: &[u64]) -> Vec<bool> {
 }
 
 /// Runs the `blocks` preset (or one block with `only`).
-pub async fn run(backend: Arc<CpuBackend>, threads: usize, only: Option<&str>, rows: &mut Vec<Row>) -> Result<()> {
+pub(crate) async fn run(
+    backend: Arc<CpuBackend>,
+    threads: usize,
+    only: Option<&str>,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
     for &name in BLOCKS {
         if only.is_some_and(|o| o != name) {
             continue;

@@ -12,10 +12,10 @@ use std::time::Instant;
 
 use rand::{RngExt, rngs::StdRng};
 
-use crate::backend::Backend;
-use crate::net::{Link, NetError, Party, PublicParams, Report};
-use crate::ot::{Ot, OtError, OtKind};
-use crate::ring::{FixedPoint, RingError, Share, mask, reconstruct, share_secret};
+use secmoe::backend::Backend;
+use secmoe::net::{Link, NetError, Party, PublicParams, Report};
+use secmoe::ot::{Ot, OtError, OtKind};
+use secmoe::ring::{FixedPoint, RingError, Share, mask, reconstruct, share_secret};
 
 /// Errors of the demo job.
 #[derive(Debug, thiserror::Error)]
@@ -218,6 +218,6 @@ pub async fn run(link: &mut Link, backend: Arc<dyn Backend>, cfg: &DemoConfig) -
 }
 
 enum Sample {
-    Sender { rot: Vec<[crate::backend::Block; 2]>, x: Vec<u64>, deltas: Vec<u64> },
-    Receiver { rot: crate::ot::RandomOtReceiver, choices: Vec<bool>, y: Vec<u64> },
+    Sender { rot: Vec<[secmoe::backend::Block; 2]>, x: Vec<u64>, deltas: Vec<u64> },
+    Receiver { rot: secmoe::ot::RandomOtReceiver, choices: Vec<bool>, y: Vec<u64> },
 }

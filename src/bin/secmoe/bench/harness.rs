@@ -1,0 +1,112 @@
+//! The harness under every preset: both parties in this process over the real transport, one
+//! measured [`Row`] per measurement, the process's peak memory, the machine's description.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use secmoe::net::{CostModel, Link, LinkConfig, PublicParams, loopback};
+use serde::Serialize;
+
+/// One measured row.
+#[derive(Debug, Serialize)]
+pub(crate) struct Row {
+    pub(crate) name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) method: Option<String>,
+    pub(crate) shape: String,
+    pub(crate) backend: String,
+    pub(crate) threads: usize,
+    pub(crate) wall_s: f64,
+    /// Both directions together.
+    pub(crate) bytes: u64,
+    pub(crate) rounds: u64,
+    pub(crate) lan_s: f64,
+    pub(crate) wan_s: f64,
+    /// Peak resident memory of the process (both parties) during the row.
+    pub(crate) peak_rss_bytes: u64,
+    /// Whether the shares reconstructed to the plaintext result.
+    pub(crate) checked: bool,
+    /// Bits on the wire per element, where the row counts elements (compared values).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) bits_per_op: Option<f64>,
+    /// Largest and mean absolute error against the exact function, where the row computes one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) max_error: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) mean_error: Option<f64>,
+    /// Microseconds per element, where the row counts elements.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) us_per_op: Option<f64>,
+    /// log2 of the bound on the statistical distance of the noise in what the client decrypted
+    /// from a weight-independent one, for the HE product rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) stat_distance_log2: Option<f64>,
+}
+
+/// Both parties' links over QUIC + TLS on loopback, with a timeout long enough for any row.
+pub(crate) async fn links() -> Result<(Link, Link)> {
+    let cfg = LinkConfig { timeout: Duration::from_secs(600), params: PublicParams::new().with("bench", 1) };
+    Ok(loopback(cfg).await?)
+}
+
+/// A row with the totals every measurement has; the optional fields are set by the caller.
+pub(crate) fn row(
+    name: &str,
+    shape: String,
+    threads: usize,
+    wall_s: f64,
+    bytes: u64,
+    rounds: u64,
+    checked: bool,
+) -> Row {
+    Row {
+        name: name.into(),
+        method: None,
+        shape,
+        backend: "cpu".into(),
+        threads,
+        wall_s,
+        bytes,
+        rounds,
+        lan_s: CostModel::LAN.estimate(wall_s, bytes, rounds),
+        wan_s: CostModel::WAN.estimate(wall_s, bytes, rounds),
+        peak_rss_bytes: peak_rss(),
+        checked,
+        bits_per_op: None,
+        max_error: None,
+        mean_error: None,
+        us_per_op: None,
+        stat_distance_log2: None,
+    }
+}
+
+/// Resets the kernel's peak-RSS mark (Linux: `5` into /proc/self/clear_refs); best effort.
+pub(crate) fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak resident set size (VmHWM) in bytes; 0 where /proc is unavailable.
+pub(crate) fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// The CPU model and core count, for the JSON report.
+pub(crate) fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cpu}, {cores} cores")
+}

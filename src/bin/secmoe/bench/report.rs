@@ -1,0 +1,60 @@
+//! The report of a preset: a table on standard output as rows come in, and the JSON file.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use super::harness::{Row, machine};
+use crate::report::human_bytes;
+
+#[derive(Debug, Serialize)]
+struct Output<'a> {
+    preset: &'a str,
+    machine: String,
+    rows: &'a [Row],
+}
+
+/// The table's header line.
+pub(crate) fn print_header() {
+    println!(
+        "{:<14} {:<26} {:>8} {:>11} {:>7} {:>8} {:>8} {:>10} {:>6}",
+        "name", "shape", "wall s", "bytes", "rounds", "LAN s", "WAN s", "peak RSS", "check"
+    );
+}
+
+/// One table line (with the per-element and error figures where the row has them).
+pub(crate) fn print_row(r: &Row) {
+    let mut per_op = r.bits_per_op.map(|b| format!("  ({b:.0} bits each)")).unwrap_or_default();
+    if let Some(us) = r.us_per_op {
+        per_op += &format!(", {us:.2} µs each");
+    }
+    if let (Some(max), Some(mean)) = (r.max_error, r.mean_error) {
+        per_op += &format!(", error max {max:.2e} mean {mean:.2e}");
+    }
+    println!(
+        "{:<14} {:<26} {:>8.2} {:>11} {:>7} {:>8.2} {:>8.2} {:>10} {:>6}{per_op}",
+        r.name,
+        r.shape,
+        r.wall_s,
+        human_bytes(r.bytes),
+        r.rounds,
+        r.lan_s,
+        r.wan_s,
+        human_bytes(r.peak_rss_bytes),
+        if r.checked { "ok" } else { "WRONG" }
+    );
+    let _ = std::io::stdout().flush();
+}
+
+/// Writes the rows as JSON to `json`, if given.
+pub(crate) fn write_json(preset: &str, rows: &[Row], json: Option<&Path>) -> Result<()> {
+    if let Some(path) = json {
+        let out = Output { preset, machine: machine(), rows };
+        std::fs::write(path, serde_json::to_string_pretty(&out)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
