@@ -34,6 +34,29 @@ fn random_ots_match_in_both_directions_for_both_kinds() {
     });
 }
 
+/// A silent batch large one way and small the other: the small direction runs on IKNP (below
+/// `SILENT_MIN` the silent extension's noise is light), both at once, and both pools fill.
+#[test]
+fn a_silent_preparation_mixes_extensions_by_direction() {
+    use secmoe::ot::SILENT_MIN;
+    common::runtime().block_on(async {
+        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        let (big, small) = (SILENT_MIN + 3, 500);
+        let (a, b) = tokio::join!(oc.prepare(OtKind::Silent, big, small), os.prepare(OtKind::Silent, small, big));
+        a.unwrap();
+        b.unwrap();
+        for _ in 0..2 {
+            let (snd, rcv) = tokio::join!(oc.random_send(OtKind::Silent, big), os.random_receive(OtKind::Silent, big));
+            let (snd, rcv) = (snd.unwrap(), rcv.unwrap());
+            assert!((0..big).all(|i| rcv.keys[i] == snd.keys[i][rcv.choices[i] as usize]));
+            let (snd, rcv) =
+                tokio::join!(os.random_send(OtKind::Silent, small), oc.random_receive(OtKind::Silent, small));
+            let (snd, rcv) = (snd.unwrap(), rcv.unwrap());
+            assert!((0..small).all(|i| rcv.keys[i] == snd.keys[i][rcv.choices[i] as usize]));
+        }
+    });
+}
+
 #[test]
 fn correlated_ots_give_x_plus_choice_times_delta() {
     common::runtime().block_on(async {
