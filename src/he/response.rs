@@ -19,8 +19,8 @@ use crate::backend::Backend;
 use crate::ring::modp::Modulus;
 use crate::ring::{pack_bits, packed_len, unpack_bits};
 
-/// Largest flooding noise, in bits (the sampler draws from a u128).
-pub const MAX_FLOOD_BITS: u32 = 120;
+/// Largest flooding noise, in bits: the sampler draws 2^(bits+1) values from a u128, centred as an i128.
+pub const MAX_FLOOD_BITS: u32 = 126;
 
 impl Ciphertext {
     /// Adds a fresh encryption of zero under `pk` (same level as `self`).
