@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use secmoe::backend::{Backend, CpuBackend};
+use secmoe::backend::CpuBackend;
 use secmoe::ot::{Ot, OtKind};
 use secmoe::proto::ProtoResult;
 use secmoe::proto::arith::{mul, truncate};
@@ -20,7 +20,7 @@ use secmoe::proto::layernorm::rsqrt;
 use secmoe::proto::piecewise::{Piecewise, evaluate, evaluate_baseline, relu};
 use secmoe::proto::softmax::reciprocal;
 
-use super::harness::{Row, links, reset_peak_rss, row};
+use super::harness::{Row, ot_pair, reset_peak_rss, row};
 use super::report::print_row;
 
 const SCALE: f64 = (1u64 << 18) as f64;
@@ -100,10 +100,7 @@ pub(crate) async fn run(
 
 async fn measure(name: &str, n: usize, kind: OtKind, backend: Arc<CpuBackend>, threads: usize) -> Result<Row> {
     let mut rng = StdRng::from_rng(&mut rand::rng());
-    let (mut c, mut s) = links().await?;
-    let be: Arc<dyn Backend> = backend;
-    let (oc, os) = tokio::join!(Ot::new(&mut c, be.clone()), Ot::new(&mut s, be));
-    let (mut oc, mut os) = (oc?, os?);
+    let (c, mut oc, s, mut os) = ot_pair(backend).await?;
     let range = match name {
         "reciprocal" => (1.0, 128.0),
         "rsqrt" => (0.01, 1000.0),

@@ -1,10 +1,13 @@
 //! The harness under every preset: both parties in this process over the real transport, one
 //! measured [`Row`] per measurement, the process's peak memory, the machine's description.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
+use secmoe::backend::{Backend, CpuBackend};
 use secmoe::net::{CostModel, Link, LinkConfig, PublicParams, loopback};
+use secmoe::ot::Ot;
 use serde::Serialize;
 
 /// One measured row.
@@ -47,6 +50,14 @@ pub(crate) struct Row {
 pub(crate) async fn links() -> Result<(Link, Link)> {
     let cfg = LinkConfig { timeout: Duration::from_secs(600), params: PublicParams::new().with("bench", 1) };
     Ok(loopback(cfg).await?)
+}
+
+/// Both parties' links and OT engines on them: (client link, client OT, server link, server OT).
+pub(crate) async fn ot_pair(backend: Arc<CpuBackend>) -> Result<(Link, Ot, Link, Ot)> {
+    let (mut c, mut s) = links().await?;
+    let be: Arc<dyn Backend> = backend;
+    let (oc, os) = tokio::join!(Ot::new(&mut c, be.clone()), Ot::new(&mut s, be));
+    Ok((c, oc?, s, os?))
 }
 
 /// A row with the totals every measurement has; the optional fields are set by the caller.

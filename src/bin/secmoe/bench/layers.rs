@@ -11,7 +11,7 @@ use rand::{RngExt, SeedableRng};
 use secmoe::backend::{Backend, CpuBackend};
 use secmoe::he::HeParams;
 use secmoe::net::CostModel;
-use secmoe::ot::{Ot, OtKind};
+use secmoe::ot::OtKind;
 use secmoe::proto::boolean::Triples;
 use secmoe::proto::compare::{at_least, greater_than, triples_per_comparison};
 use secmoe::proto::layernorm::{Affine, layernorm};
@@ -23,7 +23,7 @@ use secmoe::proto::softmax::softmax;
 use secmoe::proto::tiling::MatShape;
 use secmoe::ring::{reconstruct, share_secret};
 
-use super::harness::{Row, links, reset_peak_rss, row};
+use super::harness::{Row, links, ot_pair, reset_peak_rss, row};
 use super::report::print_row;
 
 /// Runs the preset's rows (or those named `only`), printing each and adding it to `rows`.
@@ -166,10 +166,7 @@ async fn measure(
 async fn measure_compare(name: &str, kind: OtKind, backend: Arc<CpuBackend>, threads: usize) -> Result<Row> {
     const N: usize = 1 << 16;
     let mut rng = StdRng::from_rng(&mut rand::rng());
-    let (mut c, mut s) = links().await?;
-    let be: Arc<dyn Backend> = backend;
-    let (oc, os) = tokio::join!(Ot::new(&mut c, be.clone()), Ot::new(&mut s, be));
-    let (mut oc, mut os) = (oc?, os?);
+    let (c, mut oc, s, mut os) = ot_pair(backend).await?;
     let breakpoints: Vec<u64> = [-5i64, -3, -1, 1, 3].iter().map(|t| (t << 18) as u64).collect();
     let per = if name == "breakpoints" { breakpoints.len() } else { 1 };
     let x: Vec<u64> = if per == 1 {
@@ -228,10 +225,7 @@ async fn measure_activation(
     const SCALE: f64 = (1u64 << 18) as f64;
     let f = if name == "gelu" { Piecewise::gelu() } else { Piecewise::silu() };
     let mut rng = StdRng::from_rng(&mut rand::rng());
-    let (mut c, mut s) = links().await?;
-    let be: Arc<dyn Backend> = backend;
-    let (oc, os) = tokio::join!(Ot::new(&mut c, be.clone()), Ot::new(&mut s, be));
-    let (mut oc, mut os) = (oc?, os?);
+    let (c, mut oc, s, mut os) = ot_pair(backend).await?;
     // inputs on the fixed-point grid, so that the references see exactly the shared values
     let xs: Vec<f64> = (0..N).map(|_| (rng.random_range(-8.0..8.0) * SCALE).round() / SCALE).collect();
     let raw: Vec<u64> = xs.iter().map(|&x| (x * SCALE).round() as i64 as u64).collect();
@@ -281,10 +275,7 @@ async fn measure_softmax(kind: OtKind, backend: Arc<CpuBackend>, threads: usize)
     const N: usize = 12 * 128 * LEN;
     const SCALE: f64 = (1u64 << 18) as f64;
     let mut rng = StdRng::from_rng(&mut rand::rng());
-    let (mut c, mut s) = links().await?;
-    let be: Arc<dyn Backend> = backend;
-    let (oc, os) = tokio::join!(Ot::new(&mut c, be.clone()), Ot::new(&mut s, be));
-    let (mut oc, mut os) = (oc?, os?);
+    let (c, mut oc, s, mut os) = ot_pair(backend).await?;
     let xs: Vec<f64> = (0..N).map(|_| (rng.random_range(-8.0..8.0) * SCALE).round() / SCALE).collect();
     let raw: Vec<u64> = xs.iter().map(|&x| (x * SCALE) as i64 as u64).collect();
     let r: Vec<u64> = raw.iter().map(|_| rng.random()).collect();
@@ -332,10 +323,7 @@ async fn measure_layernorm(kind: OtKind, backend: Arc<CpuBackend>, threads: usiz
     const SCALE: f64 = (1u64 << 18) as f64;
     let fixed = |v: f64| (v * SCALE).round() as i64 as u64;
     let mut rng = StdRng::from_rng(&mut rand::rng());
-    let (mut c, mut s) = links().await?;
-    let be: Arc<dyn Backend> = backend;
-    let (oc, os) = tokio::join!(Ot::new(&mut c, be.clone()), Ot::new(&mut s, be));
-    let (mut oc, mut os) = (oc?, os?);
+    let (c, mut oc, s, mut os) = ot_pair(backend).await?;
     let xs: Vec<f64> =
         (0..N).map(|i| rng.random_range(-3.0..3.0) * (1.0 + (i / D) as f64 / 32.0) + (i / D) as f64 / 16.0).collect();
     let gamma: Vec<f64> = (0..D).map(|_| rng.random_range(-2.0..2.0)).collect();
