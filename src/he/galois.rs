@@ -94,10 +94,13 @@ impl SecretKey {
         let p = &self.params;
         let n = p.degree();
         let Some((special, _)) = p.special() else {
-            return Err(HeError::Params(format!("{} has no special prime for key switching", p.name())));
+            return Err(HeError::NoSpecialPrime { params: p.name() });
         };
         if levels == 0 || levels > n.trailing_zeros() {
-            return Err(HeError::Params(format!("cannot pack 2^{levels} ciphertexts of degree {n}")));
+            return Err(HeError::Unsupported {
+                params: p.name(),
+                what: format!("pack 2^{levels} ciphertexts of degree {n}"),
+            });
         }
         let mut s = self.signed_coeffs(backend);
         let mut s_ext = ext_ntt(p, &s, backend);
@@ -316,7 +319,7 @@ impl GaloisKeys {
         let bad = |reason: String| HeError::Malformed { what: "Galois keys", reason };
         let (n, k) = (p.degree(), p.moduli().len());
         if p.special().is_none() {
-            return Err(HeError::Params(format!("{} has no special prime for key switching", p.name())));
+            return Err(HeError::NoSpecialPrime { params: p.name() });
         }
         if bytes.len() < GALOIS_HEADER || &bytes[..4] != GALOIS_TAG {
             return Err(bad("not secmoe Galois keys (bad tag)".into()));

@@ -31,9 +31,48 @@ use crate::ring::RingError;
 /// Errors of the HE layer.
 #[derive(Debug, Error)]
 pub enum HeError {
-    /// A parameter set that is insecure or malformed.
-    #[error("HE parameters: {0}")]
-    Params(String),
+    /// N has no entry in the HE standard's 128-bit table.
+    #[error("HE parameters: N = {degree} has no 128-bit security entry")]
+    NoSecurityEntry {
+        /// The ring degree asked for.
+        degree: usize,
+    },
+    /// The modulus is too large for 128-bit security at this degree.
+    #[error("HE parameters: log2 q = {log_q:.1} exceeds {bound} for N = {degree} at 128-bit security")]
+    Insecure {
+        /// The ring degree.
+        degree: usize,
+        /// log2 of the whole modulus (special prime included).
+        log_q: f64,
+        /// The standard's bound for N.
+        bound: u32,
+    },
+    /// A plaintext modulus 2^bits outside what the encoding supports.
+    #[error("HE parameters: plaintext modulus 2^{bits} is outside 2^64..=2^96")]
+    PlainModulus {
+        /// log2 t.
+        bits: u32,
+    },
+    /// The RNS primes are not pairwise distinct (coprime).
+    #[error("HE parameters: the RNS prime {prime} is repeated or not coprime to the others")]
+    RepeatedPrime {
+        /// The offending prime.
+        prime: u64,
+    },
+    /// An operation needs a special prime (key switching) that the parameter set lacks.
+    #[error("HE parameters: {params} has no special prime for key switching")]
+    NoSpecialPrime {
+        /// The parameter set's name.
+        params: &'static str,
+    },
+    /// An operation the parameter set cannot run, and why.
+    #[error("HE parameters: {params} cannot {what}")]
+    Unsupported {
+        /// The parameter set's name.
+        params: &'static str,
+        /// What was asked, and the limit it hit.
+        what: String,
+    },
     /// Inputs of the wrong size.
     #[error("HE shape: {0}")]
     Shape(String),

@@ -161,10 +161,10 @@ impl Ciphertext {
     ) -> HeResult<Ciphertext> {
         let k = params.moduli().len();
         if params.plain_bits() != 64 {
-            return Err(HeError::Params(format!(
-                "ciphertext products are implemented for t = 2^64, not 2^{}",
-                params.plain_bits()
-            )));
+            return Err(HeError::Unsupported {
+                params: params.name(),
+                what: format!("multiply ciphertexts: implemented for t = 2^64, not 2^{}", params.plain_bits()),
+            });
         }
         if self.limbs(params) != k || other.limbs(params) != k {
             return Err(HeError::Shape("ciphertext products need both operands at the full modulus".into()));

@@ -60,23 +60,20 @@ impl HeParams {
         special: Option<u64>,
         plain_bits: u32,
     ) -> HeResult<Arc<HeParams>> {
-        let bound = max_log_q_128(n).ok_or(HeError::Params(format!("N = {n} has no 128-bit security entry")))?;
+        let bound = max_log_q_128(n).ok_or(HeError::NoSecurityEntry { degree: n })?;
         if !(64..=96).contains(&plain_bits) {
-            return Err(HeError::Params(format!("plaintext modulus 2^{plain_bits} is outside 2^64..=2^96")));
+            return Err(HeError::PlainModulus { bits: plain_bits });
         }
         let all: Vec<u64> = primes.iter().copied().chain(special).collect();
         let moduli: Vec<Modulus> = all.iter().map(|&p| Modulus::new(p)).collect::<Result<_, _>>()?;
         let log_q: f64 = all.iter().map(|&p| (p as f64).log2()).sum();
         if log_q > bound as f64 {
-            return Err(HeError::Params(format!(
-                "log2 q = {log_q:.1} exceeds {bound} for N = {n} at 128-bit security"
-            )));
+            return Err(HeError::Insecure { degree: n, log_q, bound });
         }
         let mut sorted = all.clone();
         sorted.sort_unstable();
-        sorted.dedup();
-        if sorted.len() != all.len() {
-            return Err(HeError::Params("the RNS primes must be distinct".into()));
+        if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+            return Err(HeError::RepeatedPrime { prime: w[0] });
         }
         let tables = moduli.iter().map(|&m| NttTable::new(n, m)).collect::<Result<_, _>>()?;
         Ok(Arc::new(HeParams { name, n, moduli, tables, q_count: primes.len(), plain_bits }))
@@ -160,11 +157,12 @@ mod tests {
 
     #[test]
     fn presets_are_within_the_security_bound() {
-        for params in [HeParams::n4096(), HeParams::n8192()] {
+        for params in [HeParams::n4096(), HeParams::n8192(), HeParams::linear()] {
             let params = params.unwrap_or_else(|e| panic!("{e}"));
             let bound = max_log_q_128(params.degree()).unwrap_or(0) as f64;
-            assert!(params.log_q() <= bound, "{}: {} > {bound}", params.name(), params.log_q());
-            assert!(params.log_q() > bound - 2.0, "{} wastes modulus", params.name());
+            let log_qp: f64 = params.ext_moduli().iter().map(|m| (m.value() as f64).log2()).sum();
+            assert!(log_qp <= bound, "{}: {log_qp} > {bound}", params.name());
+            assert!(log_qp > bound - 2.0, "{} wastes modulus", params.name());
             for m in params.moduli() {
                 assert_eq!(m.value() % (2 * params.degree() as u64), 1);
             }
@@ -174,10 +172,14 @@ mod tests {
     #[test]
     fn insecure_or_malformed_sets_are_rejected() {
         let big = ntt_primes(60, 4096, 2).unwrap_or_default();
-        assert!(HeParams::new("x", 4096, &big).is_err(), "120 bits at N=4096 is insecure");
+        let insecure = HeParams::new("x", 4096, &big);
+        assert!(matches!(insecure, Err(HeError::Insecure { degree: 4096, bound: 109, .. })), "{insecure:?}");
         let p = ntt_primes(40, 4096, 1).unwrap_or_default();
-        assert!(HeParams::new("x", 4096, &[p[0], p[0]]).is_err(), "repeated prime");
-        assert!(HeParams::new("x", 3000, &p).is_err());
+        let repeated = HeParams::new("x", 4096, &[p[0], p[0]]);
+        assert!(matches!(repeated, Err(HeError::RepeatedPrime { prime }) if prime == p[0]), "{repeated:?}");
+        assert!(matches!(HeParams::new("x", 3000, &p), Err(HeError::NoSecurityEntry { degree: 3000 })));
+        let wide = HeParams::with_special("x", 4096, &p, ntt_primes(41, 4096, 1).unwrap_or_default()[0], 100);
+        assert!(matches!(wide, Err(HeError::PlainModulus { bits: 100 })), "{wide:?}");
         assert!(HeParams::new("x", 4096, &[p[0] + 2]).is_err(), "not prime / not NTT-friendly");
     }
 }

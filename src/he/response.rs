@@ -45,7 +45,10 @@ impl Ciphertext {
         rng: &mut R,
     ) -> HeResult<()> {
         if bits > MAX_FLOOD_BITS {
-            return Err(HeError::Params(format!("flooding noise of {bits} bits exceeds {MAX_FLOOD_BITS}")));
+            return Err(HeError::Unsupported {
+                params: params.name(),
+                what: format!("flood with {bits} bits of noise (at most {MAX_FLOOD_BITS})"),
+            });
         }
         let n = params.degree();
         self.c0.to_coeff(params, backend);
@@ -75,9 +78,10 @@ impl Ciphertext {
         let n = params.degree();
         let t = params.plain_bits();
         if c0_bits <= t || c0_bits > c1_bits || c1_bits > 127 {
-            return Err(HeError::Params(format!(
-                "shrinking to {c0_bits}/{c1_bits} bits: need {t} < c0 bits ≤ c1 bits ≤ 127"
-            )));
+            return Err(HeError::Unsupported {
+                params: params.name(),
+                what: format!("shrink to {c0_bits}/{c1_bits} bits (needs {t} < c0 bits ≤ c1 bits ≤ 127)"),
+            });
         }
         if let Some(&bad) = keep.iter().find(|&&j| j >= n) {
             return Err(HeError::Shape(format!("kept coefficient {bad} is beyond N = {n}")));
@@ -101,7 +105,7 @@ impl Ciphertext {
 /// The error for RNS primes that are not pairwise coprime (parameter sets are built from distinct
 /// primes, so this names a broken invariant instead of computing with a zero inverse).
 fn not_coprime(m: &Modulus) -> HeError {
-    HeError::Params(format!("the prime {} is not coprime to the other RNS primes", m.value()))
+    HeError::RepeatedPrime { prime: m.value() }
 }
 
 /// Constants for x ↦ ⌊2^b·x/q⌉ mod 2^b from the RNS residues of x. With x̃_i = x_i·(q/p_i)^-1
@@ -229,7 +233,10 @@ impl SecretKey {
         let n = p.degree();
         let t = p.plain_bits();
         if ct.c0_bits <= t {
-            return Err(HeError::Params(format!("a {}-bit c0 cannot hold {t}-bit plaintexts", ct.c0_bits)));
+            return Err(HeError::Unsupported {
+                params: p.name(),
+                what: format!("open a {}-bit c0: it cannot hold {t}-bit plaintexts", ct.c0_bits),
+            });
         }
         if keep.len() != ct.c0.len() || ct.c1.len() != n {
             return Err(HeError::Shape(format!(
@@ -247,11 +254,13 @@ impl SecretKey {
             limbs += 1;
         }
         if log_p < need || log_p >= 127.0 || limbs != 2 {
-            return Err(HeError::Params(format!(
-                "{} cannot open {}-bit shrunk ciphertexts exactly (needs two primes above {need:.0} bits)",
-                p.name(),
-                ct.c1_bits
-            )));
+            return Err(HeError::Unsupported {
+                params: p.name(),
+                what: format!(
+                    "open {}-bit shrunk ciphertexts exactly (needs two primes above {need:.0} bits)",
+                    ct.c1_bits
+                ),
+            });
         }
         let (m1, m2) = (p.moduli()[0], p.moduli()[1]);
         let mut c1 = RnsPoly { limbs: Vec::with_capacity(2 * n), form: Form::Coeff };
