@@ -886,9 +886,10 @@ mod tests {
             let t = tiling_for(&p, shape, &CostModel::WAN);
             assert!(t.pack > 0, "{t:?}");
             let (a, b, c) = t.tile_counts();
-            let bytes = (a * b) as f64 * seeded_ciphertext_len(&p) as f64
-                + (a * c) as f64 * (8192.0 * 77.0 / 8.0)
-                + (shape.n * shape.m) as f64 * 68.0 / 8.0;
+            let cost = tiling_cost(&p, &CostModel::WAN);
+            let bytes = (a * b) as f64 * cost.input_bytes
+                + t.returned() as f64 * cost.output_bytes
+                + (shape.n * shape.m) as f64 * cost.kept_bytes;
             let (flood, kappa) = flood_bits(&p, &t, 20).unwrap_or_else(|e| panic!("{e}"));
             println!(
                 "{shape}: {t:?} tiles {a}×{b}×{c}, weights {}, products {}, {:.1} MB, flood 2^{flood} (κ = {kappa}): \
