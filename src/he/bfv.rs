@@ -171,6 +171,14 @@ impl PlainOperand {
     }
 }
 
+impl PlainOperand {
+    /// Limb `l` of the operand (NTT form) and its Shoup constants.
+    pub(crate) fn limb(&self, params: &HeParams, l: usize) -> (&[u64], &[u64]) {
+        let n = params.degree();
+        (&self.poly.limbs[l * n..(l + 1) * n], &self.shoup[l * n..(l + 1) * n])
+    }
+}
+
 impl Ciphertext {
     /// `self ← self · w`: both halves multiplied by the operand (converted to NTT form first).
     /// Decrypts to the negacyclic product m·w with coefficients mod 2^64.
@@ -342,12 +350,16 @@ impl SecretKey {
 
     /// Decrypts. With t > 2^64 the coefficients are the low 64 bits of the plaintext.
     pub fn decrypt(&self, ct: &Ciphertext, backend: &dyn Backend) -> Plaintext {
+        self.decode_phase(&self.phase(ct, backend))
+    }
+
+    /// The plaintext of a phase x ≈ Δ·m (coefficient form, at its level): ⌊t·x/q⌉, low 64 bits.
+    pub(crate) fn decode_phase(&self, x: &RnsPoly) -> Plaintext {
         let p = &self.params;
-        let ctx = CrtContext::new(&p.moduli()[..ct.limbs(p)], p.plain_bits());
-        let x = self.phase(ct, backend);
+        let ctx = CrtContext::new(&p.moduli()[..x.limbs.len() / p.degree()], p.plain_bits());
         let low = BigUint::from(u64::MAX);
         let coeffs =
-            (0..p.degree()).map(|j| (ctx.round_to_t(&ctx.compose(p, &x, j)) & &low).to_u64().unwrap_or(0)).collect();
+            (0..p.degree()).map(|j| (ctx.round_to_t(&ctx.compose(p, x, j)) & &low).to_u64().unwrap_or(0)).collect();
         Plaintext { coeffs }
     }
 

@@ -14,14 +14,16 @@ mod mult;
 mod params;
 mod poly;
 mod response;
+mod select;
 mod wire;
 
 pub use bfv::{Ciphertext, PlainOperand, Plaintext, PublicKey, SecretKey, SeededCiphertext};
 pub use galois::GaloisKeys;
-pub use mult::RelinKey;
+pub use mult::{RelinKey, Tensored};
 pub use params::{HeParams, max_log_q_128};
 pub use poly::{Form, RnsPoly};
 pub use response::{MAX_FLOOD_BITS, ShrunkCiphertext};
+pub use select::{OperandBank, Selectors, select};
 pub use wire::{ciphertext_len, seeded_ciphertext_len};
 
 use thiserror::Error;

@@ -1,36 +1,49 @@
-//! Ciphertext × ciphertext products with relinearization (BFV, t = 2^64).
+//! Ciphertext × ciphertext products (BFV, any plaintext modulus t = 2^64..2^96, any level),
+//! computed entirely in RNS: no multi-precision integer in the hot path.
 //!
-//! The tensor (c0·d0, c0·d1 + c1·d0, c1·d1) is computed exactly over the integers in an extended
-//! RNS basis Q∪P (P > N·Q, so the centered products fit), then scaled by t/Q and rounded back to
-//! Q. Relinearization uses the RNS gadget: digit i of c2 is its residue mod p_i, and the key for
-//! digit i encrypts s²·g_i with g_i the i-th CRT idempotent (g_i ≡ 1 mod p_i, 0 mod the others),
-//! so Σ_i digit_i·g_i = c2. The added noise is about Σ_i p_i·N·σ, which the N = 8192 set absorbs;
-//! N = 4096's 109-bit q has no room for products of 64-bit plaintexts.
+//! With both ciphertexts lifted to centered integers (|c| ≤ Q/2), the tensor
+//! (c0·d0, c0·d1 + c1·d0, c1·d1) has coefficients below N·Q²/2 in magnitude; it is computed
+//! exactly in the extended basis Q∪P with P > 2^3·N·Q (so QP > 4·max|x|), then scaled by t/Q and
+//! rounded straight back to Q ("traditional" BFV multiplication, after Halevi–Polyakov–Shoup,
+//! ePrint 2018/117, §4, with a fixed-point fraction instead of floating point):
 //!
-//! The basis extension and the rounding go through exact multi-precision arithmetic per
-//! coefficient: correct, not yet fast (a later step replaces it with RNS base conversion).
+//! - **Q → P, centered** (fast base conversion with the overflow removed): z_i = [x_i·(Q/q_i)^-1]_{q_i},
+//!   v = round(Σ z_i/q_i), x = Σ z_i·(Q/q_i) − v·Q. The f64 rounding can only err when x is within
+//!   2^-45·Q of ±Q/2, where either lift is as small.
+//! - **Q∪P → Q, scaled**: with M = QP, z_r = [x_r·(M/r)^-1]_r and v = round(Σ z_r/r) (exact: |x| <
+//!   M/4), t·x/Q = Σ_{l∈Q} z_l·(ω_l + θ_l) + Σ_{j∈P} z_j·t·P/p_j − v·t·P where t·P/q_l = ω_l + θ_l
+//!   (integer and fractional part). Only Σ z_l·θ_l is fractional; it is rounded with θ_l held to
+//!   2^-128 (an error below 2^-64, so the result is ⌊t·x/Q⌉ or, at an exact half, one off — a unit
+//!   of noise). Every other term is an integer reduced mod q_i with precomputed constants.
+//!
+//! The bases and all constants are computed once per parameter set and level
+//! ([`HeParams::tensor_basis`]). Relinearization uses the RNS gadget: digit i of d2 is its
+//! residue mod q_i, and key part i encrypts s²·g_i with g_i the i-th CRT idempotent (g_i ≡ 1 mod
+//! q_i, 0 mod the others), so Σ_i digit_i·g_i = d2; restricted to the first k' limbs the same key
+//! serves level k'. The added noise is about Σ_i q_i·‖e_i‖·√N, far below Δ = Q/t for the sets here.
+//!
+//! [`Tensored`] is the product before relinearization, d0 + d1·s + d2·s² ≈ Δ·m_a·m_b: whoever holds
+//! s (the client) decrypts it directly with [`SecretKey::decrypt_tensored`], so a result only the
+//! client opens can skip relinearization.
 
-use num_bigint::{BigInt, Sign};
-use num_traits::ToPrimitive;
+use num_bigint::BigUint;
+use num_traits::{One, ToPrimitive};
 use rand::CryptoRng;
 
-use super::bfv::{Ciphertext, CrtContext, SecretKey};
+use super::bfv::{Ciphertext, SecretKey};
 use super::poly::{Form, RnsPoly};
 use super::{HeError, HeParams, HeResult};
-use crate::backend::{Backend, NttTable};
-use crate::ring::modp::{Modulus, ntt_primes};
+use crate::backend::{Backend, NttTable, map_indexed};
+use crate::ring::modp::{MAX_PRIME_BITS, Modulus, ntt_primes};
 
-/// Size and count of the auxiliary primes P of the tensoring basis.
-const AUX_BITS: u32 = 60;
-
-/// The relinearization key: for every prime p_i of Q, an encryption of s²·g_i, in NTT form.
+/// The relinearization key: for every prime q_i of Q, an encryption of s²·g_i, in NTT form.
 #[derive(Debug, Clone)]
 pub struct RelinKey {
     pub(crate) parts: Vec<(RnsPoly, RnsPoly)>,
 }
 
 impl SecretKey {
-    /// A relinearization key for [`Ciphertext::mul`].
+    /// A relinearization key for [`Ciphertext::mul`] and [`Tensored::relinearize`].
     pub fn relin_key<R: CryptoRng + ?Sized>(&self, backend: &dyn Backend, rng: &mut R) -> RelinKey {
         let p = &self.params;
         let n = p.degree();
@@ -54,104 +67,277 @@ impl SecretKey {
             .collect();
         RelinKey { parts }
     }
+
+    /// Decrypts a product that was not relinearized: rounds d0 + d1·s + d2·s².
+    pub fn decrypt_tensored(&self, ct: &Tensored, backend: &dyn Backend) -> super::Plaintext {
+        let p = &self.params;
+        let mut s = self.s.clone();
+        s.limbs.truncate(ct.limbs(p) * p.degree());
+        let mut x = ct.d2.clone();
+        x.mul_assign(p, &s);
+        x.add_assign(p, &ct.d1);
+        x.mul_assign(p, &s);
+        x.add_assign(p, &ct.d0);
+        s.zeroize_limbs();
+        x.to_coeff(p, backend);
+        self.decode_phase(&x)
+    }
 }
 
-/// The extended basis Q∪P and its tables.
-struct TensorBasis {
+/// A product of two ciphertexts before relinearization: (d0, d1, d2) in NTT form, with
+/// d0 + d1·s + d2·s² ≈ Δ·m_a·m_b.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tensored {
+    pub(crate) d0: RnsPoly,
+    pub(crate) d1: RnsPoly,
+    pub(crate) d2: RnsPoly,
+}
+
+impl Tensored {
+    /// Number of RNS limbs (the level).
+    pub fn limbs(&self, params: &HeParams) -> usize {
+        self.d0.limbs.len() / params.degree()
+    }
+
+    /// Folds d2 into (c0, c1) with the relinearization key: a two-part ciphertext of the same
+    /// plaintext, in NTT form.
+    pub fn relinearize(self, params: &HeParams, rlk: &RelinKey, backend: &dyn Backend) -> HeResult<Ciphertext> {
+        let n = params.degree();
+        let k = self.limbs(params);
+        let full = params.moduli().len();
+        if rlk.parts.len() != full
+            || rlk.parts.iter().any(|(b, a)| b.limbs.len() != full * n || a.limbs.len() != b.limbs.len())
+        {
+            return Err(HeError::Shape(format!("relinearization key has {} parts, expected {full}", rlk.parts.len())));
+        }
+        let moduli = &params.moduli()[..k];
+        let Tensored { mut d0, mut d1, mut d2 } = self;
+        d2.to_coeff(params, backend);
+        // digit i = [d2]_{q_i}, as a polynomial mod every q_j, NTT form: one task per digit
+        let digits = map_indexed(backend, k, |i| {
+            let digit = &d2.limbs[i * n..(i + 1) * n];
+            let mut lifted = vec![0u64; k * n];
+            for ((row, m), table) in lifted.chunks_exact_mut(n).zip(moduli).zip(params.tables()) {
+                for (x, &d) in row.iter_mut().zip(digit) {
+                    *x = m.reduce(d);
+                }
+                backend.ntt_forward(table, row);
+            }
+            lifted
+        });
+        // c0 = d0 + Σ_i digit_i·b_i, c1 = d1 + Σ_i digit_i·a_i, accumulated lazily per limb
+        for (out, key_half) in [(&mut d0, 0), (&mut d1, 1)] {
+            for (j, m) in moduli.iter().enumerate() {
+                let row = &mut out.limbs[j * n..(j + 1) * n];
+                let mut acc: Vec<u128> = row.iter().map(|&x| x as u128).collect();
+                for (digit, (b, a)) in digits.iter().zip(&rlk.parts) {
+                    let key = if key_half == 0 { b } else { a };
+                    for ((acc, &x), &y) in
+                        acc.iter_mut().zip(&digit[j * n..(j + 1) * n]).zip(&key.limbs[j * n..(j + 1) * n])
+                    {
+                        *acc += m.mul(x, y) as u128;
+                    }
+                }
+                for (x, acc) in row.iter_mut().zip(acc) {
+                    *x = m.reduce_u128(acc);
+                }
+            }
+        }
+        Ok(Ciphertext { c0: d0, c1: d1 })
+    }
+}
+
+impl RnsPoly {
+    fn zeroize_limbs(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.limbs);
+    }
+}
+
+/// The extended basis Q∪P of one level and the constants of both conversions.
+#[derive(Debug)]
+pub(crate) struct TensorBasis {
+    /// The level's primes Q, then P.
     moduli: Vec<Modulus>,
-    tables: Vec<NttTable>,
-    crt_q: CrtContext,
-    crt_qp: CrtContext,
+    k: usize,
+    p_tables: Vec<NttTable>,
+    /// Q → P: [(Q/q_i)^-1]_{q_i} (with Shoup constant), 1/q_i, [Q/q_i]_{p_j} (row i), [Q]_{p_j}.
+    q_hat_inv: Vec<(u64, u64)>,
+    q_inv_f64: Vec<f64>,
+    q_hat_mod_p: Vec<Vec<(u64, u64)>>,
+    q_mod_p: Vec<u64>,
+    /// Q∪P → Q: [(M/r)^-1]_r (with Shoup constant) and 1/r for every r of Q∪P.
+    m_hat_inv: Vec<(u64, u64)>,
+    all_inv_f64: Vec<f64>,
+    /// Row r: the integer term's constant mod each q_i ([ω_l]_{q_i} for r = q_l ∈ Q,
+    /// [t·P/p_j]_{q_i} for r = p_j ∈ P), with Shoup constants.
+    integer_part: Vec<Vec<(u64, u64)>>,
+    /// θ_l·2^128 for l ∈ Q, as (high, low) words.
+    theta: Vec<(u64, u64)>,
+    /// [t·P]_{q_i}.
+    tp_mod_q: Vec<u64>,
 }
 
 impl TensorBasis {
-    fn new(params: &HeParams) -> HeResult<TensorBasis> {
+    /// The basis for products at `level` RNS limbs.
+    pub(crate) fn new(params: &HeParams, level: usize) -> HeResult<TensorBasis> {
         let n = params.degree();
-        let need = params.log_q() + (n as f64).log2() + 4.0;
-        let count = (need / (AUX_BITS - 1) as f64).ceil() as usize;
-        let aux = ntt_primes(AUX_BITS, n, count)?;
-        let mut moduli = params.moduli().to_vec();
-        for p in aux {
-            moduli.push(Modulus::new(p)?);
+        let q: Vec<Modulus> = params.moduli()[..level].to_vec();
+        let q_big: BigUint = q.iter().fold(BigUint::one(), |acc, m| acc * m.value());
+        // P > 2^3·N·Q: QP holds the tensor (|x| ≤ N·Q²/2) four times over
+        let need = q_big.bits() as f64 + (n as f64).log2() + 3.0;
+        let mut p = Vec::new();
+        let mut log_p = 0.0;
+        for cand in ntt_primes(MAX_PRIME_BITS, n, 16)? {
+            if log_p >= need {
+                break;
+            }
+            if params.ext_moduli().iter().all(|m| m.value() != cand) {
+                p.push(Modulus::new(cand)?);
+                log_p += (cand as f64).log2();
+            }
         }
-        let tables = moduli.iter().map(|&m| NttTable::new(n, m)).collect::<Result<_, _>>()?;
+        if log_p < need {
+            return Err(HeError::Unsupported {
+                params: params.name(),
+                what: format!("multiply ciphertexts at {level} limbs: no {:.0}-bit extension basis", need),
+            });
+        }
+        let p_big: BigUint = p.iter().fold(BigUint::one(), |acc, m| acc * m.value());
+        let t_big = BigUint::one() << params.plain_bits();
+        let modulo = |x: &BigUint, m: &Modulus| (x % m.value()).to_u64().unwrap_or_else(|| unreachable!("x mod p < p"));
+        let inverse = |x: &BigUint, m: &Modulus| m.inv(modulo(x, m)).ok_or(HeError::RepeatedPrime { prime: m.value() });
+        let with_shoup = |m: &Modulus, w: u64| (w, m.shoup(w));
+
+        let mut q_hat_inv = Vec::new();
+        let mut q_hat_mod_p = Vec::new();
+        for m in &q {
+            let q_hat = &q_big / m.value();
+            q_hat_inv.push(with_shoup(m, inverse(&q_hat, m)?));
+            q_hat_mod_p.push(p.iter().map(|pj| with_shoup(pj, modulo(&q_hat, pj))).collect());
+        }
+        let all: Vec<Modulus> = q.iter().chain(&p).copied().collect();
+        let m_big = &q_big * &p_big;
+        let mut m_hat_inv = Vec::new();
+        let mut integer_part = Vec::new();
+        let mut theta = Vec::new();
+        for (r, m) in all.iter().enumerate() {
+            let inv = inverse(&(&m_big / m.value()), m)?;
+            m_hat_inv.push(with_shoup(m, inv));
+            let term = if r < level {
+                // t·P/q_l = ω + θ
+                let num = &t_big * &p_big;
+                let omega = &num / m.value();
+                let frac = ((&num % m.value()) << 128u32) / m.value();
+                let frac = frac.to_u128().unwrap_or_else(|| unreachable!("a fraction below 1"));
+                theta.push(((frac >> 64) as u64, frac as u64));
+                omega
+            } else {
+                &t_big * (&p_big / m.value())
+            };
+            integer_part.push(q.iter().map(|qi| with_shoup(qi, modulo(&term, qi))).collect());
+        }
+        let tp = &t_big * &p_big;
+        let p_tables = p.iter().map(|&m| NttTable::new(n, m)).collect::<Result<_, _>>()?;
         Ok(TensorBasis {
-            crt_q: CrtContext::new(params.moduli(), 64),
-            crt_qp: CrtContext::new(&moduli, 64),
-            moduli,
-            tables,
+            k: level,
+            p_tables,
+            q_hat_inv,
+            q_inv_f64: q.iter().map(|m| 1.0 / m.value() as f64).collect(),
+            q_hat_mod_p,
+            q_mod_p: p.iter().map(|pj| modulo(&q_big, pj)).collect(),
+            m_hat_inv,
+            all_inv_f64: all.iter().map(|m| 1.0 / m.value() as f64).collect(),
+            integer_part,
+            theta,
+            tp_mod_q: q.iter().map(|qi| modulo(&tp, qi)).collect(),
+            moduli: all,
         })
     }
 
-    /// Residue of a signed integer modulo `m`.
-    fn residue(x: &BigInt, m: &Modulus) -> u64 {
-        let r = (x.magnitude() % m.value()).to_u64().unwrap_or(0);
-        if x.sign() == Sign::Minus { m.neg(r) } else { r }
+    /// Number of limbs of Q∪P.
+    fn width(&self) -> usize {
+        self.moduli.len()
     }
 
-    /// Lifts a polynomial mod Q (coefficient form) to the centered integers, then to Q∪P, NTT form.
-    fn extend(&self, params: &HeParams, x: &RnsPoly, backend: &dyn Backend) -> Vec<u64> {
-        let n = params.degree();
-        let k = params.moduli().len();
-        let mut out = vec![0u64; n * self.moduli.len()];
-        out[..k * n].copy_from_slice(&x.limbs);
-        for j in 0..n {
-            let v = self.crt_q.compose_limbs(n, &x.limbs, j);
-            let centered = if v > self.crt_q.half_q {
-                BigInt::from_biguint(Sign::Minus, &self.crt_q.q - v)
-            } else {
-                BigInt::from_biguint(Sign::Plus, v)
-            };
-            for (i, m) in self.moduli.iter().enumerate().skip(k) {
-                out[i * n + j] = Self::residue(&centered, m);
+    /// A polynomial mod Q (`coeff`: coefficient form, `ntt`: the same in NTT form) in Q∪P, NTT
+    /// form: the Q limbs copied, the P limbs from the centered lift.
+    fn extend(&self, n: usize, coeff: &[u64], ntt: &[u64], backend: &dyn Backend) -> Vec<u64> {
+        let k = self.k;
+        let mut out = vec![0u64; self.width() * n];
+        out[..k * n].copy_from_slice(ntt);
+        let (q, p) = self.moduli.split_at(k);
+        let mut z = vec![0u64; k];
+        for c in 0..n {
+            let mut v = 0.0;
+            for (i, ((zi, m), &(w, ws))) in z.iter_mut().zip(q).zip(&self.q_hat_inv).enumerate() {
+                *zi = m.mul_shoup(coeff[i * n + c], w, ws);
+                v += *zi as f64 * self.q_inv_f64[i];
+            }
+            let v = v.round() as u64;
+            for (j, pj) in p.iter().enumerate() {
+                let mut acc = 0u128;
+                for (zi, row) in z.iter().zip(&self.q_hat_mod_p) {
+                    let (w, ws) = row[j];
+                    acc += pj.mul_shoup_lazy(*zi, w, ws) as u128;
+                }
+                out[(k + j) * n + c] = pj.sub(pj.reduce_u128(acc), pj.mul(v, self.q_mod_p[j]));
             }
         }
-        for (limb, table) in out.chunks_exact_mut(n).zip(&self.tables) {
+        for (limb, table) in out[k * n..].chunks_exact_mut(n).zip(&self.p_tables) {
             backend.ntt_forward(table, limb);
         }
         out
     }
 
-    /// ⌊t·x/Q⌉ mod Q for a tensor component over Q∪P in NTT form; returns coefficient form mod Q.
-    fn scale_down(&self, params: &HeParams, mut x: Vec<u64>, backend: &dyn Backend) -> RnsPoly {
-        let n = params.degree();
-        for (limb, table) in x.chunks_exact_mut(n).zip(&self.tables) {
-            backend.ntt_inverse(table, limb);
-        }
-        let mut out = RnsPoly::zero(params, Form::Coeff);
-        let q = BigInt::from_biguint(Sign::Plus, self.crt_q.q.clone());
-        let half_q = BigInt::from_biguint(Sign::Plus, self.crt_q.half_q.clone());
-        for j in 0..n {
-            let v = self.crt_qp.compose_limbs(n, &x, j);
-            let centered = if v > self.crt_qp.half_q {
-                BigInt::from_biguint(Sign::Minus, &self.crt_qp.q - v)
-            } else {
-                BigInt::from_biguint(Sign::Plus, v)
-            };
-            // round(2^64·x / Q), symmetric in the sign
-            let scaled = (centered.magnitude().clone() << 64u32) + half_q.magnitude();
-            let r = BigInt::from_biguint(centered.sign(), scaled / q.magnitude());
-            for (i, m) in params.moduli().iter().enumerate() {
-                out.limbs[i * n + j] = Self::residue(&r, m);
+    /// ⌊t·x/Q⌉ mod Q for x given over Q∪P in coefficient form (|x| < QP/4); coefficient form.
+    fn scale_down(&self, n: usize, x: &[u64]) -> Vec<u64> {
+        let (k, width) = (self.k, self.width());
+        let q = &self.moduli[..k];
+        let mut out = vec![0u64; k * n];
+        let mut z = vec![0u64; width];
+        for c in 0..n {
+            let mut v = 0.0;
+            for (r, (zr, m)) in z.iter_mut().zip(&self.moduli).enumerate() {
+                let (w, ws) = self.m_hat_inv[r];
+                *zr = m.mul_shoup(x[r * n + c], w, ws);
+                v += *zr as f64 * self.all_inv_f64[r];
+            }
+            let v = v.round() as u64;
+            // ⌊Σ_l z_l·θ_l⌉ in units of 2^-64, then rounded
+            let mut frac = 0u128;
+            for (&zl, &(hi, lo)) in z.iter().zip(&self.theta) {
+                frac += zl as u128 * hi as u128 + ((zl as u128 * lo as u128) >> 64);
+            }
+            let rounded = ((frac + (1 << 63)) >> 64) as u64;
+            for (i, qi) in q.iter().enumerate() {
+                let mut acc = qi.reduce(rounded) as u128;
+                for (zr, row) in z.iter().zip(&self.integer_part) {
+                    let (w, ws) = row[i];
+                    acc += qi.mul_shoup_lazy(*zr, w, ws) as u128;
+                }
+                out[i * n + c] = qi.sub(qi.reduce_u128(acc), qi.mul(v, self.tp_mod_q[i]));
             }
         }
         out
     }
-}
 
-fn pointwise(moduli: &[Modulus], n: usize, a: &[u64], b: &[u64]) -> Vec<u64> {
-    let mut out = vec![0u64; a.len()];
-    for (((o, x), y), m) in out.chunks_exact_mut(n).zip(a.chunks_exact(n)).zip(b.chunks_exact(n)).zip(moduli) {
-        for ((o, &x), &y) in o.iter_mut().zip(x).zip(y) {
-            *o = m.mul(x, y);
+    /// Inverse NTT over all limbs of Q∪P.
+    fn to_coeff(&self, params: &HeParams, x: &mut [u64], backend: &dyn Backend) {
+        let n = params.degree();
+        let tables = params.tables()[..self.k].iter().chain(&self.p_tables);
+        for (limb, table) in x.chunks_exact_mut(n).zip(tables) {
+            backend.ntt_inverse(table, limb);
         }
     }
-    out
 }
 
+/// Bits that a product needs in Δ = q/t beyond t·N: its noise, measured at 2^(log t + log N + 2)
+/// (2^79 at t = 2^64, 2^85 at t = 2^70, N = 8192), and ~10 bits for the operands' own noise.
+const PRODUCT_ROOM_BITS: u32 = 12;
+
 impl Ciphertext {
-    /// Product of two fresh-level ciphertexts, relinearized: decrypts to the negacyclic product of
-    /// the plaintexts with coefficients mod 2^64. Returned in NTT form.
+    /// Product of two ciphertexts at the same level, relinearized: decrypts to the negacyclic
+    /// product of the plaintexts mod t. Returned in NTT form.
     pub fn mul(
         &self,
         other: &Ciphertext,
@@ -159,53 +345,71 @@ impl Ciphertext {
         rlk: &RelinKey,
         backend: &dyn Backend,
     ) -> HeResult<Ciphertext> {
-        let k = params.moduli().len();
-        if params.plain_bits() != 64 {
+        self.tensor(other, params, backend)?.relinearize(params, rlk, backend)
+    }
+
+    /// Product of two ciphertexts at the same level, not relinearized.
+    pub fn tensor(&self, other: &Ciphertext, params: &HeParams, backend: &dyn Backend) -> HeResult<Tensored> {
+        let n = params.degree();
+        let k = self.limbs(params);
+        if other.limbs(params) != k {
+            return Err(HeError::Shape(format!(
+                "multiplying ciphertexts at {k} and {} RNS limbs",
+                other.limbs(params)
+            )));
+        }
+        let log_delta =
+            params.moduli()[..k].iter().map(|m| (m.value() as f64).log2()).sum::<f64>() - params.plain_bits() as f64;
+        let need = (params.plain_bits() + PRODUCT_ROOM_BITS) as f64 + (n as f64).log2();
+        if log_delta < need {
             return Err(HeError::Unsupported {
                 params: params.name(),
-                what: format!("multiply ciphertexts: implemented for t = 2^64, not 2^{}", params.plain_bits()),
+                what: format!(
+                    "multiply ciphertexts at {k} limbs: log2(q/t) = {log_delta:.0} leaves no room for a product's noise (needs {need:.0})"
+                ),
             });
         }
-        if self.limbs(params) != k || other.limbs(params) != k {
-            return Err(HeError::Shape("ciphertext products need both operands at the full modulus".into()));
-        }
-        if rlk.parts.len() != k {
-            return Err(HeError::Shape(format!("relinearization key has {} parts, expected {k}", rlk.parts.len())));
-        }
-        let n = params.degree();
-        let basis = TensorBasis::new(params)?;
-        let ext = |c: &RnsPoly| {
-            let mut c = c.clone();
-            c.to_coeff(params, backend);
-            basis.extend(params, &c, backend)
-        };
-        let (a0, a1, b0, b1) = (ext(&self.c0), ext(&self.c1), ext(&other.c0), ext(&other.c1));
-        let all = &basis.moduli;
-        let e0 = pointwise(all, n, &a0, &b0);
-        let mut e1 = pointwise(all, n, &a0, &b1);
-        for ((o, x), m) in e1.chunks_exact_mut(n).zip(pointwise(all, n, &a1, &b0).chunks_exact(n)).zip(all) {
-            for (o, &x) in o.iter_mut().zip(x) {
-                *o = m.add(*o, x);
+        let basis = params.tensor_basis(k)?;
+        let square = std::ptr::eq(self, other);
+        let inputs: Vec<&RnsPoly> =
+            if square { vec![&self.c0, &self.c1] } else { vec![&self.c0, &self.c1, &other.c0, &other.c1] };
+        let ext = map_indexed(backend, inputs.len(), |i| {
+            let (mut coeff, mut ntt) = (inputs[i].clone(), inputs[i].clone());
+            coeff.to_coeff(params, backend);
+            ntt.to_ntt(params, backend);
+            basis.extend(n, &coeff.limbs, &ntt.limbs, backend)
+        });
+        let (a0, a1) = (&ext[0], &ext[1]);
+        let (b0, b1) = if square { (a0, a1) } else { (&ext[2], &ext[3]) };
+        let moduli = &basis.moduli;
+        let parts = map_indexed(backend, 3, |part| {
+            let mut out = vec![0u64; moduli.len() * n];
+            for (r, m) in moduli.iter().enumerate() {
+                let s = r * n..(r + 1) * n;
+                let (x0, x1, y0, y1) = (&a0[s.clone()], &a1[s.clone()], &b0[s.clone()], &b1[s.clone()]);
+                let o = &mut out[s];
+                match part {
+                    0 => o.iter_mut().zip(x0).zip(y0).for_each(|((o, &x), &y)| *o = m.mul(x, y)),
+                    1 => {
+                        for (c, o) in o.iter_mut().enumerate() {
+                            *o = m.add(m.mul(x0[c], y1[c]), m.mul(x1[c], y0[c]));
+                        }
+                    }
+                    _ => o.iter_mut().zip(x1).zip(y1).for_each(|((o, &x), &y)| *o = m.mul(x, y)),
+                }
             }
-        }
-        let e2 = pointwise(all, n, &a1, &b1);
-        let mut c0 = basis.scale_down(params, e0, backend);
-        let mut c1 = basis.scale_down(params, e1, backend);
-        let c2 = basis.scale_down(params, e2, backend);
-        c0.to_ntt(params, backend);
-        c1.to_ntt(params, backend);
-        // Relinearize: c2 = Σ_i digit_i·g_i, digit_i = [c2]_{p_i} as an integer in [0, p_i).
-        for (i, (rb, ra)) in rlk.parts.iter().enumerate() {
-            let digit: Vec<i64> = c2.limbs[i * n..(i + 1) * n].iter().map(|&d| d as i64).collect();
-            let mut d = RnsPoly::from_signed(params, &digit);
-            d.to_ntt(params, backend);
-            let (mut t0, mut t1) = (d.clone(), d);
-            t0.mul_assign(params, rb);
-            t1.mul_assign(params, ra);
-            c0.add_assign(params, &t0);
-            c1.add_assign(params, &t1);
-        }
-        Ok(Ciphertext { c0, c1 })
+            basis.to_coeff(params, &mut out, backend);
+            let mut scaled = RnsPoly { limbs: basis.scale_down(n, &out), form: Form::Coeff };
+            if part < 2 {
+                scaled.to_ntt(params, backend);
+            }
+            scaled
+        });
+        let mut parts = parts.into_iter();
+        let mut next = || parts.next().unwrap_or_else(|| unreachable!("three parts"));
+        let (d0, d1, mut d2) = (next(), next(), next());
+        d2.to_ntt(params, backend);
+        Ok(Tensored { d0, d1, d2 })
     }
 }
 
@@ -215,39 +419,106 @@ mod tests {
     use crate::backend::CpuBackend;
     use crate::he::Plaintext;
     use rand::{RngExt, SeedableRng, rngs::StdRng};
+    use std::sync::Arc;
 
-    #[test]
-    fn products_of_ciphertexts_decrypt_to_products_mod_2_64() {
-        let p = HeParams::n8192().unwrap_or_else(|e| panic!("{e}"));
+    fn negacyclic_mod_t(a: &[u128], b: &[u128], t_bits: u32) -> Vec<u128> {
+        let n = a.len();
+        let mask = if t_bits == 128 { u128::MAX } else { (1u128 << t_bits) - 1 };
+        let mut c = vec![0u128; n];
+        for (i, &ai) in a.iter().enumerate().filter(|(_, v)| **v != 0) {
+            for (j, &bj) in b.iter().enumerate().filter(|(_, v)| **v != 0) {
+                let prod = ai.wrapping_mul(bj);
+                let at = (i + j) % n;
+                c[at] = if i + j < n { c[at].wrapping_add(prod) } else { c[at].wrapping_sub(prod) } & mask;
+            }
+        }
+        c
+    }
+
+    fn setup(params: HeResult<Arc<HeParams>>, seed: u64) -> (Arc<HeParams>, CpuBackend, StdRng, SecretKey, RelinKey) {
+        let p = params.unwrap_or_else(|e| panic!("{e}"));
         let be = CpuBackend::new(2).unwrap_or_else(|e| panic!("{e}"));
-        let mut rng = StdRng::seed_from_u64(12);
+        let mut rng = StdRng::seed_from_u64(seed);
         let sk = SecretKey::generate(&p, &be, &mut rng);
         let rlk = sk.relin_key(&be, &mut rng);
+        (p, be, rng, sk, rlk)
+    }
+
+    #[test]
+    fn products_of_uniform_plaintexts_decrypt_to_products_mod_2_64() {
+        let (p, be, mut rng, sk, rlk) = setup(HeParams::n8192(), 12);
         let n = p.degree();
         // two dense plaintexts of uniform 64-bit coefficients: the worst case for the noise
         let a: Vec<u64> = (0..n).map(|_| rng.random()).collect();
         let b: Vec<u64> = (0..n).map(|_| rng.random()).collect();
         let ca = sk.encrypt(&Plaintext::new(&p, a.clone()).unwrap_or_else(|e| panic!("{e}")), &be, &mut rng);
         let cb = sk.encrypt(&Plaintext::new(&p, b.clone()).unwrap_or_else(|e| panic!("{e}")), &be, &mut rng);
-        let prod = ca.mul(&cb, &p, &rlk, &be).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(sk.decrypt(&prod, &be).coeffs(), &crate::he::negacyclic_mod_2_64(&a, &b)[..]);
+        let want = crate::he::negacyclic_mod_2_64(&a, &b);
+        let tensored = ca.tensor(&cb, &p, &be).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(sk.decrypt_tensored(&tensored, &be).coeffs(), &want[..], "before relinearization");
+        let prod = tensored.relinearize(&p, &rlk, &be).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(sk.decrypt(&prod, &be).coeffs(), &want[..]);
         let budget = sk.noise_budget(&prod, &be);
+        eprintln!("n8192 uniform: {budget:.1} bits left");
         assert!(budget > 20.0, "only {budget:.1} bits left after one product");
+        // a square takes the shortcut (one operand extended) and agrees
+        let sq = ca.mul(&ca, &p, &rlk, &be).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(sk.decrypt(&sq, &be).coeffs(), &crate::he::negacyclic_mod_2_64(&a, &a)[..]);
     }
 
     #[test]
-    fn products_need_full_level_operands_and_a_matching_key() {
-        let p = HeParams::n8192().unwrap_or_else(|e| panic!("{e}"));
-        let be = CpuBackend::new(1).unwrap_or_else(|e| panic!("{e}"));
-        let mut rng = StdRng::seed_from_u64(13);
-        let sk = SecretKey::generate(&p, &be, &mut rng);
-        let rlk = sk.relin_key(&be, &mut rng);
+    fn products_are_exact_for_the_linear_set_and_at_lower_levels() {
+        // t = 2^70: the full 70-bit product, with small plaintexts on one side (one-hot bits,
+        // selections) and uniform ones on the other
+        let (p, be, mut rng, sk, rlk) = setup(HeParams::linear(), 13);
+        let n = p.degree();
+        let t_bits = p.plain_bits();
+        let a: Vec<u128> = (0..n).map(|_| rng.random::<u128>() >> (128 - t_bits)).collect();
+        let mut b = vec![0u128; n];
+        b[3] = 1;
+        b[100] = (1 << t_bits) - 1; // −1
+        let enc = |v: &[u128], rng: &mut StdRng| {
+            let mut ct = sk.encrypt(&Plaintext::new(&p, vec![0; 0]).unwrap_or_else(|e| panic!("{e}")), &be, rng);
+            ct.add_wide_plain_assign(&p, v, &be).unwrap_or_else(|e| panic!("{e}"));
+            ct
+        };
+        let (ca, cb) = (enc(&a, &mut rng), enc(&b, &mut rng));
+        let prod = ca.mul(&cb, &p, &rlk, &be).unwrap_or_else(|e| panic!("{e}"));
+        let want: Vec<u64> = negacyclic_mod_t(&a, &b, t_bits).iter().map(|&v| v as u64).collect();
+        assert!(sk.decrypt(&prod, &be).coeffs() == &want[..], "t = 2^70 product");
+        let budget = sk.noise_budget(&prod, &be);
+        eprintln!("linear set: {budget:.1} bits left");
+        assert!(budget > 10.0, "{budget:.1} bits left");
+
+        // n8192 at 3 and 2 of its 4 limbs, small messages
+        let (p, be, mut rng, sk, rlk) = setup(HeParams::n8192(), 14);
+        let a: Vec<u64> = (0..p.degree()).map(|_| rng.random_range(0..1u64 << 20)).collect();
+        let b: Vec<u64> = (0..64).map(|_| rng.random_range(-100i64..100) as u64).collect();
+        let mut ca = sk.encrypt(&Plaintext::new(&p, a.clone()).unwrap_or_else(|e| panic!("{e}")), &be, &mut rng);
+        let mut cb = sk.encrypt(&Plaintext::new(&p, b.clone()).unwrap_or_else(|e| panic!("{e}")), &be, &mut rng);
+        let want = crate::he::negacyclic_mod_2_64(&a, &b);
+        ca.drop_last_modulus(&p, &be).unwrap_or_else(|e| panic!("{e}"));
+        cb.drop_last_modulus(&p, &be).unwrap_or_else(|e| panic!("{e}"));
+        let prod = ca.mul(&cb, &p, &rlk, &be).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(prod.limbs(&p), 3);
+        assert!(sk.decrypt(&prod, &be).coeffs() == &want[..], "at 3 limbs");
+        eprintln!("n8192 at 3 limbs: {:.1} bits left", sk.noise_budget(&prod, &be));
+    }
+
+    #[test]
+    fn products_need_operands_at_one_level_and_a_matching_key() {
+        let (p, be, mut rng, sk, rlk) = setup(HeParams::n8192(), 15);
         let pt = Plaintext::new(&p, vec![1, 2, 3]).unwrap_or_else(|e| panic!("{e}"));
         let ct = sk.encrypt(&pt, &be, &mut rng);
         let mut low = ct.clone();
         low.drop_last_modulus(&p, &be).unwrap_or_else(|e| panic!("{e}"));
-        assert!(ct.mul(&low, &p, &rlk, &be).is_err());
+        assert!(matches!(ct.mul(&low, &p, &rlk, &be), Err(HeError::Shape(_))));
+        // at 2 of n8192's 4 limbs, q/t = 2^45 cannot hold a product's ~2^79 noise: refused, not wrong
+        let mut lower = low.clone();
+        lower.drop_last_modulus(&p, &be).unwrap_or_else(|e| panic!("{e}"));
+        let refused = lower.mul(&lower, &p, &rlk, &be);
+        assert!(matches!(&refused, Err(HeError::Unsupported { what, .. }) if what.contains("no room")), "{refused:?}");
         let short = RelinKey { parts: rlk.parts[..2].to_vec() };
-        assert!(ct.mul(&ct, &p, &short, &be).is_err());
+        assert!(matches!(ct.mul(&ct, &p, &short, &be), Err(HeError::Shape(_))));
     }
 }

@@ -1,10 +1,11 @@
 //! RLWE parameter sets at 128-bit classical security by the HE standard (2018) tables.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::backend::NttTable;
 use crate::ring::modp::{Modulus, ntt_primes};
 
+use super::mult::TensorBasis;
 use super::{HeError, HeResult};
 
 /// Largest total log2 q for 128-bit classical security with a ternary secret (HE standard,
@@ -32,6 +33,8 @@ pub struct HeParams {
     tables: Vec<NttTable>,
     q_count: usize,
     plain_bits: u32,
+    /// The ciphertext products' extended bases, by level (built on first use).
+    tensor: Vec<OnceLock<TensorBasis>>,
 }
 
 impl HeParams {
@@ -76,7 +79,8 @@ impl HeParams {
             return Err(HeError::RepeatedPrime { prime: w[0] });
         }
         let tables = moduli.iter().map(|&m| NttTable::new(n, m)).collect::<Result<_, _>>()?;
-        Ok(Arc::new(HeParams { name, n, moduli, tables, q_count: primes.len(), plain_bits }))
+        let tensor = primes.iter().map(|_| OnceLock::new()).collect();
+        Ok(Arc::new(HeParams { name, n, moduli, tables, q_count: primes.len(), plain_bits, tensor }))
     }
 
     /// N = 4096, q = two primes of 55 and 54 bits (109 bits).
@@ -143,6 +147,18 @@ impl HeParams {
     /// NTT tables, one per prime.
     pub fn tables(&self) -> &[NttTable] {
         &self.tables[..self.q_count]
+    }
+
+    /// The extended basis and constants for ciphertext products at `level` limbs, computed once.
+    pub(crate) fn tensor_basis(&self, level: usize) -> HeResult<&TensorBasis> {
+        let slot = self.tensor.get(level.wrapping_sub(1)).ok_or_else(|| {
+            HeError::Shape(format!("a ciphertext at {level} limbs under {} ({} primes)", self.name, self.q_count))
+        })?;
+        if let Some(basis) = slot.get() {
+            return Ok(basis);
+        }
+        let basis = TensorBasis::new(self, level)?;
+        Ok(slot.get_or_init(|| basis))
     }
 
     /// log2 q.

@@ -1,0 +1,207 @@
+//! Selection sums: out_j = Σ_i W_{j,i}·[\[t_i\]] over encrypted selectors t_i that the server keeps
+//! across calls (an encrypted one-hot stays alive for every matrix of an expert) and plaintext
+//! operands W_{j,i} prepared once (the experts' weights).
+//!
+//! With t a one-hot vector, out_j encrypts W_{j,e} for the chosen e: the server computes on the
+//! chosen parameters without learning which they are (it only adds products of ciphertexts it
+//! cannot read). The work is E·J ciphertext×plaintext products, run as one backend
+//! multiply-accumulate per RNS limb and ciphertext half over data stored limb-major, so that a
+//! backend with its own memory (a GPU) keeps both sides resident. A range of selectors can be
+//! combined with a bank covering only those experts: banks are streamed and partial sums added.
+
+use super::bfv::{Ciphertext, PlainOperand};
+use super::poly::{Form, RnsPoly};
+use super::{HeError, HeParams, HeResult};
+use crate::backend::{Backend, Prepared};
+
+/// E ciphertexts kept by the server, at one level, NTT form, stored as `[half][limb][i][N]`.
+#[derive(Debug, Clone)]
+pub struct Selectors {
+    count: usize,
+    limbs: usize,
+    /// c0 then c1, each `limbs · count · N` values.
+    halves: [Vec<u64>; 2],
+}
+
+impl Selectors {
+    /// Takes ownership of `cts` (all at one level) in the selection layout.
+    pub fn new(params: &HeParams, cts: Vec<Ciphertext>, backend: &dyn Backend) -> HeResult<Selectors> {
+        let n = params.degree();
+        let count = cts.len();
+        let limbs = cts.first().map_or(params.moduli().len(), |c| c.limbs(params));
+        if let Some(bad) = cts.iter().position(|c| c.limbs(params) != limbs) {
+            return Err(HeError::Shape(format!("selector {bad} is at a different level than selector 0")));
+        }
+        let mut halves = [vec![0u64; limbs * count * n], vec![0u64; limbs * count * n]];
+        for (i, mut ct) in cts.into_iter().enumerate() {
+            for (half, poly) in halves.iter_mut().zip([&mut ct.c0, &mut ct.c1]) {
+                poly.to_ntt(params, backend);
+                for l in 0..limbs {
+                    half[(l * count + i) * n..(l * count + i + 1) * n].copy_from_slice(poly.limb(params, l));
+                }
+            }
+        }
+        Ok(Selectors { count, limbs, halves })
+    }
+
+    /// Number of selectors E.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+/// Plaintext operands W_{j,i} for J outputs and a run of E' selectors, in NTT form with Shoup
+/// constants, stored as `[limb][j][i][N]`.
+#[derive(Debug, Clone)]
+pub struct OperandBank {
+    outputs: usize,
+    inputs: usize,
+    w: Vec<u64>,
+    shoup: Vec<u64>,
+}
+
+impl OperandBank {
+    /// Prepares `rows[j][i]` (each up to N coefficients of Z_2^64, read as signed): J rows of E'
+    /// operands each.
+    pub fn new(params: &HeParams, rows: &[Vec<&[u64]>], backend: &dyn Backend) -> HeResult<OperandBank> {
+        let n = params.degree();
+        let k = params.moduli().len();
+        let outputs = rows.len();
+        let inputs = rows.first().map_or(0, Vec::len);
+        if let Some(bad) = rows.iter().position(|r| r.len() != inputs) {
+            return Err(HeError::Shape(format!(
+                "operand row {bad} has {} entries, row 0 has {inputs}",
+                rows[bad].len()
+            )));
+        }
+        let mut w = vec![0u64; k * outputs * inputs * n];
+        let mut shoup = vec![0u64; w.len()];
+        for (j, row) in rows.iter().enumerate() {
+            for (i, coeffs) in row.iter().enumerate() {
+                let op = PlainOperand::new(params, coeffs, backend)?;
+                for l in 0..k {
+                    let at = ((l * outputs + j) * inputs + i) * n;
+                    let (limb, limb_shoup) = op.limb(params, l);
+                    w[at..at + n].copy_from_slice(limb);
+                    shoup[at..at + n].copy_from_slice(limb_shoup);
+                }
+            }
+        }
+        Ok(OperandBank { outputs, inputs, w, shoup })
+    }
+
+    /// J, the number of outputs.
+    pub fn outputs(&self) -> usize {
+        self.outputs
+    }
+
+    /// E', the number of selectors each output sums over.
+    pub fn inputs(&self) -> usize {
+        self.inputs
+    }
+}
+
+/// out_j = Σ_i W_{j,i}·[\[t_{first+i}\]] for the bank's J rows: J ciphertexts at the selectors'
+/// level, NTT form.
+pub fn select(
+    params: &HeParams,
+    selectors: &Selectors,
+    first: usize,
+    bank: &OperandBank,
+    backend: &dyn Backend,
+) -> HeResult<Vec<Ciphertext>> {
+    let n = params.degree();
+    let (count, e, j) = (selectors.count, bank.inputs, bank.outputs);
+    if first.checked_add(e).is_none_or(|end| end > count) {
+        return Err(HeError::Shape(format!("selectors {first}..{} of {count}", first.saturating_add(e))));
+    }
+    let k = selectors.limbs;
+    let mut halves = [vec![0u64; k * j * n], vec![0u64; k * j * n]];
+    for (half, out) in selectors.halves.iter().zip(halves.iter_mut()) {
+        for (l, m) in params.moduli()[..k].iter().enumerate() {
+            let x = &half[(l * count + first) * n..(l * count + first + e) * n];
+            let w = l * j * e * n..(l + 1) * j * e * n;
+            backend.mul_acc(
+                m,
+                n,
+                x,
+                &bank.w[w.clone()],
+                Prepared::W(&bank.shoup[w]),
+                &mut out[l * j * n..(l + 1) * j * n],
+            );
+        }
+    }
+    let gather = |half: &[u64], jj: usize| RnsPoly {
+        limbs: (0..k).flat_map(|l| &half[(l * j + jj) * n..(l * j + jj + 1) * n]).copied().collect(),
+        form: Form::Ntt,
+    };
+    Ok((0..j).map(|jj| Ciphertext { c0: gather(&halves[0], jj), c1: gather(&halves[1], jj) }).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::CpuBackend;
+    use crate::he::{Plaintext, SecretKey, negacyclic_mod_2_64};
+    use rand::{RngExt, SeedableRng, rngs::StdRng};
+
+    #[test]
+    fn a_one_hot_selects_one_operand_per_output_and_any_selectors_give_the_weighted_sum() {
+        let p = HeParams::linear().unwrap_or_else(|e| panic!("{e}"));
+        let be = CpuBackend::new(2).unwrap_or_else(|e| panic!("{e}"));
+        let mut rng = StdRng::seed_from_u64(21);
+        let sk = SecretKey::generate(&p, &be, &mut rng);
+        let (e, j, support) = (6usize, 3usize, 40usize);
+        let weights: Vec<Vec<Vec<u64>>> = (0..j)
+            .map(|_| (0..e).map(|_| (0..support).map(|_| rng.random_range(-1000i64..1000) as u64).collect()).collect())
+            .collect();
+        let bank = OperandBank::new(
+            &p,
+            &weights.iter().map(|r| r.iter().map(Vec::as_slice).collect()).collect::<Vec<_>>(),
+            &be,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let encrypt = |t: &[Vec<u64>], rng: &mut StdRng| {
+            let cts = t
+                .iter()
+                .map(|ti| sk.encrypt(&Plaintext::new(&p, ti.clone()).unwrap_or_else(|e| panic!("{e}")), &be, rng))
+                .collect();
+            Selectors::new(&p, cts, &be).unwrap_or_else(|e| panic!("{e}"))
+        };
+        // one-hot at 4, padded with two selectors before the bank's run
+        let one_hot: Vec<Vec<u64>> = (0..e + 2).map(|i| vec![u64::from(i == 2 + 4)]).collect();
+        let sel = encrypt(&one_hot, &mut rng);
+        let out = select(&p, &sel, 2, &bank, &be).unwrap_or_else(|e| panic!("{e}"));
+        for (jj, ct) in out.iter().enumerate() {
+            let got = sk.decrypt(ct, &be);
+            assert_eq!(&got.coeffs()[..support], &weights[jj][4][..], "output {jj}");
+            assert!(got.coeffs()[support..].iter().all(|&c| c == 0));
+        }
+        // general selectors (small polynomials): the sum of negacyclic products
+        let t: Vec<Vec<u64>> = (0..e).map(|_| (0..5).map(|_| rng.random_range(-3i64..4) as u64).collect()).collect();
+        let sel = encrypt(&t, &mut rng);
+        let out = select(&p, &sel, 0, &bank, &be).unwrap_or_else(|e| panic!("{e}"));
+        for (jj, ct) in out.iter().enumerate() {
+            let mut want = vec![0u64; p.degree()];
+            for (ti, w) in t.iter().zip(&weights[jj]) {
+                for (acc, v) in want.iter_mut().zip(negacyclic_mod_2_64(&pad(ti, p.degree()), &pad(w, p.degree()))) {
+                    *acc = acc.wrapping_add(v);
+                }
+            }
+            assert!(sk.decrypt(ct, &be).coeffs() == &want[..], "output {jj}");
+        }
+        // a run beyond the selectors is refused
+        assert!(matches!(select(&p, &sel, 1, &bank, &be), Err(HeError::Shape(_))));
+    }
+
+    fn pad(v: &[u64], n: usize) -> Vec<u64> {
+        let mut v = v.to_vec();
+        v.resize(n, 0);
+        v
+    }
+}
