@@ -123,6 +123,87 @@ impl Backend for CpuBackend {
             self.pool.install(|| out.par_chunks_mut(n).enumerate().for_each(|(j, acc)| one_output(j, acc)));
         }
     }
+
+    fn base_convert(&self, moduli: &[Modulus], n: usize, x: &[u64], consts: &[(u64, u64)], out: &mut [u64]) {
+        let outputs = moduli.len();
+        assert!(n > 0 && x.len().is_multiple_of(n), "base_convert: ragged rows");
+        let inputs = x.len() / n;
+        assert_eq!(out.len(), outputs * n, "base_convert: one output row per modulus");
+        assert_eq!(consts.len(), inputs * outputs, "base_convert: one constant per input row and modulus");
+        let one_output = |j: usize, acc: &mut [u64]| {
+            let m = &moduli[j];
+            acc.fill(0);
+            for (i, row) in x.chunks_exact(n).enumerate() {
+                let (c, shoup) = consts[i * outputs + j];
+                accumulate_scalar(m, acc, row, c, shoup);
+            }
+            for a in acc.iter_mut() {
+                *a = (*a).min(a.wrapping_sub(m.value()));
+            }
+        };
+        if outputs == 1 || out.len() < CHUNK {
+            out.chunks_exact_mut(n).enumerate().for_each(|(j, acc)| one_output(j, acc));
+        } else {
+            self.pool.install(|| out.par_chunks_mut(n).enumerate().for_each(|(j, acc)| one_output(j, acc)));
+        }
+    }
+}
+
+/// `acc += y·c mod p` (lazily, acc stays in [0, 2p)) for a constant c < p with Shoup constant
+/// `shoup` and any u64 values y, on the best instruction set of the machine.
+fn accumulate_scalar(m: &Modulus, acc: &mut [u64], y: &[u64], c: u64, shoup: u64) {
+    #[cfg(target_arch = "x86_64")]
+    return accumulate_scalar_at(super::ntt::simd::level(), m, acc, y, c, shoup);
+    #[cfg(not(target_arch = "x86_64"))]
+    accumulate_scalar_kernel(m, acc, y, c, shoup)
+}
+
+/// [`accumulate_scalar`] at instruction-set `level`, which the CPU must support.
+#[cfg(target_arch = "x86_64")]
+fn accumulate_scalar_at(level: super::ntt::simd::Level, m: &Modulus, acc: &mut [u64], y: &[u64], c: u64, shoup: u64) {
+    use super::ntt::simd::Level;
+    match level {
+        // SAFETY: the CPU supports the features this variant is compiled for (checked at run
+        // time by `simd::level` / `simd::available`).
+        Level::Avx512 => unsafe { accumulate_scalar_avx512(m, acc, y, c, shoup) },
+        Level::Avx2 | Level::Baseline => accumulate_scalar_kernel(m, acc, y, c, shoup),
+    }
+}
+
+/// AVX-512 version: 8 lanes at a time; the tail goes through the kernel.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl,bmi2")]
+fn accumulate_scalar_avx512(m: &Modulus, acc: &mut [u64], y: &[u64], c: u64, shoup: u64) {
+    use std::arch::x86_64::*;
+    let len = acc.len().min(y.len());
+    let body = len - len % 8;
+    let p = _mm512_set1_epi64(m.value() as i64);
+    let two_p = _mm512_set1_epi64(2 * m.value() as i64);
+    let (cv, sv) = (_mm512_set1_epi64(c as i64), _mm512_set1_epi64(shoup as i64));
+    for i in (0..body).step_by(8) {
+        // SAFETY: i + 8 ≤ body ≤ the length of both slices; unaligned loads and stores.
+        unsafe {
+            let ya = _mm512_loadu_si512(y.as_ptr().add(i).cast());
+            let aa = _mm512_loadu_si512(acc.as_ptr().add(i).cast());
+            let q = super::ntt::mulhi_avx512(ya, sv);
+            let r = _mm512_sub_epi64(_mm512_mullo_epi64(ya, cv), _mm512_mullo_epi64(q, p));
+            let s = _mm512_add_epi64(aa, r);
+            let s = _mm512_min_epu64(s, _mm512_sub_epi64(s, two_p));
+            _mm512_storeu_si512(acc.as_mut_ptr().add(i).cast(), s);
+        }
+    }
+    accumulate_scalar_kernel(m, &mut acc[body..len], &y[body..len], c, shoup)
+}
+
+/// The scalar multiply-accumulate loop (Shoup, lazy).
+#[inline(always)]
+fn accumulate_scalar_kernel(m: &Modulus, acc: &mut [u64], y: &[u64], c: u64, shoup: u64) {
+    let (p, two_p) = (m.value(), 2 * m.value());
+    for (a, &y) in acc.iter_mut().zip(y) {
+        let q = ((y as u128 * shoup as u128) >> 64) as u64;
+        let s = *a + y.wrapping_mul(c).wrapping_sub(q.wrapping_mul(p));
+        *a = s.min(s.wrapping_sub(two_p));
+    }
 }
 
 /// `acc += y ⊙ v mod p` (lazily, acc stays in [0, 2p)) with Shoup constants `consts` of `v`, on
@@ -218,6 +299,15 @@ mod tests {
                 let mut got = acc.clone();
                 accumulate_at(level, &m, &mut got, &y, &v, &consts);
                 assert_eq!(got, want, "{level:?}, {bits}-bit prime");
+            }
+            // by a constant, with inputs that are any u64 (corrections, rounding terms)
+            let any: Vec<u64> = (0..len).map(|_| rng.random()).collect();
+            let mut want = acc.clone();
+            accumulate_scalar_kernel(&m, &mut want, &any, v[0], consts[0]);
+            for level in super::super::ntt::simd::available() {
+                let mut got = acc.clone();
+                accumulate_scalar_at(level, &m, &mut got, &any, v[0], consts[0]);
+                assert_eq!(got, want, "by a constant: {level:?}, {bits}-bit prime");
             }
         }
     }

@@ -47,6 +47,15 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Panics if the lengths do not match I·n, J·I·n and J·n: a caller bug, not input.
     fn mul_acc(&self, modulus: &Modulus, n: usize, x: &[u64], w: &[u64], prepared: Prepared<'_>, out: &mut [u64]);
 
+    /// The core of every RNS base conversion (basis extension, scale-and-round, modulus
+    /// switching): `out[j] = Σ_i x[i]·c[i][j] mod m_j` for output moduli `moduli[j]`, where `x`
+    /// holds I rows of `n` values (any u64: residues, small corrections, rounding terms), `consts`
+    /// holds I·J pairs (c, Shoup constant of c mod m_j), row-major, and `out` J rows of `n`,
+    /// reduced to [0, m_j).
+    ///
+    /// Panics if the lengths do not match: a caller bug, not input.
+    fn base_convert(&self, moduli: &[Modulus], n: usize, x: &[u64], consts: &[(u64, u64)], out: &mut [u64]);
+
     /// Runs `task(i)` for every i in 0..count on the backend's host workers (the host-side
     /// share of protocol work: per-ciphertext pipelines whose inner steps call the methods
     /// above for one polynomial at a time).
@@ -120,6 +129,35 @@ mod tests {
                         (0..i_count).fold(0, |acc, i| m.add(acc, m.mul(x[i * n + k], w[(j * i_count + i) * n + k])));
                     assert_eq!(out[j * n + k], expect, "{prepared:?}: output {j}, slot {k}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn base_convert_matches_the_plain_sum_of_products() {
+        let be = CpuBackend::new(2).unwrap_or_else(|e| panic!("{e}"));
+        let moduli: Vec<Modulus> = [61, 58, 40]
+            .iter()
+            .map(|&b| Modulus::new(ntt_primes(b, 64, 1).unwrap_or_default()[0]).unwrap_or_else(|e| panic!("{e}")))
+            .collect();
+        let mut rng = StdRng::seed_from_u64(9);
+        let (n, rows) = (1003, 7);
+        let x: Vec<u64> = (0..rows * n).map(|_| rng.random()).collect();
+        let consts: Vec<(u64, u64)> = (0..rows)
+            .flat_map(|_| moduli.iter().map(|m| m.value()).collect::<Vec<_>>())
+            .enumerate()
+            .map(|(at, p)| {
+                let m = moduli[at % moduli.len()];
+                let c = rng.random_range(0..p);
+                (c, m.shoup(c))
+            })
+            .collect();
+        let mut out = vec![0u64; moduli.len() * n];
+        be.base_convert(&moduli, n, &x, &consts, &mut out);
+        for (j, m) in moduli.iter().enumerate() {
+            for c in 0..n {
+                let want = (0..rows).fold(0, |acc, i| m.add(acc, m.mul(x[i * n + c], consts[i * moduli.len() + j].0)));
+                assert_eq!(out[j * n + c], want, "modulus {j}, value {c}");
             }
         }
     }

@@ -25,6 +25,10 @@ pub struct NttTable {
     psi_inv_shoup: Vec<u64>,
     n_inv: u64,
     n_inv_shoup: u64,
+    /// ψ^-bitrev(1)·N^-1 (the last inverse stage's twiddle with the scaling folded in) and its
+    /// Shoup constant.
+    last_inv: u64,
+    last_inv_shoup: u64,
 }
 
 fn bit_reverse(x: usize, bits: u32) -> usize {
@@ -54,7 +58,19 @@ impl NttTable {
         let psi_shoup = psi.iter().map(|&w| modulus.shoup(w)).collect();
         let psi_inv_shoup = psi_inv.iter().map(|&w| modulus.shoup(w)).collect();
         let n_inv = modulus.inv(n as u64).ok_or(RingError::BadModulus(p))?;
-        Ok(NttTable { n, modulus, psi, psi_shoup, psi_inv, psi_inv_shoup, n_inv, n_inv_shoup: modulus.shoup(n_inv) })
+        let last_inv = modulus.mul(psi_inv[1], n_inv);
+        Ok(NttTable {
+            n,
+            modulus,
+            psi,
+            psi_shoup,
+            psi_inv,
+            psi_inv_shoup,
+            n_inv,
+            n_inv_shoup: modulus.shoup(n_inv),
+            last_inv,
+            last_inv_shoup: modulus.shoup(last_inv),
+        })
     }
 
     /// Degree N.
@@ -189,7 +205,7 @@ impl NttTable {
         let two_p = 2 * m_.value();
         let mut t = 1;
         let mut m = self.n >> 1;
-        while m >= 1 {
+        while m > 1 {
             let tw = self.psi_inv[m..2 * m].iter().zip(&self.psi_inv_shoup[m..2 * m]);
             for (block, (&w, &ws)) in a.chunks_exact_mut(2 * t).zip(tw) {
                 let (lo, hi) = block.split_at_mut(t);
@@ -204,8 +220,12 @@ impl NttTable {
             t <<= 1;
             m >>= 1;
         }
-        for x in a.iter_mut() {
-            *x = m_.mul_shoup(*x, self.n_inv, self.n_inv_shoup);
+        // the last stage with the scaling by N^-1 folded in: x' = (u + v)/N, y' = (u − v)·ψ^-1/N
+        let (lo, hi) = a.split_at_mut(self.n / 2);
+        for (x, y) in lo.iter_mut().zip(hi.iter_mut()) {
+            let (u, v) = (*x, *y);
+            *x = m_.mul_shoup(u + v, self.n_inv, self.n_inv_shoup);
+            *y = m_.mul_shoup(u + two_p - v, self.last_inv, self.last_inv_shoup);
         }
     }
 }

@@ -33,13 +33,37 @@ use rand::CryptoRng;
 use super::bfv::{Ciphertext, SecretKey};
 use super::poly::{Form, RnsPoly};
 use super::{HeError, HeParams, HeResult};
-use crate::backend::{Backend, NttTable, map_indexed};
+use crate::backend::{Backend, NttTable, Prepared, map_indexed};
 use crate::ring::modp::{MAX_PRIME_BITS, Modulus, ntt_primes};
 
-/// The relinearization key: for every prime q_i of Q, an encryption of s²·g_i, in NTT form.
+/// The relinearization key: for every prime q_i of Q, an encryption (b_i, a_i) of s²·g_i, in
+/// NTT form; also kept limb-major with Shoup constants, as the multiply-accumulate reads it.
 #[derive(Debug, Clone)]
 pub struct RelinKey {
     pub(crate) parts: Vec<(RnsPoly, RnsPoly)>,
+    /// Per limb j: [b_0|b_1|…] and [a_0|a_1|…] at limb j, each with its Shoup constants.
+    rows: Vec<[(Vec<u64>, Vec<u64>); 2]>,
+}
+
+impl RelinKey {
+    pub(crate) fn new(params: &HeParams, parts: Vec<(RnsPoly, RnsPoly)>) -> RelinKey {
+        let n = params.degree();
+        let rows = params
+            .moduli()
+            .iter()
+            .enumerate()
+            .map(|(j, m)| {
+                let half = |pick: &dyn Fn(&(RnsPoly, RnsPoly)) -> &RnsPoly| {
+                    let w: Vec<u64> =
+                        parts.iter().flat_map(|part| pick(part).limbs[j * n..(j + 1) * n].iter().copied()).collect();
+                    let shoup = w.iter().map(|&v| m.shoup(v)).collect();
+                    (w, shoup)
+                };
+                [half(&|(b, _)| b), half(&|(_, a)| a)]
+            })
+            .collect();
+        RelinKey { parts, rows }
+    }
 }
 
 impl SecretKey {
@@ -65,7 +89,7 @@ impl SecretKey {
                 (b, a)
             })
             .collect();
-        RelinKey { parts }
+        RelinKey::new(p, parts)
     }
 
     /// Decrypts a product that was not relinearized: rounds d0 + d1·s + d2·s².
@@ -74,6 +98,7 @@ impl SecretKey {
         let mut s = self.s.clone();
         s.limbs.truncate(ct.limbs(p) * p.degree());
         let mut x = ct.d2.clone();
+        x.to_ntt(p, backend);
         x.mul_assign(p, &s);
         x.add_assign(p, &ct.d1);
         x.mul_assign(p, &s);
@@ -84,8 +109,8 @@ impl SecretKey {
     }
 }
 
-/// A product of two ciphertexts before relinearization: (d0, d1, d2) in NTT form, with
-/// d0 + d1·s + d2·s² ≈ Δ·m_a·m_b.
+/// A product of two ciphertexts before relinearization: (d0, d1, d2), d0 and d1 in NTT form, d2
+/// in coefficient form, with d0 + d1·s + d2·s² ≈ Δ·m_a·m_b.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tensored {
     pub(crate) d0: RnsPoly,
@@ -113,33 +138,28 @@ impl Tensored {
         let moduli = &params.moduli()[..k];
         let Tensored { mut d0, mut d1, mut d2 } = self;
         d2.to_coeff(params, backend);
-        // digit i = [d2]_{q_i}, as a polynomial mod every q_j, NTT form: one task per digit
-        let digits = map_indexed(backend, k, |i| {
-            let digit = &d2.limbs[i * n..(i + 1) * n];
-            let mut lifted = vec![0u64; k * n];
-            for ((row, m), table) in lifted.chunks_exact_mut(n).zip(moduli).zip(params.tables()) {
-                for (x, &d) in row.iter_mut().zip(digit) {
-                    *x = m.reduce(d);
-                }
-                backend.ntt_forward(table, row);
+        // digit i = [d2]_{q_i} lifted to every q_j, NTT form, stored [j][i][N]
+        let mut digits = vec![0u64; k * k * n];
+        let ones: Vec<(u64, u64)> = moduli.iter().map(|m| (1, m.shoup(1))).collect();
+        let mut lifted = vec![0u64; k * n];
+        for i in 0..k {
+            backend.base_convert(moduli, n, &d2.limbs[i * n..(i + 1) * n], &ones, &mut lifted);
+            for (j, row) in lifted.chunks_exact(n).enumerate() {
+                digits[(j * k + i) * n..(j * k + i + 1) * n].copy_from_slice(row);
             }
-            lifted
-        });
-        // c0 = d0 + Σ_i digit_i·b_i, c1 = d1 + Σ_i digit_i·a_i, accumulated lazily per limb
-        for (out, key_half) in [(&mut d0, 0), (&mut d1, 1)] {
+        }
+        for (j, table) in params.tables()[..k].iter().enumerate() {
+            backend.ntt_forward(table, &mut digits[j * k * n..(j + 1) * k * n]);
+        }
+        // c0 = d0 + Σ_i digit_i·b_i, c1 = d1 + Σ_i digit_i·a_i: one multiply-accumulate per limb
+        let mut sum = vec![0u64; n];
+        for (half, out) in [&mut d0, &mut d1].into_iter().enumerate() {
             for (j, m) in moduli.iter().enumerate() {
-                let row = &mut out.limbs[j * n..(j + 1) * n];
-                let mut acc: Vec<u128> = row.iter().map(|&x| x as u128).collect();
-                for (digit, (b, a)) in digits.iter().zip(&rlk.parts) {
-                    let key = if key_half == 0 { b } else { a };
-                    for ((acc, &x), &y) in
-                        acc.iter_mut().zip(&digit[j * n..(j + 1) * n]).zip(&key.limbs[j * n..(j + 1) * n])
-                    {
-                        *acc += m.mul(x, y) as u128;
-                    }
-                }
-                for (x, acc) in row.iter_mut().zip(acc) {
-                    *x = m.reduce_u128(acc);
+                let (w, shoup) = &rlk.rows[j][half];
+                let x = &digits[j * k * n..(j + 1) * k * n];
+                backend.mul_acc(m, n, x, &w[..k * n], Prepared::W(&shoup[..k * n]), &mut sum);
+                for (o, &s) in out.limbs[j * n..(j + 1) * n].iter_mut().zip(&sum) {
+                    *o = m.add(*o, s);
                 }
             }
         }
@@ -153,28 +173,27 @@ impl RnsPoly {
     }
 }
 
-/// The extended basis Q∪P of one level and the constants of both conversions.
+/// The extended basis Q∪P of one level and the constants of both conversions, as rows of
+/// [`Backend::base_convert`] constants.
 #[derive(Debug)]
 pub(crate) struct TensorBasis {
     /// The level's primes Q, then P.
     moduli: Vec<Modulus>,
     k: usize,
     p_tables: Vec<NttTable>,
-    /// Q → P: [(Q/q_i)^-1]_{q_i} (with Shoup constant), 1/q_i, [Q/q_i]_{p_j} (row i), [Q]_{p_j}.
+    /// Q → P: [(Q/q_i)^-1]_{q_i} and 1/q_i per q_i; rows [Q/q_i]_{p_j} (i < k) and [−Q]_{p_j}
+    /// (the overflow row).
     q_hat_inv: Vec<(u64, u64)>,
     q_inv_f64: Vec<f64>,
-    q_hat_mod_p: Vec<Vec<(u64, u64)>>,
-    q_mod_p: Vec<u64>,
-    /// Q∪P → Q: [(M/r)^-1]_r (with Shoup constant) and 1/r for every r of Q∪P.
+    extend_rows: Vec<(u64, u64)>,
+    /// Q∪P → Q: [(M/r)^-1]_r and 1/r per r; rows, for each output q_i: the integer terms
+    /// ([ω_l]_{q_i} for r = q_l, [t·P/p_j]_{q_i} for r = p_j), then [−t·P]_{q_i} (the overflow
+    /// row) and 1 (the rounded fraction's row).
     m_hat_inv: Vec<(u64, u64)>,
     all_inv_f64: Vec<f64>,
-    /// Row r: the integer term's constant mod each q_i ([ω_l]_{q_i} for r = q_l ∈ Q,
-    /// [t·P/p_j]_{q_i} for r = p_j ∈ P), with Shoup constants.
-    integer_part: Vec<Vec<(u64, u64)>>,
+    scale_rows: Vec<(u64, u64)>,
     /// θ_l·2^128 for l ∈ Q, as (high, low) words.
     theta: Vec<(u64, u64)>,
-    /// [t·P]_{q_i}.
-    tp_mod_q: Vec<u64>,
 }
 
 impl TensorBasis {
@@ -199,7 +218,7 @@ impl TensorBasis {
         if log_p < need {
             return Err(HeError::Unsupported {
                 params: params.name(),
-                what: format!("multiply ciphertexts at {level} limbs: no {:.0}-bit extension basis", need),
+                what: format!("multiply ciphertexts at {level} limbs: no {need:.0}-bit extension basis"),
             });
         }
         let p_big: BigUint = p.iter().fold(BigUint::one(), |acc, m| acc * m.value());
@@ -209,47 +228,47 @@ impl TensorBasis {
         let with_shoup = |m: &Modulus, w: u64| (w, m.shoup(w));
 
         let mut q_hat_inv = Vec::new();
-        let mut q_hat_mod_p = Vec::new();
+        let mut extend_rows = Vec::new();
         for m in &q {
             let q_hat = &q_big / m.value();
             q_hat_inv.push(with_shoup(m, inverse(&q_hat, m)?));
-            q_hat_mod_p.push(p.iter().map(|pj| with_shoup(pj, modulo(&q_hat, pj))).collect());
+            extend_rows.extend(p.iter().map(|pj| with_shoup(pj, modulo(&q_hat, pj))));
         }
+        extend_rows.extend(p.iter().map(|pj| with_shoup(pj, pj.neg(modulo(&q_big, pj)))));
+
         let all: Vec<Modulus> = q.iter().chain(&p).copied().collect();
         let m_big = &q_big * &p_big;
         let mut m_hat_inv = Vec::new();
-        let mut integer_part = Vec::new();
+        let mut scale_rows = Vec::new();
         let mut theta = Vec::new();
         for (r, m) in all.iter().enumerate() {
-            let inv = inverse(&(&m_big / m.value()), m)?;
-            m_hat_inv.push(with_shoup(m, inv));
+            m_hat_inv.push(with_shoup(m, inverse(&(&m_big / m.value()), m)?));
             let term = if r < level {
                 // t·P/q_l = ω + θ
                 let num = &t_big * &p_big;
-                let omega = &num / m.value();
                 let frac = ((&num % m.value()) << 128u32) / m.value();
                 let frac = frac.to_u128().unwrap_or_else(|| unreachable!("a fraction below 1"));
                 theta.push(((frac >> 64) as u64, frac as u64));
-                omega
+                &num / m.value()
             } else {
                 &t_big * (&p_big / m.value())
             };
-            integer_part.push(q.iter().map(|qi| with_shoup(qi, modulo(&term, qi))).collect());
+            scale_rows.extend(q.iter().map(|qi| with_shoup(qi, modulo(&term, qi))));
         }
         let tp = &t_big * &p_big;
+        scale_rows.extend(q.iter().map(|qi| with_shoup(qi, qi.neg(modulo(&tp, qi)))));
+        scale_rows.extend(q.iter().map(|qi| with_shoup(qi, 1)));
         let p_tables = p.iter().map(|&m| NttTable::new(n, m)).collect::<Result<_, _>>()?;
         Ok(TensorBasis {
             k: level,
             p_tables,
             q_hat_inv,
             q_inv_f64: q.iter().map(|m| 1.0 / m.value() as f64).collect(),
-            q_hat_mod_p,
-            q_mod_p: p.iter().map(|pj| modulo(&q_big, pj)).collect(),
+            extend_rows,
             m_hat_inv,
             all_inv_f64: all.iter().map(|m| 1.0 / m.value() as f64).collect(),
-            integer_part,
+            scale_rows,
             theta,
-            tp_mod_q: q.iter().map(|qi| modulo(&tp, qi)).collect(),
             moduli: all,
         })
     }
@@ -259,30 +278,49 @@ impl TensorBasis {
         self.moduli.len()
     }
 
+    /// Rows z_r = [x_r·c_r]_r of `x` (one row of n per modulus of `moduli`), followed by the
+    /// overflow row v = round(Σ_r z_r/r): the first step of a conversion out of that basis.
+    fn hat_rows(
+        moduli: &[Modulus],
+        hat_inv: &[(u64, u64)],
+        inv_f64: &[f64],
+        n: usize,
+        x: &[u64],
+        extra_rows: usize,
+        backend: &dyn Backend,
+    ) -> Vec<u64> {
+        let count = moduli.len();
+        let mut z = vec![0u64; (count + 1 + extra_rows) * n];
+        for (r, m) in moduli.iter().enumerate() {
+            backend.base_convert(
+                std::slice::from_ref(m),
+                n,
+                &x[r * n..(r + 1) * n],
+                &hat_inv[r..=r],
+                &mut z[r * n..(r + 1) * n],
+            );
+        }
+        let mut v = vec![0.0f64; n];
+        for (row, &inv) in z.chunks_exact(n).zip(inv_f64) {
+            for (v, &zr) in v.iter_mut().zip(row) {
+                *v += zr as f64 * inv;
+            }
+        }
+        for (dst, v) in z[count * n..(count + 1) * n].iter_mut().zip(v) {
+            *dst = v.round() as u64;
+        }
+        z
+    }
+
     /// A polynomial mod Q (`coeff`: coefficient form, `ntt`: the same in NTT form) in Q∪P, NTT
-    /// form: the Q limbs copied, the P limbs from the centered lift.
+    /// form: the Q limbs copied, the P limbs from the centered lift
+    /// x = Σ z_i·(Q/q_i) − v·Q.
     fn extend(&self, n: usize, coeff: &[u64], ntt: &[u64], backend: &dyn Backend) -> Vec<u64> {
         let k = self.k;
         let mut out = vec![0u64; self.width() * n];
         out[..k * n].copy_from_slice(ntt);
-        let (q, p) = self.moduli.split_at(k);
-        let mut z = vec![0u64; k];
-        for c in 0..n {
-            let mut v = 0.0;
-            for (i, ((zi, m), &(w, ws))) in z.iter_mut().zip(q).zip(&self.q_hat_inv).enumerate() {
-                *zi = m.mul_shoup(coeff[i * n + c], w, ws);
-                v += *zi as f64 * self.q_inv_f64[i];
-            }
-            let v = v.round() as u64;
-            for (j, pj) in p.iter().enumerate() {
-                let mut acc = 0u128;
-                for (zi, row) in z.iter().zip(&self.q_hat_mod_p) {
-                    let (w, ws) = row[j];
-                    acc += pj.mul_shoup_lazy(*zi, w, ws) as u128;
-                }
-                out[(k + j) * n + c] = pj.sub(pj.reduce_u128(acc), pj.mul(v, self.q_mod_p[j]));
-            }
-        }
+        let z = Self::hat_rows(&self.moduli[..k], &self.q_hat_inv, &self.q_inv_f64, n, coeff, 0, backend);
+        backend.base_convert(&self.moduli[k..], n, &z, &self.extend_rows, &mut out[k * n..]);
         for (limb, table) in out[k * n..].chunks_exact_mut(n).zip(&self.p_tables) {
             backend.ntt_forward(table, limb);
         }
@@ -290,34 +328,21 @@ impl TensorBasis {
     }
 
     /// ⌊t·x/Q⌉ mod Q for x given over Q∪P in coefficient form (|x| < QP/4); coefficient form.
-    fn scale_down(&self, n: usize, x: &[u64]) -> Vec<u64> {
+    fn scale_down(&self, n: usize, x: &[u64], backend: &dyn Backend) -> Vec<u64> {
         let (k, width) = (self.k, self.width());
-        let q = &self.moduli[..k];
-        let mut out = vec![0u64; k * n];
-        let mut z = vec![0u64; width];
-        for c in 0..n {
-            let mut v = 0.0;
-            for (r, (zr, m)) in z.iter_mut().zip(&self.moduli).enumerate() {
-                let (w, ws) = self.m_hat_inv[r];
-                *zr = m.mul_shoup(x[r * n + c], w, ws);
-                v += *zr as f64 * self.all_inv_f64[r];
-            }
-            let v = v.round() as u64;
-            // ⌊Σ_l z_l·θ_l⌉ in units of 2^-64, then rounded
+        let mut z = Self::hat_rows(&self.moduli, &self.m_hat_inv, &self.all_inv_f64, n, x, 1, backend);
+        // the rounded fraction ⌊Σ_l z_l·θ_l⌉, from θ_l to 2^-128
+        let (head, rounded) = z.split_at_mut((width + 1) * n);
+        for (c, dst) in rounded.iter_mut().enumerate() {
             let mut frac = 0u128;
-            for (&zl, &(hi, lo)) in z.iter().zip(&self.theta) {
-                frac += zl as u128 * hi as u128 + ((zl as u128 * lo as u128) >> 64);
+            for (l, &(hi, lo)) in self.theta.iter().enumerate() {
+                let zl = head[l * n + c] as u128;
+                frac += zl * hi as u128 + ((zl * lo as u128) >> 64);
             }
-            let rounded = ((frac + (1 << 63)) >> 64) as u64;
-            for (i, qi) in q.iter().enumerate() {
-                let mut acc = qi.reduce(rounded) as u128;
-                for (zr, row) in z.iter().zip(&self.integer_part) {
-                    let (w, ws) = row[i];
-                    acc += qi.mul_shoup_lazy(*zr, w, ws) as u128;
-                }
-                out[i * n + c] = qi.sub(qi.reduce_u128(acc), qi.mul(v, self.tp_mod_q[i]));
-            }
+            *dst = ((frac + (1 << 63)) >> 64) as u64;
         }
+        let mut out = vec![0u64; k * n];
+        backend.base_convert(&self.moduli[..k], n, &z, &self.scale_rows, &mut out);
         out
     }
 
@@ -382,24 +407,24 @@ impl Ciphertext {
         let (a0, a1) = (&ext[0], &ext[1]);
         let (b0, b1) = if square { (a0, a1) } else { (&ext[2], &ext[3]) };
         let moduli = &basis.moduli;
-        let parts = map_indexed(backend, 3, |part| {
-            let mut out = vec![0u64; moduli.len() * n];
-            for (r, m) in moduli.iter().enumerate() {
-                let s = r * n..(r + 1) * n;
-                let (x0, x1, y0, y1) = (&a0[s.clone()], &a1[s.clone()], &b0[s.clone()], &b1[s.clone()]);
-                let o = &mut out[s];
-                match part {
-                    0 => o.iter_mut().zip(x0).zip(y0).for_each(|((o, &x), &y)| *o = m.mul(x, y)),
-                    1 => {
-                        for (c, o) in o.iter_mut().enumerate() {
-                            *o = m.add(m.mul(x0[c], y1[c]), m.mul(x1[c], y0[c]));
-                        }
-                    }
-                    _ => o.iter_mut().zip(x1).zip(y1).for_each(|((o, &x), &y)| *o = m.mul(x, y)),
-                }
+        // the tensor, pointwise in Q∪P, by Karatsuba: e1 = (a0 + a1)(b0 + b1) − e0 − e2
+        let width = moduli.len() * n;
+        let (mut e0, mut e1, mut e2) = (vec![0u64; width], vec![0u64; width], vec![0u64; width]);
+        for (r, m) in moduli.iter().enumerate() {
+            let s = r * n..(r + 1) * n;
+            let (x0, x1, y0, y1) = (&a0[s.clone()], &a1[s.clone()], &b0[s.clone()], &b1[s.clone()]);
+            let (o0, o1, o2) = (&mut e0[s.clone()], &mut e1[s.clone()], &mut e2[s]);
+            for c in 0..n {
+                let (lo, hi) = (m.mul(x0[c], y0[c]), m.mul(x1[c], y1[c]));
+                let mid = m.mul(m.add(x0[c], x1[c]), m.add(y0[c], y1[c]));
+                (o0[c], o1[c], o2[c]) = (lo, m.sub(mid, m.add(lo, hi)), hi);
             }
+        }
+        let tensor = [e0, e1, e2].map(std::sync::Mutex::new);
+        let parts = map_indexed(backend, 3, |part| {
+            let mut out = std::mem::take(&mut *tensor[part].lock().unwrap_or_else(|e| e.into_inner()));
             basis.to_coeff(params, &mut out, backend);
-            let mut scaled = RnsPoly { limbs: basis.scale_down(n, &out), form: Form::Coeff };
+            let mut scaled = RnsPoly { limbs: basis.scale_down(n, &out, backend), form: Form::Coeff };
             if part < 2 {
                 scaled.to_ntt(params, backend);
             }
@@ -407,9 +432,8 @@ impl Ciphertext {
         });
         let mut parts = parts.into_iter();
         let mut next = || parts.next().unwrap_or_else(|| unreachable!("three parts"));
-        let (d0, d1, mut d2) = (next(), next(), next());
-        d2.to_ntt(params, backend);
-        Ok(Tensored { d0, d1, d2 })
+        // d2 stays in coefficient form: relinearization decomposes it there
+        Ok(Tensored { d0: next(), d1: next(), d2: next() })
     }
 }
 
@@ -518,7 +542,7 @@ mod tests {
         lower.drop_last_modulus(&p, &be).unwrap_or_else(|e| panic!("{e}"));
         let refused = lower.mul(&lower, &p, &rlk, &be);
         assert!(matches!(&refused, Err(HeError::Unsupported { what, .. }) if what.contains("no room")), "{refused:?}");
-        let short = RelinKey { parts: rlk.parts[..2].to_vec() };
+        let short = RelinKey::new(&p, rlk.parts[..2].to_vec());
         assert!(matches!(ct.mul(&ct, &p, &short, &be), Err(HeError::Shape(_))));
     }
 }

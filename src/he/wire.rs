@@ -208,7 +208,7 @@ impl RelinKey {
         }
         let mut it = polys.into_iter();
         let parts = std::iter::from_fn(|| Some((it.next()?, it.next()?))).collect();
-        Ok(RelinKey { parts })
+        Ok(RelinKey::new(params, parts))
     }
 }
 

@@ -35,7 +35,8 @@ enum Command {
     /// Measure protocols through the real transport (both parties here) and print a table.
     Bench {
         /// Which set of measurements: `layers` (the layers: linear, GeLU/SiLU, softmax, LayerNorm),
-        /// `blocks` (every non-linear block at 2^10 and 2^16 values, per value).
+        /// `blocks` (every non-linear block at 2^10 and 2^16 values, per value), `he` (NTT,
+        /// ct×pt, ct×ct, selection sums, one thread, against SEAL where it can run).
         #[arg(long, default_value = "layers")]
         preset: String,
         /// Only the rows with this name (e.g. `linear`).

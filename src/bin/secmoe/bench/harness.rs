@@ -44,6 +44,16 @@ pub(crate) struct Row {
     /// from a weight-independent one, for the HE product rows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) stat_distance_log2: Option<f64>,
+    /// Another implementation timed on the same operation in the same run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) reference: Option<Reference>,
+}
+
+/// A reference implementation's time for a row's operation.
+#[derive(Debug, Serialize)]
+pub(crate) struct Reference {
+    pub(crate) name: String,
+    pub(crate) us_per_op: f64,
 }
 
 /// Both parties' links over QUIC + TLS on loopback, with a timeout long enough for any row.
@@ -88,6 +98,7 @@ pub(crate) fn row(
         mean_error: None,
         us_per_op: None,
         stat_distance_log2: None,
+        reference: None,
     }
 }
 

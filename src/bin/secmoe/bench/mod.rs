@@ -1,10 +1,11 @@
 //! `secmoe bench`: protocol measurements through the real two-party transport (both parties in
 //! this process, QUIC + TLS on loopback), printed as a table and optionally written as JSON.
 //!
-//! [`harness`] measures, [`report`] prints and writes, the presets ([`layers`], [`blocks`]) say what.
+//! [`harness`] measures, [`report`] prints and writes, the presets ([`layers`], [`blocks`], [`he`]) say what.
 
 mod blocks;
 mod harness;
+mod he;
 mod layers;
 mod report;
 
@@ -16,7 +17,7 @@ use secmoe::backend::CpuBackend;
 use secmoe::net::CostModel;
 
 /// The presets `secmoe bench --preset` knows.
-pub const PRESETS: &[&str] = &["layers", "blocks"];
+pub const PRESETS: &[&str] = &["layers", "blocks", "he"];
 
 /// Runs a preset; prints the table; writes JSON if asked.
 pub async fn run(preset: &str, threads: usize, only: Option<&str>, tune: CostModel, json: Option<&Path>) -> Result<()> {
@@ -29,6 +30,7 @@ pub async fn run(preset: &str, threads: usize, only: Option<&str>, tune: CostMod
     report::print_header();
     match preset {
         "blocks" => blocks::run(backend, threads, only, &mut rows).await?,
+        "he" => he::run(only, &mut rows)?,
         _ => layers::run(backend, threads, only, tune, &mut rows).await?,
     }
     report::write_json(preset, &rows, json)

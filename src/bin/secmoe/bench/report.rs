@@ -30,6 +30,10 @@ pub(crate) fn print_row(r: &Row) {
     if let Some(us) = r.us_per_op {
         per_op += &format!(", {us:.2} µs each");
     }
+    if let (Some(us), Some(reference)) = (r.us_per_op, &r.reference) {
+        per_op +=
+            &format!(" ({}: {:.2} µs, ratio {:.2})", reference.name, reference.us_per_op, us / reference.us_per_op);
+    }
     if let (Some(max), Some(mean)) = (r.max_error, r.mean_error) {
         per_op += &format!(", error max {max:.2e} mean {mean:.2e}");
     }

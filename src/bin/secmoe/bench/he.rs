@@ -1,0 +1,163 @@
+//! `secmoe bench --preset he`: the HE operations the protocols are built on, one thread, each
+//! checked by decryption once and timed per operation; where `benches/seal_ref.py` can run
+//! (python3 and PyPI's tenseal), Microsoft SEAL is timed in the same run on the same operation
+//! (N = 8192, SEAL's default 218-bit modulus) and given as the row's reference.
+
+use std::time::Instant;
+
+use anyhow::{Result, ensure};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use secmoe::backend::{Backend, CpuBackend, NttTable};
+use secmoe::he::{HeParams, OperandBank, PlainOperand, Plaintext, SecretKey, Selectors, select};
+use secmoe::ring::modp::{Modulus, ntt_primes};
+
+use super::harness::{Reference, Row, reset_peak_rss, row};
+use super::report::print_row;
+
+/// Selectors in the `select` row (the E = 128 encrypted scalars).
+const SELECT_E: usize = 128;
+
+/// Runs the preset's rows (or those named `only`), printing each and adding it to `rows`.
+pub(crate) fn run(only: Option<&str>, rows: &mut Vec<Row>) -> Result<()> {
+    let seal = seal_reference();
+    let be = CpuBackend::new(1)?;
+    let mut rng = StdRng::seed_from_u64(7);
+    let wanted = |name: &str| only.is_none_or(|o| o == name);
+    let mut push = |mut r: Row, seal_name: &str| {
+        r.reference = seal
+            .iter()
+            .find(|(op, _)| op == seal_name)
+            .map(|(_, us)| Reference { name: "SEAL 4 (tenseal)".into(), us_per_op: *us });
+        print_row(&r);
+        rows.push(r);
+    };
+
+    if wanted("ntt") {
+        reset_peak_rss();
+        let m = Modulus::new(ntt_primes(60, 8192, 1)?[0])?;
+        let table = NttTable::new(8192, m)?;
+        let orig: Vec<u64> = (0..8192).map(|_| rng.random_range(0..m.value())).collect();
+        let mut round_trip = orig.clone();
+        be.ntt_forward(&table, &mut round_trip);
+        be.ntt_inverse(&table, &mut round_trip);
+        let mut a = orig.clone();
+        let us = time_us(2000, || be.ntt_forward(&table, &mut a));
+        push(op_row("ntt", "N=8192, one 60-bit limb, forward".into(), us, round_trip == orig), "forward");
+    }
+
+    let p = HeParams::n8192()?;
+    let sk = SecretKey::generate(&p, &be, &mut rng);
+    let n = p.degree();
+    let msg: Vec<u64> = (0..n).map(|_| rng.random()).collect();
+    let ct = sk.encrypt(&Plaintext::new(&p, msg.clone())?, &be, &mut rng);
+    let w: Vec<u64> = (0..n).map(|_| rng.random_range(-4096i64..4096) as u64).collect();
+    let op = PlainOperand::new(&p, &w, &be)?;
+    let shape = |what: &str| format!("{}, {what}", p.name());
+
+    if wanted("ct-pt") {
+        reset_peak_rss();
+        let mut x = ct.clone();
+        x.mul_plain_assign(&p, &op, &be);
+        let ok = sk.decrypt(&x, &be).coeffs() == &negacyclic(&msg, &w)[..];
+        let mut y = ct.clone();
+        let us = time_us(400, || y.mul_plain_assign(&p, &op, &be));
+        push(op_row("ct-pt", shape("NTT form"), us, ok), "ctxpt");
+    }
+
+    if wanted("ct-ct") {
+        reset_peak_rss();
+        let rlk = sk.relin_key(&be, &mut rng);
+        let other: Vec<u64> = (0..n).map(|_| rng.random()).collect();
+        let ct2 = sk.encrypt(&Plaintext::new(&p, other.clone())?, &be, &mut rng);
+        let ok = sk.decrypt(&ct.mul(&ct2, &p, &rlk, &be)?, &be).coeffs() == &negacyclic(&msg, &other)[..];
+        let mut result = Ok(());
+        let us = time_us(20, || result = ct.mul(&ct2, &p, &rlk, &be).map(drop));
+        result?;
+        push(op_row("ct-ct", shape("multiply + relinearize"), us, ok), "ctxct");
+    }
+
+    if wanted("select") {
+        reset_peak_rss();
+        let chosen = 77;
+        let sel: Vec<_> = (0..SELECT_E)
+            .map(|i| Plaintext::new(&p, vec![u64::from(i == chosen)]).map(|pt| sk.encrypt(&pt, &be, &mut rng)))
+            .collect::<Result<_, _>>()?;
+        let sel = Selectors::new(&p, sel, &be)?;
+        let ops: Vec<Vec<u64>> =
+            (0..SELECT_E).map(|_| (0..n).map(|_| rng.random_range(-4096i64..4096) as u64).collect()).collect();
+        let bank = OperandBank::new(&p, &[ops.iter().map(Vec::as_slice).collect()], &be)?;
+        let out = select(&p, &sel, 0, &bank, &be)?;
+        ensure!(out.len() == 1, "one output");
+        let ok = sk.decrypt(&out[0], &be).coeffs() == &ops[chosen][..];
+        let mut result = Ok(());
+        let us = time_us(10, || result = select(&p, &sel, 0, &bank, &be).map(drop)) / SELECT_E as f64;
+        result?;
+        push(op_row("select", shape(&format!("E={SELECT_E}, per term")), us, ok), "select");
+    }
+    Ok(())
+}
+
+/// A row of one timed operation: no traffic, the time per operation in `us_per_op`.
+fn op_row(name: &str, shape: String, us: f64, checked: bool) -> Row {
+    let mut r = row(name, shape, 1, us * 1e-6, 0, 0, checked);
+    r.us_per_op = Some(us);
+    r
+}
+
+/// Microseconds per call of `f`: the fastest of five timed batches of `reps / 5` calls, after
+/// one warm-up call (`seal_ref.py` times SEAL the same way).
+fn time_us(reps: u32, mut f: impl FnMut()) -> f64 {
+    f();
+    let batch = (reps / 5).max(1);
+    (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            for _ in 0..batch {
+                f();
+            }
+            start.elapsed().as_secs_f64() * 1e6 / batch as f64
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// The negacyclic product mod 2^64 of a full polynomial by another (the check of a product).
+fn negacyclic(a: &[u64], b: &[u64]) -> Vec<u64> {
+    let n = a.len();
+    let mut c = vec![0u64; n];
+    for (j, &bj) in b.iter().enumerate().filter(|(_, v)| **v != 0) {
+        for (i, &ai) in a.iter().enumerate() {
+            let prod = ai.wrapping_mul(bj);
+            if i + j < n {
+                c[i + j] = c[i + j].wrapping_add(prod);
+            } else {
+                c[i + j - n] = c[i + j - n].wrapping_sub(prod);
+            }
+        }
+    }
+    c
+}
+
+/// SEAL's timings (operation, µs) from `benches/seal_ref.py`: its `ntt` and `mul` modes, or
+/// nothing (with the reason printed) where it cannot run.
+fn seal_reference() -> Vec<(String, f64)> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/seal_ref.py");
+    let mut out = Vec::new();
+    for mode in ["ntt", "mul"] {
+        match std::process::Command::new("python3").args([script, mode]).output() {
+            Ok(o) if o.status.success() => {
+                for line in String::from_utf8_lossy(&o.stdout).lines() {
+                    if let [_, op, size, us] = line.split_whitespace().collect::<Vec<_>>()[..]
+                        && size == "N=8192"
+                        && let Ok(us) = us.parse()
+                    {
+                        out.push((op.to_string(), us));
+                    }
+                }
+            }
+            Ok(o) => println!("SEAL reference skipped: {}", String::from_utf8_lossy(&o.stderr).trim()),
+            Err(e) => println!("SEAL reference skipped: cannot run python3 ({e})"),
+        }
+    }
+    out
+}
