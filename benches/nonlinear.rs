@@ -11,11 +11,11 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use secmoe::backend::{Backend, CpuBackend};
 use secmoe::net::{LinkConfig, PublicParams, loopback};
-use secmoe::ot::{Ot, OtKind};
+use secmoe::ot::OtKind;
 use secmoe::proto::piecewise::{Piecewise, evaluate, evaluate_baseline};
 use secmoe::proto::softmax::softmax;
+use secmoe::proto::{Session, SessionConfig};
 
-const KIND: OtKind = OtKind::Silent;
 const N: usize = 1 << 16;
 
 fn bench_nonlinear(c: &mut Criterion) {
@@ -24,7 +24,10 @@ fn bench_nonlinear(c: &mut Criterion) {
     let cfg = LinkConfig { timeout: Duration::from_secs(600), params: PublicParams::new() };
     let (mut client, mut server) = rt.block_on(loopback(cfg)).unwrap();
     let be: Arc<dyn Backend> = Arc::new(CpuBackend::new(0).unwrap());
-    let (oc, os) = rt.block_on(async { tokio::join!(Ot::new(&mut client, be.clone()), Ot::new(&mut server, be)) });
+    let config = SessionConfig { ot_kind: Some(OtKind::Silent), seed: None, ..Default::default() };
+    let (oc, os) = rt.block_on(async {
+        tokio::join!(Session::new(&mut client, be.clone(), config.clone()), Session::new(&mut server, be, config))
+    });
     let (mut oc, mut os) = (oc.unwrap(), os.unwrap());
     let mut rng = StdRng::seed_from_u64(3);
     let x: Vec<u64> = (0..N).map(|_| (rng.random_range(-8.0..8.0) * (1u64 << 18) as f64) as i64 as u64).collect();
@@ -35,14 +38,14 @@ fn bench_nonlinear(c: &mut Criterion) {
     let mut group = c.benchmark_group("nonlinear");
     group.sample_size(10).measurement_time(Duration::from_secs(30));
     for name in ["gelu-stc", "gelu-baseline", "softmax"] {
-        let run = |os: &mut Ot, oc: &mut Ot| {
+        let run = |os: &mut Session, oc: &mut Session| {
             rt.block_on(async {
                 let (a, b) = match name {
-                    "gelu-stc" => tokio::join!(evaluate(os, KIND, &gelu, &xs), evaluate(oc, KIND, &gelu, &xc)),
+                    "gelu-stc" => tokio::join!(evaluate(os, &gelu, &xs), evaluate(oc, &gelu, &xc)),
                     "gelu-baseline" => {
-                        tokio::join!(evaluate_baseline(os, KIND, &gelu, &xs), evaluate_baseline(oc, KIND, &gelu, &xc))
+                        tokio::join!(evaluate_baseline(os, &gelu, &xs), evaluate_baseline(oc, &gelu, &xc))
                     }
-                    _ => tokio::join!(softmax(os, KIND, &xs, 128), softmax(oc, KIND, &xc, 128)),
+                    _ => tokio::join!(softmax(os, &xs, 128), softmax(oc, &xc, 128)),
                 };
                 a.unwrap();
                 b.unwrap();

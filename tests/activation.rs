@@ -10,25 +10,25 @@ use common::{add_share, open};
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use secmoe::ot::{Ot, OtKind};
+use secmoe::ot::OtKind;
+use secmoe::proto::Session;
 use secmoe::proto::arith::{truncate, truncate_extend};
 use secmoe::proto::compare::carry;
 use secmoe::proto::piecewise::{Piecewise, evaluate, evaluate_baseline};
 
-const KIND: OtKind = OtKind::Iknp;
 const SCALE: f64 = (1u64 << 18) as f64;
 
 #[test]
 fn truncation_is_floor_or_one_less_even_for_extreme_shares() {
     common::runtime().block_on(async {
-        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        let (_c, mut oc, _s, mut os) = common::session_pair().await;
         let mut rng = StdRng::seed_from_u64(11);
         let mut values: Vec<i64> = vec![0, 1, -1, (1 << 62) - 1, -(1 << 62), 1 << 18, -(1 << 18)];
         values.extend((0..5000).map(|_| rng.random_range(-(1i64 << 62)..(1i64 << 62))));
         let raw: Vec<u64> = values.iter().map(|&v| v as u64).collect();
         let (s, c) = add_share(&raw, &mut rng);
         for f in [1u32, 18, 40] {
-            let (ts, tc) = tokio::join!(truncate(&mut os, KIND, &s, f), truncate(&mut oc, KIND, &c, f));
+            let (ts, tc) = tokio::join!(truncate(&mut os, &s, f), truncate(&mut oc, &c, f));
             let got = open(&ts.unwrap(), &tc.unwrap());
             for (v, g) in values.iter().zip(got) {
                 let floor = v >> f;
@@ -39,8 +39,7 @@ fn truncation_is_floor_or_one_less_even_for_extreme_shares() {
         let small: Vec<i64> = (0..5000).map(|_| rng.random_range(-(1i64 << 38)..(1i64 << 38))).collect();
         let raw: Vec<u64> = small.iter().map(|&v| v as u64 & ((1 << 40) - 1)).collect();
         let (s, c) = add_share(&raw, &mut rng);
-        let (ts, tc) =
-            tokio::join!(truncate_extend(&mut os, KIND, &s, 40, 16), truncate_extend(&mut oc, KIND, &c, 40, 16));
+        let (ts, tc) = tokio::join!(truncate_extend(&mut os, &s, 40, 16), truncate_extend(&mut oc, &c, 40, 16));
         let got = open(&ts.unwrap(), &tc.unwrap());
         for (v, g) in small.iter().zip(got) {
             assert!(g as i64 == v >> 16 || g as i64 == (v >> 16) - 1, "{v}: {}", g as i64);
@@ -51,7 +50,7 @@ fn truncation_is_floor_or_one_less_even_for_extreme_shares() {
 #[test]
 fn carries_are_exact() {
     common::runtime().block_on(async {
-        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        let (_c, mut oc, _s, mut os) = common::session_pair().await;
         let mut rng = StdRng::seed_from_u64(12);
         for bits in [1u32, 4, 9, 13, 64] {
             let m = if bits == 64 { u64::MAX } else { (1 << bits) - 1 };
@@ -64,7 +63,7 @@ fn carries_are_exact() {
                     .enumerate()
                     .map(|(i, &v)| if i % 3 == 0 { (m - v + 1) & m } else { rng.random::<u64>() & m }),
             );
-            let (a, b) = tokio::join!(carry(&mut os, KIND, &x, bits), carry(&mut oc, KIND, &y, bits));
+            let (a, b) = tokio::join!(carry(&mut os, &x, bits), carry(&mut oc, &y, bits));
             let (a, b) = (a.unwrap(), b.unwrap());
             for i in 0..x.len() {
                 let want = (x[i] as u128 + y[i] as u128) >> bits == 1;
@@ -89,23 +88,30 @@ fn inputs(f: &Piecewise, rng: &mut StdRng, random: usize) -> Vec<f64> {
     xs.iter().map(|x| (x * SCALE).round() / SCALE).filter(|x| (lo..hi).contains(x)).collect()
 }
 
-async fn run(os: &mut Ot, oc: &mut Ot, f: &Piecewise, xs: &[f64], baseline: bool, rng: &mut StdRng) -> Vec<f64> {
+async fn run(
+    os: &mut Session,
+    oc: &mut Session,
+    f: &Piecewise,
+    xs: &[f64],
+    baseline: bool,
+    rng: &mut StdRng,
+) -> Vec<f64> {
     let raw: Vec<u64> = xs.iter().map(|&x| (x * SCALE).round() as i64 as u64).collect();
     let (s, c) = add_share(&raw, rng);
     let (ys, yc) = if baseline {
-        tokio::join!(evaluate_baseline(os, KIND, f, &s), evaluate_baseline(oc, KIND, f, &c))
+        tokio::join!(evaluate_baseline(os, f, &s), evaluate_baseline(oc, f, &c))
     } else {
-        tokio::join!(evaluate(os, KIND, f, &s), evaluate(oc, KIND, f, &c))
+        tokio::join!(evaluate(os, f, &s), evaluate(oc, f, &c))
     };
     // the random OTs prepared for each batch are used up exactly
-    assert_eq!((os.prepared(KIND), oc.prepared(KIND)), ((0, 0), (0, 0)));
+    assert_eq!((os.ot().prepared(OtKind::Iknp), oc.ot().prepared(OtKind::Iknp)), ((0, 0), (0, 0)));
     open(&ys.unwrap(), &yc.unwrap()).iter().map(|&y| y as i64 as f64 / SCALE).collect()
 }
 
 #[test]
 fn select_then_compute_matches_the_reference_and_the_function() {
     common::runtime().block_on(async {
-        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        let (_c, mut oc, _s, mut os) = common::session_pair().await;
         let mut rng = StdRng::seed_from_u64(13);
         for f in [Piecewise::gelu(), Piecewise::silu()] {
             let xs = inputs(&f, &mut rng, 20_000);
@@ -127,7 +133,7 @@ fn select_then_compute_matches_the_reference_and_the_function() {
 #[test]
 fn baseline_agrees_with_select_then_compute() {
     common::runtime().block_on(async {
-        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        let (_c, mut oc, _s, mut os) = common::session_pair().await;
         let mut rng = StdRng::seed_from_u64(14);
         for f in [Piecewise::gelu(), Piecewise::silu()] {
             let xs = inputs(&f, &mut rng, 2000);
@@ -146,7 +152,7 @@ fn baseline_agrees_with_select_then_compute() {
 #[test]
 fn select_then_compute_traffic_does_not_depend_on_the_inputs() {
     common::runtime().block_on(async {
-        let (c, mut oc, s, mut os) = common::ot_pair().await;
+        let (c, mut oc, s, mut os) = common::session_pair().await;
         let mut rng = StdRng::seed_from_u64(15);
         let f = Piecewise::gelu();
         let mut seen = Vec::new();
@@ -169,13 +175,13 @@ fn select_then_compute_traffic_does_not_depend_on_the_inputs() {
 fn relu_and_swiglu_match_plaintext() {
     use secmoe::proto::piecewise::{relu, swiglu};
     common::runtime().block_on(async {
-        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        let (_c, mut oc, _s, mut os) = common::session_pair().await;
         let mut rng = StdRng::seed_from_u64(16);
         let mut x: Vec<i64> = vec![0, 1, -1, (1 << 40) - 1, -(1 << 40)];
         x.extend((0..3000).map(|_| rng.random_range(-(1i64 << 40)..(1i64 << 40))));
         let raw: Vec<u64> = x.iter().map(|&v| v as u64).collect();
         let (s, c) = add_share(&raw, &mut rng);
-        let (a, b) = tokio::join!(relu(&mut os, KIND, &s, 42), relu(&mut oc, KIND, &c, 42));
+        let (a, b) = tokio::join!(relu(&mut os, &s, 42), relu(&mut oc, &c, 42));
         let got = open(&a.unwrap(), &b.unwrap());
         assert!(x.iter().zip(&got).all(|(&v, &g)| g as i64 == v.max(0)));
 
@@ -188,7 +194,7 @@ fn relu_and_swiglu_match_plaintext() {
             .map(|(a, b)| ((a * SCALE).round() as i64 as u64, (b * SCALE).round() as i64 as u64))
             .unzip();
         let ((gs, gc), (us, uc)) = (add_share(&gr, &mut rng), add_share(&ur, &mut rng));
-        let (a, b) = tokio::join!(swiglu(&mut os, KIND, &gs, &us), swiglu(&mut oc, KIND, &gc, &uc));
+        let (a, b) = tokio::join!(swiglu(&mut os, &gs, &us), swiglu(&mut oc, &gc, &uc));
         let got = open(&a.unwrap(), &b.unwrap());
         for i in 0..g.len() {
             let (y, want) = (got[i] as i64 as f64 / SCALE, f.exact(g[i]) * u[i]);

@@ -9,11 +9,8 @@ use common::add_share;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use secmoe::ot::OtKind;
 use secmoe::proto::boolean::{Triples, and};
 use secmoe::proto::compare::{b2a, drelu, greater_than, msb, mux, triples_per_comparison};
-
-const KIND: OtKind = OtKind::Iknp;
 
 fn xor_share(bits: &[bool], rng: &mut StdRng) -> (Vec<bool>, Vec<bool>) {
     let r: Vec<bool> = bits.iter().map(|_| rng.random()).collect();
@@ -27,7 +24,7 @@ fn open_bits(a: &[bool], b: &[bool]) -> Vec<bool> {
 #[test]
 fn comparison_is_exact_on_edge_values() {
     common::runtime().block_on(async {
-        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        let (_c, mut oc, _s, mut os) = common::session_pair().await;
         let mut rng = StdRng::seed_from_u64(1);
         let edges = [0u64, 1, 2, 15, 16, 17, (1 << 62) - 1, 1 << 62, (1 << 63) - 1, 1 << 63, u64::MAX - 1, u64::MAX];
         let mut xs = Vec::new();
@@ -48,12 +45,10 @@ fn comparison_is_exact_on_edge_values() {
             let mask = if bits == 64 { u64::MAX } else { (1 << bits) - 1 };
             let (x, y): (Vec<u64>, Vec<u64>) = xs.iter().zip(&ys).map(|(a, b)| (a & mask, b & mask)).unzip();
             let need = triples_per_comparison(bits) * x.len();
-            let (ts, tc) = tokio::join!(Triples::generate(&mut os, KIND, need), Triples::generate(&mut oc, KIND, need));
+            let (ts, tc) = tokio::join!(Triples::generate(&mut os, need), Triples::generate(&mut oc, need));
             let (mut ts, mut tc) = (ts.unwrap(), tc.unwrap());
-            let (gs, gc) = tokio::join!(
-                greater_than(&mut os, KIND, &mut ts, &x, bits),
-                greater_than(&mut oc, KIND, &mut tc, &y, bits)
-            );
+            let (gs, gc) =
+                tokio::join!(greater_than(&mut os, &mut ts, &x, bits), greater_than(&mut oc, &mut tc, &y, bits));
             let got = open_bits(&gs.unwrap(), &gc.unwrap());
             for i in 0..x.len() {
                 assert_eq!(got[i], x[i] > y[i], "{bits} bits: {:#x} > {:#x}", x[i], y[i]);
@@ -66,7 +61,7 @@ fn comparison_is_exact_on_edge_values() {
 #[test]
 fn msb_and_drelu_hold_across_wrap_around() {
     common::runtime().block_on(async {
-        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        let (_c, mut oc, _s, mut os) = common::session_pair().await;
         let mut rng = StdRng::seed_from_u64(2);
         let mut values: Vec<u64> = [0i64, 1, -1, 2, -2, 1 << 62, -(1 << 62), i64::MAX, i64::MIN, i64::MIN + 1]
             .iter()
@@ -76,13 +71,12 @@ fn msb_and_drelu_hold_across_wrap_around() {
         let (sv, cv) = add_share(&values, &mut rng);
         // shares that wrap: server share near 2^64 for small values
         let need = triples_per_comparison(63) * values.len();
-        let (ts, tc) =
-            tokio::join!(Triples::generate(&mut os, KIND, 2 * need), Triples::generate(&mut oc, KIND, 2 * need));
+        let (ts, tc) = tokio::join!(Triples::generate(&mut os, 2 * need), Triples::generate(&mut oc, 2 * need));
         let (mut ts, mut tc) = (ts.unwrap(), tc.unwrap());
-        let (ms, mc) = tokio::join!(msb(&mut os, KIND, &mut ts, &sv), msb(&mut oc, KIND, &mut tc, &cv));
+        let (ms, mc) = tokio::join!(msb(&mut os, &mut ts, &sv), msb(&mut oc, &mut tc, &cv));
         let got = open_bits(&ms.unwrap(), &mc.unwrap());
         assert!(values.iter().zip(&got).all(|(v, m)| (v >> 63 == 1) == *m));
-        let (ds, dc) = tokio::join!(drelu(&mut os, KIND, &mut ts, &sv), drelu(&mut oc, KIND, &mut tc, &cv));
+        let (ds, dc) = tokio::join!(drelu(&mut os, &mut ts, &sv), drelu(&mut oc, &mut tc, &cv));
         let got = open_bits(&ds.unwrap(), &dc.unwrap());
         assert!(values.iter().zip(&got).all(|(v, d)| (*v as i64 >= 0) == *d));
     });
@@ -91,23 +85,23 @@ fn msb_and_drelu_hold_across_wrap_around() {
 #[test]
 fn and_b2a_and_mux_match_plaintext() {
     common::runtime().block_on(async {
-        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        let (_c, mut oc, _s, mut os) = common::session_pair().await;
         let mut rng = StdRng::seed_from_u64(3);
         let n = 5000;
         let x: Vec<bool> = (0..n).map(|_| rng.random()).collect();
         let y: Vec<bool> = (0..n).map(|_| rng.random()).collect();
         let ((xs, xc), (ys, yc)) = (xor_share(&x, &mut rng), xor_share(&y, &mut rng));
-        let (ts, tc) = tokio::join!(Triples::generate(&mut os, KIND, n), Triples::generate(&mut oc, KIND, n));
+        let (ts, tc) = tokio::join!(Triples::generate(&mut os, n), Triples::generate(&mut oc, n));
         let (mut ts, mut tc) = (ts.unwrap(), tc.unwrap());
         let (zs, zc) = tokio::join!(and(&mut os, &mut ts, &xs, &ys), and(&mut oc, &mut tc, &xc, &yc));
         let z = open_bits(&zs.unwrap(), &zc.unwrap());
         assert!((0..n).all(|i| z[i] == (x[i] & y[i])));
-        let (as_, ac) = tokio::join!(b2a(&mut os, KIND, &xs), b2a(&mut oc, KIND, &xc));
+        let (as_, ac) = tokio::join!(b2a(&mut os, &xs), b2a(&mut oc, &xc));
         let (as_, ac) = (as_.unwrap(), ac.unwrap());
         assert!((0..n).all(|i| as_[i].wrapping_add(ac[i]) == x[i] as u64));
         let v: Vec<u64> = (0..n).map(|_| rng.random()).collect();
         let (vs, vc) = add_share(&v, &mut rng);
-        let (ms, mc) = tokio::join!(mux(&mut os, KIND, &xs, &vs), mux(&mut oc, KIND, &xc, &vc));
+        let (ms, mc) = tokio::join!(mux(&mut os, &xs, &vs), mux(&mut oc, &xc, &vc));
         let (ms, mc) = (ms.unwrap(), mc.unwrap());
         assert!((0..n).all(|i| ms[i].wrapping_add(mc[i]) == if x[i] { v[i] } else { 0 }));
         // running out of triples is an error, not a wrong answer
@@ -121,14 +115,14 @@ fn products_are_exact_and_truncation_stays_within_one_unit() {
     use secmoe::net::Party;
     use secmoe::proto::arith::{mul, truncate_local};
     common::runtime().block_on(async {
-        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        let (_c, mut oc, _s, mut os) = common::session_pair().await;
         let mut rng = StdRng::seed_from_u64(4);
         let n = 3000;
         let x: Vec<u64> = (0..n).map(|_| rng.random()).collect();
         let mut y: Vec<u64> = (0..n).map(|_| rng.random()).collect();
         y[..4].copy_from_slice(&[0, 1, u64::MAX, 1 << 63]);
         let ((xs, xc), (ys, yc)) = (add_share(&x, &mut rng), add_share(&y, &mut rng));
-        let (zs, zc) = tokio::join!(mul(&mut os, KIND, &xs, &ys), mul(&mut oc, KIND, &xc, &yc));
+        let (zs, zc) = tokio::join!(mul(&mut os, &xs, &ys), mul(&mut oc, &xc, &yc));
         let (zs, zc) = (zs.unwrap(), zc.unwrap());
         assert!((0..n).all(|i| zs[i].wrapping_add(zc[i]) == x[i].wrapping_mul(y[i])));
         // fixed-point values |x| < 2^40, truncated by 18 bits: ⌊x/2^18⌋ or one more
@@ -148,7 +142,7 @@ fn products_are_exact_and_truncation_stays_within_one_unit() {
 #[test]
 fn traffic_does_not_depend_on_the_inputs() {
     common::runtime().block_on(async {
-        let (c, mut oc, s, mut os) = common::ot_pair().await;
+        let (c, mut oc, s, mut os) = common::session_pair().await;
         let mut seen = Vec::new();
         // run 0 warms up (the first OTs in each direction add the base OTs); then all-equal
         // inputs, then all-different ones
@@ -158,12 +152,9 @@ fn traffic_does_not_depend_on_the_inputs() {
             let y: Vec<u64> = (0..512u64).map(|i| if run == 0 { 7 } else { !(i * 31) }).collect();
             let need = triples_per_comparison(64) * x.len();
             let before = (c.meter().report().total(), s.meter().report().total());
-            let (ts, tc) = tokio::join!(Triples::generate(&mut os, KIND, need), Triples::generate(&mut oc, KIND, need));
+            let (ts, tc) = tokio::join!(Triples::generate(&mut os, need), Triples::generate(&mut oc, need));
             let (mut ts, mut tc) = (ts.unwrap(), tc.unwrap());
-            let (gs, gc) = tokio::join!(
-                greater_than(&mut os, KIND, &mut ts, &x, 64),
-                greater_than(&mut oc, KIND, &mut tc, &y, 64)
-            );
+            let (gs, gc) = tokio::join!(greater_than(&mut os, &mut ts, &x, 64), greater_than(&mut oc, &mut tc, &y, 64));
             gs.unwrap();
             gc.unwrap();
             let after = (c.meter().report().total(), s.meter().report().total());
@@ -183,7 +174,7 @@ fn traffic_does_not_depend_on_the_inputs() {
 fn threshold_comparisons_share_one_batch_and_are_exact() {
     use secmoe::proto::compare::at_least;
     common::runtime().block_on(async {
-        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        let (_c, mut oc, _s, mut os) = common::session_pair().await;
         let mut rng = StdRng::seed_from_u64(5);
         let thresholds: Vec<i64> = [-5i64, -3, -1, 1, 3].iter().map(|t| t << 18).collect();
         let mut values: Vec<i64> = thresholds.iter().flat_map(|&t| [t - 1, t, t + 1]).collect();
@@ -194,12 +185,10 @@ fn threshold_comparisons_share_one_batch_and_are_exact() {
         let th: Vec<u64> = thresholds.iter().map(|&t| t as u64).collect();
         for bits in [64u32, 32] {
             let need = triples_per_comparison(bits - 1) * values.len() * th.len();
-            let (ts, tc) = tokio::join!(Triples::generate(&mut os, KIND, need), Triples::generate(&mut oc, KIND, need));
+            let (ts, tc) = tokio::join!(Triples::generate(&mut os, need), Triples::generate(&mut oc, need));
             let (mut ts, mut tc) = (ts.unwrap(), tc.unwrap());
-            let (a, b) = tokio::join!(
-                at_least(&mut os, KIND, &mut ts, &sv, &th, bits),
-                at_least(&mut oc, KIND, &mut tc, &cv, &th, bits)
-            );
+            let (a, b) =
+                tokio::join!(at_least(&mut os, &mut ts, &sv, &th, bits), at_least(&mut oc, &mut tc, &cv, &th, bits));
             let got = open_bits(&a.unwrap(), &b.unwrap());
             for (i, &v) in values.iter().enumerate() {
                 for (k, &t) in thresholds.iter().enumerate() {

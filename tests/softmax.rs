@@ -14,7 +14,6 @@ use secmoe::proto::arith::mul_rows;
 use secmoe::proto::compare::{max, one_hot};
 use secmoe::proto::softmax::{reciprocal, softmax};
 
-const KIND: OtKind = OtKind::Iknp;
 const SCALE: f64 = (1u64 << 18) as f64;
 
 fn fixed(x: f64) -> u64 {
@@ -24,7 +23,7 @@ fn fixed(x: f64) -> u64 {
 #[test]
 fn max_and_argmax_are_exact() {
     common::runtime().block_on(async {
-        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        let (_c, mut oc, _s, mut os) = common::session_pair().await;
         let mut rng = StdRng::seed_from_u64(21);
         for len in [1usize, 2, 5, 128] {
             let rows = 40;
@@ -37,10 +36,10 @@ fn max_and_argmax_are_exact() {
             }
             let raw: Vec<u64> = x.iter().map(|&v| v as u64).collect();
             let (s, c) = add_share(&raw, &mut rng);
-            let (ms, mc) = tokio::join!(max(&mut os, KIND, &s, len, 26), max(&mut oc, KIND, &c, len, 26));
+            let (ms, mc) = tokio::join!(max(&mut os, &s, len, 26), max(&mut oc, &c, len, 26));
             let ((ms, is), (mc, ic)) = (ms.unwrap(), mc.unwrap());
             // each level's random OTs were prepared exactly
-            assert_eq!((os.prepared(KIND), oc.prepared(KIND)), ((0, 0), (0, 0)));
+            assert_eq!((os.ot().prepared(OtKind::Iknp), oc.ot().prepared(OtKind::Iknp)), ((0, 0), (0, 0)));
             let (m, idx) = (open(&ms, &mc), open(&is, &ic));
             for r in 0..rows {
                 let row = &x[r * len..(r + 1) * len];
@@ -50,7 +49,7 @@ fn max_and_argmax_are_exact() {
             }
             // the one-hot vector of the argmax
             if (2..=64).contains(&len) {
-                let (hs, hc) = tokio::join!(one_hot(&mut os, KIND, &is, len), one_hot(&mut oc, KIND, &ic, len));
+                let (hs, hc) = tokio::join!(one_hot(&mut os, &is, len), one_hot(&mut oc, &ic, len));
                 let (hs, hc) = (hs.unwrap(), hc.unwrap());
                 for r in 0..rows {
                     let bits: Vec<bool> = hs[r].iter().zip(&hc[r]).map(|(a, b)| a ^ b).collect();
@@ -66,12 +65,12 @@ fn max_and_argmax_are_exact() {
 #[test]
 fn one_hot_of_an_index_shared_across_the_wrap_around() {
     common::runtime().block_on(async {
-        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        let (_c, mut oc, _s, mut os) = common::session_pair().await;
         let size = 40;
         let index: Vec<u64> = (0..size as u64).collect();
         let server: Vec<u64> = index.iter().map(|&i| u64::MAX - i).collect();
         let client: Vec<u64> = index.iter().zip(&server).map(|(i, s)| i.wrapping_sub(*s)).collect();
-        let (hs, hc) = tokio::join!(one_hot(&mut os, KIND, &server, size), one_hot(&mut oc, KIND, &client, size));
+        let (hs, hc) = tokio::join!(one_hot(&mut os, &server, size), one_hot(&mut oc, &client, size));
         let (hs, hc) = (hs.unwrap(), hc.unwrap());
         for (i, (s, c)) in hs.iter().zip(&hc).enumerate() {
             let bits: Vec<bool> = s.iter().zip(c).map(|(a, b)| a ^ b).collect();
@@ -83,13 +82,13 @@ fn one_hot_of_an_index_shared_across_the_wrap_around() {
 #[test]
 fn row_products_are_exact_mod_the_ring() {
     common::runtime().block_on(async {
-        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        let (_c, mut oc, _s, mut os) = common::session_pair().await;
         let mut rng = StdRng::seed_from_u64(22);
         let (rows, len, bits) = (7, 33, 40u32);
         let x: Vec<u64> = (0..rows * len).map(|_| rng.random()).collect();
         let r: Vec<u64> = (0..rows).map(|_| rng.random()).collect();
         let ((xs, xc), (rs, rc)) = (add_share(&x, &mut rng), add_share(&r, &mut rng));
-        let (a, b) = tokio::join!(mul_rows(&mut os, KIND, &xs, &rs, bits), mul_rows(&mut oc, KIND, &xc, &rc, bits));
+        let (a, b) = tokio::join!(mul_rows(&mut os, &xs, &rs, bits), mul_rows(&mut oc, &xc, &rc, bits));
         let got = open(&a.unwrap(), &b.unwrap());
         for i in 0..x.len() {
             assert_eq!(got[i] & ((1 << bits) - 1), x[i].wrapping_mul(r[i / len]) & ((1 << bits) - 1));
@@ -100,13 +99,13 @@ fn row_products_are_exact_mod_the_ring() {
 #[test]
 fn reciprocal_is_accurate_on_its_range() {
     common::runtime().block_on(async {
-        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        let (_c, mut oc, _s, mut os) = common::session_pair().await;
         let mut rng = StdRng::seed_from_u64(23);
         let mut s: Vec<f64> = vec![1.0, 1.5, 2.0, 127.999, 128.0];
         s.extend((0..500).map(|_| rng.random_range(1.0..128.0)));
         let raw: Vec<u64> = s.iter().map(|&v| fixed(v)).collect();
         let (a, b) = add_share(&raw, &mut rng);
-        let (ys, yc) = tokio::join!(reciprocal(&mut os, KIND, &a), reciprocal(&mut oc, KIND, &b));
+        let (ys, yc) = tokio::join!(reciprocal(&mut os, &a), reciprocal(&mut oc, &b));
         let y = open(&ys.unwrap(), &yc.unwrap());
         for (v, y) in s.iter().zip(y) {
             let got = y as i64 as f64 / SCALE;
@@ -118,7 +117,7 @@ fn reciprocal_is_accurate_on_its_range() {
 #[test]
 fn softmax_matches_the_real_function() {
     common::runtime().block_on(async {
-        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        let (_c, mut oc, _s, mut os) = common::session_pair().await;
         let mut rng = StdRng::seed_from_u64(24);
         for (len, spread) in [(128usize, 8.0), (16, 31.0), (1, 1.0)] {
             let rows = 12;
@@ -126,7 +125,7 @@ fn softmax_matches_the_real_function() {
                 (0..rows * len).map(|_| (rng.random_range(-spread..spread) * SCALE).round() / SCALE).collect();
             let raw: Vec<u64> = x.iter().map(|&v| fixed(v)).collect();
             let (a, b) = add_share(&raw, &mut rng);
-            let (ys, yc) = tokio::join!(softmax(&mut os, KIND, &a, len), softmax(&mut oc, KIND, &b, len));
+            let (ys, yc) = tokio::join!(softmax(&mut os, &a, len), softmax(&mut oc, &b, len));
             let y = open(&ys.unwrap(), &yc.unwrap());
             for r in 0..rows {
                 let row = &x[r * len..(r + 1) * len];
@@ -146,13 +145,13 @@ fn softmax_matches_the_real_function() {
 fn rsqrt_is_accurate_over_its_range() {
     use secmoe::proto::layernorm::rsqrt;
     common::runtime().block_on(async {
-        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        let (_c, mut oc, _s, mut os) = common::session_pair().await;
         let mut rng = StdRng::seed_from_u64(25);
         let mut v: Vec<f64> = vec![2f64.powi(-14), 0.25, 1.0, 3.999, 4.0, 1000.0, 65535.0];
         v.extend((0..300).map(|_| 2f64.powf(rng.random_range(-14.0..16.0))));
         let raw: Vec<u64> = v.iter().map(|&x| fixed(x)).collect();
         let (a, b) = add_share(&raw, &mut rng);
-        let (ys, yc) = tokio::join!(rsqrt(&mut os, KIND, &a), rsqrt(&mut oc, KIND, &b));
+        let (ys, yc) = tokio::join!(rsqrt(&mut os, &a), rsqrt(&mut oc, &b));
         let y = open(&ys.unwrap(), &yc.unwrap());
         for (x, y) in v.iter().zip(y) {
             let (got, want) = (y as i64 as f64 / SCALE, 1.0 / (fixed(*x) as f64 / SCALE).sqrt());
@@ -165,7 +164,7 @@ fn rsqrt_is_accurate_over_its_range() {
 fn layernorm_and_rmsnorm_match_the_real_functions() {
     use secmoe::proto::layernorm::{Affine, layernorm, rmsnorm};
     common::runtime().block_on(async {
-        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        let (_c, mut oc, _s, mut os) = common::session_pair().await;
         let mut rng = StdRng::seed_from_u64(26);
         let (rows, d) = (6, 768);
         let x: Vec<f64> =
@@ -181,14 +180,11 @@ fn layernorm_and_rmsnorm_match_the_real_functions() {
             let w = Affine::Weights { gamma: &g, beta: &b };
             let (ys, yc) = if centre {
                 tokio::join!(
-                    layernorm(&mut os, KIND, &a, d, w, fixed(eps)),
-                    layernorm(&mut oc, KIND, &c, d, Affine::None, fixed(eps))
+                    layernorm(&mut os, &a, d, w, fixed(eps)),
+                    layernorm(&mut oc, &c, d, Affine::None, fixed(eps))
                 )
             } else {
-                tokio::join!(
-                    rmsnorm(&mut os, KIND, &a, d, w, fixed(eps)),
-                    rmsnorm(&mut oc, KIND, &c, d, Affine::None, fixed(eps))
-                )
+                tokio::join!(rmsnorm(&mut os, &a, d, w, fixed(eps)), rmsnorm(&mut oc, &c, d, Affine::None, fixed(eps)))
             };
             let y = open(&ys.unwrap(), &yc.unwrap());
             for r in 0..rows {

@@ -17,31 +17,31 @@
 //! probability; it is what the protocols use only where the failure cannot happen (values reduced
 //! to a smaller ring first).
 
+use super::Session;
 use rand::RngExt;
 
 use super::{ProtoError, ProtoResult};
 use crate::net::Party;
-use crate::ot::{Ot, OtKind};
 use crate::ring::mask;
 
 /// Shares of x ⊙ y (element-wise, mod 2^64) for shared x and y; 128 correlated OTs per element.
-pub async fn mul(ot: &mut Ot, kind: OtKind, x: &[u64], y: &[u64]) -> ProtoResult<Vec<u64>> {
-    mul_in(ot, kind, x, y, 64).await
+pub async fn mul(sess: &mut Session, x: &[u64], y: &[u64]) -> ProtoResult<Vec<u64>> {
+    mul_in(sess, x, y, 64).await
 }
 
 /// Shares of x ⊙ y mod 2^bits for x, y shared mod 2^bits (shares are read mod 2^bits): 2·bits
 /// correlated OTs per element. Values known to be small multiply in a smaller ring for fewer
 /// OTs, then [`truncate_extend`] returns to Z_2^64.
-pub async fn mul_in(ot: &mut Ot, kind: OtKind, x: &[u64], y: &[u64], bits: u32) -> ProtoResult<Vec<u64>> {
+pub async fn mul_in(sess: &mut Session, x: &[u64], y: &[u64], bits: u32) -> ProtoResult<Vec<u64>> {
     if x.len() != y.len() {
         return Err(ProtoError::Input(format!("product of {} and {} values", x.len(), y.len())));
     }
     let (x, y): (Vec<u64>, Vec<u64>) = x.iter().zip(y).map(|(a, b)| (a & mask(bits), b & mask(bits))).unzip();
     // cross term 1: the server's x times the client's y; cross term 2: the client's x times the
     // server's y. The party sending a term holds `a`, the one choosing holds `b`.
-    let (first, second) = match ot.party() {
-        Party::Server => (cross_send(ot, kind, &x, bits, bits).await?, cross_receive(ot, kind, &y, bits, bits).await?),
-        Party::Client => (cross_receive(ot, kind, &y, bits, bits).await?, cross_send(ot, kind, &x, bits, bits).await?),
+    let (first, second) = match sess.party() {
+        Party::Server => (cross_send(sess, &x, bits, bits).await?, cross_receive(sess, &y, bits, bits).await?),
+        Party::Client => (cross_receive(sess, &y, bits, bits).await?, cross_send(sess, &x, bits, bits).await?),
     };
     Ok((0..x.len())
         .map(|i| x[i].wrapping_mul(y[i]).wrapping_add(first[i]).wrapping_add(second[i]) & mask(bits))
@@ -52,12 +52,12 @@ pub async fn mul_in(ot: &mut Ot, kind: OtKind, x: &[u64], y: &[u64], bits: u32) 
 /// the ring element is exact): x_s² + x_c² + 2·x_s·x_c, one cross term of `bits` correlated OTs
 /// per element. At 64 bits that is half of [`mul`]; a value known to be small squares in a
 /// smaller ring for fewer OTs.
-pub async fn square(ot: &mut Ot, kind: OtKind, x: &[u64], bits: u32) -> ProtoResult<Vec<u64>> {
+pub async fn square(sess: &mut Session, x: &[u64], bits: u32) -> ProtoResult<Vec<u64>> {
     let x: Vec<u64> = x.iter().map(|v| v & mask(bits)).collect();
     let doubled: Vec<u64> = x.iter().map(|v| v.wrapping_mul(2)).collect();
-    let cross = match ot.party() {
-        Party::Server => cross_send(ot, kind, &doubled, bits, bits).await?,
-        Party::Client => cross_receive(ot, kind, &x, bits, bits).await?,
+    let cross = match sess.party() {
+        Party::Server => cross_send(sess, &doubled, bits, bits).await?,
+        Party::Client => cross_receive(sess, &x, bits, bits).await?,
     };
     Ok(x.iter().zip(cross).map(|(v, c)| v.wrapping_mul(*v).wrapping_add(c) & mask(bits)).collect())
 }
@@ -65,39 +65,33 @@ pub async fn square(ot: &mut Ot, kind: OtKind, x: &[u64], bits: u32) -> ProtoRes
 /// Shares mod 2^bits of w_i·x_i for the server's own plaintext `weights` (the client passes
 /// none) and shared x: w·x_s locally, w·x_c as a cross term the client chooses with its share's
 /// `bits` bits.
-pub async fn mul_weights(ot: &mut Ot, kind: OtKind, x: &[u64], weights: &[u64], bits: u32) -> ProtoResult<Vec<u64>> {
+pub async fn mul_weights(sess: &mut Session, x: &[u64], weights: &[u64], bits: u32) -> ProtoResult<Vec<u64>> {
     let x: Vec<u64> = x.iter().map(|v| v & mask(bits)).collect();
-    match ot.party() {
+    match sess.party() {
         Party::Server => {
             if weights.len() != x.len() {
                 return Err(ProtoError::Input(format!("{} weights for {} values", weights.len(), x.len())));
             }
-            let cross = cross_send(ot, kind, weights, bits, bits).await?;
+            let cross = cross_send(sess, weights, bits, bits).await?;
             Ok((0..x.len()).map(|i| weights[i].wrapping_mul(x[i]).wrapping_add(cross[i]) & mask(bits)).collect())
         }
-        Party::Client => cross_receive(ot, kind, &x, bits, bits).await,
+        Party::Client => cross_receive(sess, &x, bits, bits).await,
     }
 }
 
 /// The sender's share (−Σ_j r_j mod 2^width) of a·b, for its own `a` and the other party's
 /// `b_bits`-bit `b` ([`cross_receive`]).
-pub(crate) async fn cross_send(ot: &mut Ot, kind: OtKind, a: &[u64], b_bits: u32, width: u32) -> ProtoResult<Vec<u64>> {
+pub(crate) async fn cross_send(sess: &mut Session, a: &[u64], b_bits: u32, width: u32) -> ProtoResult<Vec<u64>> {
     let deltas: Vec<u64> = a.iter().flat_map(|&v| (0..b_bits).map(move |j| v << j)).collect();
-    let r = ot.cot_send(kind, &deltas, width).await?;
+    let r = sess.ot.cot_send(sess.kind, &deltas, width).await?;
     Ok(r.chunks_exact(b_bits as usize).map(|c| c.iter().fold(0u64, |s, v| s.wrapping_sub(*v)) & mask(width)).collect())
 }
 
 /// The chooser's share (Σ_j r_j + b_j·a·2^j mod 2^width) of a·b, for its own `b` (below
 /// 2^b_bits).
-pub(crate) async fn cross_receive(
-    ot: &mut Ot,
-    kind: OtKind,
-    b: &[u64],
-    b_bits: u32,
-    width: u32,
-) -> ProtoResult<Vec<u64>> {
+pub(crate) async fn cross_receive(sess: &mut Session, b: &[u64], b_bits: u32, width: u32) -> ProtoResult<Vec<u64>> {
     let choices: Vec<bool> = b.iter().flat_map(|&v| (0..b_bits).map(move |j| (v >> j) & 1 == 1)).collect();
-    let got = ot.cot_receive(kind, &choices, width).await?;
+    let got = sess.ot.cot_receive(sess.kind, &choices, width).await?;
     Ok(got
         .chunks_exact(b_bits as usize)
         .map(|c| c.iter().fold(0u64, |s, v| s.wrapping_add(*v)) & mask(width))
@@ -106,18 +100,18 @@ pub(crate) async fn cross_receive(
 
 /// Faithful truncation by `f` bits of shared values with |x| < 2^62: shares of ⌊x/2^f⌋ or
 /// ⌊x/2^f⌋ − 1, never more wrong (see the module notes); one correlated OT of f bits per value.
-pub async fn truncate(ot: &mut Ot, kind: OtKind, shares: &[u64], f: u32) -> ProtoResult<Vec<u64>> {
-    truncate_extend(ot, kind, shares, 64, f).await
+pub async fn truncate(sess: &mut Session, shares: &[u64], f: u32) -> ProtoResult<Vec<u64>> {
+    truncate_extend(sess, shares, 64, f).await
 }
 
 /// Shares mod 2^64 of ⌊Y/2^f⌋ (or one less) for Y shared mod 2^`bits` with |Y| < 2^(bits−2):
 /// truncation and extension to the full ring in one step (see the module notes). Shares are
 /// read modulo 2^`bits` (higher bits are ignored).
-pub async fn truncate_extend(ot: &mut Ot, kind: OtKind, shares: &[u64], bits: u32, f: u32) -> ProtoResult<Vec<u64>> {
+pub async fn truncate_extend(sess: &mut Session, shares: &[u64], bits: u32, f: u32) -> ProtoResult<Vec<u64>> {
     if !(3..=64).contains(&bits) || f >= bits - 1 {
         return Err(ProtoError::Input(format!("truncation by {f} bits of {bits}-bit values")));
     }
-    let server = ot.party() == Party::Server;
+    let server = sess.party() == Party::Server;
     let offset = 1u64 << (bits - 2);
     let high = bits - f; // the wrap weighs 2^high after the shift
     let (tops, own): (Vec<bool>, Vec<u64>) = shares
@@ -136,9 +130,9 @@ pub async fn truncate_extend(ot: &mut Ot, kind: OtKind, shares: &[u64], bits: u3
         let width = 64 - high;
         let and = if server {
             let deltas: Vec<u64> = tops.iter().map(|&a| a as u64).collect();
-            ot.cot_send(kind, &deltas, width).await?.iter().map(|x| x.wrapping_neg()).collect::<Vec<_>>()
+            sess.ot.cot_send(sess.kind, &deltas, width).await?.iter().map(|x| x.wrapping_neg()).collect::<Vec<_>>()
         } else {
-            ot.cot_receive(kind, &tops, width).await?
+            sess.ot.cot_receive(sess.kind, &tops, width).await?
         };
         and.into_iter().map(|v| v << high).collect()
     };
@@ -158,16 +152,15 @@ pub fn truncate_local(party: Party, shares: &[u64], f: u32) -> Vec<u64> {
 }
 
 /// A fresh uniform mask per value, below 2^bits (the sender's share in table lookups).
-pub(crate) fn masks(n: usize, bits: u32) -> Vec<u64> {
-    let mut rng = rand::make_rng::<rand::rngs::ChaCha20Rng>();
-    (0..n).map(|_| rng.random::<u64>() & mask(bits)).collect()
+pub(crate) fn masks(sess: &mut Session, n: usize, bits: u32) -> Vec<u64> {
+    (0..n).map(|_| sess.rng.random::<u64>() & mask(bits)).collect()
 }
 
 /// Shares mod 2^bits of x_ij·r_i: every value of row i (rows of `x.len() / r.len()` values)
 /// times that row's shared scalar. The cross terms use one correlated OT of a whole row per bit
 /// of the other party's scalar share ([`Ot::cot_vec_send`]): `bits` random OTs per row and
 /// direction instead of per value.
-pub async fn mul_rows(ot: &mut Ot, kind: OtKind, x: &[u64], r: &[u64], bits: u32) -> ProtoResult<Vec<u64>> {
+pub async fn mul_rows(sess: &mut Session, x: &[u64], r: &[u64], bits: u32) -> ProtoResult<Vec<u64>> {
     if r.is_empty() || !x.len().is_multiple_of(r.len()) {
         return Err(ProtoError::Input(format!("{} values in {} rows", x.len(), r.len())));
     }
@@ -176,14 +169,14 @@ pub async fn mul_rows(ot: &mut Ot, kind: OtKind, x: &[u64], r: &[u64], bits: u32
     let deltas: Vec<u64> =
         x.chunks_exact(len).flat_map(|row| (0..bits).flat_map(move |j| row.iter().map(move |&v| v << j))).collect();
     let choices: Vec<bool> = r.iter().flat_map(|&v| (0..bits).map(move |j| (v >> j) & 1 == 1)).collect();
-    let (sent, got) = match ot.party() {
+    let (sent, got) = match sess.party() {
         Party::Server => {
-            let a = ot.cot_vec_send(kind, &deltas, len, bits).await?;
-            (a, ot.cot_vec_receive(kind, &choices, len, bits).await?)
+            let a = sess.ot.cot_vec_send(sess.kind, &deltas, len, bits).await?;
+            (a, sess.ot.cot_vec_receive(sess.kind, &choices, len, bits).await?)
         }
         Party::Client => {
-            let b = ot.cot_vec_receive(kind, &choices, len, bits).await?;
-            (ot.cot_vec_send(kind, &deltas, len, bits).await?, b)
+            let b = sess.ot.cot_vec_receive(sess.kind, &choices, len, bits).await?;
+            (sess.ot.cot_vec_send(sess.kind, &deltas, len, bits).await?, b)
         }
     };
     let (first, second) = (sum_bits(&sent, len, bits, true), sum_bits(&got, len, bits, false));

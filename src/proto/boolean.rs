@@ -6,8 +6,8 @@
 //! a and b are uniform and used once.
 
 use super::ProtoResult;
+use super::Session;
 use crate::net::Party;
-use crate::ot::{Ot, OtKind};
 use crate::ring::{pack_bits, unpack_bits};
 
 /// One party's shares of AND triples.
@@ -25,15 +25,15 @@ impl Triples {
     /// and the receiver's b = c have the product shared as (m0, m_c). The two cross terms
     /// a_s·b_c and a_c·b_s come from the two directions; a_p·b_p is local. Nothing travels
     /// beyond the OT extension itself.
-    pub async fn generate(ot: &mut Ot, kind: OtKind, n: usize) -> ProtoResult<Triples> {
-        let (sent, received) = match ot.party() {
+    pub async fn generate(sess: &mut Session, n: usize) -> ProtoResult<Triples> {
+        let (sent, received) = match sess.party() {
             Party::Server => {
-                let s = ot.random_bits_send(kind, n).await?;
-                (s, ot.random_bits_receive(kind, n).await?)
+                let s = sess.ot.random_bits_send(sess.kind, n).await?;
+                (s, sess.ot.random_bits_receive(sess.kind, n).await?)
             }
             Party::Client => {
-                let r = ot.random_bits_receive(kind, n).await?;
-                (ot.random_bits_send(kind, n).await?, r)
+                let r = sess.ot.random_bits_receive(sess.kind, n).await?;
+                (sess.ot.random_bits_send(sess.kind, n).await?, r)
             }
         };
         let (choices, chosen) = received;
@@ -58,16 +58,16 @@ impl Triples {
 }
 
 /// Shares of x ∧ y, element-wise, in one round.
-pub async fn and(ot: &mut Ot, triples: &mut Triples, x: &[bool], y: &[bool]) -> ProtoResult<Vec<bool>> {
+pub async fn and(sess: &mut Session, triples: &mut Triples, x: &[bool], y: &[bool]) -> ProtoResult<Vec<bool>> {
     if x.len() != y.len() {
         return Err(super::ProtoError::Input(format!("AND of {} and {} bits", x.len(), y.len())));
     }
     let n = x.len();
-    let server = ot.party() == Party::Server;
+    let server = sess.party() == Party::Server;
     let (a, b, c) = triples.take(n)?;
     let (a, b, c) = (a.to_vec(), b.to_vec(), c.to_vec());
     let mine: Vec<u64> = (0..n).flat_map(|i| [(x[i] ^ a[i]) as u64, (y[i] ^ b[i]) as u64]).collect();
-    let ch = ot.channel();
+    let ch = sess.ot.channel();
     ch.send(&pack_bits(&mine, 1)).await?;
     let theirs = ch.recv_exact("AND openings", crate::ring::packed_len(2 * n, 1)).await?;
     let theirs = unpack_bits(&theirs, 2 * n, 1).map_err(|e| super::ProtoError::Input(e.to_string()))?;

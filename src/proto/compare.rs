@@ -8,12 +8,12 @@
 //! server keeps r, r'. The blocks are combined up a tree, gt = gt_hi ⊕ (eq_hi ∧ gt_lo),
 //! eq = eq_hi ∧ eq_lo, with AND triples; log2(ℓ/m) rounds. Results are XOR shares of \[x > y\].
 
+use super::Session;
 use rand::RngExt;
 
 use super::boolean::{Triples, and};
 use super::{ProtoError, ProtoResult};
 use crate::net::Party;
-use crate::ot::{Ot, OtKind};
 
 /// Bits per millionaire's block (a 1-of-2^m OT each).
 const BLOCK_BITS: u32 = 4;
@@ -27,13 +27,12 @@ pub fn triples_per_comparison(bits: u32) -> usize {
 /// XOR shares of \[x > y\] for the server's `x` and the client's `y` (each party passes its own
 /// values, below 2^bits). Uses `triples` (see [`triples_per_comparison`]).
 pub async fn greater_than(
-    ot: &mut Ot,
-    kind: OtKind,
+    sess: &mut Session,
     triples: &mut Triples,
     mine: &[u64],
     bits: u32,
 ) -> ProtoResult<Vec<bool>> {
-    greater_than_many(ot, kind, triples, mine, 1, bits).await
+    greater_than_many(sess, triples, mine, 1, bits).await
 }
 
 /// XOR shares of \[x_ik > y_i\] for `per` server values x_i0..x_i(per−1) against each client value
@@ -42,8 +41,7 @@ pub async fn greater_than(
 /// (2·per-bit messages): comparing against several thresholds costs one OT batch. Results are
 /// grouped by i. Uses `per`·n·[`triples_per_comparison`] triples.
 pub async fn greater_than_many(
-    ot: &mut Ot,
-    kind: OtKind,
+    sess: &mut Session,
     triples: &mut Triples,
     mine: &[u64],
     per: usize,
@@ -65,13 +63,13 @@ pub async fn greater_than_many(
     let width = 2 * per as u32;
     // leaves gt[c·q + j], eq[c·q + j] for comparison c = i·per + k and block j (0 = least
     // significant)
-    let (gt, eq, n) = match ot.party() {
+    let (gt, eq, n) = match sess.party() {
         Party::Server => {
             if !mine.len().is_multiple_of(per) {
                 return Err(ProtoError::Input(format!("{} server values is not a multiple of {per}", mine.len())));
             }
             let n = mine.len() / per;
-            let mut rng = rand::make_rng::<rand::rngs::ChaCha20Rng>();
+            let rng = &mut sess.rng;
             let r: Vec<(bool, bool)> = (0..n * per * q).map(|_| (rng.random(), rng.random())).collect();
             let mut messages = Vec::with_capacity((n * q) << BLOCK_BITS);
             for i in 0..n {
@@ -85,14 +83,14 @@ pub async fn greater_than_many(
                     }));
                 }
             }
-            ot.one_of_n_send(kind, BLOCK_BITS, width, &messages).await?;
+            sess.ot.one_of_n_send(sess.kind, BLOCK_BITS, width, &messages).await?;
             let (gt, eq) = r.into_iter().unzip::<bool, bool, Vec<bool>, Vec<bool>>();
             (gt, eq, n)
         }
         Party::Client => {
             let n = mine.len();
             let choices: Vec<u32> = (0..n * q).map(|t| block(mine[t / q], t % q) as u32).collect();
-            let got = ot.one_of_n_receive(kind, BLOCK_BITS, width, &choices).await?;
+            let got = sess.ot.one_of_n_receive(sess.kind, BLOCK_BITS, width, &choices).await?;
             let (mut gt, mut eq) = (vec![false; n * per * q], vec![false; n * per * q]);
             for (t, &g) in got.iter().enumerate() {
                 let (i, j) = (t / q, t % q);
@@ -122,7 +120,7 @@ pub async fn greater_than_many(
                 y.extend(&[gt[lo], eq[lo]][..per_pair]);
             }
         }
-        let z = and(ot, triples, &x, &y).await?;
+        let z = and(sess, triples, &x, &y).await?;
         let (mut ngt, mut neq) = (Vec::with_capacity(n * next), Vec::with_capacity(n * next));
         for i in 0..n {
             for k in 0..pairs {
@@ -143,18 +141,18 @@ pub async fn greater_than_many(
 /// XOR shares of the most significant bit of shared values x = x_server + x_client mod 2^64:
 /// msb(x) = msb(x_s) ⊕ msb(x_c) ⊕ carry, with carry = [x_s mod 2^63 > 2^63 − 1 − x_c mod 2^63]
 /// from one 63-bit comparison.
-pub async fn msb(ot: &mut Ot, kind: OtKind, triples: &mut Triples, shares: &[u64]) -> ProtoResult<Vec<bool>> {
+pub async fn msb(sess: &mut Session, triples: &mut Triples, shares: &[u64]) -> ProtoResult<Vec<bool>> {
     const LOW: u64 = (1 << 63) - 1;
-    let server = ot.party() == Party::Server;
+    let server = sess.party() == Party::Server;
     let mine: Vec<u64> = shares.iter().map(|&v| if server { v & LOW } else { LOW - (v & LOW) }).collect();
-    let carry = greater_than(ot, kind, triples, &mine, 63).await?;
+    let carry = greater_than(sess, triples, &mine, 63).await?;
     Ok(shares.iter().zip(carry).map(|(&v, c)| (v >> 63 == 1) ^ c).collect())
 }
 
 /// XOR shares of DReLU(x) = [x ≥ 0] (x read as a signed 64-bit value): 1 ⊕ msb(x).
-pub async fn drelu(ot: &mut Ot, kind: OtKind, triples: &mut Triples, shares: &[u64]) -> ProtoResult<Vec<bool>> {
-    let server = ot.party() == Party::Server;
-    Ok(msb(ot, kind, triples, shares).await?.into_iter().map(|b| b ^ server).collect())
+pub async fn drelu(sess: &mut Session, triples: &mut Triples, shares: &[u64]) -> ProtoResult<Vec<bool>> {
+    let server = sess.party() == Party::Server;
+    Ok(msb(sess, triples, shares).await?.into_iter().map(|b| b ^ server).collect())
 }
 
 /// XOR shares of [x ≥ c_k] for shared values x and public thresholds c_k (ring elements read as
@@ -164,8 +162,7 @@ pub async fn drelu(ot: &mut Ot, kind: OtKind, triples: &mut Triples, shares: &[u
 /// client's 2^(bits−1) − 1 − low(x_c): the same client value for every threshold, so all
 /// thresholds share one OT batch ([`greater_than_many`]).
 pub async fn at_least(
-    ot: &mut Ot,
-    kind: OtKind,
+    sess: &mut Session,
     triples: &mut Triples,
     shares: &[u64],
     thresholds: &[u64],
@@ -174,7 +171,7 @@ pub async fn at_least(
     if !(2..=64).contains(&bits) {
         return Err(ProtoError::Input(format!("threshold comparison at {bits} bits")));
     }
-    let server = ot.party() == Party::Server;
+    let server = sess.party() == Party::Server;
     let low_mask = (1u64 << (bits - 1)) - 1;
     let top = |v: u64| (v >> (bits - 1)) & 1 == 1;
     let k = thresholds.len();
@@ -187,7 +184,7 @@ pub async fn at_least(
     } else {
         shares.iter().map(|&x| (low_mask - (x & low_mask), top(x))).unzip()
     };
-    let carry = greater_than_many(ot, kind, triples, &mine, k, bits - 1).await?;
+    let carry = greater_than_many(sess, triples, &mine, k, bits - 1).await?;
     Ok(carry
         .iter()
         .enumerate()
@@ -200,15 +197,15 @@ pub async fn at_least(
 
 /// Arithmetic shares (mod 2^64) of XOR-shared bits: b = b_s + b_c − 2·b_s·b_c, the product
 /// from one correlated OT (server sends Δ = b_s, client chooses with b_c).
-pub async fn b2a(ot: &mut Ot, kind: OtKind, bits: &[bool]) -> ProtoResult<Vec<u64>> {
-    match ot.party() {
+pub async fn b2a(sess: &mut Session, bits: &[bool]) -> ProtoResult<Vec<u64>> {
+    match sess.party() {
         Party::Server => {
             let deltas: Vec<u64> = bits.iter().map(|&b| b as u64).collect();
-            let x = ot.cot_send(kind, &deltas, 64).await?;
+            let x = sess.ot.cot_send(sess.kind, &deltas, 64).await?;
             Ok(bits.iter().zip(x).map(|(&b, x)| (b as u64).wrapping_add(x.wrapping_mul(2))).collect())
         }
         Party::Client => {
-            let y = ot.cot_receive(kind, bits, 64).await?;
+            let y = sess.ot.cot_receive(sess.kind, bits, 64).await?;
             Ok(bits.iter().zip(y).map(|(&b, y)| (b as u64).wrapping_sub(y.wrapping_mul(2))).collect())
         }
     }
@@ -217,19 +214,19 @@ pub async fn b2a(ot: &mut Ot, kind: OtKind, bits: &[bool]) -> ProtoResult<Vec<u6
 /// Arithmetic shares of b·x for XOR-shared bits b and shared x: (b_s ⊕ b_c)·x_p for each party's
 /// own x_p comes from one correlated OT with Δ = (1 − 2·b_p)·x_p, the other party choosing with
 /// its bit; two OTs, one per direction.
-pub async fn mux(ot: &mut Ot, kind: OtKind, bits: &[bool], shares: &[u64]) -> ProtoResult<Vec<u64>> {
+pub async fn mux(sess: &mut Session, bits: &[bool], shares: &[u64]) -> ProtoResult<Vec<u64>> {
     if bits.len() != shares.len() {
         return Err(ProtoError::Input(format!("{} selector bits for {} values", bits.len(), shares.len())));
     }
     let deltas: Vec<u64> = bits.iter().zip(shares).map(|(&b, &x)| if b { x.wrapping_neg() } else { x }).collect();
-    let (x, y) = match ot.party() {
+    let (x, y) = match sess.party() {
         Party::Server => {
-            let x = ot.cot_send(kind, &deltas, 64).await?;
-            (x, ot.cot_receive(kind, bits, 64).await?)
+            let x = sess.ot.cot_send(sess.kind, &deltas, 64).await?;
+            (x, sess.ot.cot_receive(sess.kind, bits, 64).await?)
         }
         Party::Client => {
-            let y = ot.cot_receive(kind, bits, 64).await?;
-            (ot.cot_send(kind, &deltas, 64).await?, y)
+            let y = sess.ot.cot_receive(sess.kind, bits, 64).await?;
+            (sess.ot.cot_send(sess.kind, &deltas, 64).await?, y)
         }
     };
     // own term b_p·x_p − x (as sender) plus the other party's term (as receiver)
@@ -256,12 +253,12 @@ pub fn at_least_ots(bits: u32) -> usize {
 /// bits and its share of the carry into the chunk; the server's table holds
 /// [x_s,i + v + (c_s ⊕ c_c) ≥ 2^m_i] ⊕ r_i. `bits` + (links − 1) random OTs per value, one round
 /// per link, no AND gates.
-pub async fn carry(ot: &mut Ot, kind: OtKind, mine: &[u64], bits: u32) -> ProtoResult<Vec<bool>> {
+pub async fn carry(sess: &mut Session, mine: &[u64], bits: u32) -> ProtoResult<Vec<bool>> {
     if !(1..=64).contains(&bits) {
         return Err(ProtoError::Input(format!("carry out of {bits} bits")));
     }
     let links = bits.div_ceil(CARRY_LINK_BITS);
-    let server = ot.party() == Party::Server;
+    let server = sess.party() == Party::Server;
     let mut shares = vec![false; mine.len()];
     let mut low = 0;
     for link in 0..links {
@@ -271,7 +268,7 @@ pub async fn carry(ot: &mut Ot, kind: OtKind, mine: &[u64], bits: u32) -> ProtoR
         let with_in = link > 0;
         let log_n = m + with_in as u32;
         if server {
-            let r = super::arith::masks(mine.len(), 1);
+            let r = super::arith::masks(sess, mine.len(), 1);
             let mut table = Vec::with_capacity(mine.len() << log_n);
             for (i, &v) in mine.iter().enumerate() {
                 let own = chunk(v);
@@ -281,12 +278,12 @@ pub async fn carry(ot: &mut Ot, kind: OtKind, mine: &[u64], bits: u32) -> ProtoR
                     ((sum >> m) & 1) ^ r[i]
                 }));
             }
-            ot.one_of_n_send(kind, log_n, 1, &table).await?;
+            sess.ot.one_of_n_send(sess.kind, log_n, 1, &table).await?;
             shares = r.iter().map(|&b| b == 1).collect();
         } else {
             let choices: Vec<u32> =
                 mine.iter().zip(&shares).map(|(&v, &c)| (chunk(v) | ((c as u64) << m)) as u32).collect();
-            let got = ot.one_of_n_receive(kind, log_n, 1, &choices).await?;
+            let got = sess.ot.one_of_n_receive(sess.kind, log_n, 1, &choices).await?;
             shares = got.iter().map(|&b| b == 1).collect();
         }
         low += m;
@@ -297,13 +294,13 @@ pub async fn carry(ot: &mut Ot, kind: OtKind, mine: &[u64], bits: u32) -> ProtoR
 /// XOR shares of [x ≥ 0] for shared values with |x| < 2^(bits−1) (the caller's bound), at that
 /// width: msb(x mod 2^bits) = top(x_s) ⊕ top(x_c) ⊕ carry of the low bits − 1 bits (a
 /// [`carry`] chain: bits + ⌈(bits−1)/5⌉ − 2 random OTs, no AND gates).
-pub async fn non_negative(ot: &mut Ot, kind: OtKind, shares: &[u64], bits: u32) -> ProtoResult<Vec<bool>> {
+pub async fn non_negative(sess: &mut Session, shares: &[u64], bits: u32) -> ProtoResult<Vec<bool>> {
     if !(2..=64).contains(&bits) {
         return Err(ProtoError::Input(format!("sign test at {bits} bits")));
     }
-    let server = ot.party() == Party::Server;
+    let server = sess.party() == Party::Server;
     let low: Vec<u64> = shares.iter().map(|&v| v & (u64::MAX >> (65 - bits))).collect();
-    let c = carry(ot, kind, &low, bits - 1).await?;
+    let c = carry(sess, &low, bits - 1).await?;
     Ok(shares.iter().zip(c).map(|(&v, c)| ((v >> (bits - 1)) & 1 == 1) ^ c ^ server).collect())
 }
 
@@ -312,17 +309,11 @@ pub async fn non_negative(ot: &mut Ot, kind: OtKind, shares: &[u64], bits: u32) 
 /// a tree of ⌈log2 len⌉ levels of pairwise maxima, [a ≥ b] from [`non_negative`] on a − b at
 /// `bits` bits (|a − b| < 2^(bits−1), the caller's bound), then
 /// (max, index) = (b, j_b) + [a ≥ b]·(a − b, i_a − j_b) by one multiplexer pair.
-pub async fn max(
-    ot: &mut Ot,
-    kind: OtKind,
-    shares: &[u64],
-    len: usize,
-    bits: u32,
-) -> ProtoResult<(Vec<u64>, Vec<u64>)> {
+pub async fn max(sess: &mut Session, shares: &[u64], len: usize, bits: u32) -> ProtoResult<(Vec<u64>, Vec<u64>)> {
     if len == 0 || !shares.len().is_multiple_of(len) {
         return Err(ProtoError::Input(format!("{} values in groups of {len}", shares.len())));
     }
-    let server = ot.party() == Party::Server;
+    let server = sess.party() == Party::Server;
     let groups = shares.len() / len;
     // positions are public: the server holds them, the client holds zeros
     let mut values: Vec<Vec<u64>> = shares.chunks_exact(len).map(<[u64]>::to_vec).collect();
@@ -342,10 +333,10 @@ pub async fn max(
         // this level's random OTs in one go: the sign's carry chain (server as sender), one
         // multiplexer pair per comparison (one OT each way per value)
         let pairs = diff.len();
-        super::prepare(ot, kind, (pairs * (carry_ots(bits - 1) + 2), 2 * pairs)).await?;
-        let ge = non_negative(ot, kind, &diff, bits).await?;
+        super::prepare(sess, (pairs * (carry_ots(bits - 1) + 2), 2 * pairs)).await?;
+        let ge = non_negative(sess, &diff, bits).await?;
         let both: Vec<bool> = ge.iter().chain(&ge).copied().collect();
-        let picked = mux(ot, kind, &both, &[diff, didx].concat()).await?;
+        let picked = mux(sess, &both, &[diff, didx].concat()).await?;
         let (dv, di) = picked.split_at(ge.len());
         let mut t = 0;
         for (v, ix) in values.iter_mut().zip(index.iter_mut()) {
@@ -368,16 +359,16 @@ pub async fn max(
 /// shared additively (`index`, any ring: only its value mod 2^⌈log2 size⌉ is used; the index
 /// must be below `size`). One lookup: the client chooses with its share, the server's table
 /// holds onehot(i_s + v) ⊕ r. ⌈log2 size⌉ random OTs per index.
-pub async fn one_hot(ot: &mut Ot, kind: OtKind, index: &[u64], size: usize) -> ProtoResult<Vec<Vec<bool>>> {
+pub async fn one_hot(sess: &mut Session, index: &[u64], size: usize) -> ProtoResult<Vec<Vec<bool>>> {
     if !(2..=64).contains(&size) {
         return Err(ProtoError::Input(format!("one-hot vectors of {size} entries (2..=64)")));
     }
     let b = size.next_power_of_two().trailing_zeros();
     let low = |v: u64| v & ((1 << b) - 1);
     let bits = |word: u64| (0..size).map(|i| (word >> i) & 1 == 1).collect::<Vec<bool>>();
-    match ot.party() {
+    match sess.party() {
         Party::Server => {
-            let r = super::arith::masks(index.len(), size as u32);
+            let r = super::arith::masks(sess, index.len(), size as u32);
             let table: Vec<u64> = index
                 .iter()
                 .zip(&r)
@@ -386,12 +377,12 @@ pub async fn one_hot(ot: &mut Ot, kind: OtKind, index: &[u64], size: usize) -> P
                 })
                 .map(|w| w & (u64::MAX >> (64 - size)))
                 .collect();
-            ot.one_of_n_send(kind, b, size as u32, &table).await?;
+            sess.ot.one_of_n_send(sess.kind, b, size as u32, &table).await?;
             Ok(r.into_iter().map(bits).collect())
         }
         Party::Client => {
             let choices: Vec<u32> = index.iter().map(|&i| low(i) as u32).collect();
-            Ok(ot.one_of_n_receive(kind, b, size as u32, &choices).await?.into_iter().map(bits).collect())
+            Ok(sess.ot.one_of_n_receive(sess.kind, b, size as u32, &choices).await?.into_iter().map(bits).collect())
         }
     }
 }

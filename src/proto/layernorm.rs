@@ -16,13 +16,13 @@
 //! Error: a few units of 2^-12 in c² (relative 2^-9 of σ² at worst for tiny variances), the
 //! rsqrt to 1e-6 relative, γ rounded to 2^-12.
 
+use super::Session;
 use super::arith::{mul, mul_rows, mul_weights, square, truncate, truncate_extend};
 use super::boolean::Triples;
 use super::compare::{at_least, b2a, triples_per_comparison};
 use super::piecewise::{Piecewise, evaluate};
 use super::{ProtoError, ProtoResult};
 use crate::net::Party;
-use crate::ot::{Ot, OtKind};
 use crate::ring::DEFAULT_FRAC_BITS;
 
 const FRAC: u32 = DEFAULT_FRAC_BITS;
@@ -61,39 +61,36 @@ pub enum Affine<'a> {
 /// `eps` in fixed point.
 #[tracing::instrument(level = "debug", skip_all, fields(n = x.len(), width))]
 pub async fn layernorm(
-    ot: &mut Ot,
-    kind: OtKind,
+    sess: &mut Session,
     x: &[u64],
     width: usize,
     affine: Affine<'_>,
     eps: u64,
 ) -> ProtoResult<Vec<u64>> {
-    normalize(ot, kind, x, width, affine, eps, true).await
+    normalize(sess, x, width, affine, eps, true).await
 }
 
 /// Shares of RMSNorm: y = γ ⊙ x/√(Σx²/d + ε) (β in `affine` is not used).
 #[tracing::instrument(level = "debug", skip_all, fields(n = x.len(), width))]
 pub async fn rmsnorm(
-    ot: &mut Ot,
-    kind: OtKind,
+    sess: &mut Session,
     x: &[u64],
     width: usize,
     affine: Affine<'_>,
     eps: u64,
 ) -> ProtoResult<Vec<u64>> {
-    normalize(ot, kind, x, width, affine, eps, false).await
+    normalize(sess, x, width, affine, eps, false).await
 }
 
 async fn normalize(
-    ot: &mut Ot,
-    kind: OtKind,
+    sess: &mut Session,
     x: &[u64],
     width: usize,
     affine: Affine<'_>,
     eps: u64,
     centre: bool,
 ) -> ProtoResult<Vec<u64>> {
-    let server = ot.party() == Party::Server;
+    let server = sess.party() == Party::Server;
     if !(1..=MAX_WIDTH).contains(&width) || !x.len().is_multiple_of(width) {
         return Err(ProtoError::Input(format!("rows of {width} (1..={MAX_WIDTH}) over {} values", x.len())));
     }
@@ -102,22 +99,22 @@ async fn normalize(
     let scale = |sums: Vec<u64>| -> Vec<u64> { sums.iter().map(|s| s.wrapping_mul(inv_d)).collect() };
     let c: Vec<u64> = if centre {
         let sums: Vec<u64> = x.chunks_exact(width).map(|r| r.iter().fold(0u64, |s, v| s.wrapping_add(*v))).collect();
-        let mu = truncate(ot, kind, &scale(sums), MEAN_BITS).await?;
+        let mu = truncate(sess, &scale(sums), MEAN_BITS).await?;
         x.iter().enumerate().map(|(i, v)| v.wrapping_sub(mu[i / width])).collect()
     } else {
         x.to_vec()
     };
     // σ² (or the mean square): squares of c at 10 fractional bits in a small ring
-    let coarse = truncate(ot, kind, &c, SQUARE_SHIFT).await?;
-    let squares = square(ot, kind, &coarse, SQUARE_BITS).await?;
+    let coarse = truncate(sess, &c, SQUARE_SHIFT).await?;
+    let squares = square(sess, &coarse, SQUARE_BITS).await?;
     let sums: Vec<u64> = squares.chunks_exact(width).map(|r| r.iter().fold(0u64, |s, v| s.wrapping_add(*v))).collect();
-    let sums = truncate_extend(ot, kind, &sums, SQUARE_BITS, 2 * (FRAC - SQUARE_SHIFT) - FRAC).await?;
-    let var = truncate(ot, kind, &scale(sums), MEAN_BITS).await?;
+    let sums = truncate_extend(sess, &sums, SQUARE_BITS, 2 * (FRAC - SQUARE_SHIFT) - FRAC).await?;
+    let var = truncate(sess, &scale(sums), MEAN_BITS).await?;
     let var: Vec<u64> = var.iter().map(|v| if server { v.wrapping_add(eps) } else { *v }).collect();
-    let r = rsqrt(ot, kind, &var).await?;
+    let r = rsqrt(sess, &var).await?;
     debug_assert_eq!(r.len(), rows);
-    let n = mul_rows(ot, kind, &c, &r, NORMALIZED_BITS).await?;
-    let n = truncate_extend(ot, kind, &n, NORMALIZED_BITS, FRAC).await?;
+    let n = mul_rows(sess, &c, &r, NORMALIZED_BITS).await?;
+    let n = truncate_extend(sess, &n, NORMALIZED_BITS, FRAC).await?;
     let (gamma, beta): (Vec<u64>, Vec<u64>) = match affine {
         Affine::None if server => return Err(ProtoError::Input("the server must pass the weights".into())),
         Affine::None => (Vec::new(), Vec::new()),
@@ -129,8 +126,8 @@ async fn normalize(
             (g.cycle().take(x.len()).collect(), beta.iter().copied().cycle().take(x.len()).collect())
         }
     };
-    let scaled = mul_weights(ot, kind, &n, &gamma, SCALED_BITS).await?;
-    let y = truncate_extend(ot, kind, &scaled, SCALED_BITS, WEIGHT_BITS).await?;
+    let scaled = mul_weights(sess, &n, &gamma, SCALED_BITS).await?;
+    let y = truncate_extend(sess, &scaled, SCALED_BITS, WEIGHT_BITS).await?;
     Ok(if server && centre { y.iter().zip(&beta).map(|(y, b)| y.wrapping_add(*b)).collect() } else { y })
 }
 
@@ -138,14 +135,14 @@ async fn normalize(
 /// from 15 threshold comparisons (one-hot of k, converted to arithmetic shares), a piecewise
 /// start on m ([`Piecewise::rsqrt`]) refined by two Newton steps y ← y·(3 − m·y²)/2, then
 /// times 2^-k.
-pub async fn rsqrt(ot: &mut Ot, kind: OtKind, v: &[u64]) -> ProtoResult<Vec<u64>> {
-    let server = ot.party() == Party::Server;
+pub async fn rsqrt(sess: &mut Session, v: &[u64]) -> ProtoResult<Vec<u64>> {
+    let server = sess.party() == Party::Server;
     let n = v.len();
     let thresholds: Vec<u64> = (K_MIN + 1..=K_MAX).map(|k| 1u64 << (FRAC as i32 + 2 * k)).collect();
     // |v − c| < 2^(bits−1) for v, c < 2^34
     let bits = FRAC + 18;
-    let mut triples = Triples::generate(ot, kind, n * thresholds.len() * triples_per_comparison(bits - 1)).await?;
-    let ge = at_least(ot, kind, &mut triples, v, &thresholds, bits).await?;
+    let mut triples = Triples::generate(sess, n * thresholds.len() * triples_per_comparison(bits - 1)).await?;
+    let ge = at_least(sess, &mut triples, v, &thresholds, bits).await?;
     let t = thresholds.len();
     // one-hot of k: bit i (k = K_MIN + i) is ge[i−1] ⊕ ge[i], with ge[−1] = 1 and ge[t] = 0
     let onehot: Vec<bool> = (0..n)
@@ -154,7 +151,7 @@ pub async fn rsqrt(ot: &mut Ot, kind: OtKind, v: &[u64]) -> ProtoResult<Vec<u64>
             (0..=t).map(move |i| (if i == 0 { server } else { ge[i - 1] }) ^ (i < t && ge[i]))
         })
         .collect();
-    let onehot = b2a(ot, kind, &onehot).await?;
+    let onehot = b2a(sess, &onehot).await?;
     let weigh = |shift: &dyn Fn(i32) -> i32| -> Vec<u64> {
         onehot
             .chunks_exact(t + 1)
@@ -167,19 +164,19 @@ pub async fn rsqrt(ot: &mut Ot, kind: OtKind, v: &[u64]) -> ProtoResult<Vec<u64>
     };
     let quarter = weigh(&|k| FRAC as i32 - 2 * k); // 4^-k
     let half = weigh(&|k| FRAC as i32 - k); // 2^-k
-    let m = mul(ot, kind, v, &quarter).await?;
-    let m = truncate(ot, kind, &m, FRAC).await?;
+    let m = mul(sess, v, &quarter).await?;
+    let m = truncate(sess, &m, FRAC).await?;
     let three = if server { 3u64 << FRAC } else { 0 };
-    let mut y = evaluate(ot, kind, &Piecewise::rsqrt(), &m).await?;
+    let mut y = evaluate(sess, &Piecewise::rsqrt(), &m).await?;
     for _ in 0..2 {
-        let y2 = mul(ot, kind, &y, &y).await?;
-        let y2 = truncate(ot, kind, &y2, FRAC).await?;
-        let my2 = mul(ot, kind, &m, &y2).await?;
-        let my2 = truncate(ot, kind, &my2, FRAC).await?;
+        let y2 = mul(sess, &y, &y).await?;
+        let y2 = truncate(sess, &y2, FRAC).await?;
+        let my2 = mul(sess, &m, &y2).await?;
+        let my2 = truncate(sess, &my2, FRAC).await?;
         let step: Vec<u64> = my2.iter().map(|v| three.wrapping_sub(*v)).collect();
-        let prod = mul(ot, kind, &y, &step).await?;
-        y = truncate(ot, kind, &prod, FRAC + 1).await?;
+        let prod = mul(sess, &y, &step).await?;
+        y = truncate(sess, &prod, FRAC + 1).await?;
     }
-    let r = mul(ot, kind, &y, &half).await?;
-    truncate(ot, kind, &r, FRAC).await
+    let r = mul(sess, &y, &half).await?;
+    truncate(sess, &r, FRAC).await
 }

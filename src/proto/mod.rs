@@ -8,14 +8,16 @@ pub mod compare;
 pub mod layernorm;
 pub mod linear;
 pub mod piecewise;
+pub mod session;
 pub mod softmax;
 pub mod tiling;
+
+pub use session::{Session, SessionConfig};
 
 use thiserror::Error;
 
 use crate::he::HeError;
 use crate::net::{NetError, Party};
-use crate::ot::{Ot, OtKind};
 
 /// Errors of the protocols.
 #[derive(Debug, Error)]
@@ -47,14 +49,10 @@ pub type ProtoResult<T> = Result<T, ProtoError>;
 /// Prepares the random OTs of a step, (server as sender, client as sender), both directions at
 /// once and in one extension call each ([`Ot::prepare`]): the step's OTs then cost no extension
 /// round trips of their own.
-pub(crate) async fn prepare(
-    ot: &mut Ot,
-    kind: OtKind,
-    (server_sends, client_sends): (usize, usize),
-) -> ProtoResult<()> {
+pub(crate) async fn prepare(sess: &mut Session, (server_sends, client_sends): (usize, usize)) -> ProtoResult<()> {
     let (send, receive) =
-        if ot.party() == Party::Server { (server_sends, client_sends) } else { (client_sends, server_sends) };
-    Ok(ot.prepare(kind, send, receive).await?)
+        if sess.party() == Party::Server { (server_sends, client_sends) } else { (client_sends, server_sends) };
+    Ok(sess.ot.prepare(sess.kind, send, receive).await?)
 }
 
 /// Runs CPU-heavy work from async code without stalling the runtime's other tasks (the link's

@@ -37,12 +37,12 @@
 //! the one-hot vector by XOR of neighbours, x² by a full-width product, every piece's polynomial
 //! locally, K multiplexers and one truncation.
 
+use super::Session;
 use super::arith::{cross_receive, cross_send, masks, mul_in, square, truncate, truncate_extend};
 use super::boolean::Triples;
 use super::compare::{at_least, at_least_ots, carry, carry_ots, mux, non_negative, triples_per_comparison};
 use super::{ProtoError, ProtoResult, prepare};
 use crate::net::Party;
-use crate::ot::{Ot, OtKind};
 use crate::ring::{DEFAULT_FRAC_BITS, mask};
 
 /// Fractional bits of x on input and y on output.
@@ -404,18 +404,18 @@ pub const BATCH: usize = 1 << 16;
 /// Select-Then-Compute evaluation of `f` on shared fixed-point values (module notes): returns
 /// this party's shares of f(x). Inputs must lie in `f.input_range()`.
 #[tracing::instrument(level = "debug", skip_all, fields(f = f.name, n = shares.len()))]
-pub async fn evaluate(ot: &mut Ot, kind: OtKind, f: &Piecewise, shares: &[u64]) -> ProtoResult<Vec<u64>> {
+pub async fn evaluate(sess: &mut Session, f: &Piecewise, shares: &[u64]) -> ProtoResult<Vec<u64>> {
     let mut out = Vec::with_capacity(shares.len());
     for batch in shares.chunks(BATCH) {
-        out.extend(evaluate_batch(ot, kind, f, batch).await?);
+        out.extend(evaluate_batch(sess, f, batch).await?);
     }
     Ok(out)
 }
 
-async fn evaluate_batch(ot: &mut Ot, kind: OtKind, f: &Piecewise, shares: &[u64]) -> ProtoResult<Vec<u64>> {
-    let server = ot.party() == Party::Server;
+async fn evaluate_batch(sess: &mut Session, f: &Piecewise, shares: &[u64]) -> ProtoResult<Vec<u64>> {
+    let server = sess.party() == Party::Server;
     let n = shares.len();
-    prepare(ot, kind, f.random_ots(n)).await?;
+    prepare(sess, f.random_ots(n)).await?;
     let (ring, t, lo_bits) = f.layout();
     let hi_bits = ring - t - lo_bits;
     let sum = f.sum_bits();
@@ -425,17 +425,17 @@ async fn evaluate_batch(ot: &mut Ot, kind: OtKind, f: &Piecewise, shares: &[u64]
         shares.iter().map(|&x| (if server { x.wrapping_add(lifted) } else { x } & mask(ring)) >> t).collect();
     let lo: Vec<u64> = h.iter().map(|v| v & mask(lo_bits)).collect();
     let hi: Vec<u64> = h.iter().map(|v| v >> lo_bits).collect();
-    let c = carry(ot, kind, &lo, lo_bits).await?;
+    let c = carry(sess, &lo, lo_bits).await?;
 
     // 4: D = P + Q − 2^(k+w)·c with P = lo_s + e, e = 1 − 2^(k+w−1) (server), Q = lo_c (client);
     // D² = P² + Q² + 2PQ + c·(2^(2k+2w) − 2^(k+w+1)·P) − 2^(k+w+1)·c·Q, mod 2^sum, where
     // 2PQ = 2·lo_s·Q (a cross term, the server choosing with its bits) + 2e·Q (the client's).
     let e = 1u64.wrapping_sub(1 << (lo_bits - 1));
     let cross = if server {
-        cross_receive(ot, kind, &lo, lo_bits, sum).await?
+        cross_receive(sess, &lo, lo_bits, sum).await?
     } else {
         let doubled: Vec<u64> = lo.iter().map(|q| q.wrapping_mul(2)).collect();
-        let cross = cross_send(ot, kind, &doubled, lo_bits, sum).await?;
+        let cross = cross_send(sess, &doubled, lo_bits, sum).await?;
         cross.iter().zip(&doubled).map(|(x, q)| x.wrapping_add(q.wrapping_mul(e))).collect()
     };
     let own: Vec<u64> = if server { lo.iter().map(|&l| l.wrapping_add(e)).collect() } else { lo };
@@ -449,11 +449,11 @@ async fn evaluate_batch(ot: &mut Ot, kind: OtKind, f: &Piecewise, shares: &[u64]
         .collect();
     let deltas: Vec<u64> = z.iter().zip(&c).map(|(&z, &b)| if b { z.wrapping_neg() } else { z }).collect();
     let (sent, got) = if server {
-        let x = ot.cot_send(kind, &deltas, sum).await?;
-        (x, ot.cot_receive(kind, &c, sum).await?)
+        let x = sess.ot.cot_send(sess.kind, &deltas, sum).await?;
+        (x, sess.ot.cot_receive(sess.kind, &c, sum).await?)
     } else {
-        let y = ot.cot_receive(kind, &c, sum).await?;
-        (ot.cot_send(kind, &deltas, sum).await?, y)
+        let y = sess.ot.cot_receive(sess.kind, &c, sum).await?;
+        (sess.ot.cot_send(sess.kind, &deltas, sum).await?, y)
     };
     let d2: Vec<u64> = (0..n)
         .map(|i| {
@@ -472,7 +472,7 @@ async fn evaluate_batch(ot: &mut Ot, kind: OtKind, f: &Piecewise, shares: &[u64]
     let b = f.index_bits();
     let log_n = hi_bits + 1;
     let index: Vec<u64> = if server {
-        let r = masks(n, b);
+        let r = masks(sess, n, b);
         let mut table = Vec::with_capacity(n << log_n);
         for i in 0..n {
             table.extend((0..1u64 << log_n).map(|v| {
@@ -480,11 +480,11 @@ async fn evaluate_batch(ot: &mut Ot, kind: OtKind, f: &Piecewise, shares: &[u64]
                 f.index_of_high(high).wrapping_sub(r[i]) & mask(b)
             }));
         }
-        ot.one_of_n_send(kind, log_n, b, &table).await?;
+        sess.ot.one_of_n_send(sess.kind, log_n, b, &table).await?;
         r
     } else {
         let choices: Vec<u32> = (0..n).map(|i| (hi[i] | (c[i] as u64) << hi_bits) as u32).collect();
-        ot.one_of_n_receive(kind, log_n, b, &choices).await?
+        sess.ot.one_of_n_receive(sess.kind, log_n, b, &choices).await?
     };
 
     // 5: each party's masked term θ_i·(d²_p, x_p, 1) to the other, selected by its index share
@@ -496,7 +496,7 @@ async fn evaluate_batch(ot: &mut Ot, kind: OtKind, f: &Piecewise, shares: &[u64]
             a.wrapping_mul(d2).wrapping_add(b.wrapping_mul(x)).wrapping_add(constant) & mask(sum)
         })
     };
-    let r = masks(n, sum);
+    let r = masks(sess, n, sum);
     let mut table = Vec::with_capacity(n << b);
     for i in 0..n {
         table.extend(
@@ -505,41 +505,41 @@ async fn evaluate_batch(ot: &mut Ot, kind: OtKind, f: &Piecewise, shares: &[u64]
     }
     let choices: Vec<u32> = index.iter().map(|&v| v as u32).collect();
     let got = if server {
-        ot.one_of_n_send(kind, b, sum, &table).await?;
-        ot.one_of_n_receive(kind, b, sum, &choices).await?
+        sess.ot.one_of_n_send(sess.kind, b, sum, &table).await?;
+        sess.ot.one_of_n_receive(sess.kind, b, sum, &choices).await?
     } else {
-        let got = ot.one_of_n_receive(kind, b, sum, &choices).await?;
-        ot.one_of_n_send(kind, b, sum, &table).await?;
+        let got = sess.ot.one_of_n_receive(sess.kind, b, sum, &choices).await?;
+        sess.ot.one_of_n_send(sess.kind, b, sum, &table).await?;
         got
     };
     let y: Vec<u64> = r.iter().zip(&got).map(|(r, g)| r.wrapping_add(*g) & mask(sum)).collect();
 
     // 6: back to Z_2^64 at 18 fractional bits
-    truncate_extend(ot, kind, &y, sum, ACC_BITS - FRAC).await
+    truncate_extend(sess, &y, sum, ACC_BITS - FRAC).await
 }
 
 /// The baseline (module notes): every piece evaluated, then multiplexed by the one-hot vector
 /// from K − 1 breakpoint comparisons. Same input range and fixed point as [`evaluate`].
 #[tracing::instrument(level = "debug", skip_all, fields(f = f.name, n = shares.len()))]
-pub async fn evaluate_baseline(ot: &mut Ot, kind: OtKind, f: &Piecewise, shares: &[u64]) -> ProtoResult<Vec<u64>> {
+pub async fn evaluate_baseline(sess: &mut Session, f: &Piecewise, shares: &[u64]) -> ProtoResult<Vec<u64>> {
     let mut out = Vec::with_capacity(shares.len());
     for batch in shares.chunks(BATCH) {
-        out.extend(baseline_batch(ot, kind, f, batch).await?);
+        out.extend(baseline_batch(sess, f, batch).await?);
     }
     Ok(out)
 }
 
-async fn baseline_batch(ot: &mut Ot, kind: OtKind, f: &Piecewise, shares: &[u64]) -> ProtoResult<Vec<u64>> {
-    let server = ot.party() == Party::Server;
+async fn baseline_batch(sess: &mut Session, f: &Piecewise, shares: &[u64]) -> ProtoResult<Vec<u64>> {
+    let server = sess.party() == Party::Server;
     let n = shares.len();
-    prepare(ot, kind, f.baseline_ots(n)).await?;
+    prepare(sess, f.baseline_ots(n)).await?;
     let k = f.pieces.len();
     let thresholds: Vec<u64> = (0..k as i64 - 1)
         .map(|j| ((f.start << FRAC) + ((j << FRAC) >> -f.width_log2.min(0) << f.width_log2.max(0))) as u64)
         .collect();
     let bits = f.comparison_bits();
-    let mut triples = Triples::generate(ot, kind, n * (k - 1) * triples_per_comparison(bits - 1)).await?;
-    let ge = at_least(ot, kind, &mut triples, shares, &thresholds, bits).await?;
+    let mut triples = Triples::generate(sess, n * (k - 1) * triples_per_comparison(bits - 1)).await?;
+    let ge = at_least(sess, &mut triples, shares, &thresholds, bits).await?;
     // one-hot: piece i is selected when x ≥ breakpoint i−1 and not x ≥ breakpoint i
     let selector: Vec<bool> = (0..n)
         .flat_map(|v| {
@@ -551,8 +551,8 @@ async fn baseline_batch(ot: &mut Ot, kind: OtKind, f: &Piecewise, shares: &[u64]
             })
         })
         .collect();
-    let x2 = square(ot, kind, shares, 64).await?;
-    let x2 = truncate(ot, kind, &x2, FRAC).await?;
+    let x2 = square(sess, shares, 64).await?;
+    let x2 = truncate(sess, &x2, FRAC).await?;
     // α(x − m)² + βx + γ = α·x² + (β − 2αm)·x + (α·m² + γ), at BASE_COEF_BITS + 18 bits
     let q = |v: f64, bits: u32| (v * (1u64 << bits) as f64).round() as i64 as u64;
     let values: Vec<u64> = (0..n)
@@ -567,26 +567,26 @@ async fn baseline_batch(ot: &mut Ot, kind: OtKind, f: &Piecewise, shares: &[u64]
             })
         })
         .collect();
-    let picked = mux(ot, kind, &selector, &values).await?;
+    let picked = mux(sess, &selector, &values).await?;
     let y: Vec<u64> = picked.chunks_exact(k).map(|c| c.iter().fold(0u64, |s, v| s.wrapping_add(*v))).collect();
-    truncate(ot, kind, &y, BASE_COEF_BITS).await
+    truncate(sess, &y, BASE_COEF_BITS).await
 }
 
 /// Shares of ReLU(x) = [x ≥ 0]·x for |x| < 2^(bits−1) (fixed point or not): the sign at that
 /// width ([`super::compare::non_negative`]) and one multiplexer.
-pub async fn relu(ot: &mut Ot, kind: OtKind, shares: &[u64], bits: u32) -> ProtoResult<Vec<u64>> {
-    let positive = non_negative(ot, kind, shares, bits).await?;
-    mux(ot, kind, &positive, shares).await
+pub async fn relu(sess: &mut Session, shares: &[u64], bits: u32) -> ProtoResult<Vec<u64>> {
+    let positive = non_negative(sess, shares, bits).await?;
+    mux(sess, &positive, shares).await
 }
 
 /// Shares of SwiGLU's gate product SiLU(g) ⊙ u for shared g (in SiLU's input range) and u
 /// (|u| < 64), fixed point f = 18: SiLU by Select-Then-Compute, the product in a 50-bit ring
 /// (|SiLU(g)·u| < 2^12 in real terms) and one truncation back to Z_2^64.
-pub async fn swiglu(ot: &mut Ot, kind: OtKind, gate: &[u64], up: &[u64]) -> ProtoResult<Vec<u64>> {
+pub async fn swiglu(sess: &mut Session, gate: &[u64], up: &[u64]) -> ProtoResult<Vec<u64>> {
     const BITS: u32 = 2 * FRAC + 14;
-    let activated = evaluate(ot, kind, &Piecewise::silu(), gate).await?;
-    let product = mul_in(ot, kind, &activated, up, BITS).await?;
-    truncate_extend(ot, kind, &product, BITS, FRAC).await
+    let activated = evaluate(sess, &Piecewise::silu(), gate).await?;
+    let product = mul_in(sess, &activated, up, BITS).await?;
+    truncate_extend(sess, &product, BITS, FRAC).await
 }
 
 /// Checks a batch against the function's input range, for callers that hold plaintext (tests,

@@ -13,12 +13,12 @@
 //! Error: the exp pieces (≤ 5.2e-4) plus the protocol's d² rounding ([`Piecewise::protocol_bound`]),
 //! scaled by 1/s, plus a few units of 2^-18 from the truncations.
 
+use super::Session;
 use super::arith::{mul, mul_rows, truncate, truncate_extend};
 use super::compare::max;
 use super::piecewise::{Piecewise, evaluate};
 use super::{ProtoError, ProtoResult};
 use crate::net::Party;
-use crate::ot::{Ot, OtKind};
 use crate::ring::DEFAULT_FRAC_BITS;
 
 const FRAC: u32 = DEFAULT_FRAC_BITS;
@@ -34,37 +34,37 @@ const BATCH: usize = 1 << 17;
 
 /// Shares of softmax over each row of `len` consecutive shared values (module notes).
 #[tracing::instrument(level = "debug", skip_all, fields(n = x.len(), len))]
-pub async fn softmax(ot: &mut Ot, kind: OtKind, x: &[u64], len: usize) -> ProtoResult<Vec<u64>> {
+pub async fn softmax(sess: &mut Session, x: &[u64], len: usize) -> ProtoResult<Vec<u64>> {
     if !(1..=MAX_ROW).contains(&len) || !x.len().is_multiple_of(len) {
         return Err(ProtoError::Input(format!("softmax over rows of {len} (1..={MAX_ROW}) of {} values", x.len())));
     }
     let mut out = Vec::with_capacity(x.len());
     for batch in x.chunks(BATCH / len * len) {
-        out.extend(softmax_batch(ot, kind, batch, len).await?);
+        out.extend(softmax_batch(sess, batch, len).await?);
     }
     Ok(out)
 }
 
-async fn softmax_batch(ot: &mut Ot, kind: OtKind, x: &[u64], len: usize) -> ProtoResult<Vec<u64>> {
-    let (m, _) = max(ot, kind, x, len, MAX_BITS).await?;
+async fn softmax_batch(sess: &mut Session, x: &[u64], len: usize) -> ProtoResult<Vec<u64>> {
+    let (m, _) = max(sess, x, len, MAX_BITS).await?;
     let z: Vec<u64> = x.iter().enumerate().map(|(i, v)| v.wrapping_sub(m[i / len])).collect();
-    let e = evaluate(ot, kind, &Piecewise::exp(), &z).await?;
+    let e = evaluate(sess, &Piecewise::exp(), &z).await?;
     let sums: Vec<u64> = e.chunks_exact(len).map(|row| row.iter().fold(0u64, |s, v| s.wrapping_add(*v))).collect();
-    let r = reciprocal(ot, kind, &sums).await?;
-    let y = mul_rows(ot, kind, &e, &r, PRODUCT_BITS).await?;
-    truncate_extend(ot, kind, &y, PRODUCT_BITS, FRAC).await
+    let r = reciprocal(sess, &sums).await?;
+    let y = mul_rows(sess, &e, &r, PRODUCT_BITS).await?;
+    truncate_extend(sess, &y, PRODUCT_BITS, FRAC).await
 }
 
 /// Shares of 1/s for shared s ∈ [1, 128] (module notes, step 3).
-pub async fn reciprocal(ot: &mut Ot, kind: OtKind, s: &[u64]) -> ProtoResult<Vec<u64>> {
-    let two = if ot.party() == Party::Server { 2u64 << FRAC } else { 0 };
-    let mut y = evaluate(ot, kind, &Piecewise::reciprocal(), s).await?;
+pub async fn reciprocal(sess: &mut Session, s: &[u64]) -> ProtoResult<Vec<u64>> {
+    let two = if sess.party() == Party::Server { 2u64 << FRAC } else { 0 };
+    let mut y = evaluate(sess, &Piecewise::reciprocal(), s).await?;
     for _ in 0..2 {
-        let sy = mul(ot, kind, s, &y).await?;
-        let sy = truncate(ot, kind, &sy, FRAC).await?;
+        let sy = mul(sess, s, &y).await?;
+        let sy = truncate(sess, &sy, FRAC).await?;
         let step: Vec<u64> = sy.iter().map(|v| two.wrapping_sub(*v)).collect();
-        let prod = mul(ot, kind, &y, &step).await?;
-        y = truncate(ot, kind, &prod, FRAC).await?;
+        let prod = mul(sess, &y, &step).await?;
+        y = truncate(sess, &prod, FRAC).await?;
     }
     Ok(y)
 }

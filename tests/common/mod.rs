@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use secmoe::backend::CpuBackend;
 use secmoe::net::{Link, LinkConfig, PublicParams, loopback};
-use secmoe::ot::Ot;
+use secmoe::ot::{Ot, OtKind};
+use secmoe::proto::{Session, SessionConfig};
 
 pub fn runtime() -> tokio::runtime::Runtime {
     secmoe::ot::configure_extension_threads();
@@ -28,6 +29,15 @@ pub async fn ot_pair() -> (Link, Ot, Link, Ot) {
     let (mut c, mut s) = links().await;
     let (oc, os) = tokio::join!(Ot::new(&mut c, backend()), Ot::new(&mut s, backend()));
     (c, oc.expect("client OT"), s, os.expect("server OT"))
+}
+
+/// (client link, client session, server link, server session): IKNP, the default fixed-point
+/// format, CSPRNGs from fixed seeds (tests only).
+pub async fn session_pair() -> (Link, Session, Link, Session) {
+    let (mut c, mut s) = links().await;
+    let config = |seed: u8| SessionConfig { ot_kind: Some(OtKind::Iknp), seed: Some([seed; 32]), ..Default::default() };
+    let (sc, ss) = tokio::join!(Session::new(&mut c, backend(), config(1)), Session::new(&mut s, backend(), config(2)));
+    (c, sc.expect("client session"), s, ss.expect("server session"))
 }
 
 pub fn backend() -> Arc<CpuBackend> {

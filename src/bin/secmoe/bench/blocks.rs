@@ -11,16 +11,16 @@ use anyhow::{Context, Result};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use secmoe::backend::CpuBackend;
-use secmoe::ot::{Ot, OtKind};
-use secmoe::proto::ProtoResult;
+use secmoe::ot::OtKind;
 use secmoe::proto::arith::{mul, truncate};
 use secmoe::proto::boolean::Triples;
 use secmoe::proto::compare::{b2a, greater_than, max, mux, non_negative, one_hot, triples_per_comparison};
 use secmoe::proto::layernorm::rsqrt;
 use secmoe::proto::piecewise::{Piecewise, evaluate, evaluate_baseline, relu};
 use secmoe::proto::softmax::reciprocal;
+use secmoe::proto::{ProtoResult, Session};
 
-use super::harness::{Row, ot_pair, reset_peak_rss, row};
+use super::harness::{Row, reset_peak_rss, row, session_pair};
 use super::report::print_row;
 
 const SCALE: f64 = (1u64 << 18) as f64;
@@ -100,7 +100,7 @@ pub(crate) async fn run(
 
 async fn measure(name: &str, n: usize, kind: OtKind, backend: Arc<CpuBackend>, threads: usize) -> Result<Row> {
     let mut rng = StdRng::from_rng(&mut rand::rng());
-    let (c, mut oc, s, mut os) = ot_pair(backend).await?;
+    let (c, mut oc, s, mut os) = session_pair(backend, kind).await?;
     let range = match name {
         "reciprocal" => (1.0, 128.0),
         "rsqrt" => (0.01, 1000.0),
@@ -111,7 +111,7 @@ async fn measure(name: &str, n: usize, kind: OtKind, backend: Arc<CpuBackend>, t
     let before = c.meter().report().total();
     reset_peak_rss();
     let start = Instant::now();
-    let (ys, yc) = run_block(name, kind, &mut os, &mut oc, &k).await?;
+    let (ys, yc) = run_block(name, &mut os, &mut oc, &k).await?;
     let wall_s = start.elapsed().as_secs_f64();
     let after = c.meter().report().total();
     let opened: Vec<u64> = ys.iter().zip(&yc).map(|(a, b)| a.wrapping_add(*b)).collect();
@@ -157,42 +157,40 @@ async fn measure(name: &str, n: usize, kind: OtKind, backend: Arc<CpuBackend>, t
 }
 
 /// Runs one block with both parties; returns (server, client) output shares, bits as 0/1.
-async fn run_block(name: &str, kind: OtKind, os: &mut Ot, oc: &mut Ot, k: &Case) -> Result<(Vec<u64>, Vec<u64>)> {
+async fn run_block(name: &str, os: &mut Session, oc: &mut Session, k: &Case) -> Result<(Vec<u64>, Vec<u64>)> {
     let widen = |v: Vec<bool>| v.into_iter().map(u64::from).collect::<Vec<u64>>();
     let (s, c): (Run<'_>, Run<'_>) = match name {
         "compare" => {
             let need = triples_per_comparison(64) * k.raw.len();
-            let (ts, tc) = tokio::join!(Triples::generate(os, kind, need), Triples::generate(oc, kind, need));
+            let (ts, tc) = tokio::join!(Triples::generate(os, need), Triples::generate(oc, need));
             let (mut ts, mut tc) = (ts?, tc?);
-            let (a, b) = tokio::join!(
-                greater_than(os, kind, &mut ts, &k.server2, 64),
-                greater_than(oc, kind, &mut tc, &k.client2, 64)
-            );
+            let (a, b) =
+                tokio::join!(greater_than(os, &mut ts, &k.server2, 64), greater_than(oc, &mut tc, &k.client2, 64));
             return Ok((widen(a?), widen(b?)));
         }
         "sign" => {
-            let (a, b) = tokio::join!(non_negative(os, kind, &k.server, 32), non_negative(oc, kind, &k.client, 32));
+            let (a, b) = tokio::join!(non_negative(os, &k.server, 32), non_negative(oc, &k.client, 32));
             return Ok((widen(a?), widen(b?)));
         }
         "b2a" | "mux" => {
             // XOR shares of the low bit of raw2: the server holds it, the client zeros
             let (bs, bc): (Vec<bool>, Vec<bool>) = (bits_of(&k.raw2), vec![false; k.raw2.len()]);
             if name == "b2a" {
-                let (a, b) = tokio::join!(b2a(os, kind, &bs), b2a(oc, kind, &bc));
+                let (a, b) = tokio::join!(b2a(os, &bs), b2a(oc, &bc));
                 return Ok((a?, b?));
             }
-            let (a, b) = tokio::join!(mux(os, kind, &bs, &k.server), mux(oc, kind, &bc, &k.client));
+            let (a, b) = tokio::join!(mux(os, &bs, &k.server), mux(oc, &bc, &k.client));
             return Ok((a?, b?));
         }
-        "mul" => (Box::pin(mul(os, kind, &k.server, &k.server2)), Box::pin(mul(oc, kind, &k.client, &k.client2))),
-        "truncate" => (Box::pin(truncate(os, kind, &k.server, 18)), Box::pin(truncate(oc, kind, &k.client, 18))),
+        "mul" => (Box::pin(mul(os, &k.server, &k.server2)), Box::pin(mul(oc, &k.client, &k.client2))),
+        "truncate" => (Box::pin(truncate(os, &k.server, 18)), Box::pin(truncate(oc, &k.client, 18))),
         "max" => {
-            let (a, b) = tokio::join!(max(os, kind, &k.server, 128, 26), max(oc, kind, &k.client, 128, 26));
+            let (a, b) = tokio::join!(max(os, &k.server, 128, 26), max(oc, &k.client, 128, 26));
             return Ok((a?.0, b?.0));
         }
         "one-hot" => {
             let zeros = vec![0; k.raw2.len()];
-            let (a, b) = tokio::join!(one_hot(os, kind, &k.raw2, 8), one_hot(oc, kind, &zeros, 8));
+            let (a, b) = tokio::join!(one_hot(os, &k.raw2, 8), one_hot(oc, &zeros, 8));
             let pack = |v: Vec<Vec<bool>>| {
                 v.iter().map(|h| h.iter().rev().fold(0u64, |w, &b| w << 1 | b as u64)).collect::<Vec<u64>>()
             };
@@ -200,7 +198,7 @@ async fn run_block(name: &str, kind: OtKind, os: &mut Ot, oc: &mut Ot, k: &Case)
             // XOR shares: open by XOR, returned so that the caller's sum is the XOR
             return Ok((a.iter().zip(&b).map(|(x, y)| x ^ y).collect(), vec![0; b.len()]));
         }
-        "relu" => (Box::pin(relu(os, kind, &k.server, 32)), Box::pin(relu(oc, kind, &k.client, 32))),
+        "relu" => (Box::pin(relu(os, &k.server, 32)), Box::pin(relu(oc, &k.client, 32))),
         "gelu-stc" | "silu-stc" | "exp" | "gelu-baseline" => {
             let f = match name {
                 "silu-stc" => Piecewise::silu(),
@@ -208,14 +206,14 @@ async fn run_block(name: &str, kind: OtKind, os: &mut Ot, oc: &mut Ot, k: &Case)
                 _ => Piecewise::gelu(),
             };
             let (a, b) = if name == "gelu-baseline" {
-                tokio::join!(evaluate_baseline(os, kind, &f, &k.server), evaluate_baseline(oc, kind, &f, &k.client))
+                tokio::join!(evaluate_baseline(os, &f, &k.server), evaluate_baseline(oc, &f, &k.client))
             } else {
-                tokio::join!(evaluate(os, kind, &f, &k.server), evaluate(oc, kind, &f, &k.client))
+                tokio::join!(evaluate(os, &f, &k.server), evaluate(oc, &f, &k.client))
             };
             return Ok((a?, b?));
         }
-        "reciprocal" => (Box::pin(reciprocal(os, kind, &k.server)), Box::pin(reciprocal(oc, kind, &k.client))),
-        "rsqrt" => (Box::pin(rsqrt(os, kind, &k.server)), Box::pin(rsqrt(oc, kind, &k.client))),
+        "reciprocal" => (Box::pin(reciprocal(os, &k.server)), Box::pin(reciprocal(oc, &k.client))),
+        "rsqrt" => (Box::pin(rsqrt(os, &k.server)), Box::pin(rsqrt(oc, &k.client))),
         other => anyhow::bail!("unknown block `{other}`"),
     };
     let (a, b) = tokio::join!(s, c);

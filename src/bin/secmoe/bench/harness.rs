@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::Result;
 use secmoe::backend::{Backend, CpuBackend};
 use secmoe::net::{CostModel, Link, LinkConfig, PublicParams, loopback};
-use secmoe::ot::Ot;
+use secmoe::ot::OtKind;
+use secmoe::proto::{Session, SessionConfig};
 use serde::Serialize;
 
 /// One measured row.
@@ -62,12 +63,14 @@ pub(crate) async fn links() -> Result<(Link, Link)> {
     Ok(loopback(cfg).await?)
 }
 
-/// Both parties' links and OT engines on them: (client link, client OT, server link, server OT).
-pub(crate) async fn ot_pair(backend: Arc<CpuBackend>) -> Result<(Link, Ot, Link, Ot)> {
+/// Both parties' links and sessions on them, with OT extension `kind`: (client link, client
+/// session, server link, server session).
+pub(crate) async fn session_pair(backend: Arc<CpuBackend>, kind: OtKind) -> Result<(Link, Session, Link, Session)> {
     let (mut c, mut s) = links().await?;
     let be: Arc<dyn Backend> = backend;
-    let (oc, os) = tokio::join!(Ot::new(&mut c, be.clone()), Ot::new(&mut s, be));
-    Ok((c, oc?, s, os?))
+    let config = SessionConfig { ot_kind: Some(kind), ..Default::default() };
+    let (sc, ss) = tokio::join!(Session::new(&mut c, be.clone(), config.clone()), Session::new(&mut s, be, config));
+    Ok((c, sc?, s, ss?))
 }
 
 /// A row with the totals every measurement has; the optional fields are set by the caller.

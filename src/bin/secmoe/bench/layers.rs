@@ -23,7 +23,7 @@ use secmoe::proto::softmax::softmax;
 use secmoe::proto::tiling::MatShape;
 use secmoe::ring::{reconstruct, share_secret};
 
-use super::harness::{Row, links, ot_pair, reset_peak_rss, row};
+use super::harness::{Row, links, reset_peak_rss, row, session_pair};
 use super::report::print_row;
 
 /// Runs the preset's rows (or those named `only`), printing each and adding it to `rows`.
@@ -166,7 +166,7 @@ async fn measure(
 async fn measure_compare(name: &str, kind: OtKind, backend: Arc<CpuBackend>, threads: usize) -> Result<Row> {
     const N: usize = 1 << 16;
     let mut rng = StdRng::from_rng(&mut rand::rng());
-    let (c, mut oc, s, mut os) = ot_pair(backend).await?;
+    let (c, mut oc, s, mut os) = session_pair(backend, kind).await?;
     let breakpoints: Vec<u64> = [-5i64, -3, -1, 1, 3].iter().map(|t| (t << 18) as u64).collect();
     let per = if name == "breakpoints" { breakpoints.len() } else { 1 };
     let x: Vec<u64> = if per == 1 {
@@ -180,19 +180,18 @@ async fn measure_compare(name: &str, kind: OtKind, backend: Arc<CpuBackend>, thr
     let start = Instant::now();
     let bits = if per == 1 { 64 } else { 31 };
     let need = triples_per_comparison(bits) * N * per;
-    let (ts, tc) = tokio::join!(Triples::generate(&mut os, kind, need), Triples::generate(&mut oc, kind, need));
+    let (ts, tc) = tokio::join!(Triples::generate(&mut os, need), Triples::generate(&mut oc, need));
     let (mut ts, mut tc) = (ts?, tc?);
     let checked = if per == 1 {
-        let (gs, gc) =
-            tokio::join!(greater_than(&mut os, kind, &mut ts, &x, 64), greater_than(&mut oc, kind, &mut tc, &y, 64));
+        let (gs, gc) = tokio::join!(greater_than(&mut os, &mut ts, &x, 64), greater_than(&mut oc, &mut tc, &y, 64));
         let (gs, gc) = (gs?, gc?);
         (0..N).all(|i| (gs[i] ^ gc[i]) == (x[i] > y[i]))
     } else {
         // x is shared as (x − y, y)
         let xs: Vec<u64> = x.iter().zip(&y).map(|(a, b)| a.wrapping_sub(*b)).collect();
         let (gs, gc) = tokio::join!(
-            at_least(&mut os, kind, &mut ts, &xs, &breakpoints, 32),
-            at_least(&mut oc, kind, &mut tc, &y, &breakpoints, 32)
+            at_least(&mut os, &mut ts, &xs, &breakpoints, 32),
+            at_least(&mut oc, &mut tc, &y, &breakpoints, 32)
         );
         let (gs, gc) = (gs?, gc?);
         (0..N * per).all(|c| (gs[c] ^ gc[c]) == (x[c / per] as i64 >= breakpoints[c % per] as i64))
@@ -225,7 +224,7 @@ async fn measure_activation(
     const SCALE: f64 = (1u64 << 18) as f64;
     let f = if name == "gelu" { Piecewise::gelu() } else { Piecewise::silu() };
     let mut rng = StdRng::from_rng(&mut rand::rng());
-    let (c, mut oc, s, mut os) = ot_pair(backend).await?;
+    let (c, mut oc, s, mut os) = session_pair(backend, kind).await?;
     // inputs on the fixed-point grid, so that the references see exactly the shared values
     let xs: Vec<f64> = (0..N).map(|_| (rng.random_range(-8.0..8.0) * SCALE).round() / SCALE).collect();
     let raw: Vec<u64> = xs.iter().map(|&x| (x * SCALE).round() as i64 as u64).collect();
@@ -235,9 +234,9 @@ async fn measure_activation(
     reset_peak_rss();
     let start = Instant::now();
     let (ys, yc) = if method == "stc" {
-        tokio::join!(evaluate(&mut os, kind, &f, &xs_), evaluate(&mut oc, kind, &f, &xc))
+        tokio::join!(evaluate(&mut os, &f, &xs_), evaluate(&mut oc, &f, &xc))
     } else {
-        tokio::join!(evaluate_baseline(&mut os, kind, &f, &xs_), evaluate_baseline(&mut oc, kind, &f, &xc))
+        tokio::join!(evaluate_baseline(&mut os, &f, &xs_), evaluate_baseline(&mut oc, &f, &xc))
     };
     let wall_s = start.elapsed().as_secs_f64();
     let after = c.meter().report().total();
@@ -275,7 +274,7 @@ async fn measure_softmax(kind: OtKind, backend: Arc<CpuBackend>, threads: usize)
     const N: usize = 12 * 128 * LEN;
     const SCALE: f64 = (1u64 << 18) as f64;
     let mut rng = StdRng::from_rng(&mut rand::rng());
-    let (c, mut oc, s, mut os) = ot_pair(backend).await?;
+    let (c, mut oc, s, mut os) = session_pair(backend, kind).await?;
     let xs: Vec<f64> = (0..N).map(|_| (rng.random_range(-8.0..8.0) * SCALE).round() / SCALE).collect();
     let raw: Vec<u64> = xs.iter().map(|&x| (x * SCALE) as i64 as u64).collect();
     let r: Vec<u64> = raw.iter().map(|_| rng.random()).collect();
@@ -283,7 +282,7 @@ async fn measure_softmax(kind: OtKind, backend: Arc<CpuBackend>, threads: usize)
     let before = c.meter().report().total();
     reset_peak_rss();
     let start = Instant::now();
-    let (ys, yc) = tokio::join!(softmax(&mut os, kind, &shares, LEN), softmax(&mut oc, kind, &r, LEN));
+    let (ys, yc) = tokio::join!(softmax(&mut os, &shares, LEN), softmax(&mut oc, &r, LEN));
     let wall_s = start.elapsed().as_secs_f64();
     let after = c.meter().report().total();
     let y: Vec<f64> = ys?.iter().zip(yc?).map(|(a, b)| a.wrapping_add(b) as i64 as f64 / SCALE).collect();
@@ -323,7 +322,7 @@ async fn measure_layernorm(kind: OtKind, backend: Arc<CpuBackend>, threads: usiz
     const SCALE: f64 = (1u64 << 18) as f64;
     let fixed = |v: f64| (v * SCALE).round() as i64 as u64;
     let mut rng = StdRng::from_rng(&mut rand::rng());
-    let (c, mut oc, s, mut os) = ot_pair(backend).await?;
+    let (c, mut oc, s, mut os) = session_pair(backend, kind).await?;
     let xs: Vec<f64> =
         (0..N).map(|i| rng.random_range(-3.0..3.0) * (1.0 + (i / D) as f64 / 32.0) + (i / D) as f64 / 16.0).collect();
     let gamma: Vec<f64> = (0..D).map(|_| rng.random_range(-2.0..2.0)).collect();
@@ -338,8 +337,8 @@ async fn measure_layernorm(kind: OtKind, backend: Arc<CpuBackend>, threads: usiz
     reset_peak_rss();
     let start = Instant::now();
     let (ys, yc) = tokio::join!(
-        layernorm(&mut os, kind, &shares, D, Affine::Weights { gamma: &g, beta: &b }, fixed(eps)),
-        layernorm(&mut oc, kind, &r, D, Affine::None, fixed(eps))
+        layernorm(&mut os, &shares, D, Affine::Weights { gamma: &g, beta: &b }, fixed(eps)),
+        layernorm(&mut oc, &r, D, Affine::None, fixed(eps))
     );
     let wall_s = start.elapsed().as_secs_f64();
     let after = c.meter().report().total();

@@ -1,0 +1,146 @@
+//! One party's session: everything a 2PC protocol needs from its side, in one value that every
+//! protocol takes as `&mut Session`.
+//!
+//! A session holds the party's role, the OT engine on the link (with its pools and its own
+//! message channel, on which the protocols' messages stay in order with the OT messages), the
+//! OT-kind policy, the fixed-point format agreed in the handshake, the party's CSPRNG and the
+//! backend. Roles are expressed one way: [`Session::party`], read by the protocols where the two
+//! sides differ.
+//!
+//! Randomness: the CSPRNG is ChaCha20 seeded from the operating system. [`SessionConfig::seed`]
+//! replaces that seed for reproducible tests and benches only; a seeded session's masks are
+//! predictable by whoever knows the seed, so `serve` refuses one.
+
+use std::sync::Arc;
+
+use rand::rngs::ChaCha20Rng;
+use rand::{Rng, SeedableRng};
+
+use super::ProtoResult;
+use crate::backend::Backend;
+use crate::net::{Channel, CostModel, Link, Meter, Party};
+use crate::ot::{Ot, OtKind};
+use crate::ring::FixedPoint;
+
+/// How a session is set up.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// The OT extension the protocols use; `None`: the cheaper for `network` by the cost model.
+    pub ot_kind: Option<OtKind>,
+    /// The network the session is tuned for.
+    pub network: CostModel,
+    /// The fixed-point format (agreed with the peer in the handshake).
+    pub format: FixedPoint,
+    /// A fixed CSPRNG seed, for tests and benches only (never for a real run).
+    pub seed: Option<[u8; 32]>,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig { ot_kind: None, network: CostModel::WAN, format: FixedPoint::default(), seed: None }
+    }
+}
+
+/// One party's side of a two-party computation.
+pub struct Session {
+    pub(crate) ot: Ot,
+    pub(crate) kind: OtKind,
+    pub(crate) rng: ChaCha20Rng,
+    format: FixedPoint,
+    network: CostModel,
+    seeded: bool,
+    backend: Arc<dyn Backend>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("party", &self.party())
+            .field("ot_kind", &self.kind)
+            .field("frac_bits", &self.format.frac_bits())
+            .field("seeded", &self.seeded)
+            .field("backend", &self.backend.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// Opens a session on `link`. Both parties must call this at the same point of their run
+    /// (it sets up the OT engine's streams; no OT traffic is sent yet).
+    pub async fn new(link: &mut Link, backend: Arc<dyn Backend>, config: SessionConfig) -> ProtoResult<Session> {
+        let ot = Ot::new(link, backend.clone()).await?;
+        let rng = match config.seed {
+            Some(seed) => ChaCha20Rng::from_seed(seed),
+            None => rand::make_rng::<ChaCha20Rng>(),
+        };
+        Ok(Session {
+            ot,
+            kind: config.ot_kind.unwrap_or_else(|| OtKind::cheapest_for(&config.network)),
+            rng,
+            format: config.format,
+            network: config.network,
+            seeded: config.seed.is_some(),
+            backend,
+        })
+    }
+
+    /// This party's role.
+    pub fn party(&self) -> Party {
+        self.ot.party()
+    }
+
+    /// Whether this party is the server (the model's holder).
+    pub fn is_server(&self) -> bool {
+        self.party() == Party::Server
+    }
+
+    /// The OT extension the protocols use.
+    pub fn ot_kind(&self) -> OtKind {
+        self.kind
+    }
+
+    /// Switches the OT extension (both parties must switch at the same point of the run).
+    pub fn set_ot_kind(&mut self, kind: OtKind) {
+        self.kind = kind;
+    }
+
+    /// The fixed-point format of the shares.
+    pub fn format(&self) -> FixedPoint {
+        self.format
+    }
+
+    /// The network the session is tuned for.
+    pub fn network(&self) -> CostModel {
+        self.network
+    }
+
+    /// Whether the CSPRNG was seeded explicitly (a test or bench session).
+    pub fn is_seeded(&self) -> bool {
+        self.seeded
+    }
+
+    /// The backend for the heavy operations.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// The OT engine.
+    pub fn ot(&mut self) -> &mut Ot {
+        &mut self.ot
+    }
+
+    /// The session's message channel (shared with the OT engine, so messages stay in order).
+    pub fn channel(&mut self) -> &mut Channel {
+        self.ot.channel()
+    }
+
+    /// The meter the session's traffic is charged to.
+    pub fn meter(&self) -> &Meter {
+        self.ot.meter()
+    }
+
+    /// The party's CSPRNG.
+    pub fn rng(&mut self) -> &mut impl Rng {
+        &mut self.rng
+    }
+}
