@@ -1,5 +1,5 @@
-//! LayerNorm and RMSNorm over rows of shared fixed-point values (f = 18), and the reciprocal
-//! square root they need.
+//! LayerNorm and RMSNorm over rows of shared fixed-point values (the session's format, f = 18 by
+//! default; f in [`FRAC_RANGE`]), and the reciprocal square root they need.
 //!
 //! LayerNorm: y = γ ⊙ (x − μ)/√(σ² + ε) + β per row of d values, γ and β the server's weights.
 //! 1. μ = Σx · ⌊2^24/d⌉ / 2^24 (local sum, one faithful truncation).
@@ -23,27 +23,39 @@ use super::compare::{at_least, b2a, triples_per_comparison};
 use super::piecewise::{Piecewise, evaluate};
 use super::{ProtoError, ProtoResult};
 use crate::net::Party;
-use crate::ring::DEFAULT_FRAC_BITS;
 
-const FRAC: u32 = DEFAULT_FRAC_BITS;
 /// Fractional bits of the row constant 1/d.
 const MEAN_BITS: u32 = 24;
 /// c at 10 fractional bits when squared; the squares' ring.
-const SQUARE_SHIFT: u32 = 8;
+const SQUARE_FRAC: u32 = 10;
 const SQUARE_BITS: u32 = 44;
-/// Ring of c·r (|c| < 2^6, r < 2^7, 36 fractional bits).
-const NORMALIZED_BITS: u32 = 2 * FRAC + 15;
-/// Fractional bits of γ, and the ring of γ·n (|γ| < 2^4, |n| < 2^5).
+/// Fractional bits of γ (the ring of γ·n: f + 23 bits, |γ| < 2^4, |n| < 2^5).
 const WEIGHT_BITS: u32 = 12;
-const SCALED_BITS: u32 = FRAC + WEIGHT_BITS + 11;
+/// Fractional bits the norms run at: v ≥ 2^-14 needs f ≥ 14 (the rsqrt thresholds), the
+/// squares at 10 fractional bits need f ≤ 20.
+pub const FRAC_RANGE: std::ops::RangeInclusive<u32> = 14..=20;
 /// Longest row.
 pub const MAX_WIDTH: usize = 1024;
 /// Exponents k of the normalization v = 4^k·m, m ∈ [1, 4).
 const K_MIN: i32 = -8;
 const K_MAX: i32 = 7;
 
-/// The server's LayerNorm weights (the client passes [`Affine::None`]), in fixed point with
-/// f = 18, one per column.
+/// The session's fractional bits, if the norms can run at them.
+fn frac_of(sess: &Session) -> ProtoResult<u32> {
+    let frac = sess.format().frac_bits();
+    if FRAC_RANGE.contains(&frac) {
+        Ok(frac)
+    } else {
+        Err(ProtoError::Input(format!(
+            "LayerNorm/RMSNorm at {frac} fractional bits (they run at {}..={})",
+            FRAC_RANGE.start(),
+            FRAC_RANGE.end()
+        )))
+    }
+}
+
+/// The server's LayerNorm weights (the client passes [`Affine::None`]), in the session's fixed
+/// point, one per column.
 #[derive(Debug, Clone, Copy)]
 pub enum Affine<'a> {
     /// The client's side: it holds no weights.
@@ -90,6 +102,7 @@ async fn normalize(
     eps: u64,
     centre: bool,
 ) -> ProtoResult<Vec<u64>> {
+    let frac = frac_of(sess)?;
     let server = sess.party() == Party::Server;
     if !(1..=MAX_WIDTH).contains(&width) || !x.len().is_multiple_of(width) {
         return Err(ProtoError::Input(format!("rows of {width} (1..={MAX_WIDTH}) over {} values", x.len())));
@@ -105,16 +118,18 @@ async fn normalize(
         x.to_vec()
     };
     // σ² (or the mean square): squares of c at 10 fractional bits in a small ring
-    let coarse = truncate(sess, &c, SQUARE_SHIFT).await?;
+    let coarse = truncate(sess, &c, frac - SQUARE_FRAC).await?;
     let squares = square(sess, &coarse, SQUARE_BITS).await?;
     let sums: Vec<u64> = squares.chunks_exact(width).map(|r| r.iter().fold(0u64, |s, v| s.wrapping_add(*v))).collect();
-    let sums = truncate_extend(sess, &sums, SQUARE_BITS, 2 * (FRAC - SQUARE_SHIFT) - FRAC).await?;
+    let sums = truncate_extend(sess, &sums, SQUARE_BITS, 2 * SQUARE_FRAC - frac).await?;
     let var = truncate(sess, &scale(sums), MEAN_BITS).await?;
     let var: Vec<u64> = var.iter().map(|v| if server { v.wrapping_add(eps) } else { *v }).collect();
     let r = rsqrt(sess, &var).await?;
     debug_assert_eq!(r.len(), rows);
-    let n = mul_rows(sess, &c, &r, NORMALIZED_BITS).await?;
-    let n = truncate_extend(sess, &n, NORMALIZED_BITS, FRAC).await?;
+    // c·r: |c| < 2^6, r < 2^7, 2f fractional bits
+    let normalized_bits = 2 * frac + 15;
+    let n = mul_rows(sess, &c, &r, normalized_bits).await?;
+    let n = truncate_extend(sess, &n, normalized_bits, frac).await?;
     let (gamma, beta): (Vec<u64>, Vec<u64>) = match affine {
         Affine::None if server => return Err(ProtoError::Input("the server must pass the weights".into())),
         Affine::None => (Vec::new(), Vec::new()),
@@ -122,25 +137,27 @@ async fn normalize(
             if gamma.len() != width || beta.len() != width {
                 return Err(ProtoError::Input(format!("{} γ and {} β for rows of {width}", gamma.len(), beta.len())));
             }
-            let g = gamma.iter().map(|&g| ((g as i64) >> (FRAC - WEIGHT_BITS)) as u64);
+            let g = gamma.iter().map(|&g| ((g as i64) >> (frac - WEIGHT_BITS)) as u64);
             (g.cycle().take(x.len()).collect(), beta.iter().copied().cycle().take(x.len()).collect())
         }
     };
-    let scaled = mul_weights(sess, &n, &gamma, SCALED_BITS).await?;
-    let y = truncate_extend(sess, &scaled, SCALED_BITS, WEIGHT_BITS).await?;
+    let scaled_bits = frac + WEIGHT_BITS + 11;
+    let scaled = mul_weights(sess, &n, &gamma, scaled_bits).await?;
+    let y = truncate_extend(sess, &scaled, scaled_bits, WEIGHT_BITS).await?;
     Ok(if server && centre { y.iter().zip(&beta).map(|(y, b)| y.wrapping_add(*b)).collect() } else { y })
 }
 
-/// Shares of 1/√v for shared v ∈ [2^-14, 2^16) (fixed point, f = 18): v = 4^k·m with m ∈ [1, 4)
+/// Shares of 1/√v for shared v ∈ [2^-14, 2^16) (the session's fixed point): v = 4^k·m with m ∈ [1, 4)
 /// from 15 threshold comparisons (one-hot of k, converted to arithmetic shares), a piecewise
 /// start on m ([`Piecewise::rsqrt`]) refined by two Newton steps y ← y·(3 − m·y²)/2, then
 /// times 2^-k.
 pub async fn rsqrt(sess: &mut Session, v: &[u64]) -> ProtoResult<Vec<u64>> {
+    let frac = frac_of(sess)?;
     let server = sess.party() == Party::Server;
     let n = v.len();
-    let thresholds: Vec<u64> = (K_MIN + 1..=K_MAX).map(|k| 1u64 << (FRAC as i32 + 2 * k)).collect();
+    let thresholds: Vec<u64> = (K_MIN + 1..=K_MAX).map(|k| 1u64 << (frac as i32 + 2 * k)).collect();
     // |v − c| < 2^(bits−1) for v, c < 2^34
-    let bits = FRAC + 18;
+    let bits = frac + 18;
     let mut triples = Triples::generate(sess, n * thresholds.len() * triples_per_comparison(bits - 1)).await?;
     let ge = at_least(sess, &mut triples, v, &thresholds, bits).await?;
     let t = thresholds.len();
@@ -162,21 +179,21 @@ pub async fn rsqrt(sess: &mut Session, v: &[u64]) -> ProtoResult<Vec<u64>> {
             })
             .collect()
     };
-    let quarter = weigh(&|k| FRAC as i32 - 2 * k); // 4^-k
-    let half = weigh(&|k| FRAC as i32 - k); // 2^-k
+    let quarter = weigh(&|k| frac as i32 - 2 * k); // 4^-k
+    let half = weigh(&|k| frac as i32 - k); // 2^-k
     let m = mul(sess, v, &quarter).await?;
-    let m = truncate(sess, &m, FRAC).await?;
-    let three = if server { 3u64 << FRAC } else { 0 };
+    let m = truncate(sess, &m, frac).await?;
+    let three = if server { 3u64 << frac } else { 0 };
     let mut y = evaluate(sess, &Piecewise::rsqrt(), &m).await?;
     for _ in 0..2 {
         let y2 = mul(sess, &y, &y).await?;
-        let y2 = truncate(sess, &y2, FRAC).await?;
+        let y2 = truncate(sess, &y2, frac).await?;
         let my2 = mul(sess, &m, &y2).await?;
-        let my2 = truncate(sess, &my2, FRAC).await?;
+        let my2 = truncate(sess, &my2, frac).await?;
         let step: Vec<u64> = my2.iter().map(|v| three.wrapping_sub(*v)).collect();
         let prod = mul(sess, &y, &step).await?;
-        y = truncate(sess, &prod, FRAC + 1).await?;
+        y = truncate(sess, &prod, frac + 1).await?;
     }
     let r = mul(sess, &y, &half).await?;
-    truncate(sess, &r, FRAC).await
+    truncate(sess, &r, frac).await
 }

@@ -7,7 +7,8 @@
 //! d = x − mid_i, the distance from the piece's midpoint (|d| ≤ 2^(w−1), so d² is small and can
 //! be computed at a reduced width); the tails are linear (0 and x for GeLU and SiLU).
 //!
-//! **Select-Then-Compute** ([`evaluate`]), for x in fixed point (f = 18) with |x| bounded
+//! **Select-Then-Compute** ([`evaluate`]), for x in the session's fixed point (f fractional bits,
+//! 18 by default, [`MIN_FRAC`]..=[`MAX_FRAC`]) with |x| bounded
 //! (`Piecewise::input_range`, the precondition):
 //! 1. Both parties shift x by a public constant so it is positive, reduce their shares mod
 //!    2^(f+R+1) and truncate them locally to k = 8 fractional bits (H = ⌊G/2^t⌋ or one less:
@@ -30,7 +31,7 @@
 //! Error model (against [`Piecewise::reference`], the same fixed-point arithmetic computed in
 //! the clear): H can be one unit lower than its floor, which moves d by 2^-k or, at a piece
 //! boundary, picks the neighbouring piece at its edge; the final truncation can be one unit
-//! (2^-18) low. [`Piecewise::protocol_bound`] states the resulting bound. Outside the input range
+//! (2^-f) low. [`Piecewise::protocol_bound`] states the resulting bound. Outside the input range
 //! the shifted value wraps and the result is wrong: callers bound their activations.
 //!
 //! **Baseline** ([`evaluate_baseline`]): K − 1 breakpoint comparisons ([`super::compare::at_least`]),
@@ -43,10 +44,16 @@ use super::boolean::Triples;
 use super::compare::{at_least, at_least_ots, carry, carry_ots, mux, non_negative, triples_per_comparison};
 use super::{ProtoError, ProtoResult, prepare};
 use crate::net::Party;
-use crate::ring::{DEFAULT_FRAC_BITS, mask};
+use crate::ring::{DEFAULT_FRAC_BITS, FixedPoint, mask};
 
-/// Fractional bits of x on input and y on output.
+/// Fractional bits of x on input and y on output, unless a format says otherwise
+/// ([`Piecewise::for_format`]): the range [`MIN_FRAC`, `MAX_FRAC`] leaves d its 8 bits and the
+/// coefficients of x at least 8.
 const FRAC: u32 = DEFAULT_FRAC_BITS;
+/// Fewest fractional bits a piecewise function can be evaluated at.
+pub const MIN_FRAC: u32 = D_BITS;
+/// Most fractional bits a piecewise function can be evaluated at.
+pub const MAX_FRAC: u32 = ACC_BITS - 8;
 /// Fractional bits of d (the in-piece offset) when it is squared.
 const D_BITS: u32 = 8;
 /// Fractional bits of the accumulated result before the final truncation.
@@ -70,9 +77,9 @@ impl Piece {
     const IDENTITY: Piece = Piece { alpha: 0.0, beta: 1.0, gamma: 0.0 };
 
     /// Fixed-point coefficients (A, B, C) with y·2^ACC = A·D² + B·X + C for D = d·2^k, X = x·2^f.
-    fn fixed(&self) -> (i64, i64, i64) {
+    fn fixed(&self, frac: u32) -> (i64, i64, i64) {
         let q = |v: f64, bits: u32| (v * (1u64 << bits) as f64).round() as i64;
-        (q(self.alpha, ACC_BITS - 2 * D_BITS), q(self.beta, ACC_BITS - FRAC), q(self.gamma, ACC_BITS))
+        (q(self.alpha, ACC_BITS - 2 * D_BITS), q(self.beta, ACC_BITS - frac), q(self.gamma, ACC_BITS))
     }
 }
 
@@ -106,8 +113,12 @@ pub struct Piecewise {
     pieces: Vec<Piece>,
     /// Inputs must satisfy 0 < x + lift < 2^(R+1) (see [`Piecewise::input_range`]).
     range_bits: u32,
-    /// The public shift making accepted inputs positive, in units of 2^-18; `start + lift` is a
-    /// multiple of the piece width.
+    /// Fractional bits of inputs and outputs.
+    frac: u32,
+    /// The shift in real units asked for; `lift` is it rounded to a piece boundary.
+    lift_real: f64,
+    /// The public shift making accepted inputs positive, in units of 2^-frac; `start + lift` is
+    /// a multiple of the piece width.
     lift: i64,
     /// |f(x)| < 2^output_bits on the accepted inputs.
     output_bits: u32,
@@ -219,12 +230,47 @@ impl Piecewise {
             pieces.push(fit_piece(exact, lo, width, mid));
         }
         pieces.push(right);
-        let range_bits = window.range_bits;
-        // shift by `lift` real units, rounded down to a piece boundary offset from `start`
-        let unit = 1i64 << (FRAC as i32 + width_log2);
-        let lift_units = (window.lift * (1u64 << FRAC) as f64) as i64;
-        let lift = lift_units - (start * (1 << FRAC) + lift_units).rem_euclid(unit);
-        Piecewise { name, exact, start, width_log2, pieces, range_bits, lift, output_bits: window.output_bits }
+        let f = Piecewise {
+            name,
+            exact,
+            start,
+            width_log2,
+            pieces,
+            range_bits: window.range_bits,
+            frac: FRAC,
+            lift_real: window.lift,
+            lift: 0,
+            output_bits: window.output_bits,
+        };
+        f.at_frac(FRAC)
+    }
+
+    /// The same function for shares with `frac` fractional bits (the shift is recomputed).
+    fn at_frac(mut self, frac: u32) -> Piecewise {
+        // shift by `lift_real` units, rounded down to a piece boundary offset from `start`
+        let unit = 1i64 << (frac as i32 + self.width_log2);
+        let lift_units = (self.lift_real * (1u64 << frac) as f64) as i64;
+        self.lift = lift_units - (self.start * (1 << frac) + lift_units).rem_euclid(unit);
+        self.frac = frac;
+        self
+    }
+
+    /// The same function for shares in fixed-point format `format`: an error when its
+    /// fractional bits are outside [`MIN_FRAC`, `MAX_FRAC`].
+    pub fn for_format(&self, format: FixedPoint) -> ProtoResult<Piecewise> {
+        let frac = format.frac_bits();
+        if !(MIN_FRAC..=MAX_FRAC).contains(&frac) {
+            return Err(ProtoError::Input(format!(
+                "{} at {frac} fractional bits (piecewise functions take {MIN_FRAC}..={MAX_FRAC})",
+                self.name
+            )));
+        }
+        Ok(self.clone().at_frac(frac))
+    }
+
+    /// Fractional bits of the inputs and outputs.
+    pub fn frac_bits(&self) -> u32 {
+        self.frac
     }
 
     /// The function's name.
@@ -251,7 +297,7 @@ impl Piecewise {
 
     /// Inputs the protocols accept: [lo, hi).
     pub fn input_range(&self) -> (f64, f64) {
-        let lift = self.lift as f64 / (1u64 << FRAC) as f64;
+        let lift = self.lift as f64 / (1u64 << self.frac) as f64;
         let r = (1u64 << self.range_bits) as f64;
         (-lift + 2f64.powi(-(D_BITS as i32) + 1), 2.0 * r - lift)
     }
@@ -277,7 +323,7 @@ impl Piecewise {
 
     /// Piece index from the high part h = ⌊(x + lift)/2^w⌋.
     fn index_of_high(&self, high: u64) -> u64 {
-        let base = ((self.start << FRAC) + self.lift) >> (FRAC as i32 + self.width_log2);
+        let base = ((self.start << self.frac) + self.lift) >> (self.frac as i32 + self.width_log2);
         (high as i64 - base + 1).clamp(0, self.pieces.len() as i64 - 1) as u64
     }
 
@@ -289,9 +335,9 @@ impl Piecewise {
         let (lo, hi) = (h & mask(lo_bits), h >> lo_bits);
         let i = self.index_of_high(hi) as usize;
         let d = lo as i64 - (1i64 << (lo_bits - 1)) + 1;
-        let (a, b, c) = self.pieces[i].fixed();
+        let (a, b, c) = self.pieces[i].fixed(self.frac);
         let y = a as i128 * (d * d) as i128 + b as i128 * (x as i64) as i128 + c as i128;
-        (y >> (ACC_BITS - FRAC)) as i64 as u64
+        (y >> (ACC_BITS - self.frac)) as i64 as u64
     }
 
     /// Random OTs one batch of `n` values takes, (server as sender, client as sender), generated
@@ -316,18 +362,18 @@ impl Piecewise {
     /// Width of the baseline's breakpoint comparisons: |x − c| < 2^(R+2) for accepted x and
     /// every breakpoint.
     fn comparison_bits(&self) -> u32 {
-        FRAC + self.range_bits + 3
+        self.frac + self.range_bits + 3
     }
 
     /// (bits of the shifted value's ring, local truncation, bits of the in-piece position).
     fn layout(&self) -> (u32, u32, u32) {
-        (FRAC + self.range_bits + 1, FRAC - D_BITS, (D_BITS as i32 + self.width_log2) as u32)
+        (self.frac + self.range_bits + 1, self.frac - D_BITS, (D_BITS as i32 + self.width_log2) as u32)
     }
 
     /// Bound (in real units) on |protocol − reference| from the two one-unit truncation errors
     /// (module notes): one unit of D changes d² by at most (2^w + 2^-k)·2^-k, weighed by the
     /// largest |α|; a piece change at a boundary costs the largest jump between neighbouring
-    /// pieces there; the final truncation 2^-18.
+    /// pieces there; the final truncation 2^-f.
     pub fn protocol_bound(&self) -> f64 {
         let k = 2f64.powi(-(D_BITS as i32));
         let width = 2f64.powi(self.width_log2);
@@ -340,7 +386,7 @@ impl Piecewise {
                 (at(l, self.mid(i - 1)) - at(r, self.mid(i))).abs()
             })
             .fold(0.0, f64::max);
-        2.0 * step + jump + 2.0 * 2f64.powi(-(FRAC as i32))
+        2.0 * step + jump + 2.0 * 2f64.powi(-(self.frac as i32))
     }
 }
 
@@ -405,6 +451,7 @@ pub const BATCH: usize = 1 << 16;
 /// this party's shares of f(x). Inputs must lie in `f.input_range()`.
 #[tracing::instrument(level = "debug", skip_all, fields(f = f.name, n = shares.len()))]
 pub async fn evaluate(sess: &mut Session, f: &Piecewise, shares: &[u64]) -> ProtoResult<Vec<u64>> {
+    let f = &f.for_format(sess.format())?;
     let mut out = Vec::with_capacity(shares.len());
     for batch in shares.chunks(BATCH) {
         out.extend(evaluate_batch(sess, f, batch).await?);
@@ -489,7 +536,7 @@ async fn evaluate_batch(sess: &mut Session, f: &Piecewise, shares: &[u64]) -> Pr
 
     // 5: each party's masked term θ_i·(d²_p, x_p, 1) to the other, selected by its index share
     let coefs: Vec<(u64, u64, u64)> =
-        f.pieces.iter().map(|p| p.fixed()).map(|(a, b, c)| (a as u64, b as u64, c as u64)).collect();
+        f.pieces.iter().map(|p| p.fixed(f.frac)).map(|(a, b, c)| (a as u64, b as u64, c as u64)).collect();
     let term = |i: u64, d2: u64, x: u64| {
         coefs.get(i as usize).map_or(0, |&(a, b, c)| {
             let constant = if server { c } else { 0 };
@@ -514,14 +561,15 @@ async fn evaluate_batch(sess: &mut Session, f: &Piecewise, shares: &[u64]) -> Pr
     };
     let y: Vec<u64> = r.iter().zip(&got).map(|(r, g)| r.wrapping_add(*g) & mask(sum)).collect();
 
-    // 6: back to Z_2^64 at 18 fractional bits
-    truncate_extend(sess, &y, sum, ACC_BITS - FRAC).await
+    // 6: back to Z_2^64 at f fractional bits
+    truncate_extend(sess, &y, sum, ACC_BITS - f.frac).await
 }
 
 /// The baseline (module notes): every piece evaluated, then multiplexed by the one-hot vector
 /// from K − 1 breakpoint comparisons. Same input range and fixed point as [`evaluate`].
 #[tracing::instrument(level = "debug", skip_all, fields(f = f.name, n = shares.len()))]
 pub async fn evaluate_baseline(sess: &mut Session, f: &Piecewise, shares: &[u64]) -> ProtoResult<Vec<u64>> {
+    let f = &f.for_format(sess.format())?;
     let mut out = Vec::with_capacity(shares.len());
     for batch in shares.chunks(BATCH) {
         out.extend(baseline_batch(sess, f, batch).await?);
@@ -535,7 +583,7 @@ async fn baseline_batch(sess: &mut Session, f: &Piecewise, shares: &[u64]) -> Pr
     prepare(sess, f.baseline_ots(n)).await?;
     let k = f.pieces.len();
     let thresholds: Vec<u64> = (0..k as i64 - 1)
-        .map(|j| ((f.start << FRAC) + ((j << FRAC) >> -f.width_log2.min(0) << f.width_log2.max(0))) as u64)
+        .map(|j| ((f.start << f.frac) + ((j << f.frac) >> -f.width_log2.min(0) << f.width_log2.max(0))) as u64)
         .collect();
     let bits = f.comparison_bits();
     let mut triples = Triples::generate(sess, n * (k - 1) * triples_per_comparison(bits - 1)).await?;
@@ -552,7 +600,7 @@ async fn baseline_batch(sess: &mut Session, f: &Piecewise, shares: &[u64]) -> Pr
         })
         .collect();
     let x2 = square(sess, shares, 64).await?;
-    let x2 = truncate(sess, &x2, FRAC).await?;
+    let x2 = truncate(sess, &x2, f.frac).await?;
     // α(x − m)² + βx + γ = α·x² + (β − 2αm)·x + (α·m² + γ), at BASE_COEF_BITS + 18 bits
     let q = |v: f64, bits: u32| (v * (1u64 << bits) as f64).round() as i64 as u64;
     let values: Vec<u64> = (0..n)
@@ -562,7 +610,7 @@ async fn baseline_batch(sess: &mut Session, f: &Piecewise, shares: &[u64]) -> Pr
                 let m = f.mid(i);
                 let a = q(p.alpha, BASE_COEF_BITS);
                 let b = q(p.beta - 2.0 * p.alpha * m, BASE_COEF_BITS);
-                let c = if server { q(p.alpha * m * m + p.gamma, BASE_COEF_BITS + FRAC) } else { 0 };
+                let c = if server { q(p.alpha * m * m + p.gamma, BASE_COEF_BITS + f.frac) } else { 0 };
                 a.wrapping_mul(x2).wrapping_add(b.wrapping_mul(x)).wrapping_add(c)
             })
         })
@@ -580,13 +628,15 @@ pub async fn relu(sess: &mut Session, shares: &[u64], bits: u32) -> ProtoResult<
 }
 
 /// Shares of SwiGLU's gate product SiLU(g) ⊙ u for shared g (in SiLU's input range) and u
-/// (|u| < 64), fixed point f = 18: SiLU by Select-Then-Compute, the product in a 50-bit ring
-/// (|SiLU(g)·u| < 2^12 in real terms) and one truncation back to Z_2^64.
+/// (|u| < 64), in the session's fixed point (f = 18: the product in a 50-bit ring,
+/// 2f + 14 bits in general; |SiLU(g)·u| < 2^12 in real terms): SiLU by Select-Then-Compute,
+/// the product and one truncation back to Z_2^64.
 pub async fn swiglu(sess: &mut Session, gate: &[u64], up: &[u64]) -> ProtoResult<Vec<u64>> {
-    const BITS: u32 = 2 * FRAC + 14;
+    let frac = sess.format().frac_bits();
+    let bits = 2 * frac + 14;
     let activated = evaluate(sess, &Piecewise::silu(), gate).await?;
-    let product = mul_in(sess, &activated, up, BITS).await?;
-    truncate_extend(sess, &product, BITS, FRAC).await
+    let product = mul_in(sess, &activated, up, bits).await?;
+    truncate_extend(sess, &product, bits, frac).await
 }
 
 /// Checks a batch against the function's input range, for callers that hold plaintext (tests,

@@ -1,7 +1,8 @@
-//! Softmax over rows of shared fixed-point values (f = 18), with max-subtraction:
+//! Softmax over rows of shared fixed-point values (the session's format, f = 18 by default), with
+//! max-subtraction:
 //! y_i = e^(x_i − m) / Σ_j e^(x_j − m), m = max_j x_j.
 //!
-//! 1. m by a tree of pairwise maxima ([`super::compare::max`]) at 27 bits: logits |x| < 64.
+//! 1. m by a tree of pairwise maxima ([`super::compare::max`]) at f + 8 bits: logits |x| < 64.
 //! 2. e^(x_i − m) by Select-Then-Compute over 24 quadratic pieces ([`Piecewise::exp`]): a row's
 //!    logits must lie within 63 of its maximum (the exp window); below −12 the result is 0.
 //! 3. The row sum s ∈ [1, len] (the maximum contributes e^0 = 1), and 1/s: a piecewise
@@ -11,7 +12,7 @@
 //!    party's share of 1/s ([`super::arith::mul_rows`]), then one truncation back to Z_2^64.
 //!
 //! Error: the exp pieces (≤ 5.2e-4) plus the protocol's d² rounding ([`Piecewise::protocol_bound`]),
-//! scaled by 1/s, plus a few units of 2^-18 from the truncations.
+//! scaled by 1/s, plus a few units of 2^-f from the truncations.
 
 use super::Session;
 use super::arith::{mul, mul_rows, truncate, truncate_extend};
@@ -19,14 +20,18 @@ use super::compare::max;
 use super::piecewise::{Piecewise, evaluate};
 use super::{ProtoError, ProtoResult};
 use crate::net::Party;
-use crate::ring::DEFAULT_FRAC_BITS;
 
-const FRAC: u32 = DEFAULT_FRAC_BITS;
-/// Width of the max tree's comparisons: |a − b| < 2^(MAX_BITS−1) = 128 in real terms.
-const MAX_BITS: u32 = FRAC + 8;
-/// Ring of the final row products: e < 2 and 1/s ≤ 1 at 18 fractional bits each, so the
-/// product (36 fractional bits) stays below 2^38.
-const PRODUCT_BITS: u32 = 2 * FRAC + 4;
+/// Width of the max tree's comparisons at f fractional bits: |a − b| < 2^(f+7) = 128 in real
+/// terms.
+fn max_bits(frac: u32) -> u32 {
+    frac + 8
+}
+
+/// Ring of the final row products: e < 2 and 1/s ≤ 1 at f fractional bits each, so the product
+/// (2f fractional bits) stays below 2^(2f+2).
+fn product_bits(frac: u32) -> u32 {
+    2 * frac + 4
+}
 /// Longest row: the reciprocal's start covers sums up to 128.
 pub const MAX_ROW: usize = 128;
 /// Values per batch (whole rows): bounds memory; each batch adds its rounds.
@@ -46,25 +51,27 @@ pub async fn softmax(sess: &mut Session, x: &[u64], len: usize) -> ProtoResult<V
 }
 
 async fn softmax_batch(sess: &mut Session, x: &[u64], len: usize) -> ProtoResult<Vec<u64>> {
-    let (m, _) = max(sess, x, len, MAX_BITS).await?;
+    let frac = sess.format().frac_bits();
+    let (m, _) = max(sess, x, len, max_bits(frac)).await?;
     let z: Vec<u64> = x.iter().enumerate().map(|(i, v)| v.wrapping_sub(m[i / len])).collect();
     let e = evaluate(sess, &Piecewise::exp(), &z).await?;
     let sums: Vec<u64> = e.chunks_exact(len).map(|row| row.iter().fold(0u64, |s, v| s.wrapping_add(*v))).collect();
     let r = reciprocal(sess, &sums).await?;
-    let y = mul_rows(sess, &e, &r, PRODUCT_BITS).await?;
-    truncate_extend(sess, &y, PRODUCT_BITS, FRAC).await
+    let y = mul_rows(sess, &e, &r, product_bits(frac)).await?;
+    truncate_extend(sess, &y, product_bits(frac), frac).await
 }
 
 /// Shares of 1/s for shared s ∈ [1, 128] (module notes, step 3).
 pub async fn reciprocal(sess: &mut Session, s: &[u64]) -> ProtoResult<Vec<u64>> {
-    let two = if sess.party() == Party::Server { 2u64 << FRAC } else { 0 };
+    let frac = sess.format().frac_bits();
+    let two = if sess.party() == Party::Server { 2u64 << frac } else { 0 };
     let mut y = evaluate(sess, &Piecewise::reciprocal(), s).await?;
     for _ in 0..2 {
         let sy = mul(sess, s, &y).await?;
-        let sy = truncate(sess, &sy, FRAC).await?;
+        let sy = truncate(sess, &sy, frac).await?;
         let step: Vec<u64> = sy.iter().map(|v| two.wrapping_sub(*v)).collect();
         let prod = mul(sess, &y, &step).await?;
-        y = truncate(sess, &prod, FRAC).await?;
+        y = truncate(sess, &prod, frac).await?;
     }
     Ok(y)
 }

@@ -10,6 +10,7 @@ use secmoe::backend::CpuBackend;
 use secmoe::net::{Link, LinkConfig, PublicParams, loopback};
 use secmoe::ot::{Ot, OtKind};
 use secmoe::proto::{Session, SessionConfig};
+use secmoe::ring::FixedPoint;
 
 pub fn runtime() -> tokio::runtime::Runtime {
     secmoe::ot::configure_extension_threads();
@@ -34,8 +35,14 @@ pub async fn ot_pair() -> (Link, Ot, Link, Ot) {
 /// (client link, client session, server link, server session): IKNP, the default fixed-point
 /// format, CSPRNGs from fixed seeds (tests only).
 pub async fn session_pair() -> (Link, Session, Link, Session) {
+    session_pair_in(FixedPoint::default()).await
+}
+
+/// [`session_pair`] with the fixed-point format `format`.
+pub async fn session_pair_in(format: FixedPoint) -> (Link, Session, Link, Session) {
     let (mut c, mut s) = links().await;
-    let config = |seed: u8| SessionConfig { ot_kind: Some(OtKind::Iknp), seed: Some([seed; 32]), ..Default::default() };
+    let config =
+        |seed: u8| SessionConfig { ot_kind: Some(OtKind::Iknp), format, seed: Some([seed; 32]), ..Default::default() };
     let (sc, ss) = tokio::join!(Session::new(&mut c, backend(), config(1)), Session::new(&mut s, backend(), config(2)));
     (c, sc.expect("client session"), s, ss.expect("server session"))
 }
