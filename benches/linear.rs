@@ -11,34 +11,38 @@ use rand::{RngExt, SeedableRng, rngs::StdRng};
 use secmoe::backend::{Backend, CpuBackend};
 use secmoe::he::HeParams;
 use secmoe::net::{Link, LinkConfig, PublicParams, loopback};
-use secmoe::proto::linear::{HeClient, HeServer, linear_client, linear_server, tiling_for};
+use secmoe::proto::linear::{Weights, linear, tiling_for};
 use secmoe::proto::tiling::MatShape;
+use secmoe::proto::{Session, SessionConfig};
 use secmoe::ring::share_secret;
 
-struct Session {
+struct Pair {
     client: Link,
-    server: Link,
-    hc: HeClient,
-    hs: HeServer,
+    /// Kept open for the server's session.
+    _server: Link,
+    sc: Session,
+    ss: Session,
 }
 
-async fn session(params: Arc<HeParams>) -> Session {
+async fn sessions(params: Arc<HeParams>) -> Pair {
     let cfg = LinkConfig { timeout: Duration::from_secs(600), params: PublicParams::new() };
     let (mut client, mut server) = loopback(cfg).await.unwrap();
     let be: Arc<dyn Backend> = Arc::new(CpuBackend::new(0).unwrap());
-    let mut rng = StdRng::seed_from_u64(1);
-    let (hc, hs) = tokio::join!(
-        HeClient::setup(client.channel(), params.clone(), be.clone(), &mut rng),
-        HeServer::setup(server.channel(), params, be)
-    );
-    Session { client, server, hc: hc.unwrap(), hs: hs.unwrap() }
+    let config = SessionConfig::default();
+    let (sc, ss) =
+        tokio::join!(Session::new(&mut client, be.clone(), config.clone()), Session::new(&mut server, be, config));
+    let (mut sc, mut ss) = (sc.unwrap(), ss.unwrap());
+    let (a, b) = tokio::join!(sc.setup_he(params.clone()), ss.setup_he(params));
+    a.unwrap();
+    b.unwrap();
+    Pair { client, _server: server, sc, ss }
 }
 
 fn bench_linear(c: &mut Criterion) {
     secmoe::ot::configure_extension_threads();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let params = HeParams::linear().unwrap();
-    let mut s = rt.block_on(session(params.clone()));
+    let mut s = rt.block_on(sessions(params.clone()));
     let mut rng = StdRng::seed_from_u64(2);
     let mut costs = Vec::new();
     let mut group = c.benchmark_group("linear");
@@ -47,12 +51,11 @@ fn bench_linear(c: &mut Criterion) {
         let x: Vec<u64> = (0..shape.n * shape.d).map(|_| rng.random()).collect();
         let w: Vec<u64> = (0..shape.d * shape.m).map(|_| rng.random_range(-(1i64 << 18)..1 << 18) as u64).collect();
         let (xc, xs) = share_secret(&x, &mut rng);
-        let run = |s: &mut Session| {
+        let run = |s: &mut Pair| {
             rt.block_on(async {
-                let (yc, ys) = tokio::join!(
-                    linear_client(&s.hc, s.client.channel(), shape, &xc),
-                    linear_server(&s.hs, s.server.channel(), shape, &xs, &w, 20)
-                );
+                let weights = Weights { values: &w, bits: 20 };
+                let (yc, ys) =
+                    tokio::join!(linear(&mut s.sc, shape, &xc, None), linear(&mut s.ss, shape, &xs, Some(weights)));
                 yc.unwrap();
                 ys.unwrap();
             })

@@ -2,6 +2,8 @@
 //! bits other than the default 18 match their references at that scale, and a format a protocol
 //! cannot run at is refused with an error that names it.
 
+#![allow(clippy::unwrap_used, missing_docs)]
+
 mod common;
 
 use common::{add_share, open};

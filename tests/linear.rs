@@ -13,11 +13,9 @@ use rand::{RngExt, SeedableRng};
 use secmoe::backend::Backend;
 use secmoe::he::HeParams;
 use secmoe::net::CostModel;
-use secmoe::proto::ProtoError;
-use secmoe::proto::linear::{
-    HeClient, HeServer, linear_client, linear_server, matmul_shared_client, matmul_shared_server, tiling_for,
-};
+use secmoe::proto::linear::{HeClient, HeServer, Weights, linear, matmul_shared, tiling_for};
 use secmoe::proto::tiling::MatShape;
+use secmoe::proto::{HeKeys, ProtoError, Session};
 use secmoe::ring::{Share, reconstruct, share_secret};
 
 /// Fixed-point-like weights: |w| < 2^20, both signs.
@@ -25,7 +23,17 @@ fn weights(rng: &mut StdRng, count: usize) -> Vec<u64> {
     (0..count).map(|_| rng.random_range(-(1i64 << 20)..(1 << 20)) as u64).collect()
 }
 
-async fn sessions(params: Arc<HeParams>) -> (secmoe::net::Link, HeClient, secmoe::net::Link, HeServer) {
+/// Both parties' sessions with the HE keys of `params` set up.
+async fn sessions(params: Arc<HeParams>) -> (secmoe::net::Link, Session, secmoe::net::Link, Session) {
+    let (c, mut sc, s, mut ss) = common::session_pair().await;
+    let (a, b) = tokio::join!(sc.setup_he(params.clone()), ss.setup_he(params));
+    a.unwrap();
+    b.unwrap();
+    (c, sc, s, ss)
+}
+
+/// The HE keys alone on the links' own channels, for tests that speak the wire format.
+async fn raw_keys(params: Arc<HeParams>) -> (secmoe::net::Link, HeClient, secmoe::net::Link, HeServer) {
     let (mut c, mut s) = common::links().await;
     let be: Arc<dyn Backend> = common::backend();
     let mut rng = StdRng::seed_from_u64(1);
@@ -34,6 +42,13 @@ async fn sessions(params: Arc<HeParams>) -> (secmoe::net::Link, HeClient, secmoe
         HeServer::setup(s.channel(), params, be)
     );
     (c, hc.unwrap(), s, hs.unwrap())
+}
+
+fn server_keys(sess: &Session) -> &HeServer {
+    match sess.he() {
+        Some(HeKeys::Server(hs)) => hs,
+        other => panic!("not the server's keys: {other:?}"),
+    }
 }
 
 /// Networks from "bytes are free" to "bytes are everything": the tilings they choose cover
@@ -48,21 +63,19 @@ const NETWORKS: [CostModel; 3] = [
 fn linear_layers_give_exact_shares_of_x_times_w_for_any_shape_and_tiling() {
     common::runtime().block_on(async {
         let params = HeParams::linear().unwrap();
-        let (mut c, mut hc, mut s, hs) = sessions(params.clone()).await;
+        let (_c, mut sc, _s, mut ss) = sessions(params.clone()).await;
         let mut rng = StdRng::seed_from_u64(2);
         let mut packs = std::collections::BTreeSet::new();
         let shapes = [(1, 1, 1), (3, 5, 7), (2, 300, 41), (40, 9, 300), (130, 70, 3), (16, 128, 64)];
         for ((n, d, m), net) in shapes.into_iter().flat_map(|s| NETWORKS.map(|net| (s, net))) {
             let shape = MatShape { n, d, m };
             packs.insert(tiling_for(&params, shape, &net).pack);
-            hc.set_network(net);
+            sc.set_network(net);
             let x: Vec<u64> = (0..n * d).map(|_| rng.random()).collect();
             let w = weights(&mut rng, d * m);
             let (xc, xs) = share_secret(&x, &mut rng);
-            let (yc, ys) = tokio::join!(
-                linear_client(&hc, c.channel(), shape, &xc),
-                linear_server(&hs, s.channel(), shape, &xs, &w, 20)
-            );
+            let weights = Weights { values: &w, bits: 20 };
+            let (yc, ys) = tokio::join!(linear(&mut sc, shape, &xc, None), linear(&mut ss, shape, &xs, Some(weights)));
             let y = reconstruct(&yc.unwrap(), &ys.unwrap()).unwrap();
             assert_eq!(
                 y,
@@ -75,7 +88,7 @@ fn linear_layers_give_exact_shares_of_x_times_w_for_any_shape_and_tiling() {
         assert!(packs.contains(&0) && packs.len() >= 4, "packing levels exercised: {packs:?}");
         // the session's flooding account: every returned coefficient within 2^-40 + 2^-64
         let returned: usize = shapes.iter().map(|&(n, _, m)| n * m * NETWORKS.len()).sum();
-        let distance = hs.statistical_distance();
+        let distance = server_keys(&ss).statistical_distance();
         assert!(distance > 0.0 && distance <= returned as f64 * (2f64.powi(-40) + 2f64.powi(-64)), "{distance:e}");
     });
 }
@@ -83,16 +96,13 @@ fn linear_layers_give_exact_shares_of_x_times_w_for_any_shape_and_tiling() {
 #[test]
 fn products_of_two_shared_matrices_are_exact() {
     common::runtime().block_on(async {
-        let (mut c, hc, mut s, hs) = sessions(HeParams::n8192().unwrap()).await;
+        let (_c, mut sc, _s, mut ss) = sessions(HeParams::n8192().unwrap()).await;
         let mut rng = StdRng::seed_from_u64(3);
         let shape = MatShape { n: 6, d: 16, m: 5 };
         let x: Vec<u64> = (0..shape.n * shape.d).map(|_| rng.random()).collect();
         let y: Vec<u64> = (0..shape.d * shape.m).map(|_| rng.random()).collect();
         let ((xc, xs), (yc, ys)) = (share_secret(&x, &mut rng), share_secret(&y, &mut rng));
-        let (zc, zs) = tokio::join!(
-            matmul_shared_client(&hc, c.channel(), shape, &xc, &yc),
-            matmul_shared_server(&hs, s.channel(), shape, &xs, &ys)
-        );
+        let (zc, zs) = tokio::join!(matmul_shared(&mut sc, shape, &xc, &yc), matmul_shared(&mut ss, shape, &xs, &ys));
         assert_eq!(reconstruct(&zc.unwrap(), &zs.unwrap()).unwrap(), shape.plain_product(&x, &y));
     });
 }
@@ -100,13 +110,14 @@ fn products_of_two_shared_matrices_are_exact() {
 #[test]
 fn mismatched_shapes_and_oversized_weights_are_refused_by_name() {
     common::runtime().block_on(async {
-        let (mut c, hc, mut s, hs) = sessions(HeParams::linear().unwrap()).await;
+        let (_c, mut sc, _s, mut ss) = sessions(HeParams::linear().unwrap()).await;
         let x = vec![Share::from_raw(1); 4 * 3];
         let other = vec![Share::default(); 16];
         // the client thinks d = 3, the server d = 4
+        let zeros = Weights { values: &[0; 8], bits: 20 };
         let (rc, rs) = tokio::join!(
-            linear_client(&hc, c.channel(), MatShape { n: 4, d: 3, m: 2 }, &x),
-            linear_server(&hs, s.channel(), MatShape { n: 4, d: 4, m: 2 }, &other, &[0; 8], 20)
+            linear(&mut sc, MatShape { n: 4, d: 3, m: 2 }, &x, None),
+            linear(&mut ss, MatShape { n: 4, d: 4, m: 2 }, &other, Some(zeros))
         );
         let (ec, es) = (rc.unwrap_err().to_string(), rs.unwrap_err().to_string());
         assert!(ec.contains("refused") && ec.contains("4×3 · 3×2"), "{ec}");
@@ -116,8 +127,8 @@ fn mismatched_shapes_and_oversized_weights_are_refused_by_name() {
         let mut w = vec![5u64; 6];
         w[4] = (-(1i64 << 21)) as u64;
         let (rc, rs) = tokio::join!(
-            linear_client(&hc, c.channel(), shape, &x),
-            linear_server(&hs, s.channel(), shape, &x, &w, 20)
+            linear(&mut sc, shape, &x, None),
+            linear(&mut ss, shape, &x, Some(Weights { values: &w, bits: 20 }))
         );
         // the client learns that a weight is out of bounds, not which one nor its value
         let refusal = match rc {
@@ -130,8 +141,8 @@ fn mismatched_shapes_and_oversized_weights_are_refused_by_name() {
         // and the session still works afterwards
         let w = vec![3u64; 6];
         let (yc, ys) = tokio::join!(
-            linear_client(&hc, c.channel(), shape, &x),
-            linear_server(&hs, s.channel(), shape, &x, &w, 20)
+            linear(&mut sc, shape, &x, None),
+            linear(&mut ss, shape, &x, Some(Weights { values: &w, bits: 20 }))
         );
         assert_eq!(reconstruct(&yc.unwrap(), &ys.unwrap()).unwrap(), vec![18; 8]);
     });
@@ -140,7 +151,8 @@ fn mismatched_shapes_and_oversized_weights_are_refused_by_name() {
 #[test]
 fn a_bad_tiling_or_a_truncated_ciphertext_is_an_error_naming_it() {
     common::runtime().block_on(async {
-        let (mut c, _hc, mut s, hs) = sessions(HeParams::linear().unwrap()).await;
+        let (mut c, _hc, mut s, hs) = raw_keys(HeParams::linear().unwrap()).await;
+        let mut rng = StdRng::seed_from_u64(5);
         let shape = MatShape { n: 1, d: 1, m: 1 };
         let client = async {
             let ch = c.channel();
@@ -156,12 +168,12 @@ fn a_bad_tiling_or_a_truncated_ciphertext_is_an_error_naming_it() {
             ch.send(&[0u8; 100]).await.unwrap();
         };
         let server = async {
-            let e = hs.product(s.channel(), shape, &[1], 20, None).await.unwrap_err().to_string();
+            let e = hs.product(s.channel(), shape, &[1], 20, None, &mut rng).await.unwrap_err().to_string();
             assert!(e.contains("tiling") && e.contains("does not fit"), "{e}");
             let narrow = MatShape { n: 8, d: 8, m: 8 };
-            let e = hs.product(s.channel(), narrow, &[1; 64], 20, None).await.unwrap_err().to_string();
+            let e = hs.product(s.channel(), narrow, &[1; 64], 20, None, &mut rng).await.unwrap_err().to_string();
             assert!(e.contains("less than half"), "{e}");
-            hs.product(s.channel(), shape, &[1], 20, None).await
+            hs.product(s.channel(), shape, &[1], 20, None, &mut rng).await
         };
         let (_, rs) = tokio::join!(client, server);
         let e = rs.unwrap_err().to_string();

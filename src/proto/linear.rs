@@ -32,8 +32,9 @@ use rand::rngs::ChaCha20Rng;
 use rand::{CryptoRng, RngExt, SeedableRng};
 use tracing::instrument;
 
+use super::session::HeKeys;
 use super::tiling::{MatShape, Tiling, TilingCost};
-use super::{ProtoError, ProtoResult, compute};
+use super::{ProtoError, ProtoResult, Session, compute};
 use crate::backend::{Backend, Prepared, map_indexed};
 use crate::he::{
     Ciphertext, GaloisKeys, HeParams, MAX_FLOOD_BITS, Plaintext, PublicKey, SecretKey, SeededCiphertext,
@@ -192,19 +193,26 @@ impl HeClient {
     /// Shares of (A_c + A_s)·B for the client's A_c (n×d, row-major); returns the client's
     /// n×m share.
     #[instrument(skip_all, name = "he_product", fields(shape = %shape))]
-    pub async fn product(&self, ch: &mut Channel, shape: MatShape, a: &[u64]) -> ProtoResult<Vec<u64>> {
-        let (t, decrypted) = self.product_decrypted(ch, shape, a).await?;
+    pub async fn product<R: CryptoRng + ?Sized>(
+        &self,
+        ch: &mut Channel,
+        shape: MatShape,
+        a: &[u64],
+        rng: &mut R,
+    ) -> ProtoResult<Vec<u64>> {
+        let (t, decrypted) = self.product_decrypted(ch, shape, a, rng).await?;
         // 2^pack·(A·B − R) mod t: the division is exact, and the share is its value mod 2^64
         Ok(decrypted.into_iter().map(|v| (v >> t.pack) as u64).collect())
     }
 
     /// [`HeClient::product`] up to decryption: the tiling, and everything the client decrypts —
     /// the whole t-bit plaintext at each output (row-major n×m).
-    async fn product_decrypted(
+    async fn product_decrypted<R: CryptoRng + ?Sized>(
         &self,
         ch: &mut Channel,
         shape: MatShape,
         a: &[u64],
+        rng: &mut R,
     ) -> ProtoResult<(Tiling, Vec<u128>)> {
         if a.len() != shape.n * shape.d {
             return Err(ProtoError::Input(format!(
@@ -229,10 +237,11 @@ impl HeClient {
                 _ => return Err(ProtoError::Refused("unreadable status from the server".into())),
             }
             for ti in 0..ti_n {
+                let seeds: Vec<[u8; 32]> = (0..tj_n).map(|_| rng.random()).collect();
                 let cts: Vec<Vec<u8>> = compute(|| {
                     map_indexed(be, tj_n, |tj| {
                         let pt = Plaintext::new(p, t.encode_a(a, ti, tj))?;
-                        Ok(self.sk.encrypt_seeded(&pt, be, &mut rand::make_rng::<ChaCha20Rng>()).to_bytes(p))
+                        Ok(self.sk.encrypt_seeded(&pt, be, &mut ChaCha20Rng::from_seed(seeds[tj])).to_bytes(p))
                     })
                     .into_iter()
                     .collect::<ProtoResult<_>>()
@@ -289,13 +298,14 @@ impl HeServer {
     /// and at most 2^b_bits in absolute value), and optionally its share A_s (n×d) of the
     /// encrypted matrix. Returns the server's n×m share (the mask R).
     #[instrument(skip_all, name = "he_product", fields(shape = %shape))]
-    pub async fn product(
+    pub async fn product<R: CryptoRng + ?Sized>(
         &self,
         ch: &mut Channel,
         shape: MatShape,
         b: &[u64],
         b_bits: u32,
         a_share: Option<&[u64]>,
+        rng: &mut R,
     ) -> ProtoResult<Vec<u64>> {
         let (p, be) = (&self.params, self.backend.as_ref());
         let _s = ch.meter().scope("he-product/input");
@@ -325,7 +335,6 @@ impl HeServer {
         drop(_s);
         let _s = ch.meter().scope("he-product/output");
         let inputs = compute(|| Inputs::prepare(p, be, &t, &inputs, a_share))?;
-        let mut rng = rand::make_rng::<ChaCha20Rng>();
         let mut mask = vec![0u64; shape.n * shape.m];
         let group = 1usize << t.pack;
         // results per batch: whole groups, within the memory budget for unpacked results
@@ -583,24 +592,39 @@ pub fn unshrunk_output_len(params: &HeParams) -> usize {
     ciphertext_len(params, params.moduli().len())
 }
 
-/// The client's side of a linear layer Y = X·W: its share of X (n×d) in, its share of Y out.
-pub async fn linear_client(he: &HeClient, ch: &mut Channel, shape: MatShape, x: &[Share]) -> ProtoResult<Vec<Share>> {
-    let y = he.product(ch, shape, bytemuck::cast_slice(x)).await?;
+/// The server's weights of a linear layer: W (d×m, row-major), fixed-point ring elements read
+/// as signed and bounded by 2^bits in absolute value (the flooding covers that bound).
+#[derive(Debug, Clone, Copy)]
+pub struct Weights<'a> {
+    /// W, row-major.
+    pub values: &'a [u64],
+    /// log2 of the bound on |w|.
+    pub bits: u32,
+}
+
+/// A linear layer Y = X·W over the session's HE keys ([`Session::setup_he`]): each party's
+/// share of X (n×d) in, its share of Y out. The server passes `Some(weights)`, the client `None`.
+pub async fn linear(
+    sess: &mut Session,
+    shape: MatShape,
+    x: &[Share],
+    weights: Option<Weights<'_>>,
+) -> ProtoResult<Vec<Share>> {
+    let x: &[u64] = bytemuck::cast_slice(x);
+    let y = match (sess.he.as_ref(), weights) {
+        (Some(HeKeys::Client(he)), None) => he.product(sess.ot.channel(), shape, x, &mut sess.rng).await?,
+        (Some(HeKeys::Server(he)), Some(w)) => {
+            he.product(sess.ot.channel(), shape, w.values, w.bits, Some(x), &mut sess.rng).await?
+        }
+        (None, _) => return Err(no_keys()),
+        (Some(HeKeys::Client(_)), Some(_)) => return Err(ProtoError::Input("the client holds no weights".into())),
+        (Some(HeKeys::Server(_)), None) => return Err(ProtoError::Input("the server must pass the weights".into())),
+    };
     Ok(y.into_iter().map(Share::from_raw).collect())
 }
 
-/// The server's side of a linear layer: its share of X and the weights W (d×m, fixed-point ring
-/// elements bounded by 2^w_bits), its share of Y out.
-pub async fn linear_server(
-    he: &HeServer,
-    ch: &mut Channel,
-    shape: MatShape,
-    x: &[Share],
-    w: &[u64],
-    w_bits: u32,
-) -> ProtoResult<Vec<Share>> {
-    let r = he.product(ch, shape, w, w_bits, Some(bytemuck::cast_slice(x))).await?;
-    Ok(r.into_iter().map(Share::from_raw).collect())
+fn no_keys() -> ProtoError {
+    ProtoError::Input("HE products need the session's HE keys (Session::setup_he) first".into())
 }
 
 fn transpose(rows: usize, cols: usize, a: &[u64]) -> Vec<u64> {
@@ -613,40 +637,30 @@ fn transpose(rows: usize, cols: usize, a: &[u64]) -> Vec<u64> {
     t
 }
 
-/// The client's side of Z = X·Y with both X (n×d) and Y (d×m) secret-shared:
-/// X·Y = X·Y_s + X_c·Y_c + (Y_cᵀ·X_sᵀ)ᵀ, where the server's shares act as plaintexts.
-pub async fn matmul_shared_client(
-    he: &HeClient,
-    ch: &mut Channel,
-    shape: MatShape,
-    x: &[Share],
-    y: &[Share],
-) -> ProtoResult<Vec<Share>> {
+/// Z = X·Y with both X (n×d) and Y (d×m) secret-shared, over the session's HE keys:
+/// X·Y = X·Y_s + X_c·Y_c + (Y_cᵀ·X_sᵀ)ᵀ, where the server's shares act as plaintexts (two HE
+/// products, the client's local term added to its share).
+pub async fn matmul_shared(sess: &mut Session, shape: MatShape, x: &[Share], y: &[Share]) -> ProtoResult<Vec<Share>> {
     let (x, y): (&[u64], &[u64]) = (bytemuck::cast_slice(x), bytemuck::cast_slice(y));
-    let first = he.product(ch, shape, x).await?;
     let flipped = MatShape { n: shape.m, d: shape.d, m: shape.n };
-    let second = he.product(ch, flipped, &transpose(shape.d, shape.m, y)).await?;
-    let local = shape.plain_product(x, y);
+    let ch = sess.ot.channel();
+    let (first, second, local) = match sess.he.as_ref() {
+        Some(HeKeys::Client(he)) => {
+            let first = he.product(ch, shape, x, &mut sess.rng).await?;
+            let second = he.product(ch, flipped, &transpose(shape.d, shape.m, y), &mut sess.rng).await?;
+            (first, second, shape.plain_product(x, y))
+        }
+        Some(HeKeys::Server(he)) => {
+            let first = he.product(ch, shape, y, 64, Some(x), &mut sess.rng).await?;
+            let second = he.product(ch, flipped, &transpose(shape.n, shape.d, x), 64, None, &mut sess.rng).await?;
+            (first, second, vec![0; shape.n * shape.m])
+        }
+        None => return Err(no_keys()),
+    };
     let second = transpose(shape.m, shape.n, &second);
     Ok((0..shape.n * shape.m)
         .map(|i| Share::from_raw(first[i].wrapping_add(second[i]).wrapping_add(local[i])))
         .collect())
-}
-
-/// The server's side of [`matmul_shared_client`].
-pub async fn matmul_shared_server(
-    he: &HeServer,
-    ch: &mut Channel,
-    shape: MatShape,
-    x: &[Share],
-    y: &[Share],
-) -> ProtoResult<Vec<Share>> {
-    let (x, y): (&[u64], &[u64]) = (bytemuck::cast_slice(x), bytemuck::cast_slice(y));
-    let first = he.product(ch, shape, y, 64, Some(x)).await?;
-    let flipped = MatShape { n: shape.m, d: shape.d, m: shape.n };
-    let second = he.product(ch, flipped, &transpose(shape.n, shape.d, x), 64, None).await?;
-    let second = transpose(shape.m, shape.n, &second);
-    Ok((0..shape.n * shape.m).map(|i| Share::from_raw(first[i].wrapping_add(second[i]))).collect())
 }
 
 #[cfg(test)]
@@ -728,13 +742,14 @@ mod tests {
         runs: usize,
     ) -> (Tiling, Vec<Vec<u128>>) {
         let mut rng = rand::make_rng::<ChaCha20Rng>();
+        let (mut client_rng, mut server_rng) = (rand::make_rng::<ChaCha20Rng>(), rand::make_rng::<ChaCha20Rng>());
         let mut views = Vec::new();
         let mut tiling = None;
         for _ in 0..runs {
             let a_s: Vec<u64> = (0..a.len()).map(|_| if server_share { rng.random() } else { 0 }).collect();
             let (c, s) = tokio::join!(
-                hc.product_decrypted(cc, shape, a),
-                hs.product(sc, shape, w, 20, server_share.then_some(&a_s[..]))
+                hc.product_decrypted(cc, shape, a, &mut client_rng),
+                hs.product(sc, shape, w, 20, server_share.then_some(&a_s[..]), &mut server_rng)
             );
             let (t, view) = c.unwrap_or_else(|e| panic!("{e}"));
             s.unwrap_or_else(|e| panic!("{e}"));

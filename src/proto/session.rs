@@ -3,8 +3,8 @@
 //!
 //! A session holds the party's role, the OT engine on the link (with its pools and its own
 //! message channel, on which the protocols' messages stay in order with the OT messages), the
-//! OT-kind policy, the fixed-point format agreed in the handshake, the party's CSPRNG and the
-//! backend. Roles are expressed one way: [`Session::party`], read by the protocols where the two
+//! OT-kind policy, the fixed-point format agreed in the handshake, the party's CSPRNG, the HE keys
+//! of the linear layers (after [`Session::setup_he`]) and the backend. Roles are expressed one way: [`Session::party`], read by the protocols where the two
 //! sides differ.
 //!
 //! Randomness: the CSPRNG is ChaCha20 seeded from the operating system. [`SessionConfig::seed`]
@@ -17,7 +17,9 @@ use rand::rngs::ChaCha20Rng;
 use rand::{Rng, SeedableRng};
 
 use super::ProtoResult;
+use super::linear::{HeClient, HeServer};
 use crate::backend::Backend;
+use crate::he::HeParams;
 use crate::net::{Channel, CostModel, Link, Meter, Party};
 use crate::ot::{Ot, OtKind};
 use crate::ring::FixedPoint;
@@ -41,11 +43,22 @@ impl Default for SessionConfig {
     }
 }
 
+/// This party's HE material for the linear layers: the client's secret key, or the server's
+/// copy of the client's public and Galois keys.
+#[derive(Debug)]
+pub enum HeKeys {
+    /// The client's side.
+    Client(HeClient),
+    /// The server's side.
+    Server(HeServer),
+}
+
 /// One party's side of a two-party computation.
 pub struct Session {
     pub(crate) ot: Ot,
     pub(crate) kind: OtKind,
     pub(crate) rng: ChaCha20Rng,
+    pub(crate) he: Option<HeKeys>,
     format: FixedPoint,
     network: CostModel,
     seeded: bool,
@@ -77,11 +90,35 @@ impl Session {
             ot,
             kind: config.ot_kind.unwrap_or_else(|| OtKind::cheapest_for(&config.network)),
             rng,
+            he: None,
             format: config.format,
             network: config.network,
             seeded: config.seed.is_some(),
             backend,
         })
+    }
+
+    /// Sets up the HE keys of the linear layers under `params` (once per session, both parties
+    /// at the same point): the client generates a key pair and sends the public and Galois keys,
+    /// the server receives and checks them. The client tunes its tilings for the session's
+    /// network.
+    pub async fn setup_he(&mut self, params: Arc<HeParams>) -> ProtoResult<()> {
+        let backend = self.backend.clone();
+        let keys = match self.party() {
+            Party::Client => {
+                let mut he = HeClient::setup(self.ot.channel(), params, backend, &mut self.rng).await?;
+                he.set_network(self.network);
+                HeKeys::Client(he)
+            }
+            Party::Server => HeKeys::Server(HeServer::setup(self.ot.channel(), params, backend).await?),
+        };
+        self.he = Some(keys);
+        Ok(())
+    }
+
+    /// The HE keys, once set up.
+    pub fn he(&self) -> Option<&HeKeys> {
+        self.he.as_ref()
     }
 
     /// This party's role.
@@ -112,6 +149,14 @@ impl Session {
     /// The network the session is tuned for.
     pub fn network(&self) -> CostModel {
         self.network
+    }
+
+    /// Tunes later HE products for another network (the client chooses the tilings).
+    pub fn set_network(&mut self, network: CostModel) {
+        self.network = network;
+        if let Some(HeKeys::Client(he)) = &mut self.he {
+            he.set_network(network);
+        }
     }
 
     /// Whether the CSPRNG was seeded explicitly (a test or bench session).

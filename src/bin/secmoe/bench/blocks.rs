@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use secmoe::backend::CpuBackend;
+use secmoe::net::CostModel;
 use secmoe::ot::OtKind;
 use secmoe::proto::arith::{mul, truncate};
 use secmoe::proto::boolean::Triples;
@@ -100,7 +101,7 @@ pub(crate) async fn run(
 
 async fn measure(name: &str, n: usize, kind: OtKind, backend: Arc<CpuBackend>, threads: usize) -> Result<Row> {
     let mut rng = StdRng::from_rng(&mut rand::rng());
-    let (c, mut oc, s, mut os) = session_pair(backend, kind).await?;
+    let (c, mut oc, s, mut os) = session_pair(backend, kind, CostModel::WAN).await?;
     let range = match name {
         "reciprocal" => (1.0, 128.0),
         "rsqrt" => (0.01, 1000.0),

@@ -63,12 +63,16 @@ pub(crate) async fn links() -> Result<(Link, Link)> {
     Ok(loopback(cfg).await?)
 }
 
-/// Both parties' links and sessions on them, with OT extension `kind`: (client link, client
-/// session, server link, server session).
-pub(crate) async fn session_pair(backend: Arc<CpuBackend>, kind: OtKind) -> Result<(Link, Session, Link, Session)> {
+/// Both parties' links and sessions on them with OT extension `kind` and the network the HE
+/// tilings are tuned for: (client link, client session, server link, server session).
+pub(crate) async fn session_pair(
+    backend: Arc<CpuBackend>,
+    kind: OtKind,
+    network: CostModel,
+) -> Result<(Link, Session, Link, Session)> {
     let (mut c, mut s) = links().await?;
     let be: Arc<dyn Backend> = backend;
-    let config = SessionConfig { ot_kind: Some(kind), ..Default::default() };
+    let config = SessionConfig { ot_kind: Some(kind), network, ..Default::default() };
     let (sc, ss) = tokio::join!(Session::new(&mut c, be.clone(), config.clone()), Session::new(&mut s, be, config));
     Ok((c, sc?, s, ss?))
 }

@@ -8,22 +8,21 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use secmoe::backend::{Backend, CpuBackend};
+use secmoe::backend::CpuBackend;
 use secmoe::he::HeParams;
 use secmoe::net::CostModel;
 use secmoe::ot::OtKind;
+use secmoe::proto::HeKeys;
 use secmoe::proto::boolean::Triples;
 use secmoe::proto::compare::{at_least, greater_than, triples_per_comparison};
 use secmoe::proto::layernorm::{Affine, layernorm};
-use secmoe::proto::linear::{
-    HeClient, HeServer, linear_client, linear_server, matmul_shared_client, matmul_shared_server,
-};
+use secmoe::proto::linear::{Weights, linear, matmul_shared};
 use secmoe::proto::piecewise::{Piecewise, evaluate, evaluate_baseline};
 use secmoe::proto::softmax::softmax;
 use secmoe::proto::tiling::MatShape;
 use secmoe::ring::{reconstruct, share_secret};
 
-use super::harness::{Row, links, reset_peak_rss, row, session_pair};
+use super::harness::{Row, reset_peak_rss, row, session_pair};
 use super::report::print_row;
 
 /// Runs the preset's rows (or those named `only`), printing each and adding it to `rows`.
@@ -97,16 +96,12 @@ async fn measure(
         "matmul-shared" => HeParams::n8192()?,
         _ => HeParams::linear()?,
     };
-    let (mut c, mut s) = links().await?;
-    let be: Arc<dyn Backend> = backend;
+    let (c, mut sc, s, mut ss) = session_pair(backend, OtKind::Silent, tune).await?;
     reset_peak_rss();
     let start = Instant::now();
-    let (hc, hs) = tokio::join!(
-        HeClient::setup(c.channel(), params.clone(), be.clone(), &mut rng),
-        HeServer::setup(s.channel(), params.clone(), be)
-    );
-    let (mut hc, hs) = (hc?, hs?);
-    hc.set_network(tune);
+    let (a, b) = tokio::join!(sc.setup_he(params.clone()), ss.setup_he(params.clone()));
+    a?;
+    b?;
     if name == "he-setup" {
         // the session's keys: public key and Galois keys of the linear layers' parameters
         let wall_s = start.elapsed().as_secs_f64();
@@ -126,18 +121,14 @@ async fn measure(
         "matmul-shared" => {
             let y: Vec<u64> = (0..shape.d * shape.m).map(|_| rng.random()).collect();
             let (yc, ys) = share_secret(&y, &mut rng);
-            let (zc, zs) = tokio::join!(
-                matmul_shared_client(&hc, c.channel(), shape, &xc, &yc),
-                matmul_shared_server(&hs, s.channel(), shape, &xs, &ys)
-            );
+            let (zc, zs) =
+                tokio::join!(matmul_shared(&mut sc, shape, &xc, &yc), matmul_shared(&mut ss, shape, &xs, &ys));
             (reconstruct(&zc?, &zs?)?, y)
         }
         _ => {
             let w: Vec<u64> = (0..shape.d * shape.m).map(|_| rng.random_range(-(1i64 << 18)..1 << 18) as u64).collect();
-            let (yc, ys) = tokio::join!(
-                linear_client(&hc, c.channel(), shape, &xc),
-                linear_server(&hs, s.channel(), shape, &xs, &w, 20)
-            );
+            let weights = Weights { values: &w, bits: 20 };
+            let (yc, ys) = tokio::join!(linear(&mut sc, shape, &xc, None), linear(&mut ss, shape, &xs, Some(weights)));
             (reconstruct(&yc?, &ys?)?, w)
         }
     };
@@ -156,7 +147,9 @@ async fn measure(
         after.rounds - before.rounds,
         checked,
     );
-    r.stat_distance_log2 = Some(hs.statistical_distance().log2());
+    if let Some(HeKeys::Server(hs)) = ss.he() {
+        r.stat_distance_log2 = Some(hs.statistical_distance().log2());
+    }
     Ok(r)
 }
 
@@ -166,7 +159,7 @@ async fn measure(
 async fn measure_compare(name: &str, kind: OtKind, backend: Arc<CpuBackend>, threads: usize) -> Result<Row> {
     const N: usize = 1 << 16;
     let mut rng = StdRng::from_rng(&mut rand::rng());
-    let (c, mut oc, s, mut os) = session_pair(backend, kind).await?;
+    let (c, mut oc, s, mut os) = session_pair(backend, kind, CostModel::WAN).await?;
     let breakpoints: Vec<u64> = [-5i64, -3, -1, 1, 3].iter().map(|t| (t << 18) as u64).collect();
     let per = if name == "breakpoints" { breakpoints.len() } else { 1 };
     let x: Vec<u64> = if per == 1 {
@@ -224,7 +217,7 @@ async fn measure_activation(
     const SCALE: f64 = (1u64 << 18) as f64;
     let f = if name == "gelu" { Piecewise::gelu() } else { Piecewise::silu() };
     let mut rng = StdRng::from_rng(&mut rand::rng());
-    let (c, mut oc, s, mut os) = session_pair(backend, kind).await?;
+    let (c, mut oc, s, mut os) = session_pair(backend, kind, CostModel::WAN).await?;
     // inputs on the fixed-point grid, so that the references see exactly the shared values
     let xs: Vec<f64> = (0..N).map(|_| (rng.random_range(-8.0..8.0) * SCALE).round() / SCALE).collect();
     let raw: Vec<u64> = xs.iter().map(|&x| (x * SCALE).round() as i64 as u64).collect();
@@ -274,7 +267,7 @@ async fn measure_softmax(kind: OtKind, backend: Arc<CpuBackend>, threads: usize)
     const N: usize = 12 * 128 * LEN;
     const SCALE: f64 = (1u64 << 18) as f64;
     let mut rng = StdRng::from_rng(&mut rand::rng());
-    let (c, mut oc, s, mut os) = session_pair(backend, kind).await?;
+    let (c, mut oc, s, mut os) = session_pair(backend, kind, CostModel::WAN).await?;
     let xs: Vec<f64> = (0..N).map(|_| (rng.random_range(-8.0..8.0) * SCALE).round() / SCALE).collect();
     let raw: Vec<u64> = xs.iter().map(|&x| (x * SCALE) as i64 as u64).collect();
     let r: Vec<u64> = raw.iter().map(|_| rng.random()).collect();
@@ -322,7 +315,7 @@ async fn measure_layernorm(kind: OtKind, backend: Arc<CpuBackend>, threads: usiz
     const SCALE: f64 = (1u64 << 18) as f64;
     let fixed = |v: f64| (v * SCALE).round() as i64 as u64;
     let mut rng = StdRng::from_rng(&mut rand::rng());
-    let (c, mut oc, s, mut os) = session_pair(backend, kind).await?;
+    let (c, mut oc, s, mut os) = session_pair(backend, kind, CostModel::WAN).await?;
     let xs: Vec<f64> =
         (0..N).map(|i| rng.random_range(-3.0..3.0) * (1.0 + (i / D) as f64 / 32.0) + (i / D) as f64 / 16.0).collect();
     let gamma: Vec<f64> = (0..D).map(|_| rng.random_range(-2.0..2.0)).collect();
