@@ -203,3 +203,28 @@ fn layernorm_and_rmsnorm_match_the_real_functions() {
         }
     });
 }
+
+/// One-hot vectors beyond 64 entries (MoE routing over up to 2048 experts): two lookups and an
+/// outer product, exact for every index, shares anywhere in the ring; larger sizes are refused.
+#[test]
+fn one_hot_vectors_of_up_to_2048_entries() {
+    use secmoe::proto::compare::MAX_ONE_HOT;
+    common::runtime().block_on(async {
+        let (_c, mut oc, _s, mut os) = common::session_pair().await;
+        let mut rng = StdRng::seed_from_u64(27);
+        for size in [65usize, 100, 128, 1000, 1024, MAX_ONE_HOT] {
+            let mut index: Vec<u64> = (0..40).map(|_| rng.random_range(0..size as u64)).collect();
+            index.extend([0, size as u64 - 1, 31, 32, 33]);
+            let (server, client) = add_share(&index, &mut rng);
+            let (hs, hc) = tokio::join!(one_hot(&mut os, &server, size), one_hot(&mut oc, &client, size));
+            let (hs, hc) = (hs.unwrap(), hc.unwrap());
+            for (t, &i) in index.iter().enumerate() {
+                assert_eq!(hs[t].len(), size);
+                let ones: Vec<usize> = (0..size).filter(|&j| hs[t][j] ^ hc[t][j]).collect();
+                assert_eq!(ones, [i as usize], "one-hot of {i} among {size}");
+            }
+        }
+        let too_many = one_hot(&mut os, &[0], MAX_ONE_HOT + 1).await.unwrap_err().to_string();
+        assert!(too_many.contains("2049 entries"), "{too_many}");
+    });
+}

@@ -9,6 +9,7 @@
 //! eq = eq_hi ∧ eq_lo, with AND triples; log2(ℓ/m) rounds. Results are XOR shares of \[x > y\].
 
 use super::Session;
+use super::arith::masks;
 use rand::RngExt;
 
 use super::boolean::{Triples, and};
@@ -268,7 +269,7 @@ pub async fn carry(sess: &mut Session, mine: &[u64], bits: u32) -> ProtoResult<V
         let with_in = link > 0;
         let log_n = m + with_in as u32;
         if server {
-            let r = super::arith::masks(sess, mine.len(), 1);
+            let r = masks(sess, mine.len(), 1);
             let mut table = Vec::with_capacity(mine.len() << log_n);
             for (i, &v) in mine.iter().enumerate() {
                 let own = chunk(v);
@@ -355,34 +356,116 @@ pub async fn max(sess: &mut Session, shares: &[u64], len: usize, bits: u32) -> P
     Ok((values.into_iter().map(|v| v[0]).collect(), index.into_iter().map(|v| v[0]).collect()))
 }
 
-/// XOR shares of the one-hot vector (`size` bits, least significant first) of a secret index
+/// Largest one-hot vector [`one_hot`] builds: two lookups of at most 2^5 and 2^6 entries.
+pub const MAX_ONE_HOT: usize = 1 << 11;
+
+/// Entries of the low part of a two-level one-hot vector: its lookup also carries the carry bit
+/// into the high part, in one message of 2^5 + 1 bits.
+const LOW_BITS: u32 = 5;
+
+/// XOR shares of the one-hot vector (`size` bits, `size` ≤ [`MAX_ONE_HOT`]) of a secret index
 /// shared additively (`index`, any ring: only its value mod 2^⌈log2 size⌉ is used; the index
-/// must be below `size`). One lookup: the client chooses with its share, the server's table
-/// holds onehot(i_s + v) ⊕ r. ⌈log2 size⌉ random OTs per index.
+/// must be below `size`).
+///
+/// Up to 64 entries, one lookup: the client chooses with its share, the server's table holds
+/// onehot(i_s + v) ⊕ r; ⌈log2 size⌉ random OTs per index. Beyond, the index splits into a low
+/// part of 5 bits and a high part h: one lookup gives shares of onehot(l) and of the carry
+/// [l_s + l_c ≥ 2^5], a second (on the client's h_c and carry share) shares of
+/// onehot(h_s + h_c + carry), and the outer product high ⊗ low comes from the two cross terms,
+/// one 1-of-2 OT of a 32-bit row per high entry each way. Three rounds; the server sees only
+/// OT messages.
 pub async fn one_hot(sess: &mut Session, index: &[u64], size: usize) -> ProtoResult<Vec<Vec<bool>>> {
-    if !(2..=64).contains(&size) {
-        return Err(ProtoError::Input(format!("one-hot vectors of {size} entries (2..=64)")));
+    if !(2..=MAX_ONE_HOT).contains(&size) {
+        return Err(ProtoError::Input(format!("one-hot vectors of {size} entries (2..={MAX_ONE_HOT})")));
     }
     let b = size.next_power_of_two().trailing_zeros();
-    let low = |v: u64| v & ((1 << b) - 1);
-    let bits = |word: u64| (0..size).map(|i| (word >> i) & 1 == 1).collect::<Vec<bool>>();
-    match sess.party() {
-        Party::Server => {
-            let r = super::arith::masks(sess, index.len(), size as u32);
-            let table: Vec<u64> = index
-                .iter()
-                .zip(&r)
-                .flat_map(|(&i, &r)| {
-                    (0..1u64 << b).map(move |v| (1u64.checked_shl(low(i.wrapping_add(v)) as u32).unwrap_or(0)) ^ r)
-                })
-                .map(|w| w & (u64::MAX >> (64 - size)))
-                .collect();
-            sess.ot.one_of_n_send(sess.kind, b, size as u32, &table).await?;
-            Ok(r.into_iter().map(bits).collect())
-        }
-        Party::Client => {
-            let choices: Vec<u32> = index.iter().map(|&i| low(i) as u32).collect();
-            Ok(sess.ot.one_of_n_receive(sess.kind, b, size as u32, &choices).await?.into_iter().map(bits).collect())
-        }
+    let bits_of = |word: u64, width: usize| (0..width).map(|i| (word >> i) & 1 == 1).collect::<Vec<bool>>();
+    if b <= 6 {
+        let words = lookup(sess, index, b, size as u32, |i, v| 1u64.checked_shl(i.wrapping_add(v) as u32 & ((1 << b) - 1)).unwrap_or(0)).await?;
+        return Ok(words.into_iter().map(|w| bits_of(w, size)).collect());
+    }
+    let (l_bits, h_bits) = (LOW_BITS, b - LOW_BITS);
+    let (low_n, high_n) = (1usize << l_bits, 1usize << h_bits);
+    let low_mask = (1u64 << l_bits) - 1;
+    // low one-hot and the carry, in one lookup on the client's low bits
+    let low = lookup(sess, index, l_bits, low_n as u32 + 1, |i, v| {
+        let sum = (i & low_mask) + v;
+        (1u64 << (sum & low_mask)) | (sum >> l_bits) << low_n
+    })
+    .await?;
+    let carry: Vec<u64> = low.iter().map(|w| w >> low_n).collect();
+    let low: Vec<u64> = low.iter().map(|w| w & low_mask_words(low_n)).collect();
+    // high one-hot of h_s + h_c + (c_s ⊕ c_c), on the client's high bits and carry share
+    let high_index: Vec<u64> =
+        index.iter().zip(&carry).map(|(&i, &c)| ((i >> l_bits) & ((1 << h_bits) - 1)) | c << h_bits).collect();
+    let server = sess.is_server();
+    let high = lookup(sess, &high_index, h_bits + 1, high_n as u32, |i, v| {
+        let mask = (1u64 << h_bits) - 1;
+        let carry = ((i >> h_bits) ^ (v >> h_bits)) & 1;
+        1u64 << ((i & mask) + (v & mask) + carry & mask)
+    })
+    .await?;
+    // the outer product: z = u ⊗ v with u = high, v = low, each XOR-shared
+    let n = index.len();
+    let rows = n * high_n;
+    let width = low_n as u32;
+    let sent_pads = masks(sess, rows, width);
+    let table = |v: &[u64]| -> Vec<u64> {
+        (0..rows).flat_map(|r| [sent_pads[r], sent_pads[r] ^ v[r / high_n]]).collect()
+    };
+    let choices = |u: &[u64]| -> Vec<u32> { (0..rows).map(|r| ((u[r / high_n] >> (r % high_n)) & 1) as u32).collect() };
+    // cross term 1: the client's u times the server's v (the server sends); 2: the other way
+    let (first, second) = if server {
+        sess.ot.one_of_n_send(sess.kind, 1, width, &table(&low)).await?;
+        let got = sess.ot.one_of_n_receive(sess.kind, 1, width, &choices(&high)).await?;
+        (sent_pads, got)
+    } else {
+        let got = sess.ot.one_of_n_receive(sess.kind, 1, width, &choices(&high)).await?;
+        sess.ot.one_of_n_send(sess.kind, 1, width, &table(&low)).await?;
+        (got, sent_pads)
+    };
+    Ok((0..n)
+        .map(|t| {
+            let mut bits = Vec::with_capacity(high_n * low_n);
+            for a in 0..high_n {
+                let r = t * high_n + a;
+                let own = if (high[t] >> a) & 1 == 1 { low[t] } else { 0 };
+                bits.extend(bits_of(own ^ first[r] ^ second[r], low_n));
+            }
+            bits.truncate(size);
+            bits
+        })
+        .collect())
+}
+
+/// All-ones in the low `n` bits.
+fn low_mask_words(n: usize) -> u64 {
+    if n >= 64 { u64::MAX } else { (1u64 << n) - 1 }
+}
+
+/// XOR shares of `entry(i_s, i_c)` (below 2^width) by one 1-of-2^log_n lookup: the client
+/// chooses with its value mod 2^log_n, the server's table holds entry(i_s, v) ⊕ r and keeps r.
+async fn lookup(
+    sess: &mut Session,
+    values: &[u64],
+    log_n: u32,
+    width: u32,
+    entry: impl Fn(u64, u64) -> u64,
+) -> ProtoResult<Vec<u64>> {
+    let low = |v: u64| v & ((1 << log_n) - 1);
+    let entry = &entry;
+    if sess.is_server() {
+        let r = masks(sess, values.len(), width);
+        let table: Vec<u64> = values
+            .iter()
+            .zip(&r)
+            .flat_map(|(&i, &r)| (0..1u64 << log_n).map(move |v| (entry(i, v) ^ r) & low_mask_words(width as usize)))
+            .collect();
+        sess.ot.one_of_n_send(sess.kind, log_n, width, &table).await?;
+        Ok(r)
+    } else {
+        let choices: Vec<u32> = values.iter().map(|&i| low(i) as u32).collect();
+        Ok(sess.ot.one_of_n_receive(sess.kind, log_n, width, &choices).await?)
     }
 }
+
