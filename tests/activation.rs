@@ -202,3 +202,32 @@ fn relu_and_swiglu_match_plaintext() {
         }
     });
 }
+
+/// With saturation on, inputs far outside the input range give the function's limit on their
+/// side (GeLU and SiLU: 0 below, x above; e^x: 0 below), while inputs inside stay as accurate.
+#[test]
+fn out_of_range_inputs_saturate_when_the_session_asks() {
+    use secmoe::proto::OutOfRange;
+    common::runtime().block_on(async {
+        let (_c, mut oc, _s, mut os) = common::session_pair().await;
+        os.set_out_of_range(OutOfRange::Saturate);
+        oc.set_out_of_range(OutOfRange::Saturate);
+        let mut rng = StdRng::seed_from_u64(17);
+        for f in [Piecewise::gelu(), Piecewise::silu(), Piecewise::exp()] {
+            let (lo, hi) = f.input_range();
+            let mut xs: Vec<f64> = vec![lo - 1.0, lo - 1000.0, -(2f64.powi(40)), hi, hi + 0.5, hi + 1e6, 2f64.powi(40)];
+            xs.extend((0..200).map(|_| (rng.random_range(lo..hi) * SCALE).round() / SCALE));
+            let raw: Vec<u64> = xs.iter().map(|&x| (x * SCALE).round() as i64 as u64).collect();
+            let (s, c) = add_share(&raw, &mut rng);
+            let (ys, yc) = tokio::join!(evaluate(&mut os, &f, &s), evaluate(&mut oc, &f, &c));
+            let ys = open(&ys.unwrap(), &yc.unwrap());
+            for (&x, &y) in xs.iter().zip(&ys) {
+                let got = y as i64 as f64 / SCALE;
+                // inside: the approximation; outside: its tail on that side (0 below; x above for
+                // GeLU and SiLU, 1 + x for e^x)
+                let want = f.approx(x);
+                assert!((got - want).abs() <= 1.2e-2 + want.abs() * 1e-9, "{} at {x}: {got} vs {want}", f.name());
+            }
+        }
+    });
+}

@@ -381,7 +381,10 @@ pub async fn one_hot(sess: &mut Session, index: &[u64], size: usize) -> ProtoRes
     let b = size.next_power_of_two().trailing_zeros();
     let bits_of = |word: u64, width: usize| (0..width).map(|i| (word >> i) & 1 == 1).collect::<Vec<bool>>();
     if b <= 6 {
-        let words = lookup(sess, index, b, size as u32, |i, v| 1u64.checked_shl(i.wrapping_add(v) as u32 & ((1 << b) - 1)).unwrap_or(0)).await?;
+        let words = lookup(sess, index, b, size as u32, |i, v| {
+            1u64.checked_shl(i.wrapping_add(v) as u32 & ((1 << b) - 1)).unwrap_or(0)
+        })
+        .await?;
         return Ok(words.into_iter().map(|w| bits_of(w, size)).collect());
     }
     let (l_bits, h_bits) = (LOW_BITS, b - LOW_BITS);
@@ -410,9 +413,8 @@ pub async fn one_hot(sess: &mut Session, index: &[u64], size: usize) -> ProtoRes
     let rows = n * high_n;
     let width = low_n as u32;
     let sent_pads = masks(sess, rows, width);
-    let table = |v: &[u64]| -> Vec<u64> {
-        (0..rows).flat_map(|r| [sent_pads[r], sent_pads[r] ^ v[r / high_n]]).collect()
-    };
+    let table =
+        |v: &[u64]| -> Vec<u64> { (0..rows).flat_map(|r| [sent_pads[r], sent_pads[r] ^ v[r / high_n]]).collect() };
     let choices = |u: &[u64]| -> Vec<u32> { (0..rows).map(|r| ((u[r / high_n] >> (r % high_n)) & 1) as u32).collect() };
     // cross term 1: the client's u times the server's v (the server sends); 2: the other way
     let (first, second) = if server {
@@ -468,4 +470,3 @@ async fn lookup(
         Ok(sess.ot.one_of_n_receive(sess.kind, log_n, width, &choices).await?)
     }
 }
-

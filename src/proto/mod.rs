@@ -12,7 +12,7 @@ pub mod session;
 pub mod softmax;
 pub mod tiling;
 
-pub use session::{HeKeys, Session, SessionConfig};
+pub use session::{HeKeys, OutOfRange, Session, SessionConfig};
 
 use thiserror::Error;
 

@@ -42,6 +42,7 @@ use super::Session;
 use super::arith::{cross_receive, cross_send, masks, mul_in, square, truncate, truncate_extend};
 use super::boolean::Triples;
 use super::compare::{at_least, at_least_ots, carry, carry_ots, mux, non_negative, triples_per_comparison};
+use super::session::OutOfRange;
 use super::{ProtoError, ProtoResult, prepare};
 use crate::net::Party;
 use crate::ring::{DEFAULT_FRAC_BITS, FixedPoint, mask};
@@ -230,6 +231,10 @@ impl Piecewise {
             pieces.push(fit_piece(exact, lo, width, mid));
         }
         pieces.push(right);
+        debug_assert!(
+            [left, right].iter().all(|p| p.alpha == 0.0 && (p.beta == 0.0 || p.beta == 1.0)),
+            "tails are β·x + γ with β ∈ {{0, 1}} (saturation computes them locally)"
+        );
         let f = Piecewise {
             name,
             exact,
@@ -448,15 +453,50 @@ fn solve3(m: [[f64; 3]; 3], v: [f64; 3]) -> [f64; 3] {
 pub const BATCH: usize = 1 << 16;
 
 /// Select-Then-Compute evaluation of `f` on shared fixed-point values (module notes): returns
-/// this party's shares of f(x). Inputs must lie in `f.input_range()`.
+/// this party's shares of f(x). Inputs must lie in `f.input_range()`, unless the session
+/// saturates ([`OutOfRange::Saturate`]): then inputs beyond it give the value of the tail on
+/// their side (for GeLU: 0 below the range, x above).
 #[tracing::instrument(level = "debug", skip_all, fields(f = f.name, n = shares.len()))]
 pub async fn evaluate(sess: &mut Session, f: &Piecewise, shares: &[u64]) -> ProtoResult<Vec<u64>> {
     let f = &f.for_format(sess.format())?;
     let mut out = Vec::with_capacity(shares.len());
     for batch in shares.chunks(BATCH) {
-        out.extend(evaluate_batch(sess, f, batch).await?);
+        let y = evaluate_batch(sess, f, batch).await?;
+        out.extend(match sess.out_of_range() {
+            OutOfRange::Precondition => y,
+            OutOfRange::Saturate => saturate(sess, f, batch, y).await?,
+        });
     }
     Ok(out)
+}
+
+/// Replaces the result at inputs outside the range by the tail on their side: two sign tests
+/// at 64 bits (x − lo ≥ 0, x − hi ≥ 0: exact for any |x − lo|, |x − hi| < 2^63; carry chains,
+/// no AND gates) and one multiplexer pair, y + [x < lo]·(tail_L(x) − y) + [x ≥ hi]·(tail_R(x) − y).
+/// The tails are β·x + γ with β ∈ {0, 1}, computed locally.
+async fn saturate(sess: &mut Session, f: &Piecewise, x: &[u64], y: Vec<u64>) -> ProtoResult<Vec<u64>> {
+    let server = sess.is_server();
+    let n = x.len();
+    let (lo, hi) = f.input_range();
+    let scale = (1u64 << f.frac) as f64;
+    let thresholds = [(lo * scale).ceil() as i64 as u64, (hi * scale).floor() as i64 as u64];
+    let shifted: Vec<u64> =
+        thresholds.iter().flat_map(|&c| x.iter().map(move |&v| if server { v.wrapping_sub(c) } else { v })).collect();
+    let ge = non_negative(sess, &shifted, 64).await?;
+    let (left, right) = (f.pieces[0], f.pieces[f.pieces.len() - 1]);
+    let tail = |p: Piece, x: u64| {
+        let linear = if p.beta == 1.0 { x } else { 0 };
+        let constant = if server { (p.gamma * scale).round() as i64 as u64 } else { 0 };
+        linear.wrapping_add(constant)
+    };
+    // [x < lo] = 1 ⊕ [x ≥ lo]: the server flips its share
+    let bits: Vec<bool> = (0..n).map(|i| ge[i] ^ server).chain((0..n).map(|i| ge[n + i])).collect();
+    let deltas: Vec<u64> = (0..n)
+        .map(|i| tail(left, x[i]).wrapping_sub(y[i]))
+        .chain((0..n).map(|i| tail(right, x[i]).wrapping_sub(y[i])))
+        .collect();
+    let picked = mux(sess, &bits, &deltas).await?;
+    Ok((0..n).map(|i| y[i].wrapping_add(picked[i]).wrapping_add(picked[n + i])).collect())
 }
 
 async fn evaluate_batch(sess: &mut Session, f: &Piecewise, shares: &[u64]) -> ProtoResult<Vec<u64>> {

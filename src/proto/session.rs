@@ -24,6 +24,18 @@ use crate::net::{Channel, CostModel, Link, Meter, Party};
 use crate::ot::{Ot, OtKind};
 use crate::ring::FixedPoint;
 
+/// What the activation protocols do with inputs outside their input ranges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutOfRange {
+    /// The caller guarantees the ranges (|x| < 63 for GeLU and SiLU …); a value outside wraps
+    /// to a wrong result. The cheapest.
+    #[default]
+    Precondition,
+    /// A value outside gives the function's limit on that side (the tail piece: 0 or x for
+    /// GeLU/SiLU, 0 for e^x): two 64-bit sign tests and one multiplexer pair more per value.
+    Saturate,
+}
+
 /// How a session is set up.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -35,11 +47,19 @@ pub struct SessionConfig {
     pub format: FixedPoint,
     /// A fixed CSPRNG seed, for tests and benches only (never for a real run).
     pub seed: Option<[u8; 32]>,
+    /// Inputs outside the activations' ranges.
+    pub out_of_range: OutOfRange,
 }
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        SessionConfig { ot_kind: None, network: CostModel::WAN, format: FixedPoint::default(), seed: None }
+        SessionConfig {
+            ot_kind: None,
+            network: CostModel::WAN,
+            format: FixedPoint::default(),
+            seed: None,
+            out_of_range: OutOfRange::default(),
+        }
     }
 }
 
@@ -61,6 +81,7 @@ pub struct Session {
     pub(crate) he: Option<HeKeys>,
     format: FixedPoint,
     network: CostModel,
+    out_of_range: OutOfRange,
     seeded: bool,
     backend: Arc<dyn Backend>,
 }
@@ -93,6 +114,7 @@ impl Session {
             he: None,
             format: config.format,
             network: config.network,
+            out_of_range: config.out_of_range,
             seeded: config.seed.is_some(),
             backend,
         })
@@ -144,6 +166,16 @@ impl Session {
     /// The fixed-point format of the shares.
     pub fn format(&self) -> FixedPoint {
         self.format
+    }
+
+    /// What the activations do with inputs outside their ranges.
+    pub fn out_of_range(&self) -> OutOfRange {
+        self.out_of_range
+    }
+
+    /// Changes the treatment of out-of-range inputs (both parties at the same point).
+    pub fn set_out_of_range(&mut self, out_of_range: OutOfRange) {
+        self.out_of_range = out_of_range;
     }
 
     /// The network the session is tuned for.
