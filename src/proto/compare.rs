@@ -405,7 +405,7 @@ pub async fn one_hot(sess: &mut Session, index: &[u64], size: usize) -> ProtoRes
     let high = lookup(sess, &high_index, h_bits + 1, high_n as u32, |i, v| {
         let mask = (1u64 << h_bits) - 1;
         let carry = ((i >> h_bits) ^ (v >> h_bits)) & 1;
-        1u64 << ((i & mask) + (v & mask) + carry & mask)
+        1u64 << (((i & mask) + (v & mask) + carry) & mask)
     })
     .await?;
     // the outer product: z = u ⊗ v with u = high, v = low, each XOR-shared
