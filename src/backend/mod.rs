@@ -62,6 +62,62 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn for_each(&self, count: usize, task: &(dyn Fn(usize) + Sync));
 }
 
+/// Which backend to run on (`--backend` on the command line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// The GPU when this build has the CUDA backend and a device is present, else the CPU.
+    #[default]
+    Auto,
+    /// The CPU backend (rayon).
+    Cpu,
+    /// The CUDA backend: an error where the build or the machine has none.
+    Cuda,
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = BackendError;
+    fn from_str(s: &str) -> Result<Self, BackendError> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(BackendChoice::Auto),
+            "cpu" => Ok(BackendChoice::Cpu),
+            "cuda" => Ok(BackendChoice::Cuda),
+            other => Err(BackendError::Unknown(other.to_string())),
+        }
+    }
+}
+
+/// Errors choosing or starting a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// A name that is not a backend.
+    #[error("unknown backend `{0}` (expected auto, cpu or cuda)")]
+    Unknown(String),
+    /// The CUDA backend was asked for and is not available, and why.
+    #[error("the CUDA backend is not available: {0}")]
+    NoCuda(&'static str),
+    /// The CPU worker pool could not start.
+    #[error("starting the CPU backend: {0}")]
+    Pool(#[from] rayon::ThreadPoolBuildError),
+}
+
+/// Starts the backend `choice` with `threads` host workers (0: one per core). `Auto` falls back
+/// to the CPU and logs which it picked.
+pub fn start(choice: BackendChoice, threads: usize) -> Result<std::sync::Arc<dyn Backend>, BackendError> {
+    let why_no_cuda = if cfg!(feature = "cuda") {
+        "the kernels are not written yet (the CUDA backend issue)"
+    } else {
+        "this build has no CUDA backend (rebuild with --features cuda)"
+    };
+    match choice {
+        BackendChoice::Cuda => Err(BackendError::NoCuda(why_no_cuda)),
+        BackendChoice::Cpu => Ok(std::sync::Arc::new(CpuBackend::new(threads)?)),
+        BackendChoice::Auto => {
+            tracing::info!(reason = why_no_cuda, "backend: cpu");
+            Ok(std::sync::Arc::new(CpuBackend::new(threads)?))
+        }
+    }
+}
+
 /// Runs `task` for 0..count on the backend's workers and collects the results in order.
 pub fn map_indexed<T: Send>(backend: &dyn Backend, count: usize, task: impl Fn(usize) -> T + Sync) -> Vec<T> {
     use std::sync::Mutex;
@@ -131,6 +187,16 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn backend_choices_parse_and_cuda_is_a_clear_error_without_it() {
+        assert_eq!("CPU".parse::<BackendChoice>().ok(), Some(BackendChoice::Cpu));
+        assert!(matches!("tpu".parse::<BackendChoice>(), Err(BackendError::Unknown(n)) if n == "tpu"));
+        let auto = start(BackendChoice::Auto, 1).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(auto.name(), "cpu");
+        let cuda = start(BackendChoice::Cuda, 1).map(|b| b.name());
+        assert!(matches!(&cuda, Err(BackendError::NoCuda(_))), "{cuda:?}");
     }
 
     #[test]

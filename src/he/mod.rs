@@ -23,7 +23,7 @@ pub use mult::{RelinKey, Tensored};
 pub use params::{HeParams, max_log_q_128};
 pub use poly::{Form, RnsPoly};
 pub use response::{MAX_FLOOD_BITS, ShrunkCiphertext};
-pub use select::{OperandBank, Selectors, select};
+pub use select::{OperandBank, SelectionPart, Selectors, select, select_spread};
 pub use wire::{ciphertext_len, seeded_ciphertext_len};
 
 use thiserror::Error;

@@ -143,6 +143,51 @@ pub fn select(
     Ok((0..j).map(|jj| Ciphertext { c0: gather(&halves[0], jj), c1: gather(&halves[1], jj) }).collect())
 }
 
+/// One device's share of a selection sum: the run of selectors from `first` on, the bank of
+/// the experts it holds, and its backend.
+#[derive(Debug, Clone, Copy)]
+pub struct SelectionPart<'a> {
+    /// Index of the first selector the bank covers.
+    pub first: usize,
+    /// The experts' operands held on this device.
+    pub bank: &'a OperandBank,
+    /// The device's backend.
+    pub backend: &'a dyn Backend,
+}
+
+/// A selection sum with the experts spread over several backends (devices, or hosts' worth of
+/// memory): the sum is additive over experts, so every part computes Σ over its own experts on
+/// its own backend, all at once, and the partial sums are added. Every bank must have the same
+/// number of outputs.
+pub fn select_spread(
+    params: &HeParams,
+    selectors: &Selectors,
+    parts: &[SelectionPart<'_>],
+) -> HeResult<Vec<Ciphertext>> {
+    let outputs = parts.first().map_or(0, |p| p.bank.outputs);
+    if let Some(bad) = parts.iter().position(|p| p.bank.outputs != outputs) {
+        return Err(HeError::Shape(format!(
+            "selection part {bad} has {} outputs, part 0 has {outputs}",
+            parts[bad].bank.outputs
+        )));
+    }
+    let partials: Vec<HeResult<Vec<Ciphertext>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = parts
+            .iter()
+            .map(|part| scope.spawn(move || select(params, selectors, part.first, part.bank, part.backend)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    });
+    let mut partials = partials.into_iter();
+    let mut total = partials.next().transpose()?.unwrap_or_default();
+    for partial in partials {
+        for (acc, ct) in total.iter_mut().zip(partial?) {
+            acc.add_assign(params, &ct, parts[0].backend)?;
+        }
+    }
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,6 +242,43 @@ mod tests {
         }
         // a run beyond the selectors is refused
         assert!(matches!(select(&p, &sel, 1, &bank, &be), Err(HeError::Shape(_))));
+    }
+
+    #[test]
+    fn experts_spread_over_two_backends_sum_to_the_single_device_result() {
+        let p = HeParams::linear().unwrap_or_else(|e| panic!("{e}"));
+        let devices = [CpuBackend::new(1), CpuBackend::new(1)].map(|b| b.unwrap_or_else(|e| panic!("{e}")));
+        let mut rng = StdRng::seed_from_u64(22);
+        let sk = SecretKey::generate(&p, &devices[0], &mut rng);
+        let (e, j) = (6usize, 2usize);
+        let weights: Vec<Vec<Vec<u64>>> = (0..j)
+            .map(|_| (0..e).map(|_| (0..16).map(|_| rng.random_range(-500i64..500) as u64).collect()).collect())
+            .collect();
+        let bank_of = |range: std::ops::Range<usize>| {
+            let rows: Vec<Vec<&[u64]>> =
+                weights.iter().map(|r| r[range.clone()].iter().map(Vec::as_slice).collect()).collect();
+            OperandBank::new(&p, &rows, &devices[0]).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let chosen = 4;
+        let cts = (0..e)
+            .map(|i| {
+                let pt = Plaintext::new(&p, vec![u64::from(i == chosen)]).unwrap_or_else(|e| panic!("{e}"));
+                sk.encrypt(&pt, &devices[0], &mut rng)
+            })
+            .collect();
+        let sel = Selectors::new(&p, cts, &devices[0]).unwrap_or_else(|e| panic!("{e}"));
+        let (whole, first, second) = (bank_of(0..e), bank_of(0..4), bank_of(4..e));
+        let single = select(&p, &sel, 0, &whole, &devices[0]).unwrap_or_else(|e| panic!("{e}"));
+        let parts = [
+            SelectionPart { first: 0, bank: &first, backend: &devices[0] },
+            SelectionPart { first: 4, bank: &second, backend: &devices[1] },
+        ];
+        let spread = select_spread(&p, &sel, &parts).unwrap_or_else(|e| panic!("{e}"));
+        for (jj, (a, b)) in single.iter().zip(&spread).enumerate() {
+            let (da, db) = (sk.decrypt(a, &devices[0]), sk.decrypt(b, &devices[0]));
+            assert_eq!(da, db, "output {jj}");
+            assert_eq!(&da.coeffs()[..16], &weights[jj][chosen][..], "output {jj}");
+        }
     }
 
     fn pad(v: &[u64], n: usize) -> Vec<u64> {

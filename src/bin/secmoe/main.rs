@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use demo::DemoConfig;
-use secmoe::backend::CpuBackend;
+use secmoe::backend::{Backend, BackendChoice};
 use secmoe::net::{CostModel, Identity, LinkConfig, Listener, connect, fingerprint, loopback};
 use secmoe::ot::OtKind;
 use secmoe::ring::FixedPoint;
@@ -52,6 +52,9 @@ enum Command {
         /// Backend worker threads (0: one per core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// Backend for the heavy operations: auto, cpu or cuda.
+        #[arg(long, default_value = "auto")]
+        backend: BackendChoice,
     },
     /// Write a fresh server identity (self-signed certificate and key) and print its fingerprint.
     Keygen {
@@ -109,6 +112,9 @@ struct JobArgs {
     /// Backend worker threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Backend for the heavy operations: auto, cpu or cuda.
+    #[arg(long, default_value = "auto")]
+    backend: BackendChoice,
 }
 
 impl JobArgs {
@@ -124,8 +130,8 @@ impl JobArgs {
         LinkConfig { timeout: Duration::from_secs(self.timeout), params: demo.public_params() }
     }
 
-    fn backend(&self) -> Result<Arc<CpuBackend>> {
-        Ok(Arc::new(CpuBackend::new(self.threads)?))
+    fn backend(&self) -> Result<Arc<dyn Backend>> {
+        Ok(secmoe::backend::start(self.backend, self.threads)?)
     }
 }
 
@@ -170,7 +176,7 @@ fn main() -> Result<()> {
                 report::print_outcome(&s);
                 Ok(())
             }
-            Command::Bench { preset, only, json, threads, tune } => {
+            Command::Bench { preset, only, json, threads, tune, backend } => {
                 let tune = match tune.as_str() {
                     "lan" => CostModel::LAN,
                     "wan" => CostModel::WAN,
@@ -185,7 +191,7 @@ fn main() -> Result<()> {
                         latency_s: 0.0,
                     },
                 };
-                bench::run(&preset, threads, only.as_deref(), tune, json.as_deref()).await
+                bench::run(&preset, backend, threads, only.as_deref(), tune, json.as_deref()).await
             }
             Command::Keygen { out } => {
                 let id = write_identity(&out)?;

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use secmoe::backend::CpuBackend;
+use secmoe::backend::Backend;
 use secmoe::net::CostModel;
 use secmoe::ot::OtKind;
 use secmoe::proto::arith::{mul, truncate};
@@ -79,7 +79,7 @@ fn bits_of(v: &[u64]) -> Vec<bool> {
 
 /// Runs the `blocks` preset (or one block with `only`).
 pub(crate) async fn run(
-    backend: Arc<CpuBackend>,
+    backend: Arc<dyn Backend>,
     threads: usize,
     only: Option<&str>,
     rows: &mut Vec<Row>,
@@ -99,7 +99,7 @@ pub(crate) async fn run(
     Ok(())
 }
 
-async fn measure(name: &str, n: usize, kind: OtKind, backend: Arc<CpuBackend>, threads: usize) -> Result<Row> {
+async fn measure(name: &str, n: usize, kind: OtKind, backend: Arc<dyn Backend>, threads: usize) -> Result<Row> {
     let mut rng = StdRng::from_rng(&mut rand::rng());
     let (c, mut oc, s, mut os) = session_pair(backend, kind, CostModel::WAN).await?;
     let range = match name {

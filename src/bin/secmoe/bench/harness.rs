@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use secmoe::backend::{Backend, CpuBackend};
+use secmoe::backend::Backend;
 use secmoe::net::{CostModel, Link, LinkConfig, PublicParams, loopback};
 use secmoe::ot::OtKind;
 use secmoe::proto::{Session, SessionConfig};
@@ -66,12 +66,12 @@ pub(crate) async fn links() -> Result<(Link, Link)> {
 /// Both parties' links and sessions on them with OT extension `kind` and the network the HE
 /// tilings are tuned for: (client link, client session, server link, server session).
 pub(crate) async fn session_pair(
-    backend: Arc<CpuBackend>,
+    backend: Arc<dyn Backend>,
     kind: OtKind,
     network: CostModel,
 ) -> Result<(Link, Session, Link, Session)> {
     let (mut c, mut s) = links().await?;
-    let be: Arc<dyn Backend> = backend;
+    let be = backend;
     let config = SessionConfig { ot_kind: Some(kind), network, ..Default::default() };
     let (sc, ss) = tokio::join!(Session::new(&mut c, be.clone(), config.clone()), Session::new(&mut s, be, config));
     Ok((c, sc?, s, ss?))
@@ -91,7 +91,7 @@ pub(crate) fn row(
         name: name.into(),
         method: None,
         shape,
-        backend: "cpu".into(),
+        backend: String::new(),
         threads,
         wall_s,
         bytes,

@@ -101,6 +101,7 @@ pub(crate) fn run(only: Option<&str>, rows: &mut Vec<Row>) -> Result<()> {
 /// A row of one timed operation: no traffic, the time per operation in `us_per_op`.
 fn op_row(name: &str, shape: String, us: f64, checked: bool) -> Row {
     let mut r = row(name, shape, 1, us * 1e-6, 0, 0, checked);
+    r.backend = "cpu".into();
     r.us_per_op = Some(us);
     r
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use secmoe::backend::CpuBackend;
+use secmoe::backend::Backend;
 use secmoe::he::HeParams;
 use secmoe::net::CostModel;
 use secmoe::ot::OtKind;
@@ -27,7 +27,7 @@ use super::report::print_row;
 
 /// Runs the preset's rows (or those named `only`), printing each and adding it to `rows`.
 pub(crate) async fn run(
-    backend: Arc<CpuBackend>,
+    backend: Arc<dyn Backend>,
     threads: usize,
     only: Option<&str>,
     tune: CostModel,
@@ -95,7 +95,7 @@ pub(crate) async fn run(
 async fn measure(
     name: &str,
     shape: MatShape,
-    backend: Arc<CpuBackend>,
+    backend: Arc<dyn Backend>,
     threads: usize,
     tune: CostModel,
 ) -> Result<Row> {
@@ -164,7 +164,7 @@ async fn measure(
 /// `compare`: 2^16 comparisons of 64-bit values (the server's against the client's).
 /// `breakpoints`: 2^16 shared fixed-point values against GeLU's five breakpoints at 32 bits.
 /// AND triples included; the OT engines' one-time base OTs are not.
-async fn measure_compare(name: &str, kind: OtKind, backend: Arc<CpuBackend>, threads: usize) -> Result<Row> {
+async fn measure_compare(name: &str, kind: OtKind, backend: Arc<dyn Backend>, threads: usize) -> Result<Row> {
     const N: usize = 1 << 16;
     let mut rng = StdRng::from_rng(&mut rand::rng());
     let (c, mut oc, s, mut os) = session_pair(backend, kind, CostModel::WAN).await?;
@@ -218,7 +218,7 @@ async fn measure_activation(
     name: &str,
     method: &str,
     kind: OtKind,
-    backend: Arc<CpuBackend>,
+    backend: Arc<dyn Backend>,
     threads: usize,
 ) -> Result<Row> {
     const N: usize = 128 * 3072;
@@ -275,7 +275,7 @@ async fn measure_activation(
 
 /// `softmax`: 12 heads × 128 rows of 128 logits, uniform in [−8, 8); checked within 3e-3 of the
 /// real softmax (f64), with the error.
-async fn measure_softmax(kind: OtKind, backend: Arc<CpuBackend>, threads: usize) -> Result<Row> {
+async fn measure_softmax(kind: OtKind, backend: Arc<dyn Backend>, threads: usize) -> Result<Row> {
     const LEN: usize = 128;
     const N: usize = 12 * 128 * LEN;
     const SCALE: f64 = (1u64 << 18) as f64;
@@ -322,7 +322,7 @@ async fn measure_softmax(kind: OtKind, backend: Arc<CpuBackend>, threads: usize)
 /// `layernorm`: 128 rows of 768 values (row i uniform in ±3·(1 + i/32) around i/16), with
 /// random γ ∈ [−2, 2) and β ∈ [−1, 1) held by the server; checked within 2e-3·(1 + |y|) of the
 /// real function.
-async fn measure_layernorm(kind: OtKind, backend: Arc<CpuBackend>, threads: usize) -> Result<Row> {
+async fn measure_layernorm(kind: OtKind, backend: Arc<dyn Backend>, threads: usize) -> Result<Row> {
     const D: usize = 768;
     const N: usize = 128 * D;
     const SCALE: f64 = (1u64 << 18) as f64;

@@ -10,28 +10,39 @@ mod layers;
 mod report;
 
 use std::path::Path;
-use std::sync::Arc;
 
 use anyhow::{Result, bail};
-use secmoe::backend::CpuBackend;
+use secmoe::backend::BackendChoice;
 use secmoe::net::CostModel;
 
 /// The presets `secmoe bench --preset` knows.
 pub const PRESETS: &[&str] = &["layers", "blocks", "he"];
 
 /// Runs a preset; prints the table; writes JSON if asked.
-pub async fn run(preset: &str, threads: usize, only: Option<&str>, tune: CostModel, json: Option<&Path>) -> Result<()> {
+pub async fn run(
+    preset: &str,
+    backend: BackendChoice,
+    threads: usize,
+    only: Option<&str>,
+    tune: CostModel,
+    json: Option<&Path>,
+) -> Result<()> {
     if !PRESETS.contains(&preset) {
         bail!("unknown preset `{preset}` (known: {})", PRESETS.join(", "));
     }
-    let backend = Arc::new(CpuBackend::new(threads)?);
-    let threads = backend.threads();
+    let backend = secmoe::backend::start(backend, threads)?;
+    let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
     let mut rows = Vec::new();
     report::print_header();
     match preset {
-        "blocks" => blocks::run(backend, threads, only, &mut rows).await?,
+        "blocks" => blocks::run(backend.clone(), threads, only, &mut rows).await?,
         "he" => he::run(only, &mut rows)?,
-        _ => layers::run(backend, threads, only, tune, &mut rows).await?,
+        _ => layers::run(backend.clone(), threads, only, tune, &mut rows).await?,
+    }
+    for row in &mut rows {
+        if row.backend.is_empty() {
+            row.backend = backend.name().into();
+        }
     }
     report::write_json(preset, &rows, json)
 }
