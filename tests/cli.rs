@@ -27,7 +27,8 @@ fn demo_runs_both_parties_and_checks_the_results() {
 
 #[test]
 fn asking_for_a_backend_this_build_lacks_is_a_clear_error() {
-    let out = Command::new(BIN).args(["demo", "--ots", "1000", "--values", "10", "--backend", "cuda"]).output().unwrap();
+    let out =
+        Command::new(BIN).args(["demo", "--ots", "1000", "--values", "10", "--backend", "cuda"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("CUDA backend is not available"), "{err}");

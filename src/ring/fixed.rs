@@ -76,6 +76,76 @@ impl FixedPoint {
     }
 }
 
+/// Element types of checkpoint tensors (safetensors' `F32`, `F16`, `BF16`), little-endian.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dtype {
+    /// IEEE binary32.
+    F32,
+    /// IEEE binary16.
+    F16,
+    /// bfloat16 (the top half of a binary32).
+    BF16,
+}
+
+impl Dtype {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::BF16 => 2,
+        }
+    }
+
+    fn read(self, b: &[u8]) -> f64 {
+        match self {
+            Dtype::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64,
+            Dtype::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f64(),
+            Dtype::BF16 => half::bf16::from_le_bytes([b[0], b[1]]).to_f64(),
+        }
+    }
+}
+
+impl FixedPoint {
+    /// Encodes the tensor `name` given as raw little-endian `bytes` of `dtype` (a checkpoint's
+    /// weights), every element rounded to the format. With `bound_bits`, every encoded element
+    /// must also satisfy |w| ≤ 2^bound_bits (the bound the HE layer's flooding is sized for). The
+    /// first element that is not finite or does not fit is reported with the tensor's name, its
+    /// index and its value.
+    pub fn encode_tensor(
+        &self,
+        name: &str,
+        dtype: Dtype,
+        bytes: &[u8],
+        bound_bits: Option<u32>,
+    ) -> Result<Vec<u64>, RingError> {
+        if !bytes.len().is_multiple_of(dtype.size()) {
+            return Err(RingError::TensorBytes { tensor: name.into(), len: bytes.len(), dtype });
+        }
+        let bound = bound_bits.map(|b| (1u128 << b) as f64 / self.scale()).unwrap_or(self.limit());
+        bytes
+            .chunks_exact(dtype.size())
+            .enumerate()
+            .map(|(index, b)| {
+                let value = dtype.read(b);
+                let fits = value.is_finite() && (value * self.scale()).round().abs() <= bound * self.scale();
+                if fits && value.abs() < self.limit() {
+                    Ok((value * self.scale()).round() as i64 as u64)
+                } else {
+                    let reason = match bound_bits {
+                        _ if !value.is_finite() => "is not finite".to_string(),
+                        Some(b) => format!(
+                            "exceeds the declared bound 2^{b} units (±{bound}) at {} fractional bits",
+                            self.frac_bits
+                        ),
+                        None => format!("does not fit {} fractional bits (|x| < {})", self.frac_bits, self.limit()),
+                    };
+                    Err(RingError::TensorValue { tensor: name.into(), index, value, reason })
+                }
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,6 +167,37 @@ mod tests {
         let fp = FixedPoint::default();
         assert_eq!(fp.encode(-1.0), Ok((-(1i64 << 18)) as u64));
         assert_eq!(fp.decode(fp.encode(-2.5).unwrap_or_default()), -2.5);
+    }
+
+    #[test]
+    fn checkpoint_tensors_of_every_dtype_encode_and_bad_elements_are_named() {
+        let fp = FixedPoint::default();
+        let values = [0.5f32, -1.25, 3.0e-3, -7.0];
+        let f32_bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let f16_bytes: Vec<u8> = values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect();
+        let bf16_bytes: Vec<u8> = values.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect();
+        for (dtype, bytes, tolerance) in
+            [(Dtype::F32, &f32_bytes, 0.5), (Dtype::F16, &f16_bytes, 1.0), (Dtype::BF16, &bf16_bytes, 40.0)]
+        {
+            let got = fp.encode_tensor("w", dtype, bytes, Some(23)).unwrap_or_else(|e| panic!("{e}"));
+            for (&g, &v) in got.iter().zip(&values) {
+                // within the dtype's own rounding, in units of 2^-18
+                assert!((fp.decode(g) - v as f64).abs() * fp.scale() <= tolerance, "{dtype:?}: {v}");
+            }
+        }
+        // a weight beyond 2^20 units (4.0 at 18 fractional bits), a NaN, a ragged byte count
+        let err = fp.encode_tensor("layers.0.mlp.w1", Dtype::F32, &f32_bytes, Some(20)).unwrap_err();
+        assert!(
+            matches!(&err, RingError::TensorValue { tensor, index: 3, value, .. }
+            if tensor == "layers.0.mlp.w1" && *value == -7.0),
+            "{err}"
+        );
+        assert!(err.to_string().contains("tensor `layers.0.mlp.w1`, element 3: -7"), "{err}");
+        let nan: Vec<u8> = [1.0f32, f32::NAN].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let err = fp.encode_tensor("g", Dtype::F32, &nan, None).unwrap_err();
+        assert!(err.to_string().contains("element 1: NaN is not finite"), "{err}");
+        let err = fp.encode_tensor("h", Dtype::F16, &[0, 0, 0], None).unwrap_err();
+        assert!(matches!(err, RingError::TensorBytes { len: 3, dtype: Dtype::F16, .. }), "{err}");
     }
 
     proptest! {

@@ -10,7 +10,7 @@ pub mod modp;
 mod pack;
 mod share;
 
-pub use fixed::{DEFAULT_FRAC_BITS, FixedPoint};
+pub use fixed::{DEFAULT_FRAC_BITS, Dtype, FixedPoint};
 pub use pack::{pack_bits, packed_len, unpack_bits};
 pub use share::{Share, reconstruct, share_secret};
 
@@ -28,6 +28,28 @@ pub enum RingError {
         frac_bits: u32,
         /// Largest magnitude the format holds.
         limit: f64,
+    },
+    /// An element of a named tensor (a checkpoint's weights) that does not fit the format.
+    #[error("tensor `{tensor}`, element {index}: {value} {reason}")]
+    TensorValue {
+        /// The tensor's name.
+        tensor: String,
+        /// Flat index of the element.
+        index: usize,
+        /// The element's value.
+        value: f64,
+        /// Why it does not fit.
+        reason: String,
+    },
+    /// A named tensor whose bytes are not a whole number of elements.
+    #[error("tensor `{tensor}`: {len} bytes is not a whole number of {dtype:?} elements")]
+    TensorBytes {
+        /// The tensor's name.
+        tensor: String,
+        /// Its byte length.
+        len: usize,
+        /// The element type.
+        dtype: Dtype,
     },
     /// A fixed-point format with an unusable number of fractional bits.
     #[error("fixed-point format needs 0 < frac_bits <= 40, got {0}")]
