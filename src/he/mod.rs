@@ -94,11 +94,13 @@ pub enum HeError {
 /// Result alias of the HE layer.
 pub type HeResult<T> = Result<T, HeError>;
 
-/// Plaintext reference for the tests: the negacyclic product of two polynomials with
-/// coefficients in Z_2^64 (what a product of ciphertexts or by an operand must decrypt to).
-#[cfg(test)]
-pub(crate) fn negacyclic_mod_2_64(a: &[u64], b: &[u64]) -> Vec<u64> {
+/// Plaintext reference: the negacyclic product of two polynomials with coefficients in Z_2^64
+/// (what a product of ciphertexts or by an operand must decrypt to), by schoolbook
+/// multiplication (zero coefficients skipped). The ring degree N is `a.len()`; `b` has at most N
+/// coefficients.
+pub fn negacyclic_mod_2_64(a: &[u64], b: &[u64]) -> Vec<u64> {
     let n = a.len();
+    assert!(b.len() <= n, "negacyclic_mod_2_64: b has more than N = {n} coefficients");
     let mut c = vec![0u64; n];
     for (i, &ai) in a.iter().enumerate().filter(|(_, v)| **v != 0) {
         for (j, &bj) in b.iter().enumerate().filter(|(_, v)| **v != 0) {

@@ -29,6 +29,7 @@
 use num_bigint::BigUint;
 use num_traits::{One, ToPrimitive};
 use rand::CryptoRng;
+use zeroize::Zeroize;
 
 use super::bfv::{Ciphertext, SecretKey};
 use super::poly::{Form, RnsPoly};
@@ -103,7 +104,7 @@ impl SecretKey {
         x.add_assign(p, &ct.d1);
         x.mul_assign(p, &s);
         x.add_assign(p, &ct.d0);
-        s.zeroize_limbs();
+        s.zeroize();
         x.to_coeff(p, backend);
         self.decode_phase(&x)
     }
@@ -164,12 +165,6 @@ impl Tensored {
             }
         }
         Ok(Ciphertext { c0: d0, c1: d1 })
-    }
-}
-
-impl RnsPoly {
-    fn zeroize_limbs(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.limbs);
     }
 }
 
@@ -399,10 +394,18 @@ impl Ciphertext {
         let inputs: Vec<&RnsPoly> =
             if square { vec![&self.c0, &self.c1] } else { vec![&self.c0, &self.c1, &other.c0, &other.c1] };
         let ext = map_indexed(backend, inputs.len(), |i| {
-            let (mut coeff, mut ntt) = (inputs[i].clone(), inputs[i].clone());
-            coeff.to_coeff(params, backend);
-            ntt.to_ntt(params, backend);
-            basis.extend(n, &coeff.limbs, &ntt.limbs, backend)
+            // the other form of the input, converted from a copy
+            let mut other = inputs[i].clone();
+            match inputs[i].form() {
+                Form::Ntt => {
+                    other.to_coeff(params, backend);
+                    basis.extend(n, &other.limbs, &inputs[i].limbs, backend)
+                }
+                Form::Coeff => {
+                    other.to_ntt(params, backend);
+                    basis.extend(n, &inputs[i].limbs, &other.limbs, backend)
+                }
+            }
         });
         let (a0, a1) = (&ext[0], &ext[1]);
         let (b0, b1) = if square { (a0, a1) } else { (&ext[2], &ext[3]) };

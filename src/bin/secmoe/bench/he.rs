@@ -9,7 +9,7 @@ use anyhow::{Result, ensure};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use secmoe::backend::{Backend, CpuBackend, NttTable};
-use secmoe::he::{HeParams, OperandBank, PlainOperand, Plaintext, SecretKey, Selectors, select};
+use secmoe::he::{HeParams, OperandBank, PlainOperand, Plaintext, SecretKey, Selectors, negacyclic_mod_2_64, select};
 use secmoe::ring::modp::{Modulus, ntt_primes};
 
 use super::harness::{Reference, Row, reset_peak_rss, row};
@@ -59,7 +59,7 @@ pub(crate) fn run(only: Option<&str>, rows: &mut Vec<Row>) -> Result<()> {
         reset_peak_rss();
         let mut x = ct.clone();
         x.mul_plain_assign(&p, &op, &be);
-        let ok = sk.decrypt(&x, &be).coeffs() == &negacyclic(&msg, &w)[..];
+        let ok = sk.decrypt(&x, &be).coeffs() == &negacyclic_mod_2_64(&msg, &w)[..];
         let mut y = ct.clone();
         let us = time_us(400, || y.mul_plain_assign(&p, &op, &be));
         push(op_row("ct-pt", shape("NTT form"), us, ok), "ctxpt");
@@ -70,7 +70,7 @@ pub(crate) fn run(only: Option<&str>, rows: &mut Vec<Row>) -> Result<()> {
         let rlk = sk.relin_key(&be, &mut rng);
         let other: Vec<u64> = (0..n).map(|_| rng.random()).collect();
         let ct2 = sk.encrypt(&Plaintext::new(&p, other.clone())?, &be, &mut rng);
-        let ok = sk.decrypt(&ct.mul(&ct2, &p, &rlk, &be)?, &be).coeffs() == &negacyclic(&msg, &other)[..];
+        let ok = sk.decrypt(&ct.mul(&ct2, &p, &rlk, &be)?, &be).coeffs() == &negacyclic_mod_2_64(&msg, &other)[..];
         let mut result = Ok(());
         let us = time_us(20, || result = ct.mul(&ct2, &p, &rlk, &be).map(drop));
         result?;
@@ -120,23 +120,6 @@ fn time_us(reps: u32, mut f: impl FnMut()) -> f64 {
             start.elapsed().as_secs_f64() * 1e6 / batch as f64
         })
         .fold(f64::INFINITY, f64::min)
-}
-
-/// The negacyclic product mod 2^64 of a full polynomial by another (the check of a product).
-fn negacyclic(a: &[u64], b: &[u64]) -> Vec<u64> {
-    let n = a.len();
-    let mut c = vec![0u64; n];
-    for (j, &bj) in b.iter().enumerate().filter(|(_, v)| **v != 0) {
-        for (i, &ai) in a.iter().enumerate() {
-            let prod = ai.wrapping_mul(bj);
-            if i + j < n {
-                c[i + j] = c[i + j].wrapping_add(prod);
-            } else {
-                c[i + j - n] = c[i + j - n].wrapping_sub(prod);
-            }
-        }
-    }
-    c
 }
 
 /// SEAL's timings (operation, µs) from `benches/seal_ref.py`: its `ntt` and `mul` modes, or
