@@ -3,13 +3,14 @@
 //!
 //! A session holds the party's role, the OT engine on the link (with its pools and its own
 //! message channel, on which the protocols' messages stay in order with the OT messages), the
-//! OT-kind policy, the fixed-point format agreed in the handshake, the party's CSPRNG, the HE keys
-//! of the linear layers (after [`Session::setup_he`]) and the backend. Roles are expressed one way: [`Session::party`], read by the protocols where the two
-//! sides differ.
+//! OT-kind policy, the fixed-point format (the one the link's handshake checked both parties
+//! agree on), the party's CSPRNG, the HE keys of the linear layers (after
+//! [`Session::setup_he`]) and the backend. Roles are expressed one way: [`Session::party`], read
+//! by the protocols where the two sides differ.
 //!
 //! Randomness: the CSPRNG is ChaCha20 seeded from the operating system. [`SessionConfig::seed`]
-//! replaces that seed for reproducible tests and benches only; a seeded session's masks are
-//! predictable by whoever knows the seed, so `serve` refuses one.
+//! replaces that seed for reproducible tests and benches only: a seeded session's masks are
+//! predictable by whoever knows the seed (the command line never sets one).
 
 use std::sync::Arc;
 
