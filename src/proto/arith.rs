@@ -158,7 +158,7 @@ pub(crate) fn masks(sess: &mut Session, n: usize, bits: u32) -> Vec<u64> {
 
 /// Shares mod 2^bits of x_ij·r_i: every value of row i (rows of `x.len() / r.len()` values)
 /// times that row's shared scalar. The cross terms use one correlated OT of a whole row per bit
-/// of the other party's scalar share ([`Ot::cot_vec_send`]): `bits` random OTs per row and
+/// of the other party's scalar share ([`crate::ot::Ot::cot_vec_send`]): `bits` random OTs per row and
 /// direction instead of per value.
 pub async fn mul_rows(sess: &mut Session, x: &[u64], r: &[u64], bits: u32) -> ProtoResult<Vec<u64>> {
     if r.is_empty() || !x.len().is_multiple_of(r.len()) {

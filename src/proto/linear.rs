@@ -22,9 +22,9 @@
 //! per coefficient of a distribution that does not depend on B (see [`HeServer::statistical_distance`]
 //! for a session's total).
 //!
-//! [`linear_client`] / [`linear_server`] apply it to a layer Y = X·W with X secret-shared and W
-//! the server's; [`matmul_shared_client`] / [`matmul_shared_server`] multiply two secret-shared
-//! matrices (Q·Kᵀ, P·V) with two such products and local terms.
+//! [`linear`] applies it to a layer Y = X·W with X secret-shared and W the server's;
+//! [`matmul_shared`] multiplies two secret-shared matrices (Q·Kᵀ, P·V) with two such products and
+//! local terms. Both run over the HE keys of the session ([`Session::setup_he`]).
 
 use std::sync::{Arc, Mutex};
 
