@@ -11,7 +11,7 @@ use rand::{RngExt, SeedableRng, rngs::StdRng};
 use secmoe::backend::{Backend, CpuBackend};
 use secmoe::he::HeParams;
 use secmoe::net::{Link, LinkConfig, PublicParams, loopback};
-use secmoe::proto::linear::{Weights, linear, tiling_for};
+use secmoe::proto::linear::{KeySet, Weights, linear, tiling_for};
 use secmoe::proto::tiling::MatShape;
 use secmoe::proto::{Session, SessionConfig};
 use secmoe::ring::share_secret;
@@ -32,7 +32,7 @@ async fn sessions(params: Arc<HeParams>) -> Pair {
     let (sc, ss) =
         tokio::join!(Session::new(&mut client, be.clone(), config.clone()), Session::new(&mut server, be, config));
     let (mut sc, mut ss) = (sc.unwrap(), ss.unwrap());
-    let (a, b) = tokio::join!(sc.setup_he(params.clone()), ss.setup_he(params));
+    let (a, b) = tokio::join!(sc.setup_he(params.clone(), KeySet::Linear), ss.setup_he(params, KeySet::Linear));
     a.unwrap();
     b.unwrap();
     Pair { client, _server: server, sc, ss }

@@ -13,7 +13,7 @@ use rand::{RngExt, SeedableRng};
 use secmoe::backend::Backend;
 use secmoe::he::HeParams;
 use secmoe::net::CostModel;
-use secmoe::proto::linear::{HeClient, HeServer, Weights, linear, matmul_shared, tiling_for};
+use secmoe::proto::linear::{HeClient, HeServer, KeySet, Weights, linear, matmul_shared, tiling_for};
 use secmoe::proto::tiling::MatShape;
 use secmoe::proto::{HeKeys, ProtoError, Session};
 use secmoe::ring::{Share, reconstruct, share_secret};
@@ -26,7 +26,7 @@ fn weights(rng: &mut StdRng, count: usize) -> Vec<u64> {
 /// Both parties' sessions with the HE keys of `params` set up.
 async fn sessions(params: Arc<HeParams>) -> (secmoe::net::Link, Session, secmoe::net::Link, Session) {
     let (c, mut sc, s, mut ss) = common::session_pair().await;
-    let (a, b) = tokio::join!(sc.setup_he(params.clone()), ss.setup_he(params));
+    let (a, b) = tokio::join!(sc.setup_he(params.clone(), KeySet::Linear), ss.setup_he(params, KeySet::Linear));
     a.unwrap();
     b.unwrap();
     (c, sc, s, ss)
@@ -38,8 +38,8 @@ async fn raw_keys(params: Arc<HeParams>) -> (secmoe::net::Link, HeClient, secmoe
     let be: Arc<dyn Backend> = common::backend();
     let mut rng = StdRng::seed_from_u64(1);
     let (hc, hs) = tokio::join!(
-        HeClient::setup(c.channel(), params.clone(), be.clone(), &mut rng),
-        HeServer::setup(s.channel(), params, be)
+        HeClient::setup(c.channel(), params.clone(), be.clone(), KeySet::Linear, &mut rng),
+        HeServer::setup(s.channel(), params, be, KeySet::Linear)
     );
     (c, hc.unwrap(), s, hs.unwrap())
 }

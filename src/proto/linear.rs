@@ -37,7 +37,7 @@ use super::tiling::{MatShape, Tiling, TilingCost};
 use super::{ProtoError, ProtoResult, Session, compute};
 use crate::backend::{Backend, Prepared, map_indexed};
 use crate::he::{
-    Ciphertext, GaloisKeys, HeParams, MAX_FLOOD_BITS, Plaintext, PublicKey, SecretKey, SeededCiphertext,
+    Ciphertext, GaloisKeys, HeParams, MAX_FLOOD_BITS, Plaintext, PublicKey, RelinKey, SecretKey, SeededCiphertext,
     ShrunkCiphertext, ciphertext_len, seeded_ciphertext_len,
 };
 use crate::net::{Channel, CostModel};
@@ -142,6 +142,17 @@ fn flood_bits(params: &HeParams, t: &Tiling, b_bits: u32) -> ProtoResult<(u32, u
     Ok((bound + kappa, kappa))
 }
 
+/// The evaluation keys the client sends at setup besides its public key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeySet {
+    /// Galois keys (where the parameters allow packing): what the linear layers need.
+    #[default]
+    Linear,
+    /// Also a relinearization key, for products of two ciphertexts on the server (an encrypted
+    /// input times an obliviously selected expert): about 1.2 MB more for the linear set.
+    WithRelin,
+}
+
 /// The client's side: holds the secret key, and chooses the tiling of each product for the
 /// network it expects (WAN by default: fewer bytes at some more server time).
 #[derive(Debug)]
@@ -159,18 +170,21 @@ pub struct HeServer {
     params: Arc<HeParams>,
     pk: PublicKey,
     galois: Option<GaloisKeys>,
+    relin: Option<RelinKey>,
     backend: Arc<dyn Backend>,
     /// Sum over every coefficient returned so far of its statistical distance bound.
     exposure: Mutex<f64>,
 }
 
 impl HeClient {
-    /// Generates a key pair and sends the public key and the Galois keys (once per session).
+    /// Generates a key pair and sends the public key and the evaluation keys of `keys` (once
+    /// per session; the server must expect the same set).
     #[instrument(skip_all, name = "he_setup", fields(params = params.name()))]
     pub async fn setup<R: CryptoRng + ?Sized>(
         ch: &mut Channel,
         params: Arc<HeParams>,
         backend: Arc<dyn Backend>,
+        keys: KeySet,
         rng: &mut R,
     ) -> ProtoResult<HeClient> {
         let _s = ch.meter().scope("he-setup");
@@ -179,8 +193,12 @@ impl HeClient {
         ch.send(&sk.public_key(be, rng).to_bytes()).await?;
         let levels = max_pack(&params);
         if levels > 0 {
-            let keys = compute(|| sk.galois_keys(levels, be, rng))?;
-            ch.send(&keys.to_bytes(&params)).await?;
+            let galois = compute(|| sk.galois_keys(levels, be, rng))?;
+            ch.send(&galois.to_bytes(&params)).await?;
+        }
+        if keys == KeySet::WithRelin {
+            let relin = compute(|| sk.relin_key(be, rng));
+            ch.send(&relin.to_bytes(&params)).await?;
         }
         Ok(HeClient { params, sk, backend, network: CostModel::WAN })
     }
@@ -270,9 +288,14 @@ impl HeClient {
 }
 
 impl HeServer {
-    /// Receives the client's public key and Galois keys (once per session).
+    /// Receives the client's public key and the evaluation keys of `keys` (once per session).
     #[instrument(skip_all, name = "he_setup", fields(params = params.name()))]
-    pub async fn setup(ch: &mut Channel, params: Arc<HeParams>, backend: Arc<dyn Backend>) -> ProtoResult<HeServer> {
+    pub async fn setup(
+        ch: &mut Channel,
+        params: Arc<HeParams>,
+        backend: Arc<dyn Backend>,
+        keys: KeySet,
+    ) -> ProtoResult<HeServer> {
         let _s = ch.meter().scope("he-setup");
         let bytes = ch.recv().await?;
         let pk = PublicKey::from_bytes(&params, &bytes)?;
@@ -291,7 +314,16 @@ impl HeServer {
         } else {
             None
         };
-        Ok(HeServer { params, pk, galois, backend, exposure: Mutex::new(0.0) })
+        let relin = match keys {
+            KeySet::WithRelin => Some(RelinKey::from_bytes(&params, &ch.recv().await?)?),
+            KeySet::Linear => None,
+        };
+        Ok(HeServer { params, pk, galois, relin, backend, exposure: Mutex::new(0.0) })
+    }
+
+    /// The client's relinearization key, if the session set one up ([`KeySet::WithRelin`]).
+    pub fn relin_key(&self) -> Option<&RelinKey> {
+        self.relin.as_ref()
     }
 
     /// The server's side of [`HeClient::product`]: B (d×m, row-major, entries read as signed
@@ -682,6 +714,7 @@ mod tests {
             params: p.clone(),
             pk: sk.public_key(be.as_ref(), &mut rng),
             galois: Some(sk.galois_keys(max_pack(&p), be.as_ref(), &mut rng).unwrap_or_else(|e| panic!("{e}"))),
+            relin: None,
             backend: be.clone(),
             exposure: Mutex::new(0.0),
         };
@@ -728,6 +761,36 @@ mod tests {
                 (0..shape.d).fold(0u64, |s, j| s.wrapping_add(a[i * shape.d + j].wrapping_mul(b[j * shape.m + k])));
             assert_eq!((v >> 6) as u64, want);
         }
+    }
+
+    /// With [`KeySet::WithRelin`] the server holds a working relinearization key: its product of
+    /// two of the client's ciphertexts decrypts to the product of the plaintexts.
+    #[test]
+    fn a_relinearization_key_sent_at_setup_multiplies_the_clients_ciphertexts() {
+        use crate::backend::CpuBackend;
+        use rand::rngs::StdRng;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap_or_else(|e| panic!("{e}"));
+        rt.block_on(async {
+            let p = HeParams::linear().unwrap_or_else(|e| panic!("{e}"));
+            let be: Arc<dyn Backend> = Arc::new(CpuBackend::new(2).unwrap_or_else(|e| panic!("{e}")));
+            let (mut cc, mut sc) = Channel::in_memory_pair(std::time::Duration::from_secs(60));
+            let mut rng = StdRng::seed_from_u64(43);
+            let (hc, hs) = tokio::join!(
+                HeClient::setup(&mut cc, p.clone(), be.clone(), KeySet::WithRelin, &mut rng),
+                HeServer::setup(&mut sc, p.clone(), be.clone(), KeySet::WithRelin)
+            );
+            let (hc, hs) = (hc.unwrap_or_else(|e| panic!("{e}")), hs.unwrap_or_else(|e| panic!("{e}")));
+            let rlk = hs.relin_key().unwrap_or_else(|| panic!("no relinearization key"));
+            let a: Vec<u64> = (0..p.degree()).map(|_| rng.random_range(0..1u64 << 40)).collect();
+            let b: Vec<u64> = (0..32).map(|_| rng.random_range(-50i64..50) as u64).collect();
+            let encrypt = |v: &[u64], rng: &mut StdRng| {
+                let pt = Plaintext::new(&p, v.to_vec()).unwrap_or_else(|e| panic!("{e}"));
+                hc.sk.encrypt(&pt, be.as_ref(), rng)
+            };
+            let (ca, cb) = (encrypt(&a, &mut rng), encrypt(&b, &mut rng));
+            let product = ca.mul(&cb, &p, rlk, be.as_ref()).unwrap_or_else(|e| panic!("{e}"));
+            assert!(hc.sk.decrypt(&product, be.as_ref()).coeffs() == &crate::he::negacyclic_mod_2_64(&a, &b)[..]);
+        });
     }
 
     /// What the client decrypts in `runs` products of its fixed share `a` with the server's `w`
@@ -809,8 +872,8 @@ mod tests {
             let (mut cc, mut sc) = Channel::in_memory_pair(std::time::Duration::from_secs(60));
             let mut rng = StdRng::seed_from_u64(41);
             let (hc, hs) = tokio::join!(
-                HeClient::setup(&mut cc, p.clone(), be.clone(), &mut rng),
-                HeServer::setup(&mut sc, p.clone(), be.clone())
+                HeClient::setup(&mut cc, p.clone(), be.clone(), KeySet::Linear, &mut rng),
+                HeServer::setup(&mut sc, p.clone(), be.clone(), KeySet::Linear)
             );
             let (mut hc, hs) = (hc.unwrap_or_else(|e| panic!("{e}")), hs.unwrap_or_else(|e| panic!("{e}")));
             let shape = MatShape { n: 16, d: 64, m: 32 };

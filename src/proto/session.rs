@@ -18,7 +18,7 @@ use rand::rngs::ChaCha20Rng;
 use rand::{Rng, SeedableRng};
 
 use super::ProtoResult;
-use super::linear::{HeClient, HeServer};
+use super::linear::{HeClient, HeServer, KeySet};
 use crate::backend::Backend;
 use crate::he::HeParams;
 use crate::net::{Channel, CostModel, Link, Meter, Party};
@@ -121,19 +121,19 @@ impl Session {
         })
     }
 
-    /// Sets up the HE keys of the linear layers under `params` (once per session, both parties
-    /// at the same point): the client generates a key pair and sends the public and Galois keys,
-    /// the server receives and checks them. The client tunes its tilings for the session's
+    /// Sets up the HE keys under `params` (once per session, both parties at the same point and
+    /// with the same `keys`): the client generates a key pair and sends the public key and the
+    /// evaluation keys, the server receives and checks them. The client tunes its tilings for the session's
     /// network.
-    pub async fn setup_he(&mut self, params: Arc<HeParams>) -> ProtoResult<()> {
+    pub async fn setup_he(&mut self, params: Arc<HeParams>, keys: KeySet) -> ProtoResult<()> {
         let backend = self.backend.clone();
         let keys = match self.party() {
             Party::Client => {
-                let mut he = HeClient::setup(self.ot.channel(), params, backend, &mut self.rng).await?;
+                let mut he = HeClient::setup(self.ot.channel(), params, backend, keys, &mut self.rng).await?;
                 he.set_network(self.network);
                 HeKeys::Client(he)
             }
-            Party::Server => HeKeys::Server(HeServer::setup(self.ot.channel(), params, backend).await?),
+            Party::Server => HeKeys::Server(HeServer::setup(self.ot.channel(), params, backend, keys).await?),
         };
         self.he = Some(keys);
         Ok(())

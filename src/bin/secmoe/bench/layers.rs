@@ -15,7 +15,7 @@ use secmoe::ot::OtKind;
 use secmoe::proto::boolean::Triples;
 use secmoe::proto::compare::{at_least, greater_than, triples_per_comparison};
 use secmoe::proto::layernorm::{Affine, layernorm};
-use secmoe::proto::linear::{Weights, linear, matmul_shared};
+use secmoe::proto::linear::{KeySet, Weights, linear, matmul_shared};
 use secmoe::proto::piecewise::{Piecewise, evaluate, evaluate_baseline};
 use secmoe::proto::softmax::softmax;
 use secmoe::proto::tiling::MatShape;
@@ -107,7 +107,7 @@ async fn measure(
     let (c, mut sc, s, mut ss) = session_pair(backend, OtKind::Silent, tune).await?;
     reset_peak_rss();
     let start = Instant::now();
-    let (a, b) = tokio::join!(sc.setup_he(params.clone()), ss.setup_he(params.clone()));
+    let (a, b) = tokio::join!(sc.setup_he(params.clone(), KeySet::Linear), ss.setup_he(params.clone(), KeySet::Linear));
     a?;
     b?;
     if name == "he-setup" {
