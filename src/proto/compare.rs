@@ -15,6 +15,7 @@ use rand::RngExt;
 use super::boolean::{Triples, and};
 use super::{ProtoError, ProtoResult};
 use crate::net::Party;
+use crate::ring::mask;
 
 /// Bits per millionaire's block (a 1-of-2^m OT each).
 const BLOCK_BITS: u32 = 4;
@@ -397,7 +398,7 @@ pub async fn one_hot(sess: &mut Session, index: &[u64], size: usize) -> ProtoRes
     })
     .await?;
     let carry: Vec<u64> = low.iter().map(|w| w >> low_n).collect();
-    let low: Vec<u64> = low.iter().map(|w| w & low_mask_words(low_n)).collect();
+    let low: Vec<u64> = low.iter().map(|w| w & mask(low_n as u32)).collect();
     // high one-hot of h_s + h_c + (c_s ⊕ c_c), on the client's high bits and carry share
     let high_index: Vec<u64> =
         index.iter().zip(&carry).map(|(&i, &c)| ((i >> l_bits) & ((1 << h_bits) - 1)) | c << h_bits).collect();
@@ -440,11 +441,6 @@ pub async fn one_hot(sess: &mut Session, index: &[u64], size: usize) -> ProtoRes
         .collect())
 }
 
-/// All-ones in the low `n` bits.
-fn low_mask_words(n: usize) -> u64 {
-    if n >= 64 { u64::MAX } else { (1u64 << n) - 1 }
-}
-
 /// XOR shares of `entry(i_s, i_c)` (below 2^width) by one 1-of-2^log_n lookup: the client
 /// chooses with its value mod 2^log_n, the server's table holds entry(i_s, v) ⊕ r and keeps r.
 async fn lookup(
@@ -461,7 +457,7 @@ async fn lookup(
         let table: Vec<u64> = values
             .iter()
             .zip(&r)
-            .flat_map(|(&i, &r)| (0..1u64 << log_n).map(move |v| (entry(i, v) ^ r) & low_mask_words(width as usize)))
+            .flat_map(|(&i, &r)| (0..1u64 << log_n).map(move |v| (entry(i, v) ^ r) & mask(width)))
             .collect();
         sess.ot.one_of_n_send(sess.kind, log_n, width, &table).await?;
         Ok(r)
