@@ -33,6 +33,17 @@ pub struct Channel {
     self_counter: Option<Arc<ByteCounter>>,
     timeout: Duration,
     max_frame: usize,
+    /// The frames' lengths in order while recording ([`Channel::record_frames`]).
+    frames: Option<Vec<Frame>>,
+}
+
+/// One message as a view test sees it: its direction and length (never its content).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame {
+    /// Sent by this party (else received).
+    pub sent: bool,
+    /// Payload bytes.
+    pub len: usize,
 }
 
 impl std::fmt::Debug for Channel {
@@ -56,6 +67,7 @@ impl Channel {
             self_counter: None,
             timeout,
             max_frame: DEFAULT_MAX_FRAME,
+            frames: None,
         }
     }
 
@@ -82,6 +94,17 @@ impl Channel {
     /// Sets the receive timeout.
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
+    }
+
+    /// Starts recording the direction and length of every message (for view tests: what a
+    /// party receives must not depend on the other party's secrets).
+    pub fn record_frames(&mut self) {
+        self.frames = Some(Vec::new());
+    }
+
+    /// The messages recorded since [`Channel::record_frames`]; recording stops.
+    pub fn take_frames(&mut self) -> Vec<Frame> {
+        self.frames.take().unwrap_or_default()
     }
 
     /// The meter this channel charges.
@@ -127,6 +150,9 @@ impl Channel {
         }
         if let Some(c) = &self.self_counter {
             c.add_sent((header.len() + payload.len()) as u64);
+        }
+        if let Some(f) = &mut self.frames {
+            f.push(Frame { sent: true, len: payload.len() });
         }
         Ok(())
     }
@@ -176,6 +202,9 @@ impl Channel {
             c.add_received(4 + buf.len() as u64);
         }
         self.meter.on_receive();
+        if let Some(f) = &mut self.frames {
+            f.push(Frame { sent: false, len: buf.len() });
+        }
         Ok(buf)
     }
 

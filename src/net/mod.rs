@@ -10,7 +10,7 @@ mod handshake;
 mod meter;
 mod quic;
 
-pub use channel::{Channel, DEFAULT_MAX_FRAME, DEFAULT_TIMEOUT};
+pub use channel::{Channel, DEFAULT_MAX_FRAME, DEFAULT_TIMEOUT, Frame};
 pub use cost::CostModel;
 pub use handshake::{Hello, PROTOCOL_VERSION, PublicParams};
 pub use meter::{ByteCounter, Meter, Report, Scope, StepStats};

@@ -217,22 +217,36 @@ pub async fn b2a(sess: &mut Session, bits: &[bool]) -> ProtoResult<Vec<u64>> {
 /// own x_p comes from one correlated OT with Δ = (1 − 2·b_p)·x_p, the other party choosing with
 /// its bit; two OTs, one per direction.
 pub async fn mux(sess: &mut Session, bits: &[bool], shares: &[u64]) -> ProtoResult<Vec<u64>> {
-    if bits.len() != shares.len() {
-        return Err(ProtoError::Input(format!("{} selector bits for {} values", bits.len(), shares.len())));
+    mux_rows(sess, bits, shares, 1).await
+}
+
+/// [`mux`] with one bit per row of `len` shared values: b_r·x_r for every value of row r, one
+/// correlated OT of the whole row per direction ([`crate::ot::Ot::cot_vec_send`]), so a row
+/// costs two random OTs and 2·64·len bits of corrections.
+pub async fn mux_rows(sess: &mut Session, bits: &[bool], shares: &[u64], len: usize) -> ProtoResult<Vec<u64>> {
+    if len == 0 || bits.len() * len != shares.len() {
+        return Err(ProtoError::Input(format!(
+            "{} selector bits for {} values in rows of {len}",
+            bits.len(),
+            shares.len()
+        )));
     }
-    let deltas: Vec<u64> = bits.iter().zip(shares).map(|(&b, &x)| if b { x.wrapping_neg() } else { x }).collect();
+    let deltas: Vec<u64> =
+        shares.iter().enumerate().map(|(i, &x)| if bits[i / len] { x.wrapping_neg() } else { x }).collect();
     let (x, y) = match sess.party() {
         Party::Server => {
-            let x = sess.ot.cot_send(sess.kind, &deltas, 64).await?;
-            (x, sess.ot.cot_receive(sess.kind, bits, 64).await?)
+            let x = sess.ot.cot_vec_send(sess.kind, &deltas, len, 64).await?;
+            (x, sess.ot.cot_vec_receive(sess.kind, bits, len, 64).await?)
         }
         Party::Client => {
-            let y = sess.ot.cot_receive(sess.kind, bits, 64).await?;
-            (sess.ot.cot_send(sess.kind, &deltas, 64).await?, y)
+            let y = sess.ot.cot_vec_receive(sess.kind, bits, len, 64).await?;
+            (sess.ot.cot_vec_send(sess.kind, &deltas, len, 64).await?, y)
         }
     };
     // own term b_p·x_p − x (as sender) plus the other party's term (as receiver)
-    Ok((0..bits.len()).map(|i| (if bits[i] { shares[i] } else { 0 }).wrapping_sub(x[i]).wrapping_add(y[i])).collect())
+    Ok((0..shares.len())
+        .map(|i| (if bits[i / len] { shares[i] } else { 0 }).wrapping_sub(x[i]).wrapping_add(y[i]))
+        .collect())
 }
 
 /// Most bits of one link of [`carry`]'s chain (a 1-of-2^(m+1) OT with its carry-in).
@@ -307,10 +321,10 @@ pub async fn non_negative(sess: &mut Session, shares: &[u64], bits: u32) -> Prot
 }
 
 /// Shares of the maximum of each group of `len` consecutive shared values, and of its position
-/// in the group (the argmax; the first of equal maxima loses to a later one only if larger):
-/// a tree of ⌈log2 len⌉ levels of pairwise maxima, [a ≥ b] from [`non_negative`] on a − b at
-/// `bits` bits (|a − b| < 2^(bits−1), the caller's bound), then
-/// (max, index) = (b, j_b) + [a ≥ b]·(a − b, i_a − j_b) by one multiplexer pair.
+/// in the group (the argmax; of equal maxima the first wins, as `torch.argmax` does): a tree of
+/// ⌈log2 len⌉ levels of pairwise maxima of neighbours a (earlier) and b (later), [a ≥ b] from
+/// [`non_negative`] on a − b at `bits` bits (|a − b| < 2^(bits−1), the caller's bound), then
+/// (max, index) = (b, i_b) + [a ≥ b]·(a − b, i_a − i_b) by one multiplexer pair.
 pub async fn max(sess: &mut Session, shares: &[u64], len: usize, bits: u32) -> ProtoResult<(Vec<u64>, Vec<u64>)> {
     if len == 0 || !shares.len().is_multiple_of(len) {
         return Err(ProtoError::Input(format!("{} values in groups of {len}", shares.len())));
@@ -325,7 +339,7 @@ pub async fn max(sess: &mut Session, shares: &[u64], len: usize, bits: u32) -> P
         let (mut diff, mut didx, mut base, mut bidx) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (v, ix) in values.iter().zip(&index) {
             for p in 0..v.len() / 2 {
-                let (a, b) = (2 * p + 1, 2 * p);
+                let (a, b) = (2 * p, 2 * p + 1);
                 diff.push(v[a].wrapping_sub(v[b]));
                 didx.push(ix[a].wrapping_sub(ix[b]));
                 base.push(v[b]);

@@ -668,13 +668,19 @@ pub async fn relu(sess: &mut Session, shares: &[u64], bits: u32) -> ProtoResult<
 }
 
 /// Shares of SwiGLU's gate product SiLU(g) ⊙ u for shared g (in SiLU's input range) and u
-/// (|u| < 64), in the session's fixed point (f = 18: the product in a 50-bit ring,
-/// 2f + 14 bits in general; |SiLU(g)·u| < 2^12 in real terms): SiLU by Select-Then-Compute,
-/// the product and one truncation back to Z_2^64.
+/// (|u| < 64): [`gated`] with SiLU.
 pub async fn swiglu(sess: &mut Session, gate: &[u64], up: &[u64]) -> ProtoResult<Vec<u64>> {
+    gated(sess, &Piecewise::silu(), gate, up).await
+}
+
+/// Shares of a gated unit's product f(g) ⊙ u (SwiGLU with SiLU, GeGLU with GeLU) for shared g
+/// (in f's input range) and u (|u| < 64), in the session's fixed point (f = 18: the product in
+/// a 50-bit ring, 2f + 14 bits in general; |f(g)·u| < 2^12 in real terms): f by
+/// Select-Then-Compute, the product and one truncation back to Z_2^64.
+pub async fn gated(sess: &mut Session, f: &Piecewise, gate: &[u64], up: &[u64]) -> ProtoResult<Vec<u64>> {
     let frac = sess.format().frac_bits();
     let bits = 2 * frac + 14;
-    let activated = evaluate(sess, &Piecewise::silu(), gate).await?;
+    let activated = evaluate(sess, f, gate).await?;
     let product = mul_in(sess, &activated, up, bits).await?;
     truncate_extend(sess, &product, bits, frac).await
 }

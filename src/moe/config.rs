@@ -1,0 +1,193 @@
+//! What a MoE layer is — sizes, router family, expert kind, shared expert — and how it is
+//! evaluated. All of it is public: both parties pass the same [`MoeConfig`] and check that they
+//! agree before anything secret moves.
+
+use std::fmt;
+
+use super::{MoeError, MoeResult};
+use crate::proto::softmax::MAX_ROW;
+
+/// How the router's logits become the chosen experts and their gate weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    /// Switch Transformer: top-1; the gate is the softmax probability of the chosen expert.
+    Switch,
+    /// Mixtral: top-k of the logits; the gates are the softmax over those k logits.
+    TopKSoftmax,
+    /// Qwen2-MoE and OLMoE: softmax over all experts, top-k of the probabilities, renormalized
+    /// over the k when `normalize` (`norm_topk_prob`; then it equals [`Routing::TopKSoftmax`]).
+    SoftmaxTopK {
+        /// Renormalize the k probabilities to sum to 1.
+        normalize: bool,
+    },
+}
+
+impl Routing {
+    /// Whether the gates need the softmax over all experts (else over the chosen k only).
+    pub fn softmax_over_all(self) -> bool {
+        matches!(self, Routing::Switch | Routing::SoftmaxTopK { normalize: false })
+    }
+}
+
+/// The function one expert computes on a token x (d) with its matrices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpertKind {
+    /// ReLU(x·W1)·W2 (Switch Transformer, T5).
+    Relu,
+    /// GeLU(x·W1)·W2.
+    Gelu,
+    /// (SiLU(x·W1) ⊙ x·W3)·W2 (Mixtral, Qwen2-MoE, OLMoE: W1 = gate, W3 = up, W2 = down).
+    SwiGlu,
+    /// (GeLU(x·W1) ⊙ x·W3)·W2 (the SecMoE paper's expert, with W3 its V).
+    GeGlu,
+}
+
+impl ExpertKind {
+    /// Whether the expert has the second input matrix W3.
+    pub fn gated(self) -> bool {
+        matches!(self, ExpertKind::SwiGlu | ExpertKind::GeGlu)
+    }
+
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExpertKind::Relu => "relu",
+            ExpertKind::Gelu => "gelu",
+            ExpertKind::SwiGlu => "swiglu",
+            ExpertKind::GeGlu => "geglu",
+        }
+    }
+}
+
+impl std::str::FromStr for ExpertKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        [ExpertKind::Relu, ExpertKind::Gelu, ExpertKind::SwiGlu, ExpertKind::GeGlu]
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| format!("unknown expert kind `{s}` (relu, gelu, swiglu, geglu)"))
+    }
+}
+
+/// A dense expert every token goes through besides its routed ones (Qwen2-MoE, DeepSeek-MoE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedExpert {
+    /// Its hidden width.
+    pub d_ff: usize,
+    /// Qwen2-MoE's gate: the shared expert's output is scaled by sigmoid(x·w_g).
+    pub sigmoid_gate: bool,
+}
+
+/// One MoE FFN layer: E experts of one kind, each d → d_ff → d, a router d → E choosing k per
+/// token, optionally a shared expert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoeConfig {
+    /// E, the number of routed experts.
+    pub experts: usize,
+    /// k, the experts each token is routed to.
+    pub top_k: usize,
+    /// d, the model width.
+    pub d_model: usize,
+    /// d_ff, an expert's hidden width.
+    pub d_ff: usize,
+    /// The router family.
+    pub routing: Routing,
+    /// What an expert computes.
+    pub expert: ExpertKind,
+    /// The shared expert, if the model has one.
+    pub shared: Option<SharedExpert>,
+}
+
+/// Most routed experts a layer may have (the one-hot vectors of the routing).
+pub const MAX_EXPERTS: usize = crate::proto::compare::MAX_ONE_HOT;
+/// Most experts per token.
+pub const MAX_TOP_K: usize = 8;
+
+impl MoeConfig {
+    /// Checks the sizes against each other and against what the protocols support.
+    pub fn validate(&self) -> MoeResult<()> {
+        let bad = |what: String| Err(MoeError::Config(what));
+        if !(1..=MAX_EXPERTS).contains(&self.experts) {
+            return bad(format!("{} experts (1..={MAX_EXPERTS})", self.experts));
+        }
+        if self.top_k == 0 || self.top_k > self.experts {
+            return bad(format!("top-{} of {} experts (1..={})", self.top_k, self.experts, self.experts));
+        }
+        if self.top_k > MAX_TOP_K {
+            return bad(format!("top-{} (at most {MAX_TOP_K})", self.top_k));
+        }
+        if self.routing == Routing::Switch && self.top_k != 1 {
+            return bad(format!("Switch routing takes top-1, not top-{}", self.top_k));
+        }
+        if self.routing.softmax_over_all() && self.experts > MAX_ROW {
+            return bad(format!(
+                "{:?} routing takes a softmax over all {} experts (at most {MAX_ROW}); \
+                 use TopKSoftmax or SoftmaxTopK {{ normalize: true }}",
+                self.routing, self.experts
+            ));
+        }
+        if self.d_model == 0 || self.d_ff == 0 || self.shared.is_some_and(|s| s.d_ff == 0) {
+            return bad(format!("zero width: {self}"));
+        }
+        Ok(())
+    }
+
+    /// The canonical text both parties compare.
+    pub fn canonical(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for MoeConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "E={} top-{} d={} d_ff={} {:?} {}",
+            self.experts,
+            self.top_k,
+            self.d_model,
+            self.d_ff,
+            self.routing,
+            self.expert.name()
+        )?;
+        if let Some(s) = self.shared {
+            write!(f, " shared d_ff={}{}", s.d_ff, if s.sigmoid_gate { " sigmoid-gated" } else { "" })?;
+        }
+        Ok(())
+    }
+}
+
+/// How the routed experts are evaluated (the module notes compare them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Method {
+    /// Every expert's matrices on every token under HE, the chosen expert's pre-activation
+    /// selected by the secret one-hot, the activation once per chosen expert, the second matrix
+    /// for every expert on it and the output selected again.
+    #[default]
+    SelectThenCompute,
+    /// Every expert evaluated in full (activation included) for every token, then multiplexed by
+    /// the one-hot (BumbleBee's way).
+    Baseline,
+}
+
+impl Method {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::SelectThenCompute => "select-then-compute",
+            Method::Baseline => "baseline",
+        }
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        [Method::SelectThenCompute, Method::Baseline]
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| format!("unknown MoE method `{s}` (select-then-compute, baseline)"))
+    }
+}

@@ -1,0 +1,309 @@
+//! The MoE layer's driver: agreement, router, routing, the routed experts by the chosen
+//! [`Method`], the gate-weighted sum and the shared expert.
+
+use std::ops::Range;
+
+use super::route::{Routes, route};
+use super::weights::{ExpertWeights, magnitude_bits};
+use super::{ExpertKind, Method, MoeConfig, MoeError, MoeResult, MoeWeights};
+use crate::proto::arith::{mul_rows, truncate, truncate_extend};
+use crate::proto::compare::mux_rows;
+use crate::proto::linear::{Weights, linear};
+use crate::proto::piecewise::{Piecewise, evaluate, gated, relu};
+use crate::proto::softmax::softmax;
+use crate::proto::tiling::MatShape;
+use crate::proto::{ProtoError, ProtoResult, Session};
+use crate::ring::Share;
+
+/// Values of one expert chunk's first-matrix results held at once (64 MiB per party): experts
+/// are streamed in chunks of this size, so memory does not grow with E.
+const CHUNK_VALUES: usize = 8 << 20;
+/// Longest agreement statement accepted from the peer.
+const MAX_STATEMENT: usize = 4096;
+
+/// One MoE layer on `n` tokens: each party's shares of X (n×d, the session's fixed point) in,
+/// its shares of the layer's output (n×d) out. The server passes the weights, the client
+/// `None`; both pass the same `cfg` and `method`, checked before anything secret moves.
+/// Preconditions on the values (the protocols cannot check them): router logits |l| < 64,
+/// expert pre-activations within the activation's input range (|x| < 63) and |W3 branch| < 64.
+#[tracing::instrument(level = "debug", skip_all, fields(cfg = %cfg, method = method.name()))]
+pub async fn moe_layer(
+    sess: &mut Session,
+    cfg: &MoeConfig,
+    method: Method,
+    x: &[Share],
+    weights: Option<&MoeWeights>,
+) -> MoeResult<Vec<Share>> {
+    let n = agree(sess, cfg, method, x.len(), weights).await?;
+    let d = cfg.d_model;
+    let router = weights.map(|w| Weights { values: &w.router, bits: magnitude_bits(&w.router) });
+    let logits = linear(sess, MatShape { n, d, m: cfg.experts }, x, router).await?;
+    let routes = route(sess, cfg, raw(&logits), n).await?;
+    let outputs = match method {
+        Method::SelectThenCompute => select_then_compute(sess, cfg, x, n, &routes, weights).await?,
+        Method::Baseline => baseline(sess, cfg, x, n, &routes, weights).await?,
+    };
+    let mut y = combine(sess, &outputs, &routes.gates, n, d).await?;
+    if cfg.shared.is_some() {
+        let s = shared_expert(sess, cfg, x, n, weights).await?;
+        y.iter_mut().zip(s).for_each(|(y, s)| *y = y.wrapping_add(s));
+    }
+    Ok(y.into_iter().map(Share::from_raw).collect())
+}
+
+fn raw(x: &[Share]) -> &[u64] {
+    bytemuck::cast_slice(x)
+}
+
+/// Checks this party's side (config, input, keys, weights), tells the peer its statement — the
+/// config, the token count and the method, or why it refuses — and compares: both parties fail
+/// with the reason before any share or ciphertext moves. Returns n.
+async fn agree(
+    sess: &mut Session,
+    cfg: &MoeConfig,
+    method: Method,
+    x_len: usize,
+    weights: Option<&MoeWeights>,
+) -> MoeResult<usize> {
+    let server = sess.is_server();
+    let local = (|| {
+        cfg.validate()?;
+        if x_len == 0 || !x_len.is_multiple_of(cfg.d_model) {
+            return Err(MoeError::Input(format!("{x_len} input values are not tokens of d = {}", cfg.d_model)));
+        }
+        if sess.he().is_none() {
+            return Err(MoeError::Input("the layer needs the session's HE keys (Session::setup_he) first".into()));
+        }
+        match (server, weights) {
+            (true, Some(w)) => w.check(cfg)?,
+            (true, None) => return Err(MoeError::Input("the server must pass the weights".into())),
+            (false, Some(_)) => return Err(MoeError::Input("the client holds no weights".into())),
+            (false, None) => {}
+        }
+        Ok(x_len / cfg.d_model)
+    })();
+    let statement = match &local {
+        Ok(n) => format!("moe {} n={n} method={}", cfg.canonical(), method.name()),
+        Err(e) => format!("refused {e}"),
+    };
+    let ch = sess.channel();
+    let (sent, got) = if server {
+        (ch.send(statement.as_bytes()).await, ch.recv().await)
+    } else {
+        let got = ch.recv().await;
+        (ch.send(statement.as_bytes()).await, got)
+    };
+    let n = local?;
+    sent.map_err(ProtoError::from)?;
+    let got = got.map_err(ProtoError::from)?;
+    let theirs = match std::str::from_utf8(&got) {
+        Ok(s) if got.len() <= MAX_STATEMENT => s,
+        _ => return Err(MoeError::Mismatch { ours: statement, theirs: format!("{} bytes of garbage", got.len()) }),
+    };
+    if let Some(reason) = theirs.strip_prefix("refused ") {
+        return Err(MoeError::PeerRefused(reason.to_string()));
+    }
+    if theirs != statement {
+        return Err(MoeError::Mismatch { ours: statement, theirs: theirs.to_string() });
+    }
+    Ok(n)
+}
+
+/// Experts per chunk so that a chunk's first-matrix results stay within [`CHUNK_VALUES`].
+fn chunks(cfg: &MoeConfig, n: usize) -> Vec<Range<usize>> {
+    let width = cfg.d_ff * if cfg.expert.gated() { 2 } else { 1 };
+    let per = (CHUNK_VALUES / (n * width).max(1)).clamp(1, cfg.experts);
+    (0..cfg.experts).step_by(per).map(|s| s..(s + per).min(cfg.experts)).collect()
+}
+
+/// The server's matrices of the experts `experts` side by side, d×(c·g·d_ff): row a holds, per
+/// expert, W1[a, :] then (gated kinds) W3[a, :].
+fn stack_first(experts: &[ExpertWeights], d: usize, d_ff: usize) -> Vec<u64> {
+    let mut out = Vec::with_capacity(experts.len() * 2 * d * d_ff);
+    for a in 0..d {
+        for x in experts {
+            out.extend_from_slice(&x.w1[a * d_ff..(a + 1) * d_ff]);
+            if let Some(w3) = &x.w3 {
+                out.extend_from_slice(&w3[a * d_ff..(a + 1) * d_ff]);
+            }
+        }
+    }
+    out
+}
+
+/// The server's W2 of the experts side by side, d_ff×(c·d).
+fn stack_second(experts: &[ExpertWeights], d_ff: usize, d: usize) -> Vec<u64> {
+    let mut out = Vec::with_capacity(experts.len() * d_ff * d);
+    for a in 0..d_ff {
+        for x in experts {
+            out.extend_from_slice(&x.w2[a * d..(a + 1) * d]);
+        }
+    }
+    out
+}
+
+/// One HE linear layer with the server's `values` (d×m), 2f fractional bits out.
+async fn product(sess: &mut Session, shape: MatShape, x: &[u64], values: Option<&[u64]>) -> ProtoResult<Vec<u64>> {
+    let x: &[Share] = bytemuck::cast_slice(x);
+    let w = values.map(|values| Weights { values, bits: magnitude_bits(values) });
+    let y = linear(sess, shape, x, w).await?;
+    Ok(raw(&y).to_vec())
+}
+
+/// The one-hot bits of slot `r` for tokens × experts in `experts` (token-major).
+fn slot_bits(routes: &Routes, r: usize, n: usize, e: usize, experts: &Range<usize>) -> Vec<bool> {
+    (0..n).flat_map(|j| experts.clone().map(move |i| routes.one_hot[r][j * e + i])).collect()
+}
+
+/// Adds Σ_i over each group of `per` rows (of `len` values) of `rows` into `acc` (one row per
+/// group).
+fn add_groups(acc: &mut [u64], rows: &[u64], per: usize, len: usize) {
+    for (a, group) in acc.chunks_exact_mut(len).zip(rows.chunks_exact(per * len)) {
+        for row in group.chunks_exact(len) {
+            a.iter_mut().zip(row).for_each(|(a, v)| *a = a.wrapping_add(*v));
+        }
+    }
+}
+
+/// The expert's activation on rows of pre-activations at f fractional bits (gated kinds: each
+/// row holds the gate's d_ff values, then the linear branch's).
+async fn activate(sess: &mut Session, kind: ExpertKind, pre: &[u64], d_ff: usize) -> ProtoResult<Vec<u64>> {
+    let frac = sess.format().frac_bits();
+    match kind {
+        ExpertKind::Relu => relu(sess, pre, frac + 8).await,
+        ExpertKind::Gelu => evaluate(sess, &Piecewise::gelu(), pre).await,
+        ExpertKind::SwiGlu | ExpertKind::GeGlu => {
+            let (gate, up): (Vec<&[u64]>, Vec<&[u64]>) =
+                pre.chunks_exact(2 * d_ff).map(|row| row.split_at(d_ff)).unzip();
+            let f = if kind == ExpertKind::SwiGlu { Piecewise::silu() } else { Piecewise::gelu() };
+            gated(sess, &f, &gate.concat(), &up.concat()).await
+        }
+    }
+}
+
+/// Select-Then-Compute (module notes): returns the chosen experts' outputs, n·k rows of d at f
+/// fractional bits, slot-major.
+async fn select_then_compute(
+    sess: &mut Session,
+    cfg: &MoeConfig,
+    x: &[Share],
+    n: usize,
+    routes: &Routes,
+    weights: Option<&MoeWeights>,
+) -> MoeResult<Vec<u64>> {
+    let (e, k, d, d_ff) = (cfg.experts, cfg.top_k, cfg.d_model, cfg.d_ff);
+    let width = d_ff * if cfg.expert.gated() { 2 } else { 1 };
+    // 1. every expert's first matrices, each slot's row selected by its one-hot (2f bits)
+    let mut pre = vec![0u64; k * n * width];
+    for experts in chunks(cfg, n) {
+        let c = experts.len();
+        let w = weights.map(|w| stack_first(&w.experts[experts.clone()], d, d_ff));
+        let z = product(sess, MatShape { n, d, m: c * width }, raw(x), w.as_deref()).await?;
+        for r in 0..k {
+            let picked = mux_rows(sess, &slot_bits(routes, r, n, e, &experts), &z, width).await?;
+            add_groups(&mut pre[r * n * width..(r + 1) * n * width], &picked, c, width);
+        }
+    }
+    // 2. the activation once per chosen expert
+    let pre = truncate(sess, &pre, sess.format().frac_bits()).await?;
+    let hidden = activate(sess, cfg.expert, &pre, d_ff).await?;
+    // 3. every expert's W2 on the chosen hidden rows, each row's own expert selected
+    let mut out = vec![0u64; k * n * d];
+    for experts in chunks(cfg, n) {
+        let c = experts.len();
+        let w = weights.map(|w| stack_second(&w.experts[experts.clone()], d_ff, d));
+        let u = product(sess, MatShape { n: k * n, d: d_ff, m: c * d }, &hidden, w.as_deref()).await?;
+        let bits: Vec<bool> = (0..k).flat_map(|r| slot_bits(routes, r, n, e, &experts)).collect();
+        let picked = mux_rows(sess, &bits, &u, d).await?;
+        add_groups(&mut out, &picked, c, d);
+    }
+    Ok(truncate(sess, &out, sess.format().frac_bits()).await?)
+}
+
+/// The baseline: every expert in full on every token, then the chosen outputs multiplexed.
+async fn baseline(
+    sess: &mut Session,
+    cfg: &MoeConfig,
+    x: &[Share],
+    n: usize,
+    routes: &Routes,
+    weights: Option<&MoeWeights>,
+) -> MoeResult<Vec<u64>> {
+    let (e, k, d, d_ff) = (cfg.experts, cfg.top_k, cfg.d_model, cfg.d_ff);
+    let frac = sess.format().frac_bits();
+    let width = d_ff * if cfg.expert.gated() { 2 } else { 1 };
+    let mut out = vec![0u64; k * n * d];
+    for experts in chunks(cfg, n) {
+        let c = experts.len();
+        let w = weights.map(|w| stack_first(&w.experts[experts.clone()], d, d_ff));
+        let z = product(sess, MatShape { n, d, m: c * width }, raw(x), w.as_deref()).await?;
+        let z = truncate(sess, &z, frac).await?;
+        let hidden = activate(sess, cfg.expert, &z, d_ff).await?;
+        // each expert's W2 on its own hidden rows: u holds n rows of c·d
+        let mut u = vec![0u64; n * c * d];
+        for (slot, i) in experts.clone().enumerate() {
+            let rows: Vec<u64> = (0..n).flat_map(|j| hidden[(j * c + slot) * d_ff..][..d_ff].to_vec()).collect();
+            let w2 = weights.map(|w| w.experts[i].w2.as_slice());
+            let y = product(sess, MatShape { n, d: d_ff, m: d }, &rows, w2).await?;
+            for j in 0..n {
+                u[(j * c + slot) * d..][..d].copy_from_slice(&y[j * d..][..d]);
+            }
+        }
+        for r in 0..k {
+            let picked = mux_rows(sess, &slot_bits(routes, r, n, e, &experts), &u, d).await?;
+            add_groups(&mut out[r * n * d..(r + 1) * n * d], &picked, c, d);
+        }
+    }
+    Ok(truncate(sess, &out, frac).await?)
+}
+
+/// Ring of the gate products: |g| ≤ 1 and |o| < 2^8 at f bits each, k ≤ 8 of them summed.
+fn gate_bits(frac: u32) -> u32 {
+    2 * frac + 14
+}
+
+/// Σ_r g_r·o_r per token: `outputs` n·k rows of d and `gates` k·n values, both slot-major.
+async fn combine(sess: &mut Session, outputs: &[u64], gates: &[u64], n: usize, d: usize) -> ProtoResult<Vec<u64>> {
+    let frac = sess.format().frac_bits();
+    let bits = gate_bits(frac);
+    let weighted = mul_rows(sess, outputs, gates, bits).await?;
+    let mut y = vec![0u64; n * d];
+    for slot in weighted.chunks_exact(n * d) {
+        y.iter_mut().zip(slot).for_each(|(y, v)| *y = y.wrapping_add(*v));
+    }
+    truncate_extend(sess, &y, bits, frac).await
+}
+
+/// The shared expert on every token (n rows of d at f bits), scaled by sigmoid(x·w_g) where
+/// the config asks (σ(z) = softmax([z, 0])₀, so the softmax protocol computes it).
+async fn shared_expert(
+    sess: &mut Session,
+    cfg: &MoeConfig,
+    x: &[Share],
+    n: usize,
+    weights: Option<&MoeWeights>,
+) -> MoeResult<Vec<u64>> {
+    let Some(shape) = cfg.shared else { return Ok(vec![0; n * cfg.d_model]) };
+    let (d, d_ff) = (cfg.d_model, shape.d_ff);
+    let frac = sess.format().frac_bits();
+    let width = d_ff * if cfg.expert.gated() { 2 } else { 1 };
+    let shared = weights.and_then(|w| w.shared.as_ref());
+    let first = shared.map(|s| stack_first(std::slice::from_ref(&s.expert), d, d_ff));
+    let z = product(sess, MatShape { n, d, m: width }, raw(x), first.as_deref()).await?;
+    let z = truncate(sess, &z, frac).await?;
+    let hidden = activate(sess, cfg.expert, &z, d_ff).await?;
+    let w2 = shared.map(|s| s.expert.w2.as_slice());
+    let y = product(sess, MatShape { n, d: d_ff, m: d }, &hidden, w2).await?;
+    let y = truncate(sess, &y, frac).await?;
+    if !shape.sigmoid_gate {
+        return Ok(y);
+    }
+    let wg = shared.and_then(|s| s.gate.as_deref());
+    let logit = product(sess, MatShape { n, d, m: 1 }, raw(x), wg).await?;
+    let logit = truncate(sess, &logit, frac).await?;
+    let pairs: Vec<u64> = logit.iter().flat_map(|&l| [l, 0]).collect();
+    let sigma: Vec<u64> = softmax(sess, &pairs, 2).await?.into_iter().step_by(2).collect();
+    let bits = gate_bits(frac);
+    let scaled = mul_rows(sess, &y, &sigma, bits).await?;
+    Ok(truncate_extend(sess, &scaled, bits, frac).await?)
+}

@@ -1,0 +1,107 @@
+//! The Mixture-of-Experts FFN layer in 2PC: the router (an HE linear layer), secure top-k, the
+//! routed experts evaluated without either party learning which, the gate-weighted sum, and
+//! the shared expert.
+//!
+//! # The layer
+//! [`moe_layer`] on n tokens X (shared, n×d): logits X·W_r at 2f fractional bits → [`route`]:
+//! k rounds of secure argmax give XOR-shared one-hot vectors t_r (n×E) and shared gate weights
+//! (Switch and Qwen2-MoE/OLMoE: softmax over all E picked by t_r; Mixtral and `norm_topk_prob`:
+//! softmax over the k chosen logits) → the routed experts by [`Method`] → y = Σ_r g_r·o_r → plus
+//! the shared expert (Qwen2-MoE's sigmoid gate as softmax([z, 0])₀). Experts are streamed in
+//! chunks (64 MiB of first-matrix results per party), so E = 1024 fits in memory.
+//!
+//! # Methods and their costs (per layer; N = 8192 the HE ring degree, g = 2 for gated experts)
+//! - [`Method::SelectThenCompute`] (built): every expert's first matrices on every token under
+//!   HE (Cheetah products, batched over tokens: n·E·g·d·d_ff/N polynomial products), then the
+//!   chosen expert's pre-activation *selected* by the one-hot (one correlated OT of a whole row
+//!   per expert and direction, [`crate::proto::compare::mux_rows`]), the activation **once per
+//!   chosen expert** (n·k·d_ff values), every expert's W2 on those rows (n·k·E·d·d_ff/N
+//!   products) and the output selected again. No ciphertext×ciphertext product. Bytes:
+//!   the HE results (n·E·g·d_ff + n·k·E·d values, packed), the selections (2·64 bits per
+//!   selected value: n·k·E·(g·d_ff + d)), and the activation on n·k·d_ff values.
+//! - [`Method::Baseline`] (built; BumbleBee's way): every expert in full — the activation on
+//!   n·E·d_ff values — then the outputs multiplexed (n·k·E·d values). The activation is what
+//!   grows: ~170 bytes per GeLU value against 16 per selected value.
+//! - The paper's Protocol 1 (not built): per token, [[W]] = Σ_i W_i·[[t_i]] costs E·d·d_ff/N
+//!   ciphertext×plaintext products per matrix (288·E at d = 768, d_ff = 3072) and x·[[W]] costs
+//!   d·d_ff/N = 288 ciphertext×ciphertext products (18 ms each here, so ~5 s per token and
+//!   matrix on 2 cores); in coefficient encoding each selector must be its own constant
+//!   ciphertext, so the client uploads E ciphertexts per token. Its bytes are flat in E; its
+//!   server time is ~10× this method's at E = 8 on this CPU. On a GPU, where products are two
+//!   orders of magnitude faster, it is the design to measure next.
+//! - Selecting encrypted outputs with the encrypted one-hot (flat bytes too) needs one token
+//!   per ciphertext and gets N/(E·d_w) useful values per ciphertext product (Cheetah's outputs
+//!   sit at stride d_w), or a PackLWEs repacking of every sparse result first: more server work
+//!   than Protocol 1 for E ≥ 8 in coefficient encoding.
+//!
+//! Communication flat in E needs a degree-2 step on two client-side secrets (its share of the
+//! one-hot and its share of the activations) under HE: Protocol 1's ct×ct. Select-Then-Compute
+//! as built trades that for bytes that grow with E at 16 bytes per selected value, against the
+//! baseline's activation on every expert.
+//!
+//! # Why the server learns nothing about the routing
+//! Every message either party receives is a function of its own inputs, public sizes and
+//! values that are uniform to it: the client's RLWE ciphertexts in the HE products (the server
+//! decrypts nothing), OT-extension traffic and correction strings under pads of random OTs it
+//! does not choose (comparisons, one-hot lookups, [`crate::proto::compare::b2a`], the row
+//! multiplexers, truncations, softmax, activations), and on the client's side results masked by
+//! the server's uniform masks. The sequence and sizes of the messages are fixed by (config, n,
+//! method) alone: k argmax rounds of ⌈log2 E⌉ levels, every expert chunk's product, one row
+//! selection per (token, slot, expert) whichever expert was chosen; no branch reads a shared
+//! value. Hence the server's view can be simulated from the public sizes, for any routing
+//! (tested: the frames the server receives for two inputs that route differently are
+//! identical in number, order and length).
+
+mod config;
+mod layer;
+mod reference;
+mod route;
+mod weights;
+
+pub use config::{ExpertKind, MAX_EXPERTS, MAX_TOP_K, Method, MoeConfig, Routing, SharedExpert};
+pub use layer::moe_layer;
+pub use reference::{reference, top_k};
+pub use route::{Routes, route};
+pub use weights::{ExpertWeights, MoeWeights, SharedWeights, magnitude_bits};
+
+use thiserror::Error;
+
+use crate::proto::ProtoError;
+
+/// Errors of the MoE layer.
+#[derive(Debug, Error)]
+pub enum MoeError {
+    /// The layer's configuration is inconsistent or unsupported.
+    #[error("MoE config: {0}")]
+    Config(String),
+    /// A weight tensor has the wrong size.
+    #[error("MoE weights: {tensor} should be {expected}, has {values} values")]
+    Shape {
+        /// The tensor's name (`experts.3.w2`).
+        tensor: String,
+        /// Its expected shape.
+        expected: String,
+        /// How many values it has.
+        values: usize,
+    },
+    /// This party's own input does not fit the config.
+    #[error("MoE input: {0}")]
+    Input(String),
+    /// The peer runs a different layer.
+    #[error("the peer's MoE layer differs: ours `{ours}`, theirs `{theirs}`")]
+    Mismatch {
+        /// This party's statement.
+        ours: String,
+        /// The peer's.
+        theirs: String,
+    },
+    /// The peer refused the layer, with its reason.
+    #[error("the peer refused the MoE layer: {0}")]
+    PeerRefused(String),
+    /// A protocol step failed.
+    #[error(transparent)]
+    Proto(#[from] ProtoError),
+}
+
+/// Result alias of the MoE layer.
+pub type MoeResult<T> = Result<T, MoeError>;

@@ -1,0 +1,106 @@
+//! The plaintext MoE layer the protocols are checked against: the same fixed-point inputs and
+//! weights, the same routing decisions (exact integer logits, ties to the lower index), the
+//! same piecewise activations; softmax, products and sums in f64.
+
+use super::weights::ExpertWeights;
+use super::{ExpertKind, MoeConfig, MoeResult, MoeWeights};
+use crate::proto::piecewise::Piecewise;
+use crate::ring::{FixedPoint, to_signed};
+
+/// x (n×d, fixed point) times W (d×m, fixed point): exact products at 2f fractional bits.
+fn matmul(x: &[u64], w: &[u64], d: usize, m: usize) -> Vec<i128> {
+    x.chunks_exact(d)
+        .flat_map(|row| {
+            (0..m).map(move |c| {
+                row.iter().enumerate().map(|(a, &v)| to_signed(v) as i128 * to_signed(w[a * m + c]) as i128).sum()
+            })
+        })
+        .collect()
+}
+
+/// The indices of the k largest values, largest first, the lower index first among equals.
+pub fn top_k(values: &[i128], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..values.len()).collect();
+    idx.sort_by(|&a, &b| values[b].cmp(&values[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
+fn softmax(xs: &[f64]) -> Vec<f64> {
+    let m = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = xs.iter().map(|x| (x - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|v| v / s).collect()
+}
+
+/// One expert on one token: the hidden layer from the exact product truncated to f bits (as
+/// the protocol's truncation), the piecewise activation, then W2 in f64.
+fn expert(kind: ExpertKind, w: &ExpertWeights, x: &[u64], d: usize, d_ff: usize, format: FixedPoint) -> Vec<f64> {
+    let f = format.frac_bits();
+    let pre = |m: &[u64]| -> Vec<f64> {
+        matmul(x, m, d, d_ff).into_iter().map(|v| format.decode((v >> f) as i64 as u64)).collect()
+    };
+    let a = pre(&w.w1);
+    // the activation's pieces at this format (NaN outputs if the format has none: never in range)
+    let act = |p: Piecewise| -> Box<dyn Fn(f64) -> f64> {
+        match p.for_format(format) {
+            Ok(p) => Box::new(move |v| p.approx(v)),
+            Err(_) => Box::new(|_| f64::NAN),
+        }
+    };
+    let hidden: Vec<f64> = match kind {
+        ExpertKind::Relu => a.iter().map(|v| v.max(0.0)).collect(),
+        ExpertKind::Gelu => {
+            let f = act(Piecewise::gelu());
+            a.iter().map(|&v| f(v)).collect()
+        }
+        ExpertKind::SwiGlu | ExpertKind::GeGlu => {
+            let b = pre(w.w3.as_deref().unwrap_or(&[]));
+            let f = act(if kind == ExpertKind::SwiGlu { Piecewise::silu() } else { Piecewise::gelu() });
+            a.iter().zip(&b).map(|(&a, &b)| f(a) * b).collect()
+        }
+    };
+    (0..d).map(|c| hidden.iter().enumerate().map(|(a, h)| h * format.decode(w.w2[a * d + c])).sum()).collect()
+}
+
+/// The layer on n tokens of `x` (n×d): outputs in real terms, and each token's chosen experts.
+pub fn reference(
+    cfg: &MoeConfig,
+    format: FixedPoint,
+    x: &[u64],
+    w: &MoeWeights,
+) -> MoeResult<(Vec<f64>, Vec<Vec<usize>>)> {
+    cfg.validate()?;
+    w.check(cfg)?;
+    let (e, d) = (cfg.experts, cfg.d_model);
+    let logits = matmul(x, &w.router, d, e);
+    let scale2 = format.scale() * format.scale();
+    let (mut out, mut chosen) = (Vec::new(), Vec::new());
+    for (j, token) in x.chunks_exact(d).enumerate() {
+        let row = &logits[j * e..(j + 1) * e];
+        let picks = top_k(row, cfg.top_k);
+        let real: Vec<f64> = row.iter().map(|&v| v as f64 / scale2).collect();
+        let gates: Vec<f64> = if cfg.routing.softmax_over_all() {
+            let p = softmax(&real);
+            picks.iter().map(|&i| p[i]).collect()
+        } else {
+            softmax(&picks.iter().map(|&i| real[i]).collect::<Vec<_>>())
+        };
+        let mut y = vec![0.0; d];
+        for (&i, g) in picks.iter().zip(&gates) {
+            let o = expert(cfg.expert, &w.experts[i], token, d, cfg.d_ff, format);
+            y.iter_mut().zip(o).for_each(|(y, o)| *y += g * o);
+        }
+        if let (Some(shape), Some(s)) = (cfg.shared, &w.shared) {
+            let o = expert(cfg.expert, &s.expert, token, d, shape.d_ff, format);
+            let scale = match &s.gate {
+                Some(g) => 1.0 / (1.0 + (-(matmul(token, g, d, 1)[0] as f64 / scale2)).exp()),
+                None => 1.0,
+            };
+            y.iter_mut().zip(o).for_each(|(y, o)| *y += scale * o);
+        }
+        out.extend(y);
+        chosen.push(picks);
+    }
+    Ok((out, chosen))
+}

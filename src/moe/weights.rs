@@ -1,0 +1,142 @@
+//! The server's weights of a MoE layer, as fixed-point ring elements of the session's format
+//! (row-major, x·W convention: a d×m matrix maps a d-vector to an m-vector).
+
+use rand::{Rng, RngExt};
+
+use super::{MoeConfig, MoeError, MoeResult};
+use crate::ring::{FixedPoint, to_signed};
+
+/// One expert's (or the shared expert's) matrices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpertWeights {
+    /// W1, d×d_ff: the activation's input (the gate of gated kinds).
+    pub w1: Vec<u64>,
+    /// W3, d×d_ff: the gated kinds' linear branch (up); `None` for ReLU/GeLU experts.
+    pub w3: Option<Vec<u64>>,
+    /// W2, d_ff×d: back to the model width (down).
+    pub w2: Vec<u64>,
+}
+
+/// The shared expert and its optional sigmoid gate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedWeights {
+    /// The dense expert.
+    pub expert: ExpertWeights,
+    /// w_g, d×1 (Qwen2-MoE's `shared_expert_gate`), when the config asks for it.
+    pub gate: Option<Vec<u64>>,
+}
+
+/// All weights of one layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MoeWeights {
+    /// The router, d×E.
+    pub router: Vec<u64>,
+    /// The E routed experts.
+    pub experts: Vec<ExpertWeights>,
+    /// The shared expert, when the config has one.
+    pub shared: Option<SharedWeights>,
+}
+
+fn expect(name: &str, values: &[u64], rows: usize, cols: usize) -> MoeResult<()> {
+    if values.len() == rows * cols {
+        Ok(())
+    } else {
+        Err(MoeError::Shape { tensor: name.to_string(), expected: format!("{rows}×{cols}"), values: values.len() })
+    }
+}
+
+impl ExpertWeights {
+    fn check(&self, name: &str, gated: bool, d: usize, d_ff: usize) -> MoeResult<()> {
+        expect(&format!("{name}.w1"), &self.w1, d, d_ff)?;
+        expect(&format!("{name}.w2"), &self.w2, d_ff, d)?;
+        match (&self.w3, gated) {
+            (Some(w3), true) => expect(&format!("{name}.w3"), w3, d, d_ff),
+            (None, false) => Ok(()),
+            (None, true) => Err(MoeError::Shape {
+                tensor: format!("{name}.w3"),
+                expected: format!("{d}×{d_ff} (a gated expert)"),
+                values: 0,
+            }),
+            (Some(w3), false) => Err(MoeError::Shape {
+                tensor: format!("{name}.w3"),
+                expected: "none (the expert kind has no W3)".into(),
+                values: w3.len(),
+            }),
+        }
+    }
+
+    fn random(gated: bool, d: usize, d_ff: usize, format: FixedPoint, rng: &mut impl Rng) -> Self {
+        let (a, b) = (1.0 / (d as f64).sqrt(), 1.0 / (d_ff as f64).sqrt());
+        ExpertWeights {
+            w1: uniform(d * d_ff, a, format, rng),
+            w3: gated.then(|| uniform(d * d_ff, a, format, rng)),
+            w2: uniform(d_ff * d, b, format, rng),
+        }
+    }
+}
+
+impl MoeWeights {
+    /// Checks every tensor's size against `cfg`, naming the first that does not fit.
+    pub fn check(&self, cfg: &MoeConfig) -> MoeResult<()> {
+        let (d, e) = (cfg.d_model, cfg.experts);
+        expect("router", &self.router, d, e)?;
+        if self.experts.len() != e {
+            return Err(MoeError::Shape {
+                tensor: "experts".into(),
+                expected: format!("{e} experts"),
+                values: self.experts.len(),
+            });
+        }
+        for (i, x) in self.experts.iter().enumerate() {
+            x.check(&format!("experts.{i}"), cfg.expert.gated(), d, cfg.d_ff)?;
+        }
+        match (&self.shared, cfg.shared) {
+            (None, None) => Ok(()),
+            (Some(s), Some(c)) => {
+                s.expert.check("shared", cfg.expert.gated(), d, c.d_ff)?;
+                match (&s.gate, c.sigmoid_gate) {
+                    (Some(g), true) => expect("shared.gate", g, d, 1),
+                    (None, false) => Ok(()),
+                    (g, _) => Err(MoeError::Shape {
+                        tensor: "shared.gate".into(),
+                        expected: if c.sigmoid_gate { format!("{d}×1") } else { "none".into() },
+                        values: g.as_ref().map_or(0, Vec::len),
+                    }),
+                }
+            }
+            (s, _) => Err(MoeError::Shape {
+                tensor: "shared".into(),
+                expected: if cfg.shared.is_some() { "a shared expert".into() } else { "none".into() },
+                values: s.as_ref().map_or(0, |s| s.expert.w1.len()),
+            }),
+        }
+    }
+
+    /// Random weights of `cfg`'s shapes (uniform in ±1/√fan_in, the router's scaled by
+    /// `router_scale`), for tests and benchmarks.
+    pub fn random(cfg: &MoeConfig, format: FixedPoint, router_scale: f64, rng: &mut impl Rng) -> Self {
+        let gated = cfg.expert.gated();
+        let (d, d_ff) = (cfg.d_model, cfg.d_ff);
+        MoeWeights {
+            router: uniform(d * cfg.experts, router_scale / (d as f64).sqrt(), format, rng),
+            experts: (0..cfg.experts).map(|_| ExpertWeights::random(gated, d, d_ff, format, rng)).collect(),
+            shared: cfg.shared.map(|s| SharedWeights {
+                expert: ExpertWeights::random(gated, d, s.d_ff, format, rng),
+                gate: s.sigmoid_gate.then(|| uniform(d, 1.0 / (d as f64).sqrt(), format, rng)),
+            }),
+        }
+    }
+}
+
+/// Uniform fixed-point values in ±bound.
+fn uniform(count: usize, bound: f64, format: FixedPoint, rng: &mut impl Rng) -> Vec<u64> {
+    let m = (bound * format.scale()) as i64;
+    (0..count).map(|_| rng.random_range(-m..=m) as u64).collect()
+}
+
+/// log2 of a bound on |w| over `values` read as signed (what [`crate::proto::linear::Weights`]
+/// declares for the noise flooding).
+pub fn magnitude_bits(values: &[u64]) -> u32 {
+    let max = values.iter().map(|&v| to_signed(v).unsigned_abs()).max().unwrap_or(0);
+    (64 - max.leading_zeros()).max(1)
+}

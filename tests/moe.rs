@@ -1,0 +1,220 @@
+//! The MoE layer: outputs against the plaintext layer of the same fixed-point arithmetic for
+//! every router family and expert kind, from 1 to 256 experts and top-1 to top-8; the
+//! baseline against Select-Then-Compute; errors on both parties before anything moves; the
+//! server's view independent of the routing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use secmoe::he::HeParams;
+use secmoe::moe::{
+    ExpertKind, Method, MoeConfig, MoeError, MoeResult, MoeWeights, Routing, SharedExpert, moe_layer, reference,
+};
+use secmoe::net::Frame;
+use secmoe::proto::linear::KeySet;
+use secmoe::ring::{FixedPoint, Share, reconstruct};
+
+/// Largest error allowed against the plaintext layer, in real terms, for outputs of size ≲ 0.5
+/// (measured: ≤ 6.6e-4): the gate softmax's relative error (exp pieces 5.2e-4 and the
+/// reciprocal), the activations' protocol error and a few truncation units, with room. A token
+/// routed to another expert moves its output by ~0.1.
+const BOUND: f64 = 1.5e-3;
+
+fn config(experts: usize, top_k: usize, routing: Routing, expert: ExpertKind) -> MoeConfig {
+    MoeConfig { experts, top_k, d_model: 16, d_ff: 32, routing, expert, shared: None }
+}
+
+fn tokens(n: usize, d: usize, seed: u64) -> Vec<u64> {
+    let f = FixedPoint::default();
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n * d).map(|_| f.encode(rng.random_range(-1.0..1.0)).unwrap()).collect()
+}
+
+/// What one run of the layer gives: each party's result, the frames the server received.
+struct Run {
+    client: MoeResult<Vec<Share>>,
+    server: MoeResult<Vec<Share>>,
+    server_received: Vec<Frame>,
+}
+
+/// Both parties run the layer on x shared between them (the client's config `ccfg`, the
+/// server's `scfg`).
+fn run(ccfg: &MoeConfig, scfg: &MoeConfig, method: Method, x: &[u64], w: &MoeWeights) -> Run {
+    common::runtime().block_on(async {
+        let (c, mut sc, s, mut ss) = common::session_pair().await;
+        let p = HeParams::linear().unwrap();
+        let (a, b) = tokio::join!(sc.setup_he(p.clone(), KeySet::Linear), ss.setup_he(p, KeySet::Linear));
+        a.unwrap();
+        b.unwrap();
+        let mut rng = StdRng::seed_from_u64(5);
+        let (xs, xc) = common::add_share(x, &mut rng);
+        let (xs, xc): (Vec<Share>, Vec<Share>) =
+            (xs.into_iter().map(Share::from_raw).collect(), xc.into_iter().map(Share::from_raw).collect());
+        ss.channel().record_frames();
+        let (client, server) =
+            tokio::join!(moe_layer(&mut sc, ccfg, method, &xc, None), moe_layer(&mut ss, scfg, method, &xs, Some(w)));
+        let server_received = ss.channel().take_frames().into_iter().filter(|f| !f.sent).collect();
+        drop((c, s));
+        Run { client, server, server_received }
+    })
+}
+
+/// Runs `cfg` on n tokens and checks the output against the plaintext layer within [`BOUND`].
+fn check(cfg: MoeConfig, method: Method, n: usize, seed: u64) -> Vec<f64> {
+    let f = FixedPoint::default();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let w = MoeWeights::random(&cfg, f, 4.0, &mut rng);
+    let x = tokens(n, cfg.d_model, seed + 1);
+    let (want, _) = reference(&cfg, f, &x, &w).unwrap();
+    let r = run(&cfg, &cfg, method, &x, &w);
+    let got = reconstruct(&r.client.unwrap(), &r.server.unwrap()).unwrap();
+    let got = f.decode_slice(&got);
+    let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max);
+    let size = want.iter().map(|v| v.abs()).fold(0.0, f64::max);
+    eprintln!("{cfg} {}: error {worst:.2e}, largest output {size:.3}", method.name());
+    assert!(worst <= BOUND, "{cfg} {}: error {worst:.2e} > {BOUND:.0e}", method.name());
+    got
+}
+
+#[test]
+fn one_expert_top_1_gelu() {
+    check(config(1, 1, Routing::TopKSoftmax, ExpertKind::Gelu), Method::SelectThenCompute, 3, 10);
+}
+
+#[test]
+fn switch_routing_two_relu_experts() {
+    check(config(2, 1, Routing::Switch, ExpertKind::Relu), Method::SelectThenCompute, 4, 20);
+}
+
+#[test]
+fn mixtral_top_2_of_8_swiglu_with_a_sigmoid_gated_shared_expert() {
+    let cfg = MoeConfig {
+        shared: Some(SharedExpert { d_ff: 24, sigmoid_gate: true }),
+        ..config(8, 2, Routing::TopKSoftmax, ExpertKind::SwiGlu)
+    };
+    check(cfg, Method::SelectThenCompute, 4, 30);
+}
+
+#[test]
+fn olmoe_top_8_of_8_geglu_without_renormalization() {
+    check(config(8, 8, Routing::SoftmaxTopK { normalize: false }, ExpertKind::GeGlu), Method::SelectThenCompute, 2, 40);
+}
+
+#[test]
+fn qwen_top_2_of_64_renormalized_with_a_plain_shared_expert() {
+    let cfg = MoeConfig {
+        shared: Some(SharedExpert { d_ff: 16, sigmoid_gate: false }),
+        ..config(64, 2, Routing::SoftmaxTopK { normalize: true }, ExpertKind::Gelu)
+    };
+    check(cfg, Method::SelectThenCompute, 3, 50);
+}
+
+#[test]
+fn top_1_of_256_swiglu() {
+    check(config(256, 1, Routing::TopKSoftmax, ExpertKind::SwiGlu), Method::SelectThenCompute, 2, 60);
+}
+
+#[test]
+fn the_baseline_computes_the_same_layer() {
+    let cfg = config(8, 2, Routing::TopKSoftmax, ExpertKind::Gelu);
+    let stc = check(cfg, Method::SelectThenCompute, 3, 70);
+    let base = check(cfg, Method::Baseline, 3, 70);
+    let worst = stc.iter().zip(&base).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(worst <= 2.0 * BOUND, "baseline and Select-Then-Compute differ by {worst:.2e}");
+}
+
+/// Experts 1 and 2 have the same router column, so their logits tie exactly for every token;
+/// the lower index must win, as in the plaintext reference (and torch.topk).
+#[test]
+fn ties_go_to_the_lower_expert_index() {
+    let f = FixedPoint::default();
+    let cfg = config(4, 1, Routing::TopKSoftmax, ExpertKind::Gelu);
+    let mut rng = StdRng::seed_from_u64(80);
+    let mut w = MoeWeights::random(&cfg, f, 4.0, &mut rng);
+    // expert 1 and 2 above the others for every token: their column is large and positive on
+    // positive inputs
+    let x: Vec<u64> = (0..3 * cfg.d_model).map(|_| f.encode(rng.random_range(0.1..1.0)).unwrap()).collect();
+    for a in 0..cfg.d_model {
+        for e in 0..cfg.experts {
+            w.router[a * cfg.experts + e] = f.encode(if e == 1 || e == 2 { 0.5 } else { -0.5 }).unwrap();
+        }
+    }
+    let (want, chosen) = reference(&cfg, f, &x, &w).unwrap();
+    assert!(chosen.iter().all(|c| c == &[1]), "reference picks {chosen:?}");
+    let r = run(&cfg, &cfg, Method::SelectThenCompute, &x, &w);
+    let got = f.decode_slice(&reconstruct(&r.client.unwrap(), &r.server.unwrap()).unwrap());
+    let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max);
+    assert!(worst <= BOUND, "error {worst:.2e}: the tie went another way");
+}
+
+/// The frames the server receives for two client inputs that route every token differently
+/// are the same in number, order and length.
+#[test]
+fn the_servers_view_does_not_depend_on_the_routing() {
+    let f = FixedPoint::default();
+    let cfg = config(4, 2, Routing::TopKSoftmax, ExpertKind::Gelu);
+    let mut rng = StdRng::seed_from_u64(90);
+    let w = MoeWeights::random(&cfg, f, 4.0, &mut rng);
+    let one = tokens(3, cfg.d_model, 91);
+    let other: Vec<u64> = one.iter().map(|v| v.wrapping_neg()).collect();
+    let (_, routes_one) = reference(&cfg, f, &one, &w).unwrap();
+    let (_, routes_other) = reference(&cfg, f, &other, &w).unwrap();
+    assert_ne!(routes_one, routes_other, "the two inputs must route differently");
+    let a = run(&cfg, &cfg, Method::SelectThenCompute, &one, &w);
+    let b = run(&cfg, &cfg, Method::SelectThenCompute, &other, &w);
+    assert!(a.client.is_ok() && b.client.is_ok());
+    assert!(!a.server_received.is_empty());
+    assert_eq!(a.server_received, b.server_received);
+}
+
+fn both_fail(r: &Run) -> (String, String) {
+    match (&r.client, &r.server) {
+        (Err(c), Err(s)) => (c.to_string(), s.to_string()),
+        _ => panic!("both parties must fail: client {:?}, server {:?}", r.client.is_ok(), r.server.is_ok()),
+    }
+}
+
+#[test]
+fn a_top_k_above_the_expert_count_is_refused_by_both() {
+    let f = FixedPoint::default();
+    let good = config(4, 2, Routing::TopKSoftmax, ExpertKind::Gelu);
+    let w = MoeWeights::random(&good, f, 4.0, &mut StdRng::seed_from_u64(1));
+    let bad = MoeConfig { top_k: 5, ..good };
+    let r = run(&bad, &bad, Method::SelectThenCompute, &tokens(2, 16, 2), &w);
+    let (c, s) = both_fail(&r);
+    assert!(c.contains("top-5 of 4 experts") && s.contains("top-5 of 4 experts"), "{c} / {s}");
+    assert!(r.server_received.len() <= 1, "only the statement may travel");
+}
+
+#[test]
+fn a_misshapen_expert_matrix_is_named_to_both() {
+    let f = FixedPoint::default();
+    let cfg = config(4, 1, Routing::TopKSoftmax, ExpertKind::Gelu);
+    let mut w = MoeWeights::random(&cfg, f, 4.0, &mut StdRng::seed_from_u64(3));
+    w.experts[3].w2.truncate(100);
+    let r = run(&cfg, &cfg, Method::SelectThenCompute, &tokens(2, 16, 4), &w);
+    let (c, s) = both_fail(&r);
+    assert!(s.contains("experts.3.w2") && c.contains("experts.3.w2"), "{c} / {s}");
+    assert!(matches!(r.client, Err(MoeError::PeerRefused(_))));
+}
+
+#[test]
+fn parties_with_different_layers_both_stop() {
+    let f = FixedPoint::default();
+    let cfg = config(4, 1, Routing::TopKSoftmax, ExpertKind::Gelu);
+    let w = MoeWeights::random(&cfg, f, 4.0, &mut StdRng::seed_from_u64(5));
+    let other = MoeConfig { top_k: 2, ..cfg };
+    let r = run(&other, &cfg, Method::SelectThenCompute, &tokens(2, 16, 6), &w);
+    both_fail(&r);
+    assert!(matches!(r.client, Err(MoeError::Mismatch { .. })) && matches!(r.server, Err(MoeError::Mismatch { .. })));
+}
+
+#[test]
+fn softmax_over_too_many_experts_is_refused() {
+    let cfg = config(256, 1, Routing::Switch, ExpertKind::Gelu);
+    let e = cfg.validate().unwrap_err().to_string();
+    assert!(e.contains("256 experts") && e.contains("TopKSoftmax"), "{e}");
+}
