@@ -11,17 +11,18 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use secmoe::he::HeParams;
 use secmoe::moe::{
-    ExpertKind, Method, MoeConfig, MoeError, MoeResult, MoeWeights, Routing, SharedExpert, moe_layer, reference,
+    ExpertKind, Method, MoeConfig, MoeError, MoeOutput, MoeResult, MoeWeights, Routing, SharedExpert, moe_layer,
+    reference,
 };
 use secmoe::net::Frame;
 use secmoe::proto::linear::KeySet;
 use secmoe::ring::{FixedPoint, Share, reconstruct};
 
 /// Largest error allowed against the plaintext layer, in real terms, for outputs of size ≲ 0.5
-/// (measured: ≤ 6.6e-4): the gate softmax's relative error (exp pieces 5.2e-4 and the
+/// (measured: ≤ 1.2e-3): the gate softmax's relative error (exp pieces 5.2e-4 and the
 /// reciprocal), the activations' protocol error and a few truncation units, with room. A token
 /// routed to another expert moves its output by ~0.1.
-const BOUND: f64 = 1.5e-3;
+const BOUND: f64 = 2e-3;
 
 fn config(experts: usize, top_k: usize, routing: Routing, expert: ExpertKind) -> MoeConfig {
     MoeConfig { experts, top_k, d_model: 16, d_ff: 32, routing, expert, shared: None }
@@ -35,8 +36,8 @@ fn tokens(n: usize, d: usize, seed: u64) -> Vec<u64> {
 
 /// What one run of the layer gives: each party's result, the frames the server received.
 struct Run {
-    client: MoeResult<Vec<Share>>,
-    server: MoeResult<Vec<Share>>,
+    client: MoeResult<MoeOutput>,
+    server: MoeResult<MoeOutput>,
     server_received: Vec<Frame>,
 }
 
@@ -68,10 +69,13 @@ fn check(cfg: MoeConfig, method: Method, n: usize, seed: u64) -> Vec<f64> {
     let mut rng = StdRng::seed_from_u64(seed);
     let w = MoeWeights::random(&cfg, f, 4.0, &mut rng);
     let x = tokens(n, cfg.d_model, seed + 1);
-    let (want, _) = reference(&cfg, f, &x, &w).unwrap();
+    let want = reference(&cfg, f, &x, &w, method.capacity(&cfg, n)).unwrap();
     let r = run(&cfg, &cfg, method, &x, &w);
-    let got = reconstruct(&r.client.unwrap(), &r.server.unwrap()).unwrap();
-    let got = f.decode_slice(&got);
+    let (client, server) = (r.client.unwrap(), r.server.unwrap());
+    assert_eq!(server.dropped, None, "the server learns nothing of the drops");
+    assert_eq!(client.dropped, method.capacity(&cfg, n).map(|_| want.dropped), "dropped assignments");
+    let got = f.decode_slice(&reconstruct(&client.y, &server.y).unwrap());
+    let want = want.y;
     let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max);
     let size = want.iter().map(|v| v.abs()).fold(0.0, f64::max);
     eprintln!("{cfg} {}: error {worst:.2e}, largest output {size:.3}", method.name());
@@ -117,6 +121,35 @@ fn top_1_of_256_swiglu() {
     check(config(256, 1, Routing::TopKSoftmax, ExpertKind::SwiGlu), Method::SelectThenCompute, 2, 60);
 }
 
+/// 8 tokens, 4 experts, top-2, factor 1: 4 slots per expert for 16 assignments, so any
+/// imbalance overflows an expert; the dropped assignments are those of the plaintext layer.
+#[test]
+fn capacity_dispatch_drops_the_overflow_like_the_plaintext() {
+    let f = FixedPoint::default();
+    let cfg = config(4, 2, Routing::TopKSoftmax, ExpertKind::Gelu);
+    let method = Method::Capacity { factor: 1.0 };
+    let w = MoeWeights::random(&cfg, f, 4.0, &mut StdRng::seed_from_u64(100));
+    let want = reference(&cfg, f, &tokens(8, 16, 101), &w, method.capacity(&cfg, 8)).unwrap();
+    assert!(want.dropped > 0, "the case must overflow an expert");
+    check(cfg, method, 8, 100);
+    let swiglu = MoeConfig {
+        shared: Some(SharedExpert { d_ff: 16, sigmoid_gate: true }),
+        ..config(8, 1, Routing::SoftmaxTopK { normalize: false }, ExpertKind::SwiGlu)
+    };
+    check(swiglu, Method::Capacity { factor: 2.0 }, 6, 110);
+}
+
+#[test]
+fn a_capacity_factor_below_one_is_refused_by_both() {
+    let f = FixedPoint::default();
+    let cfg = config(4, 1, Routing::TopKSoftmax, ExpertKind::Gelu);
+    let w = MoeWeights::random(&cfg, f, 4.0, &mut StdRng::seed_from_u64(7));
+    let method = Method::Capacity { factor: 0.5 };
+    let r = run(&cfg, &cfg, method, &tokens(4, 16, 8), &w);
+    let (c, s) = both_fail(&r);
+    assert!(c.contains("capacity factor 0.5") && s.contains("capacity factor 0.5"), "{c} / {s}");
+}
+
 #[test]
 fn the_baseline_computes_the_same_layer() {
     let cfg = config(8, 2, Routing::TopKSoftmax, ExpertKind::Gelu);
@@ -142,11 +175,11 @@ fn ties_go_to_the_lower_expert_index() {
             w.router[a * cfg.experts + e] = f.encode(if e == 1 || e == 2 { 0.5 } else { -0.5 }).unwrap();
         }
     }
-    let (want, chosen) = reference(&cfg, f, &x, &w).unwrap();
-    assert!(chosen.iter().all(|c| c == &[1]), "reference picks {chosen:?}");
+    let want = reference(&cfg, f, &x, &w, None).unwrap();
+    assert!(want.chosen.iter().all(|c| c == &[1]), "reference picks {:?}", want.chosen);
     let r = run(&cfg, &cfg, Method::SelectThenCompute, &x, &w);
-    let got = f.decode_slice(&reconstruct(&r.client.unwrap(), &r.server.unwrap()).unwrap());
-    let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max);
+    let got = f.decode_slice(&reconstruct(&r.client.unwrap().y, &r.server.unwrap().y).unwrap());
+    let worst = got.iter().zip(&want.y).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max);
     assert!(worst <= BOUND, "error {worst:.2e}: the tie went another way");
 }
 
@@ -160,8 +193,8 @@ fn the_servers_view_does_not_depend_on_the_routing() {
     let w = MoeWeights::random(&cfg, f, 4.0, &mut rng);
     let one = tokens(3, cfg.d_model, 91);
     let other: Vec<u64> = one.iter().map(|v| v.wrapping_neg()).collect();
-    let (_, routes_one) = reference(&cfg, f, &one, &w).unwrap();
-    let (_, routes_other) = reference(&cfg, f, &other, &w).unwrap();
+    let routes_one = reference(&cfg, f, &one, &w, None).unwrap().chosen;
+    let routes_other = reference(&cfg, f, &other, &w, None).unwrap().chosen;
     assert_ne!(routes_one, routes_other, "the two inputs must route differently");
     let a = run(&cfg, &cfg, Method::SelectThenCompute, &one, &w);
     let b = run(&cfg, &cfg, Method::SelectThenCompute, &other, &w);

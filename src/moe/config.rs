@@ -159,24 +159,73 @@ impl fmt::Display for MoeConfig {
 }
 
 /// How the routed experts are evaluated (the module notes compare them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Method {
     /// Every expert's matrices on every token under HE, the chosen expert's pre-activation
     /// selected by the secret one-hot, the activation once per chosen expert, the second matrix
     /// for every expert on it and the output selected again.
     #[default]
     SelectThenCompute,
+    /// Capacity dispatch (CryptoMoE): each expert takes ⌈factor·k·n/E⌉ token slots filled by a
+    /// secret dispatch matrix (routed tokens in token order, overflow dropped), runs on its
+    /// slots only, and a transposed dispatch matrix brings the gated results back. The capacity
+    /// is public; the number of dropped tokens is revealed to the client.
+    Capacity {
+        /// The capacity factor c ≥ 1.
+        factor: f64,
+    },
     /// Every expert evaluated in full (activation included) for every token, then multiplexed by
     /// the one-hot (BumbleBee's way).
     Baseline,
 }
+
+/// Most tokens a capacity-dispatched layer takes (the queue positions' one-hot vectors).
+pub const MAX_CAPACITY_TOKENS: usize = crate::proto::compare::MAX_ONE_HOT / 2;
 
 impl Method {
     /// The name used on the command line and in reports.
     pub fn name(self) -> &'static str {
         match self {
             Method::SelectThenCompute => "select-then-compute",
+            Method::Capacity { .. } => "capacity",
             Method::Baseline => "baseline",
+        }
+    }
+
+    /// Slots per expert for n tokens: ⌈c·k·n/E⌉, at most n.
+    pub fn capacity(self, cfg: &MoeConfig, n: usize) -> Option<usize> {
+        match self {
+            Method::Capacity { factor } => {
+                let slots = (factor * (cfg.top_k * n) as f64 / cfg.experts as f64).ceil() as usize;
+                Some(slots.clamp(1, n))
+            }
+            _ => None,
+        }
+    }
+
+    /// Checks the method's own parameters for n tokens.
+    pub fn validate(self, n: usize) -> MoeResult<()> {
+        if let Method::Capacity { factor } = self {
+            if !factor.is_finite() || factor < 1.0 {
+                return Err(MoeError::Config(format!(
+                    "capacity factor {factor} below 1: experts would get fewer slots than their share k·n/E"
+                )));
+            }
+            if n > MAX_CAPACITY_TOKENS {
+                return Err(MoeError::Config(format!(
+                    "capacity dispatch of {n} tokens (at most {MAX_CAPACITY_TOKENS} per layer call)"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Method::Capacity { factor } => write!(f, "capacity({factor})"),
+            m => f.write_str(m.name()),
         }
     }
 }
@@ -184,10 +233,19 @@ impl Method {
 impl std::str::FromStr for Method {
     type Err = String;
 
+    /// `select-then-compute`, `baseline`, `capacity` (factor 1.25) or `capacity:<factor>`.
     fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(rest) = s.strip_prefix("capacity") {
+            let factor = match rest.strip_prefix(':') {
+                Some(f) => f.parse::<f64>().map_err(|_| format!("capacity factor `{f}` is not a number"))?,
+                None if rest.is_empty() => 1.25,
+                None => return Err(format!("unknown MoE method `{s}`")),
+            };
+            return Ok(Method::Capacity { factor });
+        }
         [Method::SelectThenCompute, Method::Baseline]
             .into_iter()
             .find(|m| m.name() == s)
-            .ok_or_else(|| format!("unknown MoE method `{s}` (select-then-compute, baseline)"))
+            .ok_or_else(|| format!("unknown MoE method `{s}` (select-then-compute, capacity[:factor], baseline)"))
     }
 }

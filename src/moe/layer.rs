@@ -7,7 +7,7 @@ use super::route::{Routes, route};
 use super::weights::{ExpertWeights, magnitude_bits};
 use super::{ExpertKind, Method, MoeConfig, MoeError, MoeResult, MoeWeights};
 use crate::proto::arith::{mul_rows, truncate, truncate_extend};
-use crate::proto::compare::mux_rows;
+use crate::proto::compare::{b2a, mux_rows, one_hot};
 use crate::proto::linear::{Weights, linear};
 use crate::proto::piecewise::{Piecewise, evaluate, gated, relu};
 use crate::proto::softmax::softmax;
@@ -33,22 +33,56 @@ pub async fn moe_layer(
     method: Method,
     x: &[Share],
     weights: Option<&MoeWeights>,
-) -> MoeResult<Vec<Share>> {
-    let n = agree(sess, cfg, method, x.len(), weights).await?;
-    let d = cfg.d_model;
-    let router = weights.map(|w| Weights { values: &w.router, bits: magnitude_bits(&w.router) });
-    let logits = linear(sess, MatShape { n, d, m: cfg.experts }, x, router).await?;
-    let routes = route(sess, cfg, raw(&logits), n).await?;
-    let outputs = match method {
-        Method::SelectThenCompute => select_then_compute(sess, cfg, x, n, &routes, weights).await?,
-        Method::Baseline => baseline(sess, cfg, x, n, &routes, weights).await?,
+) -> MoeResult<MoeOutput> {
+    let meter = sess.meter().clone();
+    let _layer = meter.scope("moe");
+    let n = {
+        let _s = meter.scope("agree");
+        agree(sess, cfg, method, x.len(), weights).await?
     };
-    let mut y = combine(sess, &outputs, &routes.gates, n, d).await?;
+    let d = cfg.d_model;
+    let logits = {
+        let _s = meter.scope("router");
+        let router = weights.map(|w| Weights { values: &w.router, bits: magnitude_bits(&w.router) });
+        linear(sess, MatShape { n, d, m: cfg.experts }, x, router).await?
+    };
+    let routes = {
+        let _s = meter.scope("route");
+        route(sess, cfg, raw(&logits), n).await?
+    };
+    let (mut y, dropped) = match method.capacity(cfg, n) {
+        Some(slots) => {
+            let _s = meter.scope("experts");
+            capacity(sess, cfg, x, n, slots, &routes, weights).await?
+        }
+        None => {
+            let outputs = {
+                let _s = meter.scope("experts");
+                match method {
+                    Method::Baseline => baseline(sess, cfg, x, n, &routes, weights).await?,
+                    _ => select_then_compute(sess, cfg, x, n, &routes, weights).await?,
+                }
+            };
+            let _s = meter.scope("combine");
+            (combine(sess, &outputs, &routes.gates, n, d).await?, None)
+        }
+    };
     if cfg.shared.is_some() {
+        let _s = meter.scope("shared");
         let s = shared_expert(sess, cfg, x, n, weights).await?;
         y.iter_mut().zip(s).for_each(|(y, s)| *y = y.wrapping_add(s));
     }
-    Ok(y.into_iter().map(Share::from_raw).collect())
+    Ok(MoeOutput { y: y.into_iter().map(Share::from_raw).collect(), dropped })
+}
+
+/// A party's result of [`moe_layer`].
+#[derive(Debug, Clone)]
+pub struct MoeOutput {
+    /// This party's shares of the layer's output (n×d).
+    pub y: Vec<Share>,
+    /// Capacity dispatch, client only: the (token, expert) assignments dropped for want of a
+    /// slot (the server learns nothing of it).
+    pub dropped: Option<usize>,
 }
 
 fn raw(x: &[Share]) -> &[u64] {
@@ -71,6 +105,7 @@ async fn agree(
         if x_len == 0 || !x_len.is_multiple_of(cfg.d_model) {
             return Err(MoeError::Input(format!("{x_len} input values are not tokens of d = {}", cfg.d_model)));
         }
+        method.validate(x_len / cfg.d_model)?;
         if sess.he().is_none() {
             return Err(MoeError::Input("the layer needs the session's HE keys (Session::setup_he) first".into()));
         }
@@ -83,7 +118,7 @@ async fn agree(
         Ok(x_len / cfg.d_model)
     })();
     let statement = match &local {
-        Ok(n) => format!("moe {} n={n} method={}", cfg.canonical(), method.name()),
+        Ok(n) => format!("moe {} n={n} method={method}", cfg.canonical()),
         Err(e) => format!("refused {e}"),
     };
     let ch = sess.channel();
@@ -193,26 +228,38 @@ async fn select_then_compute(
 ) -> MoeResult<Vec<u64>> {
     let (e, k, d, d_ff) = (cfg.experts, cfg.top_k, cfg.d_model, cfg.d_ff);
     let width = d_ff * if cfg.expert.gated() { 2 } else { 1 };
+    let meter = sess.meter().clone();
     // 1. every expert's first matrices, each slot's row selected by its one-hot (2f bits)
     let mut pre = vec![0u64; k * n * width];
     for experts in chunks(cfg, n) {
         let c = experts.len();
         let w = weights.map(|w| stack_first(&w.experts[experts.clone()], d, d_ff));
-        let z = product(sess, MatShape { n, d, m: c * width }, raw(x), w.as_deref()).await?;
+        let z = {
+            let _s = meter.scope("first");
+            product(sess, MatShape { n, d, m: c * width }, raw(x), w.as_deref()).await?
+        };
+        let _s = meter.scope("select");
         for r in 0..k {
             let picked = mux_rows(sess, &slot_bits(routes, r, n, e, &experts), &z, width).await?;
             add_groups(&mut pre[r * n * width..(r + 1) * n * width], &picked, c, width);
         }
     }
     // 2. the activation once per chosen expert
-    let pre = truncate(sess, &pre, sess.format().frac_bits()).await?;
-    let hidden = activate(sess, cfg.expert, &pre, d_ff).await?;
+    let hidden = {
+        let _s = meter.scope("activation");
+        let pre = truncate(sess, &pre, sess.format().frac_bits()).await?;
+        activate(sess, cfg.expert, &pre, d_ff).await?
+    };
     // 3. every expert's W2 on the chosen hidden rows, each row's own expert selected
     let mut out = vec![0u64; k * n * d];
     for experts in chunks(cfg, n) {
         let c = experts.len();
         let w = weights.map(|w| stack_second(&w.experts[experts.clone()], d_ff, d));
-        let u = product(sess, MatShape { n: k * n, d: d_ff, m: c * d }, &hidden, w.as_deref()).await?;
+        let u = {
+            let _s = meter.scope("second");
+            product(sess, MatShape { n: k * n, d: d_ff, m: c * d }, &hidden, w.as_deref()).await?
+        };
+        let _s = meter.scope("select");
         let bits: Vec<bool> = (0..k).flat_map(|r| slot_bits(routes, r, n, e, &experts)).collect();
         let picked = mux_rows(sess, &bits, &u, d).await?;
         add_groups(&mut out, &picked, c, d);
@@ -232,15 +279,23 @@ async fn baseline(
     let (e, k, d, d_ff) = (cfg.experts, cfg.top_k, cfg.d_model, cfg.d_ff);
     let frac = sess.format().frac_bits();
     let width = d_ff * if cfg.expert.gated() { 2 } else { 1 };
+    let meter = sess.meter().clone();
     let mut out = vec![0u64; k * n * d];
     for experts in chunks(cfg, n) {
         let c = experts.len();
         let w = weights.map(|w| stack_first(&w.experts[experts.clone()], d, d_ff));
-        let z = product(sess, MatShape { n, d, m: c * width }, raw(x), w.as_deref()).await?;
-        let z = truncate(sess, &z, frac).await?;
-        let hidden = activate(sess, cfg.expert, &z, d_ff).await?;
+        let z = {
+            let _s = meter.scope("first");
+            product(sess, MatShape { n, d, m: c * width }, raw(x), w.as_deref()).await?
+        };
+        let hidden = {
+            let _s = meter.scope("activation");
+            let z = truncate(sess, &z, frac).await?;
+            activate(sess, cfg.expert, &z, d_ff).await?
+        };
         // each expert's W2 on its own hidden rows: u holds n rows of c·d
         let mut u = vec![0u64; n * c * d];
+        let second = meter.scope("second");
         for (slot, i) in experts.clone().enumerate() {
             let rows: Vec<u64> = (0..n).flat_map(|j| hidden[(j * c + slot) * d_ff..][..d_ff].to_vec()).collect();
             let w2 = weights.map(|w| w.experts[i].w2.as_slice());
@@ -249,12 +304,122 @@ async fn baseline(
                 u[(j * c + slot) * d..][..d].copy_from_slice(&y[j * d..][..d]);
             }
         }
+        drop(second);
+        let _s = meter.scope("select");
         for r in 0..k {
             let picked = mux_rows(sess, &slot_bits(routes, r, n, e, &experts), &u, d).await?;
             add_groups(&mut out[r * n * d..(r + 1) * n * d], &picked, c, d);
         }
     }
     Ok(truncate(sess, &out, frac).await?)
+}
+
+/// Capacity dispatch (module notes): returns the gated, combined output (n×d at f bits) and,
+/// on the client, the number of dropped (token, expert) assignments.
+async fn capacity(
+    sess: &mut Session,
+    cfg: &MoeConfig,
+    x: &[Share],
+    n: usize,
+    slots: usize,
+    routes: &Routes,
+    weights: Option<&MoeWeights>,
+) -> MoeResult<(Vec<u64>, Option<usize>)> {
+    let (e, d, d_ff) = (cfg.experts, cfg.d_model, cfg.d_ff);
+    let frac = sess.format().frac_bits();
+    let server = sess.is_server();
+    let meter = sess.meter().clone();
+    let dispatch_scope = meter.scope("dispatch");
+    // T = ⊕_r t_r: whether token j goes to expert e (the k choices are distinct experts)
+    let routed: Vec<bool> = (0..n * e).map(|i| routes.one_hot.iter().fold(false, |acc, t| acc ^ t[i])).collect();
+    let t = b2a(sess, &routed).await?;
+    // queue position p = Σ_{j' < j} T[j', e]; unrouted pairs pushed to n + p, past every slot
+    let mut index = vec![0u64; n * e];
+    let mut prefix = vec![0u64; e];
+    for j in 0..n {
+        for i in 0..e {
+            let own = if server {
+                (n as u64).wrapping_mul(1u64.wrapping_sub(t[j * e + i]))
+            } else {
+                (n as u64).wrapping_mul(t[j * e + i].wrapping_neg())
+            };
+            index[j * e + i] = prefix[i].wrapping_add(own);
+            prefix[i] = prefix[i].wrapping_add(t[j * e + i]);
+        }
+    }
+    let positions = one_hot(sess, &index, 2 * n).await?;
+    // D[(e, c), j] = [token j holds slot c of expert e]
+    let dispatch_bits: Vec<bool> =
+        (0..e * slots * n).map(|i| positions[(i % n) * e + i / (slots * n)][(i / n) % slots]).collect();
+    // the slots' inputs Σ_j D[(e, c), j]·x_j, one row multiplexer per (slot, token)
+    let xs = raw(x);
+    let spread: Vec<u64> = (0..e * slots).flat_map(|_| xs.iter().copied()).collect();
+    let x_slots = sum_rows(&mux_rows(sess, &dispatch_bits, &spread, d).await?, n, d);
+    drop(dispatch_scope);
+    // every expert on its own slots, the activation batched over all slots
+    let width = d_ff * if cfg.expert.gated() { 2 } else { 1 };
+    let mut pre = Vec::with_capacity(e * slots * width);
+    {
+        let _s = meter.scope("first");
+        for i in 0..e {
+            let w = weights.map(|w| stack_first(std::slice::from_ref(&w.experts[i]), d, d_ff));
+            let rows = &x_slots[i * slots * d..(i + 1) * slots * d];
+            pre.extend(product(sess, MatShape { n: slots, d, m: width }, rows, w.as_deref()).await?);
+        }
+    }
+    let hidden = {
+        let _s = meter.scope("activation");
+        let pre = truncate(sess, &pre, frac).await?;
+        activate(sess, cfg.expert, &pre, d_ff).await?
+    };
+    let mut y_slots = Vec::with_capacity(e * slots * d);
+    {
+        let _s = meter.scope("second");
+        for i in 0..e {
+            let w2 = weights.map(|w| w.experts[i].w2.as_slice());
+            let rows = &hidden[i * slots * d_ff..(i + 1) * slots * d_ff];
+            y_slots.extend(product(sess, MatShape { n: slots, d: d_ff, m: d }, rows, w2).await?);
+        }
+    }
+    let _s = meter.scope("combine");
+    let y_slots = truncate(sess, &y_slots, frac).await?;
+    // each slot's gate: G[j, e] = Σ_r t_r[j, e]·g_r[j], then g[(e, c)] = Σ_j D[(e, c), j]·G[j, e]
+    let mut gate = vec![0u64; n * e];
+    for (r, bits) in routes.one_hot.iter().enumerate() {
+        let g: Vec<u64> = (0..n * e).map(|i| routes.gates[r * n + i / e]).collect();
+        let picked = mux_rows(sess, bits, &g, 1).await?;
+        gate.iter_mut().zip(picked).for_each(|(a, v)| *a = a.wrapping_add(v));
+    }
+    let spread: Vec<u64> = (0..e * slots * n).map(|i| gate[(i % n) * e + i / (slots * n)]).collect();
+    let slot_gate = sum_rows(&mux_rows(sess, &dispatch_bits, &spread, 1).await?, n, 1);
+    let bits = gate_bits(frac);
+    let gated = mul_rows(sess, &y_slots, &slot_gate, bits).await?;
+    let gated = truncate_extend(sess, &gated, bits, frac).await?;
+    // back to the tokens: y_j = Σ_(e, c) D[(e, c), j]·gated[(e, c)]
+    let back_bits: Vec<bool> =
+        (0..n * e * slots).map(|i| dispatch_bits[(i % (e * slots)) * n + i / (e * slots)]).collect();
+    let spread: Vec<u64> = (0..n).flat_map(|_| gated.iter().copied()).collect();
+    let y = sum_rows(&mux_rows(sess, &back_bits, &spread, d).await?, e * slots, d);
+    let dispatch = b2a(sess, &dispatch_bits).await?;
+    // the dropped count, opened to the client only: n·k routed minus the slots filled
+    let filled = dispatch.iter().fold(0u64, |s, v| s.wrapping_add(*v));
+    let ch = sess.channel();
+    let dropped = if server {
+        ch.send_u64s(&[filled]).await.map_err(ProtoError::from)?;
+        None
+    } else {
+        let theirs = ch.recv_u64s("filled slots", 1).await.map_err(ProtoError::from)?[0];
+        let filled = filled.wrapping_add(theirs) as usize;
+        Some((n * cfg.top_k).saturating_sub(filled))
+    };
+    Ok((y, dropped))
+}
+
+/// Sums each group of `per` consecutive rows of `len` values.
+fn sum_rows(rows: &[u64], per: usize, len: usize) -> Vec<u64> {
+    let mut out = vec![0u64; rows.len() / per];
+    add_groups(&mut out, rows, per, len);
+    out
 }
 
 /// Ring of the gate products: |g| ≤ 1 and |o| < 2^8 at f bits each, k ≤ 8 of them summed.

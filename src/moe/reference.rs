@@ -63,19 +63,34 @@ fn expert(kind: ExpertKind, w: &ExpertWeights, x: &[u64], d: usize, d_ff: usize,
     (0..d).map(|c| hidden.iter().enumerate().map(|(a, h)| h * format.decode(w.w2[a * d + c])).sum()).collect()
 }
 
-/// The layer on n tokens of `x` (n×d): outputs in real terms, and each token's chosen experts.
+/// What the plaintext layer gives.
+#[derive(Debug, Clone)]
+pub struct Reference {
+    /// The output, n×d, in real terms.
+    pub y: Vec<f64>,
+    /// Each token's chosen experts, best first.
+    pub chosen: Vec<Vec<usize>>,
+    /// Assignments dropped for want of a slot (capacity dispatch).
+    pub dropped: usize,
+}
+
+/// The layer on n tokens of `x` (n×d). With `capacity` = Some(C) (capacity dispatch), each
+/// expert keeps the first C tokens routed to it in token order and the later ones contribute
+/// nothing.
 pub fn reference(
     cfg: &MoeConfig,
     format: FixedPoint,
     x: &[u64],
     w: &MoeWeights,
-) -> MoeResult<(Vec<f64>, Vec<Vec<usize>>)> {
+    capacity: Option<usize>,
+) -> MoeResult<Reference> {
     cfg.validate()?;
     w.check(cfg)?;
     let (e, d) = (cfg.experts, cfg.d_model);
     let logits = matmul(x, &w.router, d, e);
     let scale2 = format.scale() * format.scale();
-    let (mut out, mut chosen) = (Vec::new(), Vec::new());
+    let (mut y, mut chosen, mut dropped) = (Vec::new(), Vec::new(), 0);
+    let mut queue = vec![0usize; e];
     for (j, token) in x.chunks_exact(d).enumerate() {
         let row = &logits[j * e..(j + 1) * e];
         let picks = top_k(row, cfg.top_k);
@@ -86,10 +101,15 @@ pub fn reference(
         } else {
             softmax(&picks.iter().map(|&i| real[i]).collect::<Vec<_>>())
         };
-        let mut y = vec![0.0; d];
+        let mut out = vec![0.0; d];
         for (&i, g) in picks.iter().zip(&gates) {
+            queue[i] += 1;
+            if capacity.is_some_and(|c| queue[i] > c) {
+                dropped += 1;
+                continue;
+            }
             let o = expert(cfg.expert, &w.experts[i], token, d, cfg.d_ff, format);
-            y.iter_mut().zip(o).for_each(|(y, o)| *y += g * o);
+            out.iter_mut().zip(o).for_each(|(y, o)| *y += g * o);
         }
         if let (Some(shape), Some(s)) = (cfg.shared, &w.shared) {
             let o = expert(cfg.expert, &s.expert, token, d, shape.d_ff, format);
@@ -97,10 +117,10 @@ pub fn reference(
                 Some(g) => 1.0 / (1.0 + (-(matmul(token, g, d, 1)[0] as f64 / scale2)).exp()),
                 None => 1.0,
             };
-            y.iter_mut().zip(o).for_each(|(y, o)| *y += scale * o);
+            out.iter_mut().zip(o).for_each(|(y, o)| *y += scale * o);
         }
-        out.extend(y);
+        y.extend(out);
         chosen.push(picks);
     }
-    Ok((out, chosen))
+    Ok(Reference { y, chosen, dropped })
 }

@@ -28,6 +28,57 @@ struct Cli {
     command: Command,
 }
 
+/// The shape of `bench --preset experts`.
+#[derive(Args)]
+struct MoeBenchArgs {
+    /// Expert counts to sweep (comma-separated).
+    #[arg(long, default_value = "8,16,32,64,128,256")]
+    experts: String,
+    /// Tokens in the batch.
+    #[arg(long, default_value_t = 128)]
+    tokens: usize,
+    /// Model width d.
+    #[arg(long, default_value_t = 768)]
+    d_model: usize,
+    /// Expert hidden width d_ff.
+    #[arg(long, default_value_t = 3072)]
+    d_ff: usize,
+    /// Expert kind: relu, gelu, swiglu or geglu.
+    #[arg(long, default_value = "gelu")]
+    expert: String,
+    /// Experts per token.
+    #[arg(long, default_value_t = 1)]
+    top_k: usize,
+    /// Methods (comma-separated): select-then-compute, capacity[:factor] (1.25 if not given),
+    /// baseline.
+    #[arg(long, default_value = "select-then-compute,baseline")]
+    method: String,
+}
+
+impl MoeBenchArgs {
+    fn options(&self) -> Result<bench::experts::Options> {
+        let experts = self
+            .experts
+            .split(',')
+            .map(|e| e.trim().parse::<usize>().with_context(|| format!("--experts: `{e}` is not a count")))
+            .collect::<Result<Vec<_>>>()?;
+        let methods = self
+            .method
+            .split(',')
+            .map(|m| m.trim().parse::<secmoe::moe::Method>().map_err(anyhow::Error::msg))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(bench::experts::Options {
+            experts,
+            tokens: self.tokens,
+            d_model: self.d_model,
+            d_ff: self.d_ff,
+            expert: self.expert.parse().map_err(anyhow::Error::msg)?,
+            top_k: self.top_k,
+            methods,
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run both parties in this process over the real encrypted transport on loopback.
@@ -36,7 +87,8 @@ enum Command {
     Bench {
         /// Which set of measurements: `layers` (the layers: linear, GeLU/SiLU, softmax, LayerNorm),
         /// `blocks` (every non-linear block at 2^10 and 2^16 values, per value), `he` (NTT,
-        /// ct×pt, ct×ct, selection sums, one thread, against SEAL where it can run).
+        /// ct×pt, ct×ct, selection sums, one thread, against SEAL where it can run), `experts`
+        /// (one MoE layer per method and expert count).
         #[arg(long, default_value = "layers")]
         preset: String,
         /// Only the rows with this name (e.g. `linear`).
@@ -55,6 +107,8 @@ enum Command {
         /// Backend for the heavy operations: auto, cpu or cuda.
         #[arg(long, default_value = "auto")]
         backend: BackendChoice,
+        #[command(flatten)]
+        moe: MoeBenchArgs,
     },
     /// Write a fresh server identity (self-signed certificate and key) and print its fingerprint.
     Keygen {
@@ -176,7 +230,7 @@ fn main() -> Result<()> {
                 report::print_outcome(&s);
                 Ok(())
             }
-            Command::Bench { preset, only, json, threads, tune, backend } => {
+            Command::Bench { preset, only, json, threads, tune, backend, moe } => {
                 let tune = match tune.as_str() {
                     "lan" => CostModel::LAN,
                     "wan" => CostModel::WAN,
@@ -191,7 +245,8 @@ fn main() -> Result<()> {
                         latency_s: 0.0,
                     },
                 };
-                bench::run(&preset, backend, threads, only.as_deref(), tune, json.as_deref()).await
+                let moe = moe.options()?;
+                bench::run(&preset, backend, threads, only.as_deref(), tune, json.as_deref(), &moe).await
             }
             Command::Keygen { out } => {
                 let id = write_identity(&out)?;

@@ -18,6 +18,13 @@ pub(crate) struct Row {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) method: Option<String>,
     pub(crate) shape: String,
+    /// Routed experts, tokens and experts per token, for the MoE rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) experts: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) tokens: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) top_k: Option<usize>,
     pub(crate) backend: String,
     pub(crate) threads: usize,
     pub(crate) wall_s: f64,
@@ -45,9 +52,21 @@ pub(crate) struct Row {
     /// from a weight-independent one, for the HE product rows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) stat_distance_log2: Option<f64>,
+    /// Bytes (both directions), rounds and seconds of the row's steps, where it reports them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) steps: Vec<Step>,
     /// Another implementation timed on the same operation in the same run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) reference: Option<Reference>,
+}
+
+/// One step of a row.
+#[derive(Debug, Serialize)]
+pub(crate) struct Step {
+    pub(crate) name: String,
+    pub(crate) bytes: u64,
+    pub(crate) rounds: u64,
+    pub(crate) seconds: f64,
 }
 
 /// A reference implementation's time for a row's operation.
@@ -91,6 +110,9 @@ pub(crate) fn row(
         name: name.into(),
         method: None,
         shape,
+        experts: None,
+        tokens: None,
+        top_k: None,
         backend: String::new(),
         threads,
         wall_s,
@@ -105,6 +127,7 @@ pub(crate) fn row(
         mean_error: None,
         us_per_op: None,
         stat_distance_log2: None,
+        steps: Vec::new(),
         reference: None,
     }
 }

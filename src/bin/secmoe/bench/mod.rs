@@ -1,9 +1,10 @@
 //! `secmoe bench`: protocol measurements through the real two-party transport (both parties in
 //! this process, QUIC + TLS on loopback), printed as a table and optionally written as JSON.
 //!
-//! [`harness`] measures, [`report`] prints and writes, the presets ([`layers`], [`blocks`], [`he`]) say what.
+//! [`harness`] measures, [`report`] prints and writes, the presets ([`layers`], [`blocks`], [`he`], [`experts`]) say what.
 
 mod blocks;
+pub mod experts;
 mod harness;
 mod he;
 mod layers;
@@ -16,7 +17,7 @@ use secmoe::backend::BackendChoice;
 use secmoe::net::CostModel;
 
 /// The presets `secmoe bench --preset` knows.
-pub const PRESETS: &[&str] = &["layers", "blocks", "he"];
+pub const PRESETS: &[&str] = &["layers", "blocks", "he", "experts"];
 
 /// Runs a preset; prints the table; writes JSON if asked.
 pub async fn run(
@@ -26,6 +27,7 @@ pub async fn run(
     only: Option<&str>,
     tune: CostModel,
     json: Option<&Path>,
+    moe: &experts::Options,
 ) -> Result<()> {
     if !PRESETS.contains(&preset) {
         bail!("unknown preset `{preset}` (known: {})", PRESETS.join(", "));
@@ -37,6 +39,7 @@ pub async fn run(
     match preset {
         "blocks" => blocks::run(backend.clone(), threads, only, &mut rows).await?,
         "he" => he::run(only, &mut rows)?,
+        "experts" => experts::run(backend.clone(), threads, tune, moe, &mut rows).await?,
         _ => layers::run(backend.clone(), threads, only, tune, &mut rows).await?,
     }
     for row in &mut rows {

@@ -19,7 +19,7 @@ struct Output<'a> {
 /// The table's header line.
 pub(crate) fn print_header() {
     println!(
-        "{:<14} {:<26} {:>8} {:>11} {:>7} {:>8} {:>8} {:>10} {:>6}",
+        "{:<24} {:<26} {:>8} {:>11} {:>7} {:>8} {:>8} {:>10} {:>6}",
         "name", "shape", "wall s", "bytes", "rounds", "LAN s", "WAN s", "peak RSS", "check"
     );
 }
@@ -38,8 +38,8 @@ pub(crate) fn print_row(r: &Row) {
         per_op += &format!(", error max {max:.2e} mean {mean:.2e}");
     }
     println!(
-        "{:<14} {:<26} {:>8.2} {:>11} {:>7} {:>8.2} {:>8.2} {:>10} {:>6}{per_op}",
-        r.name,
+        "{:<24} {:<26} {:>8.2} {:>11} {:>7} {:>8.2} {:>8.2} {:>10} {:>6}{per_op}",
+        r.method.as_ref().map_or_else(|| r.name.clone(), |m| format!("{} {m}", r.name)),
         r.shape,
         r.wall_s,
         human_bytes(r.bytes),
