@@ -1,5 +1,5 @@
 //! The OT-based building blocks against plaintext, over the real transport: comparison exact on
-//! edge values, MSB/DReLU across wrap-around, AND, bit-to-arithmetic and the multiplexer.
+//! edge values, MSB/DReLU across wrap-around, AND, bit-to-arithmetic and the multiplexers.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -10,7 +10,7 @@ use common::add_share;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use secmoe::proto::boolean::{Triples, and};
-use secmoe::proto::compare::{b2a, drelu, greater_than, msb, mux, triples_per_comparison};
+use secmoe::proto::compare::{b2a, drelu, greater_than, msb, mux, mux_rows, triples_per_comparison};
 
 fn xor_share(bits: &[bool], rng: &mut StdRng) -> (Vec<bool>, Vec<bool>) {
     let r: Vec<bool> = bits.iter().map(|_| rng.random()).collect();
@@ -83,7 +83,7 @@ fn msb_and_drelu_hold_across_wrap_around() {
 }
 
 #[test]
-fn and_b2a_and_mux_match_plaintext() {
+fn and_b2a_mux_and_row_mux_match_plaintext() {
     common::runtime().block_on(async {
         let (_c, mut oc, _s, mut os) = common::session_pair().await;
         let mut rng = StdRng::seed_from_u64(3);
@@ -104,6 +104,12 @@ fn and_b2a_and_mux_match_plaintext() {
         let (ms, mc) = tokio::join!(mux(&mut os, &xs, &vs), mux(&mut oc, &xc, &vc));
         let (ms, mc) = (ms.unwrap(), mc.unwrap());
         assert!((0..n).all(|i| ms[i].wrapping_add(mc[i]) == if x[i] { v[i] } else { 0 }));
+        // one bit per row of 3 values
+        let rows: Vec<u64> = (0..3 * n).map(|_| rng.random()).collect();
+        let (rs, rc) = add_share(&rows, &mut rng);
+        let (ms, mc) = tokio::join!(mux_rows(&mut os, &xs, &rs, 3), mux_rows(&mut oc, &xc, &rc, 3));
+        let (ms, mc) = (ms.unwrap(), mc.unwrap());
+        assert!((0..3 * n).all(|i| ms[i].wrapping_add(mc[i]) == if x[i / 3] { rows[i] } else { 0 }));
         // running out of triples is an error, not a wrong answer
         let (e1, e2) = tokio::join!(and(&mut os, &mut ts, &xs, &ys), and(&mut oc, &mut tc, &xc, &yc));
         assert!(e1.unwrap_err().to_string().contains("triples left") && e2.is_err());

@@ -183,8 +183,8 @@ fn ties_go_to_the_lower_expert_index() {
     assert!(worst <= BOUND, "error {worst:.2e}: the tie went another way");
 }
 
-/// The frames the server receives for two client inputs that route every token differently
-/// are the same in number, order and length.
+/// The frames the server receives for two client inputs that route differently are the same
+/// in number, order and length, for every method.
 #[test]
 fn the_servers_view_does_not_depend_on_the_routing() {
     let f = FixedPoint::default();
@@ -196,11 +196,13 @@ fn the_servers_view_does_not_depend_on_the_routing() {
     let routes_one = reference(&cfg, f, &one, &w, None).unwrap().chosen;
     let routes_other = reference(&cfg, f, &other, &w, None).unwrap().chosen;
     assert_ne!(routes_one, routes_other, "the two inputs must route differently");
-    let a = run(&cfg, &cfg, Method::SelectThenCompute, &one, &w);
-    let b = run(&cfg, &cfg, Method::SelectThenCompute, &other, &w);
-    assert!(a.client.is_ok() && b.client.is_ok());
-    assert!(!a.server_received.is_empty());
-    assert_eq!(a.server_received, b.server_received);
+    for method in [Method::SelectThenCompute, Method::Capacity { factor: 1.0 }, Method::Baseline] {
+        let a = run(&cfg, &cfg, method, &one, &w);
+        let b = run(&cfg, &cfg, method, &other, &w);
+        assert!(a.client.is_ok() && b.client.is_ok(), "{method}");
+        assert!(!a.server_received.is_empty());
+        assert_eq!(a.server_received, b.server_received, "{method}: the server's view differs");
+    }
 }
 
 fn both_fail(r: &Run) -> (String, String) {

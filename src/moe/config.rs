@@ -249,3 +249,54 @@ impl std::str::FromStr for Method {
             .ok_or_else(|| format!("unknown MoE method `{s}` (select-then-compute, capacity[:factor], baseline)"))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn cfg(experts: usize, top_k: usize) -> MoeConfig {
+        MoeConfig {
+            experts,
+            top_k,
+            d_model: 8,
+            d_ff: 16,
+            routing: Routing::TopKSoftmax,
+            expert: ExpertKind::SwiGlu,
+            shared: None,
+        }
+    }
+
+    #[test]
+    fn methods_parse_from_their_names() {
+        assert_eq!("select-then-compute".parse(), Ok(Method::SelectThenCompute));
+        assert_eq!("baseline".parse(), Ok(Method::Baseline));
+        assert_eq!("capacity".parse(), Ok(Method::Capacity { factor: 1.25 }));
+        assert_eq!("capacity:2".parse(), Ok(Method::Capacity { factor: 2.0 }));
+        assert!("capacity:x".parse::<Method>().is_err() && "paper".parse::<Method>().is_err());
+        assert_eq!(Method::Capacity { factor: 1.5 }.to_string(), "capacity(1.5)");
+    }
+
+    /// ⌈c·k·n/E⌉ slots, at least one, at most n.
+    #[test]
+    fn capacity_is_the_fair_share_times_the_factor() {
+        let m = Method::Capacity { factor: 1.25 };
+        assert_eq!(m.capacity(&cfg(8, 2), 16), Some(5));
+        assert_eq!(m.capacity(&cfg(64, 1), 16), Some(1));
+        assert_eq!(Method::Capacity { factor: 100.0 }.capacity(&cfg(2, 1), 16), Some(16));
+        assert_eq!(Method::SelectThenCompute.capacity(&cfg(8, 2), 16), None);
+        assert!(Method::Capacity { factor: 0.9 }.validate(16).is_err());
+        assert!(m.validate(MAX_CAPACITY_TOKENS + 1).is_err());
+    }
+
+    #[test]
+    fn configs_out_of_range_are_named() {
+        let e = |c: MoeConfig| c.validate().unwrap_err().to_string();
+        assert!(e(cfg(4, 5)).contains("top-5 of 4 experts"));
+        assert!(e(cfg(0, 1)).contains("0 experts"));
+        assert!(e(cfg(16, 9)).contains("top-9"));
+        assert!(e(MoeConfig { routing: Routing::Switch, ..cfg(8, 2) }).contains("Switch routing takes top-1"));
+        assert!(e(MoeConfig { d_ff: 0, ..cfg(8, 2) }).contains("zero width"));
+        assert!(cfg(MAX_EXPERTS, 8).validate().is_ok());
+    }
+}

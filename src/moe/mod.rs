@@ -19,6 +19,15 @@
 //!   products) and the output selected again. No ciphertext×ciphertext product. Bytes:
 //!   the HE results (n·E·g·d_ff + n·k·E·d values, packed), the selections (2·64 bits per
 //!   selected value: n·k·E·(g·d_ff + d)), and the activation on n·k·d_ff values.
+//! - [`Method::Capacity`] (built; CryptoMoE's dispatch): C = ⌈c·k·n/E⌉ slots per expert. A
+//!   token's queue position at expert e is the prefix sum of the routing matrix (local on
+//!   shares); its one-hot (size 2n, unrouted pairs pushed past every slot) gives the secret
+//!   dispatch matrix D (E·C × n bits). Slot inputs Σ_j D·x_j, each slot's gate Σ_j D·G and the
+//!   way back Σ_(e,c) D·y are row multiplexers (n·E·C rows of d each way); each expert runs
+//!   its C slots with its plain weights (2·E HE products of C rows), the activation on E·C·d_ff
+//!   = c·k·n·d_ff values. Server work no longer grows with E; bytes grow with n² (the
+//!   dispatch), not with E. Leaks the capacity C (public) and, to the client only, the number
+//!   of dropped assignments; tokens beyond an expert's capacity lose that expert.
 //! - [`Method::Baseline`] (built; BumbleBee's way): every expert in full — the activation on
 //!   n·E·d_ff values — then the outputs multiplexed (n·k·E·d values). The activation is what
 //!   grows: ~170 bytes per GeLU value against 16 per selected value.
@@ -33,6 +42,11 @@
 //!   per ciphertext and gets N/(E·d_w) useful values per ciphertext product (Cheetah's outputs
 //!   sit at stride d_w), or a PackLWEs repacking of every sparse result first: more server work
 //!   than Protocol 1 for E ≥ 8 in coefficient encoding.
+//!
+//! When to pick which: Select-Then-Compute when no token may be dropped and E is moderate (its
+//! bytes and server time grow with E, the activation does not); capacity dispatch for many
+//! experts or small batches where dropping overflow is acceptable (as in training-time Switch
+//! and GShard, and CryptoMoE); the baseline only to measure against.
 //!
 //! Communication flat in E needs a degree-2 step on two client-side secrets (its share of the
 //! one-hot and its share of the activations) under HE: Protocol 1's ct×ct. Select-Then-Compute
@@ -50,7 +64,8 @@
 //! selection per (token, slot, expert) whichever expert was chosen; no branch reads a shared
 //! value. Hence the server's view can be simulated from the public sizes, for any routing
 //! (tested: the frames the server receives for two inputs that route differently are
-//! identical in number, order and length).
+//! identical in number, order and length). Capacity dispatch adds one message: the server's
+//! share of the filled-slot count, sent to the client.
 
 mod config;
 mod layer;
