@@ -22,7 +22,9 @@ fn demo_runs_both_parties_and_checks_the_results() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("estimated LAN") && text.contains("estimated WAN"), "{text}");
-    assert_eq!(text.matches("all correct").count(), 2, "{text}");
+    // the OT batches of both kinds and the private MoE layer
+    assert_eq!(text.matches("all correct").count(), 3, "{text}");
+    assert!(text.contains("private MoE layer"), "{text}");
 }
 
 #[test]
@@ -70,7 +72,7 @@ fn serve_and_client_in_two_processes() {
         .unwrap();
     let text = String::from_utf8_lossy(&client.stdout);
     assert!(client.status.success(), "{text}\n{}", String::from_utf8_lossy(&client.stderr));
-    assert!(text.contains("ok: shared sum"), "{text}");
+    assert!(text.contains("ok: shared sum") && text.contains("ok: private MoE layer"), "{text}");
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let status = server.wait().unwrap();
     assert!(status.success());
