@@ -39,6 +39,7 @@ struct Run {
     client: MoeResult<MoeOutput>,
     server: MoeResult<MoeOutput>,
     server_received: Vec<Frame>,
+    client_received: Vec<Frame>,
 }
 
 /// Both parties run the layer on x shared between them (the client's config `ccfg`, the
@@ -55,11 +56,13 @@ fn run(ccfg: &MoeConfig, scfg: &MoeConfig, method: Method, x: &[u64], w: &MoeWei
         let (xs, xc): (Vec<Share>, Vec<Share>) =
             (xs.into_iter().map(Share::from_raw).collect(), xc.into_iter().map(Share::from_raw).collect());
         ss.channel().record_frames();
+        sc.channel().record_frames();
         let (client, server) =
             tokio::join!(moe_layer(&mut sc, ccfg, method, &xc, None), moe_layer(&mut ss, scfg, method, &xs, Some(w)));
         let server_received = ss.channel().take_frames().into_iter().filter(|f| !f.sent).collect();
+        let client_received = sc.channel().take_frames().into_iter().filter(|f| !f.sent).collect();
         drop((c, s));
-        Run { client, server, server_received }
+        Run { client, server, server_received, client_received }
     })
 }
 
@@ -203,6 +206,33 @@ fn the_servers_view_does_not_depend_on_the_routing() {
         assert!(!a.server_received.is_empty());
         assert_eq!(a.server_received, b.server_received, "{method}: the server's view differs");
     }
+}
+
+/// The frames the client receives do not depend on the server's weights either (two weight
+/// sets of the same shapes, the same tokens).
+#[test]
+fn the_clients_view_does_not_depend_on_the_weights() {
+    let f = FixedPoint::default();
+    let cfg = config(4, 2, Routing::SoftmaxTopK { normalize: false }, ExpertKind::SwiGlu);
+    let x = tokens(3, cfg.d_model, 120);
+    let one = MoeWeights::random(&cfg, f, 4.0, &mut StdRng::seed_from_u64(121));
+    let other = MoeWeights::random(&cfg, f, 4.0, &mut StdRng::seed_from_u64(122));
+    let (a, b) =
+        (run(&cfg, &cfg, Method::SelectThenCompute, &x, &one), run(&cfg, &cfg, Method::SelectThenCompute, &x, &other));
+    assert!(a.server.is_ok() && b.server.is_ok());
+    assert!(!a.client_received.is_empty());
+    assert_eq!(a.client_received, b.client_received);
+}
+
+/// Top-8 of 256 experts with a shared expert, and top-2 of 2 (every expert chosen).
+#[test]
+fn many_experts_and_every_expert() {
+    let cfg = MoeConfig {
+        shared: Some(SharedExpert { d_ff: 16, sigmoid_gate: false }),
+        ..config(256, 8, Routing::TopKSoftmax, ExpertKind::Gelu)
+    };
+    check(cfg, Method::SelectThenCompute, 2, 130);
+    check(config(2, 2, Routing::SoftmaxTopK { normalize: false }, ExpertKind::Relu), Method::SelectThenCompute, 3, 140);
 }
 
 fn both_fail(r: &Run) -> (String, String) {

@@ -133,6 +133,12 @@ impl MoeConfig {
         Ok(())
     }
 
+    /// Whether every gate is exactly 1: one expert per token with the softmax over the chosen
+    /// logits only (Mixtral-style top-1), so the gate needs no protocol.
+    pub fn unit_gate(&self) -> bool {
+        self.top_k == 1 && !self.routing.softmax_over_all()
+    }
+
     /// The canonical text both parties compare.
     pub fn canonical(&self) -> String {
         self.to_string()

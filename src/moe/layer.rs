@@ -64,7 +64,8 @@ pub async fn moe_layer(
                 }
             };
             let _s = meter.scope("combine");
-            (combine(sess, &outputs, &routes.gates, n, d).await?, None)
+            let y = if cfg.unit_gate() { outputs } else { combine(sess, &outputs, &routes.gates, n, d).await? };
+            (y, None)
         }
     };
     if cfg.shared.is_some() {

@@ -54,7 +54,10 @@ pub async fn route(sess: &mut Session, cfg: &MoeConfig, logits: &[u64], n: usize
         chosen.extend(best);
         one_hots.push(bits);
     }
-    let gates = if cfg.routing.softmax_over_all() {
+    let gates = if cfg.unit_gate() {
+        // softmax over one logit: the public 1, held by the server
+        vec![if sess.is_server() { 1u64 << frac } else { 0 }; n]
+    } else if cfg.routing.softmax_over_all() {
         // softmax over all experts, then each slot's probability picked by its one-hot
         let real = truncate(sess, logits, frac).await?;
         let p = softmax(sess, &real, e).await?;
