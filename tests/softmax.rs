@@ -12,7 +12,7 @@ use rand::{RngExt, SeedableRng};
 use secmoe::ot::OtKind;
 use secmoe::proto::arith::mul_rows;
 use secmoe::proto::compare::{max, one_hot};
-use secmoe::proto::softmax::{reciprocal, softmax};
+use secmoe::proto::softmax::{reciprocal, reciprocal_wide, softmax};
 
 const SCALE: f64 = (1u64 << 18) as f64;
 
@@ -115,12 +115,31 @@ fn reciprocal_is_accurate_on_its_range() {
     });
 }
 
+/// The wide reciprocal on [1, 2048], across the switch between its two starts at 64.
+#[test]
+fn wide_reciprocal_is_accurate_up_to_2048() {
+    common::runtime().block_on(async {
+        let (_c, mut oc, _s, mut os) = common::session_pair().await;
+        let mut rng = StdRng::seed_from_u64(25);
+        let mut s: Vec<f64> = vec![1.0, 63.99, 64.0, 64.01, 128.0, 1000.0, 2048.0];
+        s.extend((0..300).map(|_| rng.random_range(1.0..2048.0)));
+        let raw: Vec<u64> = s.iter().map(|&v| fixed(v)).collect();
+        let (a, b) = add_share(&raw, &mut rng);
+        let (ys, yc) = tokio::join!(reciprocal_wide(&mut os, &a), reciprocal_wide(&mut oc, &b));
+        let y = open(&ys.unwrap(), &yc.unwrap());
+        for (v, y) in s.iter().zip(y) {
+            let got = y as i64 as f64 / SCALE;
+            assert!((got - 1.0 / v).abs() < 4.0 / SCALE, "1/{v}: {got}");
+        }
+    });
+}
+
 #[test]
 fn softmax_matches_the_real_function() {
     common::runtime().block_on(async {
         let (_c, mut oc, _s, mut os) = common::session_pair().await;
         let mut rng = StdRng::seed_from_u64(24);
-        for (len, spread) in [(128usize, 8.0), (16, 31.0), (1, 1.0)] {
+        for (len, spread) in [(128usize, 8.0), (16, 31.0), (1, 1.0), (600, 3.0)] {
             let rows = 12;
             let x: Vec<f64> =
                 (0..rows * len).map(|_| (rng.random_range(-spread..spread) * SCALE).round() / SCALE).collect();

@@ -5,7 +5,6 @@
 use std::fmt;
 
 use super::{MoeError, MoeResult};
-use crate::proto::softmax::MAX_ROW;
 
 /// How the router's logits become the chosen experts and their gate weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,8 +98,10 @@ pub struct MoeConfig {
     pub shared: Option<SharedExpert>,
 }
 
-/// Most routed experts a layer may have (the one-hot vectors of the routing).
+/// Most routed experts a layer may have (the one-hot vectors of the routing; also the longest
+/// softmax row).
 pub const MAX_EXPERTS: usize = crate::proto::compare::MAX_ONE_HOT;
+const _: () = assert!(MAX_EXPERTS <= crate::proto::softmax::MAX_ROW);
 /// Most experts per token.
 pub const MAX_TOP_K: usize = 8;
 
@@ -119,13 +120,6 @@ impl MoeConfig {
         }
         if self.routing == Routing::Switch && self.top_k != 1 {
             return bad(format!("Switch routing takes top-1, not top-{}", self.top_k));
-        }
-        if self.routing.softmax_over_all() && self.experts > MAX_ROW {
-            return bad(format!(
-                "{:?} routing takes a softmax over all {} experts (at most {MAX_ROW}); \
-                 use TopKSoftmax or SoftmaxTopK {{ normalize: true }}",
-                self.routing, self.experts
-            ));
         }
         if self.d_model == 0 || self.d_ff == 0 || self.shared.is_some_and(|s| s.d_ff == 0) {
             return bad(format!("zero width: {self}"));

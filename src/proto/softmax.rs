@@ -8,6 +8,8 @@
 //! 3. The row sum s ∈ [1, len] (the maximum contributes e^0 = 1), and 1/s: a piecewise
 //!    quadratic start ([`Piecewise::reciprocal`], relative error < 1.5e-2) and two Newton steps
 //!    y ← y·(2 − s·y) (relative error ε → ε², so < 1e-7 before rounding), on one value per row.
+//!    Rows longer than 128 (up to 2048: a router's softmax over many experts) take the start on
+//!    s or on s/16, chosen by a sign test ([`reciprocal_wide`]).
 //! 4. y_i = e_i · (1/s) for the whole row by one correlated OT of the row per bit of the other
 //!    party's share of 1/s ([`super::arith::mul_rows`]), then one truncation back to Z_2^64.
 //!
@@ -16,7 +18,7 @@
 
 use super::Session;
 use super::arith::{mul, mul_rows, truncate, truncate_extend};
-use super::compare::max;
+use super::compare::{max, mux, non_negative};
 use super::piecewise::{Piecewise, evaluate};
 use super::{ProtoError, ProtoResult};
 use crate::net::Party;
@@ -32,8 +34,10 @@ fn max_bits(frac: u32) -> u32 {
 fn product_bits(frac: u32) -> u32 {
     2 * frac + 4
 }
-/// Longest row: the reciprocal's start covers sums up to 128.
-pub const MAX_ROW: usize = 128;
+/// Longest row: the wide reciprocal covers sums up to 2048.
+pub const MAX_ROW: usize = 2048;
+/// Rows up to this length take the one-range reciprocal (sums up to 128).
+const SHORT_ROW: usize = 128;
 /// Values per batch (whole rows): bounds memory; each batch adds its rounds.
 const BATCH: usize = 1 << 17;
 
@@ -56,16 +60,41 @@ async fn softmax_batch(sess: &mut Session, x: &[u64], len: usize) -> ProtoResult
     let z: Vec<u64> = x.iter().enumerate().map(|(i, v)| v.wrapping_sub(m[i / len])).collect();
     let e = evaluate(sess, &Piecewise::exp(), &z).await?;
     let sums: Vec<u64> = e.chunks_exact(len).map(|row| row.iter().fold(0u64, |s, v| s.wrapping_add(*v))).collect();
-    let r = reciprocal(sess, &sums).await?;
+    let r = if len <= SHORT_ROW { reciprocal(sess, &sums).await? } else { reciprocal_wide(sess, &sums).await? };
     let y = mul_rows(sess, &e, &r, product_bits(frac)).await?;
     truncate_extend(sess, &y, product_bits(frac), frac).await
 }
 
 /// Shares of 1/s for shared s ∈ [1, 128] (module notes, step 3).
 pub async fn reciprocal(sess: &mut Session, s: &[u64]) -> ProtoResult<Vec<u64>> {
+    let y = evaluate(sess, &Piecewise::reciprocal(), s).await?;
+    newton(sess, s, y).await
+}
+
+/// Shares of 1/s for shared s ∈ [1, 2048]: the start is the piecewise 1/s of s below 64 and
+/// 1/16 of the piecewise 1/(s/16) from 64 on (s/16 ∈ [4, 128], inside the start's range),
+/// chosen by one sign test of s − 64; then the same Newton steps. (Both starts are evaluated
+/// for every value; the one outside its range is discarded by the multiplexer.)
+pub async fn reciprocal_wide(sess: &mut Session, s: &[u64]) -> ProtoResult<Vec<u64>> {
+    let frac = sess.format().frac_bits();
+    let f = Piecewise::reciprocal();
+    let low = evaluate(sess, &f, s).await?;
+    let scaled = truncate(sess, s, 4).await?;
+    let high = evaluate(sess, &f, &scaled).await?;
+    let high = truncate(sess, &high, 4).await?;
+    let sixty_four = if sess.party() == Party::Server { 64u64 << frac } else { 0 };
+    let shifted: Vec<u64> = s.iter().map(|v| v.wrapping_sub(sixty_four)).collect();
+    let large = non_negative(sess, &shifted, frac + 13).await?;
+    let diff: Vec<u64> = high.iter().zip(&low).map(|(h, l)| h.wrapping_sub(*l)).collect();
+    let picked = mux(sess, &large, &diff).await?;
+    let y = low.iter().zip(&picked).map(|(l, p)| l.wrapping_add(*p)).collect();
+    newton(sess, s, y).await
+}
+
+/// Two Newton steps y ← y·(2 − s·y) towards 1/s (relative error ε → ε²).
+async fn newton(sess: &mut Session, s: &[u64], mut y: Vec<u64>) -> ProtoResult<Vec<u64>> {
     let frac = sess.format().frac_bits();
     let two = if sess.party() == Party::Server { 2u64 << frac } else { 0 };
-    let mut y = evaluate(sess, &Piecewise::reciprocal(), s).await?;
     for _ in 0..2 {
         let sy = mul(sess, s, &y).await?;
         let sy = truncate(sess, &sy, frac).await?;
