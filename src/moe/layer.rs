@@ -147,7 +147,7 @@ async fn agree(
 
 /// Experts per chunk so that a chunk's first-matrix results stay within [`CHUNK_VALUES`].
 fn chunks(cfg: &MoeConfig, n: usize) -> Vec<Range<usize>> {
-    let width = cfg.d_ff * if cfg.expert.gated() { 2 } else { 1 };
+    let width = first_width(cfg, cfg.d_ff);
     let per = (CHUNK_VALUES / (n * width).max(1)).clamp(1, cfg.experts);
     (0..cfg.experts).step_by(per).map(|s| s..(s + per).min(cfg.experts)).collect()
 }
@@ -176,6 +176,49 @@ fn stack_second(experts: &[ExpertWeights], d_ff: usize, d: usize) -> Vec<u64> {
         }
     }
     out
+}
+
+/// Values per row of an expert's first-matrix results: d_ff, twice for gated kinds.
+fn first_width(cfg: &MoeConfig, d_ff: usize) -> usize {
+    d_ff * if cfg.expert.gated() { 2 } else { 1 }
+}
+
+/// The first matrices of the routed experts `experts` on the n rows of X: n rows of
+/// c·[`first_width`] values at 2f fractional bits (per expert: W1's then W3's results).
+async fn first_matrices(
+    sess: &mut Session,
+    cfg: &MoeConfig,
+    x: &[u64],
+    n: usize,
+    experts: &Range<usize>,
+    weights: Option<&MoeWeights>,
+) -> ProtoResult<Vec<u64>> {
+    let meter = sess.meter().clone();
+    let _s = meter.scope("first");
+    let (d, width) = (cfg.d_model, first_width(cfg, cfg.d_ff));
+    let w = weights.map(|w| stack_first(&w.experts[experts.clone()], d, cfg.d_ff));
+    product(sess, MatShape { n, d, m: experts.len() * width }, x, w.as_deref()).await
+}
+
+/// Adds to slot r's rows of `out` (slot-major, n rows of `len` each) the rows of `values`
+/// (n tokens × the c experts of `experts`, `len` each) that slot r's one-hot selects.
+async fn select_into(
+    sess: &mut Session,
+    routes: &Routes,
+    experts: &Range<usize>,
+    values: &[u64],
+    len: usize,
+    out: &mut [u64],
+) -> ProtoResult<()> {
+    let meter = sess.meter().clone();
+    let _s = meter.scope("select");
+    let n = values.len() / (experts.len() * len);
+    let e = routes.one_hot[0].len() / n;
+    for (r, slot) in out.chunks_exact_mut(n * len).enumerate() {
+        let picked = mux_rows(sess, &slot_bits(routes, r, n, e, experts), values, len).await?;
+        add_groups(slot, &picked, experts.len(), len);
+    }
+    Ok(())
 }
 
 /// One HE linear layer with the server's `values` (d×m), 2f fractional bits out.
@@ -228,22 +271,13 @@ async fn select_then_compute(
     weights: Option<&MoeWeights>,
 ) -> MoeResult<Vec<u64>> {
     let (e, k, d, d_ff) = (cfg.experts, cfg.top_k, cfg.d_model, cfg.d_ff);
-    let width = d_ff * if cfg.expert.gated() { 2 } else { 1 };
+    let width = first_width(cfg, d_ff);
     let meter = sess.meter().clone();
     // 1. every expert's first matrices, each slot's row selected by its one-hot (2f bits)
     let mut pre = vec![0u64; k * n * width];
     for experts in chunks(cfg, n) {
-        let c = experts.len();
-        let w = weights.map(|w| stack_first(&w.experts[experts.clone()], d, d_ff));
-        let z = {
-            let _s = meter.scope("first");
-            product(sess, MatShape { n, d, m: c * width }, raw(x), w.as_deref()).await?
-        };
-        let _s = meter.scope("select");
-        for r in 0..k {
-            let picked = mux_rows(sess, &slot_bits(routes, r, n, e, &experts), &z, width).await?;
-            add_groups(&mut pre[r * n * width..(r + 1) * n * width], &picked, c, width);
-        }
+        let z = first_matrices(sess, cfg, raw(x), n, &experts, weights).await?;
+        select_into(sess, routes, &experts, &z, width, &mut pre).await?;
     }
     // 2. the activation once per chosen expert
     let hidden = {
@@ -277,18 +311,13 @@ async fn baseline(
     routes: &Routes,
     weights: Option<&MoeWeights>,
 ) -> MoeResult<Vec<u64>> {
-    let (e, k, d, d_ff) = (cfg.experts, cfg.top_k, cfg.d_model, cfg.d_ff);
+    let (k, d, d_ff) = (cfg.top_k, cfg.d_model, cfg.d_ff);
     let frac = sess.format().frac_bits();
-    let width = d_ff * if cfg.expert.gated() { 2 } else { 1 };
     let meter = sess.meter().clone();
     let mut out = vec![0u64; k * n * d];
     for experts in chunks(cfg, n) {
         let c = experts.len();
-        let w = weights.map(|w| stack_first(&w.experts[experts.clone()], d, d_ff));
-        let z = {
-            let _s = meter.scope("first");
-            product(sess, MatShape { n, d, m: c * width }, raw(x), w.as_deref()).await?
-        };
+        let z = first_matrices(sess, cfg, raw(x), n, &experts, weights).await?;
         let hidden = {
             let _s = meter.scope("activation");
             let z = truncate(sess, &z, frac).await?;
@@ -306,11 +335,7 @@ async fn baseline(
             }
         }
         drop(second);
-        let _s = meter.scope("select");
-        for r in 0..k {
-            let picked = mux_rows(sess, &slot_bits(routes, r, n, e, &experts), &u, d).await?;
-            add_groups(&mut out[r * n * d..(r + 1) * n * d], &picked, c, d);
-        }
+        select_into(sess, routes, &experts, &u, d, &mut out).await?;
     }
     Ok(truncate(sess, &out, frac).await?)
 }
@@ -358,15 +383,10 @@ async fn capacity(
     let x_slots = sum_rows(&mux_rows(sess, &dispatch_bits, &spread, d).await?, n, d);
     drop(dispatch_scope);
     // every expert on its own slots, the activation batched over all slots
-    let width = d_ff * if cfg.expert.gated() { 2 } else { 1 };
-    let mut pre = Vec::with_capacity(e * slots * width);
-    {
-        let _s = meter.scope("first");
-        for i in 0..e {
-            let w = weights.map(|w| stack_first(std::slice::from_ref(&w.experts[i]), d, d_ff));
-            let rows = &x_slots[i * slots * d..(i + 1) * slots * d];
-            pre.extend(product(sess, MatShape { n: slots, d, m: width }, rows, w.as_deref()).await?);
-        }
+    let mut pre = Vec::with_capacity(e * slots * first_width(cfg, d_ff));
+    for i in 0..e {
+        let rows = &x_slots[i * slots * d..(i + 1) * slots * d];
+        pre.extend(first_matrices(sess, cfg, rows, slots, &(i..i + 1), weights).await?);
     }
     let hidden = {
         let _s = meter.scope("activation");
@@ -452,7 +472,7 @@ async fn shared_expert(
     let Some(shape) = cfg.shared else { return Ok(vec![0; n * cfg.d_model]) };
     let (d, d_ff) = (cfg.d_model, shape.d_ff);
     let frac = sess.format().frac_bits();
-    let width = d_ff * if cfg.expert.gated() { 2 } else { 1 };
+    let width = first_width(cfg, d_ff);
     let shared = weights.and_then(|w| w.shared.as_ref());
     let first = shared.map(|s| stack_first(std::slice::from_ref(&s.expert), d, d_ff));
     let z = product(sess, MatShape { n, d, m: width }, raw(x), first.as_deref()).await?;
