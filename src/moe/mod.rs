@@ -31,8 +31,8 @@
 //! - [`Method::Baseline`] (built; BumbleBee's way): every expert in full — the activation on
 //!   n·E·d_ff values — then the outputs multiplexed (n·k·E·d values). The activation is what
 //!   grows: ~170 bytes per GeLU value against 16 per selected value.
-//! - The paper's Protocol 1 (not built): per token, [[W]] = Σ_i W_i·[[t_i]] costs E·d·d_ff/N
-//!   ciphertext×plaintext products per matrix (288·E at d = 768, d_ff = 3072) and x·[[W]] costs
+//! - The paper's Protocol 1 (not built): per token, \[\[W\]\] = Σ_i W_i·\[\[t_i\]\] costs E·d·d_ff/N
+//!   ciphertext×plaintext products per matrix (288·E at d = 768, d_ff = 3072) and x·\[\[W\]\] costs
 //!   d·d_ff/N = 288 ciphertext×ciphertext products (18 ms each here, so ~5 s per token and
 //!   matrix on 2 cores); in coefficient encoding each selector must be its own constant
 //!   ciphertext, so the client uploads E ciphertexts per token. Its bytes are flat in E; its
