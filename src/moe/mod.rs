@@ -30,14 +30,15 @@
 //!   of dropped assignments; tokens beyond an expert's capacity lose that expert.
 //! - [`Method::Baseline`] (built; BumbleBee's way): every expert in full — the activation on
 //!   n·E·d_ff values — then the outputs multiplexed (n·k·E·d values). The activation is what
-//!   grows: ~170 bytes per GeLU value against 16 per selected value.
+//!   grows: ~215 bytes per GeLU value (silent OT) against 16 per selected value.
 //! - The paper's Protocol 1 (not built): per token, \[\[W\]\] = Σ_i W_i·\[\[t_i\]\] costs E·d·d_ff/N
 //!   ciphertext×plaintext products per matrix (288·E at d = 768, d_ff = 3072) and x·\[\[W\]\] costs
 //!   d·d_ff/N = 288 ciphertext×ciphertext products (18 ms each here, so ~5 s per token and
 //!   matrix on 2 cores); in coefficient encoding each selector must be its own constant
 //!   ciphertext, so the client uploads E ciphertexts per token. Its bytes are flat in E; its
-//!   server time is ~10× this method's at E = 8 on this CPU. On a GPU, where products are two
-//!   orders of magnitude faster, it is the design to measure next.
+//!   server time is over 10× this method's at E = 8 on this CPU (≈ 166 s of ct×ct alone for
+//!   16 tokens and two matrices, against ~11 s here). On a GPU backend, which is where its
+//!   E-proportional products belong, it is the design to measure next.
 //! - Selecting encrypted outputs with the encrypted one-hot (flat bytes too) needs one token
 //!   per ciphertext and gets N/(E·d_w) useful values per ciphertext product (Cheetah's outputs
 //!   sit at stride d_w), or a PackLWEs repacking of every sparse result first: more server work
