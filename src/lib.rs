@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod he;
+pub mod model;
 pub mod moe;
 pub mod net;
 pub mod ot;

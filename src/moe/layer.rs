@@ -6,6 +6,7 @@ use std::ops::Range;
 use super::route::{Routes, route};
 use super::weights::{ExpertWeights, magnitude_bits};
 use super::{ExpertKind, Method, MoeConfig, MoeError, MoeResult, MoeWeights};
+use crate::proto::agree::exchange;
 use crate::proto::arith::{mul_rows, truncate, truncate_extend};
 use crate::proto::compare::{b2a, mux_rows, one_hot};
 use crate::proto::linear::{Weights, linear};
@@ -18,8 +19,6 @@ use crate::ring::Share;
 /// Values of one expert chunk's first-matrix results held at once (64 MiB per party): experts
 /// are streamed in chunks of this size, so memory does not grow with E.
 const CHUNK_VALUES: usize = 8 << 20;
-/// Longest agreement statement accepted from the peer.
-const MAX_STATEMENT: usize = 4096;
 
 /// One MoE layer on `n` tokens: each party's shares of X (n×d, the session's fixed point) in,
 /// its shares of the layer's output (n×d) out. The server passes the weights, the client
@@ -119,35 +118,25 @@ async fn agree(
         Ok(x_len / cfg.d_model)
     })();
     let statement = match &local {
-        Ok(n) => format!("moe {} n={n} method={method}", cfg.canonical()),
-        Err(e) => format!("refused {e}"),
+        Ok(n) => Ok(format!("moe {} n={n} method={method}", cfg.canonical())),
+        Err(e) => Err(e.to_string()),
     };
-    let ch = sess.channel();
-    let (sent, got) = if server {
-        (ch.send(statement.as_bytes()).await, ch.recv().await)
-    } else {
-        let got = ch.recv().await;
-        (ch.send(statement.as_bytes()).await, got)
-    };
+    let theirs = exchange(sess, &statement).await;
     let n = local?;
-    sent.map_err(ProtoError::from)?;
-    let got = got.map_err(ProtoError::from)?;
-    let theirs = match std::str::from_utf8(&got) {
-        Ok(s) if got.len() <= MAX_STATEMENT => s,
-        _ => return Err(MoeError::Mismatch { ours: statement, theirs: format!("{} bytes of garbage", got.len()) }),
+    let theirs = match theirs {
+        Err(ProtoError::Refused(reason)) => return Err(MoeError::PeerRefused(reason)),
+        other => other?,
     };
-    if let Some(reason) = theirs.strip_prefix("refused ") {
-        return Err(MoeError::PeerRefused(reason.to_string()));
-    }
-    if theirs != statement {
-        return Err(MoeError::Mismatch { ours: statement, theirs: theirs.to_string() });
+    let ours = statement.unwrap_or_default();
+    if theirs != ours {
+        return Err(MoeError::Mismatch { ours, theirs });
     }
     Ok(n)
 }
 
 /// Experts per chunk so that a chunk's first-matrix results stay within [`CHUNK_VALUES`].
 fn chunks(cfg: &MoeConfig, n: usize) -> Vec<Range<usize>> {
-    let width = first_width(cfg, cfg.d_ff);
+    let width = first_width(cfg.expert, cfg.d_ff);
     let per = (CHUNK_VALUES / (n * width).max(1)).clamp(1, cfg.experts);
     (0..cfg.experts).step_by(per).map(|s| s..(s + per).min(cfg.experts)).collect()
 }
@@ -179,8 +168,8 @@ fn stack_second(experts: &[ExpertWeights], d_ff: usize, d: usize) -> Vec<u64> {
 }
 
 /// Values per row of an expert's first-matrix results: d_ff, twice for gated kinds.
-fn first_width(cfg: &MoeConfig, d_ff: usize) -> usize {
-    d_ff * if cfg.expert.gated() { 2 } else { 1 }
+fn first_width(kind: ExpertKind, d_ff: usize) -> usize {
+    d_ff * if kind.gated() { 2 } else { 1 }
 }
 
 /// The first matrices of the routed experts `experts` on the n rows of X: n rows of
@@ -195,7 +184,7 @@ async fn first_matrices(
 ) -> ProtoResult<Vec<u64>> {
     let meter = sess.meter().clone();
     let _s = meter.scope("first");
-    let (d, width) = (cfg.d_model, first_width(cfg, cfg.d_ff));
+    let (d, width) = (cfg.d_model, first_width(cfg.expert, cfg.d_ff));
     let w = weights.map(|w| stack_first(&w.experts[experts.clone()], d, cfg.d_ff));
     product(sess, MatShape { n, d, m: experts.len() * width }, x, w.as_deref()).await
 }
@@ -271,7 +260,7 @@ async fn select_then_compute(
     weights: Option<&MoeWeights>,
 ) -> MoeResult<Vec<u64>> {
     let (e, k, d, d_ff) = (cfg.experts, cfg.top_k, cfg.d_model, cfg.d_ff);
-    let width = first_width(cfg, d_ff);
+    let width = first_width(cfg.expert, d_ff);
     let meter = sess.meter().clone();
     // 1. every expert's first matrices, each slot's row selected by its one-hot (2f bits)
     let mut pre = vec![0u64; k * n * width];
@@ -383,7 +372,7 @@ async fn capacity(
     let x_slots = sum_rows(&mux_rows(sess, &dispatch_bits, &spread, d).await?, n, d);
     drop(dispatch_scope);
     // every expert on its own slots, the activation batched over all slots
-    let mut pre = Vec::with_capacity(e * slots * first_width(cfg, d_ff));
+    let mut pre = Vec::with_capacity(e * slots * first_width(cfg.expert, d_ff));
     for i in 0..e {
         let rows = &x_slots[i * slots * d..(i + 1) * slots * d];
         pre.extend(first_matrices(sess, cfg, rows, slots, &(i..i + 1), weights).await?);
@@ -470,17 +459,11 @@ async fn shared_expert(
     weights: Option<&MoeWeights>,
 ) -> MoeResult<Vec<u64>> {
     let Some(shape) = cfg.shared else { return Ok(vec![0; n * cfg.d_model]) };
-    let (d, d_ff) = (cfg.d_model, shape.d_ff);
+    let d = cfg.d_model;
     let frac = sess.format().frac_bits();
-    let width = first_width(cfg, d_ff);
     let shared = weights.and_then(|w| w.shared.as_ref());
-    let first = shared.map(|s| stack_first(std::slice::from_ref(&s.expert), d, d_ff));
-    let z = product(sess, MatShape { n, d, m: width }, raw(x), first.as_deref()).await?;
-    let z = truncate(sess, &z, frac).await?;
-    let hidden = activate(sess, cfg.expert, &z, d_ff).await?;
-    let w2 = shared.map(|s| s.expert.w2.as_slice());
-    let y = product(sess, MatShape { n, d: d_ff, m: d }, &hidden, w2).await?;
-    let y = truncate(sess, &y, frac).await?;
+    let y = dense_expert(sess, cfg.expert, d, shape.d_ff, x, shared.map(|s| &s.expert)).await?;
+    let y = raw(&y).to_vec();
     if !shape.sigmoid_gate {
         return Ok(y);
     }
@@ -492,4 +475,30 @@ async fn shared_expert(
     let bits = gate_bits(frac);
     let scaled = mul_rows(sess, &y, &sigma, bits).await?;
     Ok(truncate_extend(sess, &scaled, bits, frac).await?)
+}
+
+/// A dense expert on every row of X (n×d, each party's shares): the shared expert of a MoE
+/// layer, or a dense FFN block — first matrices, activation, W2, in the session's fixed point.
+/// The server passes the weights, the client `None`.
+pub async fn dense_expert(
+    sess: &mut Session,
+    kind: ExpertKind,
+    d: usize,
+    d_ff: usize,
+    x: &[Share],
+    weights: Option<&ExpertWeights>,
+) -> ProtoResult<Vec<Share>> {
+    if !x.len().is_multiple_of(d) {
+        return Err(ProtoError::Input(format!("{} values are not rows of d = {d}", x.len())));
+    }
+    let n = x.len() / d;
+    let frac = sess.format().frac_bits();
+    let width = first_width(kind, d_ff);
+    let first = weights.map(|w| stack_first(std::slice::from_ref(w), d, d_ff));
+    let z = product(sess, MatShape { n, d, m: width }, raw(x), first.as_deref()).await?;
+    let z = truncate(sess, &z, frac).await?;
+    let hidden = activate(sess, kind, &z, d_ff).await?;
+    let y = product(sess, MatShape { n, d: d_ff, m: d }, &hidden, weights.map(|w| w.w2.as_slice())).await?;
+    let y = truncate(sess, &y, frac).await?;
+    Ok(y.into_iter().map(Share::from_raw).collect())
 }

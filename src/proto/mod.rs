@@ -2,6 +2,7 @@
 //! ([`linear`]), and the OT-based building blocks of the non-linear layers ([`arith`],
 //! [`boolean`], [`compare`]) and the functions built on them ([`piecewise`] activations, [`softmax`], [`layernorm`]).
 
+pub mod agree;
 pub mod arith;
 pub mod boolean;
 pub mod compare;

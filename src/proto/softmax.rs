@@ -44,21 +44,50 @@ const BATCH: usize = 1 << 17;
 /// Shares of softmax over each row of `len` consecutive shared values (module notes).
 #[tracing::instrument(level = "debug", skip_all, fields(n = x.len(), len))]
 pub async fn softmax(sess: &mut Session, x: &[u64], len: usize) -> ProtoResult<Vec<u64>> {
+    softmax_masked(sess, x, len, None).await
+}
+
+/// Softmax over the entries of each row that the public `keep` mask (one flag per value)
+/// keeps; the others come out as 0 (to the last unit of the final truncation): a causal
+/// attention mask. Local work only: a
+/// masked entry takes the share of its row's first kept entry before the maximum (so the
+/// maximum is over kept entries), and both parties zero its share of e^(x − m).
+pub async fn softmax_masked(sess: &mut Session, x: &[u64], len: usize, keep: Option<&[bool]>) -> ProtoResult<Vec<u64>> {
     if !(1..=MAX_ROW).contains(&len) || !x.len().is_multiple_of(len) {
         return Err(ProtoError::Input(format!("softmax over rows of {len} (1..={MAX_ROW}) of {} values", x.len())));
     }
+    if let Some(keep) = keep {
+        if keep.len() != x.len() || keep.chunks_exact(len).any(|row| !row.contains(&true)) {
+            return Err(ProtoError::Input("a softmax mask needs one flag per value and a kept entry per row".into()));
+        }
+    }
     let mut out = Vec::with_capacity(x.len());
-    for batch in x.chunks(BATCH / len * len) {
-        out.extend(softmax_batch(sess, batch, len).await?);
+    let rows = BATCH / len * len;
+    for (b, batch) in x.chunks(rows).enumerate() {
+        let keep = keep.map(|k| &k[b * rows..b * rows + batch.len()]);
+        out.extend(softmax_batch(sess, batch, len, keep).await?);
     }
     Ok(out)
 }
 
-async fn softmax_batch(sess: &mut Session, x: &[u64], len: usize) -> ProtoResult<Vec<u64>> {
+async fn softmax_batch(sess: &mut Session, x: &[u64], len: usize, keep: Option<&[bool]>) -> ProtoResult<Vec<u64>> {
     let frac = sess.format().frac_bits();
-    let (m, _) = max(sess, x, len, max_bits(frac)).await?;
+    let kept = |i: usize| keep.is_none_or(|k| k[i]);
+    let x: Vec<u64> = match keep {
+        None => x.to_vec(),
+        Some(k) => x
+            .chunks_exact(len)
+            .zip(k.chunks_exact(len))
+            .flat_map(|(row, keep)| {
+                let first = row[keep.iter().position(|&b| b).unwrap_or(0)];
+                row.iter().zip(keep).map(move |(v, &b)| if b { *v } else { first })
+            })
+            .collect(),
+    };
+    let (m, _) = max(sess, &x, len, max_bits(frac)).await?;
     let z: Vec<u64> = x.iter().enumerate().map(|(i, v)| v.wrapping_sub(m[i / len])).collect();
-    let e = evaluate(sess, &Piecewise::exp(), &z).await?;
+    let mut e = evaluate(sess, &Piecewise::exp(), &z).await?;
+    e.iter_mut().enumerate().filter(|(i, _)| !kept(*i)).for_each(|(_, v)| *v = 0);
     let sums: Vec<u64> = e.chunks_exact(len).map(|row| row.iter().fold(0u64, |s, v| s.wrapping_add(*v))).collect();
     let r = if len <= SHORT_ROW { reciprocal(sess, &sums).await? } else { reciprocal_wide(sess, &sums).await? };
     let y = mul_rows(sess, &e, &r, product_bits(frac)).await?;

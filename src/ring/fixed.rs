@@ -96,12 +96,21 @@ impl Dtype {
         }
     }
 
-    fn read(self, b: &[u8]) -> f64 {
+    fn read(self, b: &[u8]) -> f32 {
         match self {
-            Dtype::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64,
-            Dtype::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f64(),
-            Dtype::BF16 => half::bf16::from_le_bytes([b[0], b[1]]).to_f64(),
+            Dtype::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            Dtype::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
+            Dtype::BF16 => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
         }
+    }
+
+    /// The elements of the tensor `name` given as raw little-endian `bytes` (exact: every
+    /// element of these types is an f32).
+    pub fn decode(self, name: &str, bytes: &[u8]) -> Result<Vec<f32>, RingError> {
+        if !bytes.len().is_multiple_of(self.size()) {
+            return Err(RingError::TensorBytes { tensor: name.into(), len: bytes.len(), dtype: self });
+        }
+        Ok(bytes.chunks_exact(self.size()).map(|b| self.read(b)).collect())
     }
 }
 
@@ -118,15 +127,17 @@ impl FixedPoint {
         bytes: &[u8],
         bound_bits: Option<u32>,
     ) -> Result<Vec<u64>, RingError> {
-        if !bytes.len().is_multiple_of(dtype.size()) {
-            return Err(RingError::TensorBytes { tensor: name.into(), len: bytes.len(), dtype });
-        }
+        self.encode_named(name, &dtype.decode(name, bytes)?, bound_bits)
+    }
+
+    /// Encodes the values of the tensor `name` (see [`FixedPoint::encode_tensor`]).
+    pub fn encode_named(&self, name: &str, values: &[f32], bound_bits: Option<u32>) -> Result<Vec<u64>, RingError> {
         let bound = bound_bits.map(|b| (1u128 << b) as f64 / self.scale()).unwrap_or(self.limit());
-        bytes
-            .chunks_exact(dtype.size())
+        values
+            .iter()
             .enumerate()
-            .map(|(index, b)| {
-                let value = dtype.read(b);
+            .map(|(index, &value)| {
+                let value = value as f64;
                 let fits = value.is_finite() && (value * self.scale()).round().abs() <= bound * self.scale();
                 if fits && value.abs() < self.limit() {
                     Ok((value * self.scale()).round() as i64 as u64)

@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Writes tiny random-weight Hugging Face checkpoints of every family secmoe loads, with the
+outputs `transformers` computes for fixed token ids, for `tests/hf_reference.rs`.
+
+    python3 scripts/hf_reference.py [OUT]      # OUT defaults to target/hf-reference
+
+Makes its own virtual environment (target/hf-venv, or $SECMOE_HF_VENV) with PyPI's torch and
+transformers the first time. Each family gets OUT/<name>/ with config.json, model.safetensors
+(f32, f16 or bf16) and reference.json: {"ids": [...], "output": [[...] per position],
+"kind": "logits" | "hidden"}. Weights are drawn larger than transformers' initialisation (which
+is near zero) so that attention, routing and the experts all matter.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = Path(os.environ.get("SECMOE_HF_VENV", ROOT / "target" / "hf-venv"))
+PACKAGES = ["torch", "transformers", "safetensors"]
+
+
+def ensure_venv():
+    """Re-runs this script inside the venv (created and filled on first use)."""
+    if Path(sys.prefix).resolve() == VENV.resolve():
+        return
+    python = VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.check_call([sys.executable, "-m", "venv", str(VENV)])
+        subprocess.check_call([str(python), "-m", "pip", "install", "-q", *PACKAGES])
+    os.execv(str(python), [str(python), __file__, *sys.argv[1:]])
+
+
+def families():
+    from transformers import (MixtralConfig, MixtralForCausalLM, OlmoeConfig, OlmoeForCausalLM,
+                              Qwen2MoeConfig, Qwen2MoeForCausalLM, SwitchTransformersConfig,
+                              SwitchTransformersEncoderModel)
+    import torch
+    return [
+        ("mixtral", torch.bfloat16, MixtralForCausalLM, MixtralConfig(
+            vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, num_local_experts=8, num_experts_per_tok=2,
+            rms_norm_eps=1e-5, tie_word_embeddings=False)),
+        ("qwen2_moe", torch.float16, Qwen2MoeForCausalLM, Qwen2MoeConfig(
+            vocab_size=96, hidden_size=32, intermediate_size=48, moe_intermediate_size=24,
+            shared_expert_intermediate_size=40, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=2, num_experts=8, num_experts_per_tok=2, norm_topk_prob=False,
+            decoder_sparse_step=1, mlp_only_layers=[1], tie_word_embeddings=True)),
+        ("olmoe", torch.float32, OlmoeForCausalLM, OlmoeConfig(
+            vocab_size=96, hidden_size=32, intermediate_size=24, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=4, num_experts=8, num_experts_per_tok=2,
+            norm_topk_prob=False, pad_token_id=1, eos_token_id=2, bos_token_id=None)),
+        ("switch", torch.float32, SwitchTransformersEncoderModel, SwitchTransformersConfig(
+            vocab_size=96, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4, num_experts=8,
+            num_sparse_encoder_layers=1, expert_capacity=64, relative_attention_num_buckets=32,
+            relative_attention_max_distance=128)),
+    ]
+
+
+def randomize(model, generator):
+    """Weights large enough that every part of the model matters: matrices uniform in
+    ±1/sqrt(fan-in) (routers ×4), embeddings and position biases uniform in ±1, norms 1 ± 0.2."""
+    import torch
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            u = torch.rand(p.shape, generator=generator, dtype=torch.float32) * 2 - 1
+            if "norm" in name:
+                value = 1 + 0.2 * u
+            elif "embed" in name or name.startswith("shared") or "relative_attention_bias" in name:
+                value = u
+            elif name.endswith("bias"):
+                value = 0.1 * u
+            else:
+                scale = 1 / p.shape[-1] ** 0.5
+                if name.endswith(("gate.weight", "classifier.weight")) and "proj" not in name:
+                    scale *= 4
+                value = scale * u
+            p.copy_(value)
+
+
+def main():
+    ensure_venv()
+    import torch
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "target" / "hf-reference"
+    ids = [3, 17, 42, 5, 88, 61, 0, 29]
+    for name, dtype, cls, config in families():
+        generator = torch.Generator().manual_seed(sum(map(ord, name)))
+        model = cls(config).eval()
+        randomize(model, generator)
+        # round the weights to the stored type so that the reference sees what is saved
+        model = model.to(dtype).to(torch.float32)
+        with torch.no_grad():
+            result = model(input_ids=torch.tensor([ids]))
+        kind = "hidden" if name == "switch" else "logits"
+        output = result.last_hidden_state if kind == "hidden" else result.logits
+        path = out / name
+        model.to(dtype).save_pretrained(path)
+        reference = {"ids": ids, "kind": kind, "output": output[0].tolist()}
+        (path / "reference.json").write_text(json.dumps(reference))
+        print(f"{path}: {config.model_type}, {dtype}, output {tuple(output.shape)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,426 @@
+//! Hugging Face checkpoints: `config.json` and `*.safetensors`, memory-mapped. Opening one
+//! checks every tensor the architecture needs — present, of the config's shape, F32/F16/BF16 —
+//! and that no tensor is left over, naming the first that is wrong, before any party starts.
+//! Weights are converted (and transposed to the engine's x·W orientation) one layer at a time.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::SafeTensors;
+use safetensors::tensor::Dtype as StDtype;
+
+use super::config::{Family, Ffn, ModelConfig, Positions};
+use super::weights::{FfnWeights, LayerWeights, Mlp, ModelWeights, WeightSource, transpose};
+use super::{ModelError, ModelResult};
+use crate::ring::Dtype;
+
+/// Where one tensor lies.
+#[derive(Debug, Clone)]
+struct Entry {
+    file: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: (usize, usize),
+}
+
+/// An opened, checked checkpoint (the server's weights).
+pub struct Checkpoint {
+    config: ModelConfig,
+    files: Vec<Mmap>,
+    tensors: BTreeMap<String, Entry>,
+}
+
+impl std::fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Checkpoint({}, {} tensors)", self.config, self.tensors.len())
+    }
+}
+
+/// A tensor's role in the engine: its name in the checkpoint and its PyTorch shape.
+struct Spec {
+    name: String,
+    shape: Vec<usize>,
+}
+
+fn spec(name: String, shape: &[usize]) -> Spec {
+    Spec { name, shape: shape.to_vec() }
+}
+
+/// The checkpoint names of one family.
+struct Names<'a>(&'a ModelConfig);
+
+impl Names<'_> {
+    fn embedding(&self) -> Spec {
+        let c = self.0;
+        let name = match c.family {
+            Family::SwitchEncoder => "shared.weight",
+            _ => "model.embed_tokens.weight",
+        };
+        spec(name.into(), &[c.vocab, c.d_model])
+    }
+
+    /// Names that may also be present and are not read (tied copies).
+    fn aliases(&self) -> Vec<String> {
+        let c = self.0;
+        let mut out = Vec::new();
+        if c.family == Family::SwitchEncoder {
+            out.push("encoder.embed_tokens.weight".to_string());
+        }
+        if c.tie_embeddings {
+            out.push("lm_head.weight".to_string());
+        }
+        out
+    }
+
+    fn final_norm(&self) -> Spec {
+        let name = match self.0.family {
+            Family::SwitchEncoder => "encoder.final_layer_norm.weight",
+            _ => "model.norm.weight",
+        };
+        spec(name.into(), &[self.0.d_model])
+    }
+
+    fn lm_head(&self) -> Option<Spec> {
+        let c = self.0;
+        (c.lm_head && !c.tie_embeddings).then(|| spec("lm_head.weight".into(), &[c.vocab, c.d_model]))
+    }
+
+    fn position_bias(&self) -> Option<Spec> {
+        match self.0.positions {
+            Positions::RelativeBias { buckets, .. } => Some(spec(
+                "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight".into(),
+                &[buckets, self.0.heads],
+            )),
+            Positions::Rope { .. } => None,
+        }
+    }
+
+    /// The block's tensors in a fixed order: attn norm, q, k, v, [q/k/v bias], [q/k norm], o,
+    /// ffn norm, then the feed-forward block's (router, experts' (w1, [w3], w2), shared …).
+    fn layer(&self, i: usize) -> Vec<Spec> {
+        let c = self.0;
+        let (d, q, kv) = (c.d_model, c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        let switch = c.family == Family::SwitchEncoder;
+        let (p, attn, proj) = if switch {
+            (format!("encoder.block.{i}.layer."), "0.SelfAttention.", ["q", "k", "v", "o"])
+        } else {
+            (format!("model.layers.{i}."), "self_attn.", ["q_proj", "k_proj", "v_proj", "o_proj"])
+        };
+        let (attn_norm, ffn_norm) =
+            if switch { ("0.layer_norm", "1.layer_norm") } else { ("input_layernorm", "post_attention_layernorm") };
+        let mut out = vec![
+            spec(format!("{p}{attn_norm}.weight"), &[d]),
+            spec(format!("{p}{attn}{}.weight", proj[0]), &[q, d]),
+            spec(format!("{p}{attn}{}.weight", proj[1]), &[kv, d]),
+            spec(format!("{p}{attn}{}.weight", proj[2]), &[kv, d]),
+        ];
+        if c.qkv_bias {
+            for (n, w) in [(proj[0], q), (proj[1], kv), (proj[2], kv)] {
+                out.push(spec(format!("{p}{attn}{n}.bias"), &[w]));
+            }
+        }
+        if c.qk_norm {
+            out.push(spec(format!("{p}{attn}q_norm.weight"), &[q]));
+            out.push(spec(format!("{p}{attn}k_norm.weight"), &[kv]));
+        }
+        out.push(spec(format!("{p}{attn}{}.weight", proj[3]), &[d, q]));
+        out.push(spec(format!("{p}{ffn_norm}.weight"), &[d]));
+        let mlp = |prefix: &str, d_ff: usize, gated: bool| -> Vec<Spec> {
+            let names: &[&str] = match (c.family, gated) {
+                (Family::SwitchEncoder, _) => &["wi", "wo"],
+                (Family::Mixtral, _) => &["w1", "w3", "w2"],
+                _ => &["gate_proj", "up_proj", "down_proj"],
+            };
+            let last = names.len() - 1;
+            names
+                .iter()
+                .enumerate()
+                .map(|(j, n)| {
+                    let shape = if j == last { [d, d_ff] } else { [d_ff, d] };
+                    spec(format!("{prefix}{n}.weight"), &shape)
+                })
+                .collect()
+        };
+        match (&c.ffn[i], c.family) {
+            (Ffn::Dense { d_ff, kind }, Family::SwitchEncoder) => out.extend(mlp(&format!("{p}1.mlp."), *d_ff, kind.gated())),
+            (Ffn::Dense { d_ff, kind }, _) => out.extend(mlp(&format!("{p}mlp."), *d_ff, kind.gated())),
+            (Ffn::Moe(m), family) => {
+                let (router, expert) = match family {
+                    Family::SwitchEncoder => (format!("{p}1.mlp.router.classifier.weight"), format!("{p}1.mlp.experts.expert_")),
+                    Family::Mixtral => {
+                        (format!("{p}block_sparse_moe.gate.weight"), format!("{p}block_sparse_moe.experts."))
+                    }
+                    _ => (format!("{p}mlp.gate.weight"), format!("{p}mlp.experts.")),
+                };
+                out.push(spec(router, &[m.experts, d]));
+                for e in 0..m.experts {
+                    out.extend(mlp(&format!("{expert}{e}."), m.d_ff, m.expert.gated()));
+                }
+                if let Some(s) = m.shared {
+                    out.extend(mlp(&format!("{p}mlp.shared_expert."), s.d_ff, m.expert.gated()));
+                    if s.sigmoid_gate {
+                        out.push(spec(format!("{p}mlp.shared_expert_gate.weight"), &[1, d]));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn all(&self) -> Vec<Spec> {
+        let mut out = vec![self.embedding(), self.final_norm()];
+        out.extend(self.lm_head());
+        out.extend(self.position_bias());
+        for i in 0..self.0.layers() {
+            out.extend(self.layer(i));
+        }
+        out
+    }
+}
+
+fn dtype_of(name: &str, d: StDtype) -> ModelResult<Dtype> {
+    match d {
+        StDtype::F32 => Ok(Dtype::F32),
+        StDtype::F16 => Ok(Dtype::F16),
+        StDtype::BF16 => Ok(Dtype::BF16),
+        other => Err(ModelError::Weights(format!("tensor `{name}` is {other:?} (F32, F16 and BF16 are supported)"))),
+    }
+}
+
+fn safetensors_files(dir: &Path) -> ModelResult<Vec<PathBuf>> {
+    let io = |e| ModelError::Io(dir.display().to_string(), e);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(ModelError::Weights(format!("no *.safetensors file in {}", dir.display())));
+    }
+    Ok(files)
+}
+
+impl Checkpoint {
+    /// Opens and checks the checkpoint in `dir` (see the module notes).
+    pub fn open(dir: &Path) -> ModelResult<Checkpoint> {
+        let config = ModelConfig::from_dir(dir)?;
+        let mut files = Vec::new();
+        let mut tensors = BTreeMap::new();
+        for path in safetensors_files(dir)? {
+            let shown = path.display().to_string();
+            let file = std::fs::File::open(&path).map_err(|e| ModelError::Io(shown.clone(), e))?;
+            // SAFETY: the map is read-only; the checkpoint must not be modified while the server
+            // runs (as for every memory-mapped model loader).
+            let map = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::Io(shown.clone(), e))?;
+            let (header, meta) =
+                SafeTensors::read_metadata(&map).map_err(|e| ModelError::Weights(format!("{shown}: {e}")))?;
+            for (name, info) in meta.tensors() {
+                let start = 8 + header;
+                let entry = Entry {
+                    file: files.len(),
+                    dtype: dtype_of(&name, info.dtype)?,
+                    shape: info.shape.clone(),
+                    bytes: (start + info.data_offsets.0, start + info.data_offsets.1),
+                };
+                if tensors.insert(name.clone(), entry).is_some() {
+                    return Err(ModelError::Weights(format!("tensor `{name}` appears in two files")));
+                }
+            }
+            files.push(map);
+        }
+        let ckpt = Checkpoint { config, files, tensors };
+        ckpt.check()?;
+        Ok(ckpt)
+    }
+
+    /// The model's public architecture.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn check(&self) -> ModelResult<()> {
+        let names = Names(&self.config);
+        let wanted = names.all();
+        for s in &wanted {
+            let e = self.tensors.get(&s.name).ok_or_else(|| {
+                ModelError::Weights(format!("tensor `{}` is missing (the config asks for it)", s.name))
+            })?;
+            if e.shape != s.shape {
+                return Err(ModelError::Weights(format!(
+                    "tensor `{}` has shape {:?}, the config implies {:?}",
+                    s.name, e.shape, s.shape
+                )));
+            }
+        }
+        let aliases = names.aliases();
+        if let Some(extra) =
+            self.tensors.keys().find(|k| !wanted.iter().any(|s| &s.name == *k) && !aliases.contains(k))
+        {
+            return Err(ModelError::Weights(format!(
+                "tensor `{extra}` is not part of the {} architecture the config describes",
+                self.config.family.model_type()
+            )));
+        }
+        Ok(())
+    }
+
+    fn values(&self, s: &Spec) -> ModelResult<Vec<f32>> {
+        let e = self.tensors.get(&s.name).ok_or_else(|| ModelError::Weights(format!("tensor `{}` is missing", s.name)))?;
+        Ok(e.dtype.decode(&s.name, &self.files[e.file][e.bytes.0..e.bytes.1])?)
+    }
+
+    /// A `Linear.weight` (out×in) as the engine's in×out.
+    fn matrix(&self, s: &Spec) -> ModelResult<Vec<f32>> {
+        Ok(transpose(s.shape[0], s.shape[1], &self.values(s)?))
+    }
+}
+
+impl WeightSource for Checkpoint {
+    fn embedding(&self) -> ModelResult<Vec<f32>> {
+        self.values(&Names(&self.config).embedding())
+    }
+
+    fn layer(&self, i: usize) -> ModelResult<LayerWeights> {
+        let c = &self.config;
+        if i >= c.layers() {
+            return Err(ModelError::Weights(format!("no layer {i}")));
+        }
+        let specs = Names(c).layer(i);
+        let mut r = Reader { ckpt: self, specs: specs.iter(), layer: i };
+        let attn_norm = r.values()?;
+        let (wq, wk, wv) = (r.matrix()?, r.matrix()?, r.matrix()?);
+        let qkv_bias = if c.qkv_bias { Some([r.values()?, r.values()?, r.values()?]) } else { None };
+        let qk_norm = if c.qk_norm { Some([r.values()?, r.values()?]) } else { None };
+        let wo = r.matrix()?;
+        let ffn_norm = r.values()?;
+        let ffn = match c.ffn[i] {
+            Ffn::Dense { kind, .. } => FfnWeights::Dense(r.mlp(kind.gated())?),
+            Ffn::Moe(m) => {
+                let router = r.matrix()?;
+                let experts = (0..m.experts).map(|_| r.mlp(m.expert.gated())).collect::<ModelResult<Vec<_>>>()?;
+                let shared = match m.shared {
+                    None => None,
+                    Some(s) => {
+                        let expert = r.mlp(m.expert.gated())?;
+                        Some((expert, if s.sigmoid_gate { Some(r.matrix()?) } else { None }))
+                    }
+                };
+                FfnWeights::Moe { router, experts, shared }
+            }
+        };
+        Ok(LayerWeights { attn_norm, wq, wk, wv, qkv_bias, qk_norm, wo, ffn_norm, ffn })
+    }
+
+    fn position_bias(&self) -> ModelResult<Option<Vec<f32>>> {
+        Names(&self.config).position_bias().map(|s| self.values(&s)).transpose()
+    }
+
+    fn final_norm(&self) -> ModelResult<Vec<f32>> {
+        self.values(&Names(&self.config).final_norm())
+    }
+
+    fn lm_head(&self) -> ModelResult<Option<Vec<f32>>> {
+        let c = &self.config;
+        if !c.lm_head {
+            return Ok(None);
+        }
+        match Names(c).lm_head() {
+            Some(s) => self.matrix(&s).map(Some),
+            None => Ok(Some(transpose(c.vocab, c.d_model, &self.embedding()?))),
+        }
+    }
+}
+
+/// Reads a layer's tensors in the order of [`Names::layer`].
+struct Reader<'a> {
+    ckpt: &'a Checkpoint,
+    specs: std::slice::Iter<'a, Spec>,
+    layer: usize,
+}
+
+impl Reader<'_> {
+    fn next(&mut self) -> ModelResult<&Spec> {
+        let layer = self.layer;
+        self.specs.next().ok_or_else(|| ModelError::Weights(format!("layer {layer}: tensor list ended early")))
+    }
+
+    fn values(&mut self) -> ModelResult<Vec<f32>> {
+        let ckpt = self.ckpt;
+        ckpt.values(self.next()?)
+    }
+
+    fn matrix(&mut self) -> ModelResult<Vec<f32>> {
+        let ckpt = self.ckpt;
+        ckpt.matrix(self.next()?)
+    }
+
+    fn mlp(&mut self, gated: bool) -> ModelResult<Mlp> {
+        Ok(Mlp { w1: self.matrix()?, w3: if gated { Some(self.matrix()?) } else { None }, w2: self.matrix()? })
+    }
+}
+
+/// A layer's values in the order of [`Names::layer`], each flagged when it is a `Linear`
+/// weight (stored transposed).
+fn layer_values(l: &LayerWeights) -> Vec<(&[f32], bool)> {
+    let mut out: Vec<(&[f32], bool)> = vec![(&l.attn_norm, false), (&l.wq, true), (&l.wk, true), (&l.wv, true)];
+    if let Some(b) = &l.qkv_bias {
+        out.extend(b.iter().map(|b| (b.as_slice(), false)));
+    }
+    if let Some(g) = &l.qk_norm {
+        out.extend(g.iter().map(|g| (g.as_slice(), false)));
+    }
+    out.extend([(l.wo.as_slice(), true), (l.ffn_norm.as_slice(), false)]);
+    match &l.ffn {
+        FfnWeights::Dense(m) => out.extend(mlp_values(m)),
+        FfnWeights::Moe { router, experts, shared } => {
+            out.push((router, true));
+            out.extend(experts.iter().flat_map(mlp_values));
+            if let Some((m, gate)) = shared {
+                out.extend(mlp_values(m));
+                out.extend(gate.as_deref().map(|g| (g, true)));
+            }
+        }
+    }
+    out
+}
+
+/// An expert's matrices in the order of [`Names::layer`].
+fn mlp_values(m: &Mlp) -> Vec<(&[f32], bool)> {
+    std::iter::once(m.w1.as_slice()).chain(m.w3.as_deref()).chain([m.w2.as_slice()]).map(|w| (w, true)).collect()
+}
+
+/// The tensors of a model in memory as a Hugging Face checkpoint of its family would hold
+/// them: (name, PyTorch shape, values), `Linear` weights transposed back to out×in. With
+/// `safetensors::serialize_to_file` and a `config.json` this writes a checkpoint.
+pub fn hf_tensors(cfg: &ModelConfig, w: &ModelWeights) -> ModelResult<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    let names = Names(cfg);
+    let mut values: Vec<(Vec<f32>, bool)> = vec![(w.embedding.clone(), false), (w.final_norm.clone(), false)];
+    if names.lm_head().is_some() {
+        let head = w.lm_head.clone().ok_or_else(|| ModelError::Weights("the model has no LM head".into()))?;
+        values.push((head, true));
+    }
+    if names.position_bias().is_some() {
+        let bias = w.position_bias.clone().ok_or_else(|| ModelError::Weights("no position bias table".into()))?;
+        values.push((bias, false));
+    }
+    for l in &w.layers {
+        values.extend(layer_values(l).into_iter().map(|(v, m)| (v.to_vec(), m)));
+    }
+    let specs = names.all();
+    if specs.len() != values.len() {
+        return Err(ModelError::Weights(format!("{} tensors for the {} the config implies", values.len(), specs.len())));
+    }
+    specs
+        .into_iter()
+        .zip(values)
+        .map(|(s, (v, matrix))| {
+            if v.len() != s.shape.iter().product::<usize>() {
+                return Err(ModelError::Weights(format!("`{}` has {} values, not {:?}", s.name, v.len(), s.shape)));
+            }
+            let v = if matrix { transpose(s.shape[1], s.shape[0], &v) } else { v };
+            Ok((s.name, s.shape, v))
+        })
+        .collect()
+}

@@ -1,0 +1,442 @@
+//! A model's public architecture, read from a Hugging Face `config.json`: what both parties
+//! know (the client needs nothing else to take part).
+
+use std::fmt;
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::{ModelError, ModelResult};
+use crate::moe::{ExpertKind, MoeConfig, Routing, SharedExpert};
+
+/// The checkpoint families the loader maps (tensor names and router conventions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// `mixtral`: Mixtral's `block_sparse_moe` (top-k softmax over the chosen logits).
+    Mixtral,
+    /// `qwen2_moe`: q/k/v biases, a sigmoid-gated shared expert, dense layers by
+    /// `decoder_sparse_step` and `mlp_only_layers`.
+    Qwen2Moe,
+    /// `olmoe`: RMSNorm on the full q and k.
+    Olmoe,
+    /// `switch_transformers`, the encoder: T5 relative position bias, no score scaling, ReLU
+    /// experts, top-1 Switch routing on every `encoder_sparse_step`-th layer.
+    SwitchEncoder,
+}
+
+impl Family {
+    /// The `model_type` of `config.json`.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Family::Mixtral => "mixtral",
+            Family::Qwen2Moe => "qwen2_moe",
+            Family::Olmoe => "olmoe",
+            Family::SwitchEncoder => "switch_transformers",
+        }
+    }
+}
+
+/// How attention learns positions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Positions {
+    /// Rotary embeddings (the `rotate_half` convention) with base θ.
+    Rope {
+        /// The base θ.
+        theta: f64,
+    },
+    /// T5's bucketed relative position bias, bidirectional (the server's table, added to the
+    /// scores of every layer).
+    RelativeBias {
+        /// Buckets of the table.
+        buckets: usize,
+        /// Distance from which all positions share the last bucket.
+        max_distance: usize,
+    },
+}
+
+/// One layer's feed-forward block.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Ffn {
+    /// A dense expert every token goes through.
+    Dense {
+        /// Hidden width.
+        d_ff: usize,
+        /// What it computes.
+        kind: ExpertKind,
+    },
+    /// A Mixture-of-Experts layer.
+    Moe(MoeConfig),
+}
+
+/// A Transformer's public architecture (pre-norm blocks with RMSNorm, as all supported
+/// families use).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    /// The checkpoint family.
+    pub family: Family,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// d, the model width.
+    pub d_model: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than `heads`).
+    pub kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Causal (decoder) or bidirectional (encoder) attention.
+    pub causal: bool,
+    /// ε of the RMSNorms.
+    pub norm_eps: f64,
+    /// Position encoding.
+    pub positions: Positions,
+    /// Scale of the attention scores: 1/√head_dim, or 1 for T5.
+    pub score_scale: f64,
+    /// Biases on q, k and v (Qwen2-MoE).
+    pub qkv_bias: bool,
+    /// RMSNorm on the full q and k before the rotary embedding (OLMoE).
+    pub qk_norm: bool,
+    /// The feed-forward block of each layer.
+    pub ffn: Vec<Ffn>,
+    /// The LM head is the embedding table (transposed).
+    pub tie_embeddings: bool,
+    /// Logits over the vocabulary (a causal LM), or the final hidden states (an encoder).
+    pub lm_head: bool,
+    /// Tokens per expert beyond which the family drops tokens (Switch's `expert_capacity`).
+    pub expert_capacity: Option<usize>,
+}
+
+impl ModelConfig {
+    /// Layers.
+    pub fn layers(&self) -> usize {
+        self.ffn.len()
+    }
+
+    /// Width of the model's output per position: the vocabulary, or d for an encoder.
+    pub fn output_width(&self) -> usize {
+        if self.lm_head { self.vocab } else { self.d_model }
+    }
+
+    /// Reads `dir/config.json`.
+    pub fn from_dir(dir: &Path) -> ModelResult<ModelConfig> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::Io(path.display().to_string(), e))?;
+        Self::from_json(&text)
+    }
+
+    /// Parses a Hugging Face `config.json`. An unsupported `model_type` or option is an error
+    /// naming it.
+    pub fn from_json(text: &str) -> ModelResult<ModelConfig> {
+        let v: Value = serde_json::from_str(text).map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
+        let c = Json(&v);
+        let model_type = c.str("model_type")?;
+        let cfg = match model_type.as_str() {
+            "mixtral" | "qwen2_moe" | "olmoe" => decoder(&c, &model_type)?,
+            "switch_transformers" => switch(&c)?,
+            other => {
+                return Err(ModelError::Config(format!(
+                    "model_type `{other}` is not supported (mixtral, qwen2_moe, olmoe, switch_transformers)"
+                )));
+            }
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks the sizes against each other and against what the protocols support.
+    pub fn validate(&self) -> ModelResult<()> {
+        let bad = |what: String| Err(ModelError::Config(what));
+        if self.vocab == 0 || self.d_model == 0 || self.heads == 0 || self.head_dim == 0 || self.ffn.is_empty() {
+            return bad(format!("zero size in {self}"));
+        }
+        if self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
+            return bad(format!("{} query heads over {} key/value heads", self.heads, self.kv_heads));
+        }
+        if matches!(self.positions, Positions::Rope { .. }) && !self.head_dim.is_multiple_of(2) {
+            return bad(format!("rotary embeddings need an even head width, not {}", self.head_dim));
+        }
+        let norm_max = crate::proto::layernorm::MAX_WIDTH;
+        if self.d_model > norm_max || (self.qk_norm && self.heads * self.head_dim > norm_max) {
+            return bad(format!("width {} beyond the norms' {norm_max}", self.d_model.max(self.heads * self.head_dim)));
+        }
+        for (i, f) in self.ffn.iter().enumerate() {
+            if let Ffn::Moe(m) = f {
+                m.validate().map_err(|e| ModelError::Config(format!("layer {i}: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The canonical text both parties compare before a run.
+    pub fn canonical(&self) -> String {
+        format!("{self:?}")
+    }
+}
+
+impl fmt::Display for ModelConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let moe = self.ffn.iter().filter(|f| matches!(f, Ffn::Moe(_))).count();
+        write!(
+            f,
+            "{} ({} layers, {} MoE; d = {}, {}/{} heads of {}, vocab {})",
+            self.family.model_type(),
+            self.layers(),
+            moe,
+            self.d_model,
+            self.heads,
+            self.kv_heads,
+            self.head_dim,
+            self.vocab
+        )
+    }
+}
+
+/// Typed access to the fields of a `config.json`, each error naming the field.
+struct Json<'a>(&'a Value);
+
+impl Json<'_> {
+    fn field(&self, key: &str) -> Option<&Value> {
+        self.0.get(key).filter(|v| !v.is_null())
+    }
+
+    fn usize(&self, key: &str) -> ModelResult<usize> {
+        self.field(key)
+            .and_then(Value::as_u64)
+            .map(|v| v as usize)
+            .ok_or_else(|| ModelError::Config(format!("config.json: `{key}` missing or not a count")))
+    }
+
+    fn usize_or(&self, key: &str, default: usize) -> ModelResult<usize> {
+        if self.field(key).is_some() { self.usize(key) } else { Ok(default) }
+    }
+
+    fn f64_or(&self, key: &str, default: f64) -> ModelResult<f64> {
+        match self.field(key) {
+            None => Ok(default),
+            Some(v) => v.as_f64().ok_or_else(|| ModelError::Config(format!("config.json: `{key}` is not a number"))),
+        }
+    }
+
+    fn bool_or(&self, key: &str, default: bool) -> ModelResult<bool> {
+        match self.field(key) {
+            None => Ok(default),
+            Some(v) => v.as_bool().ok_or_else(|| ModelError::Config(format!("config.json: `{key}` is not a boolean"))),
+        }
+    }
+
+    fn str(&self, key: &str) -> ModelResult<String> {
+        self.field(key)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| ModelError::Config(format!("config.json: `{key}` missing or not a string")))
+    }
+
+    /// Refuses an option this engine does not implement, naming it.
+    fn refuse_unless(&self, key: &str, ok: impl Fn(&Value) -> bool) -> ModelResult<()> {
+        match self.field(key) {
+            Some(v) if !ok(v) => Err(ModelError::Config(format!("config.json: `{key}` = {v} is not supported"))),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn activation(c: &Json, key: &str, default: &str) -> ModelResult<()> {
+    let act = if c.field(key).is_some() { c.str(key)? } else { default.to_string() };
+    if act == default {
+        Ok(())
+    } else {
+        Err(ModelError::Config(format!("config.json: `{key}` = \"{act}\" is not supported (\"{default}\")")))
+    }
+}
+
+fn rope_theta(c: &Json) -> ModelResult<f64> {
+    if let Some(p) = c.field("rope_parameters") {
+        let p = Json(p);
+        p.refuse_unless("rope_type", |v| v == "default")?;
+        p.refuse_unless("partial_rotary_factor", |v| v.as_f64() == Some(1.0))?;
+        return p.f64_or("rope_theta", 10000.0);
+    }
+    c.refuse_unless("rope_scaling", |_| false)?;
+    c.f64_or("rope_theta", 10000.0)
+}
+
+/// Mixtral, Qwen2-MoE and OLMoE: causal decoders with RoPE, RMSNorm and SwiGLU experts.
+fn decoder(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
+    let d = c.usize("hidden_size")?;
+    let heads = c.usize("num_attention_heads")?;
+    let layers = c.usize("num_hidden_layers")?;
+    activation(c, "hidden_act", "silu")?;
+    let head_dim = c.usize_or("head_dim", d / heads.max(1))?;
+    let mut family = Family::Mixtral;
+    let (mut qkv_bias, mut qk_norm) = (false, false);
+    let ffn: Vec<Ffn> = match model_type {
+        "mixtral" => {
+            let moe = MoeConfig {
+                experts: c.usize("num_local_experts")?,
+                top_k: c.usize("num_experts_per_tok")?,
+                d_model: d,
+                d_ff: c.usize("intermediate_size")?,
+                routing: Routing::TopKSoftmax,
+                expert: ExpertKind::SwiGlu,
+                shared: None,
+            };
+            vec![Ffn::Moe(moe); layers]
+        }
+        "qwen2_moe" => {
+            family = Family::Qwen2Moe;
+            qkv_bias = c.bool_or("qkv_bias", true)?;
+            c.refuse_unless("use_sliding_window", |v| v == false)?;
+            let shared = c.usize_or("shared_expert_intermediate_size", 0)?;
+            let moe = MoeConfig {
+                experts: c.usize("num_experts")?,
+                top_k: c.usize("num_experts_per_tok")?,
+                d_model: d,
+                d_ff: c.usize("moe_intermediate_size")?,
+                routing: Routing::SoftmaxTopK { normalize: c.bool_or("norm_topk_prob", false)? },
+                expert: ExpertKind::SwiGlu,
+                shared: (shared > 0).then_some(SharedExpert { d_ff: shared, sigmoid_gate: true }),
+            };
+            let step = c.usize_or("decoder_sparse_step", 1)?;
+            let dense_only: Vec<usize> = match c.field("mlp_only_layers") {
+                None => Vec::new(),
+                Some(v) => v
+                    .as_array()
+                    .and_then(|a| a.iter().map(|x| x.as_u64().map(|x| x as usize)).collect())
+                    .ok_or_else(|| ModelError::Config("config.json: `mlp_only_layers` is not a list of layers".into()))?,
+            };
+            let dense = Ffn::Dense { d_ff: c.usize("intermediate_size")?, kind: ExpertKind::SwiGlu };
+            (0..layers)
+                .map(|i| {
+                    let sparse = !dense_only.contains(&i) && moe.experts > 0 && step > 0 && (i + 1) % step == 0;
+                    if sparse { Ffn::Moe(moe) } else { dense }
+                })
+                .collect()
+        }
+        _ => {
+            family = Family::Olmoe;
+            qk_norm = true;
+            c.refuse_unless("clip_qkv", |_| false)?;
+            c.refuse_unless("attention_bias", |v| v == false)?;
+            let moe = MoeConfig {
+                experts: c.usize("num_experts")?,
+                top_k: c.usize("num_experts_per_tok")?,
+                d_model: d,
+                d_ff: c.usize("intermediate_size")?,
+                routing: Routing::SoftmaxTopK { normalize: c.bool_or("norm_topk_prob", false)? },
+                expert: ExpertKind::SwiGlu,
+                shared: None,
+            };
+            vec![Ffn::Moe(moe); layers]
+        }
+    };
+    Ok(ModelConfig {
+        family,
+        vocab: c.usize("vocab_size")?,
+        d_model: d,
+        heads,
+        kv_heads: c.usize_or("num_key_value_heads", heads)?,
+        head_dim,
+        causal: true,
+        norm_eps: c.f64_or("rms_norm_eps", 1e-6)?,
+        positions: Positions::Rope { theta: rope_theta(c)? },
+        score_scale: 1.0 / (head_dim as f64).sqrt(),
+        qkv_bias,
+        qk_norm,
+        ffn,
+        tie_embeddings: c.bool_or("tie_word_embeddings", false)?,
+        lm_head: true,
+        expert_capacity: None,
+    })
+}
+
+/// The Switch Transformers encoder (the SecMoE paper's family).
+fn switch(c: &Json) -> ModelResult<ModelConfig> {
+    let d = c.usize("d_model")?;
+    let heads = c.usize("num_heads")?;
+    let layers = c.usize("num_layers")?;
+    activation(c, "dense_act_fn", "relu")?;
+    c.refuse_unless("is_gated_act", |v| v == false)?;
+    c.refuse_unless("router_bias", |v| v == false)?;
+    let d_ff = c.usize("d_ff")?;
+    let sparse_layers = c.usize_or("num_sparse_encoder_layers", 0)?;
+    let step = if sparse_layers > 0 { layers / sparse_layers } else { layers };
+    let moe = MoeConfig {
+        experts: c.usize("num_experts")?,
+        top_k: 1,
+        d_model: d,
+        d_ff,
+        routing: Routing::Switch,
+        expert: ExpertKind::Relu,
+        shared: None,
+    };
+    let dense = Ffn::Dense { d_ff, kind: ExpertKind::Relu };
+    Ok(ModelConfig {
+        family: Family::SwitchEncoder,
+        vocab: c.usize("vocab_size")?,
+        d_model: d,
+        heads,
+        kv_heads: heads,
+        head_dim: c.usize("d_kv")?,
+        causal: false,
+        norm_eps: c.f64_or("layer_norm_epsilon", 1e-6)?,
+        positions: Positions::RelativeBias {
+            buckets: c.usize_or("relative_attention_num_buckets", 32)?,
+            max_distance: c.usize_or("relative_attention_max_distance", 128)?,
+        },
+        score_scale: 1.0,
+        qkv_bias: false,
+        qk_norm: false,
+        ffn: (0..layers)
+            .map(|i| if step > 0 && (i % step == 1 || step == 1) { Ffn::Moe(moe) } else { dense })
+            .collect(),
+        tie_embeddings: true,
+        lm_head: false,
+        expert_capacity: Some(c.usize_or("expert_capacity", 64)?),
+    })
+}
+
+/// T5's bucket of the relative position `memory − query`, bidirectional.
+pub fn relative_bucket(relative: i64, buckets: usize, max_distance: usize) -> usize {
+    let half = (buckets / 2) as i64;
+    let mut bucket = if relative > 0 { half } else { 0 };
+    let distance = relative.abs();
+    let exact = half / 2;
+    bucket += if distance < exact {
+        distance
+    } else {
+        let scaled = (distance as f32 / exact as f32).ln() / (max_distance as f32 / exact as f32).ln()
+            * (half - exact) as f32;
+        (exact + scaled as i64).min(half - 1)
+    };
+    bucket as usize
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_match_t5() {
+        // values of transformers' _relative_position_bucket(…, bidirectional=True, 32, 128)
+        let cases = [(0, 0), (1, 17), (-1, 1), (7, 23), (-8, 8), (20, 26), (-100, 15), (500, 31)];
+        for (rel, want) in cases {
+            assert_eq!(relative_bucket(rel, 32, 128), want, "relative position {rel}");
+        }
+    }
+
+    #[test]
+    fn unsupported_options_are_named() {
+        let err = ModelConfig::from_json(r#"{"model_type": "llama"}"#).unwrap_err().to_string();
+        assert!(err.contains("llama"), "{err}");
+        let mixtral = r#"{"model_type": "mixtral", "hidden_size": 32, "num_attention_heads": 4,
+            "num_hidden_layers": 1, "vocab_size": 64, "intermediate_size": 48, "num_local_experts": 4,
+            "num_experts_per_tok": 2, "hidden_act": "gelu"}"#;
+        let err = ModelConfig::from_json(mixtral).unwrap_err().to_string();
+        assert!(err.contains("hidden_act"), "{err}");
+        let err = ModelConfig::from_json(&mixtral.replace("gelu", "silu").replace("\"vocab_size\": 64,", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("vocab_size"), "{err}");
+    }
+}

@@ -1,0 +1,68 @@
+//! Whole models: a Hugging Face checkpoint ([`Checkpoint`]: `config.json` + `*.safetensors`,
+//! Mixtral, Qwen2-MoE, OLMoE and the Switch Transformers encoder) or a model in memory
+//! ([`ModelWeights`], the built-in default), its plaintext reference ([`forward`]) and its
+//! private inference between the two parties ([`infer`] on the client, [`serve`] on the
+//! server).
+//!
+//! The client needs the public architecture only ([`ModelConfig`]); the server's weights
+//! (embedding table included) never leave it, and it learns nothing but the prompt's length.
+
+mod builtin;
+mod checkpoint;
+mod config;
+mod reference;
+mod secure;
+mod weights;
+
+pub use builtin::{default_config, default_weights};
+pub use checkpoint::{Checkpoint, hf_tensors};
+pub use config::{Family, Ffn, ModelConfig, Positions, relative_bucket};
+pub use reference::forward;
+pub use secure::{MAX_TOKENS, Output, finish, infer, serve, setup_he};
+pub use weights::{FfnWeights, LayerWeights, Mlp, ModelWeights, WeightSource, transpose};
+
+use thiserror::Error;
+
+use crate::moe::MoeError;
+use crate::proto::ProtoError;
+use crate::ring::RingError;
+
+/// Errors of the model layer.
+#[derive(Debug, Error)]
+pub enum ModelError {
+    /// `config.json` is malformed, or asks for something unsupported.
+    #[error("model config: {0}")]
+    Config(String),
+    /// A tensor is missing, extra, misshapen or of an unsupported type.
+    #[error("model weights: {0}")]
+    Weights(String),
+    /// A file could not be read.
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    /// This party's own input does not fit (token ids, prompt length).
+    #[error("model input: {0}")]
+    Input(String),
+    /// The peer runs a different model or method.
+    #[error("the peer's model differs: ours `{ours}`, theirs `{theirs}`")]
+    Mismatch {
+        /// This party's statement.
+        ours: String,
+        /// The peer's.
+        theirs: String,
+    },
+    /// The peer refused, with its reason.
+    #[error("the peer refused: {0}")]
+    PeerRefused(String),
+    /// A weight does not fit the fixed-point format (named).
+    #[error(transparent)]
+    Ring(#[from] RingError),
+    /// A MoE layer failed.
+    #[error(transparent)]
+    Moe(#[from] MoeError),
+    /// A protocol step failed.
+    #[error(transparent)]
+    Proto(#[from] ProtoError),
+}
+
+/// Result alias of the model layer.
+pub type ModelResult<T> = Result<T, ModelError>;

@@ -1,0 +1,223 @@
+//! The plaintext model in f64 on the checkpoint's f32 weights, written after the `transformers`
+//! modelling code of each family: what private inference is compared with (and what the
+//! `transformers` reference check compares this engine's loader and conventions with).
+
+use super::config::{Ffn, ModelConfig, Positions, relative_bucket};
+use super::weights::{FfnWeights, LayerWeights, Mlp, WeightSource};
+use super::{ModelError, ModelResult};
+use crate::moe::{ExpertKind, MoeConfig, Routing};
+use crate::proto::piecewise::Piecewise;
+
+/// x (n×d) · W (d×m), W in f32.
+fn matmul(x: &[f64], w: &[f32], d: usize, m: usize) -> Vec<f64> {
+    let mut out = vec![0.0; x.len() / d * m];
+    for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(m)) {
+        for (a, &v) in row.iter().enumerate() {
+            for (o, &w) in o.iter_mut().zip(&w[a * m..(a + 1) * m]) {
+                *o += v * w as f64;
+            }
+        }
+    }
+    out
+}
+
+fn rmsnorm(x: &[f64], gamma: &[f32], eps: f64) -> Vec<f64> {
+    let d = gamma.len();
+    x.chunks_exact(d)
+        .flat_map(|row| {
+            let r = 1.0 / (row.iter().map(|v| v * v).sum::<f64>() / d as f64 + eps).sqrt();
+            row.iter().zip(gamma).map(move |(v, &g)| v * r * g as f64)
+        })
+        .collect()
+}
+
+fn softmax(xs: &[f64]) -> Vec<f64> {
+    let m = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = xs.iter().map(|x| (x - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|v| v / s).collect()
+}
+
+/// The rotary embedding's (cos, sin) at `position` for each of a head's `dim` entries.
+pub(crate) fn rope_table(theta: f64, dim: usize, position: usize) -> Vec<(f64, f64)> {
+    (0..dim)
+        .map(|j| {
+            let i = j % (dim / 2);
+            // transformers computes the frequencies in f32
+            let inv = 1.0 / (theta as f32).powf((2 * i) as f32 / dim as f32);
+            let angle = (position as f32 * inv) as f64;
+            (angle.cos(), angle.sin())
+        })
+        .collect()
+}
+
+/// Rotates each head of each row (n rows of heads·dim): x·cos + rotate_half(x)·sin.
+fn rope(x: &mut [f64], heads: usize, dim: usize, theta: f64) {
+    for (p, row) in x.chunks_exact_mut(heads * dim).enumerate() {
+        let table = rope_table(theta, dim, p);
+        for head in row.chunks_exact_mut(dim) {
+            let h = dim / 2;
+            let old = head.to_vec();
+            for j in 0..dim {
+                let other = if j < h { -old[j + h] } else { old[j - h] };
+                head[j] = old[j] * table[j].0 + other * table[j].1;
+            }
+        }
+    }
+}
+
+fn activation(kind: ExpertKind, x: f64) -> f64 {
+    match kind {
+        ExpertKind::Relu => x.max(0.0),
+        ExpertKind::Gelu | ExpertKind::GeGlu => Piecewise::gelu().exact(x),
+        ExpertKind::SwiGlu => Piecewise::silu().exact(x),
+    }
+}
+
+/// One expert on rows of x.
+fn mlp(w: &Mlp, kind: ExpertKind, x: &[f64], d: usize, d_ff: usize) -> Vec<f64> {
+    let a = matmul(x, &w.w1, d, d_ff);
+    let h: Vec<f64> = match &w.w3 {
+        Some(w3) => a.iter().zip(matmul(x, w3, d, d_ff)).map(|(g, u)| activation(kind, *g) * u).collect(),
+        None => a.iter().map(|g| activation(kind, *g)).collect(),
+    };
+    matmul(&h, &w.w2, d_ff, d)
+}
+
+/// The indices of the k largest values, largest first, the lower index first among equals.
+fn top_k(values: &[f64], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..values.len()).collect();
+    idx.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
+/// A MoE block on rows of x; Switch drops a token beyond `capacity` tokens of its expert (in
+/// position order), as `transformers` does.
+fn moe(m: &MoeConfig, w: &FfnWeights, x: &[f64], capacity: Option<usize>) -> ModelResult<Vec<f64>> {
+    let FfnWeights::Moe { router, experts, shared } = w else {
+        return Err(ModelError::Weights("a MoE layer with dense weights".into()));
+    };
+    let d = m.d_model;
+    let logits = matmul(x, router, d, m.experts);
+    let mut y = vec![0.0; x.len()];
+    let mut load = vec![0usize; m.experts];
+    for (t, (row, l)) in x.chunks_exact(d).zip(logits.chunks_exact(m.experts)).enumerate() {
+        let probs = softmax(l);
+        let (chosen, gates): (Vec<usize>, Vec<f64>) = match m.routing {
+            Routing::TopKSoftmax => {
+                let c = top_k(l, m.top_k);
+                let g = softmax(&c.iter().map(|&i| l[i]).collect::<Vec<_>>());
+                (c, g)
+            }
+            Routing::Switch | Routing::SoftmaxTopK { .. } => {
+                let c = top_k(&probs, m.top_k);
+                let mut g: Vec<f64> = c.iter().map(|&i| probs[i]).collect();
+                if m.routing == (Routing::SoftmaxTopK { normalize: true }) {
+                    let s: f64 = g.iter().sum();
+                    g.iter_mut().for_each(|v| *v /= s);
+                }
+                (c, g)
+            }
+        };
+        for (&e, g) in chosen.iter().zip(gates) {
+            load[e] += 1;
+            if capacity.is_some_and(|c| load[e] > c) {
+                continue;
+            }
+            let out = mlp(&experts[e], m.expert, row, d, m.d_ff);
+            y[t * d..(t + 1) * d].iter_mut().zip(out).for_each(|(y, o)| *y += g * o);
+        }
+    }
+    if let (Some((expert, gate)), Some(s)) = (shared, m.shared) {
+        let out = mlp(expert, m.expert, x, d, s.d_ff);
+        let scale: Vec<f64> = match gate {
+            Some(g) => matmul(x, g, d, 1).into_iter().map(|z| 1.0 / (1.0 + (-z).exp())).collect(),
+            None => vec![1.0; x.len() / d],
+        };
+        for ((y, o), s) in y.chunks_exact_mut(d).zip(out.chunks_exact(d)).zip(scale) {
+            y.iter_mut().zip(o).for_each(|(y, o)| *y += s * o);
+        }
+    }
+    Ok(y)
+}
+
+/// Self-attention of one block on the normed rows `a` (n×d).
+fn attention(cfg: &ModelConfig, w: &LayerWeights, a: &[f64], bias: Option<&[f32]>) -> Vec<f64> {
+    let (d, hd, n) = (cfg.d_model, cfg.head_dim, a.len() / cfg.d_model);
+    let (qw, kw) = (cfg.heads * hd, cfg.kv_heads * hd);
+    let project = |m: &[f32], width: usize, b: Option<&Vec<f32>>| -> Vec<f64> {
+        let mut y = matmul(a, m, d, width);
+        if let Some(b) = b {
+            y.chunks_exact_mut(width).for_each(|r| r.iter_mut().zip(b).for_each(|(y, b)| *y += *b as f64));
+        }
+        y
+    };
+    let bias_of = |i: usize| w.qkv_bias.as_ref().map(|b| &b[i]);
+    let (mut q, mut k, v) = (project(&w.wq, qw, bias_of(0)), project(&w.wk, kw, bias_of(1)), project(&w.wv, kw, bias_of(2)));
+    if let Some([gq, gk]) = &w.qk_norm {
+        q = rmsnorm(&q, gq, cfg.norm_eps);
+        k = rmsnorm(&k, gk, cfg.norm_eps);
+    }
+    if let Positions::Rope { theta } = cfg.positions {
+        rope(&mut q, cfg.heads, hd, theta);
+        rope(&mut k, cfg.kv_heads, hd, theta);
+    }
+    let group = cfg.heads / cfg.kv_heads;
+    let mut o = vec![0.0; n * qw];
+    for h in 0..cfg.heads {
+        let g = h / group;
+        for i in 0..n {
+            let keys = if cfg.causal { i + 1 } else { n };
+            let scores: Vec<f64> = (0..keys)
+                .map(|j| {
+                    let dot: f64 = (0..hd).map(|c| q[i * qw + h * hd + c] * k[j * kw + g * hd + c]).sum();
+                    let b = match (bias, cfg.positions) {
+                        (Some(t), Positions::RelativeBias { buckets, max_distance }) => {
+                            t[relative_bucket(j as i64 - i as i64, buckets, max_distance) * cfg.heads + h] as f64
+                        }
+                        _ => 0.0,
+                    };
+                    dot * cfg.score_scale + b
+                })
+                .collect();
+            let p = softmax(&scores);
+            for c in 0..hd {
+                o[i * qw + h * hd + c] = p.iter().enumerate().map(|(j, p)| p * v[j * kw + g * hd + c]).sum();
+            }
+        }
+    }
+    matmul(&o, &w.wo, qw, d)
+}
+
+/// The model's output for token ids: n rows of [`ModelConfig::output_width`] (logits, or the
+/// encoder's final hidden states).
+pub fn forward(cfg: &ModelConfig, weights: &dyn WeightSource, ids: &[u32]) -> ModelResult<Vec<f64>> {
+    let d = cfg.d_model;
+    let table = weights.embedding()?;
+    let mut x = Vec::with_capacity(ids.len() * d);
+    for &id in ids {
+        let row = table.get(id as usize * d..(id as usize + 1) * d);
+        let row = row.ok_or_else(|| ModelError::Input(format!("token id {id} is not below the vocabulary {}", cfg.vocab)))?;
+        x.extend(row.iter().map(|&v| v as f64));
+    }
+    let bias = weights.position_bias()?;
+    for (i, ffn) in cfg.ffn.iter().enumerate() {
+        let w = weights.layer(i)?;
+        let a = rmsnorm(&x, &w.attn_norm, cfg.norm_eps);
+        let o = attention(cfg, &w, &a, bias.as_deref());
+        x.iter_mut().zip(o).for_each(|(x, o)| *x += o);
+        let b = rmsnorm(&x, &w.ffn_norm, cfg.norm_eps);
+        let y = match (ffn, &w.ffn) {
+            (Ffn::Dense { d_ff, kind }, FfnWeights::Dense(m)) => mlp(m, *kind, &b, d, *d_ff),
+            (Ffn::Moe(m), f) => moe(m, f, &b, cfg.expert_capacity)?,
+            (Ffn::Dense { .. }, _) => return Err(ModelError::Weights(format!("layer {i}: MoE weights for a dense block"))),
+        };
+        x.iter_mut().zip(y).for_each(|(x, y)| *x += y);
+    }
+    let x = rmsnorm(&x, &weights.final_norm()?, cfg.norm_eps);
+    Ok(match weights.lm_head()? {
+        Some(head) if cfg.lm_head => matmul(&x, &head, d, cfg.vocab),
+        _ => x,
+    })
+}

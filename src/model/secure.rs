@@ -1,0 +1,414 @@
+//! The model in 2PC: the client's token ids and the server's weights in, the output (logits or
+//! hidden states) to the client alone.
+//!
+//! Per forward, after the statement exchange ([`crate::proto::agree`]):
+//! 1. *Embedding*: the client's one-hot ids (n×V, its share; the server's is 0) times the
+//!    server's table through the HE linear layer — an oblivious lookup: the server sees
+//!    ciphertexts, the client a masked product.
+//! 2. *Blocks*: RMSNorm → q|k|v in one HE product (+ the server's biases on its share) →
+//!    [q/k RMSNorm] → rotary embedding and the score scale as public constants on each share,
+//!    one truncation → per head Q·Kᵀ and P·V as products of two shared matrices
+//!    ([`crate::proto::linear::matmul_shared`]) → softmax with the public causal mask
+//!    ([`crate::proto::softmax::softmax_masked`]), T5's position bias added to the server's
+//!    share → the output map → residual; RMSNorm → dense expert or MoE layer → residual.
+//! 3. *Head*: final RMSNorm, the LM head as an HE product; the server sends its shares of the
+//!    output to the client.
+//!
+//! Everything the server receives is a ciphertext, an OT message or a masked share, in a
+//! sequence fixed by the public config and n; the routing, the token ids and every activation
+//! stay hidden (the MoE layer's argument covers the routing).
+
+use super::config::{Ffn, ModelConfig, Positions, relative_bucket};
+use super::reference::rope_table;
+use super::weights::{FfnWeights, Mlp, WeightSource};
+use super::{ModelError, ModelResult};
+use crate::moe::{ExpertWeights, Method, MoeWeights, SharedWeights, dense_expert, magnitude_bits, moe_layer};
+use crate::proto::agree::{Statement, exchange};
+use crate::proto::arith::truncate;
+use crate::proto::layernorm::{Affine, rmsnorm};
+use crate::he::HeParams;
+use crate::proto::linear::{KeySet, Weights, linear, matmul_shared};
+use crate::proto::softmax::softmax_masked;
+use crate::proto::tiling::MatShape;
+use crate::proto::{ProtoError, Session};
+use crate::ring::{FixedPoint, Share};
+
+/// Longest prompt (the softmax rows of attention).
+pub const MAX_TOKENS: usize = 1024;
+
+/// The client's result of one forward.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    /// n rows of `width` values.
+    pub values: Vec<f64>,
+    /// Values per position ([`ModelConfig::output_width`]).
+    pub width: usize,
+}
+
+impl Output {
+    /// The row of position `p`.
+    pub fn row(&self, p: usize) -> &[f64] {
+        &self.values[p * self.width..(p + 1) * self.width]
+    }
+
+    /// The index of the largest value of each position's row (the first among equals).
+    pub fn argmax(&self) -> Vec<usize> {
+        self.values
+            .chunks_exact(self.width)
+            .map(|r| r.iter().enumerate().fold(0, |b, (i, v)| if *v > r[b] { i } else { b }))
+            .collect()
+    }
+}
+
+/// Sets up the session's HE keys for a model: the parameter set with room for products of two
+/// shared matrices (attention's Q·Kᵀ and P·V flood over the server's 64-bit shares), which also
+/// serves the linear layers. Both parties call it once per session.
+pub async fn setup_he(sess: &mut Session) -> ModelResult<()> {
+    let params = HeParams::n8192().map_err(ProtoError::from)?;
+    Ok(sess.setup_he(params, KeySet::Linear).await?)
+}
+
+fn prefix(cfg: &ModelConfig, method: Method) -> String {
+    format!("model {} method={method}", cfg.canonical())
+}
+
+/// The client: one private forward of `ids`; only it learns the output.
+#[tracing::instrument(level = "info", skip_all, fields(n = ids.len()))]
+pub async fn infer(sess: &mut Session, cfg: &ModelConfig, method: Method, ids: &[u32]) -> ModelResult<Output> {
+    let n = ids.len();
+    let local = (|| {
+        cfg.validate()?;
+        if sess.is_server() {
+            return Err(ModelError::Input("the server serves (model::serve); it has no prompt".into()));
+        }
+        if !(1..=MAX_TOKENS).contains(&n) {
+            return Err(ModelError::Input(format!("{n} tokens (1..={MAX_TOKENS})")));
+        }
+        if let Some(id) = ids.iter().find(|&&id| id as usize >= cfg.vocab) {
+            return Err(ModelError::Input(format!("token id {id} is not below the vocabulary size {}", cfg.vocab)));
+        }
+        method.validate(n)?;
+        Ok(())
+    })();
+    let statement: Statement = local.as_ref().map(|_| format!("{} tokens={n}", prefix(cfg, method))).map_err(|e| e.to_string());
+    let theirs = exchange(sess, &statement).await;
+    local?;
+    let theirs = peer(theirs)?;
+    if theirs != prefix(cfg, method) {
+        return Err(ModelError::Mismatch { ours: prefix(cfg, method), theirs });
+    }
+    let shares = Box::pin(forward(sess, cfg, method, n, Some(ids), None)).await?;
+    let theirs = sess.channel().recv_u64s("the server's output shares", shares.len()).await.map_err(ProtoError::from)?;
+    let format = sess.format();
+    let values = shares.iter().zip(&theirs).map(|(a, b)| format.decode(a.raw().wrapping_add(*b))).collect();
+    Ok(Output { values, width: cfg.output_width() })
+}
+
+/// The client: tells the server it has no more requests.
+pub async fn finish(sess: &mut Session) -> ModelResult<()> {
+    peer(exchange(sess, &Ok("done".into())).await)?;
+    Ok(())
+}
+
+/// The server: serves the client's forwards with its weights until the client is done;
+/// returns how many it served. It learns each prompt's length, nothing else.
+#[tracing::instrument(level = "info", skip_all)]
+pub async fn serve(sess: &mut Session, cfg: &ModelConfig, method: Method, weights: &dyn WeightSource) -> ModelResult<usize> {
+    let mut served = 0;
+    loop {
+        let local = cfg.validate().and_then(|_| {
+            if sess.is_server() { Ok(()) } else { Err(ModelError::Input("the client cannot serve".into())) }
+        });
+        let statement: Statement = local.as_ref().map(|_| prefix(cfg, method)).map_err(|e| e.to_string());
+        let theirs = exchange(sess, &statement).await;
+        local?;
+        let theirs = peer(theirs)?;
+        if theirs == "done" {
+            return Ok(served);
+        }
+        let n = theirs
+            .strip_prefix(&prefix(cfg, method))
+            .and_then(|t| t.strip_prefix(" tokens="))
+            .and_then(|t| t.parse::<usize>().ok())
+            .filter(|n| (1..=MAX_TOKENS).contains(n))
+            .ok_or_else(|| ModelError::Mismatch { ours: prefix(cfg, method), theirs: theirs.clone() })?;
+        let shares = Box::pin(forward(sess, cfg, method, n, None, Some(weights))).await?;
+        let raw: Vec<u64> = shares.iter().map(|s| s.raw()).collect();
+        sess.channel().send_u64s(&raw).await.map_err(ProtoError::from)?;
+        served += 1;
+    }
+}
+
+fn peer(r: Result<String, ProtoError>) -> ModelResult<String> {
+    match r {
+        Err(ProtoError::Refused(reason)) => Err(ModelError::PeerRefused(reason)),
+        other => Ok(other?),
+    }
+}
+
+fn raw(x: &[Share]) -> &[u64] {
+    bytemuck::cast_slice(x)
+}
+
+fn shares(x: Vec<u64>) -> Vec<Share> {
+    x.into_iter().map(Share::from_raw).collect()
+}
+
+/// The server's tensors in the session's fixed point, named for errors.
+struct Encoder {
+    format: FixedPoint,
+    layer: Option<usize>,
+}
+
+impl Encoder {
+    fn name(&self, tensor: &str) -> String {
+        match self.layer {
+            Some(i) => format!("layers.{i}.{tensor}"),
+            None => tensor.to_string(),
+        }
+    }
+
+    fn encode(&self, tensor: &str, values: &[f32]) -> ModelResult<Vec<u64>> {
+        Ok(self.format.encode_named(&self.name(tensor), values, None)?)
+    }
+
+    fn mlp(&self, tensor: &str, m: &Mlp) -> ModelResult<ExpertWeights> {
+        Ok(ExpertWeights {
+            w1: self.encode(&format!("{tensor}.w1"), &m.w1)?,
+            w3: m.w3.as_ref().map(|w| self.encode(&format!("{tensor}.w3"), w)).transpose()?,
+            w2: self.encode(&format!("{tensor}.w2"), &m.w2)?,
+        })
+    }
+}
+
+fn weights(values: &[u64]) -> Weights<'_> {
+    Weights { values, bits: magnitude_bits(values) }
+}
+
+/// One forward on both sides: this party's shares of the output.
+async fn forward(
+    sess: &mut Session,
+    cfg: &ModelConfig,
+    method: Method,
+    n: usize,
+    ids: Option<&[u32]>,
+    source: Option<&dyn WeightSource>,
+) -> ModelResult<Vec<Share>> {
+    let meter = sess.meter().clone();
+    let format = sess.format();
+    let (d, v) = (cfg.d_model, cfg.vocab);
+    let top = Encoder { format, layer: None };
+    let mut h = {
+        let _s = meter.scope("embed");
+        let mut onehot = vec![Share::default(); n * v];
+        for (row, &id) in ids.unwrap_or_default().iter().enumerate() {
+            onehot[row * v + id as usize] = Share::from_raw(1);
+        }
+        let table = source.map(|s| s.embedding().and_then(|t| top.encode("embedding", &t))).transpose()?;
+        raw(&linear(sess, MatShape { n, d: v, m: d }, &onehot, table.as_deref().map(weights)).await?).to_vec()
+    };
+    let bias = source.map(|s| s.position_bias()).transpose()?.flatten();
+    for i in 0..cfg.layers() {
+        let layer = source.map(|s| s.layer(i)).transpose()?;
+        let enc = Encoder { format, layer: Some(i) };
+        let normed = {
+            let _s = meter.scope("norm");
+            let gamma = layer.as_ref().map(|w| enc.encode("attn_norm", &w.attn_norm)).transpose()?;
+            norm(sess, cfg, &h, d, gamma.as_deref()).await?
+        };
+        let o = {
+            let _s = meter.scope("attention");
+            attention(sess, cfg, n, &normed, layer.as_ref(), &enc, bias.as_deref()).await?
+        };
+        h.iter_mut().zip(o).for_each(|(h, o)| *h = h.wrapping_add(o));
+        let normed = {
+            let _s = meter.scope("norm");
+            let gamma = layer.as_ref().map(|w| enc.encode("ffn_norm", &w.ffn_norm)).transpose()?;
+            norm(sess, cfg, &h, d, gamma.as_deref()).await?
+        };
+        let _s = meter.scope("ffn");
+        let x = shares(normed);
+        let y = match (cfg.ffn[i], layer.as_ref().map(|w| &w.ffn)) {
+            (Ffn::Dense { d_ff, kind }, w) => {
+                let w = match w {
+                    Some(FfnWeights::Dense(m)) => Some(enc.mlp("mlp", m)?),
+                    Some(_) => return Err(ModelError::Weights(format!("layer {i}: MoE weights for a dense block"))),
+                    None => None,
+                };
+                dense_expert(sess, kind, d, d_ff, &x, w.as_ref()).await?
+            }
+            (Ffn::Moe(m), w) => {
+                let w = match w {
+                    Some(FfnWeights::Moe { router, experts, shared }) => Some(MoeWeights {
+                        router: enc.encode("router", router)?,
+                        experts: experts
+                            .iter()
+                            .enumerate()
+                            .map(|(e, x)| enc.mlp(&format!("experts.{e}"), x))
+                            .collect::<ModelResult<_>>()?,
+                        shared: shared
+                            .as_ref()
+                            .map(|(x, gate)| -> ModelResult<SharedWeights> {
+                                Ok(SharedWeights {
+                                    expert: enc.mlp("shared_expert", x)?,
+                                    gate: gate.as_ref().map(|g| enc.encode("shared_expert_gate", g)).transpose()?,
+                                })
+                            })
+                            .transpose()?,
+                    }),
+                    Some(_) => return Err(ModelError::Weights(format!("layer {i}: dense weights for a MoE block"))),
+                    None => None,
+                };
+                moe_layer(sess, &m, method, &x, w.as_ref()).await?.y
+            }
+        };
+        h.iter_mut().zip(raw(&y)).for_each(|(h, y)| *h = h.wrapping_add(*y));
+    }
+    let _s = meter.scope("head");
+    let gamma = source.map(|s| s.final_norm().and_then(|g| top.encode("final_norm", &g))).transpose()?;
+    let x = norm(sess, cfg, &h, d, gamma.as_deref()).await?;
+    if !cfg.lm_head {
+        return Ok(shares(x));
+    }
+    let head = source.map(|s| s.lm_head()).transpose()?.flatten();
+    let head = head.map(|w| top.encode("lm_head", &w)).transpose()?;
+    if source.is_some() && head.is_none() {
+        return Err(ModelError::Weights("the model has no LM head".into()));
+    }
+    let logits = linear(sess, MatShape { n, d, m: v }, &shares(x), head.as_deref().map(weights)).await?;
+    Ok(shares(truncate(sess, raw(&logits), format.frac_bits()).await?))
+}
+
+/// RMSNorm over rows of `width` with the server's γ.
+async fn norm(sess: &mut Session, cfg: &ModelConfig, x: &[u64], width: usize, gamma: Option<&[u64]>) -> ModelResult<Vec<u64>> {
+    let zeros = vec![0u64; width];
+    let affine = match gamma {
+        Some(gamma) => Affine::Weights { gamma, beta: &zeros },
+        None => Affine::None,
+    };
+    let eps = sess.format().encode(cfg.norm_eps)?;
+    Ok(rmsnorm(sess, x, width, affine, eps).await?)
+}
+
+/// Rows (positions 0..n) of `heads` heads of `dim` times the public scale, rotated when the
+/// model uses rotary embeddings: products at 2f fractional bits, then one truncation.
+async fn rotate(sess: &mut Session, cfg: &ModelConfig, x: Vec<u64>, heads: usize, scale: f64) -> ModelResult<Vec<u64>> {
+    let format = sess.format();
+    let dim = cfg.head_dim;
+    let out: Vec<u64> = match cfg.positions {
+        Positions::Rope { theta } => {
+            let mut out = vec![0u64; x.len()];
+            for (p, (row, o)) in x.chunks_exact(heads * dim).zip(out.chunks_exact_mut(heads * dim)).enumerate() {
+                let table: Vec<(u64, u64)> = rope_table(theta, dim, p)
+                    .into_iter()
+                    .map(|(c, s)| Ok((format.encode(c * scale)?, format.encode(s * scale)?)))
+                    .collect::<ModelResult<_>>()?;
+                for (head, o) in row.chunks_exact(dim).zip(o.chunks_exact_mut(dim)) {
+                    let half = dim / 2;
+                    for j in 0..dim {
+                        let (c, s) = table[j];
+                        let other = if j < half { head[j + half].wrapping_neg() } else { head[j - half] };
+                        o[j] = head[j].wrapping_mul(c).wrapping_add(other.wrapping_mul(s));
+                    }
+                }
+            }
+            out
+        }
+        Positions::RelativeBias { .. } if scale == 1.0 => return Ok(x),
+        Positions::RelativeBias { .. } => {
+            let c = format.encode(scale)?;
+            x.iter().map(|v| v.wrapping_mul(c)).collect()
+        }
+    };
+    Ok(truncate(sess, &out, format.frac_bits()).await?)
+}
+
+/// Columns [at, at + width) of each row of a matrix with `cols` columns.
+fn columns(x: &[u64], cols: usize, at: usize, width: usize) -> Vec<u64> {
+    x.chunks_exact(cols).flat_map(|r| r[at..at + width].iter().copied()).collect()
+}
+
+/// The transpose of a rows×cols matrix.
+fn transposed(rows: usize, cols: usize, a: &[u64]) -> Vec<u64> {
+    (0..cols).flat_map(|j| (0..rows).map(move |i| a[i * cols + j])).collect()
+}
+
+/// Self-attention of one block on the normed rows (module notes, step 2).
+async fn attention(
+    sess: &mut Session,
+    cfg: &ModelConfig,
+    n: usize,
+    x: &[u64],
+    layer: Option<&super::weights::LayerWeights>,
+    enc: &Encoder,
+    position_bias: Option<&[f32]>,
+) -> ModelResult<Vec<u64>> {
+    let frac = sess.format().frac_bits();
+    let (d, hd) = (cfg.d_model, cfg.head_dim);
+    let (qw, kw) = (cfg.heads * hd, cfg.kv_heads * hd);
+    let width = qw + 2 * kw;
+    let wqkv = match layer {
+        Some(w) => {
+            let mut m = Vec::with_capacity(d * width);
+            for a in 0..d {
+                for (t, cols) in [(&w.wq, qw), (&w.wk, kw), (&w.wv, kw)] {
+                    m.extend_from_slice(&t[a * cols..(a + 1) * cols]);
+                }
+            }
+            Some(enc.encode("qkv", &m)?)
+        }
+        None => None,
+    };
+    let qkv = linear(sess, MatShape { n, d, m: width }, bytemuck::cast_slice(x), wqkv.as_deref().map(weights)).await?;
+    let mut qkv = truncate(sess, raw(&qkv), frac).await?;
+    if let Some(b) = layer.and_then(|w| w.qkv_bias.as_ref()) {
+        let b: Vec<f32> = b.concat();
+        let b = enc.encode("qkv_bias", &b)?;
+        qkv.chunks_exact_mut(width).for_each(|r| r.iter_mut().zip(&b).for_each(|(v, b)| *v = v.wrapping_add(*b)));
+    }
+    let (mut q, mut k, v) = (columns(&qkv, width, 0, qw), columns(&qkv, width, qw, kw), columns(&qkv, width, qw + kw, kw));
+    if cfg.qk_norm {
+        let g = layer.and_then(|w| w.qk_norm.as_ref());
+        let gq = g.map(|g| enc.encode("q_norm", &g[0])).transpose()?;
+        let gk = g.map(|g| enc.encode("k_norm", &g[1])).transpose()?;
+        q = norm(sess, cfg, &q, qw, gq.as_deref()).await?;
+        k = norm(sess, cfg, &k, kw, gk.as_deref()).await?;
+    }
+    let q = rotate(sess, cfg, q, cfg.heads, cfg.score_scale).await?;
+    let k = rotate(sess, cfg, k, cfg.kv_heads, 1.0).await?;
+    let group = cfg.heads / cfg.kv_heads;
+    let mut scores = Vec::with_capacity(cfg.heads * n * n);
+    for h in 0..cfg.heads {
+        let qh = shares(columns(&q, qw, h * hd, hd));
+        let kt = shares(transposed(n, hd, &columns(&k, kw, (h / group) * hd, hd)));
+        scores.extend(raw(&matmul_shared(sess, MatShape { n, d: hd, m: n }, &qh, &kt).await?));
+    }
+    let mut scores = truncate(sess, &scores, frac).await?;
+    if let (Some(table), Positions::RelativeBias { buckets, max_distance }) = (position_bias, cfg.positions) {
+        let bias: Vec<f32> = (0..cfg.heads)
+            .flat_map(|h| {
+                (0..n * n).map(move |ij| {
+                    let (i, j) = (ij / n, ij % n);
+                    table[relative_bucket(j as i64 - i as i64, buckets, max_distance) * cfg.heads + h]
+                })
+            })
+            .collect();
+        let bias = enc.encode("position_bias", &bias)?;
+        scores.iter_mut().zip(bias).for_each(|(s, b)| *s = s.wrapping_add(b));
+    }
+    let keep: Vec<bool> = (0..cfg.heads * n * n).map(|x| !cfg.causal || x % n <= (x / n) % n).collect();
+    let p = softmax_masked(sess, &scores, n, cfg.causal.then_some(keep.as_slice())).await?;
+    let mut o = vec![0u64; n * qw];
+    for h in 0..cfg.heads {
+        let ph = shares(p[h * n * n..(h + 1) * n * n].to_vec());
+        let vh = shares(columns(&v, kw, (h / group) * hd, hd));
+        let oh = matmul_shared(sess, MatShape { n, d: n, m: hd }, &ph, &vh).await?;
+        for (i, row) in raw(&oh).chunks_exact(hd).enumerate() {
+            o[i * qw + h * hd..i * qw + (h + 1) * hd].copy_from_slice(row);
+        }
+    }
+    let o = truncate(sess, &o, frac).await?;
+    let wo = layer.map(|w| enc.encode("o_proj", &w.wo)).transpose()?;
+    let y = linear(sess, MatShape { n, d: qw, m: d }, &shares(o), wo.as_deref().map(weights)).await?;
+    Ok(truncate(sess, raw(&y), frac).await?)
+}

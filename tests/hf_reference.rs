@@ -1,0 +1,117 @@
+//! The reference check against `transformers`: tiny random-weight checkpoints of every family,
+//! written by `scripts/hf_reference.py` with the outputs `transformers` computes, loaded here
+//! and run (1) through the plaintext model, which must agree to float rounding (the loader's
+//! names, orientations and conventions), and (2) through private inference: max |Δ| ≤ 0.05 and
+//! the same argmax wherever the reference's two best logits differ by more than 0.1.
+//!
+//! Needs the checkpoints (PyTorch and transformers from PyPI, in a venv the script makes):
+//!     python3 scripts/hf_reference.py && cargo test --release --test hf_reference -- --ignored
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![recursion_limit = "256"]
+
+mod common;
+
+use std::path::PathBuf;
+
+use secmoe::model::{Checkpoint, finish, forward, infer, serve, setup_he};
+use secmoe::moe::Method;
+
+/// Largest |Δ| of private inference against `transformers` (the target).
+const PRIVATE_BOUND: f64 = 0.05;
+/// Largest |Δ| of the f64 plaintext model against `transformers`' f32.
+const PLAIN_BOUND: f64 = 2e-3;
+/// Positions whose two best reference logits are closer than this may swap their argmax.
+const ARGMAX_MARGIN: f64 = 0.1;
+
+fn root() -> PathBuf {
+    std::env::var_os("SECMOE_HF_REFERENCE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/hf-reference"))
+}
+
+struct Reference {
+    ids: Vec<u32>,
+    logits: bool,
+    output: Vec<Vec<f64>>,
+}
+
+fn load(family: &str) -> (Checkpoint, Reference) {
+    let dir = root().join(family);
+    let ckpt = Checkpoint::open(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e} (run `python3 scripts/hf_reference.py` first)", dir.display()));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let ids = json["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let output = json["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect())
+        .collect();
+    (ckpt, Reference { ids, logits: json["kind"] == "logits", output })
+}
+
+fn max_diff(got: &[f64], want: &[Vec<f64>]) -> f64 {
+    got.iter().zip(want.iter().flatten()).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max)
+}
+
+fn check(family: &str) {
+    let (ckpt, r) = load(family);
+    let cfg = ckpt.config().clone();
+    let plain = forward(&cfg, &ckpt, &r.ids).unwrap();
+    let plain_err = max_diff(&plain, &r.output);
+    assert!(plain_err <= PLAIN_BOUND, "{family}: the plaintext model is off transformers by {plain_err}");
+    let got = common::runtime().block_on(async {
+        let (c, mut sc, s, mut ss) = common::session_pair().await;
+        let (a, b) = tokio::join!(setup_he(&mut sc), setup_he(&mut ss));
+        a.unwrap();
+        b.unwrap();
+        let client = async {
+            let out = infer(&mut sc, &cfg, Method::SelectThenCompute, &r.ids).await.unwrap();
+            finish(&mut sc).await.unwrap();
+            out
+        };
+        let (out, served) = tokio::join!(client, serve(&mut ss, &cfg, Method::SelectThenCompute, &ckpt));
+        assert_eq!(served.unwrap(), 1);
+        drop((c, s));
+        out
+    });
+    let err = max_diff(&got.values, &r.output);
+    eprintln!("{family}: plaintext max |Δ| {plain_err:.1e}, private max |Δ| {err:.1e} against transformers");
+    assert!(err <= PRIVATE_BOUND, "{family}: private inference is off transformers by {err}");
+    if r.logits {
+        for (p, (want, arg)) in r.output.iter().zip(got.argmax()).enumerate() {
+            let mut sorted = want.clone();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            let best = want.iter().enumerate().fold(0, |b, (i, v)| if *v > want[b] { i } else { b });
+            if sorted[0] - sorted[1] > ARGMAX_MARGIN {
+                assert_eq!(arg, best, "{family}: argmax at position {p}");
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs the checkpoints of scripts/hf_reference.py (PyTorch and transformers)"]
+fn mixtral_matches_transformers() {
+    check("mixtral");
+}
+
+#[test]
+#[ignore = "needs the checkpoints of scripts/hf_reference.py (PyTorch and transformers)"]
+fn qwen2_moe_matches_transformers() {
+    check("qwen2_moe");
+}
+
+#[test]
+#[ignore = "needs the checkpoints of scripts/hf_reference.py (PyTorch and transformers)"]
+fn olmoe_matches_transformers() {
+    check("olmoe");
+}
+
+#[test]
+#[ignore = "needs the checkpoints of scripts/hf_reference.py (PyTorch and transformers)"]
+fn switch_encoder_matches_transformers() {
+    check("switch");
+}

@@ -1,0 +1,212 @@
+//! Whole models in 2PC: private inference against the f64 plaintext model for every family
+//! (Mixtral-style default, Qwen2-MoE with dense layers, biases and a gated shared expert,
+//! OLMoE's q/k norms, the Switch encoder's relative position bias and ReLU experts), errors on
+//! both sides before anything moves, checkpoints that do not fit their config refused by name.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![recursion_limit = "256"]
+
+mod common;
+
+use secmoe::model::{
+    Checkpoint, Family, Ffn, ModelConfig, ModelError, ModelResult, ModelWeights, Output, Positions, WeightSource,
+    default_config, default_weights, finish, forward, infer, serve, setup_he,
+};
+use secmoe::moe::{ExpertKind, Method, MoeConfig, Routing, SharedExpert};
+
+/// Largest |Δ| of an output (logits of size ≲ 3) against the f64 model: fixed-point weights
+/// (2^-19 each), the norms' and softmaxes' relative errors (~1e-3) through a few layers.
+const BOUND: f64 = 0.05;
+
+/// Both parties in one process: the client's result and the number of forwards the server
+/// served.
+fn private(
+    ccfg: &ModelConfig,
+    scfg: &ModelConfig,
+    method: Method,
+    ids: &[u32],
+    w: &dyn WeightSource,
+) -> (ModelResult<Output>, ModelResult<usize>) {
+    common::runtime().block_on(async {
+        let (c, mut sc, s, mut ss) = common::session_pair().await;
+        let (a, b) = tokio::join!(setup_he(&mut sc), setup_he(&mut ss));
+        a.unwrap();
+        b.unwrap();
+        let client = async {
+            let out = infer(&mut sc, ccfg, method, ids).await;
+            if out.is_ok() {
+                finish(&mut sc).await.unwrap();
+            }
+            out
+        };
+        let r = tokio::join!(client, serve(&mut ss, scfg, method, w));
+        drop((c, s));
+        r
+    })
+}
+
+fn check(cfg: &ModelConfig, w: &ModelWeights, ids: &[u32]) -> f64 {
+    let want = forward(cfg, w, ids).unwrap();
+    let (got, served) = private(cfg, cfg, Method::SelectThenCompute, ids, w);
+    let got = got.unwrap();
+    assert_eq!(served.unwrap(), 1);
+    assert_eq!(got.values.len(), want.len());
+    let err = got.values.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max);
+    let scale = want.iter().map(|v| v.abs()).fold(0.0, f64::max);
+    eprintln!("{}: max |Δ| {err:.2e} (outputs up to {scale:.2})", cfg.family.model_type());
+    assert!(err <= BOUND, "{}: max |Δ| {err} > {BOUND}", cfg.family.model_type());
+    let want = Output { values: want, width: got.width };
+    assert_eq!(got.argmax(), want.argmax(), "argmax per position");
+    err
+}
+
+fn moe(experts: usize, top_k: usize, d: usize, d_ff: usize, routing: Routing, expert: ExpertKind) -> MoeConfig {
+    MoeConfig { experts, top_k, d_model: d, d_ff, routing, expert, shared: None }
+}
+
+#[test]
+fn the_default_model_matches_its_plaintext() {
+    check(&default_config(), &default_weights(), &[3, 141, 59, 26, 5]);
+}
+
+#[test]
+fn qwen2_moe_with_dense_layers_biases_and_a_gated_shared_expert() {
+    let mut m = moe(4, 2, 32, 24, Routing::SoftmaxTopK { normalize: false }, ExpertKind::SwiGlu);
+    m.shared = Some(SharedExpert { d_ff: 40, sigmoid_gate: true });
+    let cfg = ModelConfig {
+        family: Family::Qwen2Moe,
+        vocab: 64,
+        d_model: 32,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 8,
+        causal: true,
+        norm_eps: 1e-6,
+        positions: Positions::Rope { theta: 10000.0 },
+        score_scale: 1.0 / 8f64.sqrt(),
+        qkv_bias: true,
+        qk_norm: false,
+        ffn: vec![Ffn::Moe(m), Ffn::Dense { d_ff: 48, kind: ExpertKind::SwiGlu }],
+        tie_embeddings: true,
+        lm_head: true,
+        expert_capacity: None,
+    };
+    check(&cfg, &ModelWeights::random(&cfg, 7, 4.0), &[1, 2, 3, 60]);
+}
+
+#[test]
+fn olmoe_with_q_k_norms_and_the_switch_encoder() {
+    let olmoe = ModelConfig {
+        family: Family::Olmoe,
+        vocab: 48,
+        d_model: 32,
+        heads: 4,
+        kv_heads: 4,
+        head_dim: 8,
+        causal: true,
+        norm_eps: 1e-5,
+        positions: Positions::Rope { theta: 10000.0 },
+        score_scale: 1.0 / 8f64.sqrt(),
+        qkv_bias: false,
+        qk_norm: true,
+        ffn: vec![Ffn::Moe(moe(8, 2, 32, 16, Routing::SoftmaxTopK { normalize: true }, ExpertKind::SwiGlu))],
+        tie_embeddings: false,
+        lm_head: true,
+        expert_capacity: None,
+    };
+    check(&olmoe, &ModelWeights::random(&olmoe, 8, 4.0), &[7, 0, 47]);
+    let switch = ModelConfig {
+        family: Family::SwitchEncoder,
+        vocab: 40,
+        d_model: 32,
+        heads: 4,
+        kv_heads: 4,
+        head_dim: 8,
+        causal: false,
+        norm_eps: 1e-6,
+        positions: Positions::RelativeBias { buckets: 32, max_distance: 128 },
+        score_scale: 1.0,
+        qkv_bias: false,
+        qk_norm: false,
+        ffn: vec![
+            Ffn::Dense { d_ff: 48, kind: ExpertKind::Relu },
+            Ffn::Moe(moe(4, 1, 32, 48, Routing::Switch, ExpertKind::Relu)),
+        ],
+        tie_embeddings: true,
+        lm_head: false,
+        expert_capacity: Some(64),
+    };
+    check(&switch, &ModelWeights::random(&switch, 9, 4.0), &[4, 8, 15, 16, 23]);
+}
+
+#[test]
+fn bad_prompts_and_different_models_fail_on_both_sides() {
+    let (cfg, w) = (default_config(), default_weights());
+    // a token id beyond the vocabulary: the client refuses, the server is told why
+    let (c, s) = private(&cfg, &cfg, Method::SelectThenCompute, &[1, 256], &w);
+    assert!(matches!(c, Err(ModelError::Input(ref m)) if m.contains("256")), "{c:?}");
+    assert!(matches!(s, Err(ModelError::PeerRefused(ref m)) if m.contains("token id 256")), "{s:?}");
+    // the server serves another model
+    let mut other = cfg.clone();
+    other.norm_eps = 1e-6;
+    let (c, s) = private(&cfg, &other, Method::SelectThenCompute, &[1, 2], &w);
+    assert!(matches!(c, Err(ModelError::Mismatch { .. })), "{c:?}");
+    assert!(matches!(s, Err(ModelError::Mismatch { .. })), "{s:?}");
+}
+
+/// Writes `w` as a Mixtral checkpoint (config.json + model.safetensors) with `edit` applied to
+/// the tensor list first.
+fn write_mixtral(dir: &std::path::Path, edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<f32>)>)) {
+    let cfg = default_config();
+    let w = default_weights();
+    let mut tensors = secmoe::model::hf_tensors(&cfg, &w).unwrap();
+    edit(&mut tensors);
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        r#"{"model_type": "mixtral", "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": null,
+            "hidden_act": "silu", "rms_norm_eps": 1e-05, "num_local_experts": 8, "num_experts_per_tok": 2,
+            "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"}, "tie_word_embeddings": false,
+            "sliding_window": null}"#,
+    )
+    .unwrap();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, shape, v)| {
+            let bytes: &[u8] = bytemuck::cast_slice(v);
+            (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes).unwrap())
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+}
+
+#[test]
+fn checkpoints_load_and_mismatches_are_named_before_any_party_starts() {
+    let root = std::env::temp_dir().join(format!("secmoe-ckpt-{}", std::process::id()));
+    let good = root.join("good");
+    write_mixtral(&good, |_| {});
+    let ckpt = Checkpoint::open(&good).unwrap();
+    assert_eq!(ckpt.config(), &default_config());
+    let ids = [9, 8, 7];
+    assert_eq!(forward(ckpt.config(), &ckpt, &ids).unwrap(), forward(&default_config(), &default_weights(), &ids).unwrap());
+
+    let refused = |name: &str, edit: &dyn Fn(&mut Vec<(String, Vec<usize>, Vec<f32>)>)| -> String {
+        let dir = root.join(name);
+        write_mixtral(&dir, edit);
+        Checkpoint::open(&dir).unwrap_err().to_string()
+    };
+    let err = refused("missing", &|t| t.retain(|(n, _, _)| n != "model.layers.1.block_sparse_moe.experts.7.w3.weight"));
+    assert!(err.contains("`model.layers.1.block_sparse_moe.experts.7.w3.weight` is missing"), "{err}");
+    let err = refused("extra", &|t| t.push(("model.layers.0.mlp.bias".into(), vec![2], vec![0.0; 2])));
+    assert!(err.contains("`model.layers.0.mlp.bias` is not part of"), "{err}");
+    let err = refused("shape", &|t| {
+        let e = t.iter_mut().find(|(n, _, _)| n == "model.norm.weight").unwrap();
+        *e = (e.0.clone(), vec![32], vec![1.0; 32]);
+    });
+    assert!(err.contains("`model.norm.weight` has shape [32], the config implies [64]"), "{err}");
+    std::fs::write(root.join("good/config.json"), r#"{"model_type": "deepseek_v3"}"#).unwrap();
+    let err = Checkpoint::open(&good).unwrap_err().to_string();
+    assert!(err.contains("deepseek_v3"), "{err}");
+    std::fs::remove_dir_all(&root).ok();
+}
