@@ -11,26 +11,43 @@ const BIN: &str = env!("CARGO_BIN_EXE_secmoe");
 fn help_lists_the_commands() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["demo", "keygen", "serve", "client"] {
+    for cmd in ["demo", "run", "keygen", "serve", "client"] {
         assert!(text.contains(cmd), "--help does not list {cmd}:\n{text}");
     }
 }
 
 #[test]
-fn demo_runs_both_parties_and_checks_the_results() {
-    let out = Command::new(BIN).args(["demo", "--ots", "20000", "--values", "100"]).output().unwrap();
+fn demo_runs_the_default_model_privately_next_to_the_plaintext() {
+    let out = Command::new(BIN).args(["demo"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("estimated LAN") && text.contains("estimated WAN"), "{text}");
-    // the OT batches of both kinds and the private MoE layer
-    assert_eq!(text.matches("all correct").count(), 3, "{text}");
-    assert!(text.contains("private MoE layer"), "{text}");
+    assert!(text.contains("the same argmax at every position"), "{text}");
+    let out =
+        Command::new(BIN).args(["demo", "--json", "--prompt-ids", "7,8", "--max-new-tokens", "1"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in ["max_abs_logit_error", "argmax_match", "wall_s", "bytes", "rounds", "lan_s", "wan_s"] {
+        assert!(!v[key].is_null(), "--json lacks {key}: {v}");
+    }
+    assert!(v["max_abs_logit_error"].as_f64().unwrap() < 0.05 && v["argmax_match"] == true, "{v}");
+    assert_eq!(v["generated"].as_array().unwrap().len(), 1, "{v}");
+}
+
+#[test]
+fn run_takes_a_checkpoint_and_refuses_a_bad_one_by_name() {
+    let dir = std::env::temp_dir().join(format!("secmoe-run-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), r#"{"model_type": "gpt2"}"#).unwrap();
+    let out = Command::new(BIN).args(["run", "--prompt-ids", "1,2", "--model"]).arg(&dir).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("model_type `gpt2` is not supported"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn asking_for_a_backend_this_build_lacks_is_a_clear_error() {
-    let out =
-        Command::new(BIN).args(["demo", "--ots", "1000", "--values", "10", "--backend", "cuda"]).output().unwrap();
+    let out = Command::new(BIN).args(["demo", "--backend", "cuda"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("CUDA backend is not available"), "{err}");
@@ -46,7 +63,7 @@ fn serve_and_client_in_two_processes() {
     let status = Command::new(BIN).args(["keygen", "--out"]).arg(&id).stdout(Stdio::null()).status().unwrap();
     assert!(status.success());
     let mut server = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--once", "--ots", "5000", "--identity"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--once", "--identity"])
         .arg(&id)
         .stdout(Stdio::piped())
         .spawn()
@@ -66,17 +83,17 @@ fn serve_and_client_in_two_processes() {
     }
     assert!(!addr.is_empty() && !fp.is_empty());
     let client = Command::new(BIN)
-        .args(["client", "--connect", &addr, "--ots", "5000", "--fingerprint", &fp, "--peer-cert"])
+        .args(["client", "--connect", &addr, "--prompt-ids", "5,6,7", "--fingerprint", &fp, "--peer-cert"])
         .arg(id.join("server.cert.pem"))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&client.stdout);
     assert!(client.status.success(), "{text}\n{}", String::from_utf8_lossy(&client.stderr));
-    assert!(text.contains("ok: shared sum") && text.contains("ok: private MoE layer"), "{text}");
+    assert!(text.contains("position    2 (token      7)") && text.contains("estimated WAN"), "{text}");
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let status = server.wait().unwrap();
     assert!(status.success());
-    assert_eq!(rest.iter().filter(|l| l.contains("all correct")).count(), 2, "{rest:?}");
+    assert!(rest.iter().any(|l| l.contains("served 1 forward(s)")), "{rest:?}");
 
     // A wrong fingerprint is refused before connecting.
     let bad = Command::new(BIN)
@@ -100,7 +117,7 @@ fn write(dir: &std::path::Path, name: &str, pem: &str) -> std::path::PathBuf {
 /// Starts `serve --once` with the identity in `id`; returns the process and its address.
 fn serve_once(id: &std::path::Path) -> (std::process::Child, String) {
     let mut server = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--once", "--ots", "5000", "--timeout", "5", "--identity"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--once", "--timeout", "5", "--identity"])
         .arg(id)
         .stdout(Stdio::piped())
         .spawn()
@@ -147,7 +164,7 @@ fn the_pin_admits_no_other_certificate() {
     let (mut server, addr) = serve_once(&impostor);
     let client = |pin: &std::path::Path| {
         Command::new(BIN)
-            .args(["client", "--connect", &addr, "--ots", "5000", "--timeout", "5", "--peer-cert"])
+            .args(["client", "--connect", &addr, "--timeout", "5", "--peer-cert"])
             .arg(pin)
             .env("SSL_CERT_FILE", &ca)
             .env("SSL_CERT_DIR", &empty)

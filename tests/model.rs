@@ -9,8 +9,8 @@
 mod common;
 
 use secmoe::model::{
-    Checkpoint, Family, Ffn, ModelConfig, ModelError, ModelResult, ModelWeights, Output, Positions, WeightSource,
-    default_config, default_weights, finish, forward, infer, serve, setup_he,
+    Checkpoint, Family, Ffn, HfTensor, ModelConfig, ModelError, ModelResult, ModelWeights, Output, Positions,
+    WeightSource, default_config, default_weights, finish, forward, infer, serve, setup_he,
 };
 use secmoe::moe::{ExpertKind, Method, MoeConfig, Routing, SharedExpert};
 
@@ -156,7 +156,7 @@ fn bad_prompts_and_different_models_fail_on_both_sides() {
 
 /// Writes `w` as a Mixtral checkpoint (config.json + model.safetensors) with `edit` applied to
 /// the tensor list first.
-fn write_mixtral(dir: &std::path::Path, edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<f32>)>)) {
+fn write_mixtral(dir: &std::path::Path, edit: impl FnOnce(&mut Vec<HfTensor>)) {
     let cfg = default_config();
     let w = default_weights();
     let mut tensors = secmoe::model::hf_tensors(&cfg, &w).unwrap();
@@ -173,9 +173,10 @@ fn write_mixtral(dir: &std::path::Path, edit: impl FnOnce(&mut Vec<(String, Vec<
     .unwrap();
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
-        .map(|(n, shape, v)| {
-            let bytes: &[u8] = bytemuck::cast_slice(v);
-            (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes).unwrap())
+        .map(|t| {
+            let bytes: &[u8] = bytemuck::cast_slice(&t.values);
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.shape.clone(), bytes).unwrap();
+            (t.name.clone(), view)
         })
         .collect();
     safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
@@ -189,20 +190,25 @@ fn checkpoints_load_and_mismatches_are_named_before_any_party_starts() {
     let ckpt = Checkpoint::open(&good).unwrap();
     assert_eq!(ckpt.config(), &default_config());
     let ids = [9, 8, 7];
-    assert_eq!(forward(ckpt.config(), &ckpt, &ids).unwrap(), forward(&default_config(), &default_weights(), &ids).unwrap());
+    assert_eq!(
+        forward(ckpt.config(), &ckpt, &ids).unwrap(),
+        forward(&default_config(), &default_weights(), &ids).unwrap()
+    );
 
-    let refused = |name: &str, edit: &dyn Fn(&mut Vec<(String, Vec<usize>, Vec<f32>)>)| -> String {
+    let refused = |name: &str, edit: &dyn Fn(&mut Vec<HfTensor>)| -> String {
         let dir = root.join(name);
         write_mixtral(&dir, edit);
         Checkpoint::open(&dir).unwrap_err().to_string()
     };
-    let err = refused("missing", &|t| t.retain(|(n, _, _)| n != "model.layers.1.block_sparse_moe.experts.7.w3.weight"));
+    let err = refused("missing", &|t| t.retain(|t| t.name != "model.layers.1.block_sparse_moe.experts.7.w3.weight"));
     assert!(err.contains("`model.layers.1.block_sparse_moe.experts.7.w3.weight` is missing"), "{err}");
-    let err = refused("extra", &|t| t.push(("model.layers.0.mlp.bias".into(), vec![2], vec![0.0; 2])));
+    let err = refused("extra", &|t| {
+        t.push(HfTensor { name: "model.layers.0.mlp.bias".into(), shape: vec![2], values: vec![0.0; 2] })
+    });
     assert!(err.contains("`model.layers.0.mlp.bias` is not part of"), "{err}");
     let err = refused("shape", &|t| {
-        let e = t.iter_mut().find(|(n, _, _)| n == "model.norm.weight").unwrap();
-        *e = (e.0.clone(), vec![32], vec![1.0; 32]);
+        let e = t.iter_mut().find(|t| t.name == "model.norm.weight").unwrap();
+        (e.shape, e.values) = (vec![32], vec![1.0; 32]);
     });
     assert!(err.contains("`model.norm.weight` has shape [32], the config implies [64]"), "{err}");
     std::fs::write(root.join("good/config.json"), r#"{"model_type": "deepseek_v3"}"#).unwrap();

@@ -143,11 +143,15 @@ impl Names<'_> {
                 .collect()
         };
         match (&c.ffn[i], c.family) {
-            (Ffn::Dense { d_ff, kind }, Family::SwitchEncoder) => out.extend(mlp(&format!("{p}1.mlp."), *d_ff, kind.gated())),
+            (Ffn::Dense { d_ff, kind }, Family::SwitchEncoder) => {
+                out.extend(mlp(&format!("{p}1.mlp."), *d_ff, kind.gated()))
+            }
             (Ffn::Dense { d_ff, kind }, _) => out.extend(mlp(&format!("{p}mlp."), *d_ff, kind.gated())),
             (Ffn::Moe(m), family) => {
                 let (router, expert) = match family {
-                    Family::SwitchEncoder => (format!("{p}1.mlp.router.classifier.weight"), format!("{p}1.mlp.experts.expert_")),
+                    Family::SwitchEncoder => {
+                        (format!("{p}1.mlp.router.classifier.weight"), format!("{p}1.mlp.experts.expert_"))
+                    }
                     Family::Mixtral => {
                         (format!("{p}block_sparse_moe.gate.weight"), format!("{p}block_sparse_moe.experts."))
                     }
@@ -255,8 +259,7 @@ impl Checkpoint {
             }
         }
         let aliases = names.aliases();
-        if let Some(extra) =
-            self.tensors.keys().find(|k| !wanted.iter().any(|s| &s.name == *k) && !aliases.contains(k))
+        if let Some(extra) = self.tensors.keys().find(|k| !wanted.iter().any(|s| &s.name == *k) && !aliases.contains(k))
         {
             return Err(ModelError::Weights(format!(
                 "tensor `{extra}` is not part of the {} architecture the config describes",
@@ -267,7 +270,8 @@ impl Checkpoint {
     }
 
     fn values(&self, s: &Spec) -> ModelResult<Vec<f32>> {
-        let e = self.tensors.get(&s.name).ok_or_else(|| ModelError::Weights(format!("tensor `{}` is missing", s.name)))?;
+        let e =
+            self.tensors.get(&s.name).ok_or_else(|| ModelError::Weights(format!("tensor `{}` is missing", s.name)))?;
         Ok(e.dtype.decode(&s.name, &self.files[e.file][e.bytes.0..e.bytes.1])?)
     }
 
@@ -386,15 +390,26 @@ fn layer_values(l: &LayerWeights) -> Vec<(&[f32], bool)> {
     out
 }
 
+/// One tensor of a checkpoint as stored: its name, PyTorch shape and values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HfTensor {
+    /// The checkpoint's name (`model.layers.0.self_attn.q_proj.weight`).
+    pub name: String,
+    /// The PyTorch shape (out×in for a `Linear` weight).
+    pub shape: Vec<usize>,
+    /// Row-major values.
+    pub values: Vec<f32>,
+}
+
 /// An expert's matrices in the order of [`Names::layer`].
 fn mlp_values(m: &Mlp) -> Vec<(&[f32], bool)> {
     std::iter::once(m.w1.as_slice()).chain(m.w3.as_deref()).chain([m.w2.as_slice()]).map(|w| (w, true)).collect()
 }
 
 /// The tensors of a model in memory as a Hugging Face checkpoint of its family would hold
-/// them: (name, PyTorch shape, values), `Linear` weights transposed back to out×in. With
+/// them, `Linear` weights transposed back to out×in. With
 /// `safetensors::serialize_to_file` and a `config.json` this writes a checkpoint.
-pub fn hf_tensors(cfg: &ModelConfig, w: &ModelWeights) -> ModelResult<Vec<(String, Vec<usize>, Vec<f32>)>> {
+pub fn hf_tensors(cfg: &ModelConfig, w: &ModelWeights) -> ModelResult<Vec<HfTensor>> {
     let names = Names(cfg);
     let mut values: Vec<(Vec<f32>, bool)> = vec![(w.embedding.clone(), false), (w.final_norm.clone(), false)];
     if names.lm_head().is_some() {
@@ -410,7 +425,11 @@ pub fn hf_tensors(cfg: &ModelConfig, w: &ModelWeights) -> ModelResult<Vec<(Strin
     }
     let specs = names.all();
     if specs.len() != values.len() {
-        return Err(ModelError::Weights(format!("{} tensors for the {} the config implies", values.len(), specs.len())));
+        return Err(ModelError::Weights(format!(
+            "{} tensors for the {} the config implies",
+            values.len(),
+            specs.len()
+        )));
     }
     specs
         .into_iter()
@@ -420,7 +439,7 @@ pub fn hf_tensors(cfg: &ModelConfig, w: &ModelWeights) -> ModelResult<Vec<(Strin
                 return Err(ModelError::Weights(format!("`{}` has {} values, not {:?}", s.name, v.len(), s.shape)));
             }
             let v = if matrix { transpose(s.shape[1], s.shape[0], &v) } else { v };
-            Ok((s.name, s.shape, v))
+            Ok(HfTensor { name: s.name, shape: s.shape, values: v })
         })
         .collect()
 }

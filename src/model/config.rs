@@ -299,10 +299,11 @@ fn decoder(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
             let step = c.usize_or("decoder_sparse_step", 1)?;
             let dense_only: Vec<usize> = match c.field("mlp_only_layers") {
                 None => Vec::new(),
-                Some(v) => v
-                    .as_array()
-                    .and_then(|a| a.iter().map(|x| x.as_u64().map(|x| x as usize)).collect())
-                    .ok_or_else(|| ModelError::Config("config.json: `mlp_only_layers` is not a list of layers".into()))?,
+                Some(v) => {
+                    v.as_array().and_then(|a| a.iter().map(|x| x.as_u64().map(|x| x as usize)).collect()).ok_or_else(
+                        || ModelError::Config("config.json: `mlp_only_layers` is not a list of layers".into()),
+                    )?
+                }
             };
             let dense = Ffn::Dense { d_ff: c.usize("intermediate_size")?, kind: ExpertKind::SwiGlu };
             (0..layers)
@@ -359,7 +360,7 @@ fn switch(c: &Json) -> ModelResult<ModelConfig> {
     c.refuse_unless("router_bias", |v| v == false)?;
     let d_ff = c.usize("d_ff")?;
     let sparse_layers = c.usize_or("num_sparse_encoder_layers", 0)?;
-    let step = if sparse_layers > 0 { layers / sparse_layers } else { layers };
+    let step = layers.checked_div(sparse_layers).unwrap_or(layers);
     let moe = MoeConfig {
         experts: c.usize("num_experts")?,
         top_k: 1,
@@ -404,8 +405,8 @@ pub fn relative_bucket(relative: i64, buckets: usize, max_distance: usize) -> us
     bucket += if distance < exact {
         distance
     } else {
-        let scaled = (distance as f32 / exact as f32).ln() / (max_distance as f32 / exact as f32).ln()
-            * (half - exact) as f32;
+        let scaled =
+            (distance as f32 / exact as f32).ln() / (max_distance as f32 / exact as f32).ln() * (half - exact) as f32;
         (exact + scaled as i64).min(half - 1)
     };
     bucket as usize

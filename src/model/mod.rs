@@ -15,7 +15,7 @@ mod secure;
 mod weights;
 
 pub use builtin::{default_config, default_weights};
-pub use checkpoint::{Checkpoint, hf_tensors};
+pub use checkpoint::{Checkpoint, HfTensor, hf_tensors};
 pub use config::{Family, Ffn, ModelConfig, Positions, relative_bucket};
 pub use reference::forward;
 pub use secure::{MAX_TOKENS, Output, finish, infer, serve, setup_he};

@@ -6,7 +6,7 @@ use super::config::{Ffn, ModelConfig, Positions, relative_bucket};
 use super::weights::{FfnWeights, LayerWeights, Mlp, WeightSource};
 use super::{ModelError, ModelResult};
 use crate::moe::{ExpertKind, MoeConfig, Routing};
-use crate::proto::piecewise::Piecewise;
+use crate::proto::piecewise::{gelu_exact, silu_exact};
 
 /// x (n×d) · W (d×m), W in f32.
 fn matmul(x: &[f64], w: &[f32], d: usize, m: usize) -> Vec<f64> {
@@ -69,8 +69,8 @@ fn rope(x: &mut [f64], heads: usize, dim: usize, theta: f64) {
 fn activation(kind: ExpertKind, x: f64) -> f64 {
     match kind {
         ExpertKind::Relu => x.max(0.0),
-        ExpertKind::Gelu | ExpertKind::GeGlu => Piecewise::gelu().exact(x),
-        ExpertKind::SwiGlu => Piecewise::silu().exact(x),
+        ExpertKind::Gelu | ExpertKind::GeGlu => gelu_exact(x),
+        ExpertKind::SwiGlu => silu_exact(x),
     }
 }
 
@@ -154,7 +154,8 @@ fn attention(cfg: &ModelConfig, w: &LayerWeights, a: &[f64], bias: Option<&[f32]
         y
     };
     let bias_of = |i: usize| w.qkv_bias.as_ref().map(|b| &b[i]);
-    let (mut q, mut k, v) = (project(&w.wq, qw, bias_of(0)), project(&w.wk, kw, bias_of(1)), project(&w.wv, kw, bias_of(2)));
+    let (mut q, mut k, v) =
+        (project(&w.wq, qw, bias_of(0)), project(&w.wk, kw, bias_of(1)), project(&w.wv, kw, bias_of(2)));
     if let Some([gq, gk]) = &w.qk_norm {
         q = rmsnorm(&q, gq, cfg.norm_eps);
         k = rmsnorm(&k, gk, cfg.norm_eps);
@@ -198,7 +199,8 @@ pub fn forward(cfg: &ModelConfig, weights: &dyn WeightSource, ids: &[u32]) -> Mo
     let mut x = Vec::with_capacity(ids.len() * d);
     for &id in ids {
         let row = table.get(id as usize * d..(id as usize + 1) * d);
-        let row = row.ok_or_else(|| ModelError::Input(format!("token id {id} is not below the vocabulary {}", cfg.vocab)))?;
+        let row =
+            row.ok_or_else(|| ModelError::Input(format!("token id {id} is not below the vocabulary {}", cfg.vocab)))?;
         x.extend(row.iter().map(|&v| v as f64));
     }
     let bias = weights.position_bias()?;
@@ -211,7 +213,9 @@ pub fn forward(cfg: &ModelConfig, weights: &dyn WeightSource, ids: &[u32]) -> Mo
         let y = match (ffn, &w.ffn) {
             (Ffn::Dense { d_ff, kind }, FfnWeights::Dense(m)) => mlp(m, *kind, &b, d, *d_ff),
             (Ffn::Moe(m), f) => moe(m, f, &b, cfg.expert_capacity)?,
-            (Ffn::Dense { .. }, _) => return Err(ModelError::Weights(format!("layer {i}: MoE weights for a dense block"))),
+            (Ffn::Dense { .. }, _) => {
+                return Err(ModelError::Weights(format!("layer {i}: MoE weights for a dense block")));
+            }
         };
         x.iter_mut().zip(y).for_each(|(x, y)| *x += y);
     }

@@ -22,11 +22,11 @@ use super::config::{Ffn, ModelConfig, Positions, relative_bucket};
 use super::reference::rope_table;
 use super::weights::{FfnWeights, Mlp, WeightSource};
 use super::{ModelError, ModelResult};
+use crate::he::HeParams;
 use crate::moe::{ExpertWeights, Method, MoeWeights, SharedWeights, dense_expert, magnitude_bits, moe_layer};
 use crate::proto::agree::{Statement, exchange};
 use crate::proto::arith::truncate;
 use crate::proto::layernorm::{Affine, rmsnorm};
-use crate::he::HeParams;
 use crate::proto::linear::{KeySet, Weights, linear, matmul_shared};
 use crate::proto::softmax::softmax_masked;
 use crate::proto::tiling::MatShape;
@@ -90,7 +90,8 @@ pub async fn infer(sess: &mut Session, cfg: &ModelConfig, method: Method, ids: &
         method.validate(n)?;
         Ok(())
     })();
-    let statement: Statement = local.as_ref().map(|_| format!("{} tokens={n}", prefix(cfg, method))).map_err(|e| e.to_string());
+    let statement: Statement =
+        local.as_ref().map(|_| format!("{} tokens={n}", prefix(cfg, method))).map_err(|e| e.to_string());
     let theirs = exchange(sess, &statement).await;
     local?;
     let theirs = peer(theirs)?;
@@ -98,7 +99,8 @@ pub async fn infer(sess: &mut Session, cfg: &ModelConfig, method: Method, ids: &
         return Err(ModelError::Mismatch { ours: prefix(cfg, method), theirs });
     }
     let shares = Box::pin(forward(sess, cfg, method, n, Some(ids), None)).await?;
-    let theirs = sess.channel().recv_u64s("the server's output shares", shares.len()).await.map_err(ProtoError::from)?;
+    let theirs =
+        sess.channel().recv_u64s("the server's output shares", shares.len()).await.map_err(ProtoError::from)?;
     let format = sess.format();
     let values = shares.iter().zip(&theirs).map(|(a, b)| format.decode(a.raw().wrapping_add(*b))).collect();
     Ok(Output { values, width: cfg.output_width() })
@@ -113,7 +115,12 @@ pub async fn finish(sess: &mut Session) -> ModelResult<()> {
 /// The server: serves the client's forwards with its weights until the client is done;
 /// returns how many it served. It learns each prompt's length, nothing else.
 #[tracing::instrument(level = "info", skip_all)]
-pub async fn serve(sess: &mut Session, cfg: &ModelConfig, method: Method, weights: &dyn WeightSource) -> ModelResult<usize> {
+pub async fn serve(
+    sess: &mut Session,
+    cfg: &ModelConfig,
+    method: Method,
+    weights: &dyn WeightSource,
+) -> ModelResult<usize> {
     let mut served = 0;
     loop {
         let local = cfg.validate().and_then(|_| {
@@ -280,7 +287,13 @@ async fn forward(
 }
 
 /// RMSNorm over rows of `width` with the server's γ.
-async fn norm(sess: &mut Session, cfg: &ModelConfig, x: &[u64], width: usize, gamma: Option<&[u64]>) -> ModelResult<Vec<u64>> {
+async fn norm(
+    sess: &mut Session,
+    cfg: &ModelConfig,
+    x: &[u64],
+    width: usize,
+    gamma: Option<&[u64]>,
+) -> ModelResult<Vec<u64>> {
     let zeros = vec![0u64; width];
     let affine = match gamma {
         Some(gamma) => Affine::Weights { gamma, beta: &zeros },
@@ -366,7 +379,8 @@ async fn attention(
         let b = enc.encode("qkv_bias", &b)?;
         qkv.chunks_exact_mut(width).for_each(|r| r.iter_mut().zip(&b).for_each(|(v, b)| *v = v.wrapping_add(*b)));
     }
-    let (mut q, mut k, v) = (columns(&qkv, width, 0, qw), columns(&qkv, width, qw, kw), columns(&qkv, width, qw + kw, kw));
+    let (mut q, mut k, v) =
+        (columns(&qkv, width, 0, qw), columns(&qkv, width, qw, kw), columns(&qkv, width, qw + kw, kw));
     if cfg.qk_norm {
         let g = layer.and_then(|w| w.qk_norm.as_ref());
         let gq = g.map(|g| enc.encode("q_norm", &g[0])).transpose()?;

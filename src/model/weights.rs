@@ -134,7 +134,8 @@ impl ModelWeights {
     /// so that routing depends on the input.
     pub fn random(cfg: &ModelConfig, seed: u64, router_scale: f32) -> ModelWeights {
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut uniform = |n: usize, bound: f32| -> Vec<f32> { (0..n).map(|_| rng.random_range(-bound..bound)).collect() };
+        let mut uniform =
+            |n: usize, bound: f32| -> Vec<f32> { (0..n).map(|_| rng.random_range(-bound..bound)).collect() };
         let d = cfg.d_model;
         let (q, kv) = (cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim);
         let inv = |n: usize| 1.0 / (n as f32).sqrt();

@@ -125,11 +125,13 @@ pub struct Piecewise {
     output_bits: u32,
 }
 
-fn gelu_exact(x: f64) -> f64 {
+/// GeLU(x) = x·Φ(x) in f64 (the erf form, as PyTorch's default), for references.
+pub fn gelu_exact(x: f64) -> f64 {
     0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2))
 }
 
-fn silu_exact(x: f64) -> f64 {
+/// SiLU(x) = x·σ(x) in f64, for references.
+pub fn silu_exact(x: f64) -> f64 {
     x / (1.0 + (-x).exp())
 }
 

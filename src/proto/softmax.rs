@@ -56,10 +56,10 @@ pub async fn softmax_masked(sess: &mut Session, x: &[u64], len: usize, keep: Opt
     if !(1..=MAX_ROW).contains(&len) || !x.len().is_multiple_of(len) {
         return Err(ProtoError::Input(format!("softmax over rows of {len} (1..={MAX_ROW}) of {} values", x.len())));
     }
-    if let Some(keep) = keep {
-        if keep.len() != x.len() || keep.chunks_exact(len).any(|row| !row.contains(&true)) {
-            return Err(ProtoError::Input("a softmax mask needs one flag per value and a kept entry per row".into()));
-        }
+    if let Some(keep) = keep
+        && (keep.len() != x.len() || keep.chunks_exact(len).any(|row| !row.contains(&true)))
+    {
+        return Err(ProtoError::Input("a softmax mask needs one flag per value and a kept entry per row".into()));
     }
     let mut out = Vec::with_capacity(x.len());
     let rows = BATCH / len * len;

@@ -1,7 +1,7 @@
 //! `secmoe`: run the two parties of a private inference, together or on two machines.
 
 mod bench;
-mod demo;
+mod infer;
 mod report;
 
 use std::net::SocketAddr;
@@ -10,11 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use bench::harness::reset_peak_rss;
 use clap::{Args, Parser, Subcommand};
-use demo::DemoConfig;
 use secmoe::backend::{Backend, BackendChoice};
-use secmoe::net::{CostModel, Identity, LinkConfig, Listener, connect, fingerprint, loopback};
-use secmoe::ot::OtKind;
+use secmoe::net::{CostModel, Identity, LinkConfig, Listener, PublicParams, connect, fingerprint, loopback};
 use secmoe::ring::FixedPoint;
 
 #[derive(Parser)]
@@ -81,8 +80,25 @@ impl MoeBenchArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run both parties in this process over the real encrypted transport on loopback.
-    Demo(JobArgs),
+    /// Private inference of the built-in default model (a small MoE decoder), both parties in
+    /// this process over the real encrypted transport on loopback, next to the plaintext model.
+    Demo {
+        #[command(flatten)]
+        prompt: PromptArgs,
+        #[command(flatten)]
+        job: JobArgs,
+    },
+    /// Private inference of a Hugging Face checkpoint (config.json + *.safetensors), both parties
+    /// in this process over the real encrypted transport on loopback.
+    Run {
+        /// The checkpoint's folder.
+        #[arg(long)]
+        model: PathBuf,
+        #[command(flatten)]
+        prompt: PromptArgs,
+        #[command(flatten)]
+        job: JobArgs,
+    },
     /// Measure protocols through the real transport (both parties here) and print a table.
     Bench {
         /// Which set of measurements: `layers` (the layers: linear, GeLU/SiLU, softmax, LayerNorm),
@@ -116,7 +132,7 @@ enum Command {
         #[arg(long, default_value = "secmoe-identity")]
         out: PathBuf,
     },
-    /// Run the server party: listen for clients and serve each in turn.
+    /// Run the server party: hold the weights, listen for clients and serve each in turn.
     Serve {
         /// Address to listen on (UDP, QUIC).
         #[arg(long, default_value = "0.0.0.0:7878")]
@@ -127,10 +143,13 @@ enum Command {
         /// Serve one client, then exit.
         #[arg(long)]
         once: bool,
+        /// The checkpoint's folder (default: the built-in default model).
+        #[arg(long)]
+        model: Option<PathBuf>,
         #[command(flatten)]
         job: JobArgs,
     },
-    /// Run the client party against a server.
+    /// Run the client party against a server: hold the prompt, learn the output.
     Client {
         /// Server address.
         #[arg(long)]
@@ -141,27 +160,40 @@ enum Command {
         /// Expected SHA-256 fingerprint of that certificate, as printed by the server.
         #[arg(long)]
         fingerprint: Option<String>,
+        /// A folder with the model's `config.json` (the public architecture; no weights are
+        /// read). Default: the built-in default model.
+        #[arg(long)]
+        model_config: Option<PathBuf>,
+        #[command(flatten)]
+        prompt: PromptArgs,
         #[command(flatten)]
         job: JobArgs,
     },
 }
 
 #[derive(Args, Clone)]
+struct PromptArgs {
+    /// The prompt's token ids, comma-separated.
+    #[arg(long, default_value = "3,141,59,26,5")]
+    prompt_ids: String,
+    /// Tokens to generate greedily after the prompt (causal models).
+    #[arg(long, default_value_t = 0)]
+    max_new_tokens: usize,
+    /// Print one JSON object instead of the tables.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Clone)]
 struct JobArgs {
-    /// Length of the secret-shared vectors.
-    #[arg(long, default_value_t = 4096)]
-    values: usize,
-    /// OTs per batch.
-    #[arg(long, default_value_t = 1 << 20)]
-    ots: usize,
-    /// OT extension: iknp, silent, or both.
-    #[arg(long, default_value = "both")]
-    ot: String,
+    /// How MoE layers run: select-then-compute, capacity[:factor] or baseline.
+    #[arg(long, default_value = "select-then-compute")]
+    method: String,
     /// Fractional bits of the fixed-point format.
     #[arg(long, default_value_t = secmoe::ring::DEFAULT_FRAC_BITS)]
     frac_bits: u32,
     /// Seconds to wait for the peer before giving up.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 300)]
     timeout: u64,
     /// Backend worker threads (0: one per core).
     #[arg(long, default_value_t = 0)]
@@ -172,21 +204,44 @@ struct JobArgs {
 }
 
 impl JobArgs {
-    fn demo_config(&self) -> Result<DemoConfig> {
-        let kinds = match self.ot.as_str() {
-            "both" => OtKind::ALL.to_vec(),
-            one => vec![one.parse::<OtKind>().map_err(anyhow::Error::msg)?],
-        };
-        Ok(DemoConfig { values: self.values, ots: self.ots, kinds, fixed: FixedPoint::new(self.frac_bits)? })
+    fn job(&self) -> Result<infer::JobConfig> {
+        Ok(infer::JobConfig {
+            method: self.method.parse().map_err(anyhow::Error::msg)?,
+            format: FixedPoint::new(self.frac_bits)?,
+        })
     }
 
-    fn link_config(&self, demo: &DemoConfig) -> LinkConfig {
-        LinkConfig { timeout: Duration::from_secs(self.timeout), params: demo.public_params() }
+    fn link_config(&self) -> LinkConfig {
+        LinkConfig {
+            timeout: Duration::from_secs(self.timeout),
+            params: PublicParams::new().with("frac_bits", self.frac_bits as u64),
+        }
     }
 
     fn backend(&self) -> Result<Arc<dyn Backend>> {
         Ok(secmoe::backend::start(self.backend, self.threads)?)
     }
+}
+
+/// Both parties in this process over loopback: the client's result and the server's costs.
+async fn both(
+    job: &JobArgs,
+    model: &infer::Model,
+    weights: &dyn secmoe::model::WeightSource,
+    prompt: &[u32],
+    max_new: usize,
+) -> Result<(infer::ClientResult, infer::Costs)> {
+    let cfg = job.job()?;
+    let (mut client, mut server) = loopback(job.link_config()).await?;
+    let (c, s) = tokio::join!(
+        infer::client(&mut client, job.backend()?, cfg, &model.config, prompt, max_new),
+        infer::server(&mut server, job.backend()?, cfg, &model.config, weights)
+    );
+    let (c, (_, s)) = (c?, s?);
+    let (a, b) = tokio::join!(client.close(), server.close());
+    a?;
+    b?;
+    Ok((c, s))
 }
 
 fn identity_paths(dir: &std::path::Path) -> (PathBuf, PathBuf) {
@@ -214,21 +269,24 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         match cli.command {
-            Command::Demo(job) => {
-                let cfg = job.demo_config()?;
-                let (mut client, mut server) = loopback(job.link_config(&cfg)).await?;
-                println!("secmoe demo: client and server in one process, QUIC + TLS 1.3 on loopback\n");
-                let (c, s) = tokio::join!(
-                    demo::run(&mut client, job.backend()?, &cfg),
-                    demo::run(&mut server, job.backend()?, &cfg)
-                );
-                let (c, s) = (c?, s?);
-                let (a, b) = tokio::join!(client.close(), server.close());
-                a?;
-                b?;
-                report::print_outcome(&c);
-                report::print_outcome(&s);
-                Ok(())
+            Command::Demo { prompt, job } => {
+                let (model, weights) = infer::model_weights(None)?;
+                let ids = infer::parse_ids(&prompt.prompt_ids)?;
+                if !prompt.json {
+                    println!("secmoe demo: {} — {}", model.origin, model.config);
+                    println!("client and server in one process, QUIC + TLS 1.3 on loopback\n");
+                }
+                reset_peak_rss();
+                let (c, s) = both(&job, &model, weights.as_ref(), &ids, prompt.max_new_tokens).await?;
+                let reference = secmoe::model::forward(&model.config, weights.as_ref(), &ids)?;
+                report::print_demo(&model, &ids, &c, &s, &reference, prompt.json)
+            }
+            Command::Run { model, prompt, job } => {
+                let (model, weights) = infer::model_weights(Some(&model))?;
+                let ids = infer::parse_ids(&prompt.prompt_ids)?;
+                reset_peak_rss();
+                let (c, s) = both(&job, &model, weights.as_ref(), &ids, prompt.max_new_tokens).await?;
+                report::print_run(&model, &ids, &c, &s, prompt.json)
             }
             Command::Bench { preset, only, json, threads, tune, backend, moe } => {
                 let tune = match tune.as_str() {
@@ -253,24 +311,27 @@ fn main() -> Result<()> {
                 println!("fingerprint (SHA-256): {}", id.fingerprint());
                 Ok(())
             }
-            Command::Serve { listen, identity, once, job } => {
+            Command::Serve { listen, identity, once, model, job } => {
                 let (cert, key) = identity_paths(&identity);
                 let id = if cert.exists() { Identity::load(&cert, &key)? } else { write_identity(&identity)? };
-                let cfg = job.demo_config()?;
-                let listener = Listener::bind(listen, &id, job.link_config(&cfg))?;
+                let (model, weights) = infer::model_weights(model.as_deref())?;
+                let cfg = job.job()?;
+                let listener = Listener::bind(listen, &id, job.link_config())?;
                 println!("secmoe server listening on {} (QUIC + TLS 1.3)", listener.local_addr());
                 println!("certificate: {}", cert.display());
                 println!("fingerprint (SHA-256): {}", id.fingerprint());
+                println!("serving {}: {}", model.origin, model.config);
                 loop {
                     let served = async {
                         let mut link = listener.accept().await?;
-                        let out = demo::run(&mut link, job.backend()?, &cfg).await?;
+                        let out =
+                            infer::server(&mut link, job.backend()?, cfg, &model.config, weights.as_ref()).await?;
                         link.close().await?;
                         anyhow::Ok(out)
                     }
                     .await;
                     match served {
-                        Ok(out) => report::print_outcome(&out),
+                        Ok((n, costs)) => report::print_served(n, &costs),
                         Err(e) => eprintln!("session failed: {e:#}"),
                     }
                     if once {
@@ -278,7 +339,7 @@ fn main() -> Result<()> {
                     }
                 }
             }
-            Command::Client { connect: addr, peer_cert, fingerprint: expected, job } => {
+            Command::Client { connect: addr, peer_cert, fingerprint: expected, model_config, prompt, job } => {
                 let pem =
                     std::fs::read_to_string(&peer_cert).with_context(|| format!("reading {}", peer_cert.display()))?;
                 let actual = fingerprint(&pem)?;
@@ -288,13 +349,18 @@ fn main() -> Result<()> {
                         bail!("{} has fingerprint {actual}, not the expected {expected}", peer_cert.display());
                     }
                 }
-                let cfg = job.demo_config()?;
-                let mut link = connect(addr, &pem, job.link_config(&cfg)).await?;
-                println!("connected to {addr}; server certificate {actual}");
-                let out = demo::run(&mut link, job.backend()?, &cfg).await?;
+                let model = infer::model_config(model_config.as_deref())?;
+                let ids = infer::parse_ids(&prompt.prompt_ids)?;
+                let cfg = job.job()?;
+                let mut link = connect(addr, &pem, job.link_config()).await?;
+                if !prompt.json {
+                    println!("connected to {addr}; server certificate {actual}");
+                }
+                reset_peak_rss();
+                let out =
+                    infer::client(&mut link, job.backend()?, cfg, &model.config, &ids, prompt.max_new_tokens).await?;
                 link.close().await?;
-                report::print_outcome(&out);
-                Ok(())
+                report::print_client(&model, &ids, &out, prompt.json)
             }
         }
     })

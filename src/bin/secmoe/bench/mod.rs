@@ -5,7 +5,7 @@
 
 mod blocks;
 pub mod experts;
-mod harness;
+pub(crate) mod harness;
 mod he;
 mod layers;
 mod report;

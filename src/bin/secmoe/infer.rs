@@ -1,0 +1,149 @@
+//! The CLI's private-inference job: the client's half (its prompt, greedy generation) and the
+//! server's half (its weights), each over one link; what both cost.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use secmoe::backend::Backend;
+use secmoe::model::{
+    Checkpoint, MAX_TOKENS, ModelConfig, Output, WeightSource, default_config, default_weights, finish, infer, serve,
+    setup_he,
+};
+use secmoe::moe::Method;
+use secmoe::net::{CostModel, Link, Report};
+use secmoe::proto::{Session, SessionConfig};
+use secmoe::ring::FixedPoint;
+
+/// The model a party runs: the architecture, and for the server the weights.
+pub struct Model {
+    /// The public architecture.
+    pub config: ModelConfig,
+    /// Where it came from (a folder, or the built-in default).
+    pub origin: String,
+}
+
+/// The architecture of the checkpoint in `dir` (only `config.json` is read), or the built-in
+/// default model's.
+pub fn model_config(dir: Option<&Path>) -> Result<Model> {
+    Ok(match dir {
+        Some(dir) => Model {
+            config: ModelConfig::from_dir(dir)
+                .with_context(|| format!("reading the model config in {}", dir.display()))?,
+            origin: dir.display().to_string(),
+        },
+        None => Model { config: default_config(), origin: "the built-in default model".into() },
+    })
+}
+
+/// The checkpoint in `dir` (checked against its config), or the built-in default model.
+pub fn model_weights(dir: Option<&Path>) -> Result<(Model, Box<dyn WeightSource>)> {
+    Ok(match dir {
+        Some(dir) => {
+            let ckpt = Checkpoint::open(dir).with_context(|| format!("opening the checkpoint in {}", dir.display()))?;
+            let config = ckpt.config().clone();
+            (Model { config, origin: dir.display().to_string() }, Box::new(ckpt))
+        }
+        None => (model_config(None)?, Box::new(default_weights())),
+    })
+}
+
+/// Parses `1,2,3`.
+pub fn parse_ids(text: &str) -> Result<Vec<u32>> {
+    text.split(',')
+        .map(|t| t.trim().parse::<u32>().with_context(|| format!("--prompt-ids: `{t}` is not a token id")))
+        .collect()
+}
+
+/// How a job runs, agreed by both parties.
+#[derive(Debug, Clone, Copy)]
+pub struct JobConfig {
+    /// How MoE layers are evaluated.
+    pub method: Method,
+    /// The fixed-point format.
+    pub format: FixedPoint,
+}
+
+/// What a run cost one party.
+#[derive(Debug, Clone)]
+pub struct Costs {
+    /// Per-step bytes, rounds and time.
+    pub report: Report,
+    /// Wall time.
+    pub wall_s: f64,
+}
+
+impl Costs {
+    /// Estimated time on a network: compute plus transfer plus latency.
+    pub fn estimate(&self, net: CostModel) -> f64 {
+        let t = self.report.total();
+        net.estimate(t.seconds, t.bytes(), t.rounds)
+    }
+}
+
+/// The client's result: the output of each forward (the prompt's first), the tokens
+/// generated.
+pub struct ClientResult {
+    /// One output per forward.
+    pub outputs: Vec<Output>,
+    /// The tokens generated greedily after the prompt.
+    pub generated: Vec<u32>,
+    /// What it cost.
+    pub costs: Costs,
+}
+
+async fn session(link: &mut Link, backend: Arc<dyn Backend>, job: JobConfig) -> Result<Session> {
+    let meter = link.meter().clone();
+    let _s = meter.scope("setup");
+    let mut sess = Session::new(link, backend, SessionConfig { format: job.format, ..Default::default() }).await?;
+    setup_he(&mut sess).await?;
+    Ok(sess)
+}
+
+/// The client: the prompt's forward, then `max_new` greedy steps (each a forward of the
+/// whole sequence so far); only it learns the outputs.
+pub async fn client(
+    link: &mut Link,
+    backend: Arc<dyn Backend>,
+    job: JobConfig,
+    cfg: &ModelConfig,
+    prompt: &[u32],
+    max_new: usize,
+) -> Result<ClientResult> {
+    if max_new > 0 && !cfg.lm_head {
+        bail!("--max-new-tokens: {} is an encoder (no LM head), it does not generate", cfg.family.model_type());
+    }
+    if prompt.len() + max_new > MAX_TOKENS {
+        bail!("{} prompt tokens and {max_new} new ones exceed {MAX_TOKENS}", prompt.len());
+    }
+    let start = Instant::now();
+    let mut sess = session(link, backend, job).await?;
+    let mut ids = prompt.to_vec();
+    let mut outputs = Vec::new();
+    for step in 0..=max_new {
+        let out = infer(&mut sess, cfg, job.method, &ids).await?;
+        if step < max_new {
+            let next = out.argmax()[ids.len() - 1];
+            ids.push(next as u32);
+        }
+        outputs.push(out);
+    }
+    finish(&mut sess).await?;
+    let costs = Costs { report: link.meter().report(), wall_s: start.elapsed().as_secs_f64() };
+    Ok(ClientResult { outputs, generated: ids[prompt.len()..].to_vec(), costs })
+}
+
+/// The server: serves one client's forwards with its weights.
+pub async fn server(
+    link: &mut Link,
+    backend: Arc<dyn Backend>,
+    job: JobConfig,
+    cfg: &ModelConfig,
+    weights: &dyn WeightSource,
+) -> Result<(usize, Costs)> {
+    let start = Instant::now();
+    let mut sess = session(link, backend, job).await?;
+    let served = serve(&mut sess, cfg, job.method, weights).await?;
+    Ok((served, Costs { report: link.meter().report(), wall_s: start.elapsed().as_secs_f64() }))
+}
