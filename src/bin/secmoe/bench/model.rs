@@ -1,0 +1,133 @@
+//! `--preset model`: whole models in 2PC — the built-in default model, and one
+//! `switch-base-8`-shaped encoder layer (d = 768, 12 heads of 64, 8 ReLU experts of 3072,
+//! Switch routing, 128 tokens; vocabulary 512, so that the layer, not the embedding lookup,
+//! dominates) — each checked against the f64 plaintext model.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use secmoe::backend::Backend;
+use secmoe::model::{
+    Family, Ffn, ModelConfig, ModelWeights, Positions, default_config, finish, forward, infer, serve, setup_he,
+};
+use secmoe::moe::{ExpertKind, Method, MoeConfig, Routing};
+use secmoe::net::CostModel;
+use secmoe::ot::OtKind;
+
+use super::harness::{Step, reset_peak_rss, row, session_pair};
+use super::report::print_row;
+use crate::report::human_bytes;
+use super::harness::Row;
+
+/// Largest |Δ| of an output against the plaintext model for the row to count as checked.
+const CHECK_BOUND: f64 = 0.05;
+
+/// One Switch Transformers (base, 8 experts) encoder layer with its MoE block.
+fn switch_base_8_layer() -> ModelConfig {
+    let moe = MoeConfig {
+        experts: 8,
+        top_k: 1,
+        d_model: 768,
+        d_ff: 3072,
+        routing: Routing::Switch,
+        expert: ExpertKind::Relu,
+        shared: None,
+    };
+    ModelConfig {
+        family: Family::SwitchEncoder,
+        vocab: 512,
+        d_model: 768,
+        heads: 12,
+        kv_heads: 12,
+        head_dim: 64,
+        causal: false,
+        norm_eps: 1e-6,
+        positions: Positions::RelativeBias { buckets: 32, max_distance: 128 },
+        score_scale: 1.0,
+        qkv_bias: false,
+        qk_norm: false,
+        ffn: vec![Ffn::Moe(moe)],
+        tie_embeddings: true,
+        lm_head: false,
+        expert_capacity: None,
+    }
+}
+
+pub(crate) async fn run(
+    backend: Arc<dyn Backend>,
+    threads: usize,
+    only: Option<&str>,
+    tune: CostModel,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let cases: [(&str, ModelConfig, usize, f32); 2] =
+        [("default-model", default_config(), 16, 4.0), ("switch-base-8-layer", switch_base_8_layer(), 128, 4.0)];
+    for (name, cfg, n, router) in cases {
+        if only.is_some_and(|o| o != name) {
+            continue;
+        }
+        let row = measure(name, &cfg, n, router, backend.clone(), threads, tune).await?;
+        print_row(&row);
+        for s in &row.steps {
+            println!("  {:<22} {:>11} {:>7} rounds {:>8.2} s", s.name, human_bytes(s.bytes), s.rounds, s.seconds);
+        }
+        rows.push(row);
+    }
+    Ok(())
+}
+
+async fn measure(
+    name: &str,
+    cfg: &ModelConfig,
+    n: usize,
+    router_scale: f32,
+    backend: Arc<dyn Backend>,
+    threads: usize,
+    tune: CostModel,
+) -> Result<Row> {
+    let w = ModelWeights::random(cfg, 1, router_scale);
+    let ids: Vec<u32> = (0..n).map(|i| ((i * 37 + 11) % cfg.vocab) as u32).collect();
+    let (c, mut sc, s, mut ss) = session_pair(backend, OtKind::Silent, tune).await?;
+    let (a, b) = tokio::join!(setup_he(&mut sc), setup_he(&mut ss));
+    a?;
+    b?;
+    let before = c.meter().report().total();
+    reset_peak_rss();
+    let start = Instant::now();
+    let client = async {
+        let out = infer(&mut sc, cfg, Method::SelectThenCompute, &ids).await?;
+        finish(&mut sc).await?;
+        anyhow::Ok(out)
+    };
+    let (out, served) = tokio::join!(client, serve(&mut ss, cfg, Method::SelectThenCompute, &w));
+    let wall_s = start.elapsed().as_secs_f64();
+    let (out, served) = (out?, served?);
+    if served != 1 {
+        bail!("{name}: the server served {served} forwards");
+    }
+    let report = c.meter().report();
+    let after = report.total();
+    let want = forward(cfg, &w, &ids)?;
+    let errors: Vec<f64> = out.values.iter().zip(&want).map(|(g, w)| (g - w).abs()).collect();
+    let error = errors.iter().copied().fold(0.0, f64::max);
+    let (a, b) = tokio::join!(c.close(), s.close());
+    a?;
+    b?;
+    let shape = format!("{n} tokens, {cfg}");
+    let bytes = after.bytes() - before.bytes();
+    let mut r = row(name, shape, threads, wall_s, bytes, after.rounds - before.rounds, error <= CHECK_BOUND);
+    r.method = Some(Method::SelectThenCompute.name().into());
+    r.tokens = Some(n);
+    r.max_error = Some(error);
+    r.mean_error = Some(errors.iter().sum::<f64>() / errors.len().max(1) as f64);
+    r.steps = ["embed", "norm", "attention", "ffn", "head"]
+        .into_iter()
+        .map(|step| {
+            let s = report.prefixed(step);
+            Step { name: step.into(), bytes: s.bytes(), rounds: s.rounds, seconds: s.seconds }
+        })
+        .filter(|s| s.bytes > 0)
+        .collect();
+    Ok(r)
+}
