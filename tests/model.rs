@@ -13,25 +13,31 @@ use secmoe::model::{
     WeightSource, default_config, default_weights, finish, forward, infer, serve, setup_he,
 };
 use secmoe::moe::{ExpertKind, Method, MoeConfig, Routing, SharedExpert};
+use secmoe::net::Frame;
 
 /// Largest |Δ| of an output (logits of size ≲ 3) against the f64 model: fixed-point weights
 /// (2^-19 each), the norms' and softmaxes' relative errors (~1e-3) through a few layers.
 const BOUND: f64 = 0.05;
 
-/// Both parties in one process: the client's result and the number of forwards the server
-/// served.
-fn private(
-    ccfg: &ModelConfig,
-    scfg: &ModelConfig,
-    method: Method,
-    ids: &[u32],
-    w: &dyn WeightSource,
-) -> (ModelResult<Output>, ModelResult<usize>) {
+/// What one private run gives: the client's result, the server's count of forwards, and the
+/// frames each party received (their views' message sequence).
+struct Run {
+    client: ModelResult<Output>,
+    server: ModelResult<usize>,
+    server_received: Vec<Frame>,
+    client_received: Vec<Frame>,
+}
+
+/// Both parties in one process: the client's config `ccfg` and prompt, the server's `scfg`
+/// and weights.
+fn private(ccfg: &ModelConfig, scfg: &ModelConfig, method: Method, ids: &[u32], w: &dyn WeightSource) -> Run {
     common::runtime().block_on(async {
         let (c, mut sc, s, mut ss) = common::session_pair().await;
         let (a, b) = tokio::join!(setup_he(&mut sc), setup_he(&mut ss));
         a.unwrap();
         b.unwrap();
+        ss.channel().record_frames();
+        sc.channel().record_frames();
         let client = async {
             let out = infer(&mut sc, ccfg, method, ids).await;
             if out.is_ok() {
@@ -39,17 +45,19 @@ fn private(
             }
             out
         };
-        let r = tokio::join!(client, serve(&mut ss, scfg, method, w));
+        let (client, server) = tokio::join!(client, serve(&mut ss, scfg, method, w));
+        let server_received = ss.channel().take_frames().into_iter().filter(|f| !f.sent).collect();
+        let client_received = sc.channel().take_frames().into_iter().filter(|f| !f.sent).collect();
         drop((c, s));
-        r
+        Run { client, server, server_received, client_received }
     })
 }
 
 fn check(cfg: &ModelConfig, w: &ModelWeights, ids: &[u32]) -> f64 {
     let want = forward(cfg, w, ids).unwrap();
-    let (got, served) = private(cfg, cfg, Method::SelectThenCompute, ids, w);
-    let got = got.unwrap();
-    assert_eq!(served.unwrap(), 1);
+    let r = private(cfg, cfg, Method::SelectThenCompute, ids, w);
+    let got = r.client.unwrap();
+    assert_eq!(r.server.unwrap(), 1);
     assert_eq!(got.values.len(), want.len());
     let err = got.values.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max);
     let scale = want.iter().map(|v| v.abs()).fold(0.0, f64::max);
@@ -143,15 +151,33 @@ fn olmoe_with_q_k_norms_and_the_switch_encoder() {
 fn bad_prompts_and_different_models_fail_on_both_sides() {
     let (cfg, w) = (default_config(), default_weights());
     // a token id beyond the vocabulary: the client refuses, the server is told why
-    let (c, s) = private(&cfg, &cfg, Method::SelectThenCompute, &[1, 256], &w);
+    let Run { client: c, server: s, .. } = private(&cfg, &cfg, Method::SelectThenCompute, &[1, 256], &w);
     assert!(matches!(c, Err(ModelError::Input(ref m)) if m.contains("256")), "{c:?}");
     assert!(matches!(s, Err(ModelError::PeerRefused(ref m)) if m.contains("token id 256")), "{s:?}");
     // the server serves another model
     let mut other = cfg.clone();
     other.norm_eps = 1e-6;
-    let (c, s) = private(&cfg, &other, Method::SelectThenCompute, &[1, 2], &w);
+    let Run { client: c, server: s, .. } = private(&cfg, &other, Method::SelectThenCompute, &[1, 2], &w);
     assert!(matches!(c, Err(ModelError::Mismatch { .. })), "{c:?}");
     assert!(matches!(s, Err(ModelError::Mismatch { .. })), "{s:?}");
+}
+
+/// The server's view — every frame it receives, in order, with its length — is the same for two
+/// prompts of one length (other tokens, other routings); the client's is the same for two
+/// weight sets. What is in the frames is ciphertexts, OT messages and masked shares (the
+/// protocols' own view tests cover their contents).
+#[test]
+fn each_party_sees_the_same_message_sequence_whatever_the_other_holds() {
+    let (cfg, w) = (default_config(), default_weights());
+    let a = private(&cfg, &cfg, Method::SelectThenCompute, &[1, 2, 3, 4], &w);
+    let b = private(&cfg, &cfg, Method::SelectThenCompute, &[200, 17, 17, 90], &w);
+    assert!(a.client.is_ok() && b.client.is_ok());
+    assert!(!a.server_received.is_empty());
+    assert_eq!(a.server_received, b.server_received, "the server's view depends on the prompt");
+    let other = ModelWeights::random(&cfg, 99, 4.0);
+    let c = private(&cfg, &cfg, Method::SelectThenCompute, &[1, 2, 3, 4], &other);
+    assert_ne!(a.client.unwrap().values, c.client.unwrap().values);
+    assert_eq!(a.client_received, c.client_received, "the client's view depends on the weights");
 }
 
 /// Writes `w` as a Mixtral checkpoint (config.json + model.safetensors) with `edit` applied to

@@ -15,10 +15,10 @@ use secmoe::moe::{ExpertKind, Method, MoeConfig, Routing};
 use secmoe::net::CostModel;
 use secmoe::ot::OtKind;
 
+use super::harness::Row;
 use super::harness::{Step, reset_peak_rss, row, session_pair};
 use super::report::print_row;
 use crate::report::human_bytes;
-use super::harness::Row;
 
 /// Largest |Δ| of an output against the plaintext model for the row to count as checked.
 const CHECK_BOUND: f64 = 0.05;
