@@ -68,11 +68,11 @@ fn check(family: &str) {
         a.unwrap();
         b.unwrap();
         let client = async {
-            let out = infer(&mut sc, &cfg, Method::SelectThenCompute, &r.ids).await.unwrap();
+            let out = infer(&mut sc, &cfg, Method::SelectThenCompute, &r.ids, &()).await.unwrap();
             finish(&mut sc).await.unwrap();
             out
         };
-        let (out, served) = tokio::join!(client, serve(&mut ss, &cfg, Method::SelectThenCompute, &ckpt));
+        let (out, served) = tokio::join!(client, serve(&mut ss, &cfg, Method::SelectThenCompute, &ckpt, &()));
         assert_eq!(served.unwrap(), 1);
         drop((c, s));
         out

@@ -9,8 +9,8 @@
 mod common;
 
 use secmoe::model::{
-    Checkpoint, Family, Ffn, HfTensor, ModelConfig, ModelError, ModelResult, ModelWeights, Output, Positions,
-    WeightSource, default_config, default_weights, finish, forward, infer, serve, setup_he,
+    Checkpoint, Family, Ffn, HfTensor, KvCache, ModelConfig, ModelError, ModelResult, ModelWeights, Output, Positions,
+    WeightSource, default_config, default_weights, finish, forward, infer, infer_cached, serve, setup_he,
 };
 use secmoe::moe::{ExpertKind, Method, MoeConfig, Routing, SharedExpert};
 use secmoe::net::Frame;
@@ -39,13 +39,13 @@ fn private(ccfg: &ModelConfig, scfg: &ModelConfig, method: Method, ids: &[u32], 
         ss.channel().record_frames();
         sc.channel().record_frames();
         let client = async {
-            let out = infer(&mut sc, ccfg, method, ids).await;
+            let out = infer(&mut sc, ccfg, method, ids, &()).await;
             if out.is_ok() {
                 finish(&mut sc).await.unwrap();
             }
             out
         };
-        let (client, server) = tokio::join!(client, serve(&mut ss, scfg, method, w));
+        let (client, server) = tokio::join!(client, serve(&mut ss, scfg, method, w, &()));
         let server_received = ss.channel().take_frames().into_iter().filter(|f| !f.sent).collect();
         let client_received = sc.channel().take_frames().into_iter().filter(|f| !f.sent).collect();
         drop((c, s));
@@ -145,6 +145,37 @@ fn olmoe_with_q_k_norms_and_the_switch_encoder() {
         expert_capacity: Some(64),
     };
     check(&switch, &ModelWeights::random(&switch, 9, 4.0), &[4, 8, 15, 16, 23]);
+}
+
+/// Greedy generation's steps: a forward of one new token against both parties' key/value
+/// caches gives the last row of the whole sequence's forward.
+#[test]
+fn a_cached_step_equals_the_forward_of_the_whole_sequence() {
+    let (cfg, w) = (default_config(), default_weights());
+    let (first, second, served) = common::runtime().block_on(async {
+        let (c, mut sc, s, mut ss) = common::session_pair().await;
+        let (a, b) = tokio::join!(setup_he(&mut sc), setup_he(&mut ss));
+        a.unwrap();
+        b.unwrap();
+        let client = async {
+            let mut cache = KvCache::new();
+            let first = infer_cached(&mut sc, &cfg, Method::SelectThenCompute, &[5, 6, 7], &mut cache, &()).await;
+            let second = infer_cached(&mut sc, &cfg, Method::SelectThenCompute, &[8], &mut cache, &()).await;
+            assert_eq!(cache.len(), 4);
+            finish(&mut sc).await.unwrap();
+            (first.unwrap(), second.unwrap())
+        };
+        let ((first, second), served) = tokio::join!(client, serve(&mut ss, &cfg, Method::SelectThenCompute, &w, &()));
+        drop((c, s));
+        (first, second, served.unwrap())
+    });
+    assert_eq!(served, 2);
+    let want = forward(&cfg, &w, &[5, 6, 7, 8]).unwrap();
+    let v = cfg.vocab;
+    assert_eq!((first.values.len(), second.values.len()), (3 * v, v));
+    let err = |got: &[f64], want: &[f64]| got.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max);
+    assert!(err(&first.values, &want[..3 * v]) <= BOUND);
+    assert!(err(&second.values, &want[3 * v..]) <= BOUND, "{}", err(&second.values, &want[3 * v..]));
 }
 
 #[test]

@@ -175,7 +175,7 @@ fn ties_go_to_the_lower_expert_index() {
     let x: Vec<u64> = (0..3 * cfg.d_model).map(|_| f.encode(rng.random_range(0.1..1.0)).unwrap()).collect();
     for a in 0..cfg.d_model {
         for e in 0..cfg.experts {
-            w.router[a * cfg.experts + e] = f.encode(if e == 1 || e == 2 { 0.5 } else { -0.5 }).unwrap();
+            w.router[a * cfg.experts + e] = f.encode(if e == 1 || e == 2 { 0.5 } else { -0.5 }).unwrap() as i64 as i32;
         }
     }
     let want = reference(&cfg, f, &x, &w, None).unwrap();

@@ -2,7 +2,8 @@
 //! Mixtral, Qwen2-MoE, OLMoE and the Switch Transformers encoder) or a model in memory
 //! ([`ModelWeights`], the built-in default), its plaintext reference ([`forward`]) and its
 //! private inference between the two parties ([`infer`] on the client, [`serve`] on the
-//! server).
+//! server; [`infer_cached`] extends a sequence against both parties' [`KvCache`]s, one token
+//! per step of greedy generation).
 //!
 //! The client needs the public architecture only ([`ModelConfig`]); the server's weights
 //! (embedding table included) never leave it, and it learns nothing but the prompt's length.
@@ -18,7 +19,7 @@ pub use builtin::{default_config, default_weights};
 pub use checkpoint::{Checkpoint, HfTensor, hf_tensors};
 pub use config::{Family, Ffn, ModelConfig, Positions, relative_bucket};
 pub use reference::forward;
-pub use secure::{MAX_TOKENS, Output, finish, infer, serve, setup_he};
+pub use secure::{KvCache, MAX_TOKENS, Output, Progress, finish, infer, infer_cached, serve, setup_he};
 pub use weights::{FfnWeights, LayerWeights, Mlp, ModelWeights, WeightSource, transpose};
 
 use thiserror::Error;

@@ -23,7 +23,7 @@ use super::reference::rope_table;
 use super::weights::{FfnWeights, Mlp, WeightSource};
 use super::{ModelError, ModelResult};
 use crate::he::HeParams;
-use crate::moe::{ExpertWeights, Method, MoeWeights, SharedWeights, dense_expert, magnitude_bits, moe_layer};
+use crate::moe::{ExpertWeights, Method, MoeWeights, SharedWeights, dense_expert, magnitude_bits, moe_layer, narrow};
 use crate::proto::agree::{Statement, exchange};
 use crate::proto::arith::truncate;
 use crate::proto::layernorm::{Affine, rmsnorm};
@@ -35,6 +35,16 @@ use crate::ring::{FixedPoint, Share};
 
 /// Longest prompt (the softmax rows of attention).
 pub const MAX_TOKENS: usize = 1024;
+
+/// Told as a forward advances (a progress bar, logs); `()` ignores it.
+pub trait Progress: Sync {
+    /// Block `done` of `layers` is finished (then the head runs).
+    fn layer_done(&self, done: usize, layers: usize);
+}
+
+impl Progress for () {
+    fn layer_done(&self, _: usize, _: usize) {}
+}
 
 /// The client's result of one forward.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,6 +70,32 @@ impl Output {
     }
 }
 
+/// This party's shares of the keys (after the rotary embedding) and values of every position
+/// processed so far, per layer: what a causal model's next forward attends to, so that greedy
+/// generation computes one new token per step. Both parties keep one, in step.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<(Vec<u64>, Vec<u64>)>,
+    len: usize,
+}
+
+impl KvCache {
+    /// An empty cache (a new conversation).
+    pub fn new() -> KvCache {
+        KvCache::default()
+    }
+
+    /// Positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no position is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// Sets up the session's HE keys for a model: the parameter set with room for products of two
 /// shared matrices (attention's Q·Kᵀ and P·V flood over the server's 64-bit shares), which also
 /// serves the linear layers. Both parties call it once per session.
@@ -73,16 +109,39 @@ fn prefix(cfg: &ModelConfig, method: Method) -> String {
 }
 
 /// The client: one private forward of `ids`; only it learns the output.
-#[tracing::instrument(level = "info", skip_all, fields(n = ids.len()))]
-pub async fn infer(sess: &mut Session, cfg: &ModelConfig, method: Method, ids: &[u32]) -> ModelResult<Output> {
-    let n = ids.len();
+pub async fn infer(
+    sess: &mut Session,
+    cfg: &ModelConfig,
+    method: Method,
+    ids: &[u32],
+    progress: &dyn Progress,
+) -> ModelResult<Output> {
+    infer_cached(sess, cfg, method, ids, &mut KvCache::new(), progress).await
+}
+
+/// The client: a forward of the new tokens `ids` after the positions in `cache` (causal
+/// models; an empty cache starts a new sequence), which it extends; the output holds the new
+/// positions' rows. The server keeps its cache in step ([`serve`]).
+#[tracing::instrument(level = "info", skip_all, fields(n = ids.len(), cached = cache.len()))]
+pub async fn infer_cached(
+    sess: &mut Session,
+    cfg: &ModelConfig,
+    method: Method,
+    ids: &[u32],
+    cache: &mut KvCache,
+    progress: &dyn Progress,
+) -> ModelResult<Output> {
+    let (n, past) = (ids.len(), cache.len());
     let local = (|| {
         cfg.validate()?;
         if sess.is_server() {
             return Err(ModelError::Input("the server serves (model::serve); it has no prompt".into()));
         }
-        if !(1..=MAX_TOKENS).contains(&n) {
-            return Err(ModelError::Input(format!("{n} tokens (1..={MAX_TOKENS})")));
+        if n == 0 || past + n > MAX_TOKENS {
+            return Err(ModelError::Input(format!("{past} cached and {n} new tokens (1..={MAX_TOKENS} in all)")));
+        }
+        if past > 0 && !cfg.causal {
+            return Err(ModelError::Input("a bidirectional (encoder) model cannot extend a cached sequence".into()));
         }
         if let Some(id) = ids.iter().find(|&&id| id as usize >= cfg.vocab) {
             return Err(ModelError::Input(format!("token id {id} is not below the vocabulary size {}", cfg.vocab)));
@@ -91,14 +150,14 @@ pub async fn infer(sess: &mut Session, cfg: &ModelConfig, method: Method, ids: &
         Ok(())
     })();
     let statement: Statement =
-        local.as_ref().map(|_| format!("{} tokens={n}", prefix(cfg, method))).map_err(|e| e.to_string());
+        local.as_ref().map(|_| format!("{} cached={past} tokens={n}", prefix(cfg, method))).map_err(|e| e.to_string());
     let theirs = exchange(sess, &statement).await;
     local?;
     let theirs = peer(theirs)?;
     if theirs != prefix(cfg, method) {
         return Err(ModelError::Mismatch { ours: prefix(cfg, method), theirs });
     }
-    let shares = Box::pin(forward(sess, cfg, method, n, Some(ids), None)).await?;
+    let shares = Box::pin(forward(sess, cfg, method, n, Side::Client(ids), cache, progress)).await?;
     let theirs =
         sess.channel().recv_u64s("the server's output shares", shares.len()).await.map_err(ProtoError::from)?;
     let format = sess.format();
@@ -113,15 +172,18 @@ pub async fn finish(sess: &mut Session) -> ModelResult<()> {
 }
 
 /// The server: serves the client's forwards with its weights until the client is done;
-/// returns how many it served. It learns each prompt's length, nothing else.
+/// returns how many it served. It keeps its side of the key/value cache for forwards that
+/// extend the previous ones. It learns each forward's length, nothing else.
 #[tracing::instrument(level = "info", skip_all)]
 pub async fn serve(
     sess: &mut Session,
     cfg: &ModelConfig,
     method: Method,
     weights: &dyn WeightSource,
+    progress: &dyn Progress,
 ) -> ModelResult<usize> {
     let mut served = 0;
+    let mut cache = KvCache::new();
     loop {
         let local = cfg.validate().and_then(|_| {
             if sess.is_server() { Ok(()) } else { Err(ModelError::Input("the client cannot serve".into())) }
@@ -133,13 +195,20 @@ pub async fn serve(
         if theirs == "done" {
             return Ok(served);
         }
-        let n = theirs
+        let (past, n) = theirs
             .strip_prefix(&prefix(cfg, method))
-            .and_then(|t| t.strip_prefix(" tokens="))
-            .and_then(|t| t.parse::<usize>().ok())
-            .filter(|n| (1..=MAX_TOKENS).contains(n))
-            .ok_or_else(|| ModelError::Mismatch { ours: prefix(cfg, method), theirs: theirs.clone() })?;
-        let shares = Box::pin(forward(sess, cfg, method, n, None, Some(weights))).await?;
+            .and_then(|t| t.strip_prefix(" cached="))
+            .and_then(|t| t.split_once(" tokens="))
+            .and_then(|(p, n)| Some((p.parse::<usize>().ok()?, n.parse::<usize>().ok()?)))
+            .filter(|&(p, n)| n > 0 && p + n <= MAX_TOKENS && (p == 0 || (p == cache.len() && cfg.causal)))
+            .ok_or_else(|| ModelError::Mismatch {
+                ours: format!("{} cached={}", prefix(cfg, method), cache.len()),
+                theirs: theirs.clone(),
+            })?;
+        if past == 0 {
+            cache = KvCache::new();
+        }
+        let shares = Box::pin(forward(sess, cfg, method, n, Side::Server(weights), &mut cache, progress)).await?;
         let raw: Vec<u64> = shares.iter().map(|s| s.raw()).collect();
         sess.channel().send_u64s(&raw).await.map_err(ProtoError::from)?;
         served += 1;
@@ -179,11 +248,16 @@ impl Encoder {
         Ok(self.format.encode_named(&self.name(tensor), values, None)?)
     }
 
+    /// A weight tensor in 32 bits (the MoE layer's storage).
+    fn narrow(&self, tensor: &str, values: &[f32]) -> ModelResult<Vec<i32>> {
+        Ok(narrow(&self.name(tensor), &self.encode(tensor, values)?)?)
+    }
+
     fn mlp(&self, tensor: &str, m: &Mlp) -> ModelResult<ExpertWeights> {
         Ok(ExpertWeights {
-            w1: self.encode(&format!("{tensor}.w1"), &m.w1)?,
-            w3: m.w3.as_ref().map(|w| self.encode(&format!("{tensor}.w3"), w)).transpose()?,
-            w2: self.encode(&format!("{tensor}.w2"), &m.w2)?,
+            w1: self.narrow(&format!("{tensor}.w1"), &m.w1)?,
+            w3: m.w3.as_ref().map(|w| self.narrow(&format!("{tensor}.w3"), w)).transpose()?,
+            w2: self.narrow(&format!("{tensor}.w2"), &m.w2)?,
         })
     }
 }
@@ -192,15 +266,28 @@ fn weights(values: &[u64]) -> Weights<'_> {
     Weights { values, bits: magnitude_bits(values) }
 }
 
+/// What a party brings to a forward.
+enum Side<'a> {
+    /// The client's token ids.
+    Client(&'a [u32]),
+    /// The server's weights.
+    Server(&'a dyn WeightSource),
+}
+
 /// One forward on both sides: this party's shares of the output.
 async fn forward(
     sess: &mut Session,
     cfg: &ModelConfig,
     method: Method,
     n: usize,
-    ids: Option<&[u32]>,
-    source: Option<&dyn WeightSource>,
+    side: Side<'_>,
+    cache: &mut KvCache,
+    progress: &dyn Progress,
 ) -> ModelResult<Vec<Share>> {
+    let (ids, source) = match side {
+        Side::Client(ids) => (Some(ids), None),
+        Side::Server(weights) => (None, Some(weights)),
+    };
     let meter = sess.meter().clone();
     let format = sess.format();
     let (d, v) = (cfg.d_model, cfg.vocab);
@@ -225,7 +312,11 @@ async fn forward(
         };
         let o = {
             let _s = meter.scope("attention");
-            attention(sess, cfg, n, &normed, layer.as_ref(), &enc, bias.as_deref()).await?
+            if cache.layers.len() <= i {
+                cache.layers.push((Vec::new(), Vec::new()));
+            }
+            let past = cache.len;
+            attention(sess, cfg, n, past, &normed, layer.as_ref(), &enc, bias.as_deref(), &mut cache.layers[i]).await?
         };
         h.iter_mut().zip(o).for_each(|(h, o)| *h = h.wrapping_add(o));
         let normed = {
@@ -235,10 +326,11 @@ async fn forward(
         };
         let _s = meter.scope("ffn");
         let x = shares(normed);
-        let y = match (cfg.ffn[i], layer.as_ref().map(|w| &w.ffn)) {
+        // the f32 weights move into the conversion, each expert's freed as it is converted
+        let y = match (cfg.ffn[i], layer.map(|w| w.ffn)) {
             (Ffn::Dense { d_ff, kind }, w) => {
                 let w = match w {
-                    Some(FfnWeights::Dense(m)) => Some(enc.mlp("mlp", m)?),
+                    Some(FfnWeights::Dense(m)) => Some(enc.mlp("mlp", &m)?),
                     Some(_) => return Err(ModelError::Weights(format!("layer {i}: MoE weights for a dense block"))),
                     None => None,
                 };
@@ -247,18 +339,17 @@ async fn forward(
             (Ffn::Moe(m), w) => {
                 let w = match w {
                     Some(FfnWeights::Moe { router, experts, shared }) => Some(MoeWeights {
-                        router: enc.encode("router", router)?,
+                        router: enc.narrow("router", &router)?,
                         experts: experts
-                            .iter()
+                            .into_iter()
                             .enumerate()
-                            .map(|(e, x)| enc.mlp(&format!("experts.{e}"), x))
+                            .map(|(e, x)| enc.mlp(&format!("experts.{e}"), &x))
                             .collect::<ModelResult<_>>()?,
                         shared: shared
-                            .as_ref()
                             .map(|(x, gate)| -> ModelResult<SharedWeights> {
                                 Ok(SharedWeights {
-                                    expert: enc.mlp("shared_expert", x)?,
-                                    gate: gate.as_ref().map(|g| enc.encode("shared_expert_gate", g)).transpose()?,
+                                    expert: enc.mlp("shared_expert", &x)?,
+                                    gate: gate.as_ref().map(|g| enc.narrow("shared_expert_gate", g)).transpose()?,
                                 })
                             })
                             .transpose()?,
@@ -270,7 +361,9 @@ async fn forward(
             }
         };
         h.iter_mut().zip(raw(&y)).for_each(|(h, y)| *h = h.wrapping_add(*y));
+        progress.layer_done(i + 1, cfg.layers());
     }
+    cache.len += n;
     let _s = meter.scope("head");
     let gamma = source.map(|s| s.final_norm().and_then(|g| top.encode("final_norm", &g))).transpose()?;
     let x = norm(sess, cfg, &h, d, gamma.as_deref()).await?;
@@ -303,16 +396,24 @@ async fn norm(
     Ok(rmsnorm(sess, x, width, affine, eps).await?)
 }
 
-/// Rows (positions 0..n) of `heads` heads of `dim` times the public scale, rotated when the
-/// model uses rotary embeddings: products at 2f fractional bits, then one truncation.
-async fn rotate(sess: &mut Session, cfg: &ModelConfig, x: Vec<u64>, heads: usize, scale: f64) -> ModelResult<Vec<u64>> {
+/// Rows (positions past, past + 1, …) of `heads` heads of `dim` times the public scale,
+/// rotated when the model uses rotary embeddings: products at 2f fractional bits, then one
+/// truncation.
+async fn rotate(
+    sess: &mut Session,
+    cfg: &ModelConfig,
+    x: Vec<u64>,
+    past: usize,
+    heads: usize,
+    scale: f64,
+) -> ModelResult<Vec<u64>> {
     let format = sess.format();
     let dim = cfg.head_dim;
     let out: Vec<u64> = match cfg.positions {
         Positions::Rope { theta } => {
             let mut out = vec![0u64; x.len()];
             for (p, (row, o)) in x.chunks_exact(heads * dim).zip(out.chunks_exact_mut(heads * dim)).enumerate() {
-                let table: Vec<(u64, u64)> = rope_table(theta, dim, p)
+                let table: Vec<(u64, u64)> = rope_table(theta, dim, past + p)
                     .into_iter()
                     .map(|(c, s)| Ok((format.encode(c * scale)?, format.encode(s * scale)?)))
                     .collect::<ModelResult<_>>()?;
@@ -346,15 +447,19 @@ fn transposed(rows: usize, cols: usize, a: &[u64]) -> Vec<u64> {
     (0..cols).flat_map(|j| (0..rows).map(move |i| a[i * cols + j])).collect()
 }
 
-/// Self-attention of one block on the normed rows (module notes, step 2).
+/// Self-attention of one block on the n normed rows of positions past.. (module notes, step
+/// 2), against the cached keys and values of the positions before, which it extends.
+#[allow(clippy::too_many_arguments)]
 async fn attention(
     sess: &mut Session,
     cfg: &ModelConfig,
     n: usize,
+    past: usize,
     x: &[u64],
     layer: Option<&super::weights::LayerWeights>,
     enc: &Encoder,
     position_bias: Option<&[f32]>,
+    (keys, values): &mut (Vec<u64>, Vec<u64>),
 ) -> ModelResult<Vec<u64>> {
     let frac = sess.format().frac_bits();
     let (d, hd) = (cfg.d_model, cfg.head_dim);
@@ -388,14 +493,20 @@ async fn attention(
         q = norm(sess, cfg, &q, qw, gq.as_deref()).await?;
         k = norm(sess, cfg, &k, kw, gk.as_deref()).await?;
     }
-    let q = rotate(sess, cfg, q, cfg.heads, cfg.score_scale).await?;
-    let k = rotate(sess, cfg, k, cfg.kv_heads, 1.0).await?;
+    let q = rotate(sess, cfg, q, past, cfg.heads, cfg.score_scale).await?;
+    let k = rotate(sess, cfg, k, past, cfg.kv_heads, 1.0).await?;
+    // the keys and values of all positions so far: the cache's, then the new rows
+    keys.truncate(past * kw);
+    values.truncate(past * kw);
+    keys.extend(k);
+    values.extend(v);
+    let (k, v, total) = (&*keys, &*values, past + n);
     let group = cfg.heads / cfg.kv_heads;
-    let mut scores = Vec::with_capacity(cfg.heads * n * n);
+    let mut scores = Vec::with_capacity(cfg.heads * n * total);
     for h in 0..cfg.heads {
         let qh = shares(columns(&q, qw, h * hd, hd));
-        let kt = shares(transposed(n, hd, &columns(&k, kw, (h / group) * hd, hd)));
-        scores.extend(raw(&matmul_shared(sess, MatShape { n, d: hd, m: n }, &qh, &kt).await?));
+        let kt = shares(transposed(total, hd, &columns(k, kw, (h / group) * hd, hd)));
+        scores.extend(raw(&matmul_shared(sess, MatShape { n, d: hd, m: total }, &qh, &kt).await?));
     }
     let mut scores = truncate(sess, &scores, frac).await?;
     if let (Some(table), Positions::RelativeBias { buckets, max_distance }) = (position_bias, cfg.positions) {
@@ -410,13 +521,15 @@ async fn attention(
         let bias = enc.encode("position_bias", &bias)?;
         scores.iter_mut().zip(bias).for_each(|(s, b)| *s = s.wrapping_add(b));
     }
-    let keep: Vec<bool> = (0..cfg.heads * n * n).map(|x| !cfg.causal || x % n <= (x / n) % n).collect();
-    let p = softmax_masked(sess, &scores, n, cfg.causal.then_some(keep.as_slice())).await?;
+    // row i (position past + i) attends to positions 0..=past + i
+    let keep: Vec<bool> =
+        (0..cfg.heads * n * total).map(|x| !cfg.causal || x % total <= past + (x / total) % n).collect();
+    let p = softmax_masked(sess, &scores, total, cfg.causal.then_some(keep.as_slice())).await?;
     let mut o = vec![0u64; n * qw];
     for h in 0..cfg.heads {
-        let ph = shares(p[h * n * n..(h + 1) * n * n].to_vec());
-        let vh = shares(columns(&v, kw, (h / group) * hd, hd));
-        let oh = matmul_shared(sess, MatShape { n, d: n, m: hd }, &ph, &vh).await?;
+        let ph = shares(p[h * n * total..(h + 1) * n * total].to_vec());
+        let vh = shares(columns(v, kw, (h / group) * hd, hd));
+        let oh = matmul_shared(sess, MatShape { n, d: total, m: hd }, &ph, &vh).await?;
         for (i, row) in raw(&oh).chunks_exact(hd).enumerate() {
             o[i * qw + h * hd..i * qw + (h + 1) * hd].copy_from_slice(row);
         }

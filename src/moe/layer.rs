@@ -4,7 +4,7 @@
 use std::ops::Range;
 
 use super::route::{Routes, route};
-use super::weights::{ExpertWeights, magnitude_bits};
+use super::weights::{ExpertWeights, magnitude_bits, widen};
 use super::{ExpertKind, Method, MoeConfig, MoeError, MoeResult, MoeWeights};
 use crate::proto::agree::exchange;
 use crate::proto::arith::{mul_rows, truncate, truncate_extend};
@@ -42,7 +42,8 @@ pub async fn moe_layer(
     let d = cfg.d_model;
     let logits = {
         let _s = meter.scope("router");
-        let router = weights.map(|w| Weights { values: &w.router, bits: magnitude_bits(&w.router) });
+        let router = weights.map(|w| widen(&w.router));
+        let router = router.as_deref().map(|values| Weights { values, bits: magnitude_bits(values) });
         linear(sess, MatShape { n, d, m: cfg.experts }, x, router).await?
     };
     let routes = {
@@ -147,9 +148,9 @@ fn stack_first(experts: &[ExpertWeights], d: usize, d_ff: usize) -> Vec<u64> {
     let mut out = Vec::with_capacity(experts.len() * 2 * d * d_ff);
     for a in 0..d {
         for x in experts {
-            out.extend_from_slice(&x.w1[a * d_ff..(a + 1) * d_ff]);
+            out.extend(x.w1[a * d_ff..(a + 1) * d_ff].iter().map(|&v| v as i64 as u64));
             if let Some(w3) = &x.w3 {
-                out.extend_from_slice(&w3[a * d_ff..(a + 1) * d_ff]);
+                out.extend(w3[a * d_ff..(a + 1) * d_ff].iter().map(|&v| v as i64 as u64));
             }
         }
     }
@@ -161,7 +162,7 @@ fn stack_second(experts: &[ExpertWeights], d_ff: usize, d: usize) -> Vec<u64> {
     let mut out = Vec::with_capacity(experts.len() * d_ff * d);
     for a in 0..d_ff {
         for x in experts {
-            out.extend_from_slice(&x.w2[a * d..(a + 1) * d]);
+            out.extend(x.w2[a * d..(a + 1) * d].iter().map(|&v| v as i64 as u64));
         }
     }
     out
@@ -317,7 +318,8 @@ async fn baseline(
         let second = meter.scope("second");
         for (slot, i) in experts.clone().enumerate() {
             let rows: Vec<u64> = (0..n).flat_map(|j| hidden[(j * c + slot) * d_ff..][..d_ff].to_vec()).collect();
-            let w2 = weights.map(|w| w.experts[i].w2.as_slice());
+            let w2 = weights.map(|w| widen(&w.experts[i].w2));
+            let w2 = w2.as_deref();
             let y = product(sess, MatShape { n, d: d_ff, m: d }, &rows, w2).await?;
             for j in 0..n {
                 u[(j * c + slot) * d..][..d].copy_from_slice(&y[j * d..][..d]);
@@ -386,7 +388,8 @@ async fn capacity(
     {
         let _s = meter.scope("second");
         for i in 0..e {
-            let w2 = weights.map(|w| w.experts[i].w2.as_slice());
+            let w2 = weights.map(|w| widen(&w.experts[i].w2));
+            let w2 = w2.as_deref();
             let rows = &hidden[i * slots * d_ff..(i + 1) * slots * d_ff];
             y_slots.extend(product(sess, MatShape { n: slots, d: d_ff, m: d }, rows, w2).await?);
         }
@@ -467,7 +470,8 @@ async fn shared_expert(
     if !shape.sigmoid_gate {
         return Ok(y);
     }
-    let wg = shared.and_then(|s| s.gate.as_deref());
+    let wg = shared.and_then(|s| s.gate.as_deref()).map(widen);
+    let wg = wg.as_deref();
     let logit = product(sess, MatShape { n, d, m: 1 }, raw(x), wg).await?;
     let logit = truncate(sess, &logit, frac).await?;
     let pairs: Vec<u64> = logit.iter().flat_map(|&l| [l, 0]).collect();
@@ -498,7 +502,8 @@ pub async fn dense_expert(
     let z = product(sess, MatShape { n, d, m: width }, raw(x), first.as_deref()).await?;
     let z = truncate(sess, &z, frac).await?;
     let hidden = activate(sess, kind, &z, d_ff).await?;
-    let y = product(sess, MatShape { n, d: d_ff, m: d }, &hidden, weights.map(|w| w.w2.as_slice())).await?;
+    let w2 = weights.map(|w| widen(&w.w2));
+    let y = product(sess, MatShape { n, d: d_ff, m: d }, &hidden, w2.as_deref()).await?;
     let y = truncate(sess, &y, frac).await?;
     Ok(y.into_iter().map(Share::from_raw).collect())
 }

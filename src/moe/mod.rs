@@ -78,7 +78,7 @@ pub use config::{ExpertKind, MAX_CAPACITY_TOKENS, MAX_EXPERTS, MAX_TOP_K, Method
 pub use layer::{MoeOutput, dense_expert, moe_layer};
 pub use reference::{Reference, reference, top_k};
 pub use route::{Routes, route};
-pub use weights::{ExpertWeights, MoeWeights, SharedWeights, magnitude_bits};
+pub use weights::{ExpertWeights, MoeWeights, SharedWeights, magnitude_bits, narrow, widen};
 
 use thiserror::Error;
 

@@ -8,12 +8,10 @@ use crate::proto::piecewise::Piecewise;
 use crate::ring::{FixedPoint, to_signed};
 
 /// x (n×d, fixed point) times W (d×m, fixed point): exact products at 2f fractional bits.
-fn matmul(x: &[u64], w: &[u64], d: usize, m: usize) -> Vec<i128> {
+fn matmul(x: &[u64], w: &[i32], d: usize, m: usize) -> Vec<i128> {
     x.chunks_exact(d)
         .flat_map(|row| {
-            (0..m).map(move |c| {
-                row.iter().enumerate().map(|(a, &v)| to_signed(v) as i128 * to_signed(w[a * m + c]) as i128).sum()
-            })
+            (0..m).map(move |c| row.iter().enumerate().map(|(a, &v)| to_signed(v) as i128 * w[a * m + c] as i128).sum())
         })
         .collect()
 }
@@ -37,7 +35,7 @@ fn softmax(xs: &[f64]) -> Vec<f64> {
 /// the protocol's truncation), the piecewise activation, then W2 in f64.
 fn expert(kind: ExpertKind, w: &ExpertWeights, x: &[u64], d: usize, d_ff: usize, format: FixedPoint) -> Vec<f64> {
     let f = format.frac_bits();
-    let pre = |m: &[u64]| -> Vec<f64> {
+    let pre = |m: &[i32]| -> Vec<f64> {
         matmul(x, m, d, d_ff).into_iter().map(|v| format.decode((v >> f) as i64 as u64)).collect()
     };
     let a = pre(&w.w1);
@@ -60,7 +58,7 @@ fn expert(kind: ExpertKind, w: &ExpertWeights, x: &[u64], d: usize, d_ff: usize,
             a.iter().zip(&b).map(|(&a, &b)| f(a) * b).collect()
         }
     };
-    (0..d).map(|c| hidden.iter().enumerate().map(|(a, h)| h * format.decode(w.w2[a * d + c])).sum()).collect()
+    (0..d).map(|c| hidden.iter().enumerate().map(|(a, h)| h * w.w2[a * d + c] as f64 / format.scale()).sum()).collect()
 }
 
 /// What the plaintext layer gives.

@@ -1,5 +1,7 @@
-//! The server's weights of a MoE layer, as fixed-point ring elements of the session's format
-//! (row-major, x·W convention: a d×m matrix maps a d-vector to an m-vector).
+//! The server's weights of a MoE layer, as fixed-point values of the session's format stored in
+//! 32 bits (row-major, x·W convention: a d×m matrix maps a d-vector to an m-vector). Half the
+//! memory of ring elements — what lets hundreds of experts stay in memory; each chunk of
+//! experts is widened to Z_2^64 only while its HE product runs.
 
 use rand::{Rng, RngExt};
 
@@ -10,11 +12,11 @@ use crate::ring::{FixedPoint, to_signed};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExpertWeights {
     /// W1, d×d_ff: the activation's input (the gate of gated kinds).
-    pub w1: Vec<u64>,
+    pub w1: Vec<i32>,
     /// W3, d×d_ff: the gated kinds' linear branch (up); `None` for ReLU/GeLU experts.
-    pub w3: Option<Vec<u64>>,
+    pub w3: Option<Vec<i32>>,
     /// W2, d_ff×d: back to the model width (down).
-    pub w2: Vec<u64>,
+    pub w2: Vec<i32>,
 }
 
 /// The shared expert and its optional sigmoid gate.
@@ -23,21 +25,21 @@ pub struct SharedWeights {
     /// The dense expert.
     pub expert: ExpertWeights,
     /// w_g, d×1 (Qwen2-MoE's `shared_expert_gate`), when the config asks for it.
-    pub gate: Option<Vec<u64>>,
+    pub gate: Option<Vec<i32>>,
 }
 
 /// All weights of one layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MoeWeights {
     /// The router, d×E.
-    pub router: Vec<u64>,
+    pub router: Vec<i32>,
     /// The E routed experts.
     pub experts: Vec<ExpertWeights>,
     /// The shared expert, when the config has one.
     pub shared: Option<SharedWeights>,
 }
 
-fn expect(name: &str, values: &[u64], rows: usize, cols: usize) -> MoeResult<()> {
+fn expect(name: &str, values: &[i32], rows: usize, cols: usize) -> MoeResult<()> {
     if values.len() == rows * cols {
         Ok(())
     } else {
@@ -129,9 +131,28 @@ impl MoeWeights {
 }
 
 /// Uniform fixed-point values in ±bound.
-fn uniform(count: usize, bound: f64, format: FixedPoint, rng: &mut impl Rng) -> Vec<u64> {
-    let m = (bound * format.scale()) as i64;
-    (0..count).map(|_| rng.random_range(-m..=m) as u64).collect()
+fn uniform(count: usize, bound: f64, format: FixedPoint, rng: &mut impl Rng) -> Vec<i32> {
+    let m = (bound * format.scale()).min(i32::MAX as f64) as i32;
+    (0..count).map(|_| rng.random_range(-m..=m)).collect()
+}
+
+/// 32-bit weights as ring elements of Z_2^64 (sign-extended), for an HE product.
+pub fn widen(values: &[i32]) -> Vec<u64> {
+    values.iter().map(|&v| v as i64 as u64).collect()
+}
+
+/// Ring elements (fixed-point weights) narrowed to 32 bits; the name of the tensor and the
+/// first element that does not fit are in the error.
+pub fn narrow(name: &str, values: &[u64]) -> MoeResult<Vec<i32>> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            i32::try_from(to_signed(v)).map_err(|_| {
+                MoeError::Input(format!("weight {name}[{i}] does not fit 32 bits at this fixed-point format"))
+            })
+        })
+        .collect()
 }
 
 /// log2 of a bound on |w| over `values` read as signed (what [`crate::proto::linear::Weights`]

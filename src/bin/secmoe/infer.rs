@@ -8,8 +8,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use secmoe::backend::Backend;
 use secmoe::model::{
-    Checkpoint, MAX_TOKENS, ModelConfig, Output, WeightSource, default_config, default_weights, finish, infer, serve,
-    setup_he,
+    Checkpoint, KvCache, MAX_TOKENS, ModelConfig, Output, Progress, WeightSource, default_config, default_weights,
+    finish, infer_cached, serve, setup_he,
 };
 use secmoe::moe::Method;
 use secmoe::net::{CostModel, Link, Report};
@@ -54,6 +54,39 @@ pub fn parse_ids(text: &str) -> Result<Vec<u32>> {
     text.split(',')
         .map(|t| t.trim().parse::<u32>().with_context(|| format!("--prompt-ids: `{t}` is not a token id")))
         .collect()
+}
+
+/// A progress bar of a forward's layers on stderr, shown only when stderr is a terminal.
+pub struct Bar(Option<indicatif::ProgressBar>);
+
+impl Bar {
+    /// A bar titled `what`, if stderr is a terminal and `show`.
+    pub fn new(what: &str, show: bool) -> Bar {
+        use std::io::IsTerminal;
+        if !show || !std::io::stderr().is_terminal() {
+            return Bar(None);
+        }
+        let bar = indicatif::ProgressBar::new(0);
+        let style = indicatif::ProgressStyle::with_template("{msg} [{bar:30}] layer {pos}/{len} {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        bar.set_style(style.progress_chars("=> "));
+        bar.set_message(what.to_string());
+        Bar(Some(bar))
+    }
+}
+
+impl Progress for Bar {
+    fn layer_done(&self, done: usize, layers: usize) {
+        if let Some(bar) = &self.0 {
+            bar.set_length(layers as u64);
+            bar.set_position(done as u64);
+            if done == layers {
+                bar.finish_and_clear();
+            } else if done == 1 {
+                bar.reset_elapsed();
+            }
+        }
+    }
 }
 
 /// How a job runs, agreed by both parties.
@@ -101,8 +134,8 @@ async fn session(link: &mut Link, backend: Arc<dyn Backend>, job: JobConfig) -> 
     Ok(sess)
 }
 
-/// The client: the prompt's forward, then `max_new` greedy steps (each a forward of the
-/// whole sequence so far); only it learns the outputs.
+/// The client: the prompt's forward, then `max_new` greedy steps (each a forward of the one
+/// new token against the key/value caches); only it learns the outputs.
 pub async fn client(
     link: &mut Link,
     backend: Arc<dyn Backend>,
@@ -110,6 +143,7 @@ pub async fn client(
     cfg: &ModelConfig,
     prompt: &[u32],
     max_new: usize,
+    progress: &dyn Progress,
 ) -> Result<ClientResult> {
     if max_new > 0 && !cfg.lm_head {
         bail!("--max-new-tokens: {} is an encoder (no LM head), it does not generate", cfg.family.model_type());
@@ -121,11 +155,15 @@ pub async fn client(
     let mut sess = session(link, backend, job).await?;
     let mut ids = prompt.to_vec();
     let mut outputs = Vec::new();
+    // the prompt, then one new token per step against both parties' key/value caches
+    let mut cache = KvCache::new();
+    let mut new: Vec<u32> = prompt.to_vec();
     for step in 0..=max_new {
-        let out = infer(&mut sess, cfg, job.method, &ids).await?;
+        let out = infer_cached(&mut sess, cfg, job.method, &new, &mut cache, progress).await?;
         if step < max_new {
-            let next = out.argmax()[ids.len() - 1];
-            ids.push(next as u32);
+            let next = *out.argmax().last().unwrap_or(&0) as u32;
+            ids.push(next);
+            new = vec![next];
         }
         outputs.push(out);
     }
@@ -141,9 +179,10 @@ pub async fn server(
     job: JobConfig,
     cfg: &ModelConfig,
     weights: &dyn WeightSource,
+    progress: &dyn Progress,
 ) -> Result<(usize, Costs)> {
     let start = Instant::now();
     let mut sess = session(link, backend, job).await?;
-    let served = serve(&mut sess, cfg, job.method, weights).await?;
+    let served = serve(&mut sess, cfg, job.method, weights, progress).await?;
     Ok((served, Costs { report: link.meter().report(), wall_s: start.elapsed().as_secs_f64() }))
 }

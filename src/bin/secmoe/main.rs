@@ -230,12 +230,14 @@ async fn both(
     weights: &dyn secmoe::model::WeightSource,
     prompt: &[u32],
     max_new: usize,
+    show_progress: bool,
 ) -> Result<(infer::ClientResult, infer::Costs)> {
     let cfg = job.job()?;
     let (mut client, mut server) = loopback(job.link_config()).await?;
+    let bar = infer::Bar::new("private inference", show_progress);
     let (c, s) = tokio::join!(
-        infer::client(&mut client, job.backend()?, cfg, &model.config, prompt, max_new),
-        infer::server(&mut server, job.backend()?, cfg, &model.config, weights)
+        infer::client(&mut client, job.backend()?, cfg, &model.config, prompt, max_new, &bar),
+        infer::server(&mut server, job.backend()?, cfg, &model.config, weights, &())
     );
     let (c, (_, s)) = (c?, s?);
     let (a, b) = tokio::join!(client.close(), server.close());
@@ -277,7 +279,7 @@ fn main() -> Result<()> {
                     println!("client and server in one process, QUIC + TLS 1.3 on loopback\n");
                 }
                 reset_peak_rss();
-                let (c, s) = both(&job, &model, weights.as_ref(), &ids, prompt.max_new_tokens).await?;
+                let (c, s) = both(&job, &model, weights.as_ref(), &ids, prompt.max_new_tokens, !prompt.json).await?;
                 let reference = secmoe::model::forward(&model.config, weights.as_ref(), &ids)?;
                 report::print_demo(&model, &ids, &c, &s, &reference, prompt.json)
             }
@@ -285,7 +287,7 @@ fn main() -> Result<()> {
                 let (model, weights) = infer::model_weights(Some(&model))?;
                 let ids = infer::parse_ids(&prompt.prompt_ids)?;
                 reset_peak_rss();
-                let (c, s) = both(&job, &model, weights.as_ref(), &ids, prompt.max_new_tokens).await?;
+                let (c, s) = both(&job, &model, weights.as_ref(), &ids, prompt.max_new_tokens, !prompt.json).await?;
                 report::print_run(&model, &ids, &c, &s, prompt.json)
             }
             Command::Bench { preset, only, json, threads, tune, backend, moe } => {
@@ -324,8 +326,9 @@ fn main() -> Result<()> {
                 loop {
                     let served = async {
                         let mut link = listener.accept().await?;
-                        let out =
-                            infer::server(&mut link, job.backend()?, cfg, &model.config, weights.as_ref()).await?;
+                        let bar = infer::Bar::new("serving", true);
+                        let out = infer::server(&mut link, job.backend()?, cfg, &model.config, weights.as_ref(), &bar)
+                            .await?;
                         link.close().await?;
                         anyhow::Ok(out)
                     }
@@ -357,8 +360,10 @@ fn main() -> Result<()> {
                     println!("connected to {addr}; server certificate {actual}");
                 }
                 reset_peak_rss();
+                let bar = infer::Bar::new("private inference", !prompt.json);
                 let out =
-                    infer::client(&mut link, job.backend()?, cfg, &model.config, &ids, prompt.max_new_tokens).await?;
+                    infer::client(&mut link, job.backend()?, cfg, &model.config, &ids, prompt.max_new_tokens, &bar)
+                        .await?;
                 link.close().await?;
                 report::print_client(&model, &ids, &out, prompt.json)
             }

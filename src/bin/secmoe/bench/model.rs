@@ -96,11 +96,11 @@ async fn measure(
     reset_peak_rss();
     let start = Instant::now();
     let client = async {
-        let out = infer(&mut sc, cfg, Method::SelectThenCompute, &ids).await?;
+        let out = infer(&mut sc, cfg, Method::SelectThenCompute, &ids, &()).await?;
         finish(&mut sc).await?;
         anyhow::Ok(out)
     };
-    let (out, served) = tokio::join!(client, serve(&mut ss, cfg, Method::SelectThenCompute, &w));
+    let (out, served) = tokio::join!(client, serve(&mut ss, cfg, Method::SelectThenCompute, &w, &()));
     let wall_s = start.elapsed().as_secs_f64();
     let (out, served) = (out?, served?);
     if served != 1 {
