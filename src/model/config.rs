@@ -260,6 +260,20 @@ fn rope_theta(c: &Json) -> ModelResult<f64> {
     c.f64_or("rope_theta", 10000.0)
 }
 
+/// The SwiGLU MoE block of Qwen2-MoE and OLMoE: softmax over all experts, then top-k,
+/// renormalized when `norm_topk_prob` (`intermediate_size` wide; Qwen2-MoE overrides it).
+fn softmax_top_k(c: &Json, d: usize) -> ModelResult<MoeConfig> {
+    Ok(MoeConfig {
+        experts: c.usize("num_experts")?,
+        top_k: c.usize("num_experts_per_tok")?,
+        d_model: d,
+        d_ff: c.usize("intermediate_size")?,
+        routing: Routing::SoftmaxTopK { normalize: c.bool_or("norm_topk_prob", false)? },
+        expert: ExpertKind::SwiGlu,
+        shared: None,
+    })
+}
+
 /// Mixtral, Qwen2-MoE and OLMoE: causal decoders with RoPE, RMSNorm and SwiGLU experts.
 fn decoder(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
     let d = c.usize("hidden_size")?;
@@ -288,13 +302,9 @@ fn decoder(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
             c.refuse_unless("use_sliding_window", |v| v == false)?;
             let shared = c.usize_or("shared_expert_intermediate_size", 0)?;
             let moe = MoeConfig {
-                experts: c.usize("num_experts")?,
-                top_k: c.usize("num_experts_per_tok")?,
-                d_model: d,
                 d_ff: c.usize("moe_intermediate_size")?,
-                routing: Routing::SoftmaxTopK { normalize: c.bool_or("norm_topk_prob", false)? },
-                expert: ExpertKind::SwiGlu,
                 shared: (shared > 0).then_some(SharedExpert { d_ff: shared, sigmoid_gate: true }),
+                ..softmax_top_k(c, d)?
             };
             let step = c.usize_or("decoder_sparse_step", 1)?;
             let dense_only: Vec<usize> = match c.field("mlp_only_layers") {
@@ -318,16 +328,7 @@ fn decoder(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
             qk_norm = true;
             c.refuse_unless("clip_qkv", |_| false)?;
             c.refuse_unless("attention_bias", |v| v == false)?;
-            let moe = MoeConfig {
-                experts: c.usize("num_experts")?,
-                top_k: c.usize("num_experts_per_tok")?,
-                d_model: d,
-                d_ff: c.usize("intermediate_size")?,
-                routing: Routing::SoftmaxTopK { normalize: c.bool_or("norm_topk_prob", false)? },
-                expert: ExpertKind::SwiGlu,
-                shared: None,
-            };
-            vec![Ffn::Moe(moe); layers]
+            vec![Ffn::Moe(softmax_top_k(c, d)?); layers]
         }
     };
     Ok(ModelConfig {

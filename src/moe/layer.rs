@@ -135,10 +135,16 @@ async fn agree(
     Ok(n)
 }
 
-/// Experts per chunk so that a chunk's first-matrix results stay within [`CHUNK_VALUES`].
+/// Weights of one chunk's experts widened to ring elements at once (1 GiB): bounds the
+/// server's memory when few tokens make the results small.
+const CHUNK_WEIGHTS: usize = 128 << 20;
+
+/// Experts per chunk so that a chunk's first-matrix results stay within [`CHUNK_VALUES`] and
+/// its widened weights within [`CHUNK_WEIGHTS`].
 fn chunks(cfg: &MoeConfig, n: usize) -> Vec<Range<usize>> {
     let width = first_width(cfg.expert, cfg.d_ff);
-    let per = (CHUNK_VALUES / (n * width).max(1)).clamp(1, cfg.experts);
+    let per = (CHUNK_VALUES / (n * width).max(1)).min(CHUNK_WEIGHTS / (cfg.d_model * width).max(1));
+    let per = per.clamp(1, cfg.experts);
     (0..cfg.experts).step_by(per).map(|s| s..(s + per).min(cfg.experts)).collect()
 }
 

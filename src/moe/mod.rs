@@ -7,8 +7,9 @@
 //! k rounds of secure argmax give XOR-shared one-hot vectors t_r (n×E) and shared gate weights
 //! (Switch and Qwen2-MoE/OLMoE: softmax over all E picked by t_r; Mixtral and `norm_topk_prob`:
 //! softmax over the k chosen logits) → the routed experts by [`Method`] → y = Σ_r g_r·o_r → plus
-//! the shared expert (Qwen2-MoE's sigmoid gate as softmax([z, 0])₀). Experts are streamed in
-//! chunks (64 MiB of first-matrix results per party), so E = 1024 fits in memory.
+//! the shared expert (Qwen2-MoE's sigmoid gate as softmax([z, 0])₀). The server stores the
+//! weights in 32 bits ([`MoeWeights`]) and streams the experts in chunks (64 MiB of first-matrix
+//! results per party, 1 GiB of weights widened to the ring), so E = 1024 fits in memory.
 //!
 //! # Methods and their costs (per layer; N = 8192 the HE ring degree, g = 2 for gated experts)
 //! - [`Method::SelectThenCompute`] (built): every expert's first matrices on every token under

@@ -18,8 +18,7 @@ use secmoe::proto::linear::KeySet;
 use secmoe::ring::{FixedPoint, Share, reconstruct};
 
 use super::harness::{Row, Step, reset_peak_rss, row, session_pair};
-use super::report::print_row;
-use crate::report::human_bytes;
+use super::report::print_row_with_steps;
 
 /// What the preset sweeps.
 #[derive(Debug, Clone)]
@@ -65,10 +64,7 @@ pub(crate) async fn run(
             let row = measure(&cfg, method, opts.tokens, backend.clone(), threads, tune)
                 .await
                 .with_context(|| format!("moe {cfg}, {}", method.name()))?;
-            print_row(&row);
-            for s in &row.steps {
-                println!("  {:<22} {:>11} {:>7} rounds {:>8.2} s", s.name, human_bytes(s.bytes), s.rounds, s.seconds);
-            }
+            print_row_with_steps(&row);
             rows.push(row);
         }
     }

@@ -17,8 +17,7 @@ use secmoe::ot::OtKind;
 
 use super::harness::Row;
 use super::harness::{Step, reset_peak_rss, row, session_pair};
-use super::report::print_row;
-use crate::report::human_bytes;
+use super::report::print_row_with_steps;
 
 /// Largest |Δ| of an output against the plaintext model for the row to count as checked.
 const CHECK_BOUND: f64 = 0.05;
@@ -68,10 +67,7 @@ pub(crate) async fn run(
             continue;
         }
         let row = measure(name, &cfg, n, router, backend.clone(), threads, tune).await?;
-        print_row(&row);
-        for s in &row.steps {
-            println!("  {:<22} {:>11} {:>7} rounds {:>8.2} s", s.name, human_bytes(s.bytes), s.rounds, s.seconds);
-        }
+        print_row_with_steps(&row);
         rows.push(row);
     }
     Ok(())

@@ -62,3 +62,11 @@ pub(crate) fn write_json(preset: &str, rows: &[Row], json: Option<&Path>) -> Res
     }
     Ok(())
 }
+
+/// Prints a row, then its steps under it.
+pub(crate) fn print_row_with_steps(row: &Row) {
+    print_row(row);
+    for s in &row.steps {
+        println!("  {:<22} {:>11} {:>7} rounds {:>8.2} s", s.name, human_bytes(s.bytes), s.rounds, s.seconds);
+    }
+}
