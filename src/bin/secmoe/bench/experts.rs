@@ -17,7 +17,7 @@ use secmoe::ot::OtKind;
 use secmoe::proto::linear::KeySet;
 use secmoe::ring::{FixedPoint, Share, reconstruct};
 
-use super::harness::{Row, Step, reset_peak_rss, row, session_pair};
+use super::harness::{Row, reset_peak_rss, row, session_pair};
 use super::report::print_row_with_steps;
 
 /// What the preset sweeps.
@@ -123,17 +123,9 @@ async fn measure(
     r.experts = Some(cfg.experts);
     r.tokens = Some(n);
     r.top_k = Some(cfg.top_k);
-    r.max_error = Some(error);
-    r.mean_error = Some(errors.iter().sum::<f64>() / errors.len().max(1) as f64);
+    r.set_errors(&errors);
     // the client's account by step (bytes both ways; the server's seconds are in wall_s)
     let names = ["moe/router", "moe/route", "moe/experts/first", "moe/experts/activation", "moe/experts/second"];
-    let names = names.into_iter().chain(["moe/experts/select", "moe/combine", "moe/shared"]);
-    r.steps = names
-        .map(|name| {
-            let s = report.prefixed(name);
-            Step { name: name.into(), bytes: s.bytes(), rounds: s.rounds, seconds: s.seconds }
-        })
-        .filter(|s| s.bytes > 0)
-        .collect();
+    r.set_steps(&report, names.into_iter().chain(["moe/experts/select", "moe/combine", "moe/shared"]));
     Ok(r)
 }

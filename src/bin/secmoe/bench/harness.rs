@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use secmoe::backend::Backend;
-use secmoe::net::{CostModel, Link, LinkConfig, PublicParams, loopback};
+use secmoe::net::{CostModel, Link, LinkConfig, PublicParams, Report, loopback};
 use secmoe::ot::OtKind;
 use secmoe::proto::{Session, SessionConfig};
 use serde::Serialize;
@@ -58,6 +58,27 @@ pub(crate) struct Row {
     /// Another implementation timed on the same operation in the same run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) reference: Option<Reference>,
+}
+
+impl Row {
+    /// Sets the largest and mean of the row's absolute errors.
+    pub(crate) fn set_errors(&mut self, errors: &[f64]) {
+        self.max_error = Some(errors.iter().copied().fold(0.0, f64::max));
+        self.mean_error = Some(errors.iter().sum::<f64>() / errors.len().max(1) as f64);
+    }
+
+    /// Sets the row's steps: bytes (both ways), rounds and seconds under each name's prefix of
+    /// `report`, the steps with no bytes left out.
+    pub(crate) fn set_steps<'a>(&mut self, report: &Report, names: impl IntoIterator<Item = &'a str>) {
+        self.steps = names
+            .into_iter()
+            .map(|name| {
+                let s = report.prefixed(name);
+                Step { name: name.into(), bytes: s.bytes(), rounds: s.rounds, seconds: s.seconds }
+            })
+            .filter(|s| s.bytes > 0)
+            .collect();
+    }
 }
 
 /// One step of a row.

@@ -16,7 +16,7 @@ use secmoe::net::CostModel;
 use secmoe::ot::OtKind;
 
 use super::harness::Row;
-use super::harness::{Step, reset_peak_rss, row, session_pair};
+use super::harness::{reset_peak_rss, row, session_pair};
 use super::report::print_row_with_steps;
 
 /// Largest |Δ| of an output against the plaintext model for the row to count as checked.
@@ -115,15 +115,7 @@ async fn measure(
     let mut r = row(name, shape, threads, wall_s, bytes, after.rounds - before.rounds, error <= CHECK_BOUND);
     r.method = Some(Method::SelectThenCompute.name().into());
     r.tokens = Some(n);
-    r.max_error = Some(error);
-    r.mean_error = Some(errors.iter().sum::<f64>() / errors.len().max(1) as f64);
-    r.steps = ["embed", "norm", "attention", "ffn", "head"]
-        .into_iter()
-        .map(|step| {
-            let s = report.prefixed(step);
-            Step { name: step.into(), bytes: s.bytes(), rounds: s.rounds, seconds: s.seconds }
-        })
-        .filter(|s| s.bytes > 0)
-        .collect();
+    r.set_errors(&errors);
+    r.set_steps(&report, ["embed", "norm", "attention", "ffn", "head"]);
     Ok(r)
 }
