@@ -10,10 +10,12 @@ mod common;
 
 use secmoe::model::{
     Checkpoint, Family, Ffn, HfTensor, KvCache, ModelConfig, ModelError, ModelResult, ModelWeights, Output, Positions,
-    WeightSource, default_config, default_weights, finish, forward, infer, infer_cached, serve, setup_he,
+    WeightSource, default_config, default_weights, finish, forward, forward_quantized, infer, infer_cached, serve,
+    setup_he,
 };
 use secmoe::moe::{ExpertKind, Method, MoeConfig, Routing, SharedExpert};
 use secmoe::net::Frame;
+use secmoe::ring::FixedPoint;
 
 /// Largest |Δ| of an output (logits of size ≲ 3) against the f64 model: fixed-point weights
 /// (2^-19 each), the norms' and softmaxes' relative errors (~1e-3) through a few layers.
@@ -59,9 +61,17 @@ fn check(cfg: &ModelConfig, w: &ModelWeights, ids: &[u32]) -> f64 {
     let got = r.client.unwrap();
     assert_eq!(r.server.unwrap(), 1);
     assert_eq!(got.values.len(), want.len());
-    let err = got.values.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max);
+    let diff = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    let err = diff(&got.values, &want);
+    // the quantization error (weights rounded to 2^-18) against the protocols' own
+    let quantized = forward_quantized(cfg, w, ids, FixedPoint::default()).unwrap();
+    let (quantization, protocol) = (diff(&quantized, &want), diff(&got.values, &quantized));
+    assert!(quantization < protocol, "rounding the weights alone moves the output by {quantization}");
     let scale = want.iter().map(|v| v.abs()).fold(0.0, f64::max);
-    eprintln!("{}: max |Δ| {err:.2e} (outputs up to {scale:.2})", cfg.family.model_type());
+    eprintln!(
+        "{}: max |Δ| {err:.2e} (quantization {quantization:.1e}, protocol {protocol:.2e}; outputs up to {scale:.2})",
+        cfg.family.model_type()
+    );
     assert!(err <= BOUND, "{}: max |Δ| {err} > {BOUND}", cfg.family.model_type());
     let want = Output { values: want, width: got.width };
     assert_eq!(got.argmax(), want.argmax(), "argmax per position");

@@ -1,6 +1,7 @@
 //! Whole models: a Hugging Face checkpoint ([`Checkpoint`]: `config.json` + `*.safetensors`,
 //! Mixtral, Qwen2-MoE, OLMoE and the Switch Transformers encoder) or a model in memory
-//! ([`ModelWeights`], the built-in default), its plaintext reference ([`forward`]) and its
+//! ([`ModelWeights`], the built-in default), its plaintext reference ([`forward`] in f64, and
+//! [`forward_quantized`] on the weights rounded to the engine's fixed point) and its
 //! private inference between the two parties ([`infer`] on the client, [`serve`] on the
 //! server; [`infer_cached`] extends a sequence against both parties' [`KvCache`]s, one token
 //! per step of greedy generation).
@@ -18,7 +19,7 @@ mod weights;
 pub use builtin::{default_config, default_weights};
 pub use checkpoint::{Checkpoint, HfTensor, hf_tensors};
 pub use config::{Family, Ffn, ModelConfig, Positions, relative_bucket};
-pub use reference::forward;
+pub use reference::{forward, forward_quantized};
 pub use secure::{KvCache, MAX_TOKENS, Output, Progress, finish, infer, infer_cached, serve, setup_he};
 pub use weights::{FfnWeights, LayerWeights, Mlp, ModelWeights, WeightSource, transpose};
 

@@ -7,6 +7,7 @@ use super::weights::{FfnWeights, LayerWeights, Mlp, WeightSource};
 use super::{ModelError, ModelResult};
 use crate::moe::{ExpertKind, MoeConfig, Routing};
 use crate::proto::piecewise::{gelu_exact, silu_exact};
+use crate::ring::FixedPoint;
 
 /// x (n×d) · W (d×m), W in f32.
 fn matmul(x: &[f64], w: &[f32], d: usize, m: usize) -> Vec<f64> {
@@ -224,4 +225,75 @@ pub fn forward(cfg: &ModelConfig, weights: &dyn WeightSource, ids: &[u32]) -> Mo
         Some(head) if cfg.lm_head => matmul(&x, &head, d, cfg.vocab),
         _ => x,
     })
+}
+
+/// A weight source with every weight rounded to the fixed-point format, as the server's
+/// encoding rounds it ([`crate::ring::FixedPoint::encode_named`]).
+struct Quantized<'a> {
+    inner: &'a dyn WeightSource,
+    format: FixedPoint,
+}
+
+impl Quantized<'_> {
+    fn round(&self, mut v: Vec<f32>) -> Vec<f32> {
+        let scale = self.format.scale();
+        v.iter_mut().for_each(|x| *x = ((*x as f64 * scale).round() / scale) as f32);
+        v
+    }
+
+    fn mlp(&self, m: Mlp) -> Mlp {
+        Mlp { w1: self.round(m.w1), w3: m.w3.map(|w| self.round(w)), w2: self.round(m.w2) }
+    }
+}
+
+impl WeightSource for Quantized<'_> {
+    fn embedding(&self) -> ModelResult<Vec<f32>> {
+        Ok(self.round(self.inner.embedding()?))
+    }
+
+    fn layer(&self, i: usize) -> ModelResult<LayerWeights> {
+        let l = self.inner.layer(i)?;
+        Ok(LayerWeights {
+            attn_norm: self.round(l.attn_norm),
+            wq: self.round(l.wq),
+            wk: self.round(l.wk),
+            wv: self.round(l.wv),
+            qkv_bias: l.qkv_bias.map(|b| b.map(|b| self.round(b))),
+            qk_norm: l.qk_norm.map(|g| g.map(|g| self.round(g))),
+            wo: self.round(l.wo),
+            ffn_norm: self.round(l.ffn_norm),
+            ffn: match l.ffn {
+                FfnWeights::Dense(m) => FfnWeights::Dense(self.mlp(m)),
+                FfnWeights::Moe { router, experts, shared } => FfnWeights::Moe {
+                    router: self.round(router),
+                    experts: experts.into_iter().map(|m| self.mlp(m)).collect(),
+                    shared: shared.map(|(m, g)| (self.mlp(m), g.map(|g| self.round(g)))),
+                },
+            },
+        })
+    }
+
+    fn position_bias(&self) -> ModelResult<Option<Vec<f32>>> {
+        Ok(self.inner.position_bias()?.map(|b| self.round(b)))
+    }
+
+    fn final_norm(&self) -> ModelResult<Vec<f32>> {
+        Ok(self.round(self.inner.final_norm()?))
+    }
+
+    fn lm_head(&self) -> ModelResult<Option<Vec<f32>>> {
+        Ok(self.inner.lm_head()?.map(|h| self.round(h)))
+    }
+}
+
+/// [`forward`] on the weights as the engine's fixed point holds them (each rounded to 2^-f):
+/// its distance to [`forward`] is the quantization error, its distance to private inference
+/// the protocols' own (activations' pieces, truncations, softmax and norm approximations).
+pub fn forward_quantized(
+    cfg: &ModelConfig,
+    weights: &dyn WeightSource,
+    ids: &[u32],
+    format: FixedPoint,
+) -> ModelResult<Vec<f64>> {
+    forward(cfg, &Quantized { inner: weights, format }, ids)
 }
