@@ -52,6 +52,7 @@ fn bench_moe(c: &mut Criterion) {
             routing: Routing::TopKSoftmax,
             expert: ExpertKind::Gelu,
             shared: None,
+            expert_capacity: None,
         };
         let w = MoeWeights::random(&cfg, f, 4.0, &mut rng);
         let x: Vec<u64> = (0..TOKENS * cfg.d_model).map(|_| f.encode(rng.random_range(-1.0..1.0)).unwrap()).collect();

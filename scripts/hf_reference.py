@@ -54,7 +54,7 @@ def families():
             norm_topk_prob=False, pad_token_id=1, eos_token_id=2, bos_token_id=None)),
         ("switch", torch.float32, SwitchTransformersEncoderModel, SwitchTransformersConfig(
             vocab_size=96, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4, num_experts=8,
-            num_sparse_encoder_layers=1, expert_capacity=64, relative_attention_num_buckets=32,
+            num_sparse_encoder_layers=1, expert_capacity=1, relative_attention_num_buckets=32,
             relative_attention_max_distance=128)),
     ]
 

@@ -14,8 +14,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use secmoe::model::{Checkpoint, finish, forward, infer, serve, setup_he};
-use secmoe::moe::Method;
+use secmoe::model::{Checkpoint, Plan, Prompt, finish, forward, infer, serve, setup_he};
 
 /// Largest |Δ| of private inference against `transformers` (the target).
 const PRIVATE_BOUND: f64 = 0.05;
@@ -68,11 +67,11 @@ fn check(family: &str) {
         a.unwrap();
         b.unwrap();
         let client = async {
-            let out = infer(&mut sc, &cfg, Method::SelectThenCompute, &r.ids, &()).await.unwrap();
+            let out = infer(&mut sc, &cfg, Plan::default(), Prompt::new(&r.ids), &()).await.unwrap();
             finish(&mut sc).await.unwrap();
             out
         };
-        let (out, served) = tokio::join!(client, serve(&mut ss, &cfg, Method::SelectThenCompute, &ckpt, &()));
+        let (out, served) = tokio::join!(client, serve(&mut ss, &cfg, Plan::default(), &ckpt, &()));
         assert_eq!(served.unwrap(), 1);
         drop((c, s));
         out

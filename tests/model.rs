@@ -9,11 +9,11 @@
 mod common;
 
 use secmoe::model::{
-    Checkpoint, Family, Ffn, HfTensor, KvCache, ModelConfig, ModelError, ModelResult, ModelWeights, Output, Positions,
-    WeightSource, default_config, default_weights, finish, forward, forward_quantized, infer, infer_cached, serve,
-    setup_he,
+    Checkpoint, Embedding, Family, Ffn, HfTensor, KvCache, ModelConfig, ModelError, ModelResult, ModelWeights, Output,
+    Plan, Positions, Prompt, WeightSource, check_weights, default_config, default_weights, finish, forward,
+    forward_quantized, infer, infer_cached, serve, setup_he,
 };
-use secmoe::moe::{ExpertKind, Method, MoeConfig, Routing, SharedExpert};
+use secmoe::moe::{ExpertKind, MoeConfig, Routing, SharedExpert};
 use secmoe::net::Frame;
 use secmoe::ring::FixedPoint;
 
@@ -32,7 +32,17 @@ struct Run {
 
 /// Both parties in one process: the client's config `ccfg` and prompt, the server's `scfg`
 /// and weights.
-fn private(ccfg: &ModelConfig, scfg: &ModelConfig, method: Method, ids: &[u32], w: &dyn WeightSource) -> Run {
+fn private(ccfg: &ModelConfig, scfg: &ModelConfig, plan: Plan, prompt: Prompt<'_>, w: &dyn WeightSource) -> Run {
+    private_as((ccfg, plan), (scfg, plan), prompt, w)
+}
+
+/// [`private`] with each party's own plan.
+fn private_as(
+    (ccfg, cplan): (&ModelConfig, Plan),
+    (scfg, splan): (&ModelConfig, Plan),
+    prompt: Prompt<'_>,
+    w: &dyn WeightSource,
+) -> Run {
     common::runtime().block_on(async {
         let (c, mut sc, s, mut ss) = common::session_pair().await;
         let (a, b) = tokio::join!(setup_he(&mut sc), setup_he(&mut ss));
@@ -41,13 +51,13 @@ fn private(ccfg: &ModelConfig, scfg: &ModelConfig, method: Method, ids: &[u32], 
         ss.channel().record_frames();
         sc.channel().record_frames();
         let client = async {
-            let out = infer(&mut sc, ccfg, method, ids, &()).await;
+            let out = infer(&mut sc, ccfg, cplan, prompt, &()).await;
             if out.is_ok() {
                 finish(&mut sc).await.unwrap();
             }
             out
         };
-        let (client, server) = tokio::join!(client, serve(&mut ss, scfg, method, w, &()));
+        let (client, server) = tokio::join!(client, serve(&mut ss, scfg, splan, w, &()));
         let server_received = ss.channel().take_frames().into_iter().filter(|f| !f.sent).collect();
         let client_received = sc.channel().take_frames().into_iter().filter(|f| !f.sent).collect();
         drop((c, s));
@@ -57,7 +67,7 @@ fn private(ccfg: &ModelConfig, scfg: &ModelConfig, method: Method, ids: &[u32], 
 
 fn check(cfg: &ModelConfig, w: &ModelWeights, ids: &[u32]) -> f64 {
     let want = forward(cfg, w, ids).unwrap();
-    let r = private(cfg, cfg, Method::SelectThenCompute, ids, w);
+    let r = private(cfg, cfg, Plan::default(), Prompt::new(ids), w);
     let got = r.client.unwrap();
     assert_eq!(r.server.unwrap(), 1);
     assert_eq!(got.values.len(), want.len());
@@ -79,7 +89,7 @@ fn check(cfg: &ModelConfig, w: &ModelWeights, ids: &[u32]) -> f64 {
 }
 
 fn moe(experts: usize, top_k: usize, d: usize, d_ff: usize, routing: Routing, expert: ExpertKind) -> MoeConfig {
-    MoeConfig { experts, top_k, d_model: d, d_ff, routing, expert, shared: None }
+    MoeConfig { experts, top_k, d_model: d, d_ff, routing, expert, shared: None, expert_capacity: None }
 }
 
 #[test]
@@ -107,7 +117,6 @@ fn qwen2_moe_with_dense_layers_biases_and_a_gated_shared_expert() {
         ffn: vec![Ffn::Moe(m), Ffn::Dense { d_ff: 48, kind: ExpertKind::SwiGlu }],
         tie_embeddings: true,
         lm_head: true,
-        expert_capacity: None,
     };
     check(&cfg, &ModelWeights::random(&cfg, 7, 4.0), &[1, 2, 3, 60]);
 }
@@ -130,7 +139,6 @@ fn olmoe_with_q_k_norms_and_the_switch_encoder() {
         ffn: vec![Ffn::Moe(moe(8, 2, 32, 16, Routing::SoftmaxTopK { normalize: true }, ExpertKind::SwiGlu))],
         tie_embeddings: false,
         lm_head: true,
-        expert_capacity: None,
     };
     check(&olmoe, &ModelWeights::random(&olmoe, 8, 4.0), &[7, 0, 47]);
     let switch = ModelConfig {
@@ -148,11 +156,10 @@ fn olmoe_with_q_k_norms_and_the_switch_encoder() {
         qk_norm: false,
         ffn: vec![
             Ffn::Dense { d_ff: 48, kind: ExpertKind::Relu },
-            Ffn::Moe(moe(4, 1, 32, 48, Routing::Switch, ExpertKind::Relu)),
+            Ffn::Moe(MoeConfig { expert_capacity: Some(1), ..moe(4, 1, 32, 48, Routing::Switch, ExpertKind::Relu) }),
         ],
         tie_embeddings: true,
         lm_head: false,
-        expert_capacity: Some(64),
     };
     check(&switch, &ModelWeights::random(&switch, 9, 4.0), &[4, 8, 15, 16, 23]);
 }
@@ -169,13 +176,13 @@ fn a_cached_step_equals_the_forward_of_the_whole_sequence() {
         b.unwrap();
         let client = async {
             let mut cache = KvCache::new();
-            let first = infer_cached(&mut sc, &cfg, Method::SelectThenCompute, &[5, 6, 7], &mut cache, &()).await;
-            let second = infer_cached(&mut sc, &cfg, Method::SelectThenCompute, &[8], &mut cache, &()).await;
+            let first = infer_cached(&mut sc, &cfg, Plan::default(), Prompt::new(&[5, 6, 7]), &mut cache, &()).await;
+            let second = infer_cached(&mut sc, &cfg, Plan::default(), Prompt::new(&[8]), &mut cache, &()).await;
             assert_eq!(cache.len(), 4);
             finish(&mut sc).await.unwrap();
             (first.unwrap(), second.unwrap())
         };
-        let ((first, second), served) = tokio::join!(client, serve(&mut ss, &cfg, Method::SelectThenCompute, &w, &()));
+        let ((first, second), served) = tokio::join!(client, serve(&mut ss, &cfg, Plan::default(), &w, &()));
         drop((c, s));
         (first, second, served.unwrap())
     });
@@ -192,13 +199,13 @@ fn a_cached_step_equals_the_forward_of_the_whole_sequence() {
 fn bad_prompts_and_different_models_fail_on_both_sides() {
     let (cfg, w) = (default_config(), default_weights());
     // a token id beyond the vocabulary: the client refuses, the server is told why
-    let Run { client: c, server: s, .. } = private(&cfg, &cfg, Method::SelectThenCompute, &[1, 256], &w);
+    let Run { client: c, server: s, .. } = private(&cfg, &cfg, Plan::default(), Prompt::new(&[1, 256]), &w);
     assert!(matches!(c, Err(ModelError::Input(ref m)) if m.contains("256")), "{c:?}");
     assert!(matches!(s, Err(ModelError::PeerRefused(ref m)) if m.contains("token id 256")), "{s:?}");
     // the server serves another model
     let mut other = cfg.clone();
     other.norm_eps = 1e-6;
-    let Run { client: c, server: s, .. } = private(&cfg, &other, Method::SelectThenCompute, &[1, 2], &w);
+    let Run { client: c, server: s, .. } = private(&cfg, &other, Plan::default(), Prompt::new(&[1, 2]), &w);
     assert!(matches!(c, Err(ModelError::Mismatch { .. })), "{c:?}");
     assert!(matches!(s, Err(ModelError::Mismatch { .. })), "{s:?}");
 }
@@ -210,13 +217,13 @@ fn bad_prompts_and_different_models_fail_on_both_sides() {
 #[test]
 fn each_party_sees_the_same_message_sequence_whatever_the_other_holds() {
     let (cfg, w) = (default_config(), default_weights());
-    let a = private(&cfg, &cfg, Method::SelectThenCompute, &[1, 2, 3, 4], &w);
-    let b = private(&cfg, &cfg, Method::SelectThenCompute, &[200, 17, 17, 90], &w);
+    let a = private(&cfg, &cfg, Plan::default(), Prompt::new(&[1, 2, 3, 4]), &w);
+    let b = private(&cfg, &cfg, Plan::default(), Prompt::new(&[200, 17, 17, 90]), &w);
     assert!(a.client.is_ok() && b.client.is_ok());
     assert!(!a.server_received.is_empty());
     assert_eq!(a.server_received, b.server_received, "the server's view depends on the prompt");
     let other = ModelWeights::random(&cfg, 99, 4.0);
-    let c = private(&cfg, &cfg, Method::SelectThenCompute, &[1, 2, 3, 4], &other);
+    let c = private(&cfg, &cfg, Plan::default(), Prompt::new(&[1, 2, 3, 4]), &other);
     assert_ne!(a.client.unwrap().values, c.client.unwrap().values);
     assert_eq!(a.client_received, c.client_received, "the client's view depends on the weights");
 }
@@ -282,4 +289,53 @@ fn checkpoints_load_and_mismatches_are_named_before_any_party_starts() {
     let err = Checkpoint::open(&good).unwrap_err().to_string();
     assert!(err.contains("deepseek_v3"), "{err}");
     std::fs::remove_dir_all(&root).ok();
+}
+
+/// A weight that does not fit the fixed point (not finite, or beyond the experts' 32-bit
+/// storage) is found when the server starts serving, named by its checkpoint tensor and flat
+/// index there (the engine holds `Linear` weights transposed); the client is told why.
+#[test]
+fn a_weight_that_does_not_fit_is_named_by_its_checkpoint_tensor() {
+    let root = std::env::temp_dir().join(format!("secmoe-values-{}", std::process::id()));
+    let cases = [
+        ("nan", "model.layers.0.self_attn.q_proj.weight", 3 * 64 + 10, f32::NAN, "not finite"),
+        ("large", "model.layers.1.block_sparse_moe.experts.3.w2.weight", 5 * 128 + 7, 1e5, "2^31"),
+    ];
+    for (dir, name, index, value, reason) in cases {
+        let dir = root.join(dir);
+        write_mixtral(&dir, |t| t.iter_mut().find(|t| t.name == name).unwrap().values[index] = value);
+        let ckpt = Checkpoint::open(&dir).unwrap();
+        let want = format!("tensor `{name}`, element {index}: {value}");
+        let err = check_weights(ckpt.config(), FixedPoint::default(), &ckpt).unwrap_err().to_string();
+        assert!(err.contains(&want) && err.contains(reason), "{err}");
+        let cfg = ckpt.config().clone();
+        let Run { client, server, .. } = private(&cfg, &cfg, Plan::default(), Prompt::new(&[1, 2]), &ckpt);
+        assert!(matches!(server, Err(ModelError::Ring(ref e)) if e.to_string().contains(&want)), "{server:?}");
+        assert!(matches!(client, Err(ModelError::PeerRefused(ref m)) if m.contains(&want)), "{client:?}");
+    }
+    std::fs::remove_dir_all(&root).ok();
+}
+
+/// The public-embedding option (BumbleBee's and BOLT's assumption): the client looks its
+/// rows up in the public table, the rest of the model is the same private inference; it must
+/// hold the table, and a server that keeps its table private refuses the plan.
+#[test]
+fn a_public_embedding_is_looked_up_by_the_client() {
+    let (cfg, w) = (default_config(), default_weights());
+    let ids = [3, 1, 4, 1];
+    let public = Plan { embedding: Embedding::Public, ..Plan::default() };
+    let r = private(&cfg, &cfg, public, Prompt { ids: &ids, table: Some(&w.embedding) }, &w);
+    let got = r.client.unwrap();
+    let want = forward(&cfg, &w, &ids).unwrap();
+    let worst = got.values.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max);
+    assert!(worst <= BOUND, "error {worst:.2e}");
+    // no table on the client: it refuses, the server is told why
+    let Run { client: c, server: s, .. } = private(&cfg, &cfg, public, Prompt::new(&ids), &w);
+    assert!(matches!(c, Err(ModelError::Input(ref m)) if m.contains("needs the table")), "{c:?}");
+    assert!(matches!(s, Err(ModelError::PeerRefused(ref m)) if m.contains("needs the table")), "{s:?}");
+    // the server keeps its embedding private
+    let prompt = Prompt { ids: &ids, table: Some(&w.embedding) };
+    let Run { client: c, server: s, .. } = private_as((&cfg, public), (&cfg, Plan::default()), prompt, &w);
+    assert!(matches!(c, Err(ModelError::Mismatch { ref theirs, .. }) if !theirs.contains("embedding=public")), "{c:?}");
+    assert!(matches!(s, Err(ModelError::Mismatch { .. })), "{s:?}");
 }

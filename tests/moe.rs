@@ -25,7 +25,7 @@ use secmoe::ring::{FixedPoint, Share, reconstruct};
 const BOUND: f64 = 2e-3;
 
 fn config(experts: usize, top_k: usize, routing: Routing, expert: ExpertKind) -> MoeConfig {
-    MoeConfig { experts, top_k, d_model: 16, d_ff: 32, routing, expert, shared: None }
+    MoeConfig { experts, top_k, d_model: 16, d_ff: 32, routing, expert, shared: None, expert_capacity: None }
 }
 
 fn tokens(n: usize, d: usize, seed: u64) -> Vec<u64> {
@@ -140,6 +140,23 @@ fn capacity_dispatch_drops_the_overflow_like_the_plaintext() {
         ..config(8, 1, Routing::SoftmaxTopK { normalize: false }, ExpertKind::SwiGlu)
     };
     check(swiglu, Method::Capacity { factor: 2.0 }, 6, 110);
+}
+
+/// A model's own expert capacity (Switch's `expert_capacity`): 6 tokens on 2 experts that
+/// take 2 each, so at least 2 are dropped, in every method as in the plaintext; also with a
+/// unit gate (top-1 of the chosen logits), whose gate then becomes secret.
+#[test]
+fn a_models_expert_capacity_drops_the_overflow_in_every_method() {
+    let f = FixedPoint::default();
+    let switch = MoeConfig { expert_capacity: Some(2), ..config(2, 1, Routing::Switch, ExpertKind::Relu) };
+    let w = MoeWeights::random(&switch, f, 4.0, &mut StdRng::seed_from_u64(120));
+    let want = reference(&switch, f, &tokens(6, 16, 121), &w, None).unwrap();
+    assert!(want.dropped >= 2, "the case must overflow an expert");
+    for method in [Method::SelectThenCompute, Method::Baseline, Method::Capacity { factor: 2.0 }] {
+        check(switch, method, 6, 120);
+    }
+    let unit = MoeConfig { expert_capacity: Some(1), ..config(4, 1, Routing::TopKSoftmax, ExpertKind::Gelu) };
+    check(unit, Method::SelectThenCompute, 5, 130);
 }
 
 #[test]

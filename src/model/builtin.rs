@@ -19,6 +19,7 @@ pub fn default_config() -> ModelConfig {
         routing: Routing::TopKSoftmax,
         expert: ExpertKind::SwiGlu,
         shared: None,
+        expert_capacity: None,
     };
     ModelConfig {
         family: Family::Mixtral,
@@ -36,7 +37,6 @@ pub fn default_config() -> ModelConfig {
         ffn: vec![Ffn::Moe(moe); 2],
         tie_embeddings: false,
         lm_head: true,
-        expert_capacity: None,
     }
 }
 

@@ -37,14 +37,16 @@ impl std::fmt::Debug for Checkpoint {
     }
 }
 
-/// A tensor's role in the engine: its name in the checkpoint and its PyTorch shape.
+/// A tensor's role in the engine: its name in the checkpoint, its PyTorch shape and the
+/// engine's name for it (that of [`WeightSource::locate`]).
 struct Spec {
     name: String,
     shape: Vec<usize>,
+    engine: String,
 }
 
-fn spec(name: String, shape: &[usize]) -> Spec {
-    Spec { name, shape: shape.to_vec() }
+fn spec(name: String, shape: &[usize], engine: impl Into<String>) -> Spec {
+    Spec { name, shape: shape.to_vec(), engine: engine.into() }
 }
 
 /// The checkpoint names of one family.
@@ -57,7 +59,7 @@ impl Names<'_> {
             Family::SwitchEncoder => "shared.weight",
             _ => "model.embed_tokens.weight",
         };
-        spec(name.into(), &[c.vocab, c.d_model])
+        spec(name.into(), &[c.vocab, c.d_model], "embedding")
     }
 
     /// Names that may also be present and are not read (tied copies).
@@ -78,12 +80,12 @@ impl Names<'_> {
             Family::SwitchEncoder => "encoder.final_layer_norm.weight",
             _ => "model.norm.weight",
         };
-        spec(name.into(), &[self.0.d_model])
+        spec(name.into(), &[self.0.d_model], "final_norm")
     }
 
     fn lm_head(&self) -> Option<Spec> {
         let c = self.0;
-        (c.lm_head && !c.tie_embeddings).then(|| spec("lm_head.weight".into(), &[c.vocab, c.d_model]))
+        (c.lm_head && !c.tie_embeddings).then(|| spec("lm_head.weight".into(), &[c.vocab, c.d_model], "lm_head"))
     }
 
     fn position_bias(&self) -> Option<Spec> {
@@ -91,6 +93,7 @@ impl Names<'_> {
             Positions::RelativeBias { buckets, .. } => Some(spec(
                 "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight".into(),
                 &[buckets, self.0.heads],
+                "position_bias",
             )),
             Positions::Rope { .. } => None,
         }
@@ -109,44 +112,47 @@ impl Names<'_> {
         };
         let (attn_norm, ffn_norm) =
             if switch { ("0.layer_norm", "1.layer_norm") } else { ("input_layernorm", "post_attention_layernorm") };
+        let e = |name: &str| format!("layers.{i}.{name}");
         let mut out = vec![
-            spec(format!("{p}{attn_norm}.weight"), &[d]),
-            spec(format!("{p}{attn}{}.weight", proj[0]), &[q, d]),
-            spec(format!("{p}{attn}{}.weight", proj[1]), &[kv, d]),
-            spec(format!("{p}{attn}{}.weight", proj[2]), &[kv, d]),
+            spec(format!("{p}{attn_norm}.weight"), &[d], e("attn_norm")),
+            spec(format!("{p}{attn}{}.weight", proj[0]), &[q, d], e("wq")),
+            spec(format!("{p}{attn}{}.weight", proj[1]), &[kv, d], e("wk")),
+            spec(format!("{p}{attn}{}.weight", proj[2]), &[kv, d], e("wv")),
         ];
         if c.qkv_bias {
-            for (n, w) in [(proj[0], q), (proj[1], kv), (proj[2], kv)] {
-                out.push(spec(format!("{p}{attn}{n}.bias"), &[w]));
+            for (n, w, b) in [(proj[0], q, "bq"), (proj[1], kv, "bk"), (proj[2], kv, "bv")] {
+                out.push(spec(format!("{p}{attn}{n}.bias"), &[w], e(b)));
             }
         }
         if c.qk_norm {
-            out.push(spec(format!("{p}{attn}q_norm.weight"), &[q]));
-            out.push(spec(format!("{p}{attn}k_norm.weight"), &[kv]));
+            out.push(spec(format!("{p}{attn}q_norm.weight"), &[q], e("q_norm")));
+            out.push(spec(format!("{p}{attn}k_norm.weight"), &[kv], e("k_norm")));
         }
-        out.push(spec(format!("{p}{attn}{}.weight", proj[3]), &[d, q]));
-        out.push(spec(format!("{p}{ffn_norm}.weight"), &[d]));
-        let mlp = |prefix: &str, d_ff: usize, gated: bool| -> Vec<Spec> {
+        out.push(spec(format!("{p}{attn}{}.weight", proj[3]), &[d, q], e("wo")));
+        out.push(spec(format!("{p}{ffn_norm}.weight"), &[d], e("ffn_norm")));
+        let mlp = |prefix: &str, engine: String, d_ff: usize, gated: bool| -> Vec<Spec> {
             let names: &[&str] = match (c.family, gated) {
                 (Family::SwitchEncoder, _) => &["wi", "wo"],
                 (Family::Mixtral, _) => &["w1", "w3", "w2"],
                 _ => &["gate_proj", "up_proj", "down_proj"],
             };
+            let engines: &[&str] = if names.len() == 3 { &["w1", "w3", "w2"] } else { &["w1", "w2"] };
             let last = names.len() - 1;
             names
                 .iter()
+                .zip(engines)
                 .enumerate()
-                .map(|(j, n)| {
+                .map(|(j, (n, w))| {
                     let shape = if j == last { [d, d_ff] } else { [d_ff, d] };
-                    spec(format!("{prefix}{n}.weight"), &shape)
+                    spec(format!("{prefix}{n}.weight"), &shape, format!("{engine}.{w}"))
                 })
                 .collect()
         };
         match (&c.ffn[i], c.family) {
             (Ffn::Dense { d_ff, kind }, Family::SwitchEncoder) => {
-                out.extend(mlp(&format!("{p}1.mlp."), *d_ff, kind.gated()))
+                out.extend(mlp(&format!("{p}1.mlp."), e("mlp"), *d_ff, kind.gated()))
             }
-            (Ffn::Dense { d_ff, kind }, _) => out.extend(mlp(&format!("{p}mlp."), *d_ff, kind.gated())),
+            (Ffn::Dense { d_ff, kind }, _) => out.extend(mlp(&format!("{p}mlp."), e("mlp"), *d_ff, kind.gated())),
             (Ffn::Moe(m), family) => {
                 let (router, expert) = match family {
                     Family::SwitchEncoder => {
@@ -157,14 +163,14 @@ impl Names<'_> {
                     }
                     _ => (format!("{p}mlp.gate.weight"), format!("{p}mlp.experts.")),
                 };
-                out.push(spec(router, &[m.experts, d]));
-                for e in 0..m.experts {
-                    out.extend(mlp(&format!("{expert}{e}."), m.d_ff, m.expert.gated()));
+                out.push(spec(router, &[m.experts, d], e("router")));
+                for x in 0..m.experts {
+                    out.extend(mlp(&format!("{expert}{x}."), e(&format!("experts.{x}")), m.d_ff, m.expert.gated()));
                 }
                 if let Some(s) = m.shared {
-                    out.extend(mlp(&format!("{p}mlp.shared_expert."), s.d_ff, m.expert.gated()));
+                    out.extend(mlp(&format!("{p}mlp.shared_expert."), e("shared_expert"), s.d_ff, m.expert.gated()));
                     if s.sigmoid_gate {
-                        out.push(spec(format!("{p}mlp.shared_expert_gate.weight"), &[1, d]));
+                        out.push(spec(format!("{p}mlp.shared_expert_gate.weight"), &[1, d], e("shared_expert_gate")));
                     }
                 }
             }
@@ -209,6 +215,13 @@ fn safetensors_files(dir: &Path) -> ModelResult<Vec<PathBuf>> {
 impl Checkpoint {
     /// Opens and checks the checkpoint in `dir` (see the module notes).
     pub fn open(dir: &Path) -> ModelResult<Checkpoint> {
+        let ckpt = Checkpoint::scan(dir)?;
+        ckpt.check()?;
+        Ok(ckpt)
+    }
+
+    /// Maps every `*.safetensors` file in `dir` and reads the headers, checking nothing yet.
+    fn scan(dir: &Path) -> ModelResult<Checkpoint> {
         let config = ModelConfig::from_dir(dir)?;
         let mut files = Vec::new();
         let mut tensors = BTreeMap::new();
@@ -234,9 +247,7 @@ impl Checkpoint {
             }
             files.push(map);
         }
-        let ckpt = Checkpoint { config, files, tensors };
-        ckpt.check()?;
-        Ok(ckpt)
+        Ok(Checkpoint { config, files, tensors })
     }
 
     /// The model's public architecture.
@@ -244,19 +255,26 @@ impl Checkpoint {
         &self.config
     }
 
+    /// Checks that the tensor of `s` is present with its shape.
+    fn check_one(&self, s: &Spec) -> ModelResult<()> {
+        let e = self
+            .tensors
+            .get(&s.name)
+            .ok_or_else(|| ModelError::Weights(format!("tensor `{}` is missing (the config asks for it)", s.name)))?;
+        if e.shape != s.shape {
+            return Err(ModelError::Weights(format!(
+                "tensor `{}` has shape {:?}, the config implies {:?}",
+                s.name, e.shape, s.shape
+            )));
+        }
+        Ok(())
+    }
+
     fn check(&self) -> ModelResult<()> {
         let names = Names(&self.config);
         let wanted = names.all();
         for s in &wanted {
-            let e = self.tensors.get(&s.name).ok_or_else(|| {
-                ModelError::Weights(format!("tensor `{}` is missing (the config asks for it)", s.name))
-            })?;
-            if e.shape != s.shape {
-                return Err(ModelError::Weights(format!(
-                    "tensor `{}` has shape {:?}, the config implies {:?}",
-                    s.name, e.shape, s.shape
-                )));
-            }
+            self.check_one(s)?;
         }
         let aliases = names.aliases();
         if let Some(extra) = self.tensors.keys().find(|k| !wanted.iter().any(|s| &s.name == *k) && !aliases.contains(k))
@@ -325,6 +343,22 @@ impl WeightSource for Checkpoint {
         self.values(&Names(&self.config).final_norm())
     }
 
+    /// The checkpoint's name and flat index; a `Linear` weight (the engine holds it
+    /// transposed, the tied LM head as the embedding's transpose) maps the index back.
+    fn locate(&self, engine: &str, index: usize) -> (String, usize) {
+        let names = Names(&self.config);
+        let tied = engine == "lm_head" && names.lm_head().is_none();
+        let wanted = if tied { "embedding" } else { engine };
+        match names.all().into_iter().find(|s| s.engine == wanted) {
+            None => (engine.to_string(), index),
+            Some(s) => {
+                let linear = tied || (s.shape.len() == 2 && !matches!(wanted, "embedding" | "position_bias"));
+                let index = if linear { (index % s.shape[0]) * s.shape[1] + index / s.shape[0] } else { index };
+                (s.name, index)
+            }
+        }
+    }
+
     fn lm_head(&self) -> ModelResult<Option<Vec<f32>>> {
         let c = &self.config;
         if !c.lm_head {
@@ -335,6 +369,16 @@ impl WeightSource for Checkpoint {
             None => Ok(Some(transpose(c.vocab, c.d_model, &self.embedding()?))),
         }
     }
+}
+
+/// The embedding table (vocab×d, row-major) of the checkpoint in `dir` and nothing else: what
+/// a client holding the public table reads for [`super::Embedding::Public`]. Its presence and
+/// shape are checked against `config.json`; no other tensor need be there.
+pub fn public_embedding(dir: &Path) -> ModelResult<Vec<f32>> {
+    let ckpt = Checkpoint::scan(dir)?;
+    let spec = Names(&ckpt.config).embedding();
+    ckpt.check_one(&spec)?;
+    ckpt.values(&spec)
 }
 
 /// Reads a layer's tensors in the order of [`Names::layer`].

@@ -102,8 +102,6 @@ pub struct ModelConfig {
     pub tie_embeddings: bool,
     /// Logits over the vocabulary (a causal LM), or the final hidden states (an encoder).
     pub lm_head: bool,
-    /// Tokens per expert beyond which the family drops tokens (Switch's `expert_capacity`).
-    pub expert_capacity: Option<usize>,
 }
 
 impl ModelConfig {
@@ -271,6 +269,7 @@ fn softmax_top_k(c: &Json, d: usize) -> ModelResult<MoeConfig> {
         routing: Routing::SoftmaxTopK { normalize: c.bool_or("norm_topk_prob", false)? },
         expert: ExpertKind::SwiGlu,
         shared: None,
+        expert_capacity: None,
     })
 }
 
@@ -293,6 +292,7 @@ fn decoder(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
                 routing: Routing::TopKSoftmax,
                 expert: ExpertKind::SwiGlu,
                 shared: None,
+                expert_capacity: None,
             };
             vec![Ffn::Moe(moe); layers]
         }
@@ -347,7 +347,6 @@ fn decoder(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
         ffn,
         tie_embeddings: c.bool_or("tie_word_embeddings", false)?,
         lm_head: true,
-        expert_capacity: None,
     })
 }
 
@@ -370,6 +369,7 @@ fn switch(c: &Json) -> ModelResult<ModelConfig> {
         routing: Routing::Switch,
         expert: ExpertKind::Relu,
         shared: None,
+        expert_capacity: Some(c.usize_or("expert_capacity", 64)?),
     };
     let dense = Ffn::Dense { d_ff, kind: ExpertKind::Relu };
     Ok(ModelConfig {
@@ -393,7 +393,6 @@ fn switch(c: &Json) -> ModelResult<ModelConfig> {
             .collect(),
         tie_embeddings: true,
         lm_head: false,
-        expert_capacity: Some(c.usize_or("expert_capacity", 64)?),
     })
 }
 

@@ -12,15 +12,19 @@
 mod builtin;
 mod checkpoint;
 mod config;
+mod encode;
 mod reference;
 mod secure;
 mod weights;
 
 pub use builtin::{default_config, default_weights};
-pub use checkpoint::{Checkpoint, HfTensor, hf_tensors};
+pub use checkpoint::{Checkpoint, HfTensor, hf_tensors, public_embedding};
 pub use config::{Family, Ffn, ModelConfig, Positions, relative_bucket};
+pub use encode::check_weights;
 pub use reference::{forward, forward_quantized};
-pub use secure::{KvCache, MAX_TOKENS, Output, Progress, finish, infer, infer_cached, serve, setup_he};
+pub use secure::{
+    Embedding, KvCache, MAX_TOKENS, Output, Plan, Progress, Prompt, finish, infer, infer_cached, serve, setup_he,
+};
 pub use weights::{FfnWeights, LayerWeights, Mlp, ModelWeights, WeightSource, transpose};
 
 use thiserror::Error;

@@ -93,9 +93,9 @@ fn top_k(values: &[f64], k: usize) -> Vec<usize> {
     idx
 }
 
-/// A MoE block on rows of x; Switch drops a token beyond `capacity` tokens of its expert (in
+/// A MoE block on rows of x; Switch drops a token beyond `expert_capacity` tokens of its expert (in
 /// position order), as `transformers` does.
-fn moe(m: &MoeConfig, w: &FfnWeights, x: &[f64], capacity: Option<usize>) -> ModelResult<Vec<f64>> {
+fn moe(m: &MoeConfig, w: &FfnWeights, x: &[f64]) -> ModelResult<Vec<f64>> {
     let FfnWeights::Moe { router, experts, shared } = w else {
         return Err(ModelError::Weights("a MoE layer with dense weights".into()));
     };
@@ -123,7 +123,7 @@ fn moe(m: &MoeConfig, w: &FfnWeights, x: &[f64], capacity: Option<usize>) -> Mod
         };
         for (&e, g) in chosen.iter().zip(gates) {
             load[e] += 1;
-            if capacity.is_some_and(|c| load[e] > c) {
+            if m.expert_capacity.is_some_and(|c| load[e] > c) {
                 continue;
             }
             let out = mlp(&experts[e], m.expert, row, d, m.d_ff);
@@ -213,7 +213,7 @@ pub fn forward(cfg: &ModelConfig, weights: &dyn WeightSource, ids: &[u32]) -> Mo
         let b = rmsnorm(&x, &w.ffn_norm, cfg.norm_eps);
         let y = match (ffn, &w.ffn) {
             (Ffn::Dense { d_ff, kind }, FfnWeights::Dense(m)) => mlp(m, *kind, &b, d, *d_ff),
-            (Ffn::Moe(m), f) => moe(m, f, &b, cfg.expert_capacity)?,
+            (Ffn::Moe(m), f) => moe(m, f, &b)?,
             (Ffn::Dense { .. }, _) => {
                 return Err(ModelError::Weights(format!("layer {i}: MoE weights for a dense block")));
             }

@@ -4,7 +4,8 @@
 //! Per forward, after the statement exchange ([`crate::proto::agree`]):
 //! 1. *Embedding*: the client's one-hot ids (n×V, its share; the server's is 0) times the
 //!    server's table through the HE linear layer — an oblivious lookup: the server sees
-//!    ciphertexts, the client a masked product.
+//!    ciphertexts, the client a masked product. Or, with [`Embedding::Public`] (BumbleBee's and
+//!    BOLT's assumption, stated by both parties), the client's own rows of a public table.
 //! 2. *Blocks*: RMSNorm → q|k|v in one HE product (+ the server's biases on its share) →
 //!    [q/k RMSNorm] → rotary embedding and the score scale as public constants on each share,
 //!    one truncation → per head Q·Kᵀ and P·V as products of two shared matrices
@@ -19,11 +20,12 @@
 //! stay hidden (the MoE layer's argument covers the routing).
 
 use super::config::{Ffn, ModelConfig, Positions, relative_bucket};
+use super::encode::{Block, BlockFfn, Encoder, check_weights};
 use super::reference::rope_table;
-use super::weights::{FfnWeights, Mlp, WeightSource};
+use super::weights::WeightSource;
 use super::{ModelError, ModelResult};
 use crate::he::HeParams;
-use crate::moe::{ExpertWeights, Method, MoeWeights, SharedWeights, dense_expert, magnitude_bits, moe_layer, narrow};
+use crate::moe::{Method, dense_expert, magnitude_bits, moe_layer};
 use crate::proto::agree::{Statement, exchange};
 use crate::proto::arith::truncate;
 use crate::proto::layernorm::{Affine, rmsnorm};
@@ -31,10 +33,59 @@ use crate::proto::linear::{KeySet, Weights, linear, matmul_shared};
 use crate::proto::softmax::softmax_masked;
 use crate::proto::tiling::MatShape;
 use crate::proto::{ProtoError, Session};
-use crate::ring::{FixedPoint, Share};
+use crate::ring::Share;
 
 /// Longest prompt (the softmax rows of attention).
 pub const MAX_TOKENS: usize = 1024;
+
+/// How the client's token ids become the first hidden states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Embedding {
+    /// The table is the server's secret: the client's one-hot ids times the table in one HE
+    /// product, an oblivious lookup (the server sees ciphertexts, the client a masked product).
+    #[default]
+    Private,
+    /// The table is public, as BumbleBee and BOLT assume: the client, which must hold it, looks
+    /// its rows up itself and the server's share is zero. Saves the lookup's product; the
+    /// table is then no secret of the server's.
+    Public,
+}
+
+/// How a forward is evaluated; both parties state it and must agree.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Plan {
+    /// How MoE layers are evaluated.
+    pub method: Method,
+    /// How the tokens are embedded.
+    pub embedding: Embedding,
+}
+
+impl std::fmt::Display for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "method={}", self.method)?;
+        if self.embedding == Embedding::Public {
+            f.write_str(" embedding=public")?;
+        }
+        Ok(())
+    }
+}
+
+/// The client's input to a forward: its token ids and, for [`Embedding::Public`], the public
+/// embedding table (vocab×d, row-major, as the checkpoint stores it).
+#[derive(Debug, Clone, Copy)]
+pub struct Prompt<'a> {
+    /// The token ids.
+    pub ids: &'a [u32],
+    /// The public table, for [`Embedding::Public`] only.
+    pub table: Option<&'a [f32]>,
+}
+
+impl<'a> Prompt<'a> {
+    /// Token ids, the embedding private.
+    pub fn new(ids: &'a [u32]) -> Prompt<'a> {
+        Prompt { ids, table: None }
+    }
+}
 
 /// Told as a forward advances (a progress bar, logs); `()` ignores it.
 pub trait Progress: Sync {
@@ -104,33 +155,34 @@ pub async fn setup_he(sess: &mut Session) -> ModelResult<()> {
     Ok(sess.setup_he(params, KeySet::Linear).await?)
 }
 
-fn prefix(cfg: &ModelConfig, method: Method) -> String {
-    format!("model {} method={method}", cfg.canonical())
+fn prefix(cfg: &ModelConfig, plan: Plan) -> String {
+    format!("model {} {plan}", cfg.canonical())
 }
 
 /// The client: one private forward of `ids`; only it learns the output.
 pub async fn infer(
     sess: &mut Session,
     cfg: &ModelConfig,
-    method: Method,
-    ids: &[u32],
+    plan: Plan,
+    prompt: Prompt<'_>,
     progress: &dyn Progress,
 ) -> ModelResult<Output> {
-    infer_cached(sess, cfg, method, ids, &mut KvCache::new(), progress).await
+    infer_cached(sess, cfg, plan, prompt, &mut KvCache::new(), progress).await
 }
 
 /// The client: a forward of the new tokens `ids` after the positions in `cache` (causal
 /// models; an empty cache starts a new sequence), which it extends; the output holds the new
 /// positions' rows. The server keeps its cache in step ([`serve`]).
-#[tracing::instrument(level = "info", skip_all, fields(n = ids.len(), cached = cache.len()))]
+#[tracing::instrument(level = "info", skip_all, fields(n = prompt.ids.len(), cached = cache.len()))]
 pub async fn infer_cached(
     sess: &mut Session,
     cfg: &ModelConfig,
-    method: Method,
-    ids: &[u32],
+    plan: Plan,
+    prompt: Prompt<'_>,
     cache: &mut KvCache,
     progress: &dyn Progress,
 ) -> ModelResult<Output> {
+    let ids = prompt.ids;
     let (n, past) = (ids.len(), cache.len());
     let local = (|| {
         cfg.validate()?;
@@ -146,18 +198,33 @@ pub async fn infer_cached(
         if let Some(id) = ids.iter().find(|&&id| id as usize >= cfg.vocab) {
             return Err(ModelError::Input(format!("token id {id} is not below the vocabulary size {}", cfg.vocab)));
         }
-        method.validate(n)?;
+        match (plan.embedding, prompt.table) {
+            (Embedding::Public, Some(t)) if t.len() == cfg.vocab * cfg.d_model => {}
+            (Embedding::Public, t) => {
+                return Err(ModelError::Input(format!(
+                    "the public embedding needs the table ({}×{} values, given {})",
+                    cfg.vocab,
+                    cfg.d_model,
+                    t.map_or(0, |t| t.len())
+                )));
+            }
+            (Embedding::Private, Some(_)) => {
+                return Err(ModelError::Input("an embedding table was given but the embedding is private".into()));
+            }
+            (Embedding::Private, None) => {}
+        }
+        plan.method.validate(n)?;
         Ok(())
     })();
     let statement: Statement =
-        local.as_ref().map(|_| format!("{} cached={past} tokens={n}", prefix(cfg, method))).map_err(|e| e.to_string());
+        local.as_ref().map(|_| format!("{} cached={past} tokens={n}", prefix(cfg, plan))).map_err(|e| e.to_string());
     let theirs = exchange(sess, &statement).await;
     local?;
     let theirs = peer(theirs)?;
-    if theirs != prefix(cfg, method) {
-        return Err(ModelError::Mismatch { ours: prefix(cfg, method), theirs });
+    if theirs != prefix(cfg, plan) {
+        return Err(ModelError::Mismatch { ours: prefix(cfg, plan), theirs });
     }
-    let shares = Box::pin(forward(sess, cfg, method, n, Side::Client(ids), cache, progress)).await?;
+    let shares = Box::pin(forward(sess, cfg, plan, n, Side::Client(prompt), cache, progress)).await?;
     let theirs =
         sess.channel().recv_u64s("the server's output shares", shares.len()).await.map_err(ProtoError::from)?;
     let format = sess.format();
@@ -173,22 +240,29 @@ pub async fn finish(sess: &mut Session) -> ModelResult<()> {
 
 /// The server: serves the client's forwards with its weights until the client is done;
 /// returns how many it served. It keeps its side of the key/value cache for forwards that
-/// extend the previous ones. It learns each forward's length, nothing else.
+/// extend the previous ones. It learns each forward's length, nothing else. It refuses the
+/// first request, naming the tensor, when a weight does not fit the session's fixed point
+/// ([`super::check_weights`]).
 #[tracing::instrument(level = "info", skip_all)]
 pub async fn serve(
     sess: &mut Session,
     cfg: &ModelConfig,
-    method: Method,
+    plan: Plan,
     weights: &dyn WeightSource,
     progress: &dyn Progress,
 ) -> ModelResult<usize> {
     let mut served = 0;
     let mut cache = KvCache::new();
+    // checked once, answering the first request: every weight must fit the session's format
+    let mut ready = Some(cfg.validate().and_then(|_| {
+        if !sess.is_server() {
+            return Err(ModelError::Input("the client cannot serve".into()));
+        }
+        check_weights(cfg, sess.format(), weights)
+    }));
     loop {
-        let local = cfg.validate().and_then(|_| {
-            if sess.is_server() { Ok(()) } else { Err(ModelError::Input("the client cannot serve".into())) }
-        });
-        let statement: Statement = local.as_ref().map(|_| prefix(cfg, method)).map_err(|e| e.to_string());
+        let local = ready.take().unwrap_or(Ok(()));
+        let statement: Statement = local.as_ref().map(|_| prefix(cfg, plan)).map_err(|e| e.to_string());
         let theirs = exchange(sess, &statement).await;
         local?;
         let theirs = peer(theirs)?;
@@ -196,19 +270,19 @@ pub async fn serve(
             return Ok(served);
         }
         let (past, n) = theirs
-            .strip_prefix(&prefix(cfg, method))
+            .strip_prefix(&prefix(cfg, plan))
             .and_then(|t| t.strip_prefix(" cached="))
             .and_then(|t| t.split_once(" tokens="))
             .and_then(|(p, n)| Some((p.parse::<usize>().ok()?, n.parse::<usize>().ok()?)))
             .filter(|&(p, n)| n > 0 && p + n <= MAX_TOKENS && (p == 0 || (p == cache.len() && cfg.causal)))
             .ok_or_else(|| ModelError::Mismatch {
-                ours: format!("{} cached={}", prefix(cfg, method), cache.len()),
+                ours: format!("{} cached={}", prefix(cfg, plan), cache.len()),
                 theirs: theirs.clone(),
             })?;
         if past == 0 {
             cache = KvCache::new();
         }
-        let shares = Box::pin(forward(sess, cfg, method, n, Side::Server(weights), &mut cache, progress)).await?;
+        let shares = Box::pin(forward(sess, cfg, plan, n, Side::Server(weights), &mut cache, progress)).await?;
         let raw: Vec<u64> = shares.iter().map(|s| s.raw()).collect();
         sess.channel().send_u64s(&raw).await.map_err(ProtoError::from)?;
         served += 1;
@@ -230,46 +304,14 @@ fn shares(x: Vec<u64>) -> Vec<Share> {
     x.into_iter().map(Share::from_raw).collect()
 }
 
-/// The server's tensors in the session's fixed point, named for errors.
-struct Encoder {
-    format: FixedPoint,
-    layer: Option<usize>,
-}
-
-impl Encoder {
-    fn name(&self, tensor: &str) -> String {
-        match self.layer {
-            Some(i) => format!("layers.{i}.{tensor}"),
-            None => tensor.to_string(),
-        }
-    }
-
-    fn encode(&self, tensor: &str, values: &[f32]) -> ModelResult<Vec<u64>> {
-        Ok(self.format.encode_named(&self.name(tensor), values, None)?)
-    }
-
-    /// A weight tensor in 32 bits (the MoE layer's storage).
-    fn narrow(&self, tensor: &str, values: &[f32]) -> ModelResult<Vec<i32>> {
-        Ok(narrow(&self.name(tensor), &self.encode(tensor, values)?)?)
-    }
-
-    fn mlp(&self, tensor: &str, m: &Mlp) -> ModelResult<ExpertWeights> {
-        Ok(ExpertWeights {
-            w1: self.narrow(&format!("{tensor}.w1"), &m.w1)?,
-            w3: m.w3.as_ref().map(|w| self.narrow(&format!("{tensor}.w3"), w)).transpose()?,
-            w2: self.narrow(&format!("{tensor}.w2"), &m.w2)?,
-        })
-    }
-}
-
 fn weights(values: &[u64]) -> Weights<'_> {
     Weights { values, bits: magnitude_bits(values) }
 }
 
 /// What a party brings to a forward.
 enum Side<'a> {
-    /// The client's token ids.
-    Client(&'a [u32]),
+    /// The client's prompt.
+    Client(Prompt<'a>),
     /// The server's weights.
     Server(&'a dyn WeightSource),
 }
@@ -278,37 +320,46 @@ enum Side<'a> {
 async fn forward(
     sess: &mut Session,
     cfg: &ModelConfig,
-    method: Method,
+    plan: Plan,
     n: usize,
     side: Side<'_>,
     cache: &mut KvCache,
     progress: &dyn Progress,
 ) -> ModelResult<Vec<Share>> {
-    let (ids, source) = match side {
-        Side::Client(ids) => (Some(ids), None),
+    let (prompt, source) = match side {
+        Side::Client(prompt) => (Some(prompt), None),
         Side::Server(weights) => (None, Some(weights)),
     };
     let meter = sess.meter().clone();
     let format = sess.format();
     let (d, v) = (cfg.d_model, cfg.vocab);
-    let top = Encoder { format, layer: None };
+    let enc = source.map(|source| Encoder { format, source });
     let mut h = {
         let _s = meter.scope("embed");
-        let mut onehot = vec![Share::default(); n * v];
-        for (row, &id) in ids.unwrap_or_default().iter().enumerate() {
-            onehot[row * v + id as usize] = Share::from_raw(1);
+        let ids = prompt.map(|p| p.ids).unwrap_or_default();
+        match (plan.embedding, prompt.and_then(|p| p.table)) {
+            (Embedding::Private, _) => {
+                let mut onehot = vec![Share::default(); n * v];
+                for (row, &id) in ids.iter().enumerate() {
+                    onehot[row * v + id as usize] = Share::from_raw(1);
+                }
+                let table = enc.as_ref().map(|e| e.embedding()).transpose()?;
+                raw(&linear(sess, MatShape { n, d: v, m: d }, &onehot, table.as_deref().map(weights)).await?).to_vec()
+            }
+            // the client's rows, the server's share zero: no message
+            (Embedding::Public, Some(table)) => {
+                let rows: Vec<f32> = ids.iter().flat_map(|&id| table[id as usize * d..][..d].iter().copied()).collect();
+                format.encode_named("embedding (public)", &rows, None)?
+            }
+            (Embedding::Public, None) => vec![0u64; n * d],
         }
-        let table = source.map(|s| s.embedding().and_then(|t| top.encode("embedding", &t))).transpose()?;
-        raw(&linear(sess, MatShape { n, d: v, m: d }, &onehot, table.as_deref().map(weights)).await?).to_vec()
     };
-    let bias = source.map(|s| s.position_bias()).transpose()?.flatten();
+    let bias = enc.as_ref().map(|e| e.position_bias()).transpose()?.flatten();
     for i in 0..cfg.layers() {
-        let layer = source.map(|s| s.layer(i)).transpose()?;
-        let enc = Encoder { format, layer: Some(i) };
+        let block = enc.as_ref().map(|e| e.block(cfg, i)).transpose()?;
         let normed = {
             let _s = meter.scope("norm");
-            let gamma = layer.as_ref().map(|w| enc.encode("attn_norm", &w.attn_norm)).transpose()?;
-            norm(sess, cfg, &h, d, gamma.as_deref()).await?
+            norm(sess, cfg, &h, d, block.as_ref().map(|b| b.attn_norm.as_slice())).await?
         };
         let o = {
             let _s = meter.scope("attention");
@@ -316,65 +367,36 @@ async fn forward(
                 cache.layers.push((Vec::new(), Vec::new()));
             }
             let past = cache.len;
-            attention(sess, cfg, n, past, &normed, layer.as_ref(), &enc, bias.as_deref(), &mut cache.layers[i]).await?
+            attention(sess, cfg, n, past, &normed, block.as_ref(), bias.as_deref(), &mut cache.layers[i]).await?
         };
         h.iter_mut().zip(o).for_each(|(h, o)| *h = h.wrapping_add(o));
         let normed = {
             let _s = meter.scope("norm");
-            let gamma = layer.as_ref().map(|w| enc.encode("ffn_norm", &w.ffn_norm)).transpose()?;
-            norm(sess, cfg, &h, d, gamma.as_deref()).await?
+            norm(sess, cfg, &h, d, block.as_ref().map(|b| b.ffn_norm.as_slice())).await?
         };
         let _s = meter.scope("ffn");
         let x = shares(normed);
-        // the f32 weights move into the conversion, each expert's freed as it is converted
-        let y = match (cfg.ffn[i], layer.map(|w| w.ffn)) {
-            (Ffn::Dense { d_ff, kind }, w) => {
-                let w = match w {
-                    Some(FfnWeights::Dense(m)) => Some(enc.mlp("mlp", &m)?),
-                    Some(_) => return Err(ModelError::Weights(format!("layer {i}: MoE weights for a dense block"))),
-                    None => None,
-                };
-                dense_expert(sess, kind, d, d_ff, &x, w.as_ref()).await?
+        let ffn = block.map(|b| b.ffn);
+        let y = match (cfg.ffn[i], ffn) {
+            (Ffn::Dense { d_ff, kind }, Some(BlockFfn::Dense(w))) => {
+                dense_expert(sess, kind, d, d_ff, &x, Some(&w)).await?
             }
-            (Ffn::Moe(m), w) => {
-                let w = match w {
-                    Some(FfnWeights::Moe { router, experts, shared }) => Some(MoeWeights {
-                        router: enc.narrow("router", &router)?,
-                        experts: experts
-                            .into_iter()
-                            .enumerate()
-                            .map(|(e, x)| enc.mlp(&format!("experts.{e}"), &x))
-                            .collect::<ModelResult<_>>()?,
-                        shared: shared
-                            .map(|(x, gate)| -> ModelResult<SharedWeights> {
-                                Ok(SharedWeights {
-                                    expert: enc.mlp("shared_expert", &x)?,
-                                    gate: gate.as_ref().map(|g| enc.narrow("shared_expert_gate", g)).transpose()?,
-                                })
-                            })
-                            .transpose()?,
-                    }),
-                    Some(_) => return Err(ModelError::Weights(format!("layer {i}: dense weights for a MoE block"))),
-                    None => None,
-                };
-                moe_layer(sess, &m, method, &x, w.as_ref()).await?.y
-            }
+            (Ffn::Dense { d_ff, kind }, None) => dense_expert(sess, kind, d, d_ff, &x, None).await?,
+            (Ffn::Moe(m), Some(BlockFfn::Moe(w))) => moe_layer(sess, &m, plan.method, &x, Some(&w)).await?.y,
+            (Ffn::Moe(m), None) => moe_layer(sess, &m, plan.method, &x, None).await?.y,
+            (_, Some(_)) => return Err(ModelError::Weights(format!("layer {i}: weights of another block kind"))),
         };
         h.iter_mut().zip(raw(&y)).for_each(|(h, y)| *h = h.wrapping_add(*y));
         progress.layer_done(i + 1, cfg.layers());
     }
     cache.len += n;
     let _s = meter.scope("head");
-    let gamma = source.map(|s| s.final_norm().and_then(|g| top.encode("final_norm", &g))).transpose()?;
+    let gamma = enc.as_ref().map(|e| e.final_norm()).transpose()?;
     let x = norm(sess, cfg, &h, d, gamma.as_deref()).await?;
     if !cfg.lm_head {
         return Ok(shares(x));
     }
-    let head = source.map(|s| s.lm_head()).transpose()?.flatten();
-    let head = head.map(|w| top.encode("lm_head", &w)).transpose()?;
-    if source.is_some() && head.is_none() {
-        return Err(ModelError::Weights("the model has no LM head".into()));
-    }
+    let head = enc.as_ref().map(|e| e.lm_head(cfg)).transpose()?.flatten();
     let logits = linear(sess, MatShape { n, d, m: v }, &shares(x), head.as_deref().map(weights)).await?;
     Ok(shares(truncate(sess, raw(&logits), format.frac_bits()).await?))
 }
@@ -456,42 +478,26 @@ async fn attention(
     n: usize,
     past: usize,
     x: &[u64],
-    layer: Option<&super::weights::LayerWeights>,
-    enc: &Encoder,
-    position_bias: Option<&[f32]>,
+    block: Option<&Block>,
+    position_bias: Option<&[u64]>,
     (keys, values): &mut (Vec<u64>, Vec<u64>),
 ) -> ModelResult<Vec<u64>> {
     let frac = sess.format().frac_bits();
     let (d, hd) = (cfg.d_model, cfg.head_dim);
     let (qw, kw) = (cfg.heads * hd, cfg.kv_heads * hd);
     let width = qw + 2 * kw;
-    let wqkv = match layer {
-        Some(w) => {
-            let mut m = Vec::with_capacity(d * width);
-            for a in 0..d {
-                for (t, cols) in [(&w.wq, qw), (&w.wk, kw), (&w.wv, kw)] {
-                    m.extend_from_slice(&t[a * cols..(a + 1) * cols]);
-                }
-            }
-            Some(enc.encode("qkv", &m)?)
-        }
-        None => None,
-    };
-    let qkv = linear(sess, MatShape { n, d, m: width }, bytemuck::cast_slice(x), wqkv.as_deref().map(weights)).await?;
+    let wqkv = block.map(|b| b.wqkv.as_slice());
+    let qkv = linear(sess, MatShape { n, d, m: width }, bytemuck::cast_slice(x), wqkv.map(weights)).await?;
     let mut qkv = truncate(sess, raw(&qkv), frac).await?;
-    if let Some(b) = layer.and_then(|w| w.qkv_bias.as_ref()) {
-        let b: Vec<f32> = b.concat();
-        let b = enc.encode("qkv_bias", &b)?;
-        qkv.chunks_exact_mut(width).for_each(|r| r.iter_mut().zip(&b).for_each(|(v, b)| *v = v.wrapping_add(*b)));
+    if let Some(b) = block.and_then(|b| b.qkv_bias.as_ref()) {
+        qkv.chunks_exact_mut(width).for_each(|r| r.iter_mut().zip(b.iter()).for_each(|(v, b)| *v = v.wrapping_add(*b)));
     }
     let (mut q, mut k, v) =
         (columns(&qkv, width, 0, qw), columns(&qkv, width, qw, kw), columns(&qkv, width, qw + kw, kw));
     if cfg.qk_norm {
-        let g = layer.and_then(|w| w.qk_norm.as_ref());
-        let gq = g.map(|g| enc.encode("q_norm", &g[0])).transpose()?;
-        let gk = g.map(|g| enc.encode("k_norm", &g[1])).transpose()?;
-        q = norm(sess, cfg, &q, qw, gq.as_deref()).await?;
-        k = norm(sess, cfg, &k, kw, gk.as_deref()).await?;
+        let g = block.and_then(|b| b.qk_norm.as_ref());
+        q = norm(sess, cfg, &q, qw, g.map(|g| g[0].as_slice())).await?;
+        k = norm(sess, cfg, &k, kw, g.map(|g| g[1].as_slice())).await?;
     }
     let q = rotate(sess, cfg, q, past, cfg.heads, cfg.score_scale).await?;
     let k = rotate(sess, cfg, k, past, cfg.kv_heads, 1.0).await?;
@@ -510,7 +516,7 @@ async fn attention(
     }
     let mut scores = truncate(sess, &scores, frac).await?;
     if let (Some(table), Positions::RelativeBias { buckets, max_distance }) = (position_bias, cfg.positions) {
-        let bias: Vec<f32> = (0..cfg.heads)
+        let bias: Vec<u64> = (0..cfg.heads)
             .flat_map(|h| {
                 (0..n * n).map(move |ij| {
                     let (i, j) = (ij / n, ij % n);
@@ -518,7 +524,6 @@ async fn attention(
                 })
             })
             .collect();
-        let bias = enc.encode("position_bias", &bias)?;
         scores.iter_mut().zip(bias).for_each(|(s, b)| *s = s.wrapping_add(b));
     }
     // row i (position past + i) attends to positions 0..=past + i
@@ -535,7 +540,7 @@ async fn attention(
         }
     }
     let o = truncate(sess, &o, frac).await?;
-    let wo = layer.map(|w| enc.encode("o_proj", &w.wo)).transpose()?;
-    let y = linear(sess, MatShape { n, d: qw, m: d }, &shares(o), wo.as_deref().map(weights)).await?;
+    let wo = block.map(|b| b.wo.as_slice());
+    let y = linear(sess, MatShape { n, d: qw, m: d }, &shares(o), wo.map(weights)).await?;
     Ok(truncate(sess, raw(&y), frac).await?)
 }

@@ -71,6 +71,11 @@ pub trait WeightSource: Send + Sync {
     fn final_norm(&self) -> ModelResult<Vec<f32>>;
     /// The LM head, d×vocab (the embedding's transpose when tied); `None` for an encoder.
     fn lm_head(&self) -> ModelResult<Option<Vec<f32>>>;
+    /// Where element `index` of the engine's tensor `engine` (`layers.3.experts.1.w1`, in the
+    /// engine's orientation) is stored: the source's name and flat index, for errors.
+    fn locate(&self, engine: &str, index: usize) -> (String, usize) {
+        (engine.to_string(), index)
+    }
 }
 
 /// A whole model's weights in memory.

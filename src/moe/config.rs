@@ -96,6 +96,9 @@ pub struct MoeConfig {
     pub expert: ExpertKind,
     /// The shared expert, if the model has one.
     pub shared: Option<SharedExpert>,
+    /// Tokens an expert takes per layer call beyond which the model drops the later ones, in
+    /// token order (Switch's `expert_capacity`); `None`: never.
+    pub expert_capacity: Option<usize>,
 }
 
 /// Most routed experts a layer may have (the one-hot vectors of the routing; also the longest
@@ -124,6 +127,9 @@ impl MoeConfig {
         if self.d_model == 0 || self.d_ff == 0 || self.shared.is_some_and(|s| s.d_ff == 0) {
             return bad(format!("zero width: {self}"));
         }
+        if self.expert_capacity == Some(0) {
+            return bad("an expert capacity of 0 tokens".into());
+        }
         Ok(())
     }
 
@@ -131,6 +137,12 @@ impl MoeConfig {
     /// logits only (Mixtral-style top-1), so the gate needs no protocol.
     pub fn unit_gate(&self) -> bool {
         self.top_k == 1 && !self.routing.softmax_over_all()
+    }
+
+    /// The capacity that drops tokens in a call on n tokens: an expert receives each token at
+    /// most once, so only a capacity below n can overflow.
+    pub fn overflow_capacity(&self, n: usize) -> Option<usize> {
+        self.expert_capacity.filter(|&c| c < n)
     }
 
     /// The canonical text both parties compare.
@@ -153,6 +165,9 @@ impl fmt::Display for MoeConfig {
         )?;
         if let Some(s) = self.shared {
             write!(f, " shared d_ff={}{}", s.d_ff, if s.sigmoid_gate { " sigmoid-gated" } else { "" })?;
+        }
+        if let Some(c) = self.expert_capacity {
+            write!(f, " capacity={c}")?;
         }
         Ok(())
     }
@@ -192,12 +207,13 @@ impl Method {
         }
     }
 
-    /// Slots per expert for n tokens: ⌈c·k·n/E⌉, at most n.
+    /// Slots per expert for n tokens: ⌈c·k·n/E⌉, at most n and at most the model's own
+    /// expert capacity.
     pub fn capacity(self, cfg: &MoeConfig, n: usize) -> Option<usize> {
         match self {
             Method::Capacity { factor } => {
                 let slots = (factor * (cfg.top_k * n) as f64 / cfg.experts as f64).ceil() as usize;
-                Some(slots.clamp(1, n))
+                Some(slots.clamp(1, n).min(cfg.expert_capacity.unwrap_or(n)))
             }
             _ => None,
         }
@@ -264,6 +280,7 @@ mod tests {
             routing: Routing::TopKSoftmax,
             expert: ExpertKind::SwiGlu,
             shared: None,
+            expert_capacity: None,
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use super::route::{Routes, route};
+use super::route::{Routes, drop_overflow, queue, route};
 use super::weights::{ExpertWeights, magnitude_bits, widen};
 use super::{ExpertKind, Method, MoeConfig, MoeError, MoeResult, MoeWeights};
 use crate::proto::agree::exchange;
@@ -48,7 +48,12 @@ pub async fn moe_layer(
     };
     let routes = {
         let _s = meter.scope("route");
-        route(sess, cfg, raw(&logits), n).await?
+        let mut routes = route(sess, cfg, raw(&logits), n).await?;
+        // the capacity method drops on its own; the others zero the dropped gates
+        if let (None, Some(c)) = (method.capacity(cfg, n), cfg.overflow_capacity(n)) {
+            drop_overflow(sess, &mut routes, n, cfg.experts, c).await?;
+        }
+        routes
     };
     let (mut y, dropped) = match method.capacity(cfg, n) {
         Some(slots) => {
@@ -64,7 +69,11 @@ pub async fn moe_layer(
                 }
             };
             let _s = meter.scope("combine");
-            let y = if cfg.unit_gate() { outputs } else { combine(sess, &outputs, &routes.gates, n, d).await? };
+            let y = if cfg.unit_gate() && cfg.overflow_capacity(n).is_none() {
+                outputs
+            } else {
+                combine(sess, &outputs, &routes.gates, n, d).await?
+            };
             (y, None)
         }
     };
@@ -353,23 +362,20 @@ async fn capacity(
     let server = sess.is_server();
     let meter = sess.meter().clone();
     let dispatch_scope = meter.scope("dispatch");
-    // T = ⊕_r t_r: whether token j goes to expert e (the k choices are distinct experts)
-    let routed: Vec<bool> = (0..n * e).map(|i| routes.one_hot.iter().fold(false, |acc, t| acc ^ t[i])).collect();
-    let t = b2a(sess, &routed).await?;
-    // queue position p = Σ_{j' < j} T[j', e]; unrouted pairs pushed to n + p, past every slot
-    let mut index = vec![0u64; n * e];
-    let mut prefix = vec![0u64; e];
-    for j in 0..n {
-        for i in 0..e {
+    // queue positions; unrouted pairs pushed to n + p, past every slot
+    let (t, position) = queue(sess, routes, n, e).await?;
+    let index: Vec<u64> = position
+        .iter()
+        .zip(&t)
+        .map(|(&p, &t)| {
             let own = if server {
-                (n as u64).wrapping_mul(1u64.wrapping_sub(t[j * e + i]))
+                (n as u64).wrapping_mul(1u64.wrapping_sub(t))
             } else {
-                (n as u64).wrapping_mul(t[j * e + i].wrapping_neg())
+                (n as u64).wrapping_mul(t.wrapping_neg())
             };
-            index[j * e + i] = prefix[i].wrapping_add(own);
-            prefix[i] = prefix[i].wrapping_add(t[j * e + i]);
-        }
-    }
+            p.wrapping_add(own)
+        })
+        .collect();
     let positions = one_hot(sess, &index, 2 * n).await?;
     // D[(e, c), j] = [token j holds slot c of expert e]
     let dispatch_bits: Vec<bool> =

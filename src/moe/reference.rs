@@ -72,9 +72,9 @@ pub struct Reference {
     pub dropped: usize,
 }
 
-/// The layer on n tokens of `x` (n×d). With `capacity` = Some(C) (capacity dispatch), each
-/// expert keeps the first C tokens routed to it in token order and the later ones contribute
-/// nothing.
+/// The layer on n tokens of `x` (n×d). With `capacity` = Some(C) (capacity dispatch), or
+/// else the model's own `expert_capacity`, each expert keeps the first C tokens routed to it
+/// in token order and the later ones contribute nothing.
 pub fn reference(
     cfg: &MoeConfig,
     format: FixedPoint,
@@ -84,6 +84,7 @@ pub fn reference(
 ) -> MoeResult<Reference> {
     cfg.validate()?;
     w.check(cfg)?;
+    let capacity = capacity.or(cfg.expert_capacity);
     let (e, d) = (cfg.experts, cfg.d_model);
     let logits = matmul(x, &w.router, d, e);
     let scale2 = format.scale() * format.scale();

@@ -9,8 +9,9 @@
 //! choice is the plaintext's, bit for bit. Logits must satisfy |l| < 64.
 
 use super::MoeConfig;
+use crate::net::Party;
 use crate::proto::arith::truncate;
-use crate::proto::compare::{b2a, max, mux_rows, one_hot};
+use crate::proto::compare::{b2a, max, mux, mux_rows, non_negative, one_hot};
 use crate::proto::softmax::softmax;
 use crate::proto::{ProtoResult, Session};
 
@@ -75,4 +76,50 @@ pub async fn route(sess: &mut Session, cfg: &MoeConfig, logits: &[u64], n: usize
         (0..k * n).map(|i| g[(i % n) * k + i / n]).collect()
     };
     Ok(Routes { one_hot: one_hots, gates })
+}
+
+/// The routing matrix T[j, e] = [token j is routed to expert e] (the XOR of the slots'
+/// one-hot vectors: a token's k choices are distinct experts) as arithmetic shares, and each
+/// pair's queue position Σ_{j' < j} T[j', e] (local prefix sums), both n×E token-major.
+pub async fn queue(sess: &mut Session, routes: &Routes, n: usize, e: usize) -> ProtoResult<(Vec<u64>, Vec<u64>)> {
+    let routed: Vec<bool> = (0..n * e).map(|i| routes.one_hot.iter().fold(false, |acc, t| acc ^ t[i])).collect();
+    let t = b2a(sess, &routed).await?;
+    let mut position = vec![0u64; n * e];
+    for j in 1..n {
+        for i in 0..e {
+            position[j * e + i] = position[(j - 1) * e + i].wrapping_add(t[(j - 1) * e + i]);
+        }
+    }
+    Ok((t, position))
+}
+
+/// Drops the assignments beyond `capacity` tokens of their expert, in token order, as
+/// Switch's `expert_capacity` does: each slot's queue position is picked by its one-hot
+/// (one multiplexer per (token, expert)), [position < capacity] comes from one sign test and
+/// the gate is multiplied by it. Nothing is opened: neither party learns what was dropped.
+pub async fn drop_overflow(
+    sess: &mut Session,
+    routes: &mut Routes,
+    n: usize,
+    e: usize,
+    capacity: usize,
+) -> ProtoResult<()> {
+    let (_, position) = queue(sess, routes, n, e).await?;
+    let k = routes.one_hot.len();
+    let bits: Vec<bool> = routes.one_hot.concat();
+    let spread: Vec<u64> = (0..k).flat_map(|_| position.iter().copied()).collect();
+    let picked = mux_rows(sess, &bits, &spread, 1).await?;
+    // capacity − 1 − position ≥ 0, with |·| ≤ max(n, capacity) < 2^(width − 1)
+    let server = sess.party() == Party::Server;
+    let margin: Vec<u64> = picked
+        .chunks_exact(e)
+        .map(|row| {
+            let p = row.iter().fold(0u64, |s, v| s.wrapping_add(*v));
+            if server { (capacity as u64 - 1).wrapping_sub(p) } else { p.wrapping_neg() }
+        })
+        .collect();
+    let width = usize::BITS - n.max(capacity).leading_zeros() + 2;
+    let keep = non_negative(sess, &margin, width).await?;
+    routes.gates = mux(sess, &keep, &routes.gates).await?;
+    Ok(())
 }

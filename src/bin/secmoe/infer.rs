@@ -8,10 +8,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use secmoe::backend::Backend;
 use secmoe::model::{
-    Checkpoint, KvCache, MAX_TOKENS, ModelConfig, Output, Progress, WeightSource, default_config, default_weights,
-    finish, infer_cached, serve, setup_he,
+    Checkpoint, KvCache, MAX_TOKENS, ModelConfig, Output, Plan, Progress, Prompt, WeightSource, default_config,
+    default_weights, finish, infer_cached, public_embedding, serve, setup_he,
 };
-use secmoe::moe::Method;
 use secmoe::net::{CostModel, Link, Report};
 use secmoe::proto::{Session, SessionConfig};
 use secmoe::ring::FixedPoint;
@@ -46,6 +45,15 @@ pub fn model_weights(dir: Option<&Path>) -> Result<(Model, Box<dyn WeightSource>
             (Model { config, origin: dir.display().to_string() }, Box::new(ckpt))
         }
         None => (model_config(None)?, Box::new(default_weights())),
+    })
+}
+
+/// The public embedding table a client holds for `--public-embedding`: read from the
+/// checkpoint in `dir` (that tensor only), or the built-in default model's.
+pub fn public_table(dir: Option<&Path>) -> Result<Vec<f32>> {
+    Ok(match dir {
+        Some(dir) => public_embedding(dir).with_context(|| format!("reading the embedding in {}", dir.display()))?,
+        None => default_weights().embedding,
     })
 }
 
@@ -92,8 +100,8 @@ impl Progress for Bar {
 /// How a job runs, agreed by both parties.
 #[derive(Debug, Clone, Copy)]
 pub struct JobConfig {
-    /// How MoE layers are evaluated.
-    pub method: Method,
+    /// The MoE method and the embedding's privacy.
+    pub plan: Plan,
     /// The fixed-point format.
     pub format: FixedPoint,
 }
@@ -141,10 +149,11 @@ pub async fn client(
     backend: Arc<dyn Backend>,
     job: JobConfig,
     cfg: &ModelConfig,
-    prompt: &[u32],
+    prompt: Prompt<'_>,
     max_new: usize,
     progress: &dyn Progress,
 ) -> Result<ClientResult> {
+    let (prompt, table) = (prompt.ids, prompt.table);
     if max_new > 0 && !cfg.lm_head {
         bail!("--max-new-tokens: {} is an encoder (no LM head), it does not generate", cfg.family.model_type());
     }
@@ -159,7 +168,7 @@ pub async fn client(
     let mut cache = KvCache::new();
     let mut new: Vec<u32> = prompt.to_vec();
     for step in 0..=max_new {
-        let out = infer_cached(&mut sess, cfg, job.method, &new, &mut cache, progress).await?;
+        let out = infer_cached(&mut sess, cfg, job.plan, Prompt { ids: &new, table }, &mut cache, progress).await?;
         if step < max_new {
             let next = *out.argmax().last().unwrap_or(&0) as u32;
             ids.push(next);
@@ -183,6 +192,6 @@ pub async fn server(
 ) -> Result<(usize, Costs)> {
     let start = Instant::now();
     let mut sess = session(link, backend, job).await?;
-    let served = serve(&mut sess, cfg, job.method, weights, progress).await?;
+    let served = serve(&mut sess, cfg, job.plan, weights, progress).await?;
     Ok((served, Costs { report: link.meter().report(), wall_s: start.elapsed().as_secs_f64() }))
 }

@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use bench::harness::reset_peak_rss;
 use clap::{Args, Parser, Subcommand};
 use secmoe::backend::{Backend, BackendChoice};
+use secmoe::model::{Embedding, Plan, Prompt};
 use secmoe::net::{CostModel, Identity, LinkConfig, Listener, PublicParams, connect, fingerprint, loopback};
 use secmoe::ring::FixedPoint;
 
@@ -201,12 +202,18 @@ struct JobArgs {
     /// Backend for the heavy operations: auto, cpu or cuda.
     #[arg(long, default_value = "auto")]
     backend: BackendChoice,
+    /// Treat the embedding table as public (BumbleBee's and BOLT's assumption): the client
+    /// looks its tokens up itself (`client` reads the table from --model-config DIR's
+    /// safetensors) instead of the oblivious lookup. Both parties must pass it.
+    #[arg(long)]
+    public_embedding: bool,
 }
 
 impl JobArgs {
     fn job(&self) -> Result<infer::JobConfig> {
+        let embedding = if self.public_embedding { Embedding::Public } else { Embedding::Private };
         Ok(infer::JobConfig {
-            method: self.method.parse().map_err(anyhow::Error::msg)?,
+            plan: Plan { method: self.method.parse().map_err(anyhow::Error::msg)?, embedding },
             format: FixedPoint::new(self.frac_bits)?,
         })
     }
@@ -233,6 +240,9 @@ async fn both(
     show_progress: bool,
 ) -> Result<(infer::ClientResult, infer::Costs)> {
     let cfg = job.job()?;
+    // the public table, when the embedding is public, is the one thing the client reads
+    let table = if job.public_embedding { Some(weights.embedding()?) } else { None };
+    let prompt = Prompt { ids: prompt, table: table.as_deref() };
     let (mut client, mut server) = loopback(job.link_config()).await?;
     let bar = infer::Bar::new("private inference", show_progress);
     let (c, s) = tokio::join!(
@@ -318,6 +328,8 @@ fn main() -> Result<()> {
                 let id = if cert.exists() { Identity::load(&cert, &key)? } else { write_identity(&identity)? };
                 let (model, weights) = infer::model_weights(model.as_deref())?;
                 let cfg = job.job()?;
+                secmoe::model::check_weights(&model.config, cfg.format, weights.as_ref())
+                    .with_context(|| format!("checking the weights of {}", model.origin))?;
                 let listener = Listener::bind(listen, &id, job.link_config())?;
                 println!("secmoe server listening on {} (QUIC + TLS 1.3)", listener.local_addr());
                 println!("certificate: {}", cert.display());
@@ -355,14 +367,17 @@ fn main() -> Result<()> {
                 let model = infer::model_config(model_config.as_deref())?;
                 let ids = infer::parse_ids(&prompt.prompt_ids)?;
                 let cfg = job.job()?;
+                let table =
+                    if job.public_embedding { Some(infer::public_table(model_config.as_deref())?) } else { None };
                 let mut link = connect(addr, &pem, job.link_config()).await?;
                 if !prompt.json {
                     println!("connected to {addr}; server certificate {actual}");
                 }
                 reset_peak_rss();
                 let bar = infer::Bar::new("private inference", !prompt.json);
+                let input = Prompt { ids: &ids, table: table.as_deref() };
                 let out =
-                    infer::client(&mut link, job.backend()?, cfg, &model.config, &ids, prompt.max_new_tokens, &bar)
+                    infer::client(&mut link, job.backend()?, cfg, &model.config, input, prompt.max_new_tokens, &bar)
                         .await?;
                 link.close().await?;
                 report::print_client(&model, &ids, &out, prompt.json)

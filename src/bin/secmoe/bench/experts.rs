@@ -60,6 +60,7 @@ pub(crate) async fn run(
                 routing: Routing::TopKSoftmax,
                 expert: opts.expert,
                 shared: None,
+                expert_capacity: None,
             };
             let row = measure(&cfg, method, opts.tokens, backend.clone(), threads, tune)
                 .await

@@ -9,7 +9,8 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use secmoe::backend::Backend;
 use secmoe::model::{
-    Family, Ffn, ModelConfig, ModelWeights, Positions, default_config, finish, forward, infer, serve, setup_he,
+    Family, Ffn, ModelConfig, ModelWeights, Plan, Positions, Prompt, default_config, finish, forward, infer, serve,
+    setup_he,
 };
 use secmoe::moe::{ExpertKind, Method, MoeConfig, Routing};
 use secmoe::net::CostModel;
@@ -32,6 +33,7 @@ fn switch_base_8_layer() -> ModelConfig {
         routing: Routing::Switch,
         expert: ExpertKind::Relu,
         shared: None,
+        expert_capacity: Some(64),
     };
     ModelConfig {
         family: Family::SwitchEncoder,
@@ -49,7 +51,6 @@ fn switch_base_8_layer() -> ModelConfig {
         ffn: vec![Ffn::Moe(moe)],
         tie_embeddings: true,
         lm_head: false,
-        expert_capacity: None,
     }
 }
 
@@ -92,11 +93,11 @@ async fn measure(
     reset_peak_rss();
     let start = Instant::now();
     let client = async {
-        let out = infer(&mut sc, cfg, Method::SelectThenCompute, &ids, &()).await?;
+        let out = infer(&mut sc, cfg, Plan::default(), Prompt::new(&ids), &()).await?;
         finish(&mut sc).await?;
         anyhow::Ok(out)
     };
-    let (out, served) = tokio::join!(client, serve(&mut ss, cfg, Method::SelectThenCompute, &w, &()));
+    let (out, served) = tokio::join!(client, serve(&mut ss, cfg, Plan::default(), &w, &()));
     let wall_s = start.elapsed().as_secs_f64();
     let (out, served) = (out?, served?);
     if served != 1 {

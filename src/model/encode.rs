@@ -1,0 +1,171 @@
+//! The server's weights in the session's fixed point, one block at a time (as a forward needs
+//! them, so a checkpoint is expanded per layer and dropped). A value that does not fit — not
+//! finite, beyond the format, or beyond 32 bits for the experts' compact storage — is reported
+//! under the source's name and index (the checkpoint's tensor, not the engine's). [`check`]
+//! runs the conversion over the whole model once, so the server refuses such a checkpoint
+//! before it serves anyone.
+
+use super::config::{Ffn, ModelConfig};
+use super::weights::{FfnWeights, Mlp, WeightSource};
+use super::{ModelError, ModelResult};
+use crate::moe::{ExpertWeights, MoeWeights, SharedWeights, narrow};
+use crate::ring::{FixedPoint, RingError};
+
+/// One block's weights in fixed point, the forward's layout.
+pub(super) struct Block {
+    /// RMSNorm γ before attention.
+    pub attn_norm: Vec<u64>,
+    /// q|k|v side by side, d×(q + 2·kv).
+    pub wqkv: Vec<u64>,
+    /// Their biases, likewise side by side.
+    pub qkv_bias: Option<Vec<u64>>,
+    /// RMSNorm γ of q and of k.
+    pub qk_norm: Option<[Vec<u64>; 2]>,
+    /// The output map.
+    pub wo: Vec<u64>,
+    /// RMSNorm γ before the feed-forward block.
+    pub ffn_norm: Vec<u64>,
+    /// The feed-forward block.
+    pub ffn: BlockFfn,
+}
+
+/// A block's feed-forward weights in the MoE layer's storage.
+pub(super) enum BlockFfn {
+    Dense(ExpertWeights),
+    Moe(MoeWeights),
+}
+
+/// Converts the server's weights, naming what does not fit by the source's names.
+pub(super) struct Encoder<'a> {
+    pub format: FixedPoint,
+    pub source: &'a dyn WeightSource,
+}
+
+impl Encoder<'_> {
+    /// The engine's tensor `name` (`layers.3.wq`); with `bound_bits`, |w| ≤ 2^bound_bits units.
+    fn tensor(&self, name: &str, values: &[f32], bound_bits: Option<u32>) -> ModelResult<Vec<u64>> {
+        self.format.encode_named(name, values, bound_bits).map_err(|e| match e {
+            RingError::TensorValue { tensor, index, value, reason } => {
+                let (tensor, index) = self.source.locate(&tensor, index);
+                RingError::TensorValue { tensor, index, value, reason }.into()
+            }
+            e => e.into(),
+        })
+    }
+
+    /// A weight in 32 bits (the MoE layer's storage).
+    fn compact(&self, name: &str, values: &[f32]) -> ModelResult<Vec<i32>> {
+        Ok(narrow(name, &self.tensor(name, values, Some(31))?)?)
+    }
+
+    fn mlp(&self, name: &str, m: &Mlp) -> ModelResult<ExpertWeights> {
+        Ok(ExpertWeights {
+            w1: self.compact(&format!("{name}.w1"), &m.w1)?,
+            w3: m.w3.as_ref().map(|w| self.compact(&format!("{name}.w3"), w)).transpose()?,
+            w2: self.compact(&format!("{name}.w2"), &m.w2)?,
+        })
+    }
+
+    /// The embedding table, vocab×d.
+    pub fn embedding(&self) -> ModelResult<Vec<u64>> {
+        self.tensor("embedding", &self.source.embedding()?, None)
+    }
+
+    /// T5's relative position bias table, buckets×heads.
+    pub fn position_bias(&self) -> ModelResult<Option<Vec<u64>>> {
+        self.source.position_bias()?.map(|t| self.tensor("position_bias", &t, None)).transpose()
+    }
+
+    /// The final RMSNorm's γ.
+    pub fn final_norm(&self) -> ModelResult<Vec<u64>> {
+        self.tensor("final_norm", &self.source.final_norm()?, None)
+    }
+
+    /// The LM head, d×vocab, when the model has one.
+    pub fn lm_head(&self, cfg: &ModelConfig) -> ModelResult<Option<Vec<u64>>> {
+        if !cfg.lm_head {
+            return Ok(None);
+        }
+        let head = self.source.lm_head()?.ok_or_else(|| ModelError::Weights("the model has no LM head".into()))?;
+        self.tensor("lm_head", &head, None).map(Some)
+    }
+
+    /// Block `i`; the f32 weights are consumed, each expert's freed as it is converted.
+    pub fn block(&self, cfg: &ModelConfig, i: usize) -> ModelResult<Block> {
+        let w = self.source.layer(i)?;
+        let name = |t: &str| format!("layers.{i}.{t}");
+        let (d, qw, kw) = (cfg.d_model, cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim);
+        let (q, k, v) = (
+            self.tensor(&name("wq"), &w.wq, None)?,
+            self.tensor(&name("wk"), &w.wk, None)?,
+            self.tensor(&name("wv"), &w.wv, None)?,
+        );
+        let mut wqkv = Vec::with_capacity(d * (qw + 2 * kw));
+        for a in 0..d {
+            for (t, cols) in [(&q, qw), (&k, kw), (&v, kw)] {
+                wqkv.extend_from_slice(&t[a * cols..(a + 1) * cols]);
+            }
+        }
+        let qkv_bias = match &w.qkv_bias {
+            Some([bq, bk, bv]) => Some(
+                [
+                    self.tensor(&name("bq"), bq, None)?,
+                    self.tensor(&name("bk"), bk, None)?,
+                    self.tensor(&name("bv"), bv, None)?,
+                ]
+                .concat(),
+            ),
+            None => None,
+        };
+        let qk_norm = match &w.qk_norm {
+            Some([gq, gk]) => Some([self.tensor(&name("q_norm"), gq, None)?, self.tensor(&name("k_norm"), gk, None)?]),
+            None => None,
+        };
+        let ffn = match (cfg.ffn[i], w.ffn) {
+            (Ffn::Dense { .. }, FfnWeights::Dense(m)) => BlockFfn::Dense(self.mlp(&name("mlp"), &m)?),
+            (Ffn::Moe(_), FfnWeights::Moe { router, experts, shared }) => BlockFfn::Moe(MoeWeights {
+                router: self.compact(&name("router"), &router)?,
+                experts: experts
+                    .into_iter()
+                    .enumerate()
+                    .map(|(e, x)| self.mlp(&name(&format!("experts.{e}")), &x))
+                    .collect::<ModelResult<_>>()?,
+                shared: shared
+                    .map(|(x, gate)| -> ModelResult<SharedWeights> {
+                        Ok(SharedWeights {
+                            expert: self.mlp(&name("shared_expert"), &x)?,
+                            gate: gate.as_ref().map(|g| self.compact(&name("shared_expert_gate"), g)).transpose()?,
+                        })
+                    })
+                    .transpose()?,
+            }),
+            (Ffn::Dense { .. }, _) => {
+                return Err(ModelError::Weights(format!("layer {i}: MoE weights for a dense block")));
+            }
+            (Ffn::Moe(_), _) => return Err(ModelError::Weights(format!("layer {i}: dense weights for a MoE block"))),
+        };
+        Ok(Block {
+            attn_norm: self.tensor(&name("attn_norm"), &w.attn_norm, None)?,
+            wqkv,
+            qkv_bias,
+            qk_norm,
+            wo: self.tensor(&name("wo"), &w.wo, None)?,
+            ffn_norm: self.tensor(&name("ffn_norm"), &w.ffn_norm, None)?,
+            ffn,
+        })
+    }
+}
+
+/// Converts every weight of the model once (one block at a time, nothing kept): the first
+/// value that does not fit `format` is an error naming its tensor and index in the source.
+pub fn check_weights(cfg: &ModelConfig, format: FixedPoint, source: &dyn WeightSource) -> ModelResult<()> {
+    let enc = Encoder { format, source };
+    enc.embedding()?;
+    enc.position_bias()?;
+    for i in 0..cfg.layers() {
+        enc.block(cfg, i)?;
+    }
+    enc.final_norm()?;
+    enc.lm_head(cfg)?;
+    Ok(())
+}
