@@ -32,6 +32,15 @@ fn demo_runs_the_default_model_privately_next_to_the_plaintext() {
     }
     assert!(v["max_abs_logit_error"].as_f64().unwrap() < 0.05 && v["argmax_match"] == true, "{v}");
     assert_eq!(v["generated"].as_array().unwrap().len(), 1, "{v}");
+    // the embedding as public: the client's own lookup replaces the oblivious product
+    let public = Command::new(BIN)
+        .args(["demo", "--json", "--prompt-ids", "7,8", "--max-new-tokens", "1", "--public-embedding"])
+        .output()
+        .unwrap();
+    assert!(public.status.success(), "{}", String::from_utf8_lossy(&public.stderr));
+    let p: serde_json::Value = serde_json::from_slice(&public.stdout).unwrap();
+    assert!(p["max_abs_logit_error"].as_f64().unwrap() < 0.05 && p["argmax_match"] == true, "{p}");
+    assert!(p["bytes"].as_u64().unwrap() < v["bytes"].as_u64().unwrap(), "{p} / {v}");
 }
 
 #[test]

@@ -14,7 +14,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use secmoe::model::{Checkpoint, Plan, Prompt, finish, forward, infer, serve, setup_he};
+use secmoe::model::{Checkpoint, Ffn, Plan, Prompt, finish, forward, infer, serve, setup_he};
 
 /// Largest |Δ| of private inference against `transformers` (the target).
 const PRIVATE_BOUND: f64 = 0.05;
@@ -109,8 +109,19 @@ fn olmoe_matches_transformers() {
     check("olmoe");
 }
 
+/// The Switch checkpoint has `expert_capacity` = 1 for 8 tokens on 8 experts, so tokens are
+/// dropped, and the drop must matter: without it the plaintext model is off transformers.
 #[test]
 #[ignore = "needs the checkpoints of scripts/hf_reference.py (PyTorch and transformers)"]
 fn switch_encoder_matches_transformers() {
     check("switch");
+    let (ckpt, r) = load("switch");
+    let mut cfg = ckpt.config().clone();
+    for f in &mut cfg.ffn {
+        if let Ffn::Moe(m) = f {
+            m.expert_capacity = None;
+        }
+    }
+    let undropped = max_diff(&forward(&cfg, &ckpt, &r.ids).unwrap(), &r.output);
+    assert!(undropped > PRIVATE_BOUND, "no token was dropped (Δ {undropped:.1e} without the capacity)");
 }
