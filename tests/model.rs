@@ -324,7 +324,7 @@ fn a_public_embedding_is_looked_up_by_the_client() {
     let (cfg, w) = (default_config(), default_weights());
     let ids = [3, 1, 4, 1];
     let public = Plan { embedding: Embedding::Public, ..Plan::default() };
-    let r = private(&cfg, &cfg, public, Prompt { ids: &ids, table: Some(&w.embedding) }, &w);
+    let r = private(&cfg, &cfg, public, Prompt::new(&ids).with_table(Some(&w.embedding)), &w);
     let got = r.client.unwrap();
     let want = forward(&cfg, &w, &ids).unwrap();
     let worst = got.values.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max);
@@ -334,8 +334,22 @@ fn a_public_embedding_is_looked_up_by_the_client() {
     assert!(matches!(c, Err(ModelError::Input(ref m)) if m.contains("needs the table")), "{c:?}");
     assert!(matches!(s, Err(ModelError::PeerRefused(ref m)) if m.contains("needs the table")), "{s:?}");
     // the server keeps its embedding private
-    let prompt = Prompt { ids: &ids, table: Some(&w.embedding) };
+    let prompt = Prompt::new(&ids).with_table(Some(&w.embedding));
     let Run { client: c, server: s, .. } = private_as((&cfg, public), (&cfg, Plan::default()), prompt, &w);
     assert!(matches!(c, Err(ModelError::Mismatch { ref theirs, .. }) if !theirs.contains("embedding=public")), "{c:?}");
     assert!(matches!(s, Err(ModelError::Mismatch { .. })), "{s:?}");
+}
+
+/// Generation wants the last position's logits only: the final norm and the LM head run on
+/// that row (the server is told), the output has one row, the plaintext model's last.
+#[test]
+fn the_last_position_alone_when_asked() {
+    let (cfg, w) = (default_config(), default_weights());
+    let ids = [11, 12, 13];
+    let r = private(&cfg, &cfg, Plan::default(), Prompt::new(&ids).last_only(true), &w);
+    let got = r.client.unwrap();
+    let want = forward(&cfg, &w, &ids).unwrap();
+    assert_eq!(got.values.len(), cfg.vocab, "one row");
+    let worst = got.values.iter().zip(&want[2 * cfg.vocab..]).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max);
+    assert!(worst <= BOUND, "error {worst:.2e}");
 }

@@ -70,20 +70,34 @@ impl std::fmt::Display for Plan {
     }
 }
 
-/// The client's input to a forward: its token ids and, for [`Embedding::Public`], the public
-/// embedding table (vocab×d, row-major, as the checkpoint stores it).
+/// The client's input to a forward: its token ids, for [`Embedding::Public`] the public
+/// embedding table (vocab×d, row-major, as the checkpoint stores it), and whether only the
+/// last position's output is wanted.
 #[derive(Debug, Clone, Copy)]
 pub struct Prompt<'a> {
     /// The token ids.
     pub ids: &'a [u32],
     /// The public table, for [`Embedding::Public`] only.
     pub table: Option<&'a [f32]>,
+    /// Only the last position's output (generation): the final norm and the LM head run on
+    /// one row instead of n — the head's product is the model's largest. The server is told.
+    pub last_only: bool,
 }
 
 impl<'a> Prompt<'a> {
-    /// Token ids, the embedding private.
+    /// Token ids, the embedding private, every position's output.
     pub fn new(ids: &'a [u32]) -> Prompt<'a> {
-        Prompt { ids, table: None }
+        Prompt { ids, table: None, last_only: false }
+    }
+
+    /// With the public embedding table.
+    pub fn with_table(self, table: Option<&'a [f32]>) -> Prompt<'a> {
+        Prompt { table, ..self }
+    }
+
+    /// Only the last position's output, or every position's.
+    pub fn last_only(self, last_only: bool) -> Prompt<'a> {
+        Prompt { last_only, ..self }
     }
 }
 
@@ -100,7 +114,7 @@ impl Progress for () {
 /// The client's result of one forward.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Output {
-    /// n rows of `width` values.
+    /// A row of `width` values per position asked for (all n, or the last one).
     pub values: Vec<f64>,
     /// Values per position ([`ModelConfig::output_width`]).
     pub width: usize,
@@ -216,15 +230,17 @@ pub async fn infer_cached(
         plan.method.validate(n)?;
         Ok(())
     })();
-    let statement: Statement =
-        local.as_ref().map(|_| format!("{} cached={past} tokens={n}", prefix(cfg, plan))).map_err(|e| e.to_string());
+    let statement: Statement = local
+        .as_ref()
+        .map(|_| format!("{} cached={past} {}", prefix(cfg, plan), request(n, prompt.last_only)))
+        .map_err(|e| e.to_string());
     let theirs = exchange(sess, &statement).await;
     local?;
     let theirs = peer(theirs)?;
     if theirs != prefix(cfg, plan) {
         return Err(ModelError::Mismatch { ours: prefix(cfg, plan), theirs });
     }
-    let shares = Box::pin(forward(sess, cfg, plan, n, Side::Client(prompt), cache, progress)).await?;
+    let shares = Box::pin(forward(sess, cfg, plan, n, prompt.last_only, Side::Client(prompt), cache, progress)).await?;
     let theirs =
         sess.channel().recv_u64s("the server's output shares", shares.len()).await.map_err(ProtoError::from)?;
     let format = sess.format();
@@ -269,12 +285,15 @@ pub async fn serve(
         if theirs == "done" {
             return Ok(served);
         }
-        let (past, n) = theirs
+        let (past, n, last_only) = theirs
             .strip_prefix(&prefix(cfg, plan))
             .and_then(|t| t.strip_prefix(" cached="))
-            .and_then(|t| t.split_once(" tokens="))
-            .and_then(|(p, n)| Some((p.parse::<usize>().ok()?, n.parse::<usize>().ok()?)))
-            .filter(|&(p, n)| n > 0 && p + n <= MAX_TOKENS && (p == 0 || (p == cache.len() && cfg.causal)))
+            .and_then(|t| t.split_once(' '))
+            .and_then(|(p, r)| {
+                let (n, last) = parse_request(r)?;
+                Some((p.parse::<usize>().ok()?, n, last))
+            })
+            .filter(|&(p, n, _)| n > 0 && p + n <= MAX_TOKENS && (p == 0 || (p == cache.len() && cfg.causal)))
             .ok_or_else(|| ModelError::Mismatch {
                 ours: format!("{} cached={}", prefix(cfg, plan), cache.len()),
                 theirs: theirs.clone(),
@@ -282,11 +301,28 @@ pub async fn serve(
         if past == 0 {
             cache = KvCache::new();
         }
-        let shares = Box::pin(forward(sess, cfg, plan, n, Side::Server(weights), &mut cache, progress)).await?;
+        let shares =
+            Box::pin(forward(sess, cfg, plan, n, last_only, Side::Server(weights), &mut cache, progress)).await?;
         let raw: Vec<u64> = shares.iter().map(|s| s.raw()).collect();
         sess.channel().send_u64s(&raw).await.map_err(ProtoError::from)?;
         served += 1;
     }
+}
+
+/// A forward's request in the client's statement: its new tokens, and whether only the last
+/// position's output is wanted.
+fn request(n: usize, last_only: bool) -> String {
+    format!("tokens={n}{}", if last_only { " outputs=last" } else { "" })
+}
+
+fn parse_request(r: &str) -> Option<(usize, bool)> {
+    let r = r.strip_prefix("tokens=")?;
+    let (n, last_only) = match r.split_once(' ') {
+        Some((n, "outputs=last")) => (n, true),
+        Some(_) => return None,
+        None => (r, false),
+    };
+    Some((n.parse().ok()?, last_only))
 }
 
 fn peer(r: Result<String, ProtoError>) -> ModelResult<String> {
@@ -317,11 +353,13 @@ enum Side<'a> {
 }
 
 /// One forward on both sides: this party's shares of the output.
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     sess: &mut Session,
     cfg: &ModelConfig,
     plan: Plan,
     n: usize,
+    last_only: bool,
     side: Side<'_>,
     cache: &mut KvCache,
     progress: &dyn Progress,
@@ -391,13 +429,15 @@ async fn forward(
     }
     cache.len += n;
     let _s = meter.scope("head");
+    // each party keeps its shares of the rows whose outputs are wanted
+    let (rows, h) = if last_only { (1, h.split_off((n - 1) * d)) } else { (n, h) };
     let gamma = enc.as_ref().map(|e| e.final_norm()).transpose()?;
     let x = norm(sess, cfg, &h, d, gamma.as_deref()).await?;
     if !cfg.lm_head {
         return Ok(shares(x));
     }
     let head = enc.as_ref().map(|e| e.lm_head(cfg)).transpose()?.flatten();
-    let logits = linear(sess, MatShape { n, d, m: v }, &shares(x), head.as_deref().map(weights)).await?;
+    let logits = linear(sess, MatShape { n: rows, d, m: v }, &shares(x), head.as_deref().map(weights)).await?;
     Ok(shares(truncate(sess, raw(&logits), format.frac_bits()).await?))
 }
 

@@ -168,7 +168,8 @@ pub async fn client(
     let mut cache = KvCache::new();
     let mut new: Vec<u32> = prompt.to_vec();
     for step in 0..=max_new {
-        let out = infer_cached(&mut sess, cfg, job.plan, Prompt { ids: &new, table }, &mut cache, progress).await?;
+        let out =
+            infer_cached(&mut sess, cfg, job.plan, Prompt::new(&new).with_table(table), &mut cache, progress).await?;
         if step < max_new {
             let next = *out.argmax().last().unwrap_or(&0) as u32;
             ids.push(next);

@@ -242,7 +242,7 @@ async fn both(
     let cfg = job.job()?;
     // the public table, when the embedding is public, is the one thing the client reads
     let table = if job.public_embedding { Some(weights.embedding()?) } else { None };
-    let prompt = Prompt { ids: prompt, table: table.as_deref() };
+    let prompt = Prompt::new(prompt).with_table(table.as_deref());
     let (mut client, mut server) = loopback(job.link_config()).await?;
     let bar = infer::Bar::new("private inference", show_progress);
     let (c, s) = tokio::join!(
@@ -375,7 +375,7 @@ fn main() -> Result<()> {
                 }
                 reset_peak_rss();
                 let bar = infer::Bar::new("private inference", !prompt.json);
-                let input = Prompt { ids: &ids, table: table.as_deref() };
+                let input = Prompt::new(&ids).with_table(table.as_deref());
                 let out =
                     infer::client(&mut link, job.backend()?, cfg, &model.config, input, prompt.max_new_tokens, &bar)
                         .await?;
