@@ -45,6 +45,12 @@
 //!   sit at stride d_w), or a PackLWEs repacking of every sparse result first: more server work
 //!   than Protocol 1 for E ≥ 8 in coefficient encoding.
 //!
+//! A model's own `expert_capacity` (Switch) drops, in every method, the tokens beyond an
+//! expert's capacity in token order, as `transformers` does: queue positions are prefix sums of
+//! the secret routing matrix, each slot's own picked by its one-hot, [position < capacity] from
+//! one sign test multiplies the gate (capacity dispatch simply takes at most that many slots).
+//! Nothing about the drops is opened.
+//!
 //! When to pick which: Select-Then-Compute when no token may be dropped and E is moderate (its
 //! bytes and server time grow with E, the activation does not); capacity dispatch for many
 //! experts or small batches where dropping overflow is acceptable (as in training-time Switch
