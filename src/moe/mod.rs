@@ -47,7 +47,7 @@
 //!
 //! A model's own `expert_capacity` (Switch) drops, in every method, the tokens beyond an
 //! expert's capacity in token order, as `transformers` does: queue positions are prefix sums of
-//! the secret routing matrix, each slot's own picked by its one-hot, [position < capacity] from
+//! the secret routing matrix, each slot's own picked by its one-hot, \[position < capacity\] from
 //! one sign test multiplies the gate (capacity dispatch simply takes at most that many slots).
 //! Nothing about the drops is opened.
 //!

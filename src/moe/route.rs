@@ -95,7 +95,7 @@ pub async fn queue(sess: &mut Session, routes: &Routes, n: usize, e: usize) -> P
 
 /// Drops the assignments beyond `capacity` tokens of their expert, in token order, as
 /// Switch's `expert_capacity` does: each slot's queue position is picked by its one-hot
-/// (one multiplexer per (token, expert)), [position < capacity] comes from one sign test and
+/// (one multiplexer per (token, expert)), \[position < capacity\] comes from one sign test and
 /// the gate is multiplied by it. Nothing is opened: neither party learns what was dropped.
 pub async fn drop_overflow(
     sess: &mut Session,
