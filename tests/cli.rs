@@ -5,6 +5,8 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_secmoe");
 
 #[test]
@@ -51,6 +53,37 @@ fn run_takes_a_checkpoint_and_refuses_a_bad_one_by_name() {
     let out = Command::new(BIN).args(["run", "--prompt-ids", "1,2", "--model"]).arg(&dir).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("model_type `gpt2` is not supported"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A checkpoint that ships `tokenizer.json`: `--prompt` text in, the generated tokens out as
+/// text too (a word-level vocabulary `w0` … `w255` over the built-in model); without one,
+/// `--prompt` is refused with the reason.
+#[test]
+fn run_tokenizes_a_text_prompt_with_the_checkpoints_tokenizer() {
+    let dir = std::env::temp_dir().join(format!("secmoe-tokenizer-test-{}", std::process::id()));
+    common::write_default_checkpoint(&dir, |_| {});
+    let vocab: serde_json::Map<String, serde_json::Value> = (0..256).map(|i| (format!("w{i}"), i.into())).collect();
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "w0"}
+    });
+    let no_tokenizer = Command::new(BIN).args(["run", "--prompt", "w3 w141", "--model"]).arg(&dir).output().unwrap();
+    let err = String::from_utf8_lossy(&no_tokenizer.stderr);
+    assert!(!no_tokenizer.status.success() && err.contains("tokenizer.json"), "{err}");
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--json", "--prompt", "w3 w141 w59", "--max-new-tokens", "2", "--model"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["prompt_ids"], serde_json::json!([3, 141, 59]), "{v}");
+    let generated: Vec<String> =
+        v["generated"].as_array().unwrap().iter().map(|i| format!("w{}", i.as_u64().unwrap())).collect();
+    assert_eq!(v["generated_text"], generated.join(" "), "{v}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -228,39 +228,11 @@ fn each_party_sees_the_same_message_sequence_whatever_the_other_holds() {
     assert_eq!(a.client_received, c.client_received, "the client's view depends on the weights");
 }
 
-/// Writes `w` as a Mixtral checkpoint (config.json + model.safetensors) with `edit` applied to
-/// the tensor list first.
-fn write_mixtral(dir: &std::path::Path, edit: impl FnOnce(&mut Vec<HfTensor>)) {
-    let cfg = default_config();
-    let w = default_weights();
-    let mut tensors = secmoe::model::hf_tensors(&cfg, &w).unwrap();
-    edit(&mut tensors);
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(
-        dir.join("config.json"),
-        r#"{"model_type": "mixtral", "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,
-            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": null,
-            "hidden_act": "silu", "rms_norm_eps": 1e-05, "num_local_experts": 8, "num_experts_per_tok": 2,
-            "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"}, "tie_word_embeddings": false,
-            "sliding_window": null}"#,
-    )
-    .unwrap();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
-        .iter()
-        .map(|t| {
-            let bytes: &[u8] = bytemuck::cast_slice(&t.values);
-            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.shape.clone(), bytes).unwrap();
-            (t.name.clone(), view)
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
-}
-
 #[test]
 fn checkpoints_load_and_mismatches_are_named_before_any_party_starts() {
     let root = std::env::temp_dir().join(format!("secmoe-ckpt-{}", std::process::id()));
     let good = root.join("good");
-    write_mixtral(&good, |_| {});
+    common::write_default_checkpoint(&good, |_| {});
     let ckpt = Checkpoint::open(&good).unwrap();
     assert_eq!(ckpt.config(), &default_config());
     let ids = [9, 8, 7];
@@ -271,7 +243,7 @@ fn checkpoints_load_and_mismatches_are_named_before_any_party_starts() {
 
     let refused = |name: &str, edit: &dyn Fn(&mut Vec<HfTensor>)| -> String {
         let dir = root.join(name);
-        write_mixtral(&dir, edit);
+        common::write_default_checkpoint(&dir, edit);
         Checkpoint::open(&dir).unwrap_err().to_string()
     };
     let err = refused("missing", &|t| t.retain(|t| t.name != "model.layers.1.block_sparse_moe.experts.7.w3.weight"));
@@ -303,7 +275,9 @@ fn a_weight_that_does_not_fit_is_named_by_its_checkpoint_tensor() {
     ];
     for (dir, name, index, value, reason) in cases {
         let dir = root.join(dir);
-        write_mixtral(&dir, |t| t.iter_mut().find(|t| t.name == name).unwrap().values[index] = value);
+        common::write_default_checkpoint(&dir, |t| {
+            t.iter_mut().find(|t| t.name == name).unwrap().values[index] = value
+        });
         let ckpt = Checkpoint::open(&dir).unwrap();
         let want = format!("tensor `{name}`, element {index}: {value}");
         let err = check_weights(ckpt.config(), FixedPoint::default(), &ckpt).unwrap_err().to_string();

@@ -62,3 +62,31 @@ pub fn add_share(values: &[u64], rng: &mut rand::rngs::StdRng) -> (Vec<u64>, Vec
 pub fn open(a: &[u64], b: &[u64]) -> Vec<u64> {
     a.iter().zip(b).map(|(x, y)| x.wrapping_add(*y)).collect()
 }
+
+/// Writes the built-in default model as a Mixtral checkpoint (config.json +
+/// model.safetensors) with `edit` applied to the tensor list first.
+pub fn write_default_checkpoint(dir: &std::path::Path, edit: impl FnOnce(&mut Vec<secmoe::model::HfTensor>)) {
+    let cfg = secmoe::model::default_config();
+    let w = secmoe::model::default_weights();
+    let mut tensors = secmoe::model::hf_tensors(&cfg, &w).unwrap();
+    edit(&mut tensors);
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        r#"{"model_type": "mixtral", "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": null,
+            "hidden_act": "silu", "rms_norm_eps": 1e-05, "num_local_experts": 8, "num_experts_per_tok": 2,
+            "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"}, "tie_word_embeddings": false,
+            "sliding_window": null}"#,
+    )
+    .unwrap();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|t| {
+            let bytes: &[u8] = bytemuck::cast_slice(&t.values);
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.shape.clone(), bytes).unwrap();
+            (t.name.clone(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+}

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use secmoe::backend::Backend;
 use secmoe::model::{
     Checkpoint, KvCache, MAX_TOKENS, ModelConfig, Output, Plan, Progress, Prompt, WeightSource, default_config,
@@ -57,8 +57,51 @@ pub fn public_table(dir: Option<&Path>) -> Result<Vec<f32>> {
     })
 }
 
+/// A checkpoint's tokenizer (`tokenizer.json`): text prompts in, generated text out. The
+/// client tokenizes locally; only token ids enter the protocol.
+pub struct Tokenizer(tokenizers::Tokenizer);
+
+impl Tokenizer {
+    /// The tokenizer the model folder `dir` ships, if any.
+    pub fn find(dir: Option<&Path>) -> Result<Option<Tokenizer>> {
+        let Some(path) = dir.map(|d| d.join("tokenizer.json")).filter(|p| p.exists()) else {
+            return Ok(None);
+        };
+        let t = tokenizers::Tokenizer::from_file(&path).map_err(|e| anyhow!("reading {}: {e}", path.display()))?;
+        Ok(Some(Tokenizer(t)))
+    }
+
+    /// The ids of `text`, with the special tokens the tokenizer adds (a BOS, as
+    /// `transformers` does by default).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let e = self.0.encode(text, true).map_err(|e| anyhow!("tokenizing the prompt: {e}"))?;
+        Ok(e.get_ids().to_vec())
+    }
+
+    /// The text of `ids`, special tokens skipped.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.0.decode(ids, true).map_err(|e| anyhow!("decoding the generated tokens: {e}"))
+    }
+}
+
+/// The prompt of `--prompt-ids` (the default when neither is given) or of `--prompt` through
+/// the tokenizer.
+pub fn prompt_ids(ids: Option<&str>, text: Option<&str>, tokenizer: Option<&Tokenizer>) -> Result<Vec<u32>> {
+    match (ids, text, tokenizer) {
+        (_, Some(text), Some(t)) => t.encode(text),
+        (_, Some(_), None) => {
+            bail!("--prompt needs the model folder's tokenizer.json (there is none); pass --prompt-ids")
+        }
+        (Some(ids), None, _) => parse_ids(ids),
+        (None, None, _) => parse_ids(DEFAULT_PROMPT_IDS),
+    }
+}
+
+/// The prompt when none is given.
+const DEFAULT_PROMPT_IDS: &str = "3,141,59,26,5";
+
 /// Parses `1,2,3`.
-pub fn parse_ids(text: &str) -> Result<Vec<u32>> {
+fn parse_ids(text: &str) -> Result<Vec<u32>> {
     text.split(',')
         .map(|t| t.trim().parse::<u32>().with_context(|| format!("--prompt-ids: `{t}` is not a token id")))
         .collect()
@@ -130,6 +173,8 @@ pub struct ClientResult {
     pub outputs: Vec<Output>,
     /// The tokens generated greedily after the prompt.
     pub generated: Vec<u32>,
+    /// Those tokens as text, when the model ships a tokenizer.
+    pub generated_text: Option<String>,
     /// What it cost.
     pub costs: Costs,
 }
@@ -179,7 +224,7 @@ pub async fn client(
     }
     finish(&mut sess).await?;
     let costs = Costs { report: link.meter().report(), wall_s: start.elapsed().as_secs_f64() };
-    Ok(ClientResult { outputs, generated: ids[prompt.len()..].to_vec(), costs })
+    Ok(ClientResult { outputs, generated: ids[prompt.len()..].to_vec(), generated_text: None, costs })
 }
 
 /// The server: serves one client's forwards with its weights.

@@ -174,15 +174,26 @@ enum Command {
 
 #[derive(Args, Clone)]
 struct PromptArgs {
-    /// The prompt's token ids, comma-separated.
-    #[arg(long, default_value = "3,141,59,26,5")]
-    prompt_ids: String,
+    /// The prompt's token ids, comma-separated (default 3,141,59,26,5).
+    #[arg(long, conflicts_with = "prompt")]
+    prompt_ids: Option<String>,
+    /// The prompt as text, tokenized with the model folder's `tokenizer.json` (the generated
+    /// tokens are then also printed as text).
+    #[arg(long)]
+    prompt: Option<String>,
     /// Tokens to generate greedily after the prompt (causal models).
     #[arg(long, default_value_t = 0)]
     max_new_tokens: usize,
     /// Print one JSON object instead of the tables.
     #[arg(long)]
     json: bool,
+}
+
+impl PromptArgs {
+    /// The prompt's ids (`--prompt` through `tokenizer`).
+    fn ids(&self, tokenizer: Option<&infer::Tokenizer>) -> Result<Vec<u32>> {
+        infer::prompt_ids(self.prompt_ids.as_deref(), self.prompt.as_deref(), tokenizer)
+    }
 }
 
 #[derive(Args, Clone)]
@@ -283,7 +294,7 @@ fn main() -> Result<()> {
         match cli.command {
             Command::Demo { prompt, job } => {
                 let (model, weights) = infer::model_weights(None)?;
-                let ids = infer::parse_ids(&prompt.prompt_ids)?;
+                let ids = prompt.ids(None)?;
                 if !prompt.json {
                     println!("secmoe demo: {} — {}", model.origin, model.config);
                     println!("client and server in one process, QUIC + TLS 1.3 on loopback\n");
@@ -294,10 +305,13 @@ fn main() -> Result<()> {
                 report::print_demo(&model, &ids, &c, &s, &reference, prompt.json)
             }
             Command::Run { model, prompt, job } => {
+                let tokenizer = infer::Tokenizer::find(Some(&model))?;
                 let (model, weights) = infer::model_weights(Some(&model))?;
-                let ids = infer::parse_ids(&prompt.prompt_ids)?;
+                let ids = prompt.ids(tokenizer.as_ref())?;
                 reset_peak_rss();
-                let (c, s) = both(&job, &model, weights.as_ref(), &ids, prompt.max_new_tokens, !prompt.json).await?;
+                let (mut c, s) =
+                    both(&job, &model, weights.as_ref(), &ids, prompt.max_new_tokens, !prompt.json).await?;
+                c.generated_text = tokenizer.map(|t| t.decode(&c.generated)).transpose()?;
                 report::print_run(&model, &ids, &c, &s, prompt.json)
             }
             Command::Bench { preset, only, json, threads, tune, backend, moe } => {
@@ -365,7 +379,8 @@ fn main() -> Result<()> {
                     }
                 }
                 let model = infer::model_config(model_config.as_deref())?;
-                let ids = infer::parse_ids(&prompt.prompt_ids)?;
+                let tokenizer = infer::Tokenizer::find(model_config.as_deref())?;
+                let ids = prompt.ids(tokenizer.as_ref())?;
                 let cfg = job.job()?;
                 let table =
                     if job.public_embedding { Some(infer::public_table(model_config.as_deref())?) } else { None };
@@ -376,9 +391,10 @@ fn main() -> Result<()> {
                 reset_peak_rss();
                 let bar = infer::Bar::new("private inference", !prompt.json);
                 let input = Prompt::new(&ids).with_table(table.as_deref());
-                let out =
+                let mut out =
                     infer::client(&mut link, job.backend()?, cfg, &model.config, input, prompt.max_new_tokens, &bar)
                         .await?;
+                out.generated_text = tokenizer.map(|t| t.decode(&out.generated)).transpose()?;
                 link.close().await?;
                 report::print_client(&model, &ids, &out, prompt.json)
             }

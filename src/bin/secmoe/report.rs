@@ -87,6 +87,9 @@ fn write_generated(out: &mut impl Write, r: &ClientResult) -> io::Result<()> {
         let ids: Vec<String> = r.generated.iter().map(|i| i.to_string()).collect();
         writeln!(out, "generated (greedy): {}", ids.join(","))?;
     }
+    if let Some(text) = &r.generated_text {
+        writeln!(out, "generated text: {text:?}")?;
+    }
     Ok(())
 }
 
@@ -168,6 +171,9 @@ fn print_client_and(
         v[key] = json!(out.values.chunks_exact(out.width).collect::<Vec<_>>());
         v["argmax"] = json!(out.argmax());
         v["generated"] = json!(c.generated);
+        if let Some(text) = &c.generated_text {
+            v["generated_text"] = json!(text);
+        }
         if let Some(s) = s {
             v["server_wall_s"] = json!(s.wall_s);
         }
