@@ -1,9 +1,9 @@
 //! The server's weights in the session's fixed point, one block at a time (as a forward needs
 //! them, so a checkpoint is expanded per layer and dropped). A value that does not fit — not
 //! finite, beyond the format, or beyond 32 bits for the experts' compact storage — is reported
-//! under the source's name and index (the checkpoint's tensor, not the engine's). [`check`]
-//! runs the conversion over the whole model once, so the server refuses such a checkpoint
-//! before it serves anyone.
+//! under the source's name and index (the checkpoint's tensor, not the engine's).
+//! [`check_weights`] runs the conversion over the whole model once, so the server refuses such
+//! a checkpoint before it serves anyone.
 
 use super::config::{Ffn, ModelConfig};
 use super::weights::{FfnWeights, Mlp, WeightSource};
