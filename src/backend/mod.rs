@@ -5,6 +5,7 @@
 //! adds multiply-accumulates and selection sums to the same trait.
 
 mod cpu;
+mod kernels;
 pub mod ntt;
 
 pub use cpu::CpuBackend;

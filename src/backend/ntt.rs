@@ -31,6 +31,21 @@ pub struct NttTable {
     last_inv_shoup: u64,
 }
 
+/// An [`NttTable`]'s values with their Shoup constants, for the kernels of `kernels/ntt.cu`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Twiddles<'a> {
+    /// ψ^bitrev(k).
+    pub psi: &'a [u64],
+    pub psi_shoup: &'a [u64],
+    /// ψ^-bitrev(k).
+    pub psi_inv: &'a [u64],
+    pub psi_inv_shoup: &'a [u64],
+    /// N^-1 and its Shoup constant.
+    pub n_inv: (u64, u64),
+    /// ψ^-bitrev(1)·N^-1 and its Shoup constant.
+    pub last_inv: (u64, u64),
+}
+
 fn bit_reverse(x: usize, bits: u32) -> usize {
     if bits == 0 { 0 } else { x.reverse_bits() >> (usize::BITS - bits) }
 }
@@ -81,6 +96,18 @@ impl NttTable {
     /// The prime.
     pub fn modulus(&self) -> &Modulus {
         &self.modulus
+    }
+
+    /// The tables as the kernels take them (the GPU backend uploads them once per (N, p)).
+    pub(crate) fn twiddles(&self) -> Twiddles<'_> {
+        Twiddles {
+            psi: &self.psi,
+            psi_shoup: &self.psi_shoup,
+            psi_inv: &self.psi_inv,
+            psi_inv_shoup: &self.psi_inv_shoup,
+            n_inv: (self.n_inv, self.n_inv_shoup),
+            last_inv: (self.last_inv, self.last_inv_shoup),
+        }
     }
 
     /// In-place forward transform of one polynomial with coefficients in [0, p).

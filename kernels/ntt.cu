@@ -1,0 +1,43 @@
+/*
+ * Batched negacyclic NTTs: one thread block per polynomial (grid = the number of polynomials of
+ * one RNS limb), the whole polynomial in shared memory when it fits (N·8 bytes of dynamic shared
+ * memory), else transformed in place in global memory. The butterflies and their order are
+ * sm_ntt_forward_poly / sm_ntt_inverse_poly of modarith.cuh, which the CPU tests run too.
+ */
+#include "modarith.cuh"
+
+extern "C" __global__ void ntt_forward(sm_u64 *polys, const sm_u64 *psi, const sm_u64 *psi_shoup, sm_u64 p,
+                                       sm_u32 n, sm_u32 support, int in_shared) {
+    extern __shared__ sm_u64 smem[];
+    sm_u64 *g = polys + (sm_u64)blockIdx.x * n;
+    sm_u64 *a = g;
+    if (in_shared) {
+        a = smem;
+        for (sm_u32 k = threadIdx.x; k < support; k += blockDim.x) a[k] = g[k];
+        __syncthreads();
+    }
+    sm_ntt_forward_poly(a, psi, psi_shoup, p, n, support, threadIdx.x, blockDim.x);
+    if (in_shared) {
+        __syncthreads();
+        for (sm_u32 k = threadIdx.x; k < n; k += blockDim.x) g[k] = a[k];
+    }
+}
+
+extern "C" __global__ void ntt_inverse(sm_u64 *polys, const sm_u64 *psi_inv, const sm_u64 *psi_inv_shoup, sm_u64 p,
+                                       sm_u32 n, sm_u64 n_inv, sm_u64 n_inv_shoup, sm_u64 last, sm_u64 last_shoup,
+                                       int in_shared) {
+    extern __shared__ sm_u64 smem[];
+    sm_u64 *g = polys + (sm_u64)blockIdx.x * n;
+    sm_u64 *a = g;
+    if (in_shared) {
+        a = smem;
+        for (sm_u32 k = threadIdx.x; k < n; k += blockDim.x) a[k] = g[k];
+        __syncthreads();
+    }
+    sm_ntt_inverse_poly(a, psi_inv, psi_inv_shoup, p, n, n_inv, n_inv_shoup, last, last_shoup, threadIdx.x,
+                        blockDim.x);
+    if (in_shared) {
+        __syncthreads();
+        for (sm_u32 k = threadIdx.x; k < n; k += blockDim.x) g[k] = a[k];
+    }
+}

@@ -1,0 +1,256 @@
+//! The GPU kernels (`kernels/*.cu`) as the CUDA backend loads them, and the tests that hold their
+//! arithmetic to the CPU backend's on every machine.
+//!
+//! Each kernel is a thin loop around a function of the shared header `kernels/modarith.cuh`
+//! (`__host__ __device__` inline functions: Shoup products, lazy butterflies in the CPU's order,
+//! the fused multiply-accumulate, base conversion, fixed-key AES and its TMMO hash).
+//! `kernels/host.c` runs the same functions on the CPU, in the kernels' index order, and the tests
+//! below compare it bit for bit with [`CpuBackend`](super::CpuBackend): the math the GPU runs is
+//! checked here even where no GPU or CUDA toolkit exists. `tests/cuda.rs` checks the launches
+//! themselves on a device.
+
+/// One kernel module: its name, its source and, when build.rs found nvcc, its PTX.
+#[cfg(feature = "cuda")]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KernelSource {
+    /// The file stem in `kernels/`.
+    pub name: &'static str,
+    source: &'static str,
+    /// PTX compiled at build time, if nvcc was there.
+    pub prebuilt: Option<&'static str>,
+}
+
+/// The shared header, inlined into the sources that NVRTC compiles.
+#[cfg(feature = "cuda")]
+const HEADER: &str = include_str!("../../kernels/modarith.cuh");
+
+#[cfg(all(feature = "cuda", secmoe_prebuilt_ptx))]
+macro_rules! prebuilt {
+    ($name:literal) => {
+        Some(include_str!(concat!(env!("OUT_DIR"), "/", $name, ".ptx")))
+    };
+}
+
+#[cfg(all(feature = "cuda", not(secmoe_prebuilt_ptx)))]
+macro_rules! prebuilt {
+    ($name:literal) => {
+        None
+    };
+}
+
+#[cfg(feature = "cuda")]
+macro_rules! kernel {
+    ($name:literal) => {
+        KernelSource {
+            name: $name,
+            source: include_str!(concat!("../../kernels/", $name, ".cu")),
+            prebuilt: prebuilt!($name),
+        }
+    };
+}
+
+/// Every kernel module.
+#[cfg(feature = "cuda")]
+pub(crate) const MODULES: [KernelSource; 3] = [kernel!("ntt"), kernel!("mac"), kernel!("hash")];
+
+#[cfg(feature = "cuda")]
+impl KernelSource {
+    /// The source with the header inlined (NVRTC is given no include path).
+    pub fn standalone(&self) -> String {
+        self.source.replace("#include \"modarith.cuh\"", HEADER)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Backend, Block, CpuBackend, NttTable, Prepared, Tweaks};
+    use crate::ring::modp::{Modulus, ntt_primes};
+    use rand::{RngExt, SeedableRng, rngs::StdRng};
+
+    // kernels/host.c, linked by build.rs
+    unsafe extern "C" {
+        fn secmoe_host_ntt_forward(a: *mut u64, psi: *const u64, psi_shoup: *const u64, p: u64, n: u32, support: u32);
+        fn secmoe_host_ntt_inverse(
+            a: *mut u64,
+            psi_inv: *const u64,
+            psi_inv_shoup: *const u64,
+            p: u64,
+            n: u32,
+            n_inv: u64,
+            n_inv_shoup: u64,
+            last: u64,
+            last_shoup: u64,
+        );
+        fn secmoe_host_mul_acc(
+            out: *mut u64,
+            x: *const u64,
+            w: *const u64,
+            consts: *const u64,
+            p: u64,
+            n: u32,
+            inputs: u32,
+            total: u64,
+            prepared_w: i32,
+        );
+        fn secmoe_host_base_convert(
+            out: *mut u64,
+            x: *const u64,
+            consts: *const u64,
+            moduli: *const u64,
+            n: u32,
+            inputs: u32,
+            outputs: u32,
+        );
+        fn secmoe_host_hash_blocks(blocks: *mut u64, tweaks: *const u64, base: u64, count: u64, listed: i32);
+    }
+
+    fn prime(bits: u32, n: usize) -> Modulus {
+        Modulus::new(ntt_primes(bits, n, 1).unwrap_or_default()[0]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn backend() -> CpuBackend {
+        CpuBackend::new(2).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn the_kernels_transforms_are_the_cpu_backends_bit_for_bit() {
+        let mut rng = StdRng::seed_from_u64(31);
+        let be = backend();
+        for (bits, n) in [(36, 16), (50, 1024), (60, 8192), (61, 4096)] {
+            let table = NttTable::new(n, prime(bits, n)).unwrap_or_else(|e| panic!("{e}"));
+            let tw = table.twiddles();
+            let p = table.modulus().value();
+            for support in [n, 64.min(n), 1] {
+                let mut want: Vec<u64> = (0..n).map(|i| if i < support { rng.random_range(0..p) } else { 0 }).collect();
+                let mut got = want.clone();
+                be.ntt_forward_sparse(&table, &mut want, support);
+                // SAFETY: `got` holds n values, the tables n values each.
+                unsafe {
+                    secmoe_host_ntt_forward(
+                        got.as_mut_ptr(),
+                        tw.psi.as_ptr(),
+                        tw.psi_shoup.as_ptr(),
+                        p,
+                        n as u32,
+                        support as u32,
+                    )
+                };
+                assert_eq!(got, want, "forward, {bits}-bit prime, N = {n}, support {support}");
+            }
+            let mut want: Vec<u64> = (0..n).map(|_| rng.random_range(0..p)).collect();
+            let mut got = want.clone();
+            be.ntt_inverse(&table, &mut want);
+            // SAFETY: as above.
+            unsafe {
+                secmoe_host_ntt_inverse(
+                    got.as_mut_ptr(),
+                    tw.psi_inv.as_ptr(),
+                    tw.psi_inv_shoup.as_ptr(),
+                    p,
+                    n as u32,
+                    tw.n_inv.0,
+                    tw.n_inv.1,
+                    tw.last_inv.0,
+                    tw.last_inv.1,
+                )
+            };
+            assert_eq!(got, want, "inverse, {bits}-bit prime, N = {n}");
+        }
+    }
+
+    #[test]
+    fn the_kernels_multiply_accumulate_is_the_cpu_backends_bit_for_bit() {
+        let mut rng = StdRng::seed_from_u64(32);
+        let be = backend();
+        for bits in [36, 55, 61] {
+            let m = prime(bits, 64);
+            let p = m.value();
+            let (n, inputs, outputs) = (64, 37, 3);
+            let x: Vec<u64> = (0..inputs * n).map(|_| rng.random_range(0..p)).collect();
+            let w: Vec<u64> = (0..outputs * inputs * n).map(|_| rng.random_range(0..p)).collect();
+            let ws: Vec<u64> = w.iter().map(|&v| m.shoup(v)).collect();
+            let xs: Vec<u64> = x.iter().map(|&v| m.shoup(v)).collect();
+            for (prepared, consts, flag) in [(Prepared::W(&ws), &ws, 1), (Prepared::X(&xs), &xs, 0)] {
+                let mut want = vec![0u64; outputs * n];
+                be.mul_acc(&m, n, &x, &w, prepared, &mut want);
+                let mut got = vec![0u64; outputs * n];
+                // SAFETY: the buffers have the lengths the kernel reads and writes.
+                unsafe {
+                    secmoe_host_mul_acc(
+                        got.as_mut_ptr(),
+                        x.as_ptr(),
+                        w.as_ptr(),
+                        consts.as_ptr(),
+                        p,
+                        n as u32,
+                        inputs as u32,
+                        (outputs * n) as u64,
+                        flag,
+                    )
+                };
+                assert_eq!(got, want, "{bits}-bit prime, constants on {}", if flag == 1 { "w" } else { "x" });
+            }
+        }
+    }
+
+    #[test]
+    fn the_kernels_base_conversion_is_the_cpu_backends_bit_for_bit() {
+        let mut rng = StdRng::seed_from_u64(33);
+        let be = backend();
+        let moduli: Vec<Modulus> = ntt_primes(61, 64, 3)
+            .unwrap_or_default()
+            .into_iter()
+            .chain(ntt_primes(45, 64, 1).unwrap_or_default())
+            .map(|p| Modulus::new(p).unwrap_or_else(|e| panic!("{e}")))
+            .collect();
+        let (n, inputs) = (128, 5);
+        let x: Vec<u64> = (0..inputs * n).map(|_| rng.random()).collect();
+        let consts: Vec<(u64, u64)> = (0..inputs * moduli.len())
+            .map(|k| {
+                let m = &moduli[k % moduli.len()];
+                let c = rng.random_range(0..m.value());
+                (c, m.shoup(c))
+            })
+            .collect();
+        let mut want = vec![0u64; moduli.len() * n];
+        be.base_convert(&moduli, n, &x, &consts, &mut want);
+        let flat: Vec<u64> = consts.iter().flat_map(|&(c, s)| [c, s]).collect();
+        let values: Vec<u64> = moduli.iter().map(Modulus::value).collect();
+        let mut got = vec![0u64; moduli.len() * n];
+        // SAFETY: the buffers have the lengths the kernel reads and writes.
+        unsafe {
+            secmoe_host_base_convert(
+                got.as_mut_ptr(),
+                x.as_ptr(),
+                flat.as_ptr(),
+                values.as_ptr(),
+                n as u32,
+                inputs as u32,
+                moduli.len() as u32,
+            )
+        };
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn the_kernels_ot_hash_is_the_cpu_backends_bit_for_bit() {
+        let mut rng = StdRng::seed_from_u64(34);
+        let be = backend();
+        let count = 1000;
+        let input: Vec<Block> = (0..count).map(|_| Block::from([rng.random::<u64>(), rng.random::<u64>()])).collect();
+        let listed: Vec<u64> = (0..count).map(|_| rng.random()).collect();
+        for tweaks in [Tweaks::Sequential(u64::MAX - 10), Tweaks::Listed(&listed)] {
+            let mut want = vec![Block::from([0u64, 0]); count];
+            be.hash_blocks(&input, tweaks, &mut want);
+            let mut words: Vec<u64> = input.iter().flat_map(|b| bytemuck::cast::<Block, [u64; 2]>(*b)).collect();
+            let (ptr, base, flag) = match tweaks {
+                Tweaks::Sequential(base) => (std::ptr::null(), base, 0),
+                Tweaks::Listed(list) => (list.as_ptr(), 0, 1),
+            };
+            // SAFETY: `words` holds 2·count values, a listed tweak array count values.
+            unsafe { secmoe_host_hash_blocks(words.as_mut_ptr(), ptr, base, count as u64, flag) };
+            let got: Vec<Block> = words.chunks_exact(2).map(|w| Block::from([w[0], w[1]])).collect();
+            assert_eq!(got, want, "{tweaks:?}");
+        }
+    }
+}
