@@ -1,15 +1,21 @@
 //! The backend: one interface for the heavy, data-parallel operations, so that the same
-//! protocols run on the CPU (rayon) or on a GPU (the CUDA backend, a later issue).
+//! protocols run on the CPU (rayon, SIMD) or on an NVIDIA GPU (`--features cuda`: the kernels of
+//! `kernels/*.cu` through cudarc).
 //!
-//! Today it holds the bulk hashing that turns OT keys into pads and the batched NTT; the HE layer
-//! adds multiply-accumulates and selection sums to the same trait.
+//! It holds the bulk hashing that turns OT keys into pads, the batched NTT, the multiply-accumulate
+//! of ct×pt products and selection sums, and the RNS base conversion. The kernels' per-element math
+//! is one header shared with the CPU tests ([`kernels`](self) module docs).
 
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod kernels;
 pub mod ntt;
 
 pub use cpu::CpuBackend;
 pub use cryprot_core::Block;
+#[cfg(feature = "cuda")]
+pub use cuda::{CudaBackend, CudaError, DeviceVec};
 pub use ntt::NttTable;
 
 use crate::ring::modp::Modulus;
@@ -93,28 +99,45 @@ pub enum BackendError {
     /// A name that is not a backend.
     #[error("unknown backend `{0}` (expected auto, cpu or cuda)")]
     Unknown(String),
-    /// The CUDA backend was asked for and is not available, and why.
+    /// The CUDA backend was asked for and this build has none.
     #[error("the CUDA backend is not available: {0}")]
     NoCuda(&'static str),
+    /// The CUDA backend was asked for and cannot start on this machine.
+    #[cfg(feature = "cuda")]
+    #[error("the CUDA backend is not available: {0}")]
+    Cuda(#[from] CudaError),
     /// The CPU worker pool could not start.
     #[error("starting the CPU backend: {0}")]
     Pool(#[from] rayon::ThreadPoolBuildError),
 }
 
-/// Starts the backend `choice` with `threads` host workers (0: one per core). `Auto` falls back
-/// to the CPU and logs which it picked.
+/// Starts the backend `choice` with `threads` host workers (0: one per core). `Auto` takes the
+/// first GPU when this build has the CUDA backend and it starts (driver, device and kernels
+/// there), else the CPU, and logs which and why.
 pub fn start(choice: BackendChoice, threads: usize) -> Result<std::sync::Arc<dyn Backend>, BackendError> {
-    let why_no_cuda = if cfg!(feature = "cuda") {
-        "the kernels are not written yet (the CUDA backend issue)"
-    } else {
-        "this build has no CUDA backend (rebuild with --features cuda)"
+    let cpu = |reason: &dyn std::fmt::Display| -> Result<std::sync::Arc<dyn Backend>, BackendError> {
+        tracing::info!(reason = %reason, "backend: cpu");
+        Ok(std::sync::Arc::new(CpuBackend::new(threads)?))
     };
+    #[cfg(feature = "cuda")]
     match choice {
-        BackendChoice::Cuda => Err(BackendError::NoCuda(why_no_cuda)),
-        BackendChoice::Cpu => Ok(std::sync::Arc::new(CpuBackend::new(threads)?)),
-        BackendChoice::Auto => {
-            tracing::info!(reason = why_no_cuda, "backend: cpu");
-            Ok(std::sync::Arc::new(CpuBackend::new(threads)?))
+        BackendChoice::Cpu => cpu(&"asked for"),
+        BackendChoice::Cuda => Ok(std::sync::Arc::new(CudaBackend::new(0, threads)?)),
+        BackendChoice::Auto => match CudaBackend::new(0, threads) {
+            Ok(gpu) => {
+                tracing::info!(device = gpu.device(), "backend: cuda");
+                Ok(std::sync::Arc::new(gpu))
+            }
+            Err(why) => cpu(&why),
+        },
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        const WHY: &str = "this build has no CUDA backend (rebuild with --features cuda)";
+        match choice {
+            BackendChoice::Cuda => Err(BackendError::NoCuda(WHY)),
+            BackendChoice::Cpu => cpu(&"asked for"),
+            BackendChoice::Auto => cpu(&WHY),
         }
     }
 }
@@ -191,13 +214,21 @@ mod tests {
     }
 
     #[test]
-    fn backend_choices_parse_and_cuda_is_a_clear_error_without_it() {
+    fn backend_choices_parse_and_cuda_is_a_clear_error_where_there_is_none() {
         assert_eq!("CPU".parse::<BackendChoice>().ok(), Some(BackendChoice::Cpu));
         assert!(matches!("tpu".parse::<BackendChoice>(), Err(BackendError::Unknown(n)) if n == "tpu"));
+        let cpu = start(BackendChoice::Cpu, 1).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cpu.name(), "cpu");
         let auto = start(BackendChoice::Auto, 1).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(auto.name(), "cpu");
         let cuda = start(BackendChoice::Cuda, 1).map(|b| b.name());
+        #[cfg(not(feature = "cuda"))]
         assert!(matches!(&cuda, Err(BackendError::NoCuda(_))), "{cuda:?}");
+        #[cfg(feature = "cuda")]
+        if CudaBackend::device_count() == 0 {
+            assert!(matches!(&cuda, Err(BackendError::Cuda(_))), "{cuda:?}");
+        }
+        // auto takes the GPU exactly when one starts
+        assert_eq!(auto.name(), if cuda.is_ok() { "cuda" } else { "cpu" });
     }
 
     #[test]

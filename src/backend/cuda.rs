@@ -1,0 +1,563 @@
+//! The CUDA backend: the kernels of `kernels/*.cu` on one NVIDIA GPU, through `cudarc` with the
+//! driver and NVRTC loaded at run time (the crate builds and runs where neither exists).
+//!
+//! Kernels: PTX built by nvcc at compile time when build.rs found it; else, or when this machine's
+//! driver does not accept that PTX (it is newer than the driver), the embedded sources are
+//! compiled with NVRTC at start (cached in memory and under `$XDG_CACHE_HOME/secmoe/ptx`). The
+//! per-element math is `kernels/modarith.cuh`, checked against the CPU backend on every machine
+//! (`backend::kernels` tests); `tests/cuda.rs` compares every launch with the CPU bit for bit where
+//! a device exists.
+//!
+//! Data: the [`Backend`] methods take host slices, so each call copies in, runs and copies out
+//! (twiddle tables are uploaded once per (N, p) and stay). [`DeviceVec`] and the `*_on_device`
+//! methods run the same kernels on resident buffers: the weights and encrypted operands of a
+//! layer can stay on the device across calls. A driver error inside a [`Backend`] method (the
+//! device lost, out of memory) stops the process with the reason: those methods cannot return one
+//! (the fallible backend trait is part of the protocol-surface issue); everything that can fail
+//! before any work (no driver, no device, no compiler, a kernel that does not load) is a
+//! [`CudaError`] from [`CudaBackend::new`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DriverError, LaunchConfig, PushKernelArg, sys,
+};
+use cudarc::nvrtc::{CompileOptions, Ptx};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use super::kernels::{KernelSource, MODULES};
+use super::{Backend, Block, CpuBackend, NttTable, Prepared, Tweaks};
+use crate::ring::modp::Modulus;
+
+/// Why the CUDA backend cannot start or run.
+#[derive(Debug, Error)]
+pub enum CudaError {
+    /// No CUDA driver library on this machine.
+    #[error("no CUDA driver library (libcuda) can be loaded on this machine")]
+    NoDriver,
+    /// The driver is there but reports no device (or not the one asked for).
+    #[error("no CUDA device {ordinal} (the driver reports {count})")]
+    NoDevice {
+        /// The device asked for.
+        ordinal: usize,
+        /// Devices present.
+        count: usize,
+    },
+    /// A driver call failed.
+    #[error("CUDA device {ordinal}: {step}: {source}")]
+    Driver {
+        /// The device.
+        ordinal: usize,
+        /// What was being done.
+        step: &'static str,
+        /// The driver's error.
+        #[source]
+        source: DriverError,
+    },
+    /// No build-time PTX for a kernel module and no NVRTC to compile it.
+    #[error("kernel module `{module}`: no PTX from build time and NVRTC (libnvrtc) cannot be loaded")]
+    NoCompiler {
+        /// The module (`kernels/<module>.cu`).
+        module: &'static str,
+    },
+    /// NVRTC rejected a kernel module.
+    #[error("kernel module `{module}` does not compile with NVRTC: {reason}")]
+    Compile {
+        /// The module.
+        module: &'static str,
+        /// NVRTC's log.
+        reason: String,
+    },
+    /// The host worker pool could not start.
+    #[error("starting the host workers: {0}")]
+    Pool(#[from] rayon::ThreadPoolBuildError),
+}
+
+/// Threads per block of the element-wise kernels.
+const BLOCK: u32 = 256;
+/// Shared memory every device gives a block without opting in.
+const DEFAULT_SHARED: usize = 48 << 10;
+
+/// The kernels, loaded into one context.
+#[derive(Debug)]
+struct Kernels {
+    ntt_forward: CudaFunction,
+    ntt_inverse: CudaFunction,
+    mul_acc: CudaFunction,
+    base_convert: CudaFunction,
+    hash_blocks: CudaFunction,
+}
+
+/// Twiddle tables resident on the device.
+#[derive(Debug)]
+struct DeviceTwiddles {
+    psi: CudaSlice<u64>,
+    psi_shoup: CudaSlice<u64>,
+    psi_inv: CudaSlice<u64>,
+    psi_inv_shoup: CudaSlice<u64>,
+}
+
+/// A buffer of u64 values resident on the backend's device.
+#[derive(Debug)]
+pub struct DeviceVec(CudaSlice<u64>);
+
+impl DeviceVec {
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.0.len() == 0
+    }
+}
+
+/// The CUDA implementation of [`Backend`] on one device.
+pub struct CudaBackend {
+    ordinal: usize,
+    device: String,
+    stream: Arc<CudaStream>,
+    kernels: Kernels,
+    twiddles: Mutex<HashMap<(u64, usize), Arc<DeviceTwiddles>>>,
+    /// Largest dynamic shared memory a block may use on this device (opt-in included).
+    max_shared: usize,
+    /// Dynamic shared memory the NTT kernels are currently allowed.
+    ntt_shared: Mutex<usize>,
+    host: CpuBackend,
+}
+
+impl std::fmt::Debug for CudaBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaBackend")
+            .field("ordinal", &self.ordinal)
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CudaBackend {
+    /// Number of CUDA devices on this machine (0 where there is no driver).
+    pub fn device_count() -> usize {
+        if !driver_present() {
+            return 0;
+        }
+        CudaContext::device_count().map_or(0, |n| usize::try_from(n).unwrap_or(0))
+    }
+
+    /// The backend on device `ordinal`, with `threads` host workers for the protocols' host-side
+    /// work (0: one per core).
+    pub fn new(ordinal: usize, threads: usize) -> Result<CudaBackend, CudaError> {
+        if !driver_present() {
+            return Err(CudaError::NoDriver);
+        }
+        let count = Self::device_count();
+        if ordinal >= count {
+            return Err(CudaError::NoDevice { ordinal, count });
+        }
+        let fail = |step| move |source| CudaError::Driver { ordinal, step, source };
+        let ctx = CudaContext::new(ordinal).map_err(fail("creating a context"))?;
+        let device = ctx.name().map_err(fail("reading the device name"))?;
+        let optin = ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map_err(fail("reading the shared memory limit"))?;
+        let stream = ctx.new_stream().map_err(fail("creating a stream"))?;
+        let mut modules = HashMap::new();
+        for source in &MODULES {
+            modules.insert(source.name, load_module(&ctx, source, ordinal)?);
+        }
+        let function = |module: &str, name: &'static str| {
+            modules[module].load_function(name).map_err(fail("finding a kernel in its module"))
+        };
+        let kernels = Kernels {
+            ntt_forward: function("ntt", "ntt_forward")?,
+            ntt_inverse: function("ntt", "ntt_inverse")?,
+            mul_acc: function("mac", "mul_acc")?,
+            base_convert: function("mac", "base_convert")?,
+            hash_blocks: function("hash", "hash_blocks")?,
+        };
+        tracing::info!(ordinal, device = %device, "CUDA backend started");
+        Ok(CudaBackend {
+            ordinal,
+            device,
+            stream,
+            kernels,
+            twiddles: Mutex::new(HashMap::new()),
+            max_shared: usize::try_from(optin).unwrap_or(0).max(DEFAULT_SHARED),
+            ntt_shared: Mutex::new(DEFAULT_SHARED),
+            host: CpuBackend::new(threads)?,
+        })
+    }
+
+    /// One backend per device present (experts can be spread over them: selection sums are
+    /// additive over experts, see [`crate::he::select_spread`]).
+    pub fn all(threads: usize) -> Result<Vec<CudaBackend>, CudaError> {
+        (0..Self::device_count()).map(|ordinal| CudaBackend::new(ordinal, threads)).collect()
+    }
+
+    /// The device's name, e.g. "NVIDIA H200".
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    fn fail(&self, step: &'static str) -> impl Fn(DriverError) -> CudaError + '_ {
+        move |source| CudaError::Driver { ordinal: self.ordinal, step, source }
+    }
+
+    /// Copies `host` to a new device buffer.
+    pub fn upload(&self, host: &[u64]) -> Result<DeviceVec, CudaError> {
+        self.stream.clone_htod(host).map(DeviceVec).map_err(self.fail("copying to the device"))
+    }
+
+    /// A device buffer of `len` zeros.
+    pub fn zeros(&self, len: usize) -> Result<DeviceVec, CudaError> {
+        self.stream.alloc_zeros(len).map(DeviceVec).map_err(self.fail("allocating device memory"))
+    }
+
+    /// Copies `dev` into `host` (same length) and waits for it.
+    pub fn download(&self, dev: &DeviceVec, host: &mut [u64]) -> Result<(), CudaError> {
+        self.stream.memcpy_dtoh(&dev.0, host).map_err(self.fail("copying from the device"))?;
+        self.synchronize()
+    }
+
+    /// Waits until every queued kernel and copy has finished.
+    pub fn synchronize(&self) -> Result<(), CudaError> {
+        self.stream.synchronize().map_err(self.fail("waiting for the device"))
+    }
+
+    fn twiddles_of(&self, table: &NttTable) -> Result<Arc<DeviceTwiddles>, CudaError> {
+        let key = (table.modulus().value(), table.degree());
+        let mut cache = self.twiddles.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = cache.get(&key) {
+            return Ok(t.clone());
+        }
+        let tw = table.twiddles();
+        let up = |v: &[u64]| self.stream.clone_htod(v).map_err(self.fail("uploading twiddles"));
+        let t = Arc::new(DeviceTwiddles {
+            psi: up(tw.psi)?,
+            psi_shoup: up(tw.psi_shoup)?,
+            psi_inv: up(tw.psi_inv)?,
+            psi_inv_shoup: up(tw.psi_inv_shoup)?,
+        });
+        cache.insert(key, t.clone());
+        Ok(t)
+    }
+
+    /// The launch shape of a transform of degree `n` over `count` polynomials, and whether the
+    /// polynomial fits in shared memory (allowing the kernels that much when it needs opting in).
+    fn ntt_launch(&self, n: usize, count: usize) -> Result<(LaunchConfig, i32), CudaError> {
+        let bytes = n * 8;
+        let in_shared = bytes <= self.max_shared;
+        if in_shared {
+            let mut allowed = self.ntt_shared.lock().unwrap_or_else(|e| e.into_inner());
+            if bytes > *allowed {
+                let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+                let value = i32::try_from(bytes).unwrap_or(i32::MAX);
+                for f in [&self.kernels.ntt_forward, &self.kernels.ntt_inverse] {
+                    f.set_attribute(attr, value).map_err(self.fail("allowing the NTT more shared memory"))?;
+                }
+                *allowed = bytes;
+            }
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (u32::try_from(count).unwrap_or(u32::MAX), 1, 1),
+            block_dim: (u32::try_from((n / 2).clamp(1, 1024)).unwrap_or(1024), 1, 1),
+            shared_mem_bytes: if in_shared { u32::try_from(bytes).unwrap_or(0) } else { 0 },
+        };
+        Ok((cfg, i32::from(in_shared)))
+    }
+
+    /// [`Backend::ntt_forward_sparse`] on resident polynomials (`support` = N: every
+    /// coefficient).
+    pub fn ntt_forward_on_device(
+        &self,
+        table: &NttTable,
+        polys: &mut DeviceVec,
+        support: usize,
+    ) -> Result<(), CudaError> {
+        let n = table.degree();
+        let count = polys.len() / n;
+        if count == 0 {
+            return Ok(());
+        }
+        let tw = self.twiddles_of(table)?;
+        let (cfg, in_shared) = self.ntt_launch(n, count)?;
+        let (p, n32) = (table.modulus().value(), n as u32);
+        let support = support.clamp(1, n).next_power_of_two() as u32;
+        let mut args = self.stream.launch_builder(&self.kernels.ntt_forward);
+        args.arg(&mut polys.0).arg(&tw.psi).arg(&tw.psi_shoup).arg(&p).arg(&n32).arg(&support).arg(&in_shared);
+        // SAFETY: the arguments match the kernel's signature in kernels/ntt.cu; the grid covers
+        // `count` whole polynomials of the buffer and the tables hold N values each.
+        unsafe { args.launch(cfg) }.map(drop).map_err(self.fail("launching ntt_forward"))
+    }
+
+    /// [`Backend::ntt_inverse`] on resident polynomials.
+    pub fn ntt_inverse_on_device(&self, table: &NttTable, polys: &mut DeviceVec) -> Result<(), CudaError> {
+        let n = table.degree();
+        let count = polys.len() / n;
+        if count == 0 {
+            return Ok(());
+        }
+        let tw = self.twiddles_of(table)?;
+        let host = table.twiddles();
+        let (cfg, in_shared) = self.ntt_launch(n, count)?;
+        let (p, n32) = (table.modulus().value(), n as u32);
+        let ((n_inv, n_inv_shoup), (last, last_shoup)) = (host.n_inv, host.last_inv);
+        let mut args = self.stream.launch_builder(&self.kernels.ntt_inverse);
+        args.arg(&mut polys.0).arg(&tw.psi_inv).arg(&tw.psi_inv_shoup).arg(&p).arg(&n32);
+        args.arg(&n_inv).arg(&n_inv_shoup).arg(&last).arg(&last_shoup).arg(&in_shared);
+        // SAFETY: as in `ntt_forward_on_device` (kernels/ntt.cu, `ntt_inverse`).
+        unsafe { args.launch(cfg) }.map(drop).map_err(self.fail("launching ntt_inverse"))
+    }
+
+    /// [`Backend::mul_acc`] on resident data: `consts` are the Shoup constants of `w` when
+    /// `prepared_w`, else of `x`. The caller checks the shapes (as the trait method does).
+    #[allow(clippy::too_many_arguments)]
+    pub fn mul_acc_on_device(
+        &self,
+        modulus: &Modulus,
+        n: usize,
+        x: &DeviceVec,
+        w: &DeviceVec,
+        consts: &DeviceVec,
+        prepared_w: bool,
+        out: &mut DeviceVec,
+    ) -> Result<(), CudaError> {
+        let total = out.len() as u64;
+        if total == 0 {
+            return Ok(());
+        }
+        let (p, n32, inputs, flag) = (modulus.value(), n as u32, (x.len() / n) as u32, i32::from(prepared_w));
+        let mut args = self.stream.launch_builder(&self.kernels.mul_acc);
+        args.arg(&mut out.0).arg(&x.0).arg(&w.0).arg(&consts.0).arg(&p).arg(&n32).arg(&inputs).arg(&total).arg(&flag);
+        // SAFETY: kernels/mac.cu `mul_acc`; one thread per output value, the inputs as long as the
+        // shapes the caller checked.
+        unsafe { args.launch(elementwise(total)) }.map(drop).map_err(self.fail("launching mul_acc"))
+    }
+
+    /// [`Backend::hash_blocks`] in place on resident blocks (two words each), tweaks base + i.
+    pub fn hash_on_device(&self, blocks: &mut DeviceVec, base: u64) -> Result<(), CudaError> {
+        let dummy = self.zeros(1)?;
+        self.hash_launch(blocks, &dummy, base, false)
+    }
+
+    fn hash_launch(
+        &self,
+        blocks: &mut DeviceVec,
+        tweaks: &DeviceVec,
+        base: u64,
+        listed: bool,
+    ) -> Result<(), CudaError> {
+        let count = (blocks.len() / 2) as u64;
+        if count == 0 {
+            return Ok(());
+        }
+        let flag = i32::from(listed);
+        let mut args = self.stream.launch_builder(&self.kernels.hash_blocks);
+        args.arg(&mut blocks.0).arg(&tweaks.0).arg(&base).arg(&count).arg(&flag);
+        // SAFETY: kernels/hash.cu `hash_blocks`; `tweaks` holds `count` values when `listed`.
+        unsafe { args.launch(elementwise(count)) }.map(drop).map_err(self.fail("launching hash_blocks"))
+    }
+
+    /// Stops the process on a driver error inside a [`Backend`] method (see the module docs).
+    fn expect<T>(&self, result: Result<T, CudaError>) -> T {
+        result.unwrap_or_else(|e| panic!("CUDA backend ({}): {e}", self.device))
+    }
+
+    fn ntt_roundtrip(&self, polys: &mut [u64], run: impl FnOnce(&mut DeviceVec) -> Result<(), CudaError>) {
+        let result = (|| {
+            let mut dev = self.upload(polys)?;
+            run(&mut dev)?;
+            self.download(&dev, polys)
+        })();
+        self.expect(result)
+    }
+}
+
+/// One thread per element, in blocks of [`BLOCK`].
+fn elementwise(total: u64) -> LaunchConfig {
+    let blocks = total.div_ceil(u64::from(BLOCK));
+    LaunchConfig {
+        grid_dim: (u32::try_from(blocks).unwrap_or(u32::MAX), 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn driver_present() -> bool {
+    // SAFETY: only tries to open the driver library (cudarc's documented probe; creating a context
+    // without it would panic inside cudarc).
+    unsafe { sys::is_culib_present() }
+}
+
+/// Loads one kernel module: the build-time PTX when the driver accepts it, else NVRTC's.
+fn load_module(ctx: &Arc<CudaContext>, source: &KernelSource, ordinal: usize) -> Result<Arc<CudaModule>, CudaError> {
+    if let Some(ptx) = source.prebuilt {
+        match ctx.load_module(Ptx::from_src(ptx)) {
+            Ok(module) => return Ok(module),
+            Err(e) => {
+                tracing::info!(module = source.name, error = %e, "the build-time PTX does not load here; compiling with NVRTC")
+            }
+        }
+    }
+    let ptx = nvrtc_ptx(source)?;
+    ctx.load_module(Ptx::from_src(ptx)).map_err(|source| CudaError::Driver {
+        ordinal,
+        step: "loading a kernel module",
+        source,
+    })
+}
+
+/// The module's PTX from NVRTC, compiled once per process and cached on disk by source hash.
+fn nvrtc_ptx(source: &KernelSource) -> Result<String, CudaError> {
+    static MEMORY: OnceLock<Mutex<HashMap<&'static str, String>>> = OnceLock::new();
+    let memory = MEMORY.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(ptx) = memory.lock().unwrap_or_else(|e| e.into_inner()).get(source.name) {
+        return Ok(ptx.clone());
+    }
+    // SAFETY: only tries to open the NVRTC library (compiling without it would panic in cudarc).
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(CudaError::NoCompiler { module: source.name });
+    }
+    let text = source.standalone();
+    let disk = cache_dir().map(|d| d.join(format!("{}-{:x}.ptx", source.name, Sha256::digest(text.as_bytes()))));
+    let cached = disk.as_ref().and_then(|path| std::fs::read_to_string(path).ok());
+    let ptx = match cached {
+        Some(ptx) => ptx,
+        None => {
+            let ptx = cudarc::nvrtc::compile_ptx_with_opts(&text, CompileOptions::default())
+                .map_err(|e| CudaError::Compile { module: source.name, reason: e.to_string() })?
+                .to_src();
+            if let Some(path) = &disk {
+                // A cache that cannot be written only costs the next start a compilation.
+                let _ = path
+                    .parent()
+                    .map(std::fs::create_dir_all)
+                    .and_then(Result::ok)
+                    .map(|()| std::fs::write(path, &ptx));
+            }
+            ptx
+        }
+    };
+    memory.lock().unwrap_or_else(|e| e.into_inner()).insert(source.name, ptx.clone());
+    Ok(ptx)
+}
+
+fn cache_dir() -> Option<std::path::PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache")))?;
+    Some(base.join("secmoe").join("ptx"))
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn for_each(&self, count: usize, task: &(dyn Fn(usize) + Sync)) {
+        self.host.for_each(count, task)
+    }
+
+    fn hash_blocks(&self, input: &[Block], tweaks: Tweaks<'_>, out: &mut [Block]) {
+        assert_eq!(input.len(), out.len(), "hash_blocks: input and output lengths differ");
+        if let Tweaks::Listed(list) = tweaks {
+            assert_eq!(list.len(), input.len(), "hash_blocks: one tweak per block");
+        }
+        let result = (|| {
+            let mut blocks = self.upload(bytemuck::cast_slice(input))?;
+            match tweaks {
+                Tweaks::Sequential(base) => self.hash_on_device(&mut blocks, base)?,
+                Tweaks::Listed(list) => self.hash_launch(&mut blocks, &self.upload(list)?, 0, true)?,
+            }
+            self.download(&blocks, bytemuck::cast_slice_mut(out))
+        })();
+        self.expect(result)
+    }
+
+    fn ntt_forward(&self, table: &NttTable, polys: &mut [u64]) {
+        self.ntt_forward_sparse(table, polys, table.degree())
+    }
+
+    fn ntt_forward_sparse(&self, table: &NttTable, polys: &mut [u64], support: usize) {
+        assert!(polys.len().is_multiple_of(table.degree()), "ntt_forward_sparse: not a whole number of polynomials");
+        self.ntt_roundtrip(polys, |dev| self.ntt_forward_on_device(table, dev, support))
+    }
+
+    fn ntt_inverse(&self, table: &NttTable, polys: &mut [u64]) {
+        assert!(polys.len().is_multiple_of(table.degree()), "ntt_inverse: not a whole number of polynomials");
+        self.ntt_roundtrip(polys, |dev| self.ntt_inverse_on_device(table, dev))
+    }
+
+    fn mul_acc(&self, modulus: &Modulus, n: usize, x: &[u64], w: &[u64], prepared: Prepared<'_>, out: &mut [u64]) {
+        assert!(n > 0 && x.len().is_multiple_of(n) && out.len().is_multiple_of(n), "mul_acc: ragged polynomials");
+        assert_eq!(w.len(), out.len() * (x.len() / n), "mul_acc: weights do not match inputs × outputs");
+        let (consts, prepared_w) = match prepared {
+            Prepared::W(c) => (c, true),
+            Prepared::X(c) => (c, false),
+        };
+        assert_eq!(consts.len(), if prepared_w { w.len() } else { x.len() }, "mul_acc: one Shoup constant per value");
+        let result = (|| {
+            let (dx, dw, dc) = (self.upload(x)?, self.upload(w)?, self.upload(consts)?);
+            let mut dout = self.zeros(out.len())?;
+            self.mul_acc_on_device(modulus, n, &dx, &dw, &dc, prepared_w, &mut dout)?;
+            self.download(&dout, out)
+        })();
+        self.expect(result)
+    }
+
+    fn base_convert(&self, moduli: &[Modulus], n: usize, x: &[u64], consts: &[(u64, u64)], out: &mut [u64]) {
+        let outputs = moduli.len();
+        assert!(n > 0 && x.len().is_multiple_of(n), "base_convert: ragged rows");
+        let inputs = x.len() / n;
+        assert_eq!(out.len(), outputs * n, "base_convert: one output row per modulus");
+        assert_eq!(consts.len(), inputs * outputs, "base_convert: one constant per input row and modulus");
+        if out.is_empty() {
+            return;
+        }
+        let flat: Vec<u64> = consts.iter().flat_map(|&(c, s)| [c, s]).collect();
+        let values: Vec<u64> = moduli.iter().map(Modulus::value).collect();
+        let result = (|| {
+            let (dx, dc, dm) = (self.upload(x)?, self.upload(&flat)?, self.upload(&values)?);
+            let mut dout = self.zeros(out.len())?;
+            let (n32, i32_, o32) = (n as u32, inputs as u32, outputs as u32);
+            let mut args = self.stream.launch_builder(&self.kernels.base_convert);
+            args.arg(&mut dout.0).arg(&dx.0).arg(&dc.0).arg(&dm.0).arg(&n32).arg(&i32_).arg(&o32);
+            // SAFETY: kernels/mac.cu `base_convert`; lengths checked above.
+            unsafe { args.launch(elementwise(out.len() as u64)) }.map_err(self.fail("launching base_convert"))?;
+            self.download(&dout, out)
+        })();
+        self.expect(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The run-time path (no nvcc at build time, or a driver older than its PTX) compiles every
+    /// module; needs only libnvrtc, no GPU (CI installs it from PyPI).
+    #[test]
+    fn nvrtc_compiles_every_kernel_module_where_it_is_installed() {
+        // SAFETY: only tries to open the library.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            eprintln!("skipped: no libnvrtc on this machine");
+            return;
+        }
+        for source in &MODULES {
+            let ptx = nvrtc_ptx(source).unwrap_or_else(|e| panic!("{e}"));
+            assert!(ptx.contains(".entry"), "module {}: no kernel in NVRTC's PTX", source.name);
+        }
+    }
+
+    #[test]
+    fn where_there_is_no_device_the_backend_says_why() {
+        if CudaBackend::device_count() > 0 {
+            return;
+        }
+        let err = CudaBackend::new(0, 1).err();
+        assert!(matches!(err, Some(CudaError::NoDriver | CudaError::NoDevice { .. })), "{err:?}");
+    }
+}
