@@ -32,6 +32,7 @@ pub struct NttTable {
 }
 
 /// An [`NttTable`]'s values with their Shoup constants, for the kernels of `kernels/ntt.cu`.
+#[cfg(any(test, feature = "cuda"))]
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Twiddles<'a> {
     /// ψ^bitrev(k).
@@ -99,6 +100,7 @@ impl NttTable {
     }
 
     /// The tables as the kernels take them (the GPU backend uploads them once per (N, p)).
+    #[cfg(any(test, feature = "cuda"))]
     pub(crate) fn twiddles(&self) -> Twiddles<'_> {
         Twiddles {
             psi: &self.psi,

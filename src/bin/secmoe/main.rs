@@ -104,8 +104,9 @@ enum Command {
     Bench {
         /// Which set of measurements: `layers` (the layers: linear, GeLU/SiLU, softmax, LayerNorm),
         /// `blocks` (every non-linear block at 2^10 and 2^16 values, per value), `he` (NTT,
-        /// ct×pt, ct×ct, selection sums, one thread, against SEAL where it can run), `experts`
-        /// (one MoE layer per method and expert count).
+        /// ct×pt, ct×ct, selection sums, one thread, against SEAL where it can run), `kernels`
+        /// (the backend's kernels per operation: CPU, and the GPU with and without copies where
+        /// `--backend` gives one), `experts` (one MoE layer per method and expert count), `model`.
         #[arg(long, default_value = "layers")]
         preset: String,
         /// Only the rows with this name (e.g. `linear`).

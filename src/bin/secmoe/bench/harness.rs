@@ -2,7 +2,7 @@
 //! measured [`Row`] per measurement, the process's peak memory, the machine's description.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use secmoe::backend::Backend;
@@ -182,4 +182,28 @@ pub(crate) fn machine() -> String {
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!("{cpu}, {cores} cores")
+}
+
+/// A row of one timed operation: no traffic, the time per operation in `us_per_op`.
+pub(crate) fn op_row(name: &str, backend: &str, shape: String, us: f64, checked: bool) -> Row {
+    let mut r = row(name, shape, 1, us * 1e-6, 0, 0, checked);
+    r.backend = backend.into();
+    r.us_per_op = Some(us);
+    r
+}
+
+/// Microseconds per call of `f`: the fastest of five timed batches of `reps / 5` calls, after
+/// one warm-up call (`seal_ref.py` times SEAL the same way).
+pub(crate) fn time_us(reps: u32, mut f: impl FnMut()) -> f64 {
+    f();
+    let batch = (reps / 5).max(1);
+    (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            for _ in 0..batch {
+                f();
+            }
+            start.elapsed().as_secs_f64() * 1e6 / batch as f64
+        })
+        .fold(f64::INFINITY, f64::min)
 }

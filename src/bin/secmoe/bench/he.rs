@@ -3,8 +3,6 @@
 //! (python3 and PyPI's tenseal), Microsoft SEAL is timed in the same run on the same operation
 //! (N = 8192, SEAL's default 218-bit modulus) and given as the row's reference.
 
-use std::time::Instant;
-
 use anyhow::{Result, ensure};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -12,7 +10,7 @@ use secmoe::backend::{Backend, CpuBackend, NttTable};
 use secmoe::he::{HeParams, OperandBank, PlainOperand, Plaintext, SecretKey, Selectors, negacyclic_mod_2_64, select};
 use secmoe::ring::modp::{Modulus, ntt_primes};
 
-use super::harness::{Reference, Row, reset_peak_rss, row};
+use super::harness::{Reference, Row, op_row, reset_peak_rss, time_us};
 use super::report::print_row;
 
 /// Selectors in the `select` row (the E = 128 encrypted scalars).
@@ -43,7 +41,7 @@ pub(crate) fn run(only: Option<&str>, rows: &mut Vec<Row>) -> Result<()> {
         be.ntt_inverse(&table, &mut round_trip);
         let mut a = orig.clone();
         let us = time_us(2000, || be.ntt_forward(&table, &mut a));
-        push(op_row("ntt", "N=8192, one 60-bit limb, forward".into(), us, round_trip == orig), "forward");
+        push(op_row("ntt", "cpu", "N=8192, one 60-bit limb, forward".into(), us, round_trip == orig), "forward");
     }
 
     let p = HeParams::n8192()?;
@@ -62,7 +60,7 @@ pub(crate) fn run(only: Option<&str>, rows: &mut Vec<Row>) -> Result<()> {
         let ok = sk.decrypt(&x, &be).coeffs() == &negacyclic_mod_2_64(&msg, &w)[..];
         let mut y = ct.clone();
         let us = time_us(400, || y.mul_plain_assign(&p, &op, &be));
-        push(op_row("ct-pt", shape("NTT form"), us, ok), "ctxpt");
+        push(op_row("ct-pt", "cpu", shape("NTT form"), us, ok), "ctxpt");
     }
 
     if wanted("ct-ct") {
@@ -74,7 +72,7 @@ pub(crate) fn run(only: Option<&str>, rows: &mut Vec<Row>) -> Result<()> {
         let mut result = Ok(());
         let us = time_us(20, || result = ct.mul(&ct2, &p, &rlk, &be).map(drop));
         result?;
-        push(op_row("ct-ct", shape("multiply + relinearize"), us, ok), "ctxct");
+        push(op_row("ct-ct", "cpu", shape("multiply + relinearize"), us, ok), "ctxct");
     }
 
     if wanted("select") {
@@ -93,33 +91,9 @@ pub(crate) fn run(only: Option<&str>, rows: &mut Vec<Row>) -> Result<()> {
         let mut result = Ok(());
         let us = time_us(10, || result = select(&p, &sel, 0, &bank, &be).map(drop)) / SELECT_E as f64;
         result?;
-        push(op_row("select", shape(&format!("E={SELECT_E}, per term")), us, ok), "select");
+        push(op_row("select", "cpu", shape(&format!("E={SELECT_E}, per term")), us, ok), "select");
     }
     Ok(())
-}
-
-/// A row of one timed operation: no traffic, the time per operation in `us_per_op`.
-fn op_row(name: &str, shape: String, us: f64, checked: bool) -> Row {
-    let mut r = row(name, shape, 1, us * 1e-6, 0, 0, checked);
-    r.backend = "cpu".into();
-    r.us_per_op = Some(us);
-    r
-}
-
-/// Microseconds per call of `f`: the fastest of five timed batches of `reps / 5` calls, after
-/// one warm-up call (`seal_ref.py` times SEAL the same way).
-fn time_us(reps: u32, mut f: impl FnMut()) -> f64 {
-    f();
-    let batch = (reps / 5).max(1);
-    (0..5)
-        .map(|_| {
-            let start = Instant::now();
-            for _ in 0..batch {
-                f();
-            }
-            start.elapsed().as_secs_f64() * 1e6 / batch as f64
-        })
-        .fold(f64::INFINITY, f64::min)
 }
 
 /// SEAL's timings (operation, µs) from `benches/seal_ref.py`: its `ntt` and `mul` modes, or

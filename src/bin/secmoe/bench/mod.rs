@@ -1,12 +1,14 @@
 //! `secmoe bench`: protocol measurements through the real two-party transport (both parties in
 //! this process, QUIC + TLS on loopback), printed as a table and optionally written as JSON.
 //!
-//! [`harness`] measures, [`report`] prints and writes, the presets ([`layers`], [`blocks`], [`he`], [`experts`], [`model`]) say what.
+//! [`harness`] measures, [`report`] prints and writes, the presets ([`layers`], [`blocks`], [`he`], [`kernels`], [`experts`],
+//! [`model`]) say what.
 
 mod blocks;
 pub mod experts;
 pub(crate) mod harness;
 mod he;
+mod kernels;
 mod layers;
 mod model;
 mod report;
@@ -18,7 +20,7 @@ use secmoe::backend::BackendChoice;
 use secmoe::net::CostModel;
 
 /// The presets `secmoe bench --preset` knows.
-pub const PRESETS: &[&str] = &["layers", "blocks", "he", "experts", "model"];
+pub const PRESETS: &[&str] = &["layers", "blocks", "he", "kernels", "experts", "model"];
 
 /// Runs a preset; prints the table; writes JSON if asked.
 pub async fn run(
@@ -40,6 +42,7 @@ pub async fn run(
     match preset {
         "blocks" => blocks::run(backend.clone(), threads, only, &mut rows).await?,
         "he" => he::run(only, &mut rows)?,
+        "kernels" => kernels::run(backend.as_ref(), threads, only, &mut rows)?,
         "experts" => experts::run(backend.clone(), threads, tune, moe, &mut rows).await?,
         "model" => model::run(backend.clone(), threads, only, tune, &mut rows).await?,
         _ => layers::run(backend.clone(), threads, only, tune, &mut rows).await?,

@@ -28,7 +28,7 @@ pub(crate) fn print_header() {
 pub(crate) fn print_row(r: &Row) {
     let mut per_op = r.bits_per_op.map(|b| format!("  ({b:.0} bits each)")).unwrap_or_default();
     if let Some(us) = r.us_per_op {
-        per_op += &format!(", {us:.2} µs each");
+        per_op += &if us < 0.1 { format!(", {:.2} ns each", us * 1e3) } else { format!(", {us:.2} µs each") };
     }
     if let (Some(us), Some(reference)) = (r.us_per_op, &r.reference) {
         per_op +=

@@ -1,0 +1,265 @@
+//! `secmoe bench --preset kernels`: the backend's kernels alone, as microseconds per operation —
+//! batched NTTs per degree and limb count, the multiply-accumulate of ct×pt products, the MoE
+//! selection sum Σ_i W_i·[[t_i]] at E = 128, d = 768, d_ff = 3072, and the OT hashing.
+//!
+//! The CPU backend always; with `--backend cuda` (or `auto` where a GPU starts) the GPU too, once
+//! through the [`Backend`] methods (host slices: copies in and out included) and once on resident
+//! buffers (copies excluded, as when a layer's weights and operands stay on the device). Every GPU
+//! row is checked against the CPU backend's result, every CPU row by a property of its own
+//! (round trip, plain sum).
+
+use anyhow::{Result, ensure};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use secmoe::backend::{Backend, Block, CpuBackend, NttTable, Prepared, Tweaks};
+use secmoe::ring::modp::{Modulus, ntt_primes};
+
+use super::harness::{Row, op_row, reset_peak_rss, time_us};
+use super::report::print_row;
+
+/// (N, limbs) of the NTT rows; each limb transforms [`NTT_BATCH`] polynomials in one call.
+const NTT_SHAPES: [(usize, usize); 4] = [(4096, 1), (8192, 1), (8192, 4), (16384, 1)];
+const NTT_BATCH: usize = 64;
+/// The selection sum's shape: E selectors, J = d·d_ff/N outputs, ciphertexts of [`SELECT_LIMBS`]
+/// limbs and two halves.
+const SELECT_E: usize = 128;
+const SELECT_J: usize = 768 * 3072 / 8192;
+const SELECT_LIMBS: usize = 3;
+/// Outputs timed on the CPU (the per-term time does not depend on J; the full sum would take
+/// minutes and 14 GB here), scaled to J.
+const CPU_SELECT_J: usize = 4;
+/// Blocks in the hashing row.
+const HASH_BLOCKS: usize = 1 << 20;
+
+/// Runs the preset on the CPU and, where `backend` is the GPU, on the GPU as well.
+pub(crate) fn run(backend: &dyn Backend, threads: usize, only: Option<&str>, rows: &mut Vec<Row>) -> Result<()> {
+    let cpu = CpuBackend::new(threads)?;
+    let mut bench = Bench { only, rows, rng: StdRng::seed_from_u64(17) };
+    bench.run_on(&cpu, None)?;
+    if backend.name() == "cuda" {
+        #[cfg(feature = "cuda")]
+        {
+            let gpu = secmoe::backend::CudaBackend::new(0, threads)?;
+            println!("GPU: {}", gpu.device());
+            bench.run_on(&gpu, Some(&cpu))?;
+            bench.resident(&gpu, &cpu)?;
+        }
+    }
+    Ok(())
+}
+
+struct Bench<'a> {
+    only: Option<&'a str>,
+    rows: &'a mut Vec<Row>,
+    rng: StdRng,
+}
+
+impl Bench<'_> {
+    fn wanted(&self, name: &str) -> bool {
+        self.only.is_none_or(|o| o == name)
+    }
+
+    fn push(&mut self, row: Row) {
+        print_row(&row);
+        self.rows.push(row);
+    }
+
+    fn random(&mut self, len: usize, below: u64) -> Vec<u64> {
+        (0..len).map(|_| self.rng.random_range(0..below)).collect()
+    }
+
+    /// The rows through the [`Backend`] methods on `be`; with `cpu` given, each result is checked
+    /// against it.
+    fn run_on(&mut self, be: &dyn Backend, cpu: Option<&CpuBackend>) -> Result<()> {
+        let label = if cpu.is_some() { format!("{} with copies", be.name()) } else { be.name().to_string() };
+        if self.wanted("ntt") {
+            for (n, limbs) in NTT_SHAPES {
+                reset_peak_rss();
+                let tables = tables(n, limbs)?;
+                let data: Vec<Vec<u64>> =
+                    tables.iter().map(|t| self.random(NTT_BATCH * n, t.modulus().value())).collect();
+                let mut out = data.clone();
+                for (t, a) in tables.iter().zip(&mut out) {
+                    be.ntt_forward(t, a);
+                }
+                let ok = match cpu {
+                    Some(cpu) => tables.iter().zip(&data).zip(&out).all(|((t, d), o)| {
+                        let mut want = d.clone();
+                        cpu.ntt_forward(t, &mut want);
+                        &want == o
+                    }),
+                    None => tables.iter().zip(&data).zip(&mut out).all(|((t, d), o)| {
+                        be.ntt_inverse(t, o);
+                        d == o
+                    }),
+                };
+                let mut work = data.clone();
+                let us = time_us(10, || {
+                    for (t, a) in tables.iter().zip(&mut work) {
+                        be.ntt_forward(t, a);
+                    }
+                }) / (limbs * NTT_BATCH) as f64;
+                let shape = format!("N={n}, {limbs} limb(s) × {NTT_BATCH}");
+                self.push(with_method(op_row("ntt", be.name(), shape, us, ok), &label));
+            }
+        }
+        if self.wanted("mul-acc") {
+            reset_peak_rss();
+            let (n, inputs, outputs) = (8192, 128, 8);
+            let m = prime(n)?;
+            let (x, w) = (self.random(inputs * n, m.value()), self.random(outputs * inputs * n, m.value()));
+            let ws: Vec<u64> = w.iter().map(|&v| m.shoup(v)).collect();
+            let mut out = vec![0u64; outputs * n];
+            be.mul_acc(&m, n, &x, &w, Prepared::W(&ws), &mut out);
+            let ok = match cpu {
+                Some(cpu) => {
+                    let mut want = vec![0u64; outputs * n];
+                    cpu.mul_acc(&m, n, &x, &w, Prepared::W(&ws), &mut want);
+                    want == out
+                }
+                None => (0..n)
+                    .step_by(997)
+                    .all(|k| out[k] == (0..inputs).fold(0, |acc, i| m.add(acc, m.mul(x[i * n + k], w[i * n + k])))),
+            };
+            let us = time_us(10, || be.mul_acc(&m, n, &x, &w, Prepared::W(&ws), &mut out)) / (inputs * outputs) as f64;
+            let shape = format!("N={n}, {inputs} in × {outputs} out, per term");
+            self.push(with_method(op_row("mul-acc", be.name(), shape, us, ok), &label));
+        }
+        if self.wanted("select") {
+            reset_peak_rss();
+            let j = if cpu.is_some() { SELECT_J } else { CPU_SELECT_J };
+            let (us, ok) = self.selection(be, cpu, j)?;
+            let mut row = op_row("select", be.name(), select_shape(j), us, ok);
+            row.wall_s = us * 1e-6 * (SELECT_J * SELECT_E * SELECT_LIMBS * 2) as f64;
+            self.push(with_method(row, &label));
+        }
+        if self.wanted("ot-hash") {
+            reset_peak_rss();
+            let input: Vec<Block> =
+                (0..HASH_BLOCKS).map(|_| Block::from([self.rng.random::<u64>(), self.rng.random::<u64>()])).collect();
+            let mut out = vec![Block::from([0u64, 0]); HASH_BLOCKS];
+            be.hash_blocks(&input, Tweaks::Sequential(1), &mut out);
+            let ok = match cpu {
+                Some(cpu) => {
+                    let mut want = out.clone();
+                    cpu.hash_blocks(&input, Tweaks::Sequential(1), &mut want);
+                    want == out
+                }
+                None => out.iter().zip(&input).all(|(o, i)| o != i),
+            };
+            let us = time_us(10, || be.hash_blocks(&input, Tweaks::Sequential(1), &mut out)) / HASH_BLOCKS as f64;
+            let shape = format!("{HASH_BLOCKS} blocks, per block");
+            self.push(with_method(op_row("ot-hash", be.name(), shape, us, ok), &label));
+        }
+        Ok(())
+    }
+
+    /// µs per term of one limb's and half's selection sum with `j` outputs, and whether it is
+    /// right (against `cpu`, or the sum on one coefficient).
+    fn selection(&mut self, be: &dyn Backend, cpu: Option<&CpuBackend>, j: usize) -> Result<(f64, bool)> {
+        let n = 8192;
+        let m = prime(n)?;
+        let x = self.random(SELECT_E * n, m.value());
+        let w = self.random(j * SELECT_E * n, m.value());
+        let ws: Vec<u64> = w.iter().map(|&v| m.shoup(v)).collect();
+        let mut out = vec![0u64; j * n];
+        be.mul_acc(&m, n, &x, &w, Prepared::W(&ws), &mut out);
+        let ok = match cpu {
+            Some(cpu) => {
+                let mut want = vec![0u64; j * n];
+                cpu.mul_acc(&m, n, &x, &w, Prepared::W(&ws), &mut want);
+                want == out
+            }
+            None => out[5] == (0..SELECT_E).fold(0, |acc, i| m.add(acc, m.mul(x[i * n + 5], w[i * n + 5]))),
+        };
+        let us = time_us(5, || be.mul_acc(&m, n, &x, &w, Prepared::W(&ws), &mut out)) / (j * SELECT_E) as f64;
+        Ok((us, ok))
+    }
+
+    /// The GPU rows on resident buffers: uploads before the clock, one synchronization per batch.
+    #[cfg(feature = "cuda")]
+    fn resident(&mut self, gpu: &secmoe::backend::CudaBackend, cpu: &CpuBackend) -> Result<()> {
+        let label = "cuda resident";
+        let sync = |r: Result<(), secmoe::backend::CudaError>| r.and_then(|()| gpu.synchronize());
+        if self.wanted("ntt") {
+            for (n, limbs) in NTT_SHAPES {
+                let tables = tables(n, limbs)?;
+                let data: Vec<Vec<u64>> =
+                    tables.iter().map(|t| self.random(NTT_BATCH * n, t.modulus().value())).collect();
+                let mut dev = data.iter().map(|d| gpu.upload(d)).collect::<Result<Vec<_>, _>>()?;
+                let mut result = Ok(());
+                let us = time_us(50, || {
+                    result =
+                        sync(tables.iter().zip(&mut dev).try_for_each(|(t, d)| gpu.ntt_forward_on_device(t, d, n)));
+                }) / (limbs * NTT_BATCH) as f64;
+                result?;
+                // one more forward transform of fresh data, checked
+                let mut fresh = gpu.upload(&data[0])?;
+                gpu.ntt_forward_on_device(&tables[0], &mut fresh, n)?;
+                let (mut got, mut want) = (vec![0u64; data[0].len()], data[0].clone());
+                gpu.download(&fresh, &mut got)?;
+                cpu.ntt_forward(&tables[0], &mut want);
+                let shape = format!("N={n}, {limbs} limb(s) × {NTT_BATCH}");
+                self.push(with_method(op_row("ntt", "cuda", shape, us, got == want), label));
+            }
+        }
+        if self.wanted("select") {
+            let n = 8192;
+            let m = prime(n)?;
+            let x = self.random(SELECT_E * n, m.value());
+            let w = self.random(SELECT_J * SELECT_E * n, m.value());
+            let ws: Vec<u64> = w.iter().map(|&v| m.shoup(v)).collect();
+            let (dx, dw, dws) = (gpu.upload(&x)?, gpu.upload(&w)?, gpu.upload(&ws)?);
+            let mut dout = gpu.zeros(SELECT_J * n)?;
+            let mut result = Ok(());
+            let us = time_us(10, || result = sync(gpu.mul_acc_on_device(&m, n, &dx, &dw, &dws, true, &mut dout)))
+                / (SELECT_J * SELECT_E) as f64;
+            result?;
+            let mut got = vec![0u64; SELECT_J * n];
+            gpu.download(&dout, &mut got)?;
+            let mut want = vec![0u64; n];
+            cpu.mul_acc(&m, n, &x, &w[..SELECT_E * n], Prepared::W(&ws[..SELECT_E * n]), &mut want);
+            let mut row = op_row("select", "cuda", select_shape(SELECT_J), us, got[..n] == want[..]);
+            row.wall_s = us * 1e-6 * (SELECT_J * SELECT_E * SELECT_LIMBS * 2) as f64;
+            self.push(with_method(row, label));
+        }
+        if self.wanted("ot-hash") {
+            let words: Vec<u64> = self.random(2 * HASH_BLOCKS, u64::MAX);
+            let mut dev = gpu.upload(&words)?;
+            let mut result = Ok(());
+            let us = time_us(10, || result = sync(gpu.hash_on_device(&mut dev, 1))) / HASH_BLOCKS as f64;
+            result?;
+            let mut fresh = gpu.upload(&words)?;
+            gpu.hash_on_device(&mut fresh, 1)?;
+            let mut got = vec![0u64; words.len()];
+            gpu.download(&fresh, &mut got)?;
+            let input: Vec<Block> = words.chunks_exact(2).map(|w| Block::from([w[0], w[1]])).collect();
+            let mut want = vec![Block::from([0u64, 0]); HASH_BLOCKS];
+            cpu.hash_blocks(&input, Tweaks::Sequential(1), &mut want);
+            let ok = want.iter().zip(got.chunks_exact(2)).all(|(b, w)| *b == Block::from([w[0], w[1]]));
+            let shape = format!("{HASH_BLOCKS} blocks, per block");
+            self.push(with_method(op_row("ot-hash", "cuda", shape, us, ok), label));
+        }
+        Ok(())
+    }
+}
+
+fn select_shape(j: usize) -> String {
+    let scaled = if j == SELECT_J { String::new() } else { format!(", timed at J={j}") };
+    format!("E={SELECT_E}, J={SELECT_J}, per term{scaled}")
+}
+
+fn with_method(mut row: Row, label: &str) -> Row {
+    row.method = Some(label.to_string());
+    row
+}
+
+fn prime(n: usize) -> Result<Modulus> {
+    Ok(Modulus::new(ntt_primes(60, n, 1)?[0])?)
+}
+
+fn tables(n: usize, limbs: usize) -> Result<Vec<NttTable>> {
+    let primes = ntt_primes(60, n, limbs)?;
+    ensure!(primes.len() == limbs, "{limbs} primes for N = {n}");
+    primes.into_iter().map(|p| Ok(NttTable::new(n, Modulus::new(p)?)?)).collect()
+}
