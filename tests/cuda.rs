@@ -14,7 +14,7 @@ fn gpu() -> Option<CudaBackend> {
     match CudaBackend::new(0, 2) {
         Ok(gpu) => {
             eprintln!("device: {}", gpu.device());
-            Some(gpu)
+            Some(gpu.offloading_everything())
         }
         Err(why) => {
             eprintln!("skipped: {why}");
@@ -128,7 +128,8 @@ fn selection_sums_over_128_experts_match_the_cpu_on_one_and_on_every_device() {
         assert_eq!(&da.coeffs()[..256], &weights[j][chosen][..], "output {j}");
     }
     // every device plus the CPU, experts split evenly
-    let devices = CudaBackend::all(2).unwrap();
+    let devices: Vec<CudaBackend> =
+        CudaBackend::all(2).unwrap().into_iter().map(CudaBackend::offloading_everything).collect();
     eprintln!("{} device(s)", devices.len());
     let mut backends: Vec<&dyn Backend> = devices.iter().map(|d| d as &dyn Backend).collect();
     backends.push(&cpu);

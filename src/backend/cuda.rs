@@ -9,9 +9,19 @@
 //! a device exists.
 //!
 //! Data: the [`Backend`] methods take host slices, so each call copies in, runs and copies out
-//! (twiddle tables are uploaded once per (N, p) and stay). [`DeviceVec`] and the `*_on_device`
-//! methods run the same kernels on resident buffers: the weights and encrypted operands of a
-//! layer can stay on the device across calls. A driver error inside a [`Backend`] method (the
+//! (twiddle tables are uploaded once per (N, p) and stay). A call smaller than
+//! [`HOST_BELOW`] values (one polynomial of a per-ciphertext pipeline, a small hash batch) runs on
+//! the host workers instead: a round trip over PCIe would cost more than the work, and the results
+//! are the same bit for bit. [`DeviceVec`] and the `*_on_device` methods run the kernels on
+//! resident buffers: the weights and encrypted operands of a layer can stay on the device across
+//! calls (the protocols reach them once the backend trait owns its buffers: the protocol-surface
+//! issue).
+//!
+//! Several GPUs: [`CudaBackend::all`] starts one backend per device; a selection sum is additive
+//! over experts, so [`crate::he::select_spread`] gives each device its experts' bank and adds the
+//! partial sums. Across hosts the same split applies, with each host's partial sums (ciphertexts)
+//! sent to the one that answers the client over an existing RPC or collective layer (e.g. NCCL or
+//! gRPC streams); not built. A driver error inside a [`Backend`] method (the
 //! device lost, out of memory) stops the process with the reason: those methods cannot return one
 //! (the fallible backend trait is part of the protocol-surface issue); everything that can fail
 //! before any work (no driver, no device, no compiler, a kernel that does not load) is a
@@ -75,6 +85,10 @@ pub enum CudaError {
     Pool(#[from] rayon::ThreadPoolBuildError),
 }
 
+/// Calls on fewer values than this run on the host workers (see the module docs), unless the
+/// backend was made with [`CudaBackend::offloading_everything`].
+pub const HOST_BELOW: usize = 1 << 17;
+
 /// Threads per block of the element-wise kernels.
 const BLOCK: u32 = 256;
 /// Shared memory every device gives a block without opting in.
@@ -127,6 +141,8 @@ pub struct CudaBackend {
     /// Dynamic shared memory the NTT kernels are currently allowed.
     ntt_shared: Mutex<usize>,
     host: CpuBackend,
+    /// Calls on fewer values run on `host`.
+    host_below: usize,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -188,7 +204,14 @@ impl CudaBackend {
             max_shared: usize::try_from(optin).unwrap_or(0).max(DEFAULT_SHARED),
             ntt_shared: Mutex::new(DEFAULT_SHARED),
             host: CpuBackend::new(threads)?,
+            host_below: HOST_BELOW,
         })
+    }
+
+    /// This backend with every call on the GPU however small (tests and kernel benchmarks).
+    pub fn offloading_everything(mut self) -> CudaBackend {
+        self.host_below = 0;
+        self
     }
 
     /// One backend per device present (experts can be spread over them: selection sums are
@@ -466,6 +489,9 @@ impl Backend for CudaBackend {
         if let Tweaks::Listed(list) = tweaks {
             assert_eq!(list.len(), input.len(), "hash_blocks: one tweak per block");
         }
+        if 2 * input.len() < self.host_below {
+            return self.host.hash_blocks(input, tweaks, out);
+        }
         let result = (|| {
             let mut blocks = self.upload(bytemuck::cast_slice(input))?;
             match tweaks {
@@ -483,11 +509,17 @@ impl Backend for CudaBackend {
 
     fn ntt_forward_sparse(&self, table: &NttTable, polys: &mut [u64], support: usize) {
         assert!(polys.len().is_multiple_of(table.degree()), "ntt_forward_sparse: not a whole number of polynomials");
+        if polys.len() < self.host_below {
+            return self.host.ntt_forward_sparse(table, polys, support);
+        }
         self.ntt_roundtrip(polys, |dev| self.ntt_forward_on_device(table, dev, support))
     }
 
     fn ntt_inverse(&self, table: &NttTable, polys: &mut [u64]) {
         assert!(polys.len().is_multiple_of(table.degree()), "ntt_inverse: not a whole number of polynomials");
+        if polys.len() < self.host_below {
+            return self.host.ntt_inverse(table, polys);
+        }
         self.ntt_roundtrip(polys, |dev| self.ntt_inverse_on_device(table, dev))
     }
 
@@ -499,6 +531,9 @@ impl Backend for CudaBackend {
             Prepared::X(c) => (c, false),
         };
         assert_eq!(consts.len(), if prepared_w { w.len() } else { x.len() }, "mul_acc: one Shoup constant per value");
+        if w.len() < self.host_below {
+            return self.host.mul_acc(modulus, n, x, w, prepared, out);
+        }
         let result = (|| {
             let (dx, dw, dc) = (self.upload(x)?, self.upload(w)?, self.upload(consts)?);
             let mut dout = self.zeros(out.len())?;
@@ -516,6 +551,9 @@ impl Backend for CudaBackend {
         assert_eq!(consts.len(), inputs * outputs, "base_convert: one constant per input row and modulus");
         if out.is_empty() {
             return;
+        }
+        if x.len() * outputs < self.host_below {
+            return self.host.base_convert(moduli, n, x, consts, out);
         }
         let flat: Vec<u64> = consts.iter().flat_map(|&(c, s)| [c, s]).collect();
         let values: Vec<u64> = moduli.iter().map(Modulus::value).collect();

@@ -15,7 +15,7 @@ pub mod ntt;
 pub use cpu::CpuBackend;
 pub use cryprot_core::Block;
 #[cfg(feature = "cuda")]
-pub use cuda::{CudaBackend, CudaError, DeviceVec};
+pub use cuda::{CudaBackend, CudaError, DeviceVec, HOST_BELOW};
 pub use ntt::NttTable;
 
 use crate::ring::modp::Modulus;

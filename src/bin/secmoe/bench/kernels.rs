@@ -39,7 +39,7 @@ pub(crate) fn run(backend: &dyn Backend, threads: usize, only: Option<&str>, row
     if backend.name() == "cuda" {
         #[cfg(feature = "cuda")]
         {
-            let gpu = secmoe::backend::CudaBackend::new(0, threads)?;
+            let gpu = secmoe::backend::CudaBackend::new(0, threads)?.offloading_everything();
             println!("GPU: {}", gpu.device());
             bench.run_on(&gpu, Some(&cpu))?;
             bench.resident(&gpu, &cpu)?;
