@@ -99,13 +99,58 @@ pub struct Ot {
     party: Party,
     channel: Channel,
     backend: Arc<dyn Backend>,
+    source: Source,
+    next_tweak: u64,
+    timeout: Duration,
+    pools: [Pool; 2],
+}
+
+/// Where the random OTs come from.
+enum Source {
+    /// The OT extensions over the link (every real run).
+    Extension(Box<Extensions>),
+    /// The ideal functionality of [`Ot::ideal_pair`] (tests only).
+    Ideal(IdealOt),
+}
+
+/// Both extension kinds, both roles.
+struct Extensions {
     iknp_sender: SemiHonestOtExtensionSender,
     iknp_receiver: SemiHonestOtExtensionReceiver,
     silent_sender: SemiHonestSilentOtSender,
     silent_receiver: SemiHonestSilentOtReceiver,
-    next_tweak: u64,
-    timeout: Duration,
-    pools: [Pool; 2],
+}
+
+/// An in-process random-OT functionality for protocol unit tests: both parties draw batch k of
+/// a direction from one stream keyed by the shared seed, the direction and k, so the sender's
+/// key pairs and the receiver's choices and chosen keys agree with no message at all. No
+/// security whatsoever (each party could compute the other's view); never reachable from a
+/// link, only from [`Ot::ideal_pair`].
+struct IdealOt {
+    seed: [u8; 32],
+    /// Batches drawn so far with this party as sender, and as receiver.
+    sent: u64,
+    received: u64,
+}
+
+impl IdealOt {
+    /// Batch `batch` of `n` OTs with `sender` sending: per OT (k0, k1, choice).
+    fn draw(&self, sender: Party, batch: u64, n: usize) -> impl Iterator<Item = ([Block; 2], bool)> {
+        use rand::{RngExt, SeedableRng};
+        use sha2::Digest;
+        let key = sha2::Sha256::new()
+            .chain_update(b"secmoe ideal OT")
+            .chain_update(self.seed)
+            .chain_update([u8::from(sender == Party::Server)])
+            .chain_update(batch.to_le_bytes())
+            .finalize();
+        let mut rng = rand::rngs::ChaCha20Rng::from_seed(key.into());
+        (0..n).map(move |_| {
+            let k0 = Block::from([rng.random::<u64>(), rng.random::<u64>()]);
+            let k1 = Block::from([rng.random::<u64>(), rng.random::<u64>()]);
+            ([k0, k1], rng.random::<bool>())
+        })
+    }
 }
 
 impl std::fmt::Debug for Ot {
@@ -127,18 +172,39 @@ impl Ot {
             Party::Server => (s1, s0, s3, s2),
         };
         let channel = link.open_channel().await?;
-        Ok(Ot {
-            party: link.party(),
-            channel,
-            backend,
+        let extensions = Extensions {
             iknp_sender: SemiHonestOtExtensionSender::new(iknp_s),
             iknp_receiver: SemiHonestOtExtensionReceiver::new(iknp_r),
             silent_sender: SemiHonestSilentOtSender::new(silent_s),
             silent_receiver: SemiHonestSilentOtReceiver::new(silent_r),
+        };
+        Ok(Ot {
+            party: link.party(),
+            channel,
+            backend,
+            source: Source::Extension(Box::new(extensions)),
             next_tweak: 0,
             timeout: link.timeout(),
             pools: Default::default(),
         })
+    }
+
+    /// Both parties' engines (client, server) in this process, for protocol unit tests: the
+    /// messages go over an in-memory channel pair (metered like the link's) and the random OTs
+    /// come from an ideal functionality keyed by `seed` — no OT traffic, no security, exact and
+    /// fast. Real runs use [`Ot::new`].
+    pub fn ideal_pair(backend: Arc<dyn Backend>, seed: [u8; 32], timeout: Duration) -> (Ot, Ot) {
+        let (client, server) = Channel::in_memory_pair(timeout);
+        let engine = |party, channel| Ot {
+            party,
+            channel,
+            backend: backend.clone(),
+            source: Source::Ideal(IdealOt { seed, sent: 0, received: 0 }),
+            next_tweak: 0,
+            timeout,
+            pools: Default::default(),
+        };
+        (engine(Party::Client, client), engine(Party::Server, server))
     }
 
     /// The meter OT traffic is charged to.
@@ -174,6 +240,19 @@ impl Ot {
     #[tracing::instrument(level = "debug", skip(self), fields(party = %self.party))]
     pub async fn prepare(&mut self, kind: OtKind, send: usize, receive: usize) -> OtResult<()> {
         let _s = self.meter().scope(kind.step_name());
+        let party = self.party;
+        let extensions = match &mut self.source {
+            Source::Extension(extensions) => extensions,
+            Source::Ideal(ideal) => {
+                let sent: Vec<[Block; 2]> = ideal.draw(party, ideal.sent, send).map(|(keys, _)| keys).collect();
+                let (keys, choices) =
+                    ideal.draw(party.peer(), ideal.received, receive).map(|(k, c)| (k[usize::from(c)], c)).unzip();
+                ideal.sent += 1;
+                ideal.received += 1;
+                self.pools[kind as usize].add(sent, RandomOtReceiver { choices, keys });
+                return Ok(());
+            }
+        };
         let meter = self.channel.meter().clone();
         let timeout = self.timeout;
         let (by_send, by_receive) = (extension_for(kind, send), extension_for(kind, receive));
@@ -183,12 +262,12 @@ impl Ot {
             (_, OtKind::Iknp) => IKNP_ROUNDS + if has_base_ots { 0 } else { BASE_OT_ROUNDS },
             (_, OtKind::Silent) => SILENT_ROUNDS,
         };
-        let round_trips = rounds(by_send, send, self.iknp_sender.has_base_ots()).max(rounds(
+        let round_trips = rounds(by_send, send, extensions.iknp_sender.has_base_ots()).max(rounds(
             by_receive,
             receive,
-            self.iknp_receiver.has_base_ots(),
+            extensions.iknp_receiver.has_base_ots(),
         ));
-        let Ot { iknp_sender, iknp_receiver, silent_sender, silent_receiver, .. } = self;
+        let Extensions { iknp_sender, iknp_receiver, silent_sender, silent_receiver } = extensions.as_mut();
         let sending = async {
             match by_send {
                 OtKind::Iknp => iknp_send(iknp_sender, timeout, &meter, send).await,
@@ -427,5 +506,43 @@ mod tests {
         }
         assert_eq!(extension_for(OtKind::Silent, SILENT_MIN), OtKind::Silent);
         assert_eq!(extension_for(OtKind::Iknp, 1 << 20), OtKind::Iknp);
+    }
+
+    /// The ideal functionality's random OTs are correlated in both directions, batch after
+    /// batch, and cost nothing on the channel.
+    #[test]
+    fn the_ideal_pair_gives_correlated_random_ots_in_both_directions() {
+        let backend: Arc<dyn Backend> = Arc::new(crate::backend::CpuBackend::new(1).unwrap_or_else(|e| panic!("{e}")));
+        let (mut client, mut server) = Ot::ideal_pair(backend, [3; 32], Duration::from_secs(5));
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap_or_else(|e| panic!("{e}"));
+        rt.block_on(async {
+            let mut seen = Vec::new();
+            for n in [1000, 37] {
+                let (sent, received) =
+                    tokio::join!(client.random_send(OtKind::Silent, n), server.random_receive(OtKind::Silent, n));
+                let (sent, received) =
+                    (sent.unwrap_or_else(|e| panic!("{e}")), received.unwrap_or_else(|e| panic!("{e}")));
+                for (keys, (&c, &k)) in sent.keys.iter().zip(received.choices.iter().zip(&received.keys)) {
+                    assert_eq!(keys[usize::from(c)], k);
+                    assert_ne!(keys[0], keys[1]);
+                }
+                seen.push(bytemuck::cast::<Block, [u64; 2]>(sent.keys[0][0]));
+                let (sent, received) =
+                    tokio::join!(server.random_send(OtKind::Iknp, n), client.random_receive(OtKind::Iknp, n));
+                let (sent, received) =
+                    (sent.unwrap_or_else(|e| panic!("{e}")), received.unwrap_or_else(|e| panic!("{e}")));
+                assert!(
+                    sent.keys
+                        .iter()
+                        .zip(received.choices.iter().zip(&received.keys))
+                        .all(|(keys, (&c, &k))| keys[usize::from(c)] == k)
+                );
+                seen.push(bytemuck::cast::<Block, [u64; 2]>(sent.keys[0][0]));
+            }
+            seen.sort();
+            seen.dedup();
+            assert_eq!(seen.len(), 4, "every batch is fresh");
+        });
+        assert_eq!(client.meter().report().total().bytes() + server.meter().report().total().bytes(), 0);
     }
 }

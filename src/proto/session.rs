@@ -13,6 +13,7 @@
 //! predictable by whoever knows the seed (the command line never sets one).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use rand::rngs::ChaCha20Rng;
 use rand::{Rng, SeedableRng};
@@ -104,11 +105,37 @@ impl Session {
     /// (it sets up the OT engine's streams; no OT traffic is sent yet).
     pub async fn new(link: &mut Link, backend: Arc<dyn Backend>, config: SessionConfig) -> ProtoResult<Session> {
         let ot = Ot::new(link, backend.clone()).await?;
-        let rng = match config.seed {
+        Ok(Session::on(ot, backend, &config, config.seed))
+    }
+
+    /// Both parties' sessions (client, server) in this process, for protocol unit tests: an
+    /// in-memory channel and the ideal OT functionality of [`Ot::ideal_pair`] (no OT traffic,
+    /// no security), each party's CSPRNG seeded from `config.seed` (zero if none) and its role.
+    /// With the same seed two runs are identical message for message.
+    pub fn ideal_pair(backend: Arc<dyn Backend>, config: SessionConfig) -> (Session, Session) {
+        use sha2::Digest;
+        let seed = config.seed.unwrap_or_default();
+        let party_seed = |party: Party| -> [u8; 32] {
+            sha2::Sha256::new()
+                .chain_update(b"secmoe session")
+                .chain_update(seed)
+                .chain_update(party.to_string())
+                .finalize()
+                .into()
+        };
+        let (client, server) = Ot::ideal_pair(backend.clone(), seed, Duration::from_secs(60));
+        (
+            Session::on(client, backend.clone(), &config, Some(party_seed(Party::Client))),
+            Session::on(server, backend, &config, Some(party_seed(Party::Server))),
+        )
+    }
+
+    fn on(ot: Ot, backend: Arc<dyn Backend>, config: &SessionConfig, seed: Option<[u8; 32]>) -> Session {
+        let rng = match seed {
             Some(seed) => ChaCha20Rng::from_seed(seed),
             None => rand::make_rng::<ChaCha20Rng>(),
         };
-        Ok(Session {
+        Session {
             ot,
             kind: config.ot_kind.unwrap_or_else(|| OtKind::cheapest_for(&config.network)),
             rng,
@@ -116,9 +143,9 @@ impl Session {
             format: config.format,
             network: config.network,
             out_of_range: config.out_of_range,
-            seeded: config.seed.is_some(),
+            seeded: seed.is_some(),
             backend,
-        })
+        }
     }
 
     /// Sets up the HE keys under `params` (once per session, both parties at the same point and
