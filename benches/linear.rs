@@ -10,9 +10,10 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use secmoe::backend::{Backend, CpuBackend};
 use secmoe::he::HeParams;
+use secmoe::he::matmul::tiling_for;
+use secmoe::he::tiling::MatShape;
 use secmoe::net::{Link, LinkConfig, PublicParams, loopback};
-use secmoe::proto::linear::{KeySet, Weights, linear, tiling_for};
-use secmoe::proto::tiling::MatShape;
+use secmoe::proto::linear::{KeySet, Weights, linear};
 use secmoe::proto::{Session, SessionConfig};
 use secmoe::ring::share_secret;
 

@@ -12,9 +12,10 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use secmoe::backend::Backend;
 use secmoe::he::HeParams;
+use secmoe::he::matmul::tiling_for;
+use secmoe::he::tiling::MatShape;
 use secmoe::net::CostModel;
-use secmoe::proto::linear::{HeClient, HeServer, KeySet, Weights, linear, matmul_shared, tiling_for};
-use secmoe::proto::tiling::MatShape;
+use secmoe::proto::linear::{HeClient, HeServer, KeySet, Weights, linear, matmul_shared};
 use secmoe::proto::{HeKeys, ProtoError, Session};
 use secmoe::ring::{Share, reconstruct, share_secret};
 
@@ -45,7 +46,7 @@ async fn raw_keys(params: Arc<HeParams>) -> (secmoe::net::Link, HeClient, secmoe
 }
 
 fn server_keys(sess: &Session) -> &HeServer {
-    match sess.he() {
+    match sess.he_for(secmoe::proto::HeUse::Linear) {
         Some(HeKeys::Server(hs)) => hs,
         other => panic!("not the server's keys: {other:?}"),
     }

@@ -10,11 +10,13 @@
 
 mod bfv;
 mod galois;
+pub mod matmul;
 mod mult;
 mod params;
 mod poly;
 mod response;
 mod select;
+pub mod tiling;
 mod wire;
 
 pub use bfv::{Ciphertext, PlainOperand, Plaintext, PublicKey, SecretKey, SeededCiphertext};

@@ -31,7 +31,7 @@ use crate::proto::arith::truncate;
 use crate::proto::layernorm::{Affine, rmsnorm};
 use crate::proto::linear::{KeySet, Weights, linear, matmul_shared};
 use crate::proto::softmax::softmax_masked;
-use crate::proto::tiling::MatShape;
+use crate::he::tiling::MatShape;
 use crate::proto::{ProtoError, Session};
 use crate::ring::Share;
 

@@ -6,13 +6,13 @@ use std::ops::Range;
 use super::route::{Routes, drop_overflow, queue, route};
 use super::weights::{ExpertWeights, magnitude_bits, widen};
 use super::{ExpertKind, Method, MoeConfig, MoeError, MoeResult, MoeWeights};
+use crate::he::tiling::MatShape;
 use crate::proto::agree::exchange;
 use crate::proto::arith::{mul_rows, truncate, truncate_extend};
 use crate::proto::compare::{b2a, mux_rows, one_hot};
 use crate::proto::linear::{Weights, linear};
 use crate::proto::piecewise::{Piecewise, evaluate, gated, relu};
 use crate::proto::softmax::softmax;
-use crate::proto::tiling::MatShape;
 use crate::proto::{ProtoError, ProtoResult, Session};
 use crate::ring::Share;
 
@@ -116,7 +116,7 @@ async fn agree(
             return Err(MoeError::Input(format!("{x_len} input values are not tokens of d = {}", cfg.d_model)));
         }
         method.validate(x_len / cfg.d_model)?;
-        if sess.he().is_none() {
+        if !sess.has_he() {
             return Err(MoeError::Input("the layer needs the session's HE keys (Session::setup_he) first".into()));
         }
         match (server, weights) {

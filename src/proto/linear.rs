@@ -32,10 +32,13 @@ use rand::rngs::ChaCha20Rng;
 use rand::{CryptoRng, RngExt, SeedableRng};
 use tracing::instrument;
 
-use super::session::HeKeys;
-use super::tiling::{MatShape, Tiling, TilingCost};
+use super::session::{HeKeys, HeUse, keys_for};
 use super::{ProtoError, ProtoResult, Session, compute};
-use crate::backend::{Backend, Prepared, map_indexed};
+use crate::backend::{Backend, map_indexed};
+use crate::he::matmul::{
+    EncryptedRows, Response, ResponseKeys, max_pack, respond, response_c0_bits, response_c1_bits, tiling_for,
+};
+use crate::he::tiling::{MatShape, Tiling};
 use crate::he::{
     Ciphertext, GaloisKeys, HeParams, MAX_FLOOD_BITS, Plaintext, PublicKey, RelinKey, SecretKey, SeededCiphertext,
     ShrunkCiphertext, ciphertext_len, seeded_ciphertext_len,
@@ -61,51 +64,8 @@ const KEYSWITCH_NOISE_BITS: u32 = 35;
 /// Byte budget for the unpacked results the server holds at once.
 const RESULT_BATCH_BYTES: usize = 128 << 20;
 
-/// A returned ciphertext's bytes, with the mask values it hides and their (row, column).
-type Response = (Vec<u8>, Vec<(u64, (usize, usize))>);
-
 const STATUS_OK: u8 = 0;
 const STATUS_REFUSED: u8 = 1;
-
-/// Bits of c0 in a returned ciphertext: 4 above the plaintext.
-fn c0_bits(p: &HeParams) -> u32 {
-    p.plain_bits() + 4
-}
-
-/// Bits of c1 in a returned ciphertext: 13 above the plaintext (c1·s rounding stays below 2^9).
-fn c1_bits(p: &HeParams) -> u32 {
-    p.plain_bits() + 13
-}
-
-/// Packing levels the parameters allow: t = 2^(64+ℓ) absorbs the factor 2^ℓ of a merge.
-fn max_pack(p: &HeParams) -> u32 {
-    if p.special().is_some() { p.plain_bits() - 64 } else { 0 }
-}
-
-/// Cost estimates for [`Tiling::choose`] under `params`, trading bytes against server time at
-/// the bandwidth of `network`.
-fn tiling_cost(params: &HeParams, network: &CostModel) -> TilingCost {
-    let (n, limbs) = (params.degree() as f64, params.moduli().len() as f64);
-    TilingCost {
-        input_bytes: seeded_ciphertext_len(params) as f64,
-        output_bytes: n * c1_bits(params) as f64 / 8.0,
-        kept_bytes: c0_bits(params) as f64 / 8.0,
-        // measured on a 2-core AVX-512 machine, per core: an NTT stage ≈ 0.45 ns per
-        // coefficient and limb, a multiply-accumulate ≈ 1.2 ns per coefficient and limb, a key
-        // switch ≈ 5·(limbs + 1) transforms
-        weight_stage_s: limbs * 0.45e-9 * n,
-        product_s: limbs * 2.0 * 1.2e-9 * n,
-        keyswitch_s: 5.0 * (limbs + 1.0) * 0.45e-9 * n * n.log2(),
-        bandwidth: network.bandwidth_bps / 8.0,
-        max_pack: max_pack(params),
-    }
-}
-
-/// The tiling with the lowest estimated time for `shape` under `params` on `network`. The
-/// client chooses and announces it; the server checks it.
-pub fn tiling_for(params: &HeParams, shape: MatShape, network: &CostModel) -> Tiling {
-    Tiling::choose(shape, params.degree(), &tiling_cost(params, network))
-}
 
 /// log2 of a bound on the B-dependent noise of one result coefficient, for B entries of at most
 /// 2^b_bits in absolute value. Before packing, a noise coefficient is a sum over T = d-tiles·d_w·m_w
@@ -276,7 +236,7 @@ impl HeClient {
             let pos = t.returned_positions(g);
             let keep: Vec<usize> = pos.iter().map(|&(c, _, _)| c).collect();
             let values = compute(|| {
-                let ct = ShrunkCiphertext::from_bytes(p, &bytes, keep.len(), c0_bits(p), c1_bits(p))?;
+                let ct = ShrunkCiphertext::from_bytes(p, &bytes, keep.len(), response_c0_bits(p), response_c1_bits(p))?;
                 self.sk.decrypt_shrunk(&ct, &keep, be)
             })?;
             for (v, &(_, _, (i, k))) in values.into_iter().zip(&pos) {
@@ -366,7 +326,7 @@ impl HeServer {
         }
         drop(_s);
         let _s = ch.meter().scope("he-product/output");
-        let inputs = compute(|| Inputs::prepare(p, be, &t, &inputs, a_share))?;
+        let inputs = compute(|| EncryptedRows::prepare(p, be, &t, &inputs, a_share))?;
         let mut mask = vec![0u64; shape.n * shape.m];
         let group = 1usize << t.pack;
         // results per batch: whole groups, within the memory budget for unpacked results
@@ -384,9 +344,11 @@ impl HeServer {
                 let ready = if last { pending.len().div_ceil(group) } else { pending.len() / group };
                 let taken: Vec<Ciphertext> = pending.drain(..(ready * group).min(pending.len())).collect();
                 let seeds: Vec<[u8; 32]> = (0..ready).map(|_| rng.random()).collect();
+                let keys = ResponseKeys { pk: &self.pk, galois: self.galois.as_ref() };
                 map_indexed(be, ready, |i| {
                     let members = &taken[i * group..((i + 1) * group).min(taken.len())];
-                    self.respond(&t, next_group + i, members, flood, &mut ChaCha20Rng::from_seed(seeds[i]))
+                    let mut rng = ChaCha20Rng::from_seed(seeds[i]);
+                    Ok(respond(p, keys, &t, next_group + i, members, flood, be, &mut rng)?)
                 })
                 .into_iter()
                 .collect()
@@ -444,60 +406,6 @@ impl HeServer {
         }
         Ok(t)
     }
-
-    /// Merges a group of results into one ciphertext (coefficient form) when packing: X^-(d_w−1)
-    /// moves each member's outputs to multiples of d_w = 2^pack, then the Galois keys merge them.
-    fn pack_group(&self, t: &Tiling, members: &[Ciphertext]) -> ProtoResult<Ciphertext> {
-        let (p, be) = (&self.params, self.backend.as_ref());
-        match &self.galois {
-            Some(keys) if t.pack > 0 => {
-                let shift = 2 * p.degree() - (t.d_w - 1);
-                let mut slots: Vec<Option<Ciphertext>> = members
-                    .iter()
-                    .map(|c| {
-                        let mut c = c.clone();
-                        c.c0.to_coeff(p, be);
-                        c.c1.to_coeff(p, be);
-                        Some(Ciphertext { c0: c.c0.monomial_mul(p, shift), c1: c.c1.monomial_mul(p, shift) })
-                    })
-                    .collect();
-                slots.resize(1 << t.pack, None);
-                Ok(keys.pack(p, slots, be)?)
-            }
-            _ => members.first().cloned().ok_or_else(|| ProtoError::Input("empty result group".into())),
-        }
-    }
-
-    /// Packs one group of results (if packing), masks, re-randomizes, floods and shrinks it;
-    /// returns its bytes and the mask values with their (row, column).
-    fn respond(
-        &self,
-        t: &Tiling,
-        g: usize,
-        members: &[Ciphertext],
-        flood: u32,
-        rng: &mut ChaCha20Rng,
-    ) -> ProtoResult<Response> {
-        let (p, be) = (&self.params, self.backend.as_ref());
-        let n = p.degree();
-        let mut ct = self.pack_group(t, members)?;
-        let pos = t.returned_positions(g);
-        // R uniform mod 2^(log t − pack): every bit of 2^pack·R up to t is random
-        let t_mask = (1u128 << p.plain_bits()) - 1;
-        let r_mask = t_mask >> t.pack;
-        let mut neg_mask = vec![0u128; n];
-        let mut mask = Vec::with_capacity(pos.len());
-        for &(c, _, ik) in &pos {
-            let r = rng.random::<u128>() & r_mask;
-            neg_mask[c] = (r << t.pack).wrapping_neg() & t_mask;
-            mask.push((r as u64, ik));
-        }
-        ct.add_wide_plain_assign(p, &neg_mask, be)?;
-        ct.rerandomize(p, &self.pk, be, rng)?;
-        ct.flood(p, flood, be, rng)?;
-        let keep: Vec<usize> = pos.iter().map(|&(c, _, _)| c).collect();
-        Ok((ct.shrink(p, &keep, c0_bits(p), c1_bits(p), be)?.to_bytes(), mask))
-    }
 }
 
 /// Checks the server's own inputs and the client's announced shape; returns the flooding bits
@@ -532,93 +440,6 @@ fn check_server_inputs(
     flood_bits(p, t, b_bits.min(63))
 }
 
-/// The client's ciphertexts (with the server's share added), in NTT form, laid out for
-/// [`Backend::mul_acc`]: for token tile ti, half h (c0, c1) and limb l, the J d-tiles in a row,
-/// with their Shoup constants.
-struct Inputs {
-    /// rows[(ti·2 + h)·L + l] = (values, Shoup constants), each J·N long.
-    rows: Vec<(Vec<u64>, Vec<u64>)>,
-    tiles_i: usize,
-}
-
-impl Inputs {
-    fn prepare(
-        p: &HeParams,
-        be: &dyn Backend,
-        t: &Tiling,
-        seeded: &[SeededCiphertext],
-        a_share: Option<&[u64]>,
-    ) -> ProtoResult<Inputs> {
-        let (ti_n, tj_n, _) = t.tile_counts();
-        let (n, limbs) = (p.degree(), p.moduli().len());
-        let cts: Vec<Ciphertext> = map_indexed(be, seeded.len(), |idx| {
-            let mut ct = seeded[idx].expand(p);
-            if let Some(a) = a_share {
-                ct.add_plain_assign(p, &Plaintext::new(p, t.encode_a(a, idx / tj_n, idx % tj_n))?, be)?;
-            }
-            ct.c0.to_ntt(p, be);
-            ct.c1.to_ntt(p, be);
-            Ok(ct)
-        })
-        .into_iter()
-        .collect::<ProtoResult<_>>()?;
-        let rows = map_indexed(be, ti_n * 2 * limbs, |row| {
-            let (ti, h, l) = (row / (2 * limbs), (row / limbs) % 2, row % limbs);
-            let m = &p.moduli()[l];
-            let mut values = Vec::with_capacity(tj_n * n);
-            for tj in 0..tj_n {
-                let ct = &cts[ti * tj_n + tj];
-                values.extend_from_slice(if h == 0 { ct.c0.limb(p, l) } else { ct.c1.limb(p, l) });
-            }
-            let shoup = values.iter().map(|&v| m.shoup(v)).collect();
-            (values, shoup)
-        });
-        Ok(Inputs { rows, tiles_i: ti_n })
-    }
-
-    /// The unmasked results for output tiles (ti, tk), tk in `ks`, in (tk, ti) order, in NTT form.
-    /// Each column tile is one task: its weight polynomials are transformed and used while they
-    /// are in cache, never stored for the whole matrix.
-    fn multiply(
-        &self,
-        p: &HeParams,
-        be: &dyn Backend,
-        t: &Tiling,
-        b: &[u64],
-        ks: std::ops::Range<usize>,
-    ) -> Vec<Ciphertext> {
-        let (_, tj_n, _) = t.tile_counts();
-        let (n, limbs) = (p.degree(), p.moduli().len());
-        let per_k = map_indexed(be, ks.len(), |idx| {
-            let k = ks.start + idx;
-            let encoded: Vec<Vec<u64>> = (0..tj_n).map(|tj| t.encode_b(b, tj, k)).collect();
-            let mut results: Vec<(Vec<u64>, Vec<u64>)> =
-                (0..self.tiles_i).map(|_| (vec![0u64; limbs * n], vec![0u64; limbs * n])).collect();
-            let mut w = vec![0u64; tj_n * n];
-            for l in 0..limbs {
-                let m = &p.moduli()[l];
-                let support = t.d_w * t.m_w;
-                for (poly, coeffs) in w.chunks_exact_mut(n).zip(&encoded) {
-                    poly[support..].fill(0);
-                    for (dst, &v) in poly[..support].iter_mut().zip(coeffs) {
-                        let v = v as i64;
-                        *dst = if v >= 0 { m.reduce(v as u64) } else { m.neg(m.reduce(v.unsigned_abs())) };
-                    }
-                    be.ntt_forward_sparse(&p.tables()[l], poly, support);
-                }
-                for (ti, (c0, c1)) in results.iter_mut().enumerate() {
-                    for (h, dst) in [c0, c1].into_iter().enumerate() {
-                        let (x, xs) = &self.rows[(ti * 2 + h) * limbs + l];
-                        be.mul_acc(m, n, x, &w, Prepared::X(xs), &mut dst[l * n..(l + 1) * n]);
-                    }
-                }
-            }
-            results
-        });
-        per_k.into_iter().flatten().map(|(c0, c1)| Ciphertext::from_ntt_limbs(c0, c1)).collect()
-    }
-}
-
 /// Bytes of a full (unshrunk) result ciphertext, for comparison in reports.
 pub fn unshrunk_output_len(params: &HeParams) -> usize {
     ciphertext_len(params, params.moduli().len())
@@ -634,7 +455,7 @@ pub struct Weights<'a> {
     pub bits: u32,
 }
 
-/// A linear layer Y = X·W over the session's HE keys ([`Session::setup_he`]): each party's
+/// A linear layer Y = X·W over the session's HE keys for linear layers ([`Session::setup_he_for`]): each party's
 /// share of X (n×d) in, its share of Y out. The server passes `Some(weights)`, the client `None`.
 pub async fn linear(
     sess: &mut Session,
@@ -643,7 +464,7 @@ pub async fn linear(
     weights: Option<Weights<'_>>,
 ) -> ProtoResult<Vec<Share>> {
     let x: &[u64] = bytemuck::cast_slice(x);
-    let y = match (sess.he.as_ref(), weights) {
+    let y = match (keys_for(&sess.he, HeUse::Linear), weights) {
         (Some(HeKeys::Client(he)), None) => he.product(sess.ot.channel(), shape, x, &mut sess.rng).await?,
         (Some(HeKeys::Server(he)), Some(w)) => {
             he.product(sess.ot.channel(), shape, w.values, w.bits, Some(x), &mut sess.rng).await?
@@ -669,14 +490,15 @@ fn transpose(rows: usize, cols: usize, a: &[u64]) -> Vec<u64> {
     t
 }
 
-/// Z = X·Y with both X (n×d) and Y (d×m) secret-shared, over the session's HE keys:
+/// Z = X·Y with both X (n×d) and Y (d×m) secret-shared, over the session's HE keys for such
+/// products ([`HeUse::Shared`]):
 /// X·Y = X·Y_s + X_c·Y_c + (Y_cᵀ·X_sᵀ)ᵀ, where the server's shares act as plaintexts (two HE
 /// products, the client's local term added to its share).
 pub async fn matmul_shared(sess: &mut Session, shape: MatShape, x: &[Share], y: &[Share]) -> ProtoResult<Vec<Share>> {
     let (x, y): (&[u64], &[u64]) = (bytemuck::cast_slice(x), bytemuck::cast_slice(y));
     let flipped = MatShape { n: shape.m, d: shape.d, m: shape.n };
     let ch = sess.ot.channel();
-    let (first, second, local) = match sess.he.as_ref() {
+    let (first, second, local) = match keys_for(&sess.he, HeUse::Shared) {
         Some(HeKeys::Client(he)) => {
             let first = he.product(ch, shape, x, &mut sess.rng).await?;
             let second = he.product(ch, flipped, &transpose(shape.d, shape.m, y), &mut sess.rng).await?;
@@ -733,10 +555,12 @@ mod tests {
             })
             .collect();
         let fresh = sk.noise_budget(&seeded[0].expand(&p), be.as_ref());
-        let inputs = Inputs::prepare(&p, be.as_ref(), &t, &seeded, None).unwrap_or_else(|e| panic!("{e}"));
+        let inputs = EncryptedRows::prepare(&p, be.as_ref(), &t, &seeded, None).unwrap_or_else(|e| panic!("{e}"));
         let results = inputs.multiply(&p, be.as_ref(), &t, &b, 0..64);
         let product = sk.noise_budget(&results[0], be.as_ref());
-        let mut packed = server.pack_group(&t, &results).unwrap_or_else(|e| panic!("{e}"));
+        let keys = ResponseKeys { pk: &server.pk, galois: server.galois.as_ref() };
+        let mut packed =
+            crate::he::matmul::pack_group(&p, keys, &t, &results, be.as_ref()).unwrap_or_else(|e| panic!("{e}"));
         let after_pack = sk.noise_budget(&packed, be.as_ref());
         packed.rerandomize(&p, &server.pk, be.as_ref(), &mut rng).unwrap_or_else(|e| panic!("{e}"));
         packed.flood(&p, flood, be.as_ref(), &mut rng).unwrap_or_else(|e| panic!("{e}"));
@@ -754,7 +578,9 @@ mod tests {
         // the flooded, shrunk result still holds 64·(A·B) at the output coefficients
         let pos = t.returned_positions(0);
         let keep: Vec<usize> = pos.iter().map(|x| x.0).collect();
-        let shrunk = packed.shrink(&p, &keep, c0_bits(&p), c1_bits(&p), be.as_ref()).unwrap_or_else(|e| panic!("{e}"));
+        let shrunk = packed
+            .shrink(&p, &keep, response_c0_bits(&p), response_c1_bits(&p), be.as_ref())
+            .unwrap_or_else(|e| panic!("{e}"));
         let got = sk.decrypt_shrunk(&shrunk, &keep, be.as_ref()).unwrap_or_else(|e| panic!("{e}"));
         for (v, &(_, _, (i, k))) in got.iter().zip(&pos) {
             let want =
@@ -925,7 +751,7 @@ mod tests {
     #[ignore = "prints the tiling trade-off for the bench shapes"]
     fn tiling_trade_offs() {
         let p = HeParams::linear().unwrap_or_else(|e| panic!("{e}"));
-        let cost = tiling_cost(&p, &CostModel::LAN);
+        let cost = crate::he::matmul::tiling_cost(&p, &CostModel::LAN);
         let shape = MatShape { n: 128, d: 768, m: 3072 };
         let mut all = Vec::new();
         for n_w in 1..=128usize {
@@ -964,7 +790,7 @@ mod tests {
             let t = tiling_for(&p, shape, &CostModel::WAN);
             assert!(t.pack > 0, "{t:?}");
             let (a, b, c) = t.tile_counts();
-            let cost = tiling_cost(&p, &CostModel::WAN);
+            let cost = crate::he::matmul::tiling_cost(&p, &CostModel::WAN);
             let bytes = (a * b) as f64 * cost.input_bytes
                 + t.returned() as f64 * cost.output_bytes
                 + (shape.n * shape.m) as f64 * cost.kept_bytes;

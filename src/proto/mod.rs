@@ -11,9 +11,8 @@ pub mod linear;
 pub mod piecewise;
 pub mod session;
 pub mod softmax;
-pub mod tiling;
 
-pub use session::{HeKeys, OutOfRange, Session, SessionConfig};
+pub use session::{HeKeys, HeUse, OutOfRange, Session, SessionConfig};
 
 use thiserror::Error;
 

@@ -65,6 +65,25 @@ impl Default for SessionConfig {
     }
 }
 
+/// The keys in `sets` for `use_`: its own set, else the set for every product (a function of the
+/// field, so that callers can hold it while they use the session's channel and CSPRNG).
+pub(crate) fn keys_for(sets: &[(HeUse, HeKeys)], use_: HeUse) -> Option<&HeKeys> {
+    let find = |wanted: HeUse| sets.iter().find(|(u, _)| *u == wanted).map(|(_, k)| k);
+    find(use_).or_else(|| find(HeUse::Every))
+}
+
+/// The HE products a key set serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeUse {
+    /// Every product.
+    Every,
+    /// Linear layers: a shared input times the server's weights ([`super::linear::linear`]).
+    Linear,
+    /// Products of two shared matrices ([`super::linear::matmul_shared`]), whose flooding covers
+    /// the server's 64-bit shares.
+    Shared,
+}
+
 /// This party's HE material for the linear layers: the client's secret key, or the server's
 /// copy of the client's public and Galois keys.
 #[derive(Debug)]
@@ -80,7 +99,8 @@ pub struct Session {
     pub(crate) ot: Ot,
     pub(crate) kind: OtKind,
     pub(crate) rng: ChaCha20Rng,
-    pub(crate) he: Option<HeKeys>,
+    /// The HE key sets, with the products each serves.
+    pub(crate) he: Vec<(HeUse, HeKeys)>,
     format: FixedPoint,
     network: CostModel,
     out_of_range: OutOfRange,
@@ -139,7 +159,7 @@ impl Session {
             ot,
             kind: config.ot_kind.unwrap_or_else(|| OtKind::cheapest_for(&config.network)),
             rng,
-            he: None,
+            he: Vec::new(),
             format: config.format,
             network: config.network,
             out_of_range: config.out_of_range,
@@ -148,11 +168,18 @@ impl Session {
         }
     }
 
-    /// Sets up the HE keys under `params` (once per session, both parties at the same point and
-    /// with the same `keys`): the client generates a key pair and sends the public key and the
-    /// evaluation keys, the server receives and checks them. The client tunes its tilings for the session's
-    /// network.
+    /// Sets up the HE keys under `params` for every HE product (once per session, both parties
+    /// at the same point and with the same `keys`): the client generates a key pair and sends the
+    /// public key and the evaluation keys, the server receives and checks them. The client tunes
+    /// its tilings for the session's network.
     pub async fn setup_he(&mut self, params: Arc<HeParams>, keys: KeySet) -> ProtoResult<()> {
+        self.setup_he_for(HeUse::Every, params, keys).await
+    }
+
+    /// [`Session::setup_he`] for the products `use_` only: a session can hold a set tuned for the
+    /// linear layers (a special prime, packing) beside one with the noise room that products of
+    /// two shared matrices need. A later set for the same products replaces the earlier.
+    pub async fn setup_he_for(&mut self, use_: HeUse, params: Arc<HeParams>, keys: KeySet) -> ProtoResult<()> {
         let backend = self.backend.clone();
         let keys = match self.party() {
             Party::Client => {
@@ -162,13 +189,19 @@ impl Session {
             }
             Party::Server => HeKeys::Server(HeServer::setup(self.ot.channel(), params, backend, keys).await?),
         };
-        self.he = Some(keys);
+        self.he.retain(|(u, _)| *u != use_);
+        self.he.push((use_, keys));
         Ok(())
     }
 
-    /// The HE keys, once set up.
-    pub fn he(&self) -> Option<&HeKeys> {
-        self.he.as_ref()
+    /// The HE keys for `use_`: its own set, else the set for every product.
+    pub fn he_for(&self, use_: HeUse) -> Option<&HeKeys> {
+        keys_for(&self.he, use_)
+    }
+
+    /// Whether any HE keys are set up.
+    pub fn has_he(&self) -> bool {
+        !self.he.is_empty()
     }
 
     /// This party's role.
@@ -214,8 +247,10 @@ impl Session {
     /// Tunes later HE products for another network (the client chooses the tilings).
     pub fn set_network(&mut self, network: CostModel) {
         self.network = network;
-        if let Some(HeKeys::Client(he)) = &mut self.he {
-            he.set_network(network);
+        for (_, keys) in &mut self.he {
+            if let HeKeys::Client(he) = keys {
+                he.set_network(network);
+            }
         }
     }
 

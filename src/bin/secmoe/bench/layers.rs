@@ -10,6 +10,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use secmoe::backend::Backend;
 use secmoe::he::HeParams;
+use secmoe::he::tiling::MatShape;
 use secmoe::net::CostModel;
 use secmoe::ot::OtKind;
 use secmoe::proto::boolean::Triples;
@@ -18,8 +19,7 @@ use secmoe::proto::layernorm::{Affine, layernorm};
 use secmoe::proto::linear::{KeySet, Weights, linear, matmul_shared};
 use secmoe::proto::piecewise::{Piecewise, evaluate, evaluate_baseline};
 use secmoe::proto::softmax::softmax;
-use secmoe::proto::tiling::MatShape;
-use secmoe::proto::{HeKeys, OutOfRange};
+use secmoe::proto::{HeKeys, HeUse, OutOfRange};
 use secmoe::ring::{reconstruct, share_secret};
 
 use super::harness::{Row, reset_peak_rss, row, session_pair};
@@ -155,7 +155,7 @@ async fn measure(
         after.rounds - before.rounds,
         checked,
     );
-    if let Some(HeKeys::Server(hs)) = ss.he() {
+    if let Some(HeKeys::Server(hs)) = ss.he_for(HeUse::Linear) {
         r.stat_distance_log2 = Some(hs.statistical_distance().log2());
     }
     Ok(r)
