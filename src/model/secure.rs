@@ -25,14 +25,14 @@ use super::reference::rope_table;
 use super::weights::WeightSource;
 use super::{ModelError, ModelResult};
 use crate::he::HeParams;
+use crate::he::tiling::MatShape;
 use crate::moe::{Method, dense_expert, magnitude_bits, moe_layer};
 use crate::proto::agree::{Statement, exchange};
 use crate::proto::arith::truncate;
 use crate::proto::layernorm::{Affine, rmsnorm};
 use crate::proto::linear::{KeySet, Weights, linear, matmul_shared};
 use crate::proto::softmax::softmax_masked;
-use crate::he::tiling::MatShape;
-use crate::proto::{ProtoError, Session};
+use crate::proto::{HeUse, ProtoError, Session};
 use crate::ring::Share;
 
 /// Longest prompt (the softmax rows of attention).
@@ -161,12 +161,15 @@ impl KvCache {
     }
 }
 
-/// Sets up the session's HE keys for a model: the parameter set with room for products of two
-/// shared matrices (attention's Q·Kᵀ and P·V flood over the server's 64-bit shares), which also
-/// serves the linear layers. Both parties call it once per session.
+/// Sets up the session's HE keys for a model (both parties once per session): the linear set
+/// (a special prime, so results are packed before they are sent) for the products with the
+/// server's weights, and n8192 — whose noise room lets attention's Q·Kᵀ and P·V flood over the
+/// server's 64-bit shares — for the products of two shared matrices.
 pub async fn setup_he(sess: &mut Session) -> ModelResult<()> {
-    let params = HeParams::n8192().map_err(ProtoError::from)?;
-    Ok(sess.setup_he(params, KeySet::Linear).await?)
+    let linear = HeParams::linear().map_err(ProtoError::from)?;
+    sess.setup_he_for(HeUse::Linear, linear, KeySet::Linear).await?;
+    let shared = HeParams::n8192().map_err(ProtoError::from)?;
+    Ok(sess.setup_he_for(HeUse::Shared, shared, KeySet::Linear).await?)
 }
 
 fn prefix(cfg: &ModelConfig, plan: Plan) -> String {
