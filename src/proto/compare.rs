@@ -20,10 +20,13 @@ use crate::ring::mask;
 /// Bits per millionaire's block (a 1-of-2^m OT each).
 const BLOCK_BITS: u32 = 4;
 
-/// AND triples a comparison of `bits`-bit values needs, per value.
+/// AND triples a comparison of `bits`-bit values needs, per value: two per combination of
+/// blocks (q − 1 of them for q blocks), minus one per level of the tree — the equality of its
+/// lowest node, which only ever meets lower blocks' equalities up to the root, is never used.
 pub fn triples_per_comparison(bits: u32) -> usize {
-    // two per combination of blocks, minus the root's unused equality
-    (2 * (bits.div_ceil(BLOCK_BITS) as usize)).saturating_sub(3)
+    let q = bits.div_ceil(BLOCK_BITS) as usize;
+    let levels = q.next_power_of_two().trailing_zeros() as usize;
+    (2 * q.saturating_sub(1)).saturating_sub(levels)
 }
 
 /// XOR shares of \[x > y\] for the server's `x` and the client's `y` (each party passes its own
@@ -107,28 +110,36 @@ pub async fn greater_than_many(
     };
     let n = n * per;
     let (mut gt, mut eq) = (gt, eq);
-    // combine adjacent blocks, least significant first, until one is left; the root needs no
-    // equality bit
+    // combine adjacent blocks, least significant first, until one is left. The lowest node of
+    // each level needs no equality bit (it is only ever the low side, up to the root).
     let mut width = q;
     while width > 1 {
         let pairs = width / 2;
         let next = width.div_ceil(2);
-        let per_pair = if next == 1 { 1 } else { 2 };
-        let (mut x, mut y) = (Vec::with_capacity(per_pair * n * pairs), Vec::with_capacity(per_pair * n * pairs));
+        let needs_eq = |k: usize| k > 0 && next > 1;
+        let ands = pairs + (1..pairs).filter(|&k| needs_eq(k)).count();
+        let (mut x, mut y) = (Vec::with_capacity(n * ands), Vec::with_capacity(n * ands));
         for i in 0..n {
             for k in 0..pairs {
                 let (lo, hi) = (i * width + 2 * k, i * width + 2 * k + 1);
-                x.extend(&[eq[hi], eq[hi]][..per_pair]);
-                y.extend(&[gt[lo], eq[lo]][..per_pair]);
+                x.push(eq[hi]);
+                y.push(gt[lo]);
+                if needs_eq(k) {
+                    x.push(eq[hi]);
+                    y.push(eq[lo]);
+                }
             }
         }
         let z = and(sess, triples, &x, &y).await?;
         let (mut ngt, mut neq) = (Vec::with_capacity(n * next), Vec::with_capacity(n * next));
+        let mut t = 0;
         for i in 0..n {
             for k in 0..pairs {
-                let (hi, t) = (i * width + 2 * k + 1, per_pair * (i * pairs + k));
+                let hi = i * width + 2 * k + 1;
                 ngt.push(gt[hi] ^ z[t]);
-                neq.push(per_pair == 2 && z[t + 1]);
+                t += 1;
+                neq.push(needs_eq(k) && z[t]);
+                t += usize::from(needs_eq(k));
             }
             if width % 2 == 1 {
                 ngt.push(gt[i * width + width - 1]);
