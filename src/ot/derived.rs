@@ -22,6 +22,19 @@ fn bits_to_u64(bits: &[bool]) -> Vec<u64> {
     bits.iter().map(|&b| b as u64).collect()
 }
 
+/// The instance ranges of `groups` (width, instances) cut into chunks of at most `per_chunk`
+/// instances, each with its group's width, in order.
+fn chunks(groups: &[(u32, usize)], per_chunk: usize) -> Vec<(u32, std::ops::Range<usize>)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for &(width, count) in groups {
+        let end = start + count;
+        out.extend((start..end).step_by(per_chunk).map(|first| (width, first..(first + per_chunk).min(end))));
+        start = end;
+    }
+    out
+}
+
 fn check_width(width: u32) -> OtResult<()> {
     if !(1..=64).contains(&width) {
         return Err(OtError::Invalid(format!("message width {width} bits is not in 1..=64")));
@@ -140,29 +153,44 @@ impl Ot {
 
     /// 1-of-N OT, sender side. `messages` holds `N = 2^log_n` messages of `width` bits per
     /// instance, instance-major (`messages[t·N + j]`).
-    #[tracing::instrument(level = "debug", skip_all, fields(log_n, width))]
     pub async fn one_of_n_send(&mut self, kind: OtKind, log_n: u32, width: u32, messages: &[u64]) -> OtResult<()> {
-        check_width(width)?;
+        let instances = messages.len() >> log_n.min(16);
+        self.one_of_n_send_grouped(kind, log_n, &[(width, instances)], messages).await
+    }
+
+    /// [`Ot::one_of_n_send`] with instances of different message widths in one batch (one
+    /// round): `groups` lists (width, instances) in instance order.
+    #[tracing::instrument(level = "debug", skip_all, fields(log_n))]
+    pub async fn one_of_n_send_grouped(
+        &mut self,
+        kind: OtKind,
+        log_n: u32,
+        groups: &[(u32, usize)],
+        messages: &[u64],
+    ) -> OtResult<()> {
+        for &(width, _) in groups {
+            check_width(width)?;
+        }
         if !(1..=16).contains(&log_n) {
             return Err(OtError::Invalid(format!("1-of-2^{log_n} OT: log N must be in 1..=16")));
         }
         let big_n = 1usize << log_n;
-        if !messages.len().is_multiple_of(big_n) {
-            return Err(OtError::Invalid(format!("{} messages is not a multiple of N = {big_n}", messages.len())));
+        let inst: usize = groups.iter().map(|g| g.1).sum();
+        if messages.len() != inst * big_n {
+            return Err(OtError::Invalid(format!("{} messages for {inst} instances of N = {big_n}", messages.len())));
         }
         let _s = self.meter().scope("1-of-n");
-        let inst = messages.len() / big_n;
         let m = log_n as usize;
         let rot = self.random_send(kind, inst * m).await?;
         let flips = self.channel.recv_packed("1-of-N choice flips", inst * m, 1).await?;
         let tweak = self.tweaks(inst * big_n);
-        let mk = mask(width);
-        // In chunks of instances, so that the N pads per instance never all exist at once.
+        // In chunks of instances within each group, so that the N pads per instance never all
+        // exist at once.
         let per_chunk = (ONE_OF_N_CHUNK / big_n).max(1);
         let mut combined = vec![Block::ZERO; per_chunk.min(inst) * big_n];
         let mut pads = combined.clone();
-        for first in (0..inst).step_by(per_chunk) {
-            let chunk = first..(first + per_chunk).min(inst);
+        for (width, chunk) in chunks(groups, per_chunk) {
+            let mk = mask(width);
             let (combined, pads) = (&mut combined[..chunk.len() * big_n], &mut pads[..chunk.len() * big_n]);
             // combined[t·N + j] = ⊕_k K_{t,k}^{j_k}, with the receiver's flips applied: the first
             // entry XORs all K^0, then each bit k doubles the filled prefix with K^1 ⊕ K^0.
@@ -188,8 +216,7 @@ impl Ot {
         Ok(())
     }
 
-    /// 1-of-N OT, receiver side: returns message `choices[t]` of each instance.
-    #[tracing::instrument(level = "debug", skip_all, fields(log_n, width, n = choices.len()))]
+    /// 1-of-N OT, receiver side: message `choices[t]` of each instance t.
     pub async fn one_of_n_receive(
         &mut self,
         kind: OtKind,
@@ -197,7 +224,20 @@ impl Ot {
         width: u32,
         choices: &[u32],
     ) -> OtResult<Vec<u64>> {
-        check_width(width)?;
+        self.one_of_n_receive_grouped(kind, log_n, &[(width, choices.len())], choices).await
+    }
+
+    /// The receiver's side of [`Ot::one_of_n_send_grouped`].
+    pub async fn one_of_n_receive_grouped(
+        &mut self,
+        kind: OtKind,
+        log_n: u32,
+        groups: &[(u32, usize)],
+        choices: &[u32],
+    ) -> OtResult<Vec<u64>> {
+        for &(width, _) in groups {
+            check_width(width)?;
+        }
         if !(1..=16).contains(&log_n) {
             return Err(OtError::Invalid(format!("1-of-2^{log_n} OT: log N must be in 1..=16")));
         }
@@ -205,8 +245,11 @@ impl Ot {
         if let Some(bad) = choices.iter().find(|&&c| c as usize >= big_n) {
             return Err(OtError::Invalid(format!("choice {bad} is out of range for N = {big_n}")));
         }
-        let _s = self.meter().scope("1-of-n");
         let inst = choices.len();
+        if groups.iter().map(|g| g.1).sum::<usize>() != inst {
+            return Err(OtError::Invalid(format!("{inst} choices for groups of {groups:?} instances")));
+        }
+        let _s = self.meter().scope("1-of-n");
         let m = log_n as usize;
         let rot = self.random_receive(kind, inst * m).await?;
         let mut flips = Vec::with_capacity(inst * m);
@@ -224,11 +267,10 @@ impl Ot {
         let listed: Vec<u64> = idx.iter().map(|&i| tweak + i as u64).collect();
         let mut pads = vec![Block::ZERO; inst];
         self.backend.hash_blocks(&combined, Tweaks::Listed(&listed), &mut pads);
-        let mk = mask(width);
         let mut out = Vec::with_capacity(inst);
         let per_chunk = (ONE_OF_N_CHUNK / big_n).max(1);
-        for first in (0..inst).step_by(per_chunk) {
-            let chunk = first..(first + per_chunk).min(inst);
+        for (width, chunk) in chunks(groups, per_chunk) {
+            let mk = mask(width);
             let cipher = self.channel.recv_packed("1-of-N ciphertexts", chunk.len() * big_n, width).await?;
             for t in chunk.clone() {
                 let i = idx[t] - chunk.start * big_n;

@@ -7,6 +7,8 @@
 //! sender, gives the client the bits \[x_j > v\] ⊕ r and [x_j = v] ⊕ r' for its own v = y_j; the
 //! server keeps r, r'. The blocks are combined up a tree, gt = gt_hi ⊕ (eq_hi ∧ gt_lo),
 //! eq = eq_hi ∧ eq_lo, with AND triples; log2(ℓ/m) rounds. Results are XOR shares of \[x > y\].
+//! The lowest node of every level is only ever the low side up to the root, so its equality is
+//! never needed: neither the least significant block's equality bit nor that AND is computed.
 
 use super::Session;
 use super::arith::masks;
@@ -40,10 +42,16 @@ pub async fn greater_than(
     greater_than_many(sess, triples, mine, 1, bits).await
 }
 
+/// The number of client values in a comparison batch: the client passes them, the server `per`
+/// values for each.
+fn n_of(party: Party, len: usize, per: usize) -> usize {
+    if party == Party::Server { len / per } else { len }
+}
+
 /// XOR shares of \[x_ik > y_i\] for `per` server values x_i0..x_i(per−1) against each client value
 /// y_i: the server passes n·per values (grouped by i), the client its n values. The client's
 /// OT choices depend on y_i only, so one 1-of-16 OT per block carries all `per` comparisons
-/// (2·per-bit messages): comparing against several thresholds costs one OT batch. Results are
+/// (2·per-bit messages, per bits for the least significant block): comparing against several thresholds costs one OT batch. Results are
 /// grouped by i. Uses `per`·n·[`triples_per_comparison`] triples.
 pub async fn greater_than_many(
     sess: &mut Session,
@@ -65,7 +73,14 @@ pub async fn greater_than_many(
     }
     let q = bits.div_ceil(BLOCK_BITS) as usize;
     let block = |v: u64, j: usize| (v >> (j as u32 * BLOCK_BITS)) & ((1 << BLOCK_BITS) - 1);
-    let width = 2 * per as u32;
+    // The least significant block's equality is never used (see the tree below): its messages
+    // carry the `per` greater-than bits only, the other blocks' both bits of each comparison.
+    // Instances: block 0 of every value first, then blocks 1..q of every value.
+    let groups = [
+        (per as u32, n_of(sess.party(), mine.len(), per)),
+        (2 * per as u32, n_of(sess.party(), mine.len(), per) * (q - 1)),
+    ];
+    let instance = |t: usize, n: usize| if t < n { (t, 0) } else { ((t - n) / (q - 1), 1 + (t - n) % (q - 1)) };
     // leaves gt[c·q + j], eq[c·q + j] for comparison c = i·per + k and block j (0 = least
     // significant)
     let (gt, eq, n) = match sess.party() {
@@ -77,32 +92,44 @@ pub async fn greater_than_many(
             let rng = &mut sess.rng;
             let r: Vec<(bool, bool)> = (0..n * per * q).map(|_| (rng.random(), rng.random())).collect();
             let mut messages = Vec::with_capacity((n * q) << BLOCK_BITS);
-            for i in 0..n {
-                for j in 0..q {
-                    messages.extend((0..1u64 << BLOCK_BITS).map(|v| {
-                        (0..per).fold(0u64, |acc, k| {
-                            let c = i * per + k;
-                            let (x, (rg, re)) = (block(mine[c], j), r[c * q + j]);
+            for t in 0..n * q {
+                let (i, j) = instance(t, n);
+                messages.extend((0..1u64 << BLOCK_BITS).map(|v| {
+                    (0..per).fold(0u64, |acc, k| {
+                        let c = i * per + k;
+                        let (x, (rg, re)) = (block(mine[c], j), r[c * q + j]);
+                        if j == 0 {
+                            acc | (((x > v) ^ rg) as u64) << k
+                        } else {
                             acc | (((x > v) ^ rg) as u64) << (2 * k) | (((x == v) ^ re) as u64) << (2 * k + 1)
-                        })
-                    }));
-                }
+                        }
+                    })
+                }));
             }
-            sess.ot.one_of_n_send(sess.kind, BLOCK_BITS, width, &messages).await?;
+            sess.ot.one_of_n_send_grouped(sess.kind, BLOCK_BITS, &groups, &messages).await?;
             let (gt, eq) = r.into_iter().unzip::<bool, bool, Vec<bool>, Vec<bool>>();
             (gt, eq, n)
         }
         Party::Client => {
             let n = mine.len();
-            let choices: Vec<u32> = (0..n * q).map(|t| block(mine[t / q], t % q) as u32).collect();
-            let got = sess.ot.one_of_n_receive(sess.kind, BLOCK_BITS, width, &choices).await?;
+            let choices: Vec<u32> = (0..n * q)
+                .map(|t| {
+                    let (i, j) = instance(t, n);
+                    block(mine[i], j) as u32
+                })
+                .collect();
+            let got = sess.ot.one_of_n_receive_grouped(sess.kind, BLOCK_BITS, &groups, &choices).await?;
             let (mut gt, mut eq) = (vec![false; n * per * q], vec![false; n * per * q]);
             for (t, &g) in got.iter().enumerate() {
-                let (i, j) = (t / q, t % q);
+                let (i, j) = instance(t, n);
                 for k in 0..per {
                     let c = i * per + k;
-                    gt[c * q + j] = (g >> (2 * k)) & 1 == 1;
-                    eq[c * q + j] = (g >> (2 * k + 1)) & 1 == 1;
+                    if j == 0 {
+                        gt[c * q] = (g >> k) & 1 == 1;
+                    } else {
+                        gt[c * q + j] = (g >> (2 * k)) & 1 == 1;
+                        eq[c * q + j] = (g >> (2 * k + 1)) & 1 == 1;
+                    }
                 }
             }
             (gt, eq, n)
