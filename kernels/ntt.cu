@@ -6,38 +6,38 @@
  */
 #include "modarith.cuh"
 
+extern __shared__ sm_u64 smem[];
+
+/* This block's polynomial: its first `count` coefficients copied into shared memory, or the
+ * global copy itself. */
+__device__ static sm_u64 *block_poly(sm_u64 *g, int in_shared, sm_u32 count) {
+    if (!in_shared) return g;
+    for (sm_u32 k = threadIdx.x; k < count; k += blockDim.x) smem[k] = g[k];
+    __syncthreads();
+    return smem;
+}
+
+/* Writes a polynomial transformed in shared memory back. */
+__device__ static void block_store(sm_u64 *g, int in_shared, sm_u32 n) {
+    if (!in_shared) return;
+    __syncthreads();
+    for (sm_u32 k = threadIdx.x; k < n; k += blockDim.x) g[k] = smem[k];
+}
+
 extern "C" __global__ void ntt_forward(sm_u64 *polys, const sm_u64 *psi, const sm_u64 *psi_shoup, sm_u64 p,
                                        sm_u32 n, sm_u32 support, int in_shared) {
-    extern __shared__ sm_u64 smem[];
     sm_u64 *g = polys + (sm_u64)blockIdx.x * n;
-    sm_u64 *a = g;
-    if (in_shared) {
-        a = smem;
-        for (sm_u32 k = threadIdx.x; k < support; k += blockDim.x) a[k] = g[k];
-        __syncthreads();
-    }
+    sm_u64 *a = block_poly(g, in_shared, support);
     sm_ntt_forward_poly(a, psi, psi_shoup, p, n, support, threadIdx.x, blockDim.x);
-    if (in_shared) {
-        __syncthreads();
-        for (sm_u32 k = threadIdx.x; k < n; k += blockDim.x) g[k] = a[k];
-    }
+    block_store(g, in_shared, n);
 }
 
 extern "C" __global__ void ntt_inverse(sm_u64 *polys, const sm_u64 *psi_inv, const sm_u64 *psi_inv_shoup, sm_u64 p,
                                        sm_u32 n, sm_u64 n_inv, sm_u64 n_inv_shoup, sm_u64 last, sm_u64 last_shoup,
                                        int in_shared) {
-    extern __shared__ sm_u64 smem[];
     sm_u64 *g = polys + (sm_u64)blockIdx.x * n;
-    sm_u64 *a = g;
-    if (in_shared) {
-        a = smem;
-        for (sm_u32 k = threadIdx.x; k < n; k += blockDim.x) a[k] = g[k];
-        __syncthreads();
-    }
+    sm_u64 *a = block_poly(g, in_shared, n);
     sm_ntt_inverse_poly(a, psi_inv, psi_inv_shoup, p, n, n_inv, n_inv_shoup, last, last_shoup, threadIdx.x,
                         blockDim.x);
-    if (in_shared) {
-        __syncthreads();
-        for (sm_u32 k = threadIdx.x; k < n; k += blockDim.x) g[k] = a[k];
-    }
+    block_store(g, in_shared, n);
 }

@@ -46,10 +46,7 @@ impl Backend for CpuBackend {
     }
 
     fn hash_blocks(&self, input: &[Block], tweaks: Tweaks<'_>, out: &mut [Block]) {
-        assert_eq!(input.len(), out.len(), "hash_blocks: input and output lengths differ");
-        if let Tweaks::Listed(list) = tweaks {
-            assert_eq!(list.len(), input.len(), "hash_blocks: one tweak per block");
-        }
+        super::check_hash(input, tweaks, out);
         let run = |c: usize, o: &mut [Block], i: &[Block]| {
             o.copy_from_slice(i);
             FIXED_KEY_HASH.tccr_hash_slice_mut(o, |k| Block::from([tweaks.get(c * CHUNK + k), 0]));
@@ -94,13 +91,7 @@ impl Backend for CpuBackend {
     }
 
     fn mul_acc(&self, modulus: &Modulus, n: usize, x: &[u64], w: &[u64], prepared: Prepared<'_>, out: &mut [u64]) {
-        assert!(n > 0 && x.len().is_multiple_of(n) && out.len().is_multiple_of(n), "mul_acc: ragged polynomials");
-        let inputs = x.len() / n;
-        assert_eq!(w.len(), out.len() * inputs, "mul_acc: weights do not match inputs × outputs");
-        match prepared {
-            Prepared::W(c) => assert_eq!(c.len(), w.len(), "mul_acc: one Shoup constant per weight"),
-            Prepared::X(c) => assert_eq!(c.len(), x.len(), "mul_acc: one Shoup constant per input"),
-        }
+        let inputs = super::check_mul_acc(n, x, w, prepared, out);
         let one_output = |j: usize, acc: &mut [u64]| {
             acc.fill(0);
             let row = j * inputs * n;
@@ -126,10 +117,7 @@ impl Backend for CpuBackend {
 
     fn base_convert(&self, moduli: &[Modulus], n: usize, x: &[u64], consts: &[(u64, u64)], out: &mut [u64]) {
         let outputs = moduli.len();
-        assert!(n > 0 && x.len().is_multiple_of(n), "base_convert: ragged rows");
-        let inputs = x.len() / n;
-        assert_eq!(out.len(), outputs * n, "base_convert: one output row per modulus");
-        assert_eq!(consts.len(), inputs * outputs, "base_convert: one constant per input row and modulus");
+        super::check_base_convert(moduli, n, x, consts, out);
         let one_output = |j: usize, acc: &mut [u64]| {
             let m = &moduli[j];
             acc.fill(0);

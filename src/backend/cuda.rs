@@ -485,10 +485,7 @@ impl Backend for CudaBackend {
     }
 
     fn hash_blocks(&self, input: &[Block], tweaks: Tweaks<'_>, out: &mut [Block]) {
-        assert_eq!(input.len(), out.len(), "hash_blocks: input and output lengths differ");
-        if let Tweaks::Listed(list) = tweaks {
-            assert_eq!(list.len(), input.len(), "hash_blocks: one tweak per block");
-        }
+        super::check_hash(input, tweaks, out);
         if 2 * input.len() < self.host_below {
             return self.host.hash_blocks(input, tweaks, out);
         }
@@ -524,13 +521,11 @@ impl Backend for CudaBackend {
     }
 
     fn mul_acc(&self, modulus: &Modulus, n: usize, x: &[u64], w: &[u64], prepared: Prepared<'_>, out: &mut [u64]) {
-        assert!(n > 0 && x.len().is_multiple_of(n) && out.len().is_multiple_of(n), "mul_acc: ragged polynomials");
-        assert_eq!(w.len(), out.len() * (x.len() / n), "mul_acc: weights do not match inputs × outputs");
+        super::check_mul_acc(n, x, w, prepared, out);
         let (consts, prepared_w) = match prepared {
             Prepared::W(c) => (c, true),
             Prepared::X(c) => (c, false),
         };
-        assert_eq!(consts.len(), if prepared_w { w.len() } else { x.len() }, "mul_acc: one Shoup constant per value");
         if w.len() < self.host_below {
             return self.host.mul_acc(modulus, n, x, w, prepared, out);
         }
@@ -545,10 +540,7 @@ impl Backend for CudaBackend {
 
     fn base_convert(&self, moduli: &[Modulus], n: usize, x: &[u64], consts: &[(u64, u64)], out: &mut [u64]) {
         let outputs = moduli.len();
-        assert!(n > 0 && x.len().is_multiple_of(n), "base_convert: ragged rows");
-        let inputs = x.len() / n;
-        assert_eq!(out.len(), outputs * n, "base_convert: one output row per modulus");
-        assert_eq!(consts.len(), inputs * outputs, "base_convert: one constant per input row and modulus");
+        let inputs = super::check_base_convert(moduli, n, x, consts, out);
         if out.is_empty() {
             return;
         }

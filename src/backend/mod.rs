@@ -69,6 +69,35 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn for_each(&self, count: usize, task: &(dyn Fn(usize) + Sync));
 }
 
+/// The shape contract of [`Backend::hash_blocks`], checked alike by every backend.
+pub(crate) fn check_hash(input: &[Block], tweaks: Tweaks<'_>, out: &[Block]) {
+    assert_eq!(input.len(), out.len(), "hash_blocks: input and output lengths differ");
+    if let Tweaks::Listed(list) = tweaks {
+        assert_eq!(list.len(), input.len(), "hash_blocks: one tweak per block");
+    }
+}
+
+/// The shape contract of [`Backend::mul_acc`]; returns the number of inputs I.
+pub(crate) fn check_mul_acc(n: usize, x: &[u64], w: &[u64], prepared: Prepared<'_>, out: &[u64]) -> usize {
+    assert!(n > 0 && x.len().is_multiple_of(n) && out.len().is_multiple_of(n), "mul_acc: ragged polynomials");
+    let inputs = x.len() / n;
+    assert_eq!(w.len(), out.len() * inputs, "mul_acc: weights do not match inputs × outputs");
+    match prepared {
+        Prepared::W(c) => assert_eq!(c.len(), w.len(), "mul_acc: one Shoup constant per weight"),
+        Prepared::X(c) => assert_eq!(c.len(), x.len(), "mul_acc: one Shoup constant per input"),
+    }
+    inputs
+}
+
+/// The shape contract of [`Backend::base_convert`]; returns the number of input rows I.
+pub(crate) fn check_base_convert(moduli: &[Modulus], n: usize, x: &[u64], consts: &[(u64, u64)], out: &[u64]) -> usize {
+    assert!(n > 0 && x.len().is_multiple_of(n), "base_convert: ragged rows");
+    let inputs = x.len() / n;
+    assert_eq!(out.len(), moduli.len() * n, "base_convert: one output row per modulus");
+    assert_eq!(consts.len(), inputs * moduli.len(), "base_convert: one constant per input row and modulus");
+    inputs
+}
+
 /// Which backend to run on (`--backend` on the command line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackendChoice {
