@@ -486,7 +486,8 @@ impl Backend for CudaBackend {
 
     fn hash_blocks(&self, input: &[Block], tweaks: Tweaks<'_>, out: &mut [Block]) {
         super::check_hash(input, tweaks, out);
-        if 2 * input.len() < self.host_below {
+        // (the driver allocates no empty buffer: nothing to do is done on the host)
+        if input.is_empty() || 2 * input.len() < self.host_below {
             return self.host.hash_blocks(input, tweaks, out);
         }
         let result = (|| {
@@ -506,7 +507,7 @@ impl Backend for CudaBackend {
 
     fn ntt_forward_sparse(&self, table: &NttTable, polys: &mut [u64], support: usize) {
         assert!(polys.len().is_multiple_of(table.degree()), "ntt_forward_sparse: not a whole number of polynomials");
-        if polys.len() < self.host_below {
+        if polys.is_empty() || polys.len() < self.host_below {
             return self.host.ntt_forward_sparse(table, polys, support);
         }
         self.ntt_roundtrip(polys, |dev| self.ntt_forward_on_device(table, dev, support))
@@ -514,7 +515,7 @@ impl Backend for CudaBackend {
 
     fn ntt_inverse(&self, table: &NttTable, polys: &mut [u64]) {
         assert!(polys.len().is_multiple_of(table.degree()), "ntt_inverse: not a whole number of polynomials");
-        if polys.len() < self.host_below {
+        if polys.is_empty() || polys.len() < self.host_below {
             return self.host.ntt_inverse(table, polys);
         }
         self.ntt_roundtrip(polys, |dev| self.ntt_inverse_on_device(table, dev))
@@ -526,7 +527,7 @@ impl Backend for CudaBackend {
             Prepared::W(c) => (c, true),
             Prepared::X(c) => (c, false),
         };
-        if w.len() < self.host_below {
+        if w.is_empty() || w.len() < self.host_below {
             return self.host.mul_acc(modulus, n, x, w, prepared, out);
         }
         let result = (|| {
