@@ -545,7 +545,7 @@ impl Backend for CudaBackend {
         if out.is_empty() {
             return;
         }
-        if x.len() * outputs < self.host_below {
+        if x.is_empty() || x.len() * outputs < self.host_below {
             return self.host.base_convert(moduli, n, x, consts, out);
         }
         let flat: Vec<u64> = consts.iter().flat_map(|&(c, s)| [c, s]).collect();
