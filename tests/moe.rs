@@ -15,6 +15,7 @@ use secmoe::moe::{
     reference,
 };
 use secmoe::net::Frame;
+use secmoe::proto::HeUse;
 use secmoe::proto::linear::KeySet;
 use secmoe::ring::{FixedPoint, Share, reconstruct};
 
@@ -51,6 +52,15 @@ fn run(ccfg: &MoeConfig, scfg: &MoeConfig, method: Method, x: &[u64], w: &MoeWei
         let (a, b) = tokio::join!(sc.setup_he(p.clone(), KeySet::Linear), ss.setup_he(p, KeySet::Linear));
         a.unwrap();
         b.unwrap();
+        if method == Method::Paper {
+            let p = HeParams::select().unwrap();
+            let (a, b) = tokio::join!(
+                sc.setup_he_for(HeUse::Select, p.clone(), KeySet::WithRelin),
+                ss.setup_he_for(HeUse::Select, p, KeySet::WithRelin)
+            );
+            a.unwrap();
+            b.unwrap();
+        }
         let mut rng = StdRng::seed_from_u64(5);
         let (xs, xc) = common::add_share(x, &mut rng);
         let (xs, xc): (Vec<Share>, Vec<Share>) =
@@ -179,6 +189,18 @@ fn the_baseline_computes_the_same_layer() {
     assert!(worst <= 2.0 * BOUND, "baseline and Select-Then-Compute differ by {worst:.2e}");
 }
 
+/// The paper's Protocol 1 (expert weights selected under HE, ciphertext×ciphertext products)
+/// computes the layer too: top-2 of 8 GeLU experts, and Switch routing over SwiGLU experts.
+#[test]
+fn the_papers_protocol_computes_the_same_layer() {
+    let cfg = config(8, 2, Routing::TopKSoftmax, ExpertKind::Gelu);
+    let stc = check(cfg, Method::SelectThenCompute, 3, 70);
+    let paper = check(cfg, Method::Paper, 3, 70);
+    let worst = stc.iter().zip(&paper).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(worst <= 2.0 * BOUND, "the paper's protocol and Select-Then-Compute differ by {worst:.2e}");
+    check(config(3, 1, Routing::Switch, ExpertKind::SwiGlu), Method::Paper, 2, 75);
+}
+
 /// Experts 1 and 2 have the same router column, so their logits tie exactly for every token;
 /// the lower index must win, as in the plaintext reference (and torch.topk).
 #[test]
@@ -216,7 +238,7 @@ fn the_servers_view_does_not_depend_on_the_routing() {
     let routes_one = reference(&cfg, f, &one, &w, None).unwrap().chosen;
     let routes_other = reference(&cfg, f, &other, &w, None).unwrap().chosen;
     assert_ne!(routes_one, routes_other, "the two inputs must route differently");
-    for method in [Method::SelectThenCompute, Method::Capacity { factor: 1.0 }, Method::Baseline] {
+    for method in [Method::SelectThenCompute, Method::Capacity { factor: 1.0 }, Method::Baseline, Method::Paper] {
         let a = run(&cfg, &cfg, method, &one, &w);
         let b = run(&cfg, &cfg, method, &other, &w);
         assert!(a.client.is_ok() && b.client.is_ok(), "{method}");
@@ -234,11 +256,12 @@ fn the_clients_view_does_not_depend_on_the_weights() {
     let x = tokens(3, cfg.d_model, 120);
     let one = MoeWeights::random(&cfg, f, 4.0, &mut StdRng::seed_from_u64(121));
     let other = MoeWeights::random(&cfg, f, 4.0, &mut StdRng::seed_from_u64(122));
-    let (a, b) =
-        (run(&cfg, &cfg, Method::SelectThenCompute, &x, &one), run(&cfg, &cfg, Method::SelectThenCompute, &x, &other));
-    assert!(a.server.is_ok() && b.server.is_ok());
-    assert!(!a.client_received.is_empty());
-    assert_eq!(a.client_received, b.client_received);
+    for method in [Method::SelectThenCompute, Method::Paper] {
+        let (a, b) = (run(&cfg, &cfg, method, &x, &one), run(&cfg, &cfg, method, &x, &other));
+        assert!(a.server.is_ok() && b.server.is_ok(), "{method}");
+        assert!(!a.client_received.is_empty());
+        assert_eq!(a.client_received, b.client_received, "{method}: the client's view differs");
+    }
 }
 
 /// Top-8 of 256 experts with a shared expert, and top-2 of 2 (every expert chosen).

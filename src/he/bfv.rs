@@ -353,6 +353,14 @@ impl SecretKey {
         self.decode_phase(&self.phase(ct, backend))
     }
 
+    /// Decrypts to the whole plaintext, every coefficient mod t (t up to 2^96).
+    pub fn decrypt_wide(&self, ct: &Ciphertext, backend: &dyn Backend) -> Vec<u128> {
+        let p = &self.params;
+        let x = self.phase(ct, backend);
+        let ctx = CrtContext::new(&p.moduli()[..ct.limbs(p)], p.plain_bits());
+        (0..p.degree()).map(|j| ctx.round_to_t(&ctx.compose(p, &x, j)).to_u128().unwrap_or(0)).collect()
+    }
+
     /// The plaintext of a phase x ≈ Δ·m (coefficient form, at its level): ⌊t·x/q⌉, low 64 bits.
     pub(crate) fn decode_phase(&self, x: &RnsPoly) -> Plaintext {
         let p = &self.params;

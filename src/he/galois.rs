@@ -20,7 +20,7 @@ use zeroize::Zeroize;
 use super::bfv::{Ciphertext, SecretKey};
 use super::poly::{Form, RnsPoly, divide_by_prime};
 use super::{HeError, HeParams, HeResult};
-use crate::backend::{Backend, Prepared};
+use crate::backend::{Backend, Prepared, map_indexed};
 use crate::ring::{pack_bits, packed_len, unpack_bits};
 
 /// The key of one automorphism: per limb l of q·P, the rows (b_0..b_{k−1}, a_0..a_{k−1}) in NTT
@@ -287,6 +287,45 @@ impl GaloisKeys {
             cts = next;
         }
         Ok(cts.pop().flatten().unwrap_or_else(zero))
+    }
+
+    /// Expands one ciphertext of Σ_i a_i·X^i into 2^ℓ ciphertexts, the i-th encrypting
+    /// 2^ℓ·Σ_j a_(i+j·2^ℓ)·X^(j·2^ℓ) — the constant 2^ℓ·a_i when only a_0..a_(2^ℓ−1) are set
+    /// (the oblivious expansion of SealPIR, Angel et al. 2018). Level v splits every ciphertext
+    /// c by the bit v of the exponents: c + σ_r(c) keeps the half with bit v clear (doubled),
+    /// (c − σ_r(c))·X^(−2^v) the other half moved down, with r = N/2^v + 1 (σ_r negates exactly
+    /// the exponents with bit v set, among multiples of 2^v). Needs ℓ ≤ [`GaloisKeys::levels`]
+    /// and a full-level input; returns coefficient form. Costs 2^ℓ − 1 key switches.
+    pub fn expand(&self, p: &HeParams, ct: &Ciphertext, levels: u32, backend: &dyn Backend) -> HeResult<Vec<Ciphertext>> {
+        if levels > self.levels() {
+            return Err(HeError::Shape(format!("cannot expand 2^{levels} ciphertexts with {} key levels", self.levels())));
+        }
+        if ct.limbs(p) != p.moduli().len() {
+            return Err(HeError::Shape("expansion needs a ciphertext at the full modulus".into()));
+        }
+        let n = p.degree();
+        let mut ct = ct.clone();
+        ct.c0.to_coeff(p, backend);
+        ct.c1.to_coeff(p, backend);
+        let mut cts = vec![ct];
+        for v in 0..levels {
+            let key = &self.keys[v as usize];
+            let step = 1usize << v;
+            let halves = map_indexed(backend, cts.len(), |i| {
+                let c = &cts[i];
+                let turned = c.automorphism(p, key, backend);
+                let (mut low, mut high) = (c.clone(), c.clone());
+                low.c0.add_assign(p, &turned.c0);
+                low.c1.add_assign(p, &turned.c1);
+                high.c0.sub_assign(p, &turned.c0);
+                high.c1.sub_assign(p, &turned.c1);
+                let high = Ciphertext { c0: high.c0.monomial_mul(p, 2 * n - step), c1: high.c1.monomial_mul(p, 2 * n - step) };
+                (low, high)
+            });
+            let (low, high): (Vec<_>, Vec<_>) = halves.into_iter().unzip();
+            cts = low.into_iter().chain(high).collect();
+        }
+        Ok(cts)
     }
 
     /// Serialized size under `p` for `levels` keys.

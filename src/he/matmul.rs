@@ -26,9 +26,14 @@ pub fn response_c1_bits(p: &HeParams) -> u32 {
     p.plain_bits() + 13
 }
 
-/// Packing levels the parameters allow: t = 2^(64+ℓ) absorbs the factor 2^ℓ of a merge.
+/// Most Galois levels a client's keys cover (2^10 results per packed ciphertext, 2^10
+/// selectors per expanded one): each level is one key switching key in the setup.
+pub const MAX_GALOIS_LEVELS: u32 = 10;
+
+/// Packing levels the parameters allow: t = 2^(64+ℓ) absorbs the factor 2^ℓ of a merge, up to
+/// [`MAX_GALOIS_LEVELS`]. Also the levels of the Galois keys a client sends for the set.
 pub fn max_pack(p: &HeParams) -> u32 {
-    if p.special().is_some() { p.plain_bits() - 64 } else { 0 }
+    if p.special().is_some() { (p.plain_bits() - 64).min(MAX_GALOIS_LEVELS) } else { 0 }
 }
 
 /// Cost estimates for [`Tiling::choose`] under `params`, trading bytes against server time at
@@ -192,11 +197,9 @@ pub(crate) fn pack_group(
     }
 }
 
-/// Result group `g` of a product on its way to the client: merged (if the tiling packs), a fresh
-/// mask 2^pack·R subtracted at the output coefficients with R uniform mod 2^(log t − pack),
-/// re-randomized with an encryption of zero, flooded with `flood` bits of noise and shrunk to the
-/// output coefficients. Returns its bytes and R mod 2^64 (the server's share) at each output's
-/// (row, column).
+/// Result group `g` of a product on its way to the client: merged (if the tiling packs), then
+/// [`mask_and_seal`]ed at its output coefficients with scale 2^pack. Returns its bytes and R mod
+/// 2^64 (the server's share) at each output's (row, column).
 #[allow(clippy::too_many_arguments)]
 pub fn respond(
     p: &HeParams,
@@ -208,22 +211,40 @@ pub fn respond(
     be: &dyn Backend,
     rng: &mut ChaCha20Rng,
 ) -> HeResult<Response> {
-    let n = p.degree();
-    let mut ct = pack_group(p, keys, t, members, be)?;
+    let ct = pack_group(p, keys, t, members, be)?;
     let pos = t.returned_positions(g);
-    // R uniform mod 2^(log t − pack): every bit of 2^pack·R up to t is random
+    let keep: Vec<usize> = pos.iter().map(|&(c, _, _)| c).collect();
+    let (bytes, mask) = mask_and_seal(p, keys.pk, ct, &keep, t.pack, flood, be, rng)?;
+    Ok((bytes, mask.into_iter().zip(pos).map(|(r, (_, _, ik))| (r, ik)).collect()))
+}
+
+/// The one path of every result that leaves the server: a fresh mask 2^scale·R subtracted at
+/// the output coefficients `keep` (R uniform mod 2^(log t − scale), so every bit of the value
+/// 2^scale·y up to t is hidden), re-randomized with an encryption of zero under `pk`, flooded
+/// with `flood` bits of noise and shrunk to the output coefficients. Returns the bytes and R mod
+/// 2^64 (the server's share of y) per coefficient of `keep`.
+#[allow(clippy::too_many_arguments)]
+pub fn mask_and_seal(
+    p: &HeParams,
+    pk: &PublicKey,
+    mut ct: Ciphertext,
+    keep: &[usize],
+    scale: u32,
+    flood: u32,
+    be: &dyn Backend,
+    rng: &mut ChaCha20Rng,
+) -> HeResult<(Vec<u8>, Vec<u64>)> {
     let t_mask = (1u128 << p.plain_bits()) - 1;
-    let r_mask = t_mask >> t.pack;
-    let mut neg_mask = vec![0u128; n];
-    let mut mask = Vec::with_capacity(pos.len());
-    for &(c, _, ik) in &pos {
+    let r_mask = t_mask >> scale;
+    let mut neg_mask = vec![0u128; p.degree()];
+    let mut mask = Vec::with_capacity(keep.len());
+    for &c in keep {
         let r = rng.random::<u128>() & r_mask;
-        neg_mask[c] = (r << t.pack).wrapping_neg() & t_mask;
-        mask.push((r as u64, ik));
+        neg_mask[c] = (r << scale).wrapping_neg() & t_mask;
+        mask.push(r as u64);
     }
     ct.add_wide_plain_assign(p, &neg_mask, be)?;
-    ct.rerandomize(p, keys.pk, be, rng)?;
+    ct.rerandomize(p, pk, be, rng)?;
     ct.flood(p, flood, be, rng)?;
-    let keep: Vec<usize> = pos.iter().map(|&(c, _, _)| c).collect();
-    Ok((ct.shrink(p, &keep, response_c0_bits(p), response_c1_bits(p), be)?.to_bytes(), mask))
+    Ok((ct.shrink(p, keep, response_c0_bits(p), response_c1_bits(p), be)?.to_bytes(), mask))
 }

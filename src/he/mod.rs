@@ -16,6 +16,7 @@ mod params;
 mod poly;
 mod response;
 mod select;
+pub mod selected;
 pub mod tiling;
 mod wire;
 
@@ -24,7 +25,7 @@ pub use galois::GaloisKeys;
 pub use mult::{RelinKey, Tensored};
 pub use params::{HeParams, max_log_q_128};
 pub use poly::{Form, RnsPoly};
-pub use response::{MAX_FLOOD_BITS, ShrunkCiphertext};
+pub use response::{MAX_FLOOD_BITS, NARROW_FLOOD_BITS, ShrunkCiphertext};
 pub use select::{OperandBank, SelectionPart, Selectors, select, select_spread};
 pub use wire::{ciphertext_len, seeded_ciphertext_len};
 

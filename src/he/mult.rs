@@ -125,6 +125,21 @@ impl Tensored {
         self.d0.limbs.len() / params.degree()
     }
 
+    /// Adds another product at the same level: the sum of the products' plaintexts.
+    pub fn add_assign(&mut self, params: &HeParams, other: &Tensored) -> HeResult<()> {
+        if other.limbs(params) != self.limbs(params) {
+            return Err(HeError::Shape(format!(
+                "adding products at {} and {} RNS limbs",
+                self.limbs(params),
+                other.limbs(params)
+            )));
+        }
+        self.d0.add_assign(params, &other.d0);
+        self.d1.add_assign(params, &other.d1);
+        self.d2.add_assign(params, &other.d2);
+        Ok(())
+    }
+
     /// Folds d2 into (c0, c1) with the relinearization key: a two-part ciphertext of the same
     /// plaintext, in NTT form.
     pub fn relinearize(self, params: &HeParams, rlk: &RelinKey, backend: &dyn Backend) -> HeResult<Ciphertext> {

@@ -109,6 +109,17 @@ impl HeParams {
         HeParams::with_special("linear8192", 8192, &primes, ntt_primes(45, 8192, 1)?[0], 70)
     }
 
+    /// The selected products' set ([`super::selected`]): N = 16384, q = six 58-bit primes
+    /// (348 bits) and a 58-bit special prime (q·P = 406 of the 438 bits N allows), t = 2^84.
+    /// t holds 64 bits of product above 2^20: the factor 2^ℓ of expanding up to 2^10 selectors
+    /// from one ciphertext times the factor 2^ℓ' of packing up to 2^10 results into one. The
+    /// modulus leaves room above a ciphertext product's noise (≈ t·√N times the selection
+    /// sum's) for flooding it with a 40-bit statistical margin.
+    pub fn select() -> HeResult<Arc<HeParams>> {
+        let primes = ntt_primes(58, 16384, 7)?;
+        HeParams::with_special("select16384", 16384, &primes[..6], primes[6], 84)
+    }
+
     /// Short name, also used in the handshake.
     pub fn name(&self) -> &'static str {
         self.name

@@ -19,8 +19,12 @@ use crate::backend::Backend;
 use crate::ring::modp::Modulus;
 use crate::ring::{pack_bits, packed_len, unpack_bits};
 
-/// Largest flooding noise, in bits: the sampler draws 2^(bits+1) values from a u128, centred as an i128.
-pub const MAX_FLOOD_BITS: u32 = 126;
+/// Largest flooding noise drawn from one 128-bit word per coefficient (2^(bits+1) values,
+/// centred as an i128); wider floods take two words.
+pub const NARROW_FLOOD_BITS: u32 = 126;
+
+/// Largest flooding noise, in bits.
+pub const MAX_FLOOD_BITS: u32 = 250;
 
 impl Ciphertext {
     /// Adds a fresh encryption of zero under `pk` (same level as `self`).
@@ -53,12 +57,31 @@ impl Ciphertext {
         let n = params.degree();
         self.c0.to_coeff(params, backend);
         self.c1.to_coeff(params, backend);
-        let span = 1u128 << (bits + 1);
-        let noise: Vec<i128> = (0..n).map(|_| (rng.random::<u128>() % span) as i128 - (span / 2) as i128).collect();
+        if bits <= NARROW_FLOOD_BITS {
+            let span = 1u128 << (bits + 1);
+            let noise: Vec<i128> =
+                (0..n).map(|_| (rng.random::<u128>() % span) as i128 - (span / 2) as i128).collect();
+            for (limb, m) in self.c0.limbs.chunks_exact_mut(n).zip(params.moduli()) {
+                let p = m.value() as i128;
+                for (x, &e) in limb.iter_mut().zip(&noise) {
+                    *x = m.add(*x, e.rem_euclid(p) as u64);
+                }
+            }
+            return Ok(());
+        }
+        // e = hi·2^128 + lo − 2^bits with lo uniform in [0, 2^128) and hi in [0, 2^(bits+1−128))
+        let hi_mask = (1u128 << (bits + 1 - 128)) - 1;
+        let noise: Vec<(u128, u128)> = (0..n).map(|_| (rng.random::<u128>() & hi_mask, rng.random::<u128>())).collect();
         for (limb, m) in self.c0.limbs.chunks_exact_mut(n).zip(params.moduli()) {
-            let p = m.value() as i128;
-            for (x, &e) in limb.iter_mut().zip(&noise) {
-                *x = m.add(*x, e.rem_euclid(p) as u64);
+            let two_64 = m.reduce_u128(1u128 << 64);
+            let two_128 = m.mul(two_64, two_64);
+            let offset = match bits.checked_sub(128) {
+                Some(above) => m.mul(m.reduce_u128(1u128 << above), two_128),
+                None => m.reduce_u128(1u128 << bits),
+            };
+            for (x, &(hi, lo)) in limb.iter_mut().zip(&noise) {
+                let e = m.add(m.mul(m.reduce_u128(hi), two_128), m.reduce_u128(lo));
+                *x = m.add(*x, m.sub(e, offset));
             }
         }
         Ok(())

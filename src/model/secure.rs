@@ -230,7 +230,11 @@ pub async fn infer_cached(
             }
             (Embedding::Private, None) => {}
         }
-        plan.method.validate(n)?;
+        for ffn in &cfg.ffn {
+            if let Ffn::Moe(moe) = ffn {
+                plan.method.validate(moe, n)?;
+            }
+        }
         Ok(())
     })();
     let statement: Statement = local

@@ -192,7 +192,16 @@ pub enum Method {
     /// Every expert evaluated in full (activation included) for every token, then multiplexed by
     /// the one-hot (BumbleBee's way).
     Baseline,
+    /// The SecMoE paper's Protocol 1: the chosen expert's weights selected under HE by the
+    /// encrypted one-hot, \[\[W\]\] = Σ_i W_i·\[\[t_i\]\], and multiplied by the encrypted row
+    /// (ciphertext×ciphertext): the client's bytes do not grow with E, the server's work does.
+    /// Needs the session's selection keys ([`crate::proto::HeUse::Select`]); E ≤ 1024.
+    Paper,
 }
+
+/// Most experts [`Method::Paper`] selects among: the selectors of one row come out of one
+/// ciphertext's expansion, at most 2^[`crate::he::matmul::MAX_GALOIS_LEVELS`] of them.
+pub const MAX_PAPER_EXPERTS: usize = 1 << crate::he::matmul::MAX_GALOIS_LEVELS;
 
 /// Most tokens a capacity-dispatched layer takes (the queue positions' one-hot vectors).
 pub const MAX_CAPACITY_TOKENS: usize = crate::proto::compare::MAX_ONE_HOT / 2;
@@ -204,6 +213,7 @@ impl Method {
             Method::SelectThenCompute => "select-then-compute",
             Method::Capacity { .. } => "capacity",
             Method::Baseline => "baseline",
+            Method::Paper => "paper",
         }
     }
 
@@ -220,7 +230,13 @@ impl Method {
     }
 
     /// Checks the method's own parameters for n tokens.
-    pub fn validate(self, n: usize) -> MoeResult<()> {
+    pub fn validate(self, cfg: &MoeConfig, n: usize) -> MoeResult<()> {
+        if self == Method::Paper && cfg.experts > MAX_PAPER_EXPERTS {
+            return Err(MoeError::Config(format!(
+                "the paper's method selects among at most {MAX_PAPER_EXPERTS} experts, not {}",
+                cfg.experts
+            )));
+        }
         if let Method::Capacity { factor } = self {
             if !factor.is_finite() || factor < 1.0 {
                 return Err(MoeError::Config(format!(
@@ -249,7 +265,7 @@ impl fmt::Display for Method {
 impl std::str::FromStr for Method {
     type Err = String;
 
-    /// `select-then-compute`, `baseline`, `capacity` (factor 1.25) or `capacity:<factor>`.
+    /// `select-then-compute`, `baseline`, `paper`, `capacity` (factor 1.25) or `capacity:<factor>`.
     fn from_str(s: &str) -> Result<Self, String> {
         if let Some(rest) = s.strip_prefix("capacity") {
             let factor = match rest.strip_prefix(':') {
@@ -259,10 +275,10 @@ impl std::str::FromStr for Method {
             };
             return Ok(Method::Capacity { factor });
         }
-        [Method::SelectThenCompute, Method::Baseline]
+        [Method::SelectThenCompute, Method::Baseline, Method::Paper]
             .into_iter()
             .find(|m| m.name() == s)
-            .ok_or_else(|| format!("unknown MoE method `{s}` (select-then-compute, capacity[:factor], baseline)"))
+            .ok_or_else(|| format!("unknown MoE method `{s}` (select-then-compute, capacity[:factor], baseline, paper)"))
     }
 }
 
@@ -288,6 +304,7 @@ mod tests {
     fn methods_parse_from_their_names() {
         assert_eq!("select-then-compute".parse(), Ok(Method::SelectThenCompute));
         assert_eq!("baseline".parse(), Ok(Method::Baseline));
+        assert_eq!("paper".parse(), Ok(Method::Paper));
         assert_eq!("capacity".parse(), Ok(Method::Capacity { factor: 1.25 }));
         assert_eq!("capacity:2".parse(), Ok(Method::Capacity { factor: 2.0 }));
         assert!("capacity:x".parse::<Method>().is_err() && "paper".parse::<Method>().is_err());
@@ -302,7 +319,8 @@ mod tests {
         assert_eq!(m.capacity(&cfg(64, 1), 16), Some(1));
         assert_eq!(Method::Capacity { factor: 100.0 }.capacity(&cfg(2, 1), 16), Some(16));
         assert_eq!(Method::SelectThenCompute.capacity(&cfg(8, 2), 16), None);
-        assert!(Method::Capacity { factor: 0.9 }.validate(16).is_err());
+        assert!(Method::Capacity { factor: 0.9 }.validate(&cfg(8, 1), 16).is_err());
+        assert!(Method::Paper.validate(&cfg(2048, 1), 16).is_err());
         assert!(m.validate(MAX_CAPACITY_TOKENS + 1).is_err());
     }
 

@@ -12,8 +12,9 @@ use crate::proto::arith::{mul_rows, truncate, truncate_extend};
 use crate::proto::compare::{b2a, mux_rows, one_hot};
 use crate::proto::linear::{Weights, linear};
 use crate::proto::piecewise::{Piecewise, evaluate, gated, relu};
+use crate::proto::selected::{selected_linear, send_choice};
 use crate::proto::softmax::softmax;
-use crate::proto::{ProtoError, ProtoResult, Session};
+use crate::proto::{HeUse, ProtoError, ProtoResult, Session};
 use crate::ring::Share;
 
 /// Values of one expert chunk's first-matrix results held at once (64 MiB per party): experts
@@ -65,6 +66,7 @@ pub async fn moe_layer(
                 let _s = meter.scope("experts");
                 match method {
                     Method::Baseline => baseline(sess, cfg, x, n, &routes, weights).await?,
+                    Method::Paper => paper(sess, cfg, x, n, &routes, weights).await?,
                     _ => select_then_compute(sess, cfg, x, n, &routes, weights).await?,
                 }
             };
@@ -115,9 +117,14 @@ async fn agree(
         if x_len == 0 || !x_len.is_multiple_of(cfg.d_model) {
             return Err(MoeError::Input(format!("{x_len} input values are not tokens of d = {}", cfg.d_model)));
         }
-        method.validate(x_len / cfg.d_model)?;
+        method.validate(cfg, x_len / cfg.d_model)?;
         if !sess.has_he() {
             return Err(MoeError::Input("the layer needs the session's HE keys (Session::setup_he) first".into()));
+        }
+        if method == Method::Paper && sess.he_for(HeUse::Select).is_none() {
+            return Err(MoeError::Input(
+                "the paper's method needs the session's selection keys (Session::setup_he_for(HeUse::Select, HeParams::select(), KeySet::WithRelin))".into(),
+            ));
         }
         match (server, weights) {
             (true, Some(w)) => w.check(cfg)?,
@@ -305,6 +312,51 @@ async fn select_then_compute(
         add_groups(&mut out, &picked, c, d);
     }
     Ok(truncate(sess, &out, sess.format().frac_bits()).await?)
+}
+
+/// The paper's Protocol 1 (module notes): each (slot, token) row's expert selected under HE by
+/// its encrypted one-hot and multiplied by the encrypted row, for the first matrices and for W2;
+/// returns the chosen experts' outputs, n·k rows of d at f fractional bits, slot-major.
+async fn paper(
+    sess: &mut Session,
+    cfg: &MoeConfig,
+    x: &[Share],
+    n: usize,
+    routes: &Routes,
+    weights: Option<&MoeWeights>,
+) -> MoeResult<Vec<u64>> {
+    let (e, k, d, d_ff) = (cfg.experts, cfg.top_k, cfg.d_model, cfg.d_ff);
+    let frac = sess.format().frac_bits();
+    let meter = sess.meter().clone();
+    let rows = k * n;
+    let choice = {
+        let _s = meter.scope("choice");
+        let bits: Vec<bool> = (0..k).flat_map(|r| slot_bits(routes, r, n, e, &(0..e))).collect();
+        send_choice(sess, &bits, rows, e).await?
+    };
+    let xs: Vec<u64> = (0..k).flat_map(|_| raw(x).iter().copied()).collect();
+    let width = first_width(cfg.expert, d_ff);
+    let pre = {
+        let _s = meter.scope("first");
+        let first: Option<Vec<Vec<u64>>> =
+            weights.map(|w| w.experts.iter().map(|x| stack_first(std::slice::from_ref(x), d, d_ff)).collect());
+        let refs: Option<Vec<&[u64]>> = first.as_ref().map(|f| f.iter().map(Vec::as_slice).collect());
+        let bits = first.as_ref().map_or(0, |f| f.iter().map(|w| magnitude_bits(w)).max().unwrap_or(0));
+        selected_linear(sess, &choice, d, width, &xs, refs.as_deref().map(|r| (r, bits))).await?
+    };
+    let hidden = {
+        let _s = meter.scope("activation");
+        let pre = truncate(sess, &pre, frac).await?;
+        activate(sess, cfg.expert, &pre, d_ff).await?
+    };
+    let out = {
+        let _s = meter.scope("second");
+        let second: Option<Vec<Vec<u64>>> = weights.map(|w| w.experts.iter().map(|x| widen(&x.w2)).collect());
+        let refs: Option<Vec<&[u64]>> = second.as_ref().map(|f| f.iter().map(Vec::as_slice).collect());
+        let bits = second.as_ref().map_or(0, |f| f.iter().map(|w| magnitude_bits(w)).max().unwrap_or(0));
+        selected_linear(sess, &choice, d_ff, d, &hidden, refs.as_deref().map(|r| (r, bits))).await?
+    };
+    Ok(truncate(sess, &out, frac).await?)
 }
 
 /// The baseline: every expert in full on every token, then the chosen outputs multiplexed.

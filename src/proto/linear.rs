@@ -40,7 +40,7 @@ use crate::he::matmul::{
 };
 use crate::he::tiling::{MatShape, Tiling};
 use crate::he::{
-    Ciphertext, GaloisKeys, HeParams, MAX_FLOOD_BITS, Plaintext, PublicKey, RelinKey, SecretKey, SeededCiphertext,
+    Ciphertext, GaloisKeys, HeParams, NARROW_FLOOD_BITS, Plaintext, PublicKey, RelinKey, SecretKey, SeededCiphertext,
     ShrunkCiphertext, ciphertext_len, seeded_ciphertext_len,
 };
 use crate::net::{Channel, CostModel};
@@ -64,8 +64,8 @@ const KEYSWITCH_NOISE_BITS: u32 = 35;
 /// Byte budget for the unpacked results the server holds at once.
 const RESULT_BATCH_BYTES: usize = 128 << 20;
 
-const STATUS_OK: u8 = 0;
-const STATUS_REFUSED: u8 = 1;
+pub(crate) const STATUS_OK: u8 = 0;
+pub(crate) const STATUS_REFUSED: u8 = 1;
 
 /// log2 of a bound on the B-dependent noise of one result coefficient, for B entries of at most
 /// 2^b_bits in absolute value. Before packing, a noise coefficient is a sum over T = d-tiles·d_w·m_w
@@ -89,7 +89,7 @@ fn noise_bound_bits(t: &Tiling, b_bits: u32) -> f64 {
 /// must stay 4 bits below q/t for the shrunk result to decrypt), at least [`MIN_STAT_BITS`].
 fn flood_bits(params: &HeParams, t: &Tiling, b_bits: u32) -> ProtoResult<(u32, u32)> {
     let bound = noise_bound_bits(t, b_bits).ceil() as u32;
-    let room = (params.log_q().floor() as u32 - params.plain_bits() - 4).min(MAX_FLOOD_BITS);
+    let room = (params.log_q().floor() as u32 - params.plain_bits() - 4).min(NARROW_FLOOD_BITS);
     let kappa = room.saturating_sub(bound);
     if kappa < MIN_STAT_BITS {
         return Err(ProtoError::Input(format!(
@@ -161,6 +161,16 @@ impl HeClient {
             ch.send(&relin.to_bytes(&params)).await?;
         }
         Ok(HeClient { params, sk, backend, network: CostModel::WAN })
+    }
+
+    /// The parameter set.
+    pub(crate) fn params(&self) -> &Arc<HeParams> {
+        &self.params
+    }
+
+    /// The secret key (decryption of this client's results).
+    pub(crate) fn secret_key(&self) -> &SecretKey {
+        &self.sk
     }
 
     /// Tunes the tilings of later products for another network.
@@ -281,6 +291,21 @@ impl HeServer {
         Ok(HeServer { params, pk, galois, relin, backend, exposure: Mutex::new(0.0) })
     }
 
+    /// The parameter set.
+    pub(crate) fn params(&self) -> &Arc<HeParams> {
+        &self.params
+    }
+
+    /// The client's public key (re-randomization of results).
+    pub(crate) fn public_key(&self) -> &PublicKey {
+        &self.pk
+    }
+
+    /// The client's Galois keys, where the parameters pack.
+    pub(crate) fn galois_keys(&self) -> Option<&GaloisKeys> {
+        self.galois.as_ref()
+    }
+
     /// The client's relinearization key, if the session set one up ([`KeySet::WithRelin`]).
     pub fn relin_key(&self) -> Option<&RelinKey> {
         self.relin.as_ref()
@@ -372,7 +397,7 @@ impl HeServer {
         *self.exposure.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn add_exposure(&self, coefficients: usize, kappa: u32) {
+    pub(crate) fn add_exposure(&self, coefficients: usize, kappa: u32) {
         let per = 2f64.powi(-(kappa as i32)) + 2f64.powi(-(TAIL_BITS as i32));
         *self.exposure.lock().unwrap_or_else(|e| e.into_inner()) += coefficients as f64 * per;
     }

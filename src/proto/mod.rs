@@ -9,6 +9,7 @@ pub mod compare;
 pub mod layernorm;
 pub mod linear;
 pub mod piecewise;
+pub mod selected;
 pub mod session;
 pub mod softmax;
 

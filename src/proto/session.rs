@@ -82,6 +82,10 @@ pub enum HeUse {
     /// Products of two shared matrices ([`super::linear::matmul_shared`]), whose flooding covers
     /// the server's 64-bit shares.
     Shared,
+    /// Selected products ([`super::selected`]): a shared row times the matrix of an expert that
+    /// an encrypted one-hot names. Needs [`crate::he::HeParams::select`] and
+    /// [`KeySet::WithRelin`].
+    Select,
 }
 
 /// This party's HE material for the linear layers: the client's secret key, or the server's

@@ -1,0 +1,330 @@
+//! Selected products, the HE core of the SecMoE paper's Protocol 1: y = x·W_e for a row x the
+//! client holds encrypted and an expert e that only an encrypted one-hot vector names, with the
+//! client's bytes independent of the number of experts E.
+//!
+//! Per row, the server
+//! 1. expands the client's one compact ciphertext Σ_e b_e·X^e (its XOR share of the one-hot) into
+//!    E constant ciphertexts [\[2^ℓ·b_e\]] ([`GaloisKeys::expand`], ℓ = ⌈log2 E⌉, 2^ℓ − 1 key
+//!    switches) and folds in its own share s_e: [\[2^ℓ·t_e\]] = 2^ℓ·s_e + (1 − 2·s_e)·[\[2^ℓ·b_e\]];
+//! 2. selects every weight polynomial of the row's expert with no interaction,
+//!    [\[Ŵ_(j,k)\]] = Σ_e Ŵ_(e,j,k)·[\[2^ℓ·t_e\]] ([`select`]: E·J·K ciphertext×plaintext products);
+//! 3. multiplies it by the encrypted row ([`Ciphertext::tensor`], J·K ciphertext×ciphertext
+//!    products, one relinearization per output tile) in Cheetah's coefficient layout with one
+//!    row per tile (n_w = 1): the products land on the usual output coefficients;
+//! 4. packs the K output tiles into one ciphertext per 2^pack ([`GaloisKeys::pack`], members
+//!    spread so that the merges come first) and sends it through [`mask_and_seal`] with the
+//!    scale 2^(ℓ+pack): the client's share is its decryption shifted down, the server's the mask.
+//!
+//! t = 2^(64+ℓ+pack) keeps all 64 bits of x·W mod 2^64 above both factors: the client's share
+//! x_c plus the server's x_s is x + 2^64·c as an integer, and 2^(ℓ+pack)·W·2^64·c vanishes from
+//! the client's window of 64 bits. Nothing the server computes depends on e in the clear; what
+//! the client decrypts is masked by R uniform mod 2^(log t − ℓ − pack), re-randomized and flooded
+//! beyond the product's noise ([`noise_bits`]), so it depends on the weights only through y.
+
+use rand::SeedableRng;
+use rand::rngs::ChaCha20Rng;
+
+use super::bfv::{Ciphertext, PublicKey};
+use super::matmul::{mask_and_seal, max_pack};
+use super::mult::{RelinKey, Tensored};
+use super::tiling::{MatShape, Tiling};
+use super::{GaloisKeys, HeError, HeParams, HeResult, OperandBank, Selectors, select};
+use crate::backend::{Backend, map_indexed};
+
+/// How one row's product with E experts' d×m matrices is laid out: Cheetah's tiling with one
+/// row per tile (d_w = 2^pack, so that results pack), and the expansion's levels ℓ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SelectedLayout {
+    /// The per-row tiling (n = 1).
+    pub tiling: Tiling,
+    /// ℓ = ⌈log2 E⌉: the selectors come out of the expansion multiplied by 2^ℓ.
+    pub select_levels: u32,
+    /// E.
+    pub experts: usize,
+}
+
+impl SelectedLayout {
+    /// The layout for rows of `d` values times `experts` matrices of d×`m` under `p`.
+    pub fn new(p: &HeParams, d: usize, m: usize, experts: usize) -> HeResult<SelectedLayout> {
+        let unsupported = |what: String| HeError::Unsupported { params: p.name(), what };
+        if d == 0 || m == 0 || experts == 0 {
+            return Err(HeError::Shape(format!("a selected product of {d}×{m} matrices from {experts} experts")));
+        }
+        let levels = max_pack(p);
+        let select_levels = experts.next_power_of_two().trailing_zeros();
+        let room = p.plain_bits() - 64;
+        if select_levels > levels || select_levels >= room {
+            return Err(unsupported(format!(
+                "select among {experts} experts (at most 2^{} selectors per expansion)",
+                levels.min(room.saturating_sub(1))
+            )));
+        }
+        let pack = d.next_power_of_two().trailing_zeros().clamp(1, levels.min(room - select_levels));
+        let n = p.degree();
+        let d_w = 1usize << pack;
+        let m_w = m.min(n / d_w);
+        let tiling = Tiling { shape: MatShape { n: 1, d, m }, degree: n, n_w: 1, d_w, m_w, pack };
+        Ok(SelectedLayout { tiling, select_levels, experts })
+    }
+
+    /// log2 of the factor the client's decrypted values carry: 2^(ℓ + pack).
+    pub fn scale(&self) -> u32 {
+        self.select_levels + self.tiling.pack
+    }
+
+    /// Input tiles per row (J).
+    pub fn inputs(&self) -> usize {
+        self.tiling.tile_counts().1
+    }
+
+    /// Output tiles per row (K).
+    pub fn outputs(&self) -> usize {
+        self.tiling.tile_counts().2
+    }
+
+    /// Returned ciphertexts per row: the K output tiles in groups of up to 2^pack.
+    pub fn returned(&self) -> usize {
+        self.outputs().div_ceil(1 << self.tiling.pack)
+    }
+
+    /// Packing slot of member j of group g: the group's c members spread over the 2^pack slots
+    /// at stride 2^pack/c' (c' = c rounded up to a power of two), so that they meet in the
+    /// first merges and a lone ciphertext only goes through the last log2(2^pack/c') levels.
+    fn slot(&self, g: usize, j: usize) -> usize {
+        let size = 1usize << self.tiling.pack;
+        let members = (self.outputs() - g * size).min(size);
+        j * (size / members.next_power_of_two())
+    }
+
+    /// The coefficients of returned ciphertext `g` that hold the row's outputs, with the column
+    /// of each: output kk of member j (tile k = g·2^pack + j) sits at kk·d_w + slot(j).
+    pub fn returned_positions(&self, g: usize) -> Vec<(usize, usize)> {
+        let t = &self.tiling;
+        let size = 1usize << t.pack;
+        let mut out = Vec::new();
+        for j in 0..size {
+            let k = g * size + j;
+            if k >= self.outputs() {
+                break;
+            }
+            let cols = k * t.m_w..((k + 1) * t.m_w).min(t.shape.m);
+            out.extend(cols.enumerate().map(|(kk, col)| (kk * t.d_w + self.slot(g, j), col)));
+        }
+        out
+    }
+
+    /// The client's compact selector plaintext: its XOR share of the row's one-hot, bit e at X^e.
+    pub fn encode_choice(&self, bits: &[bool]) -> Vec<u64> {
+        bits.iter().map(|&b| u64::from(b)).collect()
+    }
+
+    /// A decrypted output value → the client's share (y − R mod 2^64).
+    pub fn decode(&self, value: u128) -> u64 {
+        (value >> self.scale()) as u64
+    }
+}
+
+/// The server's keys for selected products: the client's public key (re-randomization),
+/// Galois keys (expansion and packing) and relinearization key.
+#[derive(Debug, Clone, Copy)]
+pub struct SelectKeys<'a> {
+    /// Re-randomizes every result.
+    pub pk: &'a PublicKey,
+    /// Expands the selectors and packs the results.
+    pub galois: &'a GaloisKeys,
+    /// Relinearizes the ciphertext products.
+    pub relin: &'a RelinKey,
+}
+
+/// A returned ciphertext's bytes and the server's share (the mask) at each output column.
+pub type SelectedResponse = (Vec<u8>, Vec<(u64, usize)>);
+
+/// Bits of an upper bound on the noise of a packed selected product before flooding, for
+/// weights below 2^`w_bits` in magnitude (each factor bounded at ~9.5 standard deviations, the
+/// 2^-64 tail, as the linear layers' bound):
+/// - an expanded selector: 2^ℓ times a fresh encryption's noise plus ℓ key switches (each
+///   k·N·21·p_i/P, the special prime as large as the primes of q) — 2^(ℓ + log2(k·N) + 6);
+/// - the selection sum: Σ_e Ŵ_e·v_e over E·d_w·m_w terms of at most 2^w_bits each;
+/// - the ciphertext product: t·(v_a·r_b + v_b·r_a) + m_a·v_b + m_b·v_a with r ≈ √N·‖s‖
+///   (the quotient of the lift), dominated by t·√N·v_W, summed over the J input tiles;
+/// - the packing: 2^pack and a key switch per level.
+pub fn noise_bits(p: &HeParams, layout: &SelectedLayout, w_bits: u32) -> f64 {
+    let t = &layout.tiling;
+    let (n, k) = (p.degree() as f64, p.moduli().len() as f64);
+    let tail = 9.5f64.log2();
+    let keyswitch = (k * n * 21.0).log2();
+    let selector = layout.select_levels as f64 + keyswitch + 1.0;
+    let terms = (layout.experts * t.d_w * t.m_w) as f64;
+    let selected = selector + w_bits as f64 + 0.5 * terms.log2() + tail;
+    let product = p.plain_bits() as f64 + 0.5 * n.log2() + tail + selected + 1.0 + (layout.inputs() as f64).log2();
+    product + t.pack as f64 + 1.0
+}
+
+/// The server's side of one row: `x` the row's J encrypted input tiles with the server's share
+/// added, `choice` the client's compact selector ciphertext, `own` the server's XOR share of
+/// the one-hot (E bits), `experts` the E matrices (d×m, row-major, ring values read as signed).
+/// Returns the row's responses, flooded with `flood` bits.
+#[allow(clippy::too_many_arguments)]
+pub fn selected_row(
+    p: &HeParams,
+    keys: SelectKeys<'_>,
+    layout: &SelectedLayout,
+    x: &[Ciphertext],
+    choice: &Ciphertext,
+    own: &[bool],
+    experts: &[&[u64]],
+    flood: u32,
+    be: &dyn Backend,
+    rng: &mut ChaCha20Rng,
+) -> HeResult<Vec<SelectedResponse>> {
+    let t = &layout.tiling;
+    let (j_n, k_n) = (layout.inputs(), layout.outputs());
+    let (d, m) = (t.shape.d, t.shape.m);
+    if x.len() != j_n || own.len() != layout.experts || experts.len() != layout.experts {
+        return Err(HeError::Shape(format!(
+            "a selected row needs {j_n} input tiles, {e} selector bits and {e} matrices (got {}, {}, {})",
+            x.len(),
+            own.len(),
+            experts.len(),
+            e = layout.experts
+        )));
+    }
+    if let Some(bad) = experts.iter().position(|w| w.len() != d * m) {
+        return Err(HeError::Shape(format!("expert {bad}'s matrix has {} values, {d}×{m} expected", experts[bad].len())));
+    }
+    // 1. the selectors [[2^ℓ·t_e]]
+    let mut selectors = keys.galois.expand(p, choice, layout.select_levels, be)?;
+    selectors.truncate(layout.experts);
+    let top = 1u128 << layout.select_levels;
+    for (ct, &s) in selectors.iter_mut().zip(own) {
+        if s {
+            ct.c0.neg_assign(p);
+            ct.c1.neg_assign(p);
+            ct.add_wide_plain_assign(p, &[top], be)?;
+        }
+    }
+    let selectors = Selectors::new(p, selectors, be)?;
+    // 2–3. per output tile: the expert's weight polynomials selected, times the row
+    let results = map_indexed(be, k_n, |k| -> HeResult<Ciphertext> {
+        let encoded: Vec<Vec<Vec<u64>>> =
+            (0..j_n).map(|j| experts.iter().map(|w| t.encode_b(w, j, k)).collect()).collect();
+        let rows: Vec<Vec<&[u64]>> = encoded.iter().map(|row| row.iter().map(Vec::as_slice).collect()).collect();
+        let bank = OperandBank::new(p, &rows, be)?;
+        let weights = select(p, &selectors, 0, &bank, be)?;
+        let mut acc: Option<Tensored> = None;
+        for (w, xj) in weights.iter().zip(x) {
+            let prod = w.tensor(xj, p, be)?;
+            match acc.as_mut() {
+                Some(acc) => acc.add_assign(p, &prod)?,
+                None => acc = Some(prod),
+            }
+        }
+        acc.ok_or_else(|| HeError::Shape("a selected product with no input tile".into()))?.relinearize(p, keys.relin, be)
+    });
+    let results: Vec<Ciphertext> = results.into_iter().collect::<HeResult<_>>()?;
+    // 4. packed, masked, sealed
+    let size = 1usize << t.pack;
+    let shift = 2 * p.degree() - (t.d_w - 1);
+    let seeds: Vec<[u8; 32]> = (0..layout.returned()).map(|_| rand::RngExt::random(rng)).collect();
+    map_indexed(be, layout.returned(), |g| {
+        let mut slots: Vec<Option<Ciphertext>> = vec![None; size];
+        for (j, ct) in results[g * size..((g + 1) * size).min(k_n)].iter().enumerate() {
+            let mut ct = ct.clone();
+            ct.c0.to_coeff(p, be);
+            ct.c1.to_coeff(p, be);
+            slots[layout.slot(g, j)] = Some(Ciphertext { c0: ct.c0.monomial_mul(p, shift), c1: ct.c1.monomial_mul(p, shift) });
+        }
+        let packed = keys.galois.pack(p, slots, be)?;
+        let positions = layout.returned_positions(g);
+        let keep: Vec<usize> = positions.iter().map(|&(c, _)| c).collect();
+        let mut rng = ChaCha20Rng::from_seed(seeds[g]);
+        let (bytes, mask) = mask_and_seal(p, keys.pk, packed, &keep, layout.scale(), flood, be, &mut rng)?;
+        Ok((bytes, mask.into_iter().zip(positions).map(|(r, (_, col))| (r, col)).collect()))
+    })
+    .into_iter()
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::CpuBackend;
+    use crate::he::matmul::{response_c0_bits, response_c1_bits};
+    use crate::he::{Plaintext, SecretKey, ShrunkCiphertext};
+    use rand::{RngExt, rngs::StdRng};
+
+    #[test]
+    fn expansion_turns_one_ciphertext_into_constants_times_two_to_the_levels() {
+        let p = HeParams::select().unwrap_or_else(|e| panic!("{e}"));
+        let be = CpuBackend::new(2).unwrap_or_else(|e| panic!("{e}"));
+        let mut rng = StdRng::seed_from_u64(7);
+        let sk = SecretKey::generate(&p, &be, &mut rng);
+        let galois = sk.galois_keys(3, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        let values: Vec<u64> = (0..8).map(|_| rng.random::<u64>() >> 1).collect();
+        let ct = sk.encrypt(&Plaintext::new(&p, values.clone()).unwrap_or_else(|e| panic!("{e}")), &be, &mut rng);
+        let out = galois.expand(&p, &ct, 3, &be).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(out.len(), 8);
+        for (i, c) in out.iter().enumerate() {
+            let wide = sk.decrypt_wide(c, &be);
+            assert_eq!(wide[0], (values[i] as u128) << 3, "selector {i}");
+            assert!(wide[1..].iter().all(|&v| v == 0), "selector {i} is not a constant");
+        }
+    }
+
+    #[test]
+    fn a_selected_row_is_x_times_the_chosen_experts_matrix_in_shares() {
+        let p = HeParams::select().unwrap_or_else(|e| panic!("{e}"));
+        let be = CpuBackend::new(2).unwrap_or_else(|e| panic!("{e}"));
+        let mut rng = StdRng::seed_from_u64(11);
+        let sk = SecretKey::generate(&p, &be, &mut rng);
+        let galois = sk.galois_keys(max_pack(&p), &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        let relin = sk.relin_key(&be, &mut rng);
+        let pk = sk.public_key(&be, &mut rng);
+        let (d, m, e, chosen, w_bits) = (40, 300, 5, 3, 20);
+        let layout = SelectedLayout::new(&p, d, m, e).unwrap_or_else(|e| panic!("{e}"));
+        let experts: Vec<Vec<u64>> =
+            (0..e).map(|_| (0..d * m).map(|_| rng.random_range(-(1i64 << w_bits)..1 << w_bits) as u64).collect()).collect();
+        let x: Vec<u64> = (0..d).map(|_| rng.random_range(-(1i64 << 30)..1 << 30) as u64).collect();
+        let x_c: Vec<u64> = (0..d).map(|_| rng.random()).collect();
+        let x_s: Vec<u64> = x.iter().zip(&x_c).map(|(x, c)| x.wrapping_sub(*c)).collect();
+        let own: Vec<bool> = (0..e).map(|_| rng.random()).collect();
+        let theirs: Vec<bool> = own.iter().enumerate().map(|(i, &s)| s ^ (i == chosen)).collect();
+        // the client's ciphertexts, the server's share added to the inputs
+        let t = &layout.tiling;
+        let inputs: Vec<Ciphertext> = (0..layout.inputs())
+            .map(|j| {
+                let pt = Plaintext::new(&p, t.encode_a(&x_c, 0, j)).unwrap_or_else(|e| panic!("{e}"));
+                let mut ct = sk.encrypt(&pt, &be, &mut rng);
+                let own = Plaintext::new(&p, t.encode_a(&x_s, 0, j)).unwrap_or_else(|e| panic!("{e}"));
+                ct.add_plain_assign(&p, &own, &be).unwrap_or_else(|e| panic!("{e}"));
+                ct
+            })
+            .collect();
+        let pt = Plaintext::new(&p, layout.encode_choice(&theirs)).unwrap_or_else(|e| panic!("{e}"));
+        let choice = sk.encrypt(&pt, &be, &mut rng);
+        let bound = noise_bits(&p, &layout, w_bits);
+        let flood = (bound.ceil() as u32 + 40).min(crate::he::MAX_FLOOD_BITS);
+        let refs: Vec<&[u64]> = experts.iter().map(Vec::as_slice).collect();
+        let keys = SelectKeys { pk: &pk, galois: &galois, relin: &relin };
+        let mut server_rng = ChaCha20Rng::from_seed([3; 32]);
+        let responses =
+            selected_row(&p, keys, &layout, &inputs, &choice, &own, &refs, flood, &be, &mut server_rng)
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(responses.len(), layout.returned());
+        let expected = MatShape { n: 1, d, m }.plain_product(&x, &experts[chosen]);
+        let mut seen = vec![false; m];
+        for (g, (bytes, mask)) in responses.iter().enumerate() {
+            let pos = layout.returned_positions(g);
+            let keep: Vec<usize> = pos.iter().map(|&(c, _)| c).collect();
+            let ct = ShrunkCiphertext::from_bytes(&p, bytes, keep.len(), response_c0_bits(&p), response_c1_bits(&p))
+                .unwrap_or_else(|e| panic!("{e}"));
+            let values = sk.decrypt_shrunk(&ct, &keep, &be).unwrap_or_else(|e| panic!("{e}"));
+            for ((v, &(_, col)), &(r, mcol)) in values.into_iter().zip(&pos).zip(mask) {
+                assert_eq!(col, mcol);
+                assert_eq!(layout.decode(v).wrapping_add(r), expected[col], "column {col}");
+                seen[col] = true;
+            }
+        }
+        assert!(seen.iter().all(|&s| s));
+    }
+}

@@ -1,0 +1,313 @@
+//! Selected linear layers (the SecMoE paper's Protocol 1 as a protocol): R rows of a shared
+//! matrix X (R×d), each times the d×m matrix of the expert its secret one-hot names, with the
+//! client's bytes independent of the number of experts E.
+//!
+//! 1. [`send_choice`]: the client encrypts its XOR share of each row's one-hot as one compact
+//!    ciphertext (bit e at X^e); the server keeps them, with its own share, for every matrix of
+//!    the experts ([`Choice`]).
+//! 2. [`selected_linear`]: the client announces the product and the layout, the server checks it
+//!    against its own and answers; the client sends each row's input tiles (seeded, under the
+//!    session's [`HeUse::Select`] keys), the server adds its share, selects the row's expert and
+//!    multiplies ([`crate::he::selected`]), and returns one masked, flooded ciphertext per 2^pack
+//!    output tiles. Each party's result is its share of X·W_e per row, at the sum of the
+//!    operands' fractional bits.
+//!
+//! Privacy: the server receives only the client's ciphertexts (the one-hot shares and the
+//! inputs); the messages' number and sizes depend on (R, d, m, E) alone. The client decrypts
+//! x·W_e − R with R uniform and the noise flooded with [`MIN_STAT_BITS`] of margin beyond its
+//! bound ([`crate::he::selected::noise_bits`]).
+
+use rand::{RngExt, SeedableRng};
+use rand::rngs::ChaCha20Rng;
+use tracing::instrument;
+
+use super::linear::{HeServer, MIN_STAT_BITS, STATUS_OK, STATUS_REFUSED};
+use super::session::keys_for;
+use super::{HeKeys, HeUse, ProtoError, ProtoResult, Session, compute};
+use crate::backend::map_indexed;
+use crate::he::matmul::{response_c0_bits, response_c1_bits};
+use crate::he::selected::{SelectKeys, SelectedLayout, noise_bits, selected_row};
+use crate::he::{Ciphertext, MAX_FLOOD_BITS, Plaintext, SeededCiphertext, ShrunkCiphertext, seeded_ciphertext_len};
+use crate::net::Party;
+
+/// The rows' encrypted one-hot vectors: on the server the client's compact ciphertexts and its
+/// own XOR shares, on the client only the sizes.
+#[derive(Debug)]
+pub struct Choice {
+    rows: usize,
+    experts: usize,
+    /// Server: the client's ciphertext per row, coefficient form.
+    cts: Vec<Ciphertext>,
+    /// Server: its share of the one-hot, row-major R×E.
+    own: Vec<bool>,
+}
+
+impl Choice {
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of experts E.
+    pub fn experts(&self) -> usize {
+        self.experts
+    }
+}
+
+fn select_keys(he: &[(HeUse, HeKeys)]) -> ProtoResult<&HeKeys> {
+    keys_for(he, HeUse::Select).ok_or_else(|| {
+        ProtoError::Input(
+            "selected products need the session's selection keys (Session::setup_he_for(HeUse::Select, HeParams::select(), KeySet::WithRelin))".into(),
+        )
+    })
+}
+
+/// Sends (client) or receives and keeps (server) the rows' one-hot vectors, given as each party's
+/// XOR shares (R×E bits, row-major).
+#[instrument(level = "debug", skip_all, fields(rows, experts))]
+pub async fn send_choice(sess: &mut Session, bits: &[bool], rows: usize, experts: usize) -> ProtoResult<Choice> {
+    if rows.checked_mul(experts) != Some(bits.len()) || experts == 0 {
+        return Err(ProtoError::Input(format!("{} one-hot bits are not {rows} rows of {experts} experts", bits.len())));
+    }
+    let meter = sess.meter().clone();
+    let _s = meter.scope("he-choice");
+    let party = sess.party();
+    let seeds: Vec<[u8; 32]> = (0..rows).map(|_| sess.rng.random()).collect();
+    let be = sess.backend().clone();
+    let ch = sess.ot.channel();
+    match (select_keys(&sess.he)?, party) {
+        (HeKeys::Client(he), Party::Client) => {
+            let p = he.params().clone();
+            let layout = SelectedLayout::new(&p, 1, 1, experts)?;
+            let sk = he.secret_key();
+            let cts: Vec<Vec<u8>> = compute(|| {
+                map_indexed(be.as_ref(), rows, |r| {
+                    let pt = Plaintext::new(&p, layout.encode_choice(&bits[r * experts..(r + 1) * experts]))?;
+                    Ok(sk.encrypt_seeded(&pt, be.as_ref(), &mut ChaCha20Rng::from_seed(seeds[r])).to_bytes(&p))
+                })
+                .into_iter()
+                .collect::<ProtoResult<_>>()
+            })?;
+            for ct in cts {
+                ch.send(&ct).await?;
+            }
+            Ok(Choice { rows, experts, cts: Vec::new(), own: Vec::new() })
+        }
+        (HeKeys::Server(he), Party::Server) => {
+            let p = he.params().clone();
+            SelectedLayout::new(&p, 1, 1, experts)?;
+            let mut cts = Vec::with_capacity(rows);
+            for _ in 0..rows {
+                let bytes = ch.recv_exact("one-hot ciphertext", seeded_ciphertext_len(&p)).await?;
+                cts.push(SeededCiphertext::from_bytes(&p, &bytes)?.expand(&p));
+            }
+            Ok(Choice { rows, experts, cts, own: bits.to_vec() })
+        }
+        _ => Err(ProtoError::Input("the session's selection keys are the other party's".into())),
+    }
+}
+
+/// Each party's shares of X·W_(e_r) per row r: `x` its share of X (R×d, R = the choice's rows),
+/// the server passes the E experts' d×m matrices (row-major, ring values read as signed, at most
+/// 2^bits in magnitude), the client `None`. Returns its R×m share.
+#[instrument(level = "debug", skip_all, fields(rows = choice.rows, d, m))]
+pub async fn selected_linear(
+    sess: &mut Session,
+    choice: &Choice,
+    d: usize,
+    m: usize,
+    x: &[u64],
+    experts: Option<(&[&[u64]], u32)>,
+) -> ProtoResult<Vec<u64>> {
+    let rows = choice.rows;
+    if rows.checked_mul(d) != Some(x.len()) {
+        return Err(ProtoError::Input(format!("{} input values are not {rows} rows of d = {d}", x.len())));
+    }
+    let meter = sess.meter().clone();
+    let party = sess.party();
+    let seeds: Vec<[u8; 32]> = (0..rows).map(|_| sess.rng.random()).collect();
+    let be = sess.backend().clone();
+    let ch = sess.ot.channel();
+    match (select_keys(&sess.he)?, party, experts) {
+        (HeKeys::Client(he), Party::Client, None) => {
+            let p = he.params().clone();
+            let layout = SelectedLayout::new(&p, d, m, choice.experts)?;
+            let sk = he.secret_key();
+            let t = layout.tiling;
+            let _s = meter.scope("he-selected/input");
+            let header = [rows, d, m, choice.experts, t.d_w, t.m_w, t.pack as usize, layout.select_levels as usize];
+            ch.send_u64s(&header.map(|v| v as u64)).await?;
+            let status = ch.recv().await?;
+            match status.split_first() {
+                Some((&STATUS_OK, [])) => {}
+                Some((&STATUS_REFUSED, reason)) => {
+                    return Err(ProtoError::Refused(String::from_utf8_lossy(reason).into()));
+                }
+                _ => return Err(ProtoError::Refused("unreadable status from the server".into())),
+            }
+            let j_n = layout.inputs();
+            for r in 0..rows {
+                let row = &x[r * d..(r + 1) * d];
+                let mut rng = ChaCha20Rng::from_seed(seeds[r]);
+                let tile_seeds: Vec<[u8; 32]> = (0..j_n).map(|_| rng.random()).collect();
+                let cts: Vec<Vec<u8>> = compute(|| {
+                    map_indexed(be.as_ref(), j_n, |j| {
+                        let pt = Plaintext::new(&p, t.encode_a(row, 0, j))?;
+                        let mut rng = ChaCha20Rng::from_seed(tile_seeds[j]);
+                        Ok(sk.encrypt_seeded(&pt, be.as_ref(), &mut rng).to_bytes(&p))
+                    })
+                    .into_iter()
+                    .collect::<ProtoResult<_>>()
+                })?;
+                for ct in cts {
+                    ch.send(&ct).await?;
+                }
+            }
+            drop(_s);
+            let _s = meter.scope("he-selected/output");
+            let mut y = vec![0u64; rows * m];
+            for r in 0..rows {
+                for g in 0..layout.returned() {
+                    let bytes = ch.recv().await?;
+                    let pos = layout.returned_positions(g);
+                    let keep: Vec<usize> = pos.iter().map(|&(c, _)| c).collect();
+                    let values = compute(|| {
+                        let ct = ShrunkCiphertext::from_bytes(
+                            &p,
+                            &bytes,
+                            keep.len(),
+                            response_c0_bits(&p),
+                            response_c1_bits(&p),
+                        )?;
+                        sk.decrypt_shrunk(&ct, &keep, be.as_ref())
+                    })?;
+                    for (v, &(_, col)) in values.into_iter().zip(&pos) {
+                        y[r * m + col] = layout.decode(v);
+                    }
+                }
+            }
+            Ok(y)
+        }
+        (HeKeys::Server(he), Party::Server, Some((weights, bits))) => {
+            let server = ServerSide { he, rows, d, m, choice };
+            let checked = server.check(weights, bits);
+            let ch_meter = meter.scope("he-selected/input");
+            let header = ch.recv_u64s("selected product header", 8).await?;
+            let checked = checked.and_then(|(layout, flood, kappa)| {
+                server.check_request(&layout, &header)?;
+                Ok((layout, flood, kappa))
+            });
+            let (layout, flood, kappa) = match checked {
+                Ok(ok) => ok,
+                Err(e) => {
+                    let mut msg = vec![STATUS_REFUSED];
+                    msg.extend_from_slice(e.to_string().as_bytes());
+                    ch.send(&msg).await?;
+                    return Err(e);
+                }
+            };
+            ch.send(&[STATUS_OK]).await?;
+            let p = he.params().clone();
+            let j_n = layout.inputs();
+            let mut inputs = Vec::with_capacity(rows * j_n);
+            for _ in 0..rows * j_n {
+                let bytes = ch.recv_exact("input ciphertext", seeded_ciphertext_len(&p)).await?;
+                inputs.push(SeededCiphertext::from_bytes(&p, &bytes)?);
+            }
+            drop(ch_meter);
+            let _s = meter.scope("he-selected/output");
+            he.add_exposure(rows * m, kappa);
+            let (Some(galois), Some(relin)) = (he.galois_keys(), he.relin_key()) else {
+                return Err(ProtoError::Input("the selection keys lack Galois or relinearization keys".into()));
+            };
+            let keys = SelectKeys { pk: he.public_key(), galois, relin };
+            let t = layout.tiling;
+            let mut mask = vec![0u64; rows * m];
+            for r in 0..rows {
+                let row = &x[r * d..(r + 1) * d];
+                let responses = compute(|| -> ProtoResult<_> {
+                    let cts: Vec<Ciphertext> = inputs[r * j_n..(r + 1) * j_n]
+                        .iter()
+                        .enumerate()
+                        .map(|(j, seeded)| {
+                            let mut ct = seeded.expand(&p);
+                            ct.add_plain_assign(&p, &Plaintext::new(&p, t.encode_a(row, 0, j))?, be.as_ref())?;
+                            Ok(ct)
+                        })
+                        .collect::<ProtoResult<_>>()?;
+                    let own = &choice.own[r * choice.experts..(r + 1) * choice.experts];
+                    let mut rng = ChaCha20Rng::from_seed(seeds[r]);
+                    Ok(selected_row(&p, keys, &layout, &cts, &choice.cts[r], own, weights, flood, be.as_ref(), &mut rng)?)
+                })?;
+                for (bytes, values) in responses {
+                    for (v, col) in values {
+                        mask[r * m + col] = v;
+                    }
+                    ch.send(&bytes).await?;
+                }
+            }
+            Ok(mask)
+        }
+        (_, Party::Server, None) => Err(ProtoError::Input("the server must pass the experts' matrices".into())),
+        (_, Party::Client, Some(_)) => Err(ProtoError::Input("the client holds no weights".into())),
+        _ => Err(ProtoError::Input("the session's selection keys are the other party's".into())),
+    }
+}
+
+/// The server's checks of its own inputs and of the client's request.
+struct ServerSide<'a> {
+    he: &'a HeServer,
+    rows: usize,
+    d: usize,
+    m: usize,
+    choice: &'a Choice,
+}
+
+impl ServerSide<'_> {
+    /// The layout, the flooding bits and their margin κ for these weights.
+    fn check(&self, weights: &[&[u64]], bits: u32) -> ProtoResult<(SelectedLayout, u32, u32)> {
+        let (p, e, d, m) = (self.he.params(), self.choice.experts, self.d, self.m);
+        if self.choice.cts.len() != self.rows {
+            return Err(ProtoError::Input(format!(
+                "the choice holds {} rows, the product {}",
+                self.choice.cts.len(),
+                self.rows
+            )));
+        }
+        if weights.len() != e {
+            return Err(ProtoError::Input(format!("{} expert matrices for a choice among {e}", weights.len())));
+        }
+        if let Some(bad) = weights.iter().position(|w| w.len() != d * m) {
+            return Err(ProtoError::Input(format!("expert {bad}'s matrix has {} values, {d}×{m} expected", weights[bad].len())));
+        }
+        let limit = 1u64 << bits.min(63);
+        if let Some(bad) = weights.iter().position(|w| w.iter().any(|&v| (v as i64).unsigned_abs() > limit)) {
+            tracing::warn!(expert = bad, bits, "a weight exceeds its declared bound");
+            return Err(ProtoError::Input(format!("a weight exceeds the declared bound 2^{bits}")));
+        }
+        let layout = SelectedLayout::new(p, d, m, e)?;
+        let bound = noise_bits(p, &layout, bits).ceil() as u32;
+        let room = (p.log_q().floor() as u32).saturating_sub(p.plain_bits() + 4).min(MAX_FLOOD_BITS);
+        let kappa = room.saturating_sub(bound);
+        if kappa < MIN_STAT_BITS {
+            return Err(ProtoError::Input(format!(
+                "{} leaves {room} bits above the plaintext, but a selected product with {bits}-bit weights needs {} bits of flooding noise",
+                p.name(),
+                bound + MIN_STAT_BITS
+            )));
+        }
+        Ok((layout, room, kappa))
+    }
+
+    /// Whether the client's header names this product and this layout.
+    fn check_request(&self, layout: &SelectedLayout, header: &[u64]) -> ProtoResult<()> {
+        let t = layout.tiling;
+        let ours = [self.rows, self.d, self.m, self.choice.experts, t.d_w, t.m_w, t.pack as usize, layout.select_levels as usize];
+        if header.iter().zip(ours).any(|(&h, o)| h != o as u64) {
+            return Err(ProtoError::BadRequest(format!(
+                "the client asked for a selected product {header:?} (rows, d, m, E, d_w, m_w, pack, ℓ), the server runs {ours:?}"
+            )));
+        }
+        Ok(())
+    }
+}
