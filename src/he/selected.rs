@@ -328,3 +328,58 @@ mod tests {
         assert!(seen.iter().all(|&s| s));
     }
 }
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+    use crate::backend::CpuBackend;
+    use crate::he::{Plaintext, SecretKey};
+    use rand::{RngExt, rngs::StdRng};
+    use std::time::Instant;
+
+    #[test]
+    #[ignore]
+    fn time_steps() {
+        let p = HeParams::select().unwrap();
+        let be = CpuBackend::new(2).unwrap();
+        let mut rng = StdRng::seed_from_u64(1);
+        let sk = SecretKey::generate(&p, &be, &mut rng);
+        let galois = sk.galois_keys(max_pack(&p), &be, &mut rng).unwrap();
+        let relin = sk.relin_key(&be, &mut rng);
+        let (d, m, e) = (256, 1024, 8);
+        let layout = SelectedLayout::new(&p, d, m, e).unwrap();
+        let t = layout.tiling;
+        let w: Vec<Vec<u64>> = (0..e).map(|_| (0..d * m).map(|_| rng.random_range(-(1i64 << 18)..1 << 18) as u64).collect()).collect();
+        let x: Vec<u64> = (0..d).map(|_| rng.random()).collect();
+        let xct = sk.encrypt(&Plaintext::new(&p, t.encode_a(&x, 0, 0)).unwrap(), &be, &mut rng);
+        let choice = sk.encrypt(&Plaintext::new(&p, vec![0, 1, 0]).unwrap(), &be, &mut rng);
+        let s = Instant::now();
+        let sel = galois.expand(&p, &choice, layout.select_levels, &be).unwrap();
+        println!("expand {:?}", s.elapsed());
+        let s = Instant::now();
+        let sel = Selectors::new(&p, sel, &be).unwrap();
+        println!("selectors {:?}", s.elapsed());
+        let s = Instant::now();
+        let encoded: Vec<Vec<u64>> = w.iter().map(|w| t.encode_b(w, 0, 0)).collect();
+        let rows: Vec<Vec<&[u64]>> = vec![encoded.iter().map(Vec::as_slice).collect()];
+        let bank = OperandBank::new(&p, &rows, &be).unwrap();
+        println!("bank (1 tile) {:?}", s.elapsed());
+        let s = Instant::now();
+        let ws = select(&p, &sel, 0, &bank, &be).unwrap();
+        println!("select (1 tile) {:?}", s.elapsed());
+        let s = Instant::now();
+        let prod = ws[0].tensor(&xct, &p, &be).unwrap();
+        println!("tensor {:?}", s.elapsed());
+        let s = Instant::now();
+        let r = prod.relinearize(&p, &relin, &be).unwrap();
+        println!("relin {:?}", s.elapsed());
+        let mut c = r.clone();
+        c.c0.to_coeff(&p, &be);
+        c.c1.to_coeff(&p, &be);
+        let s = Instant::now();
+        let mut slots = vec![None; 1 << t.pack];
+        for j in 0..16 { slots[j * 16] = Some(c.clone()); }
+        let _ = galois.pack(&p, slots, &be).unwrap();
+        println!("pack 16 {:?}", s.elapsed());
+    }
+}

@@ -321,7 +321,7 @@ mod tests {
         assert_eq!(Method::SelectThenCompute.capacity(&cfg(8, 2), 16), None);
         assert!(Method::Capacity { factor: 0.9 }.validate(&cfg(8, 1), 16).is_err());
         assert!(Method::Paper.validate(&cfg(2048, 1), 16).is_err());
-        assert!(m.validate(MAX_CAPACITY_TOKENS + 1).is_err());
+        assert!(m.validate(&cfg(8, 1), MAX_CAPACITY_TOKENS + 1).is_err());
     }
 
     #[test]

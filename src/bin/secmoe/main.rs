@@ -50,7 +50,7 @@ struct MoeBenchArgs {
     #[arg(long, default_value_t = 1)]
     top_k: usize,
     /// Methods (comma-separated): select-then-compute, capacity[:factor] (1.25 if not given),
-    /// baseline.
+    /// baseline, paper (the SecMoE paper's Protocol 1: flat bytes, slow on a CPU).
     #[arg(long, default_value = "select-then-compute,baseline")]
     method: String,
 }

@@ -14,6 +14,7 @@ use secmoe::he::HeParams;
 use secmoe::moe::{ExpertKind, Method, MoeConfig, MoeWeights, Routing, moe_layer, reference};
 use secmoe::net::CostModel;
 use secmoe::ot::OtKind;
+use secmoe::proto::HeUse;
 use secmoe::proto::linear::KeySet;
 use secmoe::ring::{FixedPoint, Share, reconstruct};
 
@@ -90,6 +91,18 @@ async fn measure(
     let (a, b) = tokio::join!(sc.setup_he(p.clone(), KeySet::Linear), ss.setup_he(p, KeySet::Linear));
     a?;
     b?;
+    if method == Method::Paper {
+        let keys_before = c.meter().report().total().bytes();
+        let p = HeParams::select()?;
+        let (a, b) = tokio::join!(
+            sc.setup_he_for(HeUse::Select, p.clone(), KeySet::WithRelin),
+            ss.setup_he_for(HeUse::Select, p, KeySet::WithRelin)
+        );
+        a?;
+        b?;
+        let mb = (c.meter().report().total().bytes() - keys_before) as f64 / 1e6;
+        println!("  selection keys ({}): {mb:.1} MB, once per session, not in the row", HeParams::select()?.name());
+    }
     let before = c.meter().report().total();
     reset_peak_rss();
     let start = Instant::now();
@@ -126,7 +139,7 @@ async fn measure(
     r.top_k = Some(cfg.top_k);
     r.set_errors(&errors);
     // the client's account by step (bytes both ways; the server's seconds are in wall_s)
-    let names = ["moe/router", "moe/route", "moe/experts/first", "moe/experts/activation", "moe/experts/second"];
+    let names = ["moe/router", "moe/route", "moe/experts/choice", "moe/experts/first", "moe/experts/activation", "moe/experts/second"];
     r.set_steps(&report, names.into_iter().chain(["moe/experts/select", "moe/combine", "moe/shared"]));
     Ok(r)
 }
