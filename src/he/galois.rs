@@ -296,9 +296,33 @@ impl GaloisKeys {
     /// (c − σ_r(c))·X^(−2^v) the other half moved down, with r = N/2^v + 1 (σ_r negates exactly
     /// the exponents with bit v set, among multiples of 2^v). Needs ℓ ≤ [`GaloisKeys::levels`]
     /// and a full-level input; returns coefficient form. Costs 2^ℓ − 1 key switches.
-    pub fn expand(&self, p: &HeParams, ct: &Ciphertext, levels: u32, backend: &dyn Backend) -> HeResult<Vec<Ciphertext>> {
-        if levels > self.levels() {
-            return Err(HeError::Shape(format!("cannot expand 2^{levels} ciphertexts with {} key levels", self.levels())));
+    pub fn expand(
+        &self,
+        p: &HeParams,
+        ct: &Ciphertext,
+        levels: u32,
+        backend: &dyn Backend,
+    ) -> HeResult<Vec<Ciphertext>> {
+        self.expand_from(p, ct, 0, levels, backend)
+    }
+
+    /// Levels `first..first + levels` of [`GaloisKeys::expand`] on a ciphertext that went
+    /// through the levels before `first` already (its exponents are multiples of 2^first):
+    /// output i holds the exponents ≡ i·2^first mod 2^(first+levels), moved down.
+    pub fn expand_from(
+        &self,
+        p: &HeParams,
+        ct: &Ciphertext,
+        first: u32,
+        levels: u32,
+        backend: &dyn Backend,
+    ) -> HeResult<Vec<Ciphertext>> {
+        if first + levels > self.levels() {
+            return Err(HeError::Shape(format!(
+                "cannot expand levels {first}..{} with {} key levels",
+                first + levels,
+                self.levels()
+            )));
         }
         if ct.limbs(p) != p.moduli().len() {
             return Err(HeError::Shape("expansion needs a ciphertext at the full modulus".into()));
@@ -308,7 +332,7 @@ impl GaloisKeys {
         ct.c0.to_coeff(p, backend);
         ct.c1.to_coeff(p, backend);
         let mut cts = vec![ct];
-        for v in 0..levels {
+        for v in first..first + levels {
             let key = &self.keys[v as usize];
             let step = 1usize << v;
             let halves = map_indexed(backend, cts.len(), |i| {
@@ -319,7 +343,8 @@ impl GaloisKeys {
                 low.c1.add_assign(p, &turned.c1);
                 high.c0.sub_assign(p, &turned.c0);
                 high.c1.sub_assign(p, &turned.c1);
-                let high = Ciphertext { c0: high.c0.monomial_mul(p, 2 * n - step), c1: high.c1.monomial_mul(p, 2 * n - step) };
+                let high =
+                    Ciphertext { c0: high.c0.monomial_mul(p, 2 * n - step), c1: high.c1.monomial_mul(p, 2 * n - step) };
                 (low, high)
             });
             let (low, high): (Vec<_>, Vec<_>) = halves.into_iter().unzip();

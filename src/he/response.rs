@@ -59,8 +59,7 @@ impl Ciphertext {
         self.c1.to_coeff(params, backend);
         if bits <= NARROW_FLOOD_BITS {
             let span = 1u128 << (bits + 1);
-            let noise: Vec<i128> =
-                (0..n).map(|_| (rng.random::<u128>() % span) as i128 - (span / 2) as i128).collect();
+            let noise: Vec<i128> = (0..n).map(|_| (rng.random::<u128>() % span) as i128 - (span / 2) as i128).collect();
             for (limb, m) in self.c0.limbs.chunks_exact_mut(n).zip(params.moduli()) {
                 let p = m.value() as i128;
                 for (x, &e) in limb.iter_mut().zip(&noise) {

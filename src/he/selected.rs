@@ -3,11 +3,14 @@
 //! client's bytes independent of the number of experts E.
 //!
 //! Per row, the server
-//! 1. expands the client's one compact ciphertext Σ_e b_e·X^e (its XOR share of the one-hot) into
-//!    E constant ciphertexts [\[2^ℓ·b_e\]] ([`GaloisKeys::expand`], ℓ = ⌈log2 E⌉, 2^ℓ − 1 key
-//!    switches) and folds in its own share s_e: [\[2^ℓ·t_e\]] = 2^ℓ·s_e + (1 − 2·s_e)·[\[2^ℓ·b_e\]];
+//! 1. expands the client's one compact ciphertext Σ_e b_e·X^bitrev(e) (its XOR share of the
+//!    one-hot) into E constant ciphertexts [\[2^ℓ·b_e\]] ([`GaloisKeys::expand`], ℓ = ⌈log2 E⌉,
+//!    2^ℓ − 1 key switches; the bit reversal makes every subtree of the expansion a run of
+//!    experts, so experts are streamed in chunks) and folds in its own share s_e:
+//!    [\[2^ℓ·t_e\]] = 2^ℓ·s_e + (1 − 2·s_e)·[\[2^ℓ·b_e\]];
 //! 2. selects every weight polynomial of the row's expert with no interaction,
-//!    [\[Ŵ_(j,k)\]] = Σ_e Ŵ_(e,j,k)·[\[2^ℓ·t_e\]] ([`select`]: E·J·K ciphertext×plaintext products);
+//!    [\[Ŵ_(j,k)\]] = Σ_e Ŵ_(e,j,k)·[\[2^ℓ·t_e\]] ([`select`]: E·J·K ciphertext×plaintext products;
+//!    each weight polynomial transformed once per batch of rows);
 //! 3. multiplies it by the encrypted row ([`Ciphertext::tensor`], J·K ciphertext×ciphertext
 //!    products, one relinearization per output tile) in Cheetah's coefficient layout with one
 //!    row per tile (n_w = 1): the products land on the usual output coefficients;
@@ -113,9 +116,14 @@ impl SelectedLayout {
         out
     }
 
-    /// The client's compact selector plaintext: its XOR share of the row's one-hot, bit e at X^e.
+    /// The client's compact selector plaintext: its XOR share of the row's one-hot, bit e at
+    /// X^bitrev(e) (ℓ bits), so that each subtree of the expansion holds a run of experts.
     pub fn encode_choice(&self, bits: &[bool]) -> Vec<u64> {
-        bits.iter().map(|&b| u64::from(b)).collect()
+        let mut poly = vec![0u64; 1 << self.select_levels];
+        for (e, &b) in bits.iter().enumerate() {
+            poly[bit_reverse(e, self.select_levels)] = u64::from(b);
+        }
+        poly
     }
 
     /// A decrypted output value → the client's share (y − R mod 2^64).
@@ -160,79 +168,205 @@ pub fn noise_bits(p: &HeParams, layout: &SelectedLayout, w_bits: u32) -> f64 {
     product + t.pack as f64 + 1.0
 }
 
-/// The server's side of one row: `x` the row's J encrypted input tiles with the server's share
-/// added, `choice` the client's compact selector ciphertext, `own` the server's XOR share of
-/// the one-hot (E bits), `experts` the E matrices (d×m, row-major, ring values read as signed).
-/// Returns the row's responses, flooded with `flood` bits.
+/// Bytes the server spends per row batch on the selected weights it accumulates (and the
+/// rows' partly expanded selectors), and per expert chunk on the chunk's prepared weights and
+/// selectors: what bounds its memory for any E.
+const BATCH_BYTES: usize = 512 << 20;
+const CHUNK_BYTES: usize = 512 << 20;
+
+/// i reversed in its low `bits` bits.
+fn bit_reverse(i: usize, bits: u32) -> usize {
+    if bits == 0 { 0 } else { i.reverse_bits() >> (usize::BITS - bits) }
+}
+
+/// One row of a selected product on the server: its J encrypted input tiles with the server's
+/// share added, the client's compact selector ciphertext, and the server's XOR share of the
+/// one-hot (E bits).
+#[derive(Debug, Clone, Copy)]
+pub struct SelectedRow<'a> {
+    /// The input tiles.
+    pub x: &'a [Ciphertext],
+    /// The client's share of the one-hot, bit e at X^bitrev(e).
+    pub choice: &'a Ciphertext,
+    /// The server's share.
+    pub own: &'a [bool],
+}
+
+impl SelectedLayout {
+    /// Rows the server takes at once: their selected weights (K·J ciphertexts each) within
+    /// [`BATCH_BYTES`].
+    pub fn row_batch(&self, p: &HeParams) -> usize {
+        let (_, j, k) = self.tiling.tile_counts();
+        (BATCH_BYTES / (j * k * ciphertext_bytes(p))).max(1)
+    }
+
+    /// Experts per chunk for a batch of `rows` rows: a power of two whose prepared weights and
+    /// selectors fit `budget` bytes.
+    fn chunk(&self, p: &HeParams, rows: usize, budget: usize) -> usize {
+        let (_, j, k) = self.tiling.tile_counts();
+        let per_expert = j * k * p.moduli().len() * p.degree() * 16 + rows * ciphertext_bytes(p);
+        let fit = (budget / per_expert).max(1);
+        let all = 1usize << self.select_levels;
+        if fit >= all { all } else { 1 << fit.ilog2() }
+    }
+}
+
+/// Bytes of a full-level ciphertext in memory.
+fn ciphertext_bytes(p: &HeParams) -> usize {
+    2 * p.moduli().len() * p.degree() * 8
+}
+
+/// The server's side of a batch of rows (at most [`SelectedLayout::row_batch`]): `experts` the
+/// E matrices (d×m, row-major, ring values read as signed), one seed per row for its masks.
+/// Experts are taken in chunks (contiguous, thanks to the bit-reversed placement of the
+/// selectors: the first log2(E/chunk) levels of the expansion separate the chunks), so that
+/// each weight polynomial is transformed once per batch, not once per row. Returns each row's
+/// responses, flooded with `flood` bits.
 #[allow(clippy::too_many_arguments)]
-pub fn selected_row(
+pub fn selected_batch(
+    p: &HeParams,
+    keys: SelectKeys<'_>,
+    layout: &SelectedLayout,
+    rows: &[SelectedRow<'_>],
+    experts: &[&[u64]],
+    flood: u32,
+    seeds: &[[u8; 32]],
+    be: &dyn Backend,
+) -> HeResult<Vec<Vec<SelectedResponse>>> {
+    selected_in_chunks(p, keys, layout, rows, experts, flood, seeds, be, CHUNK_BYTES)
+}
+
+/// [`selected_batch`] with experts streamed in chunks within `chunk_bytes`.
+#[allow(clippy::too_many_arguments)]
+fn selected_in_chunks(
+    p: &HeParams,
+    keys: SelectKeys<'_>,
+    layout: &SelectedLayout,
+    rows: &[SelectedRow<'_>],
+    experts: &[&[u64]],
+    flood: u32,
+    seeds: &[[u8; 32]],
+    be: &dyn Backend,
+    chunk_bytes: usize,
+) -> HeResult<Vec<Vec<SelectedResponse>>> {
+    let t = &layout.tiling;
+    let (j_n, k_n, e) = (layout.inputs(), layout.outputs(), layout.experts);
+    let (d, m) = (t.shape.d, t.shape.m);
+    if experts.len() != e || seeds.len() != rows.len() {
+        return Err(HeError::Shape(format!(
+            "a selected batch of {} rows needs {e} matrices and a seed per row (got {}, {})",
+            rows.len(),
+            experts.len(),
+            seeds.len()
+        )));
+    }
+    if let Some(bad) = experts.iter().position(|w| w.len() != d * m) {
+        return Err(HeError::Shape(format!(
+            "expert {bad}'s matrix has {} values, {d}×{m} expected",
+            experts[bad].len()
+        )));
+    }
+    if let Some(bad) = rows.iter().position(|r| r.x.len() != j_n || r.own.len() != e) {
+        return Err(HeError::Shape(format!("row {bad} needs {j_n} input tiles and {e} selector bits")));
+    }
+    let chunk = layout.chunk(p, rows.len(), chunk_bytes);
+    let outer = layout.select_levels - chunk.trailing_zeros();
+    // the first levels of every row's expansion: node r holds the chunk bitrev(r)
+    let nodes: Vec<Vec<Ciphertext>> =
+        rows.iter().map(|row| keys.galois.expand(p, row.choice, outer, be)).collect::<HeResult<_>>()?;
+    // the rows' selected weight polynomials [[Ŵ_(j,k)]], summed over the chunks
+    let mut selected: Vec<Vec<Option<Ciphertext>>> = vec![vec![None; j_n * k_n]; rows.len()];
+    let top = 1u128 << layout.select_levels;
+    for c in 0..1usize << outer {
+        let range = c * chunk..((c + 1) * chunk).min(e);
+        if range.is_empty() {
+            continue;
+        }
+        let banks: Vec<OperandBank> = map_indexed(be, j_n * k_n, |tile| {
+            let (j, k) = (tile % j_n, tile / j_n);
+            let encoded: Vec<Vec<u64>> = experts[range.clone()].iter().map(|w| t.encode_b(w, j, k)).collect();
+            OperandBank::new(p, &[encoded.iter().map(Vec::as_slice).collect()], be)
+        })
+        .into_iter()
+        .collect::<HeResult<_>>()?;
+        for ((row, acc), nodes) in rows.iter().zip(selected.iter_mut()).zip(&nodes) {
+            let node = &nodes[bit_reverse(c, outer)];
+            let leaves = keys.galois.expand_from(p, node, outer, layout.select_levels - outer, be)?;
+            // leaf i holds the chunk's expert bitrev(i)
+            let inner = layout.select_levels - outer;
+            let mut selectors = Vec::with_capacity(range.len());
+            for offset in 0..range.len() {
+                let mut ct = leaves[bit_reverse(offset, inner)].clone();
+                if row.own[range.start + offset] {
+                    ct.c0.neg_assign(p);
+                    ct.c1.neg_assign(p);
+                    ct.add_wide_plain_assign(p, &[top], be)?;
+                }
+                selectors.push(ct);
+            }
+            let selectors = Selectors::new(p, selectors, be)?;
+            let parts = map_indexed(be, j_n * k_n, |tile| select(p, &selectors, 0, &banks[tile], be));
+            for (slot, part) in acc.iter_mut().zip(parts) {
+                let part = part?.pop().ok_or_else(|| HeError::Shape("an empty selection".into()))?;
+                match slot {
+                    Some(sum) => sum.add_assign(p, &part, be)?,
+                    None => *slot = Some(part),
+                }
+            }
+        }
+    }
+    rows.iter()
+        .zip(selected)
+        .zip(seeds)
+        .map(|((row, weights), seed)| {
+            let weights: Vec<Ciphertext> = weights.into_iter().flatten().collect();
+            if weights.len() != j_n * k_n {
+                return Err(HeError::Shape("a selected product with no expert".into()));
+            }
+            respond_row(p, keys, layout, row.x, &weights, flood, *seed, be)
+        })
+        .collect()
+}
+
+/// One row's products [[Ŵ_(j,k)]]·x_j summed over j, relinearized, packed and sealed.
+#[allow(clippy::too_many_arguments)]
+fn respond_row(
     p: &HeParams,
     keys: SelectKeys<'_>,
     layout: &SelectedLayout,
     x: &[Ciphertext],
-    choice: &Ciphertext,
-    own: &[bool],
-    experts: &[&[u64]],
+    weights: &[Ciphertext],
     flood: u32,
+    seed: [u8; 32],
     be: &dyn Backend,
-    rng: &mut ChaCha20Rng,
 ) -> HeResult<Vec<SelectedResponse>> {
     let t = &layout.tiling;
     let (j_n, k_n) = (layout.inputs(), layout.outputs());
-    let (d, m) = (t.shape.d, t.shape.m);
-    if x.len() != j_n || own.len() != layout.experts || experts.len() != layout.experts {
-        return Err(HeError::Shape(format!(
-            "a selected row needs {j_n} input tiles, {e} selector bits and {e} matrices (got {}, {}, {})",
-            x.len(),
-            own.len(),
-            experts.len(),
-            e = layout.experts
-        )));
-    }
-    if let Some(bad) = experts.iter().position(|w| w.len() != d * m) {
-        return Err(HeError::Shape(format!("expert {bad}'s matrix has {} values, {d}×{m} expected", experts[bad].len())));
-    }
-    // 1. the selectors [[2^ℓ·t_e]]
-    let mut selectors = keys.galois.expand(p, choice, layout.select_levels, be)?;
-    selectors.truncate(layout.experts);
-    let top = 1u128 << layout.select_levels;
-    for (ct, &s) in selectors.iter_mut().zip(own) {
-        if s {
-            ct.c0.neg_assign(p);
-            ct.c1.neg_assign(p);
-            ct.add_wide_plain_assign(p, &[top], be)?;
-        }
-    }
-    let selectors = Selectors::new(p, selectors, be)?;
-    // 2–3. per output tile: the expert's weight polynomials selected, times the row
     let results = map_indexed(be, k_n, |k| -> HeResult<Ciphertext> {
-        let encoded: Vec<Vec<Vec<u64>>> =
-            (0..j_n).map(|j| experts.iter().map(|w| t.encode_b(w, j, k)).collect()).collect();
-        let rows: Vec<Vec<&[u64]>> = encoded.iter().map(|row| row.iter().map(Vec::as_slice).collect()).collect();
-        let bank = OperandBank::new(p, &rows, be)?;
-        let weights = select(p, &selectors, 0, &bank, be)?;
         let mut acc: Option<Tensored> = None;
-        for (w, xj) in weights.iter().zip(x) {
-            let prod = w.tensor(xj, p, be)?;
+        for (j, xj) in x.iter().enumerate() {
+            let prod = weights[k * j_n + j].tensor(xj, p, be)?;
             match acc.as_mut() {
                 Some(acc) => acc.add_assign(p, &prod)?,
                 None => acc = Some(prod),
             }
         }
-        acc.ok_or_else(|| HeError::Shape("a selected product with no input tile".into()))?.relinearize(p, keys.relin, be)
+        acc.ok_or_else(|| HeError::Shape("a selected product with no input tile".into()))?
+            .relinearize(p, keys.relin, be)
     });
     let results: Vec<Ciphertext> = results.into_iter().collect::<HeResult<_>>()?;
-    // 4. packed, masked, sealed
     let size = 1usize << t.pack;
     let shift = 2 * p.degree() - (t.d_w - 1);
-    let seeds: Vec<[u8; 32]> = (0..layout.returned()).map(|_| rand::RngExt::random(rng)).collect();
+    let mut rng = ChaCha20Rng::from_seed(seed);
+    let seeds: Vec<[u8; 32]> = (0..layout.returned()).map(|_| rand::RngExt::random(&mut rng)).collect();
     map_indexed(be, layout.returned(), |g| {
         let mut slots: Vec<Option<Ciphertext>> = vec![None; size];
         for (j, ct) in results[g * size..((g + 1) * size).min(k_n)].iter().enumerate() {
             let mut ct = ct.clone();
             ct.c0.to_coeff(p, be);
             ct.c1.to_coeff(p, be);
-            slots[layout.slot(g, j)] = Some(Ciphertext { c0: ct.c0.monomial_mul(p, shift), c1: ct.c1.monomial_mul(p, shift) });
+            slots[layout.slot(g, j)] =
+                Some(Ciphertext { c0: ct.c0.monomial_mul(p, shift), c1: ct.c1.monomial_mul(p, shift) });
         }
         let packed = keys.galois.pack(p, slots, be)?;
         let positions = layout.returned_positions(g);
@@ -282,8 +416,9 @@ mod tests {
         let pk = sk.public_key(&be, &mut rng);
         let (d, m, e, chosen, w_bits) = (40, 300, 5, 3, 20);
         let layout = SelectedLayout::new(&p, d, m, e).unwrap_or_else(|e| panic!("{e}"));
-        let experts: Vec<Vec<u64>> =
-            (0..e).map(|_| (0..d * m).map(|_| rng.random_range(-(1i64 << w_bits)..1 << w_bits) as u64).collect()).collect();
+        let experts: Vec<Vec<u64>> = (0..e)
+            .map(|_| (0..d * m).map(|_| rng.random_range(-(1i64 << w_bits)..1 << w_bits) as u64).collect())
+            .collect();
         let x: Vec<u64> = (0..d).map(|_| rng.random_range(-(1i64 << 30)..1 << 30) as u64).collect();
         let x_c: Vec<u64> = (0..d).map(|_| rng.random()).collect();
         let x_s: Vec<u64> = x.iter().zip(&x_c).map(|(x, c)| x.wrapping_sub(*c)).collect();
@@ -306,80 +441,31 @@ mod tests {
         let flood = (bound.ceil() as u32 + 40).min(crate::he::MAX_FLOOD_BITS);
         let refs: Vec<&[u64]> = experts.iter().map(Vec::as_slice).collect();
         let keys = SelectKeys { pk: &pk, galois: &galois, relin: &relin };
-        let mut server_rng = ChaCha20Rng::from_seed([3; 32]);
-        let responses =
-            selected_row(&p, keys, &layout, &inputs, &choice, &own, &refs, flood, &be, &mut server_rng)
-                .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(responses.len(), layout.returned());
+        let row = SelectedRow { x: &inputs, choice: &choice, own: &own };
+        let whole = selected_batch(&p, keys, &layout, &[row], &refs, flood, &[[3; 32]], &be)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .remove(0);
+        // experts streamed two at a time: the same masks, the same decrypted shares
+        let chunked = selected_in_chunks(&p, keys, &layout, &[row], &refs, flood, &[[3; 32]], &be, 1)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .remove(0);
         let expected = MatShape { n: 1, d, m }.plain_product(&x, &experts[chosen]);
-        let mut seen = vec![false; m];
-        for (g, (bytes, mask)) in responses.iter().enumerate() {
-            let pos = layout.returned_positions(g);
-            let keep: Vec<usize> = pos.iter().map(|&(c, _)| c).collect();
-            let ct = ShrunkCiphertext::from_bytes(&p, bytes, keep.len(), response_c0_bits(&p), response_c1_bits(&p))
-                .unwrap_or_else(|e| panic!("{e}"));
-            let values = sk.decrypt_shrunk(&ct, &keep, &be).unwrap_or_else(|e| panic!("{e}"));
-            for ((v, &(_, col)), &(r, mcol)) in values.into_iter().zip(&pos).zip(mask) {
-                assert_eq!(col, mcol);
-                assert_eq!(layout.decode(v).wrapping_add(r), expected[col], "column {col}");
-                seen[col] = true;
+        for responses in [whole, chunked] {
+            let mut seen = vec![false; m];
+            for (g, (bytes, mask)) in responses.iter().enumerate() {
+                let pos = layout.returned_positions(g);
+                let keep: Vec<usize> = pos.iter().map(|&(c, _)| c).collect();
+                let ct =
+                    ShrunkCiphertext::from_bytes(&p, bytes, keep.len(), response_c0_bits(&p), response_c1_bits(&p))
+                        .unwrap_or_else(|e| panic!("{e}"));
+                let values = sk.decrypt_shrunk(&ct, &keep, &be).unwrap_or_else(|e| panic!("{e}"));
+                for ((v, &(_, col)), &(r, mcol)) in values.into_iter().zip(&pos).zip(mask) {
+                    assert_eq!(col, mcol);
+                    assert_eq!(layout.decode(v).wrapping_add(r), expected[col], "column {col}");
+                    seen[col] = true;
+                }
             }
+            assert!(seen.iter().all(|&s| s));
         }
-        assert!(seen.iter().all(|&s| s));
-    }
-}
-
-#[cfg(test)]
-mod timing {
-    use super::*;
-    use crate::backend::CpuBackend;
-    use crate::he::{Plaintext, SecretKey};
-    use rand::{RngExt, rngs::StdRng};
-    use std::time::Instant;
-
-    #[test]
-    #[ignore]
-    fn time_steps() {
-        let p = HeParams::select().unwrap();
-        let be = CpuBackend::new(2).unwrap();
-        let mut rng = StdRng::seed_from_u64(1);
-        let sk = SecretKey::generate(&p, &be, &mut rng);
-        let galois = sk.galois_keys(max_pack(&p), &be, &mut rng).unwrap();
-        let relin = sk.relin_key(&be, &mut rng);
-        let (d, m, e) = (256, 1024, 8);
-        let layout = SelectedLayout::new(&p, d, m, e).unwrap();
-        let t = layout.tiling;
-        let w: Vec<Vec<u64>> = (0..e).map(|_| (0..d * m).map(|_| rng.random_range(-(1i64 << 18)..1 << 18) as u64).collect()).collect();
-        let x: Vec<u64> = (0..d).map(|_| rng.random()).collect();
-        let xct = sk.encrypt(&Plaintext::new(&p, t.encode_a(&x, 0, 0)).unwrap(), &be, &mut rng);
-        let choice = sk.encrypt(&Plaintext::new(&p, vec![0, 1, 0]).unwrap(), &be, &mut rng);
-        let s = Instant::now();
-        let sel = galois.expand(&p, &choice, layout.select_levels, &be).unwrap();
-        println!("expand {:?}", s.elapsed());
-        let s = Instant::now();
-        let sel = Selectors::new(&p, sel, &be).unwrap();
-        println!("selectors {:?}", s.elapsed());
-        let s = Instant::now();
-        let encoded: Vec<Vec<u64>> = w.iter().map(|w| t.encode_b(w, 0, 0)).collect();
-        let rows: Vec<Vec<&[u64]>> = vec![encoded.iter().map(Vec::as_slice).collect()];
-        let bank = OperandBank::new(&p, &rows, &be).unwrap();
-        println!("bank (1 tile) {:?}", s.elapsed());
-        let s = Instant::now();
-        let ws = select(&p, &sel, 0, &bank, &be).unwrap();
-        println!("select (1 tile) {:?}", s.elapsed());
-        let s = Instant::now();
-        let prod = ws[0].tensor(&xct, &p, &be).unwrap();
-        println!("tensor {:?}", s.elapsed());
-        let s = Instant::now();
-        let r = prod.relinearize(&p, &relin, &be).unwrap();
-        println!("relin {:?}", s.elapsed());
-        let mut c = r.clone();
-        c.c0.to_coeff(&p, &be);
-        c.c1.to_coeff(&p, &be);
-        let s = Instant::now();
-        let mut slots = vec![None; 1 << t.pack];
-        for j in 0..16 { slots[j * 16] = Some(c.clone()); }
-        let _ = galois.pack(&p, slots, &be).unwrap();
-        println!("pack 16 {:?}", s.elapsed());
     }
 }

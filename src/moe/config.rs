@@ -275,10 +275,9 @@ impl std::str::FromStr for Method {
             };
             return Ok(Method::Capacity { factor });
         }
-        [Method::SelectThenCompute, Method::Baseline, Method::Paper]
-            .into_iter()
-            .find(|m| m.name() == s)
-            .ok_or_else(|| format!("unknown MoE method `{s}` (select-then-compute, capacity[:factor], baseline, paper)"))
+        [Method::SelectThenCompute, Method::Baseline, Method::Paper].into_iter().find(|m| m.name() == s).ok_or_else(
+            || format!("unknown MoE method `{s}` (select-then-compute, capacity[:factor], baseline, paper)"),
+        )
     }
 }
 

@@ -81,7 +81,10 @@ mod reference;
 mod route;
 mod weights;
 
-pub use config::{ExpertKind, MAX_CAPACITY_TOKENS, MAX_EXPERTS, MAX_PAPER_EXPERTS, MAX_TOP_K, Method, MoeConfig, Routing, SharedExpert};
+pub use config::{
+    ExpertKind, MAX_CAPACITY_TOKENS, MAX_EXPERTS, MAX_PAPER_EXPERTS, MAX_TOP_K, Method, MoeConfig, Routing,
+    SharedExpert,
+};
 pub use layer::{MoeOutput, dense_expert, moe_layer};
 pub use reference::{Reference, reference, top_k};
 pub use route::{Routes, route};

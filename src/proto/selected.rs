@@ -17,8 +17,8 @@
 //! x·W_e − R with R uniform and the noise flooded with [`MIN_STAT_BITS`] of margin beyond its
 //! bound ([`crate::he::selected::noise_bits`]).
 
-use rand::{RngExt, SeedableRng};
 use rand::rngs::ChaCha20Rng;
+use rand::{RngExt, SeedableRng};
 use tracing::instrument;
 
 use super::linear::{HeServer, MIN_STAT_BITS, STATUS_OK, STATUS_REFUSED};
@@ -26,7 +26,7 @@ use super::session::keys_for;
 use super::{HeKeys, HeUse, ProtoError, ProtoResult, Session, compute};
 use crate::backend::map_indexed;
 use crate::he::matmul::{response_c0_bits, response_c1_bits};
-use crate::he::selected::{SelectKeys, SelectedLayout, noise_bits, selected_row};
+use crate::he::selected::{SelectKeys, SelectedLayout, SelectedRow, noise_bits, selected_batch};
 use crate::he::{Ciphertext, MAX_FLOOD_BITS, Plaintext, SeededCiphertext, ShrunkCiphertext, seeded_ciphertext_len};
 use crate::net::Party;
 
@@ -223,27 +223,41 @@ pub async fn selected_linear(
             let keys = SelectKeys { pk: he.public_key(), galois, relin };
             let t = layout.tiling;
             let mut mask = vec![0u64; rows * m];
-            for r in 0..rows {
-                let row = &x[r * d..(r + 1) * d];
+            let batch = layout.row_batch(&p);
+            for first in (0..rows).step_by(batch) {
+                let range = first..(first + batch).min(rows);
                 let responses = compute(|| -> ProtoResult<_> {
-                    let cts: Vec<Ciphertext> = inputs[r * j_n..(r + 1) * j_n]
-                        .iter()
-                        .enumerate()
-                        .map(|(j, seeded)| {
-                            let mut ct = seeded.expand(&p);
-                            ct.add_plain_assign(&p, &Plaintext::new(&p, t.encode_a(row, 0, j))?, be.as_ref())?;
-                            Ok(ct)
+                    let xs: Vec<Vec<Ciphertext>> = range
+                        .clone()
+                        .map(|r| {
+                            let row = &x[r * d..(r + 1) * d];
+                            inputs[r * j_n..(r + 1) * j_n]
+                                .iter()
+                                .enumerate()
+                                .map(|(j, seeded)| {
+                                    let mut ct = seeded.expand(&p);
+                                    let own = Plaintext::new(&p, t.encode_a(row, 0, j))?;
+                                    ct.add_plain_assign(&p, &own, be.as_ref())?;
+                                    Ok(ct)
+                                })
+                                .collect::<ProtoResult<_>>()
                         })
                         .collect::<ProtoResult<_>>()?;
-                    let own = &choice.own[r * choice.experts..(r + 1) * choice.experts];
-                    let mut rng = ChaCha20Rng::from_seed(seeds[r]);
-                    Ok(selected_row(&p, keys, &layout, &cts, &choice.cts[r], own, weights, flood, be.as_ref(), &mut rng)?)
+                    let e = choice.experts;
+                    let batch: Vec<SelectedRow<'_>> = range
+                        .clone()
+                        .zip(&xs)
+                        .map(|(r, x)| SelectedRow { x, choice: &choice.cts[r], own: &choice.own[r * e..(r + 1) * e] })
+                        .collect();
+                    Ok(selected_batch(&p, keys, &layout, &batch, weights, flood, &seeds[range.clone()], be.as_ref())?)
                 })?;
-                for (bytes, values) in responses {
-                    for (v, col) in values {
-                        mask[r * m + col] = v;
+                for (r, row) in range.zip(responses) {
+                    for (bytes, values) in row {
+                        for (v, col) in values {
+                            mask[r * m + col] = v;
+                        }
+                        ch.send(&bytes).await?;
                     }
-                    ch.send(&bytes).await?;
                 }
             }
             Ok(mask)
@@ -278,7 +292,10 @@ impl ServerSide<'_> {
             return Err(ProtoError::Input(format!("{} expert matrices for a choice among {e}", weights.len())));
         }
         if let Some(bad) = weights.iter().position(|w| w.len() != d * m) {
-            return Err(ProtoError::Input(format!("expert {bad}'s matrix has {} values, {d}×{m} expected", weights[bad].len())));
+            return Err(ProtoError::Input(format!(
+                "expert {bad}'s matrix has {} values, {d}×{m} expected",
+                weights[bad].len()
+            )));
         }
         let limit = 1u64 << bits.min(63);
         if let Some(bad) = weights.iter().position(|w| w.iter().any(|&v| (v as i64).unsigned_abs() > limit)) {
@@ -302,7 +319,16 @@ impl ServerSide<'_> {
     /// Whether the client's header names this product and this layout.
     fn check_request(&self, layout: &SelectedLayout, header: &[u64]) -> ProtoResult<()> {
         let t = layout.tiling;
-        let ours = [self.rows, self.d, self.m, self.choice.experts, t.d_w, t.m_w, t.pack as usize, layout.select_levels as usize];
+        let ours = [
+            self.rows,
+            self.d,
+            self.m,
+            self.choice.experts,
+            t.d_w,
+            t.m_w,
+            t.pack as usize,
+            layout.select_levels as usize,
+        ];
         if header.iter().zip(ours).any(|(&h, o)| h != o as u64) {
             return Err(ProtoError::BadRequest(format!(
                 "the client asked for a selected product {header:?} (rows, d, m, E, d_w, m_w, pack, ℓ), the server runs {ours:?}"

@@ -139,7 +139,14 @@ async fn measure(
     r.top_k = Some(cfg.top_k);
     r.set_errors(&errors);
     // the client's account by step (bytes both ways; the server's seconds are in wall_s)
-    let names = ["moe/router", "moe/route", "moe/experts/choice", "moe/experts/first", "moe/experts/activation", "moe/experts/second"];
+    let names = [
+        "moe/router",
+        "moe/route",
+        "moe/experts/choice",
+        "moe/experts/first",
+        "moe/experts/activation",
+        "moe/experts/second",
+    ];
     r.set_steps(&report, names.into_iter().chain(["moe/experts/select", "moe/combine", "moe/shared"]));
     Ok(r)
 }
