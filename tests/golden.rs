@@ -49,7 +49,7 @@ fn digest_of_a_run(seed: u8) -> ([u8; 32], Vec<f64>) {
     let (cfg, w) = (default_config(), default_weights());
     let ids = [3u32, 141, 59];
     let out = common::runtime().block_on(async {
-        let (a, b) = tokio::join!(setup_he(&mut sc), setup_he(&mut ss));
+        let (a, b) = tokio::join!(setup_he(&mut sc, Plan::default()), setup_he(&mut ss, Plan::default()));
         a.unwrap();
         b.unwrap();
         sc.channel().record_frames();

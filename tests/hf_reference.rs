@@ -63,7 +63,7 @@ fn check(family: &str) {
     assert!(plain_err <= PLAIN_BOUND, "{family}: the plaintext model is off transformers by {plain_err}");
     let got = common::runtime().block_on(async {
         let (c, mut sc, s, mut ss) = common::session_pair().await;
-        let (a, b) = tokio::join!(setup_he(&mut sc), setup_he(&mut ss));
+        let (a, b) = tokio::join!(setup_he(&mut sc, Plan::default()), setup_he(&mut ss, Plan::default()));
         a.unwrap();
         b.unwrap();
         let client = async {

@@ -13,7 +13,7 @@ use secmoe::model::{
     Plan, Positions, Prompt, WeightSource, check_weights, default_config, default_weights, finish, forward,
     forward_quantized, infer, infer_cached, serve, setup_he,
 };
-use secmoe::moe::{ExpertKind, MoeConfig, Routing, SharedExpert};
+use secmoe::moe::{ExpertKind, Method, MoeConfig, Routing, SharedExpert};
 use secmoe::net::Frame;
 use secmoe::ring::FixedPoint;
 
@@ -45,7 +45,11 @@ fn private_as(
 ) -> Run {
     common::runtime().block_on(async {
         let (c, mut sc, s, mut ss) = common::session_pair().await;
-        let (a, b) = tokio::join!(setup_he(&mut sc), setup_he(&mut ss));
+        let (a, b) = tokio::join!(setup_he(&mut sc, cplan), setup_he(&mut ss, splan));
+        if let (Err(a), Err(b)) = (&a, &b) {
+            let (client, server) = (Err(ModelError::Input(a.to_string())), Err(ModelError::Input(b.to_string())));
+            return Run { client, server, server_received: Vec::new(), client_received: Vec::new() };
+        }
         a.unwrap();
         b.unwrap();
         ss.channel().record_frames();
@@ -95,6 +99,23 @@ fn moe(experts: usize, top_k: usize, d: usize, d_ff: usize, routing: Routing, ex
 #[test]
 fn the_default_model_matches_its_plaintext() {
     check(&default_config(), &default_weights(), &[3, 141, 59, 26, 5]);
+}
+
+/// The paper's Protocol 1 through a whole model: the default model's output within the bound
+/// (its first layer's MoE block routes every token through the HE selection); a client and a
+/// server that differ on it stop at the key setup, both naming the key sets.
+#[test]
+fn the_papers_method_runs_the_default_model() {
+    let (cfg, w, ids) = (default_config(), default_weights(), [3, 141, 59]);
+    let paper = Plan { method: Method::Paper, ..Plan::default() };
+    let want = forward(&cfg, &w, &ids).unwrap();
+    let got = private(&cfg, &cfg, paper, Prompt::new(&ids), &w).client.unwrap();
+    let err = got.values.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(err <= BOUND, "max |Δ| {err}");
+    let r = private_as((&cfg, paper), (&cfg, Plan::default()), Prompt::new(&ids), &w);
+    for e in [r.client.unwrap_err().to_string(), r.server.unwrap_err().to_string()] {
+        assert!(e.contains("he-keys linear shared select") && e.contains("he-keys linear shared`"), "{e}");
+    }
 }
 
 #[test]
@@ -171,7 +192,7 @@ fn a_cached_step_equals_the_forward_of_the_whole_sequence() {
     let (cfg, w) = (default_config(), default_weights());
     let (first, second, served) = common::runtime().block_on(async {
         let (c, mut sc, s, mut ss) = common::session_pair().await;
-        let (a, b) = tokio::join!(setup_he(&mut sc), setup_he(&mut ss));
+        let (a, b) = tokio::join!(setup_he(&mut sc, Plan::default()), setup_he(&mut ss, Plan::default()));
         a.unwrap();
         b.unwrap();
         let client = async {

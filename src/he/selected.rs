@@ -233,32 +233,33 @@ pub fn selected_batch(
     seeds: &[[u8; 32]],
     be: &dyn Backend,
 ) -> HeResult<Vec<Vec<SelectedResponse>>> {
-    selected_in_chunks(p, keys, layout, rows, experts, flood, seeds, be, CHUNK_BYTES)
+    if seeds.len() != rows.len() {
+        return Err(HeError::Shape(format!("{} seeds for {} rows", seeds.len(), rows.len())));
+    }
+    let weights = selected_weights(p, keys, layout, rows, experts, be, CHUNK_BYTES)?;
+    rows.iter()
+        .zip(weights)
+        .zip(seeds)
+        .map(|((row, weights), seed)| respond_row(p, keys, layout, row.x, &weights, flood, *seed, be))
+        .collect()
 }
 
-/// [`selected_batch`] with experts streamed in chunks within `chunk_bytes`.
-#[allow(clippy::too_many_arguments)]
-fn selected_in_chunks(
+/// Each row's selected weight polynomials [[Ŵ_(j,k)]] (index k·J + j, NTT form), the experts
+/// streamed in chunks within `chunk_bytes`.
+fn selected_weights(
     p: &HeParams,
     keys: SelectKeys<'_>,
     layout: &SelectedLayout,
     rows: &[SelectedRow<'_>],
     experts: &[&[u64]],
-    flood: u32,
-    seeds: &[[u8; 32]],
     be: &dyn Backend,
     chunk_bytes: usize,
-) -> HeResult<Vec<Vec<SelectedResponse>>> {
+) -> HeResult<Vec<Vec<Ciphertext>>> {
     let t = &layout.tiling;
     let (j_n, k_n, e) = (layout.inputs(), layout.outputs(), layout.experts);
     let (d, m) = (t.shape.d, t.shape.m);
-    if experts.len() != e || seeds.len() != rows.len() {
-        return Err(HeError::Shape(format!(
-            "a selected batch of {} rows needs {e} matrices and a seed per row (got {}, {})",
-            rows.len(),
-            experts.len(),
-            seeds.len()
-        )));
+    if experts.len() != e {
+        return Err(HeError::Shape(format!("a selection among {e} experts given {} matrices", experts.len())));
     }
     if let Some(bad) = experts.iter().position(|w| w.len() != d * m) {
         return Err(HeError::Shape(format!(
@@ -315,15 +316,14 @@ fn selected_in_chunks(
             }
         }
     }
-    rows.iter()
-        .zip(selected)
-        .zip(seeds)
-        .map(|((row, weights), seed)| {
+    selected
+        .into_iter()
+        .map(|weights| {
             let weights: Vec<Ciphertext> = weights.into_iter().flatten().collect();
             if weights.len() != j_n * k_n {
                 return Err(HeError::Shape("a selected product with no expert".into()));
             }
-            respond_row(p, keys, layout, row.x, &weights, flood, *seed, be)
+            Ok(weights)
         })
         .collect()
 }
@@ -340,6 +340,31 @@ fn respond_row(
     seed: [u8; 32],
     be: &dyn Backend,
 ) -> HeResult<Vec<SelectedResponse>> {
+    let packed = packed_products(p, keys, layout, x, weights, be)?;
+    let mut rng = ChaCha20Rng::from_seed(seed);
+    let seeds: Vec<[u8; 32]> = packed.iter().map(|_| rand::RngExt::random(&mut rng)).collect();
+    map_indexed(be, packed.len(), |g| {
+        let ct = packed[g].clone();
+        let positions = layout.returned_positions(g);
+        let keep: Vec<usize> = positions.iter().map(|&(c, _)| c).collect();
+        let mut rng = ChaCha20Rng::from_seed(seeds[g]);
+        let (bytes, mask) = mask_and_seal(p, keys.pk, ct, &keep, layout.scale(), flood, be, &mut rng)?;
+        Ok((bytes, mask.into_iter().zip(positions).map(|(r, (_, col))| (r, col)).collect()))
+    })
+    .into_iter()
+    .collect()
+}
+
+/// One row's products [[Ŵ_(j,k)]]·x_j summed over j and relinearized, packed per group of
+/// 2^pack output tiles (coefficient form): what [`respond_row`] seals.
+fn packed_products(
+    p: &HeParams,
+    keys: SelectKeys<'_>,
+    layout: &SelectedLayout,
+    x: &[Ciphertext],
+    weights: &[Ciphertext],
+    be: &dyn Backend,
+) -> HeResult<Vec<Ciphertext>> {
     let t = &layout.tiling;
     let (j_n, k_n) = (layout.inputs(), layout.outputs());
     let results = map_indexed(be, k_n, |k| -> HeResult<Ciphertext> {
@@ -357,8 +382,6 @@ fn respond_row(
     let results: Vec<Ciphertext> = results.into_iter().collect::<HeResult<_>>()?;
     let size = 1usize << t.pack;
     let shift = 2 * p.degree() - (t.d_w - 1);
-    let mut rng = ChaCha20Rng::from_seed(seed);
-    let seeds: Vec<[u8; 32]> = (0..layout.returned()).map(|_| rand::RngExt::random(&mut rng)).collect();
     map_indexed(be, layout.returned(), |g| {
         let mut slots: Vec<Option<Ciphertext>> = vec![None; size];
         for (j, ct) in results[g * size..((g + 1) * size).min(k_n)].iter().enumerate() {
@@ -368,12 +391,7 @@ fn respond_row(
             slots[layout.slot(g, j)] =
                 Some(Ciphertext { c0: ct.c0.monomial_mul(p, shift), c1: ct.c1.monomial_mul(p, shift) });
         }
-        let packed = keys.galois.pack(p, slots, be)?;
-        let positions = layout.returned_positions(g);
-        let keep: Vec<usize> = positions.iter().map(|&(c, _)| c).collect();
-        let mut rng = ChaCha20Rng::from_seed(seeds[g]);
-        let (bytes, mask) = mask_and_seal(p, keys.pk, packed, &keep, layout.scale(), flood, be, &mut rng)?;
-        Ok((bytes, mask.into_iter().zip(positions).map(|(r, (_, col))| (r, col)).collect()))
+        keys.galois.pack(p, slots, be)
     })
     .into_iter()
     .collect()
@@ -445,10 +463,18 @@ mod tests {
         let whole = selected_batch(&p, keys, &layout, &[row], &refs, flood, &[[3; 32]], &be)
             .unwrap_or_else(|e| panic!("{e}"))
             .remove(0);
-        // experts streamed two at a time: the same masks, the same decrypted shares
-        let chunked = selected_in_chunks(&p, keys, &layout, &[row], &refs, flood, &[[3; 32]], &be, 1)
-            .unwrap_or_else(|e| panic!("{e}"))
-            .remove(0);
+        // experts streamed one at a time: the same masks, the same decrypted shares
+        let weights = selected_weights(&p, keys, &layout, &[row], &refs, &be, 1).unwrap_or_else(|e| panic!("{e}"));
+        let chunked =
+            respond_row(&p, keys, &layout, &inputs, &weights[0], flood, [3; 32], &be).unwrap_or_else(|e| panic!("{e}"));
+        // the noise before flooding stays below its bound
+        let packed = packed_products(&p, keys, &layout, &inputs, &weights[0], &be).unwrap_or_else(|e| panic!("{e}"));
+        let log_delta = p.log_q() - p.plain_bits() as f64;
+        for ct in &packed {
+            let noise = log_delta - 1.0 - sk.noise_budget(ct, &be);
+            assert!(noise <= bound, "noise 2^{noise:.1} above the bound 2^{bound:.1}");
+            eprintln!("selected product noise 2^{noise:.1}, bound 2^{bound:.1}");
+        }
         let expected = MatShape { n: 1, d, m }.plain_product(&x, &experts[chosen]);
         for responses in [whole, chunked] {
             let mut seen = vec![false; m];

@@ -161,15 +161,27 @@ impl KvCache {
     }
 }
 
-/// Sets up the session's HE keys for a model (both parties once per session): the linear set
-/// (a special prime, so results are packed before they are sent) for the products with the
-/// server's weights, and n8192 — whose noise room lets attention's Q·Kᵀ and P·V flood over the
-/// server's 64-bit shares — for the products of two shared matrices.
-pub async fn setup_he(sess: &mut Session) -> ModelResult<()> {
+/// Sets up the session's HE keys for a model run by `plan` (both parties once per session, with
+/// the same plan): the linear set (a special prime, so results are packed before they are
+/// sent) for the products with the server's weights, n8192 — whose noise room lets attention's
+/// Q·Kᵀ and P·V flood over the server's 64-bit shares — for the products of two shared
+/// matrices, and for [`Method::Paper`] the selection set with its relinearization key.
+pub async fn setup_he(sess: &mut Session, plan: Plan) -> ModelResult<()> {
+    let select = plan.method == Method::Paper;
+    let ours = format!("he-keys linear shared{}", if select { " select" } else { "" });
+    let theirs = exchange(sess, &Ok(ours.clone())).await?;
+    if theirs != ours {
+        return Err(ModelError::Mismatch { ours, theirs });
+    }
     let linear = HeParams::linear().map_err(ProtoError::from)?;
     sess.setup_he_for(HeUse::Linear, linear, KeySet::Linear).await?;
     let shared = HeParams::n8192().map_err(ProtoError::from)?;
-    Ok(sess.setup_he_for(HeUse::Shared, shared, KeySet::Linear).await?)
+    sess.setup_he_for(HeUse::Shared, shared, KeySet::Linear).await?;
+    if select {
+        let select = HeParams::select().map_err(ProtoError::from)?;
+        sess.setup_he_for(HeUse::Select, select, KeySet::WithRelin).await?;
+    }
+    Ok(())
 }
 
 fn prefix(cfg: &ModelConfig, plan: Plan) -> String {

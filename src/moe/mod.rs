@@ -32,18 +32,28 @@
 //! - [`Method::Baseline`] (built; BumbleBee's way): every expert in full — the activation on
 //!   n·E·d_ff values — then the outputs multiplexed (n·k·E·d values). The activation is what
 //!   grows: ~215 bytes per GeLU value (silent OT) against 16 per selected value.
-//! - The paper's Protocol 1 (not built): per token, \[\[W\]\] = Σ_i W_i·\[\[t_i\]\] costs E·d·d_ff/N
-//!   ciphertext×plaintext products per matrix (288·E at d = 768, d_ff = 3072) and x·\[\[W\]\] costs
-//!   d·d_ff/N = 288 ciphertext×ciphertext products (18 ms each here, so ~5 s per token and
-//!   matrix on 2 cores); in coefficient encoding each selector must be its own constant
-//!   ciphertext, so the client uploads E ciphertexts per token. Its bytes are flat in E; its
-//!   server time is over 10× this method's at E = 8 on this CPU (≈ 166 s of ct×ct alone for
-//!   16 tokens and two matrices, against ~11 s here). On a GPU backend, which is where its
-//!   E-proportional products belong, it is the design to measure next.
-//! - Selecting encrypted outputs with the encrypted one-hot (flat bytes too) needs one token
-//!   per ciphertext and gets N/(E·d_w) useful values per ciphertext product (Cheetah's outputs
-//!   sit at stride d_w), or a PackLWEs repacking of every sparse result first: more server work
-//!   than Protocol 1 for E ≥ 8 in coefficient encoding.
+//! - [`Method::Paper`] (built; the SecMoE paper's Protocol 1, [`crate::he::selected`]): per
+//!   (slot, token) row, the client sends one compact ciphertext of its one-hot share (kept by
+//!   the server for both matrices) and its encrypted row; the server expands the selectors
+//!   (2^⌈log2 E⌉ − 1 Galois key switches), selects the chosen expert's weight polynomials,
+//!   \[\[W\]\] = Σ_i W_i·\[\[t_i\]\] (E·J·K ciphertext×plaintext products, J·K ≈ d·m/N), multiplies
+//!   them by the row (J·K ciphertext×ciphertext products, K relinearizations), packs the K
+//!   results into one ciphertext and returns it masked and flooded. It runs at N = 16384,
+//!   t = 2^84 ([`crate::he::HeParams::select`]): the ciphertext products' noise (≈ t·√N times
+//!   the selection sum's) must stay 40 bits below the flooding, which N = 8192 (218 bits of q)
+//!   cannot hold. Bytes per row and matrix: J input ciphertexts (713 kB each) up, one packed
+//!   result (≈ 210 kB) down, plus one selector ciphertext per row — **flat in E**; rounds: one
+//!   per matrix and one for the selectors. Server work per row and matrix: E key switches,
+//!   E·J·K products by weights, J·K ciphertext products (40 ms each on this CPU at N = 16384),
+//!   ~K + log2(d_w/K) key switches for packing — it grows with E, and is what a GPU is for.
+//!   The selection keys (10 Galois keys and a relinearization key, 59 MB) are sent once per
+//!   session.
+//! - Selecting *outputs* with the encrypted one-hot instead (every expert on the encrypted row,
+//!   then Σ_i \[\[t_i\]\]·\[\[y_i\]\]) needs one ciphertext product per expert and output
+//!   ciphertext (E·K per row, against J·K for Protocol 1), or a repacking of every sparse
+//!   result first: more server work than Protocol 1 for E ≥ 2. Tensoring without
+//!   relinearization (the client holds s²) does not combine with packing, which needs
+//!   two-part ciphertexts, and without packing each row returns K full ciphertexts.
 //!
 //! A model's own `expert_capacity` (Switch) drops, in every method, the tokens beyond an
 //! expert's capacity in token order, as `transformers` does: queue positions are prefix sums of
@@ -52,14 +62,16 @@
 //! Nothing about the drops is opened.
 //!
 //! When to pick which: Select-Then-Compute when no token may be dropped and E is moderate (its
-//! bytes and server time grow with E, the activation does not); capacity dispatch for many
-//! experts or small batches where dropping overflow is acceptable (as in training-time Switch
-//! and GShard, and CryptoMoE); the baseline only to measure against.
+//! bytes and server time grow with E, the activation does not); the paper's method when bytes
+//! are what costs (a slow network, many experts): flat in E, but its server time per row is
+//! ~10× Select-Then-Compute's on this CPU; capacity dispatch for many experts or small
+//! batches where dropping overflow is acceptable (as in training-time Switch and GShard, and
+//! CryptoMoE); the baseline only to measure against.
 //!
 //! Communication flat in E needs a degree-2 step on two client-side secrets (its share of the
-//! one-hot and its share of the activations) under HE: Protocol 1's ct×ct. Select-Then-Compute
-//! as built trades that for bytes that grow with E at 16 bytes per selected value, against the
-//! baseline's activation on every expert.
+//! one-hot and its share of the activations) under HE: Protocol 1's ciphertext products.
+//! Select-Then-Compute as built trades that for bytes that grow with E at 16 bytes per
+//! selected value, against the baseline's activation on every expert.
 //!
 //! # Why the server learns nothing about the routing
 //! Every message either party receives is a function of its own inputs, public sizes and
@@ -67,7 +79,9 @@
 //! decrypts nothing), OT-extension traffic and correction strings under pads of random OTs it
 //! does not choose (comparisons, one-hot lookups, [`crate::proto::compare::b2a`], the row
 //! multiplexers, truncations, softmax, activations), and on the client's side results masked by
-//! the server's uniform masks. The sequence and sizes of the messages are fixed by (config, n,
+//! the server's uniform masks. In the paper's method the server also receives the client's
+//! one-hot shares, encrypted; what it computes on them (expansion, selection, products) it
+//! never decrypts, and every result it returns is masked and flooded. The sequence and sizes of the messages are fixed by (config, n,
 //! method) alone: k argmax rounds of ⌈log2 E⌉ levels, every expert chunk's product, one row
 //! selection per (token, slot, expert) whichever expert was chosen; no branch reads a shared
 //! value. Hence the server's view can be simulated from the public sizes, for any routing

@@ -183,7 +183,7 @@ async fn session(link: &mut Link, backend: Arc<dyn Backend>, job: JobConfig) -> 
     let meter = link.meter().clone();
     let _s = meter.scope("setup");
     let mut sess = Session::new(link, backend, SessionConfig { format: job.format, ..Default::default() }).await?;
-    setup_he(&mut sess).await?;
+    setup_he(&mut sess, job.plan).await?;
     Ok(sess)
 }
 

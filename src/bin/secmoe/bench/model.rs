@@ -86,7 +86,7 @@ async fn measure(
     let w = ModelWeights::random(cfg, 1, router_scale);
     let ids: Vec<u32> = (0..n).map(|i| ((i * 37 + 11) % cfg.vocab) as u32).collect();
     let (c, mut sc, s, mut ss) = session_pair(backend, OtKind::Silent, tune).await?;
-    let (a, b) = tokio::join!(setup_he(&mut sc), setup_he(&mut ss));
+    let (a, b) = tokio::join!(setup_he(&mut sc, Plan::default()), setup_he(&mut ss, Plan::default()));
     a?;
     b?;
     let before = c.meter().report().total();
