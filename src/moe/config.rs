@@ -306,7 +306,7 @@ mod tests {
         assert_eq!("paper".parse(), Ok(Method::Paper));
         assert_eq!("capacity".parse(), Ok(Method::Capacity { factor: 1.25 }));
         assert_eq!("capacity:2".parse(), Ok(Method::Capacity { factor: 2.0 }));
-        assert!("capacity:x".parse::<Method>().is_err() && "paper".parse::<Method>().is_err());
+        assert!("capacity:x".parse::<Method>().is_err() && "protocol-1".parse::<Method>().is_err());
         assert_eq!(Method::Capacity { factor: 1.5 }.to_string(), "capacity(1.5)");
     }
 
