@@ -275,6 +275,19 @@ fn many_experts_and_every_expert() {
     check(config(2, 2, Routing::SoftmaxTopK { normalize: false }, ExpertKind::Relu), Method::SelectThenCompute, 3, 140);
 }
 
+/// The paper's method takes at most 1024 experts (one expansion per row): more is refused by
+/// both parties before any ciphertext moves.
+#[test]
+fn the_papers_method_refuses_more_experts_than_one_expansion_holds() {
+    let f = FixedPoint::default();
+    let cfg = config(2048, 1, Routing::TopKSoftmax, ExpertKind::Relu);
+    let w = MoeWeights::random(&cfg, f, 4.0, &mut StdRng::seed_from_u64(3));
+    let r = run(&cfg, &cfg, Method::Paper, &tokens(2, 16, 4), &w);
+    let (c, s) = both_fail(&r);
+    assert!(c.contains("at most 1024 experts") && s.contains("at most 1024 experts"), "{c} / {s}");
+    assert!(r.server_received.len() <= 1, "only the statement may travel");
+}
+
 fn both_fail(r: &Run) -> (String, String) {
     match (&r.client, &r.server) {
         (Err(c), Err(s)) => (c.to_string(), s.to_string()),

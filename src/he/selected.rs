@@ -33,9 +33,12 @@ use super::mult::{RelinKey, Tensored};
 use super::tiling::{MatShape, Tiling};
 use super::{GaloisKeys, HeError, HeParams, HeResult, OperandBank, Selectors, select};
 use crate::backend::{Backend, map_indexed};
+use crate::he::seeded_ciphertext_len;
+use crate::net::CostModel;
 
 /// How one row's product with E experts' d×m matrices is laid out: Cheetah's tiling with one
-/// row per tile (d_w = 2^pack, so that results pack), and the expansion's levels ℓ.
+/// row per tile (d_w = 2^pack, so that results pack; the pack that costs least by a fixed
+/// estimate of products, key switches and input bytes), and the expansion's levels ℓ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SelectedLayout {
     /// The per-row tiling (n = 1).
@@ -47,14 +50,56 @@ pub struct SelectedLayout {
 }
 
 impl SelectedLayout {
-    /// The layout for rows of `d` values times `experts` matrices of d×`m` under `p`.
-    pub fn new(p: &HeParams, d: usize, m: usize, experts: usize) -> HeResult<SelectedLayout> {
+    /// The layout with the least estimated time per row on `network`: ciphertext products and
+    /// packing key switches against the input ciphertexts' bytes (more input tiles, fewer
+    /// products per packed result). The client chooses and announces it; the server checks it
+    /// with [`SelectedLayout::with_pack`].
+    pub fn choose(p: &HeParams, d: usize, m: usize, experts: usize, network: &CostModel) -> HeResult<SelectedLayout> {
+        let input_s = seeded_ciphertext_len(p) as f64 * 8.0 / network.bandwidth_bps;
+        let cost = |l: &SelectedLayout| {
+            let (_, j, k) = l.tiling.tile_counts();
+            let pack = l.tiling.pack;
+            let members = k.min(1 << pack);
+            let merges = k.div_ceil(1 << pack) * (members + (pack - members.next_power_of_two().ilog2()) as usize);
+            (j * k) as f64 * PRODUCT_S + merges as f64 * KEYSWITCH_S + j as f64 * input_s
+        };
+        let mut best: Option<(f64, SelectedLayout)> = None;
+        for pack in (1..=SelectedLayout::most_pack(p, d, experts)?).rev() {
+            let layout = SelectedLayout::with_pack(p, d, m, experts, pack)?;
+            let c = cost(&layout);
+            if best.as_ref().is_none_or(|(b, _)| c < *b) {
+                best = Some((c, layout));
+            }
+        }
+        best.map(|(_, l)| l).ok_or_else(|| HeError::Shape(format!("no layout for a {d}×{m} selected product")))
+    }
+
+    /// The layout with d_w = 2^pack, if `p` allows it for these sizes.
+    pub fn with_pack(p: &HeParams, d: usize, m: usize, experts: usize, pack: u32) -> HeResult<SelectedLayout> {
+        let most = SelectedLayout::most_pack(p, d, experts)?;
+        if m == 0 || !(1..=most).contains(&pack) {
+            return Err(HeError::Shape(format!("a {d}×{m} selected product packed 2^{pack} (1..=2^{most})")));
+        }
+        let n = p.degree();
+        let d_w = 1usize << pack;
+        let tiling = Tiling { shape: MatShape { n: 1, d, m }, degree: n, n_w: 1, d_w, m_w: m.min(n / d_w), pack };
+        Ok(SelectedLayout { tiling, select_levels: SelectedLayout::select_levels(experts), experts })
+    }
+
+    /// ℓ = ⌈log2 E⌉.
+    fn select_levels(experts: usize) -> u32 {
+        experts.next_power_of_two().trailing_zeros()
+    }
+
+    /// The largest packing level for rows of d values among `experts` under `p`: the Galois
+    /// keys' levels, the room of t above 64 bits left by the selectors' 2^ℓ, and d itself.
+    fn most_pack(p: &HeParams, d: usize, experts: usize) -> HeResult<u32> {
         let unsupported = |what: String| HeError::Unsupported { params: p.name(), what };
-        if d == 0 || m == 0 || experts == 0 {
-            return Err(HeError::Shape(format!("a selected product of {d}×{m} matrices from {experts} experts")));
+        if d == 0 || experts == 0 {
+            return Err(HeError::Shape(format!("a selected product of rows of {d} among {experts} experts")));
         }
         let levels = max_pack(p);
-        let select_levels = experts.next_power_of_two().trailing_zeros();
+        let select_levels = SelectedLayout::select_levels(experts);
         let room = p.plain_bits() - 64;
         if select_levels > levels || select_levels >= room {
             return Err(unsupported(format!(
@@ -62,12 +107,7 @@ impl SelectedLayout {
                 levels.min(room.saturating_sub(1))
             )));
         }
-        let pack = d.next_power_of_two().trailing_zeros().clamp(1, levels.min(room - select_levels));
-        let n = p.degree();
-        let d_w = 1usize << pack;
-        let m_w = m.min(n / d_w);
-        let tiling = Tiling { shape: MatShape { n: 1, d, m }, degree: n, n_w: 1, d_w, m_w, pack };
-        Ok(SelectedLayout { tiling, select_levels, experts })
+        Ok(d.next_power_of_two().trailing_zeros().clamp(1, levels.min(room - select_levels)))
     }
 
     /// log2 of the factor the client's decrypted values carry: 2^(ℓ + pack).
@@ -167,6 +207,12 @@ pub fn noise_bits(p: &HeParams, layout: &SelectedLayout, w_bits: u32) -> f64 {
     let product = p.plain_bits() as f64 + 0.5 * n.log2() + tail + selected + 1.0 + (layout.inputs() as f64).log2();
     product + t.pack as f64 + 1.0
 }
+
+/// Estimated seconds of one ciphertext product and one key switch for [`HeParams::select`] on
+/// this project's 2-core reference machine (measured): with the network's bandwidth they choose
+/// the layout.
+const PRODUCT_S: f64 = 0.040;
+const KEYSWITCH_S: f64 = 0.020;
 
 /// Bytes the server spends per row batch on the selected weights it accumulates (and the
 /// rows' partly expanded selectors), and per expert chunk on the chunk's prepared weights and
@@ -433,7 +479,7 @@ mod tests {
         let relin = sk.relin_key(&be, &mut rng);
         let pk = sk.public_key(&be, &mut rng);
         let (d, m, e, chosen, w_bits) = (40, 300, 5, 3, 20);
-        let layout = SelectedLayout::new(&p, d, m, e).unwrap_or_else(|e| panic!("{e}"));
+        let layout = SelectedLayout::choose(&p, d, m, e, &CostModel::WAN).unwrap_or_else(|e| panic!("{e}"));
         let experts: Vec<Vec<u64>> = (0..e)
             .map(|_| (0..d * m).map(|_| rng.random_range(-(1i64 << w_bits)..1 << w_bits) as u64).collect())
             .collect();

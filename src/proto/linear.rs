@@ -173,6 +173,11 @@ impl HeClient {
         &self.sk
     }
 
+    /// The network the tilings are chosen for.
+    pub(crate) fn network(&self) -> CostModel {
+        self.network
+    }
+
     /// Tunes the tilings of later products for another network.
     pub fn set_network(&mut self, network: CostModel) {
         self.network = network;

@@ -78,7 +78,7 @@ pub async fn send_choice(sess: &mut Session, bits: &[bool], rows: usize, experts
     match (select_keys(&sess.he)?, party) {
         (HeKeys::Client(he), Party::Client) => {
             let p = he.params().clone();
-            let layout = SelectedLayout::new(&p, 1, 1, experts)?;
+            let layout = SelectedLayout::with_pack(&p, 1, 1, experts, 1)?;
             let sk = he.secret_key();
             let cts: Vec<Vec<u8>> = compute(|| {
                 map_indexed(be.as_ref(), rows, |r| {
@@ -95,7 +95,7 @@ pub async fn send_choice(sess: &mut Session, bits: &[bool], rows: usize, experts
         }
         (HeKeys::Server(he), Party::Server) => {
             let p = he.params().clone();
-            SelectedLayout::new(&p, 1, 1, experts)?;
+            SelectedLayout::with_pack(&p, 1, 1, experts, 1)?;
             let mut cts = Vec::with_capacity(rows);
             for _ in 0..rows {
                 let bytes = ch.recv_exact("one-hot ciphertext", seeded_ciphertext_len(&p)).await?;
@@ -131,7 +131,7 @@ pub async fn selected_linear(
     match (select_keys(&sess.he)?, party, experts) {
         (HeKeys::Client(he), Party::Client, None) => {
             let p = he.params().clone();
-            let layout = SelectedLayout::new(&p, d, m, choice.experts)?;
+            let layout = SelectedLayout::choose(&p, d, m, choice.experts, &he.network())?;
             let sk = he.secret_key();
             let t = layout.tiling;
             let _s = meter.scope("he-selected/input");
@@ -190,11 +190,10 @@ pub async fn selected_linear(
         }
         (HeKeys::Server(he), Party::Server, Some((weights, bits))) => {
             let server = ServerSide { he, rows, d, m, choice };
-            let checked = server.check(weights, bits);
             let ch_meter = meter.scope("he-selected/input");
             let header = ch.recv_u64s("selected product header", 8).await?;
-            let checked = checked.and_then(|(layout, flood, kappa)| {
-                server.check_request(&layout, &header)?;
+            let checked = server.check_request(&header).and_then(|layout| {
+                let (flood, kappa) = server.check(&layout, weights, bits)?;
                 Ok((layout, flood, kappa))
             });
             let (layout, flood, kappa) = match checked {
@@ -278,8 +277,8 @@ struct ServerSide<'a> {
 }
 
 impl ServerSide<'_> {
-    /// The layout, the flooding bits and their margin κ for these weights.
-    fn check(&self, weights: &[&[u64]], bits: u32) -> ProtoResult<(SelectedLayout, u32, u32)> {
+    /// The flooding bits and their margin κ for these weights under `layout`.
+    fn check(&self, layout: &SelectedLayout, weights: &[&[u64]], bits: u32) -> ProtoResult<(u32, u32)> {
         let (p, e, d, m) = (self.he.params(), self.choice.experts, self.d, self.m);
         if self.choice.cts.len() != self.rows {
             return Err(ProtoError::Input(format!(
@@ -302,8 +301,7 @@ impl ServerSide<'_> {
             tracing::warn!(expert = bad, bits, "a weight exceeds its declared bound");
             return Err(ProtoError::Input(format!("a weight exceeds the declared bound 2^{bits}")));
         }
-        let layout = SelectedLayout::new(p, d, m, e)?;
-        let bound = noise_bits(p, &layout, bits).ceil() as u32;
+        let bound = noise_bits(p, layout, bits).ceil() as u32;
         let room = (p.log_q().floor() as u32).saturating_sub(p.plain_bits() + 4).min(MAX_FLOOD_BITS);
         let kappa = room.saturating_sub(bound);
         if kappa < MIN_STAT_BITS {
@@ -313,27 +311,31 @@ impl ServerSide<'_> {
                 bound + MIN_STAT_BITS
             )));
         }
-        Ok((layout, room, kappa))
+        Ok((room, kappa))
     }
 
-    /// Whether the client's header names this product and this layout.
-    fn check_request(&self, layout: &SelectedLayout, header: &[u64]) -> ProtoResult<()> {
+    /// The layout the client announced, if it names this product and a layout this server runs.
+    fn check_request(&self, header: &[u64]) -> ProtoResult<SelectedLayout> {
+        let bad = |why: String| {
+            ProtoError::BadRequest(format!(
+                "the client's selected product {header:?} (rows, d, m, E, d_w, m_w, pack, ℓ): {why}"
+            ))
+        };
+        let ours = [self.rows, self.d, self.m, self.choice.experts];
+        if header[..4].iter().zip(ours).any(|(&h, o)| h != o as u64) {
+            return Err(bad(format!("the server runs {ours:?}")));
+        }
+        let pack = u32::try_from(header[6]).map_err(|_| bad("no such packing".into()))?;
+        let layout = SelectedLayout::with_pack(self.he.params(), self.d, self.m, self.choice.experts, pack)
+            .map_err(|e| bad(e.to_string()))?;
         let t = layout.tiling;
-        let ours = [
-            self.rows,
-            self.d,
-            self.m,
-            self.choice.experts,
-            t.d_w,
-            t.m_w,
-            t.pack as usize,
-            layout.select_levels as usize,
-        ];
-        if header.iter().zip(ours).any(|(&h, o)| h != o as u64) {
-            return Err(ProtoError::BadRequest(format!(
-                "the client asked for a selected product {header:?} (rows, d, m, E, d_w, m_w, pack, ℓ), the server runs {ours:?}"
+        let expected = [t.d_w, t.m_w, pack as usize, layout.select_levels as usize];
+        if expected.iter().zip(&header[4..]).any(|(&o, &h)| h != o as u64) {
+            return Err(bad(format!(
+                "the layout packing 2^{pack} has d_w = {}, m_w = {}, ℓ = {}",
+                t.d_w, t.m_w, layout.select_levels
             )));
         }
-        Ok(())
+        Ok(layout)
     }
 }
