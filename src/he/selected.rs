@@ -240,7 +240,7 @@ pub struct SelectedRow<'a> {
 
 impl SelectedLayout {
     /// Rows the server takes at once: their selected weights (K·J ciphertexts each) within
-    /// [`BATCH_BYTES`].
+    /// 512 MiB.
     pub fn row_batch(&self, p: &HeParams) -> usize {
         let (_, j, k) = self.tiling.tile_counts();
         (BATCH_BYTES / (j * k * ciphertext_bytes(p))).max(1)
