@@ -290,6 +290,20 @@ pub fn selected_batch(
         .collect()
 }
 
+/// Whether `experts` are E matrices of d×m for `layout`; the error names the first that is not.
+pub fn check_experts(layout: &SelectedLayout, experts: &[&[u64]]) -> HeResult<()> {
+    let (e, d, m) = (layout.experts, layout.tiling.shape.d, layout.tiling.shape.m);
+    if experts.len() != e {
+        return Err(HeError::Shape(format!("a selection among {e} experts given {} matrices", experts.len())));
+    }
+    match experts.iter().position(|w| w.len() != d * m) {
+        Some(bad) => {
+            Err(HeError::Shape(format!("expert {bad}'s matrix has {} values, {d}×{m} expected", experts[bad].len())))
+        }
+        None => Ok(()),
+    }
+}
+
 /// Each row's selected weight polynomials [[Ŵ_(j,k)]] (index k·J + j, NTT form), the experts
 /// streamed in chunks within `chunk_bytes`.
 fn selected_weights(
@@ -303,16 +317,7 @@ fn selected_weights(
 ) -> HeResult<Vec<Vec<Ciphertext>>> {
     let t = &layout.tiling;
     let (j_n, k_n, e) = (layout.inputs(), layout.outputs(), layout.experts);
-    let (d, m) = (t.shape.d, t.shape.m);
-    if experts.len() != e {
-        return Err(HeError::Shape(format!("a selection among {e} experts given {} matrices", experts.len())));
-    }
-    if let Some(bad) = experts.iter().position(|w| w.len() != d * m) {
-        return Err(HeError::Shape(format!(
-            "expert {bad}'s matrix has {} values, {d}×{m} expected",
-            experts[bad].len()
-        )));
-    }
+    check_experts(layout, experts)?;
     if let Some(bad) = rows.iter().position(|r| r.x.len() != j_n || r.own.len() != e) {
         return Err(HeError::Shape(format!("row {bad} needs {j_n} input tiles and {e} selector bits")));
     }

@@ -64,8 +64,35 @@ const KEYSWITCH_NOISE_BITS: u32 = 35;
 /// Byte budget for the unpacked results the server holds at once.
 const RESULT_BATCH_BYTES: usize = 128 << 20;
 
-pub(crate) const STATUS_OK: u8 = 0;
-pub(crate) const STATUS_REFUSED: u8 = 1;
+const STATUS_OK: u8 = 0;
+const STATUS_REFUSED: u8 = 1;
+
+/// The server's answer to a request it checked: OK, or the refusal with its reason (which the
+/// client reports as [`ProtoError::Refused`]); the check's result is passed through.
+pub(crate) async fn answer<T>(ch: &mut Channel, checked: ProtoResult<T>) -> ProtoResult<T> {
+    match checked {
+        Ok(ok) => {
+            ch.send(&[STATUS_OK]).await?;
+            Ok(ok)
+        }
+        Err(e) => {
+            let mut msg = vec![STATUS_REFUSED];
+            msg.extend_from_slice(e.to_string().as_bytes());
+            ch.send(&msg).await?;
+            Err(e)
+        }
+    }
+}
+
+/// The client's side of [`answer`]: Ok, or the server's refusal.
+pub(crate) async fn await_answer(ch: &mut Channel) -> ProtoResult<()> {
+    let status = ch.recv().await?;
+    match status.split_first() {
+        Some((&STATUS_OK, [])) => Ok(()),
+        Some((&STATUS_REFUSED, reason)) => Err(ProtoError::Refused(String::from_utf8_lossy(reason).into())),
+        _ => Err(ProtoError::Refused("unreadable status from the server".into())),
+    }
+}
 
 /// log2 of a bound on the B-dependent noise of one result coefficient, for B entries of at most
 /// 2^b_bits in absolute value. Before packing, a noise coefficient is a sum over T = d-tiles·d_w·m_w
@@ -221,14 +248,7 @@ impl HeClient {
             let _s = ch.meter().scope("he-product/input");
             let header = [shape.n, shape.d, shape.m, t.n_w, t.d_w, t.m_w, t.pack as usize];
             ch.send_u64s(&header.map(|v| v as u64)).await?;
-            let status = ch.recv().await?;
-            match status.split_first() {
-                Some((&STATUS_OK, [])) => {}
-                Some((&STATUS_REFUSED, reason)) => {
-                    return Err(ProtoError::Refused(String::from_utf8_lossy(reason).into()));
-                }
-                _ => return Err(ProtoError::Refused("unreadable status from the server".into())),
-            }
+            await_answer(ch).await?;
             for ti in 0..ti_n {
                 let seeds: Vec<[u8; 32]> = (0..tj_n).map(|_| rng.random()).collect();
                 let cts: Vec<Vec<u8>> = compute(|| {
@@ -336,16 +356,7 @@ impl HeServer {
             let flood = check_server_inputs(p, &t, b, b_bits, a_share)?;
             Ok((t, flood))
         });
-        let (t, (flood, kappa)) = match checked {
-            Ok(ok) => ok,
-            Err(e) => {
-                let mut msg = vec![STATUS_REFUSED];
-                msg.extend_from_slice(e.to_string().as_bytes());
-                ch.send(&msg).await?;
-                return Err(e);
-            }
-        };
-        ch.send(&[STATUS_OK]).await?;
+        let (t, (flood, kappa)) = answer(ch, checked).await?;
         tracing::debug!(flood, kappa, "flooding");
         self.add_exposure(shape.n * shape.m, kappa);
         let (ti_n, tj_n, tk_n) = t.tile_counts();

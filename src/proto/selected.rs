@@ -21,12 +21,12 @@ use rand::rngs::ChaCha20Rng;
 use rand::{RngExt, SeedableRng};
 use tracing::instrument;
 
-use super::linear::{HeServer, MIN_STAT_BITS, STATUS_OK, STATUS_REFUSED};
+use super::linear::{HeServer, MIN_STAT_BITS, answer, await_answer};
 use super::session::keys_for;
 use super::{HeKeys, HeUse, ProtoError, ProtoResult, Session, compute};
 use crate::backend::map_indexed;
 use crate::he::matmul::{response_c0_bits, response_c1_bits};
-use crate::he::selected::{SelectKeys, SelectedLayout, SelectedRow, noise_bits, selected_batch};
+use crate::he::selected::{SelectKeys, SelectedLayout, SelectedRow, check_experts, noise_bits, selected_batch};
 use crate::he::{Ciphertext, MAX_FLOOD_BITS, Plaintext, SeededCiphertext, ShrunkCiphertext, seeded_ciphertext_len};
 use crate::net::Party;
 
@@ -137,14 +137,7 @@ pub async fn selected_linear(
             let _s = meter.scope("he-selected/input");
             let header = [rows, d, m, choice.experts, t.d_w, t.m_w, t.pack as usize, layout.select_levels as usize];
             ch.send_u64s(&header.map(|v| v as u64)).await?;
-            let status = ch.recv().await?;
-            match status.split_first() {
-                Some((&STATUS_OK, [])) => {}
-                Some((&STATUS_REFUSED, reason)) => {
-                    return Err(ProtoError::Refused(String::from_utf8_lossy(reason).into()));
-                }
-                _ => return Err(ProtoError::Refused("unreadable status from the server".into())),
-            }
+            await_answer(ch).await?;
             let j_n = layout.inputs();
             for r in 0..rows {
                 let row = &x[r * d..(r + 1) * d];
@@ -196,16 +189,7 @@ pub async fn selected_linear(
                 let (flood, kappa) = server.check(&layout, weights, bits)?;
                 Ok((layout, flood, kappa))
             });
-            let (layout, flood, kappa) = match checked {
-                Ok(ok) => ok,
-                Err(e) => {
-                    let mut msg = vec![STATUS_REFUSED];
-                    msg.extend_from_slice(e.to_string().as_bytes());
-                    ch.send(&msg).await?;
-                    return Err(e);
-                }
-            };
-            ch.send(&[STATUS_OK]).await?;
+            let (layout, flood, kappa) = answer(ch, checked).await?;
             let p = he.params().clone();
             let j_n = layout.inputs();
             let mut inputs = Vec::with_capacity(rows * j_n);
@@ -279,7 +263,7 @@ struct ServerSide<'a> {
 impl ServerSide<'_> {
     /// The flooding bits and their margin κ for these weights under `layout`.
     fn check(&self, layout: &SelectedLayout, weights: &[&[u64]], bits: u32) -> ProtoResult<(u32, u32)> {
-        let (p, e, d, m) = (self.he.params(), self.choice.experts, self.d, self.m);
+        let p = self.he.params();
         if self.choice.cts.len() != self.rows {
             return Err(ProtoError::Input(format!(
                 "the choice holds {} rows, the product {}",
@@ -287,15 +271,7 @@ impl ServerSide<'_> {
                 self.rows
             )));
         }
-        if weights.len() != e {
-            return Err(ProtoError::Input(format!("{} expert matrices for a choice among {e}", weights.len())));
-        }
-        if let Some(bad) = weights.iter().position(|w| w.len() != d * m) {
-            return Err(ProtoError::Input(format!(
-                "expert {bad}'s matrix has {} values, {d}×{m} expected",
-                weights[bad].len()
-            )));
-        }
+        check_experts(layout, weights).map_err(|e| ProtoError::Input(e.to_string()))?;
         let limit = 1u64 << bits.min(63);
         if let Some(bad) = weights.iter().position(|w| w.iter().any(|&v| (v as i64).unsigned_abs() > limit)) {
             tracing::warn!(expert = bad, bits, "a weight exceeds its declared bound");
