@@ -199,7 +199,8 @@ impl PromptArgs {
 
 #[derive(Args, Clone)]
 struct JobArgs {
-    /// How MoE layers run: select-then-compute, capacity[:factor] or baseline.
+    /// How MoE layers run: select-then-compute, capacity[:factor], baseline or paper (the SecMoE
+    /// paper's Protocol 1: flat bytes in the number of experts; both parties must pass it).
     #[arg(long, default_value = "select-then-compute")]
     method: String,
     /// Fractional bits of the fixed-point format.
