@@ -340,9 +340,8 @@ async fn paper(
         let _s = meter.scope("first");
         let first: Option<Vec<Vec<u64>>> =
             weights.map(|w| w.experts.iter().map(|x| stack_first(std::slice::from_ref(x), d, d_ff)).collect());
-        let refs: Option<Vec<&[u64]>> = first.as_ref().map(|f| f.iter().map(Vec::as_slice).collect());
-        let bits = first.as_ref().map_or(0, |f| f.iter().map(|w| magnitude_bits(w)).max().unwrap_or(0));
-        selected_linear(sess, &choice, d, width, &xs, refs.as_deref().map(|r| (r, bits))).await?
+        let args = first.as_deref().map(matrices);
+        selected_linear(sess, &choice, d, width, &xs, args.as_ref().map(|(r, b)| (r.as_slice(), *b))).await?
     };
     let hidden = {
         let _s = meter.scope("activation");
@@ -352,11 +351,15 @@ async fn paper(
     let out = {
         let _s = meter.scope("second");
         let second: Option<Vec<Vec<u64>>> = weights.map(|w| w.experts.iter().map(|x| widen(&x.w2)).collect());
-        let refs: Option<Vec<&[u64]>> = second.as_ref().map(|f| f.iter().map(Vec::as_slice).collect());
-        let bits = second.as_ref().map_or(0, |f| f.iter().map(|w| magnitude_bits(w)).max().unwrap_or(0));
-        selected_linear(sess, &choice, d_ff, d, &hidden, refs.as_deref().map(|r| (r, bits))).await?
+        let args = second.as_deref().map(matrices);
+        selected_linear(sess, &choice, d_ff, d, &hidden, args.as_ref().map(|(r, b)| (r.as_slice(), *b))).await?
     };
     Ok(truncate(sess, &out, frac).await?)
+}
+
+/// Each expert's matrix as a slice, and the bound (bits) on every entry's magnitude.
+fn matrices(m: &[Vec<u64>]) -> (Vec<&[u64]>, u32) {
+    (m.iter().map(Vec::as_slice).collect(), m.iter().map(|w| magnitude_bits(w)).max().unwrap_or(1))
 }
 
 /// The baseline: every expert in full on every token, then the chosen outputs multiplexed.
