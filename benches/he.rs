@@ -16,22 +16,24 @@ fn bench_he(c: &mut Criterion) {
         [(HeParams::n4096().unwrap(), 1), (HeParams::n8192().unwrap(), 1), (HeParams::n8192().unwrap(), 0)]
     {
         let be = CpuBackend::new(threads).unwrap();
-        let sk = SecretKey::generate(&params, &be, &mut rng);
+        let sk = SecretKey::generate(&params, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         let pt = Plaintext::new(&params, (0..params.degree()).map(|_| rng.random()).collect()).unwrap();
         let w: Vec<u64> = (0..params.degree()).map(|_| rng.random_range(-4096i64..4096) as u64).collect();
         let op = PlainOperand::new(&params, &w, &be).unwrap();
-        let ct = sk.encrypt(&pt, &be, &mut rng);
+        let ct = sk.encrypt(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         let id = format!("{},{}limbs,{}threads", params.name(), params.moduli().len(), be.threads());
         group.bench_function(format!("ct-x-pt (NTT form)/{id}"), |b| {
             b.iter_batched(
                 || ct.clone(),
-                |mut x| x.mul_plain_assign(&params, &op, &be),
+                |mut x| x.mul_plain_assign(&params, &op, &be).unwrap_or_else(|e| panic!("{e}")),
                 criterion::BatchSize::SmallInput,
             )
         });
-        group.bench_function(format!("encrypt-sk/{id}"), |b| b.iter(|| sk.encrypt(&pt, &be, &mut rng)));
+        group.bench_function(format!("encrypt-sk/{id}"), |b| {
+            b.iter(|| sk.encrypt(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}")))
+        });
         if params.degree() == 8192 {
-            let rlk = sk.relin_key(&be, &mut rng);
+            let rlk = sk.relin_key(&be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
             group.sample_size(10);
             group
                 .bench_function(format!("ct-x-ct+relin/{id}"), |b| b.iter(|| ct.mul(&ct, &params, &rlk, &be).unwrap()));
@@ -47,12 +49,12 @@ fn compare_with_seal(_c: &mut Criterion) {
     let mut rng = StdRng::seed_from_u64(2);
     let params = HeParams::n8192().unwrap();
     let be = CpuBackend::new(1).unwrap();
-    let sk = SecretKey::generate(&params, &be, &mut rng);
-    let rlk = sk.relin_key(&be, &mut rng);
+    let sk = SecretKey::generate(&params, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+    let rlk = sk.relin_key(&be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
     let pt = Plaintext::new(&params, (0..params.degree()).map(|_| rng.random()).collect()).unwrap();
     let w: Vec<u64> = (0..params.degree()).map(|_| rng.random_range(-4096i64..4096) as u64).collect();
     let op = PlainOperand::new(&params, &w, &be).unwrap();
-    let ct = sk.encrypt(&pt, &be, &mut rng);
+    let ct = sk.encrypt(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
     let time = |reps: u32, f: &mut dyn FnMut()| {
         let start = std::time::Instant::now();
         for _ in 0..reps {
@@ -61,7 +63,7 @@ fn compare_with_seal(_c: &mut Criterion) {
         start.elapsed().as_secs_f64() / reps as f64 * 1e6
     };
     let mut x = ct.clone();
-    let ours_pt = time(400, &mut || x.mul_plain_assign(&params, &op, &be));
+    let ours_pt = time(400, &mut || x.mul_plain_assign(&params, &op, &be).unwrap_or_else(|e| panic!("{e}")));
     let ours_ct = time(10, &mut || drop(ct.mul(&ct, &params, &rlk, &be).unwrap()));
     println!("\nBFV at N=8192, one thread: secmoe (218-bit q) vs SEAL (default 218-bit q), microseconds");
     println!("{:<22} {:>12} {:>12} {:>8}", "operation", "secmoe", "SEAL", "ratio");

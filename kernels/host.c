@@ -17,9 +17,23 @@ void secmoe_host_ntt_inverse(sm_u64 *a, const sm_u64 *psi_inv, const sm_u64 *psi
     sm_ntt_inverse_poly(a, psi_inv, psi_inv_shoup, p, n, n_inv, n_inv_shoup, last, last_shoup, 0, 1);
 }
 
-void secmoe_host_mul_acc(sm_u64 *out, const sm_u64 *x, const sm_u64 *w, const sm_u64 *consts, sm_u64 p, sm_u32 n,
-                         sm_u32 inputs, sm_u64 total, int prepared_w) {
-    for (sm_u64 idx = 0; idx < total; idx++) out[idx] = sm_mul_acc_element(x, w, consts, p, n, inputs, prepared_w, idx);
+void secmoe_host_mul_acc(sm_u64 *out, const sm_u64 *x, const sm_u64 *w, const sm_u64 *consts, const sm_u64 *moduli,
+                         sm_u32 n, sm_u32 inputs, sm_u32 outputs, sm_u64 total, int prepared_w) {
+    for (sm_u64 idx = 0; idx < total; idx++)
+        out[idx] = sm_mul_acc_element(x, w, consts, moduli, n, inputs, outputs, prepared_w, idx);
+}
+
+void secmoe_host_automorphism(sm_u64 *out, const sm_u64 *in, const sm_u64 *moduli, sm_u64 per_limb, sm_u32 n,
+                              sm_u64 g, sm_u64 total) {
+    for (sm_u64 idx = 0; idx < total; idx++) sm_automorphism_element(in, out, moduli, per_limb, n, g, idx);
+}
+
+void secmoe_host_divide_by_prime(sm_u64 *low, const sm_u64 *top, const sm_u64 *moduli, const sm_u64 *consts,
+                                 sm_u64 p_top, sm_u64 polys, sm_u32 n, sm_u64 total) {
+    for (sm_u64 idx = 0; idx < total; idx++) {
+        sm_u64 run = idx / n, l = run / polys;
+        low[idx] = sm_divide_element(low[idx], top[(run % polys) * n + idx % n], p_top, moduli[l], consts + 3 * l);
+    }
 }
 
 void secmoe_host_base_convert(sm_u64 *out, const sm_u64 *x, const sm_u64 *consts, const sm_u64 *moduli, sm_u32 n,

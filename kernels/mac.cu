@@ -1,19 +1,37 @@
 /*
- * Pointwise multiply-accumulate over one RNS limb in NTT form (the inner loop of ct×pt products
+ * Pointwise multiply-accumulate over every RNS limb in NTT form (the inner loop of ct×pt products
  * and of the selection sum Σ_i W_i·[[t_i]] over all experts, fused: one thread per output value,
  * its accumulator in a register across every input) and the RNS base conversion
  * out[j] = Σ_i x[i]·c_ij mod m_j. Per-element math: modarith.cuh.
  */
 #include "modarith.cuh"
 
-extern "C" __global__ void mul_acc(sm_u64 *out, const sm_u64 *x, const sm_u64 *w, const sm_u64 *consts, sm_u64 p,
-                                   sm_u32 n, sm_u32 inputs, sm_u64 total, int prepared_w) {
+extern "C" __global__ void mul_acc(sm_u64 *out, const sm_u64 *x, const sm_u64 *w, const sm_u64 *consts,
+                                   const sm_u64 *moduli, sm_u32 n, sm_u32 inputs, sm_u32 outputs, sm_u64 total,
+                                   int prepared_w) {
     sm_u64 idx = (sm_u64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx < total) out[idx] = sm_mul_acc_element(x, w, consts, p, n, inputs, prepared_w, idx);
+    if (idx < total) out[idx] = sm_mul_acc_element(x, w, consts, moduli, n, inputs, outputs, prepared_w, idx);
 }
 
 extern "C" __global__ void base_convert(sm_u64 *out, const sm_u64 *x, const sm_u64 *consts, const sm_u64 *moduli,
                                         sm_u32 n, sm_u32 inputs, sm_u32 outputs) {
     sm_u64 idx = (sm_u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx < (sm_u64)outputs * n) out[idx] = sm_base_convert_element(x, consts, moduli, n, inputs, outputs, idx);
+}
+
+extern "C" __global__ void automorphism(sm_u64 *out, const sm_u64 *in, const sm_u64 *moduli, sm_u64 per_limb,
+                                        sm_u32 n, sm_u64 g, sm_u64 total) {
+    sm_u64 idx = (sm_u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx < total) sm_automorphism_element(in, out, moduli, per_limb, n, g, idx);
+}
+
+/* low: `polys` polynomials' residues, limb-major (run r modulo moduli[r / polys]), each divided
+ * by the prime of top's run r % polys; consts: three values per modulus (sm_divide_element). */
+extern "C" __global__ void divide_by_prime(sm_u64 *low, const sm_u64 *top, const sm_u64 *moduli, const sm_u64 *consts,
+                                           sm_u64 p_top, sm_u64 polys, sm_u32 n, sm_u64 total) {
+    sm_u64 idx = (sm_u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx < total) {
+        sm_u64 run = idx / n, l = run / polys;
+        low[idx] = sm_divide_element(low[idx], top[(run % polys) * n + idx % n], p_top, moduli[l], consts + 3 * l);
+    }
 }

@@ -153,19 +153,48 @@ SM_FN void sm_ntt_inverse_poly(sm_u64 *a, const sm_u64 *psi_inv, const sm_u64 *p
 
 /* ---- multiply-accumulate and base conversion ------------------------------------------------ */
 
-/* Element idx (output row j = idx / n, coefficient idx % n) of out[j] = Σ_i x[i] ⊙ w[j][i] mod p
- * over `inputs` polynomials of n values (ct×pt products, selection sums): the side with Shoup
- * constants is w when `prepared_w`, else x. The accumulator stays in a register over every input
- * (on the GPU: on chip across all experts of a selection sum). */
-SM_FN sm_u64 sm_mul_acc_element(const sm_u64 *x, const sm_u64 *w, const sm_u64 *consts, sm_u64 p, sm_u32 n,
-                                 sm_u32 inputs, int prepared_w, sm_u64 idx) {
-    sm_u64 j = idx / n, c = idx % n;
+/* Element idx of out[l][j] = Σ_i x[l][i] ⊙ w[l][j][i] mod p_l over `inputs` polynomials of n
+ * values per limb (ct×pt products, selection sums), every operand limb-major (limb l = idx /
+ * (outputs·n), output row j, coefficient c): the side with Shoup constants is w when
+ * `prepared_w`, else x. The accumulator stays in a register over every input (on the GPU: on chip
+ * across all experts of a selection sum). */
+SM_FN sm_u64 sm_mul_acc_element(const sm_u64 *x, const sm_u64 *w, const sm_u64 *consts, const sm_u64 *moduli,
+                                 sm_u32 n, sm_u32 inputs, sm_u32 outputs, int prepared_w, sm_u64 idx) {
+    sm_u64 per_limb = (sm_u64)outputs * n;
+    sm_u64 l = idx / per_limb, r = idx % per_limb;
+    sm_u64 j = r / n, c = r % n;
+    sm_u64 p = moduli[l];
+    sm_u64 xb = l * inputs * n, wb = (l * outputs + j) * inputs * n;
     sm_u64 acc = 0;
     for (sm_u32 i = 0; i < inputs; i++) {
-        sm_u64 xo = (sm_u64)i * n + c, wo = (j * inputs + i) * n + c;
+        sm_u64 xo = xb + (sm_u64)i * n + c, wo = wb + (sm_u64)i * n + c;
         acc = prepared_w ? sm_mac(acc, x[xo], w[wo], consts[wo], p) : sm_mac(acc, w[wo], x[xo], consts[xo], p);
     }
     return sm_csub(acc, p);
+}
+
+/* The automorphism X ↦ X^g (g odd) of a run of n coefficients, for source element idx (run
+ * idx / n, limb run / per_limb, coefficient i = idx % n): X^i goes to X^(i·g mod 2n), negated when
+ * that is ≥ n (X^n = −1). Every destination is written by exactly one source. */
+SM_FN void sm_automorphism_element(const sm_u64 *in, sm_u64 *out, const sm_u64 *moduli, sm_u64 per_limb, sm_u32 n,
+                                   sm_u64 g, sm_u64 idx) {
+    sm_u64 run = idx / n, i = idx % n;
+    sm_u64 p = moduli[run / per_limb];
+    sm_u64 j = (i * g) & (2 * (sm_u64)n - 1);
+    sm_u64 v = in[idx];
+    if (j < n)
+        out[run * n + j] = v;
+    else
+        out[run * n + j - n] = v == 0 ? 0 : p - v;
+}
+
+/* One residue of modulus switching: (x − [v])·p_top^-1 mod p, with v the residue mod p_top
+ * centred in (−p_top/2, p_top/2]; `c` holds (p_top mod p, p_top^-1 mod p, its Shoup constant). */
+SM_FN sm_u64 sm_divide_element(sm_u64 x, sm_u64 v, sm_u64 p_top, sm_u64 p, const sm_u64 *c) {
+    sm_u64 v_mod = v % p;
+    if (v > p_top / 2) v_mod = v_mod >= c[0] ? v_mod - c[0] : v_mod + p - c[0];
+    sm_u64 d = x >= v_mod ? x - v_mod : x + p - v_mod;
+    return sm_mul_shoup(d, c[1], c[2], p);
 }
 
 /* Element idx (output row j = idx / n) of out[j] = Σ_i x[i]·c_ij mod m_j, the core of every RNS

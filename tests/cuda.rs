@@ -23,32 +23,42 @@ fn gpu() -> Option<CudaBackend> {
     }
 }
 
-fn prime(bits: u32, n: usize) -> Modulus {
-    Modulus::new(ntt_primes(bits, n, 1).unwrap()[0]).unwrap()
-}
-
 #[test]
 fn transforms_match_the_cpu_at_every_size_in_shared_and_global_memory() {
     let Some(gpu) = gpu() else { return };
     let cpu = CpuBackend::new(2).unwrap();
     let mut rng = StdRng::seed_from_u64(41);
-    // 2^15 coefficients do not fit a block's shared memory: the global-memory path
-    for (bits, n, count) in [(36, 16, 3), (50, 1024, 7), (60, 8192, 12), (61, 16384, 2), (59, 32768, 2)] {
-        let table = NttTable::new(n, prime(bits, n)).unwrap();
-        let p = table.modulus().value();
+    // 2^15 coefficients do not fit a block's shared memory: the global-memory path; every call
+    // covers `limbs` limbs of `count` polynomials each (limb-major)
+    for (bits, n, count, limbs) in
+        [(36, 16, 3, 1), (50, 1024, 7, 2), (60, 8192, 12, 3), (61, 16384, 2, 2), (59, 32768, 2, 1)]
+    {
+        let tables: Vec<NttTable> = ntt_primes(bits, n, limbs)
+            .unwrap()
+            .into_iter()
+            .map(|q| NttTable::new(n, Modulus::new(q).unwrap()).unwrap())
+            .collect();
+        let draw = |rng: &mut StdRng, support: usize| -> Vec<u64> {
+            tables
+                .iter()
+                .flat_map(|t| {
+                    let p = t.modulus().value();
+                    (0..count * n).map(|i| if i % n < support { rng.random_range(0..p) } else { 0 }).collect::<Vec<_>>()
+                })
+                .collect()
+        };
         for support in [n, 64] {
-            let mut want: Vec<u64> =
-                (0..count * n).map(|i| if i % n < support { rng.random_range(0..p) } else { 0 }).collect();
+            let mut want = draw(&mut rng, support);
             let mut got = want.clone();
-            cpu.ntt_forward_sparse(&table, &mut want, support);
-            gpu.ntt_forward_sparse(&table, &mut got, support);
-            assert_eq!(got, want, "forward, N = {n}, {bits}-bit prime, support {support}");
+            cpu.ntt_forward_sparse(&tables, &mut want, support).unwrap();
+            gpu.ntt_forward_sparse(&tables, &mut got, support).unwrap();
+            assert_eq!(got, want, "forward, N = {n}, {bits}-bit primes, support {support}");
         }
-        let mut want: Vec<u64> = (0..count * n).map(|_| rng.random_range(0..p)).collect();
+        let mut want = draw(&mut rng, n);
         let mut got = want.clone();
-        cpu.ntt_inverse(&table, &mut want);
-        gpu.ntt_inverse(&table, &mut got);
-        assert_eq!(got, want, "inverse, N = {n}, {bits}-bit prime");
+        cpu.ntt_inverse(&tables, &mut want).unwrap();
+        gpu.ntt_inverse(&tables, &mut got).unwrap();
+        assert_eq!(got, want, "inverse, N = {n}, {bits}-bit primes");
     }
 }
 
@@ -57,19 +67,23 @@ fn multiply_accumulate_and_base_conversion_match_the_cpu() {
     let Some(gpu) = gpu() else { return };
     let cpu = CpuBackend::new(2).unwrap();
     let mut rng = StdRng::seed_from_u64(42);
-    let m = prime(61, 8192);
-    let (n, inputs, outputs) = (8192, 9, 4);
-    let x: Vec<u64> = (0..inputs * n).map(|_| rng.random_range(0..m.value())).collect();
-    let w: Vec<u64> = (0..outputs * inputs * n).map(|_| rng.random_range(0..m.value())).collect();
-    let ws: Vec<u64> = w.iter().map(|&v| m.shoup(v)).collect();
-    let xs: Vec<u64> = x.iter().map(|&v| m.shoup(v)).collect();
+    let n = 8192;
+    let moduli: Vec<Modulus> = ntt_primes(61, n, 3).unwrap().into_iter().map(|p| Modulus::new(p).unwrap()).collect();
+    let (inputs, outputs, limbs) = (9, 4, moduli.len());
+    let draw = |len: usize, rng: &mut StdRng| -> Vec<u64> {
+        moduli.iter().flat_map(|m| (0..len).map(|_| rng.random_range(0..m.value())).collect::<Vec<_>>()).collect()
+    };
+    let (x, w) = (draw(inputs * n, &mut rng), draw(outputs * inputs * n, &mut rng));
+    let shoup = |v: &[u64]| -> Vec<u64> {
+        v.chunks_exact(v.len() / limbs).zip(&moduli).flat_map(|(b, m)| b.iter().map(|&v| m.shoup(v))).collect()
+    };
+    let (ws, xs) = (shoup(&w), shoup(&x));
     for prepared in [Prepared::W(&ws), Prepared::X(&xs)] {
-        let (mut want, mut got) = (vec![0u64; outputs * n], vec![0u64; outputs * n]);
-        cpu.mul_acc(&m, n, &x, &w, prepared, &mut want);
-        gpu.mul_acc(&m, n, &x, &w, prepared, &mut got);
+        let (mut want, mut got) = (vec![0u64; limbs * outputs * n], vec![0u64; limbs * outputs * n]);
+        cpu.mul_acc(&moduli, n, &x, &w, prepared, &mut want).unwrap();
+        gpu.mul_acc(&moduli, n, &x, &w, prepared, &mut got).unwrap();
         assert_eq!(got, want, "{prepared:?}");
     }
-    let moduli: Vec<Modulus> = ntt_primes(61, 8192, 4).unwrap().into_iter().map(|p| Modulus::new(p).unwrap()).collect();
     let x: Vec<u64> = (0..3 * n).map(|_| rng.random()).collect();
     let consts: Vec<(u64, u64)> = (0..3 * moduli.len())
         .map(|k| {
@@ -79,9 +93,33 @@ fn multiply_accumulate_and_base_conversion_match_the_cpu() {
         })
         .collect();
     let (mut want, mut got) = (vec![0u64; moduli.len() * n], vec![0u64; moduli.len() * n]);
-    cpu.base_convert(&moduli, n, &x, &consts, &mut want);
-    gpu.base_convert(&moduli, n, &x, &consts, &mut got);
+    cpu.base_convert(&moduli, n, &x, &consts, &mut want).unwrap();
+    gpu.base_convert(&moduli, n, &x, &consts, &mut got).unwrap();
     assert_eq!(got, want);
+}
+
+#[test]
+fn automorphisms_and_modulus_switching_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let cpu = CpuBackend::new(2).unwrap();
+    let mut rng = StdRng::seed_from_u64(45);
+    let n = 8192;
+    let moduli: Vec<Modulus> = ntt_primes(58, n, 4).unwrap().into_iter().map(|p| Modulus::new(p).unwrap()).collect();
+    let (low, top) = (&moduli[..3], &moduli[3]);
+    let polys = 6;
+    let input: Vec<u64> =
+        low.iter().flat_map(|m| (0..polys * n).map(|_| rng.random_range(0..m.value())).collect::<Vec<_>>()).collect();
+    for g in [3, n + 1, 2 * n - 1] {
+        let (mut want, mut got) = (vec![0u64; input.len()], vec![0u64; input.len()]);
+        cpu.automorphism(low, n, g, &input, &mut want).unwrap();
+        gpu.automorphism(low, n, g, &input, &mut got).unwrap();
+        assert_eq!(got, want, "σ_{g}");
+    }
+    let tops: Vec<u64> = (0..polys * n).map(|_| rng.random_range(0..top.value())).collect();
+    let (mut want, mut got) = (input.clone(), input.clone());
+    cpu.divide_by_prime(low, n, &mut want, &tops, top).unwrap();
+    gpu.divide_by_prime(low, n, &mut got, &tops, top).unwrap();
+    assert_eq!(got, want, "modulus switch");
 }
 
 #[test]
@@ -94,8 +132,8 @@ fn ot_hashing_matches_the_cpu() {
     let listed: Vec<u64> = (0..count).map(|_| rng.random()).collect();
     for tweaks in [Tweaks::Sequential(u64::MAX - 5), Tweaks::Listed(&listed)] {
         let (mut want, mut got) = (vec![Block::from([0u64, 0]); count], vec![Block::from([0u64, 0]); count]);
-        cpu.hash_blocks(&input, tweaks, &mut want);
-        gpu.hash_blocks(&input, tweaks, &mut got);
+        cpu.hash_blocks(&input, tweaks, &mut want).unwrap();
+        gpu.hash_blocks(&input, tweaks, &mut got).unwrap();
         assert!(got == want, "{tweaks:?}");
     }
 }
@@ -108,7 +146,7 @@ fn selection_sums_over_128_experts_match_the_cpu_on_one_and_on_every_device() {
     let cpu = CpuBackend::new(2).unwrap();
     let p = HeParams::linear().unwrap();
     let mut rng = StdRng::seed_from_u64(44);
-    let sk = SecretKey::generate(&p, &cpu, &mut rng);
+    let sk = SecretKey::generate(&p, &cpu, &mut rng).unwrap();
     let (experts, outputs, chosen) = (128usize, 3usize, 77usize);
     let weights: Vec<Vec<Vec<u64>>> = (0..outputs)
         .map(|_| (0..experts).map(|_| (0..256).map(|_| rng.random_range(-1000i64..1000) as u64).collect()).collect())
@@ -117,13 +155,13 @@ fn selection_sums_over_128_experts_match_the_cpu_on_one_and_on_every_device() {
         weights.iter().map(|r| r[range.clone()].iter().map(Vec::as_slice).collect()).collect()
     };
     let cts = (0..experts)
-        .map(|i| sk.encrypt(&Plaintext::new(&p, vec![u64::from(i == chosen)]).unwrap(), &cpu, &mut rng))
+        .map(|i| sk.encrypt(&Plaintext::new(&p, vec![u64::from(i == chosen)]).unwrap(), &cpu, &mut rng).unwrap())
         .collect();
     let sel = Selectors::new(&p, cts, &cpu).unwrap();
     let on_cpu = select(&p, &sel, 0, &OperandBank::new(&p, &rows(0..experts), &cpu).unwrap(), &cpu).unwrap();
     let on_gpu = select(&p, &sel, 0, &OperandBank::new(&p, &rows(0..experts), &gpu).unwrap(), &gpu).unwrap();
     for (j, (a, b)) in on_cpu.iter().zip(&on_gpu).enumerate() {
-        let (da, db) = (sk.decrypt(a, &cpu), sk.decrypt(b, &cpu));
+        let (da, db) = (sk.decrypt(a, &cpu).unwrap(), sk.decrypt(b, &cpu).unwrap());
         assert_eq!(da, db, "output {j}");
         assert_eq!(&da.coeffs()[..256], &weights[j][chosen][..], "output {j}");
     }
@@ -147,6 +185,6 @@ fn selection_sums_over_128_experts_match_the_cpu_on_one_and_on_every_device() {
         .collect();
     let spread = select_spread(&p, &sel, &parts).unwrap();
     for (j, (a, b)) in on_cpu.iter().zip(&spread).enumerate() {
-        assert_eq!(sk.decrypt(a, &cpu), sk.decrypt(b, &cpu), "spread, output {j}");
+        assert_eq!(sk.decrypt(a, &cpu).unwrap(), sk.decrypt(b, &cpu).unwrap(), "spread, output {j}");
     }
 }

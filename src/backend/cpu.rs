@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::{Backend, Block, NttTable, Prepared, Tweaks};
+use super::{Backend, BackendResult, Block, NttTable, Prepared, Tweaks};
 use crate::ring::modp::Modulus;
 
 /// Elements per parallel task; large enough to amortize scheduling, small enough to balance.
@@ -45,8 +45,8 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn hash_blocks(&self, input: &[Block], tweaks: Tweaks<'_>, out: &mut [Block]) {
-        super::check_hash(input, tweaks, out);
+    fn hash_blocks(&self, input: &[Block], tweaks: Tweaks<'_>, out: &mut [Block]) -> BackendResult<()> {
+        super::check_hash(input, tweaks, out)?;
         let run = |c: usize, o: &mut [Block], i: &[Block]| {
             o.copy_from_slice(i);
             FIXED_KEY_HASH.tccr_hash_slice_mut(o, |k| Block::from([tweaks.get(c * CHUNK + k), 0]));
@@ -58,66 +58,63 @@ impl Backend for CpuBackend {
                 out.par_chunks_mut(CHUNK).zip(input.par_chunks(CHUNK)).enumerate().for_each(|(c, (o, i))| run(c, o, i))
             });
         }
+        Ok(())
     }
 
-    fn ntt_forward(&self, table: &NttTable, polys: &mut [u64]) {
-        let n = table.degree();
-        assert!(polys.len().is_multiple_of(n), "ntt_forward: not a whole number of polynomials");
-        if polys.len() == n {
-            table.forward(polys); // one polynomial: a hand-off to the pool would cost more
-        } else {
-            self.pool.install(|| polys.par_chunks_mut(n).for_each(|a| table.forward(a)));
-        }
+    fn ntt_forward_sparse(&self, tables: &[NttTable], polys: &mut [u64], support: usize) -> BackendResult<()> {
+        let (n, per_limb) = super::check_ntt("ntt_forward", tables, polys)?;
+        self.per_run(n, polys, |r, a| tables[r / per_limb].forward_sparse(a, support));
+        Ok(())
     }
 
-    fn ntt_forward_sparse(&self, table: &NttTable, polys: &mut [u64], support: usize) {
-        let n = table.degree();
-        assert!(polys.len().is_multiple_of(n), "ntt_forward_sparse: not a whole number of polynomials");
-        if polys.len() == n {
-            table.forward_sparse(polys, support);
-        } else {
-            self.pool.install(|| polys.par_chunks_mut(n).for_each(|a| table.forward_sparse(a, support)));
-        }
+    fn ntt_inverse(&self, tables: &[NttTable], polys: &mut [u64]) -> BackendResult<()> {
+        let (n, per_limb) = super::check_ntt("ntt_inverse", tables, polys)?;
+        self.per_run(n, polys, |r, a| tables[r / per_limb].inverse(a));
+        Ok(())
     }
 
-    fn ntt_inverse(&self, table: &NttTable, polys: &mut [u64]) {
-        let n = table.degree();
-        assert!(polys.len().is_multiple_of(n), "ntt_inverse: not a whole number of polynomials");
-        if polys.len() == n {
-            table.inverse(polys);
-        } else {
-            self.pool.install(|| polys.par_chunks_mut(n).for_each(|a| table.inverse(a)));
-        }
-    }
-
-    fn mul_acc(&self, modulus: &Modulus, n: usize, x: &[u64], w: &[u64], prepared: Prepared<'_>, out: &mut [u64]) {
-        let inputs = super::check_mul_acc(n, x, w, prepared, out);
-        let one_output = |j: usize, acc: &mut [u64]| {
+    fn mul_acc(
+        &self,
+        moduli: &[Modulus],
+        n: usize,
+        x: &[u64],
+        w: &[u64],
+        prepared: Prepared<'_>,
+        out: &mut [u64],
+    ) -> BackendResult<()> {
+        let inputs = super::check_mul_acc(moduli, n, x, w, prepared, out)?;
+        let outputs = out.len() / (n * moduli.len());
+        // run r of `out` is output j = r % J of limb l = r / J
+        self.per_run(n, out, |r, acc| {
+            let (l, modulus) = (r / outputs, &moduli[r / outputs]);
+            let (x, row) = (&x[l * inputs * n..][..inputs * n], r * inputs * n);
             acc.fill(0);
-            let row = j * inputs * n;
             for i in 0..inputs {
                 let (xi, wi) = (&x[i * n..][..n], &w[row + i * n..][..n]);
                 // (raw, constant-carrying, constants)
                 let (raw, fixed, consts) = match prepared {
                     Prepared::W(c) => (xi, wi, &c[row + i * n..][..n]),
-                    Prepared::X(c) => (wi, xi, &c[i * n..][..n]),
+                    Prepared::X(c) => (wi, xi, &c[(l * inputs + i) * n..][..n]),
                 };
                 accumulate(modulus, acc, raw, fixed, consts);
             }
             for a in acc.iter_mut() {
                 *a = (*a).min(a.wrapping_sub(modulus.value()));
             }
-        };
-        if out.len() == n {
-            one_output(0, out); // one output: a hand-off to the pool would cost more
-        } else {
-            self.pool.install(|| out.par_chunks_mut(n).enumerate().for_each(|(j, acc)| one_output(j, acc)));
-        }
+        });
+        Ok(())
     }
 
-    fn base_convert(&self, moduli: &[Modulus], n: usize, x: &[u64], consts: &[(u64, u64)], out: &mut [u64]) {
+    fn base_convert(
+        &self,
+        moduli: &[Modulus],
+        n: usize,
+        x: &[u64],
+        consts: &[(u64, u64)],
+        out: &mut [u64],
+    ) -> BackendResult<()> {
         let outputs = moduli.len();
-        super::check_base_convert(moduli, n, x, consts, out);
+        super::check_base_convert(moduli, n, x, consts, out)?;
         let one_output = |j: usize, acc: &mut [u64]| {
             let m = &moduli[j];
             acc.fill(0);
@@ -134,7 +131,78 @@ impl Backend for CpuBackend {
         } else {
             self.pool.install(|| out.par_chunks_mut(n).enumerate().for_each(|(j, acc)| one_output(j, acc)));
         }
+        Ok(())
     }
+
+    fn automorphism(
+        &self,
+        moduli: &[Modulus],
+        n: usize,
+        element: usize,
+        input: &[u64],
+        out: &mut [u64],
+    ) -> BackendResult<()> {
+        let per_limb = super::check_automorphism(moduli, n, element, input, out)?;
+        self.per_run(n, out, |r, dst| {
+            automorphism_run(&input[r * n..][..n], dst, element, moduli[r / per_limb].value())
+        });
+        Ok(())
+    }
+
+    fn divide_by_prime(
+        &self,
+        moduli: &[Modulus],
+        n: usize,
+        low: &mut [u64],
+        top: &[u64],
+        p_top: &Modulus,
+    ) -> BackendResult<()> {
+        let polys = super::check_divide(moduli, n, low, top)?;
+        let consts = super::divide_constants(moduli, p_top)?;
+        self.per_run(n, low, |r, row| {
+            let (m, top) = (&moduli[r / polys], &top[(r % polys) * n..][..n]);
+            let [p_mod, inv, inv_shoup] = consts[r / polys];
+            for (x, &v) in row.iter_mut().zip(top) {
+                *x = divide_element(m, *x, v, p_top.value(), p_mod, inv, inv_shoup);
+            }
+        });
+        Ok(())
+    }
+}
+
+impl CpuBackend {
+    /// Runs `f(r, run)` on every run of `n` values of `data`: inline for one run (a hand-off to
+    /// the pool would cost more), else on the pool.
+    fn per_run(&self, n: usize, data: &mut [u64], f: impl Fn(usize, &mut [u64]) + Sync) {
+        if data.len() <= n {
+            data.chunks_exact_mut(n.max(1)).enumerate().for_each(|(r, a)| f(r, a));
+        } else {
+            self.pool.install(|| data.par_chunks_mut(n).enumerate().for_each(|(r, a)| f(r, a)));
+        }
+    }
+}
+
+/// σ_g on one run in coefficient form: X^i ↦ ±X^(i·g mod n), negated when i·g mod 2n ≥ n
+/// (`sm_automorphism_element` of kernels/modarith.cuh, per source index).
+fn automorphism_run(src: &[u64], dst: &mut [u64], element: usize, p: u64) {
+    let n = src.len();
+    let mask = 2 * n - 1;
+    for (i, &v) in src.iter().enumerate() {
+        let j = (i * element) & mask;
+        if j < n {
+            dst[j] = v;
+        } else {
+            dst[j - n] = if v == 0 { 0 } else { p - v };
+        }
+    }
+}
+
+/// One residue of [`Backend::divide_by_prime`]: (x − [v]) · p_top^-1 mod p, with v (a residue mod
+/// p_top) centred (`sm_divide_element` of kernels/modarith.cuh).
+#[inline(always)]
+fn divide_element(m: &Modulus, x: u64, v: u64, p_top: u64, p_mod: u64, inv: u64, inv_shoup: u64) -> u64 {
+    let v_mod = if v > p_top / 2 { m.sub(m.reduce(v), p_mod) } else { m.reduce(v) };
+    m.mul_shoup(m.sub(x, v_mod), inv, inv_shoup)
 }
 
 /// `acc += y·c mod p` (lazily, acc stays in [0, 2p)) for a constant c < p with Shoup constant

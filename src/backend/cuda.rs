@@ -21,11 +21,10 @@
 //! over experts, so [`crate::he::select_spread`] gives each device its experts' bank and adds the
 //! partial sums. Across hosts the same split applies, with each host's partial sums (ciphertexts)
 //! sent to the one that answers the client over an existing RPC or collective layer (e.g. NCCL or
-//! gRPC streams); not built. A driver error inside a [`Backend`] method (the
-//! device lost, out of memory) stops the process with the reason: those methods cannot return one
-//! (the fallible backend trait is part of the protocol-surface issue); everything that can fail
-//! before any work (no driver, no device, no compiler, a kernel that does not load) is a
-//! [`CudaError`] from [`CudaBackend::new`].
+//! gRPC streams); not built. A driver error inside a [`Backend`] method (the device lost, out of
+//! memory) is returned as [`BackendError::Cuda`]; everything that can fail before any work (no
+//! driver, no device, no compiler, a kernel that does not load) is a [`CudaError`] from
+//! [`CudaBackend::new`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -38,7 +37,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use super::kernels::{KernelSource, MODULES};
-use super::{Backend, Block, CpuBackend, NttTable, Prepared, Tweaks};
+use super::{Backend, BackendError, BackendResult, Block, CpuBackend, NttTable, Prepared, Tweaks};
 use crate::ring::modp::Modulus;
 
 /// Why the CUDA backend cannot start or run.
@@ -101,6 +100,8 @@ struct Kernels {
     ntt_inverse: CudaFunction,
     mul_acc: CudaFunction,
     base_convert: CudaFunction,
+    automorphism: CudaFunction,
+    divide_by_prime: CudaFunction,
     hash_blocks: CudaFunction,
 }
 
@@ -192,6 +193,8 @@ impl CudaBackend {
             ntt_inverse: function("ntt", "ntt_inverse")?,
             mul_acc: function("mac", "mul_acc")?,
             base_convert: function("mac", "base_convert")?,
+            automorphism: function("mac", "automorphism")?,
+            divide_by_prime: function("mac", "divide_by_prime")?,
             hash_blocks: function("hash", "hash_blocks")?,
         };
         tracing::info!(ordinal, device = %device, "CUDA backend started");
@@ -292,55 +295,68 @@ impl CudaBackend {
         Ok((cfg, i32::from(in_shared)))
     }
 
+    /// Launches one NTT kernel per table over its limb's block of `polys` (limb-major):
+    /// forward with `Some(support)`, else inverse.
+    fn ntt_launches(
+        &self,
+        tables: &[NttTable],
+        polys: &mut DeviceVec,
+        forward: Option<usize>,
+    ) -> Result<(), CudaError> {
+        let Some(n) = tables.first().map(NttTable::degree) else { return Ok(()) };
+        let count = polys.len() / (n * tables.len());
+        if count == 0 {
+            return Ok(());
+        }
+        for (l, table) in tables.iter().enumerate() {
+            let tw = self.twiddles_of(table)?;
+            let host = table.twiddles();
+            let (cfg, in_shared) = self.ntt_launch(n, count)?;
+            let offset = (l * count * n) as u64;
+            let (p, n32) = (table.modulus().value(), n as u32);
+            let support = forward.map_or(n32, |s| s.clamp(1, n).next_power_of_two() as u32);
+            let ((n_inv, n_inv_shoup), (last, last_shoup)) = (host.n_inv, host.last_inv);
+            let kernel = if forward.is_some() { &self.kernels.ntt_forward } else { &self.kernels.ntt_inverse };
+            let mut args = self.stream.launch_builder(kernel);
+            args.arg(&mut polys.0).arg(&offset);
+            if forward.is_some() {
+                args.arg(&tw.psi).arg(&tw.psi_shoup).arg(&p).arg(&n32).arg(&support);
+            } else {
+                args.arg(&tw.psi_inv).arg(&tw.psi_inv_shoup).arg(&p).arg(&n32);
+                args.arg(&n_inv).arg(&n_inv_shoup).arg(&last).arg(&last_shoup);
+            }
+            args.arg(&in_shared);
+            // SAFETY: the arguments match the kernels' signatures in kernels/ntt.cu; the grid
+            // covers the `count` polynomials of this limb's block, offset + count·N ≤ the
+            // buffer's length, and the tables hold N values each.
+            unsafe { args.launch(cfg) }.map_err(self.fail("launching an NTT"))?;
+        }
+        Ok(())
+    }
+
     /// [`Backend::ntt_forward_sparse`] on resident polynomials (`support` = N: every
-    /// coefficient).
+    /// coefficient). The caller checks the shapes (as the trait method does).
     pub fn ntt_forward_on_device(
         &self,
-        table: &NttTable,
+        tables: &[NttTable],
         polys: &mut DeviceVec,
         support: usize,
     ) -> Result<(), CudaError> {
-        let n = table.degree();
-        let count = polys.len() / n;
-        if count == 0 {
-            return Ok(());
-        }
-        let tw = self.twiddles_of(table)?;
-        let (cfg, in_shared) = self.ntt_launch(n, count)?;
-        let (p, n32) = (table.modulus().value(), n as u32);
-        let support = support.clamp(1, n).next_power_of_two() as u32;
-        let mut args = self.stream.launch_builder(&self.kernels.ntt_forward);
-        args.arg(&mut polys.0).arg(&tw.psi).arg(&tw.psi_shoup).arg(&p).arg(&n32).arg(&support).arg(&in_shared);
-        // SAFETY: the arguments match the kernel's signature in kernels/ntt.cu; the grid covers
-        // `count` whole polynomials of the buffer and the tables hold N values each.
-        unsafe { args.launch(cfg) }.map(drop).map_err(self.fail("launching ntt_forward"))
+        self.ntt_launches(tables, polys, Some(support))
     }
 
     /// [`Backend::ntt_inverse`] on resident polynomials.
-    pub fn ntt_inverse_on_device(&self, table: &NttTable, polys: &mut DeviceVec) -> Result<(), CudaError> {
-        let n = table.degree();
-        let count = polys.len() / n;
-        if count == 0 {
-            return Ok(());
-        }
-        let tw = self.twiddles_of(table)?;
-        let host = table.twiddles();
-        let (cfg, in_shared) = self.ntt_launch(n, count)?;
-        let (p, n32) = (table.modulus().value(), n as u32);
-        let ((n_inv, n_inv_shoup), (last, last_shoup)) = (host.n_inv, host.last_inv);
-        let mut args = self.stream.launch_builder(&self.kernels.ntt_inverse);
-        args.arg(&mut polys.0).arg(&tw.psi_inv).arg(&tw.psi_inv_shoup).arg(&p).arg(&n32);
-        args.arg(&n_inv).arg(&n_inv_shoup).arg(&last).arg(&last_shoup).arg(&in_shared);
-        // SAFETY: as in `ntt_forward_on_device` (kernels/ntt.cu, `ntt_inverse`).
-        unsafe { args.launch(cfg) }.map(drop).map_err(self.fail("launching ntt_inverse"))
+    pub fn ntt_inverse_on_device(&self, tables: &[NttTable], polys: &mut DeviceVec) -> Result<(), CudaError> {
+        self.ntt_launches(tables, polys, None)
     }
 
-    /// [`Backend::mul_acc`] on resident data: `consts` are the Shoup constants of `w` when
-    /// `prepared_w`, else of `x`. The caller checks the shapes (as the trait method does).
+    /// [`Backend::mul_acc`] on resident data over every limb of `moduli`: `consts` are the Shoup
+    /// constants of `w` when `prepared_w`, else of `x`. The caller checks the shapes (as the
+    /// trait method does).
     #[allow(clippy::too_many_arguments)]
     pub fn mul_acc_on_device(
         &self,
-        modulus: &Modulus,
+        moduli: &[Modulus],
         n: usize,
         x: &DeviceVec,
         w: &DeviceVec,
@@ -349,15 +365,65 @@ impl CudaBackend {
         out: &mut DeviceVec,
     ) -> Result<(), CudaError> {
         let total = out.len() as u64;
-        if total == 0 {
+        if total == 0 || moduli.is_empty() {
             return Ok(());
         }
-        let (p, n32, inputs, flag) = (modulus.value(), n as u32, (x.len() / n) as u32, i32::from(prepared_w));
+        let primes = self.upload(&moduli.iter().map(Modulus::value).collect::<Vec<_>>())?;
+        let limbs = moduli.len();
+        let (n32, inputs, outputs) = (n as u32, (x.len() / (n * limbs)) as u32, (out.len() / (n * limbs)) as u32);
+        let flag = i32::from(prepared_w);
         let mut args = self.stream.launch_builder(&self.kernels.mul_acc);
-        args.arg(&mut out.0).arg(&x.0).arg(&w.0).arg(&consts.0).arg(&p).arg(&n32).arg(&inputs).arg(&total).arg(&flag);
+        args.arg(&mut out.0).arg(&x.0).arg(&w.0).arg(&consts.0).arg(&primes.0);
+        args.arg(&n32).arg(&inputs).arg(&outputs).arg(&total).arg(&flag);
         // SAFETY: kernels/mac.cu `mul_acc`; one thread per output value, the inputs as long as the
-        // shapes the caller checked.
+        // shapes the caller checked, one prime per limb.
         unsafe { args.launch(elementwise(total)) }.map(drop).map_err(self.fail("launching mul_acc"))
+    }
+
+    /// [`Backend::automorphism`] on resident polynomials (`out` as long as `input`).
+    pub fn automorphism_on_device(
+        &self,
+        moduli: &[Modulus],
+        n: usize,
+        element: usize,
+        input: &DeviceVec,
+        out: &mut DeviceVec,
+    ) -> Result<(), CudaError> {
+        let total = input.len() as u64;
+        if total == 0 || moduli.is_empty() {
+            return Ok(());
+        }
+        let primes = self.upload(&moduli.iter().map(Modulus::value).collect::<Vec<_>>())?;
+        let (per_limb, n32, g) = (input.len() as u64 / (n * moduli.len()) as u64, n as u32, element as u64);
+        let mut args = self.stream.launch_builder(&self.kernels.automorphism);
+        args.arg(&mut out.0).arg(&input.0).arg(&primes.0).arg(&per_limb).arg(&n32).arg(&g).arg(&total);
+        // SAFETY: kernels/mac.cu `automorphism`; one thread per input value, `out` as long.
+        unsafe { args.launch(elementwise(total)) }.map(drop).map_err(self.fail("launching automorphism"))
+    }
+
+    /// [`Backend::divide_by_prime`] on resident residues.
+    pub fn divide_by_prime_on_device(
+        &self,
+        moduli: &[Modulus],
+        n: usize,
+        low: &mut DeviceVec,
+        top: &DeviceVec,
+        p_top: &Modulus,
+    ) -> Result<(), BackendError> {
+        let total = low.len() as u64;
+        if total == 0 || moduli.is_empty() {
+            return Ok(());
+        }
+        let consts: Vec<u64> = super::divide_constants(moduli, p_top)?.into_iter().flatten().collect();
+        let primes = self.upload(&moduli.iter().map(Modulus::value).collect::<Vec<_>>())?;
+        let consts = self.upload(&consts)?;
+        let (polys, n32, pt) = (top.len() as u64 / n as u64, n as u32, p_top.value());
+        let mut args = self.stream.launch_builder(&self.kernels.divide_by_prime);
+        args.arg(&mut low.0).arg(&top.0).arg(&primes.0).arg(&consts.0).arg(&pt).arg(&polys).arg(&n32).arg(&total);
+        // SAFETY: kernels/mac.cu `divide_by_prime`; one thread per low residue, `top` one run per
+        // polynomial, three constants per prime.
+        unsafe { args.launch(elementwise(total)) }.map_err(self.fail("launching divide_by_prime"))?;
+        Ok(())
     }
 
     /// [`Backend::hash_blocks`] in place on resident blocks (two words each), tweaks base + i.
@@ -384,18 +450,15 @@ impl CudaBackend {
         unsafe { args.launch(elementwise(count)) }.map(drop).map_err(self.fail("launching hash_blocks"))
     }
 
-    /// Stops the process on a driver error inside a [`Backend`] method (see the module docs).
-    fn expect<T>(&self, result: Result<T, CudaError>) -> T {
-        result.unwrap_or_else(|e| panic!("CUDA backend ({}): {e}", self.device))
-    }
-
-    fn ntt_roundtrip(&self, polys: &mut [u64], run: impl FnOnce(&mut DeviceVec) -> Result<(), CudaError>) {
-        let result = (|| {
-            let mut dev = self.upload(polys)?;
-            run(&mut dev)?;
-            self.download(&dev, polys)
-        })();
-        self.expect(result)
+    /// Copies `values` in, runs `run` on the device copy and copies the result back.
+    fn in_place(
+        &self,
+        values: &mut [u64],
+        run: impl FnOnce(&mut DeviceVec) -> Result<(), BackendError>,
+    ) -> Result<(), BackendError> {
+        let mut dev = self.upload(values)?;
+        run(&mut dev)?;
+        Ok(self.download(&dev, values)?)
     }
 }
 
@@ -484,83 +547,119 @@ impl Backend for CudaBackend {
         self.host.for_each(count, task)
     }
 
-    fn hash_blocks(&self, input: &[Block], tweaks: Tweaks<'_>, out: &mut [Block]) {
-        super::check_hash(input, tweaks, out);
+    fn hash_blocks(&self, input: &[Block], tweaks: Tweaks<'_>, out: &mut [Block]) -> BackendResult<()> {
+        super::check_hash(input, tweaks, out)?;
         // (the driver allocates no empty buffer: nothing to do is done on the host)
         if input.is_empty() || 2 * input.len() < self.host_below {
             return self.host.hash_blocks(input, tweaks, out);
         }
-        let result = (|| {
-            let mut blocks = self.upload(bytemuck::cast_slice(input))?;
-            match tweaks {
-                Tweaks::Sequential(base) => self.hash_on_device(&mut blocks, base)?,
-                Tweaks::Listed(list) => self.hash_launch(&mut blocks, &self.upload(list)?, 0, true)?,
-            }
-            self.download(&blocks, bytemuck::cast_slice_mut(out))
-        })();
-        self.expect(result)
-    }
-
-    fn ntt_forward(&self, table: &NttTable, polys: &mut [u64]) {
-        self.ntt_forward_sparse(table, polys, table.degree())
-    }
-
-    fn ntt_forward_sparse(&self, table: &NttTable, polys: &mut [u64], support: usize) {
-        assert!(polys.len().is_multiple_of(table.degree()), "ntt_forward_sparse: not a whole number of polynomials");
-        if polys.is_empty() || polys.len() < self.host_below {
-            return self.host.ntt_forward_sparse(table, polys, support);
+        let mut blocks = self.upload(bytemuck::cast_slice(input))?;
+        match tweaks {
+            Tweaks::Sequential(base) => self.hash_on_device(&mut blocks, base)?,
+            Tweaks::Listed(list) => self.hash_launch(&mut blocks, &self.upload(list)?, 0, true)?,
         }
-        self.ntt_roundtrip(polys, |dev| self.ntt_forward_on_device(table, dev, support))
+        Ok(self.download(&blocks, bytemuck::cast_slice_mut(out))?)
     }
 
-    fn ntt_inverse(&self, table: &NttTable, polys: &mut [u64]) {
-        assert!(polys.len().is_multiple_of(table.degree()), "ntt_inverse: not a whole number of polynomials");
+    fn ntt_forward_sparse(&self, tables: &[NttTable], polys: &mut [u64], support: usize) -> BackendResult<()> {
+        super::check_ntt("ntt_forward", tables, polys)?;
         if polys.is_empty() || polys.len() < self.host_below {
-            return self.host.ntt_inverse(table, polys);
+            return self.host.ntt_forward_sparse(tables, polys, support);
         }
-        self.ntt_roundtrip(polys, |dev| self.ntt_inverse_on_device(table, dev))
+        self.in_place(polys, |dev| Ok(self.ntt_forward_on_device(tables, dev, support)?))
     }
 
-    fn mul_acc(&self, modulus: &Modulus, n: usize, x: &[u64], w: &[u64], prepared: Prepared<'_>, out: &mut [u64]) {
-        super::check_mul_acc(n, x, w, prepared, out);
+    fn ntt_inverse(&self, tables: &[NttTable], polys: &mut [u64]) -> BackendResult<()> {
+        super::check_ntt("ntt_inverse", tables, polys)?;
+        if polys.is_empty() || polys.len() < self.host_below {
+            return self.host.ntt_inverse(tables, polys);
+        }
+        self.in_place(polys, |dev| Ok(self.ntt_inverse_on_device(tables, dev)?))
+    }
+
+    fn mul_acc(
+        &self,
+        moduli: &[Modulus],
+        n: usize,
+        x: &[u64],
+        w: &[u64],
+        prepared: Prepared<'_>,
+        out: &mut [u64],
+    ) -> BackendResult<()> {
+        super::check_mul_acc(moduli, n, x, w, prepared, out)?;
         let (consts, prepared_w) = match prepared {
             Prepared::W(c) => (c, true),
             Prepared::X(c) => (c, false),
         };
         if w.is_empty() || w.len() < self.host_below {
-            return self.host.mul_acc(modulus, n, x, w, prepared, out);
+            return self.host.mul_acc(moduli, n, x, w, prepared, out);
         }
-        let result = (|| {
-            let (dx, dw, dc) = (self.upload(x)?, self.upload(w)?, self.upload(consts)?);
-            let mut dout = self.zeros(out.len())?;
-            self.mul_acc_on_device(modulus, n, &dx, &dw, &dc, prepared_w, &mut dout)?;
-            self.download(&dout, out)
-        })();
-        self.expect(result)
+        let (dx, dw, dc) = (self.upload(x)?, self.upload(w)?, self.upload(consts)?);
+        let mut dout = self.zeros(out.len())?;
+        self.mul_acc_on_device(moduli, n, &dx, &dw, &dc, prepared_w, &mut dout)?;
+        Ok(self.download(&dout, out)?)
     }
 
-    fn base_convert(&self, moduli: &[Modulus], n: usize, x: &[u64], consts: &[(u64, u64)], out: &mut [u64]) {
+    fn base_convert(
+        &self,
+        moduli: &[Modulus],
+        n: usize,
+        x: &[u64],
+        consts: &[(u64, u64)],
+        out: &mut [u64],
+    ) -> BackendResult<()> {
         let outputs = moduli.len();
-        let inputs = super::check_base_convert(moduli, n, x, consts, out);
+        let inputs = super::check_base_convert(moduli, n, x, consts, out)?;
         if out.is_empty() {
-            return;
+            return Ok(());
         }
         if x.is_empty() || x.len() * outputs < self.host_below {
             return self.host.base_convert(moduli, n, x, consts, out);
         }
         let flat: Vec<u64> = consts.iter().flat_map(|&(c, s)| [c, s]).collect();
         let values: Vec<u64> = moduli.iter().map(Modulus::value).collect();
-        let result = (|| {
-            let (dx, dc, dm) = (self.upload(x)?, self.upload(&flat)?, self.upload(&values)?);
-            let mut dout = self.zeros(out.len())?;
-            let (n32, i32_, o32) = (n as u32, inputs as u32, outputs as u32);
-            let mut args = self.stream.launch_builder(&self.kernels.base_convert);
-            args.arg(&mut dout.0).arg(&dx.0).arg(&dc.0).arg(&dm.0).arg(&n32).arg(&i32_).arg(&o32);
-            // SAFETY: kernels/mac.cu `base_convert`; lengths checked above.
-            unsafe { args.launch(elementwise(out.len() as u64)) }.map_err(self.fail("launching base_convert"))?;
-            self.download(&dout, out)
-        })();
-        self.expect(result)
+        let (dx, dc, dm) = (self.upload(x)?, self.upload(&flat)?, self.upload(&values)?);
+        let mut dout = self.zeros(out.len())?;
+        let (n32, i32_, o32) = (n as u32, inputs as u32, outputs as u32);
+        let mut args = self.stream.launch_builder(&self.kernels.base_convert);
+        args.arg(&mut dout.0).arg(&dx.0).arg(&dc.0).arg(&dm.0).arg(&n32).arg(&i32_).arg(&o32);
+        // SAFETY: kernels/mac.cu `base_convert`; lengths checked above.
+        unsafe { args.launch(elementwise(out.len() as u64)) }.map_err(self.fail("launching base_convert"))?;
+        Ok(self.download(&dout, out)?)
+    }
+
+    fn automorphism(
+        &self,
+        moduli: &[Modulus],
+        n: usize,
+        element: usize,
+        input: &[u64],
+        out: &mut [u64],
+    ) -> BackendResult<()> {
+        super::check_automorphism(moduli, n, element, input, out)?;
+        if input.is_empty() || input.len() < self.host_below {
+            return self.host.automorphism(moduli, n, element, input, out);
+        }
+        let din = self.upload(input)?;
+        let mut dout = self.zeros(out.len())?;
+        self.automorphism_on_device(moduli, n, element, &din, &mut dout)?;
+        Ok(self.download(&dout, out)?)
+    }
+
+    fn divide_by_prime(
+        &self,
+        moduli: &[Modulus],
+        n: usize,
+        low: &mut [u64],
+        top: &[u64],
+        p_top: &Modulus,
+    ) -> BackendResult<()> {
+        super::check_divide(moduli, n, low, top)?;
+        if low.is_empty() || low.len() < self.host_below {
+            return self.host.divide_by_prime(moduli, n, low, top, p_top);
+        }
+        let dtop = self.upload(top)?;
+        self.in_place(low, |dev| self.divide_by_prime_on_device(moduli, n, dev, &dtop, p_top))
     }
 }
 

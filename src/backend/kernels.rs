@@ -86,11 +86,31 @@ mod tests {
             x: *const u64,
             w: *const u64,
             consts: *const u64,
-            p: u64,
+            moduli: *const u64,
             n: u32,
             inputs: u32,
+            outputs: u32,
             total: u64,
             prepared_w: i32,
+        );
+        fn secmoe_host_automorphism(
+            out: *mut u64,
+            input: *const u64,
+            moduli: *const u64,
+            per_limb: u64,
+            n: u32,
+            g: u64,
+            total: u64,
+        );
+        fn secmoe_host_divide_by_prime(
+            low: *mut u64,
+            top: *const u64,
+            moduli: *const u64,
+            consts: *const u64,
+            p_top: u64,
+            polys: u64,
+            n: u32,
+            total: u64,
         );
         fn secmoe_host_base_convert(
             out: *mut u64,
@@ -123,7 +143,8 @@ mod tests {
             for support in [n, 64.min(n), 1] {
                 let mut want: Vec<u64> = (0..n).map(|i| if i < support { rng.random_range(0..p) } else { 0 }).collect();
                 let mut got = want.clone();
-                be.ntt_forward_sparse(&table, &mut want, support);
+                be.ntt_forward_sparse(std::slice::from_ref(&table), &mut want, support)
+                    .unwrap_or_else(|e| panic!("{e}"));
                 // SAFETY: `got` holds n values, the tables n values each.
                 unsafe {
                     secmoe_host_ntt_forward(
@@ -139,7 +160,7 @@ mod tests {
             }
             let mut want: Vec<u64> = (0..n).map(|_| rng.random_range(0..p)).collect();
             let mut got = want.clone();
-            be.ntt_inverse(&table, &mut want);
+            be.ntt_inverse(std::slice::from_ref(&table), &mut want).unwrap_or_else(|e| panic!("{e}"));
             // SAFETY: as above.
             unsafe {
                 secmoe_host_ntt_inverse(
@@ -162,35 +183,90 @@ mod tests {
     fn the_kernels_multiply_accumulate_is_the_cpu_backends_bit_for_bit() {
         let mut rng = StdRng::seed_from_u64(32);
         let be = backend();
-        for bits in [36, 55, 61] {
-            let m = prime(bits, 64);
-            let p = m.value();
-            let (n, inputs, outputs) = (64, 37, 3);
-            let x: Vec<u64> = (0..inputs * n).map(|_| rng.random_range(0..p)).collect();
-            let w: Vec<u64> = (0..outputs * inputs * n).map(|_| rng.random_range(0..p)).collect();
-            let ws: Vec<u64> = w.iter().map(|&v| m.shoup(v)).collect();
-            let xs: Vec<u64> = x.iter().map(|&v| m.shoup(v)).collect();
-            for (prepared, consts, flag) in [(Prepared::W(&ws), &ws, 1), (Prepared::X(&xs), &xs, 0)] {
-                let mut want = vec![0u64; outputs * n];
-                be.mul_acc(&m, n, &x, &w, prepared, &mut want);
-                let mut got = vec![0u64; outputs * n];
-                // SAFETY: the buffers have the lengths the kernel reads and writes.
-                unsafe {
-                    secmoe_host_mul_acc(
-                        got.as_mut_ptr(),
-                        x.as_ptr(),
-                        w.as_ptr(),
-                        consts.as_ptr(),
-                        p,
-                        n as u32,
-                        inputs as u32,
-                        (outputs * n) as u64,
-                        flag,
-                    )
-                };
-                assert_eq!(got, want, "{bits}-bit prime, constants on {}", if flag == 1 { "w" } else { "x" });
-            }
+        let moduli = [prime(36, 64), prime(55, 64), prime(61, 64)];
+        let primes: Vec<u64> = moduli.iter().map(Modulus::value).collect();
+        let (n, inputs, outputs, limbs) = (64, 37, 3, moduli.len());
+        let draw = |len: usize, rng: &mut StdRng| -> Vec<u64> {
+            primes.iter().flat_map(|&p| (0..len).map(|_| rng.random_range(0..p)).collect::<Vec<_>>()).collect()
+        };
+        let (x, w) = (draw(inputs * n, &mut rng), draw(outputs * inputs * n, &mut rng));
+        let shoup = |v: &[u64]| -> Vec<u64> {
+            v.chunks_exact(v.len() / limbs).zip(&moduli).flat_map(|(b, m)| b.iter().map(|&v| m.shoup(v))).collect()
+        };
+        let (ws, xs) = (shoup(&w), shoup(&x));
+        for (prepared, consts, flag) in [(Prepared::W(&ws), &ws, 1), (Prepared::X(&xs), &xs, 0)] {
+            let total = limbs * outputs * n;
+            let mut want = vec![0u64; total];
+            be.mul_acc(&moduli, n, &x, &w, prepared, &mut want).unwrap_or_else(|e| panic!("{e}"));
+            let mut got = vec![0u64; total];
+            // SAFETY: the buffers have the lengths the kernel reads and writes.
+            unsafe {
+                secmoe_host_mul_acc(
+                    got.as_mut_ptr(),
+                    x.as_ptr(),
+                    w.as_ptr(),
+                    consts.as_ptr(),
+                    primes.as_ptr(),
+                    n as u32,
+                    inputs as u32,
+                    outputs as u32,
+                    total as u64,
+                    flag,
+                )
+            };
+            assert_eq!(got, want, "constants on {}", if flag == 1 { "w" } else { "x" });
         }
+    }
+
+    #[test]
+    fn the_kernels_automorphism_and_modulus_switch_are_the_cpu_backends_bit_for_bit() {
+        let mut rng = StdRng::seed_from_u64(35);
+        let be = backend();
+        let n = 128;
+        let moduli = [prime(50, n), prime(45, n), prime(58, n)];
+        let (low, top) = (&moduli[..2], &moduli[2]);
+        let primes: Vec<u64> = low.iter().map(Modulus::value).collect();
+        let polys = 3;
+        let input: Vec<u64> =
+            primes.iter().flat_map(|&p| (0..polys * n).map(|_| rng.random_range(0..p)).collect::<Vec<_>>()).collect();
+        for g in [3usize, 2 * n - 1, 17] {
+            let mut want = vec![0u64; input.len()];
+            be.automorphism(low, n, g, &input, &mut want).unwrap_or_else(|e| panic!("{e}"));
+            let mut got = vec![0u64; input.len()];
+            // SAFETY: `got` and `input` hold `total` values, one prime per limb.
+            unsafe {
+                secmoe_host_automorphism(
+                    got.as_mut_ptr(),
+                    input.as_ptr(),
+                    primes.as_ptr(),
+                    polys as u64,
+                    n as u32,
+                    g as u64,
+                    input.len() as u64,
+                )
+            };
+            assert_eq!(got, want, "σ_{g}");
+        }
+        let tops: Vec<u64> = (0..polys * n).map(|_| rng.random_range(0..top.value())).collect();
+        let mut want = input.clone();
+        be.divide_by_prime(low, n, &mut want, &tops, top).unwrap_or_else(|e| panic!("{e}"));
+        let consts: Vec<u64> =
+            super::super::divide_constants(low, top).unwrap_or_else(|e| panic!("{e}")).into_iter().flatten().collect();
+        let mut got = input.clone();
+        // SAFETY: `got` holds `total` values, `tops` one run per polynomial, three constants per prime.
+        unsafe {
+            secmoe_host_divide_by_prime(
+                got.as_mut_ptr(),
+                tops.as_ptr(),
+                primes.as_ptr(),
+                consts.as_ptr(),
+                top.value(),
+                polys as u64,
+                n as u32,
+                input.len() as u64,
+            )
+        };
+        assert_eq!(got, want, "modulus switch");
     }
 
     #[test]
@@ -213,7 +289,7 @@ mod tests {
             })
             .collect();
         let mut want = vec![0u64; moduli.len() * n];
-        be.base_convert(&moduli, n, &x, &consts, &mut want);
+        be.base_convert(&moduli, n, &x, &consts, &mut want).unwrap_or_else(|e| panic!("{e}"));
         let flat: Vec<u64> = consts.iter().flat_map(|&(c, s)| [c, s]).collect();
         let values: Vec<u64> = moduli.iter().map(Modulus::value).collect();
         let mut got = vec![0u64; moduli.len() * n];
@@ -241,7 +317,7 @@ mod tests {
         let listed: Vec<u64> = (0..count).map(|_| rng.random()).collect();
         for tweaks in [Tweaks::Sequential(u64::MAX - 10), Tweaks::Listed(&listed)] {
             let mut want = vec![Block::from([0u64, 0]); count];
-            be.hash_blocks(&input, tweaks, &mut want);
+            be.hash_blocks(&input, tweaks, &mut want).unwrap_or_else(|e| panic!("{e}"));
             let mut words: Vec<u64> = input.iter().flat_map(|b| bytemuck::cast::<Block, [u64; 2]>(*b)).collect();
             let (ptr, base, flag) = match tweaks {
                 Tweaks::Sequential(base) => (std::ptr::null(), base, 0),

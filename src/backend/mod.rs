@@ -20,7 +20,17 @@ pub use ntt::NttTable;
 
 use crate::ring::modp::Modulus;
 
-/// The server-heavy operations, batched.
+/// Result of a backend operation.
+pub type BackendResult<T> = Result<T, BackendError>;
+
+/// The server-heavy operations, batched: each call covers every RNS limb and every polynomial it
+/// is given (one call per layer step, not per limb), and every call can fail (a device lost or
+/// out of memory, operands of the wrong shape) with a [`BackendError`] naming the operation.
+///
+/// Layout, one for every operation: polynomials are runs of N values, and an operand over L RNS
+/// limbs (L moduli or NTT tables given) is limb-major: L equal blocks, block l holding every
+/// polynomial's residues mod p_l (`[limb][poly][N]`; an RNS polynomial's own layout when it is
+/// one polynomial).
 pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Short name used in reports (`"cpu"`, `"cuda"`).
     fn name(&self) -> &'static str;
@@ -28,40 +38,76 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Tweakable correlation-robust hash of many blocks: `out[i] = H(input[i], tweak_i)`, with H
     /// the fixed-key-AES TMMO construction of Guo et al. (ePrint 2019/074). Both OT parties must
     /// hash a key with the same tweak; a tweak is never reused within a session.
-    ///
-    /// Panics if `input`, `out` (and listed tweaks) differ in length: a caller bug, not input.
-    fn hash_blocks(&self, input: &[Block], tweaks: Tweaks<'_>, out: &mut [Block]);
+    fn hash_blocks(&self, input: &[Block], tweaks: Tweaks<'_>, out: &mut [Block]) -> BackendResult<()>;
 
-    /// Forward negacyclic NTT of every polynomial in `polys` (consecutive runs of N coefficients
-    /// in [0, p), all modulo the table's prime), in place.
-    ///
-    /// Panics if `polys.len()` is not a multiple of N: a caller bug, not input.
-    fn ntt_forward(&self, table: &NttTable, polys: &mut [u64]);
+    /// Forward negacyclic NTT, in place, of every run of N coefficients in [0, p) of `polys`,
+    /// block l modulo the prime of `tables[l]`.
+    fn ntt_forward(&self, tables: &[NttTable], polys: &mut [u64]) -> BackendResult<()> {
+        let n = tables.first().map_or(1, NttTable::degree);
+        self.ntt_forward_sparse(tables, polys, n)
+    }
 
     /// [`Backend::ntt_forward`] of polynomials whose coefficients from `support` on are zero
     /// (weights packed into few low coefficients): the first stages reduce to copies.
-    fn ntt_forward_sparse(&self, table: &NttTable, polys: &mut [u64], support: usize);
+    fn ntt_forward_sparse(&self, tables: &[NttTable], polys: &mut [u64], support: usize) -> BackendResult<()>;
 
     /// Inverse of [`Backend::ntt_forward`], in place.
-    fn ntt_inverse(&self, table: &NttTable, polys: &mut [u64]);
+    fn ntt_inverse(&self, tables: &[NttTable], polys: &mut [u64]) -> BackendResult<()>;
 
-    /// Pointwise multiply-accumulate over one RNS limb in NTT form, for ct×pt products and for
-    /// selection sums Σ_i W_i·[\[t_i\]]: `out[j] = Σ_i x[i] ⊙ w[j][i] mod p`, where `x` holds I
-    /// polynomials, `w` holds J rows of I polynomials and `out` receives J polynomials, each of
-    /// `n` values. One side carries Shoup constants ([`Prepared`]): the weights when they are
+    /// Pointwise multiply-accumulate in NTT form over L = `moduli.len()` limbs, for ct×pt products
+    /// and for selection sums Σ_i W_i·[\[t_i\]]: `out[l][j] = Σ_i x[l][i] ⊙ w[l][j][i] mod p_l`,
+    /// where `x` holds L·I polynomials, `w` L·J·I and `out` receives L·J, each of `n` values,
+    /// limb-major. One side carries Shoup constants ([`Prepared`]): the weights when they are
     /// prepared once per model, or the shared inputs when the weights are transformed on the fly.
-    ///
-    /// Panics if the lengths do not match I·n, J·I·n and J·n: a caller bug, not input.
-    fn mul_acc(&self, modulus: &Modulus, n: usize, x: &[u64], w: &[u64], prepared: Prepared<'_>, out: &mut [u64]);
+    fn mul_acc(
+        &self,
+        moduli: &[Modulus],
+        n: usize,
+        x: &[u64],
+        w: &[u64],
+        prepared: Prepared<'_>,
+        out: &mut [u64],
+    ) -> BackendResult<()>;
 
     /// The core of every RNS base conversion (basis extension, scale-and-round, modulus
     /// switching): `out[j] = Σ_i x[i]·c[i][j] mod m_j` for output moduli `moduli[j]`, where `x`
     /// holds I rows of `n` values (any u64: residues, small corrections, rounding terms), `consts`
     /// holds I·J pairs (c, Shoup constant of c mod m_j), row-major, and `out` J rows of `n`,
     /// reduced to [0, m_j).
-    ///
-    /// Panics if the lengths do not match: a caller bug, not input.
-    fn base_convert(&self, moduli: &[Modulus], n: usize, x: &[u64], consts: &[(u64, u64)], out: &mut [u64]);
+    fn base_convert(
+        &self,
+        moduli: &[Modulus],
+        n: usize,
+        x: &[u64],
+        consts: &[(u64, u64)],
+        out: &mut [u64],
+    ) -> BackendResult<()>;
+
+    /// The automorphism σ_g: X ↦ X^g (g odd) of every run of `n` coefficients (coefficient form)
+    /// of `input` into `out`: X^i ↦ X^(i·g mod 2n), negated when i·g mod 2n ≥ n (X^n = −1), block
+    /// l modulo `moduli[l]`. The first step of every rotation and packing key switch.
+    fn automorphism(
+        &self,
+        moduli: &[Modulus],
+        n: usize,
+        element: usize,
+        input: &[u64],
+        out: &mut [u64],
+    ) -> BackendResult<()>;
+
+    /// Modulus switching: x ↦ ⌊x / p_top⌉ for polynomials given by their residues: `low` holds
+    /// their residues mod `moduli` (limb-major) and `top` theirs mod `p_top` (one run each); each
+    /// run becomes (run − [top])·p_top^-1 mod p_l with [top] centred in (−p_top/2, p_top/2]. This
+    /// drops a ciphertext's last prime, and divides by the special prime at the end of a key
+    /// switch.
+    fn divide_by_prime(
+        &self,
+        moduli: &[Modulus],
+        n: usize,
+        low: &mut [u64],
+        top: &[u64],
+        p_top: &Modulus,
+    ) -> BackendResult<()>;
 
     /// Runs `task(i)` for every i in 0..count on the backend's host workers (the host-side
     /// share of protocol work: per-ciphertext pipelines whose inner steps call the methods
@@ -69,33 +115,133 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn for_each(&self, count: usize, task: &(dyn Fn(usize) + Sync));
 }
 
+/// A shape error of operation `op`.
+fn shape(op: &'static str, what: impl Into<String>) -> BackendError {
+    BackendError::Shape { op, what: what.into() }
+}
+
 /// The shape contract of [`Backend::hash_blocks`], checked alike by every backend.
-pub(crate) fn check_hash(input: &[Block], tweaks: Tweaks<'_>, out: &[Block]) {
-    assert_eq!(input.len(), out.len(), "hash_blocks: input and output lengths differ");
-    if let Tweaks::Listed(list) = tweaks {
-        assert_eq!(list.len(), input.len(), "hash_blocks: one tweak per block");
+pub(crate) fn check_hash(input: &[Block], tweaks: Tweaks<'_>, out: &[Block]) -> BackendResult<()> {
+    if input.len() != out.len() {
+        return Err(shape("hash_blocks", format!("{} inputs, {} outputs", input.len(), out.len())));
+    }
+    match tweaks {
+        Tweaks::Listed(list) if list.len() != input.len() => {
+            Err(shape("hash_blocks", format!("{} tweaks for {} blocks", list.len(), input.len())))
+        }
+        _ => Ok(()),
     }
 }
 
-/// The shape contract of [`Backend::mul_acc`]; returns the number of inputs I.
-pub(crate) fn check_mul_acc(n: usize, x: &[u64], w: &[u64], prepared: Prepared<'_>, out: &[u64]) -> usize {
-    assert!(n > 0 && x.len().is_multiple_of(n) && out.len().is_multiple_of(n), "mul_acc: ragged polynomials");
-    let inputs = x.len() / n;
-    assert_eq!(w.len(), out.len() * inputs, "mul_acc: weights do not match inputs × outputs");
-    match prepared {
-        Prepared::W(c) => assert_eq!(c.len(), w.len(), "mul_acc: one Shoup constant per weight"),
-        Prepared::X(c) => assert_eq!(c.len(), x.len(), "mul_acc: one Shoup constant per input"),
+/// The limb-major contract: `len` values are `limbs` blocks of whole runs of `n`; returns the
+/// number of runs per block.
+fn per_limb(op: &'static str, limbs: usize, n: usize, len: usize) -> BackendResult<usize> {
+    if limbs == 0 || n == 0 || !len.is_multiple_of(limbs * n) {
+        return Err(shape(op, format!("{len} values are not {limbs} limbs of whole polynomials of degree {n}")));
     }
-    inputs
+    Ok(len / (limbs * n))
+}
+
+/// The shape contract of the NTTs: returns the degree N and the polynomials per limb.
+pub(crate) fn check_ntt(op: &'static str, tables: &[NttTable], polys: &[u64]) -> BackendResult<(usize, usize)> {
+    let n = tables.first().ok_or_else(|| shape(op, "no NTT table"))?.degree();
+    if let Some(t) = tables.iter().find(|t| t.degree() != n) {
+        return Err(shape(op, format!("tables of degrees {n} and {}", t.degree())));
+    }
+    Ok((n, per_limb(op, tables.len(), n, polys.len())?))
+}
+
+/// The shape contract of [`Backend::mul_acc`]; returns the number of inputs I per limb.
+pub(crate) fn check_mul_acc(
+    moduli: &[Modulus],
+    n: usize,
+    x: &[u64],
+    w: &[u64],
+    prepared: Prepared<'_>,
+    out: &[u64],
+) -> BackendResult<usize> {
+    let inputs = per_limb("mul_acc", moduli.len(), n, x.len())?;
+    per_limb("mul_acc", moduli.len(), n, out.len())?;
+    if w.len() != out.len() * inputs {
+        return Err(shape("mul_acc", format!("{} weights for {inputs} inputs × {} outputs", w.len(), out.len())));
+    }
+    let (constants, of) = match prepared {
+        Prepared::W(c) => (c.len(), w.len()),
+        Prepared::X(c) => (c.len(), x.len()),
+    };
+    if constants != of {
+        return Err(shape("mul_acc", format!("{constants} Shoup constants for {of} values")));
+    }
+    Ok(inputs)
 }
 
 /// The shape contract of [`Backend::base_convert`]; returns the number of input rows I.
-pub(crate) fn check_base_convert(moduli: &[Modulus], n: usize, x: &[u64], consts: &[(u64, u64)], out: &[u64]) -> usize {
-    assert!(n > 0 && x.len().is_multiple_of(n), "base_convert: ragged rows");
+pub(crate) fn check_base_convert(
+    moduli: &[Modulus],
+    n: usize,
+    x: &[u64],
+    consts: &[(u64, u64)],
+    out: &[u64],
+) -> BackendResult<usize> {
+    if n == 0 || !x.len().is_multiple_of(n) {
+        return Err(shape("base_convert", "ragged input rows"));
+    }
     let inputs = x.len() / n;
-    assert_eq!(out.len(), moduli.len() * n, "base_convert: one output row per modulus");
-    assert_eq!(consts.len(), inputs * moduli.len(), "base_convert: one constant per input row and modulus");
-    inputs
+    if out.len() != moduli.len() * n {
+        return Err(shape("base_convert", format!("{} outputs for {} moduli", out.len(), moduli.len())));
+    }
+    if consts.len() != inputs * moduli.len() {
+        return Err(shape(
+            "base_convert",
+            format!("{} constants for {inputs} rows × {} moduli", consts.len(), moduli.len()),
+        ));
+    }
+    Ok(inputs)
+}
+
+/// The shape contract of [`Backend::automorphism`]; returns the polynomials per limb.
+pub(crate) fn check_automorphism(
+    moduli: &[Modulus],
+    n: usize,
+    element: usize,
+    input: &[u64],
+    out: &[u64],
+) -> BackendResult<usize> {
+    if !n.is_power_of_two() || input.len() != out.len() {
+        return Err(shape("automorphism", format!("{} values in, {} out, degree {n}", input.len(), out.len())));
+    }
+    if element.is_multiple_of(2) || element >= 2 * n {
+        return Err(shape("automorphism", format!("X ↦ X^{element} is not an automorphism of degree {n}")));
+    }
+    per_limb("automorphism", moduli.len(), n, input.len())
+}
+
+/// The shape contract of [`Backend::divide_by_prime`]; returns the number of polynomials.
+pub(crate) fn check_divide(moduli: &[Modulus], n: usize, low: &[u64], top: &[u64]) -> BackendResult<usize> {
+    let polys = per_limb("divide_by_prime", moduli.len(), n, low.len())?;
+    if top.len() != polys * n {
+        return Err(shape(
+            "divide_by_prime",
+            format!("{} top residues for {polys} polynomials of degree {n}", top.len()),
+        ));
+    }
+    Ok(polys)
+}
+
+/// The constants of [`Backend::divide_by_prime`] per modulus p_i: (p_top mod p_i,
+/// p_top^-1 mod p_i, its Shoup constant). The primes of a parameter set are distinct (checked
+/// when it is built), so the inverse exists; a pair that is not coprime is an error.
+pub(crate) fn divide_constants(moduli: &[Modulus], p_top: &Modulus) -> BackendResult<Vec<[u64; 3]>> {
+    moduli
+        .iter()
+        .map(|m| {
+            let p_mod = m.reduce(p_top.value());
+            let inv = m.inv(p_mod).ok_or_else(|| {
+                shape("divide_by_prime", format!("{} has no inverse mod {}", p_top.value(), m.value()))
+            })?;
+            Ok([p_mod, inv, m.shoup(inv)])
+        })
+        .collect()
 }
 
 /// Which backend to run on (`--backend` on the command line).
@@ -138,6 +284,14 @@ pub enum BackendError {
     /// The CPU worker pool could not start.
     #[error("starting the CPU backend: {0}")]
     Pool(#[from] rayon::ThreadPoolBuildError),
+    /// An operation was given operands of the wrong shape (a caller's bug, reported, not a panic).
+    #[error("backend operation {op}: {what}")]
+    Shape {
+        /// The operation.
+        op: &'static str,
+        /// What did not fit.
+        what: String,
+    },
 }
 
 /// Starts the backend `choice` with `threads` host workers (0: one per core). `Auto` takes the
@@ -219,25 +373,136 @@ mod tests {
     use crate::ring::modp::ntt_primes;
     use rand::{RngExt, SeedableRng, rngs::StdRng};
 
+    fn primes(bits: &[u32], n: usize) -> Vec<Modulus> {
+        bits.iter()
+            .map(|&b| Modulus::new(ntt_primes(b, n, 1).unwrap_or_default()[0]).unwrap_or_else(|e| panic!("{e}")))
+            .collect()
+    }
+
     #[test]
-    fn mul_acc_matches_the_plain_sum_of_products() {
+    fn mul_acc_matches_the_plain_sum_of_products_on_every_limb() {
         let be = CpuBackend::new(2).unwrap_or_else(|e| panic!("{e}"));
-        let m = Modulus::new(ntt_primes(55, 64, 1).unwrap_or_default()[0]).unwrap_or_else(|e| panic!("{e}"));
+        let moduli = primes(&[55, 40], 64);
         let mut rng = StdRng::seed_from_u64(8);
-        let (n, i_count, j_count) = (64, 300, 5);
-        let x: Vec<u64> = (0..i_count * n).map(|_| rng.random_range(0..m.value())).collect();
-        let w: Vec<u64> = (0..j_count * i_count * n).map(|_| rng.random_range(0..m.value())).collect();
-        let ws: Vec<u64> = w.iter().map(|&v| m.shoup(v)).collect();
-        let xs: Vec<u64> = x.iter().map(|&v| m.shoup(v)).collect();
+        let (n, i_count, j_count, limbs) = (64, 300, 5, moduli.len());
+        let draw = |len: usize, rng: &mut StdRng| -> Vec<u64> {
+            (0..limbs)
+                .flat_map(|l| (0..len).map(|_| rng.random_range(0..moduli[l].value())).collect::<Vec<_>>())
+                .collect()
+        };
+        let (x, w) = (draw(i_count * n, &mut rng), draw(j_count * i_count * n, &mut rng));
+        let shoup = |v: &[u64]| -> Vec<u64> {
+            v.chunks_exact(v.len() / limbs).zip(&moduli).flat_map(|(b, m)| b.iter().map(|&v| m.shoup(v))).collect()
+        };
+        let (ws, xs) = (shoup(&w), shoup(&x));
         for prepared in [Prepared::W(&ws), Prepared::X(&xs)] {
-            let mut out = vec![0u64; j_count * n];
-            be.mul_acc(&m, n, &x, &w, prepared, &mut out);
-            for j in 0..j_count {
-                for k in 0..n {
-                    let expect =
-                        (0..i_count).fold(0, |acc, i| m.add(acc, m.mul(x[i * n + k], w[(j * i_count + i) * n + k])));
-                    assert_eq!(out[j * n + k], expect, "{prepared:?}: output {j}, slot {k}");
+            let mut out = vec![0u64; limbs * j_count * n];
+            be.mul_acc(&moduli, n, &x, &w, prepared, &mut out).unwrap_or_else(|e| panic!("{e}"));
+            for (l, m) in moduli.iter().enumerate() {
+                let (x, w) = (&x[l * i_count * n..], &w[l * j_count * i_count * n..]);
+                for j in 0..j_count {
+                    for k in 0..n {
+                        let expect = (0..i_count)
+                            .fold(0, |acc, i| m.add(acc, m.mul(x[i * n + k], w[(j * i_count + i) * n + k])));
+                        assert_eq!(
+                            out[(l * j_count + j) * n + k],
+                            expect,
+                            "{prepared:?}: limb {l}, output {j}, slot {k}"
+                        );
+                    }
                 }
+            }
+        }
+        // a shape that does not fit is an error naming the operation, not a panic
+        let err = be.mul_acc(&moduli, n, &x[1..], &w, Prepared::W(&ws), &mut vec![0; limbs * j_count * n]);
+        assert!(matches!(err, Err(BackendError::Shape { op: "mul_acc", .. })), "{err:?}");
+    }
+
+    #[test]
+    fn one_ntt_call_covers_every_limb_and_polynomial() {
+        let be = CpuBackend::new(2).unwrap_or_else(|e| panic!("{e}"));
+        let n = 256;
+        let tables: Vec<NttTable> = primes(&[50, 45, 36], n)
+            .into_iter()
+            .map(|m| NttTable::new(n, m).unwrap_or_else(|e| panic!("{e}")))
+            .collect();
+        let mut rng = StdRng::seed_from_u64(11);
+        let per_limb = 4;
+        let data: Vec<u64> = tables
+            .iter()
+            .flat_map(|t| (0..per_limb * n).map(|_| rng.random_range(0..t.modulus().value())).collect::<Vec<_>>())
+            .collect();
+        let mut batched = data.clone();
+        be.ntt_forward(&tables, &mut batched).unwrap_or_else(|e| panic!("{e}"));
+        for (r, (poly, want)) in data.chunks_exact(n).zip(batched.chunks_exact(n)).enumerate() {
+            let mut one = poly.to_vec();
+            tables[r / per_limb].forward(&mut one);
+            assert_eq!(one, want, "polynomial {r}");
+        }
+        be.ntt_inverse(&tables, &mut batched).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(batched, data);
+        let err = be.ntt_forward(&tables, &mut batched[n..]);
+        assert!(matches!(err, Err(BackendError::Shape { op: "ntt_forward", .. })), "{err:?}");
+    }
+
+    #[test]
+    fn automorphisms_map_x_to_x_to_the_g() {
+        let be = CpuBackend::new(2).unwrap_or_else(|e| panic!("{e}"));
+        let n = 64;
+        let moduli = primes(&[50, 40], n);
+        let mut rng = StdRng::seed_from_u64(12);
+        let input: Vec<u64> = moduli
+            .iter()
+            .flat_map(|m| (0..2 * n).map(|_| rng.random_range(0..m.value())).collect::<Vec<_>>())
+            .collect();
+        for g in [3, 2 * n - 1, n + 1] {
+            let mut out = vec![0u64; input.len()];
+            be.automorphism(&moduli, n, g, &input, &mut out).unwrap_or_else(|e| panic!("{e}"));
+            for (r, (src, dst)) in input.chunks_exact(n).zip(out.chunks_exact(n)).enumerate() {
+                let m = &moduli[r / 2];
+                for (i, &v) in src.iter().enumerate() {
+                    // X^i ↦ X^(i·g) = ±X^(i·g mod n), negated for each wrap past X^n = −1
+                    let e = i * g % (2 * n);
+                    let want = if e < n { v } else { m.neg(v) };
+                    assert_eq!(dst[e % n], want, "g = {g}, run {r}, coefficient {i}");
+                }
+            }
+        }
+        let err = be.automorphism(&moduli, n, 4, &input, &mut vec![0u64; input.len()]);
+        assert!(matches!(err, Err(BackendError::Shape { op: "automorphism", .. })), "{err:?}");
+    }
+
+    #[test]
+    fn dividing_by_a_prime_rounds_the_crt_value() {
+        let be = CpuBackend::new(2).unwrap_or_else(|e| panic!("{e}"));
+        let n = 64;
+        let ms = primes(&[50, 45, 40], n);
+        let (low, top) = (&ms[..2], &ms[2]);
+        let mut rng = StdRng::seed_from_u64(13);
+        // X in [0, p_l·p_top) for each low prime, given by its residues; two polynomials
+        let polys = 2;
+        let xs: Vec<Vec<u128>> = low
+            .iter()
+            .map(|m| (0..polys * n).map(|_| rng.random_range(0..m.value() as u128 * top.value() as u128)).collect())
+            .collect();
+        // one top residue per coefficient: both limbs' X must agree mod p_top
+        let top_res: Vec<u64> = (0..polys * n).map(|c| (xs[0][c] % top.value() as u128) as u64).collect();
+        let mut x_low: Vec<u64> = Vec::new();
+        for (l, m) in low.iter().enumerate() {
+            for (c, &x) in xs[l].iter().enumerate() {
+                // shift limb l's X to share the top residue of limb 0's
+                let v = x - (x % top.value() as u128) + top_res[c] as u128;
+                x_low.push((v % m.value() as u128) as u64);
+            }
+        }
+        let mut got = x_low.clone();
+        be.divide_by_prime(low, n, &mut got, &top_res, top).unwrap_or_else(|e| panic!("{e}"));
+        for (l, m) in low.iter().enumerate() {
+            for c in 0..polys * n {
+                let v = xs[l][c] - (xs[l][c] % top.value() as u128) + top_res[c] as u128;
+                // round(v / p_top), ties impossible for an odd prime
+                let want = ((v + top.value() as u128 / 2) / top.value() as u128 % m.value() as u128) as u64;
+                assert_eq!(got[l * polys * n + c], want, "limb {l}, coefficient {c}");
             }
         }
     }
@@ -280,7 +545,7 @@ mod tests {
             })
             .collect();
         let mut out = vec![0u64; moduli.len() * n];
-        be.base_convert(&moduli, n, &x, &consts, &mut out);
+        be.base_convert(&moduli, n, &x, &consts, &mut out).unwrap_or_else(|e| panic!("{e}"));
         for (j, m) in moduli.iter().enumerate() {
             for c in 0..n {
                 let want = (0..rows).fold(0, |acc, i| m.add(acc, m.mul(x[i * n + c], consts[i * moduli.len() + j].0)));
@@ -296,16 +561,16 @@ mod tests {
         let input: Vec<Block> = (0..10_000usize).map(|i| Block::from(i / 2)).collect();
         let mut a = vec![Block::ZERO; input.len()];
         let mut b = vec![Block::ZERO; input.len()];
-        be.hash_blocks(&input, Tweaks::Sequential(0), &mut a);
-        be.hash_blocks(&input, Tweaks::Sequential(0), &mut b);
+        be.hash_blocks(&input, Tweaks::Sequential(0), &mut a).unwrap_or_else(|e| panic!("{e}"));
+        be.hash_blocks(&input, Tweaks::Sequential(0), &mut b).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(a, b);
         // Equal inputs at different tweaks hash differently.
         assert!(a.chunks(2).all(|p| p[0] != p[1]));
         // The tweak of element i is tweak_base + i, whatever the batch split.
-        be.hash_blocks(&input[1..], Tweaks::Sequential(1), &mut b[..input.len() - 1]);
+        be.hash_blocks(&input[1..], Tweaks::Sequential(1), &mut b[..input.len() - 1]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(a[1..], b[..input.len() - 1]);
         let listed: Vec<u64> = (0..input.len() as u64).collect();
-        be.hash_blocks(&input, Tweaks::Listed(&listed), &mut b);
+        be.hash_blocks(&input, Tweaks::Listed(&listed), &mut b).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(a, b);
     }
 }

@@ -14,7 +14,7 @@ use rand::rngs::ChaCha20Rng;
 use rand::{CryptoRng, SeedableRng};
 use zeroize::Zeroize;
 
-use super::poly::{Form, RnsPoly, divide_by_prime};
+use super::poly::{Form, RnsPoly};
 use super::{HeError, HeParams, HeResult};
 use crate::backend::{Backend, Prepared};
 
@@ -83,7 +83,7 @@ impl Ciphertext {
         padded.resize(params.degree(), 0);
         let mut dm = scaled(params, &ctx, k, &padded);
         if self.c0.form() == Form::Ntt {
-            dm.to_ntt(params, backend);
+            dm.to_ntt(params, backend)?;
         }
         self.c0.add_assign(params, &dm);
         Ok(())
@@ -117,8 +117,8 @@ impl Ciphertext {
             let (mut c0, mut c1) = (other.c0.clone(), other.c1.clone());
             for c in [&mut c0, &mut c1] {
                 match self.c0.form() {
-                    Form::Ntt => c.to_ntt(params, backend),
-                    Form::Coeff => c.to_coeff(params, backend),
+                    Form::Ntt => c.to_ntt(params, backend)?,
+                    Form::Coeff => c.to_coeff(params, backend)?,
                 }
             }
             self.c0.add_assign(params, &c0);
@@ -159,7 +159,7 @@ impl PlainOperand {
         let mut signed: Vec<i64> = coeffs.iter().map(|&c| c as i64).collect();
         signed.resize(params.degree(), 0);
         let mut poly = RnsPoly::from_signed(params, &signed);
-        poly.to_ntt(params, backend);
+        poly.to_ntt(params, backend)?;
         let n = params.degree();
         let shoup = poly
             .limbs
@@ -182,17 +182,17 @@ impl PlainOperand {
 impl Ciphertext {
     /// `self ← self · w`: both halves multiplied by the operand (converted to NTT form first).
     /// Decrypts to the negacyclic product m·w with coefficients mod 2^64.
-    pub fn mul_plain_assign(&mut self, params: &HeParams, w: &PlainOperand, backend: &dyn Backend) {
+    pub fn mul_plain_assign(&mut self, params: &HeParams, w: &PlainOperand, backend: &dyn Backend) -> HeResult<()> {
         let n = params.degree();
-        let mut product = vec![0u64; n];
+        let k = self.limbs(params);
+        let mut product = vec![0u64; k * n];
+        let (ws, wsh) = (&w.poly.limbs[..k * n], &w.shoup[..k * n]);
         for c in [&mut self.c0, &mut self.c1] {
-            c.to_ntt(params, backend);
-            let operand = w.poly.limbs.chunks_exact(n).zip(w.shoup.chunks_exact(n));
-            for ((limb, m), (ws, wsh)) in c.limbs.chunks_exact_mut(n).zip(params.moduli()).zip(operand) {
-                backend.mul_acc(m, n, limb, ws, Prepared::W(wsh), &mut product);
-                limb.copy_from_slice(&product);
-            }
+            c.to_ntt(params, backend)?;
+            backend.mul_acc(&params.moduli()[..k], n, &c.limbs, ws, Prepared::W(wsh), &mut product)?;
+            c.limbs.copy_from_slice(&product);
         }
+        Ok(())
     }
 
     /// Number of RNS limbs (the modulus level): all primes when fresh, fewer after
@@ -218,9 +218,9 @@ impl Ciphertext {
         }
         let last = params.moduli()[k - 1];
         for c in [&mut self.c0, &mut self.c1] {
-            c.to_coeff(params, backend);
+            c.to_coeff(params, backend)?;
             let (low, top) = c.limbs.split_at_mut((k - 1) * n);
-            divide_by_prime(low, params.moduli(), top, &last);
+            backend.divide_by_prime(&params.moduli()[..k - 1], n, low, top, &last)?;
             c.limbs.truncate((k - 1) * n);
         }
         Ok(())
@@ -262,42 +262,53 @@ pub struct PublicKey {
 
 impl SecretKey {
     /// A fresh ternary secret key.
-    pub fn generate<R: CryptoRng + ?Sized>(params: &Arc<HeParams>, backend: &dyn Backend, rng: &mut R) -> SecretKey {
+    pub fn generate<R: CryptoRng + ?Sized>(
+        params: &Arc<HeParams>,
+        backend: &dyn Backend,
+        rng: &mut R,
+    ) -> HeResult<SecretKey> {
         let mut coeffs = RnsPoly::ternary_coeffs(params.degree(), rng);
-        let mut s = RnsPoly::from_signed(params, &coeffs);
+        let s = RnsPoly::from_signed(params, &coeffs);
         coeffs.zeroize();
-        s.to_ntt(params, backend);
-        SecretKey { s, params: params.clone() }
+        let mut sk = SecretKey { s, params: params.clone() };
+        sk.s.to_ntt(params, backend)?;
+        Ok(sk)
     }
 
     /// The secret's small signed coefficients (the caller zeroizes them when done).
-    pub(crate) fn signed_coeffs(&self, backend: &dyn Backend) -> Vec<i64> {
+    pub(crate) fn signed_coeffs(&self, backend: &dyn Backend) -> HeResult<Vec<i64>> {
         let p = &self.params;
         let m = p.moduli()[0];
         let mut limb = self.s.limb(p, 0).to_vec();
-        backend.ntt_inverse(&p.tables()[0], &mut limb);
+        let inverse = backend.ntt_inverse(&p.tables()[..1], &mut limb);
         let out = limb.iter().map(|&v| if v > m.value() / 2 { -((m.value() - v) as i64) } else { v as i64 }).collect();
         limb.zeroize();
-        out
+        inverse?;
+        Ok(out)
     }
 
     /// The matching public key.
-    pub fn public_key<R: CryptoRng + ?Sized>(&self, backend: &dyn Backend, rng: &mut R) -> PublicKey {
+    pub fn public_key<R: CryptoRng + ?Sized>(&self, backend: &dyn Backend, rng: &mut R) -> HeResult<PublicKey> {
         let p = &self.params;
         let mut seed = [0u8; 32];
         rng.fill_bytes(&mut seed);
         let a = SeededCiphertext::mask(p, seed);
         let mut e = RnsPoly::from_signed(p, &RnsPoly::error_coeffs(p.degree(), rng));
-        e.to_ntt(p, backend);
+        e.to_ntt(p, backend)?;
         let mut b = a.clone();
         b.mul_assign(p, &self.s);
         b.neg_assign(p);
         b.add_assign(p, &e);
-        PublicKey { b, a, seed, params: p.clone() }
+        Ok(PublicKey { b, a, seed, params: p.clone() })
     }
 
     /// Symmetric encryption: (c0, c1) = (−a·s + e + Δ·m, a), returned in NTT form.
-    pub fn encrypt<R: CryptoRng + ?Sized>(&self, pt: &Plaintext, backend: &dyn Backend, rng: &mut R) -> Ciphertext {
+    pub fn encrypt<R: CryptoRng + ?Sized>(
+        &self,
+        pt: &Plaintext,
+        backend: &dyn Backend,
+        rng: &mut R,
+    ) -> HeResult<Ciphertext> {
         let c1 = RnsPoly::uniform(&self.params, Form::Ntt, rng);
         self.encrypt_with_mask(pt, c1, backend, rng)
     }
@@ -310,12 +321,12 @@ impl SecretKey {
         pt: &Plaintext,
         backend: &dyn Backend,
         rng: &mut R,
-    ) -> SeededCiphertext {
+    ) -> HeResult<SeededCiphertext> {
         let mut seed = [0u8; 32];
         rng.fill_bytes(&mut seed);
         let c1 = SeededCiphertext::mask(&self.params, seed);
-        let ct = self.encrypt_with_mask(pt, c1, backend, rng);
-        SeededCiphertext { c0: ct.c0, seed }
+        let ct = self.encrypt_with_mask(pt, c1, backend, rng)?;
+        Ok(SeededCiphertext { c0: ct.c0, seed })
     }
 
     fn encrypt_with_mask<R: CryptoRng + ?Sized>(
@@ -324,41 +335,41 @@ impl SecretKey {
         c1: RnsPoly,
         backend: &dyn Backend,
         rng: &mut R,
-    ) -> Ciphertext {
+    ) -> HeResult<Ciphertext> {
         let p = &self.params;
         let ctx = CrtContext::new(p.moduli(), p.plain_bits());
         let mut c0 = RnsPoly::from_signed(p, &RnsPoly::error_coeffs(p.degree(), rng));
         c0.add_assign(p, &pt.scaled(p, &ctx, p.moduli().len()));
-        c0.to_ntt(p, backend);
+        c0.to_ntt(p, backend)?;
         let mut as_ = c1.clone();
         as_.mul_assign(p, &self.s);
         c0.sub_assign(p, &as_);
-        Ciphertext { c0, c1 }
+        Ok(Ciphertext { c0, c1 })
     }
 
     /// `c0 + c1·s` in coefficient form.
-    fn phase(&self, ct: &Ciphertext, backend: &dyn Backend) -> RnsPoly {
+    fn phase(&self, ct: &Ciphertext, backend: &dyn Backend) -> HeResult<RnsPoly> {
         let p = &self.params;
         let (mut c0, mut c1) = (ct.c0.clone(), ct.c1.clone());
-        c0.to_ntt(p, backend);
-        c1.to_ntt(p, backend);
+        c0.to_ntt(p, backend)?;
+        c1.to_ntt(p, backend)?;
         c1.mul_assign(p, &self.s);
         c0.add_assign(p, &c1);
-        c0.to_coeff(p, backend);
-        c0
+        c0.to_coeff(p, backend)?;
+        Ok(c0)
     }
 
     /// Decrypts. With t > 2^64 the coefficients are the low 64 bits of the plaintext.
-    pub fn decrypt(&self, ct: &Ciphertext, backend: &dyn Backend) -> Plaintext {
-        self.decode_phase(&self.phase(ct, backend))
+    pub fn decrypt(&self, ct: &Ciphertext, backend: &dyn Backend) -> HeResult<Plaintext> {
+        Ok(self.decode_phase(&self.phase(ct, backend)?))
     }
 
     /// Decrypts to the whole plaintext, every coefficient mod t (t up to 2^96).
-    pub fn decrypt_wide(&self, ct: &Ciphertext, backend: &dyn Backend) -> Vec<u128> {
+    pub fn decrypt_wide(&self, ct: &Ciphertext, backend: &dyn Backend) -> HeResult<Vec<u128>> {
         let p = &self.params;
-        let x = self.phase(ct, backend);
+        let x = self.phase(ct, backend)?;
         let ctx = CrtContext::new(&p.moduli()[..ct.limbs(p)], p.plain_bits());
-        (0..p.degree()).map(|j| ctx.round_to_t(&ctx.compose(p, &x, j)).to_u128().unwrap_or(0)).collect()
+        Ok((0..p.degree()).map(|j| ctx.round_to_t(&ctx.compose(p, &x, j)).to_u128().unwrap_or(0)).collect())
     }
 
     /// The plaintext of a phase x ≈ Δ·m (coefficient form, at its level): ⌊t·x/q⌉, low 64 bits.
@@ -373,10 +384,10 @@ impl SecretKey {
 
     /// Bits of noise budget left: log2(Δ/2) − log2(max |noise|). Decryption is correct while it
     /// is positive.
-    pub fn noise_budget(&self, ct: &Ciphertext, backend: &dyn Backend) -> f64 {
+    pub fn noise_budget(&self, ct: &Ciphertext, backend: &dyn Backend) -> HeResult<f64> {
         let p = &self.params;
         let ctx = CrtContext::new(&p.moduli()[..ct.limbs(p)], p.plain_bits());
-        let x = self.phase(ct, backend);
+        let x = self.phase(ct, backend)?;
         let mut worst = BigUint::zero();
         for j in 0..p.degree() {
             let xj = ctx.compose(p, &x, j);
@@ -387,7 +398,7 @@ impl SecretKey {
             worst = worst.max(v);
         }
         let half_delta = bits(&ctx.delta) - 1.0;
-        if worst.is_zero() { half_delta } else { half_delta - bits(&worst) }
+        Ok(if worst.is_zero() { half_delta } else { half_delta - bits(&worst) })
     }
 }
 
@@ -412,23 +423,28 @@ impl SeededCiphertext {
 
 impl PublicKey {
     /// Public-key encryption: (b·u + e0 + Δ·m, a·u + e1) with ternary u, in NTT form.
-    pub fn encrypt<R: CryptoRng + ?Sized>(&self, pt: &Plaintext, backend: &dyn Backend, rng: &mut R) -> Ciphertext {
+    pub fn encrypt<R: CryptoRng + ?Sized>(
+        &self,
+        pt: &Plaintext,
+        backend: &dyn Backend,
+        rng: &mut R,
+    ) -> HeResult<Ciphertext> {
         let p = &self.params;
         let ctx = CrtContext::new(p.moduli(), p.plain_bits());
         let mut u = RnsPoly::from_signed(p, &RnsPoly::ternary_coeffs(p.degree(), rng));
-        u.to_ntt(p, backend);
+        u.to_ntt(p, backend)?;
         let mut c0 = RnsPoly::from_signed(p, &RnsPoly::error_coeffs(p.degree(), rng));
         c0.add_assign(p, &pt.scaled(p, &ctx, p.moduli().len()));
-        c0.to_ntt(p, backend);
+        c0.to_ntt(p, backend)?;
         let mut bu = self.b.clone();
         bu.mul_assign(p, &u);
         c0.add_assign(p, &bu);
         let mut c1 = RnsPoly::from_signed(p, &RnsPoly::error_coeffs(p.degree(), rng));
-        c1.to_ntt(p, backend);
+        c1.to_ntt(p, backend)?;
         let mut au = self.a.clone();
         au.mul_assign(p, &u);
         c1.add_assign(p, &au);
-        Ciphertext { c0, c1 }
+        Ok(Ciphertext { c0, c1 })
     }
 }
 
@@ -542,15 +558,18 @@ mod tests {
     fn encryption_round_trips_for_every_parameter_set() {
         for params in [HeParams::n4096(), HeParams::n8192()] {
             let (p, be, mut rng) = setup(params);
-            let sk = SecretKey::generate(&p, &be, &mut rng);
-            let pk = sk.public_key(&be, &mut rng);
+            let sk = SecretKey::generate(&p, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+            let pk = sk.public_key(&be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
             let mut coeffs: Vec<u64> = (0..p.degree()).map(|_| rng.random()).collect();
             coeffs[0] = u64::MAX;
             coeffs[1] = 0;
             let pt = Plaintext::new(&p, coeffs).unwrap_or_else(|e| panic!("{e}"));
-            for ct in [sk.encrypt(&pt, &be, &mut rng), pk.encrypt(&pt, &be, &mut rng)] {
-                assert_eq!(sk.decrypt(&ct, &be), pt, "{}", p.name());
-                let budget = sk.noise_budget(&ct, &be);
+            for ct in [
+                sk.encrypt(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}")),
+                pk.encrypt(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}")),
+            ] {
+                assert_eq!(sk.decrypt(&ct, &be).unwrap_or_else(|e| panic!("{e}")), pt, "{}", p.name());
+                let budget = sk.noise_budget(&ct, &be).unwrap_or_else(|e| panic!("{e}"));
                 // fresh noise is ~2^13 or less against Δ/2 ≈ 2^44 (N=4096) / 2^153 (N=8192)
                 assert!(budget > 25.0, "{}: only {budget:.1} bits of budget", p.name());
             }
@@ -560,18 +579,18 @@ mod tests {
     #[test]
     fn sums_of_ciphertexts_and_plaintexts_decrypt_to_sums_mod_2_64() {
         let (p, be, mut rng) = setup(HeParams::n4096());
-        let sk = SecretKey::generate(&p, &be, &mut rng);
+        let sk = SecretKey::generate(&p, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         let a: Vec<u64> = (0..p.degree()).map(|_| rng.random()).collect();
         let b: Vec<u64> = (0..100).map(|_| rng.random()).collect();
         let pa = Plaintext::new(&p, a.clone()).unwrap_or_else(|e| panic!("{e}"));
         let pb = Plaintext::new(&p, b.clone()).unwrap_or_else(|e| panic!("{e}"));
-        let mut ct = sk.encrypt(&pa, &be, &mut rng);
-        let mut other = sk.encrypt(&pb, &be, &mut rng);
-        other.c0.to_coeff(&p, &be);
-        other.c1.to_coeff(&p, &be);
+        let mut ct = sk.encrypt(&pa, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        let mut other = sk.encrypt(&pb, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        other.c0.to_coeff(&p, &be).unwrap_or_else(|e| panic!("{e}"));
+        other.c1.to_coeff(&p, &be).unwrap_or_else(|e| panic!("{e}"));
         ct.add_assign(&p, &other, &be).unwrap_or_else(|e| panic!("{e}"));
         ct.add_plain_assign(&p, &pb, &be).unwrap_or_else(|e| panic!("{e}"));
-        let got = sk.decrypt(&ct, &be);
+        let got = sk.decrypt(&ct, &be).unwrap_or_else(|e| panic!("{e}"));
         for (j, (&got, &aj)) in got.coeffs().iter().zip(&a).enumerate() {
             let bj = b.get(j).copied().unwrap_or(0);
             assert_eq!(got, aj.wrapping_add(bj).wrapping_add(bj), "coefficient {j}");
@@ -581,15 +600,20 @@ mod tests {
     #[test]
     fn plaintext_products_decrypt_to_negacyclic_products_mod_2_64() {
         let (p, be, mut rng) = setup(HeParams::n4096());
-        let sk = SecretKey::generate(&p, &be, &mut rng);
+        let sk = SecretKey::generate(&p, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         let m: Vec<u64> = (0..p.degree()).map(|_| rng.random()).collect();
         // fixed-point-sized signed weights, |w| < 2^12, on a quarter of the coefficients
         let w: Vec<u64> = (0..p.degree() / 4).map(|_| rng.random_range(-4096i64..4096) as u64).collect();
-        let mut ct = sk.encrypt(&Plaintext::new(&p, m.clone()).unwrap_or_else(|e| panic!("{e}")), &be, &mut rng);
+        let mut ct = sk
+            .encrypt(&Plaintext::new(&p, m.clone()).unwrap_or_else(|e| panic!("{e}")), &be, &mut rng)
+            .unwrap_or_else(|e| panic!("{e}"));
         let op = PlainOperand::new(&p, &w, &be).unwrap_or_else(|e| panic!("{e}"));
-        ct.mul_plain_assign(&p, &op, &be);
-        assert_eq!(sk.decrypt(&ct, &be).coeffs(), &crate::he::negacyclic_mod_2_64(&m, &w)[..]);
-        let budget = sk.noise_budget(&ct, &be);
+        ct.mul_plain_assign(&p, &op, &be).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            sk.decrypt(&ct, &be).unwrap_or_else(|e| panic!("{e}")).coeffs(),
+            &crate::he::negacyclic_mod_2_64(&m, &w)[..]
+        );
+        let budget = sk.noise_budget(&ct, &be).unwrap_or_else(|e| panic!("{e}"));
         assert!(budget > 10.0, "{budget:.1} bits left after a product by 12-bit weights");
     }
 
@@ -597,18 +621,29 @@ mod tests {
     fn dropping_moduli_keeps_the_message_and_shrinks_the_ciphertext() {
         for params in [HeParams::n4096(), HeParams::n8192()] {
             let (p, be, mut rng) = setup(params);
-            let sk = SecretKey::generate(&p, &be, &mut rng);
+            let sk = SecretKey::generate(&p, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
             let pt =
                 Plaintext::new(&p, (0..p.degree()).map(|_| rng.random()).collect()).unwrap_or_else(|e| panic!("{e}"));
-            let mut ct = sk.encrypt(&pt, &be, &mut rng);
+            let mut ct = sk.encrypt(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
             let w: Vec<u64> = (0..64).map(|_| rng.random_range(-256i64..256) as u64).collect();
-            ct.mul_plain_assign(&p, &PlainOperand::new(&p, &w, &be).unwrap_or_else(|e| panic!("{e}")), &be);
-            let expect = sk.decrypt(&ct, &be);
+            ct.mul_plain_assign(&p, &PlainOperand::new(&p, &w, &be).unwrap_or_else(|e| panic!("{e}")), &be)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let expect = sk.decrypt(&ct, &be).unwrap_or_else(|e| panic!("{e}"));
             let mut dropped = 0;
             while ct.drop_last_modulus(&p, &be).is_ok() {
                 dropped += 1;
-                assert_eq!(sk.decrypt(&ct, &be), expect, "{} at {} limbs", p.name(), ct.limbs(&p));
-                assert!(sk.noise_budget(&ct, &be) > 0.0, "{}: budget exhausted", p.name());
+                assert_eq!(
+                    sk.decrypt(&ct, &be).unwrap_or_else(|e| panic!("{e}")),
+                    expect,
+                    "{} at {} limbs",
+                    p.name(),
+                    ct.limbs(&p)
+                );
+                assert!(
+                    sk.noise_budget(&ct, &be).unwrap_or_else(|e| panic!("{e}")) > 0.0,
+                    "{}: budget exhausted",
+                    p.name()
+                );
             }
             // N=4096's 109-bit q cannot lose a 54-bit prime; N=8192 goes from 218 to 109 bits.
             assert_eq!(dropped, if p.degree() == 4096 { 0 } else { 2 }, "{}", p.name());
@@ -618,23 +653,23 @@ mod tests {
     #[test]
     fn operations_at_a_lower_level_stay_correct_or_are_refused() {
         let (p, be, mut rng) = setup(HeParams::n8192());
-        let sk = SecretKey::generate(&p, &be, &mut rng);
+        let sk = SecretKey::generate(&p, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         let a: Vec<u64> = (0..p.degree()).map(|_| rng.random()).collect();
         let pa = Plaintext::new(&p, a.clone()).unwrap_or_else(|e| panic!("{e}"));
-        let full = sk.encrypt(&pa, &be, &mut rng);
+        let full = sk.encrypt(&pa, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         let mut low = full.clone();
         low.drop_last_modulus(&p, &be).unwrap_or_else(|e| panic!("{e}"));
         assert!(low.clone().add_assign(&p, &full, &be).is_err(), "levels differ");
         low.add_plain_assign(&p, &pa, &be).unwrap_or_else(|e| panic!("{e}"));
         let doubled: Vec<u64> = a.iter().map(|x| x.wrapping_mul(2)).collect();
-        assert_eq!(sk.decrypt(&low, &be).coeffs(), &doubled[..]);
+        assert_eq!(sk.decrypt(&low, &be).unwrap_or_else(|e| panic!("{e}")).coeffs(), &doubled[..]);
     }
 
     #[test]
     fn too_many_coefficients_is_an_error_and_the_key_is_not_printed() {
         let (p, be, mut rng) = setup(HeParams::n4096());
         assert!(Plaintext::new(&p, vec![0; 4097]).is_err());
-        let sk = SecretKey::generate(&p, &be, &mut rng);
+        let sk = SecretKey::generate(&p, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(format!("{sk:?}"), "SecretKey(n4096, redacted)");
     }
 }

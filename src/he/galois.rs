@@ -18,20 +18,21 @@ use rand::{CryptoRng, SeedableRng};
 use zeroize::Zeroize;
 
 use super::bfv::{Ciphertext, SecretKey};
-use super::poly::{Form, RnsPoly, divide_by_prime};
+use super::poly::{Form, RnsPoly};
 use super::{HeError, HeParams, HeResult};
 use crate::backend::{Backend, Prepared, map_indexed};
 use crate::ring::{pack_bits, packed_len, unpack_bits};
 
 /// The key of one automorphism: per limb l of q·P, the rows (b_0..b_{k−1}, a_0..a_{k−1}) in NTT
-/// form with their Shoup constants, laid out for [`Backend::mul_acc`].
+/// form with their Shoup constants, laid out for [`Backend::mul_acc`] (limb-major, two outputs
+/// of k inputs per limb).
 #[derive(Debug, Clone)]
 struct SwitchKey {
     element: usize,
     seed: [u8; 32],
-    /// rows[l] = b_0..b_{k-1} then a_0..a_{k-1}, each N residues mod the l-th prime of q·P.
-    rows: Vec<Vec<u64>>,
-    shoup: Vec<Vec<u64>>,
+    /// Limb l's block: b_0..b_{k-1} then a_0..a_{k-1}, each N residues mod the l-th prime of q·P.
+    rows: Vec<u64>,
+    shoup: Vec<u64>,
 }
 
 /// Keys for the automorphisms σ_r used by [`GaloisKeys::pack`]: r = N/2^v + 1, v < levels.
@@ -43,20 +44,6 @@ pub struct GaloisKeys {
 /// The Galois element of packing level v: r = N/2^v + 1.
 fn element(n: usize, v: u32) -> usize {
     n / (1 << v) + 1
-}
-
-/// σ_r on one limb in coefficient form: X^i ↦ ±X^(i·r mod N), negated when i·r mod 2N ≥ N.
-fn automorphism_limb(src: &[u64], dst: &mut [u64], r: usize, p: u64) {
-    let n = src.len();
-    let mask = 2 * n - 1;
-    for (i, &v) in src.iter().enumerate() {
-        let j = (i * r) & mask;
-        if j < n {
-            dst[j] = v;
-        } else {
-            dst[j - n] = if v == 0 { 0 } else { p - v };
-        }
-    }
 }
 
 /// X^e · f on one limb in coefficient form (e < 2N).
@@ -102,8 +89,8 @@ impl SecretKey {
                 what: format!("pack 2^{levels} ciphertexts of degree {n}"),
             });
         }
-        let mut s = self.signed_coeffs(backend);
-        let mut s_ext = ext_ntt(p, &s, backend);
+        let mut s = self.signed_coeffs(backend)?;
+        let mut s_ext = ext_ntt(p, &s, backend)?;
         let keys = (0..levels)
             .map(|v| {
                 let r = element(n, v);
@@ -114,26 +101,26 @@ impl SecretKey {
                 }
                 let mut seed = [0u8; 32];
                 rng.fill_bytes(&mut seed);
-                let b = key_rows(p, &s_ext, &ext_ntt(p, &s_r, backend), special.value(), seed, backend, rng);
+                let b = ext_ntt(p, &s_r, backend)
+                    .and_then(|s_r| key_rows(p, &s_ext, &s_r, special.value(), seed, backend, rng));
                 s_r.zeroize();
-                SwitchKey::new(p, r, seed, b)
+                Ok(SwitchKey::new(p, r, seed, b?))
             })
-            .collect();
+            .collect::<HeResult<Vec<_>>>();
         s.zeroize();
         s_ext.zeroize();
-        Ok(GaloisKeys { keys })
+        Ok(GaloisKeys { keys: keys? })
     }
 }
 
 /// Signed small coefficients lifted to every prime of q·P, in NTT form.
-fn ext_ntt(p: &HeParams, coeffs: &[i64], backend: &dyn Backend) -> Vec<u64> {
+fn ext_ntt(p: &HeParams, coeffs: &[i64], backend: &dyn Backend) -> HeResult<Vec<u64>> {
     let mut out = Vec::with_capacity(coeffs.len() * p.ext_moduli().len());
-    for (m, table) in p.ext_moduli().iter().zip(p.ext_tables()) {
-        let start = out.len();
+    for m in p.ext_moduli() {
         out.extend(coeffs.iter().map(|&c| if c >= 0 { c as u64 % m.value() } else { m.neg((-c) as u64 % m.value()) }));
-        backend.ntt_forward(table, &mut out[start..]);
     }
-    out
+    backend.ntt_forward(p.ext_tables(), &mut out)?;
+    Ok(out)
 }
 
 /// The uniform halves a_0..a_{k−1} of a key, expanded from its seed: per limb of q·P, k rows.
@@ -153,12 +140,12 @@ fn key_rows<R: CryptoRng + ?Sized>(
     seed: [u8; 32],
     backend: &dyn Backend,
     rng: &mut R,
-) -> Vec<Vec<u64>> {
+) -> HeResult<Vec<Vec<u64>>> {
     let (n, k) = (p.degree(), p.moduli().len());
     let masks = key_masks(p, seed);
     let mut rows: Vec<Vec<u64>> = vec![Vec::with_capacity(k * n); k + 1];
     for i in 0..k {
-        let e = ext_ntt(p, &RnsPoly::error_coeffs(n, rng), backend);
+        let e = ext_ntt(p, &RnsPoly::error_coeffs(n, rng), backend)?;
         for (l, m) in p.ext_moduli().iter().enumerate() {
             let (a, sl, el, spl) =
                 (&masks[l][i * n..][..n], &s[l * n..][..n], &e[l * n..][..n], &s_prime[l * n..][..n]);
@@ -172,65 +159,52 @@ fn key_rows<R: CryptoRng + ?Sized>(
             }));
         }
     }
-    rows
+    Ok(rows)
 }
 
 impl SwitchKey {
     /// Assembles rows (b's then a's per limb) and Shoup constants from the b's and the seed.
     fn new(p: &HeParams, element: usize, seed: [u8; 32], b: Vec<Vec<u64>>) -> SwitchKey {
         let masks = key_masks(p, seed);
-        let rows: Vec<Vec<u64>> = b
-            .into_iter()
-            .zip(masks)
-            .map(|(mut b, a)| {
-                b.extend(a);
-                b
-            })
-            .collect();
-        let shoup = rows.iter().zip(p.ext_moduli()).map(|(r, m)| r.iter().map(|&v| m.shoup(v)).collect()).collect();
+        let (mut rows, mut shoup) = (Vec::new(), Vec::new());
+        for ((b, a), m) in b.into_iter().zip(masks).zip(p.ext_moduli()) {
+            let start = rows.len();
+            rows.extend(b);
+            rows.extend(a);
+            shoup.extend(rows[start..].iter().map(|&v| m.shoup(v)));
+        }
         SwitchKey { element, seed, rows, shoup }
     }
 }
 
 impl Ciphertext {
     /// σ_r(self) re-encrypted under s (coefficient form in, coefficient form out).
-    fn automorphism(&self, p: &HeParams, key: &SwitchKey, backend: &dyn Backend) -> Ciphertext {
+    fn automorphism(&self, p: &HeParams, key: &SwitchKey, backend: &dyn Backend) -> HeResult<Ciphertext> {
         let (n, k) = (p.degree(), p.moduli().len());
-        let ext = p.ext_moduli();
-        let permute = |c: &RnsPoly| {
-            let mut out = vec![0u64; k * n];
-            for ((src, dst), m) in c.limbs.chunks_exact(n).zip(out.chunks_exact_mut(n)).zip(p.moduli()) {
-                automorphism_limb(src, dst, key.element, m.value());
-            }
-            out
-        };
-        let (c0, c1) = (permute(&self.c0), permute(&self.c1));
-        // digits of c1 lifted to every limb of q·P: digits[l] = d_0..d_{k−1} mod p_l
-        let mut digits: Vec<Vec<u64>> = ext
-            .iter()
-            .map(|m| {
-                let mut d = Vec::with_capacity(k * n);
-                for i in 0..k {
-                    d.extend(c1[i * n..(i + 1) * n].iter().map(|&v| m.reduce(v)));
-                }
-                d
-            })
-            .collect();
-        let mut acc: Vec<Vec<u64>> = vec![vec![0u64; 2 * n]; k + 1];
-        for (l, ((d, m), table)) in digits.iter_mut().zip(ext).zip(p.ext_tables()).enumerate() {
-            backend.ntt_forward(table, d);
-            backend.mul_acc(m, n, d, &key.rows[l], Prepared::W(&key.shoup[l]), &mut acc[l]);
-            backend.ntt_inverse(table, &mut acc[l]);
+        let (q, ext) = (p.moduli(), p.ext_moduli());
+        let mut c0 = RnsPoly { limbs: vec![0u64; k * n], form: Form::Coeff };
+        let mut c1 = vec![0u64; k * n];
+        backend.automorphism(q, n, key.element, &self.c0.limbs, &mut c0.limbs)?;
+        backend.automorphism(q, n, key.element, &self.c1.limbs, &mut c1)?;
+        // the digits d_i = c1 mod p_i lifted to every limb l of q·P (limb-major: [l][i][N])
+        let mut digits = Vec::with_capacity((k + 1) * k * n);
+        for m in ext {
+            digits.extend(c1.iter().map(|&v| m.reduce(v)));
         }
-        // divide by P with rounding, then (c0 + ks0, ks1)
-        let [ks0, ks1] = [0, 1].map(|h| {
-            let mut ks: Vec<u64> = acc[..k].iter().flat_map(|a| a[h * n..(h + 1) * n].iter().copied()).collect();
-            divide_by_prime(&mut ks, p.moduli(), &acc[k][h * n..(h + 1) * n], &ext[k]);
-            RnsPoly { limbs: ks, form: Form::Coeff }
+        backend.ntt_forward(p.ext_tables(), &mut digits)?;
+        // Σ_i d_i·(b_i, a_i) per limb: [l][half][N]
+        let mut acc = vec![0u64; (k + 1) * 2 * n];
+        backend.mul_acc(ext, n, &digits, &key.rows, Prepared::W(&key.shoup), &mut acc)?;
+        backend.ntt_inverse(p.ext_tables(), &mut acc)?;
+        // divide both halves by P with rounding, then (c0 + ks0, ks1)
+        let (low, top) = acc.split_at_mut(k * 2 * n);
+        backend.divide_by_prime(q, n, low, top, &ext[k])?;
+        let [ks0, ks1] = [0, 1].map(|h| RnsPoly {
+            limbs: (0..k).flat_map(|l| &low[(2 * l + h) * n..][..n]).copied().collect(),
+            form: Form::Coeff,
         });
-        let mut c0 = RnsPoly { limbs: c0, form: Form::Coeff };
         c0.add_assign(p, &ks0);
-        Ciphertext { c0, c1: ks1 }
+        Ok(Ciphertext { c0, c1: ks1 })
     }
 }
 
@@ -255,8 +229,8 @@ impl GaloisKeys {
             return Err(HeError::Shape("packing needs ciphertexts at the full modulus".into()));
         }
         for ct in cts.iter_mut().flatten() {
-            ct.c0.to_coeff(p, backend);
-            ct.c1.to_coeff(p, backend);
+            ct.c0.to_coeff(p, backend)?;
+            ct.c1.to_coeff(p, backend)?;
         }
         let zero = || Ciphertext { c0: RnsPoly::zero(p, Form::Coeff), c1: RnsPoly::zero(p, Form::Coeff) };
         for v in (0..levels).rev() {
@@ -279,7 +253,7 @@ impl GaloisKeys {
                     diff.c0.sub_assign(p, &shifted.c0);
                     diff.c1.sub_assign(p, &shifted.c1);
                 }
-                let turned = diff.automorphism(p, key, backend);
+                let turned = diff.automorphism(p, key, backend)?;
                 sum.c0.add_assign(p, &turned.c0);
                 sum.c1.add_assign(p, &turned.c1);
                 next.push(Some(sum));
@@ -329,15 +303,15 @@ impl GaloisKeys {
         }
         let n = p.degree();
         let mut ct = ct.clone();
-        ct.c0.to_coeff(p, backend);
-        ct.c1.to_coeff(p, backend);
+        ct.c0.to_coeff(p, backend)?;
+        ct.c1.to_coeff(p, backend)?;
         let mut cts = vec![ct];
         for v in first..first + levels {
             let key = &self.keys[v as usize];
             let step = 1usize << v;
-            let halves = map_indexed(backend, cts.len(), |i| {
+            let halves = map_indexed(backend, cts.len(), |i| -> HeResult<_> {
                 let c = &cts[i];
-                let turned = c.automorphism(p, key, backend);
+                let turned = c.automorphism(p, key, backend)?;
                 let (mut low, mut high) = (c.clone(), c.clone());
                 low.c0.add_assign(p, &turned.c0);
                 low.c1.add_assign(p, &turned.c1);
@@ -345,9 +319,9 @@ impl GaloisKeys {
                 high.c1.sub_assign(p, &turned.c1);
                 let high =
                     Ciphertext { c0: high.c0.monomial_mul(p, 2 * n - step), c1: high.c1.monomial_mul(p, 2 * n - step) };
-                (low, high)
+                Ok((low, high))
             });
-            let (low, high): (Vec<_>, Vec<_>) = halves.into_iter().unzip();
+            let (low, high): (Vec<_>, Vec<_>) = halves.into_iter().collect::<HeResult<Vec<_>>>()?.into_iter().unzip();
             cts = low.into_iter().chain(high).collect();
         }
         Ok(cts)
@@ -371,7 +345,7 @@ impl GaloisKeys {
         for key in &self.keys {
             out.extend_from_slice(&(key.element as u32).to_le_bytes());
             out.extend_from_slice(&key.seed);
-            for (row, m) in key.rows.iter().zip(p.ext_moduli()) {
+            for (row, m) in key.rows.chunks_exact(2 * k * n).zip(p.ext_moduli()) {
                 out.extend(pack_bits(&row[..k * n], m.bits()));
             }
         }
@@ -439,7 +413,7 @@ mod tests {
         let p = HeParams::linear().unwrap_or_else(|e| panic!("{e}"));
         let be = CpuBackend::new(1).unwrap_or_else(|e| panic!("{e}"));
         let mut rng = StdRng::seed_from_u64(21);
-        let sk = SecretKey::generate(&p, &be, &mut rng);
+        let sk = SecretKey::generate(&p, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         let keys = sk.galois_keys(3, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         let keys = GaloisKeys::from_bytes(&p, &keys.to_bytes(&p)).unwrap_or_else(|e| panic!("{e}"));
         let n = p.degree();
@@ -449,7 +423,10 @@ mod tests {
             let mut cts: Vec<Option<Ciphertext>> = msgs
                 .iter()
                 .map(|m| {
-                    Some(sk.encrypt(&Plaintext::new(&p, m.clone()).unwrap_or_else(|e| panic!("{e}")), &be, &mut rng))
+                    Some(
+                        sk.encrypt(&Plaintext::new(&p, m.clone()).unwrap_or_else(|e| panic!("{e}")), &be, &mut rng)
+                            .unwrap_or_else(|e| panic!("{e}")),
+                    )
                 })
                 .collect();
             if count == 8 {
@@ -464,7 +441,7 @@ mod tests {
                 let want = if cts[j].is_some() { (msgs[j][a * count] as u128 * count as u128) & t_mask } else { 0 };
                 assert_eq!(g, want, "count {count}, position {pos}");
             }
-            assert!(sk.noise_budget(&packed, &be) > 30.0);
+            assert!(sk.noise_budget(&packed, &be).unwrap_or_else(|e| panic!("{e}")) > 30.0);
         }
     }
 
@@ -473,10 +450,10 @@ mod tests {
         let be = CpuBackend::new(1).unwrap_or_else(|e| panic!("{e}"));
         let mut rng = StdRng::seed_from_u64(22);
         let plain = HeParams::n4096().unwrap_or_else(|e| panic!("{e}"));
-        let sk = SecretKey::generate(&plain, &be, &mut rng);
+        let sk = SecretKey::generate(&plain, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         assert!(sk.galois_keys(2, &be, &mut rng).is_err());
         let p = HeParams::linear().unwrap_or_else(|e| panic!("{e}"));
-        let sk = SecretKey::generate(&p, &be, &mut rng);
+        let sk = SecretKey::generate(&p, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         let bytes = sk.galois_keys(1, &be, &mut rng).unwrap_or_else(|e| panic!("{e}")).to_bytes(&p);
         let err = GaloisKeys::from_bytes(&p, &bytes[..bytes.len() - 1]).err().map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("bytes, expected")));

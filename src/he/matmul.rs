@@ -62,11 +62,12 @@ pub fn tiling_for(params: &HeParams, shape: MatShape, network: &CostModel) -> Ti
 }
 
 /// The client's ciphertexts of A (with the server's share added), in NTT form, laid out for
-/// [`Backend::mul_acc`]: for token tile ti, half h (c0, c1) and limb l, the J d-tiles in a row,
-/// with their Shoup constants. Kept by the server for every column tile of B.
+/// [`Backend::mul_acc`]: for token tile ti and half h (c0, c1), the J d-tiles limb-major, with
+/// their Shoup constants. Kept by the server for every column tile of B.
 #[derive(Debug)]
 pub struct EncryptedRows {
-    /// rows[(ti·2 + h)·L + l] = (values, Shoup constants), each J·N long.
+    /// rows[ti·2 + h] = (values, Shoup constants), each L·J·N long: limb l's block holds the J
+    /// tiles' residues mod p_l.
     rows: Vec<(Vec<u64>, Vec<u64>)>,
     tiles_i: usize,
 }
@@ -94,21 +95,23 @@ impl EncryptedRows {
             if let Some(a) = a_share {
                 ct.add_plain_assign(p, &Plaintext::new(p, t.encode_a(a, idx / tj_n, idx % tj_n))?, be)?;
             }
-            ct.c0.to_ntt(p, be);
-            ct.c1.to_ntt(p, be);
+            ct.c0.to_ntt(p, be)?;
+            ct.c1.to_ntt(p, be)?;
             Ok(ct)
         })
         .into_iter()
         .collect::<HeResult<_>>()?;
-        let rows = map_indexed(be, ti_n * 2 * limbs, |row| {
-            let (ti, h, l) = (row / (2 * limbs), (row / limbs) % 2, row % limbs);
-            let m = &p.moduli()[l];
-            let mut values = Vec::with_capacity(tj_n * n);
-            for tj in 0..tj_n {
-                let ct = &cts[ti * tj_n + tj];
-                values.extend_from_slice(if h == 0 { ct.c0.limb(p, l) } else { ct.c1.limb(p, l) });
+        let rows = map_indexed(be, ti_n * 2, |row| {
+            let (ti, h) = (row / 2, row % 2);
+            let (mut values, mut shoup) = (Vec::with_capacity(limbs * tj_n * n), Vec::with_capacity(limbs * tj_n * n));
+            for (l, m) in p.moduli().iter().enumerate() {
+                for tj in 0..tj_n {
+                    let ct = &cts[ti * tj_n + tj];
+                    let limb = if h == 0 { ct.c0.limb(p, l) } else { ct.c1.limb(p, l) };
+                    values.extend_from_slice(limb);
+                    shoup.extend(limb.iter().map(|&v| m.shoup(v)));
+                }
             }
-            let shoup = values.iter().map(|&v| m.shoup(v)).collect();
             (values, shoup)
         });
         Ok(EncryptedRows { rows, tiles_i: ti_n })
@@ -124,36 +127,37 @@ impl EncryptedRows {
         t: &Tiling,
         b: &[u64],
         ks: std::ops::Range<usize>,
-    ) -> Vec<Ciphertext> {
+    ) -> HeResult<Vec<Ciphertext>> {
         let (_, tj_n, _) = t.tile_counts();
         let (n, limbs) = (p.degree(), p.moduli().len());
-        let per_k = map_indexed(be, ks.len(), |idx| {
+        let per_k = map_indexed(be, ks.len(), |idx| -> HeResult<_> {
             let k = ks.start + idx;
-            let encoded: Vec<Vec<u64>> = (0..tj_n).map(|tj| t.encode_b(b, tj, k)).collect();
-            let mut results: Vec<(Vec<u64>, Vec<u64>)> =
-                (0..self.tiles_i).map(|_| (vec![0u64; limbs * n], vec![0u64; limbs * n])).collect();
-            let mut w = vec![0u64; tj_n * n];
-            for l in 0..limbs {
-                let m = &p.moduli()[l];
-                let support = t.d_w * t.m_w;
-                for (poly, coeffs) in w.chunks_exact_mut(n).zip(&encoded) {
-                    poly[support..].fill(0);
-                    for (dst, &v) in poly[..support].iter_mut().zip(coeffs) {
+            let support = t.d_w * t.m_w;
+            // the column tile's J weight polynomials, every limb (limb-major), NTT form
+            let mut w = vec![0u64; limbs * tj_n * n];
+            for tj in 0..tj_n {
+                let coeffs = t.encode_b(b, tj, k);
+                for (l, m) in p.moduli().iter().enumerate() {
+                    let poly = &mut w[(l * tj_n + tj) * n..][..support];
+                    for (dst, &v) in poly.iter_mut().zip(&coeffs) {
                         let v = v as i64;
                         *dst = if v >= 0 { m.reduce(v as u64) } else { m.neg(m.reduce(v.unsigned_abs())) };
                     }
-                    be.ntt_forward_sparse(&p.tables()[l], poly, support);
-                }
-                for (ti, (c0, c1)) in results.iter_mut().enumerate() {
-                    for (h, dst) in [c0, c1].into_iter().enumerate() {
-                        let (x, xs) = &self.rows[(ti * 2 + h) * limbs + l];
-                        be.mul_acc(m, n, x, &w, Prepared::X(xs), &mut dst[l * n..(l + 1) * n]);
-                    }
                 }
             }
-            results
+            be.ntt_forward_sparse(p.tables(), &mut w, support)?;
+            (0..self.tiles_i)
+                .map(|ti| {
+                    let [c0, c1] = [0, 1].map(|h| {
+                        let (x, xs) = &self.rows[ti * 2 + h];
+                        let mut out = vec![0u64; limbs * n];
+                        be.mul_acc(p.moduli(), n, x, &w, Prepared::X(xs), &mut out).map(|()| out)
+                    });
+                    Ok(Ciphertext::from_ntt_limbs(c0?, c1?))
+                })
+                .collect::<HeResult<Vec<_>>>()
         });
-        per_k.into_iter().flatten().map(|(c0, c1)| Ciphertext::from_ntt_limbs(c0, c1)).collect()
+        Ok(per_k.into_iter().collect::<HeResult<Vec<_>>>()?.into_iter().flatten().collect())
     }
 }
 
@@ -185,11 +189,11 @@ pub(crate) fn pack_group(
                 .iter()
                 .map(|c| {
                     let mut c = c.clone();
-                    c.c0.to_coeff(p, be);
-                    c.c1.to_coeff(p, be);
-                    Some(Ciphertext { c0: c.c0.monomial_mul(p, shift), c1: c.c1.monomial_mul(p, shift) })
+                    c.c0.to_coeff(p, be)?;
+                    c.c1.to_coeff(p, be)?;
+                    Ok(Some(Ciphertext { c0: c.c0.monomial_mul(p, shift), c1: c.c1.monomial_mul(p, shift) }))
                 })
-                .collect();
+                .collect::<HeResult<_>>()?;
             slots.resize(1 << t.pack, None);
             galois.pack(p, slots, be)
         }

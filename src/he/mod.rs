@@ -92,6 +92,9 @@ pub enum HeError {
     /// From the modular arithmetic below.
     #[error(transparent)]
     Ring(#[from] RingError),
+    /// The backend failed (a device error, or operands of the wrong shape).
+    #[error(transparent)]
+    Backend(#[from] crate::backend::BackendError),
 }
 
 /// Result alias of the HE layer.

@@ -3,9 +3,8 @@
 use rand::{CryptoRng, RngExt};
 use zeroize::Zeroize;
 
-use super::HeParams;
+use super::{HeParams, HeResult};
 use crate::backend::Backend;
-use crate::ring::modp::Modulus;
 
 /// Coefficient or evaluation (NTT) representation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,26 +85,30 @@ impl RnsPoly {
         &self.limbs[i * n..(i + 1) * n]
     }
 
-    /// Converts to NTT form (no-op if already there).
-    pub fn to_ntt(&mut self, params: &HeParams, backend: &dyn Backend) {
+    /// Converts to NTT form (no-op if already there): one backend call over every limb.
+    pub fn to_ntt(&mut self, params: &HeParams, backend: &dyn Backend) -> HeResult<()> {
         if self.form == Form::Coeff {
-            let n = params.degree();
-            for (limb, table) in self.limbs.chunks_exact_mut(n).zip(params.tables()) {
-                backend.ntt_forward(table, limb);
-            }
+            backend.ntt_forward(self.tables(params)?, &mut self.limbs)?;
             self.form = Form::Ntt;
         }
+        Ok(())
     }
 
     /// Converts to coefficient form (no-op if already there).
-    pub fn to_coeff(&mut self, params: &HeParams, backend: &dyn Backend) {
+    pub fn to_coeff(&mut self, params: &HeParams, backend: &dyn Backend) -> HeResult<()> {
         if self.form == Form::Ntt {
-            let n = params.degree();
-            for (limb, table) in self.limbs.chunks_exact_mut(n).zip(params.tables()) {
-                backend.ntt_inverse(table, limb);
-            }
+            backend.ntt_inverse(self.tables(params)?, &mut self.limbs)?;
             self.form = Form::Coeff;
         }
+        Ok(())
+    }
+
+    /// The NTT tables of the limbs held (fewer than the set's after modulus switching).
+    fn tables<'a>(&self, params: &'a HeParams) -> HeResult<&'a [crate::backend::NttTable]> {
+        let count = self.limbs.len() / params.degree();
+        params.tables().get(..count).ok_or_else(|| {
+            super::HeError::Shape(format!("{count} limbs, the parameter set has {}", params.tables().len()))
+        })
     }
 
     fn zip_limbs(
@@ -146,25 +149,6 @@ impl RnsPoly {
             for x in a.iter_mut() {
                 *x = m.neg(*x);
             }
-        }
-    }
-}
-
-/// x ← ⌊x / p_top⌉ for polynomials given by their residues: `low` holds one row of n residues
-/// per modulus of `moduli`, `top` the residues mod `p_top`. Each row becomes
-/// (row − [top]) · p_top^-1 mod p_i with [top] centered in (−p_top/2, p_top/2]: modulus
-/// switching, and the division by the special prime that ends a key switch. The primes of a
-/// parameter set are distinct (checked when it is built), so p_top is invertible.
-pub(crate) fn divide_by_prime(low: &mut [u64], moduli: &[Modulus], top: &[u64], p_top: &Modulus) {
-    let n = top.len();
-    let half = p_top.value() / 2;
-    for (row, m) in low.chunks_exact_mut(n).zip(moduli) {
-        let p_mod = m.reduce(p_top.value());
-        let inv = m.inv(p_mod).unwrap_or(0);
-        let inv_shoup = m.shoup(inv);
-        for (x, &v) in row.iter_mut().zip(top) {
-            let v_mod = if v > half { m.sub(m.reduce(v), p_mod) } else { m.reduce(v) };
-            *x = m.mul_shoup(m.sub(*x, v_mod), inv, inv_shoup);
         }
     }
 }

@@ -35,7 +35,7 @@ impl Ciphertext {
         backend: &dyn Backend,
         rng: &mut R,
     ) -> HeResult<()> {
-        let zero = pk.encrypt(&super::Plaintext::new(params, Vec::new())?, backend, rng);
+        let zero = pk.encrypt(&super::Plaintext::new(params, Vec::new())?, backend, rng)?;
         self.add_assign(params, &zero, backend)
     }
 
@@ -55,8 +55,8 @@ impl Ciphertext {
             });
         }
         let n = params.degree();
-        self.c0.to_coeff(params, backend);
-        self.c1.to_coeff(params, backend);
+        self.c0.to_coeff(params, backend)?;
+        self.c1.to_coeff(params, backend)?;
         if bits <= NARROW_FLOOD_BITS {
             let span = 1u128 << (bits + 1);
             let noise: Vec<i128> = (0..n).map(|_| (rng.random::<u128>() % span) as i128 - (span / 2) as i128).collect();
@@ -111,8 +111,8 @@ impl Ciphertext {
         let k = self.limbs(params);
         let moduli = &params.moduli()[..k];
         let (mut c0, mut c1) = (self.c0.clone(), self.c1.clone());
-        c0.to_coeff(params, backend);
-        c1.to_coeff(params, backend);
+        c0.to_coeff(params, backend)?;
+        c1.to_coeff(params, backend)?;
         let to_c0 = PowerOfTwoSwitch::new(moduli, c0_bits)?;
         let to_c1 = PowerOfTwoSwitch::new(moduli, c1_bits)?;
         Ok(ShrunkCiphertext {
@@ -289,9 +289,9 @@ impl SecretKey {
         for m in [m1, m2] {
             c1.limbs.extend(ct.c1.iter().map(|&v| m.reduce_u128(v)));
         }
-        c1.to_ntt(p, backend);
+        c1.to_ntt(p, backend)?;
         c1.mul_assign(p, &self.s);
-        c1.to_coeff(p, backend);
+        c1.to_coeff(p, backend)?;
         // Garner: x = r1 + p1·((r2 − r1)·p1^-1 mod p2) in [0, p1·p2).
         let p1_inv = m2.inv(m2.reduce(m1.value())).ok_or_else(|| not_coprime(&m2))?;
         let big_p = m1.value() as u128 * m2.value() as u128;
@@ -326,12 +326,12 @@ mod tests {
         let p = HeParams::linear().unwrap_or_else(|e| panic!("{e}"));
         let be = CpuBackend::new(1).unwrap_or_else(|e| panic!("{e}"));
         let mut rng = StdRng::seed_from_u64(11);
-        let sk = SecretKey::generate(&p, &be, &mut rng);
-        let pk = sk.public_key(&be, &mut rng);
+        let sk = SecretKey::generate(&p, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        let pk = sk.public_key(&be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         let mut m: Vec<u64> = (0..p.degree()).map(|_| rng.random()).collect();
         m[..4].copy_from_slice(&[0, 1, u64::MAX, 1 << 63]);
         let pt = Plaintext::new(&p, m.clone()).unwrap_or_else(|e| panic!("{e}"));
-        let mut ct = sk.encrypt_seeded(&pt, &be, &mut rng).expand(&p);
+        let mut ct = sk.encrypt_seeded(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}")).expand(&p);
         ct.rerandomize(&p, &pk, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         ct.flood(&p, 85, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         let keep: Vec<usize> = (0..p.degree()).step_by(3).chain([p.degree() - 1]).collect();

@@ -35,7 +35,7 @@ impl Selectors {
         let mut halves = [vec![0u64; limbs * count * n], vec![0u64; limbs * count * n]];
         for (i, mut ct) in cts.into_iter().enumerate() {
             for (half, poly) in halves.iter_mut().zip([&mut ct.c0, &mut ct.c1]) {
-                poly.to_ntt(params, backend);
+                poly.to_ntt(params, backend)?;
                 for l in 0..limbs {
                     half[(l * count + i) * n..(l * count + i + 1) * n].copy_from_slice(poly.limb(params, l));
                 }
@@ -126,14 +126,15 @@ pub fn select(
         for (l, m) in params.moduli()[..k].iter().enumerate() {
             let x = &half[(l * count + first) * n..(l * count + first + e) * n];
             let w = l * j * e * n..(l + 1) * j * e * n;
+            // one call per limb: the run of selectors is contiguous within a limb's block only
             backend.mul_acc(
-                m,
+                std::slice::from_ref(m),
                 n,
                 x,
                 &bank.w[w.clone()],
                 Prepared::W(&bank.shoup[w]),
                 &mut out[l * j * n..(l + 1) * j * n],
-            );
+            )?;
         }
     }
     let gather = |half: &[u64], jj: usize| RnsPoly {
@@ -200,7 +201,7 @@ mod tests {
         let p = HeParams::linear().unwrap_or_else(|e| panic!("{e}"));
         let be = CpuBackend::new(2).unwrap_or_else(|e| panic!("{e}"));
         let mut rng = StdRng::seed_from_u64(21);
-        let sk = SecretKey::generate(&p, &be, &mut rng);
+        let sk = SecretKey::generate(&p, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         let (e, j, support) = (6usize, 3usize, 40usize);
         let weights: Vec<Vec<Vec<u64>>> = (0..j)
             .map(|_| (0..e).map(|_| (0..support).map(|_| rng.random_range(-1000i64..1000) as u64).collect()).collect())
@@ -214,7 +215,10 @@ mod tests {
         let encrypt = |t: &[Vec<u64>], rng: &mut StdRng| {
             let cts = t
                 .iter()
-                .map(|ti| sk.encrypt(&Plaintext::new(&p, ti.clone()).unwrap_or_else(|e| panic!("{e}")), &be, rng))
+                .map(|ti| {
+                    sk.encrypt(&Plaintext::new(&p, ti.clone()).unwrap_or_else(|e| panic!("{e}")), &be, rng)
+                        .unwrap_or_else(|e| panic!("{e}"))
+                })
                 .collect();
             Selectors::new(&p, cts, &be).unwrap_or_else(|e| panic!("{e}"))
         };
@@ -223,7 +227,7 @@ mod tests {
         let sel = encrypt(&one_hot, &mut rng);
         let out = select(&p, &sel, 2, &bank, &be).unwrap_or_else(|e| panic!("{e}"));
         for (jj, ct) in out.iter().enumerate() {
-            let got = sk.decrypt(ct, &be);
+            let got = sk.decrypt(ct, &be).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(&got.coeffs()[..support], &weights[jj][4][..], "output {jj}");
             assert!(got.coeffs()[support..].iter().all(|&c| c == 0));
         }
@@ -238,7 +242,7 @@ mod tests {
                     *acc = acc.wrapping_add(v);
                 }
             }
-            assert!(sk.decrypt(ct, &be).coeffs() == &want[..], "output {jj}");
+            assert!(sk.decrypt(ct, &be).unwrap_or_else(|e| panic!("{e}")).coeffs() == &want[..], "output {jj}");
         }
         // a run beyond the selectors is refused
         assert!(matches!(select(&p, &sel, 1, &bank, &be), Err(HeError::Shape(_))));
@@ -249,7 +253,7 @@ mod tests {
         let p = HeParams::linear().unwrap_or_else(|e| panic!("{e}"));
         let devices = [CpuBackend::new(1), CpuBackend::new(1)].map(|b| b.unwrap_or_else(|e| panic!("{e}")));
         let mut rng = StdRng::seed_from_u64(22);
-        let sk = SecretKey::generate(&p, &devices[0], &mut rng);
+        let sk = SecretKey::generate(&p, &devices[0], &mut rng).unwrap_or_else(|e| panic!("{e}"));
         let (e, j) = (6usize, 2usize);
         let weights: Vec<Vec<Vec<u64>>> = (0..j)
             .map(|_| (0..e).map(|_| (0..16).map(|_| rng.random_range(-500i64..500) as u64).collect()).collect())
@@ -263,7 +267,7 @@ mod tests {
         let cts = (0..e)
             .map(|i| {
                 let pt = Plaintext::new(&p, vec![u64::from(i == chosen)]).unwrap_or_else(|e| panic!("{e}"));
-                sk.encrypt(&pt, &devices[0], &mut rng)
+                sk.encrypt(&pt, &devices[0], &mut rng).unwrap_or_else(|e| panic!("{e}"))
             })
             .collect();
         let sel = Selectors::new(&p, cts, &devices[0]).unwrap_or_else(|e| panic!("{e}"));
@@ -275,7 +279,10 @@ mod tests {
         ];
         let spread = select_spread(&p, &sel, &parts).unwrap_or_else(|e| panic!("{e}"));
         for (jj, (a, b)) in single.iter().zip(&spread).enumerate() {
-            let (da, db) = (sk.decrypt(a, &devices[0]), sk.decrypt(b, &devices[0]));
+            let (da, db) = (
+                sk.decrypt(a, &devices[0]).unwrap_or_else(|e| panic!("{e}")),
+                sk.decrypt(b, &devices[0]).unwrap_or_else(|e| panic!("{e}")),
+            );
             assert_eq!(da, db, "output {jj}");
             assert_eq!(&da.coeffs()[..16], &weights[jj][chosen][..], "output {jj}");
         }

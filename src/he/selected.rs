@@ -437,8 +437,8 @@ fn packed_products(
         let mut slots: Vec<Option<Ciphertext>> = vec![None; size];
         for (j, ct) in results[g * size..((g + 1) * size).min(k_n)].iter().enumerate() {
             let mut ct = ct.clone();
-            ct.c0.to_coeff(p, be);
-            ct.c1.to_coeff(p, be);
+            ct.c0.to_coeff(p, be)?;
+            ct.c1.to_coeff(p, be)?;
             slots[layout.slot(g, j)] =
                 Some(Ciphertext { c0: ct.c0.monomial_mul(p, shift), c1: ct.c1.monomial_mul(p, shift) });
         }
@@ -461,14 +461,16 @@ mod tests {
         let p = HeParams::select().unwrap_or_else(|e| panic!("{e}"));
         let be = CpuBackend::new(2).unwrap_or_else(|e| panic!("{e}"));
         let mut rng = StdRng::seed_from_u64(7);
-        let sk = SecretKey::generate(&p, &be, &mut rng);
+        let sk = SecretKey::generate(&p, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         let galois = sk.galois_keys(3, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         let values: Vec<u64> = (0..8).map(|_| rng.random::<u64>() >> 1).collect();
-        let ct = sk.encrypt(&Plaintext::new(&p, values.clone()).unwrap_or_else(|e| panic!("{e}")), &be, &mut rng);
+        let ct = sk
+            .encrypt(&Plaintext::new(&p, values.clone()).unwrap_or_else(|e| panic!("{e}")), &be, &mut rng)
+            .unwrap_or_else(|e| panic!("{e}"));
         let out = galois.expand(&p, &ct, 3, &be).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(out.len(), 8);
         for (i, c) in out.iter().enumerate() {
-            let wide = sk.decrypt_wide(c, &be);
+            let wide = sk.decrypt_wide(c, &be).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(wide[0], (values[i] as u128) << 3, "selector {i}");
             assert!(wide[1..].iter().all(|&v| v == 0), "selector {i} is not a constant");
         }
@@ -479,10 +481,10 @@ mod tests {
         let p = HeParams::select().unwrap_or_else(|e| panic!("{e}"));
         let be = CpuBackend::new(2).unwrap_or_else(|e| panic!("{e}"));
         let mut rng = StdRng::seed_from_u64(11);
-        let sk = SecretKey::generate(&p, &be, &mut rng);
+        let sk = SecretKey::generate(&p, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         let galois = sk.galois_keys(max_pack(&p), &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
-        let relin = sk.relin_key(&be, &mut rng);
-        let pk = sk.public_key(&be, &mut rng);
+        let relin = sk.relin_key(&be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        let pk = sk.public_key(&be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         let (d, m, e, chosen, w_bits) = (40, 300, 5, 3, 20);
         let layout = SelectedLayout::choose(&p, d, m, e, &CostModel::WAN).unwrap_or_else(|e| panic!("{e}"));
         let experts: Vec<Vec<u64>> = (0..e)
@@ -498,14 +500,14 @@ mod tests {
         let inputs: Vec<Ciphertext> = (0..layout.inputs())
             .map(|j| {
                 let pt = Plaintext::new(&p, t.encode_a(&x_c, 0, j)).unwrap_or_else(|e| panic!("{e}"));
-                let mut ct = sk.encrypt(&pt, &be, &mut rng);
+                let mut ct = sk.encrypt(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
                 let own = Plaintext::new(&p, t.encode_a(&x_s, 0, j)).unwrap_or_else(|e| panic!("{e}"));
                 ct.add_plain_assign(&p, &own, &be).unwrap_or_else(|e| panic!("{e}"));
                 ct
             })
             .collect();
         let pt = Plaintext::new(&p, layout.encode_choice(&theirs)).unwrap_or_else(|e| panic!("{e}"));
-        let choice = sk.encrypt(&pt, &be, &mut rng);
+        let choice = sk.encrypt(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         let bound = noise_bits(&p, &layout, w_bits);
         let flood = (bound.ceil() as u32 + 40).min(crate::he::MAX_FLOOD_BITS);
         let refs: Vec<&[u64]> = experts.iter().map(Vec::as_slice).collect();
@@ -522,7 +524,7 @@ mod tests {
         let packed = packed_products(&p, keys, &layout, &inputs, &weights[0], &be).unwrap_or_else(|e| panic!("{e}"));
         let log_delta = p.log_q() - p.plain_bits() as f64;
         for ct in &packed {
-            let noise = log_delta - 1.0 - sk.noise_budget(ct, &be);
+            let noise = log_delta - 1.0 - sk.noise_budget(ct, &be).unwrap_or_else(|e| panic!("{e}"));
             assert!(noise <= bound, "noise 2^{noise:.1} above the bound 2^{bound:.1}");
             eprintln!("selected product noise 2^{noise:.1}, bound 2^{bound:.1}");
         }

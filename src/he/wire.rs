@@ -223,9 +223,9 @@ mod tests {
         let p = HeParams::n4096().unwrap_or_else(|e| panic!("{e}"));
         let be = CpuBackend::new(1).unwrap_or_else(|e| panic!("{e}"));
         let mut rng = StdRng::seed_from_u64(5);
-        let sk = SecretKey::generate(&p, &be, &mut rng);
+        let sk = SecretKey::generate(&p, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         let pt = Plaintext::new(&p, (0..p.degree()).map(|_| rng.random()).collect()).unwrap_or_else(|e| panic!("{e}"));
-        let ct = sk.encrypt(&pt, &be, &mut rng);
+        let ct = sk.encrypt(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         (p, be, sk, ct, pt)
     }
 
@@ -237,18 +237,18 @@ mod tests {
         assert_eq!(bytes.len(), HEADER + 2 * 4096 * 109 / 8);
         let back = Ciphertext::from_bytes(&p, &bytes).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back, ct);
-        assert_eq!(sk.decrypt(&back, &be), pt);
+        assert_eq!(sk.decrypt(&back, &be).unwrap_or_else(|e| panic!("{e}")), pt);
     }
 
     #[test]
     fn seeded_ciphertexts_are_half_the_size_and_round_trip() {
         let (p, be, sk, _, pt) = fixture();
-        let seeded = sk.encrypt_seeded(&pt, &be, &mut StdRng::seed_from_u64(6));
+        let seeded = sk.encrypt_seeded(&pt, &be, &mut StdRng::seed_from_u64(6)).unwrap_or_else(|e| panic!("{e}"));
         let bytes = seeded.to_bytes(&p);
         assert_eq!(bytes.len(), seeded_ciphertext_len(&p));
         assert_eq!(bytes.len(), HEADER + 4096 * 109 / 8 + SEED_LEN);
         let back = SeededCiphertext::from_bytes(&p, &bytes).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(sk.decrypt(&back.expand(&p), &be), pt);
+        assert_eq!(sk.decrypt(&back.expand(&p), &be).unwrap_or_else(|e| panic!("{e}")), pt);
         let err = SeededCiphertext::from_bytes(&p, &bytes[..bytes.len() - 1]).err().map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("bytes, expected")));
     }
@@ -258,13 +258,15 @@ mod tests {
         let p = HeParams::n8192().unwrap_or_else(|e| panic!("{e}"));
         let be = CpuBackend::new(1).unwrap_or_else(|e| panic!("{e}"));
         let mut rng = StdRng::seed_from_u64(7);
-        let sk = SecretKey::generate(&p, &be, &mut rng);
-        let pk = PublicKey::from_bytes(&p, &sk.public_key(&be, &mut rng).to_bytes()).unwrap_or_else(|e| panic!("{e}"));
-        let rlk = RelinKey::from_bytes(&p, &sk.relin_key(&be, &mut rng).to_bytes(&p)).unwrap_or_else(|e| panic!("{e}"));
+        let sk = SecretKey::generate(&p, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        let pk = PublicKey::from_bytes(&p, &sk.public_key(&be, &mut rng).unwrap_or_else(|e| panic!("{e}")).to_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let rlk = RelinKey::from_bytes(&p, &sk.relin_key(&be, &mut rng).unwrap_or_else(|e| panic!("{e}")).to_bytes(&p))
+            .unwrap_or_else(|e| panic!("{e}"));
         let pt = Plaintext::new(&p, vec![3, 5]).unwrap_or_else(|e| panic!("{e}"));
-        let ct = pk.encrypt(&pt, &be, &mut rng);
+        let ct = pk.encrypt(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         let sq = ct.mul(&ct, &p, &rlk, &be).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(sk.decrypt(&sq, &be).coeffs()[..3], [9, 30, 25]);
+        assert_eq!(sk.decrypt(&sq, &be).unwrap_or_else(|e| panic!("{e}")).coeffs()[..3], [9, 30, 25]);
         // a key is not a ciphertext, and a ciphertext is not a key
         assert!(Ciphertext::from_bytes(&p, &pk.to_bytes()).is_err());
         assert!(PublicKey::from_bytes(&p, &ct.to_bytes(&p)).is_err());
@@ -274,7 +276,7 @@ mod tests {
     fn a_public_key_travels_as_b_and_a_seed_and_a_degenerate_b_is_refused() {
         let (p, be, sk, _, _) = fixture();
         let mut rng = StdRng::seed_from_u64(8);
-        let bytes = sk.public_key(&be, &mut rng).to_bytes();
+        let bytes = sk.public_key(&be, &mut rng).unwrap_or_else(|e| panic!("{e}")).to_bytes();
         assert_eq!(bytes.len(), HEADER + 4096 * 109 / 8 + SEED_LEN);
         // b = 0 modulo the first prime: the first limb's bits are all zero
         let mut zero = bytes.clone();
@@ -290,9 +292,9 @@ mod tests {
         let p = HeParams::n8192().unwrap_or_else(|e| panic!("{e}"));
         let be = CpuBackend::new(1).unwrap_or_else(|e| panic!("{e}"));
         let mut rng = StdRng::seed_from_u64(6);
-        let sk = SecretKey::generate(&p, &be, &mut rng);
+        let sk = SecretKey::generate(&p, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         let pt = Plaintext::new(&p, (0..100).map(|_| rng.random()).collect()).unwrap_or_else(|e| panic!("{e}"));
-        let mut ct = sk.encrypt(&pt, &be, &mut rng);
+        let mut ct = sk.encrypt(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         let full = ct.to_bytes(&p).len();
         ct.drop_last_modulus(&p, &be).unwrap_or_else(|e| panic!("{e}"));
         ct.drop_last_modulus(&p, &be).unwrap_or_else(|e| panic!("{e}"));
@@ -300,7 +302,7 @@ mod tests {
         assert_eq!(bytes.len(), HEADER + 2 * 8192 * 110 / 8);
         assert!(bytes.len() * 100 < full * 51, "110 of 218 bits of modulus left");
         let back = Ciphertext::from_bytes(&p, &bytes).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(sk.decrypt(&back, &be).coeffs()[..100], pt.coeffs()[..]);
+        assert_eq!(sk.decrypt(&back, &be).unwrap_or_else(|e| panic!("{e}")).coeffs()[..100], pt.coeffs()[..]);
     }
 
     #[test]
@@ -356,12 +358,12 @@ mod tests {
                 let (p, be, sk, ct, pt) = fixture();
                 let mut rng = StdRng::seed_from_u64(9);
                 let lin = HeParams::linear().unwrap_or_else(|e| panic!("{e}"));
-                let lin_sk = SecretKey::generate(&lin, &be, &mut rng);
+                let lin_sk = SecretKey::generate(&lin, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
                 let galois = lin_sk.galois_keys(2, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
                 let shrunk = ShrunkCiphertext::from_bytes(
                     &p,
                     &{
-                        let mut c = sk.encrypt(&pt, &be, &mut rng);
+                        let mut c = sk.encrypt(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
                         c.flood(&p, 20, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
                         c.shrink(&p, &[0, 5, 9], 70, 80, &be).unwrap_or_else(|e| panic!("{e}")).to_bytes()
                     },
@@ -372,8 +374,8 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}"));
                 let samples = vec![
                     ("ciphertext", ct.to_bytes(&p)),
-                    ("seeded", sk.encrypt_seeded(&pt, &be, &mut rng).to_bytes(&p)),
-                    ("public key", sk.public_key(&be, &mut rng).to_bytes()),
+                    ("seeded", sk.encrypt_seeded(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}")).to_bytes(&p)),
+                    ("public key", sk.public_key(&be, &mut rng).unwrap_or_else(|e| panic!("{e}")).to_bytes()),
                     ("galois", galois.to_bytes(&lin)),
                     ("shrunk", shrunk.to_bytes()),
                 ];

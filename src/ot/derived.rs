@@ -43,16 +43,16 @@ fn check_width(width: u32) -> OtResult<()> {
 }
 
 impl Ot {
-    fn hash(&mut self, keys: &[Block]) -> Vec<u64> {
+    fn hash(&mut self, keys: &[Block]) -> OtResult<Vec<u64>> {
         let tweak = self.tweaks(keys.len());
         self.hash_at(keys, tweak)
     }
 
     /// Hashes `keys` under tweaks `tweak`, `tweak + 1`, … (reserved by the caller).
-    fn hash_at(&self, keys: &[Block], tweak: u64) -> Vec<u64> {
+    fn hash_at(&self, keys: &[Block], tweak: u64) -> OtResult<Vec<u64>> {
         let mut out = vec![Block::ZERO; keys.len()];
-        self.backend.hash_blocks(keys, Tweaks::Sequential(tweak), &mut out);
-        out.iter().map(low_u64).collect()
+        self.backend.hash_blocks(keys, Tweaks::Sequential(tweak), &mut out)?;
+        Ok(out.iter().map(low_u64).collect())
     }
 
     /// Correlated OT, sender side: returns `x` with `x_i` uniform in Z_2^w; the receiver gets
@@ -92,8 +92,8 @@ impl Ot {
         let m = mask(width);
         // both keys of a pair under the same tweaks
         let tweak = self.tweaks(n * len);
-        let x: Vec<u64> = self.hash_at(&first, tweak).iter().map(|h| h & m).collect();
-        let h1 = self.hash_at(&second, tweak);
+        let x: Vec<u64> = self.hash_at(&first, tweak)?.iter().map(|h| h & m).collect();
+        let h1 = self.hash_at(&second, tweak)?;
         let y: Vec<u64> =
             h1.iter().zip(&x).zip(deltas).map(|((h, x), d)| h.wrapping_sub(*x).wrapping_sub(*d) & m).collect();
         self.channel.send_packed(&y, width).await?;
@@ -119,7 +119,7 @@ impl Ot {
         let flips: Vec<bool> = choices.iter().zip(&rot.choices).map(|(c, r)| c ^ r).collect();
         self.channel.send_packed(&bits_to_u64(&flips), 1).await?;
         let keys: Vec<Block> = rot.keys.iter().flat_map(|&k| std::iter::repeat_n(k, len)).collect();
-        let h = self.hash(&keys);
+        let h = self.hash(&keys)?;
         let y = self.channel.recv_packed("cot corrections", n * len, width).await?;
         let m = mask(width);
         Ok(h.iter()
@@ -137,8 +137,8 @@ impl Ot {
         let (k0, k1): (Vec<Block>, Vec<Block>) = rot.keys.iter().map(|k| (k[0], k[1])).unzip();
         let mut h0 = vec![Block::ZERO; n];
         let mut h1 = vec![Block::ZERO; n];
-        self.backend.hash_blocks(&k0, Tweaks::Sequential(tweak), &mut h0);
-        self.backend.hash_blocks(&k1, Tweaks::Sequential(tweak), &mut h1);
+        self.backend.hash_blocks(&k0, Tweaks::Sequential(tweak), &mut h0)?;
+        self.backend.hash_blocks(&k1, Tweaks::Sequential(tweak), &mut h1)?;
         Ok(h0.iter().zip(&h1).map(|(a, b)| [low_u64(a) & 1 == 1, low_u64(b) & 1 == 1]).collect())
     }
 
@@ -147,7 +147,7 @@ impl Ot {
         let rot = self.random_receive(kind, n).await?;
         let tweak = self.tweaks(n);
         let mut h = vec![Block::ZERO; n];
-        self.backend.hash_blocks(&rot.keys, Tweaks::Sequential(tweak), &mut h);
+        self.backend.hash_blocks(&rot.keys, Tweaks::Sequential(tweak), &mut h)?;
         Ok((rot.choices, h.iter().map(|v| low_u64(v) & 1 == 1).collect()))
     }
 
@@ -207,7 +207,7 @@ impl Ot {
                 }
             }
             let base = tweak + (chunk.start * big_n) as u64;
-            self.backend.hash_blocks(combined, Tweaks::Sequential(base), pads);
+            self.backend.hash_blocks(combined, Tweaks::Sequential(base), pads)?;
             let msgs = &messages[chunk.start * big_n..chunk.end * big_n];
             let cipher: Vec<u64> =
                 msgs.iter().zip(pads.iter()).map(|(msg, p)| msg.wrapping_add(low_u64(p)) & mk).collect();
@@ -266,7 +266,7 @@ impl Ot {
         let idx: Vec<usize> = choices.iter().enumerate().map(|(t, &j)| t * big_n + j as usize).collect();
         let listed: Vec<u64> = idx.iter().map(|&i| tweak + i as u64).collect();
         let mut pads = vec![Block::ZERO; inst];
-        self.backend.hash_blocks(&combined, Tweaks::Listed(&listed), &mut pads);
+        self.backend.hash_blocks(&combined, Tweaks::Listed(&listed), &mut pads)?;
         let mut out = Vec::with_capacity(inst);
         let per_chunk = (ONE_OF_N_CHUNK / big_n).max(1);
         for (width, chunk) in chunks(groups, per_chunk) {

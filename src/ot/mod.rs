@@ -56,6 +56,9 @@ pub enum OtError {
     /// Arguments that cannot describe an OT batch.
     #[error("invalid OT request: {0}")]
     Invalid(String),
+    /// The backend failed hashing the OT keys.
+    #[error(transparent)]
+    Backend(#[from] crate::backend::BackendError),
 }
 
 /// Result alias of the OT layer.

@@ -176,15 +176,15 @@ impl HeClient {
     ) -> ProtoResult<HeClient> {
         let _s = ch.meter().scope("he-setup");
         let be = backend.as_ref();
-        let sk = SecretKey::generate(&params, be, rng);
-        ch.send(&sk.public_key(be, rng).to_bytes()).await?;
+        let sk = SecretKey::generate(&params, be, rng)?;
+        ch.send(&sk.public_key(be, rng)?.to_bytes()).await?;
         let levels = max_pack(&params);
         if levels > 0 {
             let galois = compute(|| sk.galois_keys(levels, be, rng))?;
             ch.send(&galois.to_bytes(&params)).await?;
         }
         if keys == KeySet::WithRelin {
-            let relin = compute(|| sk.relin_key(be, rng));
+            let relin = compute(|| sk.relin_key(be, rng))?;
             ch.send(&relin.to_bytes(&params)).await?;
         }
         Ok(HeClient { params, sk, backend, network: CostModel::WAN })
@@ -254,7 +254,7 @@ impl HeClient {
                 let cts: Vec<Vec<u8>> = compute(|| {
                     map_indexed(be, tj_n, |tj| {
                         let pt = Plaintext::new(p, t.encode_a(a, ti, tj))?;
-                        Ok(self.sk.encrypt_seeded(&pt, be, &mut ChaCha20Rng::from_seed(seeds[tj])).to_bytes(p))
+                        Ok(self.sk.encrypt_seeded(&pt, be, &mut ChaCha20Rng::from_seed(seeds[tj]))?.to_bytes(p))
                     })
                     .into_iter()
                     .collect::<ProtoResult<_>>()
@@ -381,7 +381,7 @@ impl HeServer {
             first_k = ks.end;
             let last = first_k == tk_n;
             let responses = compute(|| -> ProtoResult<Vec<Response>> {
-                pending.extend(inputs.multiply(p, be, &t, b, ks));
+                pending.extend(inputs.multiply(p, be, &t, b, ks)?);
                 let ready = if last { pending.len().div_ceil(group) } else { pending.len() / group };
                 let taken: Vec<Ciphertext> = pending.drain(..(ready * group).min(pending.len())).collect();
                 let seeds: Vec<[u8; 32]> = (0..ready).map(|_| rng.random()).collect();
@@ -572,10 +572,10 @@ mod tests {
         let p = HeParams::linear().unwrap_or_else(|e| panic!("{e}"));
         let be: Arc<dyn Backend> = Arc::new(CpuBackend::new(2).unwrap_or_else(|e| panic!("{e}")));
         let mut rng = StdRng::seed_from_u64(31);
-        let sk = SecretKey::generate(&p, be.as_ref(), &mut rng);
+        let sk = SecretKey::generate(&p, be.as_ref(), &mut rng).unwrap_or_else(|e| panic!("{e}"));
         let server = HeServer {
             params: p.clone(),
-            pk: sk.public_key(be.as_ref(), &mut rng),
+            pk: sk.public_key(be.as_ref(), &mut rng).unwrap_or_else(|e| panic!("{e}")),
             galois: Some(sk.galois_keys(max_pack(&p), be.as_ref(), &mut rng).unwrap_or_else(|e| panic!("{e}"))),
             relin: None,
             backend: be.clone(),
@@ -592,20 +592,20 @@ mod tests {
         let seeded: Vec<SeededCiphertext> = (0..tj_n)
             .map(|tj| {
                 let pt = Plaintext::new(&p, t.encode_a(&a, 0, tj)).unwrap_or_else(|e| panic!("{e}"));
-                sk.encrypt_seeded(&pt, be.as_ref(), &mut rng)
+                sk.encrypt_seeded(&pt, be.as_ref(), &mut rng).unwrap_or_else(|e| panic!("{e}"))
             })
             .collect();
-        let fresh = sk.noise_budget(&seeded[0].expand(&p), be.as_ref());
+        let fresh = sk.noise_budget(&seeded[0].expand(&p), be.as_ref()).unwrap_or_else(|e| panic!("{e}"));
         let inputs = EncryptedRows::prepare(&p, be.as_ref(), &t, &seeded, None).unwrap_or_else(|e| panic!("{e}"));
-        let results = inputs.multiply(&p, be.as_ref(), &t, &b, 0..64);
-        let product = sk.noise_budget(&results[0], be.as_ref());
+        let results = inputs.multiply(&p, be.as_ref(), &t, &b, 0..64).unwrap_or_else(|e| panic!("{e}"));
+        let product = sk.noise_budget(&results[0], be.as_ref()).unwrap_or_else(|e| panic!("{e}"));
         let keys = ResponseKeys { pk: &server.pk, galois: server.galois.as_ref() };
         let mut packed =
             crate::he::matmul::pack_group(&p, keys, &t, &results, be.as_ref()).unwrap_or_else(|e| panic!("{e}"));
-        let after_pack = sk.noise_budget(&packed, be.as_ref());
+        let after_pack = sk.noise_budget(&packed, be.as_ref()).unwrap_or_else(|e| panic!("{e}"));
         packed.rerandomize(&p, &server.pk, be.as_ref(), &mut rng).unwrap_or_else(|e| panic!("{e}"));
         packed.flood(&p, flood, be.as_ref(), &mut rng).unwrap_or_else(|e| panic!("{e}"));
-        let after_flood = sk.noise_budget(&packed, be.as_ref());
+        let after_flood = sk.noise_budget(&packed, be.as_ref()).unwrap_or_else(|e| panic!("{e}"));
         // the budget is log2((q/t)/2) minus the noise's bits
         let half_delta = p.log_q() - p.plain_bits() as f64 - 1.0;
         let bound = noise_bound_bits(&t, 20);
@@ -652,11 +652,14 @@ mod tests {
             let b: Vec<u64> = (0..32).map(|_| rng.random_range(-50i64..50) as u64).collect();
             let encrypt = |v: &[u64], rng: &mut StdRng| {
                 let pt = Plaintext::new(&p, v.to_vec()).unwrap_or_else(|e| panic!("{e}"));
-                hc.sk.encrypt(&pt, be.as_ref(), rng)
+                hc.sk.encrypt(&pt, be.as_ref(), rng).unwrap_or_else(|e| panic!("{e}"))
             };
             let (ca, cb) = (encrypt(&a, &mut rng), encrypt(&b, &mut rng));
             let product = ca.mul(&cb, &p, rlk, be.as_ref()).unwrap_or_else(|e| panic!("{e}"));
-            assert!(hc.sk.decrypt(&product, be.as_ref()).coeffs() == &crate::he::negacyclic_mod_2_64(&a, &b)[..]);
+            assert!(
+                hc.sk.decrypt(&product, be.as_ref()).unwrap_or_else(|e| panic!("{e}")).coeffs()
+                    == &crate::he::negacyclic_mod_2_64(&a, &b)[..]
+            );
         });
     }
 

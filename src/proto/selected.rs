@@ -83,7 +83,7 @@ pub async fn send_choice(sess: &mut Session, bits: &[bool], rows: usize, experts
             let cts: Vec<Vec<u8>> = compute(|| {
                 map_indexed(be.as_ref(), rows, |r| {
                     let pt = Plaintext::new(&p, layout.encode_choice(&bits[r * experts..(r + 1) * experts]))?;
-                    Ok(sk.encrypt_seeded(&pt, be.as_ref(), &mut ChaCha20Rng::from_seed(seeds[r])).to_bytes(&p))
+                    Ok(sk.encrypt_seeded(&pt, be.as_ref(), &mut ChaCha20Rng::from_seed(seeds[r]))?.to_bytes(&p))
                 })
                 .into_iter()
                 .collect::<ProtoResult<_>>()
@@ -147,7 +147,7 @@ pub async fn selected_linear(
                     map_indexed(be.as_ref(), j_n, |j| {
                         let pt = Plaintext::new(&p, t.encode_a(row, 0, j))?;
                         let mut rng = ChaCha20Rng::from_seed(tile_seeds[j]);
-                        Ok(sk.encrypt_seeded(&pt, be.as_ref(), &mut rng).to_bytes(&p))
+                        Ok(sk.encrypt_seeded(&pt, be.as_ref(), &mut rng)?.to_bytes(&p))
                     })
                     .into_iter()
                     .collect::<ProtoResult<_>>()

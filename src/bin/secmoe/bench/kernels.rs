@@ -76,29 +76,26 @@ impl Bench<'_> {
             for (n, limbs) in NTT_SHAPES {
                 reset_peak_rss();
                 let tables = tables(n, limbs)?;
-                let data: Vec<Vec<u64>> =
-                    tables.iter().map(|t| self.random(NTT_BATCH * n, t.modulus().value())).collect();
+                // limb-major: NTT_BATCH polynomials per limb, one call for all
+                let data: Vec<u64> =
+                    tables.iter().flat_map(|t| self.random(NTT_BATCH * n, t.modulus().value())).collect();
                 let mut out = data.clone();
-                for (t, a) in tables.iter().zip(&mut out) {
-                    be.ntt_forward(t, a);
-                }
+                be.ntt_forward(&tables, &mut out)?;
                 let ok = match cpu {
-                    Some(cpu) => tables.iter().zip(&data).zip(&out).all(|((t, d), o)| {
-                        let mut want = d.clone();
-                        cpu.ntt_forward(t, &mut want);
-                        &want == o
-                    }),
-                    None => tables.iter().zip(&data).zip(&mut out).all(|((t, d), o)| {
-                        be.ntt_inverse(t, o);
-                        d == o
-                    }),
+                    Some(cpu) => {
+                        let mut want = data.clone();
+                        cpu.ntt_forward(&tables, &mut want)?;
+                        want == out
+                    }
+                    None => {
+                        be.ntt_inverse(&tables, &mut out)?;
+                        data == out
+                    }
                 };
                 let mut work = data.clone();
-                let us = time_us(10, || {
-                    for (t, a) in tables.iter().zip(&mut work) {
-                        be.ntt_forward(t, a);
-                    }
-                }) / (limbs * NTT_BATCH) as f64;
+                let mut result = Ok(());
+                let us = time_us(10, || result = be.ntt_forward(&tables, &mut work)) / (limbs * NTT_BATCH) as f64;
+                result?;
                 let shape = format!("N={n}, {limbs} limb(s) × {NTT_BATCH}");
                 self.push(with_method(op_row("ntt", be.name(), shape, us, ok), &label));
             }
@@ -110,18 +107,22 @@ impl Bench<'_> {
             let (x, w) = (self.random(inputs * n, m.value()), self.random(outputs * inputs * n, m.value()));
             let ws: Vec<u64> = w.iter().map(|&v| m.shoup(v)).collect();
             let mut out = vec![0u64; outputs * n];
-            be.mul_acc(&m, n, &x, &w, Prepared::W(&ws), &mut out);
+            let m = [m];
+            be.mul_acc(&m, n, &x, &w, Prepared::W(&ws), &mut out)?;
             let ok = match cpu {
                 Some(cpu) => {
                     let mut want = vec![0u64; outputs * n];
-                    cpu.mul_acc(&m, n, &x, &w, Prepared::W(&ws), &mut want);
+                    cpu.mul_acc(&m, n, &x, &w, Prepared::W(&ws), &mut want)?;
                     want == out
                 }
-                None => (0..n)
-                    .step_by(997)
-                    .all(|k| out[k] == (0..inputs).fold(0, |acc, i| m.add(acc, m.mul(x[i * n + k], w[i * n + k])))),
+                None => (0..n).step_by(997).all(|k| {
+                    out[k] == (0..inputs).fold(0, |acc, i| m[0].add(acc, m[0].mul(x[i * n + k], w[i * n + k])))
+                }),
             };
-            let us = time_us(10, || be.mul_acc(&m, n, &x, &w, Prepared::W(&ws), &mut out)) / (inputs * outputs) as f64;
+            let mut result = Ok(());
+            let us = time_us(10, || result = be.mul_acc(&m, n, &x, &w, Prepared::W(&ws), &mut out))
+                / (inputs * outputs) as f64;
+            result?;
             let shape = format!("N={n}, {inputs} in × {outputs} out, per term");
             self.push(with_method(op_row("mul-acc", be.name(), shape, us, ok), &label));
         }
@@ -138,16 +139,19 @@ impl Bench<'_> {
             let input: Vec<Block> =
                 (0..HASH_BLOCKS).map(|_| Block::from([self.rng.random::<u64>(), self.rng.random::<u64>()])).collect();
             let mut out = vec![Block::from([0u64, 0]); HASH_BLOCKS];
-            be.hash_blocks(&input, Tweaks::Sequential(1), &mut out);
+            be.hash_blocks(&input, Tweaks::Sequential(1), &mut out)?;
             let ok = match cpu {
                 Some(cpu) => {
                     let mut want = out.clone();
-                    cpu.hash_blocks(&input, Tweaks::Sequential(1), &mut want);
+                    cpu.hash_blocks(&input, Tweaks::Sequential(1), &mut want)?;
                     want == out
                 }
                 None => out.iter().zip(&input).all(|(o, i)| o != i),
             };
-            let us = time_us(10, || be.hash_blocks(&input, Tweaks::Sequential(1), &mut out)) / HASH_BLOCKS as f64;
+            let mut result = Ok(());
+            let us =
+                time_us(10, || result = be.hash_blocks(&input, Tweaks::Sequential(1), &mut out)) / HASH_BLOCKS as f64;
+            result?;
             let shape = format!("{HASH_BLOCKS} blocks, per block");
             self.push(with_method(op_row("ot-hash", be.name(), shape, us, ok), &label));
         }
@@ -163,16 +167,19 @@ impl Bench<'_> {
         let w = self.random(j * SELECT_E * n, m.value());
         let ws: Vec<u64> = w.iter().map(|&v| m.shoup(v)).collect();
         let mut out = vec![0u64; j * n];
-        be.mul_acc(&m, n, &x, &w, Prepared::W(&ws), &mut out);
+        let m = [m];
+        be.mul_acc(&m, n, &x, &w, Prepared::W(&ws), &mut out)?;
         let ok = match cpu {
             Some(cpu) => {
                 let mut want = vec![0u64; j * n];
-                cpu.mul_acc(&m, n, &x, &w, Prepared::W(&ws), &mut want);
+                cpu.mul_acc(&m, n, &x, &w, Prepared::W(&ws), &mut want)?;
                 want == out
             }
-            None => out[5] == (0..SELECT_E).fold(0, |acc, i| m.add(acc, m.mul(x[i * n + 5], w[i * n + 5]))),
+            None => out[5] == (0..SELECT_E).fold(0, |acc, i| m[0].add(acc, m[0].mul(x[i * n + 5], w[i * n + 5]))),
         };
-        let us = time_us(5, || be.mul_acc(&m, n, &x, &w, Prepared::W(&ws), &mut out)) / (j * SELECT_E) as f64;
+        let mut result = Ok(());
+        let us = time_us(5, || result = be.mul_acc(&m, n, &x, &w, Prepared::W(&ws), &mut out)) / (j * SELECT_E) as f64;
+        result?;
         Ok((us, ok))
     }
 
@@ -184,21 +191,19 @@ impl Bench<'_> {
         if self.wanted("ntt") {
             for (n, limbs) in NTT_SHAPES {
                 let tables = tables(n, limbs)?;
-                let data: Vec<Vec<u64>> =
-                    tables.iter().map(|t| self.random(NTT_BATCH * n, t.modulus().value())).collect();
-                let mut dev = data.iter().map(|d| gpu.upload(d)).collect::<Result<Vec<_>, _>>()?;
+                let data: Vec<u64> =
+                    tables.iter().flat_map(|t| self.random(NTT_BATCH * n, t.modulus().value())).collect();
+                let mut dev = gpu.upload(&data)?;
                 let mut result = Ok(());
-                let us = time_us(50, || {
-                    result =
-                        sync(tables.iter().zip(&mut dev).try_for_each(|(t, d)| gpu.ntt_forward_on_device(t, d, n)));
-                }) / (limbs * NTT_BATCH) as f64;
+                let us = time_us(50, || result = sync(gpu.ntt_forward_on_device(&tables, &mut dev, n)))
+                    / (limbs * NTT_BATCH) as f64;
                 result?;
                 // one more forward transform of fresh data, checked
-                let mut fresh = gpu.upload(&data[0])?;
-                gpu.ntt_forward_on_device(&tables[0], &mut fresh, n)?;
-                let (mut got, mut want) = (vec![0u64; data[0].len()], data[0].clone());
+                let mut fresh = gpu.upload(&data)?;
+                gpu.ntt_forward_on_device(&tables, &mut fresh, n)?;
+                let (mut got, mut want) = (vec![0u64; data.len()], data.clone());
                 gpu.download(&fresh, &mut got)?;
-                cpu.ntt_forward(&tables[0], &mut want);
+                cpu.ntt_forward(&tables, &mut want)?;
                 let shape = format!("N={n}, {limbs} limb(s) × {NTT_BATCH}");
                 self.push(with_method(op_row("ntt", "cuda", shape, us, got == want), label));
             }
@@ -212,13 +217,14 @@ impl Bench<'_> {
             let (dx, dw, dws) = (gpu.upload(&x)?, gpu.upload(&w)?, gpu.upload(&ws)?);
             let mut dout = gpu.zeros(SELECT_J * n)?;
             let mut result = Ok(());
+            let m = [m];
             let us = time_us(10, || result = sync(gpu.mul_acc_on_device(&m, n, &dx, &dw, &dws, true, &mut dout)))
                 / (SELECT_J * SELECT_E) as f64;
             result?;
             let mut got = vec![0u64; SELECT_J * n];
             gpu.download(&dout, &mut got)?;
             let mut want = vec![0u64; n];
-            cpu.mul_acc(&m, n, &x, &w[..SELECT_E * n], Prepared::W(&ws[..SELECT_E * n]), &mut want);
+            cpu.mul_acc(&m, n, &x, &w[..SELECT_E * n], Prepared::W(&ws[..SELECT_E * n]), &mut want)?;
             let mut row = op_row("select", "cuda", select_shape(SELECT_J), us, got[..n] == want[..]);
             row.wall_s = us * 1e-6 * (SELECT_J * SELECT_E * SELECT_LIMBS * 2) as f64;
             self.push(with_method(row, label));
@@ -235,7 +241,7 @@ impl Bench<'_> {
             gpu.download(&fresh, &mut got)?;
             let input: Vec<Block> = words.chunks_exact(2).map(|w| Block::from([w[0], w[1]])).collect();
             let mut want = vec![Block::from([0u64, 0]); HASH_BLOCKS];
-            cpu.hash_blocks(&input, Tweaks::Sequential(1), &mut want);
+            cpu.hash_blocks(&input, Tweaks::Sequential(1), &mut want)?;
             let ok = want.iter().zip(got.chunks_exact(2)).all(|(b, w)| *b == Block::from([w[0], w[1]]));
             let shape = format!("{HASH_BLOCKS} blocks, per block");
             self.push(with_method(op_row("ot-hash", "cuda", shape, us, ok), label));
