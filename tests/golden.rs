@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 fn ideal(seed: u8) -> (Session, Session) {
     let config = SessionConfig { ot_kind: Some(OtKind::Silent), seed: Some([seed; 32]), ..Default::default() };
-    Session::ideal_pair(common::backend(), config)
+    Session::ideal_pair(common::backend(), config).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use secmoe::backend::Backend;
+use secmoe::backend::{Backend, Workers};
 use secmoe::he::HeParams;
 use secmoe::he::matmul::tiling_for;
 use secmoe::he::tiling::MatShape;
@@ -34,13 +34,17 @@ async fn sessions(params: Arc<HeParams>) -> (secmoe::net::Link, Session, secmoe:
 }
 
 /// The HE keys alone on the links' own channels, for tests that speak the wire format.
+fn workers() -> Workers {
+    Workers::new(2, "test-worker").unwrap_or_else(|e| panic!("{e}"))
+}
+
 async fn raw_keys(params: Arc<HeParams>) -> (secmoe::net::Link, HeClient, secmoe::net::Link, HeServer) {
     let (mut c, mut s) = common::links().await;
     let be: Arc<dyn Backend> = common::backend();
     let mut rng = StdRng::seed_from_u64(1);
     let (hc, hs) = tokio::join!(
-        HeClient::setup(c.channel(), params.clone(), be.clone(), KeySet::Linear, &mut rng),
-        HeServer::setup(s.channel(), params, be, KeySet::Linear)
+        HeClient::setup(c.channel(), params.clone(), be.clone(), workers(), KeySet::Linear, &mut rng),
+        HeServer::setup(s.channel(), params, be, workers(), KeySet::Linear)
     );
     (c, hc.unwrap(), s, hs.unwrap())
 }

@@ -1,48 +1,45 @@
 //! The CPU backend: rayon across chunks, AES-NI through `cryprot-core`.
 
 use cryprot_core::aes_hash::FIXED_KEY_HASH;
-use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::{Backend, BackendResult, Block, NttTable, Prepared, Tweaks};
+use super::{Backend, BackendResult, Block, NttTable, Prepared, Tweaks, Workers};
 use crate::ring::modp::Modulus;
 
 /// Elements per parallel task; large enough to amortize scheduling, small enough to balance.
 const CHUNK: usize = 1 << 14;
 
-/// The CPU implementation of [`Backend`], on its own rayon pool so that its work never queues
-/// behind the OT library's jobs, which park rayon workers while they wait for the network.
+/// The CPU implementation of [`Backend`]. A call from a rayon worker (a session's
+/// [`Workers`] inside [`Workers::compute`]) runs on that worker's pool, so per-ciphertext
+/// pipelines and the operations inside them share one set of threads; a call from anywhere else
+/// (async code, a test) runs on the backend's own pool, never on the global pool, where the OT
+/// library parks workers while they wait for the network.
 #[derive(Debug, Clone)]
 pub struct CpuBackend {
-    pool: Arc<rayon::ThreadPool>,
+    own: Workers,
 }
 
 impl CpuBackend {
-    /// A backend with `threads` worker threads (0: one per core).
+    /// A backend with `threads` threads of its own (0: one per core).
     pub fn new(threads: usize) -> Result<CpuBackend, rayon::ThreadPoolBuildError> {
-        let pool =
-            rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("secmoe-cpu-{i}")).build()?;
-        Ok(CpuBackend { pool: Arc::new(pool) })
+        Ok(CpuBackend { own: Workers::new(threads, "secmoe-cpu")? })
     }
 
-    /// Number of worker threads.
+    /// Number of threads of its own.
     pub fn threads(&self) -> usize {
-        self.pool.current_num_threads()
+        self.own.threads()
+    }
+
+    /// Runs `f` on the caller's pool when it is a rayon worker, else on the backend's own.
+    fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        if rayon::current_thread_index().is_some() { f() } else { self.own.pool.install(f) }
     }
 }
 
 impl Backend for CpuBackend {
     fn name(&self) -> &'static str {
         "cpu"
-    }
-
-    fn for_each(&self, count: usize, task: &(dyn Fn(usize) + Sync)) {
-        if count == 1 {
-            task(0);
-        } else {
-            self.pool.install(|| (0..count).into_par_iter().for_each(task));
-        }
     }
 
     fn hash_blocks(&self, input: &[Block], tweaks: Tweaks<'_>, out: &mut [Block]) -> BackendResult<()> {
@@ -54,7 +51,7 @@ impl Backend for CpuBackend {
         if input.len() <= CHUNK {
             run(0, out, input);
         } else {
-            self.pool.install(|| {
+            self.run(|| {
                 out.par_chunks_mut(CHUNK).zip(input.par_chunks(CHUNK)).enumerate().for_each(|(c, (o, i))| run(c, o, i))
             });
         }
@@ -129,7 +126,7 @@ impl Backend for CpuBackend {
         if outputs == 1 || out.len() < CHUNK {
             out.chunks_exact_mut(n).enumerate().for_each(|(j, acc)| one_output(j, acc));
         } else {
-            self.pool.install(|| out.par_chunks_mut(n).enumerate().for_each(|(j, acc)| one_output(j, acc)));
+            self.run(|| out.par_chunks_mut(n).enumerate().for_each(|(j, acc)| one_output(j, acc)));
         }
         Ok(())
     }
@@ -177,7 +174,7 @@ impl CpuBackend {
         if data.len() <= n {
             data.chunks_exact_mut(n.max(1)).enumerate().for_each(|(r, a)| f(r, a));
         } else {
-            self.pool.install(|| data.par_chunks_mut(n).enumerate().for_each(|(r, a)| f(r, a)));
+            self.run(|| data.par_chunks_mut(n).enumerate().for_each(|(r, a)| f(r, a)));
         }
     }
 }

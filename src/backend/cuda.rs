@@ -543,10 +543,6 @@ impl Backend for CudaBackend {
         "cuda"
     }
 
-    fn for_each(&self, count: usize, task: &(dyn Fn(usize) + Sync)) {
-        self.host.for_each(count, task)
-    }
-
     fn hash_blocks(&self, input: &[Block], tweaks: Tweaks<'_>, out: &mut [Block]) -> BackendResult<()> {
         super::check_hash(input, tweaks, out)?;
         // (the driver allocates no empty buffer: nothing to do is done on the host)

@@ -18,6 +18,8 @@ pub use cryprot_core::Block;
 pub use cuda::{CudaBackend, CudaError, DeviceVec, HOST_BELOW};
 pub use ntt::NttTable;
 
+use std::sync::Arc;
+
 use crate::ring::modp::Modulus;
 
 /// Result of a backend operation.
@@ -108,11 +110,6 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         top: &[u64],
         p_top: &Modulus,
     ) -> BackendResult<()>;
-
-    /// Runs `task(i)` for every i in 0..count on the backend's host workers (the host-side
-    /// share of protocol work: per-ciphertext pipelines whose inner steps call the methods
-    /// above for one polynomial at a time).
-    fn for_each(&self, count: usize, task: &(dyn Fn(usize) + Sync));
 }
 
 /// A shape error of operation `op`.
@@ -325,18 +322,56 @@ pub fn start(choice: BackendChoice, threads: usize) -> Result<std::sync::Arc<dyn
     }
 }
 
-/// Runs `task` for 0..count on the backend's workers and collects the results in order.
-pub fn map_indexed<T: Send>(backend: &dyn Backend, count: usize, task: impl Fn(usize) -> T + Sync) -> Vec<T> {
-    use std::sync::Mutex;
-    let slots: Vec<Mutex<Option<T>>> = (0..count).map(|_| Mutex::new(None)).collect();
-    backend.for_each(count, &|i| {
-        let value = task(i);
-        *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(value);
-    });
-    slots
-        .into_iter()
-        .map(|s| s.into_inner().unwrap_or_else(|e| e.into_inner()).unwrap_or_else(|| unreachable!("every task ran")))
-        .collect()
+/// The host threads that run the protocols' per-ciphertext pipelines (encrypting a row's tiles,
+/// a key switch per ciphertext, a response per result group): a rayon pool of its own, apart from
+/// the backend (a GPU has its own cores; the CPU backend its own pool for calls from outside any
+/// pool) and from the global pool, where the OT library parks workers while it waits for the
+/// network. A session holds one and runs every heavy step inside [`Workers::compute`].
+#[derive(Clone)]
+pub struct Workers {
+    pool: Arc<rayon::ThreadPool>,
+}
+
+impl std::fmt::Debug for Workers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workers").field("threads", &self.threads()).finish()
+    }
+}
+
+impl Workers {
+    /// `threads` workers (0: one per core), named `name-i`.
+    pub fn new(threads: usize, name: &'static str) -> Result<Workers, rayon::ThreadPoolBuildError> {
+        let pool =
+            rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(move |i| format!("{name}-{i}")).build()?;
+        Ok(Workers { pool: Arc::new(pool) })
+    }
+
+    /// Number of threads.
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    /// Runs `f` on these workers: [`par_map`] inside it fans out over them. From async code the
+    /// runtime's thread hands its other tasks (the link's I/O) off first.
+    pub fn compute<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        match Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(|| self.pool.install(f)),
+            _ => self.pool.install(f),
+        }
+    }
+}
+
+/// `task(i)` for i in 0..count, in order: in parallel on the workers this runs on (inside
+/// [`Workers::compute`]), else one after the other on the calling thread (never on the global
+/// pool).
+pub fn par_map<T: Send>(count: usize, task: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
+    use rayon::prelude::*;
+    if count > 1 && rayon::current_thread_index().is_some() {
+        (0..count).into_par_iter().map(task).collect()
+    } else {
+        (0..count).map(task).collect()
+    }
 }
 
 /// The Shoup constants of one operand of [`Backend::mul_acc`], as long as that operand.
@@ -505,6 +540,23 @@ mod tests {
                 assert_eq!(got[l * polys * n + c], want, "limb {l}, coefficient {c}");
             }
         }
+    }
+
+    #[test]
+    fn fan_out_runs_on_the_callers_workers_and_never_on_the_global_pool() {
+        let workers = Workers::new(2, "test-fan-out").unwrap_or_else(|e| panic!("{e}"));
+        let name = || std::thread::current().name().map(String::from).unwrap_or_default();
+        let inside = workers.compute(|| par_map(16, |_| name()));
+        assert!(inside.iter().all(|n| n.starts_with("test-fan-out")), "{inside:?}");
+        // a backend call from a worker runs there too (its own pool stays idle)
+        let be = CpuBackend::new(1).unwrap_or_else(|e| panic!("{e}"));
+        let table = [NttTable::new(64, primes(&[40], 64)[0]).unwrap_or_else(|e| panic!("{e}"))];
+        let mut polys = vec![1u64; 64 * 8];
+        workers.compute(|| be.ntt_forward(&table, &mut polys)).unwrap_or_else(|e| panic!("{e}"));
+        // outside any workers: in order, on the calling thread
+        let here = std::thread::current().id();
+        assert!(par_map(8, |_| std::thread::current().id()).iter().all(|&id| id == here));
+        assert_eq!(par_map(5, |i| i * i), vec![0, 1, 4, 9, 16]);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use zeroize::Zeroize;
 use super::bfv::{Ciphertext, SecretKey};
 use super::poly::{Form, RnsPoly};
 use super::{HeError, HeParams, HeResult};
-use crate::backend::{Backend, Prepared, map_indexed};
+use crate::backend::{Backend, Prepared, par_map};
 use crate::ring::{pack_bits, packed_len, unpack_bits};
 
 /// The key of one automorphism: per limb l of q·P, the rows (b_0..b_{k−1}, a_0..a_{k−1}) in NTT
@@ -309,7 +309,7 @@ impl GaloisKeys {
         for v in first..first + levels {
             let key = &self.keys[v as usize];
             let step = 1usize << v;
-            let halves = map_indexed(backend, cts.len(), |i| -> HeResult<_> {
+            let halves = par_map(cts.len(), |i| -> HeResult<_> {
                 let c = &cts[i];
                 let turned = c.automorphism(p, key, backend)?;
                 let (mut low, mut high) = (c.clone(), c.clone());

@@ -13,7 +13,7 @@ use super::tiling::{MatShape, Tiling, TilingCost};
 use super::{
     Ciphertext, GaloisKeys, HeError, HeParams, HeResult, Plaintext, PublicKey, SeededCiphertext, seeded_ciphertext_len,
 };
-use crate::backend::{Backend, Prepared, map_indexed};
+use crate::backend::{Backend, Prepared, par_map};
 use crate::net::CostModel;
 
 /// Bits of c0 in a returned ciphertext: 4 above the plaintext.
@@ -90,7 +90,7 @@ impl EncryptedRows {
             )));
         }
         let (n, limbs) = (p.degree(), p.moduli().len());
-        let cts: Vec<Ciphertext> = map_indexed(be, seeded.len(), |idx| {
+        let cts: Vec<Ciphertext> = par_map(seeded.len(), |idx| {
             let mut ct = seeded[idx].expand(p);
             if let Some(a) = a_share {
                 ct.add_plain_assign(p, &Plaintext::new(p, t.encode_a(a, idx / tj_n, idx % tj_n))?, be)?;
@@ -101,7 +101,7 @@ impl EncryptedRows {
         })
         .into_iter()
         .collect::<HeResult<_>>()?;
-        let rows = map_indexed(be, ti_n * 2, |row| {
+        let rows = par_map(ti_n * 2, |row| {
             let (ti, h) = (row / 2, row % 2);
             let (mut values, mut shoup) = (Vec::with_capacity(limbs * tj_n * n), Vec::with_capacity(limbs * tj_n * n));
             for (l, m) in p.moduli().iter().enumerate() {
@@ -130,7 +130,7 @@ impl EncryptedRows {
     ) -> HeResult<Vec<Ciphertext>> {
         let (_, tj_n, _) = t.tile_counts();
         let (n, limbs) = (p.degree(), p.moduli().len());
-        let per_k = map_indexed(be, ks.len(), |idx| -> HeResult<_> {
+        let per_k = par_map(ks.len(), |idx| -> HeResult<_> {
             let k = ks.start + idx;
             let support = t.d_w * t.m_w;
             // the column tile's J weight polynomials, every limb (limb-major), NTT form

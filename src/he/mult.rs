@@ -34,7 +34,7 @@ use zeroize::Zeroize;
 use super::bfv::{Ciphertext, SecretKey};
 use super::poly::{Form, RnsPoly};
 use super::{HeError, HeParams, HeResult};
-use crate::backend::{Backend, NttTable, Prepared, map_indexed};
+use crate::backend::{Backend, NttTable, Prepared, par_map};
 use crate::ring::modp::{MAX_PRIME_BITS, Modulus, ntt_primes};
 
 /// The relinearization key: for every prime q_i of Q, an encryption (b_i, a_i) of s²·g_i, in
@@ -402,7 +402,7 @@ impl Ciphertext {
         let square = std::ptr::eq(self, other);
         let inputs: Vec<&RnsPoly> =
             if square { vec![&self.c0, &self.c1] } else { vec![&self.c0, &self.c1, &other.c0, &other.c1] };
-        let ext = map_indexed(backend, inputs.len(), |i| {
+        let ext = par_map(inputs.len(), |i| {
             // the other form of the input, converted from a copy
             let mut other = inputs[i].clone();
             match inputs[i].form() {
@@ -435,7 +435,7 @@ impl Ciphertext {
             }
         }
         let tensor = [e0, e1, e2].map(std::sync::Mutex::new);
-        let parts = map_indexed(backend, 3, |part| -> HeResult<RnsPoly> {
+        let parts = par_map(3, |part| -> HeResult<RnsPoly> {
             let mut out = std::mem::take(&mut *tensor[part].lock().unwrap_or_else(|e| e.into_inner()));
             backend.ntt_inverse(&basis.tables, &mut out)?;
             let mut scaled = RnsPoly { limbs: basis.scale_down(n, &out, backend)?, form: Form::Coeff };

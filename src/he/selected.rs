@@ -32,7 +32,7 @@ use super::matmul::{mask_and_seal, max_pack};
 use super::mult::{RelinKey, Tensored};
 use super::tiling::{MatShape, Tiling};
 use super::{GaloisKeys, HeError, HeParams, HeResult, OperandBank, Selectors, select};
-use crate::backend::{Backend, map_indexed};
+use crate::backend::{Backend, par_map};
 use crate::he::seeded_ciphertext_len;
 use crate::net::CostModel;
 
@@ -334,7 +334,7 @@ fn selected_weights(
         if range.is_empty() {
             continue;
         }
-        let banks: Vec<OperandBank> = map_indexed(be, j_n * k_n, |tile| {
+        let banks: Vec<OperandBank> = par_map(j_n * k_n, |tile| {
             let (j, k) = (tile % j_n, tile / j_n);
             let encoded: Vec<Vec<u64>> = experts[range.clone()].iter().map(|w| t.encode_b(w, j, k)).collect();
             OperandBank::new(p, &[encoded.iter().map(Vec::as_slice).collect()], be)
@@ -357,7 +357,7 @@ fn selected_weights(
                 selectors.push(ct);
             }
             let selectors = Selectors::new(p, selectors, be)?;
-            let parts = map_indexed(be, j_n * k_n, |tile| select(p, &selectors, 0, &banks[tile], be));
+            let parts = par_map(j_n * k_n, |tile| select(p, &selectors, 0, &banks[tile], be));
             for (slot, part) in acc.iter_mut().zip(parts) {
                 let part = part?.pop().ok_or_else(|| HeError::Shape("an empty selection".into()))?;
                 match slot {
@@ -394,7 +394,7 @@ fn respond_row(
     let packed = packed_products(p, keys, layout, x, weights, be)?;
     let mut rng = ChaCha20Rng::from_seed(seed);
     let seeds: Vec<[u8; 32]> = packed.iter().map(|_| rand::RngExt::random(&mut rng)).collect();
-    map_indexed(be, packed.len(), |g| {
+    par_map(packed.len(), |g| {
         let ct = packed[g].clone();
         let positions = layout.returned_positions(g);
         let keep: Vec<usize> = positions.iter().map(|&(c, _)| c).collect();
@@ -418,7 +418,7 @@ fn packed_products(
 ) -> HeResult<Vec<Ciphertext>> {
     let t = &layout.tiling;
     let (j_n, k_n) = (layout.inputs(), layout.outputs());
-    let results = map_indexed(be, k_n, |k| -> HeResult<Ciphertext> {
+    let results = par_map(k_n, |k| -> HeResult<Ciphertext> {
         let mut acc: Option<Tensored> = None;
         for (j, xj) in x.iter().enumerate() {
             let prod = weights[k * j_n + j].tensor(xj, p, be)?;
@@ -433,7 +433,7 @@ fn packed_products(
     let results: Vec<Ciphertext> = results.into_iter().collect::<HeResult<_>>()?;
     let size = 1usize << t.pack;
     let shift = 2 * p.degree() - (t.d_w - 1);
-    map_indexed(be, layout.returned(), |g| {
+    par_map(layout.returned(), |g| {
         let mut slots: Vec<Option<Ciphertext>> = vec![None; size];
         for (j, ct) in results[g * size..((g + 1) * size).min(k_n)].iter().enumerate() {
             let mut ct = ct.clone();

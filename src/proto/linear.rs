@@ -33,8 +33,8 @@ use rand::{CryptoRng, RngExt, SeedableRng};
 use tracing::instrument;
 
 use super::session::{HeKeys, HeUse, keys_for};
-use super::{ProtoError, ProtoResult, Session, compute};
-use crate::backend::{Backend, map_indexed};
+use super::{ProtoError, ProtoResult, Session};
+use crate::backend::{Backend, Workers, par_map};
 use crate::he::matmul::{
     EncryptedRows, Response, ResponseKeys, max_pack, respond, response_c0_bits, response_c1_bits, tiling_for,
 };
@@ -147,6 +147,7 @@ pub struct HeClient {
     params: Arc<HeParams>,
     sk: SecretKey,
     backend: Arc<dyn Backend>,
+    workers: Workers,
     network: CostModel,
 }
 
@@ -159,6 +160,7 @@ pub struct HeServer {
     galois: Option<GaloisKeys>,
     relin: Option<RelinKey>,
     backend: Arc<dyn Backend>,
+    workers: Workers,
     /// Sum over every coefficient returned so far of its statistical distance bound.
     exposure: Mutex<f64>,
 }
@@ -167,10 +169,11 @@ impl HeClient {
     /// Generates a key pair and sends the public key and the evaluation keys of `keys` (once
     /// per session; the server must expect the same set).
     #[instrument(skip_all, name = "he_setup", fields(params = params.name()))]
-    pub async fn setup<R: CryptoRng + ?Sized>(
+    pub async fn setup<R: CryptoRng + Send + ?Sized>(
         ch: &mut Channel,
         params: Arc<HeParams>,
         backend: Arc<dyn Backend>,
+        workers: Workers,
         keys: KeySet,
         rng: &mut R,
     ) -> ProtoResult<HeClient> {
@@ -180,19 +183,24 @@ impl HeClient {
         ch.send(&sk.public_key(be, rng)?.to_bytes()).await?;
         let levels = max_pack(&params);
         if levels > 0 {
-            let galois = compute(|| sk.galois_keys(levels, be, rng))?;
+            let galois = workers.compute(|| sk.galois_keys(levels, be, rng))?;
             ch.send(&galois.to_bytes(&params)).await?;
         }
         if keys == KeySet::WithRelin {
-            let relin = compute(|| sk.relin_key(be, rng))?;
+            let relin = workers.compute(|| sk.relin_key(be, rng))?;
             ch.send(&relin.to_bytes(&params)).await?;
         }
-        Ok(HeClient { params, sk, backend, network: CostModel::WAN })
+        Ok(HeClient { params, sk, backend, workers, network: CostModel::WAN })
     }
 
     /// The parameter set.
     pub(crate) fn params(&self) -> &Arc<HeParams> {
         &self.params
+    }
+
+    /// The host workers of this party's heavy steps.
+    pub(crate) fn workers(&self) -> &Workers {
+        &self.workers
     }
 
     /// The secret key (decryption of this client's results).
@@ -213,7 +221,7 @@ impl HeClient {
     /// Shares of (A_c + A_s)·B for the client's A_c (n×d, row-major); returns the client's
     /// n×m share.
     #[instrument(skip_all, name = "he_product", fields(shape = %shape))]
-    pub async fn product<R: CryptoRng + ?Sized>(
+    pub async fn product<R: CryptoRng + Send + ?Sized>(
         &self,
         ch: &mut Channel,
         shape: MatShape,
@@ -227,7 +235,7 @@ impl HeClient {
 
     /// [`HeClient::product`] up to decryption: the tiling, and everything the client decrypts —
     /// the whole t-bit plaintext at each output (row-major n×m).
-    async fn product_decrypted<R: CryptoRng + ?Sized>(
+    async fn product_decrypted<R: CryptoRng + Send + ?Sized>(
         &self,
         ch: &mut Channel,
         shape: MatShape,
@@ -251,8 +259,8 @@ impl HeClient {
             await_answer(ch).await?;
             for ti in 0..ti_n {
                 let seeds: Vec<[u8; 32]> = (0..tj_n).map(|_| rng.random()).collect();
-                let cts: Vec<Vec<u8>> = compute(|| {
-                    map_indexed(be, tj_n, |tj| {
+                let cts: Vec<Vec<u8>> = self.workers.compute(|| {
+                    par_map(tj_n, |tj| {
                         let pt = Plaintext::new(p, t.encode_a(a, ti, tj))?;
                         Ok(self.sk.encrypt_seeded(&pt, be, &mut ChaCha20Rng::from_seed(seeds[tj]))?.to_bytes(p))
                     })
@@ -270,7 +278,7 @@ impl HeClient {
             let bytes = ch.recv().await?;
             let pos = t.returned_positions(g);
             let keep: Vec<usize> = pos.iter().map(|&(c, _, _)| c).collect();
-            let values = compute(|| {
+            let values = self.workers.compute(|| {
                 let ct = ShrunkCiphertext::from_bytes(p, &bytes, keep.len(), response_c0_bits(p), response_c1_bits(p))?;
                 self.sk.decrypt_shrunk(&ct, &keep, be)
             })?;
@@ -289,6 +297,7 @@ impl HeServer {
         ch: &mut Channel,
         params: Arc<HeParams>,
         backend: Arc<dyn Backend>,
+        workers: Workers,
         keys: KeySet,
     ) -> ProtoResult<HeServer> {
         let _s = ch.meter().scope("he-setup");
@@ -313,12 +322,17 @@ impl HeServer {
             KeySet::WithRelin => Some(RelinKey::from_bytes(&params, &ch.recv().await?)?),
             KeySet::Linear => None,
         };
-        Ok(HeServer { params, pk, galois, relin, backend, exposure: Mutex::new(0.0) })
+        Ok(HeServer { params, pk, galois, relin, backend, workers, exposure: Mutex::new(0.0) })
     }
 
     /// The parameter set.
     pub(crate) fn params(&self) -> &Arc<HeParams> {
         &self.params
+    }
+
+    /// The host workers of this party's heavy steps.
+    pub(crate) fn workers(&self) -> &Workers {
+        &self.workers
     }
 
     /// The client's public key (re-randomization of results).
@@ -340,7 +354,7 @@ impl HeServer {
     /// and at most 2^b_bits in absolute value), and optionally its share A_s (n×d) of the
     /// encrypted matrix. Returns the server's n×m share (the mask R).
     #[instrument(skip_all, name = "he_product", fields(shape = %shape))]
-    pub async fn product<R: CryptoRng + ?Sized>(
+    pub async fn product<R: CryptoRng + Send + ?Sized>(
         &self,
         ch: &mut Channel,
         shape: MatShape,
@@ -367,7 +381,7 @@ impl HeServer {
         }
         drop(_s);
         let _s = ch.meter().scope("he-product/output");
-        let inputs = compute(|| EncryptedRows::prepare(p, be, &t, &inputs, a_share))?;
+        let inputs = self.workers.compute(|| EncryptedRows::prepare(p, be, &t, &inputs, a_share))?;
         let mut mask = vec![0u64; shape.n * shape.m];
         let group = 1usize << t.pack;
         // results per batch: whole groups, within the memory budget for unpacked results
@@ -380,13 +394,13 @@ impl HeServer {
             let ks = first_k..(first_k + results_per_batch.div_ceil(ti_n)).min(tk_n);
             first_k = ks.end;
             let last = first_k == tk_n;
-            let responses = compute(|| -> ProtoResult<Vec<Response>> {
+            let responses = self.workers.compute(|| -> ProtoResult<Vec<Response>> {
                 pending.extend(inputs.multiply(p, be, &t, b, ks)?);
                 let ready = if last { pending.len().div_ceil(group) } else { pending.len() / group };
                 let taken: Vec<Ciphertext> = pending.drain(..(ready * group).min(pending.len())).collect();
                 let seeds: Vec<[u8; 32]> = (0..ready).map(|_| rng.random()).collect();
                 let keys = ResponseKeys { pk: &self.pk, galois: self.galois.as_ref() };
-                map_indexed(be, ready, |i| {
+                par_map(ready, |i| {
                     let members = &taken[i * group..((i + 1) * group).min(taken.len())];
                     let mut rng = ChaCha20Rng::from_seed(seeds[i]);
                     Ok(respond(p, keys, &t, next_group + i, members, flood, be, &mut rng)?)
@@ -562,6 +576,10 @@ pub async fn matmul_shared(sess: &mut Session, shape: MatShape, x: &[Share], y: 
 mod tests {
     use super::*;
 
+    fn workers() -> Workers {
+        Workers::new(2, "test-worker").unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// The worst case for noise: the largest packing (64 results per ciphertext), a long inner
     /// dimension and weights at the declared bound. Every step keeps a margin, and the flooded
     /// result still decrypts to the product.
@@ -579,6 +597,7 @@ mod tests {
             galois: Some(sk.galois_keys(max_pack(&p), be.as_ref(), &mut rng).unwrap_or_else(|e| panic!("{e}"))),
             relin: None,
             backend: be.clone(),
+            workers: workers(),
             exposure: Mutex::new(0.0),
         };
         let shape = MatShape { n: 128, d: 3072, m: 64 };
@@ -643,8 +662,8 @@ mod tests {
             let (mut cc, mut sc) = Channel::in_memory_pair(std::time::Duration::from_secs(60));
             let mut rng = StdRng::seed_from_u64(43);
             let (hc, hs) = tokio::join!(
-                HeClient::setup(&mut cc, p.clone(), be.clone(), KeySet::WithRelin, &mut rng),
-                HeServer::setup(&mut sc, p.clone(), be.clone(), KeySet::WithRelin)
+                HeClient::setup(&mut cc, p.clone(), be.clone(), workers(), KeySet::WithRelin, &mut rng),
+                HeServer::setup(&mut sc, p.clone(), be.clone(), workers(), KeySet::WithRelin)
             );
             let (hc, hs) = (hc.unwrap_or_else(|e| panic!("{e}")), hs.unwrap_or_else(|e| panic!("{e}")));
             let rlk = hs.relin_key().unwrap_or_else(|| panic!("no relinearization key"));
@@ -742,8 +761,8 @@ mod tests {
             let (mut cc, mut sc) = Channel::in_memory_pair(std::time::Duration::from_secs(60));
             let mut rng = StdRng::seed_from_u64(41);
             let (hc, hs) = tokio::join!(
-                HeClient::setup(&mut cc, p.clone(), be.clone(), KeySet::Linear, &mut rng),
-                HeServer::setup(&mut sc, p.clone(), be.clone(), KeySet::Linear)
+                HeClient::setup(&mut cc, p.clone(), be.clone(), workers(), KeySet::Linear, &mut rng),
+                HeServer::setup(&mut sc, p.clone(), be.clone(), workers(), KeySet::Linear)
             );
             let (mut hc, hs) = (hc.unwrap_or_else(|e| panic!("{e}")), hs.unwrap_or_else(|e| panic!("{e}")));
             let shape = MatShape { n: 16, d: 64, m: 32 };

@@ -32,6 +32,9 @@ pub enum ProtoError {
     /// An HE object was malformed or parameters did not fit.
     #[error(transparent)]
     He(#[from] HeError),
+    /// The backend or the host workers failed.
+    #[error(transparent)]
+    Backend(#[from] crate::backend::BackendError),
     /// This party's own inputs are inconsistent (wrong length, out-of-range weights).
     #[error("invalid input: {0}")]
     Input(String),
@@ -54,14 +57,4 @@ pub(crate) async fn prepare(sess: &mut Session, (server_sends, client_sends): (u
     let (send, receive) =
         if sess.party() == Party::Server { (server_sends, client_sends) } else { (client_sends, server_sends) };
     Ok(sess.ot.prepare(sess.kind, send, receive).await?)
-}
-
-/// Runs CPU-heavy work from async code without stalling the runtime's other tasks (the link's
-/// I/O): on a multi-threaded runtime the worker hands its other tasks off first.
-pub(crate) fn compute<R>(f: impl FnOnce() -> R) -> R {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
-    }
 }

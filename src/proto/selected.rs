@@ -23,8 +23,8 @@ use tracing::instrument;
 
 use super::linear::{HeServer, MIN_STAT_BITS, answer, await_answer};
 use super::session::keys_for;
-use super::{HeKeys, HeUse, ProtoError, ProtoResult, Session, compute};
-use crate::backend::map_indexed;
+use super::{HeKeys, HeUse, ProtoError, ProtoResult, Session};
+use crate::backend::par_map;
 use crate::he::matmul::{response_c0_bits, response_c1_bits};
 use crate::he::selected::{SelectKeys, SelectedLayout, SelectedRow, check_experts, noise_bits, selected_batch};
 use crate::he::{Ciphertext, MAX_FLOOD_BITS, Plaintext, SeededCiphertext, ShrunkCiphertext, seeded_ciphertext_len};
@@ -80,8 +80,8 @@ pub async fn send_choice(sess: &mut Session, bits: &[bool], rows: usize, experts
             let p = he.params().clone();
             let layout = SelectedLayout::with_pack(&p, 1, 1, experts, 1)?;
             let sk = he.secret_key();
-            let cts: Vec<Vec<u8>> = compute(|| {
-                map_indexed(be.as_ref(), rows, |r| {
+            let cts: Vec<Vec<u8>> = he.workers().compute(|| {
+                par_map(rows, |r| {
                     let pt = Plaintext::new(&p, layout.encode_choice(&bits[r * experts..(r + 1) * experts]))?;
                     Ok(sk.encrypt_seeded(&pt, be.as_ref(), &mut ChaCha20Rng::from_seed(seeds[r]))?.to_bytes(&p))
                 })
@@ -143,8 +143,8 @@ pub async fn selected_linear(
                 let row = &x[r * d..(r + 1) * d];
                 let mut rng = ChaCha20Rng::from_seed(seeds[r]);
                 let tile_seeds: Vec<[u8; 32]> = (0..j_n).map(|_| rng.random()).collect();
-                let cts: Vec<Vec<u8>> = compute(|| {
-                    map_indexed(be.as_ref(), j_n, |j| {
+                let cts: Vec<Vec<u8>> = he.workers().compute(|| {
+                    par_map(j_n, |j| {
                         let pt = Plaintext::new(&p, t.encode_a(row, 0, j))?;
                         let mut rng = ChaCha20Rng::from_seed(tile_seeds[j]);
                         Ok(sk.encrypt_seeded(&pt, be.as_ref(), &mut rng)?.to_bytes(&p))
@@ -164,7 +164,7 @@ pub async fn selected_linear(
                     let bytes = ch.recv().await?;
                     let pos = layout.returned_positions(g);
                     let keep: Vec<usize> = pos.iter().map(|&(c, _)| c).collect();
-                    let values = compute(|| {
+                    let values = he.workers().compute(|| {
                         let ct = ShrunkCiphertext::from_bytes(
                             &p,
                             &bytes,
@@ -209,7 +209,7 @@ pub async fn selected_linear(
             let batch = layout.row_batch(&p);
             for first in (0..rows).step_by(batch) {
                 let range = first..(first + batch).min(rows);
-                let responses = compute(|| -> ProtoResult<_> {
+                let responses = he.workers().compute(|| -> ProtoResult<_> {
                     let xs: Vec<Vec<Ciphertext>> = range
                         .clone()
                         .map(|r| {

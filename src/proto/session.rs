@@ -20,7 +20,7 @@ use rand::{Rng, SeedableRng};
 
 use super::ProtoResult;
 use super::linear::{HeClient, HeServer, KeySet};
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendError, Workers};
 use crate::he::HeParams;
 use crate::net::{Channel, CostModel, Link, Meter, Party};
 use crate::ot::{Ot, OtKind};
@@ -51,6 +51,8 @@ pub struct SessionConfig {
     pub seed: Option<[u8; 32]>,
     /// Inputs outside the activations' ranges.
     pub out_of_range: OutOfRange,
+    /// Host worker threads of the heavy steps (0: one per core).
+    pub threads: usize,
 }
 
 impl Default for SessionConfig {
@@ -61,6 +63,7 @@ impl Default for SessionConfig {
             format: FixedPoint::default(),
             seed: None,
             out_of_range: OutOfRange::default(),
+            threads: 0,
         }
     }
 }
@@ -110,6 +113,7 @@ pub struct Session {
     out_of_range: OutOfRange,
     seeded: bool,
     backend: Arc<dyn Backend>,
+    workers: Workers,
 }
 
 impl std::fmt::Debug for Session {
@@ -129,14 +133,14 @@ impl Session {
     /// (it sets up the OT engine's streams; no OT traffic is sent yet).
     pub async fn new(link: &mut Link, backend: Arc<dyn Backend>, config: SessionConfig) -> ProtoResult<Session> {
         let ot = Ot::new(link, backend.clone()).await?;
-        Ok(Session::on(ot, backend, &config, config.seed))
+        Session::on(ot, backend, &config, config.seed)
     }
 
     /// Both parties' sessions (client, server) in this process, for protocol unit tests: an
     /// in-memory channel and the ideal OT functionality of [`Ot::ideal_pair`] (no OT traffic,
     /// no security), each party's CSPRNG seeded from `config.seed` (zero if none) and its role.
     /// With the same seed two runs are identical message for message.
-    pub fn ideal_pair(backend: Arc<dyn Backend>, config: SessionConfig) -> (Session, Session) {
+    pub fn ideal_pair(backend: Arc<dyn Backend>, config: SessionConfig) -> ProtoResult<(Session, Session)> {
         use sha2::Digest;
         let seed = config.seed.unwrap_or_default();
         let party_seed = |party: Party| -> [u8; 32] {
@@ -148,18 +152,19 @@ impl Session {
                 .into()
         };
         let (client, server) = Ot::ideal_pair(backend.clone(), seed, Duration::from_secs(60));
-        (
-            Session::on(client, backend.clone(), &config, Some(party_seed(Party::Client))),
-            Session::on(server, backend, &config, Some(party_seed(Party::Server))),
-        )
+        Ok((
+            Session::on(client, backend.clone(), &config, Some(party_seed(Party::Client)))?,
+            Session::on(server, backend, &config, Some(party_seed(Party::Server)))?,
+        ))
     }
 
-    fn on(ot: Ot, backend: Arc<dyn Backend>, config: &SessionConfig, seed: Option<[u8; 32]>) -> Session {
+    fn on(ot: Ot, backend: Arc<dyn Backend>, config: &SessionConfig, seed: Option<[u8; 32]>) -> ProtoResult<Session> {
         let rng = match seed {
             Some(seed) => ChaCha20Rng::from_seed(seed),
             None => rand::make_rng::<ChaCha20Rng>(),
         };
-        Session {
+        let workers = Workers::new(config.threads, "secmoe-worker").map_err(BackendError::from)?;
+        Ok(Session {
             ot,
             kind: config.ot_kind.unwrap_or_else(|| OtKind::cheapest_for(&config.network)),
             rng,
@@ -169,7 +174,8 @@ impl Session {
             out_of_range: config.out_of_range,
             seeded: seed.is_some(),
             backend,
-        }
+            workers,
+        })
     }
 
     /// Sets up the HE keys under `params` for every HE product (once per session, both parties
@@ -184,14 +190,14 @@ impl Session {
     /// linear layers (a special prime, packing) beside one with the noise room that products of
     /// two shared matrices need. A later set for the same products replaces the earlier.
     pub async fn setup_he_for(&mut self, use_: HeUse, params: Arc<HeParams>, keys: KeySet) -> ProtoResult<()> {
-        let backend = self.backend.clone();
+        let (backend, workers) = (self.backend.clone(), self.workers.clone());
         let keys = match self.party() {
             Party::Client => {
-                let mut he = HeClient::setup(self.ot.channel(), params, backend, keys, &mut self.rng).await?;
+                let mut he = HeClient::setup(self.ot.channel(), params, backend, workers, keys, &mut self.rng).await?;
                 he.set_network(self.network);
                 HeKeys::Client(he)
             }
-            Party::Server => HeKeys::Server(HeServer::setup(self.ot.channel(), params, backend, keys).await?),
+            Party::Server => HeKeys::Server(HeServer::setup(self.ot.channel(), params, backend, workers, keys).await?),
         };
         self.he.retain(|(u, _)| *u != use_);
         self.he.push((use_, keys));

@@ -147,6 +147,8 @@ pub struct JobConfig {
     pub plan: Plan,
     /// The fixed-point format.
     pub format: FixedPoint,
+    /// Host worker threads of the session (0: one per core).
+    pub threads: usize,
 }
 
 /// What a run cost one party.
@@ -182,7 +184,8 @@ pub struct ClientResult {
 async fn session(link: &mut Link, backend: Arc<dyn Backend>, job: JobConfig) -> Result<Session> {
     let meter = link.meter().clone();
     let _s = meter.scope("setup");
-    let mut sess = Session::new(link, backend, SessionConfig { format: job.format, ..Default::default() }).await?;
+    let config = SessionConfig { format: job.format, threads: job.threads, ..Default::default() };
+    let mut sess = Session::new(link, backend, config).await?;
     setup_he(&mut sess, job.plan).await?;
     Ok(sess)
 }

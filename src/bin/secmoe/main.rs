@@ -209,7 +209,7 @@ struct JobArgs {
     /// Seconds to wait for the peer before giving up.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
-    /// Backend worker threads (0: one per core).
+    /// Worker threads of the CPU backend and of the session's heavy steps (0: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
     /// Backend for the heavy operations: auto, cpu or cuda.
@@ -228,6 +228,7 @@ impl JobArgs {
         Ok(infer::JobConfig {
             plan: Plan { method: self.method.parse().map_err(anyhow::Error::msg)?, embedding },
             format: FixedPoint::new(self.frac_bits)?,
+            threads: self.threads,
         })
     }
 

@@ -101,7 +101,7 @@ pub(crate) async fn run(
 
 async fn measure(name: &str, n: usize, kind: OtKind, backend: Arc<dyn Backend>, threads: usize) -> Result<Row> {
     let mut rng = StdRng::from_rng(&mut rand::rng());
-    let (c, mut oc, s, mut os) = session_pair(backend, kind, CostModel::WAN).await?;
+    let (c, mut oc, s, mut os) = session_pair(backend, threads, kind, CostModel::WAN).await?;
     let range = match name {
         "reciprocal" => (1.0, 128.0),
         "rsqrt" => (0.01, 1000.0),

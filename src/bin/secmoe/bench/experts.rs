@@ -86,7 +86,7 @@ async fn measure(
     let w = MoeWeights::random(cfg, f, 4.0, &mut rng);
     let x: Vec<u64> = (0..n * cfg.d_model).map(|_| f.encode(rng.random_range(-1.0..1.0))).collect::<Result<_, _>>()?;
     let (xc, xs): (Vec<Share>, Vec<Share>) = secmoe::ring::share_secret(&x, &mut rng);
-    let (c, mut sc, s, mut ss) = session_pair(backend, OtKind::Silent, tune).await?;
+    let (c, mut sc, s, mut ss) = session_pair(backend, threads, OtKind::Silent, tune).await?;
     let p = HeParams::linear()?;
     let (a, b) = tokio::join!(sc.setup_he(p.clone(), KeySet::Linear), ss.setup_he(p, KeySet::Linear));
     a?;

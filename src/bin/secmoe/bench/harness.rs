@@ -103,16 +103,18 @@ pub(crate) async fn links() -> Result<(Link, Link)> {
     Ok(loopback(cfg).await?)
 }
 
-/// Both parties' links and sessions on them with OT extension `kind` and the network the HE
-/// tilings are tuned for: (client link, client session, server link, server session).
+/// Both parties' links and sessions on them with `threads` host workers each, OT extension
+/// `kind` and the network the HE tilings are tuned for: (client link, client session, server
+/// link, server session).
 pub(crate) async fn session_pair(
     backend: Arc<dyn Backend>,
+    threads: usize,
     kind: OtKind,
     network: CostModel,
 ) -> Result<(Link, Session, Link, Session)> {
     let (mut c, mut s) = links().await?;
     let be = backend;
-    let config = SessionConfig { ot_kind: Some(kind), network, ..Default::default() };
+    let config = SessionConfig { ot_kind: Some(kind), network, threads, ..Default::default() };
     let (sc, ss) = tokio::join!(Session::new(&mut c, be.clone(), config.clone()), Session::new(&mut s, be, config));
     Ok((c, sc?, s, ss?))
 }

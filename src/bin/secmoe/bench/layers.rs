@@ -104,7 +104,7 @@ async fn measure(
         "matmul-shared" => HeParams::n8192()?,
         _ => HeParams::linear()?,
     };
-    let (c, mut sc, s, mut ss) = session_pair(backend, OtKind::Silent, tune).await?;
+    let (c, mut sc, s, mut ss) = session_pair(backend, threads, OtKind::Silent, tune).await?;
     reset_peak_rss();
     let start = Instant::now();
     let (a, b) = tokio::join!(sc.setup_he(params.clone(), KeySet::Linear), ss.setup_he(params.clone(), KeySet::Linear));
@@ -167,7 +167,7 @@ async fn measure(
 async fn measure_compare(name: &str, kind: OtKind, backend: Arc<dyn Backend>, threads: usize) -> Result<Row> {
     const N: usize = 1 << 16;
     let mut rng = StdRng::from_rng(&mut rand::rng());
-    let (c, mut oc, s, mut os) = session_pair(backend, kind, CostModel::WAN).await?;
+    let (c, mut oc, s, mut os) = session_pair(backend, threads, kind, CostModel::WAN).await?;
     let breakpoints: Vec<u64> = [-5i64, -3, -1, 1, 3].iter().map(|t| (t << 18) as u64).collect();
     let per = if name == "breakpoints" { breakpoints.len() } else { 1 };
     let x: Vec<u64> = if per == 1 {
@@ -225,7 +225,7 @@ async fn measure_activation(
     const SCALE: f64 = (1u64 << 18) as f64;
     let f = if name == "gelu" { Piecewise::gelu() } else { Piecewise::silu() };
     let mut rng = StdRng::from_rng(&mut rand::rng());
-    let (c, mut oc, s, mut os) = session_pair(backend, kind, CostModel::WAN).await?;
+    let (c, mut oc, s, mut os) = session_pair(backend, threads, kind, CostModel::WAN).await?;
     if method == "stc-saturate" {
         os.set_out_of_range(OutOfRange::Saturate);
         oc.set_out_of_range(OutOfRange::Saturate);
@@ -280,7 +280,7 @@ async fn measure_softmax(kind: OtKind, backend: Arc<dyn Backend>, threads: usize
     const N: usize = 12 * 128 * LEN;
     const SCALE: f64 = (1u64 << 18) as f64;
     let mut rng = StdRng::from_rng(&mut rand::rng());
-    let (c, mut oc, s, mut os) = session_pair(backend, kind, CostModel::WAN).await?;
+    let (c, mut oc, s, mut os) = session_pair(backend, threads, kind, CostModel::WAN).await?;
     let xs: Vec<f64> = (0..N).map(|_| (rng.random_range(-8.0..8.0) * SCALE).round() / SCALE).collect();
     let raw: Vec<u64> = xs.iter().map(|&x| (x * SCALE) as i64 as u64).collect();
     let r: Vec<u64> = raw.iter().map(|_| rng.random()).collect();
@@ -328,7 +328,7 @@ async fn measure_layernorm(kind: OtKind, backend: Arc<dyn Backend>, threads: usi
     const SCALE: f64 = (1u64 << 18) as f64;
     let fixed = |v: f64| (v * SCALE).round() as i64 as u64;
     let mut rng = StdRng::from_rng(&mut rand::rng());
-    let (c, mut oc, s, mut os) = session_pair(backend, kind, CostModel::WAN).await?;
+    let (c, mut oc, s, mut os) = session_pair(backend, threads, kind, CostModel::WAN).await?;
     let xs: Vec<f64> =
         (0..N).map(|i| rng.random_range(-3.0..3.0) * (1.0 + (i / D) as f64 / 32.0) + (i / D) as f64 / 16.0).collect();
     let gamma: Vec<f64> = (0..D).map(|_| rng.random_range(-2.0..2.0)).collect();

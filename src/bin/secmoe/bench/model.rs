@@ -85,7 +85,7 @@ async fn measure(
 ) -> Result<Row> {
     let w = ModelWeights::random(cfg, 1, router_scale);
     let ids: Vec<u32> = (0..n).map(|i| ((i * 37 + 11) % cfg.vocab) as u32).collect();
-    let (c, mut sc, s, mut ss) = session_pair(backend, OtKind::Silent, tune).await?;
+    let (c, mut sc, s, mut ss) = session_pair(backend, threads, OtKind::Silent, tune).await?;
     let (a, b) = tokio::join!(setup_he(&mut sc, Plan::default()), setup_he(&mut ss, Plan::default()));
     a?;
     b?;
