@@ -159,7 +159,11 @@ fn selection_sums_over_128_experts_match_the_cpu_on_one_and_on_every_device() {
         .collect();
     let sel = Selectors::new(&p, cts, &cpu).unwrap();
     let on_cpu = select(&p, &sel, 0, &OperandBank::new(&p, &rows(0..experts), &cpu).unwrap(), &cpu).unwrap();
-    let on_gpu = select(&p, &sel, 0, &OperandBank::new(&p, &rows(0..experts), &gpu).unwrap(), &gpu).unwrap();
+    let held = OperandBank::new(&p, &rows(0..experts), &gpu).unwrap();
+    let on_gpu = select(&p, &sel, 0, &held, &gpu).unwrap();
+    // the bank lives in device memory: the CPU backend cannot read it, and says so
+    let err = select(&p, &sel, 0, &held, &cpu).err().map(|e| e.to_string());
+    assert!(err.as_deref().is_some_and(|e| e.contains("cannot read a buffer held in CUDA device 0")), "{err:?}");
     for (j, (a, b)) in on_cpu.iter().zip(&on_gpu).enumerate() {
         let (da, db) = (sk.decrypt(a, &cpu).unwrap(), sk.decrypt(b, &cpu).unwrap());
         assert_eq!(da, db, "output {j}");

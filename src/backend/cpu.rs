@@ -4,7 +4,7 @@ use cryprot_core::aes_hash::FIXED_KEY_HASH;
 
 use rayon::prelude::*;
 
-use super::{Backend, BackendResult, Block, NttTable, Prepared, Tweaks, Workers};
+use super::{Backend, BackendResult, Block, Buffer, Held, NttTable, Prepared, Tweaks, Workers};
 use crate::ring::modp::Modulus;
 
 /// Elements per parallel task; large enough to amortize scheduling, small enough to balance.
@@ -100,6 +100,26 @@ impl Backend for CpuBackend {
             }
         });
         Ok(())
+    }
+
+    fn hold(&self, values: Vec<u64>) -> BackendResult<Buffer> {
+        Ok(Buffer(Held::Host(values)))
+    }
+
+    fn mul_acc_held(
+        &self,
+        moduli: &[Modulus],
+        n: usize,
+        x: &[u64],
+        w: &Buffer,
+        w_shoup: &Buffer,
+        out: &mut [u64],
+    ) -> BackendResult<()> {
+        match (&w.0, &w_shoup.0) {
+            (Held::Host(w), Held::Host(c)) => self.mul_acc(moduli, n, x, w, Prepared::W(c), out),
+            #[allow(unreachable_patterns)] // device buffers exist only with the CUDA backend
+            _ => Err(super::foreign("cpu", if matches!(w.0, Held::Host(_)) { w_shoup } else { w })),
+        }
     }
 
     fn base_convert(

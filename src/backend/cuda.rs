@@ -37,7 +37,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use super::kernels::{KernelSource, MODULES};
-use super::{Backend, BackendError, BackendResult, Block, CpuBackend, NttTable, Prepared, Tweaks};
+use super::{Backend, BackendError, BackendResult, Block, Buffer, CpuBackend, Held, NttTable, Prepared, Tweaks};
 use crate::ring::modp::Modulus;
 
 /// Why the CUDA backend cannot start or run.
@@ -594,6 +594,43 @@ impl Backend for CudaBackend {
         let mut dout = self.zeros(out.len())?;
         self.mul_acc_on_device(moduli, n, &dx, &dw, &dc, prepared_w, &mut dout)?;
         Ok(self.download(&dout, out)?)
+    }
+
+    fn hold(&self, values: Vec<u64>) -> BackendResult<Buffer> {
+        if values.is_empty() {
+            return Ok(Buffer(Held::Host(values)));
+        }
+        Ok(Buffer(Held::Device { ordinal: self.ordinal, values: self.upload(&values)? }))
+    }
+
+    fn mul_acc_held(
+        &self,
+        moduli: &[Modulus],
+        n: usize,
+        x: &[u64],
+        w: &Buffer,
+        w_shoup: &Buffer,
+        out: &mut [u64],
+    ) -> BackendResult<()> {
+        match (&w.0, &w_shoup.0) {
+            (Held::Host(w), Held::Host(c)) => self.mul_acc(moduli, n, x, w, Prepared::W(c), out),
+            (Held::Device { ordinal: a, values: dw }, Held::Device { ordinal: b, values: dc })
+                if *a == self.ordinal && *b == self.ordinal =>
+            {
+                super::check_mul_acc_lengths(moduli, n, x.len(), dw.len(), dc.len(), dc.len(), out.len())?;
+                if out.is_empty() {
+                    return Ok(());
+                }
+                let dx = self.upload(x)?;
+                let mut dout = self.zeros(out.len())?;
+                self.mul_acc_on_device(moduli, n, &dx, dw, dc, true, &mut dout)?;
+                Ok(self.download(&dout, out)?)
+            }
+            _ => Err(super::foreign(
+                "cuda",
+                if matches!(&w.0, Held::Device { ordinal, .. } if *ordinal == self.ordinal) { w_shoup } else { w },
+            )),
+        }
     }
 
     fn base_convert(

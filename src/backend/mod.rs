@@ -71,6 +71,24 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         out: &mut [u64],
     ) -> BackendResult<()>;
 
+    /// Hands `values` to the backend to keep for [`Backend::mul_acc_held`]: device memory on a
+    /// GPU (the host copy is freed), the same host memory on the CPU. Operands that serve many
+    /// calls (the experts' weights of a selection sum) are held once instead of copied per call.
+    fn hold(&self, values: Vec<u64>) -> BackendResult<Buffer>;
+
+    /// [`Backend::mul_acc`] with the weights `w` and their Shoup constants `w_shoup` held by this
+    /// backend ([`Backend::hold`]); a buffer held by another backend (another device) is an
+    /// error.
+    fn mul_acc_held(
+        &self,
+        moduli: &[Modulus],
+        n: usize,
+        x: &[u64],
+        w: &Buffer,
+        w_shoup: &Buffer,
+        out: &mut [u64],
+    ) -> BackendResult<()>;
+
     /// The core of every RNS base conversion (basis extension, scale-and-round, modulus
     /// switching): `out[j] = Σ_i x[i]·c[i][j] mod m_j` for output moduli `moduli[j]`, where `x`
     /// holds I rows of `n` values (any u64: residues, small corrections, rounding terms), `consts`
@@ -110,6 +128,56 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         top: &[u64],
         p_top: &Modulus,
     ) -> BackendResult<()>;
+}
+
+/// Values a backend keeps for later operations ([`Backend::hold`]): host memory for the CPU
+/// backend, device memory for a GPU. Only the backend that made it can read it.
+#[derive(Debug)]
+pub struct Buffer(pub(crate) Held);
+
+/// Where a [`Buffer`]'s values are.
+#[derive(Debug)]
+pub(crate) enum Held {
+    /// In host memory.
+    Host(Vec<u64>),
+    /// In the memory of GPU `ordinal`.
+    #[cfg(feature = "cuda")]
+    Device {
+        /// The device.
+        ordinal: usize,
+        /// The values.
+        values: DeviceVec,
+    },
+}
+
+impl Buffer {
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            Held::Host(v) => v.len(),
+            #[cfg(feature = "cuda")]
+            Held::Device { values, .. } => values.len(),
+        }
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Where the values are, for errors.
+    fn place(&self) -> String {
+        match &self.0 {
+            Held::Host(_) => "host memory".into(),
+            #[cfg(feature = "cuda")]
+            Held::Device { ordinal, .. } => format!("CUDA device {ordinal}"),
+        }
+    }
+}
+
+/// The error for a buffer that `backend` cannot read.
+pub(crate) fn foreign(backend: &str, buffer: &Buffer) -> BackendError {
+    BackendError::Foreign { backend: backend.to_string(), place: buffer.place() }
 }
 
 /// A shape error of operation `op`.
@@ -157,15 +225,28 @@ pub(crate) fn check_mul_acc(
     prepared: Prepared<'_>,
     out: &[u64],
 ) -> BackendResult<usize> {
-    let inputs = per_limb("mul_acc", moduli.len(), n, x.len())?;
-    per_limb("mul_acc", moduli.len(), n, out.len())?;
-    if w.len() != out.len() * inputs {
-        return Err(shape("mul_acc", format!("{} weights for {inputs} inputs × {} outputs", w.len(), out.len())));
-    }
     let (constants, of) = match prepared {
         Prepared::W(c) => (c.len(), w.len()),
         Prepared::X(c) => (c.len(), x.len()),
     };
+    check_mul_acc_lengths(moduli, n, x.len(), w.len(), constants, of, out.len())
+}
+
+/// [`check_mul_acc`] on lengths: `constants` Shoup constants for an operand of `of` values.
+pub(crate) fn check_mul_acc_lengths(
+    moduli: &[Modulus],
+    n: usize,
+    x: usize,
+    w: usize,
+    constants: usize,
+    of: usize,
+    out: usize,
+) -> BackendResult<usize> {
+    let inputs = per_limb("mul_acc", moduli.len(), n, x)?;
+    per_limb("mul_acc", moduli.len(), n, out)?;
+    if w != out * inputs {
+        return Err(shape("mul_acc", format!("{w} weights for {inputs} inputs × {out} outputs")));
+    }
     if constants != of {
         return Err(shape("mul_acc", format!("{constants} Shoup constants for {of} values")));
     }
@@ -281,6 +362,14 @@ pub enum BackendError {
     /// The CPU worker pool could not start.
     #[error("starting the CPU backend: {0}")]
     Pool(#[from] rayon::ThreadPoolBuildError),
+    /// A buffer held by another backend.
+    #[error("the {backend} backend cannot read a buffer held in {place}")]
+    Foreign {
+        /// The backend asked.
+        backend: String,
+        /// Where the buffer is.
+        place: String,
+    },
     /// An operation was given operands of the wrong shape (a caller's bug, reported, not a panic).
     #[error("backend operation {op}: {what}")]
     Shape {
@@ -448,6 +537,13 @@ mod tests {
                 }
             }
         }
+        // the same with the weights held by the backend
+        let (held, held_shoup) = (be.hold(w.clone()), be.hold(ws.clone()));
+        let (held, held_shoup) = (held.unwrap_or_else(|e| panic!("{e}")), held_shoup.unwrap_or_else(|e| panic!("{e}")));
+        let (mut direct, mut via) = (vec![0u64; limbs * j_count * n], vec![0u64; limbs * j_count * n]);
+        be.mul_acc(&moduli, n, &x, &w, Prepared::W(&ws), &mut direct).unwrap_or_else(|e| panic!("{e}"));
+        be.mul_acc_held(&moduli, n, &x, &held, &held_shoup, &mut via).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(direct, via);
         // a shape that does not fit is an error naming the operation, not a panic
         let err = be.mul_acc(&moduli, n, &x[1..], &w, Prepared::W(&ws), &mut vec![0; limbs * j_count * n]);
         assert!(matches!(err, Err(BackendError::Shape { op: "mul_acc", .. })), "{err:?}");

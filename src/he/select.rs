@@ -5,14 +5,15 @@
 //! With t a one-hot vector, out_j encrypts W_{j,e} for the chosen e: the server computes on the
 //! chosen parameters without learning which they are (it only adds products of ciphertexts it
 //! cannot read). The work is E·J ciphertext×plaintext products, run as one backend
-//! multiply-accumulate per RNS limb and ciphertext half over data stored limb-major, so that a
-//! backend with its own memory (a GPU) keeps both sides resident. A range of selectors can be
-//! combined with a bank covering only those experts: banks are streamed and partial sums added.
+//! multiply-accumulate per RNS limb and ciphertext half; the operands are held by the backend
+//! ([`Backend::hold`]), so a GPU keeps the experts' weights in device memory across calls. A
+//! range of selectors can be combined with a bank covering only those experts: banks are
+//! streamed and partial sums added.
 
 use super::bfv::{Ciphertext, PlainOperand};
 use super::poly::{Form, RnsPoly};
 use super::{HeError, HeParams, HeResult};
-use crate::backend::{Backend, Prepared};
+use crate::backend::{Backend, Buffer};
 
 /// E ciphertexts kept by the server, at one level, NTT form, stored as `[half][limb][i][N]`.
 #[derive(Debug, Clone)]
@@ -56,18 +57,19 @@ impl Selectors {
 }
 
 /// Plaintext operands W_{j,i} for J outputs and a run of E' selectors, in NTT form with Shoup
-/// constants, stored as `[limb][j][i][N]`.
-#[derive(Debug, Clone)]
+/// constants, per limb `[j][i][N]`, held by the backend that prepared them ([`Backend::hold`]:
+/// on a GPU they stay in device memory for every selection sum over them).
+#[derive(Debug)]
 pub struct OperandBank {
     outputs: usize,
     inputs: usize,
-    w: Vec<u64>,
-    shoup: Vec<u64>,
+    /// Per limb: the operands and their Shoup constants.
+    limbs: Vec<(Buffer, Buffer)>,
 }
 
 impl OperandBank {
     /// Prepares `rows[j][i]` (each up to N coefficients of Z_2^64, read as signed): J rows of E'
-    /// operands each.
+    /// operands each, held by `backend`.
     pub fn new(params: &HeParams, rows: &[Vec<&[u64]>], backend: &dyn Backend) -> HeResult<OperandBank> {
         let n = params.degree();
         let k = params.moduli().len();
@@ -79,20 +81,22 @@ impl OperandBank {
                 rows[bad].len()
             )));
         }
-        let mut w = vec![0u64; k * outputs * inputs * n];
-        let mut shoup = vec![0u64; w.len()];
+        let mut w = vec![vec![0u64; outputs * inputs * n]; k];
+        let mut shoup = w.clone();
         for (j, row) in rows.iter().enumerate() {
             for (i, coeffs) in row.iter().enumerate() {
                 let op = PlainOperand::new(params, coeffs, backend)?;
                 for l in 0..k {
-                    let at = ((l * outputs + j) * inputs + i) * n;
+                    let at = (j * inputs + i) * n;
                     let (limb, limb_shoup) = op.limb(params, l);
-                    w[at..at + n].copy_from_slice(limb);
-                    shoup[at..at + n].copy_from_slice(limb_shoup);
+                    w[l][at..at + n].copy_from_slice(limb);
+                    shoup[l][at..at + n].copy_from_slice(limb_shoup);
                 }
             }
         }
-        Ok(OperandBank { outputs, inputs, w, shoup })
+        let limbs =
+            w.into_iter().zip(shoup).map(|(w, s)| Ok((backend.hold(w)?, backend.hold(s)?))).collect::<HeResult<_>>()?;
+        Ok(OperandBank { outputs, inputs, limbs })
     }
 
     /// J, the number of outputs.
@@ -122,19 +126,14 @@ pub fn select(
     }
     let k = selectors.limbs;
     let mut halves = [vec![0u64; k * j * n], vec![0u64; k * j * n]];
+    if bank.limbs.len() < k {
+        return Err(HeError::Shape(format!("a bank of {} limbs for selectors of {k}", bank.limbs.len())));
+    }
     for (half, out) in selectors.halves.iter().zip(halves.iter_mut()) {
-        for (l, m) in params.moduli()[..k].iter().enumerate() {
-            let x = &half[(l * count + first) * n..(l * count + first + e) * n];
-            let w = l * j * e * n..(l + 1) * j * e * n;
+        for (l, (m, (w, w_shoup))) in params.moduli()[..k].iter().zip(&bank.limbs).enumerate() {
             // one call per limb: the run of selectors is contiguous within a limb's block only
-            backend.mul_acc(
-                std::slice::from_ref(m),
-                n,
-                x,
-                &bank.w[w.clone()],
-                Prepared::W(&bank.shoup[w]),
-                &mut out[l * j * n..(l + 1) * j * n],
-            )?;
+            let x = &half[(l * count + first) * n..(l * count + first + e) * n];
+            backend.mul_acc_held(std::slice::from_ref(m), n, x, w, w_shoup, &mut out[l * j * n..(l + 1) * j * n])?;
         }
     }
     let gather = |half: &[u64], jj: usize| RnsPoly {
