@@ -8,14 +8,14 @@
 //! (`backend::kernels` tests); `tests/cuda.rs` compares every launch with the CPU bit for bit where
 //! a device exists.
 //!
-//! Data: the [`Backend`] methods take host slices, so each call copies in, runs and copies out
-//! (twiddle tables are uploaded once per (N, p) and stay). A call smaller than
-//! [`HOST_BELOW`] values (one polynomial of a per-ciphertext pipeline, a small hash batch) runs on
-//! the host workers instead: a round trip over PCIe would cost more than the work, and the results
-//! are the same bit for bit. [`DeviceVec`] and the `*_on_device` methods run the kernels on
-//! resident buffers: the weights and encrypted operands of a layer can stay on the device across
-//! calls (the protocols reach them once the backend trait owns its buffers: the protocol-surface
-//! issue).
+//! Data: most [`Backend`] methods take host slices, so each call copies in, runs and copies out
+//! (twiddle tables are uploaded once per (N, p) and stay); a call covers every limb and
+//! polynomial of a step. A call smaller than [`HOST_BELOW`] values (a small hash batch, one
+//! polynomial) runs on the host instead: a round trip over PCIe would cost more than the work, and
+//! the results are the same bit for bit. [`Backend::hold`] keeps values in device memory and
+//! [`Backend::mul_acc_held`] reads them there: the experts' weight banks of selection sums are
+//! uploaded once. [`DeviceVec`] and the `*_on_device` methods run the kernels on resident buffers
+//! directly (benchmarks).
 //!
 //! Several GPUs: [`CudaBackend::all`] starts one backend per device; a selection sum is additive
 //! over experts, so [`crate::he::select_spread`] gives each device its experts' bank and adds the

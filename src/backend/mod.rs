@@ -3,8 +3,14 @@
 //! `kernels/*.cu` through cudarc).
 //!
 //! It holds the bulk hashing that turns OT keys into pads, the batched NTT, the multiply-accumulate
-//! of ct×pt products and selection sums, and the RNS base conversion. The kernels' per-element math
-//! is one header shared with the CPU tests ([`kernels`](self) module docs).
+//! of ct×pt products and selection sums (over weights the backend holds, [`Backend::hold`]), the
+//! RNS base conversion, the automorphisms X ↦ X^g and modulus switching of key switching. Every
+//! operation covers all RNS limbs and polynomials it is given (one limb-major layout) and returns
+//! a [`BackendError`] instead of panicking. The kernels' per-element math is one header shared
+//! with the CPU tests ([`kernels`](self) module docs).
+//!
+//! The host threads of the protocols' per-ciphertext pipelines are not the backend's: a
+//! session's [`Workers`] run them, and [`par_map`] fans out over the workers it runs on.
 
 mod cpu;
 #[cfg(feature = "cuda")]
