@@ -49,9 +49,14 @@ fn element(n: usize, v: u32) -> usize {
 /// X^e · f on one limb in coefficient form (e < 2N).
 fn monomial_limb(src: &[u64], dst: &mut [u64], e: usize, p: u64) {
     let n = src.len();
+    // e < 2N and i < N: i + e < 3N, so one or two subtractions of N place it
     for (i, &v) in src.iter().enumerate() {
-        let j = (i + e) % (2 * n);
-        let (j, neg) = if j < n { (j, false) } else { (j - n, true) };
+        let mut j = i + e;
+        let mut neg = false;
+        while j >= n {
+            j -= n;
+            neg = !neg;
+        }
         dst[j] = if neg && v != 0 { p - v } else { v };
     }
 }
@@ -189,7 +194,10 @@ impl Ciphertext {
         // the digits d_i = c1 mod p_i lifted to every limb l of q·P (limb-major: [l][i][N])
         let mut digits = Vec::with_capacity((k + 1) * k * n);
         for m in ext {
-            digits.extend(c1.iter().map(|&v| m.reduce(v)));
+            // residues of primes below 2·p_l (the set's primes have one size) need one
+            // conditional subtraction, not a reduction
+            let (p_l, two_p) = (m.value(), m.value().saturating_mul(2));
+            digits.extend(c1.iter().map(|&v| if v < two_p { v.min(v.wrapping_sub(p_l)) } else { m.reduce(v) }));
         }
         backend.ntt_forward(p.ext_tables(), &mut digits)?;
         // Σ_i d_i·(b_i, a_i) per limb: [l][half][N]
