@@ -10,6 +10,10 @@ use crate::ring::modp::Modulus;
 /// Elements per parallel task; large enough to amortize scheduling, small enough to balance.
 const CHUNK: usize = 1 << 14;
 
+/// Values below which a call from outside any pool runs on the calling thread: a hand-off to the
+/// backend's own pool costs tens of microseconds, about one N = 8192 transform.
+const HAND_OFF: usize = 1 << 16;
+
 /// The CPU implementation of [`Backend`]. A call from a rayon worker (a session's
 /// [`Workers`] inside [`Workers::compute`]) runs on that worker's pool, so per-ciphertext
 /// pipelines and the operations inside them share one set of threads; a call from anywhere else
@@ -188,10 +192,12 @@ impl Backend for CpuBackend {
 }
 
 impl CpuBackend {
-    /// Runs `f(r, run)` on every run of `n` values of `data`: inline for one run (a hand-off to
-    /// the pool would cost more), else on the pool.
+    /// Runs `f(r, run)` on every run of `n` values of `data`: on the caller's pool from a
+    /// worker; from elsewhere on the calling thread when the job is one run or below
+    /// [`HAND_OFF`] values (waking the backend's own pool would cost more), else on that pool.
     fn per_run(&self, n: usize, data: &mut [u64], f: impl Fn(usize, &mut [u64]) + Sync) {
-        if data.len() <= n {
+        let on_worker = rayon::current_thread_index().is_some();
+        if data.len() <= n || (!on_worker && data.len() < HAND_OFF) {
             data.chunks_exact_mut(n.max(1)).enumerate().for_each(|(r, a)| f(r, a));
         } else {
             self.run(|| data.par_chunks_mut(n).enumerate().for_each(|(r, a)| f(r, a)));
