@@ -123,7 +123,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Modulus switching: x ↦ ⌊x / p_top⌉ for polynomials given by their residues: `low` holds
     /// their residues mod `moduli` (limb-major) and `top` theirs mod `p_top` (one run each); each
-    /// run becomes (run − [top])·p_top^-1 mod p_l with [top] centred in (−p_top/2, p_top/2]. This
+    /// run becomes (run − \[top\])·p_top^-1 mod p_l with \[top\] centred in (−p_top/2, p_top/2]. This
     /// drops a ciphertext's last prime, and divides by the special prime at the end of a key
     /// switch.
     fn divide_by_prime(
