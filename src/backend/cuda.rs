@@ -368,7 +368,7 @@ impl CudaBackend {
         if total == 0 || moduli.is_empty() {
             return Ok(());
         }
-        let primes = self.upload(&moduli.iter().map(Modulus::value).collect::<Vec<_>>())?;
+        let primes = self.primes(moduli)?;
         let limbs = moduli.len();
         let (n32, inputs, outputs) = (n as u32, (x.len() / (n * limbs)) as u32, (out.len() / (n * limbs)) as u32);
         let flag = i32::from(prepared_w);
@@ -393,7 +393,7 @@ impl CudaBackend {
         if total == 0 || moduli.is_empty() {
             return Ok(());
         }
-        let primes = self.upload(&moduli.iter().map(Modulus::value).collect::<Vec<_>>())?;
+        let primes = self.primes(moduli)?;
         let (per_limb, n32, g) = (input.len() as u64 / (n * moduli.len()) as u64, n as u32, element as u64);
         let mut args = self.stream.launch_builder(&self.kernels.automorphism);
         args.arg(&mut out.0).arg(&input.0).arg(&primes.0).arg(&per_limb).arg(&n32).arg(&g).arg(&total);
@@ -415,7 +415,7 @@ impl CudaBackend {
             return Ok(());
         }
         let consts: Vec<u64> = super::divide_constants(moduli, p_top)?.into_iter().flatten().collect();
-        let primes = self.upload(&moduli.iter().map(Modulus::value).collect::<Vec<_>>())?;
+        let primes = self.primes(moduli)?;
         let consts = self.upload(&consts)?;
         let (polys, n32, pt) = (top.len() as u64 / n as u64, n as u32, p_top.value());
         let mut args = self.stream.launch_builder(&self.kernels.divide_by_prime);
@@ -448,6 +448,11 @@ impl CudaBackend {
         args.arg(&mut blocks.0).arg(&tweaks.0).arg(&base).arg(&count).arg(&flag);
         // SAFETY: kernels/hash.cu `hash_blocks`; `tweaks` holds `count` values when `listed`.
         unsafe { args.launch(elementwise(count)) }.map(drop).map_err(self.fail("launching hash_blocks"))
+    }
+
+    /// The primes of `moduli` in device memory (the kernels' per-limb moduli).
+    fn primes(&self, moduli: &[Modulus]) -> Result<DeviceVec, CudaError> {
+        self.upload(&moduli.iter().map(Modulus::value).collect::<Vec<_>>())
     }
 
     /// Copies `values` in, runs `run` on the device copy and copies the result back.
@@ -650,8 +655,7 @@ impl Backend for CudaBackend {
             return self.host.base_convert(moduli, n, x, consts, out);
         }
         let flat: Vec<u64> = consts.iter().flat_map(|&(c, s)| [c, s]).collect();
-        let values: Vec<u64> = moduli.iter().map(Modulus::value).collect();
-        let (dx, dc, dm) = (self.upload(x)?, self.upload(&flat)?, self.upload(&values)?);
+        let (dx, dc, dm) = (self.upload(x)?, self.upload(&flat)?, self.primes(moduli)?);
         let mut dout = self.zeros(out.len())?;
         let (n32, i32_, o32) = (n as u32, inputs as u32, outputs as u32);
         let mut args = self.stream.launch_builder(&self.kernels.base_convert);
