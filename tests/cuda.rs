@@ -157,10 +157,10 @@ fn selection_sums_over_128_experts_match_the_cpu_on_one_and_on_every_device() {
     let cts = (0..experts)
         .map(|i| sk.encrypt(&Plaintext::new(&p, vec![u64::from(i == chosen)]).unwrap(), &cpu, &mut rng).unwrap())
         .collect();
-    let sel = Selectors::new(&p, cts, &cpu).unwrap();
-    let on_cpu = select(&p, &sel, 0, &OperandBank::new(&p, &rows(0..experts), &cpu).unwrap(), &cpu).unwrap();
+    let sel = Selectors::new(&p, vec![cts], &cpu).unwrap();
+    let on_cpu = select(&p, &sel, 0, &OperandBank::new(&p, &rows(0..experts), &cpu).unwrap(), &cpu).unwrap().remove(0);
     let held = OperandBank::new(&p, &rows(0..experts), &gpu).unwrap();
-    let on_gpu = select(&p, &sel, 0, &held, &gpu).unwrap();
+    let on_gpu = select(&p, &sel, 0, &held, &gpu).unwrap().remove(0);
     // the bank lives in device memory: the CPU backend cannot read it, and says so
     let err = select(&p, &sel, 0, &held, &cpu).err().map(|e| e.to_string());
     assert!(err.as_deref().is_some_and(|e| e.contains("cannot read a buffer held in CUDA device 0")), "{err:?}");
@@ -187,7 +187,7 @@ fn selection_sums_over_128_experts_match_the_cpu_on_one_and_on_every_device() {
         .zip(&backends)
         .map(|((first, bank), backend)| SelectionPart { first: *first, bank, backend: *backend })
         .collect();
-    let spread = select_spread(&p, &sel, &parts).unwrap();
+    let spread = select_spread(&p, &sel, &parts).unwrap().remove(0);
     for (j, (a, b)) in on_cpu.iter().zip(&spread).enumerate() {
         assert_eq!(sk.decrypt(a, &cpu).unwrap(), sk.decrypt(b, &cpu).unwrap(), "spread, output {j}");
     }

@@ -14,6 +14,11 @@ const CHUNK: usize = 1 << 14;
 /// backend's own pool costs tens of microseconds, about one N = 8192 transform.
 const HAND_OFF: usize = 1 << 16;
 
+/// Slots per block of the batched multiply-accumulate: one input's block (2 KiB) stays in L1
+/// across the outputs, one limb's block of weights with constants (4 KiB per weight) in L2
+/// across the batch.
+const MAC_BLOCK: usize = 256;
+
 /// The CPU implementation of [`Backend`]. A call from a rayon worker (a session's
 /// [`Workers`] inside [`Workers::compute`]) runs on that worker's pool, so per-ciphertext
 /// pipelines and the operations inside them share one set of threads; a call from anywhere else
@@ -114,13 +119,14 @@ impl Backend for CpuBackend {
         &self,
         moduli: &[Modulus],
         n: usize,
+        batch: usize,
         x: &[u64],
         w: &Buffer,
         w_shoup: &Buffer,
         out: &mut [u64],
     ) -> BackendResult<()> {
         match (&w.0, &w_shoup.0) {
-            (Held::Host(w), Held::Host(c)) => self.mul_acc(moduli, n, x, w, Prepared::W(c), out),
+            (Held::Host(w), Held::Host(c)) => self.mul_acc_batch(moduli, n, batch, x, w, c, out),
             #[allow(unreachable_patterns)] // device buffers exist only with the CUDA backend
             _ => Err(super::foreign("cpu", if matches!(w.0, Held::Host(_)) { w_shoup } else { w })),
         }
@@ -195,6 +201,61 @@ impl CpuBackend {
     /// Runs `f(r, run)` on every run of `n` values of `data`: on the caller's pool from a
     /// worker; from elsewhere on the calling thread when the job is one run or below
     /// [`HAND_OFF`] values (waking the backend's own pool would cost more), else on that pool.
+    /// [`Backend::mul_acc_held`] on host memory (sums added to `out`), blocked over coefficients: a task takes one
+    /// limb's block of [`MAC_BLOCK`] slots of every input, weight and output, so that each block
+    /// of weights (with constants) is read from memory once for the whole batch and stays in
+    /// cache while every input of the batch passes over it.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn mul_acc_batch(
+        &self,
+        moduli: &[Modulus],
+        n: usize,
+        batch: usize,
+        x: &[u64],
+        w: &[u64],
+        consts: &[u64],
+        out: &mut [u64],
+    ) -> BackendResult<()> {
+        let (inputs, outputs) =
+            super::check_mul_acc_batch(moduli, n, batch, x.len(), w.len(), consts.len(), out.len())?;
+        let limbs = moduli.len();
+        let block = MAC_BLOCK.min(n).max(1);
+        let blocks = n.div_ceil(block);
+        let total = out.len();
+        // task (l, k): block k of output j of limb l for every batch entry b, in order (b, j)
+        let mut tasks: Vec<Vec<&mut [u64]>> =
+            (0..limbs * blocks).map(|_| Vec::with_capacity(batch * outputs)).collect();
+        for (c, run) in out.chunks_exact_mut(n).enumerate() {
+            let l = (c / outputs) % limbs;
+            for (k, piece) in run.chunks_mut(block).enumerate() {
+                tasks[l * blocks + k].push(piece);
+            }
+        }
+        let task = |t: usize, pieces: Vec<&mut [u64]>| {
+            let (l, at) = (t / blocks, (t % blocks) * block);
+            let modulus = &moduli[l];
+            for (bj, acc) in pieces.into_iter().enumerate() {
+                let (b, j) = (bj / outputs, bj % outputs);
+                let len = acc.len();
+                for i in 0..inputs {
+                    let xi = &x[((b * limbs + l) * inputs + i) * n + at..][..len];
+                    let wi = ((l * outputs + j) * inputs + i) * n + at;
+                    accumulate(modulus, acc, xi, &w[wi..][..len], &consts[wi..][..len]);
+                }
+                for a in acc.iter_mut() {
+                    *a = (*a).min(a.wrapping_sub(modulus.value()));
+                }
+            }
+        };
+        let on_worker = rayon::current_thread_index().is_some();
+        if tasks.len() == 1 || (!on_worker && total < HAND_OFF) {
+            tasks.into_iter().enumerate().for_each(|(t, pieces)| task(t, pieces));
+        } else {
+            self.run(|| tasks.into_par_iter().enumerate().for_each(|(t, pieces)| task(t, pieces)));
+        }
+        Ok(())
+    }
+
     fn per_run(&self, n: usize, data: &mut [u64], f: impl Fn(usize, &mut [u64]) + Sync) {
         let on_worker = rayon::current_thread_index().is_some();
         if data.len() <= n || (!on_worker && data.len() < HAND_OFF) {

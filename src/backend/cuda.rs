@@ -612,24 +612,36 @@ impl Backend for CudaBackend {
         &self,
         moduli: &[Modulus],
         n: usize,
+        batch: usize,
         x: &[u64],
         w: &Buffer,
         w_shoup: &Buffer,
         out: &mut [u64],
     ) -> BackendResult<()> {
         match (&w.0, &w_shoup.0) {
-            (Held::Host(w), Held::Host(c)) => self.mul_acc(moduli, n, x, w, Prepared::W(c), out),
+            (Held::Host(w), Held::Host(c)) => self.host.mul_acc_batch(moduli, n, batch, x, w, c, out),
             (Held::Device { ordinal: a, values: dw }, Held::Device { ordinal: b, values: dc })
                 if *a == self.ordinal && *b == self.ordinal =>
             {
-                super::check_mul_acc_lengths(moduli, n, x.len(), dw.len(), dc.len(), dc.len(), out.len())?;
+                super::check_mul_acc_batch(moduli, n, batch, x.len(), dw.len(), dc.len(), out.len())?;
                 if out.is_empty() {
                     return Ok(());
                 }
-                let dx = self.upload(x)?;
-                let mut dout = self.zeros(out.len())?;
-                self.mul_acc_on_device(moduli, n, &dx, dw, dc, true, &mut dout)?;
-                Ok(self.download(&dout, out)?)
+                // one launch per batch entry over the resident weights; the sums are added to
+                // `out` on the host
+                let per_out = out.len() / batch;
+                let mut sum = vec![0u64; per_out];
+                for (xb, ob) in x.chunks_exact(x.len() / batch).zip(out.chunks_exact_mut(per_out)) {
+                    let dx = self.upload(xb)?;
+                    let mut dout = self.zeros(per_out)?;
+                    self.mul_acc_on_device(moduli, n, &dx, dw, dc, true, &mut dout)?;
+                    self.download(&dout, &mut sum)?;
+                    for (run, (o, s)) in ob.chunks_exact_mut(n).zip(sum.chunks_exact(n)).enumerate() {
+                        let m = &moduli[(run / (per_out / n / moduli.len())) % moduli.len()];
+                        o.iter_mut().zip(s).for_each(|(o, &s)| *o = m.add(*o, s));
+                    }
+                }
+                Ok(())
             }
             _ => Err(super::foreign(
                 "cuda",

@@ -83,12 +83,18 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn hold(&self, values: Vec<u64>) -> BackendResult<Buffer>;
 
     /// [`Backend::mul_acc`] with the weights `w` and their Shoup constants `w_shoup` held by this
-    /// backend ([`Backend::hold`]); a buffer held by another backend (another device) is an
+    /// backend ([`Backend::hold`]), over `batch` inputs at once, **added to** `out` (residues):
+    /// `x` holds the batch's inputs one after another (each L·I polynomials, limb-major) and
+    /// `out` their running sums (each L·J), so that the weights are read once for the whole
+    /// batch (the selectors of many rows) and a selection sum streamed over several banks of
+    /// experts accumulates in place. A buffer held by another backend (another device) is an
     /// error.
+    #[allow(clippy::too_many_arguments)]
     fn mul_acc_held(
         &self,
         moduli: &[Modulus],
         n: usize,
+        batch: usize,
         x: &[u64],
         w: &Buffer,
         w_shoup: &Buffer,
@@ -236,6 +242,25 @@ pub(crate) fn check_mul_acc(
         Prepared::X(c) => (c.len(), x.len()),
     };
     check_mul_acc_lengths(moduli, n, x.len(), w.len(), constants, of, out.len())
+}
+
+/// The shape contract of [`Backend::mul_acc_held`] on lengths: `batch` inputs of L·I
+/// polynomials in `x`, as many results of L·J in `out`, L·J·I weights with their constants.
+/// Returns (I, J).
+pub(crate) fn check_mul_acc_batch(
+    moduli: &[Modulus],
+    n: usize,
+    batch: usize,
+    x: usize,
+    w: usize,
+    constants: usize,
+    out: usize,
+) -> BackendResult<(usize, usize)> {
+    if batch == 0 || !x.is_multiple_of(batch) || !out.is_multiple_of(batch) {
+        return Err(shape("mul_acc", format!("{x} input and {out} output values are not {batch} batches")));
+    }
+    let inputs = check_mul_acc_lengths(moduli, n, x / batch, w, constants, w, out / batch)?;
+    Ok((inputs, (out / batch) / (n * moduli.len()).max(1)))
 }
 
 /// [`check_mul_acc`] on lengths: `constants` Shoup constants for an operand of `of` values.
@@ -548,8 +573,27 @@ mod tests {
         let (held, held_shoup) = (held.unwrap_or_else(|e| panic!("{e}")), held_shoup.unwrap_or_else(|e| panic!("{e}")));
         let (mut direct, mut via) = (vec![0u64; limbs * j_count * n], vec![0u64; limbs * j_count * n]);
         be.mul_acc(&moduli, n, &x, &w, Prepared::W(&ws), &mut direct).unwrap_or_else(|e| panic!("{e}"));
-        be.mul_acc_held(&moduli, n, &x, &held, &held_shoup, &mut via).unwrap_or_else(|e| panic!("{e}"));
+        be.mul_acc_held(&moduli, n, 1, &x, &held, &held_shoup, &mut via).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(direct, via);
+        // a batch of three inputs against the same held weights: each as if alone
+        let xs3: Vec<u64> = [x.clone(), draw(i_count * n, &mut rng), draw(i_count * n, &mut rng)].concat();
+        let alone: Vec<u64> = xs3
+            .chunks_exact(x.len())
+            .flat_map(|xb| {
+                let mut out = vec![0u64; direct.len()];
+                be.mul_acc(&moduli, n, xb, &w, Prepared::W(&ws), &mut out).unwrap_or_else(|e| panic!("{e}"));
+                out
+            })
+            .collect();
+        let mut batched = vec![0u64; alone.len()];
+        be.mul_acc_held(&moduli, n, 3, &xs3, &held, &held_shoup, &mut batched).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(batched, alone);
+        // and adds to what `out` holds: twice over gives twice the sums
+        be.mul_acc_held(&moduli, n, 3, &xs3, &held, &held_shoup, &mut batched).unwrap_or_else(|e| panic!("{e}"));
+        for (run, (twice, once)) in batched.chunks_exact(n).zip(alone.chunks_exact(n)).enumerate() {
+            let m = &moduli[(run / j_count) % limbs];
+            assert!(twice.iter().zip(once).all(|(&t, &o)| t == m.add(o, o)), "run {run}");
+        }
         // a shape that does not fit is an error naming the operation, not a panic
         let err = be.mul_acc(&moduli, n, &x[1..], &w, Prepared::W(&ws), &mut vec![0; limbs * j_count * n]);
         assert!(matches!(err, Err(BackendError::Shape { op: "mul_acc", .. })), "{err:?}");

@@ -22,11 +22,11 @@ mod wire;
 
 pub use bfv::{Ciphertext, PlainOperand, Plaintext, PublicKey, SecretKey, SeededCiphertext};
 pub use galois::GaloisKeys;
-pub use mult::{RelinKey, Tensored};
+pub use mult::{Lifted, ProductSum, RelinKey, SUM_TERM_BITS, Tensored};
 pub use params::{HeParams, max_log_q_128};
 pub use poly::{Form, RnsPoly};
 pub use response::{MAX_FLOOD_BITS, NARROW_FLOOD_BITS, ShrunkCiphertext};
-pub use select::{OperandBank, SelectionPart, Selectors, select, select_spread};
+pub use select::{OperandBank, SelectionPart, SelectionSums, Selectors, select, select_spread};
 pub use wire::{ciphertext_len, seeded_ciphertext_len};
 
 use thiserror::Error;

@@ -3,8 +3,8 @@
 //!
 //! With both ciphertexts lifted to centered integers (|c| ≤ Q/2), the tensor
 //! (c0·d0, c0·d1 + c1·d0, c1·d1) has coefficients below N·Q²/2 in magnitude; it is computed
-//! exactly in the extended basis Q∪P with P > 2^3·N·Q (so QP > 4·max|x|), then scaled by t/Q and
-//! rounded straight back to Q ("traditional" BFV multiplication, after Halevi–Polyakov–Shoup,
+//! exactly in the extended basis Q∪P with P > 2^3·N·Q·2^9 (so QP > 4·max|x| for a sum of up to
+//! 2^9 such tensors, [`ProductSum`]), then scaled by t/Q and rounded straight back to Q ("traditional" BFV multiplication, after Halevi–Polyakov–Shoup,
 //! ePrint 2018/117, §4, with a fixed-point fraction instead of floating point):
 //!
 //! - **Q → P, centered** (fast base conversion with the overflow removed): z_i = [x_i·(Q/q_i)^-1]_{q_i},
@@ -214,8 +214,9 @@ impl TensorBasis {
         let n = params.degree();
         let q: Vec<Modulus> = params.moduli()[..level].to_vec();
         let q_big: BigUint = q.iter().fold(BigUint::one(), |acc, m| acc * m.value());
-        // P > 2^3·N·Q: QP holds the tensor (|x| ≤ N·Q²/2) four times over
-        let need = q_big.bits() as f64 + (n as f64).log2() + 3.0;
+        // P > 2^3·N·Q·2^SUM_TERM_BITS: QP holds a sum of up to 2^SUM_TERM_BITS tensors
+        // (each |x| ≤ N·Q²/2) four times over
+        let need = q_big.bits() as f64 + (n as f64).log2() + 3.0 + f64::from(SUM_TERM_BITS);
         let mut p = Vec::new();
         let mut log_p = 0.0;
         for cand in ntt_primes(MAX_PRIME_BITS, n, 16)? {
@@ -364,6 +365,19 @@ impl TensorBasis {
 /// (2^79 at t = 2^64, 2^85 at t = 2^70, N = 8192), and ~10 bits for the operands' own noise.
 const PRODUCT_ROOM_BITS: u32 = 12;
 
+/// log2 of the most products a [`ProductSum`] adds exactly: the extension basis P is sized for
+/// 2^9 tensors (one more 61-bit prime than a single product needs at most).
+pub const SUM_TERM_BITS: u32 = 9;
+
+/// A ciphertext lifted to the extended basis Q∪P (both halves, NTT form): the operand side of a
+/// ciphertext product, computed once for every product the ciphertext enters.
+#[derive(Debug, Clone)]
+pub struct Lifted {
+    level: usize,
+    c0: Vec<u64>,
+    c1: Vec<u64>,
+}
+
 impl Ciphertext {
     /// Product of two ciphertexts at the same level, relinearized: decrypts to the negacyclic
     /// product of the plaintexts mod t. Returned in NTT form.
@@ -379,62 +393,116 @@ impl Ciphertext {
 
     /// Product of two ciphertexts at the same level, not relinearized.
     pub fn tensor(&self, other: &Ciphertext, params: &HeParams, backend: &dyn Backend) -> HeResult<Tensored> {
+        let a = self.lift(params, backend)?;
+        let mut sum = ProductSum::new(params, a.level)?;
+        if std::ptr::eq(self, other) {
+            sum.add(params, &a, &a)?;
+        } else {
+            sum.add(params, &a, &other.lift(params, backend)?)?;
+        }
+        sum.finish(params, backend)
+    }
+
+    /// This ciphertext in the extended basis of products at its level ([`Lifted`]).
+    pub fn lift(&self, params: &HeParams, backend: &dyn Backend) -> HeResult<Lifted> {
         let n = params.degree();
-        let k = self.limbs(params);
-        if other.limbs(params) != k {
-            return Err(HeError::Shape(format!(
-                "multiplying ciphertexts at {k} and {} RNS limbs",
-                other.limbs(params)
-            )));
-        }
-        let log_delta =
-            params.moduli()[..k].iter().map(|m| (m.value() as f64).log2()).sum::<f64>() - params.plain_bits() as f64;
-        let need = (params.plain_bits() + PRODUCT_ROOM_BITS) as f64 + (n as f64).log2();
-        if log_delta < need {
-            return Err(HeError::Unsupported {
-                params: params.name(),
-                what: format!(
-                    "multiply ciphertexts at {k} limbs: log2(q/t) = {log_delta:.0} leaves no room for a product's noise (needs {need:.0})"
-                ),
-            });
-        }
-        let basis = params.tensor_basis(k)?;
-        let square = std::ptr::eq(self, other);
-        let inputs: Vec<&RnsPoly> =
-            if square { vec![&self.c0, &self.c1] } else { vec![&self.c0, &self.c1, &other.c0, &other.c1] };
-        let ext = par_map(inputs.len(), |i| {
+        let level = self.limbs(params);
+        check_room(params, level)?;
+        let basis = params.tensor_basis(level)?;
+        let halves = par_map(2, |h| {
+            let input = if h == 0 { &self.c0 } else { &self.c1 };
             // the other form of the input, converted from a copy
-            let mut other = inputs[i].clone();
-            match inputs[i].form() {
+            let mut other = input.clone();
+            match input.form() {
                 Form::Ntt => {
                     other.to_coeff(params, backend)?;
-                    basis.extend(n, &other.limbs, &inputs[i].limbs, backend)
+                    basis.extend(n, &other.limbs, &input.limbs, backend)
                 }
                 Form::Coeff => {
                     other.to_ntt(params, backend)?;
-                    basis.extend(n, &inputs[i].limbs, &other.limbs, backend)
+                    basis.extend(n, &input.limbs, &other.limbs, backend)
                 }
             }
-        })
-        .into_iter()
-        .collect::<HeResult<Vec<_>>>()?;
-        let (a0, a1) = (&ext[0], &ext[1]);
-        let (b0, b1) = if square { (a0, a1) } else { (&ext[2], &ext[3]) };
-        let moduli = &basis.moduli;
-        // the tensor, pointwise in Q∪P, by Karatsuba: e1 = (a0 + a1)(b0 + b1) − e0 − e2
-        let width = moduli.len() * n;
-        let (mut e0, mut e1, mut e2) = (vec![0u64; width], vec![0u64; width], vec![0u64; width]);
-        for (r, m) in moduli.iter().enumerate() {
+        });
+        let [c0, c1]: [HeResult<Vec<u64>>; 2] = halves.try_into().unwrap_or_else(|_| unreachable!("two halves"));
+        Ok(Lifted { level, c0: c0?, c1: c1? })
+    }
+}
+
+/// Whether products at `level` limbs leave room for their noise: log2(q/t) ≥ log t + log N +
+/// [`PRODUCT_ROOM_BITS`].
+fn check_room(params: &HeParams, level: usize) -> HeResult<()> {
+    let n = params.degree();
+    let log_delta =
+        params.moduli()[..level].iter().map(|m| (m.value() as f64).log2()).sum::<f64>() - params.plain_bits() as f64;
+    let need = (params.plain_bits() + PRODUCT_ROOM_BITS) as f64 + (n as f64).log2();
+    if log_delta < need {
+        return Err(HeError::Unsupported {
+            params: params.name(),
+            what: format!(
+                "multiply ciphertexts at {level} limbs: log2(q/t) = {log_delta:.0} leaves no room for a product's noise (needs {need:.0})"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Σ_j a_j ⊗ b_j over lifted ciphertexts, kept exact in Q∪P and scaled by t/Q once at the end:
+/// an inner product of encrypted vectors (a row of ciphertexts times a column) costs one
+/// pointwise product per pair and one inverse transform and rounding per result, not per pair.
+/// Rounding once also adds less noise than rounding every product.
+#[derive(Debug)]
+pub struct ProductSum {
+    level: usize,
+    terms: usize,
+    /// (e0, e1, e2) over Q∪P, NTT form.
+    parts: [Vec<u64>; 3],
+}
+
+impl ProductSum {
+    /// An empty sum of products at `level` limbs.
+    pub fn new(params: &HeParams, level: usize) -> HeResult<ProductSum> {
+        check_room(params, level)?;
+        let width = params.tensor_basis(level)?.width() * params.degree();
+        Ok(ProductSum { level, terms: 0, parts: std::array::from_fn(|_| vec![0u64; width]) })
+    }
+
+    /// Adds a ⊗ b (both at the sum's level); at most 2^[`SUM_TERM_BITS`] terms.
+    pub fn add(&mut self, params: &HeParams, a: &Lifted, b: &Lifted) -> HeResult<()> {
+        if a.level != self.level || b.level != self.level {
+            return Err(HeError::Shape(format!(
+                "multiplying ciphertexts at {} and {} RNS limbs into a sum at {}",
+                a.level, b.level, self.level
+            )));
+        }
+        if self.terms >= 1 << SUM_TERM_BITS {
+            return Err(HeError::Shape(format!("a sum of more than 2^{SUM_TERM_BITS} ciphertext products")));
+        }
+        self.terms += 1;
+        let n = params.degree();
+        let basis = params.tensor_basis(self.level)?;
+        let [e0, e1, e2] = &mut self.parts;
+        // pointwise in Q∪P, by Karatsuba: e1 += (a0 + a1)(b0 + b1) − a0·b0 − a1·b1
+        for (r, m) in basis.moduli.iter().enumerate() {
             let s = r * n..(r + 1) * n;
-            let (x0, x1, y0, y1) = (&a0[s.clone()], &a1[s.clone()], &b0[s.clone()], &b1[s.clone()]);
+            let (x0, x1, y0, y1) = (&a.c0[s.clone()], &a.c1[s.clone()], &b.c0[s.clone()], &b.c1[s.clone()]);
             let (o0, o1, o2) = (&mut e0[s.clone()], &mut e1[s.clone()], &mut e2[s]);
             for c in 0..n {
                 let (lo, hi) = (m.mul(x0[c], y0[c]), m.mul(x1[c], y1[c]));
                 let mid = m.mul(m.add(x0[c], x1[c]), m.add(y0[c], y1[c]));
-                (o0[c], o1[c], o2[c]) = (lo, m.sub(mid, m.add(lo, hi)), hi);
+                o0[c] = m.add(o0[c], lo);
+                o1[c] = m.add(o1[c], m.sub(mid, m.add(lo, hi)));
+                o2[c] = m.add(o2[c], hi);
             }
         }
-        let tensor = [e0, e1, e2].map(std::sync::Mutex::new);
+        Ok(())
+    }
+
+    /// The sum scaled by t/Q and rounded back to Q: (d0, d1) in NTT form, d2 in coefficient form.
+    pub fn finish(self, params: &HeParams, backend: &dyn Backend) -> HeResult<Tensored> {
+        let n = params.degree();
+        let basis = params.tensor_basis(self.level)?;
+        let tensor = self.parts.map(std::sync::Mutex::new);
         let parts = par_map(3, |part| -> HeResult<RnsPoly> {
             let mut out = std::mem::take(&mut *tensor[part].lock().unwrap_or_else(|e| e.into_inner()));
             backend.ntt_inverse(&basis.tables, &mut out)?;
@@ -513,6 +581,46 @@ mod tests {
             sk.decrypt(&sq, &be).unwrap_or_else(|e| panic!("{e}")).coeffs(),
             &crate::he::negacyclic_mod_2_64(&a, &a)[..]
         );
+    }
+
+    #[test]
+    fn a_sum_of_products_decrypts_to_the_inner_product_of_the_plaintexts() {
+        let (p, be, mut rng, sk, rlk) = setup(HeParams::n8192(), 16);
+        let n = p.degree();
+        let encrypt = |v: &[u64], rng: &mut StdRng| {
+            sk.encrypt(&Plaintext::new(&p, v.to_vec()).unwrap_or_else(|e| panic!("{e}")), &be, rng)
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        // eight pairs of dense uniform plaintexts: Σ_j a_j·b_j mod 2^64, exact
+        let pairs: Vec<(Vec<u64>, Vec<u64>)> =
+            (0..8).map(|_| ((0..n).map(|_| rng.random()).collect(), (0..n).map(|_| rng.random()).collect())).collect();
+        let mut want = vec![0u64; n];
+        let mut sum = ProductSum::new(&p, p.moduli().len()).unwrap_or_else(|e| panic!("{e}"));
+        for (a, b) in &pairs {
+            for (w, v) in want.iter_mut().zip(crate::he::negacyclic_mod_2_64(a, b)) {
+                *w = w.wrapping_add(v);
+            }
+            let (ca, cb) = (encrypt(a, &mut rng), encrypt(b, &mut rng));
+            let (la, lb) = (ca.lift(&p, &be), cb.lift(&p, &be));
+            let (la, lb) = (la.unwrap_or_else(|e| panic!("{e}")), lb.unwrap_or_else(|e| panic!("{e}")));
+            sum.add(&p, &la, &lb).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let prod = sum.finish(&p, &be).and_then(|t| t.relinearize(&p, &rlk, &be)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(sk.decrypt(&prod, &be).unwrap_or_else(|e| panic!("{e}")).coeffs(), &want[..]);
+        let budget = sk.noise_budget(&prod, &be).unwrap_or_else(|e| panic!("{e}"));
+        assert!(budget > 15.0, "only {budget:.1} bits left after a sum of eight products");
+        // operands at another level, or more terms than the basis holds, are refused
+        let ca = encrypt(&pairs[0].0, &mut rng);
+        let mut low = ca.clone();
+        low.drop_last_modulus(&p, &be).unwrap_or_else(|e| panic!("{e}"));
+        let (la, ll) = (ca.lift(&p, &be), low.lift(&p, &be));
+        let (la, ll) = (la.unwrap_or_else(|e| panic!("{e}")), ll.unwrap_or_else(|e| panic!("{e}")));
+        let mut sum = ProductSum::new(&p, p.moduli().len()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(sum.add(&p, &la, &ll), Err(HeError::Shape(_))));
+        for _ in 0..1 << SUM_TERM_BITS {
+            sum.add(&p, &la, &la).unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert!(matches!(sum.add(&p, &la, &la), Err(HeError::Shape(_))));
     }
 
     #[test]

@@ -15,37 +15,53 @@ use super::poly::{Form, RnsPoly};
 use super::{HeError, HeParams, HeResult};
 use crate::backend::{Backend, Buffer};
 
-/// E ciphertexts kept by the server, at one level, NTT form, stored as `[half][limb][i][N]`.
+/// The encrypted selectors of R rows (E each, all at one level), kept by the server in NTT form,
+/// stored as `[limb][row][half][i][N]`: each (row, half) is one batch entry of the backend's
+/// multiply-accumulate on a limb, so a selection sum reads the experts' weights once for all
+/// rows.
 #[derive(Debug, Clone)]
 pub struct Selectors {
+    rows: usize,
     count: usize,
     limbs: usize,
-    /// c0 then c1, each `limbs · count · N` values.
-    halves: [Vec<u64>; 2],
+    /// Limb-major, then row, then c0/c1, each run `count · N` values.
+    values: Vec<u64>,
 }
 
 impl Selectors {
-    /// Takes ownership of `cts` (all at one level) in the selection layout.
-    pub fn new(params: &HeParams, cts: Vec<Ciphertext>, backend: &dyn Backend) -> HeResult<Selectors> {
+    /// Takes ownership of `rows` (E ciphertexts per row, all at one level) in the selection
+    /// layout.
+    pub fn new(params: &HeParams, rows: Vec<Vec<Ciphertext>>, backend: &dyn Backend) -> HeResult<Selectors> {
         let n = params.degree();
-        let count = cts.len();
-        let limbs = cts.first().map_or(params.moduli().len(), |c| c.limbs(params));
-        if let Some(bad) = cts.iter().position(|c| c.limbs(params) != limbs) {
-            return Err(HeError::Shape(format!("selector {bad} is at a different level than selector 0")));
+        let (r_count, count) = (rows.len(), rows.first().map_or(0, Vec::len));
+        let limbs = rows.iter().flatten().next().map_or(params.moduli().len(), |c| c.limbs(params));
+        if let Some(bad) = rows.iter().position(|r| r.len() != count) {
+            return Err(HeError::Shape(format!("row {bad} has {} selectors, row 0 has {count}", rows[bad].len())));
         }
-        let mut halves = [vec![0u64; limbs * count * n], vec![0u64; limbs * count * n]];
-        for (i, mut ct) in cts.into_iter().enumerate() {
-            for (half, poly) in halves.iter_mut().zip([&mut ct.c0, &mut ct.c1]) {
-                poly.to_ntt(params, backend)?;
-                for l in 0..limbs {
-                    half[(l * count + i) * n..(l * count + i + 1) * n].copy_from_slice(poly.limb(params, l));
+        if let Some(bad) = rows.iter().flatten().position(|c| c.limbs(params) != limbs) {
+            return Err(HeError::Shape(format!(
+                "selector {} of row {} is at a different level than the first",
+                bad % count.max(1),
+                bad / count.max(1)
+            )));
+        }
+        let run = count * n;
+        let mut values = vec![0u64; limbs * r_count * 2 * run];
+        for (row, cts) in rows.into_iter().enumerate() {
+            for (i, mut ct) in cts.into_iter().enumerate() {
+                for (h, poly) in [&mut ct.c0, &mut ct.c1].into_iter().enumerate() {
+                    poly.to_ntt(params, backend)?;
+                    for l in 0..limbs {
+                        let at = ((l * r_count + row) * 2 + h) * run + i * n;
+                        values[at..at + n].copy_from_slice(poly.limb(params, l));
+                    }
                 }
             }
         }
-        Ok(Selectors { count, limbs, halves })
+        Ok(Selectors { rows: r_count, count, limbs, values })
     }
 
-    /// Number of selectors E.
+    /// Number of selectors E per row.
     pub fn len(&self) -> usize {
         self.count
     }
@@ -53,6 +69,22 @@ impl Selectors {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.count == 0
+    }
+
+    /// Number of rows R.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Selectors `first..first + e` of every row and half on limb `l`, as the backend's batch:
+    /// the stored values when they are the whole run, else a copy of the run.
+    fn batch(&self, n: usize, l: usize, first: usize, e: usize) -> std::borrow::Cow<'_, [u64]> {
+        let run = self.count * n;
+        let limb = &self.values[l * self.rows * 2 * run..][..self.rows * 2 * run];
+        if first == 0 && e == self.count {
+            return std::borrow::Cow::Borrowed(limb);
+        }
+        std::borrow::Cow::Owned(limb.chunks_exact(run).flat_map(|r| &r[first * n..(first + e) * n]).copied().collect())
     }
 }
 
@@ -110,37 +142,86 @@ impl OperandBank {
     }
 }
 
-/// out_j = Σ_i W_{j,i}·[\[t_{first+i}\]] for the bank's J rows: J ciphertexts at the selectors'
-/// level, NTT form.
+/// out_(r,j) = Σ_i W_{j,i}·[\[t_(r,first+i)\]] for every row r of the selectors and the bank's
+/// J outputs: per row, J ciphertexts at the selectors' level, NTT form. One backend call per
+/// limb covers all rows, so the bank is read once however many rows select from it.
 pub fn select(
     params: &HeParams,
     selectors: &Selectors,
     first: usize,
     bank: &OperandBank,
     backend: &dyn Backend,
-) -> HeResult<Vec<Ciphertext>> {
-    let n = params.degree();
-    let (count, e, j) = (selectors.count, bank.inputs, bank.outputs);
-    if first.checked_add(e).is_none_or(|end| end > count) {
-        return Err(HeError::Shape(format!("selectors {first}..{} of {count}", first.saturating_add(e))));
+) -> HeResult<Vec<Vec<Ciphertext>>> {
+    let mut sums = SelectionSums::new(params, selectors.rows, bank.outputs, selectors.limbs);
+    sums.add(params, selectors, first, bank, backend)?;
+    Ok(sums.into_ciphertexts(params))
+}
+
+/// Running selection sums of R rows × J outputs, kept in the backend's layout
+/// (`[limb][row][half][j][N]`, NTT form) while banks of experts stream past: each bank's
+/// products are added in place, and the ciphertexts are assembled once at the end.
+#[derive(Debug, Clone)]
+pub struct SelectionSums {
+    rows: usize,
+    outputs: usize,
+    limbs: usize,
+    values: Vec<u64>,
+}
+
+impl SelectionSums {
+    /// Zero sums for `rows` rows and `outputs` outputs at `limbs` RNS limbs.
+    pub fn new(params: &HeParams, rows: usize, outputs: usize, limbs: usize) -> SelectionSums {
+        SelectionSums { rows, outputs, limbs, values: vec![0u64; limbs * rows * 2 * outputs * params.degree()] }
     }
-    let k = selectors.limbs;
-    let mut halves = [vec![0u64; k * j * n], vec![0u64; k * j * n]];
-    if bank.limbs.len() < k {
-        return Err(HeError::Shape(format!("a bank of {} limbs for selectors of {k}", bank.limbs.len())));
-    }
-    for (half, out) in selectors.halves.iter().zip(halves.iter_mut()) {
-        for (l, (m, (w, w_shoup))) in params.moduli()[..k].iter().zip(&bank.limbs).enumerate() {
-            // one call per limb: the run of selectors is contiguous within a limb's block only
-            let x = &half[(l * count + first) * n..(l * count + first + e) * n];
-            backend.mul_acc_held(std::slice::from_ref(m), n, x, w, w_shoup, &mut out[l * j * n..(l + 1) * j * n])?;
+
+    /// Adds Σ_i W_{j,i}·[\[t_(r,first+i)\]] over the bank's experts to every row's sums.
+    pub fn add(
+        &mut self,
+        params: &HeParams,
+        selectors: &Selectors,
+        first: usize,
+        bank: &OperandBank,
+        backend: &dyn Backend,
+    ) -> HeResult<()> {
+        let n = params.degree();
+        let (count, e, j, k) = (selectors.count, bank.inputs, bank.outputs, selectors.limbs);
+        if first.checked_add(e).is_none_or(|end| end > count) {
+            return Err(HeError::Shape(format!("selectors {first}..{} of {count}", first.saturating_add(e))));
         }
+        if (selectors.rows, j, k) != (self.rows, self.outputs, self.limbs) {
+            return Err(HeError::Shape(format!(
+                "sums of {} rows × {} outputs at {} limbs given {} rows of selectors at {k} limbs and a bank of {j} outputs",
+                self.rows, self.outputs, self.limbs, selectors.rows
+            )));
+        }
+        if bank.limbs.len() < k {
+            return Err(HeError::Shape(format!("a bank of {} limbs for selectors of {k}", bank.limbs.len())));
+        }
+        // one call per limb, batched over every (row, half)
+        let batch = self.rows * 2;
+        for (l, (m, (w, w_shoup))) in params.moduli()[..k].iter().zip(&bank.limbs).enumerate() {
+            let x = selectors.batch(n, l, first, e);
+            let out = &mut self.values[l * batch * j * n..][..batch * j * n];
+            backend.mul_acc_held(std::slice::from_ref(m), n, batch, &x, w, w_shoup, out)?;
+        }
+        Ok(())
     }
-    let gather = |half: &[u64], jj: usize| RnsPoly {
-        limbs: (0..k).flat_map(|l| &half[(l * j + jj) * n..(l * j + jj + 1) * n]).copied().collect(),
-        form: Form::Ntt,
-    };
-    Ok((0..j).map(|jj| Ciphertext { c0: gather(&halves[0], jj), c1: gather(&halves[1], jj) }).collect())
+
+    /// The sums as ciphertexts: per row, J of them, NTT form.
+    pub fn into_ciphertexts(self, params: &HeParams) -> Vec<Vec<Ciphertext>> {
+        let n = params.degree();
+        let (batch, j, k) = (self.rows * 2, self.outputs, self.limbs);
+        let poly = |b: usize, jj: usize| {
+            let mut limbs = Vec::with_capacity(k * n);
+            for l in 0..k {
+                limbs.extend_from_slice(&self.values[((l * batch + b) * j + jj) * n..][..n]);
+            }
+            RnsPoly { limbs, form: Form::Ntt }
+        };
+        (0..self.rows)
+            .map(|r| (0..j).map(|jj| Ciphertext { c0: poly(2 * r, jj), c1: poly(2 * r + 1, jj) }).collect())
+            .collect()
+    }
 }
 
 /// One device's share of a selection sum: the run of selectors from `first` on, the bank of
@@ -163,7 +244,7 @@ pub fn select_spread(
     params: &HeParams,
     selectors: &Selectors,
     parts: &[SelectionPart<'_>],
-) -> HeResult<Vec<Ciphertext>> {
+) -> HeResult<Vec<Vec<Ciphertext>>> {
     let outputs = parts.first().map_or(0, |p| p.bank.outputs);
     if let Some(bad) = parts.iter().position(|p| p.bank.outputs != outputs) {
         return Err(HeError::Shape(format!(
@@ -171,7 +252,7 @@ pub fn select_spread(
             parts[bad].bank.outputs
         )));
     }
-    let partials: Vec<HeResult<Vec<Ciphertext>>> = std::thread::scope(|scope| {
+    let partials: Vec<HeResult<Vec<Vec<Ciphertext>>>> = std::thread::scope(|scope| {
         let handles: Vec<_> = parts
             .iter()
             .map(|part| scope.spawn(move || select(params, selectors, part.first, part.bank, part.backend)))
@@ -181,7 +262,7 @@ pub fn select_spread(
     let mut partials = partials.into_iter();
     let mut total = partials.next().transpose()?.unwrap_or_default();
     for partial in partials {
-        for (acc, ct) in total.iter_mut().zip(partial?) {
+        for (acc, ct) in total.iter_mut().flatten().zip(partial?.into_iter().flatten()) {
             acc.add_assign(params, &ct, parts[0].backend)?;
         }
     }
@@ -219,12 +300,12 @@ mod tests {
                         .unwrap_or_else(|e| panic!("{e}"))
                 })
                 .collect();
-            Selectors::new(&p, cts, &be).unwrap_or_else(|e| panic!("{e}"))
+            Selectors::new(&p, vec![cts], &be).unwrap_or_else(|e| panic!("{e}"))
         };
         // one-hot at 4, padded with two selectors before the bank's run
         let one_hot: Vec<Vec<u64>> = (0..e + 2).map(|i| vec![u64::from(i == 2 + 4)]).collect();
         let sel = encrypt(&one_hot, &mut rng);
-        let out = select(&p, &sel, 2, &bank, &be).unwrap_or_else(|e| panic!("{e}"));
+        let out = select(&p, &sel, 2, &bank, &be).unwrap_or_else(|e| panic!("{e}")).remove(0);
         for (jj, ct) in out.iter().enumerate() {
             let got = sk.decrypt(ct, &be).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(&got.coeffs()[..support], &weights[jj][4][..], "output {jj}");
@@ -233,7 +314,7 @@ mod tests {
         // general selectors (small polynomials): the sum of negacyclic products
         let t: Vec<Vec<u64>> = (0..e).map(|_| (0..5).map(|_| rng.random_range(-3i64..4) as u64).collect()).collect();
         let sel = encrypt(&t, &mut rng);
-        let out = select(&p, &sel, 0, &bank, &be).unwrap_or_else(|e| panic!("{e}"));
+        let out = select(&p, &sel, 0, &bank, &be).unwrap_or_else(|e| panic!("{e}")).remove(0);
         for (jj, ct) in out.iter().enumerate() {
             let mut want = vec![0u64; p.degree()];
             for (ti, w) in t.iter().zip(&weights[jj]) {
@@ -245,6 +326,54 @@ mod tests {
         }
         // a run beyond the selectors is refused
         assert!(matches!(select(&p, &sel, 1, &bank, &be), Err(HeError::Shape(_))));
+    }
+
+    #[test]
+    fn one_selection_over_many_rows_gives_each_row_its_own_expert_and_sums_stream_over_banks() {
+        let p = HeParams::linear().unwrap_or_else(|e| panic!("{e}"));
+        let be = CpuBackend::new(2).unwrap_or_else(|e| panic!("{e}"));
+        let mut rng = StdRng::seed_from_u64(23);
+        let sk = SecretKey::generate(&p, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        let (e, j) = (5usize, 2usize);
+        let weights: Vec<Vec<Vec<u64>>> = (0..j)
+            .map(|_| (0..e).map(|_| (0..24).map(|_| rng.random_range(-700i64..700) as u64).collect()).collect())
+            .collect();
+        let bank_of = |range: std::ops::Range<usize>| {
+            let rows: Vec<Vec<&[u64]>> =
+                weights.iter().map(|r| r[range.clone()].iter().map(Vec::as_slice).collect()).collect();
+            OperandBank::new(&p, &rows, &be).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let chosen = [3usize, 0, 4, 3];
+        let rows: Vec<Vec<Ciphertext>> = chosen
+            .iter()
+            .map(|&c| {
+                (0..e)
+                    .map(|i| {
+                        let pt = Plaintext::new(&p, vec![u64::from(i == c)]).unwrap_or_else(|e| panic!("{e}"));
+                        sk.encrypt(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"))
+                    })
+                    .collect()
+            })
+            .collect();
+        let sel = Selectors::new(&p, rows, &be).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((sel.rows(), sel.len()), (4, e));
+        let whole = select(&p, &sel, 0, &bank_of(0..e), &be).unwrap_or_else(|e| panic!("{e}"));
+        // the same sums with the experts in two banks, added in place
+        let mut sums = SelectionSums::new(&p, 4, j, p.moduli().len());
+        sums.add(&p, &sel, 0, &bank_of(0..2), &be).unwrap_or_else(|e| panic!("{e}"));
+        sums.add(&p, &sel, 2, &bank_of(2..e), &be).unwrap_or_else(|e| panic!("{e}"));
+        let streamed = sums.into_ciphertexts(&p);
+        for (r, &c) in chosen.iter().enumerate() {
+            for jj in 0..j {
+                for ct in [&whole[r][jj], &streamed[r][jj]] {
+                    let got = sk.decrypt(ct, &be).unwrap_or_else(|e| panic!("{e}"));
+                    assert_eq!(&got.coeffs()[..24], &weights[jj][c][..], "row {r}, output {jj}");
+                }
+            }
+        }
+        // sums of another shape are refused, not mixed up
+        let mut other = SelectionSums::new(&p, 3, j, p.moduli().len());
+        assert!(matches!(other.add(&p, &sel, 0, &bank_of(0..e), &be), Err(HeError::Shape(_))));
     }
 
     #[test]
@@ -269,14 +398,14 @@ mod tests {
                 sk.encrypt(&pt, &devices[0], &mut rng).unwrap_or_else(|e| panic!("{e}"))
             })
             .collect();
-        let sel = Selectors::new(&p, cts, &devices[0]).unwrap_or_else(|e| panic!("{e}"));
+        let sel = Selectors::new(&p, vec![cts], &devices[0]).unwrap_or_else(|e| panic!("{e}"));
         let (whole, first, second) = (bank_of(0..e), bank_of(0..4), bank_of(4..e));
-        let single = select(&p, &sel, 0, &whole, &devices[0]).unwrap_or_else(|e| panic!("{e}"));
+        let single = select(&p, &sel, 0, &whole, &devices[0]).unwrap_or_else(|e| panic!("{e}")).remove(0);
         let parts = [
             SelectionPart { first: 0, bank: &first, backend: &devices[0] },
             SelectionPart { first: 4, bank: &second, backend: &devices[1] },
         ];
-        let spread = select_spread(&p, &sel, &parts).unwrap_or_else(|e| panic!("{e}"));
+        let spread = select_spread(&p, &sel, &parts).unwrap_or_else(|e| panic!("{e}")).remove(0);
         for (jj, (a, b)) in single.iter().zip(&spread).enumerate() {
             let (da, db) = (
                 sk.decrypt(a, &devices[0]).unwrap_or_else(|e| panic!("{e}")),

@@ -29,9 +29,9 @@ use rand::rngs::ChaCha20Rng;
 
 use super::bfv::{Ciphertext, PublicKey};
 use super::matmul::{mask_and_seal, max_pack};
-use super::mult::{RelinKey, Tensored};
+use super::mult::{Lifted, ProductSum, RelinKey};
 use super::tiling::{MatShape, Tiling};
-use super::{GaloisKeys, HeError, HeParams, HeResult, OperandBank, Selectors, select};
+use super::{GaloisKeys, HeError, HeParams, HeResult, OperandBank, SelectionSums, Selectors};
 use crate::backend::{Backend, par_map};
 use crate::he::seeded_ciphertext_len;
 use crate::net::CostModel;
@@ -225,17 +225,60 @@ fn bit_reverse(i: usize, bits: u32) -> usize {
     if bits == 0 { 0 } else { i.reverse_bits() >> (usize::BITS - bits) }
 }
 
+/// Bytes of expanded selectors the server keeps between the products of one choice (every
+/// matrix of the chosen experts), so that each row is expanded once, not once per matrix.
+const KEEP_BYTES: usize = 4 << 30;
+
+/// One row's encrypted one-hot on the server: the client's compact ciphertext (its XOR share,
+/// bit e at X^bitrev(e)), the server's own share (E bits), and the selectors expanded from them
+/// (own share folded in, NTT form), kept for the row's next products when the row is among
+/// those the budget allows ([`RowChoice::kept_rows`]).
+#[derive(Debug)]
+pub struct RowChoice {
+    compact: Ciphertext,
+    own: Vec<bool>,
+    keep: bool,
+    expanded: std::sync::Mutex<Vec<Option<Ciphertext>>>,
+}
+
+impl RowChoice {
+    /// A row's choice; `keep`: whether to keep its selectors once expanded.
+    pub fn new(compact: Ciphertext, own: Vec<bool>, keep: bool) -> RowChoice {
+        let expanded = std::sync::Mutex::new(vec![None; if keep { own.len() } else { 0 }]);
+        RowChoice { compact, own, keep, expanded }
+    }
+
+    /// How many rows of a choice among `experts` keep their expanded selectors within
+    /// [`KEEP_BYTES`].
+    pub fn kept_rows(p: &HeParams, experts: usize) -> usize {
+        KEEP_BYTES / (experts.max(1) * ciphertext_bytes(p))
+    }
+
+    /// The kept selectors of `range`, if all are there.
+    fn kept(&self, range: std::ops::Range<usize>) -> Option<Vec<Ciphertext>> {
+        let expanded = self.expanded.lock().unwrap_or_else(|e| e.into_inner());
+        expanded.get(range)?.iter().cloned().collect()
+    }
+
+    /// Keeps the selectors of the experts from `first` on, if this row keeps its selectors.
+    fn keep(&self, first: usize, cts: &[Ciphertext]) {
+        if self.keep {
+            let mut expanded = self.expanded.lock().unwrap_or_else(|e| e.into_inner());
+            for (slot, ct) in expanded[first..].iter_mut().zip(cts) {
+                *slot = Some(ct.clone());
+            }
+        }
+    }
+}
+
 /// One row of a selected product on the server: its J encrypted input tiles with the server's
-/// share added, the client's compact selector ciphertext, and the server's XOR share of the
-/// one-hot (E bits).
+/// share added, and the row's choice of expert.
 #[derive(Debug, Clone, Copy)]
 pub struct SelectedRow<'a> {
     /// The input tiles.
     pub x: &'a [Ciphertext],
-    /// The client's share of the one-hot, bit e at X^bitrev(e).
-    pub choice: &'a Ciphertext,
-    /// The server's share.
-    pub own: &'a [bool],
+    /// The row's encrypted one-hot.
+    pub choice: &'a RowChoice,
 }
 
 impl SelectedLayout {
@@ -318,65 +361,68 @@ fn selected_weights(
     let t = &layout.tiling;
     let (j_n, k_n, e) = (layout.inputs(), layout.outputs(), layout.experts);
     check_experts(layout, experts)?;
-    if let Some(bad) = rows.iter().position(|r| r.x.len() != j_n || r.own.len() != e) {
+    if let Some(bad) = rows.iter().position(|r| r.x.len() != j_n || r.choice.own.len() != e) {
         return Err(HeError::Shape(format!("row {bad} needs {j_n} input tiles and {e} selector bits")));
     }
     let chunk = layout.chunk(p, rows.len(), chunk_bytes);
     let outer = layout.select_levels - chunk.trailing_zeros();
-    // the first levels of every row's expansion: node r holds the chunk bitrev(r)
-    let nodes: Vec<Vec<Ciphertext>> =
-        rows.iter().map(|row| keys.galois.expand(p, row.choice, outer, be)).collect::<HeResult<_>>()?;
+    let inner = layout.select_levels - outer;
+    // the first levels of every row's expansion (node c holds the chunk bitrev(c)), unless the
+    // row kept all its selectors from an earlier product
+    let nodes: Vec<Vec<Ciphertext>> = par_map(rows.len(), |r| match rows[r].choice.kept(0..e) {
+        Some(_) => Ok(Vec::new()),
+        None => keys.galois.expand(p, &rows[r].choice.compact, outer, be),
+    })
+    .into_iter()
+    .collect::<HeResult<_>>()?;
     // the rows' selected weight polynomials [[Ŵ_(j,k)]], summed over the chunks
-    let mut selected: Vec<Vec<Option<Ciphertext>>> = vec![vec![None; j_n * k_n]; rows.len()];
+    let mut sums = SelectionSums::new(p, rows.len(), j_n * k_n, p.moduli().len());
     let top = 1u128 << layout.select_levels;
     for c in 0..1usize << outer {
         let range = c * chunk..((c + 1) * chunk).min(e);
         if range.is_empty() {
             continue;
         }
-        let banks: Vec<OperandBank> = par_map(j_n * k_n, |tile| {
+        // one bank for the chunk: output k·J + j sums the chunk's encoded tiles (j, k)
+        let tiles: Vec<Vec<Vec<u64>>> = par_map(j_n * k_n, |tile| {
             let (j, k) = (tile % j_n, tile / j_n);
-            let encoded: Vec<Vec<u64>> = experts[range.clone()].iter().map(|w| t.encode_b(w, j, k)).collect();
-            OperandBank::new(p, &[encoded.iter().map(Vec::as_slice).collect()], be)
-        })
-        .into_iter()
-        .collect::<HeResult<_>>()?;
-        for ((row, acc), nodes) in rows.iter().zip(selected.iter_mut()).zip(&nodes) {
-            let node = &nodes[bit_reverse(c, outer)];
-            let leaves = keys.galois.expand_from(p, node, outer, layout.select_levels - outer, be)?;
+            experts[range.clone()].iter().map(|w| t.encode_b(w, j, k)).collect()
+        });
+        let bank = OperandBank::new(
+            p,
+            &tiles.iter().map(|tile| tile.iter().map(Vec::as_slice).collect()).collect::<Vec<_>>(),
+            be,
+        )?;
+        drop(tiles);
+        // every row's selectors for the chunk: kept, or the rest of its expansion with its own
+        // share folded in (NTT form)
+        let chosen = par_map(rows.len(), |r| -> HeResult<Vec<Ciphertext>> {
+            let choice = rows[r].choice;
+            if let Some(kept) = choice.kept(range.clone()) {
+                return Ok(kept);
+            }
+            let leaves = keys.galois.expand_from(p, &nodes[r][bit_reverse(c, outer)], outer, inner, be)?;
             // leaf i holds the chunk's expert bitrev(i)
-            let inner = layout.select_levels - outer;
-            let mut selectors = Vec::with_capacity(range.len());
-            for offset in 0..range.len() {
-                let mut ct = leaves[bit_reverse(offset, inner)].clone();
-                if row.own[range.start + offset] {
-                    ct.c0.neg_assign(p);
-                    ct.c1.neg_assign(p);
-                    ct.add_wide_plain_assign(p, &[top], be)?;
-                }
-                selectors.push(ct);
-            }
-            let selectors = Selectors::new(p, selectors, be)?;
-            let parts = par_map(j_n * k_n, |tile| select(p, &selectors, 0, &banks[tile], be));
-            for (slot, part) in acc.iter_mut().zip(parts) {
-                let part = part?.pop().ok_or_else(|| HeError::Shape("an empty selection".into()))?;
-                match slot {
-                    Some(sum) => sum.add_assign(p, &part, be)?,
-                    None => *slot = Some(part),
-                }
-            }
-        }
+            let cts = (0..range.len())
+                .map(|offset| {
+                    let mut ct = leaves[bit_reverse(offset, inner)].clone();
+                    if choice.own[range.start + offset] {
+                        ct.c0.neg_assign(p);
+                        ct.c1.neg_assign(p);
+                        ct.add_wide_plain_assign(p, &[top], be)?;
+                    }
+                    ct.c0.to_ntt(p, be)?;
+                    ct.c1.to_ntt(p, be)?;
+                    Ok(ct)
+                })
+                .collect::<HeResult<Vec<_>>>()?;
+            choice.keep(range.start, &cts);
+            Ok(cts)
+        });
+        let selectors = Selectors::new(p, chosen.into_iter().collect::<HeResult<_>>()?, be)?;
+        sums.add(p, &selectors, 0, &bank, be)?;
     }
-    selected
-        .into_iter()
-        .map(|weights| {
-            let weights: Vec<Ciphertext> = weights.into_iter().flatten().collect();
-            if weights.len() != j_n * k_n {
-                return Err(HeError::Shape("a selected product with no expert".into()));
-            }
-            Ok(weights)
-        })
-        .collect()
+    Ok(sums.into_ciphertexts(p))
 }
 
 /// One row's products [[Ŵ_(j,k)]]·x_j summed over j, relinearized, packed and sealed.
@@ -418,17 +464,16 @@ fn packed_products(
 ) -> HeResult<Vec<Ciphertext>> {
     let t = &layout.tiling;
     let (j_n, k_n) = (layout.inputs(), layout.outputs());
+    // each input tile lifted once for its K products; each output tile one sum of J products,
+    // rounded and relinearized once
+    let xs: Vec<Lifted> = par_map(j_n, |j| x[j].lift(p, be)).into_iter().collect::<HeResult<_>>()?;
+    let level = x.first().map_or(p.moduli().len(), |c| c.limbs(p));
     let results = par_map(k_n, |k| -> HeResult<Ciphertext> {
-        let mut acc: Option<Tensored> = None;
-        for (j, xj) in x.iter().enumerate() {
-            let prod = weights[k * j_n + j].tensor(xj, p, be)?;
-            match acc.as_mut() {
-                Some(acc) => acc.add_assign(p, &prod)?,
-                None => acc = Some(prod),
-            }
+        let mut sum = ProductSum::new(p, level)?;
+        for (j, xj) in xs.iter().enumerate() {
+            sum.add(p, &weights[k * j_n + j].lift(p, be)?, xj)?;
         }
-        acc.ok_or_else(|| HeError::Shape("a selected product with no input tile".into()))?
-            .relinearize(p, keys.relin, be)
+        sum.finish(p, be)?.relinearize(p, keys.relin, be)
     });
     let results: Vec<Ciphertext> = results.into_iter().collect::<HeResult<_>>()?;
     let size = 1usize << t.pack;
@@ -507,17 +552,27 @@ mod tests {
             })
             .collect();
         let pt = Plaintext::new(&p, layout.encode_choice(&theirs)).unwrap_or_else(|e| panic!("{e}"));
-        let choice = sk.encrypt(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        let compact = sk.encrypt(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         let bound = noise_bits(&p, &layout, w_bits);
         let flood = (bound.ceil() as u32 + 40).min(crate::he::MAX_FLOOD_BITS);
         let refs: Vec<&[u64]> = experts.iter().map(Vec::as_slice).collect();
         let keys = SelectKeys { pk: &pk, galois: &galois, relin: &relin };
-        let row = SelectedRow { x: &inputs, choice: &choice, own: &own };
+        let choice = RowChoice::new(compact.clone(), own.clone(), true);
+        let row = SelectedRow { x: &inputs, choice: &choice };
         let whole = selected_batch(&p, keys, &layout, &[row], &refs, flood, &[[3; 32]], &be)
             .unwrap_or_else(|e| panic!("{e}"))
             .remove(0);
-        // experts streamed one at a time: the same masks, the same decrypted shares
+        // the row kept its expanded selectors: the next product starts from them, to the same bytes
+        assert!(choice.kept(0..e).is_some());
+        let again = selected_batch(&p, keys, &layout, &[row], &refs, flood, &[[3; 32]], &be)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .remove(0);
+        assert!(again == whole, "a product from kept selectors differs");
+        // experts streamed one at a time, expanded afresh: the same masks, the same decrypted shares
+        let fresh = RowChoice::new(compact, own, false);
+        let row = SelectedRow { x: &inputs, choice: &fresh };
         let weights = selected_weights(&p, keys, &layout, &[row], &refs, &be, 1).unwrap_or_else(|e| panic!("{e}"));
+        assert!(fresh.kept(0..e).is_none());
         let chunked =
             respond_row(&p, keys, &layout, &inputs, &weights[0], flood, [3; 32], &be).unwrap_or_else(|e| panic!("{e}"));
         // the noise before flooding stays below its bound

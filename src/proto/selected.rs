@@ -26,20 +26,21 @@ use super::session::keys_for;
 use super::{HeKeys, HeUse, ProtoError, ProtoResult, Session};
 use crate::backend::par_map;
 use crate::he::matmul::{response_c0_bits, response_c1_bits};
-use crate::he::selected::{SelectKeys, SelectedLayout, SelectedRow, check_experts, noise_bits, selected_batch};
+use crate::he::selected::{
+    RowChoice, SelectKeys, SelectedLayout, SelectedRow, check_experts, noise_bits, selected_batch,
+};
 use crate::he::{Ciphertext, MAX_FLOOD_BITS, Plaintext, SeededCiphertext, ShrunkCiphertext, seeded_ciphertext_len};
 use crate::net::Party;
 
-/// The rows' encrypted one-hot vectors: on the server the client's compact ciphertexts and its
-/// own XOR shares, on the client only the sizes.
+/// The rows' encrypted one-hot vectors: on the server the client's compact ciphertexts, its
+/// own XOR shares and the selectors expanded from them (kept for the next matrix within a
+/// budget: [`RowChoice`]), on the client only the sizes.
 #[derive(Debug)]
 pub struct Choice {
     rows: usize,
     experts: usize,
-    /// Server: the client's ciphertext per row, coefficient form.
-    cts: Vec<Ciphertext>,
-    /// Server: its share of the one-hot, row-major R×E.
-    own: Vec<bool>,
+    /// Server: each row's choice.
+    choices: Vec<RowChoice>,
 }
 
 impl Choice {
@@ -91,17 +92,19 @@ pub async fn send_choice(sess: &mut Session, bits: &[bool], rows: usize, experts
             for ct in cts {
                 ch.send(&ct).await?;
             }
-            Ok(Choice { rows, experts, cts: Vec::new(), own: Vec::new() })
+            Ok(Choice { rows, experts, choices: Vec::new() })
         }
         (HeKeys::Server(he), Party::Server) => {
             let p = he.params().clone();
             SelectedLayout::with_pack(&p, 1, 1, experts, 1)?;
-            let mut cts = Vec::with_capacity(rows);
-            for _ in 0..rows {
+            let kept = RowChoice::kept_rows(&p, experts);
+            let mut choices = Vec::with_capacity(rows);
+            for r in 0..rows {
                 let bytes = ch.recv_exact("one-hot ciphertext", seeded_ciphertext_len(&p)).await?;
-                cts.push(SeededCiphertext::from_bytes(&p, &bytes)?.expand(&p));
+                let compact = SeededCiphertext::from_bytes(&p, &bytes)?.expand(&p);
+                choices.push(RowChoice::new(compact, bits[r * experts..(r + 1) * experts].to_vec(), r < kept));
             }
-            Ok(Choice { rows, experts, cts, own: bits.to_vec() })
+            Ok(Choice { rows, experts, choices })
         }
         _ => Err(ProtoError::Input("the session's selection keys are the other party's".into())),
     }
@@ -226,12 +229,8 @@ pub async fn selected_linear(
                                 .collect::<ProtoResult<_>>()
                         })
                         .collect::<ProtoResult<_>>()?;
-                    let e = choice.experts;
-                    let batch: Vec<SelectedRow<'_>> = range
-                        .clone()
-                        .zip(&xs)
-                        .map(|(r, x)| SelectedRow { x, choice: &choice.cts[r], own: &choice.own[r * e..(r + 1) * e] })
-                        .collect();
+                    let batch: Vec<SelectedRow<'_>> =
+                        range.clone().zip(&xs).map(|(r, x)| SelectedRow { x, choice: &choice.choices[r] }).collect();
                     Ok(selected_batch(&p, keys, &layout, &batch, weights, flood, &seeds[range.clone()], be.as_ref())?)
                 })?;
                 for (r, row) in range.zip(responses) {
@@ -264,10 +263,10 @@ impl ServerSide<'_> {
     /// The flooding bits and their margin κ for these weights under `layout`.
     fn check(&self, layout: &SelectedLayout, weights: &[&[u64]], bits: u32) -> ProtoResult<(u32, u32)> {
         let p = self.he.params();
-        if self.choice.cts.len() != self.rows {
+        if self.choice.choices.len() != self.rows {
             return Err(ProtoError::Input(format!(
                 "the choice holds {} rows, the product {}",
-                self.choice.cts.len(),
+                self.choice.choices.len(),
                 self.rows
             )));
         }
