@@ -7,13 +7,17 @@
 //!    one-hot) into E constant ciphertexts [\[2^ℓ·b_e\]] ([`GaloisKeys::expand`], ℓ = ⌈log2 E⌉,
 //!    2^ℓ − 1 key switches; the bit reversal makes every subtree of the expansion a run of
 //!    experts, so experts are streamed in chunks) and folds in its own share s_e:
-//!    [\[2^ℓ·t_e\]] = 2^ℓ·s_e + (1 − 2·s_e)·[\[2^ℓ·b_e\]];
+//!    [\[2^ℓ·t_e\]] = 2^ℓ·s_e + (1 − 2·s_e)·[\[2^ℓ·b_e\]]. The selectors are kept for the row's
+//!    next matrix ([`RowChoice`], within 4 GiB): the expansion is paid once per row, not
+//!    once per matrix;
 //! 2. selects every weight polynomial of the row's expert with no interaction,
-//!    [\[Ŵ_(j,k)\]] = Σ_e Ŵ_(e,j,k)·[\[2^ℓ·t_e\]] ([`select`]: E·J·K ciphertext×plaintext products;
-//!    each weight polynomial transformed once per batch of rows);
-//! 3. multiplies it by the encrypted row ([`Ciphertext::tensor`], J·K ciphertext×ciphertext
-//!    products, one relinearization per output tile) in Cheetah's coefficient layout with one
-//!    row per tile (n_w = 1): the products land on the usual output coefficients;
+//!    [\[Ŵ_(j,k)\]] = Σ_e Ŵ_(e,j,k)·[\[2^ℓ·t_e\]] ([`SelectionSums`]: E·J·K ciphertext×plaintext
+//!    products, one batched multiply-accumulate per expert chunk for all rows of a batch, so
+//!    each weight polynomial is transformed and read once per batch of rows);
+//! 3. multiplies it by the encrypted row in Cheetah's coefficient layout with one row per tile
+//!    (n_w = 1), each output tile as one sum of J ciphertext products ([`ProductSum`]: every
+//!    input tile lifted to the product basis once for its K outputs, one rounding and one
+//!    relinearization per output tile): the products land on the usual output coefficients;
 //! 4. packs the K output tiles into one ciphertext per 2^pack ([`GaloisKeys::pack`], members
 //!    spread so that the merges come first) and sends it through [`mask_and_seal`] with the
 //!    scale 2^(ℓ+pack): the client's share is its decryption shifted down, the server's the mask.
@@ -249,7 +253,7 @@ impl RowChoice {
     }
 
     /// How many rows of a choice among `experts` keep their expanded selectors within
-    /// [`KEEP_BYTES`].
+    /// 4 GiB (`KEEP_BYTES`).
     pub fn kept_rows(p: &HeParams, experts: usize) -> usize {
         KEEP_BYTES / (experts.max(1) * ciphertext_bytes(p))
     }

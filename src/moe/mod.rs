@@ -45,10 +45,14 @@
 //!   d_w = 2^pack chosen by the client for its network: input bytes against products and
 //!   packing) up, one packed result per 2^pack output tiles (≈ 210 kB) down, plus one selector
 //!   ciphertext per row — **flat in E**; rounds: one per matrix and one for the selectors.
-//!   Measured (16 tokens, d = 256, d_ff = 1024, `--tune 20`): 45.6 MB and 33 s at E = 8,
-//!   47.8 MB (+5%, the routing) and 128 s at E = 128. Server work per row and matrix: E key switches,
-//!   E·J·K products by weights, J·K ciphertext products (40 ms each on this CPU at N = 16384),
-//!   ~K + log2(d_w/K) key switches for packing — it grows with E, and is what a GPU is for.
+//!   Measured (16 tokens, d = 256, d_ff = 1024, `--tune 20`): 45.6 MB and 29 s at E = 8,
+//!   47.8 MB (+5%, the routing) and 85 s at E = 128 (the baseline: 933 MB, 102 s, 123 s under
+//!   the WAN model). Server work per row: E key switches for the expansion, once for all
+//!   matrices (the selectors are kept, [`crate::he::selected::RowChoice`]); per row and matrix
+//!   E·J·K products by weights (one batched multiply-accumulate per expert chunk for all rows),
+//!   J·K ciphertext products summed into K results ([`crate::he::ProductSum`]: one rounding and
+//!   one relinearization per output tile), ~K + log2(d_w/K) key switches for packing — it
+//!   grows with E, and is what a GPU is for.
 //!   The selection keys (10 Galois keys and a relinearization key, 59 MB) are sent once per
 //!   session.
 //! - Selecting *outputs* with the encrypted one-hot instead (every expert on the encrypted row,
@@ -66,8 +70,9 @@
 //!
 //! When to pick which: Select-Then-Compute when no token may be dropped and E is moderate (its
 //! bytes and server time grow with E, the activation does not); the paper's method when bytes
-//! are what costs (a slow network, many experts): flat in E, but its server time per row is
-//! 6–29× Select-Then-Compute's on this CPU; capacity dispatch for many experts or small
+//! are what costs (a slow network, many experts): flat in E, and faster than the baseline under
+//! the WAN model at E = 128, but its server time is 3–9× Select-Then-Compute's on this CPU;
+//! capacity dispatch for many experts or small
 //! batches where dropping overflow is acceptable (as in training-time Switch and GShard, and
 //! CryptoMoE); the baseline only to measure against.
 //!
