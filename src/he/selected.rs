@@ -33,7 +33,7 @@ use rand::rngs::ChaCha20Rng;
 
 use super::bfv::{Ciphertext, PublicKey};
 use super::matmul::{mask_and_seal, max_pack};
-use super::mult::{Lifted, ProductSum, RelinKey};
+use super::mult::{Lifted, ProductSum, RelinKey, SUM_TERM_BITS, Tensored};
 use super::tiling::{MatShape, Tiling};
 use super::{GaloisKeys, HeError, HeParams, HeResult, OperandBank, SelectionSums, Selectors};
 use crate::backend::{Backend, par_map};
@@ -264,6 +264,12 @@ impl RowChoice {
         expanded.get(range)?.iter().cloned().collect()
     }
 
+    /// Whether every selector is kept (nothing left to expand).
+    fn all_kept(&self) -> bool {
+        let expanded = self.expanded.lock().unwrap_or_else(|e| e.into_inner());
+        self.keep && expanded.iter().all(Option::is_some)
+    }
+
     /// Keeps the selectors of the experts from `first` on, if this row keeps its selectors.
     fn keep(&self, first: usize, cts: &[Ciphertext]) {
         if self.keep {
@@ -373,9 +379,9 @@ fn selected_weights(
     let inner = layout.select_levels - outer;
     // the first levels of every row's expansion (node c holds the chunk bitrev(c)), unless the
     // row kept all its selectors from an earlier product
-    let nodes: Vec<Vec<Ciphertext>> = par_map(rows.len(), |r| match rows[r].choice.kept(0..e) {
-        Some(_) => Ok(Vec::new()),
-        None => keys.galois.expand(p, &rows[r].choice.compact, outer, be),
+    let nodes: Vec<Vec<Ciphertext>> = par_map(rows.len(), |r| match rows[r].choice.all_kept() {
+        true => Ok(Vec::new()),
+        false => keys.galois.expand(p, &rows[r].choice.compact, outer, be),
     })
     .into_iter()
     .collect::<HeResult<_>>()?;
@@ -473,11 +479,23 @@ fn packed_products(
     let xs: Vec<Lifted> = par_map(j_n, |j| x[j].lift(p, be)).into_iter().collect::<HeResult<_>>()?;
     let level = x.first().map_or(p.moduli().len(), |c| c.limbs(p));
     let results = par_map(k_n, |k| -> HeResult<Ciphertext> {
-        let mut sum = ProductSum::new(p, level)?;
-        for (j, xj) in xs.iter().enumerate() {
-            sum.add(p, &weights[k * j_n + j].lift(p, be)?, xj)?;
+        // sums of at most 2^SUM_TERM_BITS products each (the extension basis holds no more)
+        let mut total: Option<Tensored> = None;
+        for (g, group) in xs.chunks(1 << SUM_TERM_BITS).enumerate() {
+            let mut sum = ProductSum::new(p, level)?;
+            for (i, xj) in group.iter().enumerate() {
+                let j = (g << SUM_TERM_BITS) + i;
+                sum.add(p, &weights[k * j_n + j].lift(p, be)?, xj)?;
+            }
+            let part = sum.finish(p, be)?;
+            match total.as_mut() {
+                Some(total) => total.add_assign(p, &part)?,
+                None => total = Some(part),
+            }
         }
-        sum.finish(p, be)?.relinearize(p, keys.relin, be)
+        total
+            .ok_or_else(|| HeError::Shape("a selected product with no input tile".into()))?
+            .relinearize(p, keys.relin, be)
     });
     let results: Vec<Ciphertext> = results.into_iter().collect::<HeResult<_>>()?;
     let size = 1usize << t.pack;
