@@ -29,7 +29,7 @@ def ensure_venv():
     python = VENV / "bin" / "python"
     if not python.exists():
         subprocess.check_call([sys.executable, "-m", "venv", str(VENV)])
-        subprocess.check_call([str(python), "-m", "pip", "install", "-q", *PACKAGES])
+        subprocess.check_call([str(python), "-m", "pip", "install", "-q", "--no-cache-dir", *PACKAGES])
     os.execv(str(python), [str(python), __file__, *sys.argv[1:]])
 
 
