@@ -15,7 +15,8 @@ use secmoe::he::tiling::MatShape;
 use secmoe::net::{Link, LinkConfig, PublicParams, loopback};
 use secmoe::proto::linear::{KeySet, Weights, linear};
 use secmoe::proto::{Session, SessionConfig};
-use secmoe::ring::share_secret;
+use secmoe::ring::Shares;
+use secmoe::ring::share_matrix;
 
 struct Pair {
     client: Link,
@@ -49,9 +50,9 @@ fn bench_linear(c: &mut Criterion) {
     let mut group = c.benchmark_group("linear");
     group.sample_size(10).measurement_time(Duration::from_secs(60));
     for shape in [MatShape { n: 128, d: 768, m: 3072 }, MatShape { n: 128, d: 3072, m: 768 }] {
-        let x: Vec<u64> = (0..shape.n * shape.d).map(|_| rng.random()).collect();
+        let x = Shares::matrix((shape.n, shape.d), (0..shape.n * shape.d).map(|_| rng.random()).collect(), 0).unwrap();
         let w: Vec<u64> = (0..shape.d * shape.m).map(|_| rng.random_range(-(1i64 << 18)..1 << 18) as u64).collect();
-        let (xc, xs) = share_secret(&x, &mut rng);
+        let (xc, xs) = share_matrix(&x, &mut rng).unwrap();
         let run = |s: &mut Pair| {
             rt.block_on(async {
                 let weights = Weights { values: &w, bits: 20 };

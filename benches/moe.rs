@@ -17,7 +17,7 @@ use secmoe::net::{CostModel, LinkConfig, PublicParams, loopback};
 use secmoe::ot::OtKind;
 use secmoe::proto::linear::KeySet;
 use secmoe::proto::{Session, SessionConfig};
-use secmoe::ring::{FixedPoint, Share, share_secret};
+use secmoe::ring::{FixedPoint, Shares, share_matrix};
 
 const TOKENS: usize = 16;
 
@@ -56,7 +56,8 @@ fn bench_moe(c: &mut Criterion) {
         };
         let w = MoeWeights::random(&cfg, f, 4.0, &mut rng);
         let x: Vec<u64> = (0..TOKENS * cfg.d_model).map(|_| f.encode(rng.random_range(-1.0..1.0)).unwrap()).collect();
-        let (xc, xs): (Vec<Share>, Vec<Share>) = share_secret(&x, &mut rng);
+        let (xc, xs) =
+            share_matrix(&Shares::matrix((TOKENS, cfg.d_model), x, f.frac_bits()).unwrap(), &mut rng).unwrap();
         for method in [Method::SelectThenCompute, Method::Capacity { factor: 1.25 }, Method::Baseline] {
             let mut run = || {
                 rt.block_on(async {

@@ -15,6 +15,7 @@ use secmoe::ot::OtKind;
 use secmoe::proto::piecewise::{Piecewise, evaluate, evaluate_baseline};
 use secmoe::proto::softmax::softmax;
 use secmoe::proto::{Session, SessionConfig};
+use secmoe::ring::{Shares, share_matrix};
 
 const N: usize = 1 << 16;
 
@@ -31,8 +32,7 @@ fn bench_nonlinear(c: &mut Criterion) {
     let (mut oc, mut os) = (oc.unwrap(), os.unwrap());
     let mut rng = StdRng::seed_from_u64(3);
     let x: Vec<u64> = (0..N).map(|_| (rng.random_range(-8.0..8.0) * (1u64 << 18) as f64) as i64 as u64).collect();
-    let xc: Vec<u64> = x.iter().map(|_| rng.random()).collect();
-    let xs: Vec<u64> = x.iter().zip(&xc).map(|(a, b)| a.wrapping_sub(*b)).collect();
+    let (xc, xs) = share_matrix(&Shares::matrix((N / 128, 128), x, 18).unwrap(), &mut rng).unwrap();
     let gelu = Piecewise::gelu();
     let mut costs = Vec::new();
     let mut group = c.benchmark_group("nonlinear");
@@ -45,7 +45,7 @@ fn bench_nonlinear(c: &mut Criterion) {
                     "gelu-baseline" => {
                         tokio::join!(evaluate_baseline(os, &gelu, &xs), evaluate_baseline(oc, &gelu, &xc))
                     }
-                    _ => tokio::join!(softmax(os, &xs, 128), softmax(oc, &xc, 128)),
+                    _ => tokio::join!(softmax(os, &xs), softmax(oc, &xc)),
                 };
                 a.unwrap();
                 b.unwrap();

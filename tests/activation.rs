@@ -26,10 +26,13 @@ fn truncation_is_floor_or_one_less_even_for_extreme_shares() {
         let mut values: Vec<i64> = vec![0, 1, -1, (1 << 62) - 1, -(1 << 62), 1 << 18, -(1 << 18)];
         values.extend((0..5000).map(|_| rng.random_range(-(1i64 << 62)..(1i64 << 62))));
         let raw: Vec<u64> = values.iter().map(|&v| v as u64).collect();
-        let (s, c) = add_share(&raw, &mut rng);
+        // read at 40 fractional bits, so that every f below is a scale the values carry
+        let (s, c) = common::share_rows(&raw, (1, raw.len()), 40, &mut rng);
         for f in [1u32, 18, 40] {
             let (ts, tc) = tokio::join!(truncate(&mut os, &s, f), truncate(&mut oc, &c, f));
-            let got = open(&ts.unwrap(), &tc.unwrap());
+            let (ts, tc) = (ts.unwrap(), tc.unwrap());
+            assert_eq!(ts.frac_bits(), 40 - f);
+            let got = common::open_rows(&ts, &tc);
             for (v, g) in values.iter().zip(got) {
                 let floor = v >> f;
                 assert!(g as i64 == floor || g as i64 == floor - 1, "{v} >> {f}: {}", g as i64);
@@ -97,7 +100,7 @@ async fn run(
     rng: &mut StdRng,
 ) -> Vec<f64> {
     let raw: Vec<u64> = xs.iter().map(|&x| (x * SCALE).round() as i64 as u64).collect();
-    let (s, c) = add_share(&raw, rng);
+    let (s, c) = common::share_rows(&raw, (1, raw.len()), 18, rng);
     let (ys, yc) = if baseline {
         tokio::join!(evaluate_baseline(os, f, &s), evaluate_baseline(oc, f, &c))
     } else {
@@ -105,7 +108,7 @@ async fn run(
     };
     // the random OTs prepared for each batch are used up exactly
     assert_eq!((os.ot().prepared(OtKind::Iknp), oc.ot().prepared(OtKind::Iknp)), ((0, 0), (0, 0)));
-    open(&ys.unwrap(), &yc.unwrap()).iter().map(|&y| y as i64 as f64 / SCALE).collect()
+    common::open_rows(&ys.unwrap(), &yc.unwrap()).iter().map(|&y| y as i64 as f64 / SCALE).collect()
 }
 
 #[test]
@@ -180,9 +183,9 @@ fn relu_and_swiglu_match_plaintext() {
         let mut x: Vec<i64> = vec![0, 1, -1, (1 << 40) - 1, -(1 << 40)];
         x.extend((0..3000).map(|_| rng.random_range(-(1i64 << 40)..(1i64 << 40))));
         let raw: Vec<u64> = x.iter().map(|&v| v as u64).collect();
-        let (s, c) = add_share(&raw, &mut rng);
+        let (s, c) = common::share_rows(&raw, (1, raw.len()), 0, &mut rng);
         let (a, b) = tokio::join!(relu(&mut os, &s, 42), relu(&mut oc, &c, 42));
-        let got = open(&a.unwrap(), &b.unwrap());
+        let got = common::open_rows(&a.unwrap(), &b.unwrap());
         assert!(x.iter().zip(&got).all(|(&v, &g)| g as i64 == v.max(0)));
 
         let f = Piecewise::silu();
@@ -193,9 +196,10 @@ fn relu_and_swiglu_match_plaintext() {
             .zip(&u)
             .map(|(a, b)| ((a * SCALE).round() as i64 as u64, (b * SCALE).round() as i64 as u64))
             .unzip();
-        let ((gs, gc), (us, uc)) = (add_share(&gr, &mut rng), add_share(&ur, &mut rng));
+        let (gs, gc) = common::share_rows(&gr, (40, 50), 18, &mut rng);
+        let (us, uc) = common::share_rows(&ur, (40, 50), 18, &mut rng);
         let (a, b) = tokio::join!(swiglu(&mut os, &gs, &us), swiglu(&mut oc, &gc, &uc));
-        let got = open(&a.unwrap(), &b.unwrap());
+        let got = common::open_rows(&a.unwrap(), &b.unwrap());
         for i in 0..g.len() {
             let (y, want) = (got[i] as i64 as f64 / SCALE, f.exact(g[i]) * u[i]);
             assert!((y - want).abs() <= 1.2e-2 * u[i].abs() + 1e-4, "silu({})·{}: {y} vs {want}", g[i], u[i]);
@@ -218,9 +222,9 @@ fn out_of_range_inputs_saturate_when_the_session_asks() {
             let mut xs: Vec<f64> = vec![lo - 1.0, lo - 1000.0, -(2f64.powi(40)), hi, hi + 0.5, hi + 1e6, 2f64.powi(40)];
             xs.extend((0..200).map(|_| (rng.random_range(lo..hi) * SCALE).round() / SCALE));
             let raw: Vec<u64> = xs.iter().map(|&x| (x * SCALE).round() as i64 as u64).collect();
-            let (s, c) = add_share(&raw, &mut rng);
+            let (s, c) = common::share_rows(&raw, (1, raw.len()), 18, &mut rng);
             let (ys, yc) = tokio::join!(evaluate(&mut os, &f, &s), evaluate(&mut oc, &f, &c));
-            let ys = open(&ys.unwrap(), &yc.unwrap());
+            let ys = common::open_rows(&ys.unwrap(), &yc.unwrap());
             for (&x, &y) in xs.iter().zip(&ys) {
                 let got = y as i64 as f64 / SCALE;
                 // inside: the approximation; outside: its tail on that side (0 below; x above for

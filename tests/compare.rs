@@ -127,10 +127,11 @@ fn products_are_exact_and_truncation_stays_within_one_unit() {
         let x: Vec<u64> = (0..n).map(|_| rng.random()).collect();
         let mut y: Vec<u64> = (0..n).map(|_| rng.random()).collect();
         y[..4].copy_from_slice(&[0, 1, u64::MAX, 1 << 63]);
-        let ((xs, xc), (ys, yc)) = (add_share(&x, &mut rng), add_share(&y, &mut rng));
+        let ((xs, xc), (ys, yc)) =
+            (common::share_rows(&x, (1, n), 0, &mut rng), common::share_rows(&y, (1, n), 0, &mut rng));
         let (zs, zc) = tokio::join!(mul(&mut os, &xs, &ys), mul(&mut oc, &xc, &yc));
-        let (zs, zc) = (zs.unwrap(), zc.unwrap());
-        assert!((0..n).all(|i| zs[i].wrapping_add(zc[i]) == x[i].wrapping_mul(y[i])));
+        let z = common::open_rows(&zs.unwrap(), &zc.unwrap());
+        assert!((0..n).all(|i| z[i] == x[i].wrapping_mul(y[i])));
         // fixed-point values |x| < 2^40, truncated by 18 bits: ⌊x/2^18⌋ or one more
         for _ in 0..100_000 {
             let v = rng.random_range(-(1i64 << 40)..(1i64 << 40));

@@ -8,7 +8,6 @@
 
 mod common;
 
-use common::{add_share, open};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use secmoe::model::{Plan, Prompt, default_config, default_weights, finish, forward, infer, serve, setup_he};
@@ -29,10 +28,10 @@ fn gelu_on_the_ideal_ot_matches_the_fixed_point_reference_with_no_ot_traffic() {
     let mut rng = StdRng::seed_from_u64(5);
     let x: Vec<f64> = (0..4096).map(|_| rng.random_range(-8.0..8.0)).collect();
     let raw: Vec<u64> = x.iter().map(|&v| (v * (1u64 << 18) as f64).round() as i64 as u64).collect();
-    let (s, c) = add_share(&raw, &mut rng);
+    let (s, c) = common::share_rows(&raw, (1, raw.len()), 18, &mut rng);
     let (ys, yc) =
         common::runtime().block_on(async { tokio::join!(evaluate(&mut ss, &f, &s), evaluate(&mut sc, &f, &c)) });
-    let y = open(&ys.unwrap(), &yc.unwrap());
+    let y = common::open_rows(&ys.unwrap(), &yc.unwrap());
     for (xi, yi) in x.iter().zip(y) {
         let got = yi as i64 as f64 / (1u64 << 18) as f64;
         assert!((got - secmoe::proto::piecewise::gelu_exact(*xi)).abs() < 2e-2, "GeLU({xi}) = {got}");

@@ -17,7 +17,7 @@ use secmoe::he::tiling::MatShape;
 use secmoe::net::CostModel;
 use secmoe::proto::linear::{HeClient, HeServer, KeySet, Weights, linear, matmul_shared};
 use secmoe::proto::{HeKeys, ProtoError, Session};
-use secmoe::ring::{Share, reconstruct, share_secret};
+use secmoe::ring::Shares;
 
 /// Fixed-point-like weights: |w| < 2^20, both signs.
 fn weights(rng: &mut StdRng, count: usize) -> Vec<u64> {
@@ -78,10 +78,10 @@ fn linear_layers_give_exact_shares_of_x_times_w_for_any_shape_and_tiling() {
             sc.set_network(net);
             let x: Vec<u64> = (0..n * d).map(|_| rng.random()).collect();
             let w = weights(&mut rng, d * m);
-            let (xc, xs) = share_secret(&x, &mut rng);
+            let (xs, xc) = common::share_rows(&x, (n, d), 0, &mut rng);
             let weights = Weights { values: &w, bits: 20 };
             let (yc, ys) = tokio::join!(linear(&mut sc, shape, &xc, None), linear(&mut ss, shape, &xs, Some(weights)));
-            let y = reconstruct(&yc.unwrap(), &ys.unwrap()).unwrap();
+            let y = common::open_rows(&yc.unwrap(), &ys.unwrap());
             assert_eq!(
                 y,
                 shape.plain_product(&x, &w),
@@ -106,9 +106,10 @@ fn products_of_two_shared_matrices_are_exact() {
         let shape = MatShape { n: 6, d: 16, m: 5 };
         let x: Vec<u64> = (0..shape.n * shape.d).map(|_| rng.random()).collect();
         let y: Vec<u64> = (0..shape.d * shape.m).map(|_| rng.random()).collect();
-        let ((xc, xs), (yc, ys)) = (share_secret(&x, &mut rng), share_secret(&y, &mut rng));
+        let (xs, xc) = common::share_rows(&x, (shape.n, shape.d), 0, &mut rng);
+        let (ys, yc) = common::share_rows(&y, (shape.d, shape.m), 0, &mut rng);
         let (zc, zs) = tokio::join!(matmul_shared(&mut sc, shape, &xc, &yc), matmul_shared(&mut ss, shape, &xs, &ys));
-        assert_eq!(reconstruct(&zc.unwrap(), &zs.unwrap()).unwrap(), shape.plain_product(&x, &y));
+        assert_eq!(common::open_rows(&zc.unwrap(), &zs.unwrap()), shape.plain_product(&x, &y));
     });
 }
 
@@ -116,8 +117,8 @@ fn products_of_two_shared_matrices_are_exact() {
 fn mismatched_shapes_and_oversized_weights_are_refused_by_name() {
     common::runtime().block_on(async {
         let (_c, mut sc, _s, mut ss) = sessions(HeParams::linear().unwrap()).await;
-        let x = vec![Share::from_raw(1); 4 * 3];
-        let other = vec![Share::default(); 16];
+        let x = Shares::matrix((4, 3), vec![1; 4 * 3], 0).unwrap();
+        let other = Shares::matrix((4, 4), vec![0; 16], 0).unwrap();
         // the client thinks d = 3, the server d = 4
         let zeros = Weights { values: &[0; 8], bits: 20 };
         let (rc, rs) = tokio::join!(
@@ -149,7 +150,10 @@ fn mismatched_shapes_and_oversized_weights_are_refused_by_name() {
             linear(&mut sc, shape, &x, None),
             linear(&mut ss, shape, &x, Some(Weights { values: &w, bits: 20 }))
         );
-        assert_eq!(reconstruct(&yc.unwrap(), &ys.unwrap()).unwrap(), vec![18; 8]);
+        assert_eq!(common::open_rows(&yc.unwrap(), &ys.unwrap()), vec![18; 8]);
+        // shares whose shape is not the announced one are this party's input error
+        let err = linear(&mut sc, shape, &other, None).await.unwrap_err().to_string();
+        assert!(err.contains("4×3") && err.contains("4×4"), "{err}");
     });
 }
 

@@ -17,7 +17,7 @@ use secmoe::moe::{
 use secmoe::net::Frame;
 use secmoe::proto::HeUse;
 use secmoe::proto::linear::KeySet;
-use secmoe::ring::{FixedPoint, Share, reconstruct};
+use secmoe::ring::FixedPoint;
 
 /// Largest error allowed against the plaintext layer, in real terms, for outputs of size ≲ 0.5
 /// (measured: ≤ 1.2e-3): the gate softmax's relative error (exp pieces 5.2e-4 and the
@@ -62,9 +62,8 @@ fn run(ccfg: &MoeConfig, scfg: &MoeConfig, method: Method, x: &[u64], w: &MoeWei
             b.unwrap();
         }
         let mut rng = StdRng::seed_from_u64(5);
-        let (xs, xc) = common::add_share(x, &mut rng);
-        let (xs, xc): (Vec<Share>, Vec<Share>) =
-            (xs.into_iter().map(Share::from_raw).collect(), xc.into_iter().map(Share::from_raw).collect());
+        let d = ccfg.d_model;
+        let (xs, xc) = common::share_rows(x, (x.len() / d, d), FixedPoint::default().frac_bits(), &mut rng);
         ss.channel().record_frames();
         sc.channel().record_frames();
         let (client, server) =
@@ -87,7 +86,7 @@ fn check(cfg: MoeConfig, method: Method, n: usize, seed: u64) -> Vec<f64> {
     let (client, server) = (r.client.unwrap(), r.server.unwrap());
     assert_eq!(server.dropped, None, "the server learns nothing of the drops");
     assert_eq!(client.dropped, method.capacity(&cfg, n).map(|_| want.dropped), "dropped assignments");
-    let got = f.decode_slice(&reconstruct(&client.y, &server.y).unwrap());
+    let got = f.decode_slice(&common::open_rows(&client.y, &server.y));
     let want = want.y;
     let worst = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max);
     let size = want.iter().map(|v| v.abs()).fold(0.0, f64::max);
@@ -220,7 +219,7 @@ fn ties_go_to_the_lower_expert_index() {
     let want = reference(&cfg, f, &x, &w, None).unwrap();
     assert!(want.chosen.iter().all(|c| c == &[1]), "reference picks {:?}", want.chosen);
     let r = run(&cfg, &cfg, Method::SelectThenCompute, &x, &w);
-    let got = f.decode_slice(&reconstruct(&r.client.unwrap().y, &r.server.unwrap().y).unwrap());
+    let got = f.decode_slice(&common::open_rows(&r.client.unwrap().y, &r.server.unwrap().y));
     let worst = got.iter().zip(&want.y).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max);
     assert!(worst <= BOUND, "error {worst:.2e}: the tie went another way");
 }

@@ -105,9 +105,9 @@ fn reciprocal_is_accurate_on_its_range() {
         let mut s: Vec<f64> = vec![1.0, 1.5, 2.0, 127.999, 128.0];
         s.extend((0..500).map(|_| rng.random_range(1.0..128.0)));
         let raw: Vec<u64> = s.iter().map(|&v| fixed(v)).collect();
-        let (a, b) = add_share(&raw, &mut rng);
+        let (a, b) = common::share_rows(&raw, (1, raw.len()), 18, &mut rng);
         let (ys, yc) = tokio::join!(reciprocal(&mut os, &a), reciprocal(&mut oc, &b));
-        let y = open(&ys.unwrap(), &yc.unwrap());
+        let y = common::open_rows(&ys.unwrap(), &yc.unwrap());
         for (v, y) in s.iter().zip(y) {
             let got = y as i64 as f64 / SCALE;
             assert!((got - 1.0 / v).abs() < 4.0 / SCALE, "1/{v}: {got}");
@@ -124,9 +124,9 @@ fn wide_reciprocal_is_accurate_up_to_2048() {
         let mut s: Vec<f64> = vec![1.0, 63.99, 64.0, 64.01, 128.0, 1000.0, 2048.0];
         s.extend((0..300).map(|_| rng.random_range(1.0..2048.0)));
         let raw: Vec<u64> = s.iter().map(|&v| fixed(v)).collect();
-        let (a, b) = add_share(&raw, &mut rng);
+        let (a, b) = common::share_rows(&raw, (1, raw.len()), 18, &mut rng);
         let (ys, yc) = tokio::join!(reciprocal_wide(&mut os, &a), reciprocal_wide(&mut oc, &b));
-        let y = open(&ys.unwrap(), &yc.unwrap());
+        let y = common::open_rows(&ys.unwrap(), &yc.unwrap());
         for (v, y) in s.iter().zip(y) {
             let got = y as i64 as f64 / SCALE;
             assert!((got - 1.0 / v).abs() < 4.0 / SCALE, "1/{v}: {got}");
@@ -144,9 +144,9 @@ fn softmax_matches_the_real_function() {
             let x: Vec<f64> =
                 (0..rows * len).map(|_| (rng.random_range(-spread..spread) * SCALE).round() / SCALE).collect();
             let raw: Vec<u64> = x.iter().map(|&v| fixed(v)).collect();
-            let (a, b) = add_share(&raw, &mut rng);
-            let (ys, yc) = tokio::join!(softmax(&mut os, &a, len), softmax(&mut oc, &b, len));
-            let y = open(&ys.unwrap(), &yc.unwrap());
+            let (a, b) = common::share_rows(&raw, (rows, len), 18, &mut rng);
+            let (ys, yc) = tokio::join!(softmax(&mut os, &a), softmax(&mut oc, &b));
+            let y = common::open_rows(&ys.unwrap(), &yc.unwrap());
             for r in 0..rows {
                 let row = &x[r * len..(r + 1) * len];
                 let m = row.iter().copied().fold(f64::MIN, f64::max);
@@ -170,9 +170,9 @@ fn rsqrt_is_accurate_over_its_range() {
         let mut v: Vec<f64> = vec![2f64.powi(-14), 0.25, 1.0, 3.999, 4.0, 1000.0, 65535.0];
         v.extend((0..300).map(|_| 2f64.powf(rng.random_range(-14.0..16.0))));
         let raw: Vec<u64> = v.iter().map(|&x| fixed(x)).collect();
-        let (a, b) = add_share(&raw, &mut rng);
+        let (a, b) = common::share_rows(&raw, (1, raw.len()), 18, &mut rng);
         let (ys, yc) = tokio::join!(rsqrt(&mut os, &a), rsqrt(&mut oc, &b));
-        let y = open(&ys.unwrap(), &yc.unwrap());
+        let y = common::open_rows(&ys.unwrap(), &yc.unwrap());
         for (x, y) in v.iter().zip(y) {
             let (got, want) = (y as i64 as f64 / SCALE, 1.0 / (fixed(*x) as f64 / SCALE).sqrt());
             assert!((got - want).abs() <= 1e-3 * want + 8.0 / SCALE, "1/√{x}: {got} vs {want}");
@@ -195,18 +195,15 @@ fn layernorm_and_rmsnorm_match_the_real_functions() {
         let raw: Vec<u64> = x.iter().map(|&v| fixed(v)).collect();
         let (g, b): (Vec<u64>, Vec<u64>) =
             (gamma.iter().map(|&v| fixed(v)).collect(), beta.iter().map(|&v| fixed(v)).collect());
-        let (a, c) = add_share(&raw, &mut rng);
+        let (a, c) = common::share_rows(&raw, (rows, d), 18, &mut rng);
         for centre in [true, false] {
             let w = Affine::Weights { gamma: &g, beta: &b };
             let (ys, yc) = if centre {
-                tokio::join!(
-                    layernorm(&mut os, &a, d, w, fixed(eps)),
-                    layernorm(&mut oc, &c, d, Affine::None, fixed(eps))
-                )
+                tokio::join!(layernorm(&mut os, &a, w, fixed(eps)), layernorm(&mut oc, &c, Affine::None, fixed(eps)))
             } else {
-                tokio::join!(rmsnorm(&mut os, &a, d, w, fixed(eps)), rmsnorm(&mut oc, &c, d, Affine::None, fixed(eps)))
+                tokio::join!(rmsnorm(&mut os, &a, w, fixed(eps)), rmsnorm(&mut oc, &c, Affine::None, fixed(eps)))
             };
-            let y = open(&ys.unwrap(), &yc.unwrap());
+            let y = common::open_rows(&ys.unwrap(), &yc.unwrap());
             for r in 0..rows {
                 let row = &x[r * d..(r + 1) * d];
                 let mu = if centre { row.iter().sum::<f64>() / d as f64 } else { 0.0 };

@@ -28,12 +28,12 @@ use crate::he::HeParams;
 use crate::he::tiling::MatShape;
 use crate::moe::{Method, dense_expert, magnitude_bits, moe_layer};
 use crate::proto::agree::{Statement, exchange};
-use crate::proto::arith::truncate;
+use crate::proto::arith::{truncate, truncate_extend};
 use crate::proto::layernorm::{Affine, rmsnorm};
 use crate::proto::linear::{KeySet, Weights, linear, matmul_shared};
 use crate::proto::softmax::softmax_masked;
 use crate::proto::{HeUse, ProtoError, Session};
-use crate::ring::Share;
+use crate::ring::Shares;
 
 /// Longest prompt (the softmax rows of attention).
 pub const MAX_TOKENS: usize = 1024;
@@ -263,7 +263,7 @@ pub async fn infer_cached(
     let theirs =
         sess.channel().recv_u64s("the server's output shares", shares.len()).await.map_err(ProtoError::from)?;
     let format = sess.format();
-    let values = shares.iter().zip(&theirs).map(|(a, b)| format.decode(a.raw().wrapping_add(*b))).collect();
+    let values = shares.as_slice().iter().zip(&theirs).map(|(a, b)| format.decode(a.wrapping_add(*b))).collect();
     Ok(Output { values, width: cfg.output_width() })
 }
 
@@ -322,8 +322,7 @@ pub async fn serve(
         }
         let shares =
             Box::pin(forward(sess, cfg, plan, n, last_only, Side::Server(weights), &mut cache, progress)).await?;
-        let raw: Vec<u64> = shares.iter().map(|s| s.raw()).collect();
-        sess.channel().send_u64s(&raw).await.map_err(ProtoError::from)?;
+        sess.channel().send_u64s(shares.as_slice()).await.map_err(ProtoError::from)?;
         served += 1;
     }
 }
@@ -351,14 +350,6 @@ fn peer(r: Result<String, ProtoError>) -> ModelResult<String> {
     }
 }
 
-fn raw(x: &[Share]) -> &[u64] {
-    bytemuck::cast_slice(x)
-}
-
-fn shares(x: Vec<u64>) -> Vec<Share> {
-    x.into_iter().map(Share::from_raw).collect()
-}
-
 fn weights(values: &[u64]) -> Weights<'_> {
     Weights { values, bits: magnitude_bits(values) }
 }
@@ -382,7 +373,7 @@ async fn forward(
     side: Side<'_>,
     cache: &mut KvCache,
     progress: &dyn Progress,
-) -> ModelResult<Vec<Share>> {
+) -> ModelResult<Shares> {
     let (prompt, source) = match side {
         Side::Client(prompt) => (Some(prompt), None),
         Side::Server(weights) => (None, Some(weights)),
@@ -396,12 +387,14 @@ async fn forward(
         let ids = prompt.map(|p| p.ids).unwrap_or_default();
         match (plan.embedding, prompt.and_then(|p| p.table)) {
             (Embedding::Private, _) => {
-                let mut onehot = vec![Share::default(); n * v];
+                // the client's one-hot rows (integers), the server's share zero
+                let mut onehot = vec![0u64; n * v];
                 for (row, &id) in ids.iter().enumerate() {
-                    onehot[row * v + id as usize] = Share::from_raw(1);
+                    onehot[row * v + id as usize] = 1;
                 }
+                let onehot = Shares::matrix((n, v), onehot, 0)?;
                 let table = enc.as_ref().map(|e| e.embedding()).transpose()?;
-                raw(&linear(sess, MatShape { n, d: v, m: d }, &onehot, table.as_deref().map(weights)).await?).to_vec()
+                linear(sess, MatShape { n, d: v, m: d }, &onehot, table.as_deref().map(weights)).await?.into_vec()
             }
             // the client's rows, the server's share zero: no message
             (Embedding::Public, Some(table)) => {
@@ -432,18 +425,18 @@ async fn forward(
             norm(sess, cfg, &h, d, block.as_ref().map(|b| b.ffn_norm.as_slice())).await?
         };
         let _s = meter.scope("ffn");
-        let x = shares(normed);
+        let x = sess.shares((n, d), normed)?;
         let ffn = block.map(|b| b.ffn);
         let y = match (cfg.ffn[i], ffn) {
             (Ffn::Dense { d_ff, kind }, Some(BlockFfn::Dense(w))) => {
-                dense_expert(sess, kind, d, d_ff, &x, Some(&w)).await?
+                dense_expert(sess, kind, d_ff, &x, Some(&w)).await?
             }
-            (Ffn::Dense { d_ff, kind }, None) => dense_expert(sess, kind, d, d_ff, &x, None).await?,
+            (Ffn::Dense { d_ff, kind }, None) => dense_expert(sess, kind, d_ff, &x, None).await?,
             (Ffn::Moe(m), Some(BlockFfn::Moe(w))) => moe_layer(sess, &m, plan.method, &x, Some(&w)).await?.y,
             (Ffn::Moe(m), None) => moe_layer(sess, &m, plan.method, &x, None).await?.y,
             (_, Some(_)) => return Err(ModelError::Weights(format!("layer {i}: weights of another block kind"))),
         };
-        h.iter_mut().zip(raw(&y)).for_each(|(h, y)| *h = h.wrapping_add(*y));
+        h.iter_mut().zip(y.as_slice()).for_each(|(h, y)| *h = h.wrapping_add(*y));
         progress.layer_done(i + 1, cfg.layers());
     }
     cache.len += n;
@@ -452,12 +445,13 @@ async fn forward(
     let (rows, h) = if last_only { (1, h.split_off((n - 1) * d)) } else { (n, h) };
     let gamma = enc.as_ref().map(|e| e.final_norm()).transpose()?;
     let x = norm(sess, cfg, &h, d, gamma.as_deref()).await?;
+    let x = sess.shares((rows, d), x)?;
     if !cfg.lm_head {
-        return Ok(shares(x));
+        return Ok(x);
     }
     let head = enc.as_ref().map(|e| e.lm_head(cfg)).transpose()?.flatten();
-    let logits = linear(sess, MatShape { n: rows, d, m: v }, &shares(x), head.as_deref().map(weights)).await?;
-    Ok(shares(truncate(sess, raw(&logits), format.frac_bits()).await?))
+    let logits = linear(sess, MatShape { n: rows, d, m: v }, &x, head.as_deref().map(weights)).await?;
+    Ok(truncate(sess, &logits, format.frac_bits()).await?)
 }
 
 /// RMSNorm over rows of `width` with the server's γ.
@@ -474,7 +468,8 @@ async fn norm(
         None => Affine::None,
     };
     let eps = sess.format().encode(cfg.norm_eps)?;
-    Ok(rmsnorm(sess, x, width, affine, eps).await?)
+    let x = sess.shares((x.len() / width, width), x.to_vec())?;
+    Ok(rmsnorm(sess, &x, affine, eps).await?.into_vec())
 }
 
 /// Rows (positions past, past + 1, …) of `heads` heads of `dim` times the public scale,
@@ -515,7 +510,7 @@ async fn rotate(
             x.iter().map(|v| v.wrapping_mul(c)).collect()
         }
     };
-    Ok(truncate(sess, &out, format.frac_bits()).await?)
+    Ok(truncate_extend(sess, &out, 64, format.frac_bits()).await?)
 }
 
 /// Columns [at, at + width) of each row of a matrix with `cols` columns.
@@ -546,8 +541,9 @@ async fn attention(
     let (qw, kw) = (cfg.heads * hd, cfg.kv_heads * hd);
     let width = qw + 2 * kw;
     let wqkv = block.map(|b| b.wqkv.as_slice());
-    let qkv = linear(sess, MatShape { n, d, m: width }, bytemuck::cast_slice(x), wqkv.map(weights)).await?;
-    let mut qkv = truncate(sess, raw(&qkv), frac).await?;
+    let x = sess.shares((n, d), x.to_vec())?;
+    let qkv = linear(sess, MatShape { n, d, m: width }, &x, wqkv.map(weights)).await?;
+    let mut qkv = truncate(sess, &qkv, frac).await?.into_vec();
     if let Some(b) = block.and_then(|b| b.qkv_bias.as_ref()) {
         qkv.chunks_exact_mut(width).for_each(|r| r.iter_mut().zip(b.iter()).for_each(|(v, b)| *v = v.wrapping_add(*b)));
     }
@@ -569,11 +565,11 @@ async fn attention(
     let group = cfg.heads / cfg.kv_heads;
     let mut scores = Vec::with_capacity(cfg.heads * n * total);
     for h in 0..cfg.heads {
-        let qh = shares(columns(&q, qw, h * hd, hd));
-        let kt = shares(transposed(total, hd, &columns(k, kw, (h / group) * hd, hd)));
-        scores.extend(raw(&matmul_shared(sess, MatShape { n, d: hd, m: total }, &qh, &kt).await?));
+        let qh = sess.shares((n, hd), columns(&q, qw, h * hd, hd))?;
+        let kt = sess.shares((hd, total), transposed(total, hd, &columns(k, kw, (h / group) * hd, hd)))?;
+        scores.extend(matmul_shared(sess, MatShape { n, d: hd, m: total }, &qh, &kt).await?.into_vec());
     }
-    let mut scores = truncate(sess, &scores, frac).await?;
+    let mut scores = truncate_extend(sess, &scores, 64, frac).await?;
     if let (Some(table), Positions::RelativeBias { buckets, max_distance }) = (position_bias, cfg.positions) {
         let bias: Vec<u64> = (0..cfg.heads)
             .flat_map(|h| {
@@ -588,18 +584,19 @@ async fn attention(
     // row i (position past + i) attends to positions 0..=past + i
     let keep: Vec<bool> =
         (0..cfg.heads * n * total).map(|x| !cfg.causal || x % total <= past + (x / total) % n).collect();
-    let p = softmax_masked(sess, &scores, total, cfg.causal.then_some(keep.as_slice())).await?;
+    let scores = sess.shares((cfg.heads * n, total), scores)?;
+    let p = softmax_masked(sess, &scores, cfg.causal.then_some(keep.as_slice())).await?.into_vec();
     let mut o = vec![0u64; n * qw];
     for h in 0..cfg.heads {
-        let ph = shares(p[h * n * total..(h + 1) * n * total].to_vec());
-        let vh = shares(columns(v, kw, (h / group) * hd, hd));
+        let ph = sess.shares((n, total), p[h * n * total..(h + 1) * n * total].to_vec())?;
+        let vh = sess.shares((total, hd), columns(v, kw, (h / group) * hd, hd))?;
         let oh = matmul_shared(sess, MatShape { n, d: total, m: hd }, &ph, &vh).await?;
-        for (i, row) in raw(&oh).chunks_exact(hd).enumerate() {
+        for (i, row) in oh.as_slice().chunks_exact(hd).enumerate() {
             o[i * qw + h * hd..i * qw + (h + 1) * hd].copy_from_slice(row);
         }
     }
-    let o = truncate(sess, &o, frac).await?;
+    let o = truncate_extend(sess, &o, 64, frac).await?;
     let wo = block.map(|b| b.wo.as_slice());
-    let y = linear(sess, MatShape { n, d: qw, m: d }, &shares(o), wo.map(weights)).await?;
-    Ok(truncate(sess, raw(&y), frac).await?)
+    let y = linear(sess, MatShape { n, d: qw, m: d }, &sess.shares((n, qw), o)?, wo.map(weights)).await?;
+    Ok(truncate(sess, &y, frac).await?.into_vec())
 }

@@ -8,14 +8,14 @@ use super::weights::{ExpertWeights, magnitude_bits, widen};
 use super::{ExpertKind, Method, MoeConfig, MoeError, MoeResult, MoeWeights};
 use crate::he::tiling::MatShape;
 use crate::proto::agree::exchange;
-use crate::proto::arith::{mul_rows, truncate, truncate_extend};
+use crate::proto::arith::{mul_rows, truncate_extend};
 use crate::proto::compare::{b2a, mux_rows, one_hot};
 use crate::proto::linear::{Weights, linear};
 use crate::proto::piecewise::{Piecewise, evaluate, gated, relu};
 use crate::proto::selected::{selected_linear, send_choice};
 use crate::proto::softmax::softmax;
 use crate::proto::{HeUse, ProtoError, ProtoResult, Session};
-use crate::ring::Share;
+use crate::ring::Shares;
 
 /// Values of one expert chunk's first-matrix results held at once (64 MiB per party): experts
 /// are streamed in chunks of this size, so memory does not grow with E.
@@ -31,9 +31,12 @@ pub async fn moe_layer(
     sess: &mut Session,
     cfg: &MoeConfig,
     method: Method,
-    x: &[Share],
+    x: &Shares,
     weights: Option<&MoeWeights>,
 ) -> MoeResult<MoeOutput> {
+    sess.check_format(x, "MoE layer input")?;
+    let shares = x;
+    let x = x.as_slice();
     let meter = sess.meter().clone();
     let _layer = meter.scope("moe");
     let n = {
@@ -45,11 +48,11 @@ pub async fn moe_layer(
         let _s = meter.scope("router");
         let router = weights.map(|w| widen(&w.router));
         let router = router.as_deref().map(|values| Weights { values, bits: magnitude_bits(values) });
-        linear(sess, MatShape { n, d, m: cfg.experts }, x, router).await?
+        linear(sess, MatShape { n, d, m: cfg.experts }, shares, router).await?
     };
     let routes = {
         let _s = meter.scope("route");
-        let mut routes = route(sess, cfg, raw(&logits), n).await?;
+        let mut routes = route(sess, cfg, &logits).await?;
         // the capacity method drops on its own; the others zero the dropped gates
         if let (None, Some(c)) = (method.capacity(cfg, n), cfg.overflow_capacity(n)) {
             drop_overflow(sess, &mut routes, n, cfg.experts, c).await?;
@@ -84,21 +87,17 @@ pub async fn moe_layer(
         let s = shared_expert(sess, cfg, x, n, weights).await?;
         y.iter_mut().zip(s).for_each(|(y, s)| *y = y.wrapping_add(s));
     }
-    Ok(MoeOutput { y: y.into_iter().map(Share::from_raw).collect(), dropped })
+    Ok(MoeOutput { y: sess.shares((n, d), y)?, dropped })
 }
 
 /// A party's result of [`moe_layer`].
 #[derive(Debug, Clone)]
 pub struct MoeOutput {
     /// This party's shares of the layer's output (n×d).
-    pub y: Vec<Share>,
+    pub y: Shares,
     /// Capacity dispatch, client only: the (token, expert) assignments dropped for want of a
     /// slot (the server learns nothing of it).
     pub dropped: Option<usize>,
-}
-
-fn raw(x: &[Share]) -> &[u64] {
-    bytemuck::cast_slice(x)
 }
 
 /// Checks this party's side (config, input, keys, weights), tells the peer its statement — the
@@ -235,10 +234,9 @@ async fn select_into(
 
 /// One HE linear layer with the server's `values` (d×m), 2f fractional bits out.
 async fn product(sess: &mut Session, shape: MatShape, x: &[u64], values: Option<&[u64]>) -> ProtoResult<Vec<u64>> {
-    let x: &[Share] = bytemuck::cast_slice(x);
+    let x = sess.shares((shape.n, shape.d), x.to_vec())?;
     let w = values.map(|values| Weights { values, bits: magnitude_bits(values) });
-    let y = linear(sess, shape, x, w).await?;
-    Ok(raw(&y).to_vec())
+    Ok(linear(sess, shape, &x, w).await?.into_vec())
 }
 
 /// The one-hot bits of slot `r` for tokens × experts in `experts` (token-major).
@@ -260,16 +258,19 @@ fn add_groups(acc: &mut [u64], rows: &[u64], per: usize, len: usize) {
 /// row holds the gate's d_ff values, then the linear branch's).
 async fn activate(sess: &mut Session, kind: ExpertKind, pre: &[u64], d_ff: usize) -> ProtoResult<Vec<u64>> {
     let frac = sess.format().frac_bits();
-    match kind {
-        ExpertKind::Relu => relu(sess, pre, frac + 8).await,
-        ExpertKind::Gelu => evaluate(sess, &Piecewise::gelu(), pre).await,
+    let y = match kind {
+        ExpertKind::Relu => relu(sess, &sess.shares((1, pre.len()), pre.to_vec())?, frac + 8).await?,
+        ExpertKind::Gelu => evaluate(sess, &Piecewise::gelu(), &sess.shares((1, pre.len()), pre.to_vec())?).await?,
         ExpertKind::SwiGlu | ExpertKind::GeGlu => {
             let (gate, up): (Vec<&[u64]>, Vec<&[u64]>) =
                 pre.chunks_exact(2 * d_ff).map(|row| row.split_at(d_ff)).unzip();
+            let rows = gate.len();
+            let (gate, up) = (sess.shares((rows, d_ff), gate.concat())?, sess.shares((rows, d_ff), up.concat())?);
             let f = if kind == ExpertKind::SwiGlu { Piecewise::silu() } else { Piecewise::gelu() };
-            gated(sess, &f, &gate.concat(), &up.concat()).await
+            gated(sess, &f, &gate, &up).await?
         }
-    }
+    };
+    Ok(y.into_vec())
 }
 
 /// Select-Then-Compute (module notes): returns the chosen experts' outputs, n·k rows of d at f
@@ -277,7 +278,7 @@ async fn activate(sess: &mut Session, kind: ExpertKind, pre: &[u64], d_ff: usize
 async fn select_then_compute(
     sess: &mut Session,
     cfg: &MoeConfig,
-    x: &[Share],
+    x: &[u64],
     n: usize,
     routes: &Routes,
     weights: Option<&MoeWeights>,
@@ -288,13 +289,13 @@ async fn select_then_compute(
     // 1. every expert's first matrices, each slot's row selected by its one-hot (2f bits)
     let mut pre = vec![0u64; k * n * width];
     for experts in chunks(cfg, n) {
-        let z = first_matrices(sess, cfg, raw(x), n, &experts, weights).await?;
+        let z = first_matrices(sess, cfg, x, n, &experts, weights).await?;
         select_into(sess, routes, &experts, &z, width, &mut pre).await?;
     }
     // 2. the activation once per chosen expert
     let hidden = {
         let _s = meter.scope("activation");
-        let pre = truncate(sess, &pre, sess.format().frac_bits()).await?;
+        let pre = truncate_extend(sess, &pre, 64, sess.format().frac_bits()).await?;
         activate(sess, cfg.expert, &pre, d_ff).await?
     };
     // 3. every expert's W2 on the chosen hidden rows, each row's own expert selected
@@ -311,7 +312,7 @@ async fn select_then_compute(
         let picked = mux_rows(sess, &bits, &u, d).await?;
         add_groups(&mut out, &picked, c, d);
     }
-    Ok(truncate(sess, &out, sess.format().frac_bits()).await?)
+    Ok(truncate_extend(sess, &out, 64, sess.format().frac_bits()).await?)
 }
 
 /// The paper's Protocol 1 (module notes): each (slot, token) row's expert selected under HE by
@@ -320,7 +321,7 @@ async fn select_then_compute(
 async fn paper(
     sess: &mut Session,
     cfg: &MoeConfig,
-    x: &[Share],
+    x: &[u64],
     n: usize,
     routes: &Routes,
     weights: Option<&MoeWeights>,
@@ -334,27 +335,29 @@ async fn paper(
         let bits: Vec<bool> = (0..k).flat_map(|r| slot_bits(routes, r, n, e, &(0..e))).collect();
         send_choice(sess, &bits, rows, e).await?
     };
-    let xs: Vec<u64> = (0..k).flat_map(|_| raw(x).iter().copied()).collect();
+    let xs: Vec<u64> = (0..k).flat_map(|_| x.iter().copied()).collect();
     let width = first_width(cfg.expert, d_ff);
     let pre = {
         let _s = meter.scope("first");
         let first: Option<Vec<Vec<u64>>> =
             weights.map(|w| w.experts.iter().map(|x| stack_first(std::slice::from_ref(x), d, d_ff)).collect());
         let args = first.as_deref().map(matrices);
-        selected_linear(sess, &choice, d, width, &xs, args.as_ref().map(|(r, b)| (r.as_slice(), *b))).await?
+        let xs = sess.shares((choice.rows(), d), xs)?;
+        selected_linear(sess, &choice, width, &xs, args.as_ref().map(|(r, b)| (r.as_slice(), *b))).await?.into_vec()
     };
     let hidden = {
         let _s = meter.scope("activation");
-        let pre = truncate(sess, &pre, frac).await?;
+        let pre = truncate_extend(sess, &pre, 64, frac).await?;
         activate(sess, cfg.expert, &pre, d_ff).await?
     };
     let out = {
         let _s = meter.scope("second");
         let second: Option<Vec<Vec<u64>>> = weights.map(|w| w.experts.iter().map(|x| widen(&x.w2)).collect());
         let args = second.as_deref().map(matrices);
-        selected_linear(sess, &choice, d_ff, d, &hidden, args.as_ref().map(|(r, b)| (r.as_slice(), *b))).await?
+        let hidden = sess.shares((choice.rows(), d_ff), hidden)?;
+        selected_linear(sess, &choice, d, &hidden, args.as_ref().map(|(r, b)| (r.as_slice(), *b))).await?.into_vec()
     };
-    Ok(truncate(sess, &out, frac).await?)
+    Ok(truncate_extend(sess, &out, 64, frac).await?)
 }
 
 /// Each expert's matrix as a slice, and the bound (bits) on every entry's magnitude.
@@ -366,7 +369,7 @@ fn matrices(m: &[Vec<u64>]) -> (Vec<&[u64]>, u32) {
 async fn baseline(
     sess: &mut Session,
     cfg: &MoeConfig,
-    x: &[Share],
+    x: &[u64],
     n: usize,
     routes: &Routes,
     weights: Option<&MoeWeights>,
@@ -377,10 +380,10 @@ async fn baseline(
     let mut out = vec![0u64; k * n * d];
     for experts in chunks(cfg, n) {
         let c = experts.len();
-        let z = first_matrices(sess, cfg, raw(x), n, &experts, weights).await?;
+        let z = first_matrices(sess, cfg, x, n, &experts, weights).await?;
         let hidden = {
             let _s = meter.scope("activation");
-            let z = truncate(sess, &z, frac).await?;
+            let z = truncate_extend(sess, &z, 64, frac).await?;
             activate(sess, cfg.expert, &z, d_ff).await?
         };
         // each expert's W2 on its own hidden rows: u holds n rows of c·d
@@ -398,7 +401,7 @@ async fn baseline(
         drop(second);
         select_into(sess, routes, &experts, &u, d, &mut out).await?;
     }
-    Ok(truncate(sess, &out, frac).await?)
+    Ok(truncate_extend(sess, &out, 64, frac).await?)
 }
 
 /// Capacity dispatch (module notes): returns the gated, combined output (n×d at f bits) and,
@@ -406,7 +409,7 @@ async fn baseline(
 async fn capacity(
     sess: &mut Session,
     cfg: &MoeConfig,
-    x: &[Share],
+    x: &[u64],
     n: usize,
     slots: usize,
     routes: &Routes,
@@ -436,7 +439,7 @@ async fn capacity(
     let dispatch_bits: Vec<bool> =
         (0..e * slots * n).map(|i| positions[(i % n) * e + i / (slots * n)][(i / n) % slots]).collect();
     // the slots' inputs Σ_j D[(e, c), j]·x_j, one row multiplexer per (slot, token)
-    let xs = raw(x);
+    let xs = x;
     let spread: Vec<u64> = (0..e * slots).flat_map(|_| xs.iter().copied()).collect();
     let x_slots = sum_rows(&mux_rows(sess, &dispatch_bits, &spread, d).await?, n, d);
     drop(dispatch_scope);
@@ -448,7 +451,7 @@ async fn capacity(
     }
     let hidden = {
         let _s = meter.scope("activation");
-        let pre = truncate(sess, &pre, frac).await?;
+        let pre = truncate_extend(sess, &pre, 64, frac).await?;
         activate(sess, cfg.expert, &pre, d_ff).await?
     };
     let mut y_slots = Vec::with_capacity(e * slots * d);
@@ -462,7 +465,7 @@ async fn capacity(
         }
     }
     let _s = meter.scope("combine");
-    let y_slots = truncate(sess, &y_slots, frac).await?;
+    let y_slots = truncate_extend(sess, &y_slots, 64, frac).await?;
     // each slot's gate: G[j, e] = Σ_r t_r[j, e]·g_r[j], then g[(e, c)] = Σ_j D[(e, c), j]·G[j, e]
     let mut gate = vec![0u64; n * e];
     for (r, bits) in routes.one_hot.iter().enumerate() {
@@ -524,7 +527,7 @@ async fn combine(sess: &mut Session, outputs: &[u64], gates: &[u64], n: usize, d
 async fn shared_expert(
     sess: &mut Session,
     cfg: &MoeConfig,
-    x: &[Share],
+    x: &[u64],
     n: usize,
     weights: Option<&MoeWeights>,
 ) -> MoeResult<Vec<u64>> {
@@ -532,17 +535,18 @@ async fn shared_expert(
     let d = cfg.d_model;
     let frac = sess.format().frac_bits();
     let shared = weights.and_then(|w| w.shared.as_ref());
-    let y = dense_expert(sess, cfg.expert, d, shape.d_ff, x, shared.map(|s| &s.expert)).await?;
-    let y = raw(&y).to_vec();
+    let xs = sess.shares((n, d), x.to_vec())?;
+    let y = dense_expert(sess, cfg.expert, shape.d_ff, &xs, shared.map(|s| &s.expert)).await?.into_vec();
     if !shape.sigmoid_gate {
         return Ok(y);
     }
     let wg = shared.and_then(|s| s.gate.as_deref()).map(widen);
     let wg = wg.as_deref();
-    let logit = product(sess, MatShape { n, d, m: 1 }, raw(x), wg).await?;
-    let logit = truncate(sess, &logit, frac).await?;
+    let logit = product(sess, MatShape { n, d, m: 1 }, x, wg).await?;
+    let logit = truncate_extend(sess, &logit, 64, frac).await?;
     let pairs: Vec<u64> = logit.iter().flat_map(|&l| [l, 0]).collect();
-    let sigma: Vec<u64> = softmax(sess, &pairs, 2).await?.into_iter().step_by(2).collect();
+    let pairs = sess.shares((n, 2), pairs)?;
+    let sigma: Vec<u64> = softmax(sess, &pairs).await?.into_vec().into_iter().step_by(2).collect();
     let bits = gate_bits(frac);
     let scaled = mul_rows(sess, &y, &sigma, bits).await?;
     Ok(truncate_extend(sess, &scaled, bits, frac).await?)
@@ -554,23 +558,21 @@ async fn shared_expert(
 pub async fn dense_expert(
     sess: &mut Session,
     kind: ExpertKind,
-    d: usize,
     d_ff: usize,
-    x: &[Share],
+    x: &Shares,
     weights: Option<&ExpertWeights>,
-) -> ProtoResult<Vec<Share>> {
-    if !x.len().is_multiple_of(d) {
-        return Err(ProtoError::Input(format!("{} values are not rows of d = {d}", x.len())));
-    }
-    let n = x.len() / d;
+) -> ProtoResult<Shares> {
+    sess.check_format(x, "dense expert input")?;
+    let (n, d) = x.shape();
+    let x = x.as_slice();
     let frac = sess.format().frac_bits();
     let width = first_width(kind, d_ff);
     let first = weights.map(|w| stack_first(std::slice::from_ref(w), d, d_ff));
-    let z = product(sess, MatShape { n, d, m: width }, raw(x), first.as_deref()).await?;
-    let z = truncate(sess, &z, frac).await?;
+    let z = product(sess, MatShape { n, d, m: width }, x, first.as_deref()).await?;
+    let z = truncate_extend(sess, &z, 64, frac).await?;
     let hidden = activate(sess, kind, &z, d_ff).await?;
     let w2 = weights.map(|w| widen(&w.w2));
     let y = product(sess, MatShape { n, d: d_ff, m: d }, &hidden, w2.as_deref()).await?;
-    let y = truncate(sess, &y, frac).await?;
-    Ok(y.into_iter().map(Share::from_raw).collect())
+    let y = truncate_extend(sess, &y, 64, frac).await?;
+    sess.shares((n, d), y)
 }

@@ -10,10 +10,11 @@
 
 use super::MoeConfig;
 use crate::net::Party;
-use crate::proto::arith::truncate;
+use crate::proto::arith::{truncate, truncate_extend};
 use crate::proto::compare::{b2a, max, mux, mux_rows, non_negative, one_hot};
 use crate::proto::softmax::softmax;
-use crate::proto::{ProtoResult, Session};
+use crate::proto::{ProtoError, ProtoResult, Session};
+use crate::ring::Shares;
 
 /// The routing of n tokens, slot-major: slot r holds every token's r-th choice.
 #[derive(Debug, Clone)]
@@ -30,11 +31,20 @@ fn compare_bits(frac: u32) -> u32 {
     2 * frac + 10
 }
 
-/// Routes `n` tokens from their shared logits (n×E, 2f fractional bits).
-#[tracing::instrument(level = "debug", skip_all, fields(n, experts = cfg.experts, k = cfg.top_k))]
-pub async fn route(sess: &mut Session, cfg: &MoeConfig, logits: &[u64], n: usize) -> ProtoResult<Routes> {
+/// Routes the n tokens of their shared logits (n×E, 2f fractional bits: the router's product).
+#[tracing::instrument(level = "debug", skip_all, fields(n = logits.rows(), experts = cfg.experts, k = cfg.top_k))]
+pub async fn route(sess: &mut Session, cfg: &MoeConfig, logits: &Shares) -> ProtoResult<Routes> {
     let (e, k) = (cfg.experts, cfg.top_k);
     let frac = sess.format().frac_bits();
+    let n = logits.rows();
+    if logits.cols() != e || logits.width() != 64 || logits.frac_bits() != 2 * frac {
+        return Err(ProtoError::Input(format!(
+            "router logits of {} for {e} experts at {} fractional bits",
+            logits.describe(),
+            2 * frac
+        )));
+    }
+    let (shares, logits) = (logits, logits.as_slice());
     let removed = 1u64 << (2 * frac + 8);
     let mut live = logits.to_vec();
     let (mut one_hots, mut chosen) = (Vec::with_capacity(k), Vec::with_capacity(k * n));
@@ -60,8 +70,8 @@ pub async fn route(sess: &mut Session, cfg: &MoeConfig, logits: &[u64], n: usize
         vec![if sess.is_server() { 1u64 << frac } else { 0 }; n]
     } else if cfg.routing.softmax_over_all() {
         // softmax over all experts, then each slot's probability picked by its one-hot
-        let real = truncate(sess, logits, frac).await?;
-        let p = softmax(sess, &real, e).await?;
+        let real = truncate(sess, shares, frac).await?;
+        let p = softmax(sess, &real).await?.into_vec();
         let mut gates = Vec::with_capacity(k * n);
         for bits in &one_hots {
             let picked = mux_rows(sess, bits, &p, 1).await?;
@@ -70,9 +80,9 @@ pub async fn route(sess: &mut Session, cfg: &MoeConfig, logits: &[u64], n: usize
         gates
     } else {
         // softmax over each token's k chosen logits (token-major rows of k, back to slot-major)
-        let chosen = truncate(sess, &chosen, frac).await?;
+        let chosen = truncate_extend(sess, &chosen, 64, frac).await?;
         let rows: Vec<u64> = (0..n * k).map(|i| chosen[(i % k) * n + i / k]).collect();
-        let g = softmax(sess, &rows, k).await?;
+        let g = softmax(sess, &sess.shares((n, k), rows)?).await?.into_vec();
         (0..k * n).map(|i| g[(i % n) * k + i / n]).collect()
     };
     Ok(Routes { one_hot: one_hots, gates })

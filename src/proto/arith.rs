@@ -22,11 +22,25 @@ use rand::RngExt;
 
 use super::{ProtoError, ProtoResult};
 use crate::net::Party;
-use crate::ring::mask;
+use crate::ring::{Shares, mask};
 
-/// Shares of x ⊙ y (element-wise, mod 2^64) for shared x and y; 128 correlated OTs per element.
-pub async fn mul(sess: &mut Session, x: &[u64], y: &[u64]) -> ProtoResult<Vec<u64>> {
-    mul_in(sess, x, y, 64).await
+/// Shares of x ⊙ y (element-wise) for shared x and y of one shape in one ring Z_2^ℓ: 2ℓ
+/// correlated OTs per element. The product carries the sum of the operands' fractional bits
+/// (a [`truncate`] brings it back).
+pub async fn mul(sess: &mut Session, x: &Shares, y: &Shares) -> ProtoResult<Shares> {
+    if x.shape() != y.shape() || x.width() != y.width() {
+        return Err(ProtoError::Input(format!("product of {} and {}", x.describe(), y.describe())));
+    }
+    let frac = x.frac_bits() + y.frac_bits();
+    if frac > x.width() {
+        return Err(ProtoError::Input(format!(
+            "product of {} and {}: the scale overflows the ring",
+            x.describe(),
+            y.describe()
+        )));
+    }
+    let product = mul_in(sess, x.as_slice(), y.as_slice(), x.width()).await?;
+    Ok(Shares::new(x.shape(), product, x.width(), frac)?)
 }
 
 /// Shares of x ⊙ y mod 2^bits for x, y shared mod 2^bits (shares are read mod 2^bits): 2·bits
@@ -98,10 +112,16 @@ pub(crate) async fn cross_receive(sess: &mut Session, b: &[u64], b_bits: u32, wi
         .collect())
 }
 
-/// Faithful truncation by `f` bits of shared values with |x| < 2^62: shares of ⌊x/2^f⌋ or
-/// ⌊x/2^f⌋ − 1, never more wrong (see the module notes); one correlated OT of f bits per value.
-pub async fn truncate(sess: &mut Session, shares: &[u64], f: u32) -> ProtoResult<Vec<u64>> {
-    truncate_extend(sess, shares, 64, f).await
+/// Faithful truncation by `f` bits of shared values over Z_2^ℓ with |x| < 2^(ℓ−2): shares over
+/// Z_2^64 of ⌊x/2^f⌋ or ⌊x/2^f⌋ − 1, never more wrong (see the module notes), with f fewer
+/// fractional bits; one correlated OT of ℓ − f bits per value. Shares of a smaller ring are
+/// lifted to Z_2^64 in the same step.
+pub async fn truncate(sess: &mut Session, x: &Shares, f: u32) -> ProtoResult<Shares> {
+    if f > x.frac_bits() {
+        return Err(ProtoError::Input(format!("truncation by {f} bits of {}", x.describe())));
+    }
+    let y = truncate_extend(sess, x.as_slice(), x.width(), f).await?;
+    Ok(Shares::new(x.shape(), y, 64, x.frac_bits() - f)?)
 }
 
 /// Shares mod 2^64 of ⌊Y/2^f⌋ (or one less) for Y shared mod 2^`bits` with |Y| < 2^(bits−2):

@@ -17,12 +17,13 @@
 //! rsqrt to 1e-6 relative, γ rounded to 2^-12.
 
 use super::Session;
-use super::arith::{mul, mul_rows, mul_weights, square, truncate, truncate_extend};
+use super::arith::{mul_in, mul_rows, mul_weights, square, truncate_extend};
 use super::boolean::Triples;
 use super::compare::{at_least, b2a, triples_per_comparison};
-use super::piecewise::{Piecewise, evaluate};
+use super::piecewise::{Piecewise, evaluate_values};
 use super::{ProtoError, ProtoResult};
 use crate::net::Party;
+use crate::ring::Shares;
 
 /// Fractional bits of the row constant 1/d.
 const MEAN_BITS: u32 = 24;
@@ -69,62 +70,47 @@ pub enum Affine<'a> {
     },
 }
 
-/// Shares of LayerNorm over each row of `width` consecutive shared values (module notes);
-/// `eps` in fixed point.
-#[tracing::instrument(level = "debug", skip_all, fields(n = x.len(), width))]
-pub async fn layernorm(
-    sess: &mut Session,
-    x: &[u64],
-    width: usize,
-    affine: Affine<'_>,
-    eps: u64,
-) -> ProtoResult<Vec<u64>> {
-    normalize(sess, x, width, affine, eps, true).await
+/// Shares of LayerNorm over each row of the shared matrix `x` (module notes; rows of 1..=1024
+/// values); `eps` in fixed point.
+#[tracing::instrument(level = "debug", skip_all, fields(rows = x.rows(), width = x.cols()))]
+pub async fn layernorm(sess: &mut Session, x: &Shares, affine: Affine<'_>, eps: u64) -> ProtoResult<Shares> {
+    normalize(sess, x, affine, eps, true).await
 }
 
 /// Shares of RMSNorm: y = γ ⊙ x/√(Σx²/d + ε) (β in `affine` is not used).
-#[tracing::instrument(level = "debug", skip_all, fields(n = x.len(), width))]
-pub async fn rmsnorm(
-    sess: &mut Session,
-    x: &[u64],
-    width: usize,
-    affine: Affine<'_>,
-    eps: u64,
-) -> ProtoResult<Vec<u64>> {
-    normalize(sess, x, width, affine, eps, false).await
+#[tracing::instrument(level = "debug", skip_all, fields(rows = x.rows(), width = x.cols()))]
+pub async fn rmsnorm(sess: &mut Session, x: &Shares, affine: Affine<'_>, eps: u64) -> ProtoResult<Shares> {
+    normalize(sess, x, affine, eps, false).await
 }
 
-async fn normalize(
-    sess: &mut Session,
-    x: &[u64],
-    width: usize,
-    affine: Affine<'_>,
-    eps: u64,
-    centre: bool,
-) -> ProtoResult<Vec<u64>> {
+async fn normalize(sess: &mut Session, x: &Shares, affine: Affine<'_>, eps: u64, centre: bool) -> ProtoResult<Shares> {
+    sess.check_format(x, "norm input")?;
     let frac = frac_of(sess)?;
     let server = sess.party() == Party::Server;
-    if !(1..=MAX_WIDTH).contains(&width) || !x.len().is_multiple_of(width) {
-        return Err(ProtoError::Input(format!("rows of {width} (1..={MAX_WIDTH}) over {} values", x.len())));
+    let width = x.cols();
+    if !(1..=MAX_WIDTH).contains(&width) {
+        return Err(ProtoError::Input(format!("norm over rows of {width} values (1..={MAX_WIDTH})")));
     }
+    let shares = x;
+    let x = x.as_slice();
     let rows = x.len() / width;
     let inv_d = ((1u64 << MEAN_BITS) as f64 / width as f64).round() as u64;
     let scale = |sums: Vec<u64>| -> Vec<u64> { sums.iter().map(|s| s.wrapping_mul(inv_d)).collect() };
     let c: Vec<u64> = if centre {
         let sums: Vec<u64> = x.chunks_exact(width).map(|r| r.iter().fold(0u64, |s, v| s.wrapping_add(*v))).collect();
-        let mu = truncate(sess, &scale(sums), MEAN_BITS).await?;
+        let mu = truncate_extend(sess, &scale(sums), 64, MEAN_BITS).await?;
         x.iter().enumerate().map(|(i, v)| v.wrapping_sub(mu[i / width])).collect()
     } else {
         x.to_vec()
     };
     // σ² (or the mean square): squares of c at 10 fractional bits in a small ring
-    let coarse = truncate(sess, &c, frac - SQUARE_FRAC).await?;
+    let coarse = truncate_extend(sess, &c, 64, frac - SQUARE_FRAC).await?;
     let squares = square(sess, &coarse, SQUARE_BITS).await?;
     let sums: Vec<u64> = squares.chunks_exact(width).map(|r| r.iter().fold(0u64, |s, v| s.wrapping_add(*v))).collect();
     let sums = truncate_extend(sess, &sums, SQUARE_BITS, 2 * SQUARE_FRAC - frac).await?;
-    let var = truncate(sess, &scale(sums), MEAN_BITS).await?;
+    let var = truncate_extend(sess, &scale(sums), 64, MEAN_BITS).await?;
     let var: Vec<u64> = var.iter().map(|v| if server { v.wrapping_add(eps) } else { *v }).collect();
-    let r = rsqrt(sess, &var).await?;
+    let r = rsqrt_values(sess, &var).await?;
     debug_assert_eq!(r.len(), rows);
     // c·r: |c| < 2^6, r < 2^7, 2f fractional bits
     let normalized_bits = 2 * frac + 15;
@@ -144,14 +130,20 @@ async fn normalize(
     let scaled_bits = frac + WEIGHT_BITS + 11;
     let scaled = mul_weights(sess, &n, &gamma, scaled_bits).await?;
     let y = truncate_extend(sess, &scaled, scaled_bits, WEIGHT_BITS).await?;
-    Ok(if server && centre { y.iter().zip(&beta).map(|(y, b)| y.wrapping_add(*b)).collect() } else { y })
+    let y = if server && centre { y.iter().zip(&beta).map(|(y, b)| y.wrapping_add(*b)).collect() } else { y };
+    Ok(shares.with_values(y)?)
 }
 
 /// Shares of 1/√v for shared v ∈ [2^-14, 2^16) (the session's fixed point): v = 4^k·m with m ∈ [1, 4)
 /// from 15 threshold comparisons (one-hot of k, converted to arithmetic shares), a piecewise
 /// start on m ([`Piecewise::rsqrt`]) refined by two Newton steps y ← y·(3 − m·y²)/2, then
 /// times 2^-k.
-pub async fn rsqrt(sess: &mut Session, v: &[u64]) -> ProtoResult<Vec<u64>> {
+pub async fn rsqrt(sess: &mut Session, v: &Shares) -> ProtoResult<Shares> {
+    sess.check_format(v, "rsqrt input")?;
+    Ok(v.with_values(rsqrt_values(sess, v.as_slice()).await?)?)
+}
+
+async fn rsqrt_values(sess: &mut Session, v: &[u64]) -> ProtoResult<Vec<u64>> {
     let frac = frac_of(sess)?;
     let server = sess.party() == Party::Server;
     let n = v.len();
@@ -181,19 +173,19 @@ pub async fn rsqrt(sess: &mut Session, v: &[u64]) -> ProtoResult<Vec<u64>> {
     };
     let quarter = weigh(&|k| frac as i32 - 2 * k); // 4^-k
     let half = weigh(&|k| frac as i32 - k); // 2^-k
-    let m = mul(sess, v, &quarter).await?;
-    let m = truncate(sess, &m, frac).await?;
+    let m = mul_in(sess, v, &quarter, 64).await?;
+    let m = truncate_extend(sess, &m, 64, frac).await?;
     let three = if server { 3u64 << frac } else { 0 };
-    let mut y = evaluate(sess, &Piecewise::rsqrt(), &m).await?;
+    let mut y = evaluate_values(sess, &Piecewise::rsqrt(), &m).await?;
     for _ in 0..2 {
-        let y2 = mul(sess, &y, &y).await?;
-        let y2 = truncate(sess, &y2, frac).await?;
-        let my2 = mul(sess, &m, &y2).await?;
-        let my2 = truncate(sess, &my2, frac).await?;
+        let y2 = mul_in(sess, &y, &y, 64).await?;
+        let y2 = truncate_extend(sess, &y2, 64, frac).await?;
+        let my2 = mul_in(sess, &m, &y2, 64).await?;
+        let my2 = truncate_extend(sess, &my2, 64, frac).await?;
         let step: Vec<u64> = my2.iter().map(|v| three.wrapping_sub(*v)).collect();
-        let prod = mul(sess, &y, &step).await?;
-        y = truncate(sess, &prod, frac + 1).await?;
+        let prod = mul_in(sess, &y, &step, 64).await?;
+        y = truncate_extend(sess, &prod, 64, frac + 1).await?;
     }
-    let r = mul(sess, &y, &half).await?;
-    truncate(sess, &r, frac).await
+    let r = mul_in(sess, &y, &half, 64).await?;
+    truncate_extend(sess, &r, 64, frac).await
 }

@@ -44,7 +44,7 @@ use crate::he::{
     ShrunkCiphertext, ciphertext_len, seeded_ciphertext_len,
 };
 use crate::net::{Channel, CostModel};
-use crate::ring::Share;
+use crate::ring::Shares;
 
 /// Least statistical security of the noise flooding, per returned coefficient: the flood
 /// exceeds the noise bound by 2^κ with κ ≥ this; a product that would need less is refused.
@@ -511,14 +511,17 @@ pub struct Weights<'a> {
 }
 
 /// A linear layer Y = X·W over the session's HE keys for linear layers ([`Session::setup_he_for`]): each party's
-/// share of X (n×d) in, its share of Y out. The server passes `Some(weights)`, the client `None`.
+/// share of X (n×d, over Z_2^64) in, its share of Y (n×m) out, with the fractional bits of X plus
+/// the session's (the weights are in its fixed point). The server passes `Some(weights)`, the
+/// client `None`.
 pub async fn linear(
     sess: &mut Session,
     shape: MatShape,
-    x: &[Share],
+    x: &Shares,
     weights: Option<Weights<'_>>,
-) -> ProtoResult<Vec<Share>> {
-    let x: &[u64] = bytemuck::cast_slice(x);
+) -> ProtoResult<Shares> {
+    let frac = product_frac(x, (shape.n, shape.d), sess.format().frac_bits())?;
+    let x = x.as_slice();
     let y = match (keys_for(&sess.he, HeUse::Linear), weights) {
         (Some(HeKeys::Client(he)), None) => he.product(sess.ot.channel(), shape, x, &mut sess.rng).await?,
         (Some(HeKeys::Server(he)), Some(w)) => {
@@ -528,7 +531,20 @@ pub async fn linear(
         (Some(HeKeys::Client(_)), Some(_)) => return Err(ProtoError::Input("the client holds no weights".into())),
         (Some(HeKeys::Server(_)), None) => return Err(ProtoError::Input("the server must pass the weights".into())),
     };
-    Ok(y.into_iter().map(Share::from_raw).collect())
+    Ok(Shares::new((shape.n, shape.m), y, 64, frac)?)
+}
+
+/// The fractional bits of X·W for shares X of the announced `rows × cols` and factors of
+/// `other_frac` fractional bits; an error names what does not fit.
+pub(crate) fn product_frac(x: &Shares, (rows, cols): (usize, usize), other_frac: u32) -> ProtoResult<u32> {
+    let frac = x.frac_bits() + other_frac;
+    if x.shape() != (rows, cols) || x.width() != 64 || frac > 64 {
+        return Err(ProtoError::Input(format!(
+            "a matrix product over {rows}×{cols} shares over Z_2^64 (with {other_frac} more fractional bits) got {}",
+            x.describe()
+        )));
+    }
+    Ok(frac)
 }
 
 fn no_keys() -> ProtoError {
@@ -549,8 +565,10 @@ fn transpose(rows: usize, cols: usize, a: &[u64]) -> Vec<u64> {
 /// products ([`HeUse::Shared`]):
 /// X·Y = X·Y_s + X_c·Y_c + (Y_cᵀ·X_sᵀ)ᵀ, where the server's shares act as plaintexts (two HE
 /// products, the client's local term added to its share).
-pub async fn matmul_shared(sess: &mut Session, shape: MatShape, x: &[Share], y: &[Share]) -> ProtoResult<Vec<Share>> {
-    let (x, y): (&[u64], &[u64]) = (bytemuck::cast_slice(x), bytemuck::cast_slice(y));
+pub async fn matmul_shared(sess: &mut Session, shape: MatShape, x: &Shares, y: &Shares) -> ProtoResult<Shares> {
+    let frac = product_frac(x, (shape.n, shape.d), y.frac_bits())?;
+    product_frac(y, (shape.d, shape.m), x.frac_bits())?;
+    let (x, y) = (x.as_slice(), y.as_slice());
     let flipped = MatShape { n: shape.m, d: shape.d, m: shape.n };
     let ch = sess.ot.channel();
     let (first, second, local) = match keys_for(&sess.he, HeUse::Shared) {
@@ -567,9 +585,8 @@ pub async fn matmul_shared(sess: &mut Session, shape: MatShape, x: &[Share], y: 
         None => return Err(no_keys()),
     };
     let second = transpose(shape.m, shape.n, &second);
-    Ok((0..shape.n * shape.m)
-        .map(|i| Share::from_raw(first[i].wrapping_add(second[i]).wrapping_add(local[i])))
-        .collect())
+    let z = (0..shape.n * shape.m).map(|i| first[i].wrapping_add(second[i]).wrapping_add(local[i])).collect();
+    Ok(Shares::new((shape.n, shape.m), z, 64, frac)?)
 }
 
 #[cfg(test)]

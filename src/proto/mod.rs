@@ -1,6 +1,12 @@
 //! Two-party protocols over secret shares: the HE matrix products of the linear layers
 //! ([`linear`]), and the OT-based building blocks of the non-linear layers ([`arith`],
 //! [`boolean`], [`compare`]) and the functions built on them ([`piecewise`] activations, [`softmax`], [`layernorm`]).
+//!
+//! The layer protocols take and return typed [`crate::ring::Shares`]: the shape carries what a
+//! row length used to, the ring and scale are checked against the session's format
+//! ([`Session::check_format`]) and a product's scale is the sum of its operands'. The bit-level
+//! building blocks ([`compare`], [`boolean`], the reduced-ring kernels of [`arith`]) still work
+//! on raw share slices in the session's format.
 
 pub mod agree;
 pub mod arith;
@@ -29,6 +35,9 @@ pub enum ProtoError {
     /// An OT batch failed.
     #[error(transparent)]
     Ot(#[from] crate::ot::OtError),
+    /// Shares that do not fit together (shape, ring width or fixed-point scale).
+    #[error(transparent)]
+    Ring(#[from] crate::ring::RingError),
     /// An HE object was malformed or parameters did not fit.
     #[error(transparent)]
     He(#[from] HeError),

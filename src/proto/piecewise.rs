@@ -39,13 +39,13 @@
 //! locally, K multiplexers and one truncation.
 
 use super::Session;
-use super::arith::{cross_receive, cross_send, masks, mul_in, square, truncate, truncate_extend};
+use super::arith::{cross_receive, cross_send, masks, mul_in, square, truncate_extend};
 use super::boolean::Triples;
 use super::compare::{at_least, at_least_ots, carry, carry_ots, mux, non_negative, triples_per_comparison};
 use super::session::OutOfRange;
 use super::{ProtoError, ProtoResult, prepare};
 use crate::net::Party;
-use crate::ring::{DEFAULT_FRAC_BITS, FixedPoint, mask};
+use crate::ring::{DEFAULT_FRAC_BITS, FixedPoint, Shares, mask};
 
 /// Fractional bits of x on input and y on output, unless a format says otherwise
 /// ([`Piecewise::for_format`]): the range [`MIN_FRAC`, `MAX_FRAC`] leaves d its 8 bits and the
@@ -458,8 +458,14 @@ pub const BATCH: usize = 1 << 16;
 /// this party's shares of f(x). Inputs must lie in `f.input_range()`, unless the session
 /// saturates ([`OutOfRange::Saturate`]): then inputs beyond it give the value of the tail on
 /// their side (for GeLU: 0 below the range, x above).
-#[tracing::instrument(level = "debug", skip_all, fields(f = f.name, n = shares.len()))]
-pub async fn evaluate(sess: &mut Session, f: &Piecewise, shares: &[u64]) -> ProtoResult<Vec<u64>> {
+#[tracing::instrument(level = "debug", skip_all, fields(f = f.name, n = x.len()))]
+pub async fn evaluate(sess: &mut Session, f: &Piecewise, x: &Shares) -> ProtoResult<Shares> {
+    sess.check_format(x, f.name)?;
+    let y = evaluate_values(sess, f, x.as_slice()).await?;
+    Ok(x.with_values(y)?)
+}
+
+pub(crate) async fn evaluate_values(sess: &mut Session, f: &Piecewise, shares: &[u64]) -> ProtoResult<Vec<u64>> {
     let f = &f.for_format(sess.format())?;
     let mut out = Vec::with_capacity(shares.len());
     for batch in shares.chunks(BATCH) {
@@ -609,14 +615,15 @@ async fn evaluate_batch(sess: &mut Session, f: &Piecewise, shares: &[u64]) -> Pr
 
 /// The baseline (module notes): every piece evaluated, then multiplexed by the one-hot vector
 /// from K − 1 breakpoint comparisons. Same input range and fixed point as [`evaluate`].
-#[tracing::instrument(level = "debug", skip_all, fields(f = f.name, n = shares.len()))]
-pub async fn evaluate_baseline(sess: &mut Session, f: &Piecewise, shares: &[u64]) -> ProtoResult<Vec<u64>> {
+#[tracing::instrument(level = "debug", skip_all, fields(f = f.name, n = x.len()))]
+pub async fn evaluate_baseline(sess: &mut Session, f: &Piecewise, x: &Shares) -> ProtoResult<Shares> {
+    sess.check_format(x, f.name)?;
     let f = &f.for_format(sess.format())?;
-    let mut out = Vec::with_capacity(shares.len());
-    for batch in shares.chunks(BATCH) {
+    let mut out = Vec::with_capacity(x.len());
+    for batch in x.as_slice().chunks(BATCH) {
         out.extend(baseline_batch(sess, f, batch).await?);
     }
-    Ok(out)
+    Ok(x.with_values(out)?)
 }
 
 async fn baseline_batch(sess: &mut Session, f: &Piecewise, shares: &[u64]) -> ProtoResult<Vec<u64>> {
@@ -642,7 +649,7 @@ async fn baseline_batch(sess: &mut Session, f: &Piecewise, shares: &[u64]) -> Pr
         })
         .collect();
     let x2 = square(sess, shares, 64).await?;
-    let x2 = truncate(sess, &x2, f.frac).await?;
+    let x2 = truncate_extend(sess, &x2, 64, f.frac).await?;
     // α(x − m)² + βx + γ = α·x² + (β − 2αm)·x + (α·m² + γ), at BASE_COEF_BITS + 18 bits
     let q = |v: f64, bits: u32| (v * (1u64 << bits) as f64).round() as i64 as u64;
     let values: Vec<u64> = (0..n)
@@ -659,32 +666,37 @@ async fn baseline_batch(sess: &mut Session, f: &Piecewise, shares: &[u64]) -> Pr
         .collect();
     let picked = mux(sess, &selector, &values).await?;
     let y: Vec<u64> = picked.chunks_exact(k).map(|c| c.iter().fold(0u64, |s, v| s.wrapping_add(*v))).collect();
-    truncate(sess, &y, BASE_COEF_BITS).await
+    truncate_extend(sess, &y, 64, BASE_COEF_BITS).await
 }
 
-/// Shares of ReLU(x) = [x ≥ 0]·x for |x| < 2^(bits−1) (fixed point or not): the sign at that
-/// width ([`super::compare::non_negative`]) and one multiplexer.
-pub async fn relu(sess: &mut Session, shares: &[u64], bits: u32) -> ProtoResult<Vec<u64>> {
-    let positive = non_negative(sess, shares, bits).await?;
-    mux(sess, &positive, shares).await
+/// Shares of ReLU(x) = [x ≥ 0]·x for |x| < 2^(bits−1), any scale: the sign at that width
+/// ([`super::compare::non_negative`]) and one multiplexer.
+pub async fn relu(sess: &mut Session, x: &Shares, bits: u32) -> ProtoResult<Shares> {
+    if x.width() != 64 {
+        return Err(ProtoError::Input(format!("relu of {}: shares over Z_2^64 expected", x.describe())));
+    }
+    let positive = non_negative(sess, x.as_slice(), bits).await?;
+    Ok(x.with_values(mux(sess, &positive, x.as_slice()).await?)?)
 }
 
 /// Shares of SwiGLU's gate product SiLU(g) ⊙ u for shared g (in SiLU's input range) and u
 /// (|u| < 64): [`gated`] with SiLU.
-pub async fn swiglu(sess: &mut Session, gate: &[u64], up: &[u64]) -> ProtoResult<Vec<u64>> {
+pub async fn swiglu(sess: &mut Session, gate: &Shares, up: &Shares) -> ProtoResult<Shares> {
     gated(sess, &Piecewise::silu(), gate, up).await
 }
 
 /// Shares of a gated unit's product f(g) ⊙ u (SwiGLU with SiLU, GeGLU with GeLU) for shared g
-/// (in f's input range) and u (|u| < 64), in the session's fixed point (f = 18: the product in
-/// a 50-bit ring, 2f + 14 bits in general; |f(g)·u| < 2^12 in real terms): f by
+/// (in f's input range) and u (|u| < 64) of one shape, in the session's fixed point (f = 18:
+/// the product in a 50-bit ring, 2f + 14 bits in general; |f(g)·u| < 2^12 in real terms): f by
 /// Select-Then-Compute, the product and one truncation back to Z_2^64.
-pub async fn gated(sess: &mut Session, f: &Piecewise, gate: &[u64], up: &[u64]) -> ProtoResult<Vec<u64>> {
+pub async fn gated(sess: &mut Session, f: &Piecewise, gate: &Shares, up: &Shares) -> ProtoResult<Shares> {
+    sess.check_format(gate, "gate")?;
+    gate.check_same(up)?;
     let frac = sess.format().frac_bits();
     let bits = 2 * frac + 14;
-    let activated = evaluate(sess, f, gate).await?;
-    let product = mul_in(sess, &activated, up, bits).await?;
-    truncate_extend(sess, &product, bits, frac).await
+    let activated = evaluate_values(sess, f, gate.as_slice()).await?;
+    let product = mul_in(sess, &activated, up.as_slice(), bits).await?;
+    Ok(gate.with_values(truncate_extend(sess, &product, bits, frac).await?)?)
 }
 
 /// Checks a batch against the function's input range, for callers that hold plaintext (tests,

@@ -21,7 +21,7 @@ use rand::rngs::ChaCha20Rng;
 use rand::{RngExt, SeedableRng};
 use tracing::instrument;
 
-use super::linear::{HeServer, MIN_STAT_BITS, answer, await_answer};
+use super::linear::{HeServer, MIN_STAT_BITS, answer, await_answer, product_frac};
 use super::session::keys_for;
 use super::{HeKeys, HeUse, ProtoError, ProtoResult, Session};
 use crate::backend::par_map;
@@ -31,6 +31,7 @@ use crate::he::selected::{
 };
 use crate::he::{Ciphertext, MAX_FLOOD_BITS, Plaintext, SeededCiphertext, ShrunkCiphertext, seeded_ciphertext_len};
 use crate::net::Party;
+use crate::ring::Shares;
 
 /// The rows' encrypted one-hot vectors: on the server the client's compact ciphertexts, its
 /// own XOR shares and the selectors expanded from them (kept for the next matrix within a
@@ -112,9 +113,22 @@ pub async fn send_choice(sess: &mut Session, bits: &[bool], rows: usize, experts
 
 /// Each party's shares of X·W_(e_r) per row r: `x` its share of X (R×d, R = the choice's rows),
 /// the server passes the E experts' d×m matrices (row-major, ring values read as signed, at most
-/// 2^bits in magnitude), the client `None`. Returns its R×m share.
-#[instrument(level = "debug", skip_all, fields(rows = choice.rows, d, m))]
+/// 2^bits in magnitude, in the session's fixed point), the client `None`. Returns its R×m share,
+/// with the fractional bits of X plus the session's.
+#[instrument(level = "debug", skip_all, fields(rows = choice.rows, d = x.cols(), m))]
 pub async fn selected_linear(
+    sess: &mut Session,
+    choice: &Choice,
+    m: usize,
+    x: &Shares,
+    experts: Option<(&[&[u64]], u32)>,
+) -> ProtoResult<Shares> {
+    let frac = product_frac(x, (choice.rows, x.cols()), sess.format().frac_bits())?;
+    let y = selected_product(sess, choice, x.cols(), m, x.as_slice(), experts).await?;
+    Ok(Shares::new((choice.rows, m), y, 64, frac)?)
+}
+
+async fn selected_product(
     sess: &mut Session,
     choice: &Choice,
     d: usize,

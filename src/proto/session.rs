@@ -18,13 +18,13 @@ use std::time::Duration;
 use rand::rngs::ChaCha20Rng;
 use rand::{Rng, SeedableRng};
 
-use super::ProtoResult;
 use super::linear::{HeClient, HeServer, KeySet};
+use super::{ProtoError, ProtoResult};
 use crate::backend::{Backend, BackendError, Workers};
 use crate::he::HeParams;
 use crate::net::{Channel, CostModel, Link, Meter, Party};
 use crate::ot::{Ot, OtKind};
-use crate::ring::FixedPoint;
+use crate::ring::{FixedPoint, Shares};
 
 /// What the activation protocols do with inputs outside their input ranges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -237,6 +237,24 @@ impl Session {
     /// The fixed-point format of the shares.
     pub fn format(&self) -> FixedPoint {
         self.format
+    }
+
+    /// Shares over Z_2^64 at the session's fixed-point scale of a `rows × cols` matrix (the
+    /// format every layer protocol takes and returns).
+    pub fn shares(&self, shape: (usize, usize), values: Vec<u64>) -> ProtoResult<Shares> {
+        Ok(Shares::matrix(shape, values, self.format.frac_bits())?)
+    }
+
+    /// Errors, naming `what`, unless `x` holds shares over Z_2^64 at the session's scale.
+    pub fn check_format(&self, x: &Shares, what: &str) -> ProtoResult<()> {
+        if x.width() != 64 || x.frac_bits() != self.format.frac_bits() {
+            return Err(ProtoError::Input(format!(
+                "{what}: shares of {} given, the session works over Z_2^64 with {} fractional bits",
+                x.describe(),
+                self.format.frac_bits()
+            )));
+        }
+        Ok(())
     }
 
     /// What the activations do with inputs outside their ranges.

@@ -17,11 +17,12 @@
 //! scaled by 1/s, plus a few units of 2^-f from the truncations.
 
 use super::Session;
-use super::arith::{mul, mul_rows, truncate, truncate_extend};
+use super::arith::{mul_in, mul_rows, truncate_extend};
 use super::compare::{max, mux, non_negative};
-use super::piecewise::{Piecewise, evaluate};
+use super::piecewise::{Piecewise, evaluate_values};
 use super::{ProtoError, ProtoResult};
 use crate::net::Party;
+use crate::ring::Shares;
 
 /// Width of the max tree's comparisons at f fractional bits: |a − b| < 2^(f+7) = 128 in real
 /// terms.
@@ -41,20 +42,23 @@ const SHORT_ROW: usize = 128;
 /// Values per batch (whole rows): bounds memory; each batch adds its rounds.
 const BATCH: usize = 1 << 17;
 
-/// Shares of softmax over each row of `len` consecutive shared values (module notes).
-#[tracing::instrument(level = "debug", skip_all, fields(n = x.len(), len))]
-pub async fn softmax(sess: &mut Session, x: &[u64], len: usize) -> ProtoResult<Vec<u64>> {
-    softmax_masked(sess, x, len, None).await
+/// Shares of softmax over each row of the shared matrix `x` (module notes); rows of 1..=2048
+/// values.
+#[tracing::instrument(level = "debug", skip_all, fields(rows = x.rows(), len = x.cols()))]
+pub async fn softmax(sess: &mut Session, x: &Shares) -> ProtoResult<Shares> {
+    softmax_masked(sess, x, None).await
 }
 
-/// Softmax over the entries of each row that the public `keep` mask (one flag per value)
-/// keeps; the others come out as 0 (to the last unit of the final truncation): a causal
-/// attention mask. Local work only: a
-/// masked entry takes the share of its row's first kept entry before the maximum (so the
-/// maximum is over kept entries), and both parties zero its share of e^(x − m).
-pub async fn softmax_masked(sess: &mut Session, x: &[u64], len: usize, keep: Option<&[bool]>) -> ProtoResult<Vec<u64>> {
-    if !(1..=MAX_ROW).contains(&len) || !x.len().is_multiple_of(len) {
-        return Err(ProtoError::Input(format!("softmax over rows of {len} (1..={MAX_ROW}) of {} values", x.len())));
+/// Softmax over the entries of each row that the public `keep` mask (one flag per value,
+/// row-major) keeps; the others come out as 0 (to the last unit of the final truncation): a
+/// causal attention mask. Local work only: a masked entry takes the share of its row's first
+/// kept entry before the maximum (so the maximum is over kept entries), and both parties zero
+/// its share of e^(x − m).
+pub async fn softmax_masked(sess: &mut Session, x: &Shares, keep: Option<&[bool]>) -> ProtoResult<Shares> {
+    sess.check_format(x, "softmax input")?;
+    let len = x.cols();
+    if !(1..=MAX_ROW).contains(&len) {
+        return Err(ProtoError::Input(format!("softmax over rows of {len} values (1..={MAX_ROW})")));
     }
     if let Some(keep) = keep
         && (keep.len() != x.len() || keep.chunks_exact(len).any(|row| !row.contains(&true)))
@@ -63,11 +67,11 @@ pub async fn softmax_masked(sess: &mut Session, x: &[u64], len: usize, keep: Opt
     }
     let mut out = Vec::with_capacity(x.len());
     let rows = BATCH / len * len;
-    for (b, batch) in x.chunks(rows).enumerate() {
+    for (b, batch) in x.as_slice().chunks(rows).enumerate() {
         let keep = keep.map(|k| &k[b * rows..b * rows + batch.len()]);
         out.extend(softmax_batch(sess, batch, len, keep).await?);
     }
-    Ok(out)
+    Ok(x.with_values(out)?)
 }
 
 async fn softmax_batch(sess: &mut Session, x: &[u64], len: usize, keep: Option<&[bool]>) -> ProtoResult<Vec<u64>> {
@@ -86,31 +90,40 @@ async fn softmax_batch(sess: &mut Session, x: &[u64], len: usize, keep: Option<&
     };
     let (m, _) = max(sess, &x, len, max_bits(frac)).await?;
     let z: Vec<u64> = x.iter().enumerate().map(|(i, v)| v.wrapping_sub(m[i / len])).collect();
-    let mut e = evaluate(sess, &Piecewise::exp(), &z).await?;
+    let mut e = evaluate_values(sess, &Piecewise::exp(), &z).await?;
     e.iter_mut().enumerate().filter(|(i, _)| !kept(*i)).for_each(|(_, v)| *v = 0);
     let sums: Vec<u64> = e.chunks_exact(len).map(|row| row.iter().fold(0u64, |s, v| s.wrapping_add(*v))).collect();
-    let r = if len <= SHORT_ROW { reciprocal(sess, &sums).await? } else { reciprocal_wide(sess, &sums).await? };
+    let r = reciprocal_values(sess, &sums, len > SHORT_ROW).await?;
     let y = mul_rows(sess, &e, &r, product_bits(frac)).await?;
     truncate_extend(sess, &y, product_bits(frac), frac).await
 }
 
 /// Shares of 1/s for shared s ∈ [1, 128] (module notes, step 3).
-pub async fn reciprocal(sess: &mut Session, s: &[u64]) -> ProtoResult<Vec<u64>> {
-    let y = evaluate(sess, &Piecewise::reciprocal(), s).await?;
-    newton(sess, s, y).await
+pub async fn reciprocal(sess: &mut Session, s: &Shares) -> ProtoResult<Shares> {
+    sess.check_format(s, "reciprocal input")?;
+    Ok(s.with_values(reciprocal_values(sess, s.as_slice(), false).await?)?)
 }
 
 /// Shares of 1/s for shared s ∈ [1, 2048]: the start is the piecewise 1/s of s below 64 and
 /// 1/16 of the piecewise 1/(s/16) from 64 on (s/16 ∈ [4, 128], inside the start's range),
 /// chosen by one sign test of s − 64; then the same Newton steps. (Both starts are evaluated
 /// for every value; the one outside its range is discarded by the multiplexer.)
-pub async fn reciprocal_wide(sess: &mut Session, s: &[u64]) -> ProtoResult<Vec<u64>> {
-    let frac = sess.format().frac_bits();
+pub async fn reciprocal_wide(sess: &mut Session, s: &Shares) -> ProtoResult<Shares> {
+    sess.check_format(s, "reciprocal input")?;
+    Ok(s.with_values(reciprocal_values(sess, s.as_slice(), true).await?)?)
+}
+
+/// [`reciprocal`] (or [`reciprocal_wide`] when `wide`) on the session's shares.
+async fn reciprocal_values(sess: &mut Session, s: &[u64], wide: bool) -> ProtoResult<Vec<u64>> {
     let f = Piecewise::reciprocal();
-    let low = evaluate(sess, &f, s).await?;
-    let scaled = truncate(sess, s, 4).await?;
-    let high = evaluate(sess, &f, &scaled).await?;
-    let high = truncate(sess, &high, 4).await?;
+    let low = evaluate_values(sess, &f, s).await?;
+    if !wide {
+        return newton(sess, s, low).await;
+    }
+    let frac = sess.format().frac_bits();
+    let scaled = truncate_extend(sess, s, 64, 4).await?;
+    let high = evaluate_values(sess, &f, &scaled).await?;
+    let high = truncate_extend(sess, &high, 64, 4).await?;
     let sixty_four = if sess.party() == Party::Server { 64u64 << frac } else { 0 };
     let shifted: Vec<u64> = s.iter().map(|v| v.wrapping_sub(sixty_four)).collect();
     let large = non_negative(sess, &shifted, frac + 13).await?;
@@ -125,11 +138,11 @@ async fn newton(sess: &mut Session, s: &[u64], mut y: Vec<u64>) -> ProtoResult<V
     let frac = sess.format().frac_bits();
     let two = if sess.party() == Party::Server { 2u64 << frac } else { 0 };
     for _ in 0..2 {
-        let sy = mul(sess, s, &y).await?;
-        let sy = truncate(sess, &sy, frac).await?;
+        let sy = mul_in(sess, s, &y, 64).await?;
+        let sy = truncate_extend(sess, &sy, 64, frac).await?;
         let step: Vec<u64> = sy.iter().map(|v| two.wrapping_sub(*v)).collect();
-        let prod = mul(sess, &y, &step).await?;
-        y = truncate(sess, &prod, frac).await?;
+        let prod = mul_in(sess, &y, &step, 64).await?;
+        y = truncate_extend(sess, &prod, 64, frac).await?;
     }
     Ok(y)
 }

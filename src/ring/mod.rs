@@ -1,4 +1,4 @@
-//! The ring Z_2^64, fixed-point encoding and additive secret shares.
+//! The ring Z_2^64, fixed-point encoding and typed secret shares ([`Shares`], [`Bits`]).
 //!
 //! Every secret value in the engine is an element of Z_2^64 split as `x = x_c + x_s (mod 2^64)`
 //! between the client and the server. Real numbers are carried in two's-complement fixed point
@@ -8,11 +8,11 @@
 mod fixed;
 pub mod modp;
 mod pack;
-mod share;
+mod tensor;
 
 pub use fixed::{DEFAULT_FRAC_BITS, Dtype, FixedPoint};
 pub use pack::{pack_bits, packed_len, unpack_bits};
-pub use share::{Share, reconstruct, share_secret};
+pub use tensor::{Bits, Shares, open, share_matrix};
 
 use thiserror::Error;
 
@@ -61,6 +61,34 @@ pub enum RingError {
         left: usize,
         /// Length of the second vector.
         right: usize,
+    },
+    /// A ring width outside 1..=64, or more fractional bits than the width holds.
+    #[error(
+        "shares over Z_2^{width} with {frac_bits} fractional bits: the width must be in 1..=64 and hold the fractional bits"
+    )]
+    BadWidth {
+        /// The ring width ℓ.
+        width: u32,
+        /// The fractional bits.
+        frac_bits: u32,
+    },
+    /// Values that do not fill the announced shape.
+    #[error("{len} values do not form a {rows}×{cols} matrix")]
+    BadShape {
+        /// Rows announced.
+        rows: usize,
+        /// Columns announced.
+        cols: usize,
+        /// Values given.
+        len: usize,
+    },
+    /// Two share matrices that must agree in shape, ring and scale do not.
+    #[error("shares of {left} and of {right} do not fit together")]
+    Mismatch {
+        /// The first operand.
+        left: String,
+        /// The second operand.
+        right: String,
     },
     /// A number that is not a prime below 2^62.
     #[error("{0} is not a prime below 2^62")]

@@ -63,6 +63,24 @@ pub fn open(a: &[u64], b: &[u64]) -> Vec<u64> {
     a.iter().zip(b).map(|(x, y)| x.wrapping_add(*y)).collect()
 }
 
+/// Typed shares (server, client) of a `rows × cols` matrix of ring values over Z_2^64 at `frac`
+/// fractional bits: the client's uniform from `rng`.
+pub fn share_rows(
+    values: &[u64],
+    shape: (usize, usize),
+    frac: u32,
+    rng: &mut rand::rngs::StdRng,
+) -> (secmoe::ring::Shares, secmoe::ring::Shares) {
+    let (s, c) = add_share(values, rng);
+    let typed = |v| secmoe::ring::Shares::matrix(shape, v, frac).expect("shares of the shape");
+    (typed(s), typed(c))
+}
+
+/// Opens typed shares into their ring values.
+pub fn open_rows(a: &secmoe::ring::Shares, b: &secmoe::ring::Shares) -> Vec<u64> {
+    secmoe::ring::open(a, b).expect("shares that fit together").into_vec()
+}
+
 /// Writes the built-in default model as a Mixtral checkpoint (config.json +
 /// model.safetensors) with `edit` applied to the tensor list first.
 pub fn write_default_checkpoint(dir: &std::path::Path, edit: impl FnOnce(&mut Vec<secmoe::model::HfTensor>)) {

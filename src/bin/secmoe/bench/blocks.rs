@@ -20,6 +20,7 @@ use secmoe::proto::layernorm::rsqrt;
 use secmoe::proto::piecewise::{Piecewise, evaluate, evaluate_baseline, relu};
 use secmoe::proto::softmax::reciprocal;
 use secmoe::proto::{ProtoResult, Session};
+use secmoe::ring::Shares;
 
 use super::harness::{Row, reset_peak_rss, row, session_pair};
 use super::report::print_row;
@@ -47,6 +48,11 @@ pub const BLOCKS: &[&str] = &[
 
 type Run<'a> = Pin<Box<dyn Future<Output = ProtoResult<Vec<u64>>> + 'a>>;
 
+/// A typed protocol's run, its shares as raw values.
+fn opened<'a>(run: impl Future<Output = ProtoResult<Shares>> + 'a) -> Run<'a> {
+    Box::pin(async move { Ok(run.await?.into_vec()) })
+}
+
 /// One block's inputs, both parties' runs, and the check of the opened result.
 struct Case {
     /// Plaintext inputs (real or raw, per block) and their shares (server, client).
@@ -58,9 +64,11 @@ struct Case {
     raw2: Vec<u64>,
     server2: Vec<u64>,
     client2: Vec<u64>,
+    /// The shares as typed rows: x at 18 fractional bits, the second operand as integers.
+    typed: [Shares; 4],
 }
 
-fn case(n: usize, rng: &mut StdRng, range: (f64, f64)) -> Case {
+fn case(n: usize, rng: &mut StdRng, range: (f64, f64)) -> Result<Case> {
     let x: Vec<f64> = (0..n).map(|_| (rng.random_range(range.0..range.1) * SCALE).round() / SCALE).collect();
     let raw: Vec<u64> = x.iter().map(|v| (v * SCALE) as i64 as u64).collect();
     let raw2: Vec<u64> = (0..n).map(|_| rng.random::<u64>()).collect();
@@ -70,7 +78,13 @@ fn case(n: usize, rng: &mut StdRng, range: (f64, f64)) -> Case {
     };
     let (server, client) = split(&raw, rng);
     let (server2, client2) = split(&raw2, rng);
-    Case { x, raw, server, client, raw2, server2, client2 }
+    let typed = [
+        Shares::vector(server.clone(), 18)?,
+        Shares::vector(client.clone(), 18)?,
+        Shares::vector(server2.clone(), 0)?,
+        Shares::vector(client2.clone(), 0)?,
+    ];
+    Ok(Case { x, raw, server, client, raw2, server2, client2, typed })
 }
 
 fn bits_of(v: &[u64]) -> Vec<bool> {
@@ -108,7 +122,7 @@ async fn measure(name: &str, n: usize, kind: OtKind, backend: Arc<dyn Backend>, 
         "exp" => (-20.0, 0.0),
         _ => (-8.0, 8.0),
     };
-    let k = case(n, &mut rng, range);
+    let k = case(n, &mut rng, range)?;
     let before = c.meter().report().total();
     reset_peak_rss();
     let start = Instant::now();
@@ -160,6 +174,7 @@ async fn measure(name: &str, n: usize, kind: OtKind, backend: Arc<dyn Backend>, 
 /// Runs one block with both parties; returns (server, client) output shares, bits as 0/1.
 async fn run_block(name: &str, os: &mut Session, oc: &mut Session, k: &Case) -> Result<(Vec<u64>, Vec<u64>)> {
     let widen = |v: Vec<bool>| v.into_iter().map(u64::from).collect::<Vec<u64>>();
+    let t = &k.typed;
     let (s, c): (Run<'_>, Run<'_>) = match name {
         "compare" => {
             let need = triples_per_comparison(64) * k.raw.len();
@@ -183,8 +198,8 @@ async fn run_block(name: &str, os: &mut Session, oc: &mut Session, k: &Case) -> 
             let (a, b) = tokio::join!(mux(os, &bs, &k.server), mux(oc, &bc, &k.client));
             return Ok((a?, b?));
         }
-        "mul" => (Box::pin(mul(os, &k.server, &k.server2)), Box::pin(mul(oc, &k.client, &k.client2))),
-        "truncate" => (Box::pin(truncate(os, &k.server, 18)), Box::pin(truncate(oc, &k.client, 18))),
+        "mul" => (opened(mul(os, &t[0], &t[2])), opened(mul(oc, &t[1], &t[3]))),
+        "truncate" => (opened(truncate(os, &t[0], 18)), opened(truncate(oc, &t[1], 18))),
         "max" => {
             let (a, b) = tokio::join!(max(os, &k.server, 128, 26), max(oc, &k.client, 128, 26));
             return Ok((a?.0, b?.0));
@@ -199,7 +214,7 @@ async fn run_block(name: &str, os: &mut Session, oc: &mut Session, k: &Case) -> 
             // XOR shares: open by XOR, returned so that the caller's sum is the XOR
             return Ok((a.iter().zip(&b).map(|(x, y)| x ^ y).collect(), vec![0; b.len()]));
         }
-        "relu" => (Box::pin(relu(os, &k.server, 32)), Box::pin(relu(oc, &k.client, 32))),
+        "relu" => (opened(relu(os, &t[0], 32)), opened(relu(oc, &t[1], 32))),
         "gelu-stc" | "silu-stc" | "exp" | "gelu-baseline" => {
             let f = match name {
                 "silu-stc" => Piecewise::silu(),
@@ -207,14 +222,14 @@ async fn run_block(name: &str, os: &mut Session, oc: &mut Session, k: &Case) -> 
                 _ => Piecewise::gelu(),
             };
             let (a, b) = if name == "gelu-baseline" {
-                tokio::join!(evaluate_baseline(os, &f, &k.server), evaluate_baseline(oc, &f, &k.client))
+                tokio::join!(evaluate_baseline(os, &f, &t[0]), evaluate_baseline(oc, &f, &t[1]))
             } else {
-                tokio::join!(evaluate(os, &f, &k.server), evaluate(oc, &f, &k.client))
+                tokio::join!(evaluate(os, &f, &t[0]), evaluate(oc, &f, &t[1]))
             };
-            return Ok((a?, b?));
+            return Ok((a?.into_vec(), b?.into_vec()));
         }
-        "reciprocal" => (Box::pin(reciprocal(os, &k.server)), Box::pin(reciprocal(oc, &k.client))),
-        "rsqrt" => (Box::pin(rsqrt(os, &k.server)), Box::pin(rsqrt(oc, &k.client))),
+        "reciprocal" => (opened(reciprocal(os, &t[0])), opened(reciprocal(oc, &t[1]))),
+        "rsqrt" => (opened(rsqrt(os, &t[0])), opened(rsqrt(oc, &t[1]))),
         other => anyhow::bail!("unknown block `{other}`"),
     };
     let (a, b) = tokio::join!(s, c);

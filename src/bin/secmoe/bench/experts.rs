@@ -16,7 +16,7 @@ use secmoe::net::CostModel;
 use secmoe::ot::OtKind;
 use secmoe::proto::HeUse;
 use secmoe::proto::linear::KeySet;
-use secmoe::ring::{FixedPoint, Share, reconstruct};
+use secmoe::ring::{FixedPoint, Shares, open, share_matrix};
 
 use super::harness::{Row, reset_peak_rss, row, session_pair};
 use super::report::print_row_with_steps;
@@ -85,7 +85,8 @@ async fn measure(
     let mut rng = StdRng::from_rng(&mut rand::rng());
     let w = MoeWeights::random(cfg, f, 4.0, &mut rng);
     let x: Vec<u64> = (0..n * cfg.d_model).map(|_| f.encode(rng.random_range(-1.0..1.0))).collect::<Result<_, _>>()?;
-    let (xc, xs): (Vec<Share>, Vec<Share>) = secmoe::ring::share_secret(&x, &mut rng);
+    let secret = Shares::matrix((n, cfg.d_model), x.clone(), f.frac_bits())?;
+    let (xc, xs) = share_matrix(&secret, &mut rng)?;
     let (c, mut sc, s, mut ss) = session_pair(backend, threads, OtKind::Silent, tune).await?;
     let p = HeParams::linear()?;
     let (a, b) = tokio::join!(sc.setup_he(p.clone(), KeySet::Linear), ss.setup_he(p, KeySet::Linear));
@@ -112,7 +113,7 @@ async fn measure(
     let report = c.meter().report();
     let after = report.total();
     let (yc, ys) = (yc?, ys?);
-    let got = f.decode_slice(&reconstruct(&yc.y, &ys.y)?);
+    let got = f.decode_slice(open(&yc.y, &ys.y)?.as_slice());
     let want = reference(cfg, f, &x, &w, method.capacity(cfg, n))?;
     if want.dropped > 0 || yc.dropped.is_some_and(|v| v > 0) {
         println!("  dropped: {} assignments (plaintext: {})", yc.dropped.unwrap_or(0), want.dropped);

@@ -20,7 +20,7 @@ use secmoe::proto::linear::{KeySet, Weights, linear, matmul_shared};
 use secmoe::proto::piecewise::{Piecewise, evaluate, evaluate_baseline};
 use secmoe::proto::softmax::softmax;
 use secmoe::proto::{HeKeys, HeUse, OutOfRange};
-use secmoe::ring::{reconstruct, share_secret};
+use secmoe::ring::{Shares, open, share_matrix};
 
 use super::harness::{Row, reset_peak_rss, row, session_pair};
 use super::report::print_row;
@@ -119,29 +119,30 @@ async fn measure(
         b?;
         return Ok(row(name, format!("keys of {}", params.name()), threads, wall_s, t.bytes(), t.rounds, true));
     }
-    let x: Vec<u64> = (0..shape.n * shape.d).map(|_| rng.random()).collect();
-    let (xc, xs) = share_secret(&x, &mut rng);
+    // uniform ring elements as integers (no fractional bits): the products are exact
+    let x = Shares::matrix((shape.n, shape.d), (0..shape.n * shape.d).map(|_| rng.random()).collect(), 0)?;
+    let (xc, xs) = share_matrix(&x, &mut rng)?;
     let before = c.meter().report().total();
     reset_peak_rss();
     let start = Instant::now();
     // (the reconstructed result, the right-hand matrix)
     let (z, rhs) = match name {
         "matmul-shared" => {
-            let y: Vec<u64> = (0..shape.d * shape.m).map(|_| rng.random()).collect();
-            let (yc, ys) = share_secret(&y, &mut rng);
+            let y = Shares::matrix((shape.d, shape.m), (0..shape.d * shape.m).map(|_| rng.random()).collect(), 0)?;
+            let (yc, ys) = share_matrix(&y, &mut rng)?;
             let (zc, zs) =
                 tokio::join!(matmul_shared(&mut sc, shape, &xc, &yc), matmul_shared(&mut ss, shape, &xs, &ys));
-            (reconstruct(&zc?, &zs?)?, y)
+            (open(&zc?, &zs?)?.into_vec(), y.into_vec())
         }
         _ => {
             let w: Vec<u64> = (0..shape.d * shape.m).map(|_| rng.random_range(-(1i64 << 18)..1 << 18) as u64).collect();
             let weights = Weights { values: &w, bits: 20 };
             let (yc, ys) = tokio::join!(linear(&mut sc, shape, &xc, None), linear(&mut ss, shape, &xs, Some(weights)));
-            (reconstruct(&yc?, &ys?)?, w)
+            (open(&yc?, &ys?)?.into_vec(), w)
         }
     };
     let wall_s = start.elapsed().as_secs_f64();
-    let checked = z == shape.plain_product(&x, &rhs);
+    let checked = z == shape.plain_product(x.as_slice(), &rhs);
     let after = c.meter().report().total();
     let (a, b) = tokio::join!(c.close(), s.close());
     a?;
@@ -233,8 +234,7 @@ async fn measure_activation(
     // inputs on the fixed-point grid, so that the references see exactly the shared values
     let xs: Vec<f64> = (0..N).map(|_| (rng.random_range(-8.0..8.0) * SCALE).round() / SCALE).collect();
     let raw: Vec<u64> = xs.iter().map(|&x| (x * SCALE).round() as i64 as u64).collect();
-    let (xc, xs_) = share_secret(&raw, &mut rng);
-    let (xc, xs_): (Vec<u64>, Vec<u64>) = (xc.iter().map(|v| v.raw()).collect(), xs_.iter().map(|v| v.raw()).collect());
+    let (xc, xs_) = share_matrix(&Shares::matrix((128, 3072), raw, 18)?, &mut rng)?;
     let before = c.meter().report().total();
     reset_peak_rss();
     let start = Instant::now();
@@ -246,7 +246,7 @@ async fn measure_activation(
     };
     let wall_s = start.elapsed().as_secs_f64();
     let after = c.meter().report().total();
-    let y: Vec<f64> = ys?.iter().zip(yc?).map(|(a, b)| a.wrapping_add(b) as i64 as f64 / SCALE).collect();
+    let y: Vec<f64> = open(&ys?, &yc?)?.as_slice().iter().map(|&v| v as i64 as f64 / SCALE).collect();
     let checked = xs.iter().zip(&y).all(|(&x, &y)| {
         let reference = f.reference((x * SCALE).round() as i64 as u64) as i64 as f64 / SCALE;
         if stc { (y - reference).abs() <= f.protocol_bound() } else { (y - f.approx(x)).abs() <= 1e-4 }
@@ -283,15 +283,14 @@ async fn measure_softmax(kind: OtKind, backend: Arc<dyn Backend>, threads: usize
     let (c, mut oc, s, mut os) = session_pair(backend, threads, kind, CostModel::WAN).await?;
     let xs: Vec<f64> = (0..N).map(|_| (rng.random_range(-8.0..8.0) * SCALE).round() / SCALE).collect();
     let raw: Vec<u64> = xs.iter().map(|&x| (x * SCALE) as i64 as u64).collect();
-    let r: Vec<u64> = raw.iter().map(|_| rng.random()).collect();
-    let shares: Vec<u64> = raw.iter().zip(&r).map(|(x, r)| x.wrapping_sub(*r)).collect();
+    let (r, shares) = share_matrix(&Shares::matrix((N / LEN, LEN), raw, 18)?, &mut rng)?;
     let before = c.meter().report().total();
     reset_peak_rss();
     let start = Instant::now();
-    let (ys, yc) = tokio::join!(softmax(&mut os, &shares, LEN), softmax(&mut oc, &r, LEN));
+    let (ys, yc) = tokio::join!(softmax(&mut os, &shares), softmax(&mut oc, &r));
     let wall_s = start.elapsed().as_secs_f64();
     let after = c.meter().report().total();
-    let y: Vec<f64> = ys?.iter().zip(yc?).map(|(a, b)| a.wrapping_add(b) as i64 as f64 / SCALE).collect();
+    let y: Vec<f64> = open(&ys?, &yc?)?.as_slice().iter().map(|&v| v as i64 as f64 / SCALE).collect();
     let mut errors = Vec::with_capacity(N);
     for (row, got) in xs.chunks_exact(LEN).zip(y.chunks_exact(LEN)) {
         let m = row.iter().copied().fold(f64::MIN, f64::max);
@@ -336,19 +335,18 @@ async fn measure_layernorm(kind: OtKind, backend: Arc<dyn Backend>, threads: usi
     let (g, b): (Vec<u64>, Vec<u64>) =
         (gamma.iter().map(|&v| fixed(v)).collect(), beta.iter().map(|&v| fixed(v)).collect());
     let raw: Vec<u64> = xs.iter().map(|&x| fixed(x)).collect();
-    let r: Vec<u64> = raw.iter().map(|_| rng.random()).collect();
-    let shares: Vec<u64> = raw.iter().zip(&r).map(|(x, r)| x.wrapping_sub(*r)).collect();
+    let (r, shares) = share_matrix(&Shares::matrix((N / D, D), raw, 18)?, &mut rng)?;
     let eps = 1e-5;
     let before = c.meter().report().total();
     reset_peak_rss();
     let start = Instant::now();
     let (ys, yc) = tokio::join!(
-        layernorm(&mut os, &shares, D, Affine::Weights { gamma: &g, beta: &b }, fixed(eps)),
-        layernorm(&mut oc, &r, D, Affine::None, fixed(eps))
+        layernorm(&mut os, &shares, Affine::Weights { gamma: &g, beta: &b }, fixed(eps)),
+        layernorm(&mut oc, &r, Affine::None, fixed(eps))
     );
     let wall_s = start.elapsed().as_secs_f64();
     let after = c.meter().report().total();
-    let y: Vec<f64> = ys?.iter().zip(yc?).map(|(a, b)| a.wrapping_add(b) as i64 as f64 / SCALE).collect();
+    let y: Vec<f64> = open(&ys?, &yc?)?.as_slice().iter().map(|&v| v as i64 as f64 / SCALE).collect();
     let mut errors = Vec::with_capacity(N);
     let mut checked = true;
     for (row, got) in xs.chunks_exact(D).zip(y.chunks_exact(D)) {
