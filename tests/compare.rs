@@ -11,14 +11,15 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use secmoe::proto::boolean::{Triples, and};
 use secmoe::proto::compare::{b2a, drelu, greater_than, msb, mux, mux_rows, triples_per_comparison};
+use secmoe::ring::Bits;
 
-fn xor_share(bits: &[bool], rng: &mut StdRng) -> (Vec<bool>, Vec<bool>) {
+fn xor_share(bits: &[bool], rng: &mut StdRng) -> (Bits, Bits) {
     let r: Vec<bool> = bits.iter().map(|_| rng.random()).collect();
-    (bits.iter().zip(&r).map(|(b, r)| b ^ r).collect(), r)
+    (bits.iter().zip(&r).map(|(b, r)| b ^ r).collect(), Bits::from_bools(&r))
 }
 
-fn open_bits(a: &[bool], b: &[bool]) -> Vec<bool> {
-    a.iter().zip(b).map(|(x, y)| x ^ y).collect()
+fn open_bits(a: &Bits, b: &Bits) -> Vec<bool> {
+    (a ^ b).unwrap().to_bools()
 }
 
 #[test]
@@ -68,7 +69,7 @@ fn msb_and_drelu_hold_across_wrap_around() {
             .map(|&v| v as u64)
             .collect();
         values.extend((0..2000).map(|_| rng.random::<u64>()));
-        let (sv, cv) = add_share(&values, &mut rng);
+        let (sv, cv) = common::share_rows(&values, (1, values.len()), 0, &mut rng);
         // shares that wrap: server share near 2^64 for small values
         let need = triples_per_comparison(63) * values.len();
         let (ts, tc) = tokio::join!(Triples::generate(&mut os, 2 * need), Triples::generate(&mut oc, 2 * need));
@@ -97,19 +98,24 @@ fn and_b2a_mux_and_row_mux_match_plaintext() {
         let z = open_bits(&zs.unwrap(), &zc.unwrap());
         assert!((0..n).all(|i| z[i] == (x[i] & y[i])));
         let (as_, ac) = tokio::join!(b2a(&mut os, &xs), b2a(&mut oc, &xc));
-        let (as_, ac) = (as_.unwrap(), ac.unwrap());
-        assert!((0..n).all(|i| as_[i].wrapping_add(ac[i]) == x[i] as u64));
+        let a = common::open_rows(&as_.unwrap(), &ac.unwrap());
+        assert!((0..n).all(|i| a[i] == x[i] as u64));
         let v: Vec<u64> = (0..n).map(|_| rng.random()).collect();
-        let (vs, vc) = add_share(&v, &mut rng);
+        let (vs, vc) = common::share_rows(&v, (1, n), 18, &mut rng);
         let (ms, mc) = tokio::join!(mux(&mut os, &xs, &vs), mux(&mut oc, &xc, &vc));
         let (ms, mc) = (ms.unwrap(), mc.unwrap());
-        assert!((0..n).all(|i| ms[i].wrapping_add(mc[i]) == if x[i] { v[i] } else { 0 }));
+        assert_eq!((ms.shape(), ms.frac_bits()), ((1, n), 18), "the multiplexer keeps shape and scale");
+        let m = common::open_rows(&ms, &mc);
+        assert!((0..n).all(|i| m[i] == if x[i] { v[i] } else { 0 }));
         // one bit per row of 3 values
         let rows: Vec<u64> = (0..3 * n).map(|_| rng.random()).collect();
-        let (rs, rc) = add_share(&rows, &mut rng);
-        let (ms, mc) = tokio::join!(mux_rows(&mut os, &xs, &rs, 3), mux_rows(&mut oc, &xc, &rc, 3));
-        let (ms, mc) = (ms.unwrap(), mc.unwrap());
-        assert!((0..3 * n).all(|i| ms[i].wrapping_add(mc[i]) == if x[i / 3] { rows[i] } else { 0 }));
+        let (rs, rc) = common::share_rows(&rows, (n, 3), 18, &mut rng);
+        let (ms, mc) = tokio::join!(mux_rows(&mut os, &xs, &rs), mux_rows(&mut oc, &xc, &rc));
+        let m = common::open_rows(&ms.unwrap(), &mc.unwrap());
+        assert!((0..3 * n).all(|i| m[i] == if x[i / 3] { rows[i] } else { 0 }));
+        // a selector per row that does not fit the rows is this party's input error, named
+        let err = mux_rows(&mut os, &xs, &vs).await.unwrap_err().to_string();
+        assert!(err.contains(&format!("{n} selector bits")) && err.contains(&vs.describe()), "{err}");
         // running out of triples is an error, not a wrong answer
         let (e1, e2) = tokio::join!(and(&mut os, &mut ts, &xs, &ys), and(&mut oc, &mut tc, &xc, &yc));
         assert!(e1.unwrap_err().to_string().contains("triples left") && e2.is_err());
@@ -188,7 +194,7 @@ fn threshold_comparisons_share_one_batch_and_are_exact() {
         values.extend([0, 1 << 29, -(1 << 29), (1 << 31) - 1 - (5 << 18)]);
         values.extend((0..3000).map(|_| rng.random_range(-(8i64 << 18)..(8i64 << 18))));
         let raw: Vec<u64> = values.iter().map(|&v| v as u64).collect();
-        let (sv, cv) = add_share(&raw, &mut rng);
+        let (sv, cv) = common::share_rows(&raw, (1, raw.len()), 18, &mut rng);
         let th: Vec<u64> = thresholds.iter().map(|&t| t as u64).collect();
         for bits in [64u32, 32] {
             let need = triples_per_comparison(bits - 1) * values.len() * th.len();

@@ -13,6 +13,7 @@ use secmoe::ot::OtKind;
 use secmoe::proto::arith::mul_rows;
 use secmoe::proto::compare::{max, one_hot};
 use secmoe::proto::softmax::{reciprocal, reciprocal_wide, softmax};
+use secmoe::ring::Shares;
 
 const SCALE: f64 = (1u64 << 18) as f64;
 
@@ -35,12 +36,13 @@ fn max_and_argmax_are_exact_and_ties_go_to_the_first() {
                 x[3 * len - 1] = 62 << 18;
             }
             let raw: Vec<u64> = x.iter().map(|&v| v as u64).collect();
-            let (s, c) = add_share(&raw, &mut rng);
-            let (ms, mc) = tokio::join!(max(&mut os, &s, len, 26), max(&mut oc, &c, len, 26));
+            let (s, c) = common::share_rows(&raw, (rows, len), 18, &mut rng);
+            let (ms, mc) = tokio::join!(max(&mut os, &s, 26), max(&mut oc, &c, 26));
             let ((ms, is), (mc, ic)) = (ms.unwrap(), mc.unwrap());
             // each level's random OTs were prepared exactly
             assert_eq!((os.ot().prepared(OtKind::Iknp), oc.ot().prepared(OtKind::Iknp)), ((0, 0), (0, 0)));
-            let (m, idx) = (open(&ms, &mc), open(&is, &ic));
+            assert_eq!((ms.shape(), ms.frac_bits(), is.frac_bits()), ((rows, 1), 18, 0));
+            let (m, idx) = (common::open_rows(&ms, &mc), common::open_rows(&is, &ic));
             for r in 0..rows {
                 let row = &x[r * len..(r + 1) * len];
                 let want = *row.iter().max().unwrap();
@@ -53,7 +55,7 @@ fn max_and_argmax_are_exact_and_ties_go_to_the_first() {
                 let (hs, hc) = tokio::join!(one_hot(&mut os, &is, len), one_hot(&mut oc, &ic, len));
                 let (hs, hc) = (hs.unwrap(), hc.unwrap());
                 for r in 0..rows {
-                    let bits: Vec<bool> = hs[r].iter().zip(&hc[r]).map(|(a, b)| a ^ b).collect();
+                    let bits = (&hs[r] ^ &hc[r]).unwrap().to_bools();
                     assert!(bits.iter().enumerate().all(|(i, &b)| b == (i as u64 == idx[r])), "one-hot of row {r}");
                 }
             }
@@ -71,10 +73,11 @@ fn one_hot_of_an_index_shared_across_the_wrap_around() {
         let index: Vec<u64> = (0..size as u64).collect();
         let server: Vec<u64> = index.iter().map(|&i| u64::MAX - i).collect();
         let client: Vec<u64> = index.iter().zip(&server).map(|(i, s)| i.wrapping_sub(*s)).collect();
+        let (server, client) = (Shares::vector(server, 0).unwrap(), Shares::vector(client, 0).unwrap());
         let (hs, hc) = tokio::join!(one_hot(&mut os, &server, size), one_hot(&mut oc, &client, size));
         let (hs, hc) = (hs.unwrap(), hc.unwrap());
         for (i, (s, c)) in hs.iter().zip(&hc).enumerate() {
-            let bits: Vec<bool> = s.iter().zip(c).map(|(a, b)| a ^ b).collect();
+            let bits = (s ^ c).unwrap().to_bools();
             assert!(bits.iter().enumerate().all(|(j, &b)| b == (j == i)), "one-hot of {i}");
         }
     });
@@ -232,16 +235,17 @@ fn one_hot_vectors_of_up_to_2048_entries() {
         for size in [65usize, 100, 128, 1000, 1024, MAX_ONE_HOT] {
             let mut index: Vec<u64> = (0..40).map(|_| rng.random_range(0..size as u64)).collect();
             index.extend([0, size as u64 - 1, 31, 32, 33]);
-            let (server, client) = add_share(&index, &mut rng);
+            let (server, client) = common::share_rows(&index, (1, index.len()), 0, &mut rng);
             let (hs, hc) = tokio::join!(one_hot(&mut os, &server, size), one_hot(&mut oc, &client, size));
             let (hs, hc) = (hs.unwrap(), hc.unwrap());
             for (t, &i) in index.iter().enumerate() {
                 assert_eq!(hs[t].len(), size);
-                let ones: Vec<usize> = (0..size).filter(|&j| hs[t][j] ^ hc[t][j]).collect();
+                let ones: Vec<usize> = (0..size).filter(|&j| hs[t].get(j) ^ hc[t].get(j)).collect();
                 assert_eq!(ones, [i as usize], "one-hot of {i} among {size}");
             }
         }
-        let too_many = one_hot(&mut os, &[0], MAX_ONE_HOT + 1).await.unwrap_err().to_string();
+        let too_many =
+            one_hot(&mut os, &Shares::vector(vec![0], 0).unwrap(), MAX_ONE_HOT + 1).await.unwrap_err().to_string();
         assert!(too_many.contains("2049 entries"), "{too_many}");
     });
 }

@@ -3,19 +3,19 @@
 
 use std::ops::Range;
 
-use super::route::{Routes, drop_overflow, queue, route};
+use super::route::{Routes, drop_overflow, queue, route, select_rows};
 use super::weights::{ExpertWeights, magnitude_bits, widen};
 use super::{ExpertKind, Method, MoeConfig, MoeError, MoeResult, MoeWeights};
 use crate::he::tiling::MatShape;
 use crate::proto::agree::exchange;
 use crate::proto::arith::{mul_rows, truncate_extend};
-use crate::proto::compare::{b2a, mux_rows, one_hot};
+use crate::proto::compare::{b2a, one_hot};
 use crate::proto::linear::{Weights, linear};
 use crate::proto::piecewise::{Piecewise, evaluate, gated, relu};
 use crate::proto::selected::{selected_linear, send_choice};
 use crate::proto::softmax::softmax;
 use crate::proto::{HeUse, ProtoError, ProtoResult, Session};
-use crate::ring::Shares;
+use crate::ring::{Bits, Shares};
 
 /// Values of one expert chunk's first-matrix results held at once (64 MiB per party): experts
 /// are streamed in chunks of this size, so memory does not grow with E.
@@ -226,7 +226,7 @@ async fn select_into(
     let n = values.len() / (experts.len() * len);
     let e = routes.one_hot[0].len() / n;
     for (r, slot) in out.chunks_exact_mut(n * len).enumerate() {
-        let picked = mux_rows(sess, &slot_bits(routes, r, n, e, experts), values, len).await?;
+        let picked = select_rows(sess, &slot_bits(routes, r, n, e, experts), values, len).await?;
         add_groups(slot, &picked, experts.len(), len);
     }
     Ok(())
@@ -309,7 +309,7 @@ async fn select_then_compute(
         };
         let _s = meter.scope("select");
         let bits: Vec<bool> = (0..k).flat_map(|r| slot_bits(routes, r, n, e, &experts)).collect();
-        let picked = mux_rows(sess, &bits, &u, d).await?;
+        let picked = select_rows(sess, &bits, &u, d).await?;
         add_groups(&mut out, &picked, c, d);
     }
     Ok(truncate_extend(sess, &out, 64, sess.format().frac_bits()).await?)
@@ -434,14 +434,18 @@ async fn capacity(
             p.wrapping_add(own)
         })
         .collect();
-    let positions = one_hot(sess, &index, 2 * n).await?;
+    let positions: Vec<Vec<bool>> = one_hot(sess, &Shares::vector(index, 0).map_err(ProtoError::from)?, 2 * n)
+        .await?
+        .iter()
+        .map(Bits::to_bools)
+        .collect();
     // D[(e, c), j] = [token j holds slot c of expert e]
     let dispatch_bits: Vec<bool> =
         (0..e * slots * n).map(|i| positions[(i % n) * e + i / (slots * n)][(i / n) % slots]).collect();
     // the slots' inputs Σ_j D[(e, c), j]·x_j, one row multiplexer per (slot, token)
     let xs = x;
     let spread: Vec<u64> = (0..e * slots).flat_map(|_| xs.iter().copied()).collect();
-    let x_slots = sum_rows(&mux_rows(sess, &dispatch_bits, &spread, d).await?, n, d);
+    let x_slots = sum_rows(&select_rows(sess, &dispatch_bits, &spread, d).await?, n, d);
     drop(dispatch_scope);
     // every expert on its own slots, the activation batched over all slots
     let mut pre = Vec::with_capacity(e * slots * first_width(cfg.expert, d_ff));
@@ -470,11 +474,11 @@ async fn capacity(
     let mut gate = vec![0u64; n * e];
     for (r, bits) in routes.one_hot.iter().enumerate() {
         let g: Vec<u64> = (0..n * e).map(|i| routes.gates[r * n + i / e]).collect();
-        let picked = mux_rows(sess, bits, &g, 1).await?;
+        let picked = select_rows(sess, bits, &g, 1).await?;
         gate.iter_mut().zip(picked).for_each(|(a, v)| *a = a.wrapping_add(v));
     }
     let spread: Vec<u64> = (0..e * slots * n).map(|i| gate[(i % n) * e + i / (slots * n)]).collect();
-    let slot_gate = sum_rows(&mux_rows(sess, &dispatch_bits, &spread, 1).await?, n, 1);
+    let slot_gate = sum_rows(&select_rows(sess, &dispatch_bits, &spread, 1).await?, n, 1);
     let bits = gate_bits(frac);
     let gated = mul_rows(sess, &y_slots, &slot_gate, bits).await?;
     let gated = truncate_extend(sess, &gated, bits, frac).await?;
@@ -482,8 +486,8 @@ async fn capacity(
     let back_bits: Vec<bool> =
         (0..n * e * slots).map(|i| dispatch_bits[(i % (e * slots)) * n + i / (e * slots)]).collect();
     let spread: Vec<u64> = (0..n).flat_map(|_| gated.iter().copied()).collect();
-    let y = sum_rows(&mux_rows(sess, &back_bits, &spread, d).await?, e * slots, d);
-    let dispatch = b2a(sess, &dispatch_bits).await?;
+    let y = sum_rows(&select_rows(sess, &back_bits, &spread, d).await?, e * slots, d);
+    let dispatch = b2a(sess, &Bits::from_bools(&dispatch_bits)).await?.into_vec();
     // the dropped count, opened to the client only: n·k routed minus the slots filled
     let filled = dispatch.iter().fold(0u64, |s, v| s.wrapping_add(*v));
     let ch = sess.channel();

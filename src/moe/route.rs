@@ -14,7 +14,7 @@ use crate::proto::arith::{truncate, truncate_extend};
 use crate::proto::compare::{b2a, max, mux, mux_rows, non_negative, one_hot};
 use crate::proto::softmax::softmax;
 use crate::proto::{ProtoError, ProtoResult, Session};
-use crate::ring::Shares;
+use crate::ring::{Bits, Shares};
 
 /// The routing of n tokens, slot-major: slot r holds every token's r-th choice.
 #[derive(Debug, Clone)]
@@ -49,15 +49,16 @@ pub async fn route(sess: &mut Session, cfg: &MoeConfig, logits: &Shares) -> Prot
     let mut live = logits.to_vec();
     let (mut one_hots, mut chosen) = (Vec::with_capacity(k), Vec::with_capacity(k * n));
     for r in 0..k {
-        let (best, index) = max(sess, &live, e, compare_bits(frac)).await?;
+        let (best, index) = max(sess, &Shares::matrix((n, e), live.clone(), 2 * frac)?, compare_bits(frac)).await?;
+        let best = best.into_vec();
         let bits: Vec<bool> = if e == 1 {
             // one expert: the one-hot is public, held by the server
             vec![sess.is_server(); n]
         } else {
-            one_hot(sess, &index, e).await?.concat()
+            one_hot(sess, &index, e).await?.iter().flat_map(Bits::iter).collect()
         };
         if r + 1 < k {
-            let t = b2a(sess, &bits).await?;
+            let t = b2a(sess, &Bits::from_bools(&bits)).await?.into_vec();
             for (l, t) in live.iter_mut().zip(t) {
                 *l = l.wrapping_sub(t.wrapping_mul(removed));
             }
@@ -74,7 +75,7 @@ pub async fn route(sess: &mut Session, cfg: &MoeConfig, logits: &Shares) -> Prot
         let p = softmax(sess, &real).await?.into_vec();
         let mut gates = Vec::with_capacity(k * n);
         for bits in &one_hots {
-            let picked = mux_rows(sess, bits, &p, 1).await?;
+            let picked = select_rows(sess, bits, &p, 1).await?;
             gates.extend(picked.chunks_exact(e).map(|row| row.iter().fold(0u64, |s, v| s.wrapping_add(*v))));
         }
         gates
@@ -93,7 +94,7 @@ pub async fn route(sess: &mut Session, cfg: &MoeConfig, logits: &Shares) -> Prot
 /// pair's queue position Σ_{j' < j} T[j', e] (local prefix sums), both n×E token-major.
 pub async fn queue(sess: &mut Session, routes: &Routes, n: usize, e: usize) -> ProtoResult<(Vec<u64>, Vec<u64>)> {
     let routed: Vec<bool> = (0..n * e).map(|i| routes.one_hot.iter().fold(false, |acc, t| acc ^ t[i])).collect();
-    let t = b2a(sess, &routed).await?;
+    let t = b2a(sess, &Bits::from_bools(&routed)).await?.into_vec();
     let mut position = vec![0u64; n * e];
     for j in 1..n {
         for i in 0..e {
@@ -118,7 +119,7 @@ pub async fn drop_overflow(
     let k = routes.one_hot.len();
     let bits: Vec<bool> = routes.one_hot.concat();
     let spread: Vec<u64> = (0..k).flat_map(|_| position.iter().copied()).collect();
-    let picked = mux_rows(sess, &bits, &spread, 1).await?;
+    let picked = select_rows(sess, &bits, &spread, 1).await?;
     // capacity − 1 − position ≥ 0, with |·| ≤ max(n, capacity) < 2^(width − 1)
     let server = sess.party() == Party::Server;
     let margin: Vec<u64> = picked
@@ -129,7 +130,24 @@ pub async fn drop_overflow(
         })
         .collect();
     let width = usize::BITS - n.max(capacity).leading_zeros() + 2;
-    let keep = non_negative(sess, &margin, width).await?;
-    routes.gates = mux(sess, &keep, &routes.gates).await?;
+    let keep = non_negative(sess, &Shares::vector(margin, 0)?, width).await?;
+    let gates = Shares::vector(std::mem::take(&mut routes.gates), frac_of(sess))?;
+    routes.gates = mux(sess, &keep, &gates).await?.into_vec();
     Ok(())
+}
+
+fn frac_of(sess: &Session) -> u32 {
+    sess.format().frac_bits()
+}
+
+/// b_r·x_r for each row r of `len` raw shares (the gates and queue positions of the routing):
+/// [`mux_rows`] on typed values.
+pub(super) async fn select_rows(
+    sess: &mut Session,
+    bits: &[bool],
+    values: &[u64],
+    len: usize,
+) -> ProtoResult<Vec<u64>> {
+    let x = Shares::matrix((bits.len(), len), values.to_vec(), 0)?;
+    Ok(mux_rows(sess, &Bits::from_bools(bits), &x).await?.into_vec())
 }

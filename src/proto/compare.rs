@@ -17,7 +17,7 @@ use rand::RngExt;
 use super::boolean::{Triples, and};
 use super::{ProtoError, ProtoResult};
 use crate::net::Party;
-use crate::ring::mask;
+use crate::ring::{Bits, Shares, mask};
 
 /// Bits per millionaire's block (a 1-of-2^m OT each).
 const BLOCK_BITS: u32 = 4;
@@ -33,12 +33,7 @@ pub fn triples_per_comparison(bits: u32) -> usize {
 
 /// XOR shares of \[x > y\] for the server's `x` and the client's `y` (each party passes its own
 /// values, below 2^bits). Uses `triples` (see [`triples_per_comparison`]).
-pub async fn greater_than(
-    sess: &mut Session,
-    triples: &mut Triples,
-    mine: &[u64],
-    bits: u32,
-) -> ProtoResult<Vec<bool>> {
+pub async fn greater_than(sess: &mut Session, triples: &mut Triples, mine: &[u64], bits: u32) -> ProtoResult<Bits> {
     greater_than_many(sess, triples, mine, 1, bits).await
 }
 
@@ -59,7 +54,7 @@ pub async fn greater_than_many(
     mine: &[u64],
     per: usize,
     bits: u32,
-) -> ProtoResult<Vec<bool>> {
+) -> ProtoResult<Bits> {
     if !(1..=64).contains(&bits) {
         return Err(ProtoError::Input(format!("comparison of {bits}-bit values")));
     }
@@ -157,7 +152,7 @@ pub async fn greater_than_many(
                 }
             }
         }
-        let z = and(sess, triples, &x, &y).await?;
+        let z = and(sess, triples, &Bits::from_bools(&x), &Bits::from_bools(&y)).await?.to_bools();
         let (mut ngt, mut neq) = (Vec::with_capacity(n * next), Vec::with_capacity(n * next));
         let mut t = 0;
         for i in 0..n {
@@ -175,24 +170,33 @@ pub async fn greater_than_many(
         }
         (gt, eq, width) = (ngt, neq, next);
     }
-    Ok(gt)
+    Ok(Bits::from_bools(&gt))
+}
+
+/// Errors unless `x` holds shares over Z_2^64 (the bit-level protocols read the full ring).
+fn full_ring(x: &Shares, what: &str) -> ProtoResult<()> {
+    if x.width() != 64 {
+        return Err(ProtoError::Input(format!("{what} of {}: shares over Z_2^64 expected", x.describe())));
+    }
+    Ok(())
 }
 
 /// XOR shares of the most significant bit of shared values x = x_server + x_client mod 2^64:
 /// msb(x) = msb(x_s) ⊕ msb(x_c) ⊕ carry, with carry = [x_s mod 2^63 > 2^63 − 1 − x_c mod 2^63]
 /// from one 63-bit comparison.
-pub async fn msb(sess: &mut Session, triples: &mut Triples, shares: &[u64]) -> ProtoResult<Vec<bool>> {
+pub async fn msb(sess: &mut Session, triples: &mut Triples, x: &Shares) -> ProtoResult<Bits> {
     const LOW: u64 = (1 << 63) - 1;
+    full_ring(x, "msb")?;
     let server = sess.party() == Party::Server;
-    let mine: Vec<u64> = shares.iter().map(|&v| if server { v & LOW } else { LOW - (v & LOW) }).collect();
+    let mine: Vec<u64> = x.as_slice().iter().map(|&v| if server { v & LOW } else { LOW - (v & LOW) }).collect();
     let carry = greater_than(sess, triples, &mine, 63).await?;
-    Ok(shares.iter().zip(carry).map(|(&v, c)| (v >> 63 == 1) ^ c).collect())
+    Ok(x.as_slice().iter().zip(carry.iter()).map(|(&v, c)| (v >> 63 == 1) ^ c).collect())
 }
 
 /// XOR shares of DReLU(x) = [x ≥ 0] (x read as a signed 64-bit value): 1 ⊕ msb(x).
-pub async fn drelu(sess: &mut Session, triples: &mut Triples, shares: &[u64]) -> ProtoResult<Vec<bool>> {
-    let server = sess.party() == Party::Server;
-    Ok(msb(sess, triples, shares).await?.into_iter().map(|b| b ^ server).collect())
+pub async fn drelu(sess: &mut Session, triples: &mut Triples, x: &Shares) -> ProtoResult<Bits> {
+    let msb = msb(sess, triples, x).await?;
+    Ok(if sess.is_server() { msb.not() } else { msb })
 }
 
 /// XOR shares of [x ≥ c_k] for shared values x and public thresholds c_k (ring elements read as
@@ -204,10 +208,12 @@ pub async fn drelu(sess: &mut Session, triples: &mut Triples, shares: &[u64]) ->
 pub async fn at_least(
     sess: &mut Session,
     triples: &mut Triples,
-    shares: &[u64],
+    x: &Shares,
     thresholds: &[u64],
     bits: u32,
-) -> ProtoResult<Vec<bool>> {
+) -> ProtoResult<Bits> {
+    full_ring(x, "threshold comparison")?;
+    let shares = x.as_slice();
     if !(2..=64).contains(&bits) {
         return Err(ProtoError::Input(format!("threshold comparison at {bits} bits")));
     }
@@ -228,7 +234,7 @@ pub async fn at_least(
     Ok(carry
         .iter()
         .enumerate()
-        .map(|(c, &carry)| {
+        .map(|(c, carry)| {
             let own_top = if server { tops[c] } else { tops[c / k] };
             carry ^ own_top ^ server
         })
@@ -237,38 +243,48 @@ pub async fn at_least(
 
 /// Arithmetic shares (mod 2^64) of XOR-shared bits: b = b_s + b_c − 2·b_s·b_c, the product
 /// from one correlated OT (server sends Δ = b_s, client chooses with b_c).
-pub async fn b2a(sess: &mut Session, bits: &[bool]) -> ProtoResult<Vec<u64>> {
-    match sess.party() {
+/// The result is one row of integers (no fractional bits).
+pub async fn b2a(sess: &mut Session, bits: &Bits) -> ProtoResult<Shares> {
+    let bits = bits.to_bools();
+    let values = match sess.party() {
         Party::Server => {
             let deltas: Vec<u64> = bits.iter().map(|&b| b as u64).collect();
             let x = sess.ot.cot_send(sess.kind, &deltas, 64).await?;
-            Ok(bits.iter().zip(x).map(|(&b, x)| (b as u64).wrapping_add(x.wrapping_mul(2))).collect())
+            bits.iter().zip(x).map(|(&b, x)| (b as u64).wrapping_add(x.wrapping_mul(2))).collect()
         }
         Party::Client => {
-            let y = sess.ot.cot_receive(sess.kind, bits, 64).await?;
-            Ok(bits.iter().zip(y).map(|(&b, y)| (b as u64).wrapping_sub(y.wrapping_mul(2))).collect())
+            let y = sess.ot.cot_receive(sess.kind, &bits, 64).await?;
+            bits.iter().zip(y).map(|(&b, y)| (b as u64).wrapping_sub(y.wrapping_mul(2))).collect()
         }
-    }
+    };
+    Ok(Shares::vector(values, 0)?)
 }
 
 /// Arithmetic shares of b·x for XOR-shared bits b and shared x: (b_s ⊕ b_c)·x_p for each party's
 /// own x_p comes from one correlated OT with Δ = (1 − 2·b_p)·x_p, the other party choosing with
-/// its bit; two OTs, one per direction.
-pub async fn mux(sess: &mut Session, bits: &[bool], shares: &[u64]) -> ProtoResult<Vec<u64>> {
-    mux_rows(sess, bits, shares, 1).await
+/// its bit; two OTs, one per direction. One bit per value (row-major); the result has x's shape,
+/// ring and scale.
+pub async fn mux(sess: &mut Session, bits: &Bits, x: &Shares) -> ProtoResult<Shares> {
+    full_ring(x, "multiplexer")?;
+    if bits.len() != x.len() {
+        return Err(ProtoError::Input(format!("{} selector bits for {}", bits.len(), x.describe())));
+    }
+    Ok(x.with_values(mux_values(sess, &bits.to_bools(), x.as_slice(), 1).await?)?)
 }
 
-/// [`mux`] with one bit per row of `len` shared values: b_r·x_r for every value of row r, one
-/// correlated OT of the whole row per direction ([`crate::ot::Ot::cot_vec_send`]), so a row
-/// costs two random OTs and 2·64·len bits of corrections.
-pub async fn mux_rows(sess: &mut Session, bits: &[bool], shares: &[u64], len: usize) -> ProtoResult<Vec<u64>> {
-    if len == 0 || bits.len() * len != shares.len() {
-        return Err(ProtoError::Input(format!(
-            "{} selector bits for {} values in rows of {len}",
-            bits.len(),
-            shares.len()
-        )));
+/// [`mux`] with one bit per row of x: b_r·x_r for every value of row r, one correlated OT of the
+/// whole row per direction ([`crate::ot::Ot::cot_vec_send`]), so a row costs two random OTs and
+/// 2·64·len bits of corrections.
+pub async fn mux_rows(sess: &mut Session, bits: &Bits, x: &Shares) -> ProtoResult<Shares> {
+    full_ring(x, "multiplexer")?;
+    if bits.len() != x.rows() {
+        return Err(ProtoError::Input(format!("{} selector bits for the rows of {}", bits.len(), x.describe())));
     }
+    Ok(x.with_values(mux_values(sess, &bits.to_bools(), x.as_slice(), x.cols().max(1)).await?)?)
+}
+
+/// The multiplexer on raw shares: one bit per row of `len` values.
+async fn mux_values(sess: &mut Session, bits: &[bool], shares: &[u64], len: usize) -> ProtoResult<Vec<u64>> {
     let deltas: Vec<u64> =
         shares.iter().enumerate().map(|(i, &x)| if bits[i / len] { x.wrapping_neg() } else { x }).collect();
     let (x, y) = match sess.party() {
@@ -307,7 +323,7 @@ pub fn at_least_ots(bits: u32) -> usize {
 /// bits and its share of the carry into the chunk; the server's table holds
 /// [x_s,i + v + (c_s ⊕ c_c) ≥ 2^m_i] ⊕ r_i. `bits` + (links − 1) random OTs per value, one round
 /// per link, no AND gates.
-pub async fn carry(sess: &mut Session, mine: &[u64], bits: u32) -> ProtoResult<Vec<bool>> {
+pub async fn carry(sess: &mut Session, mine: &[u64], bits: u32) -> ProtoResult<Bits> {
     if !(1..=64).contains(&bits) {
         return Err(ProtoError::Input(format!("carry out of {bits} bits")));
     }
@@ -342,30 +358,36 @@ pub async fn carry(sess: &mut Session, mine: &[u64], bits: u32) -> ProtoResult<V
         }
         low += m;
     }
-    Ok(shares)
+    Ok(Bits::from_bools(&shares))
 }
 
 /// XOR shares of [x ≥ 0] for shared values with |x| < 2^(bits−1) (the caller's bound), at that
 /// width: msb(x mod 2^bits) = top(x_s) ⊕ top(x_c) ⊕ carry of the low bits − 1 bits (a
 /// [`carry`] chain: bits + ⌈(bits−1)/5⌉ − 2 random OTs, no AND gates).
-pub async fn non_negative(sess: &mut Session, shares: &[u64], bits: u32) -> ProtoResult<Vec<bool>> {
-    if !(2..=64).contains(&bits) {
-        return Err(ProtoError::Input(format!("sign test at {bits} bits")));
+pub async fn non_negative(sess: &mut Session, x: &Shares, bits: u32) -> ProtoResult<Bits> {
+    if !(2..=64).contains(&bits) || bits > x.width() {
+        return Err(ProtoError::Input(format!("sign test at {bits} bits of {}", x.describe())));
     }
+    non_negative_values(sess, x.as_slice(), bits).await
+}
+
+async fn non_negative_values(sess: &mut Session, shares: &[u64], bits: u32) -> ProtoResult<Bits> {
     let server = sess.party() == Party::Server;
     let low: Vec<u64> = shares.iter().map(|&v| v & (u64::MAX >> (65 - bits))).collect();
     let c = carry(sess, &low, bits - 1).await?;
-    Ok(shares.iter().zip(c).map(|(&v, c)| ((v >> (bits - 1)) & 1 == 1) ^ c ^ server).collect())
+    Ok(shares.iter().zip(c.iter()).map(|(&v, c)| ((v >> (bits - 1)) & 1 == 1) ^ c ^ server).collect())
 }
 
-/// Shares of the maximum of each group of `len` consecutive shared values, and of its position
-/// in the group (the argmax; of equal maxima the first wins, as `torch.argmax` does): a tree of
+/// Shares of the maximum of each row of x (a column of x's ring and scale), and of its position
+/// in the row (a column of integers) (the argmax; of equal maxima the first wins, as `torch.argmax` does): a tree of
 /// ⌈log2 len⌉ levels of pairwise maxima of neighbours a (earlier) and b (later), [a ≥ b] from
 /// [`non_negative`] on a − b at `bits` bits (|a − b| < 2^(bits−1), the caller's bound), then
 /// (max, index) = (b, i_b) + [a ≥ b]·(a − b, i_a − i_b) by one multiplexer pair.
-pub async fn max(sess: &mut Session, shares: &[u64], len: usize, bits: u32) -> ProtoResult<(Vec<u64>, Vec<u64>)> {
-    if len == 0 || !shares.len().is_multiple_of(len) {
-        return Err(ProtoError::Input(format!("{} values in groups of {len}", shares.len())));
+pub async fn max(sess: &mut Session, x: &Shares, bits: u32) -> ProtoResult<(Shares, Shares)> {
+    full_ring(x, "maximum")?;
+    let (shares, len) = (x.as_slice(), x.cols());
+    if len == 0 || !(2..=64).contains(&bits) {
+        return Err(ProtoError::Input(format!("maximum at {bits} bits over the rows of {}", x.describe())));
     }
     let server = sess.party() == Party::Server;
     let groups = shares.len() / len;
@@ -388,9 +410,9 @@ pub async fn max(sess: &mut Session, shares: &[u64], len: usize, bits: u32) -> P
         // multiplexer pair per comparison (one OT each way per value)
         let pairs = diff.len();
         super::prepare(sess, (pairs * (carry_ots(bits - 1) + 2), 2 * pairs)).await?;
-        let ge = non_negative(sess, &diff, bits).await?;
+        let ge = non_negative_values(sess, &diff, bits).await?.to_bools();
         let both: Vec<bool> = ge.iter().chain(&ge).copied().collect();
-        let picked = mux(sess, &both, &[diff, didx].concat()).await?;
+        let picked = mux_values(sess, &both, &[diff, didx].concat(), 1).await?;
         let (dv, di) = picked.split_at(ge.len());
         let mut t = 0;
         for (v, ix) in values.iter_mut().zip(index.iter_mut()) {
@@ -406,7 +428,9 @@ pub async fn max(sess: &mut Session, shares: &[u64], len: usize, bits: u32) -> P
             }
         }
     }
-    Ok((values.into_iter().map(|v| v[0]).collect(), index.into_iter().map(|v| v[0]).collect()))
+    let column = |v: Vec<Vec<u64>>| v.into_iter().map(|v| v[0]).collect::<Vec<u64>>();
+    let maxima = Shares::new((groups, 1), column(values), 64, x.frac_bits())?;
+    Ok((maxima, Shares::matrix((groups, 1), column(index), 0)?))
 }
 
 /// Largest one-hot vector [`one_hot`] builds: two lookups of at most 2^5 and 2^6 entries.
@@ -417,8 +441,8 @@ pub const MAX_ONE_HOT: usize = 1 << 11;
 const LOW_BITS: u32 = 5;
 
 /// XOR shares of the one-hot vector (`size` bits, `size` ≤ [`MAX_ONE_HOT`]) of a secret index
-/// shared additively (`index`, any ring: only its value mod 2^⌈log2 size⌉ is used; the index
-/// must be below `size`).
+/// shared additively (`index`, integers in any ring: only their value mod 2^⌈log2 size⌉ is used;
+/// each index must be below `size`), one vector per index in row-major order.
 ///
 /// Up to 64 entries, one lookup: the client chooses with its share, the server's table holds
 /// onehot(i_s + v) ⊕ r; ⌈log2 size⌉ random OTs per index. Beyond, the index splits into a low
@@ -427,18 +451,23 @@ const LOW_BITS: u32 = 5;
 /// onehot(h_s + h_c + carry), and the outer product high ⊗ low comes from the two cross terms,
 /// one 1-of-2 OT of a 32-bit row per high entry each way. Three rounds; the server sees only
 /// OT messages.
-pub async fn one_hot(sess: &mut Session, index: &[u64], size: usize) -> ProtoResult<Vec<Vec<bool>>> {
-    if !(2..=MAX_ONE_HOT).contains(&size) {
-        return Err(ProtoError::Input(format!("one-hot vectors of {size} entries (2..={MAX_ONE_HOT})")));
+pub async fn one_hot(sess: &mut Session, index: &Shares, size: usize) -> ProtoResult<Vec<Bits>> {
+    if !(2..=MAX_ONE_HOT).contains(&size) || index.frac_bits() != 0 {
+        return Err(ProtoError::Input(format!(
+            "one-hot vectors of {size} entries (2..={MAX_ONE_HOT}) of {} (integers expected)",
+            index.describe()
+        )));
     }
+    let index = index.as_slice();
     let b = size.next_power_of_two().trailing_zeros();
     let bits_of = |word: u64, width: usize| (0..width).map(|i| (word >> i) & 1 == 1).collect::<Vec<bool>>();
+    let packed = |word: u64, width: usize| Bits::from_words(vec![word], width);
     if b <= 6 {
         let words = lookup(sess, index, b, size as u32, |i, v| {
             1u64.checked_shl(i.wrapping_add(v) as u32 & ((1 << b) - 1)).unwrap_or(0)
         })
         .await?;
-        return Ok(words.into_iter().map(|w| bits_of(w, size)).collect());
+        return Ok(words.into_iter().map(|w| packed(w & mask(size as u32), size)).collect::<Result<_, _>>()?);
     }
     let (l_bits, h_bits) = (LOW_BITS, b - LOW_BITS);
     let (low_n, high_n) = (1usize << l_bits, 1usize << h_bits);
@@ -488,7 +517,7 @@ pub async fn one_hot(sess: &mut Session, index: &[u64], size: usize) -> ProtoRes
                 bits.extend(bits_of(own ^ first[r] ^ second[r], low_n));
             }
             bits.truncate(size);
-            bits
+            Bits::from_bools(&bits)
         })
         .collect())
 }

@@ -23,7 +23,7 @@ use super::compare::{at_least, b2a, triples_per_comparison};
 use super::piecewise::{Piecewise, evaluate_values};
 use super::{ProtoError, ProtoResult};
 use crate::net::Party;
-use crate::ring::Shares;
+use crate::ring::{Bits, Shares};
 
 /// Fractional bits of the row constant 1/d.
 const MEAN_BITS: u32 = 24;
@@ -151,7 +151,7 @@ async fn rsqrt_values(sess: &mut Session, v: &[u64]) -> ProtoResult<Vec<u64>> {
     // |v − c| < 2^(bits−1) for v, c < 2^34
     let bits = frac + 18;
     let mut triples = Triples::generate(sess, n * thresholds.len() * triples_per_comparison(bits - 1)).await?;
-    let ge = at_least(sess, &mut triples, v, &thresholds, bits).await?;
+    let ge = at_least(sess, &mut triples, &Shares::vector(v.to_vec(), frac)?, &thresholds, bits).await?.to_bools();
     let t = thresholds.len();
     // one-hot of k: bit i (k = K_MIN + i) is ge[i−1] ⊕ ge[i], with ge[−1] = 1 and ge[t] = 0
     let onehot: Vec<bool> = (0..n)
@@ -160,7 +160,7 @@ async fn rsqrt_values(sess: &mut Session, v: &[u64]) -> ProtoResult<Vec<u64>> {
             (0..=t).map(move |i| (if i == 0 { server } else { ge[i - 1] }) ^ (i < t && ge[i]))
         })
         .collect();
-    let onehot = b2a(sess, &onehot).await?;
+    let onehot = b2a(sess, &Bits::from_bools(&onehot)).await?.into_vec();
     let weigh = |shift: &dyn Fn(i32) -> i32| -> Vec<u64> {
         onehot
             .chunks_exact(t + 1)

@@ -2,11 +2,13 @@
 //! ([`linear`]), and the OT-based building blocks of the non-linear layers ([`arith`],
 //! [`boolean`], [`compare`]) and the functions built on them ([`piecewise`] activations, [`softmax`], [`layernorm`]).
 //!
-//! The layer protocols take and return typed [`crate::ring::Shares`]: the shape carries what a
-//! row length used to, the ring and scale are checked against the session's format
-//! ([`Session::check_format`]) and a product's scale is the sum of its operands'. The bit-level
-//! building blocks ([`compare`], [`boolean`], the reduced-ring kernels of [`arith`]) still work
-//! on raw share slices in the session's format.
+//! Protocols take and return typed values: [`crate::ring::Shares`] (the shape carries what a row
+//! length used to, the ring and scale are checked — against the session's format
+//! ([`Session::check_format`]) where a protocol computes in it — and a product's scale is the sum
+//! of its operands') and packed XOR-shared [`crate::ring::Bits`]. Each party's own private
+//! values (a comparison's or carry's inputs) stay plain slices. The reduced-ring kernels of
+//! [`arith`] (`mul_in`, `square`, `mul_weights`, `mul_rows`, `truncate_extend`) still take raw
+//! shares with their width as an argument.
 
 pub mod agree;
 pub mod arith;

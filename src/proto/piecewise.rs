@@ -45,7 +45,7 @@ use super::compare::{at_least, at_least_ots, carry, carry_ots, mux, non_negative
 use super::session::OutOfRange;
 use super::{ProtoError, ProtoResult, prepare};
 use crate::net::Party;
-use crate::ring::{DEFAULT_FRAC_BITS, FixedPoint, Shares, mask};
+use crate::ring::{Bits, DEFAULT_FRAC_BITS, FixedPoint, Shares, mask};
 
 /// Fractional bits of x on input and y on output, unless a format says otherwise
 /// ([`Piecewise::for_format`]): the range [`MIN_FRAC`, `MAX_FRAC`] leaves d its 8 bits and the
@@ -490,7 +490,7 @@ async fn saturate(sess: &mut Session, f: &Piecewise, x: &[u64], y: Vec<u64>) -> 
     let thresholds = [(lo * scale).ceil() as i64 as u64, (hi * scale).floor() as i64 as u64];
     let shifted: Vec<u64> =
         thresholds.iter().flat_map(|&c| x.iter().map(move |&v| if server { v.wrapping_sub(c) } else { v })).collect();
-    let ge = non_negative(sess, &shifted, 64).await?;
+    let ge = non_negative(sess, &Shares::matrix((2, n), shifted, f.frac)?, 64).await?.to_bools();
     let (left, right) = (f.pieces[0], f.pieces[f.pieces.len() - 1]);
     let tail = |p: Piece, x: u64| {
         let linear = if p.beta == 1.0 { x } else { 0 };
@@ -503,7 +503,8 @@ async fn saturate(sess: &mut Session, f: &Piecewise, x: &[u64], y: Vec<u64>) -> 
         .map(|i| tail(left, x[i]).wrapping_sub(y[i]))
         .chain((0..n).map(|i| tail(right, x[i]).wrapping_sub(y[i])))
         .collect();
-    let picked = mux(sess, &bits, &deltas).await?;
+    let deltas = Shares::matrix((2, n), deltas, f.frac)?;
+    let picked = mux(sess, &Bits::from_bools(&bits), &deltas).await?.into_vec();
     Ok((0..n).map(|i| y[i].wrapping_add(picked[i]).wrapping_add(picked[n + i])).collect())
 }
 
@@ -520,7 +521,7 @@ async fn evaluate_batch(sess: &mut Session, f: &Piecewise, shares: &[u64]) -> Pr
         shares.iter().map(|&x| (if server { x.wrapping_add(lifted) } else { x } & mask(ring)) >> t).collect();
     let lo: Vec<u64> = h.iter().map(|v| v & mask(lo_bits)).collect();
     let hi: Vec<u64> = h.iter().map(|v| v >> lo_bits).collect();
-    let c = carry(sess, &lo, lo_bits).await?;
+    let c = carry(sess, &lo, lo_bits).await?.to_bools();
 
     // 4: D = P + Q − 2^(k+w)·c with P = lo_s + e, e = 1 − 2^(k+w−1) (server), Q = lo_c (client);
     // D² = P² + Q² + 2PQ + c·(2^(2k+2w) − 2^(k+w+1)·P) − 2^(k+w+1)·c·Q, mod 2^sum, where
@@ -636,7 +637,8 @@ async fn baseline_batch(sess: &mut Session, f: &Piecewise, shares: &[u64]) -> Pr
         .collect();
     let bits = f.comparison_bits();
     let mut triples = Triples::generate(sess, n * (k - 1) * triples_per_comparison(bits - 1)).await?;
-    let ge = at_least(sess, &mut triples, shares, &thresholds, bits).await?;
+    let x = Shares::vector(shares.to_vec(), f.frac)?;
+    let ge = at_least(sess, &mut triples, &x, &thresholds, bits).await?.to_bools();
     // one-hot: piece i is selected when x ≥ breakpoint i−1 and not x ≥ breakpoint i
     let selector: Vec<bool> = (0..n)
         .flat_map(|v| {
@@ -664,7 +666,8 @@ async fn baseline_batch(sess: &mut Session, f: &Piecewise, shares: &[u64]) -> Pr
             })
         })
         .collect();
-    let picked = mux(sess, &selector, &values).await?;
+    let values = Shares::matrix((n, k), values, BASE_COEF_BITS + f.frac)?;
+    let picked = mux(sess, &Bits::from_bools(&selector), &values).await?.into_vec();
     let y: Vec<u64> = picked.chunks_exact(k).map(|c| c.iter().fold(0u64, |s, v| s.wrapping_add(*v))).collect();
     truncate_extend(sess, &y, 64, BASE_COEF_BITS).await
 }
@@ -672,11 +675,8 @@ async fn baseline_batch(sess: &mut Session, f: &Piecewise, shares: &[u64]) -> Pr
 /// Shares of ReLU(x) = [x ≥ 0]·x for |x| < 2^(bits−1), any scale: the sign at that width
 /// ([`super::compare::non_negative`]) and one multiplexer.
 pub async fn relu(sess: &mut Session, x: &Shares, bits: u32) -> ProtoResult<Shares> {
-    if x.width() != 64 {
-        return Err(ProtoError::Input(format!("relu of {}: shares over Z_2^64 expected", x.describe())));
-    }
-    let positive = non_negative(sess, x.as_slice(), bits).await?;
-    Ok(x.with_values(mux(sess, &positive, x.as_slice()).await?)?)
+    let positive = non_negative(sess, x, bits).await?;
+    mux(sess, &positive, x).await
 }
 
 /// Shares of SwiGLU's gate product SiLU(g) ⊙ u for shared g (in SiLU's input range) and u

@@ -88,7 +88,8 @@ async fn softmax_batch(sess: &mut Session, x: &[u64], len: usize, keep: Option<&
             })
             .collect(),
     };
-    let (m, _) = max(sess, &x, len, max_bits(frac)).await?;
+    let (m, _) = max(sess, &Shares::matrix((x.len() / len, len), x.clone(), frac)?, max_bits(frac)).await?;
+    let m = m.into_vec();
     let z: Vec<u64> = x.iter().enumerate().map(|(i, v)| v.wrapping_sub(m[i / len])).collect();
     let mut e = evaluate_values(sess, &Piecewise::exp(), &z).await?;
     e.iter_mut().enumerate().filter(|(i, _)| !kept(*i)).for_each(|(_, v)| *v = 0);
@@ -126,9 +127,9 @@ async fn reciprocal_values(sess: &mut Session, s: &[u64], wide: bool) -> ProtoRe
     let high = truncate_extend(sess, &high, 64, 4).await?;
     let sixty_four = if sess.party() == Party::Server { 64u64 << frac } else { 0 };
     let shifted: Vec<u64> = s.iter().map(|v| v.wrapping_sub(sixty_four)).collect();
-    let large = non_negative(sess, &shifted, frac + 13).await?;
+    let large = non_negative(sess, &Shares::vector(shifted, frac)?, frac + 13).await?;
     let diff: Vec<u64> = high.iter().zip(&low).map(|(h, l)| h.wrapping_sub(*l)).collect();
-    let picked = mux(sess, &large, &diff).await?;
+    let picked = mux(sess, &large, &Shares::vector(diff, frac)?).await?.into_vec();
     let y = low.iter().zip(&picked).map(|(l, p)| l.wrapping_add(*p)).collect();
     newton(sess, s, y).await
 }

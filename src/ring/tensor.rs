@@ -246,6 +246,71 @@ impl Bits {
         &self.words
     }
 
+    /// Bits `start..start + len` (within [`Bits::len`]), as a vector of their own.
+    pub fn range(&self, start: usize, len: usize) -> Bits {
+        assert!(start + len <= self.len, "bits {start}..{} of {}", start + len, self.len);
+        let (word, shift) = (start / 64, start % 64);
+        let mut words: Vec<u64> = (0..len.div_ceil(64))
+            .map(|i| {
+                let lo = self.words[word + i] >> shift;
+                let hi = match (shift, self.words.get(word + i + 1)) {
+                    (1..=63, Some(next)) => next << (64 - shift),
+                    _ => 0,
+                };
+                lo | hi
+            })
+            .collect();
+        words.truncate(len.div_ceil(64));
+        let mut out = Bits { words, len };
+        out.clear_tail();
+        out
+    }
+
+    /// The bits as `⌈len/8⌉` bytes, little-endian bit order (the wire form).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes: Vec<u8> = self.words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        bytes.truncate(self.len.div_ceil(8));
+        bytes
+    }
+
+    /// Inverse of [`Bits::to_bytes`]: exactly `⌈len/8⌉` bytes, bits past `len` zero.
+    pub fn from_bytes(bytes: &[u8], len: usize) -> Result<Bits, RingError> {
+        if bytes.len() != len.div_ceil(8) {
+            return Err(RingError::PackedLength {
+                expected: len.div_ceil(8),
+                actual: bytes.len(),
+                count: len,
+                width: 1,
+            });
+        }
+        let words = bytes
+            .chunks(8)
+            .map(|c| {
+                let mut w = [0u8; 8];
+                w[..c.len()].copy_from_slice(c);
+                u64::from_le_bytes(w)
+            })
+            .collect();
+        Bits::from_words(words, len)
+    }
+
+    /// Word-wise `f` over this vector and `others` of the same length (local gates).
+    pub fn zip_words(&self, others: &[&Bits], f: impl Fn(u64, &[u64]) -> u64) -> Result<Bits, RingError> {
+        if let Some(o) = others.iter().find(|o| o.len != self.len) {
+            return Err(RingError::LengthMismatch { left: self.len, right: o.len });
+        }
+        let mut row = vec![0u64; others.len()];
+        let words = (0..self.words.len())
+            .map(|i| {
+                row.iter_mut().zip(others).for_each(|(r, o)| *r = o.words[i]);
+                f(self.words[i], &row)
+            })
+            .collect();
+        let mut out = Bits { words, len: self.len };
+        out.clear_tail();
+        Ok(out)
+    }
+
     /// Every bit flipped: the party that does this (exactly one) negates the shared bits.
     pub fn not(&self) -> Bits {
         let mut out = Bits { words: self.words.iter().map(|w| !w).collect(), len: self.len };
@@ -343,6 +408,26 @@ mod tests {
         let (a0, _) = share_matrix(&zero, &mut StdRng::seed_from_u64(7)).unwrap();
         let (a1, _) = share_matrix(&other, &mut StdRng::seed_from_u64(7)).unwrap();
         assert_eq!(a0, a1);
+    }
+
+    proptest! {
+        #[test]
+        fn ranges_and_bytes_keep_the_bits(bits in prop::collection::vec(any::<bool>(), 0..300), a in 0usize..300, b in 0usize..300) {
+            let packed = Bits::from_bools(&bits);
+            let (start, len) = (a.min(bits.len()), b.min(bits.len() - a.min(bits.len())));
+            prop_assert_eq!(packed.range(start, len).to_bools(), bits[start..start + len].to_vec());
+            prop_assert_eq!(Bits::from_bytes(&packed.to_bytes(), bits.len()).unwrap(), packed.clone());
+            prop_assert_eq!(packed.to_bytes(), crate::ring::pack_bits(&bits.iter().map(|&b| b as u64).collect::<Vec<_>>(), 1));
+        }
+    }
+
+    #[test]
+    fn the_first_share_is_uniform_whatever_the_secret() {
+        let (a, _) =
+            share_matrix(&Shares::matrix((64, 64), vec![0; 4096], 18).unwrap(), &mut StdRng::seed_from_u64(1)).unwrap();
+        let ones: u32 = a.as_slice().iter().map(|s| s.count_ones()).sum();
+        let expected = 4096.0 * 32.0;
+        assert!((ones as f64 - expected).abs() < 5.0 * (4096.0f64 * 16.0).sqrt());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use secmoe::proto::layernorm::rsqrt;
 use secmoe::proto::piecewise::{Piecewise, evaluate, evaluate_baseline, relu};
 use secmoe::proto::softmax::reciprocal;
 use secmoe::proto::{ProtoResult, Session};
-use secmoe::ring::Shares;
+use secmoe::ring::{Bits, Shares};
 
 use super::harness::{Row, reset_peak_rss, row, session_pair};
 use super::report::print_row;
@@ -58,8 +58,6 @@ struct Case {
     /// Plaintext inputs (real or raw, per block) and their shares (server, client).
     x: Vec<f64>,
     raw: Vec<u64>,
-    server: Vec<u64>,
-    client: Vec<u64>,
     /// Second operand where the block takes two.
     raw2: Vec<u64>,
     server2: Vec<u64>,
@@ -79,12 +77,12 @@ fn case(n: usize, rng: &mut StdRng, range: (f64, f64)) -> Result<Case> {
     let (server, client) = split(&raw, rng);
     let (server2, client2) = split(&raw2, rng);
     let typed = [
-        Shares::vector(server.clone(), 18)?,
-        Shares::vector(client.clone(), 18)?,
+        Shares::vector(server, 18)?,
+        Shares::vector(client, 18)?,
         Shares::vector(server2.clone(), 0)?,
         Shares::vector(client2.clone(), 0)?,
     ];
-    Ok(Case { x, raw, server, client, raw2, server2, client2, typed })
+    Ok(Case { x, raw, raw2, server2, client2, typed })
 }
 
 fn bits_of(v: &[u64]) -> Vec<bool> {
@@ -173,7 +171,7 @@ async fn measure(name: &str, n: usize, kind: OtKind, backend: Arc<dyn Backend>, 
 
 /// Runs one block with both parties; returns (server, client) output shares, bits as 0/1.
 async fn run_block(name: &str, os: &mut Session, oc: &mut Session, k: &Case) -> Result<(Vec<u64>, Vec<u64>)> {
-    let widen = |v: Vec<bool>| v.into_iter().map(u64::from).collect::<Vec<u64>>();
+    let widen = |v: Bits| v.iter().map(u64::from).collect::<Vec<u64>>();
     let t = &k.typed;
     let (s, c): (Run<'_>, Run<'_>) = match name {
         "compare" => {
@@ -185,31 +183,31 @@ async fn run_block(name: &str, os: &mut Session, oc: &mut Session, k: &Case) -> 
             return Ok((widen(a?), widen(b?)));
         }
         "sign" => {
-            let (a, b) = tokio::join!(non_negative(os, &k.server, 32), non_negative(oc, &k.client, 32));
+            let (a, b) = tokio::join!(non_negative(os, &t[0], 32), non_negative(oc, &t[1], 32));
             return Ok((widen(a?), widen(b?)));
         }
         "b2a" | "mux" => {
             // XOR shares of the low bit of raw2: the server holds it, the client zeros
-            let (bs, bc): (Vec<bool>, Vec<bool>) = (bits_of(&k.raw2), vec![false; k.raw2.len()]);
-            if name == "b2a" {
-                let (a, b) = tokio::join!(b2a(os, &bs), b2a(oc, &bc));
-                return Ok((a?, b?));
-            }
-            let (a, b) = tokio::join!(mux(os, &bs, &k.server), mux(oc, &bc, &k.client));
-            return Ok((a?, b?));
+            let (bs, bc) = (Bits::from_bools(&bits_of(&k.raw2)), Bits::zeros(k.raw2.len()));
+            let (a, b) = if name == "b2a" {
+                tokio::join!(b2a(os, &bs), b2a(oc, &bc))
+            } else {
+                tokio::join!(mux(os, &bs, &t[0]), mux(oc, &bc, &t[1]))
+            };
+            return Ok((a?.into_vec(), b?.into_vec()));
         }
         "mul" => (opened(mul(os, &t[0], &t[2])), opened(mul(oc, &t[1], &t[3]))),
         "truncate" => (opened(truncate(os, &t[0], 18)), opened(truncate(oc, &t[1], 18))),
         "max" => {
-            let (a, b) = tokio::join!(max(os, &k.server, 128, 26), max(oc, &k.client, 128, 26));
-            return Ok((a?.0, b?.0));
+            let rows = (k.raw.len() / 128, 128);
+            let (xs, xc) = (t[0].clone().reshape(rows)?, t[1].clone().reshape(rows)?);
+            let (a, b) = tokio::join!(max(os, &xs, 26), max(oc, &xc, 26));
+            return Ok((a?.0.into_vec(), b?.0.into_vec()));
         }
         "one-hot" => {
-            let zeros = vec![0; k.raw2.len()];
-            let (a, b) = tokio::join!(one_hot(os, &k.raw2, 8), one_hot(oc, &zeros, 8));
-            let pack = |v: Vec<Vec<bool>>| {
-                v.iter().map(|h| h.iter().rev().fold(0u64, |w, &b| w << 1 | b as u64)).collect::<Vec<u64>>()
-            };
+            let (index, zeros) = (Shares::vector(k.raw2.clone(), 0)?, Shares::vector(vec![0; k.raw2.len()], 0)?);
+            let (a, b) = tokio::join!(one_hot(os, &index, 8), one_hot(oc, &zeros, 8));
+            let pack = |v: Vec<Bits>| v.iter().map(|h| h.words()[0]).collect::<Vec<u64>>();
             let (a, b) = (pack(a?), pack(b?));
             // XOR shares: open by XOR, returned so that the caller's sum is the XOR
             return Ok((a.iter().zip(&b).map(|(x, y)| x ^ y).collect(), vec![0; b.len()]));

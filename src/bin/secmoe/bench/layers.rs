@@ -187,16 +187,17 @@ async fn measure_compare(name: &str, kind: OtKind, backend: Arc<dyn Backend>, th
     let checked = if per == 1 {
         let (gs, gc) = tokio::join!(greater_than(&mut os, &mut ts, &x, 64), greater_than(&mut oc, &mut tc, &y, 64));
         let (gs, gc) = (gs?, gc?);
-        (0..N).all(|i| (gs[i] ^ gc[i]) == (x[i] > y[i]))
+        (0..N).all(|i| (gs.get(i) ^ gc.get(i)) == (x[i] > y[i]))
     } else {
         // x is shared as (x − y, y)
         let xs: Vec<u64> = x.iter().zip(&y).map(|(a, b)| a.wrapping_sub(*b)).collect();
+        let (xs, yc) = (Shares::vector(xs, 0)?, Shares::vector(y.clone(), 0)?);
         let (gs, gc) = tokio::join!(
             at_least(&mut os, &mut ts, &xs, &breakpoints, 32),
-            at_least(&mut oc, &mut tc, &y, &breakpoints, 32)
+            at_least(&mut oc, &mut tc, &yc, &breakpoints, 32)
         );
         let (gs, gc) = (gs?, gc?);
-        (0..N * per).all(|c| (gs[c] ^ gc[c]) == (x[c / per] as i64 >= breakpoints[c % per] as i64))
+        (0..N * per).all(|c| (gs.get(c) ^ gc.get(c)) == (x[c / per] as i64 >= breakpoints[c % per] as i64))
     };
     let wall_s = start.elapsed().as_secs_f64();
     let after = c.meter().report().total();
