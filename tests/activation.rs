@@ -6,15 +6,16 @@
 
 mod common;
 
-use common::{add_share, open};
+use common::add_share;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use secmoe::ot::OtKind;
 use secmoe::proto::Session;
-use secmoe::proto::arith::{truncate, truncate_extend};
+use secmoe::proto::arith::truncate;
 use secmoe::proto::compare::carry;
 use secmoe::proto::piecewise::{Piecewise, evaluate, evaluate_baseline};
+use secmoe::ring::Shares;
 
 const SCALE: f64 = (1u64 << 18) as f64;
 
@@ -42,8 +43,12 @@ fn truncation_is_floor_or_one_less_even_for_extreme_shares() {
         let small: Vec<i64> = (0..5000).map(|_| rng.random_range(-(1i64 << 38)..(1i64 << 38))).collect();
         let raw: Vec<u64> = small.iter().map(|&v| v as u64 & ((1 << 40) - 1)).collect();
         let (s, c) = add_share(&raw, &mut rng);
-        let (ts, tc) = tokio::join!(truncate_extend(&mut os, &s, 40, 16), truncate_extend(&mut oc, &c, 40, 16));
-        let got = open(&ts.unwrap(), &tc.unwrap());
+        let ring40 = |v| Shares::new((1, small.len()), v, 40, 16).unwrap();
+        let (s, c) = (ring40(s), ring40(c));
+        let (ts, tc) = tokio::join!(truncate(&mut os, &s, 16), truncate(&mut oc, &c, 16));
+        let (ts, tc) = (ts.unwrap(), tc.unwrap());
+        assert_eq!((ts.width(), ts.frac_bits()), (64, 0), "lifted to the full ring");
+        let got = common::open_rows(&ts, &tc);
         for (v, g) in small.iter().zip(got) {
             assert!(g as i64 == v >> 16 || g as i64 == (v >> 16) - 1, "{v}: {}", g as i64);
         }

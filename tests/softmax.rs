@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{add_share, open};
+use common::add_share;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -92,8 +92,10 @@ fn row_products_are_exact_mod_the_ring() {
         let x: Vec<u64> = (0..rows * len).map(|_| rng.random()).collect();
         let r: Vec<u64> = (0..rows).map(|_| rng.random()).collect();
         let ((xs, xc), (rs, rc)) = (add_share(&x, &mut rng), add_share(&r, &mut rng));
-        let (a, b) = tokio::join!(mul_rows(&mut os, &xs, &rs, bits), mul_rows(&mut oc, &xc, &rc, bits));
-        let got = open(&a.unwrap(), &b.unwrap());
+        let ring = |v, cols| Shares::new((rows, cols), v, bits, 0).unwrap();
+        let ((xs, xc), (rs, rc)) = ((ring(xs, len), ring(xc, len)), (ring(rs, 1), ring(rc, 1)));
+        let (a, b) = tokio::join!(mul_rows(&mut os, &xs, &rs), mul_rows(&mut oc, &xc, &rc));
+        let got = common::open_rows(&a.unwrap(), &b.unwrap());
         for i in 0..x.len() {
             assert_eq!(got[i] & ((1 << bits) - 1), x[i].wrapping_mul(r[i / len]) & ((1 << bits) - 1));
         }

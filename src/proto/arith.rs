@@ -13,9 +13,11 @@
 //! ⌊Y'/2^f⌋ = (Y'_s ≫ f) + (Y'_c ≫ f) − 2^(m−f)·(a ∨ b) + carry, with a, b the shares' top bits
 //! and carry ∈ {0, 1} from the low f bits. Dropping the carry gives ⌊Y/2^f⌋ or one less — never a
 //! large error — at the price of one correlated OT for a ∧ b. The same step lifts shares mod
-//! 2^m to shares mod 2^64. [`truncate_local`] (SecureML) needs no message but fails with a small
-//! probability; it is what the protocols use only where the failure cannot happen (values reduced
-//! to a smaller ring first).
+//! 2^m to shares mod 2^64.
+//!
+//! The public functions take typed [`Shares`] (the ring and scale come with them); the
+//! protocols inside the crate call the kernels on raw shares in a ring they name (`mul_in`,
+//! `square`, `mul_weights`, `mul_rows_in`, `truncate_extend`).
 
 use super::Session;
 use rand::RngExt;
@@ -46,7 +48,7 @@ pub async fn mul(sess: &mut Session, x: &Shares, y: &Shares) -> ProtoResult<Shar
 /// Shares of x ⊙ y mod 2^bits for x, y shared mod 2^bits (shares are read mod 2^bits): 2·bits
 /// correlated OTs per element. Values known to be small multiply in a smaller ring for fewer
 /// OTs, then [`truncate_extend`] returns to Z_2^64.
-pub async fn mul_in(sess: &mut Session, x: &[u64], y: &[u64], bits: u32) -> ProtoResult<Vec<u64>> {
+pub(crate) async fn mul_in(sess: &mut Session, x: &[u64], y: &[u64], bits: u32) -> ProtoResult<Vec<u64>> {
     if x.len() != y.len() {
         return Err(ProtoError::Input(format!("product of {} and {} values", x.len(), y.len())));
     }
@@ -66,7 +68,7 @@ pub async fn mul_in(sess: &mut Session, x: &[u64], y: &[u64], bits: u32) -> Prot
 /// the ring element is exact): x_s² + x_c² + 2·x_s·x_c, one cross term of `bits` correlated OTs
 /// per element. At 64 bits that is half of [`mul`]; a value known to be small squares in a
 /// smaller ring for fewer OTs.
-pub async fn square(sess: &mut Session, x: &[u64], bits: u32) -> ProtoResult<Vec<u64>> {
+pub(crate) async fn square(sess: &mut Session, x: &[u64], bits: u32) -> ProtoResult<Vec<u64>> {
     let x: Vec<u64> = x.iter().map(|v| v & mask(bits)).collect();
     let doubled: Vec<u64> = x.iter().map(|v| v.wrapping_mul(2)).collect();
     let cross = match sess.party() {
@@ -79,7 +81,7 @@ pub async fn square(sess: &mut Session, x: &[u64], bits: u32) -> ProtoResult<Vec
 /// Shares mod 2^bits of w_i·x_i for the server's own plaintext `weights` (the client passes
 /// none) and shared x: w·x_s locally, w·x_c as a cross term the client chooses with its share's
 /// `bits` bits.
-pub async fn mul_weights(sess: &mut Session, x: &[u64], weights: &[u64], bits: u32) -> ProtoResult<Vec<u64>> {
+pub(crate) async fn mul_weights(sess: &mut Session, x: &[u64], weights: &[u64], bits: u32) -> ProtoResult<Vec<u64>> {
     let x: Vec<u64> = x.iter().map(|v| v & mask(bits)).collect();
     match sess.party() {
         Party::Server => {
@@ -127,7 +129,7 @@ pub async fn truncate(sess: &mut Session, x: &Shares, f: u32) -> ProtoResult<Sha
 /// Shares mod 2^64 of ⌊Y/2^f⌋ (or one less) for Y shared mod 2^`bits` with |Y| < 2^(bits−2):
 /// truncation and extension to the full ring in one step (see the module notes). Shares are
 /// read modulo 2^`bits` (higher bits are ignored).
-pub async fn truncate_extend(sess: &mut Session, shares: &[u64], bits: u32, f: u32) -> ProtoResult<Vec<u64>> {
+pub(crate) async fn truncate_extend(sess: &mut Session, shares: &[u64], bits: u32, f: u32) -> ProtoResult<Vec<u64>> {
     if !(3..=64).contains(&bits) || f >= bits - 1 {
         return Err(ProtoError::Input(format!("truncation by {f} bits of {bits}-bit values")));
     }
@@ -160,27 +162,27 @@ pub async fn truncate_extend(sess: &mut Session, shares: &[u64], bits: u32, f: u
     Ok(own.iter().zip(both).map(|(o, b)| o.wrapping_add(b).wrapping_sub(unshift)).collect())
 }
 
-/// Local truncation by `f` bits (SecureML, Mohassel–Zhang S&P 2017): the server takes
-/// ⌊x_s / 2^f⌋ and the client 2^64 − ⌊(2^64 − x_c) / 2^f⌋. If |x| < 2^k (x read as signed), the
-/// result is ⌊x/2^f⌋ or ⌊x/2^f⌋ + 1, except with probability at most 2^(k+1−64) per value, when
-/// it is off by about 2^(64−f).
-pub fn truncate_local(party: Party, shares: &[u64], f: u32) -> Vec<u64> {
-    match party {
-        Party::Server => shares.iter().map(|&v| v >> f).collect(),
-        Party::Client => shares.iter().map(|&v| (v.wrapping_neg() >> f).wrapping_neg()).collect(),
-    }
-}
-
 /// A fresh uniform mask per value, below 2^bits (the sender's share in table lookups).
 pub(crate) fn masks(sess: &mut Session, n: usize, bits: u32) -> Vec<u64> {
     (0..n).map(|_| sess.rng.random::<u64>() & mask(bits)).collect()
+}
+
+/// Shares of x_ij·r_i for shared x (rows × len) and one shared scalar per row (r: rows × 1), in
+/// their common ring Z_2^ℓ, the scale the sum of theirs.
+pub async fn mul_rows(sess: &mut Session, x: &Shares, r: &Shares) -> ProtoResult<Shares> {
+    let frac = x.frac_bits() + r.frac_bits();
+    if r.shape() != (x.rows(), 1) || x.width() != r.width() || frac > x.width() {
+        return Err(ProtoError::Input(format!("row products of {} and {}", x.describe(), r.describe())));
+    }
+    let y = mul_rows_in(sess, x.as_slice(), r.as_slice(), x.width()).await?;
+    Ok(Shares::new(x.shape(), y, x.width(), frac)?)
 }
 
 /// Shares mod 2^bits of x_ij·r_i: every value of row i (rows of `x.len() / r.len()` values)
 /// times that row's shared scalar. The cross terms use one correlated OT of a whole row per bit
 /// of the other party's scalar share ([`crate::ot::Ot::cot_vec_send`]): `bits` random OTs per row and
 /// direction instead of per value.
-pub async fn mul_rows(sess: &mut Session, x: &[u64], r: &[u64], bits: u32) -> ProtoResult<Vec<u64>> {
+pub(crate) async fn mul_rows_in(sess: &mut Session, x: &[u64], r: &[u64], bits: u32) -> ProtoResult<Vec<u64>> {
     if r.is_empty() || !x.len().is_multiple_of(r.len()) {
         return Err(ProtoError::Input(format!("{} values in {} rows", x.len(), r.len())));
     }

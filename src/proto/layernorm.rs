@@ -5,7 +5,7 @@
 //! 1. μ = Σx · ⌊2^24/d⌉ / 2^24 (local sum, one faithful truncation).
 //! 2. σ² from the squares of c = x − μ at 10 fractional bits in a 44-bit ring (|c| < 64, d ≤ 1024:
 //!    Σc² < 2^42): one cross term of 44 correlated OTs per value instead of 128, the row sum
-//!    lifted back with [`super::arith::truncate_extend`].
+//!    lifted back with [`super::arith::truncate`].
 //! 3. 1/√(σ² + ε) per row ([`rsqrt`]).
 //! 4. c·r for the whole row by [`super::arith::mul_rows`] (a 51-bit ring), then γ ⊙ · + β by a
 //!    cross term with the server's weights at 12 fractional bits (41 correlated OTs per value).
@@ -17,7 +17,7 @@
 //! rsqrt to 1e-6 relative, γ rounded to 2^-12.
 
 use super::Session;
-use super::arith::{mul_in, mul_rows, mul_weights, square, truncate_extend};
+use super::arith::{mul_in, mul_rows_in, mul_weights, square, truncate_extend};
 use super::boolean::Triples;
 use super::compare::{at_least, b2a, triples_per_comparison};
 use super::piecewise::{Piecewise, evaluate_values};
@@ -114,7 +114,7 @@ async fn normalize(sess: &mut Session, x: &Shares, affine: Affine<'_>, eps: u64,
     debug_assert_eq!(r.len(), rows);
     // c·r: |c| < 2^6, r < 2^7, 2f fractional bits
     let normalized_bits = 2 * frac + 15;
-    let n = mul_rows(sess, &c, &r, normalized_bits).await?;
+    let n = mul_rows_in(sess, &c, &r, normalized_bits).await?;
     let n = truncate_extend(sess, &n, normalized_bits, frac).await?;
     let (gamma, beta): (Vec<u64>, Vec<u64>) = match affine {
         Affine::None if server => return Err(ProtoError::Input("the server must pass the weights".into())),

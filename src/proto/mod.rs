@@ -6,9 +6,8 @@
 //! length used to, the ring and scale are checked — against the session's format
 //! ([`Session::check_format`]) where a protocol computes in it — and a product's scale is the sum
 //! of its operands') and packed XOR-shared [`crate::ring::Bits`]. Each party's own private
-//! values (a comparison's or carry's inputs) stay plain slices. The reduced-ring kernels of
-//! [`arith`] (`mul_in`, `square`, `mul_weights`, `mul_rows`, `truncate_extend`) still take raw
-//! shares with their width as an argument.
+//! values (a comparison's or carry's inputs) stay plain slices. Inside the crate, the protocols
+//! call [`arith`]'s kernels on raw shares in a ring they name.
 
 pub mod agree;
 pub mod arith;

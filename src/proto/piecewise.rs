@@ -26,7 +26,7 @@
 //!
 //! The random OTs of each batch are prepared in one go, both directions at once; about 35 per
 //! value for GeLU, no AND gates.
-//! 6. One truncation-with-extension back to Z_2^64 ([`super::arith::truncate_extend`]).
+//! 6. One truncation-with-extension back to Z_2^64 ([`super::arith::truncate`]).
 //!
 //! Error model (against [`Piecewise::reference`], the same fixed-point arithmetic computed in
 //! the clear): H can be one unit lower than its floor, which moves d by 2^-k or, at a piece

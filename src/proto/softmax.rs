@@ -17,7 +17,7 @@
 //! scaled by 1/s, plus a few units of 2^-f from the truncations.
 
 use super::Session;
-use super::arith::{mul_in, mul_rows, truncate_extend};
+use super::arith::{mul_in, mul_rows_in, truncate_extend};
 use super::compare::{max, mux, non_negative};
 use super::piecewise::{Piecewise, evaluate_values};
 use super::{ProtoError, ProtoResult};
@@ -95,7 +95,7 @@ async fn softmax_batch(sess: &mut Session, x: &[u64], len: usize, keep: Option<&
     e.iter_mut().enumerate().filter(|(i, _)| !kept(*i)).for_each(|(_, v)| *v = 0);
     let sums: Vec<u64> = e.chunks_exact(len).map(|row| row.iter().fold(0u64, |s, v| s.wrapping_add(*v))).collect();
     let r = reciprocal_values(sess, &sums, len > SHORT_ROW).await?;
-    let y = mul_rows(sess, &e, &r, product_bits(frac)).await?;
+    let y = mul_rows_in(sess, &e, &r, product_bits(frac)).await?;
     truncate_extend(sess, &y, product_bits(frac), frac).await
 }
 
