@@ -131,13 +131,9 @@ pub async fn drop_overflow(
         .collect();
     let width = usize::BITS - n.max(capacity).leading_zeros() + 2;
     let keep = non_negative(sess, &Shares::vector(margin, 0)?, width).await?;
-    let gates = Shares::vector(std::mem::take(&mut routes.gates), frac_of(sess))?;
+    let gates = Shares::vector(std::mem::take(&mut routes.gates), sess.format().frac_bits())?;
     routes.gates = mux(sess, &keep, &gates).await?.into_vec();
     Ok(())
-}
-
-fn frac_of(sess: &Session) -> u32 {
-    sess.format().frac_bits()
 }
 
 /// b_r·x_r for each row r of `len` raw shares (the gates and queue positions of the routing):

@@ -250,7 +250,7 @@ impl Bits {
     pub fn range(&self, start: usize, len: usize) -> Bits {
         assert!(start + len <= self.len, "bits {start}..{} of {}", start + len, self.len);
         let (word, shift) = (start / 64, start % 64);
-        let mut words: Vec<u64> = (0..len.div_ceil(64))
+        let words: Vec<u64> = (0..len.div_ceil(64))
             .map(|i| {
                 let lo = self.words[word + i] >> shift;
                 let hi = match (shift, self.words.get(word + i + 1)) {
@@ -260,7 +260,6 @@ impl Bits {
                 lo | hi
             })
             .collect();
-        words.truncate(len.div_ceil(64));
         let mut out = Bits { words, len };
         out.clear_tail();
         out
