@@ -13,10 +13,10 @@ use secmoe::he::HeParams;
 use secmoe::he::matmul::tiling_for;
 use secmoe::he::tiling::MatShape;
 use secmoe::net::{Link, LinkConfig, PublicParams, loopback};
-use secmoe::proto::linear::{KeySet, Weights, linear};
+use secmoe::proto::linear::{KeySet, linear};
 use secmoe::proto::{Session, SessionConfig};
-use secmoe::ring::Shares;
 use secmoe::ring::share_matrix;
+use secmoe::ring::{Shares, Weights};
 
 struct Pair {
     client: Link,
@@ -55,7 +55,7 @@ fn bench_linear(c: &mut Criterion) {
         let (xc, xs) = share_matrix(&x, &mut rng).unwrap();
         let run = |s: &mut Pair| {
             rt.block_on(async {
-                let weights = Weights { values: &w, bits: 20 };
+                let weights = Weights::bounded((shape.d, shape.m), &w, 20).unwrap();
                 let (yc, ys) =
                     tokio::join!(linear(&mut s.sc, shape, &xc, None), linear(&mut s.ss, shape, &xs, Some(weights)));
                 yc.unwrap();

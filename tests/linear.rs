@@ -15,9 +15,9 @@ use secmoe::he::HeParams;
 use secmoe::he::matmul::tiling_for;
 use secmoe::he::tiling::MatShape;
 use secmoe::net::CostModel;
-use secmoe::proto::linear::{HeClient, HeServer, KeySet, Weights, linear, matmul_shared};
+use secmoe::proto::linear::{HeClient, HeServer, KeySet, linear, matmul_shared};
 use secmoe::proto::{HeKeys, ProtoError, Session};
-use secmoe::ring::Shares;
+use secmoe::ring::{Shares, Weights};
 
 /// Fixed-point-like weights: |w| < 2^20, both signs.
 fn weights(rng: &mut StdRng, count: usize) -> Vec<u64> {
@@ -79,7 +79,7 @@ fn linear_layers_give_exact_shares_of_x_times_w_for_any_shape_and_tiling() {
             let x: Vec<u64> = (0..n * d).map(|_| rng.random()).collect();
             let w = weights(&mut rng, d * m);
             let (xs, xc) = common::share_rows(&x, (n, d), 0, &mut rng);
-            let weights = Weights { values: &w, bits: 20 };
+            let weights = Weights::bounded((d, m), &w, 20).unwrap();
             let (yc, ys) = tokio::join!(linear(&mut sc, shape, &xc, None), linear(&mut ss, shape, &xs, Some(weights)));
             let y = common::open_rows(&yc.unwrap(), &ys.unwrap());
             assert_eq!(
@@ -120,7 +120,7 @@ fn mismatched_shapes_and_oversized_weights_are_refused_by_name() {
         let x = Shares::matrix((4, 3), vec![1; 4 * 3], 0).unwrap();
         let other = Shares::matrix((4, 4), vec![0; 16], 0).unwrap();
         // the client thinks d = 3, the server d = 4
-        let zeros = Weights { values: &[0; 8], bits: 20 };
+        let zeros = Weights::bounded((4, 2), &[0; 8], 20).unwrap();
         let (rc, rs) = tokio::join!(
             linear(&mut sc, MatShape { n: 4, d: 3, m: 2 }, &x, None),
             linear(&mut ss, MatShape { n: 4, d: 4, m: 2 }, &other, Some(zeros))
@@ -134,7 +134,7 @@ fn mismatched_shapes_and_oversized_weights_are_refused_by_name() {
         w[4] = (-(1i64 << 21)) as u64;
         let (rc, rs) = tokio::join!(
             linear(&mut sc, shape, &x, None),
-            linear(&mut ss, shape, &x, Some(Weights { values: &w, bits: 20 }))
+            linear(&mut ss, shape, &x, Some(Weights::bounded((3, 2), &w, 20).unwrap()))
         );
         // the client learns that a weight is out of bounds, not which one nor its value
         let refusal = match rc {
@@ -148,9 +148,18 @@ fn mismatched_shapes_and_oversized_weights_are_refused_by_name() {
         let w = vec![3u64; 6];
         let (yc, ys) = tokio::join!(
             linear(&mut sc, shape, &x, None),
-            linear(&mut ss, shape, &x, Some(Weights { values: &w, bits: 20 }))
+            linear(&mut ss, shape, &x, Some(Weights::bounded((3, 2), &w, 20).unwrap()))
         );
         assert_eq!(common::open_rows(&yc.unwrap(), &ys.unwrap()), vec![18; 8]);
+        // weights of the right size but the wrong shape (2×3 for a 3×2 product): the server
+        // names both shapes, the client is told before any ciphertext moves
+        let (rc, rs) = tokio::join!(
+            linear(&mut sc, shape, &x, None),
+            linear(&mut ss, shape, &x, Some(Weights::bounded((2, 3), &w, 20).unwrap()))
+        );
+        let es = rs.unwrap_err().to_string();
+        assert!(es.contains("weights of 2×3") && es.contains("needs 3×2"), "{es}");
+        assert!(matches!(rc, Err(ProtoError::Refused(_))), "{rc:?}");
         // shares whose shape is not the announced one are this party's input error
         let err = linear(&mut sc, shape, &other, None).await.unwrap_err().to_string();
         assert!(err.contains("4×3") && err.contains("4×4"), "{err}");
@@ -177,12 +186,20 @@ fn a_bad_tiling_or_a_truncated_ciphertext_is_an_error_naming_it() {
             ch.send(&[0u8; 100]).await.unwrap();
         };
         let server = async {
-            let e = hs.product(s.channel(), shape, &[1], 20, None, &mut rng).await.unwrap_err().to_string();
+            let e = hs
+                .product(s.channel(), shape, Weights::bounded((1, 1), &[1], 20).unwrap(), None, &mut rng)
+                .await
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("tiling") && e.contains("does not fit"), "{e}");
             let narrow = MatShape { n: 8, d: 8, m: 8 };
-            let e = hs.product(s.channel(), narrow, &[1; 64], 20, None, &mut rng).await.unwrap_err().to_string();
+            let e = hs
+                .product(s.channel(), narrow, Weights::bounded((8, 8), &[1; 64], 20).unwrap(), None, &mut rng)
+                .await
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("less than half"), "{e}");
-            hs.product(s.channel(), shape, &[1], 20, None, &mut rng).await
+            hs.product(s.channel(), shape, Weights::bounded((1, 1), &[1], 20).unwrap(), None, &mut rng).await
         };
         let (_, rs) = tokio::join!(client, server);
         let e = rs.unwrap_err().to_string();

@@ -26,14 +26,14 @@ use super::weights::WeightSource;
 use super::{ModelError, ModelResult};
 use crate::he::HeParams;
 use crate::he::tiling::MatShape;
-use crate::moe::{Method, dense_expert, magnitude_bits, moe_layer};
+use crate::moe::{Method, dense_expert, moe_layer};
 use crate::proto::agree::{Statement, exchange};
 use crate::proto::arith::{truncate, truncate_extend};
 use crate::proto::layernorm::{Affine, rmsnorm};
-use crate::proto::linear::{KeySet, Weights, linear, matmul_shared};
+use crate::proto::linear::{KeySet, linear, matmul_shared};
 use crate::proto::softmax::softmax_masked;
 use crate::proto::{HeUse, ProtoError, Session};
-use crate::ring::Shares;
+use crate::ring::{RingError, Shares, Weights};
 
 /// Longest prompt (the softmax rows of attention).
 pub const MAX_TOKENS: usize = 1024;
@@ -350,8 +350,9 @@ fn peer(r: Result<String, ProtoError>) -> ModelResult<String> {
     }
 }
 
-fn weights(values: &[u64]) -> Weights<'_> {
-    Weights { values, bits: magnitude_bits(values) }
+/// The server's `values` as the d×m weights of `shape`.
+fn weights(shape: MatShape, values: Option<&[u64]>) -> Result<Option<Weights<'_>>, RingError> {
+    values.map(|v| Weights::new((shape.d, shape.m), v)).transpose()
 }
 
 /// What a party brings to a forward.
@@ -394,7 +395,10 @@ async fn forward(
                 }
                 let onehot = Shares::matrix((n, v), onehot, 0)?;
                 let table = enc.as_ref().map(|e| e.embedding()).transpose()?;
-                linear(sess, MatShape { n, d: v, m: d }, &onehot, table.as_deref().map(weights)).await?.into_vec()
+                {
+                    let shape = MatShape { n, d: v, m: d };
+                    linear(sess, shape, &onehot, weights(shape, table.as_deref())?).await?.into_vec()
+                }
             }
             // the client's rows, the server's share zero: no message
             (Embedding::Public, Some(table)) => {
@@ -450,7 +454,8 @@ async fn forward(
         return Ok(x);
     }
     let head = enc.as_ref().map(|e| e.lm_head(cfg)).transpose()?.flatten();
-    let logits = linear(sess, MatShape { n: rows, d, m: v }, &x, head.as_deref().map(weights)).await?;
+    let shape = MatShape { n: rows, d, m: v };
+    let logits = linear(sess, shape, &x, weights(shape, head.as_deref())?).await?;
     Ok(truncate(sess, &logits, format.frac_bits()).await?)
 }
 
@@ -542,7 +547,8 @@ async fn attention(
     let width = qw + 2 * kw;
     let wqkv = block.map(|b| b.wqkv.as_slice());
     let x = sess.shares((n, d), x.to_vec())?;
-    let qkv = linear(sess, MatShape { n, d, m: width }, &x, wqkv.map(weights)).await?;
+    let shape = MatShape { n, d, m: width };
+    let qkv = linear(sess, shape, &x, weights(shape, wqkv)?).await?;
     let mut qkv = truncate(sess, &qkv, frac).await?.into_vec();
     if let Some(b) = block.and_then(|b| b.qkv_bias.as_ref()) {
         qkv.chunks_exact_mut(width).for_each(|r| r.iter_mut().zip(b.iter()).for_each(|(v, b)| *v = v.wrapping_add(*b)));
@@ -597,6 +603,7 @@ async fn attention(
     }
     let o = truncate_extend(sess, &o, 64, frac).await?;
     let wo = block.map(|b| b.wo.as_slice());
-    let y = linear(sess, MatShape { n, d: qw, m: d }, &sess.shares((n, qw), o)?, wo.map(weights)).await?;
+    let shape = MatShape { n, d: qw, m: d };
+    let y = linear(sess, shape, &sess.shares((n, qw), o)?, weights(shape, wo)?).await?;
     Ok(truncate(sess, &y, frac).await?.into_vec())
 }

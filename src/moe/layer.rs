@@ -4,18 +4,18 @@
 use std::ops::Range;
 
 use super::route::{Routes, drop_overflow, queue, route, select_rows};
-use super::weights::{ExpertWeights, magnitude_bits, widen};
+use super::weights::{ExpertWeights, widen};
 use super::{ExpertKind, Method, MoeConfig, MoeError, MoeResult, MoeWeights};
 use crate::he::tiling::MatShape;
 use crate::proto::agree::exchange;
 use crate::proto::arith::{mul_rows_in, truncate_extend};
 use crate::proto::compare::{b2a, one_hot};
-use crate::proto::linear::{Weights, linear};
+use crate::proto::linear::linear;
 use crate::proto::piecewise::{Piecewise, evaluate, gated, relu};
 use crate::proto::selected::{selected_linear, send_choice};
 use crate::proto::softmax::softmax;
 use crate::proto::{HeUse, ProtoError, ProtoResult, Session};
-use crate::ring::{Bits, Shares};
+use crate::ring::{Bits, Shares, Weights};
 
 /// Values of one expert chunk's first-matrix results held at once (64 MiB per party): experts
 /// are streamed in chunks of this size, so memory does not grow with E.
@@ -47,7 +47,11 @@ pub async fn moe_layer(
     let logits = {
         let _s = meter.scope("router");
         let router = weights.map(|w| widen(&w.router));
-        let router = router.as_deref().map(|values| Weights { values, bits: magnitude_bits(values) });
+        let router = router
+            .as_deref()
+            .map(|values| Weights::new((d, cfg.experts), values))
+            .transpose()
+            .map_err(ProtoError::from)?;
         linear(sess, MatShape { n, d, m: cfg.experts }, shares, router).await?
     };
     let routes = {
@@ -235,7 +239,7 @@ async fn select_into(
 /// One HE linear layer with the server's `values` (d×m), 2f fractional bits out.
 async fn product(sess: &mut Session, shape: MatShape, x: &[u64], values: Option<&[u64]>) -> ProtoResult<Vec<u64>> {
     let x = sess.shares((shape.n, shape.d), x.to_vec())?;
-    let w = values.map(|values| Weights { values, bits: magnitude_bits(values) });
+    let w = values.map(|values| Weights::new((shape.d, shape.m), values)).transpose()?;
     Ok(linear(sess, shape, &x, w).await?.into_vec())
 }
 
@@ -341,9 +345,9 @@ async fn paper(
         let _s = meter.scope("first");
         let first: Option<Vec<Vec<u64>>> =
             weights.map(|w| w.experts.iter().map(|x| stack_first(std::slice::from_ref(x), d, d_ff)).collect());
-        let args = first.as_deref().map(matrices);
+        let args = first.as_deref().map(|m| matrices(m, (d, width))).transpose()?;
         let xs = sess.shares((choice.rows(), d), xs)?;
-        selected_linear(sess, &choice, width, &xs, args.as_ref().map(|(r, b)| (r.as_slice(), *b))).await?.into_vec()
+        selected_linear(sess, &choice, width, &xs, args.as_deref()).await?.into_vec()
     };
     let hidden = {
         let _s = meter.scope("activation");
@@ -353,16 +357,16 @@ async fn paper(
     let out = {
         let _s = meter.scope("second");
         let second: Option<Vec<Vec<u64>>> = weights.map(|w| w.experts.iter().map(|x| widen(&x.w2)).collect());
-        let args = second.as_deref().map(matrices);
+        let args = second.as_deref().map(|m| matrices(m, (d_ff, d))).transpose()?;
         let hidden = sess.shares((choice.rows(), d_ff), hidden)?;
-        selected_linear(sess, &choice, d, &hidden, args.as_ref().map(|(r, b)| (r.as_slice(), *b))).await?.into_vec()
+        selected_linear(sess, &choice, d, &hidden, args.as_deref()).await?.into_vec()
     };
     Ok(truncate_extend(sess, &out, 64, frac).await?)
 }
 
-/// Each expert's matrix as a slice, and the bound (bits) on every entry's magnitude.
-fn matrices(m: &[Vec<u64>]) -> (Vec<&[u64]>, u32) {
-    (m.iter().map(Vec::as_slice).collect(), m.iter().map(|w| magnitude_bits(w)).max().unwrap_or(1))
+/// Each expert's `shape` matrix as weights.
+fn matrices(m: &[Vec<u64>], shape: (usize, usize)) -> ProtoResult<Vec<Weights<'_>>> {
+    Ok(m.iter().map(|w| Weights::new(shape, w)).collect::<Result<_, _>>()?)
 }
 
 /// The baseline: every expert in full on every token, then the chosen outputs multiplexed.

@@ -110,7 +110,7 @@ pub use config::{
 pub use layer::{MoeOutput, dense_expert, moe_layer};
 pub use reference::{Reference, reference, top_k};
 pub use route::{Routes, route};
-pub use weights::{ExpertWeights, MoeWeights, SharedWeights, magnitude_bits, narrow, widen};
+pub use weights::{ExpertWeights, MoeWeights, SharedWeights, narrow, widen};
 
 use thiserror::Error;
 

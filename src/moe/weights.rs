@@ -154,10 +154,3 @@ pub fn narrow(name: &str, values: &[u64]) -> MoeResult<Vec<i32>> {
         })
         .collect()
 }
-
-/// log2 of a bound on |w| over `values` read as signed (what [`crate::proto::linear::Weights`]
-/// declares for the noise flooding).
-pub fn magnitude_bits(values: &[u64]) -> u32 {
-    let max = values.iter().map(|&v| to_signed(v).unsigned_abs()).max().unwrap_or(0);
-    (64 - max.leading_zeros()).max(1)
-}

@@ -44,7 +44,7 @@ use crate::he::{
     ShrunkCiphertext, ciphertext_len, seeded_ciphertext_len,
 };
 use crate::net::{Channel, CostModel};
-use crate::ring::Shares;
+use crate::ring::{Shares, Weights};
 
 /// Least statistical security of the noise flooding, per returned coefficient: the flood
 /// exceeds the noise bound by 2^κ with κ ≥ this; a product that would need less is refused.
@@ -350,24 +350,24 @@ impl HeServer {
         self.relin.as_ref()
     }
 
-    /// The server's side of [`HeClient::product`]: B (d×m, row-major, entries read as signed
-    /// and at most 2^b_bits in absolute value), and optionally its share A_s (n×d) of the
-    /// encrypted matrix. Returns the server's n×m share (the mask R).
+    /// The server's side of [`HeClient::product`]: the weights B (d×m), and optionally its
+    /// share A_s (n×d) of the encrypted matrix. Returns the server's n×m share (the mask R).
+    /// Weights of another shape or beyond their bound are refused (the client learns that much).
     #[instrument(skip_all, name = "he_product", fields(shape = %shape))]
     pub async fn product<R: CryptoRng + Send + ?Sized>(
         &self,
         ch: &mut Channel,
         shape: MatShape,
-        b: &[u64],
-        b_bits: u32,
+        w: Weights<'_>,
         a_share: Option<&[u64]>,
         rng: &mut R,
     ) -> ProtoResult<Vec<u64>> {
         let (p, be) = (&self.params, self.backend.as_ref());
+        let b = w.as_slice();
         let _s = ch.meter().scope("he-product/input");
         let header = ch.recv_u64s("product header", 7).await?;
         let checked = self.check_request(shape, &header).and_then(|t| {
-            let flood = check_server_inputs(p, &t, b, b_bits, a_share)?;
+            let flood = check_server_inputs(p, &t, w, a_share)?;
             Ok((t, flood))
         });
         let (t, (flood, kappa)) = answer(ch, checked).await?;
@@ -466,17 +466,10 @@ impl HeServer {
 /// Checks the server's own inputs and the client's announced shape; returns the flooding bits
 /// and their margin κ. The refusal of a weight beyond its bound names neither the weight nor its
 /// value (the message goes to the client); both are logged here.
-fn check_server_inputs(
-    p: &HeParams,
-    t: &Tiling,
-    b: &[u64],
-    b_bits: u32,
-    a_share: Option<&[u64]>,
-) -> ProtoResult<(u32, u32)> {
+fn check_server_inputs(p: &HeParams, t: &Tiling, w: Weights<'_>, a_share: Option<&[u64]>) -> ProtoResult<(u32, u32)> {
     let s = t.shape;
-    if b.len() != s.d * s.m {
-        return Err(ProtoError::Input(format!("B has {} entries, the shape {s} needs {}", b.len(), s.d * s.m)));
-    }
+    check_weights_shape(&w, s)?;
+    let (b, b_bits) = (w.as_slice(), w.bits());
     if let Some(a) = a_share.filter(|a| a.len() != s.n * s.d) {
         return Err(ProtoError::Input(format!(
             "the server's share of A has {} entries, {s} needs {}",
@@ -500,20 +493,10 @@ pub fn unshrunk_output_len(params: &HeParams) -> usize {
     ciphertext_len(params, params.moduli().len())
 }
 
-/// The server's weights of a linear layer: W (d×m, row-major), fixed-point ring elements read
-/// as signed and bounded by 2^bits in absolute value (the flooding covers that bound).
-#[derive(Debug, Clone, Copy)]
-pub struct Weights<'a> {
-    /// W, row-major.
-    pub values: &'a [u64],
-    /// log2 of the bound on |w|.
-    pub bits: u32,
-}
-
 /// A linear layer Y = X·W over the session's HE keys for linear layers ([`Session::setup_he_for`]): each party's
 /// share of X (n×d, over Z_2^64) in, its share of Y (n×m) out, with the fractional bits of X plus
-/// the session's (the weights are in its fixed point). The server passes `Some(weights)`, the
-/// client `None`.
+/// the session's (the weights are in its fixed point). The server passes `Some(weights)` (d×m),
+/// the client `None`.
 pub async fn linear(
     sess: &mut Session,
     shape: MatShape,
@@ -524,9 +507,7 @@ pub async fn linear(
     let x = x.as_slice();
     let y = match (keys_for(&sess.he, HeUse::Linear), weights) {
         (Some(HeKeys::Client(he)), None) => he.product(sess.ot.channel(), shape, x, &mut sess.rng).await?,
-        (Some(HeKeys::Server(he)), Some(w)) => {
-            he.product(sess.ot.channel(), shape, w.values, w.bits, Some(x), &mut sess.rng).await?
-        }
+        (Some(HeKeys::Server(he)), Some(w)) => he.product(sess.ot.channel(), shape, w, Some(x), &mut sess.rng).await?,
         (None, _) => return Err(no_keys()),
         (Some(HeKeys::Client(_)), Some(_)) => return Err(ProtoError::Input("the client holds no weights".into())),
         (Some(HeKeys::Server(_)), None) => return Err(ProtoError::Input("the server must pass the weights".into())),
@@ -545,6 +526,18 @@ pub(crate) fn product_frac(x: &Shares, (rows, cols): (usize, usize), other_frac:
         )));
     }
     Ok(frac)
+}
+
+/// Weights of the d×m shape that `shape` multiplies by, or an error naming both shapes.
+pub(crate) fn check_weights_shape(w: &Weights<'_>, shape: MatShape) -> ProtoResult<()> {
+    let (rows, cols) = w.shape();
+    if (rows, cols) != (shape.d, shape.m) {
+        return Err(ProtoError::Input(format!(
+            "weights of {rows}×{cols} for the product {shape}, which needs {}×{}",
+            shape.d, shape.m
+        )));
+    }
+    Ok(())
 }
 
 fn no_keys() -> ProtoError {
@@ -578,8 +571,12 @@ pub async fn matmul_shared(sess: &mut Session, shape: MatShape, x: &Shares, y: &
             (first, second, shape.plain_product(x, y))
         }
         Some(HeKeys::Server(he)) => {
-            let first = he.product(ch, shape, y, 64, Some(x), &mut sess.rng).await?;
-            let second = he.product(ch, flipped, &transpose(shape.n, shape.d, x), 64, None, &mut sess.rng).await?;
+            // the server's own shares act as weights, bounded by the whole ring
+            let first =
+                he.product(ch, shape, Weights::bounded((shape.d, shape.m), y, 64)?, Some(x), &mut sess.rng).await?;
+            let x_t = transpose(shape.n, shape.d, x);
+            let second =
+                he.product(ch, flipped, Weights::bounded((shape.d, shape.n), &x_t, 64)?, None, &mut sess.rng).await?;
             (first, second, vec![0; shape.n * shape.m])
         }
         None => return Err(no_keys()),
@@ -718,7 +715,13 @@ mod tests {
             let a_s: Vec<u64> = (0..a.len()).map(|_| if server_share { rng.random() } else { 0 }).collect();
             let (c, s) = tokio::join!(
                 hc.product_decrypted(cc, shape, a, &mut client_rng),
-                hs.product(sc, shape, w, 20, server_share.then_some(&a_s[..]), &mut server_rng)
+                hs.product(
+                    sc,
+                    shape,
+                    Weights::bounded((shape.d, shape.m), w, 20).unwrap_or_else(|e| panic!("{e}")),
+                    server_share.then_some(&a_s[..]),
+                    &mut server_rng
+                )
             );
             let (t, view) = c.unwrap_or_else(|e| panic!("{e}"));
             s.unwrap_or_else(|e| panic!("{e}"));

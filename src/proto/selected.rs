@@ -21,7 +21,7 @@ use rand::rngs::ChaCha20Rng;
 use rand::{RngExt, SeedableRng};
 use tracing::instrument;
 
-use super::linear::{HeServer, MIN_STAT_BITS, answer, await_answer, product_frac};
+use super::linear::{HeServer, MIN_STAT_BITS, answer, await_answer, check_weights_shape, product_frac};
 use super::session::keys_for;
 use super::{HeKeys, HeUse, ProtoError, ProtoResult, Session};
 use crate::backend::par_map;
@@ -29,9 +29,10 @@ use crate::he::matmul::{response_c0_bits, response_c1_bits};
 use crate::he::selected::{
     RowChoice, SelectKeys, SelectedLayout, SelectedRow, check_experts, noise_bits, selected_batch,
 };
+use crate::he::tiling::MatShape;
 use crate::he::{Ciphertext, MAX_FLOOD_BITS, Plaintext, SeededCiphertext, ShrunkCiphertext, seeded_ciphertext_len};
 use crate::net::Party;
-use crate::ring::Shares;
+use crate::ring::{Shares, Weights};
 
 /// The rows' encrypted one-hot vectors: on the server the client's compact ciphertexts, its
 /// own XOR shares and the selectors expanded from them (kept for the next matrix within a
@@ -112,16 +113,16 @@ pub async fn send_choice(sess: &mut Session, bits: &[bool], rows: usize, experts
 }
 
 /// Each party's shares of X·W_(e_r) per row r: `x` its share of X (R×d, R = the choice's rows),
-/// the server passes the E experts' d×m matrices (row-major, ring values read as signed, at most
-/// 2^bits in magnitude, in the session's fixed point), the client `None`. Returns its R×m share,
-/// with the fractional bits of X plus the session's.
+/// the server passes the E experts' d×m weights (in the session's fixed point; the flooding
+/// covers the largest bound among them), the client `None`. Returns its R×m share, with the
+/// fractional bits of X plus the session's.
 #[instrument(level = "debug", skip_all, fields(rows = choice.rows, d = x.cols(), m))]
 pub async fn selected_linear(
     sess: &mut Session,
     choice: &Choice,
     m: usize,
     x: &Shares,
-    experts: Option<(&[&[u64]], u32)>,
+    experts: Option<&[Weights<'_>]>,
 ) -> ProtoResult<Shares> {
     let frac = product_frac(x, (choice.rows, x.cols()), sess.format().frac_bits())?;
     let y = selected_product(sess, choice, x.cols(), m, x.as_slice(), experts).await?;
@@ -134,7 +135,7 @@ async fn selected_product(
     d: usize,
     m: usize,
     x: &[u64],
-    experts: Option<(&[&[u64]], u32)>,
+    experts: Option<&[Weights<'_>]>,
 ) -> ProtoResult<Vec<u64>> {
     let rows = choice.rows;
     if rows.checked_mul(d) != Some(x.len()) {
@@ -198,11 +199,15 @@ async fn selected_product(
             }
             Ok(y)
         }
-        (HeKeys::Server(he), Party::Server, Some((weights, bits))) => {
+        (HeKeys::Server(he), Party::Server, Some(experts)) => {
             let server = ServerSide { he, rows, d, m, choice };
             let ch_meter = meter.scope("he-selected/input");
             let header = ch.recv_u64s("selected product header", 8).await?;
+            let weights: Vec<&[u64]> = experts.iter().map(Weights::as_slice).collect();
+            let weights = &weights[..];
             let checked = server.check_request(&header).and_then(|layout| {
+                experts.iter().try_for_each(|w| check_weights_shape(w, MatShape { n: rows, d, m }))?;
+                let bits = experts.iter().map(Weights::bits).max().unwrap_or(1);
                 let (flood, kappa) = server.check(&layout, weights, bits)?;
                 Ok((layout, flood, kappa))
             });

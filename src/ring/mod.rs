@@ -12,7 +12,7 @@ mod tensor;
 
 pub use fixed::{DEFAULT_FRAC_BITS, Dtype, FixedPoint};
 pub use pack::{pack_bits, packed_len, unpack_bits};
-pub use tensor::{Bits, Shares, open, share_matrix};
+pub use tensor::{Bits, Shares, Weights, open, share_matrix};
 
 use thiserror::Error;
 
@@ -51,6 +51,9 @@ pub enum RingError {
         /// The element type.
         dtype: Dtype,
     },
+    /// A bound on plaintext weights outside 1..=64 bits.
+    #[error("a bound of 2^{0} on weights: the bound must be 1..=64 bits")]
+    BadBound(u32),
     /// A fixed-point format with an unusable number of fractional bits.
     #[error("fixed-point format needs 0 < frac_bits <= 40, got {0}")]
     BadFormat(u32),

@@ -175,6 +175,53 @@ pub fn open(a: &Shares, b: &Shares) -> Result<Shares, RingError> {
     a.add(b)
 }
 
+/// The server's plaintext weights of a product: a rows × columns matrix (row-major) of ring
+/// elements read as signed fixed-point values, with a bound |w| ≤ 2^bits that the product's
+/// noise flooding covers, so the bound travels with the values. Borrowed: a model's weights are
+/// converted once and lent to each product.
+#[derive(Debug, Clone, Copy)]
+pub struct Weights<'a> {
+    values: &'a [u64],
+    shape: (usize, usize),
+    bits: u32,
+}
+
+impl<'a> Weights<'a> {
+    /// The `rows × cols` matrix of `values` (row-major) with its bound measured: the least
+    /// `bits` ≥ 1 with |w| < 2^bits for every w.
+    pub fn new(shape: (usize, usize), values: &'a [u64]) -> Result<Self, RingError> {
+        let max = values.iter().map(|&v| super::to_signed(v).unsigned_abs()).max().unwrap_or(0);
+        Weights::bounded(shape, values, (64 - max.leading_zeros()).max(1))
+    }
+
+    /// The `rows × cols` matrix of `values` with a stated bound 2^`bits` (1..=64); a product
+    /// refuses weights beyond it.
+    pub fn bounded((rows, cols): (usize, usize), values: &'a [u64], bits: u32) -> Result<Self, RingError> {
+        if !(1..=64).contains(&bits) {
+            return Err(RingError::BadBound(bits));
+        }
+        if rows.checked_mul(cols) != Some(values.len()) {
+            return Err(RingError::BadShape { rows, cols, len: values.len() });
+        }
+        Ok(Weights { values, shape: (rows, cols), bits })
+    }
+
+    /// (rows, columns).
+    pub fn shape(&self) -> (usize, usize) {
+        self.shape
+    }
+
+    /// log2 of the bound on |w|.
+    pub fn bits(&self) -> u32 {
+        self.bits
+    }
+
+    /// The values, row-major.
+    pub fn as_slice(&self) -> &'a [u64] {
+        self.values
+    }
+}
+
 /// One party's XOR shares of a vector of bits, packed 64 to a word (bit i is bit i % 64 of word
 /// i / 64); the secret bit is `mine ⊕ theirs`. Bits past `len` in the last word are zero.
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -389,6 +436,21 @@ mod tests {
         let err = a.add(&b).unwrap_err().to_string();
         assert!(err.contains("18 fractional bits") && err.contains("12 fractional bits"), "{err}");
         assert!(a.add(&a.clone().reshape((1, 4)).unwrap()).is_err());
+    }
+
+    #[test]
+    fn weights_carry_their_shape_and_a_bound_on_their_magnitude() {
+        let minus_five = (-5i64) as u64;
+        let values = [1, 2, 3, 4, minus_five, 0];
+        let w = Weights::new((2, 3), &values).unwrap();
+        assert_eq!((w.shape(), w.bits(), w.as_slice()[4]), ((2, 3), 3, minus_five));
+        assert_eq!(Weights::new((1, 2), &[0, 0]).unwrap().bits(), 1);
+        assert_eq!(Weights::new((1, 1), &[1 << 20]).unwrap().bits(), 21);
+        assert_eq!(Weights::bounded((1, 2), &[0, 0], 40).unwrap().bits(), 40);
+        assert_eq!(Weights::new((2, 2), &[0; 6]).unwrap_err(), RingError::BadShape { rows: 2, cols: 2, len: 6 });
+        for bits in [0, 65] {
+            assert_eq!(Weights::bounded((1, 1), &[0], bits).unwrap_err(), RingError::BadBound(bits));
+        }
     }
 
     #[test]

@@ -16,11 +16,11 @@ use secmoe::ot::OtKind;
 use secmoe::proto::boolean::Triples;
 use secmoe::proto::compare::{at_least, greater_than, triples_per_comparison};
 use secmoe::proto::layernorm::{Affine, layernorm};
-use secmoe::proto::linear::{KeySet, Weights, linear, matmul_shared};
+use secmoe::proto::linear::{KeySet, linear, matmul_shared};
 use secmoe::proto::piecewise::{Piecewise, evaluate, evaluate_baseline};
 use secmoe::proto::softmax::softmax;
 use secmoe::proto::{HeKeys, HeUse, OutOfRange};
-use secmoe::ring::{Shares, open, share_matrix};
+use secmoe::ring::{Shares, Weights, open, share_matrix};
 
 use super::harness::{Row, reset_peak_rss, row, session_pair};
 use super::report::print_row;
@@ -136,7 +136,7 @@ async fn measure(
         }
         _ => {
             let w: Vec<u64> = (0..shape.d * shape.m).map(|_| rng.random_range(-(1i64 << 18)..1 << 18) as u64).collect();
-            let weights = Weights { values: &w, bits: 20 };
+            let weights = Weights::bounded((shape.d, shape.m), &w, 20)?;
             let (yc, ys) = tokio::join!(linear(&mut sc, shape, &xc, None), linear(&mut ss, shape, &xs, Some(weights)));
             (open(&yc?, &ys?)?.into_vec(), w)
         }
