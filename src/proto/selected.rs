@@ -203,15 +203,12 @@ async fn selected_product(
             let server = ServerSide { he, rows, d, m, choice };
             let ch_meter = meter.scope("he-selected/input");
             let header = ch.recv_u64s("selected product header", 8).await?;
-            let weights: Vec<&[u64]> = experts.iter().map(Weights::as_slice).collect();
-            let weights = &weights[..];
             let checked = server.check_request(&header).and_then(|layout| {
-                experts.iter().try_for_each(|w| check_weights_shape(w, MatShape { n: rows, d, m }))?;
-                let bits = experts.iter().map(Weights::bits).max().unwrap_or(1);
-                let (flood, kappa) = server.check(&layout, weights, bits)?;
+                let (flood, kappa) = server.check(&layout, experts)?;
                 Ok((layout, flood, kappa))
             });
             let (layout, flood, kappa) = answer(ch, checked).await?;
+            let weights: Vec<&[u64]> = experts.iter().map(Weights::as_slice).collect();
             let p = he.params().clone();
             let j_n = layout.inputs();
             let mut inputs = Vec::with_capacity(rows * j_n);
@@ -250,7 +247,7 @@ async fn selected_product(
                         .collect::<ProtoResult<_>>()?;
                     let batch: Vec<SelectedRow<'_>> =
                         range.clone().zip(&xs).map(|(r, x)| SelectedRow { x, choice: &choice.choices[r] }).collect();
-                    Ok(selected_batch(&p, keys, &layout, &batch, weights, flood, &seeds[range.clone()], be.as_ref())?)
+                    Ok(selected_batch(&p, keys, &layout, &batch, &weights, flood, &seeds[range.clone()], be.as_ref())?)
                 })?;
                 for (r, row) in range.zip(responses) {
                     for (bytes, values) in row {
@@ -280,7 +277,7 @@ struct ServerSide<'a> {
 
 impl ServerSide<'_> {
     /// The flooding bits and their margin κ for these weights under `layout`.
-    fn check(&self, layout: &SelectedLayout, weights: &[&[u64]], bits: u32) -> ProtoResult<(u32, u32)> {
+    fn check(&self, layout: &SelectedLayout, experts: &[Weights<'_>]) -> ProtoResult<(u32, u32)> {
         let p = self.he.params();
         if self.choice.choices.len() != self.rows {
             return Err(ProtoError::Input(format!(
@@ -289,7 +286,12 @@ impl ServerSide<'_> {
                 self.rows
             )));
         }
-        check_experts(layout, weights).map_err(|e| ProtoError::Input(e.to_string()))?;
+        let shape = MatShape { n: self.rows, d: self.d, m: self.m };
+        experts.iter().try_for_each(|w| check_weights_shape(w, shape))?;
+        let weights: Vec<&[u64]> = experts.iter().map(Weights::as_slice).collect();
+        check_experts(layout, &weights).map_err(|e| ProtoError::Input(e.to_string()))?;
+        // the flooding covers the largest bound among the experts
+        let bits = experts.iter().map(Weights::bits).max().unwrap_or(1);
         let limit = 1u64 << bits.min(63);
         if let Some(bad) = weights.iter().position(|w| w.iter().any(|&v| (v as i64).unsigned_abs() > limit)) {
             tracing::warn!(expert = bad, bits, "a weight exceeds its declared bound");
