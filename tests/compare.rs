@@ -7,6 +7,7 @@ mod common;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use secmoe::ot::OtKind;
 use secmoe::proto::boolean::{Triples, and};
 use secmoe::proto::compare::{b2a, drelu, greater_than, msb, mux, mux_rows, triples_per_comparison};
 use secmoe::ring::Bits;
@@ -40,17 +41,21 @@ fn comparison_is_exact_on_edge_values() {
             xs.extend([x, x, x]);
             ys.extend([x, x.wrapping_add(1), x ^ 1 << rng.random_range(0..64)]);
         }
-        for bits in [64u32, 63, 37, 4, 1] {
+        // every block size: 4-bit blocks with IKNP, 3-bit ones (and a narrower top block) with
+        // silent OT
+        for (kind, bits) in OtKind::ALL.into_iter().flat_map(|k| [64u32, 63, 37, 4, 1].map(|b| (k, b))) {
+            os.set_ot_kind(kind);
+            oc.set_ot_kind(kind);
             let mask = if bits == 64 { u64::MAX } else { (1 << bits) - 1 };
             let (x, y): (Vec<u64>, Vec<u64>) = xs.iter().zip(&ys).map(|(a, b)| (a & mask, b & mask)).unzip();
-            let need = triples_per_comparison(bits) * x.len();
+            let need = triples_per_comparison(os.ot_kind(), bits) * x.len();
             let (ts, tc) = tokio::join!(Triples::generate(&mut os, need), Triples::generate(&mut oc, need));
             let (mut ts, mut tc) = (ts.unwrap(), tc.unwrap());
             let (gs, gc) =
                 tokio::join!(greater_than(&mut os, &mut ts, &x, bits), greater_than(&mut oc, &mut tc, &y, bits));
             let got = open_bits(&gs.unwrap(), &gc.unwrap());
             for i in 0..x.len() {
-                assert_eq!(got[i], x[i] > y[i], "{bits} bits: {:#x} > {:#x}", x[i], y[i]);
+                assert_eq!(got[i], x[i] > y[i], "{kind}, {bits} bits: {:#x} > {:#x}", x[i], y[i]);
             }
             assert_eq!(ts.remaining(), 0);
         }
@@ -69,7 +74,7 @@ fn msb_and_drelu_hold_across_wrap_around() {
         values.extend((0..2000).map(|_| rng.random::<u64>()));
         let (sv, cv) = common::share_rows(&values, (1, values.len()), 0, &mut rng);
         // shares that wrap: server share near 2^64 for small values
-        let need = triples_per_comparison(63) * values.len();
+        let need = triples_per_comparison(os.ot_kind(), 63) * values.len();
         let (ts, tc) = tokio::join!(Triples::generate(&mut os, 2 * need), Triples::generate(&mut oc, 2 * need));
         let (mut ts, mut tc) = (ts.unwrap(), tc.unwrap());
         let (ms, mc) = tokio::join!(msb(&mut os, &mut ts, &sv), msb(&mut oc, &mut tc, &cv));
@@ -151,7 +156,7 @@ fn traffic_does_not_depend_on_the_inputs() {
             let x: Vec<u64> =
                 (0..512u64).map(|i| if run == 0 { 7 } else { i.wrapping_mul(0x9e37_79b9_7f4a_7c15) }).collect();
             let y: Vec<u64> = (0..512u64).map(|i| if run == 0 { 7 } else { !(i * 31) }).collect();
-            let need = triples_per_comparison(64) * x.len();
+            let need = triples_per_comparison(os.ot_kind(), 64) * x.len();
             let before = (c.meter().report().total(), s.meter().report().total());
             let (ts, tc) = tokio::join!(Triples::generate(&mut os, need), Triples::generate(&mut oc, need));
             let (mut ts, mut tc) = (ts.unwrap(), tc.unwrap());
@@ -184,8 +189,10 @@ fn threshold_comparisons_share_one_batch_and_are_exact() {
         let raw: Vec<u64> = values.iter().map(|&v| v as u64).collect();
         let (sv, cv) = common::share_rows(&raw, (1, raw.len()), 18, &mut rng);
         let th: Vec<u64> = thresholds.iter().map(|&t| t as u64).collect();
-        for bits in [64u32, 32] {
-            let need = triples_per_comparison(bits - 1) * values.len() * th.len();
+        for (kind, bits) in OtKind::ALL.into_iter().flat_map(|k| [64u32, 32].map(|b| (k, b))) {
+            os.set_ot_kind(kind);
+            oc.set_ot_kind(kind);
+            let need = triples_per_comparison(kind, bits - 1) * values.len() * th.len();
             let (ts, tc) = tokio::join!(Triples::generate(&mut os, need), Triples::generate(&mut oc, need));
             let (mut ts, mut tc) = (ts.unwrap(), tc.unwrap());
             let (a, b) =
@@ -193,7 +200,7 @@ fn threshold_comparisons_share_one_batch_and_are_exact() {
             let got = open_bits(&a.unwrap(), &b.unwrap());
             for (i, &v) in values.iter().enumerate() {
                 for (k, &t) in thresholds.iter().enumerate() {
-                    assert_eq!(got[i * th.len() + k], v >= t, "{bits} bits: {v} ≥ {t}");
+                    assert_eq!(got[i * th.len() + k], v >= t, "{kind}, {bits} bits: {v} ≥ {t}");
                 }
             }
         }

@@ -5,7 +5,7 @@
 mod common;
 
 use rand::{RngExt, SeedableRng, rngs::StdRng};
-use secmoe::ot::OtKind;
+use secmoe::ot::{OneOfN, OtKind};
 use secmoe::ring::mask;
 
 const MILLION: usize = 1 << 20;
@@ -107,6 +107,40 @@ fn one_of_n_ot_returns_the_chosen_message_only() {
             for t in 0..inst {
                 assert_eq!(got[t], msgs[t * big_n + choices[t] as usize], "{kind} 1-of-{big_n} instance {t}");
             }
+        }
+    });
+}
+
+/// One batch of runs of different sizes and widths (as the comparison's blocks with a narrower
+/// top block): each instance gets its chosen message, across chunk boundaries too.
+#[test]
+fn grouped_one_of_n_ot_mixes_sizes_and_widths() {
+    common::runtime().block_on(async {
+        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        let mut rng = StdRng::seed_from_u64(5);
+        let groups = [
+            OneOfN { log_n: 3, width: 1, instances: 700 },
+            OneOfN { log_n: 3, width: 2, instances: 40_000 },
+            OneOfN { log_n: 1, width: 2, instances: 300 },
+            OneOfN { log_n: 12, width: 5, instances: 70 },
+        ];
+        for kind in OtKind::ALL {
+            let (mut msgs, mut choices, mut expect) = (Vec::new(), Vec::new(), Vec::new());
+            for g in &groups {
+                for _ in 0..g.instances {
+                    let row: Vec<u64> = (0..1u64 << g.log_n).map(|_| rng.random::<u64>() & mask(g.width)).collect();
+                    let c = rng.random_range(0..1u32 << g.log_n);
+                    expect.push(row[c as usize]);
+                    choices.push(c);
+                    msgs.extend(row);
+                }
+            }
+            let (s, r) = tokio::join!(
+                oc.one_of_n_send_grouped(kind, &groups, &msgs),
+                os.one_of_n_receive_grouped(kind, &groups, &choices)
+            );
+            s.unwrap();
+            assert!(r.unwrap() == expect, "{kind}");
         }
     });
 }

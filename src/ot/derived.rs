@@ -22,17 +22,58 @@ fn bits_to_u64(bits: &[bool]) -> Vec<u64> {
     bits.iter().map(|&b| b as u64).collect()
 }
 
-/// The instance ranges of `groups` (width, instances) cut into chunks of at most `per_chunk`
-/// instances, each with its group's width, in order.
-fn chunks(groups: &[(u32, usize)], per_chunk: usize) -> Vec<(u32, std::ops::Range<usize>)> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    for &(width, count) in groups {
-        let end = start + count;
-        out.extend((start..end).step_by(per_chunk).map(|first| (width, first..(first + per_chunk).min(end))));
-        start = end;
+/// A run of 1-of-2^`log_n` OT instances with `width`-bit messages, in a batch of such runs
+/// ([`Ot::one_of_n_send_grouped`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OneOfN {
+    /// log2 of the number of messages per instance (1..=16).
+    pub log_n: u32,
+    /// Bits per message (1..=64).
+    pub width: u32,
+    /// Instances in the run.
+    pub instances: usize,
+}
+
+impl OneOfN {
+    fn check(&self) -> OtResult<()> {
+        check_width(self.width)?;
+        if !(1..=16).contains(&self.log_n) {
+            return Err(OtError::Invalid(format!("1-of-2^{} OT: log N must be in 1..=16", self.log_n)));
+        }
+        Ok(())
+    }
+}
+
+/// One chunk of a batch: a group's instances `range` (indices over the whole batch), the first
+/// of whose random OTs is `rot`, the first of whose messages is `message`.
+struct Chunk {
+    group: OneOfN,
+    range: std::ops::Range<usize>,
+    rot: usize,
+    message: usize,
+}
+
+/// `groups` cut into chunks of at most [`ONE_OF_N_CHUNK`] pads (whole instances, at least one),
+/// in instance order: both parties cut a batch the same way.
+fn chunks(groups: &[OneOfN]) -> Vec<Chunk> {
+    let (mut out, mut start, mut rot, mut message) = (Vec::new(), 0, 0, 0);
+    for &group in groups {
+        let per_chunk = (ONE_OF_N_CHUNK >> group.log_n).max(1);
+        for first in (start..start + group.instances).step_by(per_chunk) {
+            let range = first..(first + per_chunk).min(start + group.instances);
+            let len = range.len();
+            out.push(Chunk { group, range, rot, message });
+            rot += len * group.log_n as usize;
+            message += len << group.log_n;
+        }
+        start += group.instances;
     }
     out
+}
+
+/// Random OTs and messages a batch of `groups` takes.
+fn batch_size(groups: &[OneOfN]) -> (usize, usize) {
+    groups.iter().fold((0, 0), |(r, m), g| (r + g.instances * g.log_n as usize, m + (g.instances << g.log_n)))
 }
 
 fn check_width(width: u32) -> OtResult<()> {
@@ -129,9 +170,10 @@ impl Ot {
             .collect())
     }
 
-    /// Random OT with 1-bit messages, sender side: two uniform bits (m0, m1) per OT; the
-    /// receiver gets a uniform choice c and m_c. Nothing travels beyond the OT extension.
-    pub async fn random_bits_send(&mut self, kind: OtKind, n: usize) -> OtResult<Vec<[bool; 2]>> {
+    /// Random OT with `width`-bit messages, sender side: two uniform messages (m0, m1) per OT;
+    /// the receiver gets a uniform choice c and m_c. Nothing travels beyond the OT extension.
+    pub async fn random_messages_send(&mut self, kind: OtKind, n: usize, width: u32) -> OtResult<Vec<[u64; 2]>> {
+        check_width(width)?;
         let rot = self.random_send(kind, n).await?;
         let tweak = self.tweaks(n);
         let (k0, k1): (Vec<Block>, Vec<Block>) = rot.keys.iter().map(|k| (k[0], k[1])).unzip();
@@ -139,64 +181,60 @@ impl Ot {
         let mut h1 = vec![Block::ZERO; n];
         self.backend.hash_blocks(&k0, Tweaks::Sequential(tweak), &mut h0)?;
         self.backend.hash_blocks(&k1, Tweaks::Sequential(tweak), &mut h1)?;
-        Ok(h0.iter().zip(&h1).map(|(a, b)| [low_u64(a) & 1 == 1, low_u64(b) & 1 == 1]).collect())
+        let m = mask(width);
+        Ok(h0.iter().zip(&h1).map(|(a, b)| [low_u64(a) & m, low_u64(b) & m]).collect())
     }
 
-    /// Random OT with 1-bit messages, receiver side: (c_i, m_{c_i}).
-    pub async fn random_bits_receive(&mut self, kind: OtKind, n: usize) -> OtResult<(Vec<bool>, Vec<bool>)> {
+    /// Random OT with `width`-bit messages, receiver side: (c_i, m_{c_i}).
+    pub async fn random_messages_receive(
+        &mut self,
+        kind: OtKind,
+        n: usize,
+        width: u32,
+    ) -> OtResult<(Vec<bool>, Vec<u64>)> {
+        check_width(width)?;
         let rot = self.random_receive(kind, n).await?;
         let tweak = self.tweaks(n);
         let mut h = vec![Block::ZERO; n];
         self.backend.hash_blocks(&rot.keys, Tweaks::Sequential(tweak), &mut h)?;
-        Ok((rot.choices, h.iter().map(|v| low_u64(v) & 1 == 1).collect()))
+        let m = mask(width);
+        Ok((rot.choices, h.iter().map(|v| low_u64(v) & m).collect()))
     }
 
     /// 1-of-N OT, sender side. `messages` holds `N = 2^log_n` messages of `width` bits per
     /// instance, instance-major (`messages[t·N + j]`).
     pub async fn one_of_n_send(&mut self, kind: OtKind, log_n: u32, width: u32, messages: &[u64]) -> OtResult<()> {
         let instances = messages.len() >> log_n.min(16);
-        self.one_of_n_send_grouped(kind, log_n, &[(width, instances)], messages).await
+        self.one_of_n_send_grouped(kind, &[OneOfN { log_n, width, instances }], messages).await
     }
 
-    /// [`Ot::one_of_n_send`] with instances of different message widths in one batch (one
-    /// round): `groups` lists (width, instances) in instance order.
-    #[tracing::instrument(level = "debug", skip_all, fields(log_n))]
-    pub async fn one_of_n_send_grouped(
-        &mut self,
-        kind: OtKind,
-        log_n: u32,
-        groups: &[(u32, usize)],
-        messages: &[u64],
-    ) -> OtResult<()> {
-        for &(width, _) in groups {
-            check_width(width)?;
+    /// [`Ot::one_of_n_send`] over runs of instances of different sizes and message widths in
+    /// one batch (one round): `messages` holds each instance's 2^log_n messages, in order.
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn one_of_n_send_grouped(&mut self, kind: OtKind, groups: &[OneOfN], messages: &[u64]) -> OtResult<()> {
+        for g in groups {
+            g.check()?;
         }
-        if !(1..=16).contains(&log_n) {
-            return Err(OtError::Invalid(format!("1-of-2^{log_n} OT: log N must be in 1..=16")));
-        }
-        let big_n = 1usize << log_n;
-        let inst: usize = groups.iter().map(|g| g.1).sum();
-        if messages.len() != inst * big_n {
-            return Err(OtError::Invalid(format!("{} messages for {inst} instances of N = {big_n}", messages.len())));
+        let (rots, total) = batch_size(groups);
+        if messages.len() != total {
+            return Err(OtError::Invalid(format!("{} messages for 1-of-N instances of {total}", messages.len())));
         }
         let _s = self.meter().scope("1-of-n");
-        let m = log_n as usize;
-        let rot = self.random_send(kind, inst * m).await?;
-        let flips = self.channel.recv_packed("1-of-N choice flips", inst * m, 1).await?;
-        let tweak = self.tweaks(inst * big_n);
-        // In chunks of instances within each group, so that the N pads per instance never all
-        // exist at once.
-        let per_chunk = (ONE_OF_N_CHUNK / big_n).max(1);
-        let mut combined = vec![Block::ZERO; per_chunk.min(inst) * big_n];
-        let mut pads = combined.clone();
-        for (width, chunk) in chunks(groups, per_chunk) {
-            let mk = mask(width);
-            let (combined, pads) = (&mut combined[..chunk.len() * big_n], &mut pads[..chunk.len() * big_n]);
+        let rot = self.random_send(kind, rots).await?;
+        let flips = self.channel.recv_packed("1-of-N choice flips", rots, 1).await?;
+        let tweak = self.tweaks(total);
+        let longest = chunks(groups).iter().map(|c| c.range.len() << c.group.log_n).max().unwrap_or(0);
+        let (mut combined, mut pads) = (vec![Block::ZERO; longest], vec![Block::ZERO; longest]);
+        // In chunks of instances, so that the N pads per instance never all exist at once.
+        for chunk in chunks(groups) {
+            let (m, big_n) = (chunk.group.log_n as usize, 1usize << chunk.group.log_n);
+            let size = chunk.range.len() * big_n;
+            let (combined, pads) = (&mut combined[..size], &mut pads[..size]);
             // combined[t·N + j] = ⊕_k K_{t,k}^{j_k}, with the receiver's flips applied: the first
             // entry XORs all K^0, then each bit k doubles the filled prefix with K^1 ⊕ K^0.
-            for (row, t) in combined.chunks_exact_mut(big_n).zip(chunk.clone()) {
-                let keys = &rot.keys[t * m..(t + 1) * m];
-                let flips = &flips[t * m..(t + 1) * m];
+            for (t, row) in combined.chunks_exact_mut(big_n).enumerate() {
+                let at = chunk.rot + t * m;
+                let (keys, flips) = (&rot.keys[at..at + m], &flips[at..at + m]);
                 row[0] = keys.iter().zip(flips).fold(Block::ZERO, |acc, (pair, &d)| acc ^ pair[d as usize]);
                 for (k, pair) in keys.iter().enumerate() {
                     let delta = pair[0] ^ pair[1];
@@ -206,12 +244,12 @@ impl Ot {
                     }
                 }
             }
-            let base = tweak + (chunk.start * big_n) as u64;
-            self.backend.hash_blocks(combined, Tweaks::Sequential(base), pads)?;
-            let msgs = &messages[chunk.start * big_n..chunk.end * big_n];
+            self.backend.hash_blocks(combined, Tweaks::Sequential(tweak + chunk.message as u64), pads)?;
+            let mk = mask(chunk.group.width);
+            let msgs = &messages[chunk.message..chunk.message + size];
             let cipher: Vec<u64> =
                 msgs.iter().zip(pads.iter()).map(|(msg, p)| msg.wrapping_add(low_u64(p)) & mk).collect();
-            self.channel.send_packed(&cipher, width).await?;
+            self.channel.send_packed(&cipher, chunk.group.width).await?;
         }
         Ok(())
     }
@@ -224,57 +262,62 @@ impl Ot {
         width: u32,
         choices: &[u32],
     ) -> OtResult<Vec<u64>> {
-        self.one_of_n_receive_grouped(kind, log_n, &[(width, choices.len())], choices).await
+        self.one_of_n_receive_grouped(kind, &[OneOfN { log_n, width, instances: choices.len() }], choices).await
     }
 
     /// The receiver's side of [`Ot::one_of_n_send_grouped`].
     pub async fn one_of_n_receive_grouped(
         &mut self,
         kind: OtKind,
-        log_n: u32,
-        groups: &[(u32, usize)],
+        groups: &[OneOfN],
         choices: &[u32],
     ) -> OtResult<Vec<u64>> {
-        for &(width, _) in groups {
-            check_width(width)?;
-        }
-        if !(1..=16).contains(&log_n) {
-            return Err(OtError::Invalid(format!("1-of-2^{log_n} OT: log N must be in 1..=16")));
-        }
-        let big_n = 1usize << log_n;
-        if let Some(bad) = choices.iter().find(|&&c| c as usize >= big_n) {
-            return Err(OtError::Invalid(format!("choice {bad} is out of range for N = {big_n}")));
+        for g in groups {
+            g.check()?;
         }
         let inst = choices.len();
-        if groups.iter().map(|g| g.1).sum::<usize>() != inst {
-            return Err(OtError::Invalid(format!("{inst} choices for groups of {groups:?} instances")));
+        if groups.iter().map(|g| g.instances).sum::<usize>() != inst {
+            return Err(OtError::Invalid(format!("{inst} choices for groups of {groups:?}")));
+        }
+        let chunks = chunks(groups);
+        for chunk in &chunks {
+            let big_n = 1u32 << chunk.group.log_n;
+            if let Some(bad) = choices[chunk.range.clone()].iter().find(|&&c| c >= big_n) {
+                return Err(OtError::Invalid(format!("choice {bad} is out of range for N = {big_n}")));
+            }
         }
         let _s = self.meter().scope("1-of-n");
-        let m = log_n as usize;
-        let rot = self.random_receive(kind, inst * m).await?;
-        let mut flips = Vec::with_capacity(inst * m);
+        let (rots, total) = batch_size(groups);
+        let rot = self.random_receive(kind, rots).await?;
+        let mut flips = Vec::with_capacity(rots);
         let mut combined = vec![Block::ZERO; inst];
-        for (t, &j) in choices.iter().enumerate() {
-            for k in 0..m {
-                flips.push((((j >> k) & 1) == 1) ^ rot.choices[t * m + k]);
-                combined[t] ^= rot.keys[t * m + k];
+        let mut listed = Vec::with_capacity(inst);
+        for chunk in &chunks {
+            let m = chunk.group.log_n as usize;
+            for (local, t) in chunk.range.clone().enumerate() {
+                let j = choices[t];
+                for k in 0..m {
+                    let at = chunk.rot + local * m + k;
+                    flips.push((((j >> k) & 1) == 1) ^ rot.choices[at]);
+                    combined[t] ^= rot.keys[at];
+                }
+                // the tweak the sender used for (t, j)
+                listed.push((chunk.message + (local << m) + j as usize) as u64);
             }
         }
         self.channel.send_packed(&bits_to_u64(&flips), 1).await?;
-        // Hash with the tweak the sender used for (t, j): same reservation, offset t·N + j.
-        let tweak = self.tweaks(inst * big_n);
-        let idx: Vec<usize> = choices.iter().enumerate().map(|(t, &j)| t * big_n + j as usize).collect();
-        let listed: Vec<u64> = idx.iter().map(|&i| tweak + i as u64).collect();
+        let tweak = self.tweaks(total);
+        let listed: Vec<u64> = listed.into_iter().map(|i| tweak + i).collect();
         let mut pads = vec![Block::ZERO; inst];
         self.backend.hash_blocks(&combined, Tweaks::Listed(&listed), &mut pads)?;
         let mut out = Vec::with_capacity(inst);
-        let per_chunk = (ONE_OF_N_CHUNK / big_n).max(1);
-        for (width, chunk) in chunks(groups, per_chunk) {
-            let mk = mask(width);
-            let cipher = self.channel.recv_packed("1-of-N ciphertexts", chunk.len() * big_n, width).await?;
-            for t in chunk.clone() {
-                let i = idx[t] - chunk.start * big_n;
-                out.push(cipher[i].wrapping_sub(low_u64(&pads[t])) & mk);
+        for chunk in &chunks {
+            let m = chunk.group.log_n;
+            let cipher =
+                self.channel.recv_packed("1-of-N ciphertexts", chunk.range.len() << m, chunk.group.width).await?;
+            for (local, t) in chunk.range.clone().enumerate() {
+                let at = (local << m) + choices[t] as usize;
+                out.push(cipher[at].wrapping_sub(low_u64(&pads[t])) & mask(chunk.group.width));
             }
         }
         Ok(out)

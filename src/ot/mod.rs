@@ -14,6 +14,7 @@
 mod derived;
 mod kind;
 
+pub use derived::OneOfN;
 pub use kind::OtKind;
 
 use std::sync::Arc;

@@ -3,7 +3,8 @@
 //! multiplexer.
 //!
 //! Millionaire's (CrypTFlow2, Rathee et al. CCS 2020): the server's x and the client's y
-//! (ℓ bits) are cut into blocks of m = 4 bits. For each block a 1-of-16 OT, the server as
+//! (ℓ bits) are cut into blocks of m bits (m = 3 with silent OT, 4 with IKNP:
+//! [`block_bits`]). For each block a 1-of-2^m OT, the server as
 //! sender, gives the client the bits \[x_j > v\] ⊕ r and [x_j = v] ⊕ r' for its own v = y_j; the
 //! server keeps r, r'. The blocks are combined up a tree, gt = gt_hi ⊕ (eq_hi ∧ gt_lo),
 //! eq = eq_hi ∧ eq_lo, with AND triples; log2(ℓ/m) rounds. Results are XOR shares of \[x > y\].
@@ -14,21 +15,29 @@ use super::Session;
 use super::arith::masks;
 use rand::RngExt;
 
-use super::boolean::{Triples, and};
+use super::boolean::{Triples, and_pairs};
 use super::{ProtoError, ProtoResult};
 use crate::net::Party;
+use crate::ot::{OneOfN, OtKind};
 use crate::ring::{Bits, Shares, mask};
 
-/// Bits per millionaire's block (a 1-of-2^m OT each).
-const BLOCK_BITS: u32 = 4;
+/// Bits per millionaire's block (a 1-of-2^m OT each) for OTs of `kind`. Per m compared bits,
+/// the leaves cost m + 2^(m+1) bits of OT messages and m random OTs, the tree one node (a
+/// triple pair: two random OTs, three opened bits per party). With silent OT (about a bit per
+/// random OT) m = 3 sends the fewest bits (580 per 64-bit comparison against 697 at m = 4)
+/// with about as many random OTs; with IKNP (chosen on fast links, where computation counts)
+/// m = 4 keeps the OTs few and the hashing of the 2^m messages small.
+pub fn block_bits(kind: OtKind) -> u32 {
+    match kind {
+        OtKind::Silent => 3,
+        OtKind::Iknp => 4,
+    }
+}
 
-/// AND triples a comparison of `bits`-bit values needs, per value: two per combination of
-/// blocks (q − 1 of them for q blocks), minus one per level of the tree — the equality of its
-/// lowest node, which only ever meets lower blocks' equalities up to the root, is never used.
-pub fn triples_per_comparison(bits: u32) -> usize {
-    let q = bits.div_ceil(BLOCK_BITS) as usize;
-    let levels = q.next_power_of_two().trailing_zeros() as usize;
-    (2 * q.saturating_sub(1)).saturating_sub(levels)
+/// AND triple pairs ([`Triples`]) a comparison of `bits`-bit values with OTs of `kind` needs,
+/// per value: one per combination of blocks, q − 1 for q blocks.
+pub fn triples_per_comparison(kind: OtKind, bits: u32) -> usize {
+    (bits.div_ceil(block_bits(kind)) as usize).saturating_sub(1)
 }
 
 /// XOR shares of \[x > y\] for the server's `x` and the client's `y` (each party passes its own
@@ -45,7 +54,7 @@ fn n_of(party: Party, len: usize, per: usize) -> usize {
 
 /// XOR shares of \[x_ik > y_i\] for `per` server values x_i0..x_i(per−1) against each client value
 /// y_i: the server passes n·per values (grouped by i), the client its n values. The client's
-/// OT choices depend on y_i only, so one 1-of-16 OT per block carries all `per` comparisons
+/// OT choices depend on y_i only, so one 1-of-2^m OT per block carries all `per` comparisons
 /// (2·per-bit messages, per bits for the least significant block): comparing against several thresholds costs one OT batch. Results are
 /// grouped by i. Uses `per`·n·[`triples_per_comparison`] triples.
 pub async fn greater_than_many(
@@ -66,30 +75,36 @@ pub async fn greater_than_many(
     {
         return Err(ProtoError::Input(format!("value {v:#x} does not fit {bits} bits")));
     }
-    let q = bits.div_ceil(BLOCK_BITS) as usize;
-    let block = |v: u64, j: usize| (v >> (j as u32 * BLOCK_BITS)) & ((1 << BLOCK_BITS) - 1);
-    // The least significant block's equality is never used (see the tree below): its messages
-    // carry the `per` greater-than bits only, the other blocks' both bits of each comparison.
-    // Instances: block 0 of every value first, then blocks 1..q of every value.
-    let groups = [
-        (per as u32, n_of(sess.party(), mine.len(), per)),
-        (2 * per as u32, n_of(sess.party(), mine.len(), per) * (q - 1)),
-    ];
-    let instance = |t: usize, n: usize| if t < n { (t, 0) } else { ((t - n) / (q - 1), 1 + (t - n) % (q - 1)) };
+    // Blocks of m bits, least significant first; the top one holds what is left. Instance t
+    // is block t / n of value t % n. The least significant block's equality is never used (see
+    // the tree below): its messages carry the `per` greater-than bits only, the other blocks'
+    // both bits of each comparison.
+    let m = block_bits(sess.kind);
+    let q = bits.div_ceil(m) as usize;
+    let width = |j: usize| m.min(bits - j as u32 * m);
+    let block = |v: u64, j: usize| (v >> (j as u32 * m)) & mask(width(j));
+    let n = n_of(sess.party(), mine.len(), per);
+    let mut groups: Vec<OneOfN> = Vec::new();
+    for j in 0..q {
+        let g = OneOfN { log_n: width(j), width: (if j == 0 { per } else { 2 * per }) as u32, instances: n };
+        match groups.last_mut() {
+            Some(last) if (last.log_n, last.width) == (g.log_n, g.width) => last.instances += n,
+            _ => groups.push(g),
+        }
+    }
     // leaves gt[c·q + j], eq[c·q + j] for comparison c = i·per + k and block j (0 = least
     // significant)
-    let (gt, eq, n) = match sess.party() {
+    let (gt, eq) = match sess.party() {
         Party::Server => {
             if !mine.len().is_multiple_of(per) {
                 return Err(ProtoError::Input(format!("{} server values is not a multiple of {per}", mine.len())));
             }
-            let n = mine.len() / per;
             let rng = &mut sess.rng;
             let r: Vec<(bool, bool)> = (0..n * per * q).map(|_| (rng.random(), rng.random())).collect();
-            let mut messages = Vec::with_capacity((n * q) << BLOCK_BITS);
+            let mut messages = Vec::with_capacity(n * (q << m));
             for t in 0..n * q {
-                let (i, j) = instance(t, n);
-                messages.extend((0..1u64 << BLOCK_BITS).map(|v| {
+                let (i, j) = (t % n, t / n);
+                messages.extend((0..1u64 << width(j)).map(|v| {
                     (0..per).fold(0u64, |acc, k| {
                         let c = i * per + k;
                         let (x, (rg, re)) = (block(mine[c], j), r[c * q + j]);
@@ -101,22 +116,15 @@ pub async fn greater_than_many(
                     })
                 }));
             }
-            sess.ot.one_of_n_send_grouped(sess.kind, BLOCK_BITS, &groups, &messages).await?;
-            let (gt, eq) = r.into_iter().unzip::<bool, bool, Vec<bool>, Vec<bool>>();
-            (gt, eq, n)
+            sess.ot.one_of_n_send_grouped(sess.kind, &groups, &messages).await?;
+            r.into_iter().unzip::<bool, bool, Vec<bool>, Vec<bool>>()
         }
         Party::Client => {
-            let n = mine.len();
-            let choices: Vec<u32> = (0..n * q)
-                .map(|t| {
-                    let (i, j) = instance(t, n);
-                    block(mine[i], j) as u32
-                })
-                .collect();
-            let got = sess.ot.one_of_n_receive_grouped(sess.kind, BLOCK_BITS, &groups, &choices).await?;
+            let choices: Vec<u32> = (0..n * q).map(|t| block(mine[t % n], t / n) as u32).collect();
+            let got = sess.ot.one_of_n_receive_grouped(sess.kind, &groups, &choices).await?;
             let (mut gt, mut eq) = (vec![false; n * per * q], vec![false; n * per * q]);
             for (t, &g) in got.iter().enumerate() {
-                let (i, j) = instance(t, n);
+                let (i, j) = (t % n, t / n);
                 for k in 0..per {
                     let c = i * per + k;
                     if j == 0 {
@@ -127,45 +135,40 @@ pub async fn greater_than_many(
                     }
                 }
             }
-            (gt, eq, n)
+            (gt, eq)
         }
     };
     let n = n * per;
     let (mut gt, mut eq) = (gt, eq);
-    // combine adjacent blocks, least significant first, until one is left. The lowest node of
-    // each level needs no equality bit (it is only ever the low side, up to the root).
+    // combine adjacent blocks, least significant first, until one is left: gt and eq of a
+    // node both AND the high block's eq, one triple pair per node. The lowest node of each
+    // level needs no equality bit (it is only ever the low side, up to the root): its pair's
+    // second gate is not opened. Nodes that need it come first in the batch.
     let mut width = q;
     while width > 1 {
         let pairs = width / 2;
         let next = width.div_ceil(2);
         let needs_eq = |k: usize| k > 0 && next > 1;
-        let ands = pairs + (1..pairs).filter(|&k| needs_eq(k)).count();
-        let (mut x, mut y) = (Vec::with_capacity(n * ands), Vec::with_capacity(n * ands));
-        for i in 0..n {
-            for k in 0..pairs {
-                let (lo, hi) = (i * width + 2 * k, i * width + 2 * k + 1);
-                x.push(eq[hi]);
-                y.push(gt[lo]);
-                if needs_eq(k) {
-                    x.push(eq[hi]);
-                    y.push(eq[lo]);
-                }
-            }
+        let nodes: Vec<(usize, usize)> = [true, false]
+            .into_iter()
+            .flat_map(|paired| {
+                (0..n).flat_map(move |i| (0..pairs).map(move |k| (i, k))).filter(move |&(_, k)| needs_eq(k) == paired)
+            })
+            .collect();
+        let at = |(i, k): (usize, usize)| (i * width + 2 * k, i * width + 2 * k + 1);
+        let x: Bits = nodes.iter().map(|&node| eq[at(node).1]).collect();
+        let y0: Bits = nodes.iter().map(|&node| gt[at(node).0]).collect();
+        let y1: Bits = nodes.iter().filter(|&&(_, k)| needs_eq(k)).map(|&node| eq[at(node).0]).collect();
+        let (z0, z1) = and_pairs(sess, triples, &x, &y0, &y1).await?;
+        let (mut ngt, mut neq) = (vec![false; n * next], vec![false; n * next]);
+        for (t, &(i, k)) in nodes.iter().enumerate() {
+            ngt[i * next + k] = gt[at((i, k)).1] ^ z0.get(t);
+            neq[i * next + k] = needs_eq(k) && z1.get(t);
         }
-        let z = and(sess, triples, &Bits::from_bools(&x), &Bits::from_bools(&y)).await?.to_bools();
-        let (mut ngt, mut neq) = (Vec::with_capacity(n * next), Vec::with_capacity(n * next));
-        let mut t = 0;
-        for i in 0..n {
-            for k in 0..pairs {
-                let hi = i * width + 2 * k + 1;
-                ngt.push(gt[hi] ^ z[t]);
-                t += 1;
-                neq.push(needs_eq(k) && z[t]);
-                t += usize::from(needs_eq(k));
-            }
-            if width % 2 == 1 {
-                ngt.push(gt[i * width + width - 1]);
-                neq.push(eq[i * width + width - 1]);
+        if width % 2 == 1 {
+            for i in 0..n {
+                ngt[i * next + next - 1] = gt[i * width + width - 1];
+                neq[i * next + next - 1] = eq[i * width + width - 1];
             }
         }
         (gt, eq, width) = (ngt, neq, next);
@@ -314,7 +317,7 @@ pub fn carry_ots(bits: u32) -> usize {
 /// Random OTs (the server as sender) one [`at_least`] at `bits` bits uses per value, for any
 /// number of thresholds (their AND triples aside).
 pub fn at_least_ots(bits: u32) -> usize {
-    ((bits - 1).div_ceil(BLOCK_BITS) * BLOCK_BITS) as usize
+    (bits - 1) as usize
 }
 
 /// XOR shares of the carry [x_s + x_c ≥ 2^bits] out of the low `bits` bits of each party's

@@ -150,7 +150,8 @@ async fn rsqrt_values(sess: &mut Session, v: &[u64]) -> ProtoResult<Vec<u64>> {
     let thresholds: Vec<u64> = (K_MIN + 1..=K_MAX).map(|k| 1u64 << (frac as i32 + 2 * k)).collect();
     // |v − c| < 2^(bits−1) for v, c < 2^34
     let bits = frac + 18;
-    let mut triples = Triples::generate(sess, n * thresholds.len() * triples_per_comparison(bits - 1)).await?;
+    let mut triples =
+        Triples::generate(sess, n * thresholds.len() * triples_per_comparison(sess.kind, bits - 1)).await?;
     let ge = at_least(sess, &mut triples, &Shares::vector(v.to_vec(), frac)?, &thresholds, bits).await?.to_bools();
     let t = thresholds.len();
     // one-hot of k: bit i (k = K_MIN + i) is ge[i−1] ⊕ ge[i], with ge[−1] = 1 and ge[t] = 0

@@ -45,6 +45,7 @@ use super::compare::{at_least, at_least_ots, carry, carry_ots, mux, non_negative
 use super::session::OutOfRange;
 use super::{ProtoError, ProtoResult, prepare};
 use crate::net::Party;
+use crate::ot::OtKind;
 use crate::ring::{Bits, DEFAULT_FRAC_BITS, FixedPoint, Shares, mask};
 
 /// Fractional bits of x on input and y on output, unless a format says otherwise
@@ -359,10 +360,10 @@ impl Piecewise {
 
     /// The same for the baseline: AND triples (two random OTs each, one per direction), the
     /// comparisons' lookups, the square, two truncations, K multiplexers (one OT each way).
-    fn baseline_ots(&self, n: usize) -> (usize, usize) {
+    fn baseline_ots(&self, kind: OtKind, n: usize) -> (usize, usize) {
         let k = self.pieces.len();
         let bits = self.comparison_bits();
-        let triples = n * (k - 1) * triples_per_comparison(bits - 1);
+        let triples = n * (k - 1) * triples_per_comparison(kind, bits - 1);
         (triples + n * (at_least_ots(bits) + 64 + 2 + k), triples + n * k)
     }
 
@@ -630,13 +631,13 @@ pub async fn evaluate_baseline(sess: &mut Session, f: &Piecewise, x: &Shares) ->
 async fn baseline_batch(sess: &mut Session, f: &Piecewise, shares: &[u64]) -> ProtoResult<Vec<u64>> {
     let server = sess.party() == Party::Server;
     let n = shares.len();
-    prepare(sess, f.baseline_ots(n)).await?;
+    prepare(sess, f.baseline_ots(sess.kind, n)).await?;
     let k = f.pieces.len();
     let thresholds: Vec<u64> = (0..k as i64 - 1)
         .map(|j| ((f.start << f.frac) + ((j << f.frac) >> -f.width_log2.min(0) << f.width_log2.max(0))) as u64)
         .collect();
     let bits = f.comparison_bits();
-    let mut triples = Triples::generate(sess, n * (k - 1) * triples_per_comparison(bits - 1)).await?;
+    let mut triples = Triples::generate(sess, n * (k - 1) * triples_per_comparison(sess.kind, bits - 1)).await?;
     let x = Shares::vector(shares.to_vec(), f.frac)?;
     let ge = at_least(sess, &mut triples, &x, &thresholds, bits).await?.to_bools();
     // one-hot: piece i is selected when x ≥ breakpoint i−1 and not x ≥ breakpoint i

@@ -175,7 +175,7 @@ async fn run_block(name: &str, os: &mut Session, oc: &mut Session, k: &Case) -> 
     let t = &k.typed;
     let (s, c): (Run<'_>, Run<'_>) = match name {
         "compare" => {
-            let need = triples_per_comparison(64) * k.raw.len();
+            let need = triples_per_comparison(os.ot_kind(), 64) * k.raw.len();
             let (ts, tc) = tokio::join!(Triples::generate(os, need), Triples::generate(oc, need));
             let (mut ts, mut tc) = (ts?, tc?);
             let (a, b) =

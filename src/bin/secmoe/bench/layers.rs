@@ -181,7 +181,7 @@ async fn measure_compare(name: &str, kind: OtKind, backend: Arc<dyn Backend>, th
     reset_peak_rss();
     let start = Instant::now();
     let bits = if per == 1 { 64 } else { 31 };
-    let need = triples_per_comparison(bits) * N * per;
+    let need = triples_per_comparison(os.ot_kind(), bits) * N * per;
     let (ts, tc) = tokio::join!(Triples::generate(&mut os, need), Triples::generate(&mut oc, need));
     let (mut ts, mut tc) = (ts?, tc?);
     let checked = if per == 1 {
