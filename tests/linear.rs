@@ -175,13 +175,16 @@ fn a_bad_tiling_or_a_truncated_ciphertext_is_an_error_naming_it() {
         let client = async {
             let ch = c.channel();
             // a tiling that does not fit the ring is refused before any ciphertext moves
-            ch.send_u64s(&[1, 1, 1, 1, 1 << 40, 1, 0]).await.unwrap();
+            ch.send_u64s(&[1, 1, 1, 1, 1 << 40, 1, 0, 0]).await.unwrap();
             let refusal = ch.recv().await.unwrap();
             assert_eq!(refusal[0], 1);
             // so is a degenerate one: 1×1×1 tiles for a product that fills 512 coefficients
-            ch.send_u64s(&[8, 8, 8, 1, 1, 1, 0]).await.unwrap();
+            ch.send_u64s(&[8, 8, 8, 1, 1, 1, 0, 0]).await.unwrap();
             assert_eq!(ch.recv().await.unwrap()[0], 1);
-            ch.send_u64s(&[1, 1, 1, 1, 1, 1, 0]).await.unwrap();
+            // and inputs that would drop more of c0 than a ciphertext can lose
+            ch.send_u64s(&[1, 1, 1, 1, 1, 1, 0, 99]).await.unwrap();
+            assert_eq!(ch.recv().await.unwrap()[0], 1);
+            ch.send_u64s(&[1, 1, 1, 1, 1, 1, 0, 0]).await.unwrap();
             assert_eq!(ch.recv().await.unwrap(), [0]);
             ch.send(&[0u8; 100]).await.unwrap();
         };
@@ -199,6 +202,12 @@ fn a_bad_tiling_or_a_truncated_ciphertext_is_an_error_naming_it() {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("less than half"), "{e}");
+            let e = hs
+                .product(s.channel(), shape, Weights::bounded((1, 1), &[1], 20).unwrap(), None, &mut rng)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("drop 99 bits"), "{e}");
             hs.product(s.channel(), shape, Weights::bounded((1, 1), &[1], 20).unwrap(), None, &mut rng).await
         };
         let (_, rs) = tokio::join!(client, server);

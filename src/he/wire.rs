@@ -10,6 +10,8 @@ use super::bfv::{Ciphertext, PublicKey, SeededCiphertext};
 use super::mult::RelinKey;
 use super::poly::{Form, RnsPoly};
 use super::{HeError, HeParams, HeResult};
+use crate::backend::Backend;
+use crate::ring::modp::Modulus;
 use crate::ring::{pack_bits, packed_len, unpack_bits};
 
 const VERSION: u8 = 1;
@@ -18,6 +20,7 @@ const CIPHERTEXT: (&[u8; 4], &str) = (b"SMct", "ciphertext");
 const PUBLIC_KEY: (&[u8; 4], &str) = (b"SMps", "public key");
 const RELIN_KEY: (&[u8; 4], &str) = (b"SMrk", "relinearization key");
 const SEEDED: (&[u8; 4], &str) = (b"SMsc", "seeded ciphertext");
+const COMPRESSED: (&[u8; 4], &str) = (b"SMcc", "compressed seeded ciphertext");
 const SEED_LEN: usize = 32;
 
 fn malformed(what: &'static str, reason: String) -> HeError {
@@ -34,6 +37,25 @@ fn encoded_len(params: &HeParams, limbs: usize, polys: usize) -> usize {
 /// Bytes of a serialized seeded ciphertext (c0 at every limb, then the seed).
 pub fn seeded_ciphertext_len(params: &HeParams) -> usize {
     encoded_len(params, params.moduli().len(), 1) + SEED_LEN
+}
+
+/// Most low bits of c0 a compressed seeded ciphertext drops ([`SeededCiphertext::to_compressed`]).
+pub const MAX_DROPPED_BITS: u32 = 40;
+
+/// Bytes of a seeded ciphertext whose c0 drops its `dropped` lowest bits.
+pub fn compressed_ciphertext_len(params: &HeParams, dropped: u32) -> usize {
+    let n = params.degree();
+    let digits: usize = params.moduli().iter().map(|m| packed_len(n, m.bits())).sum();
+    COMPRESSED_HEADER + digits - packed_len(n, params.moduli()[0].bits())
+        + packed_len(n, digit0_bits(params, dropped))
+        + SEED_LEN
+}
+
+const COMPRESSED_HEADER: usize = 4 + 1 + 1 + 1 + 1;
+
+/// Bits of c0's lowest mixed-radix digit once `dropped` bits are rounded away.
+fn digit0_bits(params: &HeParams, dropped: u32) -> u32 {
+    params.moduli()[0].bits() - dropped
 }
 
 /// Bytes of a serialized ciphertext under `params` at `limbs` RNS limbs.
@@ -163,6 +185,162 @@ impl SeededCiphertext {
     }
 }
 
+impl SeededCiphertext {
+    /// Serializes with c0's `dropped` lowest bits rounded away (0 ≤ `dropped` ≤
+    /// [`MAX_DROPPED_BITS`], below the first prime's width): c0 in coefficient form as
+    /// mixed-radix digits, c0 = d_0 + p_0·(d_1 + p_1·(d_2 + …)) (Garner), of which d_0 is sent
+    /// without its low bits. The reader takes d_0 as the middle of what was dropped, so the
+    /// decoded c0 is c0 + ε with |ε| ≤ 2^(dropped−1) per coefficient: encryption noise the
+    /// product's noise bound counts. ε is a function of c0 alone, which is uniform: the
+    /// compression is a public function of the ciphertext and hides as much as it does.
+    pub fn to_compressed(&self, params: &HeParams, dropped: u32, backend: &dyn Backend) -> HeResult<Vec<u8>> {
+        check_dropped(params, dropped)?;
+        let (n, moduli) = (params.degree(), params.moduli());
+        let mut c0 = self.c0.clone();
+        c0.to_coeff(params, backend)?;
+        let radix = MixedRadix::new(params, dropped);
+        let mut digits = vec![vec![0u64; n]; moduli.len()];
+        for (i, mi) in moduli.iter().enumerate() {
+            let (lower, rest) = digits.split_at_mut(i);
+            for (c, (d, &r)) in rest[0].iter_mut().zip(&c0.limbs[i * n..(i + 1) * n]).enumerate() {
+                // d_i = (…((r_i − d_0)·p_0^-1 − d_1)·p_1^-1 … − d_(i−1))·p_(i−1)^-1 mod p_i
+                *d = lower
+                    .iter()
+                    .zip(&radix.inverses[i])
+                    .fold(r, |t, (dj, &(w, ws))| mi.mul_shoup(mi.sub(t, radix.reduce(i, dj[c])), w, ws));
+            }
+        }
+        for d in &mut digits[0] {
+            *d >>= dropped;
+        }
+        let mut out = Vec::with_capacity(compressed_ciphertext_len(params, dropped));
+        out.extend_from_slice(COMPRESSED.0);
+        out.extend([VERSION, n.trailing_zeros() as u8, moduli.len() as u8, dropped as u8]);
+        out.extend(pack_bits(&digits[0], digit0_bits(params, dropped)));
+        for (d, m) in digits[1..].iter().zip(&moduli[1..]) {
+            out.extend(pack_bits(d, m.bits()));
+        }
+        out.extend_from_slice(&self.seed);
+        Ok(out)
+    }
+
+    /// Reads [`SeededCiphertext::to_compressed`]'s bytes for `params` (c0 back in NTT form) and
+    /// the number of bits it dropped.
+    pub fn from_compressed(
+        params: &HeParams,
+        bytes: &[u8],
+        backend: &dyn Backend,
+    ) -> HeResult<(SeededCiphertext, u32)> {
+        let what = COMPRESSED.1;
+        if bytes.len() < COMPRESSED_HEADER || &bytes[..4] != COMPRESSED.0 || bytes[4] != VERSION {
+            return Err(malformed(what, format!("not a secmoe {what} (bad tag or version)")));
+        }
+        let (n, moduli) = (params.degree(), params.moduli());
+        if bytes[5] as u32 != n.trailing_zeros() {
+            return Err(malformed(what, format!("degree 2^{}, expected {n}", bytes[5])));
+        }
+        if bytes[6] as usize != moduli.len() {
+            return Err(malformed(what, format!("{} RNS limbs, expected {}", bytes[6], moduli.len())));
+        }
+        let dropped = bytes[7] as u32;
+        check_dropped(params, dropped).map_err(|_| malformed(what, format!("{dropped} dropped bits")))?;
+        let expected = compressed_ciphertext_len(params, dropped);
+        if bytes.len() != expected {
+            return Err(malformed(
+                what,
+                format!("{} bytes, expected {expected} with {dropped} dropped bits", bytes.len()),
+            ));
+        }
+        let mut pos = COMPRESSED_HEADER;
+        let mut digits = Vec::with_capacity(moduli.len());
+        for (i, m) in moduli.iter().enumerate() {
+            let width = if i == 0 { digit0_bits(params, dropped) } else { m.bits() };
+            let len = packed_len(n, width);
+            let d = unpack_bits(&bytes[pos..pos + len], n, width)?;
+            if i > 0
+                && let Some(j) = d.iter().position(|&v| v >= m.value())
+            {
+                return Err(malformed(what, format!("digit {i} of coefficient {j} is not below its prime")));
+            }
+            digits.push(d);
+            pos += len;
+        }
+        let radix = MixedRadix::new(params, dropped);
+        let mut limbs = vec![0u64; moduli.len() * n];
+        for (i, mi) in moduli.iter().enumerate() {
+            let (scale, scale_shoup) = radix.scale[i];
+            let (p0, p0_shoup) = radix.primes[i][0];
+            for c in 0..n {
+                // Horner from the top digit: c0 = d_0·2^dropped + half + p_0·(d_1 + p_1·(d_2 + …)),
+                // half the middle of the dropped range (|ε| ≤ 2^(dropped−1))
+                let mut acc = 0u64;
+                for j in (1..moduli.len()).rev() {
+                    let (w, ws) = radix.primes[i][j];
+                    acc = mi.add(mi.mul_shoup(acc, w, ws), radix.reduce(i, digits[j][c]));
+                }
+                let d0 = mi.add(mi.mul_shoup(digits[0][c], scale, scale_shoup), radix.half[i]);
+                limbs[i * n + c] = mi.add(mi.mul_shoup(acc, p0, p0_shoup), d0);
+            }
+        }
+        let mut c0 = RnsPoly { limbs, form: Form::Coeff };
+        c0.to_ntt(params, backend)?;
+        let mut seed = [0u8; SEED_LEN];
+        seed.copy_from_slice(&bytes[pos..]);
+        Ok((SeededCiphertext { c0, seed }, dropped))
+    }
+}
+
+/// Constants of the mixed-radix form of c0 under `params`, per limb i, with their Shoup
+/// companions: p_j^-1 mod p_i for j < i, p_j mod p_i, 2^dropped mod p_i; and the middle of the
+/// dropped range mod p_i.
+struct MixedRadix {
+    inverses: Vec<Vec<(u64, u64)>>,
+    primes: Vec<Vec<(u64, u64)>>,
+    scale: Vec<(u64, u64)>,
+    half: Vec<u64>,
+    one: Vec<u64>,
+    moduli: Vec<Modulus>,
+}
+
+impl MixedRadix {
+    fn new(params: &HeParams, dropped: u32) -> MixedRadix {
+        let moduli = params.moduli().to_vec();
+        let with_shoup = |m: &Modulus, w: u64| (w, m.shoup(w));
+        let half = if dropped == 0 { 0 } else { 1u64 << (dropped - 1) };
+        let inverse = |mi: &Modulus, mj: &Modulus| with_shoup(mi, mi.inv(mi.reduce(mj.value())).unwrap_or(0));
+        MixedRadix {
+            inverses: moduli
+                .iter()
+                .enumerate()
+                .map(|(i, mi)| moduli[..i].iter().map(|mj| inverse(mi, mj)).collect())
+                .collect(),
+            primes: moduli
+                .iter()
+                .map(|mi| moduli.iter().map(|mj| with_shoup(mi, mi.reduce(mj.value()))).collect())
+                .collect(),
+            scale: moduli.iter().map(|mi| with_shoup(mi, mi.pow(2, dropped as u64))).collect(),
+            half: moduli.iter().map(|mi| mi.reduce(half)).collect(),
+            one: moduli.iter().map(|mi| mi.shoup(1)).collect(),
+            moduli,
+        }
+    }
+
+    /// x mod p_i for any u64 x (a Shoup product by one).
+    fn reduce(&self, i: usize, x: u64) -> u64 {
+        self.moduli[i].mul_shoup(x, 1, self.one[i])
+    }
+}
+
+fn check_dropped(params: &HeParams, dropped: u32) -> HeResult<()> {
+    if dropped > MAX_DROPPED_BITS || dropped >= params.moduli()[0].bits() {
+        return Err(HeError::Unsupported {
+            params: params.name(),
+            what: format!("drop {dropped} bits of c0 (at most {MAX_DROPPED_BITS}, below the first prime's width)"),
+        });
+    }
+    Ok(())
+}
+
 impl PublicKey {
     /// Serializes: b as one polynomial, then the 32-byte seed of a.
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -251,6 +429,33 @@ mod tests {
         assert_eq!(sk.decrypt(&back.expand(&p), &be).unwrap_or_else(|e| panic!("{e}")), pt);
         let err = SeededCiphertext::from_bytes(&p, &bytes[..bytes.len() - 1]).err().map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("bytes, expected")));
+    }
+
+    /// Dropping k low bits of c0 shrinks it by k bits per coefficient and moves c0 by at most
+    /// 2^(k−1) (the noise budget loses about k bits); with k = 0 c0 comes back exactly.
+    #[test]
+    fn compressed_ciphertexts_drop_low_bits_and_still_decrypt() {
+        let (p, be, sk, _, pt) = fixture();
+        let seeded = sk.encrypt_seeded(&pt, &be, &mut StdRng::seed_from_u64(7)).unwrap_or_else(|e| panic!("{e}"));
+        let fresh = sk.noise_budget(&seeded.expand(&p), &be).unwrap_or_else(|e| panic!("{e}"));
+        let exact = seeded.to_compressed(&p, 0, &be).unwrap_or_else(|e| panic!("{e}"));
+        let (back, k) = SeededCiphertext::from_compressed(&p, &exact, &be).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((back.c0.limbs == seeded.c0.limbs, k), (true, 0));
+        assert_eq!(exact.len(), seeded_ciphertext_len(&p) - HEADER + COMPRESSED_HEADER);
+        for k in [1, 12, 30] {
+            let bytes = seeded.to_compressed(&p, k, &be).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(bytes.len(), compressed_ciphertext_len(&p, k));
+            assert_eq!(bytes.len(), compressed_ciphertext_len(&p, 0) - (4096 * k as usize) / 8);
+            let (back, got) = SeededCiphertext::from_compressed(&p, &bytes, &be).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(got, k);
+            let ct = back.expand(&p);
+            assert_eq!(sk.decrypt(&ct, &be).unwrap_or_else(|e| panic!("{e}")), pt);
+            let budget = sk.noise_budget(&ct, &be).unwrap_or_else(|e| panic!("{e}"));
+            assert!(budget >= fresh - k as f64 - 1.0 && budget <= fresh + 0.5, "{k} bits: {budget} from {fresh}");
+        }
+        for k in [MAX_DROPPED_BITS + 1, 64] {
+            assert!(seeded.to_compressed(&p, k, &be).is_err());
+        }
     }
 
     #[test]
@@ -375,6 +580,12 @@ mod tests {
                 let samples = vec![
                     ("ciphertext", ct.to_bytes(&p)),
                     ("seeded", sk.encrypt_seeded(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}")).to_bytes(&p)),
+                    (
+                        "compressed",
+                        sk.encrypt_seeded(&pt, &be, &mut rng)
+                            .and_then(|c| c.to_compressed(&p, 17, &be))
+                            .unwrap_or_else(|e| panic!("{e}")),
+                    ),
                     ("public key", sk.public_key(&be, &mut rng).unwrap_or_else(|e| panic!("{e}")).to_bytes()),
                     ("galois", galois.to_bytes(&lin)),
                     ("shrunk", shrunk.to_bytes()),
@@ -388,6 +599,10 @@ mod tests {
             let r = match which {
                 "ciphertext" => Ciphertext::from_bytes(p, bytes).map(drop),
                 "seeded" => SeededCiphertext::from_bytes(p, bytes).map(drop),
+                "compressed" => {
+                    let be = CpuBackend::new(1).map_err(|e| e.to_string())?;
+                    SeededCiphertext::from_compressed(p, bytes, &be).map(drop)
+                }
                 "public key" => PublicKey::from_bytes(p, bytes).map(drop),
                 "galois" => GaloisKeys::from_bytes(lin, bytes).map(drop),
                 _ => ShrunkCiphertext::from_bytes(p, bytes, 3, 70, 80).map(drop),
@@ -413,7 +628,7 @@ mod tests {
             #![proptest_config(ProptestConfig::with_cases(64))]
             #[test]
             fn never_panic_and_name_what_is_wrong(
-                which in 0usize..5,
+                which in 0usize..6,
                 edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
                 cut in any::<prop::sample::Index>(),
                 mode in 0u8..4,
@@ -433,7 +648,7 @@ mod tests {
                     _ => {}
                 }
                 if let Err(e) = decode(name, &bytes) {
-                    let named = ["ciphertext", "public key", "Galois keys", "bytes", "tag", "prime", "levels", "seed", "degree", "limbs", "widths", "expected", "degenerate", "representation", "polynomial"];
+                    let named = ["ciphertext", "public key", "Galois keys", "bytes", "tag", "prime", "levels", "seed", "degree", "limbs", "widths", "expected", "degenerate", "representation", "polynomial", "digit", "dropped"];
                     prop_assert!(named.iter().any(|n| e.contains(n)), "{}: {}", name, e);
                 }
             }

@@ -40,8 +40,8 @@ use crate::he::matmul::{
 };
 use crate::he::tiling::{MatShape, Tiling};
 use crate::he::{
-    Ciphertext, GaloisKeys, HeParams, NARROW_FLOOD_BITS, Plaintext, PublicKey, RelinKey, SecretKey, SeededCiphertext,
-    ShrunkCiphertext, ciphertext_len, seeded_ciphertext_len,
+    Ciphertext, GaloisKeys, HeParams, MAX_DROPPED_BITS, NARROW_FLOOD_BITS, Plaintext, PublicKey, RelinKey, SecretKey,
+    SeededCiphertext, ShrunkCiphertext, ciphertext_len, compressed_ciphertext_len,
 };
 use crate::net::{Channel, CostModel};
 use crate::ring::{Shares, Weights};
@@ -61,6 +61,14 @@ const ROUNDING_NOISE: f64 = 1.0;
 /// log2 of a bound on the noise one key switch adds (k·N·21·p_i/P plus the rounding: 3·2^13·21·2^13
 /// for the linear set's 58-bit primes and 45-bit special prime, rounded up with room).
 const KEYSWITCH_NOISE_BITS: u32 = 35;
+/// The client's public assumption on the server's weights in a linear layer: |w| < 2^(f + 8) at
+/// the session's f fractional bits (|w| < 256), for which it chooses how far to compress its
+/// input ciphertexts ([`dropped_bits`]). Larger weights still run: the server floods for its
+/// actual bound, and refuses by name a product whose margin would fall below
+/// [`MIN_STAT_BITS`].
+pub const WEIGHT_INTEGER_BITS: u32 = 8;
+/// Bits of the flooding margin κ the input compression may spend ([`dropped_bits`]).
+pub const COMPRESSION_KAPPA_BITS: u32 = 1;
 /// Byte budget for the unpacked results the server holds at once.
 const RESULT_BATCH_BYTES: usize = 128 << 20;
 
@@ -95,18 +103,21 @@ pub(crate) async fn await_answer(ch: &mut Channel) -> ProtoResult<()> {
 }
 
 /// log2 of a bound on the B-dependent noise of one result coefficient, for B entries of at most
-/// 2^b_bits in absolute value. Before packing, a noise coefficient is a sum over T = d-tiles·d_w·m_w
-/// terms (e_i + ε_i)·b_i: e_i the client's fresh noise (independent, centered binomial, |e_i| ≤ 21),
-/// ε_i the encodings' rounding (|ε_i| ≤ 1, taken at its worst). By Hoeffding's inequality
-/// |Σ e_i·b_i| ≤ 21·2^b·√(2T·ln(2/δ)) except with probability δ = 2^-[`TAIL_BITS`] (instead of the
-/// worst case 21·2^b·T); the roundings add 2^b·T. Packing 2^ℓ results multiplies the noise by 2^ℓ
-/// and adds a key switch per level.
-fn noise_bound_bits(t: &Tiling, b_bits: u32) -> f64 {
+/// 2^b_bits in absolute value and input ciphertexts that dropped `dropped` bits of c0. Before
+/// packing, a noise coefficient is a sum over T = d-tiles·d_w·m_w terms (e_i + c_i + ε_i)·b_i:
+/// e_i the client's fresh noise (independent, centered binomial, |e_i| ≤ 21), c_i the
+/// compression's rounding (independent, centered, |c_i| ≤ 2^(dropped−1): a function of the
+/// uniform c0), ε_i the encodings' rounding (|ε_i| ≤ 1, taken at its worst). By Hoeffding's
+/// inequality |Σ (e_i + c_i)·b_i| ≤ (21 + 2^(dropped−1))·2^b·√(2T·ln(2/δ)) except with
+/// probability δ = 2^-[`TAIL_BITS`] (instead of the worst case, T times the bound); the roundings
+/// add 2^b·T. Packing 2^ℓ results multiplies the noise by 2^ℓ and adds a key switch per level.
+fn noise_bound_bits(t: &Tiling, b_bits: u32, dropped: u32) -> f64 {
     let (_, tj, _) = t.tile_counts();
     let terms = (tj * t.d_w * t.m_w) as f64;
     let b = 2f64.powi(b_bits as i32);
     let ln_tail = (TAIL_BITS + 1) as f64 * std::f64::consts::LN_2;
-    let fresh = FRESH_NOISE * b * (2.0 * terms * ln_tail).sqrt().min(terms);
+    let input = FRESH_NOISE + if dropped == 0 { 0.0 } else { 2f64.powi(dropped as i32 - 1) };
+    let fresh = input * b * (2.0 * terms * ln_tail).sqrt().min(terms);
     let rounding = ROUNDING_NOISE * b * terms;
     (fresh + rounding + 2f64.powi(KEYSWITCH_NOISE_BITS as i32)).log2() + t.pack as f64
 }
@@ -114,19 +125,40 @@ fn noise_bound_bits(t: &Tiling, b_bits: u32) -> f64 {
 /// Flooding noise (bits) and its margin κ for a product whose B entries are at most 2^b_bits in
 /// absolute value: the noise bound plus the largest κ the parameters leave room for (the flood
 /// must stay 4 bits below q/t for the shrunk result to decrypt), at least [`MIN_STAT_BITS`].
-fn flood_bits(params: &HeParams, t: &Tiling, b_bits: u32) -> ProtoResult<(u32, u32)> {
-    let bound = noise_bound_bits(t, b_bits).ceil() as u32;
-    let room = (params.log_q().floor() as u32 - params.plain_bits() - 4).min(NARROW_FLOOD_BITS);
+fn flood_bits(params: &HeParams, t: &Tiling, b_bits: u32, dropped: u32) -> ProtoResult<(u32, u32)> {
+    let bound = noise_bound_bits(t, b_bits, dropped).ceil() as u32;
+    let room = flood_room(params);
     let kappa = room.saturating_sub(bound);
     if kappa < MIN_STAT_BITS {
         return Err(ProtoError::Input(format!(
-            "{} leaves {room} bits above the plaintext, but a {} product with {b_bits}-bit entries needs {} bits of flooding noise",
+            "{} leaves {room} bits above the plaintext, but a {} product with {b_bits}-bit entries on inputs that \
+             dropped {dropped} bits needs {} bits of flooding noise",
             params.name(),
             t.shape,
             bound + MIN_STAT_BITS
         )));
     }
     Ok((bound + kappa, kappa))
+}
+
+/// Bits of flooding noise the parameters leave room for: 4 bits below q/t, so that the shrunk
+/// result still decrypts.
+fn flood_room(params: &HeParams) -> u32 {
+    (params.log_q().floor() as u32 - params.plain_bits() - 4).min(NARROW_FLOOD_BITS)
+}
+
+/// Bits of c0 the client's input ciphertexts for tiling `t` drop
+/// ([`SeededCiphertext::to_compressed`]): the most that cost at most [`COMPRESSION_KAPPA_BITS`]
+/// of the flooding margin κ for weights of up to 2^`weight_bits` (public: the client's
+/// assumption, never the server's actual bound). While the compression's rounding (up to
+/// 2^(k−1) per coefficient) stays below the fresh noise, the encodings' roundings and the key
+/// switches, it is nearly free; past that point each dropped bit costs one bit of κ for 1/173 of
+/// the input bytes, the rate at which the linear set's modulus was chosen the other way (8 bits
+/// of κ for 4–5% more input bytes), so the compression stops there.
+pub fn dropped_bits(params: &HeParams, t: &Tiling, weight_bits: u32) -> u32 {
+    let limit = MAX_DROPPED_BITS.min(params.moduli()[0].bits() - 1);
+    let bound = |k: u32| noise_bound_bits(t, weight_bits, k).ceil() as u32;
+    (0..=limit).rev().find(|&k| bound(k) <= bound(0) + COMPRESSION_KAPPA_BITS).unwrap_or(0)
 }
 
 /// The evaluation keys the client sends at setup besides its public key.
@@ -219,16 +251,19 @@ impl HeClient {
     }
 
     /// Shares of (A_c + A_s)·B for the client's A_c (n×d, row-major); returns the client's
-    /// n×m share.
+    /// n×m share. `weight_bits` is the public bound |B| < 2^weight_bits the client assumes
+    /// (64 where B is a share): its input ciphertexts are compressed as far as it allows
+    /// ([`dropped_bits`]).
     #[instrument(skip_all, name = "he_product", fields(shape = %shape))]
     pub async fn product<R: CryptoRng + Send + ?Sized>(
         &self,
         ch: &mut Channel,
         shape: MatShape,
         a: &[u64],
+        weight_bits: u32,
         rng: &mut R,
     ) -> ProtoResult<Vec<u64>> {
-        let (t, decrypted) = self.product_decrypted(ch, shape, a, rng).await?;
+        let (t, decrypted) = self.product_decrypted(ch, shape, a, weight_bits, rng).await?;
         // 2^pack·(A·B − R) mod t: the division is exact, and the share is its value mod 2^64
         Ok(decrypted.into_iter().map(|v| (v >> t.pack) as u64).collect())
     }
@@ -240,6 +275,7 @@ impl HeClient {
         ch: &mut Channel,
         shape: MatShape,
         a: &[u64],
+        weight_bits: u32,
         rng: &mut R,
     ) -> ProtoResult<(Tiling, Vec<u128>)> {
         if a.len() != shape.n * shape.d {
@@ -251,10 +287,11 @@ impl HeClient {
         }
         let (p, be) = (&self.params, self.backend.as_ref());
         let t = tiling_for(p, shape, &self.network);
+        let dropped = dropped_bits(p, &t, weight_bits);
         let (ti_n, tj_n, _) = t.tile_counts();
         {
             let _s = ch.meter().scope("he-product/input");
-            let header = [shape.n, shape.d, shape.m, t.n_w, t.d_w, t.m_w, t.pack as usize];
+            let header = [shape.n, shape.d, shape.m, t.n_w, t.d_w, t.m_w, t.pack as usize, dropped as usize];
             ch.send_u64s(&header.map(|v| v as u64)).await?;
             await_answer(ch).await?;
             for ti in 0..ti_n {
@@ -262,7 +299,8 @@ impl HeClient {
                 let cts: Vec<Vec<u8>> = self.workers.compute(|| {
                     par_map(tj_n, |tj| {
                         let pt = Plaintext::new(p, t.encode_a(a, ti, tj))?;
-                        Ok(self.sk.encrypt_seeded(&pt, be, &mut ChaCha20Rng::from_seed(seeds[tj]))?.to_bytes(p))
+                        let ct = self.sk.encrypt_seeded(&pt, be, &mut ChaCha20Rng::from_seed(seeds[tj]))?;
+                        Ok(ct.to_compressed(p, dropped, be)?)
                     })
                     .into_iter()
                     .collect::<ProtoResult<_>>()
@@ -365,20 +403,24 @@ impl HeServer {
         let (p, be) = (&self.params, self.backend.as_ref());
         let b = w.as_slice();
         let _s = ch.meter().scope("he-product/input");
-        let header = ch.recv_u64s("product header", 7).await?;
-        let checked = self.check_request(shape, &header).and_then(|t| {
-            let flood = check_server_inputs(p, &t, w, a_share)?;
-            Ok((t, flood))
+        let header = ch.recv_u64s("product header", 8).await?;
+        let checked = self.check_request(shape, &header).and_then(|(t, dropped)| {
+            let flood = check_server_inputs(p, &t, w, a_share, dropped)?;
+            Ok((t, dropped, flood))
         });
-        let (t, (flood, kappa)) = answer(ch, checked).await?;
+        let (t, dropped, (flood, kappa)) = answer(ch, checked).await?;
         tracing::debug!(flood, kappa, "flooding");
         self.add_exposure(shape.n * shape.m, kappa);
         let (ti_n, tj_n, tk_n) = t.tile_counts();
-        let mut inputs = Vec::with_capacity(ti_n * tj_n);
+        let mut received = Vec::with_capacity(ti_n * tj_n);
         for _ in 0..ti_n * tj_n {
-            let bytes = ch.recv_exact("input ciphertext", seeded_ciphertext_len(p)).await?;
-            inputs.push(SeededCiphertext::from_bytes(p, &bytes)?);
+            received.push(ch.recv_exact("input ciphertext", compressed_ciphertext_len(p, dropped)).await?);
         }
+        let inputs: Vec<SeededCiphertext> = self.workers.compute(|| {
+            par_map(received.len(), |i| Ok(SeededCiphertext::from_compressed(p, &received[i], be)?.0))
+                .into_iter()
+                .collect::<ProtoResult<_>>()
+        })?;
         drop(_s);
         let _s = ch.meter().scope("he-product/output");
         let inputs = self.workers.compute(|| EncryptedRows::prepare(p, be, &t, &inputs, a_share))?;
@@ -432,8 +474,9 @@ impl HeServer {
         *self.exposure.lock().unwrap_or_else(|e| e.into_inner()) += coefficients as f64 * per;
     }
 
-    /// The tiling the client announced for `shape`, if it is one this server can run.
-    fn check_request(&self, shape: MatShape, header: &[u64]) -> ProtoResult<Tiling> {
+    /// The tiling the client announced for `shape`, if it is one this server can run, and the
+    /// bits its input ciphertexts drop.
+    fn check_request(&self, shape: MatShape, header: &[u64]) -> ProtoResult<(Tiling, u32)> {
         let asked = MatShape { n: header[0] as usize, d: header[1] as usize, m: header[2] as usize };
         if asked != shape {
             return Err(ProtoError::BadRequest(format!(
@@ -459,14 +502,26 @@ impl HeServer {
                 "the client's tiling {n_w}×{d_w}×{m_w} for {shape} uses less than half of what the ring of {degree} coefficients allows"
             )));
         }
-        Ok(t)
+        let dropped = header[7];
+        if dropped > MAX_DROPPED_BITS.min(self.params.moduli()[0].bits() - 1) as u64 {
+            return Err(ProtoError::BadRequest(format!(
+                "the client's inputs drop {dropped} bits of c0, at most {MAX_DROPPED_BITS}"
+            )));
+        }
+        Ok((t, dropped as u32))
     }
 }
 
 /// Checks the server's own inputs and the client's announced shape; returns the flooding bits
 /// and their margin κ. The refusal of a weight beyond its bound names neither the weight nor its
 /// value (the message goes to the client); both are logged here.
-fn check_server_inputs(p: &HeParams, t: &Tiling, w: Weights<'_>, a_share: Option<&[u64]>) -> ProtoResult<(u32, u32)> {
+fn check_server_inputs(
+    p: &HeParams,
+    t: &Tiling,
+    w: Weights<'_>,
+    a_share: Option<&[u64]>,
+    dropped: u32,
+) -> ProtoResult<(u32, u32)> {
     let s = t.shape;
     check_weights_shape(&w, s)?;
     let (b, b_bits) = (w.as_slice(), w.bits());
@@ -485,7 +540,7 @@ fn check_server_inputs(p: &HeParams, t: &Tiling, w: Weights<'_>, a_share: Option
             "a weight exceeds the declared bound 2^{b_bits} (its index and value are in the server's log)"
         )));
     }
-    flood_bits(p, t, b_bits.min(63))
+    flood_bits(p, t, b_bits.min(63), dropped)
 }
 
 /// Bytes of a full (unshrunk) result ciphertext, for comparison in reports.
@@ -506,7 +561,10 @@ pub async fn linear(
     let frac = product_frac(x, (shape.n, shape.d), sess.format().frac_bits())?;
     let x = x.as_slice();
     let y = match (keys_for(&sess.he, HeUse::Linear), weights) {
-        (Some(HeKeys::Client(he)), None) => he.product(sess.ot.channel(), shape, x, &mut sess.rng).await?,
+        (Some(HeKeys::Client(he)), None) => {
+            let weight_bits = sess.format().frac_bits() + WEIGHT_INTEGER_BITS;
+            he.product(sess.ot.channel(), shape, x, weight_bits, &mut sess.rng).await?
+        }
         (Some(HeKeys::Server(he)), Some(w)) => he.product(sess.ot.channel(), shape, w, Some(x), &mut sess.rng).await?,
         (None, _) => return Err(no_keys()),
         (Some(HeKeys::Client(_)), Some(_)) => return Err(ProtoError::Input("the client holds no weights".into())),
@@ -566,8 +624,9 @@ pub async fn matmul_shared(sess: &mut Session, shape: MatShape, x: &Shares, y: &
     let ch = sess.ot.channel();
     let (first, second, local) = match keys_for(&sess.he, HeUse::Shared) {
         Some(HeKeys::Client(he)) => {
-            let first = he.product(ch, shape, x, &mut sess.rng).await?;
-            let second = he.product(ch, flipped, &transpose(shape.d, shape.m, y), &mut sess.rng).await?;
+            // the server's shares act as weights: no bound below the ring's
+            let first = he.product(ch, shape, x, 64, &mut sess.rng).await?;
+            let second = he.product(ch, flipped, &transpose(shape.d, shape.m, y), 64, &mut sess.rng).await?;
             (first, second, shape.plain_product(x, y))
         }
         Some(HeKeys::Server(he)) => {
@@ -620,12 +679,18 @@ mod tests {
         let b: Vec<u64> = (0..shape.d * shape.m)
             .map(|_| if rng.random::<bool>() { 1u64 << 20 } else { (-(1i64 << 20)) as u64 })
             .collect();
-        let (flood, kappa) = flood_bits(&p, &t, 20).unwrap_or_else(|e| panic!("{e}"));
+        // the inputs as the client sends them: compressed as far as 20-bit weights allow
+        let dropped = dropped_bits(&p, &t, 20);
+        assert!(dropped >= 4, "{dropped} bits dropped");
+        assert!(noise_bound_bits(&t, 20, dropped).ceil() <= noise_bound_bits(&t, 20, 0).ceil() + 1.0);
+        let (flood, kappa) = flood_bits(&p, &t, 20, dropped).unwrap_or_else(|e| panic!("{e}"));
         let (_, tj_n, _) = t.tile_counts();
         let seeded: Vec<SeededCiphertext> = (0..tj_n)
             .map(|tj| {
                 let pt = Plaintext::new(&p, t.encode_a(&a, 0, tj)).unwrap_or_else(|e| panic!("{e}"));
-                sk.encrypt_seeded(&pt, be.as_ref(), &mut rng).unwrap_or_else(|e| panic!("{e}"))
+                let ct = sk.encrypt_seeded(&pt, be.as_ref(), &mut rng).unwrap_or_else(|e| panic!("{e}"));
+                let bytes = ct.to_compressed(&p, dropped, be.as_ref()).unwrap_or_else(|e| panic!("{e}"));
+                SeededCiphertext::from_compressed(&p, &bytes, be.as_ref()).unwrap_or_else(|e| panic!("{e}")).0
             })
             .collect();
         let fresh = sk.noise_budget(&seeded[0].expand(&p), be.as_ref()).unwrap_or_else(|e| panic!("{e}"));
@@ -641,9 +706,9 @@ mod tests {
         let after_flood = sk.noise_budget(&packed, be.as_ref()).unwrap_or_else(|e| panic!("{e}"));
         // the budget is log2((q/t)/2) minus the noise's bits
         let half_delta = p.log_q() - p.plain_bits() as f64 - 1.0;
-        let bound = noise_bound_bits(&t, 20);
+        let bound = noise_bound_bits(&t, 20, dropped);
         println!(
-            "noise budget (bits): fresh {fresh:.1}, after {tj_n} products {product:.1}, after packing 64 {after_pack:.1} \
+            "noise budget (bits): fresh with {dropped} bits dropped {fresh:.1}, after {tj_n} products {product:.1}, after packing 64 {after_pack:.1} \
              (noise 2^{:.1}, bound 2^{bound:.1}), after flooding 2^{flood} (κ = {kappa}) {after_flood:.1}",
             half_delta - after_pack
         );
@@ -714,7 +779,7 @@ mod tests {
         for _ in 0..runs {
             let a_s: Vec<u64> = (0..a.len()).map(|_| if server_share { rng.random() } else { 0 }).collect();
             let (c, s) = tokio::join!(
-                hc.product_decrypted(cc, shape, a, &mut client_rng),
+                hc.product_decrypted(cc, shape, a, 20, &mut client_rng),
                 hs.product(
                     sc,
                     shape,
@@ -877,7 +942,7 @@ mod tests {
             let bytes = (a * b) as f64 * cost.input_bytes
                 + t.returned() as f64 * cost.output_bytes
                 + (shape.n * shape.m) as f64 * cost.kept_bytes;
-            let (flood, kappa) = flood_bits(&p, &t, 20).unwrap_or_else(|e| panic!("{e}"));
+            let (flood, kappa) = flood_bits(&p, &t, 20, 0).unwrap_or_else(|e| panic!("{e}"));
             println!(
                 "{shape}: {t:?} tiles {a}×{b}×{c}, weights {}, products {}, {:.1} MB, flood 2^{flood} (κ = {kappa}): \
                  statistical distance ≤ 2^{:.1} for the {} outputs",
