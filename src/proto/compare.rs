@@ -24,8 +24,8 @@ use crate::ring::{Bits, Shares, mask};
 /// Bits per millionaire's block (a 1-of-2^m OT each) for OTs of `kind`. Per m compared bits,
 /// the leaves cost m + 2^(m+1) bits of OT messages and m random OTs, the tree one node (a
 /// triple pair: two random OTs, three opened bits per party). With silent OT (about a bit per
-/// random OT) m = 3 sends the fewest bits (580 per 64-bit comparison against 697 at m = 4)
-/// with about as many random OTs; with IKNP (chosen on fast links, where computation counts)
+/// random OT) m = 3 sends the fewest bits (580 per 64-bit comparison, measured; about 700
+/// estimated at m = 4) with about as many random OTs; with IKNP (chosen on fast links, where computation counts)
 /// m = 4 keeps the OTs few and the hashing of the 2^m messages small.
 pub fn block_bits(kind: OtKind) -> u32 {
     match kind {
