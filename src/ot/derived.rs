@@ -223,10 +223,11 @@ impl Ot {
         let rot = self.random_send(kind, rots).await?;
         let flips = self.channel.recv_packed("1-of-N choice flips", rots, 1).await?;
         let tweak = self.tweaks(total);
-        let longest = chunks(groups).iter().map(|c| c.range.len() << c.group.log_n).max().unwrap_or(0);
+        let chunks = chunks(groups);
+        let longest = chunks.iter().map(|c| c.range.len() << c.group.log_n).max().unwrap_or(0);
         let (mut combined, mut pads) = (vec![Block::ZERO; longest], vec![Block::ZERO; longest]);
         // In chunks of instances, so that the N pads per instance never all exist at once.
-        for chunk in chunks(groups) {
+        for chunk in chunks {
             let (m, big_n) = (chunk.group.log_n as usize, 1usize << chunk.group.log_n);
             let size = chunk.range.len() * big_n;
             let (combined, pads) = (&mut combined[..size], &mut pads[..size]);
@@ -315,9 +316,10 @@ impl Ot {
             let m = chunk.group.log_n;
             let cipher =
                 self.channel.recv_packed("1-of-N ciphertexts", chunk.range.len() << m, chunk.group.width).await?;
+            let mk = mask(chunk.group.width);
             for (local, t) in chunk.range.clone().enumerate() {
                 let at = (local << m) + choices[t] as usize;
-                out.push(cipher[at].wrapping_sub(low_u64(&pads[t])) & mask(chunk.group.width));
+                out.push(cipher[at].wrapping_sub(low_u64(&pads[t])) & mk);
             }
         }
         Ok(out)
