@@ -84,6 +84,41 @@ fn correlated_ots_give_x_plus_choice_times_delta() {
     });
 }
 
+/// Vector COTs whose widths cycle (a cross term's w, w − 1, …): OT i's `len` values are
+/// correlated mod 2^(its width), batches crossing the hashing chunks, vectors of 1 and of 777.
+#[test]
+fn vector_correlated_ots_follow_their_width_cycle() {
+    use secmoe::ot::cross_term_widths;
+    common::runtime().block_on(async {
+        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        let mut rng = StdRng::seed_from_u64(5);
+        for (kind, n, len, widths) in [
+            (OtKind::Silent, 200_000, 1, cross_term_widths(44, 44).unwrap()),
+            (OtKind::Iknp, 3 * 51, 777, cross_term_widths(51, 51).unwrap()),
+            (OtKind::Iknp, 10, 3, vec![5, 64, 1]),
+        ] {
+            let deltas: Vec<u64> = (0..n * len).map(|_| rng.random()).collect();
+            let choices: Vec<bool> = (0..n).map(|_| rng.random()).collect();
+            let (x, y) = tokio::join!(
+                os.cot_vec_send(kind, &deltas, len, &widths),
+                oc.cot_vec_receive(kind, &choices, len, &widths)
+            );
+            let (x, y) = (x.unwrap(), y.unwrap());
+            for v in 0..n * len {
+                let (i, m) = (v / len, mask(widths[(v / len) % widths.len()]));
+                assert_eq!(x[v] & !m, 0, "{kind}: the sender's value {v} is reduced");
+                let expect = x[v].wrapping_add(if choices[i] { deltas[v] } else { 0 }) & m;
+                assert_eq!(y[v], expect, "{kind} COT {i}, value {v}");
+            }
+        }
+        assert!(cross_term_widths(45, 44).is_err(), "more choice bits than the ring");
+        assert!(cross_term_widths(0, 44).is_err());
+        assert_eq!(cross_term_widths(3, 10).unwrap(), vec![10, 9, 8]);
+        assert!(oc.cot_vec_send(OtKind::Iknp, &[1], 1, &[]).await.is_err(), "no width");
+        assert!(oc.cot_vec_send(OtKind::Iknp, &[1], 1, &[3, 65]).await.is_err());
+    });
+}
+
 #[test]
 fn one_of_n_ot_returns_the_chosen_message_only() {
     common::runtime().block_on(async {

@@ -231,8 +231,20 @@ impl Channel {
 
     /// Receives `count` values of `width` bits packed by [`crate::ring::pack_bits`].
     pub async fn recv_packed(&mut self, what: &'static str, count: usize, width: u32) -> NetResult<Vec<u64>> {
-        let buf = self.recv_exact(what, crate::ring::packed_len(count, width)).await?;
-        crate::ring::unpack_bits(&buf, count, width).map_err(|e| NetError::Malformed {
+        self.recv_packed_widths(what, count, std::iter::repeat(width)).await
+    }
+
+    /// Receives `count` values packed by [`crate::ring::pack_bits_widths`] to the first `count`
+    /// of `widths`.
+    pub async fn recv_packed_widths(
+        &mut self,
+        what: &'static str,
+        count: usize,
+        widths: impl Iterator<Item = u32> + Clone,
+    ) -> NetResult<Vec<u64>> {
+        let bits: usize = widths.clone().take(count).map(|w| w as usize).sum();
+        let buf = self.recv_exact(what, bits.div_ceil(8)).await?;
+        crate::ring::unpack_bits_widths(&buf, count, widths).map_err(|e| NetError::Malformed {
             step: self.meter.current_step(),
             what,
             reason: e.to_string(),
@@ -242,6 +254,11 @@ impl Channel {
     /// Sends `values` packed to `width` bits each.
     pub async fn send_packed(&mut self, values: &[u64], width: u32) -> NetResult<()> {
         self.send(&crate::ring::pack_bits(values, width)).await
+    }
+
+    /// Sends `values` packed to their `widths` ([`crate::ring::pack_bits_widths`]).
+    pub async fn send_packed_widths(&mut self, values: &[u64], widths: impl Iterator<Item = u32>) -> NetResult<()> {
+        self.send(&crate::ring::pack_bits_widths(values, widths)).await
     }
 }
 

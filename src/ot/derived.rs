@@ -13,6 +13,9 @@ use crate::ring::mask;
 
 /// Pads of a 1-of-N OT built, hashed and sent at a time (whole instances, at least one).
 const ONE_OF_N_CHUNK: usize = 1 << 18;
+/// Values of a correlated-OT batch whose keys are expanded and hashed at a time: the keys are
+/// never all copied at once (a cross term's batch can hold millions of values).
+const COT_CHUNK: usize = 1 << 16;
 
 fn low_u64(b: &Block) -> u64 {
     <[u64; 2]>::from(*b)[0]
@@ -83,37 +86,57 @@ fn check_width(width: u32) -> OtResult<()> {
     Ok(())
 }
 
+fn check_widths(widths: &[u32]) -> OtResult<()> {
+    if widths.is_empty() {
+        return Err(OtError::Invalid("correlated OTs with no message width".into()));
+    }
+    widths.iter().try_for_each(|&w| check_width(w))
+}
+
+/// Width of each value of a correlated-OT batch: the cycle `widths` over the OTs, `len` values
+/// per OT.
+fn value_widths(widths: &[u32], len: usize) -> impl Iterator<Item = u32> + Clone + '_ {
+    widths.iter().cycle().flat_map(move |&w| std::iter::repeat_n(w, len))
+}
+
+/// The OT widths of a cross term a·b mod 2^`width` chosen by the `b_bits` bits of b (SCI's
+/// trick): bit j's correlated OT needs a mod 2^(width − j) only, since its result weighs 2^j —
+/// `width, width − 1, …`, half the bytes of a full-width term when b is as wide as the ring.
+/// Errors when b has more bits than the ring.
+pub fn cross_term_widths(b_bits: u32, width: u32) -> OtResult<Vec<u32>> {
+    if b_bits == 0 || b_bits > width {
+        return Err(OtError::Invalid(format!("a cross term of {b_bits}-bit choices in a {width}-bit ring")));
+    }
+    Ok((0..b_bits).map(|j| width - j).collect())
+}
+
 impl Ot {
-    fn hash(&mut self, keys: &[Block]) -> OtResult<Vec<u64>> {
-        let tweak = self.tweaks(keys.len());
-        self.hash_at(keys, tweak)
-    }
-
-    /// Hashes `keys` under tweaks `tweak`, `tweak + 1`, … (reserved by the caller).
-    fn hash_at(&self, keys: &[Block], tweak: u64) -> OtResult<Vec<u64>> {
-        let mut out = vec![Block::ZERO; keys.len()];
-        self.backend.hash_blocks(keys, Tweaks::Sequential(tweak), &mut out)?;
-        Ok(out.iter().map(low_u64).collect())
-    }
-
     /// Correlated OT, sender side: returns `x` with `x_i` uniform in Z_2^w; the receiver gets
     /// `x_i + c_i·Δ_i mod 2^w`.
     pub async fn cot_send(&mut self, kind: OtKind, deltas: &[u64], width: u32) -> OtResult<Vec<u64>> {
-        self.cot_vec_send(kind, deltas, 1, width).await
+        self.cot_vec_send(kind, deltas, 1, &[width]).await
     }
 
     /// Correlated OT, receiver side: returns `x_i + c_i·Δ_i mod 2^w`.
     pub async fn cot_receive(&mut self, kind: OtKind, choices: &[bool], width: u32) -> OtResult<Vec<u64>> {
-        self.cot_vec_receive(kind, choices, 1, width).await
+        self.cot_vec_receive(kind, choices, 1, &[width]).await
     }
 
     /// Correlated OT of vectors, sender side: OT i carries the `len` values
-    /// `deltas[i·len..(i+1)·len]` under one choice bit, its pads expanded from the random OT's
-    /// keys by the hash with a fresh tweak per value. Returns uniform `x` (same layout); the
-    /// receiver gets `x + c_i·Δ_i`. One random OT per vector.
-    #[tracing::instrument(level = "debug", skip_all, fields(n = deltas.len(), len, width))]
-    pub async fn cot_vec_send(&mut self, kind: OtKind, deltas: &[u64], len: usize, width: u32) -> OtResult<Vec<u64>> {
-        check_width(width)?;
+    /// `deltas[i·len..(i+1)·len]` under one choice bit, in Z_2^w with w = `widths[i mod
+    /// widths.len()]` (a cycle: bit j of a cross term needs only w − j bits, see
+    /// [`cross_term_widths`]); its pads are expanded from the random OT's keys by the hash with
+    /// a fresh tweak per value. Returns uniform `x` (same layout); the receiver gets
+    /// `x + c_i·Δ_i`. One random OT per vector.
+    #[tracing::instrument(level = "debug", skip_all, fields(n = deltas.len(), len))]
+    pub async fn cot_vec_send(
+        &mut self,
+        kind: OtKind,
+        deltas: &[u64],
+        len: usize,
+        widths: &[u32],
+    ) -> OtResult<Vec<u64>> {
+        check_widths(widths)?;
         if len == 0 || !deltas.len().is_multiple_of(len) {
             return Err(OtError::Invalid(format!("{} values in vectors of {len}", deltas.len())));
         }
@@ -121,36 +144,47 @@ impl Ot {
         let n = deltas.len() / len;
         let rot = self.random_send(kind, n).await?;
         let flips = self.channel.recv_packed("cot choice flips", n, 1).await?;
-        // Reorder each pair so that `first` is the key the receiver holds when c_i = 0; one copy
-        // per value of the vector.
-        let mut first = Vec::with_capacity(n * len);
-        let mut second = Vec::with_capacity(n * len);
-        for (k, &d) in rot.keys.iter().zip(&flips) {
-            let (a, b) = if d == 1 { (k[1], k[0]) } else { (k[0], k[1]) };
-            first.extend(std::iter::repeat_n(a, len));
-            second.extend(std::iter::repeat_n(b, len));
-        }
-        let m = mask(width);
-        // both keys of a pair under the same tweaks
+        // both keys of a pair under the same tweaks, in chunks of values
         let tweak = self.tweaks(n * len);
-        let x: Vec<u64> = self.hash_at(&first, tweak)?.iter().map(|h| h & m).collect();
-        let h1 = self.hash_at(&second, tweak)?;
-        let y: Vec<u64> =
-            h1.iter().zip(&x).zip(deltas).map(|((h, x), d)| h.wrapping_sub(*x).wrapping_sub(*d) & m).collect();
-        self.channel.send_packed(&y, width).await?;
+        let mut x = Vec::with_capacity(n * len);
+        let mut y = Vec::with_capacity(n * len);
+        let mut keys = [Vec::with_capacity(COT_CHUNK), Vec::with_capacity(COT_CHUNK)];
+        let mut pads = [vec![Block::ZERO; COT_CHUNK], vec![Block::ZERO; COT_CHUNK]];
+        let mut width = value_widths(widths, len);
+        for start in (0..n * len).step_by(COT_CHUNK) {
+            let end = (start + COT_CHUNK).min(n * len);
+            // keys[0] is the key the receiver holds when c_i = 0 (the pair reordered by its flip)
+            keys.iter_mut().for_each(Vec::clear);
+            for v in start..end {
+                let (pair, flip) = (rot.keys[v / len], flips[v / len] as usize);
+                keys[0].push(pair[flip]);
+                keys[1].push(pair[1 - flip]);
+            }
+            for (k, p) in keys.iter().zip(pads.iter_mut()) {
+                self.backend.hash_blocks(k, Tweaks::Sequential(tweak + start as u64), &mut p[..end - start])?;
+            }
+            for (j, v) in (start..end).enumerate() {
+                let m = mask(width.next().unwrap_or(64));
+                let own = low_u64(&pads[0][j]) & m;
+                x.push(own);
+                y.push(low_u64(&pads[1][j]).wrapping_sub(own).wrapping_sub(deltas[v]) & m);
+            }
+        }
+        self.channel.send_packed_widths(&y, value_widths(widths, len)).await?;
         Ok(x)
     }
 
-    /// Correlated OT of vectors, receiver side: returns `x + c_i·Δ_i` for each vector i.
-    #[tracing::instrument(level = "debug", skip_all, fields(n = choices.len(), len, width))]
+    /// Correlated OT of vectors, receiver side: returns `x + c_i·Δ_i` for each vector i, in the
+    /// widths of [`Ot::cot_vec_send`].
+    #[tracing::instrument(level = "debug", skip_all, fields(n = choices.len(), len))]
     pub async fn cot_vec_receive(
         &mut self,
         kind: OtKind,
         choices: &[bool],
         len: usize,
-        width: u32,
+        widths: &[u32],
     ) -> OtResult<Vec<u64>> {
-        check_width(width)?;
+        check_widths(widths)?;
         if len == 0 {
             return Err(OtError::Invalid("vectors of 0 values".into()));
         }
@@ -159,14 +193,25 @@ impl Ot {
         let rot = self.random_receive(kind, n).await?;
         let flips: Vec<bool> = choices.iter().zip(&rot.choices).map(|(c, r)| c ^ r).collect();
         self.channel.send_packed(&bits_to_u64(&flips), 1).await?;
-        let keys: Vec<Block> = rot.keys.iter().flat_map(|&k| std::iter::repeat_n(k, len)).collect();
-        let h = self.hash(&keys)?;
-        let y = self.channel.recv_packed("cot corrections", n * len, width).await?;
-        let m = mask(width);
-        Ok(h.iter()
+        // the pads first, while the sender computes its corrections
+        let tweak = self.tweaks(n * len);
+        let mut own = Vec::with_capacity(n * len);
+        let mut keys = Vec::with_capacity(COT_CHUNK);
+        let mut pads = vec![Block::ZERO; COT_CHUNK];
+        for start in (0..n * len).step_by(COT_CHUNK) {
+            let end = (start + COT_CHUNK).min(n * len);
+            keys.clear();
+            keys.extend((start..end).map(|v| rot.keys[v / len]));
+            self.backend.hash_blocks(&keys, Tweaks::Sequential(tweak + start as u64), &mut pads[..end - start])?;
+            own.extend(pads[..end - start].iter().map(low_u64));
+        }
+        let y = self.channel.recv_packed_widths("cot corrections", n * len, value_widths(widths, len)).await?;
+        Ok(own
+            .iter()
             .zip(&y)
+            .zip(value_widths(widths, len))
             .enumerate()
-            .map(|(i, (h, y))| if choices[i / len] { h.wrapping_sub(*y) & m } else { h & m })
+            .map(|(v, ((h, y), w))| if choices[v / len] { h.wrapping_sub(*y) & mask(w) } else { h & mask(w) })
             .collect())
     }
 

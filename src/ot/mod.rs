@@ -14,7 +14,7 @@
 mod derived;
 mod kind;
 
-pub use derived::OneOfN;
+pub use derived::{OneOfN, cross_term_widths};
 pub use kind::OtKind;
 
 use std::sync::Arc;

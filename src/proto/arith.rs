@@ -24,6 +24,7 @@ use rand::RngExt;
 
 use super::{ProtoError, ProtoResult};
 use crate::net::Party;
+use crate::ot::cross_term_widths;
 use crate::ring::{Shares, mask};
 
 /// Shares of x ⊙ y (element-wise) for shared x and y of one shape in one ring Z_2^ℓ: 2ℓ
@@ -64,54 +65,165 @@ pub(crate) async fn mul_in(sess: &mut Session, x: &[u64], y: &[u64], bits: u32) 
         .collect())
 }
 
-/// Shares of x² mod 2^bits for x shared mod 2^bits (shares are read mod 2^bits; the square of
-/// the ring element is exact): x_s² + x_c² + 2·x_s·x_c, one cross term of `bits` correlated OTs
-/// per element. At 64 bits that is half of [`mul`]; a value known to be small squares in a
-/// smaller ring for fewer OTs.
-pub(crate) async fn square(sess: &mut Session, x: &[u64], bits: u32) -> ProtoResult<Vec<u64>> {
-    let x: Vec<u64> = x.iter().map(|v| v & mask(bits)).collect();
-    let doubled: Vec<u64> = x.iter().map(|v| v.wrapping_mul(2)).collect();
+/// A shared value known to be small, split at its ring's top bit (SCI's multiplication with a
+/// known most significant bit): for |x| < 2^(m−2) shared mod 2^m, the server adds 2^(m−2) so the
+/// sum X' = x + 2^(m−2) lies in [0, 2^(m−1)); over the integers its shares then add to
+/// X' + w·2^m with the wrap w = a ∨ b = a + b − a·b, a and b the shares' top bits. So
+/// x = u + t − w·2^m with u = s − 2^(m−2) the server's and t the client's: a product by x
+/// needs only the m choice bits of t and a correlated OT or two for w, not one choice bit per
+/// bit of the product's ring.
+struct Split {
+    /// u (server) or t (client), mod 2^64.
+    own: u64,
+    /// This party's share's top bit (a or b).
+    top: bool,
+}
+
+fn split(server: bool, x: u64, m: u32) -> Split {
+    let offset = 1u64 << (m - 2);
+    let v = if server { x.wrapping_add(offset) } else { x } & mask(m);
+    Split { own: if server { v.wrapping_sub(offset) } else { v }, top: v >> (m - 1) == 1 }
+}
+
+/// 2^k mod 2^64 (0 from k = 64 on: the term vanishes in every ring).
+fn pow2(k: u32) -> u64 {
+    if k < 64 { 1 << k } else { 0 }
+}
+
+/// Shares mod 2^bits of x² for shared x with |x| < 2^(m−2), m = `small` ≤ `bits` (shares are
+/// read mod 2^m). With x = u + t − w·2^m ([`Split`]) and w² = w:
+/// x² = u² + t² + 2ut + 2^(m+1)·w·(Z_s + Z_c), Z_s = 2^(m−1) − u, Z_c = −t, and
+/// w·Z = a·Z_s + b·Z_c + a·(1 − b)·Z_c + b·(1 − a)·Z_s. Cost per value: the cross term 2u·t
+/// (m OTs, the client choosing) and two correlated OTs of bits − m − 1 bits (one each way),
+/// against `bits` OTs for a value that fills the ring.
+pub(crate) async fn square(sess: &mut Session, x: &[u64], small: u32, bits: u32) -> ProtoResult<Vec<u64>> {
+    if !(3..=bits).contains(&small) {
+        return Err(ProtoError::Input(format!("square of {small}-bit values in a {bits}-bit ring")));
+    }
+    let server = sess.is_server();
+    let parts: Vec<Split> = x.iter().map(|&v| split(server, v, small)).collect();
+    // Z_p, this party's part of the wrap's factor, and the weight 2^(m+1) of the wrap's terms
+    let z: Vec<u64> = parts
+        .iter()
+        .map(|p| if server { (1u64 << (small - 1)).wrapping_sub(p.own) } else { p.own.wrapping_neg() })
+        .collect();
+    let scale = pow2(small + 1);
+    let own: Vec<u64> = parts
+        .iter()
+        .zip(&z)
+        .map(|(p, z)| p.own.wrapping_mul(p.own).wrapping_add(if p.top { scale.wrapping_mul(*z) } else { 0 }))
+        .collect();
     let cross = match sess.party() {
-        Party::Server => cross_send(sess, &doubled, bits, bits).await?,
-        Party::Client => cross_receive(sess, &x, bits, bits).await?,
+        Party::Server => {
+            let doubled: Vec<u64> = parts.iter().map(|p| p.own.wrapping_mul(2)).collect();
+            cross_send(sess, &doubled, small, bits).await?
+        }
+        Party::Client => {
+            let t: Vec<u64> = parts.iter().map(|p| p.own).collect();
+            cross_receive(sess, &t, small, bits).await?
+        }
     };
-    Ok(x.iter().zip(cross).map(|(v, c)| v.wrapping_mul(*v).wrapping_add(c) & mask(bits)).collect())
+    let wrap = if small + 1 >= bits {
+        vec![0; x.len()] // the wrap's terms weigh 2^(m+1) ≡ 0
+    } else {
+        // a·(1 − b)·Z_c: the server chooses with a; b·(1 − a)·Z_s: the client chooses with b
+        let width = bits - small - 1;
+        let tops: Vec<bool> = parts.iter().map(|p| p.top).collect();
+        let deltas: Vec<u64> = parts.iter().zip(&z).map(|(p, z)| if p.top { 0 } else { *z }).collect();
+        let (sent, got) = match sess.party() {
+            Party::Server => {
+                let got = sess.ot.cot_receive(sess.kind, &tops, width).await?;
+                (sess.ot.cot_send(sess.kind, &deltas, width).await?, got)
+            }
+            Party::Client => {
+                let sent = sess.ot.cot_send(sess.kind, &deltas, width).await?;
+                (sent, sess.ot.cot_receive(sess.kind, &tops, width).await?)
+            }
+        };
+        sent.iter().zip(got).map(|(s, g)| g.wrapping_sub(*s).wrapping_mul(scale)).collect()
+    };
+    Ok((0..x.len()).map(|i| own[i].wrapping_add(cross[i]).wrapping_add(wrap[i]) & mask(bits)).collect())
 }
 
 /// Shares mod 2^bits of w_i·x_i for the server's own plaintext `weights` (the client passes
-/// none) and shared x: w·x_s locally, w·x_c as a cross term the client chooses with its share's
-/// `bits` bits.
-pub(crate) async fn mul_weights(sess: &mut Session, x: &[u64], weights: &[u64], bits: u32) -> ProtoResult<Vec<u64>> {
-    let x: Vec<u64> = x.iter().map(|v| v & mask(bits)).collect();
+/// none) and shared x with |x| < 2^(m−2), m = `small` ≤ `bits` ([`Split`]):
+/// w·x = w·u − 2^m·w·a + w·t − 2^m·w·b·(1 − a). The server computes the first two; the last
+/// two are one cross term of m + 1 correlated OTs per value, the client choosing with the m
+/// bits of t and then b (weight 2^m), against `bits` for a value that fills the ring.
+pub(crate) async fn mul_weights(
+    sess: &mut Session,
+    x: &[u64],
+    weights: &[u64],
+    small: u32,
+    bits: u32,
+) -> ProtoResult<Vec<u64>> {
+    if !(3..=bits).contains(&small) {
+        return Err(ProtoError::Input(format!("weights times {small}-bit values in a {bits}-bit ring")));
+    }
+    let server = sess.is_server();
+    let parts: Vec<Split> = x.iter().map(|&v| split(server, v, small)).collect();
+    // the wrap's term is bit m of the cross term (else it weighs 2^m ≡ 0)
+    let wrapped = small < bits;
+    let widths = cross_term_widths(small + u32::from(wrapped), bits)?;
+    let per = widths.len();
+    let scale = pow2(small);
     match sess.party() {
         Party::Server => {
             if weights.len() != x.len() {
                 return Err(ProtoError::Input(format!("{} weights for {} values", weights.len(), x.len())));
             }
-            let cross = cross_send(sess, weights, bits, bits).await?;
-            Ok((0..x.len()).map(|i| weights[i].wrapping_mul(x[i]).wrapping_add(cross[i]) & mask(bits)).collect())
+            let deltas: Vec<u64> = parts
+                .iter()
+                .zip(weights)
+                .flat_map(|(p, &w)| {
+                    let wrap = if p.top { 0 } else { w.wrapping_neg() };
+                    std::iter::repeat_n(w, small as usize).chain(wrapped.then_some(wrap))
+                })
+                .collect();
+            let r = sess.ot.cot_vec_send(sess.kind, &deltas, 1, &widths).await?;
+            Ok(parts
+                .iter()
+                .zip(weights)
+                .zip(r.chunks_exact(per))
+                .map(|((p, &w), r)| {
+                    let own = w.wrapping_mul(p.own).wrapping_sub(if p.top { scale.wrapping_mul(w) } else { 0 });
+                    own.wrapping_sub(weighted_sum(r)) & mask(bits)
+                })
+                .collect())
         }
-        Party::Client => cross_receive(sess, &x, bits, bits).await,
+        Party::Client => {
+            let choices: Vec<bool> = parts
+                .iter()
+                .flat_map(|p| (0..small).map(move |j| (p.own >> j) & 1 == 1).chain(wrapped.then_some(p.top)))
+                .collect();
+            let got = sess.ot.cot_vec_receive(sess.kind, &choices, 1, &widths).await?;
+            Ok(got.chunks_exact(per).map(|g| weighted_sum(g) & mask(bits)).collect())
+        }
     }
 }
 
-/// The sender's share (−Σ_j r_j mod 2^width) of a·b, for its own `a` and the other party's
-/// `b_bits`-bit `b` ([`cross_receive`]).
+/// The sender's share (−Σ_j r_j·2^j mod 2^width) of a·b, for its own `a` and the other party's
+/// `b_bits`-bit `b` ([`cross_receive`]): bit j's correlated OT carries a mod 2^(width − j)
+/// ([`cross_term_widths`]).
 pub(crate) async fn cross_send(sess: &mut Session, a: &[u64], b_bits: u32, width: u32) -> ProtoResult<Vec<u64>> {
-    let deltas: Vec<u64> = a.iter().flat_map(|&v| (0..b_bits).map(move |j| v << j)).collect();
-    let r = sess.ot.cot_send(sess.kind, &deltas, width).await?;
-    Ok(r.chunks_exact(b_bits as usize).map(|c| c.iter().fold(0u64, |s, v| s.wrapping_sub(*v)) & mask(width)).collect())
+    let widths = cross_term_widths(b_bits, width)?;
+    let deltas: Vec<u64> = a.iter().flat_map(|&v| std::iter::repeat_n(v, b_bits as usize)).collect();
+    let r = sess.ot.cot_vec_send(sess.kind, &deltas, 1, &widths).await?;
+    Ok(r.chunks_exact(b_bits as usize).map(|c| weighted_sum(c).wrapping_neg() & mask(width)).collect())
 }
 
-/// The chooser's share (Σ_j r_j + b_j·a·2^j mod 2^width) of a·b, for its own `b` (below
+/// The chooser's share (Σ_j (r_j + b_j·a)·2^j mod 2^width) of a·b, for its own `b` (below
 /// 2^b_bits).
 pub(crate) async fn cross_receive(sess: &mut Session, b: &[u64], b_bits: u32, width: u32) -> ProtoResult<Vec<u64>> {
+    let widths = cross_term_widths(b_bits, width)?;
     let choices: Vec<bool> = b.iter().flat_map(|&v| (0..b_bits).map(move |j| (v >> j) & 1 == 1)).collect();
-    let got = sess.ot.cot_receive(sess.kind, &choices, width).await?;
-    Ok(got
-        .chunks_exact(b_bits as usize)
-        .map(|c| c.iter().fold(0u64, |s, v| s.wrapping_add(*v)) & mask(width))
-        .collect())
+    let got = sess.ot.cot_vec_receive(sess.kind, &choices, 1, &widths).await?;
+    Ok(got.chunks_exact(b_bits as usize).map(|c| weighted_sum(c) & mask(width)).collect())
+}
+
+/// Σ_j v_j·2^j: the OT results of a cross term's bits, each weighed by its bit.
+fn weighted_sum(values: &[u64]) -> u64 {
+    values.iter().enumerate().fold(0u64, |s, (j, v)| s.wrapping_add(v << j))
 }
 
 /// Faithful truncation by `f` bits of shared values over Z_2^ℓ with |x| < 2^(ℓ−2): shares over
@@ -180,25 +292,26 @@ pub async fn mul_rows(sess: &mut Session, x: &Shares, r: &Shares) -> ProtoResult
 
 /// Shares mod 2^bits of x_ij·r_i: every value of row i (rows of `x.len() / r.len()` values)
 /// times that row's shared scalar. The cross terms use one correlated OT of a whole row per bit
-/// of the other party's scalar share ([`crate::ot::Ot::cot_vec_send`]): `bits` random OTs per row and
-/// direction instead of per value.
+/// of the other party's scalar share ([`crate::ot::Ot::cot_vec_send`]; bit j's row in
+/// `bits − j` bits): `bits` random OTs per row and direction instead of per value.
 pub(crate) async fn mul_rows_in(sess: &mut Session, x: &[u64], r: &[u64], bits: u32) -> ProtoResult<Vec<u64>> {
     if r.is_empty() || !x.len().is_multiple_of(r.len()) {
         return Err(ProtoError::Input(format!("{} values in {} rows", x.len(), r.len())));
     }
     let len = x.len() / r.len();
-    // the holder of x_p sends row vectors x_p·2^j; the other chooses with the bits of its r
+    let widths = cross_term_widths(bits, bits)?;
+    // the holder of x_p sends its rows once per bit j; the other chooses with the bits of its r
     let deltas: Vec<u64> =
-        x.chunks_exact(len).flat_map(|row| (0..bits).flat_map(move |j| row.iter().map(move |&v| v << j))).collect();
+        x.chunks_exact(len).flat_map(|row| (0..bits).flat_map(move |_| row.iter().copied())).collect();
     let choices: Vec<bool> = r.iter().flat_map(|&v| (0..bits).map(move |j| (v >> j) & 1 == 1)).collect();
     let (sent, got) = match sess.party() {
         Party::Server => {
-            let a = sess.ot.cot_vec_send(sess.kind, &deltas, len, bits).await?;
-            (a, sess.ot.cot_vec_receive(sess.kind, &choices, len, bits).await?)
+            let a = sess.ot.cot_vec_send(sess.kind, &deltas, len, &widths).await?;
+            (a, sess.ot.cot_vec_receive(sess.kind, &choices, len, &widths).await?)
         }
         Party::Client => {
-            let b = sess.ot.cot_vec_receive(sess.kind, &choices, len, bits).await?;
-            (sess.ot.cot_vec_send(sess.kind, &deltas, len, bits).await?, b)
+            let b = sess.ot.cot_vec_receive(sess.kind, &choices, len, &widths).await?;
+            (sess.ot.cot_vec_send(sess.kind, &deltas, len, &widths).await?, b)
         }
     };
     let (first, second) = (sum_bits(&sent, len, bits, true), sum_bits(&got, len, bits, false));
@@ -207,15 +320,104 @@ pub(crate) async fn mul_rows_in(sess: &mut Session, x: &[u64], r: &[u64], bits: 
         .collect())
 }
 
-/// Σ_j over the `bits` vectors of each row (negated for the sender's side).
+/// Σ_j 2^j·v_j over the `bits` vectors of each row (negated for the sender's side).
 fn sum_bits(values: &[u64], len: usize, bits: u32, negate: bool) -> Vec<u64> {
     values
         .chunks_exact(len * bits as usize)
         .flat_map(|row| {
             (0..len).map(move |l| {
-                let s = (0..bits as usize).fold(0u64, |s, j| s.wrapping_add(row[j * len + l]));
+                let s = (0..bits as usize).fold(0u64, |s, j| s.wrapping_add(row[j * len + l] << j));
                 if negate { s.wrapping_neg() } else { s }
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::CpuBackend;
+    use crate::proto::SessionConfig;
+    use std::sync::Arc;
+
+    /// Runs `f` on both parties of an ideal-OT session pair: (client's, server's) results.
+    fn both<T>(f: impl AsyncFn(&mut Session, Party) -> ProtoResult<T>) -> (T, T) {
+        let backend = Arc::new(CpuBackend::new(1).unwrap_or_else(|e| panic!("{e}")));
+        let config = SessionConfig { seed: Some([9; 32]), ..SessionConfig::default() };
+        let (mut c, mut s) = Session::ideal_pair(backend, config).unwrap_or_else(|e| panic!("{e}"));
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("{e}"));
+        let (a, b) = rt.block_on(async { tokio::join!(f(&mut c, Party::Client), f(&mut s, Party::Server)) });
+        (a.unwrap_or_else(|e| panic!("{e}")), b.unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    /// Values up to the edges of |x| < 2^(m−2), each split into a random share pair mod 2^64.
+    fn shared(m: u32, n: usize) -> (Vec<i64>, Vec<u64>, Vec<u64>) {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(u64::from(m));
+        let edge = (1i64 << (m - 2)) - 1;
+        let x: Vec<i64> = [0, 1, -1, edge, -edge, edge - 1, -edge + 1]
+            .into_iter()
+            .chain((0..n).map(|_| rng.random_range(-edge..=edge)))
+            .collect();
+        let client: Vec<u64> = x.iter().map(|_| rng.random()).collect();
+        let server = x.iter().zip(&client).map(|(&v, c)| (v as u64).wrapping_sub(*c)).collect();
+        (x, client, server)
+    }
+
+    /// x² from the shares read in m bits is exact mod 2^bits, at the edges of the range, for
+    /// rings where the wrap's terms count and where they vanish.
+    #[test]
+    fn a_square_of_a_small_value_is_exact() {
+        for (m, bits) in [(18, 44), (3, 64), (40, 64), (63, 64), (64, 64), (20, 21), (20, 22)] {
+            let (x, client, server) = shared(m, 2000);
+            let (c, s) = both(async |sess, party| {
+                let mine = if party == Party::Client { &client } else { &server };
+                square(sess, mine, m, bits).await
+            });
+            for i in 0..x.len() {
+                let want = (x[i] as u64).wrapping_mul(x[i] as u64) & mask(bits);
+                assert_eq!(c[i].wrapping_add(s[i]) & mask(bits), want, "x = {}, m = {m}, ring {bits}", x[i]);
+            }
+        }
+    }
+
+    /// w·x for the server's weights is exact mod 2^bits, the client's result uniform-looking
+    /// (it never holds w).
+    #[test]
+    fn weights_times_a_small_value_are_exact() {
+        for (m, bits) in [(26, 41), (3, 41), (41, 41), (64, 64), (30, 31)] {
+            let (x, client, server) = shared(m, 2000);
+            let weights: Vec<u64> = (0..x.len() as u64).map(|i| (i * 7919) as i64 as u64 ^ (i << 40)).collect();
+            let (c, s) = both(async |sess, party| match party {
+                Party::Client => mul_weights(sess, &client, &[], m, bits).await,
+                Party::Server => mul_weights(sess, &server, &weights, m, bits).await,
+            });
+            for i in 0..x.len() {
+                let want = weights[i].wrapping_mul(x[i] as u64) & mask(bits);
+                assert_eq!(c[i].wrapping_add(s[i]) & mask(bits), want, "x = {}, m = {m}, ring {bits}", x[i]);
+            }
+        }
+        let (_, client, server) = shared(10, 5);
+        let err = both(async |sess, party| {
+            let mine = if party == Party::Client { &client } else { &server };
+            Ok(mul_weights(sess, mine, &[1; 12], 42, 41).await.is_err() && square(sess, mine, 2, 41).await.is_err())
+        });
+        assert!(err.0 && err.1, "a value wider than the ring is refused");
+    }
+
+    /// A cross term whose bit j travels in width − j bits gives a·b mod 2^width.
+    #[test]
+    fn a_cross_term_is_exact_in_its_ring() {
+        let a: Vec<u64> = (0..3000u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).collect();
+        let b: Vec<u64> = (0..3000u64).map(|i| i.wrapping_mul(0x2545_f491_4f6c_dd1d) & mask(37)).collect();
+        for width in [37, 50, 64] {
+            let (c, s) = both(async |sess, party| match party {
+                Party::Client => cross_receive(sess, &b, 37, width).await,
+                Party::Server => cross_send(sess, &a, 37, width).await,
+            });
+            for i in 0..a.len() {
+                assert_eq!(c[i].wrapping_add(s[i]) & mask(width), a[i].wrapping_mul(b[i]) & mask(width));
+            }
+        }
+    }
 }

@@ -292,12 +292,12 @@ async fn mux_values(sess: &mut Session, bits: &[bool], shares: &[u64], len: usiz
         shares.iter().enumerate().map(|(i, &x)| if bits[i / len] { x.wrapping_neg() } else { x }).collect();
     let (x, y) = match sess.party() {
         Party::Server => {
-            let x = sess.ot.cot_vec_send(sess.kind, &deltas, len, 64).await?;
-            (x, sess.ot.cot_vec_receive(sess.kind, bits, len, 64).await?)
+            let x = sess.ot.cot_vec_send(sess.kind, &deltas, len, &[64]).await?;
+            (x, sess.ot.cot_vec_receive(sess.kind, bits, len, &[64]).await?)
         }
         Party::Client => {
-            let y = sess.ot.cot_vec_receive(sess.kind, bits, len, 64).await?;
-            (sess.ot.cot_vec_send(sess.kind, &deltas, len, 64).await?, y)
+            let y = sess.ot.cot_vec_receive(sess.kind, bits, len, &[64]).await?;
+            (sess.ot.cot_vec_send(sess.kind, &deltas, len, &[64]).await?, y)
         }
     };
     // own term b_p·x_p − x (as sender) plus the other party's term (as receiver)

@@ -4,11 +4,13 @@
 //! LayerNorm: y = γ ⊙ (x − μ)/√(σ² + ε) + β per row of d values, γ and β the server's weights.
 //! 1. μ = Σx · ⌊2^24/d⌉ / 2^24 (local sum, one faithful truncation).
 //! 2. σ² from the squares of c = x − μ at 10 fractional bits in a 44-bit ring (|c| < 64, d ≤ 1024:
-//!    Σc² < 2^42): one cross term of 44 correlated OTs per value instead of 128, the row sum
-//!    lifted back with [`super::arith::truncate`].
+//!    Σc² < 2^42), c's shares read in 18 bits with their top bits known ([`super::arith::square`]):
+//!    20 correlated OTs per value instead of 128, the row sum lifted back with
+//!    [`super::arith::truncate`].
 //! 3. 1/√(σ² + ε) per row ([`rsqrt`]).
 //! 4. c·r for the whole row by [`super::arith::mul_rows`] (a 51-bit ring), then γ ⊙ · + β by a
-//!    cross term with the server's weights at 12 fractional bits (41 correlated OTs per value).
+//!    cross term with the server's weights at 12 fractional bits, the normalized value's shares
+//!    read in f + 8 bits (f + 9 correlated OTs per value instead of 41).
 //!
 //! RMSNorm: y = γ ⊙ x/√(Σx²/d + ε), the same steps without μ and β.
 //!
@@ -27,9 +29,14 @@ use crate::ring::{Bits, Shares};
 
 /// Fractional bits of the row constant 1/d.
 const MEAN_BITS: u32 = 24;
-/// c at 10 fractional bits when squared; the squares' ring.
+/// c at 10 fractional bits when squared; the squares' ring; the ring c's shares are read in
+/// when squared (|c| < 2^6 at 10 fractional bits: below 2^16 = 2^(18−2)).
 const SQUARE_FRAC: u32 = 10;
 const SQUARE_BITS: u32 = 44;
+const SQUARE_SMALL: u32 = 18;
+/// Integer bits of the normalized value (x − μ)/σ: |·| ≤ √(d − 1) < 2^5 for d ≤ 1024, one bit
+/// of margin for the rounding of 1/σ.
+const NORMALIZED_INTEGER_BITS: u32 = 6;
 /// Fractional bits of γ (the ring of γ·n: f + 23 bits, |γ| < 2^4, |n| < 2^5).
 const WEIGHT_BITS: u32 = 12;
 /// Fractional bits the norms run at: v ≥ 2^-14 needs f ≥ 14 (the rsqrt thresholds), the
@@ -105,7 +112,7 @@ async fn normalize(sess: &mut Session, x: &Shares, affine: Affine<'_>, eps: u64,
     };
     // σ² (or the mean square): squares of c at 10 fractional bits in a small ring
     let coarse = truncate_extend(sess, &c, 64, frac - SQUARE_FRAC).await?;
-    let squares = square(sess, &coarse, SQUARE_BITS).await?;
+    let squares = square(sess, &coarse, SQUARE_SMALL, SQUARE_BITS).await?;
     let sums: Vec<u64> = squares.chunks_exact(width).map(|r| r.iter().fold(0u64, |s, v| s.wrapping_add(*v))).collect();
     let sums = truncate_extend(sess, &sums, SQUARE_BITS, 2 * SQUARE_FRAC - frac).await?;
     let var = truncate_extend(sess, &scale(sums), 64, MEAN_BITS).await?;
@@ -128,7 +135,8 @@ async fn normalize(sess: &mut Session, x: &Shares, affine: Affine<'_>, eps: u64,
         }
     };
     let scaled_bits = frac + WEIGHT_BITS + 11;
-    let scaled = mul_weights(sess, &n, &gamma, scaled_bits).await?;
+    let small = frac + NORMALIZED_INTEGER_BITS + 2;
+    let scaled = mul_weights(sess, &n, &gamma, small, scaled_bits).await?;
     let y = truncate_extend(sess, &scaled, scaled_bits, WEIGHT_BITS).await?;
     let y = if server && centre { y.iter().zip(&beta).map(|(y, b)| y.wrapping_add(*b)).collect() } else { y };
     Ok(shares.with_values(y)?)

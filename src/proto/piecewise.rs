@@ -651,7 +651,7 @@ async fn baseline_batch(sess: &mut Session, f: &Piecewise, shares: &[u64]) -> Pr
             })
         })
         .collect();
-    let x2 = square(sess, shares, 64).await?;
+    let x2 = square(sess, shares, 64, 64).await?;
     let x2 = truncate_extend(sess, &x2, 64, f.frac).await?;
     // α(x − m)² + βx + γ = α·x² + (β − 2αm)·x + (α·m² + γ), at BASE_COEF_BITS + 18 bits
     let q = |v: f64, bits: u32| (v * (1u64 << bits) as f64).round() as i64 as u64;

@@ -11,7 +11,7 @@ mod pack;
 mod tensor;
 
 pub use fixed::{DEFAULT_FRAC_BITS, Dtype, FixedPoint};
-pub use pack::{pack_bits, packed_len, unpack_bits};
+pub use pack::{pack_bits, pack_bits_widths, packed_len, unpack_bits, unpack_bits_widths};
 pub use tensor::{Bits, Shares, Weights, open, share_matrix};
 
 use thiserror::Error;
@@ -107,7 +107,7 @@ pub enum RingError {
         count: usize,
     },
     /// A packed buffer has the wrong size for its declared contents.
-    #[error("packed buffer of {actual} bytes, expected {expected} for {count} values of {width} bits")]
+    #[error("packed buffer of {actual} bytes, expected {expected} for {count} values of {bits} bits in all")]
     PackedLength {
         /// Expected byte length.
         expected: usize,
@@ -115,8 +115,8 @@ pub enum RingError {
         actual: usize,
         /// Number of values declared.
         count: usize,
-        /// Bit width of each value.
-        width: u32,
+        /// Bits of all values together.
+        bits: usize,
     },
 }
 

@@ -256,7 +256,7 @@ impl Bits {
                 expected: len.div_ceil(64) * 8,
                 actual: words.len() * 8,
                 count: len,
-                width: 1,
+                bits: len,
             });
         }
         Ok(Self { words, len })
@@ -326,7 +326,7 @@ impl Bits {
                 expected: len.div_ceil(8),
                 actual: bytes.len(),
                 count: len,
-                width: 1,
+                bits: len,
             });
         }
         let words = bytes
