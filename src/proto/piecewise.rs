@@ -38,6 +38,8 @@
 //! the one-hot vector by XOR of neighbours, x² by a full-width product, every piece's polynomial
 //! locally, K multiplexers and one truncation.
 
+use std::sync::LazyLock;
+
 use super::Session;
 use super::arith::{cross_receive, cross_send, masks, mul_in, square, truncate_extend};
 use super::boolean::Triples;
@@ -179,44 +181,60 @@ impl Piecewise {
     /// GeLU (erf form): 0 below −5, quadratics on [−5, −3), [−3, −1), [−1, 1), [1, 3), x from 3 on
     /// (the SecMoE paper's segments); |x| < 63.
     pub fn gelu() -> Piecewise {
-        Piecewise::fit("gelu", gelu_exact, -5, 1, 4, (Piece::ZERO, Piece::IDENTITY), Window::centred(6))
+        static FIT: LazyLock<Piecewise> = LazyLock::new(|| {
+            Piecewise::fit("gelu", gelu_exact, -5, 1, 4, (Piece::ZERO, Piece::IDENTITY), Window::centred(6))
+        });
+        FIT.clone()
     }
 
     /// SiLU (x·σ(x)): the same odd-integer breakpoints, further out because SiLU approaches its
     /// tails more slowly (at −5 it is still −0.033): 0 below −7, seven quadratics on [−7, 7), x
     /// from 7 on; |x| < 63.
     pub fn silu() -> Piecewise {
-        Piecewise::fit("silu", silu_exact, -7, 1, 7, (Piece::ZERO, Piece::IDENTITY), Window::centred(6))
+        static FIT: LazyLock<Piecewise> = LazyLock::new(|| {
+            Piecewise::fit("silu", silu_exact, -7, 1, 7, (Piece::ZERO, Piece::IDENTITY), Window::centred(6))
+        });
+        FIT.clone()
     }
 
     /// e^x for softmax after max-subtraction (x ≤ 0): 0 below −12 (e^-12 = 6e-6), 24 quadratics
     /// of width ½ on [−12, 0), 1 + x from 0 on (the max subtracted may sit a little below the true
     /// maximum); accepted inputs (−63.5, 0.5).
     pub fn exp() -> Piecewise {
-        let one_plus = Piece { alpha: 0.0, beta: 1.0, gamma: 1.0 };
-        let window = Window { range_bits: 5, lift: 63.5, output_bits: 1 };
-        Piecewise::fit("exp", f64::exp, -12, -1, 24, (Piece::ZERO, one_plus), window)
+        static FIT: LazyLock<Piecewise> = LazyLock::new(|| {
+            let one_plus = Piece { alpha: 0.0, beta: 1.0, gamma: 1.0 };
+            let window = Window { range_bits: 5, lift: 63.5, output_bits: 1 };
+            Piecewise::fit("exp", f64::exp, -12, -1, 24, (Piece::ZERO, one_plus), window)
+        });
+        FIT.clone()
     }
 
     /// 1/x on [1, 128] (a softmax denominator over up to 128 values), as the starting point of
     /// Newton's iteration: 127 quadratics of width 1 on [1, 128), 1/128 from 128 on; accepted
     /// inputs (2^-7, 256).
     pub fn reciprocal() -> Piecewise {
-        let (left, right) = (Piece { gamma: 1.0, ..Piece::ZERO }, Piece { gamma: 1.0 / 128.0, ..Piece::ZERO });
-        let window = Window { range_bits: 7, lift: 0.0, output_bits: 1 };
-        Piecewise::fit("reciprocal", |x| 1.0 / x, 1, 0, 127, (left, right), window)
+        static FIT: LazyLock<Piecewise> = LazyLock::new(|| {
+            let (left, right) = (Piece { gamma: 1.0, ..Piece::ZERO }, Piece { gamma: 1.0 / 128.0, ..Piece::ZERO });
+            let window = Window { range_bits: 7, lift: 0.0, output_bits: 1 };
+            Piecewise::fit("reciprocal", |x| 1.0 / x, 1, 0, 127, (left, right), window)
+        });
+        FIT.clone()
     }
 
     /// 1/√x on [1, 4) (a normalized variance), as the starting point of Newton's iteration:
     /// six quadratics of width ½, 1 below 1 and ½ from 4 on; accepted inputs (2^-7, 8).
     pub fn rsqrt() -> Piecewise {
-        let (left, right) = (Piece { gamma: 1.0, ..Piece::ZERO }, Piece { gamma: 0.5, ..Piece::ZERO });
-        let window = Window { range_bits: 2, lift: 0.0, output_bits: 1 };
-        Piecewise::fit("rsqrt", |x| 1.0 / x.sqrt(), 1, -1, 6, (left, right), window)
+        static FIT: LazyLock<Piecewise> = LazyLock::new(|| {
+            let (left, right) = (Piece { gamma: 1.0, ..Piece::ZERO }, Piece { gamma: 0.5, ..Piece::ZERO });
+            let window = Window { range_bits: 2, lift: 0.0, output_bits: 1 };
+            Piecewise::fit("rsqrt", |x| 1.0 / x.sqrt(), 1, -1, 6, (left, right), window)
+        });
+        FIT.clone()
     }
 
     /// Least-squares fit of α·d² + β·x + γ on each quadratic piece (4096 points per piece,
-    /// minimax-refined by iteratively reweighted least squares).
+    /// minimax-refined by iteratively reweighted least squares). The named constructors fit
+    /// once per process and hand out clones.
     fn fit(
         name: &'static str,
         exact: fn(f64) -> f64,
