@@ -103,7 +103,9 @@ async fn normalize(sess: &mut Session, x: &Shares, affine: Affine<'_>, eps: u64,
     let rows = x.len() / width;
     let inv_d = ((1u64 << MEAN_BITS) as f64 / width as f64).round() as u64;
     let scale = |sums: Vec<u64>| -> Vec<u64> { sums.iter().map(|s| s.wrapping_mul(inv_d)).collect() };
+    let meter = sess.meter().clone();
     let c: Vec<u64> = if centre {
+        let _s = meter.scope("norm/mean");
         let sums: Vec<u64> = x.chunks_exact(width).map(|r| r.iter().fold(0u64, |s, v| s.wrapping_add(*v))).collect();
         let mu = truncate_extend(sess, &scale(sums), 64, MEAN_BITS).await?;
         x.iter().enumerate().map(|(i, v)| v.wrapping_sub(mu[i / width])).collect()
@@ -111,18 +113,29 @@ async fn normalize(sess: &mut Session, x: &Shares, affine: Affine<'_>, eps: u64,
         x.to_vec()
     };
     // σ² (or the mean square): squares of c at 10 fractional bits in a small ring
-    let coarse = truncate_extend(sess, &c, 64, frac - SQUARE_FRAC).await?;
-    let squares = square(sess, &coarse, SQUARE_SMALL, SQUARE_BITS).await?;
-    let sums: Vec<u64> = squares.chunks_exact(width).map(|r| r.iter().fold(0u64, |s, v| s.wrapping_add(*v))).collect();
-    let sums = truncate_extend(sess, &sums, SQUARE_BITS, 2 * SQUARE_FRAC - frac).await?;
-    let var = truncate_extend(sess, &scale(sums), 64, MEAN_BITS).await?;
+    let var = {
+        let _s = meter.scope("norm/variance");
+        let coarse = truncate_extend(sess, &c, 64, frac - SQUARE_FRAC).await?;
+        let squares = square(sess, &coarse, SQUARE_SMALL, SQUARE_BITS).await?;
+        let sums: Vec<u64> =
+            squares.chunks_exact(width).map(|r| r.iter().fold(0u64, |s, v| s.wrapping_add(*v))).collect();
+        let sums = truncate_extend(sess, &sums, SQUARE_BITS, 2 * SQUARE_FRAC - frac).await?;
+        truncate_extend(sess, &scale(sums), 64, MEAN_BITS).await?
+    };
     let var: Vec<u64> = var.iter().map(|v| if server { v.wrapping_add(eps) } else { *v }).collect();
-    let r = rsqrt_values(sess, &var).await?;
+    let r = {
+        let _s = meter.scope("norm/rsqrt");
+        rsqrt_values(sess, &var).await?
+    };
     debug_assert_eq!(r.len(), rows);
     // c·r: |c| < 2^6, r < 2^7, 2f fractional bits
-    let normalized_bits = 2 * frac + 15;
-    let n = mul_rows_in(sess, &c, &r, normalized_bits).await?;
-    let n = truncate_extend(sess, &n, normalized_bits, frac).await?;
+    let n = {
+        let _s = meter.scope("norm/normalize");
+        let normalized_bits = 2 * frac + 15;
+        let n = mul_rows_in(sess, &c, &r, normalized_bits).await?;
+        truncate_extend(sess, &n, normalized_bits, frac).await?
+    };
+    let _s = meter.scope("norm/affine");
     let (gamma, beta): (Vec<u64>, Vec<u64>) = match affine {
         Affine::None if server => return Err(ProtoError::Input("the server must pass the weights".into())),
         Affine::None => (Vec::new(), Vec::new()),

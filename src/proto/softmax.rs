@@ -88,13 +88,23 @@ async fn softmax_batch(sess: &mut Session, x: &[u64], len: usize, keep: Option<&
             })
             .collect(),
     };
-    let (m, _) = max(sess, &Shares::matrix((x.len() / len, len), x.clone(), frac)?, max_bits(frac)).await?;
-    let m = m.into_vec();
+    let meter = sess.meter().clone();
+    let m = {
+        let _s = meter.scope("softmax/max");
+        max(sess, &Shares::matrix((x.len() / len, len), x.clone(), frac)?, max_bits(frac)).await?.0.into_vec()
+    };
     let z: Vec<u64> = x.iter().enumerate().map(|(i, v)| v.wrapping_sub(m[i / len])).collect();
-    let mut e = evaluate_values(sess, &Piecewise::exp(), &z).await?;
+    let mut e = {
+        let _s = meter.scope("softmax/exp");
+        evaluate_values(sess, &Piecewise::exp(), &z).await?
+    };
     e.iter_mut().enumerate().filter(|(i, _)| !kept(*i)).for_each(|(_, v)| *v = 0);
     let sums: Vec<u64> = e.chunks_exact(len).map(|row| row.iter().fold(0u64, |s, v| s.wrapping_add(*v))).collect();
-    let r = reciprocal_values(sess, &sums, len > SHORT_ROW).await?;
+    let r = {
+        let _s = meter.scope("softmax/reciprocal");
+        reciprocal_values(sess, &sums, len > SHORT_ROW).await?
+    };
+    let _s = meter.scope("softmax/scale");
     let y = mul_rows_in(sess, &e, &r, product_bits(frac)).await?;
     truncate_extend(sess, &y, product_bits(frac), frac).await
 }

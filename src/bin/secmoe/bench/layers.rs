@@ -23,7 +23,7 @@ use secmoe::proto::{HeKeys, HeUse, OutOfRange};
 use secmoe::ring::{Shares, Weights, open, share_matrix};
 
 use super::harness::{Row, reset_peak_rss, row, session_pair};
-use super::report::print_row;
+use super::report::{print_row, print_row_with_steps};
 
 /// Runs the preset's rows (or those named `only`), printing each and adding it to `rows`.
 pub(crate) async fn run(
@@ -81,12 +81,12 @@ pub(crate) async fn run(
     }
     if only.is_none_or(|o| o == "layernorm") {
         let row = measure_layernorm(OtKind::Silent, backend.clone(), threads).await.context("layernorm")?;
-        print_row(&row);
+        print_row_with_steps(&row);
         rows.push(row);
     }
     if only.is_none_or(|o| o == "softmax") {
         let row = measure_softmax(OtKind::Silent, backend.clone(), threads).await.context("softmax")?;
-        print_row(&row);
+        print_row_with_steps(&row);
         rows.push(row);
     }
     Ok(())
@@ -290,7 +290,8 @@ async fn measure_softmax(kind: OtKind, backend: Arc<dyn Backend>, threads: usize
     let start = Instant::now();
     let (ys, yc) = tokio::join!(softmax(&mut os, &shares), softmax(&mut oc, &r));
     let wall_s = start.elapsed().as_secs_f64();
-    let after = c.meter().report().total();
+    let report = c.meter().report();
+    let after = report.total();
     let y: Vec<f64> = open(&ys?, &yc?)?.as_slice().iter().map(|&v| v as i64 as f64 / SCALE).collect();
     let mut errors = Vec::with_capacity(N);
     for (row, got) in xs.chunks_exact(LEN).zip(y.chunks_exact(LEN)) {
@@ -314,6 +315,7 @@ async fn measure_softmax(kind: OtKind, backend: Arc<dyn Backend>, threads: usize
         max_error < 3e-3,
     );
     row.bits_per_op = Some(bytes as f64 * 8.0 / N as f64);
+    row.set_steps(&report, ["softmax/max", "softmax/exp", "softmax/reciprocal", "softmax/scale"]);
     row.max_error = Some(max_error);
     row.mean_error = Some(errors.iter().sum::<f64>() / N as f64);
     Ok(row)
@@ -346,7 +348,8 @@ async fn measure_layernorm(kind: OtKind, backend: Arc<dyn Backend>, threads: usi
         layernorm(&mut oc, &r, Affine::None, fixed(eps))
     );
     let wall_s = start.elapsed().as_secs_f64();
-    let after = c.meter().report().total();
+    let report = c.meter().report();
+    let after = report.total();
     let y: Vec<f64> = open(&ys?, &yc?)?.as_slice().iter().map(|&v| v as i64 as f64 / SCALE).collect();
     let mut errors = Vec::with_capacity(N);
     let mut checked = true;
@@ -367,6 +370,7 @@ async fn measure_layernorm(kind: OtKind, backend: Arc<dyn Backend>, threads: usi
     let mut row =
         row("layernorm", format!("128×768, {kind} OT"), threads, wall_s, bytes, after.rounds - before.rounds, checked);
     row.bits_per_op = Some(bytes as f64 * 8.0 / N as f64);
+    row.set_steps(&report, ["norm/mean", "norm/variance", "norm/rsqrt", "norm/normalize", "norm/affine"]);
     row.max_error = Some(errors.iter().copied().fold(0.0, f64::max));
     row.mean_error = Some(errors.iter().sum::<f64>() / N as f64);
     Ok(row)
