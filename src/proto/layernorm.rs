@@ -4,7 +4,7 @@
 //! LayerNorm: y = γ ⊙ (x − μ)/√(σ² + ε) + β per row of d values, γ and β the server's weights.
 //! 1. μ = Σx · ⌊2^24/d⌉ / 2^24 (local sum, one faithful truncation).
 //! 2. σ² from the squares of c = x − μ at 10 fractional bits in a 44-bit ring (|c| < 64, d ≤ 1024:
-//!    Σc² < 2^42), c's shares read in 18 bits with their top bits known ([`super::arith::square`]):
+//!    Σc² < 2^42), c's shares read in 18 bits with their top bits known (SCI's known-MSB square):
 //!    20 correlated OTs per value instead of 128, the row sum lifted back with
 //!    [`super::arith::truncate`].
 //! 3. 1/√(σ² + ε) per row ([`rsqrt`]).
