@@ -484,7 +484,7 @@ async fn capacity(
     let spread: Vec<u64> = (0..e * slots * n).map(|i| gate[(i % n) * e + i / (slots * n)]).collect();
     let slot_gate = sum_rows(&select_rows(sess, &dispatch_bits, &spread, 1).await?, n, 1);
     let bits = gate_bits(frac);
-    let gated = mul_rows_in(sess, &y_slots, &slot_gate, bits).await?;
+    let gated = mul_rows_in(sess, &y_slots, &slot_gate, bits, bits).await?;
     let gated = truncate_extend(sess, &gated, bits, frac).await?;
     // back to the tokens: y_j = Σ_(e, c) D[(e, c), j]·gated[(e, c)]
     let back_bits: Vec<bool> =
@@ -522,7 +522,7 @@ fn gate_bits(frac: u32) -> u32 {
 async fn combine(sess: &mut Session, outputs: &[u64], gates: &[u64], n: usize, d: usize) -> ProtoResult<Vec<u64>> {
     let frac = sess.format().frac_bits();
     let bits = gate_bits(frac);
-    let weighted = mul_rows_in(sess, outputs, gates, bits).await?;
+    let weighted = mul_rows_in(sess, outputs, gates, bits, bits).await?;
     let mut y = vec![0u64; n * d];
     for slot in weighted.chunks_exact(n * d) {
         y.iter_mut().zip(slot).for_each(|(y, v)| *y = y.wrapping_add(*v));
@@ -556,7 +556,7 @@ async fn shared_expert(
     let pairs = sess.shares((n, 2), pairs)?;
     let sigma: Vec<u64> = softmax(sess, &pairs).await?.into_vec().into_iter().step_by(2).collect();
     let bits = gate_bits(frac);
-    let scaled = mul_rows_in(sess, &y, &sigma, bits).await?;
+    let scaled = mul_rows_in(sess, &y, &sigma, bits, bits).await?;
     Ok(truncate_extend(sess, &scaled, bits, frac).await?)
 }
 

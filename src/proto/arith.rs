@@ -286,24 +286,57 @@ pub async fn mul_rows(sess: &mut Session, x: &Shares, r: &Shares) -> ProtoResult
     if r.shape() != (x.rows(), 1) || x.width() != r.width() || frac > x.width() {
         return Err(ProtoError::Input(format!("row products of {} and {}", x.describe(), r.describe())));
     }
-    let y = mul_rows_in(sess, x.as_slice(), r.as_slice(), x.width()).await?;
+    let y = mul_rows_in(sess, x.as_slice(), r.as_slice(), x.width(), x.width()).await?;
     Ok(Shares::new(x.shape(), y, x.width(), frac)?)
 }
 
 /// Shares mod 2^bits of x_ij·r_i: every value of row i (rows of `x.len() / r.len()` values)
-/// times that row's shared scalar. The cross terms use one correlated OT of a whole row per bit
-/// of the other party's scalar share ([`crate::ot::Ot::cot_vec_send`]; bit j's row in
-/// `bits − j` bits): `bits` random OTs per row and direction instead of per value.
-pub(crate) async fn mul_rows_in(sess: &mut Session, x: &[u64], r: &[u64], bits: u32) -> ProtoResult<Vec<u64>> {
+/// times that row's shared scalar, |r_i| < 2^(m−2) for m = `small` ≤ `bits` ([`Split`]; m =
+/// `bits` for any r). With r = u + t − w·2^m and x = x_s + x_c:
+/// x·r = x_s·u − 2^m·x_s·a (server) + x_c·t − 2^m·x_c·b (client) + x_s·t + x_c·u
+/// − 2^m·x_s·b·(1 − a) − 2^m·x_c·a·(1 − b). The last four are two cross terms of m + 1
+/// correlated OTs of whole rows per row ([`crate::ot::Ot::cot_vec_send`]; bit j's row in
+/// bits − j bits), one each way: the other party chooses with the bits of its part of r and
+/// then its top bit (weight 2^m). The server chooses with v = u + 2^(m−2) (its reduced share),
+/// the client removes 2^(m−2)·x_c. Random OTs per row, not per value.
+pub(crate) async fn mul_rows_in(
+    sess: &mut Session,
+    x: &[u64],
+    r: &[u64],
+    small: u32,
+    bits: u32,
+) -> ProtoResult<Vec<u64>> {
     if r.is_empty() || !x.len().is_multiple_of(r.len()) {
         return Err(ProtoError::Input(format!("{} values in {} rows", x.len(), r.len())));
     }
+    if !(3..=bits).contains(&small) {
+        return Err(ProtoError::Input(format!("row scalars of {small} bits in a {bits}-bit ring")));
+    }
     let len = x.len() / r.len();
-    let widths = cross_term_widths(bits, bits)?;
-    // the holder of x_p sends its rows once per bit j; the other chooses with the bits of its r
-    let deltas: Vec<u64> =
-        x.chunks_exact(len).flat_map(|row| (0..bits).flat_map(move |_| row.iter().copied())).collect();
-    let choices: Vec<bool> = r.iter().flat_map(|&v| (0..bits).map(move |j| (v >> j) & 1 == 1)).collect();
+    let server = sess.is_server();
+    let parts: Vec<Split> = r.iter().map(|&v| split(server, v, small)).collect();
+    let offset = 1u64 << (small - 2);
+    let wrapped = small < bits; // else the wrap weighs 2^m ≡ 0
+    let widths = cross_term_widths(small + u32::from(wrapped), bits)?;
+    let per = widths.len();
+    // this party's rows once per choice bit of the other, then −x_p·(1 − top_p) for the wrap
+    let deltas: Vec<u64> = x
+        .chunks_exact(len)
+        .zip(&parts)
+        .flat_map(|(row, p)| {
+            let plain = (0..small).flat_map(move |_| row.iter().copied());
+            let wrap = row.iter().map(move |&v| if p.top { 0 } else { v.wrapping_neg() });
+            plain.chain(wrap.take(if wrapped { len } else { 0 }))
+        })
+        .collect();
+    // the choice bits of this party's part of r: t (client) or v = u + 2^(m−2) (server)
+    let choices: Vec<bool> = parts
+        .iter()
+        .flat_map(|p| {
+            let v = if server { p.own.wrapping_add(offset) } else { p.own };
+            (0..small).map(move |j| (v >> j) & 1 == 1).chain(wrapped.then_some(p.top))
+        })
+        .collect();
     let (sent, got) = match sess.party() {
         Party::Server => {
             let a = sess.ot.cot_vec_send(sess.kind, &deltas, len, &widths).await?;
@@ -314,19 +347,30 @@ pub(crate) async fn mul_rows_in(sess: &mut Session, x: &[u64], r: &[u64], bits: 
             (sess.ot.cot_vec_send(sess.kind, &deltas, len, &widths).await?, b)
         }
     };
-    let (first, second) = (sum_bits(&sent, len, bits, true), sum_bits(&got, len, bits, false));
+    let (first, second) = (sum_bits(&sent, len, per, true), sum_bits(&got, len, per, false));
+    let scale = pow2(small);
     Ok((0..x.len())
-        .map(|i| x[i].wrapping_mul(r[i / len]).wrapping_add(first[i]).wrapping_add(second[i]) & mask(bits))
+        .map(|i| {
+            let p = &parts[i / len];
+            let mut own = x[i].wrapping_mul(p.own);
+            if p.top {
+                own = own.wrapping_sub(scale.wrapping_mul(x[i]));
+            }
+            if !server {
+                own = own.wrapping_sub(offset.wrapping_mul(x[i]));
+            }
+            own.wrapping_add(first[i]).wrapping_add(second[i]) & mask(bits)
+        })
         .collect())
 }
 
-/// Σ_j 2^j·v_j over the `bits` vectors of each row (negated for the sender's side).
-fn sum_bits(values: &[u64], len: usize, bits: u32, negate: bool) -> Vec<u64> {
+/// Σ_j 2^j·v_j over the `per` vectors of each row (negated for the sender's side).
+fn sum_bits(values: &[u64], len: usize, per: usize, negate: bool) -> Vec<u64> {
     values
-        .chunks_exact(len * bits as usize)
+        .chunks_exact(len * per)
         .flat_map(|row| {
             (0..len).map(move |l| {
-                let s = (0..bits as usize).fold(0u64, |s, j| s.wrapping_add(row[j * len + l] << j));
+                let s = (0..per).fold(0u64, |s, j| s.wrapping_add(row[j * len + l] << j));
                 if negate { s.wrapping_neg() } else { s }
             })
         })
@@ -403,6 +447,26 @@ mod tests {
             Ok(mul_weights(sess, mine, &[1; 12], 42, 41).await.is_err() && square(sess, mine, 2, 41).await.is_err())
         });
         assert!(err.0 && err.1, "a value wider than the ring is refused");
+    }
+
+    /// Row products x_ij·r_i with r read in m bits are exact mod 2^bits at the range's edges,
+    /// with and without the wrap's terms.
+    #[test]
+    fn row_products_by_a_small_scalar_are_exact() {
+        for (m, bits, len) in [(21, 40, 5), (28, 51, 3), (40, 40, 4), (64, 64, 2), (3, 12, 7)] {
+            let (r, r_client, r_server) = shared(m, 60);
+            let x: Vec<u64> = (0..r.len() * len).map(|i| (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).collect();
+            let x_client: Vec<u64> = x.iter().map(|v| v.rotate_left(17) ^ 0x5555).collect();
+            let x_server: Vec<u64> = x.iter().zip(&x_client).map(|(v, c)| v.wrapping_sub(*c)).collect();
+            let (c, s) = both(async |sess, party| match party {
+                Party::Client => mul_rows_in(sess, &x_client, &r_client, m, bits).await,
+                Party::Server => mul_rows_in(sess, &x_server, &r_server, m, bits).await,
+            });
+            for i in 0..x.len() {
+                let want = x[i].wrapping_mul(r[i / len] as u64) & mask(bits);
+                assert_eq!(c[i].wrapping_add(s[i]) & mask(bits), want, "r = {}, m = {m}, ring {bits}", r[i / len]);
+            }
+        }
     }
 
     /// A cross term whose bit j travels in width − j bits gives a·b mod 2^width.

@@ -132,7 +132,8 @@ async fn normalize(sess: &mut Session, x: &Shares, affine: Affine<'_>, eps: u64,
     let n = {
         let _s = meter.scope("norm/normalize");
         let normalized_bits = 2 * frac + 15;
-        let n = mul_rows_in(sess, &c, &r, normalized_bits).await?;
+        // r ≤ 2^7 (σ² + ε ≥ 2^-14): below 2^(f+8)
+        let n = mul_rows_in(sess, &c, &r, frac + 10, normalized_bits).await?;
         truncate_extend(sess, &n, normalized_bits, frac).await?
     };
     let _s = meter.scope("norm/affine");

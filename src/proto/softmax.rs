@@ -105,7 +105,8 @@ async fn softmax_batch(sess: &mut Session, x: &[u64], len: usize, keep: Option<&
         reciprocal_values(sess, &sums, len > SHORT_ROW).await?
     };
     let _s = meter.scope("softmax/scale");
-    let y = mul_rows_in(sess, &e, &r, product_bits(frac)).await?;
+    // 1/s ≤ 1 (Newton may overshoot it a little): below 2^(f+1)
+    let y = mul_rows_in(sess, &e, &r, frac + 3, product_bits(frac)).await?;
     truncate_extend(sess, &y, product_bits(frac), frac).await
 }
 
