@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -126,5 +127,69 @@ fn peer_vanishing_during_ot_is_an_error_on_the_other_side() {
         let res = oc.random_send(OtKind::Iknp, 1 << 16).await;
         assert!(res.is_err(), "OT with a vanished peer succeeded");
         assert!(start.elapsed() < Duration::from_secs(40), "took {:?}", start.elapsed());
+    });
+}
+
+/// A byte is charged to the step that writes or reads it, not to the step its reader happens to
+/// be in when it arrives: a server running two steps ahead of a sleeping client still has its
+/// messages booked under the client's matching steps, and for every step the bytes one party
+/// sent are the bytes the other received — in the OT extension's steps up to the few bytes that
+/// name a stream the library opens and the peer never reads (9 bytes here: the writer books
+/// them, the peer never does).
+#[test]
+fn every_step_books_the_same_bytes_on_both_sides() {
+    common::runtime().block_on(async {
+        let (mut c, mut oc, mut s, mut os) = common::ot_pair().await;
+        let server = async {
+            {
+                let _one = s.meter().scope("ahead/one");
+                s.channel().send(&[1; 1000]).await.unwrap();
+            }
+            {
+                let _two = s.meter().scope("ahead/two");
+                s.channel().send(&[2; 5000]).await.unwrap();
+            }
+            let _ot = s.meter().scope("ot");
+            os.random_receive(OtKind::Iknp, 10_000).await.unwrap();
+        };
+        let client = async {
+            {
+                let _wait = c.meter().scope("waiting");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            {
+                let _one = c.meter().scope("ahead/one");
+                c.channel().recv().await.unwrap();
+            }
+            {
+                let _two = c.meter().scope("ahead/two");
+                c.channel().recv().await.unwrap();
+            }
+            let _ot = c.meter().scope("ot");
+            oc.random_send(OtKind::Iknp, 10_000).await.unwrap();
+        };
+        tokio::join!(client, server);
+        let (client, server) = (c.meter().report(), s.meter().report());
+        assert_eq!(client.prefixed("waiting").bytes(), 0);
+        assert_eq!(client.prefixed("ahead/one").bytes_received, 4 + 1000);
+        assert_eq!(client.prefixed("ahead/two").bytes_received, 4 + 5000);
+        // IKNP: the receiver's 128 columns of 10 000 bits, besides the base OTs
+        assert!(client.prefixed("ot").bytes_received >= 10_000 * 128 / 8, "{client:?}");
+        let steps: BTreeSet<&String> = client.steps.iter().chain(&server.steps).map(|(k, _)| k).collect();
+        for step in steps {
+            let (c, s) = (client.prefixed(step), server.prefixed(step));
+            if step.starts_with("ot") {
+                let unread = |sent: u64, received: u64| sent >= received && sent - received <= 32;
+                assert!(
+                    unread(c.bytes_sent, s.bytes_received) && unread(s.bytes_sent, c.bytes_received),
+                    "{c:?} {s:?}"
+                );
+            } else {
+                assert_eq!((c.bytes_sent, c.bytes_received), (s.bytes_received, s.bytes_sent), "step {step}");
+            }
+        }
+        let (a, b) = tokio::join!(c.close(), s.close());
+        a.unwrap();
+        b.unwrap();
     });
 }

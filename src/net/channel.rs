@@ -24,13 +24,13 @@ pub const DEFAULT_MAX_FRAME: usize = 1 << 30;
 type Reader = Box<dyn AsyncRead + Send + Unpin>;
 type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
-/// One ordered, reliable message channel to the peer, charged to a [`Meter`].
+/// One ordered, reliable message channel to the peer, charged to a [`Meter`]: a message's bytes
+/// (its 4-byte length and its payload) are counted when it has been sent and when it has been
+/// received, in the step open at that moment.
 pub struct Channel {
     reader: Reader,
     writer: Writer,
     meter: Meter,
-    /// `Some` when this channel counts its own bytes (in-memory link); on QUIC the transport does.
-    self_counter: Option<Arc<ByteCounter>>,
     timeout: Duration,
     max_frame: usize,
     /// The frames' lengths in order while recording ([`Channel::record_frames`]).
@@ -53,7 +53,7 @@ impl std::fmt::Debug for Channel {
 }
 
 impl Channel {
-    /// A channel over a byte stream whose bytes the transport already counts into `meter`.
+    /// A channel over a byte stream, counting its messages into `meter`.
     pub fn new(
         reader: impl AsyncRead + Send + Unpin + 'static,
         writer: impl AsyncWrite + Send + Unpin + 'static,
@@ -64,7 +64,6 @@ impl Channel {
             reader: Box::new(reader),
             writer: Box::new(writer),
             meter,
-            self_counter: None,
             timeout,
             max_frame: DEFAULT_MAX_FRAME,
             frames: None,
@@ -76,11 +75,8 @@ impl Channel {
     pub fn in_memory_pair(timeout: Duration) -> (Channel, Channel) {
         let (a, b) = tokio::io::duplex(1 << 20);
         let end = |s: tokio::io::DuplexStream| {
-            let counter = Arc::new(ByteCounter::default());
             let (r, w) = tokio::io::split(s);
-            let mut ch = Channel::new(r, w, Meter::new(counter.clone()), timeout);
-            ch.self_counter = Some(counter);
-            ch
+            Channel::new(r, w, Meter::new(Arc::new(ByteCounter::default())), timeout)
         };
         (end(a), end(b))
     }
@@ -148,9 +144,7 @@ impl Channel {
             Ok(Err(e)) => return Err(self.io_error(e)),
             Ok(Ok(())) => {}
         }
-        if let Some(c) = &self.self_counter {
-            c.add_sent((header.len() + payload.len()) as u64);
-        }
+        self.meter.counter().add_sent((header.len() + payload.len()) as u64);
         if let Some(f) = &mut self.frames {
             f.push(Frame { sent: true, len: payload.len() });
         }
@@ -198,9 +192,7 @@ impl Channel {
             }
             Ok(Ok(buf)) => buf,
         };
-        if let Some(c) = &self.self_counter {
-            c.add_received(4 + buf.len() as u64);
-        }
+        self.meter.counter().add_received(4 + buf.len() as u64);
         self.meter.on_receive();
         if let Some(f) = &mut self.frames {
             f.push(Frame { sent: false, len: buf.len() });

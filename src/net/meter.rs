@@ -4,10 +4,13 @@
 //! and wall time are charged to the innermost open step (exclusively: a parent is not charged for
 //! what its child used), so the steps of a report add up to the total.
 //!
-//! Bytes come from a [`ByteCounter`] fed by the transport: on QUIC it counts stream payload bytes
-//! (everything the protocols send, including the OT library's traffic); on the in-memory link the
-//! channel counts its own frames. Bytes that the peer sends ahead while this party still works on
-//! the previous step land in that previous step; totals are exact.
+//! Bytes are counted where the application writes and reads them, not where the transport moves
+//! them: a [`Channel`](super::Channel) counts its frames (header and payload) when it sends and
+//! when it has received them, and the OT library's traffic is counted from the `cryprot_metrics`
+//! events its streams emit on every read and write ([`Meter::count_library_traffic`]). So a byte
+//! lands in the step this party is in when it writes or reads it: bytes the peer sends ahead
+//! while this party still works on the previous step are charged to the step that reads them,
+//! and for every step the bytes one party sent are the bytes the other received.
 //!
 //! A *round* is one round trip: this party counts one each time it sends after having received
 //! (or sends first). Ping-pong of `2k` messages is `k` rounds; both parties sending at once is one.
@@ -16,6 +19,11 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
+
+use tracing::field::{Field, Visit};
+use tracing::instrument::{WithDispatch, WithSubscriber};
+use tracing::subscriber::Interest;
+use tracing::{Dispatch, Event, Metadata, Subscriber, span};
 
 /// Running totals of payload bytes sent and received on one link.
 #[derive(Debug, Default)]
@@ -137,7 +145,7 @@ impl Meter {
         }
     }
 
-    /// The byte counter the transport feeds.
+    /// The byte counter the channels and [`Meter::count_library_traffic`] feed.
     pub fn counter(&self) -> &Arc<ByteCounter> {
         &self.counter
     }
@@ -211,11 +219,110 @@ impl Meter {
         self.lock().received_since_send = true;
     }
 
+    /// Runs `fut` (a call into a library protocol over `cryprot-net` streams, such as the OT
+    /// extension) with its stream reads and writes counted into this meter: `cryprot-net` emits
+    /// a `cryprot_metrics` tracing event with `bytes_read` or `bytes_written` for each, in the
+    /// task that does it; while `fut` is polled these go to this meter's counter, and every
+    /// other span and event to the subscriber that was in force.
+    pub fn count_library_traffic<F>(&self, fut: F) -> WithDispatch<F> {
+        let outer = tracing::dispatcher::get_default(Dispatch::clone);
+        fut.with_subscriber(LibraryTraffic { counter: self.counter.clone(), outer })
+    }
+
     /// The account so far (the open step is charged up to now).
     pub fn report(&self) -> Report {
         let mut st = self.lock();
         self.charge(&mut st);
         Report { steps: st.steps.iter().map(|(k, v)| (k.clone(), *v)).collect() }
+    }
+}
+
+/// Target of the events `cryprot-net` emits for the bytes its streams read and write.
+const LIBRARY_TRAFFIC_TARGET: &str = "cryprot_metrics";
+
+/// The subscriber of [`Meter::count_library_traffic`]: books `cryprot_metrics` events into a
+/// counter, forwards everything else to `outer`.
+struct LibraryTraffic {
+    counter: Arc<ByteCounter>,
+    outer: Dispatch,
+}
+
+/// Reads the byte count of a `cryprot_metrics` event.
+#[derive(Default)]
+struct TrafficVisitor {
+    read: u64,
+    written: u64,
+}
+
+impl Visit for TrafficVisitor {
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        match field.name() {
+            "bytes_read" => self.read += value,
+            "bytes_written" => self.written += value,
+            _ => {}
+        }
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.record_u64(field, value.max(0) as u64);
+    }
+
+    fn record_debug(&mut self, _field: &Field, _value: &dyn std::fmt::Debug) {}
+}
+
+impl Subscriber for LibraryTraffic {
+    fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
+        if meta.target() == LIBRARY_TRAFFIC_TARGET { Interest::always() } else { self.outer.register_callsite(meta) }
+    }
+
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(tracing::level_filters::LevelFilter::TRACE)
+    }
+
+    fn enabled(&self, meta: &Metadata<'_>) -> bool {
+        meta.target() == LIBRARY_TRAFFIC_TARGET || self.outer.enabled(meta)
+    }
+
+    fn new_span(&self, attrs: &span::Attributes<'_>) -> span::Id {
+        self.outer.new_span(attrs)
+    }
+
+    fn record(&self, span: &span::Id, values: &span::Record<'_>) {
+        self.outer.record(span, values);
+    }
+
+    fn record_follows_from(&self, span: &span::Id, follows: &span::Id) {
+        self.outer.record_follows_from(span, follows);
+    }
+
+    fn event(&self, event: &Event<'_>) {
+        if event.metadata().target() != LIBRARY_TRAFFIC_TARGET {
+            return self.outer.event(event);
+        }
+        let mut seen = TrafficVisitor::default();
+        event.record(&mut seen);
+        self.counter.add_sent(seen.written);
+        self.counter.add_received(seen.read);
+    }
+
+    fn enter(&self, span: &span::Id) {
+        self.outer.enter(span);
+    }
+
+    fn exit(&self, span: &span::Id) {
+        self.outer.exit(span);
+    }
+
+    fn clone_span(&self, id: &span::Id) -> span::Id {
+        self.outer.clone_span(id)
+    }
+
+    fn try_close(&self, id: span::Id) -> bool {
+        self.outer.try_close(id)
+    }
+
+    fn current_span(&self) -> tracing_core::span::Current {
+        self.outer.current_span()
     }
 }
 

@@ -119,11 +119,11 @@ fn hex_digest(der: &[u8]) -> String {
     Sha256::digest(der).iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
 }
 
-/// What a connection's events tell: its stream payload bytes, and the certificate the peer
-/// presented (its verified chain's leaf, DER).
+/// What a connection's events tell: the certificate the peer presented (its verified chain's
+/// leaf, DER). Bytes are counted by the channels and the OT calls, where they are written and
+/// read (see [`Meter`]).
 #[derive(Clone, Default)]
 struct ConnectionRecord {
-    bytes: Arc<ByteCounter>,
     peer_leaf: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
 }
 
@@ -135,24 +135,6 @@ impl Subscriber for RecordingSubscriber {
 
     fn create_connection_context(&mut self, _meta: &ConnectionMeta, _info: &ConnectionInfo) -> ConnectionRecord {
         ConnectionRecord::default()
-    }
-
-    fn on_tx_stream_progress(
-        &mut self,
-        ctx: &mut ConnectionRecord,
-        _meta: &ConnectionMeta,
-        e: &events::TxStreamProgress,
-    ) {
-        ctx.bytes.add_sent(e.bytes as u64);
-    }
-
-    fn on_rx_stream_progress(
-        &mut self,
-        ctx: &mut ConnectionRecord,
-        _meta: &ConnectionMeta,
-        e: &events::RxStreamProgress,
-    ) {
-        ctx.bytes.add_received(e.bytes as u64);
     }
 
     fn on_tls_exporter_ready(
@@ -228,9 +210,6 @@ impl Link {
         cfg: &LinkConfig,
         endpoint: Box<dyn std::any::Any + Send + Sync>,
     ) -> NetResult<Link> {
-        let counter: Arc<ByteCounter> = quic
-            .query_event_context(|c: &ConnectionRecord| c.bytes.clone())
-            .map_err(|e| transport("reading connection counters", e))?;
         let handle = quic.handle();
         let (mut conn, manager) = cryprot_net::Connection::new(quic);
         tokio::spawn(manager.start());
@@ -238,7 +217,7 @@ impl Link {
             .await
             .map_err(|_| NetError::Timeout { step: "open channel".into(), after: cfg.timeout })?
             .map_err(|e| transport("opening the message stream", e))?;
-        let mut channel = Channel::new(recv, send, Meter::new(counter), cfg.timeout);
+        let mut channel = Channel::new(recv, send, Meter::new(Arc::new(ByteCounter::default())), cfg.timeout);
         handshake(&mut channel, party, &cfg.params).await?;
         Ok(Link { party, conn, channel, handle, timeout: cfg.timeout, _endpoint: endpoint })
     }

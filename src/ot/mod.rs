@@ -474,14 +474,15 @@ fn received(keys: Vec<Block>, choices: impl Iterator<Item = bool>, n: usize) -> 
     Ok(RandomOtReceiver { choices, keys })
 }
 
-/// Runs one call into the extension library under the link's timeout, naming the step on error.
+/// Runs one call into the extension library under the link's timeout, its traffic counted into
+/// `meter` ([`Meter::count_library_traffic`]), naming the step on error.
 async fn run_extension<T, E: std::fmt::Display>(
     timeout: Duration,
     meter: &Meter,
     kind: OtKind,
     fut: impl std::future::Future<Output = Result<T, E>>,
 ) -> OtResult<T> {
-    match tokio::time::timeout(timeout, fut).await {
+    match tokio::time::timeout(timeout, meter.count_library_traffic(fut)).await {
         Err(_) => Err(OtError::Timeout { kind, step: meter.current_step(), after: timeout }),
         Ok(Err(e)) => Err(OtError::Extension { kind, step: meter.current_step(), reason: e.to_string() }),
         Ok(Ok(v)) => Ok(v),
