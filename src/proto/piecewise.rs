@@ -23,15 +23,18 @@
 //!    own index share, the other party's term θ_i·(d²_p, x_p, 1) masked by a fresh pad — the
 //!    paper's masked selection of the coefficient row, fused with the products by that party's
 //!    shares, so no product of two secrets is left. Rows of zero coefficients contribute nothing.
+//!    The two terms are shares of the result Y mod 2^s with 34 fractional bits; each is truncated
+//!    locally to f fractional bits *before* it is masked (⌊A/2^t⌋ + ⌊B/2^t⌋ is ⌊Y/2^t⌋ or one
+//!    less, mod 2^(s−t)), so the tables carry s − t bits instead of s (t = 34 − f: 16 at f = 18).
+//! 6. One extension back to Z_2^64 ([`super::arith::truncate_extend`] by 0 bits).
 //!
 //! The random OTs of each batch are prepared in one go, both directions at once; about 35 per
 //! value for GeLU, no AND gates.
-//! 6. One truncation-with-extension back to Z_2^64 ([`super::arith::truncate`]).
 //!
 //! Error model (against [`Piecewise::reference`], the same fixed-point arithmetic computed in
 //! the clear): H can be one unit lower than its floor, which moves d by 2^-k or, at a piece
-//! boundary, picks the neighbouring piece at its edge; the final truncation can be one unit
-//! (2^-f) low. [`Piecewise::protocol_bound`] states the resulting bound. Outside the input range
+//! boundary, picks the neighbouring piece at its edge; the local truncation of step 5 can be one
+//! unit (2^-f) low. [`Piecewise::protocol_bound`] states the resulting bound. Outside the input range
 //! the shifted value wraps and the result is wrong: callers bound their activations.
 //!
 //! **Baseline** ([`evaluate_baseline`]): K − 1 breakpoint comparisons ([`super::compare::at_least`]),
@@ -60,7 +63,7 @@ pub const MIN_FRAC: u32 = D_BITS;
 pub const MAX_FRAC: u32 = ACC_BITS - 8;
 /// Fractional bits of d (the in-piece offset) when it is squared.
 const D_BITS: u32 = 8;
-/// Fractional bits of the accumulated result before the final truncation.
+/// Fractional bits of the selected terms before their local truncation (module notes, step 5).
 const ACC_BITS: u32 = 34;
 /// Fractional bits of the expanded coefficients in the baseline.
 const BASE_COEF_BITS: u32 = 24;
@@ -368,7 +371,7 @@ impl Piecewise {
 
     /// Random OTs one batch of `n` values takes, (server as sender, client as sender), generated
     /// in one go before the batch: the carry, the index lookup, one correlated OT for the carry's
-    /// term in d² and the final truncation on the server's side; the cross term of d² and the
+    /// term in d² and the final extension on the server's side; the cross term of d² and the
     /// other carry term on the client's; one selection lookup each.
     fn random_ots(&self, n: usize) -> (usize, usize) {
         let (ring, t, lo_bits) = self.layout();
@@ -399,7 +402,7 @@ impl Piecewise {
     /// Bound (in real units) on |protocol − reference| from the two one-unit truncation errors
     /// (module notes): one unit of D changes d² by at most (2^w + 2^-k)·2^-k, weighed by the
     /// largest |α|; a piece change at a boundary costs the largest jump between neighbouring
-    /// pieces there; the final truncation 2^-f.
+    /// pieces there; the local truncation of the selected terms 2^-f.
     pub fn protocol_bound(&self) -> f64 {
         let k = 2f64.powi(-(D_BITS as i32));
         let width = 2f64.powi(self.width_log2);
@@ -602,35 +605,40 @@ async fn evaluate_batch(sess: &mut Session, f: &Piecewise, shares: &[u64]) -> Pr
         sess.ot.one_of_n_receive(sess.kind, log_n, b, &choices).await?
     };
 
-    // 5: each party's masked term θ_i·(d²_p, x_p, 1) to the other, selected by its index share
+    // 5: each party's masked term θ_i·(d²_p, x_p, 1) to the other, selected by its index share;
+    // each term is a share of Y mod 2^sum, truncated locally by ACC − f bits before it is masked
+    // (⌊A/2^s⌋ + ⌊B/2^s⌋ = ⌊Y/2^s⌋ or one less, mod 2^(sum − s)): the tables carry sum − s bits
     let coefs: Vec<(u64, u64, u64)> =
         f.pieces.iter().map(|p| p.fixed(f.frac)).map(|(a, b, c)| (a as u64, b as u64, c as u64)).collect();
+    let shift = ACC_BITS - f.frac;
+    let out_bits = sum - shift;
     let term = |i: u64, d2: u64, x: u64| {
         coefs.get(i as usize).map_or(0, |&(a, b, c)| {
             let constant = if server { c } else { 0 };
-            a.wrapping_mul(d2).wrapping_add(b.wrapping_mul(x)).wrapping_add(constant) & mask(sum)
+            (a.wrapping_mul(d2).wrapping_add(b.wrapping_mul(x)).wrapping_add(constant) & mask(sum)) >> shift
         })
     };
-    let r = masks(sess, n, sum);
+    let r = masks(sess, n, out_bits);
     let mut table = Vec::with_capacity(n << b);
     for i in 0..n {
         table.extend(
-            (0..1u64 << b).map(|v| term((index[i] + v) & mask(b), d2[i], shares[i]).wrapping_sub(r[i]) & mask(sum)),
+            (0..1u64 << b)
+                .map(|v| term((index[i] + v) & mask(b), d2[i], shares[i]).wrapping_sub(r[i]) & mask(out_bits)),
         );
     }
     let choices: Vec<u32> = index.iter().map(|&v| v as u32).collect();
     let got = if server {
-        sess.ot.one_of_n_send(sess.kind, b, sum, &table).await?;
-        sess.ot.one_of_n_receive(sess.kind, b, sum, &choices).await?
+        sess.ot.one_of_n_send(sess.kind, b, out_bits, &table).await?;
+        sess.ot.one_of_n_receive(sess.kind, b, out_bits, &choices).await?
     } else {
-        let got = sess.ot.one_of_n_receive(sess.kind, b, sum, &choices).await?;
-        sess.ot.one_of_n_send(sess.kind, b, sum, &table).await?;
+        let got = sess.ot.one_of_n_receive(sess.kind, b, out_bits, &choices).await?;
+        sess.ot.one_of_n_send(sess.kind, b, out_bits, &table).await?;
         got
     };
-    let y: Vec<u64> = r.iter().zip(&got).map(|(r, g)| r.wrapping_add(*g) & mask(sum)).collect();
+    let y: Vec<u64> = r.iter().zip(&got).map(|(r, g)| r.wrapping_add(*g) & mask(out_bits)).collect();
 
-    // 6: back to Z_2^64 at f fractional bits
-    truncate_extend(sess, &y, sum, ACC_BITS - f.frac).await
+    // 6: extended to Z_2^64 (at f fractional bits already)
+    truncate_extend(sess, &y, out_bits, 0).await
 }
 
 /// The baseline (module notes): every piece evaluated, then multiplexed by the one-hot vector
