@@ -9,10 +9,10 @@ use secmoe::backend::Backend;
 use secmoe::net::{CostModel, Link, LinkConfig, PublicParams, Report, loopback};
 use secmoe::ot::OtKind;
 use secmoe::proto::{Session, SessionConfig};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One measured row.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Row {
     pub(crate) name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -33,7 +33,8 @@ pub(crate) struct Row {
     pub(crate) rounds: u64,
     pub(crate) lan_s: f64,
     pub(crate) wan_s: f64,
-    /// Peak resident memory of the process (both parties) during the row.
+    /// Peak resident memory of the process (both parties) during the row; in a full run of the
+    /// layers preset each row group runs in a process of its own, so this is the row's alone.
     pub(crate) peak_rss_bytes: u64,
     /// Whether the shares reconstructed to the plaintext result.
     pub(crate) checked: bool,
@@ -53,7 +54,7 @@ pub(crate) struct Row {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) stat_distance_log2: Option<f64>,
     /// Bytes (both directions), rounds and seconds of the row's steps, where it reports them.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub(crate) steps: Vec<Step>,
     /// Another implementation timed on the same operation in the same run.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -82,7 +83,7 @@ impl Row {
 }
 
 /// One step of a row.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Step {
     pub(crate) name: String,
     pub(crate) bytes: u64,
@@ -91,7 +92,7 @@ pub(crate) struct Step {
 }
 
 /// A reference implementation's time for a row's operation.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Reference {
     pub(crate) name: String,
     pub(crate) us_per_op: f64,

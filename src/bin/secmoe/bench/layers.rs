@@ -25,6 +25,10 @@ use secmoe::ring::{Shares, Weights, open, share_matrix};
 use super::harness::{Row, reset_peak_rss, row, session_pair};
 use super::report::{print_row, print_row_with_steps};
 
+/// The names of the preset's row groups, in the order they run (`--only NAME` runs one group).
+pub(crate) const ROWS: &[&str] =
+    &["he-setup", "linear", "matmul-shared", "compare", "breakpoints", "gelu", "silu", "layernorm", "softmax"];
+
 /// Runs the preset's rows (or those named `only`), printing each and adding it to `rows`.
 pub(crate) async fn run(
     backend: Arc<dyn Backend>,

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::harness::{Row, machine};
 use crate::report::human_bytes;
@@ -16,8 +16,23 @@ struct Output<'a> {
     rows: &'a [Row],
 }
 
-/// The table's header line.
+/// The rows of a JSON report this binary wrote.
+#[derive(Debug, Deserialize)]
+struct Written {
+    rows: Vec<Row>,
+}
+
+/// Reads back the rows of a JSON report written by [`write_json`].
+pub(crate) fn read_json(path: &Path) -> Result<Vec<Row>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(serde_json::from_str::<Written>(&text).with_context(|| format!("parsing {}", path.display()))?.rows)
+}
+
+/// The table's header line (not in a child process: its parent printed it).
 pub(crate) fn print_header() {
+    if super::is_child() {
+        return;
+    }
     println!(
         "{:<24} {:<26} {:>8} {:>11} {:>7} {:>8} {:>8} {:>10} {:>6}",
         "name", "shape", "wall s", "bytes", "rounds", "LAN s", "WAN s", "peak RSS", "check"
@@ -58,7 +73,9 @@ pub(crate) fn write_json(preset: &str, rows: &[Row], json: Option<&Path>) -> Res
         let out = Output { preset, machine: machine(), rows };
         std::fs::write(path, serde_json::to_string_pretty(&out)?)
             .with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {}", path.display());
+        if !super::is_child() {
+            println!("wrote {}", path.display());
+        }
     }
     Ok(())
 }
