@@ -57,6 +57,58 @@ fn a_silent_preparation_mixes_extensions_by_direction() {
     });
 }
 
+/// A batch generated in the background while the parties exchange messages: the foreground's
+/// step is charged its own messages only, the batch its own step (nested where it started, the
+/// same bytes on both sides), and its OTs join the pool in step on both sides.
+#[test]
+fn a_prefetched_batch_runs_beside_the_protocol_and_joins_the_pool_in_step() {
+    use secmoe::ot::SILENT_MIN;
+    common::runtime().block_on(async {
+        let (mut c, mut oc, mut s, mut os) = common::ot_pair().await;
+        let (big, other) = (SILENT_MIN + 7, SILENT_MIN + 100);
+        let client = async {
+            {
+                let _s = c.meter().scope("next");
+                oc.prefetch(OtKind::Silent, big, other).await.unwrap();
+            }
+            let _s = c.meter().scope("online");
+            c.channel().send(&[7; 3000]).await.unwrap();
+            c.channel().recv().await.unwrap();
+        };
+        let server = async {
+            {
+                let _s = s.meter().scope("next");
+                os.prefetch(OtKind::Silent, other, big).await.unwrap();
+            }
+            let _s = s.meter().scope("online");
+            s.channel().recv().await.unwrap();
+            s.channel().send(&[8; 2000]).await.unwrap();
+        };
+        tokio::join!(client, server);
+        // nothing is in the pool until the batch is settled: a preparation of nothing does it
+        let (a, b) = tokio::join!(oc.prepare(OtKind::Silent, 0, 0), os.prepare(OtKind::Silent, 0, 0));
+        a.unwrap();
+        b.unwrap();
+        assert_eq!((oc.prepared(OtKind::Silent), os.prepared(OtKind::Silent)), ((big, other), (other, big)));
+        let (snd, rcv) = tokio::join!(oc.random_send(OtKind::Silent, big), os.random_receive(OtKind::Silent, big));
+        let (snd, rcv) = (snd.unwrap(), rcv.unwrap());
+        assert!((0..big).all(|i| rcv.keys[i] == snd.keys[i][rcv.choices[i] as usize]));
+        let (snd, rcv) = tokio::join!(os.random_send(OtKind::Silent, other), oc.random_receive(OtKind::Silent, other));
+        let (snd, rcv) = (snd.unwrap(), rcv.unwrap());
+        assert!((0..other).all(|i| rcv.keys[i] == snd.keys[i][rcv.choices[i] as usize]));
+        assert_eq!((oc.prepared(OtKind::Silent), os.prepared(OtKind::Silent)), ((0, 0), (0, 0)));
+        let (client, server) = (c.meter().report(), s.meter().report());
+        assert_eq!(client.prefixed("online").bytes_sent, 4 + 3000);
+        assert_eq!(client.prefixed("online").bytes_received, 4 + 2000);
+        let (cb, sb) = (client.prefixed("next/ot-silent"), server.prefixed("next/ot-silent"));
+        // silent OT: the PPRF message, about 2·128 bits per noise point and direction, besides
+        // the IKNP base OTs; the library's 9-byte stream header is written and never read
+        assert!(cb.bytes() > 20_000 && cb.rounds >= 2, "{cb:?}");
+        let unread = |sent: u64, received: u64| sent >= received && sent - received <= 32;
+        assert!(unread(cb.bytes_sent, sb.bytes_received) && unread(sb.bytes_sent, cb.bytes_received), "{cb:?} {sb:?}");
+    });
+}
+
 #[test]
 fn correlated_ots_give_x_plus_choice_times_delta() {
     common::runtime().block_on(async {

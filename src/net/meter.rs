@@ -12,6 +12,11 @@
 //! while this party still works on the previous step are charged to the step that reads them,
 //! and for every step the bytes one party sent are the bytes the other received.
 //!
+//! A library protocol can also run in the background beside the open steps (the OT engine's
+//! prefetch, [`Meter::background`]): its bytes are counted apart and booked whole to a step of its
+//! own when both parties settle it, so steps still mirror and add up to the total in bytes and
+//! rounds; its wall time overlaps the steps that ran meanwhile.
+//!
 //! A *round* is one round trip: this party counts one each time it sends after having received
 //! (or sends first). Ping-pong of `2k` messages is `k` rounds; both parties sending at once is one.
 
@@ -225,8 +230,31 @@ impl Meter {
     /// task that does it; while `fut` is polled these go to this meter's counter, and every
     /// other span and event to the subscriber that was in force.
     pub fn count_library_traffic<F>(&self, fut: F) -> WithDispatch<F> {
-        let outer = tracing::dispatcher::get_default(Dispatch::clone);
-        fut.with_subscriber(LibraryTraffic { counter: self.counter.clone(), outer })
+        count_library_traffic_into(&self.counter, fut)
+    }
+
+    /// Opens step `name`, nested in the step open now, for a library protocol that runs in the
+    /// background while the foreground goes on (the OT engine's prefetch): its traffic is
+    /// counted apart ([`Background::count_library_traffic`]) and booked whole to that step when
+    /// [`Meter::book`] is called — at a point both parties reach alike, so that their reports
+    /// still mirror each other step by step.
+    pub fn background(&self, name: &str) -> Background {
+        let mut path = self.lock().path.clone();
+        path.push(name.to_string());
+        Background { step: step_key(&path), counter: Arc::default(), started: Instant::now() }
+    }
+
+    /// Books a finished background step: the bytes it counted, `rounds` round trips (run beside
+    /// the foreground's, so they add no latency of their own in practice, but are counted) and
+    /// its wall time (overlapping the foreground's steps).
+    pub fn book(&self, step: Background, rounds: u64) {
+        let (sent, received) = step.counter.snapshot();
+        let mut st = self.lock();
+        let entry = st.steps.entry(step.step).or_default();
+        entry.bytes_sent += sent;
+        entry.bytes_received += received;
+        entry.rounds += rounds;
+        entry.seconds += step.started.elapsed().as_secs_f64();
     }
 
     /// The account so far (the open step is charged up to now).
@@ -235,6 +263,32 @@ impl Meter {
         self.charge(&mut st);
         Report { steps: st.steps.iter().map(|(k, v)| (k.clone(), *v)).collect() }
     }
+}
+
+/// A step running in the background ([`Meter::background`]); cheap to move into a task.
+#[derive(Debug)]
+pub struct Background {
+    step: String,
+    counter: Arc<ByteCounter>,
+    started: Instant,
+}
+
+impl Background {
+    /// The step's path (for error messages).
+    pub fn step(&self) -> &str {
+        &self.step
+    }
+
+    /// [`Meter::count_library_traffic`], counted into this step alone.
+    pub fn count_library_traffic<F>(&self, fut: F) -> WithDispatch<F> {
+        count_library_traffic_into(&self.counter, fut)
+    }
+}
+
+/// Runs `fut` with the `cryprot_metrics` events of its library streams counted into `counter`.
+fn count_library_traffic_into<F>(counter: &Arc<ByteCounter>, fut: F) -> WithDispatch<F> {
+    let outer = tracing::dispatcher::get_default(Dispatch::clone);
+    fut.with_subscriber(LibraryTraffic { counter: counter.clone(), outer })
 }
 
 /// Target of the events `cryprot-net` emits for the bytes its streams read and write.

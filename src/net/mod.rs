@@ -13,7 +13,7 @@ mod quic;
 pub use channel::{Channel, DEFAULT_MAX_FRAME, DEFAULT_TIMEOUT, Frame};
 pub use cost::CostModel;
 pub use handshake::{Hello, PROTOCOL_VERSION, PublicParams};
-pub use meter::{ByteCounter, Meter, Report, Scope, StepStats};
+pub use meter::{Background, ByteCounter, Meter, Report, Scope, StepStats};
 pub use quic::{Identity, Link, LinkConfig, Listener, SERVER_NAME, connect, fingerprint, loopback};
 
 use std::time::Duration;

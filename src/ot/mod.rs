@@ -6,6 +6,11 @@
 //! messages on an own channel; all bytes and rounds are charged to the link's meter. Each party is
 //! sender in one direction and receiver in the other, so both roles exist on both sides.
 //!
+//! Random OTs are generated in batches ahead of use into a pool ([`Ot::prepare`]); a protocol
+//! that works in batches can have the next batch generated in the background while it uses the
+//! current one ([`Ot::prefetch`]), so that the extension's compute and round trips overlap the
+//! online phase instead of alternating with it.
+//!
 //! Security (semi-honest): the extension is the library's semi-honest IKNP (Ishai et al.,
 //! CRYPTO 2003) with Simplest-OT base OTs, or silent OT (Boyle et al. / Ferret-style, with
 //! expand-convolute codes). Keys are turned into pads by the backend's tweakable
@@ -25,8 +30,10 @@ use cryprot_ot::silent_ot::{SemiHonestSilentOtReceiver, SemiHonestSilentOtSender
 use cryprot_ot::{RandChoiceRotReceiver, RotSender};
 use thiserror::Error;
 
+use tracing::instrument::WithDispatch;
+
 use crate::backend::{Backend, Block};
-use crate::net::{Channel, Link, Meter, NetError, Party};
+use crate::net::{Background, Channel, Link, Meter, NetError, Party};
 
 /// Errors of the OT layer.
 #[derive(Debug, Error)]
@@ -107,6 +114,8 @@ pub struct Ot {
     next_tweak: u64,
     timeout: Duration,
     pools: [Pool; 2],
+    /// The batch generating in the background, if any ([`Ot::prefetch`]).
+    pending: Option<Pending>,
 }
 
 /// Where the random OTs come from.
@@ -115,6 +124,24 @@ enum Source {
     Extension(Box<Extensions>),
     /// The ideal functionality of [`Ot::ideal_pair`] (tests only).
     Ideal(IdealOt),
+    /// The extensions are lent to the background batch ([`Ot::prefetch`]); they come back when
+    /// it is settled, and are lost if it panicked.
+    Lent,
+}
+
+/// A batch of random OTs generating in the background ([`Ot::prefetch`]).
+struct Pending {
+    kind: OtKind,
+    task: tokio::task::JoinHandle<Generated>,
+}
+
+/// What a background batch hands back: the extensions it borrowed, its OTs, and its step with
+/// the round trips it took, to be booked when it is settled.
+struct Generated {
+    extensions: Box<Extensions>,
+    ots: OtResult<(Vec<[Block; 2]>, RandomOtReceiver)>,
+    step: Background,
+    rounds: u64,
 }
 
 /// Both extension kinds, both roles.
@@ -138,6 +165,16 @@ struct IdealOt {
 }
 
 impl IdealOt {
+    /// The next batch: `send` OTs with `party` as sender, `receive` with it as receiver.
+    fn batch(&mut self, party: Party, send: usize, receive: usize) -> (Vec<[Block; 2]>, RandomOtReceiver) {
+        let sent = self.draw(party, self.sent, send).map(|(keys, _)| keys).collect();
+        let (keys, choices) =
+            self.draw(party.peer(), self.received, receive).map(|(k, c)| (k[usize::from(c)], c)).unzip();
+        self.sent += 1;
+        self.received += 1;
+        (sent, RandomOtReceiver { choices, keys })
+    }
+
     /// Batch `batch` of `n` OTs with `sender` sending: per OT (k0, k1, choice).
     fn draw(&self, sender: Party, batch: u64, n: usize) -> impl Iterator<Item = ([Block; 2], bool)> {
         use rand::{RngExt, SeedableRng};
@@ -190,6 +227,7 @@ impl Ot {
             next_tweak: 0,
             timeout: link.timeout(),
             pools: Default::default(),
+            pending: None,
         })
     }
 
@@ -207,6 +245,7 @@ impl Ot {
             next_tweak: 0,
             timeout,
             pools: Default::default(),
+            pending: None,
         };
         (engine(Party::Client, client), engine(Party::Server, server))
     }
@@ -234,59 +273,88 @@ impl Ot {
         base
     }
 
-    /// Generates random OTs ahead of use (the offline phase): `send` with this party as sender
-    /// and `receive` as receiver, both directions at once. Later requests that fit in what is
-    /// left are served from this pool without a round trip. The peer must call this with the two
-    /// counts swapped, at the same point of the run, so that both pools stay in step.
+    /// Generates random OTs ahead of use (the offline phase) until the pool holds at least `send`
+    /// with this party as sender and `receive` as receiver, both directions at once (a batch in
+    /// the background is settled first and counts). Later requests that fit in what is left are
+    /// served from the pool without a round trip. The peer must call this with the two counts
+    /// swapped, at the same point of the run, so that both pools stay in step.
     ///
     /// A silent batch smaller than [`SILENT_MIN`] runs on IKNP instead (per direction; both
     /// parties decide alike from the counts): below it the silent extension's noise is too light.
     #[tracing::instrument(level = "debug", skip(self), fields(party = %self.party))]
     pub async fn prepare(&mut self, kind: OtKind, send: usize, receive: usize) -> OtResult<()> {
-        let _s = self.meter().scope(kind.step_name());
+        self.settle().await?;
+        let pool = &self.pools[kind as usize];
+        let (send, receive) = (send.saturating_sub(pool.sent_left()), receive.saturating_sub(pool.received_left()));
+        if send == 0 && receive == 0 {
+            return Ok(());
+        }
         let party = self.party;
+        let meter = self.channel.meter().clone();
         let extensions = match &mut self.source {
             Source::Extension(extensions) => extensions,
             Source::Ideal(ideal) => {
-                let sent: Vec<[Block; 2]> = ideal.draw(party, ideal.sent, send).map(|(keys, _)| keys).collect();
-                let (keys, choices) =
-                    ideal.draw(party.peer(), ideal.received, receive).map(|(k, c)| (k[usize::from(c)], c)).unzip();
-                ideal.sent += 1;
-                ideal.received += 1;
-                self.pools[kind as usize].add(sent, RandomOtReceiver { choices, keys });
+                let (sent, received) = ideal.batch(party, send, receive);
+                self.pools[kind as usize].add(sent, received);
                 return Ok(());
             }
+            Source::Lent => return Err(lost()),
         };
-        let meter = self.channel.meter().clone();
+        let _s = meter.scope(kind.step_name());
+        // boxed: the extensions' futures are deep, and every protocol's future would nest them
+        let (ots, rounds) =
+            Box::pin(generate(extensions, kind, send, receive, self.timeout, Traffic::Open(&meter))).await;
+        meter.add_rounds(rounds);
+        let (sent, received) = ots?;
+        self.pools[kind as usize].add(sent, received);
+        Ok(())
+    }
+
+    /// Starts generating `send` more random OTs with this party as sender and `receive` as
+    /// receiver in the background, for a later step: the protocol goes on with what the pool
+    /// holds, and the batch joins the pool when a request no longer fits in it or the next
+    /// [`Ot::prepare`] — points both parties reach alike, so both pools stay in step. Its bytes
+    /// and round trips are booked to its own step, nested in the step open now, when it joins.
+    /// One batch at a time: a batch still pending is settled first. The peer must call this
+    /// with the two counts swapped, at the same point of the run.
+    #[tracing::instrument(level = "debug", skip(self), fields(party = %self.party))]
+    pub async fn prefetch(&mut self, kind: OtKind, send: usize, receive: usize) -> OtResult<()> {
+        self.settle().await?;
+        if send == 0 && receive == 0 {
+            return Ok(());
+        }
+        let mut extensions = match std::mem::replace(&mut self.source, Source::Lent) {
+            Source::Extension(extensions) => extensions,
+            Source::Ideal(mut ideal) => {
+                let (sent, received) = ideal.batch(self.party, send, receive);
+                self.source = Source::Ideal(ideal);
+                self.pools[kind as usize].add(sent, received);
+                return Ok(());
+            }
+            Source::Lent => return Err(lost()),
+        };
+        let step = self.channel.meter().background(kind.step_name());
         let timeout = self.timeout;
-        let (by_send, by_receive) = (extension_for(kind, send), extension_for(kind, receive));
-        // rounds of a direction: IKNP's first use adds its base OTs' round trip
-        let rounds = |ext: OtKind, n: usize, has_base_ots: bool| match (n, ext) {
-            (0, _) => 0,
-            (_, OtKind::Iknp) => IKNP_ROUNDS + if has_base_ots { 0 } else { BASE_OT_ROUNDS },
-            (_, OtKind::Silent) => SILENT_ROUNDS,
+        let task = tokio::spawn(async move {
+            let (ots, rounds) =
+                generate(&mut extensions, kind, send, receive, timeout, Traffic::Background(&step)).await;
+            Generated { extensions, ots, step, rounds }
+        });
+        self.pending = Some(Pending { kind, task });
+        Ok(())
+    }
+
+    /// Waits for the background batch, if any: its OTs join the pool, its step is booked.
+    async fn settle(&mut self) -> OtResult<()> {
+        let Some(Pending { kind, task }) = self.pending.take() else {
+            return Ok(());
         };
-        let round_trips = rounds(by_send, send, extensions.iknp_sender.has_base_ots()).max(rounds(
-            by_receive,
-            receive,
-            extensions.iknp_receiver.has_base_ots(),
-        ));
-        let Extensions { iknp_sender, iknp_receiver, silent_sender, silent_receiver } = extensions.as_mut();
-        let sending = async {
-            match by_send {
-                OtKind::Iknp => iknp_send(iknp_sender, timeout, &meter, send).await,
-                OtKind::Silent => silent_send(silent_sender, timeout, &meter, send).await,
-            }
-        };
-        let receiving = async {
-            match by_receive {
-                OtKind::Iknp => iknp_receive(iknp_receiver, timeout, &meter, receive).await,
-                OtKind::Silent => silent_receive(silent_receiver, timeout, &meter, receive).await,
-            }
-        };
-        let (sent, received) = tokio::join!(sending, receiving);
-        self.meter().add_rounds(round_trips);
-        self.pools[kind as usize].add(sent?, received?);
+        let Generated { extensions, ots, step, rounds } =
+            task.await.map_err(|e| OtError::Invalid(format!("the background OT batch did not finish: {e}")))?;
+        self.source = Source::Extension(extensions);
+        self.channel.meter().book(step, rounds);
+        let (sent, received) = ots?;
+        self.pools[kind as usize].add(sent, received);
         Ok(())
     }
 
@@ -314,6 +382,83 @@ impl Ot {
             self.prepare(kind, 0, n).await?;
         }
         Ok(self.pools[kind as usize].take_received(n))
+    }
+}
+
+impl Drop for Ot {
+    /// A batch still generating in the background is stopped with its engine.
+    fn drop(&mut self) {
+        if let Some(pending) = &self.pending {
+            pending.task.abort();
+        }
+    }
+}
+
+/// The error for extensions lost with a background batch that panicked.
+fn lost() -> OtError {
+    OtError::Invalid("the OT extensions were lost with a background batch that failed".into())
+}
+
+/// Runs one batch on the extensions, `send` OTs with this party as sender and `receive` as
+/// receiver, both directions at once; returns them with the round trips they took (IKNP's
+/// first use in a direction adds its base OTs' round trip).
+async fn generate(
+    extensions: &mut Extensions,
+    kind: OtKind,
+    send: usize,
+    receive: usize,
+    timeout: Duration,
+    traffic: Traffic<'_>,
+) -> (OtResult<(Vec<[Block; 2]>, RandomOtReceiver)>, u64) {
+    let (by_send, by_receive) = (extension_for(kind, send), extension_for(kind, receive));
+    let rounds = |ext: OtKind, n: usize, has_base_ots: bool| match (n, ext) {
+        (0, _) => 0,
+        (_, OtKind::Iknp) => IKNP_ROUNDS + if has_base_ots { 0 } else { BASE_OT_ROUNDS },
+        (_, OtKind::Silent) => SILENT_ROUNDS,
+    };
+    let round_trips = rounds(by_send, send, extensions.iknp_sender.has_base_ots()).max(rounds(
+        by_receive,
+        receive,
+        extensions.iknp_receiver.has_base_ots(),
+    ));
+    let Extensions { iknp_sender, iknp_receiver, silent_sender, silent_receiver } = extensions;
+    let sending = async {
+        match by_send {
+            OtKind::Iknp => iknp_send(iknp_sender, timeout, traffic, send).await,
+            OtKind::Silent => silent_send(silent_sender, timeout, traffic, send).await,
+        }
+    };
+    let receiving = async {
+        match by_receive {
+            OtKind::Iknp => iknp_receive(iknp_receiver, timeout, traffic, receive).await,
+            OtKind::Silent => silent_receive(silent_receiver, timeout, traffic, receive).await,
+        }
+    };
+    let (sent, received) = tokio::join!(sending, receiving);
+    (sent.and_then(|sent| Ok((sent, received?))), round_trips)
+}
+
+/// Where an extension call's traffic is counted: the link's meter, under the step open now, or
+/// a background step's own count.
+#[derive(Clone, Copy)]
+enum Traffic<'a> {
+    Open(&'a Meter),
+    Background(&'a Background),
+}
+
+impl Traffic<'_> {
+    fn count<F>(self, fut: F) -> WithDispatch<F> {
+        match self {
+            Traffic::Open(meter) => meter.count_library_traffic(fut),
+            Traffic::Background(step) => step.count_library_traffic(fut),
+        }
+    }
+
+    fn step(self) -> String {
+        match self {
+            Traffic::Open(meter) => meter.current_step(),
+            Traffic::Background(step) => step.step().to_string(),
+        }
     }
 }
 
@@ -379,14 +524,14 @@ impl Pool {
 async fn iknp_send(
     ext: &mut SemiHonestOtExtensionSender,
     timeout: Duration,
-    meter: &Meter,
+    traffic: Traffic<'_>,
     n: usize,
 ) -> OtResult<Vec<[Block; 2]>> {
     if n == 0 {
         return Ok(Vec::new());
     }
     // The extension works in multiples of 128 OTs; the surplus is dropped.
-    let mut keys = run_extension(timeout, meter, OtKind::Iknp, ext.send(n.next_multiple_of(128))).await?;
+    let mut keys = run_extension(timeout, traffic, OtKind::Iknp, ext.send(n.next_multiple_of(128))).await?;
     keys.truncate(n);
     Ok(keys)
 }
@@ -394,14 +539,14 @@ async fn iknp_send(
 async fn iknp_receive(
     ext: &mut SemiHonestOtExtensionReceiver,
     timeout: Duration,
-    meter: &Meter,
+    traffic: Traffic<'_>,
     n: usize,
 ) -> OtResult<RandomOtReceiver> {
     if n == 0 {
         return Ok(RandomOtReceiver { choices: Vec::new(), keys: Vec::new() });
     }
     let fut = ext.rand_choice_receive(n.next_multiple_of(128));
-    let (mut keys, choices) = run_extension(timeout, meter, OtKind::Iknp, fut).await?;
+    let (mut keys, choices) = run_extension(timeout, traffic, OtKind::Iknp, fut).await?;
     keys.truncate(n);
     received(keys, choices.iter().map(|c| bool::from(*c)), n)
 }
@@ -441,28 +586,28 @@ pub fn silent_noise_weight(n: usize) -> f64 {
 async fn silent_send(
     ext: &mut SemiHonestSilentOtSender,
     timeout: Duration,
-    meter: &Meter,
+    traffic: Traffic<'_>,
     n: usize,
 ) -> OtResult<Vec<[Block; 2]>> {
     if n == 0 {
         return Ok(Vec::new());
     }
     debug_assert!(n >= SILENT_MIN);
-    let buf = run_extension(timeout, meter, OtKind::Silent, ext.random_send(n)).await?;
+    let buf = run_extension(timeout, traffic, OtKind::Silent, ext.random_send(n)).await?;
     Ok(buf[..n].to_vec())
 }
 
 async fn silent_receive(
     ext: &mut SemiHonestSilentOtReceiver,
     timeout: Duration,
-    meter: &Meter,
+    traffic: Traffic<'_>,
     n: usize,
 ) -> OtResult<RandomOtReceiver> {
     if n == 0 {
         return Ok(RandomOtReceiver { choices: Vec::new(), keys: Vec::new() });
     }
     debug_assert!(n >= SILENT_MIN);
-    let (buf, choices) = run_extension(timeout, meter, OtKind::Silent, ext.random_receive(n)).await?;
+    let (buf, choices) = run_extension(timeout, traffic, OtKind::Silent, ext.random_receive(n)).await?;
     received(buf[..n].to_vec(), choices.iter().map(|c| bool::from(*c)), n)
 }
 
@@ -474,17 +619,17 @@ fn received(keys: Vec<Block>, choices: impl Iterator<Item = bool>, n: usize) -> 
     Ok(RandomOtReceiver { choices, keys })
 }
 
-/// Runs one call into the extension library under the link's timeout, its traffic counted into
-/// `meter` ([`Meter::count_library_traffic`]), naming the step on error.
+/// Runs one call into the extension library under the link's timeout, its traffic counted where
+/// `traffic` says, naming the step on error.
 async fn run_extension<T, E: std::fmt::Display>(
     timeout: Duration,
-    meter: &Meter,
+    traffic: Traffic<'_>,
     kind: OtKind,
     fut: impl std::future::Future<Output = Result<T, E>>,
 ) -> OtResult<T> {
-    match tokio::time::timeout(timeout, meter.count_library_traffic(fut)).await {
-        Err(_) => Err(OtError::Timeout { kind, step: meter.current_step(), after: timeout }),
-        Ok(Err(e)) => Err(OtError::Extension { kind, step: meter.current_step(), reason: e.to_string() }),
+    match tokio::time::timeout(timeout, traffic.count(fut)).await {
+        Err(_) => Err(OtError::Timeout { kind, step: traffic.step(), after: timeout }),
+        Ok(Err(e)) => Err(OtError::Extension { kind, step: traffic.step(), reason: e.to_string() }),
         Ok(Ok(v)) => Ok(v),
     }
 }

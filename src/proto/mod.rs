@@ -63,8 +63,20 @@ pub type ProtoResult<T> = Result<T, ProtoError>;
 /// Prepares the random OTs of a step, (server as sender, client as sender), both directions at
 /// once and in one extension call each ([`Ot::prepare`]): the step's OTs then cost no extension
 /// round trips of their own.
-pub(crate) async fn prepare(sess: &mut Session, (server_sends, client_sends): (usize, usize)) -> ProtoResult<()> {
-    let (send, receive) =
-        if sess.party() == Party::Server { (server_sends, client_sends) } else { (client_sends, server_sends) };
+pub(crate) async fn prepare(sess: &mut Session, counts: (usize, usize)) -> ProtoResult<()> {
+    let (send, receive) = own_counts(sess, counts);
     Ok(sess.ot.prepare(sess.kind, send, receive).await?)
+}
+
+/// Starts the random OTs of a later step in the background ([`Ot::prefetch`]), (server as
+/// sender, client as sender): the step's [`prepare`] then finds them in the pool, and their
+/// generation overlaps what runs in between.
+pub(crate) async fn prefetch(sess: &mut Session, counts: (usize, usize)) -> ProtoResult<()> {
+    let (send, receive) = own_counts(sess, counts);
+    Ok(sess.ot.prefetch(sess.kind, send, receive).await?)
+}
+
+/// (server as sender, client as sender) as this party's (send, receive).
+fn own_counts(sess: &Session, (server_sends, client_sends): (usize, usize)) -> (usize, usize) {
+    if sess.party() == Party::Server { (server_sends, client_sends) } else { (client_sends, server_sends) }
 }

@@ -48,7 +48,7 @@ use super::arith::{cross_receive, cross_send, masks, mul_in, square, truncate_ex
 use super::boolean::Triples;
 use super::compare::{at_least, at_least_ots, carry, carry_ots, mux, non_negative, triples_per_comparison};
 use super::session::OutOfRange;
-use super::{ProtoError, ProtoResult, prepare};
+use super::{ProtoError, ProtoResult, prefetch, prepare};
 use crate::net::Party;
 use crate::ot::OtKind;
 use crate::ring::{Bits, DEFAULT_FRAC_BITS, FixedPoint, Shares, mask};
@@ -490,8 +490,13 @@ pub async fn evaluate(sess: &mut Session, f: &Piecewise, x: &Shares) -> ProtoRes
 pub(crate) async fn evaluate_values(sess: &mut Session, f: &Piecewise, shares: &[u64]) -> ProtoResult<Vec<u64>> {
     let f = &f.for_format(sess.format())?;
     let mut out = Vec::with_capacity(shares.len());
-    for batch in shares.chunks(BATCH) {
-        let y = evaluate_batch(sess, f, batch).await?;
+    let batches: Vec<&[u64]> = shares.chunks(BATCH).collect();
+    // the next batch's random OTs generate while this one runs, unless saturation's sign tests
+    // come in between (they would take them)
+    let overlap = sess.out_of_range() == OutOfRange::Precondition;
+    for (i, batch) in batches.iter().enumerate() {
+        let next = batches.get(i + 1).filter(|_| overlap).map(|b| b.len());
+        let y = evaluate_batch(sess, f, batch, next).await?;
         out.extend(match sess.out_of_range() {
             OutOfRange::Precondition => y,
             OutOfRange::Saturate => saturate(sess, f, batch, y).await?,
@@ -530,10 +535,20 @@ async fn saturate(sess: &mut Session, f: &Piecewise, x: &[u64], y: Vec<u64>) -> 
     Ok((0..n).map(|i| y[i].wrapping_add(picked[i]).wrapping_add(picked[n + i])).collect())
 }
 
-async fn evaluate_batch(sess: &mut Session, f: &Piecewise, shares: &[u64]) -> ProtoResult<Vec<u64>> {
+/// One batch; with `next`, the random OTs of a next batch of that many values are started in
+/// the background once this batch's are in the pool.
+async fn evaluate_batch(
+    sess: &mut Session,
+    f: &Piecewise,
+    shares: &[u64],
+    next: Option<usize>,
+) -> ProtoResult<Vec<u64>> {
     let server = sess.party() == Party::Server;
     let n = shares.len();
     prepare(sess, f.random_ots(n)).await?;
+    if let Some(next) = next {
+        prefetch(sess, f.random_ots(next)).await?;
+    }
     let (ring, t, lo_bits) = f.layout();
     let hi_bits = ring - t - lo_bits;
     let sum = f.sum_bits();
