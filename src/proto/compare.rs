@@ -410,9 +410,14 @@ pub async fn max(sess: &mut Session, x: &Shares, bits: u32) -> ProtoResult<(Shar
             }
         }
         // this level's random OTs in one go: the sign's carry chain (server as sender), one
-        // multiplexer pair per comparison (one OT each way per value)
-        let pairs = diff.len();
-        super::prepare(sess, (pairs * (carry_ots(bits - 1) + 2), 2 * pairs)).await?;
+        // multiplexer pair per comparison (one OT each way per value); the next level's generate
+        // in the background meanwhile
+        let level_ots = |pairs: usize| (pairs * (carry_ots(bits - 1) + 2), 2 * pairs);
+        super::prepare(sess, level_ots(diff.len())).await?;
+        let next_pairs = groups * (values[0].len().div_ceil(2) / 2);
+        if next_pairs > 0 {
+            super::prefetch(sess, level_ots(next_pairs)).await?;
+        }
         let ge = non_negative_values(sess, &diff, bits).await?.to_bools();
         let both: Vec<bool> = ge.iter().chain(&ge).copied().collect();
         let picked = mux_values(sess, &both, &[diff, didx].concat(), 1).await?;
