@@ -10,7 +10,7 @@ use rand::{RngExt, SeedableRng};
 use secmoe::ot::OtKind;
 use secmoe::proto::boolean::{Triples, and};
 use secmoe::proto::compare::{b2a, drelu, greater_than, msb, mux, mux_rows, triples_per_comparison};
-use secmoe::ring::Bits;
+use secmoe::ring::{Bits, Shares, mask};
 
 fn xor_share(bits: &[bool], rng: &mut StdRng) -> (Bits, Bits) {
     let r: Vec<bool> = bits.iter().map(|_| rng.random()).collect();
@@ -116,6 +116,14 @@ fn and_b2a_mux_and_row_mux_match_plaintext() {
         let (ms, mc) = tokio::join!(mux_rows(&mut os, &xs, &rs), mux_rows(&mut oc, &xc, &rc));
         let m = common::open_rows(&ms.unwrap(), &mc.unwrap());
         assert!((0..3 * n).all(|i| m[i] == if x[i / 3] { rows[i] } else { 0 }));
+        // in a narrower ring the corrections are as narrow, and the result stays in that ring
+        let narrow = |v: &[u64]| Shares::new((n, 3), v.to_vec(), 20, 0).unwrap();
+        let (rs, rc) = (narrow(rs.as_slice()), narrow(rc.as_slice()));
+        let (ms, mc) = tokio::join!(mux_rows(&mut os, &xs, &rs), mux_rows(&mut oc, &xc, &rc));
+        let (ms, mc) = (ms.unwrap(), mc.unwrap());
+        assert_eq!(ms.width(), 20);
+        let m = common::open_rows(&ms, &mc);
+        assert!((0..3 * n).all(|i| m[i] & mask(20) == if x[i / 3] { rows[i] & mask(20) } else { 0 }));
         // a selector per row that does not fit the rows is this party's input error, named
         let err = mux_rows(&mut os, &xs, &vs).await.unwrap_err().to_string();
         assert!(err.contains(&format!("{n} selector bits")) && err.contains(&vs.describe()), "{err}");

@@ -14,7 +14,7 @@ use crate::proto::linear::linear;
 use crate::proto::piecewise::{Piecewise, evaluate, gated, relu};
 use crate::proto::selected::{selected_linear, send_choice};
 use crate::proto::softmax::softmax;
-use crate::proto::{HeUse, ProtoError, ProtoResult, Session};
+use crate::proto::{HeUse, OutOfRange, ProtoError, ProtoResult, Session};
 use crate::ring::{Bits, Shares, Weights};
 
 /// Values of one expert chunk's first-matrix results held at once (64 MiB per party): experts
@@ -221,7 +221,7 @@ async fn select_into(
     sess: &mut Session,
     routes: &Routes,
     experts: &Range<usize>,
-    values: &[u64],
+    (values, width): (&[u64], u32),
     len: usize,
     out: &mut [u64],
 ) -> ProtoResult<()> {
@@ -230,7 +230,7 @@ async fn select_into(
     let n = values.len() / (experts.len() * len);
     let e = routes.one_hot[0].len() / n;
     for (r, slot) in out.chunks_exact_mut(n * len).enumerate() {
-        let picked = select_rows(sess, &slot_bits(routes, r, n, e, experts), values, len).await?;
+        let picked = select_rows(sess, &slot_bits(routes, r, n, e, experts), values, len, width).await?;
         add_groups(slot, &picked, experts.len(), len);
     }
     Ok(())
@@ -255,6 +255,17 @@ fn add_groups(acc: &mut [u64], rows: &[u64], per: usize, len: usize) {
         for row in group.chunks_exact(len) {
             a.iter_mut().zip(row).for_each(|(a, v)| *a = a.wrapping_add(*v));
         }
+    }
+}
+
+/// Ring of the selected pre-activations (at 2f fractional bits): 2f + 8 bits hold |x| < 64, the
+/// layer's precondition, so the selection's corrections and the truncation's OT carry 2f + 8 bits
+/// instead of 64 (the bits above are never read). A session that saturates out-of-range
+/// activations keeps the full ring, so that values beyond the range reach the activation intact.
+fn pre_activation_bits(sess: &Session) -> u32 {
+    match sess.out_of_range() {
+        OutOfRange::Precondition => 2 * sess.format().frac_bits() + 8,
+        OutOfRange::Saturate => 64,
     }
 }
 
@@ -290,16 +301,18 @@ async fn select_then_compute(
     let (e, k, d, d_ff) = (cfg.experts, cfg.top_k, cfg.d_model, cfg.d_ff);
     let width = first_width(cfg.expert, d_ff);
     let meter = sess.meter().clone();
-    // 1. every expert's first matrices, each slot's row selected by its one-hot (2f bits)
+    // 1. every expert's first matrices, each slot's row selected by its one-hot (2f bits, in the
+    //    ring the activation's precondition needs)
+    let pre_bits = pre_activation_bits(sess);
     let mut pre = vec![0u64; k * n * width];
     for experts in chunks(cfg, n) {
         let z = first_matrices(sess, cfg, x, n, &experts, weights).await?;
-        select_into(sess, routes, &experts, &z, width, &mut pre).await?;
+        select_into(sess, routes, &experts, (&z, pre_bits), width, &mut pre).await?;
     }
     // 2. the activation once per chosen expert
     let hidden = {
         let _s = meter.scope("activation");
-        let pre = truncate_extend(sess, &pre, 64, sess.format().frac_bits()).await?;
+        let pre = truncate_extend(sess, &pre, pre_bits, sess.format().frac_bits()).await?;
         activate(sess, cfg.expert, &pre, d_ff).await?
     };
     // 3. every expert's W2 on the chosen hidden rows, each row's own expert selected
@@ -313,7 +326,7 @@ async fn select_then_compute(
         };
         let _s = meter.scope("select");
         let bits: Vec<bool> = (0..k).flat_map(|r| slot_bits(routes, r, n, e, &experts)).collect();
-        let picked = select_rows(sess, &bits, &u, d).await?;
+        let picked = select_rows(sess, &bits, &u, d, 64).await?;
         add_groups(&mut out, &picked, c, d);
     }
     Ok(truncate_extend(sess, &out, 64, sess.format().frac_bits()).await?)
@@ -403,7 +416,7 @@ async fn baseline(
             }
         }
         drop(second);
-        select_into(sess, routes, &experts, &u, d, &mut out).await?;
+        select_into(sess, routes, &experts, (&u, 64), d, &mut out).await?;
     }
     Ok(truncate_extend(sess, &out, 64, frac).await?)
 }
@@ -449,7 +462,7 @@ async fn capacity(
     // the slots' inputs Σ_j D[(e, c), j]·x_j, one row multiplexer per (slot, token)
     let xs = x;
     let spread: Vec<u64> = (0..e * slots).flat_map(|_| xs.iter().copied()).collect();
-    let x_slots = sum_rows(&select_rows(sess, &dispatch_bits, &spread, d).await?, n, d);
+    let x_slots = sum_rows(&select_rows(sess, &dispatch_bits, &spread, d, 64).await?, n, d);
     drop(dispatch_scope);
     // every expert on its own slots, the activation batched over all slots
     let mut pre = Vec::with_capacity(e * slots * first_width(cfg.expert, d_ff));
@@ -478,11 +491,11 @@ async fn capacity(
     let mut gate = vec![0u64; n * e];
     for (r, bits) in routes.one_hot.iter().enumerate() {
         let g: Vec<u64> = (0..n * e).map(|i| routes.gates[r * n + i / e]).collect();
-        let picked = select_rows(sess, bits, &g, 1).await?;
+        let picked = select_rows(sess, bits, &g, 1, 64).await?;
         gate.iter_mut().zip(picked).for_each(|(a, v)| *a = a.wrapping_add(v));
     }
     let spread: Vec<u64> = (0..e * slots * n).map(|i| gate[(i % n) * e + i / (slots * n)]).collect();
-    let slot_gate = sum_rows(&select_rows(sess, &dispatch_bits, &spread, 1).await?, n, 1);
+    let slot_gate = sum_rows(&select_rows(sess, &dispatch_bits, &spread, 1, 64).await?, n, 1);
     let bits = gate_bits(frac);
     let gated = mul_rows_in(sess, &y_slots, &slot_gate, bits, bits).await?;
     let gated = truncate_extend(sess, &gated, bits, frac).await?;
@@ -490,7 +503,7 @@ async fn capacity(
     let back_bits: Vec<bool> =
         (0..n * e * slots).map(|i| dispatch_bits[(i % (e * slots)) * n + i / (e * slots)]).collect();
     let spread: Vec<u64> = (0..n).flat_map(|_| gated.iter().copied()).collect();
-    let y = sum_rows(&select_rows(sess, &back_bits, &spread, d).await?, e * slots, d);
+    let y = sum_rows(&select_rows(sess, &back_bits, &spread, d, 64).await?, e * slots, d);
     let dispatch = b2a(sess, &Bits::from_bools(&dispatch_bits)).await?.into_vec();
     // the dropped count, opened to the client only: n·k routed minus the slots filled
     let filled = dispatch.iter().fold(0u64, |s, v| s.wrapping_add(*v));

@@ -75,7 +75,7 @@ pub async fn route(sess: &mut Session, cfg: &MoeConfig, logits: &Shares) -> Prot
         let p = softmax(sess, &real).await?.into_vec();
         let mut gates = Vec::with_capacity(k * n);
         for bits in &one_hots {
-            let picked = select_rows(sess, bits, &p, 1).await?;
+            let picked = select_rows(sess, bits, &p, 1, 64).await?;
             gates.extend(picked.chunks_exact(e).map(|row| row.iter().fold(0u64, |s, v| s.wrapping_add(*v))));
         }
         gates
@@ -119,7 +119,7 @@ pub async fn drop_overflow(
     let k = routes.one_hot.len();
     let bits: Vec<bool> = routes.one_hot.concat();
     let spread: Vec<u64> = (0..k).flat_map(|_| position.iter().copied()).collect();
-    let picked = select_rows(sess, &bits, &spread, 1).await?;
+    let picked = select_rows(sess, &bits, &spread, 1, 64).await?;
     // capacity − 1 − position ≥ 0, with |·| ≤ max(n, capacity) < 2^(width − 1)
     let server = sess.party() == Party::Server;
     let margin: Vec<u64> = picked
@@ -136,14 +136,15 @@ pub async fn drop_overflow(
     Ok(())
 }
 
-/// b_r·x_r for each row r of `len` raw shares (the gates and queue positions of the routing):
-/// [`mux_rows`] on typed values.
+/// b_r·x_r for each row r of `len` raw shares read mod 2^`width` (the gates and queue positions
+/// of the routing, the experts' rows): [`mux_rows`] on typed values.
 pub(super) async fn select_rows(
     sess: &mut Session,
     bits: &[bool],
     values: &[u64],
     len: usize,
+    width: u32,
 ) -> ProtoResult<Vec<u64>> {
-    let x = Shares::matrix((bits.len(), len), values.to_vec(), 0)?;
+    let x = Shares::new((bits.len(), len), values.to_vec(), width, 0)?;
     Ok(mux_rows(sess, &Bits::from_bools(bits), &x).await?.into_vec())
 }

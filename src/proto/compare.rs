@@ -266,43 +266,47 @@ pub async fn b2a(sess: &mut Session, bits: &Bits) -> ProtoResult<Shares> {
 /// Arithmetic shares of b·x for XOR-shared bits b and shared x: (b_s ⊕ b_c)·x_p for each party's
 /// own x_p comes from one correlated OT with Δ = (1 − 2·b_p)·x_p, the other party choosing with
 /// its bit; two OTs, one per direction. One bit per value (row-major); the result has x's shape,
-/// ring and scale.
+/// ring and scale, and the corrections are as wide as x's ring (b·x mod 2^ℓ needs only x mod 2^ℓ).
 pub async fn mux(sess: &mut Session, bits: &Bits, x: &Shares) -> ProtoResult<Shares> {
-    full_ring(x, "multiplexer")?;
     if bits.len() != x.len() {
         return Err(ProtoError::Input(format!("{} selector bits for {}", bits.len(), x.describe())));
     }
-    Ok(x.with_values(mux_values(sess, &bits.to_bools(), x.as_slice(), 1).await?)?)
+    Ok(x.with_values(mux_values(sess, &bits.to_bools(), x.as_slice(), 1, x.width()).await?)?)
 }
 
 /// [`mux`] with one bit per row of x: b_r·x_r for every value of row r, one correlated OT of the
 /// whole row per direction ([`crate::ot::Ot::cot_vec_send`]), so a row costs two random OTs and
-/// 2·64·len bits of corrections.
+/// 2·ℓ·len bits of corrections for x over Z_2^ℓ.
 pub async fn mux_rows(sess: &mut Session, bits: &Bits, x: &Shares) -> ProtoResult<Shares> {
-    full_ring(x, "multiplexer")?;
     if bits.len() != x.rows() {
         return Err(ProtoError::Input(format!("{} selector bits for the rows of {}", bits.len(), x.describe())));
     }
-    Ok(x.with_values(mux_values(sess, &bits.to_bools(), x.as_slice(), x.cols().max(1)).await?)?)
+    Ok(x.with_values(mux_values(sess, &bits.to_bools(), x.as_slice(), x.cols().max(1), x.width()).await?)?)
 }
 
-/// The multiplexer on raw shares: one bit per row of `len` values.
-async fn mux_values(sess: &mut Session, bits: &[bool], shares: &[u64], len: usize) -> ProtoResult<Vec<u64>> {
+/// The multiplexer on raw shares over Z_2^`width`: one bit per row of `len` values.
+async fn mux_values(
+    sess: &mut Session,
+    bits: &[bool],
+    shares: &[u64],
+    len: usize,
+    width: u32,
+) -> ProtoResult<Vec<u64>> {
     let deltas: Vec<u64> =
         shares.iter().enumerate().map(|(i, &x)| if bits[i / len] { x.wrapping_neg() } else { x }).collect();
     let (x, y) = match sess.party() {
         Party::Server => {
-            let x = sess.ot.cot_vec_send(sess.kind, &deltas, len, &[64]).await?;
-            (x, sess.ot.cot_vec_receive(sess.kind, bits, len, &[64]).await?)
+            let x = sess.ot.cot_vec_send(sess.kind, &deltas, len, &[width]).await?;
+            (x, sess.ot.cot_vec_receive(sess.kind, bits, len, &[width]).await?)
         }
         Party::Client => {
-            let y = sess.ot.cot_vec_receive(sess.kind, bits, len, &[64]).await?;
-            (sess.ot.cot_vec_send(sess.kind, &deltas, len, &[64]).await?, y)
+            let y = sess.ot.cot_vec_receive(sess.kind, bits, len, &[width]).await?;
+            (sess.ot.cot_vec_send(sess.kind, &deltas, len, &[width]).await?, y)
         }
     };
     // own term b_p·x_p − x (as sender) plus the other party's term (as receiver)
     Ok((0..shares.len())
-        .map(|i| (if bits[i / len] { shares[i] } else { 0 }).wrapping_sub(x[i]).wrapping_add(y[i]))
+        .map(|i| (if bits[i / len] { shares[i] } else { 0 }).wrapping_sub(x[i]).wrapping_add(y[i]) & mask(width))
         .collect())
 }
 
@@ -420,7 +424,7 @@ pub async fn max(sess: &mut Session, x: &Shares, bits: u32) -> ProtoResult<(Shar
         }
         let ge = non_negative_values(sess, &diff, bits).await?.to_bools();
         let both: Vec<bool> = ge.iter().chain(&ge).copied().collect();
-        let picked = mux_values(sess, &both, &[diff, didx].concat(), 1).await?;
+        let picked = mux_values(sess, &both, &[diff, didx].concat(), 1, 64).await?;
         let (dv, di) = picked.split_at(ge.len());
         let mut t = 0;
         for (v, ix) in values.iter_mut().zip(index.iter_mut()) {
