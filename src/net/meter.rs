@@ -14,8 +14,8 @@
 //!
 //! A library protocol can also run in the background beside the open steps (the OT engine's
 //! prefetch, [`Meter::background`]): its bytes are counted apart and booked whole to a step of its
-//! own when both parties settle it, so steps still mirror and add up to the total in bytes and
-//! rounds; its wall time overlaps the steps that ran meanwhile.
+//! own when both parties settle it, so steps still mirror and add up to the total; its wall time
+//! is not booked (the steps that ran meanwhile were charged that time already).
 //!
 //! A *round* is one round trip: this party counts one each time it sends after having received
 //! (or sends first). Ping-pong of `2k` messages is `k` rounds; both parties sending at once is one.
@@ -241,12 +241,12 @@ impl Meter {
     pub fn background(&self, name: &str) -> Background {
         let mut path = self.lock().path.clone();
         path.push(name.to_string());
-        Background { step: step_key(&path), counter: Arc::default(), started: Instant::now() }
+        Background { step: step_key(&path), counter: Arc::default() }
     }
 
-    /// Books a finished background step: the bytes it counted, `rounds` round trips (run beside
-    /// the foreground's, so they add no latency of their own in practice, but are counted) and
-    /// its wall time (overlapping the foreground's steps).
+    /// Books a finished background step: the bytes it counted and `rounds` round trips (run
+    /// beside the foreground's, so they add no latency of their own in practice, but are
+    /// counted); not its wall time, which the foreground's steps were charged as it passed.
     pub fn book(&self, step: Background, rounds: u64) {
         let (sent, received) = step.counter.snapshot();
         let mut st = self.lock();
@@ -254,7 +254,6 @@ impl Meter {
         entry.bytes_sent += sent;
         entry.bytes_received += received;
         entry.rounds += rounds;
-        entry.seconds += step.started.elapsed().as_secs_f64();
     }
 
     /// The account so far (the open step is charged up to now).
@@ -270,7 +269,6 @@ impl Meter {
 pub struct Background {
     step: String,
     counter: Arc<ByteCounter>,
-    started: Instant,
 }
 
 impl Background {
