@@ -26,7 +26,7 @@
 //!    The two terms are shares of the result Y mod 2^s with 34 fractional bits; each is truncated
 //!    locally to f fractional bits *before* it is masked (⌊A/2^t⌋ + ⌊B/2^t⌋ is ⌊Y/2^t⌋ or one
 //!    less, mod 2^(s−t)), so the tables carry s − t bits instead of s (t = 34 − f: 16 at f = 18).
-//! 6. One extension back to Z_2^64 ([`super::arith::truncate_extend`] by 0 bits).
+//! 6. One extension back to Z_2^64 (the lift of [`super::arith::truncate`], by 0 bits).
 //!
 //! The random OTs of each batch are prepared in one go, both directions at once; about 35 per
 //! value for GeLU, no AND gates.
