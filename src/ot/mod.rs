@@ -29,7 +29,6 @@ use cryprot_ot::extension::{SemiHonestOtExtensionReceiver, SemiHonestOtExtension
 use cryprot_ot::silent_ot::{SemiHonestSilentOtReceiver, SemiHonestSilentOtSender};
 use cryprot_ot::{RandChoiceRotReceiver, RotSender};
 use thiserror::Error;
-
 use tracing::instrument::WithDispatch;
 
 use crate::backend::{Backend, Block};
