@@ -130,6 +130,23 @@ fn peer_vanishing_during_ot_is_an_error_on_the_other_side() {
     });
 }
 
+/// A batch started in the background after the peer has gone fails where it is taken, as an
+/// error within the link's timeout, and the engine stays usable for reporting errors.
+#[test]
+fn a_background_batch_with_a_vanished_peer_is_an_error_where_it_is_taken() {
+    common::runtime().block_on(async {
+        let (_c, mut oc, s, os) = common::ot_pair().await;
+        drop(os);
+        drop(s);
+        let start = Instant::now();
+        oc.prefetch(OtKind::Silent, 1 << 16, 0).await.expect("starting a batch sends nothing yet");
+        let res = oc.random_send(OtKind::Silent, 1 << 16).await;
+        assert!(res.is_err(), "a background batch with a vanished peer succeeded");
+        assert!(oc.random_send(OtKind::Iknp, 128).await.is_err(), "a later batch succeeded");
+        assert!(start.elapsed() < Duration::from_secs(70), "took {:?}", start.elapsed());
+    });
+}
+
 /// A byte is charged to the step that writes or reads it, not to the step its reader happens to
 /// be in when it arrives: a server running two steps ahead of a sleeping client still has its
 /// messages booked under the client's matching steps, and for every step the bytes one party
