@@ -42,7 +42,7 @@ fn bench_kernels(c: &mut Criterion) {
         });
         group.bench_function(BenchmarkId::new("select/E=128,J=8", be.name()), |b| {
             b.iter(|| {
-                be.mul_acc(std::slice::from_ref(&m), n, &x, &w, Prepared::W(&ws), &mut out)
+                be.mul_acc(std::slice::from_ref(&m), n, 1, &x, &w, Prepared::W(&ws), &mut out)
                     .unwrap_or_else(|e| panic!("{e}"))
             })
         });

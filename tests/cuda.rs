@@ -80,8 +80,8 @@ fn multiply_accumulate_and_base_conversion_match_the_cpu() {
     let (ws, xs) = (shoup(&w), shoup(&x));
     for prepared in [Prepared::W(&ws), Prepared::X(&xs)] {
         let (mut want, mut got) = (vec![0u64; limbs * outputs * n], vec![0u64; limbs * outputs * n]);
-        cpu.mul_acc(&moduli, n, &x, &w, prepared, &mut want).unwrap();
-        gpu.mul_acc(&moduli, n, &x, &w, prepared, &mut got).unwrap();
+        cpu.mul_acc(&moduli, n, 1, &x, &w, prepared, &mut want).unwrap();
+        gpu.mul_acc(&moduli, n, 1, &x, &w, prepared, &mut got).unwrap();
         assert_eq!(got, want, "{prepared:?}");
     }
     let x: Vec<u64> = (0..3 * n).map(|_| rng.random()).collect();

@@ -582,23 +582,39 @@ impl Backend for CudaBackend {
         &self,
         moduli: &[Modulus],
         n: usize,
+        batch: usize,
         x: &[u64],
         w: &[u64],
         prepared: Prepared<'_>,
         out: &mut [u64],
     ) -> BackendResult<()> {
-        super::check_mul_acc(moduli, n, x, w, prepared, out)?;
-        let (consts, prepared_w) = match prepared {
-            Prepared::W(c) => (c, true),
-            Prepared::X(c) => (c, false),
-        };
+        let (consts, of) = prepared.constants(x, w);
+        super::check_mul_acc(moduli, n, batch, x.len(), w.len(), consts.len(), of, out.len())?;
         if w.is_empty() || w.len() < self.host_below {
-            return self.host.mul_acc(moduli, n, x, w, prepared, out);
+            return self.host.mul_acc(moduli, n, batch, x, w, prepared, out);
         }
-        let (dx, dw, dc) = (self.upload(x)?, self.upload(w)?, self.upload(consts)?);
-        let mut dout = self.zeros(out.len())?;
-        self.mul_acc_on_device(moduli, n, &dx, &dw, &dc, prepared_w, &mut dout)?;
-        Ok(self.download(&dout, out)?)
+        // one launch per batch entry over the uploaded weights (and their constants)
+        let dw = self.upload(w)?;
+        let dwc = match prepared {
+            Prepared::W(c) => Some(self.upload(c)?),
+            Prepared::X(_) => None,
+        };
+        let (per_x, per_out) = (x.len() / batch, out.len() / batch);
+        for (b, ob) in out.chunks_exact_mut(per_out).enumerate() {
+            let dx = self.upload(&x[b * per_x..][..per_x])?;
+            let dxc;
+            let dc = match &dwc {
+                Some(c) => c,
+                None => {
+                    dxc = self.upload(&consts[b * per_x..][..per_x])?;
+                    &dxc
+                }
+            };
+            let mut dout = self.zeros(per_out)?;
+            self.mul_acc_on_device(moduli, n, &dx, &dw, dc, dwc.is_some(), &mut dout)?;
+            self.download(&dout, ob)?;
+        }
+        Ok(())
     }
 
     fn hold(&self, values: Vec<u64>) -> BackendResult<Buffer> {
@@ -619,11 +635,11 @@ impl Backend for CudaBackend {
         out: &mut [u64],
     ) -> BackendResult<()> {
         match (&w.0, &w_shoup.0) {
-            (Held::Host(w), Held::Host(c)) => self.host.mul_acc_batch(moduli, n, batch, x, w, c, out),
+            (Held::Host(_), Held::Host(_)) => self.host.mul_acc_held(moduli, n, batch, x, w, w_shoup, out),
             (Held::Device { ordinal: a, values: dw }, Held::Device { ordinal: b, values: dc })
                 if *a == self.ordinal && *b == self.ordinal =>
             {
-                super::check_mul_acc_batch(moduli, n, batch, x.len(), dw.len(), dc.len(), out.len())?;
+                super::check_mul_acc(moduli, n, batch, x.len(), dw.len(), dc.len(), dw.len(), out.len())?;
                 if out.is_empty() {
                     return Ok(());
                 }

@@ -197,7 +197,7 @@ mod tests {
         for (prepared, consts, flag) in [(Prepared::W(&ws), &ws, 1), (Prepared::X(&xs), &xs, 0)] {
             let total = limbs * outputs * n;
             let mut want = vec![0u64; total];
-            be.mul_acc(&moduli, n, &x, &w, prepared, &mut want).unwrap_or_else(|e| panic!("{e}"));
+            be.mul_acc(&moduli, n, 1, &x, &w, prepared, &mut want).unwrap_or_else(|e| panic!("{e}"));
             let mut got = vec![0u64; total];
             // SAFETY: the buffers have the lengths the kernel reads and writes.
             unsafe {

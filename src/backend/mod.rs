@@ -63,14 +63,20 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn ntt_inverse(&self, tables: &[NttTable], polys: &mut [u64]) -> BackendResult<()>;
 
     /// Pointwise multiply-accumulate in NTT form over L = `moduli.len()` limbs, for ct×pt products
-    /// and for selection sums Σ_i W_i·[\[t_i\]]: `out[l][j] = Σ_i x[l][i] ⊙ w[l][j][i] mod p_l`,
-    /// where `x` holds L·I polynomials, `w` L·J·I and `out` receives L·J, each of `n` values,
-    /// limb-major. One side carries Shoup constants ([`Prepared`]): the weights when they are
-    /// prepared once per model, or the shared inputs when the weights are transformed on the fly.
+    /// and for selection sums Σ_i W_i·[\[t_i\]], over `batch` inputs at once:
+    /// `out[b][l][j] = Σ_i x[b][l][i] ⊙ w[l][j][i] mod p_l`, where `x` holds the batch's inputs
+    /// one after another (each L·I polynomials, limb-major), `w` L·J·I and `out` the batch's
+    /// results (each L·J), each polynomial of `n` values. One side carries Shoup constants
+    /// ([`Prepared`]): the weights when they are prepared once per model, or the inputs (the
+    /// whole batch) when the weights are transformed on the fly; a backend that sums the
+    /// products exactly (the CPU's) does not read them. Each operand is read from memory once
+    /// for the whole call, so a batch should hold every input that meets the same weights.
+    #[allow(clippy::too_many_arguments)]
     fn mul_acc(
         &self,
         moduli: &[Modulus],
         n: usize,
+        batch: usize,
         x: &[u64],
         w: &[u64],
         prepared: Prepared<'_>,
@@ -83,12 +89,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn hold(&self, values: Vec<u64>) -> BackendResult<Buffer>;
 
     /// [`Backend::mul_acc`] with the weights `w` and their Shoup constants `w_shoup` held by this
-    /// backend ([`Backend::hold`]), over `batch` inputs at once, **added to** `out` (residues):
-    /// `x` holds the batch's inputs one after another (each L·I polynomials, limb-major) and
-    /// `out` their running sums (each L·J), so that the weights are read once for the whole
-    /// batch (the selectors of many rows) and a selection sum streamed over several banks of
-    /// experts accumulates in place. A buffer held by another backend (another device) is an
-    /// error.
+    /// backend ([`Backend::hold`]), its results **added to** `out` (residues), so that a
+    /// selection sum streamed over several banks of experts accumulates in place. A buffer held
+    /// by another backend (another device) is an error.
     #[allow(clippy::too_many_arguments)]
     fn mul_acc_held(
         &self,
@@ -228,60 +231,32 @@ pub(crate) fn check_ntt(op: &'static str, tables: &[NttTable], polys: &[u64]) ->
     Ok((n, per_limb(op, tables.len(), n, polys.len())?))
 }
 
-/// The shape contract of [`Backend::mul_acc`]; returns the number of inputs I per limb.
+/// The shape contract of [`Backend::mul_acc`] and [`Backend::mul_acc_held`] on lengths: `batch`
+/// inputs of L·I polynomials in `x`, as many results of L·J in `out`, L·J·I weights in `w`, and
+/// `constants` Shoup constants for the prepared operand of `of` values. Returns (I, J).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn check_mul_acc(
-    moduli: &[Modulus],
-    n: usize,
-    x: &[u64],
-    w: &[u64],
-    prepared: Prepared<'_>,
-    out: &[u64],
-) -> BackendResult<usize> {
-    let (constants, of) = match prepared {
-        Prepared::W(c) => (c.len(), w.len()),
-        Prepared::X(c) => (c.len(), x.len()),
-    };
-    check_mul_acc_lengths(moduli, n, x.len(), w.len(), constants, of, out.len())
-}
-
-/// The shape contract of [`Backend::mul_acc_held`] on lengths: `batch` inputs of L·I
-/// polynomials in `x`, as many results of L·J in `out`, L·J·I weights with their constants.
-/// Returns (I, J).
-pub(crate) fn check_mul_acc_batch(
     moduli: &[Modulus],
     n: usize,
     batch: usize,
     x: usize,
     w: usize,
     constants: usize,
+    of: usize,
     out: usize,
 ) -> BackendResult<(usize, usize)> {
     if batch == 0 || !x.is_multiple_of(batch) || !out.is_multiple_of(batch) {
         return Err(shape("mul_acc", format!("{x} input and {out} output values are not {batch} batches")));
     }
-    let inputs = check_mul_acc_lengths(moduli, n, x / batch, w, constants, w, out / batch)?;
-    Ok((inputs, (out / batch) / (n * moduli.len()).max(1)))
-}
-
-/// [`check_mul_acc`] on lengths: `constants` Shoup constants for an operand of `of` values.
-pub(crate) fn check_mul_acc_lengths(
-    moduli: &[Modulus],
-    n: usize,
-    x: usize,
-    w: usize,
-    constants: usize,
-    of: usize,
-    out: usize,
-) -> BackendResult<usize> {
-    let inputs = per_limb("mul_acc", moduli.len(), n, x)?;
-    per_limb("mul_acc", moduli.len(), n, out)?;
-    if w != out * inputs {
-        return Err(shape("mul_acc", format!("{w} weights for {inputs} inputs × {out} outputs")));
+    let inputs = per_limb("mul_acc", moduli.len(), n, x / batch)?;
+    let outputs = per_limb("mul_acc", moduli.len(), n, out / batch)?;
+    if w != (out / batch) * inputs {
+        return Err(shape("mul_acc", format!("{w} weights for {inputs} inputs × {outputs} outputs per limb")));
     }
     if constants != of {
         return Err(shape("mul_acc", format!("{constants} Shoup constants for {of} values")));
     }
-    Ok(inputs)
+    Ok((inputs, outputs))
 }
 
 /// The shape contract of [`Backend::base_convert`]; returns the number of input rows I.
@@ -497,10 +472,20 @@ pub fn par_map<T: Send>(count: usize, task: impl Fn(usize) -> T + Sync + Send) -
 /// The Shoup constants of one operand of [`Backend::mul_acc`], as long as that operand.
 #[derive(Debug, Clone, Copy)]
 pub enum Prepared<'a> {
-    /// Constants of `w` (J·I·n values).
+    /// Constants of `w` (L·J·I·n values).
     W(&'a [u64]),
-    /// Constants of `x` (I·n values).
+    /// Constants of `x` (batch·L·I·n values).
     X(&'a [u64]),
+}
+
+impl<'a> Prepared<'a> {
+    /// The constants, and the length of the operand (of `x` or `w`) they belong to.
+    pub(crate) fn constants(self, x: &[u64], w: &[u64]) -> (&'a [u64], usize) {
+        match self {
+            Prepared::W(c) => (c, w.len()),
+            Prepared::X(c) => (c, x.len()),
+        }
+    }
 }
 
 /// The tweaks of a [`Backend::hash_blocks`] batch.
@@ -552,7 +537,7 @@ mod tests {
         let (ws, xs) = (shoup(&w), shoup(&x));
         for prepared in [Prepared::W(&ws), Prepared::X(&xs)] {
             let mut out = vec![0u64; limbs * j_count * n];
-            be.mul_acc(&moduli, n, &x, &w, prepared, &mut out).unwrap_or_else(|e| panic!("{e}"));
+            be.mul_acc(&moduli, n, 1, &x, &w, prepared, &mut out).unwrap_or_else(|e| panic!("{e}"));
             for (l, m) in moduli.iter().enumerate() {
                 let (x, w) = (&x[l * i_count * n..], &w[l * j_count * i_count * n..]);
                 for j in 0..j_count {
@@ -568,34 +553,39 @@ mod tests {
                 }
             }
         }
-        // the same with the weights held by the backend
-        let (held, held_shoup) = (be.hold(w.clone()), be.hold(ws.clone()));
-        let (held, held_shoup) = (held.unwrap_or_else(|e| panic!("{e}")), held_shoup.unwrap_or_else(|e| panic!("{e}")));
-        let (mut direct, mut via) = (vec![0u64; limbs * j_count * n], vec![0u64; limbs * j_count * n]);
-        be.mul_acc(&moduli, n, &x, &w, Prepared::W(&ws), &mut direct).unwrap_or_else(|e| panic!("{e}"));
-        be.mul_acc_held(&moduli, n, 1, &x, &held, &held_shoup, &mut via).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(direct, via);
-        // a batch of three inputs against the same held weights: each as if alone
+        // a batch of three inputs, with the constants on either side: each as if alone
         let xs3: Vec<u64> = [x.clone(), draw(i_count * n, &mut rng), draw(i_count * n, &mut rng)].concat();
+        let xs3_shoup: Vec<u64> = xs3.chunks_exact(x.len()).flat_map(shoup).collect();
+        let per_out = limbs * j_count * n;
         let alone: Vec<u64> = xs3
             .chunks_exact(x.len())
             .flat_map(|xb| {
-                let mut out = vec![0u64; direct.len()];
-                be.mul_acc(&moduli, n, xb, &w, Prepared::W(&ws), &mut out).unwrap_or_else(|e| panic!("{e}"));
+                let mut out = vec![0u64; per_out];
+                be.mul_acc(&moduli, n, 1, xb, &w, Prepared::W(&ws), &mut out).unwrap_or_else(|e| panic!("{e}"));
                 out
             })
             .collect();
+        for prepared in [Prepared::W(&ws), Prepared::X(&xs3_shoup)] {
+            let mut batched = vec![1u64; alone.len()];
+            be.mul_acc(&moduli, n, 3, &xs3, &w, prepared, &mut batched).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(batched, alone, "{prepared:?}");
+        }
+        // the same with the weights held by the backend, added to what `out` holds: twice over
+        // gives twice the sums
+        let (held, held_shoup) = (be.hold(w.clone()), be.hold(ws.clone()));
+        let (held, held_shoup) = (held.unwrap_or_else(|e| panic!("{e}")), held_shoup.unwrap_or_else(|e| panic!("{e}")));
         let mut batched = vec![0u64; alone.len()];
         be.mul_acc_held(&moduli, n, 3, &xs3, &held, &held_shoup, &mut batched).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(batched, alone);
-        // and adds to what `out` holds: twice over gives twice the sums
         be.mul_acc_held(&moduli, n, 3, &xs3, &held, &held_shoup, &mut batched).unwrap_or_else(|e| panic!("{e}"));
         for (run, (twice, once)) in batched.chunks_exact(n).zip(alone.chunks_exact(n)).enumerate() {
             let m = &moduli[(run / j_count) % limbs];
             assert!(twice.iter().zip(once).all(|(&t, &o)| t == m.add(o, o)), "run {run}");
         }
-        // a shape that does not fit is an error naming the operation, not a panic
-        let err = be.mul_acc(&moduli, n, &x[1..], &w, Prepared::W(&ws), &mut vec![0; limbs * j_count * n]);
+        // shapes that do not fit are errors naming the operation, not panics
+        let err = be.mul_acc(&moduli, n, 1, &x[1..], &w, Prepared::W(&ws), &mut vec![0; per_out]);
+        assert!(matches!(err, Err(BackendError::Shape { op: "mul_acc", .. })), "{err:?}");
+        let err = be.mul_acc(&moduli, n, 3, &xs3, &w, Prepared::X(&xs), &mut vec![0; 3 * per_out]);
         assert!(matches!(err, Err(BackendError::Shape { op: "mul_acc", .. })), "{err:?}");
     }
 

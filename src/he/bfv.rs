@@ -189,7 +189,7 @@ impl Ciphertext {
         let (ws, wsh) = (&w.poly.limbs[..k * n], &w.shoup[..k * n]);
         for c in [&mut self.c0, &mut self.c1] {
             c.to_ntt(params, backend)?;
-            backend.mul_acc(&params.moduli()[..k], n, &c.limbs, ws, Prepared::W(wsh), &mut product)?;
+            backend.mul_acc(&params.moduli()[..k], n, 1, &c.limbs, ws, Prepared::W(wsh), &mut product)?;
             c.limbs.copy_from_slice(&product);
         }
         Ok(())

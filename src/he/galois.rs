@@ -202,7 +202,7 @@ impl Ciphertext {
         backend.ntt_forward(p.ext_tables(), &mut digits)?;
         // Σ_i d_i·(b_i, a_i) per limb: [l][half][N]
         let mut acc = vec![0u64; (k + 1) * 2 * n];
-        backend.mul_acc(ext, n, &digits, &key.rows, Prepared::W(&key.shoup), &mut acc)?;
+        backend.mul_acc(ext, n, 1, &digits, &key.rows, Prepared::W(&key.shoup), &mut acc)?;
         backend.ntt_inverse(p.ext_tables(), &mut acc)?;
         // divide both halves by P with rounding, then (c0 + ks0, ks1)
         let (low, top) = acc.split_at_mut(k * 2 * n);

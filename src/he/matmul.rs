@@ -8,6 +8,7 @@
 
 use rand::RngExt;
 use rand::rngs::ChaCha20Rng;
+use rayon::prelude::*;
 
 use super::tiling::{MatShape, Tiling, TilingCost};
 use super::{
@@ -61,14 +62,20 @@ pub fn tiling_for(params: &HeParams, shape: MatShape, network: &CostModel) -> Ti
     Tiling::choose(shape, params.degree(), &tiling_cost(params, network))
 }
 
-/// The client's ciphertexts of A (with the server's share added), in NTT form, laid out for
-/// [`Backend::mul_acc`]: for token tile ti and half h (c0, c1), the J d-tiles limb-major, with
-/// their Shoup constants. Kept by the server for every column tile of B.
+/// Bytes of weight polynomials (NTT form, every limb) transformed at once in
+/// [`EncryptedRows::multiply`]: a group of column tiles that shares one pass over the inputs.
+const WEIGHT_GROUP_BYTES: usize = 20 << 20;
+
+/// The client's ciphertexts of A (with the server's share added), in NTT form, laid out as one
+/// batch for [`Backend::mul_acc`]: for token tile ti and half h (c0, c1), the J d-tiles
+/// limb-major, with their Shoup constants. Kept by the server for every column tile of B.
 #[derive(Debug)]
 pub struct EncryptedRows {
-    /// rows[ti·2 + h] = (values, Shoup constants), each L·J·N long: limb l's block holds the J
-    /// tiles' residues mod p_l.
-    rows: Vec<(Vec<u64>, Vec<u64>)>,
+    /// Row ti·2 + h at offset (ti·2 + h)·L·J·N: limb l's block holds the J tiles' residues mod
+    /// p_l.
+    values: Vec<u64>,
+    /// The Shoup constants of `values`, in the same layout.
+    shoup: Vec<u64>,
     tiles_i: usize,
 }
 
@@ -101,25 +108,30 @@ impl EncryptedRows {
         })
         .into_iter()
         .collect::<HeResult<_>>()?;
-        let rows = par_map(ti_n * 2, |row| {
-            let (ti, h) = (row / 2, row % 2);
-            let (mut values, mut shoup) = (Vec::with_capacity(limbs * tj_n * n), Vec::with_capacity(limbs * tj_n * n));
-            for (l, m) in p.moduli().iter().enumerate() {
-                for tj in 0..tj_n {
-                    let ct = &cts[ti * tj_n + tj];
-                    let limb = if h == 0 { ct.c0.limb(p, l) } else { ct.c1.limb(p, l) };
-                    values.extend_from_slice(limb);
-                    shoup.extend(limb.iter().map(|&v| m.shoup(v)));
-                }
-            }
-            (values, shoup)
-        });
-        Ok(EncryptedRows { rows, tiles_i: ti_n })
+        // run (row, l, tj) of the layout, row = ti·2 + h
+        let runs = ti_n * 2 * limbs * tj_n;
+        let (mut values, mut shoup) = (vec![0u64; runs * n], vec![0u64; runs * n]);
+        let fill = |r: usize, values: &mut [u64], shoup: &mut [u64]| {
+            let (row, l, tj) = (r / (limbs * tj_n), (r / tj_n) % limbs, r % tj_n);
+            let ct = &cts[(row / 2) * tj_n + tj];
+            let limb = if row % 2 == 0 { ct.c0.limb(p, l) } else { ct.c1.limb(p, l) };
+            let m = &p.moduli()[l];
+            values.copy_from_slice(limb);
+            shoup.iter_mut().zip(limb).for_each(|(s, &v)| *s = m.shoup(v));
+        };
+        if rayon::current_thread_index().is_some() {
+            values.par_chunks_mut(n).zip(shoup.par_chunks_mut(n)).enumerate().for_each(|(r, (v, s))| fill(r, v, s));
+        } else {
+            values.chunks_mut(n).zip(shoup.chunks_mut(n)).enumerate().for_each(|(r, (v, s))| fill(r, v, s));
+        }
+        Ok(EncryptedRows { values, shoup, tiles_i: ti_n })
     }
 
     /// The unmasked results for output tiles (ti, tk), tk in `ks`, in (tk, ti) order, in NTT form.
-    /// Each column tile is one task: its weight polynomials are transformed and used while they
-    /// are in cache, never stored for the whole matrix.
+    /// The column tiles go in groups of at most [`WEIGHT_GROUP_BYTES`] of weight polynomials:
+    /// a group's weights are transformed, then met by every input in one
+    /// [`Backend::mul_acc`], so the inputs are read once per group, not once per column tile,
+    /// and no weight is stored for the whole matrix.
     pub fn multiply(
         &self,
         p: &HeParams,
@@ -129,35 +141,49 @@ impl EncryptedRows {
         ks: std::ops::Range<usize>,
     ) -> HeResult<Vec<Ciphertext>> {
         let (_, tj_n, _) = t.tile_counts();
-        let (n, limbs) = (p.degree(), p.moduli().len());
-        let per_k = par_map(ks.len(), |idx| -> HeResult<_> {
-            let k = ks.start + idx;
-            let support = t.d_w * t.m_w;
-            // the column tile's J weight polynomials, every limb (limb-major), NTT form
-            let mut w = vec![0u64; limbs * tj_n * n];
-            for tj in 0..tj_n {
-                let coeffs = t.encode_b(b, tj, k);
-                for (l, m) in p.moduli().iter().enumerate() {
-                    let poly = &mut w[(l * tj_n + tj) * n..][..support];
-                    for (dst, &v) in poly.iter_mut().zip(&coeffs) {
-                        let v = v as i64;
-                        *dst = if v >= 0 { m.reduce(v as u64) } else { m.neg(m.reduce(v.unsigned_abs())) };
-                    }
+        let (n, limbs, ti_n) = (p.degree(), p.moduli().len(), self.tiles_i);
+        let support = t.d_w * t.m_w;
+        let per_tile = limbs * tj_n * n * 8;
+        let group = (WEIGHT_GROUP_BYTES / per_tile).clamp(1, ks.len().max(1));
+        let mut results = Vec::with_capacity(ks.len() * ti_n);
+        for first in ks.clone().step_by(group) {
+            let g_n = group.min(ks.end - first);
+            // the group's weight polynomials (tk, tj), reduced mod every prime
+            let encoded = par_map(g_n * tj_n, |idx| {
+                let coeffs = t.encode_b(b, idx % tj_n, first + idx / tj_n);
+                p.moduli()
+                    .iter()
+                    .flat_map(|m| {
+                        coeffs[..support].iter().map(|&v| {
+                            let v = v as i64;
+                            if v >= 0 { m.reduce(v as u64) } else { m.neg(m.reduce(v.unsigned_abs())) }
+                        })
+                    })
+                    .collect::<Vec<u64>>()
+            });
+            // w[l][g][tj], NTT form
+            let mut w = vec![0u64; limbs * g_n * tj_n * n];
+            for (idx, residues) in encoded.iter().enumerate() {
+                for (l, limb) in residues.chunks_exact(support).enumerate() {
+                    w[(l * g_n * tj_n + idx) * n..][..support].copy_from_slice(limb);
                 }
             }
+            drop(encoded);
             be.ntt_forward_sparse(p.tables(), &mut w, support)?;
-            (0..self.tiles_i)
-                .map(|ti| {
-                    let [c0, c1] = [0, 1].map(|h| {
-                        let (x, xs) = &self.rows[ti * 2 + h];
-                        let mut out = vec![0u64; limbs * n];
-                        be.mul_acc(p.moduli(), n, x, &w, Prepared::X(xs), &mut out).map(|()| out)
-                    });
-                    Ok(Ciphertext::from_ntt_limbs(c0?, c1?))
-                })
-                .collect::<HeResult<Vec<_>>>()
-        });
-        Ok(per_k.into_iter().collect::<HeResult<Vec<_>>>()?.into_iter().flatten().collect())
+            // out[row][l][g] for row = ti·2 + h
+            let mut out = vec![0u64; ti_n * 2 * limbs * g_n * n];
+            be.mul_acc(p.moduli(), n, ti_n * 2, &self.values, &w, Prepared::X(&self.shoup), &mut out)?;
+            drop(w);
+            let half = |ti: usize, h: usize, g: usize| -> Vec<u64> {
+                (0..limbs).flat_map(|l| &out[(((ti * 2 + h) * limbs + l) * g_n + g) * n..][..n]).copied().collect()
+            };
+            for g in 0..g_n {
+                for ti in 0..ti_n {
+                    results.push(Ciphertext::from_ntt_limbs(half(ti, 0, g), half(ti, 1, g)));
+                }
+            }
+        }
+        Ok(results)
     }
 }
 

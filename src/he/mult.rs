@@ -174,7 +174,15 @@ impl Tensored {
             for (j, m) in moduli.iter().enumerate() {
                 let (w, shoup) = &rlk.rows[j][half];
                 let x = &digits[j * k * n..(j + 1) * k * n];
-                backend.mul_acc(std::slice::from_ref(m), n, x, &w[..k * n], Prepared::W(&shoup[..k * n]), &mut sum)?;
+                backend.mul_acc(
+                    std::slice::from_ref(m),
+                    n,
+                    1,
+                    x,
+                    &w[..k * n],
+                    Prepared::W(&shoup[..k * n]),
+                    &mut sum,
+                )?;
                 for (o, &s) in out.limbs[j * n..(j + 1) * n].iter_mut().zip(&sum) {
                     *o = m.add(*o, s);
                 }

@@ -108,11 +108,11 @@ impl Bench<'_> {
             let ws: Vec<u64> = w.iter().map(|&v| m.shoup(v)).collect();
             let mut out = vec![0u64; outputs * n];
             let m = [m];
-            be.mul_acc(&m, n, &x, &w, Prepared::W(&ws), &mut out)?;
+            be.mul_acc(&m, n, 1, &x, &w, Prepared::W(&ws), &mut out)?;
             let ok = match cpu {
                 Some(cpu) => {
                     let mut want = vec![0u64; outputs * n];
-                    cpu.mul_acc(&m, n, &x, &w, Prepared::W(&ws), &mut want)?;
+                    cpu.mul_acc(&m, n, 1, &x, &w, Prepared::W(&ws), &mut want)?;
                     want == out
                 }
                 None => (0..n).step_by(997).all(|k| {
@@ -120,7 +120,7 @@ impl Bench<'_> {
                 }),
             };
             let mut result = Ok(());
-            let us = time_us(10, || result = be.mul_acc(&m, n, &x, &w, Prepared::W(&ws), &mut out))
+            let us = time_us(10, || result = be.mul_acc(&m, n, 1, &x, &w, Prepared::W(&ws), &mut out))
                 / (inputs * outputs) as f64;
             result?;
             let shape = format!("N={n}, {inputs} in × {outputs} out, per term");
@@ -168,17 +168,18 @@ impl Bench<'_> {
         let ws: Vec<u64> = w.iter().map(|&v| m.shoup(v)).collect();
         let mut out = vec![0u64; j * n];
         let m = [m];
-        be.mul_acc(&m, n, &x, &w, Prepared::W(&ws), &mut out)?;
+        be.mul_acc(&m, n, 1, &x, &w, Prepared::W(&ws), &mut out)?;
         let ok = match cpu {
             Some(cpu) => {
                 let mut want = vec![0u64; j * n];
-                cpu.mul_acc(&m, n, &x, &w, Prepared::W(&ws), &mut want)?;
+                cpu.mul_acc(&m, n, 1, &x, &w, Prepared::W(&ws), &mut want)?;
                 want == out
             }
             None => out[5] == (0..SELECT_E).fold(0, |acc, i| m[0].add(acc, m[0].mul(x[i * n + 5], w[i * n + 5]))),
         };
         let mut result = Ok(());
-        let us = time_us(5, || result = be.mul_acc(&m, n, &x, &w, Prepared::W(&ws), &mut out)) / (j * SELECT_E) as f64;
+        let us =
+            time_us(5, || result = be.mul_acc(&m, n, 1, &x, &w, Prepared::W(&ws), &mut out)) / (j * SELECT_E) as f64;
         result?;
         Ok((us, ok))
     }
@@ -224,7 +225,7 @@ impl Bench<'_> {
             let mut got = vec![0u64; SELECT_J * n];
             gpu.download(&dout, &mut got)?;
             let mut want = vec![0u64; n];
-            cpu.mul_acc(&m, n, &x, &w[..SELECT_E * n], Prepared::W(&ws[..SELECT_E * n]), &mut want)?;
+            cpu.mul_acc(&m, n, 1, &x, &w[..SELECT_E * n], Prepared::W(&ws[..SELECT_E * n]), &mut want)?;
             let mut row = op_row("select", "cuda", select_shape(SELECT_J), us, got[..n] == want[..]);
             row.wall_s = us * 1e-6 * (SELECT_J * SELECT_E * SELECT_LIMBS * 2) as f64;
             self.push(with_method(row, label));
