@@ -91,7 +91,7 @@ impl Backend for CpuBackend {
     ) -> BackendResult<()> {
         let (constants, of) = prepared.constants(x, w);
         let shape = super::check_mul_acc(moduli, n, batch, x.len(), w.len(), constants.len(), of, out.len())?;
-        self.mac_blocked(moduli, n, batch, shape, x, w, false, out);
+        self.mac_blocked(moduli, n, batch, shape, x, w, prepared, false, out);
         Ok(())
     }
 
@@ -112,7 +112,7 @@ impl Backend for CpuBackend {
         match (&w.0, &w_shoup.0) {
             (Held::Host(w), Held::Host(c)) => {
                 let shape = super::check_mul_acc(moduli, n, batch, x.len(), w.len(), c.len(), w.len(), out.len())?;
-                self.mac_blocked(moduli, n, batch, shape, x, w, true, out);
+                self.mac_blocked(moduli, n, batch, shape, x, w, Prepared::W(c), true, out);
                 Ok(())
             }
             #[allow(unreachable_patterns)] // device buffers exist only with the CUDA backend
@@ -187,11 +187,12 @@ impl Backend for CpuBackend {
 
 impl CpuBackend {
     /// [`Backend::mul_acc`] on host memory with (I, J) = `shape`, its sums written to `out`, or
-    /// added to it when `add` ([`Backend::mul_acc_held`]). Blocked over coefficients: a task
-    /// takes one limb's block of [`MAC_BLOCK`] slots of every input, weight and output, so that
-    /// each block of either operand is read from memory once for the whole call and stays in
-    /// cache while the other passes over it (the weights across the batch, an input across the
-    /// outputs).
+    /// added to it when `add` ([`Backend::mul_acc_held`]). With exact sums ([`exact_sums`]) it
+    /// is blocked over coefficients: a task takes one limb's block of [`MAC_BLOCK`] slots of
+    /// every input, weight and output, so that each block of either operand is read from memory
+    /// once for the whole call and stays in cache while the other passes over it (the weights
+    /// across the batch, an input across the outputs). Shoup products go one output run per
+    /// task instead, each input one long sequential stream.
     #[allow(clippy::too_many_arguments)]
     fn mac_blocked(
         &self,
@@ -201,10 +202,25 @@ impl CpuBackend {
         (inputs, outputs): (usize, usize),
         x: &[u64],
         w: &[u64],
+        prepared: Prepared<'_>,
         add: bool,
         out: &mut [u64],
     ) {
         let limbs = moduli.len();
+        let folds: Vec<Folds> = moduli.iter().map(Folds::new).collect();
+        // output j of limb l for batch entry b, from slot `at` on
+        let one = |b: usize, l: usize, j: usize, at: usize, acc: &mut [u64]| {
+            let (xi, wi) = (((b * limbs + l) * inputs) * n + at, ((l * outputs + j) * inputs) * n + at);
+            let consts = match prepared {
+                Prepared::W(c) => Prepared::W(&c[wi..]),
+                Prepared::X(c) => Prepared::X(&c[xi..]),
+            };
+            mac_block(&folds[l], acc, add, inputs, n, &x[xi..], &w[wi..], consts);
+        };
+        if !exact_sums(moduli) {
+            self.per_run(n, out, |r, acc| one(r / (limbs * outputs), (r / outputs) % limbs, r % outputs, 0, acc));
+            return;
+        }
         let block = MAC_BLOCK.min(n).max(1);
         let blocks = n.div_ceil(block);
         let total = out.len();
@@ -219,13 +235,8 @@ impl CpuBackend {
         }
         let task = |t: usize, pieces: Vec<&mut [u64]>| {
             let (l, at) = (t / blocks, (t % blocks) * block);
-            let modulus = &moduli[l];
-            let folds = Folds::new(modulus);
             for (bj, acc) in pieces.into_iter().enumerate() {
-                let (b, j) = (bj / outputs, bj % outputs);
-                let x = &x[((b * limbs + l) * inputs) * n + at..];
-                let w = &w[((l * outputs + j) * inputs) * n + at..];
-                mac_block(&folds, acc, add, inputs, n, x, w);
+                one(bj / outputs, l, bj % outputs, at, acc);
             }
         };
         let on_worker = rayon::current_thread_index().is_some();
@@ -330,13 +341,14 @@ fn accumulate_scalar_kernel(m: &Modulus, acc: &mut [u64], y: &[u64], c: u64, sho
 }
 
 /// The constants that fold exact sums of products back to residues mod p: (c, Shoup constant
-/// of c) for c = 1, 2^29, 2^58 and 2^64 mod p.
+/// of c) for c = 1, 2^29 and 2^58 mod p; `exact` when p < 2^58 (residues split into 29-bit
+/// halves).
 struct Folds {
     m: Modulus,
+    exact: bool,
     one: (u64, u64),
     at29: (u64, u64),
     at58: (u64, u64),
-    at64: (u64, u64),
 }
 
 impl Folds {
@@ -345,32 +357,38 @@ impl Folds {
             let c = m.reduce_u128(1u128 << bits);
             (c, m.shoup(c))
         };
-        Folds { m: *m, one: pair(0), at29: pair(29), at58: pair(58), at64: pair(64) }
-    }
-
-    /// Inputs per exact u128 sum: products of residues are below 2^(2k) for a k-bit prime.
-    fn u128_terms(&self) -> usize {
-        1 << (128 - 2 * self.m.bits()).min(20)
-    }
-
-    /// `s mod p` for any u128 s = hi·2^64 + lo.
-    #[inline(always)]
-    fn fold_u128(&self, s: u128) -> u64 {
-        let m = &self.m;
-        let (hi, lo) = ((s >> 64) as u64, s as u64);
-        let r = m.mul_shoup_lazy(lo, self.one.0, self.one.1) + m.mul_shoup_lazy(hi, self.at64.0, self.at64.1);
-        m.reduce(r)
+        Folds { m: *m, exact: m.bits() <= 58, one: pair(0), at29: pair(29), at58: pair(58) }
     }
 }
 
-/// The multiply-accumulate of one block: `acc[c] = Σ_i x[i·n + c] · w[i·n + c] mod p` over
-/// `inputs` inputs (plus acc's residues when `add`), for c < acc.len(). Products are summed
-/// exactly and reduced once per run of inputs, so no product pays a modular reduction.
-fn mac_block(folds: &Folds, acc: &mut [u64], add: bool, inputs: usize, n: usize, x: &[u64], w: &[u64]) {
+/// Whether [`mac_block`] sums the products of every limb exactly: AVX-512, primes below 2^58.
+fn exact_sums(moduli: &[Modulus]) -> bool {
     #[cfg(target_arch = "x86_64")]
-    return mac_block_at(super::ntt::simd::level(), folds, acc, add, inputs, n, x, w);
+    return super::ntt::simd::level() == super::ntt::simd::Level::Avx512 && moduli.iter().all(|m| m.bits() <= 58);
     #[cfg(not(target_arch = "x86_64"))]
-    mac_block_portable(folds, acc, add, inputs, n, x, w)
+    false
+}
+
+/// The multiply-accumulate of one block: `acc[c] = Σ_i x[i·n + c] · w[i·n + c] mod p` over
+/// `inputs` inputs (plus acc's residues when `add`), for c < acc.len(), `prepared` holding the
+/// Shoup constants of one side at the same offsets. On AVX-512 with p < 2^58 the products are
+/// summed exactly and reduced once per run of inputs (no product pays a reduction, and the
+/// constants are not read); otherwise each product is a lazy Shoup product.
+#[allow(clippy::too_many_arguments)]
+fn mac_block(
+    folds: &Folds,
+    acc: &mut [u64],
+    add: bool,
+    inputs: usize,
+    n: usize,
+    x: &[u64],
+    w: &[u64],
+    prepared: Prepared<'_>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    return mac_block_at(super::ntt::simd::level(), folds, acc, add, inputs, n, x, w, prepared);
+    #[cfg(not(target_arch = "x86_64"))]
+    mac_block_shoup(&folds.m, acc, add, inputs, n, x, w, prepared, accumulate_kernel)
 }
 
 /// [`mac_block`] at instruction-set `level`, which the CPU must support.
@@ -385,44 +403,36 @@ fn mac_block_at(
     n: usize,
     x: &[u64],
     w: &[u64],
+    prepared: Prepared<'_>,
 ) {
     use super::ntt::simd::Level;
     let len = acc.len();
-    if inputs == 0 || len == 0 {
-        if !add {
-            acc.fill(0);
-        }
-        return;
-    }
-    let reach = (inputs - 1) * n + len;
-    let (x, w) = (&x[..reach], &w[..reach]);
     match level {
-        // SAFETY: the CPU supports the features this variant is compiled for (checked at run
-        // time by `simd::level` / `simd::available`); x and w hold `reach` values (sliced above).
-        Level::Avx512 if folds.m.bits() <= 58 => unsafe { mac_block_avx512(folds, acc, add, inputs, n, x, w) },
-        _ => mac_block_portable(folds, acc, add, inputs, n, x, w),
+        Level::Avx512 if folds.exact && len.is_multiple_of(8) && len <= MAC_BLOCK && inputs > 0 => {
+            let reach = (inputs - 1) * n + len;
+            // SAFETY: the CPU supports the features this variant is compiled for (checked at
+            // run time by `simd::level` / `simd::available`); x and w hold `reach` values.
+            unsafe { mac_block_avx512(folds, acc, add, inputs, n, &x[..reach], &w[..reach]) }
+        }
+        _ => mac_block_shoup(&folds.m, acc, add, inputs, n, x, w, prepared, |m, a, y, v, c| {
+            accumulate_at(level, m, a, y, v, c)
+        }),
     }
 }
 
-/// AVX-512 version for primes below 2^58: each residue splits into 29-bit halves (x = x1·2^29 +
-/// x0), whose 32×32-bit products are summed exactly in three 64-bit lanes (low, middle, high,
-/// kept in L1 for [`MAC_BLOCK`] slots) for up to 32 inputs before one fold into `acc`; the tail
-/// of fewer than 8 slots through the portable loop.
+/// AVX-512 version for primes below 2^58 and blocks of whole vectors: each residue splits into
+/// 29-bit halves (x = x1·2^29 + x0), whose 32×32-bit products are summed exactly in three 64-bit
+/// lanes (low, middle, high: kept in L1 for the block, in registers across 8 inputs at a time)
+/// for up to 32 inputs before one fold into `acc`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx512vl,bmi2")]
 fn mac_block_avx512(folds: &Folds, acc: &mut [u64], add: bool, inputs: usize, n: usize, x: &[u64], w: &[u64]) {
     use std::arch::x86_64::*;
     /// Inputs per exact sum: a middle term x0·w1 + x1·w0 is below 2^59.
     const RUN: usize = 32;
-    if acc.len() > MAC_BLOCK {
-        for (k, part) in acc.chunks_mut(MAC_BLOCK).enumerate() {
-            let at = k * MAC_BLOCK;
-            mac_block_avx512(folds, part, add, inputs, n, &x[at..], &w[at..]);
-        }
-        return;
-    }
+    /// Inputs per pass over the block: the sums stay in registers across them.
+    const PASS: usize = 8;
     let len = acc.len();
-    let body = len - len % 8;
     let (p, two_p, four_p) = (folds.m.value(), 2 * folds.m.value(), 4 * folds.m.value());
     let splat = |v: u64| _mm512_set1_epi64(v as i64);
     let (pv, two_pv, four_pv, low29) = (splat(p), splat(two_p), splat(four_p), splat((1 << 29) - 1));
@@ -433,35 +443,42 @@ fn mac_block_avx512(folds: &Folds, acc: &mut [u64], add: bool, inputs: usize, n:
         _mm512_sub_epi64(_mm512_mullo_epi64(y, c), _mm512_mullo_epi64(q, pv))
     };
     let (mut lo, mut mid, mut hi) = ([0u64; MAC_BLOCK], [0u64; MAC_BLOCK], [0u64; MAC_BLOCK]);
-    let mut sums = [&mut lo[..body], &mut mid[..body], &mut hi[..body]];
+    let (lo, mid, hi) = (&mut lo[..len], &mut mid[..len], &mut hi[..len]);
     if !add {
-        acc[..body].fill(0);
+        acc.fill(0);
     }
-    let mut first = 0;
-    while first < inputs {
-        sums.iter_mut().for_each(|s| s.fill(0));
-        let [lo, mid, hi] = &mut sums;
-        for i in first..(first + RUN).min(inputs) {
-            let (xi, wi) = (&x[i * n..][..body], &w[i * n..][..body]);
-            for c in (0..body).step_by(8) {
-                // SAFETY: c + 8 ≤ body, the length of xi, wi and the sums; unaligned loads and
-                // stores.
+    for first in (0..inputs).step_by(RUN) {
+        let last = (first + RUN).min(inputs);
+        for (from, to) in (first..last).step_by(PASS).map(|from| (from, (from + PASS).min(last))) {
+            for c in (0..len).step_by(8) {
+                // SAFETY: c + 8 ≤ len, the length of the sums, and input i's slots c..c + 8 lie
+                // below (inputs − 1)·n + len, the length of x and w; unaligned loads and stores.
                 unsafe {
-                    let load = |v: &[u64]| _mm512_loadu_si512(v.as_ptr().add(c).cast());
+                    let load = |v: &[u64], at: usize| _mm512_loadu_si512(v.as_ptr().add(at).cast());
+                    let (mut s_lo, mut s_mid, mut s_hi) = if from == first {
+                        (splat(0), splat(0), splat(0))
+                    } else {
+                        (load(lo, c), load(mid, c), load(hi, c))
+                    };
+                    for i in from..to {
+                        let (xv, wv) = (load(x, i * n + c), load(w, i * n + c));
+                        let (x0, x1) = (_mm512_and_si512(xv, low29), _mm512_srli_epi64(xv, 29));
+                        let (w0, w1) = (_mm512_and_si512(wv, low29), _mm512_srli_epi64(wv, 29));
+                        s_lo = _mm512_add_epi64(s_lo, _mm512_mul_epu32(x0, w0));
+                        let m = _mm512_add_epi64(_mm512_mul_epu32(x0, w1), _mm512_mul_epu32(x1, w0));
+                        s_mid = _mm512_add_epi64(s_mid, m);
+                        s_hi = _mm512_add_epi64(s_hi, _mm512_mul_epu32(x1, w1));
+                    }
                     let store = |v: &mut [u64], s: __m512i| _mm512_storeu_si512(v.as_mut_ptr().add(c).cast(), s);
-                    let (xv, wv) = (load(xi), load(wi));
-                    let (x0, x1) = (_mm512_and_si512(xv, low29), _mm512_srli_epi64(xv, 29));
-                    let (w0, w1) = (_mm512_and_si512(wv, low29), _mm512_srli_epi64(wv, 29));
-                    store(lo, _mm512_add_epi64(load(lo), _mm512_mul_epu32(x0, w0)));
-                    let m = _mm512_add_epi64(_mm512_mul_epu32(x0, w1), _mm512_mul_epu32(x1, w0));
-                    store(mid, _mm512_add_epi64(load(mid), m));
-                    store(hi, _mm512_add_epi64(load(hi), _mm512_mul_epu32(x1, w1)));
+                    store(lo, s_lo);
+                    store(mid, s_mid);
+                    store(hi, s_hi);
                 }
             }
         }
         // acc + low + middle·2^29 + high·2^58 mod p, lazily in [0, 2p)
-        for c in (0..body).step_by(8) {
-            // SAFETY: c + 8 ≤ body, the length of acc's body and the sums.
+        for c in (0..len).step_by(8) {
+            // SAFETY: c + 8 ≤ len, the length of acc and the sums.
             unsafe {
                 let load = |v: &[u64]| _mm512_loadu_si512(v.as_ptr().add(c).cast());
                 let r = _mm512_add_epi64(
@@ -473,33 +490,103 @@ fn mac_block_avx512(folds: &Folds, acc: &mut [u64], add: bool, inputs: usize, n:
                 _mm512_storeu_si512(acc.as_mut_ptr().add(c).cast(), r);
             }
         }
-        first += RUN;
     }
-    for c in (0..body).step_by(8) {
+    for c in (0..len).step_by(8) {
         // SAFETY: as above.
         unsafe {
             let a = _mm512_loadu_si512(acc.as_ptr().add(c).cast());
             _mm512_storeu_si512(acc.as_mut_ptr().add(c).cast(), _mm512_min_epu64(a, _mm512_sub_epi64(a, pv)));
         }
     }
-    if body < len {
-        mac_block_portable(folds, &mut acc[body..], add, inputs, n, &x[body..], &w[body..]);
+}
+
+/// [`mac_block`] by lazy Shoup products with the constants of `prepared`, each input through
+/// `accumulate` (`acc += y ⊙ v` with the constants of v).
+#[allow(clippy::too_many_arguments)]
+fn mac_block_shoup(
+    m: &Modulus,
+    acc: &mut [u64],
+    add: bool,
+    inputs: usize,
+    n: usize,
+    x: &[u64],
+    w: &[u64],
+    prepared: Prepared<'_>,
+    accumulate: impl Fn(&Modulus, &mut [u64], &[u64], &[u64], &[u64]),
+) {
+    let len = acc.len();
+    if !add {
+        acc.fill(0);
+    }
+    for i in 0..inputs {
+        let (xi, wi) = (&x[i * n..][..len], &w[i * n..][..len]);
+        // (raw, constant-carrying, constants)
+        match prepared {
+            Prepared::W(c) => accumulate(m, acc, xi, wi, &c[i * n..][..len]),
+            Prepared::X(c) => accumulate(m, acc, wi, xi, &c[i * n..][..len]),
+        }
+    }
+    for a in acc.iter_mut() {
+        *a = (*a).min(a.wrapping_sub(m.value()));
     }
 }
 
-/// The portable [`mac_block`]: exact u128 sums, folded once per run of inputs they hold.
-fn mac_block_portable(folds: &Folds, acc: &mut [u64], add: bool, inputs: usize, n: usize, x: &[u64], w: &[u64]) {
-    let (m, run) = (&folds.m, folds.u128_terms());
-    for (c, a) in acc.iter_mut().enumerate() {
-        let mut r = if add { *a } else { 0 };
-        let mut first = 0;
-        while first < inputs {
-            let s =
-                (first..(first + run).min(inputs)).map(|i| x[i * n + c] as u128 * w[i * n + c] as u128).sum::<u128>();
-            r = m.add(r, folds.fold_u128(s));
-            first += run;
+/// [`accumulate`] at instruction-set `level`, which the CPU must support.
+#[cfg(target_arch = "x86_64")]
+fn accumulate_at(level: super::ntt::simd::Level, m: &Modulus, acc: &mut [u64], y: &[u64], v: &[u64], consts: &[u64]) {
+    use super::ntt::simd::Level;
+    match level {
+        // SAFETY: the CPU supports the features these variants are compiled for (checked at run
+        // time by `simd::level` / `simd::available`).
+        Level::Avx512 => unsafe { accumulate_avx512(m, acc, y, v, consts) },
+        // SAFETY: as above.
+        Level::Avx2 => unsafe { accumulate_avx2(m, acc, y, v, consts) },
+        Level::Baseline => accumulate_kernel(m, acc, y, v, consts),
+    }
+}
+
+/// AVX-512 version: 8 lanes at a time; the tail goes through the kernel.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl,bmi2")]
+fn accumulate_avx512(m: &Modulus, acc: &mut [u64], y: &[u64], v: &[u64], consts: &[u64]) {
+    use std::arch::x86_64::*;
+    let len = acc.len().min(y.len()).min(v.len()).min(consts.len());
+    let body = len - len % 8;
+    let p = _mm512_set1_epi64(m.value() as i64);
+    let two_p = _mm512_set1_epi64(2 * m.value() as i64);
+    for i in (0..body).step_by(8) {
+        // SAFETY: i + 8 ≤ body ≤ the length of every slice; unaligned loads and stores.
+        unsafe {
+            let ya = _mm512_loadu_si512(y.as_ptr().add(i).cast());
+            let va = _mm512_loadu_si512(v.as_ptr().add(i).cast());
+            let sa = _mm512_loadu_si512(consts.as_ptr().add(i).cast());
+            let aa = _mm512_loadu_si512(acc.as_ptr().add(i).cast());
+            let q = super::ntt::mulhi_avx512(ya, sa);
+            let r = _mm512_sub_epi64(_mm512_mullo_epi64(ya, va), _mm512_mullo_epi64(q, p));
+            let s = _mm512_add_epi64(aa, r);
+            let s = _mm512_min_epu64(s, _mm512_sub_epi64(s, two_p));
+            _mm512_storeu_si512(acc.as_mut_ptr().add(i).cast(), s);
         }
-        *a = r;
+    }
+    accumulate_kernel(m, &mut acc[body..len], &y[body..len], &v[body..len], &consts[body..len])
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,bmi2")]
+fn accumulate_avx2(m: &Modulus, acc: &mut [u64], y: &[u64], v: &[u64], consts: &[u64]) {
+    accumulate_kernel(m, acc, y, v, consts)
+}
+
+/// The multiply-accumulate loop, inlined into each instruction-set variant (which the compiler
+/// vectorizes for that set).
+#[inline(always)]
+fn accumulate_kernel(m: &Modulus, acc: &mut [u64], y: &[u64], v: &[u64], consts: &[u64]) {
+    let (p, two_p) = (m.value(), 2 * m.value());
+    for (((a, &y), &v), &sv) in acc.iter_mut().zip(y).zip(v).zip(consts) {
+        // Shoup: q = ⌊y·v'/2^64⌋, y·v − q·p in [0, 2p); a < 2p, so the sum stays below 4p < 2^64.
+        let q = ((y as u128 * sv as u128) >> 64) as u64;
+        let s = *a + y.wrapping_mul(v).wrapping_sub(q.wrapping_mul(p));
+        *a = s.min(s.wrapping_sub(two_p));
     }
 }
 
@@ -509,21 +596,24 @@ mod tests {
     use crate::ring::modp::ntt_primes;
     use rand::{RngExt, SeedableRng, rngs::StdRng};
 
-    /// The multiply-accumulate at every instruction set this CPU has equals the plain sum of
-    /// products, for input counts across the fold boundaries and lengths that leave a tail.
-    /// Also the product by a constant.
+    /// The multiply-accumulate of a block at every instruction set this CPU has equals the plain
+    /// sum of products, exact or by Shoup products with the constants on either side, for input
+    /// counts across the fold boundaries and blocks of whole vectors or not. Also the lazy Shoup
+    /// product of each level against the portable one, and the product by a constant.
     #[test]
     fn every_simd_level_accumulates_the_exact_sum_of_products() {
         let mut rng = StdRng::seed_from_u64(12);
         for bits in [55, 58, 60, 61, 36] {
             let m = Modulus::new(ntt_primes(bits, 64, 1).unwrap_or_default()[0]).unwrap_or_else(|e| panic!("{e}"));
             let folds = Folds::new(&m);
-            let (n, len) = (40, 37);
-            for inputs in [0, 1, 31, 32, 33, 70] {
+            let n = 40;
+            for (inputs, len) in [(0, 40), (1, 40), (31, 40), (32, 40), (33, 40), (70, 40), (33, 37), (70, 37)] {
                 let draw = |rng: &mut StdRng| -> Vec<u64> {
                     (0..inputs.max(1) * n).map(|_| rng.random_range(0..m.value())).collect()
                 };
                 let (x, w) = (draw(&mut rng), draw(&mut rng));
+                let shoup = |v: &[u64]| -> Vec<u64> { v.iter().map(|&v| m.shoup(v)).collect() };
+                let (xs, ws) = (shoup(&x), shoup(&w));
                 let start: Vec<u64> = (0..len).map(|_| rng.random_range(0..m.value())).collect();
                 for add in [false, true] {
                     let want: Vec<u64> = (0..len)
@@ -533,18 +623,27 @@ mod tests {
                         })
                         .collect();
                     for level in super::super::ntt::simd::available() {
-                        let mut got = start.clone();
-                        mac_block_at(level, &folds, &mut got, add, inputs, n, &x, &w);
-                        assert_eq!(got, want, "{level:?}, {bits}-bit prime, {inputs} inputs, add {add}");
+                        for prepared in [Prepared::W(&ws), Prepared::X(&xs)] {
+                            let mut got = start.clone();
+                            mac_block_at(level, &folds, &mut got, add, inputs, n, &x, &w, prepared);
+                            assert_eq!(got, want, "{level:?}, {bits}-bit prime, {inputs}×{len}, add {add}");
+                        }
                     }
                 }
             }
             let len = 1000 + 5;
             let draw = |rng: &mut StdRng| -> Vec<u64> { (0..len).map(|_| rng.random_range(0..m.value())).collect() };
-            let v = draw(&mut rng);
+            let (y, v) = (draw(&mut rng), draw(&mut rng));
             // acc may hold lazy values in [0, 2p)
             let acc: Vec<u64> = (0..len).map(|_| rng.random_range(0..2 * m.value())).collect();
             let consts: Vec<u64> = v.iter().map(|&x| m.shoup(x)).collect();
+            let mut want = acc.clone();
+            accumulate_kernel(&m, &mut want, &y, &v, &consts);
+            for level in super::super::ntt::simd::available() {
+                let mut got = acc.clone();
+                accumulate_at(level, &m, &mut got, &y, &v, &consts);
+                assert_eq!(got, want, "{level:?}, {bits}-bit prime");
+            }
             // by a constant, with inputs that are any u64 (corrections, rounding terms)
             let any: Vec<u64> = (0..len).map(|_| rng.random()).collect();
             let mut want = acc.clone();

@@ -103,7 +103,7 @@ impl Bench<'_> {
         if self.wanted("mul-acc") {
             reset_peak_rss();
             let (n, inputs, outputs) = (8192, 128, 8);
-            let m = prime(n)?;
+            let m = product_prime(n)?;
             let (x, w) = (self.random(inputs * n, m.value()), self.random(outputs * inputs * n, m.value()));
             let ws: Vec<u64> = w.iter().map(|&v| m.shoup(v)).collect();
             let mut out = vec![0u64; outputs * n];
@@ -162,7 +162,7 @@ impl Bench<'_> {
     /// right (against `cpu`, or the sum on one coefficient).
     fn selection(&mut self, be: &dyn Backend, cpu: Option<&CpuBackend>, j: usize) -> Result<(f64, bool)> {
         let n = 8192;
-        let m = prime(n)?;
+        let m = product_prime(n)?;
         let x = self.random(SELECT_E * n, m.value());
         let w = self.random(j * SELECT_E * n, m.value());
         let ws: Vec<u64> = w.iter().map(|&v| m.shoup(v)).collect();
@@ -211,7 +211,7 @@ impl Bench<'_> {
         }
         if self.wanted("select") {
             let n = 8192;
-            let m = prime(n)?;
+            let m = product_prime(n)?;
             let x = self.random(SELECT_E * n, m.value());
             let w = self.random(SELECT_J * SELECT_E * n, m.value());
             let ws: Vec<u64> = w.iter().map(|&v| m.shoup(v)).collect();
@@ -261,8 +261,10 @@ fn with_method(mut row: Row, label: &str) -> Row {
     row
 }
 
-fn prime(n: usize) -> Result<Modulus> {
-    Ok(Modulus::new(ntt_primes(60, n, 1)?[0])?)
+/// A prime of the size the HE sets' products run over (58 bits: the linear and selection sets),
+/// where the CPU's multiply-accumulate sums exactly.
+fn product_prime(n: usize) -> Result<Modulus> {
+    Ok(Modulus::new(ntt_primes(58, n, 1)?[0])?)
 }
 
 fn tables(n: usize, limbs: usize) -> Result<Vec<NttTable>> {
