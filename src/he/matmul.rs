@@ -175,7 +175,11 @@ impl EncryptedRows {
             be.mul_acc(p.moduli(), n, ti_n * 2, &self.values, &w, Prepared::X(&self.shoup), &mut out)?;
             drop(w);
             let half = |ti: usize, h: usize, g: usize| -> Vec<u64> {
-                (0..limbs).flat_map(|l| &out[(((ti * 2 + h) * limbs + l) * g_n + g) * n..][..n]).copied().collect()
+                let mut limbs_of = Vec::with_capacity(limbs * n);
+                for l in 0..limbs {
+                    limbs_of.extend_from_slice(&out[(((ti * 2 + h) * limbs + l) * g_n + g) * n..][..n]);
+                }
+                limbs_of
             };
             for g in 0..g_n {
                 for ti in 0..ti_n {
