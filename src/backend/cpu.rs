@@ -91,8 +91,15 @@ impl Backend for CpuBackend {
     ) -> BackendResult<()> {
         let (constants, of) = prepared.constants(x, w);
         let shape = super::check_mul_acc(moduli, n, batch, x.len(), w.len(), constants.len(), of, out.len())?;
+        if matches!(prepared, Prepared::Neither) && !exact_sums(moduli, n) {
+            return Err(super::shape("mul_acc", "no Shoup constants, and the products are not summed exactly here"));
+        }
         self.mac_blocked(moduli, n, batch, shape, x, w, prepared, false, out);
         Ok(())
+    }
+
+    fn exact_products(&self, moduli: &[Modulus], n: usize) -> bool {
+        exact_sums(moduli, n)
     }
 
     fn hold(&self, values: Vec<u64>) -> BackendResult<Buffer> {
@@ -214,10 +221,11 @@ impl CpuBackend {
             let consts = match prepared {
                 Prepared::W(c) => Prepared::W(&c[wi..]),
                 Prepared::X(c) => Prepared::X(&c[xi..]),
+                Prepared::Neither => Prepared::Neither,
             };
             mac_block(&folds[l], acc, add, inputs, n, &x[xi..], &w[wi..], consts);
         };
-        if !exact_sums(moduli) {
+        if !exact_sums(moduli, n) {
             self.per_run(n, out, |r, acc| one(r / (limbs * outputs), (r / outputs) % limbs, r % outputs, 0, acc));
             return;
         }
@@ -361,10 +369,13 @@ impl Folds {
     }
 }
 
-/// Whether [`mac_block`] sums the products of every limb exactly: AVX-512, primes below 2^58.
-fn exact_sums(moduli: &[Modulus]) -> bool {
+/// Whether [`mac_block`] sums the products of every limb exactly, on every block of
+/// polynomials of `n` values: AVX-512, primes below 2^58, whole vectors of 8 slots.
+fn exact_sums(moduli: &[Modulus], n: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
-    return super::ntt::simd::level() == super::ntt::simd::Level::Avx512 && moduli.iter().all(|m| m.bits() <= 58);
+    return super::ntt::simd::level() == super::ntt::simd::Level::Avx512
+        && moduli.iter().all(|m| m.bits() <= 58)
+        && n.is_multiple_of(8);
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
@@ -524,6 +535,8 @@ fn mac_block_shoup(
         match prepared {
             Prepared::W(c) => accumulate(m, acc, xi, wi, &c[i * n..][..len]),
             Prepared::X(c) => accumulate(m, acc, wi, xi, &c[i * n..][..len]),
+            // refused before any block (`exact_sums`)
+            Prepared::Neither => unreachable!("a Shoup product without constants"),
         }
     }
     for a in acc.iter_mut() {

@@ -598,6 +598,9 @@ impl Backend for CudaBackend {
         let dwc = match prepared {
             Prepared::W(c) => Some(self.upload(c)?),
             Prepared::X(_) => None,
+            Prepared::Neither => {
+                return Err(super::shape("mul_acc", "the kernel needs the Shoup constants of one side"));
+            }
         };
         let (per_x, per_out) = (x.len() / batch, out.len() / batch);
         for (b, ob) in out.chunks_exact_mut(per_out).enumerate() {

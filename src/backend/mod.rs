@@ -83,6 +83,14 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         out: &mut [u64],
     ) -> BackendResult<()>;
 
+    /// Whether [`Backend::mul_acc`] over these moduli and polynomials of `n` values sums
+    /// products exactly and reads no Shoup constants, so that a caller may pass
+    /// [`Prepared::Neither`] instead of preparing an operand for one call.
+    fn exact_products(&self, moduli: &[Modulus], n: usize) -> bool {
+        let _ = (moduli, n);
+        false
+    }
+
     /// Hands `values` to the backend to keep for [`Backend::mul_acc_held`]: device memory on a
     /// GPU (the host copy is freed), the same host memory on the CPU. Operands that serve many
     /// calls (the experts' weights of a selection sum) are held once instead of copied per call.
@@ -476,6 +484,8 @@ pub enum Prepared<'a> {
     W(&'a [u64]),
     /// Constants of `x` (batch·L·I·n values).
     X(&'a [u64]),
+    /// None: only where [`Backend::exact_products`] holds (else the call is an error).
+    Neither,
 }
 
 impl<'a> Prepared<'a> {
@@ -484,6 +494,7 @@ impl<'a> Prepared<'a> {
         match self {
             Prepared::W(c) => (c, w.len()),
             Prepared::X(c) => (c, x.len()),
+            Prepared::Neither => (&[], 0),
         }
     }
 }
@@ -570,6 +581,27 @@ mod tests {
             be.mul_acc(&moduli, n, 3, &xs3, &w, prepared, &mut batched).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(batched, alone, "{prepared:?}");
         }
+        // without constants: the same sums where the backend sums exactly, else an error
+        let mut neither = vec![0u64; alone.len()];
+        let result = be.mul_acc(&moduli, n, 3, &xs3, &w, Prepared::Neither, &mut neither);
+        if be.exact_products(&moduli, n) {
+            result.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(neither, alone);
+        } else {
+            assert!(matches!(result, Err(BackendError::Shape { op: "mul_acc", .. })), "{result:?}");
+        }
+        let wide = primes(&[61], 64);
+        assert!(!be.exact_products(&wide, n), "61-bit primes take Shoup products");
+        let err = be.mul_acc(
+            &wide,
+            n,
+            1,
+            &x[..i_count * n],
+            &w[..j_count * i_count * n],
+            Prepared::Neither,
+            &mut vec![0; j_count * n],
+        );
+        assert!(matches!(err, Err(BackendError::Shape { op: "mul_acc", .. })), "{err:?}");
         // the same with the weights held by the backend, added to what `out` holds: twice over
         // gives twice the sums
         let (held, held_shoup) = (be.hold(w.clone()), be.hold(ws.clone()));

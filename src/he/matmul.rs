@@ -74,7 +74,8 @@ pub struct EncryptedRows {
     /// Row ti·2 + h at offset (ti·2 + h)·L·J·N: limb l's block holds the J tiles' residues mod
     /// p_l.
     values: Vec<u64>,
-    /// The Shoup constants of `values`, in the same layout.
+    /// The Shoup constants of `values`, in the same layout; empty where the backend sums
+    /// products exactly ([`Backend::exact_products`]).
     shoup: Vec<u64>,
     tiles_i: usize,
 }
@@ -110,20 +111,19 @@ impl EncryptedRows {
         .collect::<HeResult<_>>()?;
         // run (row, l, tj) of the layout, row = ti·2 + h
         let runs = ti_n * 2 * limbs * tj_n;
-        let (mut values, mut shoup) = (vec![0u64; runs * n], vec![0u64; runs * n]);
-        let fill = |r: usize, values: &mut [u64], shoup: &mut [u64]| {
+        let mut values = vec![0u64; runs * n];
+        each_run(&mut values, n, |r, run| {
             let (row, l, tj) = (r / (limbs * tj_n), (r / tj_n) % limbs, r % tj_n);
             let ct = &cts[(row / 2) * tj_n + tj];
-            let limb = if row % 2 == 0 { ct.c0.limb(p, l) } else { ct.c1.limb(p, l) };
-            let m = &p.moduli()[l];
-            values.copy_from_slice(limb);
-            shoup.iter_mut().zip(limb).for_each(|(s, &v)| *s = m.shoup(v));
-        };
-        if rayon::current_thread_index().is_some() {
-            values.par_chunks_mut(n).zip(shoup.par_chunks_mut(n)).enumerate().for_each(|(r, (v, s))| fill(r, v, s));
-        } else {
-            values.chunks_mut(n).zip(shoup.chunks_mut(n)).enumerate().for_each(|(r, (v, s))| fill(r, v, s));
-        }
+            run.copy_from_slice(if row % 2 == 0 { ct.c0.limb(p, l) } else { ct.c1.limb(p, l) });
+        });
+        drop(cts);
+        // Shoup constants only for a backend that reads them
+        let mut shoup = vec![0u64; if be.exact_products(p.moduli(), n) { 0 } else { runs * n }];
+        each_run(&mut shoup, n, |r, run| {
+            let m = &p.moduli()[(r / tj_n) % limbs];
+            run.iter_mut().zip(&values[r * n..][..n]).for_each(|(s, &v)| *s = m.shoup(v));
+        });
         Ok(EncryptedRows { values, shoup, tiles_i: ti_n })
     }
 
@@ -172,7 +172,8 @@ impl EncryptedRows {
             be.ntt_forward_sparse(p.tables(), &mut w, support)?;
             // out[row][l][g] for row = ti·2 + h
             let mut out = vec![0u64; ti_n * 2 * limbs * g_n * n];
-            be.mul_acc(p.moduli(), n, ti_n * 2, &self.values, &w, Prepared::X(&self.shoup), &mut out)?;
+            let prepared = if self.shoup.is_empty() { Prepared::Neither } else { Prepared::X(&self.shoup) };
+            be.mul_acc(p.moduli(), n, ti_n * 2, &self.values, &w, prepared, &mut out)?;
             drop(w);
             let half = |ti: usize, h: usize, g: usize| -> Vec<u64> {
                 let mut limbs_of = Vec::with_capacity(limbs * n);
@@ -188,6 +189,15 @@ impl EncryptedRows {
             }
         }
         Ok(results)
+    }
+}
+
+/// Runs `f(r, run)` on every run of `n` values of `data`, in parallel on a worker's pool.
+fn each_run(data: &mut [u64], n: usize, f: impl Fn(usize, &mut [u64]) + Sync) {
+    if rayon::current_thread_index().is_some() {
+        data.par_chunks_mut(n).enumerate().for_each(|(r, run)| f(r, run));
+    } else {
+        data.chunks_mut(n).enumerate().for_each(|(r, run)| f(r, run));
     }
 }
 
