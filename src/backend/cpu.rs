@@ -223,7 +223,8 @@ impl CpuBackend {
                 Prepared::X(c) => Prepared::X(&c[xi..]),
                 Prepared::Neither => Prepared::Neither,
             };
-            mac_block(&folds[l], acc, add, inputs, n, &x[xi..], &w[wi..], consts);
+            let ops = Operands { x: &x[xi..], w: &w[wi..], prepared: consts, inputs, n, add };
+            mac_block(&folds[l], acc, ops);
         };
         if !exact_sums(moduli, n) {
             self.per_run(n, out, |r, acc| one(r / (limbs * outputs), (r / outputs) % limbs, r % outputs, 0, acc));
@@ -380,54 +381,44 @@ fn exact_sums(moduli: &[Modulus], n: usize) -> bool {
     false
 }
 
-/// The multiply-accumulate of one block: `acc[c] = Σ_i x[i·n + c] · w[i·n + c] mod p` over
-/// `inputs` inputs (plus acc's residues when `add`), for c < acc.len(), `prepared` holding the
-/// Shoup constants of one side at the same offsets. On AVX-512 with p < 2^58 the products are
-/// summed exactly and reduced once per run of inputs (no product pays a reduction, and the
-/// constants are not read); otherwise each product is a lazy Shoup product.
-#[allow(clippy::too_many_arguments)]
-fn mac_block(
-    folds: &Folds,
-    acc: &mut [u64],
-    add: bool,
+/// The operands of one block of a multiply-accumulate: input i's slots from `x[i·n]` and
+/// `w[i·n]` on (the constants of `prepared` at the same offsets), `inputs` of them, added to the
+/// block's residues when `add`.
+#[derive(Debug, Clone, Copy)]
+struct Operands<'a> {
+    x: &'a [u64],
+    w: &'a [u64],
+    prepared: Prepared<'a>,
     inputs: usize,
     n: usize,
-    x: &[u64],
-    w: &[u64],
-    prepared: Prepared<'_>,
-) {
+    add: bool,
+}
+
+/// The multiply-accumulate of one block: `acc[c] = Σ_i x[i·n + c] · w[i·n + c] mod p` over the
+/// inputs of `ops`, for c < acc.len(). On AVX-512 with p < 2^58 the products are summed exactly
+/// and reduced once per run of inputs (no product pays a reduction, and the constants are not
+/// read); otherwise each product is a lazy Shoup product.
+fn mac_block(folds: &Folds, acc: &mut [u64], ops: Operands<'_>) {
     #[cfg(target_arch = "x86_64")]
-    return mac_block_at(super::ntt::simd::level(), folds, acc, add, inputs, n, x, w, prepared);
+    return mac_block_at(super::ntt::simd::level(), folds, acc, ops);
     #[cfg(not(target_arch = "x86_64"))]
-    mac_block_shoup(&folds.m, acc, add, inputs, n, x, w, prepared, accumulate_kernel)
+    mac_block_shoup(&folds.m, acc, ops, accumulate_kernel)
 }
 
 /// [`mac_block`] at instruction-set `level`, which the CPU must support.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-fn mac_block_at(
-    level: super::ntt::simd::Level,
-    folds: &Folds,
-    acc: &mut [u64],
-    add: bool,
-    inputs: usize,
-    n: usize,
-    x: &[u64],
-    w: &[u64],
-    prepared: Prepared<'_>,
-) {
+fn mac_block_at(level: super::ntt::simd::Level, folds: &Folds, acc: &mut [u64], ops: Operands<'_>) {
     use super::ntt::simd::Level;
     let len = acc.len();
     match level {
-        Level::Avx512 if folds.exact && len.is_multiple_of(8) && len <= MAC_BLOCK && inputs > 0 => {
-            let reach = (inputs - 1) * n + len;
+        Level::Avx512 if folds.exact && len.is_multiple_of(8) && len <= MAC_BLOCK && ops.inputs > 0 => {
+            let reach = (ops.inputs - 1) * ops.n + len;
+            let ops = Operands { x: &ops.x[..reach], w: &ops.w[..reach], ..ops };
             // SAFETY: the CPU supports the features this variant is compiled for (checked at
             // run time by `simd::level` / `simd::available`); x and w hold `reach` values.
-            unsafe { mac_block_avx512(folds, acc, add, inputs, n, &x[..reach], &w[..reach]) }
+            unsafe { mac_block_avx512(folds, acc, ops) }
         }
-        _ => mac_block_shoup(&folds.m, acc, add, inputs, n, x, w, prepared, |m, a, y, v, c| {
-            accumulate_at(level, m, a, y, v, c)
-        }),
+        _ => mac_block_shoup(&folds.m, acc, ops, |m, a, y, v, c| accumulate_at(level, m, a, y, v, c)),
     }
 }
 
@@ -437,8 +428,9 @@ fn mac_block_at(
 /// for up to 32 inputs before one fold into `acc`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx512vl,bmi2")]
-fn mac_block_avx512(folds: &Folds, acc: &mut [u64], add: bool, inputs: usize, n: usize, x: &[u64], w: &[u64]) {
+fn mac_block_avx512(folds: &Folds, acc: &mut [u64], ops: Operands<'_>) {
     use std::arch::x86_64::*;
+    let Operands { x, w, inputs, n, add, .. } = ops;
     /// Inputs per exact sum: a middle term x0·w1 + x1·w0 is below 2^59.
     const RUN: usize = 32;
     /// Inputs per pass over the block: the sums stay in registers across them.
@@ -511,20 +503,15 @@ fn mac_block_avx512(folds: &Folds, acc: &mut [u64], add: bool, inputs: usize, n:
     }
 }
 
-/// [`mac_block`] by lazy Shoup products with the constants of `prepared`, each input through
-/// `accumulate` (`acc += y ⊙ v` with the constants of v).
-#[allow(clippy::too_many_arguments)]
+/// [`mac_block`] by lazy Shoup products with the constants of `ops.prepared`, each input
+/// through `accumulate` (`acc += y ⊙ v` with the constants of v).
 fn mac_block_shoup(
     m: &Modulus,
     acc: &mut [u64],
-    add: bool,
-    inputs: usize,
-    n: usize,
-    x: &[u64],
-    w: &[u64],
-    prepared: Prepared<'_>,
+    ops: Operands<'_>,
     accumulate: impl Fn(&Modulus, &mut [u64], &[u64], &[u64], &[u64]),
 ) {
+    let Operands { x, w, prepared, inputs, n, add } = ops;
     let len = acc.len();
     if !add {
         acc.fill(0);
@@ -544,7 +531,8 @@ fn mac_block_shoup(
     }
 }
 
-/// [`accumulate`] at instruction-set `level`, which the CPU must support.
+/// The lazy Shoup multiply-accumulate `acc += y ⊙ v mod p` (acc in [0, 2p)) with the constants
+/// `consts` of v, at instruction-set `level`, which the CPU must support.
 #[cfg(target_arch = "x86_64")]
 fn accumulate_at(level: super::ntt::simd::Level, m: &Modulus, acc: &mut [u64], y: &[u64], v: &[u64], consts: &[u64]) {
     use super::ntt::simd::Level;
@@ -638,7 +626,8 @@ mod tests {
                     for level in super::super::ntt::simd::available() {
                         for prepared in [Prepared::W(&ws), Prepared::X(&xs)] {
                             let mut got = start.clone();
-                            mac_block_at(level, &folds, &mut got, add, inputs, n, &x, &w, prepared);
+                            let ops = Operands { x: &x, w: &w, prepared, inputs, n, add };
+                            mac_block_at(level, &folds, &mut got, ops);
                             assert_eq!(got, want, "{level:?}, {bits}-bit prime, {inputs}×{len}, add {add}");
                         }
                     }

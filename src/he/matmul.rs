@@ -128,7 +128,7 @@ impl EncryptedRows {
     }
 
     /// The unmasked results for output tiles (ti, tk), tk in `ks`, in (tk, ti) order, in NTT form.
-    /// The column tiles go in groups of at most [`WEIGHT_GROUP_BYTES`] of weight polynomials:
+    /// The column tiles go in groups of at most `WEIGHT_GROUP_BYTES` (20 MB) of weight polynomials:
     /// a group's weights are transformed, then met by every input in one
     /// [`Backend::mul_acc`], so the inputs are read once per group, not once per column tile,
     /// and no weight is stored for the whole matrix.
