@@ -12,6 +12,9 @@
 use crate::ring::RingError;
 use crate::ring::modp::Modulus;
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
 /// Twiddle tables for one (N, p).
 #[derive(Debug, Clone)]
 pub struct NttTable {
@@ -173,7 +176,7 @@ impl NttTable {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512dq,avx512vl,bmi2")]
     fn forward_avx512(&self, a: &mut [u64], s: usize) {
-        self.forward_kernel(a, s)
+        if avx512::takes(self) { avx512::forward(self, a, s) } else { self.forward_kernel(a, s) }
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -185,7 +188,7 @@ impl NttTable {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512dq,avx512vl,bmi2")]
     fn inverse_avx512(&self, a: &mut [u64]) {
-        self.inverse_kernel(a)
+        if avx512::takes(self) { avx512::inverse(self, a) } else { self.inverse_kernel(a) }
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -399,17 +402,25 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(3);
         let levels = simd::available();
         println!("SIMD levels tested: {levels:?}");
-        for (bits, n) in [(60, 8192), (55, 4096), (36, 64)] {
+        for (bits, n) in [(60, 8192), (58, 8192), (55, 4096), (61, 64), (36, 16), (40, 8)] {
             let t = table(bits, n);
-            let a = random_poly(n, t.modulus().value(), &mut rng);
-            let mut want = a.clone();
-            t.forward_at(simd::Level::Baseline, &mut want, n);
-            for &level in &levels {
-                let mut got = a.clone();
-                t.forward_at(level, &mut got, n);
-                assert_eq!(got, want, "forward at {level:?}, N={n}");
-                t.inverse_at(level, &mut got);
-                assert_eq!(got, a, "inverse at {level:?}, N={n}");
+            for support in [n, n / 2, 64, 16, 8, 4, 2, 1].into_iter().filter(|&s| s <= n) {
+                // a polynomial of that support, replicated as `forward_sparse` hands it over
+                let a = random_poly(support, t.modulus().value(), &mut rng).repeat(n / support);
+                let mut want = a.clone();
+                t.forward_at(simd::Level::Baseline, &mut want, support);
+                for &level in &levels {
+                    let mut got = a.clone();
+                    t.forward_at(level, &mut got, support);
+                    assert_eq!(got, want, "forward at {level:?}, N={n}, support {support}");
+                }
+                if support == n {
+                    for &level in &levels {
+                        let mut got = want.clone();
+                        t.inverse_at(level, &mut got);
+                        assert_eq!(got, a, "inverse at {level:?}, N={n}");
+                    }
+                }
             }
         }
     }
