@@ -55,8 +55,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         self.ntt_forward_sparse(tables, polys, n)
     }
 
-    /// [`Backend::ntt_forward`] of polynomials whose coefficients from `support` on are zero
-    /// (weights packed into few low coefficients): the first stages reduce to copies.
+    /// [`Backend::ntt_forward`] of polynomials of `support` coefficients (weights packed into
+    /// few low coefficients): each run's first `support` values are the polynomial, the rest
+    /// are ignored and overwritten; the first stages reduce to copies.
     fn ntt_forward_sparse(&self, tables: &[NttTable], polys: &mut [u64], support: usize) -> BackendResult<()>;
 
     /// Inverse of [`Backend::ntt_forward`], in place.

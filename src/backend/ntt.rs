@@ -120,26 +120,43 @@ impl NttTable {
         self.forward_sparse(a, self.n)
     }
 
-    /// Forward transform of a polynomial whose coefficients from `support` on are zero (a
-    /// caller's promise): the first log2(N/s) stages, s = support rounded up to a power of two,
-    /// only copy each value to its partner (x ± w·0), so they become one replication of the
-    /// first s coefficients.
+    /// Forward transform of the polynomial `a[..support]` (a's later values are ignored and
+    /// overwritten): the first log2(N/s) stages, s = support rounded up to a power of two, only
+    /// copy each value to its partner (x ± w·0), so they become one replication of the first s
+    /// coefficients.
     pub fn forward_sparse(&self, a: &mut [u64], support: usize) {
         assert_eq!(a.len(), self.n, "NTT input has the wrong degree");
         let s = support.clamp(1, self.n).next_power_of_two();
-        debug_assert!(a[s..].iter().all(|&v| v == 0), "forward_sparse: nonzero beyond the support");
+        a[support.min(self.n)..s].fill(0);
+        #[cfg(target_arch = "x86_64")]
+        {
+            let level = simd::level();
+            // the AVX-512 kernel's first stage reads the head itself where s ≥ 16
+            if !(level == simd::Level::Avx512 && avx512::takes(self) && s >= 16) {
+                Self::replicate(a, s);
+            }
+            self.forward_at(level, a, s)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            Self::replicate(a, s);
+            self.forward_kernel(a, s)
+        }
+    }
+
+    /// Copies the first s values over every later block of s: what the first log2(N/s) stages
+    /// of a transform of a polynomial of support s do.
+    fn replicate(a: &mut [u64], s: usize) {
         let (head, rest) = a.split_at_mut(s);
         for block in rest.chunks_exact_mut(s) {
             block.copy_from_slice(head);
         }
-        #[cfg(target_arch = "x86_64")]
-        return self.forward_at(simd::level(), a, s);
-        #[cfg(not(target_arch = "x86_64"))]
-        self.forward_kernel(a, s)
     }
 
     /// The forward transform at instruction-set `level`, which the CPU must support (a level
-    /// from [`simd::level`] or [`simd::available`]).
+    /// from [`simd::level`] or [`simd::available`]), of a polynomial of support s
+    /// [replicated](Self::replicate) over `a` (the AVX-512 kernel reads only the first copy
+    /// where s ≥ 16).
     #[cfg(target_arch = "x86_64")]
     fn forward_at(&self, level: simd::Level, a: &mut [u64], s: usize) {
         match level {
@@ -351,13 +368,15 @@ mod tests {
     }
 
     #[test]
+    /// A sparse transform reads only the support: what follows it may hold anything.
     fn sparse_inputs_transform_like_dense_ones() {
         let t = table(55, 1024);
         let mut rng = StdRng::seed_from_u64(4);
-        for support in [1, 3, 64, 100, 1024] {
-            let mut a = vec![0u64; 1024];
-            a[..support].iter_mut().for_each(|v| *v = rng.random_range(0..t.modulus().value()));
-            let mut dense = a.clone();
+        for support in [0, 1, 3, 8, 16, 17, 64, 100, 512, 1024] {
+            let mut dense = vec![0u64; 1024];
+            dense[..support].iter_mut().for_each(|v| *v = rng.random_range(0..t.modulus().value()));
+            let mut a = dense.clone();
+            a[support..].iter_mut().for_each(|v| *v = rng.random());
             t.forward(&mut dense);
             t.forward_sparse(&mut a, support);
             assert_eq!(a, dense, "support {support}");

@@ -146,35 +146,26 @@ impl EncryptedRows {
         let per_tile = limbs * tj_n * n * 8;
         let group = (WEIGHT_GROUP_BYTES / per_tile).clamp(1, ks.len().max(1));
         let mut results = Vec::with_capacity(ks.len() * ti_n);
+        // one group's weights w[l][g][tj] and products out[row][l][g], row = ti·2 + h, reused
+        let mut w = vec![0u64; limbs * group * tj_n * n];
+        let mut out = vec![0u64; ti_n * 2 * limbs * group * n];
         for first in ks.clone().step_by(group) {
             let g_n = group.min(ks.end - first);
-            // the group's weight polynomials (tk, tj), reduced mod every prime
-            let encoded = par_map(g_n * tj_n, |idx| {
-                let coeffs = t.encode_b(b, idx % tj_n, first + idx / tj_n);
-                p.moduli()
-                    .iter()
-                    .flat_map(|m| {
-                        coeffs[..support].iter().map(|&v| {
-                            let v = v as i64;
-                            if v >= 0 { m.reduce(v as u64) } else { m.neg(m.reduce(v.unsigned_abs())) }
-                        })
-                    })
-                    .collect::<Vec<u64>>()
-            });
-            // w[l][g][tj], NTT form
-            let mut w = vec![0u64; limbs * g_n * tj_n * n];
-            for (idx, residues) in encoded.iter().enumerate() {
-                for (l, limb) in residues.chunks_exact(support).enumerate() {
-                    w[(l * g_n * tj_n + idx) * n..][..support].copy_from_slice(limb);
+            let w = &mut w[..limbs * g_n * tj_n * n];
+            // the group's weight polynomials (tk, tj) on their support, reduced mod each prime
+            each_run(w, n, |r, run| {
+                let (l, idx) = (r / (g_n * tj_n), r % (g_n * tj_n));
+                let (m, head) = (&p.moduli()[l], &mut run[..support]);
+                t.encode_b_into(b, idx % tj_n, first + idx / tj_n, head);
+                for v in head {
+                    let signed = *v as i64;
+                    *v = if signed >= 0 { m.reduce(*v) } else { m.neg(m.reduce(signed.unsigned_abs())) };
                 }
-            }
-            drop(encoded);
-            be.ntt_forward_sparse(p.tables(), &mut w, support)?;
-            // out[row][l][g] for row = ti·2 + h
-            let mut out = vec![0u64; ti_n * 2 * limbs * g_n * n];
+            });
+            be.ntt_forward_sparse(p.tables(), w, support)?;
+            let out = &mut out[..ti_n * 2 * limbs * g_n * n];
             let prepared = if self.shoup.is_empty() { Prepared::Neither } else { Prepared::X(&self.shoup) };
-            be.mul_acc(p.moduli(), n, ti_n * 2, &self.values, &w, prepared, &mut out)?;
-            drop(w);
+            be.mul_acc(p.moduli(), n, ti_n * 2, &self.values, w, prepared, out)?;
             let half = |ti: usize, h: usize, g: usize| -> Vec<u64> {
                 let mut limbs_of = Vec::with_capacity(limbs * n);
                 for l in 0..limbs {

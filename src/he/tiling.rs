@@ -169,12 +169,19 @@ impl Tiling {
     /// The polynomial of tile (tj, tk) of B (row-major d×m).
     pub fn encode_b(&self, b: &[u64], tj: usize, tk: usize) -> Vec<u64> {
         let mut poly = vec![0u64; self.degree];
+        self.encode_b_into(b, tj, tk, &mut poly[..self.d_w * self.m_w]);
+        poly
+    }
+
+    /// The polynomial of tile (tj, tk) of B written into its support `out` (d_w·m_w values: the
+    /// polynomial has no coefficient above).
+    pub fn encode_b_into(&self, b: &[u64], tj: usize, tk: usize, out: &mut [u64]) {
+        out.fill(0);
         for (jj, j) in self.inner(tj).enumerate() {
             for (kk, k) in self.cols(tk).enumerate() {
-                poly[kk * self.d_w + self.d_w - 1 - jj] = b[j * self.shape.m + k];
+                out[kk * self.d_w + self.d_w - 1 - jj] = b[j * self.shape.m + k];
             }
         }
-        poly
     }
 
     /// Output tile of result number `r` in the order results are computed and returned: by

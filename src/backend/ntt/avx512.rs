@@ -190,8 +190,39 @@ fn wide_stage(
     }
 }
 
-/// Forward transform of `a` (a table the kernels [take](takes)) whose coefficients from s on were replicated
-/// by the caller: the stages of spans s/2 down to 1, then the reduction to [0, p).
+/// The first stage of a forward transform whose input is a polynomial of support s = 2t (t ≥ 8)
+/// in `a[..s]`: every block of s values would hold a copy of it (the stages before only copy),
+/// so each block's butterflies read the head and write the block, the head's own block last.
+/// Whatever `a` held beyond s is overwritten.
+#[inline]
+#[target_feature(enable = "avx512f,avx512dq")]
+fn head_stage(
+    a: &mut [u64],
+    t: usize,
+    tw: (&[u64], &[u64]),
+    butterfly: impl Fn(__m512i, __m512i, __m512i, __m512i) -> (__m512i, __m512i),
+) {
+    let blocks = a.len() / (2 * t);
+    let ptr = a.as_mut_ptr();
+    for j in (0..blocks).rev() {
+        let (w, ws) = (_mm512_set1_epi64(tw.0[j] as i64), _mm512_set1_epi64(tw.1[j] as i64));
+        for i in (0..t).step_by(8) {
+            // SAFETY: i + 8 ≤ t and the block j·2t + 2t ≤ a.len(); block 0 (the head) is
+            // written last, after every other block has read it.
+            unsafe {
+                let x = _mm512_loadu_si512(ptr.add(i).cast());
+                let y = _mm512_loadu_si512(ptr.add(t + i).cast());
+                let (x, y) = butterfly(x, y, w, ws);
+                _mm512_storeu_si512(ptr.add(j * 2 * t + i).cast(), x);
+                _mm512_storeu_si512(ptr.add(j * 2 * t + t + i).cast(), y);
+            }
+        }
+    }
+}
+
+/// Forward transform of `a` (a table the kernels [take](takes)) holding a polynomial of support
+/// s (a power of two) in `a[..s]`, the rest replicated copies of it where s ≤ 8 and anything
+/// otherwise: the stages of spans s/2 down to 1, then the reduction to [0, p).
 #[target_feature(enable = "avx512f,avx512dq")]
 pub(super) fn forward(table: &NttTable, a: &mut [u64], s: usize) {
     let n = table.n;
@@ -199,6 +230,11 @@ pub(super) fn forward(table: &NttTable, a: &mut [u64], s: usize) {
     let k = Prime::of(table.modulus.value());
     let bf = |x, y, w, ws| forward_butterfly(k, x, y, w, ws);
     let (mut t, mut m) = (s / 2, n / s);
+    if t >= 8 {
+        head_stage(a, t, (&table.psi[m..2 * m], &table.psi_shoup[m..2 * m]), bf);
+        t /= 2;
+        m *= 2;
+    }
     while t >= 8 {
         wide_stage(a, t, (&table.psi[m..2 * m], &table.psi_shoup[m..2 * m]), bf);
         t /= 2;
