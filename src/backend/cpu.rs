@@ -94,7 +94,67 @@ impl Backend for CpuBackend {
         if matches!(prepared, Prepared::Neither) && !exact_sums(moduli, n) {
             return Err(super::shape("mul_acc", "no Shoup constants, and the products are not summed exactly here"));
         }
-        self.mac_blocked(moduli, n, batch, shape, x, w, prepared, false, out);
+        self.mac_blocked(moduli, n, shape, x, w, prepared, false, out);
+        Ok(())
+    }
+
+    /// Per task (a limb, a window of max(MAC_BLOCK, s) slots): for each output j, the window
+    /// of every input's weight is transformed from its head into a buffer that stays in cache
+    /// (inputs × window values), then multiplied into every batch entry's block.
+    fn mul_acc_sparse(
+        &self,
+        tables: &[NttTable],
+        batch: usize,
+        x: &[u64],
+        heads: &[u64],
+        support: usize,
+        prepared: Prepared<'_>,
+        out: &mut [u64],
+    ) -> BackendResult<()> {
+        let n = tables.first().map_or(1, NttTable::degree);
+        let polys = super::check_sparse_heads(tables, heads, support, prepared)?;
+        let moduli: Vec<Modulus> = tables.iter().map(|t| *t.modulus()).collect();
+        let (constants, of) = prepared.constants(x, &[]);
+        let (inputs, outputs) =
+            super::check_mul_acc(&moduli, n, batch, x.len(), polys * n, constants.len(), of, out.len())?;
+        if matches!(prepared, Prepared::Neither) && !exact_sums(&moduli, n) {
+            return Err(super::shape(
+                "mul_acc_sparse",
+                "no Shoup constants, and the products are not summed exactly here",
+            ));
+        }
+        let limbs = tables.len();
+        let folds: Vec<Folds> = moduli.iter().map(Folds::new).collect();
+        let window = MAC_BLOCK.max(support.next_power_of_two()).min(n);
+        self.per_block(n, limbs, outputs, window, out, |l, first, mut pieces| {
+            let mut w = vec![0u64; inputs * window];
+            for j in 0..outputs {
+                for (i, slots) in w.chunks_exact_mut(window).enumerate() {
+                    let head = &heads[((l * outputs + j) * inputs + i) * support..][..support];
+                    tables[l].forward_sparse_slots(head, first, slots);
+                }
+                for b in 0..batch {
+                    let xi = (b * limbs + l) * inputs * n + first;
+                    for (c, acc) in pieces[b * outputs + j].chunks_mut(MAC_BLOCK).enumerate() {
+                        let at = c * MAC_BLOCK;
+                        let consts = match prepared {
+                            Prepared::X(cs) => Prepared::X(&cs[xi + at..]),
+                            _ => Prepared::Neither,
+                        };
+                        let ops = Operands {
+                            x: &x[xi + at..],
+                            w: &w[at..],
+                            prepared: consts,
+                            inputs,
+                            x_step: n,
+                            w_step: window,
+                            add: false,
+                        };
+                        mac_block(&folds[l], acc, ops);
+                    }
+                }
+            }
+        });
         Ok(())
     }
 
@@ -119,7 +179,7 @@ impl Backend for CpuBackend {
         match (&w.0, &w_shoup.0) {
             (Held::Host(w), Held::Host(c)) => {
                 let shape = super::check_mul_acc(moduli, n, batch, x.len(), w.len(), c.len(), w.len(), out.len())?;
-                self.mac_blocked(moduli, n, batch, shape, x, w, Prepared::W(c), true, out);
+                self.mac_blocked(moduli, n, shape, x, w, Prepared::W(c), true, out);
                 Ok(())
             }
             #[allow(unreachable_patterns)] // device buffers exist only with the CUDA backend
@@ -205,7 +265,6 @@ impl CpuBackend {
         &self,
         moduli: &[Modulus],
         n: usize,
-        batch: usize,
         (inputs, outputs): (usize, usize),
         x: &[u64],
         w: &[u64],
@@ -223,7 +282,7 @@ impl CpuBackend {
                 Prepared::X(c) => Prepared::X(&c[xi..]),
                 Prepared::Neither => Prepared::Neither,
             };
-            let ops = Operands { x: &x[xi..], w: &w[wi..], prepared: consts, inputs, n, add };
+            let ops = Operands { x: &x[xi..], w: &w[wi..], prepared: consts, inputs, x_step: n, w_step: n, add };
             mac_block(&folds[l], acc, ops);
         };
         if !exact_sums(moduli, n) {
@@ -231,23 +290,36 @@ impl CpuBackend {
             return;
         }
         let block = MAC_BLOCK.min(n).max(1);
+        self.per_block(n, limbs, outputs, block, out, |l, at, pieces| {
+            for (bj, acc) in pieces.into_iter().enumerate() {
+                one(bj / outputs, l, bj % outputs, at, acc);
+            }
+        });
+    }
+
+    /// Runs `task(l, at, pieces)` for every limb l and block of `block` slots from `at`, with
+    /// `pieces` that block of every output run of limb l in `out` (laid out [b][l][j], J =
+    /// `outputs`, runs of `n`), in order (b, j); tasks in parallel as [`CpuBackend::per_run`].
+    fn per_block(
+        &self,
+        n: usize,
+        limbs: usize,
+        outputs: usize,
+        block: usize,
+        out: &mut [u64],
+        task: impl Fn(usize, usize, Vec<&mut [u64]>) + Sync,
+    ) {
         let blocks = n.div_ceil(block);
         let total = out.len();
-        // task (l, k): block k of output j of limb l for every batch entry b, in order (b, j)
         let mut tasks: Vec<Vec<&mut [u64]>> =
-            (0..limbs * blocks).map(|_| Vec::with_capacity(batch * outputs)).collect();
+            (0..limbs * blocks).map(|_| Vec::with_capacity(total / (n * limbs).max(1))).collect();
         for (c, run) in out.chunks_exact_mut(n).enumerate() {
             let l = (c / outputs) % limbs;
             for (k, piece) in run.chunks_mut(block).enumerate() {
                 tasks[l * blocks + k].push(piece);
             }
         }
-        let task = |t: usize, pieces: Vec<&mut [u64]>| {
-            let (l, at) = (t / blocks, (t % blocks) * block);
-            for (bj, acc) in pieces.into_iter().enumerate() {
-                one(bj / outputs, l, bj % outputs, at, acc);
-            }
-        };
+        let task = |t: usize, pieces: Vec<&mut [u64]>| task(t / blocks, (t % blocks) * block, pieces);
         let on_worker = rayon::current_thread_index().is_some();
         if tasks.len() == 1 || (!on_worker && total < HAND_OFF) {
             tasks.into_iter().enumerate().for_each(|(t, pieces)| task(t, pieces));
@@ -381,20 +453,23 @@ fn exact_sums(moduli: &[Modulus], n: usize) -> bool {
     false
 }
 
-/// The operands of one block of a multiply-accumulate: input i's slots from `x[i·n]` and
-/// `w[i·n]` on (the constants of `prepared` at the same offsets), `inputs` of them, added to the
-/// block's residues when `add`.
+/// The operands of one block of a multiply-accumulate: input i's slots from `x[i·x_step]` and
+/// `w[i·w_step]` on (the constants of `prepared` at the same offsets as their operand), `inputs`
+/// of them, added to the block's residues when `add`.
 #[derive(Debug, Clone, Copy)]
 struct Operands<'a> {
     x: &'a [u64],
     w: &'a [u64],
     prepared: Prepared<'a>,
     inputs: usize,
-    n: usize,
+    /// Values from one input to the next in `x` (and its constants).
+    x_step: usize,
+    /// Values from one input to the next in `w` (and its constants).
+    w_step: usize,
     add: bool,
 }
 
-/// The multiply-accumulate of one block: `acc[c] = Σ_i x[i·n + c] · w[i·n + c] mod p` over the
+/// The multiply-accumulate of one block: `acc[c] = Σ_i x[i·x_step + c] · w[i·w_step + c] mod p` over the
 /// inputs of `ops`, for c < acc.len(). On AVX-512 with p < 2^58 the products are summed exactly
 /// and reduced once per run of inputs (no product pays a reduction, and the constants are not
 /// read); otherwise each product is a lazy Shoup product.
@@ -412,10 +487,10 @@ fn mac_block_at(level: super::ntt::simd::Level, folds: &Folds, acc: &mut [u64], 
     let len = acc.len();
     match level {
         Level::Avx512 if folds.exact && len.is_multiple_of(8) && len <= MAC_BLOCK && ops.inputs > 0 => {
-            let reach = (ops.inputs - 1) * ops.n + len;
-            let ops = Operands { x: &ops.x[..reach], w: &ops.w[..reach], ..ops };
+            let reach = |step: usize| (ops.inputs - 1) * step + len;
+            let ops = Operands { x: &ops.x[..reach(ops.x_step)], w: &ops.w[..reach(ops.w_step)], ..ops };
             // SAFETY: the CPU supports the features this variant is compiled for (checked at
-            // run time by `simd::level` / `simd::available`); x and w hold `reach` values.
+            // run time by `simd::level` / `simd::available`); x and w hold every input's block.
             unsafe { mac_block_avx512(folds, acc, ops) }
         }
         _ => mac_block_shoup(&folds.m, acc, ops, |m, a, y, v, c| accumulate_at(level, m, a, y, v, c)),
@@ -430,7 +505,7 @@ fn mac_block_at(level: super::ntt::simd::Level, folds: &Folds, acc: &mut [u64], 
 #[target_feature(enable = "avx512f,avx512dq,avx512vl,bmi2")]
 fn mac_block_avx512(folds: &Folds, acc: &mut [u64], ops: Operands<'_>) {
     use std::arch::x86_64::*;
-    let Operands { x, w, inputs, n, add, .. } = ops;
+    let Operands { x, w, inputs, x_step, w_step, add, .. } = ops;
     /// Inputs per exact sum: a middle term x0·w1 + x1·w0 is below 2^59.
     const RUN: usize = 32;
     /// Inputs per pass over the block: the sums stay in registers across them.
@@ -455,7 +530,7 @@ fn mac_block_avx512(folds: &Folds, acc: &mut [u64], ops: Operands<'_>) {
         for (from, to) in (first..last).step_by(PASS).map(|from| (from, (from + PASS).min(last))) {
             for c in (0..len).step_by(8) {
                 // SAFETY: c + 8 ≤ len, the length of the sums, and input i's slots c..c + 8 lie
-                // below (inputs − 1)·n + len, the length of x and w; unaligned loads and stores.
+                // below (inputs − 1)·step + len, the length of x and w; unaligned loads and stores.
                 unsafe {
                     let load = |v: &[u64], at: usize| _mm512_loadu_si512(v.as_ptr().add(at).cast());
                     let (mut s_lo, mut s_mid, mut s_hi) = if from == first {
@@ -464,7 +539,7 @@ fn mac_block_avx512(folds: &Folds, acc: &mut [u64], ops: Operands<'_>) {
                         (load(lo, c), load(mid, c), load(hi, c))
                     };
                     for i in from..to {
-                        let (xv, wv) = (load(x, i * n + c), load(w, i * n + c));
+                        let (xv, wv) = (load(x, i * x_step + c), load(w, i * w_step + c));
                         let (x0, x1) = (_mm512_and_si512(xv, low29), _mm512_srli_epi64(xv, 29));
                         let (w0, w1) = (_mm512_and_si512(wv, low29), _mm512_srli_epi64(wv, 29));
                         s_lo = _mm512_add_epi64(s_lo, _mm512_mul_epu32(x0, w0));
@@ -511,17 +586,17 @@ fn mac_block_shoup(
     ops: Operands<'_>,
     accumulate: impl Fn(&Modulus, &mut [u64], &[u64], &[u64], &[u64]),
 ) {
-    let Operands { x, w, prepared, inputs, n, add } = ops;
+    let Operands { x, w, prepared, inputs, x_step, w_step, add } = ops;
     let len = acc.len();
     if !add {
         acc.fill(0);
     }
     for i in 0..inputs {
-        let (xi, wi) = (&x[i * n..][..len], &w[i * n..][..len]);
+        let (xi, wi) = (&x[i * x_step..][..len], &w[i * w_step..][..len]);
         // (raw, constant-carrying, constants)
         match prepared {
-            Prepared::W(c) => accumulate(m, acc, xi, wi, &c[i * n..][..len]),
-            Prepared::X(c) => accumulate(m, acc, wi, xi, &c[i * n..][..len]),
+            Prepared::W(c) => accumulate(m, acc, xi, wi, &c[i * w_step..][..len]),
+            Prepared::X(c) => accumulate(m, acc, wi, xi, &c[i * x_step..][..len]),
             // refused before any block (`exact_sums`)
             Prepared::Neither => unreachable!("a Shoup product without constants"),
         }
@@ -626,7 +701,7 @@ mod tests {
                     for level in super::super::ntt::simd::available() {
                         for prepared in [Prepared::W(&ws), Prepared::X(&xs)] {
                             let mut got = start.clone();
-                            let ops = Operands { x: &x, w: &w, prepared, inputs, n, add };
+                            let ops = Operands { x: &x, w: &w, prepared, inputs, x_step: n, w_step: n, add };
                             mac_block_at(level, &folds, &mut got, ops);
                             assert_eq!(got, want, "{level:?}, {bits}-bit prime, {inputs}×{len}, add {add}");
                         }

@@ -84,6 +84,37 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         out: &mut [u64],
     ) -> BackendResult<()>;
 
+    /// [`Backend::mul_acc`] with weights of `support` coefficients each (Cheetah's tiles of B),
+    /// given in coefficient form, reduced mod each limb's prime: `heads[l][j][i]` holds weight
+    /// (l, j, i)'s `support` values; the products use their forward transforms, computed here.
+    /// The inputs carry the Shoup constants ([`Prepared::X`]) unless the backend sums exactly
+    /// ([`Prepared::Neither`]). The default transforms every weight whole, then multiplies; the
+    /// CPU's transforms one block of slots at a time where the products need it, so that no
+    /// transformed weight goes through memory (it does so only where every block of the
+    /// transform depends on the support alone, which holds for any support: see
+    /// [`NttTable::forward_sparse_slots`]).
+    #[allow(clippy::too_many_arguments)]
+    fn mul_acc_sparse(
+        &self,
+        tables: &[NttTable],
+        batch: usize,
+        x: &[u64],
+        heads: &[u64],
+        support: usize,
+        prepared: Prepared<'_>,
+        out: &mut [u64],
+    ) -> BackendResult<()> {
+        let n = tables.first().map_or(1, NttTable::degree);
+        let polys = check_sparse_heads(tables, heads, support, prepared)?;
+        let mut w = vec![0u64; polys * n];
+        for (run, head) in w.chunks_exact_mut(n).zip(heads.chunks_exact(support)) {
+            run[..support].copy_from_slice(head);
+        }
+        self.ntt_forward_sparse(tables, &mut w, support)?;
+        let moduli: Vec<Modulus> = tables.iter().map(|t| *t.modulus()).collect();
+        self.mul_acc(&moduli, n, batch, x, &w, prepared, out)
+    }
+
     /// Whether [`Backend::mul_acc`] over these moduli and polynomials of `n` values sums
     /// products exactly and reads no Shoup constants, so that a caller may pass
     /// [`Prepared::Neither`] instead of preparing an operand for one call.
@@ -266,6 +297,27 @@ pub(crate) fn check_mul_acc(
         return Err(shape("mul_acc", format!("{constants} Shoup constants for {of} values")));
     }
     Ok((inputs, outputs))
+}
+
+/// The part of the shape contract of [`Backend::mul_acc_sparse`] that the heads carry (the
+/// rest is [`Backend::mul_acc`]'s); returns the number of weight polynomials.
+pub(crate) fn check_sparse_heads(
+    tables: &[NttTable],
+    heads: &[u64],
+    support: usize,
+    prepared: Prepared<'_>,
+) -> BackendResult<usize> {
+    let n = tables.first().map_or(0, NttTable::degree);
+    if support == 0 || support > n || !heads.len().is_multiple_of(support * tables.len()) {
+        return Err(shape(
+            "mul_acc_sparse",
+            format!("{} values are not weights of {support} of {n} coefficients per limb", heads.len()),
+        ));
+    }
+    if matches!(prepared, Prepared::W(_)) {
+        return Err(shape("mul_acc_sparse", "weights transformed on the fly carry no Shoup constants"));
+    }
+    Ok(heads.len() / support)
 }
 
 /// The shape contract of [`Backend::base_convert`]; returns the number of input rows I.
@@ -620,6 +672,64 @@ mod tests {
         assert!(matches!(err, Err(BackendError::Shape { op: "mul_acc", .. })), "{err:?}");
         let err = be.mul_acc(&moduli, n, 3, &xs3, &w, Prepared::X(&xs), &mut vec![0; 3 * per_out]);
         assert!(matches!(err, Err(BackendError::Shape { op: "mul_acc", .. })), "{err:?}");
+    }
+
+    /// Products with weights given by their low coefficients equal those with the weights
+    /// transformed whole, for any support (windows of one block of slots or of several), with
+    /// the inputs' constants or, where the sums are exact, none.
+    #[test]
+    fn mul_acc_sparse_multiplies_by_the_transforms_of_the_heads() {
+        let be = CpuBackend::new(2).unwrap_or_else(|e| panic!("{e}"));
+        let n = 1024;
+        let mut rng = StdRng::seed_from_u64(21);
+        for bits in [[55, 40], [61, 50]] {
+            let moduli = primes(&bits, n);
+            let tables: Vec<NttTable> =
+                moduli.iter().map(|&m| NttTable::new(n, m).unwrap_or_else(|e| panic!("{e}"))).collect();
+            let limbs = tables.len();
+            for (support, batch, inputs, outputs) in
+                [(1, 1, 2, 1), (7, 2, 3, 3), (64, 3, 40, 2), (300, 2, 3, 2), (n, 1, 2, 2)]
+            {
+                let draw = |per_limb: usize, rng: &mut StdRng| -> Vec<u64> {
+                    (0..limbs)
+                        .flat_map(|l| (0..per_limb).map(|_| rng.random_range(0..moduli[l].value())).collect::<Vec<_>>())
+                        .collect()
+                };
+                let x: Vec<u64> = (0..batch).flat_map(|_| draw(inputs * n, &mut rng)).collect();
+                let heads = draw(outputs * inputs * support, &mut rng);
+                let xs: Vec<u64> = x
+                    .chunks_exact(n)
+                    .enumerate()
+                    .flat_map(|(r, run)| {
+                        let m = moduli[(r / inputs) % limbs];
+                        run.iter().map(move |&v| m.shoup(v)).collect::<Vec<_>>()
+                    })
+                    .collect();
+                let mut w = vec![0u64; heads.len() / support * n];
+                for (run, head) in w.chunks_exact_mut(n).zip(heads.chunks_exact(support)) {
+                    run[..support].copy_from_slice(head);
+                }
+                be.ntt_forward(&tables, &mut w).unwrap_or_else(|e| panic!("{e}"));
+                let mut want = vec![0u64; batch * limbs * outputs * n];
+                be.mul_acc(&moduli, n, batch, &x, &w, Prepared::X(&xs), &mut want).unwrap_or_else(|e| panic!("{e}"));
+                let mut got = vec![1u64; want.len()];
+                be.mul_acc_sparse(&tables, batch, &x, &heads, support, Prepared::X(&xs), &mut got)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(got, want, "{bits:?}-bit primes, support {support}");
+                let neither = be.mul_acc_sparse(&tables, batch, &x, &heads, support, Prepared::Neither, &mut got);
+                if be.exact_products(&moduli, n) {
+                    neither.unwrap_or_else(|e| panic!("{e}"));
+                    assert_eq!(got, want, "{bits:?}-bit primes, support {support}, no constants");
+                } else {
+                    assert!(matches!(neither, Err(BackendError::Shape { op: "mul_acc_sparse", .. })), "{neither:?}");
+                }
+                // constants for transformed-on-the-fly weights, or heads of another support: errors
+                let err = be.mul_acc_sparse(&tables, batch, &x, &heads, support, Prepared::W(&xs), &mut got);
+                assert!(matches!(err, Err(BackendError::Shape { op: "mul_acc_sparse", .. })), "{err:?}");
+                let err = be.mul_acc_sparse(&tables, batch, &x, &heads[1..], support, Prepared::X(&xs), &mut got);
+                assert!(matches!(err, Err(BackendError::Shape { .. })), "{err:?}");
+            }
+        }
     }
 
     #[test]

@@ -128,19 +128,36 @@ impl NttTable {
         assert_eq!(a.len(), self.n, "NTT input has the wrong degree");
         let s = support.clamp(1, self.n).next_power_of_two();
         a[support.min(self.n)..s].fill(0);
+        self.forward_window(a, s, 0)
+    }
+
+    /// Slots `first..first + out.len()` of the forward transform of the polynomial `head`: past
+    /// the first log2(N/s) stages (copies, s = head.len() rounded up to a power of two) every
+    /// block of s slots is transformed on its own from the s coefficients, so a window of whole
+    /// blocks is computed without the rest of the transform. `first` and `out.len()` must be
+    /// multiples of s.
+    pub fn forward_sparse_slots(&self, head: &[u64], first: usize, out: &mut [u64]) {
+        let s = head.len().clamp(1, self.n).next_power_of_two();
+        assert!(
+            first.is_multiple_of(s) && out.len().is_multiple_of(s) && first + out.len() <= self.n,
+            "NTT window {first}..{} is not whole blocks of {s} slots within {}",
+            first + out.len(),
+            self.n
+        );
+        out[..head.len()].copy_from_slice(head);
+        out[head.len()..s].fill(0);
+        self.forward_window(out, s, first)
+    }
+
+    /// Slots `first..first + a.len()` of the forward transform of the polynomial of support s
+    /// in `a[..s]` (whole blocks of s; later values of `a` ignored and overwritten).
+    fn forward_window(&self, a: &mut [u64], s: usize, first: usize) {
         #[cfg(target_arch = "x86_64")]
-        {
-            let level = simd::level();
-            // the AVX-512 kernel's first stage reads the head itself where s ≥ 16
-            if !(level == simd::Level::Avx512 && avx512::takes(self) && s >= 16) {
-                Self::replicate(a, s);
-            }
-            self.forward_at(level, a, s)
-        }
+        return self.forward_at(simd::level(), a, s, first);
         #[cfg(not(target_arch = "x86_64"))]
         {
             Self::replicate(a, s);
-            self.forward_kernel(a, s)
+            self.forward_kernel(a, s, first)
         }
     }
 
@@ -153,19 +170,22 @@ impl NttTable {
         }
     }
 
-    /// The forward transform at instruction-set `level`, which the CPU must support (a level
-    /// from [`simd::level`] or [`simd::available`]), of a polynomial of support s
-    /// [replicated](Self::replicate) over `a` (the AVX-512 kernel reads only the first copy
-    /// where s ≥ 16).
+    /// [`NttTable::forward_window`] at instruction-set `level`, which the CPU must support (a
+    /// level from [`simd::level`] or [`simd::available`]).
     #[cfg(target_arch = "x86_64")]
-    fn forward_at(&self, level: simd::Level, a: &mut [u64], s: usize) {
-        match level {
-            // SAFETY: the CPU supports the features these variants are compiled for (checked at
+    fn forward_at(&self, level: simd::Level, a: &mut [u64], s: usize, first: usize) {
+        if level == simd::Level::Avx512 && avx512::takes(self, first, a.len()) {
+            // SAFETY: the CPU supports the features this variant is compiled for (checked at
             // run time by `simd::level` / `simd::available`).
-            simd::Level::Avx512 => unsafe { self.forward_avx512(a, s) },
+            return unsafe { avx512::forward(self, a, s, first) };
+        }
+        Self::replicate(a, s);
+        match level {
             // SAFETY: as above.
-            simd::Level::Avx2 => unsafe { self.forward_avx2(a, s) },
-            simd::Level::Baseline => self.forward_kernel(a, s),
+            simd::Level::Avx512 => unsafe { self.forward_avx512(a, s, first) },
+            // SAFETY: as above.
+            simd::Level::Avx2 => unsafe { self.forward_avx2(a, s, first) },
+            simd::Level::Baseline => self.forward_kernel(a, s, first),
         }
     }
 
@@ -190,22 +210,24 @@ impl NttTable {
         self.inverse_kernel(a)
     }
 
+    /// The portable kernel compiled for AVX-512 (for the tables and windows the explicit
+    /// kernels do not take).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512dq,avx512vl,bmi2")]
-    fn forward_avx512(&self, a: &mut [u64], s: usize) {
-        if avx512::takes(self) { avx512::forward(self, a, s) } else { self.forward_kernel(a, s) }
+    fn forward_avx512(&self, a: &mut [u64], s: usize, first: usize) {
+        self.forward_kernel(a, s, first)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,bmi2")]
-    fn forward_avx2(&self, a: &mut [u64], s: usize) {
-        self.forward_kernel(a, s)
+    fn forward_avx2(&self, a: &mut [u64], s: usize, first: usize) {
+        self.forward_kernel(a, s, first)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512dq,avx512vl,bmi2")]
     fn inverse_avx512(&self, a: &mut [u64]) {
-        if avx512::takes(self) { avx512::inverse(self, a) } else { self.inverse_kernel(a) }
+        if avx512::takes(self, 0, self.n) { avx512::inverse(self, a) } else { self.inverse_kernel(a) }
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -217,10 +239,11 @@ impl NttTable {
     // Conditional subtractions are written `x.min(x - c)` (wrapping): branch-free, and they
     // vectorize.
 
-    /// The forward butterflies from the stage of half-size s/2 on (s = N: all of them);
-    /// inlined into each instruction-set variant, which the compiler vectorizes for that set.
+    /// The forward butterflies from the stage of half-size s/2 on (s = N: all of them) on the
+    /// slots `first..first + a.len()` (whole blocks of s); inlined into each instruction-set
+    /// variant, which the compiler vectorizes for that set.
     #[inline(always)]
-    fn forward_kernel(&self, a: &mut [u64], s: usize) {
+    fn forward_kernel(&self, a: &mut [u64], s: usize, first: usize) {
         let m_ = self.modulus;
         let p = m_.value();
         let two_p = 2 * p;
@@ -228,7 +251,9 @@ impl NttTable {
         let mut m = self.n / s;
         while m < self.n {
             t >>= 1;
-            let tw = self.psi[m..2 * m].iter().zip(&self.psi_shoup[m..2 * m]);
+            // the stage's m blocks of 2t slots; the window starts at block first/2t
+            let from = m + first / (2 * t);
+            let tw = self.psi[from..2 * m].iter().zip(&self.psi_shoup[from..2 * m]);
             for (block, (&w, &ws)) in a.chunks_exact_mut(2 * t).zip(tw) {
                 let (lo, hi) = block.split_at_mut(t);
                 for (x, y) in lo.iter_mut().zip(hi.iter_mut()) {
@@ -377,9 +402,19 @@ mod tests {
             dense[..support].iter_mut().for_each(|v| *v = rng.random_range(0..t.modulus().value()));
             let mut a = dense.clone();
             a[support..].iter_mut().for_each(|v| *v = rng.random());
+            let head = dense[..support].to_vec();
             t.forward(&mut dense);
             t.forward_sparse(&mut a, support);
             assert_eq!(a, dense, "support {support}");
+            // any window of whole blocks, alone
+            let s = support.max(1).next_power_of_two();
+            for window in [s, s.max(128)] {
+                for first in (0..1024).step_by(window).step_by(3) {
+                    let mut out = vec![u64::MAX; window];
+                    t.forward_sparse_slots(&head, first, &mut out);
+                    assert_eq!(out, dense[first..first + window], "support {support}, slots {first}..");
+                }
+            }
         }
     }
 
@@ -424,14 +459,30 @@ mod tests {
         for (bits, n) in [(60, 8192), (58, 8192), (55, 4096), (61, 64), (36, 16), (40, 8)] {
             let t = table(bits, n);
             for support in [n, n / 2, 64, 16, 8, 4, 2, 1].into_iter().filter(|&s| s <= n) {
-                // a polynomial of that support, replicated as `forward_sparse` hands it over
-                let a = random_poly(support, t.modulus().value(), &mut rng).repeat(n / support);
+                // a polynomial of that support, anything after it
+                let mut a = random_poly(support, t.modulus().value(), &mut rng);
+                a.extend((support..n).map(|_| rng.random::<u64>()));
                 let mut want = a.clone();
-                t.forward_at(simd::Level::Baseline, &mut want, support);
+                t.forward_at(simd::Level::Baseline, &mut want, support, 0);
                 for &level in &levels {
                     let mut got = a.clone();
-                    t.forward_at(level, &mut got, support);
+                    t.forward_at(level, &mut got, support, 0);
                     assert_eq!(got, want, "forward at {level:?}, N={n}, support {support}");
+                }
+                // and every window of whole blocks of it, at every level
+                for window in [support, 16, 64].into_iter().filter(|&w| w >= support && w <= n) {
+                    for first in (0..n).step_by(window).filter(|f| f % (n / 4).max(window) < 2 * window) {
+                        for &level in &levels {
+                            let mut got = a.clone();
+                            got.truncate(window);
+                            t.forward_at(level, &mut got, support, first);
+                            assert_eq!(
+                                got,
+                                want[first..first + window],
+                                "{level:?}, N={n}, support {support}, slots {first}.."
+                            );
+                        }
+                    }
                 }
                 if support == n {
                     for &level in &levels {

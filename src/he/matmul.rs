@@ -62,9 +62,9 @@ pub fn tiling_for(params: &HeParams, shape: MatShape, network: &CostModel) -> Ti
     Tiling::choose(shape, params.degree(), &tiling_cost(params, network))
 }
 
-/// Bytes of weight polynomials (NTT form, every limb) transformed at once in
-/// [`EncryptedRows::multiply`]: a group of column tiles that shares one pass over the inputs.
-const WEIGHT_GROUP_BYTES: usize = 20 << 20;
+/// Bytes of products (NTT form, every limb) computed at once in [`EncryptedRows::multiply`]: a
+/// group of column tiles that shares one pass over the inputs.
+const PRODUCT_GROUP_BYTES: usize = 32 << 20;
 
 /// The client's ciphertexts of A (with the server's share added), in NTT form, laid out as one
 /// batch for [`Backend::mul_acc`]: for token tile ti and half h (c0, c1), the J d-tiles
@@ -128,10 +128,10 @@ impl EncryptedRows {
     }
 
     /// The unmasked results for output tiles (ti, tk), tk in `ks`, in (tk, ti) order, in NTT form.
-    /// The column tiles go in groups of at most `WEIGHT_GROUP_BYTES` (20 MB) of weight polynomials:
-    /// a group's weights are transformed, then met by every input in one
-    /// [`Backend::mul_acc`], so the inputs are read once per group, not once per column tile,
-    /// and no weight is stored for the whole matrix.
+    /// The column tiles go in groups of at most [`PRODUCT_GROUP_BYTES`] of products: a group's
+    /// weight polynomials, encoded on their support, meet every input in one
+    /// [`Backend::mul_acc_sparse`] (which transforms them), so the inputs are read once per
+    /// group, and no transformed weight is stored.
     pub fn multiply(
         &self,
         p: &HeParams,
@@ -143,29 +143,29 @@ impl EncryptedRows {
         let (_, tj_n, _) = t.tile_counts();
         let (n, limbs, ti_n) = (p.degree(), p.moduli().len(), self.tiles_i);
         let support = t.d_w * t.m_w;
-        let per_tile = limbs * tj_n * n * 8;
-        let group = (WEIGHT_GROUP_BYTES / per_tile).clamp(1, ks.len().max(1));
+        let per_tile = ti_n * 2 * limbs * n * 8;
+        let group = (PRODUCT_GROUP_BYTES / per_tile).clamp(1, ks.len().max(1));
         let mut results = Vec::with_capacity(ks.len() * ti_n);
-        // one group's weights w[l][g][tj] and products out[row][l][g], row = ti·2 + h, reused
-        let mut w = vec![0u64; limbs * group * tj_n * n];
+        // one group's weights heads[l][g][tj] (their supports) and products out[row][l][g],
+        // row = ti·2 + h, reused
+        let mut heads = vec![0u64; limbs * group * tj_n * support];
         let mut out = vec![0u64; ti_n * 2 * limbs * group * n];
         for first in ks.clone().step_by(group) {
             let g_n = group.min(ks.end - first);
-            let w = &mut w[..limbs * g_n * tj_n * n];
-            // the group's weight polynomials (tk, tj) on their support, reduced mod each prime
-            each_run(w, n, |r, run| {
+            let heads = &mut heads[..limbs * g_n * tj_n * support];
+            // the group's weight polynomials (tk, tj), reduced mod each prime
+            each_run(heads, support, |r, head| {
                 let (l, idx) = (r / (g_n * tj_n), r % (g_n * tj_n));
-                let (m, head) = (&p.moduli()[l], &mut run[..support]);
+                let m = &p.moduli()[l];
                 t.encode_b_into(b, idx % tj_n, first + idx / tj_n, head);
                 for v in head {
                     let signed = *v as i64;
                     *v = if signed >= 0 { m.reduce(*v) } else { m.neg(m.reduce(signed.unsigned_abs())) };
                 }
             });
-            be.ntt_forward_sparse(p.tables(), w, support)?;
             let out = &mut out[..ti_n * 2 * limbs * g_n * n];
             let prepared = if self.shoup.is_empty() { Prepared::Neither } else { Prepared::X(&self.shoup) };
-            be.mul_acc(p.moduli(), n, ti_n * 2, &self.values, w, prepared, out)?;
+            be.mul_acc_sparse(p.tables(), ti_n * 2, &self.values, heads, support, prepared, out)?;
             let half = |ti: usize, h: usize, g: usize| -> Vec<u64> {
                 let mut limbs_of = Vec::with_capacity(limbs * n);
                 for l in 0..limbs {

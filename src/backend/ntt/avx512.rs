@@ -18,10 +18,11 @@ use std::arch::x86_64::*;
 
 use super::NttTable;
 
-/// Whether these kernels take `table`: degree at least 16 (one group of 16 values) and a prime
-/// below 2^61 (values up to 8p in a lane); other tables stay with the portable kernels.
-pub(super) fn takes(table: &NttTable) -> bool {
-    table.n >= 16 && table.modulus.value() < 1 << 61
+/// Whether these kernels take `table` and the window of `len` slots from `first`: a prime below
+/// 2^61 (values up to 8p in a lane) and whole groups of 16 values; other tables and windows stay
+/// with the portable kernels.
+pub(super) fn takes(table: &NttTable, first: usize, len: usize) -> bool {
+    table.modulus.value() < 1 << 61 && len >= 16 && first.is_multiple_of(16) && len.is_multiple_of(16)
 }
 
 /// Lane indices of the spans-4, 2 and 1 stages: for a group of 16 values in (v0, v1), `lo`
@@ -220,29 +221,35 @@ fn head_stage(
     }
 }
 
-/// Forward transform of `a` (a table the kernels [take](takes)) holding a polynomial of support
-/// s (a power of two) in `a[..s]`, the rest replicated copies of it where s ≤ 8 and anything
-/// otherwise: the stages of spans s/2 down to 1, then the reduction to [0, p).
+/// Slots `first..first + a.len()` (a window the kernels [take](takes), whole blocks of s) of the
+/// forward transform of the polynomial of support s (a power of two) in `a[..s]`, whatever
+/// follows it: the stages of spans s/2 down to 1, then the reduction to [0, p).
 #[target_feature(enable = "avx512f,avx512dq")]
-pub(super) fn forward(table: &NttTable, a: &mut [u64], s: usize) {
+pub(super) fn forward(table: &NttTable, a: &mut [u64], s: usize, first: usize) {
     let n = table.n;
-    debug_assert!(takes(table) && a.len() == n && s.is_power_of_two() && s <= n);
+    debug_assert!(takes(table, first, a.len()) && s.is_power_of_two() && a.len().is_multiple_of(s));
     let k = Prime::of(table.modulus.value());
     let bf = |x, y, w, ws| forward_butterfly(k, x, y, w, ws);
-    let (mut t, mut m) = (s / 2, n / s);
+    // the stage of span t has m = n/2t blocks, the window's from first/2t on
+    let twiddles = |t: usize| {
+        let (m, from) = (n / (2 * t), n / (2 * t) + first / (2 * t));
+        (&table.psi[from..2 * m], &table.psi_shoup[from..2 * m])
+    };
+    let mut t = s / 2;
     if t >= 8 {
-        head_stage(a, t, (&table.psi[m..2 * m], &table.psi_shoup[m..2 * m]), bf);
+        head_stage(a, t, twiddles(t), bf);
         t /= 2;
-        m *= 2;
+    } else {
+        NttTable::replicate(a, s);
     }
     while t >= 8 {
-        wide_stage(a, t, (&table.psi[m..2 * m], &table.psi_shoup[m..2 * m]), bf);
+        wide_stage(a, t, twiddles(t), bf);
         t /= 2;
-        m *= 2;
     }
     // spans 4, 2, 1 where the support reaches them (t is the first span left, 0 if none)
     let stages = [(4, Lanes::of(&SPAN4)), (2, Lanes::of(&SPAN2)), (1, Lanes::of(&SPAN1))];
     for (g, group) in a.chunks_exact_mut(16).enumerate() {
+        let g = first / 16 + g;
         let ptr = group.as_mut_ptr();
         // SAFETY: a group is 16 values: two unaligned loads of 8.
         let mut v = unsafe { (_mm512_loadu_si512(ptr.cast()), _mm512_loadu_si512(ptr.add(8).cast())) };
@@ -272,7 +279,7 @@ pub(super) fn forward(table: &NttTable, a: &mut [u64], s: usize) {
 #[target_feature(enable = "avx512f,avx512dq")]
 pub(super) fn inverse(table: &NttTable, a: &mut [u64]) {
     let n = table.n;
-    debug_assert!(takes(table) && a.len() == n);
+    debug_assert!(takes(table, 0, n) && a.len() == n);
     let k = Prime::of(table.modulus.value());
     let bf = |x, y, w, ws| inverse_butterfly(k, x, y, w, ws);
     let stages = [(1, Lanes::of(&SPAN1)), (2, Lanes::of(&SPAN2)), (4, Lanes::of(&SPAN4))];
