@@ -243,10 +243,7 @@ impl Backend for CpuBackend {
         let consts = super::divide_constants(moduli, p_top)?;
         self.per_run(n, low, |r, row| {
             let (m, top) = (&moduli[r / polys], &top[(r % polys) * n..][..n]);
-            let [p_mod, inv, inv_shoup] = consts[r / polys];
-            for (x, &v) in row.iter_mut().zip(top) {
-                *x = divide_element(m, *x, v, p_top.value(), p_mod, inv, inv_shoup);
-            }
+            divide_row(m, row, top, p_top.value(), consts[r / polys]);
         });
         Ok(())
     }
@@ -362,6 +359,52 @@ fn automorphism_run(src: &[u64], dst: &mut [u64], element: usize, p: u64) {
 fn divide_element(m: &Modulus, x: u64, v: u64, p_top: u64, p_mod: u64, inv: u64, inv_shoup: u64) -> u64 {
     let v_mod = if v > p_top / 2 { m.sub(m.reduce(v), p_mod) } else { m.reduce(v) };
     m.mul_shoup(m.sub(x, v_mod), inv, inv_shoup)
+}
+
+/// [`divide_element`] over a row, on the best instruction set of the machine.
+fn divide_row(m: &Modulus, row: &mut [u64], top: &[u64], p_top: u64, consts: [u64; 3]) {
+    #[cfg(target_arch = "x86_64")]
+    if p_top < m.value() && super::ntt::simd::level() == super::ntt::simd::Level::Avx512 {
+        // SAFETY: the CPU supports the features of this variant (checked at run time above).
+        return unsafe { divide_row_avx512(m, row, top, p_top, consts) };
+    }
+    divide_row_kernel(m, row, top, p_top, consts)
+}
+
+/// The portable [`divide_row`].
+fn divide_row_kernel(m: &Modulus, row: &mut [u64], top: &[u64], p_top: u64, [p_mod, inv, inv_shoup]: [u64; 3]) {
+    for (x, &v) in row.iter_mut().zip(top) {
+        *x = divide_element(m, *x, v, p_top, p_mod, inv, inv_shoup);
+    }
+}
+
+/// [`divide_row`] on AVX-512, eight lanes at a time, for a top prime below p (v needs no
+/// reduction, and its centred value is v or v + p − p_top); the tail through the kernel.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq")]
+fn divide_row_avx512(m: &Modulus, row: &mut [u64], top: &[u64], p_top: u64, consts: [u64; 3]) {
+    use std::arch::x86_64::*;
+    debug_assert!(p_top < m.value() && top.len() >= row.len());
+    let [_, inv, inv_shoup] = consts;
+    let splat = |v: u64| _mm512_set1_epi64(v as i64);
+    let (p, half, lift) = (splat(m.value()), splat(p_top / 2), splat(m.value() - p_top));
+    let (inv, inv_shoup) = (splat(inv), splat(inv_shoup));
+    let body = row.len() - row.len() % 8;
+    for i in (0..body).step_by(8) {
+        // SAFETY: i + 8 ≤ body ≤ the length of row and of top; unaligned loads and stores.
+        unsafe {
+            let x = _mm512_loadu_si512(row.as_ptr().add(i).cast());
+            let v = _mm512_loadu_si512(top.as_ptr().add(i).cast());
+            let centred = _mm512_mask_add_epi64(v, _mm512_cmpgt_epu64_mask(v, half), v, lift);
+            // x − centred + p in [1, 2p), then [0, p)
+            let d = _mm512_sub_epi64(_mm512_add_epi64(x, p), centred);
+            let d = _mm512_min_epu64(d, _mm512_sub_epi64(d, p));
+            let q = super::ntt::mulhi_avx512(d, inv_shoup);
+            let r = _mm512_sub_epi64(_mm512_mullo_epi64(d, inv), _mm512_mullo_epi64(q, p));
+            _mm512_storeu_si512(row.as_mut_ptr().add(i).cast(), _mm512_min_epu64(r, _mm512_sub_epi64(r, p)));
+        }
+    }
+    divide_row_kernel(m, &mut row[body..], &top[body..], p_top, consts)
 }
 
 /// `acc += y·c mod p` (lazily, acc stays in [0, 2p)) for a constant c < p with Shoup constant
@@ -676,6 +719,39 @@ mod tests {
     /// sum of products, exact or by Shoup products with the constants on either side, for input
     /// counts across the fold boundaries and blocks of whole vectors or not. Also the lazy Shoup
     /// product of each level against the portable one, and the product by a constant.
+    /// The vector division by the top prime equals the element function the CUDA kernels
+    /// share, for tops around the centring threshold, rows of whole vectors or not.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn dividing_a_row_by_the_top_prime_is_the_element_function_at_every_level() {
+        let mut rng = StdRng::seed_from_u64(13);
+        let p_top = Modulus::new(ntt_primes(45, 64, 1).unwrap_or_default()[0]).unwrap_or_else(|e| panic!("{e}"));
+        for bits in [58, 55, 50] {
+            let m = Modulus::new(ntt_primes(bits, 64, 1).unwrap_or_default()[0]).unwrap_or_else(|e| panic!("{e}"));
+            let consts =
+                super::super::divide_constants(std::slice::from_ref(&m), &p_top).unwrap_or_else(|e| panic!("{e}"))[0];
+            let len = 77;
+            let x: Vec<u64> = (0..len).map(|_| rng.random_range(0..m.value())).collect();
+            let half = p_top.value() / 2;
+            let top: Vec<u64> = (0..len)
+                .map(|i| match i % 4 {
+                    0 => half,
+                    1 => half + 1,
+                    _ => rng.random_range(0..p_top.value()),
+                })
+                .collect();
+            let [p_mod, inv, inv_shoup] = consts;
+            let want: Vec<u64> = x
+                .iter()
+                .zip(&top)
+                .map(|(&x, &v)| divide_element(&m, x, v, p_top.value(), p_mod, inv, inv_shoup))
+                .collect();
+            let mut got = x.clone();
+            divide_row(&m, &mut got, &top, p_top.value(), consts);
+            assert_eq!(got, want, "{bits}-bit prime");
+        }
+    }
+
     #[test]
     fn every_simd_level_accumulates_the_exact_sum_of_products() {
         let mut rng = StdRng::seed_from_u64(12);
