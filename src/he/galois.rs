@@ -72,6 +72,34 @@ impl RnsPoly {
         }
         RnsPoly { limbs: out, form: Form::Coeff }
     }
+
+    /// self ← self + X^h·b and returns self − X^h·b (both in coefficient form, h < N): one
+    /// pass over both, the shift applied as it reads b.
+    pub(crate) fn shifted_sum_and_difference(&mut self, params: &HeParams, b: &RnsPoly, h: usize) -> RnsPoly {
+        assert!(self.form == Form::Coeff && b.form == Form::Coeff, "monomial products work on coefficients");
+        let n = params.degree();
+        assert!(h < n, "a shift below the degree");
+        let mut diff = vec![0u64; self.limbs.len()];
+        for (((a, b), d), m) in self
+            .limbs
+            .chunks_exact_mut(n)
+            .zip(b.limbs.chunks_exact(n))
+            .zip(diff.chunks_exact_mut(n))
+            .zip(params.ext_moduli())
+        {
+            // (X^h·b)[j] = b[j − h] for j ≥ h and −b[j − h + N] below: a ∓ that
+            let (a_low, a_high) = a.split_at_mut(h);
+            let (d_low, d_high) = d.split_at_mut(h);
+            let (b_wrapped, b_kept) = b.split_at(n - h);
+            for ((x, y), &v) in a_low.iter_mut().zip(d_low.iter_mut()).zip(b_kept) {
+                (*x, *y) = (m.sub(*x, v), m.add(*x, v));
+            }
+            for ((x, y), &v) in a_high.iter_mut().zip(d_high.iter_mut()).zip(b_wrapped) {
+                (*x, *y) = (m.add(*x, v), m.sub(*x, v));
+            }
+        }
+        RnsPoly { limbs: diff, form: Form::Coeff }
+    }
 }
 
 impl SecretKey {
@@ -192,12 +220,19 @@ impl Ciphertext {
         backend.automorphism(q, n, key.element, &self.c0.limbs, &mut c0.limbs)?;
         backend.automorphism(q, n, key.element, &self.c1.limbs, &mut c1)?;
         // the digits d_i = c1 mod p_i lifted to every limb l of q·P (limb-major: [l][i][N])
-        let mut digits = Vec::with_capacity((k + 1) * k * n);
-        for m in ext {
-            // residues of primes below 2·p_l (the set's primes have one size) need one
-            // conditional subtraction, not a reduction
-            let (p_l, two_p) = (m.value(), m.value().saturating_mul(2));
-            digits.extend(c1.iter().map(|&v| if v < two_p { v.min(v.wrapping_sub(p_l)) } else { m.reduce(v) }));
+        let mut digits = vec![0u64; (k + 1) * k * n];
+        for (l, m) in ext.iter().enumerate() {
+            for (i, (dst, src)) in digits[l * k * n..][..k * n].chunks_exact_mut(n).zip(c1.chunks_exact(n)).enumerate()
+            {
+                // residues mod a prime below 2·p_l (the set's q primes have one size) need one
+                // conditional subtraction, not a reduction
+                let p_l = m.value();
+                if q[i].value() <= p_l.saturating_mul(2) {
+                    dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v.min(v.wrapping_sub(p_l)));
+                } else {
+                    dst.iter_mut().zip(src).for_each(|(d, &v)| *d = m.reduce(v));
+                }
+            }
         }
         backend.ntt_forward(p.ext_tables(), &mut digits)?;
         // Σ_i d_i·(b_i, a_i) per limb: [l][half][N]
@@ -207,12 +242,14 @@ impl Ciphertext {
         // divide both halves by P with rounding, then (c0 + ks0, ks1)
         let (low, top) = acc.split_at_mut(k * 2 * n);
         backend.divide_by_prime(q, n, low, top, &ext[k])?;
-        let [ks0, ks1] = [0, 1].map(|h| RnsPoly {
-            limbs: (0..k).flat_map(|l| &low[(2 * l + h) * n..][..n]).copied().collect(),
-            form: Form::Coeff,
-        });
-        c0.add_assign(p, &ks0);
-        Ok(Ciphertext { c0, c1: ks1 })
+        // (c0 + ks0, ks1): limb l's halves sit at (2l + h)·N
+        let mut ks1 = Vec::with_capacity(k * n);
+        for ((c0_l, halves), m) in c0.limbs.chunks_exact_mut(n).zip(low.chunks_exact(2 * n)).zip(q) {
+            let (ks0_l, ks1_l) = halves.split_at(n);
+            c0_l.iter_mut().zip(ks0_l).for_each(|(x, &y)| *x = m.add(*x, y));
+            ks1.extend_from_slice(ks1_l);
+        }
+        Ok(Ciphertext { c0, c1: RnsPoly { limbs: ks1, form: Form::Coeff } })
     }
 }
 
@@ -252,15 +289,14 @@ impl GaloisKeys {
                     next.push(None);
                     continue;
                 }
-                let a = a.unwrap_or_else(zero);
-                let (mut sum, mut diff) = (a.clone(), a);
-                if let Some(b) = b {
-                    let shifted = Ciphertext { c0: b.c0.monomial_mul(p, half), c1: b.c1.monomial_mul(p, half) };
-                    sum.c0.add_assign(p, &shifted.c0);
-                    sum.c1.add_assign(p, &shifted.c1);
-                    diff.c0.sub_assign(p, &shifted.c0);
-                    diff.c1.sub_assign(p, &shifted.c1);
-                }
+                let mut sum = a.unwrap_or_else(zero);
+                let diff = match b {
+                    Some(b) => Ciphertext {
+                        c0: sum.c0.shifted_sum_and_difference(p, &b.c0, half),
+                        c1: sum.c1.shifted_sum_and_difference(p, &b.c1, half),
+                    },
+                    None => sum.clone(),
+                };
                 let turned = diff.automorphism(p, key, backend)?;
                 sum.c0.add_assign(p, &turned.c0);
                 sum.c1.add_assign(p, &turned.c1);
@@ -415,6 +451,24 @@ mod tests {
     use crate::backend::CpuBackend;
     use crate::he::Plaintext;
     use rand::{RngExt, rngs::StdRng};
+
+    /// One pass gives a + X^h·b and a − X^h·b, as the monomial product then a sum and a
+    /// difference do, for shifts at both ends.
+    #[test]
+    fn the_shifted_sum_and_difference_are_the_monomial_products() {
+        let p = HeParams::linear().unwrap_or_else(|e| panic!("{e}"));
+        let mut rng = StdRng::seed_from_u64(22);
+        let (a, b) = (RnsPoly::uniform(&p, Form::Coeff, &mut rng), RnsPoly::uniform(&p, Form::Coeff, &mut rng));
+        for h in [0, 1, 1000, p.degree() - 1] {
+            let shifted = b.monomial_mul(&p, h);
+            let (mut sum, mut diff) = (a.clone(), a.clone());
+            sum.add_assign(&p, &shifted);
+            diff.sub_assign(&p, &shifted);
+            let mut got = a.clone();
+            let got_diff = got.shifted_sum_and_difference(&p, &b, h);
+            assert_eq!((got.limbs, got_diff.limbs), (sum.limbs, diff.limbs), "h = {h}");
+        }
+    }
 
     #[test]
     fn packing_interleaves_the_inputs_times_their_count() {
