@@ -45,12 +45,14 @@ pub(crate) fn tiling_cost(params: &HeParams, network: &CostModel) -> TilingCost 
         input_bytes: seeded_ciphertext_len(params) as f64,
         output_bytes: n * response_c1_bits(params) as f64 / 8.0,
         kept_bytes: response_c0_bits(params) as f64 / 8.0,
-        // measured on a 2-core AVX-512 machine, per core: an NTT stage ≈ 0.45 ns per
-        // coefficient and limb, a multiply-accumulate ≈ 1.2 ns per coefficient and limb, a key
-        // switch ≈ 5·(limbs + 1) transforms
-        weight_stage_s: limbs * 0.45e-9 * n,
-        product_s: limbs * 2.0 * 1.2e-9 * n,
-        keyswitch_s: 5.0 * (limbs + 1.0) * 0.45e-9 * n * n.log2(),
+        // measured on a 2-core AVX-512 machine (Zen 4), per core: a weight transform's stage
+        // ≈ 0.30 ns per slot and limb (windows of a sparse transform, the final reduction
+        // included), a multiply-accumulate ≈ 0.55 ns per slot and limb, a transform ≈ 0.23 ns
+        // per slot and stage, and a key switch with its merge and the results' return to
+        // coefficients ≈ 13·(limbs + 1) transforms
+        weight_stage_s: limbs * 0.30e-9 * n,
+        product_s: limbs * 2.0 * 0.55e-9 * n,
+        keyswitch_s: 13.0 * (limbs + 1.0) * 0.23e-9 * n * n.log2(),
         bandwidth: network.bandwidth_bps / 8.0,
         max_pack: max_pack(params),
     }
