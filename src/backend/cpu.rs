@@ -529,7 +529,7 @@ fn mac_block_at(level: super::ntt::simd::Level, folds: &Folds, acc: &mut [u64], 
     use super::ntt::simd::Level;
     let len = acc.len();
     match level {
-        Level::Avx512 if folds.exact && len.is_multiple_of(8) && len <= MAC_BLOCK && ops.inputs > 0 => {
+        Level::Avx512 if folds.exact && len.is_multiple_of(8) && len <= MAC_BLOCK && exact_pays(&ops) => {
             let reach = |step: usize| (ops.inputs - 1) * step + len;
             let ops = Operands { x: &ops.x[..reach(ops.x_step)], w: &ops.w[..reach(ops.w_step)], ..ops };
             // SAFETY: the CPU supports the features this variant is compiled for (checked at
@@ -539,6 +539,19 @@ fn mac_block_at(level: super::ntt::simd::Level, folds: &Folds, acc: &mut [u64], 
         _ => mac_block_shoup(&folds.m, acc, ops, |m, a, y, v, c| accumulate_at(level, m, a, y, v, c)),
     }
 }
+
+/// Whether a block's products are better summed exactly than by Shoup products: always where
+/// no constants came ([`Prepared::Neither`]), else from [`EXACT_FROM`] inputs on, since the
+/// fold of an exact sum costs about three Shoup products per slot (one ct×pt product pays
+/// three times what a Shoup product costs).
+#[cfg(target_arch = "x86_64")]
+fn exact_pays(ops: &Operands<'_>) -> bool {
+    ops.inputs > 0 && (ops.inputs >= EXACT_FROM || matches!(ops.prepared, Prepared::Neither))
+}
+
+/// Inputs from which [`exact_pays`] where Shoup constants are at hand.
+#[cfg(target_arch = "x86_64")]
+const EXACT_FROM: usize = 4;
 
 /// AVX-512 version for primes below 2^58 and blocks of whole vectors: each residue splits into
 /// 29-bit halves (x = x1·2^29 + x0), whose 32×32-bit products are summed exactly in three 64-bit
