@@ -89,10 +89,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// (l, j, i)'s `support` values; the products use their forward transforms, computed here.
     /// The inputs carry the Shoup constants ([`Prepared::X`]) unless the backend sums exactly
     /// ([`Prepared::Neither`]). The default transforms every weight whole, then multiplies; the
-    /// CPU's transforms one block of slots at a time where the products need it, so that no
-    /// transformed weight goes through memory (it does so only where every block of the
-    /// transform depends on the support alone, which holds for any support: see
-    /// [`NttTable::forward_sparse_slots`]).
+    /// CPU's transforms one window of slots at a time where the products need it, so that no
+    /// transformed weight goes through memory: past its first stages, which only copy, the
+    /// transform of s coefficients is s-slot blocks computed each from the coefficients alone
+    /// ([`NttTable::forward_sparse_slots`]).
     #[allow(clippy::too_many_arguments)]
     fn mul_acc_sparse(
         &self,
