@@ -104,15 +104,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         prepared: Prepared<'_>,
         out: &mut [u64],
     ) -> BackendResult<()> {
-        let n = tables.first().map_or(1, NttTable::degree);
-        let polys = check_sparse_heads(tables, heads, support, prepared)?;
-        let mut w = vec![0u64; polys * n];
-        for (run, head) in w.chunks_exact_mut(n).zip(heads.chunks_exact(support)) {
-            run[..support].copy_from_slice(head);
-        }
-        self.ntt_forward_sparse(tables, &mut w, support)?;
-        let moduli: Vec<Modulus> = tables.iter().map(|t| *t.modulus()).collect();
-        self.mul_acc(&moduli, n, batch, x, &w, prepared, out)
+        mul_acc_sparse_whole(self, tables, batch, x, heads, support, prepared, out)
     }
 
     /// Whether [`Backend::mul_acc`] over these moduli and polynomials of `n` values sums
@@ -297,6 +289,31 @@ pub(crate) fn check_mul_acc(
         return Err(shape("mul_acc", format!("{constants} Shoup constants for {of} values")));
     }
     Ok((inputs, outputs))
+}
+
+/// [`Backend::mul_acc_sparse`] by whole transforms: every weight transformed by
+/// [`Backend::ntt_forward_sparse`], then [`Backend::mul_acc`] (the trait's default, and what
+/// the CPU's windowed version is tested against).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn mul_acc_sparse_whole<B: Backend + ?Sized>(
+    be: &B,
+    tables: &[NttTable],
+    batch: usize,
+    x: &[u64],
+    heads: &[u64],
+    support: usize,
+    prepared: Prepared<'_>,
+    out: &mut [u64],
+) -> BackendResult<()> {
+    let n = tables.first().map_or(1, NttTable::degree);
+    let polys = check_sparse_heads(tables, heads, support, prepared)?;
+    let mut w = vec![0u64; polys * n];
+    for (run, head) in w.chunks_exact_mut(n).zip(heads.chunks_exact(support)) {
+        run[..support].copy_from_slice(head);
+    }
+    be.ntt_forward_sparse(tables, &mut w, support)?;
+    let moduli: Vec<Modulus> = tables.iter().map(|t| *t.modulus()).collect();
+    be.mul_acc(&moduli, n, batch, x, &w, prepared, out)
 }
 
 /// The part of the shape contract of [`Backend::mul_acc_sparse`] that the heads carry (the
@@ -705,6 +722,7 @@ mod tests {
                         run.iter().map(move |&v| m.shoup(v)).collect::<Vec<_>>()
                     })
                     .collect();
+                // the reference: dense transforms of the zero-padded weights, then mul_acc
                 let mut w = vec![0u64; heads.len() / support * n];
                 for (run, head) in w.chunks_exact_mut(n).zip(heads.chunks_exact(support)) {
                     run[..support].copy_from_slice(head);
@@ -712,6 +730,10 @@ mod tests {
                 be.ntt_forward(&tables, &mut w).unwrap_or_else(|e| panic!("{e}"));
                 let mut want = vec![0u64; batch * limbs * outputs * n];
                 be.mul_acc(&moduli, n, batch, &x, &w, Prepared::X(&xs), &mut want).unwrap_or_else(|e| panic!("{e}"));
+                let mut whole = vec![2u64; want.len()];
+                mul_acc_sparse_whole(&be, &tables, batch, &x, &heads, support, Prepared::X(&xs), &mut whole)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(whole, want, "{bits:?}-bit primes, support {support}, whole transforms");
                 let mut got = vec![1u64; want.len()];
                 be.mul_acc_sparse(&tables, batch, &x, &heads, support, Prepared::X(&xs), &mut got)
                     .unwrap_or_else(|e| panic!("{e}"));
