@@ -130,7 +130,7 @@ impl EncryptedRows {
     }
 
     /// The unmasked results for output tiles (ti, tk), tk in `ks`, in (tk, ti) order, in NTT form.
-    /// The column tiles go in groups of at most [`PRODUCT_GROUP_BYTES`] of products: a group's
+    /// The column tiles go in groups of at most 32 MB of products: a group's
     /// weight polynomials, encoded on their support, meet every input in one
     /// [`Backend::mul_acc_sparse`] (which transforms them), so the inputs are read once per
     /// group, and no transformed weight is stored.
