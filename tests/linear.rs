@@ -56,8 +56,8 @@ fn server_keys(sess: &Session) -> &HeServer {
     }
 }
 
-/// Networks from "bytes are free" to "bytes are everything": the tilings they choose cover
-/// unpacked results and every packing level.
+/// Networks from "bytes are free" to "bytes are everything": with the shapes below, the tilings
+/// they choose cover unpacked results and several packing levels.
 const NETWORKS: [CostModel; 3] = [
     CostModel { name: "fast", bandwidth_bps: 1e15, latency_s: 0.0 },
     CostModel::WAN,
@@ -71,7 +71,7 @@ fn linear_layers_give_exact_shares_of_x_times_w_for_any_shape_and_tiling() {
         let (_c, mut sc, _s, mut ss) = sessions(params.clone()).await;
         let mut rng = StdRng::seed_from_u64(2);
         let mut packs = std::collections::BTreeSet::new();
-        let shapes = [(1, 1, 1), (3, 5, 7), (2, 300, 41), (40, 9, 300), (130, 70, 3), (16, 128, 64)];
+        let shapes = [(1, 1, 1), (3, 5, 7), (2, 300, 41), (40, 9, 300), (130, 70, 3), (16, 128, 64), (8, 32, 64)];
         for ((n, d, m), net) in shapes.into_iter().flat_map(|s| NETWORKS.map(|net| (s, net))) {
             let shape = MatShape { n, d, m };
             packs.insert(tiling_for(&params, shape, &net).pack);

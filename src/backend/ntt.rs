@@ -139,9 +139,13 @@ impl NttTable {
     pub fn forward_sparse_slots(&self, head: &[u64], first: usize, out: &mut [u64]) {
         let s = head.len().clamp(1, self.n).next_power_of_two();
         assert!(
-            first.is_multiple_of(s) && out.len().is_multiple_of(s) && first + out.len() <= self.n,
-            "NTT window {first}..{} is not whole blocks of {s} slots within {}",
+            head.len() <= self.n
+                && first.is_multiple_of(s)
+                && out.len().is_multiple_of(s)
+                && first + out.len() <= self.n,
+            "NTT window {first}..{} of a polynomial of {} coefficients is not whole blocks of {s} slots within {}",
             first + out.len(),
+            head.len(),
             self.n
         );
         out[..head.len()].copy_from_slice(head);
