@@ -33,7 +33,6 @@ use tracing::instrument::WithDispatch;
 
 use crate::backend::{Backend, Block};
 use crate::net::{Background, Channel, Link, Meter, NetError, Party};
-use cryprot_core::buf::Buf;
 
 /// Errors of the OT layer.
 #[derive(Debug, Error)]
@@ -593,10 +592,8 @@ async fn silent_send(
         return Ok(Vec::new());
     }
     debug_assert!(n >= SILENT_MIN);
-    // into a buffer that becomes the pool's as it is (no copy of n·32 bytes into fresh pages)
-    let mut ots: Vec<[Block; 2]> = Buf::zeroed(n);
-    run_extension(timeout, traffic, OtKind::Silent, ext.random_sent_into(n, &mut ots)).await?;
-    Ok(ots)
+    let buf = run_extension(timeout, traffic, OtKind::Silent, ext.random_send(n)).await?;
+    Ok(buf[..n].to_vec())
 }
 
 async fn silent_receive(
@@ -609,12 +606,8 @@ async fn silent_receive(
         return Ok(RandomOtReceiver { choices: Vec::new(), keys: Vec::new() });
     }
     debug_assert!(n >= SILENT_MIN);
-    // the extension's whole buffer (its code's size), cut to the n keys in place
-    let mut keys: Vec<Block> = Buf::zeroed(SemiHonestSilentOtReceiver::ots_buf_size(n));
-    let choices = run_extension(timeout, traffic, OtKind::Silent, ext.random_receive_into(n, &mut keys)).await?;
-    keys.truncate(n);
-    keys.shrink_to_fit();
-    received(keys, choices.iter().map(|c| bool::from(*c)), n)
+    let (buf, choices) = run_extension(timeout, traffic, OtKind::Silent, ext.random_receive(n)).await?;
+    received(buf[..n].to_vec(), choices.iter().map(|c| bool::from(*c)), n)
 }
 
 fn received(keys: Vec<Block>, choices: impl Iterator<Item = bool>, n: usize) -> OtResult<RandomOtReceiver> {
