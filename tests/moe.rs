@@ -52,11 +52,11 @@ fn run(ccfg: &MoeConfig, scfg: &MoeConfig, method: Method, x: &[u64], w: &MoeWei
         let (a, b) = tokio::join!(sc.setup_he(p.clone(), KeySet::Linear), ss.setup_he(p, KeySet::Linear));
         a.unwrap();
         b.unwrap();
-        if method == Method::Paper {
+        if let Some(keys) = method.selection_keys() {
             let p = HeParams::select().unwrap();
             let (a, b) = tokio::join!(
-                sc.setup_he_for(HeUse::Select, p.clone(), KeySet::WithRelin),
-                ss.setup_he_for(HeUse::Select, p, KeySet::WithRelin)
+                sc.setup_he_for(HeUse::Select, p.clone(), keys),
+                ss.setup_he_for(HeUse::Select, p, keys)
             );
             a.unwrap();
             b.unwrap();
@@ -189,15 +189,19 @@ fn the_baseline_computes_the_same_layer() {
 }
 
 /// The paper's Protocol 1 (expert weights selected under HE, ciphertext×ciphertext products)
-/// computes the layer too: top-2 of 8 GeLU experts, and Switch routing over SwiGLU experts.
+/// computes the layer too, with its products relinearized and packed or returned unrelinearized
+/// (opened with s²): top-2 of 8 GeLU experts, and Switch routing over SwiGLU experts.
 #[test]
 fn the_papers_protocol_computes_the_same_layer() {
     let cfg = config(8, 2, Routing::TopKSoftmax, ExpertKind::Gelu);
     let stc = check(cfg, Method::SelectThenCompute, 3, 70);
-    let paper = check(cfg, Method::Paper, 3, 70);
-    let worst = stc.iter().zip(&paper).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-    assert!(worst <= 2.0 * BOUND, "the paper's protocol and Select-Then-Compute differ by {worst:.2e}");
+    for method in [Method::Paper, Method::PaperTensored] {
+        let paper = check(cfg, method, 3, 70);
+        let worst = stc.iter().zip(&paper).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(worst <= 2.0 * BOUND, "{method} and Select-Then-Compute differ by {worst:.2e}");
+    }
     check(config(3, 1, Routing::Switch, ExpertKind::SwiGlu), Method::Paper, 2, 75);
+    check(config(3, 1, Routing::Switch, ExpertKind::SwiGlu), Method::PaperTensored, 2, 75);
 }
 
 /// Experts 1 and 2 have the same router column, so their logits tie exactly for every token;
@@ -237,7 +241,13 @@ fn the_servers_view_does_not_depend_on_the_routing() {
     let routes_one = reference(&cfg, f, &one, &w, None).unwrap().chosen;
     let routes_other = reference(&cfg, f, &other, &w, None).unwrap().chosen;
     assert_ne!(routes_one, routes_other, "the two inputs must route differently");
-    for method in [Method::SelectThenCompute, Method::Capacity { factor: 1.0 }, Method::Baseline, Method::Paper] {
+    for method in [
+        Method::SelectThenCompute,
+        Method::Capacity { factor: 1.0 },
+        Method::Baseline,
+        Method::Paper,
+        Method::PaperTensored,
+    ] {
         let a = run(&cfg, &cfg, method, &one, &w);
         let b = run(&cfg, &cfg, method, &other, &w);
         assert!(a.client.is_ok() && b.client.is_ok(), "{method}");
@@ -255,7 +265,7 @@ fn the_clients_view_does_not_depend_on_the_weights() {
     let x = tokens(3, cfg.d_model, 120);
     let one = MoeWeights::random(&cfg, f, 4.0, &mut StdRng::seed_from_u64(121));
     let other = MoeWeights::random(&cfg, f, 4.0, &mut StdRng::seed_from_u64(122));
-    for method in [Method::SelectThenCompute, Method::Paper] {
+    for method in [Method::SelectThenCompute, Method::Paper, Method::PaperTensored] {
         let (a, b) = (run(&cfg, &cfg, method, &x, &one), run(&cfg, &cfg, method, &x, &other));
         assert!(a.server.is_ok() && b.server.is_ok(), "{method}");
         assert!(!a.client_received.is_empty());

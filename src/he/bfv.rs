@@ -73,21 +73,32 @@ impl Ciphertext {
         coeffs: &[u128],
         backend: &dyn Backend,
     ) -> HeResult<()> {
-        let t = params.plain_bits();
-        if coeffs.len() > params.degree() || coeffs.iter().any(|&c| c >> t != 0) {
-            return Err(HeError::Shape(format!("plaintext must have at most N coefficients below 2^{t}")));
-        }
-        let k = self.limbs(params);
-        let ctx = CrtContext::new(&params.moduli()[..k], t);
-        let mut padded = coeffs.to_vec();
-        padded.resize(params.degree(), 0);
-        let mut dm = scaled(params, &ctx, k, &padded);
-        if self.c0.form() == Form::Ntt {
-            dm.to_ntt(params, backend)?;
-        }
-        self.c0.add_assign(params, &dm);
-        Ok(())
+        add_wide_plain(params, &mut self.c0, coeffs, backend)
     }
+}
+
+/// c0 += ⌊q'·m/t⌉ for the plaintext coefficients `coeffs` (below t), at c0's level q' and in its
+/// form: adds m to whatever c0 is the constant part of.
+pub(crate) fn add_wide_plain(
+    params: &HeParams,
+    c0: &mut RnsPoly,
+    coeffs: &[u128],
+    backend: &dyn Backend,
+) -> HeResult<()> {
+    let t = params.plain_bits();
+    if coeffs.len() > params.degree() || coeffs.iter().any(|&c| c >> t != 0) {
+        return Err(HeError::Shape(format!("plaintext must have at most N coefficients below 2^{t}")));
+    }
+    let k = c0.limbs.len() / params.degree();
+    let ctx = CrtContext::new(&params.moduli()[..k], t);
+    let mut padded = coeffs.to_vec();
+    padded.resize(params.degree(), 0);
+    let mut dm = scaled(params, &ctx, k, &padded);
+    if c0.form() == Form::Ntt {
+        dm.to_ntt(params, backend)?;
+    }
+    c0.add_assign(params, &dm);
+    Ok(())
 }
 
 /// A BFV ciphertext (c0, c1) with c0 + c1·s ≈ Δ·m.
@@ -289,6 +300,17 @@ impl SecretKey {
 
     /// The matching public key.
     pub fn public_key<R: CryptoRng + ?Sized>(&self, backend: &dyn Backend, rng: &mut R) -> HeResult<PublicKey> {
+        self.public_key_for(&self.s, backend, rng)
+    }
+
+    /// A public key (b, a) = (−a·z + e, a) for the secret `z` (NTT form): `s`, or s² for the
+    /// key that re-randomizes products that were not relinearized.
+    pub(crate) fn public_key_for<R: CryptoRng + ?Sized>(
+        &self,
+        z: &RnsPoly,
+        backend: &dyn Backend,
+        rng: &mut R,
+    ) -> HeResult<PublicKey> {
         let p = &self.params;
         let mut seed = [0u8; 32];
         rng.fill_bytes(&mut seed);
@@ -296,7 +318,7 @@ impl SecretKey {
         let mut e = RnsPoly::from_signed(p, &RnsPoly::error_coeffs(p.degree(), rng));
         e.to_ntt(p, backend)?;
         let mut b = a.clone();
-        b.mul_assign(p, &self.s);
+        b.mul_assign(p, z);
         b.neg_assign(p);
         b.add_assign(p, &e);
         Ok(PublicKey { b, a, seed, params: p.clone() })

@@ -12,7 +12,8 @@ use rayon::prelude::*;
 
 use super::tiling::{MatShape, Tiling, TilingCost};
 use super::{
-    Ciphertext, GaloisKeys, HeError, HeParams, HeResult, Plaintext, PublicKey, SeededCiphertext, seeded_ciphertext_len,
+    Ciphertext, GaloisKeys, HeError, HeParams, HeResult, Outgoing, Plaintext, PublicKey, SeededCiphertext, ShrunkShape,
+    SquareKey, seeded_ciphertext_len,
 };
 use crate::backend::{Backend, Prepared, par_map};
 use crate::net::CostModel;
@@ -25,6 +26,21 @@ pub fn response_c0_bits(p: &HeParams) -> u32 {
 /// Bits of c1 in a returned ciphertext: 13 above the plaintext (c1·s rounding stays below 2^9).
 pub fn response_c1_bits(p: &HeParams) -> u32 {
     p.plain_bits() + 13
+}
+
+/// Bits of d1 and d2 in a returned product that was not relinearized: 23 above the plaintext.
+/// Each value's rounding (≤ 1.5 units) times s² adds up to 1.5·‖s²‖₁ ≈ 2^20.7 units at
+/// N = 16384 with a ternary s, which with c0's rounding (≤ 1.5·2^19) and the flooding
+/// (≤ 2^19) stays below the 2^22 units that decryption tolerates.
+pub fn tensored_c1_bits(p: &HeParams) -> u32 {
+    p.plain_bits() + 23
+}
+
+/// The shape of a returned result of `parts` parts (2: a ciphertext, 3: a product opened with
+/// s²) with `kept` output coefficients.
+pub fn response_shape(p: &HeParams, parts: usize, kept: usize) -> ShrunkShape {
+    let c1_bits = if parts == 3 { tensored_c1_bits(p) } else { response_c1_bits(p) };
+    ShrunkShape { parts, kept, c0_bits: response_c0_bits(p), c1_bits }
 }
 
 /// Most Galois levels a client's keys cover (2^10 results per packed ciphertext, 2^10
@@ -201,6 +217,8 @@ pub struct ResponseKeys<'a> {
     pub pk: &'a PublicKey,
     /// For merging a group of sparse results (where the parameters pack).
     pub galois: Option<&'a GaloisKeys>,
+    /// For re-randomizing the part under s² of a product that was not relinearized.
+    pub square: Option<&'a SquareKey>,
 }
 
 /// A returned ciphertext's bytes, with the mask values it hides and their (row, column).
@@ -251,20 +269,21 @@ pub fn respond(
     let ct = pack_group(p, keys, t, members, be)?;
     let pos = t.returned_positions(g);
     let keep: Vec<usize> = pos.iter().map(|&(c, _, _)| c).collect();
-    let (bytes, mask) = mask_and_seal(p, keys.pk, ct, &keep, t.pack, flood, be, rng)?;
+    let (bytes, mask) = mask_and_seal(p, keys, ct, &keep, t.pack, flood, be, rng)?;
     Ok((bytes, mask.into_iter().zip(pos).map(|(r, (_, _, ik))| (r, ik)).collect()))
 }
 
 /// The one path of every result that leaves the server: a fresh mask 2^scale·R subtracted at
 /// the output coefficients `keep` (R uniform mod 2^(log t − scale), so every bit of the value
-/// 2^scale·y up to t is hidden), re-randomized with an encryption of zero under `pk`, flooded
-/// with `flood` bits of noise and shrunk to the output coefficients. Returns the bytes and R mod
-/// 2^64 (the server's share of y) per coefficient of `keep`.
+/// 2^scale·y up to t is hidden), re-randomized with encryptions of zero under the client's keys,
+/// flooded with `flood` bits of noise and shrunk to the output coefficients
+/// ([`response_shape`]). Returns the bytes and R mod 2^64 (the server's share of y) per
+/// coefficient of `keep`.
 #[allow(clippy::too_many_arguments)]
-pub fn mask_and_seal(
+pub fn mask_and_seal<T: Outgoing>(
     p: &HeParams,
-    pk: &PublicKey,
-    mut ct: Ciphertext,
+    keys: ResponseKeys<'_>,
+    mut ct: T,
     keep: &[usize],
     scale: u32,
     flood: u32,
@@ -280,8 +299,9 @@ pub fn mask_and_seal(
         neg_mask[c] = (r << scale).wrapping_neg() & t_mask;
         mask.push(r as u64);
     }
-    ct.add_wide_plain_assign(p, &neg_mask, be)?;
-    ct.rerandomize(p, pk, be, rng)?;
-    ct.flood(p, flood, be, rng)?;
-    Ok((ct.shrink(p, keep, response_c0_bits(p), response_c1_bits(p), be)?.to_bytes(), mask))
+    ct.add_plain(p, &neg_mask, be)?;
+    ct.rerandomize_with(p, keys.pk, keys.square, be, rng)?;
+    ct.flood_with(p, flood, be, rng)?;
+    let shape = response_shape(p, T::PARTS, keep.len());
+    Ok((ct.shrink_to(p, keep, shape.c0_bits, shape.c1_bits, be)?.to_bytes(), mask))
 }

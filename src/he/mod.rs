@@ -22,10 +22,10 @@ mod wire;
 
 pub use bfv::{Ciphertext, PlainOperand, Plaintext, PublicKey, SecretKey, SeededCiphertext};
 pub use galois::GaloisKeys;
-pub use mult::{Lifted, ProductSum, RelinKey, SUM_TERM_BITS, Tensored};
+pub use mult::{Lifted, ProductSum, RelinKey, SUM_TERM_BITS, SquareKey, Tensored};
 pub use params::{HeParams, max_log_q_128};
 pub use poly::{Form, RnsPoly};
-pub use response::{MAX_FLOOD_BITS, NARROW_FLOOD_BITS, ShrunkCiphertext};
+pub use response::{MAX_FLOOD_BITS, NARROW_FLOOD_BITS, Outgoing, ShrunkCiphertext, ShrunkShape};
 pub use select::{OperandBank, SelectionPart, SelectionSums, Selectors, select, select_spread};
 pub use wire::{MAX_DROPPED_BITS, ciphertext_len, compressed_ciphertext_len, seeded_ciphertext_len};
 

@@ -26,12 +26,14 @@
 //! s (the client) decrypts it directly with [`SecretKey::decrypt_tensored`], so a result only the
 //! client opens can skip relinearization.
 
+use std::sync::Arc;
+
 use num_bigint::BigUint;
 use num_traits::{One, ToPrimitive};
 use rand::CryptoRng;
 use zeroize::Zeroize;
 
-use super::bfv::{Ciphertext, SecretKey};
+use super::bfv::{Ciphertext, PublicKey, SecretKey};
 use super::poly::{Form, RnsPoly};
 use super::{HeError, HeParams, HeResult};
 use crate::backend::{Backend, NttTable, Prepared, par_map};
@@ -67,7 +69,36 @@ impl RelinKey {
     }
 }
 
+/// The client's public key for s²: (b, a) = (−a·s² + e, a), for products the server does not
+/// relinearize ([`Tensored`]). A public-key encryption of zero under it, (b·u + e0, a·u + e1),
+/// added to (d0, d2), makes d2 an RLWE sample independent of the server's operands (d2 =
+/// c1·c1' would otherwise show the client the c1 of the server's selected weights). It assumes
+/// no more than a relinearization key, which publishes encryptions of s² already.
+#[derive(Debug, Clone)]
+pub struct SquareKey(pub(crate) PublicKey);
+
+impl SquareKey {
+    /// Serializes as a public key (b, then the seed of a).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.0.to_bytes()
+    }
+
+    /// Reads a square key for `params` (the checks of [`PublicKey::from_bytes`]).
+    pub fn from_bytes(params: &Arc<HeParams>, bytes: &[u8]) -> HeResult<SquareKey> {
+        PublicKey::from_bytes(params, bytes).map(SquareKey)
+    }
+}
+
 impl SecretKey {
+    /// The public key for s² ([`SquareKey`]).
+    pub fn square_key<R: CryptoRng + ?Sized>(&self, backend: &dyn Backend, rng: &mut R) -> HeResult<SquareKey> {
+        let mut s2 = self.s.clone();
+        s2.mul_assign(&self.params, &self.s);
+        let key = self.public_key_for(&s2, backend, rng);
+        s2.zeroize();
+        Ok(SquareKey(key?))
+    }
+
     /// A relinearization key for [`Ciphertext::mul`] and [`Tensored::relinearize`].
     pub fn relin_key<R: CryptoRng + ?Sized>(&self, backend: &dyn Backend, rng: &mut R) -> HeResult<RelinKey> {
         let p = &self.params;

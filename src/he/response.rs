@@ -1,8 +1,11 @@
-//! What the server does to a result ciphertext before it leaves (circuit privacy and size), and
-//! how the client opens it.
+//! What the server does to a result before it leaves (circuit privacy and size), and how the
+//! client opens it. A result is a ciphertext (c0, c1), or a product of two ciphertexts the server
+//! did not relinearize ([`Tensored`]: (d0, d1, d2), opened with s and s²); both take the same
+//! path ([`Outgoing`]).
 //!
 //! - [`Ciphertext::rerandomize`] adds a fresh public-key encryption of zero: c1 becomes an RLWE
-//!   sample unrelated to the server's weights (otherwise c1 = a·w would give w away).
+//!   sample unrelated to the server's weights (otherwise c1 = a·w would give w away). A
+//!   [`Tensored`] result also gets one under the client's [`SquareKey`] in (d0, d2).
 //! - [`Ciphertext::flood`] adds uniform noise of `bits` bits to c0: when it exceeds every
 //!   weight-dependent noise term by 2^κ, the decrypted noise is within statistical distance
 //!   2^-κ per coefficient of a distribution that does not depend on the weights.
@@ -12,7 +15,8 @@
 
 use rand::{CryptoRng, RngExt};
 
-use super::bfv::{Ciphertext, PublicKey, SecretKey};
+use super::bfv::{Ciphertext, PublicKey, SecretKey, add_wide_plain};
+use super::mult::{SquareKey, Tensored};
 use super::poly::{Form, RnsPoly};
 use super::{HeError, HeParams, HeResult};
 use crate::backend::Backend;
@@ -48,42 +52,9 @@ impl Ciphertext {
         backend: &dyn Backend,
         rng: &mut R,
     ) -> HeResult<()> {
-        if bits > MAX_FLOOD_BITS {
-            return Err(HeError::Unsupported {
-                params: params.name(),
-                what: format!("flood with {bits} bits of noise (at most {MAX_FLOOD_BITS})"),
-            });
-        }
-        let n = params.degree();
         self.c0.to_coeff(params, backend)?;
         self.c1.to_coeff(params, backend)?;
-        if bits <= NARROW_FLOOD_BITS {
-            let span = 1u128 << (bits + 1);
-            let noise: Vec<i128> = (0..n).map(|_| (rng.random::<u128>() % span) as i128 - (span / 2) as i128).collect();
-            for (limb, m) in self.c0.limbs.chunks_exact_mut(n).zip(params.moduli()) {
-                let p = m.value() as i128;
-                for (x, &e) in limb.iter_mut().zip(&noise) {
-                    *x = m.add(*x, e.rem_euclid(p) as u64);
-                }
-            }
-            return Ok(());
-        }
-        // e = hi·2^128 + lo − 2^bits with lo uniform in [0, 2^128) and hi in [0, 2^(bits+1−128))
-        let hi_mask = (1u128 << (bits + 1 - 128)) - 1;
-        let noise: Vec<(u128, u128)> = (0..n).map(|_| (rng.random::<u128>() & hi_mask, rng.random::<u128>())).collect();
-        for (limb, m) in self.c0.limbs.chunks_exact_mut(n).zip(params.moduli()) {
-            let two_64 = m.reduce_u128(1u128 << 64);
-            let two_128 = m.mul(two_64, two_64);
-            let offset = match bits.checked_sub(128) {
-                Some(above) => m.mul(m.reduce_u128(1u128 << above), two_128),
-                None => m.reduce_u128(1u128 << bits),
-            };
-            for (x, &(hi, lo)) in limb.iter_mut().zip(&noise) {
-                let e = m.add(m.mul(m.reduce_u128(hi), two_128), m.reduce_u128(lo));
-                *x = m.add(*x, m.sub(e, offset));
-            }
-        }
-        Ok(())
+        flood(params, &mut self.c0, bits, rng)
     }
 
     /// Switches to power-of-two moduli: c1 → ⌊2^c1_bits·c1/q⌉ (all N coefficients) and c0 →
@@ -97,31 +68,262 @@ impl Ciphertext {
         c1_bits: u32,
         backend: &dyn Backend,
     ) -> HeResult<ShrunkCiphertext> {
-        let n = params.degree();
-        let t = params.plain_bits();
-        if c0_bits <= t || c0_bits > c1_bits || c1_bits > 127 {
-            return Err(HeError::Unsupported {
-                params: params.name(),
-                what: format!("shrink to {c0_bits}/{c1_bits} bits (needs {t} < c0 bits ≤ c1 bits ≤ 127)"),
-            });
-        }
-        if let Some(&bad) = keep.iter().find(|&&j| j >= n) {
-            return Err(HeError::Shape(format!("kept coefficient {bad} is beyond N = {n}")));
-        }
-        let k = self.limbs(params);
-        let moduli = &params.moduli()[..k];
-        let (mut c0, mut c1) = (self.c0.clone(), self.c1.clone());
-        c0.to_coeff(params, backend)?;
-        c1.to_coeff(params, backend)?;
-        let to_c0 = PowerOfTwoSwitch::new(moduli, c0_bits)?;
-        let to_c1 = PowerOfTwoSwitch::new(moduli, c1_bits)?;
-        Ok(ShrunkCiphertext {
-            c0_bits,
-            c1_bits,
-            c0: keep.iter().map(|&j| to_c0.apply(&c0, n, j)).collect(),
-            c1: (0..n).map(|j| to_c1.apply(&c1, n, j)).collect(),
-        })
+        shrink(params, &self.c0, &[&self.c1], keep, c0_bits, c1_bits, backend)
     }
+}
+
+impl Tensored {
+    /// Adds a fresh encryption of zero under (s, s²): one under `pk` to (d0, d1), one under the
+    /// [`SquareKey`] to (d0, d2).
+    pub fn rerandomize<R: CryptoRng + ?Sized>(
+        &mut self,
+        params: &HeParams,
+        pk: &PublicKey,
+        square: &SquareKey,
+        backend: &dyn Backend,
+        rng: &mut R,
+    ) -> HeResult<()> {
+        let k = self.limbs(params);
+        for (key, part) in [(pk, 1), (&square.0, 2)] {
+            let mut zero = key.encrypt(&super::Plaintext::new(params, Vec::new())?, backend, rng)?;
+            zero.c0.limbs.truncate(k * params.degree());
+            zero.c1.limbs.truncate(k * params.degree());
+            let target = if part == 1 { &mut self.d1 } else { &mut self.d2 };
+            for (ours, theirs) in [(&mut self.d0, zero.c0), (target, zero.c1)] {
+                let mut theirs = theirs;
+                if ours.form() == Form::Coeff {
+                    theirs.to_coeff(params, backend)?;
+                }
+                ours.add_assign(params, &theirs);
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds independent uniform noise from [−2^bits, 2^bits) to every coefficient of d0.
+    /// Leaves coefficient form.
+    pub fn flood<R: CryptoRng + ?Sized>(
+        &mut self,
+        params: &HeParams,
+        bits: u32,
+        backend: &dyn Backend,
+        rng: &mut R,
+    ) -> HeResult<()> {
+        for part in [&mut self.d0, &mut self.d1, &mut self.d2] {
+            part.to_coeff(params, backend)?;
+        }
+        flood(params, &mut self.d0, bits, rng)
+    }
+
+    /// Switches to power-of-two moduli as [`Ciphertext::shrink`], d1 and d2 both to 2^c1_bits.
+    pub fn shrink(
+        &self,
+        params: &HeParams,
+        keep: &[usize],
+        c0_bits: u32,
+        c1_bits: u32,
+        backend: &dyn Backend,
+    ) -> HeResult<ShrunkCiphertext> {
+        shrink(params, &self.d0, &[&self.d1, &self.d2], keep, c0_bits, c1_bits, backend)
+    }
+}
+
+/// A result on its way out of the server: masked in its constant part, re-randomized, flooded
+/// and shrunk (one path for every result, [`crate::he::matmul::mask_and_seal`]).
+pub trait Outgoing {
+    /// Its parts: 2 for (c0, c1), 3 for (d0, d1, d2).
+    const PARTS: usize;
+    /// Adds plaintext coefficients (below t) to the constant part.
+    fn add_plain(&mut self, params: &HeParams, coeffs: &[u128], backend: &dyn Backend) -> HeResult<()>;
+    /// Adds fresh encryptions of zero under the client's keys (`square` for a part under s²).
+    fn rerandomize_with<R: CryptoRng + ?Sized>(
+        &mut self,
+        params: &HeParams,
+        pk: &PublicKey,
+        square: Option<&SquareKey>,
+        backend: &dyn Backend,
+        rng: &mut R,
+    ) -> HeResult<()>;
+    /// Floods the constant part with `bits` bits of uniform noise (coefficient form).
+    fn flood_with<R: CryptoRng + ?Sized>(
+        &mut self,
+        params: &HeParams,
+        bits: u32,
+        backend: &dyn Backend,
+        rng: &mut R,
+    ) -> HeResult<()>;
+    /// Switches to power-of-two moduli, the constant part at the positions `keep` only.
+    fn shrink_to(
+        &self,
+        params: &HeParams,
+        keep: &[usize],
+        c0_bits: u32,
+        c1_bits: u32,
+        backend: &dyn Backend,
+    ) -> HeResult<ShrunkCiphertext>;
+}
+
+impl Outgoing for Ciphertext {
+    const PARTS: usize = 2;
+
+    fn add_plain(&mut self, params: &HeParams, coeffs: &[u128], backend: &dyn Backend) -> HeResult<()> {
+        add_wide_plain(params, &mut self.c0, coeffs, backend)
+    }
+
+    fn rerandomize_with<R: CryptoRng + ?Sized>(
+        &mut self,
+        params: &HeParams,
+        pk: &PublicKey,
+        _: Option<&SquareKey>,
+        backend: &dyn Backend,
+        rng: &mut R,
+    ) -> HeResult<()> {
+        self.rerandomize(params, pk, backend, rng)
+    }
+
+    fn flood_with<R: CryptoRng + ?Sized>(
+        &mut self,
+        params: &HeParams,
+        bits: u32,
+        backend: &dyn Backend,
+        rng: &mut R,
+    ) -> HeResult<()> {
+        self.flood(params, bits, backend, rng)
+    }
+
+    fn shrink_to(
+        &self,
+        params: &HeParams,
+        keep: &[usize],
+        c0_bits: u32,
+        c1_bits: u32,
+        backend: &dyn Backend,
+    ) -> HeResult<ShrunkCiphertext> {
+        self.shrink(params, keep, c0_bits, c1_bits, backend)
+    }
+}
+
+impl Outgoing for Tensored {
+    const PARTS: usize = 3;
+
+    fn add_plain(&mut self, params: &HeParams, coeffs: &[u128], backend: &dyn Backend) -> HeResult<()> {
+        add_wide_plain(params, &mut self.d0, coeffs, backend)
+    }
+
+    fn rerandomize_with<R: CryptoRng + ?Sized>(
+        &mut self,
+        params: &HeParams,
+        pk: &PublicKey,
+        square: Option<&SquareKey>,
+        backend: &dyn Backend,
+        rng: &mut R,
+    ) -> HeResult<()> {
+        let square = square.ok_or_else(|| {
+            HeError::Shape("a product that was not relinearized needs the client's square key to leave".into())
+        })?;
+        self.rerandomize(params, pk, square, backend, rng)
+    }
+
+    fn flood_with<R: CryptoRng + ?Sized>(
+        &mut self,
+        params: &HeParams,
+        bits: u32,
+        backend: &dyn Backend,
+        rng: &mut R,
+    ) -> HeResult<()> {
+        self.flood(params, bits, backend, rng)
+    }
+
+    fn shrink_to(
+        &self,
+        params: &HeParams,
+        keep: &[usize],
+        c0_bits: u32,
+        c1_bits: u32,
+        backend: &dyn Backend,
+    ) -> HeResult<ShrunkCiphertext> {
+        self.shrink(params, keep, c0_bits, c1_bits, backend)
+    }
+}
+
+/// Adds independent uniform noise from [−2^bits, 2^bits) to every coefficient of `c0`
+/// (coefficient form).
+fn flood<R: CryptoRng + ?Sized>(params: &HeParams, c0: &mut RnsPoly, bits: u32, rng: &mut R) -> HeResult<()> {
+    if bits > MAX_FLOOD_BITS {
+        return Err(HeError::Unsupported {
+            params: params.name(),
+            what: format!("flood with {bits} bits of noise (at most {MAX_FLOOD_BITS})"),
+        });
+    }
+    let n = params.degree();
+    if bits <= NARROW_FLOOD_BITS {
+        let span = 1u128 << (bits + 1);
+        let noise: Vec<i128> = (0..n).map(|_| (rng.random::<u128>() % span) as i128 - (span / 2) as i128).collect();
+        for (limb, m) in c0.limbs.chunks_exact_mut(n).zip(params.moduli()) {
+            let p = m.value() as i128;
+            for (x, &e) in limb.iter_mut().zip(&noise) {
+                *x = m.add(*x, e.rem_euclid(p) as u64);
+            }
+        }
+        return Ok(());
+    }
+    // e = hi·2^128 + lo − 2^bits with lo uniform in [0, 2^128) and hi in [0, 2^(bits+1−128))
+    let hi_mask = (1u128 << (bits + 1 - 128)) - 1;
+    let noise: Vec<(u128, u128)> = (0..n).map(|_| (rng.random::<u128>() & hi_mask, rng.random::<u128>())).collect();
+    for (limb, m) in c0.limbs.chunks_exact_mut(n).zip(params.moduli()) {
+        let two_64 = m.reduce_u128(1u128 << 64);
+        let two_128 = m.mul(two_64, two_64);
+        let offset = match bits.checked_sub(128) {
+            Some(above) => m.mul(m.reduce_u128(1u128 << above), two_128),
+            None => m.reduce_u128(1u128 << bits),
+        };
+        for (x, &(hi, lo)) in limb.iter_mut().zip(&noise) {
+            let e = m.add(m.mul(m.reduce_u128(hi), two_128), m.reduce_u128(lo));
+            *x = m.add(*x, m.sub(e, offset));
+        }
+    }
+    Ok(())
+}
+
+/// Switches `c0` (at `keep`) to 2^c0_bits and every part of `rest` (all N coefficients) to
+/// 2^c1_bits.
+fn shrink(
+    params: &HeParams,
+    c0: &RnsPoly,
+    rest: &[&RnsPoly],
+    keep: &[usize],
+    c0_bits: u32,
+    c1_bits: u32,
+    backend: &dyn Backend,
+) -> HeResult<ShrunkCiphertext> {
+    let n = params.degree();
+    let t = params.plain_bits();
+    if c0_bits <= t || c0_bits > c1_bits || c1_bits > 127 {
+        return Err(HeError::Unsupported {
+            params: params.name(),
+            what: format!("shrink to {c0_bits}/{c1_bits} bits (needs {t} < c0 bits ≤ c1 bits ≤ 127)"),
+        });
+    }
+    if let Some(&bad) = keep.iter().find(|&&j| j >= n) {
+        return Err(HeError::Shape(format!("kept coefficient {bad} is beyond N = {n}")));
+    }
+    let k = c0.limbs.len() / n;
+    let moduli = &params.moduli()[..k];
+    let coeff = |poly: &RnsPoly| -> HeResult<RnsPoly> {
+        let mut poly = poly.clone();
+        poly.to_coeff(params, backend)?;
+        Ok(poly)
+    };
+    let to_c0 = PowerOfTwoSwitch::new(moduli, c0_bits)?;
+    let to_c1 = PowerOfTwoSwitch::new(moduli, c1_bits)?;
+    let c0 = coeff(c0)?;
+    let mut parts = rest.iter().map(|part| {
+        let part = coeff(part)?;
+        Ok::<Vec<u128>, HeError>((0..n).map(|j| to_c1.apply(&part, n, j)).collect())
+    });
+    let c1 = parts.next().unwrap_or_else(|| Ok(Vec::new()))?;
+    let c2 = parts.next().unwrap_or_else(|| Ok(Vec::new()))?;
+    Ok(ShrunkCiphertext { c0_bits, c1_bits, c0: keep.iter().map(|&j| to_c0.apply(&c0, n, j)).collect(), c1, c2 })
 }
 
 /// The error for RNS primes that are not pairwise coprime (parameter sets are built from distinct
@@ -167,45 +369,80 @@ impl PowerOfTwoSwitch {
     }
 }
 
-/// A result ciphertext at power-of-two moduli: all of c1 mod 2^c1_bits, and c0 mod 2^c0_bits at
-/// the kept positions (both parties know which).
+/// A result at power-of-two moduli: c0 mod 2^c0_bits at the kept positions (both parties know
+/// which), and all of c1 — and of c2, for a product that was not relinearized — mod 2^c1_bits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShrunkCiphertext {
     c0_bits: u32,
     c1_bits: u32,
     c0: Vec<u128>,
     c1: Vec<u128>,
+    /// Empty for a two-part ciphertext.
+    c2: Vec<u128>,
 }
 
+/// Tags of the two-part and three-part forms.
 const SHRUNK_TAG: &[u8; 4] = b"SMsh";
+const SHRUNK3_TAG: &[u8; 4] = b"SMs3";
 const SHRUNK_HEADER: usize = 4 + 1 + 1 + 4 + 4;
 
+/// The expected form of a shrunk result: `parts` (2: (c0, c1); 3: a product opened with s²),
+/// the kept positions and the widths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShrunkShape {
+    /// 2 or 3.
+    pub parts: usize,
+    /// Kept coefficients of c0.
+    pub kept: usize,
+    /// Bits of each kept c0 value.
+    pub c0_bits: u32,
+    /// Bits of each value of c1 (and c2).
+    pub c1_bits: u32,
+}
+
+impl ShrunkShape {
+    /// Serialized size under degree `n`.
+    pub fn encoded_len(&self, n: usize) -> usize {
+        SHRUNK_HEADER + packed_u128_len(self.kept, self.c0_bits) + (self.parts - 1) * packed_u128_len(n, self.c1_bits)
+    }
+}
+
 impl ShrunkCiphertext {
-    /// Serialized size for `kept` positions under degree `n`.
-    pub fn encoded_len(n: usize, kept: usize, c0_bits: u32, c1_bits: u32) -> usize {
-        SHRUNK_HEADER + packed_u128_len(kept, c0_bits) + packed_u128_len(n, c1_bits)
+    /// Its shape.
+    pub fn shape(&self) -> ShrunkShape {
+        let parts = if self.c2.is_empty() { 2 } else { 3 };
+        ShrunkShape { parts, kept: self.c0.len(), c0_bits: self.c0_bits, c1_bits: self.c1_bits }
     }
 
-    /// Serializes: tag, bit widths, counts, then the packed values.
+    /// Serializes: tag (two or three parts), bit widths, counts, then the packed values.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out =
-            Vec::with_capacity(ShrunkCiphertext::encoded_len(self.c1.len(), self.c0.len(), self.c0_bits, self.c1_bits));
-        out.extend_from_slice(SHRUNK_TAG);
+        let shape = self.shape();
+        let mut out = Vec::with_capacity(shape.encoded_len(self.c1.len()));
+        out.extend_from_slice(if shape.parts == 3 { SHRUNK3_TAG } else { SHRUNK_TAG });
         out.push(self.c0_bits as u8);
         out.push(self.c1_bits as u8);
         out.extend_from_slice(&(self.c0.len() as u32).to_le_bytes());
         out.extend_from_slice(&(self.c1.len() as u32).to_le_bytes());
         pack_u128(&self.c0, self.c0_bits, &mut out);
         pack_u128(&self.c1, self.c1_bits, &mut out);
+        if shape.parts == 3 {
+            pack_u128(&self.c2, self.c1_bits, &mut out);
+        }
         out
     }
 
-    /// Reads a shrunk ciphertext that must have exactly the expected shape.
-    pub fn from_bytes(params: &HeParams, bytes: &[u8], kept: usize, c0_bits: u32, c1_bits: u32) -> HeResult<Self> {
+    /// Reads a shrunk result that must have exactly the expected shape.
+    pub fn from_bytes(params: &HeParams, bytes: &[u8], shape: ShrunkShape) -> HeResult<Self> {
         let bad = |reason: String| HeError::Malformed { what: "shrunk ciphertext", reason };
         let n = params.degree();
-        if bytes.len() < SHRUNK_HEADER || &bytes[..4] != SHRUNK_TAG {
-            return Err(bad("not a secmoe shrunk ciphertext (bad tag)".into()));
+        let ShrunkShape { parts, kept, c0_bits, c1_bits } = shape;
+        let found = match bytes.get(..4) {
+            Some(t) if bytes.len() >= SHRUNK_HEADER && t == SHRUNK_TAG => 2,
+            Some(t) if bytes.len() >= SHRUNK_HEADER && t == SHRUNK3_TAG => 3,
+            _ => return Err(bad("not a secmoe shrunk ciphertext (bad tag)".into())),
+        };
+        if found != parts {
+            return Err(bad(format!("{found} parts, expected {parts}")));
         }
         let (b0, b1) = (bytes[4] as u32, bytes[5] as u32);
         if (b0, b1) != (c0_bits, c1_bits) {
@@ -216,14 +453,21 @@ impl ShrunkCiphertext {
         if (count0, count1) != (kept, n) {
             return Err(bad(format!("{count0} kept and {count1} c1 coefficients, expected {kept} and {n}")));
         }
-        let expected = ShrunkCiphertext::encoded_len(n, kept, c0_bits, c1_bits);
+        let expected = shape.encoded_len(n);
         if bytes.len() != expected {
             return Err(bad(format!("{} bytes, expected {expected}", bytes.len())));
         }
-        let split = SHRUNK_HEADER + packed_u128_len(kept, c0_bits);
-        let c0 = unpack_u128(&bytes[SHRUNK_HEADER..split], kept, c0_bits).map_err(|e| bad(e.to_string()))?;
-        let c1 = unpack_u128(&bytes[split..], n, c1_bits).map_err(|e| bad(e.to_string()))?;
-        Ok(ShrunkCiphertext { c0_bits, c1_bits, c0, c1 })
+        let mut at = SHRUNK_HEADER;
+        let mut read = |count: usize, bits: u32| {
+            let len = packed_u128_len(count, bits);
+            let values = unpack_u128(&bytes[at..at + len], count, bits).map_err(|e| bad(e.to_string()));
+            at += len;
+            values
+        };
+        let c0 = read(kept, c0_bits)?;
+        let c1 = read(n, c1_bits)?;
+        let c2 = if parts == 3 { read(n, c1_bits)? } else { Vec::new() };
+        Ok(ShrunkCiphertext { c0_bits, c1_bits, c0, c1, c2 })
     }
 }
 
@@ -247,9 +491,9 @@ fn unpack_u128(bytes: &[u8], count: usize, bits: u32) -> Result<Vec<u128>, crate
 }
 
 impl SecretKey {
-    /// Decrypts the kept coefficients of a shrunk ciphertext: v = c0·2^(b1−b0) + c1·s mod 2^b1,
-    /// m = ⌊v·t / 2^b1⌉ mod t (t = 2^plain_bits). The product c1·s is computed exactly over the
-    /// integers (its coefficients stay below N·2^b1) through the NTT primes, then reduced mod 2^b1.
+    /// Decrypts the kept coefficients of a shrunk result: v = c0·2^(b1−b0) + s·(c1 + s·c2)
+    /// mod 2^b1 (c2 = 0 for two parts), m = ⌊v·t / 2^b1⌉ mod t (t = 2^plain_bits). The products
+    /// by s are exact over the integers, reduced mod 2^b1 ([`SecretKey::times_s`]).
     pub fn decrypt_shrunk(&self, ct: &ShrunkCiphertext, keep: &[usize], backend: &dyn Backend) -> HeResult<Vec<u128>> {
         let p = &self.params;
         let n = p.degree();
@@ -260,42 +504,22 @@ impl SecretKey {
                 what: format!("open a {}-bit c0: it cannot hold {t}-bit plaintexts", ct.c0_bits),
             });
         }
-        if keep.len() != ct.c0.len() || ct.c1.len() != n {
+        if keep.len() != ct.c0.len() || ct.c1.len() != n || !(ct.c2.is_empty() || ct.c2.len() == n) {
             return Err(HeError::Shape(format!(
                 "{} kept positions for a shrunk ciphertext holding {}",
                 keep.len(),
                 ct.c0.len()
             )));
         }
-        // Primes whose product P (< 2^127) exceeds 2·N·2^b1, for an exact centered lift.
-        let need = ct.c1_bits as f64 + (n as f64).log2() + 2.0;
-        let mut limbs = 0;
-        let mut log_p = 0.0;
-        while log_p < need && limbs < p.moduli().len() {
-            log_p += (p.moduli()[limbs].value() as f64).log2();
-            limbs += 1;
-        }
-        if log_p < need || log_p >= 127.0 || limbs != 2 {
-            return Err(HeError::Unsupported {
-                params: p.name(),
-                what: format!(
-                    "open {}-bit shrunk ciphertexts exactly (needs two primes above {need:.0} bits)",
-                    ct.c1_bits
-                ),
-            });
-        }
-        let (m1, m2) = (p.moduli()[0], p.moduli()[1]);
-        let mut c1 = RnsPoly { limbs: Vec::with_capacity(2 * n), form: Form::Coeff };
-        for m in [m1, m2] {
-            c1.limbs.extend(ct.c1.iter().map(|&v| m.reduce_u128(v)));
-        }
-        c1.to_ntt(p, backend)?;
-        c1.mul_assign(p, &self.s);
-        c1.to_coeff(p, backend)?;
-        // Garner: x = r1 + p1·((r2 − r1)·p1^-1 mod p2) in [0, p1·p2).
-        let p1_inv = m2.inv(m2.reduce(m1.value())).ok_or_else(|| not_coprime(&m2))?;
-        let big_p = m1.value() as u128 * m2.value() as u128;
         let mask = (1u128 << ct.c1_bits) - 1;
+        let mut inner = ct.c1.clone();
+        if !ct.c2.is_empty() {
+            let s_c2 = self.times_s(&ct.c2, ct.c1_bits, backend)?;
+            for (x, y) in inner.iter_mut().zip(s_c2) {
+                *x = x.wrapping_add(y) & mask;
+            }
+        }
+        let phase = self.times_s(&inner, ct.c1_bits, backend)?;
         let shift = ct.c1_bits - ct.c0_bits;
         let half = 1u128 << (ct.c1_bits - t - 1);
         let t_mask = (1u128 << t) - 1;
@@ -303,14 +527,55 @@ impl SecretKey {
             .iter()
             .zip(&ct.c0)
             .map(|(&j, &c0)| {
-                let (r1, r2) = (c1.limbs[j], c1.limbs[n + j]);
-                let h = m2.mul(m2.sub(r2, m2.reduce(r1)), p1_inv);
-                let x = r1 as u128 + m1.value() as u128 * h as u128;
-                let c1s = if x > big_p / 2 { x.wrapping_sub(big_p) } else { x };
-                let v = (c0 << shift).wrapping_add(c1s) & mask;
+                let v = (c0 << shift).wrapping_add(phase[j]) & mask;
                 ((v + half) >> (ct.c1_bits - t)) & t_mask
             })
             .collect())
+    }
+
+    /// s·a mod 2^bits for a polynomial a of `bits`-bit coefficients, exactly: a is cut into
+    /// chunks of w bits such that each chunk's product with the ternary s (coefficients below
+    /// N·2^w in magnitude) is within half the product P of the first two primes; each is
+    /// computed there by NTT, lifted by Garner to its centred integer and added at its offset.
+    fn times_s(&self, a: &[u128], bits: u32, backend: &dyn Backend) -> HeResult<Vec<u128>> {
+        let p = &self.params;
+        let n = p.degree();
+        let unsupported = || HeError::Unsupported {
+            params: p.name(),
+            what: format!("open {bits}-bit shrunk ciphertexts exactly (needs two primes of 2·N·2^w, w ≥ 32)"),
+        };
+        let [m1, m2] = match p.moduli() {
+            [m1, m2, ..] => [*m1, *m2],
+            _ => return Err(unsupported()),
+        };
+        let log_p = (m1.value() as f64).log2() + (m2.value() as f64).log2();
+        let width = (log_p.floor() as u32).saturating_sub(n.trailing_zeros() + 2).min(bits);
+        if width < 32 || log_p >= 127.0 {
+            return Err(unsupported());
+        }
+        // Garner: x = r1 + p1·((r2 − r1)·p1^-1 mod p2) in [0, p1·p2).
+        let p1_inv = m2.inv(m2.reduce(m1.value())).ok_or_else(|| not_coprime(&m2))?;
+        let big_p = m1.value() as u128 * m2.value() as u128;
+        let mask = if bits == 128 { u128::MAX } else { (1u128 << bits) - 1 };
+        let mut out = vec![0u128; n];
+        for low in (0..bits).step_by(width as usize) {
+            let chunk_mask = (1u128 << width.min(bits - low)) - 1;
+            let mut chunk = RnsPoly { limbs: Vec::with_capacity(2 * n), form: Form::Coeff };
+            for m in [m1, m2] {
+                chunk.limbs.extend(a.iter().map(|&v| m.reduce_u128((v >> low) & chunk_mask)));
+            }
+            chunk.to_ntt(p, backend)?;
+            chunk.mul_assign(p, &self.s);
+            chunk.to_coeff(p, backend)?;
+            for (j, o) in out.iter_mut().enumerate() {
+                let (r1, r2) = (chunk.limbs[j], chunk.limbs[n + j]);
+                let h = m2.mul(m2.sub(r2, m2.reduce(r1)), p1_inv);
+                let x = r1 as u128 + m1.value() as u128 * h as u128;
+                let centred = if x > big_p / 2 { x.wrapping_sub(big_p) } else { x };
+                *o = o.wrapping_add(centred << low) & mask;
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -319,7 +584,7 @@ mod tests {
     use super::*;
     use crate::backend::CpuBackend;
     use crate::he::{Plaintext, SecretKey};
-    use rand::{SeedableRng, rngs::StdRng};
+    use rand::{RngExt, SeedableRng, rngs::StdRng};
 
     #[test]
     fn a_flooded_rerandomized_shrunk_ciphertext_still_decrypts() {
@@ -337,29 +602,101 @@ mod tests {
         let keep: Vec<usize> = (0..p.degree()).step_by(3).chain([p.degree() - 1]).collect();
         let shrunk = ct.shrink(&p, &keep, 74, 83, &be).unwrap_or_else(|e| panic!("{e}"));
         let bytes = shrunk.to_bytes();
-        assert_eq!(bytes.len(), ShrunkCiphertext::encoded_len(p.degree(), keep.len(), 74, 83));
-        let back = ShrunkCiphertext::from_bytes(&p, &bytes, keep.len(), 74, 83).unwrap_or_else(|e| panic!("{e}"));
+        let shape = ShrunkShape { parts: 2, kept: keep.len(), c0_bits: 74, c1_bits: 83 };
+        assert_eq!(bytes.len(), shape.encoded_len(p.degree()));
+        let back = ShrunkCiphertext::from_bytes(&p, &bytes, shape).unwrap_or_else(|e| panic!("{e}"));
         let got = sk.decrypt_shrunk(&back, &keep, &be).unwrap_or_else(|e| panic!("{e}"));
         let want: Vec<u128> = keep.iter().map(|&j| m[j] as u128).collect();
         assert_eq!(got, want);
+    }
+
+    /// A product of two ciphertexts that was not relinearized leaves through the same path as
+    /// a ciphertext — masked, re-randomized under (s, s²), flooded, shrunk to three parts — and
+    /// the client opens the negacyclic product of the plaintexts minus the mask. Without the
+    /// square key it cannot leave. The re-randomization changes d1 and d2 entirely.
+    #[test]
+    fn a_tensored_product_leaves_masked_and_opens_with_s_squared() {
+        use crate::he::matmul::{ResponseKeys, mask_and_seal, response_shape};
+        use rand::rngs::ChaCha20Rng;
+        let p = HeParams::select().unwrap_or_else(|e| panic!("{e}"));
+        let be = CpuBackend::new(2).unwrap_or_else(|e| panic!("{e}"));
+        let n = p.degree();
+        let mut rng = StdRng::seed_from_u64(5);
+        let sk = SecretKey::generate(&p, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        let pk = sk.public_key(&be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        let square = sk.square_key(&be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        // a sparse a (8 coefficients) times b: every output a short signed sum
+        let a: Vec<u64> = (0..8).map(|_| rng.random_range(-(1i64 << 20)..1 << 20) as u64).collect();
+        let b: Vec<u64> = (0..n).map(|_| rng.random_range(-(1i64 << 30)..1 << 30) as u64).collect();
+        let enc = |v: &[u64], rng: &mut StdRng| {
+            let pt = Plaintext::new(&p, v.to_vec()).unwrap_or_else(|e| panic!("{e}"));
+            sk.encrypt(&pt, &be, rng).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let (ca, cb) = (enc(&a, &mut rng), enc(&b, &mut rng));
+        let product = ca.tensor(&cb, &p, &be).unwrap_or_else(|e| panic!("{e}"));
+        let t_mask = (1u128 << p.plain_bits()) - 1;
+        let want: Vec<u128> = (0..n)
+            .map(|i| {
+                (0..a.len()).fold(0u128, |acc, j| {
+                    let (bi, sign) = if j <= i { (b[i - j], 1) } else { (b[n + i - j], -1) };
+                    let term = (a[j] as i64 as i128) * (bi as i64 as i128) * sign;
+                    acc.wrapping_add(term as u128) & t_mask
+                })
+            })
+            .collect();
+        let keep: Vec<usize> = (0..n).step_by(7).collect();
+        let keys = ResponseKeys { pk: &pk, galois: None, square: Some(&square) };
+        let (bytes, mask) =
+            mask_and_seal(&p, keys, product.clone(), &keep, 0, MAX_FLOOD_BITS, &be, &mut ChaCha20Rng::seed_from_u64(1))
+                .unwrap_or_else(|e| panic!("{e}"));
+        let shape = response_shape(&p, 3, keep.len());
+        assert_eq!(bytes.len(), shape.encoded_len(n));
+        let ct = ShrunkCiphertext::from_bytes(&p, &bytes, shape).unwrap_or_else(|e| panic!("{e}"));
+        let got = sk.decrypt_shrunk(&ct, &keep, &be).unwrap_or_else(|e| panic!("{e}"));
+        for ((&j, v), r) in keep.iter().zip(got).zip(mask) {
+            assert_eq!(v.wrapping_add(r as u128) & ((1 << 64) - 1), want[j] & ((1 << 64) - 1), "coefficient {j}");
+        }
+        // no square key: refused, not sent with d2 = c1·c1' in the clear
+        let keys = ResponseKeys { square: None, ..keys };
+        let err = mask_and_seal(&p, keys, product.clone(), &keep, 0, 100, &be, &mut ChaCha20Rng::seed_from_u64(1));
+        assert!(err.err().is_some_and(|e| e.to_string().contains("square key")));
+        // re-randomized: no coefficient of d1 or d2 survives
+        let mut fresh = product.clone();
+        fresh.rerandomize(&p, &pk, &square, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        fresh.flood(&p, 0, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        let mut old = product;
+        old.flood(&p, 0, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        for (ours, theirs) in [(&fresh.d1, &old.d1), (&fresh.d2, &old.d2)] {
+            let same = ours.limbs.iter().zip(&theirs.limbs).filter(|(x, y)| x == y).count();
+            assert!(same < 8, "{same} coefficients unchanged");
+        }
     }
 
     #[test]
     fn malformed_shrunk_ciphertexts_are_refused_by_name() {
         let p = HeParams::linear().unwrap_or_else(|e| panic!("{e}"));
         let n = p.degree();
-        let ct = ShrunkCiphertext { c0_bits: 67, c1_bits: 77, c0: vec![1; 10], c1: vec![2; n] };
+        let ct = ShrunkCiphertext { c0_bits: 67, c1_bits: 77, c0: vec![1; 10], c1: vec![2; n], c2: Vec::new() };
         let bytes = ct.to_bytes();
+        let shape = ShrunkShape { parts: 2, kept: 10, c0_bits: 67, c1_bits: 77 };
+        let three = ShrunkCiphertext { c2: vec![3; n], ..ct.clone() }.to_bytes();
         for (bytes, expect) in [
             (bytes[..bytes.len() - 1].to_vec(), "bytes, expected"),
             (b"XXXX".iter().chain(&bytes[4..]).copied().collect(), "bad tag"),
+            (three.clone(), "3 parts, expected 2"),
         ] {
-            let err = ShrunkCiphertext::from_bytes(&p, &bytes, 10, 67, 77).err().map(|e| e.to_string());
+            let err = ShrunkCiphertext::from_bytes(&p, &bytes, shape).err().map(|e| e.to_string());
             assert!(err.as_deref().is_some_and(|e| e.contains(expect)), "{err:?}");
         }
-        let err = ShrunkCiphertext::from_bytes(&p, &bytes, 11, 67, 77).err().map(|e| e.to_string());
+        let err =
+            ShrunkCiphertext::from_bytes(&p, &bytes, ShrunkShape { kept: 11, ..shape }).err().map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("expected 11")));
-        let err = ShrunkCiphertext::from_bytes(&p, &bytes, 10, 66, 77).err().map(|e| e.to_string());
+        let err =
+            ShrunkCiphertext::from_bytes(&p, &bytes, ShrunkShape { c0_bits: 66, ..shape }).err().map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("widths")));
+        let err = ShrunkCiphertext::from_bytes(&p, &three[..three.len() - 1], ShrunkShape { parts: 3, ..shape });
+        assert!(err.err().is_some_and(|e| e.to_string().contains("bytes, expected")));
+        let back = ShrunkCiphertext::from_bytes(&p, &three, ShrunkShape { parts: 3, ..shape });
+        assert_eq!(back.ok().map(|c| c.shape().parts), Some(3));
     }
 }

@@ -22,6 +22,14 @@
 //!    spread so that the merges come first) and sends it through [`mask_and_seal`] with the
 //!    scale 2^(ℓ+pack): the client's share is its decryption shifted down, the server's the mask.
 //!
+//! Only the client opens the results, and it holds s², so steps 3 and 4 have a second form
+//! ([`ProductForm::Tensored`]): each output tile's sum of products leaves unrelinearized,
+//! unpacked, as three parts re-randomized with the client's [`SquareKey`] (scale 2^ℓ). The
+//! server saves K relinearizations and every packing key switch and needs neither a
+//! relinearization key nor packing keys beyond the expansion's; the client receives K
+//! three-part results per row instead of ⌈K/2^pack⌉ two-part ones (the layout chooser weighs
+//! those bytes, so it picks smaller tiles).
+//!
 //! t = 2^(64+ℓ+pack) keeps all 64 bits of x·W mod 2^64 above both factors: the client's share
 //! x_c plus the server's x_s is x + 2^64·c as an integer, and 2^(ℓ+pack)·W·2^64·c vanishes from
 //! the client's window of 64 bits. Nothing the server computes depends on e in the clear; what
@@ -31,9 +39,12 @@
 use rand::SeedableRng;
 use rand::rngs::ChaCha20Rng;
 
+use super::ShrunkShape;
 use super::bfv::{Ciphertext, PublicKey};
+use super::matmul::{ResponseKeys, response_shape};
 use super::matmul::{mask_and_seal, max_pack};
-use super::mult::{Lifted, ProductSum, RelinKey, SUM_TERM_BITS, Tensored};
+use super::mult::{Lifted, ProductSum, RelinKey, SUM_TERM_BITS, SquareKey, Tensored};
+use super::response::Outgoing;
 use super::tiling::{MatShape, Tiling};
 use super::{GaloisKeys, HeError, HeParams, HeResult, OperandBank, SelectionSums, Selectors};
 use crate::backend::{Backend, par_map};
@@ -51,6 +62,30 @@ pub struct SelectedLayout {
     pub select_levels: u32,
     /// E.
     pub experts: usize,
+    /// How the products leave the server.
+    pub form: ProductForm,
+}
+
+/// How the server returns a row's ciphertext products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProductForm {
+    /// Relinearized (the client's relinearization key) and packed 2^pack output tiles per
+    /// two-part ciphertext.
+    #[default]
+    Relinearized,
+    /// Not relinearized: each output tile one three-part result (d0, d1, d2) that the client
+    /// opens with s and s², re-randomized with its [`SquareKey`].
+    Tensored,
+}
+
+impl ProductForm {
+    /// Parts of each returned result.
+    pub fn parts(self) -> usize {
+        match self {
+            ProductForm::Relinearized => 2,
+            ProductForm::Tensored => 3,
+        }
+    }
 }
 
 impl SelectedLayout {
@@ -58,18 +93,35 @@ impl SelectedLayout {
     /// packing key switches against the input ciphertexts' bytes (more input tiles, fewer
     /// products per packed result). The client chooses and announces it; the server checks it
     /// with [`SelectedLayout::with_pack`].
-    pub fn choose(p: &HeParams, d: usize, m: usize, experts: usize, network: &CostModel) -> HeResult<SelectedLayout> {
-        let input_s = seeded_ciphertext_len(p) as f64 * 8.0 / network.bandwidth_bps;
+    pub fn choose(
+        p: &HeParams,
+        d: usize,
+        m: usize,
+        experts: usize,
+        form: ProductForm,
+        network: &CostModel,
+    ) -> HeResult<SelectedLayout> {
+        let seconds = |bytes: usize| bytes as f64 * 8.0 / network.bandwidth_bps;
+        let input_s = seconds(seeded_ciphertext_len(p));
         let cost = |l: &SelectedLayout| {
             let (_, j, k) = l.tiling.tile_counts();
             let pack = l.tiling.pack;
-            let members = k.min(1 << pack);
-            let merges = k.div_ceil(1 << pack) * (members + (pack - members.next_power_of_two().ilog2()) as usize);
-            (j * k) as f64 * PRODUCT_S + merges as f64 * KEYSWITCH_S + j as f64 * input_s
+            let products = (j * k) as f64 * PRODUCT_S + j as f64 * input_s;
+            match form {
+                ProductForm::Relinearized => {
+                    let members = k.min(1 << pack);
+                    let merges =
+                        k.div_ceil(1 << pack) * (members + (pack - members.next_power_of_two().ilog2()) as usize);
+                    products + merges as f64 * KEYSWITCH_S
+                }
+                ProductForm::Tensored => {
+                    products + k as f64 * seconds(response_shape(p, 3, l.tiling.m_w).encoded_len(p.degree()))
+                }
+            }
         };
         let mut best: Option<(f64, SelectedLayout)> = None;
         for pack in (1..=SelectedLayout::most_pack(p, d, experts)?).rev() {
-            let layout = SelectedLayout::with_pack(p, d, m, experts, pack)?;
+            let layout = SelectedLayout::with_pack(p, d, m, experts, pack, form)?;
             let c = cost(&layout);
             if best.as_ref().is_none_or(|(b, _)| c < *b) {
                 best = Some((c, layout));
@@ -79,7 +131,14 @@ impl SelectedLayout {
     }
 
     /// The layout with d_w = 2^pack, if `p` allows it for these sizes.
-    pub fn with_pack(p: &HeParams, d: usize, m: usize, experts: usize, pack: u32) -> HeResult<SelectedLayout> {
+    pub fn with_pack(
+        p: &HeParams,
+        d: usize,
+        m: usize,
+        experts: usize,
+        pack: u32,
+        form: ProductForm,
+    ) -> HeResult<SelectedLayout> {
         let most = SelectedLayout::most_pack(p, d, experts)?;
         if m == 0 || !(1..=most).contains(&pack) {
             return Err(HeError::Shape(format!("a {d}×{m} selected product packed 2^{pack} (1..=2^{most})")));
@@ -87,7 +146,7 @@ impl SelectedLayout {
         let n = p.degree();
         let d_w = 1usize << pack;
         let tiling = Tiling { shape: MatShape { n: 1, d, m }, degree: n, n_w: 1, d_w, m_w: m.min(n / d_w), pack };
-        Ok(SelectedLayout { tiling, select_levels: SelectedLayout::select_levels(experts), experts })
+        Ok(SelectedLayout { tiling, select_levels: SelectedLayout::select_levels(experts), experts, form })
     }
 
     /// ℓ = ⌈log2 E⌉.
@@ -114,9 +173,18 @@ impl SelectedLayout {
         Ok(d.next_power_of_two().trailing_zeros().clamp(1, levels.min(room - select_levels)))
     }
 
-    /// log2 of the factor the client's decrypted values carry: 2^(ℓ + pack).
+    /// log2 of the factor the client's decrypted values carry: 2^(ℓ + pack) when packed, 2^ℓ
+    /// when tensored.
     pub fn scale(&self) -> u32 {
-        self.select_levels + self.tiling.pack
+        match self.form {
+            ProductForm::Relinearized => self.select_levels + self.tiling.pack,
+            ProductForm::Tensored => self.select_levels,
+        }
+    }
+
+    /// The shape of each returned result with `kept` outputs.
+    pub fn response_shape(&self, p: &HeParams, kept: usize) -> ShrunkShape {
+        response_shape(p, self.form.parts(), kept)
     }
 
     /// Input tiles per row (J).
@@ -129,9 +197,13 @@ impl SelectedLayout {
         self.tiling.tile_counts().2
     }
 
-    /// Returned ciphertexts per row: the K output tiles in groups of up to 2^pack.
+    /// Returned results per row: the K output tiles in groups of up to 2^pack, or each alone
+    /// when tensored.
     pub fn returned(&self) -> usize {
-        self.outputs().div_ceil(1 << self.tiling.pack)
+        match self.form {
+            ProductForm::Relinearized => self.outputs().div_ceil(1 << self.tiling.pack),
+            ProductForm::Tensored => self.outputs(),
+        }
     }
 
     /// Packing slot of member j of group g: the group's c members spread over the 2^pack slots
@@ -143,10 +215,15 @@ impl SelectedLayout {
         j * (size / members.next_power_of_two())
     }
 
-    /// The coefficients of returned ciphertext `g` that hold the row's outputs, with the column
-    /// of each: output kk of member j (tile k = g·2^pack + j) sits at kk·d_w + slot(j).
+    /// The coefficients of returned result `g` that hold the row's outputs, with the column
+    /// of each: output kk of member j (tile k = g·2^pack + j) sits at kk·d_w + slot(j); of a
+    /// tensored result (tile g), where the product put it, kk·d_w + d_w − 1.
     pub fn returned_positions(&self, g: usize) -> Vec<(usize, usize)> {
         let t = &self.tiling;
+        if self.form == ProductForm::Tensored {
+            let cols = g * t.m_w..((g + 1) * t.m_w).min(t.shape.m);
+            return cols.enumerate().map(|(kk, col)| (kk * t.d_w + t.d_w - 1, col)).collect();
+        }
         let size = 1usize << t.pack;
         let mut out = Vec::new();
         for j in 0..size {
@@ -177,7 +254,8 @@ impl SelectedLayout {
 }
 
 /// The server's keys for selected products: the client's public key (re-randomization),
-/// Galois keys (expansion and packing) and relinearization key.
+/// Galois keys (expansion and packing), and the relinearization key
+/// ([`ProductForm::Relinearized`]) or the square key ([`ProductForm::Tensored`]).
 #[derive(Debug, Clone, Copy)]
 pub struct SelectKeys<'a> {
     /// Re-randomizes every result.
@@ -185,7 +263,24 @@ pub struct SelectKeys<'a> {
     /// Expands the selectors and packs the results.
     pub galois: &'a GaloisKeys,
     /// Relinearizes the ciphertext products.
-    pub relin: &'a RelinKey,
+    pub relin: Option<&'a RelinKey>,
+    /// Re-randomizes the part under s² of products that are not relinearized.
+    pub square: Option<&'a SquareKey>,
+}
+
+impl SelectKeys<'_> {
+    /// Whether these keys serve `form`; the error names the missing key.
+    pub fn check(&self, form: ProductForm) -> HeResult<()> {
+        match (form, self.relin, self.square) {
+            (ProductForm::Relinearized, None, _) => {
+                Err(HeError::Shape("relinearized selected products need the client's relinearization key".into()))
+            }
+            (ProductForm::Tensored, _, None) => {
+                Err(HeError::Shape("tensored selected products need the client's square key".into()))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// A returned ciphertext's bytes and the server's share (the mask) at each output column.
@@ -435,7 +530,8 @@ fn selected_weights(
     Ok(sums.into_ciphertexts(p))
 }
 
-/// One row's products [[Ŵ_(j,k)]]·x_j summed over j, relinearized, packed and sealed.
+/// One row's products [[Ŵ_(j,k)]]·x_j summed over j, in the layout's form (relinearized and
+/// packed, or tensored), each sealed.
 #[allow(clippy::too_many_arguments)]
 fn respond_row(
     p: &HeParams,
@@ -447,38 +543,57 @@ fn respond_row(
     seed: [u8; 32],
     be: &dyn Backend,
 ) -> HeResult<Vec<SelectedResponse>> {
-    let packed = packed_products(p, keys, layout, x, weights, be)?;
+    keys.check(layout.form)?;
+    match layout.form {
+        ProductForm::Relinearized => {
+            let packed = packed_products(p, keys, layout, x, weights, be)?;
+            seal_row(p, keys, layout, packed, flood, seed, be)
+        }
+        ProductForm::Tensored => {
+            let products = tile_products(p, layout, x, weights, be)?;
+            seal_row(p, keys, layout, products, flood, seed, be)
+        }
+    }
+}
+
+/// Masks and seals each of a row's results ([`mask_and_seal`], scale [`SelectedLayout::scale`]).
+#[allow(clippy::too_many_arguments)]
+fn seal_row<T: Outgoing + Clone + Send + Sync>(
+    p: &HeParams,
+    keys: SelectKeys<'_>,
+    layout: &SelectedLayout,
+    results: Vec<T>,
+    flood: u32,
+    seed: [u8; 32],
+    be: &dyn Backend,
+) -> HeResult<Vec<SelectedResponse>> {
     let mut rng = ChaCha20Rng::from_seed(seed);
-    let seeds: Vec<[u8; 32]> = packed.iter().map(|_| rand::RngExt::random(&mut rng)).collect();
-    par_map(packed.len(), |g| {
-        let ct = packed[g].clone();
+    let seeds: Vec<[u8; 32]> = results.iter().map(|_| rand::RngExt::random(&mut rng)).collect();
+    let response = ResponseKeys { pk: keys.pk, galois: None, square: keys.square };
+    par_map(results.len(), |g| {
         let positions = layout.returned_positions(g);
         let keep: Vec<usize> = positions.iter().map(|&(c, _)| c).collect();
         let mut rng = ChaCha20Rng::from_seed(seeds[g]);
-        let (bytes, mask) = mask_and_seal(p, keys.pk, ct, &keep, layout.scale(), flood, be, &mut rng)?;
+        let (bytes, mask) = mask_and_seal(p, response, results[g].clone(), &keep, layout.scale(), flood, be, &mut rng)?;
         Ok((bytes, mask.into_iter().zip(positions).map(|(r, (_, col))| (r, col)).collect()))
     })
     .into_iter()
     .collect()
 }
 
-/// One row's products [[Ŵ_(j,k)]]·x_j summed over j and relinearized, packed per group of
-/// 2^pack output tiles (coefficient form): what [`respond_row`] seals.
-fn packed_products(
+/// One row's output tiles, each the sum over j of [[Ŵ_(j,k)]]·x_j, not relinearized: every input
+/// tile lifted once for its K products, each output tile rounded once.
+fn tile_products(
     p: &HeParams,
-    keys: SelectKeys<'_>,
     layout: &SelectedLayout,
     x: &[Ciphertext],
     weights: &[Ciphertext],
     be: &dyn Backend,
-) -> HeResult<Vec<Ciphertext>> {
-    let t = &layout.tiling;
+) -> HeResult<Vec<Tensored>> {
     let (j_n, k_n) = (layout.inputs(), layout.outputs());
-    // each input tile lifted once for its K products; each output tile one sum of J products,
-    // rounded and relinearized once
     let xs: Vec<Lifted> = par_map(j_n, |j| x[j].lift(p, be)).into_iter().collect::<HeResult<_>>()?;
     let level = x.first().map_or(p.moduli().len(), |c| c.limbs(p));
-    let results = par_map(k_n, |k| -> HeResult<Ciphertext> {
+    par_map(k_n, |k| -> HeResult<Tensored> {
         // sums of at most 2^SUM_TERM_BITS products each (the extension basis holds no more)
         let mut total: Option<Tensored> = None;
         for (g, group) in xs.chunks(1 << SUM_TERM_BITS).enumerate() {
@@ -493,11 +608,29 @@ fn packed_products(
                 None => total = Some(part),
             }
         }
-        total
-            .ok_or_else(|| HeError::Shape("a selected product with no input tile".into()))?
-            .relinearize(p, keys.relin, be)
-    });
-    let results: Vec<Ciphertext> = results.into_iter().collect::<HeResult<_>>()?;
+        total.ok_or_else(|| HeError::Shape("a selected product with no input tile".into()))
+    })
+    .into_iter()
+    .collect()
+}
+
+/// One row's output tiles ([`tile_products`]) relinearized and packed per group of 2^pack
+/// (coefficient form): what [`respond_row`] seals in the relinearized form.
+fn packed_products(
+    p: &HeParams,
+    keys: SelectKeys<'_>,
+    layout: &SelectedLayout,
+    x: &[Ciphertext],
+    weights: &[Ciphertext],
+    be: &dyn Backend,
+) -> HeResult<Vec<Ciphertext>> {
+    let t = &layout.tiling;
+    let k_n = layout.outputs();
+    let relin = keys.relin.ok_or_else(|| HeError::Shape("no relinearization key".into()))?;
+    let tiles = tile_products(p, layout, x, weights, be)?;
+    let results: Vec<Ciphertext> =
+        par_map(tiles.len(), |k| tiles[k].clone().relinearize(p, relin, be)).into_iter().collect::<HeResult<_>>()?;
+    drop(tiles);
     let size = 1usize << t.pack;
     let shift = 2 * p.degree() - (t.d_w - 1);
     par_map(layout.returned(), |g| {
@@ -519,7 +652,6 @@ fn packed_products(
 mod tests {
     use super::*;
     use crate::backend::CpuBackend;
-    use crate::he::matmul::{response_c0_bits, response_c1_bits};
     use crate::he::{Plaintext, SecretKey, ShrunkCiphertext};
     use rand::{RngExt, rngs::StdRng};
 
@@ -552,76 +684,81 @@ mod tests {
         let galois = sk.galois_keys(max_pack(&p), &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         let relin = sk.relin_key(&be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         let pk = sk.public_key(&be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        let square = sk.square_key(&be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        let keys = SelectKeys { pk: &pk, galois: &galois, relin: Some(&relin), square: Some(&square) };
         let (d, m, e, chosen, w_bits) = (40, 300, 5, 3, 20);
-        let layout = SelectedLayout::choose(&p, d, m, e, &CostModel::WAN).unwrap_or_else(|e| panic!("{e}"));
-        let experts: Vec<Vec<u64>> = (0..e)
-            .map(|_| (0..d * m).map(|_| rng.random_range(-(1i64 << w_bits)..1 << w_bits) as u64).collect())
-            .collect();
-        let x: Vec<u64> = (0..d).map(|_| rng.random_range(-(1i64 << 30)..1 << 30) as u64).collect();
-        let x_c: Vec<u64> = (0..d).map(|_| rng.random()).collect();
-        let x_s: Vec<u64> = x.iter().zip(&x_c).map(|(x, c)| x.wrapping_sub(*c)).collect();
-        let own: Vec<bool> = (0..e).map(|_| rng.random()).collect();
-        let theirs: Vec<bool> = own.iter().enumerate().map(|(i, &s)| s ^ (i == chosen)).collect();
-        // the client's ciphertexts, the server's share added to the inputs
-        let t = &layout.tiling;
-        let inputs: Vec<Ciphertext> = (0..layout.inputs())
-            .map(|j| {
-                let pt = Plaintext::new(&p, t.encode_a(&x_c, 0, j)).unwrap_or_else(|e| panic!("{e}"));
-                let mut ct = sk.encrypt(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
-                let own = Plaintext::new(&p, t.encode_a(&x_s, 0, j)).unwrap_or_else(|e| panic!("{e}"));
-                ct.add_plain_assign(&p, &own, &be).unwrap_or_else(|e| panic!("{e}"));
-                ct
-            })
-            .collect();
-        let pt = Plaintext::new(&p, layout.encode_choice(&theirs)).unwrap_or_else(|e| panic!("{e}"));
-        let compact = sk.encrypt(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
-        let bound = noise_bits(&p, &layout, w_bits);
-        let flood = (bound.ceil() as u32 + 40).min(crate::he::MAX_FLOOD_BITS);
-        let refs: Vec<&[u64]> = experts.iter().map(Vec::as_slice).collect();
-        let keys = SelectKeys { pk: &pk, galois: &galois, relin: &relin };
-        let choice = RowChoice::new(compact.clone(), own.clone(), true);
-        let row = SelectedRow { x: &inputs, choice: &choice };
-        let whole = selected_batch(&p, keys, &layout, &[row], &refs, flood, &[[3; 32]], &be)
-            .unwrap_or_else(|e| panic!("{e}"))
-            .remove(0);
-        // the row kept its expanded selectors: the next product starts from them, to the same bytes
-        assert!(choice.kept(0..e).is_some());
-        let again = selected_batch(&p, keys, &layout, &[row], &refs, flood, &[[3; 32]], &be)
-            .unwrap_or_else(|e| panic!("{e}"))
-            .remove(0);
-        assert!(again == whole, "a product from kept selectors differs");
-        // experts streamed one at a time, expanded afresh: the same masks, the same decrypted shares
-        let fresh = RowChoice::new(compact, own, false);
-        let row = SelectedRow { x: &inputs, choice: &fresh };
-        let weights = selected_weights(&p, keys, &layout, &[row], &refs, &be, 1).unwrap_or_else(|e| panic!("{e}"));
-        assert!(fresh.kept(0..e).is_none());
-        let chunked =
-            respond_row(&p, keys, &layout, &inputs, &weights[0], flood, [3; 32], &be).unwrap_or_else(|e| panic!("{e}"));
-        // the noise before flooding stays below its bound
-        let packed = packed_products(&p, keys, &layout, &inputs, &weights[0], &be).unwrap_or_else(|e| panic!("{e}"));
-        let log_delta = p.log_q() - p.plain_bits() as f64;
-        for ct in &packed {
-            let noise = log_delta - 1.0 - sk.noise_budget(ct, &be).unwrap_or_else(|e| panic!("{e}"));
-            assert!(noise <= bound, "noise 2^{noise:.1} above the bound 2^{bound:.1}");
-            eprintln!("selected product noise 2^{noise:.1}, bound 2^{bound:.1}");
-        }
-        let expected = MatShape { n: 1, d, m }.plain_product(&x, &experts[chosen]);
-        for responses in [whole, chunked] {
-            let mut seen = vec![false; m];
-            for (g, (bytes, mask)) in responses.iter().enumerate() {
-                let pos = layout.returned_positions(g);
-                let keep: Vec<usize> = pos.iter().map(|&(c, _)| c).collect();
-                let ct =
-                    ShrunkCiphertext::from_bytes(&p, bytes, keep.len(), response_c0_bits(&p), response_c1_bits(&p))
-                        .unwrap_or_else(|e| panic!("{e}"));
-                let values = sk.decrypt_shrunk(&ct, &keep, &be).unwrap_or_else(|e| panic!("{e}"));
-                for ((v, &(_, col)), &(r, mcol)) in values.into_iter().zip(&pos).zip(mask) {
-                    assert_eq!(col, mcol);
-                    assert_eq!(layout.decode(v).wrapping_add(r), expected[col], "column {col}");
-                    seen[col] = true;
+        for form in [ProductForm::Relinearized, ProductForm::Tensored] {
+            let layout = SelectedLayout::choose(&p, d, m, e, form, &CostModel::WAN).unwrap_or_else(|e| panic!("{e}"));
+            let experts: Vec<Vec<u64>> = (0..e)
+                .map(|_| (0..d * m).map(|_| rng.random_range(-(1i64 << w_bits)..1 << w_bits) as u64).collect())
+                .collect();
+            let x: Vec<u64> = (0..d).map(|_| rng.random_range(-(1i64 << 30)..1 << 30) as u64).collect();
+            let x_c: Vec<u64> = (0..d).map(|_| rng.random()).collect();
+            let x_s: Vec<u64> = x.iter().zip(&x_c).map(|(x, c)| x.wrapping_sub(*c)).collect();
+            let own: Vec<bool> = (0..e).map(|_| rng.random()).collect();
+            let theirs: Vec<bool> = own.iter().enumerate().map(|(i, &s)| s ^ (i == chosen)).collect();
+            // the client's ciphertexts, the server's share added to the inputs
+            let t = &layout.tiling;
+            let inputs: Vec<Ciphertext> = (0..layout.inputs())
+                .map(|j| {
+                    let pt = Plaintext::new(&p, t.encode_a(&x_c, 0, j)).unwrap_or_else(|e| panic!("{e}"));
+                    let mut ct = sk.encrypt(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+                    let own = Plaintext::new(&p, t.encode_a(&x_s, 0, j)).unwrap_or_else(|e| panic!("{e}"));
+                    ct.add_plain_assign(&p, &own, &be).unwrap_or_else(|e| panic!("{e}"));
+                    ct
+                })
+                .collect();
+            let pt = Plaintext::new(&p, layout.encode_choice(&theirs)).unwrap_or_else(|e| panic!("{e}"));
+            let compact = sk.encrypt(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+            let bound = noise_bits(&p, &layout, w_bits);
+            let flood = (bound.ceil() as u32 + 40).min(crate::he::MAX_FLOOD_BITS);
+            let refs: Vec<&[u64]> = experts.iter().map(Vec::as_slice).collect();
+            let choice = RowChoice::new(compact.clone(), own.clone(), true);
+            let row = SelectedRow { x: &inputs, choice: &choice };
+            let whole = selected_batch(&p, keys, &layout, &[row], &refs, flood, &[[3; 32]], &be)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .remove(0);
+            // the row kept its expanded selectors: the next product starts from them, to the same bytes
+            assert!(choice.kept(0..e).is_some());
+            let again = selected_batch(&p, keys, &layout, &[row], &refs, flood, &[[3; 32]], &be)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .remove(0);
+            assert!(again == whole, "a product from kept selectors differs");
+            // experts streamed one at a time, expanded afresh: the same masks, the same decrypted shares
+            let fresh = RowChoice::new(compact, own, false);
+            let row = SelectedRow { x: &inputs, choice: &fresh };
+            let weights = selected_weights(&p, keys, &layout, &[row], &refs, &be, 1).unwrap_or_else(|e| panic!("{e}"));
+            assert!(fresh.kept(0..e).is_none());
+            let chunked = respond_row(&p, keys, &layout, &inputs, &weights[0], flood, [3; 32], &be)
+                .unwrap_or_else(|e| panic!("{e}"));
+            // the noise before flooding stays below its bound
+            if form == ProductForm::Relinearized {
+                let packed =
+                    packed_products(&p, keys, &layout, &inputs, &weights[0], &be).unwrap_or_else(|e| panic!("{e}"));
+                let log_delta = p.log_q() - p.plain_bits() as f64;
+                for ct in &packed {
+                    let noise = log_delta - 1.0 - sk.noise_budget(ct, &be).unwrap_or_else(|e| panic!("{e}"));
+                    assert!(noise <= bound, "noise 2^{noise:.1} above the bound 2^{bound:.1}");
+                    eprintln!("selected product noise 2^{noise:.1}, bound 2^{bound:.1}");
                 }
             }
-            assert!(seen.iter().all(|&s| s));
+            let expected = MatShape { n: 1, d, m }.plain_product(&x, &experts[chosen]);
+            for responses in [whole, chunked] {
+                let mut seen = vec![false; m];
+                for (g, (bytes, mask)) in responses.iter().enumerate() {
+                    let pos = layout.returned_positions(g);
+                    let keep: Vec<usize> = pos.iter().map(|&(c, _)| c).collect();
+                    let ct = ShrunkCiphertext::from_bytes(&p, bytes, layout.response_shape(&p, keep.len()))
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    let values = sk.decrypt_shrunk(&ct, &keep, &be).unwrap_or_else(|e| panic!("{e}"));
+                    for ((v, &(_, col)), &(r, mcol)) in values.into_iter().zip(&pos).zip(mask) {
+                        assert_eq!(col, mcol);
+                        assert_eq!(layout.decode(v).wrapping_add(r), expected[col], "column {col}");
+                        seen[col] = true;
+                    }
+                }
+                assert!(seen.iter().all(|&s| s));
+            }
         }
     }
 }

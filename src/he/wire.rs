@@ -550,7 +550,7 @@ mod tests {
     /// returns an object or an error naming what it read — never a panic.
     mod decoders {
         use super::*;
-        use crate::he::{GaloisKeys, ShrunkCiphertext};
+        use crate::he::{GaloisKeys, ShrunkCiphertext, ShrunkShape};
         use proptest::prelude::*;
         use std::sync::OnceLock;
 
@@ -565,18 +565,18 @@ mod tests {
                 let lin = HeParams::linear().unwrap_or_else(|e| panic!("{e}"));
                 let lin_sk = SecretKey::generate(&lin, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
                 let galois = lin_sk.galois_keys(2, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
-                let shrunk = ShrunkCiphertext::from_bytes(
-                    &p,
-                    &{
-                        let mut c = sk.encrypt(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
-                        c.flood(&p, 20, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
-                        c.shrink(&p, &[0, 5, 9], 70, 80, &be).unwrap_or_else(|e| panic!("{e}")).to_bytes()
-                    },
-                    3,
-                    70,
-                    80,
-                )
-                .unwrap_or_else(|e| panic!("{e}"));
+                let shrunk = {
+                    let mut c = sk.encrypt(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+                    c.flood(&p, 20, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+                    c.shrink(&p, &[0, 5, 9], 70, 80, &be).unwrap_or_else(|e| panic!("{e}"))
+                };
+                let shrunk3 = {
+                    // any three polynomials encode (these parameters cannot multiply)
+                    let c = sk.encrypt(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+                    let mut d = crate::he::Tensored { d0: c.c0, d1: c.c1.clone(), d2: c.c1 };
+                    d.flood(&p, 20, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+                    d.shrink(&p, &[0, 5, 9], 70, 80, &be).unwrap_or_else(|e| panic!("{e}"))
+                };
                 let samples = vec![
                     ("ciphertext", ct.to_bytes(&p)),
                     ("seeded", sk.encrypt_seeded(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}")).to_bytes(&p)),
@@ -589,6 +589,7 @@ mod tests {
                     ("public key", sk.public_key(&be, &mut rng).unwrap_or_else(|e| panic!("{e}")).to_bytes()),
                     ("galois", galois.to_bytes(&lin)),
                     ("shrunk", shrunk.to_bytes()),
+                    ("shrunk3", shrunk3.to_bytes()),
                 ];
                 (p, lin, samples)
             })
@@ -605,7 +606,14 @@ mod tests {
                 }
                 "public key" => PublicKey::from_bytes(p, bytes).map(drop),
                 "galois" => GaloisKeys::from_bytes(lin, bytes).map(drop),
-                _ => ShrunkCiphertext::from_bytes(p, bytes, 3, 70, 80).map(drop),
+                "shrunk" => {
+                    ShrunkCiphertext::from_bytes(p, bytes, ShrunkShape { parts: 2, kept: 3, c0_bits: 70, c1_bits: 80 })
+                        .map(drop)
+                }
+                _ => {
+                    ShrunkCiphertext::from_bytes(p, bytes, ShrunkShape { parts: 3, kept: 3, c0_bits: 70, c1_bits: 80 })
+                        .map(drop)
+                }
             };
             r.map_err(|e| e.to_string())
         }
@@ -628,7 +636,7 @@ mod tests {
             #![proptest_config(ProptestConfig::with_cases(64))]
             #[test]
             fn never_panic_and_name_what_is_wrong(
-                which in 0usize..6,
+                which in 0usize..7,
                 edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
                 cut in any::<prop::sample::Index>(),
                 mode in 0u8..4,

@@ -165,10 +165,11 @@ impl KvCache {
 /// the same plan): the linear set (a special prime, so results are packed before they are
 /// sent) for the products with the server's weights, n8192 — whose noise room lets attention's
 /// Q·Kᵀ and P·V flood over the server's 64-bit shares — for the products of two shared
-/// matrices, and for [`Method::Paper`] the selection set with its relinearization key.
+/// matrices, and for the paper's methods the selection set with the keys the method needs
+/// ([`Method::selection_keys`]).
 pub async fn setup_he(sess: &mut Session, plan: Plan) -> ModelResult<()> {
-    let select = plan.method == Method::Paper;
-    let ours = format!("he-keys linear shared{}", if select { " select" } else { "" });
+    let select = plan.method.selection_keys();
+    let ours = format!("he-keys linear shared{}", select.map(|k| format!(" select({k:?})")).unwrap_or_default());
     let theirs = exchange(sess, &Ok(ours.clone())).await?;
     if theirs != ours {
         return Err(ModelError::Mismatch { ours, theirs });
@@ -177,9 +178,9 @@ pub async fn setup_he(sess: &mut Session, plan: Plan) -> ModelResult<()> {
     sess.setup_he_for(HeUse::Linear, linear, KeySet::Linear).await?;
     let shared = HeParams::n8192().map_err(ProtoError::from)?;
     sess.setup_he_for(HeUse::Shared, shared, KeySet::Linear).await?;
-    if select {
+    if let Some(keys) = select {
         let select = HeParams::select().map_err(ProtoError::from)?;
-        sess.setup_he_for(HeUse::Select, select, KeySet::WithRelin).await?;
+        sess.setup_he_for(HeUse::Select, select, keys).await?;
     }
     Ok(())
 }

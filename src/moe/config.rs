@@ -5,6 +5,7 @@
 use std::fmt;
 
 use super::{MoeError, MoeResult};
+use crate::proto::linear::KeySet;
 
 /// How the router's logits become the chosen experts and their gate weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,8 +196,14 @@ pub enum Method {
     /// The SecMoE paper's Protocol 1: the chosen expert's weights selected under HE by the
     /// encrypted one-hot, \[\[W\]\] = Σ_i W_i·\[\[t_i\]\], and multiplied by the encrypted row
     /// (ciphertext×ciphertext): the client's bytes do not grow with E, the server's work does.
-    /// Needs the session's selection keys ([`crate::proto::HeUse::Select`]); E ≤ 1024.
+    /// Needs the session's selection keys ([`crate::proto::HeUse::Select`] with
+    /// [`KeySet::WithRelin`]); E ≤ 1024.
     Paper,
+    /// [`Method::Paper`] with its ciphertext products left unrelinearized: each output tile
+    /// returns as a three-part result the client opens with s²
+    /// ([`crate::he::selected::ProductForm::Tensored`]; selection keys with
+    /// [`KeySet::WithSquare`]). No relinearization or packing on the server, more bytes down.
+    PaperTensored,
 }
 
 /// Most experts [`Method::Paper`] selects among: the selectors of one row come out of one
@@ -214,6 +221,16 @@ impl Method {
             Method::Capacity { .. } => "capacity",
             Method::Baseline => "baseline",
             Method::Paper => "paper",
+            Method::PaperTensored => "paper-tensored",
+        }
+    }
+
+    /// The selection keys the method needs ([`crate::proto::HeUse::Select`]), if any.
+    pub fn selection_keys(self) -> Option<KeySet> {
+        match self {
+            Method::Paper => Some(KeySet::WithRelin),
+            Method::PaperTensored => Some(KeySet::WithSquare),
+            _ => None,
         }
     }
 
@@ -231,7 +248,7 @@ impl Method {
 
     /// Checks the method's own parameters for n tokens.
     pub fn validate(self, cfg: &MoeConfig, n: usize) -> MoeResult<()> {
-        if self == Method::Paper && cfg.experts > MAX_PAPER_EXPERTS {
+        if self.selection_keys().is_some() && cfg.experts > MAX_PAPER_EXPERTS {
             return Err(MoeError::Config(format!(
                 "the paper's method selects among at most {MAX_PAPER_EXPERTS} experts, not {}",
                 cfg.experts
@@ -265,7 +282,8 @@ impl fmt::Display for Method {
 impl std::str::FromStr for Method {
     type Err = String;
 
-    /// `select-then-compute`, `baseline`, `paper`, `capacity` (factor 1.25) or `capacity:<factor>`.
+    /// `select-then-compute`, `baseline`, `paper`, `paper-tensored`, `capacity` (factor 1.25) or
+    /// `capacity:<factor>`.
     fn from_str(s: &str) -> Result<Self, String> {
         if let Some(rest) = s.strip_prefix("capacity") {
             let factor = match rest.strip_prefix(':') {
@@ -275,9 +293,14 @@ impl std::str::FromStr for Method {
             };
             return Ok(Method::Capacity { factor });
         }
-        [Method::SelectThenCompute, Method::Baseline, Method::Paper].into_iter().find(|m| m.name() == s).ok_or_else(
-            || format!("unknown MoE method `{s}` (select-then-compute, capacity[:factor], baseline, paper)"),
-        )
+        [Method::SelectThenCompute, Method::Baseline, Method::Paper, Method::PaperTensored]
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown MoE method `{s}` (select-then-compute, capacity[:factor], baseline, paper, paper-tensored)"
+                )
+            })
     }
 }
 
@@ -304,6 +327,7 @@ mod tests {
         assert_eq!("select-then-compute".parse(), Ok(Method::SelectThenCompute));
         assert_eq!("baseline".parse(), Ok(Method::Baseline));
         assert_eq!("paper".parse(), Ok(Method::Paper));
+        assert_eq!("paper-tensored".parse(), Ok(Method::PaperTensored));
         assert_eq!("capacity".parse(), Ok(Method::Capacity { factor: 1.25 }));
         assert_eq!("capacity:2".parse(), Ok(Method::Capacity { factor: 2.0 }));
         assert!("capacity:x".parse::<Method>().is_err() && "protocol-1".parse::<Method>().is_err());

@@ -14,7 +14,7 @@ use crate::proto::linear::linear;
 use crate::proto::piecewise::{Piecewise, evaluate, gated, relu};
 use crate::proto::selected::{selected_linear, send_choice};
 use crate::proto::softmax::softmax;
-use crate::proto::{HeUse, OutOfRange, ProtoError, ProtoResult, Session};
+use crate::proto::{HeKeys, HeUse, OutOfRange, ProtoError, ProtoResult, Session};
 use crate::ring::{Bits, Shares, Weights};
 
 /// Values of one expert chunk's first-matrix results held at once (64 MiB per party): experts
@@ -73,7 +73,7 @@ pub async fn moe_layer(
                 let _s = meter.scope("experts");
                 match method {
                     Method::Baseline => baseline(sess, cfg, x, n, &routes, weights).await?,
-                    Method::Paper => paper(sess, cfg, x, n, &routes, weights).await?,
+                    Method::Paper | Method::PaperTensored => paper(sess, cfg, x, n, &routes, weights).await?,
                     _ => select_then_compute(sess, cfg, x, n, &routes, weights).await?,
                 }
             };
@@ -124,10 +124,13 @@ async fn agree(
         if !sess.has_he() {
             return Err(MoeError::Input("the layer needs the session's HE keys (Session::setup_he) first".into()));
         }
-        if method == Method::Paper && sess.he_for(HeUse::Select).is_none() {
-            return Err(MoeError::Input(
-                "the paper's method needs the session's selection keys (Session::setup_he_for(HeUse::Select, HeParams::select(), KeySet::WithRelin))".into(),
-            ));
+        if let Some(keys) = method.selection_keys() {
+            let set = sess.he_for(HeUse::Select).map(HeKeys::key_set);
+            if set != Some(keys) {
+                return Err(MoeError::Input(format!(
+                    "the method {method} needs the session's selection keys with {keys:?} (Session::setup_he_for(HeUse::Select, HeParams::select(), KeySet::{keys:?})), the session has {set:?}"
+                )));
+            }
         }
         match (server, weights) {
             (true, Some(w)) => w.check(cfg)?,

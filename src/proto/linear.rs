@@ -35,13 +35,11 @@ use tracing::instrument;
 use super::session::{HeKeys, HeUse, keys_for};
 use super::{ProtoError, ProtoResult, Session};
 use crate::backend::{Backend, Workers, par_map};
-use crate::he::matmul::{
-    EncryptedRows, Response, ResponseKeys, max_pack, respond, response_c0_bits, response_c1_bits, tiling_for,
-};
+use crate::he::matmul::{EncryptedRows, Response, ResponseKeys, max_pack, respond, response_shape, tiling_for};
 use crate::he::tiling::{MatShape, Tiling};
 use crate::he::{
     Ciphertext, GaloisKeys, HeParams, MAX_DROPPED_BITS, NARROW_FLOOD_BITS, Plaintext, PublicKey, RelinKey, SecretKey,
-    SeededCiphertext, ShrunkCiphertext, ciphertext_len, compressed_ciphertext_len,
+    SeededCiphertext, ShrunkCiphertext, SquareKey, ciphertext_len, compressed_ciphertext_len,
 };
 use crate::net::{Channel, CostModel};
 use crate::ring::{Shares, Weights};
@@ -170,6 +168,18 @@ pub enum KeySet {
     /// Also a relinearization key, for products of two ciphertexts on the server (an encrypted
     /// input times an obliviously selected expert): about 1.2 MB more for the linear set.
     WithRelin,
+    /// Also a public key for s² ([`SquareKey`], one RLWE sample) instead of a relinearization
+    /// key: the server's products of two ciphertexts leave unrelinearized and the client opens
+    /// them with s² ([`crate::he::selected::ProductForm::Tensored`]).
+    WithSquare,
+}
+
+/// The server's key for products of two ciphertexts, by [`KeySet`].
+#[derive(Debug)]
+enum ProductKey {
+    None,
+    Relin(RelinKey),
+    Square(SquareKey),
 }
 
 /// The client's side: holds the secret key, and chooses the tiling of each product for the
@@ -181,6 +191,7 @@ pub struct HeClient {
     backend: Arc<dyn Backend>,
     workers: Workers,
     network: CostModel,
+    keys: KeySet,
 }
 
 /// The server's side: holds the client's public key (to re-randomize results) and Galois keys
@@ -190,7 +201,7 @@ pub struct HeServer {
     params: Arc<HeParams>,
     pk: PublicKey,
     galois: Option<GaloisKeys>,
-    relin: Option<RelinKey>,
+    product: ProductKey,
     backend: Arc<dyn Backend>,
     workers: Workers,
     /// Sum over every coefficient returned so far of its statistical distance bound.
@@ -218,11 +229,12 @@ impl HeClient {
             let galois = workers.compute(|| sk.galois_keys(levels, be, rng))?;
             ch.send(&galois.to_bytes(&params)).await?;
         }
-        if keys == KeySet::WithRelin {
-            let relin = workers.compute(|| sk.relin_key(be, rng))?;
-            ch.send(&relin.to_bytes(&params)).await?;
+        match keys {
+            KeySet::WithRelin => ch.send(&workers.compute(|| sk.relin_key(be, rng))?.to_bytes(&params)).await?,
+            KeySet::WithSquare => ch.send(&sk.square_key(be, rng)?.to_bytes()).await?,
+            KeySet::Linear => {}
         }
-        Ok(HeClient { params, sk, backend, workers, network: CostModel::WAN })
+        Ok(HeClient { params, sk, backend, workers, network: CostModel::WAN, keys })
     }
 
     /// The parameter set.
@@ -238,6 +250,11 @@ impl HeClient {
     /// The secret key (decryption of this client's results).
     pub(crate) fn secret_key(&self) -> &SecretKey {
         &self.sk
+    }
+
+    /// The evaluation keys this client sent.
+    pub(crate) fn key_set(&self) -> KeySet {
+        self.keys
     }
 
     /// The network the tilings are chosen for.
@@ -317,7 +334,7 @@ impl HeClient {
             let pos = t.returned_positions(g);
             let keep: Vec<usize> = pos.iter().map(|&(c, _, _)| c).collect();
             let values = self.workers.compute(|| {
-                let ct = ShrunkCiphertext::from_bytes(p, &bytes, keep.len(), response_c0_bits(p), response_c1_bits(p))?;
+                let ct = ShrunkCiphertext::from_bytes(p, &bytes, response_shape(p, 2, keep.len()))?;
                 self.sk.decrypt_shrunk(&ct, &keep, be)
             })?;
             for (v, &(_, _, (i, k))) in values.into_iter().zip(&pos) {
@@ -356,11 +373,12 @@ impl HeServer {
         } else {
             None
         };
-        let relin = match keys {
-            KeySet::WithRelin => Some(RelinKey::from_bytes(&params, &ch.recv().await?)?),
-            KeySet::Linear => None,
+        let product = match keys {
+            KeySet::WithRelin => ProductKey::Relin(RelinKey::from_bytes(&params, &ch.recv().await?)?),
+            KeySet::WithSquare => ProductKey::Square(SquareKey::from_bytes(&params, &ch.recv().await?)?),
+            KeySet::Linear => ProductKey::None,
         };
-        Ok(HeServer { params, pk, galois, relin, backend, workers, exposure: Mutex::new(0.0) })
+        Ok(HeServer { params, pk, galois, product, backend, workers, exposure: Mutex::new(0.0) })
     }
 
     /// The parameter set.
@@ -385,7 +403,18 @@ impl HeServer {
 
     /// The client's relinearization key, if the session set one up ([`KeySet::WithRelin`]).
     pub fn relin_key(&self) -> Option<&RelinKey> {
-        self.relin.as_ref()
+        match &self.product {
+            ProductKey::Relin(key) => Some(key),
+            _ => None,
+        }
+    }
+
+    /// The client's square key, if the session set one up ([`KeySet::WithSquare`]).
+    pub fn square_key(&self) -> Option<&SquareKey> {
+        match &self.product {
+            ProductKey::Square(key) => Some(key),
+            _ => None,
+        }
     }
 
     /// The server's side of [`HeClient::product`]: the weights B (d×m), and optionally its
@@ -441,7 +470,7 @@ impl HeServer {
                 let ready = if last { pending.len().div_ceil(group) } else { pending.len() / group };
                 let taken: Vec<Ciphertext> = pending.drain(..(ready * group).min(pending.len())).collect();
                 let seeds: Vec<[u8; 32]> = (0..ready).map(|_| rng.random()).collect();
-                let keys = ResponseKeys { pk: &self.pk, galois: self.galois.as_ref() };
+                let keys = ResponseKeys { pk: &self.pk, galois: self.galois.as_ref(), square: None };
                 par_map(ready, |i| {
                     let members = &taken[i * group..((i + 1) * group).min(taken.len())];
                     let mut rng = ChaCha20Rng::from_seed(seeds[i]);
@@ -668,7 +697,7 @@ mod tests {
             params: p.clone(),
             pk: sk.public_key(be.as_ref(), &mut rng).unwrap_or_else(|e| panic!("{e}")),
             galois: Some(sk.galois_keys(max_pack(&p), be.as_ref(), &mut rng).unwrap_or_else(|e| panic!("{e}"))),
-            relin: None,
+            product: ProductKey::None,
             backend: be.clone(),
             workers: workers(),
             exposure: Mutex::new(0.0),
@@ -697,7 +726,7 @@ mod tests {
         let inputs = EncryptedRows::prepare(&p, be.as_ref(), &t, &seeded, None).unwrap_or_else(|e| panic!("{e}"));
         let results = inputs.multiply(&p, be.as_ref(), &t, &b, 0..64).unwrap_or_else(|e| panic!("{e}"));
         let product = sk.noise_budget(&results[0], be.as_ref()).unwrap_or_else(|e| panic!("{e}"));
-        let keys = ResponseKeys { pk: &server.pk, galois: server.galois.as_ref() };
+        let keys = ResponseKeys { pk: &server.pk, galois: server.galois.as_ref(), square: None };
         let mut packed =
             crate::he::matmul::pack_group(&p, keys, &t, &results, be.as_ref()).unwrap_or_else(|e| panic!("{e}"));
         let after_pack = sk.noise_budget(&packed, be.as_ref()).unwrap_or_else(|e| panic!("{e}"));
@@ -718,7 +747,13 @@ mod tests {
         let pos = t.returned_positions(0);
         let keep: Vec<usize> = pos.iter().map(|x| x.0).collect();
         let shrunk = packed
-            .shrink(&p, &keep, response_c0_bits(&p), response_c1_bits(&p), be.as_ref())
+            .shrink(
+                &p,
+                &keep,
+                crate::he::matmul::response_c0_bits(&p),
+                crate::he::matmul::response_c1_bits(&p),
+                be.as_ref(),
+            )
             .unwrap_or_else(|e| panic!("{e}"));
         let got = sk.decrypt_shrunk(&shrunk, &keep, be.as_ref()).unwrap_or_else(|e| panic!("{e}"));
         for (v, &(_, _, (i, k))) in got.iter().zip(&pos) {

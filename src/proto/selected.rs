@@ -21,13 +21,12 @@ use rand::rngs::ChaCha20Rng;
 use rand::{RngExt, SeedableRng};
 use tracing::instrument;
 
-use super::linear::{HeServer, MIN_STAT_BITS, answer, await_answer, check_weights_shape, product_frac};
+use super::linear::{HeServer, KeySet, MIN_STAT_BITS, answer, await_answer, check_weights_shape, product_frac};
 use super::session::keys_for;
 use super::{HeKeys, HeUse, ProtoError, ProtoResult, Session};
 use crate::backend::par_map;
-use crate::he::matmul::{response_c0_bits, response_c1_bits};
 use crate::he::selected::{
-    RowChoice, SelectKeys, SelectedLayout, SelectedRow, check_experts, noise_bits, selected_batch,
+    ProductForm, RowChoice, SelectKeys, SelectedLayout, SelectedRow, check_experts, noise_bits, selected_batch,
 };
 use crate::he::tiling::MatShape;
 use crate::he::{Ciphertext, MAX_FLOOD_BITS, Plaintext, SeededCiphertext, ShrunkCiphertext, seeded_ciphertext_len};
@@ -58,11 +57,13 @@ impl Choice {
 }
 
 fn select_keys(he: &[(HeUse, HeKeys)]) -> ProtoResult<&HeKeys> {
-    keys_for(he, HeUse::Select).ok_or_else(|| {
-        ProtoError::Input(
-            "selected products need the session's selection keys (Session::setup_he_for(HeUse::Select, HeParams::select(), KeySet::WithRelin))".into(),
-        )
-    })
+    keys_for(he, HeUse::Select).ok_or_else(select_keys_missing)
+}
+
+fn select_keys_missing() -> ProtoError {
+    ProtoError::Input(
+        "selected products need the session's selection keys (Session::setup_he_for(HeUse::Select, HeParams::select(), KeySet::WithRelin or KeySet::WithSquare))".into(),
+    )
 }
 
 /// Sends (client) or receives and keeps (server) the rows' one-hot vectors, given as each party's
@@ -81,7 +82,7 @@ pub async fn send_choice(sess: &mut Session, bits: &[bool], rows: usize, experts
     match (select_keys(&sess.he)?, party) {
         (HeKeys::Client(he), Party::Client) => {
             let p = he.params().clone();
-            let layout = SelectedLayout::with_pack(&p, 1, 1, experts, 1)?;
+            let layout = SelectedLayout::with_pack(&p, 1, 1, experts, 1, ProductForm::default())?;
             let sk = he.secret_key();
             let cts: Vec<Vec<u8>> = he.workers().compute(|| {
                 par_map(rows, |r| {
@@ -98,7 +99,7 @@ pub async fn send_choice(sess: &mut Session, bits: &[bool], rows: usize, experts
         }
         (HeKeys::Server(he), Party::Server) => {
             let p = he.params().clone();
-            SelectedLayout::with_pack(&p, 1, 1, experts, 1)?;
+            SelectedLayout::with_pack(&p, 1, 1, experts, 1, ProductForm::default())?;
             let kept = RowChoice::kept_rows(&p, experts);
             let mut choices = Vec::with_capacity(rows);
             for r in 0..rows {
@@ -149,11 +150,26 @@ async fn selected_product(
     match (select_keys(&sess.he)?, party, experts) {
         (HeKeys::Client(he), Party::Client, None) => {
             let p = he.params().clone();
-            let layout = SelectedLayout::choose(&p, d, m, choice.experts, &he.network())?;
+            let form = match he.key_set() {
+                KeySet::WithRelin => ProductForm::Relinearized,
+                KeySet::WithSquare => ProductForm::Tensored,
+                KeySet::Linear => return Err(select_keys_missing()),
+            };
+            let layout = SelectedLayout::choose(&p, d, m, choice.experts, form, &he.network())?;
             let sk = he.secret_key();
             let t = layout.tiling;
             let _s = meter.scope("he-selected/input");
-            let header = [rows, d, m, choice.experts, t.d_w, t.m_w, t.pack as usize, layout.select_levels as usize];
+            let header = [
+                rows,
+                d,
+                m,
+                choice.experts,
+                t.d_w,
+                t.m_w,
+                t.pack as usize,
+                layout.select_levels as usize,
+                form.parts(),
+            ];
             ch.send_u64s(&header.map(|v| v as u64)).await?;
             await_answer(ch).await?;
             let j_n = layout.inputs();
@@ -183,13 +199,7 @@ async fn selected_product(
                     let pos = layout.returned_positions(g);
                     let keep: Vec<usize> = pos.iter().map(|&(c, _)| c).collect();
                     let values = he.workers().compute(|| {
-                        let ct = ShrunkCiphertext::from_bytes(
-                            &p,
-                            &bytes,
-                            keep.len(),
-                            response_c0_bits(&p),
-                            response_c1_bits(&p),
-                        )?;
+                        let ct = ShrunkCiphertext::from_bytes(&p, &bytes, layout.response_shape(&p, keep.len()))?;
                         sk.decrypt_shrunk(&ct, &keep, be.as_ref())
                     })?;
                     for (v, &(_, col)) in values.into_iter().zip(&pos) {
@@ -200,9 +210,12 @@ async fn selected_product(
             Ok(y)
         }
         (HeKeys::Server(he), Party::Server, Some(experts)) => {
+            if he.relin_key().is_none() && he.square_key().is_none() {
+                return Err(select_keys_missing());
+            }
             let server = ServerSide { he, rows, d, m, choice };
             let ch_meter = meter.scope("he-selected/input");
-            let header = ch.recv_u64s("selected product header", 8).await?;
+            let header = ch.recv_u64s("selected product header", 9).await?;
             let checked = server.check_request(&header).and_then(|layout| {
                 let (flood, kappa) = server.check(&layout, experts)?;
                 Ok((layout, flood, kappa))
@@ -219,10 +232,10 @@ async fn selected_product(
             drop(ch_meter);
             let _s = meter.scope("he-selected/output");
             he.add_exposure(rows * m, kappa);
-            let (Some(galois), Some(relin)) = (he.galois_keys(), he.relin_key()) else {
-                return Err(ProtoError::Input("the selection keys lack Galois or relinearization keys".into()));
+            let Some(galois) = he.galois_keys() else {
+                return Err(ProtoError::Input("the selection keys lack Galois keys".into()));
             };
-            let keys = SelectKeys { pk: he.public_key(), galois, relin };
+            let keys = SelectKeys { pk: he.public_key(), galois, relin: he.relin_key(), square: he.square_key() };
             let t = layout.tiling;
             let mut mask = vec![0u64; rows * m];
             let batch = layout.row_batch(&p);
@@ -314,15 +327,24 @@ impl ServerSide<'_> {
     fn check_request(&self, header: &[u64]) -> ProtoResult<SelectedLayout> {
         let bad = |why: String| {
             ProtoError::BadRequest(format!(
-                "the client's selected product {header:?} (rows, d, m, E, d_w, m_w, pack, ℓ): {why}"
+                "the client's selected product {header:?} (rows, d, m, E, d_w, m_w, pack, ℓ, parts): {why}"
             ))
         };
         let ours = [self.rows, self.d, self.m, self.choice.experts];
         if header[..4].iter().zip(ours).any(|(&h, o)| h != o as u64) {
             return Err(bad(format!("the server runs {ours:?}")));
         }
+        let form = match (header[8], self.he.relin_key(), self.he.square_key()) {
+            (2, Some(_), _) => ProductForm::Relinearized,
+            (3, _, Some(_)) => ProductForm::Tensored,
+            (2, None, _) => {
+                return Err(bad("relinearized products, but this session has no relinearization key".into()));
+            }
+            (3, _, None) => return Err(bad("tensored products, but this session has no square key".into())),
+            (parts, _, _) => return Err(bad(format!("results of {parts} parts (2 or 3)"))),
+        };
         let pack = u32::try_from(header[6]).map_err(|_| bad("no such packing".into()))?;
-        let layout = SelectedLayout::with_pack(self.he.params(), self.d, self.m, self.choice.experts, pack)
+        let layout = SelectedLayout::with_pack(self.he.params(), self.d, self.m, self.choice.experts, pack, form)
             .map_err(|e| bad(e.to_string()))?;
         let t = layout.tiling;
         let expected = [t.d_w, t.m_w, pack as usize, layout.select_levels as usize];

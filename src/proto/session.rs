@@ -101,6 +101,20 @@ pub enum HeKeys {
     Server(HeServer),
 }
 
+impl HeKeys {
+    /// The evaluation keys the client sent at setup.
+    pub fn key_set(&self) -> KeySet {
+        match self {
+            HeKeys::Client(he) => he.key_set(),
+            HeKeys::Server(he) => match (he.relin_key(), he.square_key()) {
+                (Some(_), _) => KeySet::WithRelin,
+                (None, Some(_)) => KeySet::WithSquare,
+                (None, None) => KeySet::Linear,
+            },
+        }
+    }
+}
+
 /// One party's side of a two-party computation.
 pub struct Session {
     pub(crate) ot: Ot,

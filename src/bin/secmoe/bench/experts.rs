@@ -92,13 +92,11 @@ async fn measure(
     let (a, b) = tokio::join!(sc.setup_he(p.clone(), KeySet::Linear), ss.setup_he(p, KeySet::Linear));
     a?;
     b?;
-    if method == Method::Paper {
+    if let Some(keys) = method.selection_keys() {
         let keys_before = c.meter().report().total().bytes();
         let p = HeParams::select()?;
-        let (a, b) = tokio::join!(
-            sc.setup_he_for(HeUse::Select, p.clone(), KeySet::WithRelin),
-            ss.setup_he_for(HeUse::Select, p, KeySet::WithRelin)
-        );
+        let (a, b) =
+            tokio::join!(sc.setup_he_for(HeUse::Select, p.clone(), keys), ss.setup_he_for(HeUse::Select, p, keys));
         a?;
         b?;
         let mb = (c.meter().report().total().bytes() - keys_before) as f64 / 1e6;
