@@ -57,12 +57,23 @@
 //!   grows with E, and is what a GPU is for.
 //!   The selection keys (10 Galois keys and a relinearization key, 59 MB) are sent once per
 //!   session.
+//! - [`Method::PaperTensored`] (built): Protocol 1 with tensoring without relinearization — the
+//!   client holds s², so each output tile's sum of products (d0, d1, d2) is returned as it is,
+//!   re-randomized with a public key for s² the client sent at setup
+//!   ([`crate::he::SquareKey`]; d2 = c1(W)·c1(x) would otherwise show it the selected weights'
+//!   c1). It cannot be packed (merging needs two-part ciphertexts, or keys for σ(s²)), so a row
+//!   returns K three-part results of 2·N·(log t + 23) bits (≈ 438 kB) instead of ⌈K/2^pack⌉
+//!   two-part ones (≈ 200 kB), and the client's layout chooser moves to smaller tiles (more
+//!   input ciphertexts, fewer outputs). The server saves K relinearizations and the packing key
+//!   switches; bytes stay flat in E. Measured (16 tokens, d = 256, d_ff = 1024): with
+//!   `--tune 20`, E = 8, 8.8 s and 163 MB against Protocol 1's 12.3 s and 45 MB; with the WAN
+//!   tuning (Protocol 1 then takes larger tiles) 9.5 s / 163 MB against 9.5 s / 113 MB at
+//!   E = 8 and 14.3 s / 164 MB against 14.1 s / 114 MB at E = 32. On this CPU it saves no time
+//!   where Protocol 1 may spend bytes, so it is a measured alternative, not the default.
 //! - Selecting *outputs* with the encrypted one-hot instead (every expert on the encrypted row,
 //!   then Σ_i \[\[t_i\]\]·\[\[y_i\]\]) needs one ciphertext product per expert and output
 //!   ciphertext (E·K per row, against J·K for Protocol 1), or a repacking of every sparse
-//!   result first: more server work than Protocol 1 for E ≥ 2. Tensoring without
-//!   relinearization (the client holds s²) does not combine with packing, which needs
-//!   two-part ciphertexts, and without packing each row returns K full ciphertexts.
+//!   result first: more server work than Protocol 1 for E ≥ 2.
 //!
 //! A model's own `expert_capacity` (Switch) drops, in every method, the tokens beyond an
 //! expert's capacity in token order, as `transformers` does: queue positions are prefix sums of

@@ -50,7 +50,9 @@ struct MoeBenchArgs {
     #[arg(long, default_value_t = 1)]
     top_k: usize,
     /// Methods (comma-separated): select-then-compute, capacity[:factor] (1.25 if not given),
-    /// baseline, paper (the SecMoE paper's Protocol 1: flat bytes, slow on a CPU).
+    /// baseline, paper (the SecMoE paper's Protocol 1: flat bytes, slow on a CPU),
+    /// paper-tensored (Protocol 1 with its products not relinearized: less server work, more
+    /// bytes).
     #[arg(long, default_value = "select-then-compute,baseline")]
     method: String,
 }
@@ -199,8 +201,9 @@ impl PromptArgs {
 
 #[derive(Args, Clone)]
 struct JobArgs {
-    /// How MoE layers run: select-then-compute, capacity[:factor], baseline or paper (the SecMoE
-    /// paper's Protocol 1: flat bytes in the number of experts; both parties must pass it).
+    /// How MoE layers run: select-then-compute, capacity[:factor], baseline, paper (the SecMoE
+    /// paper's Protocol 1: flat bytes in the number of experts) or paper-tensored (the same, its
+    /// products not relinearized); both parties must pass it.
     #[arg(long, default_value = "select-then-compute")]
     method: String,
     /// Fractional bits of the fixed-point format.
