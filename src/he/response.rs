@@ -493,7 +493,7 @@ fn unpack_u128(bytes: &[u8], count: usize, bits: u32) -> Result<Vec<u128>, crate
 impl SecretKey {
     /// Decrypts the kept coefficients of a shrunk result: v = c0·2^(b1−b0) + s·(c1 + s·c2)
     /// mod 2^b1 (c2 = 0 for two parts), m = ⌊v·t / 2^b1⌉ mod t (t = 2^plain_bits). The products
-    /// by s are exact over the integers, reduced mod 2^b1 ([`SecretKey::times_s`]).
+    /// by s are exact over the integers, reduced mod 2^b1 (computed in chunks through two NTT primes).
     pub fn decrypt_shrunk(&self, ct: &ShrunkCiphertext, keep: &[usize], backend: &dyn Backend) -> HeResult<Vec<u128>> {
         let p = &self.params;
         let n = p.degree();
