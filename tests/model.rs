@@ -116,6 +116,12 @@ fn the_papers_method_runs_the_default_model() {
     for e in [r.client.unwrap_err().to_string(), r.server.unwrap_err().to_string()] {
         assert!(e.contains("he-keys linear shared select") && e.contains("he-keys linear shared`"), "{e}");
     }
+    // the two forms of the paper's products need different keys: named at the key setup too
+    let tensored = Plan { method: Method::PaperTensored, ..Plan::default() };
+    let r = private_as((&cfg, paper), (&cfg, tensored), Prompt::new(&ids), &w);
+    for e in [r.client.unwrap_err().to_string(), r.server.unwrap_err().to_string()] {
+        assert!(e.contains("select(WithRelin)") && e.contains("select(WithSquare)"), "{e}");
+    }
 }
 
 #[test]

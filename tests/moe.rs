@@ -54,10 +54,8 @@ fn run(ccfg: &MoeConfig, scfg: &MoeConfig, method: Method, x: &[u64], w: &MoeWei
         b.unwrap();
         if let Some(keys) = method.selection_keys() {
             let p = HeParams::select().unwrap();
-            let (a, b) = tokio::join!(
-                sc.setup_he_for(HeUse::Select, p.clone(), keys),
-                ss.setup_he_for(HeUse::Select, p, keys)
-            );
+            let (a, b) =
+                tokio::join!(sc.setup_he_for(HeUse::Select, p.clone(), keys), ss.setup_he_for(HeUse::Select, p, keys));
             a.unwrap();
             b.unwrap();
         }
