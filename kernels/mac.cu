@@ -13,6 +13,18 @@ extern "C" __global__ void mul_acc(sm_u64 *out, const sm_u64 *x, const sm_u64 *w
     if (idx < total) out[idx] = sm_mul_acc_element(x, w, consts, moduli, n, inputs, outputs, prepared_w, idx);
 }
 
+/* mul_acc with each result added to what out holds (residues below their primes): running
+ * sums kept on the device while banks of operands stream past. */
+extern "C" __global__ void mul_acc_into(sm_u64 *out, const sm_u64 *x, const sm_u64 *w, const sm_u64 *consts,
+                                        const sm_u64 *moduli, sm_u32 n, sm_u32 inputs, sm_u32 outputs, sm_u64 total,
+                                        int prepared_w) {
+    sm_u64 idx = (sm_u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx < total) {
+        sm_u64 p = moduli[idx / ((sm_u64)outputs * n)];
+        out[idx] = sm_csub(out[idx] + sm_mul_acc_element(x, w, consts, moduli, n, inputs, outputs, prepared_w, idx), p);
+    }
+}
+
 extern "C" __global__ void base_convert(sm_u64 *out, const sm_u64 *x, const sm_u64 *consts, const sm_u64 *moduli,
                                         sm_u32 n, sm_u32 inputs, sm_u32 outputs) {
     sm_u64 idx = (sm_u64)blockIdx.x * blockDim.x + threadIdx.x;

@@ -7,7 +7,9 @@
 
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use secmoe::backend::{Backend, Block, CpuBackend, CudaBackend, NttTable, Prepared, Tweaks};
-use secmoe::he::{HeParams, OperandBank, Plaintext, SecretKey, SelectionPart, Selectors, select, select_spread};
+use secmoe::he::{
+    Ciphertext, HeParams, OperandBank, Plaintext, SecretKey, SelectionPart, Selectors, select, select_spread,
+};
 use secmoe::ring::modp::{Modulus, ntt_primes};
 
 fn gpu() -> Option<CudaBackend> {
@@ -154,15 +156,27 @@ fn selection_sums_over_128_experts_match_the_cpu_on_one_and_on_every_device() {
     let rows = |range: std::ops::Range<usize>| -> Vec<Vec<&[u64]>> {
         weights.iter().map(|r| r[range.clone()].iter().map(Vec::as_slice).collect()).collect()
     };
-    let cts = (0..experts)
+    let cts: Vec<Ciphertext> = (0..experts)
         .map(|i| sk.encrypt(&Plaintext::new(&p, vec![u64::from(i == chosen)]).unwrap(), &cpu, &mut rng).unwrap())
         .collect();
-    let sel = Selectors::new(&p, vec![cts], &cpu).unwrap();
+    let sel = Selectors::new(&p, vec![cts.clone()], &cpu).unwrap();
     let on_cpu = select(&p, &sel, 0, &OperandBank::new(&p, &rows(0..experts), &cpu).unwrap(), &cpu).unwrap().remove(0);
     let held = OperandBank::new(&p, &rows(0..experts), &gpu).unwrap();
+    // selectors in host memory (copied in for the call), and resident with the sums
     let on_gpu = select(&p, &sel, 0, &held, &gpu).unwrap().remove(0);
-    // the bank lives in device memory: the CPU backend cannot read it, and says so
+    let sel_gpu = Selectors::new(&p, vec![cts.clone()], &gpu).unwrap();
+    let resident = select(&p, &sel_gpu, 0, &held, &gpu).unwrap().remove(0);
+    assert!(resident == on_gpu, "resident selectors give other sums");
+    // a range of the resident selectors against a bank of those experts
+    let part = OperandBank::new(&p, &rows(64..experts), &gpu).unwrap();
+    let upper = select(&p, &sel_gpu, 64, &part, &gpu).unwrap().remove(0);
+    let upper_cpu = select(&p, &sel, 64, &OperandBank::new(&p, &rows(64..experts), &cpu).unwrap(), &cpu).unwrap();
+    assert!(upper == upper_cpu[0], "a range of resident selectors");
+    // the bank and the selectors live in device memory: the CPU backend cannot read them
     let err = select(&p, &sel, 0, &held, &cpu).err().map(|e| e.to_string());
+    assert!(err.as_deref().is_some_and(|e| e.contains("cannot read a buffer held in CUDA device 0")), "{err:?}");
+    let bank_cpu = OperandBank::new(&p, &rows(0..experts), &cpu).unwrap();
+    let err = select(&p, &sel_gpu, 0, &bank_cpu, &cpu).err().map(|e| e.to_string());
     assert!(err.as_deref().is_some_and(|e| e.contains("cannot read a buffer held in CUDA device 0")), "{err:?}");
     for (j, (a, b)) in on_cpu.iter().zip(&on_gpu).enumerate() {
         let (da, db) = (sk.decrypt(a, &cpu).unwrap(), sk.decrypt(b, &cpu).unwrap());
@@ -182,12 +196,20 @@ fn selection_sums_over_128_experts_match_the_cpu_on_one_and_on_every_device() {
             (range.start, OperandBank::new(&p, &rows(range), backends[k]).unwrap())
         })
         .collect();
+    let selectors: Vec<Selectors> =
+        backends.iter().map(|b| Selectors::new(&p, vec![cts.clone()], *b).unwrap()).collect();
     let parts: Vec<SelectionPart<'_>> = banks
         .iter()
         .zip(&backends)
-        .map(|((first, bank), backend)| SelectionPart { first: *first, bank, backend: *backend })
+        .zip(&selectors)
+        .map(|(((first, bank), backend), selectors)| SelectionPart {
+            selectors,
+            first: *first,
+            bank,
+            backend: *backend,
+        })
         .collect();
-    let spread = select_spread(&p, &sel, &parts).unwrap().remove(0);
+    let spread = select_spread(&p, &parts).unwrap().remove(0);
     for (j, (a, b)) in on_cpu.iter().zip(&spread).enumerate() {
         assert_eq!(sk.decrypt(a, &cpu).unwrap(), sk.decrypt(b, &cpu).unwrap(), "spread, output {j}");
     }

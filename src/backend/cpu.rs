@@ -4,7 +4,7 @@ use cryprot_core::aes_hash::FIXED_KEY_HASH;
 
 use rayon::prelude::*;
 
-use super::{Backend, BackendResult, Block, Buffer, Held, NttTable, Prepared, Tweaks, Workers};
+use super::{Backend, BackendResult, Block, Buffer, Held, HeldRuns, NttTable, Prepared, Tweaks, Workers};
 use crate::ring::modp::Modulus;
 
 /// Elements per parallel task; large enough to amortize scheduling, small enough to balance.
@@ -166,24 +166,37 @@ impl Backend for CpuBackend {
         Ok(Buffer(Held::Host(values)))
     }
 
+    fn fetch(&self, buffer: &Buffer) -> BackendResult<Vec<u64>> {
+        match &buffer.0 {
+            Held::Host(values) => Ok(values.clone()),
+            #[allow(unreachable_patterns)] // device buffers exist only with the CUDA backend
+            _ => Err(super::foreign("cpu", buffer)),
+        }
+    }
+
     fn mul_acc_held(
         &self,
         moduli: &[Modulus],
         n: usize,
         batch: usize,
-        x: &[u64],
+        x: HeldRuns<'_>,
         w: &Buffer,
         w_shoup: &Buffer,
-        out: &mut [u64],
+        out: &mut Buffer,
     ) -> BackendResult<()> {
-        match (&w.0, &w_shoup.0) {
-            (Held::Host(w), Held::Host(c)) => {
+        if let Some(buffer) = [x.values, w, w_shoup, &*out].into_iter().find(|b| !matches!(b.0, Held::Host(_))) {
+            return Err(super::foreign("cpu", buffer));
+        }
+        match (&x.values.0, &w.0, &w_shoup.0, &mut out.0) {
+            (Held::Host(xv), Held::Host(w), Held::Host(c), Held::Host(out)) => {
+                x.check(n, moduli.len(), batch)?;
+                let x = x.gather(xv, n, moduli.len(), batch);
                 let shape = super::check_mul_acc(moduli, n, batch, x.len(), w.len(), c.len(), w.len(), out.len())?;
-                self.mac_blocked(moduli, n, shape, x, w, Prepared::W(c), true, out);
+                self.mac_blocked(moduli, n, shape, &x, w, Prepared::W(c), true, out);
                 Ok(())
             }
             #[allow(unreachable_patterns)] // device buffers exist only with the CUDA backend
-            _ => Err(super::foreign("cpu", if matches!(w.0, Held::Host(_)) { w_shoup } else { w })),
+            _ => unreachable!("every buffer was checked to be in host memory"),
         }
     }
 

@@ -13,9 +13,11 @@
 //! polynomial of a step. A call smaller than [`HOST_BELOW`] values (a small hash batch, one
 //! polynomial) runs on the host instead: a round trip over PCIe would cost more than the work, and
 //! the results are the same bit for bit. [`Backend::hold`] keeps values in device memory and
-//! [`Backend::mul_acc_held`] reads them there: the experts' weight banks of selection sums are
-//! uploaded once. [`DeviceVec`] and the `*_on_device` methods run the kernels on resident buffers
-//! directly (benchmarks).
+//! [`Backend::mul_acc_held`] reads and writes them there: a selection sum's weight banks, its
+//! encrypted selectors and its running sums stay on the device while the banks of experts
+//! stream past (one `mul_acc_into` launch per row, half and limb on views of the held buffers,
+//! nothing copied), and [`Backend::fetch`] brings the sums back once. [`DeviceVec`] and the
+//! `*_on_device` methods run the kernels on resident buffers directly (benchmarks).
 //!
 //! Several GPUs: [`CudaBackend::all`] starts one backend per device; a selection sum is additive
 //! over experts, so [`crate::he::select_spread`] gives each device its experts' bank and adds the
@@ -37,7 +39,9 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use super::kernels::{KernelSource, MODULES};
-use super::{Backend, BackendError, BackendResult, Block, Buffer, CpuBackend, Held, NttTable, Prepared, Tweaks};
+use super::{
+    Backend, BackendError, BackendResult, Block, Buffer, CpuBackend, Held, HeldRuns, NttTable, Prepared, Tweaks,
+};
 use crate::ring::modp::Modulus;
 
 /// Why the CUDA backend cannot start or run.
@@ -99,6 +103,7 @@ struct Kernels {
     ntt_forward: CudaFunction,
     ntt_inverse: CudaFunction,
     mul_acc: CudaFunction,
+    mul_acc_into: CudaFunction,
     base_convert: CudaFunction,
     automorphism: CudaFunction,
     divide_by_prime: CudaFunction,
@@ -192,6 +197,7 @@ impl CudaBackend {
             ntt_forward: function("ntt", "ntt_forward")?,
             ntt_inverse: function("ntt", "ntt_inverse")?,
             mul_acc: function("mac", "mul_acc")?,
+            mul_acc_into: function("mac", "mul_acc_into")?,
             base_convert: function("mac", "base_convert")?,
             automorphism: function("mac", "automorphism")?,
             divide_by_prime: function("mac", "divide_by_prime")?,
@@ -380,6 +386,50 @@ impl CudaBackend {
         unsafe { args.launch(elementwise(total)) }.map(drop).map_err(self.fail("launching mul_acc"))
     }
 
+    /// [`Backend::mul_acc_held`] on resident data, its results added to `out`: one launch per
+    /// (entry, limb) on views of the held runs (the range `x` names), the weights and the sums,
+    /// so nothing is copied. The caller checks the shapes.
+    #[allow(clippy::too_many_arguments)]
+    fn mul_acc_runs_on_device(
+        &self,
+        moduli: &[Modulus],
+        n: usize,
+        batch: usize,
+        x: (&DeviceVec, HeldRuns<'_>),
+        w: &DeviceVec,
+        consts: &DeviceVec,
+        out: &mut DeviceVec,
+    ) -> Result<(), CudaError> {
+        let (values, runs) = x;
+        let limbs = moduli.len();
+        if out.is_empty() || limbs == 0 || runs.count == 0 {
+            return Ok(());
+        }
+        let primes = self.primes(moduli)?;
+        let outputs = out.len() / (batch * limbs * n);
+        let (per_w, per_out) = (outputs * runs.count * n, outputs * n);
+        let (n32, inputs, outputs32, total) = (n as u32, runs.count as u32, outputs as u32, per_out as u64);
+        let flag = 1i32;
+        for b in 0..batch {
+            for l in 0..limbs {
+                let from = runs.offset(n, limbs, b, l);
+                let xv = values.0.slice(from..from + runs.count * n);
+                let wv = w.0.slice(l * per_w..(l + 1) * per_w);
+                let cv = consts.0.slice(l * per_w..(l + 1) * per_w);
+                let pv = primes.0.slice(l..l + 1);
+                let at = (b * limbs + l) * per_out;
+                let mut ov = out.0.slice_mut(at..at + per_out);
+                let mut args = self.stream.launch_builder(&self.kernels.mul_acc_into);
+                args.arg(&mut ov).arg(&xv).arg(&wv).arg(&cv).arg(&pv);
+                args.arg(&n32).arg(&inputs).arg(&outputs32).arg(&total).arg(&flag);
+                // SAFETY: kernels/mac.cu `mul_acc_into`; one thread per output value of the view,
+                // the views as long as one limb's shapes, which the caller checked.
+                unsafe { args.launch(elementwise(total)) }.map(drop).map_err(self.fail("launching mul_acc_into"))?;
+            }
+        }
+        Ok(())
+    }
+
     /// [`Backend::automorphism`] on resident polynomials (`out` as long as `input`).
     pub fn automorphism_on_device(
         &self,
@@ -464,6 +514,15 @@ impl CudaBackend {
         let mut dev = self.upload(values)?;
         run(&mut dev)?;
         Ok(self.download(&dev, values)?)
+    }
+}
+
+/// The device copy of a buffer: its own values, or the copy `staged` for this call.
+fn resident<'a>(buffer: &'a Buffer, staged: &'a Option<DeviceVec>) -> &'a DeviceVec {
+    match (&buffer.0, staged) {
+        (_, Some(copy)) => copy,
+        (Held::Device { values, .. }, None) => values,
+        (Held::Host(_), None) => unreachable!("a host buffer is staged before it is read on the device"),
     }
 }
 
@@ -627,46 +686,59 @@ impl Backend for CudaBackend {
         Ok(Buffer(Held::Device { ordinal: self.ordinal, values: self.upload(&values)? }))
     }
 
+    fn fetch(&self, buffer: &Buffer) -> BackendResult<Vec<u64>> {
+        match &buffer.0 {
+            Held::Host(values) => Ok(values.clone()),
+            Held::Device { ordinal, values } if *ordinal == self.ordinal => {
+                let mut host = vec![0u64; values.len()];
+                self.download(values, &mut host)?;
+                Ok(host)
+            }
+            Held::Device { .. } => Err(super::foreign("cuda", buffer)),
+        }
+    }
+
     fn mul_acc_held(
         &self,
         moduli: &[Modulus],
         n: usize,
         batch: usize,
-        x: &[u64],
+        x: HeldRuns<'_>,
         w: &Buffer,
         w_shoup: &Buffer,
-        out: &mut [u64],
+        out: &mut Buffer,
     ) -> BackendResult<()> {
-        match (&w.0, &w_shoup.0) {
-            (Held::Host(_), Held::Host(_)) => self.host.mul_acc_held(moduli, n, batch, x, w, w_shoup, out),
-            (Held::Device { ordinal: a, values: dw }, Held::Device { ordinal: b, values: dc })
-                if *a == self.ordinal && *b == self.ordinal =>
-            {
-                super::check_mul_acc(moduli, n, batch, x.len(), dw.len(), dc.len(), dw.len(), out.len())?;
-                if out.is_empty() {
-                    return Ok(());
-                }
-                // one launch per batch entry over the resident weights; the sums are added to
-                // `out` on the host
-                let per_out = out.len() / batch;
-                let mut sum = vec![0u64; per_out];
-                for (xb, ob) in x.chunks_exact(x.len() / batch).zip(out.chunks_exact_mut(per_out)) {
-                    let dx = self.upload(xb)?;
-                    let mut dout = self.zeros(per_out)?;
-                    self.mul_acc_on_device(moduli, n, &dx, dw, dc, true, &mut dout)?;
-                    self.download(&dout, &mut sum)?;
-                    for (run, (o, s)) in ob.chunks_exact_mut(n).zip(sum.chunks_exact(n)).enumerate() {
-                        let m = &moduli[(run / (per_out / n / moduli.len())) % moduli.len()];
-                        o.iter_mut().zip(s).for_each(|(o, &s)| *o = m.add(*o, s));
-                    }
-                }
-                Ok(())
-            }
-            _ => Err(super::foreign(
-                "cuda",
-                if matches!(&w.0, Held::Device { ordinal, .. } if *ordinal == self.ordinal) { w_shoup } else { w },
-            )),
+        let here = |b: &Buffer| match &b.0 {
+            Held::Host(_) => true,
+            Held::Device { ordinal, .. } => *ordinal == self.ordinal,
+        };
+        if let Some(bad) = [x.values, w, w_shoup, &*out].into_iter().find(|b| !here(b)) {
+            return Err(super::foreign("cuda", bad));
         }
+        if [x.values, w, w_shoup, &*out].into_iter().all(|b| matches!(b.0, Held::Host(_))) {
+            return self.host.mul_acc_held(moduli, n, batch, x, w, w_shoup, out);
+        }
+        x.check(n, moduli.len(), batch)?;
+        let read = batch * moduli.len() * x.count * n;
+        super::check_mul_acc(moduli, n, batch, read, w.len(), w_shoup.len(), w.len(), out.len())?;
+        // operands held on the host are copied in for this call; the others are read in place
+        let staged = |b: &Buffer| -> Result<Option<DeviceVec>, CudaError> {
+            match &b.0 {
+                Held::Host(values) => self.upload(values).map(Some),
+                Held::Device { .. } => Ok(None),
+            }
+        };
+        let (sx, sw, sc) = (staged(x.values)?, staged(w)?, staged(w_shoup)?);
+        let (dx, dw, dc) = (resident(x.values, &sx), resident(w, &sw), resident(w_shoup, &sc));
+        match &mut out.0 {
+            Held::Device { values, .. } => self.mul_acc_runs_on_device(moduli, n, batch, (dx, x), dw, dc, values)?,
+            Held::Host(host) => {
+                let mut sums = self.upload(host)?;
+                self.mul_acc_runs_on_device(moduli, n, batch, (dx, x), dw, dc, &mut sums)?;
+                self.download(&sums, host)?;
+            }
+        }
+        Ok(())
     }
 
     fn base_convert(

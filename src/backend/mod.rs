@@ -24,6 +24,7 @@ pub use cryprot_core::Block;
 pub use cuda::{CudaBackend, CudaError, DeviceVec, HOST_BELOW};
 pub use ntt::NttTable;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::ring::modp::Modulus;
@@ -117,12 +118,18 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Hands `values` to the backend to keep for [`Backend::mul_acc_held`]: device memory on a
     /// GPU (the host copy is freed), the same host memory on the CPU. Operands that serve many
-    /// calls (the experts' weights of a selection sum) are held once instead of copied per call.
+    /// calls (the experts' weights of a selection sum, the encrypted selectors, the running
+    /// sums) are held once instead of copied per call.
     fn hold(&self, values: Vec<u64>) -> BackendResult<Buffer>;
 
-    /// [`Backend::mul_acc`] with the weights `w` and their Shoup constants `w_shoup` held by this
-    /// backend ([`Backend::hold`]), its results **added to** `out` (residues), so that a
-    /// selection sum streamed over several banks of experts accumulates in place. A buffer held
+    /// A host copy of a buffer this backend holds.
+    fn fetch(&self, buffer: &Buffer) -> BackendResult<Vec<u64>>;
+
+    /// [`Backend::mul_acc`] on operands this backend holds ([`Backend::hold`]): the inputs are
+    /// a range of each of `batch` held runs ([`HeldRuns`]), the weights `w` come with their
+    /// Shoup constants `w_shoup`, and the results are **added to** `out` (residues) — so a
+    /// selection sum streamed over several banks of experts accumulates where it is kept, and
+    /// on a GPU nothing moves between host and device until the sums are fetched. A buffer held
     /// by another backend (another device) is an error.
     #[allow(clippy::too_many_arguments)]
     fn mul_acc_held(
@@ -130,10 +137,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         moduli: &[Modulus],
         n: usize,
         batch: usize,
-        x: &[u64],
+        x: HeldRuns<'_>,
         w: &Buffer,
         w_shoup: &Buffer,
-        out: &mut [u64],
+        out: &mut Buffer,
     ) -> BackendResult<()>;
 
     /// The core of every RNS base conversion (basis extension, scale-and-round, modulus
@@ -219,6 +226,70 @@ impl Buffer {
             #[cfg(feature = "cuda")]
             Held::Device { ordinal, .. } => format!("CUDA device {ordinal}"),
         }
+    }
+}
+
+/// The inputs of [`Backend::mul_acc_held`]: `values` holds `batch` runs, each of `stride`
+/// polynomials per limb (`[entry][limb][i][N]`, as [`Backend::mul_acc`]'s inputs), and the
+/// products read polynomials `first..first + count` of every run (a range of experts).
+#[derive(Debug, Clone, Copy)]
+pub struct HeldRuns<'a> {
+    /// The held runs.
+    pub values: &'a Buffer,
+    /// Polynomials per run and limb.
+    pub stride: usize,
+    /// The first polynomial read.
+    pub first: usize,
+    /// Polynomials read per run and limb.
+    pub count: usize,
+}
+
+impl HeldRuns<'_> {
+    /// Offset (in values) of the range read for entry `b` and limb `l` of `limbs`.
+    pub(crate) fn offset(&self, n: usize, limbs: usize, b: usize, l: usize) -> usize {
+        ((b * limbs + l) * self.stride + self.first) * n
+    }
+
+    /// Whether the range is every polynomial of the runs (no gathering).
+    pub(crate) fn whole(&self) -> bool {
+        self.first == 0 && self.count == self.stride
+    }
+
+    /// Checks the runs against `batch` entries of `limbs` limbs.
+    pub(crate) fn check(&self, n: usize, limbs: usize, batch: usize) -> BackendResult<()> {
+        if self.first.checked_add(self.count).is_none_or(|end| end > self.stride) {
+            return Err(shape(
+                "mul_acc_held",
+                format!("inputs {}..+{} of runs of {}", self.first, self.count, self.stride),
+            ));
+        }
+        if self.values.len() != batch * limbs * self.stride * n {
+            return Err(shape(
+                "mul_acc_held",
+                format!(
+                    "{} held inputs for {batch} runs of {limbs} limbs × {} polynomials",
+                    self.values.len(),
+                    self.stride
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The inputs read, as [`Backend::mul_acc`]'s `x`: the held values when the range is whole,
+    /// else the ranges gathered.
+    pub(crate) fn gather<'v>(&self, values: &'v [u64], n: usize, limbs: usize, batch: usize) -> Cow<'v, [u64]> {
+        if self.whole() {
+            return Cow::Borrowed(values);
+        }
+        let run = self.count * n;
+        let mut out = Vec::with_capacity(batch * limbs * run);
+        for b in 0..batch {
+            for l in 0..limbs {
+                out.extend_from_slice(&values[self.offset(n, limbs, b, l)..][..run]);
+            }
+        }
+        Cow::Owned(out)
     }
 }
 
@@ -672,18 +743,37 @@ mod tests {
             &mut vec![0; j_count * n],
         );
         assert!(matches!(err, Err(BackendError::Shape { op: "mul_acc", .. })), "{err:?}");
-        // the same with the weights held by the backend, added to what `out` holds: twice over
-        // gives twice the sums
-        let (held, held_shoup) = (be.hold(w.clone()), be.hold(ws.clone()));
-        let (held, held_shoup) = (held.unwrap_or_else(|e| panic!("{e}")), held_shoup.unwrap_or_else(|e| panic!("{e}")));
-        let mut batched = vec![0u64; alone.len()];
-        be.mul_acc_held(&moduli, n, 3, &xs3, &held, &held_shoup, &mut batched).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(batched, alone);
-        be.mul_acc_held(&moduli, n, 3, &xs3, &held, &held_shoup, &mut batched).unwrap_or_else(|e| panic!("{e}"));
-        for (run, (twice, once)) in batched.chunks_exact(n).zip(alone.chunks_exact(n)).enumerate() {
+        // the same with every operand held by the backend, added to what the held sums hold:
+        // twice over gives twice the sums
+        let hold = |v: Vec<u64>| be.hold(v).unwrap_or_else(|e| panic!("{e}"));
+        let (held, held_shoup, held_x) = (hold(w.clone()), hold(ws.clone()), hold(xs3.clone()));
+        let runs = HeldRuns { values: &held_x, stride: i_count, first: 0, count: i_count };
+        let mut sums = hold(vec![0u64; alone.len()]);
+        be.mul_acc_held(&moduli, n, 3, runs, &held, &held_shoup, &mut sums).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(be.fetch(&sums).unwrap_or_else(|e| panic!("{e}")), alone);
+        be.mul_acc_held(&moduli, n, 3, runs, &held, &held_shoup, &mut sums).unwrap_or_else(|e| panic!("{e}"));
+        let twice = be.fetch(&sums).unwrap_or_else(|e| panic!("{e}"));
+        for (run, (twice, once)) in twice.chunks_exact(n).zip(alone.chunks_exact(n)).enumerate() {
             let m = &moduli[(run / j_count) % limbs];
             assert!(twice.iter().zip(once).all(|(&t, &o)| t == m.add(o, o)), "run {run}");
         }
+        // a range of longer runs (100 other inputs before each run's own): the same sums
+        let pad = 100;
+        let padded: Vec<u64> = xs3
+            .chunks_exact(i_count * n)
+            .enumerate()
+            .flat_map(|(r, run)| [draw(pad * n, &mut rng)[(r % limbs) * pad * n..][..pad * n].to_vec(), run.to_vec()])
+            .flatten()
+            .collect();
+        let held_padded = hold(padded);
+        let runs = HeldRuns { values: &held_padded, stride: pad + i_count, first: pad, count: i_count };
+        let mut sums = hold(vec![0u64; alone.len()]);
+        be.mul_acc_held(&moduli, n, 3, runs, &held, &held_shoup, &mut sums).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(be.fetch(&sums).unwrap_or_else(|e| panic!("{e}")), alone);
+        // a range beyond the runs is an error naming the operation
+        let beyond = HeldRuns { first: pad + 1, ..runs };
+        let err = be.mul_acc_held(&moduli, n, 3, beyond, &held, &held_shoup, &mut sums);
+        assert!(matches!(err, Err(BackendError::Shape { op: "mul_acc_held", .. })), "{err:?}");
         // shapes that do not fit are errors naming the operation, not panics
         let err = be.mul_acc(&moduli, n, 1, &x[1..], &w, Prepared::W(&ws), &mut vec![0; per_out]);
         assert!(matches!(err, Err(BackendError::Shape { op: "mul_acc", .. })), "{err:?}");

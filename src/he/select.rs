@@ -5,27 +5,29 @@
 //! With t a one-hot vector, out_j encrypts W_{j,e} for the chosen e: the server computes on the
 //! chosen parameters without learning which they are (it only adds products of ciphertexts it
 //! cannot read). The work is E·J ciphertext×plaintext products, run as one backend
-//! multiply-accumulate per RNS limb and ciphertext half; the operands are held by the backend
-//! ([`Backend::hold`]), so a GPU keeps the experts' weights in device memory across calls. A
-//! range of selectors can be combined with a bank covering only those experts: banks are
-//! streamed and partial sums added.
+//! multiply-accumulate per RNS limb for every row and ciphertext half; every operand is held by
+//! the backend ([`Backend::hold`]) — the experts' weights, the encrypted selectors and the
+//! running sums — so a GPU keeps them in device memory: weights across calls, selectors and
+//! sums while banks of experts stream past, the sums fetched once at the end. A range of
+//! selectors can be combined with a bank covering only those experts: banks are streamed and
+//! partial sums added.
 
 use super::bfv::{Ciphertext, PlainOperand};
 use super::poly::{Form, RnsPoly};
 use super::{HeError, HeParams, HeResult};
-use crate::backend::{Backend, Buffer};
+use crate::backend::{Backend, Buffer, HeldRuns};
 
-/// The encrypted selectors of R rows (E each, all at one level), kept by the server in NTT form,
-/// stored as `[limb][row][half][i][N]`: each (row, half) is one batch entry of the backend's
-/// multiply-accumulate on a limb, so a selection sum reads the experts' weights once for all
-/// rows.
-#[derive(Debug, Clone)]
+/// The encrypted selectors of R rows (E each, all at one level), kept by the server in NTT form
+/// and held by the backend that made them, per limb `[row][half][i][N]`: each (row, half) is one
+/// batch entry of the backend's multiply-accumulate on a limb, so a selection sum reads the
+/// experts' weights once for all rows.
+#[derive(Debug)]
 pub struct Selectors {
     rows: usize,
     count: usize,
     limbs: usize,
-    /// Limb-major, then row, then c0/c1, each run `count · N` values.
-    values: Vec<u64>,
+    /// Per limb: row, then c0/c1, each run `count · N` values.
+    values: Vec<Buffer>,
 }
 
 impl Selectors {
@@ -46,18 +48,19 @@ impl Selectors {
             )));
         }
         let run = count * n;
-        let mut values = vec![0u64; limbs * r_count * 2 * run];
+        let mut values = vec![vec![0u64; r_count * 2 * run]; limbs];
         for (row, cts) in rows.into_iter().enumerate() {
             for (i, mut ct) in cts.into_iter().enumerate() {
                 for (h, poly) in [&mut ct.c0, &mut ct.c1].into_iter().enumerate() {
                     poly.to_ntt(params, backend)?;
-                    for l in 0..limbs {
-                        let at = ((l * r_count + row) * 2 + h) * run + i * n;
-                        values[at..at + n].copy_from_slice(poly.limb(params, l));
+                    for (l, limb) in values.iter_mut().enumerate() {
+                        let at = (row * 2 + h) * run + i * n;
+                        limb[at..at + n].copy_from_slice(poly.limb(params, l));
                     }
                 }
             }
         }
+        let values = values.into_iter().map(|limb| backend.hold(limb)).collect::<Result<_, _>>()?;
         Ok(Selectors { rows: r_count, count, limbs, values })
     }
 
@@ -76,15 +79,9 @@ impl Selectors {
         self.rows
     }
 
-    /// Selectors `first..first + e` of every row and half on limb `l`, as the backend's batch:
-    /// the stored values when they are the whole run, else a copy of the run.
-    fn batch(&self, n: usize, l: usize, first: usize, e: usize) -> std::borrow::Cow<'_, [u64]> {
-        let run = self.count * n;
-        let limb = &self.values[l * self.rows * 2 * run..][..self.rows * 2 * run];
-        if first == 0 && e == self.count {
-            return std::borrow::Cow::Borrowed(limb);
-        }
-        std::borrow::Cow::Owned(limb.chunks_exact(run).flat_map(|r| &r[first * n..(first + e) * n]).copied().collect())
+    /// Selectors `first..first + e` of every row and half on limb `l`, as the backend's batch.
+    fn runs(&self, l: usize, first: usize, e: usize) -> HeldRuns<'_> {
+        HeldRuns { values: &self.values[l], stride: self.count, first, count: e }
     }
 }
 
@@ -152,26 +149,35 @@ pub fn select(
     bank: &OperandBank,
     backend: &dyn Backend,
 ) -> HeResult<Vec<Vec<Ciphertext>>> {
-    let mut sums = SelectionSums::new(params, selectors.rows, bank.outputs, selectors.limbs);
+    let mut sums = SelectionSums::new(params, selectors.rows, bank.outputs, selectors.limbs, backend)?;
     sums.add(params, selectors, first, bank, backend)?;
-    Ok(sums.into_ciphertexts(params))
+    sums.into_ciphertexts(params, backend)
 }
 
-/// Running selection sums of R rows × J outputs, kept in the backend's layout
-/// (`[limb][row][half][j][N]`, NTT form) while banks of experts stream past: each bank's
-/// products are added in place, and the ciphertexts are assembled once at the end.
-#[derive(Debug, Clone)]
+/// Running selection sums of R rows × J outputs, held by the backend in its layout (per limb
+/// `[row][half][j][N]`, NTT form) while banks of experts stream past: each bank's products are
+/// added where the sums are kept, and the ciphertexts are assembled once at the end.
+#[derive(Debug)]
 pub struct SelectionSums {
     rows: usize,
     outputs: usize,
     limbs: usize,
-    values: Vec<u64>,
+    /// Per limb.
+    values: Vec<Buffer>,
 }
 
 impl SelectionSums {
-    /// Zero sums for `rows` rows and `outputs` outputs at `limbs` RNS limbs.
-    pub fn new(params: &HeParams, rows: usize, outputs: usize, limbs: usize) -> SelectionSums {
-        SelectionSums { rows, outputs, limbs, values: vec![0u64; limbs * rows * 2 * outputs * params.degree()] }
+    /// Zero sums for `rows` rows and `outputs` outputs at `limbs` RNS limbs, held by `backend`.
+    pub fn new(
+        params: &HeParams,
+        rows: usize,
+        outputs: usize,
+        limbs: usize,
+        backend: &dyn Backend,
+    ) -> HeResult<SelectionSums> {
+        let len = rows * 2 * outputs * params.degree();
+        let values = (0..limbs).map(|_| backend.hold(vec![0u64; len])).collect::<Result<_, _>>()?;
+        Ok(SelectionSums { rows, outputs, limbs, values })
     }
 
     /// Adds Σ_i W_{j,i}·[\[t_(r,first+i)\]] over the bank's experts to every row's sums.
@@ -200,34 +206,38 @@ impl SelectionSums {
         // one call per limb, batched over every (row, half)
         let batch = self.rows * 2;
         for (l, (m, (w, w_shoup))) in params.moduli()[..k].iter().zip(&bank.limbs).enumerate() {
-            let x = selectors.batch(n, l, first, e);
-            let out = &mut self.values[l * batch * j * n..][..batch * j * n];
-            backend.mul_acc_held(std::slice::from_ref(m), n, batch, &x, w, w_shoup, out)?;
+            let x = selectors.runs(l, first, e);
+            backend.mul_acc_held(std::slice::from_ref(m), n, batch, x, w, w_shoup, &mut self.values[l])?;
         }
         Ok(())
     }
 
-    /// The sums as ciphertexts: per row, J of them, NTT form.
-    pub fn into_ciphertexts(self, params: &HeParams) -> Vec<Vec<Ciphertext>> {
+    /// The sums as ciphertexts (fetched from the backend that holds them): per row, J of them,
+    /// NTT form.
+    pub fn into_ciphertexts(self, params: &HeParams, backend: &dyn Backend) -> HeResult<Vec<Vec<Ciphertext>>> {
         let n = params.degree();
-        let (batch, j, k) = (self.rows * 2, self.outputs, self.limbs);
+        let j = self.outputs;
+        let limbs: Vec<Vec<u64>> = self.values.iter().map(|b| backend.fetch(b)).collect::<Result<_, _>>()?;
+        drop(self.values);
         let poly = |b: usize, jj: usize| {
-            let mut limbs = Vec::with_capacity(k * n);
-            for l in 0..k {
-                limbs.extend_from_slice(&self.values[((l * batch + b) * j + jj) * n..][..n]);
+            let mut values = Vec::with_capacity(self.limbs * n);
+            for limb in &limbs {
+                values.extend_from_slice(&limb[(b * j + jj) * n..][..n]);
             }
-            RnsPoly { limbs, form: Form::Ntt }
+            RnsPoly { limbs: values, form: Form::Ntt }
         };
-        (0..self.rows)
+        Ok((0..self.rows)
             .map(|r| (0..j).map(|jj| Ciphertext { c0: poly(2 * r, jj), c1: poly(2 * r + 1, jj) }).collect())
-            .collect()
+            .collect())
     }
 }
 
-/// One device's share of a selection sum: the run of selectors from `first` on, the bank of
-/// the experts it holds, and its backend.
+/// One device's share of a selection sum: the selectors (held on this device), the index of the
+/// first one its bank covers, the bank of the experts it holds, and its backend.
 #[derive(Debug, Clone, Copy)]
 pub struct SelectionPart<'a> {
+    /// The rows' selectors, held by this part's backend.
+    pub selectors: &'a Selectors,
     /// Index of the first selector the bank covers.
     pub first: usize,
     /// The experts' operands held on this device.
@@ -240,22 +250,19 @@ pub struct SelectionPart<'a> {
 /// memory): the sum is additive over experts, so every part computes Σ over its own experts on
 /// its own backend, all at once, and the partial sums are added. Every bank must have the same
 /// number of outputs.
-pub fn select_spread(
-    params: &HeParams,
-    selectors: &Selectors,
-    parts: &[SelectionPart<'_>],
-) -> HeResult<Vec<Vec<Ciphertext>>> {
-    let outputs = parts.first().map_or(0, |p| p.bank.outputs);
-    if let Some(bad) = parts.iter().position(|p| p.bank.outputs != outputs) {
+pub fn select_spread(params: &HeParams, parts: &[SelectionPart<'_>]) -> HeResult<Vec<Vec<Ciphertext>>> {
+    let shape = |p: &SelectionPart<'_>| (p.bank.outputs, p.selectors.rows, p.selectors.count);
+    let first = parts.first().map(shape);
+    if let Some(bad) = parts.iter().position(|p| Some(shape(p)) != first) {
         return Err(HeError::Shape(format!(
-            "selection part {bad} has {} outputs, part 0 has {outputs}",
-            parts[bad].bank.outputs
+            "selection part {bad} has {:?} (outputs, rows, selectors), part 0 has {first:?}",
+            shape(&parts[bad])
         )));
     }
     let partials: Vec<HeResult<Vec<Vec<Ciphertext>>>> = std::thread::scope(|scope| {
         let handles: Vec<_> = parts
             .iter()
-            .map(|part| scope.spawn(move || select(params, selectors, part.first, part.bank, part.backend)))
+            .map(|part| scope.spawn(move || select(params, part.selectors, part.first, part.bank, part.backend)))
             .collect();
         handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
     });
@@ -359,10 +366,10 @@ mod tests {
         assert_eq!((sel.rows(), sel.len()), (4, e));
         let whole = select(&p, &sel, 0, &bank_of(0..e), &be).unwrap_or_else(|e| panic!("{e}"));
         // the same sums with the experts in two banks, added in place
-        let mut sums = SelectionSums::new(&p, 4, j, p.moduli().len());
+        let mut sums = SelectionSums::new(&p, 4, j, p.moduli().len(), &be).unwrap_or_else(|e| panic!("{e}"));
         sums.add(&p, &sel, 0, &bank_of(0..2), &be).unwrap_or_else(|e| panic!("{e}"));
         sums.add(&p, &sel, 2, &bank_of(2..e), &be).unwrap_or_else(|e| panic!("{e}"));
-        let streamed = sums.into_ciphertexts(&p);
+        let streamed = sums.into_ciphertexts(&p, &be).unwrap_or_else(|e| panic!("{e}"));
         for (r, &c) in chosen.iter().enumerate() {
             for jj in 0..j {
                 for ct in [&whole[r][jj], &streamed[r][jj]] {
@@ -372,7 +379,7 @@ mod tests {
             }
         }
         // sums of another shape are refused, not mixed up
-        let mut other = SelectionSums::new(&p, 3, j, p.moduli().len());
+        let mut other = SelectionSums::new(&p, 3, j, p.moduli().len(), &be).unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(other.add(&p, &sel, 0, &bank_of(0..e), &be), Err(HeError::Shape(_))));
     }
 
@@ -402,10 +409,10 @@ mod tests {
         let (whole, first, second) = (bank_of(0..e), bank_of(0..4), bank_of(4..e));
         let single = select(&p, &sel, 0, &whole, &devices[0]).unwrap_or_else(|e| panic!("{e}")).remove(0);
         let parts = [
-            SelectionPart { first: 0, bank: &first, backend: &devices[0] },
-            SelectionPart { first: 4, bank: &second, backend: &devices[1] },
+            SelectionPart { selectors: &sel, first: 0, bank: &first, backend: &devices[0] },
+            SelectionPart { selectors: &sel, first: 4, bank: &second, backend: &devices[1] },
         ];
-        let spread = select_spread(&p, &sel, &parts).unwrap_or_else(|e| panic!("{e}")).remove(0);
+        let spread = select_spread(&p, &parts).unwrap_or_else(|e| panic!("{e}")).remove(0);
         for (jj, (a, b)) in single.iter().zip(&spread).enumerate() {
             let (da, db) = (
                 sk.decrypt(a, &devices[0]).unwrap_or_else(|e| panic!("{e}")),

@@ -481,7 +481,7 @@ fn selected_weights(
     .into_iter()
     .collect::<HeResult<_>>()?;
     // the rows' selected weight polynomials [[Ŵ_(j,k)]], summed over the chunks
-    let mut sums = SelectionSums::new(p, rows.len(), j_n * k_n, p.moduli().len());
+    let mut sums = SelectionSums::new(p, rows.len(), j_n * k_n, p.moduli().len(), be)?;
     let top = 1u128 << layout.select_levels;
     for c in 0..1usize << outer {
         let range = c * chunk..((c + 1) * chunk).min(e);
@@ -527,7 +527,7 @@ fn selected_weights(
         let selectors = Selectors::new(p, chosen.into_iter().collect::<HeResult<_>>()?, be)?;
         sums.add(p, &selectors, 0, &bank, be)?;
     }
-    Ok(sums.into_ciphertexts(p))
+    sums.into_ciphertexts(p, be)
 }
 
 /// One row's products [[Ŵ_(j,k)]]·x_j summed over j, in the layout's form (relinearized and
