@@ -10,10 +10,12 @@ use rand::RngExt;
 use rand::rngs::ChaCha20Rng;
 use rayon::prelude::*;
 
+use super::bfv::add_wide_plain;
+use super::response;
 use super::tiling::{MatShape, Tiling, TilingCost};
 use super::{
-    Ciphertext, GaloisKeys, HeError, HeParams, HeResult, Outgoing, Plaintext, PublicKey, SeededCiphertext, ShrunkShape,
-    SquareKey, seeded_ciphertext_len,
+    Ciphertext, GaloisKeys, HeError, HeParams, HeResult, Outgoing, Plaintext, PublicKey, RnsPoly, SeededCiphertext,
+    ShrunkShape, SquareKey, seeded_ciphertext_len,
 };
 use crate::backend::{Backend, Prepared, par_map};
 use crate::net::CostModel;
@@ -299,9 +301,11 @@ pub fn mask_and_seal<T: Outgoing>(
         neg_mask[c] = (r << scale).wrapping_neg() & t_mask;
         mask.push(r as u64);
     }
-    ct.add_plain(p, &neg_mask, be)?;
-    ct.rerandomize_with(p, keys.pk, keys.square, be, rng)?;
-    ct.flood_with(p, flood, be, rng)?;
-    let shape = response_shape(p, T::PARTS, keep.len());
-    Ok((ct.shrink_to(p, keep, shape.c0_bits, shape.c1_bits, be)?.to_bytes(), mask))
+    let mut parts = ct.parts();
+    let shape = response_shape(p, parts.len(), keep.len());
+    add_wide_plain(p, parts[0], &neg_mask, be)?;
+    response::rerandomize(p, &mut parts, keys.pk, keys.square, be, rng)?;
+    response::flood(p, &mut parts, flood, be, rng)?;
+    let parts: Vec<&RnsPoly> = parts.into_iter().map(|part| &*part).collect();
+    Ok((response::shrink(p, &parts, keep, shape.c0_bits, shape.c1_bits, be)?.to_bytes(), mask))
 }

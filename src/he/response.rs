@@ -15,7 +15,7 @@
 
 use rand::{CryptoRng, RngExt};
 
-use super::bfv::{Ciphertext, PublicKey, SecretKey, add_wide_plain};
+use super::bfv::{Ciphertext, PublicKey, SecretKey};
 use super::mult::{SquareKey, Tensored};
 use super::poly::{Form, RnsPoly};
 use super::{HeError, HeParams, HeResult};
@@ -31,7 +31,7 @@ pub const NARROW_FLOOD_BITS: u32 = 126;
 pub const MAX_FLOOD_BITS: u32 = 250;
 
 impl Ciphertext {
-    /// Adds a fresh encryption of zero under `pk` (same level as `self`).
+    /// Adds a fresh encryption of zero under `pk` (at the ciphertext's level).
     pub fn rerandomize<R: CryptoRng + ?Sized>(
         &mut self,
         params: &HeParams,
@@ -39,8 +39,7 @@ impl Ciphertext {
         backend: &dyn Backend,
         rng: &mut R,
     ) -> HeResult<()> {
-        let zero = pk.encrypt(&super::Plaintext::new(params, Vec::new())?, backend, rng)?;
-        self.add_assign(params, &zero, backend)
+        rerandomize(params, &mut self.parts(), pk, None, backend, rng)
     }
 
     /// Adds independent uniform noise from [−2^bits, 2^bits) to every coefficient of c0.
@@ -52,9 +51,7 @@ impl Ciphertext {
         backend: &dyn Backend,
         rng: &mut R,
     ) -> HeResult<()> {
-        self.c0.to_coeff(params, backend)?;
-        self.c1.to_coeff(params, backend)?;
-        flood(params, &mut self.c0, bits, rng)
+        flood(params, &mut self.parts(), bits, backend, rng)
     }
 
     /// Switches to power-of-two moduli: c1 → ⌊2^c1_bits·c1/q⌉ (all N coefficients) and c0 →
@@ -68,187 +65,91 @@ impl Ciphertext {
         c1_bits: u32,
         backend: &dyn Backend,
     ) -> HeResult<ShrunkCiphertext> {
-        shrink(params, &self.c0, &[&self.c1], keep, c0_bits, c1_bits, backend)
+        shrink(params, &[&self.c0, &self.c1], keep, c0_bits, c1_bits, backend)
     }
 }
 
-impl Tensored {
-    /// Adds a fresh encryption of zero under (s, s²): one under `pk` to (d0, d1), one under the
-    /// [`SquareKey`] to (d0, d2).
-    pub fn rerandomize<R: CryptoRng + ?Sized>(
-        &mut self,
-        params: &HeParams,
-        pk: &PublicKey,
-        square: &SquareKey,
-        backend: &dyn Backend,
-        rng: &mut R,
-    ) -> HeResult<()> {
-        let k = self.limbs(params);
-        for (key, part) in [(pk, 1), (&square.0, 2)] {
-            let mut zero = key.encrypt(&super::Plaintext::new(params, Vec::new())?, backend, rng)?;
-            zero.c0.limbs.truncate(k * params.degree());
-            zero.c1.limbs.truncate(k * params.degree());
-            let target = if part == 1 { &mut self.d1 } else { &mut self.d2 };
-            for (ours, theirs) in [(&mut self.d0, zero.c0), (target, zero.c1)] {
-                let mut theirs = theirs;
-                if ours.form() == Form::Coeff {
-                    theirs.to_coeff(params, backend)?;
-                }
-                ours.add_assign(params, &theirs);
-            }
-        }
-        Ok(())
-    }
-
-    /// Adds independent uniform noise from [−2^bits, 2^bits) to every coefficient of d0.
-    /// Leaves coefficient form.
-    pub fn flood<R: CryptoRng + ?Sized>(
-        &mut self,
-        params: &HeParams,
-        bits: u32,
-        backend: &dyn Backend,
-        rng: &mut R,
-    ) -> HeResult<()> {
-        for part in [&mut self.d0, &mut self.d1, &mut self.d2] {
-            part.to_coeff(params, backend)?;
-        }
-        flood(params, &mut self.d0, bits, rng)
-    }
-
-    /// Switches to power-of-two moduli as [`Ciphertext::shrink`], d1 and d2 both to 2^c1_bits.
-    pub fn shrink(
-        &self,
-        params: &HeParams,
-        keep: &[usize],
-        c0_bits: u32,
-        c1_bits: u32,
-        backend: &dyn Backend,
-    ) -> HeResult<ShrunkCiphertext> {
-        shrink(params, &self.d0, &[&self.d1, &self.d2], keep, c0_bits, c1_bits, backend)
-    }
-}
-
-/// A result on its way out of the server: masked in its constant part, re-randomized, flooded
-/// and shrunk (one path for every result, [`crate::he::matmul::mask_and_seal`]).
+/// A result on its way out of the server ([`crate::he::matmul::mask_and_seal`]: masked in its
+/// constant part, re-randomized, flooded, shrunk): a ciphertext (c0, c1), or a product that was
+/// not relinearized (d0, d1, d2), opened with s and s².
 pub trait Outgoing {
-    /// Its parts: 2 for (c0, c1), 3 for (d0, d1, d2).
-    const PARTS: usize;
-    /// Adds plaintext coefficients (below t) to the constant part.
-    fn add_plain(&mut self, params: &HeParams, coeffs: &[u128], backend: &dyn Backend) -> HeResult<()>;
-    /// Adds fresh encryptions of zero under the client's keys (`square` for a part under s²).
-    fn rerandomize_with<R: CryptoRng + ?Sized>(
-        &mut self,
-        params: &HeParams,
-        pk: &PublicKey,
-        square: Option<&SquareKey>,
-        backend: &dyn Backend,
-        rng: &mut R,
-    ) -> HeResult<()>;
-    /// Floods the constant part with `bits` bits of uniform noise (coefficient form).
-    fn flood_with<R: CryptoRng + ?Sized>(
-        &mut self,
-        params: &HeParams,
-        bits: u32,
-        backend: &dyn Backend,
-        rng: &mut R,
-    ) -> HeResult<()>;
-    /// Switches to power-of-two moduli, the constant part at the positions `keep` only.
-    fn shrink_to(
-        &self,
-        params: &HeParams,
-        keep: &[usize],
-        c0_bits: u32,
-        c1_bits: u32,
-        backend: &dyn Backend,
-    ) -> HeResult<ShrunkCiphertext>;
+    /// Its parts, the constant one first, then those that multiply s, s², ….
+    fn parts(&mut self) -> Vec<&mut RnsPoly>;
 }
 
 impl Outgoing for Ciphertext {
-    const PARTS: usize = 2;
-
-    fn add_plain(&mut self, params: &HeParams, coeffs: &[u128], backend: &dyn Backend) -> HeResult<()> {
-        add_wide_plain(params, &mut self.c0, coeffs, backend)
-    }
-
-    fn rerandomize_with<R: CryptoRng + ?Sized>(
-        &mut self,
-        params: &HeParams,
-        pk: &PublicKey,
-        _: Option<&SquareKey>,
-        backend: &dyn Backend,
-        rng: &mut R,
-    ) -> HeResult<()> {
-        self.rerandomize(params, pk, backend, rng)
-    }
-
-    fn flood_with<R: CryptoRng + ?Sized>(
-        &mut self,
-        params: &HeParams,
-        bits: u32,
-        backend: &dyn Backend,
-        rng: &mut R,
-    ) -> HeResult<()> {
-        self.flood(params, bits, backend, rng)
-    }
-
-    fn shrink_to(
-        &self,
-        params: &HeParams,
-        keep: &[usize],
-        c0_bits: u32,
-        c1_bits: u32,
-        backend: &dyn Backend,
-    ) -> HeResult<ShrunkCiphertext> {
-        self.shrink(params, keep, c0_bits, c1_bits, backend)
+    fn parts(&mut self) -> Vec<&mut RnsPoly> {
+        vec![&mut self.c0, &mut self.c1]
     }
 }
 
 impl Outgoing for Tensored {
-    const PARTS: usize = 3;
-
-    fn add_plain(&mut self, params: &HeParams, coeffs: &[u128], backend: &dyn Backend) -> HeResult<()> {
-        add_wide_plain(params, &mut self.d0, coeffs, backend)
+    fn parts(&mut self) -> Vec<&mut RnsPoly> {
+        vec![&mut self.d0, &mut self.d1, &mut self.d2]
     }
+}
 
-    fn rerandomize_with<R: CryptoRng + ?Sized>(
-        &mut self,
-        params: &HeParams,
-        pk: &PublicKey,
-        square: Option<&SquareKey>,
-        backend: &dyn Backend,
-        rng: &mut R,
-    ) -> HeResult<()> {
-        let square = square.ok_or_else(|| {
-            HeError::Shape("a product that was not relinearized needs the client's square key to leave".into())
-        })?;
-        self.rerandomize(params, pk, square, backend, rng)
+/// Adds to the parts of a result a fresh encryption of zero under each key of the client that
+/// the parts beyond the constant one need: `pk` (for s) to the constant part and the first,
+/// `square` (for s²) to the constant part and the second. A part under s² without the square
+/// key is refused: it would leave with the server's operands in it.
+pub(crate) fn rerandomize<R: CryptoRng + ?Sized>(
+    params: &HeParams,
+    parts: &mut [&mut RnsPoly],
+    pk: &PublicKey,
+    square: Option<&SquareKey>,
+    backend: &dyn Backend,
+    rng: &mut R,
+) -> HeResult<()> {
+    let n = params.degree();
+    let k = parts.first().map_or(0, |c0| c0.limbs.len() / n);
+    for i in 1..parts.len() {
+        let key = match i {
+            1 => pk,
+            2 => {
+                &square
+                    .ok_or_else(|| {
+                        HeError::Shape(
+                            "a product that was not relinearized needs the client's square key to leave".into(),
+                        )
+                    })?
+                    .0
+            }
+            _ => return Err(HeError::Shape(format!("a result of {} parts", parts.len()))),
+        };
+        let zero = key.encrypt(&super::Plaintext::new(params, Vec::new())?, backend, rng)?;
+        for (j, mut z) in [(0, zero.c0), (i, zero.c1)] {
+            z.limbs.truncate(k * n);
+            if parts[j].form() == Form::Coeff {
+                z.to_coeff(params, backend)?;
+            }
+            parts[j].add_assign(params, &z);
+        }
     }
+    Ok(())
+}
 
-    fn flood_with<R: CryptoRng + ?Sized>(
-        &mut self,
-        params: &HeParams,
-        bits: u32,
-        backend: &dyn Backend,
-        rng: &mut R,
-    ) -> HeResult<()> {
-        self.flood(params, bits, backend, rng)
+/// Brings every part to coefficient form and adds independent uniform noise from
+/// [−2^bits, 2^bits) to every coefficient of the constant part.
+pub(crate) fn flood<R: CryptoRng + ?Sized>(
+    params: &HeParams,
+    parts: &mut [&mut RnsPoly],
+    bits: u32,
+    backend: &dyn Backend,
+    rng: &mut R,
+) -> HeResult<()> {
+    for part in parts.iter_mut() {
+        part.to_coeff(params, backend)?;
     }
-
-    fn shrink_to(
-        &self,
-        params: &HeParams,
-        keep: &[usize],
-        c0_bits: u32,
-        c1_bits: u32,
-        backend: &dyn Backend,
-    ) -> HeResult<ShrunkCiphertext> {
-        self.shrink(params, keep, c0_bits, c1_bits, backend)
+    match parts.first_mut() {
+        Some(c0) => flood_poly(params, c0, bits, rng),
+        None => Ok(()),
     }
 }
 
 /// Adds independent uniform noise from [−2^bits, 2^bits) to every coefficient of `c0`
 /// (coefficient form).
-fn flood<R: CryptoRng + ?Sized>(params: &HeParams, c0: &mut RnsPoly, bits: u32, rng: &mut R) -> HeResult<()> {
+fn flood_poly<R: CryptoRng + ?Sized>(params: &HeParams, c0: &mut RnsPoly, bits: u32, rng: &mut R) -> HeResult<()> {
     if bits > MAX_FLOOD_BITS {
         return Err(HeError::Unsupported {
             params: params.name(),
@@ -285,12 +186,11 @@ fn flood<R: CryptoRng + ?Sized>(params: &HeParams, c0: &mut RnsPoly, bits: u32, 
     Ok(())
 }
 
-/// Switches `c0` (at `keep`) to 2^c0_bits and every part of `rest` (all N coefficients) to
-/// 2^c1_bits.
-fn shrink(
+/// Switches the constant part (at `keep`) to 2^c0_bits and every other part (all N
+/// coefficients) to 2^c1_bits.
+pub(crate) fn shrink(
     params: &HeParams,
-    c0: &RnsPoly,
-    rest: &[&RnsPoly],
+    parts: &[&RnsPoly],
     keep: &[usize],
     c0_bits: u32,
     c1_bits: u32,
@@ -307,6 +207,7 @@ fn shrink(
     if let Some(&bad) = keep.iter().find(|&&j| j >= n) {
         return Err(HeError::Shape(format!("kept coefficient {bad} is beyond N = {n}")));
     }
+    let (c0, rest) = parts.split_first().ok_or_else(|| HeError::Shape("a result of no parts".into()))?;
     let k = c0.limbs.len() / n;
     let moduli = &params.moduli()[..k];
     let coeff = |poly: &RnsPoly| -> HeResult<RnsPoly> {
@@ -662,10 +563,10 @@ mod tests {
         assert!(err.err().is_some_and(|e| e.to_string().contains("square key")));
         // re-randomized: no coefficient of d1 or d2 survives
         let mut fresh = product.clone();
-        fresh.rerandomize(&p, &pk, &square, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
-        fresh.flood(&p, 0, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        rerandomize(&p, &mut fresh.parts(), &pk, Some(&square), &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        flood(&p, &mut fresh.parts(), 0, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         let mut old = product;
-        old.flood(&p, 0, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        flood(&p, &mut old.parts(), 0, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         for (ours, theirs) in [(&fresh.d1, &old.d1), (&fresh.d2, &old.d2)] {
             let same = ours.limbs.iter().zip(&theirs.limbs).filter(|(x, y)| x == y).count();
             assert!(same < 8, "{same} coefficients unchanged");

@@ -573,9 +573,9 @@ mod tests {
                 let shrunk3 = {
                     // any three polynomials encode (these parameters cannot multiply)
                     let c = sk.encrypt(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
-                    let mut d = crate::he::Tensored { d0: c.c0, d1: c.c1.clone(), d2: c.c1 };
-                    d.flood(&p, 20, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
-                    d.shrink(&p, &[0, 5, 9], 70, 80, &be).unwrap_or_else(|e| panic!("{e}"))
+                    let (d0, d1, d2) = (c.c0, c.c1.clone(), c.c1);
+                    crate::he::response::shrink(&p, &[&d0, &d1, &d2], &[0, 5, 9], 70, 80, &be)
+                        .unwrap_or_else(|e| panic!("{e}"))
                 };
                 let samples = vec![
                     ("ciphertext", ct.to_bytes(&p)),
