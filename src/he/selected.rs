@@ -41,8 +41,7 @@ use rand::rngs::ChaCha20Rng;
 
 use super::ShrunkShape;
 use super::bfv::{Ciphertext, PublicKey};
-use super::matmul::{ResponseKeys, response_shape};
-use super::matmul::{mask_and_seal, max_pack};
+use super::matmul::{ResponseKeys, mask_and_seal, max_pack, response_shape};
 use super::mult::{Lifted, ProductSum, RelinKey, SUM_TERM_BITS, SquareKey, Tensored};
 use super::response::Outgoing;
 use super::tiling::{MatShape, Tiling};
@@ -550,7 +549,7 @@ fn respond_row(
             seal_row(p, keys, layout, packed, flood, seed, be)
         }
         ProductForm::Tensored => {
-            let products = tile_products(p, layout, x, weights, be)?;
+            let products = tile_products(p, layout, x, weights, be, Ok)?;
             seal_row(p, keys, layout, products, flood, seed, be)
         }
     }
@@ -581,19 +580,21 @@ fn seal_row<T: Outgoing + Clone + Send + Sync>(
     .collect()
 }
 
-/// One row's output tiles, each the sum over j of [[Ŵ_(j,k)]]·x_j, not relinearized: every input
-/// tile lifted once for its K products, each output tile rounded once.
-fn tile_products(
+/// One row's output tiles, each the sum over j of [[Ŵ_(j,k)]]·x_j (every input tile lifted once
+/// for its K products, each output tile rounded once), each passed through `finish` in the task
+/// that computed it (relinearization, or nothing).
+fn tile_products<T: Send>(
     p: &HeParams,
     layout: &SelectedLayout,
     x: &[Ciphertext],
     weights: &[Ciphertext],
     be: &dyn Backend,
-) -> HeResult<Vec<Tensored>> {
+    finish: impl Fn(Tensored) -> HeResult<T> + Sync + Send,
+) -> HeResult<Vec<T>> {
     let (j_n, k_n) = (layout.inputs(), layout.outputs());
     let xs: Vec<Lifted> = par_map(j_n, |j| x[j].lift(p, be)).into_iter().collect::<HeResult<_>>()?;
     let level = x.first().map_or(p.moduli().len(), |c| c.limbs(p));
-    par_map(k_n, |k| -> HeResult<Tensored> {
+    par_map(k_n, |k| -> HeResult<T> {
         // sums of at most 2^SUM_TERM_BITS products each (the extension basis holds no more)
         let mut total: Option<Tensored> = None;
         for (g, group) in xs.chunks(1 << SUM_TERM_BITS).enumerate() {
@@ -608,7 +609,7 @@ fn tile_products(
                 None => total = Some(part),
             }
         }
-        total.ok_or_else(|| HeError::Shape("a selected product with no input tile".into()))
+        finish(total.ok_or_else(|| HeError::Shape("a selected product with no input tile".into()))?)
     })
     .into_iter()
     .collect()
@@ -627,10 +628,7 @@ fn packed_products(
     let t = &layout.tiling;
     let k_n = layout.outputs();
     let relin = keys.relin.ok_or_else(|| HeError::Shape("no relinearization key".into()))?;
-    let tiles = tile_products(p, layout, x, weights, be)?;
-    let results: Vec<Ciphertext> =
-        par_map(tiles.len(), |k| tiles[k].clone().relinearize(p, relin, be)).into_iter().collect::<HeResult<_>>()?;
-    drop(tiles);
+    let results = tile_products(p, layout, x, weights, be, |tile| tile.relinearize(p, relin, be))?;
     let size = 1usize << t.pack;
     let shift = 2 * p.degree() - (t.d_w - 1);
     par_map(layout.returned(), |g| {
