@@ -47,9 +47,9 @@
 //!   d_w = 2^pack chosen by the client for its network: input bytes against products and
 //!   packing) up, one packed result per 2^pack output tiles (≈ 210 kB) down, plus one selector
 //!   ciphertext per row — **flat in E**; rounds: one per matrix and one for the selectors.
-//!   Measured (16 tokens, d = 256, d_ff = 1024, `--tune 20`): 45.6 MB and 29 s at E = 8,
-//!   47.8 MB (+5%, the routing) and 85 s at E = 128 (the baseline: 933 MB, 102 s, 123 s under
-//!   the WAN model). Server work per row: E key switches for the expansion, once for all
+//!   Measured (16 tokens, d = 256, d_ff = 1024, `--tune 20`, 2026-12-04): 45.0 MB and 12.7 s
+//!   at E = 8, 47.2 MB (+5%, the routing) and 36.1 s at E = 128 (the baseline: 842 MB, 35.0 s,
+//!   54.2 s under the WAN model; Select-Then-Compute 176.5 MB, 8.2 s). Server work per row: E key switches for the expansion, once for all
 //!   matrices (the selectors are kept, [`crate::he::selected::RowChoice`]); per row and matrix
 //!   E·J·K products by weights (one batched multiply-accumulate per expert chunk for all rows),
 //!   J·K ciphertext products summed into K results ([`crate::he::ProductSum`]: one rounding and
