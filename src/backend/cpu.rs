@@ -166,11 +166,11 @@ impl Backend for CpuBackend {
         Ok(Buffer(Held::Host(values)))
     }
 
-    fn fetch(&self, buffer: &Buffer) -> BackendResult<Vec<u64>> {
-        match &buffer.0 {
-            Held::Host(values) => Ok(values.clone()),
+    fn fetch(&self, buffer: Buffer) -> BackendResult<Vec<u64>> {
+        match buffer.0 {
+            Held::Host(values) => Ok(values),
             #[allow(unreachable_patterns)] // device buffers exist only with the CUDA backend
-            _ => Err(super::foreign("cpu", buffer)),
+            _ => Err(super::foreign("cpu", &buffer)),
         }
     }
 

@@ -686,15 +686,15 @@ impl Backend for CudaBackend {
         Ok(Buffer(Held::Device { ordinal: self.ordinal, values: self.upload(&values)? }))
     }
 
-    fn fetch(&self, buffer: &Buffer) -> BackendResult<Vec<u64>> {
-        match &buffer.0 {
-            Held::Host(values) => Ok(values.clone()),
-            Held::Device { ordinal, values } if *ordinal == self.ordinal => {
+    fn fetch(&self, buffer: Buffer) -> BackendResult<Vec<u64>> {
+        match buffer.0 {
+            Held::Host(values) => Ok(values),
+            Held::Device { ordinal, ref values } if ordinal == self.ordinal => {
                 let mut host = vec![0u64; values.len()];
                 self.download(values, &mut host)?;
                 Ok(host)
             }
-            Held::Device { .. } => Err(super::foreign("cuda", buffer)),
+            Held::Device { .. } => Err(super::foreign("cuda", &buffer)),
         }
     }
 

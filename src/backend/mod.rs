@@ -122,8 +122,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// sums) are held once instead of copied per call.
     fn hold(&self, values: Vec<u64>) -> BackendResult<Buffer>;
 
-    /// A host copy of a buffer this backend holds.
-    fn fetch(&self, buffer: &Buffer) -> BackendResult<Vec<u64>>;
+    /// Hands a buffer this backend holds back as host values (no copy on the CPU, a download
+    /// from a GPU).
+    fn fetch(&self, buffer: Buffer) -> BackendResult<Vec<u64>>;
 
     /// [`Backend::mul_acc`] on operands this backend holds ([`Backend::hold`]): the inputs are
     /// a range of each of `batch` held runs ([`HeldRuns`]), the weights `w` come with their
@@ -748,11 +749,15 @@ mod tests {
         let hold = |v: Vec<u64>| be.hold(v).unwrap_or_else(|e| panic!("{e}"));
         let (held, held_shoup, held_x) = (hold(w.clone()), hold(ws.clone()), hold(xs3.clone()));
         let runs = HeldRuns { values: &held_x, stride: i_count, first: 0, count: i_count };
-        let mut sums = hold(vec![0u64; alone.len()]);
-        be.mul_acc_held(&moduli, n, 3, runs, &held, &held_shoup, &mut sums).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(be.fetch(&sums).unwrap_or_else(|e| panic!("{e}")), alone);
-        be.mul_acc_held(&moduli, n, 3, runs, &held, &held_shoup, &mut sums).unwrap_or_else(|e| panic!("{e}"));
-        let twice = be.fetch(&sums).unwrap_or_else(|e| panic!("{e}"));
+        let sums_of = |runs: HeldRuns<'_>, times: usize| {
+            let mut sums = hold(vec![0u64; alone.len()]);
+            for _ in 0..times {
+                be.mul_acc_held(&moduli, n, 3, runs, &held, &held_shoup, &mut sums).unwrap_or_else(|e| panic!("{e}"));
+            }
+            be.fetch(sums).unwrap_or_else(|e| panic!("{e}"))
+        };
+        assert_eq!(sums_of(runs, 1), alone);
+        let twice = sums_of(runs, 2);
         for (run, (twice, once)) in twice.chunks_exact(n).zip(alone.chunks_exact(n)).enumerate() {
             let m = &moduli[(run / j_count) % limbs];
             assert!(twice.iter().zip(once).all(|(&t, &o)| t == m.add(o, o)), "run {run}");
@@ -767,12 +772,10 @@ mod tests {
             .collect();
         let held_padded = hold(padded);
         let runs = HeldRuns { values: &held_padded, stride: pad + i_count, first: pad, count: i_count };
-        let mut sums = hold(vec![0u64; alone.len()]);
-        be.mul_acc_held(&moduli, n, 3, runs, &held, &held_shoup, &mut sums).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(be.fetch(&sums).unwrap_or_else(|e| panic!("{e}")), alone);
+        assert_eq!(sums_of(runs, 1), alone);
         // a range beyond the runs is an error naming the operation
         let beyond = HeldRuns { first: pad + 1, ..runs };
-        let err = be.mul_acc_held(&moduli, n, 3, beyond, &held, &held_shoup, &mut sums);
+        let err = be.mul_acc_held(&moduli, n, 3, beyond, &held, &held_shoup, &mut hold(vec![0u64; alone.len()]));
         assert!(matches!(err, Err(BackendError::Shape { op: "mul_acc_held", .. })), "{err:?}");
         // shapes that do not fit are errors naming the operation, not panics
         let err = be.mul_acc(&moduli, n, 1, &x[1..], &w, Prepared::W(&ws), &mut vec![0; per_out]);

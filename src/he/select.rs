@@ -217,8 +217,7 @@ impl SelectionSums {
     pub fn into_ciphertexts(self, params: &HeParams, backend: &dyn Backend) -> HeResult<Vec<Vec<Ciphertext>>> {
         let n = params.degree();
         let j = self.outputs;
-        let limbs: Vec<Vec<u64>> = self.values.iter().map(|b| backend.fetch(b)).collect::<Result<_, _>>()?;
-        drop(self.values);
+        let limbs: Vec<Vec<u64>> = self.values.into_iter().map(|b| backend.fetch(b)).collect::<Result<_, _>>()?;
         let poly = |b: usize, jj: usize| {
             let mut values = Vec::with_capacity(self.limbs * n);
             for limb in &limbs {
