@@ -1,14 +1,62 @@
 #!/usr/bin/env bash
-# The CUDA backend on a machine with a GPU, in one go (for the device machine of a session, or
-# any CUDA host): build with the cuda feature, run every kernel against the CPU backend bit for
-# bit, then the kernel benchmarks as a table and JSON under $OUT (default target/gpu-check).
-# Without nvcc the kernels are compiled by NVRTC when the backend starts.
-set -euo pipefail
+# The CUDA backend on a machine with a GPU, in two steps, so that the GPU host needs neither cargo
+# nor a network (a session's device machine has neither):
+#
+#   scripts/gpu-check.sh build   # here: release binaries with the cuda feature into target/gpu-bin
+#                                # (NVCC should name an nvcc no newer than the GPU host's driver:
+#                                # its PTX version must be one the driver reads)
+#   scripts/gpu-check.sh run     # there: every kernel against the CPU backend bit for bit, the
+#                                # kernel benchmarks, and one MoE layer on the GPU and on the CPU;
+#                                # logs and JSON under $OUT (default target/gpu-check)
+set -uo pipefail
 cd "$(dirname "$0")/.."
-out="${OUT:-target/gpu-check}"
-mkdir -p "$out"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/device.txt" || true
-cargo build --release --features cuda 2>&1 | tail -3
-cargo test --release --features cuda --test cuda -- --nocapture 2>&1 | tee "$out/tests.txt"
-cargo test --release --features cuda --lib backend:: 2>&1 | tail -3 | tee -a "$out/tests.txt"
-./target/release/secmoe bench --preset kernels --backend cuda --json "$out/kernels.json" 2>&1 | tee "$out/kernels.txt"
+bin=target/gpu-bin
+
+case "${1:-}" in
+build)
+    set -e
+    mkdir -p "$bin"
+    exes=$(cargo test --release --features cuda --no-run --test cuda --lib 2>&1 | tee /dev/stderr |
+        sed -n 's/.*Executable .*(\(.*\))$/\1/p')
+    cargo build --release --features cuda --bin secmoe
+    for exe in $exes; do
+        case "$exe" in
+        */cuda-*) cp "$exe" "$bin/cuda-tests" ;;
+        */secmoe-*) cp "$exe" "$bin/lib-tests" ;;
+        esac
+    done
+    cp target/release/secmoe "$bin/secmoe"
+    grep -h -m1 '^\.version' target/release/build/secmoe-*/out/*.ptx | sort -u | sed 's/^/PTX /'
+    ls -la "$bin"
+    ;;
+run)
+    out="${OUT:-target/gpu-check}"
+    mkdir -p "$out"
+    export RUST_BACKTRACE=1
+    status=0
+    step() { # step NAME SECONDS COMMAND...: runs one step with a time limit, its log under $out
+        local name=$1 limit=$2
+        shift 2
+        echo "== $name"
+        local start=$SECONDS
+        timeout "$limit" "$@" >"$out/$name.log" 2>&1
+        local rc=$?
+        tail -n 25 "$out/$name.log"
+        echo "== $name: exit $rc in $((SECONDS - start)) s"
+        [ "$rc" -eq 0 ] || status=1
+    }
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv | tee "$out/device.txt"
+    step cuda-tests 150 "$bin/cuda-tests" --nocapture --test-threads=1
+    step lib-backend-tests 60 "$bin/lib-tests" backend::
+    step kernels 150 "$bin/secmoe" bench --preset kernels --backend cuda --json "$out/kernels.json"
+    for backend in cuda cpu; do
+        step "moe-paper-$backend" 90 "$bin/secmoe" bench --preset experts --backend "$backend" --experts 32 \
+            --tokens 16 --d-model 256 --d-ff 1024 --method paper --json "$out/moe-paper-$backend.json"
+    done
+    exit $status
+    ;;
+*)
+    echo "usage: $0 build|run" >&2
+    exit 2
+    ;;
+esac
