@@ -8,11 +8,14 @@
 //! (`backend::kernels` tests); `tests/cuda.rs` compares every launch with the CPU bit for bit where
 //! a device exists.
 //!
-//! Data: most [`Backend`] methods take host slices, so each call copies in, runs and copies out
-//! (twiddle tables are uploaded once per (N, p) and stay); a call covers every limb and
-//! polynomial of a step. A call smaller than [`HOST_BELOW`] values (a small hash batch, one
-//! polynomial) runs on the host instead: a round trip over PCIe would cost more than the work, and
-//! the results are the same bit for bit. [`Backend::hold`] keeps values in device memory and
+//! Data: most [`Backend`] methods take host slices; on the GPU each such call would copy in, run
+//! and copy out, and measured on an H200 beside 16 host cores (2026-12-04, `secmoe bench --preset
+//! kernels`) every kernel is then slower than the host: an NTT at N = 8192 11.9 µs against 3.5 µs,
+//! a multiply-accumulate term 10.3 µs against 0.57 µs (its weights cross the bus every call), OT
+//! hashing 2.1 ns a block against 0.47 ns — and on this project's 2-core machine at best even. So
+//! by default ([`Offload::Held`]) host-slice calls run on the host workers, bit for bit the same,
+//! and the GPU takes the work on values it holds; [`CudaBackend::offloading_everything`] sends
+//! every call to the GPU (tests, kernel benchmarks). [`Backend::hold`] keeps values in device memory and
 //! [`Backend::mul_acc_held`] reads and writes them there: a selection sum's weight banks, its
 //! encrypted selectors and its running sums stay on the device while the banks of experts
 //! stream past (one `mul_acc_into` launch per row, half and limb on views of the held buffers,
@@ -88,9 +91,14 @@ pub enum CudaError {
     Pool(#[from] rayon::ThreadPoolBuildError),
 }
 
-/// Calls on fewer values than this run on the host workers (see the module docs), unless the
-/// backend was made with [`CudaBackend::offloading_everything`].
-pub const HOST_BELOW: usize = 1 << 17;
+/// Which calls a [`CudaBackend`] runs on its GPU (see the module docs for the measurements).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offload {
+    /// The work on held buffers ([`Backend::mul_acc_held`]); host-slice calls on the host.
+    Held,
+    /// Every call, host slices copied in and out (tests and kernel benchmarks).
+    Everything,
+}
 
 /// Threads per block of the element-wise kernels.
 const BLOCK: u32 = 256;
@@ -147,8 +155,7 @@ pub struct CudaBackend {
     /// Dynamic shared memory the NTT kernels are currently allowed.
     ntt_shared: Mutex<usize>,
     host: CpuBackend,
-    /// Calls on fewer values run on `host`.
-    host_below: usize,
+    offload: Offload,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -213,14 +220,25 @@ impl CudaBackend {
             max_shared: usize::try_from(optin).unwrap_or(0).max(DEFAULT_SHARED),
             ntt_shared: Mutex::new(DEFAULT_SHARED),
             host: CpuBackend::new(threads)?,
-            host_below: HOST_BELOW,
+            offload: Offload::Held,
         })
     }
 
     /// This backend with every call on the GPU however small (tests and kernel benchmarks).
     pub fn offloading_everything(mut self) -> CudaBackend {
-        self.host_below = 0;
+        self.offload = Offload::Everything;
         self
+    }
+
+    /// Which calls run on the GPU.
+    pub fn offload(&self) -> Offload {
+        self.offload
+    }
+
+    /// Whether a host-slice call on these (possibly empty) values runs on the host: always under
+    /// [`Offload::Held`], and where there is nothing to copy (the driver allocates no empty buffer).
+    fn on_host(&self, values: &[u64]) -> bool {
+        self.offload == Offload::Held || values.is_empty()
     }
 
     /// One backend per device present (experts can be spread over them: selection sums are
@@ -610,7 +628,7 @@ impl Backend for CudaBackend {
     fn hash_blocks(&self, input: &[Block], tweaks: Tweaks<'_>, out: &mut [Block]) -> BackendResult<()> {
         super::check_hash(input, tweaks, out)?;
         // (the driver allocates no empty buffer: nothing to do is done on the host)
-        if input.is_empty() || 2 * input.len() < self.host_below {
+        if self.on_host(bytemuck::cast_slice(input)) {
             return self.host.hash_blocks(input, tweaks, out);
         }
         let mut blocks = self.upload(bytemuck::cast_slice(input))?;
@@ -623,7 +641,7 @@ impl Backend for CudaBackend {
 
     fn ntt_forward_sparse(&self, tables: &[NttTable], polys: &mut [u64], support: usize) -> BackendResult<()> {
         super::check_ntt("ntt_forward", tables, polys)?;
-        if polys.is_empty() || polys.len() < self.host_below {
+        if self.on_host(polys) {
             return self.host.ntt_forward_sparse(tables, polys, support);
         }
         self.in_place(polys, |dev| Ok(self.ntt_forward_on_device(tables, dev, support)?))
@@ -631,7 +649,7 @@ impl Backend for CudaBackend {
 
     fn ntt_inverse(&self, tables: &[NttTable], polys: &mut [u64]) -> BackendResult<()> {
         super::check_ntt("ntt_inverse", tables, polys)?;
-        if polys.is_empty() || polys.len() < self.host_below {
+        if self.on_host(polys) {
             return self.host.ntt_inverse(tables, polys);
         }
         self.in_place(polys, |dev| Ok(self.ntt_inverse_on_device(tables, dev)?))
@@ -649,7 +667,7 @@ impl Backend for CudaBackend {
     ) -> BackendResult<()> {
         let (consts, of) = prepared.constants(x, w);
         super::check_mul_acc(moduli, n, batch, x.len(), w.len(), consts.len(), of, out.len())?;
-        if w.is_empty() || w.len() < self.host_below {
+        if self.on_host(w) {
             return self.host.mul_acc(moduli, n, batch, x, w, prepared, out);
         }
         // one launch per batch entry over the uploaded weights (and their constants)
@@ -754,7 +772,7 @@ impl Backend for CudaBackend {
         if out.is_empty() {
             return Ok(());
         }
-        if x.is_empty() || x.len() * outputs < self.host_below {
+        if self.on_host(x) {
             return self.host.base_convert(moduli, n, x, consts, out);
         }
         let flat: Vec<u64> = consts.iter().flat_map(|&(c, s)| [c, s]).collect();
@@ -777,7 +795,7 @@ impl Backend for CudaBackend {
         out: &mut [u64],
     ) -> BackendResult<()> {
         super::check_automorphism(moduli, n, element, input, out)?;
-        if input.is_empty() || input.len() < self.host_below {
+        if self.on_host(input) {
             return self.host.automorphism(moduli, n, element, input, out);
         }
         let din = self.upload(input)?;
@@ -795,7 +813,7 @@ impl Backend for CudaBackend {
         p_top: &Modulus,
     ) -> BackendResult<()> {
         super::check_divide(moduli, n, low, top)?;
-        if low.is_empty() || low.len() < self.host_below {
+        if self.on_host(low) {
             return self.host.divide_by_prime(moduli, n, low, top, p_top);
         }
         let dtop = self.upload(top)?;

@@ -21,7 +21,7 @@ pub mod ntt;
 pub use cpu::CpuBackend;
 pub use cryprot_core::Block;
 #[cfg(feature = "cuda")]
-pub use cuda::{CudaBackend, CudaError, DeviceVec, HOST_BELOW};
+pub use cuda::{CudaBackend, CudaError, DeviceVec, Offload};
 pub use ntt::NttTable;
 
 use std::borrow::Cow;

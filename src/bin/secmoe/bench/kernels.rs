@@ -20,6 +20,8 @@ use super::report::print_row;
 /// (N, limbs) of the NTT rows; each limb transforms [`NTT_BATCH`] polynomials in one call.
 const NTT_SHAPES: [(usize, usize); 4] = [(4096, 1), (8192, 1), (8192, 4), (16384, 1)];
 const NTT_BATCH: usize = 64;
+/// Polynomials per limb in the resident NTT rows: enough to fill a large GPU.
+const RESIDENT_NTT_BATCH: usize = 1024;
 /// The selection sum's shape: E selectors, J = d·d_ff/N outputs, ciphertexts of [`SELECT_LIMBS`]
 /// limbs and two halves.
 const SELECT_E: usize = 128;
@@ -193,11 +195,11 @@ impl Bench<'_> {
             for (n, limbs) in NTT_SHAPES {
                 let tables = tables(n, limbs)?;
                 let data: Vec<u64> =
-                    tables.iter().flat_map(|t| self.random(NTT_BATCH * n, t.modulus().value())).collect();
+                    tables.iter().flat_map(|t| self.random(RESIDENT_NTT_BATCH * n, t.modulus().value())).collect();
                 let mut dev = gpu.upload(&data)?;
                 let mut result = Ok(());
                 let us = time_us(50, || result = sync(gpu.ntt_forward_on_device(&tables, &mut dev, n)))
-                    / (limbs * NTT_BATCH) as f64;
+                    / (limbs * RESIDENT_NTT_BATCH) as f64;
                 result?;
                 // one more forward transform of fresh data, checked
                 let mut fresh = gpu.upload(&data)?;
@@ -205,7 +207,7 @@ impl Bench<'_> {
                 let (mut got, mut want) = (vec![0u64; data.len()], data.clone());
                 gpu.download(&fresh, &mut got)?;
                 cpu.ntt_forward(&tables, &mut want)?;
-                let shape = format!("N={n}, {limbs} limb(s) × {NTT_BATCH}");
+                let shape = format!("N={n}, {limbs} limb(s) × {RESIDENT_NTT_BATCH}");
                 self.push(with_method(op_row("ntt", "cuda", shape, us, got == want), label));
             }
         }
@@ -226,9 +228,25 @@ impl Bench<'_> {
             gpu.download(&dout, &mut got)?;
             let mut want = vec![0u64; n];
             cpu.mul_acc(&m, n, 1, &x, &w[..SELECT_E * n], Prepared::W(&ws[..SELECT_E * n]), &mut want)?;
-            let mut row = op_row("select", "cuda", select_shape(SELECT_J), us, got[..n] == want[..]);
+            let ok = got[..n] == want[..];
+            let mut row = op_row("select", "cuda", select_shape(SELECT_J), us, ok);
             row.wall_s = us * 1e-6 * (SELECT_J * SELECT_E * SELECT_LIMBS * 2) as f64;
             self.push(with_method(row, label));
+            // the weights resident (as the server keeps them across queries), the selectors
+            // copied in and the sums copied out in every call
+            let mut result = Ok(());
+            let us = time_us(10, || {
+                result = (|| {
+                    let dx = gpu.upload(&x)?;
+                    let mut dout = gpu.zeros(SELECT_J * n)?;
+                    gpu.mul_acc_on_device(&m, n, &dx, &dw, &dws, true, &mut dout)?;
+                    gpu.download(&dout, &mut got)
+                })()
+            }) / (SELECT_J * SELECT_E) as f64;
+            result?;
+            let mut row = op_row("select", "cuda", select_shape(SELECT_J), us, ok && got[..n] == want[..]);
+            row.wall_s = us * 1e-6 * (SELECT_J * SELECT_E * SELECT_LIMBS * 2) as f64;
+            self.push(with_method(row, "cuda weights resident"));
         }
         if self.wanted("ot-hash") {
             let words: Vec<u64> = self.random(2 * HASH_BLOCKS, u64::MAX);
