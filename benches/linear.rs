@@ -71,7 +71,11 @@ fn bench_linear(c: &mut Criterion) {
     group.finish();
     println!("\nper product (both directions), tiling chosen for WAN:");
     for (shape, bytes, rounds) in costs {
-        let t = tiling_for(&params, shape, &secmoe::net::CostModel::WAN);
+        let threads = match s.sc.he_for(secmoe::proto::HeUse::Linear) {
+            Some(secmoe::proto::HeKeys::Client(hc)) => hc.server_threads(),
+            _ => unreachable!("the client's session holds the client's keys"),
+        };
+        let t = tiling_for(&params, shape, &secmoe::net::CostModel::WAN, threads);
         println!(
             "  {shape}: {:.2} MB, {rounds} rounds (tiles {}×{}×{}, {} results per ciphertext)",
             bytes as f64 / 1e6,

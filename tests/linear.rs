@@ -71,10 +71,14 @@ fn linear_layers_give_exact_shares_of_x_times_w_for_any_shape_and_tiling() {
         let (_c, mut sc, _s, mut ss) = sessions(params.clone()).await;
         let mut rng = StdRng::seed_from_u64(2);
         let mut packs = std::collections::BTreeSet::new();
+        let threads = match sc.he_for(secmoe::proto::HeUse::Linear) {
+            Some(HeKeys::Client(hc)) => hc.server_threads(),
+            other => panic!("not the client's keys: {other:?}"),
+        };
         let shapes = [(1, 1, 1), (3, 5, 7), (2, 300, 41), (40, 9, 300), (130, 70, 3), (16, 128, 64), (8, 32, 64)];
         for ((n, d, m), net) in shapes.into_iter().flat_map(|s| NETWORKS.map(|net| (s, net))) {
             let shape = MatShape { n, d, m };
-            packs.insert(tiling_for(&params, shape, &net).pack);
+            packs.insert(tiling_for(&params, shape, &net, threads).pack);
             sc.set_network(net);
             let x: Vec<u64> = (0..n * d).map(|_| rng.random()).collect();
             let w = weights(&mut rng, d * m);
@@ -87,7 +91,7 @@ fn linear_layers_give_exact_shares_of_x_times_w_for_any_shape_and_tiling() {
                 shape.plain_product(&x, &w),
                 "{shape} on {}: {:?}",
                 net.name,
-                tiling_for(&params, shape, &net)
+                tiling_for(&params, shape, &net, threads)
             );
         }
         assert!(packs.contains(&0) && packs.len() >= 4, "packing levels exercised: {packs:?}");

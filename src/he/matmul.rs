@@ -56,9 +56,11 @@ pub fn max_pack(p: &HeParams) -> u32 {
 }
 
 /// Cost estimates for [`Tiling::choose`] under `params`, trading bytes against server time at
-/// the bandwidth of `network`.
-pub(crate) fn tiling_cost(params: &HeParams, network: &CostModel) -> TilingCost {
+/// the bandwidth of `network`, for a server that spreads its work over `server_threads` host
+/// threads (it announces them at the HE setup): the per-core estimates below divided by them.
+pub(crate) fn tiling_cost(params: &HeParams, network: &CostModel, server_threads: usize) -> TilingCost {
     let (n, limbs) = (params.degree() as f64, params.moduli().len() as f64);
+    let per_core = 1.0 / server_threads.max(1) as f64;
     TilingCost {
         input_bytes: seeded_ciphertext_len(params) as f64,
         output_bytes: n * response_c1_bits(params) as f64 / 8.0,
@@ -68,18 +70,19 @@ pub(crate) fn tiling_cost(params: &HeParams, network: &CostModel) -> TilingCost 
         // included), a multiply-accumulate ≈ 0.55 ns per slot and limb, a transform ≈ 0.23 ns
         // per slot and stage, and a key switch with its merge and the results' return to
         // coefficients ≈ 13·(limbs + 1) transforms
-        weight_stage_s: limbs * 0.30e-9 * n,
-        product_s: limbs * 2.0 * 0.55e-9 * n,
-        keyswitch_s: 13.0 * (limbs + 1.0) * 0.23e-9 * n * n.log2(),
+        weight_stage_s: per_core * limbs * 0.30e-9 * n,
+        product_s: per_core * limbs * 2.0 * 0.55e-9 * n,
+        keyswitch_s: per_core * 13.0 * (limbs + 1.0) * 0.23e-9 * n * n.log2(),
         bandwidth: network.bandwidth_bps / 8.0,
         max_pack: max_pack(params),
     }
 }
 
-/// The tiling with the lowest estimated time for `shape` under `params` on `network`. The
-/// client chooses and announces it; the server checks it.
-pub fn tiling_for(params: &HeParams, shape: MatShape, network: &CostModel) -> Tiling {
-    Tiling::choose(shape, params.degree(), &tiling_cost(params, network))
+/// The tiling with the lowest estimated time for `shape` under `params` on `network`, the
+/// server computing on `server_threads` threads. The client chooses and announces it; the
+/// server checks it.
+pub fn tiling_for(params: &HeParams, shape: MatShape, network: &CostModel, server_threads: usize) -> Tiling {
+    Tiling::choose(shape, params.degree(), &tiling_cost(params, network, server_threads))
 }
 
 /// Bytes of products (NTT form, every limb) computed at once in [`EncryptedRows::multiply`]: a

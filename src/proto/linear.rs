@@ -69,6 +69,8 @@ pub const WEIGHT_INTEGER_BITS: u32 = 8;
 pub const COMPRESSION_KAPPA_BITS: u32 = 1;
 /// Byte budget for the unpacked results the server holds at once.
 const RESULT_BATCH_BYTES: usize = 128 << 20;
+/// Most host threads a server may announce at the HE setup.
+const MAX_SERVER_THREADS: usize = 1 << 16;
 
 const STATUS_OK: u8 = 0;
 const STATUS_REFUSED: u8 = 1;
@@ -192,6 +194,9 @@ pub struct HeClient {
     workers: Workers,
     network: CostModel,
     keys: KeySet,
+    /// The host threads the server computes on (announced at setup; public): the tilings
+    /// weigh its compute at the time it takes there.
+    server_threads: usize,
 }
 
 /// The server's side: holds the client's public key (to re-randomize results) and Galois keys
@@ -234,7 +239,16 @@ impl HeClient {
             KeySet::WithSquare => ch.send(&sk.square_key(be, rng)?.to_bytes()).await?,
             KeySet::Linear => {}
         }
-        Ok(HeClient { params, sk, backend, workers, network: CostModel::WAN, keys })
+        let threads = ch.recv_u64s("the server's thread count", 1).await?[0];
+        let server_threads = match usize::try_from(threads) {
+            Ok(t @ 1..=MAX_SERVER_THREADS) => t,
+            _ => {
+                return Err(ProtoError::BadRequest(format!(
+                    "the server announced {threads} threads (1..={MAX_SERVER_THREADS} expected)"
+                )));
+            }
+        };
+        Ok(HeClient { params, sk, backend, workers, network: CostModel::WAN, keys, server_threads })
     }
 
     /// The parameter set.
@@ -260,6 +274,11 @@ impl HeClient {
     /// The network the tilings are chosen for.
     pub(crate) fn network(&self) -> CostModel {
         self.network
+    }
+
+    /// The host threads the server announced at setup (the tilings weigh its compute by them).
+    pub fn server_threads(&self) -> usize {
+        self.server_threads
     }
 
     /// Tunes the tilings of later products for another network.
@@ -303,7 +322,7 @@ impl HeClient {
             )));
         }
         let (p, be) = (&self.params, self.backend.as_ref());
-        let t = tiling_for(p, shape, &self.network);
+        let t = tiling_for(p, shape, &self.network, self.server_threads);
         let dropped = dropped_bits(p, &t, weight_bits);
         let (ti_n, tj_n, _) = t.tile_counts();
         {
@@ -378,6 +397,7 @@ impl HeServer {
             KeySet::WithSquare => ProductKey::Square(SquareKey::from_bytes(&params, &ch.recv().await?)?),
             KeySet::Linear => ProductKey::None,
         };
+        ch.send_u64s(&[workers.threads() as u64]).await?;
         Ok(HeServer { params, pk, galois, product, backend, workers, exposure: Mutex::new(0.0) })
     }
 
@@ -682,6 +702,43 @@ mod tests {
         Workers::new(2, "test-worker").unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// The server's announced thread count steers the client's tilings: one outside
+    /// 1..=MAX_SERVER_THREADS stops the setup with an error naming it, and a real server's is
+    /// its workers'.
+    #[test]
+    fn the_server_announces_its_threads_and_a_client_refuses_an_absurd_count() {
+        use crate::backend::CpuBackend;
+        use rand::rngs::StdRng;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap_or_else(|e| panic!("{e}"));
+        rt.block_on(async {
+            let p = HeParams::linear().unwrap_or_else(|e| panic!("{e}"));
+            let be: Arc<dyn Backend> = Arc::new(CpuBackend::new(2).unwrap_or_else(|e| panic!("{e}")));
+            let mut rng = StdRng::seed_from_u64(5);
+            let (mut cc, mut sc) = Channel::in_memory_pair(std::time::Duration::from_secs(60));
+            let (hc, hs) = tokio::join!(
+                HeClient::setup(&mut cc, p.clone(), be.clone(), workers(), KeySet::Linear, &mut rng),
+                HeServer::setup(&mut sc, p.clone(), be.clone(), workers(), KeySet::Linear)
+            );
+            hs.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(hc.unwrap_or_else(|e| panic!("{e}")).server_threads(), 2);
+            for bad in [0u64, u64::MAX] {
+                let fake_server = async {
+                    for _ in 0..2 {
+                        sc.recv().await?; // the public key, the Galois keys
+                    }
+                    sc.send_u64s(&[bad]).await
+                };
+                let (hc, sent) = tokio::join!(
+                    HeClient::setup(&mut cc, p.clone(), be.clone(), workers(), KeySet::Linear, &mut rng),
+                    fake_server
+                );
+                sent.unwrap_or_else(|e| panic!("{e}"));
+                let err = hc.err().map(|e| e.to_string()).unwrap_or_default();
+                assert!(err.contains(&format!("announced {bad} threads")), "{err}");
+            }
+        });
+    }
+
     /// The worst case for noise: the largest packing (64 results per ciphertext), a long inner
     /// dimension and weights at the declared bound. Every step keeps a margin, and the flooded
     /// result still decrypts to the product.
@@ -894,7 +951,7 @@ mod tests {
             let t_bits = p.plain_bits();
             for bps in [1e15, 1e9, 4e8, 1e8, 1e7, 1e6] {
                 let net = CostModel { name: "sweep", bandwidth_bps: bps, latency_s: 0.0 };
-                let tiling = tiling_for(&p, shape, &net);
+                let tiling = tiling_for(&p, shape, &net, hc.server_threads());
                 if seen.contains(&tiling) {
                     continue;
                 }
@@ -934,7 +991,7 @@ mod tests {
     #[ignore = "prints the tiling trade-off for the bench shapes"]
     fn tiling_trade_offs() {
         let p = HeParams::linear().unwrap_or_else(|e| panic!("{e}"));
-        let cost = crate::he::matmul::tiling_cost(&p, &CostModel::LAN);
+        let cost = crate::he::matmul::tiling_cost(&p, &CostModel::LAN, 1);
         let shape = MatShape { n: 128, d: 768, m: 3072 };
         let mut all = Vec::new();
         for n_w in 1..=128usize {
@@ -970,10 +1027,10 @@ mod tests {
     fn tilings_for_the_bench_shapes() {
         let p = HeParams::linear().unwrap_or_else(|e| panic!("{e}"));
         for shape in [MatShape { n: 128, d: 768, m: 3072 }, MatShape { n: 128, d: 3072, m: 768 }] {
-            let t = tiling_for(&p, shape, &CostModel::WAN);
+            let t = tiling_for(&p, shape, &CostModel::WAN, 2);
             assert!(t.pack > 0, "{t:?}");
             let (a, b, c) = t.tile_counts();
-            let cost = crate::he::matmul::tiling_cost(&p, &CostModel::WAN);
+            let cost = crate::he::matmul::tiling_cost(&p, &CostModel::WAN, 2);
             let bytes = (a * b) as f64 * cost.input_bytes
                 + t.returned() as f64 * cost.output_bytes
                 + (shape.n * shape.m) as f64 * cost.kept_bytes;

@@ -21,6 +21,7 @@ use super::report::print_row;
 const NTT_SHAPES: [(usize, usize); 4] = [(4096, 1), (8192, 1), (8192, 4), (16384, 1)];
 const NTT_BATCH: usize = 64;
 /// Polynomials per limb in the resident NTT rows: enough to fill a large GPU.
+#[cfg(feature = "cuda")]
 const RESIDENT_NTT_BATCH: usize = 1024;
 /// The selection sum's shape: E selectors, J = d·d_ff/N outputs, ciphertexts of [`SELECT_LIMBS`]
 /// limbs and two halves.
