@@ -34,6 +34,28 @@ fn random_ots_match_in_both_directions_for_both_kinds() {
     });
 }
 
+/// The silent extension works in buffers kept across batches: batches that shrink and grow
+/// again give correlated keys every time, and no key of an earlier batch comes back.
+#[test]
+fn silent_batches_of_changing_sizes_in_kept_buffers_stay_correct_and_fresh() {
+    common::runtime().block_on(async {
+        let (_c, mut oc, _s, mut os) = common::ot_pair().await;
+        let mut seen = std::collections::HashSet::new();
+        for n in [1 << 17, 1 << 16, 3 << 15, 1 << 18] {
+            let (snd, rcv) = tokio::join!(oc.random_send(OtKind::Silent, n), os.random_receive(OtKind::Silent, n));
+            let (snd, rcv) = (snd.unwrap(), rcv.unwrap());
+            assert_eq!((snd.keys.len(), rcv.keys.len()), (n, n));
+            for i in 0..n {
+                let c = rcv.choices[i] as usize;
+                assert_eq!(rcv.keys[i], snd.keys[i][c], "batch of {n}, OT {i}");
+                assert_ne!(rcv.keys[i], snd.keys[i][1 - c], "batch of {n}, OT {i}: other key leaked");
+                let key: [u64; 2] = bytemuck::cast(snd.keys[i][0]);
+                assert!(seen.insert(key), "batch of {n}, OT {i}: a key of an earlier batch");
+            }
+        }
+    });
+}
+
 /// A silent batch large one way and small the other: the small direction runs on IKNP (below
 /// `SILENT_MIN` the silent extension's noise is light), both at once, and both pools fill.
 #[test]
