@@ -157,6 +157,11 @@ struct Extensions {
     silent_receive_buffer: KeptBuffer,
 }
 
+/// Largest working buffer kept between batches, in blocks (48 MiB; a party keeps two, one per
+/// role): a larger batch maps fresh memory, so that a layer's peak memory stays
+/// bounded (LayerNorm's batches of 3.5 and 5.3 M blocks kept would add 170 MB to its peak).
+const KEPT_BLOCKS_MAX: usize = 3 << 20;
+
 /// A silent extension's working buffer (its PPRF's output, ≈ 2n blocks for n OTs), kept across
 /// batches: freshly mapped memory for every batch cost its zeroing by the kernel on first touch,
 /// about a fifth of the CPU time of a GeLU layer (`perf`, 2026-12-04). The PPRF overwrites every
@@ -180,8 +185,11 @@ impl KeptBuffer {
         (memory, blocks)
     }
 
+    /// Keeps the buffer for the next batch, unless it is larger than [`KEPT_BLOCKS_MAX`].
     fn keep(&mut self, (memory, blocks): (HugePageMemory<Block>, usize)) {
-        (self.memory, self.blocks) = (memory, blocks);
+        if blocks <= KEPT_BLOCKS_MAX {
+            (self.memory, self.blocks) = (memory, blocks);
+        }
     }
 }
 
