@@ -697,6 +697,28 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
+    fn mul_acc_sparse(
+        &self,
+        tables: &[NttTable],
+        batch: usize,
+        x: &[u64],
+        heads: &[u64],
+        support: usize,
+        prepared: Prepared<'_>,
+        out: &mut [u64],
+    ) -> BackendResult<()> {
+        if self.offload == Offload::Held {
+            // the host's windowed version, not the whole transforms of the trait's default
+            return self.host.mul_acc_sparse(tables, batch, x, heads, support, prepared, out);
+        }
+        super::mul_acc_sparse_whole(self, tables, batch, x, heads, support, prepared, out)
+    }
+
+    fn exact_products(&self, moduli: &[Modulus], n: usize) -> bool {
+        // host-slice products run on the host under `Offload::Held`: as exact as its
+        self.offload == Offload::Held && self.host.exact_products(moduli, n)
+    }
+
     fn hold(&self, values: Vec<u64>) -> BackendResult<Buffer> {
         if values.is_empty() {
             return Ok(Buffer(Held::Host(values)));
