@@ -34,10 +34,10 @@ fn random_ots_match_in_both_directions_for_both_kinds() {
     });
 }
 
-/// The silent extension works in buffers kept across batches: batches that shrink and grow
-/// again give correlated keys every time, and no key of an earlier batch comes back.
+/// Silent batches that shrink and grow again on one engine give correlated keys every time, and
+/// no key of an earlier batch comes back.
 #[test]
-fn silent_batches_of_changing_sizes_in_kept_buffers_stay_correct_and_fresh() {
+fn silent_batches_of_changing_sizes_stay_correct_and_fresh() {
     common::runtime().block_on(async {
         let (_c, mut oc, _s, mut os) = common::ot_pair().await;
         let mut seen = std::collections::HashSet::new();

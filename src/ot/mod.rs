@@ -25,13 +25,9 @@ pub use kind::OtKind;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cryprot_core::aes_hash::FIXED_KEY_HASH;
-use cryprot_core::alloc::HugePageMemory;
-use cryprot_core::tokio_rayon::spawn_compute;
 use cryprot_ot::extension::{SemiHonestOtExtensionReceiver, SemiHonestOtExtensionSender};
 use cryprot_ot::silent_ot::{SemiHonestSilentOtReceiver, SemiHonestSilentOtSender};
 use cryprot_ot::{RandChoiceRotReceiver, RotSender};
-use rand::RngExt;
 use thiserror::Error;
 use tracing::instrument::WithDispatch;
 
@@ -147,50 +143,12 @@ struct Generated {
     rounds: u64,
 }
 
-/// Both extension kinds, both roles, and the silent extension's working buffers.
+/// Both extension kinds, both roles.
 struct Extensions {
     iknp_sender: SemiHonestOtExtensionSender,
     iknp_receiver: SemiHonestOtExtensionReceiver,
     silent_sender: SemiHonestSilentOtSender,
     silent_receiver: SemiHonestSilentOtReceiver,
-    silent_send_buffer: KeptBuffer,
-    silent_receive_buffer: KeptBuffer,
-}
-
-/// Largest working buffer kept between batches, in blocks (48 MiB; a party keeps two, one per
-/// role): a larger batch maps fresh memory, so that a layer's peak memory stays
-/// bounded (LayerNorm's batches of 3.5 and 5.3 M blocks kept would add 170 MB to its peak).
-const KEPT_BLOCKS_MAX: usize = 3 << 20;
-
-/// A silent extension's working buffer (its PPRF's output, ≈ 2n blocks for n OTs), kept across
-/// batches: freshly mapped memory for every batch cost its zeroing by the kernel on first touch,
-/// about a fifth of the CPU time of a GeLU layer (`perf`, 2026-12-04). The PPRF overwrites every
-/// block it outputs, so a reused buffer gives the same OTs.
-#[derive(Default)]
-struct KeptBuffer {
-    memory: HugePageMemory<Block>,
-    /// Blocks the memory holds (counted here: the library's own capacity is in bytes).
-    blocks: usize,
-}
-
-impl KeptBuffer {
-    /// The buffer at exactly `len` blocks, moved out (a fresh one where the kept one is
-    /// smaller); hand it back with [`KeptBuffer::keep`] once the batch succeeded.
-    fn take(&mut self, len: usize) -> (HugePageMemory<Block>, usize) {
-        let (mut memory, blocks) = (std::mem::take(&mut self.memory), std::mem::take(&mut self.blocks));
-        if blocks < len {
-            return (HugePageMemory::zeroed(len), len);
-        }
-        memory.set_len(len);
-        (memory, blocks)
-    }
-
-    /// Keeps the buffer for the next batch, unless it is larger than [`KEPT_BLOCKS_MAX`].
-    fn keep(&mut self, (memory, blocks): (HugePageMemory<Block>, usize)) {
-        if blocks <= KEPT_BLOCKS_MAX {
-            (self.memory, self.blocks) = (memory, blocks);
-        }
-    }
 }
 
 /// An in-process random-OT functionality for protocol unit tests: both parties draw batch k of
@@ -259,8 +217,6 @@ impl Ot {
             iknp_receiver: SemiHonestOtExtensionReceiver::new(iknp_r),
             silent_sender: SemiHonestSilentOtSender::new(silent_s),
             silent_receiver: SemiHonestSilentOtReceiver::new(silent_r),
-            silent_send_buffer: KeptBuffer::default(),
-            silent_receive_buffer: KeptBuffer::default(),
         };
         Ok(Ot {
             party: link.party(),
@@ -464,24 +420,17 @@ async fn generate(
         receive,
         extensions.iknp_receiver.has_base_ots(),
     ));
-    let Extensions {
-        iknp_sender,
-        iknp_receiver,
-        silent_sender,
-        silent_receiver,
-        silent_send_buffer,
-        silent_receive_buffer,
-    } = extensions;
+    let Extensions { iknp_sender, iknp_receiver, silent_sender, silent_receiver } = extensions;
     let sending = async {
         match by_send {
             OtKind::Iknp => iknp_send(iknp_sender, timeout, traffic, send).await,
-            OtKind::Silent => silent_send(silent_sender, silent_send_buffer, timeout, traffic, send).await,
+            OtKind::Silent => silent_send(silent_sender, timeout, traffic, send).await,
         }
     };
     let receiving = async {
         match by_receive {
             OtKind::Iknp => iknp_receive(iknp_receiver, timeout, traffic, receive).await,
-            OtKind::Silent => silent_receive(silent_receiver, silent_receive_buffer, timeout, traffic, receive).await,
+            OtKind::Silent => silent_receive(silent_receiver, timeout, traffic, receive).await,
         }
     };
     let (sent, received) = tokio::join!(sending, receiving);
@@ -633,14 +582,8 @@ pub fn silent_noise_weight(n: usize) -> f64 {
         .sum()
 }
 
-/// n random OTs as sender: n correlated OTs with a fresh global Δ into the kept buffer, then the
-/// library's own derivation of random OTs from them (its semi-honest `random_send`, which would
-/// map fresh buffers): the receiver's choice rides in the least significant bit, so both keys
-/// clear it, (q, q ⊕ Δ) with that bit cleared, and both go through the fixed-key
-/// correlation-robust hash.
 async fn silent_send(
     ext: &mut SemiHonestSilentOtSender,
-    buffer: &mut KeptBuffer,
     timeout: Duration,
     traffic: Traffic<'_>,
     n: usize,
@@ -649,34 +592,12 @@ async fn silent_send(
         return Ok(Vec::new());
     }
     debug_assert!(n >= SILENT_MIN);
-    let delta: Block = rand::rng().random();
-    let (mut memory, blocks) = buffer.take(SemiHonestSilentOtSender::ots_buf_size(n));
-    run_extension(timeout, traffic, OtKind::Silent, ext.correlated_send_into(n, delta, &mut memory)).await?;
-    if memory.len() < n {
-        return Err(OtError::Invalid(format!("the silent extension returned {} OTs, asked for {n}", memory.len())));
-    }
-    let (keys, memory) = spawn_compute(move || {
-        let masked_delta = delta & Block::MASK_LSB;
-        let mut keys: Vec<[Block; 2]> = memory[..n]
-            .iter()
-            .map(|q| {
-                let q = *q & Block::MASK_LSB;
-                [q, q ^ masked_delta]
-            })
-            .collect();
-        FIXED_KEY_HASH.cr_hash_slice_mut(bytemuck::cast_slice_mut(&mut keys));
-        (keys, memory)
-    })
-    .await
-    .map_err(|_| OtError::Invalid("the silent OT's key derivation panicked".into()))?;
-    buffer.keep((memory, blocks));
-    Ok(keys)
+    let buf = run_extension(timeout, traffic, OtKind::Silent, ext.random_send(n)).await?;
+    Ok(buf[..n].to_vec())
 }
 
-/// n random OTs as receiver, the extension working in the kept buffer.
 async fn silent_receive(
     ext: &mut SemiHonestSilentOtReceiver,
-    buffer: &mut KeptBuffer,
     timeout: Duration,
     traffic: Traffic<'_>,
     n: usize,
@@ -685,11 +606,8 @@ async fn silent_receive(
         return Ok(RandomOtReceiver { choices: Vec::new(), keys: Vec::new() });
     }
     debug_assert!(n >= SILENT_MIN);
-    let (mut memory, blocks) = buffer.take(SemiHonestSilentOtReceiver::ots_buf_size(n));
-    let choices = run_extension(timeout, traffic, OtKind::Silent, ext.random_receive_into(n, &mut memory)).await?;
-    let keys = memory.get(..n).map(<[Block]>::to_vec).unwrap_or_default();
-    buffer.keep((memory, blocks));
-    received(keys, choices.iter().map(|c| bool::from(*c)), n)
+    let (buf, choices) = run_extension(timeout, traffic, OtKind::Silent, ext.random_receive(n)).await?;
+    received(buf[..n].to_vec(), choices.iter().map(|c| bool::from(*c)), n)
 }
 
 fn received(keys: Vec<Block>, choices: impl Iterator<Item = bool>, n: usize) -> OtResult<RandomOtReceiver> {
