@@ -230,11 +230,6 @@ impl CudaBackend {
         self
     }
 
-    /// Which calls run on the GPU.
-    pub fn offload(&self) -> Offload {
-        self.offload
-    }
-
     /// Whether a host-slice call on these (possibly empty) values runs on the host: always under
     /// [`Offload::Held`], and where there is nothing to copy (the driver allocates no empty buffer).
     fn on_host(&self, values: &[u64]) -> bool {
@@ -715,7 +710,7 @@ impl Backend for CudaBackend {
     }
 
     fn exact_products(&self, moduli: &[Modulus], n: usize) -> bool {
-        // host-slice products run on the host under `Offload::Held`: as exact as its
+        // under `Offload::Held` host-slice products run on the host, which may sum them exactly
         self.offload == Offload::Held && self.host.exact_products(moduli, n)
     }
 
