@@ -46,12 +46,27 @@ struct Run {
 /// Both parties run the layer on x shared between them (the client's config `ccfg`, the
 /// server's `scfg`).
 fn run(ccfg: &MoeConfig, scfg: &MoeConfig, method: Method, x: &[u64], w: &MoeWeights) -> Run {
+    run_keyed(ccfg, scfg, method, x, w, matches!(method, Method::Capacity { .. }))
+}
+
+/// [`run`] with the keys for products of two shared matrices set up or not.
+fn run_keyed(ccfg: &MoeConfig, scfg: &MoeConfig, method: Method, x: &[u64], w: &MoeWeights, shared: bool) -> Run {
     common::runtime().block_on(async {
         let (c, mut sc, s, mut ss) = common::session_pair().await;
         let p = HeParams::linear().unwrap();
         let (a, b) = tokio::join!(sc.setup_he(p.clone(), KeySet::Linear), ss.setup_he(p, KeySet::Linear));
         a.unwrap();
         b.unwrap();
+        if shared {
+            // the dispatch matrix times the shared rows: products of two shared matrices
+            let p = HeParams::n8192().unwrap();
+            let (a, b) = tokio::join!(
+                sc.setup_he_for(HeUse::Shared, p.clone(), KeySet::Linear),
+                ss.setup_he_for(HeUse::Shared, p, KeySet::Linear)
+            );
+            a.unwrap();
+            b.unwrap();
+        }
         if let Some(keys) = method.selection_keys() {
             let p = HeParams::select().unwrap();
             let (a, b) =
@@ -175,6 +190,19 @@ fn a_capacity_factor_below_one_is_refused_by_both() {
     let r = run(&cfg, &cfg, method, &tokens(4, 16, 8), &w);
     let (c, s) = both_fail(&r);
     assert!(c.contains("capacity factor 0.5") && s.contains("capacity factor 0.5"), "{c} / {s}");
+}
+
+/// Capacity dispatch multiplies the secret dispatch matrix by the shared rows: without keys for
+/// products of two shared matrices both parties stop, naming them, before any share moves.
+#[test]
+fn capacity_dispatch_without_keys_for_shared_products_is_refused_by_both() {
+    let f = FixedPoint::default();
+    let cfg = config(4, 1, Routing::TopKSoftmax, ExpertKind::Gelu);
+    let w = MoeWeights::random(&cfg, f, 4.0, &mut StdRng::seed_from_u64(9));
+    let r = run_keyed(&cfg, &cfg, Method::Capacity { factor: 1.0 }, &tokens(4, 16, 10), &w, false);
+    let (c, s) = both_fail(&r);
+    assert!(c.contains("HeUse::Shared") && s.contains("HeUse::Shared"), "{c} / {s}");
+    assert!(r.server_received.len() <= 1, "only the statement may travel");
 }
 
 #[test]

@@ -10,7 +10,7 @@ use crate::he::tiling::MatShape;
 use crate::proto::agree::exchange;
 use crate::proto::arith::{mul_rows_in, truncate_extend};
 use crate::proto::compare::{b2a, one_hot};
-use crate::proto::linear::linear;
+use crate::proto::linear::{check_shared_product, linear, matmul_shared};
 use crate::proto::piecewise::{Piecewise, evaluate, gated, relu};
 use crate::proto::selected::{selected_linear, send_choice};
 use crate::proto::softmax::softmax;
@@ -124,6 +124,12 @@ async fn agree(
         if !sess.has_he() {
             return Err(MoeError::Input("the layer needs the session's HE keys (Session::setup_he) first".into()));
         }
+        let n = x_len / cfg.d_model;
+        if let Some(slots) = method.capacity(cfg, n) {
+            for shape in dispatch_shapes(cfg, n, slots) {
+                check_shared_product(sess, shape)?;
+            }
+        }
         if let Some(keys) = method.selection_keys() {
             let set = sess.he_for(HeUse::Select).map(HeKeys::key_set);
             if set != Some(keys) {
@@ -138,7 +144,7 @@ async fn agree(
             (false, Some(_)) => return Err(MoeError::Input("the client holds no weights".into())),
             (false, None) => {}
         }
-        Ok(x_len / cfg.d_model)
+        Ok(n)
     })();
     let statement = match &local {
         Ok(n) => Ok(format!("moe {} n={n} method={method}", cfg.canonical())),
@@ -459,13 +465,27 @@ async fn capacity(
         .iter()
         .map(Bits::to_bools)
         .collect();
-    // D[(e, c), j] = [token j holds slot c of expert e]
+    // D[(e, c), j] = [token j holds slot c of expert e], XOR-shared, then additively
     let dispatch_bits: Vec<bool> =
         (0..e * slots * n).map(|i| positions[(i % n) * e + i / (slots * n)][(i / n) % slots]).collect();
-    // the slots' inputs Σ_j D[(e, c), j]·x_j, one row multiplexer per (slot, token)
-    let xs = x;
-    let spread: Vec<u64> = (0..e * slots).flat_map(|_| xs.iter().copied()).collect();
-    let x_slots = sum_rows(&select_rows(sess, &dispatch_bits, &spread, d, 64).await?, n, d);
+    let dispatch = b2a(sess, &Bits::from_bools(&dispatch_bits)).await?.into_vec();
+    // G[j, e] = Σ_r t_r[j, e]·g_r[j]: each token's gate for every expert (zero where unrouted)
+    let mut gate = vec![0u64; n * e];
+    for (r, bits) in routes.one_hot.iter().enumerate() {
+        let g: Vec<u64> = (0..n * e).map(|i| routes.gates[r * n + i / e]).collect();
+        let picked = select_rows(sess, bits, &g, 1, 64).await?;
+        gate.iter_mut().zip(picked).for_each(|(a, v)| *a = a.wrapping_add(v));
+    }
+    // the slots' inputs and gates at once, D·[X | G] (E·C × (d + E)): slot (e, c) takes its own
+    // expert's gate, column d + e
+    let [into, back] = dispatch_shapes(cfg, n, slots);
+    let d_matrix = Shares::matrix((e * slots, n), dispatch.clone(), 0).map_err(ProtoError::from)?;
+    let xg: Vec<u64> =
+        (0..n).flat_map(|j| x[j * d..(j + 1) * d].iter().chain(&gate[j * e..(j + 1) * e]).copied()).collect();
+    let xg = sess.shares((n, d + e), xg)?;
+    let slotted = matmul_shared(sess, into, &d_matrix, &xg).await?.into_vec();
+    let x_slots: Vec<u64> = slotted.chunks_exact(d + e).flat_map(|row| row[..d].to_vec()).collect();
+    let slot_gate: Vec<u64> = slotted.chunks_exact(d + e).enumerate().map(|(s, row)| row[d + s / slots]).collect();
     drop(dispatch_scope);
     // every expert on its own slots, the activation batched over all slots
     let mut pre = Vec::with_capacity(e * slots * first_width(cfg.expert, d_ff));
@@ -490,24 +510,13 @@ async fn capacity(
     }
     let _s = meter.scope("combine");
     let y_slots = truncate_extend(sess, &y_slots, 64, frac).await?;
-    // each slot's gate: G[j, e] = Σ_r t_r[j, e]·g_r[j], then g[(e, c)] = Σ_j D[(e, c), j]·G[j, e]
-    let mut gate = vec![0u64; n * e];
-    for (r, bits) in routes.one_hot.iter().enumerate() {
-        let g: Vec<u64> = (0..n * e).map(|i| routes.gates[r * n + i / e]).collect();
-        let picked = select_rows(sess, bits, &g, 1, 64).await?;
-        gate.iter_mut().zip(picked).for_each(|(a, v)| *a = a.wrapping_add(v));
-    }
-    let spread: Vec<u64> = (0..e * slots * n).map(|i| gate[(i % n) * e + i / (slots * n)]).collect();
-    let slot_gate = sum_rows(&select_rows(sess, &dispatch_bits, &spread, 1, 64).await?, n, 1);
     let bits = gate_bits(frac);
     let gated = mul_rows_in(sess, &y_slots, &slot_gate, bits, bits).await?;
     let gated = truncate_extend(sess, &gated, bits, frac).await?;
-    // back to the tokens: y_j = Σ_(e, c) D[(e, c), j]·gated[(e, c)]
-    let back_bits: Vec<bool> =
-        (0..n * e * slots).map(|i| dispatch_bits[(i % (e * slots)) * n + i / (e * slots)]).collect();
-    let spread: Vec<u64> = (0..n).flat_map(|_| gated.iter().copied()).collect();
-    let y = sum_rows(&select_rows(sess, &back_bits, &spread, d, 64).await?, e * slots, d);
-    let dispatch = b2a(sess, &Bits::from_bools(&dispatch_bits)).await?.into_vec();
+    // back to the tokens: Y = Dᵀ·gated (n × d)
+    let d_back = Shares::matrix((n, e * slots), transpose(e * slots, n, &dispatch), 0).map_err(ProtoError::from)?;
+    let gated = sess.shares((e * slots, d), gated)?;
+    let y = matmul_shared(sess, back, &d_back, &gated).await?.into_vec();
     // the dropped count, opened to the client only: n·k routed minus the slots filled
     let filled = dispatch.iter().fold(0u64, |s, v| s.wrapping_add(*v));
     let ch = sess.channel();
@@ -522,11 +531,16 @@ async fn capacity(
     Ok((y, dropped))
 }
 
-/// Sums each group of `per` consecutive rows of `len` values.
-fn sum_rows(rows: &[u64], per: usize, len: usize) -> Vec<u64> {
-    let mut out = vec![0u64; rows.len() / per];
-    add_groups(&mut out, rows, per, len);
-    out
+/// The two products of capacity dispatch with C slots per expert: into the slots, D·[X | G]
+/// ((E·C × n)·(n × (d + E))), and back, Dᵀ·Y ((n × E·C)·(E·C × d)).
+fn dispatch_shapes(cfg: &MoeConfig, n: usize, slots: usize) -> [MatShape; 2] {
+    let (e, d) = (cfg.experts, cfg.d_model);
+    [MatShape { n: e * slots, d: n, m: d + e }, MatShape { n, d: e * slots, m: d }]
+}
+
+/// The transpose of a rows × cols matrix, row-major.
+fn transpose(rows: usize, cols: usize, a: &[u64]) -> Vec<u64> {
+    (0..cols).flat_map(|c| (0..rows).map(move |r| a[r * cols + c])).collect()
 }
 
 /// Ring of the gate products: |g| ≤ 1 and |o| < 2^8 at f bits each, k ≤ 8 of them summed.

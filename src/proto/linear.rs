@@ -647,6 +647,25 @@ pub(crate) fn check_weights_shape(w: &Weights<'_>, shape: MatShape) -> ProtoResu
     Ok(())
 }
 
+/// Checks, before anything moves, that the session's keys for products of two shared matrices
+/// can run [`matmul_shared`] on `shape`: they exist, and their parameters leave room to flood
+/// over the server's 64-bit shares at any tiling of the shape (the noise of the narrowest,
+/// d_w = 1, bounds every other's). An error names the shape and what is missing.
+pub fn check_shared_product(sess: &Session, shape: MatShape) -> ProtoResult<()> {
+    let params = match keys_for(&sess.he, HeUse::Shared) {
+        Some(HeKeys::Client(he)) => he.params().clone(),
+        Some(HeKeys::Server(he)) => he.params().clone(),
+        None => return Err(no_keys()),
+    };
+    let degree = params.degree();
+    let widest = Tiling { shape, degree, n_w: 1, d_w: 1, m_w: shape.m.clamp(1, degree), pack: 0 };
+    flood_bits(&params, &widest, 64, 0).map(drop).map_err(|e| {
+        ProtoError::Input(format!(
+            "a product of two shared matrices ({shape}) needs keys for such products (Session::setup_he_for(HeUse::Shared, HeParams::n8192(), KeySet::Linear)): {e}"
+        ))
+    })
+}
+
 fn no_keys() -> ProtoError {
     ProtoError::Input("HE products need the session's HE keys (Session::setup_he) first".into())
 }

@@ -92,6 +92,16 @@ async fn measure(
     let (a, b) = tokio::join!(sc.setup_he(p.clone(), KeySet::Linear), ss.setup_he(p, KeySet::Linear));
     a?;
     b?;
+    if let Method::Capacity { .. } = method {
+        // the dispatch matrix times the shared rows: products of two shared matrices
+        let p = HeParams::n8192()?;
+        let (a, b) = tokio::join!(
+            sc.setup_he_for(HeUse::Shared, p.clone(), KeySet::Linear),
+            ss.setup_he_for(HeUse::Shared, p, KeySet::Linear)
+        );
+        a?;
+        b?;
+    }
     if let Some(keys) = method.selection_keys() {
         let keys_before = c.meter().report().total().bytes();
         let p = HeParams::select()?;
@@ -142,10 +152,14 @@ async fn measure(
         "moe/router",
         "moe/route",
         "moe/experts/choice",
+        "moe/experts/dispatch",
         "moe/experts/first",
         "moe/experts/activation",
         "moe/experts/second",
     ];
-    r.set_steps(&report, names.into_iter().chain(["moe/experts/select", "moe/combine", "moe/shared"]));
+    r.set_steps(
+        &report,
+        names.into_iter().chain(["moe/experts/select", "moe/experts/combine", "moe/combine", "moe/shared"]),
+    );
     Ok(r)
 }
