@@ -75,7 +75,7 @@ fn bench_linear(c: &mut Criterion) {
             Some(secmoe::proto::HeKeys::Client(hc)) => hc.server_threads(),
             _ => unreachable!("the client's session holds the client's keys"),
         };
-        let t = tiling_for(&params, shape, &secmoe::net::CostModel::WAN, threads);
+        let t = tiling_for(&params, shape, &secmoe::net::CostModel::WAN, threads, 64);
         println!(
             "  {shape}: {:.2} MB, {rounds} rounds (tiles {}×{}×{}, {} results per ciphertext)",
             bytes as f64 / 1e6,

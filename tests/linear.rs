@@ -15,7 +15,7 @@ use secmoe::he::HeParams;
 use secmoe::he::matmul::tiling_for;
 use secmoe::he::tiling::MatShape;
 use secmoe::net::CostModel;
-use secmoe::proto::linear::{HeClient, HeServer, KeySet, linear, matmul_shared};
+use secmoe::proto::linear::{HeClient, HeServer, KeySet, linear, linear_in, matmul_shared};
 use secmoe::proto::{HeKeys, ProtoError, Session};
 use secmoe::ring::{Shares, Weights};
 
@@ -78,7 +78,7 @@ fn linear_layers_give_exact_shares_of_x_times_w_for_any_shape_and_tiling() {
         let shapes = [(1, 1, 1), (3, 5, 7), (2, 300, 41), (40, 9, 300), (130, 70, 3), (16, 128, 64), (8, 32, 64)];
         for ((n, d, m), net) in shapes.into_iter().flat_map(|s| NETWORKS.map(|net| (s, net))) {
             let shape = MatShape { n, d, m };
-            packs.insert(tiling_for(&params, shape, &net, threads).pack);
+            packs.insert(tiling_for(&params, shape, &net, threads, 64).pack);
             sc.set_network(net);
             let x: Vec<u64> = (0..n * d).map(|_| rng.random()).collect();
             let w = weights(&mut rng, d * m);
@@ -91,7 +91,7 @@ fn linear_layers_give_exact_shares_of_x_times_w_for_any_shape_and_tiling() {
                 shape.plain_product(&x, &w),
                 "{shape} on {}: {:?}",
                 net.name,
-                tiling_for(&params, shape, &net, threads)
+                tiling_for(&params, shape, &net, threads, 64)
             );
         }
         assert!(packs.contains(&0) && packs.len() >= 4, "packing levels exercised: {packs:?}");
@@ -99,6 +99,47 @@ fn linear_layers_give_exact_shares_of_x_times_w_for_any_shape_and_tiling() {
         let returned: usize = shapes.iter().map(|&(n, _, m)| n * m * NETWORKS.len()).sum();
         let distance = server_keys(&ss).statistical_distance();
         assert!(distance > 0.0 && distance <= returned as f64 * (2f64.powi(-40) + 2f64.powi(-64)), "{distance:e}");
+    });
+}
+
+/// Results asked for in a narrower ring Z_2^b (`linear_in`) are the product mod 2^b exactly,
+/// packed or not, and leave the server in fewer bytes than the same product over Z_2^64.
+#[test]
+fn linear_layers_in_a_narrow_ring_give_the_product_mod_2_b_in_fewer_bytes() {
+    common::runtime().block_on(async {
+        let params = HeParams::linear().unwrap();
+        let (c, mut sc, _s, mut ss) = sessions(params.clone()).await;
+        let mut rng = StdRng::seed_from_u64(12);
+        let shape = MatShape { n: 16, d: 128, m: 64 };
+        let x: Vec<u64> = (0..shape.n * shape.d).map(|_| rng.random()).collect();
+        let w = weights(&mut rng, shape.d * shape.m);
+        let (xs, xc) = common::share_rows(&x, (shape.n, shape.d), 0, &mut rng);
+        let want = shape.plain_product(&x, &w);
+        for net in NETWORKS {
+            sc.set_network(net);
+            let mut sent = Vec::new();
+            for bits in [64, 44, 24] {
+                let before = c.meter().report().total().bytes();
+                let weights = Weights::bounded((shape.d, shape.m), &w, 20).unwrap();
+                let (yc, ys) = tokio::join!(
+                    linear_in(&mut sc, shape, &xc, None, bits),
+                    linear_in(&mut ss, shape, &xs, Some(weights), bits)
+                );
+                let (yc, ys) = (yc.unwrap(), ys.unwrap());
+                assert_eq!((yc.width(), ys.width()), (bits, bits));
+                let mask = u64::MAX >> (64 - bits);
+                let y: Vec<u64> =
+                    yc.as_slice().iter().zip(ys.as_slice()).map(|(a, b)| a.wrapping_add(*b) & mask).collect();
+                assert_eq!(
+                    y,
+                    want.iter().map(|v| v & mask).collect::<Vec<_>>(),
+                    "{shape} mod 2^{bits} on {}",
+                    net.name
+                );
+                sent.push(c.meter().report().total().bytes() - before);
+            }
+            assert!(sent.windows(2).all(|w| w[1] < w[0]), "bytes for 64, 44, 24 bits on {}: {sent:?}", net.name);
+        }
     });
 }
 
@@ -179,40 +220,49 @@ fn a_bad_tiling_or_a_truncated_ciphertext_is_an_error_naming_it() {
         let client = async {
             let ch = c.channel();
             // a tiling that does not fit the ring is refused before any ciphertext moves
-            ch.send_u64s(&[1, 1, 1, 1, 1 << 40, 1, 0, 0]).await.unwrap();
+            ch.send_u64s(&[1, 1, 1, 1, 1 << 40, 1, 0, 0, 64]).await.unwrap();
             let refusal = ch.recv().await.unwrap();
             assert_eq!(refusal[0], 1);
             // so is a degenerate one: 1×1×1 tiles for a product that fills 512 coefficients
-            ch.send_u64s(&[8, 8, 8, 1, 1, 1, 0, 0]).await.unwrap();
+            ch.send_u64s(&[8, 8, 8, 1, 1, 1, 0, 0, 64]).await.unwrap();
             assert_eq!(ch.recv().await.unwrap()[0], 1);
             // and inputs that would drop more of c0 than a ciphertext can lose
-            ch.send_u64s(&[1, 1, 1, 1, 1, 1, 0, 99]).await.unwrap();
+            ch.send_u64s(&[1, 1, 1, 1, 1, 1, 0, 99, 64]).await.unwrap();
             assert_eq!(ch.recv().await.unwrap()[0], 1);
-            ch.send_u64s(&[1, 1, 1, 1, 1, 1, 0, 0]).await.unwrap();
+            // and results in another ring than the server's
+            ch.send_u64s(&[1, 1, 1, 1, 1, 1, 0, 0, 32]).await.unwrap();
+            assert_eq!(ch.recv().await.unwrap()[0], 1);
+            ch.send_u64s(&[1, 1, 1, 1, 1, 1, 0, 0, 64]).await.unwrap();
             assert_eq!(ch.recv().await.unwrap(), [0]);
             ch.send(&[0u8; 100]).await.unwrap();
         };
         let server = async {
             let e = hs
-                .product(s.channel(), shape, Weights::bounded((1, 1), &[1], 20).unwrap(), None, &mut rng)
+                .product(s.channel(), (shape, 64), Weights::bounded((1, 1), &[1], 20).unwrap(), None, &mut rng)
                 .await
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("tiling") && e.contains("does not fit"), "{e}");
             let narrow = MatShape { n: 8, d: 8, m: 8 };
             let e = hs
-                .product(s.channel(), narrow, Weights::bounded((8, 8), &[1; 64], 20).unwrap(), None, &mut rng)
+                .product(s.channel(), (narrow, 64), Weights::bounded((8, 8), &[1; 64], 20).unwrap(), None, &mut rng)
                 .await
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("less than half"), "{e}");
             let e = hs
-                .product(s.channel(), shape, Weights::bounded((1, 1), &[1], 20).unwrap(), None, &mut rng)
+                .product(s.channel(), (shape, 64), Weights::bounded((1, 1), &[1], 20).unwrap(), None, &mut rng)
                 .await
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("drop 99 bits"), "{e}");
-            hs.product(s.channel(), shape, Weights::bounded((1, 1), &[1], 20).unwrap(), None, &mut rng).await
+            let e = hs
+                .product(s.channel(), (shape, 64), Weights::bounded((1, 1), &[1], 20).unwrap(), None, &mut rng)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("mod 2^32") && e.contains("mod 2^64"), "{e}");
+            hs.product(s.channel(), (shape, 64), Weights::bounded((1, 1), &[1], 20).unwrap(), None, &mut rng).await
         };
         let (_, rs) = tokio::join!(client, server);
         let e = rs.unwrap_err().to_string();

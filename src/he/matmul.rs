@@ -42,7 +42,14 @@ pub fn tensored_c1_bits(p: &HeParams) -> u32 {
 /// s²) with `kept` output coefficients.
 pub fn response_shape(p: &HeParams, parts: usize, kept: usize) -> ShrunkShape {
     let c1_bits = if parts == 3 { tensored_c1_bits(p) } else { response_c1_bits(p) };
-    ShrunkShape { parts, kept, c0_bits: response_c0_bits(p), c1_bits }
+    ShrunkShape { parts, kept, c0_bits: response_c0_bits(p), c1_bits, plain_bits: p.plain_bits() }
+}
+
+/// Bits of the plaintext a product's result carries when the client keeps its share mod
+/// 2^`result_bits`: the packing's factor 2^pack and the result's bits, at most log t — the bits
+/// above are dropped before the result leaves ([`crate::he::ShrunkCiphertext::narrow`]).
+pub fn result_plain_bits(p: &HeParams, pack: u32, result_bits: u32) -> u32 {
+    (pack + result_bits).min(p.plain_bits())
 }
 
 /// Most Galois levels a client's keys cover (2^10 results per packed ciphertext, 2^10
@@ -58,13 +65,21 @@ pub fn max_pack(p: &HeParams) -> u32 {
 /// Cost estimates for [`Tiling::choose`] under `params`, trading bytes against server time at
 /// the bandwidth of `network`, for a server that spreads its work over `server_threads` host
 /// threads (it announces them at the HE setup): the per-core estimates below divided by them.
-pub(crate) fn tiling_cost(params: &HeParams, network: &CostModel, server_threads: usize) -> TilingCost {
+/// Results mod 2^`result_bits` are priced at the widths they leave with at the deepest packing
+/// ([`result_plain_bits`]), an upper bound for the others.
+pub(crate) fn tiling_cost(
+    params: &HeParams,
+    network: &CostModel,
+    server_threads: usize,
+    result_bits: u32,
+) -> TilingCost {
     let (n, limbs) = (params.degree() as f64, params.moduli().len() as f64);
     let per_core = 1.0 / server_threads.max(1) as f64;
+    let dropped = params.plain_bits() - result_plain_bits(params, max_pack(params), result_bits);
     TilingCost {
         input_bytes: seeded_ciphertext_len(params) as f64,
-        output_bytes: n * response_c1_bits(params) as f64 / 8.0,
-        kept_bytes: response_c0_bits(params) as f64 / 8.0,
+        output_bytes: n * (response_c1_bits(params) - dropped) as f64 / 8.0,
+        kept_bytes: (response_c0_bits(params) - dropped) as f64 / 8.0,
         // measured on a 2-core AVX-512 machine (Zen 4), per core: a weight transform's stage
         // ≈ 0.30 ns per slot and limb (windows of a sparse transform, the final reduction
         // included), a multiply-accumulate ≈ 0.55 ns per slot and limb, a transform ≈ 0.23 ns
@@ -79,10 +94,16 @@ pub(crate) fn tiling_cost(params: &HeParams, network: &CostModel, server_threads
 }
 
 /// The tiling with the lowest estimated time for `shape` under `params` on `network`, the
-/// server computing on `server_threads` threads. The client chooses and announces it; the
-/// server checks it.
-pub fn tiling_for(params: &HeParams, shape: MatShape, network: &CostModel, server_threads: usize) -> Tiling {
-    Tiling::choose(shape, params.degree(), &tiling_cost(params, network, server_threads))
+/// server computing on `server_threads` threads, for results mod 2^`result_bits`. The client
+/// chooses and announces it; the server checks it.
+pub fn tiling_for(
+    params: &HeParams,
+    shape: MatShape,
+    network: &CostModel,
+    server_threads: usize,
+    result_bits: u32,
+) -> Tiling {
+    Tiling::choose(shape, params.degree(), &tiling_cost(params, network, server_threads, result_bits))
 }
 
 /// Bytes of products (NTT form, every limb) computed at once in [`EncryptedRows::multiply`]: a
@@ -258,8 +279,9 @@ pub(crate) fn pack_group(
 }
 
 /// Result group `g` of a product on its way to the client: merged (if the tiling packs), then
-/// [`mask_and_seal`]ed at its output coefficients with scale 2^pack. Returns its bytes and R mod
-/// 2^64 (the server's share) at each output's (row, column).
+/// [`mask_and_seal`]ed at its output coefficients with scale 2^pack, keeping the plaintext's
+/// low `plain_bits` ([`result_plain_bits`]). Returns its bytes and R mod 2^64 (the server's
+/// share) at each output's (row, column).
 #[allow(clippy::too_many_arguments)]
 pub fn respond(
     p: &HeParams,
@@ -267,30 +289,30 @@ pub fn respond(
     t: &Tiling,
     g: usize,
     members: &[Ciphertext],
-    flood: u32,
+    (flood, plain_bits): (u32, u32),
     be: &dyn Backend,
     rng: &mut ChaCha20Rng,
 ) -> HeResult<Response> {
     let ct = pack_group(p, keys, t, members, be)?;
     let pos = t.returned_positions(g);
     let keep: Vec<usize> = pos.iter().map(|&(c, _, _)| c).collect();
-    let (bytes, mask) = mask_and_seal(p, keys, ct, &keep, t.pack, flood, be, rng)?;
+    let (bytes, mask) = mask_and_seal(p, keys, ct, &keep, (t.pack, plain_bits), flood, be, rng)?;
     Ok((bytes, mask.into_iter().zip(pos).map(|(r, (_, _, ik))| (r, ik)).collect()))
 }
 
 /// The one path of every result that leaves the server: a fresh mask 2^scale·R subtracted at
 /// the output coefficients `keep` (R uniform mod 2^(log t − scale), so every bit of the value
 /// 2^scale·y up to t is hidden), re-randomized with encryptions of zero under the client's keys,
-/// flooded with `flood` bits of noise and shrunk to the output coefficients
-/// ([`response_shape`]). Returns the bytes and R mod 2^64 (the server's share of y) per
-/// coefficient of `keep`.
+/// flooded with `flood` bits of noise, shrunk to the output coefficients ([`response_shape`])
+/// and narrowed to the plaintext's low `plain_bits` (log t where the client reads them all).
+/// Returns the bytes and R mod 2^64 (the server's share of y) per coefficient of `keep`.
 #[allow(clippy::too_many_arguments)]
 pub fn mask_and_seal<T: Outgoing>(
     p: &HeParams,
     keys: ResponseKeys<'_>,
     mut ct: T,
     keep: &[usize],
-    scale: u32,
+    (scale, plain_bits): (u32, u32),
     flood: u32,
     be: &dyn Backend,
     rng: &mut ChaCha20Rng,
@@ -310,5 +332,6 @@ pub fn mask_and_seal<T: Outgoing>(
     response::rerandomize(p, &mut parts, keys.pk, keys.square, be, rng)?;
     response::flood(p, &mut parts, flood, be, rng)?;
     let parts: Vec<&RnsPoly> = parts.into_iter().map(|part| &*part).collect();
-    Ok((response::shrink(p, &parts, keep, shape.c0_bits, shape.c1_bits, be)?.to_bytes(), mask))
+    let shrunk = response::shrink(p, &parts, keep, shape.c0_bits, shape.c1_bits, be)?.narrow(plain_bits)?;
+    Ok((shrunk.to_bytes(), mask))
 }

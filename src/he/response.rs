@@ -224,7 +224,8 @@ pub(crate) fn shrink(
     });
     let c1 = parts.next().unwrap_or_else(|| Ok(Vec::new()))?;
     let c2 = parts.next().unwrap_or_else(|| Ok(Vec::new()))?;
-    Ok(ShrunkCiphertext { c0_bits, c1_bits, c0: keep.iter().map(|&j| to_c0.apply(&c0, n, j)).collect(), c1, c2 })
+    let c0 = keep.iter().map(|&j| to_c0.apply(&c0, n, j)).collect();
+    Ok(ShrunkCiphertext { c0_bits, c1_bits, plain_bits: t, c0, c1, c2 })
 }
 
 /// The error for RNS primes that are not pairwise coprime (parameter sets are built from distinct
@@ -276,6 +277,9 @@ impl PowerOfTwoSwitch {
 pub struct ShrunkCiphertext {
     c0_bits: u32,
     c1_bits: u32,
+    /// Bits of the plaintext it carries: log t, or fewer where its top bits were dropped
+    /// ([`ShrunkCiphertext::narrow`]). Not on the wire: the reader's expected shape states it.
+    plain_bits: u32,
     c0: Vec<u128>,
     c1: Vec<u128>,
     /// Empty for a two-part ciphertext.
@@ -299,9 +303,17 @@ pub struct ShrunkShape {
     pub c0_bits: u32,
     /// Bits of each value of c1 (and c2).
     pub c1_bits: u32,
+    /// Bits of the plaintext it carries (log t unless narrowed).
+    pub plain_bits: u32,
 }
 
 impl ShrunkShape {
+    /// The shape after [`ShrunkCiphertext::narrow`] to `plain_bits`.
+    pub fn narrowed(self, plain_bits: u32) -> ShrunkShape {
+        let drop = self.plain_bits.saturating_sub(plain_bits);
+        ShrunkShape { c0_bits: self.c0_bits - drop, c1_bits: self.c1_bits - drop, plain_bits, ..self }
+    }
+
     /// Serialized size under degree `n`.
     pub fn encoded_len(&self, n: usize) -> usize {
         SHRUNK_HEADER + packed_u128_len(self.kept, self.c0_bits) + (self.parts - 1) * packed_u128_len(n, self.c1_bits)
@@ -312,7 +324,28 @@ impl ShrunkCiphertext {
     /// Its shape.
     pub fn shape(&self) -> ShrunkShape {
         let parts = if self.c2.is_empty() { 2 } else { 3 };
-        ShrunkShape { parts, kept: self.c0.len(), c0_bits: self.c0_bits, c1_bits: self.c1_bits }
+        ShrunkShape {
+            parts,
+            kept: self.c0.len(),
+            c0_bits: self.c0_bits,
+            c1_bits: self.c1_bits,
+            plain_bits: self.plain_bits,
+        }
+    }
+
+    /// Drops the top bits of the plaintext down to `plain_bits`: every part reduced mod 2^(its
+    /// width − (log t − plain_bits)). Decryption then gives the plaintext mod 2^plain_bits, the
+    /// rest of the phase being unchanged below (v = c0·2^(b1−b0) + s·c1 is a sum of products,
+    /// so it is reduced with them). A function of the result alone: it hides what it did.
+    pub fn narrow(mut self, plain_bits: u32) -> HeResult<Self> {
+        let Some(drop) = self.plain_bits.checked_sub(plain_bits).filter(|_| plain_bits > 0) else {
+            return Err(HeError::Shape(format!("narrow a {}-bit plaintext to {plain_bits} bits", self.plain_bits)));
+        };
+        let (b0, b1) = (self.c0_bits - drop, self.c1_bits - drop);
+        let (m0, m1) = ((1u128 << b0) - 1, (1u128 << b1) - 1);
+        self.c0.iter_mut().for_each(|v| *v &= m0);
+        self.c1.iter_mut().chain(self.c2.iter_mut()).for_each(|v| *v &= m1);
+        Ok(ShrunkCiphertext { c0_bits: b0, c1_bits: b1, plain_bits, ..self })
     }
 
     /// Serializes: tag (two or three parts), bit widths, counts, then the packed values.
@@ -336,7 +369,7 @@ impl ShrunkCiphertext {
     pub fn from_bytes(params: &HeParams, bytes: &[u8], shape: ShrunkShape) -> HeResult<Self> {
         let bad = |reason: String| HeError::Malformed { what: "shrunk ciphertext", reason };
         let n = params.degree();
-        let ShrunkShape { parts, kept, c0_bits, c1_bits } = shape;
+        let ShrunkShape { parts, kept, c0_bits, c1_bits, plain_bits } = shape;
         let found = match bytes.get(..4) {
             Some(t) if bytes.len() >= SHRUNK_HEADER && t == SHRUNK_TAG => 2,
             Some(t) if bytes.len() >= SHRUNK_HEADER && t == SHRUNK3_TAG => 3,
@@ -344,6 +377,9 @@ impl ShrunkCiphertext {
         };
         if found != parts {
             return Err(bad(format!("{found} parts, expected {parts}")));
+        }
+        if plain_bits == 0 || plain_bits >= c0_bits || c0_bits > c1_bits || c1_bits > 127 {
+            return Err(bad(format!("widths {c0_bits}/{c1_bits} bits for a {plain_bits}-bit plaintext")));
         }
         let (b0, b1) = (bytes[4] as u32, bytes[5] as u32);
         if (b0, b1) != (c0_bits, c1_bits) {
@@ -368,26 +404,40 @@ impl ShrunkCiphertext {
         let c0 = read(kept, c0_bits)?;
         let c1 = read(n, c1_bits)?;
         let c2 = if parts == 3 { read(n, c1_bits)? } else { Vec::new() };
-        Ok(ShrunkCiphertext { c0_bits, c1_bits, c0, c1, c2 })
+        Ok(ShrunkCiphertext { c0_bits, c1_bits, plain_bits, c0, c1, c2 })
     }
 }
 
-/// Values of up to 127 bits as a low 64-bit part and a high part, each bit-packed.
+/// Values of up to 127 bits as a low part of up to 64 bits and a high part (the rest, possibly
+/// none), each bit-packed.
 fn packed_u128_len(count: usize, bits: u32) -> usize {
-    packed_len(count, 64) + packed_len(count, bits - 64)
+    let (low, high) = split_bits(bits);
+    packed_len(count, low) + if high == 0 { 0 } else { packed_len(count, high) }
+}
+
+/// (bits of the low part, bits of the high part) of a `bits`-bit value.
+fn split_bits(bits: u32) -> (u32, u32) {
+    (bits.min(64), bits.saturating_sub(64))
 }
 
 fn pack_u128(values: &[u128], bits: u32, out: &mut Vec<u8>) {
+    let (low_bits, high_bits) = split_bits(bits);
     let low: Vec<u64> = values.iter().map(|&v| v as u64).collect();
-    let high: Vec<u64> = values.iter().map(|&v| (v >> 64) as u64).collect();
-    out.extend(pack_bits(&low, 64));
-    out.extend(pack_bits(&high, bits - 64));
+    out.extend(pack_bits(&low, low_bits));
+    if high_bits > 0 {
+        let high: Vec<u64> = values.iter().map(|&v| (v >> 64) as u64).collect();
+        out.extend(pack_bits(&high, high_bits));
+    }
 }
 
 fn unpack_u128(bytes: &[u8], count: usize, bits: u32) -> Result<Vec<u128>, crate::ring::RingError> {
-    let split = packed_len(count, 64);
-    let low = unpack_bits(&bytes[..split], count, 64)?;
-    let high = unpack_bits(&bytes[split..], count, bits - 64)?;
+    let (low_bits, high_bits) = split_bits(bits);
+    let split = packed_len(count, low_bits);
+    let low = unpack_bits(&bytes[..split], count, low_bits)?;
+    if high_bits == 0 {
+        return Ok(low.into_iter().map(u128::from).collect());
+    }
+    let high = unpack_bits(&bytes[split..], count, high_bits)?;
     Ok(low.iter().zip(&high).map(|(&l, &h)| (h as u128) << 64 | l as u128).collect())
 }
 
@@ -398,7 +448,7 @@ impl SecretKey {
     pub fn decrypt_shrunk(&self, ct: &ShrunkCiphertext, keep: &[usize], backend: &dyn Backend) -> HeResult<Vec<u128>> {
         let p = &self.params;
         let n = p.degree();
-        let t = p.plain_bits();
+        let t = ct.plain_bits;
         if ct.c0_bits <= t {
             return Err(HeError::Unsupported {
                 params: p.name(),
@@ -443,17 +493,18 @@ impl SecretKey {
         let n = p.degree();
         let unsupported = || HeError::Unsupported {
             params: p.name(),
-            what: format!("open {bits}-bit shrunk ciphertexts exactly (needs two primes of 2·N·2^w, w ≥ 32)"),
+            what: format!("open {bits}-bit shrunk ciphertexts exactly (needs two primes of 2·N·2^32)"),
         };
         let [m1, m2] = match p.moduli() {
             [m1, m2, ..] => [*m1, *m2],
             _ => return Err(unsupported()),
         };
         let log_p = (m1.value() as f64).log2() + (m2.value() as f64).log2();
-        let width = (log_p.floor() as u32).saturating_sub(n.trailing_zeros() + 2).min(bits);
-        if width < 32 || log_p >= 127.0 {
+        let room = (log_p.floor() as u32).saturating_sub(n.trailing_zeros() + 2);
+        if room < 32 || log_p >= 127.0 {
             return Err(unsupported());
         }
+        let width = room.min(bits);
         // Garner: x = r1 + p1·((r2 − r1)·p1^-1 mod p2) in [0, p1·p2).
         let p1_inv = m2.inv(m2.reduce(m1.value())).ok_or_else(|| not_coprime(&m2))?;
         let big_p = m1.value() as u128 * m2.value() as u128;
@@ -503,12 +554,24 @@ mod tests {
         let keep: Vec<usize> = (0..p.degree()).step_by(3).chain([p.degree() - 1]).collect();
         let shrunk = ct.shrink(&p, &keep, 74, 83, &be).unwrap_or_else(|e| panic!("{e}"));
         let bytes = shrunk.to_bytes();
-        let shape = ShrunkShape { parts: 2, kept: keep.len(), c0_bits: 74, c1_bits: 83 };
+        let shape = ShrunkShape { parts: 2, kept: keep.len(), c0_bits: 74, c1_bits: 83, plain_bits: p.plain_bits() };
         assert_eq!(bytes.len(), shape.encoded_len(p.degree()));
         let back = ShrunkCiphertext::from_bytes(&p, &bytes, shape).unwrap_or_else(|e| panic!("{e}"));
         let got = sk.decrypt_shrunk(&back, &keep, &be).unwrap_or_else(|e| panic!("{e}"));
         let want: Vec<u128> = keep.iter().map(|&j| m[j] as u128).collect();
         assert_eq!(got, want);
+        // narrowed, the result carries the plaintext's low bits in fewer bytes; widening is refused
+        for bits in [64, 44, 12] {
+            let narrow = back.clone().narrow(bits).unwrap_or_else(|e| panic!("{e}"));
+            let bytes = narrow.to_bytes();
+            assert_eq!(bytes.len(), shape.narrowed(bits).encoded_len(p.degree()));
+            assert!(bytes.len() < shape.encoded_len(p.degree()));
+            let narrow =
+                ShrunkCiphertext::from_bytes(&p, &bytes, shape.narrowed(bits)).unwrap_or_else(|e| panic!("{e}"));
+            let got = sk.decrypt_shrunk(&narrow, &keep, &be).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(got, want.iter().map(|v| v & ((1 << bits) - 1)).collect::<Vec<_>>(), "narrowed to {bits} bits");
+        }
+        assert!(back.narrow(p.plain_bits() + 1).is_err());
     }
 
     /// A product of two ciphertexts that was not relinearized leaves through the same path as
@@ -547,9 +610,17 @@ mod tests {
             .collect();
         let keep: Vec<usize> = (0..n).step_by(7).collect();
         let keys = ResponseKeys { pk: &pk, galois: None, square: Some(&square) };
-        let (bytes, mask) =
-            mask_and_seal(&p, keys, product.clone(), &keep, 0, MAX_FLOOD_BITS, &be, &mut ChaCha20Rng::seed_from_u64(1))
-                .unwrap_or_else(|e| panic!("{e}"));
+        let (bytes, mask) = mask_and_seal(
+            &p,
+            keys,
+            product.clone(),
+            &keep,
+            (0, p.plain_bits()),
+            MAX_FLOOD_BITS,
+            &be,
+            &mut ChaCha20Rng::seed_from_u64(1),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let shape = response_shape(&p, 3, keep.len());
         assert_eq!(bytes.len(), shape.encoded_len(n));
         let ct = ShrunkCiphertext::from_bytes(&p, &bytes, shape).unwrap_or_else(|e| panic!("{e}"));
@@ -559,7 +630,16 @@ mod tests {
         }
         // no square key: refused, not sent with d2 = c1·c1' in the clear
         let keys = ResponseKeys { square: None, ..keys };
-        let err = mask_and_seal(&p, keys, product.clone(), &keep, 0, 100, &be, &mut ChaCha20Rng::seed_from_u64(1));
+        let err = mask_and_seal(
+            &p,
+            keys,
+            product.clone(),
+            &keep,
+            (0, p.plain_bits()),
+            100,
+            &be,
+            &mut ChaCha20Rng::seed_from_u64(1),
+        );
         assert!(err.err().is_some_and(|e| e.to_string().contains("square key")));
         // re-randomized: no coefficient of d1 or d2 survives
         let mut fresh = product.clone();
@@ -577,9 +657,16 @@ mod tests {
     fn malformed_shrunk_ciphertexts_are_refused_by_name() {
         let p = HeParams::linear().unwrap_or_else(|e| panic!("{e}"));
         let n = p.degree();
-        let ct = ShrunkCiphertext { c0_bits: 67, c1_bits: 77, c0: vec![1; 10], c1: vec![2; n], c2: Vec::new() };
+        let ct = ShrunkCiphertext {
+            c0_bits: 67,
+            c1_bits: 77,
+            plain_bits: 60,
+            c0: vec![1; 10],
+            c1: vec![2; n],
+            c2: Vec::new(),
+        };
         let bytes = ct.to_bytes();
-        let shape = ShrunkShape { parts: 2, kept: 10, c0_bits: 67, c1_bits: 77 };
+        let shape = ShrunkShape { parts: 2, kept: 10, c0_bits: 67, c1_bits: 77, plain_bits: 60 };
         let three = ShrunkCiphertext { c2: vec![3; n], ..ct.clone() }.to_bytes();
         for (bytes, expect) in [
             (bytes[..bytes.len() - 1].to_vec(), "bytes, expected"),

@@ -573,7 +573,16 @@ fn seal_row<T: Outgoing + Clone + Send + Sync>(
         let positions = layout.returned_positions(g);
         let keep: Vec<usize> = positions.iter().map(|&(c, _)| c).collect();
         let mut rng = ChaCha20Rng::from_seed(seeds[g]);
-        let (bytes, mask) = mask_and_seal(p, response, results[g].clone(), &keep, layout.scale(), flood, be, &mut rng)?;
+        let (bytes, mask) = mask_and_seal(
+            p,
+            response,
+            results[g].clone(),
+            &keep,
+            (layout.scale(), p.plain_bits()),
+            flood,
+            be,
+            &mut rng,
+        )?;
         Ok((bytes, mask.into_iter().zip(positions).map(|(r, (_, col))| (r, col)).collect()))
     })
     .into_iter()

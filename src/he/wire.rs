@@ -606,14 +606,18 @@ mod tests {
                 }
                 "public key" => PublicKey::from_bytes(p, bytes).map(drop),
                 "galois" => GaloisKeys::from_bytes(lin, bytes).map(drop),
-                "shrunk" => {
-                    ShrunkCiphertext::from_bytes(p, bytes, ShrunkShape { parts: 2, kept: 3, c0_bits: 70, c1_bits: 80 })
-                        .map(drop)
-                }
-                _ => {
-                    ShrunkCiphertext::from_bytes(p, bytes, ShrunkShape { parts: 3, kept: 3, c0_bits: 70, c1_bits: 80 })
-                        .map(drop)
-                }
+                "shrunk" => ShrunkCiphertext::from_bytes(
+                    p,
+                    bytes,
+                    ShrunkShape { parts: 2, kept: 3, c0_bits: 70, c1_bits: 80, plain_bits: p.plain_bits() },
+                )
+                .map(drop),
+                _ => ShrunkCiphertext::from_bytes(
+                    p,
+                    bytes,
+                    ShrunkShape { parts: 3, kept: 3, c0_bits: 70, c1_bits: 80, plain_bits: p.plain_bits() },
+                )
+                .map(drop),
             };
             r.map_err(|e| e.to_string())
         }

@@ -10,7 +10,7 @@ use crate::he::tiling::MatShape;
 use crate::proto::agree::exchange;
 use crate::proto::arith::{mul_rows_in, truncate_extend};
 use crate::proto::compare::{b2a, one_hot};
-use crate::proto::linear::{check_shared_product, linear, matmul_shared};
+use crate::proto::linear::{check_shared_product, linear, linear_in, matmul_shared};
 use crate::proto::piecewise::{Piecewise, evaluate, gated, relu};
 use crate::proto::selected::{selected_linear, send_choice};
 use crate::proto::softmax::softmax;
@@ -208,7 +208,8 @@ fn first_width(kind: ExpertKind, d_ff: usize) -> usize {
 }
 
 /// The first matrices of the routed experts `experts` on the n rows of X: n rows of
-/// c·[`first_width`] values at 2f fractional bits (per expert: W1's then W3's results).
+/// c·[`first_width`] values at 2f fractional bits (per expert: W1's then W3's results), shared
+/// in the ring of the pre-activations ([`pre_activation_bits`]).
 async fn first_matrices(
     sess: &mut Session,
     cfg: &MoeConfig,
@@ -221,7 +222,8 @@ async fn first_matrices(
     let _s = meter.scope("first");
     let (d, width) = (cfg.d_model, first_width(cfg.expert, cfg.d_ff));
     let w = weights.map(|w| stack_first(&w.experts[experts.clone()], d, cfg.d_ff));
-    product(sess, MatShape { n, d, m: experts.len() * width }, x, w.as_deref()).await
+    let bits = pre_activation_bits(sess);
+    product(sess, MatShape { n, d, m: experts.len() * width }, x, w.as_deref(), bits).await
 }
 
 /// Adds to slot r's rows of `out` (slot-major, n rows of `len` each) the rows of `values`
@@ -245,11 +247,18 @@ async fn select_into(
     Ok(())
 }
 
-/// One HE linear layer with the server's `values` (d×m), 2f fractional bits out.
-async fn product(sess: &mut Session, shape: MatShape, x: &[u64], values: Option<&[u64]>) -> ProtoResult<Vec<u64>> {
+/// One HE linear layer with the server's `values` (d×m), 2f fractional bits out, shared mod
+/// 2^`bits`.
+async fn product(
+    sess: &mut Session,
+    shape: MatShape,
+    x: &[u64],
+    values: Option<&[u64]>,
+    bits: u32,
+) -> ProtoResult<Vec<u64>> {
     let x = sess.shares((shape.n, shape.d), x.to_vec())?;
     let w = values.map(|values| Weights::new((shape.d, shape.m), values)).transpose()?;
-    Ok(linear(sess, shape, &x, w).await?.into_vec())
+    Ok(linear_in(sess, shape, &x, w, bits).await?.into_vec())
 }
 
 /// The one-hot bits of slot `r` for tokens × experts in `experts` (token-major).
@@ -331,7 +340,7 @@ async fn select_then_compute(
         let w = weights.map(|w| stack_second(&w.experts[experts.clone()], d_ff, d));
         let u = {
             let _s = meter.scope("second");
-            product(sess, MatShape { n: k * n, d: d_ff, m: c * d }, &hidden, w.as_deref()).await?
+            product(sess, MatShape { n: k * n, d: d_ff, m: c * d }, &hidden, w.as_deref(), 64).await?
         };
         let _s = meter.scope("select");
         let bits: Vec<bool> = (0..k).flat_map(|r| slot_bits(routes, r, n, e, &experts)).collect();
@@ -409,7 +418,7 @@ async fn baseline(
         let z = first_matrices(sess, cfg, x, n, &experts, weights).await?;
         let hidden = {
             let _s = meter.scope("activation");
-            let z = truncate_extend(sess, &z, 64, frac).await?;
+            let z = truncate_extend(sess, &z, pre_activation_bits(sess), frac).await?;
             activate(sess, cfg.expert, &z, d_ff).await?
         };
         // each expert's W2 on its own hidden rows: u holds n rows of c·d
@@ -419,7 +428,7 @@ async fn baseline(
             let rows: Vec<u64> = (0..n).flat_map(|j| hidden[(j * c + slot) * d_ff..][..d_ff].to_vec()).collect();
             let w2 = weights.map(|w| widen(&w.experts[i].w2));
             let w2 = w2.as_deref();
-            let y = product(sess, MatShape { n, d: d_ff, m: d }, &rows, w2).await?;
+            let y = product(sess, MatShape { n, d: d_ff, m: d }, &rows, w2, 64).await?;
             for j in 0..n {
                 u[(j * c + slot) * d..][..d].copy_from_slice(&y[j * d..][..d]);
             }
@@ -495,7 +504,7 @@ async fn capacity(
     }
     let hidden = {
         let _s = meter.scope("activation");
-        let pre = truncate_extend(sess, &pre, 64, frac).await?;
+        let pre = truncate_extend(sess, &pre, pre_activation_bits(sess), frac).await?;
         activate(sess, cfg.expert, &pre, d_ff).await?
     };
     let mut y_slots = Vec::with_capacity(e * slots * d);
@@ -505,7 +514,7 @@ async fn capacity(
             let w2 = weights.map(|w| widen(&w.experts[i].w2));
             let w2 = w2.as_deref();
             let rows = &hidden[i * slots * d_ff..(i + 1) * slots * d_ff];
-            y_slots.extend(product(sess, MatShape { n: slots, d: d_ff, m: d }, rows, w2).await?);
+            y_slots.extend(product(sess, MatShape { n: slots, d: d_ff, m: d }, rows, w2, 64).await?);
         }
     }
     let _s = meter.scope("combine");
@@ -580,7 +589,7 @@ async fn shared_expert(
     }
     let wg = shared.and_then(|s| s.gate.as_deref()).map(widen);
     let wg = wg.as_deref();
-    let logit = product(sess, MatShape { n, d, m: 1 }, x, wg).await?;
+    let logit = product(sess, MatShape { n, d, m: 1 }, x, wg, 64).await?;
     let logit = truncate_extend(sess, &logit, 64, frac).await?;
     let pairs: Vec<u64> = logit.iter().flat_map(|&l| [l, 0]).collect();
     let pairs = sess.shares((n, 2), pairs)?;
@@ -606,11 +615,12 @@ pub async fn dense_expert(
     let frac = sess.format().frac_bits();
     let width = first_width(kind, d_ff);
     let first = weights.map(|w| stack_first(std::slice::from_ref(w), d, d_ff));
-    let z = product(sess, MatShape { n, d, m: width }, x, first.as_deref()).await?;
-    let z = truncate_extend(sess, &z, 64, frac).await?;
+    let bits = pre_activation_bits(sess);
+    let z = product(sess, MatShape { n, d, m: width }, x, first.as_deref(), bits).await?;
+    let z = truncate_extend(sess, &z, bits, frac).await?;
     let hidden = activate(sess, kind, &z, d_ff).await?;
     let w2 = weights.map(|w| widen(&w.w2));
-    let y = product(sess, MatShape { n, d: d_ff, m: d }, &hidden, w2.as_deref()).await?;
+    let y = product(sess, MatShape { n, d: d_ff, m: d }, &hidden, w2.as_deref(), 64).await?;
     let y = truncate_extend(sess, &y, 64, frac).await?;
     sess.shares((n, d), y)
 }

@@ -35,14 +35,16 @@ use tracing::instrument;
 use super::session::{HeKeys, HeUse, keys_for};
 use super::{ProtoError, ProtoResult, Session};
 use crate::backend::{Backend, Workers, par_map};
-use crate::he::matmul::{EncryptedRows, Response, ResponseKeys, max_pack, respond, response_shape, tiling_for};
+use crate::he::matmul::{
+    EncryptedRows, Response, ResponseKeys, max_pack, respond, response_shape, result_plain_bits, tiling_for,
+};
 use crate::he::tiling::{MatShape, Tiling};
 use crate::he::{
     Ciphertext, GaloisKeys, HeParams, MAX_DROPPED_BITS, NARROW_FLOOD_BITS, Plaintext, PublicKey, RelinKey, SecretKey,
     SeededCiphertext, ShrunkCiphertext, SquareKey, ciphertext_len, compressed_ciphertext_len,
 };
 use crate::net::{Channel, CostModel};
-use crate::ring::{Shares, Weights};
+use crate::ring::{Shares, Weights, mask};
 
 /// Least statistical security of the noise flooding, per returned coefficient: the flood
 /// exceeds the noise bound by 2^κ with κ ≥ this; a product that would need less is refused.
@@ -286,34 +288,37 @@ impl HeClient {
         self.network = network;
     }
 
-    /// Shares of (A_c + A_s)·B for the client's A_c (n×d, row-major); returns the client's
-    /// n×m share. `weight_bits` is the public bound |B| < 2^weight_bits the client assumes
-    /// (64 where B is a share): its input ciphertexts are compressed as far as it allows
-    /// ([`dropped_bits`]).
+    /// Shares of (A_c + A_s)·B mod 2^`result_bits` for the client's A_c (n×d, row-major);
+    /// returns the client's n×m share. `weight_bits` is the public bound |B| < 2^weight_bits
+    /// the client assumes (64 where B is a share): its input ciphertexts are compressed as far
+    /// as it allows ([`dropped_bits`]). Results below 64 bits leave the server narrowed
+    /// ([`result_plain_bits`]): fewer bytes, the same security.
     #[instrument(skip_all, name = "he_product", fields(shape = %shape))]
     pub async fn product<R: CryptoRng + Send + ?Sized>(
         &self,
         ch: &mut Channel,
         shape: MatShape,
         a: &[u64],
-        weight_bits: u32,
+        (weight_bits, result_bits): (u32, u32),
         rng: &mut R,
     ) -> ProtoResult<Vec<u64>> {
-        let (t, decrypted) = self.product_decrypted(ch, shape, a, weight_bits, rng).await?;
-        // 2^pack·(A·B − R) mod t: the division is exact, and the share is its value mod 2^64
-        Ok(decrypted.into_iter().map(|v| (v >> t.pack) as u64).collect())
+        let (t, decrypted) = self.product_decrypted(ch, shape, a, (weight_bits, result_bits), rng).await?;
+        // 2^pack·(A·B − R) mod 2^(pack + result bits): the division is exact, and the share is
+        // its value mod 2^result_bits
+        Ok(decrypted.into_iter().map(|v| (v >> t.pack) as u64 & mask(result_bits)).collect())
     }
 
     /// [`HeClient::product`] up to decryption: the tiling, and everything the client decrypts —
-    /// the whole t-bit plaintext at each output (row-major n×m).
+    /// the whole plaintext it receives at each output (row-major n×m).
     async fn product_decrypted<R: CryptoRng + Send + ?Sized>(
         &self,
         ch: &mut Channel,
         shape: MatShape,
         a: &[u64],
-        weight_bits: u32,
+        (weight_bits, result_bits): (u32, u32),
         rng: &mut R,
     ) -> ProtoResult<(Tiling, Vec<u128>)> {
+        check_result_bits(result_bits)?;
         if a.len() != shape.n * shape.d {
             return Err(ProtoError::Input(format!(
                 "A has {} entries, the shape {shape} needs {}",
@@ -322,12 +327,22 @@ impl HeClient {
             )));
         }
         let (p, be) = (&self.params, self.backend.as_ref());
-        let t = tiling_for(p, shape, &self.network, self.server_threads);
+        let t = tiling_for(p, shape, &self.network, self.server_threads, result_bits);
         let dropped = dropped_bits(p, &t, weight_bits);
         let (ti_n, tj_n, _) = t.tile_counts();
         {
             let _s = ch.meter().scope("he-product/input");
-            let header = [shape.n, shape.d, shape.m, t.n_w, t.d_w, t.m_w, t.pack as usize, dropped as usize];
+            let header = [
+                shape.n,
+                shape.d,
+                shape.m,
+                t.n_w,
+                t.d_w,
+                t.m_w,
+                t.pack as usize,
+                dropped as usize,
+                result_bits as usize,
+            ];
             ch.send_u64s(&header.map(|v| v as u64)).await?;
             await_answer(ch).await?;
             for ti in 0..ti_n {
@@ -348,12 +363,14 @@ impl HeClient {
         }
         let _s = ch.meter().scope("he-product/output");
         let mut out = vec![0u128; shape.n * shape.m];
+        let plain_bits = result_plain_bits(p, t.pack, result_bits);
         for g in 0..t.returned() {
             let bytes = ch.recv().await?;
             let pos = t.returned_positions(g);
             let keep: Vec<usize> = pos.iter().map(|&(c, _, _)| c).collect();
             let values = self.workers.compute(|| {
-                let ct = ShrunkCiphertext::from_bytes(p, &bytes, response_shape(p, 2, keep.len()))?;
+                let shape = response_shape(p, 2, keep.len()).narrowed(plain_bits);
+                let ct = ShrunkCiphertext::from_bytes(p, &bytes, shape)?;
                 self.sk.decrypt_shrunk(&ct, &keep, be)
             })?;
             for (v, &(_, _, (i, k))) in values.into_iter().zip(&pos) {
@@ -438,13 +455,14 @@ impl HeServer {
     }
 
     /// The server's side of [`HeClient::product`]: the weights B (d×m), and optionally its
-    /// share A_s (n×d) of the encrypted matrix. Returns the server's n×m share (the mask R).
-    /// Weights of another shape or beyond their bound are refused (the client learns that much).
+    /// share A_s (n×d) of the encrypted matrix, for results mod 2^`result_bits`. Returns the
+    /// server's n×m share (the mask R mod 2^result_bits). Weights of another shape or beyond
+    /// their bound are refused (the client learns that much).
     #[instrument(skip_all, name = "he_product", fields(shape = %shape))]
     pub async fn product<R: CryptoRng + Send + ?Sized>(
         &self,
         ch: &mut Channel,
-        shape: MatShape,
+        (shape, result_bits): (MatShape, u32),
         w: Weights<'_>,
         a_share: Option<&[u64]>,
         rng: &mut R,
@@ -452,8 +470,8 @@ impl HeServer {
         let (p, be) = (&self.params, self.backend.as_ref());
         let b = w.as_slice();
         let _s = ch.meter().scope("he-product/input");
-        let header = ch.recv_u64s("product header", 8).await?;
-        let checked = self.check_request(shape, &header).and_then(|(t, dropped)| {
+        let header = ch.recv_u64s("product header", 9).await?;
+        let checked = self.check_request((shape, result_bits), &header).and_then(|(t, dropped)| {
             let flood = check_server_inputs(p, &t, w, a_share, dropped)?;
             Ok((t, dropped, flood))
         });
@@ -494,7 +512,8 @@ impl HeServer {
                 par_map(ready, |i| {
                     let members = &taken[i * group..((i + 1) * group).min(taken.len())];
                     let mut rng = ChaCha20Rng::from_seed(seeds[i]);
-                    Ok(respond(p, keys, &t, next_group + i, members, flood, be, &mut rng)?)
+                    let seal = (flood, result_plain_bits(p, t.pack, result_bits));
+                    Ok(respond(p, keys, &t, next_group + i, members, seal, be, &mut rng)?)
                 })
                 .into_iter()
                 .collect()
@@ -502,7 +521,7 @@ impl HeServer {
             next_group += responses.len();
             for (bytes, values) in responses {
                 for (v, (i, k)) in values {
-                    mask[i * shape.m + k] = v;
+                    mask[i * shape.m + k] = v & crate::ring::mask(result_bits);
                 }
                 ch.send(&bytes).await?;
             }
@@ -525,11 +544,17 @@ impl HeServer {
 
     /// The tiling the client announced for `shape`, if it is one this server can run, and the
     /// bits its input ciphertexts drop.
-    fn check_request(&self, shape: MatShape, header: &[u64]) -> ProtoResult<(Tiling, u32)> {
+    fn check_request(&self, (shape, result_bits): (MatShape, u32), header: &[u64]) -> ProtoResult<(Tiling, u32)> {
         let asked = MatShape { n: header[0] as usize, d: header[1] as usize, m: header[2] as usize };
         if asked != shape {
             return Err(ProtoError::BadRequest(format!(
                 "the client asked for a {asked} product, the server expects {shape}"
+            )));
+        }
+        if header[8] != result_bits as u64 {
+            return Err(ProtoError::BadRequest(format!(
+                "the client asked for results mod 2^{}, the server expects mod 2^{result_bits}",
+                header[8]
             )));
         }
         let degree = self.params.degree();
@@ -607,19 +632,47 @@ pub async fn linear(
     x: &Shares,
     weights: Option<Weights<'_>>,
 ) -> ProtoResult<Shares> {
+    linear_in(sess, shape, x, weights, 64).await
+}
+
+/// [`linear`] with Y's shares over Z_2^`bits` (more than Y's fractional bits, at most 64), for
+/// a consumer that reads no more — values known to satisfy |Y| < 2^(bits − 1) at their scale:
+/// the results leave the server without the plaintext's bits above (about 2·(64 − bits) bits
+/// fewer per output). Both parties pass the same `bits`; the server refuses another.
+pub async fn linear_in(
+    sess: &mut Session,
+    shape: MatShape,
+    x: &Shares,
+    weights: Option<Weights<'_>>,
+    bits: u32,
+) -> ProtoResult<Shares> {
     let frac = product_frac(x, (shape.n, shape.d), sess.format().frac_bits())?;
+    check_result_bits(bits)?;
+    if frac >= bits {
+        return Err(ProtoError::Input(format!("results mod 2^{bits} cannot hold {frac} fractional bits")));
+    }
     let x = x.as_slice();
     let y = match (keys_for(&sess.he, HeUse::Linear), weights) {
         (Some(HeKeys::Client(he)), None) => {
             let weight_bits = sess.format().frac_bits() + WEIGHT_INTEGER_BITS;
-            he.product(sess.ot.channel(), shape, x, weight_bits, &mut sess.rng).await?
+            he.product(sess.ot.channel(), shape, x, (weight_bits, bits), &mut sess.rng).await?
         }
-        (Some(HeKeys::Server(he)), Some(w)) => he.product(sess.ot.channel(), shape, w, Some(x), &mut sess.rng).await?,
+        (Some(HeKeys::Server(he)), Some(w)) => {
+            he.product(sess.ot.channel(), (shape, bits), w, Some(x), &mut sess.rng).await?
+        }
         (None, _) => return Err(no_keys()),
         (Some(HeKeys::Client(_)), Some(_)) => return Err(ProtoError::Input("the client holds no weights".into())),
         (Some(HeKeys::Server(_)), None) => return Err(ProtoError::Input("the server must pass the weights".into())),
     };
-    Ok(Shares::new((shape.n, shape.m), y, 64, frac)?)
+    Ok(Shares::new((shape.n, shape.m), y, bits, frac)?)
+}
+
+/// Result rings a product can be asked for: Z_2^1 … Z_2^64.
+fn check_result_bits(bits: u32) -> ProtoResult<()> {
+    if !(1..=64).contains(&bits) {
+        return Err(ProtoError::Input(format!("products give shares mod 2^1 … 2^64, not mod 2^{bits}")));
+    }
+    Ok(())
 }
 
 /// The fractional bits of X·W for shares X of the announced `rows × cols` and factors of
@@ -693,17 +746,19 @@ pub async fn matmul_shared(sess: &mut Session, shape: MatShape, x: &Shares, y: &
     let (first, second, local) = match keys_for(&sess.he, HeUse::Shared) {
         Some(HeKeys::Client(he)) => {
             // the server's shares act as weights: no bound below the ring's
-            let first = he.product(ch, shape, x, 64, &mut sess.rng).await?;
-            let second = he.product(ch, flipped, &transpose(shape.d, shape.m, y), 64, &mut sess.rng).await?;
+            let first = he.product(ch, shape, x, (64, 64), &mut sess.rng).await?;
+            let second = he.product(ch, flipped, &transpose(shape.d, shape.m, y), (64, 64), &mut sess.rng).await?;
             (first, second, shape.plain_product(x, y))
         }
         Some(HeKeys::Server(he)) => {
             // the server's own shares act as weights, bounded by the whole ring
-            let first =
-                he.product(ch, shape, Weights::bounded((shape.d, shape.m), y, 64)?, Some(x), &mut sess.rng).await?;
+            let first = he
+                .product(ch, (shape, 64), Weights::bounded((shape.d, shape.m), y, 64)?, Some(x), &mut sess.rng)
+                .await?;
             let x_t = transpose(shape.n, shape.d, x);
-            let second =
-                he.product(ch, flipped, Weights::bounded((shape.d, shape.n), &x_t, 64)?, None, &mut sess.rng).await?;
+            let second = he
+                .product(ch, (flipped, 64), Weights::bounded((shape.d, shape.n), &x_t, 64)?, None, &mut sess.rng)
+                .await?;
             (first, second, vec![0; shape.n * shape.m])
         }
         None => return Err(no_keys()),
@@ -873,11 +928,13 @@ mod tests {
     }
 
     /// What the client decrypts in `runs` products of its fixed share `a` with the server's `w`
-    /// (the server's share of A zero, or fresh uniform each run): every t-bit value, per run.
+    /// (the server's share of A zero, or fresh uniform each run), for results mod
+    /// 2^`result_bits`: every value it decrypts, per run.
+    #[allow(clippy::too_many_arguments)]
     async fn client_views(
         (hc, hs): (&HeClient, &HeServer),
         (cc, sc): (&mut Channel, &mut Channel),
-        shape: MatShape,
+        (shape, result_bits): (MatShape, u32),
         a: &[u64],
         w: &[u64],
         server_share: bool,
@@ -890,10 +947,10 @@ mod tests {
         for _ in 0..runs {
             let a_s: Vec<u64> = (0..a.len()).map(|_| if server_share { rng.random() } else { 0 }).collect();
             let (c, s) = tokio::join!(
-                hc.product_decrypted(cc, shape, a, 20, &mut client_rng),
+                hc.product_decrypted(cc, shape, a, (20, result_bits), &mut client_rng),
                 hs.product(
                     sc,
-                    shape,
+                    (shape, result_bits),
                     Weights::bounded((shape.d, shape.m), w, 20).unwrap_or_else(|e| panic!("{e}")),
                     server_share.then_some(&a_s[..]),
                     &mut server_rng
@@ -938,11 +995,12 @@ mod tests {
     }
 
     /// The client's view of a product: for fixed client inputs and two different weight
-    /// matrices, everything the client decrypts — all t bits of every output, before the shift
-    /// and the reduction to 64 bits — has the same distribution: below the packing shift the bits
-    /// are zero, above it uniform and fresh in every run. Checked for every tiling the cost model
-    /// picks (unpacked and packed), with the server's share of A zero (the client holds the whole
-    /// input, whose signed entries carry) and uniform. Per field of six bits: a two-sample χ² of
+    /// matrices, everything the client decrypts — every bit of the plaintext it receives at every
+    /// output, before the shift and the reduction to the result's ring — has the same
+    /// distribution: below the packing shift the bits are zero, above it uniform and fresh in
+    /// every run. Checked for every tiling the cost model picks (unpacked and packed), with the
+    /// server's share of A zero (the client holds the whole input, whose signed entries carry)
+    /// and uniform, for results over Z_2^64 and narrowed to Z_2^44. Per field of six bits: a two-sample χ² of
     /// the pooled histograms, and the number of runs that repeat a value at the same output
     /// against what uniform bits give (a deterministic function of the weights repeats always).
     #[test]
@@ -967,20 +1025,22 @@ mod tests {
             let w_random: Vec<u64> = (0..shape.d * shape.m).map(|_| rng.random_range(-(1i64 << 20)..1 << 20) as u64).collect();
             let w_flat = vec![(1u64 << 20) - 1; shape.d * shape.m];
             let mut seen = Vec::new();
-            let t_bits = p.plain_bits();
             for bps in [1e15, 1e9, 4e8, 1e8, 1e7, 1e6] {
                 let net = CostModel { name: "sweep", bandwidth_bps: bps, latency_s: 0.0 };
-                let tiling = tiling_for(&p, shape, &net, hc.server_threads());
+                let tiling = tiling_for(&p, shape, &net, hc.server_threads(), 64);
                 if seen.contains(&tiling) {
                     continue;
                 }
                 seen.push(tiling);
                 hc.set_network(net);
-                for server_share in [false, true] {
+                for (server_share, bits) in [(false, 64), (true, 64), (true, 44)] {
                     let ch = (&mut cc, &mut sc);
-                    let (t, x) = client_views((&hc, &hs), ch, shape, &a, &w_random, server_share, RUNS).await;
-                    let (_, y) = client_views((&hc, &hs), (&mut cc, &mut sc), shape, &a, &w_flat, server_share, RUNS).await;
+                    let (t, x) = client_views((&hc, &hs), ch, (shape, bits), &a, &w_random, server_share, RUNS).await;
+                    let ch = (&mut cc, &mut sc);
+                    let (_, y) = client_views((&hc, &hs), ch, (shape, bits), &a, &w_flat, server_share, RUNS).await;
                     let what = format!("{t:?}, server share {}", if server_share { "uniform" } else { "zero" });
+                    let t_bits = result_plain_bits(&p, t.pack, bits);
+                    assert!(x.iter().chain(&y).flatten().all(|&v| v >> t_bits == 0), "bits above {t_bits}, {what}");
                     for lo in fields(t_bits) {
                         let (chi, dof) = chi_square(&x, &y, lo);
                         let limit = dof as f64 + 8.0 * (2.0 * dof as f64).sqrt() + 10.0;
@@ -1010,7 +1070,7 @@ mod tests {
     #[ignore = "prints the tiling trade-off for the bench shapes"]
     fn tiling_trade_offs() {
         let p = HeParams::linear().unwrap_or_else(|e| panic!("{e}"));
-        let cost = crate::he::matmul::tiling_cost(&p, &CostModel::LAN, 1);
+        let cost = crate::he::matmul::tiling_cost(&p, &CostModel::LAN, 1, 64);
         let shape = MatShape { n: 128, d: 768, m: 3072 };
         let mut all = Vec::new();
         for n_w in 1..=128usize {
@@ -1046,10 +1106,10 @@ mod tests {
     fn tilings_for_the_bench_shapes() {
         let p = HeParams::linear().unwrap_or_else(|e| panic!("{e}"));
         for shape in [MatShape { n: 128, d: 768, m: 3072 }, MatShape { n: 128, d: 3072, m: 768 }] {
-            let t = tiling_for(&p, shape, &CostModel::WAN, 2);
+            let t = tiling_for(&p, shape, &CostModel::WAN, 2, 64);
             assert!(t.pack > 0, "{t:?}");
             let (a, b, c) = t.tile_counts();
-            let cost = crate::he::matmul::tiling_cost(&p, &CostModel::WAN, 2);
+            let cost = crate::he::matmul::tiling_cost(&p, &CostModel::WAN, 2, 64);
             let bytes = (a * b) as f64 * cost.input_bytes
                 + t.returned() as f64 * cost.output_bytes
                 + (shape.n * shape.m) as f64 * cost.kept_bytes;
