@@ -35,13 +35,13 @@ fn random_ots_match_in_both_directions_for_both_kinds() {
 }
 
 /// Silent batches that shrink and grow again on one engine give correlated keys every time, and
-/// no key of an earlier batch comes back.
+/// no key of an earlier batch comes back — also a batch made by two extension calls.
 #[test]
 fn silent_batches_of_changing_sizes_stay_correct_and_fresh() {
     common::runtime().block_on(async {
         let (_c, mut oc, _s, mut os) = common::ot_pair().await;
         let mut seen = std::collections::HashSet::new();
-        for n in [1 << 17, 1 << 16, 3 << 15, 1 << 18] {
+        for n in [1 << 17, 1 << 16, 3 << 15, 1 << 18, 2 * MILLION + 3] {
             let (snd, rcv) = tokio::join!(oc.random_send(OtKind::Silent, n), os.random_receive(OtKind::Silent, n));
             let (snd, rcv) = (snd.unwrap(), rcv.unwrap());
             assert_eq!((snd.keys.len(), rcv.keys.len()), (n, n));

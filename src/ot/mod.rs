@@ -413,7 +413,7 @@ async fn generate(
     let rounds = |ext: OtKind, n: usize, has_base_ots: bool| match (n, ext) {
         (0, _) => 0,
         (_, OtKind::Iknp) => IKNP_ROUNDS + if has_base_ots { 0 } else { BASE_OT_ROUNDS },
-        (_, OtKind::Silent) => SILENT_ROUNDS,
+        (_, OtKind::Silent) => SILENT_ROUNDS * silent_calls(n).count() as u64,
     };
     let round_trips = rounds(by_send, send, extensions.iknp_sender.has_base_ots()).max(rounds(
         by_receive,
@@ -588,12 +588,12 @@ async fn silent_send(
     traffic: Traffic<'_>,
     n: usize,
 ) -> OtResult<Vec<[Block; 2]>> {
-    if n == 0 {
-        return Ok(Vec::new());
+    let mut keys = Vec::with_capacity(n);
+    for part in silent_calls(n) {
+        let buf = run_extension(timeout, traffic, OtKind::Silent, ext.random_send(part)).await?;
+        keys.extend_from_slice(&buf[..part]);
     }
-    debug_assert!(n >= SILENT_MIN);
-    let buf = run_extension(timeout, traffic, OtKind::Silent, ext.random_send(n)).await?;
-    Ok(buf[..n].to_vec())
+    Ok(keys)
 }
 
 async fn silent_receive(
@@ -602,12 +602,26 @@ async fn silent_receive(
     traffic: Traffic<'_>,
     n: usize,
 ) -> OtResult<RandomOtReceiver> {
-    if n == 0 {
-        return Ok(RandomOtReceiver { choices: Vec::new(), keys: Vec::new() });
+    let (mut keys, mut bits) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for part in silent_calls(n) {
+        let (buf, choices) = run_extension(timeout, traffic, OtKind::Silent, ext.random_receive(part)).await?;
+        keys.extend_from_slice(&buf[..part]);
+        bits.extend(choices.iter().take(part).map(|c| bool::from(*c)));
     }
-    debug_assert!(n >= SILENT_MIN);
-    let (buf, choices) = run_extension(timeout, traffic, OtKind::Silent, ext.random_receive(n)).await?;
-    received(buf[..n].to_vec(), choices.iter().map(|c| bool::from(*c)), n)
+    received(keys, bits.into_iter(), n)
+}
+
+/// Most random OTs one silent extension call makes: a batch above it runs as several calls of
+/// near-equal size (each at least [`SILENT_MIN`]), one after the other, so that the library's
+/// working buffers (several blocks per OT) are those of one call, not of the whole batch. Each
+/// call costs its own round trips ([`SILENT_ROUNDS`]).
+const SILENT_CALL_MAX: usize = 1 << 21;
+
+/// The sizes of the silent calls that make `n` random OTs (none for n = 0).
+fn silent_calls(n: usize) -> impl Iterator<Item = usize> {
+    debug_assert!(n == 0 || n >= SILENT_MIN);
+    let calls = n.div_ceil(SILENT_CALL_MAX);
+    (0..calls).map(move |i| n / calls + usize::from(i < n % calls))
 }
 
 fn received(keys: Vec<Block>, choices: impl Iterator<Item = bool>, n: usize) -> OtResult<RandomOtReceiver> {
@@ -636,6 +650,18 @@ async fn run_extension<T, E: std::fmt::Display>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A silent batch runs as calls of at most [`SILENT_CALL_MAX`] and at least [`SILENT_MIN`]
+    /// OTs that add up to it.
+    #[test]
+    fn silent_batches_split_into_calls_that_add_up() {
+        for n in [0, SILENT_MIN, SILENT_CALL_MAX, SILENT_CALL_MAX + 1, 3 * SILENT_CALL_MAX - 7, 10 * SILENT_CALL_MAX] {
+            let calls: Vec<usize> = silent_calls(n).collect();
+            assert_eq!(calls.iter().sum::<usize>(), n);
+            assert_eq!(calls.len(), n.div_ceil(SILENT_CALL_MAX));
+            assert!(calls.iter().all(|&c| (SILENT_MIN..=SILENT_CALL_MAX).contains(&c)), "{n}: {calls:?}");
+        }
+    }
 
     /// The silent extension never runs where its noise is light: from [`SILENT_MIN`] on at least
     /// 247 of its 248 noise points fall inside the code (≥ 127 bits by the library's criterion);
