@@ -63,6 +63,9 @@ pub struct SelectedLayout {
     pub experts: usize,
     /// How the products leave the server.
     pub form: ProductForm,
+    /// Bits of the ring the results are shared in: 64, or fewer for a consumer that reads no
+    /// more ([`SelectedLayout::with_result_bits`]).
+    pub result_bits: u32,
 }
 
 /// How the server returns a row's ciphertext products.
@@ -145,7 +148,8 @@ impl SelectedLayout {
         let n = p.degree();
         let d_w = 1usize << pack;
         let tiling = Tiling { shape: MatShape { n: 1, d, m }, degree: n, n_w: 1, d_w, m_w: m.min(n / d_w), pack };
-        Ok(SelectedLayout { tiling, select_levels: SelectedLayout::select_levels(experts), experts, form })
+        let select_levels = SelectedLayout::select_levels(experts);
+        Ok(SelectedLayout { tiling, select_levels, experts, form, result_bits: 64 })
     }
 
     /// ℓ = ⌈log2 E⌉.
@@ -181,9 +185,24 @@ impl SelectedLayout {
         }
     }
 
+    /// The layout with results shared mod 2^`bits` (1..=64): they leave the server without the
+    /// plaintext's bits above 2^scale·y mod 2^(scale + bits).
+    pub fn with_result_bits(self, bits: u32) -> HeResult<SelectedLayout> {
+        if !(1..=64).contains(&bits) {
+            return Err(HeError::Shape(format!("selected products shared mod 2^{bits} (1..=64 bits)")));
+        }
+        Ok(SelectedLayout { result_bits: bits, ..self })
+    }
+
+    /// Bits of the plaintext a returned result carries: the scale and the result's ring, at most
+    /// log t.
+    pub fn plain_bits(&self, p: &HeParams) -> u32 {
+        (self.scale() + self.result_bits).min(p.plain_bits())
+    }
+
     /// The shape of each returned result with `kept` outputs.
     pub fn response_shape(&self, p: &HeParams, kept: usize) -> ShrunkShape {
-        response_shape(p, self.form.parts(), kept)
+        response_shape(p, self.form.parts(), kept).narrowed(self.plain_bits(p))
     }
 
     /// Input tiles per row (J).
@@ -248,7 +267,7 @@ impl SelectedLayout {
 
     /// A decrypted output value → the client's share (y − R mod 2^64).
     pub fn decode(&self, value: u128) -> u64 {
-        (value >> self.scale()) as u64
+        (value >> self.scale()) as u64 & crate::ring::mask(self.result_bits)
     }
 }
 
@@ -578,7 +597,7 @@ fn seal_row<T: Outgoing + Clone + Send + Sync>(
             response,
             results[g].clone(),
             &keep,
-            (layout.scale(), p.plain_bits()),
+            (layout.scale(), layout.plain_bits(p)),
             flood,
             be,
             &mut rng,
@@ -694,8 +713,13 @@ mod tests {
         let square = sk.square_key(&be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         let keys = SelectKeys { pk: &pk, galois: &galois, relin: Some(&relin), square: Some(&square) };
         let (d, m, e, chosen, w_bits) = (40, 300, 5, 3, 20);
-        for form in [ProductForm::Relinearized, ProductForm::Tensored] {
-            let layout = SelectedLayout::choose(&p, d, m, e, form, &CostModel::WAN).unwrap_or_else(|e| panic!("{e}"));
+        // both forms with results over Z_2^64, and narrowed to Z_2^44 (fewer bytes, the same shares mod 2^44)
+        for (form, bits) in
+            [(ProductForm::Relinearized, 64), (ProductForm::Tensored, 64), (ProductForm::Relinearized, 44)]
+        {
+            let layout = SelectedLayout::choose(&p, d, m, e, form, &CostModel::WAN)
+                .and_then(|l| l.with_result_bits(bits))
+                .unwrap_or_else(|e| panic!("{e}"));
             let experts: Vec<Vec<u64>> = (0..e)
                 .map(|_| (0..d * m).map(|_| rng.random_range(-(1i64 << w_bits)..1 << w_bits) as u64).collect())
                 .collect();
@@ -750,6 +774,8 @@ mod tests {
                 }
             }
             let expected = MatShape { n: 1, d, m }.plain_product(&x, &experts[chosen]);
+            let full = layout.with_result_bits(64).map(|l| l.response_shape(&p, 1).encoded_len(p.degree()));
+            assert!(bits == 64 || full.is_ok_and(|full| layout.response_shape(&p, 1).encoded_len(p.degree()) < full));
             for responses in [whole, chunked] {
                 let mut seen = vec![false; m];
                 for (g, (bytes, mask)) in responses.iter().enumerate() {
@@ -760,7 +786,8 @@ mod tests {
                     let values = sk.decrypt_shrunk(&ct, &keep, &be).unwrap_or_else(|e| panic!("{e}"));
                     for ((v, &(_, col)), &(r, mcol)) in values.into_iter().zip(&pos).zip(mask) {
                         assert_eq!(col, mcol);
-                        assert_eq!(layout.decode(v).wrapping_add(r), expected[col], "column {col}");
+                        let ring = crate::ring::mask(bits);
+                        assert_eq!(layout.decode(v).wrapping_add(r) & ring, expected[col] & ring, "column {col}");
                         seen[col] = true;
                     }
                 }

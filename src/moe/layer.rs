@@ -378,11 +378,11 @@ async fn paper(
             weights.map(|w| w.experts.iter().map(|x| stack_first(std::slice::from_ref(x), d, d_ff)).collect());
         let args = first.as_deref().map(|m| matrices(m, (d, width))).transpose()?;
         let xs = sess.shares((choice.rows(), d), xs)?;
-        selected_linear(sess, &choice, width, &xs, args.as_deref()).await?.into_vec()
+        selected_linear(sess, &choice, width, &xs, args.as_deref(), pre_activation_bits(sess)).await?.into_vec()
     };
     let hidden = {
         let _s = meter.scope("activation");
-        let pre = truncate_extend(sess, &pre, 64, frac).await?;
+        let pre = truncate_extend(sess, &pre, pre_activation_bits(sess), frac).await?;
         activate(sess, cfg.expert, &pre, d_ff).await?
     };
     let out = {
@@ -390,7 +390,7 @@ async fn paper(
         let second: Option<Vec<Vec<u64>>> = weights.map(|w| w.experts.iter().map(|x| widen(&x.w2)).collect());
         let args = second.as_deref().map(|m| matrices(m, (d_ff, d))).transpose()?;
         let hidden = sess.shares((choice.rows(), d_ff), hidden)?;
-        selected_linear(sess, &choice, d, &hidden, args.as_deref()).await?.into_vec()
+        selected_linear(sess, &choice, d, &hidden, args.as_deref(), 64).await?.into_vec()
     };
     Ok(truncate_extend(sess, &out, 64, frac).await?)
 }

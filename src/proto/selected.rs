@@ -115,8 +115,10 @@ pub async fn send_choice(sess: &mut Session, bits: &[bool], rows: usize, experts
 
 /// Each party's shares of X·W_(e_r) per row r: `x` its share of X (R×d, R = the choice's rows),
 /// the server passes the E experts' d×m weights (in the session's fixed point; the flooding
-/// covers the largest bound among them), the client `None`. Returns its R×m share, with the
-/// fractional bits of X plus the session's.
+/// covers the largest bound among them), the client `None`. Returns its R×m share mod
+/// 2^`bits` (64, or fewer for a consumer that reads no more: the results then leave the server
+/// narrowed, [`SelectedLayout::with_result_bits`]), with the fractional bits of X plus the
+/// session's. Both parties pass the same `bits`.
 #[instrument(level = "debug", skip_all, fields(rows = choice.rows, d = x.cols(), m))]
 pub async fn selected_linear(
     sess: &mut Session,
@@ -124,17 +126,20 @@ pub async fn selected_linear(
     m: usize,
     x: &Shares,
     experts: Option<&[Weights<'_>]>,
+    bits: u32,
 ) -> ProtoResult<Shares> {
     let frac = product_frac(x, (choice.rows, x.cols()), sess.format().frac_bits())?;
-    let y = selected_product(sess, choice, x.cols(), m, x.as_slice(), experts).await?;
-    Ok(Shares::new((choice.rows, m), y, 64, frac)?)
+    if !(frac + 1..=64).contains(&bits) {
+        return Err(ProtoError::Input(format!("selected products mod 2^{bits} cannot hold {frac} fractional bits")));
+    }
+    let y = selected_product(sess, choice, (x.cols(), m, bits), x.as_slice(), experts).await?;
+    Ok(Shares::new((choice.rows, m), y, bits, frac)?)
 }
 
 async fn selected_product(
     sess: &mut Session,
     choice: &Choice,
-    d: usize,
-    m: usize,
+    (d, m, bits): (usize, usize, u32),
     x: &[u64],
     experts: Option<&[Weights<'_>]>,
 ) -> ProtoResult<Vec<u64>> {
@@ -155,7 +160,8 @@ async fn selected_product(
                 KeySet::WithSquare => ProductForm::Tensored,
                 KeySet::Linear => return Err(select_keys_missing()),
             };
-            let layout = SelectedLayout::choose(&p, d, m, choice.experts, form, &he.network())?;
+            let layout =
+                SelectedLayout::choose(&p, d, m, choice.experts, form, &he.network())?.with_result_bits(bits)?;
             let sk = he.secret_key();
             let t = layout.tiling;
             let _s = meter.scope("he-selected/input");
@@ -169,6 +175,7 @@ async fn selected_product(
                 t.pack as usize,
                 layout.select_levels as usize,
                 form.parts(),
+                bits as usize,
             ];
             ch.send_u64s(&header.map(|v| v as u64)).await?;
             await_answer(ch).await?;
@@ -213,9 +220,9 @@ async fn selected_product(
             if he.relin_key().is_none() && he.square_key().is_none() {
                 return Err(select_keys_missing());
             }
-            let server = ServerSide { he, rows, d, m, choice };
+            let server = ServerSide { he, rows, d, m, bits, choice };
             let ch_meter = meter.scope("he-selected/input");
-            let header = ch.recv_u64s("selected product header", 9).await?;
+            let header = ch.recv_u64s("selected product header", 10).await?;
             let checked = server.check_request(&header).and_then(|layout| {
                 let (flood, kappa) = server.check(&layout, experts)?;
                 Ok((layout, flood, kappa))
@@ -265,7 +272,7 @@ async fn selected_product(
                 for (r, row) in range.zip(responses) {
                     for (bytes, values) in row {
                         for (v, col) in values {
-                            mask[r * m + col] = v;
+                            mask[r * m + col] = v & crate::ring::mask(bits);
                         }
                         ch.send(&bytes).await?;
                     }
@@ -285,6 +292,7 @@ struct ServerSide<'a> {
     rows: usize,
     d: usize,
     m: usize,
+    bits: u32,
     choice: &'a Choice,
 }
 
@@ -327,12 +335,15 @@ impl ServerSide<'_> {
     fn check_request(&self, header: &[u64]) -> ProtoResult<SelectedLayout> {
         let bad = |why: String| {
             ProtoError::BadRequest(format!(
-                "the client's selected product {header:?} (rows, d, m, E, d_w, m_w, pack, ℓ, parts): {why}"
+                "the client's selected product {header:?} (rows, d, m, E, d_w, m_w, pack, ℓ, parts, result bits): {why}"
             ))
         };
         let ours = [self.rows, self.d, self.m, self.choice.experts];
         if header[..4].iter().zip(ours).any(|(&h, o)| h != o as u64) {
             return Err(bad(format!("the server runs {ours:?}")));
+        }
+        if header[9] != u64::from(self.bits) {
+            return Err(bad(format!("the server's results are shared mod 2^{}", self.bits)));
         }
         let form = match (header[8], self.he.relin_key(), self.he.square_key()) {
             (2, Some(_), _) => ProductForm::Relinearized,
@@ -345,6 +356,7 @@ impl ServerSide<'_> {
         };
         let pack = u32::try_from(header[6]).map_err(|_| bad("no such packing".into()))?;
         let layout = SelectedLayout::with_pack(self.he.params(), self.d, self.m, self.choice.experts, pack, form)
+            .and_then(|l| l.with_result_bits(self.bits))
             .map_err(|e| bad(e.to_string()))?;
         let t = layout.tiling;
         let expected = [t.d_w, t.m_w, pack as usize, layout.select_levels as usize];
