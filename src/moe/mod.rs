@@ -18,7 +18,8 @@
 //!   per expert and direction, [`crate::proto::compare::mux_rows`]), the activation **once per
 //!   chosen expert** (n·k·d_ff values), every expert's W2 on those rows (n·k·E·d·d_ff/N
 //!   products) and the output selected again. No ciphertext×ciphertext product. Bytes:
-//!   the HE results (n·E·g·d_ff + n·k·E·d values, packed), the selections (2·ℓ bits per
+//!   the HE results (n·E·g·d_ff + n·k·E·d values, packed; the pre-activations returned in
+//!   2f + 8 bits, [`crate::proto::linear::linear_in`]), the selections (2·ℓ bits per
 //!   selected value: n·k·E·g·d_ff pre-activations in ℓ = 2f + 8 bits, the ring their
 //!   precondition |x| < 64 needs, and n·k·E·d outputs in 64), and the activation on n·k·d_ff
 //!   values.
