@@ -41,7 +41,7 @@ use rand::rngs::ChaCha20Rng;
 
 use super::ShrunkShape;
 use super::bfv::{Ciphertext, PublicKey};
-use super::matmul::{ResponseKeys, mask_and_seal, max_pack, response_shape};
+use super::matmul::{ResponseKeys, mask_and_seal, max_pack, response_shape, tiling_cost};
 use super::mult::{Lifted, ProductSum, RelinKey, SUM_TERM_BITS, SquareKey, Tensored};
 use super::response::Outgoing;
 use super::tiling::{MatShape, Tiling};
@@ -91,33 +91,35 @@ impl ProductForm {
 }
 
 impl SelectedLayout {
-    /// The layout with the least estimated time per row on `network`: ciphertext products and
-    /// packing key switches against the input ciphertexts' bytes (more input tiles, fewer
-    /// products per packed result). The client chooses and announces it; the server checks it
-    /// with [`SelectedLayout::with_pack`].
+    /// The layout with the least estimated time per row on `network`, for a server computing on
+    /// `server_threads` threads: the input ciphertexts' bytes against the packing's key switches
+    /// (relinearized) or the three-part results' bytes (tensored). The selection sum and the
+    /// J·K = d·m/N ciphertext products are the same for every layout, so they do not enter. A
+    /// key switch is priced as the linear layers' tiling prices it ([`tiling_cost`]). The client
+    /// chooses and announces the layout; the server checks it with [`SelectedLayout::with_pack`].
     pub fn choose(
         p: &HeParams,
-        d: usize,
-        m: usize,
+        (d, m): (usize, usize),
         experts: usize,
         form: ProductForm,
-        network: &CostModel,
+        (network, server_threads): (&CostModel, usize),
     ) -> HeResult<SelectedLayout> {
         let seconds = |bytes: usize| bytes as f64 * 8.0 / network.bandwidth_bps;
         let input_s = seconds(seeded_ciphertext_len(p));
+        let keyswitch_s = tiling_cost(p, network, server_threads, 64).keyswitch_s;
         let cost = |l: &SelectedLayout| {
             let (_, j, k) = l.tiling.tile_counts();
             let pack = l.tiling.pack;
-            let products = (j * k) as f64 * PRODUCT_S + j as f64 * input_s;
+            let inputs = j as f64 * input_s;
             match form {
                 ProductForm::Relinearized => {
                     let members = k.min(1 << pack);
                     let merges =
                         k.div_ceil(1 << pack) * (members + (pack - members.next_power_of_two().ilog2()) as usize);
-                    products + merges as f64 * KEYSWITCH_S
+                    inputs + merges as f64 * keyswitch_s
                 }
                 ProductForm::Tensored => {
-                    products + k as f64 * seconds(response_shape(p, 3, l.tiling.m_w).encoded_len(p.degree()))
+                    inputs + k as f64 * seconds(response_shape(p, 3, l.tiling.m_w).encoded_len(p.degree()))
                 }
             }
         };
@@ -324,12 +326,6 @@ pub fn noise_bits(p: &HeParams, layout: &SelectedLayout, w_bits: u32) -> f64 {
     let product = p.plain_bits() as f64 + 0.5 * n.log2() + tail + selected + 1.0 + (layout.inputs() as f64).log2();
     product + t.pack as f64 + 1.0
 }
-
-/// Estimated seconds of one ciphertext product and one key switch for [`HeParams::select`] on
-/// this project's 2-core reference machine (measured): with the network's bandwidth they choose
-/// the layout.
-const PRODUCT_S: f64 = 0.040;
-const KEYSWITCH_S: f64 = 0.020;
 
 /// Bytes the server spends per row batch on the selected weights it accumulates (and the
 /// rows' partly expanded selectors), and per expert chunk on the chunk's prepared weights and
@@ -717,7 +713,7 @@ mod tests {
         for (form, bits) in
             [(ProductForm::Relinearized, 64), (ProductForm::Tensored, 64), (ProductForm::Relinearized, 44)]
         {
-            let layout = SelectedLayout::choose(&p, d, m, e, form, &CostModel::WAN)
+            let layout = SelectedLayout::choose(&p, (d, m), e, form, (&CostModel::WAN, 2))
                 .and_then(|l| l.with_result_bits(bits))
                 .unwrap_or_else(|e| panic!("{e}"));
             let experts: Vec<Vec<u64>> = (0..e)

@@ -161,7 +161,8 @@ async fn selected_product(
                 KeySet::Linear => return Err(select_keys_missing()),
             };
             let layout =
-                SelectedLayout::choose(&p, d, m, choice.experts, form, &he.network())?.with_result_bits(bits)?;
+                SelectedLayout::choose(&p, (d, m), choice.experts, form, (&he.network(), he.server_threads()))?
+                    .with_result_bits(bits)?;
             let sk = he.secret_key();
             let t = layout.tiling;
             let _s = meter.scope("he-selected/input");
