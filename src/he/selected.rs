@@ -95,7 +95,7 @@ impl SelectedLayout {
     /// `server_threads` threads: the input ciphertexts' bytes against the packing's key switches
     /// (relinearized) or the three-part results' bytes (tensored). The selection sum and the
     /// J·K = d·m/N ciphertext products are the same for every layout, so they do not enter. A
-    /// key switch is priced as the linear layers' tiling prices it ([`tiling_cost`]). The client
+    /// key switch is priced as the linear layers' tiling prices it ([`super::matmul::tiling_for`]). The client
     /// chooses and announces the layout; the server checks it with [`SelectedLayout::with_pack`].
     pub fn choose(
         p: &HeParams,
