@@ -614,8 +614,15 @@ async fn silent_receive(
 /// Most random OTs one silent extension call makes: a batch above it runs as several calls of
 /// near-equal size (each at least [`SILENT_MIN`]), one after the other, so that the library's
 /// working buffers (several blocks per OT) are those of one call, not of the whole batch. Each
-/// call costs its own round trips ([`SILENT_ROUNDS`]).
-const SILENT_CALL_MAX: usize = 1 << 21;
+/// call costs its own round trips ([`SILENT_ROUNDS`]) and base OTs (≈ 248 GGM trees of depth
+/// log2(2n/248): ≈ 167 kB at 2^20 OTs).
+///
+/// The size trades those bytes against the LPN encoding's speed, which depends on whether its
+/// code (32 bytes per OT, read at 7 random places per output) stays in the caches: measured
+/// single-threaded here (`cryprot-codes` 0.2.3), ≈ 52 ns per OT up to 2^18, 97 at 2^19, 131 at
+/// 2^20, 163 at 2^21. 2^20 keeps a 64-bit comparison at 680 bits (2^18: 1 017; 2^21: 602); a
+/// GeLU row's CPU time falls 12% against 2^21 (2^18: 25%).
+const SILENT_CALL_MAX: usize = 1 << 20;
 
 /// The sizes of the silent calls that make `n` random OTs (none for n = 0).
 fn silent_calls(n: usize) -> impl Iterator<Item = usize> {
