@@ -232,6 +232,10 @@ fn a_bad_tiling_or_a_truncated_ciphertext_is_an_error_naming_it() {
             // and results in another ring than the server's
             ch.send_u64s(&[1, 1, 1, 1, 1, 1, 0, 0, 32]).await.unwrap();
             assert_eq!(ch.recv().await.unwrap()[0], 1);
+            // a server asked (by its own caller) for a ring that no share lives in refuses
+            // even a client that asks for the same
+            ch.send_u64s(&[1, 1, 1, 1, 1, 1, 0, 0, 65]).await.unwrap();
+            assert_eq!(ch.recv().await.unwrap()[0], 1);
             ch.send_u64s(&[1, 1, 1, 1, 1, 1, 0, 0, 64]).await.unwrap();
             assert_eq!(ch.recv().await.unwrap(), [0]);
             ch.send(&[0u8; 100]).await.unwrap();
@@ -262,6 +266,12 @@ fn a_bad_tiling_or_a_truncated_ciphertext_is_an_error_naming_it() {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("mod 2^32") && e.contains("mod 2^64"), "{e}");
+            let e = hs
+                .product(s.channel(), (shape, 65), Weights::bounded((1, 1), &[1], 20).unwrap(), None, &mut rng)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("not mod 2^65"), "{e}");
             hs.product(s.channel(), (shape, 64), Weights::bounded((1, 1), &[1], 20).unwrap(), None, &mut rng).await
         };
         let (_, rs) = tokio::join!(client, server);

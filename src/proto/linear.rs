@@ -545,6 +545,7 @@ impl HeServer {
     /// The tiling the client announced for `shape`, if it is one this server can run, and the
     /// bits its input ciphertexts drop.
     fn check_request(&self, (shape, result_bits): (MatShape, u32), header: &[u64]) -> ProtoResult<(Tiling, u32)> {
+        check_result_bits(result_bits)?;
         let asked = MatShape { n: header[0] as usize, d: header[1] as usize, m: header[2] as usize };
         if asked != shape {
             return Err(ProtoError::BadRequest(format!(
