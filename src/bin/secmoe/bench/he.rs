@@ -1,13 +1,17 @@
 //! `secmoe bench --preset he`: the HE operations the protocols are built on, one thread, each
 //! checked by decryption once and timed per operation; where `benches/seal_ref.py` can run
 //! (python3 and PyPI's tenseal), Microsoft SEAL is timed in the same run on the same operation
-//! (N = 8192, SEAL's default 218-bit modulus) and given as the row's reference.
+//! (N = 8192, SEAL's default 218-bit modulus) and given as the row's reference. The
+//! `keyswitch` rows time what packing results costs per merge under each set with a special
+//! prime, the figure the product tilings and the paper method's layouts are chosen by.
 
 use anyhow::{Result, ensure};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use secmoe::backend::{Backend, CpuBackend, NttTable};
-use secmoe::he::{HeParams, OperandBank, PlainOperand, Plaintext, SecretKey, Selectors, negacyclic_mod_2_64, select};
+use secmoe::he::{
+    Ciphertext, HeParams, OperandBank, PlainOperand, Plaintext, SecretKey, Selectors, negacyclic_mod_2_64, select,
+};
 use secmoe::ring::modp::{Modulus, ntt_primes};
 
 use super::harness::{Reference, Row, op_row, reset_peak_rss, time_us};
@@ -97,7 +101,34 @@ pub(crate) fn run(only: Option<&str>, rows: &mut Vec<Row>) -> Result<()> {
         result?;
         push(op_row("select", "cpu", shape(&format!("E={SELECT_E}, per term")), us, ok), "select");
     }
+    if wanted("keyswitch") {
+        for p in [HeParams::linear()?, HeParams::select()?] {
+            reset_peak_rss();
+            let (us, ok) = merge_us(&p, &be, &mut rng)?;
+            push(op_row("keyswitch", "cpu", format!("{}, a merge of two results", p.name()), us, ok), "");
+        }
+    }
     Ok(())
+}
+
+/// Microseconds of one packing merge of two results in NTT form under `p` (X^-1 on one, the
+/// sum and difference, an automorphism and its key switch, back in coefficient form), and
+/// whether the merged ciphertext decrypts to 2·m_j at coefficient 2a + j for inputs m_0, m_1.
+fn merge_us(p: &std::sync::Arc<HeParams>, be: &CpuBackend, rng: &mut StdRng) -> Result<(f64, bool)> {
+    let n = p.degree();
+    let sk = SecretKey::generate(p, be, rng)?;
+    let keys = sk.galois_keys(1, be, rng)?;
+    let msgs: Vec<Vec<u64>> = (0..2).map(|_| (0..n).map(|_| rng.random()).collect()).collect();
+    let cts: Vec<Ciphertext> =
+        msgs.iter().map(|m| sk.encrypt(&Plaintext::new(p, m.clone())?, be, rng)).collect::<Result<_, _>>()?;
+    let merge = || keys.pack(p, cts.iter().cloned().map(Some).collect(), be);
+    let t_mask = (1u128 << p.plain_bits()) - 1;
+    let got = sk.decrypt_wide(&merge()?, be)?;
+    let ok = got.iter().enumerate().all(|(i, &g)| g == (2 * msgs[i % 2][i - i % 2] as u128) & t_mask);
+    let mut result = Ok(());
+    let us = time_us(20, || result = merge().map(drop));
+    result?;
+    Ok((us, ok))
 }
 
 /// SEAL's timings (operation, µs) from `benches/seal_ref.py`: its `ntt` and `mul` modes, or
