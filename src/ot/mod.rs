@@ -282,6 +282,20 @@ impl Ot {
     /// parties decide alike from the counts): below it the silent extension's noise is too light.
     #[tracing::instrument(level = "debug", skip(self), fields(party = %self.party))]
     pub async fn prepare(&mut self, kind: OtKind, send: usize, receive: usize) -> OtResult<()> {
+        self.prepare_carrying(kind, send, receive, None).await
+    }
+
+    /// [`Ot::prepare`] for OTs that will carry `payload_bits` bits each on average (messages,
+    /// corrections; both directions): a silent batch is then cut into calls as small as
+    /// [`silent_call_max`] allows for that payload. Both parties must state the same payload.
+    #[tracing::instrument(level = "debug", skip(self), fields(party = %self.party))]
+    pub async fn prepare_carrying(
+        &mut self,
+        kind: OtKind,
+        send: usize,
+        receive: usize,
+        payload_bits: Option<f64>,
+    ) -> OtResult<()> {
         self.settle().await?;
         let pool = &self.pools[kind as usize];
         let (send, receive) = (send.saturating_sub(pool.sent_left()), receive.saturating_sub(pool.received_left()));
@@ -301,8 +315,9 @@ impl Ot {
         };
         let _s = meter.scope(kind.step_name());
         // boxed: the extensions' futures are deep, and every protocol's future would nest them
+        let calls = silent_call_max(payload_bits);
         let (ots, rounds) =
-            Box::pin(generate(extensions, kind, send, receive, self.timeout, Traffic::Open(&meter))).await;
+            Box::pin(generate(extensions, (kind, calls), send, receive, self.timeout, Traffic::Open(&meter))).await;
         meter.add_rounds(rounds);
         let (sent, received) = ots?;
         self.pools[kind as usize].add(sent, received);
@@ -318,6 +333,19 @@ impl Ot {
     /// with the two counts swapped, at the same point of the run.
     #[tracing::instrument(level = "debug", skip(self), fields(party = %self.party))]
     pub async fn prefetch(&mut self, kind: OtKind, send: usize, receive: usize) -> OtResult<()> {
+        self.prefetch_carrying(kind, send, receive, None).await
+    }
+
+    /// [`Ot::prefetch`] for OTs that will carry `payload_bits` bits each on average, as
+    /// [`Ot::prepare_carrying`].
+    #[tracing::instrument(level = "debug", skip(self), fields(party = %self.party))]
+    pub async fn prefetch_carrying(
+        &mut self,
+        kind: OtKind,
+        send: usize,
+        receive: usize,
+        payload_bits: Option<f64>,
+    ) -> OtResult<()> {
         self.settle().await?;
         if send == 0 && receive == 0 {
             return Ok(());
@@ -333,10 +361,10 @@ impl Ot {
             Source::Lent => return Err(lost()),
         };
         let step = self.channel.meter().background(kind.step_name());
-        let timeout = self.timeout;
+        let (timeout, calls) = (self.timeout, silent_call_max(payload_bits));
         let task = tokio::spawn(async move {
             let (ots, rounds) =
-                generate(&mut extensions, kind, send, receive, timeout, Traffic::Background(&step)).await;
+                generate(&mut extensions, (kind, calls), send, receive, timeout, Traffic::Background(&step)).await;
             Generated { extensions, ots, step, rounds }
         });
         self.pending = Some(Pending { kind, task });
@@ -399,11 +427,12 @@ fn lost() -> OtError {
 }
 
 /// Runs one batch on the extensions, `send` OTs with this party as sender and `receive` as
-/// receiver, both directions at once; returns them with the round trips they took (IKNP's
-/// first use in a direction adds its base OTs' round trip).
+/// receiver, both directions at once, silent batches in calls of at most `call_max`; returns
+/// them with the round trips they took (IKNP's first use in a direction adds its base OTs'
+/// round trip).
 async fn generate(
     extensions: &mut Extensions,
-    kind: OtKind,
+    (kind, call_max): (OtKind, usize),
     send: usize,
     receive: usize,
     timeout: Duration,
@@ -413,7 +442,7 @@ async fn generate(
     let rounds = |ext: OtKind, n: usize, has_base_ots: bool| match (n, ext) {
         (0, _) => 0,
         (_, OtKind::Iknp) => IKNP_ROUNDS + if has_base_ots { 0 } else { BASE_OT_ROUNDS },
-        (_, OtKind::Silent) => SILENT_ROUNDS * silent_calls(n).count() as u64,
+        (_, OtKind::Silent) => SILENT_ROUNDS * silent_calls(n, call_max).count() as u64,
     };
     let round_trips = rounds(by_send, send, extensions.iknp_sender.has_base_ots()).max(rounds(
         by_receive,
@@ -424,13 +453,13 @@ async fn generate(
     let sending = async {
         match by_send {
             OtKind::Iknp => iknp_send(iknp_sender, timeout, traffic, send).await,
-            OtKind::Silent => silent_send(silent_sender, timeout, traffic, send).await,
+            OtKind::Silent => silent_send(silent_sender, timeout, traffic, (send, call_max)).await,
         }
     };
     let receiving = async {
         match by_receive {
             OtKind::Iknp => iknp_receive(iknp_receiver, timeout, traffic, receive).await,
-            OtKind::Silent => silent_receive(silent_receiver, timeout, traffic, receive).await,
+            OtKind::Silent => silent_receive(silent_receiver, timeout, traffic, (receive, call_max)).await,
         }
     };
     let (sent, received) = tokio::join!(sending, receiving);
@@ -586,10 +615,10 @@ async fn silent_send(
     ext: &mut SemiHonestSilentOtSender,
     timeout: Duration,
     traffic: Traffic<'_>,
-    n: usize,
+    (n, call_max): (usize, usize),
 ) -> OtResult<Vec<[Block; 2]>> {
     let mut keys = Vec::with_capacity(n);
-    for part in silent_calls(n) {
+    for part in silent_calls(n, call_max) {
         let buf = run_extension(timeout, traffic, OtKind::Silent, ext.random_send(part)).await?;
         keys.extend_from_slice(&buf[..part]);
     }
@@ -600,10 +629,10 @@ async fn silent_receive(
     ext: &mut SemiHonestSilentOtReceiver,
     timeout: Duration,
     traffic: Traffic<'_>,
-    n: usize,
+    (n, call_max): (usize, usize),
 ) -> OtResult<RandomOtReceiver> {
     let (mut keys, mut bits) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    for part in silent_calls(n) {
+    for part in silent_calls(n, call_max) {
         let (buf, choices) = run_extension(timeout, traffic, OtKind::Silent, ext.random_receive(part)).await?;
         keys.extend_from_slice(&buf[..part]);
         bits.extend(choices.iter().take(part).map(|c| bool::from(*c)));
@@ -621,13 +650,46 @@ async fn silent_receive(
 /// code (32 bytes per OT, read at 7 random places per output) stays in the caches: measured
 /// single-threaded here (`cryprot-codes` 0.2.3), ≈ 52 ns per OT up to 2^18, 97 at 2^19, 131 at
 /// 2^20, 163 at 2^21. 2^20 keeps a 64-bit comparison at 680 bits (2^18: 1 017; 2^21: 602); a
-/// GeLU row's CPU time falls 12% against 2^21 (2^18: 25%).
+/// GeLU row's CPU time falls 6–15% against 2^21. Batches whose OTs carry wide messages go
+/// further down ([`silent_call_max`]).
 const SILENT_CALL_MAX: usize = 1 << 20;
 
-/// The sizes of the silent calls that make `n` random OTs (none for n = 0).
-fn silent_calls(n: usize) -> impl Iterator<Item = usize> {
+/// Smallest call size [`silent_call_max`] goes down to: below it the encoding gets no faster.
+const SILENT_CALL_CACHED: usize = 1 << 18;
+
+/// Largest share of a batch's traffic that cutting it into smaller calls may add in base OTs.
+const CALL_OVERHEAD_SHARE: f64 = 0.125;
+
+/// Base-OT traffic of a silent call of `n` OTs, in bits per OT: per GGM tree (248, see
+/// [`SILENT_MIN`]) and level of depth ⌈log2(2n/248)⌉, the sender's two sums (256 bits) and the
+/// base OT's correction (128 bits). ≈ 4.4 bits at 2^18, 1.3 at 2^20, 0.7 at 2^21.
+pub fn silent_call_overhead_bits(n: usize) -> f64 {
+    let trees = 248.0;
+    let depth = (2.0 * n as f64 / trees).log2().ceil();
+    trees * depth * 384.0 / n as f64
+}
+
+/// The largest silent call for a batch whose OTs carry `payload_bits` bits each on average:
+/// without a payload, [`SILENT_CALL_MAX`]; with one, the smallest power of two from
+/// [`SILENT_CALL_CACHED`] up whose base-OT traffic stays within [`CALL_OVERHEAD_SHARE`] of the
+/// payload. Select-Then-Compute's lookups carry ≈ 36 bits per OT (2^18: 12% more traffic for a
+/// quarter less CPU in a GeLU row); a comparison's ≈ 6 bits stay at the default.
+pub fn silent_call_max(payload_bits: Option<f64>) -> usize {
+    let Some(bits) = payload_bits else {
+        return SILENT_CALL_MAX;
+    };
+    let mut size = SILENT_CALL_CACHED;
+    while size < SILENT_CALL_MAX && silent_call_overhead_bits(size) > CALL_OVERHEAD_SHARE * bits {
+        size *= 2;
+    }
+    size
+}
+
+/// The sizes of the silent calls of at most `call_max` OTs that make `n` random OTs (none for
+/// n = 0).
+fn silent_calls(n: usize, call_max: usize) -> impl Iterator<Item = usize> {
     debug_assert!(n == 0 || n >= SILENT_MIN);
-    let calls = n.div_ceil(SILENT_CALL_MAX);
+    let calls = n.div_ceil(call_max);
     (0..calls).map(move |i| n / calls + usize::from(i < n % calls))
 }
 
@@ -662,12 +724,34 @@ mod tests {
     /// OTs that add up to it.
     #[test]
     fn silent_batches_split_into_calls_that_add_up() {
-        for n in [0, SILENT_MIN, SILENT_CALL_MAX, SILENT_CALL_MAX + 1, 3 * SILENT_CALL_MAX - 7, 10 * SILENT_CALL_MAX] {
-            let calls: Vec<usize> = silent_calls(n).collect();
-            assert_eq!(calls.iter().sum::<usize>(), n);
-            assert_eq!(calls.len(), n.div_ceil(SILENT_CALL_MAX));
-            assert!(calls.iter().all(|&c| (SILENT_MIN..=SILENT_CALL_MAX).contains(&c)), "{n}: {calls:?}");
+        for max in [SILENT_CALL_CACHED, SILENT_CALL_MAX] {
+            for n in [0, SILENT_MIN, max, max + 1, 3 * max - 7, 10 * max] {
+                let calls: Vec<usize> = silent_calls(n, max).collect();
+                assert_eq!(calls.iter().sum::<usize>(), n);
+                assert_eq!(calls.len(), n.div_ceil(max));
+                assert!(calls.iter().all(|&c| (SILENT_MIN..=max).contains(&c)), "{n}: {calls:?}");
+            }
         }
+    }
+
+    /// Calls get smaller as the payload the OTs carry grows, never below the size whose
+    /// encoding stays in the caches nor above the default, and their base OTs stay within the
+    /// share of the payload wherever they went below the default.
+    #[test]
+    fn wide_payloads_get_smaller_calls_within_their_overhead_share() {
+        assert_eq!(silent_call_max(None), SILENT_CALL_MAX);
+        assert_eq!(silent_call_max(Some(6.0)), SILENT_CALL_MAX);
+        assert_eq!(silent_call_max(Some(36.0)), SILENT_CALL_CACHED);
+        let mut last = SILENT_CALL_MAX;
+        for bits in [0.0, 1.0, 10.0, 20.0, 40.0, 1e3] {
+            let size = silent_call_max(Some(bits));
+            assert!(size.is_power_of_two() && (SILENT_CALL_CACHED..=last).contains(&size), "{bits}: {size}");
+            assert!(size == SILENT_CALL_MAX || silent_call_overhead_bits(size) <= CALL_OVERHEAD_SHARE * bits);
+            last = size;
+        }
+        // the estimate against cryprot-ot's trees: 12 levels at 2^18, 15 at 2^21
+        assert!((silent_call_overhead_bits(1 << 18) - 248.0 * 12.0 * 384.0 / 262_144.0).abs() < 1e-9);
+        assert!((silent_call_overhead_bits(1 << 21) - 248.0 * 15.0 * 384.0 / 2_097_152.0).abs() < 1e-9);
     }
 
     /// The silent extension never runs where its noise is light: from [`SILENT_MIN`] on at least

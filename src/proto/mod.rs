@@ -64,16 +64,35 @@ pub type ProtoResult<T> = Result<T, ProtoError>;
 /// once and in one extension call each ([`Ot::prepare`]): the step's OTs then cost no extension
 /// round trips of their own.
 pub(crate) async fn prepare(sess: &mut Session, counts: (usize, usize)) -> ProtoResult<()> {
+    prepare_carrying(sess, counts, None).await
+}
+
+/// [`prepare`] for OTs that carry `payload_bits` bits each on average ([`crate::ot::Ot::prepare_carrying`]:
+/// wide payloads get silent calls small enough for the encoder's caches).
+pub(crate) async fn prepare_carrying(
+    sess: &mut Session,
+    counts: (usize, usize),
+    payload_bits: Option<f64>,
+) -> ProtoResult<()> {
     let (send, receive) = own_counts(sess, counts);
-    Ok(sess.ot.prepare(sess.kind, send, receive).await?)
+    Ok(sess.ot.prepare_carrying(sess.kind, send, receive, payload_bits).await?)
 }
 
 /// Starts the random OTs of a later step in the background ([`Ot::prefetch`]), (server as
 /// sender, client as sender): the step's [`prepare`] then finds them in the pool, and their
 /// generation overlaps what runs in between.
 pub(crate) async fn prefetch(sess: &mut Session, counts: (usize, usize)) -> ProtoResult<()> {
+    prefetch_carrying(sess, counts, None).await
+}
+
+/// [`prefetch`] for OTs that carry `payload_bits` bits each on average, as [`prepare_carrying`].
+pub(crate) async fn prefetch_carrying(
+    sess: &mut Session,
+    counts: (usize, usize),
+    payload_bits: Option<f64>,
+) -> ProtoResult<()> {
     let (send, receive) = own_counts(sess, counts);
-    Ok(sess.ot.prefetch(sess.kind, send, receive).await?)
+    Ok(sess.ot.prefetch_carrying(sess.kind, send, receive, payload_bits).await?)
 }
 
 /// (server as sender, client as sender) as this party's (send, receive).

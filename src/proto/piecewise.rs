@@ -48,7 +48,7 @@ use super::arith::{cross_receive, cross_send, masks, mul_in, square, truncate_ex
 use super::boolean::Triples;
 use super::compare::{at_least, at_least_ots, carry, carry_ots, mux, non_negative, triples_per_comparison};
 use super::session::OutOfRange;
-use super::{ProtoError, ProtoResult, prefetch, prepare};
+use super::{ProtoError, ProtoResult, prefetch_carrying, prepare, prepare_carrying};
 use crate::net::Party;
 use crate::ot::OtKind;
 use crate::ring::{Bits, DEFAULT_FRAC_BITS, FixedPoint, Shares, mask};
@@ -379,6 +379,20 @@ impl Piecewise {
         ((carry_ots(lo_bits) + 1 + hi_bits + 1 + b + 1) * n, (lo_bits as usize + 1 + b) * n)
     }
 
+    /// Bits those random OTs carry per OT on average, counting the two lookups' tables, the
+    /// cross term's and c's corrections (the carry's and the truncation's few bits left out:
+    /// an underestimate, which only keeps the OT batches' calls larger).
+    fn payload_bits(&self) -> f64 {
+        let (ring, t, lo_bits) = self.layout();
+        let (hi_bits, b, sum) = (ring - t - lo_bits, self.index_bits(), self.sum_bits());
+        let out_bits = sum - (ACC_BITS - self.frac);
+        let index = (1u64 << (hi_bits + 1)) * u64::from(b);
+        let terms = 2 * (1u64 << b) * u64::from(out_bits);
+        let cross: u64 = (0..lo_bits).map(|j| u64::from(sum - j)).sum();
+        let (send, receive) = self.random_ots(1);
+        (index + terms + cross + 2 * u64::from(sum)) as f64 / (send + receive) as f64
+    }
+
     /// The same for the baseline: AND triples (two random OTs each, one per direction), the
     /// comparisons' lookups, the square, two truncations, K multiplexers (one OT each way).
     fn baseline_ots(&self, kind: OtKind, n: usize) -> (usize, usize) {
@@ -545,9 +559,10 @@ async fn evaluate_batch(
 ) -> ProtoResult<Vec<u64>> {
     let server = sess.party() == Party::Server;
     let n = shares.len();
-    prepare(sess, f.random_ots(n)).await?;
+    let payload = Some(f.payload_bits());
+    prepare_carrying(sess, f.random_ots(n), payload).await?;
     if let Some(next) = next {
-        prefetch(sess, f.random_ots(next)).await?;
+        prefetch_carrying(sess, f.random_ots(next), payload).await?;
     }
     let (ring, t, lo_bits) = f.layout();
     let hi_bits = ring - t - lo_bits;
@@ -754,6 +769,18 @@ pub fn check_range(f: &Piecewise, xs: &[f64]) -> ProtoResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The lookups' OTs carry tens of bits each, so their batches run in the small silent
+    /// calls whose encoding stays in the caches.
+    #[test]
+    fn the_lookups_payload_asks_for_cache_sized_silent_calls() {
+        for f in [Piecewise::gelu(), Piecewise::silu(), Piecewise::exp()] {
+            let bits = f.payload_bits();
+            eprintln!("{}: {bits:.1} bits per OT", f.name);
+            assert!(bits > 20.0 && bits < 200.0, "{}: {bits}", f.name);
+            assert_eq!(crate::ot::silent_call_max(Some(bits)), 1 << 18, "{}", f.name);
+        }
+    }
 
     fn errors(f: &Piecewise, xs: impl Iterator<Item = f64>) -> (f64, f64) {
         let (mut max, mut sum, mut n) = (0.0f64, 0.0, 0);
