@@ -652,13 +652,13 @@ async fn silent_receive(
 /// 2^20, 163 at 2^21. 2^20 keeps a 64-bit comparison at 680 bits (2^18: 1 017; 2^21: 602); a
 /// GeLU row's CPU time falls 6–15% against 2^21. Batches whose OTs carry wide messages go
 /// further down ([`silent_call_max`]).
-const SILENT_CALL_MAX: usize = 1 << 20;
+pub const SILENT_CALL_MAX: usize = 1 << 20;
 
 /// Smallest call size [`silent_call_max`] goes down to: below it the encoding gets no faster.
-const SILENT_CALL_CACHED: usize = 1 << 18;
+pub const SILENT_CALL_CACHED: usize = 1 << 18;
 
 /// Largest share of a batch's traffic that cutting it into smaller calls may add in base OTs.
-const CALL_OVERHEAD_SHARE: f64 = 0.125;
+pub const CALL_OVERHEAD_SHARE: f64 = 0.125;
 
 /// Base-OT traffic of a silent call of `n` OTs, in bits per OT: per GGM tree (248, see
 /// [`SILENT_MIN`]) and level of depth ⌈log2(2n/248)⌉, the sender's two sums (256 bits) and the
