@@ -643,7 +643,7 @@ async fn silent_receive(
 /// Most random OTs one silent extension call makes: a batch above it runs as several calls of
 /// near-equal size (each at least [`SILENT_MIN`]), one after the other, so that the library's
 /// working buffers (several blocks per OT) are those of one call, not of the whole batch. Each
-/// call costs its own round trips ([`SILENT_ROUNDS`]) and base OTs (≈ 248 GGM trees of depth
+/// call costs its own round trips (two) and base OTs (≈ 248 GGM trees of depth
 /// log2(2n/248): ≈ 167 kB at 2^20 OTs).
 ///
 /// The size trades those bytes against the LPN encoding's speed, which depends on whether its
