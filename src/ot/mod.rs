@@ -644,15 +644,15 @@ async fn silent_receive(
 /// near-equal size (each at least [`SILENT_MIN`]), one after the other, so that the library's
 /// working buffers (several blocks per OT) are those of one call, not of the whole batch. Each
 /// call costs its own round trips (two) and base OTs (≈ 248 GGM trees of depth
-/// log2(2n/248): ≈ 167 kB at 2^20 OTs).
+/// log2(2n/248): ≈ 178 kB at 2^21 OTs).
 ///
 /// The size trades those bytes against the LPN encoding's speed, which depends on whether its
 /// code (32 bytes per OT, read at 7 random places per output) stays in the caches: measured
 /// single-threaded here (`cryprot-codes` 0.2.3), ≈ 52 ns per OT up to 2^18, 97 at 2^19, 131 at
-/// 2^20, 163 at 2^21. 2^20 keeps a 64-bit comparison at 680 bits (2^18: 1 017; 2^21: 602); a
-/// GeLU row's CPU time falls 6–15% against 2^21. Batches whose OTs carry wide messages go
+/// 2^20, 163 at 2^21. A 64-bit comparison's OTs carry few bits, so this default keeps it at
+/// 602 bits (2^20: 680; 2^18: 1 017); batches whose OTs carry wide messages state it and go
 /// further down ([`silent_call_max`]).
-pub const SILENT_CALL_MAX: usize = 1 << 20;
+pub const SILENT_CALL_MAX: usize = 1 << 21;
 
 /// Smallest call size [`silent_call_max`] goes down to: below it the encoding gets no faster.
 pub const SILENT_CALL_CACHED: usize = 1 << 18;
