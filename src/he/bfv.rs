@@ -109,9 +109,9 @@ pub struct Ciphertext {
 }
 
 impl Ciphertext {
-    /// A ciphertext from the NTT-form residues of c0 and c1 (k·N each, limb-major).
-    pub(crate) fn from_ntt_limbs(c0: Vec<u64>, c1: Vec<u64>) -> Ciphertext {
-        Ciphertext { c0: RnsPoly { limbs: c0, form: Form::Ntt }, c1: RnsPoly { limbs: c1, form: Form::Ntt } }
+    /// A ciphertext from the coefficient-form residues of c0 and c1 (k·N each, limb-major).
+    pub(crate) fn from_coeff_limbs(c0: Vec<u64>, c1: Vec<u64>) -> Ciphertext {
+        Ciphertext { c0: RnsPoly { limbs: c0, form: Form::Coeff }, c1: RnsPoly { limbs: c1, form: Form::Coeff } }
     }
 
     /// `self += other`. Both must be at the same modulus level; `other` is brought to `self`'s

@@ -210,46 +210,69 @@ impl SwitchKey {
     }
 }
 
+std::thread_local! {
+    /// Each thread's working memory for key switches, kept between them: buffers this large
+    /// would otherwise come back from the kernel, page by page, at every call.
+    static SCRATCH: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `f` on `len` values of this thread's scratch memory (whatever an earlier call left there),
+/// or on fresh memory where the scratch is in use (a key switch that waits on the pool may run
+/// another one on the same thread).
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [u64]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => {
+            if scratch.len() < len {
+                scratch.resize(len, 0);
+            }
+            f(&mut scratch[..len])
+        }
+        Err(_) => f(&mut vec![0u64; len]),
+    })
+}
+
 impl Ciphertext {
     /// σ_r(self) re-encrypted under s (coefficient form in, coefficient form out).
     fn automorphism(&self, p: &HeParams, key: &SwitchKey, backend: &dyn Backend) -> HeResult<Ciphertext> {
         let (n, k) = (p.degree(), p.moduli().len());
         let (q, ext) = (p.moduli(), p.ext_moduli());
         let mut c0 = RnsPoly { limbs: vec![0u64; k * n], form: Form::Coeff };
-        let mut c1 = vec![0u64; k * n];
         backend.automorphism(q, n, key.element, &self.c0.limbs, &mut c0.limbs)?;
-        backend.automorphism(q, n, key.element, &self.c1.limbs, &mut c1)?;
-        // the digits d_i = c1 mod p_i lifted to every limb l of q·P (limb-major: [l][i][N])
-        let mut digits = vec![0u64; (k + 1) * k * n];
-        for (l, m) in ext.iter().enumerate() {
-            for (i, (dst, src)) in digits[l * k * n..][..k * n].chunks_exact_mut(n).zip(c1.chunks_exact(n)).enumerate()
-            {
-                // residues mod a prime below 2·p_l (the set's q primes have one size) need one
-                // conditional subtraction, not a reduction
-                let p_l = m.value();
-                if q[i].value() <= p_l.saturating_mul(2) {
-                    dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v.min(v.wrapping_sub(p_l)));
-                } else {
-                    dst.iter_mut().zip(src).for_each(|(d, &v)| *d = m.reduce(v));
+        with_scratch((k + 1) * (k + 2) * n + k * n, |scratch| {
+            let (c1, scratch) = scratch.split_at_mut(k * n);
+            let (digits, acc) = scratch.split_at_mut((k + 1) * k * n);
+            backend.automorphism(q, n, key.element, &self.c1.limbs, c1)?;
+            // the digits d_i = c1 mod p_i lifted to every limb l of q·P (limb-major: [l][i][N])
+            for (l, m) in ext.iter().enumerate() {
+                for (i, (dst, src)) in
+                    digits[l * k * n..][..k * n].chunks_exact_mut(n).zip(c1.chunks_exact(n)).enumerate()
+                {
+                    // residues mod a prime below 2·p_l (the set's q primes have one size) need one
+                    // conditional subtraction, not a reduction
+                    let p_l = m.value();
+                    if q[i].value() <= p_l.saturating_mul(2) {
+                        dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v.min(v.wrapping_sub(p_l)));
+                    } else {
+                        dst.iter_mut().zip(src).for_each(|(d, &v)| *d = m.reduce(v));
+                    }
                 }
             }
-        }
-        backend.ntt_forward(p.ext_tables(), &mut digits)?;
-        // Σ_i d_i·(b_i, a_i) per limb: [l][half][N]
-        let mut acc = vec![0u64; (k + 1) * 2 * n];
-        backend.mul_acc(ext, n, 1, &digits, &key.rows, Prepared::W(&key.shoup), &mut acc)?;
-        backend.ntt_inverse(p.ext_tables(), &mut acc)?;
-        // divide both halves by P with rounding, then (c0 + ks0, ks1)
-        let (low, top) = acc.split_at_mut(k * 2 * n);
-        backend.divide_by_prime(q, n, low, top, &ext[k])?;
-        // (c0 + ks0, ks1): limb l's halves sit at (2l + h)·N
-        let mut ks1 = Vec::with_capacity(k * n);
-        for ((c0_l, halves), m) in c0.limbs.chunks_exact_mut(n).zip(low.chunks_exact(2 * n)).zip(q) {
-            let (ks0_l, ks1_l) = halves.split_at(n);
-            c0_l.iter_mut().zip(ks0_l).for_each(|(x, &y)| *x = m.add(*x, y));
-            ks1.extend_from_slice(ks1_l);
-        }
-        Ok(Ciphertext { c0, c1: RnsPoly { limbs: ks1, form: Form::Coeff } })
+            backend.ntt_forward(p.ext_tables(), digits)?;
+            // Σ_i d_i·(b_i, a_i) per limb: [l][half][N]
+            backend.mul_acc(ext, n, 1, digits, &key.rows, Prepared::W(&key.shoup), acc)?;
+            backend.ntt_inverse(p.ext_tables(), acc)?;
+            // divide both halves by P with rounding, then (c0 + ks0, ks1)
+            let (low, top) = acc.split_at_mut(k * 2 * n);
+            backend.divide_by_prime(q, n, low, top, &ext[k])?;
+            // (c0 + ks0, ks1): limb l's halves sit at (2l + h)·N
+            let mut ks1 = Vec::with_capacity(k * n);
+            for ((c0_l, halves), m) in c0.limbs.chunks_exact_mut(n).zip(low.chunks_exact(2 * n)).zip(q) {
+                let (ks0_l, ks1_l) = halves.split_at(n);
+                c0_l.iter_mut().zip(ks0_l).for_each(|(x, &y)| *x = m.add(*x, y));
+                ks1.extend_from_slice(ks1_l);
+            }
+            Ok(Ciphertext { c0, c1: RnsPoly { limbs: ks1, form: Form::Coeff } })
+        })
     }
 }
 

@@ -12,12 +12,12 @@ use rayon::prelude::*;
 
 use super::bfv::add_wide_plain;
 use super::response;
-use super::tiling::{MatShape, Tiling, TilingCost};
+use super::tiling::{Blocking, MatShape, Tiling, TilingCost};
 use super::{
     Ciphertext, GaloisKeys, HeError, HeParams, HeResult, Outgoing, Plaintext, PublicKey, RnsPoly, SeededCiphertext,
     ShrunkShape, SquareKey, seeded_ciphertext_len,
 };
-use crate::backend::{Backend, Prepared, par_map};
+use crate::backend::{Backend, NttTable, Prepared, par_map};
 use crate::net::CostModel;
 
 /// Bits of c0 in a returned ciphertext: 4 above the plaintext.
@@ -106,31 +106,42 @@ pub fn tiling_for(
     Tiling::choose(shape, params.degree(), &tiling_cost(params, network, server_threads, result_bits))
 }
 
-/// Bytes of products (NTT form, every limb) computed at once in [`EncryptedRows::multiply`]: a
-/// group of column tiles that shares one pass over the inputs.
+/// Bytes of products (transformed, every limb) computed at once in [`EncryptedRows::multiply`]:
+/// a group of column tiles that shares one pass over the inputs.
 const PRODUCT_GROUP_BYTES: usize = 32 << 20;
 
-/// The client's ciphertexts of A (with the server's share added), in NTT form, laid out as one
-/// batch for [`Backend::mul_acc`]: for token tile ti and half h (c0, c1), the J d-tiles
-/// limb-major, with their Shoup constants. Kept by the server for every column tile of B.
+/// The server's [`Blocking`] for tiling `t` under `params`: the cost model's cheapest (it
+/// depends only on the ratio of a weight transform's stage to a product, not on the network).
+pub fn blocking_for(params: &HeParams, t: &Tiling) -> Blocking {
+    t.blocking(&tiling_cost(params, &CostModel::LAN, 1, 64))
+}
+
+/// The client's ciphertexts of A (with the server's share added), transformed in the tiling's
+/// [`Blocking`], laid out as one batch for [`Backend::mul_acc`]: for token tile ti, half h
+/// (c0, c1) and block b, the J d-tiles limb-major, with their Shoup constants. Kept by the
+/// server for every column tile of B.
 #[derive(Debug)]
 pub struct EncryptedRows {
-    /// Row ti·2 + h at offset (ti·2 + h)·L·J·N: limb l's block holds the J tiles' residues mod
-    /// p_l.
+    /// Entry (ti·2 + h)·blocks + b at offset ((ti·2 + h)·blocks + b)·L·J·M: limb l's block
+    /// holds the J tiles' M-point transforms mod p_l.
     values: Vec<u64>,
     /// The Shoup constants of `values`, in the same layout; empty where the backend sums
     /// products exactly ([`Backend::exact_products`]).
     shoup: Vec<u64>,
     tiles_i: usize,
+    blocking: Blocking,
+    /// Transforms of M points over q's primes.
+    tables: Vec<NttTable>,
 }
 
 impl EncryptedRows {
     /// Expands the client's seeded ciphertexts (tile (ti, tj) at index ti·J + tj), adds the
-    /// server's share of A if any, and lays them out.
+    /// server's share of A if any, and transforms them in `blocking` ([`blocking_for`]).
     pub fn prepare(
         p: &HeParams,
         be: &dyn Backend,
         t: &Tiling,
+        blocking: Blocking,
         seeded: &[SeededCiphertext],
         a_share: Option<&[u64]>,
     ) -> HeResult<EncryptedRows> {
@@ -142,40 +153,50 @@ impl EncryptedRows {
             )));
         }
         let (n, limbs) = (p.degree(), p.moduli().len());
+        let Blocking { size, stride, count } = blocking;
+        let tables = p.moduli().iter().map(|&m| NttTable::new(size, m)).collect::<Result<Vec<_>, _>>()?;
         let cts: Vec<Ciphertext> = par_map(seeded.len(), |idx| {
             let mut ct = seeded[idx].expand(p);
             if let Some(a) = a_share {
                 ct.add_plain_assign(p, &Plaintext::new(p, t.encode_a(a, idx / tj_n, idx % tj_n))?, be)?;
             }
-            ct.c0.to_ntt(p, be)?;
-            ct.c1.to_ntt(p, be)?;
+            ct.c0.to_coeff(p, be)?;
+            ct.c1.to_coeff(p, be)?;
             Ok(ct)
         })
         .into_iter()
         .collect::<HeResult<_>>()?;
-        // run (row, l, tj) of the layout, row = ti·2 + h
-        let runs = ti_n * 2 * limbs * tj_n;
-        let mut values = vec![0u64; runs * n];
-        each_run(&mut values, n, |r, run| {
-            let (row, l, tj) = (r / (limbs * tj_n), (r / tj_n) % limbs, r % tj_n);
+        // run (entry, l, tj) of the layout, entry = (ti·2 + h)·blocks + b: block b of the
+        // coefficients, zero-padded to M
+        let entry_len = limbs * tj_n * size;
+        let mut values = vec![0u64; ti_n * 2 * count * entry_len];
+        each_run(&mut values, size, |r, run| {
+            let (entry, l, tj) = (r / (limbs * tj_n), (r / tj_n) % limbs, r % tj_n);
+            let (row, b) = (entry / count, entry % count);
             let ct = &cts[(row / 2) * tj_n + tj];
-            run.copy_from_slice(if row % 2 == 0 { ct.c0.limb(p, l) } else { ct.c1.limb(p, l) });
+            let limb = if row % 2 == 0 { ct.c0.limb(p, l) } else { ct.c1.limb(p, l) };
+            let block = &limb[(b * stride).min(n)..((b + 1) * stride).min(n)];
+            run[..block.len()].copy_from_slice(block);
         });
         drop(cts);
+        for entry in values.chunks_exact_mut(entry_len) {
+            be.ntt_forward(&tables, entry)?;
+        }
         // Shoup constants only for a backend that reads them
-        let mut shoup = vec![0u64; if be.exact_products(p.moduli(), n) { 0 } else { runs * n }];
-        each_run(&mut shoup, n, |r, run| {
+        let mut shoup = vec![0u64; if be.exact_products(p.moduli(), size) { 0 } else { values.len() }];
+        each_run(&mut shoup, size, |r, run| {
             let m = &p.moduli()[(r / tj_n) % limbs];
-            run.iter_mut().zip(&values[r * n..][..n]).for_each(|(s, &v)| *s = m.shoup(v));
+            run.iter_mut().zip(&values[r * size..][..size]).for_each(|(s, &v)| *s = m.shoup(v));
         });
-        Ok(EncryptedRows { values, shoup, tiles_i: ti_n })
+        Ok(EncryptedRows { values, shoup, tiles_i: ti_n, blocking, tables })
     }
 
-    /// The unmasked results for output tiles (ti, tk), tk in `ks`, in (tk, ti) order, in NTT form.
-    /// The column tiles go in groups of at most 32 MB of products: a group's
+    /// The unmasked results for output tiles (ti, tk), tk in `ks`, in (tk, ti) order, in
+    /// coefficient form. The column tiles go in groups of at most 32 MB of products: a group's
     /// weight polynomials, encoded on their support, meet every input in one
-    /// [`Backend::mul_acc_sparse`] (which transforms them), so the inputs are read once per
-    /// group, and no transformed weight is stored.
+    /// [`Backend::mul_acc_sparse`] (which transforms them at M points), so the inputs are read
+    /// once per group, and no transformed weight is stored; each result's blocks then return to
+    /// coefficients and add up at their offsets, mod X^N + 1.
     pub fn multiply(
         &self,
         p: &HeParams,
@@ -185,15 +206,16 @@ impl EncryptedRows {
         ks: std::ops::Range<usize>,
     ) -> HeResult<Vec<Ciphertext>> {
         let (_, tj_n, _) = t.tile_counts();
-        let (n, limbs, ti_n) = (p.degree(), p.moduli().len(), self.tiles_i);
-        let support = t.d_w * t.m_w;
-        let per_tile = ti_n * 2 * limbs * n * 8;
+        let (limbs, ti_n) = (p.moduli().len(), self.tiles_i);
+        let Blocking { size, count, .. } = self.blocking;
+        let support = t.support();
+        let per_tile = ti_n * 2 * count * limbs * size * 8;
         let group = (PRODUCT_GROUP_BYTES / per_tile).clamp(1, ks.len().max(1));
         let mut results = Vec::with_capacity(ks.len() * ti_n);
-        // one group's weights heads[l][g][tj] (their supports) and products out[row][l][g],
-        // row = ti·2 + h, reused
+        // one group's weights heads[l][g][tj] (their supports) and products out[entry][l][g],
+        // entry = (ti·2 + h)·blocks + b, reused
         let mut heads = vec![0u64; limbs * group * tj_n * support];
-        let mut out = vec![0u64; ti_n * 2 * limbs * group * n];
+        let mut out = vec![0u64; ti_n * 2 * count * limbs * group * size];
         for first in ks.clone().step_by(group) {
             let g_n = group.min(ks.end - first);
             let heads = &mut heads[..limbs * g_n * tj_n * support];
@@ -207,23 +229,50 @@ impl EncryptedRows {
                     *v = if signed >= 0 { m.reduce(*v) } else { m.neg(m.reduce(signed.unsigned_abs())) };
                 }
             });
-            let out = &mut out[..ti_n * 2 * limbs * g_n * n];
+            let out = &mut out[..ti_n * 2 * count * limbs * g_n * size];
             let prepared = if self.shoup.is_empty() { Prepared::Neither } else { Prepared::X(&self.shoup) };
-            be.mul_acc_sparse(p.tables(), ti_n * 2, &self.values, heads, support, prepared, out)?;
-            let half = |ti: usize, h: usize, g: usize| -> Vec<u64> {
-                let mut limbs_of = Vec::with_capacity(limbs * n);
-                for l in 0..limbs {
-                    limbs_of.extend_from_slice(&out[(((ti * 2 + h) * limbs + l) * g_n + g) * n..][..n]);
-                }
-                limbs_of
-            };
-            for g in 0..g_n {
-                for ti in 0..ti_n {
-                    results.push(Ciphertext::from_ntt_limbs(half(ti, 0, g), half(ti, 1, g)));
-                }
-            }
+            be.mul_acc_sparse(&self.tables, ti_n * 2 * count, &self.values, heads, support, prepared, out)?;
+            let done = par_map(g_n * ti_n, |r| self.result(p, be, out, g_n, (r / ti_n, r % ti_n)));
+            results.extend(done.into_iter().collect::<HeResult<Vec<_>>>()?);
         }
         Ok(results)
+    }
+
+    /// Result (ti, member g of the group) of a group's products `out` ([`EncryptedRows::multiply`]):
+    /// per half and limb, its blocks back in coefficients, each added at offset b·B mod X^N + 1
+    /// (a block's product has B + s − 1 ≤ M coefficients: it wraps at most once, negated).
+    fn result(
+        &self,
+        p: &HeParams,
+        be: &dyn Backend,
+        out: &[u64],
+        g_n: usize,
+        (g, ti): (usize, usize),
+    ) -> HeResult<Ciphertext> {
+        let (n, limbs) = (p.degree(), p.moduli().len());
+        let Blocking { size, stride, count } = self.blocking;
+        // [l][h][b][M]
+        let mut blocks = vec![0u64; limbs * 2 * count * size];
+        for (r, run) in blocks.chunks_exact_mut(size).enumerate() {
+            let (l, h, b) = (r / (2 * count), (r / count) % 2, r % count);
+            let entry = (ti * 2 + h) * count + b;
+            run.copy_from_slice(&out[((entry * limbs + l) * g_n + g) * size..][..size]);
+        }
+        be.ntt_inverse(&self.tables, &mut blocks)?;
+        // written before they are read: a zeroed allocation's first read would map the shared
+        // zero page, and the write after it copy on write, with a TLB flush on every core
+        let mut halves = [Vec::new(), Vec::new()];
+        halves.iter_mut().for_each(|h| h.resize(limbs * n, 0u64));
+        for (r, run) in blocks.chunks_exact(size).enumerate() {
+            let (l, h, b) = (r / (2 * count), (r / count) % 2, r % count);
+            let (m, dst) = (&p.moduli()[l], &mut halves[h][l * n..][..n]);
+            let offset = b * stride;
+            let (kept, wrapped) = run.split_at(size.min(n - offset));
+            dst[offset..][..kept.len()].iter_mut().zip(kept).for_each(|(d, &v)| *d = m.add(*d, v));
+            dst[..wrapped.len()].iter_mut().zip(wrapped).for_each(|(d, &v)| *d = m.sub(*d, v));
+        }
+        let [c0, c1] = halves;
+        Ok(Ciphertext::from_coeff_limbs(c0, c1))
     }
 }
 
@@ -334,4 +383,56 @@ pub fn mask_and_seal<T: Outgoing>(
     let parts: Vec<&RnsPoly> = parts.into_iter().map(|part| &*part).collect();
     let shrunk = response::shrink(p, &parts, keep, shape.c0_bits, shape.c1_bits, be)?.narrow(plain_bits)?;
     Ok((shrunk.to_bytes(), mask))
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::CpuBackend;
+    use crate::he::SecretKey;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    /// Blocks are a way to compute, not a different result: every blocking gives the whole
+    /// product's ciphertexts bit for bit, and they decrypt to A·B at the output positions.
+    #[test]
+    fn every_blocking_gives_the_whole_products_ciphertexts() {
+        let p = HeParams::linear().unwrap_or_else(|e| panic!("{e}"));
+        let be = CpuBackend::new(2).unwrap_or_else(|e| panic!("{e}"));
+        let mut rng = StdRng::seed_from_u64(5);
+        let sk = SecretKey::generate(&p, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        let shape = MatShape { n: 8, d: 40, m: 96 };
+        let t = Tiling { shape, degree: 8192, n_w: 8, d_w: 16, m_w: 64, pack: 4 };
+        let (ti_n, tj_n, tk_n) = t.tile_counts();
+        let a: Vec<u64> = (0..shape.n * shape.d).map(|_| rng.random()).collect();
+        let b: Vec<u64> = (0..shape.d * shape.m).map(|_| rng.random_range(-(1i64 << 26)..1 << 26) as u64).collect();
+        let share: Vec<u64> = (0..shape.n * shape.d).map(|_| rng.random()).collect();
+        let seeded: Vec<SeededCiphertext> = (0..ti_n * tj_n)
+            .map(|idx| {
+                let pt = Plaintext::new(&p, t.encode_a(&a, idx / tj_n, idx % tj_n)).unwrap_or_else(|e| panic!("{e}"));
+                sk.encrypt_seeded(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"))
+            })
+            .collect();
+        let run = |blocking: Blocking| {
+            let rows =
+                EncryptedRows::prepare(&p, &be, &t, blocking, &seeded, Some(&share)).unwrap_or_else(|e| panic!("{e}"));
+            rows.multiply(&p, &be, &t, &b, 0..tk_n).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let whole = run(Blocking::whole(8192));
+        let sum: Vec<u64> = a.iter().zip(&share).map(|(x, y)| x.wrapping_add(*y)).collect();
+        let want = shape.plain_product(&sum, &b);
+        for (r, ct) in whole.iter().enumerate() {
+            let (ti, tk) = t.result_tile(r);
+            let got = sk.decrypt_wide(ct, &be).unwrap_or_else(|e| panic!("{e}"));
+            for (c, (i, k)) in t.output_positions(ti, tk) {
+                assert_eq!(got[c] as u64, want[i * shape.m + k], "output ({i}, {k})");
+            }
+        }
+        // s = 1024: blocks of 2048 (8 of 1025 coefficients) and 4096 (3 of 3073, the last
+        // one short, wrapping)
+        for size in [2048, 4096] {
+            let blocking = Blocking::blocks(8192, size, t.support()).unwrap_or_else(|| panic!("{size}"));
+            assert_eq!(run(blocking), whole, "{blocking:?}");
+        }
+        assert_eq!(Blocking::blocks(8192, 512, 1024), None, "no room for a block");
+    }
 }

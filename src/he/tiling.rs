@@ -66,6 +66,44 @@ pub struct TilingCost {
     pub max_pack: u32,
 }
 
+/// How the server multiplies an input ciphertext by a weight polynomial of s coefficients
+/// (s = d_w·m_w): whole, by N-point transforms (the weight's costs log2 s stages of N slots, the
+/// product N slots), or in blocks (overlap-add): the input's N coefficients cut into ⌈N/B⌉
+/// blocks of B, each padded to M ≥ B + s − 1 and transformed at M points once, the weight
+/// transformed at M points only (log2 s stages of M slots), and each block's product an
+/// M-slot one whose linear convolution does not wrap; the blocks' products summed back at
+/// offsets b·B, folded mod X^N + 1. The product is the same polynomial either way; blocks trade
+/// ⌈N/B⌉·M ≥ N product slots for a weight transform N/M times smaller, which pays where each
+/// transformed weight serves few input tiles. The server's own choice: nothing of it reaches
+/// the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Blocking {
+    /// Transform size M (N when whole).
+    pub size: usize,
+    /// Input coefficients per block B (N when whole).
+    pub stride: usize,
+    /// Blocks per input, ⌈N/B⌉ (1 when whole).
+    pub count: usize,
+}
+
+impl Blocking {
+    /// The whole N-point product.
+    pub fn whole(degree: usize) -> Blocking {
+        Blocking { size: degree, stride: degree, count: 1 }
+    }
+
+    /// Blocks of M = `size` points for weights of `support` coefficients, where they fit.
+    pub fn blocks(degree: usize, size: usize, support: usize) -> Option<Blocking> {
+        let stride = (size + 1).checked_sub(support).filter(|&b| b > 0 && size < degree)?;
+        Some(Blocking { size, stride, count: degree.div_ceil(stride) })
+    }
+
+    /// Product slots per input and weight, relative to the whole product's N.
+    pub fn product_slots(&self, degree: usize) -> f64 {
+        (self.count * self.size) as f64 / degree as f64
+    }
+}
+
 /// A tiling of one product shape for ring degree N.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tiling {
@@ -116,7 +154,8 @@ impl Tiling {
         2 * self.n_w * self.d_w * self.m_w >= whole.min(self.degree)
     }
 
-    /// `bytes / bandwidth + server seconds` under `cost`.
+    /// `bytes / bandwidth + server seconds` under `cost`, the server multiplying in its
+    /// [`Tiling::blocking`].
     pub fn estimate(&self, cost: &TilingCost) -> f64 {
         let (ti, tj, tk) = self.tile_counts();
         let results = ti * tk;
@@ -124,11 +163,35 @@ impl Tiling {
         let bytes = (ti * tj) as f64 * cost.input_bytes
             + returned as f64 * cost.output_bytes
             + (self.shape.n * self.shape.m) as f64 * cost.kept_bytes;
-        let stages = (self.d_w * self.m_w).next_power_of_two().trailing_zeros().max(1) as f64;
-        let work = (tj * tk) as f64 * cost.weight_stage_s * stages
-            + (ti * tj * tk) as f64 * cost.product_s
+        let work = (tj * tk) as f64 * self.weight_cost(self.blocking(cost), cost)
             + (results - returned) as f64 * cost.keyswitch_s;
         bytes / cost.bandwidth + work
+    }
+
+    /// Coefficients of a weight polynomial: d_w·m_w.
+    pub fn support(&self) -> usize {
+        self.d_w * self.m_w
+    }
+
+    /// The cheapest way under `cost` to multiply by each weight polynomial: whole, or blocks of
+    /// M points from 2·s up (every M < N with M ≥ B + s − 1 has B ≥ 1).
+    pub fn blocking(&self, cost: &TilingCost) -> Blocking {
+        let first = (2 * self.support()).next_power_of_two();
+        std::iter::successors(Some(first), |m| Some(m * 2))
+            .take_while(|&m| m < self.degree)
+            .filter_map(|m| Blocking::blocks(self.degree, m, self.support()))
+            .chain([Blocking::whole(self.degree)])
+            .min_by(|a, b| self.weight_cost(*a, cost).total_cmp(&self.weight_cost(*b, cost)))
+            .unwrap_or(Blocking::whole(self.degree))
+    }
+
+    /// Seconds spent per weight polynomial in `blocking`: its transform (log2 s stages of M
+    /// slots) and its products with the row tiles' inputs.
+    fn weight_cost(&self, blocking: Blocking, cost: &TilingCost) -> f64 {
+        let (ti, _, _) = self.tile_counts();
+        let stages = self.support().next_power_of_two().trailing_zeros().max(1) as f64;
+        let scale = blocking.size as f64 / self.degree as f64;
+        cost.weight_stage_s * stages * scale + ti as f64 * cost.product_s * blocking.product_slots(self.degree)
     }
 
     /// Number of ciphertexts returned (results merged 2^pack at a time).
@@ -275,6 +338,37 @@ mod tests {
             };
             let t = Tiling::choose(MatShape { n, d, m }, 8192, &cost);
             prop_assert!(t.fills_ring() && t.n_w * t.d_w * t.m_w <= 8192, "{:?}", t);
+        }
+    }
+
+    /// Blocks where a transformed weight serves one row tile (its transform would cost more
+    /// than its products), the whole transform where it serves many, and every blocking covers
+    /// the input with room for the weight.
+    #[test]
+    fn blocks_pay_where_a_weight_serves_few_row_tiles() {
+        let cost = TilingCost {
+            input_bytes: 168e3,
+            output_bytes: 79e3,
+            kept_bytes: 8.5,
+            weight_stage_s: 0.30e-9 * 3.0 * 8192.0,
+            product_s: 1.1e-9 * 3.0 * 8192.0,
+            keyswitch_s: 1.2e-3,
+            bandwidth: 50e6,
+            max_pack: 6,
+        };
+        let tiling =
+            |n, n_w, d_w, m_w| Tiling { shape: MatShape { n, d: 768, m: 3072 }, degree: 8192, n_w, d_w, m_w, pack: 0 };
+        let few = tiling(128, 128, 16, 4).blocking(&cost);
+        assert!(few.size < 8192 && few.count > 1, "{few:?}");
+        assert_eq!(tiling(4096, 1, 16, 512).blocking(&cost), Blocking::whole(8192), "4096 row tiles per weight");
+        assert_eq!(tiling(1, 1, 64, 128).blocking(&cost), Blocking::whole(8192), "no block leaves room for s = 8192");
+        for size in [128, 512, 2048, 4096] {
+            for support in [1, 64, 100, 2000] {
+                if let Some(b) = Blocking::blocks(8192, size, support) {
+                    assert!(b.stride + support - 1 <= b.size && b.count * b.stride >= 8192, "{b:?}");
+                    assert!((b.count - 1) * b.stride < 8192, "no empty block: {b:?}");
+                }
+            }
         }
     }
 

@@ -36,7 +36,8 @@ use super::session::{HeKeys, HeUse, keys_for};
 use super::{ProtoError, ProtoResult, Session};
 use crate::backend::{Backend, Workers, par_map};
 use crate::he::matmul::{
-    EncryptedRows, Response, ResponseKeys, max_pack, respond, response_shape, result_plain_bits, tiling_for,
+    EncryptedRows, Response, ResponseKeys, blocking_for, max_pack, respond, response_shape, result_plain_bits,
+    tiling_for,
 };
 use crate::he::tiling::{MatShape, Tiling};
 use crate::he::{
@@ -328,6 +329,7 @@ impl HeClient {
         }
         let (p, be) = (&self.params, self.backend.as_ref());
         let t = tiling_for(p, shape, &self.network, self.server_threads, result_bits);
+        tracing::debug!(n_w = t.n_w, d_w = t.d_w, m_w = t.m_w, pack = t.pack, "tiling");
         let dropped = dropped_bits(p, &t, weight_bits);
         let (ti_n, tj_n, _) = t.tile_counts();
         {
@@ -490,7 +492,8 @@ impl HeServer {
         })?;
         drop(_s);
         let _s = ch.meter().scope("he-product/output");
-        let inputs = self.workers.compute(|| EncryptedRows::prepare(p, be, &t, &inputs, a_share))?;
+        let inputs =
+            self.workers.compute(|| EncryptedRows::prepare(p, be, &t, blocking_for(p, &t), &inputs, a_share))?;
         let mut mask = vec![0u64; shape.n * shape.m];
         let group = 1usize << t.pack;
         // results per batch: whole groups, within the memory budget for unpacked results
@@ -855,7 +858,8 @@ mod tests {
             })
             .collect();
         let fresh = sk.noise_budget(&seeded[0].expand(&p), be.as_ref()).unwrap_or_else(|e| panic!("{e}"));
-        let inputs = EncryptedRows::prepare(&p, be.as_ref(), &t, &seeded, None).unwrap_or_else(|e| panic!("{e}"));
+        let inputs = EncryptedRows::prepare(&p, be.as_ref(), &t, blocking_for(&p, &t), &seeded, None)
+            .unwrap_or_else(|e| panic!("{e}"));
         let results = inputs.multiply(&p, be.as_ref(), &t, &b, 0..64).unwrap_or_else(|e| panic!("{e}"));
         let product = sk.noise_budget(&results[0], be.as_ref()).unwrap_or_else(|e| panic!("{e}"));
         let keys = ResponseKeys { pk: &server.pk, galois: server.galois.as_ref(), square: None };
