@@ -19,6 +19,10 @@ const HAND_OFF: usize = 1 << 16;
 /// sums of one block (6 KiB) in L1.
 const MAC_BLOCK: usize = 256;
 
+/// Bytes of transformed weight windows [`CpuBackend::mul_acc_sparse`] keeps at once (most of a
+/// core's L2): the outputs they serve share one read of each batch entry's inputs.
+const SPARSE_GROUP_BYTES: usize = 768 << 10;
+
 /// The CPU implementation of [`Backend`]. A call from a rayon worker (a session's
 /// [`Workers`] inside [`Workers::compute`]) runs on that worker's pool, so per-ciphertext
 /// pipelines and the operations inside them share one set of threads; a call from anywhere else
@@ -98,9 +102,10 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    /// Per task (a limb, a window of max(MAC_BLOCK, s) slots): for each output j, the window
-    /// of every input's weight is transformed from its head into a buffer that stays in cache
-    /// (inputs × window values), then multiplied into every batch entry's block.
+    /// Per task (a limb, a window of max(MAC_BLOCK, s) slots): for a group of outputs, the
+    /// window of every input's weight is transformed from its head into a buffer that stays in
+    /// cache (group × inputs × window values), then every batch entry's block is multiplied by
+    /// each of the group's outputs in turn, its inputs read from memory once per group.
     fn mul_acc_sparse(
         &self,
         tables: &[NttTable],
@@ -126,31 +131,39 @@ impl Backend for CpuBackend {
         let limbs = tables.len();
         let folds: Vec<Folds> = moduli.iter().map(Folds::new).collect();
         let window = MAC_BLOCK.max(support.next_power_of_two()).min(n);
+        // outputs whose transformed windows fit the budget together: each batch entry's inputs
+        // are read from memory once per group, and stay in cache while the group's outputs pass
+        let group = (SPARSE_GROUP_BYTES / (inputs * window * 8).max(1)).clamp(1, outputs.max(1));
         self.per_block(n, limbs, outputs, window, out, |l, first, mut pieces| {
-            let mut w = vec![0u64; inputs * window];
-            for j in 0..outputs {
-                for (i, slots) in w.chunks_exact_mut(window).enumerate() {
+            let mut w = vec![0u64; group * inputs * window];
+            for first_j in (0..outputs).step_by(group) {
+                let js = first_j..(first_j + group).min(outputs);
+                for (r, slots) in w[..js.len() * inputs * window].chunks_exact_mut(window).enumerate() {
+                    let (j, i) = (first_j + r / inputs, r % inputs);
                     let head = &heads[((l * outputs + j) * inputs + i) * support..][..support];
                     tables[l].forward_sparse_slots(head, first, slots);
                 }
                 for b in 0..batch {
                     let xi = (b * limbs + l) * inputs * n + first;
-                    for (c, acc) in pieces[b * outputs + j].chunks_mut(MAC_BLOCK).enumerate() {
-                        let at = c * MAC_BLOCK;
-                        let consts = match prepared {
-                            Prepared::X(cs) => Prepared::X(&cs[xi + at..]),
-                            _ => Prepared::Neither,
-                        };
-                        let ops = Operands {
-                            x: &x[xi + at..],
-                            w: &w[at..],
-                            prepared: consts,
-                            inputs,
-                            x_step: n,
-                            w_step: window,
-                            add: false,
-                        };
-                        mac_block(&folds[l], acc, ops);
+                    for (jj, j) in js.clone().enumerate() {
+                        let wj = &w[jj * inputs * window..];
+                        for (c, acc) in pieces[b * outputs + j].chunks_mut(MAC_BLOCK).enumerate() {
+                            let at = c * MAC_BLOCK;
+                            let consts = match prepared {
+                                Prepared::X(cs) => Prepared::X(&cs[xi + at..]),
+                                _ => Prepared::Neither,
+                            };
+                            let ops = Operands {
+                                x: &x[xi + at..],
+                                w: &wj[at..],
+                                prepared: consts,
+                                inputs,
+                                x_step: n,
+                                w_step: window,
+                                add: false,
+                            };
+                            mac_block(&folds[l], acc, ops);
+                        }
                     }
                 }
             }
