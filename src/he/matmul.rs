@@ -84,13 +84,14 @@ pub(crate) fn tiling_cost(
         // ≈ 0.30 ns per slot and limb (windows of a sparse transform, the final reduction
         // included), a multiply-accumulate ≈ 0.55 ns per slot and limb, a transform ≈ 0.23 ns
         // per slot and stage, a key switch with its merge and the results' return to
-        // coefficients ≈ 13·(limbs + 1) transforms, and an input ciphertext's encryption,
-        // transport and expansion ≈ 5 ms at N = 8192 with 3 limbs (linear 128×768·768×3072:
-        // 48 more inputs took 0.12 s more on both cores), taken as 50·(limbs + 1) transforms
+        // coefficients ≈ 13·(limbs + 1) transforms, and a ciphertext's way across (an input's
+        // encryption, transport and expansion; a result's masking, re-randomization, transport
+        // and decryption) ≈ 5 ms at N = 8192 with 3 limbs (linear 128×768·768×3072: 48 more
+        // inputs took 0.12 s more on both cores), taken as 50·(limbs + 1) transforms
         weight_stage_s: per_core * limbs * 0.30e-9 * n,
         product_s: per_core * limbs * 2.0 * 0.55e-9 * n,
         keyswitch_s: per_core * 13.0 * (limbs + 1.0) * 0.23e-9 * n * n.log2(),
-        input_s: per_core * 50.0 * (limbs + 1.0) * 0.23e-9 * n * n.log2(),
+        ciphertext_s: per_core * 50.0 * (limbs + 1.0) * 0.23e-9 * n * n.log2(),
         bandwidth: network.bandwidth_bps / 8.0,
         max_pack: max_pack(params),
     }

@@ -60,9 +60,11 @@ pub struct TilingCost {
     pub product_s: f64,
     /// Seconds of one key switch (one merge when packing results).
     pub keyswitch_s: f64,
-    /// Seconds of one input ciphertext's way besides its products: the client's encryption,
-    /// the transport at both ends, the server's expansion and transforms.
-    pub input_s: f64,
+    /// Seconds of one ciphertext's way across, besides its products and merges: for an input,
+    /// the client's encryption, the transport at both ends and the server's expansion and
+    /// transforms; for a returned result, its masking, re-randomization and flooding, the
+    /// transport and the client's decryption.
+    pub ciphertext_s: f64,
     /// Bytes per second that make one second of compute worth as much as the bytes.
     pub bandwidth: f64,
     /// Largest packing level available (log2 of the most results merged per ciphertext).
@@ -168,7 +170,7 @@ impl Tiling {
             + (self.shape.n * self.shape.m) as f64 * cost.kept_bytes;
         let work = (tj * tk) as f64 * self.weight_cost(self.blocking(cost), cost)
             + (results - returned) as f64 * cost.keyswitch_s
-            + (ti * tj) as f64 * cost.input_s;
+            + (ti * tj + returned) as f64 * cost.ciphertext_s;
         bytes / cost.bandwidth + work
     }
 
@@ -338,7 +340,7 @@ mod tests {
         ) {
             let cost = TilingCost {
                 input_bytes: 168e3, output_bytes: 79e3, kept_bytes: 8.5, weight_stage_s: 1e-5,
-                product_s: 5e-5, keyswitch_s: 1.2e-3, input_s: 2e-3, bandwidth: 10f64.powf(log_bw), max_pack,
+                product_s: 5e-5, keyswitch_s: 1.2e-3, ciphertext_s: 2e-3, bandwidth: 10f64.powf(log_bw), max_pack,
             };
             let t = Tiling::choose(MatShape { n, d, m }, 8192, &cost);
             prop_assert!(t.fills_ring() && t.n_w * t.d_w * t.m_w <= 8192, "{:?}", t);
@@ -357,7 +359,7 @@ mod tests {
             weight_stage_s: 0.30e-9 * 3.0 * 8192.0,
             product_s: 1.1e-9 * 3.0 * 8192.0,
             keyswitch_s: 1.2e-3,
-            input_s: 2e-3,
+            ciphertext_s: 2e-3,
             bandwidth: 50e6,
             max_pack: 6,
         };
@@ -386,7 +388,7 @@ mod tests {
             weight_stage_s: 1e-5,
             product_s: 5e-5,
             keyswitch_s: 1.2e-3,
-            input_s: 2e-3,
+            ciphertext_s: 2e-3,
             bandwidth: 125e6,
             max_pack: 6,
         };
