@@ -158,14 +158,21 @@ impl EncryptedRows {
         }
         let (n, limbs) = (p.degree(), p.moduli().len());
         let Blocking { size, stride, count } = blocking;
+        let whole = blocking == Blocking::whole(n);
         let tables = p.moduli().iter().map(|&m| NttTable::new(size, m)).collect::<Result<Vec<_>, _>>()?;
         let cts: Vec<Ciphertext> = par_map(seeded.len(), |idx| {
             let mut ct = seeded[idx].expand(p);
             if let Some(a) = a_share {
                 ct.add_plain_assign(p, &Plaintext::new(p, t.encode_a(a, idx / tj_n, idx % tj_n))?, be)?;
             }
-            ct.c0.to_coeff(p, be)?;
-            ct.c1.to_coeff(p, be)?;
+            // whole: the N-point transform is the layout; blocks: cut from the coefficients
+            if whole {
+                ct.c0.to_ntt(p, be)?;
+                ct.c1.to_ntt(p, be)?;
+            } else {
+                ct.c0.to_coeff(p, be)?;
+                ct.c1.to_coeff(p, be)?;
+            }
             Ok(ct)
         })
         .into_iter()
@@ -183,8 +190,10 @@ impl EncryptedRows {
             run[..block.len()].copy_from_slice(block);
         });
         drop(cts);
-        for entry in values.chunks_exact_mut(entry_len) {
-            be.ntt_forward(&tables, entry)?;
+        if !whole {
+            for entry in values.chunks_exact_mut(entry_len) {
+                be.ntt_forward(&tables, entry)?;
+            }
         }
         // Shoup constants only for a backend that reads them
         let mut shoup = vec![0u64; if be.exact_products(p.moduli(), size) { 0 } else { values.len() }];
@@ -236,47 +245,40 @@ impl EncryptedRows {
             let out = &mut out[..ti_n * 2 * count * limbs * g_n * size];
             let prepared = if self.shoup.is_empty() { Prepared::Neither } else { Prepared::X(&self.shoup) };
             be.mul_acc_sparse(&self.tables, ti_n * 2 * count, &self.values, heads, support, prepared, out)?;
-            let done = par_map(g_n * ti_n, |r| self.result(p, be, out, g_n, (r / ti_n, r % ti_n)));
-            results.extend(done.into_iter().collect::<HeResult<Vec<_>>>()?);
+            // every entry's products back in coefficients, in place ([l][g][M] per entry)
+            for entry in out.chunks_exact_mut(limbs * g_n * size) {
+                be.ntt_inverse(&self.tables, entry)?;
+            }
+            let out = &*out;
+            results.extend(par_map(g_n * ti_n, |r| self.result(p, out, g_n, (r / ti_n, r % ti_n))));
         }
         Ok(results)
     }
 
-    /// Result (ti, member g of the group) of a group's products `out` ([`EncryptedRows::multiply`]):
-    /// per half and limb, its blocks back in coefficients, each added at offset b·B mod X^N + 1
-    /// (a block's product has B + s − 1 ≤ M coefficients: it wraps at most once, negated).
-    fn result(
-        &self,
-        p: &HeParams,
-        be: &dyn Backend,
-        out: &[u64],
-        g_n: usize,
-        (g, ti): (usize, usize),
-    ) -> HeResult<Ciphertext> {
+    /// Result (ti, member g of the group) of a group's products `out` back in coefficients
+    /// ([`EncryptedRows::multiply`]): per half and limb, its blocks added at offsets b·B mod
+    /// X^N + 1 (a block's product has B + s − 1 ≤ M coefficients: it wraps at most once, negated).
+    fn result(&self, p: &HeParams, out: &[u64], g_n: usize, (g, ti): (usize, usize)) -> Ciphertext {
         let (n, limbs) = (p.degree(), p.moduli().len());
         let Blocking { size, stride, count } = self.blocking;
-        // [l][h][b][M]
-        let mut blocks = vec![0u64; limbs * 2 * count * size];
-        for (r, run) in blocks.chunks_exact_mut(size).enumerate() {
-            let (l, h, b) = (r / (2 * count), (r / count) % 2, r % count);
-            let entry = (ti * 2 + h) * count + b;
-            run.copy_from_slice(&out[((entry * limbs + l) * g_n + g) * size..][..size]);
-        }
-        be.ntt_inverse(&self.tables, &mut blocks)?;
         // written before they are read: a zeroed allocation's first read would map the shared
         // zero page, and the write after it copy on write, with a TLB flush on every core
         let mut halves = [Vec::new(), Vec::new()];
         halves.iter_mut().for_each(|h| h.resize(limbs * n, 0u64));
-        for (r, run) in blocks.chunks_exact(size).enumerate() {
-            let (l, h, b) = (r / (2 * count), (r / count) % 2, r % count);
-            let (m, dst) = (&p.moduli()[l], &mut halves[h][l * n..][..n]);
-            let offset = b * stride;
-            let (kept, wrapped) = run.split_at(size.min(n - offset));
-            dst[offset..][..kept.len()].iter_mut().zip(kept).for_each(|(d, &v)| *d = m.add(*d, v));
-            dst[..wrapped.len()].iter_mut().zip(wrapped).for_each(|(d, &v)| *d = m.sub(*d, v));
+        for (h, half) in halves.iter_mut().enumerate() {
+            for (l, (m, dst)) in p.moduli().iter().zip(half.chunks_exact_mut(n)).enumerate() {
+                for b in 0..count {
+                    let entry = (ti * 2 + h) * count + b;
+                    let run = &out[((entry * limbs + l) * g_n + g) * size..][..size];
+                    let offset = b * stride;
+                    let (kept, wrapped) = run.split_at(size.min(n - offset));
+                    dst[offset..][..kept.len()].iter_mut().zip(kept).for_each(|(d, &v)| *d = m.add(*d, v));
+                    dst[..wrapped.len()].iter_mut().zip(wrapped).for_each(|(d, &v)| *d = m.sub(*d, v));
+                }
+            }
         }
         let [c0, c1] = halves;
-        Ok(Ciphertext::from_coeff_limbs(c0, c1))
+        Ciphertext::from_coeff_limbs(c0, c1)
     }
 }
 
