@@ -12,6 +12,8 @@
 //! selectors can be combined with a bank covering only those experts: banks are streamed and
 //! partial sums added.
 
+use std::borrow::Borrow;
+
 use super::bfv::{Ciphertext, PlainOperand};
 use super::poly::{Form, RnsPoly};
 use super::{HeError, HeParams, HeResult};
@@ -31,16 +33,22 @@ pub struct Selectors {
 }
 
 impl Selectors {
-    /// Takes ownership of `rows` (E ciphertexts per row, all at one level) in the selection
-    /// layout.
-    pub fn new(params: &HeParams, rows: Vec<Vec<Ciphertext>>, backend: &dyn Backend) -> HeResult<Selectors> {
+    /// Copies `rows` (E ciphertexts per row, all at one level) into the selection layout,
+    /// transforming a copy of any polynomial that is not in NTT form yet; the server keeps
+    /// expanded selectors shared (`Arc`) between the matrices of one choice, so they are
+    /// borrowed here, not moved.
+    pub fn new<C: Borrow<Ciphertext>>(
+        params: &HeParams,
+        rows: &[Vec<C>],
+        backend: &dyn Backend,
+    ) -> HeResult<Selectors> {
         let n = params.degree();
         let (r_count, count) = (rows.len(), rows.first().map_or(0, Vec::len));
-        let limbs = rows.iter().flatten().next().map_or(params.moduli().len(), |c| c.limbs(params));
+        let limbs = rows.iter().flatten().next().map_or(params.moduli().len(), |c| c.borrow().limbs(params));
         if let Some(bad) = rows.iter().position(|r| r.len() != count) {
             return Err(HeError::Shape(format!("row {bad} has {} selectors, row 0 has {count}", rows[bad].len())));
         }
-        if let Some(bad) = rows.iter().flatten().position(|c| c.limbs(params) != limbs) {
+        if let Some(bad) = rows.iter().flatten().position(|c| c.borrow().limbs(params) != limbs) {
             return Err(HeError::Shape(format!(
                 "selector {} of row {} is at a different level than the first",
                 bad % count.max(1),
@@ -49,10 +57,20 @@ impl Selectors {
         }
         let run = count * n;
         let mut values = vec![vec![0u64; r_count * 2 * run]; limbs];
-        for (row, cts) in rows.into_iter().enumerate() {
-            for (i, mut ct) in cts.into_iter().enumerate() {
-                for (h, poly) in [&mut ct.c0, &mut ct.c1].into_iter().enumerate() {
-                    poly.to_ntt(params, backend)?;
+        for (row, cts) in rows.iter().enumerate() {
+            for (i, ct) in cts.iter().enumerate() {
+                let ct = ct.borrow();
+                for (h, poly) in [&ct.c0, &ct.c1].into_iter().enumerate() {
+                    let transformed;
+                    let poly = match poly.form() {
+                        Form::Ntt => poly,
+                        Form::Coeff => {
+                            let mut copy = poly.clone();
+                            copy.to_ntt(params, backend)?;
+                            transformed = copy;
+                            &transformed
+                        }
+                    };
                     for (l, limb) in values.iter_mut().enumerate() {
                         let at = (row * 2 + h) * run + i * n;
                         limb[at..at + n].copy_from_slice(poly.limb(params, l));
@@ -306,7 +324,7 @@ mod tests {
                         .unwrap_or_else(|e| panic!("{e}"))
                 })
                 .collect();
-            Selectors::new(&p, vec![cts], &be).unwrap_or_else(|e| panic!("{e}"))
+            Selectors::new(&p, &[cts], &be).unwrap_or_else(|e| panic!("{e}"))
         };
         // one-hot at 4, padded with two selectors before the bank's run
         let one_hot: Vec<Vec<u64>> = (0..e + 2).map(|i| vec![u64::from(i == 2 + 4)]).collect();
@@ -361,7 +379,7 @@ mod tests {
                     .collect()
             })
             .collect();
-        let sel = Selectors::new(&p, rows, &be).unwrap_or_else(|e| panic!("{e}"));
+        let sel = Selectors::new(&p, &rows, &be).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((sel.rows(), sel.len()), (4, e));
         let whole = select(&p, &sel, 0, &bank_of(0..e), &be).unwrap_or_else(|e| panic!("{e}"));
         // the same sums with the experts in two banks, added in place
@@ -404,7 +422,7 @@ mod tests {
                 sk.encrypt(&pt, &devices[0], &mut rng).unwrap_or_else(|e| panic!("{e}"))
             })
             .collect();
-        let sel = Selectors::new(&p, vec![cts], &devices[0]).unwrap_or_else(|e| panic!("{e}"));
+        let sel = Selectors::new(&p, &[cts], &devices[0]).unwrap_or_else(|e| panic!("{e}"));
         let (whole, first, second) = (bank_of(0..e), bank_of(0..4), bank_of(4..e));
         let single = select(&p, &sel, 0, &whole, &devices[0]).unwrap_or_else(|e| panic!("{e}")).remove(0);
         let parts = [

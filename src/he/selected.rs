@@ -36,6 +36,8 @@
 //! the client decrypts is masked by R uniform mod 2^(log t − ℓ − pack), re-randomized and flooded
 //! beyond the product's noise ([`noise_bits`]), so it depends on the weights only through y.
 
+use std::sync::Arc;
+
 use rand::SeedableRng;
 use rand::rngs::ChaCha20Rng;
 
@@ -351,7 +353,7 @@ pub struct RowChoice {
     compact: Ciphertext,
     own: Vec<bool>,
     keep: bool,
-    expanded: std::sync::Mutex<Vec<Option<Ciphertext>>>,
+    expanded: std::sync::Mutex<Vec<Option<Arc<Ciphertext>>>>,
 }
 
 impl RowChoice {
@@ -368,7 +370,7 @@ impl RowChoice {
     }
 
     /// The kept selectors of `range`, if all are there.
-    fn kept(&self, range: std::ops::Range<usize>) -> Option<Vec<Ciphertext>> {
+    fn kept(&self, range: std::ops::Range<usize>) -> Option<Vec<Arc<Ciphertext>>> {
         let expanded = self.expanded.lock().unwrap_or_else(|e| e.into_inner());
         expanded.get(range)?.iter().cloned().collect()
     }
@@ -380,11 +382,11 @@ impl RowChoice {
     }
 
     /// Keeps the selectors of the experts from `first` on, if this row keeps its selectors.
-    fn keep(&self, first: usize, cts: &[Ciphertext]) {
+    fn keep(&self, first: usize, cts: &[Arc<Ciphertext>]) {
         if self.keep {
             let mut expanded = self.expanded.lock().unwrap_or_else(|e| e.into_inner());
             for (slot, ct) in expanded[first..].iter_mut().zip(cts) {
-                *slot = Some(ct.clone());
+                *slot = Some(Arc::clone(ct));
             }
         }
     }
@@ -515,7 +517,7 @@ fn selected_weights(
         drop(tiles);
         // every row's selectors for the chunk: kept, or the rest of its expansion with its own
         // share folded in (NTT form)
-        let chosen = par_map(rows.len(), |r| -> HeResult<Vec<Ciphertext>> {
+        let chosen = par_map(rows.len(), |r| -> HeResult<Vec<Arc<Ciphertext>>> {
             let choice = rows[r].choice;
             if let Some(kept) = choice.kept(range.clone()) {
                 return Ok(kept);
@@ -532,13 +534,15 @@ fn selected_weights(
                     }
                     ct.c0.to_ntt(p, be)?;
                     ct.c1.to_ntt(p, be)?;
-                    Ok(ct)
+                    Ok(Arc::new(ct))
                 })
                 .collect::<HeResult<Vec<_>>>()?;
             choice.keep(range.start, &cts);
             Ok(cts)
         });
-        let selectors = Selectors::new(p, chosen.into_iter().collect::<HeResult<_>>()?, be)?;
+        let chosen = chosen.into_iter().collect::<HeResult<Vec<_>>>()?;
+        let selectors = Selectors::new(p, &chosen, be)?;
+        drop(chosen);
         sums.add(p, &selectors, 0, &bank, be)?;
     }
     sums.into_ciphertexts(p, be)

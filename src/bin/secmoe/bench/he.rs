@@ -89,7 +89,7 @@ pub(crate) fn run(only: Option<&str>, rows: &mut Vec<Row>) -> Result<()> {
         let sel: Vec<_> = (0..SELECT_E)
             .map(|i| sk.encrypt(&Plaintext::new(&p, vec![u64::from(i == chosen)])?, &be, &mut rng))
             .collect::<Result<_, _>>()?;
-        let sel = Selectors::new(&p, vec![sel], &be)?;
+        let sel = Selectors::new(&p, &[sel], &be)?;
         let ops: Vec<Vec<u64>> =
             (0..SELECT_E).map(|_| (0..n).map(|_| rng.random_range(-4096i64..4096) as u64).collect()).collect();
         let bank = OperandBank::new(&p, &[ops.iter().map(Vec::as_slice).collect()], &be)?;
