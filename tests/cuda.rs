@@ -159,12 +159,12 @@ fn selection_sums_over_128_experts_match_the_cpu_on_one_and_on_every_device() {
     let cts: Vec<Ciphertext> = (0..experts)
         .map(|i| sk.encrypt(&Plaintext::new(&p, vec![u64::from(i == chosen)]).unwrap(), &cpu, &mut rng).unwrap())
         .collect();
-    let sel = Selectors::new(&p, &[cts.clone()], &cpu).unwrap();
+    let sel = Selectors::new(&p, std::slice::from_ref(&cts), &cpu).unwrap();
     let on_cpu = select(&p, &sel, 0, &OperandBank::new(&p, &rows(0..experts), &cpu).unwrap(), &cpu).unwrap().remove(0);
     let held = OperandBank::new(&p, &rows(0..experts), &gpu).unwrap();
     // selectors in host memory (copied in for the call), and resident with the sums
     let on_gpu = select(&p, &sel, 0, &held, &gpu).unwrap().remove(0);
-    let sel_gpu = Selectors::new(&p, &[cts.clone()], &gpu).unwrap();
+    let sel_gpu = Selectors::new(&p, std::slice::from_ref(&cts), &gpu).unwrap();
     let resident = select(&p, &sel_gpu, 0, &held, &gpu).unwrap().remove(0);
     assert!(resident == on_gpu, "resident selectors give other sums");
     // a range of the resident selectors against a bank of those experts
@@ -197,7 +197,7 @@ fn selection_sums_over_128_experts_match_the_cpu_on_one_and_on_every_device() {
         })
         .collect();
     let selectors: Vec<Selectors> =
-        backends.iter().map(|b| Selectors::new(&p, &[cts.clone()], *b).unwrap()).collect();
+        backends.iter().map(|b| Selectors::new(&p, std::slice::from_ref(&cts), *b).unwrap()).collect();
     let parts: Vec<SelectionPart<'_>> = banks
         .iter()
         .zip(&backends)
