@@ -56,7 +56,8 @@ impl Selectors {
             )));
         }
         let run = count * n;
-        let mut values = vec![vec![0u64; r_count * 2 * run]; limbs];
+        // one zeroed allocation per limb (`vec![vec![0; n]; limbs]` would clone the zeros)
+        let mut values: Vec<Vec<u64>> = (0..limbs).map(|_| vec![0u64; r_count * 2 * run]).collect();
         for (row, cts) in rows.iter().enumerate() {
             for (i, ct) in cts.iter().enumerate() {
                 let ct = ct.borrow();
@@ -128,7 +129,7 @@ impl OperandBank {
                 rows[bad].len()
             )));
         }
-        let mut w = vec![vec![0u64; outputs * inputs * n]; k];
+        let mut w: Vec<Vec<u64>> = (0..k).map(|_| vec![0u64; outputs * inputs * n]).collect();
         let mut shoup = w.clone();
         for (j, row) in rows.iter().enumerate() {
             for (i, coeffs) in row.iter().enumerate() {
