@@ -25,11 +25,11 @@ pub use kind::OtKind;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cryprot_ot::extension::{SemiHonestOtExtensionReceiver, SemiHonestOtExtensionSender};
-use cryprot_ot::silent_ot::{SemiHonestSilentOtReceiver, SemiHonestSilentOtSender};
 use cryprot_core::aes_hash::FIXED_KEY_HASH;
 use cryprot_core::alloc::HugePageMemory;
 use cryprot_core::tokio_rayon::spawn_compute;
+use cryprot_ot::extension::{SemiHonestOtExtensionReceiver, SemiHonestOtExtensionSender};
+use cryprot_ot::silent_ot::{SemiHonestSilentOtReceiver, SemiHonestSilentOtSender};
 use cryprot_ot::{RandChoiceRotReceiver, RotSender};
 use rand::RngExt;
 use rand::rngs::ChaCha20Rng;
