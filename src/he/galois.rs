@@ -73,6 +73,35 @@ impl RnsPoly {
         RnsPoly { limbs: out, form: Form::Coeff }
     }
 
+    /// One node of the expansion, with self = σ(a): self ← a + self, and returns
+    /// X^(−h)·(a − self) for self as it was (both in coefficient form, 0 < h < N) — one pass
+    /// over both, no copies.
+    pub(crate) fn expansion_halves(&mut self, params: &HeParams, a: &RnsPoly, h: usize) -> RnsPoly {
+        assert!(self.form == Form::Coeff && a.form == Form::Coeff, "monomial products work on coefficients");
+        let n = params.degree();
+        assert!(0 < h && h < n, "a shift within the degree");
+        let mut high = vec![0u64; self.limbs.len()];
+        for (((t, a), d), m) in self
+            .limbs
+            .chunks_exact_mut(n)
+            .zip(a.limbs.chunks_exact(n))
+            .zip(high.chunks_exact_mut(n))
+            .zip(params.ext_moduli())
+        {
+            // (X^(−h)·f)[j] = f[j + h] below N − h, and −f[j + h − N] from there
+            let (t_wrapped, t_kept) = t.split_at_mut(h);
+            let (a_wrapped, a_kept) = a.split_at(h);
+            let (d_low, d_high) = d.split_at_mut(n - h);
+            for ((x, &y), o) in t_kept.iter_mut().zip(a_kept).zip(d_low) {
+                (*o, *x) = (m.sub(y, *x), m.add(y, *x));
+            }
+            for ((x, &y), o) in t_wrapped.iter_mut().zip(a_wrapped).zip(d_high) {
+                (*o, *x) = (m.sub(*x, y), m.add(y, *x));
+            }
+        }
+        RnsPoly { limbs: high, form: Form::Coeff }
+    }
+
     /// self ← self + X^h·b and returns self − X^h·b (both in coefficient form, h < N): one
     /// pass over both, the shift applied as it reads b.
     pub(crate) fn shifted_sum_and_difference(&mut self, params: &HeParams, b: &RnsPoly, h: usize) -> RnsPoly {
@@ -368,7 +397,6 @@ impl GaloisKeys {
         if ct.limbs(p) != p.moduli().len() {
             return Err(HeError::Shape("expansion needs a ciphertext at the full modulus".into()));
         }
-        let n = p.degree();
         let mut ct = ct.clone();
         ct.c0.to_coeff(p, backend)?;
         ct.c1.to_coeff(p, backend)?;
@@ -378,14 +406,12 @@ impl GaloisKeys {
             let step = 1usize << v;
             let halves = par_map(cts.len(), |i| -> HeResult<_> {
                 let c = &cts[i];
-                let turned = c.automorphism(p, key, backend)?;
-                let (mut low, mut high) = (c.clone(), c.clone());
-                low.c0.add_assign(p, &turned.c0);
-                low.c1.add_assign(p, &turned.c1);
-                high.c0.sub_assign(p, &turned.c0);
-                high.c1.sub_assign(p, &turned.c1);
-                let high =
-                    Ciphertext { c0: high.c0.monomial_mul(p, 2 * n - step), c1: high.c1.monomial_mul(p, 2 * n - step) };
+                // low = c + σ(c) in σ(c)'s memory, high = X^(−step)·(c − σ(c)) in one pass
+                let mut low = c.automorphism(p, key, backend)?;
+                let high = Ciphertext {
+                    c0: low.c0.expansion_halves(p, &c.c0, step),
+                    c1: low.c1.expansion_halves(p, &c.c1, step),
+                };
                 Ok((low, high))
             });
             let (low, high): (Vec<_>, Vec<_>) = halves.into_iter().collect::<HeResult<Vec<_>>>()?.into_iter().unzip();
