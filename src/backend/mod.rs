@@ -619,6 +619,15 @@ pub fn par_map<T: Send>(count: usize, task: impl Fn(usize) -> T + Sync + Send) -
     }
 }
 
+/// `len` zeros written into fresh memory: `vec![0; len]` leaves a large buffer mapped to the
+/// kernel's shared zero page, and one read before it is written (a running sum) then faults
+/// twice per page, the second time flushing the TLB of every core the process runs on.
+pub fn zeros(len: usize) -> Vec<u64> {
+    let mut v = Vec::with_capacity(len);
+    v.resize(len, 0);
+    v
+}
+
 /// The Shoup constants of one operand of [`Backend::mul_acc`], as long as that operand.
 #[derive(Debug, Clone, Copy)]
 pub enum Prepared<'a> {

@@ -195,7 +195,7 @@ impl SelectionSums {
         backend: &dyn Backend,
     ) -> HeResult<SelectionSums> {
         let len = rows * 2 * outputs * params.degree();
-        let values = (0..limbs).map(|_| backend.hold(vec![0u64; len])).collect::<Result<_, _>>()?;
+        let values = (0..limbs).map(|_| backend.hold(crate::backend::zeros(len))).collect::<Result<_, _>>()?;
         Ok(SelectionSums { rows, outputs, limbs, values })
     }
 
