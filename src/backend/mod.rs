@@ -619,6 +619,17 @@ pub fn par_map<T: Send>(count: usize, task: impl Fn(usize) -> T + Sync + Send) -
     }
 }
 
+/// `f(r, run)` on every run of `n` values of `data`: in parallel on the workers this runs on
+/// (inside [`Workers::compute`]), else one after the other (as [`par_map`]).
+pub fn each_run(data: &mut [u64], n: usize, f: impl Fn(usize, &mut [u64]) + Sync + Send) {
+    use rayon::prelude::*;
+    if rayon::current_thread_index().is_some() {
+        data.par_chunks_mut(n).enumerate().for_each(|(r, run)| f(r, run));
+    } else {
+        data.chunks_mut(n).enumerate().for_each(|(r, run)| f(r, run));
+    }
+}
+
 /// `len` zeros written into fresh memory: `vec![0; len]` leaves a large buffer mapped to the
 /// kernel's shared zero page, and one read before it is written (a running sum) then faults
 /// twice per page, the second time flushing the TLB of every core the process runs on.

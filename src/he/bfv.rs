@@ -182,14 +182,6 @@ impl PlainOperand {
     }
 }
 
-impl PlainOperand {
-    /// Limb `l` of the operand (NTT form) and its Shoup constants.
-    pub(crate) fn limb(&self, params: &HeParams, l: usize) -> (&[u64], &[u64]) {
-        let n = params.degree();
-        (&self.poly.limbs[l * n..(l + 1) * n], &self.shoup[l * n..(l + 1) * n])
-    }
-}
-
 impl Ciphertext {
     /// `self ← self · w`: both halves multiplied by the operand (converted to NTT form first).
     /// Decrypts to the negacyclic product m·w with coefficients mod 2^64.

@@ -8,7 +8,6 @@
 
 use rand::RngExt;
 use rand::rngs::ChaCha20Rng;
-use rayon::prelude::*;
 
 use super::bfv::add_wide_plain;
 use super::response;
@@ -17,7 +16,7 @@ use super::{
     Ciphertext, GaloisKeys, HeError, HeParams, HeResult, Outgoing, Plaintext, PublicKey, RnsPoly, SeededCiphertext,
     ShrunkShape, SquareKey, seeded_ciphertext_len,
 };
-use crate::backend::{Backend, NttTable, Prepared, par_map};
+use crate::backend::{Backend, NttTable, Prepared, each_run, par_map};
 use crate::net::CostModel;
 
 /// Bits of c0 in a returned ciphertext: 4 above the plaintext.
@@ -238,8 +237,7 @@ impl EncryptedRows {
                 let m = &p.moduli()[l];
                 t.encode_b_into(b, idx % tj_n, first + idx / tj_n, head);
                 for v in head {
-                    let signed = *v as i64;
-                    *v = if signed >= 0 { m.reduce(*v) } else { m.neg(m.reduce(signed.unsigned_abs())) };
+                    *v = m.reduce_signed(*v as i64);
                 }
             });
             let out = &mut out[..ti_n * 2 * count * limbs * g_n * size];
@@ -279,15 +277,6 @@ impl EncryptedRows {
         }
         let [c0, c1] = halves;
         Ciphertext::from_coeff_limbs(c0, c1)
-    }
-}
-
-/// Runs `f(r, run)` on every run of `n` values of `data`, in parallel on a worker's pool.
-fn each_run(data: &mut [u64], n: usize, f: impl Fn(usize, &mut [u64]) + Sync) {
-    if rayon::current_thread_index().is_some() {
-        data.par_chunks_mut(n).enumerate().for_each(|(r, run)| f(r, run));
-    } else {
-        data.chunks_mut(n).enumerate().for_each(|(r, run)| f(r, run));
     }
 }
 

@@ -48,11 +48,7 @@ impl RnsPoly {
     pub fn from_signed(params: &HeParams, coeffs: &[i64]) -> RnsPoly {
         let mut limbs = Vec::with_capacity(params.degree() * params.moduli().len());
         for m in params.moduli() {
-            let p = m.value();
-            limbs.extend(coeffs.iter().map(|&c| {
-                let r = c.unsigned_abs() % p; // |i64::MIN| fits in a u64
-                if c >= 0 || r == 0 { r } else { p - r }
-            }));
+            limbs.extend(coeffs.iter().map(|&c| m.reduce_signed(c)));
         }
         RnsPoly { limbs, form: Form::Coeff }
     }

@@ -14,10 +14,10 @@
 
 use std::borrow::Borrow;
 
-use super::bfv::{Ciphertext, PlainOperand};
+use super::bfv::Ciphertext;
 use super::poly::{Form, RnsPoly};
 use super::{HeError, HeParams, HeResult};
-use crate::backend::{Backend, Buffer, HeldRuns};
+use crate::backend::{Backend, Buffer, HeldRuns, each_run};
 
 /// The encrypted selectors of R rows (E each, all at one level), kept by the server in NTT form
 /// and held by the backend that made them, per limb `[row][half][i][N]`: each (row, half) is one
@@ -129,21 +129,27 @@ impl OperandBank {
                 rows[bad].len()
             )));
         }
-        let mut w: Vec<Vec<u64>> = (0..k).map(|_| vec![0u64; outputs * inputs * n]).collect();
-        let mut shoup = w.clone();
-        for (j, row) in rows.iter().enumerate() {
-            for (i, coeffs) in row.iter().enumerate() {
-                let op = PlainOperand::new(params, coeffs, backend)?;
-                for l in 0..k {
-                    let at = (j * inputs + i) * n;
-                    let (limb, limb_shoup) = op.limb(params, l);
-                    w[l][at..at + n].copy_from_slice(limb);
-                    shoup[l][at..at + n].copy_from_slice(limb_shoup);
-                }
-            }
+        if let Some(long) = rows.iter().flatten().find(|c| c.len() > n) {
+            return Err(HeError::Shape(format!("{} operand coefficients exceed N = {n}", long.len())));
         }
-        let limbs =
-            w.into_iter().zip(shoup).map(|(w, s)| Ok((backend.hold(w)?, backend.hold(s)?))).collect::<HeResult<_>>()?;
+        // per limb, every operand reduced, transformed and given its Shoup constants at once
+        let mut limbs = Vec::with_capacity(k);
+        for (l, m) in params.moduli().iter().enumerate() {
+            let mut w = vec![0u64; outputs * inputs * n];
+            each_run(&mut w, n, |r, run| {
+                for (v, &c) in run.iter_mut().zip(rows[r / inputs][r % inputs]) {
+                    *v = m.reduce_signed(c as i64);
+                }
+            });
+            backend.ntt_forward(&params.tables()[l..=l], &mut w)?;
+            let mut shoup = vec![0u64; w.len()];
+            each_run(&mut shoup, n, |r, run| {
+                for (s, &v) in run.iter_mut().zip(&w[r * n..]) {
+                    *s = m.shoup(v);
+                }
+            });
+            limbs.push((backend.hold(w)?, backend.hold(shoup)?));
+        }
         Ok(OperandBank { outputs, inputs, limbs })
     }
 

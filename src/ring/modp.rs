@@ -105,6 +105,13 @@ impl Modulus {
         self.reduce_u128(x as u128)
     }
 
+    /// `x mod p` for a signed x (|i64::MIN| included), in [0, p).
+    #[inline]
+    pub fn reduce_signed(&self, x: i64) -> u64 {
+        let r = self.reduce(x.unsigned_abs());
+        if x >= 0 { r } else { self.neg(r) }
+    }
+
     /// Shoup's constant for multiplying by `w < p`: `⌊w · 2^64 / p⌋`.
     #[inline]
     pub fn shoup(&self, w: u64) -> u64 {
@@ -268,6 +275,9 @@ mod tests {
             let m = Modulus::new(p).unwrap_or_else(|e| panic!("{e}"));
             prop_assert_eq!(m.reduce_u128(x) as u128, x % p as u128);
             prop_assert_eq!(m.reduce(x as u64), (x as u64) % p);
+            for signed in [x as i64, i64::MIN, i64::MAX, -1, 0] {
+                prop_assert_eq!(m.reduce_signed(signed) as i128, (signed as i128).rem_euclid(p as i128));
+            }
             let small = x % (p as u128 * p as u128);
             prop_assert_eq!(m.div_rem(small), (small / p as u128, (small % p as u128) as u64));
             let w = w % p;
