@@ -494,16 +494,25 @@ fn check_room(params: &HeParams, level: usize) -> HeResult<()> {
 pub struct ProductSum {
     level: usize,
     terms: usize,
-    /// (e0, e1, e2) over Q∪P, NTT form.
-    parts: [Vec<u64>; 3],
+    /// Terms added since the parts were last reduced, and how many they can take unreduced.
+    unreduced: usize,
+    fold_every: usize,
+    /// (e0, e1, e2) over Q∪P, NTT form: exact sums of 128-bit products, reduced mod each prime
+    /// every `fold_every` terms and at the end.
+    parts: [Vec<u128>; 3],
 }
 
 impl ProductSum {
     /// An empty sum of products at `level` limbs.
     pub fn new(params: &HeParams, level: usize) -> HeResult<ProductSum> {
         check_room(params, level)?;
-        let width = params.tensor_basis(level)?.width() * params.degree();
-        Ok(ProductSum { level, terms: 0, parts: std::array::from_fn(|_| vec![0u64; width]) })
+        let basis = params.tensor_basis(level)?;
+        let width = basis.width() * params.degree();
+        // a part below p gains at most 2·(p − 1)² < 2^(2b+1) per term (e1 takes two products):
+        // 2^(126 − 2b) terms stay below 2^127 + p
+        let b = basis.moduli.iter().map(Modulus::bits).max().unwrap_or(0);
+        let fold_every = 1usize << 126u32.saturating_sub(2 * b).min(SUM_TERM_BITS);
+        Ok(ProductSum { level, terms: 0, unreduced: 0, fold_every, parts: std::array::from_fn(|_| vec![0u128; width]) })
     }
 
     /// Adds a ⊗ b (both at the sum's level); at most 2^[`SUM_TERM_BITS`] terms.
@@ -520,18 +529,27 @@ impl ProductSum {
         self.terms += 1;
         let n = params.degree();
         let basis = params.tensor_basis(self.level)?;
+        self.unreduced += 1;
+        let fold = self.unreduced == self.fold_every;
+        if fold {
+            self.unreduced = 0;
+        }
         let [e0, e1, e2] = &mut self.parts;
-        // pointwise in Q∪P, by Karatsuba: e1 += (a0 + a1)(b0 + b1) − a0·b0 − a1·b1
+        // pointwise in Q∪P, exact: e0 += a0·b0, e1 += a0·b1 + a1·b0, e2 += a1·b1
         for (r, m) in basis.moduli.iter().enumerate() {
             let s = r * n..(r + 1) * n;
             let (x0, x1, y0, y1) = (&a.c0[s.clone()], &a.c1[s.clone()], &b.c0[s.clone()], &b.c1[s.clone()]);
             let (o0, o1, o2) = (&mut e0[s.clone()], &mut e1[s.clone()], &mut e2[s]);
             for c in 0..n {
-                let (lo, hi) = (m.mul(x0[c], y0[c]), m.mul(x1[c], y1[c]));
-                let mid = m.mul(m.add(x0[c], x1[c]), m.add(y0[c], y1[c]));
-                o0[c] = m.add(o0[c], lo);
-                o1[c] = m.add(o1[c], m.sub(mid, m.add(lo, hi)));
-                o2[c] = m.add(o2[c], hi);
+                let (x0, x1, y0, y1) = (x0[c] as u128, x1[c] as u128, y0[c] as u128, y1[c] as u128);
+                o0[c] += x0 * y0;
+                o1[c] += x0 * y1 + x1 * y0;
+                o2[c] += x1 * y1;
+            }
+            if fold {
+                for o in [o0, o1, o2] {
+                    o.iter_mut().for_each(|v| *v = m.reduce_wide(*v) as u128);
+                }
             }
         }
         Ok(())
@@ -543,7 +561,12 @@ impl ProductSum {
         let basis = params.tensor_basis(self.level)?;
         let tensor = self.parts.map(std::sync::Mutex::new);
         let parts = par_map(3, |part| -> HeResult<RnsPoly> {
-            let mut out = std::mem::take(&mut *tensor[part].lock().unwrap_or_else(|e| e.into_inner()));
+            let exact = std::mem::take(&mut *tensor[part].lock().unwrap_or_else(|e| e.into_inner()));
+            let mut out: Vec<u64> = exact
+                .chunks_exact(n)
+                .zip(&basis.moduli)
+                .flat_map(|(limb, m)| limb.iter().map(|&v| m.reduce_wide(v)))
+                .collect();
             backend.ntt_inverse(&basis.tables, &mut out)?;
             let mut scaled = RnsPoly { limbs: basis.scale_down(n, &out, backend)?, form: Form::Coeff };
             if part < 2 {

@@ -20,6 +20,8 @@ pub struct Modulus {
     mu: u128,
     /// ⌊2^(64+k) / p⌋ (< 2^65), for Shoup constants.
     mu64: u128,
+    /// 2^64 mod p.
+    r64: u64,
 }
 
 impl Modulus {
@@ -35,9 +37,15 @@ impl Modulus {
         let k = 64 - p.leading_zeros();
         if k > MAX_PRIME_BITS + 1 {
             // Only the primality test goes here (up to 2^64): plain division, no Shoup constants.
-            return Modulus { p, k, mu: 0, mu64: 0 };
+            return Modulus { p, k, mu: 0, mu64: 0, r64: ((1u128 << 64) % p as u128) as u64 };
         }
-        Modulus { p, k, mu: (1u128 << (2 * k)) / p as u128, mu64: (1u128 << (64 + k)) / p as u128 }
+        Modulus {
+            p,
+            k,
+            mu: (1u128 << (2 * k)) / p as u128,
+            mu64: (1u128 << (64 + k)) / p as u128,
+            r64: ((1u128 << 64) % p as u128) as u64,
+        }
     }
 
     /// The prime.
@@ -103,6 +111,14 @@ impl Modulus {
     #[inline]
     pub fn reduce(&self, x: u64) -> u64 {
         self.reduce_u128(x as u128)
+    }
+
+    /// `x mod p` for any u128 without a division (for p above 2^32): x = h·2^64 + l is
+    /// (h mod p)·(2^64 mod p) + (l mod p), below p² + p.
+    #[inline]
+    pub fn reduce_wide(&self, x: u128) -> u64 {
+        let (h, l) = ((x >> 64) as u64, x as u64);
+        self.reduce_u128(self.reduce(h) as u128 * self.r64 as u128 + self.reduce(l) as u128)
     }
 
     /// `x mod p` for a signed x (|i64::MIN| included), in [0, p).
@@ -274,6 +290,7 @@ mod tests {
             let p = ntt_primes(bits, 1024, 1).unwrap_or_default()[0];
             let m = Modulus::new(p).unwrap_or_else(|e| panic!("{e}"));
             prop_assert_eq!(m.reduce_u128(x) as u128, x % p as u128);
+            prop_assert_eq!(m.reduce_wide(x) as u128, x % p as u128);
             prop_assert_eq!(m.reduce(x as u64), (x as u64) % p);
             for signed in [x as i64, i64::MIN, i64::MAX, -1, 0] {
                 prop_assert_eq!(m.reduce_signed(signed) as i128, (signed as i128).rem_euclid(p as i128));
