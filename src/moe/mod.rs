@@ -92,7 +92,7 @@
 //! When to pick which: Select-Then-Compute when no token may be dropped and E is moderate (its
 //! bytes and server time grow with E, the activation does not); the paper's method when bytes
 //! are what costs (a slow network, many experts): flat in E, and faster than the baseline under
-//! the WAN model at E = 128, but its server time is 3–9× Select-Then-Compute's on this CPU;
+//! the WAN model at E = 128, but its server time is 4–11× Select-Then-Compute's on this CPU;
 //! capacity dispatch for many experts or small
 //! batches where dropping overflow is acceptable (as in training-time Switch and GShard, and
 //! CryptoMoE); the baseline only to measure against.
