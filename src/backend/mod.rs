@@ -633,6 +633,7 @@ pub fn each_run(data: &mut [u64], n: usize, f: impl Fn(usize, &mut [u64]) + Sync
 /// `len` zeros written into fresh memory: `vec![0; len]` leaves a large buffer mapped to the
 /// kernel's shared zero page, and one read before it is written (a running sum) then faults
 /// twice per page, the second time flushing the TLB of every core the process runs on.
+#[allow(clippy::slow_vector_initialization, reason = "`vec![0; len]` is the lazily mapped allocation this avoids")]
 pub fn zeros(len: usize) -> Vec<u64> {
     let mut v = Vec::with_capacity(len);
     v.resize(len, 0);
