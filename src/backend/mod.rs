@@ -630,13 +630,25 @@ pub fn each_run(data: &mut [u64], n: usize, f: impl Fn(usize, &mut [u64]) + Sync
     }
 }
 
-/// `len` zeros written into fresh memory: `vec![0; len]` leaves a large buffer mapped to the
-/// kernel's shared zero page, and one read before it is written (a running sum) then faults
-/// twice per page, the second time flushing the TLB of every core the process runs on.
-#[allow(clippy::slow_vector_initialization, reason = "`vec![0; len]` is the lazily mapped allocation this avoids")]
+/// `len` zeros for a large buffer, in transparent huge pages where the kernel allows them
+/// (`madvise`, before the first touch). A fresh buffer of N 4 KiB pages costs N faults, each
+/// zeroing a page; one read before the first write (a running sum) maps the shared zero page
+/// and makes the write fault again with a TLB flush on every core. In 2 MiB pages both happen
+/// 512 times less often.
 pub fn zeros(len: usize) -> Vec<u64> {
-    let mut v = Vec::with_capacity(len);
-    v.resize(len, 0);
+    const HUGE: usize = 2 << 20;
+    let mut v = vec![0u64; len];
+    let bytes = len * std::mem::size_of::<u64>();
+    if bytes >= 2 * HUGE {
+        let start = v.as_mut_ptr() as usize;
+        let (from, to) = (start.next_multiple_of(HUGE), (start + bytes) / HUGE * HUGE);
+        // SAFETY: [from, to) lies inside `v`'s allocation and is page-aligned; MADV_HUGEPAGE
+        // only changes how the kernel backs the range, never its contents. A refusal (no THP)
+        // leaves ordinary pages.
+        unsafe {
+            libc::madvise(from as *mut libc::c_void, to - from, libc::MADV_HUGEPAGE);
+        }
+    }
     v
 }
 
@@ -954,6 +966,19 @@ mod tests {
                 let want = ((v + top.value() as u128 / 2) / top.value() as u128 % m.value() as u128) as u64;
                 assert_eq!(got[l * polys * n + c], want, "limb {l}, coefficient {c}");
             }
+        }
+    }
+
+    /// Buffers of any size come back zeroed and writable, whether or not the kernel takes the
+    /// huge-page advice (sizes below, at and across 2 MiB boundaries).
+    #[test]
+    fn zeros_are_zeros_at_every_size() {
+        for len in [0, 1, 1 << 18, (1 << 19) + 3, 3 << 20] {
+            let mut v = zeros(len);
+            assert_eq!(v.len(), len);
+            assert!(v.iter().all(|&x| x == 0), "{len}");
+            v.iter_mut().enumerate().for_each(|(i, x)| *x = i as u64);
+            assert!(v.iter().enumerate().all(|(i, &x)| x == i as u64));
         }
     }
 

@@ -17,7 +17,7 @@ use std::borrow::Borrow;
 use super::bfv::Ciphertext;
 use super::poly::{Form, RnsPoly};
 use super::{HeError, HeParams, HeResult};
-use crate::backend::{Backend, Buffer, HeldRuns, each_run};
+use crate::backend::{Backend, Buffer, HeldRuns, each_run, zeros};
 
 /// The encrypted selectors of R rows (E each, all at one level), kept by the server in NTT form
 /// and held by the backend that made them, per limb `[row][half][i][N]`: each (row, half) is one
@@ -57,7 +57,7 @@ impl Selectors {
         }
         let run = count * n;
         // one zeroed allocation per limb (`vec![vec![0; n]; limbs]` would clone the zeros)
-        let mut values: Vec<Vec<u64>> = (0..limbs).map(|_| vec![0u64; r_count * 2 * run]).collect();
+        let mut values: Vec<Vec<u64>> = (0..limbs).map(|_| zeros(r_count * 2 * run)).collect();
         for (row, cts) in rows.iter().enumerate() {
             for (i, ct) in cts.iter().enumerate() {
                 let ct = ct.borrow();
@@ -135,14 +135,14 @@ impl OperandBank {
         // per limb, every operand reduced, transformed and given its Shoup constants at once
         let mut limbs = Vec::with_capacity(k);
         for (l, m) in params.moduli().iter().enumerate() {
-            let mut w = vec![0u64; outputs * inputs * n];
+            let mut w = zeros(outputs * inputs * n);
             each_run(&mut w, n, |r, run| {
                 for (v, &c) in run.iter_mut().zip(rows[r / inputs][r % inputs]) {
                     *v = m.reduce_signed(c as i64);
                 }
             });
             backend.ntt_forward(&params.tables()[l..=l], &mut w)?;
-            let mut shoup = vec![0u64; w.len()];
+            let mut shoup = zeros(w.len());
             each_run(&mut shoup, n, |r, run| {
                 for (s, &v) in run.iter_mut().zip(&w[r * n..]) {
                     *s = m.shoup(v);
@@ -201,7 +201,7 @@ impl SelectionSums {
         backend: &dyn Backend,
     ) -> HeResult<SelectionSums> {
         let len = rows * 2 * outputs * params.degree();
-        let values = (0..limbs).map(|_| backend.hold(crate::backend::zeros(len))).collect::<Result<_, _>>()?;
+        let values = (0..limbs).map(|_| backend.hold(zeros(len))).collect::<Result<_, _>>()?;
         Ok(SelectionSums { rows, outputs, limbs, values })
     }
 
