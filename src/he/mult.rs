@@ -248,6 +248,11 @@ pub(crate) struct TensorBasis {
 }
 
 impl TensorBasis {
+    /// Number of primes, Q's and P's.
+    pub(crate) fn len(&self) -> usize {
+        self.moduli.len()
+    }
+
     /// The basis for products at `level` RNS limbs.
     pub(crate) fn new(params: &HeParams, level: usize) -> HeResult<TensorBasis> {
         let n = params.degree();

@@ -17,7 +17,7 @@ use std::borrow::Borrow;
 use super::bfv::Ciphertext;
 use super::poly::{Form, RnsPoly};
 use super::{HeError, HeParams, HeResult};
-use crate::backend::{Backend, Buffer, HeldRuns, each_run, zeros};
+use crate::backend::{Backend, Buffer, HeldRuns, each_run, par_map, zeros};
 
 /// The encrypted selectors of R rows (E each, all at one level), kept by the server in NTT form
 /// and held by the backend that made them, per limb `[row][half][i][N]`: each (row, half) is one
@@ -219,7 +219,7 @@ impl SelectionSums {
         if first.checked_add(e).is_none_or(|end| end > count) {
             return Err(HeError::Shape(format!("selectors {first}..{} of {count}", first.saturating_add(e))));
         }
-        if (selectors.rows, j, k) != (self.rows, self.outputs, self.limbs) {
+        if (selectors.rows, j, k, self.values.len()) != (self.rows, self.outputs, self.limbs, k) {
             return Err(HeError::Shape(format!(
                 "sums of {} rows × {} outputs at {} limbs given {} rows of selectors at {k} limbs and a bank of {j} outputs",
                 self.rows, self.outputs, self.limbs, selectors.rows
@@ -237,22 +237,53 @@ impl SelectionSums {
         Ok(())
     }
 
+    /// J, the number of outputs per row.
+    pub fn outputs(&self) -> usize {
+        self.outputs
+    }
+
     /// The sums as ciphertexts (fetched from the backend that holds them): per row, J of them,
     /// NTT form.
-    pub fn into_ciphertexts(self, params: &HeParams, backend: &dyn Backend) -> HeResult<Vec<Vec<Ciphertext>>> {
-        let n = params.degree();
-        let j = self.outputs;
-        let limbs: Vec<Vec<u64>> = self.values.into_iter().map(|b| backend.fetch(b)).collect::<Result<_, _>>()?;
+    pub fn into_ciphertexts(mut self, params: &HeParams, backend: &dyn Backend) -> HeResult<Vec<Vec<Ciphertext>>> {
+        let limbs = self.fetch(backend)?;
+        Ok(self.ciphertexts(params, &limbs))
+    }
+
+    /// The sums as ciphertexts ([`SelectionSums::into_ciphertexts`]), leaving zero sums in the
+    /// same memory for the next selection of this shape: fresh pages would cost a fault and a
+    /// clearing each.
+    pub fn take(&mut self, params: &HeParams, backend: &dyn Backend) -> HeResult<Vec<Vec<Ciphertext>>> {
+        let mut limbs = self.fetch(backend)?;
+        let cts = self.ciphertexts(params, &limbs);
+        for limb in &mut limbs {
+            each_run(limb, params.degree(), |_, run| run.fill(0));
+        }
+        self.values = limbs.into_iter().map(|limb| backend.hold(limb)).collect::<Result<_, _>>()?;
+        Ok(cts)
+    }
+
+    /// The limbs, fetched from the backend (the sums are left empty).
+    fn fetch(&mut self, backend: &dyn Backend) -> HeResult<Vec<Vec<u64>>> {
+        let values = std::mem::take(&mut self.values);
+        Ok(values.into_iter().map(|b| backend.fetch(b)).collect::<Result<_, _>>()?)
+    }
+
+    /// Per row, the J ciphertexts in fetched `limbs`.
+    fn ciphertexts(&self, params: &HeParams, limbs: &[Vec<u64>]) -> Vec<Vec<Ciphertext>> {
+        let (n, j) = (params.degree(), self.outputs);
         let poly = |b: usize, jj: usize| {
             let mut values = Vec::with_capacity(self.limbs * n);
-            for limb in &limbs {
+            for limb in limbs {
                 values.extend_from_slice(&limb[(b * j + jj) * n..][..n]);
             }
             RnsPoly { limbs: values, form: Form::Ntt }
         };
-        Ok((0..self.rows)
-            .map(|r| (0..j).map(|jj| Ciphertext { c0: poly(2 * r, jj), c1: poly(2 * r + 1, jj) }).collect())
-            .collect())
+        let cts = par_map(self.rows * j, |i| {
+            let (r, jj) = (i / j, i % j);
+            Ciphertext { c0: poly(2 * r, jj), c1: poly(2 * r + 1, jj) }
+        });
+        let mut cts = cts.into_iter();
+        (0..self.rows).map(|_| cts.by_ref().take(j).collect()).collect()
     }
 }
 

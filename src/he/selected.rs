@@ -329,11 +329,20 @@ pub fn noise_bits(p: &HeParams, layout: &SelectedLayout, w_bits: u32) -> f64 {
     product + t.pack as f64 + 1.0
 }
 
-/// Bytes the server spends per row batch on the selected weights it accumulates (and the
-/// rows' partly expanded selectors), and per expert chunk on the chunk's prepared weights and
-/// selectors: what bounds its memory for any E.
-const BATCH_BYTES: usize = 512 << 20;
-const CHUNK_BYTES: usize = 512 << 20;
+/// What bounds the server's memory for any E, per batch of rows: the rows' selected weights
+/// when they are selected all at once (`sums`), one expert chunk's prepared weights and
+/// selectors (`chunk`); and when the output tiles stream in groups, the rows' own state —
+/// lifted inputs and finished output tiles — (`rows`) and one group's selected and prepared
+/// weights (`group`).
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    sums: usize,
+    chunk: usize,
+    rows: usize,
+    group: usize,
+}
+
+const BUDGET: Budget = Budget { sums: 512 << 20, chunk: 512 << 20, rows: 384 << 20, group: 128 << 20 };
 
 /// i reversed in its low `bits` bits.
 fn bit_reverse(i: usize, bits: u32) -> usize {
@@ -403,21 +412,74 @@ pub struct SelectedRow<'a> {
 }
 
 impl SelectedLayout {
-    /// Rows the server takes at once: their selected weights (K·J ciphertexts each) within
-    /// 512 MiB.
-    pub fn row_batch(&self, p: &HeParams) -> usize {
-        let (_, j, k) = self.tiling.tile_counts();
-        (BATCH_BYTES / (j * k * ciphertext_bytes(p))).max(1)
+    /// Rows the server takes at once: batches of rows that keep their selectors
+    /// ([`RowChoice`]) stream their output tiles in groups ([`SelectedLayout::grouped`]) and
+    /// come as many as their lifted inputs and finished output tiles fit 384 MiB; other
+    /// batches select all J·K weights of a row at once and come as many as those fit 512 MiB.
+    fn row_batch(&self, p: &HeParams, kept: bool) -> usize {
+        let (j, k) = (self.inputs(), self.outputs());
+        let per_row = j * lifted_bytes(p) + k * self.tile_bytes(p);
+        let grouped = (1..=BUDGET.rows / per_row).rev().find(|&rows| self.grouped(p, rows, kept, BUDGET));
+        grouped.unwrap_or((BUDGET.sums / (j * k * ciphertext_bytes(p))).max(1))
     }
 
-    /// Experts per chunk for a batch of `rows` rows: a power of two whose prepared weights and
-    /// selectors fit `budget` bytes.
-    fn chunk(&self, p: &HeParams, rows: usize, budget: usize) -> usize {
-        let (_, j, k) = self.tiling.tile_counts();
-        let per_expert = j * k * p.moduli().len() * p.degree() * 16 + rows * ciphertext_bytes(p);
+    /// The server's batches of rows for `choices` (in order): runs of rows that keep their
+    /// selectors, or do not, each at most [`SelectedLayout::row_batch`] long.
+    pub fn row_batches(&self, p: &HeParams, choices: &[RowChoice]) -> Vec<std::ops::Range<usize>> {
+        let mut batches = Vec::new();
+        let mut first = 0;
+        while first < choices.len() {
+            let kept = choices[first].keep;
+            let mut end = first + 1;
+            let most = first + self.row_batch(p, kept);
+            while end < choices.len().min(most) && choices[end].keep == kept {
+                end += 1;
+            }
+            batches.push(first..end);
+            first = end;
+        }
+        batches
+    }
+
+    /// Bytes of one finished output tile: a relinearized ciphertext, or three parts.
+    fn tile_bytes(&self, p: &HeParams) -> usize {
+        ciphertext_bytes(p) * self.form.parts() / 2
+    }
+
+    /// Whether a batch of `rows` rows streams its output tiles in groups: when the rows keep
+    /// their selectors and those, in the backend's layout, fit one chunk beside one output
+    /// tile's weights of every expert — built once, they then serve every group, and each
+    /// weight polynomial is prepared once per batch. Otherwise a group after the first would
+    /// expand or lay out the selectors again.
+    fn grouped(&self, p: &HeParams, rows: usize, kept: bool, budget: Budget) -> bool {
+        let selectors = rows * self.experts * ciphertext_bytes(p);
+        kept && selectors + self.experts * self.bank_bytes(p, 1) <= budget.chunk
+    }
+
+    /// Bytes of one expert's prepared weights for `tiles` output tiles (J input tiles each).
+    fn bank_bytes(&self, p: &HeParams, tiles: usize) -> usize {
+        self.inputs() * tiles * p.moduli().len() * p.degree() * 16
+    }
+
+    /// Output tiles per group for a batch of `rows` rows: all K, or, grouped, as many as both
+    /// the rows' selected weights (J ciphertexts per row and tile) and every expert's prepared
+    /// weights fit the group's budget (how many does not change the work, only the calls).
+    fn tile_group(&self, p: &HeParams, rows: usize, kept: bool, budget: Budget) -> usize {
+        let k = self.outputs();
+        if !self.grouped(p, rows, kept, budget) {
+            return k;
+        }
+        let per_tile = (rows * self.inputs() * ciphertext_bytes(p)).max(self.experts * self.bank_bytes(p, 1));
+        (budget.group / per_tile).clamp(1, k)
+    }
+
+    /// Experts per chunk for a batch of `rows` rows and groups of `tiles` output tiles: a power
+    /// of two whose prepared weights and selectors fit `budget` bytes.
+    fn chunk(&self, p: &HeParams, rows: usize, tiles: usize, budget: usize) -> usize {
+        let per_expert = self.bank_bytes(p, tiles) + rows * ciphertext_bytes(p);
         let fit = (budget / per_expert).max(1);
         let all = 1usize << self.select_levels;
-        if fit >= all { all } else { 1 << fit.ilog2() }
+        if fit >= self.experts { all } else { 1 << fit.ilog2() }
     }
 }
 
@@ -426,12 +488,22 @@ fn ciphertext_bytes(p: &HeParams) -> usize {
     2 * p.moduli().len() * p.degree() * 8
 }
 
-/// The server's side of a batch of rows (at most [`SelectedLayout::row_batch`]): `experts` the
-/// E matrices (d×m, row-major, ring values read as signed), one seed per row for its masks.
-/// Experts are taken in chunks (contiguous, thanks to the bit-reversed placement of the
-/// selectors: the first log2(E/chunk) levels of the expansion separate the chunks), so that
-/// each weight polynomial is transformed once per batch, not once per row. Returns each row's
-/// responses, flooded with `flood` bits.
+/// Bytes of a full-level ciphertext lifted to its product basis.
+fn lifted_bytes(p: &HeParams) -> usize {
+    let k = p.moduli().len();
+    2 * p.tensor_basis(k).map_or(2 * k + 1, |b| b.len()) * p.degree() * 8
+}
+
+/// The server's side of a batch of rows ([`SelectedLayout::row_batches`]): `experts` the E
+/// matrices (d×m, row-major, ring values read as signed), one seed per row for its masks.
+/// Returns each row's responses, flooded with `flood` bits.
+///
+/// The output tiles stream in groups ([`SelectedLayout::tile_group`]); per group, the experts
+/// are taken in chunks (contiguous, thanks to the bit-reversed placement of the selectors: the
+/// first log2(E/chunk) levels of the expansion separate the chunks), so that each weight
+/// polynomial is transformed once per batch, not once per row, and the group's selected weights
+/// are multiplied by the rows' inputs (lifted once per batch) before the next group's are
+/// summed in the same buffers.
 #[allow(clippy::too_many_arguments)]
 pub fn selected_batch(
     p: &HeParams,
@@ -443,15 +515,30 @@ pub fn selected_batch(
     seeds: &[[u8; 32]],
     be: &dyn Backend,
 ) -> HeResult<Vec<Vec<SelectedResponse>>> {
+    selected_batch_within(p, keys, layout, rows, experts, (flood, seeds), be, BUDGET)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn selected_batch_within(
+    p: &HeParams,
+    keys: SelectKeys<'_>,
+    layout: &SelectedLayout,
+    rows: &[SelectedRow<'_>],
+    experts: &[&[u64]],
+    (flood, seeds): (u32, &[[u8; 32]]),
+    be: &dyn Backend,
+    budget: Budget,
+) -> HeResult<Vec<Vec<SelectedResponse>>> {
     if seeds.len() != rows.len() {
         return Err(HeError::Shape(format!("{} seeds for {} rows", seeds.len(), rows.len())));
     }
-    let weights = selected_weights(p, keys, layout, rows, experts, be, CHUNK_BYTES)?;
-    rows.iter()
-        .zip(weights)
-        .zip(seeds)
-        .map(|((row, weights), seed)| respond_row(p, keys, layout, row.x, &weights, flood, *seed, be))
-        .collect()
+    let results = batch_results(p, keys, layout, rows, experts, be, budget)?;
+    par_map(rows.len(), |r| match &results[r] {
+        RowResults::Packed(cts) => seal_row(p, keys, layout, cts, flood, seeds[r], be),
+        RowResults::Tensored(sums) => seal_row(p, keys, layout, sums, flood, seeds[r], be),
+    })
+    .into_iter()
+    .collect()
 }
 
 /// Whether `experts` are E matrices of d×m for `layout`; the error names the first that is not.
@@ -468,65 +555,151 @@ pub fn check_experts(layout: &SelectedLayout, experts: &[&[u64]]) -> HeResult<()
     }
 }
 
-/// Each row's selected weight polynomials [[Ŵ_(j,k)]] (index k·J + j, NTT form), the experts
-/// streamed in chunks within `chunk_bytes`.
-fn selected_weights(
+/// A row's results before sealing: packed two-part ciphertexts, or its output tiles' three-part
+/// sums.
+#[derive(Debug)]
+enum RowResults {
+    Packed(Vec<Ciphertext>),
+    Tensored(Vec<Tensored>),
+}
+
+/// Every row's products x·Ŵ in the layout's form.
+fn batch_results(
     p: &HeParams,
     keys: SelectKeys<'_>,
     layout: &SelectedLayout,
     rows: &[SelectedRow<'_>],
     experts: &[&[u64]],
     be: &dyn Backend,
-    chunk_bytes: usize,
-) -> HeResult<Vec<Vec<Ciphertext>>> {
-    let t = &layout.tiling;
+    budget: Budget,
+) -> HeResult<Vec<RowResults>> {
+    keys.check(layout.form)?;
+    match keys.relin.filter(|_| layout.form == ProductForm::Relinearized) {
+        Some(relin) => {
+            let tiles = batch_tiles(p, keys, layout, rows, experts, be, budget, |t| t.relinearize(p, relin, be))?;
+            par_map(rows.len(), |r| pack_row(p, keys, layout, &tiles[r], be).map(RowResults::Packed))
+                .into_iter()
+                .collect()
+        }
+        None => Ok(batch_tiles(p, keys, layout, rows, experts, be, budget, Ok)?
+            .into_iter()
+            .map(RowResults::Tensored)
+            .collect()),
+    }
+}
+
+/// Every row's K output tiles, each Σ_j [\[Ŵ_(j,k)\]]·x_j passed through `finish`
+/// (relinearization, or nothing) in the task that computed it.
+#[allow(clippy::too_many_arguments)]
+fn batch_tiles<T: Send>(
+    p: &HeParams,
+    keys: SelectKeys<'_>,
+    layout: &SelectedLayout,
+    rows: &[SelectedRow<'_>],
+    experts: &[&[u64]],
+    be: &dyn Backend,
+    budget: Budget,
+    finish: impl Fn(Tensored) -> HeResult<T> + Sync + Send,
+) -> HeResult<Vec<Vec<T>>> {
     let (j_n, k_n, e) = (layout.inputs(), layout.outputs(), layout.experts);
     check_experts(layout, experts)?;
     if let Some(bad) = rows.iter().position(|r| r.x.len() != j_n || r.choice.own.len() != e) {
         return Err(HeError::Shape(format!("row {bad} needs {j_n} input tiles and {e} selector bits")));
     }
-    let chunk = layout.chunk(p, rows.len(), chunk_bytes);
-    let outer = layout.select_levels - chunk.trailing_zeros();
-    let inner = layout.select_levels - outer;
-    // the first levels of every row's expansion (node c holds the chunk bitrev(c)), unless the
-    // row kept all its selectors from an earlier product
-    let nodes: Vec<Vec<Ciphertext>> = par_map(rows.len(), |r| match rows[r].choice.all_kept() {
-        true => Ok(Vec::new()),
-        false => keys.galois.expand(p, &rows[r].choice.compact, outer, be),
-    })
-    .into_iter()
-    .collect::<HeResult<_>>()?;
-    // the rows' selected weight polynomials [[Ŵ_(j,k)]], summed over the chunks
-    let mut sums = SelectionSums::new(p, rows.len(), j_n * k_n, p.moduli().len(), be)?;
-    let top = 1u128 << layout.select_levels;
-    for c in 0..1usize << outer {
-        let range = c * chunk..((c + 1) * chunk).min(e);
-        if range.is_empty() {
-            continue;
+    let Some(level) = rows.first().map(|r| r.x[0].limbs(p)) else {
+        return Ok(Vec::new());
+    };
+    let kept = rows.iter().all(|r| r.choice.keep);
+    let group = layout.tile_group(p, rows.len(), kept, budget);
+    let selection = RowSelection::new(p, keys, layout, rows, layout.chunk(p, rows.len(), group, budget.chunk), be)?;
+    let xs: Vec<Lifted> =
+        par_map(rows.len() * j_n, |i| rows[i / j_n].x[i % j_n].lift(p, be)).into_iter().collect::<HeResult<_>>()?;
+    let mut sums = SelectionSums::new(p, rows.len(), j_n * group, p.moduli().len(), be)?;
+    let mut tiles: Vec<Vec<T>> = (0..rows.len()).map(|_| Vec::with_capacity(k_n)).collect();
+    for k0 in (0..k_n).step_by(group) {
+        let ks = k0..(k0 + group).min(k_n);
+        if sums.outputs() != j_n * ks.len() {
+            sums = SelectionSums::new(p, rows.len(), j_n * ks.len(), p.moduli().len(), be)?;
         }
-        // one bank for the chunk: output k·J + j sums the chunk's encoded tiles (j, k)
-        let tiles: Vec<Vec<Vec<u64>>> = par_map(j_n * k_n, |tile| {
-            let (j, k) = (tile % j_n, tile / j_n);
-            experts[range.clone()].iter().map(|w| t.encode_b(w, j, k)).collect()
+        selection.select(p, layout, experts, ks.clone(), &mut sums, be)?;
+        // per row, the group's selected weights [[Ŵ_(j,k)]] at (k − k0)·J + j
+        let weights = sums.take(p, be)?;
+        let done = par_map(rows.len() * ks.len(), |i| {
+            let (r, kk) = (i / ks.len(), i % ks.len());
+            finish(tile_product(p, level, &xs[r * j_n..(r + 1) * j_n], &weights[r][kk * j_n..][..j_n], be)?)
         });
-        let bank = OperandBank::new(
-            p,
-            &tiles.iter().map(|tile| tile.iter().map(Vec::as_slice).collect()).collect::<Vec<_>>(),
-            be,
-        )?;
-        drop(tiles);
-        // every row's selectors for the chunk: kept, or the rest of its expansion with its own
-        // share folded in (NTT form)
-        let chosen = par_map(rows.len(), |r| -> HeResult<Vec<Arc<Ciphertext>>> {
-            let choice = rows[r].choice;
+        for (i, tile) in done.into_iter().enumerate() {
+            tiles[i / ks.len()].push(tile?);
+        }
+    }
+    Ok(tiles)
+}
+
+/// A batch's selectors: the first levels of every row's expansion (unless the row kept all
+/// its selectors), and, when one chunk covers every expert, all rows' selectors in the
+/// backend's layout, built once for every group of output tiles.
+struct RowSelection<'r, 'a> {
+    rows: &'r [SelectedRow<'a>],
+    keys: SelectKeys<'r>,
+    chunk: usize,
+    outer: u32,
+    inner: u32,
+    /// Per row, node c holds the chunk bitrev(c).
+    nodes: Vec<Vec<Ciphertext>>,
+    whole: Option<Selectors>,
+}
+
+impl<'r, 'a> RowSelection<'r, 'a> {
+    fn new(
+        p: &HeParams,
+        keys: SelectKeys<'r>,
+        layout: &SelectedLayout,
+        rows: &'r [SelectedRow<'a>],
+        chunk: usize,
+        be: &dyn Backend,
+    ) -> HeResult<Self> {
+        let outer = layout.select_levels - chunk.trailing_zeros();
+        let inner = layout.select_levels - outer;
+        let nodes = par_map(rows.len(), |r| match rows[r].choice.all_kept() {
+            true => Ok(Vec::new()),
+            false => keys.galois.expand(p, &rows[r].choice.compact, outer, be),
+        })
+        .into_iter()
+        .collect::<HeResult<_>>()?;
+        let mut selection = RowSelection { rows, keys, chunk, outer, inner, nodes, whole: None };
+        if outer == 0 {
+            selection.whole = Some(selection.chunk_selectors(p, layout, 0, be)?);
+        }
+        Ok(selection)
+    }
+
+    /// The experts of chunk `c`.
+    fn range(&self, c: usize, experts: usize) -> std::ops::Range<usize> {
+        c * self.chunk..((c + 1) * self.chunk).min(experts)
+    }
+
+    /// Every row's selectors for chunk `c`: kept, or the rest of its expansion with its own
+    /// share folded in (NTT form).
+    fn chunk_selectors(
+        &self,
+        p: &HeParams,
+        layout: &SelectedLayout,
+        c: usize,
+        be: &dyn Backend,
+    ) -> HeResult<Selectors> {
+        let range = self.range(c, layout.experts);
+        let top = 1u128 << layout.select_levels;
+        let chosen = par_map(self.rows.len(), |r| -> HeResult<Vec<Arc<Ciphertext>>> {
+            let choice = self.rows[r].choice;
             if let Some(kept) = choice.kept(range.clone()) {
                 return Ok(kept);
             }
-            let leaves = keys.galois.expand_from(p, &nodes[r][bit_reverse(c, outer)], outer, inner, be)?;
+            let node = &self.nodes[r][bit_reverse(c, self.outer)];
+            let leaves = self.keys.galois.expand_from(p, node, self.outer, self.inner, be)?;
             // leaf i holds the chunk's expert bitrev(i)
             let cts = (0..range.len())
                 .map(|offset| {
-                    let mut ct = leaves[bit_reverse(offset, inner)].clone();
+                    let mut ct = leaves[bit_reverse(offset, self.inner)].clone();
                     if choice.own[range.start + offset] {
                         ct.c0.neg_assign(p);
                         ct.c1.neg_assign(p);
@@ -541,36 +714,48 @@ fn selected_weights(
             Ok(cts)
         });
         let chosen = chosen.into_iter().collect::<HeResult<Vec<_>>>()?;
-        let selectors = Selectors::new(p, &chosen, be)?;
-        drop(chosen);
-        sums.add(p, &selectors, 0, &bank, be)?;
+        Selectors::new(p, &chosen, be)
     }
-    sums.into_ciphertexts(p, be)
-}
 
-/// One row's products [[Ŵ_(j,k)]]·x_j summed over j, in the layout's form (relinearized and
-/// packed, or tensored), each sealed.
-#[allow(clippy::too_many_arguments)]
-fn respond_row(
-    p: &HeParams,
-    keys: SelectKeys<'_>,
-    layout: &SelectedLayout,
-    x: &[Ciphertext],
-    weights: &[Ciphertext],
-    flood: u32,
-    seed: [u8; 32],
-    be: &dyn Backend,
-) -> HeResult<Vec<SelectedResponse>> {
-    keys.check(layout.form)?;
-    match layout.form {
-        ProductForm::Relinearized => {
-            let packed = packed_products(p, keys, layout, x, weights, be)?;
-            seal_row(p, keys, layout, packed, flood, seed, be)
+    /// Adds every row's selected weights of output tiles `ks` (at (k − k0)·J + j) to `sums`,
+    /// chunk by chunk of experts.
+    fn select(
+        &self,
+        p: &HeParams,
+        layout: &SelectedLayout,
+        experts: &[&[u64]],
+        ks: std::ops::Range<usize>,
+        sums: &mut SelectionSums,
+        be: &dyn Backend,
+    ) -> HeResult<()> {
+        let (t, j_n) = (&layout.tiling, layout.inputs());
+        for c in 0..1usize << self.outer {
+            let range = self.range(c, layout.experts);
+            if range.is_empty() {
+                continue;
+            }
+            // one bank for the chunk: output (k − k0)·J + j sums the chunk's encoded tiles (j, k)
+            let tiles: Vec<Vec<Vec<u64>>> = par_map(j_n * ks.len(), |tile| {
+                let (j, k) = (tile % j_n, ks.start + tile / j_n);
+                experts[range.clone()].iter().map(|w| t.encode_b(w, j, k)).collect()
+            });
+            let bank = OperandBank::new(
+                p,
+                &tiles.iter().map(|tile| tile.iter().map(Vec::as_slice).collect()).collect::<Vec<_>>(),
+                be,
+            )?;
+            drop(tiles);
+            let built;
+            let selectors = match &self.whole {
+                Some(whole) => whole,
+                None => {
+                    built = self.chunk_selectors(p, layout, c, be)?;
+                    &built
+                }
+            };
+            sums.add(p, selectors, 0, &bank, be)?;
         }
-        ProductForm::Tensored => {
-            let products = tile_products(p, layout, x, weights, be, Ok)?;
-            seal_row(p, keys, layout, products, flood, seed, be)
-        }
+        Ok(())
     }
 }
 
@@ -580,7 +765,7 @@ fn seal_row<T: Outgoing + Clone + Send + Sync>(
     p: &HeParams,
     keys: SelectKeys<'_>,
     layout: &SelectedLayout,
-    results: Vec<T>,
+    results: &[T],
     flood: u32,
     seed: [u8; 32],
     be: &dyn Backend,
@@ -608,60 +793,45 @@ fn seal_row<T: Outgoing + Clone + Send + Sync>(
     .collect()
 }
 
-/// One row's output tiles, each the sum over j of [[Ŵ_(j,k)]]·x_j (every input tile lifted once
-/// for its K products, each output tile rounded once), each passed through `finish` in the task
-/// that computed it (relinearization, or nothing).
-fn tile_products<T: Send>(
+/// One output tile, Σ_j [\[Ŵ_(j,k)\]]·x_j over the row's lifted input tiles, rounded once per
+/// 2^SUM_TERM_BITS products (what the extension basis holds).
+fn tile_product(
     p: &HeParams,
-    layout: &SelectedLayout,
-    x: &[Ciphertext],
+    level: usize,
+    xs: &[Lifted],
     weights: &[Ciphertext],
     be: &dyn Backend,
-    finish: impl Fn(Tensored) -> HeResult<T> + Sync + Send,
-) -> HeResult<Vec<T>> {
-    let (j_n, k_n) = (layout.inputs(), layout.outputs());
-    let xs: Vec<Lifted> = par_map(j_n, |j| x[j].lift(p, be)).into_iter().collect::<HeResult<_>>()?;
-    let level = x.first().map_or(p.moduli().len(), |c| c.limbs(p));
-    par_map(k_n, |k| -> HeResult<T> {
-        // sums of at most 2^SUM_TERM_BITS products each (the extension basis holds no more)
-        let mut total: Option<Tensored> = None;
-        for (g, group) in xs.chunks(1 << SUM_TERM_BITS).enumerate() {
-            let mut sum = ProductSum::new(p, level)?;
-            for (i, xj) in group.iter().enumerate() {
-                let j = (g << SUM_TERM_BITS) + i;
-                sum.add(p, &weights[k * j_n + j].lift(p, be)?, xj)?;
-            }
-            let part = sum.finish(p, be)?;
-            match total.as_mut() {
-                Some(total) => total.add_assign(p, &part)?,
-                None => total = Some(part),
-            }
+) -> HeResult<Tensored> {
+    let mut total: Option<Tensored> = None;
+    for (xs, weights) in xs.chunks(1 << SUM_TERM_BITS).zip(weights.chunks(1 << SUM_TERM_BITS)) {
+        let mut sum = ProductSum::new(p, level)?;
+        for (xj, w) in xs.iter().zip(weights) {
+            sum.add(p, &w.lift(p, be)?, xj)?;
         }
-        finish(total.ok_or_else(|| HeError::Shape("a selected product with no input tile".into()))?)
-    })
-    .into_iter()
-    .collect()
+        let part = sum.finish(p, be)?;
+        match total.as_mut() {
+            Some(total) => total.add_assign(p, &part)?,
+            None => total = Some(part),
+        }
+    }
+    total.ok_or_else(|| HeError::Shape("a selected product with no input tile".into()))
 }
 
-/// One row's output tiles ([`tile_products`]) relinearized and packed per group of 2^pack
-/// (coefficient form): what [`respond_row`] seals in the relinearized form.
-fn packed_products(
+/// One row's relinearized output tiles packed per group of 2^pack (coefficient form): what
+/// [`seal_row`] seals in the relinearized form.
+fn pack_row(
     p: &HeParams,
     keys: SelectKeys<'_>,
     layout: &SelectedLayout,
-    x: &[Ciphertext],
-    weights: &[Ciphertext],
+    tiles: &[Ciphertext],
     be: &dyn Backend,
 ) -> HeResult<Vec<Ciphertext>> {
     let t = &layout.tiling;
-    let k_n = layout.outputs();
-    let relin = keys.relin.ok_or_else(|| HeError::Shape("no relinearization key".into()))?;
-    let results = tile_products(p, layout, x, weights, be, |tile| tile.relinearize(p, relin, be))?;
     let size = 1usize << t.pack;
     let shift = 2 * p.degree() - (t.d_w - 1);
     par_map(layout.returned(), |g| {
         let mut slots: Vec<Option<Ciphertext>> = vec![None; size];
-        for (j, ct) in results[g * size..((g + 1) * size).min(k_n)].iter().enumerate() {
+        for (j, ct) in tiles[g * size..((g + 1) * size).min(tiles.len())].iter().enumerate() {
             let mut ct = ct.clone();
             ct.c0.to_coeff(p, be)?;
             ct.c1.to_coeff(p, be)?;
@@ -755,28 +925,48 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}"))
                 .remove(0);
             assert!(again == whole, "a product from kept selectors differs");
-            // experts streamed one at a time, expanded afresh: the same masks, the same decrypted shares
+            // output tiles one at a time, from kept selectors, beside a second row that chose
+            // another expert; then experts one chunk at a time, expanded afresh: the same masks,
+            // the same decrypted shares
+            let (tiny, one_tile) = (
+                Budget { sums: 1, chunk: 1, rows: 1, group: 1 },
+                Budget { sums: 1, chunk: 1 << 30, rows: 1, group: 1 },
+            );
+            assert!(layout.tile_group(&p, 2, true, one_tile) == 1 && layout.outputs() > 1, "nothing to group");
+            let other = (chosen + 1) % e;
+            let pt = Plaintext::new(&p, layout.encode_choice(&(0..e).map(|i| i == other).collect::<Vec<_>>()))
+                .unwrap_or_else(|e| panic!("{e}"));
+            let second =
+                RowChoice::new(sk.encrypt(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}")), vec![false; e], true);
+            let pair = [row, SelectedRow { x: &inputs, choice: &second }];
+            let mut grouped =
+                selected_batch_within(&p, keys, &layout, &pair, &refs, (flood, &[[3; 32], [4; 32]]), &be, one_tile)
+                    .unwrap_or_else(|e| panic!("{e}"));
             let fresh = RowChoice::new(compact, own, false);
             let row = SelectedRow { x: &inputs, choice: &fresh };
-            let weights = selected_weights(&p, keys, &layout, &[row], &refs, &be, 1).unwrap_or_else(|e| panic!("{e}"));
+            let chunked = selected_batch_within(&p, keys, &layout, &[row], &refs, (flood, &[[3; 32]]), &be, tiny)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .remove(0);
             assert!(fresh.kept(0..e).is_none());
-            let chunked = respond_row(&p, keys, &layout, &inputs, &weights[0], flood, [3; 32], &be)
-                .unwrap_or_else(|e| panic!("{e}"));
             // the noise before flooding stays below its bound
             if form == ProductForm::Relinearized {
-                let packed =
-                    packed_products(&p, keys, &layout, &inputs, &weights[0], &be).unwrap_or_else(|e| panic!("{e}"));
+                let results =
+                    batch_results(&p, keys, &layout, &[row], &refs, &be, tiny).unwrap_or_else(|e| panic!("{e}"));
+                let Some(RowResults::Packed(packed)) = results.first() else { panic!("no packed results") };
                 let log_delta = p.log_q() - p.plain_bits() as f64;
-                for ct in &packed {
+                for ct in packed {
                     let noise = log_delta - 1.0 - sk.noise_budget(ct, &be).unwrap_or_else(|e| panic!("{e}"));
                     assert!(noise <= bound, "noise 2^{noise:.1} above the bound 2^{bound:.1}");
                     eprintln!("selected product noise 2^{noise:.1}, bound 2^{bound:.1}");
                 }
             }
-            let expected = MatShape { n: 1, d, m }.plain_product(&x, &experts[chosen]);
             let full = layout.with_result_bits(64).map(|l| l.response_shape(&p, 1).encoded_len(p.degree()));
             assert!(bits == 64 || full.is_ok_and(|full| layout.response_shape(&p, 1).encoded_len(p.degree()) < full));
-            for responses in [whole, chunked] {
+            let second_row = grouped.pop().unwrap_or_default();
+            for (responses, expert) in
+                [(whole, chosen), (grouped.remove(0), chosen), (chunked, chosen), (second_row, other)]
+            {
+                let expected = MatShape { n: 1, d, m }.plain_product(&x, &experts[expert]);
                 let mut seen = vec![false; m];
                 for (g, (bytes, mask)) in responses.iter().enumerate() {
                     let pos = layout.returned_positions(g);
@@ -787,7 +977,11 @@ mod tests {
                     for ((v, &(_, col)), &(r, mcol)) in values.into_iter().zip(&pos).zip(mask) {
                         assert_eq!(col, mcol);
                         let ring = crate::ring::mask(bits);
-                        assert_eq!(layout.decode(v).wrapping_add(r) & ring, expected[col] & ring, "column {col}");
+                        assert_eq!(
+                            layout.decode(v).wrapping_add(r) & ring,
+                            expected[col] & ring,
+                            "column {col}, expert {expert}"
+                        );
                         seen[col] = true;
                     }
                 }

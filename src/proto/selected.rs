@@ -246,9 +246,7 @@ async fn selected_product(
             let keys = SelectKeys { pk: he.public_key(), galois, relin: he.relin_key(), square: he.square_key() };
             let t = layout.tiling;
             let mut mask = vec![0u64; rows * m];
-            let batch = layout.row_batch(&p);
-            for first in (0..rows).step_by(batch) {
-                let range = first..(first + batch).min(rows);
+            for range in layout.row_batches(&p, &choice.choices) {
                 let responses = he.workers().compute(|| -> ProtoResult<_> {
                     let xs: Vec<Vec<Ciphertext>> = range
                         .clone()
