@@ -20,8 +20,8 @@ pub struct Modulus {
     mu: u128,
     /// ⌊2^(64+k) / p⌋ (< 2^65), for Shoup constants.
     mu64: u128,
-    /// 2^64 mod p.
-    r64: u64,
+    /// ⌊2^128 / p⌋ as (high, low) words, for reducing any u128.
+    mu128: (u64, u64),
 }
 
 impl Modulus {
@@ -37,14 +37,14 @@ impl Modulus {
         let k = 64 - p.leading_zeros();
         if k > MAX_PRIME_BITS + 1 {
             // Only the primality test goes here (up to 2^64): plain division, no Shoup constants.
-            return Modulus { p, k, mu: 0, mu64: 0, r64: ((1u128 << 64) % p as u128) as u64 };
+            return Modulus { p, k, mu: 0, mu64: 0, mu128: (0, 0) };
         }
         Modulus {
             p,
             k,
             mu: (1u128 << (2 * k)) / p as u128,
             mu64: (1u128 << (64 + k)) / p as u128,
-            r64: ((1u128 << 64) % p as u128) as u64,
+            mu128: split(u128::MAX / p as u128),
         }
     }
 
@@ -113,12 +113,23 @@ impl Modulus {
         self.reduce_u128(x as u128)
     }
 
-    /// `x mod p` for any u128 without a division (for p above 2^32): x = h·2^64 + l is
-    /// (h mod p)·(2^64 mod p) + (l mod p), below p² + p.
+    /// `x mod p` for any u128 without a division: q = x1·μ1 + ⌊(x1·μ0 + x0·μ1)/2^64⌋ with
+    /// μ = ⌊2^128/p⌋ leaves out less than 3 of x·μ/2^128 > x/p − 1, so it is at most 2 below
+    /// ⌊x/p⌋, and x − q·p < 3p < 2^64 is exact in one word (four word products in all).
     #[inline]
     pub fn reduce_wide(&self, x: u128) -> u64 {
-        let (h, l) = ((x >> 64) as u64, x as u64);
-        self.reduce_u128(self.reduce(h) as u128 * self.r64 as u128 + self.reduce(l) as u128)
+        if self.mu == 0 {
+            return (x % self.p as u128) as u64;
+        }
+        let ((x1, x0), (m1, m0)) = (split(x), self.mu128);
+        let (a, b) = (split(x1 as u128 * m0 as u128), split(x0 as u128 * m1 as u128));
+        let carry = a.1.overflowing_add(b.1).1 as u64;
+        let q = x1.wrapping_mul(m1).wrapping_add(a.0).wrapping_add(b.0).wrapping_add(carry);
+        let mut r = x0.wrapping_sub(q.wrapping_mul(self.p));
+        for _ in 0..2 {
+            r -= if r >= self.p { self.p } else { 0 };
+        }
+        r
     }
 
     /// `x mod p` for a signed x (|i64::MIN| included), in [0, p).
@@ -184,6 +195,12 @@ impl Modulus {
         // x^(order/2) = -1 exactly for the elements of order `order` among x = g^cofactor.
         (2..self.p).map(|g| self.pow(g, cofactor)).find(|&x| order == 1 || self.pow(x, order / 2) == self.p - 1)
     }
+}
+
+/// A u128 as (high, low) words.
+#[inline]
+fn split(x: u128) -> (u64, u64) {
+    ((x >> 64) as u64, x as u64)
 }
 
 /// Deterministic Miller–Rabin for all u64 (the first 12 primes are a complete witness set).
@@ -290,7 +307,9 @@ mod tests {
             let p = ntt_primes(bits, 1024, 1).unwrap_or_default()[0];
             let m = Modulus::new(p).unwrap_or_else(|e| panic!("{e}"));
             prop_assert_eq!(m.reduce_u128(x) as u128, x % p as u128);
-            prop_assert_eq!(m.reduce_wide(x) as u128, x % p as u128);
+            for wide in [x, u128::MAX, u128::MAX - x % p as u128, (x >> 64) * p as u128, (x % p as u128) << 64] {
+                prop_assert_eq!(m.reduce_wide(wide) as u128, wide % p as u128);
+            }
             prop_assert_eq!(m.reduce(x as u64), (x as u64) % p);
             for signed in [x as i64, i64::MIN, i64::MAX, -1, 0] {
                 prop_assert_eq!(m.reduce_signed(signed) as i128, (signed as i128).rem_euclid(p as i128));
