@@ -119,6 +119,30 @@ impl OperandBank {
     /// Prepares `rows[j][i]` (each up to N coefficients of Z_2^64, read as signed): J rows of E'
     /// operands each, held by `backend`.
     pub fn new(params: &HeParams, rows: &[Vec<&[u64]>], backend: &dyn Backend) -> HeResult<OperandBank> {
+        OperandBank::prepare(params, rows, backend, Vec::new())
+    }
+
+    /// [`OperandBank::new`] in this bank's memory when it has the same shape (a stream of banks
+    /// of one shape: fresh pages would cost a fault and a clearing each), else in new memory.
+    pub fn refill(self, params: &HeParams, rows: &[Vec<&[u64]>], backend: &dyn Backend) -> HeResult<OperandBank> {
+        let same = (self.outputs, self.inputs) == (rows.len(), rows.first().map_or(0, Vec::len));
+        let mut memory = Vec::new();
+        if same {
+            for (w, shoup) in self.limbs {
+                memory.push((backend.fetch(w)?, backend.fetch(shoup)?));
+            }
+        }
+        OperandBank::prepare(params, rows, backend, memory)
+    }
+
+    /// Prepares the operands in `memory` (per limb, the operands' and their constants'
+    /// buffers), where it has them.
+    fn prepare(
+        params: &HeParams,
+        rows: &[Vec<&[u64]>],
+        backend: &dyn Backend,
+        mut memory: Vec<(Vec<u64>, Vec<u64>)>,
+    ) -> HeResult<OperandBank> {
         let n = params.degree();
         let k = params.moduli().len();
         let outputs = rows.len();
@@ -132,17 +156,22 @@ impl OperandBank {
         if let Some(long) = rows.iter().flatten().find(|c| c.len() > n) {
             return Err(HeError::Shape(format!("{} operand coefficients exceed N = {n}", long.len())));
         }
-        // per limb, every operand reduced, transformed and given its Shoup constants at once
+        let len = outputs * inputs * n;
+        memory.retain(|(w, shoup)| w.len() == len && shoup.len() == len);
+        memory.resize_with(k, || (zeros(len), zeros(len)));
+        // per limb, every operand reduced (its coefficients beyond its length zero), transformed
+        // and given its Shoup constants at once
         let mut limbs = Vec::with_capacity(k);
-        for (l, m) in params.moduli().iter().enumerate() {
-            let mut w = zeros(outputs * inputs * n);
+        for (m, (table, (mut w, mut shoup))) in params.moduli().iter().zip(params.tables().iter().zip(memory)) {
             each_run(&mut w, n, |r, run| {
-                for (v, &c) in run.iter_mut().zip(rows[r / inputs][r % inputs]) {
+                let operand = rows[r / inputs][r % inputs];
+                let (head, tail) = run.split_at_mut(operand.len());
+                for (v, &c) in head.iter_mut().zip(operand) {
                     *v = m.reduce_signed(c as i64);
                 }
+                tail.fill(0);
             });
-            backend.ntt_forward(&params.tables()[l..=l], &mut w)?;
-            let mut shoup = zeros(w.len());
+            backend.ntt_forward(std::slice::from_ref(table), &mut w)?;
             each_run(&mut shoup, n, |r, run| {
                 for (s, &v) in run.iter_mut().zip(&w[r * n..]) {
                     *s = m.shoup(v);
@@ -476,6 +505,41 @@ mod tests {
             assert_eq!(da, db, "output {jj}");
             assert_eq!(&da.coeffs()[..16], &weights[jj][chosen][..], "output {jj}");
         }
+    }
+
+    #[test]
+    fn a_bank_refilled_with_shorter_operands_selects_like_a_new_one() {
+        let p = HeParams::linear().unwrap_or_else(|e| panic!("{e}"));
+        let be = CpuBackend::new(2).unwrap_or_else(|e| panic!("{e}"));
+        let mut rng = StdRng::seed_from_u64(24);
+        let sk = SecretKey::generate(&p, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        let operands = |support: usize, rng: &mut StdRng| -> Vec<Vec<Vec<u64>>> {
+            (0..2)
+                .map(|_| {
+                    (0..3).map(|_| (0..support).map(|_| rng.random_range(-900i64..900) as u64).collect()).collect()
+                })
+                .collect()
+        };
+        let (long, short) = (operands(50, &mut rng), operands(9, &mut rng));
+        let bank = OperandBank::new(&p, &as_rows(&long), &be).unwrap_or_else(|e| panic!("{e}"));
+        let refilled = bank.refill(&p, &as_rows(&short), &be).unwrap_or_else(|e| panic!("{e}"));
+        let cts = (0..3)
+            .map(|i| {
+                let pt = Plaintext::new(&p, vec![u64::from(i == 1)]).unwrap_or_else(|e| panic!("{e}"));
+                sk.encrypt(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"))
+            })
+            .collect();
+        let sel = Selectors::new(&p, &[cts], &be).unwrap_or_else(|e| panic!("{e}"));
+        let out = select(&p, &sel, 0, &refilled, &be).unwrap_or_else(|e| panic!("{e}")).remove(0);
+        for (j, ct) in out.iter().enumerate() {
+            let got = sk.decrypt(ct, &be).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(&got.coeffs()[..9], &short[j][1][..], "output {j}");
+            assert!(got.coeffs()[9..].iter().all(|&c| c == 0), "output {j} keeps the old operand's tail");
+        }
+    }
+
+    fn as_rows(w: &[Vec<Vec<u64>>]) -> Vec<Vec<&[u64]>> {
+        w.iter().map(|r| r.iter().map(Vec::as_slice).collect()).collect()
     }
 
     fn pad(v: &[u64], n: usize) -> Vec<u64> {

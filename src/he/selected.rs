@@ -616,12 +616,13 @@ fn batch_tiles<T: Send>(
         par_map(rows.len() * j_n, |i| rows[i / j_n].x[i % j_n].lift(p, be)).into_iter().collect::<HeResult<_>>()?;
     let mut sums = SelectionSums::new(p, rows.len(), j_n * group, p.moduli().len(), be)?;
     let mut tiles: Vec<Vec<T>> = (0..rows.len()).map(|_| Vec::with_capacity(k_n)).collect();
+    let mut spare = None;
     for k0 in (0..k_n).step_by(group) {
         let ks = k0..(k0 + group).min(k_n);
         if sums.outputs() != j_n * ks.len() {
             sums = SelectionSums::new(p, rows.len(), j_n * ks.len(), p.moduli().len(), be)?;
         }
-        selection.select(p, layout, experts, ks.clone(), &mut sums, be)?;
+        selection.select(p, layout, experts, ks.clone(), &mut sums, &mut spare, be)?;
         // per row, the group's selected weights [[Ŵ_(j,k)]] at (k − k0)·J + j
         let weights = sums.take(p, be)?;
         let done = par_map(rows.len() * ks.len(), |i| {
@@ -718,7 +719,9 @@ impl<'r, 'a> RowSelection<'r, 'a> {
     }
 
     /// Adds every row's selected weights of output tiles `ks` (at (k − k0)·J + j) to `sums`,
-    /// chunk by chunk of experts.
+    /// chunk by chunk of experts, each chunk's weights prepared in the memory of the `spare`
+    /// bank (the last one is left there).
+    #[allow(clippy::too_many_arguments)]
     fn select(
         &self,
         p: &HeParams,
@@ -726,6 +729,7 @@ impl<'r, 'a> RowSelection<'r, 'a> {
         experts: &[&[u64]],
         ks: std::ops::Range<usize>,
         sums: &mut SelectionSums,
+        spare: &mut Option<OperandBank>,
         be: &dyn Backend,
     ) -> HeResult<()> {
         let (t, j_n) = (&layout.tiling, layout.inputs());
@@ -739,12 +743,11 @@ impl<'r, 'a> RowSelection<'r, 'a> {
                 let (j, k) = (tile % j_n, ks.start + tile / j_n);
                 experts[range.clone()].iter().map(|w| t.encode_b(w, j, k)).collect()
             });
-            let bank = OperandBank::new(
-                p,
-                &tiles.iter().map(|tile| tile.iter().map(Vec::as_slice).collect()).collect::<Vec<_>>(),
-                be,
-            )?;
-            drop(tiles);
+            let tiles: Vec<Vec<&[u64]>> = tiles.iter().map(|tile| tile.iter().map(Vec::as_slice).collect()).collect();
+            let bank = match spare.take() {
+                Some(bank) => bank.refill(p, &tiles, be)?,
+                None => OperandBank::new(p, &tiles, be)?,
+            };
             let built;
             let selectors = match &self.whole {
                 Some(whole) => whole,
@@ -754,6 +757,7 @@ impl<'r, 'a> RowSelection<'r, 'a> {
                 }
             };
             sums.add(p, selectors, 0, &bank, be)?;
+            *spare = Some(bank);
         }
         Ok(())
     }
