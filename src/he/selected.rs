@@ -424,7 +424,8 @@ impl SelectedLayout {
     }
 
     /// The server's batches of rows for `choices` (in order): runs of rows that keep their
-    /// selectors, or do not, each at most [`SelectedLayout::row_batch`] long.
+    /// selectors, or do not, each as long as the server's memory budget allows (rows that
+    /// keep them stream their output tiles in groups, [`selected_batch`]).
     pub fn row_batches(&self, p: &HeParams, choices: &[RowChoice]) -> Vec<std::ops::Range<usize>> {
         let mut batches = Vec::new();
         let mut first = 0;
@@ -498,7 +499,7 @@ fn lifted_bytes(p: &HeParams) -> usize {
 /// matrices (d×m, row-major, ring values read as signed), one seed per row for its masks.
 /// Returns each row's responses, flooded with `flood` bits.
 ///
-/// The output tiles stream in groups ([`SelectedLayout::tile_group`]); per group, the experts
+/// The output tiles stream in groups (when the rows keep their selectors); per group, the experts
 /// are taken in chunks (contiguous, thanks to the bit-reversed placement of the selectors: the
 /// first log2(E/chunk) levels of the expansion separate the chunks), so that each weight
 /// polynomial is transformed once per batch, not once per row, and the group's selected weights
