@@ -464,14 +464,17 @@ impl SelectedLayout {
 
     /// Output tiles per group for a batch of `rows` rows: all K, or, grouped, as many as both
     /// the rows' selected weights (J ciphertexts per row and tile) and every expert's prepared
-    /// weights fit the group's budget (how many does not change the work, only the calls).
+    /// weights fit the group's budget (how many does not change the work, only the calls) and
+    /// the prepared weights still fit one chunk beside the selectors.
     fn tile_group(&self, p: &HeParams, rows: usize, kept: bool, budget: Budget) -> usize {
         let k = self.outputs();
         if !self.grouped(p, rows, kept, budget) {
             return k;
         }
-        let per_tile = (rows * self.inputs() * ciphertext_bytes(p)).max(self.experts * self.bank_bytes(p, 1));
-        (budget.group / per_tile).clamp(1, k)
+        let bank = self.experts * self.bank_bytes(p, 1);
+        let per_tile = (rows * self.inputs() * ciphertext_bytes(p)).max(bank);
+        let beside = (budget.chunk - rows * self.experts * ciphertext_bytes(p)) / bank;
+        (budget.group / per_tile).min(beside).clamp(1, k)
     }
 
     /// Experts per chunk for a batch of `rows` rows and groups of `tiles` output tiles: a power
