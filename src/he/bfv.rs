@@ -306,7 +306,7 @@ impl SecretKey {
         let p = &self.params;
         let mut seed = [0u8; 32];
         rng.fill_bytes(&mut seed);
-        let a = SeededCiphertext::mask(p, seed);
+        let a = SeededCiphertext::mask(p, seed, p.moduli().len());
         let mut e = RnsPoly::from_signed(p, &RnsPoly::error_coeffs(p.degree(), rng));
         e.to_ntt(p, backend)?;
         let mut b = a.clone();
@@ -336,11 +336,36 @@ impl SecretKey {
         backend: &dyn Backend,
         rng: &mut R,
     ) -> HeResult<SeededCiphertext> {
+        self.encrypt_seeded_at(pt, self.params.moduli().len(), backend, rng)
+    }
+
+    /// [`SecretKey::encrypt_seeded`] at the level of the first `limbs` primes, q' = q_0···q_(limbs−1):
+    /// c0 = −a·s + e + ⌊q'·m/t⌉ mod q', for a receiver that computes at that level (fewer
+    /// limbs to send and to compute on, for products whose noise q' still holds).
+    pub fn encrypt_seeded_at<R: CryptoRng + ?Sized>(
+        &self,
+        pt: &Plaintext,
+        limbs: usize,
+        backend: &dyn Backend,
+        rng: &mut R,
+    ) -> HeResult<SeededCiphertext> {
+        let p = &self.params;
+        if !(1..=p.moduli().len()).contains(&limbs) {
+            return Err(HeError::Shape(format!("encrypt at {limbs} limbs (1..={})", p.moduli().len())));
+        }
         let mut seed = [0u8; 32];
         rng.fill_bytes(&mut seed);
-        let c1 = SeededCiphertext::mask(&self.params, seed);
-        let ct = self.encrypt_with_mask(pt, c1, backend, rng)?;
-        Ok(SeededCiphertext { c0: ct.c0, seed })
+        let c1 = SeededCiphertext::mask(p, seed, limbs);
+        let n = p.degree();
+        let ctx = CrtContext::new(&p.moduli()[..limbs], p.plain_bits());
+        let mut c0 = RnsPoly::from_signed(p, &RnsPoly::error_coeffs(n, rng));
+        c0.limbs.truncate(limbs * n);
+        c0.add_assign(p, &pt.scaled(p, &ctx, limbs));
+        c0.to_ntt(p, backend)?;
+        let mut as_ = c1;
+        as_.mul_assign(p, &self.s);
+        c0.sub_assign(p, &as_);
+        Ok(SeededCiphertext { c0, seed })
     }
 
     fn encrypt_with_mask<R: CryptoRng + ?Sized>(
@@ -424,14 +449,20 @@ pub struct SeededCiphertext {
 }
 
 impl SeededCiphertext {
-    /// The uniform polynomial (NTT form) that `seed` stands for.
-    pub(crate) fn mask(params: &HeParams, seed: [u8; 32]) -> RnsPoly {
-        RnsPoly::uniform(params, Form::Ntt, &mut ChaCha20Rng::from_seed(seed))
+    /// The uniform polynomial (NTT form) that `seed` stands for, at its first `limbs` limbs
+    /// (a prefix of the full-level one: limbs are drawn in order).
+    pub(crate) fn mask(params: &HeParams, seed: [u8; 32], limbs: usize) -> RnsPoly {
+        RnsPoly::uniform_at(params, limbs, Form::Ntt, &mut ChaCha20Rng::from_seed(seed))
+    }
+
+    /// Number of RNS limbs (the level it was encrypted at).
+    pub fn limbs(&self, params: &HeParams) -> usize {
+        self.c0.limbs.len() / params.degree()
     }
 
     /// The full ciphertext.
     pub fn expand(&self, params: &HeParams) -> Ciphertext {
-        Ciphertext { c0: self.c0.clone(), c1: SeededCiphertext::mask(params, self.seed) }
+        Ciphertext { c0: self.c0.clone(), c1: SeededCiphertext::mask(params, self.seed, self.limbs(params)) }
     }
 }
 

@@ -261,18 +261,27 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [u64]) -> R) -> R {
 }
 
 impl Ciphertext {
-    /// σ_r(self) re-encrypted under s (coefficient form in, coefficient form out).
+    /// σ_r(self) re-encrypted under s (coefficient form in, coefficient form out), at the
+    /// ciphertext's level q' = q_0···q_(k−1): the key switch runs over q'·P with the first k
+    /// digits (the key's gadget g_i = (q/q_i)·[(q/q_i)^-1]_(q_i) is 1 mod q_i and 0 mod every
+    /// other prime, so its first k rows serve q' as they are).
     fn automorphism(&self, p: &HeParams, key: &SwitchKey, backend: &dyn Backend) -> HeResult<Ciphertext> {
-        let (n, k) = (p.degree(), p.moduli().len());
-        let (q, ext) = (p.moduli(), p.ext_moduli());
+        let (n, full, k) = (p.degree(), p.moduli().len(), self.limbs(p));
+        let q = &p.moduli()[..k];
+        let Some((special, special_table)) = p.special() else {
+            return Err(HeError::NoSpecialPrime { params: p.name() });
+        };
+        // the limbs of q'·P: q's first k primes, then P
+        let limb = |l: usize| if l < k { &q[l] } else { special };
         let mut c0 = RnsPoly { limbs: vec![0u64; k * n], form: Form::Coeff };
         backend.automorphism(q, n, key.element, &self.c0.limbs, &mut c0.limbs)?;
         with_scratch((k + 1) * (k + 2) * n + k * n, |scratch| {
             let (c1, scratch) = scratch.split_at_mut(k * n);
             let (digits, acc) = scratch.split_at_mut((k + 1) * k * n);
             backend.automorphism(q, n, key.element, &self.c1.limbs, c1)?;
-            // the digits d_i = c1 mod p_i lifted to every limb l of q·P (limb-major: [l][i][N])
-            for (l, m) in ext.iter().enumerate() {
+            // the digits d_i = c1 mod q_i lifted to every limb l of q'·P (limb-major: [l][i][N])
+            for l in 0..=k {
+                let m = limb(l);
                 for (i, (dst, src)) in
                     digits[l * k * n..][..k * n].chunks_exact_mut(n).zip(c1.chunks_exact(n)).enumerate()
                 {
@@ -286,13 +295,28 @@ impl Ciphertext {
                     }
                 }
             }
-            backend.ntt_forward(p.ext_tables(), digits)?;
-            // Σ_i d_i·(b_i, a_i) per limb: [l][half][N]
-            backend.mul_acc(ext, n, 1, digits, &key.rows, Prepared::W(&key.shoup), acc)?;
-            backend.ntt_inverse(p.ext_tables(), acc)?;
-            // divide both halves by P with rounding, then (c0 + ks0, ks1)
+            let (q_digits, p_digits) = digits.split_at_mut(k * k * n);
+            backend.ntt_forward(&p.tables()[..k], q_digits)?;
+            backend.ntt_forward(std::slice::from_ref(special_table), p_digits)?;
+            // Σ_i d_i·(b_i, a_i) per limb: [l][half][N]; the key holds [l][half][i][N] for all
+            // of q·P's limbs and digits, so a lower level reads it per limb and half
+            if k == full {
+                backend.mul_acc(p.ext_moduli(), n, 1, digits, &key.rows, Prepared::W(&key.shoup), acc)?;
+            } else {
+                for (l, (x, out)) in digits.chunks_exact(k * n).zip(acc.chunks_exact_mut(2 * n)).enumerate() {
+                    let row = if l < k { l } else { full };
+                    for (h, out) in out.chunks_exact_mut(n).enumerate() {
+                        let at = (row * 2 + h) * full * n;
+                        let (w, shoup) = (&key.rows[at..][..k * n], &key.shoup[at..][..k * n]);
+                        backend.mul_acc(std::slice::from_ref(limb(l)), n, 1, x, w, Prepared::W(shoup), out)?;
+                    }
+                }
+            }
             let (low, top) = acc.split_at_mut(k * 2 * n);
-            backend.divide_by_prime(q, n, low, top, &ext[k])?;
+            backend.ntt_inverse(&p.tables()[..k], low)?;
+            backend.ntt_inverse(std::slice::from_ref(special_table), top)?;
+            // divide both halves by P with rounding, then (c0 + ks0, ks1)
+            backend.divide_by_prime(q, n, low, top, special)?;
             // (c0 + ks0, ks1): limb l's halves sit at (2l + h)·N
             let mut ks1 = Vec::with_capacity(k * n);
             for ((c0_l, halves), m) in c0.limbs.chunks_exact_mut(n).zip(low.chunks_exact(2 * n)).zip(q) {
@@ -314,22 +338,25 @@ impl GaloisKeys {
     /// Merges 2^ℓ ciphertexts (ℓ = log2 of the count, at most [`GaloisKeys::levels`]) whose
     /// useful coefficients sit at multiples of 2^ℓ: coefficient a·2^ℓ + j of the result is 2^ℓ
     /// times coefficient a·2^ℓ of input j; nothing else of the inputs survives. Missing inputs
-    /// (`None`) count as zero. Inputs at the full level of q; returns coefficient form.
+    /// (`None`) count as zero. Inputs at one level of q; returns coefficient form at that level.
     pub fn pack(&self, p: &HeParams, mut cts: Vec<Option<Ciphertext>>, backend: &dyn Backend) -> HeResult<Ciphertext> {
         let count = cts.len();
         let levels = count.trailing_zeros();
         if !count.is_power_of_two() || levels > self.levels() {
             return Err(HeError::Shape(format!("cannot pack {count} ciphertexts with {} key levels", self.levels())));
         }
-        let k = p.moduli().len();
+        let k = cts.iter().flatten().next().map_or(p.moduli().len(), |c| c.limbs(p));
         if cts.iter().flatten().any(|c| c.limbs(p) != k) {
-            return Err(HeError::Shape("packing needs ciphertexts at the full modulus".into()));
+            return Err(HeError::Shape("packing needs ciphertexts at one modulus level".into()));
         }
         for ct in cts.iter_mut().flatten() {
             ct.c0.to_coeff(p, backend)?;
             ct.c1.to_coeff(p, backend)?;
         }
-        let zero = || Ciphertext { c0: RnsPoly::zero(p, Form::Coeff), c1: RnsPoly::zero(p, Form::Coeff) };
+        let zero = || {
+            let zero = RnsPoly { limbs: vec![0u64; k * p.degree()], form: Form::Coeff };
+            Ciphertext { c0: zero.clone(), c1: zero }
+        };
         for v in (0..levels).rev() {
             let half = 1usize << v;
             let key = &self.keys[v as usize];

@@ -36,9 +36,15 @@ impl RnsPoly {
 
     /// Uniform mod q (uniform per residue is uniform mod q by the CRT).
     pub fn uniform<R: CryptoRng + ?Sized>(params: &HeParams, form: Form, rng: &mut R) -> RnsPoly {
+        RnsPoly::uniform_at(params, params.moduli().len(), form, rng)
+    }
+
+    /// [`RnsPoly::uniform`] at the first `level` primes: the same values as the first `level`
+    /// limbs of the full-level polynomial drawn from the same generator.
+    pub fn uniform_at<R: CryptoRng + ?Sized>(params: &HeParams, level: usize, form: Form, rng: &mut R) -> RnsPoly {
         let n = params.degree();
-        let mut limbs = Vec::with_capacity(n * params.moduli().len());
-        for m in params.moduli() {
+        let mut limbs = Vec::with_capacity(n * level);
+        for m in &params.moduli()[..level] {
             limbs.extend((0..n).map(|_| rng.random_range(0..m.value())));
         }
         RnsPoly { limbs, form }

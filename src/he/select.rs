@@ -119,12 +119,29 @@ impl OperandBank {
     /// Prepares `rows[j][i]` (each up to N coefficients of Z_2^64, read as signed): J rows of E'
     /// operands each, held by `backend`.
     pub fn new(params: &HeParams, rows: &[Vec<&[u64]>], backend: &dyn Backend) -> HeResult<OperandBank> {
-        OperandBank::prepare(params, rows, backend, Vec::new())
+        OperandBank::at_level(params, params.moduli().len(), rows, backend)
     }
 
-    /// [`OperandBank::new`] in this bank's memory when it has the same shape (a stream of banks
-    /// of one shape: fresh pages would cost a fault and a clearing each), else in new memory.
-    pub fn refill(self, params: &HeParams, rows: &[Vec<&[u64]>], backend: &dyn Backend) -> HeResult<OperandBank> {
+    /// [`OperandBank::new`] at the first `limbs` primes, for selectors at that level.
+    pub fn at_level(
+        params: &HeParams,
+        limbs: usize,
+        rows: &[Vec<&[u64]>],
+        backend: &dyn Backend,
+    ) -> HeResult<OperandBank> {
+        OperandBank::prepare(params, limbs, rows, backend, Vec::new())
+    }
+
+    /// [`OperandBank::at_level`] in this bank's memory when it has the same shape (a stream of
+    /// banks of one shape: fresh pages would cost a fault and a clearing each), else in new
+    /// memory.
+    pub fn refill(
+        self,
+        params: &HeParams,
+        limbs: usize,
+        rows: &[Vec<&[u64]>],
+        backend: &dyn Backend,
+    ) -> HeResult<OperandBank> {
         let same = (self.outputs, self.inputs) == (rows.len(), rows.first().map_or(0, Vec::len));
         let mut memory = Vec::new();
         if same {
@@ -132,19 +149,22 @@ impl OperandBank {
                 memory.push((backend.fetch(w)?, backend.fetch(shoup)?));
             }
         }
-        OperandBank::prepare(params, rows, backend, memory)
+        OperandBank::prepare(params, limbs, rows, backend, memory)
     }
 
-    /// Prepares the operands in `memory` (per limb, the operands' and their constants'
-    /// buffers), where it has them.
+    /// Prepares the operands at the first `k` primes in `memory` (per limb, the operands' and
+    /// their constants' buffers), where it has them.
     fn prepare(
         params: &HeParams,
+        k: usize,
         rows: &[Vec<&[u64]>],
         backend: &dyn Backend,
         mut memory: Vec<(Vec<u64>, Vec<u64>)>,
     ) -> HeResult<OperandBank> {
         let n = params.degree();
-        let k = params.moduli().len();
+        if !(1..=params.moduli().len()).contains(&k) {
+            return Err(HeError::Shape(format!("operands at {k} limbs (1..={})", params.moduli().len())));
+        }
         let outputs = rows.len();
         let inputs = rows.first().map_or(0, Vec::len);
         if let Some(bad) = rows.iter().position(|r| r.len() != inputs) {
@@ -158,6 +178,7 @@ impl OperandBank {
         }
         let len = outputs * inputs * n;
         memory.retain(|(w, shoup)| w.len() == len && shoup.len() == len);
+        memory.truncate(k);
         memory.resize_with(k, || (zeros(len), zeros(len)));
         // per limb, every operand reduced (its coefficients beyond its length zero), transformed
         // and given its Shoup constants at once
@@ -522,7 +543,7 @@ mod tests {
         };
         let (long, short) = (operands(50, &mut rng), operands(9, &mut rng));
         let bank = OperandBank::new(&p, &as_rows(&long), &be).unwrap_or_else(|e| panic!("{e}"));
-        let refilled = bank.refill(&p, &as_rows(&short), &be).unwrap_or_else(|e| panic!("{e}"));
+        let refilled = bank.refill(&p, p.moduli().len(), &as_rows(&short), &be).unwrap_or_else(|e| panic!("{e}"));
         let cts = (0..3)
             .map(|i| {
                 let pt = Plaintext::new(&p, vec![u64::from(i == 1)]).unwrap_or_else(|e| panic!("{e}"));

@@ -30,6 +30,14 @@
 //! three-part results per row instead of ⌈K/2^pack⌉ two-part ones (the layout chooser weighs
 //! those bytes, so it picks smaller tiles).
 //!
+//! The products run at the lowest level of q — its first primes — whose modulus still holds
+//! their noise and its flooding with the statistical margin ([`SelectedLayout::with_level`]):
+//! the server picks it from its weights' bound and tells the client, which encrypts its input
+//! tiles there (fewer limbs to send); the kept selectors are switched down to it, the weights
+//! prepared at it, and every product, relinearization and packing key switch costs fewer limbs.
+//! The level is a function of public sizes and of the bit length of the largest weight, which
+//! the client learns to within a prime's width (58 bits of room per level).
+//!
 //! t = 2^(64+ℓ+pack) keeps all 64 bits of x·W mod 2^64 above both factors: the client's share
 //! x_c plus the server's x_s is x + 2^64·c as an integer, and 2^(ℓ+pack)·W·2^64·c vanishes from
 //! the client's window of 64 bits. Nothing the server computes depends on e in the clear; what
@@ -68,6 +76,9 @@ pub struct SelectedLayout {
     /// Bits of the ring the results are shared in: 64, or fewer for a consumer that reads no
     /// more ([`SelectedLayout::with_result_bits`]).
     pub result_bits: u32,
+    /// RNS limbs the products run at ([`SelectedLayout::with_level`]): the first `level`
+    /// primes of q, all of them unless the server found the noise fits fewer.
+    pub level: usize,
 }
 
 /// How the server returns a row's ciphertext products.
@@ -153,7 +164,7 @@ impl SelectedLayout {
         let d_w = 1usize << pack;
         let tiling = Tiling { shape: MatShape { n: 1, d, m }, degree: n, n_w: 1, d_w, m_w: m.min(n / d_w), pack };
         let select_levels = SelectedLayout::select_levels(experts);
-        Ok(SelectedLayout { tiling, select_levels, experts, form, result_bits: 64 })
+        Ok(SelectedLayout { tiling, select_levels, experts, form, result_bits: 64, level: p.moduli().len() })
     }
 
     /// ℓ = ⌈log2 E⌉.
@@ -178,6 +189,18 @@ impl SelectedLayout {
             )));
         }
         Ok(d.next_power_of_two().trailing_zeros().clamp(1, levels.min(room - select_levels)))
+    }
+
+    /// The layout with its products at the first `level` primes of q: the client's input tiles
+    /// are encrypted there, the expanded selectors switched down to it, the weights prepared
+    /// at it. The server picks the lowest level whose modulus holds the products' noise and
+    /// its flooding ([`noise_bits`]); fewer limbs are fewer bytes up and less work.
+    pub fn with_level(self, p: &HeParams, level: usize) -> HeResult<SelectedLayout> {
+        let full = p.moduli().len();
+        if !(1..=full).contains(&level) {
+            return Err(HeError::Shape(format!("selected products at {level} limbs (1..={full})")));
+        }
+        Ok(SelectedLayout { level, ..self })
     }
 
     /// log2 of the factor the client's decrypted values carry: 2^(ℓ + pack) when packed, 2^ℓ
@@ -342,7 +365,7 @@ struct Budget {
     group: usize,
 }
 
-const BUDGET: Budget = Budget { sums: 512 << 20, chunk: 512 << 20, rows: 384 << 20, group: 128 << 20 };
+const BUDGET: Budget = Budget { sums: 512 << 20, chunk: 512 << 20, rows: 352 << 20, group: 128 << 20 };
 
 /// i reversed in its low `bits` bits.
 fn bit_reverse(i: usize, bits: u32) -> usize {
@@ -375,7 +398,7 @@ impl RowChoice {
     /// How many rows of a choice among `experts` keep their expanded selectors within
     /// 4 GiB (`KEEP_BYTES`).
     pub fn kept_rows(p: &HeParams, experts: usize) -> usize {
-        KEEP_BYTES / (experts.max(1) * ciphertext_bytes(p))
+        KEEP_BYTES / (experts.max(1) * ciphertext_bytes(p, p.moduli().len()))
     }
 
     /// The kept selectors of `range`, if all are there.
@@ -414,37 +437,35 @@ pub struct SelectedRow<'a> {
 impl SelectedLayout {
     /// Rows the server takes at once: batches of rows that keep their selectors
     /// ([`RowChoice`]) stream their output tiles in groups ([`SelectedLayout::grouped`]) and
-    /// come as many as their lifted inputs and finished output tiles fit 384 MiB; other
+    /// come as many as their lifted inputs and finished output tiles fit 352 MiB; other
     /// batches select all J·K weights of a row at once and come as many as those fit 512 MiB.
     fn row_batch(&self, p: &HeParams, kept: bool) -> usize {
         let (j, k) = (self.inputs(), self.outputs());
-        let per_row = j * lifted_bytes(p) + k * self.tile_bytes(p);
+        let per_row = j * lifted_bytes(p, self.level) + k * self.tile_bytes(p);
         let grouped = (1..=BUDGET.rows / per_row).rev().find(|&rows| self.grouped(p, rows, kept, BUDGET));
-        grouped.unwrap_or((BUDGET.sums / (j * k * ciphertext_bytes(p))).max(1))
+        grouped.unwrap_or((BUDGET.sums / (j * k * ciphertext_bytes(p, self.level))).max(1))
     }
 
     /// The server's batches of rows for `choices` (in order): runs of rows that keep their
-    /// selectors, or do not, each as long as the server's memory budget allows (rows that
-    /// keep them stream their output tiles in groups, [`selected_batch`]).
+    /// selectors, or do not, each cut into the fewest batches the server's memory budget
+    /// allows, of even sizes (rows that keep them stream their output tiles in groups,
+    /// [`selected_batch`]).
     pub fn row_batches(&self, p: &HeParams, choices: &[RowChoice]) -> Vec<std::ops::Range<usize>> {
         let mut batches = Vec::new();
         let mut first = 0;
         while first < choices.len() {
             let kept = choices[first].keep;
-            let mut end = first + 1;
-            let most = first + self.row_batch(p, kept);
-            while end < choices.len().min(most) && choices[end].keep == kept {
-                end += 1;
-            }
-            batches.push(first..end);
-            first = end;
+            let run = choices[first..].iter().take_while(|c| c.keep == kept).count();
+            let size = run.div_ceil(run.div_ceil(self.row_batch(p, kept)));
+            batches.extend((first..first + run).step_by(size).map(|b| b..(b + size).min(first + run)));
+            first += run;
         }
         batches
     }
 
     /// Bytes of one finished output tile: a relinearized ciphertext, or three parts.
     fn tile_bytes(&self, p: &HeParams) -> usize {
-        ciphertext_bytes(p) * self.form.parts() / 2
+        ciphertext_bytes(p, self.level) * self.form.parts() / 2
     }
 
     /// Whether a batch of `rows` rows streams its output tiles in groups: when the rows keep
@@ -453,13 +474,13 @@ impl SelectedLayout {
     /// weight polynomial is prepared once per batch. Otherwise a group after the first would
     /// expand or lay out the selectors again.
     fn grouped(&self, p: &HeParams, rows: usize, kept: bool, budget: Budget) -> bool {
-        let selectors = rows * self.experts * ciphertext_bytes(p);
+        let selectors = rows * self.experts * ciphertext_bytes(p, self.level);
         kept && selectors + self.experts * self.bank_bytes(p, 1) <= budget.chunk
     }
 
     /// Bytes of one expert's prepared weights for `tiles` output tiles (J input tiles each).
     fn bank_bytes(&self, p: &HeParams, tiles: usize) -> usize {
-        self.inputs() * tiles * p.moduli().len() * p.degree() * 16
+        self.inputs() * tiles * self.level * p.degree() * 16
     }
 
     /// Output tiles per group for a batch of `rows` rows: all K, or, grouped, as many as both
@@ -472,30 +493,29 @@ impl SelectedLayout {
             return k;
         }
         let bank = self.experts * self.bank_bytes(p, 1);
-        let per_tile = (rows * self.inputs() * ciphertext_bytes(p)).max(bank);
-        let beside = (budget.chunk - rows * self.experts * ciphertext_bytes(p)) / bank;
+        let per_tile = (rows * self.inputs() * ciphertext_bytes(p, self.level)).max(bank);
+        let beside = (budget.chunk - rows * self.experts * ciphertext_bytes(p, self.level)) / bank;
         (budget.group / per_tile).min(beside).clamp(1, k)
     }
 
     /// Experts per chunk for a batch of `rows` rows and groups of `tiles` output tiles: a power
     /// of two whose prepared weights and selectors fit `budget` bytes.
     fn chunk(&self, p: &HeParams, rows: usize, tiles: usize, budget: usize) -> usize {
-        let per_expert = self.bank_bytes(p, tiles) + rows * ciphertext_bytes(p);
+        let per_expert = self.bank_bytes(p, tiles) + rows * ciphertext_bytes(p, self.level);
         let fit = (budget / per_expert).max(1);
         let all = 1usize << self.select_levels;
         if fit >= self.experts { all } else { 1 << fit.ilog2() }
     }
 }
 
-/// Bytes of a full-level ciphertext in memory.
-fn ciphertext_bytes(p: &HeParams) -> usize {
-    2 * p.moduli().len() * p.degree() * 8
+/// Bytes of a ciphertext at `level` limbs in memory.
+fn ciphertext_bytes(p: &HeParams, level: usize) -> usize {
+    2 * level * p.degree() * 8
 }
 
-/// Bytes of a full-level ciphertext lifted to its product basis.
-fn lifted_bytes(p: &HeParams) -> usize {
-    let k = p.moduli().len();
-    2 * p.tensor_basis(k).map_or(2 * k + 1, |b| b.len()) * p.degree() * 8
+/// Bytes of a ciphertext at `level` limbs lifted to its product basis.
+fn lifted_bytes(p: &HeParams, level: usize) -> usize {
+    2 * p.tensor_basis(level).map_or(2 * level + 1, |b| b.len()) * p.degree() * 8
 }
 
 /// The server's side of a batch of rows ([`SelectedLayout::row_batches`]): `experts` the E
@@ -610,21 +630,25 @@ fn batch_tiles<T: Send>(
     if let Some(bad) = rows.iter().position(|r| r.x.len() != j_n || r.choice.own.len() != e) {
         return Err(HeError::Shape(format!("row {bad} needs {j_n} input tiles and {e} selector bits")));
     }
-    let Some(level) = rows.first().map(|r| r.x[0].limbs(p)) else {
+    let level = layout.level;
+    if let Some(bad) = rows.iter().position(|r| r.x.iter().any(|x| x.limbs(p) != level)) {
+        return Err(HeError::Shape(format!("row {bad}'s input tiles are not at the layout's {level} limbs")));
+    }
+    if rows.is_empty() {
         return Ok(Vec::new());
-    };
+    }
     let kept = rows.iter().all(|r| r.choice.keep);
     let group = layout.tile_group(p, rows.len(), kept, budget);
     let selection = RowSelection::new(p, keys, layout, rows, layout.chunk(p, rows.len(), group, budget.chunk), be)?;
     let xs: Vec<Lifted> =
         par_map(rows.len() * j_n, |i| rows[i / j_n].x[i % j_n].lift(p, be)).into_iter().collect::<HeResult<_>>()?;
-    let mut sums = SelectionSums::new(p, rows.len(), j_n * group, p.moduli().len(), be)?;
+    let mut sums = SelectionSums::new(p, rows.len(), j_n * group, level, be)?;
     let mut tiles: Vec<Vec<T>> = (0..rows.len()).map(|_| Vec::with_capacity(k_n)).collect();
     let mut spare = None;
     for k0 in (0..k_n).step_by(group) {
         let ks = k0..(k0 + group).min(k_n);
         if sums.outputs() != j_n * ks.len() {
-            sums = SelectionSums::new(p, rows.len(), j_n * ks.len(), p.moduli().len(), be)?;
+            sums = SelectionSums::new(p, rows.len(), j_n * ks.len(), level, be)?;
         }
         selection.select(p, layout, experts, ks.clone(), &mut sums, &mut spare, be)?;
         // per row, the group's selected weights [[Ŵ_(j,k)]] at (k − k0)·J + j
@@ -719,7 +743,14 @@ impl<'r, 'a> RowSelection<'r, 'a> {
             Ok(cts)
         });
         let chosen = chosen.into_iter().collect::<HeResult<Vec<_>>>()?;
-        Selectors::new(p, &chosen, be)
+        if layout.level == p.moduli().len() {
+            return Selectors::new(p, &chosen, be);
+        }
+        // kept selectors serve every matrix of the choice, each at its own level
+        let switched = par_map(self.rows.len(), |r| {
+            chosen[r].iter().map(|ct| switched_to(p, ct, layout.level, be)).collect::<HeResult<Vec<_>>>()
+        });
+        Selectors::new(p, &switched.into_iter().collect::<HeResult<Vec<_>>>()?, be)
     }
 
     /// Adds every row's selected weights of output tiles `ks` (at (k − k0)·J + j) to `sums`,
@@ -749,8 +780,8 @@ impl<'r, 'a> RowSelection<'r, 'a> {
             });
             let tiles: Vec<Vec<&[u64]>> = tiles.iter().map(|tile| tile.iter().map(Vec::as_slice).collect()).collect();
             let bank = match spare.take() {
-                Some(bank) => bank.refill(p, &tiles, be)?,
-                None => OperandBank::new(p, &tiles, be)?,
+                Some(bank) => bank.refill(p, layout.level, &tiles, be)?,
+                None => OperandBank::at_level(p, layout.level, &tiles, be)?,
             };
             let built;
             let selectors = match &self.whole {
@@ -765,6 +796,18 @@ impl<'r, 'a> RowSelection<'r, 'a> {
         }
         Ok(())
     }
+}
+
+/// `ct` switched down to the first `level` primes (modulus switching: the noise shrinks with
+/// the modulus, plus a rounding term of about ‖s‖₁/2), NTT form.
+fn switched_to(p: &HeParams, ct: &Ciphertext, level: usize, be: &dyn Backend) -> HeResult<Ciphertext> {
+    let mut ct = ct.clone();
+    while ct.limbs(p) > level {
+        ct.drop_last_modulus(p, be)?;
+    }
+    ct.c0.to_ntt(p, be)?;
+    ct.c1.to_ntt(p, be)?;
+    Ok(ct)
 }
 
 /// Masks and seals each of a row's results ([`mask_and_seal`], scale [`SelectedLayout::scale`]).
@@ -891,12 +934,19 @@ mod tests {
         let square = sk.square_key(&be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         let keys = SelectKeys { pk: &pk, galois: &galois, relin: Some(&relin), square: Some(&square) };
         let (d, m, e, chosen, w_bits) = (40, 300, 5, 3, 20);
-        // both forms with results over Z_2^64, and narrowed to Z_2^44 (fewer bytes, the same shares mod 2^44)
-        for (form, bits) in
-            [(ProductForm::Relinearized, 64), (ProductForm::Tensored, 64), (ProductForm::Relinearized, 44)]
-        {
+        // both forms with results over Z_2^64, and narrowed to Z_2^44 (fewer bytes, the same shares
+        // mod 2^44); at the full modulus and one prime below it
+        let full = p.moduli().len();
+        for (form, bits, level) in [
+            (ProductForm::Relinearized, 64, full),
+            (ProductForm::Tensored, 64, full),
+            (ProductForm::Relinearized, 44, full),
+            (ProductForm::Relinearized, 64, full - 1),
+            (ProductForm::Tensored, 44, full - 1),
+        ] {
             let layout = SelectedLayout::choose(&p, (d, m), e, form, (&CostModel::WAN, 2))
                 .and_then(|l| l.with_result_bits(bits))
+                .and_then(|l| l.with_level(&p, level))
                 .unwrap_or_else(|e| panic!("{e}"));
             let experts: Vec<Vec<u64>> = (0..e)
                 .map(|_| (0..d * m).map(|_| rng.random_range(-(1i64 << w_bits)..1 << w_bits) as u64).collect())
@@ -911,7 +961,8 @@ mod tests {
             let inputs: Vec<Ciphertext> = (0..layout.inputs())
                 .map(|j| {
                     let pt = Plaintext::new(&p, t.encode_a(&x_c, 0, j)).unwrap_or_else(|e| panic!("{e}"));
-                    let mut ct = sk.encrypt(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+                    let seeded = sk.encrypt_seeded_at(&pt, level, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+                    let mut ct = seeded.expand(&p);
                     let own = Plaintext::new(&p, t.encode_a(&x_s, 0, j)).unwrap_or_else(|e| panic!("{e}"));
                     ct.add_plain_assign(&p, &own, &be).unwrap_or_else(|e| panic!("{e}"));
                     ct
@@ -961,15 +1012,16 @@ mod tests {
                 let results =
                     batch_results(&p, keys, &layout, &[row], &refs, &be, tiny).unwrap_or_else(|e| panic!("{e}"));
                 let Some(RowResults::Packed(packed)) = results.first() else { panic!("no packed results") };
-                let log_delta = p.log_q() - p.plain_bits() as f64;
+                let log_q: f64 = p.moduli()[..level].iter().map(|m| (m.value() as f64).log2()).sum();
+                let log_delta = log_q - p.plain_bits() as f64;
                 for ct in packed {
                     let noise = log_delta - 1.0 - sk.noise_budget(ct, &be).unwrap_or_else(|e| panic!("{e}"));
                     assert!(noise <= bound, "noise 2^{noise:.1} above the bound 2^{bound:.1}");
                     eprintln!("selected product noise 2^{noise:.1}, bound 2^{bound:.1}");
                 }
             }
-            let full = layout.with_result_bits(64).map(|l| l.response_shape(&p, 1).encoded_len(p.degree()));
-            assert!(bits == 64 || full.is_ok_and(|full| layout.response_shape(&p, 1).encoded_len(p.degree()) < full));
+            let wide = layout.with_result_bits(64).map(|l| l.response_shape(&p, 1).encoded_len(p.degree()));
+            assert!(bits == 64 || wide.is_ok_and(|wide| layout.response_shape(&p, 1).encoded_len(p.degree()) < wide));
             let second_row = grouped.pop().unwrap_or_default();
             for (responses, expert) in
                 [(whole, chosen), (grouped.remove(0), chosen), (chunked, chosen), (second_row, other)]

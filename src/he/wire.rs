@@ -36,7 +36,12 @@ fn encoded_len(params: &HeParams, limbs: usize, polys: usize) -> usize {
 
 /// Bytes of a serialized seeded ciphertext (c0 at every limb, then the seed).
 pub fn seeded_ciphertext_len(params: &HeParams) -> usize {
-    encoded_len(params, params.moduli().len(), 1) + SEED_LEN
+    seeded_ciphertext_len_at(params, params.moduli().len())
+}
+
+/// Bytes of a serialized seeded ciphertext at the level of the first `limbs` primes.
+pub fn seeded_ciphertext_len_at(params: &HeParams, limbs: usize) -> usize {
+    encoded_len(params, limbs, 1) + SEED_LEN
 }
 
 /// Most low bits of c0 a compressed seeded ciphertext drops ([`SeededCiphertext::to_compressed`]).
@@ -170,10 +175,15 @@ impl SeededCiphertext {
 
     /// Reads a seeded ciphertext (full level, NTT form) for `params`.
     pub fn from_bytes(params: &HeParams, bytes: &[u8]) -> HeResult<SeededCiphertext> {
+        SeededCiphertext::from_bytes_at(params, bytes, params.moduli().len())
+    }
+
+    /// Reads a seeded ciphertext at the level of the first `limbs` primes (NTT form).
+    pub fn from_bytes_at(params: &HeParams, bytes: &[u8], limbs: usize) -> HeResult<SeededCiphertext> {
         let Some(split) = bytes.len().checked_sub(SEED_LEN) else {
             return Err(malformed(SEEDED.1, format!("{} bytes cannot hold a seed", bytes.len())));
         };
-        let c0 = decode(SEEDED, params, &bytes[..split], Some(params.moduli().len()), 1)?
+        let c0 = decode(SEEDED, params, &bytes[..split], Some(limbs), 1)?
             .pop()
             .ok_or_else(|| malformed(SEEDED.1, "no polynomial".into()))?;
         if c0.form() != Form::Ntt {
@@ -366,7 +376,12 @@ impl PublicKey {
         }
         let mut seed = [0u8; SEED_LEN];
         seed.copy_from_slice(&bytes[split..]);
-        Ok(PublicKey { b, a: SeededCiphertext::mask(params, seed), seed, params: params.clone() })
+        Ok(PublicKey {
+            b,
+            a: SeededCiphertext::mask(params, seed, params.moduli().len()),
+            seed,
+            params: params.clone(),
+        })
     }
 }
 
@@ -416,6 +431,33 @@ mod tests {
         let back = Ciphertext::from_bytes(&p, &bytes).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back, ct);
         assert_eq!(sk.decrypt(&back, &be).unwrap_or_else(|e| panic!("{e}")), pt);
+    }
+
+    #[test]
+    fn a_seeded_ciphertext_at_a_lower_level_is_the_prefix_of_its_limbs_and_reads_only_there() {
+        let p = HeParams::n8192().unwrap_or_else(|e| panic!("{e}"));
+        let be = CpuBackend::new(1).unwrap_or_else(|e| panic!("{e}"));
+        let mut rng = StdRng::seed_from_u64(7);
+        let sk = SecretKey::generate(&p, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        let pt = Plaintext::new(&p, (0..p.degree()).map(|_| rng.random()).collect()).unwrap_or_else(|e| panic!("{e}"));
+        let low = sk.encrypt_seeded_at(&pt, 3, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        let bytes = low.to_bytes(&p);
+        assert_eq!(bytes.len(), seeded_ciphertext_len_at(&p, 3));
+        assert!(bytes.len() < seeded_ciphertext_len(&p));
+        let back = SeededCiphertext::from_bytes_at(&p, &bytes, 3).unwrap_or_else(|e| panic!("{e}"));
+        let ct = back.expand(&p);
+        assert_eq!(ct.limbs(&p), 3);
+        // the mask is the full-level mask's first limbs: the seed names one polynomial
+        let full = SeededCiphertext::mask(&p, low.seed, 4);
+        assert_eq!(ct.c1.limbs[..], full.limbs[..3 * p.degree()]);
+        assert_eq!(sk.decrypt(&ct, &be).unwrap_or_else(|e| panic!("{e}")), pt);
+        // a reader expecting another level refuses it, naming the limbs
+        let err = SeededCiphertext::from_bytes(&p, &bytes).err().map(|e| e.to_string());
+        assert!(err.as_deref().is_some_and(|e| e.contains("3 RNS limbs, expected 4")), "{err:?}");
+        assert!(
+            sk.encrypt_seeded_at(&pt, 0, &be, &mut rng).is_err()
+                && sk.encrypt_seeded_at(&pt, 5, &be, &mut rng).is_err()
+        );
     }
 
     #[test]

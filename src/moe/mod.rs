@@ -51,7 +51,11 @@
 //!   results and returns them masked and flooded. It runs at N = 16384,
 //!   t = 2^84 ([`crate::he::HeParams::select`]): the ciphertext products' noise (≈ t·√N times
 //!   the selection sum's) must stay 40 bits below the flooding, which N = 8192 (218 bits of q)
-//!   cannot hold. Bytes per row and matrix: J input ciphertexts (713 kB each; J = ⌈d/d_w⌉ with
+//!   cannot hold; each product runs at the fewest of q's six primes that hold its noise (the
+//!   server's choice from its weights' bound, [`crate::he::selected::SelectedLayout::with_level`]:
+//!   five at the SPU shape for the bench's experts, |w| < 2^-4: −14% bytes and −10 to −15% time
+//!   against six).
+//!   Bytes per row and matrix: J input ciphertexts (713 kB each at six primes; J = ⌈d/d_w⌉ with
 //!   d_w = 2^pack chosen by the client for its network: input bytes against products and
 //!   packing) up, one packed result per 2^pack output tiles (≈ 210 kB) down, plus one selector
 //!   ciphertext per row — **flat in E**; rounds: one per matrix and one for the selectors.

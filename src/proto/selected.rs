@@ -29,7 +29,10 @@ use crate::he::selected::{
     ProductForm, RowChoice, SelectKeys, SelectedLayout, SelectedRow, check_experts, noise_bits, selected_batch,
 };
 use crate::he::tiling::MatShape;
-use crate::he::{Ciphertext, MAX_FLOOD_BITS, Plaintext, SeededCiphertext, ShrunkCiphertext, seeded_ciphertext_len};
+use crate::he::{
+    Ciphertext, MAX_FLOOD_BITS, Plaintext, SeededCiphertext, ShrunkCiphertext, seeded_ciphertext_len,
+    seeded_ciphertext_len_at,
+};
 use crate::net::Party;
 use crate::ring::{Shares, Weights};
 
@@ -180,6 +183,11 @@ async fn selected_product(
             ];
             ch.send_u64s(&header.map(|v| v as u64)).await?;
             await_answer(ch).await?;
+            let level = ch.recv_u64s("selected product level", 1).await?[0];
+            let layout =
+                usize::try_from(level).ok().and_then(|level| layout.with_level(&p, level).ok()).ok_or_else(|| {
+                    ProtoError::BadRequest(format!("the server chose selected products at {level} limbs"))
+                })?;
             let j_n = layout.inputs();
             for r in 0..rows {
                 let row = &x[r * d..(r + 1) * d];
@@ -189,7 +197,7 @@ async fn selected_product(
                     par_map(j_n, |j| {
                         let pt = Plaintext::new(&p, t.encode_a(row, 0, j))?;
                         let mut rng = ChaCha20Rng::from_seed(tile_seeds[j]);
-                        Ok(sk.encrypt_seeded(&pt, be.as_ref(), &mut rng)?.to_bytes(&p))
+                        Ok(sk.encrypt_seeded_at(&pt, layout.level, be.as_ref(), &mut rng)?.to_bytes(&p))
                     })
                     .into_iter()
                     .collect::<ProtoResult<_>>()
@@ -224,18 +232,16 @@ async fn selected_product(
             let server = ServerSide { he, rows, d, m, bits, choice };
             let ch_meter = meter.scope("he-selected/input");
             let header = ch.recv_u64s("selected product header", 10).await?;
-            let checked = server.check_request(&header).and_then(|layout| {
-                let (flood, kappa) = server.check(&layout, experts)?;
-                Ok((layout, flood, kappa))
-            });
+            let checked = server.check_request(&header).and_then(|layout| server.check(&layout, experts));
             let (layout, flood, kappa) = answer(ch, checked).await?;
+            ch.send_u64s(&[layout.level as u64]).await?;
             let weights: Vec<&[u64]> = experts.iter().map(Weights::as_slice).collect();
             let p = he.params().clone();
             let j_n = layout.inputs();
             let mut inputs = Vec::with_capacity(rows * j_n);
             for _ in 0..rows * j_n {
-                let bytes = ch.recv_exact("input ciphertext", seeded_ciphertext_len(&p)).await?;
-                inputs.push(SeededCiphertext::from_bytes(&p, &bytes)?);
+                let bytes = ch.recv_exact("input ciphertext", seeded_ciphertext_len_at(&p, layout.level)).await?;
+                inputs.push(SeededCiphertext::from_bytes_at(&p, &bytes, layout.level)?);
             }
             drop(ch_meter);
             let _s = meter.scope("he-selected/output");
@@ -296,8 +302,9 @@ struct ServerSide<'a> {
 }
 
 impl ServerSide<'_> {
-    /// The flooding bits and their margin κ for these weights under `layout`.
-    fn check(&self, layout: &SelectedLayout, experts: &[Weights<'_>]) -> ProtoResult<(u32, u32)> {
+    /// `layout` at the lowest level that holds these weights' products, the flooding bits
+    /// there and their margin κ.
+    fn check(&self, layout: &SelectedLayout, experts: &[Weights<'_>]) -> ProtoResult<(SelectedLayout, u32, u32)> {
         let p = self.he.params();
         if self.choice.choices.len() != self.rows {
             return Err(ProtoError::Input(format!(
@@ -318,7 +325,16 @@ impl ServerSide<'_> {
             return Err(ProtoError::Input(format!("a weight exceeds the declared bound 2^{bits}")));
         }
         let bound = noise_bits(p, layout, bits).ceil() as u32;
-        let room = (p.log_q().floor() as u32).saturating_sub(p.plain_bits() + 4).min(MAX_FLOOD_BITS);
+        // the lowest level whose modulus holds the noise and its flooding with κ to spare
+        let level_room = |level: usize| {
+            let log_q: f64 = p.moduli()[..level].iter().map(|m| (m.value() as f64).log2()).sum();
+            (log_q.floor() as u32).saturating_sub(p.plain_bits() + 4).min(MAX_FLOOD_BITS)
+        };
+        let full = p.moduli().len();
+        let level = (1..=full)
+            .find(|&l| level_room(l).saturating_sub(bound) >= MIN_STAT_BITS && p.tensor_basis(l).is_ok())
+            .unwrap_or(full);
+        let room = level_room(level);
         let kappa = room.saturating_sub(bound);
         if kappa < MIN_STAT_BITS {
             return Err(ProtoError::Input(format!(
@@ -327,7 +343,7 @@ impl ServerSide<'_> {
                 bound + MIN_STAT_BITS
             )));
         }
-        Ok((room, kappa))
+        Ok((layout.with_level(p, level)?, room, kappa))
     }
 
     /// The layout the client announced, if it names this product and a layout this server runs.
