@@ -246,6 +246,23 @@ impl std::fmt::Debug for SecretKey {
     }
 }
 
+impl SecretKey {
+    /// The same secret for a sibling parameter set (another plaintext modulus over the same
+    /// ring and primes, [`HeParams::with_plain_bits`]).
+    pub fn for_params(&self, params: &Arc<HeParams>) -> HeResult<SecretKey> {
+        let same = params.degree() == self.params.degree()
+            && params.ext_moduli().iter().map(|m| m.value()).eq(self.params.ext_moduli().iter().map(|m| m.value()));
+        if !same {
+            return Err(HeError::Shape(format!(
+                "{} is not a sibling of the key's {}",
+                params.name(),
+                self.params.name()
+            )));
+        }
+        Ok(SecretKey { s: self.s.clone(), params: params.clone() })
+    }
+}
+
 impl Drop for SecretKey {
     fn drop(&mut self) {
         self.s.zeroize();

@@ -83,6 +83,13 @@ impl HeParams {
         Ok(Arc::new(HeParams { name, n, moduli, tables, q_count: primes.len(), plain_bits, tensor }))
     }
 
+    /// The same ring, primes and special prime with plaintext modulus 2^`bits` (64..=96): keys
+    /// do not depend on t, so a session's keys serve every sibling set.
+    pub fn with_plain_bits(&self, bits: u32) -> HeResult<Arc<HeParams>> {
+        let primes: Vec<u64> = self.moduli().iter().map(Modulus::value).collect();
+        HeParams::build(self.name, self.n, &primes, self.special().map(|(m, _)| m.value()), bits)
+    }
+
     /// N = 4096, q = two primes of 55 and 54 bits (109 bits).
     pub fn n4096() -> HeResult<Arc<HeParams>> {
         let mut primes = ntt_primes(55, 4096, 1)?;

@@ -51,7 +51,7 @@ use rand::rngs::ChaCha20Rng;
 
 use super::ShrunkShape;
 use super::bfv::{Ciphertext, PublicKey};
-use super::matmul::{ResponseKeys, mask_and_seal, max_pack, response_shape, tiling_cost};
+use super::matmul::{MAX_GALOIS_LEVELS, ResponseKeys, mask_and_seal, max_pack, response_shape, tiling_cost};
 use super::mult::{Lifted, ProductSum, RelinKey, SUM_TERM_BITS, SquareKey, Tensored};
 use super::response::Outgoing;
 use super::tiling::{MatShape, Tiling};
@@ -296,6 +296,15 @@ impl SelectedLayout {
     pub fn decode(&self, value: u128) -> u64 {
         (value >> self.scale()) as u64 & crate::ring::mask(self.result_bits)
     }
+}
+
+/// The parameter set of a choice among `experts`: `p` with t = 2^(64 + ℓ + 10), what 64-bit
+/// results need above the selectors' 2^ℓ and the deepest packing (2^10 tiles, the Galois keys'
+/// levels), at most `p`'s own t. Every bit of t below that is two bits less of noise room to
+/// hold (the product's noise grows with t), so a smaller E gets a smaller t and lower levels.
+pub fn choice_params(p: &HeParams, experts: usize) -> HeResult<Arc<HeParams>> {
+    let bits = (64 + SelectedLayout::select_levels(experts) + MAX_GALOIS_LEVELS).min(p.plain_bits());
+    p.with_plain_bits(bits)
 }
 
 /// The server's keys for selected products: the client's public key (re-randomization),
@@ -920,6 +929,24 @@ mod tests {
             assert_eq!(wide[0], (values[i] as u128) << 3, "selector {i}");
             assert!(wide[1..].iter().all(|&v| v == 0), "selector {i} is not a constant");
         }
+    }
+
+    #[test]
+    fn a_choice_takes_the_smallest_plaintext_modulus_its_selectors_and_packing_need() {
+        let p = HeParams::select().unwrap_or_else(|e| panic!("{e}"));
+        let bits = |e: usize| choice_params(&p, e).map(|c| c.plain_bits()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((bits(1), bits(8), bits(128), bits(1024)), (74, 77, 81, 84));
+        // the sibling set shares the ring and primes: the session's secret serves it
+        let be = CpuBackend::new(1).unwrap_or_else(|e| panic!("{e}"));
+        let mut rng = StdRng::seed_from_u64(3);
+        let sk = SecretKey::generate(&p, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        let sibling = choice_params(&p, 8).unwrap_or_else(|e| panic!("{e}"));
+        let sk8 = sk.for_params(&sibling).unwrap_or_else(|e| panic!("{e}"));
+        let pt = Plaintext::new(&sibling, vec![5u64; 4]).unwrap_or_else(|e| panic!("{e}"));
+        let ct = sk8.encrypt(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(sk8.decrypt_wide(&ct, &be).unwrap_or_else(|e| panic!("{e}"))[..4], [5u128; 4]);
+        let other = HeParams::linear().unwrap_or_else(|e| panic!("{e}"));
+        assert!(sk.for_params(&other).is_err(), "another ring is not a sibling");
     }
 
     #[test]

@@ -17,6 +17,8 @@
 //! x·W_e − R with R uniform and the noise flooded with [`MIN_STAT_BITS`] of margin beyond its
 //! bound ([`crate::he::selected::noise_bits`]).
 
+use std::sync::Arc;
+
 use rand::rngs::ChaCha20Rng;
 use rand::{RngExt, SeedableRng};
 use tracing::instrument;
@@ -26,11 +28,12 @@ use super::session::keys_for;
 use super::{HeKeys, HeUse, ProtoError, ProtoResult, Session};
 use crate::backend::par_map;
 use crate::he::selected::{
-    ProductForm, RowChoice, SelectKeys, SelectedLayout, SelectedRow, check_experts, noise_bits, selected_batch,
+    ProductForm, RowChoice, SelectKeys, SelectedLayout, SelectedRow, check_experts, choice_params, noise_bits,
+    selected_batch,
 };
 use crate::he::tiling::MatShape;
 use crate::he::{
-    Ciphertext, MAX_FLOOD_BITS, Plaintext, SeededCiphertext, ShrunkCiphertext, seeded_ciphertext_len,
+    Ciphertext, HeParams, MAX_FLOOD_BITS, Plaintext, SeededCiphertext, ShrunkCiphertext, seeded_ciphertext_len,
     seeded_ciphertext_len_at,
 };
 use crate::net::Party;
@@ -43,6 +46,8 @@ use crate::ring::{Shares, Weights};
 pub struct Choice {
     rows: usize,
     experts: usize,
+    /// The session's selection set with the choice's plaintext modulus ([`choice_params`]).
+    params: Arc<HeParams>,
     /// Server: each row's choice.
     choices: Vec<RowChoice>,
 }
@@ -84,9 +89,9 @@ pub async fn send_choice(sess: &mut Session, bits: &[bool], rows: usize, experts
     let ch = sess.ot.channel();
     match (select_keys(&sess.he)?, party) {
         (HeKeys::Client(he), Party::Client) => {
-            let p = he.params().clone();
+            let p = choice_params(he.params(), experts)?;
             let layout = SelectedLayout::with_pack(&p, 1, 1, experts, 1, ProductForm::default())?;
-            let sk = he.secret_key();
+            let sk = he.secret_key().for_params(&p)?;
             let cts: Vec<Vec<u8>> = he.workers().compute(|| {
                 par_map(rows, |r| {
                     let pt = Plaintext::new(&p, layout.encode_choice(&bits[r * experts..(r + 1) * experts]))?;
@@ -98,10 +103,10 @@ pub async fn send_choice(sess: &mut Session, bits: &[bool], rows: usize, experts
             for ct in cts {
                 ch.send(&ct).await?;
             }
-            Ok(Choice { rows, experts, choices: Vec::new() })
+            Ok(Choice { rows, experts, params: p, choices: Vec::new() })
         }
         (HeKeys::Server(he), Party::Server) => {
-            let p = he.params().clone();
+            let p = choice_params(he.params(), experts)?;
             SelectedLayout::with_pack(&p, 1, 1, experts, 1, ProductForm::default())?;
             let kept = RowChoice::kept_rows(&p, experts);
             let mut choices = Vec::with_capacity(rows);
@@ -110,7 +115,7 @@ pub async fn send_choice(sess: &mut Session, bits: &[bool], rows: usize, experts
                 let compact = SeededCiphertext::from_bytes(&p, &bytes)?.expand(&p);
                 choices.push(RowChoice::new(compact, bits[r * experts..(r + 1) * experts].to_vec(), r < kept));
             }
-            Ok(Choice { rows, experts, choices })
+            Ok(Choice { rows, experts, params: p, choices })
         }
         _ => Err(ProtoError::Input("the session's selection keys are the other party's".into())),
     }
@@ -157,7 +162,7 @@ async fn selected_product(
     let ch = sess.ot.channel();
     match (select_keys(&sess.he)?, party, experts) {
         (HeKeys::Client(he), Party::Client, None) => {
-            let p = he.params().clone();
+            let p = choice.params.clone();
             let form = match he.key_set() {
                 KeySet::WithRelin => ProductForm::Relinearized,
                 KeySet::WithSquare => ProductForm::Tensored,
@@ -166,7 +171,7 @@ async fn selected_product(
             let layout =
                 SelectedLayout::choose(&p, (d, m), choice.experts, form, (&he.network(), he.server_threads()))?
                     .with_result_bits(bits)?;
-            let sk = he.secret_key();
+            let sk = he.secret_key().for_params(&p)?;
             let t = layout.tiling;
             let _s = meter.scope("he-selected/input");
             let header = [
@@ -236,7 +241,7 @@ async fn selected_product(
             let (layout, flood, kappa) = answer(ch, checked).await?;
             ch.send_u64s(&[layout.level as u64]).await?;
             let weights: Vec<&[u64]> = experts.iter().map(Weights::as_slice).collect();
-            let p = he.params().clone();
+            let p = choice.params.clone();
             let j_n = layout.inputs();
             let mut inputs = Vec::with_capacity(rows * j_n);
             for _ in 0..rows * j_n {
@@ -305,7 +310,7 @@ impl ServerSide<'_> {
     /// `layout` at the lowest level that holds these weights' products, the flooding bits
     /// there and their margin κ.
     fn check(&self, layout: &SelectedLayout, experts: &[Weights<'_>]) -> ProtoResult<(SelectedLayout, u32, u32)> {
-        let p = self.he.params();
+        let p = &self.choice.params;
         if self.choice.choices.len() != self.rows {
             return Err(ProtoError::Input(format!(
                 "the choice holds {} rows, the product {}",
@@ -370,7 +375,7 @@ impl ServerSide<'_> {
             (parts, _, _) => return Err(bad(format!("results of {parts} parts (2 or 3)"))),
         };
         let pack = u32::try_from(header[6]).map_err(|_| bad("no such packing".into()))?;
-        let layout = SelectedLayout::with_pack(self.he.params(), self.d, self.m, self.choice.experts, pack, form)
+        let layout = SelectedLayout::with_pack(&self.choice.params, self.d, self.m, self.choice.experts, pack, form)
             .and_then(|l| l.with_result_bits(self.bits))
             .map_err(|e| bad(e.to_string()))?;
         let t = layout.tiling;
