@@ -373,18 +373,11 @@ impl SecretKey {
         let mut seed = [0u8; 32];
         rng.fill_bytes(&mut seed);
         let c1 = SeededCiphertext::mask(p, seed, limbs);
-        let n = p.degree();
-        let ctx = CrtContext::new(&p.moduli()[..limbs], p.plain_bits());
-        let mut c0 = RnsPoly::from_signed(p, &RnsPoly::error_coeffs(n, rng));
-        c0.limbs.truncate(limbs * n);
-        c0.add_assign(p, &pt.scaled(p, &ctx, limbs));
-        c0.to_ntt(p, backend)?;
-        let mut as_ = c1;
-        as_.mul_assign(p, &self.s);
-        c0.sub_assign(p, &as_);
-        Ok(SeededCiphertext { c0, seed })
+        let ct = self.encrypt_with_mask(pt, c1, backend, rng)?;
+        Ok(SeededCiphertext { c0: ct.c0, seed })
     }
 
+    /// (−a·s + e + ⌊q'·m/t⌉, a) at the level q' of the mask `c1` (its first limbs of q).
     fn encrypt_with_mask<R: CryptoRng + ?Sized>(
         &self,
         pt: &Plaintext,
@@ -393,9 +386,11 @@ impl SecretKey {
         rng: &mut R,
     ) -> HeResult<Ciphertext> {
         let p = &self.params;
-        let ctx = CrtContext::new(p.moduli(), p.plain_bits());
-        let mut c0 = RnsPoly::from_signed(p, &RnsPoly::error_coeffs(p.degree(), rng));
-        c0.add_assign(p, &pt.scaled(p, &ctx, p.moduli().len()));
+        let (n, limbs) = (p.degree(), c1.limbs.len() / p.degree());
+        let ctx = CrtContext::new(&p.moduli()[..limbs], p.plain_bits());
+        let mut c0 = RnsPoly::from_signed(p, &RnsPoly::error_coeffs(n, rng));
+        c0.limbs.truncate(limbs * n);
+        c0.add_assign(p, &pt.scaled(p, &ctx, limbs));
         c0.to_ntt(p, backend)?;
         let mut as_ = c1.clone();
         as_.mul_assign(p, &self.s);
