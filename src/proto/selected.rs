@@ -239,6 +239,18 @@ async fn selected_product(
             let header = ch.recv_u64s("selected product header", 10).await?;
             let checked = server.check_request(&header).and_then(|layout| server.check(&layout, experts));
             let (layout, flood, kappa) = answer(ch, checked).await?;
+            let (_, j_tiles, k_tiles) = layout.tiling.tile_counts();
+            tracing::debug!(
+                d_w = layout.tiling.d_w,
+                m_w = layout.tiling.m_w,
+                pack = layout.tiling.pack,
+                inputs = j_tiles,
+                outputs = k_tiles,
+                level = layout.level,
+                flood,
+                kappa,
+                "selected product layout"
+            );
             ch.send_u64s(&[layout.level as u64]).await?;
             let weights: Vec<&[u64]> = experts.iter().map(Weights::as_slice).collect();
             let p = choice.params.clone();
