@@ -223,6 +223,25 @@ impl Backend for CpuBackend {
     ) -> BackendResult<()> {
         let outputs = moduli.len();
         super::check_base_convert(moduli, n, x, consts, out)?;
+        #[cfg(target_arch = "x86_64")]
+        if lazy_conversion(moduli, n) {
+            // every output row cut into the same windows of slots; a task takes one window of all
+            let (width, small) = (CONVERT_WINDOW.min(n), out.len() < CHUNK);
+            let mut windows: Vec<Vec<&mut [u64]>> = (0..n.div_ceil(width)).map(|_| Vec::new()).collect();
+            for row in out.chunks_exact_mut(n) {
+                windows.iter_mut().zip(row.chunks_mut(width)).for_each(|(w, piece)| w.push(piece));
+            }
+            // SAFETY: the CPU supports AVX-512 F and DQ (`lazy_conversion`).
+            let convert = |w: usize, rows: Vec<&mut [u64]>| unsafe {
+                convert_window_avx512(moduli, n, x, consts, w * width, rows)
+            };
+            if small {
+                windows.into_iter().enumerate().for_each(|(w, rows)| convert(w, rows));
+            } else {
+                self.run(|| windows.into_par_iter().enumerate().for_each(|(w, rows)| convert(w, rows)));
+            }
+            return Ok(());
+        }
         let one_output = |j: usize, acc: &mut [u64]| {
             let m = &moduli[j];
             acc.fill(0);
@@ -431,6 +450,58 @@ fn divide_row_avx512(m: &Modulus, row: &mut [u64], top: &[u64], p_top: u64, cons
         }
     }
     divide_row_kernel(m, &mut row[body..], &top[body..], p_top, consts)
+}
+
+/// Slots per task of a base conversion on AVX-512 (a multiple of 8): every input row's window and the
+/// outputs' stay in L2.
+#[cfg(target_arch = "x86_64")]
+const CONVERT_WINDOW: usize = 1 << 10;
+
+/// Whether [`convert_window_avx512`] takes a conversion into `moduli` of rows of `n` slots:
+/// AVX-512, moduli below 2^61 (sums of two lazy products below 8p < 2^64), whole vectors.
+#[cfg(target_arch = "x86_64")]
+fn lazy_conversion(moduli: &[Modulus], n: usize) -> bool {
+    super::ntt::simd::level() == super::ntt::simd::Level::Avx512
+        && moduli.iter().all(|m| m.value() < 1 << 61)
+        && n.is_multiple_of(8)
+}
+
+/// The window of slots from `first` of a base conversion, `out[j] = Σ_i x[i]·c[i][j] mod m_j`
+/// for the output rows' pieces `out`: per vector of eight slots, each output's sum stays in a
+/// register over all input rows (the inputs' vectors are read from L1 once per output), each
+/// product Shoup's with the shortened quotient of the NTT (in [0, 4p)), the sum kept in
+/// [0, 4p) by one conditional subtraction per term and fully reduced once at the end.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq")]
+fn convert_window_avx512(
+    moduli: &[Modulus],
+    n: usize,
+    x: &[u64],
+    consts: &[(u64, u64)],
+    first: usize,
+    mut out: Vec<&mut [u64]>,
+) {
+    use super::ntt::avx512::{mul_shoup_lazy, reduce_once};
+    use std::arch::x86_64::*;
+    let (inputs, outputs) = (x.len() / n, moduli.len());
+    let splat = |v: u64| _mm512_set1_epi64(v as i64);
+    let primes: Vec<[__m512i; 3]> = moduli.iter().map(|m| [1, 2, 4].map(|k| splat(k * m.value()))).collect();
+    let len = out.first().map_or(0, |row| row.len());
+    for s in (0..len).step_by(8) {
+        for (j, row) in out.iter_mut().enumerate() {
+            let [p, two_p, four_p] = primes[j];
+            let mut acc = _mm512_setzero_si512();
+            for i in 0..inputs {
+                let (c, shoup) = consts[i * outputs + j];
+                // SAFETY: first + s + 8 ≤ n (windows of whole vectors), so the load stays in row i.
+                let y = unsafe { _mm512_loadu_si512(x.as_ptr().add(i * n + first + s).cast()) };
+                acc = reduce_once(_mm512_add_epi64(acc, mul_shoup_lazy(y, splat(c), splat(shoup), p)), four_p);
+            }
+            let acc = reduce_once(reduce_once(acc, two_p), p);
+            // SAFETY: s + 8 ≤ the window's length, a multiple of 8.
+            unsafe { _mm512_storeu_si512(row.as_mut_ptr().add(s).cast(), acc) };
+        }
+    }
 }
 
 /// `acc += y·c mod p` (lazily, acc stays in [0, 2p)) for a constant c < p with Shoup constant

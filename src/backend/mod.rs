@@ -158,6 +158,28 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         out: &mut [u64],
     ) -> BackendResult<()>;
 
+    /// Sums of ciphertext tensors in NTT form over L = `moduli.len()` limbs, the core of a sum of
+    /// ciphertext products: for `terms` pairs of two-part operands a_t = (a0, a1), b_t = (b0, b1),
+    /// each stored [part][limb] (2·L polynomials of `n` values, operand after operand in `a` and
+    /// `b`), `out` ([part][limb], 3·L polynomials) receives Σ_t a0·b0, Σ_t (a0·b1 + a1·b0) and
+    /// Σ_t a1·b1 mod p_l, added to its residues when `add`; operands are residues. The default
+    /// (every backend's today) runs on the host ([`tensor_sum_wide`]).
+    #[allow(clippy::too_many_arguments)]
+    fn tensor_sum(
+        &self,
+        moduli: &[Modulus],
+        n: usize,
+        terms: usize,
+        a: &[u64],
+        b: &[u64],
+        add: bool,
+        out: &mut [u64],
+    ) -> BackendResult<()> {
+        check_tensor_sum(moduli, n, terms, a, b, out)?;
+        tensor_sum_wide(moduli, n, terms, a, b, add, out);
+        Ok(())
+    }
+
     /// The automorphism σ_g: X ↦ X^g (g odd) of every run of `n` coefficients (coefficient form)
     /// of `input` into `out`: X^i ↦ X^(i·g mod 2n), negated when i·g mod 2n ≥ n (X^n = −1), block
     /// l modulo `moduli[l]`. The first step of every rotation and packing key switch.
@@ -410,6 +432,86 @@ pub(crate) fn check_sparse_heads(
 }
 
 /// The shape contract of [`Backend::base_convert`]; returns the number of input rows I.
+/// The shape contract of [`Backend::tensor_sum`].
+pub(crate) fn check_tensor_sum(
+    moduli: &[Modulus],
+    n: usize,
+    terms: usize,
+    a: &[u64],
+    b: &[u64],
+    out: &[u64],
+) -> BackendResult<()> {
+    let operands = terms * 2 * moduli.len() * n;
+    if a.len() != operands || b.len() != operands {
+        return Err(shape(
+            "tensor_sum",
+            format!("operands of {} and {} values for {terms} pairs of 2×{} limbs", a.len(), b.len(), moduli.len()),
+        ));
+    }
+    if out.len() != 3 * moduli.len() * n {
+        return Err(shape("tensor_sum", format!("{} output values for 3×{} limbs", out.len(), moduli.len())));
+    }
+    Ok(())
+}
+
+/// [`Backend::tensor_sum`] on the host: per slot, three products per pair (Karatsuba: a0·b0,
+/// a1·b1 and (a0 + a1)·(b0 + b1), whose difference is the middle term) summed exactly in 128
+/// bits and reduced once per pass — 8 pairs for primes of up to 61 bits (each product below
+/// 2^124), fewer for wider ones.
+pub(crate) fn tensor_sum_wide(
+    moduli: &[Modulus],
+    n: usize,
+    terms: usize,
+    a: &[u64],
+    b: &[u64],
+    add: bool,
+    out: &mut [u64],
+) {
+    if terms == 0 && !add {
+        out.fill(0);
+    }
+    let limbs = moduli.len();
+    let bits = moduli.iter().map(Modulus::bits).max().unwrap_or(0);
+    let pass = 8.min(1usize << 125u32.saturating_sub(2 * bits));
+    /// Slots per block: the block's exact sums stay in L1 while one pair at a time streams by.
+    const BLOCK: usize = 256;
+    let (e0, rest) = out.split_at_mut(limbs * n);
+    let (e1, e2) = rest.split_at_mut(limbs * n);
+    let (mut low, mut high, mut both) = ([0u128; BLOCK], [0u128; BLOCK], [0u128; BLOCK]);
+    for first in (0..terms).step_by(pass) {
+        let fresh = first == 0 && !add;
+        let range = first..(first + pass).min(terms);
+        for (l, m) in moduli.iter().enumerate() {
+            for from in (l * n..(l + 1) * n).step_by(BLOCK) {
+                let len = BLOCK.min((l + 1) * n - from);
+                let (low, high, both) = (&mut low[..len], &mut high[..len], &mut both[..len]);
+                low.fill(0);
+                high.fill(0);
+                both.fill(0);
+                for t in range.clone() {
+                    let (half0, half1) = ((t * 2) * limbs * n + from, (t * 2 + 1) * limbs * n + from);
+                    let (x0, x1) = (&a[half0..][..len], &a[half1..][..len]);
+                    let (y0, y1) = (&b[half0..][..len], &b[half1..][..len]);
+                    for c in 0..len {
+                        low[c] += x0[c] as u128 * y0[c] as u128;
+                        high[c] += x1[c] as u128 * y1[c] as u128;
+                        both[c] += (x0[c] + x1[c]) as u128 * (y0[c] + y1[c]) as u128;
+                    }
+                }
+                let old = |e: &[u64], c: usize| if fresh { 0 } else { e[c] as u128 };
+                for c in 0..len {
+                    let at = from + c;
+                    (e0[at], e1[at], e2[at]) = (
+                        m.reduce_wide(low[c] + old(e0, at)),
+                        m.reduce_wide(both[c] - low[c] - high[c] + old(e1, at)),
+                        m.reduce_wide(high[c] + old(e2, at)),
+                    );
+                }
+            }
+        }
+    }
+}
+
 pub(crate) fn check_base_convert(
     moduli: &[Modulus],
     n: usize,
@@ -650,6 +752,83 @@ pub fn zeros(len: usize) -> Vec<u64> {
         }
     }
     v
+}
+
+/// A host buffer for intermediate values that is handed back to its thread's pool when dropped
+/// and taken again by the next [`Scratch::take`] there: a stream of same-sized intermediates
+/// (lifted ciphertexts, sums of products) reuses memory instead of faulting in and zeroing fresh
+/// pages for each. Its contents are unspecified: a user writes before it reads.
+#[derive(Debug)]
+pub struct Scratch(Vec<u64>);
+
+/// Buffers and bytes a thread's scratch pool keeps at most.
+const SCRATCH_BUFFERS: usize = 4;
+const SCRATCH_BYTES: usize = 256 << 20;
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Vec<Vec<u64>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Scratch {
+    /// `len` values: the smallest pooled buffer of this thread that holds them, else fresh
+    /// [`zeros`].
+    pub fn take(len: usize) -> Scratch {
+        let pooled = SCRATCH.with(|pool| {
+            let mut pool = pool.borrow_mut();
+            let best = (0..pool.len()).filter(|&i| pool[i].capacity() >= len).min_by_key(|&i| pool[i].capacity());
+            best.map(|i| pool.swap_remove(i))
+        });
+        match pooled {
+            Some(mut v) => {
+                v.resize(len, 0);
+                Scratch(v)
+            }
+            None => Scratch(zeros(len)),
+        }
+    }
+}
+
+impl Clone for Scratch {
+    fn clone(&self) -> Scratch {
+        let mut copy = Scratch::take(self.0.len());
+        copy.copy_from_slice(&self.0);
+        copy
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = [u64];
+    fn deref(&self) -> &[u64] {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Scratch {
+    fn deref_mut(&mut self) -> &mut [u64] {
+        &mut self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        if v.capacity() == 0 {
+            return;
+        }
+        // try_with: a thread being torn down has no pool left
+        let _ = SCRATCH.try_with(|pool| {
+            let mut pool = pool.borrow_mut();
+            pool.push(v);
+            // keep the largest buffers within the bounds
+            pool.sort_by_key(|b| std::cmp::Reverse(b.capacity()));
+            let mut bytes = 0;
+            pool.retain(|b| {
+                bytes += b.capacity() * std::mem::size_of::<u64>();
+                bytes <= SCRATCH_BYTES
+            });
+            pool.truncate(SCRATCH_BUFFERS);
+        });
+    }
 }
 
 /// The Shoup constants of one operand of [`Backend::mul_acc`], as long as that operand.
@@ -1025,7 +1204,13 @@ mod tests {
             .map(|&b| Modulus::new(ntt_primes(b, 64, 1).unwrap_or_default()[0]).unwrap_or_else(|e| panic!("{e}")))
             .collect();
         let mut rng = StdRng::seed_from_u64(9);
-        let (n, rows) = (1003, 7);
+        // a ragged row (the portable loops) and windows of whole vectors (AVX-512's lazy sums)
+        for (n, rows) in [(1003, 7), (2056, 13)] {
+            convert_and_check(&be, &moduli, n, rows, &mut rng);
+        }
+    }
+
+    fn convert_and_check(be: &CpuBackend, moduli: &[Modulus], n: usize, rows: usize, rng: &mut StdRng) {
         let x: Vec<u64> = (0..rows * n).map(|_| rng.random()).collect();
         let consts: Vec<(u64, u64)> = (0..rows)
             .flat_map(|_| moduli.iter().map(|m| m.value()).collect::<Vec<_>>())
@@ -1037,13 +1222,92 @@ mod tests {
             })
             .collect();
         let mut out = vec![0u64; moduli.len() * n];
-        be.base_convert(&moduli, n, &x, &consts, &mut out).unwrap_or_else(|e| panic!("{e}"));
+        be.base_convert(moduli, n, &x, &consts, &mut out).unwrap_or_else(|e| panic!("{e}"));
         for (j, m) in moduli.iter().enumerate() {
             for c in 0..n {
                 let want = (0..rows).fold(0, |acc, i| m.add(acc, m.mul(x[i * n + c], consts[i * moduli.len() + j].0)));
                 assert_eq!(out[j * n + c], want, "modulus {j}, value {c}");
             }
         }
+    }
+
+    #[test]
+    fn tensor_sums_match_the_plain_sums_of_products() {
+        let be = CpuBackend::new(2).unwrap_or_else(|e| panic!("{e}"));
+        let mut rng = StdRng::seed_from_u64(10);
+        // 40 pairs: several passes of exact sums
+        for bits in [58, 61] {
+            let n = 512;
+            let moduli: Vec<Modulus> = ntt_primes(bits, n, 2)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .into_iter()
+                .map(|p| Modulus::new(p).unwrap_or_else(|e| panic!("{e}")))
+                .collect();
+            let limbs = moduli.len();
+            for terms in [1, 5, 40] {
+                let draw = |rng: &mut StdRng| -> Vec<u64> {
+                    (0..terms * 2 * limbs * n).map(|i| rng.random_range(0..moduli[(i / n) % limbs].value())).collect()
+                };
+                let (a, b) = (draw(&mut rng), draw(&mut rng));
+                let start: Vec<u64> =
+                    (0..3 * limbs * n).map(|i| rng.random_range(0..moduli[(i / n) % limbs].value())).collect();
+                for add in [false, true] {
+                    let mut got = start.clone();
+                    be.tensor_sum(&moduli, n, terms, &a, &b, add, &mut got).unwrap_or_else(|e| panic!("{e}"));
+                    for (l, m) in moduli.iter().enumerate() {
+                        for c in 0..n {
+                            let at = |v: &[u64], t: usize, half: usize| v[((2 * t + half) * limbs + l) * n + c];
+                            let mut want = [0u64; 3];
+                            for t in 0..terms {
+                                let (x0, x1, y0, y1) = (at(&a, t, 0), at(&a, t, 1), at(&b, t, 0), at(&b, t, 1));
+                                want[0] = m.add(want[0], m.mul(x0, y0));
+                                want[1] = m.add(want[1], m.add(m.mul(x0, y1), m.mul(x1, y0)));
+                                want[2] = m.add(want[2], m.mul(x1, y1));
+                            }
+                            for (part, w) in want.into_iter().enumerate() {
+                                let at = (part * limbs + l) * n + c;
+                                let w = if add { m.add(w, start[at]) } else { w };
+                                assert_eq!(got[at], w, "{bits}-bit primes, {terms} pairs, add {add}, part {part}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let mut out = vec![0u64; 3 * 512];
+        let short = be.tensor_sum(
+            &[Modulus::new(ntt_primes(58, 512, 1).unwrap_or_default()[0]).unwrap_or_else(|e| panic!("{e}"))],
+            512,
+            2,
+            &[0; 1024],
+            &[0; 2048],
+            false,
+            &mut out,
+        );
+        assert!(matches!(short, Err(BackendError::Shape { .. })), "{short:?}");
+    }
+
+    #[test]
+    fn scratch_buffers_return_to_their_threads_pool_within_its_bounds() {
+        std::thread::spawn(|| {
+            let first = Scratch::take(1000);
+            let at = first.as_ptr();
+            drop(first);
+            // the same memory again, for as many values or fewer
+            let again = Scratch::take(600);
+            assert_eq!((again.as_ptr(), again.len()), (at, 600));
+            let other = Scratch::take(600);
+            assert_ne!(other.as_ptr(), at, "a buffer in use is not handed out twice");
+            let copy = again.clone();
+            assert_eq!(&copy[..], &again[..]);
+            drop((again, other, copy));
+            // a pool keeps at most SCRATCH_BUFFERS buffers
+            let many: Vec<Scratch> = (0..SCRATCH_BUFFERS + 3).map(|_| Scratch::take(64)).collect();
+            drop(many);
+            SCRATCH.with(|pool| assert!(pool.borrow().len() <= SCRATCH_BUFFERS));
+        })
+        .join()
+        .unwrap_or_else(|_| panic!("the scratch test's thread panicked"));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::ring::RingError;
 use crate::ring::modp::Modulus;
 
 #[cfg(target_arch = "x86_64")]
-mod avx512;
+pub(super) mod avx512;
 
 /// Twiddle tables for one (N, p).
 #[derive(Debug, Clone)]

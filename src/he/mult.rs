@@ -36,7 +36,7 @@ use zeroize::Zeroize;
 use super::bfv::{Ciphertext, PublicKey, SecretKey};
 use super::poly::{Form, RnsPoly};
 use super::{HeError, HeParams, HeResult};
-use crate::backend::{Backend, NttTable, Prepared, par_map};
+use crate::backend::{Backend, NttTable, Prepared, Scratch, par_map};
 use crate::ring::modp::{MAX_PRIME_BITS, Modulus, ntt_primes};
 
 /// The relinearization key: for every prime q_i of Q, an encryption (b_i, a_i) of s²·g_i, in
@@ -373,16 +373,15 @@ impl TensorBasis {
     }
 
     /// A polynomial mod Q (`coeff`: coefficient form, `ntt`: the same in NTT form) in Q∪P, NTT
-    /// form: the Q limbs copied, the P limbs from the centered lift
+    /// form, into `out` (|Q∪P| limbs): the Q limbs copied, the P limbs from the centered lift
     /// x = Σ z_i·(Q/q_i) − v·Q.
-    fn extend(&self, n: usize, coeff: &[u64], ntt: &[u64], backend: &dyn Backend) -> HeResult<Vec<u64>> {
+    fn extend(&self, n: usize, coeff: &[u64], ntt: &[u64], out: &mut [u64], backend: &dyn Backend) -> HeResult<()> {
         let k = self.k;
-        let mut out = vec![0u64; self.width() * n];
         out[..k * n].copy_from_slice(ntt);
         let z = Self::hat_rows(&self.moduli[..k], &self.q_hat_inv, &self.q_inv_f64, n, coeff, 0, backend)?;
         backend.base_convert(&self.moduli[k..], n, &z, &self.extend_rows, &mut out[k * n..])?;
         backend.ntt_forward(&self.tables[k..], &mut out[k * n..])?;
-        Ok(out)
+        Ok(())
     }
 
     /// ⌊t·x/Q⌉ mod Q for x given over Q∪P in coefficient form (|x| < QP/4); coefficient form.
@@ -413,13 +412,74 @@ const PRODUCT_ROOM_BITS: u32 = 12;
 /// 2^9 tensors (one more 61-bit prime than a single product needs at most).
 pub const SUM_TERM_BITS: u32 = 9;
 
-/// A ciphertext lifted to the extended basis Q∪P (both halves, NTT form): the operand side of a
-/// ciphertext product, computed once for every product the ciphertext enters.
+/// Ciphertexts lifted to the extended basis Q∪P (both halves, NTT form): the operands of
+/// ciphertext products, each computed once for every product it enters. Stored one after
+/// another, each [half][limb] (2·|Q∪P| polynomials), as [`Backend::tensor_sum`] reads them.
 #[derive(Debug, Clone)]
 pub struct Lifted {
     level: usize,
-    c0: Vec<u64>,
-    c1: Vec<u64>,
+    count: usize,
+    data: Scratch,
+}
+
+impl Lifted {
+    /// Every ciphertext of `cts` (all at one level) lifted, both halves of all of them in
+    /// parallel on the workers this runs on.
+    pub fn of(cts: &[Ciphertext], params: &HeParams, backend: &dyn Backend) -> HeResult<Lifted> {
+        use rayon::prelude::*;
+        let n = params.degree();
+        let level = cts.first().map_or(params.moduli().len(), |ct| ct.limbs(params));
+        if let Some(bad) = cts.iter().position(|ct| ct.limbs(params) != level) {
+            return Err(HeError::Shape(format!(
+                "lifting ciphertexts at {level} and {} RNS limbs together (ciphertext {bad})",
+                cts[bad].limbs(params)
+            )));
+        }
+        check_room(params, level)?;
+        let basis = params.tensor_basis(level)?;
+        let width = basis.width() * n;
+        let mut data = Scratch::take(cts.len() * 2 * width);
+        let lift = |(r, out): (usize, &mut [u64])| -> HeResult<()> {
+            let input = if r % 2 == 0 { &cts[r / 2].c0 } else { &cts[r / 2].c1 };
+            // the other form of the input, converted from a copy
+            let mut other = input.clone();
+            match input.form() {
+                Form::Ntt => {
+                    other.to_coeff(params, backend)?;
+                    basis.extend(n, &other.limbs, &input.limbs, out, backend)
+                }
+                Form::Coeff => {
+                    other.to_ntt(params, backend)?;
+                    basis.extend(n, &input.limbs, &other.limbs, out, backend)
+                }
+            }
+        };
+        if rayon::current_thread_index().is_some() {
+            data.par_chunks_mut(width).enumerate().try_for_each(lift)?;
+        } else {
+            data.chunks_mut(width).enumerate().try_for_each(lift)?;
+        }
+        Ok(Lifted { level, count: cts.len(), data })
+    }
+
+    /// Number of ciphertexts.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Ciphertexts `first..first + count`, as [`Backend::tensor_sum`] reads them.
+    fn operands(&self, first: usize, count: usize) -> HeResult<&[u64]> {
+        if first + count > self.count {
+            return Err(HeError::Shape(format!("lifted ciphertexts {first}..{} of {}", first + count, self.count)));
+        }
+        let each = self.data.len() / self.count.max(1);
+        Ok(&self.data[first * each..(first + count) * each])
+    }
 }
 
 impl Ciphertext {
@@ -440,36 +500,16 @@ impl Ciphertext {
         let a = self.lift(params, backend)?;
         let mut sum = ProductSum::new(params, a.level)?;
         if std::ptr::eq(self, other) {
-            sum.add(params, &a, &a)?;
+            sum.add(params, &a, &a, backend)?;
         } else {
-            sum.add(params, &a, &other.lift(params, backend)?)?;
+            sum.add(params, &a, &other.lift(params, backend)?, backend)?;
         }
         sum.finish(params, backend)
     }
 
     /// This ciphertext in the extended basis of products at its level ([`Lifted`]).
     pub fn lift(&self, params: &HeParams, backend: &dyn Backend) -> HeResult<Lifted> {
-        let n = params.degree();
-        let level = self.limbs(params);
-        check_room(params, level)?;
-        let basis = params.tensor_basis(level)?;
-        let halves = par_map(2, |h| {
-            let input = if h == 0 { &self.c0 } else { &self.c1 };
-            // the other form of the input, converted from a copy
-            let mut other = input.clone();
-            match input.form() {
-                Form::Ntt => {
-                    other.to_coeff(params, backend)?;
-                    basis.extend(n, &other.limbs, &input.limbs, backend)
-                }
-                Form::Coeff => {
-                    other.to_ntt(params, backend)?;
-                    basis.extend(n, &input.limbs, &other.limbs, backend)
-                }
-            }
-        });
-        let [c0, c1]: [HeResult<Vec<u64>>; 2] = halves.try_into().unwrap_or_else(|_| unreachable!("two halves"));
-        Ok(Lifted { level, c0: c0?, c1: c1? })
+        Lifted::of(std::slice::from_ref(self), params, backend)
     }
 }
 
@@ -499,64 +539,52 @@ fn check_room(params: &HeParams, level: usize) -> HeResult<()> {
 pub struct ProductSum {
     level: usize,
     terms: usize,
-    /// Terms added since the parts were last reduced, and how many they can take unreduced.
-    unreduced: usize,
-    fold_every: usize,
-    /// (e0, e1, e2) over Q∪P, NTT form: exact sums of 128-bit products, reduced mod each prime
-    /// every `fold_every` terms and at the end.
-    parts: [Vec<u128>; 3],
+    /// (e0, e1, e2) over Q∪P, NTT form, as residues ([part][limb]); none before the first term.
+    parts: Option<Scratch>,
 }
 
 impl ProductSum {
     /// An empty sum of products at `level` limbs.
     pub fn new(params: &HeParams, level: usize) -> HeResult<ProductSum> {
         check_room(params, level)?;
-        let basis = params.tensor_basis(level)?;
-        let width = basis.width() * params.degree();
-        // a part below p gains at most 2·(p − 1)² < 2^(2b+1) per term (e1 takes two products):
-        // 2^(126 − 2b) terms stay below 2^127 + p
-        let b = basis.moduli.iter().map(Modulus::bits).max().unwrap_or(0);
-        let fold_every = 1usize << 126u32.saturating_sub(2 * b).min(SUM_TERM_BITS);
-        Ok(ProductSum { level, terms: 0, unreduced: 0, fold_every, parts: std::array::from_fn(|_| vec![0u128; width]) })
+        params.tensor_basis(level)?;
+        Ok(ProductSum { level, terms: 0, parts: None })
     }
 
-    /// Adds a ⊗ b (both at the sum's level); at most 2^[`SUM_TERM_BITS`] terms.
-    pub fn add(&mut self, params: &HeParams, a: &Lifted, b: &Lifted) -> HeResult<()> {
+    /// Adds Σ_j a_j ⊗ b_j over the pairs of two equally long runs of lifted ciphertexts.
+    pub fn add(&mut self, params: &HeParams, a: &Lifted, b: &Lifted, backend: &dyn Backend) -> HeResult<()> {
+        if a.len() != b.len() {
+            return Err(HeError::Shape(format!("pairing {} lifted ciphertexts with {}", a.len(), b.len())));
+        }
+        self.add_from(params, a, (b, 0), backend)
+    }
+
+    /// Adds Σ_j a_j ⊗ b_(first+j) over every ciphertext of `a` (all at the sum's level); at most
+    /// 2^[`SUM_TERM_BITS`] terms in all. One [`Backend::tensor_sum`] over all of them.
+    pub fn add_from(
+        &mut self,
+        params: &HeParams,
+        a: &Lifted,
+        (b, first): (&Lifted, usize),
+        backend: &dyn Backend,
+    ) -> HeResult<()> {
         if a.level != self.level || b.level != self.level {
             return Err(HeError::Shape(format!(
                 "multiplying ciphertexts at {} and {} RNS limbs into a sum at {}",
                 a.level, b.level, self.level
             )));
         }
-        if self.terms >= 1 << SUM_TERM_BITS {
+        let count = a.len();
+        if self.terms + count > 1 << SUM_TERM_BITS {
             return Err(HeError::Shape(format!("a sum of more than 2^{SUM_TERM_BITS} ciphertext products")));
         }
-        self.terms += 1;
-        let n = params.degree();
         let basis = params.tensor_basis(self.level)?;
-        self.unreduced += 1;
-        let fold = self.unreduced == self.fold_every;
-        if fold {
-            self.unreduced = 0;
-        }
-        let [e0, e1, e2] = &mut self.parts;
-        // pointwise in Q∪P, exact: e0 += a0·b0, e1 += a0·b1 + a1·b0, e2 += a1·b1
-        for (r, m) in basis.moduli.iter().enumerate() {
-            let s = r * n..(r + 1) * n;
-            let (x0, x1, y0, y1) = (&a.c0[s.clone()], &a.c1[s.clone()], &b.c0[s.clone()], &b.c1[s.clone()]);
-            let (o0, o1, o2) = (&mut e0[s.clone()], &mut e1[s.clone()], &mut e2[s]);
-            for c in 0..n {
-                let (x0, x1, y0, y1) = (x0[c] as u128, x1[c] as u128, y0[c] as u128, y1[c] as u128);
-                o0[c] += x0 * y0;
-                o1[c] += x0 * y1 + x1 * y0;
-                o2[c] += x1 * y1;
-            }
-            if fold {
-                for o in [o0, o1, o2] {
-                    o.iter_mut().for_each(|v| *v = m.reduce_wide(*v) as u128);
-                }
-            }
-        }
+        let n = params.degree();
+        let (x, y) = (a.operands(0, count)?, b.operands(first, count)?);
+        let add = self.parts.is_some();
+        let parts = self.parts.get_or_insert_with(|| Scratch::take(3 * basis.width() * n));
+        backend.tensor_sum(&basis.moduli, n, count, x, y, add, parts)?;
+        self.terms += count;
         Ok(())
     }
 
@@ -564,16 +592,15 @@ impl ProductSum {
     pub fn finish(self, params: &HeParams, backend: &dyn Backend) -> HeResult<Tensored> {
         let n = params.degree();
         let basis = params.tensor_basis(self.level)?;
-        let tensor = self.parts.map(std::sync::Mutex::new);
+        let Some(mut parts) = self.parts else {
+            return Err(HeError::Shape("a sum of no ciphertext products".into()));
+        };
+        let tensor: Vec<std::sync::Mutex<&mut [u64]>> =
+            parts.chunks_exact_mut(basis.width() * n).map(std::sync::Mutex::new).collect();
         let parts = par_map(3, |part| -> HeResult<RnsPoly> {
-            let exact = std::mem::take(&mut *tensor[part].lock().unwrap_or_else(|e| e.into_inner()));
-            let mut out: Vec<u64> = exact
-                .chunks_exact(n)
-                .zip(&basis.moduli)
-                .flat_map(|(limb, m)| limb.iter().map(|&v| m.reduce_wide(v)))
-                .collect();
-            backend.ntt_inverse(&basis.tables, &mut out)?;
-            let mut scaled = RnsPoly { limbs: basis.scale_down(n, &out, backend)?, form: Form::Coeff };
+            let mut exact = tensor[part].lock().unwrap_or_else(|e| e.into_inner());
+            backend.ntt_inverse(&basis.tables, &mut exact)?;
+            let mut scaled = RnsPoly { limbs: basis.scale_down(n, &exact, backend)?, form: Form::Coeff };
             if part < 2 {
                 scaled.to_ntt(params, backend)?;
             }
@@ -663,15 +690,24 @@ mod tests {
             (0..8).map(|_| ((0..n).map(|_| rng.random()).collect(), (0..n).map(|_| rng.random()).collect())).collect();
         let mut want = vec![0u64; n];
         let mut sum = ProductSum::new(&p, p.moduli().len()).unwrap_or_else(|e| panic!("{e}"));
+        let (mut cas, mut cbs) = (Vec::new(), Vec::new());
         for (a, b) in &pairs {
             for (w, v) in want.iter_mut().zip(crate::he::negacyclic_mod_2_64(a, b)) {
                 *w = w.wrapping_add(v);
             }
-            let (ca, cb) = (encrypt(a, &mut rng), encrypt(b, &mut rng));
-            let (la, lb) = (ca.lift(&p, &be), cb.lift(&p, &be));
-            let (la, lb) = (la.unwrap_or_else(|e| panic!("{e}")), lb.unwrap_or_else(|e| panic!("{e}")));
-            sum.add(&p, &la, &lb).unwrap_or_else(|e| panic!("{e}"));
+            cas.push(encrypt(a, &mut rng));
+            cbs.push(encrypt(b, &mut rng));
         }
+        // the first three pairs one at a time, the other five lifted together and paired with
+        // the tail of all eight b's lifted together
+        let lift = |cts: &[Ciphertext]| Lifted::of(cts, &p, &be).unwrap_or_else(|e| panic!("{e}"));
+        for (ca, cb) in cas.iter().zip(&cbs).take(3) {
+            sum.add(&p, &lift(std::slice::from_ref(ca)), &lift(std::slice::from_ref(cb)), &be)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let (la, lb) = (lift(&cas[3..]), lift(&cbs));
+        assert!(matches!(sum.add_from(&p, &la, (&lb, 4), &be), Err(HeError::Shape(_))), "b's terms 4..9 of 8");
+        sum.add_from(&p, &la, (&lb, 3), &be).unwrap_or_else(|e| panic!("{e}"));
         let prod = sum.finish(&p, &be).and_then(|t| t.relinearize(&p, &rlk, &be)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(sk.decrypt(&prod, &be).unwrap_or_else(|e| panic!("{e}")).coeffs(), &want[..]);
         let budget = sk.noise_budget(&prod, &be).unwrap_or_else(|e| panic!("{e}"));
@@ -683,11 +719,12 @@ mod tests {
         let (la, ll) = (ca.lift(&p, &be), low.lift(&p, &be));
         let (la, ll) = (la.unwrap_or_else(|e| panic!("{e}")), ll.unwrap_or_else(|e| panic!("{e}")));
         let mut sum = ProductSum::new(&p, p.moduli().len()).unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(sum.add(&p, &la, &ll), Err(HeError::Shape(_))));
+        assert!(matches!(sum.add(&p, &la, &ll, &be), Err(HeError::Shape(_))));
         for _ in 0..1 << SUM_TERM_BITS {
-            sum.add(&p, &la, &la).unwrap_or_else(|e| panic!("{e}"));
+            sum.add(&p, &la, &la, &be).unwrap_or_else(|e| panic!("{e}"));
         }
-        assert!(matches!(sum.add(&p, &la, &la), Err(HeError::Shape(_))));
+        assert!(matches!(sum.add(&p, &la, &la, &be), Err(HeError::Shape(_))));
+        assert!(matches!(Lifted::of(&[ca, low], &p, &be), Err(HeError::Shape(_))), "lifted together at two levels");
     }
 
     #[test]

@@ -385,6 +385,10 @@ fn bit_reverse(i: usize, bits: u32) -> usize {
 /// matrix of the chosen experts), so that each row is expanded once, not once per matrix.
 const KEEP_BYTES: usize = 4 << 30;
 
+/// Selected weights lifted together for one tensor sum of an output tile (each 2·|Q∪P|·N words:
+/// 2.9 MB at the SPU shape's five primes).
+const LIFTED_AT_ONCE: usize = 8;
+
 /// One row's encrypted one-hot on the server: the client's compact ciphertext (its XOR share,
 /// bit e at X^bitrev(e)), the server's own share (E bits), and the selectors expanded from them
 /// (own share folded in, NTT form), kept for the row's next products when the row is among
@@ -649,8 +653,7 @@ fn batch_tiles<T: Send>(
     let kept = rows.iter().all(|r| r.choice.keep);
     let group = layout.tile_group(p, rows.len(), kept, budget);
     let selection = RowSelection::new(p, keys, layout, rows, layout.chunk(p, rows.len(), group, budget.chunk), be)?;
-    let xs: Vec<Lifted> =
-        par_map(rows.len() * j_n, |i| rows[i / j_n].x[i % j_n].lift(p, be)).into_iter().collect::<HeResult<_>>()?;
+    let xs: Vec<Lifted> = rows.iter().map(|r| Lifted::of(r.x, p, be)).collect::<HeResult<_>>()?;
     let mut sums = SelectionSums::new(p, rows.len(), j_n * group, level, be)?;
     let mut tiles: Vec<Vec<T>> = (0..rows.len()).map(|_| Vec::with_capacity(k_n)).collect();
     let mut spare = None;
@@ -664,7 +667,7 @@ fn batch_tiles<T: Send>(
         let weights = sums.take(p, be)?;
         let done = par_map(rows.len() * ks.len(), |i| {
             let (r, kk) = (i / ks.len(), i % ks.len());
-            finish(tile_product(p, level, &xs[r * j_n..(r + 1) * j_n], &weights[r][kk * j_n..][..j_n], be)?)
+            finish(tile_product(p, level, &xs[r], &weights[r][kk * j_n..][..j_n], be)?)
         });
         for (i, tile) in done.into_iter().enumerate() {
             tiles[i / ks.len()].push(tile?);
@@ -854,19 +857,22 @@ fn seal_row<T: Outgoing + Clone + Send + Sync>(
 }
 
 /// One output tile, Σ_j [\[Ŵ_(j,k)\]]·x_j over the row's lifted input tiles, rounded once per
-/// 2^SUM_TERM_BITS products (what the extension basis holds).
+/// 2^SUM_TERM_BITS products (what the extension basis holds); the selected weights lifted
+/// [`LIFTED_AT_ONCE`] at a time, each batch one tensor sum.
 fn tile_product(
     p: &HeParams,
     level: usize,
-    xs: &[Lifted],
+    xs: &Lifted,
     weights: &[Ciphertext],
     be: &dyn Backend,
 ) -> HeResult<Tensored> {
     let mut total: Option<Tensored> = None;
-    for (xs, weights) in xs.chunks(1 << SUM_TERM_BITS).zip(weights.chunks(1 << SUM_TERM_BITS)) {
+    for first in (0..weights.len()).step_by(1 << SUM_TERM_BITS) {
         let mut sum = ProductSum::new(p, level)?;
-        for (xj, w) in xs.iter().zip(weights) {
-            sum.add(p, &w.lift(p, be)?, xj)?;
+        let end = (first + (1 << SUM_TERM_BITS)).min(weights.len());
+        for from in (first..end).step_by(LIFTED_AT_ONCE) {
+            let lifted = Lifted::of(&weights[from..(from + LIFTED_AT_ONCE).min(end)], p, be)?;
+            sum.add_from(p, &lifted, (xs, from), be)?;
         }
         let part = sum.finish(p, be)?;
         match total.as_mut() {

@@ -100,7 +100,7 @@ impl Prime {
 /// and of the low halves of the cross products.
 #[inline]
 #[target_feature(enable = "avx512f,avx512dq")]
-fn mul_shoup_lazy(y: __m512i, w: __m512i, ws: __m512i, p: __m512i) -> __m512i {
+pub(in crate::backend) fn mul_shoup_lazy(y: __m512i, w: __m512i, ws: __m512i, p: __m512i) -> __m512i {
     let (y_hi, ws_hi) = (_mm512_srli_epi64(y, 32), _mm512_srli_epi64(ws, 32));
     let cross = _mm512_add_epi64(
         _mm512_srli_epi64(_mm512_mul_epu32(y, ws_hi), 32),
@@ -113,7 +113,7 @@ fn mul_shoup_lazy(y: __m512i, w: __m512i, ws: __m512i, p: __m512i) -> __m512i {
 /// x − c where x ≥ c, else x (unsigned).
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn reduce_once(x: __m512i, c: __m512i) -> __m512i {
+pub(in crate::backend) fn reduce_once(x: __m512i, c: __m512i) -> __m512i {
     _mm512_min_epu64(x, _mm512_sub_epi64(x, c))
 }
 
