@@ -204,8 +204,11 @@ impl Backend for CpuBackend {
             (Held::Host(xv), Held::Host(w), Held::Host(c), Held::Host(out)) => {
                 x.check(n, moduli.len(), batch)?;
                 let x = x.gather(xv, n, moduli.len(), batch);
-                let shape = super::check_mul_acc(moduli, n, batch, x.len(), w.len(), c.len(), w.len(), out.len())?;
-                self.mac_blocked(moduli, n, shape, &x, w, Prepared::W(c), true, out);
+                // weights held without constants where the products are summed exactly
+                let prepared = if c.is_empty() && exact_sums(moduli, n) { Prepared::Neither } else { Prepared::W(c) };
+                let (constants, of) = prepared.constants(&x, w);
+                let shape = super::check_mul_acc(moduli, n, batch, x.len(), w.len(), constants.len(), of, out.len())?;
+                self.mac_blocked(moduli, n, shape, &x, w, prepared, true, out);
                 Ok(())
             }
             #[allow(unreachable_patterns)] // device buffers exist only with the CUDA backend

@@ -128,7 +128,8 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// [`Backend::mul_acc`] on operands this backend holds ([`Backend::hold`]): the inputs are
     /// a range of each of `batch` held runs ([`HeldRuns`]), the weights `w` come with their
-    /// Shoup constants `w_shoup`, and the results are **added to** `out` (residues) — so a
+    /// Shoup constants `w_shoup` (an empty buffer where [`Backend::exact_products`] holds), and
+    /// the results are **added to** `out` (residues) — so a
     /// selection sum streamed over several banks of experts accumulates where it is kept, and
     /// on a GPU nothing moves between host and device until the sums are fetched. A buffer held
     /// by another backend (another device) is an error.

@@ -177,11 +177,14 @@ impl OperandBank {
             return Err(HeError::Shape(format!("{} operand coefficients exceed N = {n}", long.len())));
         }
         let len = outputs * inputs * n;
-        memory.retain(|(w, shoup)| w.len() == len && shoup.len() == len);
+        // a backend that sums the products exactly reads no Shoup constants: none are computed
+        let constants = !backend.exact_products(&params.moduli()[..k], n);
+        let shoup_len = if constants { len } else { 0 };
+        memory.retain(|(w, shoup)| w.len() == len && shoup.len() == shoup_len);
         memory.truncate(k);
-        memory.resize_with(k, || (zeros(len), zeros(len)));
+        memory.resize_with(k, || (zeros(len), zeros(shoup_len)));
         // per limb, every operand reduced (its coefficients beyond its length zero), transformed
-        // and given its Shoup constants at once
+        // and given its Shoup constants (where they are read) at once
         let mut limbs = Vec::with_capacity(k);
         for (m, (table, (mut w, mut shoup))) in params.moduli().iter().zip(params.tables().iter().zip(memory)) {
             each_run(&mut w, n, |r, run| {
