@@ -48,8 +48,9 @@
 //!   (2^⌈log2 E⌉ − 1 Galois key switches), selects the chosen expert's weight polynomials,
 //!   \[\[W\]\] = Σ_i W_i·\[\[t_i\]\] (E·J·K ciphertext×plaintext products, J·K ≈ d·m/N), multiplies
 //!   them by the row (J·K ciphertext×ciphertext products, K relinearizations), packs the K
-//!   results and returns them masked and flooded. It runs at N = 16384,
-//!   t = 2^84 ([`crate::he::HeParams::select`]): the ciphertext products' noise (≈ t·√N times
+//!   results and returns them masked and flooded. It runs at N = 16384
+//!   ([`crate::he::HeParams::select`]) with t = 2^(74+ℓ), the least the selectors and packing
+//!   need ([`crate::he::selected::choice_params`]): the ciphertext products' noise (≈ t·√N times
 //!   the selection sum's) must stay 40 bits below the flooding, which N = 8192 (218 bits of q)
 //!   cannot hold; each product runs at the fewest of q's six primes that hold its noise (the
 //!   server's choice from its weights' bound, [`crate::he::selected::SelectedLayout::with_level`]:
