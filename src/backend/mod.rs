@@ -161,10 +161,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Sums of ciphertext tensors in NTT form over L = `moduli.len()` limbs, the core of a sum of
     /// ciphertext products: for `terms` pairs of two-part operands a_t = (a0, a1), b_t = (b0, b1),
-    /// each stored [part][limb] (2·L polynomials of `n` values, operand after operand in `a` and
-    /// `b`), `out` ([part][limb], 3·L polynomials) receives Σ_t a0·b0, Σ_t (a0·b1 + a1·b0) and
+    /// each stored part by part, limb by limb (2·L polynomials of `n` values, operand after operand in `a` and
+    /// `b`), `out` (3·L polynomials, part by part) receives Σ_t a0·b0, Σ_t (a0·b1 + a1·b0) and
     /// Σ_t a1·b1 mod p_l, added to its residues when `add`; operands are residues. The default
-    /// (every backend's today) runs on the host ([`tensor_sum_wide`]).
+    /// (every backend's today) runs on the host.
     #[allow(clippy::too_many_arguments)]
     fn tensor_sum(
         &self,

@@ -414,7 +414,7 @@ pub const SUM_TERM_BITS: u32 = 9;
 
 /// Ciphertexts lifted to the extended basis Q∪P (both halves, NTT form): the operands of
 /// ciphertext products, each computed once for every product it enters. Stored one after
-/// another, each [half][limb] (2·|Q∪P| polynomials), as [`Backend::tensor_sum`] reads them.
+/// another, each half by half, limb by limb (2·|Q∪P| polynomials), as [`Backend::tensor_sum`] reads them.
 #[derive(Debug, Clone)]
 pub struct Lifted {
     level: usize,
@@ -539,7 +539,7 @@ fn check_room(params: &HeParams, level: usize) -> HeResult<()> {
 pub struct ProductSum {
     level: usize,
     terms: usize,
-    /// (e0, e1, e2) over Q∪P, NTT form, as residues ([part][limb]); none before the first term.
+    /// (e0, e1, e2) over Q∪P, NTT form, as residues, part by part; none before the first term.
     parts: Option<Scratch>,
 }
 
