@@ -161,10 +161,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Sums of ciphertext tensors in NTT form over L = `moduli.len()` limbs, the core of a sum of
     /// ciphertext products: for `terms` pairs of two-part operands a_t = (a0, a1), b_t = (b0, b1),
-    /// each stored part by part, limb by limb (2·L polynomials of `n` values, operand after operand in `a` and
-    /// `b`), `out` (3·L polynomials, part by part) receives Σ_t a0·b0, Σ_t (a0·b1 + a1·b0) and
-    /// Σ_t a1·b1 mod p_l, added to its residues when `add`; operands are residues. The default
-    /// (every backend's today) runs on the host.
+    /// each stored part by part, limb by limb (2·L polynomials of `n` values, operand after
+    /// operand in `a` and `b`), `out` (3·L polynomials, part by part) receives Σ_t a0·b0,
+    /// Σ_t (a0·b1 + a1·b0) and Σ_t a1·b1 mod p_l, added to its residues when `add`; operands are
+    /// residues. The default (every backend's today) runs on the host: per slot, three products
+    /// per pair (Karatsuba: a0·b0, a1·b1 and (a0 + a1)·(b0 + b1), whose difference is the middle
+    /// term) summed exactly in 128 bits and reduced once per pass — 8 pairs for primes of up to
+    /// 61 bits (each product below 2^124), fewer for wider ones.
     #[allow(clippy::too_many_arguments)]
     fn tensor_sum(
         &self,
@@ -177,7 +180,49 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         out: &mut [u64],
     ) -> BackendResult<()> {
         check_tensor_sum(moduli, n, terms, a, b, out)?;
-        tensor_sum_wide(moduli, n, terms, a, b, add, out);
+        if terms == 0 && !add {
+            out.fill(0);
+        }
+        let limbs = moduli.len();
+        let bits = moduli.iter().map(Modulus::bits).max().unwrap_or(0);
+        let pass = 8.min(1usize << 125u32.saturating_sub(2 * bits));
+        /// Slots per block: the block's exact sums stay in L1 while one pair at a time streams by.
+        const BLOCK: usize = 256;
+        let (e0, rest) = out.split_at_mut(limbs * n);
+        let (e1, e2) = rest.split_at_mut(limbs * n);
+        let (mut low, mut high, mut both) = ([0u128; BLOCK], [0u128; BLOCK], [0u128; BLOCK]);
+        for first in (0..terms).step_by(pass) {
+            let fresh = first == 0 && !add;
+            let range = first..(first + pass).min(terms);
+            for (l, m) in moduli.iter().enumerate() {
+                for from in (l * n..(l + 1) * n).step_by(BLOCK) {
+                    let len = BLOCK.min((l + 1) * n - from);
+                    let (low, high, both) = (&mut low[..len], &mut high[..len], &mut both[..len]);
+                    low.fill(0);
+                    high.fill(0);
+                    both.fill(0);
+                    for t in range.clone() {
+                        let (half0, half1) = ((t * 2) * limbs * n + from, (t * 2 + 1) * limbs * n + from);
+                        let (x0, x1) = (&a[half0..][..len], &a[half1..][..len]);
+                        let (y0, y1) = (&b[half0..][..len], &b[half1..][..len]);
+                        for c in 0..len {
+                            low[c] += x0[c] as u128 * y0[c] as u128;
+                            high[c] += x1[c] as u128 * y1[c] as u128;
+                            both[c] += (x0[c] + x1[c]) as u128 * (y0[c] + y1[c]) as u128;
+                        }
+                    }
+                    let old = |e: &[u64], c: usize| if fresh { 0 } else { e[c] as u128 };
+                    for c in 0..len {
+                        let at = from + c;
+                        (e0[at], e1[at], e2[at]) = (
+                            m.reduce_wide(low[c] + old(e0, at)),
+                            m.reduce_wide(both[c] - low[c] - high[c] + old(e1, at)),
+                            m.reduce_wide(high[c] + old(e2, at)),
+                        );
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
@@ -453,64 +498,6 @@ pub(crate) fn check_tensor_sum(
         return Err(shape("tensor_sum", format!("{} output values for 3×{} limbs", out.len(), moduli.len())));
     }
     Ok(())
-}
-
-/// [`Backend::tensor_sum`] on the host: per slot, three products per pair (Karatsuba: a0·b0,
-/// a1·b1 and (a0 + a1)·(b0 + b1), whose difference is the middle term) summed exactly in 128
-/// bits and reduced once per pass — 8 pairs for primes of up to 61 bits (each product below
-/// 2^124), fewer for wider ones.
-pub(crate) fn tensor_sum_wide(
-    moduli: &[Modulus],
-    n: usize,
-    terms: usize,
-    a: &[u64],
-    b: &[u64],
-    add: bool,
-    out: &mut [u64],
-) {
-    if terms == 0 && !add {
-        out.fill(0);
-    }
-    let limbs = moduli.len();
-    let bits = moduli.iter().map(Modulus::bits).max().unwrap_or(0);
-    let pass = 8.min(1usize << 125u32.saturating_sub(2 * bits));
-    /// Slots per block: the block's exact sums stay in L1 while one pair at a time streams by.
-    const BLOCK: usize = 256;
-    let (e0, rest) = out.split_at_mut(limbs * n);
-    let (e1, e2) = rest.split_at_mut(limbs * n);
-    let (mut low, mut high, mut both) = ([0u128; BLOCK], [0u128; BLOCK], [0u128; BLOCK]);
-    for first in (0..terms).step_by(pass) {
-        let fresh = first == 0 && !add;
-        let range = first..(first + pass).min(terms);
-        for (l, m) in moduli.iter().enumerate() {
-            for from in (l * n..(l + 1) * n).step_by(BLOCK) {
-                let len = BLOCK.min((l + 1) * n - from);
-                let (low, high, both) = (&mut low[..len], &mut high[..len], &mut both[..len]);
-                low.fill(0);
-                high.fill(0);
-                both.fill(0);
-                for t in range.clone() {
-                    let (half0, half1) = ((t * 2) * limbs * n + from, (t * 2 + 1) * limbs * n + from);
-                    let (x0, x1) = (&a[half0..][..len], &a[half1..][..len]);
-                    let (y0, y1) = (&b[half0..][..len], &b[half1..][..len]);
-                    for c in 0..len {
-                        low[c] += x0[c] as u128 * y0[c] as u128;
-                        high[c] += x1[c] as u128 * y1[c] as u128;
-                        both[c] += (x0[c] + x1[c]) as u128 * (y0[c] + y1[c]) as u128;
-                    }
-                }
-                let old = |e: &[u64], c: usize| if fresh { 0 } else { e[c] as u128 };
-                for c in 0..len {
-                    let at = from + c;
-                    (e0[at], e1[at], e2[at]) = (
-                        m.reduce_wide(low[c] + old(e0, at)),
-                        m.reduce_wide(both[c] - low[c] - high[c] + old(e1, at)),
-                        m.reduce_wide(high[c] + old(e2, at)),
-                    );
-                }
-            }
-        }
-    }
 }
 
 pub(crate) fn check_base_convert(
