@@ -28,7 +28,8 @@ pub use poly::{Form, RnsPoly};
 pub use response::{MAX_FLOOD_BITS, NARROW_FLOOD_BITS, Outgoing, ShrunkCiphertext, ShrunkShape};
 pub use select::{OperandBank, SelectionPart, SelectionSums, Selectors, select, select_spread};
 pub use wire::{
-    MAX_DROPPED_BITS, ciphertext_len, compressed_ciphertext_len, seeded_ciphertext_len, seeded_ciphertext_len_at,
+    MAX_DROPPED_BITS, ciphertext_len, compressed_ciphertext_len, compressed_ciphertext_len_at, seeded_ciphertext_len,
+    seeded_ciphertext_len_at,
 };
 
 use thiserror::Error;

@@ -188,9 +188,10 @@ impl Tensored {
         let Tensored { mut d0, mut d1, mut d2 } = self;
         d2.to_coeff(params, backend)?;
         // digit i = [d2]_{q_i} lifted to every q_j, NTT form, stored [j][i][N]
-        let mut digits = vec![0u64; k * k * n];
+        // scratch: one relinearization per output tile, each of k²·N words (3.3 MB at five primes)
+        let mut digits = Scratch::take(k * k * n);
         let ones: Vec<(u64, u64)> = moduli.iter().map(|m| (1, m.shoup(1))).collect();
-        let mut lifted = vec![0u64; k * n];
+        let mut lifted = Scratch::take(k * n);
         for i in 0..k {
             backend.base_convert(moduli, n, &d2.limbs[i * n..(i + 1) * n], &ones, &mut lifted)?;
             for (j, row) in lifted.chunks_exact(n).enumerate() {
@@ -200,11 +201,12 @@ impl Tensored {
         backend.ntt_forward(&params.tables()[..k], &mut digits)?;
         // c0 = d0 + Σ_i digit_i·b_i, c1 = d1 + Σ_i digit_i·a_i: one multiply-accumulate per limb
         // and half (a key row holds every prime's digit; a lower level takes its first k)
-        let mut sum = vec![0u64; n];
+        let mut sum = Scratch::take(n);
         for (half, out) in [&mut d0, &mut d1].into_iter().enumerate() {
             for (j, m) in moduli.iter().enumerate() {
                 let (w, shoup) = &rlk.rows[j][half];
                 let x = &digits[j * k * n..(j + 1) * k * n];
+                // mul_acc writes every value of `sum` (add = false)
                 backend.mul_acc(
                     std::slice::from_ref(m),
                     n,
@@ -214,7 +216,7 @@ impl Tensored {
                     Prepared::W(&shoup[..k * n]),
                     &mut sum,
                 )?;
-                for (o, &s) in out.limbs[j * n..(j + 1) * n].iter_mut().zip(&sum) {
+                for (o, &s) in out.limbs[j * n..(j + 1) * n].iter_mut().zip(sum.iter()) {
                     *o = m.add(*o, s);
                 }
             }

@@ -57,7 +57,7 @@ use super::response::Outgoing;
 use super::tiling::{MatShape, Tiling};
 use super::{GaloisKeys, HeError, HeParams, HeResult, OperandBank, SelectionSums, Selectors};
 use crate::backend::{Backend, par_map};
-use crate::he::seeded_ciphertext_len;
+use crate::he::{MAX_DROPPED_BITS, seeded_ciphertext_len};
 use crate::net::CostModel;
 
 /// How one row's product with E experts' d×m matrices is laid out: Cheetah's tiling with one
@@ -79,6 +79,8 @@ pub struct SelectedLayout {
     /// RNS limbs the products run at ([`SelectedLayout::with_level`]): the first `level`
     /// primes of q, all of them unless the server found the noise fits fewer.
     pub level: usize,
+    /// Low bits of c0 the client's input tiles drop ([`SelectedLayout::with_dropped`]).
+    pub dropped: u32,
 }
 
 /// How the server returns a row's ciphertext products.
@@ -164,7 +166,15 @@ impl SelectedLayout {
         let d_w = 1usize << pack;
         let tiling = Tiling { shape: MatShape { n: 1, d, m }, degree: n, n_w: 1, d_w, m_w: m.min(n / d_w), pack };
         let select_levels = SelectedLayout::select_levels(experts);
-        Ok(SelectedLayout { tiling, select_levels, experts, form, result_bits: 64, level: p.moduli().len() })
+        Ok(SelectedLayout {
+            tiling,
+            select_levels,
+            experts,
+            form,
+            result_bits: 64,
+            level: p.moduli().len(),
+            dropped: 0,
+        })
     }
 
     /// ℓ = ⌈log2 E⌉.
@@ -201,6 +211,19 @@ impl SelectedLayout {
             return Err(HeError::Shape(format!("selected products at {level} limbs (1..={full})")));
         }
         Ok(SelectedLayout { level, ..self })
+    }
+
+    /// The layout with the client's input tiles sent with c0's `dropped` lowest bits rounded
+    /// away ([`crate::he::SeededCiphertext::to_compressed`]: up to [`MAX_DROPPED_BITS`], below
+    /// the first prime's width), which [`noise_bits`] counts as input noise; the client picks
+    /// it with [`dropped_bits`].
+    pub fn with_dropped(self, p: &HeParams, dropped: u32) -> HeResult<SelectedLayout> {
+        if dropped > MAX_DROPPED_BITS || dropped >= p.moduli()[0].bits() {
+            return Err(HeError::Shape(format!(
+                "input tiles that drop {dropped} bits of c0 (at most {MAX_DROPPED_BITS}, below the first prime's width)"
+            )));
+        }
+        Ok(SelectedLayout { dropped, ..self })
     }
 
     /// log2 of the factor the client's decrypted values carry: 2^(ℓ + pack) when packed, 2^ℓ
@@ -346,8 +369,10 @@ pub type SelectedResponse = (Vec<u8>, Vec<(u64, usize)>);
 /// - an expanded selector: 2^ℓ times a fresh encryption's noise plus ℓ key switches (each
 ///   k·N·21·p_i/P, the special prime as large as the primes of q) — 2^(ℓ + log2(k·N) + 6);
 /// - the selection sum: Σ_e Ŵ_e·v_e over E·d_w·m_w terms of at most 2^w_bits each;
+/// - an input tile: a fresh encryption's noise (≤ 21) plus the compression's rounding of c0
+///   (≤ 2^(dropped−1));
 /// - the ciphertext product: t·(v_a·r_b + v_b·r_a) + m_a·v_b + m_b·v_a with r ≈ √N·‖s‖
-///   (the quotient of the lift), dominated by t·√N·v_W, summed over the J input tiles;
+///   (the quotient of the lift), dominated by t·√N·(v_W + v_x), summed over the J input tiles;
 /// - the packing: 2^pack and a key switch per level.
 pub fn noise_bits(p: &HeParams, layout: &SelectedLayout, w_bits: u32) -> f64 {
     let t = &layout.tiling;
@@ -357,8 +382,23 @@ pub fn noise_bits(p: &HeParams, layout: &SelectedLayout, w_bits: u32) -> f64 {
     let selector = layout.select_levels as f64 + keyswitch + 1.0;
     let terms = (layout.experts * t.d_w * t.m_w) as f64;
     let selected = selector + w_bits as f64 + 0.5 * terms.log2() + tail;
-    let product = p.plain_bits() as f64 + 0.5 * n.log2() + tail + selected + 1.0 + (layout.inputs() as f64).log2();
+    let rounding = if layout.dropped == 0 { 0.0 } else { 2f64.powi(layout.dropped as i32 - 1) };
+    let factors = (2f64.powf(selected) + 21.0 + rounding).log2();
+    let product = p.plain_bits() as f64 + 0.5 * n.log2() + tail + factors + 1.0 + (layout.inputs() as f64).log2();
     product + t.pack as f64 + 1.0
+}
+
+/// Bits of c0 the client's input tiles drop for `layout` ([`SelectedLayout::with_dropped`]):
+/// the most that raise the noise bound by at most one bit for weights of up to
+/// 2^`weight_bits` (public: the client's assumption, never the server's actual bound, which
+/// its flooding covers whatever the client dropped). The rounding adds to the input's noise,
+/// which enters the product as the selected weights' does: while it stays below theirs it is
+/// nearly free. At the SPU shape (d = 768, d_ff = 3072, E = 8, five primes) the client drops
+/// 56 bits of 290 per coefficient: 19% fewer input bytes for 4–5 bits of the server's κ.
+pub fn dropped_bits(p: &HeParams, layout: &SelectedLayout, weight_bits: u32) -> u32 {
+    let limit = MAX_DROPPED_BITS.min(p.moduli()[0].bits() - 1);
+    let bound = |k: u32| noise_bits(p, &SelectedLayout { dropped: k, ..*layout }, weight_bits);
+    (0..=limit).rev().find(|&k| bound(k) <= bound(0) + 1.0).unwrap_or(0)
 }
 
 /// What bounds the server's memory for any E, per batch of rows: the rows' selected weights
@@ -914,7 +954,7 @@ fn pack_row(
 mod tests {
     use super::*;
     use crate::backend::CpuBackend;
-    use crate::he::{Plaintext, SecretKey, ShrunkCiphertext};
+    use crate::he::{Plaintext, SecretKey, SeededCiphertext, ShrunkCiphertext, compressed_ciphertext_len_at};
     use rand::{RngExt, rngs::StdRng};
 
     #[test]
@@ -968,19 +1008,26 @@ mod tests {
         let keys = SelectKeys { pk: &pk, galois: &galois, relin: Some(&relin), square: Some(&square) };
         let (d, m, e, chosen, w_bits) = (40, 300, 5, 3, 20);
         // both forms with results over Z_2^64, and narrowed to Z_2^44 (fewer bytes, the same shares
-        // mod 2^44); at the full modulus and one prime below it
+        // mod 2^44); at the full modulus and one prime below it; inputs exact, or compressed as
+        // far as the client's public weight bound allows
         let full = p.moduli().len();
-        for (form, bits, level) in [
-            (ProductForm::Relinearized, 64, full),
-            (ProductForm::Tensored, 64, full),
-            (ProductForm::Relinearized, 44, full),
-            (ProductForm::Relinearized, 64, full - 1),
-            (ProductForm::Tensored, 44, full - 1),
+        for (form, bits, level, compressed) in [
+            (ProductForm::Relinearized, 64, full, false),
+            (ProductForm::Tensored, 64, full, false),
+            (ProductForm::Relinearized, 44, full, true),
+            (ProductForm::Relinearized, 64, full - 1, true),
+            (ProductForm::Tensored, 44, full - 1, true),
         ] {
             let layout = SelectedLayout::choose(&p, (d, m), e, form, (&CostModel::WAN, 2))
                 .and_then(|l| l.with_result_bits(bits))
                 .and_then(|l| l.with_level(&p, level))
                 .unwrap_or_else(|e| panic!("{e}"));
+            let layout = match compressed {
+                true => layout.with_dropped(&p, dropped_bits(&p, &layout, w_bits + 6)),
+                false => Ok(layout),
+            }
+            .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(layout.dropped > 0, compressed);
             let experts: Vec<Vec<u64>> = (0..e)
                 .map(|_| (0..d * m).map(|_| rng.random_range(-(1i64 << w_bits)..1 << w_bits) as u64).collect())
                 .collect();
@@ -995,6 +1042,10 @@ mod tests {
                 .map(|j| {
                     let pt = Plaintext::new(&p, t.encode_a(&x_c, 0, j)).unwrap_or_else(|e| panic!("{e}"));
                     let seeded = sk.encrypt_seeded_at(&pt, level, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+                    let bytes = seeded.to_compressed(&p, layout.dropped, &be).unwrap_or_else(|e| panic!("{e}"));
+                    assert_eq!(bytes.len(), compressed_ciphertext_len_at(&p, level, layout.dropped));
+                    let (seeded, _) =
+                        SeededCiphertext::from_compressed_at(&p, &bytes, level, &be).unwrap_or_else(|e| panic!("{e}"));
                     let mut ct = seeded.expand(&p);
                     let own = Plaintext::new(&p, t.encode_a(&x_s, 0, j)).unwrap_or_else(|e| panic!("{e}"));
                     ct.add_plain_assign(&p, &own, &be).unwrap_or_else(|e| panic!("{e}"));

@@ -45,13 +45,20 @@ pub fn seeded_ciphertext_len_at(params: &HeParams, limbs: usize) -> usize {
 }
 
 /// Most low bits of c0 a compressed seeded ciphertext drops ([`SeededCiphertext::to_compressed`]).
-pub const MAX_DROPPED_BITS: u32 = 40;
+pub const MAX_DROPPED_BITS: u32 = 56;
 
 /// Bytes of a seeded ciphertext whose c0 drops its `dropped` lowest bits.
 pub fn compressed_ciphertext_len(params: &HeParams, dropped: u32) -> usize {
+    compressed_ciphertext_len_at(params, params.moduli().len(), dropped)
+}
+
+/// Bytes of a seeded ciphertext at the level of the first `limbs` primes whose c0 drops its
+/// `dropped` lowest bits.
+pub fn compressed_ciphertext_len_at(params: &HeParams, limbs: usize, dropped: u32) -> usize {
     let n = params.degree();
-    let digits: usize = params.moduli().iter().map(|m| packed_len(n, m.bits())).sum();
-    COMPRESSED_HEADER + digits - packed_len(n, params.moduli()[0].bits())
+    let moduli = &params.moduli()[..limbs.clamp(1, params.moduli().len())];
+    let digits: usize = moduli.iter().map(|m| packed_len(n, m.bits())).sum();
+    COMPRESSED_HEADER + digits - packed_len(n, moduli[0].bits())
         + packed_len(n, digit0_bits(params, dropped))
         + SEED_LEN
 }
@@ -202,13 +209,15 @@ impl SeededCiphertext {
     /// without its low bits. The reader takes d_0 as the middle of what was dropped, so the
     /// decoded c0 is c0 + ε with |ε| ≤ 2^(dropped−1) per coefficient: encryption noise the
     /// product's noise bound counts. ε is a function of c0 alone, which is uniform: the
-    /// compression is a public function of the ciphertext and hides as much as it does.
+    /// compression is a public function of the ciphertext and hides as much as it does. The
+    /// ciphertext keeps its level (its first primes of q).
     pub fn to_compressed(&self, params: &HeParams, dropped: u32, backend: &dyn Backend) -> HeResult<Vec<u8>> {
         check_dropped(params, dropped)?;
-        let (n, moduli) = (params.degree(), params.moduli());
+        let n = params.degree();
+        let moduli = &params.moduli()[..self.c0.limbs.len() / n];
         let mut c0 = self.c0.clone();
         c0.to_coeff(params, backend)?;
-        let radix = MixedRadix::new(params, dropped);
+        let radix = MixedRadix::new(moduli, dropped);
         let mut digits = vec![vec![0u64; n]; moduli.len()];
         for (i, mi) in moduli.iter().enumerate() {
             let (lower, rest) = digits.split_at_mut(i);
@@ -223,7 +232,7 @@ impl SeededCiphertext {
         for d in &mut digits[0] {
             *d >>= dropped;
         }
-        let mut out = Vec::with_capacity(compressed_ciphertext_len(params, dropped));
+        let mut out = Vec::with_capacity(compressed_ciphertext_len_at(params, moduli.len(), dropped));
         out.extend_from_slice(COMPRESSED.0);
         out.extend([VERSION, n.trailing_zeros() as u8, moduli.len() as u8, dropped as u8]);
         out.extend(pack_bits(&digits[0], digit0_bits(params, dropped)));
@@ -241,20 +250,32 @@ impl SeededCiphertext {
         bytes: &[u8],
         backend: &dyn Backend,
     ) -> HeResult<(SeededCiphertext, u32)> {
+        SeededCiphertext::from_compressed_at(params, bytes, params.moduli().len(), backend)
+    }
+
+    /// [`SeededCiphertext::from_compressed`] for a ciphertext at the level of the first `limbs`
+    /// primes of `params`.
+    pub fn from_compressed_at(
+        params: &HeParams,
+        bytes: &[u8],
+        limbs: usize,
+        backend: &dyn Backend,
+    ) -> HeResult<(SeededCiphertext, u32)> {
         let what = COMPRESSED.1;
         if bytes.len() < COMPRESSED_HEADER || &bytes[..4] != COMPRESSED.0 || bytes[4] != VERSION {
             return Err(malformed(what, format!("not a secmoe {what} (bad tag or version)")));
         }
-        let (n, moduli) = (params.degree(), params.moduli());
+        let n = params.degree();
         if bytes[5] as u32 != n.trailing_zeros() {
             return Err(malformed(what, format!("degree 2^{}, expected {n}", bytes[5])));
         }
-        if bytes[6] as usize != moduli.len() {
-            return Err(malformed(what, format!("{} RNS limbs, expected {}", bytes[6], moduli.len())));
+        if bytes[6] as usize != limbs || !(1..=params.moduli().len()).contains(&limbs) {
+            return Err(malformed(what, format!("{} RNS limbs, expected {limbs}", bytes[6])));
         }
+        let moduli = &params.moduli()[..limbs];
         let dropped = bytes[7] as u32;
         check_dropped(params, dropped).map_err(|_| malformed(what, format!("{dropped} dropped bits")))?;
-        let expected = compressed_ciphertext_len(params, dropped);
+        let expected = compressed_ciphertext_len_at(params, limbs, dropped);
         if bytes.len() != expected {
             return Err(malformed(
                 what,
@@ -275,7 +296,7 @@ impl SeededCiphertext {
             digits.push(d);
             pos += len;
         }
-        let radix = MixedRadix::new(params, dropped);
+        let radix = MixedRadix::new(moduli, dropped);
         let mut limbs = vec![0u64; moduli.len() * n];
         for (i, mi) in moduli.iter().enumerate() {
             let (scale, scale_shoup) = radix.scale[i];
@@ -300,7 +321,7 @@ impl SeededCiphertext {
     }
 }
 
-/// Constants of the mixed-radix form of c0 under `params`, per limb i, with their Shoup
+/// Constants of the mixed-radix form of c0 over `moduli`, per limb i, with their Shoup
 /// companions: p_j^-1 mod p_i for j < i, p_j mod p_i, 2^dropped mod p_i; and the middle of the
 /// dropped range mod p_i.
 struct MixedRadix {
@@ -313,8 +334,8 @@ struct MixedRadix {
 }
 
 impl MixedRadix {
-    fn new(params: &HeParams, dropped: u32) -> MixedRadix {
-        let moduli = params.moduli().to_vec();
+    fn new(moduli: &[Modulus], dropped: u32) -> MixedRadix {
+        let moduli = moduli.to_vec();
         let with_shoup = |m: &Modulus, w: u64| (w, m.shoup(w));
         let half = if dropped == 0 { 0 } else { 1u64 << (dropped - 1) };
         let inverse = |mi: &Modulus, mj: &Modulus| with_shoup(mi, mi.inv(mi.reduce(mj.value())).unwrap_or(0));
@@ -458,6 +479,17 @@ mod tests {
             sk.encrypt_seeded_at(&pt, 0, &be, &mut rng).is_err()
                 && sk.encrypt_seeded_at(&pt, 5, &be, &mut rng).is_err()
         );
+        // compressed, it keeps its level: its size, its limbs, what it decrypts
+        let bytes = low.to_compressed(&p, 20, &be).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(bytes.len(), compressed_ciphertext_len_at(&p, 3, 20));
+        assert_eq!(bytes.len(), seeded_ciphertext_len_at(&p, 3) - HEADER + COMPRESSED_HEADER - 8192 * 20 / 8);
+        let (back, dropped) =
+            SeededCiphertext::from_compressed_at(&p, &bytes, 3, &be).unwrap_or_else(|e| panic!("{e}"));
+        let ct = back.expand(&p);
+        assert_eq!((ct.limbs(&p), dropped), (3, 20));
+        assert_eq!(sk.decrypt(&ct, &be).unwrap_or_else(|e| panic!("{e}")), pt);
+        let err = SeededCiphertext::from_compressed(&p, &bytes, &be).err().map(|e| e.to_string());
+        assert!(err.as_deref().is_some_and(|e| e.contains("3 RNS limbs, expected 4")), "{err:?}");
     }
 
     #[test]

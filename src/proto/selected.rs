@@ -23,18 +23,20 @@ use rand::rngs::ChaCha20Rng;
 use rand::{RngExt, SeedableRng};
 use tracing::instrument;
 
-use super::linear::{HeServer, KeySet, MIN_STAT_BITS, answer, await_answer, check_weights_shape, product_frac};
+use super::linear::{
+    HeServer, KeySet, MIN_STAT_BITS, WEIGHT_INTEGER_BITS, answer, await_answer, check_weights_shape, product_frac,
+};
 use super::session::keys_for;
 use super::{HeKeys, HeUse, ProtoError, ProtoResult, Session};
 use crate::backend::par_map;
 use crate::he::selected::{
-    ProductForm, RowChoice, SelectKeys, SelectedLayout, SelectedRow, check_experts, choice_params, noise_bits,
-    selected_batch,
+    ProductForm, RowChoice, SelectKeys, SelectedLayout, SelectedRow, check_experts, choice_params, dropped_bits,
+    noise_bits, selected_batch,
 };
 use crate::he::tiling::MatShape;
 use crate::he::{
-    Ciphertext, HeParams, MAX_FLOOD_BITS, Plaintext, SeededCiphertext, ShrunkCiphertext, seeded_ciphertext_len,
-    seeded_ciphertext_len_at,
+    Ciphertext, HeParams, MAX_FLOOD_BITS, Plaintext, SeededCiphertext, ShrunkCiphertext, compressed_ciphertext_len_at,
+    seeded_ciphertext_len,
 };
 use crate::net::Party;
 use crate::ring::{Shares, Weights};
@@ -157,6 +159,8 @@ async fn selected_product(
     }
     let meter = sess.meter().clone();
     let party = sess.party();
+    // the client's public assumption on the weights, for how far it compresses its inputs
+    let weight_bits = sess.format().frac_bits() + WEIGHT_INTEGER_BITS;
     let seeds: Vec<[u8; 32]> = (0..rows).map(|_| sess.rng.random()).collect();
     let be = sess.backend().clone();
     let ch = sess.ot.channel();
@@ -171,6 +175,7 @@ async fn selected_product(
             let layout =
                 SelectedLayout::choose(&p, (d, m), choice.experts, form, (&he.network(), he.server_threads()))?
                     .with_result_bits(bits)?;
+            let layout = layout.with_dropped(&p, dropped_bits(&p, &layout, weight_bits))?;
             let sk = he.secret_key().for_params(&p)?;
             let t = layout.tiling;
             let _s = meter.scope("he-selected/input");
@@ -185,6 +190,7 @@ async fn selected_product(
                 layout.select_levels as usize,
                 form.parts(),
                 bits as usize,
+                layout.dropped as usize,
             ];
             ch.send_u64s(&header.map(|v| v as u64)).await?;
             await_answer(ch).await?;
@@ -202,7 +208,8 @@ async fn selected_product(
                     par_map(j_n, |j| {
                         let pt = Plaintext::new(&p, t.encode_a(row, 0, j))?;
                         let mut rng = ChaCha20Rng::from_seed(tile_seeds[j]);
-                        Ok(sk.encrypt_seeded_at(&pt, layout.level, be.as_ref(), &mut rng)?.to_bytes(&p))
+                        let ct = sk.encrypt_seeded_at(&pt, layout.level, be.as_ref(), &mut rng)?;
+                        Ok(ct.to_compressed(&p, layout.dropped, be.as_ref())?)
                     })
                     .into_iter()
                     .collect::<ProtoResult<_>>()
@@ -236,7 +243,7 @@ async fn selected_product(
             }
             let server = ServerSide { he, rows, d, m, bits, choice };
             let ch_meter = meter.scope("he-selected/input");
-            let header = ch.recv_u64s("selected product header", 10).await?;
+            let header = ch.recv_u64s("selected product header", 11).await?;
             let checked = server.check_request(&header).and_then(|layout| server.check(&layout, experts));
             let (layout, flood, kappa) = answer(ch, checked).await?;
             let (_, j_tiles, k_tiles) = layout.tiling.tile_counts();
@@ -247,6 +254,7 @@ async fn selected_product(
                 inputs = j_tiles,
                 outputs = k_tiles,
                 level = layout.level,
+                dropped = layout.dropped,
                 flood,
                 kappa,
                 "selected product layout"
@@ -256,9 +264,17 @@ async fn selected_product(
             let p = choice.params.clone();
             let j_n = layout.inputs();
             let mut inputs = Vec::with_capacity(rows * j_n);
+            let len = compressed_ciphertext_len_at(&p, layout.level, layout.dropped);
             for _ in 0..rows * j_n {
-                let bytes = ch.recv_exact("input ciphertext", seeded_ciphertext_len_at(&p, layout.level)).await?;
-                inputs.push(SeededCiphertext::from_bytes_at(&p, &bytes, layout.level)?);
+                let bytes = ch.recv_exact("input ciphertext", len).await?;
+                let (ct, dropped) = SeededCiphertext::from_compressed_at(&p, &bytes, layout.level, be.as_ref())?;
+                if dropped != layout.dropped {
+                    return Err(ProtoError::BadRequest(format!(
+                        "an input ciphertext dropped {dropped} bits of c0, the request announced {}",
+                        layout.dropped
+                    )));
+                }
+                inputs.push(ct);
             }
             drop(ch_meter);
             let _s = meter.scope("he-selected/output");
@@ -367,7 +383,7 @@ impl ServerSide<'_> {
     fn check_request(&self, header: &[u64]) -> ProtoResult<SelectedLayout> {
         let bad = |why: String| {
             ProtoError::BadRequest(format!(
-                "the client's selected product {header:?} (rows, d, m, E, d_w, m_w, pack, ℓ, parts, result bits): {why}"
+                "the client's selected product {header:?} (rows, d, m, E, d_w, m_w, pack, ℓ, parts, result bits, dropped bits): {why}"
             ))
         };
         let ours = [self.rows, self.d, self.m, self.choice.experts];
@@ -387,8 +403,10 @@ impl ServerSide<'_> {
             (parts, _, _) => return Err(bad(format!("results of {parts} parts (2 or 3)"))),
         };
         let pack = u32::try_from(header[6]).map_err(|_| bad("no such packing".into()))?;
+        let dropped = u32::try_from(header[10]).map_err(|_| bad("no such compression".into()))?;
         let layout = SelectedLayout::with_pack(&self.choice.params, self.d, self.m, self.choice.experts, pack, form)
             .and_then(|l| l.with_result_bits(self.bits))
+            .and_then(|l| l.with_dropped(&self.choice.params, dropped))
             .map_err(|e| bad(e.to_string()))?;
         let t = layout.tiling;
         let expected = [t.d_w, t.m_w, pack as usize, layout.select_levels as usize];
