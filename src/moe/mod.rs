@@ -56,7 +56,7 @@
 //!   server's choice from its weights' bound, [`crate::he::selected::SelectedLayout::with_level`]:
 //!   five at the SPU shape for the bench's experts, |w| < 2^-4: −14% bytes and −10 to −15% time
 //!   against six).
-//!   Bytes per row and matrix: J input ciphertexts (713 kB each at six primes, 485 kB at five
+//!   Bytes per row and matrix: J input ciphertexts (713 kB each at six primes, 479 kB at five
 //!   with c0's low 56 bits rounded away, [`crate::he::selected::dropped_bits`]; J = ⌈d/d_w⌉ with
 //!   d_w = 2^pack chosen by the client for its network: input bytes against products and
 //!   packing) up, one packed result per 2^pack output tiles (≈ 210 kB) down, plus one selector
