@@ -454,16 +454,15 @@ impl RowChoice {
         KEEP_BYTES / (experts.max(1) * ciphertext_bytes(p, p.moduli().len()))
     }
 
-    /// The kept selectors of `range`, if all are there.
-    fn kept(&self, range: std::ops::Range<usize>) -> Option<Vec<Arc<Ciphertext>>> {
+    /// The kept selectors of `range`, if all are there at `level` limbs or more.
+    fn kept(&self, p: &HeParams, range: std::ops::Range<usize>, level: usize) -> Option<Vec<Arc<Ciphertext>>> {
         let expanded = self.expanded.lock().unwrap_or_else(|e| e.into_inner());
-        expanded.get(range)?.iter().cloned().collect()
+        expanded.get(range)?.iter().map(|ct| ct.as_ref().filter(|ct| ct.limbs(p) >= level).cloned()).collect()
     }
 
-    /// Whether every selector is kept (nothing left to expand).
-    fn all_kept(&self) -> bool {
-        let expanded = self.expanded.lock().unwrap_or_else(|e| e.into_inner());
-        self.keep && expanded.iter().all(Option::is_some)
+    /// Whether every selector is kept at `level` limbs or more (nothing left to expand).
+    fn all_kept(&self, p: &HeParams, level: usize) -> bool {
+        self.keep && self.kept(p, 0..self.own.len(), level).is_some()
     }
 
     /// Keeps the selectors of the experts from `first` on, if this row keeps its selectors.
@@ -488,15 +487,20 @@ pub struct SelectedRow<'a> {
 }
 
 impl SelectedLayout {
-    /// Rows the server takes at once: batches of rows that keep their selectors
-    /// ([`RowChoice`]) stream their output tiles in groups ([`SelectedLayout::grouped`]) and
-    /// come as many as their lifted inputs and finished output tiles fit 352 MiB; other
-    /// batches select all J·K weights of a row at once and come as many as those fit 512 MiB.
+    /// Rows the server takes at once, the larger of two ways to bound its memory: batches of
+    /// rows that keep their selectors ([`RowChoice`]) may stream their output tiles in groups
+    /// ([`SelectedLayout::grouped`]), as many rows as their lifted inputs and finished output
+    /// tiles fit 352 MiB; any batch may select all J·K weights of its rows at once, as many rows
+    /// as those fit 512 MiB. Each batch prepares every expert's weights once, so fewer batches
+    /// are less work: grouping wins where a row's selected weights are many (J·K = 144 at the
+    /// SPU shape: 7 rows against 2), selecting all at once where the experts are (E = 128 at
+    /// d = 256: 16 rows against 1, whose selectors and bank of every expert fill a chunk).
     fn row_batch(&self, p: &HeParams, kept: bool) -> usize {
         let (j, k) = (self.inputs(), self.outputs());
         let per_row = j * lifted_bytes(p, self.level) + k * self.tile_bytes(p);
         let grouped = (1..=BUDGET.rows / per_row).rev().find(|&rows| self.grouped(p, rows, kept, BUDGET));
-        grouped.unwrap_or((BUDGET.sums / (j * k * ciphertext_bytes(p, self.level))).max(1))
+        let whole = (BUDGET.sums / (j * k * ciphertext_bytes(p, self.level))).max(1);
+        grouped.unwrap_or(0).max(whole)
     }
 
     /// The server's batches of rows for `choices` (in order): runs of rows that keep their
@@ -692,7 +696,9 @@ fn batch_tiles<T: Send>(
     }
     let kept = rows.iter().all(|r| r.choice.keep);
     let group = layout.tile_group(p, rows.len(), kept, budget);
-    let selection = RowSelection::new(p, keys, layout, rows, layout.chunk(p, rows.len(), group, budget.chunk), be)?;
+    let chunk = layout.chunk(p, rows.len(), group, budget.chunk);
+    tracing::debug!(rows = rows.len(), group, chunk, "selected batch");
+    let selection = RowSelection::new(p, keys, layout, rows, chunk, be)?;
     let xs: Vec<Lifted> = rows.iter().map(|r| Lifted::of(r.x, p, be)).collect::<HeResult<_>>()?;
     let mut sums = SelectionSums::new(p, rows.len(), j_n * group, level, be)?;
     let mut tiles: Vec<Vec<T>> = (0..rows.len()).map(|_| Vec::with_capacity(k_n)).collect();
@@ -741,7 +747,7 @@ impl<'r, 'a> RowSelection<'r, 'a> {
     ) -> HeResult<Self> {
         let outer = layout.select_levels - chunk.trailing_zeros();
         let inner = layout.select_levels - outer;
-        let nodes = par_map(rows.len(), |r| match rows[r].choice.all_kept() {
+        let nodes = par_map(rows.len(), |r| match rows[r].choice.all_kept(p, layout.level) {
             true => Ok(Vec::new()),
             false => keys.galois.expand(p, &rows[r].choice.compact, outer, be),
         })
@@ -772,19 +778,32 @@ impl<'r, 'a> RowSelection<'r, 'a> {
         let top = 1u128 << layout.select_levels;
         let chosen = par_map(self.rows.len(), |r| -> HeResult<Vec<Arc<Ciphertext>>> {
             let choice = self.rows[r].choice;
-            if let Some(kept) = choice.kept(range.clone()) {
-                return Ok(kept);
+            // kept selectors serve every matrix of the choice: at its level, or switched down to it
+            if let Some(kept) = choice.kept(p, range.clone(), layout.level) {
+                return kept
+                    .into_iter()
+                    .map(|ct| match ct.limbs(p) == layout.level {
+                        true => Ok(ct),
+                        false => switched_to(p, &ct, layout.level, be).map(Arc::new),
+                    })
+                    .collect();
             }
             let node = &self.nodes[r][bit_reverse(c, self.outer)];
-            let leaves = self.keys.galois.expand_from(p, node, self.outer, self.inner, be)?;
-            // leaf i holds the chunk's expert bitrev(i)
+            let mut leaves: Vec<Option<Ciphertext>> =
+                self.keys.galois.expand_from(p, node, self.outer, self.inner, be)?.into_iter().map(Some).collect();
+            // leaf i holds the chunk's expert bitrev(i); switched down to the product's level
+            // before its transform (the modulus switch reads coefficients)
             let cts = (0..range.len())
                 .map(|offset| {
-                    let mut ct = leaves[bit_reverse(offset, self.inner)].clone();
+                    let taken = leaves.get_mut(bit_reverse(offset, self.inner)).and_then(Option::take);
+                    let mut ct = taken.ok_or_else(|| HeError::Shape(format!("no leaf for expert {offset}")))?;
                     if choice.own[range.start + offset] {
                         ct.c0.neg_assign(p);
                         ct.c1.neg_assign(p);
                         ct.add_wide_plain_assign(p, &[top], be)?;
+                    }
+                    while ct.limbs(p) > layout.level {
+                        ct.drop_last_modulus(p, be)?;
                     }
                     ct.c0.to_ntt(p, be)?;
                     ct.c1.to_ntt(p, be)?;
@@ -794,15 +813,7 @@ impl<'r, 'a> RowSelection<'r, 'a> {
             choice.keep(range.start, &cts);
             Ok(cts)
         });
-        let chosen = chosen.into_iter().collect::<HeResult<Vec<_>>>()?;
-        if layout.level == p.moduli().len() {
-            return Selectors::new(p, &chosen, be);
-        }
-        // kept selectors serve every matrix of the choice, each at its own level
-        let switched = par_map(self.rows.len(), |r| {
-            chosen[r].iter().map(|ct| switched_to(p, ct, layout.level, be)).collect::<HeResult<Vec<_>>>()
-        });
-        Selectors::new(p, &switched.into_iter().collect::<HeResult<Vec<_>>>()?, be)
+        Selectors::new(p, &chosen.into_iter().collect::<HeResult<Vec<_>>>()?, be)
     }
 
     /// Adds every row's selected weights of output tiles `ks` (at (k − k0)·J + j) to `sums`,
@@ -1058,12 +1069,28 @@ mod tests {
             let flood = (bound.ceil() as u32 + 40).min(crate::he::MAX_FLOOD_BITS);
             let refs: Vec<&[u64]> = experts.iter().map(Vec::as_slice).collect();
             let choice = RowChoice::new(compact.clone(), own.clone(), true);
+            // the selectors kept by a product at another level serve this one: switched down
+            // from the level above, expanded afresh where they were kept below it
+            let (above, below) = ((level + 1..=full).next(), level.checked_sub(1).filter(|&l| l > 0));
+            let other = if compressed { above.or(below) } else { below.or(above) };
+            if let Some(other) = other {
+                let at = layout.with_level(&p, other).unwrap_or_else(|e| panic!("{e}"));
+                let pre: Vec<Ciphertext> = (0..at.inputs())
+                    .map(|j| {
+                        let pt = Plaintext::new(&p, t.encode_a(&x, 0, j)).unwrap_or_else(|e| panic!("{e}"));
+                        sk.encrypt_seeded_at(&pt, other, &be, &mut rng).unwrap_or_else(|e| panic!("{e}")).expand(&p)
+                    })
+                    .collect();
+                let row = SelectedRow { x: &pre, choice: &choice };
+                selected_batch(&p, keys, &at, &[row], &refs, flood, &[[5; 32]], &be).unwrap_or_else(|e| panic!("{e}"));
+                assert!(choice.kept(&p, 0..e, other).is_some());
+            }
             let row = SelectedRow { x: &inputs, choice: &choice };
             let whole = selected_batch(&p, keys, &layout, &[row], &refs, flood, &[[3; 32]], &be)
                 .unwrap_or_else(|e| panic!("{e}"))
                 .remove(0);
             // the row kept its expanded selectors: the next product starts from them, to the same bytes
-            assert!(choice.kept(0..e).is_some());
+            assert!(choice.kept(&p, 0..e, level).is_some());
             let again = selected_batch(&p, keys, &layout, &[row], &refs, flood, &[[3; 32]], &be)
                 .unwrap_or_else(|e| panic!("{e}"))
                 .remove(0);
@@ -1090,7 +1117,7 @@ mod tests {
             let chunked = selected_batch_within(&p, keys, &layout, &[row], &refs, (flood, &[[3; 32]]), &be, tiny)
                 .unwrap_or_else(|e| panic!("{e}"))
                 .remove(0);
-            assert!(fresh.kept(0..e).is_none());
+            assert!(fresh.kept(&p, 0..e, 1).is_none());
             // the noise before flooding stays below its bound
             if form == ProductForm::Relinearized {
                 let results =
