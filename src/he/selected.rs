@@ -487,20 +487,21 @@ pub struct SelectedRow<'a> {
 }
 
 impl SelectedLayout {
-    /// Rows the server takes at once, the larger of two ways to bound its memory: batches of
-    /// rows that keep their selectors ([`RowChoice`]) may stream their output tiles in groups
-    /// ([`SelectedLayout::grouped`]), as many rows as their lifted inputs and finished output
-    /// tiles fit 352 MiB; any batch may select all J·K weights of its rows at once, as many rows
-    /// as those fit 512 MiB. Each batch prepares every expert's weights once, so fewer batches
-    /// are less work: grouping wins where a row's selected weights are many (J·K = 144 at the
-    /// SPU shape: 7 rows against 2), selecting all at once where the experts are (E = 128 at
-    /// d = 256: 16 rows against 1, whose selectors and bank of every expert fill a chunk).
+    /// Rows the server takes at once: as many as their lifted inputs and finished output tiles
+    /// fit 352 MiB and, the larger of two ways to bound the rest, either their selectors stream
+    /// their output tiles in groups ([`SelectedLayout::grouped`]: rows that keep them,
+    /// [`RowChoice`]) or all J·K selected weights of the batch fit 512 MiB. Each batch prepares
+    /// every expert's weights once, so fewer batches are less work: grouping wins where a row's
+    /// selected weights are many (J·K = 144 at the SPU shape: 7 rows against 2), selecting all
+    /// at once where the experts are (E = 128 at d = 256: 16 rows against 1, whose selectors
+    /// and bank of every expert fill a chunk).
     fn row_batch(&self, p: &HeParams, kept: bool) -> usize {
         let (j, k) = (self.inputs(), self.outputs());
         let per_row = j * lifted_bytes(p, self.level) + k * self.tile_bytes(p);
-        let grouped = (1..=BUDGET.rows / per_row).rev().find(|&rows| self.grouped(p, rows, kept, BUDGET));
-        let whole = (BUDGET.sums / (j * k * ciphertext_bytes(p, self.level))).max(1);
-        grouped.unwrap_or(0).max(whole)
+        let most = BUDGET.rows / per_row;
+        let grouped = (1..=most).rev().find(|&rows| self.grouped(p, rows, kept, BUDGET)).unwrap_or(0);
+        let whole = (BUDGET.sums / (j * k * ciphertext_bytes(p, self.level))).min(most);
+        grouped.max(whole).max(1)
     }
 
     /// The server's batches of rows for `choices` (in order): runs of rows that keep their
