@@ -57,7 +57,7 @@ use super::response::Outgoing;
 use super::tiling::{MatShape, Tiling};
 use super::{GaloisKeys, HeError, HeParams, HeResult, OperandBank, SelectionSums, Selectors};
 use crate::backend::{Backend, par_map};
-use crate::he::{MAX_DROPPED_BITS, seeded_ciphertext_len};
+use crate::he::{MAX_DROPPED_BITS, compressed_ciphertext_len};
 use crate::net::CostModel;
 
 /// How one row's product with E experts' d×m matrices is laid out: Cheetah's tiling with one
@@ -110,22 +110,24 @@ impl SelectedLayout {
     /// `server_threads` threads: the input ciphertexts' bytes against the packing's key switches
     /// (relinearized) or the three-part results' bytes (tensored). The selection sum and the
     /// J·K = d·m/N ciphertext products are the same for every layout, so they do not enter. A
-    /// key switch is priced as the linear layers' tiling prices it ([`super::matmul::tiling_for`]). The client
-    /// chooses and announces the layout; the server checks it with [`SelectedLayout::with_pack`].
+    /// key switch is priced as the linear layers' tiling prices it ([`super::matmul::tiling_for`]),
+    /// an input tile at the full level (the server picks the level later), compressed as far
+    /// as weights of up to 2^`weight_bits` allow ([`dropped_bits`]: the client's public
+    /// assumption), which the layout keeps. The client chooses and announces the layout; the
+    /// server checks it with [`SelectedLayout::with_pack`] and [`SelectedLayout::with_dropped`].
     pub fn choose(
         p: &HeParams,
         (d, m): (usize, usize),
         experts: usize,
-        form: ProductForm,
+        (form, weight_bits): (ProductForm, u32),
         (network, server_threads): (&CostModel, usize),
     ) -> HeResult<SelectedLayout> {
         let seconds = |bytes: usize| bytes as f64 * 8.0 / network.bandwidth_bps;
-        let input_s = seconds(seeded_ciphertext_len(p));
         let keyswitch_s = tiling_cost(p, network, server_threads, 64).keyswitch_s;
         let cost = |l: &SelectedLayout| {
             let (_, j, k) = l.tiling.tile_counts();
             let pack = l.tiling.pack;
-            let inputs = j as f64 * input_s;
+            let inputs = j as f64 * seconds(compressed_ciphertext_len(p, l.dropped));
             match form {
                 ProductForm::Relinearized => {
                     let members = k.min(1 << pack);
@@ -141,6 +143,7 @@ impl SelectedLayout {
         let mut best: Option<(f64, SelectedLayout)> = None;
         for pack in (1..=SelectedLayout::most_pack(p, d, experts)?).rev() {
             let layout = SelectedLayout::with_pack(p, d, m, experts, pack, form)?;
+            let layout = layout.with_dropped(p, dropped_bits(p, &layout, weight_bits))?;
             let c = cost(&layout);
             if best.as_ref().is_none_or(|(b, _)| c < *b) {
                 best = Some((c, layout));
@@ -1030,15 +1033,11 @@ mod tests {
             (ProductForm::Relinearized, 64, full - 1, true),
             (ProductForm::Tensored, 44, full - 1, true),
         ] {
-            let layout = SelectedLayout::choose(&p, (d, m), e, form, (&CostModel::WAN, 2))
+            let layout = SelectedLayout::choose(&p, (d, m), e, (form, w_bits + 6), (&CostModel::WAN, 2))
                 .and_then(|l| l.with_result_bits(bits))
                 .and_then(|l| l.with_level(&p, level))
+                .and_then(|l| if compressed { Ok(l) } else { l.with_dropped(&p, 0) })
                 .unwrap_or_else(|e| panic!("{e}"));
-            let layout = match compressed {
-                true => layout.with_dropped(&p, dropped_bits(&p, &layout, w_bits + 6)),
-                false => Ok(layout),
-            }
-            .unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(layout.dropped > 0, compressed);
             let experts: Vec<Vec<u64>> = (0..e)
                 .map(|_| (0..d * m).map(|_| rng.random_range(-(1i64 << w_bits)..1 << w_bits) as u64).collect())

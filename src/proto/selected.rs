@@ -30,8 +30,8 @@ use super::session::keys_for;
 use super::{HeKeys, HeUse, ProtoError, ProtoResult, Session};
 use crate::backend::par_map;
 use crate::he::selected::{
-    ProductForm, RowChoice, SelectKeys, SelectedLayout, SelectedRow, check_experts, choice_params, dropped_bits,
-    noise_bits, selected_batch,
+    ProductForm, RowChoice, SelectKeys, SelectedLayout, SelectedRow, check_experts, choice_params, noise_bits,
+    selected_batch,
 };
 use crate::he::tiling::MatShape;
 use crate::he::{
@@ -172,10 +172,9 @@ async fn selected_product(
                 KeySet::WithSquare => ProductForm::Tensored,
                 KeySet::Linear => return Err(select_keys_missing()),
             };
-            let layout =
-                SelectedLayout::choose(&p, (d, m), choice.experts, form, (&he.network(), he.server_threads()))?
-                    .with_result_bits(bits)?;
-            let layout = layout.with_dropped(&p, dropped_bits(&p, &layout, weight_bits))?;
+            let network = (&he.network(), he.server_threads());
+            let layout = SelectedLayout::choose(&p, (d, m), choice.experts, (form, weight_bits), network)?
+                .with_result_bits(bits)?;
             let sk = he.secret_key().for_params(&p)?;
             let t = layout.tiling;
             let _s = meter.scope("he-selected/input");
