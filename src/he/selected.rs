@@ -221,11 +221,7 @@ impl SelectedLayout {
     /// the first prime's width), which [`noise_bits`] counts as input noise; the client picks
     /// it with [`dropped_bits`].
     pub fn with_dropped(self, p: &HeParams, dropped: u32) -> HeResult<SelectedLayout> {
-        if dropped > MAX_DROPPED_BITS || dropped >= p.moduli()[0].bits() {
-            return Err(HeError::Shape(format!(
-                "input tiles that drop {dropped} bits of c0 (at most {MAX_DROPPED_BITS}, below the first prime's width)"
-            )));
-        }
+        super::wire::check_dropped(p, dropped)?;
         Ok(SelectedLayout { dropped, ..self })
     }
 

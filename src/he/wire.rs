@@ -362,7 +362,8 @@ impl MixedRadix {
     }
 }
 
-fn check_dropped(params: &HeParams, dropped: u32) -> HeResult<()> {
+/// Whether `dropped` low bits of c0 are a compression `params` allows.
+pub(crate) fn check_dropped(params: &HeParams, dropped: u32) -> HeResult<()> {
     if dropped > MAX_DROPPED_BITS || dropped >= params.moduli()[0].bits() {
         return Err(HeError::Unsupported {
             params: params.name(),
