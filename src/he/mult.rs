@@ -206,7 +206,7 @@ impl Tensored {
             for (j, m) in moduli.iter().enumerate() {
                 let (w, shoup) = &rlk.rows[j][half];
                 let x = &digits[j * k * n..(j + 1) * k * n];
-                // mul_acc writes every value of `sum` (add = false)
+                // mul_acc writes (not adds to) every value of `sum`
                 backend.mul_acc(
                     std::slice::from_ref(m),
                     n,
