@@ -57,7 +57,7 @@ use super::response::Outgoing;
 use super::tiling::{MatShape, Tiling};
 use super::{GaloisKeys, HeError, HeParams, HeResult, OperandBank, SelectionSums, Selectors};
 use crate::backend::{Backend, par_map};
-use crate::he::{MAX_DROPPED_BITS, compressed_ciphertext_len};
+use crate::he::{MAX_DROPPED_BITS, MAX_FLOOD_BITS, compressed_ciphertext_len};
 use crate::net::CostModel;
 
 /// How one row's product with E experts' d×m matrices is laid out: Cheetah's tiling with one
@@ -79,6 +79,9 @@ pub struct SelectedLayout {
     /// RNS limbs the products run at ([`SelectedLayout::with_level`]): the first `level`
     /// primes of q, all of them unless the server found the noise fits fewer.
     pub level: usize,
+    /// RNS limbs the relinearized products are switched down to before they are packed and
+    /// sealed ([`SelectedLayout::with_out_level`]); `level` unless the server lowered it.
+    pub out_level: usize,
     /// Low bits of c0 the client's input tiles drop ([`SelectedLayout::with_dropped`]).
     pub dropped: u32,
 }
@@ -176,6 +179,7 @@ impl SelectedLayout {
             form,
             result_bits: 64,
             level: p.moduli().len(),
+            out_level: p.moduli().len(),
             dropped: 0,
         })
     }
@@ -207,13 +211,52 @@ impl SelectedLayout {
     /// The layout with its products at the first `level` primes of q: the client's input tiles
     /// are encrypted there, the expanded selectors switched down to it, the weights prepared
     /// at it. The server picks the lowest level whose modulus holds the products' noise and
-    /// its flooding ([`noise_bits`]); fewer limbs are fewer bytes up and less work.
+    /// its flooding ([`noise_bits`]); fewer limbs are fewer bytes up and less work. The
+    /// results leave from the same level until [`SelectedLayout::with_out_level`] lowers it.
     pub fn with_level(self, p: &HeParams, level: usize) -> HeResult<SelectedLayout> {
         let full = p.moduli().len();
         if !(1..=full).contains(&level) {
             return Err(HeError::Shape(format!("selected products at {level} limbs (1..={full})")));
         }
-        Ok(SelectedLayout { level, ..self })
+        Ok(SelectedLayout { level, out_level: level, ..self })
+    }
+
+    /// The layout with its relinearized products switched down to the first `out_level`
+    /// primes (at most the products' level) before they are packed and sealed: modulus
+    /// switching keeps the noise's ratio to q until it reaches the rounding's floor, so the
+    /// flooding margin survives it while every packing key switch, the masking and the
+    /// re-randomization cost fewer limbs. The server picks it ([`SelectedLayout::lowest_out_level`]).
+    pub fn with_out_level(self, out_level: usize) -> HeResult<SelectedLayout> {
+        let lowest = match self.form {
+            ProductForm::Relinearized => 1,
+            ProductForm::Tensored => self.level,
+        };
+        if !(lowest..=self.level).contains(&out_level) {
+            return Err(HeError::Shape(format!(
+                "{:?} selected products at {} limbs sent from {out_level} limbs ({lowest}..={})",
+                self.form, self.level, self.level
+            )));
+        }
+        Ok(SelectedLayout { out_level, ..self })
+    }
+
+    /// The layout with the lowest out level ([`SelectedLayout::with_out_level`]) that leaves
+    /// `margin` bits between the noise bound for weights below 2^`w_bits` ([`noise_bits`]) and
+    /// the flooding room there ([`flood_room`]), with that room and the margin it leaves; the
+    /// products' own level if none below it does.
+    pub fn lowest_out_level(self, p: &HeParams, w_bits: u32, margin: u32) -> HeResult<(SelectedLayout, u32, u32)> {
+        let lowest = match self.form {
+            ProductForm::Relinearized => 1,
+            ProductForm::Tensored => self.level,
+        };
+        let kappa = |layout: &SelectedLayout| {
+            flood_room(p, layout.out_level).saturating_sub(noise_bits(p, layout, w_bits).ceil() as u32)
+        };
+        let layout = (lowest..self.level)
+            .filter_map(|out| self.with_out_level(out).ok())
+            .find(|l| kappa(l) >= margin)
+            .unwrap_or(self.with_out_level(self.level)?);
+        Ok((layout, flood_room(p, layout.out_level), kappa(&layout)))
     }
 
     /// The layout with the client's input tiles sent with c0's `dropped` lowest bits rounded
@@ -362,9 +405,9 @@ impl SelectKeys<'_> {
 /// A returned ciphertext's bytes and the server's share (the mask) at each output column.
 pub type SelectedResponse = (Vec<u8>, Vec<(u64, usize)>);
 
-/// Bits of an upper bound on the noise of a packed selected product before flooding, for
-/// weights below 2^`w_bits` in magnitude (each factor bounded at ~9.5 standard deviations, the
-/// 2^-64 tail, as the linear layers' bound):
+/// Bits of an upper bound on the noise of a selected product's result before flooding, at
+/// the level it leaves from, for weights below 2^`w_bits` in magnitude (each factor bounded at
+/// ~9.5 standard deviations, the 2^-64 tail, as the linear layers' bound):
 /// - an expanded selector: 2^ℓ times a fresh encryption's noise plus ℓ key switches (each
 ///   k·N·21·p_i/P, the special prime as large as the primes of q) — 2^(ℓ + log2(k·N) + 6);
 /// - the selection sum: Σ_e Ŵ_e·v_e over E·d_w·m_w terms of at most 2^w_bits each;
@@ -372,7 +415,10 @@ pub type SelectedResponse = (Vec<u8>, Vec<(u64, usize)>);
 ///   (≤ 2^(dropped−1));
 /// - the ciphertext product: t·(v_a·r_b + v_b·r_a) + m_a·v_b + m_b·v_a with r ≈ √N·‖s‖
 ///   (the quotient of the lift), dominated by t·√N·(v_W + v_x), summed over the J input tiles;
-/// - the packing: 2^pack and a key switch per level.
+/// - relinearized: the key's Σ_i [d2]_(q_i)·e_i over the level's digits, then the switch down
+///   to the out level, which divides all of it by the dropped primes and adds its rounding,
+///   (1 + ‖s‖₁)/2 ≤ (1 + N)/2;
+/// - the packing: 2^pack, and a key switch per level at the out level.
 pub fn noise_bits(p: &HeParams, layout: &SelectedLayout, w_bits: u32) -> f64 {
     let t = &layout.tiling;
     let (n, k) = (p.degree() as f64, p.moduli().len() as f64);
@@ -384,7 +430,33 @@ pub fn noise_bits(p: &HeParams, layout: &SelectedLayout, w_bits: u32) -> f64 {
     let rounding = if layout.dropped == 0 { 0.0 } else { 2f64.powi(layout.dropped as i32 - 1) };
     let factors = (2f64.powf(selected) + 21.0 + rounding).log2();
     let product = p.plain_bits() as f64 + 0.5 * n.log2() + tail + factors + 1.0 + (layout.inputs() as f64).log2();
-    product + t.pack as f64 + 1.0
+    let log_q = |limbs: usize| -> f64 { p.moduli()[..limbs].iter().map(|m| (m.value() as f64).log2()).sum() };
+    let result = match layout.form {
+        ProductForm::Relinearized => {
+            let widest = p.moduli()[..layout.level].iter().map(|m| m.bits()).max().unwrap_or(0) as f64;
+            let relin = (layout.level as f64).log2() + 0.5 * n.log2() + tail + 21f64.log2() + widest;
+            let at_level = log_sum(&[product, relin]);
+            let dropped = log_q(layout.level) - log_q(layout.out_level);
+            let switched =
+                if dropped > 0.0 { log_sum(&[at_level - dropped, (1.0 + n).log2() - 1.0]) } else { at_level };
+            log_sum(&[switched, (layout.out_level as f64 * n * 21.0).log2()])
+        }
+        ProductForm::Tensored => product,
+    };
+    result + t.pack as f64 + 1.0
+}
+
+/// log2(Σ 2^b).
+fn log_sum(bits: &[f64]) -> f64 {
+    let top = bits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    top + bits.iter().map(|b| 2f64.powf(b - top)).sum::<f64>().log2()
+}
+
+/// Bits of flooding noise a result at the first `limbs` primes of q holds: log q less the
+/// plaintext's bits and 4 (the shrunk result must still decrypt), at most [`MAX_FLOOD_BITS`].
+pub fn flood_room(p: &HeParams, limbs: usize) -> u32 {
+    let log_q: f64 = p.moduli()[..limbs.min(p.moduli().len())].iter().map(|m| (m.value() as f64).log2()).sum();
+    (log_q.floor() as u32).saturating_sub(p.plain_bits() + 4).min(MAX_FLOOD_BITS)
 }
 
 /// Bits of c0 the client's input tiles drop for `layout` ([`SelectedLayout::with_dropped`]):
@@ -657,7 +729,13 @@ fn batch_results(
     keys.check(layout.form)?;
     match keys.relin.filter(|_| layout.form == ProductForm::Relinearized) {
         Some(relin) => {
-            let tiles = batch_tiles(p, keys, layout, rows, experts, be, budget, |t| t.relinearize(p, relin, be))?;
+            let tiles = batch_tiles(p, keys, layout, rows, experts, be, budget, |t| {
+                let mut ct = t.relinearize(p, relin, be)?;
+                while ct.limbs(p) > layout.out_level {
+                    ct.drop_last_modulus(p, be)?;
+                }
+                Ok(ct)
+            })?;
             par_map(rows.len(), |r| pack_row(p, keys, layout, &tiles[r], be).map(RowResults::Packed))
                 .into_iter()
                 .collect()
@@ -1033,8 +1111,12 @@ mod tests {
                 .and_then(|l| l.with_result_bits(bits))
                 .and_then(|l| l.with_level(&p, level))
                 .and_then(|l| if compressed { Ok(l) } else { l.with_dropped(&p, 0) })
-                .unwrap_or_else(|e| panic!("{e}"));
+                .and_then(|l| l.lowest_out_level(&p, w_bits, 40))
+                .unwrap_or_else(|e| panic!("{e}"))
+                .0;
             assert_eq!(layout.dropped > 0, compressed);
+            // relinearized results leave from a lower level, with the same margin
+            assert_eq!(layout.out_level < level, form == ProductForm::Relinearized, "{layout:?}");
             let experts: Vec<Vec<u64>> = (0..e)
                 .map(|_| (0..d * m).map(|_| rng.random_range(-(1i64 << w_bits)..1 << w_bits) as u64).collect())
                 .collect();
@@ -1119,12 +1201,12 @@ mod tests {
                 let results =
                     batch_results(&p, keys, &layout, &[row], &refs, &be, tiny).unwrap_or_else(|e| panic!("{e}"));
                 let Some(RowResults::Packed(packed)) = results.first() else { panic!("no packed results") };
-                let log_q: f64 = p.moduli()[..level].iter().map(|m| (m.value() as f64).log2()).sum();
+                let log_q: f64 = p.moduli()[..layout.out_level].iter().map(|m| (m.value() as f64).log2()).sum();
                 let log_delta = log_q - p.plain_bits() as f64;
                 for ct in packed {
                     let noise = log_delta - 1.0 - sk.noise_budget(ct, &be).unwrap_or_else(|e| panic!("{e}"));
                     assert!(noise <= bound, "noise 2^{noise:.1} above the bound 2^{bound:.1}");
-                    eprintln!("selected product noise 2^{noise:.1}, bound 2^{bound:.1}");
+                    eprintln!("selected product noise 2^{noise:.1}, bound 2^{bound:.1} ({} limbs)", layout.out_level);
                 }
             }
             let wide = layout.with_result_bits(64).map(|l| l.response_shape(&p, 1).encoded_len(p.degree()));

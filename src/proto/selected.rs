@@ -30,12 +30,12 @@ use super::session::keys_for;
 use super::{HeKeys, HeUse, ProtoError, ProtoResult, Session};
 use crate::backend::par_map;
 use crate::he::selected::{
-    ProductForm, RowChoice, SelectKeys, SelectedLayout, SelectedRow, check_experts, choice_params, noise_bits,
-    selected_batch,
+    ProductForm, RowChoice, SelectKeys, SelectedLayout, SelectedRow, check_experts, choice_params, flood_room,
+    noise_bits, selected_batch,
 };
 use crate::he::tiling::MatShape;
 use crate::he::{
-    Ciphertext, HeParams, MAX_FLOOD_BITS, Plaintext, SeededCiphertext, ShrunkCiphertext, compressed_ciphertext_len_at,
+    Ciphertext, HeParams, Plaintext, SeededCiphertext, ShrunkCiphertext, compressed_ciphertext_len_at,
     seeded_ciphertext_len,
 };
 use crate::net::Party;
@@ -253,6 +253,7 @@ async fn selected_product(
                 inputs = j_tiles,
                 outputs = k_tiles,
                 level = layout.level,
+                out_level = layout.out_level,
                 dropped = layout.dropped,
                 flood,
                 kappa,
@@ -358,16 +359,12 @@ impl ServerSide<'_> {
         }
         let bound = noise_bits(p, layout, bits).ceil() as u32;
         // the lowest level whose modulus holds the noise and its flooding with κ to spare
-        let level_room = |level: usize| {
-            let log_q: f64 = p.moduli()[..level].iter().map(|m| (m.value() as f64).log2()).sum();
-            (log_q.floor() as u32).saturating_sub(p.plain_bits() + 4).min(MAX_FLOOD_BITS)
-        };
         let full = p.moduli().len();
         let level = (1..=full)
-            .find(|&l| level_room(l).saturating_sub(bound) >= MIN_STAT_BITS && p.tensor_basis(l).is_ok())
+            .find(|&l| flood_room(p, l).saturating_sub(bound) >= MIN_STAT_BITS && p.tensor_basis(l).is_ok())
             .unwrap_or(full);
-        let room = level_room(level);
-        let kappa = room.saturating_sub(bound);
+        // and the lowest the results can leave from with the same margin
+        let (layout, room, kappa) = layout.with_level(p, level)?.lowest_out_level(p, bits, MIN_STAT_BITS)?;
         if kappa < MIN_STAT_BITS {
             return Err(ProtoError::Input(format!(
                 "{} leaves {room} bits above the plaintext, but a selected product with {bits}-bit weights needs {} bits of flooding noise",
@@ -375,7 +372,7 @@ impl ServerSide<'_> {
                 bound + MIN_STAT_BITS
             )));
         }
-        Ok((layout.with_level(p, level)?, room, kappa))
+        Ok((layout, room, kappa))
     }
 
     /// The layout the client announced, if it names this product and a layout this server runs.
