@@ -25,7 +25,7 @@ pub use galois::GaloisKeys;
 pub use mult::{Lifted, ProductSum, RelinKey, SUM_TERM_BITS, SquareKey, Tensored};
 pub use params::{HeParams, max_log_q_128};
 pub use poly::{Form, RnsPoly};
-pub use response::{MAX_FLOOD_BITS, NARROW_FLOOD_BITS, Outgoing, ShrunkCiphertext, ShrunkShape};
+pub use response::{MAX_FLOOD_BITS, MIN_STAT_BITS, NARROW_FLOOD_BITS, Outgoing, ShrunkCiphertext, ShrunkShape};
 pub use select::{OperandBank, SelectionPart, SelectionSums, Selectors, select, select_spread};
 pub use wire::{
     MAX_DROPPED_BITS, ciphertext_len, compressed_ciphertext_len, compressed_ciphertext_len_at, seeded_ciphertext_len,

@@ -143,8 +143,9 @@ impl SecretKey {
     }
 }
 
-/// A product of two ciphertexts before relinearization: (d0, d1, d2), d0 and d1 in NTT form, d2
-/// in coefficient form, with d0 + d1·s + d2·s² ≈ Δ·m_a·m_b.
+/// A product of two ciphertexts before relinearization: (d0, d1, d2) with
+/// d0 + d1·s + d2·s² ≈ Δ·m_a·m_b; d0 and d1 in NTT form and d2 in coefficient form as
+/// [`ProductSum::finish`] leaves them, or all in coefficient form.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tensored {
     pub(crate) d0: RnsPoly,
@@ -173,8 +174,27 @@ impl Tensored {
         Ok(())
     }
 
+    /// Modulus switching of all three parts from q to its first `limbs` primes (coefficient
+    /// form, as [`Ciphertext::drop_last_modulus`]): the noise is divided by the dropped primes
+    /// and gains a rounding term of about (1 + ‖s‖₁ + ‖s²‖₁)/2.
+    pub fn switch_down(&mut self, params: &HeParams, limbs: usize, backend: &dyn Backend) -> HeResult<()> {
+        let (n, k) = (params.degree(), self.limbs(params));
+        if !(1..=k).contains(&limbs) {
+            return Err(HeError::Shape(format!("switching a product at {k} RNS limbs down to {limbs}")));
+        }
+        for part in [&mut self.d0, &mut self.d1, &mut self.d2] {
+            part.to_coeff(params, backend)?;
+            for last in (limbs..k).rev() {
+                let (low, top) = part.limbs.split_at_mut(last * n);
+                backend.divide_by_prime(&params.moduli()[..last], n, low, &top[..n], &params.moduli()[last])?;
+                part.limbs.truncate(last * n);
+            }
+        }
+        Ok(())
+    }
+
     /// Folds d2 into (c0, c1) with the relinearization key: a two-part ciphertext of the same
-    /// plaintext, in NTT form.
+    /// plaintext, in the form d0 and d1 were in.
     pub fn relinearize(self, params: &HeParams, rlk: &RelinKey, backend: &dyn Backend) -> HeResult<Ciphertext> {
         let n = params.degree();
         let k = self.limbs(params);
@@ -200,13 +220,14 @@ impl Tensored {
         }
         backend.ntt_forward(&params.tables()[..k], &mut digits)?;
         // c0 = d0 + Σ_i digit_i·b_i, c1 = d1 + Σ_i digit_i·a_i: one multiply-accumulate per limb
-        // and half (a key row holds every prime's digit; a lower level takes its first k)
-        let mut sum = Scratch::take(n);
+        // and half (a key row holds every prime's digit; a lower level takes its first k),
+        // brought to the form of d0 and d1
+        let mut sum = Scratch::take(k * n);
         for (half, out) in [&mut d0, &mut d1].into_iter().enumerate() {
             for (j, m) in moduli.iter().enumerate() {
                 let (w, shoup) = &rlk.rows[j][half];
                 let x = &digits[j * k * n..(j + 1) * k * n];
-                // mul_acc writes (not adds to) every value of `sum`
+                // mul_acc writes (not adds to) every value of its output
                 backend.mul_acc(
                     std::slice::from_ref(m),
                     n,
@@ -214,9 +235,14 @@ impl Tensored {
                     x,
                     &w[..k * n],
                     Prepared::W(&shoup[..k * n]),
-                    &mut sum,
+                    &mut sum[j * n..(j + 1) * n],
                 )?;
-                for (o, &s) in out.limbs[j * n..(j + 1) * n].iter_mut().zip(sum.iter()) {
+            }
+            if out.form() == Form::Coeff {
+                backend.ntt_inverse(&params.tables()[..k], &mut sum)?;
+            }
+            for (j, m) in moduli.iter().enumerate() {
+                for (o, &s) in out.limbs[j * n..(j + 1) * n].iter_mut().zip(&sum[j * n..(j + 1) * n]) {
                     *o = m.add(*o, s);
                 }
             }
@@ -592,6 +618,15 @@ impl ProductSum {
 
     /// The sum scaled by t/Q and rounded back to Q: (d0, d1) in NTT form, d2 in coefficient form.
     pub fn finish(self, params: &HeParams, backend: &dyn Backend) -> HeResult<Tensored> {
+        let mut tensored = self.finish_coeff(params, backend)?;
+        tensored.d0.to_ntt(params, backend)?;
+        tensored.d1.to_ntt(params, backend)?;
+        Ok(tensored)
+    }
+
+    /// [`ProductSum::finish`] with all three parts left in coefficient form, what a modulus
+    /// switch and the packing read.
+    pub fn finish_coeff(self, params: &HeParams, backend: &dyn Backend) -> HeResult<Tensored> {
         let n = params.degree();
         let basis = params.tensor_basis(self.level)?;
         let Some(mut parts) = self.parts else {
@@ -602,15 +637,10 @@ impl ProductSum {
         let parts = par_map(3, |part| -> HeResult<RnsPoly> {
             let mut exact = tensor[part].lock().unwrap_or_else(|e| e.into_inner());
             backend.ntt_inverse(&basis.tables, &mut exact)?;
-            let mut scaled = RnsPoly { limbs: basis.scale_down(n, &exact, backend)?, form: Form::Coeff };
-            if part < 2 {
-                scaled.to_ntt(params, backend)?;
-            }
-            Ok(scaled)
+            Ok(RnsPoly { limbs: basis.scale_down(n, &exact, backend)?, form: Form::Coeff })
         });
         let mut parts = parts.into_iter().collect::<HeResult<Vec<_>>>()?.into_iter();
         let mut next = || parts.next().unwrap_or_else(|| unreachable!("three parts"));
-        // d2 stays in coefficient form: relinearization decomposes it there
         Ok(Tensored { d0: next(), d1: next(), d2: next() })
     }
 }
@@ -772,6 +802,26 @@ mod tests {
         assert_eq!(prod.limbs(&p), 3);
         assert!(sk.decrypt(&prod, &be).unwrap_or_else(|e| panic!("{e}")).coeffs() == &want[..], "at 3 limbs");
         eprintln!("n8192 at 3 limbs: {:.1} bits left", sk.noise_budget(&prod, &be).unwrap_or_else(|e| panic!("{e}")));
+        // at all 4 limbs left in coefficient form, switched down a prime and relinearized there:
+        // the same plaintext at 3 limbs, still in coefficient form
+        let enc = |v: &[u64], rng: &mut StdRng| {
+            sk.encrypt(&Plaintext::new(&p, v.to_vec()).unwrap_or_else(|e| panic!("{e}")), &be, rng)
+                .and_then(|ct| ct.lift(&p, &be))
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let (la, lb) = (enc(&a, &mut rng), enc(&b, &mut rng));
+        let mut sum = ProductSum::new(&p, 4).unwrap_or_else(|e| panic!("{e}"));
+        sum.add(&p, &la, &lb, &be).unwrap_or_else(|e| panic!("{e}"));
+        let mut tensored = sum.finish_coeff(&p, &be).unwrap_or_else(|e| panic!("{e}"));
+        assert!(tensored.switch_down(&p, 4, &be).is_ok() && tensored.switch_down(&p, 5, &be).is_err());
+        tensored.switch_down(&p, 3, &be).unwrap_or_else(|e| panic!("{e}"));
+        let low = tensored.relinearize(&p, &rlk, &be).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((low.limbs(&p), low.c0.form(), low.c1.form()), (3, Form::Coeff, Form::Coeff));
+        assert!(sk.decrypt(&low, &be).unwrap_or_else(|e| panic!("{e}")).coeffs() == &want[..], "switched to 3 limbs");
+        eprintln!(
+            "n8192 switched to 3 limbs: {:.1} bits left",
+            sk.noise_budget(&low, &be).unwrap_or_else(|e| panic!("{e}"))
+        );
     }
 
     #[test]

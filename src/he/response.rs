@@ -27,6 +27,10 @@ use crate::ring::{pack_bits, packed_len, unpack_bits};
 /// centred as an i128); wider floods take two words.
 pub const NARROW_FLOOD_BITS: u32 = 126;
 
+/// Least statistical security of the noise flooding, per returned coefficient: the flood
+/// exceeds the noise bound by 2^κ with κ ≥ this; a product that would need less is refused.
+pub const MIN_STAT_BITS: u32 = 40;
+
 /// Largest flooding noise, in bits.
 pub const MAX_FLOOD_BITS: u32 = 250;
 

@@ -57,7 +57,7 @@ use super::response::Outgoing;
 use super::tiling::{MatShape, Tiling};
 use super::{GaloisKeys, HeError, HeParams, HeResult, OperandBank, SelectionSums, Selectors};
 use crate::backend::{Backend, par_map};
-use crate::he::{MAX_DROPPED_BITS, MAX_FLOOD_BITS, compressed_ciphertext_len};
+use crate::he::{MAX_DROPPED_BITS, MAX_FLOOD_BITS, MIN_STAT_BITS, compressed_ciphertext_len_at};
 use crate::net::CostModel;
 
 /// How one row's product with E experts' d×m matrices is laid out: Cheetah's tiling with one
@@ -113,11 +113,13 @@ impl SelectedLayout {
     /// `server_threads` threads: the input ciphertexts' bytes against the packing's key switches
     /// (relinearized) or the three-part results' bytes (tensored). The selection sum and the
     /// J·K = d·m/N ciphertext products are the same for every layout, so they do not enter. A
-    /// key switch is priced as the linear layers' tiling prices it ([`super::matmul::tiling_for`]),
-    /// an input tile at the full level (the server picks the level later), compressed as far
-    /// as weights of up to 2^`weight_bits` allow ([`dropped_bits`]: the client's public
-    /// assumption), which the layout keeps. The client chooses and announces the layout; the
-    /// server checks it with [`SelectedLayout::with_pack`] and [`SelectedLayout::with_dropped`].
+    /// key switch is priced as the linear layers' tiling prices it ([`super::matmul::tiling_for`])
+    /// at the level the results leave from, an input tile at the products' level, both as the
+    /// server would pick them for weights of up to 2^`weight_bits` (the client's public
+    /// assumption, [`SelectedLayout::at_lowest_levels`]), and compressed as far as that allows
+    /// ([`dropped_bits`]), which the layout keeps. The client chooses and announces the layout
+    /// (its levels are the server's to pick); the server checks it with
+    /// [`SelectedLayout::with_pack`] and [`SelectedLayout::with_dropped`].
     pub fn choose(
         p: &HeParams,
         (d, m): (usize, usize),
@@ -126,17 +128,18 @@ impl SelectedLayout {
         (network, server_threads): (&CostModel, usize),
     ) -> HeResult<SelectedLayout> {
         let seconds = |bytes: usize| bytes as f64 * 8.0 / network.bandwidth_bps;
-        let keyswitch_s = tiling_cost(p, network, server_threads, 64).keyswitch_s;
+        let full = p.moduli().len() as f64;
+        let keyswitch_s = tiling_cost(p, network, server_threads, 64).keyswitch_s / (full + 1.0);
         let cost = |l: &SelectedLayout| {
             let (_, j, k) = l.tiling.tile_counts();
             let pack = l.tiling.pack;
-            let inputs = j as f64 * seconds(compressed_ciphertext_len(p, l.dropped));
+            let inputs = j as f64 * seconds(compressed_ciphertext_len_at(p, l.level, l.dropped));
             match form {
                 ProductForm::Relinearized => {
                     let members = k.min(1 << pack);
                     let merges =
                         k.div_ceil(1 << pack) * (members + (pack - members.next_power_of_two().ilog2()) as usize);
-                    inputs + merges as f64 * keyswitch_s
+                    inputs + merges as f64 * keyswitch_s * (l.out_level as f64 + 1.0)
                 }
                 ProductForm::Tensored => {
                     inputs + k as f64 * seconds(response_shape(p, 3, l.tiling.m_w).encoded_len(p.degree()))
@@ -147,7 +150,7 @@ impl SelectedLayout {
         for pack in (1..=SelectedLayout::most_pack(p, d, experts)?).rev() {
             let layout = SelectedLayout::with_pack(p, d, m, experts, pack, form)?;
             let layout = layout.with_dropped(p, dropped_bits(p, &layout, weight_bits))?;
-            let c = cost(&layout);
+            let c = cost(&layout.at_lowest_levels(p, weight_bits)?.0);
             if best.as_ref().is_none_or(|(b, _)| c < *b) {
                 best = Some((c, layout));
             }
@@ -238,6 +241,34 @@ impl SelectedLayout {
             )));
         }
         Ok(SelectedLayout { out_level, ..self })
+    }
+
+    /// The layout at the lowest level whose modulus holds the noise bound for weights below
+    /// 2^`w_bits` ([`noise_bits`]) and its flooding with [`MIN_STAT_BITS`] to spare, its
+    /// results leaving from the lowest level that keeps that margin
+    /// ([`SelectedLayout::lowest_out_level`]); with the flooding room there and the margin κ it
+    /// leaves (below [`MIN_STAT_BITS`] only where even the full modulus falls short).
+    pub fn at_lowest_levels(self, p: &HeParams, w_bits: u32) -> HeResult<(SelectedLayout, u32, u32)> {
+        let full = p.moduli().len();
+        let kappa = |level: usize| -> HeResult<u32> {
+            let bound = noise_bits(p, &self.with_level(p, level)?, w_bits).ceil() as u32;
+            Ok(flood_room(p, level).saturating_sub(bound))
+        };
+        let mut level = full;
+        for l in 1..full {
+            if p.tensor_basis(l).is_ok() && kappa(l)? >= MIN_STAT_BITS {
+                level = l;
+                break;
+            }
+        }
+        self.with_level(p, level)?.lowest_out_level(p, w_bits, MIN_STAT_BITS)
+    }
+
+    /// The level relinearized products are relinearized at: one prime above the out level
+    /// (where the key's noise, about a prime times √N, is divided away by the last switch down),
+    /// at most the products' own.
+    fn relin_level(&self) -> usize {
+        self.level.min(self.out_level + 1)
     }
 
     /// The layout with the lowest out level ([`SelectedLayout::with_out_level`]) that leaves
@@ -415,9 +446,9 @@ pub type SelectedResponse = (Vec<u8>, Vec<(u64, usize)>);
 ///   (≤ 2^(dropped−1));
 /// - the ciphertext product: t·(v_a·r_b + v_b·r_a) + m_a·v_b + m_b·v_a with r ≈ √N·‖s‖
 ///   (the quotient of the lift), dominated by t·√N·(v_W + v_x), summed over the J input tiles;
-/// - relinearized: the key's Σ_i [d2]_(q_i)·e_i over the level's digits, then the switch down
-///   to the out level, which divides all of it by the dropped primes and adds its rounding,
-///   (1 + ‖s‖₁)/2 ≤ (1 + N)/2;
+/// - relinearized: switched down to one prime above the out level (the noise divided by the
+///   dropped primes, plus the rounding (1 + ‖s‖₁ + ‖s²‖₁)/2), the key's Σ_i [d2]_(q_i)·e_i over
+///   that level's digits, then switched down to the out level (rounding (1 + ‖s‖₁)/2);
 /// - the packing: 2^pack, and a key switch per level at the out level.
 pub fn noise_bits(p: &HeParams, layout: &SelectedLayout, w_bits: u32) -> f64 {
     let t = &layout.tiling;
@@ -433,13 +464,19 @@ pub fn noise_bits(p: &HeParams, layout: &SelectedLayout, w_bits: u32) -> f64 {
     let log_q = |limbs: usize| -> f64 { p.moduli()[..limbs].iter().map(|m| (m.value() as f64).log2()).sum() };
     let result = match layout.form {
         ProductForm::Relinearized => {
-            let widest = p.moduli()[..layout.level].iter().map(|m| m.bits()).max().unwrap_or(0) as f64;
-            let relin = (layout.level as f64).log2() + 0.5 * n.log2() + tail + 21f64.log2() + widest;
-            let at_level = log_sum(&[product, relin]);
-            let dropped = log_q(layout.level) - log_q(layout.out_level);
-            let switched =
-                if dropped > 0.0 { log_sum(&[at_level - dropped, (1.0 + n).log2() - 1.0]) } else { at_level };
-            log_sum(&[switched, (layout.out_level as f64 * n * 21.0).log2()])
+            // switched from `from` to `to` limbs: divided by the dropped primes, plus the rounding
+            let switched = |bits: f64, (from, to): (usize, usize), rounding: f64| match from > to {
+                true => log_sum(&[bits - (log_q(from) - log_q(to)), rounding]),
+                false => bits,
+            };
+            let at = layout.relin_level();
+            let widest = p.moduli()[..at].iter().map(|m| m.bits()).max().unwrap_or(0) as f64;
+            let relin = (at as f64).log2() + 0.5 * n.log2() + tail + 21f64.log2() + widest;
+            // (1 + ‖s‖₁ + ‖s²‖₁)/2 for three parts, (1 + ‖s‖₁)/2 for two, ternary s
+            let three = (1.0 + n + n * n.sqrt()).log2() - 1.0;
+            let relinearized = log_sum(&[switched(product, (layout.level, at), three), relin]);
+            let out = switched(relinearized, (at, layout.out_level), (1.0 + n).log2() - 1.0);
+            log_sum(&[out, (layout.out_level as f64 * n * 21.0).log2()])
         }
         ProductForm::Tensored => product,
     };
@@ -730,6 +767,8 @@ fn batch_results(
     match keys.relin.filter(|_| layout.form == ProductForm::Relinearized) {
         Some(relin) => {
             let tiles = batch_tiles(p, keys, layout, rows, experts, be, budget, |t| {
+                let mut t = t;
+                t.switch_down(p, layout.relin_level(), be)?;
                 let mut ct = t.relinearize(p, relin, be)?;
                 while ct.limbs(p) > layout.out_level {
                     ct.drop_last_modulus(p, be)?;
@@ -986,8 +1025,8 @@ fn seal_row<T: Outgoing + Clone + Send + Sync>(
 }
 
 /// One output tile, Σ_j [\[Ŵ_(j,k)\]]·x_j over the row's lifted input tiles, rounded once per
-/// 2^SUM_TERM_BITS products (what the extension basis holds); the selected weights lifted
-/// [`LIFTED_AT_ONCE`] at a time, each batch one tensor sum.
+/// 2^SUM_TERM_BITS products (what the extension basis holds) and left in coefficient form; the
+/// selected weights lifted [`LIFTED_AT_ONCE`] at a time, each batch one tensor sum.
 fn tile_product(
     p: &HeParams,
     level: usize,
@@ -1003,7 +1042,7 @@ fn tile_product(
             let lifted = Lifted::of(&weights[from..(from + LIFTED_AT_ONCE).min(end)], p, be)?;
             sum.add_from(p, &lifted, (xs, from), be)?;
         }
-        let part = sum.finish(p, be)?;
+        let part = sum.finish_coeff(p, be)?;
         match total.as_mut() {
             Some(total) => total.add_assign(p, &part)?,
             None => total = Some(part),

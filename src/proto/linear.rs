@@ -47,10 +47,8 @@ use crate::he::{
 use crate::net::{Channel, CostModel};
 use crate::ring::{Shares, Weights, mask};
 
-/// Least statistical security of the noise flooding, per returned coefficient: the flood
-/// exceeds the noise bound by 2^κ with κ ≥ this; a product that would need less is refused.
-/// κ is as large as the parameters leave room for (see [`HeServer::statistical_distance`]).
-pub const MIN_STAT_BITS: u32 = 40;
+// κ is as large as the parameters leave room for (see `HeServer::statistical_distance`)
+pub use crate::he::MIN_STAT_BITS;
 /// The noise bound holds except with probability 2^-TAIL_BITS per coefficient, over the
 /// client's encryption noise.
 pub const TAIL_BITS: u32 = 64;

@@ -30,8 +30,7 @@ use super::session::keys_for;
 use super::{HeKeys, HeUse, ProtoError, ProtoResult, Session};
 use crate::backend::par_map;
 use crate::he::selected::{
-    ProductForm, RowChoice, SelectKeys, SelectedLayout, SelectedRow, check_experts, choice_params, flood_room,
-    noise_bits, selected_batch,
+    ProductForm, RowChoice, SelectKeys, SelectedLayout, SelectedRow, check_experts, choice_params, selected_batch,
 };
 use crate::he::tiling::MatShape;
 use crate::he::{
@@ -357,19 +356,14 @@ impl ServerSide<'_> {
             tracing::warn!(expert = bad, bits, "a weight exceeds its declared bound");
             return Err(ProtoError::Input(format!("a weight exceeds the declared bound 2^{bits}")));
         }
-        let bound = noise_bits(p, layout, bits).ceil() as u32;
-        // the lowest level whose modulus holds the noise and its flooding with κ to spare
-        let full = p.moduli().len();
-        let level = (1..=full)
-            .find(|&l| flood_room(p, l).saturating_sub(bound) >= MIN_STAT_BITS && p.tensor_basis(l).is_ok())
-            .unwrap_or(full);
-        // and the lowest the results can leave from with the same margin
-        let (layout, room, kappa) = layout.with_level(p, level)?.lowest_out_level(p, bits, MIN_STAT_BITS)?;
+        // the lowest level whose modulus holds the noise and its flooding with κ to spare, and
+        // the lowest the results can leave from with the same margin
+        let (layout, room, kappa) = layout.at_lowest_levels(p, bits)?;
         if kappa < MIN_STAT_BITS {
             return Err(ProtoError::Input(format!(
                 "{} leaves {room} bits above the plaintext, but a selected product with {bits}-bit weights needs {} bits of flooding noise",
                 p.name(),
-                bound + MIN_STAT_BITS
+                room - kappa + MIN_STAT_BITS
             )));
         }
         Ok((layout, room, kappa))
