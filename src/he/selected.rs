@@ -18,9 +18,13 @@
 //!    (n_w = 1), each output tile as one sum of J ciphertext products ([`ProductSum`]: every
 //!    input tile lifted to the product basis once for its K outputs, one rounding and one
 //!    relinearization per output tile): the products land on the usual output coefficients;
-//! 4. packs the K output tiles into one ciphertext per 2^pack ([`GaloisKeys::pack`], members
-//!    spread so that the merges come first) and sends it through [`mask_and_seal`] with the
-//!    scale 2^(ℓ+pack): the client's share is its decryption shifted down, the server's the mask.
+//! 4. switches each output tile down to one prime above the lowest level that still holds its
+//!    noise and flooding with the same margin (modulus switching keeps the noise's ratio to q),
+//!    relinearizes it there and switches it down the last prime
+//!    ([`SelectedLayout::lowest_out_level`]: 3 of 5 primes at the SPU shape), packs the K output
+//!    tiles into one ciphertext per 2^pack ([`GaloisKeys::pack`], members spread so that the
+//!    merges come first) and sends it through [`mask_and_seal`] with the scale 2^(ℓ+pack): the
+//!    client's share is its decryption shifted down, the server's the mask.
 //!
 //! Only the client opens the results, and it holds s², so steps 3 and 4 have a second form
 //! ([`ProductForm::Tensored`]): each output tile's sum of products leaves unrelinearized,
@@ -51,7 +55,7 @@ use rand::rngs::ChaCha20Rng;
 
 use super::ShrunkShape;
 use super::bfv::{Ciphertext, PublicKey};
-use super::matmul::{MAX_GALOIS_LEVELS, ResponseKeys, mask_and_seal, max_pack, response_shape, tiling_cost};
+use super::matmul::{MAX_GALOIS_LEVELS, ResponseKeys, mask_and_seal, max_pack, response_shape, transform_s};
 use super::mult::{Lifted, ProductSum, RelinKey, SUM_TERM_BITS, SquareKey, Tensored};
 use super::response::Outgoing;
 use super::tiling::{MatShape, Tiling};
@@ -111,12 +115,13 @@ impl ProductForm {
 impl SelectedLayout {
     /// The layout with the least estimated time per row on `network`, for a server computing on
     /// `server_threads` threads: the input ciphertexts' bytes against the packing's key switches
-    /// (relinearized) or the three-part results' bytes (tensored). The selection sum and the
-    /// J·K = d·m/N ciphertext products are the same for every layout, so they do not enter. A
-    /// key switch is priced as the linear layers' tiling prices it ([`super::matmul::tiling_for`])
-    /// at the level the results leave from, an input tile at the products' level, both as the
-    /// server would pick them for weights of up to 2^`weight_bits` (the client's public
-    /// assumption, [`SelectedLayout::at_lowest_levels`]), and compressed as far as that allows
+    /// and relinearizations (relinearized) or the three-part results' bytes (tensored), and each
+    /// output tile's rounding. The selection sum and the J·K = d·m/N ciphertext products are
+    /// the same for every layout, so they do not enter. Transforms are priced as the linear
+    /// layers' tiling prices them ([`super::matmul::tiling_for`]), a merge at the level the
+    /// results leave from, an input tile at the products' level, both levels as the server
+    /// would pick them for weights of up to 2^`weight_bits` (the client's public assumption,
+    /// [`SelectedLayout::at_lowest_levels`]), and the input compressed as far as that allows
     /// ([`dropped_bits`]), which the layout keeps. The client chooses and announces the layout
     /// (its levels are the server's to pick); the server checks it with
     /// [`SelectedLayout::with_pack`] and [`SelectedLayout::with_dropped`].
@@ -128,29 +133,36 @@ impl SelectedLayout {
         (network, server_threads): (&CostModel, usize),
     ) -> HeResult<SelectedLayout> {
         let seconds = |bytes: usize| bytes as f64 * 8.0 / network.bandwidth_bps;
-        let full = p.moduli().len() as f64;
-        let keyswitch_s = tiling_cost(p, network, server_threads, 64).keyswitch_s / (full + 1.0);
-        let cost = |l: &SelectedLayout| {
+        let transform = transform_s(p, server_threads);
+        let cost = |l: &SelectedLayout| -> HeResult<f64> {
             let (_, j, k) = l.tiling.tile_counts();
             let pack = l.tiling.pack;
             let inputs = j as f64 * seconds(compressed_ciphertext_len_at(p, l.level, l.dropped));
-            match form {
+            // each output tile's rounding: three parts back from the product basis
+            let rounding = 3 * p.tensor_basis(l.level)?.len();
+            Ok(match form {
                 ProductForm::Relinearized => {
                     let members = k.min(1 << pack);
                     let merges =
                         k.div_ceil(1 << pack) * (members + (pack - members.next_power_of_two().ilog2()) as usize);
-                    inputs + merges as f64 * keyswitch_s * (l.out_level as f64 + 1.0)
+                    // a merge as the linear layers price it, a relinearization as its digits'
+                    // transforms and the two back
+                    let (merge, relin) = (13 * (l.out_level + 1), l.relin_level() * (l.relin_level() + 2));
+                    inputs + (merges * merge + k * (rounding + relin)) as f64 * transform
                 }
                 ProductForm::Tensored => {
-                    inputs + k as f64 * seconds(response_shape(p, 3, l.tiling.m_w).encoded_len(p.degree()))
+                    inputs
+                        + k as f64
+                            * (seconds(response_shape(p, 3, l.tiling.m_w).encoded_len(p.degree()))
+                                + rounding as f64 * transform)
                 }
-            }
+            })
         };
         let mut best: Option<(f64, SelectedLayout)> = None;
         for pack in (1..=SelectedLayout::most_pack(p, d, experts)?).rev() {
             let layout = SelectedLayout::with_pack(p, d, m, experts, pack, form)?;
             let layout = layout.with_dropped(p, dropped_bits(p, &layout, weight_bits))?;
-            let c = cost(&layout.at_lowest_levels(p, weight_bits)?.0);
+            let c = cost(&layout.at_lowest_levels(p, weight_bits)?.0)?;
             if best.as_ref().is_none_or(|(b, _)| c < *b) {
                 best = Some((c, layout));
             }
@@ -447,7 +459,7 @@ pub type SelectedResponse = (Vec<u8>, Vec<(u64, usize)>);
 /// - the ciphertext product: t·(v_a·r_b + v_b·r_a) + m_a·v_b + m_b·v_a with r ≈ √N·‖s‖
 ///   (the quotient of the lift), dominated by t·√N·(v_W + v_x), summed over the J input tiles;
 /// - relinearized: switched down to one prime above the out level (the noise divided by the
-///   dropped primes, plus the rounding (1 + ‖s‖₁ + ‖s²‖₁)/2), the key's Σ_i [d2]_(q_i)·e_i over
+///   dropped primes, plus the rounding (1 + ‖s‖₁ + ‖s²‖₁)/2), the key's Σ_i \[d2\]_(q_i)·e_i over
 ///   that level's digits, then switched down to the out level (rounding (1 + ‖s‖₁)/2);
 /// - the packing: 2^pack, and a key switch per level at the out level.
 pub fn noise_bits(p: &HeParams, layout: &SelectedLayout, w_bits: u32) -> f64 {
