@@ -47,8 +47,10 @@
 //!   the server for both matrices) and its encrypted row; the server expands the selectors
 //!   (2^⌈log2 E⌉ − 1 Galois key switches), selects the chosen expert's weight polynomials,
 //!   \[\[W\]\] = Σ_i W_i·\[\[t_i\]\] (E·J·K ciphertext×plaintext products, J·K ≈ d·m/N), multiplies
-//!   them by the row (J·K ciphertext×ciphertext products, K relinearizations), packs the K
-//!   results and returns them masked and flooded. It runs at N = 16384
+//!   them by the row (J·K ciphertext×ciphertext products), switches each of the K results down
+//!   to the lowest level that keeps the flooding margin (relinearized one prime above it: 3 of
+//!   5 primes at the SPU shape, [`crate::he::selected::SelectedLayout::lowest_out_level`]),
+//!   packs them there and returns them masked and flooded. It runs at N = 16384
 //!   ([`crate::he::HeParams::select`]) with t = 2^(74+ℓ), the least the selectors and packing
 //!   need ([`crate::he::selected::choice_params`]): the ciphertext products' noise (≈ t·√N times
 //!   the selection sum's) must stay 40 bits below the flooding, which N = 8192 (218 bits of q)
@@ -61,9 +63,11 @@
 //!   d_w = 2^pack chosen by the client for its network: input bytes against products and
 //!   packing) up, one packed result per 2^pack output tiles (≈ 210 kB) down, plus one selector
 //!   ciphertext per row — **flat in E**; rounds: one per matrix and one for the selectors.
-//!   Measured (16 tokens, d = 256, d_ff = 1024, `--tune 20`, 2026-12-04): 45.0 MB and 12.7 s
-//!   at E = 8, 47.2 MB (+5%, the routing) and 36.1 s at E = 128 (the baseline: 842 MB, 35.0 s,
-//!   54.2 s under the WAN model; Select-Then-Compute 176.5 MB, 8.2 s). Server work per row: E key switches for the expansion, once for all
+//!   Measured (16 tokens, d = 256, d_ff = 1024, WAN tuning, 2026-12-05): 51.7 MB and 6.2 s
+//!   at E = 8, 54.2 MB (+4.9%, the routing) and 29.6 s at E = 128 (the baseline: 836.5 MB,
+//!   30.9 s, 51.3 s under the WAN model; Select-Then-Compute 98.5 MB, 7.5 s); at the SPU shape
+//!   (d = 768, d_ff = 3072, E = 8) 120.9 MB in 20 s, or 75.0 MB in 23–24.5 s tuned for
+//!   100 Mbit/s. Server work per row: E key switches for the expansion, once for all
 //!   matrices (the selectors are kept, [`crate::he::selected::RowChoice`]); per row and matrix
 //!   E·J·K products by weights (one batched multiply-accumulate per expert chunk for all rows),
 //!   J·K ciphertext products summed into K results ([`crate::he::ProductSum`]: one rounding and
