@@ -273,7 +273,7 @@ impl SelectedLayout {
                 break;
             }
         }
-        self.with_level(p, level)?.lowest_out_level(p, w_bits, MIN_STAT_BITS)
+        self.with_level(p, level)?.lowest_out_level(p, w_bits)
     }
 
     /// The level relinearized products are relinearized at: one prime above the out level
@@ -284,20 +284,16 @@ impl SelectedLayout {
     }
 
     /// The layout with the lowest out level ([`SelectedLayout::with_out_level`]) that leaves
-    /// `margin` bits between the noise bound for weights below 2^`w_bits` ([`noise_bits`]) and
-    /// the flooding room there ([`flood_room`]), with that room and the margin it leaves; the
-    /// products' own level if none below it does.
-    pub fn lowest_out_level(self, p: &HeParams, w_bits: u32, margin: u32) -> HeResult<(SelectedLayout, u32, u32)> {
-        let lowest = match self.form {
-            ProductForm::Relinearized => 1,
-            ProductForm::Tensored => self.level,
-        };
+    /// [`MIN_STAT_BITS`] between the noise bound for weights below 2^`w_bits` ([`noise_bits`])
+    /// and the flooding room there ([`flood_room`]), with that room and the margin κ it leaves;
+    /// the products' own level if none below it does.
+    pub fn lowest_out_level(self, p: &HeParams, w_bits: u32) -> HeResult<(SelectedLayout, u32, u32)> {
         let kappa = |layout: &SelectedLayout| {
             flood_room(p, layout.out_level).saturating_sub(noise_bits(p, layout, w_bits).ceil() as u32)
         };
-        let layout = (lowest..self.level)
+        let layout = (1..self.level)
             .filter_map(|out| self.with_out_level(out).ok())
-            .find(|l| kappa(l) >= margin)
+            .find(|l| kappa(l) >= MIN_STAT_BITS)
             .unwrap_or(self.with_out_level(self.level)?);
         Ok((layout, flood_room(p, layout.out_level), kappa(&layout)))
     }
@@ -1162,7 +1158,7 @@ mod tests {
                 .and_then(|l| l.with_result_bits(bits))
                 .and_then(|l| l.with_level(&p, level))
                 .and_then(|l| if compressed { Ok(l) } else { l.with_dropped(&p, 0) })
-                .and_then(|l| l.lowest_out_level(&p, w_bits, 40))
+                .and_then(|l| l.lowest_out_level(&p, w_bits))
                 .unwrap_or_else(|e| panic!("{e}"))
                 .0;
             assert_eq!(layout.dropped > 0, compressed);

@@ -361,9 +361,8 @@ impl ServerSide<'_> {
         let (layout, room, kappa) = layout.at_lowest_levels(p, bits)?;
         if kappa < MIN_STAT_BITS {
             return Err(ProtoError::Input(format!(
-                "{} leaves {room} bits above the plaintext, but a selected product with {bits}-bit weights needs {} bits of flooding noise",
-                p.name(),
-                room - kappa + MIN_STAT_BITS
+                "{} leaves {room} bits above the plaintext for flooding noise, {kappa} beyond the noise bound of a selected product with {bits}-bit weights (at least {MIN_STAT_BITS} needed)",
+                p.name()
             )));
         }
         Ok((layout, room, kappa))
