@@ -224,7 +224,9 @@ impl Ciphertext {
             c.to_coeff(params, backend)?;
             let (low, top) = c.limbs.split_at_mut((k - 1) * n);
             backend.divide_by_prime(&params.moduli()[..k - 1], n, low, top, &last)?;
+            // the dropped limb's memory goes back (in place: a shrinking reallocation does not copy)
             c.limbs.truncate((k - 1) * n);
+            c.limbs.shrink_to_fit();
         }
         Ok(())
     }
