@@ -774,8 +774,7 @@ fn batch_results(
     keys.check(layout.form)?;
     match keys.relin.filter(|_| layout.form == ProductForm::Relinearized) {
         Some(relin) => {
-            let tiles = batch_tiles(p, keys, layout, rows, experts, be, budget, |t| {
-                let mut t = t;
+            let tiles = batch_tiles(p, keys, layout, rows, experts, be, budget, |mut t| {
                 t.switch_down(p, layout.relin_level(), be)?;
                 let mut ct = t.relinearize(p, relin, be)?;
                 while ct.limbs(p) > layout.out_level {
