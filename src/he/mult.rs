@@ -453,14 +453,18 @@ pub struct Lifted {
 impl Lifted {
     /// Every ciphertext of `cts` (all at one level) lifted, both halves of all of them in
     /// parallel on the workers this runs on.
-    pub fn of(cts: &[Ciphertext], params: &HeParams, backend: &dyn Backend) -> HeResult<Lifted> {
+    pub fn of<C: std::borrow::Borrow<Ciphertext> + Sync>(
+        cts: &[C],
+        params: &HeParams,
+        backend: &dyn Backend,
+    ) -> HeResult<Lifted> {
         use rayon::prelude::*;
         let n = params.degree();
-        let level = cts.first().map_or(params.moduli().len(), |ct| ct.limbs(params));
-        if let Some(bad) = cts.iter().position(|ct| ct.limbs(params) != level) {
+        let level = cts.first().map_or(params.moduli().len(), |ct| ct.borrow().limbs(params));
+        if let Some(bad) = cts.iter().position(|ct| ct.borrow().limbs(params) != level) {
             return Err(HeError::Shape(format!(
                 "lifting ciphertexts at {level} and {} RNS limbs together (ciphertext {bad})",
-                cts[bad].limbs(params)
+                cts[bad].borrow().limbs(params)
             )));
         }
         check_room(params, level)?;
@@ -468,7 +472,8 @@ impl Lifted {
         let width = basis.width() * n;
         let mut data = Scratch::take(cts.len() * 2 * width);
         let lift = |(r, out): (usize, &mut [u64])| -> HeResult<()> {
-            let input = if r % 2 == 0 { &cts[r / 2].c0 } else { &cts[r / 2].c1 };
+            let ct = cts[r / 2].borrow();
+            let input = if r % 2 == 0 { &ct.c0 } else { &ct.c1 };
             // the other form of the input, converted from a copy
             let mut other = input.clone();
             match input.form() {

@@ -77,6 +77,8 @@ pub struct SelectedLayout {
     pub experts: usize,
     /// How the products leave the server.
     pub form: ProductForm,
+    /// In which order the server selects and multiplies.
+    pub order: SelectOrder,
     /// Bits of the ring the results are shared in: 64, or fewer for a consumer that reads no
     /// more ([`SelectedLayout::with_result_bits`]).
     pub result_bits: u32,
@@ -102,6 +104,44 @@ pub enum ProductForm {
     Tensored,
 }
 
+/// In which order the server combines a row's selectors [\[t_e\]], its input tiles [\[x_j\]]
+/// and the experts' weights: the same plaintexts come out, for different work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SelectOrder {
+    /// Protocol 1 as written: the weights selected first, [\[Ŵ_(j,k)\]] = Σ_e Ŵ_(e,j,k)·[\[t_e\]]
+    /// (E·J·K products by plaintexts), then multiplied by the row: J·K ciphertext products,
+    /// each selected weight lifted to the product basis, one rounding and one relinearization
+    /// per output tile.
+    #[default]
+    WeightsFirst,
+    /// The row expanded first: [\[t_e·x_j\]] = [\[t_e\]]·[\[x_j\]] (E·J ciphertext products, each
+    /// rounded and relinearized), then one product by the stacked experts' plaintexts,
+    /// Σ_(e,j) Ŵ_(e,j,k)·[\[t_e·x_j\]] (the same E·J·K products by plaintexts): no selected
+    /// weight is lifted, so it is the cheaper order where E is small against K. The input's
+    /// noise is then multiplied by the weights (the client compresses its inputs less), and the
+    /// relinearization key's noise too, which stays far below the product's. Relinearized
+    /// form only.
+    InputsFirst,
+}
+
+impl SelectOrder {
+    /// Both orders.
+    pub const ALL: [SelectOrder; 2] = [SelectOrder::WeightsFirst, SelectOrder::InputsFirst];
+
+    /// The order's code in a request.
+    pub fn code(self) -> u64 {
+        match self {
+            SelectOrder::WeightsFirst => 0,
+            SelectOrder::InputsFirst => 1,
+        }
+    }
+
+    /// The order of a request's code.
+    pub fn from_code(code: u64) -> Option<SelectOrder> {
+        SelectOrder::ALL.into_iter().find(|o| o.code() == code)
+    }
+}
+
 impl ProductForm {
     /// Parts of each returned result.
     pub fn parts(self) -> usize {
@@ -114,17 +154,19 @@ impl ProductForm {
 
 impl SelectedLayout {
     /// The layout with the least estimated time per row on `network`, for a server computing on
-    /// `server_threads` threads: the input ciphertexts' bytes against the packing's key switches
-    /// and relinearizations (relinearized) or the three-part results' bytes (tensored), and each
-    /// output tile's rounding. The selection sum and the J·K = d·m/N ciphertext products are
-    /// the same for every layout, so they do not enter. Transforms are priced as the linear
-    /// layers' tiling prices them ([`super::matmul::tiling_for`]), a merge at the level the
-    /// results leave from, an input tile at the products' level, both levels as the server
-    /// would pick them for weights of up to 2^`weight_bits` (the client's public assumption,
+    /// `server_threads` threads: the input ciphertexts' bytes against the ciphertext products
+    /// (their lifts, pointwise products and roundings), the relinearizations and the packing's
+    /// key switches (relinearized) or the three-part results' bytes (tensored), over every
+    /// packing and both orders ([`SelectOrder`]). The E·J·K products by plaintexts are the same
+    /// for every layout, so they do not enter. Transforms are priced as the linear layers'
+    /// tiling prices them ([`super::matmul::tiling_for`]), a merge at the level the results
+    /// leave from, an input tile at the products' level, both levels as the server would pick
+    /// them for weights of up to 2^`weight_bits` (the client's public assumption,
     /// [`SelectedLayout::at_lowest_levels`]), and the input compressed as far as that allows
     /// ([`dropped_bits`]), which the layout keeps. The client chooses and announces the layout
     /// (its levels are the server's to pick); the server checks it with
-    /// [`SelectedLayout::with_pack`] and [`SelectedLayout::with_dropped`].
+    /// [`SelectedLayout::with_pack`], [`SelectedLayout::with_order`] and
+    /// [`SelectedLayout::with_dropped`].
     pub fn choose(
         p: &HeParams,
         (d, m): (usize, usize),
@@ -138,17 +180,31 @@ impl SelectedLayout {
             let (_, j, k) = l.tiling.tile_counts();
             let pack = l.tiling.pack;
             let inputs = j as f64 * seconds(compressed_ciphertext_len_at(p, l.level, l.dropped));
-            // each output tile's rounding: three parts back from the product basis
-            let rounding = 3 * p.tensor_basis(l.level)?.len();
+            // in transforms of one limb: a ciphertext lifted to the product basis (both halves),
+            // a product's pointwise terms there, its rounding (three parts back from the basis)
+            let basis = p.tensor_basis(l.level)?.len();
+            let (lift, product, rounding) = (2 * basis, basis, 3 * basis);
+            // a relinearization at `at` limbs: its digits' transforms and the two back
+            let relin = |at: usize| at * (at + 2);
             Ok(match form {
                 ProductForm::Relinearized => {
                     let members = k.min(1 << pack);
                     let merges =
                         k.div_ceil(1 << pack) * (members + (pack - members.next_power_of_two().ilog2()) as usize);
-                    // a merge as the linear layers price it, a relinearization as its digits'
-                    // transforms and the two back
-                    let (merge, relin) = (13 * (l.out_level + 1), l.relin_level() * (l.relin_level() + 2));
-                    inputs + (merges * merge + k * (rounding + relin)) as f64 * transform
+                    // a merge as the linear layers price it
+                    let merge = 13 * (l.out_level + 1);
+                    let products = match l.order {
+                        // J·K selected weights lifted and multiplied, K roundings and relinearizations
+                        SelectOrder::WeightsFirst => j * k * (lift + product) + k * (rounding + relin(l.relin_level())),
+                        // E selectors lifted, E·J products rounded, relinearized and transformed
+                        // back, K results to coefficients
+                        SelectOrder::InputsFirst => {
+                            experts * lift
+                                + experts * j * (product + rounding + relin(l.level) + 2 * l.level)
+                                + k * 2 * l.level
+                        }
+                    };
+                    inputs + (merges * merge + products) as f64 * transform
                 }
                 ProductForm::Tensored => {
                     inputs
@@ -158,13 +214,23 @@ impl SelectedLayout {
                 }
             })
         };
+        let orders: &[SelectOrder] = match form {
+            ProductForm::Relinearized => &SelectOrder::ALL,
+            ProductForm::Tensored => &[SelectOrder::WeightsFirst],
+        };
         let mut best: Option<(f64, SelectedLayout)> = None;
         for pack in (1..=SelectedLayout::most_pack(p, d, experts)?).rev() {
-            let layout = SelectedLayout::with_pack(p, d, m, experts, pack, form)?;
-            let layout = layout.with_dropped(p, dropped_bits(p, &layout, weight_bits))?;
-            let c = cost(&layout.at_lowest_levels(p, weight_bits)?.0)?;
-            if best.as_ref().is_none_or(|(b, _)| c < *b) {
-                best = Some((c, layout));
+            for &order in orders {
+                let layout = SelectedLayout::with_pack(p, d, m, experts, pack, form)?.with_order(order)?;
+                let layout = layout.with_dropped(p, dropped_bits(p, &layout, weight_bits))?;
+                let (lowest, _, kappa) = layout.at_lowest_levels(p, weight_bits)?;
+                if order == SelectOrder::InputsFirst && kappa < MIN_STAT_BITS {
+                    continue;
+                }
+                let c = cost(&lowest)?;
+                if best.as_ref().is_none_or(|(b, _)| c < *b) {
+                    best = Some((c, layout));
+                }
             }
         }
         best.map(|(_, l)| l).ok_or_else(|| HeError::Shape(format!("no layout for a {d}×{m} selected product")))
@@ -192,6 +258,7 @@ impl SelectedLayout {
             select_levels,
             experts,
             form,
+            order: SelectOrder::WeightsFirst,
             result_bits: 64,
             level: p.moduli().len(),
             out_level: p.moduli().len(),
@@ -221,6 +288,15 @@ impl SelectedLayout {
             )));
         }
         Ok(d.next_power_of_two().trailing_zeros().clamp(1, levels.min(room - select_levels)))
+    }
+
+    /// The layout computing in `order`; [`SelectOrder::InputsFirst`] needs relinearized
+    /// products.
+    pub fn with_order(self, order: SelectOrder) -> HeResult<SelectedLayout> {
+        if order == SelectOrder::InputsFirst && self.form != ProductForm::Relinearized {
+            return Err(HeError::Shape(format!("{:?} selected products computed inputs first", self.form)));
+        }
+        Ok(SelectedLayout { order, ..self })
     }
 
     /// The layout with its products at the first `level` primes of q: the client's input tiles
@@ -449,14 +525,21 @@ pub type SelectedResponse = (Vec<u8>, Vec<(u64, usize)>);
 /// ~9.5 standard deviations, the 2^-64 tail, as the linear layers' bound):
 /// - an expanded selector: 2^ℓ times a fresh encryption's noise plus ℓ key switches (each
 ///   k·N·21·p_i/P, the special prime as large as the primes of q) — 2^(ℓ + log2(k·N) + 6);
-/// - the selection sum: Σ_e Ŵ_e·v_e over E·d_w·m_w terms of at most 2^w_bits each;
 /// - an input tile: a fresh encryption's noise (≤ 21) plus the compression's rounding of c0
 ///   (≤ 2^(dropped−1));
-/// - the ciphertext product: t·(v_a·r_b + v_b·r_a) + m_a·v_b + m_b·v_a with r ≈ √N·‖s‖
-///   (the quotient of the lift), dominated by t·√N·(v_W + v_x), summed over the J input tiles;
-/// - relinearized: switched down to one prime above the out level (the noise divided by the
-///   dropped primes, plus the rounding (1 + ‖s‖₁ + ‖s²‖₁)/2), the key's Σ_i \[d2\]_(q_i)·e_i over
-///   that level's digits, then switched down to the out level (rounding (1 + ‖s‖₁)/2);
+/// - a ciphertext product: t·(v_a·r_b + v_b·r_a) + m_a·v_b + m_b·v_a with r ≈ √N·‖s‖ (the
+///   quotient of the lift), dominated by t·√N·(v_a + v_b);
+/// - a product by weights: Σ over the d_w·m_w coefficients of each weight tile of at most
+///   2^w_bits times the ciphertext's noise, and over the tiles summed;
+/// - [`SelectOrder::WeightsFirst`]: the selection sum Σ_e Ŵ_e·v_e (E weight tiles) times the
+///   row in one product, summed over the J input tiles; switched down to one prime above the
+///   out level (the noise divided by the dropped primes, plus the rounding
+///   (1 + ‖s‖₁ + ‖s²‖₁)/2), relinearized there (the key's Σ_i \[d2\]_(q_i)·e_i over that
+///   level's digits) and switched down to the out level (rounding (1 + ‖s‖₁)/2);
+/// - [`SelectOrder::InputsFirst`]: each selector times each input tile, relinearized at the
+///   products' level, then the product by the E·J stacked weight tiles, switched down to the
+///   out level;
+/// - [`ProductForm::Tensored`]: the weights-first product as it is;
 /// - the packing: 2^pack, and a key switch per level at the out level.
 pub fn noise_bits(p: &HeParams, layout: &SelectedLayout, w_bits: u32) -> f64 {
     let t = &layout.tiling;
@@ -464,31 +547,44 @@ pub fn noise_bits(p: &HeParams, layout: &SelectedLayout, w_bits: u32) -> f64 {
     let tail = 9.5f64.log2();
     let keyswitch = (k * n * 21.0).log2();
     let selector = layout.select_levels as f64 + keyswitch + 1.0;
-    let terms = (layout.experts * t.d_w * t.m_w) as f64;
-    let selected = selector + w_bits as f64 + 0.5 * terms.log2() + tail;
-    let rounding = if layout.dropped == 0 { 0.0 } else { 2f64.powi(layout.dropped as i32 - 1) };
-    let factors = (2f64.powf(selected) + 21.0 + rounding).log2();
-    let product = p.plain_bits() as f64 + 0.5 * n.log2() + tail + factors + 1.0 + (layout.inputs() as f64).log2();
-    let log_q = |limbs: usize| -> f64 { p.moduli()[..limbs].iter().map(|m| (m.value() as f64).log2()).sum() };
-    let result = match layout.form {
-        ProductForm::Relinearized => {
-            // switched from `from` to `to` limbs: divided by the dropped primes, plus the rounding
-            let switched = |bits: f64, (from, to): (usize, usize), rounding: f64| match from > to {
-                true => log_sum(&[bits - (log_q(from) - log_q(to)), rounding]),
-                false => bits,
-            };
-            let at = layout.relin_level();
-            let widest = p.moduli()[..at].iter().map(|m| m.bits()).max().unwrap_or(0) as f64;
-            let relin = (at as f64).log2() + 0.5 * n.log2() + tail + 21f64.log2() + widest;
-            // (1 + ‖s‖₁ + ‖s²‖₁)/2 for three parts, (1 + ‖s‖₁)/2 for two, ternary s
-            let three = (1.0 + n + n * n.sqrt()).log2() - 1.0;
-            let relinearized = log_sum(&[switched(product, (layout.level, at), three), relin]);
-            let out = switched(relinearized, (at, layout.out_level), (1.0 + n).log2() - 1.0);
-            log_sum(&[out, (layout.out_level as f64 * n * 21.0).log2()])
-        }
-        ProductForm::Tensored => product,
+    // the noise of a product by E weight tiles of d_w·m_w coefficients, `tiles` times over
+    let by_weights = |bits: f64, tiles: usize| {
+        bits + w_bits as f64 + 0.5 * ((layout.experts * tiles * t.d_w * t.m_w) as f64).log2() + tail
     };
-    result + t.pack as f64 + 1.0
+    let rounding = if layout.dropped == 0 { 0.0 } else { 2f64.powi(layout.dropped as i32 - 1) };
+    let input = 21.0 + rounding;
+    let product = |v_a: f64, terms: usize| {
+        p.plain_bits() as f64 + 0.5 * n.log2() + tail + (2f64.powf(v_a) + input).log2() + 1.0 + (terms as f64).log2()
+    };
+    let log_q = |limbs: usize| -> f64 { p.moduli()[..limbs].iter().map(|m| (m.value() as f64).log2()).sum() };
+    // switched from `from` to `to` limbs: divided by the dropped primes, plus the rounding
+    let switched = |bits: f64, (from, to): (usize, usize), rounding: f64| match from > to {
+        true => log_sum(&[bits - (log_q(from) - log_q(to)), rounding]),
+        false => bits,
+    };
+    // the relinearization key's noise at `at` limbs
+    let relin = |at: usize| {
+        let widest = p.moduli()[..at].iter().map(|m| m.bits()).max().unwrap_or(0) as f64;
+        (at as f64).log2() + 0.5 * n.log2() + tail + 21f64.log2() + widest
+    };
+    // (1 + ‖s‖₁ + ‖s²‖₁)/2 for three parts, (1 + ‖s‖₁)/2 for two, ternary s
+    let (three, two) = ((1.0 + n + n * n.sqrt()).log2() - 1.0, (1.0 + n).log2() - 1.0);
+    let out = match (layout.form, layout.order) {
+        (ProductForm::Tensored, _) => {
+            return product(by_weights(selector, 1), layout.inputs()) + t.pack as f64 + 1.0;
+        }
+        (ProductForm::Relinearized, SelectOrder::WeightsFirst) => {
+            let at = layout.relin_level();
+            let product = product(by_weights(selector, 1), layout.inputs());
+            let relinearized = log_sum(&[switched(product, (layout.level, at), three), relin(at)]);
+            switched(relinearized, (at, layout.out_level), two)
+        }
+        (ProductForm::Relinearized, SelectOrder::InputsFirst) => {
+            let expanded = log_sum(&[product(selector, 1), three, relin(layout.level)]);
+            switched(by_weights(expanded, layout.inputs()), (layout.level, layout.out_level), two)
+        }
+    };
+    log_sum(&[out, (layout.out_level as f64 * n * 21.0).log2()]) + t.pack as f64 + 1.0
 }
 
 /// log2(Σ 2^b).
@@ -616,8 +712,32 @@ impl SelectedLayout {
         let per_row = j * lifted_bytes(p, self.level) + k * self.tile_bytes(p);
         let most = BUDGET.rows / per_row;
         let grouped = (1..=most).rev().find(|&rows| self.grouped(p, rows, kept, BUDGET)).unwrap_or(0);
-        let whole = (BUDGET.sums / (j * k * ciphertext_bytes(p, self.level))).min(most);
+        // all K tiles' sums, and, inputs first, the selectors' products beside them
+        let held = self.sums_per_tile() * k
+            + match self.order {
+                SelectOrder::WeightsFirst => 0,
+                SelectOrder::InputsFirst => self.experts * j,
+            };
+        let whole = (BUDGET.sums / (held * ciphertext_bytes(p, self.level))).min(most);
         grouped.max(whole).max(1)
+    }
+
+    /// Ciphertexts per row and expert that a selection sum reads: the selector, or, inputs
+    /// first, its products with the J input tiles (held beside the selection sums for every
+    /// group of output tiles; the selectors of weights first are counted where they are kept).
+    fn selectors_per_expert(&self) -> usize {
+        match self.order {
+            SelectOrder::WeightsFirst => 1,
+            SelectOrder::InputsFirst => self.inputs(),
+        }
+    }
+
+    /// Selection sums per row and output tile: its J selected weights, or the tile itself.
+    fn sums_per_tile(&self) -> usize {
+        match self.order {
+            SelectOrder::WeightsFirst => self.inputs(),
+            SelectOrder::InputsFirst => 1,
+        }
     }
 
     /// The server's batches of rows for `choices` (in order): runs of rows that keep their
@@ -648,7 +768,7 @@ impl SelectedLayout {
     /// weight polynomial is prepared once per batch. Otherwise a group after the first would
     /// expand or lay out the selectors again.
     fn grouped(&self, p: &HeParams, rows: usize, kept: bool, budget: Budget) -> bool {
-        let selectors = rows * self.experts * ciphertext_bytes(p, self.level);
+        let selectors = rows * self.experts * self.selectors_per_expert() * ciphertext_bytes(p, self.level);
         kept && selectors + self.experts * self.bank_bytes(p, 1) <= budget.chunk
     }
 
@@ -667,15 +787,17 @@ impl SelectedLayout {
             return k;
         }
         let bank = self.experts * self.bank_bytes(p, 1);
-        let per_tile = (rows * self.inputs() * ciphertext_bytes(p, self.level)).max(bank);
-        let beside = (budget.chunk - rows * self.experts * ciphertext_bytes(p, self.level)) / bank;
+        let per_tile = (rows * self.sums_per_tile() * ciphertext_bytes(p, self.level)).max(bank);
+        let selectors = rows * self.experts * self.selectors_per_expert() * ciphertext_bytes(p, self.level);
+        let beside = (budget.chunk - selectors) / bank;
         (budget.group / per_tile).min(beside).clamp(1, k)
     }
 
     /// Experts per chunk for a batch of `rows` rows and groups of `tiles` output tiles: a power
     /// of two whose prepared weights and selectors fit `budget` bytes.
     fn chunk(&self, p: &HeParams, rows: usize, tiles: usize, budget: usize) -> usize {
-        let per_expert = self.bank_bytes(p, tiles) + rows * ciphertext_bytes(p, self.level);
+        let per_expert =
+            self.bank_bytes(p, tiles) + rows * self.selectors_per_expert() * ciphertext_bytes(p, self.level);
         let fit = (budget / per_expert).max(1);
         let all = 1usize << self.select_levels;
         if fit >= self.experts { all } else { 1 << fit.ilog2() }
@@ -774,9 +896,14 @@ fn batch_results(
     keys.check(layout.form)?;
     match keys.relin.filter(|_| layout.form == ProductForm::Relinearized) {
         Some(relin) => {
-            let tiles = batch_tiles(p, keys, layout, rows, experts, be, budget, |mut t| {
-                t.switch_down(p, layout.relin_level(), be)?;
-                let mut ct = t.relinearize(p, relin, be)?;
+            let tiles = batch_tiles(p, keys, layout, rows, experts, be, budget, |tile| {
+                let mut ct = match tile {
+                    OutputTile::Tensored(mut t) => {
+                        t.switch_down(p, layout.relin_level(), be)?;
+                        t.relinearize(p, relin, be)?
+                    }
+                    OutputTile::Linear(ct) => ct,
+                };
                 while ct.limbs(p) > layout.out_level {
                     ct.drop_last_modulus(p, be)?;
                 }
@@ -786,15 +913,26 @@ fn batch_results(
                 .into_iter()
                 .collect()
         }
-        None => Ok(batch_tiles(p, keys, layout, rows, experts, be, budget, Ok)?
-            .into_iter()
-            .map(RowResults::Tensored)
-            .collect()),
+        None => Ok(batch_tiles(p, keys, layout, rows, experts, be, budget, |tile| match tile {
+            OutputTile::Tensored(t) => Ok(t),
+            OutputTile::Linear(_) => Err(HeError::Shape("a tensored selected product computed inputs first".into())),
+        })?
+        .into_iter()
+        .map(RowResults::Tensored)
+        .collect()),
     }
 }
 
-/// Every row's K output tiles, each Σ_j [\[Ŵ_(j,k)\]]·x_j passed through `finish`
-/// (relinearization, or nothing) in the task that computed it.
+/// One output tile as a batch computes it: weights first, the sum of its J ciphertext products
+/// (three parts, coefficient form); inputs first, a two-part ciphertext (NTT form).
+enum OutputTile {
+    Tensored(Tensored),
+    Linear(Ciphertext),
+}
+
+/// Every row's K output tiles, each Σ_j [\[Ŵ_(j,k)\]]·x_j (weights first) or
+/// Σ_(e,j) Ŵ_(e,j,k)·[\[t_e·x_j\]] (inputs first) passed through `finish` (relinearization and
+/// switching down, or nothing) in the task that computed it.
 #[allow(clippy::too_many_arguments)]
 fn batch_tiles<T: Send>(
     p: &HeParams,
@@ -804,7 +942,7 @@ fn batch_tiles<T: Send>(
     experts: &[&[u64]],
     be: &dyn Backend,
     budget: Budget,
-    finish: impl Fn(Tensored) -> HeResult<T> + Sync + Send,
+    finish: impl Fn(OutputTile) -> HeResult<T> + Sync + Send,
 ) -> HeResult<Vec<Vec<T>>> {
     let (j_n, k_n, e) = (layout.inputs(), layout.outputs(), layout.experts);
     check_experts(layout, experts)?;
@@ -822,23 +960,36 @@ fn batch_tiles<T: Send>(
     let group = layout.tile_group(p, rows.len(), kept, budget);
     let chunk = layout.chunk(p, rows.len(), group, budget.chunk);
     tracing::debug!(rows = rows.len(), group, chunk, "selected batch");
-    let selection = RowSelection::new(p, keys, layout, rows, chunk, be)?;
     let xs: Vec<Lifted> = rows.iter().map(|r| Lifted::of(r.x, p, be)).collect::<HeResult<_>>()?;
-    let mut sums = SelectionSums::new(p, rows.len(), j_n * group, level, be)?;
+    let selection = RowSelection::new(p, keys, layout, rows, &xs, chunk, be)?;
+    let per_tile = layout.sums_per_tile();
+    let mut sums = SelectionSums::new(p, rows.len(), per_tile * group, level, be)?;
     let mut tiles: Vec<Vec<T>> = (0..rows.len()).map(|_| Vec::with_capacity(k_n)).collect();
     let mut spare = None;
     for k0 in (0..k_n).step_by(group) {
         let ks = k0..(k0 + group).min(k_n);
-        if sums.outputs() != j_n * ks.len() {
-            sums = SelectionSums::new(p, rows.len(), j_n * ks.len(), level, be)?;
+        if sums.outputs() != per_tile * ks.len() {
+            sums = SelectionSums::new(p, rows.len(), per_tile * ks.len(), level, be)?;
         }
         selection.select(p, layout, experts, ks.clone(), &mut sums, &mut spare, be)?;
-        // per row, the group's selected weights [[Ŵ_(j,k)]] at (k − k0)·J + j
-        let weights = sums.take(p, be)?;
-        let done = par_map(rows.len() * ks.len(), |i| {
-            let (r, kk) = (i / ks.len(), i % ks.len());
-            finish(tile_product(p, level, &xs[r], &weights[r][kk * j_n..][..j_n], be)?)
-        });
+        // per row, weights first: the group's selected weights [[Ŵ_(j,k)]] at (k − k0)·J + j;
+        // inputs first: the group's output tiles at k − k0
+        let sums_out = sums.take(p, be)?;
+        let done = match layout.order {
+            SelectOrder::WeightsFirst => par_map(rows.len() * ks.len(), |i| {
+                let (r, kk) = (i / ks.len(), i % ks.len());
+                let weights = &sums_out[r][kk * j_n..][..j_n];
+                finish(OutputTile::Tensored(tile_product(p, level, &xs[r], weights, be)?))
+            }),
+            SelectOrder::InputsFirst => {
+                let cells: Vec<std::sync::Mutex<Option<Ciphertext>>> =
+                    sums_out.into_iter().flatten().map(|ct| std::sync::Mutex::new(Some(ct))).collect();
+                par_map(cells.len(), |i| {
+                    let ct = cells[i].lock().unwrap_or_else(|e| e.into_inner()).take();
+                    finish(OutputTile::Linear(ct.ok_or_else(|| HeError::Shape(format!("no output tile {i}")))?))
+                })
+            }
+        };
         for (i, tile) in done.into_iter().enumerate() {
             tiles[i / ks.len()].push(tile?);
         }
@@ -851,6 +1002,9 @@ fn batch_tiles<T: Send>(
 /// backend's layout, built once for every group of output tiles.
 struct RowSelection<'r, 'a> {
     rows: &'r [SelectedRow<'a>],
+    /// The rows' input tiles lifted to the product basis (multiplied by the selectors when the
+    /// inputs go first).
+    xs: &'r [Lifted],
     keys: SelectKeys<'r>,
     chunk: usize,
     outer: u32,
@@ -866,6 +1020,7 @@ impl<'r, 'a> RowSelection<'r, 'a> {
         keys: SelectKeys<'r>,
         layout: &SelectedLayout,
         rows: &'r [SelectedRow<'a>],
+        xs: &'r [Lifted],
         chunk: usize,
         be: &dyn Backend,
     ) -> HeResult<Self> {
@@ -877,7 +1032,7 @@ impl<'r, 'a> RowSelection<'r, 'a> {
         })
         .into_iter()
         .collect::<HeResult<_>>()?;
-        let mut selection = RowSelection { rows, keys, chunk, outer, inner, nodes, whole: None };
+        let mut selection = RowSelection { rows, xs, keys, chunk, outer, inner, nodes, whole: None };
         if outer == 0 {
             selection.whole = Some(selection.chunk_selectors(p, layout, 0, be)?);
         }
@@ -889,8 +1044,9 @@ impl<'r, 'a> RowSelection<'r, 'a> {
         c * self.chunk..((c + 1) * self.chunk).min(experts)
     }
 
-    /// Every row's selectors for chunk `c`: kept, or the rest of its expansion with its own
-    /// share folded in (NTT form).
+    /// Every row's selectors for chunk `c` in the backend's layout: kept, or the rest of its
+    /// expansion with its own share folded in (NTT form); inputs first, each times each of the
+    /// row's input tiles, relinearized (expert-major: expert i's tile j at i·J + j).
     fn chunk_selectors(
         &self,
         p: &HeParams,
@@ -937,7 +1093,38 @@ impl<'r, 'a> RowSelection<'r, 'a> {
             choice.keep(range.start, &cts);
             Ok(cts)
         });
-        Selectors::new(p, &chosen.into_iter().collect::<HeResult<Vec<_>>>()?, be)
+        let chosen = chosen.into_iter().collect::<HeResult<Vec<_>>>()?;
+        match layout.order {
+            SelectOrder::WeightsFirst => Selectors::new(p, &chosen, be),
+            SelectOrder::InputsFirst => Selectors::new(p, &self.times_inputs(p, layout, &chosen, be)?, be),
+        }
+    }
+
+    /// [\[t_e·x_j\]] for every row's selectors `chosen` and input tile j, relinearized at the
+    /// products' level, NTT form, per row expert-major.
+    fn times_inputs(
+        &self,
+        p: &HeParams,
+        layout: &SelectedLayout,
+        chosen: &[Vec<Arc<Ciphertext>>],
+        be: &dyn Backend,
+    ) -> HeResult<Vec<Vec<Ciphertext>>> {
+        let relin = self.keys.relin.ok_or_else(|| {
+            HeError::Shape("selected products computed inputs first need the client's relinearization key".into())
+        })?;
+        let (count, j_n) = (chosen.first().map_or(0, Vec::len), layout.inputs());
+        let lifted =
+            par_map(chosen.len() * count, |i| Lifted::of(&chosen[i / count.max(1)][i % count.max(1)..][..1], p, be))
+                .into_iter()
+                .collect::<HeResult<Vec<_>>>()?;
+        let products = par_map(chosen.len() * count * j_n, |i| {
+            let (selector, j) = (i / j_n, i % j_n);
+            let mut sum = ProductSum::new(p, layout.level)?;
+            sum.add_from(p, &lifted[selector], (&self.xs[selector / count.max(1)], j), be)?;
+            sum.finish(p, be)?.relinearize(p, relin, be)
+        });
+        let mut products = products.into_iter();
+        (0..chosen.len()).map(|_| products.by_ref().take(count * j_n).collect()).collect()
     }
 
     /// Adds every row's selected weights of output tiles `ks` (at (k − k0)·J + j) to `sums`,
@@ -960,11 +1147,18 @@ impl<'r, 'a> RowSelection<'r, 'a> {
             if range.is_empty() {
                 continue;
             }
-            // one bank for the chunk: output (k − k0)·J + j sums the chunk's encoded tiles (j, k)
-            let tiles: Vec<Vec<Vec<u64>>> = par_map(j_n * ks.len(), |tile| {
-                let (j, k) = (tile % j_n, ks.start + tile / j_n);
-                experts[range.clone()].iter().map(|w| t.encode_b(w, j, k)).collect()
-            });
+            // one bank for the chunk: weights first, output (k − k0)·J + j sums the chunk's
+            // encoded tiles (j, k); inputs first, output k − k0 sums its tiles (j, k) expert-major
+            let tiles: Vec<Vec<Vec<u64>>> = match layout.order {
+                SelectOrder::WeightsFirst => par_map(j_n * ks.len(), |tile| {
+                    let (j, k) = (tile % j_n, ks.start + tile / j_n);
+                    experts[range.clone()].iter().map(|w| t.encode_b(w, j, k)).collect()
+                }),
+                SelectOrder::InputsFirst => par_map(ks.len(), |kk| {
+                    let k = ks.start + kk;
+                    experts[range.clone()].iter().flat_map(|w| (0..j_n).map(move |j| t.encode_b(w, j, k))).collect()
+                }),
+            };
             let tiles: Vec<Vec<&[u64]>> = tiles.iter().map(|tile| tile.iter().map(Vec::as_slice).collect()).collect();
             let bank = match spare.take() {
                 Some(bank) => bank.refill(p, layout.level, &tiles, be)?,
@@ -1142,21 +1336,24 @@ mod tests {
         let square = sk.square_key(&be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         let keys = SelectKeys { pk: &pk, galois: &galois, relin: Some(&relin), square: Some(&square) };
         let (d, m, e, chosen, w_bits) = (40, 300, 5, 3, 20);
-        // both forms with results over Z_2^64, and narrowed to Z_2^44 (fewer bytes, the same shares
-        // mod 2^44); at the full modulus and one prime below it; inputs exact, or compressed as
-        // far as the client's public weight bound allows
+        // both forms and both orders, with results over Z_2^64, and narrowed to Z_2^44 (fewer
+        // bytes, the same shares mod 2^44); at the full modulus and one prime below it; inputs
+        // exact, or compressed as far as the client's public weight bound allows
         let full = p.moduli().len();
-        for (form, bits, level, compressed) in [
-            (ProductForm::Relinearized, 64, full, false),
-            (ProductForm::Tensored, 64, full, false),
-            (ProductForm::Relinearized, 44, full, true),
-            (ProductForm::Relinearized, 64, full - 1, true),
-            (ProductForm::Tensored, 44, full - 1, true),
+        let (weights, inputs) = (SelectOrder::WeightsFirst, SelectOrder::InputsFirst);
+        for (form, order, bits, level, compressed) in [
+            (ProductForm::Relinearized, weights, 64, full, false),
+            (ProductForm::Tensored, weights, 64, full, false),
+            (ProductForm::Relinearized, inputs, 44, full, true),
+            (ProductForm::Relinearized, weights, 64, full - 1, true),
+            (ProductForm::Relinearized, inputs, 64, full - 1, false),
+            (ProductForm::Tensored, weights, 44, full - 1, true),
         ] {
             let layout = SelectedLayout::choose(&p, (d, m), e, (form, w_bits + 6), (&CostModel::WAN, 2))
+                .and_then(|l| l.with_order(order))
                 .and_then(|l| l.with_result_bits(bits))
                 .and_then(|l| l.with_level(&p, level))
-                .and_then(|l| if compressed { Ok(l) } else { l.with_dropped(&p, 0) })
+                .and_then(|l| l.with_dropped(&p, if compressed { dropped_bits(&p, &l, w_bits + 6) } else { 0 }))
                 .and_then(|l| l.lowest_out_level(&p, w_bits))
                 .unwrap_or_else(|e| panic!("{e}"))
                 .0;

@@ -30,7 +30,8 @@ use super::session::keys_for;
 use super::{HeKeys, HeUse, ProtoError, ProtoResult, Session};
 use crate::backend::par_map;
 use crate::he::selected::{
-    ProductForm, RowChoice, SelectKeys, SelectedLayout, SelectedRow, check_experts, choice_params, selected_batch,
+    ProductForm, RowChoice, SelectKeys, SelectOrder, SelectedLayout, SelectedRow, check_experts, choice_params,
+    selected_batch,
 };
 use crate::he::tiling::MatShape;
 use crate::he::{
@@ -189,6 +190,7 @@ async fn selected_product(
                 form.parts(),
                 bits as usize,
                 layout.dropped as usize,
+                layout.order.code() as usize,
             ];
             ch.send_u64s(&header.map(|v| v as u64)).await?;
             await_answer(ch).await?;
@@ -241,7 +243,7 @@ async fn selected_product(
             }
             let server = ServerSide { he, rows, d, m, bits, choice };
             let ch_meter = meter.scope("he-selected/input");
-            let header = ch.recv_u64s("selected product header", 11).await?;
+            let header = ch.recv_u64s("selected product header", 12).await?;
             let checked = server.check_request(&header).and_then(|layout| server.check(&layout, experts));
             let (layout, flood, kappa) = answer(ch, checked).await?;
             let (_, j_tiles, k_tiles) = layout.tiling.tile_counts();
@@ -251,6 +253,7 @@ async fn selected_product(
                 pack = layout.tiling.pack,
                 inputs = j_tiles,
                 outputs = k_tiles,
+                order = ?layout.order,
                 level = layout.level,
                 out_level = layout.out_level,
                 dropped = layout.dropped,
@@ -372,7 +375,7 @@ impl ServerSide<'_> {
     fn check_request(&self, header: &[u64]) -> ProtoResult<SelectedLayout> {
         let bad = |why: String| {
             ProtoError::BadRequest(format!(
-                "the client's selected product {header:?} (rows, d, m, E, d_w, m_w, pack, ℓ, parts, result bits, dropped bits): {why}"
+                "the client's selected product {header:?} (rows, d, m, E, d_w, m_w, pack, ℓ, parts, result bits, dropped bits, order): {why}"
             ))
         };
         let ours = [self.rows, self.d, self.m, self.choice.experts];
@@ -393,7 +396,9 @@ impl ServerSide<'_> {
         };
         let pack = u32::try_from(header[6]).map_err(|_| bad("no such packing".into()))?;
         let dropped = u32::try_from(header[10]).map_err(|_| bad("no such compression".into()))?;
+        let order = SelectOrder::from_code(header[11]).ok_or_else(|| bad(format!("no order {}", header[11])))?;
         let layout = SelectedLayout::with_pack(&self.choice.params, self.d, self.m, self.choice.experts, pack, form)
+            .and_then(|l| l.with_order(order))
             .and_then(|l| l.with_result_bits(self.bits))
             .and_then(|l| l.with_dropped(&self.choice.params, dropped))
             .map_err(|e| bad(e.to_string()))?;
