@@ -156,9 +156,10 @@ impl SelectedLayout {
     /// The layout with the least estimated time per row on `network`, for a server computing on
     /// `server_threads` threads: the input ciphertexts' bytes against the ciphertext products
     /// (their lifts, pointwise products and roundings), the relinearizations and the packing's
-    /// key switches (relinearized) or the three-part results' bytes (tensored), over every
-    /// packing and both orders ([`SelectOrder`]). The E·J·K products by plaintexts are the same
-    /// for every layout, so they do not enter. Transforms are priced as the linear layers'
+    /// key switches (relinearized) or the three-part results' bytes (tensored), and the weight
+    /// tiles' preparation once per batch of rows, over every packing and both orders
+    /// ([`SelectOrder`]). The E·J·K products by plaintexts are about the same for every layout,
+    /// so they do not enter. Transforms are priced as the linear layers'
     /// tiling prices them ([`super::matmul::tiling_for`]), a merge at the level the results
     /// leave from, an input tile at the products' level, both levels as the server would pick
     /// them for weights of up to 2^`weight_bits` (the client's public assumption,
@@ -186,6 +187,9 @@ impl SelectedLayout {
             let (lift, product, rounding) = (2 * basis, basis, 3 * basis);
             // a relinearization at `at` limbs: its digits' transforms and the two back
             let relin = |at: usize| at * (at + 2);
+            // every weight tile prepared once per batch of rows (encoded, reduced, transformed
+            // and given its Shoup constants: about three transforms a limb), a row's share
+            let bank = (experts * j * k * 3 * l.level) as f64 / l.row_batch(p, true) as f64;
             Ok(match form {
                 ProductForm::Relinearized => {
                     let members = k.min(1 << pack);
@@ -204,10 +208,11 @@ impl SelectedLayout {
                                 + k * 2 * l.level
                         }
                     };
-                    inputs + (merges * merge + products) as f64 * transform
+                    inputs + ((merges * merge + products) as f64 + bank) * transform
                 }
                 ProductForm::Tensored => {
                     inputs
+                        + bank * transform
                         + k as f64
                             * (seconds(response_shape(p, 3, l.tiling.m_w).encoded_len(p.degree()))
                                 + rounding as f64 * transform)
@@ -757,9 +762,10 @@ impl SelectedLayout {
         batches
     }
 
-    /// Bytes of one finished output tile: a relinearized ciphertext, or three parts.
+    /// Bytes of one finished output tile, held at the out level: a relinearized ciphertext, or
+    /// three parts.
     fn tile_bytes(&self, p: &HeParams) -> usize {
-        ciphertext_bytes(p, self.level) * self.form.parts() / 2
+        ciphertext_bytes(p, self.out_level) * self.form.parts() / 2
     }
 
     /// Whether a batch of `rows` rows streams its output tiles in groups: when the rows keep
