@@ -709,6 +709,17 @@ pub fn par_map<T: Send>(count: usize, task: impl Fn(usize) -> T + Sync + Send) -
     }
 }
 
+/// `f(i, item)` on every item of `items`: in parallel on the workers this runs on (inside
+/// [`Workers::compute`]), else one after the other (as [`par_map`]).
+pub fn each_mut<T: Send>(items: &mut [T], f: impl Fn(usize, &mut T) + Sync + Send) {
+    use rayon::prelude::*;
+    if items.len() > 1 && rayon::current_thread_index().is_some() {
+        items.par_iter_mut().enumerate().for_each(|(i, item)| f(i, item));
+    } else {
+        items.iter_mut().enumerate().for_each(|(i, item)| f(i, item));
+    }
+}
+
 /// `f(r, run)` on every run of `n` values of `data`: in parallel on the workers this runs on
 /// (inside [`Workers::compute`]), else one after the other (as [`par_map`]).
 pub fn each_run(data: &mut [u64], n: usize, f: impl Fn(usize, &mut [u64]) + Sync + Send) {

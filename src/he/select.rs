@@ -17,7 +17,7 @@ use std::borrow::Borrow;
 use super::bfv::Ciphertext;
 use super::poly::{Form, RnsPoly};
 use super::{HeError, HeParams, HeResult};
-use crate::backend::{Backend, Buffer, HeldRuns, each_run, par_map, zeros};
+use crate::backend::{Backend, Buffer, HeldRuns, each_mut, each_run, par_map, zeros};
 
 /// The encrypted selectors of R rows (E each, all at one level), kept by the server in NTT form
 /// and held by the backend that made them, per limb `[row][half][i][N]`: each (row, half) is one
@@ -183,18 +183,29 @@ impl OperandBank {
         memory.retain(|(w, shoup)| w.len() == len && shoup.len() == shoup_len);
         memory.truncate(k);
         memory.resize_with(k, || (zeros(len), zeros(shoup_len)));
-        // per limb, every operand reduced (its coefficients beyond its length zero), transformed
-        // and given its Shoup constants (where they are read) at once
-        let mut limbs = Vec::with_capacity(k);
-        for (m, (table, (mut w, mut shoup))) in params.moduli().iter().zip(params.tables().iter().zip(memory)) {
-            each_run(&mut w, n, |r, run| {
-                let operand = rows[r / inputs][r % inputs];
+        // every operand reduced into every limb in one pass over it (its coefficients beyond its
+        // length zero): it is read from memory once, not once per limb
+        let moduli = &params.moduli()[..k];
+        let mut runs: Vec<Vec<&mut [u64]>> = (0..outputs * inputs).map(|_| Vec::with_capacity(k)).collect();
+        for (w, _) in memory.iter_mut() {
+            for (r, run) in w.chunks_mut(n).enumerate() {
+                runs[r].push(run);
+            }
+        }
+        each_mut(&mut runs, |r, limbs| {
+            let operand = rows[r / inputs][r % inputs];
+            for (run, m) in limbs.iter_mut().zip(moduli) {
                 let (head, tail) = run.split_at_mut(operand.len());
                 for (v, &c) in head.iter_mut().zip(operand) {
                     *v = m.reduce_signed(c as i64);
                 }
                 tail.fill(0);
-            });
+            }
+        });
+        drop(runs);
+        // per limb, the operands transformed and given their Shoup constants (where they are read)
+        let mut limbs = Vec::with_capacity(k);
+        for (m, (table, (mut w, mut shoup))) in params.moduli().iter().zip(params.tables().iter().zip(memory)) {
             backend.ntt_forward(std::slice::from_ref(table), &mut w)?;
             each_run(&mut shoup, n, |r, run| {
                 for (s, &v) in run.iter_mut().zip(&w[r * n..]) {
