@@ -50,7 +50,13 @@
 //!   them by the row (J·K ciphertext×ciphertext products), switches each of the K results down
 //!   to the lowest level that keeps the flooding margin (relinearized one prime above it: 3 of
 //!   5 primes at the SPU shape, [`crate::he::selected::SelectedLayout::lowest_out_level`]),
-//!   packs them there and returns them masked and flooded. It runs at N = 16384
+//!   packs them there and returns them masked and flooded. Where E is small against K the
+//!   server takes the same sums the other way round
+//!   ([`crate::he::selected::SelectOrder::InputsFirst`], the client's layout choice): each
+//!   selector times each input tile (E·J ciphertext products, relinearized), then one product
+//!   of those by the stacked experts' weights (the same E·J·K products by plaintexts) — no
+//!   selected weight is lifted to the product basis and no output tile is rounded: at the SPU
+//!   shape 24 ciphertext products per row and matrix instead of 144. It runs at N = 16384
 //!   ([`crate::he::HeParams::select`]) with t = 2^(74+ℓ), the least the selectors and packing
 //!   need ([`crate::he::selected::choice_params`]): the ciphertext products' noise (≈ t·√N times
 //!   the selection sum's) must stay 40 bits below the flooding, which N = 8192 (218 bits of q)
@@ -66,13 +72,15 @@
 //!   Measured (16 tokens, d = 256, d_ff = 1024, WAN tuning, 2026-12-05): 51.7 MB and 6.2 s
 //!   at E = 8, 54.2 MB (+4.9%, the routing) and 29.6 s at E = 128 (the baseline: 836.5 MB,
 //!   30.9 s, 51.3 s under the WAN model; Select-Then-Compute 98.5 MB, 7.5 s); at the SPU shape
-//!   (d = 768, d_ff = 3072, E = 8) 120.9 MB in 20 s, or 75.0 MB in 23–24.5 s tuned for
-//!   100 Mbit/s. Server work per row: E key switches for the expansion, once for all
+//!   (d = 768, d_ff = 3072, E = 8), inputs first (session 34, on a machine where the
+//!   weights-first build took 27.5–28.4 s for 120.9 MB, 34.4–35.8 s for 75.0 MB tuned for
+//!   100 Mbit/s): 81.1 MB in 19.8–20.6 s, or 72.4 MB in 23.7 s tuned for 20 Mbit/s (16.1×
+//!   below SPU's bytes). Server work per row: E key switches for the expansion, once for all
 //!   matrices (the selectors are kept, [`crate::he::selected::RowChoice`]); per row and matrix
 //!   E·J·K products by weights (one batched multiply-accumulate per expert chunk for all rows),
 //!   J·K ciphertext products summed into K results ([`crate::he::ProductSum`]: one rounding and
-//!   one relinearization per output tile), ~K + log2(d_w/K) key switches for packing — it
-//!   grows with E, and is what a GPU is for.
+//!   one relinearization per output tile) or, inputs first, E·J rounded and relinearized,
+//!   ~K + log2(d_w/K) key switches for packing — it grows with E, and is what a GPU is for.
 //!   The selection keys (10 Galois keys and a relinearization key, 59 MB) are sent once per
 //!   session.
 //! - [`Method::PaperTensored`] (built): Protocol 1 with tensoring without relinearization — the
@@ -102,7 +110,7 @@
 //! When to pick which: Select-Then-Compute when no token may be dropped and E is moderate (its
 //! bytes and server time grow with E, the activation does not); the paper's method when bytes
 //! are what costs (a slow network, many experts): flat in E, and faster than the baseline under
-//! the WAN model at E = 128, but its server time is 4–11× Select-Then-Compute's on this CPU;
+//! the WAN model at E = 128, but its server time is 3–11× Select-Then-Compute's on this CPU;
 //! capacity dispatch for many experts or small
 //! batches where dropping overflow is acceptable (as in training-time Switch and GShard, and
 //! CryptoMoE); the baseline only to measure against.
