@@ -29,9 +29,11 @@
 //! Steps 2 and 3 have a second order ([`SelectOrder::InputsFirst`]), the same sums taken the
 //! other way round: Σ_j [\[Ŵ_(j,k)\]]·[\[x_j\]] = Σ_(e,j) Ŵ_(e,j,k)·[\[t_e·x_j\]]. The server
 //! multiplies each selector by each input tile (E·J ciphertext products, each rounded and
-//! relinearized at the products' level), then multiplies the E·J products by the stacked
-//! experts' weight tiles as one ciphertext×plaintext product with E·J inputs (the same E·J·K
-//! products by plaintexts, through the same [`SelectionSums`]) and switches the K results down.
+//! relinearized at the products' level and switched down to one prime above the out level),
+//! then multiplies the E·J products by the stacked experts' weight tiles there as one
+//! ciphertext×plaintext product with E·J inputs (the same E·J·K products by plaintexts, through
+//! the same [`SelectionSums`], on fewer limbs: 4 of 5 at the SPU shape) and switches the K
+//! results down the last prime.
 //! No selected weight is lifted to the product basis (J·K lifts, each five inverse and six
 //! forward transforms per part at the SPU shape), and no output tile is rounded or
 //! relinearized: where E is small against K it is the cheaper order (at the SPU shape E·J = 24
@@ -203,7 +205,7 @@ impl SelectedLayout {
             let relin = |at: usize| at * (at + 2);
             // every weight tile prepared once per batch of rows (encoded, reduced, transformed
             // and given its Shoup constants: about three transforms a limb), a row's share
-            let bank = (experts * j * k * 3 * l.level) as f64 / l.row_batch(p, true) as f64;
+            let bank = (experts * j * k * 3 * l.select_level()) as f64 / l.row_batch(p, true) as f64;
             Ok(match form {
                 ProductForm::Relinearized => {
                     let members = k.min(1 << pack);
@@ -215,11 +217,11 @@ impl SelectedLayout {
                         // J·K selected weights lifted and multiplied, K roundings and relinearizations
                         SelectOrder::WeightsFirst => j * k * (lift + product) + k * (rounding + relin(l.relin_level())),
                         // E selectors lifted, E·J products rounded, relinearized and transformed
-                        // back, K results to coefficients
+                        // at the sums' level, K results to coefficients
                         SelectOrder::InputsFirst => {
                             experts * lift
-                                + experts * j * (product + rounding + relin(l.level) + 2 * l.level)
-                                + k * 2 * l.level
+                                + experts * j * (product + rounding + relin(l.level) + 2 * l.select_level())
+                                + k * 2 * l.select_level()
                         }
                     };
                     inputs + ((merges * merge + products) as f64 + bank) * transform
@@ -378,6 +380,20 @@ impl SelectedLayout {
         self.level.min(self.out_level + 1)
     }
 
+    /// The level the selection sums run at: weights first, the products' own (the selected
+    /// weights are multiplied there); inputs first, one prime above the out level, at most
+    /// the products' own: the products by the selectors are relinearized at their level and
+    /// switched down before the weights multiply them (the E·J·K products by plaintexts and
+    /// the weights' preparation cost fewer limbs), and the prime left above the out level
+    /// divides away the rounding of that switch before the weights could multiply it into
+    /// the result.
+    fn select_level(&self) -> usize {
+        match self.order {
+            SelectOrder::WeightsFirst => self.level,
+            SelectOrder::InputsFirst => self.level.min(self.out_level + 1),
+        }
+    }
+
     /// The layout with the lowest out level ([`SelectedLayout::with_out_level`]) that leaves
     /// [`MIN_STAT_BITS`] between the noise bound for weights below 2^`w_bits` ([`noise_bits`])
     /// and the flooding room there ([`flood_room`]), with that room and the margin κ it leaves;
@@ -451,12 +467,14 @@ impl SelectedLayout {
     }
 
     /// Packing slot of member j of group g: the group's c members spread over the 2^pack slots
-    /// at stride 2^pack/c' (c' = c rounded up to a power of two), so that they meet in the
-    /// first merges and a lone ciphertext only goes through the last log2(2^pack/c') levels.
+    /// at stride 2^pack/c' (c' = c rounded up to a power of two) in bit-reversed order, so that
+    /// members 2i and 2i + 1 meet in the first merge, every run of 2^b members forms a subtree
+    /// of the packing (c − 1 merges for c members, and a lone ciphertext only where c is not a
+    /// power of two) and a lone one only goes through the last log2(2^pack/c') levels.
     fn slot(&self, g: usize, j: usize) -> usize {
         let size = 1usize << self.tiling.pack;
-        let members = (self.outputs() - g * size).min(size);
-        j * (size / members.next_power_of_two())
+        let members = (self.outputs() - g * size).min(size).next_power_of_two();
+        bit_reverse(j, members.trailing_zeros()) * (size / members)
     }
 
     /// The coefficients of returned result `g` that hold the row's outputs, with the column
@@ -599,8 +617,10 @@ pub fn noise_bits(p: &HeParams, layout: &SelectedLayout, w_bits: u32) -> f64 {
             switched(relinearized, (at, layout.out_level), two)
         }
         (ProductForm::Relinearized, SelectOrder::InputsFirst) => {
+            let at = layout.select_level();
             let expanded = log_sum(&[product(selector, 1), three, relin(layout.level)]);
-            switched(by_weights(expanded, layout.inputs()), (layout.level, layout.out_level), two)
+            let selected = by_weights(switched(expanded, (layout.level, at), two), layout.inputs());
+            switched(selected, (at, layout.out_level), two)
         }
     };
     log_sum(&[out, (layout.out_level as f64 * n * 21.0).log2()]) + t.pack as f64 + 1.0
@@ -737,7 +757,7 @@ impl SelectedLayout {
                 SelectOrder::WeightsFirst => 0,
                 SelectOrder::InputsFirst => self.experts * j,
             };
-        let whole = (BUDGET.sums / (held * ciphertext_bytes(p, self.level))).min(most);
+        let whole = (BUDGET.sums / (held * ciphertext_bytes(p, self.select_level()))).min(most);
         grouped.max(whole).max(1)
     }
 
@@ -788,13 +808,13 @@ impl SelectedLayout {
     /// weight polynomial is prepared once per batch. Otherwise a group after the first would
     /// expand or lay out the selectors again.
     fn grouped(&self, p: &HeParams, rows: usize, kept: bool, budget: Budget) -> bool {
-        let selectors = rows * self.experts * self.selectors_per_expert() * ciphertext_bytes(p, self.level);
+        let selectors = rows * self.experts * self.selectors_per_expert() * ciphertext_bytes(p, self.select_level());
         kept && selectors + self.experts * self.bank_bytes(p, 1) <= budget.chunk
     }
 
     /// Bytes of one expert's prepared weights for `tiles` output tiles (J input tiles each).
     fn bank_bytes(&self, p: &HeParams, tiles: usize) -> usize {
-        self.inputs() * tiles * self.level * p.degree() * 16
+        self.inputs() * tiles * self.select_level() * p.degree() * 16
     }
 
     /// Output tiles per group for a batch of `rows` rows: all K, or, grouped, as many as both
@@ -807,8 +827,8 @@ impl SelectedLayout {
             return k;
         }
         let bank = self.experts * self.bank_bytes(p, 1);
-        let per_tile = (rows * self.sums_per_tile() * ciphertext_bytes(p, self.level)).max(bank);
-        let selectors = rows * self.experts * self.selectors_per_expert() * ciphertext_bytes(p, self.level);
+        let per_tile = (rows * self.sums_per_tile() * ciphertext_bytes(p, self.select_level())).max(bank);
+        let selectors = rows * self.experts * self.selectors_per_expert() * ciphertext_bytes(p, self.select_level());
         let beside = (budget.chunk - selectors) / bank;
         (budget.group / per_tile).min(beside).clamp(1, k)
     }
@@ -817,7 +837,7 @@ impl SelectedLayout {
     /// of two whose prepared weights and selectors fit `budget` bytes.
     fn chunk(&self, p: &HeParams, rows: usize, tiles: usize, budget: usize) -> usize {
         let per_expert =
-            self.bank_bytes(p, tiles) + rows * self.selectors_per_expert() * ciphertext_bytes(p, self.level);
+            self.bank_bytes(p, tiles) + rows * self.selectors_per_expert() * ciphertext_bytes(p, self.select_level());
         let fit = (budget / per_expert).max(1);
         let all = 1usize << self.select_levels;
         if fit >= self.experts { all } else { 1 << fit.ilog2() }
@@ -983,13 +1003,13 @@ fn batch_tiles<T: Send>(
     let xs: Vec<Lifted> = rows.iter().map(|r| Lifted::of(r.x, p, be)).collect::<HeResult<_>>()?;
     let selection = RowSelection::new(p, keys, layout, rows, &xs, chunk, be)?;
     let per_tile = layout.sums_per_tile();
-    let mut sums = SelectionSums::new(p, rows.len(), per_tile * group, level, be)?;
+    let mut sums = SelectionSums::new(p, rows.len(), per_tile * group, layout.select_level(), be)?;
     let mut tiles: Vec<Vec<T>> = (0..rows.len()).map(|_| Vec::with_capacity(k_n)).collect();
     let mut spare = None;
     for k0 in (0..k_n).step_by(group) {
         let ks = k0..(k0 + group).min(k_n);
         if sums.outputs() != per_tile * ks.len() {
-            sums = SelectionSums::new(p, rows.len(), per_tile * ks.len(), level, be)?;
+            sums = SelectionSums::new(p, rows.len(), per_tile * ks.len(), layout.select_level(), be)?;
         }
         selection.select(p, layout, experts, ks.clone(), &mut sums, &mut spare, be)?;
         // per row, weights first: the group's selected weights [[Ŵ_(j,k)]] at (k − k0)·J + j;
@@ -1121,7 +1141,8 @@ impl<'r, 'a> RowSelection<'r, 'a> {
     }
 
     /// [\[t_e·x_j\]] for every row's selectors `chosen` and input tile j, relinearized at the
-    /// products' level, NTT form, per row expert-major.
+    /// products' level and switched down to the selection sums' level
+    /// ([`SelectedLayout::select_level`]), NTT form, per row expert-major.
     fn times_inputs(
         &self,
         p: &HeParams,
@@ -1141,7 +1162,15 @@ impl<'r, 'a> RowSelection<'r, 'a> {
             let (selector, j) = (i / j_n, i % j_n);
             let mut sum = ProductSum::new(p, layout.level)?;
             sum.add_from(p, &lifted[selector], (&self.xs[selector / count.max(1)], j), be)?;
-            sum.finish(p, be)?.relinearize(p, relin, be)
+            // rounded and relinearized in coefficient form, switched down to the sums' level
+            // and transformed for them
+            let mut ct = sum.finish_coeff(p, be)?.relinearize(p, relin, be)?;
+            while ct.limbs(p) > layout.select_level() {
+                ct.drop_last_modulus(p, be)?;
+            }
+            ct.c0.to_ntt(p, be)?;
+            ct.c1.to_ntt(p, be)?;
+            Ok(ct)
         });
         let mut products = products.into_iter();
         (0..chosen.len()).map(|_| products.by_ref().take(count * j_n).collect()).collect()
@@ -1181,8 +1210,8 @@ impl<'r, 'a> RowSelection<'r, 'a> {
             };
             let tiles: Vec<Vec<&[u64]>> = tiles.iter().map(|tile| tile.iter().map(Vec::as_slice).collect()).collect();
             let bank = match spare.take() {
-                Some(bank) => bank.refill(p, layout.level, &tiles, be)?,
-                None => OperandBank::at_level(p, layout.level, &tiles, be)?,
+                Some(bank) => bank.refill(p, layout.select_level(), &tiles, be)?,
+                None => OperandBank::at_level(p, layout.select_level(), &tiles, be)?,
             };
             let built;
             let selectors = match &self.whole {

@@ -135,7 +135,9 @@ impl Modulus {
     /// `x mod p` for a signed x (|i64::MIN| included), in [0, p).
     #[inline]
     pub fn reduce_signed(&self, x: i64) -> u64 {
-        let r = self.reduce(x.unsigned_abs());
+        // small values (weights, errors) are already below p: no product needed
+        let abs = x.unsigned_abs();
+        let r = if abs < self.p { abs } else { self.reduce(abs) };
         if x >= 0 { r } else { self.neg(r) }
     }
 
