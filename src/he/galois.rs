@@ -339,51 +339,18 @@ impl GaloisKeys {
     /// useful coefficients sit at multiples of 2^ℓ: coefficient a·2^ℓ + j of the result is 2^ℓ
     /// times coefficient a·2^ℓ of input j; nothing else of the inputs survives. Missing inputs
     /// (`None`) count as zero. Inputs at one level of q; returns coefficient form at that level.
-    pub fn pack(&self, p: &HeParams, mut cts: Vec<Option<Ciphertext>>, backend: &dyn Backend) -> HeResult<Ciphertext> {
+    pub fn pack(&self, p: &HeParams, cts: Vec<Option<Ciphertext>>, backend: &dyn Backend) -> HeResult<Ciphertext> {
         let count = cts.len();
-        let levels = count.trailing_zeros();
-        if !count.is_power_of_two() || levels > self.levels() {
+        if !count.is_power_of_two() {
             return Err(HeError::Shape(format!("cannot pack {count} ciphertexts with {} key levels", self.levels())));
         }
-        let k = cts.iter().flatten().next().map_or(p.moduli().len(), |c| c.limbs(p));
-        if cts.iter().flatten().any(|c| c.limbs(p) != k) {
-            return Err(HeError::Shape("packing needs ciphertexts at one modulus level".into()));
-        }
-        for ct in cts.iter_mut().flatten() {
-            ct.c0.to_coeff(p, backend)?;
-            ct.c1.to_coeff(p, backend)?;
-        }
-        let zero = || {
-            let zero = RnsPoly { limbs: vec![0u64; k * p.degree()], form: Form::Coeff };
-            Ciphertext { c0: zero.clone(), c1: zero }
-        };
-        for v in (0..levels).rev() {
-            let half = 1usize << v;
-            let key = &self.keys[v as usize];
-            let mut next = Vec::with_capacity(half);
-            let (low, high) = cts.split_at_mut(half);
-            for (a, b) in low.iter_mut().zip(high.iter_mut()) {
-                let (a, b) = (a.take(), b.take());
-                if a.is_none() && b.is_none() {
-                    next.push(None);
-                    continue;
-                }
-                let mut sum = a.unwrap_or_else(zero);
-                let diff = match b {
-                    Some(b) => Ciphertext {
-                        c0: sum.c0.shifted_sum_and_difference(p, &b.c0, half),
-                        c1: sum.c1.shifted_sum_and_difference(p, &b.c1, half),
-                    },
-                    None => sum.clone(),
-                };
-                let turned = diff.automorphism(p, key, backend)?;
-                sum.c0.add_assign(p, &turned.c0);
-                sum.c1.add_assign(p, &turned.c1);
-                next.push(Some(sum));
+        let packing = Packing::new(self, count.trailing_zeros())?;
+        for (slot, ct) in cts.into_iter().enumerate() {
+            if let Some(ct) = ct {
+                packing.add(p, slot, ct, backend)?;
             }
-            cts = next;
         }
-        Ok(cts.pop().flatten().unwrap_or_else(zero))
+        packing.finish(p, backend)
     }
 
     /// Expands one ciphertext of Σ_i a_i·X^i into 2^ℓ ciphertexts, the i-th encrypting
@@ -521,6 +488,142 @@ impl GaloisKeys {
 const GALOIS_TAG: &[u8; 4] = b"SMgk";
 const GALOIS_HEADER: usize = 4 + 1 + 1;
 
+/// A packing ([`GaloisKeys::pack`]) whose members arrive one by one, in any order and from
+/// any thread: two members are merged as soon as both are there, so a run of 2^b members in
+/// neighbouring slots of the merge tree is one ciphertext once its last member came, and a
+/// row's output tiles need not all be held at once. The merges are those of the whole
+/// packing, taken in another order: the result is the same.
+#[derive(Debug)]
+pub struct Packing<'k> {
+    keys: &'k GaloisKeys,
+    levels: u32,
+    /// The ciphertexts waiting for a partner, and the level of q of the first member.
+    waiting: std::sync::Mutex<(Waiting, Option<usize>)>,
+}
+
+/// Ciphertexts of a [`Packing`] by (levels left, index among the 2^left slots of that stage).
+type Waiting = std::collections::BTreeMap<(u32, usize), Ciphertext>;
+
+impl<'k> Packing<'k> {
+    /// An empty packing of 2^`levels` slots (at most [`GaloisKeys::levels`]).
+    pub fn new(keys: &'k GaloisKeys, levels: u32) -> HeResult<Packing<'k>> {
+        if levels > keys.levels() {
+            return Err(HeError::Shape(format!(
+                "cannot pack 2^{levels} ciphertexts with {} key levels",
+                keys.levels()
+            )));
+        }
+        Ok(Packing { keys, levels, waiting: std::sync::Mutex::new((std::collections::BTreeMap::new(), None)) })
+    }
+
+    /// Adds the member of `slot` (below 2^levels, each slot once), merging it with every
+    /// partner already there (outside the lock: other members are added meanwhile).
+    pub fn add(&self, p: &HeParams, slot: usize, mut ct: Ciphertext, backend: &dyn Backend) -> HeResult<()> {
+        if slot >> self.levels != 0 {
+            return Err(HeError::Shape(format!("packing slot {slot} of 2^{}", self.levels)));
+        }
+        ct.c0.to_coeff(p, backend)?;
+        ct.c1.to_coeff(p, backend)?;
+        let (mut left, mut index) = (self.levels, slot);
+        loop {
+            let partner = {
+                let mut guard = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+                let (waiting, limbs) = &mut *guard;
+                if *limbs.get_or_insert(ct.limbs(p)) != ct.limbs(p) {
+                    return Err(HeError::Shape("packing needs ciphertexts at one modulus level".into()));
+                }
+                if left == 0 {
+                    waiting.insert((0, 0), ct);
+                    return Ok(());
+                }
+                let partner = waiting.remove(&(left, index ^ (1 << (left - 1))));
+                if partner.is_none() {
+                    if waiting.insert((left, index), ct).is_some() {
+                        return Err(HeError::Shape(format!("packing slot {slot} filled twice")));
+                    }
+                    return Ok(());
+                }
+                partner
+            };
+            let half = 1usize << (left - 1);
+            let (low, high) = match index & half == 0 {
+                true => (Some(ct), partner),
+                false => (partner, Some(ct)),
+            };
+            ct = self.merge(p, left - 1, (low, high), backend)?;
+            (left, index) = (left - 1, index & (half - 1));
+        }
+    }
+
+    /// The packed ciphertext: every member still waiting goes through the rest of its levels
+    /// alone (its partner never came: zero), merging with what it meets.
+    pub fn finish(self, p: &HeParams, backend: &dyn Backend) -> HeResult<Ciphertext> {
+        self.take(p, backend)
+    }
+
+    /// [`Packing::finish`] through a shared reference (packings kept side by side), leaving
+    /// the packing empty.
+    pub fn take(&self, p: &HeParams, backend: &dyn Backend) -> HeResult<Ciphertext> {
+        let (mut waiting, limbs) = std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|e| e.into_inner()));
+        for left in (1..=self.levels).rev() {
+            let half = 1usize << (left - 1);
+            // this stage's members by parent: the pairs members added earlier left unmerged
+            // (a partner missing) and those the stage above just produced
+            let mut pairs: std::collections::BTreeMap<usize, (Option<Ciphertext>, Option<Ciphertext>)> =
+                std::collections::BTreeMap::new();
+            while let Some(((_, index), ct)) =
+                waiting.range((left, 0)..(left + 1, 0)).next().map(|(&k, _)| k).and_then(|k| waiting.remove_entry(&k))
+            {
+                let pair = pairs.entry(index & (half - 1)).or_default();
+                match index & half == 0 {
+                    true => pair.0 = Some(ct),
+                    false => pair.1 = Some(ct),
+                }
+            }
+            for (parent, pair) in pairs {
+                let merged = self.merge(p, left - 1, pair, backend)?;
+                waiting.insert((left - 1, parent), merged);
+            }
+        }
+        match waiting.remove(&(0, 0)) {
+            Some(ct) => Ok(ct),
+            None => {
+                let zero =
+                    RnsPoly { limbs: vec![0u64; limbs.unwrap_or(p.moduli().len()) * p.degree()], form: Form::Coeff };
+                Ok(Ciphertext { c0: zero.clone(), c1: zero })
+            }
+        }
+    }
+
+    /// One merge of level v: a + σ(a + X^(2^v)·b … ) as [`GaloisKeys::pack`] defines it, with a
+    /// missing member zero.
+    fn merge(
+        &self,
+        p: &HeParams,
+        v: u32,
+        (a, b): (Option<Ciphertext>, Option<Ciphertext>),
+        backend: &dyn Backend,
+    ) -> HeResult<Ciphertext> {
+        let half = 1usize << v;
+        let limbs = a.as_ref().or(b.as_ref()).map_or(p.moduli().len(), |c| c.limbs(p));
+        let mut sum = a.unwrap_or_else(|| {
+            let zero = RnsPoly { limbs: vec![0u64; limbs * p.degree()], form: Form::Coeff };
+            Ciphertext { c0: zero.clone(), c1: zero }
+        });
+        let diff = match b {
+            Some(b) => Ciphertext {
+                c0: sum.c0.shifted_sum_and_difference(p, &b.c0, half),
+                c1: sum.c1.shifted_sum_and_difference(p, &b.c1, half),
+            },
+            None => sum.clone(),
+        };
+        let turned = diff.automorphism(p, &self.keys.keys[v as usize], backend)?;
+        sum.c0.add_assign(p, &turned.c0);
+        sum.c1.add_assign(p, &turned.c1);
+        Ok(sum)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -581,6 +684,48 @@ mod tests {
             }
             assert!(sk.noise_budget(&packed, &be).unwrap_or_else(|e| panic!("{e}")) > 30.0);
         }
+    }
+
+    #[test]
+    fn members_added_one_by_one_from_two_threads_in_any_order_pack_as_all_at_once() {
+        let p = HeParams::linear().unwrap_or_else(|e| panic!("{e}"));
+        let be = CpuBackend::new(1).unwrap_or_else(|e| panic!("{e}"));
+        let mut rng = StdRng::seed_from_u64(23);
+        let sk = SecretKey::generate(&p, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        let keys = sk.galois_keys(3, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        let n = p.degree();
+        // members in 6 of 8 slots (two lone ones), added in a scrambled order
+        let mut cts: Vec<Option<Ciphertext>> = (0..8)
+            .map(|_| {
+                let m: Vec<u64> = (0..n).map(|_| rng.random()).collect();
+                let pt = Plaintext::new(&p, m).unwrap_or_else(|e| panic!("{e}"));
+                Some(sk.encrypt(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}")))
+            })
+            .collect();
+        (cts[3], cts[6]) = (None, None);
+        let whole = keys.pack(&p, cts.clone(), &be).unwrap_or_else(|e| panic!("{e}"));
+        let packing = Packing::new(&keys, 3).unwrap_or_else(|e| panic!("{e}"));
+        let order = [[5usize, 0, 7], [2, 4, 1]];
+        std::thread::scope(|scope| {
+            for half in order {
+                let (packing, cts, p, be) = (&packing, &cts, &p, &be);
+                scope.spawn(move || {
+                    for slot in half.into_iter().filter(|&s| cts[s].is_some()) {
+                        let ct = cts[slot].clone().unwrap_or_else(|| unreachable!());
+                        packing.add(p, slot, ct, be).unwrap_or_else(|e| panic!("{e}"));
+                    }
+                });
+            }
+        });
+        let online = packing.finish(&p, &be).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((online.c0.limbs, online.c1.limbs), (whole.c0.limbs, whole.c1.limbs));
+        // a slot beyond the packing, or filled twice, is refused
+        let packing = Packing::new(&keys, 2).unwrap_or_else(|e| panic!("{e}"));
+        let ct = cts[0].clone().unwrap_or_else(|| unreachable!());
+        assert!(matches!(packing.add(&p, 4, ct.clone(), &be), Err(HeError::Shape(_))));
+        packing.add(&p, 1, ct.clone(), &be).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(packing.add(&p, 1, ct, &be), Err(HeError::Shape(_))));
+        assert!(Packing::new(&keys, 4).is_err(), "more levels than the keys have");
     }
 
     #[test]

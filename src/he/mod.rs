@@ -21,7 +21,7 @@ pub mod tiling;
 mod wire;
 
 pub use bfv::{Ciphertext, PlainOperand, Plaintext, PublicKey, SecretKey, SeededCiphertext};
-pub use galois::GaloisKeys;
+pub use galois::{GaloisKeys, Packing};
 pub use mult::{Lifted, ProductSum, RelinKey, SUM_TERM_BITS, SquareKey, Tensored};
 pub use params::{HeParams, max_log_q_128};
 pub use poly::{Form, RnsPoly};

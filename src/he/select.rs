@@ -42,45 +42,28 @@ impl Selectors {
         rows: &[Vec<C>],
         backend: &dyn Backend,
     ) -> HeResult<Selectors> {
-        let n = params.degree();
-        let (r_count, count) = (rows.len(), rows.first().map_or(0, Vec::len));
         let limbs = rows.iter().flatten().next().map_or(params.moduli().len(), |c| c.borrow().limbs(params));
-        if let Some(bad) = rows.iter().position(|r| r.len() != count) {
-            return Err(HeError::Shape(format!("row {bad} has {} selectors, row 0 has {count}", rows[bad].len())));
+        let mut layout = Layout::new(params, rows.len(), rows.first().map_or(0, Vec::len), limbs);
+        for (r, cts) in rows.iter().enumerate() {
+            layout.place(params, r, cts, backend)?;
         }
-        if let Some(bad) = rows.iter().flatten().position(|c| c.borrow().limbs(params) != limbs) {
-            return Err(HeError::Shape(format!(
-                "selector {} of row {} is at a different level than the first",
-                bad % count.max(1),
-                bad / count.max(1)
-            )));
+        layout.hold(backend)
+    }
+
+    /// Selectors of `rows` rows of `count` ciphertexts each at `limbs` limbs, row r made by
+    /// `make(r)` and copied into the layout before the next is made: a batch's ciphertexts are
+    /// never in memory twice, as they would be made all first.
+    pub fn from_rows(
+        params: &HeParams,
+        (rows, count, limbs): (usize, usize, usize),
+        backend: &dyn Backend,
+        mut make: impl FnMut(usize) -> HeResult<Vec<Ciphertext>>,
+    ) -> HeResult<Selectors> {
+        let mut layout = Layout::new(params, rows, count, limbs);
+        for r in 0..rows {
+            layout.place(params, r, &make(r)?, backend)?;
         }
-        let run = count * n;
-        // one zeroed allocation per limb (`vec![vec![0; n]; limbs]` would clone the zeros)
-        let mut values: Vec<Vec<u64>> = (0..limbs).map(|_| zeros(r_count * 2 * run)).collect();
-        for (row, cts) in rows.iter().enumerate() {
-            for (i, ct) in cts.iter().enumerate() {
-                let ct = ct.borrow();
-                for (h, poly) in [&ct.c0, &ct.c1].into_iter().enumerate() {
-                    let transformed;
-                    let poly = match poly.form() {
-                        Form::Ntt => poly,
-                        Form::Coeff => {
-                            let mut copy = poly.clone();
-                            copy.to_ntt(params, backend)?;
-                            transformed = copy;
-                            &transformed
-                        }
-                    };
-                    for (l, limb) in values.iter_mut().enumerate() {
-                        let at = (row * 2 + h) * run + i * n;
-                        limb[at..at + n].copy_from_slice(poly.limb(params, l));
-                    }
-                }
-            }
-        }
-        let values = values.into_iter().map(|limb| backend.hold(limb)).collect::<Result<_, _>>()?;
-        Ok(Selectors { rows: r_count, count, limbs, values })
+        layout.hold(backend)
     }
 
     /// Number of selectors E per row.
@@ -101,6 +84,69 @@ impl Selectors {
     /// Selectors `first..first + e` of every row and half on limb `l`, as the backend's batch.
     fn runs(&self, l: usize, first: usize, e: usize) -> HeldRuns<'_> {
         HeldRuns { values: &self.values[l], stride: self.count, first, count: e }
+    }
+}
+
+/// Selectors being laid out in host memory, per limb `[row][half][i][N]`.
+struct Layout {
+    rows: usize,
+    count: usize,
+    limbs: usize,
+    values: Vec<Vec<u64>>,
+}
+
+impl Layout {
+    fn new(params: &HeParams, rows: usize, count: usize, limbs: usize) -> Layout {
+        // one zeroed allocation per limb (`vec![vec![0; n]; limbs]` would clone the zeros)
+        let values = (0..limbs).map(|_| zeros(rows * 2 * count * params.degree())).collect();
+        Layout { rows, count, limbs, values }
+    }
+
+    /// Copies row `row`'s ciphertexts in, transforming a copy of any polynomial not in NTT form.
+    fn place<C: Borrow<Ciphertext>>(
+        &mut self,
+        params: &HeParams,
+        row: usize,
+        cts: &[C],
+        backend: &dyn Backend,
+    ) -> HeResult<()> {
+        let n = params.degree();
+        if cts.len() != self.count {
+            return Err(HeError::Shape(format!("row {row} has {} selectors, row 0 has {}", cts.len(), self.count)));
+        }
+        if let Some(bad) = cts.iter().position(|c| c.borrow().limbs(params) != self.limbs) {
+            return Err(HeError::Shape(format!(
+                "selector {bad} of row {row} is at {} limbs, the selectors at {}",
+                cts[bad].borrow().limbs(params),
+                self.limbs
+            )));
+        }
+        let run = self.count * n;
+        for (i, ct) in cts.iter().enumerate() {
+            let ct = ct.borrow();
+            for (h, poly) in [&ct.c0, &ct.c1].into_iter().enumerate() {
+                let transformed;
+                let poly = match poly.form() {
+                    Form::Ntt => poly,
+                    Form::Coeff => {
+                        let mut copy = poly.clone();
+                        copy.to_ntt(params, backend)?;
+                        transformed = copy;
+                        &transformed
+                    }
+                };
+                for (l, limb) in self.values.iter_mut().enumerate() {
+                    let at = (row * 2 + h) * run + i * n;
+                    limb[at..at + n].copy_from_slice(poly.limb(params, l));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn hold(self, backend: &dyn Backend) -> HeResult<Selectors> {
+        let values = self.values.into_iter().map(|limb| backend.hold(limb)).collect::<Result<_, _>>()?;
+        Ok(Selectors { rows: self.rows, count: self.count, limbs: self.limbs, values })
     }
 }
 

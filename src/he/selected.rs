@@ -75,7 +75,7 @@ use super::matmul::{MAX_GALOIS_LEVELS, ResponseKeys, mask_and_seal, max_pack, re
 use super::mult::{Lifted, ProductSum, RelinKey, SUM_TERM_BITS, SquareKey, Tensored};
 use super::response::Outgoing;
 use super::tiling::{MatShape, Tiling};
-use super::{GaloisKeys, HeError, HeParams, HeResult, OperandBank, SelectionSums, Selectors};
+use super::{GaloisKeys, HeError, HeParams, HeResult, OperandBank, Packing, SelectionSums, Selectors};
 use crate::backend::{Backend, par_map};
 use crate::he::{MAX_DROPPED_BITS, MAX_FLOOD_BITS, MIN_STAT_BITS, compressed_ciphertext_len_at};
 use crate::net::CostModel;
@@ -738,8 +738,8 @@ pub struct SelectedRow<'a> {
 }
 
 impl SelectedLayout {
-    /// Rows the server takes at once: as many as their lifted inputs and finished output tiles
-    /// fit 352 MiB and, the larger of two ways to bound the rest, either their selectors stream
+    /// Rows the server takes at once: as many as their lifted inputs and held output tiles
+    /// ([`SelectedLayout::held_tiles`]) fit 352 MiB and, the larger of two ways to bound the rest, either their selectors stream
     /// their output tiles in groups ([`SelectedLayout::grouped`]: rows that keep them,
     /// [`RowChoice`]) or all J·K selected weights of the batch fit 512 MiB. Each batch prepares
     /// every expert's weights once, so fewer batches are less work: grouping wins where a row's
@@ -748,7 +748,11 @@ impl SelectedLayout {
     /// and bank of every expert fill a chunk).
     fn row_batch(&self, p: &HeParams, kept: bool) -> usize {
         let (j, k) = (self.inputs(), self.outputs());
-        let per_row = j * lifted_bytes(p, self.level) + k * self.tile_bytes(p);
+        let lifted = match self.order {
+            SelectOrder::WeightsFirst => j * lifted_bytes(p, self.level),
+            SelectOrder::InputsFirst => 0,
+        };
+        let per_row = lifted + self.held_tiles() * self.tile_bytes(p);
         let most = BUDGET.rows / per_row;
         let grouped = (1..=most).rev().find(|&rows| self.grouped(p, rows, kept, BUDGET)).unwrap_or(0);
         // all K tiles' sums, and, inputs first, the selectors' products beside them
@@ -794,6 +798,15 @@ impl SelectedLayout {
             first += run;
         }
         batches
+    }
+
+    /// Finished output tiles a row holds at once: relinearized, its packings' partial merges
+    /// (at most one per level and packing, [`Packing`]); tensored, all K.
+    fn held_tiles(&self) -> usize {
+        match self.form {
+            ProductForm::Relinearized => self.outputs().min(self.returned() * (self.tiling.pack as usize + 1)),
+            ProductForm::Tensored => self.outputs(),
+        }
     }
 
     /// Bytes of one finished output tile, held at the out level: a relinearized ciphertext, or
@@ -923,7 +936,9 @@ enum RowResults {
     Tensored(Vec<Tensored>),
 }
 
-/// Every row's products x·Ŵ in the layout's form.
+/// Every row's products x·Ŵ in the layout's form. Relinearized, each output tile joins its
+/// row's packing as soon as it is finished ([`Packing`]): a row holds a few partial packings
+/// instead of its K tiles, so more rows fit a batch.
 fn batch_results(
     p: &HeParams,
     keys: SelectKeys<'_>,
@@ -936,7 +951,13 @@ fn batch_results(
     keys.check(layout.form)?;
     match keys.relin.filter(|_| layout.form == ProductForm::Relinearized) {
         Some(relin) => {
-            let tiles = batch_tiles(p, keys, layout, rows, experts, be, budget, |tile| {
+            let t = &layout.tiling;
+            let (size, returned) = (1usize << t.pack, layout.returned());
+            // member j of a packing is moved to its slot's coefficients by X^(2N − (d_w − 1))
+            let shift = 2 * p.degree() - (t.d_w - 1);
+            let packings: Vec<Packing<'_>> =
+                (0..rows.len() * returned).map(|_| Packing::new(keys.galois, t.pack)).collect::<HeResult<_>>()?;
+            batch_tiles(p, keys, layout, rows, experts, be, budget, |r, k, tile| {
                 let mut ct = match tile {
                     OutputTile::Tensored(mut t) => {
                         t.switch_down(p, layout.relin_level(), be)?;
@@ -947,19 +968,38 @@ fn batch_results(
                 while ct.limbs(p) > layout.out_level {
                     ct.drop_last_modulus(p, be)?;
                 }
-                Ok(ct)
+                ct.c0.to_coeff(p, be)?;
+                ct.c1.to_coeff(p, be)?;
+                let member = Ciphertext { c0: ct.c0.monomial_mul(p, shift), c1: ct.c1.monomial_mul(p, shift) };
+                let (g, j) = (k / size, k % size);
+                packings[r * returned + g].add(p, layout.slot(g, j), member, be)
             })?;
-            par_map(rows.len(), |r| pack_row(p, keys, layout, &tiles[r], be).map(RowResults::Packed))
-                .into_iter()
+            let mut packed = par_map(packings.len(), |i| packings[i].take(p, be)).into_iter();
+            (0..rows.len())
+                .map(|_| packed.by_ref().take(returned).collect::<HeResult<_>>().map(RowResults::Packed))
                 .collect()
         }
-        None => Ok(batch_tiles(p, keys, layout, rows, experts, be, budget, |tile| match tile {
-            OutputTile::Tensored(t) => Ok(t),
-            OutputTile::Linear(_) => Err(HeError::Shape("a tensored selected product computed inputs first".into())),
-        })?
-        .into_iter()
-        .map(RowResults::Tensored)
-        .collect()),
+        None => {
+            let k_n = layout.outputs();
+            let cells: Vec<std::sync::Mutex<Option<Tensored>>> =
+                (0..rows.len() * k_n).map(|_| std::sync::Mutex::new(None)).collect();
+            batch_tiles(p, keys, layout, rows, experts, be, budget, |r, k, tile| match tile {
+                OutputTile::Tensored(t) => {
+                    *cells[r * k_n + k].lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+                    Ok(())
+                }
+                OutputTile::Linear(_) => {
+                    Err(HeError::Shape("a tensored selected product computed inputs first".into()))
+                }
+            })?;
+            let mut tiles = cells.into_iter().enumerate().map(|(i, cell)| {
+                let tile = cell.into_inner().unwrap_or_else(|e| e.into_inner());
+                tile.ok_or_else(|| HeError::Shape(format!("no output tile {} of row {}", i % k_n, i / k_n)))
+            });
+            (0..rows.len())
+                .map(|_| tiles.by_ref().take(k_n).collect::<HeResult<_>>().map(RowResults::Tensored))
+                .collect()
+        }
     }
 }
 
@@ -971,10 +1011,10 @@ enum OutputTile {
 }
 
 /// Every row's K output tiles, each Σ_j [\[Ŵ_(j,k)\]]·x_j (weights first) or
-/// Σ_(e,j) Ŵ_(e,j,k)·[\[t_e·x_j\]] (inputs first) passed through `finish` (relinearization and
-/// switching down, or nothing) in the task that computed it.
+/// Σ_(e,j) Ŵ_(e,j,k)·[\[t_e·x_j\]] (inputs first), passed to `absorb(row, k, tile)` in the task
+/// that computed it.
 #[allow(clippy::too_many_arguments)]
-fn batch_tiles<T: Send>(
+fn batch_tiles(
     p: &HeParams,
     keys: SelectKeys<'_>,
     layout: &SelectedLayout,
@@ -982,8 +1022,8 @@ fn batch_tiles<T: Send>(
     experts: &[&[u64]],
     be: &dyn Backend,
     budget: Budget,
-    finish: impl Fn(OutputTile) -> HeResult<T> + Sync + Send,
-) -> HeResult<Vec<Vec<T>>> {
+    absorb: impl Fn(usize, usize, OutputTile) -> HeResult<()> + Sync + Send,
+) -> HeResult<()> {
     let (j_n, k_n, e) = (layout.inputs(), layout.outputs(), layout.experts);
     check_experts(layout, experts)?;
     if let Some(bad) = rows.iter().position(|r| r.x.len() != j_n || r.choice.own.len() != e) {
@@ -994,17 +1034,21 @@ fn batch_tiles<T: Send>(
         return Err(HeError::Shape(format!("row {bad}'s input tiles are not at the layout's {level} limbs")));
     }
     if rows.is_empty() {
-        return Ok(Vec::new());
+        return Ok(());
     }
     let kept = rows.iter().all(|r| r.choice.keep);
     let group = layout.tile_group(p, rows.len(), kept, budget);
     let chunk = layout.chunk(p, rows.len(), group, budget.chunk);
     tracing::debug!(rows = rows.len(), group, chunk, "selected batch");
-    let xs: Vec<Lifted> = rows.iter().map(|r| Lifted::of(r.x, p, be)).collect::<HeResult<_>>()?;
-    let selection = RowSelection::new(p, keys, layout, rows, &xs, chunk, be)?;
+    // weights first, every group multiplies the rows' inputs: lifted once for all; inputs
+    // first, each row's are lifted where its selectors multiply them
+    let xs: Vec<Lifted> = match layout.order {
+        SelectOrder::WeightsFirst => rows.iter().map(|r| Lifted::of(r.x, p, be)).collect::<HeResult<_>>()?,
+        SelectOrder::InputsFirst => Vec::new(),
+    };
+    let selection = RowSelection::new(p, keys, layout, rows, chunk, be)?;
     let per_tile = layout.sums_per_tile();
     let mut sums = SelectionSums::new(p, rows.len(), per_tile * group, layout.select_level(), be)?;
-    let mut tiles: Vec<Vec<T>> = (0..rows.len()).map(|_| Vec::with_capacity(k_n)).collect();
     let mut spare = None;
     for k0 in (0..k_n).step_by(group) {
         let ks = k0..(k0 + group).min(k_n);
@@ -1019,22 +1063,21 @@ fn batch_tiles<T: Send>(
             SelectOrder::WeightsFirst => par_map(rows.len() * ks.len(), |i| {
                 let (r, kk) = (i / ks.len(), i % ks.len());
                 let weights = &sums_out[r][kk * j_n..][..j_n];
-                finish(OutputTile::Tensored(tile_product(p, level, &xs[r], weights, be)?))
+                absorb(r, ks.start + kk, OutputTile::Tensored(tile_product(p, level, &xs[r], weights, be)?))
             }),
             SelectOrder::InputsFirst => {
                 let cells: Vec<std::sync::Mutex<Option<Ciphertext>>> =
                     sums_out.into_iter().flatten().map(|ct| std::sync::Mutex::new(Some(ct))).collect();
                 par_map(cells.len(), |i| {
                     let ct = cells[i].lock().unwrap_or_else(|e| e.into_inner()).take();
-                    finish(OutputTile::Linear(ct.ok_or_else(|| HeError::Shape(format!("no output tile {i}")))?))
+                    let ct = ct.ok_or_else(|| HeError::Shape(format!("no output tile {i}")))?;
+                    absorb(i / ks.len(), ks.start + i % ks.len(), OutputTile::Linear(ct))
                 })
             }
         };
-        for (i, tile) in done.into_iter().enumerate() {
-            tiles[i / ks.len()].push(tile?);
-        }
+        done.into_iter().collect::<HeResult<()>>()?;
     }
-    Ok(tiles)
+    Ok(())
 }
 
 /// A batch's selectors: the first levels of every row's expansion (unless the row kept all
@@ -1042,9 +1085,6 @@ fn batch_tiles<T: Send>(
 /// backend's layout, built once for every group of output tiles.
 struct RowSelection<'r, 'a> {
     rows: &'r [SelectedRow<'a>],
-    /// The rows' input tiles lifted to the product basis (multiplied by the selectors when the
-    /// inputs go first).
-    xs: &'r [Lifted],
     keys: SelectKeys<'r>,
     chunk: usize,
     outer: u32,
@@ -1060,7 +1100,6 @@ impl<'r, 'a> RowSelection<'r, 'a> {
         keys: SelectKeys<'r>,
         layout: &SelectedLayout,
         rows: &'r [SelectedRow<'a>],
-        xs: &'r [Lifted],
         chunk: usize,
         be: &dyn Backend,
     ) -> HeResult<Self> {
@@ -1072,7 +1111,7 @@ impl<'r, 'a> RowSelection<'r, 'a> {
         })
         .into_iter()
         .collect::<HeResult<_>>()?;
-        let mut selection = RowSelection { rows, xs, keys, chunk, outer, inner, nodes, whole: None };
+        let mut selection = RowSelection { rows, keys, chunk, outer, inner, nodes, whole: None };
         if outer == 0 {
             selection.whole = Some(selection.chunk_selectors(p, layout, 0, be)?);
         }
@@ -1136,32 +1175,36 @@ impl<'r, 'a> RowSelection<'r, 'a> {
         let chosen = chosen.into_iter().collect::<HeResult<Vec<_>>>()?;
         match layout.order {
             SelectOrder::WeightsFirst => Selectors::new(p, &chosen, be),
-            SelectOrder::InputsFirst => Selectors::new(p, &self.times_inputs(p, layout, &chosen, be)?, be),
+            SelectOrder::InputsFirst => {
+                let shape = (chosen.len(), range.len() * layout.inputs(), layout.select_level());
+                Selectors::from_rows(p, shape, be, |r| self.times_inputs(p, layout, r, &chosen[r], be))
+            }
         }
     }
 
-    /// [\[t_e·x_j\]] for every row's selectors `chosen` and input tile j, relinearized at the
+    /// [\[t_e·x_j\]] for row r's selectors `chosen` and input tile j, relinearized at the
     /// products' level and switched down to the selection sums' level
-    /// ([`SelectedLayout::select_level`]), NTT form, per row expert-major.
+    /// ([`SelectedLayout::select_level`]), NTT form, expert-major.
     fn times_inputs(
         &self,
         p: &HeParams,
         layout: &SelectedLayout,
-        chosen: &[Vec<Arc<Ciphertext>>],
+        r: usize,
+        chosen: &[Arc<Ciphertext>],
         be: &dyn Backend,
-    ) -> HeResult<Vec<Vec<Ciphertext>>> {
+    ) -> HeResult<Vec<Ciphertext>> {
         let relin = self.keys.relin.ok_or_else(|| {
             HeError::Shape("selected products computed inputs first need the client's relinearization key".into())
         })?;
-        let (count, j_n) = (chosen.first().map_or(0, Vec::len), layout.inputs());
-        let lifted =
-            par_map(chosen.len() * count, |i| Lifted::of(&chosen[i / count.max(1)][i % count.max(1)..][..1], p, be))
-                .into_iter()
-                .collect::<HeResult<Vec<_>>>()?;
-        let products = par_map(chosen.len() * count * j_n, |i| {
-            let (selector, j) = (i / j_n, i % j_n);
+        let j_n = layout.inputs();
+        let x = Lifted::of(self.rows[r].x, p, be)?;
+        let lifted = par_map(chosen.len(), |e| Lifted::of(&chosen[e..][..1], p, be))
+            .into_iter()
+            .collect::<HeResult<Vec<_>>>()?;
+        par_map(chosen.len() * j_n, |i| {
+            let (e, j) = (i / j_n, i % j_n);
             let mut sum = ProductSum::new(p, layout.level)?;
-            sum.add_from(p, &lifted[selector], (&self.xs[selector / count.max(1)], j), be)?;
+            sum.add_from(p, &lifted[e], (&x, j), be)?;
             // rounded and relinearized in coefficient form, switched down to the sums' level
             // and transformed for them
             let mut ct = sum.finish_coeff(p, be)?.relinearize(p, relin, be)?;
@@ -1171,9 +1214,9 @@ impl<'r, 'a> RowSelection<'r, 'a> {
             ct.c0.to_ntt(p, be)?;
             ct.c1.to_ntt(p, be)?;
             Ok(ct)
-        });
-        let mut products = products.into_iter();
-        (0..chosen.len()).map(|_| products.by_ref().take(count * j_n).collect()).collect()
+        })
+        .into_iter()
+        .collect()
     }
 
     /// Adds every row's selected weights of output tiles `ks` (at (k − k0)·J + j) to `sums`,
@@ -1299,33 +1342,6 @@ fn tile_product(
         }
     }
     total.ok_or_else(|| HeError::Shape("a selected product with no input tile".into()))
-}
-
-/// One row's relinearized output tiles packed per group of 2^pack (coefficient form): what
-/// [`seal_row`] seals in the relinearized form.
-fn pack_row(
-    p: &HeParams,
-    keys: SelectKeys<'_>,
-    layout: &SelectedLayout,
-    tiles: &[Ciphertext],
-    be: &dyn Backend,
-) -> HeResult<Vec<Ciphertext>> {
-    let t = &layout.tiling;
-    let size = 1usize << t.pack;
-    let shift = 2 * p.degree() - (t.d_w - 1);
-    par_map(layout.returned(), |g| {
-        let mut slots: Vec<Option<Ciphertext>> = vec![None; size];
-        for (j, ct) in tiles[g * size..((g + 1) * size).min(tiles.len())].iter().enumerate() {
-            let mut ct = ct.clone();
-            ct.c0.to_coeff(p, be)?;
-            ct.c1.to_coeff(p, be)?;
-            slots[layout.slot(g, j)] =
-                Some(Ciphertext { c0: ct.c0.monomial_mul(p, shift), c1: ct.c1.monomial_mul(p, shift) });
-        }
-        keys.galois.pack(p, slots, be)
-    })
-    .into_iter()
-    .collect()
 }
 
 #[cfg(test)]
