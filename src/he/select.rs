@@ -37,33 +37,54 @@ impl Selectors {
     /// transforming a copy of any polynomial that is not in NTT form yet; the server keeps
     /// expanded selectors shared (`Arc`) between the matrices of one choice, so they are
     /// borrowed here, not moved.
-    pub fn new<C: Borrow<Ciphertext>>(
+    pub fn new<C: Borrow<Ciphertext> + Sync>(
         params: &HeParams,
         rows: &[Vec<C>],
         backend: &dyn Backend,
     ) -> HeResult<Selectors> {
         let limbs = rows.iter().flatten().next().map_or(params.moduli().len(), |c| c.borrow().limbs(params));
-        let mut layout = Layout::new(params, rows.len(), rows.first().map_or(0, Vec::len), limbs);
-        for (r, cts) in rows.iter().enumerate() {
-            layout.place(params, r, cts, backend)?;
-        }
-        layout.hold(backend)
+        let shape = (rows.len(), rows.first().map_or(0, Vec::len), limbs);
+        Selectors::laid_out(params, shape, backend, |r| Ok(rows[r].as_slice()))
     }
 
     /// Selectors of `rows` rows of `count` ciphertexts each at `limbs` limbs, row r made by
-    /// `make(r)` and copied into the layout before the next is made: a batch's ciphertexts are
-    /// never in memory twice, as they would be made all first.
+    /// `make(r)` and copied into the layout by the task that made it, rows in parallel: a
+    /// batch's ciphertexts are never all in memory twice, as they would be if made all first.
     pub fn from_rows(
+        params: &HeParams,
+        shape: (usize, usize, usize),
+        backend: &dyn Backend,
+        make: impl Fn(usize) -> HeResult<Vec<Ciphertext>> + Sync + Send,
+    ) -> HeResult<Selectors> {
+        Selectors::laid_out(params, shape, backend, make)
+    }
+
+    /// The layout of `rows` × `count` selectors at `limbs` limbs, per limb
+    /// `[row][half][i][N]`, row r copied in from `row(r)` by one task per row (the layout's
+    /// fresh pages are faulted in by every worker, not one).
+    fn laid_out<C: Borrow<Ciphertext>, R: AsRef<[C]>>(
         params: &HeParams,
         (rows, count, limbs): (usize, usize, usize),
         backend: &dyn Backend,
-        mut make: impl FnMut(usize) -> HeResult<Vec<Ciphertext>>,
+        row: impl Fn(usize) -> HeResult<R> + Sync + Send,
     ) -> HeResult<Selectors> {
-        let mut layout = Layout::new(params, rows, count, limbs);
-        for r in 0..rows {
-            layout.place(params, r, &make(r)?, backend)?;
+        let n = params.degree();
+        let run = count * n;
+        // one zeroed allocation per limb (`vec![vec![0; n]; limbs]` would clone the zeros)
+        let mut values: Vec<Vec<u64>> = (0..limbs).map(|_| zeros(rows * 2 * run)).collect();
+        // per row, its two halves' runs in every limb, and what placing it gave
+        let mut regions: Vec<(Vec<&mut [u64]>, HeResult<()>)> = (0..rows).map(|_| (Vec::new(), Ok(()))).collect();
+        for limb in &mut values {
+            for (r, region) in limb.chunks_mut((2 * run).max(1)).enumerate() {
+                regions[r].0.push(region);
+            }
         }
-        layout.hold(backend)
+        each_mut(&mut regions, |r, (region, result)| {
+            *result = row(r).and_then(|cts| place(params, r, cts.as_ref(), (count, limbs), region, backend));
+        });
+        regions.into_iter().try_for_each(|(_, result)| result)?;
+        let values = values.into_iter().map(|limb| backend.hold(limb)).collect::<Result<_, _>>()?;
+        Ok(Selectors { rows, count, limbs, values })
     }
 
     /// Number of selectors E per row.
@@ -87,67 +108,46 @@ impl Selectors {
     }
 }
 
-/// Selectors being laid out in host memory, per limb `[row][half][i][N]`.
-struct Layout {
-    rows: usize,
-    count: usize,
-    limbs: usize,
-    values: Vec<Vec<u64>>,
-}
-
-impl Layout {
-    fn new(params: &HeParams, rows: usize, count: usize, limbs: usize) -> Layout {
-        // one zeroed allocation per limb (`vec![vec![0; n]; limbs]` would clone the zeros)
-        let values = (0..limbs).map(|_| zeros(rows * 2 * count * params.degree())).collect();
-        Layout { rows, count, limbs, values }
+/// Copies row `row`'s selectors `cts` (`count` of them at `limbs` limbs) into its region of
+/// every limb (its two halves' runs), transforming a copy of any polynomial not in NTT form.
+fn place<C: Borrow<Ciphertext>>(
+    params: &HeParams,
+    row: usize,
+    cts: &[C],
+    (count, limbs): (usize, usize),
+    region: &mut [&mut [u64]],
+    backend: &dyn Backend,
+) -> HeResult<()> {
+    let n = params.degree();
+    if cts.len() != count {
+        return Err(HeError::Shape(format!("row {row} has {} selectors, row 0 has {count}", cts.len())));
     }
-
-    /// Copies row `row`'s ciphertexts in, transforming a copy of any polynomial not in NTT form.
-    fn place<C: Borrow<Ciphertext>>(
-        &mut self,
-        params: &HeParams,
-        row: usize,
-        cts: &[C],
-        backend: &dyn Backend,
-    ) -> HeResult<()> {
-        let n = params.degree();
-        if cts.len() != self.count {
-            return Err(HeError::Shape(format!("row {row} has {} selectors, row 0 has {}", cts.len(), self.count)));
-        }
-        if let Some(bad) = cts.iter().position(|c| c.borrow().limbs(params) != self.limbs) {
-            return Err(HeError::Shape(format!(
-                "selector {bad} of row {row} is at {} limbs, the selectors at {}",
-                cts[bad].borrow().limbs(params),
-                self.limbs
-            )));
-        }
-        let run = self.count * n;
-        for (i, ct) in cts.iter().enumerate() {
-            let ct = ct.borrow();
-            for (h, poly) in [&ct.c0, &ct.c1].into_iter().enumerate() {
-                let transformed;
-                let poly = match poly.form() {
-                    Form::Ntt => poly,
-                    Form::Coeff => {
-                        let mut copy = poly.clone();
-                        copy.to_ntt(params, backend)?;
-                        transformed = copy;
-                        &transformed
-                    }
-                };
-                for (l, limb) in self.values.iter_mut().enumerate() {
-                    let at = (row * 2 + h) * run + i * n;
-                    limb[at..at + n].copy_from_slice(poly.limb(params, l));
+    if let Some(bad) = cts.iter().position(|c| c.borrow().limbs(params) != limbs) {
+        return Err(HeError::Shape(format!(
+            "selector {bad} of row {row} is at {} limbs, the selectors at {limbs}",
+            cts[bad].borrow().limbs(params)
+        )));
+    }
+    for (i, ct) in cts.iter().enumerate() {
+        let ct = ct.borrow();
+        for (h, poly) in [&ct.c0, &ct.c1].into_iter().enumerate() {
+            let transformed;
+            let poly = match poly.form() {
+                Form::Ntt => poly,
+                Form::Coeff => {
+                    let mut copy = poly.clone();
+                    copy.to_ntt(params, backend)?;
+                    transformed = copy;
+                    &transformed
                 }
+            };
+            for (l, limb) in region.iter_mut().enumerate() {
+                let at = (h * count + i) * n;
+                limb[at..at + n].copy_from_slice(poly.limb(params, l));
             }
         }
-        Ok(())
     }
-
-    fn hold(self, backend: &dyn Backend) -> HeResult<Selectors> {
-        let values = self.values.into_iter().map(|limb| backend.hold(limb)).collect::<Result<_, _>>()?;
-        Ok(Selectors { rows: self.rows, count: self.count, limbs: self.limbs, values })
-    }
+    Ok(())
 }
 
 /// Plaintext operands W_{j,i} for J outputs and a run of E' selectors, in NTT form with Shoup
