@@ -22,9 +22,11 @@
 //!    noise and flooding with the same margin (modulus switching keeps the noise's ratio to q),
 //!    relinearizes it there and switches it down the last prime
 //!    ([`SelectedLayout::lowest_out_level`]: 3 of 5 primes at the SPU shape), packs the K output
-//!    tiles into one ciphertext per 2^pack ([`GaloisKeys::pack`], members spread so that the
-//!    merges come first) and sends it through [`mask_and_seal`] with the scale 2^(ℓ+pack): the
-//!    client's share is its decryption shifted down, the server's the mask.
+//!    tiles into one ciphertext per 2^pack ([`Packing`]: each tile merged as soon as its
+//!    partner is there, members in bit-reversed slots so that neighbouring tiles merge first and
+//!    c members take c − 1 merges; a row holds a few partial merges, not its K tiles) and sends
+//!    it through [`mask_and_seal`] with the scale 2^(ℓ+pack): the client's share is its
+//!    decryption shifted down, the server's the mask.
 //!
 //! Steps 2 and 3 have a second order ([`SelectOrder::InputsFirst`]), the same sums taken the
 //! other way round: Σ_j [\[Ŵ_(j,k)\]]·[\[x_j\]] = Σ_(e,j) Ŵ_(e,j,k)·[\[t_e·x_j\]]. The server

@@ -54,9 +54,10 @@
 //!   server takes the same sums the other way round
 //!   ([`crate::he::selected::SelectOrder::InputsFirst`], the client's layout choice): each
 //!   selector times each input tile (E·J ciphertext products, relinearized), then one product
-//!   of those by the stacked experts' weights (the same E·J·K products by plaintexts) — no
-//!   selected weight is lifted to the product basis and no output tile is rounded: at the SPU
-//!   shape 24 ciphertext products per row and matrix instead of 144. It runs at N = 16384
+//!   of those by the stacked experts' weights (the same E·J·K products by plaintexts, on the
+//!   products switched down to one prime above the out level: 4 of 5 limbs) — no selected
+//!   weight is lifted to the product basis and no output tile is rounded: at the SPU shape 24
+//!   ciphertext products per row and matrix instead of 144. It runs at N = 16384
 //!   ([`crate::he::HeParams::select`]) with t = 2^(74+ℓ), the least the selectors and packing
 //!   need ([`crate::he::selected::choice_params`]): the ciphertext products' noise (≈ t·√N times
 //!   the selection sum's) must stay 40 bits below the flooding, which N = 8192 (218 bits of q)
@@ -75,7 +76,8 @@
 //!   (d = 768, d_ff = 3072, E = 8), inputs first (session 34, on a machine where the
 //!   weights-first build took 27.5–28.4 s for 120.9 MB, 34.4–35.8 s for 75.0 MB tuned for
 //!   100 Mbit/s): 81.1 MB in 19.8–20.6 s, or 72.4 MB in 23.7 s tuned for 20 Mbit/s (16.1×
-//!   below SPU's bytes). Server work per row: E key switches for the expansion, once for all
+//!   below SPU's bytes); session 35 (sums on fewer limbs, packings merged as tiles arrive, all
+//!   16 rows in one batch): 81.1 MB in 16.1–16.8 s, or 63.8 MB in 23.1 s for 20 Mbit/s. Server work per row: E key switches for the expansion, once for all
 //!   matrices (the selectors are kept, [`crate::he::selected::RowChoice`]); per row and matrix
 //!   E·J·K products by weights (one batched multiply-accumulate per expert chunk for all rows),
 //!   J·K ciphertext products summed into K results ([`crate::he::ProductSum`]: one rounding and
