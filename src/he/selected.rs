@@ -3,15 +3,18 @@
 //! client's bytes independent of the number of experts E.
 //!
 //! Per row, the server
-//! 1. expands the client's one compact ciphertext Σ_e b_e·X^bitrev(e) (its XOR share of the
-//!    one-hot) into E constant ciphertexts [\[2^ℓ·b_e\]] ([`GaloisKeys::expand`], ℓ = ⌈log2 E⌉,
-//!    2^ℓ − 1 key switches; the bit reversal makes every subtree of the expansion a run of
-//!    experts, so experts are streamed in chunks) and folds in its own share s_e:
-//!    [\[2^ℓ·t_e\]] = 2^ℓ·s_e + (1 − 2·s_e)·[\[2^ℓ·b_e\]]. The selectors are kept for the row's
+//! 1. expands the row's compact ciphertext Σ_e b_e·X^bitrev(e) (the client's XOR share of the
+//!    one-hot; 2^g rows travel in one ciphertext and the first g levels of the expansion
+//!    separate them, [`ChoiceLayout`]) into E constant ciphertexts [\[b_e\]]
+//!    ([`GaloisKeys::expand`], ℓ = g + ⌈log2 E⌉ levels, 2^ℓ − 1 key switches per ciphertext;
+//!    each level doubles the message, and the client encrypted under 2^ℓ·t, so the bits come
+//!    out under t: [`ChoiceLayout::compact_params`]; the bit reversal makes every subtree of
+//!    the expansion a run of experts, so experts are streamed in chunks) and folds in its own
+//!    share s_e: [\[t_e\]] = s_e + (1 − 2·s_e)·[\[b_e\]]. The selectors are kept for the row's
 //!    next matrix ([`RowChoice`], within 4 GiB): the expansion is paid once per row, not
 //!    once per matrix;
 //! 2. selects every weight polynomial of the row's expert with no interaction,
-//!    [\[Ŵ_(j,k)\]] = Σ_e Ŵ_(e,j,k)·[\[2^ℓ·t_e\]] ([`SelectionSums`]: E·J·K ciphertext×plaintext
+//!    [\[Ŵ_(j,k)\]] = Σ_e Ŵ_(e,j,k)·[\[t_e\]] ([`SelectionSums`]: E·J·K ciphertext×plaintext
 //!    products, one batched multiply-accumulate per expert chunk for all rows of a batch, so
 //!    each weight polynomial is transformed and read once per batch of rows);
 //! 3. multiplies it by the encrypted row in Cheetah's coefficient layout with one row per tile
@@ -25,7 +28,7 @@
 //!    tiles into one ciphertext per 2^pack ([`Packing`]: each tile merged as soon as its
 //!    partner is there, members in bit-reversed slots so that neighbouring tiles merge first and
 //!    c members take c − 1 merges; a row holds a few partial merges, not its K tiles) and sends
-//!    it through [`mask_and_seal`] with the scale 2^(ℓ+pack): the client's share is its
+//!    it through [`mask_and_seal`] with the scale 2^pack: the client's share is its
 //!    decryption shifted down, the server's the mask.
 //!
 //! Steps 2 and 3 have a second order ([`SelectOrder::InputsFirst`]), the same sums taken the
@@ -46,7 +49,7 @@
 //!
 //! Only the client opens the results, and it holds s², so steps 3 and 4 have a second form
 //! ([`ProductForm::Tensored`]): each output tile's sum of products leaves unrelinearized,
-//! unpacked, as three parts re-randomized with the client's [`SquareKey`] (scale 2^ℓ). The
+//! unpacked, as three parts re-randomized with the client's [`SquareKey`]. The
 //! server saves K relinearizations and every packing key switch and needs neither a
 //! relinearization key nor packing keys beyond the expansion's; the client receives K
 //! three-part results per row instead of ⌈K/2^pack⌉ two-part ones (the layout chooser weighs
@@ -60,11 +63,12 @@
 //! The level is a function of public sizes and of the bit length of the largest weight, which
 //! the client learns to within a prime's width (58 bits of room per level).
 //!
-//! t = 2^(64+ℓ+pack) keeps all 64 bits of x·W mod 2^64 above both factors: the client's share
-//! x_c plus the server's x_s is x + 2^64·c as an integer, and 2^(ℓ+pack)·W·2^64·c vanishes from
-//! the client's window of 64 bits. Nothing the server computes depends on e in the clear; what
-//! the client decrypts is masked by R uniform mod 2^(log t − ℓ − pack), re-randomized and flooded
-//! beyond the product's noise ([`noise_bits`]), so it depends on the weights only through y.
+//! t = 2^(64+10) ([`product_params`]) keeps all 64 bits of x·W mod 2^64 above the packing's
+//! 2^pack: the client's share x_c plus the server's x_s is x + 2^64·c as an integer, and
+//! 2^pack·W·2^64·c vanishes from the client's window of 64 bits. Nothing the server computes
+//! depends on e in the clear; what the client decrypts is masked by R uniform mod
+//! 2^(log t − pack), re-randomized and flooded beyond the product's noise ([`noise_bits`]), so
+//! it depends on the weights only through y.
 
 use std::sync::Arc;
 
@@ -89,10 +93,8 @@ use crate::net::CostModel;
 pub struct SelectedLayout {
     /// The per-row tiling (n = 1).
     pub tiling: Tiling,
-    /// ℓ = ⌈log2 E⌉: the selectors come out of the expansion multiplied by 2^ℓ.
-    pub select_levels: u32,
-    /// E.
-    pub experts: usize,
+    /// How the rows' one-hot vectors travel: E and the expansion's levels ℓ.
+    pub choice: ChoiceLayout,
     /// How the products leave the server.
     pub form: ProductForm,
     /// In which order the server selects and multiplies.
@@ -189,12 +191,13 @@ impl SelectedLayout {
     pub fn choose(
         p: &HeParams,
         (d, m): (usize, usize),
-        experts: usize,
+        choice: ChoiceLayout,
         (form, weight_bits): (ProductForm, u32),
         (network, server_threads): (&CostModel, usize),
     ) -> HeResult<SelectedLayout> {
         let seconds = |bytes: usize| bytes as f64 * 8.0 / network.bandwidth_bps;
         let transform = transform_s(p, server_threads);
+        let experts = choice.experts;
         let cost = |l: &SelectedLayout| -> HeResult<f64> {
             let (_, j, k) = l.tiling.tile_counts();
             let pack = l.tiling.pack;
@@ -242,9 +245,9 @@ impl SelectedLayout {
             ProductForm::Tensored => &[SelectOrder::WeightsFirst],
         };
         let mut best: Option<(f64, SelectedLayout)> = None;
-        for pack in (1..=SelectedLayout::most_pack(p, d, experts)?).rev() {
+        for pack in (1..=SelectedLayout::most_pack(p, d, choice)?).rev() {
             for &order in orders {
-                let layout = SelectedLayout::with_pack(p, d, m, experts, pack, form)?.with_order(order)?;
+                let layout = SelectedLayout::with_pack(p, d, m, choice, pack, form)?.with_order(order)?;
                 let layout = layout.with_dropped(p, dropped_bits(p, &layout, weight_bits))?;
                 let (lowest, _, kappa) = layout.at_lowest_levels(p, weight_bits)?;
                 if order == SelectOrder::InputsFirst && kappa < MIN_STAT_BITS {
@@ -264,22 +267,20 @@ impl SelectedLayout {
         p: &HeParams,
         d: usize,
         m: usize,
-        experts: usize,
+        choice: ChoiceLayout,
         pack: u32,
         form: ProductForm,
     ) -> HeResult<SelectedLayout> {
-        let most = SelectedLayout::most_pack(p, d, experts)?;
+        let most = SelectedLayout::most_pack(p, d, choice)?;
         if m == 0 || !(1..=most).contains(&pack) {
             return Err(HeError::Shape(format!("a {d}×{m} selected product packed 2^{pack} (1..=2^{most})")));
         }
         let n = p.degree();
         let d_w = 1usize << pack;
         let tiling = Tiling { shape: MatShape { n: 1, d, m }, degree: n, n_w: 1, d_w, m_w: m.min(n / d_w), pack };
-        let select_levels = SelectedLayout::select_levels(experts);
         Ok(SelectedLayout {
             tiling,
-            select_levels,
-            experts,
+            choice,
             form,
             order: SelectOrder::WeightsFirst,
             result_bits: 64,
@@ -289,28 +290,24 @@ impl SelectedLayout {
         })
     }
 
-    /// ℓ = ⌈log2 E⌉.
-    fn select_levels(experts: usize) -> u32 {
-        experts.next_power_of_two().trailing_zeros()
-    }
-
-    /// The largest packing level for rows of d values among `experts` under `p`: the Galois
-    /// keys' levels, the room of t above 64 bits left by the selectors' 2^ℓ, and d itself.
-    fn most_pack(p: &HeParams, d: usize, experts: usize) -> HeResult<u32> {
-        let unsupported = |what: String| HeError::Unsupported { params: p.name(), what };
-        if d == 0 || experts == 0 {
-            return Err(HeError::Shape(format!("a selected product of rows of {d} among {experts} experts")));
+    /// The largest packing level for rows of d values under `p` (the products' set) for
+    /// `choice`: the Galois keys' levels, the room of t above 64 bits, and d itself.
+    fn most_pack(p: &HeParams, d: usize, choice: ChoiceLayout) -> HeResult<u32> {
+        if d == 0 {
+            return Err(HeError::Shape("a selected product of empty rows".into()));
         }
         let levels = max_pack(p);
-        let select_levels = SelectedLayout::select_levels(experts);
-        let room = p.plain_bits() - 64;
-        if select_levels > levels || select_levels >= room {
-            return Err(unsupported(format!(
-                "select among {experts} experts (at most 2^{} selectors per expansion)",
-                levels.min(room.saturating_sub(1))
-            )));
+        if choice.levels() > levels {
+            return Err(HeError::Unsupported {
+                params: p.name(),
+                what: format!(
+                    "select among {} experts, {} rows per choice ciphertext (at most 2^{levels} selectors per expansion)",
+                    choice.experts,
+                    choice.rows_per_ciphertext(),
+                ),
+            });
         }
-        Ok(d.next_power_of_two().trailing_zeros().clamp(1, levels.min(room - select_levels)))
+        Ok(d.next_power_of_two().trailing_zeros().clamp(1, levels.min(p.plain_bits().saturating_sub(64))))
     }
 
     /// The layout computing in `order`; [`SelectOrder::InputsFirst`] needs relinearized
@@ -420,12 +417,12 @@ impl SelectedLayout {
         Ok(SelectedLayout { dropped, ..self })
     }
 
-    /// log2 of the factor the client's decrypted values carry: 2^(ℓ + pack) when packed, 2^ℓ
-    /// when tensored.
+    /// log2 of the factor the client's decrypted values carry: 2^pack when packed, none when
+    /// tensored (the selectors carry none, [`ChoiceLayout::compact_params`]).
     pub fn scale(&self) -> u32 {
         match self.form {
-            ProductForm::Relinearized => self.select_levels + self.tiling.pack,
-            ProductForm::Tensored => self.select_levels,
+            ProductForm::Relinearized => self.tiling.pack,
+            ProductForm::Tensored => 0,
         }
     }
 
@@ -501,28 +498,120 @@ impl SelectedLayout {
         out
     }
 
-    /// The client's compact selector plaintext: its XOR share of the row's one-hot, bit e at
-    /// X^bitrev(e) (ℓ bits), so that each subtree of the expansion holds a run of experts.
-    pub fn encode_choice(&self, bits: &[bool]) -> Vec<u64> {
-        let mut poly = vec![0u64; 1 << self.select_levels];
-        for (e, &b) in bits.iter().enumerate() {
-            poly[bit_reverse(e, self.select_levels)] = u64::from(b);
-        }
-        poly
-    }
-
     /// A decrypted output value → the client's share (y − R mod 2^64).
     pub fn decode(&self, value: u128) -> u64 {
         (value >> self.scale()) as u64 & crate::ring::mask(self.result_bits)
     }
 }
 
-/// The parameter set of a choice among `experts`: `p` with t = 2^(64 + ℓ + 10), what 64-bit
-/// results need above the selectors' 2^ℓ and the deepest packing (2^10 tiles, the Galois keys'
-/// levels), at most `p`'s own t. Every bit of t below that is two bits less of noise room to
-/// hold (the product's noise grows with t), so a smaller E gets a smaller t and lower levels.
-pub fn choice_params(p: &HeParams, experts: usize) -> HeResult<Arc<HeParams>> {
-    let bits = (64 + SelectedLayout::select_levels(experts) + MAX_GALOIS_LEVELS).min(p.plain_bits());
+/// How the rows' one-hot vectors reach the server: the client's XOR shares of 2^g rows share
+/// one compact ciphertext, bit e of row r at X^(r + 2^g·bitrev(e)) ([`ChoiceLayout::encode`]);
+/// the expansion's first g levels separate the rows ([`ChoiceLayout::separate`]), its next
+/// ⌈log2 E⌉ the experts, the bit reversal making every subtree a run of experts. Each level
+/// doubles the selectors, so rows share a ciphertext while all ℓ = g + ⌈log2 E⌉ levels stay
+/// within 2^[`MAX_GALOIS_LEVELS`] selectors — t and the selectors' noise of E = 1024 alone: at
+/// the SPU shape (E = 8) 16 rows travel in one ciphertext instead of sixteen (11.4 → 0.7 MB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChoiceLayout {
+    /// E.
+    pub experts: usize,
+    /// g: the expansion levels that separate the rows sharing one compact ciphertext.
+    pub row_levels: u32,
+}
+
+impl ChoiceLayout {
+    /// The layout for `rows` rows among `experts`: as many rows per ciphertext as the levels allow.
+    pub fn new(rows: usize, experts: usize) -> HeResult<ChoiceLayout> {
+        ChoiceLayout::with_row_levels(experts, 0)?;
+        let room = MAX_GALOIS_LEVELS - ChoiceLayout::expert_levels_of(experts);
+        ChoiceLayout::with_row_levels(experts, rows.max(1).next_power_of_two().trailing_zeros().min(room))
+    }
+
+    /// The layout with 2^`row_levels` rows per compact ciphertext.
+    pub fn with_row_levels(experts: usize, row_levels: u32) -> HeResult<ChoiceLayout> {
+        let levels = ChoiceLayout::expert_levels_of(experts).checked_add(row_levels);
+        if experts == 0 || levels.is_none_or(|l| l > MAX_GALOIS_LEVELS) {
+            return Err(HeError::Shape(format!(
+                "a choice among {experts} experts with 2^{row_levels} rows per ciphertext (at most 2^{MAX_GALOIS_LEVELS} selectors)"
+            )));
+        }
+        Ok(ChoiceLayout { experts, row_levels })
+    }
+
+    fn expert_levels_of(experts: usize) -> u32 {
+        experts.max(1).next_power_of_two().trailing_zeros()
+    }
+
+    /// ⌈log2 E⌉: the expansion levels that separate the experts.
+    pub fn expert_levels(&self) -> u32 {
+        ChoiceLayout::expert_levels_of(self.experts)
+    }
+
+    /// ℓ = g + ⌈log2 E⌉: all levels of the expansion (each doubles the selectors' noise).
+    pub fn levels(&self) -> u32 {
+        self.row_levels + self.expert_levels()
+    }
+
+    /// Rows per compact ciphertext (2^g).
+    pub fn rows_per_ciphertext(&self) -> usize {
+        1 << self.row_levels
+    }
+
+    /// Compact ciphertexts that carry `rows` rows.
+    pub fn ciphertexts(&self, rows: usize) -> usize {
+        rows.div_ceil(self.rows_per_ciphertext())
+    }
+
+    /// The plaintext of one compact ciphertext: `bits` holds the XOR shares of up to 2^g rows
+    /// (E bits each, row-major), row r's bit e at X^(r + 2^g·bitrev(e)).
+    pub fn encode(&self, bits: &[bool]) -> HeResult<Vec<u64>> {
+        let (e_n, per) = (self.experts, self.rows_per_ciphertext());
+        if !bits.len().is_multiple_of(e_n) || bits.len() > per * e_n {
+            return Err(HeError::Shape(format!("{} one-hot bits are not up to {per} rows of {e_n}", bits.len())));
+        }
+        let mut poly = vec![0u64; 1 << self.levels()];
+        for (i, &b) in bits.iter().enumerate() {
+            let (r, e) = (i / e_n, i % e_n);
+            poly[r + per * bit_reverse(e, self.expert_levels())] = u64::from(b);
+        }
+        Ok(poly)
+    }
+
+    /// The server's first g expansion levels on one compact ciphertext: its 2^g rows' own
+    /// compact ciphertexts (row r's bit e at X^(2^g·bitrev(e)), doubled g times), full level,
+    /// coefficient form; 2^g − 1 key switches.
+    pub fn separate(
+        &self,
+        p: &HeParams,
+        galois: &GaloisKeys,
+        compact: &Ciphertext,
+        be: &dyn Backend,
+    ) -> HeResult<Vec<Ciphertext>> {
+        galois.expand(p, compact, self.row_levels, be)
+    }
+
+    /// The parameter set the client encrypts the compact ciphertexts under: the products' set
+    /// `p` ([`product_params`]) with t·2^ℓ. The expansion multiplies the message by 2^ℓ, so each
+    /// selector comes out as an encryption of the bit itself under t (⌊q·b/(2^ℓ·t)⌉·2^ℓ is
+    /// ⌊q·b/t⌉ within 2^ℓ, far below the expansion's noise): the products' t carries no factor
+    /// of the selectors, and every bit of t spared is a bit less of product noise and a bit
+    /// more of flooding room.
+    pub fn compact_params(&self, p: &HeParams) -> HeResult<Arc<HeParams>> {
+        p.with_plain_bits(p.plain_bits() + self.levels())
+    }
+}
+
+/// The parameter set selected products run at: `p` with t = 2^(64 + 10), what 64-bit results
+/// need above the deepest packing's factor (2^10 tiles, the Galois keys' levels), at most
+/// `p`'s own t less the 2^10 selectors of one expansion ([`ChoiceLayout::compact_params`]).
+pub fn product_params(p: &HeParams) -> HeResult<Arc<HeParams>> {
+    let bits = 64 + MAX_GALOIS_LEVELS;
+    if p.plain_bits() < bits + MAX_GALOIS_LEVELS {
+        return Err(HeError::Unsupported {
+            params: p.name(),
+            what: format!("selected products (t = 2^{} below 2^{})", p.plain_bits(), bits + MAX_GALOIS_LEVELS),
+        });
+    }
     p.with_plain_bits(bits)
 }
 
@@ -585,10 +674,10 @@ pub fn noise_bits(p: &HeParams, layout: &SelectedLayout, w_bits: u32) -> f64 {
     let (n, k) = (p.degree() as f64, p.moduli().len() as f64);
     let tail = 9.5f64.log2();
     let keyswitch = (k * n * 21.0).log2();
-    let selector = layout.select_levels as f64 + keyswitch + 1.0;
+    let selector = layout.choice.levels() as f64 + keyswitch + 1.0;
     // the noise of a product by E weight tiles of d_w·m_w coefficients, `tiles` times over
     let by_weights = |bits: f64, tiles: usize| {
-        bits + w_bits as f64 + 0.5 * ((layout.experts * tiles * t.d_w * t.m_w) as f64).log2() + tail
+        bits + w_bits as f64 + 0.5 * ((layout.choice.experts * tiles * t.d_w * t.m_w) as f64).log2() + tail
     };
     let rounding = if layout.dropped == 0 { 0.0 } else { 2f64.powi(layout.dropped as i32 - 1) };
     let input = 21.0 + rounding;
@@ -682,8 +771,9 @@ const KEEP_BYTES: usize = 4 << 30;
 /// 2.9 MB at the SPU shape's five primes).
 const LIFTED_AT_ONCE: usize = 8;
 
-/// One row's encrypted one-hot on the server: the client's compact ciphertext (its XOR share,
-/// bit e at X^bitrev(e)), the server's own share (E bits), and the selectors expanded from them
+/// One row's encrypted one-hot on the server: its compact ciphertext separated from the
+/// client's ([`ChoiceLayout::separate`]: the client's XOR share, bit e at X^(2^g·bitrev(e))),
+/// the server's own share (E bits), and the selectors expanded from them
 /// (own share folded in, NTT form), kept for the row's next products when the row is among
 /// those the budget allows ([`RowChoice::kept_rows`]).
 #[derive(Debug)]
@@ -761,7 +851,7 @@ impl SelectedLayout {
         let held = self.sums_per_tile() * k
             + match self.order {
                 SelectOrder::WeightsFirst => 0,
-                SelectOrder::InputsFirst => self.experts * j,
+                SelectOrder::InputsFirst => self.choice.experts * j,
             };
         let whole = (BUDGET.sums / (held * ciphertext_bytes(p, self.select_level()))).min(most);
         grouped.max(whole).max(1)
@@ -823,8 +913,9 @@ impl SelectedLayout {
     /// weight polynomial is prepared once per batch. Otherwise a group after the first would
     /// expand or lay out the selectors again.
     fn grouped(&self, p: &HeParams, rows: usize, kept: bool, budget: Budget) -> bool {
-        let selectors = rows * self.experts * self.selectors_per_expert() * ciphertext_bytes(p, self.select_level());
-        kept && selectors + self.experts * self.bank_bytes(p, 1) <= budget.chunk
+        let selectors =
+            rows * self.choice.experts * self.selectors_per_expert() * ciphertext_bytes(p, self.select_level());
+        kept && selectors + self.choice.experts * self.bank_bytes(p, 1) <= budget.chunk
     }
 
     /// Bytes of one expert's prepared weights for `tiles` output tiles (J input tiles each).
@@ -841,9 +932,10 @@ impl SelectedLayout {
         if !self.grouped(p, rows, kept, budget) {
             return k;
         }
-        let bank = self.experts * self.bank_bytes(p, 1);
+        let bank = self.choice.experts * self.bank_bytes(p, 1);
         let per_tile = (rows * self.sums_per_tile() * ciphertext_bytes(p, self.select_level())).max(bank);
-        let selectors = rows * self.experts * self.selectors_per_expert() * ciphertext_bytes(p, self.select_level());
+        let selectors =
+            rows * self.choice.experts * self.selectors_per_expert() * ciphertext_bytes(p, self.select_level());
         let beside = (budget.chunk - selectors) / bank;
         (budget.group / per_tile).min(beside).clamp(1, k)
     }
@@ -854,8 +946,8 @@ impl SelectedLayout {
         let per_expert =
             self.bank_bytes(p, tiles) + rows * self.selectors_per_expert() * ciphertext_bytes(p, self.select_level());
         let fit = (budget / per_expert).max(1);
-        let all = 1usize << self.select_levels;
-        if fit >= self.experts { all } else { 1 << fit.ilog2() }
+        let all = 1usize << self.choice.expert_levels();
+        if fit >= self.choice.experts { all } else { 1 << fit.ilog2() }
     }
 }
 
@@ -918,7 +1010,7 @@ fn selected_batch_within(
 
 /// Whether `experts` are E matrices of d×m for `layout`; the error names the first that is not.
 pub fn check_experts(layout: &SelectedLayout, experts: &[&[u64]]) -> HeResult<()> {
-    let (e, d, m) = (layout.experts, layout.tiling.shape.d, layout.tiling.shape.m);
+    let (e, d, m) = (layout.choice.experts, layout.tiling.shape.d, layout.tiling.shape.m);
     if experts.len() != e {
         return Err(HeError::Shape(format!("a selection among {e} experts given {} matrices", experts.len())));
     }
@@ -1026,7 +1118,7 @@ fn batch_tiles(
     budget: Budget,
     absorb: impl Fn(usize, usize, OutputTile) -> HeResult<()> + Sync + Send,
 ) -> HeResult<()> {
-    let (j_n, k_n, e) = (layout.inputs(), layout.outputs(), layout.experts);
+    let (j_n, k_n, e) = (layout.inputs(), layout.outputs(), layout.choice.experts);
     check_experts(layout, experts)?;
     if let Some(bad) = rows.iter().position(|r| r.x.len() != j_n || r.choice.own.len() != e) {
         return Err(HeError::Shape(format!("row {bad} needs {j_n} input tiles and {e} selector bits")));
@@ -1105,11 +1197,14 @@ impl<'r, 'a> RowSelection<'r, 'a> {
         chunk: usize,
         be: &dyn Backend,
     ) -> HeResult<Self> {
-        let outer = layout.select_levels - chunk.trailing_zeros();
-        let inner = layout.select_levels - outer;
+        // a row's compact ciphertext went through the choice's first g levels (its rows
+        // separated); the experts' levels follow: `outer` of them per row, `inner` per chunk
+        let (first, experts) = (layout.choice.row_levels, layout.choice.expert_levels());
+        let outer = experts - chunk.trailing_zeros();
+        let inner = experts - outer;
         let nodes = par_map(rows.len(), |r| match rows[r].choice.all_kept(p, layout.level) {
             true => Ok(Vec::new()),
-            false => keys.galois.expand(p, &rows[r].choice.compact, outer, be),
+            false => keys.galois.expand_from(p, &rows[r].choice.compact, first, outer, be),
         })
         .into_iter()
         .collect::<HeResult<_>>()?;
@@ -1135,8 +1230,8 @@ impl<'r, 'a> RowSelection<'r, 'a> {
         c: usize,
         be: &dyn Backend,
     ) -> HeResult<Selectors> {
-        let range = self.range(c, layout.experts);
-        let top = 1u128 << layout.select_levels;
+        let range = self.range(c, layout.choice.experts);
+        let first = layout.choice.row_levels + self.outer;
         let chosen = par_map(self.rows.len(), |r| -> HeResult<Vec<Arc<Ciphertext>>> {
             let choice = self.rows[r].choice;
             // kept selectors serve every matrix of the choice: at its level, or switched down to it
@@ -1151,7 +1246,7 @@ impl<'r, 'a> RowSelection<'r, 'a> {
             }
             let node = &self.nodes[r][bit_reverse(c, self.outer)];
             let mut leaves: Vec<Option<Ciphertext>> =
-                self.keys.galois.expand_from(p, node, self.outer, self.inner, be)?.into_iter().map(Some).collect();
+                self.keys.galois.expand_from(p, node, first, self.inner, be)?.into_iter().map(Some).collect();
             // leaf i holds the chunk's expert bitrev(i); switched down to the product's level
             // before its transform (the modulus switch reads coefficients)
             let cts = (0..range.len())
@@ -1161,7 +1256,7 @@ impl<'r, 'a> RowSelection<'r, 'a> {
                     if choice.own[range.start + offset] {
                         ct.c0.neg_assign(p);
                         ct.c1.neg_assign(p);
-                        ct.add_wide_plain_assign(p, &[top], be)?;
+                        ct.add_wide_plain_assign(p, &[1], be)?;
                     }
                     while ct.limbs(p) > layout.level {
                         ct.drop_last_modulus(p, be)?;
@@ -1237,7 +1332,7 @@ impl<'r, 'a> RowSelection<'r, 'a> {
     ) -> HeResult<()> {
         let (t, j_n) = (&layout.tiling, layout.inputs());
         for c in 0..1usize << self.outer {
-            let range = self.range(c, layout.experts);
+            let range = self.range(c, layout.choice.experts);
             if range.is_empty() {
                 continue;
             }
@@ -1374,26 +1469,80 @@ mod tests {
     }
 
     #[test]
-    fn a_choice_takes_the_smallest_plaintext_modulus_its_selectors_and_packing_need() {
-        let p = HeParams::select().unwrap_or_else(|e| panic!("{e}"));
-        let bits = |e: usize| choice_params(&p, e).map(|c| c.plain_bits()).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!((bits(1), bits(8), bits(128), bits(1024)), (74, 77, 81, 84));
-        // the sibling set shares the ring and primes: the session's secret serves it
+    fn products_run_at_t_2_74_and_compact_ciphertexts_at_t_times_their_selectors() {
+        let select = HeParams::select().unwrap_or_else(|e| panic!("{e}"));
+        let p = product_params(&select).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p.plain_bits(), 74);
+        let bits = |rows: usize, e: usize| {
+            ChoiceLayout::new(rows, e)
+                .and_then(|c| c.compact_params(&p))
+                .map(|c| c.plain_bits())
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        assert_eq!((bits(1, 1), bits(1, 8), bits(16, 8), bits(1, 1024), bits(16, 1024)), (74, 77, 81, 84, 84));
+        // the sibling sets share the ring and primes: the session's secret serves them
         let be = CpuBackend::new(1).unwrap_or_else(|e| panic!("{e}"));
         let mut rng = StdRng::seed_from_u64(3);
-        let sk = SecretKey::generate(&p, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
-        let sibling = choice_params(&p, 8).unwrap_or_else(|e| panic!("{e}"));
-        let sk8 = sk.for_params(&sibling).unwrap_or_else(|e| panic!("{e}"));
-        let pt = Plaintext::new(&sibling, vec![5u64; 4]).unwrap_or_else(|e| panic!("{e}"));
-        let ct = sk8.encrypt(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(sk8.decrypt_wide(&ct, &be).unwrap_or_else(|e| panic!("{e}"))[..4], [5u128; 4]);
+        let sk = SecretKey::generate(&select, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        let sk74 = sk.for_params(&p).unwrap_or_else(|e| panic!("{e}"));
+        let pt = Plaintext::new(&p, vec![5u64; 4]).unwrap_or_else(|e| panic!("{e}"));
+        let ct = sk74.encrypt(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(sk74.decrypt_wide(&ct, &be).unwrap_or_else(|e| panic!("{e}"))[..4], [5u128; 4]);
         let other = HeParams::linear().unwrap_or_else(|e| panic!("{e}"));
         assert!(sk.for_params(&other).is_err(), "another ring is not a sibling");
+        assert!(product_params(&other).is_err(), "t = 2^70 holds no selected product");
+    }
+
+    #[test]
+    fn rows_share_a_choice_ciphertext_while_their_selectors_fit_the_keys_levels() {
+        let layout = |rows: usize, e: usize| ChoiceLayout::new(rows, e).unwrap_or_else(|e| panic!("{e}"));
+        // (rows per ciphertext, ciphertexts, ℓ)
+        let of = |c: ChoiceLayout, rows: usize| (c.rows_per_ciphertext(), c.ciphertexts(rows), c.levels());
+        assert_eq!(of(layout(16, 8), 16), (16, 1, 7));
+        assert_eq!(of(layout(13, 8), 13), (16, 1, 7));
+        assert_eq!(of(layout(300, 8), 300), (128, 3, 10));
+        assert_eq!(of(layout(16, 128), 16), (8, 2, 10));
+        assert_eq!(of(layout(16, 1024), 16), (1, 16, 10));
+        assert_eq!(of(layout(1, 5), 1), (1, 1, 3));
+        assert!(ChoiceLayout::new(4, 1025).is_err() && ChoiceLayout::new(4, 0).is_err());
+        assert!(ChoiceLayout::with_row_levels(8, 8).is_err(), "2^11 selectors");
+        assert!(layout(2, 3).encode(&[true; 9]).is_err(), "three rows in a ciphertext of two");
+        assert!(layout(2, 3).encode(&[true; 4]).is_err(), "not whole rows");
+    }
+
+    #[test]
+    fn separated_rows_expand_to_their_own_bits_under_the_products_modulus() {
+        let p = HeParams::select().and_then(|p| product_params(&p)).unwrap_or_else(|e| panic!("{e}"));
+        let be = CpuBackend::new(2).unwrap_or_else(|e| panic!("{e}"));
+        let mut rng = StdRng::seed_from_u64(17);
+        let sk = SecretKey::generate(&p, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        let galois = sk.galois_keys(5, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        // three rows of five experts in a ciphertext of four rows: ℓ = 2 + 3
+        let choice = ChoiceLayout::with_row_levels(5, 2).unwrap_or_else(|e| panic!("{e}"));
+        let compact_params = choice.compact_params(&p).unwrap_or_else(|e| panic!("{e}"));
+        let bits: Vec<bool> = (0..15).map(|_| rng.random()).collect();
+        let pt = Plaintext::new(&compact_params, choice.encode(&bits).unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let compact = sk
+            .for_params(&compact_params)
+            .and_then(|sk| sk.encrypt(&pt, &be, &mut rng))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let rows = choice.separate(&p, &galois, &compact, &be).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(rows.len(), 4);
+        for (r, row) in rows.iter().enumerate() {
+            let leaves = galois.expand_from(&p, row, 2, 3, &be).unwrap_or_else(|e| panic!("{e}"));
+            for e in 0..8 {
+                let wide = sk.decrypt_wide(&leaves[bit_reverse(e, 3)], &be).unwrap_or_else(|e| panic!("{e}"));
+                let bit = r < 3 && e < 5 && bits[r * 5 + e];
+                assert_eq!(wide[0], u128::from(bit), "row {r}, expert {e}");
+                assert!(wide[1..].iter().all(|&v| v == 0), "row {r}, expert {e}: not a constant");
+            }
+        }
     }
 
     #[test]
     fn a_selected_row_is_x_times_the_chosen_experts_matrix_in_shares() {
-        let p = HeParams::select().unwrap_or_else(|e| panic!("{e}"));
+        let p = HeParams::select().and_then(|p| product_params(&p)).unwrap_or_else(|e| panic!("{e}"));
         let be = CpuBackend::new(2).unwrap_or_else(|e| panic!("{e}"));
         let mut rng = StdRng::seed_from_u64(11);
         let sk = SecretKey::generate(&p, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
@@ -1408,15 +1557,17 @@ mod tests {
         // exact, or compressed as far as the client's public weight bound allows
         let full = p.moduli().len();
         let (weights, inputs) = (SelectOrder::WeightsFirst, SelectOrder::InputsFirst);
-        for (form, order, bits, level, compressed) in [
-            (ProductForm::Relinearized, weights, 64, full, false),
-            (ProductForm::Tensored, weights, 64, full, false),
-            (ProductForm::Relinearized, inputs, 44, full, true),
-            (ProductForm::Relinearized, weights, 64, full - 1, true),
-            (ProductForm::Relinearized, inputs, 64, full - 1, false),
-            (ProductForm::Tensored, weights, 44, full - 1, true),
+        // the row alone in its choice ciphertext, or separated from one of 2^g rows
+        for (form, order, bits, level, compressed, g) in [
+            (ProductForm::Relinearized, weights, 64, full, false, 0),
+            (ProductForm::Tensored, weights, 64, full, false, 1),
+            (ProductForm::Relinearized, inputs, 44, full, true, 2),
+            (ProductForm::Relinearized, weights, 64, full - 1, true, 1),
+            (ProductForm::Relinearized, inputs, 64, full - 1, false, 0),
+            (ProductForm::Tensored, weights, 44, full - 1, true, 0),
         ] {
-            let layout = SelectedLayout::choose(&p, (d, m), e, (form, w_bits + 6), (&CostModel::WAN, 2))
+            let choice_layout = ChoiceLayout::with_row_levels(e, g).unwrap_or_else(|e| panic!("{e}"));
+            let layout = SelectedLayout::choose(&p, (d, m), choice_layout, (form, w_bits + 6), (&CostModel::WAN, 2))
                 .and_then(|l| l.with_order(order))
                 .and_then(|l| l.with_result_bits(bits))
                 .and_then(|l| l.with_level(&p, level))
@@ -1451,8 +1602,21 @@ mod tests {
                     ct
                 })
                 .collect();
-            let pt = Plaintext::new(&p, layout.encode_choice(&theirs)).unwrap_or_else(|e| panic!("{e}"));
-            let compact = sk.encrypt(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+            // a row's compact ciphertext: the first of the 2^g rows the client encrypted together
+            let compact_of = |bits: &[bool], rng: &mut StdRng| {
+                let mut group = bits.to_vec();
+                group.extend((bits.len()..e << g).map(|_| rng.random::<bool>()));
+                let compact_params = choice_layout.compact_params(&p).unwrap_or_else(|e| panic!("{e}"));
+                let pt =
+                    Plaintext::new(&compact_params, choice_layout.encode(&group).unwrap_or_else(|e| panic!("{e}")))
+                        .unwrap_or_else(|e| panic!("{e}"));
+                let ct = sk
+                    .for_params(&compact_params)
+                    .and_then(|sk| sk.encrypt(&pt, &be, rng))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                choice_layout.separate(&p, &galois, &ct, &be).unwrap_or_else(|e| panic!("{e}")).remove(0)
+            };
+            let compact = compact_of(&theirs, &mut rng);
             let bound = noise_bits(&p, &layout, w_bits);
             let flood = (bound.ceil() as u32 + 40).min(crate::he::MAX_FLOOD_BITS);
             let refs: Vec<&[u64]> = experts.iter().map(Vec::as_slice).collect();
@@ -1492,10 +1656,11 @@ mod tests {
             );
             assert!(layout.tile_group(&p, 2, true, one_tile) == 1 && layout.outputs() > 1, "nothing to group");
             let other = (chosen + 1) % e;
-            let pt = Plaintext::new(&p, layout.encode_choice(&(0..e).map(|i| i == other).collect::<Vec<_>>()))
-                .unwrap_or_else(|e| panic!("{e}"));
-            let second =
-                RowChoice::new(sk.encrypt(&pt, &be, &mut rng).unwrap_or_else(|e| panic!("{e}")), vec![false; e], true);
+            let second = RowChoice::new(
+                compact_of(&(0..e).map(|i| i == other).collect::<Vec<_>>(), &mut rng),
+                vec![false; e],
+                true,
+            );
             let pair = [row, SelectedRow { x: &inputs, choice: &second }];
             let mut grouped =
                 selected_batch_within(&p, keys, &layout, &pair, &refs, (flood, &[[3; 32], [4; 32]]), &be, one_tile)

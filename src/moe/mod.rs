@@ -43,8 +43,9 @@
 //!   n·E·d_ff values — then the outputs multiplexed (n·k·E·d values). The activation is what
 //!   grows: ~215 bytes per GeLU value (silent OT) against 16 per selected value.
 //! - [`Method::Paper`] (built; the SecMoE paper's Protocol 1, [`crate::he::selected`]): per
-//!   (slot, token) row, the client sends one compact ciphertext of its one-hot share (kept by
-//!   the server for both matrices) and its encrypted row; the server expands the selectors
+//!   (slot, token) row, the client sends its one-hot share in a compact ciphertext (up to 2^10
+//!   selectors each, so several rows share one; kept by the server for both matrices) and its
+//!   encrypted row; the server expands the selectors
 //!   (2^⌈log2 E⌉ − 1 Galois key switches), selects the chosen expert's weight polynomials,
 //!   \[\[W\]\] = Σ_i W_i·\[\[t_i\]\] (E·J·K ciphertext×plaintext products, J·K ≈ d·m/N), multiplies
 //!   them by the row (J·K ciphertext×ciphertext products), switches each of the K results down
@@ -58,8 +59,10 @@
 //!   products switched down to one prime above the out level: 4 of 5 limbs) — no selected
 //!   weight is lifted to the product basis and no output tile is rounded: at the SPU shape 24
 //!   ciphertext products per row and matrix instead of 144. It runs at N = 16384
-//!   ([`crate::he::HeParams::select`]) with t = 2^(74+ℓ), the least the selectors and packing
-//!   need ([`crate::he::selected::choice_params`]): the ciphertext products' noise (≈ t·√N times
+//!   ([`crate::he::HeParams::select`]) with t = 2^74, what 64-bit results need above the
+//!   deepest packing ([`crate::he::selected::product_params`]; the client encrypts its one-hot
+//!   shares under 2^ℓ·t, so the expansion's factor 2^ℓ lands the selectors on t and costs the
+//!   products nothing: [`crate::he::selected::ChoiceLayout`]): the ciphertext products' noise (≈ t·√N times
 //!   the selection sum's) must stay 40 bits below the flooding, which N = 8192 (218 bits of q)
 //!   cannot hold; each product runs at the fewest of q's six primes that hold its noise (the
 //!   server's choice from its weights' bound, [`crate::he::selected::SelectedLayout::with_level`]:
@@ -68,8 +71,10 @@
 //!   Bytes per row and matrix: J input ciphertexts (713 kB each at six primes, 479 kB at five
 //!   with c0's low 56 bits rounded away, [`crate::he::selected::dropped_bits`]; J = ⌈d/d_w⌉ with
 //!   d_w = 2^pack chosen by the client for its network: input bytes against products and
-//!   packing) up, one packed result per 2^pack output tiles (≈ 210 kB) down, plus one selector
-//!   ciphertext per row — **flat in E**; rounds: one per matrix and one for the selectors.
+//!   packing) up, one packed result per 2^pack output tiles (≈ 210 kB) down, plus one choice
+//!   ciphertext (713 kB) per 2^g rows, as many rows as keep the expansion within 2^10
+//!   selectors (16 at E = 8, 8 at E = 128: [`crate::he::selected::ChoiceLayout`]) — **flat in
+//!   E**; rounds: one per matrix and one for the selectors.
 //!   Measured (16 tokens, d = 256, d_ff = 1024, WAN tuning, 2026-12-05): 51.7 MB and 6.2 s
 //!   at E = 8, 54.2 MB (+4.9%, the routing) and 29.6 s at E = 128 (the baseline: 836.5 MB,
 //!   30.9 s, 51.3 s under the WAN model; Select-Then-Compute 98.5 MB, 7.5 s); at the SPU shape
@@ -77,7 +82,10 @@
 //!   weights-first build took 27.5–28.4 s for 120.9 MB, 34.4–35.8 s for 75.0 MB tuned for
 //!   100 Mbit/s): 81.1 MB in 19.8–20.6 s, or 72.4 MB in 23.7 s tuned for 20 Mbit/s (16.1×
 //!   below SPU's bytes); session 35 (sums on fewer limbs, packings merged as tiles arrive, all
-//!   16 rows in one batch): 81.1 MB in 16.1–16.8 s, or 63.8 MB in 23.1 s for 20 Mbit/s. Server work per row: E key switches for the expansion, once for all
+//!   16 rows in one batch): 81.1 MB in 16.1–16.8 s, or 63.8 MB in 23.1 s for 20 Mbit/s;
+//!   session 36 (16 rows per choice ciphertext, products at t = 2^74): 69.4 MB at the same
+//!   time (11.4 → 0.7 MB of choice), at d = 256: 40.8 MB at E = 8, 43.7 MB (+7.3%) at E = 128.
+//!   Server work per row: E key switches for the expansion, once for all
 //!   matrices (the selectors are kept, [`crate::he::selected::RowChoice`]); per row and matrix
 //!   E·J·K products by weights (one batched multiply-accumulate per expert chunk for all rows),
 //!   J·K ciphertext products summed into K results ([`crate::he::ProductSum`]: one rounding and

@@ -2,9 +2,9 @@
 //! matrix X (R×d), each times the d×m matrix of the expert its secret one-hot names, with the
 //! client's bytes independent of the number of experts E.
 //!
-//! 1. [`send_choice`]: the client encrypts its XOR share of each row's one-hot as one compact
-//!    ciphertext (bit e at X^e); the server keeps them, with its own share, for every matrix of
-//!    the experts ([`Choice`]).
+//! 1. [`send_choice`]: the client encrypts its XOR shares of the rows' one-hot vectors, 2^g rows
+//!    per compact ciphertext ([`ChoiceLayout`]); the server separates the rows and keeps them,
+//!    with its own share, for every matrix of the experts ([`Choice`]).
 //! 2. [`selected_linear`]: the client announces the product and the layout, the server checks it
 //!    against its own and answers; the client sends each row's input tiles (seeded, under the
 //!    session's [`HeUse::Select`] keys), the server adds its share, selects the row's expert and
@@ -30,8 +30,8 @@ use super::session::keys_for;
 use super::{HeKeys, HeUse, ProtoError, ProtoResult, Session};
 use crate::backend::par_map;
 use crate::he::selected::{
-    ProductForm, RowChoice, SelectKeys, SelectOrder, SelectedLayout, SelectedRow, check_experts, choice_params,
-    selected_batch,
+    ChoiceLayout, ProductForm, RowChoice, SelectKeys, SelectOrder, SelectedLayout, SelectedRow, check_experts,
+    product_params, selected_batch,
 };
 use crate::he::tiling::MatShape;
 use crate::he::{
@@ -47,8 +47,9 @@ use crate::ring::{Shares, Weights};
 #[derive(Debug)]
 pub struct Choice {
     rows: usize,
-    experts: usize,
-    /// The session's selection set with the choice's plaintext modulus ([`choice_params`]).
+    /// E and the rows per compact ciphertext.
+    layout: ChoiceLayout,
+    /// The session's selection set with the products' plaintext modulus ([`product_params`]).
     params: Arc<HeParams>,
     /// Server: each row's choice.
     choices: Vec<RowChoice>,
@@ -62,7 +63,7 @@ impl Choice {
 
     /// Number of experts E.
     pub fn experts(&self) -> usize {
-        self.experts
+        self.layout.experts
     }
 }
 
@@ -86,18 +87,22 @@ pub async fn send_choice(sess: &mut Session, bits: &[bool], rows: usize, experts
     let meter = sess.meter().clone();
     let _s = meter.scope("he-choice");
     let party = sess.party();
-    let seeds: Vec<[u8; 32]> = (0..rows).map(|_| sess.rng.random()).collect();
+    let layout = ChoiceLayout::new(rows, experts)?;
+    let seeds: Vec<[u8; 32]> = (0..layout.ciphertexts(rows)).map(|_| sess.rng.random()).collect();
     let be = sess.backend().clone();
     let ch = sess.ot.channel();
+    let per = layout.rows_per_ciphertext();
     match (select_keys(&sess.he)?, party) {
         (HeKeys::Client(he), Party::Client) => {
-            let p = choice_params(he.params(), experts)?;
-            let layout = SelectedLayout::with_pack(&p, 1, 1, experts, 1, ProductForm::default())?;
-            let sk = he.secret_key().for_params(&p)?;
+            let p = product_params(he.params())?;
+            let compact_params = layout.compact_params(&p)?;
+            let sk = he.secret_key().for_params(&compact_params)?;
             let cts: Vec<Vec<u8>> = he.workers().compute(|| {
-                par_map(rows, |r| {
-                    let pt = Plaintext::new(&p, layout.encode_choice(&bits[r * experts..(r + 1) * experts]))?;
-                    Ok(sk.encrypt_seeded(&pt, be.as_ref(), &mut ChaCha20Rng::from_seed(seeds[r]))?.to_bytes(&p))
+                par_map(seeds.len(), |c| {
+                    let group = &bits[c * per * experts..((c + 1) * per).min(rows) * experts];
+                    let pt = Plaintext::new(&compact_params, layout.encode(group)?)?;
+                    let rng = &mut ChaCha20Rng::from_seed(seeds[c]);
+                    Ok(sk.encrypt_seeded(&pt, be.as_ref(), rng)?.to_bytes(&compact_params))
                 })
                 .into_iter()
                 .collect::<ProtoResult<_>>()
@@ -105,19 +110,25 @@ pub async fn send_choice(sess: &mut Session, bits: &[bool], rows: usize, experts
             for ct in cts {
                 ch.send(&ct).await?;
             }
-            Ok(Choice { rows, experts, params: p, choices: Vec::new() })
+            Ok(Choice { rows, layout, params: p, choices: Vec::new() })
         }
         (HeKeys::Server(he), Party::Server) => {
-            let p = choice_params(he.params(), experts)?;
-            SelectedLayout::with_pack(&p, 1, 1, experts, 1, ProductForm::default())?;
+            let p = product_params(he.params())?;
+            let compact_params = layout.compact_params(&p)?;
+            let Some(galois) = he.galois_keys() else {
+                return Err(ProtoError::Input("the selection keys lack Galois keys".into()));
+            };
             let kept = RowChoice::kept_rows(&p, experts);
             let mut choices = Vec::with_capacity(rows);
-            for r in 0..rows {
-                let bytes = ch.recv_exact("one-hot ciphertext", seeded_ciphertext_len(&p)).await?;
-                let compact = SeededCiphertext::from_bytes(&p, &bytes)?.expand(&p);
-                choices.push(RowChoice::new(compact, bits[r * experts..(r + 1) * experts].to_vec(), r < kept));
+            for c in 0..seeds.len() {
+                let bytes = ch.recv_exact("one-hot ciphertext", seeded_ciphertext_len(&compact_params)).await?;
+                let compact = SeededCiphertext::from_bytes(&compact_params, &bytes)?.expand(&compact_params);
+                let separated = he.workers().compute(|| layout.separate(&p, galois, &compact, be.as_ref()))?;
+                for (r, compact) in (c * per..rows).zip(separated) {
+                    choices.push(RowChoice::new(compact, bits[r * experts..(r + 1) * experts].to_vec(), r < kept));
+                }
             }
-            Ok(Choice { rows, experts, params: p, choices })
+            Ok(Choice { rows, layout, params: p, choices })
         }
         _ => Err(ProtoError::Input("the session's selection keys are the other party's".into())),
     }
@@ -173,7 +184,7 @@ async fn selected_product(
                 KeySet::Linear => return Err(select_keys_missing()),
             };
             let network = (&he.network(), he.server_threads());
-            let layout = SelectedLayout::choose(&p, (d, m), choice.experts, (form, weight_bits), network)?
+            let layout = SelectedLayout::choose(&p, (d, m), choice.layout, (form, weight_bits), network)?
                 .with_result_bits(bits)?;
             let sk = he.secret_key().for_params(&p)?;
             let t = layout.tiling;
@@ -182,11 +193,11 @@ async fn selected_product(
                 rows,
                 d,
                 m,
-                choice.experts,
+                choice.layout.experts,
                 t.d_w,
                 t.m_w,
                 t.pack as usize,
-                layout.select_levels as usize,
+                layout.choice.levels() as usize,
                 form.parts(),
                 bits as usize,
                 layout.dropped as usize,
@@ -378,7 +389,7 @@ impl ServerSide<'_> {
                 "the client's selected product {header:?} (rows, d, m, E, d_w, m_w, pack, ℓ, parts, result bits, dropped bits, order): {why}"
             ))
         };
-        let ours = [self.rows, self.d, self.m, self.choice.experts];
+        let ours = [self.rows, self.d, self.m, self.choice.layout.experts];
         if header[..4].iter().zip(ours).any(|(&h, o)| h != o as u64) {
             return Err(bad(format!("the server runs {ours:?}")));
         }
@@ -397,17 +408,19 @@ impl ServerSide<'_> {
         let pack = u32::try_from(header[6]).map_err(|_| bad("no such packing".into()))?;
         let dropped = u32::try_from(header[10]).map_err(|_| bad("no such compression".into()))?;
         let order = SelectOrder::from_code(header[11]).ok_or_else(|| bad(format!("no order {}", header[11])))?;
-        let layout = SelectedLayout::with_pack(&self.choice.params, self.d, self.m, self.choice.experts, pack, form)
+        let layout = SelectedLayout::with_pack(&self.choice.params, self.d, self.m, self.choice.layout, pack, form)
             .and_then(|l| l.with_order(order))
             .and_then(|l| l.with_result_bits(self.bits))
             .and_then(|l| l.with_dropped(&self.choice.params, dropped))
             .map_err(|e| bad(e.to_string()))?;
         let t = layout.tiling;
-        let expected = [t.d_w, t.m_w, pack as usize, layout.select_levels as usize];
+        let expected = [t.d_w, t.m_w, pack as usize, layout.choice.levels() as usize];
         if expected.iter().zip(&header[4..]).any(|(&o, &h)| h != o as u64) {
             return Err(bad(format!(
                 "the layout packing 2^{pack} has d_w = {}, m_w = {}, ℓ = {}",
-                t.d_w, t.m_w, layout.select_levels
+                t.d_w,
+                t.m_w,
+                layout.choice.levels()
             )));
         }
         Ok(layout)
