@@ -89,15 +89,22 @@ pub(crate) fn add_wide_plain(
     if coeffs.len() > params.degree() || coeffs.iter().any(|&c| c >> t != 0) {
         return Err(HeError::Shape(format!("plaintext must have at most N coefficients below 2^{t}")));
     }
-    let k = c0.limbs.len() / params.degree();
+    let (n, k) = (params.degree(), c0.limbs.len() / params.degree());
     let ctx = CrtContext::new(&params.moduli()[..k], t);
-    let mut padded = coeffs.to_vec();
-    padded.resize(params.degree(), 0);
-    let mut dm = scaled(params, &ctx, k, &padded);
-    if c0.form() == Form::Ntt {
-        dm.to_ntt(params, backend)?;
+    // ⌊q'·m/t⌉ is zero beyond the plaintext's coefficients: in coefficient form only those are
+    // added (a constant, such as a selector's share, touches one coefficient per limb)
+    let mut dm = scaled(params, &ctx, k, coeffs);
+    match c0.form() {
+        Form::Ntt => {
+            dm.to_ntt(params, backend)?;
+            c0.add_assign(params, &dm);
+        }
+        Form::Coeff => {
+            for ((c, d), m) in c0.limbs.chunks_exact_mut(n).zip(dm.limbs.chunks_exact(n)).zip(params.moduli()) {
+                c.iter_mut().zip(&d[..coeffs.len()]).for_each(|(c, &d)| *c = m.add(*c, d));
+            }
+        }
     }
-    c0.add_assign(params, &dm);
     Ok(())
 }
 

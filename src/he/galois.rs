@@ -285,14 +285,7 @@ impl Ciphertext {
                 for (i, (dst, src)) in
                     digits[l * k * n..][..k * n].chunks_exact_mut(n).zip(c1.chunks_exact(n)).enumerate()
                 {
-                    // residues mod a prime below 2·p_l (the set's q primes have one size) need one
-                    // conditional subtraction, not a reduction
-                    let p_l = m.value();
-                    if q[i].value() <= p_l.saturating_mul(2) {
-                        dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v.min(v.wrapping_sub(p_l)));
-                    } else {
-                        dst.iter_mut().zip(src).for_each(|(d, &v)| *d = m.reduce(v));
-                    }
+                    m.reduce_residues(q[i].value(), src, dst);
                 }
             }
             let (q_digits, p_digits) = digits.split_at_mut(k * k * n);

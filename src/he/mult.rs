@@ -210,12 +210,9 @@ impl Tensored {
         // digit i = [d2]_{q_i} lifted to every q_j, NTT form, stored [j][i][N]
         // scratch: one relinearization per output tile, each of k²·N words (3.3 MB at five primes)
         let mut digits = Scratch::take(k * k * n);
-        let ones: Vec<(u64, u64)> = moduli.iter().map(|m| (1, m.shoup(1))).collect();
-        let mut lifted = Scratch::take(k * n);
-        for i in 0..k {
-            backend.base_convert(moduli, n, &d2.limbs[i * n..(i + 1) * n], &ones, &mut lifted)?;
-            for (j, row) in lifted.chunks_exact(n).enumerate() {
-                digits[(j * k + i) * n..(j * k + i + 1) * n].copy_from_slice(row);
+        for (i, src) in d2.limbs.chunks_exact(n).enumerate() {
+            for (j, m) in moduli.iter().enumerate() {
+                m.reduce_residues(moduli[i].value(), src, &mut digits[(j * k + i) * n..(j * k + i + 1) * n]);
             }
         }
         backend.ntt_forward(&params.tables()[..k], &mut digits)?;

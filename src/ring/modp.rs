@@ -113,6 +113,16 @@ impl Modulus {
         self.reduce_u128(x as u128)
     }
 
+    /// `dst[i] = src[i] mod p` for residues `src` of another modulus `from` (each below it): one
+    /// conditional subtraction where from ≤ 2p (primes of one size), else a reduction.
+    pub fn reduce_residues(&self, from: u64, src: &[u64], dst: &mut [u64]) {
+        if from <= self.p.saturating_mul(2) {
+            dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v.min(v.wrapping_sub(self.p)));
+        } else {
+            dst.iter_mut().zip(src).for_each(|(d, &v)| *d = self.reduce(v));
+        }
+    }
+
     /// `x mod p` for any u128 without a division: q = x1·μ1 + ⌊(x1·μ0 + x0·μ1)/2^64⌋ with
     /// μ = ⌊2^128/p⌋ leaves out less than 3 of x·μ/2^128 > x/p − 1, so it is at most 2 below
     /// ⌊x/p⌋, and x − q·p < 3p < 2^64 is exact in one word (four word products in all).
@@ -282,6 +292,21 @@ mod tests {
                 assert_eq!(p % (2 * n as u64), 1);
                 assert_eq!(64 - p.leading_zeros(), bits);
             }
+        }
+    }
+
+    #[test]
+    fn residues_of_another_prime_reduce_like_a_remainder() {
+        let primes = ntt_primes(58, 4096, 2).unwrap_or_default();
+        let wide = ntt_primes(61, 4096, 1).unwrap_or_default();
+        let (small, to) = (Modulus::new(primes[0]).unwrap_or_else(|e| panic!("{e}")), primes[1]);
+        let m = Modulus::new(to).unwrap_or_else(|e| panic!("{e}"));
+        // a prime of the same size (one subtraction) and one 8× wider (a reduction)
+        for from in [small.value(), wide[0]] {
+            let src: Vec<u64> = [0, 1, to - 1, to, to + 1, from - 1].into_iter().filter(|&v| v < from).collect();
+            let mut dst = vec![0; src.len()];
+            m.reduce_residues(from, &src, &mut dst);
+            assert_eq!(dst, src.iter().map(|v| v % to).collect::<Vec<_>>(), "from {from}");
         }
     }
 
