@@ -508,9 +508,11 @@ impl SelectedLayout {
 /// one compact ciphertext, bit e of row r at X^(r + 2^g·bitrev(e)) ([`ChoiceLayout::encode`]);
 /// the expansion's first g levels separate the rows ([`ChoiceLayout::separate`]), its next
 /// ⌈log2 E⌉ the experts, the bit reversal making every subtree a run of experts. Each level
-/// doubles the selectors, so rows share a ciphertext while all ℓ = g + ⌈log2 E⌉ levels stay
-/// within 2^[`MAX_GALOIS_LEVELS`] selectors — t and the selectors' noise of E = 1024 alone: at
-/// the SPU shape (E = 8) 16 rows travel in one ciphertext instead of sixteen (11.4 → 0.7 MB).
+/// doubles the selectors' noise (their message's doubling is undone by the compact
+/// ciphertexts' larger t, [`ChoiceLayout::compact_params`]), so rows share a ciphertext while
+/// all ℓ = g + ⌈log2 E⌉ levels stay within the Galois keys' 2^[`MAX_GALOIS_LEVELS`] selectors —
+/// the noise of E = 1024 alone: at the SPU shape (E = 8) 16 rows travel in one ciphertext
+/// instead of sixteen (11.4 → 0.7 MB).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChoiceLayout {
     /// E.
