@@ -176,12 +176,12 @@ impl Backend for CpuBackend {
     }
 
     fn hold(&self, values: Vec<u64>) -> BackendResult<Buffer> {
-        Ok(Buffer(Held::Host(values)))
+        Ok(Buffer(Held::Host(values.into())))
     }
 
     fn fetch(&self, buffer: Buffer) -> BackendResult<Vec<u64>> {
         match buffer.0 {
-            Held::Host(values) => Ok(values),
+            Held::Host(values) => Ok(values.into_vec()),
             #[allow(unreachable_patterns)] // device buffers exist only with the CUDA backend
             _ => Err(super::foreign("cpu", &buffer)),
         }

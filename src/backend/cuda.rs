@@ -716,14 +716,14 @@ impl Backend for CudaBackend {
 
     fn hold(&self, values: Vec<u64>) -> BackendResult<Buffer> {
         if values.is_empty() {
-            return Ok(Buffer(Held::Host(values)));
+            return Ok(Buffer(Held::Host(values.into())));
         }
         Ok(Buffer(Held::Device { ordinal: self.ordinal, values: self.upload(&values)? }))
     }
 
     fn fetch(&self, buffer: Buffer) -> BackendResult<Vec<u64>> {
         match buffer.0 {
-            Held::Host(values) => Ok(values),
+            Held::Host(values) => Ok(values.into_vec()),
             Held::Device { ordinal, ref values } if ordinal == self.ordinal => {
                 let mut host = vec![0u64; values.len()];
                 self.download(values, &mut host)?;

@@ -262,7 +262,7 @@ pub struct Buffer(pub(crate) Held);
 #[derive(Debug)]
 pub(crate) enum Held {
     /// In host memory.
-    Host(Vec<u64>),
+    Host(HostVec),
     /// In the memory of GPU `ordinal`.
     #[cfg(feature = "cuda")]
     Device {
@@ -731,15 +731,105 @@ pub fn each_run(data: &mut [u64], n: usize, f: impl Fn(usize, &mut [u64]) + Sync
     }
 }
 
+/// Keeps freed heap memory in the process for the next allocations (glibc; elsewhere nothing).
+/// By default glibc serves blocks above a sliding threshold (128 KiB, rising with frees) with
+/// fresh mappings and trims the top of its heaps back to the kernel, so the stream of
+/// same-sized intermediates a selected product allocates (polynomials of 128 KiB to a few MiB)
+/// is faulted in and zeroed page by page again each time, which costs more than the work on
+/// them where first touches are slow (a virtual machine: ~3% of the time at the MoE layer's
+/// SPU shape). Blocks up to 32 MiB (glibc's most) come from the heaps, and freed tops stay
+/// mapped up to 1 GiB. Call once at process start; the library never calls it itself.
+pub fn retain_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; both values are in its documented range.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
+/// Host values a [`Buffer`] holds: when the buffer drops, an allocation of at least
+/// [`POOLED_BYTES`] goes to the pool [`zeros`] takes from instead of back to the kernel.
+#[derive(Debug)]
+pub(crate) struct HostVec(Vec<u64>);
+
+impl HostVec {
+    /// The values, leaving the pool out.
+    pub(crate) fn into_vec(mut self) -> Vec<u64> {
+        std::mem::take(&mut self.0)
+    }
+}
+
+impl From<Vec<u64>> for HostVec {
+    fn from(values: Vec<u64>) -> HostVec {
+        HostVec(values)
+    }
+}
+
+impl std::ops::Deref for HostVec {
+    type Target = Vec<u64>;
+    fn deref(&self) -> &Vec<u64> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for HostVec {
+    fn deref_mut(&mut self) -> &mut Vec<u64> {
+        &mut self.0
+    }
+}
+
+impl Drop for HostVec {
+    fn drop(&mut self) {
+        let values = std::mem::take(&mut self.0);
+        if values.capacity() * size_of::<u64>() >= POOLED_BYTES {
+            let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+            pool.push(values);
+            // the oldest go first while the pool is over its bound
+            let mut bytes: usize = pool.iter().map(|v| v.capacity() * size_of::<u64>()).sum();
+            while bytes > POOL_BYTES {
+                bytes -= pool.remove(0).capacity() * size_of::<u64>();
+            }
+        }
+    }
+}
+
+/// Allocations from this size on are mapped afresh by the allocator (glibc's largest heap
+/// block is 32 MiB) and come back from the kernel page by page, zeroed, at first touch: slow
+/// where pages are first touched through a hypervisor (the selectors' layout of one matrix at
+/// the MoE layer's SPU shape, 0.4 GB, cost ~4% of its time that way).
+const POOLED_BYTES: usize = 32 << 20;
+
+/// The most the pool keeps: what the selected products of one matrix hold at once, give or take.
+const POOL_BYTES: usize = 1 << 30;
+
+/// Large host allocations given back by the [`Buffer`]s that held them (selectors' layouts,
+/// weight banks, selection sums), for the next matrix's.
+static POOL: std::sync::Mutex<Vec<Vec<u64>>> = std::sync::Mutex::new(Vec::new());
+
 /// `len` zeros for a large buffer, in transparent huge pages where the kernel allows them
 /// (`madvise`, before the first touch). A fresh buffer of N 4 KiB pages costs N faults, each
 /// zeroing a page; one read before the first write (a running sum) maps the shared zero page
 /// and makes the write fault again with a TLB flush on every core. In 2 MiB pages both happen
 /// 512 times less often.
+///
+/// From [`POOLED_BYTES`] on, the smallest pooled allocation that holds `len` values is taken if
+/// there is one (zeroed in memory that is already mapped).
 pub fn zeros(len: usize) -> Vec<u64> {
     const HUGE: usize = 2 << 20;
+    let bytes = len * size_of::<u64>();
+    if bytes >= POOLED_BYTES {
+        let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        let best = (0..pool.len()).filter(|&i| pool[i].capacity() >= len).min_by_key(|&i| pool[i].capacity());
+        if let Some(i) = best {
+            let mut v = pool.remove(i);
+            drop(pool);
+            v.clear();
+            v.resize(len, 0);
+            return v;
+        }
+    }
     let mut v = vec![0u64; len];
-    let bytes = len * std::mem::size_of::<u64>();
     if bytes >= 2 * HUGE {
         let start = v.as_mut_ptr() as usize;
         let (from, to) = (start.next_multiple_of(HUGE), (start + bytes) / HUGE * HUGE);
@@ -1149,6 +1239,23 @@ mod tests {
 
     /// Buffers of any size come back zeroed and writable, whether or not the kernel takes the
     /// huge-page advice (sizes below, at and across 2 MiB boundaries).
+    #[test]
+    fn a_large_buffer_let_go_comes_back_zeroed_as_the_next_of_its_size() {
+        let be = CpuBackend::new(1).unwrap_or_else(|e| panic!("{e}"));
+        let len = POOLED_BYTES / size_of::<u64>() + 3;
+        let mut held = zeros(len);
+        held.fill(7);
+        drop(be.hold(held).unwrap_or_else(|e| panic!("{e}")));
+        for len in [len, len - 5] {
+            let again = zeros(len);
+            assert_eq!(again.len(), len);
+            assert!(again.iter().all(|&x| x == 0));
+        }
+        // a buffer fetched back leaves the pool alone
+        let fetched = be.fetch(be.hold(vec![1; 4]).unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!(fetched.ok(), Some(vec![1; 4]));
+    }
+
     #[test]
     fn zeros_are_zeros_at_every_size() {
         for len in [0, 1, 1 << 18, (1 << 19) + 3, 3 << 20] {

@@ -294,6 +294,7 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     secmoe::ot::configure_extension_threads();
+    secmoe::backend::retain_freed_memory();
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
