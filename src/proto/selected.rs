@@ -41,6 +41,11 @@ use crate::he::{
 use crate::net::Party;
 use crate::ring::{Shares, Weights};
 
+/// Rows whose input tiles the client encrypts (and the server decodes), and whose results the
+/// client decrypts, in one parallel step: enough tasks for the workers, while the peer already
+/// works on the rows before.
+const ROWS_AT_ONCE: usize = 4;
+
 /// The rows' encrypted one-hot vectors: on the server the client's compact ciphertexts, its
 /// own XOR shares and the selectors expanded from them (kept for the next matrix within a
 /// budget: [`RowChoice`]), on the client only the sizes.
@@ -211,14 +216,21 @@ async fn selected_product(
                     ProtoError::BadRequest(format!("the server chose selected products at {level} limbs"))
                 })?;
             let j_n = layout.inputs();
-            for r in 0..rows {
-                let row = &x[r * d..(r + 1) * d];
-                let mut rng = ChaCha20Rng::from_seed(seeds[r]);
-                let tile_seeds: Vec<[u8; 32]> = (0..j_n).map(|_| rng.random()).collect();
+            // each row's tiles encrypted from seeds drawn from the row's own
+            let tile_seeds: Vec<[u8; 32]> = seeds
+                .iter()
+                .flat_map(|&seed| {
+                    let mut rng = ChaCha20Rng::from_seed(seed);
+                    (0..j_n).map(move |_| rng.random())
+                })
+                .collect();
+            for first in (0..rows).step_by(ROWS_AT_ONCE) {
+                let count = ROWS_AT_ONCE.min(rows - first) * j_n;
                 let cts: Vec<Vec<u8>> = he.workers().compute(|| {
-                    par_map(j_n, |j| {
-                        let pt = Plaintext::new(&p, t.encode_a(row, 0, j))?;
-                        let mut rng = ChaCha20Rng::from_seed(tile_seeds[j]);
+                    par_map(count, |i| {
+                        let (r, j) = (first + i / j_n, i % j_n);
+                        let pt = Plaintext::new(&p, t.encode_a(&x[r * d..(r + 1) * d], 0, j))?;
+                        let mut rng = ChaCha20Rng::from_seed(tile_seeds[r * j_n + j]);
                         let ct = sk.encrypt_seeded_at(&pt, layout.level, be.as_ref(), &mut rng)?;
                         Ok(ct.to_compressed(&p, layout.dropped, be.as_ref())?)
                     })
@@ -232,16 +244,23 @@ async fn selected_product(
             drop(_s);
             let _s = meter.scope("he-selected/output");
             let mut y = vec![0u64; rows * m];
-            for r in 0..rows {
-                for g in 0..layout.returned() {
-                    let bytes = ch.recv().await?;
-                    let pos = layout.returned_positions(g);
-                    let keep: Vec<usize> = pos.iter().map(|&(c, _)| c).collect();
-                    let values = he.workers().compute(|| {
-                        let ct = ShrunkCiphertext::from_bytes(&p, &bytes, layout.response_shape(&p, keep.len()))?;
-                        sk.decrypt_shrunk(&ct, &keep, be.as_ref())
-                    })?;
-                    for (v, &(_, col)) in values.into_iter().zip(&pos) {
+            let returned = layout.returned();
+            for first in (0..rows).step_by(ROWS_AT_ONCE) {
+                let count = ROWS_AT_ONCE.min(rows - first) * returned;
+                let mut received = Vec::with_capacity(count);
+                for _ in 0..count {
+                    received.push(ch.recv().await?);
+                }
+                let decrypted = he.workers().compute(|| {
+                    par_map(count, |i| {
+                        let keep: Vec<usize> = layout.returned_positions(i % returned).iter().map(|&(c, _)| c).collect();
+                        let shape = layout.response_shape(&p, keep.len());
+                        sk.decrypt_shrunk(&ShrunkCiphertext::from_bytes(&p, &received[i], shape)?, &keep, be.as_ref())
+                    })
+                });
+                for (i, values) in decrypted.into_iter().enumerate() {
+                    let r = first + i / returned;
+                    for (v, (_, col)) in values?.into_iter().zip(layout.returned_positions(i % returned)) {
                         y[r * m + col] = layout.decode(v);
                     }
                 }
@@ -278,16 +297,25 @@ async fn selected_product(
             let j_n = layout.inputs();
             let mut inputs = Vec::with_capacity(rows * j_n);
             let len = compressed_ciphertext_len_at(&p, layout.level, layout.dropped);
-            for _ in 0..rows * j_n {
-                let bytes = ch.recv_exact("input ciphertext", len).await?;
-                let (ct, dropped) = SeededCiphertext::from_compressed_at(&p, &bytes, layout.level, be.as_ref())?;
-                if dropped != layout.dropped {
-                    return Err(ProtoError::BadRequest(format!(
-                        "an input ciphertext dropped {dropped} bits of c0, the request announced {}",
-                        layout.dropped
-                    )));
+            for first in (0..rows).step_by(ROWS_AT_ONCE) {
+                let count = ROWS_AT_ONCE.min(rows - first) * j_n;
+                let mut received = Vec::with_capacity(count);
+                for _ in 0..count {
+                    received.push(ch.recv_exact("input ciphertext", len).await?);
                 }
-                inputs.push(ct);
+                let decoded = he.workers().compute(|| {
+                    par_map(count, |i| SeededCiphertext::from_compressed_at(&p, &received[i], layout.level, be.as_ref()))
+                });
+                for decoded in decoded {
+                    let (ct, dropped) = decoded?;
+                    if dropped != layout.dropped {
+                        return Err(ProtoError::BadRequest(format!(
+                            "an input ciphertext dropped {dropped} bits of c0, the request announced {}",
+                            layout.dropped
+                        )));
+                    }
+                    inputs.push(ct);
+                }
             }
             drop(ch_meter);
             let _s = meter.scope("he-selected/output");
@@ -300,21 +328,18 @@ async fn selected_product(
             let mut mask = vec![0u64; rows * m];
             for range in layout.row_batches(&p, &choice.choices) {
                 let responses = he.workers().compute(|| -> ProtoResult<_> {
+                    // the client's tiles with this party's share added, row by row
+                    let tiles = par_map(range.len() * j_n, |i| {
+                        let (r, j) = (range.start + i / j_n, i % j_n);
+                        let mut ct = inputs[r * j_n + j].expand(&p);
+                        let own = Plaintext::new(&p, t.encode_a(&x[r * d..(r + 1) * d], 0, j))?;
+                        ct.add_plain_assign(&p, &own, be.as_ref())?;
+                        Ok(ct)
+                    });
+                    let mut tiles = tiles.into_iter();
                     let xs: Vec<Vec<Ciphertext>> = range
                         .clone()
-                        .map(|r| {
-                            let row = &x[r * d..(r + 1) * d];
-                            inputs[r * j_n..(r + 1) * j_n]
-                                .iter()
-                                .enumerate()
-                                .map(|(j, seeded)| {
-                                    let mut ct = seeded.expand(&p);
-                                    let own = Plaintext::new(&p, t.encode_a(row, 0, j))?;
-                                    ct.add_plain_assign(&p, &own, be.as_ref())?;
-                                    Ok(ct)
-                                })
-                                .collect::<ProtoResult<_>>()
-                        })
+                        .map(|_| tiles.by_ref().take(j_n).collect::<ProtoResult<_>>())
                         .collect::<ProtoResult<_>>()?;
                     let batch: Vec<SelectedRow<'_>> =
                         range.clone().zip(&xs).map(|(r, x)| SelectedRow { x, choice: &choice.choices[r] }).collect();

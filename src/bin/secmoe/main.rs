@@ -287,6 +287,8 @@ fn write_identity(dir: &std::path::Path) -> Result<Identity> {
 }
 
 fn main() -> Result<()> {
+    // before any thread allocates: the allocator's settings hold for every heap
+    secmoe::backend::retain_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,cryprot_net=off".into()),
@@ -294,7 +296,6 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     secmoe::ot::configure_extension_threads();
-    secmoe::backend::retain_freed_memory();
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
