@@ -84,7 +84,8 @@
 //!   below SPU's bytes); session 35 (sums on fewer limbs, packings merged as tiles arrive, all
 //!   16 rows in one batch): 81.1 MB in 16.1–16.8 s, or 63.8 MB in 23.1 s for 20 Mbit/s;
 //!   session 36 (16 rows per choice ciphertext, products at t = 2^74): 69.4 MB at the same
-//!   time (11.4 → 0.7 MB of choice), at d = 256: 40.8 MB at E = 8, 43.7 MB (+7.3%) at E = 128.
+//!   time (11.4 → 0.7 MB of choice), at d = 256: 40.8 MB at E = 8, 43.7 MB (+7.3%) at E = 128;
+//!   session 37 (freed memory kept for reuse, rows four at a time): 69.4 MB in 14.7–15.1 s.
 //!   Server work per row: E key switches for the expansion, once for all
 //!   matrices (the selectors are kept, [`crate::he::selected::RowChoice`]); per row and matrix
 //!   E·J·K products by weights (one batched multiply-accumulate per expert chunk for all rows),
