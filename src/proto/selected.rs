@@ -253,7 +253,8 @@ async fn selected_product(
                 }
                 let decrypted = he.workers().compute(|| {
                     par_map(count, |i| {
-                        let keep: Vec<usize> = layout.returned_positions(i % returned).iter().map(|&(c, _)| c).collect();
+                        let keep: Vec<usize> =
+                            layout.returned_positions(i % returned).iter().map(|&(c, _)| c).collect();
                         let shape = layout.response_shape(&p, keep.len());
                         sk.decrypt_shrunk(&ShrunkCiphertext::from_bytes(&p, &received[i], shape)?, &keep, be.as_ref())
                     })
@@ -304,7 +305,9 @@ async fn selected_product(
                     received.push(ch.recv_exact("input ciphertext", len).await?);
                 }
                 let decoded = he.workers().compute(|| {
-                    par_map(count, |i| SeededCiphertext::from_compressed_at(&p, &received[i], layout.level, be.as_ref()))
+                    par_map(count, |i| {
+                        SeededCiphertext::from_compressed_at(&p, &received[i], layout.level, be.as_ref())
+                    })
                 });
                 for decoded in decoded {
                     let (ct, dropped) = decoded?;
