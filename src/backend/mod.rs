@@ -739,8 +739,8 @@ pub fn each_run(data: &mut [u64], n: usize, f: impl Fn(usize, &mut [u64]) + Sync
 /// them where first touches are slow (a virtual machine: ~3% of the time at the MoE layer's
 /// SPU shape). Blocks up to 32 MiB (glibc's most) come from the heaps, each heap keeps up to
 /// 64 MiB of freed top mapped, and there are as many heaps as cores (glibc's 8 per core each
-/// kept their own freed memory: 1.9–2.1 GB resident at the peak of that shape, against
-/// 1.84–1.89 GB with one per core). Call once at process start; the library never calls it.
+/// kept their own freed memory: 1.95–2.08 GB resident at the peak of that shape, against
+/// 1.88–1.90 GB with one per core). Call once at process start; the library never calls it.
 pub fn retain_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -1251,8 +1251,7 @@ mod tests {
         }
     }
 
-    /// Buffers of any size come back zeroed and writable, whether or not the kernel takes the
-    /// huge-page advice (sizes below, at and across 2 MiB boundaries).
+    /// A held buffer of the pool's sizes, let go, serves the next request of its size zeroed.
     #[test]
     fn a_large_buffer_let_go_comes_back_zeroed_as_the_next_of_its_size() {
         let be = CpuBackend::new(1).unwrap_or_else(|e| panic!("{e}"));
@@ -1273,6 +1272,8 @@ mod tests {
         assert_eq!(fetched.ok(), Some(vec![1; 4]));
     }
 
+    /// Buffers of any size come back zeroed and writable, whether or not the kernel takes the
+    /// huge-page advice (sizes below, at and across 2 MiB boundaries).
     #[test]
     fn zeros_are_zeros_at_every_size() {
         for len in [0, 1, 1 << 18, (1 << 19) + 3, 3 << 20] {
