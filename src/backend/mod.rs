@@ -821,7 +821,7 @@ static POOL: std::sync::Mutex<Vec<Vec<u64>>> = std::sync::Mutex::new(Vec::new())
 /// and makes the write fault again with a TLB flush on every core. In 2 MiB pages both happen
 /// 512 times less often.
 ///
-/// From [`POOLED_BYTES`] on, a pooled allocation of `len` values (up to an eighth more) is
+/// From 32 MiB on, a pooled allocation of `len` values (up to an eighth more) is
 /// taken if there is one, zeroed in memory that is already mapped; if none is, the pool is
 /// emptied first.
 pub fn zeros(len: usize) -> Vec<u64> {
