@@ -1,7 +1,8 @@
 //! One MoE layer between two parties over QUIC + TLS on loopback (silent OT, WAN tilings): 16
-//! tokens, d = 128, d_ff = 512, GeLU experts, top-1, for E = 8 and 32, by Select-Then-Compute,
-//! capacity dispatch and the baseline; bytes and rounds printed after the timings. The CLI's
-//! `secmoe bench --preset experts` sweeps larger shapes.
+//! tokens, d = 128, d_ff = 512, GeLU experts, top-1, for E = 8 and 32, by Select-Then-Compute
+//! (the weights selected under HE), selecting rows, capacity dispatch and the baseline; bytes
+//! and rounds printed after the timings (the selection keys, set up once, not counted). The
+//! CLI's `secmoe bench --preset experts` sweeps larger shapes.
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
@@ -16,7 +17,7 @@ use secmoe::moe::{ExpertKind, Method, MoeConfig, MoeWeights, Routing, moe_layer}
 use secmoe::net::{CostModel, LinkConfig, PublicParams, loopback};
 use secmoe::ot::OtKind;
 use secmoe::proto::linear::KeySet;
-use secmoe::proto::{Session, SessionConfig};
+use secmoe::proto::{HeUse, Session, SessionConfig};
 use secmoe::ring::{FixedPoint, Shares, share_matrix};
 
 const TOKENS: usize = 16;
@@ -36,6 +37,15 @@ fn bench_moe(c: &mut Criterion) {
         let (a, b) = tokio::join!(sc.setup_he(p.clone(), KeySet::Linear), ss.setup_he(p, KeySet::Linear));
         a.unwrap();
         b.unwrap();
+        // capacity dispatch multiplies two shared matrices; Select-Then-Compute selects weights
+        for (using, p, keys) in [
+            (HeUse::Shared, HeParams::n8192().unwrap(), KeySet::Linear),
+            (HeUse::Select, HeParams::select().unwrap(), KeySet::WithRelin),
+        ] {
+            let (a, b) = tokio::join!(sc.setup_he_for(using, p.clone(), keys), ss.setup_he_for(using, p, keys));
+            a.unwrap();
+            b.unwrap();
+        }
         (sc, ss)
     });
     let f = FixedPoint::default();
@@ -58,7 +68,9 @@ fn bench_moe(c: &mut Criterion) {
         let x: Vec<u64> = (0..TOKENS * cfg.d_model).map(|_| f.encode(rng.random_range(-1.0..1.0)).unwrap()).collect();
         let (xc, xs) =
             share_matrix(&Shares::matrix((TOKENS, cfg.d_model), x, f.frac_bits()).unwrap(), &mut rng).unwrap();
-        for method in [Method::SelectThenCompute, Method::Capacity { factor: 1.25 }, Method::Baseline] {
+        for method in
+            [Method::SelectThenCompute, Method::SelectRows, Method::Capacity { factor: 1.25 }, Method::Baseline]
+        {
             let mut run = || {
                 rt.block_on(async {
                     let (a, b) = tokio::join!(

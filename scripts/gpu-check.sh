@@ -50,13 +50,13 @@ run)
     step cuda-tests 150 "$bin/cuda-tests" --nocapture --test-threads=1
     step lib-backend-tests 60 "$bin/lib-tests" backend::
     step kernels 150 "$bin/secmoe" bench --preset kernels --backend cuda --json "$out/kernels.json"
-    # one MoE layer per backend: the paper's method (selection sums on held buffers) and
-    # Select-Then-Compute at the SPU comparison's shape
+    # one MoE layer per backend: Select-Then-Compute (selection sums on held buffers) and
+    # selecting rows at the SPU comparison's shape
     for backend in cuda cpu; do
-        step "moe-paper-$backend" 150 "$bin/secmoe" bench --preset experts --backend "$backend" --experts 32,128 \
-            --tokens 16 --d-model 256 --d-ff 1024 --method paper --json "$out/moe-paper-$backend.json"
-        step "moe-stc-$backend" 60 "$bin/secmoe" bench --preset experts --backend "$backend" --experts 8 \
-            --tokens 16 --method select-then-compute --json "$out/moe-stc-$backend.json"
+        step "moe-stc-$backend" 150 "$bin/secmoe" bench --preset experts --backend "$backend" --experts 32,128 \
+            --tokens 16 --d-model 256 --d-ff 1024 --method select-then-compute --json "$out/moe-stc-$backend.json"
+        step "moe-rows-$backend" 60 "$bin/secmoe" bench --preset experts --backend "$backend" --experts 8 \
+            --tokens 16 --method select-rows --json "$out/moe-rows-$backend.json"
     done
     tar -czf /tmp/gpu-check.tar.gz -C "$out" . && mv /tmp/gpu-check.tar.gz "$out/"
     exit $status

@@ -101,13 +101,14 @@ fn the_default_model_matches_its_plaintext() {
     check(&default_config(), &default_weights(), &[3, 141, 59, 26, 5]);
 }
 
-/// The paper's Protocol 1 through a whole model: the default model's output within the bound
-/// (its first layer's MoE block routes every token through the HE selection); a client and a
-/// server that differ on it stop at the key setup, both naming the key sets.
+/// Select-Then-Compute (the experts' weights selected under HE) through a whole model: the
+/// default model's output within the bound (its first layer's MoE block routes every token
+/// through the HE selection); a client and a server that differ on it stop at the key setup,
+/// both naming the key sets.
 #[test]
-fn the_papers_method_runs_the_default_model() {
+fn select_then_compute_runs_the_default_model() {
     let (cfg, w, ids) = (default_config(), default_weights(), [3, 141, 59]);
-    let paper = Plan { method: Method::Paper, ..Plan::default() };
+    let paper = Plan { method: Method::SelectThenCompute, ..Plan::default() };
     let want = forward(&cfg, &w, &ids).unwrap();
     let got = private(&cfg, &cfg, paper, Prompt::new(&ids), &w).client.unwrap();
     let err = got.values.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
@@ -116,7 +117,7 @@ fn the_papers_method_runs_the_default_model() {
     for e in [r.client.unwrap_err().to_string(), r.server.unwrap_err().to_string()] {
         assert!(e.contains("he-keys linear shared select") && e.contains("he-keys linear shared`"), "{e}");
     }
-    // the two forms of the paper's products need different keys: named at the key setup too
+    // the two forms of the selected products need different keys: named at the key setup too
     let tensored = Plan { method: Method::PaperTensored, ..Plan::default() };
     let r = private_as((&cfg, paper), (&cfg, tensored), Prompt::new(&ids), &w);
     for e in [r.client.unwrap_err().to_string(), r.server.unwrap_err().to_string()] {

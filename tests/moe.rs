@@ -1,6 +1,6 @@
 //! The MoE layer: outputs against the plaintext layer of the same fixed-point arithmetic for
 //! every router family and expert kind, from 1 to 256 experts and top-1 to top-8; the
-//! baseline against Select-Then-Compute; errors on both parties before anything moves; the
+//! baseline and the selected-weights methods against selecting rows; errors on both parties before anything moves; the
 //! server's view independent of the routing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -110,12 +110,12 @@ fn check(cfg: MoeConfig, method: Method, n: usize, seed: u64) -> Vec<f64> {
 
 #[test]
 fn one_expert_top_1_gelu() {
-    check(config(1, 1, Routing::TopKSoftmax, ExpertKind::Gelu), Method::SelectThenCompute, 3, 10);
+    check(config(1, 1, Routing::TopKSoftmax, ExpertKind::Gelu), Method::SelectRows, 3, 10);
 }
 
 #[test]
 fn switch_routing_two_relu_experts() {
-    check(config(2, 1, Routing::Switch, ExpertKind::Relu), Method::SelectThenCompute, 4, 20);
+    check(config(2, 1, Routing::Switch, ExpertKind::Relu), Method::SelectRows, 4, 20);
 }
 
 #[test]
@@ -124,12 +124,12 @@ fn mixtral_top_2_of_8_swiglu_with_a_sigmoid_gated_shared_expert() {
         shared: Some(SharedExpert { d_ff: 24, sigmoid_gate: true }),
         ..config(8, 2, Routing::TopKSoftmax, ExpertKind::SwiGlu)
     };
-    check(cfg, Method::SelectThenCompute, 4, 30);
+    check(cfg, Method::SelectRows, 4, 30);
 }
 
 #[test]
 fn olmoe_top_8_of_8_geglu_without_renormalization() {
-    check(config(8, 8, Routing::SoftmaxTopK { normalize: false }, ExpertKind::GeGlu), Method::SelectThenCompute, 2, 40);
+    check(config(8, 8, Routing::SoftmaxTopK { normalize: false }, ExpertKind::GeGlu), Method::SelectRows, 2, 40);
 }
 
 #[test]
@@ -138,12 +138,12 @@ fn qwen_top_2_of_64_renormalized_with_a_plain_shared_expert() {
         shared: Some(SharedExpert { d_ff: 16, sigmoid_gate: false }),
         ..config(64, 2, Routing::SoftmaxTopK { normalize: true }, ExpertKind::Gelu)
     };
-    check(cfg, Method::SelectThenCompute, 3, 50);
+    check(cfg, Method::SelectRows, 3, 50);
 }
 
 #[test]
 fn top_1_of_256_swiglu() {
-    check(config(256, 1, Routing::TopKSoftmax, ExpertKind::SwiGlu), Method::SelectThenCompute, 2, 60);
+    check(config(256, 1, Routing::TopKSoftmax, ExpertKind::SwiGlu), Method::SelectRows, 2, 60);
 }
 
 /// 8 tokens, 4 experts, top-2, factor 1: 4 slots per expert for 16 assignments, so any
@@ -174,11 +174,11 @@ fn a_models_expert_capacity_drops_the_overflow_in_every_method() {
     let w = MoeWeights::random(&switch, f, 4.0, &mut StdRng::seed_from_u64(120));
     let want = reference(&switch, f, &tokens(6, 16, 121), &w, None).unwrap();
     assert!(want.dropped >= 2, "the case must overflow an expert");
-    for method in [Method::SelectThenCompute, Method::Baseline, Method::Capacity { factor: 2.0 }] {
+    for method in [Method::SelectRows, Method::Baseline, Method::Capacity { factor: 2.0 }] {
         check(switch, method, 6, 120);
     }
     let unit = MoeConfig { expert_capacity: Some(1), ..config(4, 1, Routing::TopKSoftmax, ExpertKind::Gelu) };
-    check(unit, Method::SelectThenCompute, 5, 130);
+    check(unit, Method::SelectRows, 5, 130);
 }
 
 #[test]
@@ -208,26 +208,27 @@ fn capacity_dispatch_without_keys_for_shared_products_is_refused_by_both() {
 #[test]
 fn the_baseline_computes_the_same_layer() {
     let cfg = config(8, 2, Routing::TopKSoftmax, ExpertKind::Gelu);
-    let stc = check(cfg, Method::SelectThenCompute, 3, 70);
+    let rows = check(cfg, Method::SelectRows, 3, 70);
     let base = check(cfg, Method::Baseline, 3, 70);
-    let worst = stc.iter().zip(&base).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-    assert!(worst <= 2.0 * BOUND, "baseline and Select-Then-Compute differ by {worst:.2e}");
+    let worst = rows.iter().zip(&base).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(worst <= 2.0 * BOUND, "baseline and select-rows differ by {worst:.2e}");
 }
 
-/// The paper's Protocol 1 (expert weights selected under HE, ciphertext×ciphertext products)
-/// computes the layer too, with its products relinearized and packed or returned unrelinearized
-/// (opened with s²): top-2 of 8 GeLU experts, and Switch routing over SwiGLU experts.
+/// Select-Then-Compute and the paper's Protocol 1 as written (expert weights selected under
+/// HE, ciphertext×ciphertext products; the layout chooser's order, or the weights always
+/// first) compute the layer too, with their products relinearized and packed or returned
+/// unrelinearized (opened with s²): top-2 of 8 GeLU experts, and Switch routing over SwiGLU
+/// experts.
 #[test]
-fn the_papers_protocol_computes_the_same_layer() {
+fn the_selected_weights_methods_compute_the_same_layer() {
     let cfg = config(8, 2, Routing::TopKSoftmax, ExpertKind::Gelu);
-    let stc = check(cfg, Method::SelectThenCompute, 3, 70);
-    for method in [Method::Paper, Method::PaperTensored] {
-        let paper = check(cfg, method, 3, 70);
-        let worst = stc.iter().zip(&paper).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-        assert!(worst <= 2.0 * BOUND, "{method} and Select-Then-Compute differ by {worst:.2e}");
+    let rows = check(cfg, Method::SelectRows, 3, 70);
+    for method in [Method::SelectThenCompute, Method::Paper, Method::PaperTensored] {
+        let selected = check(cfg, method, 3, 70);
+        let worst = rows.iter().zip(&selected).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(worst <= 2.0 * BOUND, "{method} and select-rows differ by {worst:.2e}");
+        check(config(3, 1, Routing::Switch, ExpertKind::SwiGlu), method, 2, 75);
     }
-    check(config(3, 1, Routing::Switch, ExpertKind::SwiGlu), Method::Paper, 2, 75);
-    check(config(3, 1, Routing::Switch, ExpertKind::SwiGlu), Method::PaperTensored, 2, 75);
 }
 
 /// Experts 1 and 2 have the same router column, so their logits tie exactly for every token;
@@ -248,7 +249,7 @@ fn ties_go_to_the_lower_expert_index() {
     }
     let want = reference(&cfg, f, &x, &w, None).unwrap();
     assert!(want.chosen.iter().all(|c| c == &[1]), "reference picks {:?}", want.chosen);
-    let r = run(&cfg, &cfg, Method::SelectThenCompute, &x, &w);
+    let r = run(&cfg, &cfg, Method::SelectRows, &x, &w);
     let got = f.decode_slice(&common::open_rows(&r.client.unwrap().y, &r.server.unwrap().y));
     let worst = got.iter().zip(&want.y).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max);
     assert!(worst <= BOUND, "error {worst:.2e}: the tie went another way");
@@ -269,6 +270,7 @@ fn the_servers_view_does_not_depend_on_the_routing() {
     assert_ne!(routes_one, routes_other, "the two inputs must route differently");
     for method in [
         Method::SelectThenCompute,
+        Method::SelectRows,
         Method::Capacity { factor: 1.0 },
         Method::Baseline,
         Method::Paper,
@@ -291,7 +293,7 @@ fn the_clients_view_does_not_depend_on_the_weights() {
     let x = tokens(3, cfg.d_model, 120);
     let one = MoeWeights::random(&cfg, f, 4.0, &mut StdRng::seed_from_u64(121));
     let other = MoeWeights::random(&cfg, f, 4.0, &mut StdRng::seed_from_u64(122));
-    for method in [Method::SelectThenCompute, Method::Paper, Method::PaperTensored] {
+    for method in [Method::SelectThenCompute, Method::SelectRows, Method::Paper, Method::PaperTensored] {
         let (a, b) = (run(&cfg, &cfg, method, &x, &one), run(&cfg, &cfg, method, &x, &other));
         assert!(a.server.is_ok() && b.server.is_ok(), "{method}");
         assert!(!a.client_received.is_empty());
@@ -306,14 +308,14 @@ fn many_experts_and_every_expert() {
         shared: Some(SharedExpert { d_ff: 16, sigmoid_gate: false }),
         ..config(256, 8, Routing::TopKSoftmax, ExpertKind::Gelu)
     };
-    check(cfg, Method::SelectThenCompute, 2, 130);
-    check(config(2, 2, Routing::SoftmaxTopK { normalize: false }, ExpertKind::Relu), Method::SelectThenCompute, 3, 140);
+    check(cfg, Method::SelectRows, 2, 130);
+    check(config(2, 2, Routing::SoftmaxTopK { normalize: false }, ExpertKind::Relu), Method::SelectRows, 3, 140);
 }
 
-/// The paper's method takes at most 1024 experts (one expansion per row): more is refused by
-/// both parties before any ciphertext moves.
+/// The selected-weights methods take at most 1024 experts (one expansion per row): more is
+/// refused by both parties before any ciphertext moves.
 #[test]
-fn the_papers_method_refuses_more_experts_than_one_expansion_holds() {
+fn selecting_weights_refuses_more_experts_than_one_expansion_holds() {
     let f = FixedPoint::default();
     let cfg = config(2048, 1, Routing::TopKSoftmax, ExpertKind::Relu);
     let w = MoeWeights::random(&cfg, f, 4.0, &mut StdRng::seed_from_u64(3));
@@ -336,7 +338,7 @@ fn a_top_k_above_the_expert_count_is_refused_by_both() {
     let good = config(4, 2, Routing::TopKSoftmax, ExpertKind::Gelu);
     let w = MoeWeights::random(&good, f, 4.0, &mut StdRng::seed_from_u64(1));
     let bad = MoeConfig { top_k: 5, ..good };
-    let r = run(&bad, &bad, Method::SelectThenCompute, &tokens(2, 16, 2), &w);
+    let r = run(&bad, &bad, Method::SelectRows, &tokens(2, 16, 2), &w);
     let (c, s) = both_fail(&r);
     assert!(c.contains("top-5 of 4 experts") && s.contains("top-5 of 4 experts"), "{c} / {s}");
     assert!(r.server_received.len() <= 1, "only the statement may travel");
@@ -348,7 +350,7 @@ fn a_misshapen_expert_matrix_is_named_to_both() {
     let cfg = config(4, 1, Routing::TopKSoftmax, ExpertKind::Gelu);
     let mut w = MoeWeights::random(&cfg, f, 4.0, &mut StdRng::seed_from_u64(3));
     w.experts[3].w2.truncate(100);
-    let r = run(&cfg, &cfg, Method::SelectThenCompute, &tokens(2, 16, 4), &w);
+    let r = run(&cfg, &cfg, Method::SelectRows, &tokens(2, 16, 4), &w);
     let (c, s) = both_fail(&r);
     assert!(s.contains("experts.3.w2") && c.contains("experts.3.w2"), "{c} / {s}");
     assert!(matches!(r.client, Err(MoeError::PeerRefused(_))));
@@ -360,7 +362,7 @@ fn parties_with_different_layers_both_stop() {
     let cfg = config(4, 1, Routing::TopKSoftmax, ExpertKind::Gelu);
     let w = MoeWeights::random(&cfg, f, 4.0, &mut StdRng::seed_from_u64(5));
     let other = MoeConfig { top_k: 2, ..cfg };
-    let r = run(&other, &cfg, Method::SelectThenCompute, &tokens(2, 16, 6), &w);
+    let r = run(&other, &cfg, Method::SelectRows, &tokens(2, 16, 6), &w);
     both_fail(&r);
     assert!(matches!(r.client, Err(MoeError::Mismatch { .. })) && matches!(r.server, Err(MoeError::Mismatch { .. })));
 }
@@ -368,5 +370,5 @@ fn parties_with_different_layers_both_stop() {
 /// Switch routing over 256 experts: the gate is a softmax over 256 logits (the wide reciprocal).
 #[test]
 fn switch_routing_over_256_experts() {
-    check(config(256, 1, Routing::Switch, ExpertKind::Relu), Method::SelectThenCompute, 2, 150);
+    check(config(256, 1, Routing::Switch, ExpertKind::Relu), Method::SelectRows, 2, 150);
 }

@@ -187,13 +187,14 @@ impl SelectedLayout {
     /// ([`dropped_bits`]), which the layout keeps. The client chooses and announces the layout
     /// (its levels are the server's to pick); the server checks it with
     /// [`SelectedLayout::with_pack`], [`SelectedLayout::with_order`] and
-    /// [`SelectedLayout::with_dropped`].
+    /// [`SelectedLayout::with_dropped`]. `order`, if given, is the only order weighed.
     pub fn choose(
         p: &HeParams,
         (d, m): (usize, usize),
         choice: ChoiceLayout,
         (form, weight_bits): (ProductForm, u32),
         (network, server_threads): (&CostModel, usize),
+        order: Option<SelectOrder>,
     ) -> HeResult<SelectedLayout> {
         let seconds = |bytes: usize| bytes as f64 * 8.0 / network.bandwidth_bps;
         let transform = transform_s(p, server_threads);
@@ -240,9 +241,10 @@ impl SelectedLayout {
                 }
             })
         };
-        let orders: &[SelectOrder] = match form {
-            ProductForm::Relinearized => &SelectOrder::ALL,
-            ProductForm::Tensored => &[SelectOrder::WeightsFirst],
+        let orders: &[SelectOrder] = match (form, order.as_ref()) {
+            (_, Some(order)) => std::slice::from_ref(order),
+            (ProductForm::Relinearized, None) => &SelectOrder::ALL,
+            (ProductForm::Tensored, None) => &[SelectOrder::WeightsFirst],
         };
         let mut best: Option<(f64, SelectedLayout)> = None;
         for pack in (1..=SelectedLayout::most_pack(p, d, choice)?).rev() {
@@ -1542,6 +1544,28 @@ mod tests {
         }
     }
 
+    /// At the SPU comparison's shape (8 experts, d = 768, d_ff = 3072, 16 rows) the chooser
+    /// takes the inputs first (24 ciphertext products a row against 144); told to take the
+    /// weights first (Protocol 1 as written), it weighs that order only; a tensored product has
+    /// no other order.
+    #[test]
+    fn the_layout_chooser_weighs_both_orders_unless_one_is_fixed() {
+        let p = HeParams::select().and_then(|p| product_params(&p)).unwrap_or_else(|e| panic!("{e}"));
+        let choice = ChoiceLayout::new(16, 8).unwrap_or_else(|e| panic!("{e}"));
+        let choose = |form, order| {
+            SelectedLayout::choose(&p, (768, 3072), choice, (form, 24), (&CostModel::WAN, 2), order)
+                .map(|l| l.order)
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let (weights, inputs) = (Some(SelectOrder::WeightsFirst), Some(SelectOrder::InputsFirst));
+        assert_eq!(choose(ProductForm::Relinearized, None), SelectOrder::InputsFirst);
+        assert_eq!(choose(ProductForm::Relinearized, weights), SelectOrder::WeightsFirst);
+        assert_eq!(choose(ProductForm::Tensored, None), SelectOrder::WeightsFirst);
+        let tensored_inputs_first =
+            SelectedLayout::choose(&p, (768, 3072), choice, (ProductForm::Tensored, 24), (&CostModel::WAN, 2), inputs);
+        assert!(tensored_inputs_first.is_err());
+    }
+
     #[test]
     fn a_selected_row_is_x_times_the_chosen_experts_matrix_in_shares() {
         let p = HeParams::select().and_then(|p| product_params(&p)).unwrap_or_else(|e| panic!("{e}"));
@@ -1569,14 +1593,15 @@ mod tests {
             (ProductForm::Tensored, weights, 44, full - 1, true, 0),
         ] {
             let choice_layout = ChoiceLayout::with_row_levels(e, g).unwrap_or_else(|e| panic!("{e}"));
-            let layout = SelectedLayout::choose(&p, (d, m), choice_layout, (form, w_bits + 6), (&CostModel::WAN, 2))
-                .and_then(|l| l.with_order(order))
-                .and_then(|l| l.with_result_bits(bits))
-                .and_then(|l| l.with_level(&p, level))
-                .and_then(|l| l.with_dropped(&p, if compressed { dropped_bits(&p, &l, w_bits + 6) } else { 0 }))
-                .and_then(|l| l.lowest_out_level(&p, w_bits))
-                .unwrap_or_else(|e| panic!("{e}"))
-                .0;
+            let layout =
+                SelectedLayout::choose(&p, (d, m), choice_layout, (form, w_bits + 6), (&CostModel::WAN, 2), None)
+                    .and_then(|l| l.with_order(order))
+                    .and_then(|l| l.with_result_bits(bits))
+                    .and_then(|l| l.with_level(&p, level))
+                    .and_then(|l| l.with_dropped(&p, if compressed { dropped_bits(&p, &l, w_bits + 6) } else { 0 }))
+                    .and_then(|l| l.lowest_out_level(&p, w_bits))
+                    .unwrap_or_else(|e| panic!("{e}"))
+                    .0;
             assert_eq!(layout.dropped > 0, compressed);
             // relinearized results leave from a lower level, with the same margin
             assert_eq!(layout.out_level < level, form == ProductForm::Relinearized, "{layout:?}");

@@ -165,7 +165,7 @@ impl KvCache {
 /// the same plan): the linear set (a special prime, so results are packed before they are
 /// sent) for the products with the server's weights, n8192 — whose noise room lets attention's
 /// Q·Kᵀ and P·V flood over the server's 64-bit shares — for the products of two shared
-/// matrices, and for the paper's methods the selection set with the keys the method needs
+/// matrices, and for the selected-weights methods the selection set with the keys the method needs
 /// ([`Method::selection_keys`]).
 pub async fn setup_he(sess: &mut Session, plan: Plan) -> ModelResult<()> {
     let select = plan.method.selection_keys();

@@ -177,11 +177,22 @@ impl fmt::Display for MoeConfig {
 /// How the routed experts are evaluated (the module notes compare them).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Method {
-    /// Every expert's matrices on every token under HE, the chosen expert's pre-activation
-    /// selected by the secret one-hot, the activation once per chosen expert, the second matrix
-    /// for every expert on it and the output selected again.
-    #[default]
+    /// Select-Then-Compute, the design this engine chose for flat communication: each row's
+    /// chosen expert's weights selected under HE by the encrypted one-hot,
+    /// \[\[W\]\] = Σ_i W_i·\[\[t_i\]\], and that one expert computed on the encrypted row
+    /// (ciphertext×ciphertext), in whichever order of the two sums the client's layout
+    /// chooser prices cheaper ([`crate::he::selected::SelectOrder`]): the client's bytes do not
+    /// grow with E, the server's work does. Needs the session's selection keys
+    /// ([`crate::proto::HeUse::Select`] with [`KeySet::WithRelin`]); E ≤ 1024.
     SelectThenCompute,
+    /// Every expert's matrices on every token under HE (plaintext weights), the chosen
+    /// expert's pre-activation row selected by the secret one-hot (OT multiplexers), the
+    /// activation once per chosen expert, the second matrix for every expert on it and the
+    /// output row selected again: Select-Then-Compute for the activation only, bytes growing
+    /// with E. The default: the fastest on a CPU at today's checkpoints' expert counts, and the
+    /// only method without selection keys to set up.
+    #[default]
+    SelectRows,
     /// Capacity dispatch (CryptoMoE): each expert takes ⌈factor·k·n/E⌉ token slots filled by a
     /// secret dispatch matrix (routed tokens in token order, overflow dropped), runs on its
     /// slots only, and a transposed dispatch matrix brings the gated results back. The capacity
@@ -193,11 +204,8 @@ pub enum Method {
     /// Every expert evaluated in full (activation included) for every token, then multiplexed by
     /// the one-hot (BumbleBee's way).
     Baseline,
-    /// The SecMoE paper's Protocol 1: the chosen expert's weights selected under HE by the
-    /// encrypted one-hot, \[\[W\]\] = Σ_i W_i·\[\[t_i\]\], and multiplied by the encrypted row
-    /// (ciphertext×ciphertext): the client's bytes do not grow with E, the server's work does.
-    /// Needs the session's selection keys ([`crate::proto::HeUse::Select`] with
-    /// [`KeySet::WithRelin`]); E ≤ 1024.
+    /// The SecMoE paper's Protocol 1 as written: [`Method::SelectThenCompute`] with the weights
+    /// always selected first ([`crate::he::selected::SelectOrder::WeightsFirst`]).
     Paper,
     /// [`Method::Paper`] with its ciphertext products left unrelinearized: each output tile
     /// returns as a three-part result the client opens with s²
@@ -206,9 +214,10 @@ pub enum Method {
     PaperTensored,
 }
 
-/// Most experts [`Method::Paper`] selects among: the selectors of one row come out of one
-/// ciphertext's expansion, at most 2^[`crate::he::matmul::MAX_GALOIS_LEVELS`] of them.
-pub const MAX_PAPER_EXPERTS: usize = 1 << crate::he::matmul::MAX_GALOIS_LEVELS;
+/// Most experts the selected-weights methods ([`Method::selection_keys`]) select among: the
+/// selectors of one row come out of one ciphertext's expansion, at most
+/// 2^[`crate::he::matmul::MAX_GALOIS_LEVELS`] of them.
+pub const MAX_SELECTED_EXPERTS: usize = 1 << crate::he::matmul::MAX_GALOIS_LEVELS;
 
 /// Most tokens a capacity-dispatched layer takes (the queue positions' one-hot vectors).
 pub const MAX_CAPACITY_TOKENS: usize = crate::proto::compare::MAX_ONE_HOT / 2;
@@ -218,6 +227,7 @@ impl Method {
     pub fn name(self) -> &'static str {
         match self {
             Method::SelectThenCompute => "select-then-compute",
+            Method::SelectRows => "select-rows",
             Method::Capacity { .. } => "capacity",
             Method::Baseline => "baseline",
             Method::Paper => "paper",
@@ -228,7 +238,7 @@ impl Method {
     /// The selection keys the method needs ([`crate::proto::HeUse::Select`]), if any.
     pub fn selection_keys(self) -> Option<KeySet> {
         match self {
-            Method::Paper => Some(KeySet::WithRelin),
+            Method::SelectThenCompute | Method::Paper => Some(KeySet::WithRelin),
             Method::PaperTensored => Some(KeySet::WithSquare),
             _ => None,
         }
@@ -248,9 +258,9 @@ impl Method {
 
     /// Checks the method's own parameters for n tokens.
     pub fn validate(self, cfg: &MoeConfig, n: usize) -> MoeResult<()> {
-        if self.selection_keys().is_some() && cfg.experts > MAX_PAPER_EXPERTS {
+        if self.selection_keys().is_some() && cfg.experts > MAX_SELECTED_EXPERTS {
             return Err(MoeError::Config(format!(
-                "the paper's method selects among at most {MAX_PAPER_EXPERTS} experts, not {}",
+                "{self} selects among at most {MAX_SELECTED_EXPERTS} experts, not {}",
                 cfg.experts
             )));
         }
@@ -282,7 +292,8 @@ impl fmt::Display for Method {
 impl std::str::FromStr for Method {
     type Err = String;
 
-    /// `select-then-compute`, `baseline`, `paper`, `paper-tensored`, `capacity` (factor 1.25) or
+    /// `select-then-compute`, `select-rows`, `baseline`, `paper`, `paper-tensored`, `capacity`
+    /// (factor 1.25) or
     /// `capacity:<factor>`.
     fn from_str(s: &str) -> Result<Self, String> {
         if let Some(rest) = s.strip_prefix("capacity") {
@@ -293,12 +304,12 @@ impl std::str::FromStr for Method {
             };
             return Ok(Method::Capacity { factor });
         }
-        [Method::SelectThenCompute, Method::Baseline, Method::Paper, Method::PaperTensored]
+        [Method::SelectThenCompute, Method::SelectRows, Method::Baseline, Method::Paper, Method::PaperTensored]
             .into_iter()
             .find(|m| m.name() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown MoE method `{s}` (select-then-compute, capacity[:factor], baseline, paper, paper-tensored)"
+                    "unknown MoE method `{s}` (select-then-compute, select-rows, capacity[:factor], baseline, paper, paper-tensored)"
                 )
             })
     }
@@ -325,6 +336,7 @@ mod tests {
     #[test]
     fn methods_parse_from_their_names() {
         assert_eq!("select-then-compute".parse(), Ok(Method::SelectThenCompute));
+        assert_eq!("select-rows".parse(), Ok(Method::SelectRows));
         assert_eq!("baseline".parse(), Ok(Method::Baseline));
         assert_eq!("paper".parse(), Ok(Method::Paper));
         assert_eq!("paper-tensored".parse(), Ok(Method::PaperTensored));
@@ -341,9 +353,10 @@ mod tests {
         assert_eq!(m.capacity(&cfg(8, 2), 16), Some(5));
         assert_eq!(m.capacity(&cfg(64, 1), 16), Some(1));
         assert_eq!(Method::Capacity { factor: 100.0 }.capacity(&cfg(2, 1), 16), Some(16));
-        assert_eq!(Method::SelectThenCompute.capacity(&cfg(8, 2), 16), None);
+        assert_eq!(Method::SelectRows.capacity(&cfg(8, 2), 16), None);
         assert!(Method::Capacity { factor: 0.9 }.validate(&cfg(8, 1), 16).is_err());
         assert!(Method::Paper.validate(&cfg(2048, 1), 16).is_err());
+        assert!(Method::SelectThenCompute.validate(&cfg(2048, 1), 16).unwrap_err().to_string().contains("1024"));
         assert!(m.validate(&cfg(8, 1), MAX_CAPACITY_TOKENS + 1).is_err());
     }
 

@@ -6,6 +6,7 @@ use std::ops::Range;
 use super::route::{Routes, drop_overflow, queue, route, select_rows};
 use super::weights::{ExpertWeights, widen};
 use super::{ExpertKind, Method, MoeConfig, MoeError, MoeResult, MoeWeights};
+use crate::he::selected::SelectOrder;
 use crate::he::tiling::MatShape;
 use crate::proto::agree::exchange;
 use crate::proto::arith::{mul_rows_in, truncate_extend};
@@ -73,8 +74,12 @@ pub async fn moe_layer(
                 let _s = meter.scope("experts");
                 match method {
                     Method::Baseline => baseline(sess, cfg, x, n, &routes, weights).await?,
-                    Method::Paper | Method::PaperTensored => paper(sess, cfg, x, n, &routes, weights).await?,
-                    _ => select_then_compute(sess, cfg, x, n, &routes, weights).await?,
+                    Method::SelectThenCompute => selected_weights(sess, cfg, x, n, &routes, weights, None).await?,
+                    Method::Paper | Method::PaperTensored => {
+                        let order = Some(SelectOrder::WeightsFirst);
+                        selected_weights(sess, cfg, x, n, &routes, weights, order).await?
+                    }
+                    _ => selected_rows(sess, cfg, x, n, &routes, weights).await?,
                 }
             };
             let _s = meter.scope("combine");
@@ -306,9 +311,9 @@ async fn activate(sess: &mut Session, kind: ExpertKind, pre: &[u64], d_ff: usize
     Ok(y.into_vec())
 }
 
-/// Select-Then-Compute (module notes): returns the chosen experts' outputs, n·k rows of d at f
+/// Rows selected (module notes): returns the chosen experts' outputs, n·k rows of d at f
 /// fractional bits, slot-major.
-async fn select_then_compute(
+async fn selected_rows(
     sess: &mut Session,
     cfg: &MoeConfig,
     x: &[u64],
@@ -350,16 +355,18 @@ async fn select_then_compute(
     Ok(truncate_extend(sess, &out, 64, sess.format().frac_bits()).await?)
 }
 
-/// The paper's Protocol 1 (module notes): each (slot, token) row's expert selected under HE by
-/// its encrypted one-hot and multiplied by the encrypted row, for the first matrices and for W2;
+/// Select-Then-Compute and the paper's Protocol 1 (module notes): each (slot, token) row's
+/// expert selected under HE by its encrypted one-hot and multiplied by the encrypted row, for
+/// the first matrices and for W2, every product in `order` if given (else the client's pick);
 /// returns the chosen experts' outputs, n·k rows of d at f fractional bits, slot-major.
-async fn paper(
+async fn selected_weights(
     sess: &mut Session,
     cfg: &MoeConfig,
     x: &[u64],
     n: usize,
     routes: &Routes,
     weights: Option<&MoeWeights>,
+    order: Option<SelectOrder>,
 ) -> MoeResult<Vec<u64>> {
     let (e, k, d, d_ff) = (cfg.experts, cfg.top_k, cfg.d_model, cfg.d_ff);
     let frac = sess.format().frac_bits();
@@ -368,7 +375,11 @@ async fn paper(
     let choice = {
         let _s = meter.scope("choice");
         let bits: Vec<bool> = (0..k).flat_map(|r| slot_bits(routes, r, n, e, &(0..e))).collect();
-        send_choice(sess, &bits, rows, e).await?
+        let choice = send_choice(sess, &bits, rows, e).await?;
+        match order {
+            Some(order) => choice.in_order(order),
+            None => choice,
+        }
     };
     let xs: Vec<u64> = (0..k).flat_map(|_| x.iter().copied()).collect();
     let width = first_width(cfg.expert, d_ff);

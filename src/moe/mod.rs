@@ -12,7 +12,15 @@
 //! results per party, 1 GiB of weights widened to the ring), so E = 1024 fits in memory.
 //!
 //! # Methods and their costs (per layer; N = 8192 the HE ring degree, g = 2 for gated experts)
-//! - [`Method::SelectThenCompute`] (built): every expert's first matrices on every token under
+//! Select-Then-Compute, as `../shared/DESIGN.md` §5 and the brief define it, selects the chosen
+//! entry's *parameters* and computes that one entry: for an expert, its weights selected under
+//! HE by the encrypted one-hot. [`Method::SelectThenCompute`] is that design, the one this
+//! engine chose among those whose bytes stay flat in E (it and the paper's Protocol 1 as
+//! written, its tensored form, and selecting outputs, all priced below); [`Method::SelectRows`]
+//! selects only the activation's input (every expert's matrices computed) and is the default
+//! for whole models, being the fastest on a CPU at today's checkpoints' expert counts.
+//! - [`Method::SelectRows`] (built; named `select-then-compute` until 2026-12-06, the README's
+//!   earlier figures under that name are this method's): every expert's first matrices on every token under
 //!   HE (Cheetah products, batched over tokens: n·E·g·d·d_ff/N polynomial products), then the
 //!   chosen expert's pre-activation *selected* by the one-hot (one correlated OT of a whole row
 //!   per expert and direction, [`crate::proto::compare::mux_rows`]), the activation **once per
@@ -42,7 +50,8 @@
 //! - [`Method::Baseline`] (built; BumbleBee's way): every expert in full — the activation on
 //!   n·E·d_ff values — then the outputs multiplexed (n·k·E·d values). The activation is what
 //!   grows: ~215 bytes per GeLU value (silent OT) against 16 per selected value.
-//! - [`Method::Paper`] (built; the SecMoE paper's Protocol 1, [`crate::he::selected`]): per
+//! - [`Method::SelectThenCompute`] (built; the SecMoE paper's Protocol 1 with the order of its
+//!   sums chosen per product, [`crate::he::selected`]; named `paper` until 2026-12-06): per
 //!   (slot, token) row, the client sends its one-hot share in a compact ciphertext (up to 2^10
 //!   selectors each, so several rows share one; kept by the server for both matrices) and its
 //!   encrypted row; the server expands the selectors
@@ -53,7 +62,8 @@
 //!   5 primes at the SPU shape, [`crate::he::selected::SelectedLayout::lowest_out_level`]),
 //!   packs them there and returns them masked and flooded. Where E is small against K the
 //!   server takes the same sums the other way round
-//!   ([`crate::he::selected::SelectOrder::InputsFirst`], the client's layout choice): each
+//!   ([`crate::he::selected::SelectOrder::InputsFirst`], the client's layout choice, priced by
+//!   [`crate::he::selected::SelectedLayout::choose`]): each
 //!   selector times each input tile (E·J ciphertext products, relinearized), then one product
 //!   of those by the stacked experts' weights (the same E·J·K products by plaintexts, on the
 //!   products switched down to one prime above the out level: 4 of 5 limbs) — no selected
@@ -154,7 +164,7 @@ mod route;
 mod weights;
 
 pub use config::{
-    ExpertKind, MAX_CAPACITY_TOKENS, MAX_EXPERTS, MAX_PAPER_EXPERTS, MAX_TOP_K, Method, MoeConfig, Routing,
+    ExpertKind, MAX_CAPACITY_TOKENS, MAX_EXPERTS, MAX_SELECTED_EXPERTS, MAX_TOP_K, Method, MoeConfig, Routing,
     SharedExpert,
 };
 pub use layer::{MoeOutput, dense_expert, moe_layer};

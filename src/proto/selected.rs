@@ -58,6 +58,9 @@ pub struct Choice {
     params: Arc<HeParams>,
     /// Server: each row's choice.
     choices: Vec<RowChoice>,
+    /// Client: the order every product of these rows takes; `None`: the layout chooser's pick
+    /// per product ([`SelectedLayout::choose`]).
+    order: Option<SelectOrder>,
 }
 
 impl Choice {
@@ -69,6 +72,13 @@ impl Choice {
     /// Number of experts E.
     pub fn experts(&self) -> usize {
         self.layout.experts
+    }
+
+    /// The same rows with every product computed in `order` (the client's to decide: the
+    /// server follows the order each product announces). The SecMoE paper's Protocol 1 as
+    /// written selects the weights first.
+    pub fn in_order(self, order: SelectOrder) -> Choice {
+        Choice { order: Some(order), ..self }
     }
 }
 
@@ -115,7 +125,7 @@ pub async fn send_choice(sess: &mut Session, bits: &[bool], rows: usize, experts
             for ct in cts {
                 ch.send(&ct).await?;
             }
-            Ok(Choice { rows, layout, params: p, choices: Vec::new() })
+            Ok(Choice { rows, layout, params: p, choices: Vec::new(), order: None })
         }
         (HeKeys::Server(he), Party::Server) => {
             let p = product_params(he.params())?;
@@ -133,7 +143,7 @@ pub async fn send_choice(sess: &mut Session, bits: &[bool], rows: usize, experts
                     choices.push(RowChoice::new(compact, bits[r * experts..(r + 1) * experts].to_vec(), r < kept));
                 }
             }
-            Ok(Choice { rows, layout, params: p, choices })
+            Ok(Choice { rows, layout, params: p, choices, order: None })
         }
         _ => Err(ProtoError::Input("the session's selection keys are the other party's".into())),
     }
@@ -189,7 +199,7 @@ async fn selected_product(
                 KeySet::Linear => return Err(select_keys_missing()),
             };
             let network = (&he.network(), he.server_threads());
-            let layout = SelectedLayout::choose(&p, (d, m), choice.layout, (form, weight_bits), network)?
+            let layout = SelectedLayout::choose(&p, (d, m), choice.layout, (form, weight_bits), network, choice.order)?
                 .with_result_bits(bits)?;
             let sk = he.secret_key().for_params(&p)?;
             let t = layout.tiling;

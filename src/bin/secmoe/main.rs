@@ -49,11 +49,13 @@ struct MoeBenchArgs {
     /// Experts per token.
     #[arg(long, default_value_t = 1)]
     top_k: usize,
-    /// Methods (comma-separated): select-then-compute, capacity[:factor] (1.25 if not given),
-    /// baseline, paper (the SecMoE paper's Protocol 1: flat bytes, slow on a CPU),
-    /// paper-tensored (Protocol 1 with its products not relinearized: less server work, more
-    /// bytes).
-    #[arg(long, default_value = "select-then-compute,baseline")]
+    /// Methods (comma-separated): select-then-compute (the chosen experts' weights selected
+    /// under HE: bytes flat in the number of experts), select-rows (every expert's matrices,
+    /// the chosen rows selected: fast on a CPU, bytes growing with E), capacity[:factor] (1.25
+    /// if not given), baseline, paper (the SecMoE paper's Protocol 1 as written: the weights
+    /// always selected first), paper-tensored (Protocol 1 with its products not relinearized:
+    /// less server work, more bytes).
+    #[arg(long, default_value = "select-then-compute,select-rows,baseline")]
     method: String,
 }
 
@@ -201,10 +203,12 @@ impl PromptArgs {
 
 #[derive(Args, Clone)]
 struct JobArgs {
-    /// How MoE layers run: select-then-compute, capacity[:factor], baseline, paper (the SecMoE
-    /// paper's Protocol 1: flat bytes in the number of experts) or paper-tensored (the same, its
-    /// products not relinearized); both parties must pass it.
-    #[arg(long, default_value = "select-then-compute")]
+    /// How MoE layers run: select-rows (every expert's matrices, the chosen rows selected: the
+    /// fastest on a CPU for few experts), select-then-compute (the chosen experts' weights
+    /// selected under HE: bytes flat in the number of experts), capacity[:factor], baseline,
+    /// paper (the SecMoE paper's Protocol 1 as written) or paper-tensored (its products not
+    /// relinearized); both parties must pass it.
+    #[arg(long, default_value = "select-rows")]
     method: String,
     /// Fractional bits of the fixed-point format.
     #[arg(long, default_value_t = secmoe::ring::DEFAULT_FRAC_BITS)]

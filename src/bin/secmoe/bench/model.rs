@@ -12,7 +12,7 @@ use secmoe::model::{
     Family, Ffn, ModelConfig, ModelWeights, Plan, Positions, Prompt, default_config, finish, forward, infer, serve,
     setup_he,
 };
-use secmoe::moe::{ExpertKind, Method, MoeConfig, Routing};
+use secmoe::moe::{ExpertKind, MoeConfig, Routing};
 use secmoe::net::CostModel;
 use secmoe::ot::OtKind;
 
@@ -114,7 +114,7 @@ async fn measure(
     let shape = format!("{n} tokens, {cfg}");
     let bytes = after.bytes() - before.bytes();
     let mut r = row(name, shape, threads, wall_s, bytes, after.rounds - before.rounds, error <= CHECK_BOUND);
-    r.method = Some(Method::SelectThenCompute.name().into());
+    r.method = Some(Plan::default().method.name().into());
     r.tokens = Some(n);
     r.set_errors(&errors);
     r.set_steps(&report, ["embed", "norm", "attention", "ffn", "head"]);
