@@ -95,7 +95,10 @@
 //!   16 rows in one batch): 81.1 MB in 16.1–16.8 s, or 63.8 MB in 23.1 s for 20 Mbit/s;
 //!   session 36 (16 rows per choice ciphertext, products at t = 2^74): 69.4 MB at the same
 //!   time (11.4 → 0.7 MB of choice), at d = 256: 40.8 MB at E = 8, 43.7 MB (+7.3%) at E = 128;
-//!   session 37 (freed memory kept for reuse, rows four at a time): 69.4 MB in 14.7–15.1 s.
+//!   session 37 (freed memory kept for reuse, rows four at a time): 69.4 MB in 14.7–15.1 s;
+//!   session 38, under this name: 69.36 MB in 14.9–15.0 s, 1.83–1.85 GB; at d = 256, E = 8
+//!   40.78 MB / 6.1 s, E = 128 43.74 MB (+7.3%) / 29.5 s against the baseline's 836.5 MB
+//!   (19.1×) and a WAN estimate of 30.8 s against its 62.0 s.
 //!   Server work per row: E key switches for the expansion, once for all
 //!   matrices (the selectors are kept, [`crate::he::selected::RowChoice`]); per row and matrix
 //!   E·J·K products by weights (one batched multiply-accumulate per expert chunk for all rows),
@@ -104,6 +107,11 @@
 //!   ~K + log2(d_w/K) key switches for packing — it grows with E, and is what a GPU is for.
 //!   The selection keys (10 Galois keys and a relinearization key, 59 MB) are sent once per
 //!   session.
+//! - [`Method::Paper`] (built): Protocol 1 as written, the weights always selected first
+//!   ([`crate::proto::selected::Choice::in_order`]); the same bytes wherever the chooser takes
+//!   that order anyway (d = 256, d_ff = 1024: identical rows at E = 8 and 128), at the SPU
+//!   shape 109.98 MB in 25.0 s and 2.58 GB (session 38) — the inputs-first order saves 37% of
+//!   the bytes (its input tiles take more compression), 40% of the time and 0.7 GB.
 //! - [`Method::PaperTensored`] (built): Protocol 1 with tensoring without relinearization — the
 //!   client holds s², so each output tile's sum of products (d0, d1, d2) is returned as it is,
 //!   re-randomized with a public key for s² the client sent at setup
@@ -128,18 +136,20 @@
 //! one sign test multiplies the gate (capacity dispatch simply takes at most that many slots).
 //! Nothing about the drops is opened.
 //!
-//! When to pick which: Select-Then-Compute when no token may be dropped and E is moderate (its
-//! bytes and server time grow with E, the activation does not); the paper's method when bytes
-//! are what costs (a slow network, many experts): flat in E, and faster than the baseline under
-//! the WAN model at E = 128, but its server time is 3–11× Select-Then-Compute's on this CPU;
-//! capacity dispatch for many experts or small
-//! batches where dropping overflow is acceptable (as in training-time Switch and GShard, and
-//! CryptoMoE); the baseline only to measure against.
+//! When to pick which: Select-Then-Compute when bytes are what costs (a slow network, many
+//! experts): flat in E, faster than the baseline under the WAN model at E = 128, its server
+//! time the E-proportional selection sums a GPU takes; selecting rows when the network is
+//! fast and E moderate — on this CPU 2.5–3× faster than Select-Then-Compute (6.1 against
+//! 15.0 s at the SPU shape, 9.7 against 29.5 s at E = 128, d = 256, where it sends 98.5 MB
+//! against 43.7), no token dropped, no selection keys (59 MB) to set up — hence the default
+//! for whole models; capacity dispatch for many experts or large batches where dropping
+//! overflow is acceptable (as in training-time Switch and GShard, and CryptoMoE); the baseline
+//! only to measure against.
 //!
 //! Communication flat in E needs a degree-2 step on two client-side secrets (its share of the
-//! one-hot and its share of the activations) under HE: Protocol 1's ciphertext products.
-//! Select-Then-Compute as built trades that for bytes that grow with E at 16 bytes per
-//! selected value, against the baseline's activation on every expert.
+//! one-hot and its share of the activations) under HE: Select-Then-Compute's ciphertext
+//! products. Selecting rows trades that for bytes that grow with E at 16 bytes per selected
+//! value, against the baseline's activation on every expert.
 //!
 //! # Why the server learns nothing about the routing
 //! Every message either party receives is a function of its own inputs, public sizes and
@@ -147,7 +157,7 @@
 //! decrypts nothing), OT-extension traffic and correction strings under pads of random OTs it
 //! does not choose (comparisons, one-hot lookups, [`crate::proto::compare::b2a`], the row
 //! multiplexers, truncations, softmax, activations), and on the client's side results masked by
-//! the server's uniform masks. In the paper's method the server also receives the client's
+//! the server's uniform masks. In Select-Then-Compute and the paper's method the server also receives the client's
 //! one-hot shares, encrypted; what it computes on them (expansion, selection, products) it
 //! never decrypts, and every result it returns is masked and flooded. The sequence and sizes of the messages are fixed by (config, n,
 //! method) alone: k argmax rounds of ⌈log2 E⌉ levels, every expert chunk's product, one row
