@@ -1,5 +1,6 @@
 //! The MoE layer: outputs against the plaintext layer of the same fixed-point arithmetic for
-//! every router family and expert kind, from 1 to 256 experts and top-1 to top-8; the
+//! every router family and expert kind, from 1 to 256 experts and top-1 to top-8, by the
+//! default method and by Select-Then-Compute; the
 //! baseline and the selected-weights methods against selecting rows; errors on both parties before anything moves; the
 //! server's view independent of the routing.
 
@@ -108,14 +109,21 @@ fn check(cfg: MoeConfig, method: Method, n: usize, seed: u64) -> Vec<f64> {
     got
 }
 
+/// The default method and the one whose bytes stay flat in E, each checked by [`check`].
+fn check_both(cfg: MoeConfig, n: usize, seed: u64) {
+    for method in [Method::SelectRows, Method::SelectThenCompute] {
+        check(cfg, method, n, seed);
+    }
+}
+
 #[test]
 fn one_expert_top_1_gelu() {
-    check(config(1, 1, Routing::TopKSoftmax, ExpertKind::Gelu), Method::SelectRows, 3, 10);
+    check_both(config(1, 1, Routing::TopKSoftmax, ExpertKind::Gelu), 3, 10);
 }
 
 #[test]
 fn switch_routing_two_relu_experts() {
-    check(config(2, 1, Routing::Switch, ExpertKind::Relu), Method::SelectRows, 4, 20);
+    check_both(config(2, 1, Routing::Switch, ExpertKind::Relu), 4, 20);
 }
 
 #[test]
@@ -124,12 +132,12 @@ fn mixtral_top_2_of_8_swiglu_with_a_sigmoid_gated_shared_expert() {
         shared: Some(SharedExpert { d_ff: 24, sigmoid_gate: true }),
         ..config(8, 2, Routing::TopKSoftmax, ExpertKind::SwiGlu)
     };
-    check(cfg, Method::SelectRows, 4, 30);
+    check_both(cfg, 4, 30);
 }
 
 #[test]
 fn olmoe_top_8_of_8_geglu_without_renormalization() {
-    check(config(8, 8, Routing::SoftmaxTopK { normalize: false }, ExpertKind::GeGlu), Method::SelectRows, 2, 40);
+    check_both(config(8, 8, Routing::SoftmaxTopK { normalize: false }, ExpertKind::GeGlu), 2, 40);
 }
 
 #[test]
@@ -138,12 +146,12 @@ fn qwen_top_2_of_64_renormalized_with_a_plain_shared_expert() {
         shared: Some(SharedExpert { d_ff: 16, sigmoid_gate: false }),
         ..config(64, 2, Routing::SoftmaxTopK { normalize: true }, ExpertKind::Gelu)
     };
-    check(cfg, Method::SelectRows, 3, 50);
+    check_both(cfg, 3, 50);
 }
 
 #[test]
 fn top_1_of_256_swiglu() {
-    check(config(256, 1, Routing::TopKSoftmax, ExpertKind::SwiGlu), Method::SelectRows, 2, 60);
+    check_both(config(256, 1, Routing::TopKSoftmax, ExpertKind::SwiGlu), 2, 60);
 }
 
 /// 8 tokens, 4 experts, top-2, factor 1: 4 slots per expert for 16 assignments, so any
