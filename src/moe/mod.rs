@@ -98,7 +98,11 @@
 //!   session 37 (freed memory kept for reuse, rows four at a time): 69.4 MB in 14.7–15.1 s;
 //!   session 38, under this name: 69.36 MB in 14.9–15.0 s, 1.83–1.85 GB; at d = 256, E = 8
 //!   40.78 MB / 6.1 s, E = 128 43.74 MB (+7.3%) / 29.5 s against the baseline's 836.5 MB
-//!   (19.1×) and a WAN estimate of 30.8 s against its 62.0 s.
+//!   (19.1×) and a WAN estimate of 30.8 s against its 62.0 s; at d = 768, d_ff = 3072,
+//!   E = 128 76.55 MB (+10.4%: the routing's 5.3 MB, and the chooser trading 23 MB for 1.4%
+//!   of the server time under the WAN model; 53.58 MB, +2.4%, at `--tune 20`) in 273 s and
+//!   9.75 GB; E = 256 (d = 256) 45.60 MB, 59.3 s, 6.75 GB; E = 1024 (d = 64, d_ff = 256)
+//!   38.96 MB, 172.6 s, 6.42 GB.
 //!   Server work per row: E key switches for the expansion, once for all
 //!   matrices (the selectors are kept, [`crate::he::selected::RowChoice`]); per row and matrix
 //!   E·J·K products by weights (one batched multiply-accumulate per expert chunk for all rows),
