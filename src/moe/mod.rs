@@ -114,8 +114,10 @@
 //! - [`Method::Paper`] (built): Protocol 1 as written, the weights always selected first
 //!   ([`crate::proto::selected::Choice::in_order`]); the same bytes wherever the chooser takes
 //!   that order anyway (d = 256, d_ff = 1024: identical rows at E = 8 and 128), at the SPU
-//!   shape 109.98 MB in 25.0 s and 2.58 GB (session 38) — the inputs-first order saves 37% of
-//!   the bytes (its input tiles take more compression), 40% of the time and 0.7 GB.
+//!   shape 109.98 MB in 25.0–25.6 s and 1.73–2.58 GB (session 38): weights first pays a lift
+//!   per J·K product and a rounding and relinearization per output tile, so the chooser takes
+//!   fewer, larger output tiles and more input tiles (J = 6, K = 24 against inputs first's
+//!   J = 3, K = 48) — the inputs-first order saves 37% of the bytes and 40% of the time.
 //! - [`Method::PaperTensored`] (built): Protocol 1 with tensoring without relinearization — the
 //!   client holds s², so each output tile's sum of products (d0, d1, d2) is returned as it is,
 //!   re-randomized with a public key for s² the client sent at setup
