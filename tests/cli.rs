@@ -98,6 +98,18 @@ fn asking_for_a_backend_this_build_lacks_is_a_clear_error() {
     assert!(!out.status.success() && err.contains("unknown backend `tpu`"), "{err}");
 }
 
+/// An unknown MoE method is refused while the arguments are read, naming the methods there are.
+#[test]
+fn an_unknown_method_is_refused_with_the_known_ones() {
+    let out = Command::new(BIN).args(["demo", "--method", "protocol-1"]).output().unwrap();
+    let (err, printed) = (String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    assert!(!out.status.success() && printed.is_empty(), "{printed}");
+    assert!(
+        err.contains("unknown MoE method `protocol-1`") && err.contains("select-then-compute, select-rows"),
+        "{err}"
+    );
+}
+
 #[test]
 fn serve_and_client_in_two_processes() {
     let dir = std::env::temp_dir().join(format!("secmoe-cli-test-{}", std::process::id()));

@@ -209,7 +209,7 @@ struct JobArgs {
     /// paper (the SecMoE paper's Protocol 1 as written) or paper-tensored (its products not
     /// relinearized); both parties must pass it.
     #[arg(long, default_value = "select-rows")]
-    method: String,
+    method: secmoe::moe::Method,
     /// Fractional bits of the fixed-point format.
     #[arg(long, default_value_t = secmoe::ring::DEFAULT_FRAC_BITS)]
     frac_bits: u32,
@@ -233,7 +233,7 @@ impl JobArgs {
     fn job(&self) -> Result<infer::JobConfig> {
         let embedding = if self.public_embedding { Embedding::Public } else { Embedding::Private };
         Ok(infer::JobConfig {
-            plan: Plan { method: self.method.parse().map_err(anyhow::Error::msg)?, embedding },
+            plan: Plan { method: self.method, embedding },
             format: FixedPoint::new(self.frac_bits)?,
             threads: self.threads,
         })
