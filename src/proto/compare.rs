@@ -18,7 +18,7 @@ use rand::RngExt;
 use super::boolean::{Triples, and_pairs};
 use super::{ProtoError, ProtoResult};
 use crate::net::Party;
-use crate::ot::{OneOfN, OtKind};
+use crate::ot::{OneOfN, OtKind, SILENT_CALL_MAX};
 use crate::ring::{Bits, Shares, mask};
 
 /// Bits per millionaire's block (a 1-of-2^m OT each) for OTs of `kind`. Per m compared bits,
@@ -389,7 +389,11 @@ async fn non_negative_values(sess: &mut Session, shares: &[u64], bits: u32) -> P
 /// in the row (a column of integers) (the argmax; of equal maxima the first wins, as `torch.argmax` does): a tree of
 /// ⌈log2 len⌉ levels of pairwise maxima of neighbours a (earlier) and b (later), [a ≥ b] from
 /// [`non_negative`] on a − b at `bits` bits (|a − b| < 2^(bits−1), the caller's bound), then
-/// (max, index) = (b, i_b) + [a ≥ b]·(a − b, i_a − i_b) by one multiplexer pair.
+/// (max, index) = (b, i_b) + [a ≥ b]·(a − b, i_a − i_b) by one multiplexer pair. A tree whose
+/// random OTs fit one silent call takes them in one batch before its first level: an argmax
+/// over E experts for a few tokens then reaches the silent extension's minimum batch instead of
+/// running every level on IKNP (128 bits per OT); larger trees take each level's batch while
+/// the next one's is generated.
 pub async fn max(sess: &mut Session, x: &Shares, bits: u32) -> ProtoResult<(Shares, Shares)> {
     full_ring(x, "maximum")?;
     let (shares, len) = (x.as_slice(), x.cols());
@@ -402,6 +406,17 @@ pub async fn max(sess: &mut Session, x: &Shares, bits: u32) -> ProtoResult<(Shar
     let mut values: Vec<Vec<u64>> = shares.chunks_exact(len).map(<[u64]>::to_vec).collect();
     let mut index: Vec<Vec<u64>> =
         (0..groups).map(|_| (0..len as u64).map(|i| if server { i } else { 0 }).collect()).collect();
+    // a level's random OTs: the sign's carry chain (server as sender), one multiplexer pair per
+    // comparison (one OT each way per value)
+    let level_ots = |pairs: usize| (pairs * (carry_ots(bits - 1) + 2), 2 * pairs);
+    let tree = std::iter::successors(Some(len), |&l| (l > 1).then(|| l.div_ceil(2)))
+        .take_while(|&l| l > 1)
+        .map(|l| level_ots(groups * (l / 2)))
+        .fold((0, 0), |(s, r), (ls, lr)| (s + ls, r + lr));
+    let at_once = tree.0 <= SILENT_CALL_MAX;
+    if at_once {
+        super::prepare(sess, tree).await?;
+    }
     while values[0].len() > 1 {
         let (mut diff, mut didx, mut base, mut bidx) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (v, ix) in values.iter().zip(&index) {
@@ -413,14 +428,13 @@ pub async fn max(sess: &mut Session, x: &Shares, bits: u32) -> ProtoResult<(Shar
                 bidx.push(ix[b]);
             }
         }
-        // this level's random OTs in one go: the sign's carry chain (server as sender), one
-        // multiplexer pair per comparison (one OT each way per value); the next level's generate
-        // in the background meanwhile
-        let level_ots = |pairs: usize| (pairs * (carry_ots(bits - 1) + 2), 2 * pairs);
-        super::prepare(sess, level_ots(diff.len())).await?;
-        let next_pairs = groups * (values[0].len().div_ceil(2) / 2);
-        if next_pairs > 0 {
-            super::prefetch(sess, level_ots(next_pairs)).await?;
+        if !at_once {
+            // this level's random OTs in one go, the next level's generated in the background
+            super::prepare(sess, level_ots(diff.len())).await?;
+            let next_pairs = groups * (values[0].len().div_ceil(2) / 2);
+            if next_pairs > 0 {
+                super::prefetch(sess, level_ots(next_pairs)).await?;
+            }
         }
         let ge = non_negative_values(sess, &diff, bits).await?.to_bools();
         let both: Vec<bool> = ge.iter().chain(&ge).copied().collect();
