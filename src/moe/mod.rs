@@ -102,7 +102,9 @@
 //!   E = 128 76.55 MB (+10.4%: the routing's 5.3 MB, and the chooser trading 23 MB for 1.4%
 //!   of the server time under the WAN model; 53.58 MB, +2.4%, at `--tune 20`) in 273 s and
 //!   9.75 GB; E = 256 (d = 256) 45.60 MB, 59.3 s, 6.75 GB; E = 1024 (d = 64, d_ff = 256)
-//!   38.96 MB, 172.6 s, 6.42 GB.
+//!   38.96 MB, 172.6 s, 6.42 GB. With the argmax's OTs in one silent batch (routing 4.25 →
+//!   2.59 MB at E = 128): d = 768 69.35 → 74.89 MB (+8.0%) from E = 8 to 128, d = 256
+//!   40.78 → 42.08 MB (+3.2%).
 //!   Server work per row: E key switches for the expansion, once for all
 //!   matrices (the selectors are kept, [`crate::he::selected::RowChoice`]); per row and matrix
 //!   E·J·K products by weights (one batched multiply-accumulate per expert chunk for all rows),
