@@ -42,6 +42,11 @@ void secmoe_host_base_convert(sm_u64 *out, const sm_u64 *x, const sm_u64 *consts
         out[idx] = sm_base_convert_element(x, consts, moduli, n, inputs, outputs, idx);
 }
 
+void secmoe_host_lift_digits(sm_u64 *out, const sm_u64 *c, const sm_u64 *targets, sm_u32 n, sm_u32 digits,
+                             sm_u64 total) {
+    for (sm_u64 idx = 0; idx < total; idx++) out[idx] = sm_lift_digit_element(c, targets, n, digits, idx);
+}
+
 void secmoe_host_hash_blocks(sm_u64 *blocks, const sm_u64 *tweaks, sm_u64 base, sm_u64 count, int listed) {
     sm_u8 rk[176];
     sm_fixed_key_schedule(rk, AES_SBOX);

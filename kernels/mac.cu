@@ -2,7 +2,7 @@
  * Pointwise multiply-accumulate over every RNS limb in NTT form (the inner loop of ct×pt products
  * and of the selection sum Σ_i W_i·[[t_i]] over all experts, fused: one thread per output value,
  * its accumulator in a register across every input) and the RNS base conversion
- * out[j] = Σ_i x[i]·c_ij mod m_j. Per-element math: modarith.cuh.
+ * out[j] = Σ_i x[i]·c_ij mod m_j, and key switching's digit lifting. Per-element math: modarith.cuh.
  */
 #include "modarith.cuh"
 
@@ -46,4 +46,12 @@ extern "C" __global__ void divide_by_prime(sm_u64 *low, const sm_u64 *top, const
         sm_u64 run = idx / n, l = run / polys;
         low[idx] = sm_divide_element(low[idx], top[(run % polys) * n + idx % n], p_top, moduli[l], consts + 3 * l);
     }
+}
+
+/* A polynomial's `digits` residue rows (c mod q_i) each reduced mod every prime of `targets`:
+ * out holds targets·digits·N values, [l][i][N]. */
+extern "C" __global__ void lift_digits(sm_u64 *out, const sm_u64 *c, const sm_u64 *targets, sm_u32 n, sm_u32 digits,
+                                       sm_u64 total) {
+    sm_u64 idx = (sm_u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx < total) out[idx] = sm_lift_digit_element(c, targets, n, digits, idx);
 }

@@ -72,6 +72,13 @@ SM_FN sm_u64 sm_mac(sm_u64 acc, sm_u64 y, sm_u64 v, sm_u64 vs, sm_u64 p) {
     return sm_csub(acc + sm_mul_shoup_lazy(y, v, vs, p), 2 * p);
 }
 
+/* Key switching's digit lifting: value idx of `targets`·`digits`·N, laid out [l][i][N], is
+ * coefficient j of digit i (c mod q_i, below q_i) reduced mod target prime l. */
+SM_FN sm_u64 sm_lift_digit_element(const sm_u64 *c, const sm_u64 *targets, sm_u32 n, sm_u32 digits, sm_u64 idx) {
+    sm_u64 per_limb = (sm_u64)digits * n;
+    return c[idx % per_limb] % targets[idx / per_limb];
+}
+
 /* ---- negacyclic NTT ------------------------------------------------------------------------- */
 
 /* Butterfly k (0 <= k < N/2) of the forward stage with m groups of half-size t (m·t = N/2):

@@ -1,14 +1,17 @@
-//! The CUDA backend against the CPU backend, bit for bit, on seeded data: every kernel, a
-//! selection sum over 128 experts, and experts spread over every GPU present plus the CPU.
+//! The CUDA backend against the CPU backend, bit for bit, on seeded data: every kernel, key
+//! switching with the key resident, packing, expansion and relinearization with the keys held
+//! by the GPU, a selection sum over 128 experts, and experts spread over every GPU present plus
+//! the CPU.
 //! Each test prints why and passes where this machine has no GPU (the kernels' per-element math
 //! is checked on every machine by the `backend::kernels` unit tests).
 #![cfg(feature = "cuda")]
 #![allow(clippy::unwrap_used)]
 
 use rand::{RngExt, SeedableRng, rngs::StdRng};
-use secmoe::backend::{Backend, Block, CpuBackend, CudaBackend, NttTable, Prepared, Tweaks};
+use secmoe::backend::{Backend, Block, Buffer, CpuBackend, CudaBackend, NttTable, Prepared, SwitchKeyRows, Tweaks};
 use secmoe::he::{
-    Ciphertext, HeParams, OperandBank, Plaintext, SecretKey, SelectionPart, Selectors, select, select_spread,
+    Ciphertext, GaloisKeys, HeParams, OperandBank, Plaintext, RelinKey, SecretKey, SelectionPart, Selectors, select,
+    select_spread,
 };
 use secmoe::ring::modp::{Modulus, ntt_primes};
 
@@ -213,4 +216,86 @@ fn selection_sums_over_128_experts_match_the_cpu_on_one_and_on_every_device() {
     for (j, (a, b)) in on_cpu.iter().zip(&spread).enumerate() {
         assert_eq!(sk.decrypt(a, &cpu).unwrap(), sk.decrypt(b, &cpu).unwrap(), "spread, output {j}");
     }
+}
+
+#[test]
+fn key_switches_match_the_cpu_with_the_key_resident_or_staged() {
+    let Some(gpu) = gpu() else { return };
+    let cpu = CpuBackend::new(2).unwrap();
+    let mut rng = StdRng::seed_from_u64(47);
+    let n = 4096;
+    let all: Vec<Modulus> = ntt_primes(55, n, 4).unwrap().into_iter().map(|q| Modulus::new(q).unwrap()).collect();
+    let tables: Vec<NttTable> = all.iter().map(|&m| NttTable::new(n, m).unwrap()).collect();
+    let digits = 3;
+    for special in [None, Some(&tables[3])] {
+        let rows_of = &all[..digits + usize::from(special.is_some())];
+        let (mut rows, mut shoup) = (Vec::new(), Vec::new());
+        for m in rows_of {
+            for _ in 0..2 * digits * n {
+                let v = rng.random_range(0..m.value());
+                rows.push(v);
+                shoup.push(m.shoup(v));
+            }
+        }
+        let on_host = (Buffer::host(rows.clone()), Buffer::host(shoup.clone()));
+        let held = (gpu.hold(rows).unwrap(), gpu.hold(shoup).unwrap());
+        for k in [3, 2] {
+            let c: Vec<u64> = all[..k]
+                .iter()
+                .flat_map(|m| (0..n).map(|_| rng.random_range(0..m.value())).collect::<Vec<_>>())
+                .collect();
+            for coeff_out in [true, false] {
+                let mut want = vec![0u64; 2 * k * n];
+                let key = SwitchKeyRows { rows: &on_host.0, shoup: &on_host.1, digits };
+                cpu.key_switch(&tables[..k], special, key, &c, coeff_out, &mut want).unwrap();
+                for (key, place) in
+                    [(key, "staged"), (SwitchKeyRows { rows: &held.0, shoup: &held.1, digits }, "resident")]
+                {
+                    let mut got = vec![0u64; 2 * k * n];
+                    gpu.key_switch(&tables[..k], special, key, &c, coeff_out, &mut got).unwrap();
+                    assert_eq!(
+                        got,
+                        want,
+                        "P {}, level {k}, coefficient form {coeff_out}, key {place}",
+                        special.is_some()
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The server's configuration: keys held by the GPU when they arrive, everything else on the
+/// host; packing, expansion and relinearization give the CPU's ciphertexts bit for bit.
+#[test]
+fn packing_expansion_and_relinearization_with_keys_on_the_gpu_match_the_cpu() {
+    let gpu = match CudaBackend::new(0, 2) {
+        Ok(gpu) => gpu,
+        Err(why) => return eprintln!("skipped: {why}"),
+    };
+    let cpu = CpuBackend::new(2).unwrap();
+    let mut rng = StdRng::seed_from_u64(48);
+    let p = HeParams::select().unwrap();
+    let sk = SecretKey::generate(&p, &cpu, &mut rng).unwrap();
+    let galois = sk.galois_keys(3, &cpu, &mut rng).unwrap();
+    let mut held = GaloisKeys::from_bytes(&p, &galois.to_bytes(&p).unwrap()).unwrap();
+    held.hold(&gpu).unwrap();
+    let rlk = sk.relin_key(&cpu, &mut rng).unwrap();
+    let mut held_rlk = RelinKey::from_bytes(&p, &rlk.to_bytes(&p)).unwrap();
+    held_rlk.hold(&gpu).unwrap();
+    let encrypt = |rng: &mut StdRng| {
+        let pt = Plaintext::new(&p, (0..p.degree()).map(|_| rng.random::<u64>()).collect()).unwrap();
+        sk.encrypt(&pt, &cpu, rng).unwrap()
+    };
+    let cts: Vec<Ciphertext> = (0..4).map(|_| encrypt(&mut rng)).collect();
+    let packed =
+        |keys: &GaloisKeys, be: &dyn Backend| keys.pack(&p, cts.iter().cloned().map(Some).collect(), be).unwrap();
+    assert_eq!(packed(&held, &gpu), packed(&galois, &cpu), "packing");
+    assert_eq!(held.expand(&p, &cts[0], 3, &gpu).unwrap(), galois.expand(&p, &cts[0], 3, &cpu).unwrap(), "expansion");
+    assert_eq!(
+        cts[0].mul(&cts[1], &p, &held_rlk, &gpu).unwrap(),
+        cts[0].mul(&cts[1], &p, &rlk, &cpu).unwrap(),
+        "product"
+    );
+    assert!(held.to_bytes(&p).is_err(), "keys a device holds are not serialized");
 }

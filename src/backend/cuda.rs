@@ -43,7 +43,8 @@ use thiserror::Error;
 
 use super::kernels::{KernelSource, MODULES};
 use super::{
-    Backend, BackendError, BackendResult, Block, Buffer, CpuBackend, Held, HeldRuns, NttTable, Prepared, Tweaks,
+    Backend, BackendError, BackendResult, Block, Buffer, CpuBackend, Held, HeldRuns, NttTable, Prepared, SwitchKeyRows,
+    Tweaks,
 };
 use crate::ring::modp::Modulus;
 
@@ -115,6 +116,7 @@ struct Kernels {
     base_convert: CudaFunction,
     automorphism: CudaFunction,
     divide_by_prime: CudaFunction,
+    lift_digits: CudaFunction,
     hash_blocks: CudaFunction,
 }
 
@@ -208,6 +210,7 @@ impl CudaBackend {
             base_convert: function("mac", "base_convert")?,
             automorphism: function("mac", "automorphism")?,
             divide_by_prime: function("mac", "divide_by_prime")?,
+            lift_digits: function("mac", "lift_digits")?,
             hash_blocks: function("hash", "hash_blocks")?,
         };
         tracing::info!(ordinal, device = %device, "CUDA backend started");
@@ -489,6 +492,80 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// [`Backend::key_switch`] with the key resident (`rows`, `shoup`: [`SwitchKeyRows`]'s
+    /// layout): c goes in, the sums come out, and every step between runs on the device — the
+    /// digits lifted (`lift_digits`) to q' and to P, transformed, one `mul_acc` per limb and half
+    /// on views of the key's rows (a row's first k digits), transformed back, divided by P. The
+    /// order and layouts are those of `backend::kernels`'s host test of this pipeline. The caller
+    /// checks the shapes.
+    #[allow(clippy::too_many_arguments)]
+    fn key_switch_on_device(
+        &self,
+        q: &[NttTable],
+        special: Option<&NttTable>,
+        (rows, shoup, digits): (&DeviceVec, &DeviceVec, usize),
+        c: &[u64],
+        coeff_out: bool,
+        out: &mut [u64],
+    ) -> Result<(), BackendError> {
+        let (n, k) = (q[0].degree(), q.len());
+        let moduli: Vec<Modulus> = q.iter().chain(special).map(|t| *t.modulus()).collect();
+        // [q_0..q_(k−1), P]
+        let primes = self.primes(&moduli)?;
+        let dc = self.upload(c)?;
+        let lift = |targets: std::ops::Range<usize>| -> Result<DeviceVec, CudaError> {
+            let mut digits_of = self.zeros(targets.len() * k * n)?;
+            let (total, n32, k32) = (digits_of.len() as u64, n as u32, k as u32);
+            let tv = primes.0.slice(targets);
+            let mut args = self.stream.launch_builder(&self.kernels.lift_digits);
+            args.arg(&mut digits_of.0).arg(&dc.0).arg(&tv).arg(&n32).arg(&k32).arg(&total);
+            // SAFETY: kernels/mac.cu `lift_digits`; one thread per output value, `c` k·N values,
+            // one target prime per block of k·N outputs.
+            unsafe { args.launch(elementwise(total)) }.map_err(self.fail("launching lift_digits"))?;
+            Ok(digits_of)
+        };
+        let mut dq = lift(0..k)?;
+        self.ntt_forward_on_device(q, &mut dq, n)?;
+        let dp = match special {
+            Some(p) => {
+                let mut d = lift(k..k + 1)?;
+                self.ntt_forward_on_device(std::slice::from_ref(p), &mut d, n)?;
+                Some(d)
+            }
+            None => None,
+        };
+        let (mut low, mut top) = (self.zeros(k * 2 * n)?, self.zeros(2 * n)?);
+        let (n32, k32, total, flag) = (n as u32, k as u32, n as u64, 1i32);
+        for l in 0..moduli.len() {
+            let (x, row, sums, at) = match &dp {
+                Some(dp) if l == k => (dp.0.slice(0..k * n), digits, &mut top, 0),
+                _ => (dq.0.slice(l * k * n..(l + 1) * k * n), l, &mut low, l * 2 * n),
+            };
+            for h in 0..2 {
+                let from = (row * 2 + h) * digits * n;
+                let (wv, cv, pv) =
+                    (rows.0.slice(from..from + k * n), shoup.0.slice(from..from + k * n), primes.0.slice(l..l + 1));
+                let mut ov = sums.0.slice_mut(at + h * n..at + (h + 1) * n);
+                let mut args = self.stream.launch_builder(&self.kernels.mul_acc);
+                args.arg(&mut ov).arg(&x).arg(&wv).arg(&cv).arg(&pv);
+                args.arg(&n32).arg(&k32).arg(&1u32).arg(&total).arg(&flag);
+                // SAFETY: kernels/mac.cu `mul_acc`; one thread per output value of the view, k
+                // inputs and k weights with their constants, one prime.
+                unsafe { args.launch(elementwise(total)) }.map_err(self.fail("launching mul_acc"))?;
+            }
+        }
+        match special {
+            Some(p) => {
+                self.ntt_inverse_on_device(q, &mut low)?;
+                self.ntt_inverse_on_device(std::slice::from_ref(p), &mut top)?;
+                self.divide_by_prime_on_device(&moduli[..k], n, &mut low, &top, p.modulus())?;
+            }
+            None if coeff_out => self.ntt_inverse_on_device(q, &mut low)?,
+            None => {}
+        }
+        Ok(self.download(&low, out)?)
+    }
+
     /// [`Backend::hash_blocks`] in place on resident blocks (two words each), tweaks base + i.
     pub fn hash_on_device(&self, blocks: &mut DeviceVec, base: u64) -> Result<(), CudaError> {
         let dummy = self.zeros(1)?;
@@ -731,6 +808,35 @@ impl Backend for CudaBackend {
             }
             Held::Device { .. } => Err(super::foreign("cuda", &buffer)),
         }
+    }
+
+    fn key_switch(
+        &self,
+        q: &[NttTable],
+        special: Option<&NttTable>,
+        key: SwitchKeyRows<'_>,
+        c: &[u64],
+        coeff_out: bool,
+        out: &mut [u64],
+    ) -> BackendResult<()> {
+        let here = |b: &Buffer| match &b.0 {
+            Held::Host(_) => true,
+            Held::Device { ordinal, .. } => *ordinal == self.ordinal,
+        };
+        if let Some(bad) = [key.rows, key.shoup].into_iter().find(|b| !here(b)) {
+            return Err(super::foreign("cuda", bad));
+        }
+        // a key in host memory is switched with on the host, unless every call is offloaded
+        if key.rows.is_host() && key.shoup.is_host() && self.offload == Offload::Held {
+            return self.host.key_switch(q, special, key, c, coeff_out, out);
+        }
+        super::check_key_switch(q, special, &key, c, out)?;
+        let staged = |b: &Buffer| -> Result<Option<DeviceVec>, CudaError> {
+            b.host_values().map(|v| self.upload(v)).transpose()
+        };
+        let (rows, shoup) = (staged(key.rows)?, staged(key.shoup)?);
+        let resident_key = (resident(key.rows, &rows), resident(key.shoup, &shoup), key.digits);
+        self.key_switch_on_device(q, special, resident_key, c, coeff_out, out)
     }
 
     fn mul_acc_held(

@@ -63,7 +63,7 @@ impl KernelSource {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Backend, Block, CpuBackend, NttTable, Prepared, Tweaks};
+    use super::super::{Backend, Block, Buffer, CpuBackend, NttTable, Prepared, SwitchKeyRows, Tweaks};
     use crate::ring::modp::{Modulus, ntt_primes};
     use rand::{RngExt, SeedableRng, rngs::StdRng};
 
@@ -121,6 +121,7 @@ mod tests {
             inputs: u32,
             outputs: u32,
         );
+        fn secmoe_host_lift_digits(out: *mut u64, c: *const u64, targets: *const u64, n: u32, digits: u32, total: u64);
         fn secmoe_host_hash_blocks(blocks: *mut u64, tweaks: *const u64, base: u64, count: u64, listed: i32);
     }
 
@@ -215,6 +216,140 @@ mod tests {
                 )
             };
             assert_eq!(got, want, "constants on {}", if flag == 1 { "w" } else { "x" });
+        }
+    }
+
+    /// The CUDA backend's key switch runs these kernels in this order, on these layouts: the
+    /// digits lifted to q' (`[l][i][N]`) and to P, each transformed, one multiply-accumulate per
+    /// limb and half (a key row's first k digits), the sums transformed back and divided by P.
+    /// Composed from host.c, the pipeline is the CPU backend's key switch bit for bit.
+    #[test]
+    fn the_kernels_key_switch_pipeline_is_the_cpu_backends_bit_for_bit() {
+        let mut rng = StdRng::seed_from_u64(36);
+        let be = backend();
+        let n = 64;
+        let all = [prime(50, n), prime(45, n), prime(40, n), prime(58, n)];
+        let tables: Vec<NttTable> =
+            all.iter().map(|&m| NttTable::new(n, m).unwrap_or_else(|e| panic!("{e}"))).collect();
+        let digits = 3;
+        let (rows, shoup) = super::super::tests::random_key(&all, digits, n, &mut rng);
+        let key_rows = (Buffer::host(rows.clone()), Buffer::host(shoup.clone()));
+        let key = SwitchKeyRows { rows: &key_rows.0, shoup: &key_rows.1, digits };
+        let forward = |t: &NttTable, polys: &mut [u64]| {
+            let tw = t.twiddles();
+            for run in polys.chunks_exact_mut(n) {
+                // SAFETY: a run of n values, tables of n values each.
+                unsafe {
+                    secmoe_host_ntt_forward(
+                        run.as_mut_ptr(),
+                        tw.psi.as_ptr(),
+                        tw.psi_shoup.as_ptr(),
+                        t.modulus().value(),
+                        n as u32,
+                        n as u32,
+                    )
+                };
+            }
+        };
+        let inverse = |t: &NttTable, polys: &mut [u64]| {
+            let tw = t.twiddles();
+            for run in polys.chunks_exact_mut(n) {
+                // SAFETY: as above.
+                unsafe {
+                    secmoe_host_ntt_inverse(
+                        run.as_mut_ptr(),
+                        tw.psi_inv.as_ptr(),
+                        tw.psi_inv_shoup.as_ptr(),
+                        t.modulus().value(),
+                        n as u32,
+                        tw.n_inv.0,
+                        tw.n_inv.1,
+                        tw.last_inv.0,
+                        tw.last_inv.1,
+                    )
+                };
+            }
+        };
+        for k in [3, 2] {
+            let q = &tables[..k];
+            let c: Vec<u64> = q
+                .iter()
+                .flat_map(|t| (0..n).map(|_| rng.random_range(0..t.modulus().value())).collect::<Vec<_>>())
+                .collect();
+            let mut want = vec![0u64; 2 * k * n];
+            be.key_switch(q, Some(&tables[3]), key, &c, true, &mut want).unwrap_or_else(|e| panic!("{e}"));
+            // [q_0..q_(k−1), P]
+            let primes: Vec<u64> = q.iter().chain([&tables[3]]).map(|t| t.modulus().value()).collect();
+            let lift = |targets: &[u64]| {
+                let mut out = vec![0u64; targets.len() * k * n];
+                // SAFETY: `out` holds targets·k·N values, `c` k·N.
+                unsafe {
+                    secmoe_host_lift_digits(
+                        out.as_mut_ptr(),
+                        c.as_ptr(),
+                        targets.as_ptr(),
+                        n as u32,
+                        k as u32,
+                        out.len() as u64,
+                    )
+                };
+                out
+            };
+            let (mut dq, mut dp) = (lift(&primes[..k]), lift(&primes[k..]));
+            for (t, block) in q.iter().zip(dq.chunks_exact_mut(k * n)) {
+                forward(t, block);
+            }
+            forward(&tables[3], &mut dp);
+            let (mut low, mut top) = (vec![0u64; k * 2 * n], vec![0u64; 2 * n]);
+            for l in 0..=k {
+                let (x, row, out) = if l < k {
+                    (&dq[l * k * n..][..k * n], l, &mut low[l * 2 * n..][..2 * n])
+                } else {
+                    (&dp[..], digits, &mut top[..])
+                };
+                for (h, out) in out.chunks_exact_mut(n).enumerate() {
+                    let at = (row * 2 + h) * digits * n;
+                    // SAFETY: k inputs of n values, one output, k weights and constants, one prime.
+                    unsafe {
+                        secmoe_host_mul_acc(
+                            out.as_mut_ptr(),
+                            x.as_ptr(),
+                            rows[at..].as_ptr(),
+                            shoup[at..].as_ptr(),
+                            primes[l..].as_ptr(),
+                            n as u32,
+                            k as u32,
+                            1,
+                            n as u64,
+                            1,
+                        )
+                    };
+                }
+            }
+            for (t, block) in q.iter().zip(low.chunks_exact_mut(2 * n)) {
+                inverse(t, block);
+            }
+            inverse(&tables[3], &mut top);
+            let moduli: Vec<Modulus> = q.iter().map(|t| *t.modulus()).collect();
+            let consts: Vec<u64> = super::super::divide_constants(&moduli, tables[3].modulus())
+                .unwrap_or_else(|e| panic!("{e}"))
+                .into_iter()
+                .flatten()
+                .collect();
+            // SAFETY: `low` holds k limbs of two runs, `top` two runs, three constants per prime.
+            unsafe {
+                secmoe_host_divide_by_prime(
+                    low.as_mut_ptr(),
+                    top.as_ptr(),
+                    primes.as_ptr(),
+                    consts.as_ptr(),
+                    primes[k],
+                    2,
+                    n as u32,
+                    low.len() as u64,
+                )
+            };
+            assert_eq!(low, want, "level {k}");
         }
     }
 

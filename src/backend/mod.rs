@@ -4,7 +4,8 @@
 //!
 //! It holds the bulk hashing that turns OT keys into pads, the batched NTT, the multiply-accumulate
 //! of ct×pt products and selection sums (over weights the backend holds, [`Backend::hold`]), the
-//! RNS base conversion, the automorphisms X ↦ X^g and modulus switching of key switching. Every
+//! RNS base conversion, the automorphisms X ↦ X^g, modulus switching, and key switching whole
+//! (with keys the backend holds, so a GPU keeps them and runs every step on the device). Every
 //! operation covers all RNS limbs and polynomials it is given (one limb-major layout) and returns
 //! a [`BackendError`] instead of panicking. The kernels' per-element math is one header shared
 //! with the CPU tests ([`kernels`](self) module docs).
@@ -251,6 +252,124 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         top: &[u64],
         p_top: &Modulus,
     ) -> BackendResult<()>;
+
+    /// Key switching's inner product, the core of every rotation, packing merge and
+    /// relinearization: for a polynomial c at level q' = q_0···q_(k−1) (k = `q.len()`) in
+    /// coefficient form, its digits \[c\]_(q_i) are lifted to every limb of q' (and of the special
+    /// prime P when `special` is given), transformed, and
+    ///   `out[l][h] = Σ_i [c]_(q_i) · key[row(l)][h][i]`   for l over q' (h ∈ {0, 1})
+    /// with row(l) = l on q' and the key's last row on P (a key of the full level read at a
+    /// lower one: its first k digits and rows). With P the sums are divided by P with rounding
+    /// (hybrid key switching: the digits' noise shrinks by P) and come back in coefficient
+    /// form; without, in NTT form unless `coeff_out`. The default runs on the host over host
+    /// buffers; a GPU runs the whole pipeline on its device when the key is held there, so only
+    /// c goes in and the sums come out.
+    fn key_switch(
+        &self,
+        q: &[NttTable],
+        special: Option<&NttTable>,
+        key: SwitchKeyRows<'_>,
+        c: &[u64],
+        coeff_out: bool,
+        out: &mut [u64],
+    ) -> BackendResult<()> {
+        let (n, k) = check_key_switch(q, special, &key, c, out)?;
+        let (rows, shoup) = match (&key.rows.0, &key.shoup.0) {
+            (Held::Host(rows), Held::Host(shoup)) => (rows, shoup),
+            #[allow(unreachable_patterns)] // device buffers exist only with the CUDA backend
+            _ => return Err(foreign(self.name(), if key.rows.is_host() { key.shoup } else { key.rows })),
+        };
+        let targets = k + usize::from(special.is_some());
+        let moduli: Vec<Modulus> = q.iter().chain(special).map(|t| *t.modulus()).collect();
+        // the digits d_i = c mod q_i lifted to every target limb l ([l][i][N]), then the sums at
+        // P (two runs); the sums at q' are written in `out`
+        let mut scratch = Scratch::take(targets * k * n + 2 * n);
+        let (digits, top) = scratch.split_at_mut(targets * k * n);
+        for (l, m) in moduli.iter().enumerate() {
+            for (i, (dst, src)) in digits[l * k * n..][..k * n].chunks_exact_mut(n).zip(c.chunks_exact(n)).enumerate() {
+                m.reduce_residues(moduli[i].value(), src, dst);
+            }
+        }
+        let (q_digits, p_digits) = digits.split_at_mut(k * k * n);
+        self.ntt_forward(q, q_digits)?;
+        // Σ_i d_i·key[row][h][i] per limb l and half h ([l][h][N]): a key of this level is one
+        // call over q' and one at P, a lower level reads the first k digits of each row and half
+        let per_row = 2 * key.digits * n;
+        let switch = |limbs: &[Modulus], first_row: usize, x: &[u64], out: &mut [u64]| -> BackendResult<()> {
+            if k == key.digits {
+                let at = first_row * per_row..(first_row + limbs.len()) * per_row;
+                return self.mul_acc(limbs, n, 1, x, &rows[at.clone()], Prepared::W(&shoup[at]), out);
+            }
+            for (r, (x, out)) in x.chunks_exact(k * n).zip(out.chunks_exact_mut(2 * n)).enumerate() {
+                for (h, out) in out.chunks_exact_mut(n).enumerate() {
+                    let at = (first_row + r) * per_row + h * key.digits * n;
+                    let (w, c) = (&rows[at..][..k * n], &shoup[at..][..k * n]);
+                    self.mul_acc(std::slice::from_ref(&limbs[r]), n, 1, x, w, Prepared::W(c), out)?;
+                }
+            }
+            Ok(())
+        };
+        switch(&moduli[..k], 0, q_digits, out)?;
+        if let Some(special) = special {
+            self.ntt_forward(std::slice::from_ref(special), p_digits)?;
+            switch(&moduli[k..], key.digits, p_digits, top)?;
+            self.ntt_inverse(q, out)?;
+            self.ntt_inverse(std::slice::from_ref(special), top)?;
+            self.divide_by_prime(&moduli[..k], n, out, top, special.modulus())?;
+        } else if coeff_out {
+            self.ntt_inverse(q, out)?;
+        }
+        Ok(())
+    }
+}
+
+/// A key-switching key as [`Backend::key_switch`] reads it: per row r (one per prime of the
+/// full level q, then one for the special prime where the key has one) and half h (the parts
+/// b and a of the encryptions), `digits` polynomials in NTT form — the encryption of the
+/// gadget g_i times the old secret at limb r — stored `[r][h][i][N]` in `rows`, their Shoup
+/// constants in `shoup` alike. Held by the backend that switches with it ([`Backend::hold`]).
+#[derive(Debug, Clone, Copy)]
+pub struct SwitchKeyRows<'a> {
+    /// The key's residues.
+    pub rows: &'a Buffer,
+    /// Their Shoup constants.
+    pub shoup: &'a Buffer,
+    /// Digits per row and half: the number of primes of the full level.
+    pub digits: usize,
+}
+
+/// The shape contract of [`Backend::key_switch`]; returns (N, k).
+pub(crate) fn check_key_switch(
+    q: &[NttTable],
+    special: Option<&NttTable>,
+    key: &SwitchKeyRows<'_>,
+    c: &[u64],
+    out: &[u64],
+) -> BackendResult<(usize, usize)> {
+    let (n, _) = check_ntt("key_switch", q, c)?;
+    let k = q.len();
+    if let Some(p) = special.filter(|p| p.degree() != n) {
+        return Err(shape("key_switch", format!("a special prime's table of degree {}, q's of {n}", p.degree())));
+    }
+    if c.len() != k * n || out.len() != 2 * k * n {
+        return Err(shape(
+            "key_switch",
+            format!("{} input and {} output values for one polynomial of {k} limbs of degree {n}", c.len(), out.len()),
+        ));
+    }
+    let rows = key.digits + usize::from(special.is_some());
+    if k > key.digits || key.rows.len() != rows * 2 * key.digits * n || key.shoup.len() != key.rows.len() {
+        return Err(shape(
+            "key_switch",
+            format!(
+                "a key of {} values and {} constants for {rows} rows of {} digits, switching {k} limbs",
+                key.rows.len(),
+                key.shoup.len(),
+                key.digits
+            ),
+        ));
+    }
+    Ok((n, k))
 }
 
 /// Values a backend keeps for later operations ([`Backend::hold`]): host memory for the CPU
@@ -286,6 +405,26 @@ impl Buffer {
     /// Whether it holds none.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// `values` in host memory, held by no backend yet (keys as they arrive); a backend takes
+    /// them over with [`Backend::fetch`] and [`Backend::hold`].
+    pub fn host(values: Vec<u64>) -> Buffer {
+        Buffer(Held::Host(values.into()))
+    }
+
+    /// Whether the values are in host memory.
+    pub fn is_host(&self) -> bool {
+        matches!(self.0, Held::Host(_))
+    }
+
+    /// The values, where they are in host memory.
+    pub fn host_values(&self) -> Option<&[u64]> {
+        match &self.0 {
+            Held::Host(v) => Some(v),
+            #[cfg(feature = "cuda")]
+            Held::Device { .. } => None,
+        }
     }
 
     /// Where the values are, for errors.
@@ -1247,6 +1386,97 @@ mod tests {
                 // round(v / p_top), ties impossible for an odd prime
                 let want = ((v + top.value() as u128 / 2) / top.value() as u128 % m.value() as u128) as u64;
                 assert_eq!(got[l * polys * n + c], want, "limb {l}, coefficient {c}");
+            }
+        }
+    }
+
+    /// A random key of `digits` digits for rows over `moduli` (the last the special prime's when
+    /// there is one), NTT form, with its Shoup constants.
+    pub(super) fn random_key(moduli: &[Modulus], digits: usize, n: usize, rng: &mut StdRng) -> (Vec<u64>, Vec<u64>) {
+        let (mut rows, mut shoup) = (Vec::new(), Vec::new());
+        for m in moduli {
+            for _ in 0..2 * digits * n {
+                let v = rng.random_range(0..m.value());
+                rows.push(v);
+                shoup.push(m.shoup(v));
+            }
+        }
+        (rows, shoup)
+    }
+
+    /// Key switching is the digit-wise inner product with the key in Z_p[X]/(X^N + 1) at every
+    /// limb — the digits \[c\]_(q_i) lifted, the key's rows in coefficient form, negacyclic
+    /// schoolbook products — divided by the special prime with rounding where there is one; at
+    /// a lower level, the key's first rows and digits; its shape errors name the operation.
+    #[test]
+    fn key_switching_is_the_inner_product_of_the_digits_with_the_key() {
+        let be = CpuBackend::new(2).unwrap_or_else(|e| panic!("{e}"));
+        let n = 16;
+        let all = primes(&[50, 45, 40, 55], n);
+        let (full, special) = (&all[..3], &all[3]);
+        let table = |m: &Modulus| NttTable::new(n, *m).unwrap_or_else(|e| panic!("{e}"));
+        let tables: Vec<NttTable> = full.iter().map(table).collect();
+        let special_table = table(special);
+        let mut rng = StdRng::seed_from_u64(17);
+        let negacyclic = |m: &Modulus, a: &[u64], b: &[u64]| {
+            let mut out = vec![0u64; n];
+            for (i, &x) in a.iter().enumerate() {
+                for (j, &y) in b.iter().enumerate() {
+                    let (at, v) = ((i + j) % n, m.mul(x, y));
+                    out[at] = if i + j < n { m.add(out[at], v) } else { m.sub(out[at], v) };
+                }
+            }
+            out
+        };
+        for with_special in [false, true] {
+            let rows_moduli: Vec<Modulus> = full.iter().chain(with_special.then_some(special)).copied().collect();
+            let (rows, shoup) = random_key(&rows_moduli, 3, n, &mut rng);
+            let (rows_b, shoup_b) = (Buffer::host(rows.clone()), Buffer::host(shoup));
+            let key = SwitchKeyRows { rows: &rows_b, shoup: &shoup_b, digits: 3 };
+            for k in [3, 2] {
+                let c: Vec<u64> = full[..k]
+                    .iter()
+                    .flat_map(|m| (0..n).map(|_| rng.random_range(0..m.value())).collect::<Vec<_>>())
+                    .collect();
+                let mut out = vec![0u64; 2 * k * n];
+                let p = with_special.then_some(&special_table);
+                let bad = be.key_switch(&tables[..k], p, SwitchKeyRows { digits: 4, ..key }, &c, true, &mut out);
+                assert!(matches!(bad, Err(BackendError::Shape { op: "key_switch", .. })), "{bad:?}");
+                be.key_switch(&tables[..k], p, key, &c, true, &mut out).unwrap_or_else(|e| panic!("{e}"));
+                // Σ_i [c]_(q_i)·key[row][h][i] at a limb of q' (row l) or at P (the last row)
+                let sum = |m: &Modulus, row: usize, h: usize| {
+                    let mut acc = vec![0u64; n];
+                    for (i, digit) in c.chunks_exact(n).enumerate() {
+                        let mut w = rows[((row * 2 + h) * 3 + i) * n..][..n].to_vec();
+                        be.ntt_inverse(std::slice::from_ref(&table(m)), &mut w).unwrap_or_else(|e| panic!("{e}"));
+                        let lifted: Vec<u64> = digit.iter().map(|&v| m.reduce(v)).collect();
+                        let prod = negacyclic(m, &lifted, &w);
+                        acc.iter_mut().zip(prod).for_each(|(a, v)| *a = m.add(*a, v));
+                    }
+                    acc
+                };
+                for (l, m) in full[..k].iter().enumerate() {
+                    for h in 0..2 {
+                        let mut want = sum(m, l, h);
+                        if with_special {
+                            // (S_l − [S_P] centred)·P^-1 mod q_l
+                            let p_inv = m.inv(m.reduce(special.value())).unwrap_or_else(|| panic!("coprime"));
+                            for (w, t) in want.iter_mut().zip(sum(special, 3, h)) {
+                                let t = if t > special.value() / 2 {
+                                    m.neg(m.reduce(special.value() - t))
+                                } else {
+                                    m.reduce(t)
+                                };
+                                *w = m.mul(m.sub(*w, t), p_inv);
+                            }
+                        }
+                        assert_eq!(
+                            &out[(2 * l + h) * n..][..n],
+                            &want[..],
+                            "P {with_special}, level {k}, limb {l}, half {h}"
+                        );
+                    }
+                }
             }
         }
     }

@@ -20,23 +20,29 @@ use zeroize::Zeroize;
 use super::bfv::{Ciphertext, SecretKey};
 use super::poly::{Form, RnsPoly};
 use super::{HeError, HeParams, HeResult};
-use crate::backend::{Backend, Prepared, par_map};
+use crate::backend::{Backend, Buffer, Scratch, SwitchKeyRows, par_map};
 use crate::ring::{pack_bits, packed_len, unpack_bits};
 
 /// The key of one automorphism: per limb l of q·P, the rows (b_0..b_{k−1}, a_0..a_{k−1}) in NTT
-/// form with their Shoup constants, laid out for [`Backend::mul_acc`] (limb-major, two outputs
-/// of k inputs per limb).
-#[derive(Debug, Clone)]
+/// form with their Shoup constants, as [`Backend::key_switch`] reads them ([`SwitchKeyRows`]),
+/// in host memory until [`GaloisKeys::hold`] hands them to the backend that switches.
+#[derive(Debug)]
 struct SwitchKey {
     element: usize,
     seed: [u8; 32],
     /// Limb l's block: b_0..b_{k-1} then a_0..a_{k-1}, each N residues mod the l-th prime of q·P.
-    rows: Vec<u64>,
-    shoup: Vec<u64>,
+    rows: Buffer,
+    shoup: Buffer,
+}
+
+impl SwitchKey {
+    fn rows(&self, p: &HeParams) -> SwitchKeyRows<'_> {
+        SwitchKeyRows { rows: &self.rows, shoup: &self.shoup, digits: p.moduli().len() }
+    }
 }
 
 /// Keys for the automorphisms σ_r used by [`GaloisKeys::pack`]: r = N/2^v + 1, v < levels.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct GaloisKeys {
     keys: Vec<SwitchKey>,
 }
@@ -235,29 +241,8 @@ impl SwitchKey {
             rows.extend(a);
             shoup.extend(rows[start..].iter().map(|&v| m.shoup(v)));
         }
-        SwitchKey { element, seed, rows, shoup }
+        SwitchKey { element, seed, rows: Buffer::host(rows), shoup: Buffer::host(shoup) }
     }
-}
-
-std::thread_local! {
-    /// Each thread's working memory for key switches, kept between them: buffers this large
-    /// would otherwise come back from the kernel, page by page, at every call.
-    static SCRATCH: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// `f` on `len` values of this thread's scratch memory (whatever an earlier call left there),
-/// or on fresh memory where the scratch is in use (a key switch that waits on the pool may run
-/// another one on the same thread).
-fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [u64]) -> R) -> R {
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut scratch) => {
-            if scratch.len() < len {
-                scratch.resize(len, 0);
-            }
-            f(&mut scratch[..len])
-        }
-        Err(_) => f(&mut vec![0u64; len]),
-    })
 }
 
 impl Ciphertext {
@@ -266,59 +251,26 @@ impl Ciphertext {
     /// digits (the key's gadget g_i = (q/q_i)·[(q/q_i)^-1]_(q_i) is 1 mod q_i and 0 mod every
     /// other prime, so its first k rows serve q' as they are).
     fn automorphism(&self, p: &HeParams, key: &SwitchKey, backend: &dyn Backend) -> HeResult<Ciphertext> {
-        let (n, full, k) = (p.degree(), p.moduli().len(), self.limbs(p));
+        let (n, k) = (p.degree(), self.limbs(p));
         let q = &p.moduli()[..k];
-        let Some((special, special_table)) = p.special() else {
+        let Some((_, special_table)) = p.special() else {
             return Err(HeError::NoSpecialPrime { params: p.name() });
         };
-        // the limbs of q'·P: q's first k primes, then P
-        let limb = |l: usize| if l < k { &q[l] } else { special };
         let mut c0 = RnsPoly { limbs: vec![0u64; k * n], form: Form::Coeff };
         backend.automorphism(q, n, key.element, &self.c0.limbs, &mut c0.limbs)?;
-        with_scratch((k + 1) * (k + 2) * n + k * n, |scratch| {
-            let (c1, scratch) = scratch.split_at_mut(k * n);
-            let (digits, acc) = scratch.split_at_mut((k + 1) * k * n);
-            backend.automorphism(q, n, key.element, &self.c1.limbs, c1)?;
-            // the digits d_i = c1 mod q_i lifted to every limb l of q'·P (limb-major: [l][i][N])
-            for l in 0..=k {
-                let m = limb(l);
-                for (i, (dst, src)) in
-                    digits[l * k * n..][..k * n].chunks_exact_mut(n).zip(c1.chunks_exact(n)).enumerate()
-                {
-                    m.reduce_residues(q[i].value(), src, dst);
-                }
-            }
-            let (q_digits, p_digits) = digits.split_at_mut(k * k * n);
-            backend.ntt_forward(&p.tables()[..k], q_digits)?;
-            backend.ntt_forward(std::slice::from_ref(special_table), p_digits)?;
-            // Σ_i d_i·(b_i, a_i) per limb: [l][half][N]; the key holds [l][half][i][N] for all
-            // of q·P's limbs and digits, so a lower level reads it per limb and half
-            if k == full {
-                backend.mul_acc(p.ext_moduli(), n, 1, digits, &key.rows, Prepared::W(&key.shoup), acc)?;
-            } else {
-                for (l, (x, out)) in digits.chunks_exact(k * n).zip(acc.chunks_exact_mut(2 * n)).enumerate() {
-                    let row = if l < k { l } else { full };
-                    for (h, out) in out.chunks_exact_mut(n).enumerate() {
-                        let at = (row * 2 + h) * full * n;
-                        let (w, shoup) = (&key.rows[at..][..k * n], &key.shoup[at..][..k * n]);
-                        backend.mul_acc(std::slice::from_ref(limb(l)), n, 1, x, w, Prepared::W(shoup), out)?;
-                    }
-                }
-            }
-            let (low, top) = acc.split_at_mut(k * 2 * n);
-            backend.ntt_inverse(&p.tables()[..k], low)?;
-            backend.ntt_inverse(std::slice::from_ref(special_table), top)?;
-            // divide both halves by P with rounding, then (c0 + ks0, ks1)
-            backend.divide_by_prime(q, n, low, top, special)?;
-            // (c0 + ks0, ks1): limb l's halves sit at (2l + h)·N
-            let mut ks1 = Vec::with_capacity(k * n);
-            for ((c0_l, halves), m) in c0.limbs.chunks_exact_mut(n).zip(low.chunks_exact(2 * n)).zip(q) {
-                let (ks0_l, ks1_l) = halves.split_at(n);
-                c0_l.iter_mut().zip(ks0_l).for_each(|(x, &y)| *x = m.add(*x, y));
-                ks1.extend_from_slice(ks1_l);
-            }
-            Ok(Ciphertext { c0, c1: RnsPoly { limbs: ks1, form: Form::Coeff } })
-        })
+        let mut c1 = Scratch::take(k * n);
+        backend.automorphism(q, n, key.element, &self.c1.limbs, &mut c1)?;
+        // (ks0, ks1) = Σ_i [σ(c1)]_(q_i)·(b_i, a_i) / P, limb l's halves at (2l + h)·N
+        let mut ks = Scratch::take(2 * k * n);
+        backend.key_switch(&p.tables()[..k], Some(special_table), key.rows(p), &c1, true, &mut ks)?;
+        // (c0 + ks0, ks1)
+        let mut ks1 = Vec::with_capacity(k * n);
+        for ((c0_l, halves), m) in c0.limbs.chunks_exact_mut(n).zip(ks.chunks_exact(2 * n)).zip(q) {
+            let (ks0_l, ks1_l) = halves.split_at(n);
+            c0_l.iter_mut().zip(ks0_l).for_each(|(x, &y)| *x = m.add(*x, y));
+            ks1.extend_from_slice(ks1_l);
+        }
+        Ok(Ciphertext { c0, c1: RnsPoly { limbs: ks1, form: Form::Coeff } })
     }
 }
 
@@ -415,7 +367,8 @@ impl GaloisKeys {
     }
 
     /// Serializes: per key its element, its seed and the b rows (the a rows follow from the seed).
-    pub fn to_bytes(&self, p: &HeParams) -> Vec<u8> {
+    /// Keys a device holds ([`GaloisKeys::hold`]) are not read back: an error.
+    pub fn to_bytes(&self, p: &HeParams) -> HeResult<Vec<u8>> {
         let k = p.moduli().len();
         let n = p.degree();
         let mut out = Vec::with_capacity(GaloisKeys::encoded_len(p, self.levels()));
@@ -425,11 +378,27 @@ impl GaloisKeys {
         for key in &self.keys {
             out.extend_from_slice(&(key.element as u32).to_le_bytes());
             out.extend_from_slice(&key.seed);
-            for (row, m) in key.rows.chunks_exact(2 * k * n).zip(p.ext_moduli()) {
+            let rows = key.rows.host_values().ok_or_else(|| HeError::Unsupported {
+                params: p.name(),
+                what: "serialize Galois keys a device holds".into(),
+            })?;
+            for (row, m) in rows.chunks_exact(2 * k * n).zip(p.ext_moduli()) {
                 out.extend(pack_bits(&row[..k * n], m.bits()));
             }
         }
-        out
+        Ok(out)
+    }
+
+    /// Hands the keys to `backend`, which then switches with them where they are (a GPU keeps
+    /// them in its memory; no copy on the CPU). A server does so once, when the keys arrive.
+    pub fn hold(&mut self, backend: &dyn Backend) -> HeResult<()> {
+        for key in &mut self.keys {
+            for part in [&mut key.rows, &mut key.shoup] {
+                let values = backend.fetch(std::mem::replace(part, Buffer::host(Vec::new())))?;
+                *part = backend.hold(values)?;
+            }
+        }
+        Ok(())
     }
 
     /// Reads Galois keys for `p`, checking every size, element and residue.
@@ -649,7 +618,8 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(21);
         let sk = SecretKey::generate(&p, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         let keys = sk.galois_keys(3, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
-        let keys = GaloisKeys::from_bytes(&p, &keys.to_bytes(&p)).unwrap_or_else(|e| panic!("{e}"));
+        let keys = GaloisKeys::from_bytes(&p, &keys.to_bytes(&p).unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_else(|e| panic!("{e}"));
         let n = p.degree();
         let t_mask = (1u128 << p.plain_bits()) - 1;
         for count in [1usize, 2, 8] {
@@ -730,7 +700,7 @@ mod tests {
         assert!(sk.galois_keys(2, &be, &mut rng).is_err());
         let p = HeParams::linear().unwrap_or_else(|e| panic!("{e}"));
         let sk = SecretKey::generate(&p, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
-        let bytes = sk.galois_keys(1, &be, &mut rng).unwrap_or_else(|e| panic!("{e}")).to_bytes(&p);
+        let bytes = sk.galois_keys(1, &be, &mut rng).and_then(|k| k.to_bytes(&p)).unwrap_or_else(|e| panic!("{e}"));
         let err = GaloisKeys::from_bytes(&p, &bytes[..bytes.len() - 1]).err().map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("bytes, expected")));
         let mut wrong = bytes.clone();

@@ -36,36 +36,43 @@ use zeroize::Zeroize;
 use super::bfv::{Ciphertext, PublicKey, SecretKey};
 use super::poly::{Form, RnsPoly};
 use super::{HeError, HeParams, HeResult};
-use crate::backend::{Backend, NttTable, Prepared, Scratch, par_map};
+use crate::backend::{Backend, Buffer, NttTable, Scratch, SwitchKeyRows, par_map};
 use crate::ring::modp::{MAX_PRIME_BITS, Modulus, ntt_primes};
 
 /// The relinearization key: for every prime q_i of Q, an encryption (b_i, a_i) of s²·g_i, in
-/// NTT form; also kept limb-major with Shoup constants, as the multiply-accumulate reads it.
-#[derive(Debug, Clone)]
+/// NTT form; also kept as [`Backend::key_switch`] reads it (row per limb j: the b_i at j, then
+/// the a_i at j, with Shoup constants), in host memory until [`RelinKey::hold`].
+#[derive(Debug)]
 pub struct RelinKey {
     pub(crate) parts: Vec<(RnsPoly, RnsPoly)>,
-    /// Per limb j: [b_0|b_1|…] and [a_0|a_1|…] at limb j, each with its Shoup constants.
-    rows: Vec<[(Vec<u64>, Vec<u64>); 2]>,
+    rows: Buffer,
+    shoup: Buffer,
 }
 
 impl RelinKey {
     pub(crate) fn new(params: &HeParams, parts: Vec<(RnsPoly, RnsPoly)>) -> RelinKey {
         let n = params.degree();
-        let rows = params
-            .moduli()
-            .iter()
-            .enumerate()
-            .map(|(j, m)| {
-                let half = |pick: &dyn Fn(&(RnsPoly, RnsPoly)) -> &RnsPoly| {
-                    let w: Vec<u64> =
-                        parts.iter().flat_map(|part| pick(part).limbs[j * n..(j + 1) * n].iter().copied()).collect();
-                    let shoup = w.iter().map(|&v| m.shoup(v)).collect();
-                    (w, shoup)
-                };
-                [half(&|(b, _)| b), half(&|(_, a)| a)]
-            })
-            .collect();
-        RelinKey { parts, rows }
+        let (mut rows, mut shoup) = (Vec::new(), Vec::new());
+        for (j, m) in params.moduli().iter().enumerate() {
+            let start = rows.len();
+            for half in [0, 1] {
+                for (b, a) in &parts {
+                    rows.extend_from_slice(&[b, a][half].limbs[j * n..(j + 1) * n]);
+                }
+            }
+            shoup.extend(rows[start..].iter().map(|&v| m.shoup(v)));
+        }
+        RelinKey { parts, rows: Buffer::host(rows), shoup: Buffer::host(shoup) }
+    }
+
+    /// Hands the key's rows to `backend`, which then relinearizes where they are (a GPU keeps
+    /// them in its memory; no copy on the CPU). A server does so once, when the key arrives.
+    pub fn hold(&mut self, backend: &dyn Backend) -> HeResult<()> {
+        for part in [&mut self.rows, &mut self.shoup] {
+            let values = backend.fetch(std::mem::replace(part, Buffer::host(Vec::new())))?;
+            *part = backend.hold(values)?;
+        }
+        Ok(())
     }
 }
 
@@ -207,39 +214,14 @@ impl Tensored {
         let moduli = &params.moduli()[..k];
         let Tensored { mut d0, mut d1, mut d2 } = self;
         d2.to_coeff(params, backend)?;
-        // digit i = [d2]_{q_i} lifted to every q_j, NTT form, stored [j][i][N]
-        // scratch: one relinearization per output tile, each of k²·N words (3.3 MB at five primes)
-        let mut digits = Scratch::take(k * k * n);
-        for (i, src) in d2.limbs.chunks_exact(n).enumerate() {
-            for (j, m) in moduli.iter().enumerate() {
-                m.reduce_residues(moduli[i].value(), src, &mut digits[(j * k + i) * n..(j * k + i + 1) * n]);
-            }
-        }
-        backend.ntt_forward(&params.tables()[..k], &mut digits)?;
-        // c0 = d0 + Σ_i digit_i·b_i, c1 = d1 + Σ_i digit_i·a_i: one multiply-accumulate per limb
-        // and half (a key row holds every prime's digit; a lower level takes its first k),
-        // brought to the form of d0 and d1
-        let mut sum = Scratch::take(k * n);
+        // (c0, c1) = (d0, d1) + Σ_i [d2]_(q_i)·(b_i, a_i), brought to the form of d0 and d1
+        // (one relinearization per output tile: its scratch, k²·N words, is 3.3 MB at five primes)
+        let key = SwitchKeyRows { rows: &rlk.rows, shoup: &rlk.shoup, digits: full };
+        let mut sum = Scratch::take(2 * k * n);
+        backend.key_switch(&params.tables()[..k], None, key, &d2.limbs, d0.form() == Form::Coeff, &mut sum)?;
         for (half, out) in [&mut d0, &mut d1].into_iter().enumerate() {
             for (j, m) in moduli.iter().enumerate() {
-                let (w, shoup) = &rlk.rows[j][half];
-                let x = &digits[j * k * n..(j + 1) * k * n];
-                // mul_acc writes (not adds to) every value of its output
-                backend.mul_acc(
-                    std::slice::from_ref(m),
-                    n,
-                    1,
-                    x,
-                    &w[..k * n],
-                    Prepared::W(&shoup[..k * n]),
-                    &mut sum[j * n..(j + 1) * n],
-                )?;
-            }
-            if out.form() == Form::Coeff {
-                backend.ntt_inverse(&params.tables()[..k], &mut sum)?;
-            }
-            for (j, m) in moduli.iter().enumerate() {
-                for (o, &s) in out.limbs[j * n..(j + 1) * n].iter_mut().zip(&sum[j * n..(j + 1) * n]) {
+                for (o, &s) in out.limbs[j * n..(j + 1) * n].iter_mut().zip(&sum[(2 * j + half) * n..][..n]) {
                     *o = m.add(*o, s);
                 }
             }

@@ -662,7 +662,7 @@ mod tests {
                             .unwrap_or_else(|e| panic!("{e}")),
                     ),
                     ("public key", sk.public_key(&be, &mut rng).unwrap_or_else(|e| panic!("{e}")).to_bytes()),
-                    ("galois", galois.to_bytes(&lin)),
+                    ("galois", galois.to_bytes(&lin).unwrap_or_else(|e| panic!("{e}"))),
                     ("shrunk", shrunk.to_bytes()),
                     ("shrunk3", shrunk3.to_bytes()),
                 ];

@@ -233,7 +233,7 @@ impl HeClient {
         let levels = max_pack(&params);
         if levels > 0 {
             let galois = workers.compute(|| sk.galois_keys(levels, be, rng))?;
-            ch.send(&galois.to_bytes(&params)).await?;
+            ch.send(&galois.to_bytes(&params)?).await?;
         }
         match keys {
             KeySet::WithRelin => ch.send(&workers.compute(|| sk.relin_key(be, rng))?.to_bytes(&params)).await?,
@@ -396,7 +396,7 @@ impl HeServer {
         let pk = PublicKey::from_bytes(&params, &bytes)?;
         let galois = if max_pack(&params) > 0 {
             let bytes = ch.recv().await?;
-            let keys = GaloisKeys::from_bytes(&params, &bytes)?;
+            let mut keys = GaloisKeys::from_bytes(&params, &bytes)?;
             if keys.levels() < max_pack(&params) {
                 return Err(ProtoError::BadRequest(format!(
                     "the client's Galois keys cover {} levels, {} needs {}",
@@ -405,12 +405,17 @@ impl HeServer {
                     max_pack(&params)
                 )));
             }
+            keys.hold(&*backend)?;
             Some(keys)
         } else {
             None
         };
         let product = match keys {
-            KeySet::WithRelin => ProductKey::Relin(RelinKey::from_bytes(&params, &ch.recv().await?)?),
+            KeySet::WithRelin => {
+                let mut key = RelinKey::from_bytes(&params, &ch.recv().await?)?;
+                key.hold(&*backend)?;
+                ProductKey::Relin(key)
+            }
             KeySet::WithSquare => ProductKey::Square(SquareKey::from_bytes(&params, &ch.recv().await?)?),
             KeySet::Linear => ProductKey::None,
         };

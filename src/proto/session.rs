@@ -97,8 +97,8 @@ pub enum HeUse {
 pub enum HeKeys {
     /// The client's side.
     Client(HeClient),
-    /// The server's side.
-    Server(HeServer),
+    /// The server's side (boxed: its keys are the larger part).
+    Server(Box<HeServer>),
 }
 
 impl HeKeys {
@@ -211,7 +211,9 @@ impl Session {
                 he.set_network(self.network);
                 HeKeys::Client(he)
             }
-            Party::Server => HeKeys::Server(HeServer::setup(self.ot.channel(), params, backend, workers, keys).await?),
+            Party::Server => {
+                HeKeys::Server(Box::new(HeServer::setup(self.ot.channel(), params, backend, workers, keys).await?))
+            }
         };
         self.he.retain(|(u, _)| *u != use_);
         self.he.push((use_, keys));

@@ -1,6 +1,7 @@
 //! `secmoe bench --preset kernels`: the backend's kernels alone, as microseconds per operation —
 //! batched NTTs per degree and limb count, the multiply-accumulate of ct×pt products, the MoE
-//! selection sum Σ_i W_i·[[t_i]] at E = 128, d = 768, d_ff = 3072, and the OT hashing.
+//! selection sum Σ_i W_i·[[t_i]] at E = 128, d = 768, d_ff = 3072, a key switch with the key
+//! held by the backend, and the OT hashing.
 //!
 //! The CPU backend always; with `--backend cuda` (or `auto` where a GPU starts) the GPU too, once
 //! through the [`Backend`] methods (host slices: copies in and out included) and once on resident
@@ -11,7 +12,7 @@
 use anyhow::{Result, ensure};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use secmoe::backend::{Backend, Block, CpuBackend, NttTable, Prepared, Tweaks};
+use secmoe::backend::{Backend, Block, Buffer, CpuBackend, NttTable, Prepared, SwitchKeyRows, Tweaks};
 use secmoe::ring::modp::{Modulus, ntt_primes};
 
 use super::harness::{Row, op_row, reset_peak_rss, time_us};
@@ -31,6 +32,10 @@ const SELECT_LIMBS: usize = 3;
 /// Outputs timed on the CPU (the per-term time does not depend on J; the full sum would take
 /// minutes and 14 GB here), scaled to J.
 const CPU_SELECT_J: usize = 4;
+/// The key-switch row: the selected products' set (N = 16384, six primes and a special one), at
+/// the full level.
+const SWITCH_N: usize = 16384;
+const SWITCH_DIGITS: usize = 6;
 /// Blocks in the hashing row.
 const HASH_BLOCKS: usize = 1 << 20;
 
@@ -137,6 +142,12 @@ impl Bench<'_> {
             row.wall_s = us * 1e-6 * (SELECT_J * SELECT_E * SELECT_LIMBS * 2) as f64;
             self.push(with_method(row, &label));
         }
+        if self.wanted("key-switch") {
+            reset_peak_rss();
+            let (us, ok) = self.key_switch(be, cpu)?;
+            let shape = format!("N={SWITCH_N}, {SWITCH_DIGITS} digits + P, key held");
+            self.push(with_method(op_row("key-switch", be.name(), shape, us, ok), &label));
+        }
         if self.wanted("ot-hash") {
             reset_peak_rss();
             let input: Vec<Block> =
@@ -159,6 +170,54 @@ impl Bench<'_> {
             self.push(with_method(op_row("ot-hash", be.name(), shape, us, ok), &label));
         }
         Ok(())
+    }
+
+    /// µs per key switch of one polynomial with a key `be` holds (c in, the sums out), and
+    /// whether it is right: against `cpu`, else zero switched to zero and every sum a residue.
+    fn key_switch(&mut self, be: &dyn Backend, cpu: Option<&CpuBackend>) -> Result<(f64, bool)> {
+        let n = SWITCH_N;
+        let all = ntt_primes(58, n, SWITCH_DIGITS + 1)?;
+        ensure!(all.len() == SWITCH_DIGITS + 1, "{} primes for N = {n}", SWITCH_DIGITS + 1);
+        let tables: Vec<NttTable> =
+            all.iter().map(|&p| Ok(NttTable::new(n, Modulus::new(p)?)?)).collect::<Result<_>>()?;
+        let (q, special) = (&tables[..SWITCH_DIGITS], &tables[SWITCH_DIGITS]);
+        let (mut rows, mut shoup) = (Vec::new(), Vec::new());
+        for t in &tables {
+            let m = t.modulus();
+            let part = self.random(2 * SWITCH_DIGITS * n, m.value());
+            shoup.extend(part.iter().map(|&v| m.shoup(v)));
+            rows.extend(part);
+        }
+        let check = cpu.map(|_| (Buffer::host(rows.clone()), Buffer::host(shoup.clone())));
+        let (rows, shoup) = (be.hold(rows)?, be.hold(shoup)?);
+        let key = SwitchKeyRows { rows: &rows, shoup: &shoup, digits: SWITCH_DIGITS };
+        let c: Vec<u64> = q.iter().flat_map(|t| self.random(n, t.modulus().value())).collect();
+        let mut out = vec![0u64; 2 * SWITCH_DIGITS * n];
+        be.key_switch(q, Some(special), key, &c, true, &mut out)?;
+        let ok = match (cpu, &check) {
+            (Some(cpu), Some((rows, shoup))) => {
+                let mut want = vec![0u64; out.len()];
+                cpu.key_switch(
+                    q,
+                    Some(special),
+                    SwitchKeyRows { rows, shoup, digits: SWITCH_DIGITS },
+                    &c,
+                    true,
+                    &mut want,
+                )?;
+                want == out
+            }
+            _ => {
+                let mut zero = vec![1u64; out.len()];
+                be.key_switch(q, Some(special), key, &vec![0; c.len()], true, &mut zero)?;
+                let below = out.chunks_exact(2 * n).zip(q).all(|(l, t)| l.iter().all(|&v| v < t.modulus().value()));
+                below && zero.iter().all(|&v| v == 0)
+            }
+        };
+        let mut result = Ok(());
+        let us = time_us(10, || result = be.key_switch(q, Some(special), key, &c, true, &mut out));
+        result?;
+        Ok((us, ok))
     }
 
     /// µs per term of one limb's and half's selection sum with `j` outputs, and whether it is
