@@ -590,6 +590,19 @@ impl CudaBackend {
         unsafe { args.launch(elementwise(count)) }.map(drop).map_err(self.fail("launching hash_blocks"))
     }
 
+    /// Whether every buffer is one this backend reads: host memory, or this device's; else the
+    /// error naming where the first other one is.
+    fn readable(&self, buffers: &[&Buffer]) -> Result<(), BackendError> {
+        let here = |b: &&Buffer| match &b.0 {
+            Held::Host(_) => true,
+            Held::Device { ordinal, .. } => *ordinal == self.ordinal,
+        };
+        match buffers.iter().find(|b| !here(b)) {
+            Some(bad) => Err(super::foreign("cuda", bad)),
+            None => Ok(()),
+        }
+    }
+
     /// The primes of `moduli` in device memory (the kernels' per-limb moduli).
     fn primes(&self, moduli: &[Modulus]) -> Result<DeviceVec, CudaError> {
         self.upload(&moduli.iter().map(Modulus::value).collect::<Vec<_>>())
@@ -819,13 +832,7 @@ impl Backend for CudaBackend {
         coeff_out: bool,
         out: &mut [u64],
     ) -> BackendResult<()> {
-        let here = |b: &Buffer| match &b.0 {
-            Held::Host(_) => true,
-            Held::Device { ordinal, .. } => *ordinal == self.ordinal,
-        };
-        if let Some(bad) = [key.rows, key.shoup].into_iter().find(|b| !here(b)) {
-            return Err(super::foreign("cuda", bad));
-        }
+        self.readable(&[key.rows, key.shoup])?;
         // a key in host memory is switched with on the host, unless every call is offloaded
         if key.rows.is_host() && key.shoup.is_host() && self.offload == Offload::Held {
             return self.host.key_switch(q, special, key, c, coeff_out, out);
@@ -849,13 +856,7 @@ impl Backend for CudaBackend {
         w_shoup: &Buffer,
         out: &mut Buffer,
     ) -> BackendResult<()> {
-        let here = |b: &Buffer| match &b.0 {
-            Held::Host(_) => true,
-            Held::Device { ordinal, .. } => *ordinal == self.ordinal,
-        };
-        if let Some(bad) = [x.values, w, w_shoup, &*out].into_iter().find(|b| !here(b)) {
-            return Err(super::foreign("cuda", bad));
-        }
+        self.readable(&[x.values, w, w_shoup, &*out])?;
         if [x.values, w, w_shoup, &*out].into_iter().all(|b| matches!(b.0, Held::Host(_))) {
             return self.host.mul_acc_held(moduli, n, batch, x, w, w_shoup, out);
         }
