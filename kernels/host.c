@@ -47,6 +47,12 @@ void secmoe_host_lift_digits(sm_u64 *out, const sm_u64 *c, const sm_u64 *targets
     for (sm_u64 idx = 0; idx < total; idx++) out[idx] = sm_lift_digit_element(c, targets, n, digits, idx);
 }
 
+void secmoe_host_tensor_sum(sm_u64 *out, const sm_u64 *a, const sm_u64 *b, const sm_u64 *moduli, const sm_u64 *mus,
+                            sm_u32 n, sm_u32 limbs, sm_u64 terms, int add, sm_u64 total) {
+    for (sm_u64 idx = 0; idx < total; idx++)
+        out[idx] = sm_tensor_sum_element(a, b, moduli, mus, n, limbs, terms, out[idx], add, idx);
+}
+
 void secmoe_host_hash_blocks(sm_u64 *blocks, const sm_u64 *tweaks, sm_u64 base, sm_u64 count, int listed) {
     sm_u8 rk[176];
     sm_fixed_key_schedule(rk, AES_SBOX);

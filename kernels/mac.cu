@@ -2,7 +2,8 @@
  * Pointwise multiply-accumulate over every RNS limb in NTT form (the inner loop of ct×pt products
  * and of the selection sum Σ_i W_i·[[t_i]] over all experts, fused: one thread per output value,
  * its accumulator in a register across every input) and the RNS base conversion
- * out[j] = Σ_i x[i]·c_ij mod m_j, and key switching's digit lifting. Per-element math: modarith.cuh.
+ * out[j] = Σ_i x[i]·c_ij mod m_j, key switching's digit lifting, and the sums of ciphertext tensors
+ * of ciphertext products. Per-element math: modarith.cuh.
  */
 #include "modarith.cuh"
 
@@ -54,4 +55,12 @@ extern "C" __global__ void lift_digits(sm_u64 *out, const sm_u64 *c, const sm_u6
                                        sm_u64 total) {
     sm_u64 idx = (sm_u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx < total) out[idx] = sm_lift_digit_element(c, targets, n, digits, idx);
+}
+
+/* Sums of ciphertext tensors, the core of ciphertext products (sm_tensor_sum_element): one thread
+ * per output value of 3 parts × limbs × N, added to what out holds when `add`. */
+extern "C" __global__ void tensor_sum(sm_u64 *out, const sm_u64 *a, const sm_u64 *b, const sm_u64 *moduli,
+                                      const sm_u64 *mus, sm_u32 n, sm_u32 limbs, sm_u64 terms, int add, sm_u64 total) {
+    sm_u64 idx = (sm_u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx < total) out[idx] = sm_tensor_sum_element(a, b, moduli, mus, n, limbs, terms, out[idx], add, idx);
 }

@@ -219,6 +219,45 @@ SM_FN sm_u64 sm_base_convert_element(const sm_u64 *x, const sm_u64 *consts, cons
     return sm_csub(acc, p);
 }
 
+/* a·b mod p for residues a, b < p < 2^62, by Barrett's reduction of the 128-bit product with
+ * mu = floor(2^128 / p) = mu_hi·2^64 + mu_lo: the quotient estimate floor(x·mu / 2^128), summed
+ * word by word with its carries, is at most 2 below floor(x / p), so x − q·p < 3p fits one word. */
+SM_FN sm_u64 sm_mul_barrett(sm_u64 a, sm_u64 b, sm_u64 p, sm_u64 mu_hi, sm_u64 mu_lo) {
+    sm_u64 hi = sm_mulhi(a, b), lo = a * b;
+    /* the middle words: hi·mu_lo + lo·mu_hi + floor(lo·mu_lo / 2^64), high word with carries */
+    sm_u64 t0 = hi * mu_lo, t1 = lo * mu_hi, t2 = sm_mulhi(lo, mu_lo);
+    sm_u64 low = t0 + t1;
+    sm_u64 carry = low < t0;
+    sm_u64 low2 = low + t2;
+    carry += low2 < low;
+    sm_u64 q = hi * mu_hi + sm_mulhi(hi, mu_lo) + sm_mulhi(lo, mu_hi) + carry;
+    return sm_csub(sm_csub(lo - q * p, p), p);
+}
+
+/* Element idx of the sums of ciphertext tensors (out: 3 parts × `limbs` limbs × N, part e
+ * = Σ_t a0·b0, Σ_t (a0·b1 + a1·b0), Σ_t a1·b1): `a` and `b` hold `terms` two-part operands,
+ * each [part][limb][N]; `mus` two words of floor(2^128 / p) per limb (high, low). Added to
+ * `old` (a residue) when `add`. */
+SM_FN sm_u64 sm_tensor_sum_element(const sm_u64 *a, const sm_u64 *b, const sm_u64 *moduli, const sm_u64 *mus,
+                                   sm_u32 n, sm_u32 limbs, sm_u64 terms, sm_u64 old, int add, sm_u64 idx) {
+    sm_u64 per_part = (sm_u64)limbs * n;
+    sm_u64 e = idx / per_part, at = idx % per_part, l = at / n;
+    sm_u64 p = moduli[l], mh = mus[2 * l], ml = mus[2 * l + 1];
+    sm_u64 acc = add ? old : 0;
+    for (sm_u64 t = 0; t < terms; t++) {
+        const sm_u64 *x = a + 2 * t * per_part + at, *y = b + 2 * t * per_part + at;
+        if (e == 0) {
+            acc = sm_csub(acc + sm_mul_barrett(x[0], y[0], p, mh, ml), p);
+        } else if (e == 2) {
+            acc = sm_csub(acc + sm_mul_barrett(x[per_part], y[per_part], p, mh, ml), p);
+        } else {
+            acc = sm_csub(acc + sm_mul_barrett(x[0], y[per_part], p, mh, ml), p);
+            acc = sm_csub(acc + sm_mul_barrett(x[per_part], y[0], p, mh, ml), p);
+        }
+    }
+    return acc;
+}
+
 /* ---- fixed-key AES-128 and the TMMO hash ---------------------------------------------------- */
 
 #define SM_AES_SBOX_VALUES                                                                          \

@@ -1,7 +1,7 @@
 //! The CUDA backend against the CPU backend, bit for bit, on seeded data: every kernel, key
-//! switching with the key resident, packing, expansion and relinearization with the keys held
-//! by the GPU, a selection sum over 128 experts, and experts spread over every GPU present plus
-//! the CPU.
+//! switching with the key resident, sums of ciphertext tensors, packing, expansion and
+//! relinearization with the keys held by the GPU, a selection sum over 128 experts, and experts
+//! spread over every GPU present plus the CPU.
 //! Each test prints why and passes where this machine has no GPU (the kernels' per-element math
 //! is checked on every machine by the `backend::kernels` unit tests).
 #![cfg(feature = "cuda")]
@@ -298,4 +298,33 @@ fn packing_expansion_and_relinearization_with_keys_on_the_gpu_match_the_cpu() {
         "product"
     );
     assert!(held.to_bytes(&p).is_err(), "keys a device holds are not serialized");
+}
+
+#[test]
+fn tensor_sums_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let cpu = CpuBackend::new(2).unwrap();
+    let mut rng = StdRng::seed_from_u64(49);
+    let n = 8192;
+    let moduli: Vec<Modulus> =
+        [61, 58, 50].iter().map(|&bits| Modulus::new(ntt_primes(bits, n, 1).unwrap()[0]).unwrap()).collect();
+    let draw = |rng: &mut StdRng, count: usize| -> Vec<u64> {
+        (0..count)
+            .flat_map(|_| {
+                moduli
+                    .iter()
+                    .flat_map(|m| (0..n).map(|_| rng.random_range(0..m.value())).collect::<Vec<_>>())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    for terms in [1, 24] {
+        let (a, b, old) = (draw(&mut rng, 2 * terms), draw(&mut rng, 2 * terms), draw(&mut rng, 3));
+        for add in [false, true] {
+            let (mut want, mut got) = (old.clone(), old.clone());
+            cpu.tensor_sum(&moduli, n, terms, &a, &b, add, &mut want).unwrap();
+            gpu.tensor_sum(&moduli, n, terms, &a, &b, add, &mut got).unwrap();
+            assert_eq!(got, want, "{terms} terms, added {add}");
+        }
+    }
 }

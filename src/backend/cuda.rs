@@ -117,6 +117,7 @@ struct Kernels {
     automorphism: CudaFunction,
     divide_by_prime: CudaFunction,
     lift_digits: CudaFunction,
+    tensor_sum: CudaFunction,
     hash_blocks: CudaFunction,
 }
 
@@ -211,6 +212,7 @@ impl CudaBackend {
             automorphism: function("mac", "automorphism")?,
             divide_by_prime: function("mac", "divide_by_prime")?,
             lift_digits: function("mac", "lift_digits")?,
+            tensor_sum: function("mac", "tensor_sum")?,
             hash_blocks: function("hash", "hash_blocks")?,
         };
         tracing::info!(ordinal, device = %device, "CUDA backend started");
@@ -566,6 +568,35 @@ impl CudaBackend {
         Ok(self.download(&low, out)?)
     }
 
+    /// [`Backend::tensor_sum`] on resident operands (`a`, `b`: `terms` two-part operands over
+    /// every limb of `moduli`; `out`: three parts, added to when `add`). The caller checks the
+    /// shapes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn tensor_sum_on_device(
+        &self,
+        moduli: &[Modulus],
+        n: usize,
+        terms: usize,
+        a: &DeviceVec,
+        b: &DeviceVec,
+        add: bool,
+        out: &mut DeviceVec,
+    ) -> Result<(), CudaError> {
+        let total = out.len() as u64;
+        if total == 0 {
+            return Ok(());
+        }
+        let primes = self.primes(moduli)?;
+        let mus = self.upload(&super::kernels::barrett_constants(moduli))?;
+        let (n32, limbs, terms, flag) = (n as u32, moduli.len() as u32, terms as u64, i32::from(add));
+        let mut args = self.stream.launch_builder(&self.kernels.tensor_sum);
+        args.arg(&mut out.0).arg(&a.0).arg(&b.0).arg(&primes.0).arg(&mus.0);
+        args.arg(&n32).arg(&limbs).arg(&terms).arg(&flag).arg(&total);
+        // SAFETY: kernels/mac.cu `tensor_sum`; one thread per output value, `a` and `b` hold `terms`
+        // operands of 2 × limbs × N values (the shapes the caller checked), two constants per limb.
+        unsafe { args.launch(elementwise(total)) }.map(drop).map_err(self.fail("launching tensor_sum"))
+    }
+
     /// [`Backend::hash_blocks`] in place on resident blocks (two words each), tweaks base + i.
     pub fn hash_on_device(&self, blocks: &mut DeviceVec, base: u64) -> Result<(), CudaError> {
         let dummy = self.zeros(1)?;
@@ -908,6 +939,24 @@ impl Backend for CudaBackend {
         // SAFETY: kernels/mac.cu `base_convert`; lengths checked above.
         unsafe { args.launch(elementwise(out.len() as u64)) }.map_err(self.fail("launching base_convert"))?;
         Ok(self.download(&dout, out)?)
+    }
+
+    fn tensor_sum(
+        &self,
+        moduli: &[Modulus],
+        n: usize,
+        terms: usize,
+        a: &[u64],
+        b: &[u64],
+        add: bool,
+        out: &mut [u64],
+    ) -> BackendResult<()> {
+        super::check_tensor_sum(moduli, n, terms, a, b, out)?;
+        if self.on_host(a) {
+            return self.host.tensor_sum(moduli, n, terms, a, b, add, out);
+        }
+        let (da, db) = (self.upload(a)?, self.upload(b)?);
+        self.in_place(out, |dev| Ok(self.tensor_sum_on_device(moduli, n, terms, &da, &db, add, dev)?))
     }
 
     fn automorphism(

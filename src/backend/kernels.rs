@@ -61,6 +61,14 @@ impl KernelSource {
     }
 }
 
+/// Barrett's constant floor(2^128 / p) of each modulus as (high, low) words: how the kernels
+/// reduce products of two residues neither of which carries a Shoup constant (`tensor_sum`).
+#[cfg(any(feature = "cuda", test))]
+pub(crate) fn barrett_constants(moduli: &[crate::ring::modp::Modulus]) -> Vec<u64> {
+    // 2^128 is no multiple of an odd prime, so (2^128 − 1) / p rounds down to the same quotient
+    moduli.iter().map(|m| u128::MAX / m.value() as u128).flat_map(|mu| [(mu >> 64) as u64, mu as u64]).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{Backend, Block, Buffer, CpuBackend, NttTable, Prepared, SwitchKeyRows, Tweaks};
@@ -122,6 +130,18 @@ mod tests {
             outputs: u32,
         );
         fn secmoe_host_lift_digits(out: *mut u64, c: *const u64, targets: *const u64, n: u32, digits: u32, total: u64);
+        fn secmoe_host_tensor_sum(
+            out: *mut u64,
+            a: *const u64,
+            b: *const u64,
+            moduli: *const u64,
+            mus: *const u64,
+            n: u32,
+            limbs: u32,
+            terms: u64,
+            add: i32,
+            total: u64,
+        );
         fn secmoe_host_hash_blocks(blocks: *mut u64, tweaks: *const u64, base: u64, count: u64, listed: i32);
     }
 
@@ -350,6 +370,54 @@ mod tests {
                 )
             };
             assert_eq!(low, want, "level {k}");
+        }
+    }
+
+    /// Barrett products summed per part — no Shoup constants, any residues — give the residues
+    /// of the CPU's exact 128-bit sums, fresh and added to a previous sum, up to 61-bit primes.
+    #[test]
+    fn the_kernels_tensor_sums_are_the_cpu_backends_bit_for_bit() {
+        let mut rng = StdRng::seed_from_u64(37);
+        let be = backend();
+        let n = 64;
+        let moduli = [prime(61, n), prime(58, n), prime(36, n)];
+        let primes: Vec<u64> = moduli.iter().map(Modulus::value).collect();
+        let mus = super::barrett_constants(&moduli);
+        let limbs = moduli.len();
+        for terms in [0, 1, 9] {
+            let draw = |rng: &mut StdRng, count: usize| -> Vec<u64> {
+                (0..count)
+                    .flat_map(|_| {
+                        primes
+                            .iter()
+                            .flat_map(|&p| (0..n).map(|_| rng.random_range(0..p)).collect::<Vec<_>>())
+                            .collect::<Vec<_>>()
+                    })
+                    .collect()
+            };
+            let (a, b, old) = (draw(&mut rng, 2 * terms), draw(&mut rng, 2 * terms), draw(&mut rng, 3));
+            for add in [false, true] {
+                let mut want = old.clone();
+                be.tensor_sum(&moduli, n, terms, &a, &b, add, &mut want).unwrap_or_else(|e| panic!("{e}"));
+                let mut got = old.clone();
+                // SAFETY: `a`, `b` hold `terms` operands of 2 × limbs × n values, `got` 3 × limbs × n, two
+                // constants per limb.
+                unsafe {
+                    secmoe_host_tensor_sum(
+                        got.as_mut_ptr(),
+                        a.as_ptr(),
+                        b.as_ptr(),
+                        primes.as_ptr(),
+                        mus.as_ptr(),
+                        n as u32,
+                        limbs as u32,
+                        terms as u64,
+                        i32::from(add),
+                        got.len() as u64,
+                    )
+                };
+                assert_eq!(got, want, "{terms} terms, added {add}");
+            }
         }
     }
 

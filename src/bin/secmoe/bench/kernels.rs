@@ -1,7 +1,8 @@
 //! `secmoe bench --preset kernels`: the backend's kernels alone, as microseconds per operation —
 //! batched NTTs per degree and limb count, the multiply-accumulate of ct×pt products, the MoE
-//! selection sum Σ_i W_i·[[t_i]] at E = 128, d = 768, d_ff = 3072, a key switch with the key
-//! held by the backend, and the OT hashing.
+//! selection sum Σ_i W_i·[[t_i]] at E = 128, d = 768, d_ff = 3072, the sums of ciphertext
+//! tensors of ciphertext products, a key switch with the key held by the backend, and the OT
+//! hashing.
 //!
 //! The CPU backend always; with `--backend cuda` (or `auto` where a GPU starts) the GPU too, once
 //! through the [`Backend`] methods (host slices: copies in and out included) and once on resident
@@ -141,6 +142,40 @@ impl Bench<'_> {
             let mut row = op_row("select", be.name(), select_shape(j), us, ok);
             row.wall_s = us * 1e-6 * (SELECT_J * SELECT_E * SELECT_LIMBS * 2) as f64;
             self.push(with_method(row, &label));
+        }
+        if self.wanted("tensor-sum") {
+            reset_peak_rss();
+            // a sum of products' shape in the selected products' extended basis (N = 16384, 13 limbs)
+            let (n, limbs, terms) = (SWITCH_N, 13, 8);
+            let moduli: Vec<Modulus> =
+                ntt_primes(58, n, limbs)?.into_iter().map(Modulus::new).collect::<Result<_, _>>()?;
+            ensure!(moduli.len() == limbs, "{limbs} primes for N = {n}");
+            let draw = |this: &mut Self| -> Vec<u64> {
+                (0..2 * terms)
+                    .flat_map(|_| moduli.iter().flat_map(|m| this.random(n, m.value())).collect::<Vec<_>>())
+                    .collect()
+            };
+            let (a, b) = (draw(self), draw(self));
+            let mut out = vec![0u64; 3 * limbs * n];
+            be.tensor_sum(&moduli, n, terms, &a, &b, false, &mut out)?;
+            let ok = match cpu {
+                Some(cpu) => {
+                    let mut want = vec![0u64; out.len()];
+                    cpu.tensor_sum(&moduli, n, terms, &a, &b, false, &mut want)?;
+                    want == out
+                }
+                // part 0 of limb 0 at a few slots: Σ_t a0·b0
+                None => (0..n).step_by(997).all(|j| {
+                    let m = &moduli[0];
+                    let at = |t: usize| 2 * t * limbs * n + j;
+                    out[j] == (0..terms).fold(0, |acc, t| m.add(acc, m.mul(a[at(t)], b[at(t)])))
+                }),
+            };
+            let mut result = Ok(());
+            let us = time_us(10, || result = be.tensor_sum(&moduli, n, terms, &a, &b, false, &mut out)) / terms as f64;
+            result?;
+            let shape = format!("N={n}, {limbs} limbs, {terms} pairs, per pair");
+            self.push(with_method(op_row("tensor-sum", be.name(), shape, us, ok), &label));
         }
         if self.wanted("key-switch") {
             reset_peak_rss();
