@@ -153,6 +153,8 @@ pub struct CudaBackend {
     stream: Arc<CudaStream>,
     kernels: Kernels,
     twiddles: Mutex<HashMap<(u64, usize), Arc<DeviceTwiddles>>>,
+    /// The prime lists the kernels were given, resident (a list serves every later call).
+    primes: Mutex<HashMap<Vec<u64>, Arc<DeviceVec>>>,
     /// Largest dynamic shared memory a block may use on this device (opt-in included).
     max_shared: usize,
     /// Dynamic shared memory the NTT kernels are currently allowed.
@@ -222,6 +224,7 @@ impl CudaBackend {
             stream,
             kernels,
             twiddles: Mutex::new(HashMap::new()),
+            primes: Mutex::new(HashMap::new()),
             max_shared: usize::try_from(optin).unwrap_or(0).max(DEFAULT_SHARED),
             ntt_shared: Mutex::new(DEFAULT_SHARED),
             host: CpuBackend::new(threads)?,
@@ -635,8 +638,17 @@ impl CudaBackend {
     }
 
     /// The primes of `moduli` in device memory (the kernels' per-limb moduli).
-    fn primes(&self, moduli: &[Modulus]) -> Result<DeviceVec, CudaError> {
-        self.upload(&moduli.iter().map(Modulus::value).collect::<Vec<_>>())
+    /// Uploaded once per list: every launch reads its limbs' primes, and most calls come with
+    /// the few lists of a parameter set.
+    fn primes(&self, moduli: &[Modulus]) -> Result<Arc<DeviceVec>, CudaError> {
+        let list: Vec<u64> = moduli.iter().map(Modulus::value).collect();
+        let mut cache = self.primes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(primes) = cache.get(&list) {
+            return Ok(primes.clone());
+        }
+        let primes = Arc::new(self.upload(&list)?);
+        cache.insert(list, primes.clone());
+        Ok(primes)
     }
 
     /// Copies `values` in, runs `run` on the device copy and copies the result back.
