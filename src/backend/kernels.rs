@@ -397,8 +397,10 @@ mod tests {
             };
             let (a, b, old) = (draw(&mut rng, 2 * terms), draw(&mut rng, 2 * terms), draw(&mut rng, 3));
             for add in [false, true] {
-                let mut want = old.clone();
-                be.tensor_sum(&moduli, n, terms, &a, &b, add, &mut want).unwrap_or_else(|e| panic!("{e}"));
+                let mut sums = Buffer::host(old.clone());
+                let (ha, hb) = (Buffer::host(a.clone()), Buffer::host(b.clone()));
+                be.tensor_sum(&moduli, n, terms, (&ha, 0), (&hb, 0), add, &mut sums).unwrap_or_else(|e| panic!("{e}"));
+                let want = sums.host_values().unwrap_or_default().to_vec();
                 let mut got = old.clone();
                 // SAFETY: `a`, `b` hold `terms` operands of 2 × limbs × n values, `got` 3 × limbs × n, two
                 // constants per limb.

@@ -18,12 +18,14 @@ mod cpu;
 mod cuda;
 mod kernels;
 pub mod ntt;
+mod rns;
 
 pub use cpu::CpuBackend;
 pub use cryprot_core::Block;
 #[cfg(feature = "cuda")]
 pub use cuda::{CudaBackend, CudaError, DeviceVec, Offload};
 pub use ntt::NttTable;
+pub use rns::TensorBasis;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -162,11 +164,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Sums of ciphertext tensors in NTT form over L = `moduli.len()` limbs, the core of a sum of
     /// ciphertext products: for `terms` pairs of two-part operands a_t = (a0, a1), b_t = (b0, b1),
-    /// each stored part by part, limb by limb (2·L polynomials of `n` values, operand after
-    /// operand in `a` and `b`), `out` (3·L polynomials, part by part) receives Σ_t a0·b0,
-    /// Σ_t (a0·b1 + a1·b0) and Σ_t a1·b1 mod p_l, added to its residues when `add`; operands are
-    /// residues. The default (every backend's today) runs on the host: per slot, three products
-    /// per pair (Karatsuba: a0·b0, a1·b1 and (a0 + a1)·(b0 + b1), whose difference is the middle
+    /// operands `first..first + terms` of the held runs `a` and `b` (each stored part by part,
+    /// limb by limb: 2·L polynomials of `n` values, operand after operand, as
+    /// [`Backend::extend_basis`] leaves them), `out` (held, 3·L polynomials, part by part)
+    /// receives Σ_t a0·b0, Σ_t (a0·b1 + a1·b0) and Σ_t a1·b1 mod p_l, added to its residues when
+    /// `add`; operands are residues. The default runs on the host: per slot, three products per
+    /// pair (Karatsuba: a0·b0, a1·b1 and (a0 + a1)·(b0 + b1), whose difference is the middle
     /// term) summed exactly in 128 bits and reduced once per pass — 8 pairs for primes of up to
     /// 61 bits (each product below 2^124), fewer for wider ones.
     #[allow(clippy::too_many_arguments)]
@@ -175,12 +178,22 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         moduli: &[Modulus],
         n: usize,
         terms: usize,
-        a: &[u64],
-        b: &[u64],
+        a: (&Buffer, usize),
+        b: (&Buffer, usize),
         add: bool,
-        out: &mut [u64],
+        out: &mut Buffer,
     ) -> BackendResult<()> {
-        check_tensor_sum(moduli, n, terms, a, b, out)?;
+        check_tensor_sum(moduli, n, terms, a, b, out.len())?;
+        let each = 2 * moduli.len() * n;
+        let (a, b) = match (a.0.host_values(), b.0.host_values()) {
+            (Some(x), Some(y)) => (&x[a.1 * each..(a.1 + terms) * each], &y[b.1 * each..(b.1 + terms) * each]),
+            _ => return Err(foreign(self.name(), if a.0.is_host() { b.0 } else { a.0 })),
+        };
+        let out = match &mut out.0 {
+            Held::Host(v) => &mut v[..],
+            #[allow(unreachable_patterns)] // device buffers exist only with the CUDA backend
+            _ => return Err(foreign(self.name(), out)),
+        };
         if terms == 0 && !add {
             out.fill(0);
         }
@@ -225,6 +238,48 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
             }
         }
         Ok(())
+    }
+
+    /// Basis extension Q → Q∪P of the operands of ciphertext products (`basis`: one level's
+    /// [`TensorBasis`]): `x` holds polynomials mod Q, k limbs each, one after another, in NTT
+    /// form when `ntt_form` (else coefficient form); the result holds each over Q∪P in NTT form
+    /// (|Q∪P| limbs each, in `x`'s order), its P residues those of the centered lift (|x| ≤ Q/2)
+    /// of its coefficients, held by this backend for [`Backend::tensor_sum`]. The default runs on
+    /// the host, one polynomial per task on the workers it runs on.
+    fn extend_basis(&self, basis: &TensorBasis, x: &[u64], ntt_form: bool) -> BackendResult<Buffer> {
+        use rayon::prelude::*;
+        let count = rns::check_extend(basis, x)?;
+        let (k, n) = (basis.level(), basis.degree());
+        let width = basis.len() * n;
+        let mut out = Scratch::take(count * width);
+        let task = |(x, out): (&[u64], &mut [u64])| rns::extend_one(self, basis, x, ntt_form, out);
+        if count > 1 && rayon::current_thread_index().is_some() {
+            x.par_chunks(k * n).zip(out.par_chunks_mut(width)).try_for_each(task)?;
+        } else {
+            x.chunks(k * n).zip(out.chunks_mut(width)).try_for_each(task)?;
+        }
+        Ok(Buffer::from(out))
+    }
+
+    /// Scale-and-round Q∪P → Q of the sums of ciphertext tensors: every polynomial of `x` (held,
+    /// |Q∪P| limbs each in NTT form, as [`Backend::tensor_sum`] leaves them; consumed) is
+    /// brought to coefficients and becomes ⌊t·x/Q⌉ mod Q (for |x| < QP/4) in `out` (k limbs
+    /// each, coefficient form). The default runs on the host, one polynomial per task.
+    fn scale_down(&self, basis: &TensorBasis, x: Buffer, out: &mut [u64]) -> BackendResult<()> {
+        use rayon::prelude::*;
+        let count = rns::check_scale_down(basis, x.len(), out.len())?;
+        let mut x = match x.0 {
+            Held::Host(v) => v,
+            #[allow(unreachable_patterns)] // device buffers exist only with the CUDA backend
+            _ => return Err(foreign(self.name(), &x)),
+        };
+        let (width, k, n) = (basis.len() * basis.degree(), basis.level(), basis.degree());
+        let task = |(x, out): (&mut [u64], &mut [u64])| rns::scale_down_one(self, basis, x, out);
+        if count > 1 && rayon::current_thread_index().is_some() {
+            x.par_chunks_mut(width).zip(out.par_chunks_mut(k * n)).try_for_each(task)
+        } else {
+            x.chunks_mut(width).zip(out.chunks_mut(k * n)).try_for_each(task)
+        }
     }
 
     /// The automorphism σ_g: X ↦ X^g (g odd) of every run of `n` coefficients (coefficient form)
@@ -616,29 +671,36 @@ pub(crate) fn check_sparse_heads(
     Ok(heads.len() / support)
 }
 
-/// The shape contract of [`Backend::base_convert`]; returns the number of input rows I.
-/// The shape contract of [`Backend::tensor_sum`].
+/// The shape contract of [`Backend::tensor_sum`]: `terms` operands from each run's first, and
+/// three parts out.
 pub(crate) fn check_tensor_sum(
     moduli: &[Modulus],
     n: usize,
     terms: usize,
-    a: &[u64],
-    b: &[u64],
-    out: &[u64],
+    a: (&Buffer, usize),
+    b: (&Buffer, usize),
+    out: usize,
 ) -> BackendResult<()> {
-    let operands = terms * 2 * moduli.len() * n;
-    if a.len() != operands || b.len() != operands {
-        return Err(shape(
-            "tensor_sum",
-            format!("operands of {} and {} values for {terms} pairs of 2×{} limbs", a.len(), b.len(), moduli.len()),
-        ));
+    let each = 2 * moduli.len() * n;
+    for (values, first) in [a, b] {
+        if first.checked_add(terms).and_then(|end| end.checked_mul(each)).is_none_or(|end| end > values.len()) {
+            return Err(shape(
+                "tensor_sum",
+                format!(
+                    "operands {first}..{first}+{terms} of 2×{} limbs from a run of {} values",
+                    moduli.len(),
+                    values.len()
+                ),
+            ));
+        }
     }
-    if out.len() != 3 * moduli.len() * n {
-        return Err(shape("tensor_sum", format!("{} output values for 3×{} limbs", out.len(), moduli.len())));
+    if out != 3 * moduli.len() * n {
+        return Err(shape("tensor_sum", format!("{out} output values for 3×{} limbs", moduli.len())));
     }
     Ok(())
 }
 
+/// The shape contract of [`Backend::base_convert`]; returns the number of input rows I.
 pub(crate) fn check_base_convert(
     moduli: &[Modulus],
     n: usize,
@@ -895,7 +957,8 @@ pub fn retain_freed_memory() {
 }
 
 /// Host values a [`Buffer`] holds: when the buffer drops, an allocation of at least
-/// [`POOLED_BYTES`] goes to the pool [`zeros`] takes from instead of back to the kernel.
+/// [`POOLED_BYTES`] goes to the pool [`zeros`] takes from instead of back to the kernel, a
+/// smaller one to the dropping thread's [`Scratch`] pool.
 #[derive(Debug)]
 pub(crate) struct HostVec(Vec<u64>);
 
@@ -928,7 +991,10 @@ impl std::ops::DerefMut for HostVec {
 impl Drop for HostVec {
     fn drop(&mut self) {
         let values = std::mem::take(&mut self.0);
-        if values.capacity() * size_of::<u64>() >= POOLED_BYTES {
+        if values.capacity() * size_of::<u64>() < POOLED_BYTES {
+            // a smaller one (a lifted operand, a sum of products) to this thread's scratch pool
+            drop(Scratch(values));
+        } else {
             let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
             pool.push(values);
             // the oldest go first while the pool is over its bound
@@ -1027,6 +1093,20 @@ impl Scratch {
             }
             None => Scratch(zeros(len)),
         }
+    }
+}
+
+impl Scratch {
+    /// The values, leaving the pool out (a [`Buffer`] that holds them gives them back to a
+    /// scratch pool when it drops).
+    pub fn into_vec(mut self) -> Vec<u64> {
+        std::mem::take(&mut self.0)
+    }
+}
+
+impl From<Scratch> for Buffer {
+    fn from(scratch: Scratch) -> Buffer {
+        Buffer::host(scratch.into_vec())
     }
 }
 
@@ -1599,21 +1679,28 @@ mod tests {
                 .collect();
             let limbs = moduli.len();
             for terms in [1, 5, 40] {
-                let draw = |rng: &mut StdRng| -> Vec<u64> {
-                    (0..terms * 2 * limbs * n).map(|i| rng.random_range(0..moduli[(i / n) % limbs].value())).collect()
+                let draw = |rng: &mut StdRng, operands: usize| -> Vec<u64> {
+                    (0..operands * 2 * limbs * n)
+                        .map(|i| rng.random_range(0..moduli[(i / n) % limbs].value()))
+                        .collect()
                 };
-                let (a, b) = (draw(&mut rng), draw(&mut rng));
+                // b's operands read from its second on
+                let (a, b) = (draw(&mut rng, terms), draw(&mut rng, terms + 1));
+                let (ha, hb) = (Buffer::host(a.clone()), Buffer::host(b.clone()));
                 let start: Vec<u64> =
                     (0..3 * limbs * n).map(|i| rng.random_range(0..moduli[(i / n) % limbs].value())).collect();
                 for add in [false, true] {
-                    let mut got = start.clone();
-                    be.tensor_sum(&moduli, n, terms, &a, &b, add, &mut got).unwrap_or_else(|e| panic!("{e}"));
+                    let mut sums = Buffer::host(start.clone());
+                    be.tensor_sum(&moduli, n, terms, (&ha, 0), (&hb, 1), add, &mut sums)
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    let got = sums.host_values().unwrap_or_default();
                     for (l, m) in moduli.iter().enumerate() {
                         for c in 0..n {
                             let at = |v: &[u64], t: usize, half: usize| v[((2 * t + half) * limbs + l) * n + c];
                             let mut want = [0u64; 3];
                             for t in 0..terms {
-                                let (x0, x1, y0, y1) = (at(&a, t, 0), at(&a, t, 1), at(&b, t, 0), at(&b, t, 1));
+                                let (x0, x1) = (at(&a, t, 0), at(&a, t, 1));
+                                let (y0, y1) = (at(&b, t + 1, 0), at(&b, t + 1, 1));
                                 want[0] = m.add(want[0], m.mul(x0, y0));
                                 want[1] = m.add(want[1], m.add(m.mul(x0, y1), m.mul(x1, y0)));
                                 want[2] = m.add(want[2], m.mul(x1, y1));
@@ -1628,17 +1715,14 @@ mod tests {
                 }
             }
         }
-        let mut out = vec![0u64; 3 * 512];
-        let short = be.tensor_sum(
-            &[Modulus::new(ntt_primes(58, 512, 1).unwrap_or_default()[0]).unwrap_or_else(|e| panic!("{e}"))],
-            512,
-            2,
-            &[0; 1024],
-            &[0; 2048],
-            false,
-            &mut out,
-        );
-        assert!(matches!(short, Err(BackendError::Shape { .. })), "{short:?}");
+        // two pairs of one limb from a run of one operand, or from past a run's end
+        let one = [Modulus::new(ntt_primes(58, 512, 1).unwrap_or_default()[0]).unwrap_or_else(|e| panic!("{e}"))];
+        let (short, whole) = (Buffer::host(vec![0; 1024]), Buffer::host(vec![0; 2048]));
+        let mut out = Buffer::host(vec![0u64; 3 * 512]);
+        for (a, b) in [((&short, 0), (&whole, 0)), ((&whole, 1), (&whole, 0))] {
+            let refused = be.tensor_sum(&one, 512, 2, a, b, false, &mut out);
+            assert!(matches!(refused, Err(BackendError::Shape { .. })), "{refused:?}");
+        }
     }
 
     #[test]

@@ -29,14 +29,14 @@
 use std::sync::Arc;
 
 use num_bigint::BigUint;
-use num_traits::{One, ToPrimitive};
+use num_traits::One;
 use rand::CryptoRng;
 use zeroize::Zeroize;
 
 use super::bfv::{Ciphertext, PublicKey, SecretKey};
 use super::poly::{Form, RnsPoly};
 use super::{HeError, HeParams, HeResult};
-use crate::backend::{Backend, Buffer, NttTable, Scratch, SwitchKeyRows, par_map};
+use crate::backend::{Backend, Buffer, Scratch, SwitchKeyRows, TensorBasis};
 use crate::ring::modp::{MAX_PRIME_BITS, Modulus, ntt_primes};
 
 /// The relinearization key: for every prime q_i of Q, an encryption (b_i, a_i) of s²·g_i, in
@@ -230,185 +230,32 @@ impl Tensored {
     }
 }
 
-/// The extended basis Q∪P of one level and the constants of both conversions, as rows of
-/// [`Backend::base_convert`] constants.
-#[derive(Debug)]
-pub(crate) struct TensorBasis {
-    /// The level's primes Q, then P.
-    moduli: Vec<Modulus>,
-    k: usize,
-    /// The NTT tables of Q, then P.
-    tables: Vec<NttTable>,
-    /// Q → P: [(Q/q_i)^-1]_{q_i} and 1/q_i per q_i; rows [Q/q_i]_{p_j} (i < k) and [−Q]_{p_j}
-    /// (the overflow row).
-    q_hat_inv: Vec<(u64, u64)>,
-    q_inv_f64: Vec<f64>,
-    extend_rows: Vec<(u64, u64)>,
-    /// Q∪P → Q: [(M/r)^-1]_r and 1/r per r; rows, for each output q_i: the integer terms
-    /// ([ω_l]_{q_i} for r = q_l, [t·P/p_j]_{q_i} for r = p_j), then [−t·P]_{q_i} (the overflow
-    /// row) and 1 (the rounded fraction's row).
-    m_hat_inv: Vec<(u64, u64)>,
-    all_inv_f64: Vec<f64>,
-    scale_rows: Vec<(u64, u64)>,
-    /// θ_l·2^128 for l ∈ Q, as (high, low) words.
-    theta: Vec<(u64, u64)>,
-}
-
-impl TensorBasis {
-    /// Number of primes, Q's and P's.
-    pub(crate) fn len(&self) -> usize {
-        self.moduli.len()
+/// The extended basis for products at `level` RNS limbs ([`HeParams::tensor_basis`] keeps it):
+/// Q the level's primes, P as many 61-bit NTT primes (none of the set's own) as make
+/// P > 2^3·N·Q·2^[`SUM_TERM_BITS`], so QP holds a sum of up to 2^SUM_TERM_BITS tensors (each
+/// |x| ≤ N·Q²/2) four times over.
+pub(crate) fn tensor_basis(params: &HeParams, level: usize) -> HeResult<TensorBasis> {
+    let n = params.degree();
+    let q_bits = params.moduli()[..level].iter().fold(BigUint::one(), |acc, m| acc * m.value()).bits();
+    let need = q_bits as f64 + (n as f64).log2() + 3.0 + f64::from(SUM_TERM_BITS);
+    let mut p = Vec::new();
+    let mut log_p = 0.0;
+    for cand in ntt_primes(MAX_PRIME_BITS, n, 16)? {
+        if log_p >= need {
+            break;
+        }
+        if params.ext_moduli().iter().all(|m| m.value() != cand) {
+            p.push(Modulus::new(cand)?);
+            log_p += (cand as f64).log2();
+        }
     }
-
-    /// The basis for products at `level` RNS limbs.
-    pub(crate) fn new(params: &HeParams, level: usize) -> HeResult<TensorBasis> {
-        let n = params.degree();
-        let q: Vec<Modulus> = params.moduli()[..level].to_vec();
-        let q_big: BigUint = q.iter().fold(BigUint::one(), |acc, m| acc * m.value());
-        // P > 2^3·N·Q·2^SUM_TERM_BITS: QP holds a sum of up to 2^SUM_TERM_BITS tensors
-        // (each |x| ≤ N·Q²/2) four times over
-        let need = q_big.bits() as f64 + (n as f64).log2() + 3.0 + f64::from(SUM_TERM_BITS);
-        let mut p = Vec::new();
-        let mut log_p = 0.0;
-        for cand in ntt_primes(MAX_PRIME_BITS, n, 16)? {
-            if log_p >= need {
-                break;
-            }
-            if params.ext_moduli().iter().all(|m| m.value() != cand) {
-                p.push(Modulus::new(cand)?);
-                log_p += (cand as f64).log2();
-            }
-        }
-        if log_p < need {
-            return Err(HeError::Unsupported {
-                params: params.name(),
-                what: format!("multiply ciphertexts at {level} limbs: no {need:.0}-bit extension basis"),
-            });
-        }
-        let p_big: BigUint = p.iter().fold(BigUint::one(), |acc, m| acc * m.value());
-        let t_big = BigUint::one() << params.plain_bits();
-        let modulo = |x: &BigUint, m: &Modulus| (x % m.value()).to_u64().unwrap_or_else(|| unreachable!("x mod p < p"));
-        let inverse = |x: &BigUint, m: &Modulus| m.inv(modulo(x, m)).ok_or(HeError::RepeatedPrime { prime: m.value() });
-        let with_shoup = |m: &Modulus, w: u64| (w, m.shoup(w));
-
-        let mut q_hat_inv = Vec::new();
-        let mut extend_rows = Vec::new();
-        for m in &q {
-            let q_hat = &q_big / m.value();
-            q_hat_inv.push(with_shoup(m, inverse(&q_hat, m)?));
-            extend_rows.extend(p.iter().map(|pj| with_shoup(pj, modulo(&q_hat, pj))));
-        }
-        extend_rows.extend(p.iter().map(|pj| with_shoup(pj, pj.neg(modulo(&q_big, pj)))));
-
-        let all: Vec<Modulus> = q.iter().chain(&p).copied().collect();
-        let m_big = &q_big * &p_big;
-        let mut m_hat_inv = Vec::new();
-        let mut scale_rows = Vec::new();
-        let mut theta = Vec::new();
-        for (r, m) in all.iter().enumerate() {
-            m_hat_inv.push(with_shoup(m, inverse(&(&m_big / m.value()), m)?));
-            let term = if r < level {
-                // t·P/q_l = ω + θ
-                let num = &t_big * &p_big;
-                let frac = ((&num % m.value()) << 128u32) / m.value();
-                let frac = frac.to_u128().unwrap_or_else(|| unreachable!("a fraction below 1"));
-                theta.push(((frac >> 64) as u64, frac as u64));
-                &num / m.value()
-            } else {
-                &t_big * (&p_big / m.value())
-            };
-            scale_rows.extend(q.iter().map(|qi| with_shoup(qi, modulo(&term, qi))));
-        }
-        let tp = &t_big * &p_big;
-        scale_rows.extend(q.iter().map(|qi| with_shoup(qi, qi.neg(modulo(&tp, qi)))));
-        scale_rows.extend(q.iter().map(|qi| with_shoup(qi, 1)));
-        let mut tables = params.tables()[..level].to_vec();
-        for &m in &p {
-            tables.push(NttTable::new(n, m)?);
-        }
-        Ok(TensorBasis {
-            k: level,
-            tables,
-            q_hat_inv,
-            q_inv_f64: q.iter().map(|m| 1.0 / m.value() as f64).collect(),
-            extend_rows,
-            m_hat_inv,
-            all_inv_f64: all.iter().map(|m| 1.0 / m.value() as f64).collect(),
-            scale_rows,
-            theta,
-            moduli: all,
-        })
+    if log_p < need {
+        return Err(HeError::Unsupported {
+            params: params.name(),
+            what: format!("multiply ciphertexts at {level} limbs: no {need:.0}-bit extension basis"),
+        });
     }
-
-    /// Number of limbs of Q∪P.
-    fn width(&self) -> usize {
-        self.moduli.len()
-    }
-
-    /// Rows z_r = [x_r·c_r]_r of `x` (one row of n per modulus of `moduli`), followed by the
-    /// overflow row v = round(Σ_r z_r/r): the first step of a conversion out of that basis.
-    fn hat_rows(
-        moduli: &[Modulus],
-        hat_inv: &[(u64, u64)],
-        inv_f64: &[f64],
-        n: usize,
-        x: &[u64],
-        extra_rows: usize,
-        backend: &dyn Backend,
-    ) -> HeResult<Vec<u64>> {
-        let count = moduli.len();
-        let mut z = vec![0u64; (count + 1 + extra_rows) * n];
-        for (r, m) in moduli.iter().enumerate() {
-            backend.base_convert(
-                std::slice::from_ref(m),
-                n,
-                &x[r * n..(r + 1) * n],
-                &hat_inv[r..=r],
-                &mut z[r * n..(r + 1) * n],
-            )?;
-        }
-        let mut v = vec![0.0f64; n];
-        for (row, &inv) in z.chunks_exact(n).zip(inv_f64) {
-            for (v, &zr) in v.iter_mut().zip(row) {
-                *v += zr as f64 * inv;
-            }
-        }
-        for (dst, v) in z[count * n..(count + 1) * n].iter_mut().zip(v) {
-            *dst = v.round() as u64;
-        }
-        Ok(z)
-    }
-
-    /// A polynomial mod Q (`coeff`: coefficient form, `ntt`: the same in NTT form) in Q∪P, NTT
-    /// form, into `out` (|Q∪P| limbs): the Q limbs copied, the P limbs from the centered lift
-    /// x = Σ z_i·(Q/q_i) − v·Q.
-    fn extend(&self, n: usize, coeff: &[u64], ntt: &[u64], out: &mut [u64], backend: &dyn Backend) -> HeResult<()> {
-        let k = self.k;
-        out[..k * n].copy_from_slice(ntt);
-        let z = Self::hat_rows(&self.moduli[..k], &self.q_hat_inv, &self.q_inv_f64, n, coeff, 0, backend)?;
-        backend.base_convert(&self.moduli[k..], n, &z, &self.extend_rows, &mut out[k * n..])?;
-        backend.ntt_forward(&self.tables[k..], &mut out[k * n..])?;
-        Ok(())
-    }
-
-    /// ⌊t·x/Q⌉ mod Q for x given over Q∪P in coefficient form (|x| < QP/4); coefficient form.
-    fn scale_down(&self, n: usize, x: &[u64], backend: &dyn Backend) -> HeResult<Vec<u64>> {
-        let (k, width) = (self.k, self.width());
-        let mut z = Self::hat_rows(&self.moduli, &self.m_hat_inv, &self.all_inv_f64, n, x, 1, backend)?;
-        // the rounded fraction ⌊Σ_l z_l·θ_l⌉, from θ_l to 2^-128
-        let (head, rounded) = z.split_at_mut((width + 1) * n);
-        for (c, dst) in rounded.iter_mut().enumerate() {
-            let mut frac = 0u128;
-            for (l, &(hi, lo)) in self.theta.iter().enumerate() {
-                let zl = head[l * n + c] as u128;
-                frac += zl * hi as u128 + ((zl * lo as u128) >> 64);
-            }
-            *dst = ((frac + (1 << 63)) >> 64) as u64;
-        }
-        let mut out = vec![0u64; k * n];
-        backend.base_convert(&self.moduli[..k], n, &z, &self.scale_rows, &mut out)?;
-        Ok(out)
-    }
+    Ok(TensorBasis::new(&params.tables()[..level], &p, params.plain_bits())?)
 }
 
 /// Bits that a product needs in Δ = q/t beyond t·N: its noise, measured at 2^(log t + log N + 2)
@@ -420,24 +267,24 @@ const PRODUCT_ROOM_BITS: u32 = 12;
 pub const SUM_TERM_BITS: u32 = 9;
 
 /// Ciphertexts lifted to the extended basis Q∪P (both halves, NTT form): the operands of
-/// ciphertext products, each computed once for every product it enters. Stored one after
-/// another, each half by half, limb by limb (2·|Q∪P| polynomials), as [`Backend::tensor_sum`] reads them.
-#[derive(Debug, Clone)]
+/// ciphertext products, each computed once for every product it enters. Held by the backend that
+/// lifted them ([`Backend::extend_basis`]: device memory on a GPU), one after another, each half
+/// by half, limb by limb (2·|Q∪P| polynomials), as [`Backend::tensor_sum`] reads them.
+#[derive(Debug)]
 pub struct Lifted {
     level: usize,
     count: usize,
-    data: Scratch,
+    data: Buffer,
 }
 
 impl Lifted {
-    /// Every ciphertext of `cts` (all at one level) lifted, both halves of all of them in
-    /// parallel on the workers this runs on.
+    /// Every ciphertext of `cts` (all at one level) lifted, both halves of all of them in one
+    /// backend call (on the host: in parallel on the workers this runs on).
     pub fn of<C: std::borrow::Borrow<Ciphertext> + Sync>(
         cts: &[C],
         params: &HeParams,
         backend: &dyn Backend,
     ) -> HeResult<Lifted> {
-        use rayon::prelude::*;
         let n = params.degree();
         let level = cts.first().map_or(params.moduli().len(), |ct| ct.borrow().limbs(params));
         if let Some(bad) = cts.iter().position(|ct| ct.borrow().limbs(params) != level) {
@@ -448,29 +295,23 @@ impl Lifted {
         }
         check_room(params, level)?;
         let basis = params.tensor_basis(level)?;
-        let width = basis.width() * n;
-        let mut data = Scratch::take(cts.len() * 2 * width);
-        let lift = |(r, out): (usize, &mut [u64])| -> HeResult<()> {
-            let ct = cts[r / 2].borrow();
-            let input = if r % 2 == 0 { &ct.c0 } else { &ct.c1 };
-            // the other form of the input, converted from a copy
-            let mut other = input.clone();
-            match input.form() {
-                Form::Ntt => {
-                    other.to_coeff(params, backend)?;
-                    basis.extend(n, &other.limbs, &input.limbs, out, backend)
-                }
-                Form::Coeff => {
-                    other.to_ntt(params, backend)?;
-                    basis.extend(n, &input.limbs, &other.limbs, out, backend)
+        // every half in one form, the first's: a half in the other form is converted (a copy)
+        let form = cts.first().map_or(Form::Ntt, |ct| ct.borrow().c0.form());
+        let mut halves = Scratch::take(cts.len() * 2 * level * n);
+        for (ct, dst) in cts.iter().zip(halves.chunks_exact_mut(2 * level * n)) {
+            let ct = ct.borrow();
+            for (half, dst) in [&ct.c0, &ct.c1].into_iter().zip(dst.chunks_exact_mut(level * n)) {
+                dst.copy_from_slice(&half.limbs);
+                if half.form() != form {
+                    let tables = &params.tables()[..level];
+                    match form {
+                        Form::Ntt => backend.ntt_forward(tables, dst)?,
+                        Form::Coeff => backend.ntt_inverse(tables, dst)?,
+                    }
                 }
             }
-        };
-        if rayon::current_thread_index().is_some() {
-            data.par_chunks_mut(width).enumerate().try_for_each(lift)?;
-        } else {
-            data.chunks_mut(width).enumerate().try_for_each(lift)?;
         }
+        let data = backend.extend_basis(basis, &halves, form == Form::Ntt)?;
         Ok(Lifted { level, count: cts.len(), data })
     }
 
@@ -482,15 +323,6 @@ impl Lifted {
     /// Whether it holds none.
     pub fn is_empty(&self) -> bool {
         self.count == 0
-    }
-
-    /// Ciphertexts `first..first + count`, as [`Backend::tensor_sum`] reads them.
-    fn operands(&self, first: usize, count: usize) -> HeResult<&[u64]> {
-        if first + count > self.count {
-            return Err(HeError::Shape(format!("lifted ciphertexts {first}..{} of {}", first + count, self.count)));
-        }
-        let each = self.data.len() / self.count.max(1);
-        Ok(&self.data[first * each..(first + count) * each])
     }
 }
 
@@ -552,7 +384,7 @@ pub struct ProductSum {
     level: usize,
     terms: usize,
     /// (e0, e1, e2) over Q∪P, NTT form, as residues, part by part; none before the first term.
-    parts: Option<Scratch>,
+    parts: Option<Buffer>,
 }
 
 impl ProductSum {
@@ -587,15 +419,21 @@ impl ProductSum {
             )));
         }
         let count = a.len();
+        if first + count > b.len() {
+            return Err(HeError::Shape(format!("lifted ciphertexts {first}..{} of {}", first + count, b.len())));
+        }
         if self.terms + count > 1 << SUM_TERM_BITS {
             return Err(HeError::Shape(format!("a sum of more than 2^{SUM_TERM_BITS} ciphertext products")));
         }
         let basis = params.tensor_basis(self.level)?;
         let n = params.degree();
-        let (x, y) = (a.operands(0, count)?, b.operands(first, count)?);
         let add = self.parts.is_some();
-        let parts = self.parts.get_or_insert_with(|| Scratch::take(3 * basis.width() * n));
-        backend.tensor_sum(&basis.moduli, n, count, x, y, add, parts)?;
+        let parts = match &mut self.parts {
+            Some(parts) => parts,
+            // uninitialized: the first sum overwrites it
+            None => self.parts.insert(backend.hold(Scratch::take(3 * basis.len() * n).into_vec())?),
+        };
+        backend.tensor_sum(basis.moduli(), n, count, (&a.data, 0), (&b.data, first), add, parts)?;
         self.terms += count;
         Ok(())
     }
@@ -613,19 +451,16 @@ impl ProductSum {
     pub fn finish_coeff(self, params: &HeParams, backend: &dyn Backend) -> HeResult<Tensored> {
         let n = params.degree();
         let basis = params.tensor_basis(self.level)?;
-        let Some(mut parts) = self.parts else {
+        let Some(parts) = self.parts else {
             return Err(HeError::Shape("a sum of no ciphertext products".into()));
         };
-        let tensor: Vec<std::sync::Mutex<&mut [u64]>> =
-            parts.chunks_exact_mut(basis.width() * n).map(std::sync::Mutex::new).collect();
-        let parts = par_map(3, |part| -> HeResult<RnsPoly> {
-            let mut exact = tensor[part].lock().unwrap_or_else(|e| e.into_inner());
-            backend.ntt_inverse(&basis.tables, &mut exact)?;
-            Ok(RnsPoly { limbs: basis.scale_down(n, &exact, backend)?, form: Form::Coeff })
-        });
-        let mut parts = parts.into_iter().collect::<HeResult<Vec<_>>>()?.into_iter();
-        let mut next = || parts.next().unwrap_or_else(|| unreachable!("three parts"));
-        Ok(Tensored { d0: next(), d1: next(), d2: next() })
+        let each = self.level * n;
+        let mut rounded = vec![0u64; 3 * each];
+        backend.scale_down(basis, parts, &mut rounded)?;
+        let d2 = rounded.split_off(2 * each);
+        let d1 = rounded.split_off(each);
+        let poly = |limbs| RnsPoly { limbs, form: Form::Coeff };
+        Ok(Tensored { d0: poly(rounded), d1: poly(d1), d2: poly(d2) })
     }
 }
 

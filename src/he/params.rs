@@ -5,8 +5,8 @@ use std::sync::{Arc, OnceLock};
 use crate::backend::NttTable;
 use crate::ring::modp::{Modulus, ntt_primes};
 
-use super::mult::TensorBasis;
 use super::{HeError, HeResult};
+use crate::backend::TensorBasis;
 
 /// Largest total log2 q for 128-bit classical security with a ternary secret (HE standard,
 /// Table 1), by ring degree.
@@ -175,7 +175,7 @@ impl HeParams {
         if let Some(basis) = slot.get() {
             return Ok(basis);
         }
-        let basis = TensorBasis::new(self, level)?;
+        let basis = super::mult::tensor_basis(self, level)?;
         Ok(slot.get_or_init(|| basis))
     }
 

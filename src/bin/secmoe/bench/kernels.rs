@@ -156,13 +156,17 @@ impl Bench<'_> {
                     .collect()
             };
             let (a, b) = (draw(self), draw(self));
-            let mut out = vec![0u64; 3 * limbs * n];
-            be.tensor_sum(&moduli, n, terms, &a, &b, false, &mut out)?;
+            // the operands and sums held by the backend, as a sum of products keeps them
+            let (ha, hb) = (be.hold(a.clone())?, be.hold(b.clone())?);
+            let mut sums = be.hold(vec![0u64; 3 * limbs * n])?;
+            be.tensor_sum(&moduli, n, terms, (&ha, 0), (&hb, 0), false, &mut sums)?;
+            let out = be.fetch(sums)?;
             let ok = match cpu {
                 Some(cpu) => {
-                    let mut want = vec![0u64; out.len()];
-                    cpu.tensor_sum(&moduli, n, terms, &a, &b, false, &mut want)?;
-                    want == out
+                    let mut want = Buffer::host(vec![0u64; out.len()]);
+                    let (ca, cb) = (Buffer::host(a.clone()), Buffer::host(b.clone()));
+                    cpu.tensor_sum(&moduli, n, terms, (&ca, 0), (&cb, 0), false, &mut want)?;
+                    want.host_values() == Some(&out[..])
                 }
                 // part 0 of limb 0 at a few slots: Σ_t a0·b0
                 None => (0..n).step_by(997).all(|j| {
@@ -171,8 +175,10 @@ impl Bench<'_> {
                     out[j] == (0..terms).fold(0, |acc, t| m.add(acc, m.mul(a[at(t)], b[at(t)])))
                 }),
             };
+            let mut sums = be.hold(out)?;
             let mut result = Ok(());
-            let us = time_us(10, || result = be.tensor_sum(&moduli, n, terms, &a, &b, false, &mut out)) / terms as f64;
+            let us = time_us(10, || result = be.tensor_sum(&moduli, n, terms, (&ha, 0), (&hb, 0), false, &mut sums))
+                / terms as f64;
             result?;
             let shape = format!("N={n}, {limbs} limbs, {terms} pairs, per pair");
             self.push(with_method(op_row("tensor-sum", be.name(), shape, us, ok), &label));

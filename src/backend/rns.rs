@@ -1,0 +1,251 @@
+//! The two RNS conversions of a ciphertext product, as the backend runs them: the basis
+//! extension of an operand from Q to Q∪P and the scale-and-round of a tensor from Q∪P back to Q
+//! (the math is in `he::mult`'s module docs). [`TensorBasis`] holds one level's constants;
+//! [`Backend::extend_basis`] and [`Backend::scale_down`] run the conversions, by default with
+//! the host functions here, whose steps a GPU repeats on its device element for element
+//! (`kernels/modarith.cuh`'s `sm_hat_rows_element`).
+
+use num_bigint::BigUint;
+use num_traits::{One, ToPrimitive};
+
+use super::{Backend, BackendResult, NttTable, shape};
+use crate::ring::modp::Modulus;
+
+/// The extended basis Q∪P of one level and the constants of both conversions, as rows of
+/// [`Backend::base_convert`] constants.
+#[derive(Debug)]
+pub struct TensorBasis {
+    /// The level's primes Q, then P.
+    pub(crate) moduli: Vec<Modulus>,
+    /// Primes of Q.
+    pub(crate) k: usize,
+    /// The NTT tables of Q, then P.
+    pub(crate) tables: Vec<NttTable>,
+    /// Q → P: [(Q/q_i)^-1]_{q_i} and 1/q_i per q_i; rows [Q/q_i]_{p_j} (i < k) and [−Q]_{p_j}
+    /// (the overflow row).
+    pub(crate) q_hat_inv: Vec<(u64, u64)>,
+    pub(crate) q_inv_f64: Vec<f64>,
+    pub(crate) extend_rows: Vec<(u64, u64)>,
+    /// Q∪P → Q: [(M/r)^-1]_r and 1/r per r; rows, for each output q_i: the integer terms
+    /// ([ω_l]_{q_i} for r = q_l, [t·P/p_j]_{q_i} for r = p_j), then [−t·P]_{q_i} (the overflow
+    /// row) and 1 (the rounded fraction's row).
+    pub(crate) m_hat_inv: Vec<(u64, u64)>,
+    pub(crate) all_inv_f64: Vec<f64>,
+    pub(crate) scale_rows: Vec<(u64, u64)>,
+    /// θ_l·2^128 for l ∈ Q (t·P/q_l = ω_l + θ_l), as (high, low) words.
+    pub(crate) theta: Vec<(u64, u64)>,
+}
+
+impl TensorBasis {
+    /// The constants for products at the level of `q` (its NTT tables) with the extension
+    /// primes `p` and plaintext modulus t = 2^`plain_bits`. The primes must be distinct.
+    pub fn new(q: &[NttTable], p: &[Modulus], plain_bits: u32) -> BackendResult<TensorBasis> {
+        let Some(n) = q.first().map(NttTable::degree) else {
+            return Err(shape("tensor_basis", "no prime in Q"));
+        };
+        let level = q.len();
+        let q_mod: Vec<Modulus> = q.iter().map(|t| *t.modulus()).collect();
+        let product = |ms: &[Modulus]| ms.iter().fold(BigUint::one(), |acc, m| acc * m.value());
+        let (q_big, p_big) = (product(&q_mod), product(p));
+        let t_big = BigUint::one() << plain_bits;
+        let modulo = |x: &BigUint, m: &Modulus| (x % m.value()).to_u64().unwrap_or_else(|| unreachable!("x mod p < p"));
+        let inverse = |x: &BigUint, m: &Modulus| {
+            m.inv(modulo(x, m)).ok_or_else(|| shape("tensor_basis", format!("the prime {} is repeated", m.value())))
+        };
+        let with_shoup = |m: &Modulus, w: u64| (w, m.shoup(w));
+
+        let mut q_hat_inv = Vec::new();
+        let mut extend_rows = Vec::new();
+        for m in &q_mod {
+            let q_hat = &q_big / m.value();
+            q_hat_inv.push(with_shoup(m, inverse(&q_hat, m)?));
+            extend_rows.extend(p.iter().map(|pj| with_shoup(pj, modulo(&q_hat, pj))));
+        }
+        extend_rows.extend(p.iter().map(|pj| with_shoup(pj, pj.neg(modulo(&q_big, pj)))));
+
+        let all: Vec<Modulus> = q_mod.iter().chain(p).copied().collect();
+        let m_big = &q_big * &p_big;
+        let mut m_hat_inv = Vec::new();
+        let mut scale_rows = Vec::new();
+        let mut theta = Vec::new();
+        for (r, m) in all.iter().enumerate() {
+            m_hat_inv.push(with_shoup(m, inverse(&(&m_big / m.value()), m)?));
+            let term = if r < level {
+                // t·P/q_l = ω + θ
+                let num = &t_big * &p_big;
+                let frac = ((&num % m.value()) << 128u32) / m.value();
+                let frac = frac.to_u128().unwrap_or_else(|| unreachable!("a fraction below 1"));
+                theta.push(((frac >> 64) as u64, frac as u64));
+                &num / m.value()
+            } else {
+                &t_big * (&p_big / m.value())
+            };
+            scale_rows.extend(q_mod.iter().map(|qi| with_shoup(qi, modulo(&term, qi))));
+        }
+        let tp = &t_big * &p_big;
+        scale_rows.extend(q_mod.iter().map(|qi| with_shoup(qi, qi.neg(modulo(&tp, qi)))));
+        scale_rows.extend(q_mod.iter().map(|qi| with_shoup(qi, 1)));
+        let mut tables = q.to_vec();
+        for &m in p {
+            tables.push(NttTable::new(n, m).map_err(|e| shape("tensor_basis", e.to_string()))?);
+        }
+        Ok(TensorBasis {
+            k: level,
+            tables,
+            q_hat_inv,
+            q_inv_f64: q_mod.iter().map(|m| 1.0 / m.value() as f64).collect(),
+            extend_rows,
+            m_hat_inv,
+            all_inv_f64: all.iter().map(|m| 1.0 / m.value() as f64).collect(),
+            scale_rows,
+            theta,
+            moduli: all,
+        })
+    }
+
+    /// Number of primes, Q's and P's.
+    pub fn len(&self) -> usize {
+        self.moduli.len()
+    }
+
+    /// Whether the basis has no prime (never: Q has one at least).
+    pub fn is_empty(&self) -> bool {
+        self.moduli.is_empty()
+    }
+
+    /// Number of primes of Q (the level).
+    pub fn level(&self) -> usize {
+        self.k
+    }
+
+    /// The primes of Q, then P.
+    pub fn moduli(&self) -> &[Modulus] {
+        &self.moduli
+    }
+
+    /// The ring degree N.
+    pub fn degree(&self) -> usize {
+        self.tables[0].degree()
+    }
+
+    /// The constants of the first step of a conversion out of Q (`false`) or out of Q∪P
+    /// (`true`).
+    pub(crate) fn hat_constants(&self, from_all: bool) -> HatConstants<'_> {
+        if from_all {
+            HatConstants { hat_inv: &self.m_hat_inv, inv_f64: &self.all_inv_f64, theta: &self.theta }
+        } else {
+            HatConstants { hat_inv: &self.q_hat_inv, inv_f64: &self.q_inv_f64, theta: &[] }
+        }
+    }
+}
+
+/// The constants of [`hat_rows`] for one basis B: per prime r of B, [(B/r)^-1]_r with its Shoup
+/// constant and 1/r in f64; the fraction's θ_l (none for a conversion that rounds no fraction).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HatConstants<'a> {
+    pub hat_inv: &'a [(u64, u64)],
+    pub inv_f64: &'a [f64],
+    pub theta: &'a [(u64, u64)],
+}
+
+/// The shape contract of [`Backend::extend_basis`]; returns the number of polynomials.
+pub(crate) fn check_extend(basis: &TensorBasis, x: &[u64]) -> BackendResult<usize> {
+    let each = basis.k * basis.degree();
+    if !x.len().is_multiple_of(each) {
+        return Err(shape("extend_basis", format!("{} values for polynomials of {} limbs", x.len(), basis.k)));
+    }
+    Ok(x.len() / each)
+}
+
+/// The shape contract of [`Backend::scale_down`]; returns the number of polynomials.
+pub(crate) fn check_scale_down(basis: &TensorBasis, x: usize, out: usize) -> BackendResult<usize> {
+    let n = basis.degree();
+    let count = x / (basis.len() * n);
+    if x != count * basis.len() * n || out != count * basis.k * n {
+        return Err(shape(
+            "scale_down",
+            format!("{x} values over {} limbs in, {out} over {} out", basis.len(), basis.k),
+        ));
+    }
+    Ok(count)
+}
+
+/// Rows z_r = [x_r·c_r]_r of `x` (one row of n per modulus of `moduli`), followed by the
+/// overflow row v = round(Σ_r z_r/r) (in f64, summed in r's order) and, when `theta` is given,
+/// the rounded fraction ⌊Σ_l z_l·θ_l⌉ with θ_l held to 2^-128: the first step of a conversion
+/// out of that basis, into `z` (rows + 1 + (θ given) rows of n).
+pub(crate) fn hat_rows(
+    backend: &(impl Backend + ?Sized),
+    moduli: &[Modulus],
+    HatConstants { hat_inv, inv_f64, theta }: HatConstants<'_>,
+    n: usize,
+    x: &[u64],
+    z: &mut [u64],
+) -> BackendResult<()> {
+    let count = moduli.len();
+    for (r, m) in moduli.iter().enumerate() {
+        let (x, z) = (&x[r * n..(r + 1) * n], &mut z[r * n..(r + 1) * n]);
+        backend.base_convert(std::slice::from_ref(m), n, x, &hat_inv[r..=r], z)?;
+    }
+    let (z, extra) = z.split_at_mut(count * n);
+    for (c, v) in extra[..n].iter_mut().enumerate() {
+        let mut sum = 0.0f64;
+        for (r, &inv) in inv_f64.iter().enumerate() {
+            sum += z[r * n + c] as f64 * inv;
+        }
+        *v = sum.round() as u64;
+    }
+    if !theta.is_empty() {
+        for (c, dst) in extra[n..2 * n].iter_mut().enumerate() {
+            let mut frac = 0u128;
+            for (l, &(hi, lo)) in theta.iter().enumerate() {
+                let zl = z[l * n + c] as u128;
+                frac += zl * hi as u128 + ((zl * lo as u128) >> 64);
+            }
+            *dst = ((frac + (1 << 63)) >> 64) as u64;
+        }
+    }
+    Ok(())
+}
+
+/// One polynomial mod Q (`x`, k limbs, NTT form when `ntt_form`) in Q∪P, NTT form, into `out`:
+/// the Q limbs as they are (transformed), the P limbs from the centered lift
+/// x = Σ z_i·(Q/q_i) − v·Q of its coefficients.
+pub(crate) fn extend_one(
+    backend: &(impl Backend + ?Sized),
+    basis: &TensorBasis,
+    x: &[u64],
+    ntt_form: bool,
+    out: &mut [u64],
+) -> BackendResult<()> {
+    let (k, n) = (basis.k, basis.degree());
+    let (low, high) = out.split_at_mut(k * n);
+    low.copy_from_slice(x);
+    let mut coeff = super::Scratch::take(k * n);
+    if ntt_form {
+        coeff.copy_from_slice(x);
+        backend.ntt_inverse(&basis.tables[..k], &mut coeff)?;
+    } else {
+        backend.ntt_forward(&basis.tables[..k], low)?;
+    }
+    let coeff: &[u64] = if ntt_form { &coeff } else { x };
+    let mut z = super::Scratch::take((k + 1) * n);
+    hat_rows(backend, &basis.moduli[..k], basis.hat_constants(false), n, coeff, &mut z)?;
+    backend.base_convert(&basis.moduli[k..], n, &z, &basis.extend_rows, high)?;
+    backend.ntt_forward(&basis.tables[k..], high)
+}
+
+/// ⌊t·x/Q⌉ mod Q of one polynomial over Q∪P in NTT form (`x`, transformed back in place) into
+/// `out` (k limbs, coefficient form).
+pub(crate) fn scale_down_one(
+    backend: &(impl Backend + ?Sized),
+    basis: &TensorBasis,
+    x: &mut [u64],
+    out: &mut [u64],
+) -> BackendResult<()> {
+    let (width, n) = (basis.len(), basis.degree());
+    backend.ntt_inverse(&basis.tables, x)?;
+    let mut z = super::Scratch::take((width + 2) * n);
+    hat_rows(backend, &basis.moduli, basis.hat_constants(true), n, x, &mut z)?;
+    backend.base_convert(&basis.moduli[..basis.k], n, &z, &basis.scale_rows, out)
+}
