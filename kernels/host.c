@@ -53,6 +53,11 @@ void secmoe_host_tensor_sum(sm_u64 *out, const sm_u64 *a, const sm_u64 *b, const
         out[idx] = sm_tensor_sum_element(a, b, moduli, mus, n, limbs, terms, out[idx], add, idx);
 }
 
+void secmoe_host_hat_rows(sm_u64 *z, const sm_u64 *x, const sm_u64 *hat, const sm_u64 *inv, const sm_u64 *theta,
+                          const sm_u64 *moduli, sm_u32 rows, sm_u32 theta_rows, sm_u32 n) {
+    for (sm_u64 c = 0; c < n; c++) sm_hat_rows_element(z, x, hat, inv, theta, moduli, rows, theta_rows, n, c);
+}
+
 void secmoe_host_hash_blocks(sm_u64 *blocks, const sm_u64 *tweaks, sm_u64 base, sm_u64 count, int listed) {
     sm_u8 rk[176];
     sm_fixed_key_schedule(rk, AES_SBOX);

@@ -3,7 +3,7 @@
  * and of the selection sum Σ_i W_i·[[t_i]] over all experts, fused: one thread per output value,
  * its accumulator in a register across every input) and the RNS base conversion
  * out[j] = Σ_i x[i]·c_ij mod m_j, key switching's digit lifting, and the sums of ciphertext tensors
- * of ciphertext products. Per-element math: modarith.cuh.
+ * and the first step of the RNS conversions of ciphertext products. Per-element math: modarith.cuh.
  */
 #include "modarith.cuh"
 
@@ -63,4 +63,13 @@ extern "C" __global__ void tensor_sum(sm_u64 *out, const sm_u64 *a, const sm_u64
                                       const sm_u64 *mus, sm_u32 n, sm_u32 limbs, sm_u64 terms, int add, sm_u64 total) {
     sm_u64 idx = (sm_u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx < total) out[idx] = sm_tensor_sum_element(a, b, moduli, mus, n, limbs, terms, out[idx], add, idx);
+}
+
+/* The first step of a conversion out of a basis of `rows` primes (sm_hat_rows_element): one
+ * thread per coefficient of the n, writing its z rows, overflow and (theta_rows > 0) fraction. */
+extern "C" __global__ void hat_rows(sm_u64 *z, const sm_u64 *x, const sm_u64 *hat, const sm_u64 *inv,
+                                    const sm_u64 *theta, const sm_u64 *moduli, sm_u32 rows, sm_u32 theta_rows,
+                                    sm_u32 n) {
+    sm_u64 c = (sm_u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c < n) sm_hat_rows_element(z, x, hat, inv, theta, moduli, rows, theta_rows, n, c);
 }

@@ -219,6 +219,73 @@ SM_FN sm_u64 sm_base_convert_element(const sm_u64 *x, const sm_u64 *consts, cons
     return sm_csub(acc, p);
 }
 
+/* ---- the conversions of ciphertext products -------------------------------------------------- */
+
+/* A double from its IEEE-754 bits (the f64 constants travel as words). */
+SM_FN double sm_f64(sm_u64 bits) {
+    union {
+        sm_u64 u;
+        double d;
+    } v;
+    v.u = bits;
+    return v.d;
+}
+
+/* a·b and a + b in double, each rounded to nearest once: never fused into one FMA, so the GPU
+ * computes what the CPU does (host.c is compiled with -ffp-contract=off). */
+SM_FN double sm_dmul(double a, double b) {
+#if defined(__CUDA_ARCH__)
+    return __dmul_rn(a, b);
+#else
+    return a * b;
+#endif
+}
+
+SM_FN double sm_dadd(double a, double b) {
+#if defined(__CUDA_ARCH__)
+    return __dadd_rn(a, b);
+#else
+    return a + b;
+#endif
+}
+
+/* round(v) for 0 <= v < 2^52, halves away from zero (Rust's f64::round). */
+SM_FN sm_u64 sm_round_nonneg(double v) {
+    sm_u64 u = (sm_u64)v;
+    return v - (double)u >= 0.5 ? u + 1 : u;
+}
+
+/* Coefficient c of the first step of a conversion out of a basis of `rows` primes (moduli), for
+ * x given by its residues (rows of n, coefficient form): z_r = [x_r·(B/r)^-1]_r (hat: the pairs
+ * (constant, Shoup constant)), then the overflow row v = round(Σ_r z_r·(1/r)) summed in r's
+ * order in double (inv: the bits of 1/r), and, when theta_rows > 0, the rounded fraction
+ * floor(Σ_l z_l·θ_l + 1/2) over the first theta_rows rows, θ_l·2^128 given as (high, low) words
+ * and the sum kept in 128 bits. Writes rows + 1 (+ 1) rows of n into z. */
+SM_FN void sm_hat_rows_element(sm_u64 *z, const sm_u64 *x, const sm_u64 *hat, const sm_u64 *inv,
+                               const sm_u64 *theta, const sm_u64 *moduli, sm_u32 rows, sm_u32 theta_rows, sm_u32 n,
+                               sm_u64 c) {
+    double v = 0.0;
+    for (sm_u32 r = 0; r < rows; r++) {
+        sm_u64 zr = sm_mul_shoup(x[(sm_u64)r * n + c], hat[2 * r], hat[2 * r + 1], moduli[r]);
+        z[(sm_u64)r * n + c] = zr;
+        v = sm_dadd(v, sm_dmul((double)zr, sm_f64(inv[r])));
+    }
+    z[(sm_u64)rows * n + c] = sm_round_nonneg(v);
+    if (theta_rows == 0) return;
+    sm_u64 hi = 0, lo = 0;
+    for (sm_u32 l = 0; l < theta_rows; l++) {
+        sm_u64 zl = z[(sm_u64)l * n + c];
+        /* zl·θ_hi (two words) + floor(zl·θ_lo / 2^64), then added to (hi, lo) */
+        sm_u64 t_lo = zl * theta[2 * l], t_hi = sm_mulhi(zl, theta[2 * l]);
+        sm_u64 s = t_lo + sm_mulhi(zl, theta[2 * l + 1]);
+        t_hi += s < t_lo;
+        lo += s;
+        hi += t_hi + (lo < s);
+    }
+    sm_u64 half = lo + (1ULL << 63);
+    z[(sm_u64)(rows + 1) * n + c] = hi + (half < lo);
+}
+
 /* a·b mod p for residues a, b < p < 2^62, by Barrett's reduction of the 128-bit product with
  * mu = floor(2^128 / p) = mu_hi·2^64 + mu_lo: the quotient estimate floor(x·mu / 2^128), summed
  * word by word with its carries, is at most 2 below floor(x / p), so x − q·p < 3p fits one word. */

@@ -71,7 +71,8 @@ pub(crate) fn barrett_constants(moduli: &[crate::ring::modp::Modulus]) -> Vec<u6
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Backend, Block, Buffer, CpuBackend, NttTable, Prepared, SwitchKeyRows, Tweaks};
+    use super::super::rns::HatConstants;
+    use super::super::{Backend, Block, Buffer, CpuBackend, NttTable, Prepared, SwitchKeyRows, TensorBasis, Tweaks};
     use crate::ring::modp::{Modulus, ntt_primes};
     use rand::{RngExt, SeedableRng, rngs::StdRng};
 
@@ -142,6 +143,17 @@ mod tests {
             add: i32,
             total: u64,
         );
+        fn secmoe_host_hat_rows(
+            z: *mut u64,
+            x: *const u64,
+            hat: *const u64,
+            inv: *const u64,
+            theta: *const u64,
+            moduli: *const u64,
+            rows: u32,
+            theta_rows: u32,
+            n: u32,
+        );
         fn secmoe_host_hash_blocks(blocks: *mut u64, tweaks: *const u64, base: u64, count: u64, listed: i32);
     }
 
@@ -151,6 +163,90 @@ mod tests {
 
     fn backend() -> CpuBackend {
         CpuBackend::new(2).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// host.c's forward transform of every run of N values of `polys` under `t`.
+    fn host_forward(t: &NttTable, polys: &mut [u64]) {
+        let (tw, n) = (t.twiddles(), t.degree());
+        for run in polys.chunks_exact_mut(n) {
+            // SAFETY: a run of n values, tables of n values each.
+            unsafe {
+                secmoe_host_ntt_forward(
+                    run.as_mut_ptr(),
+                    tw.psi.as_ptr(),
+                    tw.psi_shoup.as_ptr(),
+                    t.modulus().value(),
+                    n as u32,
+                    n as u32,
+                )
+            };
+        }
+    }
+
+    /// host.c's inverse transform of every run of N values of `polys` under `t`.
+    fn host_inverse(t: &NttTable, polys: &mut [u64]) {
+        let (tw, n) = (t.twiddles(), t.degree());
+        for run in polys.chunks_exact_mut(n) {
+            // SAFETY: as above.
+            unsafe {
+                secmoe_host_ntt_inverse(
+                    run.as_mut_ptr(),
+                    tw.psi_inv.as_ptr(),
+                    tw.psi_inv_shoup.as_ptr(),
+                    t.modulus().value(),
+                    n as u32,
+                    tw.n_inv.0,
+                    tw.n_inv.1,
+                    tw.last_inv.0,
+                    tw.last_inv.1,
+                )
+            };
+        }
+    }
+
+    /// host.c's base conversion of `x` (rows of n) to `moduli` with `consts` (pairs).
+    fn host_base_convert(moduli: &[Modulus], n: usize, x: &[u64], consts: &[(u64, u64)]) -> Vec<u64> {
+        let primes: Vec<u64> = moduli.iter().map(Modulus::value).collect();
+        let flat: Vec<u64> = consts.iter().flat_map(|&(c, s)| [c, s]).collect();
+        let mut out = vec![0u64; moduli.len() * n];
+        // SAFETY: `x` holds consts.len() / moduli.len() rows of n, `out` one row per modulus.
+        unsafe {
+            secmoe_host_base_convert(
+                out.as_mut_ptr(),
+                x.as_ptr(),
+                flat.as_ptr(),
+                primes.as_ptr(),
+                n as u32,
+                (consts.len() / moduli.len()) as u32,
+                moduli.len() as u32,
+            )
+        };
+        out
+    }
+
+    /// host.c's first step of a conversion out of `moduli` (`x`: one row of n per modulus):
+    /// the z rows, the overflow row and, with θ, the rounded fraction.
+    fn host_hat_rows(moduli: &[Modulus], n: usize, x: &[u64], constants: HatConstants<'_>) -> Vec<u64> {
+        let primes: Vec<u64> = moduli.iter().map(Modulus::value).collect();
+        let [hat, inv, theta] = constants.words();
+        let theta_rows = theta.len() / 2;
+        let mut z = vec![0u64; (moduli.len() + 1 + usize::from(theta_rows > 0)) * n];
+        // SAFETY: `x` holds a row of n per modulus, `z` the rows written, one pair of `hat`, one
+        // value of `inv` per modulus and one pair of `theta` per fraction row.
+        unsafe {
+            secmoe_host_hat_rows(
+                z.as_mut_ptr(),
+                x.as_ptr(),
+                hat.as_ptr(),
+                inv.as_ptr(),
+                theta.as_ptr(),
+                primes.as_ptr(),
+                moduli.len() as u32,
+                theta_rows as u32,
+                n as u32,
+            )
+        };
+        z
     }
 
     #[test]
@@ -255,41 +351,6 @@ mod tests {
         let (rows, shoup) = super::super::tests::random_key(&all, digits, n, &mut rng);
         let key_rows = (Buffer::host(rows.clone()), Buffer::host(shoup.clone()));
         let key = SwitchKeyRows { rows: &key_rows.0, shoup: &key_rows.1, digits };
-        let forward = |t: &NttTable, polys: &mut [u64]| {
-            let tw = t.twiddles();
-            for run in polys.chunks_exact_mut(n) {
-                // SAFETY: a run of n values, tables of n values each.
-                unsafe {
-                    secmoe_host_ntt_forward(
-                        run.as_mut_ptr(),
-                        tw.psi.as_ptr(),
-                        tw.psi_shoup.as_ptr(),
-                        t.modulus().value(),
-                        n as u32,
-                        n as u32,
-                    )
-                };
-            }
-        };
-        let inverse = |t: &NttTable, polys: &mut [u64]| {
-            let tw = t.twiddles();
-            for run in polys.chunks_exact_mut(n) {
-                // SAFETY: as above.
-                unsafe {
-                    secmoe_host_ntt_inverse(
-                        run.as_mut_ptr(),
-                        tw.psi_inv.as_ptr(),
-                        tw.psi_inv_shoup.as_ptr(),
-                        t.modulus().value(),
-                        n as u32,
-                        tw.n_inv.0,
-                        tw.n_inv.1,
-                        tw.last_inv.0,
-                        tw.last_inv.1,
-                    )
-                };
-            }
-        };
         for k in [3, 2] {
             let q = &tables[..k];
             let c: Vec<u64> = q
@@ -317,9 +378,9 @@ mod tests {
             };
             let (mut dq, mut dp) = (lift(&primes[..k]), lift(&primes[k..]));
             for (t, block) in q.iter().zip(dq.chunks_exact_mut(k * n)) {
-                forward(t, block);
+                host_forward(t, block);
             }
-            forward(&tables[3], &mut dp);
+            host_forward(&tables[3], &mut dp);
             let (mut low, mut top) = (vec![0u64; k * 2 * n], vec![0u64; 2 * n]);
             for l in 0..=k {
                 let (x, row, out) = if l < k {
@@ -347,9 +408,9 @@ mod tests {
                 }
             }
             for (t, block) in q.iter().zip(low.chunks_exact_mut(2 * n)) {
-                inverse(t, block);
+                host_inverse(t, block);
             }
-            inverse(&tables[3], &mut top);
+            host_inverse(&tables[3], &mut top);
             let moduli: Vec<Modulus> = q.iter().map(|t| *t.modulus()).collect();
             let consts: Vec<u64> = super::super::divide_constants(&moduli, tables[3].modulus())
                 .unwrap_or_else(|e| panic!("{e}"))
@@ -370,6 +431,65 @@ mod tests {
                 )
             };
             assert_eq!(low, want, "level {k}");
+        }
+    }
+
+    /// A ciphertext product's conversions as the device runs them — transforms, the hat rows
+    /// with their overflow (doubles summed in order, never fused) and rounded fraction (128-bit
+    /// sums), base conversions — composed from host.c's functions in the kernels' order, give the
+    /// CPU backend's lifted operands (from either form) and rounded sums bit for bit.
+    #[test]
+    fn the_kernels_product_conversions_are_the_cpu_backends_bit_for_bit() {
+        let mut rng = StdRng::seed_from_u64(38);
+        let be = backend();
+        let n = 64;
+        let q: Vec<NttTable> = ntt_primes(50, n, 3)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .map(|p| {
+                NttTable::new(n, Modulus::new(p).unwrap_or_else(|e| panic!("{e}"))).unwrap_or_else(|e| panic!("{e}"))
+            })
+            .collect();
+        let p: Vec<Modulus> = ntt_primes(61, n, 4)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .map(|p| Modulus::new(p).unwrap_or_else(|e| panic!("{e}")))
+            .collect();
+        let basis = TensorBasis::new(&q, &p, 70).unwrap_or_else(|e| panic!("{e}"));
+        let (k, width) = (q.len(), basis.len());
+        let residues = |rng: &mut StdRng, moduli: &[Modulus], polys: usize| -> Vec<u64> {
+            (0..polys * moduli.len() * n).map(|i| rng.random_range(0..moduli[(i / n) % moduli.len()].value())).collect()
+        };
+        // Q → Q∪P of three halves, given in NTT form and in coefficient form
+        let x = residues(&mut rng, &basis.moduli[..k], 3);
+        for ntt_form in [true, false] {
+            let lifted = be.extend_basis(&basis, &x, ntt_form).unwrap_or_else(|e| panic!("{e}"));
+            let want = lifted.host_values().unwrap_or_default();
+            for (h, (x, want)) in x.chunks_exact(k * n).zip(want.chunks_exact(width * n)).enumerate() {
+                let (mut low, mut coeff) = (x.to_vec(), x.to_vec());
+                for (t, (low, coeff)) in q.iter().zip(low.chunks_exact_mut(n).zip(coeff.chunks_exact_mut(n))) {
+                    if ntt_form { host_inverse(t, coeff) } else { host_forward(t, low) }
+                }
+                let z = host_hat_rows(&basis.moduli[..k], n, &coeff, basis.hat_constants(false));
+                let mut high = host_base_convert(&basis.moduli[k..], n, &z, &basis.extend_rows);
+                for (t, run) in basis.tables[k..].iter().zip(high.chunks_exact_mut(n)) {
+                    host_forward(t, run);
+                }
+                low.extend(high);
+                assert_eq!(low, want, "half {h}, NTT form {ntt_form}");
+            }
+        }
+        // Q∪P → Q of three parts
+        let sums = residues(&mut rng, &basis.moduli, 3);
+        let mut want = vec![0u64; 3 * k * n];
+        be.scale_down(&basis, Buffer::host(sums.clone()), &mut want).unwrap_or_else(|e| panic!("{e}"));
+        for (part, (x, want)) in sums.chunks_exact(width * n).zip(want.chunks_exact(k * n)).enumerate() {
+            let mut x = x.to_vec();
+            for (t, run) in basis.tables.iter().zip(x.chunks_exact_mut(n)) {
+                host_inverse(t, run);
+            }
+            let z = host_hat_rows(&basis.moduli, n, &x, basis.hat_constants(true));
+            assert_eq!(host_base_convert(&basis.moduli[..k], n, &z, &basis.scale_rows), want, "part {part}");
         }
     }
 

@@ -148,6 +148,16 @@ pub(crate) struct HatConstants<'a> {
     pub theta: &'a [(u64, u64)],
 }
 
+impl HatConstants<'_> {
+    /// The constants as the kernels read them (`sm_hat_rows_element`): the pairs flat, 1/r by
+    /// its IEEE-754 bits, θ flat.
+    #[cfg(any(feature = "cuda", test))]
+    pub(crate) fn words(&self) -> [Vec<u64>; 3] {
+        let flat = |pairs: &[(u64, u64)]| pairs.iter().flat_map(|&(a, b)| [a, b]).collect();
+        [flat(self.hat_inv), self.inv_f64.iter().map(|v| v.to_bits()).collect(), flat(self.theta)]
+    }
+}
+
 /// The shape contract of [`Backend::extend_basis`]; returns the number of polynomials.
 pub(crate) fn check_extend(basis: &TensorBasis, x: &[u64]) -> BackendResult<usize> {
     let each = basis.k * basis.degree();
