@@ -1,5 +1,6 @@
 //! The CUDA backend against the CPU backend, bit for bit, on seeded data: every kernel, key
-//! switching with the key resident, sums of ciphertext tensors, packing, expansion and
+//! switching with the key resident, sums of ciphertext tensors, ciphertext products kept on the
+//! device from their lifted operands to their rounded results, packing, expansion and
 //! relinearization with the keys held by the GPU, a selection sum over 128 experts, and experts
 //! spread over every GPU present plus the CPU.
 //! Each test prints why and passes where this machine has no GPU (the kernels' per-element math
@@ -10,8 +11,8 @@
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use secmoe::backend::{Backend, Block, Buffer, CpuBackend, CudaBackend, NttTable, Prepared, SwitchKeyRows, Tweaks};
 use secmoe::he::{
-    Ciphertext, GaloisKeys, HeParams, OperandBank, Plaintext, RelinKey, SecretKey, SelectionPart, Selectors, select,
-    select_spread,
+    Ciphertext, GaloisKeys, HeParams, Lifted, OperandBank, Plaintext, ProductSum, RelinKey, SecretKey, SelectionPart,
+    Selectors, select, select_spread,
 };
 use secmoe::ring::modp::{Modulus, ntt_primes};
 
@@ -319,12 +320,53 @@ fn tensor_sums_match_the_cpu() {
             .collect()
     };
     for terms in [1, 24] {
-        let (a, b, old) = (draw(&mut rng, 2 * terms), draw(&mut rng, 2 * terms), draw(&mut rng, 3));
+        // b read from its third operand on; a on the device, b and the sums staged from the host
+        let (a, b, old) = (draw(&mut rng, 2 * terms), draw(&mut rng, 2 * (terms + 2)), draw(&mut rng, 3));
+        let (host_a, host_b) = (Buffer::host(a.clone()), Buffer::host(b.clone()));
+        let held_a = gpu.hold(a).unwrap();
         for add in [false, true] {
-            let (mut want, mut got) = (old.clone(), old.clone());
-            cpu.tensor_sum(&moduli, n, terms, &a, &b, add, &mut want).unwrap();
-            gpu.tensor_sum(&moduli, n, terms, &a, &b, add, &mut got).unwrap();
-            assert_eq!(got, want, "{terms} terms, added {add}");
+            let (mut want, mut got) = (Buffer::host(old.clone()), Buffer::host(old.clone()));
+            cpu.tensor_sum(&moduli, n, terms, (&host_a, 0), (&host_b, 2), add, &mut want).unwrap();
+            gpu.tensor_sum(&moduli, n, terms, (&held_a, 0), (&host_b, 2), add, &mut got).unwrap();
+            assert!(!got.is_host(), "the sums stay on the device");
+            assert_eq!(gpu.fetch(got).unwrap(), cpu.fetch(want).unwrap(), "{terms} terms, added {add}");
         }
+    }
+}
+
+/// Ciphertext products with every step on the device — both operands lifted there, the tensors
+/// summed where they are, rounded back and downloaded once — give the CPU's ciphertexts bit for
+/// bit: a product, a square and a sum of products, at the full level and one below.
+#[test]
+fn ciphertext_products_kept_on_the_device_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let cpu = CpuBackend::new(2).unwrap();
+    let mut rng = StdRng::seed_from_u64(50);
+    let p = HeParams::select().unwrap();
+    let sk = SecretKey::generate(&p, &cpu, &mut rng).unwrap();
+    let rlk = sk.relin_key(&cpu, &mut rng).unwrap();
+    let encrypt = |rng: &mut StdRng| {
+        let pt = Plaintext::new(&p, (0..p.degree()).map(|_| rng.random::<u64>()).collect()).unwrap();
+        sk.encrypt(&pt, &cpu, rng).unwrap()
+    };
+    let mut cts: Vec<Ciphertext> = (0..4).map(|_| encrypt(&mut rng)).collect();
+    for level in [p.moduli().len(), p.moduli().len() - 1] {
+        if level < p.moduli().len() {
+            for ct in &mut cts {
+                ct.drop_last_modulus(&p, &cpu).unwrap();
+            }
+        }
+        let product = |be: &dyn Backend| cts[0].mul(&cts[1], &p, &rlk, be).unwrap();
+        assert_eq!(product(&gpu), product(&cpu), "product at {level} limbs");
+        let square = |be: &dyn Backend| cts[2].tensor(&cts[2], &p, be).unwrap();
+        assert_eq!(square(&gpu), square(&cpu), "square at {level} limbs");
+        let inner = |be: &dyn Backend| {
+            let (a, b) = (Lifted::of(&cts[..2], &p, be).unwrap(), Lifted::of(&cts, &p, be).unwrap());
+            let mut sum = ProductSum::new(&p, level).unwrap();
+            sum.add_from(&p, &a, (&b, 2), be).unwrap();
+            sum.add_from(&p, &a, (&b, 0), be).unwrap();
+            sum.finish_coeff(&p, be).unwrap()
+        };
+        assert_eq!(inner(&gpu), inner(&cpu), "sum of products at {level} limbs");
     }
 }

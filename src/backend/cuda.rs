@@ -42,9 +42,10 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use super::kernels::{KernelSource, MODULES};
+use super::rns::HatConstants;
 use super::{
     Backend, BackendError, BackendResult, Block, Buffer, CpuBackend, Held, HeldRuns, NttTable, Prepared, SwitchKeyRows,
-    Tweaks,
+    TensorBasis, Tweaks,
 };
 use crate::ring::modp::Modulus;
 
@@ -118,6 +119,7 @@ struct Kernels {
     divide_by_prime: CudaFunction,
     lift_digits: CudaFunction,
     tensor_sum: CudaFunction,
+    hat_rows: CudaFunction,
     hash_blocks: CudaFunction,
 }
 
@@ -215,6 +217,7 @@ impl CudaBackend {
             divide_by_prime: function("mac", "divide_by_prime")?,
             lift_digits: function("mac", "lift_digits")?,
             tensor_sum: function("mac", "tensor_sum")?,
+            hat_rows: function("mac", "hat_rows")?,
             hash_blocks: function("hash", "hash_blocks")?,
         };
         tracing::info!(ordinal, device = %device, "CUDA backend started");
@@ -571,17 +574,17 @@ impl CudaBackend {
         Ok(self.download(&low, out)?)
     }
 
-    /// [`Backend::tensor_sum`] on resident operands (`a`, `b`: `terms` two-part operands over
-    /// every limb of `moduli`; `out`: three parts, added to when `add`). The caller checks the
-    /// shapes.
+    /// [`Backend::tensor_sum`] on resident operands (`a`, `b`: runs of two-part operands over
+    /// every limb of `moduli`, read from their operand `first` on; `out`: three parts, added to
+    /// when `add`). The caller checks the shapes.
     #[allow(clippy::too_many_arguments)]
     pub fn tensor_sum_on_device(
         &self,
         moduli: &[Modulus],
         n: usize,
         terms: usize,
-        a: &DeviceVec,
-        b: &DeviceVec,
+        (a, a_first): (&DeviceVec, usize),
+        (b, b_first): (&DeviceVec, usize),
         add: bool,
         out: &mut DeviceVec,
     ) -> Result<(), CudaError> {
@@ -589,15 +592,132 @@ impl CudaBackend {
         if total == 0 {
             return Ok(());
         }
+        if terms == 0 {
+            return match add {
+                true => Ok(()),
+                false => self.stream.memset_zeros(&mut out.0).map_err(self.fail("clearing device memory")),
+            };
+        }
+        let each = 2 * moduli.len() * n;
+        let (av, bv) =
+            (a.0.slice(a_first * each..(a_first + terms) * each), b.0.slice(b_first * each..(b_first + terms) * each));
         let primes = self.primes(moduli)?;
         let mus = self.upload(&super::kernels::barrett_constants(moduli))?;
         let (n32, limbs, terms, flag) = (n as u32, moduli.len() as u32, terms as u64, i32::from(add));
         let mut args = self.stream.launch_builder(&self.kernels.tensor_sum);
-        args.arg(&mut out.0).arg(&a.0).arg(&b.0).arg(&primes.0).arg(&mus.0);
+        args.arg(&mut out.0).arg(&av).arg(&bv).arg(&primes.0).arg(&mus.0);
         args.arg(&n32).arg(&limbs).arg(&terms).arg(&flag).arg(&total);
-        // SAFETY: kernels/mac.cu `tensor_sum`; one thread per output value, `a` and `b` hold `terms`
+        // SAFETY: kernels/mac.cu `tensor_sum`; one thread per output value, the views hold `terms`
         // operands of 2 × limbs × N values (the shapes the caller checked), two constants per limb.
         unsafe { args.launch(elementwise(total)) }.map(drop).map_err(self.fail("launching tensor_sum"))
+    }
+
+    /// [`Backend::base_convert`] on resident rows (`consts` flat: constant, Shoup constant).
+    pub fn base_convert_on_device(
+        &self,
+        moduli: &[Modulus],
+        n: usize,
+        x: &DeviceVec,
+        consts: &DeviceVec,
+        out: &mut DeviceVec,
+    ) -> Result<(), CudaError> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        let primes = self.primes(moduli)?;
+        let (outputs, total) = (moduli.len(), out.len() as u64);
+        let (n32, i32_, o32) = (n as u32, (consts.len() / (2 * outputs)) as u32, outputs as u32);
+        let mut args = self.stream.launch_builder(&self.kernels.base_convert);
+        args.arg(&mut out.0).arg(&x.0).arg(&consts.0).arg(&primes.0).arg(&n32).arg(&i32_).arg(&o32);
+        // SAFETY: kernels/mac.cu `base_convert`; `x` holds one row of n per constant pair and
+        // output, `out` one row per output modulus.
+        unsafe { args.launch(elementwise(total)) }.map(drop).map_err(self.fail("launching base_convert"))
+    }
+
+    /// The first step of a conversion out of the basis `moduli` (`x`: a row of n per prime,
+    /// coefficient form): the z rows, the overflow row and, with θ, the rounded fraction
+    /// (`hat_rows`, one thread per coefficient).
+    fn hat_rows_on_device(
+        &self,
+        moduli: &[Modulus],
+        n: usize,
+        x: &DeviceVec,
+        constants: &[DeviceVec; 3],
+        theta_rows: usize,
+    ) -> Result<DeviceVec, CudaError> {
+        let rows = moduli.len();
+        let mut z = self.zeros((rows + 1 + usize::from(theta_rows > 0)) * n)?;
+        let primes = self.primes(moduli)?;
+        let [hat, inv, theta] = constants;
+        let (r32, t32, n32) = (rows as u32, theta_rows as u32, n as u32);
+        let mut args = self.stream.launch_builder(&self.kernels.hat_rows);
+        args.arg(&mut z.0).arg(&x.0).arg(&hat.0).arg(&inv.0).arg(&theta.0).arg(&primes.0);
+        args.arg(&r32).arg(&t32).arg(&n32);
+        // SAFETY: kernels/mac.cu `hat_rows`; one thread per coefficient, `x` a row of n per prime,
+        // `z` the rows + 1 (+ 1 with θ) rows written, a pair of `hat` and a value of `inv` per
+        // prime, a pair of `theta` per fraction row.
+        unsafe { args.launch(elementwise(n as u64)) }.map_err(self.fail("launching hat_rows"))?;
+        Ok(z)
+    }
+
+    /// A conversion's constants in device memory (`theta` a one-word placeholder when empty:
+    /// the driver allocates no empty buffer).
+    fn hat_constants_on_device(&self, constants: HatConstants<'_>) -> Result<[DeviceVec; 3], CudaError> {
+        let [hat, inv, theta] = constants.words();
+        let theta = if theta.is_empty() { vec![0] } else { theta };
+        Ok([self.upload(&hat)?, self.upload(&inv)?, self.upload(&theta)?])
+    }
+
+    /// [`Backend::extend_basis`] on the device: per polynomial, its Q limbs transformed (or
+    /// brought to coefficients), the hat rows and overflow row, the base conversion to P and
+    /// its transform, written into the lifted buffer that stays resident. The caller checks the
+    /// shapes; the order is that of `backend::kernels`'s host test of the conversions.
+    fn extend_basis_on_device(&self, basis: &TensorBasis, x: &[u64], ntt_form: bool) -> Result<DeviceVec, CudaError> {
+        let (k, n, width) = (basis.level(), basis.degree(), basis.len());
+        let (q, p) = basis.tables.split_at(k);
+        let mut out = self.zeros(x.len() / (k * n) * width * n)?;
+        let constants = self.hat_constants_on_device(basis.hat_constants(false))?;
+        let rows: Vec<u64> = basis.extend_rows.iter().flat_map(|&(c, s)| [c, s]).collect();
+        let rows = self.upload(&rows)?;
+        for (i, x) in x.chunks_exact(k * n).enumerate() {
+            let (mut low, mut coeff) = (self.upload(x)?, self.upload(x)?);
+            if ntt_form {
+                self.ntt_inverse_on_device(q, &mut coeff)?;
+            } else {
+                self.ntt_forward_on_device(q, &mut low, n)?;
+            }
+            let z = self.hat_rows_on_device(&basis.moduli[..k], n, &coeff, &constants, 0)?;
+            let mut high = self.zeros((width - k) * n)?;
+            self.base_convert_on_device(&basis.moduli[k..], n, &z, &rows, &mut high)?;
+            self.ntt_forward_on_device(p, &mut high, n)?;
+            let at = i * width * n;
+            let copy = self.fail("copying on the device");
+            self.stream.memcpy_dtod(&low.0, &mut out.0.slice_mut(at..at + k * n)).map_err(&copy)?;
+            self.stream.memcpy_dtod(&high.0, &mut out.0.slice_mut(at + k * n..at + width * n)).map_err(&copy)?;
+        }
+        Ok(out)
+    }
+
+    /// [`Backend::scale_down`] on resident sums: per polynomial, transformed back over Q∪P, the
+    /// hat rows with the overflow and the rounded fraction, the base conversion to Q; one
+    /// download of the results. The caller checks the shapes.
+    fn scale_down_on_device(&self, basis: &TensorBasis, x: &DeviceVec, out: &mut [u64]) -> Result<(), CudaError> {
+        let (k, n, width) = (basis.level(), basis.degree(), basis.len());
+        let constants = self.hat_constants_on_device(basis.hat_constants(true))?;
+        let rows: Vec<u64> = basis.scale_rows.iter().flat_map(|&(c, s)| [c, s]).collect();
+        let rows = self.upload(&rows)?;
+        let mut results = self.zeros(out.len())?;
+        let copy = self.fail("copying on the device");
+        for i in 0..out.len() / (k * n) {
+            let mut part = self.stream.clone_dtod(&x.0.slice(i * width * n..(i + 1) * width * n)).map_err(&copy)?;
+            let mut part = DeviceVec(std::mem::replace(&mut part, self.zeros(0)?.0));
+            self.ntt_inverse_on_device(&basis.tables, &mut part)?;
+            let z = self.hat_rows_on_device(&basis.moduli, n, &part, &constants, k)?;
+            let mut rounded = self.zeros(k * n)?;
+            self.base_convert_on_device(&basis.moduli[..k], n, &z, &rows, &mut rounded)?;
+            self.stream.memcpy_dtod(&rounded.0, &mut results.0.slice_mut(i * k * n..(i + 1) * k * n)).map_err(&copy)?;
+        }
+        self.download(&results, out)
     }
 
     /// [`Backend::hash_blocks`] in place on resident blocks (two words each), tweaks base + i.
@@ -934,22 +1054,14 @@ impl Backend for CudaBackend {
         consts: &[(u64, u64)],
         out: &mut [u64],
     ) -> BackendResult<()> {
-        let outputs = moduli.len();
-        let inputs = super::check_base_convert(moduli, n, x, consts, out)?;
-        if out.is_empty() {
-            return Ok(());
-        }
-        if self.on_host(x) {
+        super::check_base_convert(moduli, n, x, consts, out)?;
+        if out.is_empty() || self.on_host(x) {
             return self.host.base_convert(moduli, n, x, consts, out);
         }
         let flat: Vec<u64> = consts.iter().flat_map(|&(c, s)| [c, s]).collect();
-        let (dx, dc, dm) = (self.upload(x)?, self.upload(&flat)?, self.primes(moduli)?);
+        let (dx, dc) = (self.upload(x)?, self.upload(&flat)?);
         let mut dout = self.zeros(out.len())?;
-        let (n32, i32_, o32) = (n as u32, inputs as u32, outputs as u32);
-        let mut args = self.stream.launch_builder(&self.kernels.base_convert);
-        args.arg(&mut dout.0).arg(&dx.0).arg(&dc.0).arg(&dm.0).arg(&n32).arg(&i32_).arg(&o32);
-        // SAFETY: kernels/mac.cu `base_convert`; lengths checked above.
-        unsafe { args.launch(elementwise(out.len() as u64)) }.map_err(self.fail("launching base_convert"))?;
+        self.base_convert_on_device(moduli, n, &dx, &dc, &mut dout)?;
         Ok(self.download(&dout, out)?)
     }
 
@@ -958,17 +1070,61 @@ impl Backend for CudaBackend {
         moduli: &[Modulus],
         n: usize,
         terms: usize,
-        a: &[u64],
-        b: &[u64],
+        a: (&Buffer, usize),
+        b: (&Buffer, usize),
         add: bool,
-        out: &mut [u64],
+        out: &mut Buffer,
     ) -> BackendResult<()> {
-        super::check_tensor_sum(moduli, n, terms, a, b, out)?;
-        if self.on_host(a) {
+        self.readable(&[a.0, b.0, &*out])?;
+        // operands in host memory are summed on the host, unless every call is offloaded
+        if a.0.is_host() && b.0.is_host() && out.is_host() && self.offload == Offload::Held {
             return self.host.tensor_sum(moduli, n, terms, a, b, add, out);
         }
-        let (da, db) = (self.upload(a)?, self.upload(b)?);
-        self.in_place(out, |dev| Ok(self.tensor_sum_on_device(moduli, n, terms, &da, &db, add, dev)?))
+        super::check_tensor_sum(moduli, n, terms, a, b, out.len())?;
+        if out.is_empty() || terms == 0 {
+            // no operand to read (the runs may be empty, which the driver does not allocate)
+            match (&mut out.0, add) {
+                (_, true) => {}
+                (Held::Host(values), false) => values.fill(0),
+                (Held::Device { values, .. }, false) => {
+                    self.stream.memset_zeros(&mut values.0).map_err(self.fail("clearing device memory"))?;
+                }
+            }
+            return Ok(());
+        }
+        let staged = |b: &Buffer| -> Result<Option<DeviceVec>, CudaError> {
+            b.host_values().map(|v| self.upload(v)).transpose()
+        };
+        let (sa, sb) = (staged(a.0)?, staged(b.0)?);
+        let (da, db) = (resident(a.0, &sa), resident(b.0, &sb));
+        // sums in host memory move to the device and stay there for the next terms
+        if let Held::Host(values) = &out.0 {
+            *out = Buffer(Held::Device { ordinal: self.ordinal, values: self.upload(values)? });
+        }
+        let Held::Device { values, .. } = &mut out.0 else { unreachable!("moved to the device above") };
+        Ok(self.tensor_sum_on_device(moduli, n, terms, (da, a.1), (db, b.1), add, values)?)
+    }
+
+    fn extend_basis(&self, basis: &TensorBasis, x: &[u64], ntt_form: bool) -> BackendResult<Buffer> {
+        super::rns::check_extend(basis, x)?;
+        if self.on_host(x) {
+            return self.host.extend_basis(basis, x, ntt_form);
+        }
+        let values = self.extend_basis_on_device(basis, x, ntt_form)?;
+        Ok(Buffer(Held::Device { ordinal: self.ordinal, values }))
+    }
+
+    fn scale_down(&self, basis: &TensorBasis, x: Buffer, out: &mut [u64]) -> BackendResult<()> {
+        self.readable(&[&x])?;
+        super::rns::check_scale_down(basis, x.len(), out.len())?;
+        if out.is_empty() || (x.is_host() && self.offload == Offload::Held) {
+            return self.host.scale_down(basis, x, out);
+        }
+        let staged = match &x.0 {
+            Held::Host(values) => Some(self.upload(values)?),
+            Held::Device { .. } => None,
+        };
+        Ok(self.scale_down_on_device(basis, resident(&x, &staged), out)?)
     }
 
     fn automorphism(

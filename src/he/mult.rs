@@ -430,8 +430,9 @@ impl ProductSum {
         let add = self.parts.is_some();
         let parts = match &mut self.parts {
             Some(parts) => parts,
-            // uninitialized: the first sum overwrites it
-            None => self.parts.insert(backend.hold(Scratch::take(3 * basis.len() * n).into_vec())?),
+            // unspecified values, which the first sum overwrites; host memory until a backend
+            // that keeps the operands elsewhere takes it over
+            None => self.parts.insert(Scratch::take(3 * basis.len() * n).into()),
         };
         backend.tensor_sum(basis.moduli(), n, count, (&a.data, 0), (&b.data, first), add, parts)?;
         self.terms += count;
