@@ -19,7 +19,10 @@
 //! [`Backend::mul_acc_held`] reads and writes them there: a selection sum's weight banks, its
 //! encrypted selectors and its running sums stay on the device while the banks of experts
 //! stream past (one `mul_acc_into` launch per row, half and limb on views of the held buffers,
-//! nothing copied), and [`Backend::fetch`] brings the sums back once. [`DeviceVec`] and the
+//! nothing copied), and [`Backend::fetch`] brings the sums back once. Ciphertext products keep
+//! their lifted operands and their sums in device memory alike when their calls are offloaded
+//! ([`Backend::extend_basis`] returns a device buffer, [`Backend::tensor_sum`] adds there and
+//! [`Backend::scale_down`] downloads the rounded parts once). [`DeviceVec`] and the
 //! `*_on_device` methods run the kernels on resident buffers directly (benchmarks).
 //!
 //! Several GPUs: [`CudaBackend::all`] starts one backend per device; a selection sum is additive

@@ -4,8 +4,9 @@
 //!
 //! It holds the bulk hashing that turns OT keys into pads, the batched NTT, the multiply-accumulate
 //! of ct×pt products and selection sums (over weights the backend holds, [`Backend::hold`]), the
-//! RNS base conversion, the automorphisms X ↦ X^g, modulus switching, and key switching whole
-//! (with keys the backend holds, so a GPU keeps them and runs every step on the device). Every
+//! RNS base conversion, the automorphisms X ↦ X^g, modulus switching, key switching whole
+//! (with keys the backend holds, so a GPU keeps them and runs every step on the device), and a
+//! ciphertext product's conversions and tensors (its lifted operands and sums held alike). Every
 //! operation covers all RNS limbs and polynomials it is given (one limb-major layout) and returns
 //! a [`BackendError`] instead of panicking. The kernels' per-element math is one header shared
 //! with the CPU tests ([`kernels`](self) module docs).

@@ -1,8 +1,8 @@
 //! `secmoe bench --preset kernels`: the backend's kernels alone, as microseconds per operation —
 //! batched NTTs per degree and limb count, the multiply-accumulate of ct×pt products, the MoE
 //! selection sum Σ_i W_i·[[t_i]] at E = 128, d = 768, d_ff = 3072, the sums of ciphertext
-//! tensors of ciphertext products, a key switch with the key held by the backend, and the OT
-//! hashing.
+//! tensors of ciphertext products, a ciphertext product's conversions and tensor whole, a key
+//! switch with the key held by the backend, and the OT hashing.
 //!
 //! The CPU backend always; with `--backend cuda` (or `auto` where a GPU starts) the GPU too, once
 //! through the [`Backend`] methods (host slices: copies in and out included) and once on resident
@@ -13,7 +13,7 @@
 use anyhow::{Result, ensure};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use secmoe::backend::{Backend, Block, Buffer, CpuBackend, NttTable, Prepared, SwitchKeyRows, Tweaks};
+use secmoe::backend::{Backend, Block, Buffer, CpuBackend, NttTable, Prepared, SwitchKeyRows, TensorBasis, Tweaks};
 use secmoe::ring::modp::{Modulus, ntt_primes};
 
 use super::harness::{Row, op_row, reset_peak_rss, time_us};
@@ -37,6 +37,9 @@ const CPU_SELECT_J: usize = 4;
 /// the full level.
 const SWITCH_N: usize = 16384;
 const SWITCH_DIGITS: usize = 6;
+/// The product row's extension basis P: seven 61-bit primes, as the selected products' set
+/// takes at its full level.
+const PRODUCT_EXTENSION: usize = 7;
 /// Blocks in the hashing row.
 const HASH_BLOCKS: usize = 1 << 20;
 
@@ -183,6 +186,13 @@ impl Bench<'_> {
             let shape = format!("N={n}, {limbs} limbs, {terms} pairs, per pair");
             self.push(with_method(op_row("tensor-sum", be.name(), shape, us, ok), &label));
         }
+        if self.wanted("ct-product") {
+            reset_peak_rss();
+            let (us, ok) = self.product(be, cpu)?;
+            let shape =
+                format!("N={SWITCH_N}, {SWITCH_DIGITS} primes, {PRODUCT_EXTENSION} more: lift 2, tensor, round");
+            self.push(with_method(op_row("ct-product", be.name(), shape, us, ok), &label));
+        }
         if self.wanted("key-switch") {
             reset_peak_rss();
             let (us, ok) = self.key_switch(be, cpu)?;
@@ -257,6 +267,56 @@ impl Bench<'_> {
         };
         let mut result = Ok(());
         let us = time_us(10, || result = be.key_switch(q, Some(special), key, &c, true, &mut out));
+        result?;
+        Ok((us, ok))
+    }
+
+    /// µs per ciphertext product's conversions and tensor (two ciphertexts in NTT form lifted to
+    /// Q∪P in one call, their tensor, the three parts rounded back to Q) at the selected products'
+    /// full level, and whether it is right: against `cpu`, or on the CPU a lift of small
+    /// coefficients (their residues mod P) and a rounding of zero (zero).
+    fn product(&mut self, be: &dyn Backend, cpu: Option<&CpuBackend>) -> Result<(f64, bool)> {
+        let n = SWITCH_N;
+        let q: Vec<NttTable> = ntt_primes(58, n, SWITCH_DIGITS)?
+            .into_iter()
+            .map(|p| Ok(NttTable::new(n, Modulus::new(p)?)?))
+            .collect::<Result<_>>()?;
+        let p: Vec<Modulus> =
+            ntt_primes(61, n, PRODUCT_EXTENSION)?.into_iter().map(Modulus::new).collect::<Result<_, _>>()?;
+        ensure!(q.len() == SWITCH_DIGITS && p.len() == PRODUCT_EXTENSION, "primes for N = {n}");
+        let basis = TensorBasis::new(&q, &p, 84)?;
+        let (k, width) = (q.len(), basis.len());
+        let x: Vec<u64> = (0..4)
+            .flat_map(|_| q.iter().flat_map(|t| self.random(n, t.modulus().value())).collect::<Vec<_>>())
+            .collect();
+        let product = |be: &dyn Backend| -> Result<Vec<u64>> {
+            let lifted = be.extend_basis(&basis, &x, true)?;
+            let mut sums = Buffer::host(vec![0u64; 3 * width * n]);
+            be.tensor_sum(basis.moduli(), n, 1, (&lifted, 0), (&lifted, 1), false, &mut sums)?;
+            let mut out = vec![0u64; 3 * k * n];
+            be.scale_down(&basis, sums, &mut out)?;
+            Ok(out)
+        };
+        let out = product(be)?;
+        let ok = match cpu {
+            Some(cpu) => product(cpu)? == out,
+            None => {
+                // coefficients in [−3, 3], in coefficient form: the same small values mod each P prime
+                let small: Vec<i64> = (0..n).map(|_| self.rng.random_range(-3i64..=3)).collect();
+                let x: Vec<u64> = q.iter().flat_map(|t| small.iter().map(|&v| t.modulus().reduce_signed(v))).collect();
+                let lifted = be.fetch(be.extend_basis(&basis, &x, false)?)?;
+                let mut want: Vec<u64> =
+                    basis.moduli().iter().flat_map(|m| small.iter().map(|&v| m.reduce_signed(v))).collect();
+                let mut tables = q.clone();
+                tables.extend(p.iter().map(|&m| NttTable::new(n, m)).collect::<Result<Vec<_>, _>>()?);
+                be.ntt_forward(&tables, &mut want)?;
+                let mut zero = vec![1u64; k * n];
+                be.scale_down(&basis, Buffer::host(vec![0u64; width * n]), &mut zero)?;
+                lifted == want && zero.iter().all(|&v| v == 0)
+            }
+        };
+        let mut result = Ok(());
+        let us = time_us(10, || result = product(be).map(drop));
         result?;
         Ok((us, ok))
     }
