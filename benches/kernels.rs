@@ -15,7 +15,7 @@ fn backends() -> Vec<Box<dyn Backend>> {
     let cpu: Box<dyn Backend> = Box::new(CpuBackend::new(0).unwrap());
     #[cfg(feature = "cuda")]
     match secmoe::backend::CudaBackend::new(0, 0) {
-        Ok(gpu) => return vec![cpu, Box::new(gpu.offloading_everything())],
+        Ok(gpu) => return vec![cpu, Box::new(gpu.with_offload(secmoe::backend::Offload::Everything))],
         Err(why) => println!("GPU rows skipped: {why}"),
     }
     vec![cpu]

@@ -50,11 +50,15 @@ run)
     step cuda-tests 150 "$bin/cuda-tests" --nocapture --test-threads=1
     step lib-backend-tests 60 "$bin/lib-tests" backend::
     step kernels 150 "$bin/secmoe" bench --preset kernels --backend cuda --json "$out/kernels.json"
-    # one MoE layer per backend: Select-Then-Compute (selection sums on held buffers) and
-    # selecting rows at the SPU comparison's shape
+    # one MoE layer per backend: Select-Then-Compute (selection sums on held buffers; under
+    # cuda:pipelines its ciphertext products on the device too) and selecting rows at the SPU
+    # comparison's shape
+    for backend in cuda cuda:pipelines cpu; do
+        name=${backend/:/-}
+        step "moe-stc-$name" 150 "$bin/secmoe" bench --preset experts --backend "$backend" --experts 32,128 \
+            --tokens 16 --d-model 256 --d-ff 1024 --method select-then-compute --json "$out/moe-stc-$name.json"
+    done
     for backend in cuda cpu; do
-        step "moe-stc-$backend" 150 "$bin/secmoe" bench --preset experts --backend "$backend" --experts 32,128 \
-            --tokens 16 --d-model 256 --d-ff 1024 --method select-then-compute --json "$out/moe-stc-$backend.json"
         step "moe-rows-$backend" 60 "$bin/secmoe" bench --preset experts --backend "$backend" --experts 8 \
             --tokens 16 --method select-rows --json "$out/moe-rows-$backend.json"
     done

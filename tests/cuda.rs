@@ -9,7 +9,9 @@
 #![allow(clippy::unwrap_used)]
 
 use rand::{RngExt, SeedableRng, rngs::StdRng};
-use secmoe::backend::{Backend, Block, Buffer, CpuBackend, CudaBackend, NttTable, Prepared, SwitchKeyRows, Tweaks};
+use secmoe::backend::{
+    Backend, Block, Buffer, CpuBackend, CudaBackend, NttTable, Offload, Prepared, SwitchKeyRows, Tweaks,
+};
 use secmoe::he::{
     Ciphertext, GaloisKeys, HeParams, Lifted, OperandBank, Plaintext, ProductSum, RelinKey, SecretKey, SelectionPart,
     Selectors, select, select_spread,
@@ -20,7 +22,7 @@ fn gpu() -> Option<CudaBackend> {
     match CudaBackend::new(0, 2) {
         Ok(gpu) => {
             eprintln!("device: {}", gpu.device());
-            Some(gpu.offloading_everything())
+            Some(gpu.with_offload(Offload::Everything))
         }
         Err(why) => {
             eprintln!("skipped: {why}");
@@ -189,7 +191,7 @@ fn selection_sums_over_128_experts_match_the_cpu_on_one_and_on_every_device() {
     }
     // every device plus the CPU, experts split evenly
     let devices: Vec<CudaBackend> =
-        CudaBackend::all(2).unwrap().into_iter().map(CudaBackend::offloading_everything).collect();
+        CudaBackend::all(2).unwrap().into_iter().map(|gpu| gpu.with_offload(Offload::Everything)).collect();
     eprintln!("{} device(s)", devices.len());
     let mut backends: Vec<&dyn Backend> = devices.iter().map(|d| d as &dyn Backend).collect();
     backends.push(&cpu);
@@ -336,10 +338,17 @@ fn tensor_sums_match_the_cpu() {
 
 /// Ciphertext products with every step on the device — both operands lifted there, the tensors
 /// summed where they are, rounded back and downloaded once — give the CPU's ciphertexts bit for
-/// bit: a product, a square and a sum of products, at the full level and one below.
+/// bit: a product, a square and a sum of products, at the full level and one below, with every
+/// call offloaded and with the pipelines only (`cuda:pipelines`, single kernels on the host).
 #[test]
 fn ciphertext_products_kept_on_the_device_match_the_cpu() {
-    let Some(gpu) = gpu() else { return };
+    let Some(everything) = gpu() else { return };
+    for gpu in [everything, CudaBackend::new(0, 2).unwrap().with_offload(Offload::Pipelines)] {
+        products_match_the_cpu(&gpu);
+    }
+}
+
+fn products_match_the_cpu(gpu: &CudaBackend) {
     let cpu = CpuBackend::new(2).unwrap();
     let mut rng = StdRng::seed_from_u64(50);
     let p = HeParams::select().unwrap();
@@ -357,9 +366,9 @@ fn ciphertext_products_kept_on_the_device_match_the_cpu() {
             }
         }
         let product = |be: &dyn Backend| cts[0].mul(&cts[1], &p, &rlk, be).unwrap();
-        assert_eq!(product(&gpu), product(&cpu), "product at {level} limbs");
+        assert_eq!(product(gpu), product(&cpu), "product at {level} limbs");
         let square = |be: &dyn Backend| cts[2].tensor(&cts[2], &p, be).unwrap();
-        assert_eq!(square(&gpu), square(&cpu), "square at {level} limbs");
+        assert_eq!(square(gpu), square(&cpu), "square at {level} limbs");
         let inner = |be: &dyn Backend| {
             let (a, b) = (Lifted::of(&cts[..2], &p, be).unwrap(), Lifted::of(&cts, &p, be).unwrap());
             let mut sum = ProductSum::new(&p, level).unwrap();
@@ -367,6 +376,6 @@ fn ciphertext_products_kept_on_the_device_match_the_cpu() {
             sum.add_from(&p, &a, (&b, 0), be).unwrap();
             sum.finish_coeff(&p, be).unwrap()
         };
-        assert_eq!(inner(&gpu), inner(&cpu), "sum of products at {level} limbs");
+        assert_eq!(inner(gpu), inner(&cpu), "sum of products at {level} limbs");
     }
 }

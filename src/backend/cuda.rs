@@ -14,8 +14,10 @@
 //! a multiply-accumulate term 10.3 µs against 0.57 µs (its weights cross the bus every call), OT
 //! hashing 2.1 ns a block against 0.47 ns — and on this project's 2-core machine at best even. So
 //! by default ([`Offload::Held`]) host-slice calls run on the host workers, bit for bit the same,
-//! and the GPU takes the work on values it holds; [`CudaBackend::offloading_everything`] sends
-//! every call to the GPU (tests, kernel benchmarks). [`Backend::hold`] keeps values in device memory and
+//! and the GPU takes the work on values it holds; [`Offload::Pipelines`] also sends it the
+//! pipelines that start from host slices and keep their intermediates there (ciphertext
+//! products), and [`Offload::Everything`] every call (tests, kernel benchmarks;
+//! [`CudaBackend::with_offload`], `--backend cuda:pipelines|everything`). [`Backend::hold`] keeps values in device memory and
 //! [`Backend::mul_acc_held`] reads and writes them there: a selection sum's weight banks, its
 //! encrypted selectors and its running sums stay on the device while the banks of experts
 //! stream past (one `mul_acc_into` launch per row, half and limb on views of the held buffers,
@@ -47,8 +49,8 @@ use thiserror::Error;
 use super::kernels::{KernelSource, MODULES};
 use super::rns::HatConstants;
 use super::{
-    Backend, BackendError, BackendResult, Block, Buffer, CpuBackend, Held, HeldRuns, NttTable, Prepared, SwitchKeyRows,
-    TensorBasis, Tweaks,
+    Backend, BackendError, BackendResult, Block, Buffer, CpuBackend, Held, HeldRuns, NttTable, Offload, Prepared,
+    SwitchKeyRows, TensorBasis, Tweaks,
 };
 use crate::ring::modp::Modulus;
 
@@ -94,15 +96,6 @@ pub enum CudaError {
     /// The host worker pool could not start.
     #[error("starting the host workers: {0}")]
     Pool(#[from] rayon::ThreadPoolBuildError),
-}
-
-/// Which calls a [`CudaBackend`] runs on its GPU (see the module docs for the measurements).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Offload {
-    /// The work on held buffers ([`Backend::mul_acc_held`]); host-slice calls on the host.
-    Held,
-    /// Every call, host slices copied in and out (tests and kernel benchmarks).
-    Everything,
 }
 
 /// Threads per block of the element-wise kernels.
@@ -238,16 +231,18 @@ impl CudaBackend {
         })
     }
 
-    /// This backend with every call on the GPU however small (tests and kernel benchmarks).
-    pub fn offloading_everything(mut self) -> CudaBackend {
-        self.offload = Offload::Everything;
+    /// This backend under the offload policy `offload` ([`Offload::Held`] when it starts;
+    /// [`Offload::Everything`] for tests and kernel benchmarks).
+    pub fn with_offload(mut self, offload: Offload) -> CudaBackend {
+        self.offload = offload;
         self
     }
 
-    /// Whether a host-slice call on these (possibly empty) values runs on the host: always under
-    /// [`Offload::Held`], and where there is nothing to copy (the driver allocates no empty buffer).
+    /// Whether a single kernel's host-slice call on these (possibly empty) values runs on the
+    /// host: unless every call is offloaded, and where there is nothing to copy (the driver
+    /// allocates no empty buffer).
     fn on_host(&self, values: &[u64]) -> bool {
-        self.offload == Offload::Held || values.is_empty()
+        self.offload != Offload::Everything || values.is_empty()
     }
 
     /// One backend per device present (experts can be spread over them: selection sums are
@@ -958,7 +953,7 @@ impl Backend for CudaBackend {
         prepared: Prepared<'_>,
         out: &mut [u64],
     ) -> BackendResult<()> {
-        if self.offload == Offload::Held {
+        if self.offload != Offload::Everything {
             // the host's windowed version, not the whole transforms of the trait's default
             return self.host.mul_acc_sparse(tables, batch, x, heads, support, prepared, out);
         }
@@ -966,8 +961,9 @@ impl Backend for CudaBackend {
     }
 
     fn exact_products(&self, moduli: &[Modulus], n: usize) -> bool {
-        // under `Offload::Held` host-slice products run on the host, which may sum them exactly
-        self.offload == Offload::Held && self.host.exact_products(moduli, n)
+        // unless every call is offloaded, host-slice products run on the host, which may sum
+        // them exactly
+        self.offload != Offload::Everything && self.host.exact_products(moduli, n)
     }
 
     fn hold(&self, values: Vec<u64>) -> BackendResult<Buffer> {
@@ -1000,7 +996,7 @@ impl Backend for CudaBackend {
     ) -> BackendResult<()> {
         self.readable(&[key.rows, key.shoup])?;
         // a key in host memory is switched with on the host, unless every call is offloaded
-        if key.rows.is_host() && key.shoup.is_host() && self.offload == Offload::Held {
+        if key.rows.is_host() && key.shoup.is_host() && self.offload != Offload::Everything {
             return self.host.key_switch(q, special, key, c, coeff_out, out);
         }
         super::check_key_switch(q, special, &key, c, out)?;
@@ -1080,7 +1076,7 @@ impl Backend for CudaBackend {
     ) -> BackendResult<()> {
         self.readable(&[a.0, b.0, &*out])?;
         // operands in host memory are summed on the host, unless every call is offloaded
-        if a.0.is_host() && b.0.is_host() && out.is_host() && self.offload == Offload::Held {
+        if a.0.is_host() && b.0.is_host() && out.is_host() && self.offload != Offload::Everything {
             return self.host.tensor_sum(moduli, n, terms, a, b, add, out);
         }
         super::check_tensor_sum(moduli, n, terms, a, b, out.len())?;
@@ -1110,7 +1106,8 @@ impl Backend for CudaBackend {
 
     fn extend_basis(&self, basis: &TensorBasis, x: &[u64], ntt_form: bool) -> BackendResult<Buffer> {
         super::rns::check_extend(basis, x)?;
-        if self.on_host(x) {
+        // a pipeline: on the device unless only held work is offloaded
+        if self.offload == Offload::Held || x.is_empty() {
             return self.host.extend_basis(basis, x, ntt_form);
         }
         let values = self.extend_basis_on_device(basis, x, ntt_form)?;
@@ -1120,7 +1117,7 @@ impl Backend for CudaBackend {
     fn scale_down(&self, basis: &TensorBasis, x: Buffer, out: &mut [u64]) -> BackendResult<()> {
         self.readable(&[&x])?;
         super::rns::check_scale_down(basis, x.len(), out.len())?;
-        if out.is_empty() || (x.is_host() && self.offload == Offload::Held) {
+        if out.is_empty() || (x.is_host() && self.offload != Offload::Everything) {
             return self.host.scale_down(basis, x, out);
         }
         let staged = match &x.0 {

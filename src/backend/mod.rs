@@ -24,7 +24,7 @@ mod rns;
 pub use cpu::CpuBackend;
 pub use cryprot_core::Block;
 #[cfg(feature = "cuda")]
-pub use cuda::{CudaBackend, CudaError, DeviceVec, Offload};
+pub use cuda::{CudaBackend, CudaError, DeviceVec};
 pub use ntt::NttTable;
 pub use rns::TensorBasis;
 
@@ -772,7 +772,8 @@ pub(crate) fn divide_constants(moduli: &[Modulus], p_top: &Modulus) -> BackendRe
         .collect()
 }
 
-/// Which backend to run on (`--backend` on the command line).
+/// Which backend to run on (`--backend` on the command line: `auto`, `cpu`, `cuda`, or
+/// `cuda:held|pipelines|everything` for the GPU's [`Offload`] policy).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackendChoice {
     /// The GPU when this build has the CUDA backend and a device is present, else the CPU.
@@ -780,18 +781,57 @@ pub enum BackendChoice {
     Auto,
     /// The CPU backend (rayon).
     Cpu,
-    /// The CUDA backend: an error where the build or the machine has none.
-    Cuda,
+    /// The CUDA backend with this offload policy: an error where the build or the machine has
+    /// none.
+    Cuda(Offload),
 }
 
 impl std::str::FromStr for BackendChoice {
     type Err = BackendError;
     fn from_str(s: &str) -> Result<Self, BackendError> {
-        match s.to_ascii_lowercase().as_str() {
-            "auto" => Ok(BackendChoice::Auto),
-            "cpu" => Ok(BackendChoice::Cpu),
-            "cuda" => Ok(BackendChoice::Cuda),
-            other => Err(BackendError::Unknown(other.to_string())),
+        let lower = s.to_ascii_lowercase();
+        let offload = |policy: &str| {
+            let all = [Offload::Held, Offload::Pipelines, Offload::Everything];
+            all.into_iter().find(|o| o.name() == policy).ok_or_else(|| BackendError::Unknown(s.to_string()))
+        };
+        match lower.split_once(':') {
+            Some(("cuda", policy)) => offload(policy).map(BackendChoice::Cuda),
+            Some(_) => Err(BackendError::Unknown(s.to_string())),
+            None => match lower.as_str() {
+                "auto" => Ok(BackendChoice::Auto),
+                "cpu" => Ok(BackendChoice::Cpu),
+                "cuda" => Ok(BackendChoice::Cuda(Offload::Held)),
+                _ => Err(BackendError::Unknown(s.to_string())),
+            },
+        }
+    }
+}
+
+/// Which calls a GPU backend runs on its device. Host-slice calls there copy their operands in
+/// and their results out; measured on an H200 beside 16 host cores, every single kernel was then
+/// slower than the host (README, "The GPU backend"), while work on operands the device holds was
+/// up to 370× faster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Offload {
+    /// The work on held buffers: selection sums, key switches with held keys, and whatever
+    /// follows operands the device holds; host-slice calls on the host (the default).
+    #[default]
+    Held,
+    /// Also the pipelines that start from host slices and keep their intermediates on the
+    /// device — a ciphertext product's operands lifted there, so that its tensors and rounding
+    /// follow — while single kernels on host slices stay on the host.
+    Pipelines,
+    /// Every call, host slices copied in and out (tests and kernel benchmarks).
+    Everything,
+}
+
+impl Offload {
+    /// The policy's name on the command line (`cuda:NAME`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Offload::Held => "held",
+            Offload::Pipelines => "pipelines",
+            Offload::Everything => "everything",
         }
     }
 }
@@ -800,7 +840,7 @@ impl std::str::FromStr for BackendChoice {
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     /// A name that is not a backend.
-    #[error("unknown backend `{0}` (expected auto, cpu or cuda)")]
+    #[error("unknown backend `{0}` (expected auto, cpu, cuda or cuda:held|pipelines|everything)")]
     Unknown(String),
     /// The CUDA backend was asked for and this build has none.
     #[error("the CUDA backend is not available: {0}")]
@@ -841,7 +881,7 @@ pub fn start(choice: BackendChoice, threads: usize) -> Result<std::sync::Arc<dyn
     #[cfg(feature = "cuda")]
     match choice {
         BackendChoice::Cpu => cpu(&"asked for"),
-        BackendChoice::Cuda => Ok(std::sync::Arc::new(CudaBackend::new(0, threads)?)),
+        BackendChoice::Cuda(offload) => Ok(std::sync::Arc::new(CudaBackend::new(0, threads)?.with_offload(offload))),
         BackendChoice::Auto => match CudaBackend::new(0, threads) {
             Ok(gpu) => {
                 tracing::info!(device = gpu.device(), "backend: cuda");
@@ -854,7 +894,7 @@ pub fn start(choice: BackendChoice, threads: usize) -> Result<std::sync::Arc<dyn
     {
         const WHY: &str = "this build has no CUDA backend (rebuild with --features cuda)";
         match choice {
-            BackendChoice::Cuda => Err(BackendError::NoCuda(WHY)),
+            BackendChoice::Cuda(_) => Err(BackendError::NoCuda(WHY)),
             BackendChoice::Cpu => cpu(&"asked for"),
             BackendChoice::Auto => cpu(&WHY),
         }
@@ -1618,11 +1658,15 @@ mod tests {
     #[test]
     fn backend_choices_parse_and_cuda_is_a_clear_error_where_there_is_none() {
         assert_eq!("CPU".parse::<BackendChoice>().ok(), Some(BackendChoice::Cpu));
-        assert!(matches!("tpu".parse::<BackendChoice>(), Err(BackendError::Unknown(n)) if n == "tpu"));
+        assert_eq!("cuda".parse::<BackendChoice>().ok(), Some(BackendChoice::Cuda(Offload::Held)));
+        assert_eq!("cuda:Pipelines".parse::<BackendChoice>().ok(), Some(BackendChoice::Cuda(Offload::Pipelines)));
+        for bad in ["tpu", "cuda:all", "cpu:held", "cuda:"] {
+            assert!(matches!(bad.parse::<BackendChoice>(), Err(BackendError::Unknown(n)) if n == bad), "{bad}");
+        }
         let cpu = start(BackendChoice::Cpu, 1).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cpu.name(), "cpu");
         let auto = start(BackendChoice::Auto, 1).unwrap_or_else(|e| panic!("{e}"));
-        let cuda = start(BackendChoice::Cuda, 1).map(|b| b.name());
+        let cuda = start(BackendChoice::Cuda(Offload::Pipelines), 1).map(|b| b.name());
         #[cfg(not(feature = "cuda"))]
         assert!(matches!(&cuda, Err(BackendError::NoCuda(_))), "{cuda:?}");
         #[cfg(feature = "cuda")]

@@ -259,3 +259,92 @@ pub(crate) fn scale_down_one(
     hat_rows(backend, &basis.moduli, basis.hat_constants(true), n, x, &mut z)?;
     backend.base_convert(&basis.moduli[..basis.k], n, &z, &basis.scale_rows, out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{BackendError, Buffer, CpuBackend};
+    use crate::ring::modp::ntt_primes;
+    use num_bigint::{BigInt, Sign};
+    use rand::{RngExt, SeedableRng, rngs::StdRng};
+
+    fn basis(n: usize, plain_bits: u32) -> TensorBasis {
+        let modulus = |p| Modulus::new(p).unwrap_or_else(|e| panic!("{e}"));
+        let q: Vec<NttTable> = ntt_primes(50, n, 3)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .map(|p| NttTable::new(n, modulus(p)).unwrap_or_else(|e| panic!("{e}")))
+            .collect();
+        let p: Vec<Modulus> = ntt_primes(61, n, 4).unwrap_or_else(|e| panic!("{e}")).into_iter().map(modulus).collect();
+        TensorBasis::new(&q, &p, plain_bits).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// ⌊a/d⌋ for d > 0 (BigInt's division truncates towards zero).
+    fn div_floor(a: &BigInt, d: &BigInt) -> BigInt {
+        if a.sign() == Sign::Minus { (a - d + 1) / d } else { a / d }
+    }
+
+    fn residue(x: &BigInt, m: &Modulus) -> u64 {
+        let p = BigInt::from(m.value());
+        let r = x - div_floor(x, &p) * &p;
+        r.to_u64().unwrap_or_else(|| unreachable!("a residue below p"))
+    }
+
+    /// The lift of x mod Q is its centered representative (|x| ≤ Q/2) in every prime of P, and
+    /// the rounding of X over Q∪P (|X| < QP/4) is ⌊t·X/Q⌉ mod Q — checked on integers drawn from
+    /// the whole range, against big-integer arithmetic.
+    #[test]
+    fn the_conversions_are_the_centered_lift_and_the_rounded_scaling() {
+        let be = CpuBackend::new(2).unwrap_or_else(|e| panic!("{e}"));
+        let mut rng = StdRng::seed_from_u64(5);
+        let n = 64;
+        let b = basis(n, 70);
+        let k = b.level();
+        let product = |ms: &[Modulus]| ms.iter().fold(BigInt::from(1), |acc, m| acc * m.value());
+        let (q, all) = (product(&b.moduli[..k]), product(&b.moduli));
+        let draw = |rng: &mut StdRng, bound: &BigInt| -> BigInt {
+            let words: Vec<u64> = (0..8).map(|_| rng.random()).collect();
+            let x = BigInt::from_slice(
+                Sign::Plus,
+                &words.iter().flat_map(|w| [*w as u32, (w >> 32) as u32]).collect::<Vec<_>>(),
+            );
+            let span = bound * 2;
+            &x - div_floor(&x, &span) * &span - bound
+        };
+        // centered values mod Q, in coefficient form and in NTT form
+        let xs: Vec<BigInt> = (0..n).map(|_| draw(&mut rng, &(&q / 2))).collect();
+        let coeff: Vec<u64> = b.moduli[..k].iter().flat_map(|m| xs.iter().map(|x| residue(x, m))).collect();
+        let mut want: Vec<u64> = b.moduli.iter().flat_map(|m| xs.iter().map(|x| residue(x, m))).collect();
+        be.ntt_forward(&b.tables, &mut want).unwrap_or_else(|e| panic!("{e}"));
+        let mut ntt = coeff.clone();
+        be.ntt_forward(&b.tables[..k], &mut ntt).unwrap_or_else(|e| panic!("{e}"));
+        for (x, form) in [(&coeff, false), (&ntt, true)] {
+            let lifted = be.extend_basis(&b, x, form).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(lifted.host_values(), Some(&want[..]), "from NTT form: {form}");
+        }
+        // X over Q∪P, |X| < QP/4, rounded to ⌊t·X/Q⌉ mod Q
+        let xs: Vec<BigInt> = (0..n).map(|_| draw(&mut rng, &(&all / 4))).collect();
+        let mut over: Vec<u64> = b.moduli.iter().flat_map(|m| xs.iter().map(|x| residue(x, m))).collect();
+        be.ntt_forward(&b.tables, &mut over).unwrap_or_else(|e| panic!("{e}"));
+        let mut got = vec![0u64; k * n];
+        be.scale_down(&b, Buffer::host(over), &mut got).unwrap_or_else(|e| panic!("{e}"));
+        let t = BigInt::from(1) << 70u32;
+        let rounded: Vec<BigInt> = xs.iter().map(|x| div_floor(&(2 * &t * x + &q), &(2 * &q))).collect();
+        let want: Vec<u64> = b.moduli[..k].iter().flat_map(|m| rounded.iter().map(|x| residue(x, m))).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn ragged_operands_are_errors_naming_the_conversion_and_an_empty_run_lifts_to_nothing() {
+        let be = CpuBackend::new(2).unwrap_or_else(|e| panic!("{e}"));
+        let b = basis(64, 64);
+        let ragged = be.extend_basis(&b, &[0; 64], true);
+        assert!(matches!(ragged, Err(BackendError::Shape { op: "extend_basis", .. })), "{ragged:?}");
+        assert!(be.extend_basis(&b, &[], false).is_ok_and(|l| l.is_empty()));
+        let mut out = vec![0u64; 3 * 64];
+        let short = be.scale_down(&b, Buffer::host(vec![0; 6 * 64]), &mut out);
+        assert!(matches!(short, Err(BackendError::Shape { op: "scale_down", .. })), "{short:?}");
+        let no_q = TensorBasis::new(&[], &b.moduli[3..], 64);
+        assert!(matches!(no_q, Err(BackendError::Shape { op: "tensor_basis", .. })), "{no_q:?}");
+    }
+}

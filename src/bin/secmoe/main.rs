@@ -126,7 +126,8 @@ enum Command {
         /// Backend worker threads (0: one per core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
-        /// Backend for the heavy operations: auto, cpu or cuda.
+        /// Backend for the heavy operations: auto, cpu or cuda (cuda:pipelines also runs ciphertext
+        /// products from host operands on the GPU; cuda:everything every call).
         #[arg(long, default_value = "auto")]
         backend: BackendChoice,
         #[command(flatten)]
@@ -219,7 +220,8 @@ struct JobArgs {
     /// Worker threads of the CPU backend and of the session's heavy steps (0: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    /// Backend for the heavy operations: auto, cpu or cuda.
+    /// Backend for the heavy operations: auto, cpu or cuda (cuda:pipelines also runs ciphertext
+    /// products from host operands on the GPU; cuda:everything every call).
     #[arg(long, default_value = "auto")]
     backend: BackendChoice,
     /// Treat the embedding table as public (BumbleBee's and BOLT's assumption): the client

@@ -51,7 +51,7 @@ pub(crate) fn run(backend: &dyn Backend, threads: usize, only: Option<&str>, row
     if backend.name() == "cuda" {
         #[cfg(feature = "cuda")]
         {
-            let gpu = secmoe::backend::CudaBackend::new(0, threads)?.offloading_everything();
+            let gpu = secmoe::backend::CudaBackend::new(0, threads)?.with_offload(secmoe::backend::Offload::Everything);
             println!("GPU: {}", gpu.device());
             bench.run_on(&gpu, Some(&cpu))?;
             bench.resident(&gpu, &cpu)?;

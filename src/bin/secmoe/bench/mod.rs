@@ -17,7 +17,7 @@ use std::ffi::OsString;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use secmoe::backend::BackendChoice;
+use secmoe::backend::{BackendChoice, Offload};
 use secmoe::net::CostModel;
 
 /// Set in the environment of a child process of [`run_in_children`].
@@ -87,6 +87,11 @@ pub async fn run(
     if !PRESETS.contains(&preset) {
         bail!("unknown preset `{preset}` (known: {})", PRESETS.join(", "));
     }
+    // rows name the backend with its offload policy where it is not the default
+    let label = match backend {
+        BackendChoice::Cuda(offload) if offload != Offload::Held => Some(format!("cuda:{}", offload.name())),
+        _ => None,
+    };
     let backend = secmoe::backend::start(backend, threads)?;
     let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
     let mut rows = Vec::new();
@@ -102,7 +107,7 @@ pub async fn run(
     }
     for row in &mut rows {
         if row.backend.is_empty() {
-            row.backend = backend.name().into();
+            row.backend = label.clone().unwrap_or_else(|| backend.name().into());
         }
     }
     report::write_json(preset, &rows, json)
