@@ -999,45 +999,48 @@ pub fn retain_freed_memory() {
     }
 }
 
-/// Host values a [`Buffer`] holds: when the buffer drops, an allocation of at least
-/// [`POOLED_BYTES`] goes to the pool [`zeros`] takes from instead of back to the kernel, a
-/// smaller one to the dropping thread's [`Scratch`] pool.
+/// Host values a [`Buffer`] holds: when the buffer drops, values taken from a [`Scratch`] go
+/// back to the dropping thread's scratch pool, and any other allocation of at least
+/// [`POOLED_BYTES`] to the pool [`zeros`] takes from instead of back to the kernel.
 #[derive(Debug)]
-pub(crate) struct HostVec(Vec<u64>);
+pub(crate) struct HostVec {
+    values: Vec<u64>,
+    /// Whether the values came from a [`Scratch`] (an intermediate: lifted operands, sums).
+    scratch: bool,
+}
 
 impl HostVec {
-    /// The values, leaving the pool out.
+    /// The values, leaving the pools out.
     pub(crate) fn into_vec(mut self) -> Vec<u64> {
-        std::mem::take(&mut self.0)
+        std::mem::take(&mut self.values)
     }
 }
 
 impl From<Vec<u64>> for HostVec {
     fn from(values: Vec<u64>) -> HostVec {
-        HostVec(values)
+        HostVec { values, scratch: false }
     }
 }
 
 impl std::ops::Deref for HostVec {
     type Target = Vec<u64>;
     fn deref(&self) -> &Vec<u64> {
-        &self.0
+        &self.values
     }
 }
 
 impl std::ops::DerefMut for HostVec {
     fn deref_mut(&mut self) -> &mut Vec<u64> {
-        &mut self.0
+        &mut self.values
     }
 }
 
 impl Drop for HostVec {
     fn drop(&mut self) {
-        let values = std::mem::take(&mut self.0);
-        if values.capacity() * size_of::<u64>() < POOLED_BYTES {
-            // a smaller one (a lifted operand, a sum of products) to this thread's scratch pool
+        let values = std::mem::take(&mut self.values);
+        if self.scratch {
             drop(Scratch(values));
-        } else {
+        } else if values.capacity() * size_of::<u64>() >= POOLED_BYTES {
             let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
             pool.push(values);
             // the oldest go first while the pool is over its bound
@@ -1139,17 +1142,10 @@ impl Scratch {
     }
 }
 
-impl Scratch {
-    /// The values, leaving the pool out (a [`Buffer`] that holds them gives them back to a
-    /// scratch pool when it drops).
-    pub fn into_vec(mut self) -> Vec<u64> {
-        std::mem::take(&mut self.0)
-    }
-}
-
 impl From<Scratch> for Buffer {
-    fn from(scratch: Scratch) -> Buffer {
-        Buffer::host(scratch.into_vec())
+    /// Scratch values as a host buffer, given back to a scratch pool when it drops.
+    fn from(mut scratch: Scratch) -> Buffer {
+        Buffer(Held::Host(HostVec { values: std::mem::take(&mut scratch.0), scratch: true }))
     }
 }
 
