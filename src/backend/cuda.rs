@@ -707,8 +707,8 @@ impl CudaBackend {
         let mut results = self.zeros(out.len())?;
         let copy = self.fail("copying on the device");
         for i in 0..out.len() / (k * n) {
-            let mut part = self.stream.clone_dtod(&x.0.slice(i * width * n..(i + 1) * width * n)).map_err(&copy)?;
-            let mut part = DeviceVec(std::mem::replace(&mut part, self.zeros(0)?.0));
+            let part = x.0.slice(i * width * n..(i + 1) * width * n);
+            let mut part = DeviceVec(self.stream.clone_dtod(&part).map_err(&copy)?);
             self.ntt_inverse_on_device(&basis.tables, &mut part)?;
             let z = self.hat_rows_on_device(&basis.moduli, n, &part, &constants, k)?;
             let mut rounded = self.zeros(k * n)?;
