@@ -98,6 +98,8 @@ pub enum CudaError {
     Pool(#[from] rayon::ThreadPoolBuildError),
 }
 
+/// The most streams a backend opens (one per host worker up to this).
+const MAX_STREAMS: usize = 32;
 /// Threads per block of the element-wise kernels.
 const BLOCK: u32 = 256;
 /// Shared memory every device gives a block without opting in.
@@ -148,7 +150,8 @@ impl DeviceVec {
 pub struct CudaBackend {
     ordinal: usize,
     device: String,
-    stream: Arc<CudaStream>,
+    /// One stream per host worker ([`CudaBackend::stream`]).
+    streams: Vec<Arc<CudaStream>>,
     kernels: Kernels,
     twiddles: Mutex<HashMap<(u64, usize), Arc<DeviceTwiddles>>>,
     /// The prime lists the kernels were given, resident (a list serves every later call).
@@ -195,7 +198,10 @@ impl CudaBackend {
         let optin = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
             .map_err(fail("reading the shared memory limit"))?;
-        let stream = ctx.new_stream().map_err(fail("creating a stream"))?;
+        let host = CpuBackend::new(threads)?;
+        let streams = (0..host.threads().clamp(1, MAX_STREAMS))
+            .map(|_| ctx.new_stream().map_err(fail("creating a stream")))
+            .collect::<Result<_, _>>()?;
         let mut modules = HashMap::new();
         for source in &MODULES {
             modules.insert(source.name, load_module(&ctx, source, ordinal)?);
@@ -220,13 +226,13 @@ impl CudaBackend {
         Ok(CudaBackend {
             ordinal,
             device,
-            stream,
+            streams,
             kernels,
             twiddles: Mutex::new(HashMap::new()),
             primes: Mutex::new(HashMap::new()),
             max_shared: usize::try_from(optin).unwrap_or(0).max(DEFAULT_SHARED),
             ntt_shared: Mutex::new(DEFAULT_SHARED),
-            host: CpuBackend::new(threads)?,
+            host,
             offload: Offload::Held,
         })
     }
@@ -256,29 +262,37 @@ impl CudaBackend {
         &self.device
     }
 
+    /// The calling host thread's stream: one per worker of the pool it runs on (by its index),
+    /// so that the pipelines of different workers queue, copy and wait independently — one
+    /// worker's download waits for its own work only, and the device overlaps one's copies with
+    /// another's kernels. cudarc orders the uses of a buffer across streams with events.
+    fn stream(&self) -> &Arc<CudaStream> {
+        &self.streams[rayon::current_thread_index().unwrap_or(0) % self.streams.len()]
+    }
+
     fn fail(&self, step: &'static str) -> impl Fn(DriverError) -> CudaError + '_ {
         move |source| CudaError::Driver { ordinal: self.ordinal, step, source }
     }
 
     /// Copies `host` to a new device buffer.
     pub fn upload(&self, host: &[u64]) -> Result<DeviceVec, CudaError> {
-        self.stream.clone_htod(host).map(DeviceVec).map_err(self.fail("copying to the device"))
+        self.stream().clone_htod(host).map(DeviceVec).map_err(self.fail("copying to the device"))
     }
 
     /// A device buffer of `len` zeros.
     pub fn zeros(&self, len: usize) -> Result<DeviceVec, CudaError> {
-        self.stream.alloc_zeros(len).map(DeviceVec).map_err(self.fail("allocating device memory"))
+        self.stream().alloc_zeros(len).map(DeviceVec).map_err(self.fail("allocating device memory"))
     }
 
     /// Copies `dev` into `host` (same length) and waits for it.
     pub fn download(&self, dev: &DeviceVec, host: &mut [u64]) -> Result<(), CudaError> {
-        self.stream.memcpy_dtoh(&dev.0, host).map_err(self.fail("copying from the device"))?;
+        self.stream().memcpy_dtoh(&dev.0, host).map_err(self.fail("copying from the device"))?;
         self.synchronize()
     }
 
-    /// Waits until every queued kernel and copy has finished.
+    /// Waits until every kernel and copy the calling thread queued has finished.
     pub fn synchronize(&self) -> Result<(), CudaError> {
-        self.stream.synchronize().map_err(self.fail("waiting for the device"))
+        self.stream().synchronize().map_err(self.fail("waiting for the device"))
     }
 
     fn twiddles_of(&self, table: &NttTable) -> Result<Arc<DeviceTwiddles>, CudaError> {
@@ -288,7 +302,7 @@ impl CudaBackend {
             return Ok(t.clone());
         }
         let tw = table.twiddles();
-        let up = |v: &[u64]| self.stream.clone_htod(v).map_err(self.fail("uploading twiddles"));
+        let up = |v: &[u64]| self.stream().clone_htod(v).map_err(self.fail("uploading twiddles"));
         let t = Arc::new(DeviceTwiddles {
             psi: up(tw.psi)?,
             psi_shoup: up(tw.psi_shoup)?,
@@ -345,7 +359,7 @@ impl CudaBackend {
             let support = forward.map_or(n32, |s| s.clamp(1, n).next_power_of_two() as u32);
             let ((n_inv, n_inv_shoup), (last, last_shoup)) = (host.n_inv, host.last_inv);
             let kernel = if forward.is_some() { &self.kernels.ntt_forward } else { &self.kernels.ntt_inverse };
-            let mut args = self.stream.launch_builder(kernel);
+            let mut args = self.stream().launch_builder(kernel);
             args.arg(&mut polys.0).arg(&offset);
             if forward.is_some() {
                 args.arg(&tw.psi).arg(&tw.psi_shoup).arg(&p).arg(&n32).arg(&support);
@@ -400,7 +414,7 @@ impl CudaBackend {
         let limbs = moduli.len();
         let (n32, inputs, outputs) = (n as u32, (x.len() / (n * limbs)) as u32, (out.len() / (n * limbs)) as u32);
         let flag = i32::from(prepared_w);
-        let mut args = self.stream.launch_builder(&self.kernels.mul_acc);
+        let mut args = self.stream().launch_builder(&self.kernels.mul_acc);
         args.arg(&mut out.0).arg(&x.0).arg(&w.0).arg(&consts.0).arg(&primes.0);
         args.arg(&n32).arg(&inputs).arg(&outputs).arg(&total).arg(&flag);
         // SAFETY: kernels/mac.cu `mul_acc`; one thread per output value, the inputs as long as the
@@ -441,7 +455,7 @@ impl CudaBackend {
                 let pv = primes.0.slice(l..l + 1);
                 let at = (b * limbs + l) * per_out;
                 let mut ov = out.0.slice_mut(at..at + per_out);
-                let mut args = self.stream.launch_builder(&self.kernels.mul_acc_into);
+                let mut args = self.stream().launch_builder(&self.kernels.mul_acc_into);
                 args.arg(&mut ov).arg(&xv).arg(&wv).arg(&cv).arg(&pv);
                 args.arg(&n32).arg(&inputs).arg(&outputs32).arg(&total).arg(&flag);
                 // SAFETY: kernels/mac.cu `mul_acc_into`; one thread per output value of the view,
@@ -467,7 +481,7 @@ impl CudaBackend {
         }
         let primes = self.primes(moduli)?;
         let (per_limb, n32, g) = (input.len() as u64 / (n * moduli.len()) as u64, n as u32, element as u64);
-        let mut args = self.stream.launch_builder(&self.kernels.automorphism);
+        let mut args = self.stream().launch_builder(&self.kernels.automorphism);
         args.arg(&mut out.0).arg(&input.0).arg(&primes.0).arg(&per_limb).arg(&n32).arg(&g).arg(&total);
         // SAFETY: kernels/mac.cu `automorphism`; one thread per input value, `out` as long.
         unsafe { args.launch(elementwise(total)) }.map(drop).map_err(self.fail("launching automorphism"))
@@ -490,7 +504,7 @@ impl CudaBackend {
         let primes = self.primes(moduli)?;
         let consts = self.upload(&consts)?;
         let (polys, n32, pt) = (top.len() as u64 / n as u64, n as u32, p_top.value());
-        let mut args = self.stream.launch_builder(&self.kernels.divide_by_prime);
+        let mut args = self.stream().launch_builder(&self.kernels.divide_by_prime);
         args.arg(&mut low.0).arg(&top.0).arg(&primes.0).arg(&consts.0).arg(&pt).arg(&polys).arg(&n32).arg(&total);
         // SAFETY: kernels/mac.cu `divide_by_prime`; one thread per low residue, `top` one run per
         // polynomial, three constants per prime.
@@ -523,7 +537,7 @@ impl CudaBackend {
             let mut digits_of = self.zeros(targets.len() * k * n)?;
             let (total, n32, k32) = (digits_of.len() as u64, n as u32, k as u32);
             let tv = primes.0.slice(targets);
-            let mut args = self.stream.launch_builder(&self.kernels.lift_digits);
+            let mut args = self.stream().launch_builder(&self.kernels.lift_digits);
             args.arg(&mut digits_of.0).arg(&dc.0).arg(&tv).arg(&n32).arg(&k32).arg(&total);
             // SAFETY: kernels/mac.cu `lift_digits`; one thread per output value, `c` k·N values,
             // one target prime per block of k·N outputs.
@@ -552,7 +566,7 @@ impl CudaBackend {
                 let (wv, cv, pv) =
                     (rows.0.slice(from..from + k * n), shoup.0.slice(from..from + k * n), primes.0.slice(l..l + 1));
                 let mut ov = sums.0.slice_mut(at + h * n..at + (h + 1) * n);
-                let mut args = self.stream.launch_builder(&self.kernels.mul_acc);
+                let mut args = self.stream().launch_builder(&self.kernels.mul_acc);
                 args.arg(&mut ov).arg(&x).arg(&wv).arg(&cv).arg(&pv);
                 args.arg(&n32).arg(&k32).arg(&1u32).arg(&total).arg(&flag);
                 // SAFETY: kernels/mac.cu `mul_acc`; one thread per output value of the view, k
@@ -593,7 +607,7 @@ impl CudaBackend {
         if terms == 0 {
             return match add {
                 true => Ok(()),
-                false => self.stream.memset_zeros(&mut out.0).map_err(self.fail("clearing device memory")),
+                false => self.stream().memset_zeros(&mut out.0).map_err(self.fail("clearing device memory")),
             };
         }
         let each = 2 * moduli.len() * n;
@@ -602,7 +616,7 @@ impl CudaBackend {
         let primes = self.primes(moduli)?;
         let mus = self.upload(&super::kernels::barrett_constants(moduli))?;
         let (n32, limbs, terms, flag) = (n as u32, moduli.len() as u32, terms as u64, i32::from(add));
-        let mut args = self.stream.launch_builder(&self.kernels.tensor_sum);
+        let mut args = self.stream().launch_builder(&self.kernels.tensor_sum);
         args.arg(&mut out.0).arg(&av).arg(&bv).arg(&primes.0).arg(&mus.0);
         args.arg(&n32).arg(&limbs).arg(&terms).arg(&flag).arg(&total);
         // SAFETY: kernels/mac.cu `tensor_sum`; one thread per output value, the views hold `terms`
@@ -625,7 +639,7 @@ impl CudaBackend {
         let primes = self.primes(moduli)?;
         let (outputs, total) = (moduli.len(), out.len() as u64);
         let (n32, i32_, o32) = (n as u32, (consts.len() / (2 * outputs)) as u32, outputs as u32);
-        let mut args = self.stream.launch_builder(&self.kernels.base_convert);
+        let mut args = self.stream().launch_builder(&self.kernels.base_convert);
         args.arg(&mut out.0).arg(&x.0).arg(&consts.0).arg(&primes.0).arg(&n32).arg(&i32_).arg(&o32);
         // SAFETY: kernels/mac.cu `base_convert`; `x` holds one row of n per constant pair and
         // output, `out` one row per output modulus.
@@ -648,7 +662,7 @@ impl CudaBackend {
         let primes = self.primes(moduli)?;
         let [hat, inv, theta] = constants;
         let (r32, t32, n32) = (rows as u32, theta_rows as u32, n as u32);
-        let mut args = self.stream.launch_builder(&self.kernels.hat_rows);
+        let mut args = self.stream().launch_builder(&self.kernels.hat_rows);
         args.arg(&mut z.0).arg(&x.0).arg(&hat.0).arg(&inv.0).arg(&theta.0).arg(&primes.0);
         args.arg(&r32).arg(&t32).arg(&n32);
         // SAFETY: kernels/mac.cu `hat_rows`; one thread per coefficient, `x` a row of n per prime,
@@ -690,8 +704,8 @@ impl CudaBackend {
             self.ntt_forward_on_device(p, &mut high, n)?;
             let at = i * width * n;
             let copy = self.fail("copying on the device");
-            self.stream.memcpy_dtod(&low.0, &mut out.0.slice_mut(at..at + k * n)).map_err(&copy)?;
-            self.stream.memcpy_dtod(&high.0, &mut out.0.slice_mut(at + k * n..at + width * n)).map_err(&copy)?;
+            self.stream().memcpy_dtod(&low.0, &mut out.0.slice_mut(at..at + k * n)).map_err(&copy)?;
+            self.stream().memcpy_dtod(&high.0, &mut out.0.slice_mut(at + k * n..at + width * n)).map_err(&copy)?;
         }
         Ok(out)
     }
@@ -708,12 +722,14 @@ impl CudaBackend {
         let copy = self.fail("copying on the device");
         for i in 0..out.len() / (k * n) {
             let part = x.0.slice(i * width * n..(i + 1) * width * n);
-            let mut part = DeviceVec(self.stream.clone_dtod(&part).map_err(&copy)?);
+            let mut part = DeviceVec(self.stream().clone_dtod(&part).map_err(&copy)?);
             self.ntt_inverse_on_device(&basis.tables, &mut part)?;
             let z = self.hat_rows_on_device(&basis.moduli, n, &part, &constants, k)?;
             let mut rounded = self.zeros(k * n)?;
             self.base_convert_on_device(&basis.moduli[..k], n, &z, &rows, &mut rounded)?;
-            self.stream.memcpy_dtod(&rounded.0, &mut results.0.slice_mut(i * k * n..(i + 1) * k * n)).map_err(&copy)?;
+            self.stream()
+                .memcpy_dtod(&rounded.0, &mut results.0.slice_mut(i * k * n..(i + 1) * k * n))
+                .map_err(&copy)?;
         }
         self.download(&results, out)
     }
@@ -736,7 +752,7 @@ impl CudaBackend {
             return Ok(());
         }
         let flag = i32::from(listed);
-        let mut args = self.stream.launch_builder(&self.kernels.hash_blocks);
+        let mut args = self.stream().launch_builder(&self.kernels.hash_blocks);
         args.arg(&mut blocks.0).arg(&tweaks.0).arg(&base).arg(&count).arg(&flag);
         // SAFETY: kernels/hash.cu `hash_blocks`; `tweaks` holds `count` values when `listed`.
         unsafe { args.launch(elementwise(count)) }.map(drop).map_err(self.fail("launching hash_blocks"))
@@ -1086,7 +1102,7 @@ impl Backend for CudaBackend {
                 (_, true) => {}
                 (Held::Host(values), false) => values.fill(0),
                 (Held::Device { values, .. }, false) => {
-                    self.stream.memset_zeros(&mut values.0).map_err(self.fail("clearing device memory"))?;
+                    self.stream().memset_zeros(&mut values.0).map_err(self.fail("clearing device memory"))?;
                 }
             }
             return Ok(());
