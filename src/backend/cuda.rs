@@ -156,6 +156,8 @@ pub struct CudaBackend {
     twiddles: Mutex<HashMap<(u64, usize), Arc<DeviceTwiddles>>>,
     /// The prime lists the kernels were given, resident (a list serves every later call).
     primes: Mutex<HashMap<Vec<u64>, Arc<DeviceVec>>>,
+    /// The constants of the product conversions, resident ([`CudaBackend::conversion_constants`]).
+    conversions: Mutex<HashMap<Vec<u64>, Arc<[DeviceVec; 4]>>>,
     /// Largest dynamic shared memory a block may use on this device (opt-in included).
     max_shared: usize,
     /// Dynamic shared memory the NTT kernels are currently allowed.
@@ -230,6 +232,7 @@ impl CudaBackend {
             kernels,
             twiddles: Mutex::new(HashMap::new()),
             primes: Mutex::new(HashMap::new()),
+            conversions: Mutex::new(HashMap::new()),
             max_shared: usize::try_from(optin).unwrap_or(0).max(DEFAULT_SHARED),
             ntt_shared: Mutex::new(DEFAULT_SHARED),
             host,
@@ -654,13 +657,12 @@ impl CudaBackend {
         moduli: &[Modulus],
         n: usize,
         x: &DeviceVec,
-        constants: &[DeviceVec; 3],
+        [hat, inv, theta]: [&DeviceVec; 3],
         theta_rows: usize,
     ) -> Result<DeviceVec, CudaError> {
         let rows = moduli.len();
         let mut z = self.zeros((rows + 1 + usize::from(theta_rows > 0)) * n)?;
         let primes = self.primes(moduli)?;
-        let [hat, inv, theta] = constants;
         let (r32, t32, n32) = (rows as u32, theta_rows as u32, n as u32);
         let mut args = self.stream().launch_builder(&self.kernels.hat_rows);
         args.arg(&mut z.0).arg(&x.0).arg(&hat.0).arg(&inv.0).arg(&theta.0).arg(&primes.0);
@@ -672,12 +674,29 @@ impl CudaBackend {
         Ok(z)
     }
 
-    /// A conversion's constants in device memory (`theta` a one-word placeholder when empty:
-    /// the driver allocates no empty buffer).
-    fn hat_constants_on_device(&self, constants: HatConstants<'_>) -> Result<[DeviceVec; 3], CudaError> {
+    /// A conversion's constants in device memory — the hat constants, 1/r, θ (a one-word
+    /// placeholder when there is none: the driver allocates no empty buffer) and the base
+    /// conversion's rows — uploaded once per parameter set and level (cached by their values,
+    /// as the prime lists are).
+    fn conversion_constants(
+        &self,
+        constants: HatConstants<'_>,
+        rows: &[(u64, u64)],
+    ) -> Result<Arc<[DeviceVec; 4]>, CudaError> {
         let [hat, inv, theta] = constants.words();
         let theta = if theta.is_empty() { vec![0] } else { theta };
-        Ok([self.upload(&hat)?, self.upload(&inv)?, self.upload(&theta)?])
+        let rows: Vec<u64> = rows.iter().flat_map(|&(c, s)| [c, s]).collect();
+        let parts = [hat, inv, theta, rows];
+        let key: Vec<u64> =
+            parts.iter().flat_map(|part| std::iter::once(part.len() as u64).chain(part.iter().copied())).collect();
+        let mut cache = self.conversions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = cache.get(&key) {
+            return Ok(found.clone());
+        }
+        let [hat, inv, theta, rows] = parts;
+        let uploaded = Arc::new([self.upload(&hat)?, self.upload(&inv)?, self.upload(&theta)?, self.upload(&rows)?]);
+        cache.insert(key, uploaded.clone());
+        Ok(uploaded)
     }
 
     /// [`Backend::extend_basis`] on the device: per polynomial, its Q limbs transformed (or
@@ -688,9 +707,8 @@ impl CudaBackend {
         let (k, n, width) = (basis.level(), basis.degree(), basis.len());
         let (q, p) = basis.tables.split_at(k);
         let mut out = self.zeros(x.len() / (k * n) * width * n)?;
-        let constants = self.hat_constants_on_device(basis.hat_constants(false))?;
-        let rows: Vec<u64> = basis.extend_rows.iter().flat_map(|&(c, s)| [c, s]).collect();
-        let rows = self.upload(&rows)?;
+        let constants = self.conversion_constants(basis.hat_constants(false), &basis.extend_rows)?;
+        let [hat, inv, theta, rows] = &*constants;
         for (i, x) in x.chunks_exact(k * n).enumerate() {
             let (mut low, mut coeff) = (self.upload(x)?, self.upload(x)?);
             if ntt_form {
@@ -698,9 +716,9 @@ impl CudaBackend {
             } else {
                 self.ntt_forward_on_device(q, &mut low, n)?;
             }
-            let z = self.hat_rows_on_device(&basis.moduli[..k], n, &coeff, &constants, 0)?;
+            let z = self.hat_rows_on_device(&basis.moduli[..k], n, &coeff, [hat, inv, theta], 0)?;
             let mut high = self.zeros((width - k) * n)?;
-            self.base_convert_on_device(&basis.moduli[k..], n, &z, &rows, &mut high)?;
+            self.base_convert_on_device(&basis.moduli[k..], n, &z, rows, &mut high)?;
             self.ntt_forward_on_device(p, &mut high, n)?;
             let at = i * width * n;
             let copy = self.fail("copying on the device");
@@ -715,18 +733,17 @@ impl CudaBackend {
     /// download of the results. The caller checks the shapes.
     fn scale_down_on_device(&self, basis: &TensorBasis, x: &DeviceVec, out: &mut [u64]) -> Result<(), CudaError> {
         let (k, n, width) = (basis.level(), basis.degree(), basis.len());
-        let constants = self.hat_constants_on_device(basis.hat_constants(true))?;
-        let rows: Vec<u64> = basis.scale_rows.iter().flat_map(|&(c, s)| [c, s]).collect();
-        let rows = self.upload(&rows)?;
+        let constants = self.conversion_constants(basis.hat_constants(true), &basis.scale_rows)?;
+        let [hat, inv, theta, rows] = &*constants;
         let mut results = self.zeros(out.len())?;
         let copy = self.fail("copying on the device");
         for i in 0..out.len() / (k * n) {
             let part = x.0.slice(i * width * n..(i + 1) * width * n);
             let mut part = DeviceVec(self.stream().clone_dtod(&part).map_err(&copy)?);
             self.ntt_inverse_on_device(&basis.tables, &mut part)?;
-            let z = self.hat_rows_on_device(&basis.moduli, n, &part, &constants, k)?;
+            let z = self.hat_rows_on_device(&basis.moduli, n, &part, [hat, inv, theta], k)?;
             let mut rounded = self.zeros(k * n)?;
-            self.base_convert_on_device(&basis.moduli[..k], n, &z, &rows, &mut rounded)?;
+            self.base_convert_on_device(&basis.moduli[..k], n, &z, rows, &mut rounded)?;
             self.stream()
                 .memcpy_dtod(&rounded.0, &mut results.0.slice_mut(i * k * n..(i + 1) * k * n))
                 .map_err(&copy)?;
