@@ -58,6 +58,11 @@ void secmoe_host_hat_rows(sm_u64 *z, const sm_u64 *x, const sm_u64 *hat, const s
     for (sm_u64 c = 0; c < n; c++) sm_hat_rows_element(z, x, hat, inv, theta, moduli, rows, theta_rows, n, c);
 }
 
+void secmoe_host_transpose_runs(sm_u64 *out, const sm_u64 *in, sm_u64 cols, sm_u64 width, sm_u64 first, sm_u32 n,
+                                sm_u64 total) {
+    for (sm_u64 idx = 0; idx < total; idx++) sm_transpose_runs_element(out, in, cols, width, first, n, idx);
+}
+
 void secmoe_host_hash_blocks(sm_u64 *blocks, const sm_u64 *tweaks, sm_u64 base, sm_u64 count, int listed) {
     sm_u8 rk[176];
     sm_fixed_key_schedule(rk, AES_SBOX);

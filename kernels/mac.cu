@@ -73,3 +73,11 @@ extern "C" __global__ void hat_rows(sm_u64 *z, const sm_u64 *x, const sm_u64 *ha
     sm_u64 c = (sm_u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (c < n) sm_hat_rows_element(z, x, hat, inv, theta, moduli, rows, theta_rows, n, c);
 }
+
+/* Runs of n moved between limb-major batches and operand order (sm_transpose_runs_element): one
+ * thread per value of `in` (rows × cols runs). */
+extern "C" __global__ void transpose_runs(sm_u64 *out, const sm_u64 *in, sm_u64 cols, sm_u64 width, sm_u64 first,
+                                          sm_u32 n, sm_u64 total) {
+    sm_u64 idx = (sm_u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx < total) sm_transpose_runs_element(out, in, cols, width, first, n, idx);
+}

@@ -286,6 +286,17 @@ SM_FN void sm_hat_rows_element(sm_u64 *z, const sm_u64 *x, const sm_u64 *hat, co
     z[(sm_u64)(rows + 1) * n + c] = hi + (half < lo);
 }
 
+/* Element idx of a transpose of runs of n: `in` holds rows × cols runs ([row][col][N]); run
+ * (row, col) goes to run first + row of column col's block of `width` runs ([col][width][N]).
+ * Limb-major batches ([limb][poly][N], what the transforms take) to operands ([poly][limb][N],
+ * what the products read) and back. */
+SM_FN void sm_transpose_runs_element(sm_u64 *out, const sm_u64 *in, sm_u64 cols, sm_u64 width, sm_u64 first,
+                                     sm_u32 n, sm_u64 idx) {
+    sm_u64 run = idx / n, c = idx % n;
+    sm_u64 row = run / cols, col = run % cols;
+    out[(col * width + first + row) * n + c] = in[idx];
+}
+
 /* a·b mod p for residues a, b < p < 2^62, by Barrett's reduction of the 128-bit product with
  * mu = floor(2^128 / p) = mu_hi·2^64 + mu_lo: the quotient estimate floor(x·mu / 2^128), summed
  * word by word with its carries, is at most 2 below floor(x / p), so x − q·p < 3p fits one word. */

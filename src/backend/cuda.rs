@@ -118,6 +118,7 @@ struct Kernels {
     lift_digits: CudaFunction,
     tensor_sum: CudaFunction,
     hat_rows: CudaFunction,
+    transpose_runs: CudaFunction,
     hash_blocks: CudaFunction,
 }
 
@@ -222,6 +223,7 @@ impl CudaBackend {
             lift_digits: function("mac", "lift_digits")?,
             tensor_sum: function("mac", "tensor_sum")?,
             hat_rows: function("mac", "hat_rows")?,
+            transpose_runs: function("mac", "transpose_runs")?,
             hash_blocks: function("hash", "hash_blocks")?,
         };
         tracing::info!(ordinal, device = %device, "CUDA backend started");
@@ -699,55 +701,80 @@ impl CudaBackend {
         Ok(uploaded)
     }
 
-    /// [`Backend::extend_basis`] on the device: per polynomial, its Q limbs transformed (or
-    /// brought to coefficients), the hat rows and overflow row, the base conversion to P and
-    /// its transform, written into the lifted buffer that stays resident. The caller checks the
-    /// shapes; the order is that of `backend::kernels`'s host test of the conversions.
+    /// Moves the runs of n values of `input` (`rows` × `cols` runs, [row][col][N]) to run
+    /// first + row of column col's block of `width` runs in `out` ([col][width][N]):
+    /// limb-major batches to operand order and back (`transpose_runs`).
+    #[allow(clippy::too_many_arguments)]
+    fn transpose_on_device(
+        &self,
+        out: &mut DeviceVec,
+        input: &DeviceVec,
+        cols: usize,
+        width: usize,
+        first: usize,
+        n: usize,
+    ) -> Result<(), CudaError> {
+        let total = input.len() as u64;
+        let (cols, width, first, n32) = (cols as u64, width as u64, first as u64, n as u32);
+        let mut args = self.stream().launch_builder(&self.kernels.transpose_runs);
+        args.arg(&mut out.0).arg(&input.0).arg(&cols).arg(&width).arg(&first).arg(&n32).arg(&total);
+        // SAFETY: kernels/mac.cu `transpose_runs`; one thread per input value, every destination
+        // run (col·width + first + row < cols·width) inside `out`, which the callers size.
+        unsafe { args.launch(elementwise(total)) }.map(drop).map_err(self.fail("launching transpose_runs"))
+    }
+
+    /// [`Backend::extend_basis`] on the device, all polynomials at once: limb-major (one
+    /// transform launch per limb over every polynomial), the Q limbs transformed (or brought to
+    /// coefficients), the hat rows and overflow row and the base conversion to P over all
+    /// polynomials' coefficients in one launch each (their math is per coefficient), P
+    /// transformed, both moved to operand order in the lifted buffer that stays resident. The
+    /// caller checks the shapes; the order is that of `backend::kernels`'s host test.
     fn extend_basis_on_device(&self, basis: &TensorBasis, x: &[u64], ntt_form: bool) -> Result<DeviceVec, CudaError> {
         let (k, n, width) = (basis.level(), basis.degree(), basis.len());
+        let count = x.len() / (k * n);
         let (q, p) = basis.tables.split_at(k);
-        let mut out = self.zeros(x.len() / (k * n) * width * n)?;
         let constants = self.conversion_constants(basis.hat_constants(false), &basis.extend_rows)?;
         let [hat, inv, theta, rows] = &*constants;
-        for (i, x) in x.chunks_exact(k * n).enumerate() {
-            let (mut low, mut coeff) = (self.upload(x)?, self.upload(x)?);
-            if ntt_form {
-                self.ntt_inverse_on_device(q, &mut coeff)?;
-            } else {
-                self.ntt_forward_on_device(q, &mut low, n)?;
+        // [limb][poly][N]
+        let mut major = vec![0u64; x.len()];
+        for (i, poly) in x.chunks_exact(k * n).enumerate() {
+            for (l, limb) in poly.chunks_exact(n).enumerate() {
+                major[(l * count + i) * n..][..n].copy_from_slice(limb);
             }
-            let z = self.hat_rows_on_device(&basis.moduli[..k], n, &coeff, [hat, inv, theta], 0)?;
-            let mut high = self.zeros((width - k) * n)?;
-            self.base_convert_on_device(&basis.moduli[k..], n, &z, rows, &mut high)?;
-            self.ntt_forward_on_device(p, &mut high, n)?;
-            let at = i * width * n;
-            let copy = self.fail("copying on the device");
-            self.stream().memcpy_dtod(&low.0, &mut out.0.slice_mut(at..at + k * n)).map_err(&copy)?;
-            self.stream().memcpy_dtod(&high.0, &mut out.0.slice_mut(at + k * n..at + width * n)).map_err(&copy)?;
         }
+        let (mut low, mut coeff) = (self.upload(&major)?, self.upload(&major)?);
+        if ntt_form {
+            self.ntt_inverse_on_device(q, &mut coeff)?;
+        } else {
+            self.ntt_forward_on_device(q, &mut low, n)?;
+        }
+        let z = self.hat_rows_on_device(&basis.moduli[..k], count * n, &coeff, [hat, inv, theta], 0)?;
+        let mut high = self.zeros((width - k) * count * n)?;
+        self.base_convert_on_device(&basis.moduli[k..], count * n, &z, rows, &mut high)?;
+        self.ntt_forward_on_device(p, &mut high, n)?;
+        let mut out = self.zeros(count * width * n)?;
+        self.transpose_on_device(&mut out, &low, count, width, 0, n)?;
+        self.transpose_on_device(&mut out, &high, count, width, k, n)?;
         Ok(out)
     }
 
-    /// [`Backend::scale_down`] on resident sums: per polynomial, transformed back over Q∪P, the
-    /// hat rows with the overflow and the rounded fraction, the base conversion to Q; one
-    /// download of the results. The caller checks the shapes.
+    /// [`Backend::scale_down`] on resident sums, all polynomials at once: moved to limb-major,
+    /// transformed back over Q∪P, the hat rows with the overflow and the rounded fraction and
+    /// the base conversion to Q over all coefficients, moved back to operand order; one download
+    /// of the results. The caller checks the shapes.
     fn scale_down_on_device(&self, basis: &TensorBasis, x: &DeviceVec, out: &mut [u64]) -> Result<(), CudaError> {
         let (k, n, width) = (basis.level(), basis.degree(), basis.len());
+        let count = out.len() / (k * n);
         let constants = self.conversion_constants(basis.hat_constants(true), &basis.scale_rows)?;
         let [hat, inv, theta, rows] = &*constants;
+        let mut major = self.zeros(x.len())?;
+        self.transpose_on_device(&mut major, x, width, count, 0, n)?;
+        self.ntt_inverse_on_device(&basis.tables, &mut major)?;
+        let z = self.hat_rows_on_device(&basis.moduli, count * n, &major, [hat, inv, theta], k)?;
+        let mut rounded = self.zeros(out.len())?;
+        self.base_convert_on_device(&basis.moduli[..k], count * n, &z, rows, &mut rounded)?;
         let mut results = self.zeros(out.len())?;
-        let copy = self.fail("copying on the device");
-        for i in 0..out.len() / (k * n) {
-            let part = x.0.slice(i * width * n..(i + 1) * width * n);
-            let mut part = DeviceVec(self.stream().clone_dtod(&part).map_err(&copy)?);
-            self.ntt_inverse_on_device(&basis.tables, &mut part)?;
-            let z = self.hat_rows_on_device(&basis.moduli, n, &part, [hat, inv, theta], k)?;
-            let mut rounded = self.zeros(k * n)?;
-            self.base_convert_on_device(&basis.moduli[..k], n, &z, rows, &mut rounded)?;
-            self.stream()
-                .memcpy_dtod(&rounded.0, &mut results.0.slice_mut(i * k * n..(i + 1) * k * n))
-                .map_err(&copy)?;
-        }
+        self.transpose_on_device(&mut results, &rounded, count, k, 0, n)?;
         self.download(&results, out)
     }
 

@@ -154,6 +154,15 @@ mod tests {
             theta_rows: u32,
             n: u32,
         );
+        fn secmoe_host_transpose_runs(
+            out: *mut u64,
+            input: *const u64,
+            cols: u64,
+            width: u64,
+            first: u64,
+            n: u32,
+            total: u64,
+        );
         fn secmoe_host_hash_blocks(blocks: *mut u64, tweaks: *const u64, base: u64, count: u64, listed: i32);
     }
 
@@ -247,6 +256,26 @@ mod tests {
             )
         };
         z
+    }
+
+    /// host.c's transpose of runs: `input`'s rows × `cols` runs of n to run first + row of
+    /// column col's block of `width` runs in `out`.
+    fn host_transpose(out: &mut [u64], input: &[u64], cols: usize, width: usize, first: usize, n: usize) {
+        let rows = input.len() / (cols * n);
+        assert!(first + rows <= width && cols * width * n <= out.len(), "a transpose out of bounds");
+        // SAFETY: every destination run col·width + first + row < cols·width lies inside `out`
+        // (checked above); `input` holds rows·cols runs of n.
+        unsafe {
+            secmoe_host_transpose_runs(
+                out.as_mut_ptr(),
+                input.as_ptr(),
+                cols as u64,
+                width as u64,
+                first as u64,
+                n as u32,
+                input.len() as u64,
+            )
+        };
     }
 
     #[test]
@@ -434,10 +463,12 @@ mod tests {
         }
     }
 
-    /// A ciphertext product's conversions as the device runs them — transforms, the hat rows
-    /// with their overflow (doubles summed in order, never fused) and rounded fraction (128-bit
-    /// sums), base conversions — composed from host.c's functions in the kernels' order, give the
-    /// CPU backend's lifted operands (from either form) and rounded sums bit for bit.
+    /// A ciphertext product's conversions as the device runs them — a batch moved to
+    /// limb-major, transforms, the hat rows with their overflow (doubles summed in order, never
+    /// fused) and rounded fraction (128-bit sums) and the base conversions over every
+    /// polynomial's coefficients at once, moved back to operand order — composed from host.c's
+    /// functions in the kernels' order, give the CPU backend's lifted operands (from either
+    /// form) and rounded sums bit for bit.
     #[test]
     fn the_kernels_product_conversions_are_the_cpu_backends_bit_for_bit() {
         let mut rng = StdRng::seed_from_u64(38);
@@ -456,41 +487,47 @@ mod tests {
             .map(|p| Modulus::new(p).unwrap_or_else(|e| panic!("{e}")))
             .collect();
         let basis = TensorBasis::new(&q, &p, 70).unwrap_or_else(|e| panic!("{e}"));
-        let (k, width) = (q.len(), basis.len());
-        let residues = |rng: &mut StdRng, moduli: &[Modulus], polys: usize| -> Vec<u64> {
-            (0..polys * moduli.len() * n).map(|i| rng.random_range(0..moduli[(i / n) % moduli.len()].value())).collect()
+        let (k, width, count) = (q.len(), basis.len(), 3);
+        let residues = |rng: &mut StdRng, moduli: &[Modulus]| -> Vec<u64> {
+            (0..count * moduli.len() * n).map(|i| rng.random_range(0..moduli[(i / n) % moduli.len()].value())).collect()
         };
-        // Q → Q∪P of three halves, given in NTT form and in coefficient form
-        let x = residues(&mut rng, &basis.moduli[..k], 3);
+        let transform = |tables: &[NttTable], major: &mut [u64], forward: bool| {
+            for (t, block) in tables.iter().zip(major.chunks_exact_mut(count * n)) {
+                if forward { host_forward(t, block) } else { host_inverse(t, block) }
+            }
+        };
+        // Q → Q∪P of three halves ([poly][limb][N]), given in NTT form and in coefficient form
+        let x = residues(&mut rng, &basis.moduli[..k]);
+        let mut major = vec![0u64; x.len()];
+        host_transpose(&mut major, &x, k, count, 0, n);
         for ntt_form in [true, false] {
             let lifted = be.extend_basis(&basis, &x, ntt_form).unwrap_or_else(|e| panic!("{e}"));
-            let want = lifted.host_values().unwrap_or_default();
-            for (h, (x, want)) in x.chunks_exact(k * n).zip(want.chunks_exact(width * n)).enumerate() {
-                let (mut low, mut coeff) = (x.to_vec(), x.to_vec());
-                for (t, (low, coeff)) in q.iter().zip(low.chunks_exact_mut(n).zip(coeff.chunks_exact_mut(n))) {
-                    if ntt_form { host_inverse(t, coeff) } else { host_forward(t, low) }
-                }
-                let z = host_hat_rows(&basis.moduli[..k], n, &coeff, basis.hat_constants(false));
-                let mut high = host_base_convert(&basis.moduli[k..], n, &z, &basis.extend_rows);
-                for (t, run) in basis.tables[k..].iter().zip(high.chunks_exact_mut(n)) {
-                    host_forward(t, run);
-                }
-                low.extend(high);
-                assert_eq!(low, want, "half {h}, NTT form {ntt_form}");
+            let (mut low, mut coeff) = (major.clone(), major.clone());
+            if ntt_form {
+                transform(&q, &mut coeff, false)
+            } else {
+                transform(&q, &mut low, true)
             }
+            let z = host_hat_rows(&basis.moduli[..k], count * n, &coeff, basis.hat_constants(false));
+            let mut high = host_base_convert(&basis.moduli[k..], count * n, &z, &basis.extend_rows);
+            transform(&basis.tables[k..], &mut high, true);
+            let mut got = vec![0u64; count * width * n];
+            host_transpose(&mut got, &low, count, width, 0, n);
+            host_transpose(&mut got, &high, count, width, k, n);
+            assert_eq!(lifted.host_values(), Some(&got[..]), "NTT form {ntt_form}");
         }
-        // Q∪P → Q of three parts
-        let sums = residues(&mut rng, &basis.moduli, 3);
-        let mut want = vec![0u64; 3 * k * n];
+        // Q∪P → Q of three parts ([poly][limb][N])
+        let sums = residues(&mut rng, &basis.moduli);
+        let mut want = vec![0u64; count * k * n];
         be.scale_down(&basis, Buffer::host(sums.clone()), &mut want).unwrap_or_else(|e| panic!("{e}"));
-        for (part, (x, want)) in sums.chunks_exact(width * n).zip(want.chunks_exact(k * n)).enumerate() {
-            let mut x = x.to_vec();
-            for (t, run) in basis.tables.iter().zip(x.chunks_exact_mut(n)) {
-                host_inverse(t, run);
-            }
-            let z = host_hat_rows(&basis.moduli, n, &x, basis.hat_constants(true));
-            assert_eq!(host_base_convert(&basis.moduli[..k], n, &z, &basis.scale_rows), want, "part {part}");
-        }
+        let mut major = vec![0u64; sums.len()];
+        host_transpose(&mut major, &sums, width, count, 0, n);
+        transform(&basis.tables, &mut major, false);
+        let z = host_hat_rows(&basis.moduli, count * n, &major, basis.hat_constants(true));
+        let rounded = host_base_convert(&basis.moduli[..k], count * n, &z, &basis.scale_rows);
+        let mut got = vec![0u64; want.len()];
+        host_transpose(&mut got, &rounded, count, k, 0, n);
+        assert_eq!(got, want);
     }
 
     /// Barrett products summed per part — no Shoup constants, any residues — give the residues
