@@ -171,10 +171,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// receives Σ_t a0·b0, Σ_t (a0·b1 + a1·b0) and Σ_t a1·b1 mod p_l, added to its residues when
     /// `add`; operands are residues. An `out` in host memory may be taken over by the backend
     /// (moved to the device that holds the operands, so that later sums add there). The default
-    /// runs on the host: per slot, three products per
-    /// pair (Karatsuba: a0·b0, a1·b1 and (a0 + a1)·(b0 + b1), whose difference is the middle
-    /// term) summed exactly in 128 bits and reduced once per pass — 8 pairs for primes of up to
-    /// 61 bits (each product below 2^124), fewer for wider ones.
+    /// runs on the host: per slot, three products per pair (Karatsuba: a0·b0, a1·b1 and
+    /// (a0 + a1)·(b0 + b1), whose difference is the middle term) summed exactly in 128 bits and
+    /// reduced once per pass — 8 pairs for primes of up to 61 bits (each product below 2^124),
+    /// fewer for wider ones.
     #[allow(clippy::too_many_arguments)]
     fn tensor_sum(
         &self,
