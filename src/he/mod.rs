@@ -5,10 +5,11 @@
 //! backend's NTT, secret/public/relinearization keys, secret- and public-key encryption,
 //! decryption (also of seeded ciphertexts, half the size), additions, products by prepared
 //! plaintext operands, ciphertext products with relinearization, modulus switching, the
-//! server's response treatment (re-randomization, noise flooding, shrinking to power-of-two
+//! server's response treatment (re-randomization, noise flooding by a smooth distribution, shrinking to power-of-two
 //! moduli), validated serialization of ciphertexts and keys, and a noise-budget measurement.
 
 mod bfv;
+pub mod flood;
 mod galois;
 pub mod matmul;
 mod mult;
@@ -21,11 +22,12 @@ pub mod tiling;
 mod wire;
 
 pub use bfv::{Ciphertext, PlainOperand, Plaintext, PublicKey, SecretKey, SeededCiphertext};
+pub use flood::{Exposure, MAX_FLOOD_BITS, MIN_STAT_BITS, NARROW_FLOOD_BITS, TAIL_BITS};
 pub use galois::{GaloisKeys, Packing};
 pub use mult::{Lifted, ProductSum, RelinKey, SUM_TERM_BITS, SquareKey, Tensored};
 pub use params::{HeParams, max_log_q_128};
 pub use poly::{Form, RnsPoly};
-pub use response::{MAX_FLOOD_BITS, MIN_STAT_BITS, NARROW_FLOOD_BITS, Outgoing, ShrunkCiphertext, ShrunkShape};
+pub use response::{Outgoing, ShrunkCiphertext, ShrunkShape};
 pub use select::{OperandBank, SelectionPart, SelectionSums, Selectors, select, select_spread};
 pub use wire::{
     MAX_DROPPED_BITS, ciphertext_len, compressed_ciphertext_len, compressed_ciphertext_len_at, seeded_ciphertext_len,

@@ -6,33 +6,24 @@
 //! - [`Ciphertext::rerandomize`] adds a fresh public-key encryption of zero: c1 becomes an RLWE
 //!   sample unrelated to the server's weights (otherwise c1 = a·w would give w away). A
 //!   [`Tensored`] result also gets one under the client's [`SquareKey`] in (d0, d2).
-//! - [`Ciphertext::flood`] adds uniform noise of `bits` bits to c0: when it exceeds every
-//!   weight-dependent noise term by 2^κ, the decrypted noise is within statistical distance
-//!   2^-κ per coefficient of a distribution that does not depend on the weights.
+//! - [`Ciphertext::flood`] adds noise of `bits` bits to c0 ([`super::flood`]: a sum of four
+//!   uniforms): when it exceeds every weight-dependent noise term by 2^κ, the decrypted noise
+//!   of m coefficients is within statistical distance √(3.2·m)·2^-κ of a distribution that does
+//!   not depend on the weights.
 //! - [`Ciphertext::shrink`] switches to power-of-two moduli, c1 to 2^b1 and the kept
 //!   coefficients of c0 to 2^b0 (Cheetah's response shrinking): only the positions the client
 //!   needs travel, at the fewest bits that still decrypt.
 
-use rand::{CryptoRng, RngExt};
+use rand::CryptoRng;
 
 use super::bfv::{Ciphertext, PublicKey, SecretKey};
+use super::flood::flood_poly;
 use super::mult::{SquareKey, Tensored};
 use super::poly::{Form, RnsPoly};
 use super::{HeError, HeParams, HeResult};
 use crate::backend::Backend;
 use crate::ring::modp::Modulus;
 use crate::ring::{pack_bits, packed_len, unpack_bits};
-
-/// Largest flooding noise drawn from one 128-bit word per coefficient (2^(bits+1) values,
-/// centred as an i128); wider floods take two words.
-pub const NARROW_FLOOD_BITS: u32 = 126;
-
-/// Least statistical security of the noise flooding, per returned coefficient: the flood
-/// exceeds the noise bound by 2^κ with κ ≥ this; a product that would need less is refused.
-pub const MIN_STAT_BITS: u32 = 40;
-
-/// Largest flooding noise, in bits.
-pub const MAX_FLOOD_BITS: u32 = 250;
 
 impl Ciphertext {
     /// Adds a fresh encryption of zero under `pk` (at the ciphertext's level).
@@ -46,8 +37,8 @@ impl Ciphertext {
         rerandomize(params, &mut self.parts(), pk, None, backend, rng)
     }
 
-    /// Adds independent uniform noise from [−2^bits, 2^bits) to every coefficient of c0.
-    /// Leaves coefficient form.
+    /// Adds an independent flood of `bits` bits ([`super::flood`]: |noise| ≤ 2^bits) to every
+    /// coefficient of c0. Leaves coefficient form.
     pub fn flood<R: CryptoRng + ?Sized>(
         &mut self,
         params: &HeParams,
@@ -133,8 +124,8 @@ pub(crate) fn rerandomize<R: CryptoRng + ?Sized>(
     Ok(())
 }
 
-/// Brings every part to coefficient form and adds independent uniform noise from
-/// [−2^bits, 2^bits) to every coefficient of the constant part.
+/// Brings every part to coefficient form and adds an independent flood of `bits` bits to
+/// every coefficient of the constant part.
 pub(crate) fn flood<R: CryptoRng + ?Sized>(
     params: &HeParams,
     parts: &mut [&mut RnsPoly],
@@ -149,45 +140,6 @@ pub(crate) fn flood<R: CryptoRng + ?Sized>(
         Some(c0) => flood_poly(params, c0, bits, rng),
         None => Ok(()),
     }
-}
-
-/// Adds independent uniform noise from [−2^bits, 2^bits) to every coefficient of `c0`
-/// (coefficient form).
-fn flood_poly<R: CryptoRng + ?Sized>(params: &HeParams, c0: &mut RnsPoly, bits: u32, rng: &mut R) -> HeResult<()> {
-    if bits > MAX_FLOOD_BITS {
-        return Err(HeError::Unsupported {
-            params: params.name(),
-            what: format!("flood with {bits} bits of noise (at most {MAX_FLOOD_BITS})"),
-        });
-    }
-    let n = params.degree();
-    if bits <= NARROW_FLOOD_BITS {
-        let span = 1u128 << (bits + 1);
-        let noise: Vec<i128> = (0..n).map(|_| (rng.random::<u128>() % span) as i128 - (span / 2) as i128).collect();
-        for (limb, m) in c0.limbs.chunks_exact_mut(n).zip(params.moduli()) {
-            let p = m.value() as i128;
-            for (x, &e) in limb.iter_mut().zip(&noise) {
-                *x = m.add(*x, e.rem_euclid(p) as u64);
-            }
-        }
-        return Ok(());
-    }
-    // e = hi·2^128 + lo − 2^bits with lo uniform in [0, 2^128) and hi in [0, 2^(bits+1−128))
-    let hi_mask = (1u128 << (bits + 1 - 128)) - 1;
-    let noise: Vec<(u128, u128)> = (0..n).map(|_| (rng.random::<u128>() & hi_mask, rng.random::<u128>())).collect();
-    for (limb, m) in c0.limbs.chunks_exact_mut(n).zip(params.moduli()) {
-        let two_64 = m.reduce_u128(1u128 << 64);
-        let two_128 = m.mul(two_64, two_64);
-        let offset = match bits.checked_sub(128) {
-            Some(above) => m.mul(m.reduce_u128(1u128 << above), two_128),
-            None => m.reduce_u128(1u128 << bits),
-        };
-        for (x, &(hi, lo)) in limb.iter_mut().zip(&noise) {
-            let e = m.add(m.mul(m.reduce_u128(hi), two_128), m.reduce_u128(lo));
-            *x = m.add(*x, m.sub(e, offset));
-        }
-    }
-    Ok(())
 }
 
 /// Switches the constant part (at `keep`) to 2^c0_bits and every other part (all N
@@ -539,7 +491,7 @@ impl SecretKey {
 mod tests {
     use super::*;
     use crate::backend::CpuBackend;
-    use crate::he::{Plaintext, SecretKey};
+    use crate::he::{MAX_FLOOD_BITS, Plaintext, SecretKey};
     use rand::{RngExt, SeedableRng, rngs::StdRng};
 
     #[test]
@@ -648,9 +600,9 @@ mod tests {
         // re-randomized: no coefficient of d1 or d2 survives
         let mut fresh = product.clone();
         rerandomize(&p, &mut fresh.parts(), &pk, Some(&square), &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
-        flood(&p, &mut fresh.parts(), 0, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        flood(&p, &mut fresh.parts(), 2, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         let mut old = product;
-        flood(&p, &mut old.parts(), 0, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        flood(&p, &mut old.parts(), 2, &be, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         for (ours, theirs) in [(&fresh.d1, &old.d1), (&fresh.d2, &old.d2)] {
             let same = ours.limbs.iter().zip(&theirs.limbs).filter(|(x, y)| x == y).count();
             assert!(same < 8, "{same} coefficients unchanged");

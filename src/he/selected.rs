@@ -83,6 +83,7 @@ use super::response::Outgoing;
 use super::tiling::{MatShape, Tiling};
 use super::{GaloisKeys, HeError, HeParams, HeResult, OperandBank, Packing, SelectionSums, Selectors};
 use crate::backend::{Backend, par_map};
+use crate::he::flood::tail_deviations;
 use crate::he::{MAX_DROPPED_BITS, MAX_FLOOD_BITS, MIN_STAT_BITS, compressed_ciphertext_len_at};
 use crate::net::CostModel;
 
@@ -654,7 +655,8 @@ pub type SelectedResponse = (Vec<u8>, Vec<(u64, usize)>);
 
 /// Bits of an upper bound on the noise of a selected product's result before flooding, at
 /// the level it leaves from, for weights below 2^`w_bits` in magnitude (each factor bounded at
-/// ~9.5 standard deviations, the 2^-64 tail, as the linear layers' bound):
+/// [`tail_deviations`] standard deviations, the 2^-[`crate::he::TAIL_BITS`] tail of the linear layers'
+/// bound):
 /// - an expanded selector: 2^ℓ times a fresh encryption's noise plus ℓ key switches (each
 ///   k·N·21·p_i/P, the special prime as large as the primes of q) — 2^(ℓ + log2(k·N) + 6);
 /// - an input tile: a fresh encryption's noise (≤ 21) plus the compression's rounding of c0
@@ -676,7 +678,7 @@ pub type SelectedResponse = (Vec<u8>, Vec<(u64, usize)>);
 pub fn noise_bits(p: &HeParams, layout: &SelectedLayout, w_bits: u32) -> f64 {
     let t = &layout.tiling;
     let (n, k) = (p.degree() as f64, p.moduli().len() as f64);
-    let tail = 9.5f64.log2();
+    let tail = tail_deviations().log2();
     let keyswitch = (k * n * 21.0).log2();
     let selector = layout.choice.levels() as f64 + keyswitch + 1.0;
     // the noise of a product by E weight tiles of d_w·m_w coefficients, `tiles` times over

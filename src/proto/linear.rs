@@ -18,9 +18,10 @@
 //! shares carry), so a mask of 64 bits would leave the top log t − 64 − ℓ bits of a function of
 //! B in the clear — R covers all of them. The coefficients holding cross terms never leave the
 //! server (unsent, or cancelled by the packing); c1 is an RLWE sample of the server's
-//! randomness; and the decrypted noise is within statistical distance 2^-κ + 2^-[`TAIL_BITS`]
-//! per coefficient of a distribution that does not depend on B (see [`HeServer::statistical_distance`]
-//! for a session's total).
+//! randomness; and the flood (a sum of four uniforms, [`crate::he::flood`]) puts the decrypted
+//! noise of m coefficients within statistical distance √(3.2·m)·2^-κ + m·2^-[`TAIL_BITS`] of a
+//! distribution that does not depend on B (see [`HeServer::statistical_distance`] for a
+//! session's total).
 //!
 //! [`linear`] applies it to a layer Y = X·W with X secret-shared and W the server's;
 //! [`matmul_shared`] multiplies two secret-shared matrices (Q·Kᵀ, P·V) with two such products and
@@ -35,23 +36,21 @@ use tracing::instrument;
 use super::session::{HeKeys, HeUse, keys_for};
 use super::{ProtoError, ProtoResult, Session};
 use crate::backend::{Backend, Workers, par_map};
+use crate::he::flood::tail_deviations;
 use crate::he::matmul::{
     EncryptedRows, Response, ResponseKeys, blocking_for, max_pack, respond, response_shape, result_plain_bits,
     tiling_for,
 };
 use crate::he::tiling::{MatShape, Tiling};
 use crate::he::{
-    Ciphertext, GaloisKeys, HeParams, MAX_DROPPED_BITS, NARROW_FLOOD_BITS, Plaintext, PublicKey, RelinKey, SecretKey,
-    SeededCiphertext, ShrunkCiphertext, SquareKey, ciphertext_len, compressed_ciphertext_len,
+    Ciphertext, Exposure, GaloisKeys, HeParams, MAX_DROPPED_BITS, NARROW_FLOOD_BITS, Plaintext, PublicKey, RelinKey,
+    SecretKey, SeededCiphertext, ShrunkCiphertext, SquareKey, ciphertext_len, compressed_ciphertext_len,
 };
 use crate::net::{Channel, CostModel};
 use crate::ring::{Shares, Weights, mask};
 
 // κ is as large as the parameters leave room for (see `HeServer::statistical_distance`)
-pub use crate::he::MIN_STAT_BITS;
-/// The noise bound holds except with probability 2^-TAIL_BITS per coefficient, over the
-/// client's encryption noise.
-pub const TAIL_BITS: u32 = 64;
+pub use crate::he::{MIN_STAT_BITS, TAIL_BITS};
 /// Bound on the centered binomial noise of a fresh encryption (η = 21).
 const FRESH_NOISE: f64 = 21.0;
 /// Bound on the rounding of the encodings of A_c and A_s, per coefficient (each rounds
@@ -116,9 +115,8 @@ fn noise_bound_bits(t: &Tiling, b_bits: u32, dropped: u32) -> f64 {
     let (_, tj, _) = t.tile_counts();
     let terms = (tj * t.d_w * t.m_w) as f64;
     let b = 2f64.powi(b_bits as i32);
-    let ln_tail = (TAIL_BITS + 1) as f64 * std::f64::consts::LN_2;
     let input = FRESH_NOISE + if dropped == 0 { 0.0 } else { 2f64.powi(dropped as i32 - 1) };
-    let fresh = input * b * (2.0 * terms * ln_tail).sqrt().min(terms);
+    let fresh = input * b * (terms.sqrt() * tail_deviations()).min(terms);
     let rounding = ROUNDING_NOISE * b * terms;
     (fresh + rounding + 2f64.powi(KEYSWITCH_NOISE_BITS as i32)).log2() + t.pack as f64
 }
@@ -210,8 +208,8 @@ pub struct HeServer {
     product: ProductKey,
     backend: Arc<dyn Backend>,
     workers: Workers,
-    /// Sum over every coefficient returned so far of its statistical distance bound.
-    exposure: Mutex<f64>,
+    /// What the client has decrypted so far, for the flooding's statistical distance.
+    exposure: Mutex<Exposure>,
 }
 
 impl HeClient {
@@ -420,7 +418,7 @@ impl HeServer {
             KeySet::Linear => ProductKey::None,
         };
         ch.send_u64s(&[workers.threads() as u64]).await?;
-        Ok(HeServer { params, pk, galois, product, backend, workers, exposure: Mutex::new(0.0) })
+        Ok(HeServer { params, pk, galois, product, backend, workers, exposure: Mutex::default() })
     }
 
     /// The parameter set.
@@ -536,16 +534,22 @@ impl HeServer {
     }
 
     /// An upper bound on the statistical distance between the noise in everything this session's
-    /// client has decrypted so far and noise that does not depend on the server's matrices: the
-    /// sum over returned coefficients of 2^-κ + 2^-[`TAIL_BITS`] (κ ≥ [`MIN_STAT_BITS`] per product,
-    /// as large as the parameters allow).
+    /// client has decrypted so far and noise that does not depend on the server's matrices
+    /// ([`Exposure::distance`]: √(2·Σh) over the returned coefficients' squared Hellinger
+    /// bounds, κ ≥ [`MIN_STAT_BITS`] per product and as large as the parameters allow, plus
+    /// 2^-[`TAIL_BITS`] per coefficient).
     pub fn statistical_distance(&self) -> f64 {
+        self.exposure().distance()
+    }
+
+    /// What the client has decrypted so far (to add to other key sets' before bounding a
+    /// session's distance).
+    pub fn exposure(&self) -> Exposure {
         *self.exposure.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn add_exposure(&self, coefficients: usize, kappa: u32) {
-        let per = 2f64.powi(-(kappa as i32)) + 2f64.powi(-(TAIL_BITS as i32));
-        *self.exposure.lock().unwrap_or_else(|e| e.into_inner()) += coefficients as f64 * per;
+        self.exposure.lock().unwrap_or_else(|e| e.into_inner()).add(coefficients, kappa);
     }
 
     /// The tiling the client announced for `shape`, if it is one this server can run, and the
@@ -838,7 +842,7 @@ mod tests {
             product: ProductKey::None,
             backend: be.clone(),
             workers: workers(),
-            exposure: Mutex::new(0.0),
+            exposure: Mutex::default(),
         };
         let shape = MatShape { n: 128, d: 3072, m: 64 };
         let t = Tiling { shape, degree: 8192, n_w: 128, d_w: 64, m_w: 1, pack: 6 };

@@ -21,7 +21,7 @@ use rand::{Rng, SeedableRng};
 use super::linear::{HeClient, HeServer, KeySet};
 use super::{ProtoError, ProtoResult};
 use crate::backend::{Backend, BackendError, Workers};
-use crate::he::HeParams;
+use crate::he::{Exposure, HeParams};
 use crate::net::{Channel, CostModel, Link, Meter, Party};
 use crate::ot::{Ot, OtKind};
 use crate::ring::{FixedPoint, Shares};
@@ -223,6 +223,21 @@ impl Session {
     /// The HE keys for `use_`: its own set, else the set for every product.
     pub fn he_for(&self, use_: HeUse) -> Option<&HeKeys> {
         keys_for(&self.he, use_)
+    }
+
+    /// On the server: what the client has decrypted of this session's HE results under every
+    /// key set, whose [`Exposure::distance`] bounds how far the noise in all of it is from
+    /// noise that does not depend on the weights. `None` on the client.
+    pub fn exposure(&self) -> Option<Exposure> {
+        self.is_server().then(|| {
+            let mut total = Exposure::default();
+            for (_, keys) in &self.he {
+                if let HeKeys::Server(he) = keys {
+                    total.merge(&he.exposure());
+                }
+            }
+            total
+        })
     }
 
     /// Whether any HE keys are set up.

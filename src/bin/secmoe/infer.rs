@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
 use secmoe::backend::Backend;
+use secmoe::he::Exposure;
 use secmoe::model::{
     Checkpoint, KvCache, MAX_TOKENS, ModelConfig, Output, Plan, Progress, Prompt, WeightSource, default_config,
     default_weights, finish, infer_cached, public_embedding, serve, setup_he,
@@ -158,6 +159,8 @@ pub struct Costs {
     pub report: Report,
     /// Wall time.
     pub wall_s: f64,
+    /// The server's: what the client decrypted of its HE results (the flooding's distance).
+    pub flooding: Option<Exposure>,
 }
 
 impl Costs {
@@ -226,7 +229,7 @@ pub async fn client(
         outputs.push(out);
     }
     finish(&mut sess).await?;
-    let costs = Costs { report: link.meter().report(), wall_s: start.elapsed().as_secs_f64() };
+    let costs = Costs { report: link.meter().report(), wall_s: start.elapsed().as_secs_f64(), flooding: None };
     Ok(ClientResult { outputs, generated: ids[prompt.len()..].to_vec(), generated_text: None, costs })
 }
 
@@ -242,5 +245,6 @@ pub async fn server(
     let start = Instant::now();
     let mut sess = session(link, backend, job).await?;
     let served = serve(&mut sess, cfg, job.plan, weights, progress).await?;
-    Ok((served, Costs { report: link.meter().report(), wall_s: start.elapsed().as_secs_f64() }))
+    let flooding = sess.exposure();
+    Ok((served, Costs { report: link.meter().report(), wall_s: start.elapsed().as_secs_f64(), flooding }))
 }

@@ -74,12 +74,23 @@ fn costs_json(c: &Costs) -> serde_json::Value {
         "lan_s": c.estimate(CostModel::LAN),
         "wan_s": c.estimate(CostModel::WAN),
         "peak_rss_bytes": peak_rss(),
+        "flooding_distance_log2": c.flooding.map(|e| e.distance().log2()),
     })
 }
 
 fn write_costs(out: &mut impl Write, who: &str, c: &Costs) -> io::Result<()> {
     writeln!(out, "== {who} ({:.2} s wall, peak RSS of this process {})", c.wall_s, human_bytes(peak_rss()))?;
-    write_report(out, &c.report)
+    write_report(out, &c.report)?;
+    if let Some(e) = c.flooding.filter(|e| e.coefficients() > 0) {
+        writeln!(
+            out,
+            "  flooding: {} result coefficients returned, their noise within statistical distance 2^{:.1} of noise \
+             independent of the weights",
+            e.coefficients(),
+            e.distance().log2()
+        )?;
+    }
+    Ok(())
 }
 
 fn write_generated(out: &mut impl Write, r: &ClientResult) -> io::Result<()> {

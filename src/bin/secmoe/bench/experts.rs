@@ -120,6 +120,7 @@ async fn measure(
     let wall_s = start.elapsed().as_secs_f64();
     let report = c.meter().report();
     let after = report.total();
+    let flooding = ss.exposure();
     let (yc, ys) = (yc?, ys?);
     let got = f.decode_slice(open(&yc.y, &ys.y)?.as_slice());
     let want = reference(cfg, f, &x, &w, method.capacity(cfg, n))?;
@@ -147,6 +148,7 @@ async fn measure(
     r.tokens = Some(n);
     r.top_k = Some(cfg.top_k);
     r.set_errors(&errors);
+    r.stat_distance_log2 = flooding.map(|e| e.distance().log2());
     // the client's account by step (bytes both ways; the server's seconds are in wall_s)
     let names = [
         "moe/router",

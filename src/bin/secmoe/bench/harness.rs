@@ -50,7 +50,7 @@ pub(crate) struct Row {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) us_per_op: Option<f64>,
     /// log2 of the bound on the statistical distance of the noise in what the client decrypted
-    /// from a weight-independent one, for the HE product rows.
+    /// from a weight-independent one (rows with HE products: linear layers, MoE layers, models).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) stat_distance_log2: Option<f64>,
     /// Bytes (both directions), rounds and seconds of the row's steps, where it reports them.

@@ -105,6 +105,7 @@ async fn measure(
     }
     let report = c.meter().report();
     let after = report.total();
+    let flooding = ss.exposure();
     let want = forward(cfg, &w, &ids)?;
     let errors: Vec<f64> = out.values.iter().zip(&want).map(|(g, w)| (g - w).abs()).collect();
     let error = errors.iter().copied().fold(0.0, f64::max);
@@ -118,5 +119,6 @@ async fn measure(
     r.tokens = Some(n);
     r.set_errors(&errors);
     r.set_steps(&report, ["embed", "norm", "attention", "ffn", "head"]);
+    r.stat_distance_log2 = flooding.map(|e| e.distance().log2());
     Ok(r)
 }

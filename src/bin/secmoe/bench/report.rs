@@ -52,6 +52,9 @@ pub(crate) fn print_row(r: &Row) {
     if let (Some(max), Some(mean)) = (r.max_error, r.mean_error) {
         per_op += &format!(", error max {max:.2e} mean {mean:.2e}");
     }
+    if let Some(d) = r.stat_distance_log2 {
+        per_op += &format!(", flooding distance 2^{d:.1}");
+    }
     println!(
         "{:<24} {:<26} {:>8.2} {:>11} {:>7} {:>8.2} {:>8.2} {:>10} {:>6}{per_op}",
         r.method.as_ref().map_or_else(|| r.name.clone(), |m| format!("{} {m}", r.name)),
