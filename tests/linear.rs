@@ -146,15 +146,39 @@ fn linear_layers_in_a_narrow_ring_give_the_product_mod_2_b_in_fewer_bytes() {
 #[test]
 fn products_of_two_shared_matrices_are_exact() {
     common::runtime().block_on(async {
-        let (_c, mut sc, _s, mut ss) = sessions(HeParams::n8192().unwrap()).await;
         let mut rng = StdRng::seed_from_u64(3);
         let shape = MatShape { n: 6, d: 16, m: 5 };
         let x: Vec<u64> = (0..shape.n * shape.d).map(|_| rng.random()).collect();
         let y: Vec<u64> = (0..shape.d * shape.m).map(|_| rng.random()).collect();
         let (xs, xc) = common::share_rows(&x, (shape.n, shape.d), 0, &mut rng);
         let (ys, yc) = common::share_rows(&y, (shape.d, shape.m), 0, &mut rng);
-        let (zc, zs) = tokio::join!(matmul_shared(&mut sc, shape, &xc, &yc), matmul_shared(&mut ss, shape, &xs, &ys));
-        assert_eq!(common::open_rows(&zc.unwrap(), &zs.unwrap()), shape.plain_product(&x, &y));
+        let want = shape.plain_product(&x, &y);
+        // over Z_2^64, and over narrower rings (the shares read mod 2^ℓ): exact mod 2^ℓ, and each
+        // bit less is a bit more of flooding margin, so the server books a smaller distance
+        let mut distances = Vec::new();
+        for bits in [64, 50, 30] {
+            let (_c, mut sc, _s, mut ss) = sessions(HeParams::n8192().unwrap()).await;
+            let [xc, yc, xs, ys] = [&xc, &yc, &xs, &ys].map(|s| s.clone().narrowed(bits).unwrap());
+            let (zc, zs) =
+                tokio::join!(matmul_shared(&mut sc, shape, &xc, &yc), matmul_shared(&mut ss, shape, &xs, &ys));
+            let (zc, zs) = (zc.unwrap(), zs.unwrap());
+            assert_eq!((zc.width(), zs.width()), (bits, bits));
+            let mask = u64::MAX >> (64 - bits);
+            let z: Vec<u64> = common::open_rows(&zc, &zs).iter().map(|v| v & mask).collect();
+            assert_eq!(z, want.iter().map(|v| v & mask).collect::<Vec<_>>(), "mod 2^{bits}");
+            assert!(sc.exposure().is_none(), "the client books nothing");
+            distances.push(ss.exposure().unwrap().distance());
+            // shares of two rings do not multiply
+            if bits < 64 {
+                let (xc, xs) = (xc.narrowed(bits - 1).unwrap(), xs.narrowed(bits - 1).unwrap());
+                let (rc, rs) =
+                    tokio::join!(matmul_shared(&mut sc, shape, &xc, &yc), matmul_shared(&mut ss, shape, &xs, &ys));
+                let ring = format!("over Z_2^{}", bits - 1);
+                assert!(rc.unwrap_err().to_string().contains(&ring));
+                assert!(rs.unwrap_err().to_string().contains(&ring));
+            }
+        }
+        assert!(distances.windows(2).all(|d| d[1] < d[0] / 1000.0), "distances for 64, 50, 30 bits: {distances:?}");
     });
 }
 

@@ -8,8 +8,8 @@
 //!    BOLT's assumption, stated by both parties), the client's own rows of a public table.
 //! 2. *Blocks*: RMSNorm → q|k|v in one HE product (+ the server's biases on its share) →
 //!    [q/k RMSNorm] → rotary embedding and the score scale as public constants on each share,
-//!    one truncation → per head Q·Kᵀ and P·V as products of two shared matrices
-//!    ([`crate::proto::linear::matmul_shared`]) → softmax with the public causal mask
+//!    one truncation → per head Q·Kᵀ and P·V as products of two shared matrices over Z_2^(2f+14)
+//!    ([`crate::proto::linear::matmul_shared`]; scores and outputs below 2^12) → softmax with the public causal mask
 //!    ([`crate::proto::softmax::softmax_masked`]), T5's position bias added to the server's
 //!    share → the output map → residual; RMSNorm → dense expert or MoE layer → residual.
 //! 3. *Head*: final RMSNorm, the LM head as an HE product; the server sends its shares of the
@@ -529,6 +529,14 @@ fn transposed(rows: usize, cols: usize, a: &[u64]) -> Vec<u64> {
     (0..cols).flat_map(|j| (0..rows).map(move |i| a[i * cols + j])).collect()
 }
 
+/// The ring Z_2^ℓ of attention's products of two shared matrices: ℓ = 2f + 14, room for scores
+/// and outputs below 2^12 in magnitude at 2f fractional bits (the softmax takes |x| < 64), 50
+/// bits at f = 18. The server's shares enter those products as weights, so each bit below 64
+/// is a bit more of flooding margin κ.
+fn attention_ring(frac: u32) -> u32 {
+    (2 * frac + 14).min(64)
+}
+
 /// Self-attention of one block on the n normed rows of positions past.. (module notes, step
 /// 2), against the cached keys and values of the positions before, which it extends.
 #[allow(clippy::too_many_arguments)]
@@ -571,12 +579,14 @@ async fn attention(
     let (k, v, total) = (&*keys, &*values, past + n);
     let group = cfg.heads / cfg.kv_heads;
     let mut scores = Vec::with_capacity(cfg.heads * n * total);
+    let ring = attention_ring(frac);
     for h in 0..cfg.heads {
-        let qh = sess.shares((n, hd), columns(&q, qw, h * hd, hd))?;
-        let kt = sess.shares((hd, total), transposed(total, hd, &columns(k, kw, (h / group) * hd, hd)))?;
+        let qh = sess.shares((n, hd), columns(&q, qw, h * hd, hd))?.narrowed(ring)?;
+        let kt =
+            sess.shares((hd, total), transposed(total, hd, &columns(k, kw, (h / group) * hd, hd)))?.narrowed(ring)?;
         scores.extend(matmul_shared(sess, MatShape { n, d: hd, m: total }, &qh, &kt).await?.into_vec());
     }
-    let mut scores = truncate_extend(sess, &scores, 64, frac).await?;
+    let mut scores = truncate_extend(sess, &scores, ring, frac).await?;
     if let (Some(table), Positions::RelativeBias { buckets, max_distance }) = (position_bias, cfg.positions) {
         let bias: Vec<u64> = (0..cfg.heads)
             .flat_map(|h| {
@@ -595,14 +605,14 @@ async fn attention(
     let p = softmax_masked(sess, &scores, cfg.causal.then_some(keep.as_slice())).await?.into_vec();
     let mut o = vec![0u64; n * qw];
     for h in 0..cfg.heads {
-        let ph = sess.shares((n, total), p[h * n * total..(h + 1) * n * total].to_vec())?;
-        let vh = sess.shares((total, hd), columns(v, kw, (h / group) * hd, hd))?;
+        let ph = sess.shares((n, total), p[h * n * total..(h + 1) * n * total].to_vec())?.narrowed(ring)?;
+        let vh = sess.shares((total, hd), columns(v, kw, (h / group) * hd, hd))?.narrowed(ring)?;
         let oh = matmul_shared(sess, MatShape { n, d: total, m: hd }, &ph, &vh).await?;
         for (i, row) in oh.as_slice().chunks_exact(hd).enumerate() {
             o[i * qw + h * hd..i * qw + (h + 1) * hd].copy_from_slice(row);
         }
     }
-    let o = truncate_extend(sess, &o, 64, frac).await?;
+    let o = truncate_extend(sess, &o, ring, frac).await?;
     let wo = block.map(|b| b.wo.as_slice());
     let shape = MatShape { n, d: qw, m: d };
     let y = linear(sess, shape, &sess.shares((n, qw), o)?, weights(shape, wo)?).await?;

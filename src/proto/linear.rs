@@ -657,7 +657,7 @@ pub async fn linear_in(
     weights: Option<Weights<'_>>,
     bits: u32,
 ) -> ProtoResult<Shares> {
-    let frac = product_frac(x, (shape.n, shape.d), sess.format().frac_bits())?;
+    let frac = product_frac(x, (shape.n, shape.d), sess.format().frac_bits(), 64)?;
     check_result_bits(bits)?;
     if frac >= bits {
         return Err(ProtoError::Input(format!("results mod 2^{bits} cannot hold {frac} fractional bits")));
@@ -686,13 +686,13 @@ fn check_result_bits(bits: u32) -> ProtoResult<()> {
     Ok(())
 }
 
-/// The fractional bits of X·W for shares X of the announced `rows × cols` and factors of
-/// `other_frac` fractional bits; an error names what does not fit.
-pub(crate) fn product_frac(x: &Shares, (rows, cols): (usize, usize), other_frac: u32) -> ProtoResult<u32> {
+/// The fractional bits of X·W for shares X over Z_2^`width` of the announced `rows × cols`
+/// and factors of `other_frac` fractional bits; an error names what does not fit.
+pub(crate) fn product_frac(x: &Shares, (rows, cols): (usize, usize), other_frac: u32, width: u32) -> ProtoResult<u32> {
     let frac = x.frac_bits() + other_frac;
-    if x.shape() != (rows, cols) || x.width() != 64 || frac > 64 {
+    if x.shape() != (rows, cols) || x.width() != width || frac > width {
         return Err(ProtoError::Input(format!(
-            "a matrix product over {rows}×{cols} shares over Z_2^64 (with {other_frac} more fractional bits) got {}",
+            "a matrix product over {rows}×{cols} shares over Z_2^{width} (with {other_frac} more fractional bits) got {}",
             x.describe()
         )));
     }
@@ -744,31 +744,34 @@ fn transpose(rows: usize, cols: usize, a: &[u64]) -> Vec<u64> {
     t
 }
 
-/// Z = X·Y with both X (n×d) and Y (d×m) secret-shared, over the session's HE keys for such
-/// products ([`HeUse::Shared`]):
+/// Z = X·Y with both X (n×d) and Y (d×m) secret-shared over one ring Z_2^ℓ, over the session's
+/// HE keys for such products ([`HeUse::Shared`]):
 /// X·Y = X·Y_s + X_c·Y_c + (Y_cᵀ·X_sᵀ)ᵀ, where the server's shares act as plaintexts (two HE
-/// products, the client's local term added to its share).
+/// products, the client's local term added to its share); shares of Z over Z_2^ℓ. The server's
+/// shares enter as weights centred below 2^(ℓ−1), so a narrower ring ([`Shares::narrowed`])
+/// leaves 64 − ℓ more bits of flooding margin κ and returns fewer bytes.
 pub async fn matmul_shared(sess: &mut Session, shape: MatShape, x: &Shares, y: &Shares) -> ProtoResult<Shares> {
-    let frac = product_frac(x, (shape.n, shape.d), y.frac_bits())?;
-    product_frac(y, (shape.d, shape.m), x.frac_bits())?;
+    let bits = x.width();
+    let frac = product_frac(x, (shape.n, shape.d), y.frac_bits(), bits)?;
+    product_frac(y, (shape.d, shape.m), x.frac_bits(), bits)?;
     let (x, y) = (x.as_slice(), y.as_slice());
     let flipped = MatShape { n: shape.m, d: shape.d, m: shape.n };
     let ch = sess.ot.channel();
     let (first, second, local) = match keys_for(&sess.he, HeUse::Shared) {
         Some(HeKeys::Client(he)) => {
             // the server's shares act as weights: no bound below the ring's
-            let first = he.product(ch, shape, x, (64, 64), &mut sess.rng).await?;
-            let second = he.product(ch, flipped, &transpose(shape.d, shape.m, y), (64, 64), &mut sess.rng).await?;
+            let first = he.product(ch, shape, x, (bits, bits), &mut sess.rng).await?;
+            let second = he.product(ch, flipped, &transpose(shape.d, shape.m, y), (bits, bits), &mut sess.rng).await?;
             (first, second, shape.plain_product(x, y))
         }
         Some(HeKeys::Server(he)) => {
             // the server's own shares act as weights, bounded by the whole ring
+            let (y, x_t) = (centred(y, bits), centred(&transpose(shape.n, shape.d, x), bits));
             let first = he
-                .product(ch, (shape, 64), Weights::bounded((shape.d, shape.m), y, 64)?, Some(x), &mut sess.rng)
+                .product(ch, (shape, bits), Weights::bounded((shape.d, shape.m), &y, bits)?, Some(x), &mut sess.rng)
                 .await?;
-            let x_t = transpose(shape.n, shape.d, x);
             let second = he
-                .product(ch, (flipped, 64), Weights::bounded((shape.d, shape.n), &x_t, 64)?, None, &mut sess.rng)
+                .product(ch, (flipped, bits), Weights::bounded((shape.d, shape.n), &x_t, bits)?, None, &mut sess.rng)
                 .await?;
             (first, second, vec![0; shape.n * shape.m])
         }
@@ -776,7 +779,13 @@ pub async fn matmul_shared(sess: &mut Session, shape: MatShape, x: &Shares, y: &
     };
     let second = transpose(shape.m, shape.n, &second);
     let z = (0..shape.n * shape.m).map(|i| first[i].wrapping_add(second[i]).wrapping_add(local[i])).collect();
-    Ok(Shares::new((shape.n, shape.m), z, 64, frac)?)
+    Ok(Shares::new((shape.n, shape.m), z, bits, frac)?)
+}
+
+/// Values mod 2^`bits` as signed integers in [−2^(bits−1), 2^(bits−1)) (two's complement).
+fn centred(values: &[u64], bits: u32) -> Vec<u64> {
+    let shift = 64 - bits;
+    values.iter().map(|&v| (((v << shift) as i64) >> shift) as u64).collect()
 }
 
 #[cfg(test)]

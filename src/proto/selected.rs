@@ -164,7 +164,7 @@ pub async fn selected_linear(
     experts: Option<&[Weights<'_>]>,
     bits: u32,
 ) -> ProtoResult<Shares> {
-    let frac = product_frac(x, (choice.rows, x.cols()), sess.format().frac_bits())?;
+    let frac = product_frac(x, (choice.rows, x.cols()), sess.format().frac_bits(), 64)?;
     if !(frac + 1..=64).contains(&bits) {
         return Err(ProtoError::Input(format!("selected products mod 2^{bits} cannot hold {frac} fractional bits")));
     }

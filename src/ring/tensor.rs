@@ -66,6 +66,17 @@ impl Shares {
         Ok(self)
     }
 
+    /// The same shares read modulo 2^`width`, at most their ring's width and at least their
+    /// fractional bits: a local step (2^width divides the ring), exact for values below
+    /// 2^(width−1) in magnitude.
+    pub fn narrowed(self, width: u32) -> Result<Self, RingError> {
+        if width > self.width {
+            return Err(RingError::BadWidth { width, frac_bits: self.frac_bits });
+        }
+        let frac_bits = self.frac_bits;
+        Self::new(self.shape(), self.into_vec(), width, frac_bits)
+    }
+
     /// The same values as a `rows × cols` matrix (row-major order kept).
     pub fn reshape(self, (rows, cols): (usize, usize)) -> Result<Self, RingError> {
         let (width, frac_bits) = (self.width, self.frac_bits);
@@ -410,6 +421,19 @@ mod tests {
             let opened = open(&a, &b).unwrap();
             let want: Vec<u64> = xs.iter().map(|x| x & mask(width)).collect();
             prop_assert_eq!(opened.as_slice(), want.as_slice());
+        }
+
+        #[test]
+        fn narrowed_shares_open_to_the_secret_mod_the_smaller_ring(xs in prop::collection::vec(any::<u64>(), 1..40), width in 1u32..=64, seed in any::<u64>()) {
+            let secret = Shares::new((1, xs.len()), xs.clone(), 64, 0).unwrap();
+            let (a, b) = share_matrix(&secret, &mut StdRng::seed_from_u64(seed)).unwrap();
+            let (a, b) = (a.narrowed(width).unwrap(), b.narrowed(width).unwrap());
+            prop_assert_eq!((a.width(), a.frac_bits()), (width, 0));
+            let want: Vec<u64> = xs.iter().map(|x| x & mask(width)).collect();
+            let opened = open(&a, &b).unwrap();
+            prop_assert_eq!(opened.as_slice(), want.as_slice());
+            // never wider than the ring they are in
+            prop_assert!(width == 64 || a.narrowed(width + 1).is_err());
         }
 
         #[test]
