@@ -25,6 +25,10 @@ fn demo_runs_the_default_model_privately_next_to_the_plaintext() {
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("estimated LAN") && text.contains("estimated WAN"), "{text}");
     assert!(text.contains("the same argmax at every position"), "{text}");
+    // the server states how far the noise it returned is from weight-independent noise
+    let flooding = text.lines().find(|l| l.contains("flooding:")).unwrap_or_else(|| panic!("{text}"));
+    let exponent: f64 = flooding.rsplit("distance 2^").next().and_then(|r| r.split(' ').next()?.parse().ok()).unwrap();
+    assert!(exponent < -40.0, "{flooding}");
     let out =
         Command::new(BIN).args(["demo", "--json", "--prompt-ids", "7,8", "--max-new-tokens", "1"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -148,6 +152,7 @@ fn serve_and_client_in_two_processes() {
     let status = server.wait().unwrap();
     assert!(status.success());
     assert!(rest.iter().any(|l| l.contains("served 1 forward(s)")), "{rest:?}");
+    assert!(rest.iter().any(|l| l.contains("flooding:")), "{rest:?}");
 
     // A wrong fingerprint is refused before connecting.
     let bad = Command::new(BIN)
