@@ -14,7 +14,7 @@
 //! c·2^-2κ. Hellinger affinities multiply over independent floods, also when each b depends
 //! on what was returned before (the affinity of a sequence is at least the product of the
 //! worst affinity of each step), and the statistical distance is at most √(2·Σh): m
-//! coefficients at κ are within √(2c·m)·2^-κ, 2^-41.3 for the same forward.
+//! coefficients at κ are within √(2c·m)·2^-κ, 2^-41.5 for the same forward.
 //!
 //! The constant: for a pmf p on the integers, Cauchy–Schwarz over the b unit steps gives
 //! ½·Σ_x(√p(x) − √p(x−b))² ≤ (b²/2)·Σ_x(√p(x) − √p(x−1))², and for the sum of four uniforms of

@@ -759,20 +759,21 @@ pub async fn matmul_shared(sess: &mut Session, shape: MatShape, x: &Shares, y: &
     let ch = sess.ot.channel();
     let (first, second, local) = match keys_for(&sess.he, HeUse::Shared) {
         Some(HeKeys::Client(he)) => {
-            // the server's shares act as weights: no bound below the ring's
-            let first = he.product(ch, shape, x, (bits, bits), &mut sess.rng).await?;
-            let second = he.product(ch, flipped, &transpose(shape.d, shape.m, y), (bits, bits), &mut sess.rng).await?;
+            // the server's shares act as weights, centred: below 2^(ℓ−1)
+            let first = he.product(ch, shape, x, (bits - 1, bits), &mut sess.rng).await?;
+            let second =
+                he.product(ch, flipped, &transpose(shape.d, shape.m, y), (bits - 1, bits), &mut sess.rng).await?;
             (first, second, shape.plain_product(x, y))
         }
         Some(HeKeys::Server(he)) => {
-            // the server's own shares act as weights, bounded by the whole ring
+            // the server's own shares act as weights, centred: below 2^(ℓ−1)
             let (y, x_t) = (centred(y, bits), centred(&transpose(shape.n, shape.d, x), bits));
-            let first = he
-                .product(ch, (shape, bits), Weights::bounded((shape.d, shape.m), &y, bits)?, Some(x), &mut sess.rng)
-                .await?;
-            let second = he
-                .product(ch, (flipped, bits), Weights::bounded((shape.d, shape.n), &x_t, bits)?, None, &mut sess.rng)
-                .await?;
+            let (y, x_t) = (
+                Weights::bounded((shape.d, shape.m), &y, bits - 1)?,
+                Weights::bounded((shape.d, shape.n), &x_t, bits - 1)?,
+            );
+            let first = he.product(ch, (shape, bits), y, Some(x), &mut sess.rng).await?;
+            let second = he.product(ch, (flipped, bits), x_t, None, &mut sess.rng).await?;
             (first, second, vec![0; shape.n * shape.m])
         }
         None => return Err(no_keys()),
