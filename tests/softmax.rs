@@ -185,41 +185,52 @@ fn rsqrt_is_accurate_over_its_range() {
     });
 }
 
+/// Rows of BERT's width and of the widest the norms take (8192: Mixtral's 4096 and
+/// DeepSeek-V3's 7168 below it), with the rows at the edges of the stated ranges: all of a row's
+/// deviation in one value (|normalized| = √d, the largest, times |γ| near 16) and |x − μ| near
+/// 64 everywhere (the largest sum of squares).
 #[test]
 fn layernorm_and_rmsnorm_match_the_real_functions() {
-    use secmoe::proto::layernorm::{Affine, layernorm, rmsnorm};
+    use secmoe::proto::layernorm::{Affine, MAX_WIDTH, layernorm, rmsnorm};
     common::runtime().block_on(async {
         let (_c, mut oc, _s, mut os) = common::session_pair().await;
         let mut rng = StdRng::seed_from_u64(26);
-        let (rows, d) = (6, 768);
-        let x: Vec<f64> =
-            (0..rows * d).map(|i| rng.random_range(-3.0..3.0) * (1.0 + (i / d) as f64) + (i / d) as f64).collect();
-        let gamma: Vec<f64> = (0..d).map(|_| rng.random_range(-2.0..2.0)).collect();
-        let beta: Vec<f64> = (0..d).map(|_| rng.random_range(-1.0..1.0)).collect();
-        let eps = 1e-5;
-        let raw: Vec<u64> = x.iter().map(|&v| fixed(v)).collect();
-        let (g, b): (Vec<u64>, Vec<u64>) =
-            (gamma.iter().map(|&v| fixed(v)).collect(), beta.iter().map(|&v| fixed(v)).collect());
-        let (a, c) = common::share_rows(&raw, (rows, d), 18, &mut rng);
-        for centre in [true, false] {
-            let w = Affine::Weights { gamma: &g, beta: &b };
-            let (ys, yc) = if centre {
-                tokio::join!(layernorm(&mut os, &a, w, fixed(eps)), layernorm(&mut oc, &c, Affine::None, fixed(eps)))
-            } else {
-                tokio::join!(rmsnorm(&mut os, &a, w, fixed(eps)), rmsnorm(&mut oc, &c, Affine::None, fixed(eps)))
-            };
-            let y = common::open_rows(&ys.unwrap(), &yc.unwrap());
-            for r in 0..rows {
-                let row = &x[r * d..(r + 1) * d];
-                let mu = if centre { row.iter().sum::<f64>() / d as f64 } else { 0.0 };
-                let var = row.iter().map(|v| (v - mu).powi(2)).sum::<f64>() / d as f64;
-                for i in 0..d {
-                    let want = gamma[i] * (row[i] - mu) / (var + eps).sqrt() + if centre { beta[i] } else { 0.0 };
-                    let got = y[r * d + i] as i64 as f64 / SCALE;
-                    assert!(
-                        (got - want).abs() < 2e-3 * (1.0 + want.abs()),
-                        "centre {centre}, row {r}, {i}: {got} vs {want}"
-                    );
+        for (rows, d) in [(6, 768), (4, MAX_WIDTH)] {
+            let mut x: Vec<f64> =
+                (0..rows * d).map(|i| rng.random_range(-3.0..3.0) * (1.0 + (i / d) as f64) + (i / d) as f64).collect();
+            x[..d].iter_mut().enumerate().for_each(|(i, v)| *v = if i == 5 { 63.0 } else { 0.0 });
+            x[d..2 * d].iter_mut().enumerate().for_each(|(i, v)| *v = if i % 2 == 0 { 63.5 } else { -63.5 });
+            let mut gamma: Vec<f64> = (0..d).map(|_| rng.random_range(-2.0..2.0)).collect();
+            gamma[5] = -15.9;
+            let beta: Vec<f64> = (0..d).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let eps = 1e-5;
+            let raw: Vec<u64> = x.iter().map(|&v| fixed(v)).collect();
+            let (g, b): (Vec<u64>, Vec<u64>) =
+                (gamma.iter().map(|&v| fixed(v)).collect(), beta.iter().map(|&v| fixed(v)).collect());
+            let (a, c) = common::share_rows(&raw, (rows, d), 18, &mut rng);
+            for centre in [true, false] {
+                let w = Affine::Weights { gamma: &g, beta: &b };
+                let (ys, yc) = if centre {
+                    tokio::join!(
+                        layernorm(&mut os, &a, w, fixed(eps)),
+                        layernorm(&mut oc, &c, Affine::None, fixed(eps))
+                    )
+                } else {
+                    tokio::join!(rmsnorm(&mut os, &a, w, fixed(eps)), rmsnorm(&mut oc, &c, Affine::None, fixed(eps)))
+                };
+                let y = common::open_rows(&ys.unwrap(), &yc.unwrap());
+                for r in 0..rows {
+                    let row = &x[r * d..(r + 1) * d];
+                    let mu = if centre { row.iter().sum::<f64>() / d as f64 } else { 0.0 };
+                    let var = row.iter().map(|v| (v - mu).powi(2)).sum::<f64>() / d as f64;
+                    for i in 0..d {
+                        let want = gamma[i] * (row[i] - mu) / (var + eps).sqrt() + if centre { beta[i] } else { 0.0 };
+                        let got = y[r * d + i] as i64 as f64 / SCALE;
+                        assert!(
+                            (got - want).abs() < 2e-3 * (1.0 + want.abs()),
+                            "width {d}, centre {centre}, row {r}, {i}: {got} vs {want}"
+                        );
+                    }
                 }
             }
         }

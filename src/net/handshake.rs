@@ -4,7 +4,7 @@
 use super::{Channel, NetError, NetResult, Party};
 
 /// Version of the wire protocol; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 const MAGIC: &[u8; 8] = b"SECMOE\0\x01";
 const MAX_PARAMS: usize = 256;
 

@@ -3,18 +3,20 @@
 //!
 //! LayerNorm: y = γ ⊙ (x − μ)/√(σ² + ε) + β per row of d values, γ and β the server's weights.
 //! 1. μ = Σx · ⌊2^24/d⌉ / 2^24 (local sum, one faithful truncation).
-//! 2. σ² from the squares of c = x − μ at 10 fractional bits in a 44-bit ring (|c| < 64, d ≤ 1024:
-//!    Σc² < 2^42), c's shares read in 18 bits with their top bits known (SCI's known-MSB square):
+//! 2. σ² from the squares of c = x − μ at 10 fractional bits in a ring of 34 + ⌈log2 d⌉ bits
+//!    (|c| < 64: Σc² < 2^(32 + ⌈log2 d⌉); 44 bits for d = 1024, 47 for d = 8192), c's shares
+//!    read in 18 bits with their top bits known (SCI's known-MSB square):
 //!    20 correlated OTs per value instead of 128, the row sum lifted back with
 //!    [`super::arith::truncate`].
 //! 3. 1/√(σ² + ε) per row ([`rsqrt`]).
 //! 4. c·r for the whole row by [`super::arith::mul_rows`] (a 51-bit ring), then γ ⊙ · + β by a
 //!    cross term with the server's weights at 12 fractional bits, the normalized value's shares
-//!    read in f + 8 bits (f + 9 correlated OTs per value instead of 41).
+//!    read in f + 2 + its integer bits (|(x − μ)/σ| ≤ √d: f + 8 bits at d = 1024, f + 10 at
+//!    d = 8192; f + 9 and f + 11 correlated OTs per value instead of 41).
 //!
 //! RMSNorm: y = γ ⊙ x/√(Σx²/d + ε), the same steps without μ and β.
 //!
-//! Preconditions: |x − μ| < 64 (|x| < 64 for RMSNorm), σ² + ε ∈ [2^-14, 2^16), |γ| < 16.
+//! Preconditions: |x − μ| < 64 (|x| < 64 for RMSNorm), σ² + ε ∈ [2^-14, 2^16), |γ| ≤ 16.
 //! Error: a few units of 2^-12 in c² (relative 2^-9 of σ² at worst for tiny variances), the
 //! rsqrt to 1e-6 relative, γ rounded to 2^-12.
 
@@ -29,24 +31,41 @@ use crate::ring::{Bits, Shares};
 
 /// Fractional bits of the row constant 1/d.
 const MEAN_BITS: u32 = 24;
-/// c at 10 fractional bits when squared; the squares' ring; the ring c's shares are read in
-/// when squared (|c| < 2^6 at 10 fractional bits: below 2^16 = 2^(18−2)).
+/// c at 10 fractional bits when squared; the ring c's shares are read in when squared
+/// (|c| < 2^6 at 10 fractional bits: below 2^16 = 2^(18−2)).
 const SQUARE_FRAC: u32 = 10;
-const SQUARE_BITS: u32 = 44;
 const SQUARE_SMALL: u32 = 18;
-/// Integer bits of the normalized value (x − μ)/σ: |·| ≤ √(d − 1) < 2^5 for d ≤ 1024, one bit
-/// of margin for the rounding of 1/σ.
-const NORMALIZED_INTEGER_BITS: u32 = 6;
-/// Fractional bits of γ (the ring of γ·n: f + 23 bits, |γ| < 2^4, |n| < 2^5).
+/// Fractional bits of γ in the affine step.
 const WEIGHT_BITS: u32 = 12;
+/// The bound on the server's γ: |γ| ≤ 2^GAMMA_BITS (the affine step's ring has room for it, and
+/// a model's weights are checked against it when the server loads them).
+pub const GAMMA_BITS: u32 = 4;
 /// Fractional bits the norms run at: v ≥ 2^-14 needs f ≥ 14 (the rsqrt thresholds), the
 /// squares at 10 fractional bits need f ≤ 20.
 pub const FRAC_RANGE: std::ops::RangeInclusive<u32> = 14..=20;
-/// Longest row.
-pub const MAX_WIDTH: usize = 1024;
+/// Longest row (Mixtral's and Qwen3-MoE-235B's d = 4096, DeepSeek-V3's 7168).
+pub const MAX_WIDTH: usize = 8192;
 /// Exponents k of the normalization v = 4^k·m, m ∈ [1, 4).
 const K_MIN: i32 = -8;
 const K_MAX: i32 = 7;
+
+/// ⌈log2 d⌉.
+fn log2_width(width: usize) -> u32 {
+    width.next_power_of_two().trailing_zeros()
+}
+
+/// The ring of a row's sum of squares at 2·SQUARE_FRAC fractional bits: each c² < 2^32, so
+/// the sum of d < 2^(32 + ⌈log2 d⌉), with a sign bit and one of margin.
+fn square_bits(width: usize) -> u32 {
+    32 + log2_width(width) + 2
+}
+
+/// Integer bits of the normalized value (x − μ)/σ, whose magnitude is at most √d (all of a
+/// row's deviation in one value; √(d − 1) with μ): |n| ≤ 2^(integer − 1), one bit of margin
+/// above it for the rounding of 1/σ in every ring that holds n.
+fn normalized_integer_bits(width: usize) -> u32 {
+    log2_width(width).div_ceil(2) + 1
+}
 
 /// The session's fractional bits, if the norms can run at them.
 fn frac_of(sess: &Session) -> ProtoResult<u32> {
@@ -77,8 +96,8 @@ pub enum Affine<'a> {
     },
 }
 
-/// Shares of LayerNorm over each row of the shared matrix `x` (module notes; rows of 1..=1024
-/// values); `eps` in fixed point.
+/// Shares of LayerNorm over each row of the shared matrix `x` (module notes; rows of
+/// 1..=[`MAX_WIDTH`] values); `eps` in fixed point.
 #[tracing::instrument(level = "debug", skip_all, fields(rows = x.rows(), width = x.cols()))]
 pub async fn layernorm(sess: &mut Session, x: &Shares, affine: Affine<'_>, eps: u64) -> ProtoResult<Shares> {
     normalize(sess, x, affine, eps, true).await
@@ -116,10 +135,11 @@ async fn normalize(sess: &mut Session, x: &Shares, affine: Affine<'_>, eps: u64,
     let var = {
         let _s = meter.scope("norm/variance");
         let coarse = truncate_extend(sess, &c, 64, frac - SQUARE_FRAC).await?;
-        let squares = square(sess, &coarse, SQUARE_SMALL, SQUARE_BITS).await?;
+        let square_bits = square_bits(width);
+        let squares = square(sess, &coarse, SQUARE_SMALL, square_bits).await?;
         let sums: Vec<u64> =
             squares.chunks_exact(width).map(|r| r.iter().fold(0u64, |s, v| s.wrapping_add(*v))).collect();
-        let sums = truncate_extend(sess, &sums, SQUARE_BITS, 2 * SQUARE_FRAC - frac).await?;
+        let sums = truncate_extend(sess, &sums, square_bits, 2 * SQUARE_FRAC - frac).await?;
         truncate_extend(sess, &scale(sums), 64, MEAN_BITS).await?
     };
     let var: Vec<u64> = var.iter().map(|v| if server { v.wrapping_add(eps) } else { *v }).collect();
@@ -148,8 +168,11 @@ async fn normalize(sess: &mut Session, x: &Shares, affine: Affine<'_>, eps: u64,
             (g.cycle().take(x.len()).collect(), beta.iter().copied().cycle().take(x.len()).collect())
         }
     };
-    let scaled_bits = frac + WEIGHT_BITS + 11;
-    let small = frac + NORMALIZED_INTEGER_BITS + 2;
+    // |n| ≤ 2^(integer − 1) at f fractional bits, |γ·n| < 2^(GAMMA_BITS + integer − 1) at
+    // f + WEIGHT_BITS: f + 23 bits at d = 1024
+    let integer = normalized_integer_bits(width);
+    let scaled_bits = frac + WEIGHT_BITS + GAMMA_BITS + integer + 1;
+    let small = frac + integer + 2;
     let scaled = mul_weights(sess, &n, &gamma, small, scaled_bits).await?;
     let y = truncate_extend(sess, &scaled, scaled_bits, WEIGHT_BITS).await?;
     let y = if server && centre { y.iter().zip(&beta).map(|(y, b)| y.wrapping_add(*b)).collect() } else { y };
