@@ -35,8 +35,8 @@ def ensure_venv():
 
 def families():
     from transformers import (MixtralConfig, MixtralForCausalLM, OlmoeConfig, OlmoeForCausalLM,
-                              Qwen2MoeConfig, Qwen2MoeForCausalLM, SwitchTransformersConfig,
-                              SwitchTransformersEncoderModel)
+                              Qwen2MoeConfig, Qwen2MoeForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM,
+                              SwitchTransformersConfig, SwitchTransformersEncoderModel)
     import torch
     return [
         ("mixtral", torch.bfloat16, MixtralForCausalLM, MixtralConfig(
@@ -48,6 +48,12 @@ def families():
             shared_expert_intermediate_size=40, num_hidden_layers=3, num_attention_heads=4,
             num_key_value_heads=2, num_experts=8, num_experts_per_tok=2, norm_topk_prob=False,
             decoder_sparse_step=1, mlp_only_layers=[1], tie_word_embeddings=True)),
+        # heads of 12 on d = 32 (q is 48 wide), per-head q/k norms, a dense layer in the middle
+        ("qwen3_moe", torch.bfloat16, Qwen3MoeForCausalLM, Qwen3MoeConfig(
+            vocab_size=96, hidden_size=32, intermediate_size=40, moe_intermediate_size=24,
+            num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=12,
+            num_experts=8, num_experts_per_tok=2, norm_topk_prob=True, mlp_only_layers=[1],
+            rope_theta=1000000.0, tie_word_embeddings=False)),
         ("olmoe", torch.float32, OlmoeForCausalLM, OlmoeConfig(
             vocab_size=96, hidden_size=32, intermediate_size=24, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=4, num_experts=8, num_experts_per_tok=2,

@@ -105,6 +105,12 @@ fn qwen2_moe_matches_transformers() {
 
 #[test]
 #[ignore = "needs the checkpoints of scripts/hf_reference.py (PyTorch and transformers)"]
+fn qwen3_moe_matches_transformers() {
+    check("qwen3_moe");
+}
+
+#[test]
+#[ignore = "needs the checkpoints of scripts/hf_reference.py (PyTorch and transformers)"]
 fn olmoe_matches_transformers() {
     check("olmoe");
 }

@@ -1,6 +1,6 @@
 //! Whole models in 2PC: private inference against the f64 plaintext model for every family
 //! (Mixtral-style default, Qwen2-MoE with dense layers, biases and a gated shared expert,
-//! OLMoE's q/k norms, the Switch encoder's relative position bias and ReLU experts), errors on
+//! OLMoE's q/k norms, Qwen3-MoE's per-head q/k norms on heads wider than d/heads, the Switch encoder's relative position bias and ReLU experts), errors on
 //! both sides before anything moves, checkpoints that do not fit their config refused by name.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -10,7 +10,7 @@ mod common;
 
 use secmoe::model::{
     Checkpoint, Embedding, Family, Ffn, HfTensor, KvCache, ModelConfig, ModelError, ModelResult, ModelWeights, Output,
-    Plan, Positions, Prompt, WeightSource, check_weights, default_config, default_weights, finish, forward,
+    Plan, Positions, Prompt, QkNorm, WeightSource, check_weights, default_config, default_weights, finish, forward,
     forward_quantized, infer, infer_cached, serve, setup_he,
 };
 use secmoe::moe::{ExpertKind, Method, MoeConfig, Routing, SharedExpert};
@@ -141,7 +141,7 @@ fn qwen2_moe_with_dense_layers_biases_and_a_gated_shared_expert() {
         positions: Positions::Rope { theta: 10000.0 },
         score_scale: 1.0 / 8f64.sqrt(),
         qkv_bias: true,
-        qk_norm: false,
+        qk_norm: QkNorm::None,
         ffn: vec![Ffn::Moe(m), Ffn::Dense { d_ff: 48, kind: ExpertKind::SwiGlu }],
         tie_embeddings: true,
         lm_head: true,
@@ -163,7 +163,7 @@ fn olmoe_with_q_k_norms_and_the_switch_encoder() {
         positions: Positions::Rope { theta: 10000.0 },
         score_scale: 1.0 / 8f64.sqrt(),
         qkv_bias: false,
-        qk_norm: true,
+        qk_norm: QkNorm::Full,
         ffn: vec![Ffn::Moe(moe(8, 2, 32, 16, Routing::SoftmaxTopK { normalize: true }, ExpertKind::SwiGlu))],
         tie_embeddings: false,
         lm_head: true,
@@ -181,7 +181,7 @@ fn olmoe_with_q_k_norms_and_the_switch_encoder() {
         positions: Positions::RelativeBias { buckets: 32, max_distance: 128 },
         score_scale: 1.0,
         qkv_bias: false,
-        qk_norm: false,
+        qk_norm: QkNorm::None,
         ffn: vec![
             Ffn::Dense { d_ff: 48, kind: ExpertKind::Relu },
             Ffn::Moe(MoeConfig { expert_capacity: Some(1), ..moe(4, 1, 32, 48, Routing::Switch, ExpertKind::Relu) }),
@@ -190,6 +190,36 @@ fn olmoe_with_q_k_norms_and_the_switch_encoder() {
         lm_head: false,
     };
     check(&switch, &ModelWeights::random(&switch, 9, 4.0), &[4, 8, 15, 16, 23]);
+}
+
+/// Qwen3-MoE: RMSNorm on each head of q and k (one γ of the head's width), heads wider than
+/// d/heads (`head_dim` set apart: q is 48 wide for d = 32), no shared expert, renormalized
+/// top-k gates, and a dense layer by `mlp_only_layers`.
+#[test]
+fn qwen3_moe_with_per_head_q_k_norms_and_wide_heads() {
+    let cfg = ModelConfig {
+        family: Family::Qwen3Moe,
+        vocab: 56,
+        d_model: 32,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 12,
+        causal: true,
+        norm_eps: 1e-6,
+        positions: Positions::Rope { theta: 1_000_000.0 },
+        score_scale: 1.0 / 12f64.sqrt(),
+        qkv_bias: false,
+        qk_norm: QkNorm::PerHead,
+        ffn: vec![
+            Ffn::Moe(moe(8, 2, 32, 16, Routing::SoftmaxTopK { normalize: true }, ExpertKind::SwiGlu)),
+            Ffn::Dense { d_ff: 40, kind: ExpertKind::SwiGlu },
+        ],
+        tie_embeddings: false,
+        lm_head: true,
+    };
+    let w = ModelWeights::random(&cfg, 10, 4.0);
+    assert_eq!(w.layers[0].qk_norm.as_ref().map(|g| [g[0].len(), g[1].len()]), Some([12, 12]));
+    check(&cfg, &w, &[5, 55, 0, 31]);
 }
 
 /// Greedy generation's steps: a forward of one new token against both parties' key/value
@@ -291,8 +321,8 @@ fn checkpoints_load_and_mismatches_are_named_before_any_party_starts() {
     std::fs::remove_dir_all(&root).ok();
 }
 
-/// A weight that does not fit the fixed point (not finite, or beyond the experts' 32-bit
-/// storage) is found when the server starts serving, named by its checkpoint tensor and flat
+/// A weight that does not fit the fixed point (not finite, beyond the experts' 32-bit
+/// storage, or a norm's γ beyond 16) is found when the server starts serving, named by its checkpoint tensor and flat
 /// index there (the engine holds `Linear` weights transposed); the client is told why.
 #[test]
 fn a_weight_that_does_not_fit_is_named_by_its_checkpoint_tensor() {
@@ -300,6 +330,8 @@ fn a_weight_that_does_not_fit_is_named_by_its_checkpoint_tensor() {
     let cases = [
         ("nan", "model.layers.0.self_attn.q_proj.weight", 3 * 64 + 10, f32::NAN, "not finite"),
         ("large", "model.layers.1.block_sparse_moe.experts.3.w2.weight", 5 * 128 + 7, 1e5, "2^31"),
+        // a norm's γ beyond the |γ| ≤ 16 the norms take
+        ("gamma", "model.layers.1.post_attention_layernorm.weight", 7, -16.5, "±16"),
     ];
     for (dir, name, index, value, reason) in cases {
         let dir = root.join(dir);

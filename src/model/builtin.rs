@@ -1,7 +1,7 @@
 //! The built-in default model: a small Mixtral-style MoE decoder with weights from a fixed
 //! seed, so that `secmoe demo` runs a private inference with nothing to download.
 
-use super::config::{Family, Ffn, ModelConfig, Positions};
+use super::config::{Family, Ffn, ModelConfig, Positions, QkNorm};
 use super::weights::ModelWeights;
 use crate::moe::{ExpertKind, MoeConfig, Routing};
 
@@ -33,7 +33,7 @@ pub fn default_config() -> ModelConfig {
         positions: Positions::Rope { theta: 10000.0 },
         score_scale: 0.25,
         qkv_bias: false,
-        qk_norm: false,
+        qk_norm: QkNorm::None,
         ffn: vec![Ffn::Moe(moe); 2],
         tie_embeddings: false,
         lm_head: true,

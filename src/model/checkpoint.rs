@@ -124,9 +124,9 @@ impl Names<'_> {
                 out.push(spec(format!("{p}{attn}{n}.bias"), &[w], e(b)));
             }
         }
-        if c.qk_norm {
-            out.push(spec(format!("{p}{attn}q_norm.weight"), &[q], e("q_norm")));
-            out.push(spec(format!("{p}{attn}k_norm.weight"), &[kv], e("k_norm")));
+        if let Some((qn, kn)) = c.qk_norm_widths() {
+            out.push(spec(format!("{p}{attn}q_norm.weight"), &[qn], e("q_norm")));
+            out.push(spec(format!("{p}{attn}k_norm.weight"), &[kn], e("k_norm")));
         }
         out.push(spec(format!("{p}{attn}{}.weight", proj[3]), &[d, q], e("wo")));
         out.push(spec(format!("{p}{ffn_norm}.weight"), &[d], e("ffn_norm")));
@@ -314,7 +314,7 @@ impl WeightSource for Checkpoint {
         let attn_norm = r.values()?;
         let (wq, wk, wv) = (r.matrix()?, r.matrix()?, r.matrix()?);
         let qkv_bias = if c.qkv_bias { Some([r.values()?, r.values()?, r.values()?]) } else { None };
-        let qk_norm = if c.qk_norm { Some([r.values()?, r.values()?]) } else { None };
+        let qk_norm = if c.qk_norm_widths().is_some() { Some([r.values()?, r.values()?]) } else { None };
         let wo = r.matrix()?;
         let ffn_norm = r.values()?;
         let ffn = match c.ffn[i] {

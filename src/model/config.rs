@@ -19,6 +19,9 @@ pub enum Family {
     Qwen2Moe,
     /// `olmoe`: RMSNorm on the full q and k.
     Olmoe,
+    /// `qwen3_moe`: RMSNorm on each head of q and k, no shared expert, dense layers by
+    /// `decoder_sparse_step` and `mlp_only_layers`.
+    Qwen3Moe,
     /// `switch_transformers`, the encoder: T5 relative position bias, no score scaling, ReLU
     /// experts, top-1 Switch routing on every `encoder_sparse_step`-th layer.
     SwitchEncoder,
@@ -31,6 +34,7 @@ impl Family {
             Family::Mixtral => "mixtral",
             Family::Qwen2Moe => "qwen2_moe",
             Family::Olmoe => "olmoe",
+            Family::Qwen3Moe => "qwen3_moe",
             Family::SwitchEncoder => "switch_transformers",
         }
     }
@@ -52,6 +56,30 @@ pub enum Positions {
         /// Distance from which all positions share the last bucket.
         max_distance: usize,
     },
+}
+
+/// RMSNorm on q and k after their projections, before the rotary embedding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkNorm {
+    /// None (Mixtral, Qwen2-MoE, Switch).
+    None,
+    /// Over all of q and all of k, γ as wide as each (OLMoE).
+    Full,
+    /// Over each head, one γ of the head's width for all query heads and one for all key heads
+    /// (Qwen3-MoE).
+    PerHead,
+}
+
+impl QkNorm {
+    /// The rows each norm runs over, as wide as its γ: (q's, k's), for `heads`/`kv_heads`
+    /// heads of `head_dim`; None without the norms.
+    pub fn widths(self, heads: usize, kv_heads: usize, head_dim: usize) -> Option<(usize, usize)> {
+        match self {
+            QkNorm::None => None,
+            QkNorm::Full => Some((heads * head_dim, kv_heads * head_dim)),
+            QkNorm::PerHead => Some((head_dim, head_dim)),
+        }
+    }
 }
 
 /// One layer's feed-forward block.
@@ -94,8 +122,8 @@ pub struct ModelConfig {
     pub score_scale: f64,
     /// Biases on q, k and v (Qwen2-MoE).
     pub qkv_bias: bool,
-    /// RMSNorm on the full q and k before the rotary embedding (OLMoE).
-    pub qk_norm: bool,
+    /// RMSNorm on q and k before the rotary embedding (OLMoE: full, Qwen3-MoE: per head).
+    pub qk_norm: QkNorm,
     /// The feed-forward block of each layer.
     pub ffn: Vec<Ffn>,
     /// The LM head is the embedding table (transposed).
@@ -108,6 +136,11 @@ impl ModelConfig {
     /// Layers.
     pub fn layers(&self) -> usize {
         self.ffn.len()
+    }
+
+    /// The widths of the q and k norms' rows (and γ), if the model has them.
+    pub fn qk_norm_widths(&self) -> Option<(usize, usize)> {
+        self.qk_norm.widths(self.heads, self.kv_heads, self.head_dim)
     }
 
     /// Width of the model's output per position: the vocabulary, or d for an encoder.
@@ -129,11 +162,11 @@ impl ModelConfig {
         let c = Json(&v);
         let model_type = c.str("model_type")?;
         let cfg = match model_type.as_str() {
-            "mixtral" | "qwen2_moe" | "olmoe" => decoder(&c, &model_type)?,
+            "mixtral" | "qwen2_moe" | "qwen3_moe" | "olmoe" => decoder(&c, &model_type)?,
             "switch_transformers" => switch(&c)?,
             other => {
                 return Err(ModelError::Config(format!(
-                    "model_type `{other}` is not supported (mixtral, qwen2_moe, olmoe, switch_transformers)"
+                    "model_type `{other}` is not supported (mixtral, qwen2_moe, qwen3_moe, olmoe, switch_transformers)"
                 )));
             }
         };
@@ -154,8 +187,9 @@ impl ModelConfig {
             return bad(format!("rotary embeddings need an even head width, not {}", self.head_dim));
         }
         let norm_max = crate::proto::layernorm::MAX_WIDTH;
-        if self.d_model > norm_max || (self.qk_norm && self.heads * self.head_dim > norm_max) {
-            return bad(format!("width {} beyond the norms' {norm_max}", self.d_model.max(self.heads * self.head_dim)));
+        let widest = self.qk_norm_widths().map_or(self.d_model, |(q, k)| self.d_model.max(q).max(k));
+        if widest > norm_max {
+            return bad(format!("width {widest} beyond the norms' {norm_max}"));
         }
         for (i, f) in self.ffn.iter().enumerate() {
             if let Ffn::Moe(m) = f {
@@ -258,11 +292,13 @@ fn rope_theta(c: &Json) -> ModelResult<f64> {
     c.f64_or("rope_theta", 10000.0)
 }
 
-/// The SwiGLU MoE block of Qwen2-MoE and OLMoE: softmax over all experts, then top-k,
+/// The SwiGLU MoE block of Qwen2-MoE, Qwen3-MoE and OLMoE: softmax over all experts, then top-k,
 /// renormalized when `norm_topk_prob` (`intermediate_size` wide; Qwen2-MoE overrides it).
 fn softmax_top_k(c: &Json, d: usize) -> ModelResult<MoeConfig> {
+    // the checkpoints' name; transformers 5 writes its own name for it
+    let experts = if c.field("num_experts").is_some() { "num_experts" } else { "num_local_experts" };
     Ok(MoeConfig {
-        experts: c.usize("num_experts")?,
+        experts: c.usize(experts)?,
         top_k: c.usize("num_experts_per_tok")?,
         d_model: d,
         d_ff: c.usize("intermediate_size")?,
@@ -273,7 +309,28 @@ fn softmax_top_k(c: &Json, d: usize) -> ModelResult<MoeConfig> {
     })
 }
 
-/// Mixtral, Qwen2-MoE and OLMoE: causal decoders with RoPE, RMSNorm and SwiGLU experts.
+/// The layers of Qwen2-MoE and Qwen3-MoE: `moe` on every `decoder_sparse_step`-th layer not
+/// in `mlp_only_layers`, `dense` on the others (transformers' rule).
+fn sparse_layers(c: &Json, layers: usize, moe: MoeConfig) -> ModelResult<Vec<Ffn>> {
+    let step = c.usize_or("decoder_sparse_step", 1)?;
+    let dense_only: Vec<usize> = match c.field("mlp_only_layers") {
+        None => Vec::new(),
+        Some(v) => v
+            .as_array()
+            .and_then(|a| a.iter().map(|x| x.as_u64().map(|x| x as usize)).collect())
+            .ok_or_else(|| ModelError::Config("config.json: `mlp_only_layers` is not a list of layers".into()))?,
+    };
+    let dense = Ffn::Dense { d_ff: c.usize("intermediate_size")?, kind: ExpertKind::SwiGlu };
+    Ok((0..layers)
+        .map(|i| {
+            let sparse = !dense_only.contains(&i) && moe.experts > 0 && step > 0 && (i + 1) % step == 0;
+            if sparse { Ffn::Moe(moe) } else { dense }
+        })
+        .collect())
+}
+
+/// Mixtral, Qwen2-MoE, Qwen3-MoE and OLMoE: causal decoders with RoPE, RMSNorm and SwiGLU
+/// experts.
 fn decoder(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
     let d = c.usize("hidden_size")?;
     let heads = c.usize("num_attention_heads")?;
@@ -281,7 +338,7 @@ fn decoder(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
     activation(c, "hidden_act", "silu")?;
     let head_dim = c.usize_or("head_dim", d / heads.max(1))?;
     let mut family = Family::Mixtral;
-    let (mut qkv_bias, mut qk_norm) = (false, false);
+    let (mut qkv_bias, mut qk_norm) = (false, QkNorm::None);
     let ffn: Vec<Ffn> = match model_type {
         "mixtral" => {
             let moe = MoeConfig {
@@ -306,26 +363,20 @@ fn decoder(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
                 shared: (shared > 0).then_some(SharedExpert { d_ff: shared, sigmoid_gate: true }),
                 ..softmax_top_k(c, d)?
             };
-            let step = c.usize_or("decoder_sparse_step", 1)?;
-            let dense_only: Vec<usize> = match c.field("mlp_only_layers") {
-                None => Vec::new(),
-                Some(v) => {
-                    v.as_array().and_then(|a| a.iter().map(|x| x.as_u64().map(|x| x as usize)).collect()).ok_or_else(
-                        || ModelError::Config("config.json: `mlp_only_layers` is not a list of layers".into()),
-                    )?
-                }
-            };
-            let dense = Ffn::Dense { d_ff: c.usize("intermediate_size")?, kind: ExpertKind::SwiGlu };
-            (0..layers)
-                .map(|i| {
-                    let sparse = !dense_only.contains(&i) && moe.experts > 0 && step > 0 && (i + 1) % step == 0;
-                    if sparse { Ffn::Moe(moe) } else { dense }
-                })
-                .collect()
+            sparse_layers(c, layers, moe)?
+        }
+        "qwen3_moe" => {
+            family = Family::Qwen3Moe;
+            qk_norm = QkNorm::PerHead;
+            // its attention bias would be on the output map too
+            c.refuse_unless("attention_bias", |v| v == false)?;
+            c.refuse_unless("use_sliding_window", |v| v == false)?;
+            let moe = MoeConfig { d_ff: c.usize("moe_intermediate_size")?, ..softmax_top_k(c, d)? };
+            sparse_layers(c, layers, moe)?
         }
         _ => {
             family = Family::Olmoe;
-            qk_norm = true;
+            qk_norm = QkNorm::Full;
             c.refuse_unless("clip_qkv", |_| false)?;
             c.refuse_unless("attention_bias", |v| v == false)?;
             vec![Ffn::Moe(softmax_top_k(c, d)?); layers]
@@ -387,7 +438,7 @@ fn switch(c: &Json) -> ModelResult<ModelConfig> {
         },
         score_scale: 1.0,
         qkv_bias: false,
-        qk_norm: false,
+        qk_norm: QkNorm::None,
         ffn: (0..layers)
             .map(|i| if step > 0 && (i % step == 1 || step == 1) { Ffn::Moe(moe) } else { dense })
             .collect(),
@@ -423,6 +474,57 @@ mod tests {
         let cases = [(0, 0), (1, 17), (-1, 1), (7, 23), (-8, 8), (20, 26), (-100, 15), (500, 31)];
         for (rel, want) in cases {
             assert_eq!(relative_bucket(rel, 32, 128), want, "relative position {rel}");
+        }
+    }
+
+    /// Qwen3-30B-A3B's `config.json` (as published, transformers 4.51): 48 MoE layers of 128
+    /// experts, top-8 renormalized, heads of 128 on d = 2048, per-head q/k norms; turning on
+    /// what the engine does not implement is refused by name.
+    const QWEN3_30B_A3B: &str = r#"{"architectures": ["Qwen3MoeForCausalLM"], "attention_bias": false,
+        "attention_dropout": 0.0, "bos_token_id": 151643, "decoder_sparse_step": 1, "eos_token_id": 151645,
+        "head_dim": 128, "hidden_act": "silu", "hidden_size": 2048, "initializer_range": 0.02,
+        "intermediate_size": 6144, "max_position_embeddings": 40960, "max_window_layers": 48,
+        "mlp_only_layers": [], "model_type": "qwen3_moe", "moe_intermediate_size": 768,
+        "norm_topk_prob": true, "num_attention_heads": 32, "num_experts": 128, "num_experts_per_tok": 8,
+        "num_hidden_layers": 48, "num_key_value_heads": 4, "output_router_logits": false,
+        "rms_norm_eps": 1e-06, "rope_scaling": null, "rope_theta": 1000000.0,
+        "router_aux_loss_coef": 0.001, "sliding_window": null, "tie_word_embeddings": false,
+        "torch_dtype": "bfloat16", "transformers_version": "4.51.0", "use_cache": true,
+        "use_sliding_window": false, "vocab_size": 151936}"#;
+
+    #[test]
+    fn qwen3_moe_configs_are_read() {
+        let cfg = ModelConfig::from_json(QWEN3_30B_A3B).unwrap();
+        assert_eq!(
+            (cfg.family, cfg.vocab, cfg.d_model, cfg.heads, cfg.kv_heads),
+            (Family::Qwen3Moe, 151936, 2048, 32, 4)
+        );
+        assert_eq!((cfg.head_dim, cfg.qk_norm_widths(), cfg.qkv_bias), (128, Some((128, 128)), false));
+        assert_eq!(cfg.positions, Positions::Rope { theta: 1e6 });
+        let moe = MoeConfig {
+            experts: 128,
+            top_k: 8,
+            d_model: 2048,
+            d_ff: 768,
+            routing: Routing::SoftmaxTopK { normalize: true },
+            expert: ExpertKind::SwiGlu,
+            shared: None,
+            expert_capacity: None,
+        };
+        assert_eq!(cfg.ffn, vec![Ffn::Moe(moe); 48]);
+        // transformers 5 writes `num_local_experts`; dense layers by `mlp_only_layers`
+        let v5 = QWEN3_30B_A3B.replace("\"num_experts\"", "\"num_local_experts\"").replace("[]", "[0, 47]");
+        let cfg = ModelConfig::from_json(&v5).unwrap();
+        assert_eq!(cfg.ffn[0], Ffn::Dense { d_ff: 6144, kind: ExpertKind::SwiGlu });
+        assert_eq!((cfg.ffn[1], cfg.ffn[47]), (Ffn::Moe(moe), cfg.ffn[0]));
+        for (from, to, named) in [
+            ("\"use_sliding_window\": false", "\"use_sliding_window\": true", "use_sliding_window"),
+            ("\"attention_bias\": false", "\"attention_bias\": true", "attention_bias"),
+            ("\"rope_scaling\": null", "\"rope_scaling\": {\"type\": \"yarn\", \"factor\": 4.0}", "rope_scaling"),
+            ("\"head_dim\": 128", "\"head_dim\": 16384", "width 16384"),
+        ] {
+            let err = ModelConfig::from_json(&QWEN3_30B_A3B.replace(from, to)).unwrap_err().to_string();
+            assert!(err.contains(named), "{named}: {err}");
         }
     }
 

@@ -9,6 +9,7 @@ use super::config::{Ffn, ModelConfig};
 use super::weights::{FfnWeights, Mlp, WeightSource};
 use super::{ModelError, ModelResult};
 use crate::moe::{ExpertWeights, MoeWeights, SharedWeights, narrow};
+use crate::proto::layernorm::GAMMA_BITS;
 use crate::ring::{FixedPoint, RingError};
 
 /// One block's weights in fixed point, the forward's layout.
@@ -53,6 +54,11 @@ impl Encoder<'_> {
         })
     }
 
+    /// A norm's γ, within the bound the norms take (|γ| ≤ 2^GAMMA_BITS).
+    fn norm(&self, name: &str, values: &[f32]) -> ModelResult<Vec<u64>> {
+        self.tensor(name, values, Some(self.format.frac_bits() + GAMMA_BITS))
+    }
+
     /// A weight in 32 bits (the MoE layer's storage).
     fn compact(&self, name: &str, values: &[f32]) -> ModelResult<Vec<i32>> {
         Ok(narrow(name, &self.tensor(name, values, Some(31))?)?)
@@ -78,7 +84,7 @@ impl Encoder<'_> {
 
     /// The final RMSNorm's γ.
     pub fn final_norm(&self) -> ModelResult<Vec<u64>> {
-        self.tensor("final_norm", &self.source.final_norm()?, None)
+        self.norm("final_norm", &self.source.final_norm()?)
     }
 
     /// The LM head, d×vocab, when the model has one.
@@ -118,7 +124,7 @@ impl Encoder<'_> {
             None => None,
         };
         let qk_norm = match &w.qk_norm {
-            Some([gq, gk]) => Some([self.tensor(&name("q_norm"), gq, None)?, self.tensor(&name("k_norm"), gk, None)?]),
+            Some([gq, gk]) => Some([self.norm(&name("q_norm"), gq)?, self.norm(&name("k_norm"), gk)?]),
             None => None,
         };
         let ffn = match (cfg.ffn[i], w.ffn) {
@@ -145,12 +151,12 @@ impl Encoder<'_> {
             (Ffn::Moe(_), _) => return Err(ModelError::Weights(format!("layer {i}: dense weights for a MoE block"))),
         };
         Ok(Block {
-            attn_norm: self.tensor(&name("attn_norm"), &w.attn_norm, None)?,
+            attn_norm: self.norm(&name("attn_norm"), &w.attn_norm)?,
             wqkv,
             qkv_bias,
             qk_norm,
             wo: self.tensor(&name("wo"), &w.wo, None)?,
-            ffn_norm: self.tensor(&name("ffn_norm"), &w.ffn_norm, None)?,
+            ffn_norm: self.norm(&name("ffn_norm"), &w.ffn_norm)?,
             ffn,
         })
     }

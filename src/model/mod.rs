@@ -1,5 +1,5 @@
 //! Whole models: a Hugging Face checkpoint ([`Checkpoint`]: `config.json` + `*.safetensors`,
-//! Mixtral, Qwen2-MoE, OLMoE and the Switch Transformers encoder) or a model in memory
+//! Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE and the Switch Transformers encoder) or a model in memory
 //! ([`ModelWeights`], the built-in default), its plaintext reference ([`forward`] in f64, and
 //! [`forward_quantized`] on the weights rounded to the engine's fixed point) and its
 //! private inference between the two parties ([`infer`] on the client, [`serve`] on the
@@ -19,7 +19,7 @@ mod weights;
 
 pub use builtin::{default_config, default_weights};
 pub use checkpoint::{Checkpoint, HfTensor, hf_tensors, public_embedding};
-pub use config::{Family, Ffn, ModelConfig, Positions, relative_bucket};
+pub use config::{Family, Ffn, ModelConfig, Positions, QkNorm, relative_bucket};
 pub use encode::check_weights;
 pub use reference::{forward, forward_quantized};
 pub use secure::{

@@ -564,10 +564,10 @@ async fn attention(
     }
     let (mut q, mut k, v) =
         (columns(&qkv, width, 0, qw), columns(&qkv, width, qw, kw), columns(&qkv, width, qw + kw, kw));
-    if cfg.qk_norm {
+    if let Some((qn, kn)) = cfg.qk_norm_widths() {
         let g = block.and_then(|b| b.qk_norm.as_ref());
-        q = norm(sess, cfg, &q, qw, g.map(|g| g[0].as_slice())).await?;
-        k = norm(sess, cfg, &k, kw, g.map(|g| g[1].as_slice())).await?;
+        q = norm(sess, cfg, &q, qn, g.map(|g| g[0].as_slice())).await?;
+        k = norm(sess, cfg, &k, kn, g.map(|g| g[1].as_slice())).await?;
     }
     let q = rotate(sess, cfg, q, past, cfg.heads, cfg.score_scale).await?;
     let k = rotate(sess, cfg, k, past, cfg.kv_heads, 1.0).await?;

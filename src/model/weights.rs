@@ -48,7 +48,7 @@ pub struct LayerWeights {
     pub wv: Vec<f32>,
     /// Biases of q, k, v (Qwen2-MoE).
     pub qkv_bias: Option<[Vec<f32>; 3]>,
-    /// RMSNorm γ of q and k (OLMoE).
+    /// RMSNorm γ of q and k (OLMoE: as wide as q and k; Qwen3-MoE: one head wide).
     pub qk_norm: Option<[Vec<f32>; 2]>,
     /// The output map, (heads·hd)×d.
     pub wo: Vec<f32>,
@@ -160,7 +160,7 @@ impl ModelWeights {
                 let attn_norm = norm(&mut uniform, d);
                 let (wq, wk, wv) = (uniform(d * q, inv(d)), uniform(d * kv, inv(d)), uniform(d * kv, inv(d)));
                 let qkv_bias = cfg.qkv_bias.then(|| [uniform(q, 0.1), uniform(kv, 0.1), uniform(kv, 0.1)]);
-                let qk_norm = cfg.qk_norm.then(|| [norm(&mut uniform, q), norm(&mut uniform, kv)]);
+                let qk_norm = cfg.qk_norm_widths().map(|(qn, kn)| [norm(&mut uniform, qn), norm(&mut uniform, kn)]);
                 let wo = uniform(q * d, inv(q));
                 let ffn_norm = norm(&mut uniform, d);
                 let ffn = match ffn {

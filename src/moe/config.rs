@@ -36,7 +36,7 @@ pub enum ExpertKind {
     Relu,
     /// GeLU(x·W1)·W2.
     Gelu,
-    /// (SiLU(x·W1) ⊙ x·W3)·W2 (Mixtral, Qwen2-MoE, OLMoE: W1 = gate, W3 = up, W2 = down).
+    /// (SiLU(x·W1) ⊙ x·W3)·W2 (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE: W1 = gate, W3 = up, W2 = down).
     SwiGlu,
     /// (GeLU(x·W1) ⊙ x·W3)·W2 (the SecMoE paper's expert, with W3 its V).
     GeGlu,

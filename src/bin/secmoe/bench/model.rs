@@ -9,8 +9,8 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use secmoe::backend::Backend;
 use secmoe::model::{
-    Family, Ffn, ModelConfig, ModelWeights, Plan, Positions, Prompt, default_config, finish, forward, infer, serve,
-    setup_he,
+    Family, Ffn, ModelConfig, ModelWeights, Plan, Positions, Prompt, QkNorm, default_config, finish, forward, infer,
+    serve, setup_he,
 };
 use secmoe::moe::{ExpertKind, MoeConfig, Routing};
 use secmoe::net::CostModel;
@@ -47,7 +47,7 @@ fn switch_base_8_layer() -> ModelConfig {
         positions: Positions::RelativeBias { buckets: 32, max_distance: 128 },
         score_scale: 1.0,
         qkv_bias: false,
-        qk_norm: false,
+        qk_norm: QkNorm::None,
         ffn: vec![Ffn::Moe(moe)],
         tie_embeddings: true,
         lm_head: false,
