@@ -13,7 +13,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_secmoe");
 fn help_lists_the_commands() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["demo", "run", "keygen", "serve", "client"] {
+    for cmd in ["demo", "run", "ranges", "keygen", "serve", "client"] {
         assert!(text.contains(cmd), "--help does not list {cmd}:\n{text}");
     }
 }
@@ -47,6 +47,40 @@ fn demo_runs_the_default_model_privately_next_to_the_plaintext() {
     let p: serde_json::Value = serde_json::from_slice(&public.stdout).unwrap();
     assert!(p["max_abs_logit_error"].as_f64().unwrap() < 0.05 && p["argmax_match"] == true, "{p}");
     assert!(p["bytes"].as_u64().unwrap() < v["bytes"].as_u64().unwrap(), "{p} / {v}");
+}
+
+/// `ranges` on a server's checkpoint: the default model is within every range; with one
+/// token's embedding 300× larger its norms' inputs are beyond, named, the command fails, and
+/// `run` on that prompt warns before its private inference.
+#[test]
+fn ranges_checks_a_checkpoint_against_the_protocols_ranges() {
+    let out = Command::new(BIN).args(["ranges", "--prompt-ids", "3,141,59", "--prompt-ids", "7"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("every value within its protocol's range"), "{text}");
+    assert!(text.contains("on 2 prompt(s)") && text.contains("layers.1.router"), "{text}");
+    let dir = std::env::temp_dir().join(format!("secmoe-ranges-test-{}", std::process::id()));
+    common::write_default_checkpoint(&dir, |t| {
+        let e = t.iter_mut().find(|t| t.name == "model.embed_tokens.weight").unwrap();
+        let d = e.shape[1];
+        e.values[141 * d..142 * d].iter_mut().for_each(|v| *v *= 300.0);
+    });
+    let out =
+        Command::new(BIN).args(["ranges", "--json", "--prompt-ids", "3,141,59", "--model"]).arg(&dir).output().unwrap();
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let beyond: Vec<&str> = v["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["exceeded"] == true)
+        .map(|s| s["site"].as_str().unwrap())
+        .collect();
+    assert!(beyond.contains(&"layers.0.attn_norm") && v["exceeded"].as_u64() == Some(beyond.len() as u64), "{v}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("beyond their protocol's range"));
+    let out = Command::new(BIN).args(["run", "--json", "--prompt-ids", "3,141", "--model"]).arg(&dir).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("warning: layers.0.attn_norm (norm input) reaches"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -11,7 +11,7 @@ mod common;
 use secmoe::model::{
     Checkpoint, Embedding, Family, Ffn, HfTensor, KvCache, ModelConfig, ModelError, ModelResult, ModelWeights, Output,
     Plan, Positions, Prompt, QkNorm, WeightSource, check_weights, default_config, default_weights, finish, forward,
-    forward_quantized, infer, infer_cached, serve, setup_he,
+    forward_quantized, infer, infer_cached, ranges, serve, setup_he,
 };
 use secmoe::moe::{ExpertKind, Method, MoeConfig, Routing, SharedExpert};
 use secmoe::net::Frame;
@@ -220,6 +220,31 @@ fn qwen3_moe_with_per_head_q_k_norms_and_wide_heads() {
     let w = ModelWeights::random(&cfg, 10, 4.0);
     assert_eq!(w.layers[0].qk_norm.as_ref().map(|g| [g[0].len(), g[1].len()]), Some([12, 12]));
     check(&cfg, &w, &[5, 55, 0, 31]);
+}
+
+/// `ranges` finds where the plaintext model leaves a protocol's stated range — and such a value
+/// does make the private output wrong, with no error from either party (the protocols cannot
+/// check secret values), which is why the check exists.
+#[test]
+fn ranges_flag_the_values_beyond_a_protocols_range() {
+    let (cfg, mut w) = (default_config(), default_weights());
+    let ids = [3, 141, 59];
+    let within = ranges(&cfg, &w, &[&ids, &[7]]).unwrap();
+    assert_eq!(within.exceeded().count(), 0, "{within:?}");
+    let sites: Vec<&str> = within.sites().iter().map(|r| r.site.as_str()).collect();
+    for site in ["layers.0.attn_norm", "layers.0.attention", "layers.1.router", "layers.1.experts", "final_norm"] {
+        assert!(sites.contains(&site), "{site} missing from {sites:?}");
+    }
+    // token 141's embedding 300× larger: every norm input of its residual stream is beyond 64
+    let d = cfg.d_model;
+    w.embedding[141 * d..142 * d].iter_mut().for_each(|v| *v *= 300.0);
+    let beyond = ranges(&cfg, &w, &[&ids]).unwrap();
+    let named: Vec<&str> = beyond.exceeded().map(|r| r.site.as_str()).collect();
+    assert!(named.contains(&"layers.0.attn_norm") && named.contains(&"final_norm"), "{named:?}");
+    let r = private(&cfg, &cfg, Plan::default(), Prompt::new(&ids), &w);
+    let (got, want) = (r.client.unwrap(), forward(&cfg, &w, &ids).unwrap());
+    let worst = got.values.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max);
+    assert!(worst > BOUND, "beyond the norms' range the output is still within {worst:.2e}");
 }
 
 /// Greedy generation's steps: a forward of one new token against both parties' key/value

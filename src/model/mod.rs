@@ -13,6 +13,7 @@ mod builtin;
 mod checkpoint;
 mod config;
 mod encode;
+mod ranges;
 mod reference;
 mod secure;
 mod weights;
@@ -21,6 +22,7 @@ pub use builtin::{default_config, default_weights};
 pub use checkpoint::{Checkpoint, HfTensor, hf_tensors, public_embedding};
 pub use config::{Family, Ffn, ModelConfig, Positions, QkNorm, relative_bucket};
 pub use encode::check_weights;
+pub use ranges::{Quantity, Range, Ranges, ranges};
 pub use reference::{forward, forward_quantized};
 pub use secure::{
     Embedding, KvCache, MAX_TOKENS, Output, Plan, Progress, Prompt, finish, infer, infer_cached, serve, setup_he,

@@ -3,6 +3,7 @@
 //! `transformers` reference check compares this engine's loader and conventions with).
 
 use super::config::{Ffn, ModelConfig, Positions, relative_bucket};
+use super::ranges::{Quantity, Ranges};
 use super::weights::{FfnWeights, LayerWeights, Mlp, WeightSource};
 use super::{ModelError, ModelResult};
 use crate::moe::{ExpertKind, MoeConfig, Routing};
@@ -75,11 +76,16 @@ fn activation(kind: ExpertKind, x: f64) -> f64 {
     }
 }
 
-/// One expert on rows of x.
-fn mlp(w: &Mlp, kind: ExpertKind, x: &[f64], d: usize, d_ff: usize) -> Vec<f64> {
+/// One expert on rows of x, its pre-activations seen at `site`.
+fn mlp(w: &Mlp, kind: ExpertKind, x: &[f64], d: usize, d_ff: usize, probe: &mut Ranges, site: &str) -> Vec<f64> {
     let a = matmul(x, &w.w1, d, d_ff);
+    probe.see(site, Quantity::Activation(kind), &a);
     let h: Vec<f64> = match &w.w3 {
-        Some(w3) => a.iter().zip(matmul(x, w3, d, d_ff)).map(|(g, u)| activation(kind, *g) * u).collect(),
+        Some(w3) => {
+            let u = matmul(x, w3, d, d_ff);
+            probe.see(site, Quantity::UpBranch, &u);
+            a.iter().zip(u).map(|(g, u)| activation(kind, *g) * u).collect()
+        }
         None => a.iter().map(|g| activation(kind, *g)).collect(),
     };
     matmul(&h, &w.w2, d_ff, d)
@@ -95,12 +101,14 @@ fn top_k(values: &[f64], k: usize) -> Vec<usize> {
 
 /// A MoE block on rows of x; Switch drops a token beyond `expert_capacity` tokens of its expert (in
 /// position order), as `transformers` does.
-fn moe(m: &MoeConfig, w: &FfnWeights, x: &[f64]) -> ModelResult<Vec<f64>> {
+fn moe(m: &MoeConfig, w: &FfnWeights, x: &[f64], probe: &mut Ranges, layer: usize) -> ModelResult<Vec<f64>> {
     let FfnWeights::Moe { router, experts, shared } = w else {
         return Err(ModelError::Weights("a MoE layer with dense weights".into()));
     };
     let d = m.d_model;
     let logits = matmul(x, router, d, m.experts);
+    probe.see(format!("layers.{layer}.router"), Quantity::RouterLogit, &logits);
+    let site = format!("layers.{layer}.experts");
     let mut y = vec![0.0; x.len()];
     let mut load = vec![0usize; m.experts];
     for (t, (row, l)) in x.chunks_exact(d).zip(logits.chunks_exact(m.experts)).enumerate() {
@@ -126,14 +134,19 @@ fn moe(m: &MoeConfig, w: &FfnWeights, x: &[f64]) -> ModelResult<Vec<f64>> {
             if m.expert_capacity.is_some_and(|c| load[e] > c) {
                 continue;
             }
-            let out = mlp(&experts[e], m.expert, row, d, m.d_ff);
+            let out = mlp(&experts[e], m.expert, row, d, m.d_ff, probe, &site);
             y[t * d..(t + 1) * d].iter_mut().zip(out).for_each(|(y, o)| *y += g * o);
         }
     }
     if let (Some((expert, gate)), Some(s)) = (shared, m.shared) {
-        let out = mlp(expert, m.expert, x, d, s.d_ff);
+        let site = format!("layers.{layer}.shared_expert");
+        let out = mlp(expert, m.expert, x, d, s.d_ff, probe, &site);
         let scale: Vec<f64> = match gate {
-            Some(g) => matmul(x, g, d, 1).into_iter().map(|z| 1.0 / (1.0 + (-z).exp())).collect(),
+            Some(g) => {
+                let z = matmul(x, g, d, 1);
+                probe.see(site, Quantity::SharedGateLogit, &z);
+                z.into_iter().map(|z| 1.0 / (1.0 + (-z).exp())).collect()
+            }
             None => vec![1.0; x.len() / d],
         };
         for ((y, o), s) in y.chunks_exact_mut(d).zip(out.chunks_exact(d)).zip(scale) {
@@ -144,7 +157,14 @@ fn moe(m: &MoeConfig, w: &FfnWeights, x: &[f64]) -> ModelResult<Vec<f64>> {
 }
 
 /// Self-attention of one block on the normed rows `a` (n×d).
-fn attention(cfg: &ModelConfig, w: &LayerWeights, a: &[f64], bias: Option<&[f32]>) -> Vec<f64> {
+fn attention(
+    cfg: &ModelConfig,
+    w: &LayerWeights,
+    a: &[f64],
+    bias: Option<&[f32]>,
+    probe: &mut Ranges,
+    layer: usize,
+) -> Vec<f64> {
     let (d, hd, n) = (cfg.d_model, cfg.head_dim, a.len() / cfg.d_model);
     let (qw, kw) = (cfg.heads * hd, cfg.kv_heads * hd);
     let project = |m: &[f32], width: usize, b: Option<&Vec<f32>>| -> Vec<f64> {
@@ -158,6 +178,8 @@ fn attention(cfg: &ModelConfig, w: &LayerWeights, a: &[f64], bias: Option<&[f32]
     let (mut q, mut k, v) =
         (project(&w.wq, qw, bias_of(0)), project(&w.wk, kw, bias_of(1)), project(&w.wv, kw, bias_of(2)));
     if let Some([gq, gk]) = &w.qk_norm {
+        probe.see(format!("layers.{layer}.q_norm"), Quantity::NormInput, &q);
+        probe.see(format!("layers.{layer}.k_norm"), Quantity::NormInput, &k);
         q = rmsnorm(&q, gq, cfg.norm_eps);
         k = rmsnorm(&k, gk, cfg.norm_eps);
     }
@@ -183,6 +205,10 @@ fn attention(cfg: &ModelConfig, w: &LayerWeights, a: &[f64], bias: Option<&[f32]
                     dot * cfg.score_scale + b
                 })
                 .collect();
+            let top = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let site = format!("layers.{layer}.attention");
+            probe.see(&site, Quantity::Score, &scores);
+            probe.see(site, Quantity::ScoreSpread, &scores.iter().map(|s| top - s).collect::<Vec<_>>());
             let p = softmax(&scores);
             for c in 0..hd {
                 o[i * qw + h * hd + c] = p.iter().enumerate().map(|(j, p)| p * v[j * kw + g * hd + c]).sum();
@@ -195,6 +221,16 @@ fn attention(cfg: &ModelConfig, w: &LayerWeights, a: &[f64], bias: Option<&[f32]
 /// The model's output for token ids: n rows of [`ModelConfig::output_width`] (logits, or the
 /// encoder's final hidden states).
 pub fn forward(cfg: &ModelConfig, weights: &dyn WeightSource, ids: &[u32]) -> ModelResult<Vec<f64>> {
+    forward_probed(cfg, weights, ids, &mut Ranges::default())
+}
+
+/// [`forward`], recording the values at every site with a stated range in `probe`.
+pub(super) fn forward_probed(
+    cfg: &ModelConfig,
+    weights: &dyn WeightSource,
+    ids: &[u32],
+    probe: &mut Ranges,
+) -> ModelResult<Vec<f64>> {
     let d = cfg.d_model;
     let table = weights.embedding()?;
     let mut x = Vec::with_capacity(ids.len() * d);
@@ -207,19 +243,24 @@ pub fn forward(cfg: &ModelConfig, weights: &dyn WeightSource, ids: &[u32]) -> Mo
     let bias = weights.position_bias()?;
     for (i, ffn) in cfg.ffn.iter().enumerate() {
         let w = weights.layer(i)?;
+        probe.see(format!("layers.{i}.attn_norm"), Quantity::NormInput, &x);
         let a = rmsnorm(&x, &w.attn_norm, cfg.norm_eps);
-        let o = attention(cfg, &w, &a, bias.as_deref());
+        let o = attention(cfg, &w, &a, bias.as_deref(), probe, i);
         x.iter_mut().zip(o).for_each(|(x, o)| *x += o);
+        probe.see(format!("layers.{i}.ffn_norm"), Quantity::NormInput, &x);
         let b = rmsnorm(&x, &w.ffn_norm, cfg.norm_eps);
         let y = match (ffn, &w.ffn) {
-            (Ffn::Dense { d_ff, kind }, FfnWeights::Dense(m)) => mlp(m, *kind, &b, d, *d_ff),
-            (Ffn::Moe(m), f) => moe(m, f, &b)?,
+            (Ffn::Dense { d_ff, kind }, FfnWeights::Dense(m)) => {
+                mlp(m, *kind, &b, d, *d_ff, probe, &format!("layers.{i}.mlp"))
+            }
+            (Ffn::Moe(m), f) => moe(m, f, &b, probe, i)?,
             (Ffn::Dense { .. }, _) => {
                 return Err(ModelError::Weights(format!("layer {i}: MoE weights for a dense block")));
             }
         };
         x.iter_mut().zip(y).for_each(|(x, y)| *x += y);
     }
+    probe.see("final_norm", Quantity::NormInput, &x);
     let x = rmsnorm(&x, &weights.final_norm()?, cfg.norm_eps);
     Ok(match weights.lm_head()? {
         Some(head) if cfg.lm_head => matmul(&x, &head, d, cfg.vocab),

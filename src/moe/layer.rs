@@ -18,6 +18,12 @@ use crate::proto::softmax::softmax;
 use crate::proto::{HeKeys, HeUse, OutOfRange, ProtoError, ProtoResult, Session};
 use crate::ring::{Bits, Shares, Weights};
 
+/// The router logits' range, a precondition: |l| < ROUTER_LOGIT_BOUND.
+pub const ROUTER_LOGIT_BOUND: f64 = 64.0;
+/// The experts' pre-activations' range, a precondition: |x·W1|, |x·W3| < PRE_ACTIVATION_BOUND
+/// (the ring of 2f + 8 bits they are selected in), and within the activation's input range.
+pub const PRE_ACTIVATION_BOUND: f64 = 64.0;
+
 /// Values of one expert chunk's first-matrix results held at once (64 MiB per party): experts
 /// are streamed in chunks of this size, so memory does not grow with E.
 const CHUNK_VALUES: usize = 8 << 20;

@@ -185,7 +185,7 @@ pub use config::{
     ExpertKind, MAX_CAPACITY_TOKENS, MAX_EXPERTS, MAX_SELECTED_EXPERTS, MAX_TOP_K, Method, MoeConfig, Routing,
     SharedExpert,
 };
-pub use layer::{MoeOutput, dense_expert, moe_layer};
+pub use layer::{MoeOutput, PRE_ACTIVATION_BOUND, ROUTER_LOGIT_BOUND, dense_expert, moe_layer};
 pub use reference::{Reference, reference, top_k};
 pub use route::{Routes, route};
 pub use weights::{ExpertWeights, MoeWeights, SharedWeights, narrow, widen};

@@ -43,6 +43,8 @@ pub const GAMMA_BITS: u32 = 4;
 /// Fractional bits the norms run at: v ≥ 2^-14 needs f ≥ 14 (the rsqrt thresholds), the
 /// squares at 10 fractional bits need f ≤ 20.
 pub const FRAC_RANGE: std::ops::RangeInclusive<u32> = 14..=20;
+/// The norms' input range: |x − μ| < INPUT_BOUND (|x| for RMSNorm), a precondition.
+pub const INPUT_BOUND: f64 = 64.0;
 /// Longest row (Mixtral's and Qwen3-MoE-235B's d = 4096, DeepSeek-V3's 7168).
 pub const MAX_WIDTH: usize = 8192;
 /// Exponents k of the normalization v = 4^k·m, m ∈ [1, 4).

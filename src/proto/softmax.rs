@@ -37,6 +37,10 @@ fn product_bits(frac: u32) -> u32 {
 }
 /// Longest row: the wide reciprocal covers sums up to 2048.
 pub const MAX_ROW: usize = 2048;
+/// The logits' range, a precondition: |x| < LOGIT_BOUND (the maximum's comparisons at f + 8 bits).
+pub const LOGIT_BOUND: f64 = 64.0;
+/// How far below its row's maximum a logit may lie (the exp's window), a precondition.
+pub const SPREAD_BOUND: f64 = 63.0;
 /// Rows up to this length take the one-range reciprocal (sums up to 128).
 const SHORT_ROW: usize = 128;
 /// Values per batch (whole rows): bounds memory; each batch adds its rounds.

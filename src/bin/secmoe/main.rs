@@ -133,6 +133,25 @@ enum Command {
         #[command(flatten)]
         moe: MoeBenchArgs,
     },
+    /// Check the value ranges private inference takes, on the plaintext model: the largest
+    /// magnitude each norm input, attention score, router logit and expert pre-activation
+    /// reaches on the prompts, against its protocol's range. A value beyond makes the private
+    /// result wrong without an error (the protocols cannot check secret values), so a server
+    /// checks its checkpoint on prompts like its clients' first. Fails if a site is beyond.
+    Ranges {
+        /// The checkpoint's folder (default: the built-in default model).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// A prompt's token ids, comma-separated; repeat for several prompts.
+        #[arg(long)]
+        prompt_ids: Vec<String>,
+        /// A prompt as text, tokenized with the folder's tokenizer.json; repeat for several.
+        #[arg(long)]
+        prompt: Vec<String>,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a fresh server identity (self-signed certificate and key) and print its fingerprint.
     Keygen {
         /// Folder to write `server.cert.pem` and `server.key.pem` into.
@@ -322,6 +341,7 @@ fn main() -> Result<()> {
                 let tokenizer = infer::Tokenizer::find(Some(&model))?;
                 let (model, weights) = infer::model_weights(Some(&model))?;
                 let ids = prompt.ids(tokenizer.as_ref())?;
+                report::warn_ranges(&secmoe::model::ranges(&model.config, weights.as_ref(), &[&ids])?);
                 reset_peak_rss();
                 let (mut c, s) =
                     both(&job, &model, weights.as_ref(), &ids, prompt.max_new_tokens, !prompt.json).await?;
@@ -345,6 +365,28 @@ fn main() -> Result<()> {
                 };
                 let moe = moe.options()?;
                 bench::run(&preset, backend, threads, only.as_deref(), tune, json.as_deref(), &moe).await
+            }
+            Command::Ranges { model, prompt_ids, prompt, json } => {
+                let tokenizer = infer::Tokenizer::find(model.as_deref())?;
+                let (model, weights) = infer::model_weights(model.as_deref())?;
+                let mut prompts = prompt_ids
+                    .iter()
+                    .map(|ids| infer::prompt_ids(Some(ids), None, None))
+                    .collect::<Result<Vec<_>>>()?;
+                for text in &prompt {
+                    prompts.push(infer::prompt_ids(None, Some(text), tokenizer.as_ref())?);
+                }
+                if prompts.is_empty() {
+                    prompts.push(infer::prompt_ids(None, None, None)?);
+                }
+                let prompts: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+                let ranges = secmoe::model::ranges(&model.config, weights.as_ref(), &prompts)?;
+                report::print_ranges(&model, prompts.len(), &ranges, json)?;
+                let beyond = ranges.exceeded().count();
+                if beyond > 0 {
+                    bail!("{beyond} site(s) beyond their protocol's range: private inference would be wrong there");
+                }
+                Ok(())
             }
             Command::Keygen { out } => {
                 let id = write_identity(&out)?;

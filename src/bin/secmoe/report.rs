@@ -6,6 +6,7 @@ use serde_json::json;
 
 use crate::bench::harness::peak_rss;
 use crate::infer::{ClientResult, Costs, Model};
+use secmoe::model::Ranges;
 use secmoe::net::{CostModel, Report, StepStats};
 
 /// Bytes in human units.
@@ -224,4 +225,54 @@ pub fn print_served(forwards: usize, c: &Costs) {
         writeln!(o, "served {forwards} forward(s)")?;
         write_costs(o, "server", c)
     })();
+}
+
+/// `ranges`' report: every site with its largest magnitude and its protocol's range (or one
+/// JSON object).
+pub fn print_ranges(model: &Model, prompts: usize, ranges: &Ranges, as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        let sites: Vec<serde_json::Value> = ranges
+            .sites()
+            .iter()
+            .map(|r| {
+                json!({"site": r.site, "quantity": r.quantity.to_string(), "max_abs": r.max,
+                       "limit": r.quantity.limit(), "exceeded": r.exceeded()})
+            })
+            .collect();
+        let v = json!({"model": model.config.to_string(), "prompts": prompts, "sites": sites,
+                       "exceeded": ranges.exceeded().count()});
+        return print(|o| writeln!(o, "{v}"));
+    }
+    print(|o| {
+        writeln!(o, "{} — the plaintext model on {prompts} prompt(s)", model.config)?;
+        writeln!(o, "{:<24} {:<30} {:>12} {:>8}", "site", "value", "max |x|", "range")?;
+        for r in ranges.sites() {
+            let verdict = if r.exceeded() { "  BEYOND" } else { "" };
+            writeln!(
+                o,
+                "{:<24} {:<30} {:>12.3} {:>8}{verdict}",
+                r.site,
+                r.quantity.to_string(),
+                r.max,
+                r.quantity.limit()
+            )?;
+        }
+        match ranges.exceeded().count() {
+            0 => writeln!(o, "every value within its protocol's range"),
+            n => writeln!(o, "{n} site(s) beyond their protocol's range: the private output would be wrong"),
+        }
+    })
+}
+
+/// Warns on stderr of each site the plaintext model takes beyond its protocol's range.
+pub fn warn_ranges(ranges: &Ranges) {
+    for r in ranges.exceeded() {
+        eprintln!(
+            "warning: {} ({}) reaches {:.3} on this prompt, beyond the protocol's |x| < {}: the private output will be wrong (`secmoe ranges`)",
+            r.site,
+            r.quantity,
+            r.max,
+            r.quantity.limit()
+        );
+    }
 }

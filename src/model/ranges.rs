@@ -1,0 +1,136 @@
+//! The value ranges private inference takes, checked on the plaintext model.
+//!
+//! Where a protocol states an input range — a norm's |x| < 64, attention's and the shared
+//! expert's softmax logits, the router's logits, the experts' pre-activations — [`ranges`]
+//! records the largest magnitude the f64 model ([`super::forward`]) reaches there on given
+//! prompts. The protocols cannot check secret values: a value beyond its range wraps in a
+//! reduced ring and the private result is wrong without an error. So whoever serves a
+//! checkpoint checks it here first, on prompts like its clients' (`secmoe ranges`); `run`
+//! warns of a range its own prompt exceeds.
+
+use std::fmt;
+
+use super::ModelResult;
+use super::config::ModelConfig;
+use super::reference::forward_probed;
+use super::weights::WeightSource;
+use crate::moe::{ExpertKind, PRE_ACTIVATION_BOUND, ROUTER_LOGIT_BOUND};
+use crate::proto::layernorm::INPUT_BOUND;
+use crate::proto::piecewise::Piecewise;
+use crate::proto::softmax::{LOGIT_BOUND, SPREAD_BOUND};
+
+/// What a site's values are, and the bound its protocol takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quantity {
+    /// A norm's input (RMSNorm: |x| < 64).
+    NormInput,
+    /// An attention score, scaled, with its position bias (softmax: |x| < 64).
+    Score,
+    /// How far a score lies below its row's largest (softmax's exp window: 63).
+    ScoreSpread,
+    /// A router logit (top-k and the gates: |l| < 64).
+    RouterLogit,
+    /// The shared expert's gate logit (a softmax of [z, 0]: |z| < 64).
+    SharedGateLogit,
+    /// The input of an expert's activation (SiLU, GeLU: |x| < 63; ReLU: the ring's 64).
+    Activation(ExpertKind),
+    /// A gated expert's other branch, x·W3 (|u| < 64).
+    UpBranch,
+}
+
+impl Quantity {
+    /// The bound: the protocol takes |x| < limit.
+    pub fn limit(self) -> f64 {
+        match self {
+            Quantity::NormInput => INPUT_BOUND,
+            Quantity::Score | Quantity::SharedGateLogit => LOGIT_BOUND,
+            Quantity::ScoreSpread => SPREAD_BOUND,
+            Quantity::RouterLogit => ROUTER_LOGIT_BOUND,
+            Quantity::Activation(ExpertKind::Relu) | Quantity::UpBranch => PRE_ACTIVATION_BOUND,
+            Quantity::Activation(ExpertKind::Gelu | ExpertKind::GeGlu) => symmetric(Piecewise::gelu()),
+            Quantity::Activation(ExpertKind::SwiGlu) => symmetric(Piecewise::silu()),
+        }
+    }
+}
+
+/// The largest magnitude inside a piecewise function's input range, on both sides.
+fn symmetric(f: Piecewise) -> f64 {
+    let (lo, hi) = f.input_range();
+    (-lo).min(hi)
+}
+
+impl fmt::Display for Quantity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Quantity::NormInput => f.write_str("norm input"),
+            Quantity::Score => f.write_str("attention score"),
+            Quantity::ScoreSpread => f.write_str("score below its row's largest"),
+            Quantity::RouterLogit => f.write_str("router logit"),
+            Quantity::SharedGateLogit => f.write_str("shared expert's gate logit"),
+            Quantity::Activation(ExpertKind::Relu) => f.write_str("ReLU input"),
+            Quantity::Activation(ExpertKind::Gelu | ExpertKind::GeGlu) => f.write_str("GeLU input"),
+            Quantity::Activation(ExpertKind::SwiGlu) => f.write_str("SiLU input"),
+            Quantity::UpBranch => f.write_str("x·W3 branch"),
+        }
+    }
+}
+
+/// One site: where, what, and the largest magnitude seen there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Range {
+    /// The engine's name of the place (`layers.3.ffn_norm`, `layers.3.experts`, `final_norm`).
+    pub site: String,
+    /// What its values are.
+    pub quantity: Quantity,
+    /// The largest magnitude seen over the prompts.
+    pub max: f64,
+}
+
+impl Range {
+    /// Whether the largest value is beyond the protocol's range (or not a number).
+    pub fn exceeded(&self) -> bool {
+        self.max.is_nan() || self.max >= self.quantity.limit()
+    }
+}
+
+/// Every site of a model with the largest magnitude seen there, in the forward's order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Ranges {
+    sites: Vec<Range>,
+}
+
+impl Ranges {
+    /// Records values seen at `site`, keeping the largest magnitude per (site, quantity).
+    pub(super) fn see<'a>(
+        &mut self,
+        site: impl Into<String>,
+        quantity: Quantity,
+        values: impl IntoIterator<Item = &'a f64>,
+    ) {
+        let max = values.into_iter().fold(0.0f64, |m, v| if v.is_nan() { f64::NAN } else { m.max(v.abs()) });
+        let site = site.into();
+        match self.sites.iter_mut().find(|r| r.site == site && r.quantity == quantity) {
+            Some(r) => r.max = if max.is_nan() { max } else { r.max.max(max) },
+            None => self.sites.push(Range { site, quantity, max }),
+        }
+    }
+
+    /// Every site, in the forward's order.
+    pub fn sites(&self) -> &[Range] {
+        &self.sites
+    }
+
+    /// The sites whose values went beyond their protocol's range.
+    pub fn exceeded(&self) -> impl Iterator<Item = &Range> {
+        self.sites.iter().filter(|r| r.exceeded())
+    }
+}
+
+/// The ranges the plaintext model reaches on each prompt (token ids), over all of them.
+pub fn ranges(cfg: &ModelConfig, weights: &dyn WeightSource, prompts: &[&[u32]]) -> ModelResult<Ranges> {
+    let mut probe = Ranges::default();
+    for ids in prompts {
+        forward_probed(cfg, weights, ids, &mut probe)?;
+    }
+    Ok(probe)
+}
