@@ -77,6 +77,15 @@ fn ranges_checks_a_checkpoint_against_the_protocols_ranges() {
         .collect();
     assert!(beyond.contains(&"layers.0.attn_norm") && v["exceeded"].as_u64() == Some(beyond.len() as u64), "{v}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("beyond their protocol's range"));
+    assert!(v["norm_range_bits_needed"].as_u64().is_some_and(|b| b > 6), "{v}");
+    // checked against the range it needs, every site is within
+    let needed = v["norm_range_bits_needed"].to_string();
+    let out = Command::new(BIN)
+        .args(["ranges", "--prompt-ids", "3,141,59", "--norm-range", &needed, "--model"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     let out = Command::new(BIN).args(["run", "--json", "--prompt-ids", "3,141", "--model"]).arg(&dir).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("warning: layers.0.attn_norm (norm input) reaches"), "{err}");

@@ -15,6 +15,7 @@ use secmoe::model::{
 };
 use secmoe::moe::{ExpertKind, Method, MoeConfig, Routing, SharedExpert};
 use secmoe::net::Frame;
+use secmoe::proto::layernorm::NormRange;
 use secmoe::ring::FixedPoint;
 
 /// Largest |Δ| of an output (logits of size ≲ 3) against the f64 model: fixed-point weights
@@ -229,7 +230,7 @@ fn qwen3_moe_with_per_head_q_k_norms_and_wide_heads() {
 fn ranges_flag_the_values_beyond_a_protocols_range() {
     let (cfg, mut w) = (default_config(), default_weights());
     let ids = [3, 141, 59];
-    let within = ranges(&cfg, &w, &[&ids, &[7]]).unwrap();
+    let within = ranges(&cfg, &w, &[&ids, &[7]], NormRange::DEFAULT).unwrap();
     assert_eq!(within.exceeded().count(), 0, "{within:?}");
     let sites: Vec<&str> = within.sites().iter().map(|r| r.site.as_str()).collect();
     for site in ["layers.0.attn_norm", "layers.0.attention", "layers.1.router", "layers.1.experts", "final_norm"] {
@@ -238,13 +239,24 @@ fn ranges_flag_the_values_beyond_a_protocols_range() {
     // token 141's embedding 300× larger: every norm input of its residual stream is beyond 64
     let d = cfg.d_model;
     w.embedding[141 * d..142 * d].iter_mut().for_each(|v| *v *= 300.0);
-    let beyond = ranges(&cfg, &w, &[&ids]).unwrap();
+    let beyond = ranges(&cfg, &w, &[&ids], NormRange::DEFAULT).unwrap();
     let named: Vec<&str> = beyond.exceeded().map(|r| r.site.as_str()).collect();
     assert!(named.contains(&"layers.0.attn_norm") && named.contains(&"final_norm"), "{named:?}");
     let r = private(&cfg, &cfg, Plan::default(), Prompt::new(&ids), &w);
     let (got, want) = (r.client.unwrap(), forward(&cfg, &w, &ids).unwrap());
-    let worst = got.values.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max);
-    assert!(worst > BOUND, "beyond the norms' range the output is still within {worst:.2e}");
+    let error = |got: &[f64]| got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max);
+    assert!(error(&got.values) > BOUND, "beyond the norms' range the output is still within {}", error(&got.values));
+    // the norms' range that takes them: within every range, and the private output right again
+    let needed = beyond.norms_needed().unwrap();
+    assert!((9..=10).contains(&needed.bits()), "{needed:?}");
+    assert_eq!(ranges(&cfg, &w, &[&ids], needed).unwrap().exceeded().count(), 0);
+    let wide = Plan { norms: needed, ..Plan::default() };
+    let r = private(&cfg, &cfg, wide, Prompt::new(&ids), &w);
+    let got = r.client.unwrap();
+    assert!(error(&got.values) <= BOUND, "error {:.2e} with the norms' range 2^{}", error(&got.values), needed.bits());
+    // both parties must state the same range
+    let r = private_as((&cfg, wide), (&cfg, Plan::default()), Prompt::new(&ids), &w);
+    assert!(matches!(r.client, Err(ModelError::Mismatch { .. })), "{:?}", r.client.err());
 }
 
 /// Greedy generation's steps: a forward of one new token against both parties' key/value

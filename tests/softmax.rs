@@ -237,6 +237,59 @@ fn layernorm_and_rmsnorm_match_the_real_functions() {
     });
 }
 
+/// A wider input range (|x − μ| < 2^14) takes rows with a "massive activation" (one value in
+/// the thousands, as LLMs' residual streams have in a few channels) next to rows of small
+/// variance (2^-12) in the same call, LayerNorm and RMSNorm, to the same relative accuracy; a
+/// range outside 2^6..=2^14 is refused.
+#[test]
+fn a_wider_norm_range_takes_massive_activations() {
+    use secmoe::proto::layernorm::{Affine, NormRange, layernorm, rmsnorm};
+    common::runtime().block_on(async {
+        let (_c, mut oc, _s, mut os) = common::session_pair().await;
+        let mut rng = StdRng::seed_from_u64(28);
+        let (rows, d) = (4, 4096);
+        let mut x: Vec<f64> = (0..rows * d).map(|_| rng.random_range(-2.0..2.0)).collect();
+        x[7] = 16000.0;
+        x[d + 100] = -9000.5;
+        x[2 * d..3 * d].iter_mut().for_each(|v| *v *= 2f64.powi(-6) * 3f64.sqrt() / 2.0);
+        let gamma: Vec<f64> = (0..d).map(|_| rng.random_range(-2.0..2.0)).collect();
+        let beta: Vec<f64> = (0..d).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let raw: Vec<u64> = x.iter().map(|&v| fixed(v)).collect();
+        let (g, b): (Vec<u64>, Vec<u64>) =
+            (gamma.iter().map(|&v| fixed(v)).collect(), beta.iter().map(|&v| fixed(v)).collect());
+        let (a, c) = common::share_rows(&raw, (rows, d), 18, &mut rng);
+        let range = NormRange::new(14).unwrap();
+        os.set_norm_range(range);
+        oc.set_norm_range(range);
+        for centre in [true, false] {
+            let w = Affine::Weights { gamma: &g, beta: &b };
+            let (ys, yc) = if centre {
+                tokio::join!(layernorm(&mut os, &a, w, 0), layernorm(&mut oc, &c, Affine::None, 0))
+            } else {
+                tokio::join!(rmsnorm(&mut os, &a, w, 0), rmsnorm(&mut oc, &c, Affine::None, 0))
+            };
+            let y = common::open_rows(&ys.unwrap(), &yc.unwrap());
+            for r in 0..rows {
+                let row: Vec<f64> = x[r * d..(r + 1) * d].iter().map(|&v| fixed(v) as i64 as f64 / SCALE).collect();
+                let mu = if centre { row.iter().sum::<f64>() / d as f64 } else { 0.0 };
+                let var = row.iter().map(|v| (v - mu).powi(2)).sum::<f64>() / d as f64;
+                for i in 0..d {
+                    let want = gamma[i] * (row[i] - mu) / var.sqrt() + if centre { beta[i] } else { 0.0 };
+                    let got = y[r * d + i] as i64 as f64 / SCALE;
+                    assert!(
+                        (got - want).abs() < 2e-3 * (1.0 + want.abs()),
+                        "centre {centre}, row {r} (σ² {var:.3e}), {i}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+        for bits in [5, 15] {
+            let err = NormRange::new(bits).unwrap_err().to_string();
+            assert!(err.contains(&format!("2^{bits}")) && err.contains("2^6..=2^14"), "{err}");
+        }
+    });
+}
+
 /// One-hot vectors beyond 64 entries (MoE routing over up to 2048 experts): two lookups and an
 /// outer product, exact for every index, shares anywhere in the ring; larger sizes are refused.
 #[test]

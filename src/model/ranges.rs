@@ -15,14 +15,14 @@ use super::config::ModelConfig;
 use super::reference::forward_probed;
 use super::weights::WeightSource;
 use crate::moe::{ExpertKind, PRE_ACTIVATION_BOUND, ROUTER_LOGIT_BOUND};
-use crate::proto::layernorm::INPUT_BOUND;
+use crate::proto::layernorm::NormRange;
 use crate::proto::piecewise::Piecewise;
 use crate::proto::softmax::{LOGIT_BOUND, SPREAD_BOUND};
 
 /// What a site's values are, and the bound its protocol takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Quantity {
-    /// A norm's input (RMSNorm: |x| < 64).
+    /// A norm's input (RMSNorm: |x| < 2^B, the session's [`NormRange`]; 64 by default).
     NormInput,
     /// An attention score, scaled, with its position bias (softmax: |x| < 64).
     Score,
@@ -39,10 +39,10 @@ pub enum Quantity {
 }
 
 impl Quantity {
-    /// The bound: the protocol takes |x| < limit.
-    pub fn limit(self) -> f64 {
+    /// The bound: the protocol takes |x| < limit, the norms with inputs in `norms`.
+    pub fn limit(self, norms: NormRange) -> f64 {
         match self {
-            Quantity::NormInput => INPUT_BOUND,
+            Quantity::NormInput => norms.bound(),
             Quantity::Score | Quantity::SharedGateLogit => LOGIT_BOUND,
             Quantity::ScoreSpread => SPREAD_BOUND,
             Quantity::RouterLogit => ROUTER_LOGIT_BOUND,
@@ -84,22 +84,31 @@ pub struct Range {
     pub quantity: Quantity,
     /// The largest magnitude seen over the prompts.
     pub max: f64,
+    /// The protocol takes |x| < limit.
+    pub limit: f64,
 }
 
 impl Range {
     /// Whether the largest value is beyond the protocol's range (or not a number).
     pub fn exceeded(&self) -> bool {
-        self.max.is_nan() || self.max >= self.quantity.limit()
+        self.max.is_nan() || self.max >= self.limit
     }
 }
 
-/// Every site of a model with the largest magnitude seen there, in the forward's order.
+/// Every site of a model with the largest magnitude seen there, in the forward's order,
+/// against the ranges of a session whose norms take `norms`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Ranges {
+    norms: NormRange,
     sites: Vec<Range>,
 }
 
 impl Ranges {
+    /// No site yet, the norms taking inputs in `norms`.
+    pub fn new(norms: NormRange) -> Ranges {
+        Ranges { norms, sites: Vec::new() }
+    }
+
     /// Records values seen at `site`, keeping the largest magnitude per (site, quantity).
     pub(super) fn see<'a>(
         &mut self,
@@ -111,7 +120,7 @@ impl Ranges {
         let site = site.into();
         match self.sites.iter_mut().find(|r| r.site == site && r.quantity == quantity) {
             Some(r) => r.max = if max.is_nan() { max } else { r.max.max(max) },
-            None => self.sites.push(Range { site, quantity, max }),
+            None => self.sites.push(Range { site, quantity, max, limit: quantity.limit(self.norms) }),
         }
     }
 
@@ -124,11 +133,23 @@ impl Ranges {
     pub fn exceeded(&self) -> impl Iterator<Item = &Range> {
         self.sites.iter().filter(|r| r.exceeded())
     }
+
+    /// The narrowest norm range that takes every norm input seen; None if none does.
+    pub fn norms_needed(&self) -> Option<NormRange> {
+        let max = self.sites.iter().filter(|r| r.quantity == Quantity::NormInput).fold(0.0, |m: f64, r| m.max(r.max));
+        NormRange::BITS.map(NormRange::new).filter_map(Result::ok).find(|n| max < n.bound())
+    }
 }
 
-/// The ranges the plaintext model reaches on each prompt (token ids), over all of them.
-pub fn ranges(cfg: &ModelConfig, weights: &dyn WeightSource, prompts: &[&[u32]]) -> ModelResult<Ranges> {
-    let mut probe = Ranges::default();
+/// The ranges the plaintext model reaches on each prompt (token ids), over all of them, against
+/// those of a session whose norms take `norms`.
+pub fn ranges(
+    cfg: &ModelConfig,
+    weights: &dyn WeightSource,
+    prompts: &[&[u32]],
+    norms: NormRange,
+) -> ModelResult<Ranges> {
+    let mut probe = Ranges::new(norms);
     for ids in prompts {
         forward_probed(cfg, weights, ids, &mut probe)?;
     }

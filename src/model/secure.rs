@@ -29,7 +29,7 @@ use crate::he::tiling::MatShape;
 use crate::moe::{Method, dense_expert, moe_layer};
 use crate::proto::agree::{Statement, exchange};
 use crate::proto::arith::{truncate, truncate_extend};
-use crate::proto::layernorm::{Affine, rmsnorm};
+use crate::proto::layernorm::{Affine, NormRange, rmsnorm};
 use crate::proto::linear::{KeySet, linear, matmul_shared};
 use crate::proto::softmax::softmax_masked;
 use crate::proto::{HeUse, ProtoError, Session};
@@ -58,6 +58,8 @@ pub struct Plan {
     pub method: Method,
     /// How the tokens are embedded.
     pub embedding: Embedding,
+    /// The norms' input range (|x| < 2^B for the residual stream and the q/k norms).
+    pub norms: NormRange,
 }
 
 impl std::fmt::Display for Plan {
@@ -65,6 +67,9 @@ impl std::fmt::Display for Plan {
         write!(f, "method={}", self.method)?;
         if self.embedding == Embedding::Public {
             f.write_str(" embedding=public")?;
+        }
+        if self.norms != NormRange::DEFAULT {
+            write!(f, " norms=2^{}", self.norms.bits())?;
         }
         Ok(())
     }
@@ -384,6 +389,8 @@ async fn forward(
     let format = sess.format();
     let (d, v) = (cfg.d_model, cfg.vocab);
     let enc = source.map(|source| Encoder { format, source });
+    // both parties stated the plan
+    sess.set_norm_range(plan.norms);
     let mut h = {
         let _s = meter.scope("embed");
         let ids = prompt.map(|p| p.ids).unwrap_or_default();

@@ -1,24 +1,31 @@
 //! LayerNorm and RMSNorm over rows of shared fixed-point values (the session's format, f = 18 by
 //! default; f in [`FRAC_RANGE`]), and the reciprocal square root they need.
 //!
-//! LayerNorm: y = γ ⊙ (x − μ)/√(σ² + ε) + β per row of d values, γ and β the server's weights.
+//! LayerNorm: y = γ ⊙ (x − μ)/√(σ² + ε) + β per row of d values, γ and β the server's weights;
+//! inputs in the session's [`NormRange`], |x − μ| < 2^B (B = 6 by default, up to 14 for the
+//! "massive activations" of LLMs' residual streams).
 //! 1. μ = Σx · ⌊2^24/d⌉ / 2^24 (local sum, one faithful truncation).
-//! 2. σ² from the squares of c = x − μ at 10 fractional bits in a ring of 34 + ⌈log2 d⌉ bits
-//!    (|c| < 64: Σc² < 2^(32 + ⌈log2 d⌉); 44 bits for d = 1024, 47 for d = 8192), c's shares
-//!    read in 18 bits with their top bits known (SCI's known-MSB square):
-//!    20 correlated OTs per value instead of 128, the row sum lifted back with
-//!    [`super::arith::truncate`].
-//! 3. 1/√(σ² + ε) per row ([`rsqrt`]).
-//! 4. c·r for the whole row by [`super::arith::mul_rows`] (a 51-bit ring), then γ ⊙ · + β by a
-//!    cross term with the server's weights at 12 fractional bits, the normalized value's shares
-//!    read in f + 2 + its integer bits (|(x − μ)/σ| ≤ √d: f + 8 bits at d = 1024, f + 10 at
-//!    d = 8192; f + 9 and f + 11 correlated OTs per value instead of 41).
+//! 2. σ² from the squares of c = x − μ rounded to s = 12 fractional bits (fewer only where the
+//!    sum would not fit 64 bits: 10 at B = 14, d = 8192), in a ring of 2(B + s) + ⌈log2 d⌉ + 2
+//!    bits (48 at B = 6, d = 1024), c's shares read in B + s + 2 bits with their top bits known
+//!    (SCI's known-MSB square): B + s + 4 correlated OTs per value instead of 128. The row sum
+//!    is lifted to Z_2^64 as v' = Σc²/2^p ∈ [σ², 2σ²) (2^p ≤ d < 2^(p+1)) at F_v = f + 12
+//!    fractional bits (fewer for B > 10: F_v + 2B + 6 ≤ 64), so that no row's variance loses its
+//!    low bits to a division.
+//! 3. √(d/2^p)/√(v' + ε·d/2^p) = 1/√(σ² + ε) per row (comparisons at F_v + 2B + 6 bits, see
+//!    [`rsqrt`]), at F_r = f + B − 6 fractional bits (10 significant bits at its least, 2^-(B+2)).
+//! 4. n = c·r for the whole row by [`super::arith::mul_rows`] in a ring of
+//!    f + F_r + ⌈log2 d⌉/2 + 3 bits (|n| ≤ √d), then γ ⊙ n + β by a cross term with the
+//!    server's weights at 12 fractional bits, n's shares read in f + 2 + its integer bits
+//!    (f + 8 bits at d = 1024, f + 10 at d = 8192; f + 9 and f + 11 correlated OTs per value
+//!    instead of 41).
 //!
 //! RMSNorm: y = γ ⊙ x/√(Σx²/d + ε), the same steps without μ and β.
 //!
-//! Preconditions: |x − μ| < 64 (|x| < 64 for RMSNorm), σ² + ε ∈ [2^-14, 2^16), |γ| ≤ 16.
-//! Error: a few units of 2^-12 in c² (relative 2^-9 of σ² at worst for tiny variances), the
-//! rsqrt to 1e-6 relative, γ rounded to 2^-12.
+//! Preconditions: |x − μ| < 2^B (|x| < 2^B for RMSNorm), σ² + ε ≥ 2^-14, |γ| ≤ 16.
+//! Error: the squares' rounding biases σ² by ~2^-(2s+1), relative 2^-11 at σ² = 2^-14 (2^-7 at
+//! s = 10); the rsqrt to 1e-6 relative, r to 2^-10 relative at its smallest, γ rounded to
+//! 2^-12.
 
 use super::Session;
 use super::arith::{mul_in, mul_rows_in, mul_weights, square, truncate_extend};
@@ -31,10 +38,9 @@ use crate::ring::{Bits, Shares};
 
 /// Fractional bits of the row constant 1/d.
 const MEAN_BITS: u32 = 24;
-/// c at 10 fractional bits when squared; the ring c's shares are read in when squared
-/// (|c| < 2^6 at 10 fractional bits: below 2^16 = 2^(18−2)).
-const SQUARE_FRAC: u32 = 10;
-const SQUARE_SMALL: u32 = 18;
+/// Fractional bits c is squared at, at most: the rounding of c to 12 bits biases a row's
+/// mean square by ~2^-25, 2^-11 of the smallest σ² (2^-14).
+const SQUARE_FRAC: u32 = 12;
 /// Fractional bits of γ in the affine step.
 const WEIGHT_BITS: u32 = 12;
 /// The bound on the server's γ: |γ| ≤ 2^GAMMA_BITS (the affine step's ring has room for it, and
@@ -43,23 +49,95 @@ pub const GAMMA_BITS: u32 = 4;
 /// Fractional bits the norms run at: v ≥ 2^-14 needs f ≥ 14 (the rsqrt thresholds), the
 /// squares at 10 fractional bits need f ≤ 20.
 pub const FRAC_RANGE: std::ops::RangeInclusive<u32> = 14..=20;
-/// The norms' input range: |x − μ| < INPUT_BOUND (|x| for RMSNorm), a precondition.
-pub const INPUT_BOUND: f64 = 64.0;
 /// Longest row (Mixtral's and Qwen3-MoE-235B's d = 4096, DeepSeek-V3's 7168).
 pub const MAX_WIDTH: usize = 8192;
-/// Exponents k of the normalization v = 4^k·m, m ∈ [1, 4).
+/// The lowest exponent k of the normalization v = 4^k·m, m ∈ [1, 4) (v ≥ 4^(K_MIN+1) = 2^-14);
+/// the highest is B + 1 for inputs below 2^B ([`NormRange::k_max`]).
 const K_MIN: i32 = -8;
-const K_MAX: i32 = 7;
+
+/// The norms' input range, |x − μ| < 2^B (|x| for RMSNorm): a public parameter both parties
+/// set alike ([`Session::set_norm_range`]), a precondition of every norm. The default, 2^6,
+/// suits activations of order one; a model whose residual stream reaches thousands in a few
+/// channels (LLMs' "massive activations") needs up to 2^14, for wider rings in the squares, the
+/// rsqrt's comparisons and the normalization (costed in the README).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NormRange(u32);
+
+impl NormRange {
+    /// |x − μ| < 2^6.
+    pub const DEFAULT: NormRange = NormRange(6);
+    /// The exponents B a norm takes: the squares of values below 2^B at 10 fractional bits,
+    /// summed over 8192, fill 2B + 35 bits of the 64.
+    pub const BITS: std::ops::RangeInclusive<u32> = 6..=14;
+
+    /// |x − μ| < 2^`bits`, for `bits` in [`NormRange::BITS`].
+    pub fn new(bits: u32) -> ProtoResult<NormRange> {
+        if Self::BITS.contains(&bits) {
+            Ok(NormRange(bits))
+        } else {
+            Err(ProtoError::Input(format!(
+                "a norm input range of 2^{bits} (2^{}..=2^{})",
+                Self::BITS.start(),
+                Self::BITS.end()
+            )))
+        }
+    }
+
+    /// B.
+    pub fn bits(self) -> u32 {
+        self.0
+    }
+
+    /// 2^B, the bound on |x − μ|.
+    pub fn bound(self) -> f64 {
+        (1u64 << self.0) as f64
+    }
+
+    /// The highest exponent k of v = 4^k·m: v = σ² + ε < 2^(2B) + ε < 4^(B+2).
+    fn k_max(self) -> i32 {
+        self.0 as i32 + 1
+    }
+
+    /// Fractional bits of 1/√v: ≥ 2^-(B+2) keeps 10 significant bits at f + B − 6.
+    fn rsqrt_frac(self, frac: u32) -> u32 {
+        frac + self.0 - 6
+    }
+
+    /// Fractional bits of the mean square v < 2^(2B+2): f + 12 (2^-14 keeps 16 significant
+    /// bits at f = 18), as many as the rsqrt's comparisons (v and thresholds below
+    /// 2^(2B+4+F), F + 2B + 6 bits) and its product m = v·4^-k (below 2^(F+2B+4)) leave.
+    fn variance_frac(self, frac: u32) -> u32 {
+        (frac + 12).min(58 - 2 * self.0)
+    }
+}
+
+impl Default for NormRange {
+    fn default() -> Self {
+        NormRange::DEFAULT
+    }
+}
 
 /// ⌈log2 d⌉.
 fn log2_width(width: usize) -> u32 {
     width.next_power_of_two().trailing_zeros()
 }
 
-/// The ring of a row's sum of squares at 2·SQUARE_FRAC fractional bits: each c² < 2^32, so
-/// the sum of d < 2^(32 + ⌈log2 d⌉), with a sign bit and one of margin.
-fn square_bits(width: usize) -> u32 {
-    32 + log2_width(width) + 2
+/// p with d/2^p ∈ [1, 2): a row's mean square σ² = Σc²/d is known as Σc²/2^p ∈ [σ², 2σ²),
+/// whose 1/√ is corrected by √(d/2^p).
+fn mean_shift(width: usize) -> u32 {
+    width.ilog2()
+}
+
+/// The fractional bits s c is squared at: [`SQUARE_FRAC`], or fewer where the sum of squares
+/// would not fit 64 bits (10 at B = 14 and d = 8192), and no more than f.
+fn square_frac(frac: u32, width: usize, range: NormRange) -> u32 {
+    SQUARE_FRAC.min(frac).min((62 - log2_width(width)) / 2 - range.bits())
+}
+
+/// The ring of a row's sum of squares at 2s fractional bits: each c² < 2^(2B+2s), so the sum
+/// of d < 2^(2B + 2s + ⌈log2 d⌉), with a sign bit and one of margin.
+fn square_bits(s: u32, width: usize, range: NormRange) -> u32 {
+    2 * (range.bits() + s) + log2_width(width) + 2
 }
 
 /// Integer bits of the normalized value (x − μ)/σ, whose magnitude is at most √d (all of a
@@ -122,13 +200,15 @@ async fn normalize(sess: &mut Session, x: &Shares, affine: Affine<'_>, eps: u64,
     let shares = x;
     let x = x.as_slice();
     let rows = x.len() / width;
-    let inv_d = ((1u64 << MEAN_BITS) as f64 / width as f64).round() as u64;
-    let scale = |sums: Vec<u64>| -> Vec<u64> { sums.iter().map(|s| s.wrapping_mul(inv_d)).collect() };
+    let range = sess.norm_range();
     let meter = sess.meter().clone();
     let c: Vec<u64> = if centre {
         let _s = meter.scope("norm/mean");
-        let sums: Vec<u64> = x.chunks_exact(width).map(|r| r.iter().fold(0u64, |s, v| s.wrapping_add(*v))).collect();
-        let mu = truncate_extend(sess, &scale(sums), 64, MEAN_BITS).await?;
+        // |Σx|·2^24/d < 2^(B + f + 24)
+        let inv_d = ((1u64 << MEAN_BITS) as f64 / width as f64).round() as u64;
+        let sums: Vec<u64> =
+            x.chunks_exact(width).map(|r| r.iter().fold(0u64, |s, v| s.wrapping_add(*v)).wrapping_mul(inv_d)).collect();
+        let mu = truncate_extend(sess, &sums, 64, MEAN_BITS).await?;
         x.iter().enumerate().map(|(i, v)| v.wrapping_sub(mu[i / width])).collect()
     } else {
         x.to_vec()
@@ -136,27 +216,39 @@ async fn normalize(sess: &mut Session, x: &Shares, affine: Affine<'_>, eps: u64,
     // σ² (or the mean square): squares of c at 10 fractional bits in a small ring
     let var = {
         let _s = meter.scope("norm/variance");
-        let coarse = truncate_extend(sess, &c, 64, frac - SQUARE_FRAC).await?;
-        let square_bits = square_bits(width);
-        let squares = square(sess, &coarse, SQUARE_SMALL, square_bits).await?;
+        // c at 10 fractional bits, below 2^(B+10): its shares read in B + 12 bits
+        // rounded (half a unit added before the floor), so the squares' bias is a third smaller
+        let sq = square_frac(frac, width, range);
+        let half = if server && sq < frac { 1u64 << (frac - sq - 1) } else { 0 };
+        let c_half: Vec<u64> = c.iter().map(|v| v.wrapping_add(half)).collect();
+        let coarse = truncate_extend(sess, &c_half, 64, frac - sq).await?;
+        let square_bits = square_bits(sq, width, range);
+        let squares = square(sess, &coarse, range.bits() + sq + 2, square_bits).await?;
         let sums: Vec<u64> =
             squares.chunks_exact(width).map(|r| r.iter().fold(0u64, |s, v| s.wrapping_add(*v))).collect();
-        let sums = truncate_extend(sess, &sums, square_bits, 2 * SQUARE_FRAC - frac).await?;
-        truncate_extend(sess, &scale(sums), 64, MEAN_BITS).await?
+        // v' = Σc²/2^p ∈ [σ², 2σ²) (p = log2 d, or ⌊log2 d⌋ for other d) at F_v fractional bits
+        let shift = 2 * sq as i32 + mean_shift(width) as i32 - range.variance_frac(frac) as i32;
+        let sums = truncate_extend(sess, &sums, square_bits, shift.max(0) as u32).await?;
+        sums.iter().map(|s| s << (-shift).max(0)).collect::<Vec<u64>>()
     };
+    // ε·d/2^p at F_v, so that √(d/2^p)/√(v' + ε·d/2^p) = 1/√(σ² + ε)
+    let ratio = width as f64 / (1u64 << mean_shift(width)) as f64;
+    let eps = (eps as i64 as f64 * ratio * 2f64.powi((range.variance_frac(frac) - frac) as i32)).round() as i64 as u64;
     let var: Vec<u64> = var.iter().map(|v| if server { v.wrapping_add(eps) } else { *v }).collect();
+    // r = 1/√(v' + ε) · √(d/2^p) at F = f + B − 6 fractional bits
     let r = {
         let _s = meter.scope("norm/rsqrt");
-        rsqrt_values(sess, &var).await?
+        rsqrt_values(sess, &var, range, range.variance_frac(frac), ratio.sqrt()).await?
     };
     debug_assert_eq!(r.len(), rows);
-    // c·r: |c| < 2^6, r < 2^7, 2f fractional bits
+    // n = c·r at f + F fractional bits: |n| ≤ √d (all of a row's deviation in one value), so
+    // 2^(⌈L/2⌉ + 1) with a bit of margin for the rounding of r; r ≤ 2^7 (σ² + ε ≥ 2^-14)
     let n = {
         let _s = meter.scope("norm/normalize");
-        let normalized_bits = 2 * frac + 15;
-        // r ≤ 2^7 (σ² + ε ≥ 2^-14): below 2^(f+8)
-        let n = mul_rows_in(sess, &c, &r, frac + 10, normalized_bits).await?;
-        truncate_extend(sess, &n, normalized_bits, frac).await?
+        let r_frac = range.rsqrt_frac(frac);
+        let normalized_bits = frac + r_frac + log2_width(width).div_ceil(2) + 3;
+        let n = mul_rows_in(sess, &c, &r, r_frac + 10, normalized_bits).await?;
+        truncate_extend(sess, &n, normalized_bits, r_frac).await?
     };
     let _s = meter.scope("norm/affine");
     let (gamma, beta): (Vec<u64>, Vec<u64>) = match affine {
@@ -187,16 +279,26 @@ async fn normalize(sess: &mut Session, x: &Shares, affine: Affine<'_>, eps: u64,
 /// times 2^-k.
 pub async fn rsqrt(sess: &mut Session, v: &Shares) -> ProtoResult<Shares> {
     sess.check_format(v, "rsqrt input")?;
-    Ok(v.with_values(rsqrt_values(sess, v.as_slice()).await?)?)
+    let frac = frac_of(sess)?;
+    Ok(v.with_values(rsqrt_values(sess, v.as_slice(), NormRange::DEFAULT, frac, 1.0).await?)?)
 }
 
-async fn rsqrt_values(sess: &mut Session, v: &[u64]) -> ProtoResult<Vec<u64>> {
+/// c/√v for v ∈ [2^-14, 4^(B+2)) at `v_frac` fractional bits and a public c ∈ [1, 2), the
+/// result at f + B − 6.
+async fn rsqrt_values(
+    sess: &mut Session,
+    v: &[u64],
+    range: NormRange,
+    v_frac: u32,
+    correction: f64,
+) -> ProtoResult<Vec<u64>> {
     let frac = frac_of(sess)?;
     let server = sess.party() == Party::Server;
     let n = v.len();
-    let thresholds: Vec<u64> = (K_MIN + 1..=K_MAX).map(|k| 1u64 << (frac as i32 + 2 * k)).collect();
-    // |v − c| < 2^(bits−1) for v, c < 2^34
-    let bits = frac + 18;
+    let k_max = range.k_max();
+    let thresholds: Vec<u64> = (K_MIN + 1..=k_max).map(|k| 1u64 << (v_frac as i32 + 2 * k)).collect();
+    // |v − c| < 2^(bits−1) for v, c < 2^(2B + 4 + F)
+    let bits = v_frac + 2 * range.bits() + 6;
     let mut triples =
         Triples::generate(sess, n * thresholds.len() * triples_per_comparison(sess.kind, bits - 1)).await?;
     let ge = at_least(sess, &mut triples, &Shares::vector(v.to_vec(), frac)?, &thresholds, bits).await?.to_bools();
@@ -209,20 +311,21 @@ async fn rsqrt_values(sess: &mut Session, v: &[u64]) -> ProtoResult<Vec<u64>> {
         })
         .collect();
     let onehot = b2a(sess, &Bits::from_bools(&onehot)).await?.into_vec();
-    let weigh = |shift: &dyn Fn(i32) -> i32| -> Vec<u64> {
+    let weigh = |weight: &dyn Fn(i32) -> u64| -> Vec<u64> {
         onehot
             .chunks_exact(t + 1)
             .map(|b| {
-                b.iter()
-                    .enumerate()
-                    .fold(0u64, |s, (i, &b)| s.wrapping_add(b.wrapping_mul(1u64 << shift(K_MIN + i as i32))))
+                b.iter().enumerate().fold(0u64, |s, (i, &b)| s.wrapping_add(b.wrapping_mul(weight(K_MIN + i as i32))))
             })
             .collect()
     };
-    let quarter = weigh(&|k| frac as i32 - 2 * k); // 4^-k
-    let half = weigh(&|k| frac as i32 - k); // 2^-k
+    // 4^-k at X = 2·k_max fractional bits (m·2^(F+X) < 2^(F+2B+4)), c·2^-k at f + B − 6
+    // (rounded: 2^-k ≥ 2^-(B+1) keeps f − 7 bits)
+    let x_bits = 2 * k_max;
+    let quarter = weigh(&|k| 1u64 << (x_bits - 2 * k));
+    let half = weigh(&|k| (correction * 2f64.powi(range.rsqrt_frac(frac) as i32 - k)).round() as u64);
     let m = mul_in(sess, v, &quarter, 64).await?;
-    let m = truncate_extend(sess, &m, 64, frac).await?;
+    let m = truncate_extend(sess, &m, 64, v_frac + x_bits as u32 - frac).await?;
     let three = if server { 3u64 << frac } else { 0 };
     let mut y = evaluate_values(sess, &Piecewise::rsqrt(), &m).await?;
     for _ in 0..2 {

@@ -18,6 +18,7 @@ use std::time::Duration;
 use rand::rngs::ChaCha20Rng;
 use rand::{Rng, SeedableRng};
 
+use super::layernorm::NormRange;
 use super::linear::{HeClient, HeServer, KeySet};
 use super::{ProtoError, ProtoResult};
 use crate::backend::{Backend, BackendError, Workers};
@@ -125,6 +126,7 @@ pub struct Session {
     format: FixedPoint,
     network: CostModel,
     out_of_range: OutOfRange,
+    norm_range: NormRange,
     seeded: bool,
     backend: Arc<dyn Backend>,
     workers: Workers,
@@ -186,6 +188,7 @@ impl Session {
             format: config.format,
             network: config.network,
             out_of_range: config.out_of_range,
+            norm_range: NormRange::DEFAULT,
             seeded: seed.is_some(),
             backend,
             workers,
@@ -296,6 +299,17 @@ impl Session {
     /// Changes the treatment of out-of-range inputs (both parties at the same point).
     pub fn set_out_of_range(&mut self, out_of_range: OutOfRange) {
         self.out_of_range = out_of_range;
+    }
+
+    /// The input range the norms take.
+    pub fn norm_range(&self) -> NormRange {
+        self.norm_range
+    }
+
+    /// Changes the norms' input range (both parties alike, at the same point: a public
+    /// parameter of every norm after it).
+    pub fn set_norm_range(&mut self, range: NormRange) {
+        self.norm_range = range;
     }
 
     /// The network the session is tuned for.

@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use secmoe::backend::{Backend, BackendChoice};
 use secmoe::model::{Embedding, Plan, Prompt};
 use secmoe::net::{CostModel, Identity, LinkConfig, Listener, PublicParams, connect, fingerprint, loopback};
+use secmoe::proto::layernorm::NormRange;
 use secmoe::ring::FixedPoint;
 
 #[derive(Parser)]
@@ -148,6 +149,9 @@ enum Command {
         /// A prompt as text, tokenized with the folder's tokenizer.json; repeat for several.
         #[arg(long)]
         prompt: Vec<String>,
+        /// The norms' input range |x| < 2^B to check against (as `--norm-range` of a run).
+        #[arg(long, default_value_t = NormRange::DEFAULT.bits())]
+        norm_range: u32,
         /// Print one JSON object instead of the table.
         #[arg(long)]
         json: bool,
@@ -243,6 +247,11 @@ struct JobArgs {
     /// products from host operands on the GPU; cuda:everything every call).
     #[arg(long, default_value = "auto")]
     backend: BackendChoice,
+    /// The norms' input range |x| < 2^B (6..=14): wider for models whose residual stream
+    /// reaches thousands in a few channels (`secmoe ranges` says which B a model needs), at some
+    /// cost in the norms. Both parties must pass it.
+    #[arg(long, default_value_t = NormRange::DEFAULT.bits())]
+    norm_range: u32,
     /// Treat the embedding table as public (BumbleBee's and BOLT's assumption): the client
     /// looks its tokens up itself (`client` reads the table from --model-config DIR's
     /// safetensors) instead of the oblivious lookup. Both parties must pass it.
@@ -254,7 +263,7 @@ impl JobArgs {
     fn job(&self) -> Result<infer::JobConfig> {
         let embedding = if self.public_embedding { Embedding::Public } else { Embedding::Private };
         Ok(infer::JobConfig {
-            plan: Plan { method: self.method, embedding },
+            plan: Plan { method: self.method, embedding, norms: NormRange::new(self.norm_range)? },
             format: FixedPoint::new(self.frac_bits)?,
             threads: self.threads,
         })
@@ -341,7 +350,8 @@ fn main() -> Result<()> {
                 let tokenizer = infer::Tokenizer::find(Some(&model))?;
                 let (model, weights) = infer::model_weights(Some(&model))?;
                 let ids = prompt.ids(tokenizer.as_ref())?;
-                report::warn_ranges(&secmoe::model::ranges(&model.config, weights.as_ref(), &[&ids])?);
+                let norms = job.job()?.plan.norms;
+                report::warn_ranges(&secmoe::model::ranges(&model.config, weights.as_ref(), &[&ids], norms)?);
                 reset_peak_rss();
                 let (mut c, s) =
                     both(&job, &model, weights.as_ref(), &ids, prompt.max_new_tokens, !prompt.json).await?;
@@ -366,7 +376,8 @@ fn main() -> Result<()> {
                 let moe = moe.options()?;
                 bench::run(&preset, backend, threads, only.as_deref(), tune, json.as_deref(), &moe).await
             }
-            Command::Ranges { model, prompt_ids, prompt, json } => {
+            Command::Ranges { model, prompt_ids, prompt, norm_range, json } => {
+                let norms = NormRange::new(norm_range)?;
                 let tokenizer = infer::Tokenizer::find(model.as_deref())?;
                 let (model, weights) = infer::model_weights(model.as_deref())?;
                 let mut prompts = prompt_ids
@@ -380,8 +391,8 @@ fn main() -> Result<()> {
                     prompts.push(infer::prompt_ids(None, None, None)?);
                 }
                 let prompts: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
-                let ranges = secmoe::model::ranges(&model.config, weights.as_ref(), &prompts)?;
-                report::print_ranges(&model, prompts.len(), &ranges, json)?;
+                let ranges = secmoe::model::ranges(&model.config, weights.as_ref(), &prompts, norms)?;
+                report::print_ranges(&model, prompts.len(), norms, &ranges, json)?;
                 let beyond = ranges.exceeded().count();
                 if beyond > 0 {
                     bail!("{beyond} site(s) beyond their protocol's range: private inference would be wrong there");

@@ -8,6 +8,7 @@ use crate::bench::harness::peak_rss;
 use crate::infer::{ClientResult, Costs, Model};
 use secmoe::model::Ranges;
 use secmoe::net::{CostModel, Report, StepStats};
+use secmoe::proto::layernorm::NormRange;
 
 /// Bytes in human units.
 pub fn human_bytes(b: u64) -> String {
@@ -229,18 +230,25 @@ pub fn print_served(forwards: usize, c: &Costs) {
 
 /// `ranges`' report: every site with its largest magnitude and its protocol's range (or one
 /// JSON object).
-pub fn print_ranges(model: &Model, prompts: usize, ranges: &Ranges, as_json: bool) -> anyhow::Result<()> {
+pub fn print_ranges(
+    model: &Model,
+    prompts: usize,
+    norms: NormRange,
+    ranges: &Ranges,
+    as_json: bool,
+) -> anyhow::Result<()> {
     if as_json {
         let sites: Vec<serde_json::Value> = ranges
             .sites()
             .iter()
             .map(|r| {
                 json!({"site": r.site, "quantity": r.quantity.to_string(), "max_abs": r.max,
-                       "limit": r.quantity.limit(), "exceeded": r.exceeded()})
+                       "limit": r.limit, "exceeded": r.exceeded()})
             })
             .collect();
         let v = json!({"model": model.config.to_string(), "prompts": prompts, "sites": sites,
-                       "exceeded": ranges.exceeded().count()});
+                       "exceeded": ranges.exceeded().count(), "norm_range_bits": norms.bits(),
+                       "norm_range_bits_needed": ranges.norms_needed().map(|n| n.bits())});
         return print(|o| writeln!(o, "{v}"));
     }
     print(|o| {
@@ -248,18 +256,18 @@ pub fn print_ranges(model: &Model, prompts: usize, ranges: &Ranges, as_json: boo
         writeln!(o, "{:<24} {:<30} {:>12} {:>8}", "site", "value", "max |x|", "range")?;
         for r in ranges.sites() {
             let verdict = if r.exceeded() { "  BEYOND" } else { "" };
-            writeln!(
-                o,
-                "{:<24} {:<30} {:>12.3} {:>8}{verdict}",
-                r.site,
-                r.quantity.to_string(),
-                r.max,
-                r.quantity.limit()
-            )?;
+            writeln!(o, "{:<24} {:<30} {:>12.3} {:>8}{verdict}", r.site, r.quantity.to_string(), r.max, r.limit)?;
         }
         match ranges.exceeded().count() {
-            0 => writeln!(o, "every value within its protocol's range"),
-            n => writeln!(o, "{n} site(s) beyond their protocol's range: the private output would be wrong"),
+            0 => writeln!(o, "every value within its protocol's range")?,
+            n => writeln!(o, "{n} site(s) beyond their protocol's range: the private output would be wrong")?,
+        }
+        match ranges.norms_needed() {
+            Some(n) if n.bits() > norms.bits() => {
+                writeln!(o, "the norms' inputs need --norm-range {} (both parties)", n.bits())
+            }
+            None => writeln!(o, "the norms' inputs are beyond the widest range they take, 2^{}", NormRange::BITS.end()),
+            _ => Ok(()),
         }
     })
 }
@@ -269,10 +277,7 @@ pub fn warn_ranges(ranges: &Ranges) {
     for r in ranges.exceeded() {
         eprintln!(
             "warning: {} ({}) reaches {:.3} on this prompt, beyond the protocol's |x| < {}: the private output will be wrong (`secmoe ranges`)",
-            r.site,
-            r.quantity,
-            r.max,
-            r.quantity.limit()
+            r.site, r.quantity, r.max, r.limit
         );
     }
 }
