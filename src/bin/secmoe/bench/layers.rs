@@ -15,7 +15,7 @@ use secmoe::net::CostModel;
 use secmoe::ot::OtKind;
 use secmoe::proto::boolean::Triples;
 use secmoe::proto::compare::{at_least, greater_than, triples_per_comparison};
-use secmoe::proto::layernorm::{Affine, layernorm};
+use secmoe::proto::layernorm::{Affine, NormRange, layernorm};
 use secmoe::proto::linear::{KeySet, linear, matmul_shared};
 use secmoe::proto::piecewise::{Piecewise, evaluate, evaluate_baseline};
 use secmoe::proto::softmax::softmax;
@@ -84,9 +84,11 @@ pub(crate) async fn run(
         rows.push(row);
     }
     if only.is_none_or(|o| o == "layernorm") {
-        let row = measure_layernorm(OtKind::Silent, backend.clone(), threads).await.context("layernorm")?;
-        print_row_with_steps(&row);
-        rows.push(row);
+        for range in [NormRange::DEFAULT, NormRange::new(13)?] {
+            let row = measure_layernorm(OtKind::Silent, range, backend.clone(), threads).await.context("layernorm")?;
+            print_row_with_steps(&row);
+            rows.push(row);
+        }
     }
     if only.is_none_or(|o| o == "softmax") {
         let row = measure_softmax(OtKind::Silent, backend.clone(), threads).await.context("softmax")?;
@@ -327,16 +329,29 @@ async fn measure_softmax(kind: OtKind, backend: Arc<dyn Backend>, threads: usize
 
 /// `layernorm`: 128 rows of 768 values (row i uniform in ±3·(1 + i/32) around i/16), with
 /// random γ ∈ [−2, 2) and β ∈ [−1, 1) held by the server; checked within 2e-3·(1 + |y|) of the
-/// real function.
-async fn measure_layernorm(kind: OtKind, backend: Arc<dyn Backend>, threads: usize) -> Result<Row> {
+/// real function. With a range wider than the default, every eighth row has a "massive
+/// activation" of ±5000 in its column 7.
+async fn measure_layernorm(
+    kind: OtKind,
+    range: NormRange,
+    backend: Arc<dyn Backend>,
+    threads: usize,
+) -> Result<Row> {
     const D: usize = 768;
     const N: usize = 128 * D;
     const SCALE: f64 = (1u64 << 18) as f64;
     let fixed = |v: f64| (v * SCALE).round() as i64 as u64;
     let mut rng = StdRng::from_rng(&mut rand::rng());
     let (c, mut oc, s, mut os) = session_pair(backend, threads, kind, CostModel::WAN).await?;
-    let xs: Vec<f64> =
+    let mut xs: Vec<f64> =
         (0..N).map(|i| rng.random_range(-3.0..3.0) * (1.0 + (i / D) as f64 / 32.0) + (i / D) as f64 / 16.0).collect();
+    if range != NormRange::DEFAULT {
+        for (j, row) in xs.chunks_exact_mut(D).step_by(8).enumerate() {
+            row[7] = if j % 2 == 0 { 5000.0 } else { -5000.0 };
+        }
+    }
+    os.set_norm_range(range);
+    oc.set_norm_range(range);
     let gamma: Vec<f64> = (0..D).map(|_| rng.random_range(-2.0..2.0)).collect();
     let beta: Vec<f64> = (0..D).map(|_| rng.random_range(-1.0..1.0)).collect();
     let (g, b): (Vec<u64>, Vec<u64>) =
@@ -371,8 +386,11 @@ async fn measure_layernorm(kind: OtKind, backend: Arc<dyn Backend>, threads: usi
     a?;
     b?;
     let bytes = after.bytes() - before.bytes();
-    let mut row =
-        row("layernorm", format!("128×768, {kind} OT"), threads, wall_s, bytes, after.rounds - before.rounds, checked);
+    let shape = match range {
+        NormRange::DEFAULT => format!("128×768, {kind} OT"),
+        wide => format!("128×768, {kind} OT, |x| < 2^{}", wide.bits()),
+    };
+    let mut row = row("layernorm", shape, threads, wall_s, bytes, after.rounds - before.rounds, checked);
     row.bits_per_op = Some(bytes as f64 * 8.0 / N as f64);
     row.set_steps(&report, ["norm/mean", "norm/variance", "norm/rsqrt", "norm/normalize", "norm/affine"]);
     row.max_error = Some(errors.iter().copied().fold(0.0, f64::max));
