@@ -331,12 +331,7 @@ async fn measure_softmax(kind: OtKind, backend: Arc<dyn Backend>, threads: usize
 /// random γ ∈ [−2, 2) and β ∈ [−1, 1) held by the server; checked within 2e-3·(1 + |y|) of the
 /// real function. With a range wider than the default, every eighth row has a "massive
 /// activation" of ±5000 in its column 7.
-async fn measure_layernorm(
-    kind: OtKind,
-    range: NormRange,
-    backend: Arc<dyn Backend>,
-    threads: usize,
-) -> Result<Row> {
+async fn measure_layernorm(kind: OtKind, range: NormRange, backend: Arc<dyn Backend>, threads: usize) -> Result<Row> {
     const D: usize = 768;
     const N: usize = 128 * D;
     const SCALE: f64 = (1u64 << 18) as f64;
