@@ -46,8 +46,8 @@ const WEIGHT_BITS: u32 = 12;
 /// The bound on the server's γ: |γ| ≤ 2^GAMMA_BITS (the affine step's ring has room for it, and
 /// a model's weights are checked against it when the server loads them).
 pub const GAMMA_BITS: u32 = 4;
-/// Fractional bits the norms run at: v ≥ 2^-14 needs f ≥ 14 (the rsqrt thresholds), the
-/// squares at 10 fractional bits need f ≤ 20.
+/// Fractional bits the norms run at: v ≥ 2^-14 needs f ≥ 14 (the rsqrt thresholds); the
+/// rings of the mean square and of 1/√ are sized for f ≤ 20.
 pub const FRAC_RANGE: std::ops::RangeInclusive<u32> = 14..=20;
 /// Longest row (Mixtral's and Qwen3-MoE-235B's d = 4096, DeepSeek-V3's 7168).
 pub const MAX_WIDTH: usize = 8192;
@@ -66,8 +66,8 @@ pub struct NormRange(u32);
 impl NormRange {
     /// |x − μ| < 2^6.
     pub const DEFAULT: NormRange = NormRange(6);
-    /// The exponents B a norm takes: the squares of values below 2^B at 10 fractional bits,
-    /// summed over 8192, fill 2B + 35 bits of the 64.
+    /// The exponents B a norm takes: at B = 14 the squares of values below 2^B, at 10
+    /// fractional bits and summed over 8192, fill 63 bits of the 64.
     pub const BITS: std::ops::RangeInclusive<u32> = 6..=14;
 
     /// |x − μ| < 2^`bits`, for `bits` in [`NormRange::BITS`].
@@ -213,11 +213,11 @@ async fn normalize(sess: &mut Session, x: &Shares, affine: Affine<'_>, eps: u64,
     } else {
         x.to_vec()
     };
-    // σ² (or the mean square): squares of c at 10 fractional bits in a small ring
+    // σ² (or the mean square): squares of c at s ≤ 12 fractional bits in a small ring
     let var = {
         let _s = meter.scope("norm/variance");
-        // c at 10 fractional bits, below 2^(B+10): its shares read in B + 12 bits
-        // rounded (half a unit added before the floor), so the squares' bias is a third smaller
+        // c at s fractional bits, below 2^(B+s): its shares read in B + s + 2 bits; rounded (half
+        // a unit added before the floor), which more than halves the squares' bias
         let sq = square_frac(frac, width, range);
         let half = if server && sq < frac { 1u64 << (frac - sq - 1) } else { 0 };
         let c_half: Vec<u64> = c.iter().map(|v| v.wrapping_add(half)).collect();
