@@ -109,17 +109,20 @@ impl Ranges {
         Ranges { norms, sites: Vec::new() }
     }
 
-    /// Records values seen at `site`, keeping the largest magnitude per (site, quantity).
+    /// Records values seen at `site`, keeping the largest magnitude per (site, quantity) (the
+    /// site is most often the last one recorded, so the search starts there).
     pub(super) fn see<'a>(
         &mut self,
         site: impl Into<String>,
         quantity: Quantity,
         values: impl IntoIterator<Item = &'a f64>,
     ) {
-        let max = values.into_iter().fold(0.0f64, |m, v| if v.is_nan() { f64::NAN } else { m.max(v.abs()) });
+        // the largest |v|, NaN once any is (f64::max would drop it)
+        let largest = |a: f64, b: f64| if a.is_nan() || b.is_nan() { f64::NAN } else { a.max(b) };
+        let max = values.into_iter().fold(0.0f64, |m, v| largest(m, v.abs()));
         let site = site.into();
-        match self.sites.iter_mut().find(|r| r.site == site && r.quantity == quantity) {
-            Some(r) => r.max = if max.is_nan() { max } else { r.max.max(max) },
+        match self.sites.iter_mut().rev().find(|r| r.site == site && r.quantity == quantity) {
+            Some(r) => r.max = largest(r.max, max),
             None => self.sites.push(Range { site, quantity, max, limit: quantity.limit(self.norms) }),
         }
     }
@@ -154,4 +157,26 @@ pub fn ranges(
         forward_probed(cfg, weights, ids, &mut probe)?;
     }
     Ok(probe)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A site keeps its largest magnitude over every call; a NaN stays (and is beyond any range);
+    /// the norms' limit follows the range the check is for.
+    #[test]
+    fn sites_keep_their_largest_magnitude_and_nan() {
+        let mut r = Ranges::new(NormRange::new(10).unwrap());
+        r.see("a", Quantity::NormInput, &[1.0, -700.0]);
+        r.see("a", Quantity::NormInput, &[3.0]);
+        r.see("b", Quantity::RouterLogit, &[1.0, f64::NAN, 2.0]);
+        r.see("b", Quantity::RouterLogit, &[5.0]);
+        assert_eq!((r.sites()[0].max, r.sites()[0].limit), (700.0, 1024.0));
+        assert!(r.sites()[1].max.is_nan());
+        let beyond: Vec<&str> = r.exceeded().map(|s| s.site.as_str()).collect();
+        assert_eq!(beyond, ["b"]);
+        assert_eq!(r.norms_needed(), Some(NormRange::new(10).unwrap()));
+    }
 }

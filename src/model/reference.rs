@@ -187,6 +187,7 @@ fn attention(
         rope(&mut q, cfg.heads, hd, theta);
         rope(&mut k, cfg.kv_heads, hd, theta);
     }
+    let site = format!("layers.{layer}.attention");
     let group = cfg.heads / cfg.kv_heads;
     let mut o = vec![0.0; n * qw];
     for h in 0..cfg.heads {
@@ -206,9 +207,8 @@ fn attention(
                 })
                 .collect();
             let top = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let site = format!("layers.{layer}.attention");
             probe.see(&site, Quantity::Score, &scores);
-            probe.see(site, Quantity::ScoreSpread, &scores.iter().map(|s| top - s).collect::<Vec<_>>());
+            probe.see(&site, Quantity::ScoreSpread, &scores.iter().map(|s| top - s).collect::<Vec<_>>());
             let p = softmax(&scores);
             for c in 0..hd {
                 o[i * qw + h * hd + c] = p.iter().enumerate().map(|(j, p)| p * v[j * kw + g * hd + c]).sum();
