@@ -34,9 +34,10 @@ def ensure_venv():
 
 
 def families():
-    from transformers import (MixtralConfig, MixtralForCausalLM, OlmoeConfig, OlmoeForCausalLM,
-                              Qwen2MoeConfig, Qwen2MoeForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM,
-                              SwitchTransformersConfig, SwitchTransformersEncoderModel)
+    from transformers import (GraniteMoeConfig, GraniteMoeForCausalLM, GraniteMoeSharedConfig,
+                              GraniteMoeSharedForCausalLM, MixtralConfig, MixtralForCausalLM, OlmoeConfig,
+                              OlmoeForCausalLM, Qwen2MoeConfig, Qwen2MoeForCausalLM, Qwen3MoeConfig,
+                              Qwen3MoeForCausalLM, SwitchTransformersConfig, SwitchTransformersEncoderModel)
     import torch
     return [
         ("mixtral", torch.bfloat16, MixtralForCausalLM, MixtralConfig(
@@ -58,6 +59,17 @@ def families():
             vocab_size=96, hidden_size=32, intermediate_size=24, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=4, num_experts=8, num_experts_per_tok=2,
             norm_topk_prob=False, pad_token_id=1, eos_token_id=2, bos_token_id=None)),
+        # the four scalar multipliers away from 1 (granite-3.0-1b-a400m: 12, 1/64, 0.22, 6)
+        ("granitemoe", torch.bfloat16, GraniteMoeForCausalLM, GraniteMoeConfig(
+            vocab_size=96, hidden_size=32, intermediate_size=24, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, num_local_experts=8, num_experts_per_tok=2,
+            embedding_multiplier=3.0, attention_multiplier=0.2, residual_multiplier=0.5,
+            logits_scaling=2.5, tie_word_embeddings=True)),
+        ("granitemoeshared", torch.float16, GraniteMoeSharedForCausalLM, GraniteMoeSharedConfig(
+            vocab_size=96, hidden_size=32, intermediate_size=24, shared_intermediate_size=40,
+            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, num_local_experts=8,
+            num_experts_per_tok=3, embedding_multiplier=2.0, attention_multiplier=0.25,
+            residual_multiplier=0.7, logits_scaling=0.8, tie_word_embeddings=False)),
         ("switch", torch.float32, SwitchTransformersEncoderModel, SwitchTransformersConfig(
             vocab_size=96, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4, num_experts=8,
             num_sparse_encoder_layers=1, expert_capacity=1, relative_attention_num_buckets=32,
@@ -80,7 +92,7 @@ def randomize(model, generator):
                 value = 0.1 * u
             else:
                 scale = 1 / p.shape[-1] ** 0.5
-                if name.endswith(("gate.weight", "classifier.weight")) and "proj" not in name:
+                if name.endswith(("gate.weight", "classifier.weight", "router.weight")) and "proj" not in name:
                     scale *= 4
                 value = scale * u
             p.copy_(value)

@@ -14,7 +14,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use secmoe::model::{Checkpoint, Ffn, Plan, Prompt, finish, forward, infer, serve, setup_he};
+use secmoe::model::{Checkpoint, Ffn, ModelConfig, Plan, Prompt, finish, forward, infer, serve, setup_he};
 
 /// Largest |Δ| of private inference against `transformers` (the target).
 const PRIVATE_BOUND: f64 = 0.05;
@@ -113,6 +113,35 @@ fn qwen3_moe_matches_transformers() {
 #[ignore = "needs the checkpoints of scripts/hf_reference.py (PyTorch and transformers)"]
 fn olmoe_matches_transformers() {
     check("olmoe");
+}
+
+/// Granite-MoE: each layer's experts in two fused tensors, and four scalar multipliers away
+/// from 1, each of which must matter: with any one set back to its default the plaintext model
+/// is off transformers by ten times its bound or more.
+#[test]
+#[ignore = "needs the checkpoints of scripts/hf_reference.py (PyTorch and transformers)"]
+fn granitemoe_matches_transformers() {
+    check("granitemoe");
+    let (ckpt, r) = load("granitemoe");
+    let unscaled: [fn(&mut ModelConfig); 4] = [
+        |c| c.scales.embedding = 1.0,
+        |c| c.scales.residual = 1.0,
+        |c| c.scales.logits = 1.0,
+        |c| c.score_scale = 1.0 / (c.head_dim as f64).sqrt(),
+    ];
+    for (i, unscale) in unscaled.into_iter().enumerate() {
+        let mut cfg = ckpt.config().clone();
+        unscale(&mut cfg);
+        let off = max_diff(&forward(&cfg, &ckpt, &r.ids).unwrap(), &r.output);
+        assert!(off > 10.0 * PLAIN_BOUND, "multiplier {i} does not matter (Δ {off:.1e} without it)");
+    }
+}
+
+/// Granite-MoE with its ungated shared expert (stored fused like the routed ones).
+#[test]
+#[ignore = "needs the checkpoints of scripts/hf_reference.py (PyTorch and transformers)"]
+fn granitemoeshared_matches_transformers() {
+    check("granitemoeshared");
 }
 
 /// The Switch checkpoint has `expert_capacity` = 1 for 8 tokens on 8 experts, so tokens are

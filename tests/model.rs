@@ -1,6 +1,7 @@
 //! Whole models in 2PC: private inference against the f64 plaintext model for every family
 //! (Mixtral-style default, Qwen2-MoE with dense layers, biases and a gated shared expert,
-//! OLMoE's q/k norms, Qwen3-MoE's per-head q/k norms on heads wider than d/heads, the Switch encoder's relative position bias and ReLU experts), errors on
+//! OLMoE's q/k norms, Qwen3-MoE's per-head q/k norms on heads wider than d/heads, Granite-MoE's
+//! multipliers and fused experts, the Switch encoder's relative position bias and ReLU experts), errors on
 //! both sides before anything moves, checkpoints that do not fit their config refused by name.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -10,8 +11,8 @@ mod common;
 
 use secmoe::model::{
     Checkpoint, Embedding, Family, Ffn, HfTensor, KvCache, ModelConfig, ModelError, ModelResult, ModelWeights, Output,
-    Plan, Positions, Prompt, QkNorm, WeightSource, check_weights, default_config, default_weights, finish, forward,
-    forward_quantized, infer, infer_cached, ranges, serve, setup_he,
+    Plan, Positions, Prompt, QkNorm, Scales, WeightSource, check_weights, default_config, default_weights, finish,
+    forward, forward_quantized, infer, infer_cached, ranges, serve, setup_he,
 };
 use secmoe::moe::{ExpertKind, Method, MoeConfig, Routing, SharedExpert};
 use secmoe::net::Frame;
@@ -146,6 +147,7 @@ fn qwen2_moe_with_dense_layers_biases_and_a_gated_shared_expert() {
         ffn: vec![Ffn::Moe(m), Ffn::Dense { d_ff: 48, kind: ExpertKind::SwiGlu }],
         tie_embeddings: true,
         lm_head: true,
+        scales: Scales::ONE,
     };
     check(&cfg, &ModelWeights::random(&cfg, 7, 4.0), &[1, 2, 3, 60]);
 }
@@ -168,6 +170,7 @@ fn olmoe_with_q_k_norms_and_the_switch_encoder() {
         ffn: vec![Ffn::Moe(moe(8, 2, 32, 16, Routing::SoftmaxTopK { normalize: true }, ExpertKind::SwiGlu))],
         tie_embeddings: false,
         lm_head: true,
+        scales: Scales::ONE,
     };
     check(&olmoe, &ModelWeights::random(&olmoe, 8, 4.0), &[7, 0, 47]);
     let switch = ModelConfig {
@@ -189,6 +192,7 @@ fn olmoe_with_q_k_norms_and_the_switch_encoder() {
         ],
         tie_embeddings: true,
         lm_head: false,
+        scales: Scales::ONE,
     };
     check(&switch, &ModelWeights::random(&switch, 9, 4.0), &[4, 8, 15, 16, 23]);
 }
@@ -217,10 +221,60 @@ fn qwen3_moe_with_per_head_q_k_norms_and_wide_heads() {
         ],
         tie_embeddings: false,
         lm_head: true,
+        scales: Scales::ONE,
     };
     let w = ModelWeights::random(&cfg, 10, 4.0);
     assert_eq!(w.layers[0].qk_norm.as_ref().map(|g| [g[0].len(), g[1].len()]), Some([12, 12]));
     check(&cfg, &w, &[5, 55, 0, 31]);
+}
+
+/// Granite-MoE (`granitemoeshared`): Mixtral's routing, an ungated shared expert and the four
+/// scalar multipliers away from 1 (the score scale replaces 1/√head_dim), which the server folds
+/// into its weights and the f64 model applies where transformers does: private inference
+/// against it, with the private and the public embedding. Written as a checkpoint (each layer's
+/// routed experts in two fused tensors, the shared expert's W1|W3 in one) and read back exactly;
+/// a bad value inside a fused tensor is named by its index there.
+#[test]
+fn granite_moe_with_multipliers_fused_experts_and_a_shared_expert() {
+    let config = r#"{"model_type": "granitemoeshared", "vocab_size": 48, "hidden_size": 32,
+        "intermediate_size": 16, "shared_intermediate_size": 24, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_act": "silu", "rms_norm_eps": 1e-06,
+        "num_local_experts": 6, "num_experts_per_tok": 2, "embedding_multiplier": 4.0,
+        "attention_multiplier": 0.2, "residual_multiplier": 0.4, "logits_scaling": 2.0,
+        "rope_theta": 10000.0, "tie_word_embeddings": true}"#;
+    let cfg = ModelConfig::from_json(config).unwrap();
+    assert_eq!((cfg.family, cfg.score_scale, cfg.tie_embeddings), (Family::GraniteMoeShared, 0.2, true));
+    assert_eq!(cfg.scales, Scales { embedding: 4.0, residual: 0.4, logits: 0.5 });
+    let w = ModelWeights::random(&cfg, 11, 4.0);
+    let ids = [5, 40, 0, 17];
+    check(&cfg, &w, &ids);
+    let public = Plan { embedding: Embedding::Public, ..Plan::default() };
+    let got = private(&cfg, &cfg, public, Prompt::new(&ids).with_table(Some(&w.embedding)), &w).client.unwrap();
+    let want = forward(&cfg, &w, &ids).unwrap();
+    let worst = got.values.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max);
+    assert!(worst <= BOUND, "public embedding: error {worst:.2e}");
+
+    let root = std::env::temp_dir().join(format!("secmoe-granite-{}", std::process::id()));
+    let fused = "model.layers.1.block_sparse_moe.input_linear.weight";
+    common::write_checkpoint(&root.join("good"), config, &cfg, &w, |t| {
+        let shapes: Vec<(&str, &[usize])> = t.iter().map(|t| (t.name.as_str(), t.shape.as_slice())).collect();
+        assert!(shapes.contains(&(fused, &[6, 32, 32])), "{shapes:?}");
+        assert!(shapes.contains(&("model.layers.0.shared_mlp.input_linear.weight", &[48, 32])), "{shapes:?}");
+    });
+    let ckpt = Checkpoint::open(&root.join("good")).unwrap();
+    assert_eq!(ckpt.config(), &cfg);
+    for (i, layer) in w.layers.iter().enumerate() {
+        assert_eq!(&ckpt.layer(i).unwrap(), layer, "layer {i} read back");
+    }
+    // expert 4's W3 (the second half of its block), row 3, column 7
+    let index = 4 * 32 * 32 + (16 + 3) * 32 + 7;
+    common::write_checkpoint(&root.join("nan"), config, &cfg, &w, |t| {
+        t.iter_mut().find(|t| t.name == fused).unwrap().values[index] = f32::NAN
+    });
+    let ckpt = Checkpoint::open(&root.join("nan")).unwrap();
+    let err = check_weights(&cfg, FixedPoint::default(), &ckpt).unwrap_err().to_string();
+    assert!(err.contains(&format!("tensor `{fused}`, element {index}: NaN")), "{err}");
+    std::fs::remove_dir_all(&root).ok();
 }
 
 /// `ranges` finds where the plaintext model leaves a protocol's stated range — and such a value

@@ -1,7 +1,8 @@
 //! The built-in default model: a small Mixtral-style MoE decoder with weights from a fixed
-//! seed, so that `secmoe demo` runs a private inference with nothing to download.
+//! seed, so that `secmoe demo` runs a private inference with nothing to download; and a real
+//! checkpoint's architecture for measurements at its size.
 
-use super::config::{Family, Ffn, ModelConfig, Positions, QkNorm};
+use super::config::{Family, Ffn, ModelConfig, Positions, QkNorm, Scales};
 use super::weights::ModelWeights;
 use crate::moe::{ExpertKind, MoeConfig, Routing};
 
@@ -37,6 +38,7 @@ pub fn default_config() -> ModelConfig {
         ffn: vec![Ffn::Moe(moe); 2],
         tie_embeddings: false,
         lm_head: true,
+        scales: Scales::ONE,
     }
 }
 
@@ -44,3 +46,16 @@ pub fn default_config() -> ModelConfig {
 pub fn default_weights() -> ModelWeights {
     ModelWeights::random(&default_config(), SEED, 4.0)
 }
+
+/// The `config.json` fields of `ibm-granite/granite-3.1-1b-a400m`: 1.3 B parameters, 24 layers
+/// of d = 1024 (16 query and 8 key/value heads of 64), each with 32 SwiGLU experts of 512,
+/// top-8, vocabulary 49155, tied embeddings, Granite's four multipliers. The largest real MoE
+/// checkpoint family whose expanded weights fit a 24 GiB machine layer by layer many times
+/// over; `bench --preset model` runs it on random weights.
+pub const GRANITE_1B_A400M: &str = r#"{"architectures": ["GraniteMoeForCausalLM"], "model_type": "granitemoe",
+    "vocab_size": 49155, "hidden_size": 1024, "intermediate_size": 512, "num_hidden_layers": 24,
+    "num_attention_heads": 16, "num_key_value_heads": 8, "max_position_embeddings": 131072,
+    "rms_norm_eps": 1e-06, "rope_theta": 1500000, "hidden_act": "silu", "attention_bias": false,
+    "attention_dropout": 0.0, "attention_multiplier": 0.015625, "embedding_multiplier": 12.0,
+    "residual_multiplier": 0.22, "logits_scaling": 6.0, "num_local_experts": 32,
+    "num_experts_per_tok": 8, "tie_word_embeddings": true, "torch_dtype": "bfloat16"}"#;

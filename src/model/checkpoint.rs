@@ -37,16 +37,54 @@ impl std::fmt::Debug for Checkpoint {
     }
 }
 
-/// A tensor's role in the engine: its name in the checkpoint, its PyTorch shape and the
-/// engine's name for it (that of [`WeightSource::locate`]).
+/// A tensor's role in the engine: its name in the checkpoint, its PyTorch shape, the engine's
+/// name for it (that of [`WeightSource::locate`]) and, when the stored tensor holds several of
+/// the engine's, which part is this one.
 struct Spec {
     name: String,
     shape: Vec<usize>,
     engine: String,
+    part: Option<Part>,
+}
+
+/// An engine tensor stored inside a larger one (Granite's experts, fused per layer): `rows`×`cols`
+/// values, row-major, from the stored tensor's flat index `offset`.
+#[derive(Debug, Clone, Copy)]
+struct Part {
+    offset: usize,
+    rows: usize,
+    cols: usize,
 }
 
 fn spec(name: String, shape: &[usize], engine: impl Into<String>) -> Spec {
-    Spec { name, shape: shape.to_vec(), engine: engine.into() }
+    Spec { name, shape: shape.to_vec(), engine: engine.into(), part: None }
+}
+
+impl Spec {
+    /// The values this spec reads: its part, or all of the stored tensor (rows × the rest).
+    fn window(&self) -> Part {
+        self.part.unwrap_or_else(|| {
+            let rows = self.shape.first().copied().unwrap_or(1);
+            Part { offset: 0, rows, cols: self.shape.iter().skip(1).product() }
+        })
+    }
+}
+
+/// A gated expert whose W1|W3 are stacked in one stored `Linear` weight and W2 is another, each
+/// the `block`-th of its tensor's leading axis (Granite's `input_linear`, `output_linear`; the
+/// shared expert's are 2-D: block 0).
+fn fused_mlp(input: (&str, &[usize]), output: (&str, &[usize]), block: usize, engine: &str) -> Vec<Spec> {
+    let (rows, d) = (input.1[input.1.len() - 2], input.1[input.1.len() - 1]);
+    let d_ff = rows / 2;
+    let part = |(name, shape): (&str, &[usize]), w: &str, offset, rows, cols| Spec {
+        part: Some(Part { offset, rows, cols }),
+        ..spec(name.to_string(), shape, format!("{engine}.{w}"))
+    };
+    vec![
+        part(input, "w1", block * rows * d, d_ff, d),
+        part(input, "w3", block * rows * d + d_ff * d, d_ff, d),
+        part(output, "w2", block * d * d_ff, d, d_ff),
+    ]
 }
 
 /// The checkpoint names of one family.
@@ -149,6 +187,21 @@ impl Names<'_> {
                 .collect()
         };
         match (&c.ffn[i], c.family) {
+            (Ffn::Moe(m), Family::GraniteMoe | Family::GraniteMoeShared) => {
+                let (moe, f) = (format!("{p}block_sparse_moe."), m.d_ff);
+                out.push(spec(format!("{moe}router.layer.weight"), &[m.experts, d], e("router")));
+                let input = (format!("{moe}input_linear.weight"), [m.experts, 2 * f, d]);
+                let output = (format!("{moe}output_linear.weight"), [m.experts, d, f]);
+                for x in 0..m.experts {
+                    let engine = e(&format!("experts.{x}"));
+                    out.extend(fused_mlp((&input.0, &input.1), (&output.0, &output.1), x, &engine));
+                }
+                if let Some(s) = m.shared {
+                    let (input, output) = (format!("{p}shared_mlp.input_linear.weight"), [2 * s.d_ff, d]);
+                    let out_name = format!("{p}shared_mlp.output_linear.weight");
+                    out.extend(fused_mlp((&input, &output), (&out_name, &[d, s.d_ff]), 0, &e("shared_expert")));
+                }
+            }
             (Ffn::Dense { d_ff, kind }, Family::SwitchEncoder) => {
                 out.extend(mlp(&format!("{p}1.mlp."), e("mlp"), *d_ff, kind.gated()))
             }
@@ -287,15 +340,24 @@ impl Checkpoint {
         Ok(())
     }
 
+    /// The values of `s` (its part of the stored tensor, or all of it).
     fn values(&self, s: &Spec) -> ModelResult<Vec<f32>> {
         let e =
             self.tensors.get(&s.name).ok_or_else(|| ModelError::Weights(format!("tensor `{}` is missing", s.name)))?;
-        Ok(e.dtype.decode(&s.name, &self.files[e.file][e.bytes.0..e.bytes.1])?)
+        let bytes = match s.part {
+            None => e.bytes.0..e.bytes.1,
+            Some(p) => {
+                let start = e.bytes.0 + p.offset * e.dtype.size();
+                start..start + p.rows * p.cols * e.dtype.size()
+            }
+        };
+        Ok(e.dtype.decode(&s.name, &self.files[e.file][bytes])?)
     }
 
     /// A `Linear.weight` (out×in) as the engine's in×out.
     fn matrix(&self, s: &Spec) -> ModelResult<Vec<f32>> {
-        Ok(transpose(s.shape[0], s.shape[1], &self.values(s)?))
+        let w = s.window();
+        Ok(transpose(w.rows, w.cols, &self.values(s)?))
     }
 }
 
@@ -352,9 +414,12 @@ impl WeightSource for Checkpoint {
         match names.all().into_iter().find(|s| s.engine == wanted) {
             None => (engine.to_string(), index),
             Some(s) => {
-                let linear = tied || (s.shape.len() == 2 && !matches!(wanted, "embedding" | "position_bias"));
-                let index = if linear { (index % s.shape[0]) * s.shape[1] + index / s.shape[0] } else { index };
-                (s.name, index)
+                let linear = tied
+                    || s.part.is_some()
+                    || (s.shape.len() == 2 && !matches!(wanted, "embedding" | "position_bias"));
+                let w = s.window();
+                let index = if linear { (index % w.rows) * w.cols + index / w.rows } else { index };
+                (s.name, w.offset + index)
             }
         }
     }
@@ -475,15 +540,33 @@ pub fn hf_tensors(cfg: &ModelConfig, w: &ModelWeights) -> ModelResult<Vec<HfTens
             specs.len()
         )));
     }
-    specs
-        .into_iter()
-        .zip(values)
-        .map(|(s, (v, matrix))| {
-            if v.len() != s.shape.iter().product::<usize>() {
-                return Err(ModelError::Weights(format!("`{}` has {} values, not {:?}", s.name, v.len(), s.shape)));
+    let mut out: Vec<HfTensor> = Vec::new();
+    for (s, (v, matrix)) in specs.into_iter().zip(values) {
+        let w = s.window();
+        if v.len() != w.rows * w.cols {
+            return Err(ModelError::Weights(format!(
+                "`{}` has {} values, not {}×{}",
+                s.engine,
+                v.len(),
+                w.rows,
+                w.cols
+            )));
+        }
+        let v = if matrix { transpose(w.cols, w.rows, &v) } else { v };
+        if s.part.is_none() {
+            out.push(HfTensor { name: s.name, shape: s.shape, values: v });
+            continue;
+        }
+        // a part: into its stored tensor, made on its first part
+        let at = match out.iter().position(|t| t.name == s.name) {
+            Some(at) => at,
+            None => {
+                let values = vec![0.0; s.shape.iter().product()];
+                out.push(HfTensor { name: s.name, shape: s.shape, values });
+                out.len() - 1
             }
-            let v = if matrix { transpose(s.shape[1], s.shape[0], &v) } else { v };
-            Ok(HfTensor { name: s.name, shape: s.shape, values: v })
-        })
-        .collect()
+        };
+        out[at].values[w.offset..w.offset + v.len()].copy_from_slice(&v);
+    }
+    Ok(out)
 }

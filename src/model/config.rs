@@ -25,6 +25,11 @@ pub enum Family {
     /// `switch_transformers`, the encoder: T5 relative position bias, no score scaling, ReLU
     /// experts, top-1 Switch routing on every `encoder_sparse_step`-th layer.
     SwitchEncoder,
+    /// `granitemoe`: Mixtral's routing with each layer's experts stored as two fused tensors,
+    /// and four scalar multipliers ([`Scales`], the score scale).
+    GraniteMoe,
+    /// `granitemoeshared`: `granitemoe` with an ungated shared expert.
+    GraniteMoeShared,
 }
 
 impl Family {
@@ -36,6 +41,8 @@ impl Family {
             Family::Olmoe => "olmoe",
             Family::Qwen3Moe => "qwen3_moe",
             Family::SwitchEncoder => "switch_transformers",
+            Family::GraniteMoe => "granitemoe",
+            Family::GraniteMoeShared => "granitemoeshared",
         }
     }
 }
@@ -78,6 +85,33 @@ impl QkNorm {
             QkNorm::None => None,
             QkNorm::Full => Some((heads * head_dim, kv_heads * head_dim)),
             QkNorm::PerHead => Some((head_dim, head_dim)),
+        }
+    }
+}
+
+/// Public scalar multipliers of a model's residual stream (Granite's; 1 elsewhere). The server
+/// folds them into its weights when it converts them ([`Scales::fold`]): the embedding table,
+/// the maps that end each residual branch (attention's output map, every expert's W2) and the
+/// LM head, so they cost no protocol step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scales {
+    /// Multiplies the embedding rows (`embedding_multiplier`).
+    pub embedding: f64,
+    /// Multiplies each block's attention and feed-forward outputs before they are added to the
+    /// residual stream (`residual_multiplier`).
+    pub residual: f64,
+    /// Multiplies the logits (1 / `logits_scaling`).
+    pub logits: f64,
+}
+
+impl Scales {
+    /// No multipliers.
+    pub const ONE: Scales = Scales { embedding: 1.0, residual: 1.0, logits: 1.0 };
+
+    /// `values` times `scale` (unchanged at 1).
+    pub fn fold(scale: f64, values: &mut [f32]) {
+        if scale != 1.0 {
+            values.iter_mut().for_each(|v| *v = (*v as f64 * scale) as f32);
         }
     }
 }
@@ -130,6 +164,8 @@ pub struct ModelConfig {
     pub tie_embeddings: bool,
     /// Logits over the vocabulary (a causal LM), or the final hidden states (an encoder).
     pub lm_head: bool,
+    /// Scalar multipliers of the residual stream.
+    pub scales: Scales,
 }
 
 impl ModelConfig {
@@ -162,11 +198,14 @@ impl ModelConfig {
         let c = Json(&v);
         let model_type = c.str("model_type")?;
         let cfg = match model_type.as_str() {
-            "mixtral" | "qwen2_moe" | "qwen3_moe" | "olmoe" => decoder(&c, &model_type)?,
+            "mixtral" | "qwen2_moe" | "qwen3_moe" | "olmoe" | "granitemoe" | "granitemoeshared" => {
+                decoder(&c, &model_type)?
+            }
             "switch_transformers" => switch(&c)?,
             other => {
                 return Err(ModelError::Config(format!(
-                    "model_type `{other}` is not supported (mixtral, qwen2_moe, qwen3_moe, olmoe, switch_transformers)"
+                    "model_type `{other}` is not supported (mixtral, qwen2_moe, qwen3_moe, olmoe, granitemoe, \
+                     granitemoeshared, switch_transformers)"
                 )));
             }
         };
@@ -179,6 +218,14 @@ impl ModelConfig {
         let bad = |what: String| Err(ModelError::Config(what));
         if self.vocab == 0 || self.d_model == 0 || self.heads == 0 || self.head_dim == 0 || self.ffn.is_empty() {
             return bad(format!("zero size in {self}"));
+        }
+        let Scales { embedding, residual, logits } = self.scales;
+        for (name, s) in
+            [("embedding", embedding), ("residual", residual), ("logits", logits), ("score", self.score_scale)]
+        {
+            if !s.is_finite() || s == 0.0 {
+                return bad(format!("the {name} multiplier is {s}"));
+            }
         }
         if self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
             return bad(format!("{} query heads over {} key/value heads", self.heads, self.kv_heads));
@@ -329,8 +376,8 @@ fn sparse_layers(c: &Json, layers: usize, moe: MoeConfig) -> ModelResult<Vec<Ffn
         .collect())
 }
 
-/// Mixtral, Qwen2-MoE, Qwen3-MoE and OLMoE: causal decoders with RoPE, RMSNorm and SwiGLU
-/// experts.
+/// Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE and Granite-MoE: causal decoders with RoPE, RMSNorm and
+/// SwiGLU experts.
 fn decoder(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
     let d = c.usize("hidden_size")?;
     let heads = c.usize("num_attention_heads")?;
@@ -339,17 +386,40 @@ fn decoder(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
     let head_dim = c.usize_or("head_dim", d / heads.max(1))?;
     let mut family = Family::Mixtral;
     let (mut qkv_bias, mut qk_norm) = (false, QkNorm::None);
+    let (mut score_scale, mut scales) = (1.0 / (head_dim as f64).sqrt(), Scales::ONE);
+    // Mixtral's MoE block (top-k, then a softmax over the chosen logits); Granite's too
+    let top_k_softmax = || -> ModelResult<MoeConfig> {
+        Ok(MoeConfig {
+            experts: c.usize("num_local_experts")?,
+            top_k: c.usize("num_experts_per_tok")?,
+            d_model: d,
+            d_ff: c.usize("intermediate_size")?,
+            routing: Routing::TopKSoftmax,
+            expert: ExpertKind::SwiGlu,
+            shared: None,
+            expert_capacity: None,
+        })
+    };
     let ffn: Vec<Ffn> = match model_type {
-        "mixtral" => {
+        "mixtral" => vec![Ffn::Moe(top_k_softmax()?); layers],
+        "granitemoe" | "granitemoeshared" => {
+            c.refuse_unless("attention_bias", |v| v == false)?;
+            let shared = c.usize_or("shared_intermediate_size", 0)?;
+            family = if model_type == "granitemoe" { Family::GraniteMoe } else { Family::GraniteMoeShared };
+            if family == Family::GraniteMoe && shared > 0 {
+                return Err(ModelError::Config(
+                    "config.json: `shared_intermediate_size` needs granitemoeshared".into(),
+                ));
+            }
+            score_scale = c.f64_or("attention_multiplier", 1.0)?;
+            scales = Scales {
+                embedding: c.f64_or("embedding_multiplier", 1.0)?,
+                residual: c.f64_or("residual_multiplier", 1.0)?,
+                logits: 1.0 / c.f64_or("logits_scaling", 1.0)?,
+            };
             let moe = MoeConfig {
-                experts: c.usize("num_local_experts")?,
-                top_k: c.usize("num_experts_per_tok")?,
-                d_model: d,
-                d_ff: c.usize("intermediate_size")?,
-                routing: Routing::TopKSoftmax,
-                expert: ExpertKind::SwiGlu,
-                shared: None,
-                expert_capacity: None,
+                shared: (shared > 0).then_some(SharedExpert { d_ff: shared, sigmoid_gate: false }),
+                ..top_k_softmax()?
             };
             vec![Ffn::Moe(moe); layers]
         }
@@ -392,12 +462,13 @@ fn decoder(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
         causal: true,
         norm_eps: c.f64_or("rms_norm_eps", 1e-6)?,
         positions: Positions::Rope { theta: rope_theta(c)? },
-        score_scale: 1.0 / (head_dim as f64).sqrt(),
+        score_scale,
         qkv_bias,
         qk_norm,
         ffn,
         tie_embeddings: c.bool_or("tie_word_embeddings", false)?,
         lm_head: true,
+        scales,
     })
 }
 
@@ -444,6 +515,7 @@ fn switch(c: &Json) -> ModelResult<ModelConfig> {
             .collect(),
         tie_embeddings: true,
         lm_head: false,
+        scales: Scales::ONE,
     })
 }
 
@@ -524,6 +596,47 @@ mod tests {
             ("\"head_dim\": 128", "\"head_dim\": 16384", "width 16384"),
         ] {
             let err = ModelConfig::from_json(&QWEN3_30B_A3B.replace(from, to)).unwrap_err().to_string();
+            assert!(err.contains(named), "{named}: {err}");
+        }
+    }
+
+    /// granite-3.1-1b-a400m's architecture: 24 MoE layers of 32 experts, top-8, tied, its four
+    /// multipliers; options it does not take are refused by name.
+    #[test]
+    fn granite_moe_configs_are_read() {
+        use crate::model::GRANITE_1B_A400M;
+        let cfg = ModelConfig::from_json(GRANITE_1B_A400M).unwrap();
+        assert_eq!(
+            (cfg.family, cfg.vocab, cfg.d_model, cfg.heads, cfg.kv_heads, cfg.head_dim),
+            (Family::GraniteMoe, 49155, 1024, 16, 8, 64)
+        );
+        assert_eq!(
+            (cfg.score_scale, cfg.tie_embeddings, cfg.positions),
+            (0.015625, true, Positions::Rope { theta: 1.5e6 })
+        );
+        assert_eq!(cfg.scales, Scales { embedding: 12.0, residual: 0.22, logits: 1.0 / 6.0 });
+        let moe = MoeConfig {
+            experts: 32,
+            top_k: 8,
+            d_model: 1024,
+            d_ff: 512,
+            routing: Routing::TopKSoftmax,
+            expert: ExpertKind::SwiGlu,
+            shared: None,
+            expert_capacity: None,
+        };
+        assert_eq!(cfg.ffn, vec![Ffn::Moe(moe); 24]);
+        let shared =
+            GRANITE_1B_A400M.replace("\"granitemoe\"", "\"granitemoeshared\", \"shared_intermediate_size\": 1024");
+        let cfg = ModelConfig::from_json(&shared).unwrap();
+        let with_shared = MoeConfig { shared: Some(SharedExpert { d_ff: 1024, sigmoid_gate: false }), ..moe };
+        assert_eq!((cfg.family, cfg.ffn[23]), (Family::GraniteMoeShared, Ffn::Moe(with_shared)));
+        for (from, to, named) in [
+            ("\"attention_bias\": false", "\"attention_bias\": true", "attention_bias"),
+            ("\"granitemoe\"", "\"granitemoe\", \"shared_intermediate_size\": 64", "granitemoeshared"),
+            ("\"logits_scaling\": 6.0", "\"logits_scaling\": 0", "logits multiplier"),
+        ] {
+            let err = ModelConfig::from_json(&GRANITE_1B_A400M.replace(from, to)).unwrap_err().to_string();
             assert!(err.contains(named), "{named}: {err}");
         }
     }

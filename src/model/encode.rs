@@ -3,9 +3,10 @@
 //! finite, beyond the format, or beyond 32 bits for the experts' compact storage — is reported
 //! under the source's name and index (the checkpoint's tensor, not the engine's).
 //! [`check_weights`] runs the conversion over the whole model once, so the server refuses such
-//! a checkpoint before it serves anyone.
+//! a checkpoint before it serves anyone. The model's scalar multipliers ([`Scales`]) are folded
+//! into the weights here.
 
-use super::config::{Ffn, ModelConfig};
+use super::config::{Ffn, ModelConfig, Scales};
 use super::weights::{FfnWeights, Mlp, WeightSource};
 use super::{ModelError, ModelResult};
 use crate::moe::{ExpertWeights, MoeWeights, SharedWeights, narrow};
@@ -40,6 +41,8 @@ pub(super) enum BlockFfn {
 pub(super) struct Encoder<'a> {
     pub format: FixedPoint,
     pub source: &'a dyn WeightSource,
+    /// Folded into the embedding table, the residual branches' last maps and the LM head.
+    pub scales: Scales,
 }
 
 impl Encoder<'_> {
@@ -64,7 +67,9 @@ impl Encoder<'_> {
         Ok(narrow(name, &self.tensor(name, values, Some(31))?)?)
     }
 
-    fn mlp(&self, name: &str, m: &Mlp) -> ModelResult<ExpertWeights> {
+    /// An expert (the end of a residual branch: its W2 takes the residual multiplier).
+    fn mlp(&self, name: &str, mut m: Mlp) -> ModelResult<ExpertWeights> {
+        Scales::fold(self.scales.residual, &mut m.w2);
         Ok(ExpertWeights {
             w1: self.compact(&format!("{name}.w1"), &m.w1)?,
             w3: m.w3.as_ref().map(|w| self.compact(&format!("{name}.w3"), w)).transpose()?,
@@ -74,7 +79,9 @@ impl Encoder<'_> {
 
     /// The embedding table, vocab×d.
     pub fn embedding(&self) -> ModelResult<Vec<u64>> {
-        self.tensor("embedding", &self.source.embedding()?, None)
+        let mut table = self.source.embedding()?;
+        Scales::fold(self.scales.embedding, &mut table);
+        self.tensor("embedding", &table, None)
     }
 
     /// T5's relative position bias table, buckets×heads.
@@ -92,13 +99,15 @@ impl Encoder<'_> {
         if !cfg.lm_head {
             return Ok(None);
         }
-        let head = self.source.lm_head()?.ok_or_else(|| ModelError::Weights("the model has no LM head".into()))?;
+        let mut head = self.source.lm_head()?.ok_or_else(|| ModelError::Weights("the model has no LM head".into()))?;
+        Scales::fold(self.scales.logits, &mut head);
         self.tensor("lm_head", &head, None).map(Some)
     }
 
     /// Block `i`; the f32 weights are consumed, each expert's freed as it is converted.
     pub fn block(&self, cfg: &ModelConfig, i: usize) -> ModelResult<Block> {
-        let w = self.source.layer(i)?;
+        let mut w = self.source.layer(i)?;
+        Scales::fold(self.scales.residual, &mut w.wo);
         let name = |t: &str| format!("layers.{i}.{t}");
         let (d, qw, kw) = (cfg.d_model, cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim);
         let (q, k, v) = (
@@ -128,18 +137,18 @@ impl Encoder<'_> {
             None => None,
         };
         let ffn = match (cfg.ffn[i], w.ffn) {
-            (Ffn::Dense { .. }, FfnWeights::Dense(m)) => BlockFfn::Dense(self.mlp(&name("mlp"), &m)?),
+            (Ffn::Dense { .. }, FfnWeights::Dense(m)) => BlockFfn::Dense(self.mlp(&name("mlp"), m)?),
             (Ffn::Moe(_), FfnWeights::Moe { router, experts, shared }) => BlockFfn::Moe(MoeWeights {
                 router: self.compact(&name("router"), &router)?,
                 experts: experts
                     .into_iter()
                     .enumerate()
-                    .map(|(e, x)| self.mlp(&name(&format!("experts.{e}")), &x))
+                    .map(|(e, x)| self.mlp(&name(&format!("experts.{e}")), x))
                     .collect::<ModelResult<_>>()?,
                 shared: shared
                     .map(|(x, gate)| -> ModelResult<SharedWeights> {
                         Ok(SharedWeights {
-                            expert: self.mlp(&name("shared_expert"), &x)?,
+                            expert: self.mlp(&name("shared_expert"), x)?,
                             gate: gate.as_ref().map(|g| self.compact(&name("shared_expert_gate"), g)).transpose()?,
                         })
                     })
@@ -165,7 +174,7 @@ impl Encoder<'_> {
 /// Converts every weight of the model once (one block at a time, nothing kept): the first
 /// value that does not fit `format` is an error naming its tensor and index in the source.
 pub fn check_weights(cfg: &ModelConfig, format: FixedPoint, source: &dyn WeightSource) -> ModelResult<()> {
-    let enc = Encoder { format, source };
+    let enc = Encoder { format, source, scales: cfg.scales };
     enc.embedding()?;
     enc.position_bias()?;
     for i in 0..cfg.layers() {

@@ -238,15 +238,16 @@ pub(super) fn forward_probed(
         let row = table.get(id as usize * d..(id as usize + 1) * d);
         let row =
             row.ok_or_else(|| ModelError::Input(format!("token id {id} is not below the vocabulary {}", cfg.vocab)))?;
-        x.extend(row.iter().map(|&v| v as f64));
+        x.extend(row.iter().map(|&v| v as f64 * cfg.scales.embedding));
     }
+    let residual = cfg.scales.residual;
     let bias = weights.position_bias()?;
     for (i, ffn) in cfg.ffn.iter().enumerate() {
         let w = weights.layer(i)?;
         probe.see(format!("layers.{i}.attn_norm"), Quantity::NormInput, &x);
         let a = rmsnorm(&x, &w.attn_norm, cfg.norm_eps);
         let o = attention(cfg, &w, &a, bias.as_deref(), probe, i);
-        x.iter_mut().zip(o).for_each(|(x, o)| *x += o);
+        x.iter_mut().zip(o).for_each(|(x, o)| *x += residual * o);
         probe.see(format!("layers.{i}.ffn_norm"), Quantity::NormInput, &x);
         let b = rmsnorm(&x, &w.ffn_norm, cfg.norm_eps);
         let y = match (ffn, &w.ffn) {
@@ -258,12 +259,14 @@ pub(super) fn forward_probed(
                 return Err(ModelError::Weights(format!("layer {i}: MoE weights for a dense block")));
             }
         };
-        x.iter_mut().zip(y).for_each(|(x, y)| *x += y);
+        x.iter_mut().zip(y).for_each(|(x, y)| *x += residual * y);
     }
     probe.see("final_norm", Quantity::NormInput, &x);
     let x = rmsnorm(&x, &weights.final_norm()?, cfg.norm_eps);
     Ok(match weights.lm_head()? {
-        Some(head) if cfg.lm_head => matmul(&x, &head, d, cfg.vocab),
+        Some(head) if cfg.lm_head => {
+            matmul(&x, &head, d, cfg.vocab).into_iter().map(|l| l * cfg.scales.logits).collect()
+        }
         _ => x,
     })
 }

@@ -19,7 +19,7 @@
 //! sequence fixed by the public config and n; the routing, the token ids and every activation
 //! stay hidden (the MoE layer's argument covers the routing).
 
-use super::config::{Ffn, ModelConfig, Positions, relative_bucket};
+use super::config::{Ffn, ModelConfig, Positions, Scales, relative_bucket};
 use super::encode::{Block, BlockFfn, Encoder, check_weights};
 use super::reference::rope_table;
 use super::weights::WeightSource;
@@ -388,7 +388,7 @@ async fn forward(
     let meter = sess.meter().clone();
     let format = sess.format();
     let (d, v) = (cfg.d_model, cfg.vocab);
-    let enc = source.map(|source| Encoder { format, source });
+    let enc = source.map(|source| Encoder { format, source, scales: cfg.scales });
     // both parties stated the plan
     sess.set_norm_range(plan.norms);
     let mut h = {
@@ -410,7 +410,9 @@ async fn forward(
             }
             // the client's rows, the server's share zero: no message
             (Embedding::Public, Some(table)) => {
-                let rows: Vec<f32> = ids.iter().flat_map(|&id| table[id as usize * d..][..d].iter().copied()).collect();
+                let mut rows: Vec<f32> =
+                    ids.iter().flat_map(|&id| table[id as usize * d..][..d].iter().copied()).collect();
+                Scales::fold(cfg.scales.embedding, &mut rows);
                 format.encode_named("embedding (public)", &rows, None)?
             }
             (Embedding::Public, None) => vec![0u64; n * d],

@@ -135,53 +135,121 @@ impl WeightSource for ModelWeights {
 
 impl ModelWeights {
     /// Random weights for `cfg` from a fixed seed (the built-in default model, tests):
-    /// matrices uniform in ±`scale`/√fan-in, norms near 1, the router scaled by `router_scale`
-    /// so that routing depends on the input.
+    /// matrices uniform in ±1/√fan-in, embeddings in ±1, norms near 1, the router scaled by
+    /// `router_scale` so that routing depends on the input.
     pub fn random(cfg: &ModelConfig, seed: u64, router_scale: f32) -> ModelWeights {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let mut uniform =
-            |n: usize, bound: f32| -> Vec<f32> { (0..n).map(|_| rng.random_range(-bound..bound)).collect() };
+        let mut draw = Draw(StdRng::seed_from_u64(seed));
+        let d = cfg.d_model;
+        let embedding = draw.uniform(cfg.vocab * d, 1.0);
+        let layers = cfg.ffn.iter().map(|ffn| draw.layer(cfg, ffn, router_scale)).collect();
+        let position_bias = draw.position_bias(cfg);
+        let final_norm = vec![1.0; d];
+        let lm_head = (!cfg.tie_embeddings && cfg.lm_head).then(|| draw.uniform(d * cfg.vocab, inv(d)));
+        ModelWeights { embedding, layers, position_bias, final_norm, lm_head, tied: cfg.tie_embeddings && cfg.lm_head }
+    }
+}
+
+fn inv(n: usize) -> f32 {
+    1.0 / (n as f32).sqrt()
+}
+
+/// Draws the random weights of [`ModelWeights::random`] and [`RandomWeights`].
+struct Draw(StdRng);
+
+impl Draw {
+    fn uniform(&mut self, n: usize, bound: f32) -> Vec<f32> {
+        (0..n).map(|_| self.0.random_range(-bound..bound)).collect()
+    }
+
+    fn norm(&mut self, n: usize) -> Vec<f32> {
+        self.uniform(n, 0.2).into_iter().map(|v| 1.0 + v).collect()
+    }
+
+    fn mlp(&mut self, d: usize, d_ff: usize, gated: bool) -> Mlp {
+        Mlp {
+            w1: self.uniform(d * d_ff, inv(d)),
+            w3: gated.then(|| self.uniform(d * d_ff, inv(d))),
+            w2: self.uniform(d_ff * d, inv(d_ff)),
+        }
+    }
+
+    fn layer(&mut self, cfg: &ModelConfig, ffn: &Ffn, router_scale: f32) -> LayerWeights {
         let d = cfg.d_model;
         let (q, kv) = (cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim);
-        let inv = |n: usize| 1.0 / (n as f32).sqrt();
-        let mlp = |uniform: &mut dyn FnMut(usize, f32) -> Vec<f32>, d_ff: usize, gated: bool| Mlp {
-            w1: uniform(d * d_ff, inv(d)),
-            w3: gated.then(|| uniform(d * d_ff, inv(d))),
-            w2: uniform(d_ff * d, inv(d_ff)),
+        let attn_norm = self.norm(d);
+        let (wq, wk, wv) = (self.uniform(d * q, inv(d)), self.uniform(d * kv, inv(d)), self.uniform(d * kv, inv(d)));
+        let qkv_bias = cfg.qkv_bias.then(|| [self.uniform(q, 0.1), self.uniform(kv, 0.1), self.uniform(kv, 0.1)]);
+        let qk_norm = cfg.qk_norm_widths().map(|(qn, kn)| [self.norm(qn), self.norm(kn)]);
+        let wo = self.uniform(q * d, inv(q));
+        let ffn_norm = self.norm(d);
+        let ffn = match ffn {
+            Ffn::Dense { d_ff, kind } => FfnWeights::Dense(self.mlp(d, *d_ff, kind.gated())),
+            Ffn::Moe(m) => FfnWeights::Moe {
+                router: self.uniform(d * m.experts, router_scale * inv(d)),
+                experts: (0..m.experts).map(|_| self.mlp(d, m.d_ff, m.expert.gated())).collect(),
+                shared: m
+                    .shared
+                    .map(|s| (self.mlp(d, s.d_ff, m.expert.gated()), s.sigmoid_gate.then(|| self.uniform(d, inv(d))))),
+            },
         };
-        let embedding = uniform(cfg.vocab * d, 1.0);
-        let layers = cfg
-            .ffn
-            .iter()
-            .map(|ffn| {
-                let norm = |u: &mut dyn FnMut(usize, f32) -> Vec<f32>, n: usize| -> Vec<f32> {
-                    u(n, 0.2).into_iter().map(|v| 1.0 + v).collect()
-                };
-                let attn_norm = norm(&mut uniform, d);
-                let (wq, wk, wv) = (uniform(d * q, inv(d)), uniform(d * kv, inv(d)), uniform(d * kv, inv(d)));
-                let qkv_bias = cfg.qkv_bias.then(|| [uniform(q, 0.1), uniform(kv, 0.1), uniform(kv, 0.1)]);
-                let qk_norm = cfg.qk_norm_widths().map(|(qn, kn)| [norm(&mut uniform, qn), norm(&mut uniform, kn)]);
-                let wo = uniform(q * d, inv(q));
-                let ffn_norm = norm(&mut uniform, d);
-                let ffn = match ffn {
-                    Ffn::Dense { d_ff, kind } => FfnWeights::Dense(mlp(&mut uniform, *d_ff, kind.gated())),
-                    Ffn::Moe(m) => FfnWeights::Moe {
-                        router: uniform(d * m.experts, router_scale * inv(d)),
-                        experts: (0..m.experts).map(|_| mlp(&mut uniform, m.d_ff, m.expert.gated())).collect(),
-                        shared: m.shared.map(|s| {
-                            (mlp(&mut uniform, s.d_ff, m.expert.gated()), s.sigmoid_gate.then(|| uniform(d, inv(d))))
-                        }),
-                    },
-                };
-                LayerWeights { attn_norm, wq, wk, wv, qkv_bias, qk_norm, wo, ffn_norm, ffn }
-            })
-            .collect();
-        let position_bias = match cfg.positions {
-            Positions::RelativeBias { buckets, .. } => Some(uniform(buckets * cfg.heads, 1.0)),
+        LayerWeights { attn_norm, wq, wk, wv, qkv_bias, qk_norm, wo, ffn_norm, ffn }
+    }
+
+    fn position_bias(&mut self, cfg: &ModelConfig) -> Option<Vec<f32>> {
+        match cfg.positions {
+            Positions::RelativeBias { buckets, .. } => Some(self.uniform(buckets * cfg.heads, 1.0)),
             Positions::Rope { .. } => None,
-        };
-        let final_norm = (0..d).map(|_| 1.0).collect();
-        let lm_head = (!cfg.tie_embeddings && cfg.lm_head).then(|| uniform(d * cfg.vocab, inv(d)));
-        ModelWeights { embedding, layers, position_bias, final_norm, lm_head, tied: cfg.tie_embeddings && cfg.lm_head }
+        }
+    }
+}
+
+/// Random weights of [`ModelWeights::random`]'s distribution drawn when asked for, each
+/// tensor group from its own seed (so the same on every call): a model of any size in the
+/// memory of one layer, for measurements at the sizes of real checkpoints.
+#[derive(Debug, Clone)]
+pub struct RandomWeights {
+    cfg: ModelConfig,
+    seed: u64,
+    router_scale: f32,
+}
+
+impl RandomWeights {
+    /// The weights of `cfg` drawn from `seed`.
+    pub fn new(cfg: &ModelConfig, seed: u64, router_scale: f32) -> RandomWeights {
+        RandomWeights { cfg: cfg.clone(), seed, router_scale }
+    }
+
+    /// The generator of group `part` (0: embedding, 1: position bias, 2: LM head, 3 + i:
+    /// layer i).
+    fn draw(&self, part: u64) -> Draw {
+        Draw(StdRng::seed_from_u64(self.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(part)))
+    }
+}
+
+impl WeightSource for RandomWeights {
+    fn embedding(&self) -> ModelResult<Vec<f32>> {
+        Ok(self.draw(0).uniform(self.cfg.vocab * self.cfg.d_model, 1.0))
+    }
+
+    fn layer(&self, i: usize) -> ModelResult<LayerWeights> {
+        let ffn = self.cfg.ffn.get(i).ok_or_else(|| ModelError::Weights(format!("no layer {i}")))?;
+        Ok(self.draw(3 + i as u64).layer(&self.cfg, ffn, self.router_scale))
+    }
+
+    fn position_bias(&self) -> ModelResult<Option<Vec<f32>>> {
+        Ok(self.draw(1).position_bias(&self.cfg))
+    }
+
+    fn final_norm(&self) -> ModelResult<Vec<f32>> {
+        Ok(vec![1.0; self.cfg.d_model])
+    }
+
+    fn lm_head(&self) -> ModelResult<Option<Vec<f32>>> {
+        let (c, d) = (&self.cfg, self.cfg.d_model);
+        Ok(match (c.lm_head, c.tie_embeddings) {
+            (false, _) => None,
+            (true, true) => Some(transpose(c.vocab, d, &self.embedding()?)),
+            (true, false) => Some(self.draw(2).uniform(d * c.vocab, inv(d))),
+        })
     }
 }

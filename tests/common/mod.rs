@@ -84,20 +84,28 @@ pub fn open_rows(a: &secmoe::ring::Shares, b: &secmoe::ring::Shares) -> Vec<u64>
 /// Writes the built-in default model as a Mixtral checkpoint (config.json +
 /// model.safetensors) with `edit` applied to the tensor list first.
 pub fn write_default_checkpoint(dir: &std::path::Path, edit: impl FnOnce(&mut Vec<secmoe::model::HfTensor>)) {
-    let cfg = secmoe::model::default_config();
-    let w = secmoe::model::default_weights();
-    let mut tensors = secmoe::model::hf_tensors(&cfg, &w).unwrap();
+    let config = r#"{"model_type": "mixtral", "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": null,
+        "hidden_act": "silu", "rms_norm_eps": 1e-05, "num_local_experts": 8, "num_experts_per_tok": 2,
+        "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"}, "tie_word_embeddings": false,
+        "sliding_window": null}"#;
+    let (cfg, w) = (secmoe::model::default_config(), secmoe::model::default_weights());
+    write_checkpoint(dir, config, &cfg, &w, edit);
+}
+
+/// Writes `w` as the checkpoint of `cfg` (read from `config`, its config.json) in f32, with
+/// `edit` applied to the tensor list first.
+pub fn write_checkpoint(
+    dir: &std::path::Path,
+    config: &str,
+    cfg: &secmoe::model::ModelConfig,
+    w: &secmoe::model::ModelWeights,
+    edit: impl FnOnce(&mut Vec<secmoe::model::HfTensor>),
+) {
+    let mut tensors = secmoe::model::hf_tensors(cfg, w).unwrap();
     edit(&mut tensors);
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(
-        dir.join("config.json"),
-        r#"{"model_type": "mixtral", "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,
-            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": null,
-            "hidden_act": "silu", "rms_norm_eps": 1e-05, "num_local_experts": 8, "num_experts_per_tok": 2,
-            "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"}, "tie_word_embeddings": false,
-            "sliding_window": null}"#,
-    )
-    .unwrap();
+    std::fs::write(dir.join("config.json"), config).unwrap();
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
         .map(|t| {

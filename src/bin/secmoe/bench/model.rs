@@ -1,7 +1,9 @@
-//! `--preset model`: whole models in 2PC — the built-in default model, and one
+//! `--preset model`: whole models in 2PC — the built-in default model, one
 //! `switch-base-8`-shaped encoder layer (d = 768, 12 heads of 64, 8 ReLU experts of 3072,
 //! Switch routing, 128 tokens; vocabulary 512, so that the layer, not the embedding lookup,
-//! dominates) — each checked against the f64 plaintext model.
+//! dominates), and all of `granite-3.1-1b-a400m` (1.3 B parameters; random weights drawn one
+//! layer at a time as the server asks, `--only granite-1b-a400m`, not run by default) — each
+//! checked against the f64 plaintext model.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,8 +11,8 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use secmoe::backend::Backend;
 use secmoe::model::{
-    Family, Ffn, ModelConfig, ModelWeights, Plan, Positions, Prompt, QkNorm, default_config, finish, forward, infer,
-    serve, setup_he,
+    Family, Ffn, GRANITE_1B_A400M, ModelConfig, ModelWeights, Plan, Positions, Prompt, QkNorm, RandomWeights, Scales,
+    WeightSource, default_config, finish, forward, infer, serve, setup_he,
 };
 use secmoe::moe::{ExpertKind, MoeConfig, Routing};
 use secmoe::net::CostModel;
@@ -51,6 +53,7 @@ fn switch_base_8_layer() -> ModelConfig {
         ffn: vec![Ffn::Moe(moe)],
         tie_embeddings: true,
         lm_head: false,
+        scales: Scales::ONE,
     }
 }
 
@@ -61,13 +64,24 @@ pub(crate) async fn run(
     tune: CostModel,
     rows: &mut Vec<Row>,
 ) -> Result<()> {
-    let cases: [(&str, ModelConfig, usize, f32); 2] =
-        [("default-model", default_config(), 16, 4.0), ("switch-base-8-layer", switch_base_8_layer(), 128, 4.0)];
-    for (name, cfg, n, router) in cases {
-        if only.is_some_and(|o| o != name) {
+    let granite = ModelConfig::from_json(GRANITE_1B_A400M)?;
+    // (name, model, tokens, run without --only)
+    let cases: [(&str, ModelConfig, usize, bool); 3] = [
+        ("default-model", default_config(), 16, true),
+        ("switch-base-8-layer", switch_base_8_layer(), 128, true),
+        ("granite-1b-a400m", granite, 16, false),
+    ];
+    for (name, cfg, n, default) in cases {
+        if only.map_or(!default, |o| o != name) {
             continue;
         }
-        let row = measure(name, &cfg, n, router, backend.clone(), threads, tune).await?;
+        // the router scaled up so that routing depends on the input
+        let weights: Box<dyn WeightSource> = if default {
+            Box::new(ModelWeights::random(&cfg, 1, 4.0))
+        } else {
+            Box::new(RandomWeights::new(&cfg, 1, 4.0))
+        };
+        let row = measure(name, &cfg, n, weights.as_ref(), backend.clone(), threads, tune).await?;
         print_row_with_steps(&row);
         rows.push(row);
     }
@@ -78,12 +92,11 @@ async fn measure(
     name: &str,
     cfg: &ModelConfig,
     n: usize,
-    router_scale: f32,
+    w: &dyn WeightSource,
     backend: Arc<dyn Backend>,
     threads: usize,
     tune: CostModel,
 ) -> Result<Row> {
-    let w = ModelWeights::random(cfg, 1, router_scale);
     let ids: Vec<u32> = (0..n).map(|i| ((i * 37 + 11) % cfg.vocab) as u32).collect();
     let (c, mut sc, s, mut ss) = session_pair(backend, threads, OtKind::Silent, tune).await?;
     let (a, b) = tokio::join!(setup_he(&mut sc, Plan::default()), setup_he(&mut ss, Plan::default()));
@@ -97,7 +110,7 @@ async fn measure(
         finish(&mut sc).await?;
         anyhow::Ok(out)
     };
-    let (out, served) = tokio::join!(client, serve(&mut ss, cfg, Plan::default(), &w, &()));
+    let (out, served) = tokio::join!(client, serve(&mut ss, cfg, Plan::default(), w, &()));
     let wall_s = start.elapsed().as_secs_f64();
     let (out, served) = (out?, served?);
     if served != 1 {
@@ -106,7 +119,7 @@ async fn measure(
     let report = c.meter().report();
     let after = report.total();
     let flooding = ss.exposure();
-    let want = forward(cfg, &w, &ids)?;
+    let want = forward(cfg, w, &ids)?;
     let errors: Vec<f64> = out.values.iter().zip(&want).map(|(g, w)| (g - w).abs()).collect();
     let error = errors.iter().copied().fold(0.0, f64::max);
     let (a, b) = tokio::join!(c.close(), s.close());
