@@ -189,6 +189,23 @@ fn a_models_expert_capacity_drops_the_overflow_in_every_method() {
     check(unit, Method::SelectRows, 5, 130);
 }
 
+/// Narrow experts, several chosen: selecting rows applies W2 by experts (each hidden row gated
+/// and scattered to its expert's input, one product of n rows: `moe::layer`'s rule picks it for
+/// these shapes) — top-4 of 16 renormalized, top-1 with a unit gate, and Switch routing whose
+/// capacity drops tokens (their gates zeroed before the scatter); each against the plaintext.
+#[test]
+fn narrow_experts_take_w2_by_experts() {
+    let narrow =
+        |experts, top_k, routing, expert| MoeConfig { d_model: 32, d_ff: 8, ..config(experts, top_k, routing, expert) };
+    check(narrow(16, 4, Routing::SoftmaxTopK { normalize: true }, ExpertKind::SwiGlu), Method::SelectRows, 4, 150);
+    check(narrow(4, 1, Routing::TopKSoftmax, ExpertKind::Gelu), Method::SelectRows, 3, 160);
+    let switch = MoeConfig { expert_capacity: Some(1), ..narrow(4, 1, Routing::Switch, ExpertKind::Relu) };
+    let f = FixedPoint::default();
+    let w = MoeWeights::random(&switch, f, 4.0, &mut StdRng::seed_from_u64(170));
+    assert!(reference(&switch, f, &tokens(5, 32, 171), &w, None).unwrap().dropped >= 1, "the case must drop");
+    check(switch, Method::SelectRows, 5, 170);
+}
+
 #[test]
 fn a_capacity_factor_below_one_is_refused_by_both() {
     let f = FixedPoint::default();
@@ -264,11 +281,24 @@ fn ties_go_to_the_lower_expert_index() {
 }
 
 /// The frames the server receives for two client inputs that route differently are the same
-/// in number, order and length, for every method.
+/// in number, order and length, for every method (and for selecting rows both ways of W2:
+/// narrow experts take it by experts).
 #[test]
 fn the_servers_view_does_not_depend_on_the_routing() {
     let f = FixedPoint::default();
     let cfg = config(4, 2, Routing::TopKSoftmax, ExpertKind::Gelu);
+    let narrow = MoeConfig { d_model: 32, d_ff: 8, ..cfg };
+    let w = MoeWeights::random(&narrow, f, 4.0, &mut StdRng::seed_from_u64(95));
+    let one = tokens(3, 32, 96);
+    let other: Vec<u64> = one.iter().map(|v| v.wrapping_neg()).collect();
+    assert_ne!(
+        reference(&narrow, f, &one, &w, None).unwrap().chosen,
+        reference(&narrow, f, &other, &w, None).unwrap().chosen
+    );
+    let (a, b) =
+        (run(&narrow, &narrow, Method::SelectRows, &one, &w), run(&narrow, &narrow, Method::SelectRows, &other, &w));
+    assert!(a.client.is_ok() && b.client.is_ok() && !a.server_received.is_empty());
+    assert_eq!(a.server_received, b.server_received, "narrow experts: the server's view differs");
     let mut rng = StdRng::seed_from_u64(90);
     let w = MoeWeights::random(&cfg, f, 4.0, &mut rng);
     let one = tokens(3, cfg.d_model, 91);
@@ -293,11 +323,19 @@ fn the_servers_view_does_not_depend_on_the_routing() {
 }
 
 /// The frames the client receives do not depend on the server's weights either (two weight
-/// sets of the same shapes, the same tokens).
+/// sets of the same shapes, the same tokens; narrow experts, whose W2 goes by experts, too).
 #[test]
 fn the_clients_view_does_not_depend_on_the_weights() {
     let f = FixedPoint::default();
     let cfg = config(4, 2, Routing::SoftmaxTopK { normalize: false }, ExpertKind::SwiGlu);
+    let narrow = MoeConfig { d_model: 32, d_ff: 8, ..cfg };
+    let x = tokens(3, 32, 125);
+    let one = MoeWeights::random(&narrow, f, 4.0, &mut StdRng::seed_from_u64(126));
+    let other = MoeWeights::random(&narrow, f, 4.0, &mut StdRng::seed_from_u64(127));
+    let (a, b) =
+        (run(&narrow, &narrow, Method::SelectRows, &x, &one), run(&narrow, &narrow, Method::SelectRows, &x, &other));
+    assert!(a.server.is_ok() && b.server.is_ok() && !a.client_received.is_empty());
+    assert_eq!(a.client_received, b.client_received, "narrow experts: the client's view differs");
     let x = tokens(3, cfg.d_model, 120);
     let one = MoeWeights::random(&cfg, f, 4.0, &mut StdRng::seed_from_u64(121));
     let other = MoeWeights::random(&cfg, f, 4.0, &mut StdRng::seed_from_u64(122));

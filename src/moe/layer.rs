@@ -75,25 +75,29 @@ pub async fn moe_layer(
             let _s = meter.scope("experts");
             capacity(sess, cfg, x, n, slots, &routes, weights).await?
         }
+        // selecting rows weighs the hidden rows by their gates and sums inside
+        None if !matches!(
+            method,
+            Method::Baseline | Method::SelectThenCompute | Method::Paper | Method::PaperTensored
+        ) =>
+        {
+            let _s = meter.scope("experts");
+            (selected_rows(sess, cfg, x, n, &routes, weights).await?, None)
+        }
         None => {
             let outputs = {
                 let _s = meter.scope("experts");
                 match method {
                     Method::Baseline => baseline(sess, cfg, x, n, &routes, weights).await?,
                     Method::SelectThenCompute => selected_weights(sess, cfg, x, n, &routes, weights, None).await?,
-                    Method::Paper | Method::PaperTensored => {
+                    _ => {
                         let order = Some(SelectOrder::WeightsFirst);
                         selected_weights(sess, cfg, x, n, &routes, weights, order).await?
                     }
-                    _ => selected_rows(sess, cfg, x, n, &routes, weights).await?,
                 }
             };
             let _s = meter.scope("combine");
-            let y = if cfg.unit_gate() && cfg.overflow_capacity(n).is_none() {
-                outputs
-            } else {
-                combine(sess, &outputs, &routes.gates, n, d).await?
-            };
+            let y = if gate_weighted(cfg, n) { combine(sess, &outputs, &routes.gates, n, d).await? } else { outputs };
             (y, None)
         }
     };
@@ -202,8 +206,8 @@ fn stack_first(experts: &[ExpertWeights], d: usize, d_ff: usize) -> Vec<u64> {
     out
 }
 
-/// The server's W2 of the experts side by side, d_ff×(c·d).
-fn stack_second(experts: &[ExpertWeights], d_ff: usize, d: usize) -> Vec<u64> {
+/// The server's W2 of the experts side by side, d_ff×(c·d): H·that holds every expert's output.
+fn second_side_by_side(experts: &[ExpertWeights], d_ff: usize, d: usize) -> Vec<u64> {
     let mut out = Vec::with_capacity(experts.len() * d_ff * d);
     for a in 0..d_ff {
         for x in experts {
@@ -211,6 +215,17 @@ fn stack_second(experts: &[ExpertWeights], d_ff: usize, d: usize) -> Vec<u64> {
         }
     }
     out
+}
+
+/// The server's W2 of the experts stacked, (c·d_ff)×d: [X_1 … X_c]·that = Σ_i X_i·W2_i.
+fn second_stacked(experts: &[ExpertWeights]) -> Vec<u64> {
+    experts.iter().flat_map(|x| x.w2.iter().map(|&v| v as i64 as u64)).collect()
+}
+
+/// Whether the routed outputs are weighed by their gates (all but top-1 routings whose gate is
+/// 1 and drops nothing).
+fn gate_weighted(cfg: &MoeConfig, n: usize) -> bool {
+    !(cfg.unit_gate() && cfg.overflow_capacity(n).is_none())
 }
 
 /// Values per row of an expert's first-matrix results: d_ff, twice for gated kinds.
@@ -317,8 +332,8 @@ async fn activate(sess: &mut Session, kind: ExpertKind, pre: &[u64], d_ff: usize
     Ok(y.into_vec())
 }
 
-/// Rows selected (module notes): returns the chosen experts' outputs, n·k rows of d at f
-/// fractional bits, slot-major.
+/// Rows selected (module notes): returns the gate-weighted sum of the chosen experts' outputs,
+/// n rows of d at f fractional bits.
 async fn selected_rows(
     sess: &mut Session,
     cfg: &MoeConfig,
@@ -327,7 +342,7 @@ async fn selected_rows(
     routes: &Routes,
     weights: Option<&MoeWeights>,
 ) -> MoeResult<Vec<u64>> {
-    let (e, k, d, d_ff) = (cfg.experts, cfg.top_k, cfg.d_model, cfg.d_ff);
+    let (k, d_ff) = (cfg.top_k, cfg.d_ff);
     let width = first_width(cfg.expert, d_ff);
     let meter = sess.meter().clone();
     // 1. every expert's first matrices, each slot's row selected by its one-hot (2f bits, in the
@@ -344,21 +359,106 @@ async fn selected_rows(
         let pre = truncate_extend(sess, &pre, pre_bits, sess.format().frac_bits()).await?;
         activate(sess, cfg.expert, &pre, d_ff).await?
     };
-    // 3. every expert's W2 on the chosen hidden rows, each row's own expert selected
+    // 3. W2 on the chosen rows, the way that moves fewer bytes
+    if scatter_hidden(cfg, n) {
+        second_by_experts(sess, cfg, hidden, n, routes, weights).await
+    } else {
+        second_by_rows(sess, cfg, &hidden, n, routes, weights).await
+    }
+}
+
+/// Which way [`selected_rows`] applies W2 (public: from the shapes alone): by experts (the
+/// hidden rows gated, scattered to their experts' inputs, one product of n rows) when that
+/// moves fewer bytes than by rows (every expert's W2 on the k·n hidden rows, the outputs
+/// selected, then gated). Bytes per value, measured (silent OT, WAN tilings): a 64-bit row
+/// multiplexer 16, an HE product's input ≈ 130 and packed output ≈ 30, a gate product ≈ 320.
+/// By experts wins where experts are narrow and many are chosen: granite-3.1-1b-a400m
+/// (d_ff = d/2, top-8 of 32) 322 → 212 MB per layer; by rows where they are wide (Mixtral's
+/// d_ff = 3.5·d, top-2; the SPU shape's 4·d, top-1).
+fn scatter_hidden(cfg: &MoeConfig, n: usize) -> bool {
+    let (k, e, d, d_ff) = (cfg.top_k as f64, cfg.experts as f64, cfg.d_model as f64, cfg.d_ff as f64);
+    let gate = if gate_weighted(cfg, n) { 320.0 } else { 0.0 };
+    let n = n as f64;
+    let by_rows = k * n * e * d * (16.0 + 30.0) + k * n * d_ff * 130.0 + k * n * d * gate;
+    let by_experts = k * n * e * d_ff * 16.0 + n * e * d_ff * 130.0 + n * d * 30.0 + k * n * d_ff * gate;
+    by_experts < by_rows
+}
+
+/// W2 by experts: each hidden row (k·n, slot-major) weighed by its gate — W2 is linear,
+/// g·(h·W2) = (g·h)·W2 — then scattered to the experts' inputs (X_i's row j is token j's row
+/// routed to expert i, of whichever slot, zero if none), and Σ_i X_i·W2_i as one HE product of
+/// n rows, already summed over slots and experts. Returns n rows of d at f fractional bits.
+async fn second_by_experts(
+    sess: &mut Session,
+    cfg: &MoeConfig,
+    hidden: Vec<u64>,
+    n: usize,
+    routes: &Routes,
+    weights: Option<&MoeWeights>,
+) -> MoeResult<Vec<u64>> {
+    let (e, k, d, d_ff) = (cfg.experts, cfg.top_k, cfg.d_model, cfg.d_ff);
+    let meter = sess.meter().clone();
+    let frac = sess.format().frac_bits();
+    let hidden = if gate_weighted(cfg, n) {
+        let _s = meter.scope("gate");
+        let bits = gate_bits(frac);
+        let weighted = mul_rows_in(sess, &hidden, &routes.gates, bits, bits).await?;
+        truncate_extend(sess, &weighted, bits, frac).await?
+    } else {
+        hidden
+    };
+    let mut y = vec![0u64; n * d];
+    for experts in chunks(cfg, n) {
+        let c = experts.len();
+        let x = {
+            let _s = meter.scope("select");
+            let bits: Vec<bool> = (0..k).flat_map(|r| slot_bits(routes, r, n, e, &experts)).collect();
+            // row (r, j, i): slot r's row of token j, once per expert i of the chunk
+            let rows: Vec<u64> =
+                hidden.chunks_exact(d_ff).flat_map(|row| (0..c).flat_map(move |_| row.iter().copied())).collect();
+            let picked = select_rows(sess, &bits, &rows, d_ff, 64).await?;
+            let mut x = vec![0u64; n * c * d_ff];
+            for slot in picked.chunks_exact(n * c * d_ff) {
+                x.iter_mut().zip(slot).for_each(|(a, v)| *a = a.wrapping_add(*v));
+            }
+            x
+        };
+        let w = weights.map(|w| second_stacked(&w.experts[experts.clone()]));
+        let _s = meter.scope("second");
+        let part = product(sess, MatShape { n, d: c * d_ff, m: d }, &x, w.as_deref(), 64).await?;
+        y.iter_mut().zip(part).for_each(|(y, v)| *y = y.wrapping_add(v));
+    }
+    Ok(truncate_extend(sess, &y, 64, frac).await?)
+}
+
+/// W2 by rows: every expert's W2 on the k·n hidden rows, each row's own expert's output
+/// selected, then the gate-weighted sum over slots. Returns n rows of d at f fractional bits.
+async fn second_by_rows(
+    sess: &mut Session,
+    cfg: &MoeConfig,
+    hidden: &[u64],
+    n: usize,
+    routes: &Routes,
+    weights: Option<&MoeWeights>,
+) -> MoeResult<Vec<u64>> {
+    let (e, k, d, d_ff) = (cfg.experts, cfg.top_k, cfg.d_model, cfg.d_ff);
+    let meter = sess.meter().clone();
     let mut out = vec![0u64; k * n * d];
     for experts in chunks(cfg, n) {
         let c = experts.len();
-        let w = weights.map(|w| stack_second(&w.experts[experts.clone()], d_ff, d));
+        let w = weights.map(|w| second_side_by_side(&w.experts[experts.clone()], d_ff, d));
         let u = {
             let _s = meter.scope("second");
-            product(sess, MatShape { n: k * n, d: d_ff, m: c * d }, &hidden, w.as_deref(), 64).await?
+            product(sess, MatShape { n: k * n, d: d_ff, m: c * d }, hidden, w.as_deref(), 64).await?
         };
         let _s = meter.scope("select");
         let bits: Vec<bool> = (0..k).flat_map(|r| slot_bits(routes, r, n, e, &experts)).collect();
         let picked = select_rows(sess, &bits, &u, d, 64).await?;
         add_groups(&mut out, &picked, c, d);
     }
-    Ok(truncate_extend(sess, &out, 64, sess.format().frac_bits()).await?)
+    let out = truncate_extend(sess, &out, 64, sess.format().frac_bits()).await?;
+    let _s = meter.scope("combine");
+    if gate_weighted(cfg, n) { Ok(combine(sess, &out, &routes.gates, n, d).await?) } else { Ok(out) }
 }
 
 /// Select-Then-Compute and the paper's Protocol 1 (module notes): each (slot, token) row's
@@ -569,7 +669,8 @@ fn transpose(rows: usize, cols: usize, a: &[u64]) -> Vec<u64> {
     (0..cols).flat_map(|c| (0..rows).map(move |r| a[r * cols + c])).collect()
 }
 
-/// Ring of the gate products: |g| ≤ 1 and |o| < 2^8 at f bits each, k ≤ 8 of them summed.
+/// Ring of the gate products: |g| ≤ 1 at f bits times values below 2^12 at f bits (the experts'
+/// outputs, |o| < 2^8 with k ≤ 8 of them summed; SwiGLU's hidden values, |SiLU(a)·b| < 64·64).
 fn gate_bits(frac: u32) -> u32 {
     2 * frac + 14
 }
@@ -640,4 +741,40 @@ pub async fn dense_expert(
     let y = product(sess, MatShape { n, d: d_ff, m: d }, &hidden, w2.as_deref(), 64).await?;
     let y = truncate_extend(sess, &y, 64, frac).await?;
     sess.shares((n, d), y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::moe::Routing;
+
+    fn shape(experts: usize, top_k: usize, d_model: usize, d_ff: usize, routing: Routing) -> MoeConfig {
+        MoeConfig {
+            experts,
+            top_k,
+            d_model,
+            d_ff,
+            routing,
+            expert: ExpertKind::SwiGlu,
+            shared: None,
+            expert_capacity: None,
+        }
+    }
+
+    /// W2 by experts for narrow experts of which many are chosen, by rows for wide ones.
+    #[test]
+    fn w2_goes_by_experts_where_experts_are_narrow() {
+        let softmax = Routing::SoftmaxTopK { normalize: true };
+        // granite-3.1-1b-a400m, Qwen3-30B-A3B, OLMoE; tests/moe.rs' narrow cases
+        assert!(scatter_hidden(&shape(32, 8, 1024, 512, Routing::TopKSoftmax), 16));
+        assert!(scatter_hidden(&shape(128, 8, 2048, 768, softmax), 16));
+        assert!(scatter_hidden(&shape(64, 8, 2048, 1024, softmax), 128));
+        assert!(scatter_hidden(&shape(16, 4, 32, 8, softmax), 4));
+        assert!(scatter_hidden(&shape(4, 1, 32, 8, Routing::TopKSoftmax), 3));
+        assert!(scatter_hidden(&shape(4, 1, 32, 8, Routing::Switch), 5));
+        // Mixtral-8x7B, the SPU shape, the built-in default model
+        assert!(!scatter_hidden(&shape(8, 2, 4096, 14336, Routing::TopKSoftmax), 16));
+        assert!(!scatter_hidden(&shape(8, 1, 768, 3072, Routing::TopKSoftmax), 16));
+        assert!(!scatter_hidden(&shape(8, 2, 64, 128, Routing::TopKSoftmax), 5));
+    }
 }

@@ -24,13 +24,20 @@
 //!   HE (Cheetah products, batched over tokens: n·E·g·d·d_ff/N polynomial products), then the
 //!   chosen expert's pre-activation *selected* by the one-hot (one correlated OT of a whole row
 //!   per expert and direction, [`crate::proto::compare::mux_rows`]), the activation **once per
-//!   chosen expert** (n·k·d_ff values), every expert's W2 on those rows (n·k·E·d·d_ff/N
-//!   products) and the output selected again. No ciphertext×ciphertext product. Bytes:
-//!   the HE results (n·E·g·d_ff + n·k·E·d values, packed; the pre-activations returned in
-//!   2f + 8 bits, [`crate::proto::linear::linear_in`]), the selections (2·ℓ bits per
-//!   selected value: n·k·E·g·d_ff pre-activations in ℓ = 2f + 8 bits, the ring their
-//!   precondition |x| < 64 needs, and n·k·E·d outputs in 64), and the activation on n·k·d_ff
-//!   values.
+//!   chosen expert** (n·k·d_ff values), then W2 one of two ways, whichever the shapes say
+//!   moves fewer bytes (public): *by rows*, every expert's W2 on those rows (n·k·E·d·d_ff/N
+//!   products), the output selected again and the gates applied; or *by experts* (since
+//!   2026-12-07), each hidden row weighed by its gate, scattered to its expert's input (X_i's
+//!   row j is token j's row routed to i, zero if none: n·k·E·d_ff selected values) and
+//!   Σ_i X_i·W2_i as one product of n rows — k times fewer rows, no outputs to select, the
+//!   gates on d_ff values instead of d: narrow experts of which many are chosen
+//!   (granite-3.1-1b-a400m's top-8 of 32 with d_ff = d/2: 322 → 212 MB and 14.1 → 8–11 s per
+//!   layer at 16 tokens) go by experts, wide ones (Mixtral, the SPU shape) by rows. No
+//!   ciphertext×ciphertext product. Bytes by rows: the HE results (n·E·g·d_ff + n·k·E·d
+//!   values, packed; the pre-activations returned in 2f + 8 bits,
+//!   [`crate::proto::linear::linear_in`]), the selections (2·ℓ bits per selected value:
+//!   n·k·E·g·d_ff pre-activations in ℓ = 2f + 8 bits, the ring their precondition |x| < 64
+//!   needs, and n·k·E·d outputs in 64), and the activation on n·k·d_ff values.
 //! - [`Method::Capacity`] (built; CryptoMoE's dispatch): C = ⌈c·k·n/E⌉ slots per expert. A
 //!   token's queue position at expert e is the prefix sum of the routing matrix (local on
 //!   shares); its one-hot (size 2n, unrouted pairs pushed past every slot) gives the secret
