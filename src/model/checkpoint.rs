@@ -197,9 +197,10 @@ impl Names<'_> {
                     out.extend(fused_mlp((&input.0, &input.1), (&output.0, &output.1), x, &engine));
                 }
                 if let Some(s) = m.shared {
-                    let (input, output) = (format!("{p}shared_mlp.input_linear.weight"), [2 * s.d_ff, d]);
-                    let out_name = format!("{p}shared_mlp.output_linear.weight");
-                    out.extend(fused_mlp((&input, &output), (&out_name, &[d, s.d_ff]), 0, &e("shared_expert")));
+                    let (input, output) =
+                        (format!("{p}shared_mlp.input_linear.weight"), format!("{p}shared_mlp.output_linear.weight"));
+                    let shapes = ([2 * s.d_ff, d], [d, s.d_ff]);
+                    out.extend(fused_mlp((&input, &shapes.0), (&output, &shapes.1), 0, &e("shared_expert")));
                 }
             }
             (Ffn::Dense { d_ff, kind }, Family::SwitchEncoder) => {
