@@ -34,7 +34,8 @@ def ensure_venv():
 
 
 def families():
-    from transformers import (GraniteMoeConfig, GraniteMoeForCausalLM, GraniteMoeSharedConfig,
+    from transformers import (Dots1Config, Dots1ForCausalLM, Glm4MoeConfig, Glm4MoeForCausalLM,
+                              GraniteMoeConfig, GraniteMoeForCausalLM, GraniteMoeSharedConfig,
                               GraniteMoeSharedForCausalLM, MixtralConfig, MixtralForCausalLM, OlmoeConfig,
                               OlmoeForCausalLM, Qwen2MoeConfig, Qwen2MoeForCausalLM, Qwen3MoeConfig,
                               Qwen3MoeForCausalLM, SwitchTransformersConfig, SwitchTransformersEncoderModel)
@@ -70,6 +71,20 @@ def families():
             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, num_local_experts=8,
             num_experts_per_tok=3, embedding_multiplier=2.0, attention_multiplier=0.25,
             residual_multiplier=0.7, logits_scaling=0.8, tie_word_embeddings=False)),
+        # DeepSeek-V3's MoE block: sigmoid routing with a selection bias, shared experts, a dense
+        # first layer, the routed scale; GLM's attention: q/k/v biases, q/k norms, half-rotary heads
+        ("glm4_moe", torch.bfloat16, Glm4MoeForCausalLM, Glm4MoeConfig(
+            vocab_size=96, hidden_size=32, intermediate_size=48, moe_intermediate_size=16,
+            num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=12,
+            n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1, first_k_dense_replace=1,
+            attention_bias=True, use_qk_norm=True, partial_rotary_factor=0.5, norm_topk_prob=True,
+            routed_scaling_factor=2.5, tie_word_embeddings=False)),
+        # the same MoE block unnormalized, top-3 with two shared experts, under Qwen3's attention
+        ("dots1", torch.float16, Dots1ForCausalLM, Dots1Config(
+            vocab_size=96, hidden_size=32, intermediate_size=40, moe_intermediate_size=12,
+            num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+            n_routed_experts=8, num_experts_per_tok=3, n_shared_experts=2, first_k_dense_replace=1,
+            norm_topk_prob=False, routed_scaling_factor=1.5, sliding_window=None, tie_word_embeddings=True)),
         ("switch", torch.float32, SwitchTransformersEncoderModel, SwitchTransformersConfig(
             vocab_size=96, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4, num_experts=8,
             num_sparse_encoder_layers=1, expert_capacity=1, relative_attention_num_buckets=32,
@@ -79,9 +94,13 @@ def families():
 
 def randomize(model, generator):
     """Weights large enough that every part of the model matters: matrices uniform in
-    ±1/sqrt(fan-in) (routers ×4), embeddings and position biases uniform in ±1, norms 1 ± 0.2."""
+    ±1/sqrt(fan-in) (routers ×4), embeddings and position biases uniform in ±1, norms 1 ± 0.2,
+    the routers' selection biases (buffers) in ±0.3."""
     import torch
     with torch.no_grad():
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(0.3 * (torch.rand(b.shape, generator=generator, dtype=torch.float32) * 2 - 1))
         for name, p in model.named_parameters():
             u = torch.rand(p.shape, generator=generator, dtype=torch.float32) * 2 - 1
             if "norm" in name:

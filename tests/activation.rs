@@ -121,10 +121,14 @@ fn select_then_compute_matches_the_reference_and_the_function() {
     common::runtime().block_on(async {
         let (_c, mut oc, _s, mut os) = common::session_pair().await;
         let mut rng = StdRng::seed_from_u64(13);
-        for f in [Piecewise::gelu(), Piecewise::silu()] {
+        for f in [Piecewise::gelu(), Piecewise::silu(), Piecewise::sigmoid()] {
             // GeLU over two batches: the second's random OTs generate in the background while the
             // first is evaluated, and join the pool exactly (`run` checks that none are left)
-            let random = if f.name() == "gelu" { BATCH + 3000 } else { 20_000 };
+            let random = match f.name() {
+                "gelu" => BATCH + 3000,
+                "silu" => 20_000,
+                _ => 5000,
+            };
             let xs = inputs(&f, &mut rng, random);
             let ys = run(&mut os, &mut oc, &f, &xs, false, &mut rng).await;
             for (&x, &y) in xs.iter().zip(&ys) {
@@ -225,7 +229,7 @@ fn out_of_range_inputs_saturate_when_the_session_asks() {
         os.set_out_of_range(OutOfRange::Saturate);
         oc.set_out_of_range(OutOfRange::Saturate);
         let mut rng = StdRng::seed_from_u64(17);
-        for f in [Piecewise::gelu(), Piecewise::silu(), Piecewise::exp()] {
+        for f in [Piecewise::gelu(), Piecewise::silu(), Piecewise::sigmoid(), Piecewise::exp()] {
             let (lo, hi) = f.input_range();
             let mut xs: Vec<f64> = vec![lo - 1.0, lo - 1000.0, -(2f64.powi(40)), hi, hi + 0.5, hi + 1e6, 2f64.powi(40)];
             xs.extend((0..200).map(|_| (rng.random_range(lo..hi) * SCALE).round() / SCALE));
@@ -236,7 +240,7 @@ fn out_of_range_inputs_saturate_when_the_session_asks() {
             for (&x, &y) in xs.iter().zip(&ys) {
                 let got = y as i64 as f64 / SCALE;
                 // inside: the approximation; outside: its tail on that side (0 below; x above for
-                // GeLU and SiLU, 1 + x for e^x)
+                // GeLU and SiLU, 1 for σ, 1 + x for e^x)
                 let want = f.approx(x);
                 assert!((got - want).abs() <= 1.2e-2 + want.abs() * 1e-9, "{} at {x}: {got} vs {want}", f.name());
             }

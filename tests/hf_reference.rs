@@ -14,7 +14,10 @@ mod common;
 
 use std::path::PathBuf;
 
-use secmoe::model::{Checkpoint, Ffn, ModelConfig, Plan, Prompt, finish, forward, infer, serve, setup_he};
+use secmoe::model::{
+    Checkpoint, Ffn, FfnWeights, LayerWeights, ModelConfig, ModelResult, Plan, Positions, Prompt, Scales, WeightSource,
+    finish, forward, infer, serve, setup_he,
+};
 
 /// Largest |Δ| of private inference against `transformers` (the target).
 const PRIVATE_BOUND: f64 = 0.05;
@@ -159,4 +162,72 @@ fn switch_encoder_matches_transformers() {
     }
     let undropped = max_diff(&forward(&cfg, &ckpt, &r.ids).unwrap(), &r.output);
     assert!(undropped > PRIVATE_BOUND, "no token was dropped (Δ {undropped:.1e} without the capacity)");
+}
+
+/// The checkpoint's weights with every selection bias dropped.
+struct Unbiased<'a>(&'a Checkpoint);
+
+impl WeightSource for Unbiased<'_> {
+    fn embedding(&self) -> ModelResult<Vec<f32>> {
+        self.0.embedding()
+    }
+
+    fn layer(&self, i: usize) -> ModelResult<LayerWeights> {
+        let mut l = self.0.layer(i)?;
+        if let FfnWeights::Moe { router_bias, .. } = &mut l.ffn {
+            *router_bias = None;
+        }
+        Ok(l)
+    }
+
+    fn position_bias(&self) -> ModelResult<Option<Vec<f32>>> {
+        self.0.position_bias()
+    }
+
+    fn final_norm(&self) -> ModelResult<Vec<f32>> {
+        self.0.final_norm()
+    }
+
+    fn lm_head(&self) -> ModelResult<Option<Vec<f32>>> {
+        self.0.lm_head()
+    }
+}
+
+/// The plaintext model is off transformers by ten times its bound or more without `part`.
+fn matters(family: &str, part: &str, cfg: &ModelConfig, weights: &dyn WeightSource) {
+    let (_, r) = load(family);
+    let off = max_diff(&forward(cfg, weights, &r.ids).unwrap(), &r.output);
+    assert!(off > 10.0 * PLAIN_BOUND, "{family}: the {part} does not matter (Δ {off:.1e} without it)");
+}
+
+/// GLM-4.5's layers: DeepSeek-V3's MoE block (sigmoid routing with a selection bias, renormalized
+/// top-2, a shared expert, a dense first layer, routed scale 2.5) under q/k/v biases, per-head
+/// q/k norms and rotary embeddings on half of each head — the bias, the routed scale and the
+/// partial rotation each matter.
+#[test]
+#[ignore = "needs the checkpoints of scripts/hf_reference.py (PyTorch and transformers)"]
+fn glm4_moe_matches_transformers() {
+    check("glm4_moe");
+    let (ckpt, _) = load("glm4_moe");
+    let cfg = ckpt.config().clone();
+    matters("glm4_moe", "selection bias", &cfg, &Unbiased(&ckpt));
+    matters(
+        "glm4_moe",
+        "routed scale",
+        &ModelConfig { scales: Scales { routed: 1.0, ..cfg.scales }, ..cfg.clone() },
+        &ckpt,
+    );
+    let whole = Positions::Rope { theta: 10000.0, dims: cfg.head_dim };
+    assert_ne!(cfg.positions, whole);
+    matters("glm4_moe", "partial rotation", &ModelConfig { positions: whole, ..cfg.clone() }, &ckpt);
+}
+
+/// dots.llm1: the same MoE block unnormalized (top-3, two shared experts as one, routed scale
+/// 1.5) under Qwen3's attention, tied embeddings.
+#[test]
+#[ignore = "needs the checkpoints of scripts/hf_reference.py (PyTorch and transformers)"]
+fn dots1_matches_transformers() {
+    check("dots1");
+    let (ckpt, _) = load("dots1");
+    matters("dots1", "selection bias", ckpt.config(), &Unbiased(&ckpt));
 }

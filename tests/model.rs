@@ -140,7 +140,7 @@ fn qwen2_moe_with_dense_layers_biases_and_a_gated_shared_expert() {
         head_dim: 8,
         causal: true,
         norm_eps: 1e-6,
-        positions: Positions::Rope { theta: 10000.0 },
+        positions: Positions::Rope { theta: 10000.0, dims: 8 },
         score_scale: 1.0 / 8f64.sqrt(),
         qkv_bias: true,
         qk_norm: QkNorm::None,
@@ -163,7 +163,7 @@ fn olmoe_with_q_k_norms_and_the_switch_encoder() {
         head_dim: 8,
         causal: true,
         norm_eps: 1e-5,
-        positions: Positions::Rope { theta: 10000.0 },
+        positions: Positions::Rope { theta: 10000.0, dims: 8 },
         score_scale: 1.0 / 8f64.sqrt(),
         qkv_bias: false,
         qk_norm: QkNorm::Full,
@@ -211,7 +211,7 @@ fn qwen3_moe_with_per_head_q_k_norms_and_wide_heads() {
         head_dim: 12,
         causal: true,
         norm_eps: 1e-6,
-        positions: Positions::Rope { theta: 1_000_000.0 },
+        positions: Positions::Rope { theta: 1_000_000.0, dims: 12 },
         score_scale: 1.0 / 12f64.sqrt(),
         qkv_bias: false,
         qk_norm: QkNorm::PerHead,
@@ -244,7 +244,7 @@ fn granite_moe_with_multipliers_fused_experts_and_a_shared_expert() {
         "rope_theta": 10000.0, "tie_word_embeddings": true}"#;
     let cfg = ModelConfig::from_json(config).unwrap();
     assert_eq!((cfg.family, cfg.score_scale, cfg.tie_embeddings), (Family::GraniteMoeShared, 0.2, true));
-    assert_eq!(cfg.scales, Scales { embedding: 4.0, residual: 0.4, logits: 0.5 });
+    assert_eq!(cfg.scales, Scales { embedding: 4.0, residual: 0.4, logits: 0.5, routed: 1.0 });
     let w = ModelWeights::random(&cfg, 11, 4.0);
     let ids = [5, 40, 0, 17];
     check(&cfg, &w, &ids);

@@ -418,3 +418,70 @@ fn parties_with_different_layers_both_stop() {
 fn switch_routing_over_256_experts() {
     check(config(256, 1, Routing::Switch, ExpertKind::Relu), Method::SelectRows, 2, 150);
 }
+
+/// DeepSeek-V3's routing (GLM-4.5, dots.llm1): σ scores, the top-k of score + bias, the chosen
+/// scores as gates, renormalized or not, with an ungated shared expert; top-1 renormalized is
+/// a unit gate. The bias is what chooses: without it the plaintext layer routes otherwise.
+#[test]
+fn sigmoid_routing_with_a_selection_bias() {
+    let f = FixedPoint::default();
+    let sigmoid = |normalize| Routing::SigmoidTopK { normalize };
+    let cfg = MoeConfig {
+        shared: Some(SharedExpert { d_ff: 16, sigmoid_gate: false }),
+        ..config(16, 4, sigmoid(true), ExpertKind::SwiGlu)
+    };
+    let mut w = MoeWeights::random(&cfg, f, 4.0, &mut StdRng::seed_from_u64(180));
+    let x = tokens(4, 16, 181);
+    let biased = reference(&cfg, f, &x, &w, None).unwrap().chosen;
+    w.router_bias = None;
+    assert_ne!(biased, reference(&cfg, f, &x, &w, None).unwrap().chosen, "the bias must steer the choice");
+    check_both(cfg, 4, 180);
+    check(config(8, 2, sigmoid(false), ExpertKind::SwiGlu), Method::SelectRows, 3, 190);
+    check(
+        MoeConfig { d_model: 32, d_ff: 8, ..config(8, 1, sigmoid(true), ExpertKind::Gelu) },
+        Method::SelectRows,
+        3,
+        200,
+    );
+}
+
+/// Sigmoid routing keeps both views: the server's frames do not depend on the client's tokens
+/// (two inputs that route differently), the client's not on the weights (two weight sets, the
+/// selection bias among them).
+#[test]
+fn sigmoid_routing_views_depend_on_neither_secret() {
+    let f = FixedPoint::default();
+    let cfg = config(8, 2, Routing::SigmoidTopK { normalize: true }, ExpertKind::SwiGlu);
+    let w = MoeWeights::random(&cfg, f, 4.0, &mut StdRng::seed_from_u64(210));
+    let one = tokens(3, 16, 211);
+    let other: Vec<u64> = one.iter().map(|v| v.wrapping_neg()).collect();
+    assert_ne!(
+        reference(&cfg, f, &one, &w, None).unwrap().chosen,
+        reference(&cfg, f, &other, &w, None).unwrap().chosen
+    );
+    let (a, b) = (run(&cfg, &cfg, Method::SelectRows, &one, &w), run(&cfg, &cfg, Method::SelectRows, &other, &w));
+    assert!(a.client.is_ok() && b.client.is_ok() && !a.server_received.is_empty());
+    assert_eq!(a.server_received, b.server_received, "the server's view differs");
+    let w2 = MoeWeights::random(&cfg, f, 4.0, &mut StdRng::seed_from_u64(212));
+    let (a, b) = (run(&cfg, &cfg, Method::SelectRows, &one, &w), run(&cfg, &cfg, Method::SelectRows, &one, &w2));
+    assert!(a.server.is_ok() && b.server.is_ok() && !a.client_received.is_empty());
+    assert_eq!(a.client_received, b.client_received, "the client's view differs");
+}
+
+/// A selection bias is the server's own input: one outside ±64, or one for a routing without
+/// a bias, is named to both parties before anything moves.
+#[test]
+fn a_bad_selection_bias_is_named_to_both() {
+    let f = FixedPoint::default();
+    let cfg = config(4, 2, Routing::SigmoidTopK { normalize: true }, ExpertKind::Gelu);
+    let mut w = MoeWeights::random(&cfg, f, 4.0, &mut StdRng::seed_from_u64(220));
+    w.router_bias.as_mut().unwrap()[2] = f.encode(70.0).unwrap() as i64 as i32;
+    let (c, s) = both_fail(&run(&cfg, &cfg, Method::SelectRows, &tokens(2, 16, 221), &w));
+    assert!(c.contains("router_bias[2]") && s.contains("router_bias[2]"), "{c} / {s}");
+    let softmax = config(4, 2, Routing::TopKSoftmax, ExpertKind::Gelu);
+    w.router_bias = Some(vec![0; 4]);
+    let r = run(&softmax, &softmax, Method::SelectRows, &tokens(2, 16, 222), &w);
+    let (c, s) = both_fail(&r);
+    assert!(c.contains("router_bias") && s.contains("no selection bias"), "{c} / {s}");
+    assert!(r.server_received.len() <= 1, "only the statement may travel");
+}

@@ -13,6 +13,7 @@ use safetensors::tensor::Dtype as StDtype;
 use super::config::{Family, Ffn, ModelConfig, Positions};
 use super::weights::{FfnWeights, LayerWeights, Mlp, ModelWeights, WeightSource, transpose};
 use super::{ModelError, ModelResult};
+use crate::moe::Routing;
 use crate::ring::Dtype;
 
 /// Where one tensor lies.
@@ -218,11 +219,20 @@ impl Names<'_> {
                     _ => (format!("{p}mlp.gate.weight"), format!("{p}mlp.experts.")),
                 };
                 out.push(spec(router, &[m.experts, d], e("router")));
+                if matches!(m.routing, Routing::SigmoidTopK { .. }) {
+                    out.push(spec(format!("{p}mlp.gate.e_score_correction_bias"), &[m.experts], e("router_bias")));
+                }
                 for x in 0..m.experts {
                     out.extend(mlp(&format!("{expert}{x}."), e(&format!("experts.{x}")), m.d_ff, m.expert.gated()));
                 }
                 if let Some(s) = m.shared {
-                    out.extend(mlp(&format!("{p}mlp.shared_expert."), e("shared_expert"), s.d_ff, m.expert.gated()));
+                    // DeepSeek-V3's name (its shared experts as one), Qwen2-MoE's
+                    let name = if matches!(family, Family::Glm4Moe | Family::Dots1) {
+                        "shared_experts"
+                    } else {
+                        "shared_expert"
+                    };
+                    out.extend(mlp(&format!("{p}mlp.{name}."), e("shared_expert"), s.d_ff, m.expert.gated()));
                     if s.sigmoid_gate {
                         out.push(spec(format!("{p}mlp.shared_expert_gate.weight"), &[1, d], e("shared_expert_gate")));
                     }
@@ -384,6 +394,8 @@ impl WeightSource for Checkpoint {
             Ffn::Dense { kind, .. } => FfnWeights::Dense(r.mlp(kind.gated())?),
             Ffn::Moe(m) => {
                 let router = r.matrix()?;
+                let router_bias =
+                    if matches!(m.routing, Routing::SigmoidTopK { .. }) { Some(r.values()?) } else { None };
                 let experts = (0..m.experts).map(|_| r.mlp(m.expert.gated())).collect::<ModelResult<Vec<_>>>()?;
                 let shared = match m.shared {
                     None => None,
@@ -392,7 +404,7 @@ impl WeightSource for Checkpoint {
                         Some((expert, if s.sigmoid_gate { Some(r.matrix()?) } else { None }))
                     }
                 };
-                FfnWeights::Moe { router, experts, shared }
+                FfnWeights::Moe { router, router_bias, experts, shared }
             }
         };
         Ok(LayerWeights { attn_norm, wq, wk, wv, qkv_bias, qk_norm, wo, ffn_norm, ffn })
@@ -488,8 +500,9 @@ fn layer_values(l: &LayerWeights) -> Vec<(&[f32], bool)> {
     out.extend([(l.wo.as_slice(), true), (l.ffn_norm.as_slice(), false)]);
     match &l.ffn {
         FfnWeights::Dense(m) => out.extend(mlp_values(m)),
-        FfnWeights::Moe { router, experts, shared } => {
+        FfnWeights::Moe { router, router_bias, experts, shared } => {
             out.push((router, true));
+            out.extend(router_bias.as_deref().map(|b| (b, false)));
             out.extend(experts.iter().flat_map(mlp_values));
             if let Some((m, gate)) = shared {
                 out.extend(mlp_values(m));

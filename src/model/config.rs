@@ -30,6 +30,12 @@ pub enum Family {
     GraniteMoe,
     /// `granitemoeshared`: `granitemoe` with an ungated shared expert.
     GraniteMoeShared,
+    /// `glm4_moe` (GLM-4.5): DeepSeek-V3's MoE block (sigmoid routing with a selection bias,
+    /// ungated shared experts, dense first layers), q/k/v biases, rotary embeddings on part of
+    /// each head, optional per-head q/k norms.
+    Glm4Moe,
+    /// `dots1` (dots.llm1): DeepSeek-V3's MoE block under Qwen3's attention.
+    Dots1,
 }
 
 impl Family {
@@ -43,6 +49,8 @@ impl Family {
             Family::SwitchEncoder => "switch_transformers",
             Family::GraniteMoe => "granitemoe",
             Family::GraniteMoeShared => "granitemoeshared",
+            Family::Glm4Moe => "glm4_moe",
+            Family::Dots1 => "dots1",
         }
     }
 }
@@ -50,10 +58,14 @@ impl Family {
 /// How attention learns positions.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Positions {
-    /// Rotary embeddings (the `rotate_half` convention) with base θ.
+    /// Rotary embeddings (the `rotate_half` convention) with base θ on the first `dims`
+    /// entries of each head (all of it but in GLM-4.5, whose `partial_rotary_factor` is ½); the
+    /// other entries pass unrotated.
     Rope {
         /// The base θ.
         theta: f64,
+        /// Entries of each head rotated (even, at most the head's width).
+        dims: usize,
     },
     /// T5's bucketed relative position bias, bidirectional (the server's table, added to the
     /// scores of every layer).
@@ -89,10 +101,10 @@ impl QkNorm {
     }
 }
 
-/// Public scalar multipliers of a model's residual stream (Granite's; 1 elsewhere). The server
-/// folds them into its weights when it converts them ([`Scales::fold`]): the embedding table,
-/// the maps that end each residual branch (attention's output map, every expert's W2) and the
-/// LM head, so they cost no protocol step.
+/// Public scalar multipliers of a model's residual stream (Granite's, and DeepSeek-V3's routed
+/// scale; 1 elsewhere). The server folds them into its weights when it converts them
+/// ([`Scales::fold`]): the embedding table, the maps that end each residual branch (attention's
+/// output map, every expert's W2) and the LM head, so they cost no protocol step.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Scales {
     /// Multiplies the embedding rows (`embedding_multiplier`).
@@ -102,11 +114,14 @@ pub struct Scales {
     pub residual: f64,
     /// Multiplies the logits (1 / `logits_scaling`).
     pub logits: f64,
+    /// Multiplies the routed experts' gates (DeepSeek-V3's `routed_scaling_factor`), not the
+    /// shared expert's: folded into every routed expert's W2.
+    pub routed: f64,
 }
 
 impl Scales {
     /// No multipliers.
-    pub const ONE: Scales = Scales { embedding: 1.0, residual: 1.0, logits: 1.0 };
+    pub const ONE: Scales = Scales { embedding: 1.0, residual: 1.0, logits: 1.0, routed: 1.0 };
 
     /// `values` times `scale` (unchanged at 1).
     pub fn fold(scale: f64, values: &mut [f32]) {
@@ -198,14 +213,13 @@ impl ModelConfig {
         let c = Json(&v);
         let model_type = c.str("model_type")?;
         let cfg = match model_type.as_str() {
-            "mixtral" | "qwen2_moe" | "qwen3_moe" | "olmoe" | "granitemoe" | "granitemoeshared" => {
-                decoder(&c, &model_type)?
-            }
+            "mixtral" | "qwen2_moe" | "qwen3_moe" | "olmoe" | "granitemoe" | "granitemoeshared" | "glm4_moe"
+            | "dots1" => decoder(&c, &model_type)?,
             "switch_transformers" => switch(&c)?,
             other => {
                 return Err(ModelError::Config(format!(
                     "model_type `{other}` is not supported (mixtral, qwen2_moe, qwen3_moe, olmoe, granitemoe, \
-                     granitemoeshared, switch_transformers)"
+                     granitemoeshared, glm4_moe, dots1, switch_transformers)"
                 )));
             }
         };
@@ -219,10 +233,14 @@ impl ModelConfig {
         if self.vocab == 0 || self.d_model == 0 || self.heads == 0 || self.head_dim == 0 || self.ffn.is_empty() {
             return bad(format!("zero size in {self}"));
         }
-        let Scales { embedding, residual, logits } = self.scales;
-        for (name, s) in
-            [("embedding", embedding), ("residual", residual), ("logits", logits), ("score", self.score_scale)]
-        {
+        let Scales { embedding, residual, logits, routed } = self.scales;
+        for (name, s) in [
+            ("embedding", embedding),
+            ("residual", residual),
+            ("logits", logits),
+            ("routed", routed),
+            ("score", self.score_scale),
+        ] {
             if !s.is_finite() || s == 0.0 {
                 return bad(format!("the {name} multiplier is {s}"));
             }
@@ -230,8 +248,10 @@ impl ModelConfig {
         if self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
             return bad(format!("{} query heads over {} key/value heads", self.heads, self.kv_heads));
         }
-        if matches!(self.positions, Positions::Rope { .. }) && !self.head_dim.is_multiple_of(2) {
-            return bad(format!("rotary embeddings need an even head width, not {}", self.head_dim));
+        if let Positions::Rope { dims, .. } = self.positions
+            && (dims == 0 || !dims.is_multiple_of(2) || dims > self.head_dim)
+        {
+            return bad(format!("rotary embeddings on {dims} entries of heads of {}", self.head_dim));
         }
         let norm_max = crate::proto::layernorm::MAX_WIDTH;
         let widest = self.qk_norm_widths().map_or(self.d_model, |(q, k)| self.d_model.max(q).max(k));
@@ -328,15 +348,57 @@ fn activation(c: &Json, key: &str, default: &str) -> ModelResult<()> {
     }
 }
 
-fn rope_theta(c: &Json) -> ModelResult<f64> {
-    if let Some(p) = c.field("rope_parameters") {
-        let p = Json(p);
-        p.refuse_unless("rope_type", |v| v == "default")?;
-        p.refuse_unless("partial_rotary_factor", |v| v.as_f64() == Some(1.0))?;
-        return p.f64_or("rope_theta", 10000.0);
+/// Plain rotary embeddings (no scaling) from `rope_parameters` (transformers 5) or the top-level
+/// fields (the checkpoints'), on `int(head_dim · partial_rotary_factor)` entries of each head;
+/// a factor other than 1 is refused unless the family applies it (`partial`, its default).
+fn rope(c: &Json, head_dim: usize, partial: Option<f64>) -> ModelResult<Positions> {
+    let fields = match c.field("rope_parameters") {
+        Some(p) => {
+            let p = Json(p);
+            p.refuse_unless("rope_type", |v| v == "default")?;
+            p
+        }
+        None => {
+            c.refuse_unless("rope_scaling", |_| false)?;
+            Json(c.0)
+        }
+    };
+    let theta = fields.f64_or("rope_theta", 10000.0)?;
+    let factor = match partial {
+        Some(default) => fields.f64_or("partial_rotary_factor", c.f64_or("partial_rotary_factor", default)?)?,
+        None => {
+            fields.refuse_unless("partial_rotary_factor", |v| v.as_f64() == Some(1.0))?;
+            1.0
+        }
+    };
+    // Python's int() of the product
+    Ok(Positions::Rope { theta, dims: (head_dim as f64 * factor) as usize })
+}
+
+/// DeepSeek-V3's MoE block (GLM-4.5, dots.llm1): `n_routed_experts` SwiGLU experts of
+/// `moe_intermediate_size`, sigmoid routing, `n_shared_experts` ungated shared experts (one of
+/// their summed width), the routed scale; group-limited routing only where it selects every
+/// group.
+fn sigmoid_top_k(c: &Json, d: usize, normalize: bool) -> ModelResult<MoeConfig> {
+    let groups = c.usize_or("n_group", 1)?;
+    if c.usize_or("topk_group", groups)? < groups {
+        return Err(ModelError::Config(format!(
+            "config.json: group-limited routing (`topk_group` {} of `n_group` {groups}) is not supported",
+            c.usize_or("topk_group", groups)?
+        )));
     }
-    c.refuse_unless("rope_scaling", |_| false)?;
-    c.f64_or("rope_theta", 10000.0)
+    let d_ff = c.usize("moe_intermediate_size")?;
+    let shared = c.usize_or("n_shared_experts", 0)?;
+    Ok(MoeConfig {
+        experts: c.usize("n_routed_experts")?,
+        top_k: c.usize("num_experts_per_tok")?,
+        d_model: d,
+        d_ff,
+        routing: Routing::SigmoidTopK { normalize: c.bool_or("norm_topk_prob", normalize)? },
+        expert: ExpertKind::SwiGlu,
+        shared: (shared > 0).then_some(SharedExpert { d_ff: shared * d_ff, sigmoid_gate: false }),
+        expert_capacity: None,
+    })
 }
 
 /// The SwiGLU MoE block of Qwen2-MoE, Qwen3-MoE and OLMoE: softmax over all experts, then top-k,
@@ -376,8 +438,8 @@ fn sparse_layers(c: &Json, layers: usize, moe: MoeConfig) -> ModelResult<Vec<Ffn
         .collect())
 }
 
-/// Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE and Granite-MoE: causal decoders with RoPE, RMSNorm and
-/// SwiGLU experts.
+/// Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Granite-MoE, GLM-4.5 and dots.llm1: causal decoders
+/// with RoPE, RMSNorm and SwiGLU experts.
 fn decoder(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
     let d = c.usize("hidden_size")?;
     let heads = c.usize("num_attention_heads")?;
@@ -387,6 +449,8 @@ fn decoder(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
     let mut family = Family::Mixtral;
     let (mut qkv_bias, mut qk_norm) = (false, QkNorm::None);
     let (mut score_scale, mut scales) = (1.0 / (head_dim as f64).sqrt(), Scales::ONE);
+    // the partial rotary factor's default where the family has one
+    let mut partial = None;
     // Mixtral's MoE block (top-k, then a softmax over the chosen logits); Granite's too
     let top_k_softmax = || -> ModelResult<MoeConfig> {
         Ok(MoeConfig {
@@ -416,6 +480,7 @@ fn decoder(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
                 embedding: c.f64_or("embedding_multiplier", 1.0)?,
                 residual: c.f64_or("residual_multiplier", 1.0)?,
                 logits: 1.0 / c.f64_or("logits_scaling", 1.0)?,
+                routed: 1.0,
             };
             let moe = MoeConfig {
                 shared: (shared > 0).then_some(SharedExpert { d_ff: shared, sigmoid_gate: false }),
@@ -434,6 +499,34 @@ fn decoder(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
                 ..softmax_top_k(c, d)?
             };
             sparse_layers(c, layers, moe)?
+        }
+        "glm4_moe" | "dots1" => {
+            let glm = model_type == "glm4_moe";
+            family = if glm { Family::Glm4Moe } else { Family::Dots1 };
+            if glm {
+                // biases on q, k and v only
+                qkv_bias = c.bool_or("attention_bias", false)?;
+                qk_norm = if c.bool_or("use_qk_norm", false)? { QkNorm::PerHead } else { QkNorm::None };
+                partial = Some(0.5);
+            } else {
+                // Qwen3's attention: its bias would be on the output map too
+                qk_norm = QkNorm::PerHead;
+                c.refuse_unless("attention_bias", |v| v == false)?;
+                let sliding = c
+                    .field("layer_types")
+                    .and_then(Value::as_array)
+                    .is_some_and(|t| t.iter().any(|v| v != "full_attention"));
+                if sliding {
+                    return Err(ModelError::Config(
+                        "config.json: sliding-window layers (`layer_types`) are not supported".into(),
+                    ));
+                }
+            }
+            scales.routed = c.f64_or("routed_scaling_factor", 1.0)?;
+            let moe = sigmoid_top_k(c, d, glm)?;
+            let dense = Ffn::Dense { d_ff: c.usize("intermediate_size")?, kind: ExpertKind::SwiGlu };
+            let first_dense = c.usize_or("first_k_dense_replace", if glm { 1 } else { 0 })?;
+            (0..layers).map(|i| if i < first_dense { dense } else { Ffn::Moe(moe) }).collect()
         }
         "qwen3_moe" => {
             family = Family::Qwen3Moe;
@@ -461,7 +554,7 @@ fn decoder(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
         head_dim,
         causal: true,
         norm_eps: c.f64_or("rms_norm_eps", 1e-6)?,
-        positions: Positions::Rope { theta: rope_theta(c)? },
+        positions: rope(c, head_dim, partial)?,
         score_scale,
         qkv_bias,
         qk_norm,
@@ -572,7 +665,7 @@ mod tests {
             (Family::Qwen3Moe, 151936, 2048, 32, 4)
         );
         assert_eq!((cfg.head_dim, cfg.qk_norm_widths(), cfg.qkv_bias), (128, Some((128, 128)), false));
-        assert_eq!(cfg.positions, Positions::Rope { theta: 1e6 });
+        assert_eq!(cfg.positions, Positions::Rope { theta: 1e6, dims: 128 });
         let moe = MoeConfig {
             experts: 128,
             top_k: 8,
@@ -612,9 +705,9 @@ mod tests {
         );
         assert_eq!(
             (cfg.score_scale, cfg.tie_embeddings, cfg.positions),
-            (0.015625, true, Positions::Rope { theta: 1.5e6 })
+            (0.015625, true, Positions::Rope { theta: 1.5e6, dims: 64 })
         );
-        assert_eq!(cfg.scales, Scales { embedding: 12.0, residual: 0.22, logits: 1.0 / 6.0 });
+        assert_eq!(cfg.scales, Scales { embedding: 12.0, residual: 0.22, logits: 1.0 / 6.0, routed: 1.0 });
         let moe = MoeConfig {
             experts: 32,
             top_k: 8,

@@ -67,9 +67,10 @@ impl Encoder<'_> {
         Ok(narrow(name, &self.tensor(name, values, Some(31))?)?)
     }
 
-    /// An expert (the end of a residual branch: its W2 takes the residual multiplier).
-    fn mlp(&self, name: &str, mut m: Mlp) -> ModelResult<ExpertWeights> {
-        Scales::fold(self.scales.residual, &mut m.w2);
+    /// An expert (the end of a residual branch: its W2 takes the residual multiplier, and
+    /// `gate`, a routed expert's scale).
+    fn mlp(&self, name: &str, mut m: Mlp, gate: f64) -> ModelResult<ExpertWeights> {
+        Scales::fold(self.scales.residual * gate, &mut m.w2);
         Ok(ExpertWeights {
             w1: self.compact(&format!("{name}.w1"), &m.w1)?,
             w3: m.w3.as_ref().map(|w| self.compact(&format!("{name}.w3"), w)).transpose()?,
@@ -137,18 +138,19 @@ impl Encoder<'_> {
             None => None,
         };
         let ffn = match (cfg.ffn[i], w.ffn) {
-            (Ffn::Dense { .. }, FfnWeights::Dense(m)) => BlockFfn::Dense(self.mlp(&name("mlp"), m)?),
-            (Ffn::Moe(_), FfnWeights::Moe { router, experts, shared }) => BlockFfn::Moe(MoeWeights {
+            (Ffn::Dense { .. }, FfnWeights::Dense(m)) => BlockFfn::Dense(self.mlp(&name("mlp"), m, 1.0)?),
+            (Ffn::Moe(_), FfnWeights::Moe { router, router_bias, experts, shared }) => BlockFfn::Moe(MoeWeights {
                 router: self.compact(&name("router"), &router)?,
+                router_bias: router_bias.map(|b| self.compact(&name("router_bias"), &b)).transpose()?,
                 experts: experts
                     .into_iter()
                     .enumerate()
-                    .map(|(e, x)| self.mlp(&name(&format!("experts.{e}")), x))
+                    .map(|(e, x)| self.mlp(&name(&format!("experts.{e}")), x, self.scales.routed))
                     .collect::<ModelResult<_>>()?,
                 shared: shared
                     .map(|(x, gate)| -> ModelResult<SharedWeights> {
                         Ok(SharedWeights {
-                            expert: self.mlp(&name("shared_expert"), x)?,
+                            expert: self.mlp(&name("shared_expert"), x, 1.0)?,
                             gate: gate.as_ref().map(|g| self.compact(&name("shared_expert_gate"), g)).transpose()?,
                         })
                     })

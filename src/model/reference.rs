@@ -53,14 +53,15 @@ pub(crate) fn rope_table(theta: f64, dim: usize, position: usize) -> Vec<(f64, f
         .collect()
 }
 
-/// Rotates each head of each row (n rows of heads·dim): x·cos + rotate_half(x)·sin.
-fn rope(x: &mut [f64], heads: usize, dim: usize, theta: f64) {
+/// Rotates the first `dims` entries of each head of each row (n rows of heads·dim):
+/// x·cos + rotate_half(x)·sin; the others pass.
+fn rope(x: &mut [f64], heads: usize, dim: usize, theta: f64, dims: usize) {
     for (p, row) in x.chunks_exact_mut(heads * dim).enumerate() {
-        let table = rope_table(theta, dim, p);
+        let table = rope_table(theta, dims, p);
         for head in row.chunks_exact_mut(dim) {
-            let h = dim / 2;
-            let old = head.to_vec();
-            for j in 0..dim {
+            let h = dims / 2;
+            let old = head[..dims].to_vec();
+            for j in 0..dims {
                 let other = if j < h { -old[j + h] } else { old[j - h] };
                 head[j] = old[j] * table[j].0 + other * table[j].1;
             }
@@ -92,6 +93,13 @@ fn mlp(w: &Mlp, kind: ExpertKind, x: &[f64], d: usize, d_ff: usize, probe: &mut 
 }
 
 /// The indices of the k largest values, largest first, the lower index first among equals.
+/// Weights divided by their sum.
+fn normalized(mut g: Vec<f64>) -> Vec<f64> {
+    let s: f64 = g.iter().sum();
+    g.iter_mut().for_each(|v| *v /= s);
+    g
+}
+
 fn top_k(values: &[f64], k: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..values.len()).collect();
     idx.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
@@ -99,10 +107,17 @@ fn top_k(values: &[f64], k: usize) -> Vec<usize> {
     idx
 }
 
-/// A MoE block on rows of x; Switch drops a token beyond `expert_capacity` tokens of its expert (in
-/// position order), as `transformers` does.
-fn moe(m: &MoeConfig, w: &FfnWeights, x: &[f64], probe: &mut Ranges, layer: usize) -> ModelResult<Vec<f64>> {
-    let FfnWeights::Moe { router, experts, shared } = w else {
+/// A MoE block on rows of x, the routed experts' gates times `routed`; Switch drops a token
+/// beyond `expert_capacity` tokens of its expert (in position order), as `transformers` does.
+fn moe(
+    m: &MoeConfig,
+    w: &FfnWeights,
+    x: &[f64],
+    routed: f64,
+    probe: &mut Ranges,
+    layer: usize,
+) -> ModelResult<Vec<f64>> {
+    let FfnWeights::Moe { router, router_bias, experts, shared } = w else {
         return Err(ModelError::Weights("a MoE layer with dense weights".into()));
     };
     let d = m.d_model;
@@ -121,14 +136,23 @@ fn moe(m: &MoeConfig, w: &FfnWeights, x: &[f64], probe: &mut Ranges, layer: usiz
             }
             Routing::Switch | Routing::SoftmaxTopK { .. } => {
                 let c = top_k(&probs, m.top_k);
-                let mut g: Vec<f64> = c.iter().map(|&i| probs[i]).collect();
-                if m.routing == (Routing::SoftmaxTopK { normalize: true }) {
-                    let s: f64 = g.iter().sum();
-                    g.iter_mut().for_each(|v| *v /= s);
-                }
-                (c, g)
+                let g: Vec<f64> = c.iter().map(|&i| probs[i]).collect();
+                let normalize = m.routing == Routing::SoftmaxTopK { normalize: true };
+                (c, if normalize { normalized(g) } else { g })
+            }
+            Routing::SigmoidTopK { normalize } => {
+                // the bias steers the choice, the scores are the gates
+                let scores: Vec<f64> = l.iter().map(|&z| 1.0 / (1.0 + (-z).exp())).collect();
+                let choice: Vec<f64> = match router_bias {
+                    Some(b) => scores.iter().zip(b).map(|(s, &b)| s + b as f64).collect(),
+                    None => scores.clone(),
+                };
+                let c = top_k(&choice, m.top_k);
+                let g: Vec<f64> = c.iter().map(|&i| scores[i]).collect();
+                (c, if normalize { normalized(g) } else { g })
             }
         };
+        let gates = gates.into_iter().map(|g| g * routed);
         for (&e, g) in chosen.iter().zip(gates) {
             load[e] += 1;
             if m.expert_capacity.is_some_and(|c| load[e] > c) {
@@ -183,9 +207,9 @@ fn attention(
         q = rmsnorm(&q, gq, cfg.norm_eps);
         k = rmsnorm(&k, gk, cfg.norm_eps);
     }
-    if let Positions::Rope { theta } = cfg.positions {
-        rope(&mut q, cfg.heads, hd, theta);
-        rope(&mut k, cfg.kv_heads, hd, theta);
+    if let Positions::Rope { theta, dims } = cfg.positions {
+        rope(&mut q, cfg.heads, hd, theta, dims);
+        rope(&mut k, cfg.kv_heads, hd, theta, dims);
     }
     let site = format!("layers.{layer}.attention");
     let group = cfg.heads / cfg.kv_heads;
@@ -254,7 +278,7 @@ pub(super) fn forward_probed(
             (Ffn::Dense { d_ff, kind }, FfnWeights::Dense(m)) => {
                 mlp(m, *kind, &b, d, *d_ff, probe, &format!("layers.{i}.mlp"))
             }
-            (Ffn::Moe(m), f) => moe(m, f, &b, probe, i)?,
+            (Ffn::Moe(m), f) => moe(m, f, &b, cfg.scales.routed, probe, i)?,
             (Ffn::Dense { .. }, _) => {
                 return Err(ModelError::Weights(format!("layer {i}: MoE weights for a dense block")));
             }
@@ -308,8 +332,9 @@ impl WeightSource for Quantized<'_> {
             ffn_norm: self.round(l.ffn_norm),
             ffn: match l.ffn {
                 FfnWeights::Dense(m) => FfnWeights::Dense(self.mlp(m)),
-                FfnWeights::Moe { router, experts, shared } => FfnWeights::Moe {
+                FfnWeights::Moe { router, router_bias, experts, shared } => FfnWeights::Moe {
                     router: self.round(router),
+                    router_bias: router_bias.map(|b| self.round(b)),
                     experts: experts.into_iter().map(|m| self.mlp(m)).collect(),
                     shared: shared.map(|(m, g)| (self.mlp(m), g.map(|g| self.round(g)))),
                 },

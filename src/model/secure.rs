@@ -501,19 +501,23 @@ async fn rotate(
     let format = sess.format();
     let dim = cfg.head_dim;
     let out: Vec<u64> = match cfg.positions {
-        Positions::Rope { theta } => {
+        Positions::Rope { theta, dims } => {
             let mut out = vec![0u64; x.len()];
+            let (one, half) = (format.encode(scale)?, dims / 2);
             for (p, (row, o)) in x.chunks_exact(heads * dim).zip(out.chunks_exact_mut(heads * dim)).enumerate() {
-                let table: Vec<(u64, u64)> = rope_table(theta, dim, past + p)
+                let table: Vec<(u64, u64)> = rope_table(theta, dims, past + p)
                     .into_iter()
                     .map(|(c, s)| Ok((format.encode(c * scale)?, format.encode(s * scale)?)))
                     .collect::<ModelResult<_>>()?;
                 for (head, o) in row.chunks_exact(dim).zip(o.chunks_exact_mut(dim)) {
-                    let half = dim / 2;
-                    for j in 0..dim {
+                    for j in 0..dims {
                         let (c, s) = table[j];
                         let other = if j < half { head[j + half].wrapping_neg() } else { head[j - half] };
                         o[j] = head[j].wrapping_mul(c).wrapping_add(other.wrapping_mul(s));
+                    }
+                    // the entries past the rotary ones only take the scale
+                    for j in dims..dim {
+                        o[j] = head[j].wrapping_mul(one);
                     }
                 }
             }

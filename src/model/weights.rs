@@ -7,6 +7,7 @@ use rand::{RngExt, SeedableRng};
 
 use super::config::{Ffn, ModelConfig, Positions};
 use super::{ModelError, ModelResult};
+use crate::moe::Routing;
 
 /// A dense expert's matrices (also the routed experts'), as [`crate::moe::ExpertWeights`] in f32.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,6 +29,8 @@ pub enum FfnWeights {
     Moe {
         /// The router, d×E.
         router: Vec<f32>,
+        /// The selection bias of sigmoid routing, E values.
+        router_bias: Option<Vec<f32>>,
         /// The routed experts.
         experts: Vec<Mlp>,
         /// The shared expert and its sigmoid gate (d×1).
@@ -190,6 +193,9 @@ impl Draw {
                 shared: m
                     .shared
                     .map(|s| (self.mlp(d, s.d_ff, m.expert.gated()), s.sigmoid_gate.then(|| self.uniform(d, inv(d))))),
+                // drawn last (fields evaluate in the order written): the other routings' streams
+                // stay as they were
+                router_bias: matches!(m.routing, Routing::SigmoidTopK { .. }).then(|| self.uniform(m.experts, 0.5)),
             },
         };
         LayerWeights { attn_norm, wq, wk, wv, qkv_bias, qk_norm, wo, ffn_norm, ffn }

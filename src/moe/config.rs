@@ -20,12 +20,30 @@ pub enum Routing {
         /// Renormalize the k probabilities to sum to 1.
         normalize: bool,
     },
+    /// DeepSeek-V3, GLM-4.5, dots.llm1: each expert's score is σ(logit); the k chosen are the
+    /// top-k of score + b (the server's per-expert selection bias, `e_score_correction_bias`);
+    /// the gates are the chosen scores, renormalized over the k when `normalize`
+    /// (`norm_topk_prob`). The bias steers the choice only, never a gate.
+    SigmoidTopK {
+        /// Renormalize the k scores to sum to 1.
+        normalize: bool,
+    },
 }
 
 impl Routing {
     /// Whether the gates need the softmax over all experts (else over the chosen k only).
     pub fn softmax_over_all(self) -> bool {
         matches!(self, Routing::Switch | Routing::SoftmaxTopK { normalize: false })
+    }
+
+    /// Whether top-1 routing has gate 1 for every token (the chosen weight renormalized by
+    /// itself).
+    fn top_1_is_unit(self) -> bool {
+        match self {
+            Routing::Switch => false,
+            Routing::TopKSoftmax => true,
+            Routing::SoftmaxTopK { normalize } | Routing::SigmoidTopK { normalize } => normalize,
+        }
     }
 }
 
@@ -134,10 +152,10 @@ impl MoeConfig {
         Ok(())
     }
 
-    /// Whether every gate is exactly 1: one expert per token with the softmax over the chosen
-    /// logits only (Mixtral-style top-1), so the gate needs no protocol.
+    /// Whether every gate is exactly 1: one expert per token whose weight is renormalized by
+    /// itself (Mixtral-style top-1, or a normalized top-1), so the gate needs no protocol.
     pub fn unit_gate(&self) -> bool {
-        self.top_k == 1 && !self.routing.softmax_over_all()
+        self.top_k == 1 && self.routing.top_1_is_unit()
     }
 
     /// The capacity that drops tokens in a call on n tokens: an expert receives each token at

@@ -63,7 +63,8 @@ pub async fn moe_layer(
     };
     let routes = {
         let _s = meter.scope("route");
-        let mut routes = route(sess, cfg, &logits).await?;
+        let bias = weights.and_then(|w| w.router_bias.as_deref());
+        let mut routes = route(sess, cfg, &logits, bias).await?;
         // the capacity method drops on its own; the others zero the dropped gates
         if let (None, Some(c)) = (method.capacity(cfg, n), cfg.overflow_capacity(n)) {
             drop_overflow(sess, &mut routes, n, cfg.experts, c).await?;
@@ -154,7 +155,7 @@ async fn agree(
             }
         }
         match (server, weights) {
-            (true, Some(w)) => w.check(cfg)?,
+            (true, Some(w)) => w.check(cfg, sess.format())?,
             (true, None) => return Err(MoeError::Input("the server must pass the weights".into())),
             (false, Some(_)) => return Err(MoeError::Input("the client holds no weights".into())),
             (false, None) => {}

@@ -3,7 +3,7 @@
 //! same piecewise activations; softmax, products and sums in f64.
 
 use super::weights::ExpertWeights;
-use super::{ExpertKind, MoeConfig, MoeResult, MoeWeights};
+use super::{ExpertKind, MoeConfig, MoeResult, MoeWeights, Routing};
 use crate::proto::piecewise::Piecewise;
 use crate::ring::{FixedPoint, to_signed};
 
@@ -83,7 +83,7 @@ pub fn reference(
     capacity: Option<usize>,
 ) -> MoeResult<Reference> {
     cfg.validate()?;
-    w.check(cfg)?;
+    w.check(cfg, format)?;
     let capacity = capacity.or(cfg.expert_capacity);
     let (e, d) = (cfg.experts, cfg.d_model);
     let logits = matmul(x, &w.router, d, e);
@@ -92,13 +92,37 @@ pub fn reference(
     let mut queue = vec![0usize; e];
     for (j, token) in x.chunks_exact(d).enumerate() {
         let row = &logits[j * e..(j + 1) * e];
-        let picks = top_k(row, cfg.top_k);
         let real: Vec<f64> = row.iter().map(|&v| v as f64 / scale2).collect();
-        let gates: Vec<f64> = if cfg.routing.softmax_over_all() {
-            let p = softmax(&real);
-            picks.iter().map(|&i| p[i]).collect()
-        } else {
-            softmax(&picks.iter().map(|&i| real[i]).collect::<Vec<_>>())
+        let (picks, gates) = match cfg.routing {
+            Routing::SigmoidTopK { normalize } => {
+                // σ of the logits truncated to f bits, as the protocol's piecewise σ; ranked with
+                // the bias added
+                let sigmoid = Piecewise::sigmoid().for_format(format)?;
+                let f = format.frac_bits();
+                let scores: Vec<i128> =
+                    row.iter().map(|&v| to_signed(sigmoid.reference((v >> f) as i64 as u64)) as i128).collect();
+                let choice: Vec<i128> = match &w.router_bias {
+                    Some(b) => scores.iter().zip(b).map(|(s, &b)| s + b as i128).collect(),
+                    None => scores.clone(),
+                };
+                let picks = top_k(&choice, cfg.top_k);
+                let mut g: Vec<f64> = picks.iter().map(|&i| scores[i] as f64 / format.scale()).collect();
+                if normalize {
+                    let s: f64 = g.iter().sum();
+                    g.iter_mut().for_each(|v| *v /= s);
+                }
+                (picks, g)
+            }
+            _ => {
+                let picks = top_k(row, cfg.top_k);
+                let gates: Vec<f64> = if cfg.routing.softmax_over_all() {
+                    let p = softmax(&real);
+                    picks.iter().map(|&i| p[i]).collect()
+                } else {
+                    softmax(&picks.iter().map(|&i| real[i]).collect::<Vec<_>>())
+                };
+                (picks, gates)
+            }
         };
         let mut out = vec![0.0; d];
         for (&i, g) in picks.iter().zip(&gates) {

@@ -7,12 +7,18 @@
 //! 2^(2f+8) (256 in real terms), below every logit still in play. The comparisons run on the
 //! router's exact products (2f fractional bits, no truncation yet), so ties are exact and the
 //! choice is the plaintext's, bit for bit. Logits must satisfy |l| < 64.
+//!
+//! Sigmoid routing (DeepSeek-V3's) ranks σ(l) + b instead: the scores come from the piecewise
+//! σ at f fractional bits, the server adds its bias b to its own shares (the client never sees
+//! it), and the same top-k runs on the sums. The gates are the chosen scores, renormalized by
+//! one reciprocal per token; the chosen scores must sum to at least 1/16 when renormalized.
 
-use super::MoeConfig;
+use super::{MoeConfig, Routing};
 use crate::net::Party;
-use crate::proto::arith::{truncate, truncate_extend};
+use crate::proto::arith::{mul_rows_in, truncate, truncate_extend};
 use crate::proto::compare::{b2a, max, mux, mux_rows, non_negative, one_hot};
-use crate::proto::softmax::softmax;
+use crate::proto::piecewise::{Piecewise, evaluate};
+use crate::proto::softmax::{reciprocal, softmax};
 use crate::proto::{ProtoError, ProtoResult, Session};
 use crate::ring::{Bits, Shares};
 
@@ -26,14 +32,23 @@ pub struct Routes {
     pub gates: Vec<u64>,
 }
 
-/// Comparison width for logits at 2f fractional bits after removals: |a − b| < 2^(2f+9).
+/// Comparison width for values at `frac` fractional bits after removals: |a − b| < 2^(frac+9).
 fn compare_bits(frac: u32) -> u32 {
-    2 * frac + 10
+    frac + 10
 }
 
+/// Most |b| of a selection bias ([`crate::moe::Routing::SigmoidTopK`]): scores plus bias stay
+/// below 2^7 in magnitude, inside the top-k's comparisons.
+pub const SELECTION_BIAS_BOUND: f64 = 64.0;
+/// Sigmoid routing scales each token's sum of chosen scores by this before its reciprocal
+/// (whose start covers [1, 128]): sums must lie in [1/16, 8], a precondition.
+const SCORE_SUM_SCALE: u32 = 4;
+
 /// Routes the n tokens of their shared logits (n×E, 2f fractional bits: the router's product).
+/// The server passes its selection bias (E values at f fractional bits) when the routing has
+/// one ([`crate::moe::Routing::SigmoidTopK`]), the client `None`.
 #[tracing::instrument(level = "debug", skip_all, fields(n = logits.rows(), experts = cfg.experts, k = cfg.top_k))]
-pub async fn route(sess: &mut Session, cfg: &MoeConfig, logits: &Shares) -> ProtoResult<Routes> {
+pub async fn route(sess: &mut Session, cfg: &MoeConfig, logits: &Shares, bias: Option<&[i32]>) -> ProtoResult<Routes> {
     let (e, k) = (cfg.experts, cfg.top_k);
     let frac = sess.format().frac_bits();
     let n = logits.rows();
@@ -44,13 +59,88 @@ pub async fn route(sess: &mut Session, cfg: &MoeConfig, logits: &Shares) -> Prot
             2 * frac
         )));
     }
-    let (shares, logits) = (logits, logits.as_slice());
-    let removed = 1u64 << (2 * frac + 8);
-    let mut live = logits.to_vec();
+    if bias.is_some_and(|b| b.len() != e) {
+        return Err(ProtoError::Input(format!(
+            "a selection bias of {} values for {e} experts",
+            bias.map_or(0, <[i32]>::len)
+        )));
+    }
+    if let Routing::SigmoidTopK { normalize } = cfg.routing {
+        return sigmoid_route(sess, cfg, logits, bias, normalize).await;
+    }
+    // the comparisons run on the exact products: ties are the plaintext's
+    let (one_hots, chosen) = top_k(sess, logits.as_slice(), n, e, k, 2 * frac).await?;
+    let gates = if cfg.unit_gate() {
+        unit_gates(sess, n)
+    } else if cfg.routing.softmax_over_all() {
+        // softmax over all experts, then each slot's probability picked by its one-hot
+        let real = truncate(sess, logits, frac).await?;
+        let p = softmax(sess, &real).await?.into_vec();
+        picked(sess, &one_hots, &p, e).await?
+    } else {
+        // softmax over each token's k chosen logits (token-major rows of k, back to slot-major)
+        let chosen = truncate_extend(sess, &chosen, 64, frac).await?;
+        let g = softmax(sess, &sess.shares((n, k), token_major(&chosen, n, k))?).await?.into_vec();
+        slot_major(&g, n, k)
+    };
+    Ok(Routes { one_hot: one_hots, gates })
+}
+
+/// Sigmoid routing: scores σ(l) by Select-Then-Compute on the truncated logits, the server's
+/// bias added to its shares, top-k of the sums, the chosen scores picked by their one-hots and,
+/// when `normalize`, divided by their sum s (one reciprocal per token of 16·s ∈ [1, 128]).
+async fn sigmoid_route(
+    sess: &mut Session,
+    cfg: &MoeConfig,
+    logits: &Shares,
+    bias: Option<&[i32]>,
+    normalize: bool,
+) -> ProtoResult<Routes> {
+    let (e, k, n) = (cfg.experts, cfg.top_k, logits.rows());
+    let frac = sess.format().frac_bits();
+    let real = truncate(sess, logits, frac).await?;
+    let scores = evaluate(sess, &Piecewise::sigmoid(), &real).await?.into_vec();
+    let mut choice = scores.clone();
+    if let Some(b) = bias {
+        for (c, b) in choice.iter_mut().zip(b.iter().cycle()) {
+            *c = c.wrapping_add(*b as i64 as u64);
+        }
+    }
+    let (one_hots, _) = top_k(sess, &choice, n, e, k, frac).await?;
+    if cfg.unit_gate() {
+        return Ok(Routes { one_hot: one_hots, gates: unit_gates(sess, n) });
+    }
+    let gates = picked(sess, &one_hots, &scores, e).await?;
+    if !normalize {
+        return Ok(Routes { one_hot: one_hots, gates });
+    }
+    let rows = token_major(&gates, n, k);
+    let sums: Vec<u64> = rows.chunks_exact(k).map(|r| r.iter().fold(0u64, |s, v| s.wrapping_add(*v))).collect();
+    let scaled: Vec<u64> = sums.iter().map(|s| s << SCORE_SUM_SCALE).collect();
+    let r = reciprocal(sess, &Shares::vector(scaled, frac)?).await?.into_vec();
+    // g·r < 2^(2f+2) with g < 2 and r ≤ 1; ·16 by truncating 4 bits less
+    let bits = 2 * frac + 4;
+    let y = mul_rows_in(sess, &rows, &r, frac + 3, bits).await?;
+    let g = truncate_extend(sess, &y, bits, frac - SCORE_SUM_SCALE).await?;
+    Ok(Routes { one_hot: one_hots, gates: slot_major(&g, n, k) })
+}
+
+/// k rounds of argmax over each token's row of E `values` (`frac` fractional bits, |v| < 2^7
+/// in real terms), each expert chosen lowered by 2^(frac+8) below every one still in play:
+/// the slots' one-hot vectors and the chosen values, slot-major.
+async fn top_k(
+    sess: &mut Session,
+    values: &[u64],
+    n: usize,
+    e: usize,
+    k: usize,
+    frac: u32,
+) -> ProtoResult<(Vec<Vec<bool>>, Vec<u64>)> {
+    let removed = 1u64 << (frac + 8);
+    let mut live = values.to_vec();
     let (mut one_hots, mut chosen) = (Vec::with_capacity(k), Vec::with_capacity(k * n));
     for r in 0..k {
-        let (best, index) = max(sess, &Shares::matrix((n, e), live.clone(), 2 * frac)?, compare_bits(frac)).await?;
-        let best = best.into_vec();
+        let (best, index) = max(sess, &Shares::matrix((n, e), live.clone(), frac)?, compare_bits(frac)).await?;
         let bits: Vec<bool> = if e == 1 {
             // one expert: the one-hot is public, held by the server
             vec![sess.is_server(); n]
@@ -63,30 +153,35 @@ pub async fn route(sess: &mut Session, cfg: &MoeConfig, logits: &Shares) -> Prot
                 *l = l.wrapping_sub(t.wrapping_mul(removed));
             }
         }
-        chosen.extend(best);
+        chosen.extend(best.into_vec());
         one_hots.push(bits);
     }
-    let gates = if cfg.unit_gate() {
-        // softmax over one logit: the public 1, held by the server
-        vec![if sess.is_server() { 1u64 << frac } else { 0 }; n]
-    } else if cfg.routing.softmax_over_all() {
-        // softmax over all experts, then each slot's probability picked by its one-hot
-        let real = truncate(sess, shares, frac).await?;
-        let p = softmax(sess, &real).await?.into_vec();
-        let mut gates = Vec::with_capacity(k * n);
-        for bits in &one_hots {
-            let picked = select_rows(sess, bits, &p, 1, 64).await?;
-            gates.extend(picked.chunks_exact(e).map(|row| row.iter().fold(0u64, |s, v| s.wrapping_add(*v))));
-        }
-        gates
-    } else {
-        // softmax over each token's k chosen logits (token-major rows of k, back to slot-major)
-        let chosen = truncate_extend(sess, &chosen, 64, frac).await?;
-        let rows: Vec<u64> = (0..n * k).map(|i| chosen[(i % k) * n + i / k]).collect();
-        let g = softmax(sess, &sess.shares((n, k), rows)?).await?.into_vec();
-        (0..k * n).map(|i| g[(i % n) * k + i / n]).collect()
-    };
-    Ok(Routes { one_hot: one_hots, gates })
+    Ok((one_hots, chosen))
+}
+
+/// Gates of 1 for n tokens: the public 1, held by the server.
+fn unit_gates(sess: &Session, n: usize) -> Vec<u64> {
+    vec![if sess.is_server() { 1u64 << sess.format().frac_bits() } else { 0 }; n]
+}
+
+/// Each slot's value of `values` (n×E) at its chosen expert, slot-major.
+async fn picked(sess: &mut Session, one_hots: &[Vec<bool>], values: &[u64], e: usize) -> ProtoResult<Vec<u64>> {
+    let mut out = Vec::with_capacity(one_hots.len() * values.len() / e);
+    for bits in one_hots {
+        let picked = select_rows(sess, bits, values, 1, 64).await?;
+        out.extend(picked.chunks_exact(e).map(|row| row.iter().fold(0u64, |s, v| s.wrapping_add(*v))));
+    }
+    Ok(out)
+}
+
+/// Slot-major values (index r·n + j) as token-major rows of k.
+fn token_major(v: &[u64], n: usize, k: usize) -> Vec<u64> {
+    (0..n * k).map(|i| v[(i % k) * n + i / k]).collect()
+}
+
+/// Token-major rows of k back to slot-major.
+fn slot_major(v: &[u64], n: usize, k: usize) -> Vec<u64> {
+    (0..k * n).map(|i| v[(i % n) * k + i / n]).collect()
 }
 
 /// The routing matrix T[j, e] = [token j is routed to expert e] (the XOR of the slots'

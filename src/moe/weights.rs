@@ -5,7 +5,8 @@
 
 use rand::{Rng, RngExt};
 
-use super::{MoeConfig, MoeError, MoeResult};
+use super::route::SELECTION_BIAS_BOUND;
+use super::{MoeConfig, MoeError, MoeResult, Routing};
 use crate::ring::{FixedPoint, to_signed};
 
 /// One expert's (or the shared expert's) matrices.
@@ -33,6 +34,9 @@ pub struct SharedWeights {
 pub struct MoeWeights {
     /// The router, d×E.
     pub router: Vec<i32>,
+    /// The selection bias of sigmoid routing, E values (DeepSeek-V3's
+    /// `e_score_correction_bias`; `None`: zero), |b| < 64.
+    pub router_bias: Option<Vec<i32>>,
     /// The E routed experts.
     pub experts: Vec<ExpertWeights>,
     /// The shared expert, when the config has one.
@@ -78,10 +82,25 @@ impl ExpertWeights {
 }
 
 impl MoeWeights {
-    /// Checks every tensor's size against `cfg`, naming the first that does not fit.
-    pub fn check(&self, cfg: &MoeConfig) -> MoeResult<()> {
+    /// Checks every tensor's size against `cfg`, naming the first that does not fit, and the
+    /// selection bias's range at `format`.
+    pub fn check(&self, cfg: &MoeConfig, format: FixedPoint) -> MoeResult<()> {
         let (d, e) = (cfg.d_model, cfg.experts);
         expect("router", &self.router, d, e)?;
+        if let Some(b) = &self.router_bias {
+            if !matches!(cfg.routing, Routing::SigmoidTopK { .. }) {
+                return Err(MoeError::Shape {
+                    tensor: "router_bias".into(),
+                    expected: format!("none ({:?} routing has no selection bias)", cfg.routing),
+                    values: b.len(),
+                });
+            }
+            expect("router_bias", b, 1, e)?;
+            let bound = (SELECTION_BIAS_BOUND * format.scale()) as i64;
+            if let Some(i) = b.iter().position(|&v| (v as i64).abs() >= bound) {
+                return Err(MoeError::Input(format!("router_bias[{i}] outside ±{SELECTION_BIAS_BOUND}")));
+            }
+        }
         if self.experts.len() != e {
             return Err(MoeError::Shape {
                 tensor: "experts".into(),
@@ -115,18 +134,23 @@ impl MoeWeights {
     }
 
     /// Random weights of `cfg`'s shapes (uniform in ±1/√fan_in, the router's scaled by
-    /// `router_scale`), for tests and benchmarks.
+    /// `router_scale`; a selection bias in ±½ for sigmoid routing), for tests and benchmarks.
     pub fn random(cfg: &MoeConfig, format: FixedPoint, router_scale: f64, rng: &mut impl Rng) -> Self {
         let gated = cfg.expert.gated();
         let (d, d_ff) = (cfg.d_model, cfg.d_ff);
-        MoeWeights {
+        let mut w = MoeWeights {
             router: uniform(d * cfg.experts, router_scale / (d as f64).sqrt(), format, rng),
+            router_bias: None,
             experts: (0..cfg.experts).map(|_| ExpertWeights::random(gated, d, d_ff, format, rng)).collect(),
             shared: cfg.shared.map(|s| SharedWeights {
                 expert: ExpertWeights::random(gated, d, s.d_ff, format, rng),
                 gate: s.sigmoid_gate.then(|| uniform(d, 1.0 / (d as f64).sqrt(), format, rng)),
             }),
+        };
+        if matches!(cfg.routing, Routing::SigmoidTopK { .. }) {
+            w.router_bias = Some(uniform(cfg.experts, 0.5, format, rng));
         }
+        w
     }
 }
 

@@ -141,6 +141,11 @@ pub fn silu_exact(x: f64) -> f64 {
     x / (1.0 + (-x).exp())
 }
 
+/// σ(x) = 1/(1 + e^-x) in f64, for references.
+pub fn sigmoid_exact(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
 /// The error function for the f64 reference (std has none): its Maclaurin series below 2.5,
 /// 1 − erfc by erfc's continued fraction above; |error| < 1e-14.
 fn erf(x: f64) -> f64 {
@@ -196,6 +201,17 @@ impl Piecewise {
     pub fn silu() -> Piecewise {
         static FIT: LazyLock<Piecewise> = LazyLock::new(|| {
             Piecewise::fit("silu", silu_exact, -7, 1, 7, (Piece::ZERO, Piece::IDENTITY), Window::centred(6))
+        });
+        FIT.clone()
+    }
+
+    /// σ(x) = 1/(1 + e^-x), a router's expert score: 0 below −10 (σ(−10) = 4.5e-5), 40
+    /// quadratics of width ½ on [−10, 10), 1 from 10 on; |x| < 63.
+    pub fn sigmoid() -> Piecewise {
+        static FIT: LazyLock<Piecewise> = LazyLock::new(|| {
+            let one = Piece { gamma: 1.0, ..Piece::ZERO };
+            let window = Window { range_bits: 6, lift: 65.0, output_bits: 1 };
+            Piecewise::fit("sigmoid", sigmoid_exact, -10, -1, 40, (Piece::ZERO, one), window)
         });
         FIT.clone()
     }
@@ -774,7 +790,7 @@ mod tests {
     /// calls whose encoding stays in the caches.
     #[test]
     fn the_lookups_payload_asks_for_cache_sized_silent_calls() {
-        for f in [Piecewise::gelu(), Piecewise::silu(), Piecewise::exp()] {
+        for f in [Piecewise::gelu(), Piecewise::silu(), Piecewise::sigmoid(), Piecewise::exp()] {
             let bits = f.payload_bits();
             eprintln!("{}: {bits:.1} bits per OT", f.name);
             assert!(bits > 20.0 && bits < 200.0, "{}: {bits}", f.name);
@@ -818,9 +834,17 @@ mod tests {
         assert!(max <= 1.2e-2 && mean <= 1.7e-3, "max {max}, mean {mean}");
     }
 
+    /// Half-unit pieces: a router's scores are close to σ well below the gates' other errors.
+    #[test]
+    fn sigmoid_fit_is_within_a_ten_thousandth() {
+        let f = Piecewise::sigmoid();
+        let (max, _) = errors(&f, (0..200_000).map(|j| -16.0 + 32.0 * j as f64 / 200_000.0));
+        assert!(max <= 1e-4, "max {max}");
+    }
+
     #[test]
     fn reference_follows_the_real_approximation() {
-        for f in [Piecewise::gelu(), Piecewise::silu()] {
+        for f in [Piecewise::gelu(), Piecewise::silu(), Piecewise::sigmoid()] {
             let (lo, hi) = f.input_range();
             for j in 0..10_000 {
                 let x = lo + (hi - lo) * j as f64 / 10_000.0;
