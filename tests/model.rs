@@ -1,7 +1,8 @@
 //! Whole models in 2PC: private inference against the f64 plaintext model for every family
 //! (Mixtral-style default, Qwen2-MoE with dense layers, biases and a gated shared expert,
 //! OLMoE's q/k norms, Qwen3-MoE's per-head q/k norms on heads wider than d/heads, Granite-MoE's
-//! multipliers and fused experts, the Switch encoder's relative position bias and ReLU experts), errors on
+//! multipliers and fused experts, GLM-4.5's sigmoid routing and half-rotary heads, the Switch
+//! encoder's relative position bias and ReLU experts), errors on
 //! both sides before anything moves, checkpoints that do not fit their config refused by name.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -11,8 +12,8 @@ mod common;
 
 use secmoe::model::{
     Checkpoint, Embedding, Family, Ffn, HfTensor, KvCache, ModelConfig, ModelError, ModelResult, ModelWeights, Output,
-    Plan, Positions, Prompt, QkNorm, Scales, WeightSource, check_weights, default_config, default_weights, finish,
-    forward, forward_quantized, infer, infer_cached, ranges, serve, setup_he,
+    Plan, Positions, Prompt, QkNorm, Quantity, Scales, WeightSource, check_weights, default_config, default_weights,
+    finish, forward, forward_quantized, infer, infer_cached, ranges, serve, setup_he,
 };
 use secmoe::moe::{ExpertKind, Method, MoeConfig, Routing, SharedExpert};
 use secmoe::net::Frame;
@@ -274,6 +275,56 @@ fn granite_moe_with_multipliers_fused_experts_and_a_shared_expert() {
     let ckpt = Checkpoint::open(&root.join("nan")).unwrap();
     let err = check_weights(&cfg, FixedPoint::default(), &ckpt).unwrap_err().to_string();
     assert!(err.contains(&format!("tensor `{fused}`, element {index}: NaN")), "{err}");
+    std::fs::remove_dir_all(&root).ok();
+}
+
+/// GLM-4.5's layers (`glm4_moe`): DeepSeek-V3's MoE block — σ scores, top-2 of score + the
+/// server's selection bias, renormalized and scaled by 2, an ungated shared expert, a dense
+/// first layer — under q/k/v biases, per-head q/k norms and rotary embeddings on half of each
+/// head: private inference against the f64 model; written as a checkpoint (the bias as
+/// `mlp.gate.e_score_correction_bias`, the shared expert as `mlp.shared_experts`) and read
+/// back exactly.
+#[test]
+fn glm4_moe_with_sigmoid_routing_and_half_rotary_heads() {
+    let config = r#"{"model_type": "glm4_moe", "vocab_size": 48, "hidden_size": 32, "intermediate_size": 40,
+        "moe_intermediate_size": 16, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "head_dim": 12, "hidden_act": "silu", "rms_norm_eps": 1e-05, "n_routed_experts": 8,
+        "num_experts_per_tok": 2, "n_shared_experts": 1, "first_k_dense_replace": 1, "n_group": 1,
+        "topk_group": 1, "norm_topk_prob": true, "routed_scaling_factor": 2.0, "attention_bias": true,
+        "use_qk_norm": true, "partial_rotary_factor": 0.5, "rope_theta": 10000.0, "tie_word_embeddings": false}"#;
+    let cfg = ModelConfig::from_json(config).unwrap();
+    assert_eq!(
+        (cfg.family, cfg.positions, cfg.qkv_bias),
+        (Family::Glm4Moe, Positions::Rope { theta: 1e4, dims: 6 }, true)
+    );
+    assert_eq!((cfg.qk_norm, cfg.scales.routed), (QkNorm::PerHead, 2.0));
+    let moe = MoeConfig {
+        shared: Some(SharedExpert { d_ff: 16, sigmoid_gate: false }),
+        ..moe(8, 2, 32, 16, Routing::SigmoidTopK { normalize: true }, ExpertKind::SwiGlu)
+    };
+    assert_eq!(cfg.ffn, vec![Ffn::Dense { d_ff: 40, kind: ExpertKind::SwiGlu }, Ffn::Moe(moe), Ffn::Moe(moe)]);
+    let w = ModelWeights::random(&cfg, 12, 4.0);
+    let ids = [5, 40, 0, 17, 33];
+    check(&cfg, &w, &ids);
+    // the renormalization's precondition is among the ranges `secmoe ranges` checks
+    let seen = ranges(&cfg, &w, &[&ids], NormRange::DEFAULT).unwrap();
+    let sums: Vec<_> = seen.sites().iter().filter(|r| r.quantity == Quantity::ScoreSumReciprocal).collect();
+    assert!(sums.len() == 2 && sums.iter().all(|r| !r.exceeded() && r.limit == 16.0), "{sums:?}");
+
+    let root = std::env::temp_dir().join(format!("secmoe-glm-{}", std::process::id()));
+    common::write_checkpoint(&root, config, &cfg, &w, |t| {
+        let names: Vec<&str> = t.iter().map(|t| t.name.as_str()).collect();
+        for name in
+            ["model.layers.1.mlp.gate.e_score_correction_bias", "model.layers.2.mlp.shared_experts.up_proj.weight"]
+        {
+            assert!(names.contains(&name), "{name} missing from {names:?}");
+        }
+    });
+    let ckpt = Checkpoint::open(&root).unwrap();
+    assert_eq!(ckpt.config(), &cfg);
+    for (i, layer) in w.layers.iter().enumerate() {
+        assert_eq!(&ckpt.layer(i).unwrap(), layer, "layer {i} read back");
+    }
     std::fs::remove_dir_all(&root).ok();
 }
 

@@ -657,6 +657,62 @@ mod tests {
         "torch_dtype": "bfloat16", "transformers_version": "4.51.0", "use_cache": true,
         "use_sliding_window": false, "vocab_size": 151936}"#;
 
+    /// GLM-4.5-Air's `config.json` architecture fields (`zai-org/GLM-4.5-Air`, transformers
+    /// 4.54): 46 layers, the first dense, 128 experts of 1408 top-8 renormalized by σ scores
+    /// plus bias, one shared expert, heads of 128 rotated on their first 64 entries.
+    const GLM_45_AIR: &str = r#"{"architectures": ["Glm4MoeForCausalLM"], "attention_bias": true,
+        "attention_dropout": 0.0, "pad_token_id": 151329, "eos_token_id": [151329, 151336, 151338],
+        "head_dim": 128, "hidden_act": "silu", "hidden_size": 4096, "partial_rotary_factor": 0.5,
+        "initializer_range": 0.02, "intermediate_size": 10944, "max_position_embeddings": 131072,
+        "model_type": "glm4_moe", "moe_intermediate_size": 1408, "norm_topk_prob": true,
+        "num_attention_heads": 96, "n_group": 1, "topk_group": 1, "n_routed_experts": 128,
+        "n_shared_experts": 1, "routed_scaling_factor": 1.0, "num_experts_per_tok": 8,
+        "first_k_dense_replace": 1, "num_hidden_layers": 46, "num_key_value_heads": 8,
+        "rms_norm_eps": 1e-05, "rope_scaling": null, "rope_theta": 1000000, "num_nextn_predict_layers": 1,
+        "tie_word_embeddings": false, "torch_dtype": "bfloat16", "transformers_version": "4.54.0",
+        "use_cache": true, "use_qk_norm": false, "vocab_size": 151552}"#;
+
+    #[test]
+    fn glm4_moe_configs_are_read() {
+        let cfg = ModelConfig::from_json(GLM_45_AIR).unwrap();
+        assert_eq!(
+            (cfg.family, cfg.d_model, cfg.heads, cfg.kv_heads, cfg.head_dim),
+            (Family::Glm4Moe, 4096, 96, 8, 128)
+        );
+        assert_eq!(
+            (cfg.positions, cfg.qkv_bias, cfg.qk_norm),
+            (Positions::Rope { theta: 1e6, dims: 64 }, true, QkNorm::None)
+        );
+        let moe = MoeConfig {
+            experts: 128,
+            top_k: 8,
+            d_model: 4096,
+            d_ff: 1408,
+            routing: Routing::SigmoidTopK { normalize: true },
+            expert: ExpertKind::SwiGlu,
+            shared: Some(SharedExpert { d_ff: 1408, sigmoid_gate: false }),
+            expert_capacity: None,
+        };
+        assert_eq!(cfg.ffn[0], Ffn::Dense { d_ff: 10944, kind: ExpertKind::SwiGlu });
+        assert!(cfg.ffn[1..].iter().all(|f| *f == Ffn::Moe(moe)) && cfg.layers() == 46);
+        let refused = |from: &str, to: &str| {
+            let text = GLM_45_AIR.replace(from, to);
+            ModelConfig::from_json(&text).unwrap_err().to_string()
+        };
+        assert!(
+            refused(r#""n_group": 1, "topk_group": 1"#, r#""n_group": 8, "topk_group": 4"#).contains("group-limited")
+        );
+        assert!(refused(r#""rope_scaling": null"#, r#""rope_scaling": {"type": "yarn"}"#).contains("rope_scaling"));
+        assert!(
+            refused(r#""partial_rotary_factor": 0.5"#, r#""partial_rotary_factor": 0.001"#)
+                .contains("rotary embeddings on 0")
+        );
+        let dots = GLM_45_AIR
+            .replace(r#""attention_bias": true"#, r#""attention_bias": false"#)
+            .replace(r#""model_type": "glm4_moe""#, r#""model_type": "dots1", "layer_types": ["sliding_attention"]"#);
+        assert!(ModelConfig::from_json(&dots).unwrap_err().to_string().contains("sliding-window"));
+    }
+
     #[test]
     fn qwen3_moe_configs_are_read() {
         let cfg = ModelConfig::from_json(QWEN3_30B_A3B).unwrap();

@@ -1,7 +1,8 @@
 //! The value ranges private inference takes, checked on the plaintext model.
 //!
 //! Where a protocol states an input range — a norm's |x| < 64, attention's and the shared
-//! expert's softmax logits, the router's logits, the experts' pre-activations — [`ranges`]
+//! expert's softmax logits, the router's logits and renormalized sigmoid scores, the experts'
+//! pre-activations — [`ranges`]
 //! records the largest magnitude the f64 model ([`super::forward`]) reaches there on given
 //! prompts. The protocols cannot check secret values: a value beyond its range wraps in a
 //! reduced ring and the private result is wrong without an error. So whoever serves a
@@ -14,7 +15,7 @@ use super::ModelResult;
 use super::config::ModelConfig;
 use super::reference::forward_probed;
 use super::weights::WeightSource;
-use crate::moe::{ExpertKind, PRE_ACTIVATION_BOUND, ROUTER_LOGIT_BOUND};
+use crate::moe::{ExpertKind, MIN_SCORE_SUM, PRE_ACTIVATION_BOUND, ROUTER_LOGIT_BOUND};
 use crate::proto::layernorm::NormRange;
 use crate::proto::piecewise::Piecewise;
 use crate::proto::softmax::{LOGIT_BOUND, SPREAD_BOUND};
@@ -30,6 +31,9 @@ pub enum Quantity {
     ScoreSpread,
     /// A router logit (top-k and the gates: |l| < 64).
     RouterLogit,
+    /// One over the sum of a token's chosen σ scores, when sigmoid routing renormalizes them
+    /// (its reciprocal: the sum at least 1/16).
+    ScoreSumReciprocal,
     /// The shared expert's gate logit (a softmax of [z, 0]: |z| < 64).
     SharedGateLogit,
     /// The input of an expert's activation (SiLU, GeLU: |x| < 63; ReLU: the ring's 64).
@@ -46,6 +50,7 @@ impl Quantity {
             Quantity::Score | Quantity::SharedGateLogit => LOGIT_BOUND,
             Quantity::ScoreSpread => SPREAD_BOUND,
             Quantity::RouterLogit => ROUTER_LOGIT_BOUND,
+            Quantity::ScoreSumReciprocal => 1.0 / MIN_SCORE_SUM,
             Quantity::Activation(ExpertKind::Relu) | Quantity::UpBranch => PRE_ACTIVATION_BOUND,
             Quantity::Activation(ExpertKind::Gelu | ExpertKind::GeGlu) => symmetric(Piecewise::gelu()),
             Quantity::Activation(ExpertKind::SwiGlu) => symmetric(Piecewise::silu()),
@@ -66,6 +71,7 @@ impl fmt::Display for Quantity {
             Quantity::Score => f.write_str("attention score"),
             Quantity::ScoreSpread => f.write_str("score below its row's largest"),
             Quantity::RouterLogit => f.write_str("router logit"),
+            Quantity::ScoreSumReciprocal => f.write_str("1 / chosen scores' sum"),
             Quantity::SharedGateLogit => f.write_str("shared expert's gate logit"),
             Quantity::Activation(ExpertKind::Relu) => f.write_str("ReLU input"),
             Quantity::Activation(ExpertKind::Gelu | ExpertKind::GeGlu) => f.write_str("GeLU input"),

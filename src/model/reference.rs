@@ -149,6 +149,10 @@ fn moe(
                 };
                 let c = top_k(&choice, m.top_k);
                 let g: Vec<f64> = c.iter().map(|&i| scores[i]).collect();
+                if normalize && m.top_k > 1 {
+                    let sum: f64 = g.iter().sum();
+                    probe.see(format!("layers.{layer}.router"), Quantity::ScoreSumReciprocal, &[1.0 / sum]);
+                }
                 (c, if normalize { normalized(g) } else { g })
             }
         };

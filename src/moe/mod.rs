@@ -194,7 +194,7 @@ pub use config::{
 };
 pub use layer::{MoeOutput, PRE_ACTIVATION_BOUND, ROUTER_LOGIT_BOUND, dense_expert, moe_layer};
 pub use reference::{Reference, reference, top_k};
-pub use route::{Routes, SELECTION_BIAS_BOUND, route};
+pub use route::{MIN_SCORE_SUM, Routes, SELECTION_BIAS_BOUND, route};
 pub use weights::{ExpertWeights, MoeWeights, SharedWeights, narrow, widen};
 
 use thiserror::Error;

@@ -40,9 +40,12 @@ fn compare_bits(frac: u32) -> u32 {
 /// Most |b| of a selection bias ([`crate::moe::Routing::SigmoidTopK`]): scores plus bias stay
 /// below 2^7 in magnitude, inside the top-k's comparisons.
 pub const SELECTION_BIAS_BOUND: f64 = 64.0;
-/// Sigmoid routing scales each token's sum of chosen scores by this before its reciprocal
-/// (whose start covers [1, 128]): sums must lie in [1/16, 8], a precondition.
+/// Sigmoid routing scales each token's sum of chosen scores by 2^this before its reciprocal
+/// (whose start covers [1, 128]): with k ≤ 8 scores below 1, sums must be at least
+/// [`MIN_SCORE_SUM`].
 const SCORE_SUM_SCALE: u32 = 4;
+/// The least sum of a token's chosen scores renormalized sigmoid routing takes, a precondition.
+pub const MIN_SCORE_SUM: f64 = 1.0 / (1 << SCORE_SUM_SCALE) as f64;
 
 /// Routes the n tokens of their shared logits (n×E, 2f fractional bits: the router's product).
 /// The server passes its selection bias (E values at f fractional bits) when the routing has
