@@ -36,6 +36,28 @@ impl Routing {
         matches!(self, Routing::Switch | Routing::SoftmaxTopK { normalize: false })
     }
 
+    /// Every routing, in the order of their names' list.
+    const ALL: [Routing; 6] = [
+        Routing::TopKSoftmax,
+        Routing::SoftmaxTopK { normalize: false },
+        Routing::SoftmaxTopK { normalize: true },
+        Routing::SigmoidTopK { normalize: false },
+        Routing::SigmoidTopK { normalize: true },
+        Routing::Switch,
+    ];
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Routing::TopKSoftmax => "top-k-softmax",
+            Routing::SoftmaxTopK { normalize: false } => "softmax-top-k",
+            Routing::SoftmaxTopK { normalize: true } => "softmax-top-k-renorm",
+            Routing::SigmoidTopK { normalize: false } => "sigmoid-top-k",
+            Routing::SigmoidTopK { normalize: true } => "sigmoid-top-k-renorm",
+            Routing::Switch => "switch",
+        }
+    }
+
     /// Whether top-1 routing has gate 1 for every token (the chosen weight renormalized by
     /// itself).
     fn top_1_is_unit(self) -> bool {
@@ -85,6 +107,17 @@ impl std::str::FromStr for ExpertKind {
             .into_iter()
             .find(|k| k.name() == s)
             .ok_or_else(|| format!("unknown expert kind `{s}` (relu, gelu, swiglu, geglu)"))
+    }
+}
+
+impl std::str::FromStr for Routing {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Routing::ALL.into_iter().find(|r| r.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = Routing::ALL.iter().map(|r| r.name()).collect();
+            format!("unknown routing `{s}` ({})", names.join(", "))
+        })
     }
 }
 
@@ -349,6 +382,14 @@ mod tests {
             shared: None,
             expert_capacity: None,
         }
+    }
+
+    #[test]
+    fn routings_parse_from_their_names() {
+        for r in Routing::ALL {
+            assert_eq!(r.name().parse(), Ok(r));
+        }
+        assert!("sigmoid".parse::<Routing>().unwrap_err().contains("sigmoid-top-k-renorm"));
     }
 
     #[test]

@@ -50,6 +50,10 @@ struct MoeBenchArgs {
     /// Experts per token.
     #[arg(long, default_value_t = 1)]
     top_k: usize,
+    /// Routing: top-k-softmax (Mixtral's), softmax-top-k[-renorm] (Qwen-MoE's, OLMoE's),
+    /// sigmoid-top-k[-renorm] (DeepSeek-V3's, with a selection bias), switch.
+    #[arg(long, default_value = "top-k-softmax")]
+    routing: String,
     /// Methods (comma-separated): select-then-compute (the chosen experts' weights selected
     /// under HE: bytes flat in the number of experts), select-rows (every expert's matrices,
     /// the chosen rows selected: fast on a CPU, bytes growing with E), capacity[:factor] (1.25
@@ -79,6 +83,7 @@ impl MoeBenchArgs {
             d_ff: self.d_ff,
             expert: self.expert.parse().map_err(anyhow::Error::msg)?,
             top_k: self.top_k,
+            routing: self.routing.parse().map_err(anyhow::Error::msg)?,
             methods,
         })
     }

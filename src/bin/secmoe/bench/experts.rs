@@ -36,6 +36,8 @@ pub struct Options {
     pub expert: ExpertKind,
     /// Experts per token.
     pub top_k: usize,
+    /// The router family.
+    pub routing: Routing,
     /// Methods, in row order.
     pub methods: Vec<Method>,
 }
@@ -58,7 +60,7 @@ pub(crate) async fn run(
                 top_k: opts.top_k,
                 d_model: opts.d_model,
                 d_ff: opts.d_ff,
-                routing: Routing::TopKSoftmax,
+                routing: opts.routing,
                 expert: opts.expert,
                 shared: None,
                 expert_capacity: None,
