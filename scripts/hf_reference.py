@@ -34,7 +34,8 @@ def ensure_venv():
 
 
 def families():
-    from transformers import (Dots1Config, Dots1ForCausalLM, Glm4MoeConfig, Glm4MoeForCausalLM,
+    from transformers import (Dots1Config, Dots1ForCausalLM, Ernie4_5_MoeConfig, Ernie4_5_MoeForCausalLM,
+                              Glm4MoeConfig, Glm4MoeForCausalLM,
                               GraniteMoeConfig, GraniteMoeForCausalLM, GraniteMoeSharedConfig,
                               GraniteMoeSharedForCausalLM, MixtralConfig, MixtralForCausalLM, OlmoeConfig,
                               OlmoeForCausalLM, Qwen2MoeConfig, Qwen2MoeForCausalLM, Qwen3MoeConfig,
@@ -85,6 +86,12 @@ def families():
             num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
             n_routed_experts=8, num_experts_per_tok=3, n_shared_experts=2, first_k_dense_replace=1,
             norm_topk_prob=False, routed_scaling_factor=1.5, sliding_window=None, tie_word_embeddings=True)),
+        # softmax routing with a selection bias, two shared experts, a dense first layer,
+        # GPT-J-style rotary pairs
+        ("ernie4_5_moe", torch.bfloat16, Ernie4_5_MoeForCausalLM, Ernie4_5_MoeConfig(
+            vocab_size=96, hidden_size=32, intermediate_size=48, moe_intermediate_size=12,
+            num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, moe_num_experts=8,
+            moe_k=3, moe_num_shared_experts=2, moe_layer_start_index=1, tie_word_embeddings=False)),
         ("switch", torch.float32, SwitchTransformersEncoderModel, SwitchTransformersConfig(
             vocab_size=96, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4, num_experts=8,
             num_sparse_encoder_layers=1, expert_capacity=1, relative_attention_num_buckets=32,

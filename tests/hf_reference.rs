@@ -217,7 +217,7 @@ fn glm4_moe_matches_transformers() {
         &ModelConfig { scales: Scales { routed: 1.0, ..cfg.scales }, ..cfg.clone() },
         &ckpt,
     );
-    let whole = Positions::Rope { theta: 10000.0, dims: cfg.head_dim };
+    let whole = Positions::Rope { theta: 10000.0, dims: cfg.head_dim, interleaved: false };
     assert_ne!(cfg.positions, whole);
     matters("glm4_moe", "partial rotation", &ModelConfig { positions: whole, ..cfg.clone() }, &ckpt);
 }
@@ -230,4 +230,19 @@ fn dots1_matches_transformers() {
     check("dots1");
     let (ckpt, _) = load("dots1");
     matters("dots1", "selection bias", ckpt.config(), &Unbiased(&ckpt));
+}
+
+/// ERNIE-4.5: softmax over all experts, the top-3 of p + the selection bias, renormalized, two
+/// shared experts, a dense first layer, GPT-J-style rotary pairs — the bias and the pairing
+/// each matter.
+#[test]
+#[ignore = "needs the checkpoints of scripts/hf_reference.py (PyTorch and transformers)"]
+fn ernie4_5_moe_matches_transformers() {
+    check("ernie4_5_moe");
+    let (ckpt, _) = load("ernie4_5_moe");
+    let cfg = ckpt.config().clone();
+    matters("ernie4_5_moe", "selection bias", &cfg, &Unbiased(&ckpt));
+    let Positions::Rope { theta, dims, interleaved: true } = cfg.positions else { panic!("{:?}", cfg.positions) };
+    let halves = Positions::Rope { theta, dims, interleaved: false };
+    matters("ernie4_5_moe", "rotary pairing", &ModelConfig { positions: halves, ..cfg.clone() }, &ckpt);
 }

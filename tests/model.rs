@@ -1,7 +1,8 @@
 //! Whole models in 2PC: private inference against the f64 plaintext model for every family
 //! (Mixtral-style default, Qwen2-MoE with dense layers, biases and a gated shared expert,
 //! OLMoE's q/k norms, Qwen3-MoE's per-head q/k norms on heads wider than d/heads, Granite-MoE's
-//! multipliers and fused experts, GLM-4.5's sigmoid routing and half-rotary heads, the Switch
+//! multipliers and fused experts, GLM-4.5's sigmoid routing and half-rotary heads, ERNIE-4.5's
+//! biased softmax routing and rotary pairs, the Switch
 //! encoder's relative position bias and ReLU experts), errors on
 //! both sides before anything moves, checkpoints that do not fit their config refused by name.
 
@@ -141,7 +142,7 @@ fn qwen2_moe_with_dense_layers_biases_and_a_gated_shared_expert() {
         head_dim: 8,
         causal: true,
         norm_eps: 1e-6,
-        positions: Positions::Rope { theta: 10000.0, dims: 8 },
+        positions: Positions::Rope { theta: 10000.0, dims: 8, interleaved: false },
         score_scale: 1.0 / 8f64.sqrt(),
         qkv_bias: true,
         qk_norm: QkNorm::None,
@@ -164,7 +165,7 @@ fn olmoe_with_q_k_norms_and_the_switch_encoder() {
         head_dim: 8,
         causal: true,
         norm_eps: 1e-5,
-        positions: Positions::Rope { theta: 10000.0, dims: 8 },
+        positions: Positions::Rope { theta: 10000.0, dims: 8, interleaved: false },
         score_scale: 1.0 / 8f64.sqrt(),
         qkv_bias: false,
         qk_norm: QkNorm::Full,
@@ -212,7 +213,7 @@ fn qwen3_moe_with_per_head_q_k_norms_and_wide_heads() {
         head_dim: 12,
         causal: true,
         norm_eps: 1e-6,
-        positions: Positions::Rope { theta: 1_000_000.0, dims: 12 },
+        positions: Positions::Rope { theta: 1_000_000.0, dims: 12, interleaved: false },
         score_scale: 1.0 / 12f64.sqrt(),
         qkv_bias: false,
         qk_norm: QkNorm::PerHead,
@@ -295,7 +296,7 @@ fn glm4_moe_with_sigmoid_routing_and_half_rotary_heads() {
     let cfg = ModelConfig::from_json(config).unwrap();
     assert_eq!(
         (cfg.family, cfg.positions, cfg.qkv_bias),
-        (Family::Glm4Moe, Positions::Rope { theta: 1e4, dims: 6 }, true)
+        (Family::Glm4Moe, Positions::Rope { theta: 1e4, dims: 6, interleaved: false }, true)
     );
     assert_eq!((cfg.qk_norm, cfg.scales.routed), (QkNorm::PerHead, 2.0));
     let moe = MoeConfig {
@@ -326,6 +327,24 @@ fn glm4_moe_with_sigmoid_routing_and_half_rotary_heads() {
         assert_eq!(&ckpt.layer(i).unwrap(), layer, "layer {i} read back");
     }
     std::fs::remove_dir_all(&root).ok();
+}
+
+/// ERNIE-4.5's layers (`ernie4_5_moe`): the softmax over all experts ranked with the server's
+/// selection bias, renormalized, two shared experts as one, a dense first layer, GPT-J-style
+/// rotary pairs (frequency i turns entries 2i and 2i + 1).
+#[test]
+fn ernie4_5_moe_with_biased_softmax_routing_and_rotary_pairs() {
+    let config = r#"{"model_type": "ernie4_5_moe", "vocab_size": 48, "hidden_size": 32, "intermediate_size": 40,
+        "moe_intermediate_size": 12, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "hidden_act": "silu", "rms_norm_eps": 1e-05, "moe_num_experts": 8, "moe_k": 3,
+        "moe_num_shared_experts": 2, "moe_layer_start_index": 1, "rope_theta": 500000, "use_bias": false,
+        "tie_word_embeddings": false}"#;
+    let cfg = ModelConfig::from_json(config).unwrap();
+    assert_eq!(
+        (cfg.family, cfg.positions),
+        (Family::Ernie45Moe, Positions::Rope { theta: 5e5, dims: 8, interleaved: true })
+    );
+    check(&cfg, &ModelWeights::random(&cfg, 13, 4.0), &[5, 40, 0, 17]);
 }
 
 /// `ranges` finds where the plaintext model leaves a protocol's stated range — and such a value

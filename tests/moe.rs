@@ -422,6 +422,7 @@ fn switch_routing_over_256_experts() {
 /// DeepSeek-V3's routing (GLM-4.5, dots.llm1): σ scores, the top-k of score + bias, the chosen
 /// scores as gates, renormalized or not, with an ungated shared expert; top-1 renormalized is
 /// a unit gate. The bias is what chooses: without it the plaintext layer routes otherwise.
+/// ERNIE-4.5's biased softmax routing likewise.
 #[test]
 fn sigmoid_routing_with_a_selection_bias() {
     let f = FixedPoint::default();
@@ -443,6 +444,8 @@ fn sigmoid_routing_with_a_selection_bias() {
         3,
         200,
     );
+    // ERNIE-4.5's: the softmax over all experts ranked with the bias, renormalized
+    check_both(config(8, 3, Routing::BiasedSoftmaxTopK, ExpertKind::SwiGlu), 3, 230);
 }
 
 /// Sigmoid routing keeps both views: the server's frames do not depend on the client's tokens

@@ -31,7 +31,7 @@ pub fn default_config() -> ModelConfig {
         head_dim: 16,
         causal: true,
         norm_eps: 1e-5,
-        positions: Positions::Rope { theta: 10000.0, dims: 16 },
+        positions: Positions::Rope { theta: 10000.0, dims: 16, interleaved: false },
         score_scale: 0.25,
         qkv_bias: false,
         qk_norm: QkNorm::None,

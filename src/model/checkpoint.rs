@@ -13,7 +13,6 @@ use safetensors::tensor::Dtype as StDtype;
 use super::config::{Family, Ffn, ModelConfig, Positions};
 use super::weights::{FfnWeights, LayerWeights, Mlp, ModelWeights, WeightSource, transpose};
 use super::{ModelError, ModelResult};
-use crate::moe::Routing;
 use crate::ring::Dtype;
 
 /// Where one tensor lies.
@@ -219,19 +218,22 @@ impl Names<'_> {
                     _ => (format!("{p}mlp.gate.weight"), format!("{p}mlp.experts.")),
                 };
                 out.push(spec(router, &[m.experts, d], e("router")));
-                if matches!(m.routing, Routing::SigmoidTopK { .. }) {
-                    out.push(spec(format!("{p}mlp.gate.e_score_correction_bias"), &[m.experts], e("router_bias")));
+                if m.routing.has_selection_bias() {
+                    out.push(match family {
+                        Family::Ernie45Moe => spec(
+                            format!("{p}mlp.moe_statics.e_score_correction_bias"),
+                            &[1, m.experts],
+                            e("router_bias"),
+                        ),
+                        _ => spec(format!("{p}mlp.gate.e_score_correction_bias"), &[m.experts], e("router_bias")),
+                    });
                 }
                 for x in 0..m.experts {
                     out.extend(mlp(&format!("{expert}{x}."), e(&format!("experts.{x}")), m.d_ff, m.expert.gated()));
                 }
                 if let Some(s) = m.shared {
-                    // DeepSeek-V3's name (its shared experts as one), Qwen2-MoE's
-                    let name = if matches!(family, Family::Glm4Moe | Family::Dots1) {
-                        "shared_experts"
-                    } else {
-                        "shared_expert"
-                    };
+                    // Qwen2-MoE's name, DeepSeek-V3's and ERNIE-4.5's (their shared experts as one)
+                    let name = if family == Family::Qwen2Moe { "shared_expert" } else { "shared_experts" };
                     out.extend(mlp(&format!("{p}mlp.{name}."), e("shared_expert"), s.d_ff, m.expert.gated()));
                     if s.sigmoid_gate {
                         out.push(spec(format!("{p}mlp.shared_expert_gate.weight"), &[1, d], e("shared_expert_gate")));
@@ -394,8 +396,7 @@ impl WeightSource for Checkpoint {
             Ffn::Dense { kind, .. } => FfnWeights::Dense(r.mlp(kind.gated())?),
             Ffn::Moe(m) => {
                 let router = r.matrix()?;
-                let router_bias =
-                    if matches!(m.routing, Routing::SigmoidTopK { .. }) { Some(r.values()?) } else { None };
+                let router_bias = if m.routing.has_selection_bias() { Some(r.values()?) } else { None };
                 let experts = (0..m.experts).map(|_| r.mlp(m.expert.gated())).collect::<ModelResult<Vec<_>>>()?;
                 let shared = match m.shared {
                     None => None,

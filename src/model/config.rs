@@ -36,6 +36,9 @@ pub enum Family {
     Glm4Moe,
     /// `dots1` (dots.llm1): DeepSeek-V3's MoE block under Qwen3's attention.
     Dots1,
+    /// `ernie4_5_moe` (ERNIE-4.5): softmax routing with a selection bias, shared experts, dense
+    /// layers outside `moe_layer_start_index..=moe_layer_end_index`, GPT-J-style rotary pairs.
+    Ernie45Moe,
 }
 
 impl Family {
@@ -51,6 +54,7 @@ impl Family {
             Family::GraniteMoeShared => "granitemoeshared",
             Family::Glm4Moe => "glm4_moe",
             Family::Dots1 => "dots1",
+            Family::Ernie45Moe => "ernie4_5_moe",
         }
     }
 }
@@ -58,14 +62,16 @@ impl Family {
 /// How attention learns positions.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Positions {
-    /// Rotary embeddings (the `rotate_half` convention) with base θ on the first `dims`
-    /// entries of each head (all of it but in GLM-4.5, whose `partial_rotary_factor` is ½); the
-    /// other entries pass unrotated.
+    /// Rotary embeddings with base θ on the first `dims` entries of each head (all of it but
+    /// in GLM-4.5, whose `partial_rotary_factor` is ½); the other entries pass unrotated.
     Rope {
         /// The base θ.
         theta: f64,
         /// Entries of each head rotated (even, at most the head's width).
         dims: usize,
+        /// Frequency i turns entries (2i, 2i + 1) (ERNIE-4.5's GPT-J-style pairs), not
+        /// (i, i + dims/2) (`rotate_half`, Llama's).
+        interleaved: bool,
     },
     /// T5's bucketed relative position bias, bidirectional (the server's table, added to the
     /// scores of every layer).
@@ -214,12 +220,12 @@ impl ModelConfig {
         let model_type = c.str("model_type")?;
         let cfg = match model_type.as_str() {
             "mixtral" | "qwen2_moe" | "qwen3_moe" | "olmoe" | "granitemoe" | "granitemoeshared" | "glm4_moe"
-            | "dots1" => decoder(&c, &model_type)?,
+            | "dots1" | "ernie4_5_moe" => decoder(&c, &model_type)?,
             "switch_transformers" => switch(&c)?,
             other => {
                 return Err(ModelError::Config(format!(
                     "model_type `{other}` is not supported (mixtral, qwen2_moe, qwen3_moe, olmoe, granitemoe, \
-                     granitemoeshared, glm4_moe, dots1, switch_transformers)"
+                     granitemoeshared, glm4_moe, dots1, ernie4_5_moe, switch_transformers)"
                 )));
             }
         };
@@ -351,7 +357,7 @@ fn activation(c: &Json, key: &str, default: &str) -> ModelResult<()> {
 /// Plain rotary embeddings (no scaling) from `rope_parameters` (transformers 5) or the top-level
 /// fields (the checkpoints'), on `int(head_dim · partial_rotary_factor)` entries of each head;
 /// a factor other than 1 is refused unless the family applies it (`partial`, its default).
-fn rope(c: &Json, head_dim: usize, partial: Option<f64>) -> ModelResult<Positions> {
+fn rope(c: &Json, head_dim: usize, partial: Option<f64>, interleaved: bool) -> ModelResult<Positions> {
     let fields = match c.field("rope_parameters") {
         Some(p) => {
             let p = Json(p);
@@ -372,7 +378,7 @@ fn rope(c: &Json, head_dim: usize, partial: Option<f64>) -> ModelResult<Position
         }
     };
     // Python's int() of the product
-    Ok(Positions::Rope { theta, dims: (head_dim as f64 * factor) as usize })
+    Ok(Positions::Rope { theta, dims: (head_dim as f64 * factor) as usize, interleaved })
 }
 
 /// DeepSeek-V3's MoE block (GLM-4.5, dots.llm1): `n_routed_experts` SwiGLU experts of
@@ -449,8 +455,9 @@ fn decoder(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
     let mut family = Family::Mixtral;
     let (mut qkv_bias, mut qk_norm) = (false, QkNorm::None);
     let (mut score_scale, mut scales) = (1.0 / (head_dim as f64).sqrt(), Scales::ONE);
-    // the partial rotary factor's default where the family has one
-    let mut partial = None;
+    // the partial rotary factor's default where the family has one, GPT-J-style rotary pairs,
+    // the default of `tie_word_embeddings`
+    let (mut partial, mut interleaved, mut tie_default) = (None, false, false);
     // Mixtral's MoE block (top-k, then a softmax over the chosen logits); Granite's too
     let top_k_softmax = || -> ModelResult<MoeConfig> {
         Ok(MoeConfig {
@@ -528,6 +535,38 @@ fn decoder(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
             let first_dense = c.usize_or("first_k_dense_replace", if glm { 1 } else { 0 })?;
             (0..layers).map(|i| if i < first_dense { dense } else { Ffn::Moe(moe) }).collect()
         }
+        "ernie4_5_moe" => {
+            family = Family::Ernie45Moe;
+            // biases on every linear map, the LM head's included
+            c.refuse_unless("use_bias", |v| v == false)?;
+            interleaved = true;
+            tie_default = true;
+            let (d_ff, shared) = (c.usize("moe_intermediate_size")?, c.usize_or("moe_num_shared_experts", 2)?);
+            let moe = MoeConfig {
+                experts: c.usize("moe_num_experts")?,
+                top_k: c.usize("moe_k")?,
+                d_model: d,
+                d_ff,
+                routing: Routing::BiasedSoftmaxTopK,
+                expert: ExpertKind::SwiGlu,
+                shared: (shared > 0).then_some(SharedExpert { d_ff: shared * d_ff, sigmoid_gate: false }),
+                expert_capacity: None,
+            };
+            let dense = Ffn::Dense { d_ff: c.usize("intermediate_size")?, kind: ExpertKind::SwiGlu };
+            let (start, interval) = (c.usize_or("moe_layer_start_index", 1)?, c.usize_or("moe_layer_interval", 1)?);
+            // −1 (transformers' default) is the last layer
+            let end = match c.field("moe_layer_end_index").and_then(Value::as_i64) {
+                None | Some(-1) => layers.saturating_sub(1),
+                Some(e) => usize::try_from(e)
+                    .map_err(|_| ModelError::Config(format!("config.json: `moe_layer_end_index` = {e}")))?,
+            };
+            (0..layers)
+                .map(|i| {
+                    let sparse = interval > 0 && (i + 1) % interval == 0 && (start..=end).contains(&i);
+                    if sparse { Ffn::Moe(moe) } else { dense }
+                })
+                .collect()
+        }
         "qwen3_moe" => {
             family = Family::Qwen3Moe;
             qk_norm = QkNorm::PerHead;
@@ -554,12 +593,12 @@ fn decoder(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
         head_dim,
         causal: true,
         norm_eps: c.f64_or("rms_norm_eps", 1e-6)?,
-        positions: rope(c, head_dim, partial)?,
+        positions: rope(c, head_dim, partial, interleaved)?,
         score_scale,
         qkv_bias,
         qk_norm,
         ffn,
-        tie_embeddings: c.bool_or("tie_word_embeddings", false)?,
+        tie_embeddings: c.bool_or("tie_word_embeddings", tie_default)?,
         lm_head: true,
         scales,
     })
@@ -681,7 +720,7 @@ mod tests {
         );
         assert_eq!(
             (cfg.positions, cfg.qkv_bias, cfg.qk_norm),
-            (Positions::Rope { theta: 1e6, dims: 64 }, true, QkNorm::None)
+            (Positions::Rope { theta: 1e6, dims: 64, interleaved: false }, true, QkNorm::None)
         );
         let moe = MoeConfig {
             experts: 128,
@@ -713,6 +752,49 @@ mod tests {
         assert!(ModelConfig::from_json(&dots).unwrap_err().to_string().contains("sliding-window"));
     }
 
+    /// ERNIE-4.5-21B-A3B's architecture fields (`baidu/ERNIE-4.5-21B-A3B-PT`, as transformers'
+    /// defaults state them): 28 layers, the first dense, 64 experts of 1536 top-6, two shared,
+    /// tied embeddings by default.
+    const ERNIE_45_21B: &str = r#"{"architectures": ["Ernie4_5_MoeForCausalLM"], "bos_token_id": 1,
+        "eos_token_id": 2, "hidden_act": "silu", "hidden_size": 2560, "intermediate_size": 12288,
+        "max_position_embeddings": 131072, "model_type": "ernie4_5_moe", "num_attention_heads": 20,
+        "num_key_value_heads": 4, "num_hidden_layers": 28, "pad_token_id": 0, "rms_norm_eps": 1e-05,
+        "use_cache": false, "vocab_size": 103424, "rope_theta": 500000, "use_bias": false,
+        "moe_num_experts": 64, "moe_num_shared_experts": 2, "moe_layer_start_index": 1,
+        "moe_intermediate_size": 1536, "moe_k": 6, "moe_layer_interval": 1, "torch_dtype": "bfloat16"}"#;
+
+    #[test]
+    fn ernie4_5_moe_configs_are_read() {
+        let cfg = ModelConfig::from_json(ERNIE_45_21B).unwrap();
+        assert_eq!(
+            (cfg.family, cfg.d_model, cfg.heads, cfg.kv_heads, cfg.head_dim),
+            (Family::Ernie45Moe, 2560, 20, 4, 128)
+        );
+        assert_eq!(
+            (cfg.positions, cfg.tie_embeddings),
+            (Positions::Rope { theta: 5e5, dims: 128, interleaved: true }, true)
+        );
+        let moe = MoeConfig {
+            experts: 64,
+            top_k: 6,
+            d_model: 2560,
+            d_ff: 1536,
+            routing: Routing::BiasedSoftmaxTopK,
+            expert: ExpertKind::SwiGlu,
+            shared: Some(SharedExpert { d_ff: 3072, sigmoid_gate: false }),
+            expert_capacity: None,
+        };
+        assert_eq!(cfg.ffn[0], Ffn::Dense { d_ff: 12288, kind: ExpertKind::SwiGlu });
+        assert!(cfg.ffn[1..].iter().all(|f| *f == Ffn::Moe(moe)) && cfg.layers() == 28);
+        let every_other =
+            ERNIE_45_21B.replace(r#""moe_layer_interval": 1"#, r#""moe_layer_interval": 2, "moe_layer_end_index": 5"#);
+        let cfg = ModelConfig::from_json(&every_other).unwrap();
+        let sparse: Vec<usize> = (0..28).filter(|&i| matches!(cfg.ffn[i], Ffn::Moe(_))).collect();
+        assert_eq!(sparse, [1, 3, 5]);
+        let biased = ERNIE_45_21B.replace(r#""use_bias": false"#, r#""use_bias": true"#);
+        assert!(ModelConfig::from_json(&biased).unwrap_err().to_string().contains("use_bias"));
+    }
+
     #[test]
     fn qwen3_moe_configs_are_read() {
         let cfg = ModelConfig::from_json(QWEN3_30B_A3B).unwrap();
@@ -721,7 +803,7 @@ mod tests {
             (Family::Qwen3Moe, 151936, 2048, 32, 4)
         );
         assert_eq!((cfg.head_dim, cfg.qk_norm_widths(), cfg.qkv_bias), (128, Some((128, 128)), false));
-        assert_eq!(cfg.positions, Positions::Rope { theta: 1e6, dims: 128 });
+        assert_eq!(cfg.positions, Positions::Rope { theta: 1e6, dims: 128, interleaved: false });
         let moe = MoeConfig {
             experts: 128,
             top_k: 8,
@@ -761,7 +843,7 @@ mod tests {
         );
         assert_eq!(
             (cfg.score_scale, cfg.tie_embeddings, cfg.positions),
-            (0.015625, true, Positions::Rope { theta: 1.5e6, dims: 64 })
+            (0.015625, true, Positions::Rope { theta: 1.5e6, dims: 64, interleaved: false })
         );
         assert_eq!(cfg.scales, Scales { embedding: 12.0, residual: 0.22, logits: 1.0 / 6.0, routed: 1.0 });
         let moe = MoeConfig {

@@ -40,30 +40,41 @@ fn softmax(xs: &[f64]) -> Vec<f64> {
     e.iter().map(|v| v / s).collect()
 }
 
-/// The rotary embedding's (cos, sin) at `position` for each of a head's `dim` entries.
-pub(crate) fn rope_table(theta: f64, dim: usize, position: usize) -> Vec<(f64, f64)> {
-    (0..dim)
-        .map(|j| {
-            let i = j % (dim / 2);
+/// The rotary embedding's (cos, sin) at `position` for each of the `dims / 2` frequencies of
+/// a head's `dims` rotated entries.
+pub(crate) fn rope_table(theta: f64, dims: usize, position: usize) -> Vec<(f64, f64)> {
+    (0..dims / 2)
+        .map(|i| {
             // transformers computes the frequencies in f32
-            let inv = 1.0 / (theta as f32).powf((2 * i) as f32 / dim as f32);
+            let inv = 1.0 / (theta as f32).powf((2 * i) as f32 / dims as f32);
             let angle = (position as f32 * inv) as f64;
             (angle.cos(), angle.sin())
         })
         .collect()
 }
 
-/// Rotates the first `dims` entries of each head of each row (n rows of heads·dim):
-/// x·cos + rotate_half(x)·sin; the others pass.
-fn rope(x: &mut [f64], heads: usize, dim: usize, theta: f64, dims: usize) {
+/// Entry j (< `dims`) of a rotated head becomes x_j·cos + s·x_partner·sin at its frequency:
+/// (partner, whether s = −1, frequency index).
+pub(crate) fn rotary_pair(j: usize, dims: usize, interleaved: bool) -> (usize, bool, usize) {
+    let h = dims / 2;
+    match (interleaved, j < h) {
+        (true, _) => (j ^ 1, j % 2 == 0, j / 2),
+        (false, true) => (j + h, true, j),
+        (false, false) => (j - h, false, j - h),
+    }
+}
+
+/// Rotates the first `dims` entries of each head of each row (n rows of heads·dim); the
+/// others pass.
+fn rope(x: &mut [f64], heads: usize, dim: usize, (theta, dims, interleaved): (f64, usize, bool)) {
     for (p, row) in x.chunks_exact_mut(heads * dim).enumerate() {
         let table = rope_table(theta, dims, p);
         for head in row.chunks_exact_mut(dim) {
-            let h = dims / 2;
             let old = head[..dims].to_vec();
-            for j in 0..dims {
-                let other = if j < h { -old[j + h] } else { old[j - h] };
-                head[j] = old[j] * table[j].0 + other * table[j].1;
+            for (j, v) in head[..dims].iter_mut().enumerate() {
+                let (partner, negated, i) = rotary_pair(j, dims, interleaved);
+                let other = if negated { -old[partner] } else { old[partner] };
+                *v = old[j] * table[i].0 + other * table[i].1;
             }
         }
     }
@@ -140,9 +151,14 @@ fn moe(
                 let normalize = m.routing == Routing::SoftmaxTopK { normalize: true };
                 (c, if normalize { normalized(g) } else { g })
             }
-            Routing::SigmoidTopK { normalize } => {
+            Routing::SigmoidTopK { .. } | Routing::BiasedSoftmaxTopK => {
                 // the bias steers the choice, the scores are the gates
-                let scores: Vec<f64> = l.iter().map(|&z| 1.0 / (1.0 + (-z).exp())).collect();
+                let (scores, normalize) = match m.routing {
+                    Routing::SigmoidTopK { normalize } => {
+                        (l.iter().map(|&z| 1.0 / (1.0 + (-z).exp())).collect(), normalize)
+                    }
+                    _ => (probs, true),
+                };
                 let choice: Vec<f64> = match router_bias {
                     Some(b) => scores.iter().zip(b).map(|(s, &b)| s + b as f64).collect(),
                     None => scores.clone(),
@@ -211,9 +227,9 @@ fn attention(
         q = rmsnorm(&q, gq, cfg.norm_eps);
         k = rmsnorm(&k, gk, cfg.norm_eps);
     }
-    if let Positions::Rope { theta, dims } = cfg.positions {
-        rope(&mut q, cfg.heads, hd, theta, dims);
-        rope(&mut k, cfg.kv_heads, hd, theta, dims);
+    if let Positions::Rope { theta, dims, interleaved } = cfg.positions {
+        rope(&mut q, cfg.heads, hd, (theta, dims, interleaved));
+        rope(&mut k, cfg.kv_heads, hd, (theta, dims, interleaved));
     }
     let site = format!("layers.{layer}.attention");
     let group = cfg.heads / cfg.kv_heads;

@@ -21,7 +21,7 @@
 
 use super::config::{Ffn, ModelConfig, Positions, Scales, relative_bucket};
 use super::encode::{Block, BlockFfn, Encoder, check_weights};
-use super::reference::rope_table;
+use super::reference::{rope_table, rotary_pair};
 use super::weights::WeightSource;
 use super::{ModelError, ModelResult};
 use crate::he::HeParams;
@@ -501,23 +501,24 @@ async fn rotate(
     let format = sess.format();
     let dim = cfg.head_dim;
     let out: Vec<u64> = match cfg.positions {
-        Positions::Rope { theta, dims } => {
+        Positions::Rope { theta, dims, interleaved } => {
             let mut out = vec![0u64; x.len()];
-            let (one, half) = (format.encode(scale)?, dims / 2);
+            let one = format.encode(scale)?;
             for (p, (row, o)) in x.chunks_exact(heads * dim).zip(out.chunks_exact_mut(heads * dim)).enumerate() {
                 let table: Vec<(u64, u64)> = rope_table(theta, dims, past + p)
                     .into_iter()
                     .map(|(c, s)| Ok((format.encode(c * scale)?, format.encode(s * scale)?)))
                     .collect::<ModelResult<_>>()?;
                 for (head, o) in row.chunks_exact(dim).zip(o.chunks_exact_mut(dim)) {
-                    for j in 0..dims {
-                        let (c, s) = table[j];
-                        let other = if j < half { head[j + half].wrapping_neg() } else { head[j - half] };
-                        o[j] = head[j].wrapping_mul(c).wrapping_add(other.wrapping_mul(s));
+                    for (j, o) in o[..dims].iter_mut().enumerate() {
+                        let (partner, negated, i) = rotary_pair(j, dims, interleaved);
+                        let (c, s) = table[i];
+                        let other = if negated { head[partner].wrapping_neg() } else { head[partner] };
+                        *o = head[j].wrapping_mul(c).wrapping_add(other.wrapping_mul(s));
                     }
                     // the entries past the rotary ones only take the scale
-                    for j in dims..dim {
-                        o[j] = head[j].wrapping_mul(one);
+                    for (o, h) in o[dims..].iter_mut().zip(&head[dims..]) {
+                        *o = h.wrapping_mul(one);
                     }
                 }
             }

@@ -7,7 +7,6 @@ use rand::{RngExt, SeedableRng};
 
 use super::config::{Ffn, ModelConfig, Positions};
 use super::{ModelError, ModelResult};
-use crate::moe::Routing;
 
 /// A dense expert's matrices (also the routed experts'), as [`crate::moe::ExpertWeights`] in f32.
 #[derive(Debug, Clone, PartialEq)]
@@ -195,7 +194,7 @@ impl Draw {
                     .map(|s| (self.mlp(d, s.d_ff, m.expert.gated()), s.sigmoid_gate.then(|| self.uniform(d, inv(d))))),
                 // drawn last (fields evaluate in the order written): the other routings' streams
                 // stay as they were
-                router_bias: matches!(m.routing, Routing::SigmoidTopK { .. }).then(|| self.uniform(m.experts, 0.5)),
+                router_bias: m.routing.has_selection_bias().then(|| self.uniform(m.experts, 0.5)),
             },
         };
         LayerWeights { attn_norm, wq, wk, wv, qkv_bias, qk_norm, wo, ffn_norm, ffn }

@@ -28,6 +28,10 @@ pub enum Routing {
         /// Renormalize the k scores to sum to 1.
         normalize: bool,
     },
+    /// ERNIE-4.5: softmax over all experts; the k chosen are the top-k of p + b (the server's
+    /// selection bias, `moe_statics.e_score_correction_bias`); the gates are the chosen
+    /// probabilities renormalized over the k.
+    BiasedSoftmaxTopK,
 }
 
 impl Routing {
@@ -37,12 +41,13 @@ impl Routing {
     }
 
     /// Every routing, in the order of their names' list.
-    const ALL: [Routing; 6] = [
+    const ALL: [Routing; 7] = [
         Routing::TopKSoftmax,
         Routing::SoftmaxTopK { normalize: false },
         Routing::SoftmaxTopK { normalize: true },
         Routing::SigmoidTopK { normalize: false },
         Routing::SigmoidTopK { normalize: true },
+        Routing::BiasedSoftmaxTopK,
         Routing::Switch,
     ];
 
@@ -54,6 +59,7 @@ impl Routing {
             Routing::SoftmaxTopK { normalize: true } => "softmax-top-k-renorm",
             Routing::SigmoidTopK { normalize: false } => "sigmoid-top-k",
             Routing::SigmoidTopK { normalize: true } => "sigmoid-top-k-renorm",
+            Routing::BiasedSoftmaxTopK => "biased-softmax-top-k",
             Routing::Switch => "switch",
         }
     }
@@ -63,9 +69,14 @@ impl Routing {
     fn top_1_is_unit(self) -> bool {
         match self {
             Routing::Switch => false,
-            Routing::TopKSoftmax => true,
+            Routing::TopKSoftmax | Routing::BiasedSoftmaxTopK => true,
             Routing::SoftmaxTopK { normalize } | Routing::SigmoidTopK { normalize } => normalize,
         }
+    }
+
+    /// Whether the server adds a selection bias to the scores it ranks (a weight of its own).
+    pub fn has_selection_bias(self) -> bool {
+        matches!(self, Routing::SigmoidTopK { .. } | Routing::BiasedSoftmaxTopK)
     }
 }
 

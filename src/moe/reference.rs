@@ -94,13 +94,18 @@ pub fn reference(
         let row = &logits[j * e..(j + 1) * e];
         let real: Vec<f64> = row.iter().map(|&v| v as f64 / scale2).collect();
         let (picks, gates) = match cfg.routing {
-            Routing::SigmoidTopK { normalize } => {
-                // σ of the logits truncated to f bits, as the protocol's piecewise σ; ranked with
-                // the bias added
-                let sigmoid = Piecewise::sigmoid().for_format(format)?;
+            Routing::SigmoidTopK { .. } | Routing::BiasedSoftmaxTopK => {
+                // σ of the logits truncated to f bits, as the protocol's piecewise σ (or the
+                // softmax, rounded to f bits); ranked with the bias added
                 let f = format.frac_bits();
-                let scores: Vec<i128> =
-                    row.iter().map(|&v| to_signed(sigmoid.reference((v >> f) as i64 as u64)) as i128).collect();
+                let (scores, normalize): (Vec<i128>, bool) = match cfg.routing {
+                    Routing::SigmoidTopK { normalize } => {
+                        let sigmoid = Piecewise::sigmoid().for_format(format)?;
+                        let s = row.iter().map(|&v| to_signed(sigmoid.reference((v >> f) as i64 as u64)) as i128);
+                        (s.collect(), normalize)
+                    }
+                    _ => (softmax(&real).iter().map(|p| (p * format.scale()).round() as i128).collect(), true),
+                };
                 let choice: Vec<i128> = match &w.router_bias {
                     Some(b) => scores.iter().zip(b).map(|(s, &b)| s + b as i128).collect(),
                     None => scores.clone(),
@@ -113,7 +118,7 @@ pub fn reference(
                 }
                 (picks, g)
             }
-            _ => {
+            Routing::TopKSoftmax | Routing::SoftmaxTopK { .. } | Routing::Switch => {
                 let picks = top_k(row, cfg.top_k);
                 let gates: Vec<f64> = if cfg.routing.softmax_over_all() {
                     let p = softmax(&real);

@@ -8,10 +8,11 @@
 //! router's exact products (2f fractional bits, no truncation yet), so ties are exact and the
 //! choice is the plaintext's, bit for bit. Logits must satisfy |l| < 64.
 //!
-//! Sigmoid routing (DeepSeek-V3's) ranks σ(l) + b instead: the scores come from the piecewise
-//! σ at f fractional bits, the server adds its bias b to its own shares (the client never sees
-//! it), and the same top-k runs on the sums. The gates are the chosen scores, renormalized by
-//! one reciprocal per token; the chosen scores must sum to at least 1/16 when renormalized.
+//! Sigmoid routing (DeepSeek-V3's) ranks σ(l) + b instead, and ERNIE-4.5's the softmax
+//! probabilities plus b: the scores come from the piecewise σ (or the softmax) at f fractional
+//! bits, the server adds its bias b to its own shares (the client never sees it), and the same
+//! top-k runs on the sums. The gates are the chosen scores, renormalized by one reciprocal per
+//! token; the chosen scores must sum to at least 1/16 when renormalized.
 
 use super::{MoeConfig, Routing};
 use crate::net::Party;
@@ -68,8 +69,18 @@ pub async fn route(sess: &mut Session, cfg: &MoeConfig, logits: &Shares, bias: O
             bias.map_or(0, <[i32]>::len)
         )));
     }
-    if let Routing::SigmoidTopK { normalize } = cfg.routing {
-        return sigmoid_route(sess, cfg, logits, bias, normalize).await;
+    match cfg.routing {
+        Routing::SigmoidTopK { normalize } => {
+            let real = truncate(sess, logits, frac).await?;
+            let scores = evaluate(sess, &Piecewise::sigmoid(), &real).await?.into_vec();
+            return biased_route(sess, cfg, n, scores, bias, normalize).await;
+        }
+        Routing::BiasedSoftmaxTopK => {
+            let real = truncate(sess, logits, frac).await?;
+            let p = softmax(sess, &real).await?.into_vec();
+            return biased_route(sess, cfg, n, p, bias, true).await;
+        }
+        _ => {}
     }
     // the comparisons run on the exact products: ties are the plaintext's
     let (one_hots, chosen) = top_k(sess, logits.as_slice(), n, e, k, 2 * frac).await?;
@@ -89,20 +100,20 @@ pub async fn route(sess: &mut Session, cfg: &MoeConfig, logits: &Shares, bias: O
     Ok(Routes { one_hot: one_hots, gates })
 }
 
-/// Sigmoid routing: scores σ(l) by Select-Then-Compute on the truncated logits, the server's
-/// bias added to its shares, top-k of the sums, the chosen scores picked by their one-hots and,
-/// when `normalize`, divided by their sum s (one reciprocal per token of 16·s ∈ [1, 128]).
-async fn sigmoid_route(
+/// Routing by scores in [0, 1] (n×E at f bits: σ(l), or the softmax over all experts): the
+/// server's bias added to its shares, top-k of the sums, the chosen scores picked by their
+/// one-hots and, when `normalize`, divided by their sum s (one reciprocal per token of
+/// 16·s ∈ [1, 128]).
+async fn biased_route(
     sess: &mut Session,
     cfg: &MoeConfig,
-    logits: &Shares,
+    n: usize,
+    scores: Vec<u64>,
     bias: Option<&[i32]>,
     normalize: bool,
 ) -> ProtoResult<Routes> {
-    let (e, k, n) = (cfg.experts, cfg.top_k, logits.rows());
+    let (e, k) = (cfg.experts, cfg.top_k);
     let frac = sess.format().frac_bits();
-    let real = truncate(sess, logits, frac).await?;
-    let scores = evaluate(sess, &Piecewise::sigmoid(), &real).await?.into_vec();
     let mut choice = scores.clone();
     if let Some(b) = bias {
         for (c, b) in choice.iter_mut().zip(b.iter().cycle()) {

@@ -6,7 +6,7 @@
 use rand::{Rng, RngExt};
 
 use super::route::SELECTION_BIAS_BOUND;
-use super::{MoeConfig, MoeError, MoeResult, Routing};
+use super::{MoeConfig, MoeError, MoeResult};
 use crate::ring::{FixedPoint, to_signed};
 
 /// One expert's (or the shared expert's) matrices.
@@ -34,8 +34,8 @@ pub struct SharedWeights {
 pub struct MoeWeights {
     /// The router, d×E.
     pub router: Vec<i32>,
-    /// The selection bias of sigmoid routing, E values (DeepSeek-V3's
-    /// `e_score_correction_bias`; `None`: zero), |b| < 64.
+    /// The selection bias of sigmoid or biased softmax routing, E values (DeepSeek-V3's and
+    /// ERNIE-4.5's `e_score_correction_bias`; `None`: zero), |b| < 64.
     pub router_bias: Option<Vec<i32>>,
     /// The E routed experts.
     pub experts: Vec<ExpertWeights>,
@@ -88,7 +88,7 @@ impl MoeWeights {
         let (d, e) = (cfg.d_model, cfg.experts);
         expect("router", &self.router, d, e)?;
         if let Some(b) = &self.router_bias {
-            if !matches!(cfg.routing, Routing::SigmoidTopK { .. }) {
+            if !cfg.routing.has_selection_bias() {
                 return Err(MoeError::Shape {
                     tensor: "router_bias".into(),
                     expected: format!("none ({:?} routing has no selection bias)", cfg.routing),
@@ -134,7 +134,8 @@ impl MoeWeights {
     }
 
     /// Random weights of `cfg`'s shapes (uniform in ±1/√fan_in, the router's scaled by
-    /// `router_scale`; a selection bias in ±½ for sigmoid routing), for tests and benchmarks.
+    /// `router_scale`; a selection bias in ±½ where the routing has one), for tests and
+    /// benchmarks.
     pub fn random(cfg: &MoeConfig, format: FixedPoint, router_scale: f64, rng: &mut impl Rng) -> Self {
         let gated = cfg.expert.gated();
         let (d, d_ff) = (cfg.d_model, cfg.d_ff);
@@ -147,7 +148,7 @@ impl MoeWeights {
                 gate: s.sigmoid_gate.then(|| uniform(d, 1.0 / (d as f64).sqrt(), format, rng)),
             }),
         };
-        if matches!(cfg.routing, Routing::SigmoidTopK { .. }) {
+        if cfg.routing.has_selection_bias() {
             w.router_bias = Some(uniform(cfg.experts, 0.5, format, rng));
         }
         w
