@@ -344,7 +344,12 @@ fn ernie4_5_moe_with_biased_softmax_routing_and_rotary_pairs() {
         (cfg.family, cfg.positions),
         (Family::Ernie45Moe, Positions::Rope { theta: 5e5, dims: 8, interleaved: true })
     );
-    check(&cfg, &ModelWeights::random(&cfg, 13, 4.0), &[5, 40, 0, 17]);
+    let (w, ids) = (ModelWeights::random(&cfg, 13, 4.0), [5, 40, 0, 17]);
+    check(&cfg, &w, &ids);
+    // the router's softmax over all experts keeps its logits within the exp's window
+    let seen = ranges(&cfg, &w, &[&ids], NormRange::DEFAULT).unwrap();
+    let router = |q| seen.sites().iter().any(|r| r.site == "layers.1.router" && r.quantity == q && !r.exceeded());
+    assert!(router(Quantity::ScoreSpread) && router(Quantity::ScoreSumReciprocal), "{seen:?}");
 }
 
 /// `ranges` finds where the plaintext model leaves a protocol's stated range — and such a value

@@ -139,13 +139,21 @@ fn moe(
     let mut load = vec![0usize; m.experts];
     for (t, (row, l)) in x.chunks_exact(d).zip(logits.chunks_exact(m.experts)).enumerate() {
         let probs = softmax(l);
+        // a router's softmax takes its logits within the exp's window of their largest: all E,
+        // or Mixtral's chosen k
+        let top = l.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let router = format!("layers.{layer}.router");
         let (chosen, gates): (Vec<usize>, Vec<f64>) = match m.routing {
             Routing::TopKSoftmax => {
                 let c = top_k(l, m.top_k);
+                if m.top_k > 1 {
+                    probe.see(&router, Quantity::ScoreSpread, &c.iter().map(|&i| top - l[i]).collect::<Vec<_>>());
+                }
                 let g = softmax(&c.iter().map(|&i| l[i]).collect::<Vec<_>>());
                 (c, g)
             }
             Routing::Switch | Routing::SoftmaxTopK { .. } => {
+                probe.see(&router, Quantity::ScoreSpread, &l.iter().map(|v| top - v).collect::<Vec<_>>());
                 let c = top_k(&probs, m.top_k);
                 let g: Vec<f64> = c.iter().map(|&i| probs[i]).collect();
                 let normalize = m.routing == Routing::SoftmaxTopK { normalize: true };
@@ -157,7 +165,10 @@ fn moe(
                     Routing::SigmoidTopK { normalize } => {
                         (l.iter().map(|&z| 1.0 / (1.0 + (-z).exp())).collect(), normalize)
                     }
-                    _ => (probs, true),
+                    _ => {
+                        probe.see(&router, Quantity::ScoreSpread, &l.iter().map(|v| top - v).collect::<Vec<_>>());
+                        (probs, true)
+                    }
                 };
                 let choice: Vec<f64> = match router_bias {
                     Some(b) => scores.iter().zip(b).map(|(s, &b)| s + b as f64).collect(),
@@ -167,7 +178,7 @@ fn moe(
                 let g: Vec<f64> = c.iter().map(|&i| scores[i]).collect();
                 if normalize && m.top_k > 1 {
                     let sum: f64 = g.iter().sum();
-                    probe.see(format!("layers.{layer}.router"), Quantity::ScoreSumReciprocal, &[1.0 / sum]);
+                    probe.see(&router, Quantity::ScoreSumReciprocal, &[1.0 / sum]);
                 }
                 (c, if normalize { normalized(g) } else { g })
             }

@@ -8,7 +8,8 @@
 //! (Switch and Qwen2-MoE/OLMoE: softmax over all E picked by t_r; Mixtral and `norm_topk_prob`:
 //! softmax over the k chosen logits; DeepSeek-V3, GLM-4.5, dots.llm1: σ scores ranked with the
 //! server's selection bias added to its shares, the chosen scores picked by t_r and
-//! renormalized by one reciprocal per token) → the routed experts by [`Method`] → y = Σ_r g_r·o_r → plus
+//! renormalized by one reciprocal per token; ERNIE-4.5: the softmax over all experts ranked
+//! the same way) → the routed experts by [`Method`] → y = Σ_r g_r·o_r → plus
 //! the shared expert (Qwen2-MoE's sigmoid gate as softmax([z, 0])₀). The server stores the
 //! weights in 32 bits ([`MoeWeights`]) and streams the experts in chunks (64 MiB of first-matrix
 //! results per party, 1 GiB of weights widened to the ring), so E = 1024 fits in memory.
