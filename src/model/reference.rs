@@ -58,7 +58,7 @@ pub(crate) fn rope_table(theta: f64, dims: usize, position: usize) -> Vec<(f64, 
 pub(crate) fn rotary_pair(j: usize, dims: usize, interleaved: bool) -> (usize, bool, usize) {
     let h = dims / 2;
     match (interleaved, j < h) {
-        (true, _) => (j ^ 1, j % 2 == 0, j / 2),
+        (true, _) => (j ^ 1, j.is_multiple_of(2), j / 2),
         (false, true) => (j + h, true, j),
         (false, false) => (j - h, false, j - h),
     }
