@@ -38,19 +38,20 @@ fn compare_bits(frac: u32) -> u32 {
     frac + 10
 }
 
-/// Most |b| of a selection bias ([`crate::moe::Routing::SigmoidTopK`]): scores plus bias stay
+/// Most |b| of a selection bias (sigmoid and biased softmax routing): scores plus bias stay
 /// below 2^7 in magnitude, inside the top-k's comparisons.
 pub const SELECTION_BIAS_BOUND: f64 = 64.0;
-/// Sigmoid routing scales each token's sum of chosen scores by 2^this before its reciprocal
-/// (whose start covers [1, 128]): with k ≤ 8 scores below 1, sums must be at least
+/// Renormalized score routing scales each token's sum of chosen scores by 2^this before its
+/// reciprocal (whose start covers [1, 128]): with k ≤ 8 scores below 1, sums must be at least
 /// [`MIN_SCORE_SUM`].
 const SCORE_SUM_SCALE: u32 = 4;
-/// The least sum of a token's chosen scores renormalized sigmoid routing takes, a precondition.
+/// The least sum of a token's chosen scores that renormalized sigmoid or biased softmax routing
+/// takes, a precondition.
 pub const MIN_SCORE_SUM: f64 = 1.0 / (1 << SCORE_SUM_SCALE) as f64;
 
 /// Routes the n tokens of their shared logits (n×E, 2f fractional bits: the router's product).
 /// The server passes its selection bias (E values at f fractional bits) when the routing has
-/// one ([`crate::moe::Routing::SigmoidTopK`]), the client `None`.
+/// one ([`Routing::has_selection_bias`]), the client `None`.
 #[tracing::instrument(level = "debug", skip_all, fields(n = logits.rows(), experts = cfg.experts, k = cfg.top_k))]
 pub async fn route(sess: &mut Session, cfg: &MoeConfig, logits: &Shares, bias: Option<&[i32]>) -> ProtoResult<Routes> {
     let (e, k) = (cfg.experts, cfg.top_k);
@@ -80,7 +81,7 @@ pub async fn route(sess: &mut Session, cfg: &MoeConfig, logits: &Shares, bias: O
             let p = softmax(sess, &real).await?.into_vec();
             return biased_route(sess, cfg, n, p, bias, true).await;
         }
-        _ => {}
+        Routing::TopKSoftmax | Routing::SoftmaxTopK { .. } | Routing::Switch => {}
     }
     // the comparisons run on the exact products: ties are the plaintext's
     let (one_hots, chosen) = top_k(sess, logits.as_slice(), n, e, k, 2 * frac).await?;
