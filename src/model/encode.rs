@@ -68,9 +68,9 @@ impl Encoder<'_> {
     }
 
     /// An expert (the end of a residual branch: its W2 takes the residual multiplier, and
-    /// `gate`, a routed expert's scale).
-    fn mlp(&self, name: &str, mut m: Mlp, gate: f64) -> ModelResult<ExpertWeights> {
-        Scales::fold(self.scales.residual * gate, &mut m.w2);
+    /// `routed`, the routed experts' multiplier, or 1).
+    fn mlp(&self, name: &str, mut m: Mlp, routed: f64) -> ModelResult<ExpertWeights> {
+        Scales::fold(self.scales.residual * routed, &mut m.w2);
         Ok(ExpertWeights {
             w1: self.compact(&format!("{name}.w1"), &m.w1)?,
             w3: m.w3.as_ref().map(|w| self.compact(&format!("{name}.w3"), w)).transpose()?,

@@ -28,7 +28,7 @@ pub enum FfnWeights {
     Moe {
         /// The router, d×E.
         router: Vec<f32>,
-        /// The selection bias of sigmoid routing, E values.
+        /// The selection bias of sigmoid or biased softmax routing, E values.
         router_bias: Option<Vec<f32>>,
         /// The routed experts.
         experts: Vec<Mlp>,
