@@ -218,7 +218,7 @@ fn glm4_moe_matches_transformers() {
         &ckpt,
     );
     let Positions::Rope { theta, .. } = cfg.positions else { panic!("{:?}", cfg.positions) };
-    let whole = Positions::Rope { theta, dims: cfg.head_dim, interleaved: false };
+    let whole = Positions::Rope { theta, dims: cfg.head_dim, interleaved: false, yarn: None };
     assert_ne!(cfg.positions, whole);
     matters("glm4_moe", "partial rotation", &ModelConfig { positions: whole, ..cfg.clone() }, &ckpt);
 }
@@ -243,7 +243,7 @@ fn ernie4_5_moe_matches_transformers() {
     let (ckpt, _) = load("ernie4_5_moe");
     let cfg = ckpt.config().clone();
     matters("ernie4_5_moe", "selection bias", &cfg, &Unbiased(&ckpt));
-    let Positions::Rope { theta, dims, interleaved: true } = cfg.positions else { panic!("{:?}", cfg.positions) };
-    let halves = Positions::Rope { theta, dims, interleaved: false };
+    let Positions::Rope { theta, dims, interleaved: true, .. } = cfg.positions else { panic!("{:?}", cfg.positions) };
+    let halves = Positions::Rope { theta, dims, interleaved: false, yarn: None };
     matters("ernie4_5_moe", "rotary pairing", &ModelConfig { positions: halves, ..cfg.clone() }, &ckpt);
 }

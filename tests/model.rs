@@ -12,9 +12,9 @@
 mod common;
 
 use secmoe::model::{
-    Checkpoint, Embedding, Family, Ffn, HfTensor, KvCache, ModelConfig, ModelError, ModelResult, ModelWeights, Output,
-    Plan, Positions, Prompt, QkNorm, Quantity, Scales, WeightSource, check_weights, default_config, default_weights,
-    finish, forward, forward_quantized, infer, infer_cached, ranges, serve, setup_he,
+    Checkpoint, Embedding, Family, Ffn, HfTensor, KvCache, LatentAttention, ModelConfig, ModelError, ModelResult,
+    ModelWeights, Output, Plan, Positions, Prompt, QkNorm, QkvWeights, Quantity, Scales, WeightSource, check_weights,
+    default_config, default_weights, finish, forward, forward_quantized, infer, infer_cached, ranges, serve, setup_he,
 };
 use secmoe::moe::{ExpertKind, Method, MoeConfig, Routing, SharedExpert};
 use secmoe::net::Frame;
@@ -142,10 +142,11 @@ fn qwen2_moe_with_dense_layers_biases_and_a_gated_shared_expert() {
         head_dim: 8,
         causal: true,
         norm_eps: 1e-6,
-        positions: Positions::Rope { theta: 10000.0, dims: 8, interleaved: false },
+        positions: Positions::Rope { theta: 10000.0, dims: 8, interleaved: false, yarn: None },
         score_scale: 1.0 / 8f64.sqrt(),
         qkv_bias: true,
         qk_norm: QkNorm::None,
+        latent: None,
         ffn: vec![Ffn::Moe(m), Ffn::Dense { d_ff: 48, kind: ExpertKind::SwiGlu }],
         tie_embeddings: true,
         lm_head: true,
@@ -165,10 +166,11 @@ fn olmoe_with_q_k_norms_and_the_switch_encoder() {
         head_dim: 8,
         causal: true,
         norm_eps: 1e-5,
-        positions: Positions::Rope { theta: 10000.0, dims: 8, interleaved: false },
+        positions: Positions::Rope { theta: 10000.0, dims: 8, interleaved: false, yarn: None },
         score_scale: 1.0 / 8f64.sqrt(),
         qkv_bias: false,
         qk_norm: QkNorm::Full,
+        latent: None,
         ffn: vec![Ffn::Moe(moe(8, 2, 32, 16, Routing::SoftmaxTopK { normalize: true }, ExpertKind::SwiGlu))],
         tie_embeddings: false,
         lm_head: true,
@@ -188,6 +190,7 @@ fn olmoe_with_q_k_norms_and_the_switch_encoder() {
         score_scale: 1.0,
         qkv_bias: false,
         qk_norm: QkNorm::None,
+        latent: None,
         ffn: vec![
             Ffn::Dense { d_ff: 48, kind: ExpertKind::Relu },
             Ffn::Moe(MoeConfig { expert_capacity: Some(1), ..moe(4, 1, 32, 48, Routing::Switch, ExpertKind::Relu) }),
@@ -213,10 +216,11 @@ fn qwen3_moe_with_per_head_q_k_norms_and_wide_heads() {
         head_dim: 12,
         causal: true,
         norm_eps: 1e-6,
-        positions: Positions::Rope { theta: 1_000_000.0, dims: 12, interleaved: false },
+        positions: Positions::Rope { theta: 1_000_000.0, dims: 12, interleaved: false, yarn: None },
         score_scale: 1.0 / 12f64.sqrt(),
         qkv_bias: false,
         qk_norm: QkNorm::PerHead,
+        latent: None,
         ffn: vec![
             Ffn::Moe(moe(8, 2, 32, 16, Routing::SoftmaxTopK { normalize: true }, ExpertKind::SwiGlu)),
             Ffn::Dense { d_ff: 40, kind: ExpertKind::SwiGlu },
@@ -226,7 +230,8 @@ fn qwen3_moe_with_per_head_q_k_norms_and_wide_heads() {
         scales: Scales::ONE,
     };
     let w = ModelWeights::random(&cfg, 10, 4.0);
-    assert_eq!(w.layers[0].qk_norm.as_ref().map(|g| [g[0].len(), g[1].len()]), Some([12, 12]));
+    let QkvWeights::Heads(maps) = &w.layers[0].qkv else { panic!("latent maps") };
+    assert_eq!(maps.qk_norm.as_ref().map(|g| [g[0].len(), g[1].len()]), Some([12, 12]));
     check(&cfg, &w, &[5, 55, 0, 31]);
 }
 
@@ -296,7 +301,7 @@ fn glm4_moe_with_sigmoid_routing_and_half_rotary_heads() {
     let cfg = ModelConfig::from_json(config).unwrap();
     assert_eq!(
         (cfg.family, cfg.positions, cfg.qkv_bias),
-        (Family::Glm4Moe, Positions::Rope { theta: 1e4, dims: 6, interleaved: false }, true)
+        (Family::Glm4Moe, Positions::Rope { theta: 1e4, dims: 6, interleaved: false, yarn: None }, true)
     );
     assert_eq!((cfg.qk_norm, cfg.scales.routed), (QkNorm::PerHead, 2.0));
     let moe = MoeConfig {
@@ -342,7 +347,7 @@ fn ernie4_5_moe_with_biased_softmax_routing_and_rotary_pairs() {
     let cfg = ModelConfig::from_json(config).unwrap();
     assert_eq!(
         (cfg.family, cfg.positions),
-        (Family::Ernie45Moe, Positions::Rope { theta: 5e5, dims: 8, interleaved: true })
+        (Family::Ernie45Moe, Positions::Rope { theta: 5e5, dims: 8, interleaved: true, yarn: None })
     );
     let (w, ids) = (ModelWeights::random(&cfg, 13, 4.0), [5, 40, 0, 17]);
     check(&cfg, &w, &ids);
@@ -350,6 +355,75 @@ fn ernie4_5_moe_with_biased_softmax_routing_and_rotary_pairs() {
     let seen = ranges(&cfg, &w, &[&ids], NormRange::DEFAULT).unwrap();
     let router = |q| seen.sites().iter().any(|r| r.site == "layers.1.router" && r.quantity == q && !r.exceeded());
     assert!(router(Quantity::ScoreSpread) && router(Quantity::ScoreSumReciprocal), "{seen:?}");
+}
+
+/// DeepSeek-V3's layers (`deepseek_v3`): multi-head latent attention — q through a rank of 24
+/// with its RMSNorm, keys and values from one normed latent of rank 16, each head's key 8
+/// unrotated entries and 4 rotated ones shared by all heads, values 6 wide — under YaRN
+/// (frequencies rescaled, cos and sin times m(4, 0.707)/m(4, 1), the scores times m(4, 1)²),
+/// sigmoid routing with the selection bias, two shared experts, a dense first layer: private
+/// inference against the f64 model; written as a checkpoint and read back exactly; the latent
+/// norms' inputs among the ranges.
+#[test]
+fn deepseek_v3_with_latent_attention_and_yarn() {
+    let config = r#"{"model_type": "deepseek_v3", "vocab_size": 48, "hidden_size": 32, "intermediate_size": 40,
+        "moe_intermediate_size": 12, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
+        "q_lora_rank": 24, "kv_lora_rank": 16, "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 6,
+        "n_routed_experts": 8, "num_experts_per_tok": 2, "n_shared_experts": 2, "first_k_dense_replace": 1,
+        "n_group": 1, "topk_group": 1, "norm_topk_prob": true, "routed_scaling_factor": 1.5,
+        "rms_norm_eps": 1e-06, "max_position_embeddings": 64, "rope_theta": 10000.0, "rope_scaling": {"type": "yarn",
+        "factor": 4.0, "original_max_position_embeddings": 16, "mscale": 0.707, "mscale_all_dim": 1.0,
+        "beta_fast": 32, "beta_slow": 1}, "tie_word_embeddings": false}"#;
+    let cfg = ModelConfig::from_json(config).unwrap();
+    assert_eq!(cfg.latent, Some(LatentAttention { q_rank: Some(24), kv_rank: 16, rope: 4, v_dim: 6 }));
+    let Positions::Rope { dims: 4, interleaved: true, yarn: Some(yarn), .. } = cfg.positions else {
+        panic!("{:?}", cfg.positions)
+    };
+    let m = |s: f64| 0.1 * s * 4f64.ln() + 1.0;
+    assert!(
+        (yarn.attention - m(0.707) / m(1.0)).abs() < 1e-12
+            && (cfg.score_scale - m(1.0).powi(2) / 12f64.sqrt()).abs() < 1e-12
+    );
+    let (w, ids) = (ModelWeights::random(&cfg, 14, 4.0), [5, 40, 0, 17, 33]);
+    check(&cfg, &w, &ids);
+    let seen = ranges(&cfg, &w, &[&ids], NormRange::DEFAULT).unwrap();
+    for site in ["layers.0.q_a_norm", "layers.1.kv_a_norm"] {
+        assert!(seen.sites().iter().any(|r| r.site == site && !r.exceeded()), "{site} missing from {seen:?}");
+    }
+
+    let root = std::env::temp_dir().join(format!("secmoe-deepseek-{}", std::process::id()));
+    common::write_checkpoint(&root, config, &cfg, &w, |t| {
+        let names: Vec<&str> = t.iter().map(|t| t.name.as_str()).collect();
+        for name in [
+            "model.layers.0.self_attn.q_a_layernorm.weight",
+            "model.layers.0.self_attn.kv_a_proj_with_mqa.weight",
+            "model.layers.1.self_attn.kv_b_proj.weight",
+            "model.layers.1.mlp.gate.e_score_correction_bias",
+        ] {
+            assert!(names.contains(&name), "{name} missing from {names:?}");
+        }
+    });
+    let ckpt = Checkpoint::open(&root).unwrap();
+    assert_eq!(ckpt.config(), &cfg);
+    for (i, layer) in w.layers.iter().enumerate() {
+        assert_eq!(&ckpt.layer(i).unwrap(), layer, "layer {i} read back");
+    }
+    std::fs::remove_dir_all(&root).ok();
+}
+
+/// DeepSeek-V2-Lite's layers (`deepseek_v2`): latent attention with q straight from x, softmax
+/// routing unnormalized and scaled, shared experts.
+#[test]
+fn deepseek_v2_with_q_straight_from_x() {
+    let config = r#"{"model_type": "deepseek_v2", "vocab_size": 48, "hidden_size": 32, "intermediate_size": 40,
+        "moe_intermediate_size": 12, "num_hidden_layers": 2, "num_attention_heads": 2, "q_lora_rank": null,
+        "kv_lora_rank": 12, "qk_nope_head_dim": 10, "qk_rope_head_dim": 6, "v_head_dim": 8, "n_routed_experts": 6,
+        "num_experts_per_tok": 2, "n_shared_experts": 1, "first_k_dense_replace": 0, "routed_scaling_factor": 2.0,
+        "topk_method": "greedy", "rope_theta": 10000.0, "tie_word_embeddings": false}"#;
+    let cfg = ModelConfig::from_json(config).unwrap();
+    assert_eq!(cfg.latent, Some(LatentAttention { q_rank: None, kv_rank: 12, rope: 6, v_dim: 8 }));
+    assert!(cfg.ffn.iter().all(|f| matches!(f, Ffn::Moe(m) if m.routing == Routing::SoftmaxTopK { normalize: false })));
+    check(&cfg, &ModelWeights::random(&cfg, 15, 4.0), &[5, 40, 0, 17]);
 }
 
 /// `ranges` finds where the plaintext model leaves a protocol's stated range — and such a value
@@ -481,9 +555,9 @@ fn checkpoints_load_and_mismatches_are_named_before_any_party_starts() {
         (e.shape, e.values) = (vec![32], vec![1.0; 32]);
     });
     assert!(err.contains("`model.norm.weight` has shape [32], the config implies [64]"), "{err}");
-    std::fs::write(root.join("good/config.json"), r#"{"model_type": "deepseek_v3"}"#).unwrap();
+    std::fs::write(root.join("good/config.json"), r#"{"model_type": "jamba"}"#).unwrap();
     let err = Checkpoint::open(&good).unwrap_err().to_string();
-    assert!(err.contains("deepseek_v3"), "{err}");
+    assert!(err.contains("jamba"), "{err}");
     std::fs::remove_dir_all(&root).ok();
 }
 

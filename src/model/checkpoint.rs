@@ -11,7 +11,9 @@ use safetensors::SafeTensors;
 use safetensors::tensor::Dtype as StDtype;
 
 use super::config::{Family, Ffn, ModelConfig, Positions};
-use super::weights::{FfnWeights, LayerWeights, Mlp, ModelWeights, WeightSource, transpose};
+use super::weights::{
+    FfnWeights, HeadMaps, LatentMaps, LayerWeights, Mlp, ModelWeights, QkvWeights, WeightSource, transpose,
+};
 use super::{ModelError, ModelResult};
 use crate::ring::Dtype;
 
@@ -151,12 +153,29 @@ impl Names<'_> {
         let (attn_norm, ffn_norm) =
             if switch { ("0.layer_norm", "1.layer_norm") } else { ("input_layernorm", "post_attention_layernorm") };
         let e = |name: &str| format!("layers.{i}.{name}");
-        let mut out = vec![
-            spec(format!("{p}{attn_norm}.weight"), &[d], e("attn_norm")),
-            spec(format!("{p}{attn}{}.weight", proj[0]), &[q, d], e("wq")),
-            spec(format!("{p}{attn}{}.weight", proj[1]), &[kv, d], e("wk")),
-            spec(format!("{p}{attn}{}.weight", proj[2]), &[kv, d], e("wv")),
-        ];
+        let mut out = vec![spec(format!("{p}{attn_norm}.weight"), &[d], e("attn_norm"))];
+        if let Some(l) = c.latent {
+            let a = format!("{p}{attn}");
+            if let Some(r) = l.q_rank {
+                out.push(spec(format!("{a}q_a_proj.weight"), &[r, d], e("wq_a")));
+                out.push(spec(format!("{a}q_a_layernorm.weight"), &[r], e("q_a_norm")));
+                out.push(spec(format!("{a}q_b_proj.weight"), &[q, r], e("wq")));
+            } else {
+                out.push(spec(format!("{a}q_proj.weight"), &[q, d], e("wq")));
+            }
+            let per_head = c.head_dim - l.rope + l.v_dim;
+            out.extend([
+                spec(format!("{a}kv_a_proj_with_mqa.weight"), &[l.kv_rank + l.rope, d], e("wkv_a")),
+                spec(format!("{a}kv_a_layernorm.weight"), &[l.kv_rank], e("kv_a_norm")),
+                spec(format!("{a}kv_b_proj.weight"), &[c.heads * per_head, l.kv_rank], e("wkv_b")),
+            ]);
+        } else {
+            out.extend([
+                spec(format!("{p}{attn}{}.weight", proj[0]), &[q, d], e("wq")),
+                spec(format!("{p}{attn}{}.weight", proj[1]), &[kv, d], e("wk")),
+                spec(format!("{p}{attn}{}.weight", proj[2]), &[kv, d], e("wv")),
+            ]);
+        }
         if c.qkv_bias {
             for (n, w, b) in [(proj[0], q, "bq"), (proj[1], kv, "bk"), (proj[2], kv, "bv")] {
                 out.push(spec(format!("{p}{attn}{n}.bias"), &[w], e(b)));
@@ -166,7 +185,7 @@ impl Names<'_> {
             out.push(spec(format!("{p}{attn}q_norm.weight"), &[qn], e("q_norm")));
             out.push(spec(format!("{p}{attn}k_norm.weight"), &[kn], e("k_norm")));
         }
-        out.push(spec(format!("{p}{attn}{}.weight", proj[3]), &[d, q], e("wo")));
+        out.push(spec(format!("{p}{attn}{}.weight", proj[3]), &[d, c.heads * c.v_head_dim()], e("wo")));
         out.push(spec(format!("{p}{ffn_norm}.weight"), &[d], e("ffn_norm")));
         let mlp = |prefix: &str, engine: String, d_ff: usize, gated: bool| -> Vec<Spec> {
             let names: &[&str] = match (c.family, gated) {
@@ -387,9 +406,21 @@ impl WeightSource for Checkpoint {
         let specs = Names(c).layer(i);
         let mut r = Reader { ckpt: self, specs: specs.iter(), layer: i };
         let attn_norm = r.values()?;
-        let (wq, wk, wv) = (r.matrix()?, r.matrix()?, r.matrix()?);
-        let qkv_bias = if c.qkv_bias { Some([r.values()?, r.values()?, r.values()?]) } else { None };
-        let qk_norm = if c.qk_norm_widths().is_some() { Some([r.values()?, r.values()?]) } else { None };
+        let qkv = match c.latent {
+            None => {
+                let (wq, wk, wv) = (r.matrix()?, r.matrix()?, r.matrix()?);
+                let bias = if c.qkv_bias { Some([r.values()?, r.values()?, r.values()?]) } else { None };
+                let qk_norm = if c.qk_norm_widths().is_some() { Some([r.values()?, r.values()?]) } else { None };
+                QkvWeights::Heads(HeadMaps { wq, wk, wv, bias, qk_norm })
+            }
+            Some(l) => QkvWeights::Latent(LatentMaps {
+                q_a: if l.q_rank.is_some() { Some((r.matrix()?, r.values()?)) } else { None },
+                wq: r.matrix()?,
+                wkv_a: r.matrix()?,
+                kv_norm: r.values()?,
+                wkv_b: r.matrix()?,
+            }),
+        };
         let wo = r.matrix()?;
         let ffn_norm = r.values()?;
         let ffn = match c.ffn[i] {
@@ -408,7 +439,7 @@ impl WeightSource for Checkpoint {
                 FfnWeights::Moe { router, router_bias, experts, shared }
             }
         };
-        Ok(LayerWeights { attn_norm, wq, wk, wv, qkv_bias, qk_norm, wo, ffn_norm, ffn })
+        Ok(LayerWeights { attn_norm, qkv, wo, ffn_norm, ffn })
     }
 
     fn position_bias(&self) -> ModelResult<Option<Vec<f32>>> {
@@ -491,12 +522,19 @@ impl Reader<'_> {
 /// A layer's values in the order of [`Names::layer`], each flagged when it is a `Linear`
 /// weight (stored transposed).
 fn layer_values(l: &LayerWeights) -> Vec<(&[f32], bool)> {
-    let mut out: Vec<(&[f32], bool)> = vec![(&l.attn_norm, false), (&l.wq, true), (&l.wk, true), (&l.wv, true)];
-    if let Some(b) = &l.qkv_bias {
-        out.extend(b.iter().map(|b| (b.as_slice(), false)));
-    }
-    if let Some(g) = &l.qk_norm {
-        out.extend(g.iter().map(|g| (g.as_slice(), false)));
+    let mut out: Vec<(&[f32], bool)> = vec![(&l.attn_norm, false)];
+    match &l.qkv {
+        QkvWeights::Heads(h) => {
+            out.extend([(h.wq.as_slice(), true), (&h.wk, true), (&h.wv, true)]);
+            out.extend(h.bias.iter().flatten().map(|b| (b.as_slice(), false)));
+            out.extend(h.qk_norm.iter().flatten().map(|g| (g.as_slice(), false)));
+        }
+        QkvWeights::Latent(m) => {
+            if let Some((w, g)) = &m.q_a {
+                out.extend([(w.as_slice(), true), (g, false)]);
+            }
+            out.extend([(m.wq.as_slice(), true), (&m.wkv_a, true), (&m.kv_norm, false), (&m.wkv_b, true)]);
+        }
     }
     out.extend([(l.wo.as_slice(), true), (l.ffn_norm.as_slice(), false)]);
     match &l.ffn {

@@ -39,6 +39,12 @@ pub enum Family {
     /// `ernie4_5_moe` (ERNIE-4.5): softmax routing with a selection bias, shared experts, dense
     /// layers outside `moe_layer_start_index..=moe_layer_end_index`, GPT-J-style rotary pairs.
     Ernie45Moe,
+    /// `deepseek_v2` (DeepSeek-V2, V2-Lite): multi-head latent attention ([`LatentAttention`]),
+    /// softmax routing unnormalized and scaled, ungated shared experts, dense first layers.
+    DeepseekV2,
+    /// `deepseek_v3` (DeepSeek-V3, Kimi-K2, Moonlight): multi-head latent attention under
+    /// DeepSeek-V3's MoE block (sigmoid routing with a selection bias).
+    DeepseekV3,
 }
 
 impl Family {
@@ -55,6 +61,8 @@ impl Family {
             Family::Glm4Moe => "glm4_moe",
             Family::Dots1 => "dots1",
             Family::Ernie45Moe => "ernie4_5_moe",
+            Family::DeepseekV2 => "deepseek_v2",
+            Family::DeepseekV3 => "deepseek_v3",
         }
     }
 }
@@ -72,6 +80,8 @@ pub enum Positions {
         /// Frequency i turns entries (2i, 2i + 1) (ERNIE-4.5's GPT-J-style pairs), not
         /// (i, i + dims/2) (`rotate_half`, Llama's).
         interleaved: bool,
+        /// YaRN's rescaled frequencies (a long-context checkpoint's `rope_type: "yarn"`).
+        yarn: Option<Yarn>,
     },
     /// T5's bucketed relative position bias, bidirectional (the server's table, added to the
     /// scores of every layer).
@@ -81,6 +91,76 @@ pub enum Positions {
         /// Distance from which all positions share the last bucket.
         max_distance: usize,
     },
+}
+
+/// YaRN's rotary frequencies (Peng et al. 2023, as `transformers` computes them): frequency i
+/// of base θ is divided by `factor` below the correction range of rotations
+/// [`beta_slow`, `beta_fast`] over `original_max` positions, kept above it, blended linearly
+/// inside; cos and sin are multiplied by `attention`. All public: the tables change, no
+/// protocol step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Yarn {
+    /// The context extension factor.
+    pub factor: f64,
+    /// The pretraining context (`original_max_position_embeddings`).
+    pub original_max: usize,
+    /// Rotations below which a frequency is interpolated (`beta_fast`, 32).
+    pub beta_fast: f64,
+    /// Rotations above which a frequency is kept (`beta_slow`, 1).
+    pub beta_slow: f64,
+    /// The correction range rounded outwards to whole entries (`truncate`, true).
+    pub truncate: bool,
+    /// Multiplies cos and sin (`attention_factor`).
+    pub attention: f64,
+}
+
+impl Yarn {
+    /// YaRN's m(s) = 0.1·m·ln s + 1 for s > 1, else 1.
+    pub fn mscale(factor: f64, m: f64) -> f64 {
+        if factor <= 1.0 { 1.0 } else { 0.1 * m * factor.ln() + 1.0 }
+    }
+
+    /// The `dims / 2` inverse frequencies of base θ (in f32, as `transformers`).
+    pub fn inverse_frequencies(&self, theta: f64, dims: usize) -> Vec<f32> {
+        let correction = |rotations: f64| {
+            dims as f64 * (self.original_max as f64 / (rotations * 2.0 * std::f64::consts::PI)).ln()
+                / (2.0 * theta.ln())
+        };
+        let (mut low, mut high) = (correction(self.beta_fast), correction(self.beta_slow));
+        if self.truncate {
+            (low, high) = (low.floor(), high.ceil());
+        }
+        let (low, mut high) = (low.max(0.0) as f32, high.min(dims as f64 - 1.0) as f32);
+        if low == high {
+            high += 0.001;
+        }
+        (0..dims / 2)
+            .map(|i| {
+                let base = (theta as f32).powf((2 * i) as f32 / dims as f32);
+                let (kept, divided) = (1.0 / base, 1.0 / (self.factor as f32 * base));
+                let ramp = ((i as f32 - low) / (high - low)).clamp(0.0, 1.0);
+                let keep = 1.0 - ramp;
+                divided * (1.0 - keep) + kept * keep
+            })
+            .collect()
+    }
+}
+
+/// Multi-head latent attention (DeepSeek-V2/V3): q from x by one map or through a rank
+/// `q_rank` with an RMSNorm between; keys and values from one RMSNormed latent of rank
+/// `kv_rank`, each head's key `head_dim` = nope + `rope` wide with its last `rope` entries
+/// one rotated part for all heads (mapped from x directly), its value `v_dim` wide. The
+/// heads are then those of multi-head attention (`kv_heads` = `heads`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LatentAttention {
+    /// q's rank (`q_lora_rank`), or q straight from x.
+    pub q_rank: Option<usize>,
+    /// The keys' and values' latent rank (`kv_lora_rank`).
+    pub kv_rank: usize,
+    /// Rotated entries at the end of each q and k head (`qk_rope_head_dim`).
+    pub rope: usize,
+    /// Width of each head's value (`v_head_dim`).
+    pub v_dim: usize,
 }
 
 /// RMSNorm on q and k after their projections, before the rotary embedding.
@@ -179,6 +259,8 @@ pub struct ModelConfig {
     pub qkv_bias: bool,
     /// RMSNorm on q and k before the rotary embedding (OLMoE: full, Qwen3-MoE: per head).
     pub qk_norm: QkNorm,
+    /// Multi-head latent attention instead of q/k/v maps (DeepSeek-V2/V3).
+    pub latent: Option<LatentAttention>,
     /// The feed-forward block of each layer.
     pub ffn: Vec<Ffn>,
     /// The LM head is the embedding table (transposed).
@@ -193,6 +275,20 @@ impl ModelConfig {
     /// Layers.
     pub fn layers(&self) -> usize {
         self.ffn.len()
+    }
+
+    /// Width of each head's value: `head_dim`, or the latent attention's `v_dim`.
+    pub fn v_head_dim(&self) -> usize {
+        self.latent.map_or(self.head_dim, |l| l.v_dim)
+    }
+
+    /// Where the rotated entries of each q and k head start: at the end with latent
+    /// attention, else first.
+    pub fn rotary_at(&self) -> usize {
+        match (self.latent, self.positions) {
+            (Some(_), Positions::Rope { dims, .. }) => self.head_dim - dims,
+            _ => 0,
+        }
     }
 
     /// The widths of the q and k norms' rows (and γ), if the model has them.
@@ -221,11 +317,13 @@ impl ModelConfig {
         let cfg = match model_type.as_str() {
             "mixtral" | "qwen2_moe" | "qwen3_moe" | "olmoe" | "granitemoe" | "granitemoeshared" | "glm4_moe"
             | "dots1" | "ernie4_5_moe" => decoder(&c, &model_type)?,
+            "deepseek_v2" | "deepseek_v3" => deepseek(&c, &model_type)?,
             "switch_transformers" => switch(&c)?,
             other => {
                 return Err(ModelError::Config(format!(
                     "model_type `{other}` is not supported (mixtral, qwen2_moe, qwen3_moe, olmoe, granitemoe, \
-                     granitemoeshared, glm4_moe, dots1, ernie4_5_moe, switch_transformers)"
+                     granitemoeshared, glm4_moe, dots1, ernie4_5_moe, deepseek_v2, deepseek_v3, \
+                     switch_transformers)"
                 )));
             }
         };
@@ -259,8 +357,21 @@ impl ModelConfig {
         {
             return bad(format!("rotary embeddings on {dims} entries of heads of {}", self.head_dim));
         }
+        if let Some(l) = self.latent {
+            let rope = match self.positions {
+                Positions::Rope { dims, .. } => dims,
+                Positions::RelativeBias { .. } => 0,
+            };
+            if l.kv_rank == 0 || l.q_rank == Some(0) || l.v_dim == 0 || rope != l.rope || rope >= self.head_dim {
+                return bad(format!("latent attention {l:?} with heads of {} and {:?}", self.head_dim, self.positions));
+            }
+            if self.kv_heads != self.heads || self.qkv_bias || self.qk_norm != QkNorm::None {
+                return bad("latent attention has one key and value per head, no q/k/v biases or q/k norms".into());
+            }
+        }
         let norm_max = crate::proto::layernorm::MAX_WIDTH;
-        let widest = self.qk_norm_widths().map_or(self.d_model, |(q, k)| self.d_model.max(q).max(k));
+        let latent_widths = self.latent.map_or(0, |l| l.kv_rank.max(l.q_rank.unwrap_or(0)));
+        let widest = self.qk_norm_widths().map_or(self.d_model, |(q, k)| self.d_model.max(q).max(k)).max(latent_widths);
         if widest > norm_max {
             return bad(format!("width {widest} beyond the norms' {norm_max}"));
         }
@@ -354,20 +465,27 @@ fn activation(c: &Json, key: &str, default: &str) -> ModelResult<()> {
     }
 }
 
-/// Plain rotary embeddings (no scaling) from `rope_parameters` (transformers 5) or the top-level
-/// fields (the checkpoints'), on `int(head_dim · partial_rotary_factor)` entries of each head;
-/// a factor other than 1 is refused unless the family applies it (`partial`, its default).
+/// The rotary fields: `rope_parameters` (transformers 5), or the top level with the scaling in
+/// `rope_scaling` (the checkpoints'); the dictionary naming the scaling, if any.
+fn rope_fields<'a>(c: &Json<'a>) -> (Json<'a>, Option<Json<'a>>) {
+    let top: &'a Value = c.0;
+    let field = |key| top.get(key).filter(|v| !v.is_null());
+    match field("rope_parameters") {
+        Some(p) => (Json(p), Some(Json(p))),
+        None => (Json(top), field("rope_scaling").map(Json)),
+    }
+}
+
+/// Rotary embeddings from [`rope_fields`] on `int(head_dim · partial_rotary_factor)` entries of
+/// each head, plain or YaRN-scaled (other scalings are refused by name); a factor other than 1
+/// is refused unless the family applies it (`partial`, its default).
 fn rope(c: &Json, head_dim: usize, partial: Option<f64>, interleaved: bool) -> ModelResult<Positions> {
-    let fields = match c.field("rope_parameters") {
-        Some(p) => {
-            let p = Json(p);
-            p.refuse_unless("rope_type", |v| v == "default")?;
-            p
-        }
-        None => {
-            c.refuse_unless("rope_scaling", |_| false)?;
-            Json(c.0)
-        }
+    let (fields, scaling) = rope_fields(c);
+    let kind = match &scaling {
+        None => "default".to_string(),
+        Some(s) if s.field("rope_type").is_some() => s.str("rope_type")?,
+        Some(s) if s.field("type").is_some() => s.str("type")?,
+        Some(_) => "default".to_string(),
     };
     let theta = fields.f64_or("rope_theta", 10000.0)?;
     let factor = match partial {
@@ -377,22 +495,57 @@ fn rope(c: &Json, head_dim: usize, partial: Option<f64>, interleaved: bool) -> M
             1.0
         }
     };
+    let yarn = match (kind.as_str(), scaling) {
+        ("default", _) => None,
+        ("yarn", Some(s)) => Some(yarn(c, &s)?),
+        _ => {
+            return Err(ModelError::Config(format!(
+                "config.json: rotary scaling `{kind}` is not supported (default, yarn)"
+            )));
+        }
+    };
     // Python's int() of the product
-    Ok(Positions::Rope { theta, dims: (head_dim as f64 * factor) as usize, interleaved })
+    Ok(Positions::Rope { theta, dims: (head_dim as f64 * factor) as usize, interleaved, yarn })
+}
+
+/// YaRN's parameters from the scaling dictionary `s` (`transformers`' defaults and its
+/// `attention_factor` rule).
+fn yarn(c: &Json, s: &Json) -> ModelResult<Yarn> {
+    let original_max = s.usize("original_max_position_embeddings")?;
+    let factor = match s.field("factor") {
+        Some(_) => s.f64_or("factor", 1.0)?,
+        None => c.usize("max_position_embeddings")? as f64 / original_max as f64,
+    };
+    let (mscale, all) = (s.f64_or("mscale", 0.0)?, s.f64_or("mscale_all_dim", 0.0)?);
+    let attention = match s.field("attention_factor") {
+        Some(_) => s.f64_or("attention_factor", 1.0)?,
+        None if mscale != 0.0 && all != 0.0 => Yarn::mscale(factor, mscale) / Yarn::mscale(factor, all),
+        None => Yarn::mscale(factor, 1.0),
+    };
+    // transformers' `or`: 0 takes the default too
+    let nonzero = |key: &str, default: f64| -> ModelResult<f64> {
+        Ok(Some(s.f64_or(key, default)?).filter(|v| *v != 0.0).unwrap_or(default))
+    };
+    let yarn = Yarn {
+        factor,
+        original_max,
+        beta_fast: nonzero("beta_fast", 32.0)?,
+        beta_slow: nonzero("beta_slow", 1.0)?,
+        truncate: s.bool_or("truncate", true)?,
+        attention,
+    };
+    if !(factor >= 1.0 && factor.is_finite() && original_max > 0 && attention.is_finite() && attention > 0.0) {
+        return Err(ModelError::Config(format!("config.json: YaRN scaling {yarn:?}")));
+    }
+    Ok(yarn)
 }
 
 /// DeepSeek-V3's MoE block (GLM-4.5, dots.llm1): `n_routed_experts` SwiGLU experts of
 /// `moe_intermediate_size`, sigmoid routing, `n_shared_experts` ungated shared experts (one of
 /// their summed width), the routed scale; group-limited routing only where it selects every
 /// group.
-fn sigmoid_top_k(c: &Json, d: usize, normalize: bool) -> ModelResult<MoeConfig> {
-    let groups = c.usize_or("n_group", 1)?;
-    if c.usize_or("topk_group", groups)? < groups {
-        return Err(ModelError::Config(format!(
-            "config.json: group-limited routing (`topk_group` {} of `n_group` {groups}) is not supported",
-            c.usize_or("topk_group", groups)?
-        )));
-    }
+fn sigmoid_top_k(c: &Json, d: usize, normalize: bool, groups: (usize, usize)) -> ModelResult<MoeConfig> {
+    every_group(c, groups)?;
     let d_ff = c.usize("moe_intermediate_size")?;
     let shared = c.usize_or("n_shared_experts", 0)?;
     Ok(MoeConfig {
@@ -405,6 +558,18 @@ fn sigmoid_top_k(c: &Json, d: usize, normalize: bool) -> ModelResult<MoeConfig> 
         shared: (shared > 0).then_some(SharedExpert { d_ff: shared * d_ff, sigmoid_gate: false }),
         expert_capacity: None,
     })
+}
+
+/// Refuses group-limited routing (`topk_group` < `n_group`, DeepSeek-V3's own) by name;
+/// `defaults` are the family's (n_group, topk_group).
+fn every_group(c: &Json, (groups, chosen): (usize, usize)) -> ModelResult<()> {
+    let (groups, chosen) = (c.usize_or("n_group", groups)?, c.usize_or("topk_group", chosen)?);
+    if chosen < groups {
+        return Err(ModelError::Config(format!(
+            "config.json: group-limited routing (`topk_group` {chosen} of `n_group` {groups}) is not supported"
+        )));
+    }
+    Ok(())
 }
 
 /// The SwiGLU MoE block of Qwen2-MoE, Qwen3-MoE and OLMoE: softmax over all experts, then top-k,
@@ -530,7 +695,7 @@ fn decoder(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
                 }
             }
             scales.routed = c.f64_or("routed_scaling_factor", 1.0)?;
-            let moe = sigmoid_top_k(c, d, glm)?;
+            let moe = sigmoid_top_k(c, d, glm, (1, 1))?;
             let dense = Ffn::Dense { d_ff: c.usize("intermediate_size")?, kind: ExpertKind::SwiGlu };
             let first_dense = c.usize_or("first_k_dense_replace", if glm { 1 } else { 0 })?;
             (0..layers).map(|i| if i < first_dense { dense } else { Ffn::Moe(moe) }).collect()
@@ -597,10 +762,95 @@ fn decoder(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
         score_scale,
         qkv_bias,
         qk_norm,
+        latent: None,
         ffn,
         tie_embeddings: c.bool_or("tie_word_embeddings", tie_default)?,
         lm_head: true,
         scales,
+    })
+}
+
+/// DeepSeek-V2 and V3 (and V3's descendants, Kimi-K2 and Moonlight): multi-head latent
+/// attention with GPT-J-style rotary pairs (V3's `rope_interleave`, V2's always), YaRN's
+/// score multiplier m(s, `mscale_all_dim`)² where the scaling names one, dense layers before
+/// `first_k_dense_replace`, then MoE blocks with `n_shared_experts` ungated shared experts and
+/// the routed scale — V2's softmax top-k unnormalized, V3's sigmoid routing with the selection
+/// bias. Group-limited routing that drops groups is refused by name.
+fn deepseek(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
+    let v3 = model_type == "deepseek_v3";
+    let d = c.usize("hidden_size")?;
+    let heads = c.usize("num_attention_heads")?;
+    let layers = c.usize("num_hidden_layers")?;
+    activation(c, "hidden_act", "silu")?;
+    c.refuse_unless("attention_bias", |v| v == false)?;
+    c.refuse_unless("num_key_value_heads", |v| v.as_u64() == Some(heads as u64))?;
+    let (nope, rope_dim) = (c.usize_or("qk_nope_head_dim", 128)?, c.usize_or("qk_rope_head_dim", 64)?);
+    let latent = LatentAttention {
+        // null: q straight from x (V2-Lite); absent: transformers' default
+        q_rank: match c.0.get("q_lora_rank") {
+            None => Some(1536),
+            Some(Value::Null) => None,
+            Some(_) => Some(c.usize("q_lora_rank")?),
+        },
+        kv_rank: c.usize_or("kv_lora_rank", 512)?,
+        rope: rope_dim,
+        v_dim: c.usize_or("v_head_dim", 128)?,
+    };
+    let interleaved = !v3 || c.bool_or("rope_interleave", true)?;
+    let positions = rope(c, rope_dim, None, interleaved)?;
+    let head_dim = nope + rope_dim;
+    let mut score_scale = 1.0 / (head_dim as f64).sqrt();
+    if let (Positions::Rope { yarn: Some(y), .. }, (_, Some(s))) = (positions, rope_fields(c)) {
+        let all = s.f64_or("mscale_all_dim", 0.0)?;
+        if all != 0.0 {
+            score_scale *= Yarn::mscale(y.factor, all).powi(2);
+        }
+    }
+    let (d_ff, shared) = (
+        c.usize_or("moe_intermediate_size", if v3 { 2048 } else { 1407 })?,
+        c.usize_or("n_shared_experts", if v3 { 1 } else { 2 })?,
+    );
+    let moe = if v3 {
+        c.refuse_unless("scoring_func", |v| v == "sigmoid")?;
+        sigmoid_top_k(c, d, true, (8, 4))?
+    } else {
+        c.refuse_unless("scoring_func", |v| v == "softmax")?;
+        c.refuse_unless("topk_method", |v| v == "greedy" || v == "group_limited_greedy")?;
+        every_group(c, (1, 1))?;
+        // transformers' DeepSeek-V2 router never renormalizes
+        c.refuse_unless("norm_topk_prob", |v| v == false)?;
+        MoeConfig {
+            experts: c.usize_or("n_routed_experts", 64)?,
+            top_k: c.usize("num_experts_per_tok")?,
+            d_model: d,
+            d_ff,
+            routing: Routing::SoftmaxTopK { normalize: false },
+            expert: ExpertKind::SwiGlu,
+            shared: (shared > 0).then_some(SharedExpert { d_ff: shared * d_ff, sigmoid_gate: false }),
+            expert_capacity: None,
+        }
+    };
+    c.refuse_unless("moe_layer_freq", |v| v.as_u64() == Some(1))?;
+    let dense = Ffn::Dense { d_ff: c.usize("intermediate_size")?, kind: ExpertKind::SwiGlu };
+    let first_dense = c.usize_or("first_k_dense_replace", if v3 { 3 } else { 0 })?;
+    Ok(ModelConfig {
+        family: if v3 { Family::DeepseekV3 } else { Family::DeepseekV2 },
+        vocab: c.usize("vocab_size")?,
+        d_model: d,
+        heads,
+        kv_heads: heads,
+        head_dim,
+        causal: true,
+        norm_eps: c.f64_or("rms_norm_eps", 1e-6)?,
+        positions,
+        score_scale,
+        qkv_bias: false,
+        qk_norm: QkNorm::None,
+        latent: Some(latent),
+        ffn: (0..layers).map(|i| if i < first_dense { dense } else { Ffn::Moe(moe) }).collect(),
+        tie_embeddings: c.bool_or("tie_word_embeddings", false)?,
+        lm_head: true,
+        scales: Scales { routed: c.f64_or("routed_scaling_factor", if v3 { 2.5 } else { 1.0 })?, ..Scales::ONE },
     })
 }
 
@@ -642,6 +892,7 @@ fn switch(c: &Json) -> ModelResult<ModelConfig> {
         score_scale: 1.0,
         qkv_bias: false,
         qk_norm: QkNorm::None,
+        latent: None,
         ffn: (0..layers)
             .map(|i| if step > 0 && (i % step == 1 || step == 1) { Ffn::Moe(moe) } else { dense })
             .collect(),
@@ -720,7 +971,7 @@ mod tests {
         );
         assert_eq!(
             (cfg.positions, cfg.qkv_bias, cfg.qk_norm),
-            (Positions::Rope { theta: 1e6, dims: 64, interleaved: false }, true, QkNorm::None)
+            (Positions::Rope { theta: 1e6, dims: 64, interleaved: false, yarn: None }, true, QkNorm::None)
         );
         let moe = MoeConfig {
             experts: 128,
@@ -741,7 +992,9 @@ mod tests {
         assert!(
             refused(r#""n_group": 1, "topk_group": 1"#, r#""n_group": 8, "topk_group": 4"#).contains("group-limited")
         );
-        assert!(refused(r#""rope_scaling": null"#, r#""rope_scaling": {"type": "yarn"}"#).contains("rope_scaling"));
+        // YaRN needs its pretraining context
+        let yarn = refused(r#""rope_scaling": null"#, r#""rope_scaling": {"type": "yarn"}"#);
+        assert!(yarn.contains("original_max_position_embeddings"), "{yarn}");
         assert!(
             refused(r#""partial_rotary_factor": 0.5"#, r#""partial_rotary_factor": 0.001"#)
                 .contains("rotary embeddings on 0")
@@ -772,7 +1025,7 @@ mod tests {
         );
         assert_eq!(
             (cfg.positions, cfg.tie_embeddings),
-            (Positions::Rope { theta: 5e5, dims: 128, interleaved: true }, true)
+            (Positions::Rope { theta: 5e5, dims: 128, interleaved: true, yarn: None }, true)
         );
         let moe = MoeConfig {
             experts: 64,
@@ -803,7 +1056,7 @@ mod tests {
             (Family::Qwen3Moe, 151936, 2048, 32, 4)
         );
         assert_eq!((cfg.head_dim, cfg.qk_norm_widths(), cfg.qkv_bias), (128, Some((128, 128)), false));
-        assert_eq!(cfg.positions, Positions::Rope { theta: 1e6, dims: 128, interleaved: false });
+        assert_eq!(cfg.positions, Positions::Rope { theta: 1e6, dims: 128, interleaved: false, yarn: None });
         let moe = MoeConfig {
             experts: 128,
             top_k: 8,
@@ -823,7 +1076,8 @@ mod tests {
         for (from, to, named) in [
             ("\"use_sliding_window\": false", "\"use_sliding_window\": true", "use_sliding_window"),
             ("\"attention_bias\": false", "\"attention_bias\": true", "attention_bias"),
-            ("\"rope_scaling\": null", "\"rope_scaling\": {\"type\": \"yarn\", \"factor\": 4.0}", "rope_scaling"),
+            ("\"rope_scaling\": null", "\"rope_scaling\": {\"type\": \"longrope\", \"factor\": 4.0}", "longrope"),
+            ("\"rope_scaling\": null", "\"rope_scaling\": {\"type\": \"yarn\", \"factor\": 4.0}", "original_max"),
             ("\"head_dim\": 128", "\"head_dim\": 16384", "width 16384"),
         ] {
             let err = ModelConfig::from_json(&QWEN3_30B_A3B.replace(from, to)).unwrap_err().to_string();
@@ -843,7 +1097,7 @@ mod tests {
         );
         assert_eq!(
             (cfg.score_scale, cfg.tie_embeddings, cfg.positions),
-            (0.015625, true, Positions::Rope { theta: 1.5e6, dims: 64, interleaved: false })
+            (0.015625, true, Positions::Rope { theta: 1.5e6, dims: 64, interleaved: false, yarn: None })
         );
         assert_eq!(cfg.scales, Scales { embedding: 12.0, residual: 0.22, logits: 1.0 / 6.0, routed: 1.0 });
         let moe = MoeConfig {
@@ -870,6 +1124,96 @@ mod tests {
             let err = ModelConfig::from_json(&GRANITE_1B_A400M.replace(from, to)).unwrap_err().to_string();
             assert!(err.contains(named), "{named}: {err}");
         }
+    }
+
+    /// DeepSeek-V2-Lite's `config.json` (`deepseek-ai/DeepSeek-V2-Lite`, its architecture
+    /// fields): 27 layers, the first dense, 64 experts of 1408 top-6 unnormalized with 2 shared,
+    /// latent attention with q straight from x, YaRN ×40.
+    const DEEPSEEK_V2_LITE: &str = r#"{"architectures": ["DeepseekV2ForCausalLM"], "attention_bias": false,
+        "first_k_dense_replace": 1, "hidden_act": "silu", "hidden_size": 2048, "intermediate_size": 10944,
+        "kv_lora_rank": 512, "max_position_embeddings": 163840, "model_type": "deepseek_v2",
+        "moe_intermediate_size": 1408, "moe_layer_freq": 1, "n_group": 1, "n_routed_experts": 64,
+        "n_shared_experts": 2, "norm_topk_prob": false, "num_attention_heads": 16, "num_experts_per_tok": 6,
+        "num_hidden_layers": 27, "num_key_value_heads": 16, "q_lora_rank": null, "qk_nope_head_dim": 128,
+        "qk_rope_head_dim": 64, "rms_norm_eps": 1e-06, "rope_scaling": {"beta_fast": 32, "beta_slow": 1,
+        "factor": 40, "mscale": 0.707, "mscale_all_dim": 0.707, "original_max_position_embeddings": 4096,
+        "type": "yarn"}, "rope_theta": 10000, "routed_scaling_factor": 1.0, "scoring_func": "softmax",
+        "tie_word_embeddings": false, "topk_group": 1, "topk_method": "greedy", "v_head_dim": 128,
+        "vocab_size": 102400}"#;
+
+    #[test]
+    fn deepseek_v2_configs_are_read() {
+        let cfg = ModelConfig::from_json(DEEPSEEK_V2_LITE).unwrap();
+        assert_eq!(
+            (cfg.family, cfg.d_model, cfg.heads, cfg.kv_heads, cfg.head_dim, cfg.v_head_dim()),
+            (Family::DeepseekV2, 2048, 16, 16, 192, 128)
+        );
+        assert_eq!(cfg.latent, Some(LatentAttention { q_rank: None, kv_rank: 512, rope: 64, v_dim: 128 }));
+        let Positions::Rope { theta, dims: 64, interleaved: true, yarn: Some(yarn) } = cfg.positions else {
+            panic!("{:?}", cfg.positions)
+        };
+        assert_eq!((theta, yarn.factor, yarn.original_max, yarn.attention), (1e4, 40.0, 4096, 1.0));
+        assert_eq!(cfg.rotary_at(), 128);
+        // 1/√192 · m(40, 0.707)²
+        let m = 0.1 * 0.707 * 40f64.ln() + 1.0;
+        assert!((cfg.score_scale - m * m / 192f64.sqrt()).abs() < 1e-12, "{}", cfg.score_scale);
+        let moe = MoeConfig {
+            experts: 64,
+            top_k: 6,
+            d_model: 2048,
+            d_ff: 1408,
+            routing: Routing::SoftmaxTopK { normalize: false },
+            expert: ExpertKind::SwiGlu,
+            shared: Some(SharedExpert { d_ff: 2816, sigmoid_gate: false }),
+            expert_capacity: None,
+        };
+        assert_eq!(cfg.ffn[0], Ffn::Dense { d_ff: 10944, kind: ExpertKind::SwiGlu });
+        assert!(cfg.ffn[1..].iter().all(|f| *f == Ffn::Moe(moe)) && cfg.layers() == 27);
+        // the V2 (236B) shape: q through a rank of 1536
+        let cfg = ModelConfig::from_json(&DEEPSEEK_V2_LITE.replace("\"q_lora_rank\": null", "\"q_lora_rank\": 1536"))
+            .unwrap();
+        assert_eq!(cfg.latent.unwrap().q_rank, Some(1536));
+        for (from, to, named) in [
+            ("\"n_group\": 1", "\"n_group\": 8", "group-limited"),
+            ("\"norm_topk_prob\": false", "\"norm_topk_prob\": true", "norm_topk_prob"),
+            ("\"moe_layer_freq\": 1", "\"moe_layer_freq\": 2", "moe_layer_freq"),
+            ("\"attention_bias\": false", "\"attention_bias\": true", "attention_bias"),
+            ("\"num_key_value_heads\": 16", "\"num_key_value_heads\": 8", "num_key_value_heads"),
+            ("\"type\": \"yarn\"", "\"type\": \"dynamic\"", "dynamic"),
+        ] {
+            let err = ModelConfig::from_json(&DEEPSEEK_V2_LITE.replace(from, to)).unwrap_err().to_string();
+            assert!(err.contains(named), "{named}: {err}");
+        }
+    }
+
+    /// A DeepSeek-V3-architecture checkpoint at Moonlight-16B-A3B's sizes (`deepseek_v3`: 64
+    /// experts top-6 by σ scores renormalized and scaled, 2 shared experts, no rotary
+    /// scaling); DeepSeek-V3's own group-limited routing is refused by name.
+    #[test]
+    fn deepseek_v3_configs_are_read() {
+        let v3 = DEEPSEEK_V2_LITE
+            .replace("deepseek_v2", "deepseek_v3")
+            .replace("\"norm_topk_prob\": false", "\"norm_topk_prob\": true")
+            .replace("\"routed_scaling_factor\": 1.0", "\"routed_scaling_factor\": 2.446")
+            .replace("\"scoring_func\": \"softmax\"", "\"scoring_func\": \"sigmoid\"")
+            .replace("\"topk_method\": \"greedy\"", "\"topk_method\": \"noaux_tc\"");
+        let (start, end) = (v3.find("\"rope_scaling\"").unwrap(), v3.find("\"rope_theta\"").unwrap());
+        let moonlight = format!("{}\"rope_scaling\": null, {}", &v3[..start], &v3[end..]);
+        let cfg = ModelConfig::from_json(&moonlight).unwrap();
+        assert_eq!((cfg.family, cfg.scales.routed, cfg.score_scale), (Family::DeepseekV3, 2.446, 1.0 / 192f64.sqrt()));
+        assert!(matches!(cfg.positions, Positions::Rope { dims: 64, interleaved: true, yarn: None, .. }));
+        let Ffn::Moe(moe) = cfg.ffn[1] else { panic!("{:?}", cfg.ffn[1]) };
+        assert_eq!((moe.experts, moe.top_k, moe.routing), (64, 6, Routing::SigmoidTopK { normalize: true }));
+        // rotate_half pairs when the checkpoint says so; V3's groups (8, top 4) refused
+        let halves = moonlight.replace("\"topk_group\": 1", "\"topk_group\": 1, \"rope_interleave\": false");
+        assert!(matches!(
+            ModelConfig::from_json(&halves).unwrap().positions,
+            Positions::Rope { interleaved: false, .. }
+        ));
+        let grouped =
+            moonlight.replace("\"n_group\": 1", "\"n_group\": 8").replace("\"topk_group\": 1", "\"topk_group\": 4");
+        let err = ModelConfig::from_json(&grouped).unwrap_err().to_string();
+        assert!(err.contains("group-limited routing (`topk_group` 4 of `n_group` 8)"), "{err}");
     }
 
     #[test]

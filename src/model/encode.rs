@@ -7,7 +7,7 @@
 //! into the weights here.
 
 use super::config::{Ffn, ModelConfig, Scales};
-use super::weights::{FfnWeights, Mlp, WeightSource};
+use super::weights::{FfnWeights, Mlp, QkvWeights, WeightSource};
 use super::{ModelError, ModelResult};
 use crate::moe::{ExpertWeights, MoeWeights, SharedWeights, narrow};
 use crate::proto::layernorm::GAMMA_BITS;
@@ -17,18 +17,50 @@ use crate::ring::{FixedPoint, RingError};
 pub(super) struct Block {
     /// RMSNorm γ before attention.
     pub attn_norm: Vec<u64>,
-    /// q|k|v side by side, d×(q + 2·kv).
-    pub wqkv: Vec<u64>,
-    /// Their biases, likewise side by side.
-    pub qkv_bias: Option<Vec<u64>>,
-    /// RMSNorm γ of q and of k.
-    pub qk_norm: Option<[Vec<u64>; 2]>,
+    /// The maps to q, k and v.
+    pub qkv: BlockQkv,
     /// The output map.
     pub wo: Vec<u64>,
     /// RMSNorm γ before the feed-forward block.
     pub ffn_norm: Vec<u64>,
     /// The feed-forward block.
     pub ffn: BlockFfn,
+}
+
+/// A block's maps to q, k and v, as the forward applies them.
+pub(super) enum BlockQkv {
+    /// Multi-head (grouped-query) attention.
+    Heads {
+        /// q|k|v side by side, d×(q + 2·kv).
+        wqkv: Vec<u64>,
+        /// Their biases, likewise side by side.
+        bias: Option<Vec<u64>>,
+        /// RMSNorm γ of q and of k.
+        qk_norm: Option<[Vec<u64>; 2]>,
+    },
+    /// Multi-head latent attention.
+    Latent {
+        /// The maps from x side by side: q's first (to its rank, or to the heads), then the
+        /// latent's with the rotated key part.
+        wa: Vec<u64>,
+        /// With a q rank: its RMSNorm's γ and its map to the heads.
+        q_b: Option<(Vec<u64>, Vec<u64>)>,
+        /// The latent's RMSNorm γ.
+        kv_norm: Vec<u64>,
+        /// The latent's map to the heads' unrotated key entries and values.
+        wkv_b: Vec<u64>,
+    },
+}
+
+/// The rows×(Σ cols) matrix of matrices with `rows` rows side by side.
+fn side_by_side(rows: usize, parts: &[(&[u64], usize)]) -> Vec<u64> {
+    let mut out = Vec::with_capacity(rows * parts.iter().map(|p| p.1).sum::<usize>());
+    for a in 0..rows {
+        for (t, cols) in parts {
+            out.extend_from_slice(&t[a * cols..(a + 1) * cols]);
+        }
+    }
+    out
 }
 
 /// A block's feed-forward weights in the MoE layer's storage.
@@ -111,31 +143,50 @@ impl Encoder<'_> {
         Scales::fold(self.scales.residual, &mut w.wo);
         let name = |t: &str| format!("layers.{i}.{t}");
         let (d, qw, kw) = (cfg.d_model, cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim);
-        let (q, k, v) = (
-            self.tensor(&name("wq"), &w.wq, None)?,
-            self.tensor(&name("wk"), &w.wk, None)?,
-            self.tensor(&name("wv"), &w.wv, None)?,
-        );
-        let mut wqkv = Vec::with_capacity(d * (qw + 2 * kw));
-        for a in 0..d {
-            for (t, cols) in [(&q, qw), (&k, kw), (&v, kw)] {
-                wqkv.extend_from_slice(&t[a * cols..(a + 1) * cols]);
+        let qkv = match w.qkv {
+            QkvWeights::Heads(h) => {
+                let (q, k, v) = (
+                    self.tensor(&name("wq"), &h.wq, None)?,
+                    self.tensor(&name("wk"), &h.wk, None)?,
+                    self.tensor(&name("wv"), &h.wv, None)?,
+                );
+                let bias = match &h.bias {
+                    Some([bq, bk, bv]) => Some(
+                        [
+                            self.tensor(&name("bq"), bq, None)?,
+                            self.tensor(&name("bk"), bk, None)?,
+                            self.tensor(&name("bv"), bv, None)?,
+                        ]
+                        .concat(),
+                    ),
+                    None => None,
+                };
+                let qk_norm = match &h.qk_norm {
+                    Some([gq, gk]) => Some([self.norm(&name("q_norm"), gq)?, self.norm(&name("k_norm"), gk)?]),
+                    None => None,
+                };
+                BlockQkv::Heads { wqkv: side_by_side(d, &[(&q, qw), (&k, kw), (&v, kw)]), bias, qk_norm }
             }
-        }
-        let qkv_bias = match &w.qkv_bias {
-            Some([bq, bk, bv]) => Some(
-                [
-                    self.tensor(&name("bq"), bq, None)?,
-                    self.tensor(&name("bk"), bk, None)?,
-                    self.tensor(&name("bv"), bv, None)?,
-                ]
-                .concat(),
-            ),
-            None => None,
-        };
-        let qk_norm = match &w.qk_norm {
-            Some([gq, gk]) => Some([self.norm(&name("q_norm"), gq)?, self.norm(&name("k_norm"), gk)?]),
-            None => None,
+            QkvWeights::Latent(m) => {
+                let l = cfg.latent.ok_or_else(|| ModelError::Weights(format!("layer {i}: latent maps")))?;
+                let wq = self.tensor(&name("wq"), &m.wq, None)?;
+                let wkv_a = self.tensor(&name("wkv_a"), &m.wkv_a, None)?;
+                let kv_a = (wkv_a.as_slice(), l.kv_rank + l.rope);
+                let (wa, q_b) = match (&m.q_a, l.q_rank) {
+                    (Some((wq_a, gamma)), Some(r)) => {
+                        let wq_a = self.tensor(&name("wq_a"), wq_a, None)?;
+                        (side_by_side(d, &[(&wq_a, r), kv_a]), Some((self.norm(&name("q_a_norm"), gamma)?, wq)))
+                    }
+                    (None, None) => (side_by_side(d, &[(&wq, qw), kv_a]), None),
+                    _ => return Err(ModelError::Weights(format!("layer {i}: q's rank differs from the config's"))),
+                };
+                BlockQkv::Latent {
+                    wa,
+                    q_b,
+                    kv_norm: self.norm(&name("kv_a_norm"), &m.kv_norm)?,
+                    wkv_b: self.tensor(&name("wkv_b"), &m.wkv_b, None)?,
+                }
+            }
         };
         let ffn = match (cfg.ffn[i], w.ffn) {
             (Ffn::Dense { .. }, FfnWeights::Dense(m)) => BlockFfn::Dense(self.mlp(&name("mlp"), m, 1.0)?),
@@ -163,9 +214,7 @@ impl Encoder<'_> {
         };
         Ok(Block {
             attn_norm: self.norm(&name("attn_norm"), &w.attn_norm)?,
-            wqkv,
-            qkv_bias,
-            qk_norm,
+            qkv,
             wo: self.tensor(&name("wo"), &w.wo, None)?,
             ffn_norm: self.norm(&name("ffn_norm"), &w.ffn_norm)?,
             ffn,

@@ -20,14 +20,17 @@ mod weights;
 
 pub use builtin::{GRANITE_1B_A400M, default_config, default_weights};
 pub use checkpoint::{Checkpoint, HfTensor, hf_tensors, public_embedding};
-pub use config::{Family, Ffn, ModelConfig, Positions, QkNorm, Scales, relative_bucket};
+pub use config::{Family, Ffn, LatentAttention, ModelConfig, Positions, QkNorm, Scales, Yarn, relative_bucket};
 pub use encode::check_weights;
 pub use ranges::{Quantity, Range, Ranges, ranges};
 pub use reference::{forward, forward_quantized};
 pub use secure::{
     Embedding, KvCache, MAX_TOKENS, Output, Plan, Progress, Prompt, finish, infer, infer_cached, serve, setup_he,
 };
-pub use weights::{FfnWeights, LayerWeights, Mlp, ModelWeights, RandomWeights, WeightSource, transpose};
+pub use weights::{
+    FfnWeights, HeadMaps, LatentMaps, LayerWeights, Mlp, ModelWeights, QkvWeights, RandomWeights, WeightSource,
+    transpose,
+};
 
 use thiserror::Error;
 

@@ -2,9 +2,9 @@
 //! modelling code of each family: what private inference is compared with (and what the
 //! `transformers` reference check compares this engine's loader and conventions with).
 
-use super::config::{Ffn, ModelConfig, Positions, relative_bucket};
+use super::config::{Ffn, LatentAttention, ModelConfig, Positions, Yarn, relative_bucket};
 use super::ranges::{Quantity, Ranges};
-use super::weights::{FfnWeights, LayerWeights, Mlp, WeightSource};
+use super::weights::{FfnWeights, HeadMaps, LatentMaps, LayerWeights, Mlp, QkvWeights, WeightSource};
 use super::{ModelError, ModelResult};
 use crate::moe::{ExpertKind, MoeConfig, Routing};
 use crate::proto::piecewise::{gelu_exact, silu_exact};
@@ -41,16 +41,51 @@ fn softmax(xs: &[f64]) -> Vec<f64> {
 }
 
 /// The rotary embedding's (cos, sin) at `position` for each of the `dims / 2` frequencies of
-/// a head's `dims` rotated entries.
-pub(crate) fn rope_table(theta: f64, dims: usize, position: usize) -> Vec<(f64, f64)> {
-    (0..dims / 2)
-        .map(|i| {
-            // transformers computes the frequencies in f32
-            let inv = 1.0 / (theta as f32).powf((2 * i) as f32 / dims as f32);
+/// a head's `dims` rotated entries, YaRN's when given (its frequencies, cos and sin times its
+/// attention factor).
+pub(crate) fn rope_table(theta: f64, dims: usize, yarn: Option<Yarn>, position: usize) -> Vec<(f64, f64)> {
+    // transformers computes the frequencies and angles in f32
+    let inverse: Vec<f32> = match yarn {
+        Some(y) => y.inverse_frequencies(theta, dims),
+        None => (0..dims / 2).map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / dims as f32)).collect(),
+    };
+    let m = yarn.map_or(1.0, |y| y.attention);
+    inverse
+        .into_iter()
+        .map(|inv| {
             let angle = (position as f32 * inv) as f64;
-            (angle.cos(), angle.sin())
+            (angle.cos() * m, angle.sin() * m)
         })
         .collect()
+}
+
+/// Columns [at, at + width) of each row of a matrix with `cols` columns.
+pub(crate) fn columns<T: Copy>(x: &[T], cols: usize, at: usize, width: usize) -> Vec<T> {
+    x.chunks_exact(cols).flat_map(|r| r[at..at + width].iter().copied()).collect()
+}
+
+/// Latent attention's keys and values from the latent's map `kv` (rows of `heads` ×
+/// (nope + v_dim): each head's unrotated key entries, then its value) and the rotated key
+/// part `k_rot` (rows of `rope`, one for all heads): each head's key is its nope entries then
+/// the rotated part, as `transformers` concatenates them.
+pub(crate) fn latent_keys_values<T: Copy>(
+    kv: &[T],
+    k_rot: &[T],
+    heads: usize,
+    nope: usize,
+    v_dim: usize,
+) -> (Vec<T>, Vec<T>) {
+    let per_head = nope + v_dim;
+    let rope = k_rot.len() / (kv.len() / (heads * per_head));
+    let (mut keys, mut values) = (Vec::new(), Vec::new());
+    for (row, rot) in kv.chunks_exact(heads * per_head).zip(k_rot.chunks_exact(rope)) {
+        for head in row.chunks_exact(per_head) {
+            keys.extend_from_slice(&head[..nope]);
+            keys.extend_from_slice(rot);
+            values.extend_from_slice(&head[nope..]);
+        }
+    }
+    (keys, values)
 }
 
 /// Entry j (< `dims`) of a rotated head becomes x_j·cos + s·x_partner·sin at its frequency:
@@ -64,14 +99,16 @@ pub(crate) fn rotary_pair(j: usize, dims: usize, interleaved: bool) -> (usize, b
     }
 }
 
-/// Rotates the first `dims` entries of each head of each row (n rows of heads·dim); the
-/// others pass.
-fn rope(x: &mut [f64], heads: usize, dim: usize, (theta, dims, interleaved): (f64, usize, bool)) {
+/// Rotates entries [at, at + dims) of each head of each row (n rows of heads·dim, positions
+/// 0, 1, …); the others pass.
+fn rope(x: &mut [f64], (heads, dim, at): (usize, usize, usize), positions: Positions) {
+    let Positions::Rope { theta, dims, interleaved, yarn } = positions else { return };
     for (p, row) in x.chunks_exact_mut(heads * dim).enumerate() {
-        let table = rope_table(theta, dims, p);
+        let table = rope_table(theta, dims, yarn, p);
         for head in row.chunks_exact_mut(dim) {
-            let old = head[..dims].to_vec();
-            for (j, v) in head[..dims].iter_mut().enumerate() {
+            let head = &mut head[at..at + dims];
+            let old = head.to_vec();
+            for (j, v) in head.iter_mut().enumerate() {
                 let (partner, negated, i) = rotary_pair(j, dims, interleaved);
                 let other = if negated { -old[partner] } else { old[partner] };
                 *v = old[j] * table[i].0 + other * table[i].1;
@@ -211,6 +248,37 @@ fn moe(
     Ok(y)
 }
 
+/// q, k and v of multi-head latent attention on the normed rows `a` (n×d), rotated.
+fn latent_qkv(
+    cfg: &ModelConfig,
+    l: LatentAttention,
+    m: &LatentMaps,
+    a: &[f64],
+    probe: &mut Ranges,
+    layer: usize,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (d, hd, qw) = (cfg.d_model, cfg.head_dim, cfg.heads * cfg.head_dim);
+    let mut q = match &m.q_a {
+        Some((wa, gamma)) => {
+            let r = gamma.len();
+            let x = matmul(a, wa, d, r);
+            probe.see(format!("layers.{layer}.q_a_norm"), Quantity::NormInput, &x);
+            matmul(&rmsnorm(&x, gamma, cfg.norm_eps), &m.wq, r, qw)
+        }
+        None => matmul(a, &m.wq, d, qw),
+    };
+    let width = l.kv_rank + l.rope;
+    let x = matmul(a, &m.wkv_a, d, width);
+    let (latent, mut k_rot) = (columns(&x, width, 0, l.kv_rank), columns(&x, width, l.kv_rank, l.rope));
+    probe.see(format!("layers.{layer}.kv_a_norm"), Quantity::NormInput, &latent);
+    let nope = hd - l.rope;
+    let kv = matmul(&rmsnorm(&latent, &m.kv_norm, cfg.norm_eps), &m.wkv_b, l.kv_rank, cfg.heads * (nope + l.v_dim));
+    rope(&mut q, (cfg.heads, hd, nope), cfg.positions);
+    rope(&mut k_rot, (1, l.rope, 0), cfg.positions);
+    let (k, v) = latent_keys_values(&kv, &k_rot, cfg.heads, nope, l.v_dim);
+    (q, k, v)
+}
+
 /// Self-attention of one block on the normed rows `a` (n×d).
 fn attention(
     cfg: &ModelConfig,
@@ -219,32 +287,42 @@ fn attention(
     bias: Option<&[f32]>,
     probe: &mut Ranges,
     layer: usize,
-) -> Vec<f64> {
-    let (d, hd, n) = (cfg.d_model, cfg.head_dim, a.len() / cfg.d_model);
-    let (qw, kw) = (cfg.heads * hd, cfg.kv_heads * hd);
-    let project = |m: &[f32], width: usize, b: Option<&Vec<f32>>| -> Vec<f64> {
-        let mut y = matmul(a, m, d, width);
-        if let Some(b) = b {
-            y.chunks_exact_mut(width).for_each(|r| r.iter_mut().zip(b).for_each(|(y, b)| *y += *b as f64));
+) -> ModelResult<Vec<f64>> {
+    let (d, hd, vd, n) = (cfg.d_model, cfg.head_dim, cfg.v_head_dim(), a.len() / cfg.d_model);
+    let (qw, kw, vw) = (cfg.heads * hd, cfg.kv_heads * hd, cfg.kv_heads * vd);
+    let (q, k, v) = match (&w.qkv, cfg.latent) {
+        (QkvWeights::Heads(h), None) => {
+            let project = |m: &[f32], width: usize, b: Option<&Vec<f32>>| -> Vec<f64> {
+                let mut y = matmul(a, m, d, width);
+                if let Some(b) = b {
+                    y.chunks_exact_mut(width).for_each(|r| r.iter_mut().zip(b).for_each(|(y, b)| *y += *b as f64));
+                }
+                y
+            };
+            let bias_of = |i: usize| h.bias.as_ref().map(|b| &b[i]);
+            let (mut q, mut k, v) =
+                (project(&h.wq, qw, bias_of(0)), project(&h.wk, kw, bias_of(1)), project(&h.wv, kw, bias_of(2)));
+            if let Some([gq, gk]) = &h.qk_norm {
+                probe.see(format!("layers.{layer}.q_norm"), Quantity::NormInput, &q);
+                probe.see(format!("layers.{layer}.k_norm"), Quantity::NormInput, &k);
+                q = rmsnorm(&q, gq, cfg.norm_eps);
+                k = rmsnorm(&k, gk, cfg.norm_eps);
+            }
+            rope(&mut q, (cfg.heads, hd, 0), cfg.positions);
+            rope(&mut k, (cfg.kv_heads, hd, 0), cfg.positions);
+            (q, k, v)
         }
-        y
+        (QkvWeights::Latent(m), Some(l)) => latent_qkv(cfg, l, m, a, probe, layer),
+        _ => {
+            return Err(ModelError::Weights(format!(
+                "layer {layer}: attention maps of another kind than the config's"
+            )));
+        }
     };
-    let bias_of = |i: usize| w.qkv_bias.as_ref().map(|b| &b[i]);
-    let (mut q, mut k, v) =
-        (project(&w.wq, qw, bias_of(0)), project(&w.wk, kw, bias_of(1)), project(&w.wv, kw, bias_of(2)));
-    if let Some([gq, gk]) = &w.qk_norm {
-        probe.see(format!("layers.{layer}.q_norm"), Quantity::NormInput, &q);
-        probe.see(format!("layers.{layer}.k_norm"), Quantity::NormInput, &k);
-        q = rmsnorm(&q, gq, cfg.norm_eps);
-        k = rmsnorm(&k, gk, cfg.norm_eps);
-    }
-    if let Positions::Rope { theta, dims, interleaved } = cfg.positions {
-        rope(&mut q, cfg.heads, hd, (theta, dims, interleaved));
-        rope(&mut k, cfg.kv_heads, hd, (theta, dims, interleaved));
-    }
     let site = format!("layers.{layer}.attention");
     let group = cfg.heads / cfg.kv_heads;
-    let mut o = vec![0.0; n * qw];
+    let ow = cfg.heads * vd;
+    let mut o = vec![0.0; n * ow];
     for h in 0..cfg.heads {
         let g = h / group;
         for i in 0..n {
@@ -265,12 +343,12 @@ fn attention(
             probe.see(&site, Quantity::Score, &scores);
             probe.see(&site, Quantity::ScoreSpread, &scores.iter().map(|s| top - s).collect::<Vec<_>>());
             let p = softmax(&scores);
-            for c in 0..hd {
-                o[i * qw + h * hd + c] = p.iter().enumerate().map(|(j, p)| p * v[j * kw + g * hd + c]).sum();
+            for c in 0..vd {
+                o[i * ow + h * vd + c] = p.iter().enumerate().map(|(j, p)| p * v[j * vw + g * vd + c]).sum();
             }
         }
     }
-    matmul(&o, &w.wo, qw, d)
+    Ok(matmul(&o, &w.wo, ow, d))
 }
 
 /// The model's output for token ids: n rows of [`ModelConfig::output_width`] (logits, or the
@@ -301,7 +379,7 @@ pub(super) fn forward_probed(
         let w = weights.layer(i)?;
         probe.see(format!("layers.{i}.attn_norm"), Quantity::NormInput, &x);
         let a = rmsnorm(&x, &w.attn_norm, cfg.norm_eps);
-        let o = attention(cfg, &w, &a, bias.as_deref(), probe, i);
+        let o = attention(cfg, &w, &a, bias.as_deref(), probe, i)?;
         x.iter_mut().zip(o).for_each(|(x, o)| *x += residual * o);
         probe.see(format!("layers.{i}.ffn_norm"), Quantity::NormInput, &x);
         let b = rmsnorm(&x, &w.ffn_norm, cfg.norm_eps);
@@ -354,11 +432,22 @@ impl WeightSource for Quantized<'_> {
         let l = self.inner.layer(i)?;
         Ok(LayerWeights {
             attn_norm: self.round(l.attn_norm),
-            wq: self.round(l.wq),
-            wk: self.round(l.wk),
-            wv: self.round(l.wv),
-            qkv_bias: l.qkv_bias.map(|b| b.map(|b| self.round(b))),
-            qk_norm: l.qk_norm.map(|g| g.map(|g| self.round(g))),
+            qkv: match l.qkv {
+                QkvWeights::Heads(h) => QkvWeights::Heads(HeadMaps {
+                    wq: self.round(h.wq),
+                    wk: self.round(h.wk),
+                    wv: self.round(h.wv),
+                    bias: h.bias.map(|b| b.map(|b| self.round(b))),
+                    qk_norm: h.qk_norm.map(|g| g.map(|g| self.round(g))),
+                }),
+                QkvWeights::Latent(m) => QkvWeights::Latent(LatentMaps {
+                    q_a: m.q_a.map(|(w, g)| (self.round(w), self.round(g))),
+                    wq: self.round(m.wq),
+                    wkv_a: self.round(m.wkv_a),
+                    kv_norm: self.round(m.kv_norm),
+                    wkv_b: self.round(m.wkv_b),
+                }),
+            },
             wo: self.round(l.wo),
             ffn_norm: self.round(l.ffn_norm),
             ffn: match l.ffn {

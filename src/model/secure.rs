@@ -19,9 +19,9 @@
 //! sequence fixed by the public config and n; the routing, the token ids and every activation
 //! stay hidden (the MoE layer's argument covers the routing).
 
-use super::config::{Ffn, ModelConfig, Positions, Scales, relative_bucket};
-use super::encode::{Block, BlockFfn, Encoder, check_weights};
-use super::reference::{rope_table, rotary_pair};
+use super::config::{Ffn, LatentAttention, ModelConfig, Positions, Scales, relative_bucket};
+use super::encode::{Block, BlockFfn, BlockQkv, Encoder, check_weights};
+use super::reference::{columns, latent_keys_values, rope_table, rotary_pair};
 use super::weights::WeightSource;
 use super::{ModelError, ModelResult};
 use crate::he::HeParams;
@@ -488,37 +488,37 @@ async fn norm(
 }
 
 /// Rows (positions past, past + 1, …) of `heads` heads of `dim` times the public scale,
-/// rotated when the model uses rotary embeddings: products at 2f fractional bits, then one
-/// truncation.
+/// entries [at, at + dims) of each head rotated when the model uses rotary embeddings:
+/// products at 2f fractional bits, then one truncation.
 async fn rotate(
     sess: &mut Session,
     cfg: &ModelConfig,
     x: Vec<u64>,
     past: usize,
-    heads: usize,
+    (heads, dim, at): (usize, usize, usize),
     scale: f64,
 ) -> ModelResult<Vec<u64>> {
     let format = sess.format();
-    let dim = cfg.head_dim;
     let out: Vec<u64> = match cfg.positions {
-        Positions::Rope { theta, dims, interleaved } => {
+        Positions::Rope { theta, dims, interleaved, yarn } => {
             let mut out = vec![0u64; x.len()];
             let one = format.encode(scale)?;
             for (p, (row, o)) in x.chunks_exact(heads * dim).zip(out.chunks_exact_mut(heads * dim)).enumerate() {
-                let table: Vec<(u64, u64)> = rope_table(theta, dims, past + p)
+                let table: Vec<(u64, u64)> = rope_table(theta, dims, yarn, past + p)
                     .into_iter()
                     .map(|(c, s)| Ok((format.encode(c * scale)?, format.encode(s * scale)?)))
                     .collect::<ModelResult<_>>()?;
                 for (head, o) in row.chunks_exact(dim).zip(o.chunks_exact_mut(dim)) {
-                    for (j, o) in o[..dims].iter_mut().enumerate() {
+                    let rotated = &head[at..at + dims];
+                    for (j, o) in o[at..at + dims].iter_mut().enumerate() {
                         let (partner, negated, i) = rotary_pair(j, dims, interleaved);
                         let (c, s) = table[i];
-                        let other = if negated { head[partner].wrapping_neg() } else { head[partner] };
-                        *o = head[j].wrapping_mul(c).wrapping_add(other.wrapping_mul(s));
+                        let other = if negated { rotated[partner].wrapping_neg() } else { rotated[partner] };
+                        *o = rotated[j].wrapping_mul(c).wrapping_add(other.wrapping_mul(s));
                     }
-                    // the entries past the rotary ones only take the scale
-                    for (o, h) in o[dims..].iter_mut().zip(&head[dims..]) {
-                        *o = h.wrapping_mul(one);
+                    // the entries outside the rotary ones only take the scale
+                    for (k, o) in o.iter_mut().enumerate().filter(|(k, _)| !(at..at + dims).contains(k)) {
+                        *o = head[k].wrapping_mul(one);
                     }
                 }
             }
@@ -533,11 +533,6 @@ async fn rotate(
     Ok(truncate_extend(sess, &out, 64, format.frac_bits()).await?)
 }
 
-/// Columns [at, at + width) of each row of a matrix with `cols` columns.
-fn columns(x: &[u64], cols: usize, at: usize, width: usize) -> Vec<u64> {
-    x.chunks_exact(cols).flat_map(|r| r[at..at + width].iter().copied()).collect()
-}
-
 /// The transpose of a rows×cols matrix.
 fn transposed(rows: usize, cols: usize, a: &[u64]) -> Vec<u64> {
     (0..cols).flat_map(|j| (0..rows).map(move |i| a[i * cols + j])).collect()
@@ -549,6 +544,98 @@ fn transposed(rows: usize, cols: usize, a: &[u64]) -> Vec<u64> {
 /// is a bit more of flooding margin κ.
 fn attention_ring(frac: u32) -> u32 {
     (2 * frac + 14).min(64)
+}
+
+/// x (n×`d_in`) times the server's `d_in`×`m` weights, truncated to f fractional bits.
+async fn project(
+    sess: &mut Session,
+    x: Vec<u64>,
+    (d_in, m): (usize, usize),
+    w: Option<&[u64]>,
+) -> ModelResult<Vec<u64>> {
+    let n = x.len() / d_in;
+    let shape = MatShape { n, d: d_in, m };
+    let y = linear(sess, shape, &sess.shares((n, d_in), x)?, weights(shape, w)?).await?;
+    Ok(truncate(sess, &y, sess.format().frac_bits()).await?.into_vec())
+}
+
+/// q, k and v of one block's new rows (n×d normed), q times the score scale and q and k
+/// rotated: one HE product for q|k|v, the server's biases on its share, the q/k norms; or
+/// multi-head latent attention's maps and norms ([`latent_qkv`]).
+async fn qkv(
+    sess: &mut Session,
+    cfg: &ModelConfig,
+    x: &[u64],
+    past: usize,
+    block: Option<&Block>,
+) -> ModelResult<(Vec<u64>, Vec<u64>, Vec<u64>)> {
+    let hd = cfg.head_dim;
+    let (qw, kw) = (cfg.heads * hd, cfg.kv_heads * hd);
+    if let Some(l) = cfg.latent {
+        return latent_qkv(sess, cfg, l, x, past, block).await;
+    }
+    let (wqkv, bias, qk_norm) = match block.map(|b| &b.qkv) {
+        None => (None, None, None),
+        Some(BlockQkv::Heads { wqkv, bias, qk_norm }) => (Some(wqkv.as_slice()), bias.as_ref(), qk_norm.as_ref()),
+        Some(BlockQkv::Latent { .. }) => {
+            return Err(ModelError::Weights("latent attention maps for q/k/v maps".into()));
+        }
+    };
+    let width = qw + 2 * kw;
+    let mut qkv = project(sess, x.to_vec(), (cfg.d_model, width), wqkv).await?;
+    if let Some(b) = bias {
+        qkv.chunks_exact_mut(width).for_each(|r| r.iter_mut().zip(b.iter()).for_each(|(v, b)| *v = v.wrapping_add(*b)));
+    }
+    let (mut q, mut k, v) =
+        (columns(&qkv, width, 0, qw), columns(&qkv, width, qw, kw), columns(&qkv, width, qw + kw, kw));
+    if let Some((qn, kn)) = cfg.qk_norm_widths() {
+        q = norm(sess, cfg, &q, qn, qk_norm.map(|g| g[0].as_slice())).await?;
+        k = norm(sess, cfg, &k, kn, qk_norm.map(|g| g[1].as_slice())).await?;
+    }
+    let q = rotate(sess, cfg, q, past, (cfg.heads, hd, 0), cfg.score_scale).await?;
+    let k = rotate(sess, cfg, k, past, (cfg.kv_heads, hd, 0), 1.0).await?;
+    Ok((q, k, v))
+}
+
+/// Multi-head latent attention's q, k and v (as [`crate::model::reference`]'s): one HE
+/// product for x's maps (to q or its rank, and to the latent with the rotated key part),
+/// the RMSNorms of q's rank and of the latent, their products to the heads, the rotations
+/// (q's last entries of each head, the key part once for all heads) and the heads' keys and
+/// values put together by each party on its shares.
+async fn latent_qkv(
+    sess: &mut Session,
+    cfg: &ModelConfig,
+    l: LatentAttention,
+    x: &[u64],
+    past: usize,
+    block: Option<&Block>,
+) -> ModelResult<(Vec<u64>, Vec<u64>, Vec<u64>)> {
+    let (hd, qw) = (cfg.head_dim, cfg.heads * cfg.head_dim);
+    let nope = hd - l.rope;
+    let (wa, q_b, kv_norm, wkv_b) = match block.map(|b| &b.qkv) {
+        None => (None, None, None, None),
+        Some(BlockQkv::Latent { wa, q_b, kv_norm, wkv_b }) => {
+            (Some(wa.as_slice()), q_b.as_ref(), Some(kv_norm.as_slice()), Some(wkv_b.as_slice()))
+        }
+        Some(BlockQkv::Heads { .. }) => return Err(ModelError::Weights("q/k/v maps for latent attention".into())),
+    };
+    let q_in = l.q_rank.unwrap_or(qw);
+    let width = q_in + l.kv_rank + l.rope;
+    let a = project(sess, x.to_vec(), (cfg.d_model, width), wa).await?;
+    let q = columns(&a, width, 0, q_in);
+    let q = match l.q_rank {
+        Some(r) => {
+            let q = norm(sess, cfg, &q, r, q_b.map(|(g, _)| g.as_slice())).await?;
+            project(sess, q, (r, qw), q_b.map(|(_, w)| w.as_slice())).await?
+        }
+        None => q,
+    };
+    let latent = norm(sess, cfg, &columns(&a, width, q_in, l.kv_rank), l.kv_rank, kv_norm).await?;
+    let kv = project(sess, latent, (l.kv_rank, cfg.heads * (nope + l.v_dim)), wkv_b).await?;
+    let q = rotate(sess, cfg, q, past, (cfg.heads, hd, nope), cfg.score_scale).await?;
+    let k_rot = rotate(sess, cfg, columns(&a, width, q_in + l.kv_rank, l.rope), past, (1, l.rope, 0), 1.0).await?;
+    let (k, v) = latent_keys_values(&kv, &k_rot, cfg.heads, nope, l.v_dim);
+    Ok((q, k, v))
 }
 
 /// Self-attention of one block on the n normed rows of positions past.. (module notes, step
@@ -565,29 +652,12 @@ async fn attention(
     (keys, values): &mut (Vec<u64>, Vec<u64>),
 ) -> ModelResult<Vec<u64>> {
     let frac = sess.format().frac_bits();
-    let (d, hd) = (cfg.d_model, cfg.head_dim);
-    let (qw, kw) = (cfg.heads * hd, cfg.kv_heads * hd);
-    let width = qw + 2 * kw;
-    let wqkv = block.map(|b| b.wqkv.as_slice());
-    let x = sess.shares((n, d), x.to_vec())?;
-    let shape = MatShape { n, d, m: width };
-    let qkv = linear(sess, shape, &x, weights(shape, wqkv)?).await?;
-    let mut qkv = truncate(sess, &qkv, frac).await?.into_vec();
-    if let Some(b) = block.and_then(|b| b.qkv_bias.as_ref()) {
-        qkv.chunks_exact_mut(width).for_each(|r| r.iter_mut().zip(b.iter()).for_each(|(v, b)| *v = v.wrapping_add(*b)));
-    }
-    let (mut q, mut k, v) =
-        (columns(&qkv, width, 0, qw), columns(&qkv, width, qw, kw), columns(&qkv, width, qw + kw, kw));
-    if let Some((qn, kn)) = cfg.qk_norm_widths() {
-        let g = block.and_then(|b| b.qk_norm.as_ref());
-        q = norm(sess, cfg, &q, qn, g.map(|g| g[0].as_slice())).await?;
-        k = norm(sess, cfg, &k, kn, g.map(|g| g[1].as_slice())).await?;
-    }
-    let q = rotate(sess, cfg, q, past, cfg.heads, cfg.score_scale).await?;
-    let k = rotate(sess, cfg, k, past, cfg.kv_heads, 1.0).await?;
+    let (hd, vd) = (cfg.head_dim, cfg.v_head_dim());
+    let (qw, kw, vw, ow) = (cfg.heads * hd, cfg.kv_heads * hd, cfg.kv_heads * vd, cfg.heads * vd);
+    let (q, k, v) = qkv(sess, cfg, x, past, block).await?;
     // the keys and values of all positions so far: the cache's, then the new rows
     keys.truncate(past * kw);
-    values.truncate(past * kw);
+    values.truncate(past * vw);
     keys.extend(k);
     values.extend(v);
     let (k, v, total) = (&*keys, &*values, past + n);
@@ -617,18 +687,15 @@ async fn attention(
         (0..cfg.heads * n * total).map(|x| !cfg.causal || x % total <= past + (x / total) % n).collect();
     let scores = sess.shares((cfg.heads * n, total), scores)?;
     let p = softmax_masked(sess, &scores, cfg.causal.then_some(keep.as_slice())).await?.into_vec();
-    let mut o = vec![0u64; n * qw];
+    let mut o = vec![0u64; n * ow];
     for h in 0..cfg.heads {
         let ph = sess.shares((n, total), p[h * n * total..(h + 1) * n * total].to_vec())?.narrowed(ring)?;
-        let vh = sess.shares((total, hd), columns(v, kw, (h / group) * hd, hd))?.narrowed(ring)?;
-        let oh = matmul_shared(sess, MatShape { n, d: total, m: hd }, &ph, &vh).await?;
-        for (i, row) in oh.as_slice().chunks_exact(hd).enumerate() {
-            o[i * qw + h * hd..i * qw + (h + 1) * hd].copy_from_slice(row);
+        let vh = sess.shares((total, vd), columns(v, vw, (h / group) * vd, vd))?.narrowed(ring)?;
+        let oh = matmul_shared(sess, MatShape { n, d: total, m: vd }, &ph, &vh).await?;
+        for (i, row) in oh.as_slice().chunks_exact(vd).enumerate() {
+            o[i * ow + h * vd..i * ow + (h + 1) * vd].copy_from_slice(row);
         }
     }
     let o = truncate_extend(sess, &o, ring, frac).await?;
-    let wo = block.map(|b| b.wo.as_slice());
-    let shape = MatShape { n, d: qw, m: d };
-    let y = linear(sess, shape, &sess.shares((n, qw), o)?, weights(shape, wo)?).await?;
-    Ok(truncate(sess, &y, frac).await?.into_vec())
+    project(sess, o, (ow, cfg.d_model), block.map(|b| b.wo.as_slice())).await
 }

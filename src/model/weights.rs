@@ -37,11 +37,18 @@ pub enum FfnWeights {
     },
 }
 
-/// One Transformer block's weights.
+/// A block's maps from its normed input to q, k and v.
 #[derive(Debug, Clone, PartialEq)]
-pub struct LayerWeights {
-    /// RMSNorm γ before attention.
-    pub attn_norm: Vec<f32>,
+pub enum QkvWeights {
+    /// One map each (multi-head and grouped-query attention).
+    Heads(HeadMaps),
+    /// Multi-head latent attention (DeepSeek-V2/V3).
+    Latent(LatentMaps),
+}
+
+/// q, k and v maps of multi-head (grouped-query) attention.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadMaps {
     /// q, k, v maps: d×(heads·hd), d×(kv·hd), d×(kv·hd).
     pub wq: Vec<f32>,
     /// See `wq`.
@@ -49,10 +56,35 @@ pub struct LayerWeights {
     /// See `wq`.
     pub wv: Vec<f32>,
     /// Biases of q, k, v (Qwen2-MoE).
-    pub qkv_bias: Option<[Vec<f32>; 3]>,
+    pub bias: Option<[Vec<f32>; 3]>,
     /// RMSNorm γ of q and k (OLMoE: as wide as q and k; Qwen3-MoE: one head wide).
     pub qk_norm: Option<[Vec<f32>; 2]>,
-    /// The output map, (heads·hd)×d.
+}
+
+/// The maps of multi-head latent attention ([`super::LatentAttention`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatentMaps {
+    /// With a q rank: x's map to it (d×r_q) and the RMSNorm γ after it.
+    pub q_a: Option<(Vec<f32>, Vec<f32>)>,
+    /// q's map to the heads, (r_q or d)×(heads·head_dim), each head's rotated entries last.
+    pub wq: Vec<f32>,
+    /// x's map to the latent and the rotated key part, d×(kv_rank + rope).
+    pub wkv_a: Vec<f32>,
+    /// The latent's RMSNorm γ.
+    pub kv_norm: Vec<f32>,
+    /// The latent's map to each head's unrotated key entries and value, head by head:
+    /// kv_rank×(heads·(head_dim − rope + v_dim)).
+    pub wkv_b: Vec<f32>,
+}
+
+/// One Transformer block's weights.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerWeights {
+    /// RMSNorm γ before attention.
+    pub attn_norm: Vec<f32>,
+    /// The maps to q, k and v.
+    pub qkv: QkvWeights,
+    /// The output map, (heads·v_head_dim)×d.
     pub wo: Vec<f32>,
     /// RMSNorm γ before the feed-forward block.
     pub ffn_norm: Vec<f32>,
@@ -179,10 +211,29 @@ impl Draw {
         let d = cfg.d_model;
         let (q, kv) = (cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim);
         let attn_norm = self.norm(d);
-        let (wq, wk, wv) = (self.uniform(d * q, inv(d)), self.uniform(d * kv, inv(d)), self.uniform(d * kv, inv(d)));
-        let qkv_bias = cfg.qkv_bias.then(|| [self.uniform(q, 0.1), self.uniform(kv, 0.1), self.uniform(kv, 0.1)]);
-        let qk_norm = cfg.qk_norm_widths().map(|(qn, kn)| [self.norm(qn), self.norm(kn)]);
-        let wo = self.uniform(q * d, inv(q));
+        let qkv = match cfg.latent {
+            None => {
+                let (wq, wk, wv) =
+                    (self.uniform(d * q, inv(d)), self.uniform(d * kv, inv(d)), self.uniform(d * kv, inv(d)));
+                let bias = cfg.qkv_bias.then(|| [self.uniform(q, 0.1), self.uniform(kv, 0.1), self.uniform(kv, 0.1)]);
+                let qk_norm = cfg.qk_norm_widths().map(|(qn, kn)| [self.norm(qn), self.norm(kn)]);
+                QkvWeights::Heads(HeadMaps { wq, wk, wv, bias, qk_norm })
+            }
+            Some(l) => {
+                let q_a = l.q_rank.map(|r| (self.uniform(d * r, inv(d)), self.norm(r)));
+                let into_q = l.q_rank.unwrap_or(d);
+                let per_head = cfg.head_dim - l.rope + l.v_dim;
+                QkvWeights::Latent(LatentMaps {
+                    q_a,
+                    wq: self.uniform(into_q * q, inv(into_q)),
+                    wkv_a: self.uniform(d * (l.kv_rank + l.rope), inv(d)),
+                    kv_norm: self.norm(l.kv_rank),
+                    wkv_b: self.uniform(l.kv_rank * cfg.heads * per_head, inv(l.kv_rank)),
+                })
+            }
+        };
+        let o = cfg.heads * cfg.v_head_dim();
+        let wo = self.uniform(o * d, inv(o));
         let ffn_norm = self.norm(d);
         let ffn = match ffn {
             Ffn::Dense { d_ff, kind } => FfnWeights::Dense(self.mlp(d, *d_ff, kind.gated())),
@@ -197,7 +248,7 @@ impl Draw {
                 router_bias: m.routing.has_selection_bias().then(|| self.uniform(m.experts, 0.5)),
             },
         };
-        LayerWeights { attn_norm, wq, wk, wv, qkv_bias, qk_norm, wo, ffn_norm, ffn }
+        LayerWeights { attn_norm, qkv, wo, ffn_norm, ffn }
     }
 
     fn position_bias(&mut self, cfg: &ModelConfig) -> Option<Vec<f32>> {

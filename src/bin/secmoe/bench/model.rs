@@ -50,6 +50,7 @@ fn switch_base_8_layer() -> ModelConfig {
         score_scale: 1.0,
         qkv_bias: false,
         qk_norm: QkNorm::None,
+        latent: None,
         ffn: vec![Ffn::Moe(moe)],
         tie_embeddings: true,
         lm_head: false,
