@@ -34,7 +34,8 @@ def ensure_venv():
 
 
 def families():
-    from transformers import (Dots1Config, Dots1ForCausalLM, Ernie4_5_MoeConfig, Ernie4_5_MoeForCausalLM,
+    from transformers import (DeepseekV2Config, DeepseekV2ForCausalLM, DeepseekV3Config, DeepseekV3ForCausalLM,
+                              Dots1Config, Dots1ForCausalLM, Ernie4_5_MoeConfig, Ernie4_5_MoeForCausalLM,
                               Glm4MoeConfig, Glm4MoeForCausalLM,
                               GraniteMoeConfig, GraniteMoeForCausalLM, GraniteMoeSharedConfig,
                               GraniteMoeSharedForCausalLM, MixtralConfig, MixtralForCausalLM, OlmoeConfig,
@@ -92,6 +93,27 @@ def families():
             vocab_size=96, hidden_size=32, intermediate_size=48, moe_intermediate_size=12,
             num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, moe_num_experts=8,
             moe_k=3, moe_num_shared_experts=2, moe_layer_start_index=1, tie_word_embeddings=False)),
+        # multi-head latent attention with q straight from x (V2-Lite's), YaRN (frequencies
+        # rescaled, the scores times m(4, 0.707)^2), softmax top-2 unnormalized and scaled, two
+        # shared experts, a dense first layer
+        ("deepseek_v2", torch.bfloat16, DeepseekV2ForCausalLM, DeepseekV2Config(
+            vocab_size=96, hidden_size=32, intermediate_size=48, moe_intermediate_size=12,
+            num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4, q_lora_rank=None,
+            kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=6, n_routed_experts=8,
+            num_experts_per_tok=2, n_shared_experts=2, first_k_dense_replace=1, routed_scaling_factor=1.5,
+            topk_method="greedy", rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+            "original_max_position_embeddings": 64, "mscale": 0.707, "mscale_all_dim": 0.707,
+            "beta_fast": 32, "beta_slow": 1}, tie_word_embeddings=False)),
+        # latent attention with q through a rank and its norm, YaRN with cos and sin scaled
+        # (mscale ≠ mscale_all_dim), sigmoid routing with a selection bias renormalized
+        ("deepseek_v3", torch.bfloat16, DeepseekV3ForCausalLM, DeepseekV3Config(
+            vocab_size=96, hidden_size=32, intermediate_size=48, moe_intermediate_size=12,
+            num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4, q_lora_rank=24,
+            kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8, n_routed_experts=8,
+            num_experts_per_tok=2, n_shared_experts=1, first_k_dense_replace=1, n_group=1, topk_group=1,
+            norm_topk_prob=True, routed_scaling_factor=2.5, rope_parameters={"rope_type": "yarn",
+            "rope_theta": 10000.0, "factor": 8.0, "original_max_position_embeddings": 32, "mscale": 1.0,
+            "mscale_all_dim": 0.707}, tie_word_embeddings=False)),
         ("switch", torch.float32, SwitchTransformersEncoderModel, SwitchTransformersConfig(
             vocab_size=96, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4, num_experts=8,
             num_sparse_encoder_layers=1, expert_capacity=1, relative_attention_num_buckets=32,

@@ -247,3 +247,39 @@ fn ernie4_5_moe_matches_transformers() {
     let halves = Positions::Rope { theta, dims, interleaved: false, yarn: None };
     matters("ernie4_5_moe", "rotary pairing", &ModelConfig { positions: halves, ..cfg.clone() }, &ckpt);
 }
+
+/// DeepSeek-V2-Lite's layers: multi-head latent attention with q straight from x, YaRN (the
+/// frequencies rescaled, the scores times m(4, 0.707)²), softmax top-2 unnormalized and scaled
+/// by 1.5, two shared experts, a dense first layer — YaRN matters.
+#[test]
+#[ignore = "needs the checkpoints of scripts/hf_reference.py (PyTorch and transformers)"]
+fn deepseek_v2_matches_transformers() {
+    check("deepseek_v2");
+    let (ckpt, _) = load("deepseek_v2");
+    let cfg = ckpt.config().clone();
+    assert_eq!(cfg.latent.map(|l| l.q_rank), Some(None));
+    let Positions::Rope { theta, dims, interleaved, yarn: Some(_) } = cfg.positions else {
+        panic!("{:?}", cfg.positions)
+    };
+    // its frequencies and its score multiplier
+    let plain = Positions::Rope { theta, dims, interleaved, yarn: None };
+    let score_scale = 1.0 / (cfg.head_dim as f64).sqrt();
+    assert!(cfg.score_scale > 1.2 * score_scale, "{}", cfg.score_scale);
+    matters("deepseek_v2", "YaRN scaling", &ModelConfig { positions: plain, score_scale, ..cfg.clone() }, &ckpt);
+}
+
+/// DeepSeek-V3's layers: latent attention with q through a rank and its norm, YaRN with cos and
+/// sin scaled by m(8, 1)/m(8, 0.707), sigmoid routing with the selection bias renormalized and
+/// scaled by 2.5, a shared expert — the bias and the rotary pairing matter.
+#[test]
+#[ignore = "needs the checkpoints of scripts/hf_reference.py (PyTorch and transformers)"]
+fn deepseek_v3_matches_transformers() {
+    check("deepseek_v3");
+    let (ckpt, _) = load("deepseek_v3");
+    let cfg = ckpt.config().clone();
+    assert_eq!(cfg.latent.map(|l| l.q_rank), Some(Some(24)));
+    matters("deepseek_v3", "selection bias", &cfg, &Unbiased(&ckpt));
+    let Positions::Rope { theta, dims, interleaved: true, yarn } = cfg.positions else { panic!("{:?}", cfg.positions) };
+    let halves = Positions::Rope { theta, dims, interleaved: false, yarn };
+    matters("deepseek_v3", "rotary pairing", &ModelConfig { positions: halves, ..cfg.clone() }, &ckpt);
+}
