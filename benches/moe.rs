@@ -63,6 +63,7 @@ fn bench_moe(c: &mut Criterion) {
             expert: ExpertKind::Gelu,
             shared: None,
             expert_capacity: None,
+            groups: None,
         };
         let w = MoeWeights::random(&cfg, f, 4.0, &mut rng);
         let x: Vec<u64> = (0..TOKENS * cfg.d_model).map(|_| f.encode(rng.random_range(-1.0..1.0)).unwrap()).collect();

@@ -94,23 +94,24 @@ def families():
             num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, moe_num_experts=8,
             moe_k=3, moe_num_shared_experts=2, moe_layer_start_index=1, tie_word_embeddings=False)),
         # multi-head latent attention with q straight from x (V2-Lite's), YaRN (frequencies
-        # rescaled, the scores times m(4, 0.707)^2), softmax top-2 unnormalized and scaled, two
-        # shared experts, a dense first layer
+        # rescaled, the scores times m(4, 0.707)^2), softmax top-3 unnormalized and scaled within
+        # the best 2 of 4 groups (V2's group_limited_greedy), two shared experts, a dense first layer
         ("deepseek_v2", torch.bfloat16, DeepseekV2ForCausalLM, DeepseekV2Config(
             vocab_size=96, hidden_size=32, intermediate_size=48, moe_intermediate_size=12,
             num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4, q_lora_rank=None,
             kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=6, n_routed_experts=8,
-            num_experts_per_tok=2, n_shared_experts=2, first_k_dense_replace=1, routed_scaling_factor=1.5,
-            topk_method="greedy", rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+            num_experts_per_tok=3, n_shared_experts=2, first_k_dense_replace=1, routed_scaling_factor=1.5,
+            topk_method="group_limited_greedy", n_group=4, topk_group=2, rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
             "original_max_position_embeddings": 64, "mscale": 0.707, "mscale_all_dim": 0.707,
             "beta_fast": 32, "beta_slow": 1}, tie_word_embeddings=False)),
         # latent attention with q through a rank and its norm, YaRN with cos and sin scaled
-        # (mscale ≠ mscale_all_dim), sigmoid routing with a selection bias renormalized
+        # (mscale ≠ mscale_all_dim), sigmoid routing with a selection bias renormalized, top-3 of
+        # 16 within the best 2 of 4 groups (V3's own)
         ("deepseek_v3", torch.bfloat16, DeepseekV3ForCausalLM, DeepseekV3Config(
             vocab_size=96, hidden_size=32, intermediate_size=48, moe_intermediate_size=12,
             num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4, q_lora_rank=24,
-            kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8, n_routed_experts=8,
-            num_experts_per_tok=2, n_shared_experts=1, first_k_dense_replace=1, n_group=1, topk_group=1,
+            kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8, n_routed_experts=16,
+            num_experts_per_tok=3, n_shared_experts=1, first_k_dense_replace=1, n_group=4, topk_group=2,
             norm_topk_prob=True, routed_scaling_factor=2.5, rope_parameters={"rope_type": "yarn",
             "rope_theta": 10000.0, "factor": 8.0, "original_max_position_embeddings": 32, "mscale": 1.0,
             "mscale_all_dim": 0.707}, tie_word_embeddings=False)),

@@ -18,6 +18,7 @@ use secmoe::model::{
     Checkpoint, Ffn, FfnWeights, LayerWeights, ModelConfig, ModelResult, Plan, Positions, Prompt, Scales, WeightSource,
     finish, forward, infer, serve, setup_he,
 };
+use secmoe::moe::MoeConfig;
 
 /// Largest |Δ| of private inference against `transformers` (the target).
 const PRIVATE_BOUND: f64 = 0.05;
@@ -248,9 +249,23 @@ fn ernie4_5_moe_matches_transformers() {
     matters("ernie4_5_moe", "rotary pairing", &ModelConfig { positions: halves, ..cfg.clone() }, &ckpt);
 }
 
-/// DeepSeek-V2-Lite's layers: multi-head latent attention with q straight from x, YaRN (the
-/// frequencies rescaled, the scores times m(4, 0.707)²), softmax top-2 unnormalized and scaled
-/// by 1.5, two shared experts, a dense first layer — YaRN matters.
+/// The config with every group-limited routing lifted.
+fn ungrouped(cfg: &ModelConfig) -> ModelConfig {
+    let ffn = cfg
+        .ffn
+        .iter()
+        .map(|f| match f {
+            Ffn::Moe(m) => Ffn::Moe(MoeConfig { groups: None, ..*m }),
+            dense => *dense,
+        })
+        .collect();
+    ModelConfig { ffn, ..cfg.clone() }
+}
+
+/// DeepSeek-V2's layers: multi-head latent attention with q straight from x (V2-Lite's), YaRN
+/// (the frequencies rescaled, the scores times m(4, 0.707)²), softmax top-3 unnormalized and
+/// scaled by 1.5 within the best 2 of 4 groups, two shared experts, a dense first layer — YaRN
+/// and the groups matter.
 #[test]
 #[ignore = "needs the checkpoints of scripts/hf_reference.py (PyTorch and transformers)"]
 fn deepseek_v2_matches_transformers() {
@@ -266,11 +281,13 @@ fn deepseek_v2_matches_transformers() {
     let score_scale = 1.0 / (cfg.head_dim as f64).sqrt();
     assert!(cfg.score_scale > 1.2 * score_scale, "{}", cfg.score_scale);
     matters("deepseek_v2", "YaRN scaling", &ModelConfig { positions: plain, score_scale, ..cfg.clone() }, &ckpt);
+    matters("deepseek_v2", "group limit", &ungrouped(&cfg), &ckpt);
 }
 
 /// DeepSeek-V3's layers: latent attention with q through a rank and its norm, YaRN with cos and
 /// sin scaled by m(8, 1)/m(8, 0.707), sigmoid routing with the selection bias renormalized and
-/// scaled by 2.5, a shared expert — the bias and the rotary pairing matter.
+/// scaled by 2.5, top-3 of 16 within the best 2 of 4 groups, a shared expert — the bias, the
+/// groups and the rotary pairing matter.
 #[test]
 #[ignore = "needs the checkpoints of scripts/hf_reference.py (PyTorch and transformers)"]
 fn deepseek_v3_matches_transformers() {
@@ -279,6 +296,7 @@ fn deepseek_v3_matches_transformers() {
     let cfg = ckpt.config().clone();
     assert_eq!(cfg.latent.map(|l| l.q_rank), Some(Some(24)));
     matters("deepseek_v3", "selection bias", &cfg, &Unbiased(&ckpt));
+    matters("deepseek_v3", "group limit", &ungrouped(&cfg), &ckpt);
     let Positions::Rope { theta, dims, interleaved: true, yarn } = cfg.positions else { panic!("{:?}", cfg.positions) };
     let halves = Positions::Rope { theta, dims, interleaved: false, yarn };
     matters("deepseek_v3", "rotary pairing", &ModelConfig { positions: halves, ..cfg.clone() }, &ckpt);

@@ -97,7 +97,7 @@ fn check(cfg: &ModelConfig, w: &ModelWeights, ids: &[u32]) -> f64 {
 }
 
 fn moe(experts: usize, top_k: usize, d: usize, d_ff: usize, routing: Routing, expert: ExpertKind) -> MoeConfig {
-    MoeConfig { experts, top_k, d_model: d, d_ff, routing, expert, shared: None, expert_capacity: None }
+    MoeConfig { experts, top_k, d_model: d, d_ff, routing, expert, shared: None, expert_capacity: None, groups: None }
 }
 
 #[test]

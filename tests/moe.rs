@@ -12,8 +12,8 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use secmoe::he::HeParams;
 use secmoe::moe::{
-    ExpertKind, Method, MoeConfig, MoeError, MoeOutput, MoeResult, MoeWeights, Routing, SharedExpert, moe_layer,
-    reference,
+    ExpertKind, GroupLimit, Method, MoeConfig, MoeError, MoeOutput, MoeResult, MoeWeights, Routing, SharedExpert,
+    moe_layer, reference,
 };
 use secmoe::net::Frame;
 use secmoe::proto::HeUse;
@@ -27,7 +27,17 @@ use secmoe::ring::FixedPoint;
 const BOUND: f64 = 2e-3;
 
 fn config(experts: usize, top_k: usize, routing: Routing, expert: ExpertKind) -> MoeConfig {
-    MoeConfig { experts, top_k, d_model: 16, d_ff: 32, routing, expert, shared: None, expert_capacity: None }
+    MoeConfig {
+        experts,
+        top_k,
+        d_model: 16,
+        d_ff: 32,
+        routing,
+        expert,
+        shared: None,
+        expert_capacity: None,
+        groups: None,
+    }
 }
 
 fn tokens(n: usize, d: usize, seed: u64) -> Vec<u64> {
@@ -446,6 +456,45 @@ fn sigmoid_routing_with_a_selection_bias() {
     );
     // ERNIE-4.5's: the softmax over all experts ranked with the bias, renormalized
     check_both(config(8, 3, Routing::BiasedSoftmaxTopK, ExpertKind::SwiGlu), 3, 230);
+}
+
+/// Group-limited routing (DeepSeek's): each token's experts come from its best groups — by the
+/// sum of each group's two best σ + b (V3: top-4 of 16 in the best 2 of 4 groups), or by each
+/// group's best logit (V2: top-3 of 8 in the best 2 of 4) — against the plaintext layer, with a
+/// check that the groups change the choice; the server's view stays the same for tokens that
+/// route differently.
+#[test]
+fn group_limited_routing_chooses_within_the_best_groups() {
+    let f = FixedPoint::default();
+    let v3 = MoeConfig {
+        groups: Some(GroupLimit { groups: 4, chosen: 2 }),
+        ..config(16, 4, Routing::SigmoidTopK { normalize: true }, ExpertKind::SwiGlu)
+    };
+    let v2 = MoeConfig {
+        groups: Some(GroupLimit { groups: 4, chosen: 2 }),
+        ..config(8, 3, Routing::SoftmaxTopK { normalize: false }, ExpertKind::SwiGlu)
+    };
+    for (cfg, seed) in [(v3, 240), (v2, 250)] {
+        let w = MoeWeights::random(&cfg, f, 4.0, &mut StdRng::seed_from_u64(seed));
+        let x = tokens(6, 16, seed + 1);
+        let limited = reference(&cfg, f, &x, &w, None).unwrap().chosen;
+        let free = reference(&MoeConfig { groups: None, ..cfg }, f, &x, &w, None).unwrap().chosen;
+        assert_ne!(limited, free, "{cfg}: the groups must change a choice");
+        for experts in &limited {
+            let mut groups: Vec<usize> = experts.iter().map(|e| e / (cfg.experts / 4)).collect();
+            groups.sort();
+            groups.dedup();
+            assert!(groups.len() <= 2, "{cfg}: experts {experts:?} from more than two groups");
+        }
+        check(cfg, Method::SelectRows, 6, seed);
+    }
+    check(v3, Method::SelectThenCompute, 3, 260);
+    let w = MoeWeights::random(&v3, f, 4.0, &mut StdRng::seed_from_u64(270));
+    let one = tokens(3, 16, 271);
+    let other: Vec<u64> = one.iter().map(|v| v.wrapping_neg()).collect();
+    let (a, b) = (run(&v3, &v3, Method::SelectRows, &one, &w), run(&v3, &v3, Method::SelectRows, &other, &w));
+    assert!(a.client.is_ok() && b.client.is_ok());
+    assert_eq!(a.server_received, b.server_received, "the server's view differs");
 }
 
 /// Sigmoid routing keeps both views: the server's frames do not depend on the client's tokens

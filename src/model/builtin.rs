@@ -21,6 +21,7 @@ pub fn default_config() -> ModelConfig {
         expert: ExpertKind::SwiGlu,
         shared: None,
         expert_capacity: None,
+        groups: None,
     };
     ModelConfig {
         family: Family::Mixtral,

@@ -7,7 +7,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::{ModelError, ModelResult};
-use crate::moe::{ExpertKind, MoeConfig, Routing, SharedExpert};
+use crate::moe::{ExpertKind, GroupLimit, MoeConfig, Routing, SharedExpert};
 
 /// The checkpoint families the loader maps (tensor names and router conventions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -541,11 +541,9 @@ fn yarn(c: &Json, s: &Json) -> ModelResult<Yarn> {
 }
 
 /// DeepSeek-V3's MoE block (GLM-4.5, dots.llm1): `n_routed_experts` SwiGLU experts of
-/// `moe_intermediate_size`, sigmoid routing, `n_shared_experts` ungated shared experts (one of
-/// their summed width), the routed scale; group-limited routing only where it selects every
-/// group.
+/// `moe_intermediate_size`, sigmoid routing, group-limited when `topk_group` < `n_group`,
+/// `n_shared_experts` ungated shared experts (one of their summed width), the routed scale.
 fn sigmoid_top_k(c: &Json, d: usize, normalize: bool, groups: (usize, usize)) -> ModelResult<MoeConfig> {
-    every_group(c, groups)?;
     let d_ff = c.usize("moe_intermediate_size")?;
     let shared = c.usize_or("n_shared_experts", 0)?;
     Ok(MoeConfig {
@@ -557,19 +555,15 @@ fn sigmoid_top_k(c: &Json, d: usize, normalize: bool, groups: (usize, usize)) ->
         expert: ExpertKind::SwiGlu,
         shared: (shared > 0).then_some(SharedExpert { d_ff: shared * d_ff, sigmoid_gate: false }),
         expert_capacity: None,
+        groups: group_limit(c, groups)?,
     })
 }
 
-/// Refuses group-limited routing (`topk_group` < `n_group`, DeepSeek-V3's own) by name;
-/// `defaults` are the family's (n_group, topk_group).
-fn every_group(c: &Json, (groups, chosen): (usize, usize)) -> ModelResult<()> {
+/// Group-limited routing from `n_group` and `topk_group` (`defaults`: the family's): `None`
+/// when every group is chosen.
+fn group_limit(c: &Json, (groups, chosen): (usize, usize)) -> ModelResult<Option<GroupLimit>> {
     let (groups, chosen) = (c.usize_or("n_group", groups)?, c.usize_or("topk_group", chosen)?);
-    if chosen < groups {
-        return Err(ModelError::Config(format!(
-            "config.json: group-limited routing (`topk_group` {chosen} of `n_group` {groups}) is not supported"
-        )));
-    }
-    Ok(())
+    Ok((chosen < groups).then_some(GroupLimit { groups, chosen }))
 }
 
 /// The SwiGLU MoE block of Qwen2-MoE, Qwen3-MoE and OLMoE: softmax over all experts, then top-k,
@@ -586,6 +580,7 @@ fn softmax_top_k(c: &Json, d: usize) -> ModelResult<MoeConfig> {
         expert: ExpertKind::SwiGlu,
         shared: None,
         expert_capacity: None,
+        groups: None,
     })
 }
 
@@ -634,6 +629,7 @@ fn decoder(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
             expert: ExpertKind::SwiGlu,
             shared: None,
             expert_capacity: None,
+            groups: None,
         })
     };
     let ffn: Vec<Ffn> = match model_type {
@@ -716,6 +712,7 @@ fn decoder(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
                 expert: ExpertKind::SwiGlu,
                 shared: (shared > 0).then_some(SharedExpert { d_ff: shared * d_ff, sigmoid_gate: false }),
                 expert_capacity: None,
+                groups: None,
             };
             let dense = Ffn::Dense { d_ff: c.usize("intermediate_size")?, kind: ExpertKind::SwiGlu };
             let (start, interval) = (c.usize_or("moe_layer_start_index", 1)?, c.usize_or("moe_layer_interval", 1)?);
@@ -775,7 +772,7 @@ fn decoder(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
 /// score multiplier m(s, `mscale_all_dim`)² where the scaling names one, dense layers before
 /// `first_k_dense_replace`, then MoE blocks with `n_shared_experts` ungated shared experts and
 /// the routed scale — V2's softmax top-k unnormalized, V3's sigmoid routing with the selection
-/// bias. Group-limited routing that drops groups is refused by name.
+/// bias, each group-limited as the checkpoint says.
 fn deepseek(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
     let v3 = model_type == "deepseek_v3";
     let d = c.usize("hidden_size")?;
@@ -816,7 +813,7 @@ fn deepseek(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
     } else {
         c.refuse_unless("scoring_func", |v| v == "softmax")?;
         c.refuse_unless("topk_method", |v| v == "greedy" || v == "group_limited_greedy")?;
-        every_group(c, (1, 1))?;
+        let limited = c.field("topk_method").is_some() && c.str("topk_method")? == "group_limited_greedy";
         // transformers' DeepSeek-V2 router never renormalizes
         c.refuse_unless("norm_topk_prob", |v| v == false)?;
         MoeConfig {
@@ -828,6 +825,7 @@ fn deepseek(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
             expert: ExpertKind::SwiGlu,
             shared: (shared > 0).then_some(SharedExpert { d_ff: shared * d_ff, sigmoid_gate: false }),
             expert_capacity: None,
+            groups: if limited { group_limit(c, (1, 1))? } else { None },
         }
     };
     c.refuse_unless("moe_layer_freq", |v| v.as_u64() == Some(1))?;
@@ -874,6 +872,7 @@ fn switch(c: &Json) -> ModelResult<ModelConfig> {
         expert: ExpertKind::Relu,
         shared: None,
         expert_capacity: Some(c.usize_or("expert_capacity", 64)?),
+        groups: None,
     };
     let dense = Ffn::Dense { d_ff, kind: ExpertKind::Relu };
     Ok(ModelConfig {
@@ -982,6 +981,7 @@ mod tests {
             expert: ExpertKind::SwiGlu,
             shared: Some(SharedExpert { d_ff: 1408, sigmoid_gate: false }),
             expert_capacity: None,
+            groups: None,
         };
         assert_eq!(cfg.ffn[0], Ffn::Dense { d_ff: 10944, kind: ExpertKind::SwiGlu });
         assert!(cfg.ffn[1..].iter().all(|f| *f == Ffn::Moe(moe)) && cfg.layers() == 46);
@@ -989,9 +989,12 @@ mod tests {
             let text = GLM_45_AIR.replace(from, to);
             ModelConfig::from_json(&text).unwrap_err().to_string()
         };
-        assert!(
-            refused(r#""n_group": 1, "topk_group": 1"#, r#""n_group": 8, "topk_group": 4"#).contains("group-limited")
-        );
+        // DeepSeek-V3's groups: 8 of 16 experts, the best 4 chosen
+        let grouped = GLM_45_AIR.replace(r#""n_group": 1, "topk_group": 1"#, r#""n_group": 8, "topk_group": 4"#);
+        let Ffn::Moe(grouped) = ModelConfig::from_json(&grouped).unwrap().ffn[1] else { panic!("dense") };
+        assert_eq!(grouped.groups, Some(GroupLimit { groups: 8, chosen: 4 }));
+        let uneven = refused(r#""n_group": 1, "topk_group": 1"#, r#""n_group": 6, "topk_group": 4"#);
+        assert!(uneven.contains("layer 1") && uneven.contains("the top 4 of 6 groups of 128 experts"), "{uneven}");
         // YaRN needs its pretraining context
         let yarn = refused(r#""rope_scaling": null"#, r#""rope_scaling": {"type": "yarn"}"#);
         assert!(yarn.contains("original_max_position_embeddings"), "{yarn}");
@@ -1036,6 +1039,7 @@ mod tests {
             expert: ExpertKind::SwiGlu,
             shared: Some(SharedExpert { d_ff: 3072, sigmoid_gate: false }),
             expert_capacity: None,
+            groups: None,
         };
         assert_eq!(cfg.ffn[0], Ffn::Dense { d_ff: 12288, kind: ExpertKind::SwiGlu });
         assert!(cfg.ffn[1..].iter().all(|f| *f == Ffn::Moe(moe)) && cfg.layers() == 28);
@@ -1066,6 +1070,7 @@ mod tests {
             expert: ExpertKind::SwiGlu,
             shared: None,
             expert_capacity: None,
+            groups: None,
         };
         assert_eq!(cfg.ffn, vec![Ffn::Moe(moe); 48]);
         // transformers 5 writes `num_local_experts`; dense layers by `mlp_only_layers`
@@ -1109,6 +1114,7 @@ mod tests {
             expert: ExpertKind::SwiGlu,
             shared: None,
             expert_capacity: None,
+            groups: None,
         };
         assert_eq!(cfg.ffn, vec![Ffn::Moe(moe); 24]);
         let shared =
@@ -1166,6 +1172,7 @@ mod tests {
             expert: ExpertKind::SwiGlu,
             shared: Some(SharedExpert { d_ff: 2816, sigmoid_gate: false }),
             expert_capacity: None,
+            groups: None,
         };
         assert_eq!(cfg.ffn[0], Ffn::Dense { d_ff: 10944, kind: ExpertKind::SwiGlu });
         assert!(cfg.ffn[1..].iter().all(|f| *f == Ffn::Moe(moe)) && cfg.layers() == 27);
@@ -1173,8 +1180,20 @@ mod tests {
         let cfg = ModelConfig::from_json(&DEEPSEEK_V2_LITE.replace("\"q_lora_rank\": null", "\"q_lora_rank\": 1536"))
             .unwrap();
         assert_eq!(cfg.latent.unwrap().q_rank, Some(1536));
+        // DeepSeek-V2's routing: the best 3 of 8 groups by their best probability, then top-6
+        let grouped = DEEPSEEK_V2_LITE
+            .replace("\"topk_method\": \"greedy\"", "\"topk_method\": \"group_limited_greedy\"")
+            .replace("\"n_group\": 1", "\"n_group\": 8")
+            .replace("\"topk_group\": 1", "\"topk_group\": 3");
+        let Ffn::Moe(m) = ModelConfig::from_json(&grouped).unwrap().ffn[1] else { panic!("dense") };
+        assert_eq!(m.groups, Some(GroupLimit { groups: 8, chosen: 3 }));
+        // greedy ignores the groups
+        let Ffn::Moe(m) = ModelConfig::from_json(&grouped.replace("group_limited_greedy", "greedy")).unwrap().ffn[1]
+        else {
+            panic!("dense")
+        };
+        assert_eq!(m.groups, None);
         for (from, to, named) in [
-            ("\"n_group\": 1", "\"n_group\": 8", "group-limited"),
             ("\"norm_topk_prob\": false", "\"norm_topk_prob\": true", "norm_topk_prob"),
             ("\"moe_layer_freq\": 1", "\"moe_layer_freq\": 2", "moe_layer_freq"),
             ("\"attention_bias\": false", "\"attention_bias\": true", "attention_bias"),
@@ -1188,7 +1207,7 @@ mod tests {
 
     /// A DeepSeek-V3-architecture checkpoint at Moonlight-16B-A3B's sizes (`deepseek_v3`: 64
     /// experts top-6 by σ scores renormalized and scaled, 2 shared experts, no rotary
-    /// scaling); DeepSeek-V3's own group-limited routing is refused by name.
+    /// scaling), and with DeepSeek-V3's own group-limited routing.
     #[test]
     fn deepseek_v3_configs_are_read() {
         let v3 = DEEPSEEK_V2_LITE
@@ -1210,10 +1229,15 @@ mod tests {
             ModelConfig::from_json(&halves).unwrap().positions,
             Positions::Rope { interleaved: false, .. }
         ));
-        let grouped =
-            moonlight.replace("\"n_group\": 1", "\"n_group\": 8").replace("\"topk_group\": 1", "\"topk_group\": 4");
-        let err = ModelConfig::from_json(&grouped).unwrap_err().to_string();
-        assert!(err.contains("group-limited routing (`topk_group` 4 of `n_group` 8)"), "{err}");
+        // DeepSeek-V3's own routing: the best 4 of 8 groups by their two best scores, its
+        // defaults when the checkpoint names no groups
+        let grouped = moonlight.replace("\"n_group\": 1, ", "").replace("\"topk_group\": 1, ", "");
+        let Ffn::Moe(m) = ModelConfig::from_json(&grouped).unwrap().ffn[1] else { panic!("dense") };
+        assert_eq!(m.groups, Some(GroupLimit { groups: 8, chosen: 4 }));
+        let narrow =
+            moonlight.replace("\"n_group\": 1", "\"n_group\": 32").replace("\"topk_group\": 1", "\"topk_group\": 2");
+        let err = ModelConfig::from_json(&narrow).unwrap_err().to_string();
+        assert!(err.contains("top-6 within 2 groups of 2 experts"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Whole models: a Hugging Face checkpoint ([`Checkpoint`]: `config.json` + `*.safetensors`,
-//! Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE and the Switch Transformers encoder) or a model in memory
+//! Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Granite-MoE, GLM-4.5, dots.llm1, ERNIE-4.5, DeepSeek-V2
+//! and V3, and the Switch Transformers encoder) or a model in memory
 //! ([`ModelWeights`], the built-in default), its plaintext reference ([`forward`] in f64, and
 //! [`forward_quantized`] on the weights rounded to the engine's fixed point) and its
 //! private inference between the two parties ([`infer`] on the client, [`serve`] on the

@@ -6,7 +6,7 @@ use super::config::{Ffn, LatentAttention, ModelConfig, Positions, Yarn, relative
 use super::ranges::{Quantity, Ranges};
 use super::weights::{FfnWeights, HeadMaps, LatentMaps, LayerWeights, Mlp, QkvWeights, WeightSource};
 use super::{ModelError, ModelResult};
-use crate::moe::{ExpertKind, MoeConfig, Routing};
+use crate::moe::{ExpertKind, GroupLimit, MoeConfig, Routing};
 use crate::proto::piecewise::{gelu_exact, silu_exact};
 use crate::ring::FixedPoint;
 
@@ -155,6 +155,15 @@ fn top_k(values: &[f64], k: usize) -> Vec<usize> {
     idx
 }
 
+/// Group-limited routing: `values` with those outside the top `limit.chosen` groups (by the
+/// sum of each group's `best` largest) set to −∞, as DeepSeek's routers mask them.
+fn within_groups(values: &[f64], limit: GroupLimit, best: usize) -> Vec<f64> {
+    let per = values.len() / limit.groups;
+    let scores: Vec<f64> = values.chunks_exact(per).map(|g| top_k(g, best).iter().map(|&i| g[i]).sum()).collect();
+    let kept = top_k(&scores, limit.chosen);
+    values.iter().enumerate().map(|(i, &v)| if kept.contains(&(i / per)) { v } else { f64::NEG_INFINITY }).collect()
+}
+
 /// A MoE block on rows of x, the routed experts' gates times `routed`; Switch drops a token
 /// beyond `expert_capacity` tokens of its expert (in position order), as `transformers` does.
 fn moe(
@@ -191,7 +200,10 @@ fn moe(
             }
             Routing::Switch | Routing::SoftmaxTopK { .. } => {
                 probe.see(&router, Quantity::ScoreSpread, &l.iter().map(|v| top - v).collect::<Vec<_>>());
-                let c = top_k(&probs, m.top_k);
+                let c = match m.groups {
+                    Some(limit) => top_k(&within_groups(&probs, limit, 1), m.top_k),
+                    None => top_k(&probs, m.top_k),
+                };
                 let g: Vec<f64> = c.iter().map(|&i| probs[i]).collect();
                 let normalize = m.routing == Routing::SoftmaxTopK { normalize: true };
                 (c, if normalize { normalized(g) } else { g })
@@ -207,10 +219,13 @@ fn moe(
                         (probs, true)
                     }
                 };
-                let choice: Vec<f64> = match router_bias {
+                let mut choice: Vec<f64> = match router_bias {
                     Some(b) => scores.iter().zip(b).map(|(s, &b)| s + b as f64).collect(),
                     None => scores.clone(),
                 };
+                if let Some(limit) = m.groups {
+                    choice = within_groups(&choice, limit, 2);
+                }
                 let c = top_k(&choice, m.top_k);
                 let g: Vec<f64> = c.iter().map(|&i| scores[i]).collect();
                 if normalize && m.top_k > 1 {

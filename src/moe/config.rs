@@ -141,6 +141,19 @@ pub struct SharedExpert {
     pub sigmoid_gate: bool,
 }
 
+/// Group-limited routing (DeepSeek's): the E experts in `groups` equal groups of consecutive
+/// indices; each token first chooses the `chosen` groups of the highest group scores — the sum
+/// of a group's two best σ(l) + b under sigmoid routing (DeepSeek-V3's `noaux_tc`), its best
+/// logit under softmax top-k (DeepSeek-V2's `group_limited_greedy`, whose group score is the
+/// best probability, ranked alike) — then its k experts among theirs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupLimit {
+    /// Groups of experts (`n_group`).
+    pub groups: usize,
+    /// Groups each token chooses (`topk_group`), fewer than `groups`.
+    pub chosen: usize,
+}
+
 /// One MoE FFN layer: E experts of one kind, each d → d_ff → d, a router d → E choosing k per
 /// token, optionally a shared expert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,6 +175,8 @@ pub struct MoeConfig {
     /// Tokens an expert takes per layer call beyond which the model drops the later ones, in
     /// token order (Switch's `expert_capacity`); `None`: never.
     pub expert_capacity: Option<usize>,
+    /// Group-limited routing, or `None`: every expert in play.
+    pub groups: Option<GroupLimit>,
 }
 
 /// Most routed experts a layer may have (the one-hot vectors of the routing; also the longest
@@ -192,6 +207,19 @@ impl MoeConfig {
         }
         if self.expert_capacity == Some(0) {
             return bad("an expert capacity of 0 tokens".into());
+        }
+        if let Some(GroupLimit { groups, chosen }) = self.groups {
+            let sigmoid = matches!(self.routing, Routing::SigmoidTopK { .. });
+            if !sigmoid && !matches!(self.routing, Routing::SoftmaxTopK { .. }) {
+                return bad(format!("group-limited routing under {:?} (sigmoid or softmax top-k)", self.routing));
+            }
+            let per = self.experts.checked_div(groups).unwrap_or(0);
+            if groups < 2 || per * groups != self.experts || chosen == 0 || chosen >= groups {
+                return bad(format!("the top {chosen} of {groups} groups of {} experts", self.experts));
+            }
+            if self.top_k > chosen * per || (sigmoid && per < 2) {
+                return bad(format!("top-{} within {chosen} groups of {per} experts", self.top_k));
+            }
         }
         Ok(())
     }
@@ -231,6 +259,9 @@ impl fmt::Display for MoeConfig {
         }
         if let Some(c) = self.expert_capacity {
             write!(f, " capacity={c}")?;
+        }
+        if let Some(g) = self.groups {
+            write!(f, " groups={}/{}", g.chosen, g.groups)?;
         }
         Ok(())
     }
@@ -392,6 +423,7 @@ mod tests {
             expert: ExpertKind::SwiGlu,
             shared: None,
             expert_capacity: None,
+            groups: None,
         }
     }
 

@@ -759,6 +759,7 @@ mod tests {
             expert: ExpertKind::SwiGlu,
             shared: None,
             expert_capacity: None,
+            groups: None,
         }
     }
 

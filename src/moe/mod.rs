@@ -192,8 +192,8 @@ mod route;
 mod weights;
 
 pub use config::{
-    ExpertKind, MAX_CAPACITY_TOKENS, MAX_EXPERTS, MAX_SELECTED_EXPERTS, MAX_TOP_K, Method, MoeConfig, Routing,
-    SharedExpert,
+    ExpertKind, GroupLimit, MAX_CAPACITY_TOKENS, MAX_EXPERTS, MAX_SELECTED_EXPERTS, MAX_TOP_K, Method, MoeConfig,
+    Routing, SharedExpert,
 };
 pub use layer::{MoeOutput, PRE_ACTIVATION_BOUND, ROUTER_LOGIT_BOUND, dense_expert, moe_layer};
 pub use reference::{Reference, reference, top_k};

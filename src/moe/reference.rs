@@ -3,7 +3,7 @@
 //! same piecewise activations; softmax, products and sums in f64.
 
 use super::weights::ExpertWeights;
-use super::{ExpertKind, MoeConfig, MoeResult, MoeWeights, Routing};
+use super::{ExpertKind, GroupLimit, MoeConfig, MoeResult, MoeWeights, Routing};
 use crate::proto::piecewise::Piecewise;
 use crate::ring::{FixedPoint, to_signed};
 
@@ -22,6 +22,16 @@ pub fn top_k(values: &[i128], k: usize) -> Vec<usize> {
     idx.sort_by(|&a, &b| values[b].cmp(&values[a]).then(a.cmp(&b)));
     idx.truncate(k);
     idx
+}
+
+/// Group-limited routing: `values` with those outside the top `limit.chosen` groups (by the
+/// sum of each group's `best` largest values, the lower group first among equals) pushed below
+/// every other.
+fn within_groups(values: &[i128], limit: GroupLimit, best: usize) -> Vec<i128> {
+    let per = values.len() / limit.groups;
+    let scores: Vec<i128> = values.chunks_exact(per).map(|g| top_k(g, best).iter().map(|&i| g[i]).sum()).collect();
+    let kept = top_k(&scores, limit.chosen);
+    values.iter().enumerate().map(|(i, &v)| if kept.contains(&(i / per)) { v } else { v - (1 << 100) }).collect()
 }
 
 fn softmax(xs: &[f64]) -> Vec<f64> {
@@ -106,10 +116,13 @@ pub fn reference(
                     }
                     _ => (softmax(&real).iter().map(|p| (p * format.scale()).round() as i128).collect(), true),
                 };
-                let choice: Vec<i128> = match &w.router_bias {
+                let mut choice: Vec<i128> = match &w.router_bias {
                     Some(b) => scores.iter().zip(b).map(|(s, &b)| s + b as i128).collect(),
                     None => scores.clone(),
                 };
+                if let Some(limit) = cfg.groups {
+                    choice = within_groups(&choice, limit, 2);
+                }
                 let picks = top_k(&choice, cfg.top_k);
                 let mut g: Vec<f64> = picks.iter().map(|&i| scores[i] as f64 / format.scale()).collect();
                 if normalize {
@@ -119,7 +132,10 @@ pub fn reference(
                 (picks, g)
             }
             Routing::TopKSoftmax | Routing::SoftmaxTopK { .. } | Routing::Switch => {
-                let picks = top_k(row, cfg.top_k);
+                let picks = match cfg.groups {
+                    Some(limit) => top_k(&within_groups(row, limit, 1), cfg.top_k),
+                    None => top_k(row, cfg.top_k),
+                };
                 let gates: Vec<f64> = if cfg.routing.softmax_over_all() {
                     let p = softmax(&real);
                     picks.iter().map(|&i| p[i]).collect()

@@ -13,8 +13,14 @@
 //! bits, the server adds its bias b to its own shares (the client never sees it), and the same
 //! top-k runs on the sums. The gates are the chosen scores, renormalized by one reciprocal per
 //! token; the chosen scores must sum to at least 1/16 when renormalized.
+//!
+//! Group-limited routing (DeepSeek's, [`GroupLimit`]) first ranks each token's groups: a top-2
+//! (sigmoid: the sum of a group's two best σ(l) + b) or an argmax (softmax: its best logit) per
+//! group, then the top `chosen` groups by the same top-k; the union of their one-hots, turned
+//! arithmetic, lowers every value outside the chosen groups by the removal's 2^(frac+8), so the
+//! final top-k picks inside them. The groups chosen stay as secret as the experts.
 
-use super::{MoeConfig, Routing};
+use super::{GroupLimit, MoeConfig, Routing};
 use crate::net::Party;
 use crate::proto::arith::{mul_rows_in, truncate, truncate_extend};
 use crate::proto::compare::{b2a, max, mux, mux_rows, non_negative, one_hot};
@@ -84,7 +90,11 @@ pub async fn route(sess: &mut Session, cfg: &MoeConfig, logits: &Shares, bias: O
         Routing::TopKSoftmax | Routing::SoftmaxTopK { .. } | Routing::Switch => {}
     }
     // the comparisons run on the exact products: ties are the plaintext's
-    let (one_hots, chosen) = top_k(sess, logits.as_slice(), n, e, k, 2 * frac).await?;
+    let values = match cfg.groups {
+        Some(limit) => within_groups(sess, logits.as_slice().to_vec(), n, e, limit, 1, 2 * frac).await?,
+        None => logits.as_slice().to_vec(),
+    };
+    let (one_hots, chosen) = top_k(sess, &values, n, e, k, 2 * frac).await?;
     let gates = if cfg.unit_gate() {
         unit_gates(sess, n)
     } else if cfg.routing.softmax_over_all() {
@@ -121,6 +131,9 @@ async fn biased_route(
             *c = c.wrapping_add(*b as i64 as u64);
         }
     }
+    if let Some(limit) = cfg.groups {
+        choice = within_groups(sess, choice, n, e, limit, 2, frac).await?;
+    }
     let (one_hots, _) = top_k(sess, &choice, n, e, k, frac).await?;
     if cfg.unit_gate() {
         return Ok(Routes { one_hot: one_hots, gates: unit_gates(sess, n) });
@@ -138,6 +151,42 @@ async fn biased_route(
     let y = mul_rows_in(sess, &rows, &r, frac + 3, bits).await?;
     let g = truncate_extend(sess, &y, bits, frac - SCORE_SUM_SCALE).await?;
     Ok(Routes { one_hot: one_hots, gates: slot_major(&g, n, k) })
+}
+
+/// Each token's `values` (n×E at `frac` bits, |v| < 2^7 in real terms) with those outside its
+/// chosen groups lowered by 2^(frac+8): a group's score is the sum of its `best` largest values
+/// (1 or 2), the top `limit.chosen` scores choose the groups (ranked at frac + 1 bits, where a
+/// sum of two values still fits the top-k's range).
+async fn within_groups(
+    sess: &mut Session,
+    mut values: Vec<u64>,
+    n: usize,
+    e: usize,
+    limit: GroupLimit,
+    best: usize,
+    frac: u32,
+) -> ProtoResult<Vec<u64>> {
+    let GroupLimit { groups, chosen } = limit;
+    let per = e / groups;
+    // token-major rows of E are n·groups rows of `per`
+    let (_, top) = top_k(sess, &values, n * groups, per, best, frac).await?;
+    let scores: Vec<u64> =
+        (0..n * groups).map(|i| (0..best).fold(0u64, |s, r| s.wrapping_add(top[r * n * groups + i]))).collect();
+    let (slots, _) = top_k(sess, &scores, n, groups, chosen, frac + 1).await?;
+    // the chosen groups' one-hots are disjoint: their XOR is their union
+    let mut mask = vec![false; n * groups];
+    for slot in &slots {
+        mask.iter_mut().zip(slot).for_each(|(m, b)| *m ^= b);
+    }
+    let t = b2a(sess, &Bits::from_bools(&mask)).await?.into_vec();
+    // v − 2^(frac+8)·(1 − t): the public part on the server's share
+    let removed = 1u64 << (frac + 8);
+    let server = sess.is_server();
+    for (i, v) in values.iter_mut().enumerate() {
+        let lowered = t[i / per].wrapping_mul(removed);
+        *v = v.wrapping_add(lowered).wrapping_sub(if server { removed } else { 0 });
+    }
+    Ok(values)
 }
 
 /// k rounds of argmax over each token's row of E `values` (`frac` fractional bits, |v| < 2^7

@@ -64,6 +64,7 @@ pub(crate) async fn run(
                 expert: opts.expert,
                 shared: None,
                 expert_capacity: None,
+                groups: None,
             };
             let row = measure(&cfg, method, opts.tokens, backend.clone(), threads, tune)
                 .await

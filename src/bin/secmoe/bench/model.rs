@@ -36,6 +36,7 @@ fn switch_base_8_layer() -> ModelConfig {
         expert: ExpertKind::Relu,
         shared: None,
         expert_capacity: Some(64),
+        groups: None,
     };
     ModelConfig {
         family: Family::SwitchEncoder,
