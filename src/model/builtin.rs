@@ -61,3 +61,19 @@ pub const GRANITE_1B_A400M: &str = r#"{"architectures": ["GraniteMoeForCausalLM"
     "attention_dropout": 0.0, "attention_multiplier": 0.015625, "embedding_multiplier": 12.0,
     "residual_multiplier": 0.22, "logits_scaling": 6.0, "num_local_experts": 32,
     "num_experts_per_tok": 8, "tie_word_embeddings": true, "torch_dtype": "bfloat16"}"#;
+
+/// DeepSeek-V2-Lite's `config.json` (`deepseek-ai/DeepSeek-V2-Lite`, its architecture
+/// fields): 27 layers, the first dense, 64 experts of 1408 top-6 unnormalized with 2 shared,
+/// latent attention with q straight from x, YaRN ×40. 15.7 B parameters; `bench --preset model`
+/// runs one of its MoE layers, or all of it, on random weights.
+pub const DEEPSEEK_V2_LITE: &str = r#"{"architectures": ["DeepseekV2ForCausalLM"], "attention_bias": false,
+    "first_k_dense_replace": 1, "hidden_act": "silu", "hidden_size": 2048, "intermediate_size": 10944,
+    "kv_lora_rank": 512, "max_position_embeddings": 163840, "model_type": "deepseek_v2",
+    "moe_intermediate_size": 1408, "moe_layer_freq": 1, "n_group": 1, "n_routed_experts": 64,
+    "n_shared_experts": 2, "norm_topk_prob": false, "num_attention_heads": 16, "num_experts_per_tok": 6,
+    "num_hidden_layers": 27, "num_key_value_heads": 16, "q_lora_rank": null, "qk_nope_head_dim": 128,
+    "qk_rope_head_dim": 64, "rms_norm_eps": 1e-06, "rope_scaling": {"beta_fast": 32, "beta_slow": 1,
+    "factor": 40, "mscale": 0.707, "mscale_all_dim": 0.707, "original_max_position_embeddings": 4096,
+    "type": "yarn"}, "rope_theta": 10000, "routed_scaling_factor": 1.0, "scoring_func": "softmax",
+    "tie_word_embeddings": false, "topk_group": 1, "topk_method": "greedy", "v_head_dim": 128,
+    "vocab_size": 102400}"#;

@@ -54,6 +54,10 @@ struct MoeBenchArgs {
     /// sigmoid-top-k[-renorm] (DeepSeek-V3's, with a selection bias), switch.
     #[arg(long, default_value = "top-k-softmax")]
     routing: String,
+    /// Group-limited routing, CHOSEN/GROUPS (DeepSeek-V3's 4/8): each token's experts from its
+    /// best CHOSEN of GROUPS groups (sigmoid or softmax top-k routing).
+    #[arg(long)]
+    groups: Option<String>,
     /// Methods (comma-separated): select-then-compute (the chosen experts' weights selected
     /// under HE: bytes flat in the number of experts), select-rows (every expert's matrices,
     /// the chosen rows selected: fast on a CPU, bytes growing with E), capacity[:factor] (1.25
@@ -84,9 +88,17 @@ impl MoeBenchArgs {
             expert: self.expert.parse().map_err(anyhow::Error::msg)?,
             top_k: self.top_k,
             routing: self.routing.parse().map_err(anyhow::Error::msg)?,
+            groups: self.groups.as_deref().map(parse_groups).transpose()?,
             methods,
         })
     }
+}
+
+/// `--groups CHOSEN/GROUPS`.
+fn parse_groups(text: &str) -> Result<secmoe::moe::GroupLimit> {
+    let parsed = text.split_once('/').and_then(|(c, g)| Some((c.trim().parse().ok()?, g.trim().parse().ok()?)));
+    let (chosen, groups) = parsed.with_context(|| format!("--groups: `{text}` is not CHOSEN/GROUPS (as 4/8)"))?;
+    Ok(secmoe::moe::GroupLimit { groups, chosen })
 }
 
 #[derive(Subcommand)]

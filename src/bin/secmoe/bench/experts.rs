@@ -11,7 +11,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use secmoe::backend::Backend;
 use secmoe::he::HeParams;
-use secmoe::moe::{ExpertKind, Method, MoeConfig, MoeWeights, Routing, moe_layer, reference};
+use secmoe::moe::{ExpertKind, GroupLimit, Method, MoeConfig, MoeWeights, Routing, moe_layer, reference};
 use secmoe::net::CostModel;
 use secmoe::ot::OtKind;
 use secmoe::proto::HeUse;
@@ -38,6 +38,8 @@ pub struct Options {
     pub top_k: usize,
     /// The router family.
     pub routing: Routing,
+    /// Group-limited routing.
+    pub groups: Option<GroupLimit>,
     /// Methods, in row order.
     pub methods: Vec<Method>,
 }
@@ -64,7 +66,7 @@ pub(crate) async fn run(
                 expert: opts.expert,
                 shared: None,
                 expert_capacity: None,
-                groups: None,
+                groups: opts.groups,
             };
             let row = measure(&cfg, method, opts.tokens, backend.clone(), threads, tune)
                 .await

@@ -2,8 +2,10 @@
 //! `switch-base-8`-shaped encoder layer (d = 768, 12 heads of 64, 8 ReLU experts of 3072,
 //! Switch routing, 128 tokens; vocabulary 512, so that the layer, not the embedding lookup,
 //! dominates), and all of `granite-3.1-1b-a400m` (1.3 B parameters; random weights drawn one
-//! layer at a time as the server asks, `--only granite-1b-a400m`, not run by default) — each
-//! checked against the f64 plaintext model.
+//! layer at a time as the server asks, `--only granite-1b-a400m`, not run by default), one
+//! DeepSeek-V2-Lite layer (`--only deepseek-v2-lite-layer`: latent attention and a MoE block
+//! of 64 experts, vocabulary 512) or all of it (`--only deepseek-v2-lite`, 15.7 B parameters)
+//! — each checked against the f64 plaintext model.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,8 +13,8 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use secmoe::backend::Backend;
 use secmoe::model::{
-    Family, Ffn, GRANITE_1B_A400M, ModelConfig, ModelWeights, Plan, Positions, Prompt, QkNorm, RandomWeights, Scales,
-    WeightSource, default_config, finish, forward, infer, serve, setup_he,
+    DEEPSEEK_V2_LITE, Family, Ffn, GRANITE_1B_A400M, ModelConfig, ModelWeights, Plan, Positions, Prompt, QkNorm,
+    RandomWeights, Scales, WeightSource, default_config, finish, forward, infer, serve, setup_he,
 };
 use secmoe::moe::{ExpertKind, MoeConfig, Routing};
 use secmoe::net::CostModel;
@@ -67,11 +69,16 @@ pub(crate) async fn run(
     rows: &mut Vec<Row>,
 ) -> Result<()> {
     let granite = ModelConfig::from_json(GRANITE_1B_A400M)?;
+    let lite = ModelConfig::from_json(DEEPSEEK_V2_LITE)?;
+    // one of its MoE blocks under its latent attention, the vocabulary cut to 512
+    let lite_layer = ModelConfig { vocab: 512, ffn: vec![lite.ffn[1]], ..lite.clone() };
     // (name, model, tokens, run without --only)
-    let cases: [(&str, ModelConfig, usize, bool); 3] = [
+    let cases: [(&str, ModelConfig, usize, bool); 5] = [
         ("default-model", default_config(), 16, true),
         ("switch-base-8-layer", switch_base_8_layer(), 128, true),
         ("granite-1b-a400m", granite, 16, false),
+        ("deepseek-v2-lite-layer", lite_layer, 16, false),
+        ("deepseek-v2-lite", lite, 16, false),
     ];
     for (name, cfg, n, default) in cases {
         if only.map_or(!default, |o| o != name) {
