@@ -210,3 +210,21 @@ fn every_step_books_the_same_bytes_on_both_sides() {
         b.unwrap();
     });
 }
+
+/// A statement beyond `MAX_STATEMENT` is refused by the party that would send it: it says so,
+/// with the start of the text, and both parties end with that reason (the peer does not take
+/// it for garbage, neither waits).
+#[test]
+fn an_oversized_statement_is_refused_with_its_reason_on_both_sides() {
+    use secmoe::proto::ProtoError;
+    use secmoe::proto::agree::{MAX_STATEMENT, exchange};
+    common::runtime().block_on(async {
+        let (c, mut sc, s, mut ss) = common::session_pair().await;
+        let (long, short) = (Ok(format!("model {}", "x".repeat(MAX_STATEMENT))), Ok("model y".into()));
+        let (client, server) = tokio::join!(exchange(&mut sc, &long), exchange(&mut ss, &short));
+        let size = format!("a statement of {} bytes (at most {MAX_STATEMENT}): model xxx", MAX_STATEMENT + 6);
+        assert!(matches!(&client, Err(ProtoError::Input(m)) if m.starts_with(&size)), "{client:?}");
+        assert!(matches!(&server, Err(ProtoError::Refused(m)) if m.starts_with(&size)), "{server:?}");
+        drop((c, s));
+    });
+}

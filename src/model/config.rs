@@ -383,9 +383,24 @@ impl ModelConfig {
         Ok(())
     }
 
-    /// The canonical text both parties compare before a run.
+    /// The canonical text both parties compare before a run: every field, the layers' blocks
+    /// as a table of their distinct kinds and each layer's index into it (a few bytes a layer,
+    /// so that a 61-layer model's statement stays within [`crate::proto::agree::MAX_STATEMENT`]).
     pub fn canonical(&self) -> String {
-        format!("{self:?}")
+        let mut kinds: Vec<Ffn> = Vec::new();
+        let layers: Vec<String> = self
+            .ffn
+            .iter()
+            .map(|f| {
+                let i = kinds.iter().position(|k| k == f).unwrap_or_else(|| {
+                    kinds.push(*f);
+                    kinds.len() - 1
+                });
+                i.to_string()
+            })
+            .collect();
+        let rest = ModelConfig { ffn: Vec::new(), ..self.clone() };
+        format!("{rest:?} blocks {kinds:?} by layer [{}]", layers.join(","))
     }
 }
 
@@ -1207,6 +1222,9 @@ mod tests {
         let moonlight = format!("{}\"rope_scaling\": null, {}", &v3[..start], &v3[end..]);
         let cfg = ModelConfig::from_json(&moonlight).unwrap();
         assert_eq!((cfg.family, cfg.scales.routed, cfg.score_scale), (Family::DeepseekV3, 2.446, 1.0 / 192f64.sqrt()));
+        // 27 layers in a statement of a few hundred bytes: the blocks' kinds once, then an index a layer
+        let canonical = cfg.canonical();
+        assert!(canonical.len() < 1500 && canonical.ends_with(&format!("[0,{}]", ["1"; 26].join(","))), "{canonical}");
         assert!(matches!(cfg.positions, Positions::Rope { dims: 64, interleaved: true, yarn: None, .. }));
         let Ffn::Moe(moe) = cfg.ffn[1] else { panic!("{:?}", cfg.ffn[1]) };
         assert_eq!((moe.experts, moe.top_k, moe.routing), (64, 6, Routing::SigmoidTopK { normalize: true }));

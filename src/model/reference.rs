@@ -288,7 +288,7 @@ fn latent_qkv(
     probe.see(format!("layers.{layer}.kv_a_norm"), Quantity::NormInput, &latent);
     let nope = hd - l.rope;
     let kv = matmul(&rmsnorm(&latent, &m.kv_norm, cfg.norm_eps), &m.wkv_b, l.kv_rank, cfg.heads * (nope + l.v_dim));
-    rope(&mut q, (cfg.heads, hd, nope), cfg.positions);
+    rope(&mut q, (cfg.heads, hd, cfg.rotary_at()), cfg.positions);
     rope(&mut k_rot, (1, l.rope, 0), cfg.positions);
     let (k, v) = latent_keys_values(&kv, &k_rot, cfg.heads, nope, l.v_dim);
     (q, k, v)
@@ -323,8 +323,8 @@ fn attention(
                 q = rmsnorm(&q, gq, cfg.norm_eps);
                 k = rmsnorm(&k, gk, cfg.norm_eps);
             }
-            rope(&mut q, (cfg.heads, hd, 0), cfg.positions);
-            rope(&mut k, (cfg.kv_heads, hd, 0), cfg.positions);
+            rope(&mut q, (cfg.heads, hd, cfg.rotary_at()), cfg.positions);
+            rope(&mut k, (cfg.kv_heads, hd, cfg.rotary_at()), cfg.positions);
             (q, k, v)
         }
         (QkvWeights::Latent(m), Some(l)) => latent_qkv(cfg, l, m, a, probe, layer),

@@ -7,7 +7,9 @@
 //!    ciphertexts, the client a masked product. Or, with [`Embedding::Public`] (BumbleBee's and
 //!    BOLT's assumption, stated by both parties), the client's own rows of a public table.
 //! 2. *Blocks*: RMSNorm → q|k|v in one HE product (+ the server's biases on its share) →
-//!    [q/k RMSNorm] → rotary embedding and the score scale as public constants on each share,
+//!    [q/k RMSNorm] (or multi-head latent attention's maps: x's in one HE product, the RMSNorms
+//!    of q's rank and of the latent, two more products, each head's key and value put together
+//!    locally) → rotary embedding and the score scale as public constants on each share,
 //!    one truncation → per head Q·Kᵀ and P·V as products of two shared matrices over Z_2^(2f+14)
 //!    ([`crate::proto::linear::matmul_shared`]; scores and outputs below 2^12) → softmax with the public causal mask
 //!    ([`crate::proto::softmax::softmax_masked`]), T5's position bias added to the server's
@@ -592,8 +594,8 @@ async fn qkv(
         q = norm(sess, cfg, &q, qn, qk_norm.map(|g| g[0].as_slice())).await?;
         k = norm(sess, cfg, &k, kn, qk_norm.map(|g| g[1].as_slice())).await?;
     }
-    let q = rotate(sess, cfg, q, past, (cfg.heads, hd, 0), cfg.score_scale).await?;
-    let k = rotate(sess, cfg, k, past, (cfg.kv_heads, hd, 0), 1.0).await?;
+    let q = rotate(sess, cfg, q, past, (cfg.heads, hd, cfg.rotary_at()), cfg.score_scale).await?;
+    let k = rotate(sess, cfg, k, past, (cfg.kv_heads, hd, cfg.rotary_at()), 1.0).await?;
     Ok((q, k, v))
 }
 
@@ -632,7 +634,7 @@ async fn latent_qkv(
     };
     let latent = norm(sess, cfg, &columns(&a, width, q_in, l.kv_rank), l.kv_rank, kv_norm).await?;
     let kv = project(sess, latent, (l.kv_rank, cfg.heads * (nope + l.v_dim)), wkv_b).await?;
-    let q = rotate(sess, cfg, q, past, (cfg.heads, hd, nope), cfg.score_scale).await?;
+    let q = rotate(sess, cfg, q, past, (cfg.heads, hd, cfg.rotary_at()), cfg.score_scale).await?;
     let k_rot = rotate(sess, cfg, columns(&a, width, q_in + l.kv_rank, l.rope), past, (1, l.rope, 0), 1.0).await?;
     let (k, v) = latent_keys_values(&kv, &k_rot, cfg.heads, nope, l.v_dim);
     Ok((q, k, v))

@@ -15,10 +15,22 @@ pub type Statement = Result<String, String>;
 /// the server speaks first. A peer's refusal is [`ProtoError::Refused`]; non-text or an
 /// oversized statement is [`ProtoError::BadRequest`].
 pub async fn exchange(sess: &mut Session, ours: &Statement) -> ProtoResult<String> {
-    let text = match ours {
+    let mut text = match ours {
         Ok(s) => s.clone(),
         Err(reason) => format!("refused {reason}"),
     };
+    // one the peer would take for garbage: refused, with the reason told to both
+    let oversized = (text.len() > MAX_STATEMENT).then(|| {
+        format!(
+            "a statement of {} bytes (at most {MAX_STATEMENT}): {}…",
+            text.len(),
+            &text[..text.floor_char_boundary(200)]
+        )
+    });
+    if let Some(reason) = &oversized {
+        text = format!("refused {reason}");
+        text.truncate(text.floor_char_boundary(MAX_STATEMENT));
+    }
     let server = sess.is_server();
     let ch = sess.channel();
     let (sent, got) = if server {
@@ -29,6 +41,9 @@ pub async fn exchange(sess: &mut Session, ours: &Statement) -> ProtoResult<Strin
     };
     sent?;
     let got = got?;
+    if let Some(reason) = oversized {
+        return Err(ProtoError::Input(reason));
+    }
     let theirs = match std::str::from_utf8(&got) {
         Ok(s) if got.len() <= MAX_STATEMENT => s.to_string(),
         _ => return Err(ProtoError::BadRequest(format!("the peer's statement is {} bytes of garbage", got.len()))),
