@@ -96,6 +96,24 @@ fn check(cfg: &ModelConfig, w: &ModelWeights, ids: &[u32]) -> f64 {
     err
 }
 
+/// Writes `w` as a checkpoint of `config` whose tensors include `names`, opens it (its config
+/// read as `cfg`) and reads every layer back exactly.
+fn reads_back(tag: &str, config: &str, cfg: &ModelConfig, w: &ModelWeights, names: &[&str]) {
+    let root = std::env::temp_dir().join(format!("secmoe-{tag}-{}", std::process::id()));
+    common::write_checkpoint(&root, config, cfg, w, |t| {
+        let present: Vec<&str> = t.iter().map(|t| t.name.as_str()).collect();
+        for name in names {
+            assert!(present.contains(name), "{name} missing from {present:?}");
+        }
+    });
+    let ckpt = Checkpoint::open(&root).unwrap();
+    assert_eq!(ckpt.config(), cfg);
+    for (i, layer) in w.layers.iter().enumerate() {
+        assert_eq!(&ckpt.layer(i).unwrap(), layer, "layer {i} read back");
+    }
+    std::fs::remove_dir_all(&root).ok();
+}
+
 fn moe(experts: usize, top_k: usize, d: usize, d_ff: usize, routing: Routing, expert: ExpertKind) -> MoeConfig {
     MoeConfig { experts, top_k, d_model: d, d_ff, routing, expert, shared: None, expert_capacity: None, groups: None }
 }
@@ -317,21 +335,8 @@ fn glm4_moe_with_sigmoid_routing_and_half_rotary_heads() {
     let sums: Vec<_> = seen.sites().iter().filter(|r| r.quantity == Quantity::ScoreSumReciprocal).collect();
     assert!(sums.len() == 2 && sums.iter().all(|r| !r.exceeded() && r.limit == 16.0), "{sums:?}");
 
-    let root = std::env::temp_dir().join(format!("secmoe-glm-{}", std::process::id()));
-    common::write_checkpoint(&root, config, &cfg, &w, |t| {
-        let names: Vec<&str> = t.iter().map(|t| t.name.as_str()).collect();
-        for name in
-            ["model.layers.1.mlp.gate.e_score_correction_bias", "model.layers.2.mlp.shared_experts.up_proj.weight"]
-        {
-            assert!(names.contains(&name), "{name} missing from {names:?}");
-        }
-    });
-    let ckpt = Checkpoint::open(&root).unwrap();
-    assert_eq!(ckpt.config(), &cfg);
-    for (i, layer) in w.layers.iter().enumerate() {
-        assert_eq!(&ckpt.layer(i).unwrap(), layer, "layer {i} read back");
-    }
-    std::fs::remove_dir_all(&root).ok();
+    let names = ["model.layers.1.mlp.gate.e_score_correction_bias", "model.layers.2.mlp.shared_experts.up_proj.weight"];
+    reads_back("glm", config, &cfg, &w, &names);
 }
 
 /// ERNIE-4.5's layers (`ernie4_5_moe`): the softmax over all experts ranked with the server's
@@ -391,24 +396,13 @@ fn deepseek_v3_with_latent_attention_and_yarn() {
         assert!(seen.sites().iter().any(|r| r.site == site && !r.exceeded()), "{site} missing from {seen:?}");
     }
 
-    let root = std::env::temp_dir().join(format!("secmoe-deepseek-{}", std::process::id()));
-    common::write_checkpoint(&root, config, &cfg, &w, |t| {
-        let names: Vec<&str> = t.iter().map(|t| t.name.as_str()).collect();
-        for name in [
-            "model.layers.0.self_attn.q_a_layernorm.weight",
-            "model.layers.0.self_attn.kv_a_proj_with_mqa.weight",
-            "model.layers.1.self_attn.kv_b_proj.weight",
-            "model.layers.1.mlp.gate.e_score_correction_bias",
-        ] {
-            assert!(names.contains(&name), "{name} missing from {names:?}");
-        }
-    });
-    let ckpt = Checkpoint::open(&root).unwrap();
-    assert_eq!(ckpt.config(), &cfg);
-    for (i, layer) in w.layers.iter().enumerate() {
-        assert_eq!(&ckpt.layer(i).unwrap(), layer, "layer {i} read back");
-    }
-    std::fs::remove_dir_all(&root).ok();
+    let names = [
+        "model.layers.0.self_attn.q_a_layernorm.weight",
+        "model.layers.0.self_attn.kv_a_proj_with_mqa.weight",
+        "model.layers.1.self_attn.kv_b_proj.weight",
+        "model.layers.1.mlp.gate.e_score_correction_bias",
+    ];
+    reads_back("deepseek", config, &cfg, &w, &names);
 }
 
 /// A tiny DeepSeek-V2-Lite (`deepseek_v2`): two heads of 10 unrotated and 6 rotated key
