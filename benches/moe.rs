@@ -64,6 +64,7 @@ fn bench_moe(c: &mut Criterion) {
             shared: None,
             expert_capacity: None,
             groups: None,
+            expert_bias: false,
         };
         let w = MoeWeights::random(&cfg, f, 4.0, &mut rng);
         let x: Vec<u64> = (0..TOKENS * cfg.d_model).map(|_| f.encode(rng.random_range(-1.0..1.0)).unwrap()).collect();

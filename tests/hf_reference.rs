@@ -175,8 +175,8 @@ impl WeightSource for Unbiased<'_> {
 
     fn layer(&self, i: usize) -> ModelResult<LayerWeights> {
         let mut l = self.0.layer(i)?;
-        if let FfnWeights::Moe { router_bias, .. } = &mut l.ffn {
-            *router_bias = None;
+        if let FfnWeights::Moe { selection_bias, .. } = &mut l.ffn {
+            *selection_bias = None;
         }
         Ok(l)
     }

@@ -115,7 +115,18 @@ fn reads_back(tag: &str, config: &str, cfg: &ModelConfig, w: &ModelWeights, name
 }
 
 fn moe(experts: usize, top_k: usize, d: usize, d_ff: usize, routing: Routing, expert: ExpertKind) -> MoeConfig {
-    MoeConfig { experts, top_k, d_model: d, d_ff, routing, expert, shared: None, expert_capacity: None, groups: None }
+    MoeConfig {
+        experts,
+        top_k,
+        d_model: d,
+        d_ff,
+        routing,
+        expert,
+        shared: None,
+        expert_capacity: None,
+        groups: None,
+        expert_bias: false,
+    }
 }
 
 #[test]
@@ -163,6 +174,9 @@ fn qwen2_moe_with_dense_layers_biases_and_a_gated_shared_expert() {
         positions: Positions::Rope { theta: 10000.0, dims: 8, interleaved: false, yarn: None },
         score_scale: 1.0 / 8f64.sqrt(),
         qkv_bias: true,
+        o_bias: false,
+        sinks: false,
+        windows: Vec::new(),
         qk_norm: QkNorm::None,
         latent: None,
         ffn: vec![Ffn::Moe(m), Ffn::Dense { d_ff: 48, kind: ExpertKind::SwiGlu }],
@@ -187,6 +201,9 @@ fn olmoe_with_q_k_norms_and_the_switch_encoder() {
         positions: Positions::Rope { theta: 10000.0, dims: 8, interleaved: false, yarn: None },
         score_scale: 1.0 / 8f64.sqrt(),
         qkv_bias: false,
+        o_bias: false,
+        sinks: false,
+        windows: Vec::new(),
         qk_norm: QkNorm::Full,
         latent: None,
         ffn: vec![Ffn::Moe(moe(8, 2, 32, 16, Routing::SoftmaxTopK { normalize: true }, ExpertKind::SwiGlu))],
@@ -207,6 +224,9 @@ fn olmoe_with_q_k_norms_and_the_switch_encoder() {
         positions: Positions::RelativeBias { buckets: 32, max_distance: 128 },
         score_scale: 1.0,
         qkv_bias: false,
+        o_bias: false,
+        sinks: false,
+        windows: Vec::new(),
         qk_norm: QkNorm::None,
         latent: None,
         ffn: vec![
@@ -237,6 +257,9 @@ fn qwen3_moe_with_per_head_q_k_norms_and_wide_heads() {
         positions: Positions::Rope { theta: 1_000_000.0, dims: 12, interleaved: false, yarn: None },
         score_scale: 1.0 / 12f64.sqrt(),
         qkv_bias: false,
+        o_bias: false,
+        sinks: false,
+        windows: Vec::new(),
         qk_norm: QkNorm::PerHead,
         latent: None,
         ffn: vec![
@@ -423,6 +446,51 @@ fn deepseek_v2_with_q_straight_from_x() {
     check(&cfg, &ModelWeights::random(&cfg, 15, 4.0), &[5, 40, 0, 17]);
 }
 
+/// A tiny gpt-oss (`gpt_oss`): layers alternating a sliding window of 2 positions and full
+/// attention, a sink logit per head, biases on q, k, v and o, YaRN ×32 untruncated, 8 biased
+/// clamped SwiGLU experts top-2 under a biased router.
+const GPT_OSS_TINY: &str = r#"{"model_type": "gpt_oss", "vocab_size": 48, "hidden_size": 32,
+    "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+    "head_dim": 8, "num_local_experts": 8, "num_experts_per_tok": 2, "sliding_window": 2,
+    "layer_types": ["sliding_attention", "full_attention"], "rms_norm_eps": 1e-05, "attention_bias": true,
+    "rope_scaling": {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
+    "truncate": false, "original_max_position_embeddings": 4096}, "rope_theta": 150000,
+    "swiglu_limit": 7.0, "tie_word_embeddings": false}"#;
+
+/// gpt-oss's layers against the f64 model — the window, the sinks and the biases each change
+/// the output — and written as a checkpoint (the experts fused, gate and up interleaved) and
+/// read back exactly.
+#[test]
+fn gpt_oss_with_sinks_sliding_windows_and_biased_experts() {
+    let cfg = ModelConfig::from_json(GPT_OSS_TINY).unwrap();
+    assert_eq!(
+        (cfg.family, cfg.window(0), cfg.window(1), cfg.sinks, cfg.o_bias),
+        (Family::GptOss, Some(2), None, true, true)
+    );
+    let Ffn::Moe(m) = cfg.ffn[0] else { panic!("{:?}", cfg.ffn[0]) };
+    assert_eq!((m.expert, m.expert_bias, m.routing), (ExpertKind::ClampedSwiGlu, true, Routing::TopKSoftmax));
+    let (w, ids) = (ModelWeights::random(&cfg, 17, 4.0), [5, 40, 0, 17, 33]);
+    check(&cfg, &w, &ids);
+    let want = forward(&cfg, &w, &ids).unwrap();
+    let differs = |other: &ModelConfig, w: &ModelWeights| {
+        let got = forward(other, w, &ids).unwrap();
+        got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max) > 1e-3
+    };
+    assert!(differs(&ModelConfig { windows: Vec::new(), ..cfg.clone() }, &w), "the window matters");
+    let mut plain = w.clone();
+    plain.layers.iter_mut().for_each(|l| l.sinks.as_mut().unwrap().iter_mut().for_each(|s| *s = -30.0));
+    assert!(differs(&cfg, &plain), "the sinks matter");
+    let names = [
+        "model.layers.0.self_attn.sinks",
+        "model.layers.0.self_attn.o_proj.bias",
+        "model.layers.1.mlp.router.bias",
+        "model.layers.1.mlp.experts.gate_up_proj",
+        "model.layers.1.mlp.experts.gate_up_proj_bias",
+        "model.layers.1.mlp.experts.down_proj_bias",
+    ];
+    reads_back("gpt-oss", GPT_OSS_TINY, &cfg, &w, &names);
+}
+
 /// `ranges` finds where the plaintext model leaves a protocol's stated range — and such a value
 /// does make the private output wrong, with no error from either party (the protocols cannot
 /// check secret values), which is why the check exists.
@@ -464,8 +532,15 @@ fn ranges_flag_the_values_beyond_a_protocols_range() {
 /// and for latent attention (whose cached values are narrower than its keys).
 #[test]
 fn a_cached_step_equals_the_forward_of_the_whole_sequence() {
+    // latent attention, and a sliding window that the step's query moves past a cached key
     let latent = ModelConfig::from_json(DEEPSEEK_V2_TINY).unwrap();
-    for (cfg, w) in [(default_config(), default_weights()), (latent.clone(), ModelWeights::random(&latent, 16, 4.0))] {
+    let gpt_oss = ModelConfig::from_json(GPT_OSS_TINY).unwrap();
+    let models = [
+        (default_config(), default_weights()),
+        (latent.clone(), ModelWeights::random(&latent, 16, 4.0)),
+        (gpt_oss.clone(), ModelWeights::random(&gpt_oss, 18, 4.0)),
+    ];
+    for (cfg, w) in models {
         let (first, second, served) = common::runtime().block_on(async {
             let (c, mut sc, s, mut ss) = common::session_pair().await;
             let (a, b) = tokio::join!(setup_he(&mut sc, Plan::default()), setup_he(&mut ss, Plan::default()));

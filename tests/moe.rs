@@ -37,6 +37,7 @@ fn config(experts: usize, top_k: usize, routing: Routing, expert: ExpertKind) ->
         shared: None,
         expert_capacity: None,
         groups: None,
+        expert_bias: false,
     }
 }
 
@@ -238,6 +239,53 @@ fn capacity_dispatch_without_keys_for_shared_products_is_refused_by_both() {
     let (c, s) = both_fail(&r);
     assert!(c.contains("HeUse::Shared") && s.contains("HeUse::Shared"), "{c} / {s}");
     assert!(r.server_received.len() <= 1, "only the statement may travel");
+}
+
+/// gpt-oss's experts: biases on every map (the public 1 on the inputs, the bias as each
+/// matrix's last row), the clamped SwiGLU with some pre-activations driven past its ±7 clamp,
+/// under a router with its own bias; every method against the plaintext layer, W2 by rows
+/// (d_ff = 32) and by experts (d_ff = 8).
+#[test]
+fn biased_clamped_swiglu_experts_in_every_method() {
+    let f = FixedPoint::default();
+    for (d_ff, seed) in [(32, 600), (8, 610)] {
+        let cfg =
+            MoeConfig { d_ff, expert_bias: true, ..config(8, 4, Routing::TopKSoftmax, ExpertKind::ClampedSwiGlu) };
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut w = MoeWeights::random(&cfg, f, 4.0, &mut rng);
+        let bias_row = cfg.d_model * d_ff;
+        for x in &mut w.experts {
+            // the gate above its clamp, the up branch beyond it on both sides
+            x.w1[bias_row] = f.encode(9.0).unwrap() as i64 as i32;
+            let w3 = x.w3.as_mut().unwrap();
+            w3[bias_row + 1] = f.encode(-9.5).unwrap() as i64 as i32;
+            w3[bias_row + 2] = f.encode(8.0).unwrap() as i64 as i32;
+        }
+        w.logit_bias = Some((0..8).map(|i| f.encode(i as f64 / 4.0 - 1.0).unwrap() as i64 as i32).collect());
+        let x = tokens(6, cfg.d_model, seed + 1);
+        let methods = [
+            Method::SelectRows,
+            Method::SelectThenCompute,
+            Method::Baseline,
+            Method::Paper,
+            Method::Capacity { factor: 2.0 },
+        ];
+        for method in methods {
+            let want = reference(&cfg, f, &x, &w, method.capacity(&cfg, 6)).unwrap();
+            let r = run(&cfg, &cfg, method, &x, &w);
+            let got = f.decode_slice(&common::open_rows(&r.client.unwrap().y, &r.server.unwrap().y));
+            let worst = got.iter().zip(&want.y).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max);
+            // outputs beyond BOUND's ½ (the clamped hidden values reach 7·8): the gates'
+            // relative error scales with them
+            let size = want.y.iter().map(|v| v.abs()).fold(0.5, f64::max);
+            eprintln!("{cfg} {}: error {worst:.2e}, largest output {size:.2}", method.name());
+            assert!(worst <= BOUND * size / 0.5, "{cfg} {}: error {worst:.2e}", method.name());
+        }
+        // the biases matter: without them the layer is another
+        let plain = MoeWeights { logit_bias: None, ..w.clone() };
+        let (a, b) = (reference(&cfg, f, &x, &w, None).unwrap(), reference(&cfg, f, &x, &plain, None).unwrap());
+        assert_ne!(a.chosen, b.chosen, "the router's bias changes a choice");
+    }
 }
 
 #[test]
@@ -444,7 +492,7 @@ fn sigmoid_routing_with_a_selection_bias() {
     let mut w = MoeWeights::random(&cfg, f, 4.0, &mut StdRng::seed_from_u64(180));
     let x = tokens(4, 16, 181);
     let biased = reference(&cfg, f, &x, &w, None).unwrap().chosen;
-    w.router_bias = None;
+    w.selection_bias = None;
     assert_ne!(biased, reference(&cfg, f, &x, &w, None).unwrap().chosen, "the bias must steer the choice");
     check_both(cfg, 4, 180);
     check(config(8, 2, sigmoid(false), ExpertKind::SwiGlu), Method::SelectRows, 3, 190);
@@ -527,13 +575,13 @@ fn a_bad_selection_bias_is_named_to_both() {
     let f = FixedPoint::default();
     let cfg = config(4, 2, Routing::SigmoidTopK { normalize: true }, ExpertKind::Gelu);
     let mut w = MoeWeights::random(&cfg, f, 4.0, &mut StdRng::seed_from_u64(220));
-    w.router_bias.as_mut().unwrap()[2] = f.encode(70.0).unwrap() as i64 as i32;
+    w.selection_bias.as_mut().unwrap()[2] = f.encode(70.0).unwrap() as i64 as i32;
     let (c, s) = both_fail(&run(&cfg, &cfg, Method::SelectRows, &tokens(2, 16, 221), &w));
-    assert!(c.contains("router_bias[2]") && s.contains("router_bias[2]"), "{c} / {s}");
+    assert!(c.contains("selection_bias[2]") && s.contains("selection_bias[2]"), "{c} / {s}");
     let softmax = config(4, 2, Routing::TopKSoftmax, ExpertKind::Gelu);
-    w.router_bias = Some(vec![0; 4]);
+    w.selection_bias = Some(vec![0; 4]);
     let r = run(&softmax, &softmax, Method::SelectRows, &tokens(2, 16, 222), &w);
     let (c, s) = both_fail(&r);
-    assert!(c.contains("router_bias") && s.contains("no selection bias"), "{c} / {s}");
+    assert!(c.contains("selection_bias") && s.contains("no selection bias"), "{c} / {s}");
     assert!(r.server_received.len() <= 1, "only the statement may travel");
 }

@@ -22,6 +22,7 @@ pub fn default_config() -> ModelConfig {
         shared: None,
         expert_capacity: None,
         groups: None,
+        expert_bias: false,
     };
     ModelConfig {
         family: Family::Mixtral,
@@ -35,6 +36,9 @@ pub fn default_config() -> ModelConfig {
         positions: Positions::Rope { theta: 10000.0, dims: 16, interleaved: false, yarn: None },
         score_scale: 0.25,
         qkv_bias: false,
+        o_bias: false,
+        sinks: false,
+        windows: Vec::new(),
         qk_norm: QkNorm::None,
         latent: None,
         ffn: vec![Ffn::Moe(moe); 2],

@@ -12,7 +12,7 @@ use safetensors::tensor::Dtype as StDtype;
 
 use super::config::{Family, Ffn, ModelConfig, Positions};
 use super::weights::{
-    FfnWeights, HeadMaps, LatentMaps, LayerWeights, Mlp, ModelWeights, QkvWeights, WeightSource, transpose,
+    FfnWeights, HeadMaps, LatentMaps, LayerWeights, Mlp, MlpBias, ModelWeights, QkvWeights, WeightSource, transpose,
 };
 use super::{ModelError, ModelResult};
 use crate::ring::Dtype;
@@ -49,13 +49,36 @@ struct Spec {
     part: Option<Part>,
 }
 
-/// An engine tensor stored inside a larger one (Granite's experts, fused per layer): `rows`×`cols`
-/// values, row-major, from the stored tensor's flat index `offset`.
+/// An engine tensor stored inside a larger one (Granite's and gpt-oss's experts, fused per
+/// layer): `rows`×`cols` values from the stored tensor's flat index `offset`, row-major with
+/// stored rows of `cols·step` values of which it takes every `step`-th from `phase` (gpt-oss
+/// interleaves each expert's gate and up columns); a `Linear` weight (out×in, the engine's
+/// transpose) when `linear`, else in the engine's x·W orientation already.
 #[derive(Debug, Clone, Copy)]
 struct Part {
     offset: usize,
     rows: usize,
     cols: usize,
+    step: usize,
+    phase: usize,
+    linear: bool,
+}
+
+impl Part {
+    /// A contiguous block of `rows`×`cols` from `offset`.
+    fn block(offset: usize, rows: usize, cols: usize, linear: bool) -> Part {
+        Part { offset, rows, cols, step: 1, phase: 0, linear }
+    }
+
+    /// Values the part's rows span in the stored tensor.
+    fn span(&self) -> usize {
+        self.rows * self.cols * self.step
+    }
+
+    /// The stored tensor's flat index of the part's value `i` (row-major, stored orientation).
+    fn stored(&self, i: usize) -> usize {
+        self.offset + (i / self.cols) * self.cols * self.step + (i % self.cols) * self.step + self.phase
+    }
 }
 
 fn spec(name: String, shape: &[usize], engine: impl Into<String>) -> Spec {
@@ -67,7 +90,7 @@ impl Spec {
     fn window(&self) -> Part {
         self.part.unwrap_or_else(|| {
             let rows = self.shape.first().copied().unwrap_or(1);
-            Part { offset: 0, rows, cols: self.shape.iter().skip(1).product() }
+            Part::block(0, rows, self.shape.iter().skip(1).product(), false)
         })
     }
 }
@@ -79,13 +102,33 @@ fn fused_mlp(input: (&str, &[usize]), output: (&str, &[usize]), block: usize, en
     let (rows, d) = (input.1[input.1.len() - 2], input.1[input.1.len() - 1]);
     let d_ff = rows / 2;
     let part = |(name, shape): (&str, &[usize]), w: &str, offset, rows, cols| Spec {
-        part: Some(Part { offset, rows, cols }),
+        part: Some(Part::block(offset, rows, cols, true)),
         ..spec(name.to_string(), shape, format!("{engine}.{w}"))
     };
     vec![
         part(input, "w1", block * rows * d, d_ff, d),
         part(input, "w3", block * rows * d + d_ff * d, d_ff, d),
         part(output, "w2", block * d * d_ff, d, d_ff),
+    ]
+}
+
+/// gpt-oss's routed expert `x` from its layer's fused tensors (`prefix` `mlp.experts.`), in
+/// the engine's orientation as stored: W1 and W3 the even and odd columns of `gate_up_proj`
+/// (E × d × 2·d_ff), W2 `down_proj` (E × d_ff × d), then their biases likewise.
+fn gpt_oss_expert(prefix: &str, (e, d, d_ff): (usize, usize, usize), x: usize, engine: &str) -> Vec<Spec> {
+    let part = |name: &str, shape: &[usize], w: &str, part| Spec {
+        part: Some(part),
+        ..spec(format!("{prefix}{name}"), shape, format!("{engine}.{w}"))
+    };
+    let interleaved = |offset, rows, phase| Part { offset, rows, cols: d_ff, step: 2, phase, linear: false };
+    let (up, down) = ([e, d, 2 * d_ff], [e, d_ff, d]);
+    vec![
+        part("gate_up_proj", &up, "w1", interleaved(x * d * 2 * d_ff, d, 0)),
+        part("gate_up_proj", &up, "w3", interleaved(x * d * 2 * d_ff, d, 1)),
+        part("down_proj", &down, "w2", Part::block(x * d_ff * d, d_ff, d, false)),
+        part("gate_up_proj_bias", &[e, 2 * d_ff], "b1", interleaved(x * 2 * d_ff, 1, 0)),
+        part("gate_up_proj_bias", &[e, 2 * d_ff], "b3", interleaved(x * 2 * d_ff, 1, 1)),
+        part("down_proj_bias", &[e, d], "b2", Part::block(x * d, 1, d, false)),
     ]
 }
 
@@ -139,8 +182,9 @@ impl Names<'_> {
         }
     }
 
-    /// The block's tensors in a fixed order: attn norm, q, k, v, [q/k/v bias], [q/k norm], o,
-    /// ffn norm, then the feed-forward block's (router, experts' (w1, [w3], w2), shared …).
+    /// The block's tensors in a fixed order: attn norm, q, k, v, [q/k/v bias], [q/k norm],
+    /// [sinks], o, [o bias], ffn norm, then the feed-forward block's (router, [its bias],
+    /// experts' (w1, [w3], w2, [their biases]), shared …).
     fn layer(&self, i: usize) -> Vec<Spec> {
         let c = self.0;
         let (d, q, kv) = (c.d_model, c.heads * c.head_dim, c.kv_heads * c.head_dim);
@@ -185,7 +229,13 @@ impl Names<'_> {
             out.push(spec(format!("{p}{attn}q_norm.weight"), &[qn], e("q_norm")));
             out.push(spec(format!("{p}{attn}k_norm.weight"), &[kn], e("k_norm")));
         }
+        if c.sinks {
+            out.push(spec(format!("{p}{attn}sinks"), &[c.heads], e("sinks")));
+        }
         out.push(spec(format!("{p}{attn}{}.weight", proj[3]), &[d, c.heads * c.v_head_dim()], e("wo")));
+        if c.o_bias {
+            out.push(spec(format!("{p}{attn}{}.bias", proj[3]), &[d], e("bo")));
+        }
         out.push(spec(format!("{p}{ffn_norm}.weight"), &[d], e("ffn_norm")));
         let mlp = |prefix: &str, engine: String, d_ff: usize, gated: bool| -> Vec<Spec> {
             let names: &[&str] = match (c.family, gated) {
@@ -222,6 +272,15 @@ impl Names<'_> {
                     out.extend(fused_mlp((&input, &shapes.0), (&output, &shapes.1), 0, &e("shared_expert")));
                 }
             }
+            (Ffn::Moe(m), Family::GptOss) => {
+                let moe = format!("{p}mlp.");
+                out.push(spec(format!("{moe}router.weight"), &[m.experts, d], e("router")));
+                out.push(spec(format!("{moe}router.bias"), &[m.experts], e("logit_bias")));
+                for x in 0..m.experts {
+                    let engine = e(&format!("experts.{x}"));
+                    out.extend(gpt_oss_expert(&format!("{moe}experts."), (m.experts, d, m.d_ff), x, &engine));
+                }
+            }
             (Ffn::Dense { d_ff, kind }, Family::SwitchEncoder) => {
                 out.extend(mlp(&format!("{p}1.mlp."), e("mlp"), *d_ff, kind.gated()))
             }
@@ -242,9 +301,9 @@ impl Names<'_> {
                         Family::Ernie45Moe => spec(
                             format!("{p}mlp.moe_statics.e_score_correction_bias"),
                             &[1, m.experts],
-                            e("router_bias"),
+                            e("selection_bias"),
                         ),
-                        _ => spec(format!("{p}mlp.gate.e_score_correction_bias"), &[m.experts], e("router_bias")),
+                        _ => spec(format!("{p}mlp.gate.e_score_correction_bias"), &[m.experts], e("selection_bias")),
                     });
                 }
                 for x in 0..m.experts {
@@ -376,20 +435,20 @@ impl Checkpoint {
     fn values(&self, s: &Spec) -> ModelResult<Vec<f32>> {
         let e =
             self.tensors.get(&s.name).ok_or_else(|| ModelError::Weights(format!("tensor `{}` is missing", s.name)))?;
-        let bytes = match s.part {
-            None => e.bytes.0..e.bytes.1,
-            Some(p) => {
-                let start = e.bytes.0 + p.offset * e.dtype.size();
-                start..start + p.rows * p.cols * e.dtype.size()
-            }
+        let Some(p) = s.part else {
+            return Ok(e.dtype.decode(&s.name, &self.files[e.file][e.bytes.0..e.bytes.1])?);
         };
-        Ok(e.dtype.decode(&s.name, &self.files[e.file][bytes])?)
+        let start = e.bytes.0 + p.offset * e.dtype.size();
+        let span = e.dtype.decode(&s.name, &self.files[e.file][start..start + p.span() * e.dtype.size()])?;
+        Ok(if p.step == 1 { span } else { (0..p.rows * p.cols).map(|i| span[p.stored(i) - p.offset]).collect() })
     }
 
-    /// A `Linear.weight` (out×in) as the engine's in×out.
+    /// A matrix as the engine's in×out: a `Linear.weight` (out×in) transposed, a part stored
+    /// in the engine's orientation as it is.
     fn matrix(&self, s: &Spec) -> ModelResult<Vec<f32>> {
         let w = s.window();
-        Ok(transpose(w.rows, w.cols, &self.values(s)?))
+        let values = self.values(s)?;
+        Ok(if s.part.is_some_and(|p| !p.linear) { values } else { transpose(w.rows, w.cols, &values) })
     }
 }
 
@@ -421,25 +480,29 @@ impl WeightSource for Checkpoint {
                 wkv_b: r.matrix()?,
             }),
         };
+        let sinks = if c.sinks { Some(r.values()?) } else { None };
         let wo = r.matrix()?;
+        let bo = if c.o_bias { Some(r.values()?) } else { None };
         let ffn_norm = r.values()?;
         let ffn = match c.ffn[i] {
-            Ffn::Dense { kind, .. } => FfnWeights::Dense(r.mlp(kind.gated())?),
+            Ffn::Dense { kind, .. } => FfnWeights::Dense(r.mlp(kind.gated(), false)?),
             Ffn::Moe(m) => {
                 let router = r.matrix()?;
-                let router_bias = if m.routing.has_selection_bias() { Some(r.values()?) } else { None };
-                let experts = (0..m.experts).map(|_| r.mlp(m.expert.gated())).collect::<ModelResult<Vec<_>>>()?;
+                let logit_bias = if c.router_bias() { Some(r.values()?) } else { None };
+                let selection_bias = if m.routing.has_selection_bias() { Some(r.values()?) } else { None };
+                let experts =
+                    (0..m.experts).map(|_| r.mlp(m.expert.gated(), m.expert_bias)).collect::<ModelResult<Vec<_>>>()?;
                 let shared = match m.shared {
                     None => None,
                     Some(s) => {
-                        let expert = r.mlp(m.expert.gated())?;
+                        let expert = r.mlp(m.expert.gated(), false)?;
                         Some((expert, if s.sigmoid_gate { Some(r.matrix()?) } else { None }))
                     }
                 };
-                FfnWeights::Moe { router, router_bias, experts, shared }
+                FfnWeights::Moe { router, logit_bias, selection_bias, experts, shared }
             }
         };
-        Ok(LayerWeights { attn_norm, qkv, wo, ffn_norm, ffn })
+        Ok(LayerWeights { attn_norm, qkv, wo, bo, sinks, ffn_norm, ffn })
     }
 
     fn position_bias(&self) -> ModelResult<Option<Vec<f32>>> {
@@ -460,11 +523,11 @@ impl WeightSource for Checkpoint {
             None => (engine.to_string(), index),
             Some(s) => {
                 let linear = tied
-                    || s.part.is_some()
-                    || (s.shape.len() == 2 && !matches!(wanted, "embedding" | "position_bias"));
+                    || s.part.is_some_and(|p| p.linear)
+                    || (s.part.is_none() && s.shape.len() == 2 && !matches!(wanted, "embedding" | "position_bias"));
                 let w = s.window();
                 let index = if linear { (index % w.rows) * w.cols + index / w.rows } else { index };
-                (s.name, w.offset + index)
+                (s.name, w.stored(index))
             }
         }
     }
@@ -514,8 +577,15 @@ impl Reader<'_> {
         ckpt.matrix(self.next()?)
     }
 
-    fn mlp(&mut self, gated: bool) -> ModelResult<Mlp> {
-        Ok(Mlp { w1: self.matrix()?, w3: if gated { Some(self.matrix()?) } else { None }, w2: self.matrix()? })
+    fn mlp(&mut self, gated: bool, biased: bool) -> ModelResult<Mlp> {
+        let (w1, w3, w2) = (self.matrix()?, if gated { Some(self.matrix()?) } else { None }, self.matrix()?);
+        let bias = if biased {
+            let (b1, b3) = (self.values()?, if gated { Some(self.values()?) } else { None });
+            Some(MlpBias { b1, b3, b2: self.values()? })
+        } else {
+            None
+        };
+        Ok(Mlp { w1, w3, w2, bias })
     }
 }
 
@@ -536,12 +606,16 @@ fn layer_values(l: &LayerWeights) -> Vec<(&[f32], bool)> {
             out.extend([(m.wq.as_slice(), true), (&m.wkv_a, true), (&m.kv_norm, false), (&m.wkv_b, true)]);
         }
     }
-    out.extend([(l.wo.as_slice(), true), (l.ffn_norm.as_slice(), false)]);
+    out.extend(l.sinks.as_deref().map(|s| (s, false)));
+    out.push((l.wo.as_slice(), true));
+    out.extend(l.bo.as_deref().map(|b| (b, false)));
+    out.push((l.ffn_norm.as_slice(), false));
     match &l.ffn {
         FfnWeights::Dense(m) => out.extend(mlp_values(m)),
-        FfnWeights::Moe { router, router_bias, experts, shared } => {
+        FfnWeights::Moe { router, logit_bias, selection_bias, experts, shared } => {
             out.push((router, true));
-            out.extend(router_bias.as_deref().map(|b| (b, false)));
+            out.extend(logit_bias.as_deref().map(|b| (b, false)));
+            out.extend(selection_bias.as_deref().map(|b| (b, false)));
             out.extend(experts.iter().flat_map(mlp_values));
             if let Some((m, gate)) = shared {
                 out.extend(mlp_values(m));
@@ -563,9 +637,11 @@ pub struct HfTensor {
     pub values: Vec<f32>,
 }
 
-/// An expert's matrices in the order of [`Names::layer`].
+/// An expert's matrices in the order of [`Names::layer`], then its biases.
 fn mlp_values(m: &Mlp) -> Vec<(&[f32], bool)> {
-    std::iter::once(m.w1.as_slice()).chain(m.w3.as_deref()).chain([m.w2.as_slice()]).map(|w| (w, true)).collect()
+    let matrices = std::iter::once(m.w1.as_slice()).chain(m.w3.as_deref()).chain([m.w2.as_slice()]);
+    let biases = m.bias.iter().flat_map(|b| std::iter::once(b.b1.as_slice()).chain(b.b3.as_deref()).chain([&b.b2[..]]));
+    matrices.map(|w| (w, true)).chain(biases.map(|b| (b, false))).collect()
 }
 
 /// The tensors of a model in memory as a Hugging Face checkpoint of its family would hold
@@ -605,7 +681,7 @@ pub fn hf_tensors(cfg: &ModelConfig, w: &ModelWeights) -> ModelResult<Vec<HfTens
                 w.cols
             )));
         }
-        let v = if matrix { transpose(w.cols, w.rows, &v) } else { v };
+        let v = if matrix && w.linear || matrix && s.part.is_none() { transpose(w.cols, w.rows, &v) } else { v };
         if s.part.is_none() {
             out.push(HfTensor { name: s.name, shape: s.shape, values: v });
             continue;
@@ -619,7 +695,9 @@ pub fn hf_tensors(cfg: &ModelConfig, w: &ModelWeights) -> ModelResult<Vec<HfTens
                 out.len() - 1
             }
         };
-        out[at].values[w.offset..w.offset + v.len()].copy_from_slice(&v);
+        for (i, v) in v.into_iter().enumerate() {
+            out[at].values[w.stored(i)] = v;
+        }
     }
     Ok(out)
 }

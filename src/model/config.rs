@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::{ModelError, ModelResult};
 use crate::moe::{ExpertKind, GroupLimit, MoeConfig, Routing, SharedExpert};
+use crate::proto::piecewise::{SWIGLU_ALPHA, SWIGLU_LIMIT};
 
 /// The checkpoint families the loader maps (tensor names and router conventions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +46,10 @@ pub enum Family {
     /// `deepseek_v3` (DeepSeek-V3, Kimi-K2, Moonlight): multi-head latent attention under
     /// DeepSeek-V3's MoE block (sigmoid routing with a selection bias).
     DeepseekV3,
+    /// `gpt_oss` (gpt-oss-20b, -120b): biases on every attention map and on the router and
+    /// experts, attention sinks, sliding-window layers alternating with full ones, YaRN,
+    /// clamped SwiGLU experts stored fused.
+    GptOss,
 }
 
 impl Family {
@@ -63,6 +68,7 @@ impl Family {
             Family::Ernie45Moe => "ernie4_5_moe",
             Family::DeepseekV2 => "deepseek_v2",
             Family::DeepseekV3 => "deepseek_v3",
+            Family::GptOss => "gpt_oss",
         }
     }
 }
@@ -255,8 +261,16 @@ pub struct ModelConfig {
     pub positions: Positions,
     /// Scale of the attention scores: 1/√head_dim, or 1 for T5.
     pub score_scale: f64,
-    /// Biases on q, k and v (Qwen2-MoE).
+    /// Biases on q, k and v (Qwen2-MoE, GLM-4.5, gpt-oss).
     pub qkv_bias: bool,
+    /// A bias on attention's output map (gpt-oss).
+    pub o_bias: bool,
+    /// A learned logit per head joins every row of that head's scores in the softmax and is
+    /// dropped after it (gpt-oss's attention sinks): the server's, on its share.
+    pub sinks: bool,
+    /// Each layer's sliding window: a position attends to the latest `w` positions, itself
+    /// included; `None`, or no entry, for full attention.
+    pub windows: Vec<Option<usize>>,
     /// RMSNorm on q and k before the rotary embedding (OLMoE: full, Qwen3-MoE: per head).
     pub qk_norm: QkNorm,
     /// Multi-head latent attention instead of q/k/v maps (DeepSeek-V2/V3).
@@ -291,6 +305,22 @@ impl ModelConfig {
         }
     }
 
+    /// Whether the family's routers add a bias to their logits (gpt-oss's `router.bias`).
+    pub fn router_bias(&self) -> bool {
+        self.family == Family::GptOss
+    }
+
+    /// Layer `i`'s sliding window, if it has one.
+    pub fn window(&self, i: usize) -> Option<usize> {
+        self.windows.get(i).copied().flatten()
+    }
+
+    /// Whether query position `query` attends to key position `key` in layer `i` (causal,
+    /// within the layer's window).
+    pub fn attends(&self, i: usize, query: usize, key: usize) -> bool {
+        !self.causal || (key <= query && self.window(i).is_none_or(|w| query - key < w))
+    }
+
     /// The widths of the q and k norms' rows (and γ), if the model has them.
     pub fn qk_norm_widths(&self) -> Option<(usize, usize)> {
         self.qk_norm.widths(self.heads, self.kv_heads, self.head_dim)
@@ -318,11 +348,12 @@ impl ModelConfig {
             "mixtral" | "qwen2_moe" | "qwen3_moe" | "olmoe" | "granitemoe" | "granitemoeshared" | "glm4_moe"
             | "dots1" | "ernie4_5_moe" => decoder(&c, &model_type)?,
             "deepseek_v2" | "deepseek_v3" => deepseek(&c, &model_type)?,
+            "gpt_oss" => gpt_oss(&c)?,
             "switch_transformers" => switch(&c)?,
             other => {
                 return Err(ModelError::Config(format!(
                     "model_type `{other}` is not supported (mixtral, qwen2_moe, qwen3_moe, olmoe, granitemoe, \
-                     granitemoeshared, glm4_moe, dots1, ernie4_5_moe, deepseek_v2, deepseek_v3, \
+                     granitemoeshared, glm4_moe, dots1, ernie4_5_moe, deepseek_v2, deepseek_v3, gpt_oss, \
                      switch_transformers)"
                 )));
             }
@@ -375,6 +406,12 @@ impl ModelConfig {
         if widest > norm_max {
             return bad(format!("width {widest} beyond the norms' {norm_max}"));
         }
+        if !(self.windows.is_empty() || self.windows.len() == self.layers()) || self.windows.contains(&Some(0)) {
+            return bad(format!("sliding windows {:?} for {} layers", self.windows, self.layers()));
+        }
+        if self.windows.iter().any(Option::is_some) && !self.causal {
+            return bad("sliding windows on bidirectional attention".into());
+        }
         for (i, f) in self.ffn.iter().enumerate() {
             if let Ffn::Moe(m) = f {
                 m.validate().map_err(|e| ModelError::Config(format!("layer {i}: {e}")))?;
@@ -399,8 +436,11 @@ impl ModelConfig {
                 i.to_string()
             })
             .collect();
-        let rest = ModelConfig { ffn: Vec::new(), ..self.clone() };
-        format!("{rest:?} blocks {kinds:?} by layer [{}]", layers.join(","))
+        let windows: Vec<String> =
+            (0..self.layers()).map(|i| self.window(i).map_or("-".to_string(), |w| w.to_string())).collect();
+        let windows = if self.windows.is_empty() { String::new() } else { format!(" windows [{}]", windows.join(",")) };
+        let rest = ModelConfig { ffn: Vec::new(), windows: Vec::new(), ..self.clone() };
+        format!("{rest:?}{windows} blocks {kinds:?} by layer [{}]", layers.join(","))
     }
 }
 
@@ -571,6 +611,7 @@ fn sigmoid_top_k(c: &Json, d: usize, normalize: bool, groups: (usize, usize)) ->
         shared: (shared > 0).then_some(SharedExpert { d_ff: shared * d_ff, sigmoid_gate: false }),
         expert_capacity: None,
         groups: group_limit(c, groups)?,
+        expert_bias: false,
     })
 }
 
@@ -596,6 +637,7 @@ fn softmax_top_k(c: &Json, d: usize) -> ModelResult<MoeConfig> {
         shared: None,
         expert_capacity: None,
         groups: None,
+        expert_bias: false,
     })
 }
 
@@ -645,10 +687,16 @@ fn decoder(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
             shared: None,
             expert_capacity: None,
             groups: None,
+            expert_bias: false,
         })
     };
+    // sliding-window layers (Mixtral's window on every layer, dots.llm1's by `layer_types`)
+    let mut windows = Vec::new();
     let ffn: Vec<Ffn> = match model_type {
-        "mixtral" => vec![Ffn::Moe(top_k_softmax()?); layers],
+        "mixtral" => {
+            windows = self::windows(c, layers, Some("sliding_attention"))?;
+            vec![Ffn::Moe(top_k_softmax()?); layers]
+        }
         "granitemoe" | "granitemoeshared" => {
             c.refuse_unless("attention_bias", |v| v == false)?;
             let shared = c.usize_or("shared_intermediate_size", 0)?;
@@ -695,15 +743,10 @@ fn decoder(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
                 // Qwen3's attention: its bias would be on the output map too
                 qk_norm = QkNorm::PerHead;
                 c.refuse_unless("attention_bias", |v| v == false)?;
-                let sliding = c
-                    .field("layer_types")
-                    .and_then(Value::as_array)
-                    .is_some_and(|t| t.iter().any(|v| v != "full_attention"));
-                if sliding {
-                    return Err(ModelError::Config(
-                        "config.json: sliding-window layers (`layer_types`) are not supported".into(),
-                    ));
+                if c.field("layer_types").is_none() {
+                    c.refuse_unless("use_sliding_window", |v| v == false)?;
                 }
+                windows = self::windows(c, layers, None)?;
             }
             scales.routed = c.f64_or("routed_scaling_factor", 1.0)?;
             let moe = sigmoid_top_k(c, d, glm, (1, 1))?;
@@ -728,6 +771,7 @@ fn decoder(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
                 shared: (shared > 0).then_some(SharedExpert { d_ff: shared * d_ff, sigmoid_gate: false }),
                 expert_capacity: None,
                 groups: None,
+                expert_bias: false,
             };
             let dense = Ffn::Dense { d_ff: c.usize("intermediate_size")?, kind: ExpertKind::SwiGlu };
             let (start, interval) = (c.usize_or("moe_layer_start_index", 1)?, c.usize_or("moe_layer_interval", 1)?);
@@ -773,6 +817,9 @@ fn decoder(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
         positions: rope(c, head_dim, partial, interleaved)?,
         score_scale,
         qkv_bias,
+        o_bias: false,
+        sinks: false,
+        windows,
         qk_norm,
         latent: None,
         ffn,
@@ -841,6 +888,7 @@ fn deepseek(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
             shared: (shared > 0).then_some(SharedExpert { d_ff: shared * d_ff, sigmoid_gate: false }),
             expert_capacity: None,
             groups: if limited { group_limit(c, (1, 1))? } else { None },
+            expert_bias: false,
         }
     };
     c.refuse_unless("moe_layer_freq", |v| v.as_u64() == Some(1))?;
@@ -858,12 +906,115 @@ fn deepseek(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
         positions,
         score_scale,
         qkv_bias: false,
+        o_bias: false,
+        sinks: false,
+        windows: Vec::new(),
         qk_norm: QkNorm::None,
         latent: Some(latent),
         ffn: (0..layers).map(|i| if i < first_dense { dense } else { Ffn::Moe(moe) }).collect(),
         tie_embeddings: c.bool_or("tie_word_embeddings", false)?,
         lm_head: true,
         scales: Scales { routed: c.f64_or("routed_scaling_factor", if v3 { 2.5 } else { 1.0 })?, ..Scales::ONE },
+    })
+}
+
+/// Each layer's sliding window from `layer_types` (`"sliding_attention"` layers take
+/// `sliding_window`, `"full_attention"` ones none), or, without `layer_types`, every layer of
+/// kind `default` (Mixtral's: a window everywhere when `sliding_window` is set). Empty when no
+/// layer has a window.
+fn windows(c: &Json, layers: usize, default: Option<&str>) -> ModelResult<Vec<Option<usize>>> {
+    let window = if c.field("sliding_window").is_some() { Some(c.usize("sliding_window")?) } else { None };
+    let kinds: Vec<String> = match c.field("layer_types") {
+        None => vec![default.unwrap_or("full_attention").to_string(); layers],
+        Some(v) => v
+            .as_array()
+            .filter(|a| a.len() == layers)
+            .and_then(|a| a.iter().map(|t| t.as_str().map(str::to_string)).collect())
+            .ok_or_else(|| ModelError::Config(format!("config.json: `layer_types` is not a list of {layers} kinds")))?,
+    };
+    let windows = kinds
+        .iter()
+        .map(|k| match k.as_str() {
+            "full_attention" => Ok(None),
+            "sliding_attention" => Ok(window),
+            other => Err(ModelError::Config(format!(
+                "config.json: layer type `{other}` is not supported (full_attention, sliding_attention)"
+            ))),
+        })
+        .collect::<ModelResult<Vec<_>>>()?;
+    Ok(if windows.iter().any(Option::is_some) { windows } else { Vec::new() })
+}
+
+/// gpt-oss: grouped-query attention with biases on all four maps and a sink logit per head,
+/// sliding-window layers (`layer_types`, by default every other one from the first) between
+/// full ones, YaRN (by default ×32 over 4096 positions, θ = 150 000, untruncated), and MoE
+/// blocks of clamped SwiGLU experts with biases under a biased router (top-k of the logits,
+/// then the softmax over the k: Mixtral's gates).
+fn gpt_oss(c: &Json) -> ModelResult<ModelConfig> {
+    let d = c.usize("hidden_size")?;
+    let heads = c.usize("num_attention_heads")?;
+    let layers = c.usize("num_hidden_layers")?;
+    let head_dim = c.usize_or("head_dim", d / heads.max(1))?;
+    c.refuse_unless("swiglu_alpha", |v| v.as_f64() == Some(SWIGLU_ALPHA))?;
+    c.refuse_unless("swiglu_limit", |v| v.as_f64() == Some(SWIGLU_LIMIT))?;
+    let bias = c.bool_or("attention_bias", true)?;
+    let positions = if c.field("rope_parameters").is_none() && c.field("rope_scaling").is_none() {
+        let yarn = Yarn {
+            factor: 32.0,
+            original_max: 4096,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            truncate: false,
+            attention: Yarn::mscale(32.0, 1.0),
+        };
+        let theta = c.f64_or("rope_theta", 150_000.0)?;
+        Positions::Rope { theta, dims: head_dim, interleaved: false, yarn: Some(yarn) }
+    } else {
+        rope(c, head_dim, None, false)?
+    };
+    let default_types: Vec<Value> =
+        (0..layers).map(|i| Value::from(if i % 2 == 0 { "sliding_attention" } else { "full_attention" })).collect();
+    let mut filled = c.0.clone();
+    if c.field("layer_types").is_none()
+        && let Some(o) = filled.as_object_mut()
+    {
+        o.insert("layer_types".into(), Value::Array(default_types));
+        o.entry("sliding_window").or_insert(Value::from(128));
+    }
+    let windows = windows(&Json(&filled), layers, None)?;
+    let moe = MoeConfig {
+        experts: c.usize("num_local_experts")?,
+        top_k: c.usize_or("num_experts_per_tok", 4)?,
+        d_model: d,
+        d_ff: c.usize("intermediate_size")?,
+        routing: Routing::TopKSoftmax,
+        expert: ExpertKind::ClampedSwiGlu,
+        shared: None,
+        expert_capacity: None,
+        groups: None,
+        expert_bias: true,
+    };
+    Ok(ModelConfig {
+        family: Family::GptOss,
+        vocab: c.usize("vocab_size")?,
+        d_model: d,
+        heads,
+        kv_heads: c.usize_or("num_key_value_heads", heads)?,
+        head_dim,
+        causal: true,
+        norm_eps: c.f64_or("rms_norm_eps", 1e-5)?,
+        positions,
+        score_scale: 1.0 / (head_dim as f64).sqrt(),
+        qkv_bias: bias,
+        o_bias: bias,
+        sinks: true,
+        windows,
+        qk_norm: QkNorm::None,
+        latent: None,
+        ffn: vec![Ffn::Moe(moe); layers],
+        tie_embeddings: c.bool_or("tie_word_embeddings", false)?,
+        lm_head: true,
+        scales: Scales::ONE,
     })
 }
 
@@ -888,6 +1039,7 @@ fn switch(c: &Json) -> ModelResult<ModelConfig> {
         shared: None,
         expert_capacity: Some(c.usize_or("expert_capacity", 64)?),
         groups: None,
+        expert_bias: false,
     };
     let dense = Ffn::Dense { d_ff, kind: ExpertKind::Relu };
     Ok(ModelConfig {
@@ -905,6 +1057,9 @@ fn switch(c: &Json) -> ModelResult<ModelConfig> {
         },
         score_scale: 1.0,
         qkv_bias: false,
+        o_bias: false,
+        sinks: false,
+        windows: Vec::new(),
         qk_norm: QkNorm::None,
         latent: None,
         ffn: (0..layers)
@@ -997,6 +1152,7 @@ mod tests {
             shared: Some(SharedExpert { d_ff: 1408, sigmoid_gate: false }),
             expert_capacity: None,
             groups: None,
+            expert_bias: false,
         };
         assert_eq!(cfg.ffn[0], Ffn::Dense { d_ff: 10944, kind: ExpertKind::SwiGlu });
         assert!(cfg.ffn[1..].iter().all(|f| *f == Ffn::Moe(moe)) && cfg.layers() == 46);
@@ -1017,10 +1173,20 @@ mod tests {
             refused(r#""partial_rotary_factor": 0.5"#, r#""partial_rotary_factor": 0.001"#)
                 .contains("rotary embeddings on 0")
         );
+        // dots.llm1's sliding-window layers by `layer_types`
+        let types: Vec<&str> = (0..46).map(|i| if i < 2 { "sliding_attention" } else { "full_attention" }).collect();
         let dots = GLM_45_AIR
             .replace(r#""attention_bias": true"#, r#""attention_bias": false"#)
-            .replace(r#""model_type": "glm4_moe""#, r#""model_type": "dots1", "layer_types": ["sliding_attention"]"#);
-        assert!(ModelConfig::from_json(&dots).unwrap_err().to_string().contains("sliding-window"));
+            .replace(r#""partial_rotary_factor": 0.5"#, r#""partial_rotary_factor": 1.0"#)
+            .replace(
+                r#""model_type": "glm4_moe""#,
+                &format!(r#""model_type": "dots1", "sliding_window": 64, "layer_types": {types:?}"#),
+            );
+        let cfg = ModelConfig::from_json(&dots).unwrap();
+        assert_eq!((cfg.window(0), cfg.window(1), cfg.window(2)), (Some(64), Some(64), None));
+        assert!(cfg.attends(0, 70, 7) && !cfg.attends(0, 70, 6) && cfg.attends(2, 70, 0) && !cfg.attends(2, 7, 8));
+        let short = dots.replace(r#""full_attention", "full_attention"]"#, r#""full_attention"]"#);
+        assert!(ModelConfig::from_json(&short).unwrap_err().to_string().contains("list of 46"));
     }
 
     /// ERNIE-4.5-21B-A3B's architecture fields (`baidu/ERNIE-4.5-21B-A3B-PT`, as transformers'
@@ -1055,6 +1221,7 @@ mod tests {
             shared: Some(SharedExpert { d_ff: 3072, sigmoid_gate: false }),
             expert_capacity: None,
             groups: None,
+            expert_bias: false,
         };
         assert_eq!(cfg.ffn[0], Ffn::Dense { d_ff: 12288, kind: ExpertKind::SwiGlu });
         assert!(cfg.ffn[1..].iter().all(|f| *f == Ffn::Moe(moe)) && cfg.layers() == 28);
@@ -1086,6 +1253,7 @@ mod tests {
             shared: None,
             expert_capacity: None,
             groups: None,
+            expert_bias: false,
         };
         assert_eq!(cfg.ffn, vec![Ffn::Moe(moe); 48]);
         // transformers 5 writes `num_local_experts`; dense layers by `mlp_only_layers`
@@ -1130,6 +1298,7 @@ mod tests {
             shared: None,
             expert_capacity: None,
             groups: None,
+            expert_bias: false,
         };
         assert_eq!(cfg.ffn, vec![Ffn::Moe(moe); 24]);
         let shared =
@@ -1174,6 +1343,7 @@ mod tests {
             shared: Some(SharedExpert { d_ff: 2816, sigmoid_gate: false }),
             expert_capacity: None,
             groups: None,
+            expert_bias: false,
         };
         assert_eq!(cfg.ffn[0], Ffn::Dense { d_ff: 10944, kind: ExpertKind::SwiGlu });
         assert!(cfg.ffn[1..].iter().all(|f| *f == Ffn::Moe(moe)) && cfg.layers() == 27);

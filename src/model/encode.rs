@@ -21,6 +21,10 @@ pub(super) struct Block {
     pub qkv: BlockQkv,
     /// The output map.
     pub wo: Vec<u64>,
+    /// Its bias, at f fractional bits (the server adds it to its share).
+    pub bo: Option<Vec<u64>>,
+    /// Each head's sink logit, at f fractional bits.
+    pub sinks: Option<Vec<u64>>,
     /// RMSNorm γ before the feed-forward block.
     pub ffn_norm: Vec<u64>,
     /// The feed-forward block.
@@ -99,14 +103,28 @@ impl Encoder<'_> {
         Ok(narrow(name, &self.tensor(name, values, Some(31))?)?)
     }
 
-    /// An expert (the end of a residual branch: its W2 takes the residual multiplier, and
-    /// `routed`, the routed experts' multiplier, or 1).
+    /// An expert (the end of a residual branch: its W2 and b2 take the residual multiplier,
+    /// and `routed`, the routed experts' multiplier, or 1); with biases, each matrix gains its
+    /// bias as a last row ([`crate::moe::MoeConfig::expert_bias`]).
     fn mlp(&self, name: &str, mut m: Mlp, routed: f64) -> ModelResult<ExpertWeights> {
         Scales::fold(self.scales.residual * routed, &mut m.w2);
+        let (b1, b3, b2) = match m.bias.take() {
+            Some(mut b) => {
+                Scales::fold(self.scales.residual * routed, &mut b.b2);
+                (Some(b.b1), b.b3, Some(b.b2))
+            }
+            None => (None, None, None),
+        };
+        let with = |w: Vec<f32>, b: Option<Vec<f32>>| -> Vec<f32> {
+            match b {
+                Some(b) => w.into_iter().chain(b).collect(),
+                None => w,
+            }
+        };
         Ok(ExpertWeights {
-            w1: self.compact(&format!("{name}.w1"), &m.w1)?,
-            w3: m.w3.as_ref().map(|w| self.compact(&format!("{name}.w3"), w)).transpose()?,
-            w2: self.compact(&format!("{name}.w2"), &m.w2)?,
+            w1: self.compact(&format!("{name}.w1"), &with(m.w1, b1))?,
+            w3: m.w3.map(|w| self.compact(&format!("{name}.w3"), &with(w, b3))).transpose()?,
+            w2: self.compact(&format!("{name}.w2"), &with(m.w2, b2))?,
         })
     }
 
@@ -141,6 +159,9 @@ impl Encoder<'_> {
     pub fn block(&self, cfg: &ModelConfig, i: usize) -> ModelResult<Block> {
         let mut w = self.source.layer(i)?;
         Scales::fold(self.scales.residual, &mut w.wo);
+        if let Some(b) = &mut w.bo {
+            Scales::fold(self.scales.residual, b);
+        }
         let name = |t: &str| format!("layers.{i}.{t}");
         let (d, qw, kw) = (cfg.d_model, cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim);
         let qkv = match w.qkv {
@@ -190,23 +211,29 @@ impl Encoder<'_> {
         };
         let ffn = match (cfg.ffn[i], w.ffn) {
             (Ffn::Dense { .. }, FfnWeights::Dense(m)) => BlockFfn::Dense(self.mlp(&name("mlp"), m, 1.0)?),
-            (Ffn::Moe(_), FfnWeights::Moe { router, router_bias, experts, shared }) => BlockFfn::Moe(MoeWeights {
-                router: self.compact(&name("router"), &router)?,
-                router_bias: router_bias.map(|b| self.compact(&name("router_bias"), &b)).transpose()?,
-                experts: experts
-                    .into_iter()
-                    .enumerate()
-                    .map(|(e, x)| self.mlp(&name(&format!("experts.{e}")), x, self.scales.routed))
-                    .collect::<ModelResult<_>>()?,
-                shared: shared
-                    .map(|(x, gate)| -> ModelResult<SharedWeights> {
-                        Ok(SharedWeights {
-                            expert: self.mlp(&name("shared_expert"), x, 1.0)?,
-                            gate: gate.as_ref().map(|g| self.compact(&name("shared_expert_gate"), g)).transpose()?,
+            (Ffn::Moe(_), FfnWeights::Moe { router, logit_bias, selection_bias, experts, shared }) => {
+                BlockFfn::Moe(MoeWeights {
+                    router: self.compact(&name("router"), &router)?,
+                    logit_bias: logit_bias.map(|b| self.compact(&name("logit_bias"), &b)).transpose()?,
+                    selection_bias: selection_bias.map(|b| self.compact(&name("selection_bias"), &b)).transpose()?,
+                    experts: experts
+                        .into_iter()
+                        .enumerate()
+                        .map(|(e, x)| self.mlp(&name(&format!("experts.{e}")), x, self.scales.routed))
+                        .collect::<ModelResult<_>>()?,
+                    shared: shared
+                        .map(|(x, gate)| -> ModelResult<SharedWeights> {
+                            Ok(SharedWeights {
+                                expert: self.mlp(&name("shared_expert"), x, 1.0)?,
+                                gate: gate
+                                    .as_ref()
+                                    .map(|g| self.compact(&name("shared_expert_gate"), g))
+                                    .transpose()?,
+                            })
                         })
-                    })
-                    .transpose()?,
-            }),
+                        .transpose()?,
+                })
+            }
             (Ffn::Dense { .. }, _) => {
                 return Err(ModelError::Weights(format!("layer {i}: MoE weights for a dense block")));
             }
@@ -216,6 +243,8 @@ impl Encoder<'_> {
             attn_norm: self.norm(&name("attn_norm"), &w.attn_norm)?,
             qkv,
             wo: self.tensor(&name("wo"), &w.wo, None)?,
+            bo: w.bo.map(|b| self.tensor(&name("bo"), &b, None)).transpose()?,
+            sinks: w.sinks.map(|s| self.tensor(&name("sinks"), &s, None)).transpose()?,
             ffn_norm: self.norm(&name("ffn_norm"), &w.ffn_norm)?,
             ffn,
         })

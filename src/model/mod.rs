@@ -29,8 +29,8 @@ pub use secure::{
     Embedding, KvCache, MAX_TOKENS, Output, Plan, Progress, Prompt, finish, infer, infer_cached, serve, setup_he,
 };
 pub use weights::{
-    FfnWeights, HeadMaps, LatentMaps, LayerWeights, Mlp, ModelWeights, QkvWeights, RandomWeights, WeightSource,
-    transpose,
+    FfnWeights, HeadMaps, LatentMaps, LayerWeights, Mlp, MlpBias, ModelWeights, QkvWeights, RandomWeights,
+    WeightSource, transpose,
 };
 
 use thiserror::Error;

@@ -54,6 +54,7 @@ impl Quantity {
             Quantity::Activation(ExpertKind::Relu) | Quantity::UpBranch => PRE_ACTIVATION_BOUND,
             Quantity::Activation(ExpertKind::Gelu | ExpertKind::GeGlu) => symmetric(Piecewise::gelu()),
             Quantity::Activation(ExpertKind::SwiGlu) => symmetric(Piecewise::silu()),
+            Quantity::Activation(ExpertKind::ClampedSwiGlu) => symmetric(Piecewise::clamped_swish()),
         }
     }
 }
@@ -76,6 +77,7 @@ impl fmt::Display for Quantity {
             Quantity::Activation(ExpertKind::Relu) => f.write_str("ReLU input"),
             Quantity::Activation(ExpertKind::Gelu | ExpertKind::GeGlu) => f.write_str("GeLU input"),
             Quantity::Activation(ExpertKind::SwiGlu) => f.write_str("SiLU input"),
+            Quantity::Activation(ExpertKind::ClampedSwiGlu) => f.write_str("clamped SwiGLU gate input"),
             Quantity::UpBranch => f.write_str("x·W3 branch"),
         }
     }

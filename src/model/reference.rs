@@ -4,10 +4,10 @@
 
 use super::config::{Ffn, LatentAttention, ModelConfig, Positions, Yarn, relative_bucket};
 use super::ranges::{Quantity, Ranges};
-use super::weights::{FfnWeights, HeadMaps, LatentMaps, LayerWeights, Mlp, QkvWeights, WeightSource};
+use super::weights::{FfnWeights, HeadMaps, LatentMaps, LayerWeights, Mlp, MlpBias, QkvWeights, WeightSource};
 use super::{ModelError, ModelResult};
 use crate::moe::{ExpertKind, GroupLimit, MoeConfig, Routing};
-use crate::proto::piecewise::{gelu_exact, silu_exact};
+use crate::proto::piecewise::{clamped_swish_exact, clamped_up_exact, gelu_exact, silu_exact};
 use crate::ring::FixedPoint;
 
 /// x (n×d) · W (d×m), W in f32.
@@ -122,22 +122,33 @@ fn activation(kind: ExpertKind, x: f64) -> f64 {
         ExpertKind::Relu => x.max(0.0),
         ExpertKind::Gelu | ExpertKind::GeGlu => gelu_exact(x),
         ExpertKind::SwiGlu => silu_exact(x),
+        ExpertKind::ClampedSwiGlu => clamped_swish_exact(x),
     }
+}
+
+/// Adds `bias` to every row of `y` (rows as wide as it).
+fn add_bias(mut y: Vec<f64>, bias: Option<&[f32]>) -> Vec<f64> {
+    if let Some(b) = bias {
+        y.chunks_exact_mut(b.len()).for_each(|r| r.iter_mut().zip(b).for_each(|(y, b)| *y += *b as f64));
+    }
+    y
 }
 
 /// One expert on rows of x, its pre-activations seen at `site`.
 fn mlp(w: &Mlp, kind: ExpertKind, x: &[f64], d: usize, d_ff: usize, probe: &mut Ranges, site: &str) -> Vec<f64> {
-    let a = matmul(x, &w.w1, d, d_ff);
+    let bias = w.bias.as_ref();
+    let a = add_bias(matmul(x, &w.w1, d, d_ff), bias.map(|b| b.b1.as_slice()));
     probe.see(site, Quantity::Activation(kind), &a);
     let h: Vec<f64> = match &w.w3 {
         Some(w3) => {
-            let u = matmul(x, w3, d, d_ff);
+            let u = add_bias(matmul(x, w3, d, d_ff), bias.and_then(|b| b.b3.as_deref()));
             probe.see(site, Quantity::UpBranch, &u);
-            a.iter().zip(u).map(|(g, u)| activation(kind, *g) * u).collect()
+            let up = |u: f64| if kind == ExpertKind::ClampedSwiGlu { clamped_up_exact(u) } else { u };
+            a.iter().zip(u).map(|(g, u)| activation(kind, *g) * up(u)).collect()
         }
         None => a.iter().map(|g| activation(kind, *g)).collect(),
     };
-    matmul(&h, &w.w2, d_ff, d)
+    add_bias(matmul(&h, &w.w2, d_ff, d), bias.map(|b| b.b2.as_slice()))
 }
 
 /// The indices of the k largest values, largest first, the lower index first among equals.
@@ -174,11 +185,11 @@ fn moe(
     probe: &mut Ranges,
     layer: usize,
 ) -> ModelResult<Vec<f64>> {
-    let FfnWeights::Moe { router, router_bias, experts, shared } = w else {
+    let FfnWeights::Moe { router, logit_bias, selection_bias, experts, shared } = w else {
         return Err(ModelError::Weights("a MoE layer with dense weights".into()));
     };
     let d = m.d_model;
-    let logits = matmul(x, router, d, m.experts);
+    let logits = add_bias(matmul(x, router, d, m.experts), logit_bias.as_deref());
     probe.see(format!("layers.{layer}.router"), Quantity::RouterLogit, &logits);
     let site = format!("layers.{layer}.experts");
     let mut y = vec![0.0; x.len()];
@@ -219,7 +230,7 @@ fn moe(
                         (probs, true)
                     }
                 };
-                let mut choice: Vec<f64> = match router_bias {
+                let mut choice: Vec<f64> = match selection_bias {
                     Some(b) => scores.iter().zip(b).map(|(s, &b)| s + b as f64).collect(),
                     None => scores.clone(),
                 };
@@ -341,9 +352,10 @@ fn attention(
     for h in 0..cfg.heads {
         let g = h / group;
         for i in 0..n {
-            let keys = if cfg.causal { i + 1 } else { n };
-            let scores: Vec<f64> = (0..keys)
-                .map(|j| {
+            let keys: Vec<usize> = (0..n).filter(|&j| cfg.attends(layer, i, j)).collect();
+            let mut scores: Vec<f64> = keys
+                .iter()
+                .map(|&j| {
                     let dot: f64 = (0..hd).map(|c| q[i * qw + h * hd + c] * k[j * kw + g * hd + c]).sum();
                     let b = match (bias, cfg.positions) {
                         (Some(t), Positions::RelativeBias { buckets, max_distance }) => {
@@ -354,16 +366,18 @@ fn attention(
                     dot * cfg.score_scale + b
                 })
                 .collect();
+            // the head's sink joins the softmax, its probability dropped after
+            scores.extend(w.sinks.as_ref().map(|s| s[h] as f64));
             let top = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             probe.see(&site, Quantity::Score, &scores);
             probe.see(&site, Quantity::ScoreSpread, &scores.iter().map(|s| top - s).collect::<Vec<_>>());
             let p = softmax(&scores);
             for c in 0..vd {
-                o[i * ow + h * vd + c] = p.iter().enumerate().map(|(j, p)| p * v[j * vw + g * vd + c]).sum();
+                o[i * ow + h * vd + c] = keys.iter().zip(&p).map(|(&j, p)| p * v[j * vw + g * vd + c]).sum();
             }
         }
     }
-    Ok(matmul(&o, &w.wo, ow, d))
+    Ok(add_bias(matmul(&o, &w.wo, ow, d), w.bo.as_deref()))
 }
 
 /// The model's output for token ids: n rows of [`ModelConfig::output_width`] (logits, or the
@@ -434,7 +448,16 @@ impl Quantized<'_> {
     }
 
     fn mlp(&self, m: Mlp) -> Mlp {
-        Mlp { w1: self.round(m.w1), w3: m.w3.map(|w| self.round(w)), w2: self.round(m.w2) }
+        Mlp {
+            w1: self.round(m.w1),
+            w3: m.w3.map(|w| self.round(w)),
+            w2: self.round(m.w2),
+            bias: m.bias.map(|b| MlpBias {
+                b1: self.round(b.b1),
+                b3: b.b3.map(|b| self.round(b)),
+                b2: self.round(b.b2),
+            }),
+        }
     }
 }
 
@@ -464,12 +487,15 @@ impl WeightSource for Quantized<'_> {
                 }),
             },
             wo: self.round(l.wo),
+            bo: l.bo.map(|b| self.round(b)),
+            sinks: l.sinks.map(|s| self.round(s)),
             ffn_norm: self.round(l.ffn_norm),
             ffn: match l.ffn {
                 FfnWeights::Dense(m) => FfnWeights::Dense(self.mlp(m)),
-                FfnWeights::Moe { router, router_bias, experts, shared } => FfnWeights::Moe {
+                FfnWeights::Moe { router, logit_bias, selection_bias, experts, shared } => FfnWeights::Moe {
                     router: self.round(router),
-                    router_bias: router_bias.map(|b| self.round(b)),
+                    logit_bias: logit_bias.map(|b| self.round(b)),
+                    selection_bias: selection_bias.map(|b| self.round(b)),
                     experts: experts.into_iter().map(|m| self.mlp(m)).collect(),
                     shared: shared.map(|(m, g)| (self.mlp(m), g.map(|g| self.round(g)))),
                 },

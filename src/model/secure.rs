@@ -433,7 +433,8 @@ async fn forward(
                 cache.layers.push((Vec::new(), Vec::new()));
             }
             let past = cache.len;
-            attention(sess, cfg, n, past, &normed, block.as_ref(), bias.as_deref(), &mut cache.layers[i]).await?
+            let layer = (i, &mut cache.layers[i]);
+            attention(sess, cfg, n, past, &normed, block.as_ref(), bias.as_deref(), layer).await?
         };
         h.iter_mut().zip(o).for_each(|(h, o)| *h = h.wrapping_add(o));
         let normed = {
@@ -651,7 +652,7 @@ async fn attention(
     x: &[u64],
     block: Option<&Block>,
     position_bias: Option<&[u64]>,
-    (keys, values): &mut (Vec<u64>, Vec<u64>),
+    (layer, (keys, values)): (usize, &mut (Vec<u64>, Vec<u64>)),
 ) -> ModelResult<Vec<u64>> {
     let frac = sess.format().frac_bits();
     let (hd, vd) = (cfg.head_dim, cfg.v_head_dim());
@@ -684,11 +685,24 @@ async fn attention(
             .collect();
         scores.iter_mut().zip(bias).for_each(|(s, b)| *s = s.wrapping_add(b));
     }
-    // row i (position past + i) attends to positions 0..=past + i
-    let keep: Vec<bool> =
-        (0..cfg.heads * n * total).map(|x| !cfg.causal || x % total <= past + (x / total) % n).collect();
-    let scores = sess.shares((cfg.heads * n, total), scores)?;
-    let p = softmax_masked(sess, &scores, cfg.causal.then_some(keep.as_slice())).await?.into_vec();
+    // row i (position past + i) attends to positions 0..=past + i within the layer's window;
+    // with sinks, each row ends with its head's sink logit (the server's share; the client's 0)
+    let sink = block.and_then(|b| b.sinks.as_deref());
+    let row = total + usize::from(cfg.sinks);
+    let mut rows = Vec::with_capacity(cfg.heads * n * row);
+    let mut keep = Vec::with_capacity(cfg.heads * n * row);
+    for (r, s) in scores.chunks_exact(total).enumerate() {
+        rows.extend_from_slice(s);
+        keep.extend((0..total).map(|j| cfg.attends(layer, past + r % n, j)));
+        if cfg.sinks {
+            rows.push(sink.map_or(0, |s| s[r / n]));
+            keep.push(true);
+        }
+    }
+    let masked = cfg.causal || cfg.sinks;
+    let scores = sess.shares((cfg.heads * n, row), rows)?;
+    let p = softmax_masked(sess, &scores, masked.then_some(keep.as_slice())).await?.into_vec();
+    let p: Vec<u64> = p.chunks_exact(row).flat_map(|r| r[..total].iter().copied()).collect();
     let mut o = vec![0u64; n * ow];
     for h in 0..cfg.heads {
         let ph = sess.shares((n, total), p[h * n * total..(h + 1) * n * total].to_vec())?.narrowed(ring)?;
@@ -699,5 +713,9 @@ async fn attention(
         }
     }
     let o = truncate_extend(sess, &o, ring, frac).await?;
-    project(sess, o, (ow, cfg.d_model), block.map(|b| b.wo.as_slice())).await
+    let mut y = project(sess, o, (ow, cfg.d_model), block.map(|b| b.wo.as_slice())).await?;
+    if let Some(b) = block.and_then(|b| b.bo.as_deref()) {
+        y.chunks_exact_mut(cfg.d_model).for_each(|r| r.iter_mut().zip(b).for_each(|(v, b)| *v = v.wrapping_add(*b)));
+    }
+    Ok(y)
 }

@@ -17,6 +17,19 @@ pub struct Mlp {
     pub w3: Option<Vec<f32>>,
     /// W2 (down), d_ff×d.
     pub w2: Vec<f32>,
+    /// Biases of the maps (gpt-oss's routed experts).
+    pub bias: Option<MlpBias>,
+}
+
+/// An expert's biases: x·W1 + b1, x·W3 + b3, h·W2 + b2.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MlpBias {
+    /// W1's, d_ff.
+    pub b1: Vec<f32>,
+    /// W3's, d_ff, for gated kinds.
+    pub b3: Option<Vec<f32>>,
+    /// W2's, d.
+    pub b2: Vec<f32>,
 }
 
 /// A layer's feed-forward weights.
@@ -28,8 +41,10 @@ pub enum FfnWeights {
     Moe {
         /// The router, d×E.
         router: Vec<f32>,
+        /// The router's bias, E values added to its logits (gpt-oss).
+        logit_bias: Option<Vec<f32>>,
         /// The selection bias of sigmoid or biased softmax routing, E values.
-        router_bias: Option<Vec<f32>>,
+        selection_bias: Option<Vec<f32>>,
         /// The routed experts.
         experts: Vec<Mlp>,
         /// The shared expert and its sigmoid gate (d×1).
@@ -86,6 +101,10 @@ pub struct LayerWeights {
     pub qkv: QkvWeights,
     /// The output map, (heads·v_head_dim)×d.
     pub wo: Vec<f32>,
+    /// Its bias, d (gpt-oss).
+    pub bo: Option<Vec<f32>>,
+    /// Each head's sink logit (gpt-oss).
+    pub sinks: Option<Vec<f32>>,
     /// RMSNorm γ before the feed-forward block.
     pub ffn_norm: Vec<f32>,
     /// The feed-forward block.
@@ -199,12 +218,18 @@ impl Draw {
         self.uniform(n, 0.2).into_iter().map(|v| 1.0 + v).collect()
     }
 
-    fn mlp(&mut self, d: usize, d_ff: usize, gated: bool) -> Mlp {
-        Mlp {
+    fn mlp(&mut self, d: usize, d_ff: usize, gated: bool, bias: bool) -> Mlp {
+        let mut m = Mlp {
             w1: self.uniform(d * d_ff, inv(d)),
             w3: gated.then(|| self.uniform(d * d_ff, inv(d))),
             w2: self.uniform(d_ff * d, inv(d_ff)),
+            bias: None,
+        };
+        if bias {
+            let (b1, b3) = (self.uniform(d_ff, 0.5), gated.then(|| self.uniform(d_ff, 0.5)));
+            m.bias = Some(MlpBias { b1, b3, b2: self.uniform(d, 0.1) });
         }
+        m
     }
 
     fn layer(&mut self, cfg: &ModelConfig, ffn: &Ffn, router_scale: f32) -> LayerWeights {
@@ -236,19 +261,23 @@ impl Draw {
         let wo = self.uniform(o * d, inv(o));
         let ffn_norm = self.norm(d);
         let ffn = match ffn {
-            Ffn::Dense { d_ff, kind } => FfnWeights::Dense(self.mlp(d, *d_ff, kind.gated())),
+            Ffn::Dense { d_ff, kind } => FfnWeights::Dense(self.mlp(d, *d_ff, kind.gated(), false)),
             Ffn::Moe(m) => FfnWeights::Moe {
                 router: self.uniform(d * m.experts, router_scale * inv(d)),
-                experts: (0..m.experts).map(|_| self.mlp(d, m.d_ff, m.expert.gated())).collect(),
-                shared: m
-                    .shared
-                    .map(|s| (self.mlp(d, s.d_ff, m.expert.gated()), s.sigmoid_gate.then(|| self.uniform(d, inv(d))))),
+                experts: (0..m.experts).map(|_| self.mlp(d, m.d_ff, m.expert.gated(), m.expert_bias)).collect(),
+                shared: m.shared.map(|s| {
+                    (self.mlp(d, s.d_ff, m.expert.gated(), false), s.sigmoid_gate.then(|| self.uniform(d, inv(d))))
+                }),
                 // drawn last (fields evaluate in the order written): the other routings' streams
                 // stay as they were
-                router_bias: m.routing.has_selection_bias().then(|| self.uniform(m.experts, 0.5)),
+                selection_bias: m.routing.has_selection_bias().then(|| self.uniform(m.experts, 0.5)),
+                logit_bias: cfg.router_bias().then(|| self.uniform(m.experts, router_scale * 0.5)),
             },
         };
-        LayerWeights { attn_norm, qkv, wo, ffn_norm, ffn }
+        // gpt-oss's, drawn after the rest
+        let bo = cfg.o_bias.then(|| self.uniform(d, 0.1));
+        let sinks = cfg.sinks.then(|| self.uniform(cfg.heads, 1.0));
+        LayerWeights { attn_norm, qkv, wo, bo, sinks, ffn_norm, ffn }
     }
 
     fn position_bias(&mut self, cfg: &ModelConfig) -> Option<Vec<f32>> {

@@ -91,12 +91,15 @@ pub enum ExpertKind {
     SwiGlu,
     /// (GeLU(x·W1) ⊙ x·W3)·W2 (the SecMoE paper's expert, with W3 its V).
     GeGlu,
+    /// gpt-oss's clamped SwiGLU: ((clamp(x·W3, ±7) + 1) ⊙ g·σ(1.702·g))·W2 with
+    /// g = min(x·W1, 7) (its `swiglu_limit` and `swiglu_alpha`).
+    ClampedSwiGlu,
 }
 
 impl ExpertKind {
     /// Whether the expert has the second input matrix W3.
     pub fn gated(self) -> bool {
-        matches!(self, ExpertKind::SwiGlu | ExpertKind::GeGlu)
+        matches!(self, ExpertKind::SwiGlu | ExpertKind::GeGlu | ExpertKind::ClampedSwiGlu)
     }
 
     /// The name used on the command line and in reports.
@@ -106,6 +109,7 @@ impl ExpertKind {
             ExpertKind::Gelu => "gelu",
             ExpertKind::SwiGlu => "swiglu",
             ExpertKind::GeGlu => "geglu",
+            ExpertKind::ClampedSwiGlu => "clamped-swiglu",
         }
     }
 }
@@ -114,10 +118,10 @@ impl std::str::FromStr for ExpertKind {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        [ExpertKind::Relu, ExpertKind::Gelu, ExpertKind::SwiGlu, ExpertKind::GeGlu]
+        [ExpertKind::Relu, ExpertKind::Gelu, ExpertKind::SwiGlu, ExpertKind::GeGlu, ExpertKind::ClampedSwiGlu]
             .into_iter()
             .find(|k| k.name() == s)
-            .ok_or_else(|| format!("unknown expert kind `{s}` (relu, gelu, swiglu, geglu)"))
+            .ok_or_else(|| format!("unknown expert kind `{s}` (relu, gelu, swiglu, geglu, clamped-swiglu)"))
     }
 }
 
@@ -177,6 +181,10 @@ pub struct MoeConfig {
     pub expert_capacity: Option<usize>,
     /// Group-limited routing, or `None`: every expert in play.
     pub groups: Option<GroupLimit>,
+    /// The routed experts' maps have biases (gpt-oss): x·W + b = [x | 1]·[W; b], so each of
+    /// their matrices holds one more row, its bias, and their inputs one more column, the
+    /// public 1 ([`MoeConfig::expert_inputs`]).
+    pub expert_bias: bool,
 }
 
 /// Most routed experts a layer may have (the one-hot vectors of the routing; also the longest
@@ -236,6 +244,13 @@ impl MoeConfig {
         self.expert_capacity.filter(|&c| c < n)
     }
 
+    /// Rows of a routed expert's first matrices and of its W2: d and d_ff, one more each when
+    /// the experts have biases (their last rows).
+    pub fn expert_inputs(&self) -> (usize, usize) {
+        let b = usize::from(self.expert_bias);
+        (self.d_model + b, self.d_ff + b)
+    }
+
     /// The canonical text both parties compare.
     pub fn canonical(&self) -> String {
         self.to_string()
@@ -262,6 +277,9 @@ impl fmt::Display for MoeConfig {
         }
         if let Some(g) = self.groups {
             write!(f, " groups={}/{}", g.chosen, g.groups)?;
+        }
+        if self.expert_bias {
+            write!(f, " biased")?;
         }
         Ok(())
     }
@@ -424,6 +442,7 @@ mod tests {
             shared: None,
             expert_capacity: None,
             groups: None,
+            expert_bias: false,
         }
     }
 

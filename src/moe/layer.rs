@@ -59,11 +59,23 @@ pub async fn moe_layer(
             .map(|values| Weights::new((d, cfg.experts), values))
             .transpose()
             .map_err(ProtoError::from)?;
-        linear(sess, MatShape { n, d, m: cfg.experts }, shares, router).await?
+        let logits = linear(sess, MatShape { n, d, m: cfg.experts }, shares, router).await?;
+        match weights.and_then(|w| w.logit_bias.as_deref()) {
+            // the server's bias on its own shares, at the logits' 2f fractional bits
+            Some(b) => {
+                let f = sess.format().frac_bits();
+                let mut l = logits.as_slice().to_vec();
+                for row in l.chunks_exact_mut(cfg.experts) {
+                    row.iter_mut().zip(b).for_each(|(l, &b)| *l = l.wrapping_add((b as i64 as u64) << f));
+                }
+                logits.with_values(l).map_err(ProtoError::from)?
+            }
+            None => logits,
+        }
     };
     let routes = {
         let _s = meter.scope("route");
-        let bias = weights.and_then(|w| w.router_bias.as_deref());
+        let bias = weights.and_then(|w| w.selection_bias.as_deref());
         let mut routes = route(sess, cfg, &logits, bias).await?;
         // the capacity method drops on its own; the others zero the dropped gates
         if let (None, Some(c)) = (method.capacity(cfg, n), cfg.overflow_capacity(n)) {
@@ -234,6 +246,16 @@ fn first_width(kind: ExpertKind, d_ff: usize) -> usize {
     d_ff * if kind.gated() { 2 } else { 1 }
 }
 
+/// Rows of `width` with the public 1 appended, when the experts have biases
+/// (x·W + b = [x | 1]·[W; b]): the server's share holds 1 at f fractional bits, the client's 0.
+fn expert_input(sess: &Session, cfg: &MoeConfig, rows: Vec<u64>, width: usize) -> Vec<u64> {
+    if !cfg.expert_bias {
+        return rows;
+    }
+    let one = if sess.is_server() { 1u64 << sess.format().frac_bits() } else { 0 };
+    rows.chunks_exact(width).flat_map(|r| r.iter().copied().chain([one])).collect()
+}
+
 /// The first matrices of the routed experts `experts` on the n rows of X: n rows of
 /// c·[`first_width`] values at 2f fractional bits (per expert: W1's then W3's results), shared
 /// in the ring of the pre-activations ([`pre_activation_bits`]).
@@ -247,10 +269,11 @@ async fn first_matrices(
 ) -> ProtoResult<Vec<u64>> {
     let meter = sess.meter().clone();
     let _s = meter.scope("first");
-    let (d, width) = (cfg.d_model, first_width(cfg.expert, cfg.d_ff));
-    let w = weights.map(|w| stack_first(&w.experts[experts.clone()], d, cfg.d_ff));
+    let ((d_in, _), width) = (cfg.expert_inputs(), first_width(cfg.expert, cfg.d_ff));
+    let x = expert_input(sess, cfg, x.to_vec(), cfg.d_model);
+    let w = weights.map(|w| stack_first(&w.experts[experts.clone()], d_in, cfg.d_ff));
     let bits = pre_activation_bits(sess);
-    product(sess, MatShape { n, d, m: experts.len() * width }, x, w.as_deref(), bits).await
+    product(sess, MatShape { n, d: d_in, m: experts.len() * width }, &x, w.as_deref(), bits).await
 }
 
 /// Adds to slot r's rows of `out` (slot-major, n rows of `len` each) the rows of `values`
@@ -321,12 +344,16 @@ async fn activate(sess: &mut Session, kind: ExpertKind, pre: &[u64], d_ff: usize
     let y = match kind {
         ExpertKind::Relu => relu(sess, &sess.shares((1, pre.len()), pre.to_vec())?, frac + 8).await?,
         ExpertKind::Gelu => evaluate(sess, &Piecewise::gelu(), &sess.shares((1, pre.len()), pre.to_vec())?).await?,
-        ExpertKind::SwiGlu | ExpertKind::GeGlu => {
+        ExpertKind::SwiGlu | ExpertKind::GeGlu | ExpertKind::ClampedSwiGlu => {
             let (gate, up): (Vec<&[u64]>, Vec<&[u64]>) =
                 pre.chunks_exact(2 * d_ff).map(|row| row.split_at(d_ff)).unzip();
             let rows = gate.len();
             let (gate, up) = (sess.shares((rows, d_ff), gate.concat())?, sess.shares((rows, d_ff), up.concat())?);
-            let f = if kind == ExpertKind::SwiGlu { Piecewise::silu() } else { Piecewise::gelu() };
+            let (f, up) = match kind {
+                ExpertKind::SwiGlu => (Piecewise::silu(), up),
+                ExpertKind::GeGlu => (Piecewise::gelu(), up),
+                _ => (Piecewise::clamped_swish(), evaluate(sess, &Piecewise::clamped_up(), &up).await?),
+            };
             gated(sess, &f, &gate, &up).await?
         }
     };
@@ -397,9 +424,10 @@ async fn second_by_experts(
     routes: &Routes,
     weights: Option<&MoeWeights>,
 ) -> MoeResult<Vec<u64>> {
-    let (e, k, d, d_ff) = (cfg.experts, cfg.top_k, cfg.d_model, cfg.d_ff);
+    let (e, k, d, (_, d_ff)) = (cfg.experts, cfg.top_k, cfg.d_model, cfg.expert_inputs());
     let meter = sess.meter().clone();
     let frac = sess.format().frac_bits();
+    let hidden = expert_input(sess, cfg, hidden, cfg.d_ff);
     let hidden = if gate_weighted(cfg, n) {
         let _s = meter.scope("gate");
         let bits = gate_bits(frac);
@@ -442,8 +470,9 @@ async fn second_by_rows(
     routes: &Routes,
     weights: Option<&MoeWeights>,
 ) -> MoeResult<Vec<u64>> {
-    let (e, k, d, d_ff) = (cfg.experts, cfg.top_k, cfg.d_model, cfg.d_ff);
+    let (e, k, d, (_, d_ff)) = (cfg.experts, cfg.top_k, cfg.d_model, cfg.expert_inputs());
     let meter = sess.meter().clone();
+    let hidden = &expert_input(sess, cfg, hidden.to_vec(), cfg.d_ff);
     let mut out = vec![0u64; k * n * d];
     for experts in chunks(cfg, n) {
         let c = experts.len();
@@ -488,14 +517,15 @@ async fn selected_weights(
             None => choice,
         }
     };
-    let xs: Vec<u64> = (0..k).flat_map(|_| x.iter().copied()).collect();
+    let (d_in, d_ff_in) = cfg.expert_inputs();
+    let xs = expert_input(sess, cfg, (0..k).flat_map(|_| x.iter().copied()).collect(), d);
     let width = first_width(cfg.expert, d_ff);
     let pre = {
         let _s = meter.scope("first");
         let first: Option<Vec<Vec<u64>>> =
-            weights.map(|w| w.experts.iter().map(|x| stack_first(std::slice::from_ref(x), d, d_ff)).collect());
-        let args = first.as_deref().map(|m| matrices(m, (d, width))).transpose()?;
-        let xs = sess.shares((choice.rows(), d), xs)?;
+            weights.map(|w| w.experts.iter().map(|x| stack_first(std::slice::from_ref(x), d_in, d_ff)).collect());
+        let args = first.as_deref().map(|m| matrices(m, (d_in, width))).transpose()?;
+        let xs = sess.shares((choice.rows(), d_in), xs)?;
         selected_linear(sess, &choice, width, &xs, args.as_deref(), pre_activation_bits(sess)).await?.into_vec()
     };
     let hidden = {
@@ -506,8 +536,8 @@ async fn selected_weights(
     let out = {
         let _s = meter.scope("second");
         let second: Option<Vec<Vec<u64>>> = weights.map(|w| w.experts.iter().map(|x| widen(&x.w2)).collect());
-        let args = second.as_deref().map(|m| matrices(m, (d_ff, d))).transpose()?;
-        let hidden = sess.shares((choice.rows(), d_ff), hidden)?;
+        let args = second.as_deref().map(|m| matrices(m, (d_ff_in, d))).transpose()?;
+        let hidden = sess.shares((choice.rows(), d_ff_in), expert_input(sess, cfg, hidden, d_ff))?;
         selected_linear(sess, &choice, d, &hidden, args.as_deref(), 64).await?.into_vec()
     };
     Ok(truncate_extend(sess, &out, 64, frac).await?)
@@ -544,9 +574,10 @@ async fn baseline(
         let second = meter.scope("second");
         for (slot, i) in experts.clone().enumerate() {
             let rows: Vec<u64> = (0..n).flat_map(|j| hidden[(j * c + slot) * d_ff..][..d_ff].to_vec()).collect();
+            let rows = expert_input(sess, cfg, rows, d_ff);
             let w2 = weights.map(|w| widen(&w.experts[i].w2));
             let w2 = w2.as_deref();
-            let y = product(sess, MatShape { n, d: d_ff, m: d }, &rows, w2, 64).await?;
+            let y = product(sess, MatShape { n, d: cfg.expert_inputs().1, m: d }, &rows, w2, 64).await?;
             for j in 0..n {
                 u[(j * c + slot) * d..][..d].copy_from_slice(&y[j * d..][..d]);
             }
@@ -631,8 +662,9 @@ async fn capacity(
         for i in 0..e {
             let w2 = weights.map(|w| widen(&w.experts[i].w2));
             let w2 = w2.as_deref();
-            let rows = &hidden[i * slots * d_ff..(i + 1) * slots * d_ff];
-            y_slots.extend(product(sess, MatShape { n: slots, d: d_ff, m: d }, rows, w2, 64).await?);
+            let rows = expert_input(sess, cfg, hidden[i * slots * d_ff..(i + 1) * slots * d_ff].to_vec(), d_ff);
+            let shape = MatShape { n: slots, d: cfg.expert_inputs().1, m: d };
+            y_slots.extend(product(sess, shape, &rows, w2, 64).await?);
         }
     }
     let _s = meter.scope("combine");
@@ -760,6 +792,7 @@ mod tests {
             shared: None,
             expert_capacity: None,
             groups: None,
+            expert_bias: false,
         }
     }
 

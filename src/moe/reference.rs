@@ -42,11 +42,21 @@ fn softmax(xs: &[f64]) -> Vec<f64> {
 }
 
 /// One expert on one token: the hidden layer from the exact product truncated to f bits (as
-/// the protocol's truncation), the piecewise activation, then W2 in f64.
-fn expert(kind: ExpertKind, w: &ExpertWeights, x: &[u64], d: usize, d_ff: usize, format: FixedPoint) -> Vec<f64> {
+/// the protocol's truncation), the piecewise activation, then W2 in f64; with `bias`, each
+/// matrix's last row is its bias (the input's 1).
+fn expert(
+    kind: ExpertKind,
+    w: &ExpertWeights,
+    x: &[u64],
+    (d, d_ff): (usize, usize),
+    bias: bool,
+    format: FixedPoint,
+) -> Vec<f64> {
     let f = format.frac_bits();
+    let x: Vec<u64> = x.iter().copied().chain(bias.then_some(1u64 << f)).collect();
+    let rows = x.len();
     let pre = |m: &[i32]| -> Vec<f64> {
-        matmul(x, m, d, d_ff).into_iter().map(|v| format.decode((v >> f) as i64 as u64)).collect()
+        matmul(&x, m, rows, d_ff).into_iter().map(|v| format.decode((v >> f) as i64 as u64)).collect()
     };
     let a = pre(&w.w1);
     // the activation's pieces at this format (NaN outputs if the format has none: never in range)
@@ -62,12 +72,17 @@ fn expert(kind: ExpertKind, w: &ExpertWeights, x: &[u64], d: usize, d_ff: usize,
             let f = act(Piecewise::gelu());
             a.iter().map(|&v| f(v)).collect()
         }
-        ExpertKind::SwiGlu | ExpertKind::GeGlu => {
+        ExpertKind::SwiGlu | ExpertKind::GeGlu | ExpertKind::ClampedSwiGlu => {
             let b = pre(w.w3.as_deref().unwrap_or(&[]));
-            let f = act(if kind == ExpertKind::SwiGlu { Piecewise::silu() } else { Piecewise::gelu() });
-            a.iter().zip(&b).map(|(&a, &b)| f(a) * b).collect()
+            let (f, up): (_, Box<dyn Fn(f64) -> f64>) = match kind {
+                ExpertKind::SwiGlu => (act(Piecewise::silu()), Box::new(|v| v)),
+                ExpertKind::GeGlu => (act(Piecewise::gelu()), Box::new(|v| v)),
+                _ => (act(Piecewise::clamped_swish()), act(Piecewise::clamped_up())),
+            };
+            a.iter().zip(&b).map(|(&a, &b)| f(a) * up(b)).collect()
         }
     };
+    let hidden: Vec<f64> = hidden.into_iter().chain(bias.then_some(1.0)).collect();
     (0..d).map(|c| hidden.iter().enumerate().map(|(a, h)| h * w.w2[a * d + c] as f64 / format.scale()).sum()).collect()
 }
 
@@ -96,7 +111,11 @@ pub fn reference(
     w.check(cfg, format)?;
     let capacity = capacity.or(cfg.expert_capacity);
     let (e, d) = (cfg.experts, cfg.d_model);
-    let logits = matmul(x, &w.router, d, e);
+    let mut logits = matmul(x, &w.router, d, e);
+    if let Some(b) = &w.logit_bias {
+        let f = format.frac_bits();
+        logits.chunks_exact_mut(e).for_each(|row| row.iter_mut().zip(b).for_each(|(l, &b)| *l += (b as i128) << f));
+    }
     let scale2 = format.scale() * format.scale();
     let (mut y, mut chosen, mut dropped) = (Vec::new(), Vec::new(), 0);
     let mut queue = vec![0usize; e];
@@ -116,7 +135,7 @@ pub fn reference(
                     }
                     _ => (softmax(&real).iter().map(|p| (p * format.scale()).round() as i128).collect(), true),
                 };
-                let mut choice: Vec<i128> = match &w.router_bias {
+                let mut choice: Vec<i128> = match &w.selection_bias {
                     Some(b) => scores.iter().zip(b).map(|(s, &b)| s + b as i128).collect(),
                     None => scores.clone(),
                 };
@@ -152,11 +171,11 @@ pub fn reference(
                 dropped += 1;
                 continue;
             }
-            let o = expert(cfg.expert, &w.experts[i], token, d, cfg.d_ff, format);
+            let o = expert(cfg.expert, &w.experts[i], token, (d, cfg.d_ff), cfg.expert_bias, format);
             out.iter_mut().zip(o).for_each(|(y, o)| *y += g * o);
         }
         if let (Some(shape), Some(s)) = (cfg.shared, &w.shared) {
-            let o = expert(cfg.expert, &s.expert, token, d, shape.d_ff, format);
+            let o = expert(cfg.expert, &s.expert, token, (d, shape.d_ff), false, format);
             let scale = match &s.gate {
                 Some(g) => 1.0 / (1.0 + (-(matmul(token, g, d, 1)[0] as f64 / scale2)).exp()),
                 None => 1.0,

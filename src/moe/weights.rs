@@ -34,9 +34,12 @@ pub struct SharedWeights {
 pub struct MoeWeights {
     /// The router, d×E.
     pub router: Vec<i32>,
+    /// The router's own bias, E values added to the logits (gpt-oss's `router.bias`; `None`:
+    /// zero). The server adds it to its shares of the logits.
+    pub logit_bias: Option<Vec<i32>>,
     /// The selection bias of sigmoid or biased softmax routing, E values (DeepSeek-V3's and
     /// ERNIE-4.5's `e_score_correction_bias`; `None`: zero), |b| < 64.
-    pub router_bias: Option<Vec<i32>>,
+    pub selection_bias: Option<Vec<i32>>,
     /// The E routed experts.
     pub experts: Vec<ExpertWeights>,
     /// The shared expert, when the config has one.
@@ -52,15 +55,23 @@ fn expect(name: &str, values: &[i32], rows: usize, cols: usize) -> MoeResult<()>
 }
 
 impl ExpertWeights {
-    fn check(&self, name: &str, gated: bool, d: usize, d_ff: usize) -> MoeResult<()> {
-        expect(&format!("{name}.w1"), &self.w1, d, d_ff)?;
-        expect(&format!("{name}.w2"), &self.w2, d_ff, d)?;
+    /// Checks W1, W3 of `rows`×d_ff and W2 of `rows2`×d (`rows`, `rows2`: d and d_ff, one more
+    /// each with biases, [`MoeConfig::expert_inputs`]).
+    fn check(
+        &self,
+        name: &str,
+        gated: bool,
+        (rows, d_ff): (usize, usize),
+        (rows2, d): (usize, usize),
+    ) -> MoeResult<()> {
+        expect(&format!("{name}.w1"), &self.w1, rows, d_ff)?;
+        expect(&format!("{name}.w2"), &self.w2, rows2, d)?;
         match (&self.w3, gated) {
-            (Some(w3), true) => expect(&format!("{name}.w3"), w3, d, d_ff),
+            (Some(w3), true) => expect(&format!("{name}.w3"), w3, rows, d_ff),
             (None, false) => Ok(()),
             (None, true) => Err(MoeError::Shape {
                 tensor: format!("{name}.w3"),
-                expected: format!("{d}×{d_ff} (a gated expert)"),
+                expected: format!("{rows}×{d_ff} (a gated expert)"),
                 values: 0,
             }),
             (Some(w3), false) => Err(MoeError::Shape {
@@ -71,12 +82,14 @@ impl ExpertWeights {
         }
     }
 
-    fn random(gated: bool, d: usize, d_ff: usize, format: FixedPoint, rng: &mut impl Rng) -> Self {
+    /// Uniform in ±1/√fan_in; with `bias`, one more row each of the same range.
+    fn random(gated: bool, (d, d_ff): (usize, usize), bias: bool, format: FixedPoint, rng: &mut impl Rng) -> Self {
         let (a, b) = (1.0 / (d as f64).sqrt(), 1.0 / (d_ff as f64).sqrt());
+        let (rows, rows2) = (d + usize::from(bias), d_ff + usize::from(bias));
         ExpertWeights {
-            w1: uniform(d * d_ff, a, format, rng),
-            w3: gated.then(|| uniform(d * d_ff, a, format, rng)),
-            w2: uniform(d_ff * d, b, format, rng),
+            w1: uniform(rows * d_ff, a, format, rng),
+            w3: gated.then(|| uniform(rows * d_ff, a, format, rng)),
+            w2: uniform(rows2 * d, b, format, rng),
         }
     }
 }
@@ -87,18 +100,21 @@ impl MoeWeights {
     pub fn check(&self, cfg: &MoeConfig, format: FixedPoint) -> MoeResult<()> {
         let (d, e) = (cfg.d_model, cfg.experts);
         expect("router", &self.router, d, e)?;
-        if let Some(b) = &self.router_bias {
+        if let Some(b) = &self.logit_bias {
+            expect("logit_bias", b, 1, e)?;
+        }
+        if let Some(b) = &self.selection_bias {
             if !cfg.routing.has_selection_bias() {
                 return Err(MoeError::Shape {
-                    tensor: "router_bias".into(),
+                    tensor: "selection_bias".into(),
                     expected: format!("none ({:?} routing has no selection bias)", cfg.routing),
                     values: b.len(),
                 });
             }
-            expect("router_bias", b, 1, e)?;
+            expect("selection_bias", b, 1, e)?;
             let bound = (SELECTION_BIAS_BOUND * format.scale()) as i64;
             if let Some(i) = b.iter().position(|&v| (v as i64).abs() >= bound) {
-                return Err(MoeError::Input(format!("router_bias[{i}] outside ±{SELECTION_BIAS_BOUND}")));
+                return Err(MoeError::Input(format!("selection_bias[{i}] outside ±{SELECTION_BIAS_BOUND}")));
             }
         }
         if self.experts.len() != e {
@@ -109,12 +125,13 @@ impl MoeWeights {
             });
         }
         for (i, x) in self.experts.iter().enumerate() {
-            x.check(&format!("experts.{i}"), cfg.expert.gated(), d, cfg.d_ff)?;
+            let (rows, rows2) = cfg.expert_inputs();
+            x.check(&format!("experts.{i}"), cfg.expert.gated(), (rows, cfg.d_ff), (rows2, d))?;
         }
         match (&self.shared, cfg.shared) {
             (None, None) => Ok(()),
             (Some(s), Some(c)) => {
-                s.expert.check("shared", cfg.expert.gated(), d, c.d_ff)?;
+                s.expert.check("shared", cfg.expert.gated(), (d, c.d_ff), (c.d_ff, d))?;
                 match (&s.gate, c.sigmoid_gate) {
                     (Some(g), true) => expect("shared.gate", g, d, 1),
                     (None, false) => Ok(()),
@@ -134,22 +151,25 @@ impl MoeWeights {
     }
 
     /// Random weights of `cfg`'s shapes (uniform in ±1/√fan_in, the router's scaled by
-    /// `router_scale`; a selection bias in ±½ where the routing has one), for tests and
-    /// benchmarks.
+    /// `router_scale`; a selection bias in ±½ where the routing has one; no logit bias), for
+    /// tests and benchmarks.
     pub fn random(cfg: &MoeConfig, format: FixedPoint, router_scale: f64, rng: &mut impl Rng) -> Self {
         let gated = cfg.expert.gated();
         let (d, d_ff) = (cfg.d_model, cfg.d_ff);
         let mut w = MoeWeights {
             router: uniform(d * cfg.experts, router_scale / (d as f64).sqrt(), format, rng),
-            router_bias: None,
-            experts: (0..cfg.experts).map(|_| ExpertWeights::random(gated, d, d_ff, format, rng)).collect(),
+            logit_bias: None,
+            selection_bias: None,
+            experts: (0..cfg.experts)
+                .map(|_| ExpertWeights::random(gated, (d, d_ff), cfg.expert_bias, format, rng))
+                .collect(),
             shared: cfg.shared.map(|s| SharedWeights {
-                expert: ExpertWeights::random(gated, d, s.d_ff, format, rng),
+                expert: ExpertWeights::random(gated, (d, s.d_ff), false, format, rng),
                 gate: s.sigmoid_gate.then(|| uniform(d, 1.0 / (d as f64).sqrt(), format, rng)),
             }),
         };
         if cfg.routing.has_selection_bias() {
-            w.router_bias = Some(uniform(cfg.experts, 0.5, format, rng));
+            w.selection_bias = Some(uniform(cfg.experts, 0.5, format, rng));
         }
         w
     }

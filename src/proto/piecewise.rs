@@ -141,6 +141,22 @@ pub fn silu_exact(x: f64) -> f64 {
     x / (1.0 + (-x).exp())
 }
 
+/// gpt-oss's `swiglu_limit`: its experts clamp the gate above and the linear branch both ways.
+pub const SWIGLU_LIMIT: f64 = 7.0;
+/// gpt-oss's `swiglu_alpha`, the gain of the gate's sigmoid.
+pub const SWIGLU_ALPHA: f64 = 1.702;
+
+/// gpt-oss's gate g·σ(α·g) with g = min(x, 7), α = 1.702, in f64, for references.
+pub fn clamped_swish_exact(x: f64) -> f64 {
+    let g = x.min(SWIGLU_LIMIT);
+    g * sigmoid_exact(SWIGLU_ALPHA * g)
+}
+
+/// gpt-oss's linear branch clamp(x, ±7) + 1, in f64, for references.
+pub fn clamped_up_exact(x: f64) -> f64 {
+    x.clamp(-SWIGLU_LIMIT, SWIGLU_LIMIT) + 1.0
+}
+
 /// σ(x) = 1/(1 + e^-x) in f64, for references.
 pub fn sigmoid_exact(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
@@ -201,6 +217,40 @@ impl Piecewise {
     pub fn silu() -> Piecewise {
         static FIT: LazyLock<Piecewise> = LazyLock::new(|| {
             Piecewise::fit("silu", silu_exact, -7, 1, 7, (Piece::ZERO, Piece::IDENTITY), Window::centred(6))
+        });
+        FIT.clone()
+    }
+
+    /// gpt-oss's gate g·σ(1.702·g), g = min(x, 7): 0 below −7 (−4.7e-5 there), 14
+    /// quadratics of width 1 on [−7, 7) — the sigmoid's gain makes it twice as steep as SiLU —
+    /// and its value at 7 from 7 on, where the clamp puts a kink on a piece boundary; |x| < 63
+    /// (saturating sessions: any x).
+    pub fn clamped_swish() -> Piecewise {
+        static FIT: LazyLock<Piecewise> = LazyLock::new(|| {
+            let limit = SWIGLU_LIMIT as i64;
+            let top = Piece { gamma: clamped_swish_exact(SWIGLU_LIMIT), ..Piece::ZERO };
+            let pieces = 2 * limit as usize;
+            Piecewise::fit(
+                "clamped-swish",
+                clamped_swish_exact,
+                -limit,
+                0,
+                pieces,
+                (Piece::ZERO, top),
+                Window::centred(6),
+            )
+        });
+        FIT.clone()
+    }
+
+    /// gpt-oss's linear branch clamp(x, ±7) + 1: −6 below −7, x + 1 on seven pieces of width 2
+    /// (exact: the fit of a line is the line), 8 from 7 on; |x| < 63 (saturating sessions: any x).
+    pub fn clamped_up() -> Piecewise {
+        static FIT: LazyLock<Piecewise> = LazyLock::new(|| {
+            let limit = SWIGLU_LIMIT as i64;
+            let (low, high) = (clamped_up_exact(-SWIGLU_LIMIT), clamped_up_exact(SWIGLU_LIMIT));
+            let tails = (Piece { gamma: low, ..Piece::ZERO }, Piece { gamma: high, ..Piece::ZERO });
+            Piecewise::fit("clamped-up", clamped_up_exact, -limit, 1, limit as usize, tails, Window::centred(6))
         });
         FIT.clone()
     }
@@ -834,6 +884,19 @@ mod tests {
         assert!(max <= 1.2e-2 && mean <= 1.7e-3, "max {max}, mean {mean}");
     }
 
+    /// gpt-oss's gate as close as SiLU's fit, its clamp exact (within the coefficients'
+    /// rounding), the kink at 7 on a piece boundary.
+    #[test]
+    fn clamped_swiglu_fits() {
+        let f = Piecewise::clamped_swish();
+        let (max, mean) = errors(&f, (0..200_000).map(|j| -12.0 + 24.0 * j as f64 / 200_000.0));
+        assert!(max <= 1.2e-2 && mean <= 1.7e-3, "max {max}, mean {mean}");
+        assert_eq!(f.approx(7.0), f.approx(40.0));
+        let up = Piecewise::clamped_up();
+        let (max, _) = errors(&up, (0..200_000).map(|j| -12.0 + 24.0 * j as f64 / 200_000.0));
+        assert!(max <= 1e-9, "max {max}");
+    }
+
     /// Half-unit pieces: a router's scores are close to σ well below the gates' other errors.
     #[test]
     fn sigmoid_fit_is_within_a_ten_thousandth() {
@@ -844,7 +907,7 @@ mod tests {
 
     #[test]
     fn reference_follows_the_real_approximation() {
-        for f in [Piecewise::gelu(), Piecewise::silu(), Piecewise::sigmoid()] {
+        for f in [Piecewise::gelu(), Piecewise::silu(), Piecewise::sigmoid(), Piecewise::clamped_swish()] {
             let (lo, hi) = f.input_range();
             for j in 0..10_000 {
                 let x = lo + (hi - lo) * j as f64 / 10_000.0;

@@ -67,6 +67,7 @@ pub(crate) async fn run(
                 shared: None,
                 expert_capacity: None,
                 groups: opts.groups,
+                expert_bias: false,
             };
             let row = measure(&cfg, method, opts.tokens, backend.clone(), threads, tune)
                 .await

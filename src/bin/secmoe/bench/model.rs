@@ -39,6 +39,7 @@ fn switch_base_8_layer() -> ModelConfig {
         shared: None,
         expert_capacity: Some(64),
         groups: None,
+        expert_bias: false,
     };
     ModelConfig {
         family: Family::SwitchEncoder,
@@ -52,6 +53,9 @@ fn switch_base_8_layer() -> ModelConfig {
         positions: Positions::RelativeBias { buckets: 32, max_distance: 128 },
         score_scale: 1.0,
         qkv_bias: false,
+        o_bias: false,
+        sinks: false,
+        windows: Vec::new(),
         qk_norm: QkNorm::None,
         latent: None,
         ffn: vec![Ffn::Moe(moe)],
