@@ -36,7 +36,7 @@ def ensure_venv():
 def families():
     from transformers import (DeepseekV2Config, DeepseekV2ForCausalLM, DeepseekV3Config, DeepseekV3ForCausalLM,
                               Dots1Config, Dots1ForCausalLM, Ernie4_5_MoeConfig, Ernie4_5_MoeForCausalLM,
-                              Glm4MoeConfig, Glm4MoeForCausalLM,
+                              Glm4MoeConfig, Glm4MoeForCausalLM, GptOssConfig, GptOssForCausalLM,
                               GraniteMoeConfig, GraniteMoeForCausalLM, GraniteMoeSharedConfig,
                               GraniteMoeSharedForCausalLM, MixtralConfig, MixtralForCausalLM, OlmoeConfig,
                               OlmoeForCausalLM, Qwen2MoeConfig, Qwen2MoeForCausalLM, Qwen3MoeConfig,
@@ -115,6 +115,15 @@ def families():
             norm_topk_prob=True, routed_scaling_factor=2.5, rope_parameters={"rope_type": "yarn",
             "rope_theta": 10000.0, "factor": 8.0, "original_max_position_embeddings": 32, "mscale": 1.0,
             "mscale_all_dim": 0.707}, tie_word_embeddings=False)),
+        # sinks, biases on every attention map, layers alternating a window of 3 with full
+        # attention, YaRN x32 untruncated, biased clamped SwiGLU experts (top-2 of 8) under a
+        # biased router, the experts stored fused with gate and up interleaved
+        ("gpt_oss", torch.bfloat16, GptOssForCausalLM, GptOssConfig(
+            vocab_size=96, hidden_size=32, intermediate_size=16, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=8,
+            num_experts_per_tok=2, sliding_window=3, rope_parameters={"rope_type": "yarn",
+            "rope_theta": 150000.0, "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
+            "original_max_position_embeddings": 4096}, tie_word_embeddings=False)),
         ("switch", torch.float32, SwitchTransformersEncoderModel, SwitchTransformersConfig(
             vocab_size=96, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4, num_experts=8,
             num_sparse_encoder_layers=1, expert_capacity=1, relative_attention_num_buckets=32,
@@ -125,7 +134,8 @@ def families():
 def randomize(model, generator):
     """Weights large enough that every part of the model matters: matrices uniform in
     ±1/sqrt(fan-in) (routers ×4), embeddings and position biases uniform in ±1, norms 1 ± 0.2,
-    the routers' selection biases (buffers) in ±0.3."""
+    the routers' selection biases (buffers) in ±0.3; gpt-oss's sinks in ±1 and its experts' first
+    biases in ±8, so that the clamps at ±7 matter (its fused experts are stored in × out)."""
     import torch
     with torch.no_grad():
         for name, b in model.named_buffers():
@@ -135,6 +145,12 @@ def randomize(model, generator):
             u = torch.rand(p.shape, generator=generator, dtype=torch.float32) * 2 - 1
             if "norm" in name:
                 value = 1 + 0.2 * u
+            elif name.endswith("sinks"):
+                value = u
+            elif name.endswith("gate_up_proj_bias"):
+                value = 8 * u
+            elif name.endswith(("experts.gate_up_proj", "experts.down_proj")) and model.config.model_type == "gpt_oss":
+                value = u / p.shape[-2] ** 0.5
             elif "embed" in name or name.startswith("shared") or "relative_attention_bias" in name:
                 value = u
             elif name.endswith("bias"):

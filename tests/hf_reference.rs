@@ -15,10 +15,11 @@ mod common;
 use std::path::PathBuf;
 
 use secmoe::model::{
-    Checkpoint, Ffn, FfnWeights, LayerWeights, ModelConfig, ModelResult, Plan, Positions, Prompt, Scales, WeightSource,
-    finish, forward, infer, serve, setup_he,
+    Checkpoint, Ffn, FfnWeights, LayerWeights, ModelConfig, ModelResult, Plan, Positions, Prompt, Quantity, Scales,
+    WeightSource, finish, forward, infer, ranges, serve, setup_he,
 };
-use secmoe::moe::MoeConfig;
+use secmoe::moe::{ExpertKind, MoeConfig};
+use secmoe::proto::layernorm::NormRange;
 
 /// Largest |Δ| of private inference against `transformers` (the target).
 const PRIVATE_BOUND: f64 = 0.05;
@@ -165,19 +166,24 @@ fn switch_encoder_matches_transformers() {
     assert!(undropped > PRIVATE_BOUND, "no token was dropped (Δ {undropped:.1e} without the capacity)");
 }
 
-/// The checkpoint's weights with every selection bias dropped.
-struct Unbiased<'a>(&'a Checkpoint);
+/// The checkpoint's weights with each layer's edited.
+struct Edited<'a>(&'a Checkpoint, fn(&mut LayerWeights));
 
-impl WeightSource for Unbiased<'_> {
+/// Drops a layer's selection bias.
+fn unbiased(l: &mut LayerWeights) {
+    if let FfnWeights::Moe { selection_bias, .. } = &mut l.ffn {
+        *selection_bias = None;
+    }
+}
+
+impl WeightSource for Edited<'_> {
     fn embedding(&self) -> ModelResult<Vec<f32>> {
         self.0.embedding()
     }
 
     fn layer(&self, i: usize) -> ModelResult<LayerWeights> {
         let mut l = self.0.layer(i)?;
-        if let FfnWeights::Moe { selection_bias, .. } = &mut l.ffn {
-            *selection_bias = None;
-        }
+        (self.1)(&mut l);
         Ok(l)
     }
 
@@ -211,7 +217,7 @@ fn glm4_moe_matches_transformers() {
     check("glm4_moe");
     let (ckpt, _) = load("glm4_moe");
     let cfg = ckpt.config().clone();
-    matters("glm4_moe", "selection bias", &cfg, &Unbiased(&ckpt));
+    matters("glm4_moe", "selection bias", &cfg, &Edited(&ckpt, unbiased));
     matters(
         "glm4_moe",
         "routed scale",
@@ -231,7 +237,7 @@ fn glm4_moe_matches_transformers() {
 fn dots1_matches_transformers() {
     check("dots1");
     let (ckpt, _) = load("dots1");
-    matters("dots1", "selection bias", ckpt.config(), &Unbiased(&ckpt));
+    matters("dots1", "selection bias", ckpt.config(), &Edited(&ckpt, unbiased));
 }
 
 /// ERNIE-4.5: softmax over all experts, the top-3 of p + the selection bias, renormalized, two
@@ -243,7 +249,7 @@ fn ernie4_5_moe_matches_transformers() {
     check("ernie4_5_moe");
     let (ckpt, _) = load("ernie4_5_moe");
     let cfg = ckpt.config().clone();
-    matters("ernie4_5_moe", "selection bias", &cfg, &Unbiased(&ckpt));
+    matters("ernie4_5_moe", "selection bias", &cfg, &Edited(&ckpt, unbiased));
     let Positions::Rope { theta, dims, interleaved: true, .. } = cfg.positions else { panic!("{:?}", cfg.positions) };
     let halves = Positions::Rope { theta, dims, interleaved: false, yarn: None };
     matters("ernie4_5_moe", "rotary pairing", &ModelConfig { positions: halves, ..cfg.clone() }, &ckpt);
@@ -295,9 +301,37 @@ fn deepseek_v3_matches_transformers() {
     let (ckpt, _) = load("deepseek_v3");
     let cfg = ckpt.config().clone();
     assert_eq!(cfg.latent.map(|l| l.q_rank), Some(Some(24)));
-    matters("deepseek_v3", "selection bias", &cfg, &Unbiased(&ckpt));
+    matters("deepseek_v3", "selection bias", &cfg, &Edited(&ckpt, unbiased));
     matters("deepseek_v3", "group limit", &ungrouped(&cfg), &ckpt);
     let Positions::Rope { theta, dims, interleaved: true, yarn } = cfg.positions else { panic!("{:?}", cfg.positions) };
     let halves = Positions::Rope { theta, dims, interleaved: false, yarn };
     matters("deepseek_v3", "rotary pairing", &ModelConfig { positions: halves, ..cfg.clone() }, &ckpt);
+}
+
+/// gpt-oss's layers: sinks, biases on every attention map, a window of 3 on layers 0 and 2,
+/// YaRN ×32 untruncated, biased clamped SwiGLU experts under a biased router, stored fused —
+/// the window, the sinks and the router's bias matter.
+#[test]
+#[ignore = "needs the checkpoints of scripts/hf_reference.py (PyTorch and transformers)"]
+fn gpt_oss_matches_transformers() {
+    check("gpt_oss");
+    let (ckpt, _) = load("gpt_oss");
+    let cfg = ckpt.config().clone();
+    assert_eq!((cfg.window(0), cfg.window(1), cfg.window(2)), (Some(3), None, Some(3)));
+    // the experts' pre-activations pass the clamps at ±7
+    let (_, r) = load("gpt_oss");
+    let seen = ranges(&cfg, &ckpt, &[&r.ids], NormRange::DEFAULT).unwrap();
+    for q in [Quantity::Activation(ExpertKind::ClampedSwiGlu), Quantity::UpBranch] {
+        let max = seen.sites().iter().filter(|s| s.quantity == q).map(|s| s.max).fold(0.0, f64::max);
+        assert!(max > 7.5, "{q}: at most {max}");
+    }
+    matters("gpt_oss", "sliding window", &ModelConfig { windows: Vec::new(), ..cfg.clone() }, &ckpt);
+    let sinkless = |l: &mut LayerWeights| l.sinks.iter_mut().flatten().for_each(|s| *s = -60.0);
+    matters("gpt_oss", "sinks", &cfg, &Edited(&ckpt, sinkless));
+    let unrouted = |l: &mut LayerWeights| {
+        if let FfnWeights::Moe { logit_bias, .. } = &mut l.ffn {
+            *logit_bias = None;
+        }
+    };
+    matters("gpt_oss", "router bias", &cfg, &Edited(&ckpt, unrouted));
 }

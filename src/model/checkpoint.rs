@@ -681,7 +681,7 @@ pub fn hf_tensors(cfg: &ModelConfig, w: &ModelWeights) -> ModelResult<Vec<HfTens
                 w.cols
             )));
         }
-        let v = if matrix && w.linear || matrix && s.part.is_none() { transpose(w.cols, w.rows, &v) } else { v };
+        let v = if matrix && (w.linear || s.part.is_none()) { transpose(w.cols, w.rows, &v) } else { v };
         if s.part.is_none() {
             out.push(HfTensor { name: s.name, shape: s.shape, values: v });
             continue;
