@@ -119,7 +119,7 @@ def families():
         # attention, YaRN x32 untruncated, biased clamped SwiGLU experts (top-2 of 8) under a
         # biased router, the experts stored fused with gate and up interleaved
         ("gpt_oss", torch.bfloat16, GptOssForCausalLM, GptOssConfig(
-            vocab_size=96, hidden_size=32, intermediate_size=16, num_hidden_layers=3,
+            vocab_size=96, hidden_size=32, intermediate_size=32, num_hidden_layers=3,
             num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=8,
             num_experts_per_tok=2, sliding_window=3, rope_parameters={"rope_type": "yarn",
             "rope_theta": 150000.0, "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
@@ -163,6 +163,36 @@ def randomize(model, generator):
             p.copy_(value)
 
 
+def mxfp4(model, path):
+    """Rewrites the gpt-oss checkpoint at `path` with its experts in MXFP4 as gpt-oss ships
+    them (`X_blocks`, `X_scales` per expert matrix, out × in), and sets the model's experts to
+    what `transformers` dequantizes from them (its own `convert_moe_packed_tensors`)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers.integrations.mxfp4 import FP4_VALUES, convert_moe_packed_tensors
+    lut = torch.tensor(FP4_VALUES)
+    tensors = load_file(path / "model.safetensors")
+    for name in [n for n in tensors if n.endswith(("experts.gate_up_proj", "experts.down_proj"))]:
+        w = tensors.pop(name).float().transpose(1, 2).contiguous()  # E × out × in
+        e, out, n = w.shape
+        groups = w.reshape(e, out, n // 32, 32)
+        top = groups.abs().amax(-1).clamp(min=2.0 ** -100)
+        exponent = torch.ceil(torch.log2(top / 6.0)).clamp(-127, 127)
+        codes = (groups[..., None] / torch.exp2(exponent)[..., None, None] - lut).abs().argmin(-1).to(torch.uint8)
+        blocks = codes[..., 0::2] | (codes[..., 1::2] << 4)
+        scales = (exponent + 127).to(torch.uint8)
+        tensors[name + "_blocks"], tensors[name + "_scales"] = blocks, scales
+        dequantized = convert_moe_packed_tensors(blocks, scales, dtype=torch.float32)
+        module, param = name.rsplit(".", 1)
+        with torch.no_grad():
+            getattr(model.get_submodule(module), param).copy_(dequantized)
+    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((path / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": [
+        "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+
+
 def main():
     ensure_venv()
     import torch
@@ -183,6 +213,18 @@ def main():
         reference = {"ids": ids, "kind": kind, "output": output[0].tolist()}
         (path / "reference.json").write_text(json.dumps(reference))
         print(f"{path}: {config.model_type}, {dtype}, output {tuple(output.shape)}")
+        if name == "gpt_oss":
+            # the same model with its experts in MXFP4, as the published checkpoints
+            path = out / "gpt_oss_mxfp4"
+            model.to(dtype).save_pretrained(path)
+            mxfp4(model, path)
+            # `to` converts the module in place: back to f32 for the reference
+            model = model.to(torch.float32)
+            with torch.no_grad():
+                output = model(input_ids=torch.tensor([ids])).logits
+            reference = {"ids": ids, "kind": "logits", "output": output[0].tolist()}
+            (path / "reference.json").write_text(json.dumps(reference))
+            print(f"{path}: gpt_oss, MXFP4 experts, output {tuple(output.shape)}")
 
 
 if __name__ == "__main__":

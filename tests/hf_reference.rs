@@ -335,3 +335,12 @@ fn gpt_oss_matches_transformers() {
     };
     matters("gpt_oss", "router bias", &cfg, &Edited(&ckpt, unrouted));
 }
+
+/// The same gpt-oss with its experts in MXFP4 as the published checkpoints ship them
+/// (`_blocks` and `_scales`, out × in, with `quantization_config`), against `transformers`'
+/// own dequantization.
+#[test]
+#[ignore = "needs the checkpoints of scripts/hf_reference.py (PyTorch and transformers)"]
+fn gpt_oss_in_mxfp4_matches_transformers() {
+    check("gpt_oss_mxfp4");
+}

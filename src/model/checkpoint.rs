@@ -14,16 +14,29 @@ use super::config::{Family, Ffn, ModelConfig, Positions};
 use super::weights::{
     FfnWeights, HeadMaps, LatentMaps, LayerWeights, Mlp, MlpBias, ModelWeights, QkvWeights, WeightSource, transpose,
 };
-use super::{ModelError, ModelResult};
+use super::{ModelError, ModelResult, mxfp4};
 use crate::ring::Dtype;
 
-/// Where one tensor lies.
+/// Where one tensor lies: a file and its byte range, and how its values are stored.
 #[derive(Debug, Clone)]
 struct Entry {
     file: usize,
-    dtype: Dtype,
+    layout: Layout,
+    /// Its shape as the engine reads it (an MXFP4 tensor's once decoded).
     shape: Vec<usize>,
     bytes: (usize, usize),
+}
+
+/// How a tensor's values are stored.
+#[derive(Debug, Clone, Copy)]
+enum Layout {
+    /// One value per element.
+    Plain(Dtype),
+    /// gpt-oss's MXFP4 experts: `X_blocks` (E × out × G × 16 bytes, the entry's bytes) with
+    /// `X_scales` (E × out × G, in file `scales.0` at bytes `scales.1`), decoded as `X` of
+    /// E × in × out (in = 32·G) as `transformers` dequantizes it: each expert's out × in
+    /// matrix transposed.
+    Mxfp4 { scales: (usize, (usize, usize)) },
 }
 
 /// An opened, checked checkpoint (the server's weights).
@@ -338,7 +351,28 @@ fn dtype_of(name: &str, d: StDtype) -> ModelResult<Dtype> {
         StDtype::F32 => Ok(Dtype::F32),
         StDtype::F16 => Ok(Dtype::F16),
         StDtype::BF16 => Ok(Dtype::BF16),
-        other => Err(ModelError::Weights(format!("tensor `{name}` is {other:?} (F32, F16 and BF16 are supported)"))),
+        other => Err(ModelError::Weights(format!(
+            "tensor `{name}` is {other:?} (F32, F16, BF16 and MXFP4's U8 `_blocks`/`_scales` pairs are supported)"
+        ))),
+    }
+}
+
+/// The MXFP4 tensor `name` from its `_blocks` (E × out × G × 16) and `_scales` (E × out × G)
+/// halves, both present and of matching shapes: shape E × 32·G × out.
+fn mxfp4_entry(name: &str, [blocks, scales]: [Option<Entry>; 2]) -> ModelResult<Entry> {
+    let (Some(blocks), Some(scales)) = (blocks, scales) else {
+        return Err(ModelError::Weights(format!("MXFP4 tensor `{name}` lacks its `_blocks` or its `_scales`")));
+    };
+    match (&blocks.shape[..], &scales.shape[..]) {
+        (&[e, out, g, b], &[e2, out2, g2]) if b == mxfp4::BLOCK_BYTES && (e, out, g) == (e2, out2, g2) => Ok(Entry {
+            file: blocks.file,
+            layout: Layout::Mxfp4 { scales: (scales.file, scales.bytes) },
+            shape: vec![e, 32 * g, out],
+            bytes: blocks.bytes,
+        }),
+        (b, s) => Err(ModelError::Weights(format!(
+            "MXFP4 tensor `{name}`: blocks of shape {b:?} and scales of shape {s:?} (E × out × G × 16 and E × out × G)"
+        ))),
     }
 }
 
@@ -369,6 +403,8 @@ impl Checkpoint {
         let config = ModelConfig::from_dir(dir)?;
         let mut files = Vec::new();
         let mut tensors = BTreeMap::new();
+        // MXFP4 halves by tensor name: (blocks, scales)
+        let mut packed: BTreeMap<String, [Option<Entry>; 2]> = BTreeMap::new();
         for path in safetensors_files(dir)? {
             let shown = path.display().to_string();
             let file = std::fs::File::open(&path).map_err(|e| ModelError::Io(shown.clone(), e))?;
@@ -379,17 +415,38 @@ impl Checkpoint {
                 SafeTensors::read_metadata(&map).map_err(|e| ModelError::Weights(format!("{shown}: {e}")))?;
             for (name, info) in meta.tensors() {
                 let start = 8 + header;
+                let bytes = (start + info.data_offsets.0, start + info.data_offsets.1);
+                let half = ["_blocks", "_scales"].iter().position(|h| name.ends_with(h));
+                if let (StDtype::U8, Some(h)) = (info.dtype, half) {
+                    let entry = Entry {
+                        file: files.len(),
+                        layout: Layout::Plain(Dtype::F32),
+                        shape: info.shape.clone(),
+                        bytes,
+                    };
+                    let slot = &mut packed.entry(name[..name.len() - 7].to_string()).or_default()[h];
+                    if slot.replace(entry).is_some() {
+                        return Err(ModelError::Weights(format!("tensor `{name}` appears in two files")));
+                    }
+                    continue;
+                }
                 let entry = Entry {
                     file: files.len(),
-                    dtype: dtype_of(&name, info.dtype)?,
+                    layout: Layout::Plain(dtype_of(&name, info.dtype)?),
                     shape: info.shape.clone(),
-                    bytes: (start + info.data_offsets.0, start + info.data_offsets.1),
+                    bytes,
                 };
                 if tensors.insert(name.clone(), entry).is_some() {
                     return Err(ModelError::Weights(format!("tensor `{name}` appears in two files")));
                 }
             }
             files.push(map);
+        }
+        for (name, halves) in packed {
+            let entry = mxfp4_entry(&name, halves)?;
+            if tensors.insert(name.clone(), entry).is_some() {
+                return Err(ModelError::Weights(format!("tensor `{name}` is stored both plain and as MXFP4")));
+            }
         }
         Ok(Checkpoint { config, files, tensors })
     }
@@ -436,11 +493,37 @@ impl Checkpoint {
         let e =
             self.tensors.get(&s.name).ok_or_else(|| ModelError::Weights(format!("tensor `{}` is missing", s.name)))?;
         let Some(p) = s.part else {
-            return Ok(e.dtype.decode(&s.name, &self.files[e.file][e.bytes.0..e.bytes.1])?);
+            return self.range(&s.name, e, 0, e.shape.iter().product());
         };
-        let start = e.bytes.0 + p.offset * e.dtype.size();
-        let span = e.dtype.decode(&s.name, &self.files[e.file][start..start + p.span() * e.dtype.size()])?;
+        let span = self.range(&s.name, e, p.offset, p.span())?;
         Ok(if p.step == 1 { span } else { (0..p.rows * p.cols).map(|i| span[p.stored(i) - p.offset]).collect() })
+    }
+
+    /// Values [start, start + len) of the tensor `e` (row-major in its shape); an MXFP4
+    /// tensor's decoded one expert at a time.
+    fn range(&self, name: &str, e: &Entry, start: usize, len: usize) -> ModelResult<Vec<f32>> {
+        match e.layout {
+            Layout::Plain(dtype) => {
+                let at = e.bytes.0 + start * dtype.size();
+                Ok(dtype.decode(name, &self.files[e.file][at..at + len * dtype.size()])?)
+            }
+            Layout::Mxfp4 { scales: (scales_file, (scales_at, _)) } => {
+                let [_, inputs, outputs] = e.shape[..] else {
+                    return Err(ModelError::Weights(format!("MXFP4 tensor `{name}` is not 3-D")));
+                };
+                let per_expert = inputs * outputs;
+                let (groups, mut out) = (inputs / 32, Vec::with_capacity(len));
+                for x in start / per_expert..(start + len).div_ceil(per_expert) {
+                    let blocks = e.bytes.0 + x * outputs * groups * mxfp4::BLOCK_BYTES;
+                    let blocks = &self.files[e.file][blocks..blocks + outputs * groups * mxfp4::BLOCK_BYTES];
+                    let scales = &self.files[scales_file][scales_at + x * outputs * groups..][..outputs * groups];
+                    let expert = transpose(outputs, inputs, &mxfp4::decode(blocks, scales));
+                    let (from, to) = (start.max(x * per_expert), (start + len).min((x + 1) * per_expert));
+                    out.extend_from_slice(&expert[from - x * per_expert..to - x * per_expert]);
+                }
+                Ok(out)
+            }
+        }
     }
 
     /// A matrix as the engine's in×out: a `Linear.weight` (out×in) transposed, a part stored
@@ -700,4 +783,26 @@ pub fn hf_tensors(cfg: &ModelConfig, w: &ModelWeights) -> ModelResult<Vec<HfTens
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn half(shape: &[usize]) -> Option<Entry> {
+        Some(Entry { file: 0, layout: Layout::Plain(Dtype::F32), shape: shape.to_vec(), bytes: (0, 0) })
+    }
+
+    /// An MXFP4 pair reads as E × in × out; a missing half or shapes that do not match are
+    /// named.
+    #[test]
+    fn mxfp4_halves_pair_up_or_are_named() {
+        let e = mxfp4_entry("w", [half(&[8, 64, 3, 16]), half(&[8, 64, 3])]).unwrap();
+        assert_eq!(e.shape, [8, 96, 64]);
+        let missing = mxfp4_entry("layers.0.down_proj", [half(&[8, 64, 3, 16]), None]).err().unwrap().to_string();
+        assert!(missing.contains("`layers.0.down_proj` lacks its `_blocks` or its `_scales`"), "{missing}");
+        let uneven = mxfp4_entry("w", [half(&[8, 64, 3, 16]), half(&[8, 64, 2])]).err().unwrap().to_string();
+        assert!(uneven.contains("[8, 64, 3, 16]") && uneven.contains("[8, 64, 2]"), "{uneven}");
+    }
 }

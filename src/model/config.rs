@@ -344,6 +344,8 @@ impl ModelConfig {
         let v: Value = serde_json::from_str(text).map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
         let c = Json(&v);
         let model_type = c.str("model_type")?;
+        // gpt-oss's experts in MXFP4 are read as such; FP8 and others would need their own decoders
+        c.refuse_unless("quantization_config", |q| q.get("quant_method").is_some_and(|m| m == "mxfp4"))?;
         let cfg = match model_type.as_str() {
             "mixtral" | "qwen2_moe" | "qwen3_moe" | "olmoe" | "granitemoe" | "granitemoeshared" | "glm4_moe"
             | "dots1" | "ernie4_5_moe" => decoder(&c, &model_type)?,
@@ -1413,6 +1415,58 @@ mod tests {
             moonlight.replace("\"n_group\": 1", "\"n_group\": 32").replace("\"topk_group\": 1", "\"topk_group\": 2");
         let err = ModelConfig::from_json(&narrow).unwrap_err().to_string();
         assert!(err.contains("top-6 within 2 groups of 2 experts"), "{err}");
+    }
+
+    /// gpt-oss-20b as published: the windows alternate from a sliding first layer, YaRN ×32
+    /// untruncated with its attention factor, the MXFP4 quantization taken; gpt-oss-120b's
+    /// shape by the defaults; other quantizations and activation constants refused by name.
+    #[test]
+    fn gpt_oss_configs_are_read() {
+        use crate::model::GPT_OSS_20B;
+        let cfg = ModelConfig::from_json(GPT_OSS_20B).unwrap();
+        assert_eq!(
+            (cfg.family, cfg.vocab, cfg.d_model, cfg.heads, cfg.kv_heads, cfg.head_dim),
+            (Family::GptOss, 201088, 2880, 64, 8, 64)
+        );
+        assert_eq!((cfg.qkv_bias, cfg.o_bias, cfg.sinks, cfg.tie_embeddings), (true, true, true, false));
+        assert!((0..24).all(|i| cfg.window(i) == (i % 2 == 0).then_some(128)));
+        let Positions::Rope { theta, dims: 64, interleaved: false, yarn: Some(y) } = cfg.positions else {
+            panic!("{:?}", cfg.positions)
+        };
+        assert_eq!((theta, y.factor, y.original_max, y.truncate), (150000.0, 32.0, 4096, false));
+        assert!((y.attention - (0.1 * 32f64.ln() + 1.0)).abs() < 1e-12);
+        let moe = MoeConfig {
+            experts: 32,
+            top_k: 4,
+            d_model: 2880,
+            d_ff: 2880,
+            routing: Routing::TopKSoftmax,
+            expert: ExpertKind::ClampedSwiGlu,
+            shared: None,
+            expert_capacity: None,
+            groups: None,
+            expert_bias: true,
+        };
+        assert_eq!(cfg.ffn, vec![Ffn::Moe(moe); 24]);
+        // gpt-oss-120b: 36 layers of 128 experts; transformers' defaults for what is left out
+        let (start, end) = (GPT_OSS_20B.find("\"layer_types\"").unwrap(), GPT_OSS_20B.find("\"max_position").unwrap());
+        let big = format!("{}{}", &GPT_OSS_20B[..start], &GPT_OSS_20B[end..])
+            .replace("\"num_hidden_layers\": 24", "\"num_hidden_layers\": 36")
+            .replace("\"num_local_experts\": 32", "\"num_local_experts\": 128");
+        let cfg = ModelConfig::from_json(&big).unwrap();
+        assert!(cfg.layers() == 36 && cfg.window(34) == Some(128) && cfg.window(35).is_none());
+        for (from, to, named) in [
+            ("\"quant_method\": \"mxfp4\"", "\"quant_method\": \"fp8\"", "quantization_config"),
+            ("\"swiglu_limit\": 7.0", "\"swiglu_limit\": 10.0", "swiglu_limit"),
+            (
+                "\"sliding_attention\", \"full_attention\"],",
+                "\"chunked_attention\", \"full_attention\"],",
+                "chunked_attention",
+            ),
+        ] {
+            let err = ModelConfig::from_json(&GPT_OSS_20B.replace(from, to)).unwrap_err().to_string();
+            assert!(err.contains(named), "{named}: {err}");
+        }
     }
 
     #[test]

@@ -14,12 +14,13 @@ mod builtin;
 mod checkpoint;
 mod config;
 mod encode;
+mod mxfp4;
 mod ranges;
 mod reference;
 mod secure;
 mod weights;
 
-pub use builtin::{DEEPSEEK_V2_LITE, GRANITE_1B_A400M, default_config, default_weights};
+pub use builtin::{DEEPSEEK_V2_LITE, GPT_OSS_20B, GRANITE_1B_A400M, default_config, default_weights};
 pub use checkpoint::{Checkpoint, HfTensor, hf_tensors, public_embedding};
 pub use config::{Family, Ffn, LatentAttention, ModelConfig, Positions, QkNorm, Scales, Yarn, relative_bucket};
 pub use encode::check_weights;

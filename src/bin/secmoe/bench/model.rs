@@ -4,8 +4,10 @@
 //! dominates), and all of `granite-3.1-1b-a400m` (1.3 B parameters; random weights drawn one
 //! layer at a time as the server asks, `--only granite-1b-a400m`, not run by default), one
 //! DeepSeek-V2-Lite layer (`--only deepseek-v2-lite-layer`: latent attention and a MoE block
-//! of 64 experts, vocabulary 512) or all of it (`--only deepseek-v2-lite`, 15.7 B parameters)
-//! — each checked against the f64 plaintext model.
+//! of 64 experts, vocabulary 512) or all of it (`--only deepseek-v2-lite`, 15.7 B parameters),
+//! one gpt-oss-20b layer (`--only gpt-oss-20b-layer`: sinks, a sliding window, 32 biased
+//! clamped SwiGLU experts top-4, vocabulary 512) or all of it (`--only gpt-oss-20b`, 21 B
+//! parameters) — each checked against the f64 plaintext model.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,8 +15,8 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use secmoe::backend::Backend;
 use secmoe::model::{
-    DEEPSEEK_V2_LITE, Family, Ffn, GRANITE_1B_A400M, ModelConfig, ModelWeights, Plan, Positions, Prompt, QkNorm,
-    RandomWeights, Scales, WeightSource, default_config, finish, forward, infer, serve, setup_he,
+    DEEPSEEK_V2_LITE, Family, Ffn, GPT_OSS_20B, GRANITE_1B_A400M, ModelConfig, ModelWeights, Plan, Positions, Prompt,
+    QkNorm, RandomWeights, Scales, WeightSource, default_config, finish, forward, infer, serve, setup_he,
 };
 use secmoe::moe::{ExpertKind, MoeConfig, Routing};
 use secmoe::net::CostModel;
@@ -76,13 +78,19 @@ pub(crate) async fn run(
     let lite = ModelConfig::from_json(DEEPSEEK_V2_LITE)?;
     // one of its MoE blocks under its latent attention, the vocabulary cut to 512
     let lite_layer = ModelConfig { vocab: 512, ffn: vec![lite.ffn[1]], ..lite.clone() };
+    let gpt_oss = ModelConfig::from_json(GPT_OSS_20B)?;
+    // its first layer (a sliding window, which 16 tokens do not reach), the vocabulary cut to 512
+    let gpt_oss_layer =
+        ModelConfig { vocab: 512, ffn: vec![gpt_oss.ffn[0]], windows: vec![gpt_oss.window(0)], ..gpt_oss.clone() };
     // (name, model, tokens, run without --only)
-    let cases: [(&str, ModelConfig, usize, bool); 5] = [
+    let cases: [(&str, ModelConfig, usize, bool); 7] = [
         ("default-model", default_config(), 16, true),
         ("switch-base-8-layer", switch_base_8_layer(), 128, true),
         ("granite-1b-a400m", granite, 16, false),
         ("deepseek-v2-lite-layer", lite_layer, 16, false),
         ("deepseek-v2-lite", lite, 16, false),
+        ("gpt-oss-20b-layer", gpt_oss_layer, 16, false),
+        ("gpt-oss-20b", gpt_oss, 16, false),
     ];
     for (name, cfg, n, default) in cases {
         if only.map_or(!default, |o| o != name) {
