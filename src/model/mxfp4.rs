@@ -29,7 +29,7 @@ mod tests {
     /// of it.
     #[test]
     fn codes_decode_to_e2m1_times_the_scale() {
-        let block: Vec<u8> = (0..16u8).map(|i| ((2 * i + 1) % 16) << 4 | (2 * i) % 16).collect();
+        let block: Vec<u8> = (0..16u8).map(|i| (((2 * i + 1) % 16) << 4) | ((2 * i) % 16)).collect();
         let got = decode(&[block.clone(), block].concat(), &[127, 124]);
         let table: Vec<f32> = (0..32).map(|i| E2M1[i % 16]).collect();
         assert_eq!(&got[..32], &table[..]);
