@@ -193,6 +193,53 @@ def mxfp4(model, path):
     (path / "config.json").write_text(json.dumps(config, indent=2))
 
 
+def fp8(cls, source, path, block):
+    """Writes the checkpoint at `source` to `path` with every layer's `*_proj` matrix in FP8
+    as DeepSeek-V3 ships them (E4M3 values, one f32 `weight_scale_inv` per `block` × `block`,
+    `quantization_config`), plus a multi-token prediction layer after the last (which a
+    loader must skip); returns the model of the dequantized weights, loaded by `transformers`
+    from an f32 copy (its own names for the fused experts)."""
+    import shutil
+    import tempfile
+    import torch
+    from safetensors.torch import load_file, save_file
+    tensors, exact = load_file(source / "model.safetensors"), {}
+    config = json.loads((source / "config.json").read_text())
+    for name in list(tensors):
+        w = tensors[name].float()
+        exact[name] = w
+        if not (name.startswith("model.layers.") and name.endswith("_proj.weight")):
+            continue
+        r, c = w.shape
+        sr, sc = -(-r // block), -(-c // block)
+        padded = torch.zeros(sr * block, sc * block)
+        padded[:r, :c] = w
+        blocks = padded.reshape(sr, block, sc, block)
+        scale = blocks.abs().amax(dim=(1, 3)).clamp(min=1e-12) / 448.0
+        q = (blocks / scale[:, None, :, None]).to(torch.float8_e4m3fn)
+        exact[name] = (q.float() * scale[:, None, :, None]).reshape(sr * block, sc * block)[:r, :c].contiguous()
+        tensors[name] = q.reshape(sr * block, sc * block)[:r, :c].contiguous()
+        tensors[name + "_scale_inv"] = scale.contiguous()
+    with tempfile.TemporaryDirectory() as tmp:
+        save_file(exact, Path(tmp) / "model.safetensors", metadata={"format": "pt"})
+        (Path(tmp) / "config.json").write_text(json.dumps(config))
+        model = cls.from_pretrained(tmp, dtype=torch.float32).eval()
+    mtp = config["num_hidden_layers"]
+    tensors[f"model.layers.{mtp}.enorm.weight"] = torch.ones(config["hidden_size"], dtype=torch.bfloat16)
+    tensors[f"model.layers.{mtp}.eh_proj.weight"] = torch.zeros(config["hidden_size"], 2 * config["hidden_size"],
+                                                                 dtype=torch.float8_e4m3fn)
+    tensors[f"model.layers.{mtp}.eh_proj.weight_scale_inv"] = torch.ones(
+        -(-config["hidden_size"] // block), -(-2 * config["hidden_size"] // block))
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+    config["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                     "weight_block_size": [block, block]}
+    config["num_nextn_predict_layers"] = 1
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    return model
+
+
 def main():
     ensure_venv()
     import torch
@@ -213,6 +260,16 @@ def main():
         reference = {"ids": ids, "kind": kind, "output": output[0].tolist()}
         (path / "reference.json").write_text(json.dumps(reference))
         print(f"{path}: {config.model_type}, {dtype}, output {tuple(output.shape)}")
+        if name == "deepseek_v3":
+            # its matrices in FP8 as the published DeepSeek-V3, blocks of 16 so that each matrix
+            # has several
+            fp8_path = out / "deepseek_v3_fp8"
+            dequantized = fp8(cls, path, fp8_path, 16)
+            with torch.no_grad():
+                output = dequantized(input_ids=torch.tensor([ids])).logits
+            reference = {"ids": ids, "kind": "logits", "output": output[0].tolist()}
+            (fp8_path / "reference.json").write_text(json.dumps(reference))
+            print(f"{fp8_path}: deepseek_v3, FP8 matrices, output {tuple(output.shape)}")
         if name == "gpt_oss":
             # the same model with its experts in MXFP4, as the published checkpoints
             path = out / "gpt_oss_mxfp4"

@@ -308,6 +308,16 @@ fn deepseek_v3_matches_transformers() {
     matters("deepseek_v3", "rotary pairing", &ModelConfig { positions: halves, ..cfg.clone() }, &ckpt);
 }
 
+/// The same DeepSeek-V3 with its matrices in FP8 as the published checkpoint ships them (E4M3
+/// with a `weight_scale_inv` per block of 16 × 16, `quantization_config`) and a multi-token
+/// prediction layer after the last, which the loader skips, against `transformers` on the
+/// dequantized weights.
+#[test]
+#[ignore = "needs the checkpoints of scripts/hf_reference.py (PyTorch and transformers)"]
+fn deepseek_v3_in_fp8_matches_transformers() {
+    check("deepseek_v3_fp8");
+}
+
 /// gpt-oss's layers: sinks, biases on every attention map, a window of 3 on layers 0 and 2,
 /// YaRN ×32 untruncated, biased clamped SwiGLU experts under a biased router, stored fused —
 /// the window, the sinks and the router's bias matter.

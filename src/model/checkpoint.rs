@@ -1,6 +1,8 @@
 //! Hugging Face checkpoints: `config.json` and `*.safetensors`, memory-mapped. Opening one
-//! checks every tensor the architecture needs — present, of the config's shape, F32/F16/BF16 —
-//! and that no tensor is left over, naming the first that is wrong, before any party starts.
+//! checks every tensor the architecture needs — present, of the config's shape, F32/F16/BF16,
+//! FP8 with block scales (DeepSeek-V3's) or MXFP4 (gpt-oss's experts) — and that no tensor is
+//! left over (multi-token prediction layers aside), naming the first that is wrong, before any
+//! party starts.
 //! Weights are converted (and transposed to the engine's x·W orientation) one layer at a time.
 
 use std::collections::BTreeMap;
@@ -14,7 +16,7 @@ use super::config::{Family, Ffn, ModelConfig, Positions};
 use super::weights::{
     FfnWeights, HeadMaps, LatentMaps, LayerWeights, Mlp, MlpBias, ModelWeights, QkvWeights, WeightSource, transpose,
 };
-use super::{ModelError, ModelResult, mxfp4};
+use super::{ModelError, ModelResult, fp8, mxfp4};
 use crate::ring::Dtype;
 
 /// Where one tensor lies: a file and its byte range, and how its values are stored.
@@ -37,6 +39,10 @@ enum Layout {
     /// E × in × out (in = 32·G) as `transformers` dequantizes it: each expert's out × in
     /// matrix transposed.
     Mxfp4 { scales: (usize, (usize, usize)) },
+    /// FP8 (E4M3) with block scales: the entry's bytes one a value, `X_scale_inv` (in file
+    /// `scales.0` at bytes `scales.1`, of `dtype`) one factor per `block` (rows × columns of
+    /// the last two axes).
+    Fp8 { scales: (usize, (usize, usize)), dtype: Dtype, block: (usize, usize) },
 }
 
 /// An opened, checked checkpoint (the server's weights).
@@ -44,6 +50,9 @@ pub struct Checkpoint {
     config: ModelConfig,
     files: Vec<Mmap>,
     tensors: BTreeMap<String, Entry>,
+    /// Layers stored but not part of the model (DeepSeek-V3's and GLM-4.5's multi-token
+    /// prediction layers after the last, `num_nextn_predict_layers`): their tensors' prefixes.
+    unread: Vec<String>,
 }
 
 impl std::fmt::Debug for Checkpoint {
@@ -352,14 +361,76 @@ fn dtype_of(name: &str, d: StDtype) -> ModelResult<Dtype> {
         StDtype::F16 => Ok(Dtype::F16),
         StDtype::BF16 => Ok(Dtype::BF16),
         other => Err(ModelError::Weights(format!(
-            "tensor `{name}` is {other:?} (F32, F16, BF16 and MXFP4's U8 `_blocks`/`_scales` pairs are supported)"
+            "tensor `{name}` is {other:?} (F32, F16, BF16, F8_E4M3 with its `_scale_inv`, and MXFP4's U8 \
+             `_blocks`/`_scales` pairs are supported)"
         ))),
     }
 }
 
+/// What `config.json` says of how the tensors are stored, beyond the architecture.
+struct Stored {
+    /// FP8's `weight_block_size` (rows, columns).
+    block: (usize, usize),
+    /// Prefixes of the layers stored and not read ([`Checkpoint::unread`]).
+    unread: Vec<String>,
+}
+
+impl Stored {
+    fn from_dir(dir: &Path, config: &ModelConfig) -> ModelResult<Stored> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::Io(path.display().to_string(), e))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
+        let block = match v.pointer("/quantization_config/weight_block_size") {
+            None => (128, 128),
+            Some(b) => match b.as_array().map(|a| a.iter().map(serde_json::Value::as_u64).collect::<Vec<_>>()) {
+                Some(a) if matches!(a[..], [Some(r), Some(c)] if r > 0 && c > 0) => {
+                    (a[0].unwrap_or(1) as usize, a[1].unwrap_or(1) as usize)
+                }
+                _ => return Err(ModelError::Config(format!("config.json: `weight_block_size` = {b}"))),
+            },
+        };
+        let mtp = v.get("num_nextn_predict_layers").and_then(serde_json::Value::as_u64).unwrap_or(0) as usize;
+        let unread = (config.layers()..config.layers() + mtp).map(|i| format!("model.layers.{i}.")).collect();
+        Ok(Stored { block, unread })
+    }
+}
+
+/// The FP8 tensor `name` from its values (E4M3, any shape) and its `_scale_inv` (one factor
+/// per `block` of the last two axes), both present and of matching shapes.
+fn fp8_entry(name: &str, [values, scales]: [Option<(Half, Dtype)>; 2], block: (usize, usize)) -> ModelResult<Entry> {
+    let (Some((values, _)), Some((scales, dtype))) = (values, scales) else {
+        return Err(ModelError::Weights(format!("FP8 tensor `{name}` lacks its values or its `{name}_scale_inv`")));
+    };
+    let want: Vec<usize> = match values.shape[..] {
+        [ref lead @ .., r, c] => lead.iter().copied().chain([r.div_ceil(block.0), c.div_ceil(block.1)]).collect(),
+        _ => vec![1, 1],
+    };
+    if scales.shape != want {
+        return Err(ModelError::Weights(format!(
+            "FP8 tensor `{name}` of shape {:?} has scales of shape {:?}, blocks of {}×{} need {want:?}",
+            values.shape, scales.shape, block.0, block.1
+        )));
+    }
+    Ok(Entry {
+        file: values.file,
+        layout: Layout::Fp8 { scales: (scales.file, scales.bytes), dtype, block },
+        shape: values.shape,
+        bytes: values.bytes,
+    })
+}
+
+/// One half of a quantized tensor as stored: its file, shape and bytes.
+#[derive(Debug, Clone)]
+struct Half {
+    file: usize,
+    shape: Vec<usize>,
+    bytes: (usize, usize),
+}
+
 /// The MXFP4 tensor `name` from its `_blocks` (E × out × G × 16) and `_scales` (E × out × G)
 /// halves, both present and of matching shapes: shape E × 32·G × out.
-fn mxfp4_entry(name: &str, [blocks, scales]: [Option<Entry>; 2]) -> ModelResult<Entry> {
+fn mxfp4_entry(name: &str, [blocks, scales]: [Option<Half>; 2]) -> ModelResult<Entry> {
     let (Some(blocks), Some(scales)) = (blocks, scales) else {
         return Err(ModelError::Weights(format!("MXFP4 tensor `{name}` lacks its `_blocks` or its `_scales`")));
     };
@@ -401,10 +472,13 @@ impl Checkpoint {
     /// Maps every `*.safetensors` file in `dir` and reads the headers, checking nothing yet.
     fn scan(dir: &Path) -> ModelResult<Checkpoint> {
         let config = ModelConfig::from_dir(dir)?;
+        let stored = Stored::from_dir(dir, &config)?;
         let mut files = Vec::new();
         let mut tensors = BTreeMap::new();
         // MXFP4 halves by tensor name: (blocks, scales)
-        let mut packed: BTreeMap<String, [Option<Entry>; 2]> = BTreeMap::new();
+        let mut packed: BTreeMap<String, [Option<Half>; 2]> = BTreeMap::new();
+        // FP8 values and their block scales by the values' name
+        let mut fp8: BTreeMap<String, [Option<(Half, Dtype)>; 2]> = BTreeMap::new();
         for path in safetensors_files(dir)? {
             let shown = path.display().to_string();
             let file = std::fs::File::open(&path).map_err(|e| ModelError::Io(shown.clone(), e))?;
@@ -418,14 +492,21 @@ impl Checkpoint {
                 let bytes = (start + info.data_offsets.0, start + info.data_offsets.1);
                 let half = ["_blocks", "_scales"].iter().position(|h| name.ends_with(h));
                 if let (StDtype::U8, Some(h)) = (info.dtype, half) {
-                    let entry = Entry {
-                        file: files.len(),
-                        layout: Layout::Plain(Dtype::F32),
-                        shape: info.shape.clone(),
-                        bytes,
-                    };
+                    let part = Half { file: files.len(), shape: info.shape.clone(), bytes };
                     let slot = &mut packed.entry(name[..name.len() - 7].to_string()).or_default()[h];
-                    if slot.replace(entry).is_some() {
+                    if slot.replace(part).is_some() {
+                        return Err(ModelError::Weights(format!("tensor `{name}` appears in two files")));
+                    }
+                    continue;
+                }
+                if info.dtype == StDtype::F8_E4M3 || name.ends_with("_scale_inv") {
+                    let (base, h) = match name.strip_suffix("_scale_inv") {
+                        Some(base) => (base.to_string(), 1),
+                        None => (name.clone(), 0),
+                    };
+                    let dtype = if h == 0 { Dtype::F32 } else { dtype_of(&name, info.dtype)? };
+                    let part = Half { file: files.len(), shape: info.shape.clone(), bytes };
+                    if fp8.entry(base).or_default()[h].replace((part, dtype)).is_some() {
                         return Err(ModelError::Weights(format!("tensor `{name}` appears in two files")));
                     }
                     continue;
@@ -442,13 +523,15 @@ impl Checkpoint {
             }
             files.push(map);
         }
-        for (name, halves) in packed {
-            let entry = mxfp4_entry(&name, halves)?;
+        let scaled = fp8.into_iter().map(|(name, halves)| (fp8_entry(&name, halves, stored.block), name));
+        let packed = packed.into_iter().map(|(name, halves)| (mxfp4_entry(&name, halves), name));
+        for (entry, name) in scaled.chain(packed) {
+            let entry = entry?;
             if tensors.insert(name.clone(), entry).is_some() {
-                return Err(ModelError::Weights(format!("tensor `{name}` is stored both plain and as MXFP4")));
+                return Err(ModelError::Weights(format!("tensor `{name}` is stored both plain and quantized")));
             }
         }
-        Ok(Checkpoint { config, files, tensors })
+        Ok(Checkpoint { config, files, tensors, unread: stored.unread })
     }
 
     /// The model's public architecture.
@@ -478,8 +561,9 @@ impl Checkpoint {
             self.check_one(s)?;
         }
         let aliases = names.aliases();
-        if let Some(extra) = self.tensors.keys().find(|k| !wanted.iter().any(|s| &s.name == *k) && !aliases.contains(k))
-        {
+        let read = |k: &str| !self.unread.iter().any(|p| k.starts_with(p.as_str()));
+        let extra = |k: &&String| !wanted.iter().any(|s| &s.name == *k) && !aliases.contains(k) && read(k);
+        if let Some(extra) = self.tensors.keys().find(extra) {
             return Err(ModelError::Weights(format!(
                 "tensor `{extra}` is not part of the {} architecture the config describes",
                 self.config.family.model_type()
@@ -522,6 +606,21 @@ impl Checkpoint {
                     out.extend_from_slice(&expert[from - x * per_expert..to - x * per_expert]);
                 }
                 Ok(out)
+            }
+            Layout::Fp8 { scales: (scales_file, (from, to)), dtype, block: (br, bc) } => {
+                let (rows, cols) = match e.shape[..] {
+                    [.., r, c] => (r, c),
+                    [c] => (1, c),
+                    [] => (1, 1),
+                };
+                let (sr, sc) = (rows.div_ceil(br), cols.div_ceil(bc));
+                let scale = dtype.decode(name, &self.files[scales_file][from..to])?;
+                let values = &self.files[e.file][e.bytes.0 + start..e.bytes.0 + start + len];
+                let value = |i: usize, b: u8| {
+                    let (matrix, row, col) = (i / (rows * cols), (i / cols) % rows, i % cols);
+                    fp8::e4m3(b) * scale[(matrix * sr + row / br) * sc + col / bc]
+                };
+                Ok(values.iter().enumerate().map(|(k, &b)| value(start + k, b)).collect())
             }
         }
     }
@@ -790,8 +889,8 @@ pub fn hf_tensors(cfg: &ModelConfig, w: &ModelWeights) -> ModelResult<Vec<HfTens
 mod tests {
     use super::*;
 
-    fn half(shape: &[usize]) -> Option<Entry> {
-        Some(Entry { file: 0, layout: Layout::Plain(Dtype::F32), shape: shape.to_vec(), bytes: (0, 0) })
+    fn half(shape: &[usize]) -> Option<Half> {
+        Some(Half { file: 0, shape: shape.to_vec(), bytes: (0, 0) })
     }
 
     /// An MXFP4 pair reads as E × in × out; a missing half or shapes that do not match are
@@ -804,5 +903,19 @@ mod tests {
         assert!(missing.contains("`layers.0.down_proj` lacks its `_blocks` or its `_scales`"), "{missing}");
         let uneven = mxfp4_entry("w", [half(&[8, 64, 3, 16]), half(&[8, 64, 2])]).err().unwrap().to_string();
         assert!(uneven.contains("[8, 64, 3, 16]") && uneven.contains("[8, 64, 2]"), "{uneven}");
+    }
+
+    /// FP8 values pair with one scale per block of their last two axes (partial blocks at the
+    /// edges); a missing scale tensor or one of another shape is named.
+    #[test]
+    fn fp8_values_pair_with_their_block_scales_or_are_named() {
+        let with = |shape: &[usize]| half(shape).map(|h| (h, Dtype::F32));
+        let e = fp8_entry("w", [with(&[300, 200]), with(&[3, 2])], (128, 128)).unwrap();
+        assert!(matches!(e.layout, Layout::Fp8 { block: (128, 128), .. }) && e.shape == [300, 200]);
+        fp8_entry("experts", [with(&[4, 300, 200]), with(&[4, 19, 13])], (16, 16)).unwrap();
+        let missing = fp8_entry("q_proj.weight", [with(&[300, 200]), None], (128, 128)).err().unwrap().to_string();
+        assert!(missing.contains("`q_proj.weight_scale_inv`"), "{missing}");
+        let wrong = fp8_entry("w", [with(&[300, 200]), with(&[2, 2])], (128, 128)).err().unwrap().to_string();
+        assert!(wrong.contains("[2, 2]") && wrong.contains("need [3, 2]"), "{wrong}");
     }
 }

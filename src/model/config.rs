@@ -344,8 +344,11 @@ impl ModelConfig {
         let v: Value = serde_json::from_str(text).map_err(|e| ModelError::Config(format!("config.json: {e}")))?;
         let c = Json(&v);
         let model_type = c.str("model_type")?;
-        // gpt-oss's experts in MXFP4 are read as such; FP8 and others would need their own decoders
-        c.refuse_unless("quantization_config", |q| q.get("quant_method").is_some_and(|m| m == "mxfp4"))?;
+        // gpt-oss's MXFP4 experts and block-scaled FP8 (E4M3) weights are decoded at load
+        c.refuse_unless("quantization_config", |q| {
+            let method = q.get("quant_method").and_then(Value::as_str);
+            method == Some("mxfp4") || (method == Some("fp8") && q.get("fmt").is_none_or(|f| f == "e4m3"))
+        })?;
         let cfg = match model_type.as_str() {
             "mixtral" | "qwen2_moe" | "qwen3_moe" | "olmoe" | "granitemoe" | "granitemoeshared" | "glm4_moe"
             | "dots1" | "ernie4_5_moe" => decoder(&c, &model_type)?,
@@ -1456,7 +1459,7 @@ mod tests {
         let cfg = ModelConfig::from_json(&big).unwrap();
         assert!(cfg.layers() == 36 && cfg.window(34) == Some(128) && cfg.window(35).is_none());
         for (from, to, named) in [
-            ("\"quant_method\": \"mxfp4\"", "\"quant_method\": \"fp8\"", "quantization_config"),
+            ("\"quant_method\": \"mxfp4\"", "\"quant_method\": \"gptq\"", "quantization_config"),
             ("\"swiglu_limit\": 7.0", "\"swiglu_limit\": 10.0", "swiglu_limit"),
             (
                 "\"sliding_attention\", \"full_attention\"],",

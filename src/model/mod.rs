@@ -14,6 +14,7 @@ mod builtin;
 mod checkpoint;
 mod config;
 mod encode;
+mod fp8;
 mod mxfp4;
 mod ranges;
 mod reference;

@@ -10,7 +10,11 @@
 //! server's selection bias added to its shares, the chosen scores picked by t_r and
 //! renormalized by one reciprocal per token; ERNIE-4.5: the softmax over all experts ranked
 //! the same way) → the routed experts by [`Method`] → y = Σ_r g_r·o_r → plus
-//! the shared expert (Qwen2-MoE's sigmoid gate as softmax([z, 0])₀). The server stores the
+//! the shared expert (Qwen2-MoE's sigmoid gate as softmax([z, 0])₀). gpt-oss's router adds
+//! its own bias to the logits, on the server's share; its experts' biases ride in their
+//! matrices (x·W + b = [x | 1]·[W; b]: each party appends its share of the public 1 to every
+//! expert input, the server's bias rows are one more row of each matrix), so every method runs
+//! them as they are, at one more input row per product. The server stores the
 //! weights in 32 bits ([`MoeWeights`]) and streams the experts in chunks (64 MiB of first-matrix
 //! results per party, 1 GiB of weights widened to the ring), so E = 1024 fits in memory.
 //!

@@ -41,6 +41,8 @@ pub const BLOCKS: &[&str] = &[
     "gelu-stc",
     "gelu-baseline",
     "silu-stc",
+    "clamped-swish-stc",
+    "clamped-up-stc",
     "exp",
     "reciprocal",
     "rsqrt",
@@ -152,6 +154,11 @@ async fn measure(name: &str, n: usize, kind: OtKind, backend: Arc<dyn Backend>, 
             let silu = Piecewise::silu();
             close(&|x| silu.exact(x), 1.2e-2)
         }
+        "clamped-swish-stc" => {
+            let swish = Piecewise::clamped_swish();
+            close(&|x| swish.exact(x), 1.2e-2)
+        }
+        "clamped-up-stc" => close(&|x: f64| x.clamp(-7.0, 7.0) + 1.0, 4.0 / SCALE),
         "exp" => close(&f64::exp, 3e-3),
         "reciprocal" => close(&|x| 1.0 / x, 8.0 / SCALE),
         "rsqrt" => close(&|x| 1.0 / x.sqrt(), 1e-3 * 10.0),
@@ -213,9 +220,11 @@ async fn run_block(name: &str, os: &mut Session, oc: &mut Session, k: &Case) -> 
             return Ok((a.iter().zip(&b).map(|(x, y)| x ^ y).collect(), vec![0; b.len()]));
         }
         "relu" => (opened(relu(os, &t[0], 32)), opened(relu(oc, &t[1], 32))),
-        "gelu-stc" | "silu-stc" | "exp" | "gelu-baseline" => {
+        "gelu-stc" | "silu-stc" | "clamped-swish-stc" | "clamped-up-stc" | "exp" | "gelu-baseline" => {
             let f = match name {
                 "silu-stc" => Piecewise::silu(),
+                "clamped-swish-stc" => Piecewise::clamped_swish(),
+                "clamped-up-stc" => Piecewise::clamped_up(),
                 "exp" => Piecewise::exp(),
                 _ => Piecewise::gelu(),
             };

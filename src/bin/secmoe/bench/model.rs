@@ -15,8 +15,8 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use secmoe::backend::Backend;
 use secmoe::model::{
-    DEEPSEEK_V2_LITE, Family, Ffn, GPT_OSS_20B, GRANITE_1B_A400M, ModelConfig, ModelWeights, Plan, Positions, Prompt,
-    QkNorm, RandomWeights, Scales, WeightSource, default_config, finish, forward, infer, serve, setup_he,
+    DEEPSEEK_V2_LITE, Family, Ffn, GPT_OSS_20B, GRANITE_1B_A400M, ModelConfig, ModelWeights, Plan, Positions, Progress,
+    Prompt, QkNorm, RandomWeights, Scales, WeightSource, default_config, finish, forward, infer, serve, setup_he,
 };
 use secmoe::moe::{ExpertKind, MoeConfig, Routing};
 use secmoe::net::CostModel;
@@ -109,6 +109,15 @@ pub(crate) async fn run(
     Ok(())
 }
 
+/// Prints each layer's end on stderr with the seconds since the start (long models).
+struct Elapsed(Instant);
+
+impl Progress for Elapsed {
+    fn layer_done(&self, done: usize, layers: usize) {
+        eprintln!("  layer {done}/{layers} done at {:.1} s", self.0.elapsed().as_secs_f64());
+    }
+}
+
 async fn measure(
     name: &str,
     cfg: &ModelConfig,
@@ -131,7 +140,8 @@ async fn measure(
         finish(&mut sc).await?;
         anyhow::Ok(out)
     };
-    let (out, served) = tokio::join!(client, serve(&mut ss, cfg, Plan::default(), w, &()));
+    let progress = Elapsed(start);
+    let (out, served) = tokio::join!(client, serve(&mut ss, cfg, Plan::default(), w, &progress));
     let wall_s = start.elapsed().as_secs_f64();
     let (out, served) = (out?, served?);
     if served != 1 {
