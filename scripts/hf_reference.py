@@ -240,6 +240,17 @@ def fp8(cls, source, path, block):
     return model
 
 
+def write_reference(path, model, ids, kind, what):
+    """Runs `model` on `ids` and writes what transformers computes as `path`/reference.json."""
+    import torch
+    with torch.no_grad():
+        result = model(input_ids=torch.tensor([ids]))
+    output = result.last_hidden_state if kind == "hidden" else result.logits
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "reference.json").write_text(json.dumps({"ids": ids, "kind": kind, "output": output[0].tolist()}))
+    print(f"{path}: {what}, output {tuple(output.shape)}")
+
+
 def main():
     ensure_venv()
     import torch
@@ -251,37 +262,22 @@ def main():
         randomize(model, generator)
         # round the weights to the stored type so that the reference sees what is saved
         model = model.to(dtype).to(torch.float32)
-        with torch.no_grad():
-            result = model(input_ids=torch.tensor([ids]))
         kind = "hidden" if name == "switch" else "logits"
-        output = result.last_hidden_state if kind == "hidden" else result.logits
         path = out / name
+        write_reference(path, model, ids, kind, f"{config.model_type}, {dtype}")
         model.to(dtype).save_pretrained(path)
-        reference = {"ids": ids, "kind": kind, "output": output[0].tolist()}
-        (path / "reference.json").write_text(json.dumps(reference))
-        print(f"{path}: {config.model_type}, {dtype}, output {tuple(output.shape)}")
         if name == "deepseek_v3":
             # its matrices in FP8 as the published DeepSeek-V3, blocks of 16 so that each matrix
             # has several
             fp8_path = out / "deepseek_v3_fp8"
-            dequantized = fp8(cls, path, fp8_path, 16)
-            with torch.no_grad():
-                output = dequantized(input_ids=torch.tensor([ids])).logits
-            reference = {"ids": ids, "kind": "logits", "output": output[0].tolist()}
-            (fp8_path / "reference.json").write_text(json.dumps(reference))
-            print(f"{fp8_path}: deepseek_v3, FP8 matrices, output {tuple(output.shape)}")
+            write_reference(fp8_path, fp8(cls, path, fp8_path, 16), ids, kind, "deepseek_v3, FP8 matrices")
         if name == "gpt_oss":
             # the same model with its experts in MXFP4, as the published checkpoints
             path = out / "gpt_oss_mxfp4"
             model.to(dtype).save_pretrained(path)
             mxfp4(model, path)
             # `to` converts the module in place: back to f32 for the reference
-            model = model.to(torch.float32)
-            with torch.no_grad():
-                output = model(input_ids=torch.tensor([ids])).logits
-            reference = {"ids": ids, "kind": "logits", "output": output[0].tolist()}
-            (path / "reference.json").write_text(json.dumps(reference))
-            print(f"{path}: gpt_oss, MXFP4 experts, output {tuple(output.shape)}")
+            write_reference(path, model.to(torch.float32), ids, kind, "gpt_oss, MXFP4 experts")
 
 
 if __name__ == "__main__":
