@@ -480,6 +480,11 @@ fn gpt_oss_with_sinks_sliding_windows_and_biased_experts() {
     let mut plain = w.clone();
     plain.layers.iter_mut().for_each(|l| l.sinks.as_mut().unwrap().iter_mut().for_each(|s| *s = -30.0));
     assert!(differs(&cfg, &plain), "the sinks matter");
+    // weights without what the config asks for are refused by the server's check, named
+    let mut sinkless = w.clone();
+    sinkless.layers[1].sinks = None;
+    let err = check_weights(&cfg, FixedPoint::default(), &sinkless).unwrap_err().to_string();
+    assert!(err.contains("layer 1: 0 sink logits and 32 output-bias values, the config asks for 4 and 32"), "{err}");
     let names = [
         "model.layers.0.self_attn.sinks",
         "model.layers.0.self_attn.o_proj.bias",

@@ -158,6 +158,15 @@ impl Encoder<'_> {
     /// Block `i`; the f32 weights are consumed, each expert's freed as it is converted.
     pub fn block(&self, cfg: &ModelConfig, i: usize) -> ModelResult<Block> {
         let mut w = self.source.layer(i)?;
+        // the sinks and the output bias the config asks for, each of its width (or none)
+        let (sinks, bo) = (w.sinks.as_ref().map_or(0, Vec::len), w.bo.as_ref().map_or(0, Vec::len));
+        let want = (if cfg.sinks { cfg.heads } else { 0 }, if cfg.o_bias { cfg.d_model } else { 0 });
+        if (sinks, bo) != want {
+            return Err(ModelError::Weights(format!(
+                "layer {i}: {sinks} sink logits and {bo} output-bias values, the config asks for {} and {}",
+                want.0, want.1
+            )));
+        }
         Scales::fold(self.scales.residual, &mut w.wo);
         if let Some(b) = &mut w.bo {
             Scales::fold(self.scales.residual, b);
