@@ -699,7 +699,7 @@ fn decoder(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
     let mut windows = Vec::new();
     let ffn: Vec<Ffn> = match model_type {
         "mixtral" => {
-            windows = self::windows(c, layers, Some("sliding_attention"))?;
+            windows = self::windows(c, layers, (|_| "sliding_attention", None))?;
             vec![Ffn::Moe(top_k_softmax()?); layers]
         }
         "granitemoe" | "granitemoeshared" => {
@@ -751,7 +751,7 @@ fn decoder(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
                 if c.field("layer_types").is_none() {
                     c.refuse_unless("use_sliding_window", |v| v == false)?;
                 }
-                windows = self::windows(c, layers, None)?;
+                windows = self::windows(c, layers, (|_| "full_attention", None))?;
             }
             scales.routed = c.f64_or("routed_scaling_factor", 1.0)?;
             let moe = sigmoid_top_k(c, d, glm, (1, 1))?;
@@ -924,13 +924,17 @@ fn deepseek(c: &Json, model_type: &str) -> ModelResult<ModelConfig> {
 }
 
 /// Each layer's sliding window from `layer_types` (`"sliding_attention"` layers take
-/// `sliding_window`, `"full_attention"` ones none), or, without `layer_types`, every layer of
-/// kind `default` (Mixtral's: a window everywhere when `sliding_window` is set). Empty when no
-/// layer has a window.
-fn windows(c: &Json, layers: usize, default: Option<&str>) -> ModelResult<Vec<Option<usize>>> {
-    let window = if c.field("sliding_window").is_some() { Some(c.usize("sliding_window")?) } else { None };
+/// `sliding_window`, `"full_attention"` ones none), or, where the config leaves them out, the
+/// family's defaults: layer i's kind and the window (Mixtral's: a window everywhere when
+/// `sliding_window` is set; gpt-oss's: every other layer, 128). Empty when no layer has one.
+fn windows(
+    c: &Json,
+    layers: usize,
+    (kind, window): (fn(usize) -> &'static str, Option<usize>),
+) -> ModelResult<Vec<Option<usize>>> {
+    let window = if c.field("sliding_window").is_some() { Some(c.usize("sliding_window")?) } else { window };
     let kinds: Vec<String> = match c.field("layer_types") {
-        None => vec![default.unwrap_or("full_attention").to_string(); layers],
+        None => (0..layers).map(|i| kind(i).to_string()).collect(),
         Some(v) => v
             .as_array()
             .filter(|a| a.len() == layers)
@@ -977,16 +981,8 @@ fn gpt_oss(c: &Json) -> ModelResult<ModelConfig> {
     } else {
         rope(c, head_dim, None, false)?
     };
-    let default_types: Vec<Value> =
-        (0..layers).map(|i| Value::from(if i % 2 == 0 { "sliding_attention" } else { "full_attention" })).collect();
-    let mut filled = c.0.clone();
-    if c.field("layer_types").is_none()
-        && let Some(o) = filled.as_object_mut()
-    {
-        o.insert("layer_types".into(), Value::Array(default_types));
-        o.entry("sliding_window").or_insert(Value::from(128));
-    }
-    let windows = windows(&Json(&filled), layers, None)?;
+    let alternate = |i: usize| if i % 2 == 0 { "sliding_attention" } else { "full_attention" };
+    let windows = windows(c, layers, (alternate, Some(128)))?;
     let moe = MoeConfig {
         experts: c.usize("num_local_experts")?,
         top_k: c.usize_or("num_experts_per_tok", 4)?,
