@@ -981,7 +981,7 @@ fn gpt_oss(c: &Json) -> ModelResult<ModelConfig> {
     } else {
         rope(c, head_dim, None, false)?
     };
-    let alternate = |i: usize| if i % 2 == 0 { "sliding_attention" } else { "full_attention" };
+    let alternate = |i: usize| if i.is_multiple_of(2) { "sliding_attention" } else { "full_attention" };
     let windows = windows(c, layers, (alternate, Some(128)))?;
     let moe = MoeConfig {
         experts: c.usize("num_local_experts")?,
