@@ -89,6 +89,8 @@ fn inputs(f: &Piecewise, rng: &mut StdRng, random: usize) -> Vec<f64> {
     let mut xs = vec![lo, hi - unit, 0.0, unit, -unit];
     for b in -8..=8 {
         xs.extend([b as f64 - unit, b as f64, b as f64 + unit]);
+        // within the 2^-8 past a boundary where the piece may be read one low
+        xs.extend((1..8).map(|j| b as f64 + j as f64 / 2048.0));
     }
     xs.retain(|x| (lo..hi).contains(x));
     xs.extend((0..random).map(|_| rng.random_range(lo..hi)));
@@ -121,7 +123,14 @@ fn select_then_compute_matches_the_reference_and_the_function() {
     common::runtime().block_on(async {
         let (_c, mut oc, _s, mut os) = common::session_pair().await;
         let mut rng = StdRng::seed_from_u64(13);
-        for f in [Piecewise::gelu(), Piecewise::silu(), Piecewise::sigmoid()] {
+        let functions = [
+            Piecewise::gelu(),
+            Piecewise::silu(),
+            Piecewise::sigmoid(),
+            Piecewise::clamped_swish(),
+            Piecewise::clamped_up(),
+        ];
+        for f in functions {
             // GeLU over two batches: the second's random OTs generate in the background while the
             // first is evaluated, and join the pool exactly (`run` checks that none are left)
             let random = match f.name() {
