@@ -10,7 +10,9 @@ mod common;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use secmoe::model::{Plan, Prompt, default_config, default_weights, finish, forward, infer, serve, setup_he};
+use secmoe::model::{
+    CheckedWeights, Plan, Prompt, default_config, default_weights, finish, forward, infer, serve, setup_he,
+};
 use secmoe::ot::OtKind;
 use secmoe::proto::piecewise::{Piecewise, evaluate};
 use secmoe::proto::{Session, SessionConfig};
@@ -56,12 +58,13 @@ fn digest_of_a_run(seed: u8) -> ([u8; 32], Vec<f64>) {
         b.unwrap();
         sc.channel().record_frames();
         ss.channel().record_frames();
+        let model = CheckedWeights::new(&cfg, ss.format(), &w).unwrap();
         let client = async {
             let out = infer(&mut sc, &cfg, Plan::default(), Prompt::new(&ids), &()).await.unwrap();
             finish(&mut sc).await.unwrap();
             out
         };
-        let (out, served) = tokio::join!(client, serve(&mut ss, &cfg, Plan::default(), &w, &()));
+        let (out, served) = tokio::join!(client, serve(&mut ss, &model, Plan::default(), &()));
         served.unwrap();
         out
     });

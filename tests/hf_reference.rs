@@ -15,8 +15,8 @@ mod common;
 use std::path::PathBuf;
 
 use secmoe::model::{
-    Checkpoint, Ffn, FfnWeights, LayerWeights, ModelConfig, ModelResult, Plan, Positions, Prompt, Quantity, Scales,
-    WeightSource, finish, forward, infer, ranges, serve, setup_he,
+    CheckedWeights, Checkpoint, Ffn, FfnWeights, LayerWeights, ModelConfig, ModelResult, Plan, Positions, Prompt,
+    Quantity, Scales, WeightSource, finish, forward, infer, ranges, serve, setup_he,
 };
 use secmoe::moe::{ExpertKind, MoeConfig};
 use secmoe::proto::layernorm::NormRange;
@@ -71,12 +71,13 @@ fn check(family: &str) {
         let (a, b) = tokio::join!(setup_he(&mut sc, Plan::default()), setup_he(&mut ss, Plan::default()));
         a.unwrap();
         b.unwrap();
+        let model = CheckedWeights::new(&cfg, ss.format(), &ckpt).unwrap();
         let client = async {
             let out = infer(&mut sc, &cfg, Plan::default(), Prompt::new(&r.ids), &()).await.unwrap();
             finish(&mut sc).await.unwrap();
             out
         };
-        let (out, served) = tokio::join!(client, serve(&mut ss, &cfg, Plan::default(), &ckpt, &()));
+        let (out, served) = tokio::join!(client, serve(&mut ss, &model, Plan::default(), &()));
         assert_eq!(served.unwrap(), 1);
         drop((c, s));
         out
@@ -331,7 +332,7 @@ fn gpt_oss_matches_transformers() {
     // the experts' pre-activations pass the clamps at ±7
     let (_, r) = load("gpt_oss");
     let seen = ranges(&cfg, &ckpt, &[&r.ids], NormRange::DEFAULT).unwrap();
-    for q in [Quantity::Activation(ExpertKind::ClampedSwiGlu), Quantity::UpBranch] {
+    for q in [Quantity::Activation(ExpertKind::ClampedSwiGlu), Quantity::UpBranch(ExpertKind::ClampedSwiGlu)] {
         let max = seen.sites().iter().filter(|s| s.quantity == q).map(|s| s.max).fold(0.0, f64::max);
         assert!(max > 7.5, "{q}: at most {max}");
     }

@@ -12,9 +12,10 @@
 mod common;
 
 use secmoe::model::{
-    Checkpoint, Embedding, Family, Ffn, HfTensor, KvCache, LatentAttention, ModelConfig, ModelError, ModelResult,
-    ModelWeights, Output, Plan, Positions, Prompt, QkNorm, QkvWeights, Quantity, Scales, WeightSource, check_weights,
-    default_config, default_weights, finish, forward, forward_quantized, infer, infer_cached, ranges, serve, setup_he,
+    CheckedWeights, Checkpoint, Embedding, Family, Ffn, FfnWeights, HfTensor, KvCache, LatentAttention, ModelConfig, ModelError,
+    ModelResult, ModelWeights, Output, Plan, Positions, Prompt, QkNorm, QkvWeights, Quantity, Scales, WeightSource,
+    check_weights, default_config, default_weights, finish, forward, forward_quantized, infer, infer_cached, ranges,
+    serve, setup_he,
 };
 use secmoe::moe::{ExpertKind, Method, MoeConfig, Routing, SharedExpert};
 use secmoe::net::Frame;
@@ -65,7 +66,8 @@ fn private_as(
             }
             out
         };
-        let (client, server) = tokio::join!(client, serve(&mut ss, scfg, splan, w, &()));
+        let model = CheckedWeights::new(scfg, ss.format(), w).unwrap();
+        let (client, server) = tokio::join!(client, serve(&mut ss, &model, splan, &()));
         let server_received = ss.channel().take_frames().into_iter().filter(|f| !f.sent).collect();
         let client_received = sc.channel().take_frames().into_iter().filter(|f| !f.sent).collect();
         drop((c, s));
@@ -496,6 +498,27 @@ fn gpt_oss_with_sinks_sliding_windows_and_biased_experts() {
     reads_back("gpt-oss", GPT_OSS_TINY, &cfg, &w, &names);
 }
 
+/// `ranges` also records each router's narrowest choice — the margin by which a token's last
+/// expert chosen ranks above the next — and calls one that a private run's error may overturn
+/// a near-tie.
+#[test]
+fn ranges_record_each_routers_narrowest_choice() {
+    let (cfg, mut w) = (default_config(), default_weights());
+    let ids = [3, 141, 59];
+    let seen = ranges(&cfg, &w, &[&ids], NormRange::DEFAULT).unwrap();
+    let margins: Vec<(usize, bool)> = seen.margins().iter().map(|m| (m.layer, m.gap > 0.0 && m.token < 3)).collect();
+    assert_eq!(margins, [(0, true), (1, true)]);
+    assert_eq!(seen.narrowest().map(|m| m.gap), seen.margins().iter().map(|m| m.gap).reduce(f64::min));
+    // every expert with the same router column: every token's logits tie, and so its choice
+    for layer in &mut w.layers {
+        if let FfnWeights::Moe { router, .. } = &mut layer.ffn {
+            router.chunks_exact_mut(8).for_each(|row| row.fill(row[0]));
+        }
+    }
+    let tied = ranges(&cfg, &w, &[&ids], NormRange::DEFAULT).unwrap();
+    assert!(tied.margins().iter().all(|m| m.gap == 0.0 && m.near_tie()), "{:?}", tied.margins());
+}
+
 /// `ranges` finds where the plaintext model leaves a protocol's stated range — and such a value
 /// does make the private output wrong, with no error from either party (the protocols cannot
 /// check secret values), which is why the check exists.
@@ -560,7 +583,8 @@ fn a_cached_step_equals_the_forward_of_the_whole_sequence() {
                 finish(&mut sc).await.unwrap();
                 (first.unwrap(), second.unwrap())
             };
-            let ((first, second), served) = tokio::join!(client, serve(&mut ss, &cfg, Plan::default(), &w, &()));
+            let model = CheckedWeights::new(&cfg, ss.format(), &w).unwrap();
+            let ((first, second), served) = tokio::join!(client, serve(&mut ss, &model, Plan::default(), &()));
             drop((c, s));
             (first, second, served.unwrap())
         });
@@ -644,8 +668,8 @@ fn checkpoints_load_and_mismatches_are_named_before_any_party_starts() {
 }
 
 /// A weight that does not fit the fixed point (not finite, beyond the experts' 32-bit
-/// storage, or a norm's γ beyond 16) is found when the server starts serving, named by its checkpoint tensor and flat
-/// index there (the engine holds `Linear` weights transposed); the client is told why.
+/// storage, or a norm's γ beyond 16) is found by the server's check before it serves, named by
+/// its checkpoint tensor and flat index there (the engine holds `Linear` weights transposed).
 #[test]
 fn a_weight_that_does_not_fit_is_named_by_its_checkpoint_tensor() {
     let root = std::env::temp_dir().join(format!("secmoe-values-{}", std::process::id()));
@@ -662,14 +686,29 @@ fn a_weight_that_does_not_fit_is_named_by_its_checkpoint_tensor() {
         });
         let ckpt = Checkpoint::open(&dir).unwrap();
         let want = format!("tensor `{name}`, element {index}: {value}");
-        let err = check_weights(ckpt.config(), FixedPoint::default(), &ckpt).unwrap_err().to_string();
-        assert!(err.contains(&want) && err.contains(reason), "{err}");
-        let cfg = ckpt.config().clone();
-        let Run { client, server, .. } = private(&cfg, &cfg, Plan::default(), Prompt::new(&[1, 2]), &ckpt);
-        assert!(matches!(server, Err(ModelError::Ring(ref e)) if e.to_string().contains(&want)), "{server:?}");
-        assert!(matches!(client, Err(ModelError::PeerRefused(ref m)) if m.contains(&want)), "{client:?}");
+        let err = CheckedWeights::new(ckpt.config(), FixedPoint::default(), &ckpt).err().unwrap();
+        assert!(matches!(err, ModelError::Ring(ref e) if e.to_string().contains(&want)), "{err:?}");
+        assert!(err.to_string().contains(reason), "{err}");
     }
     std::fs::remove_dir_all(&root).ok();
+}
+
+/// Weights checked for one fixed point are not served in a session that agreed on another:
+/// the server refuses the first request, and the client is told why.
+#[test]
+fn weights_checked_for_another_format_are_refused() {
+    let (cfg, w) = (default_config(), default_weights());
+    let (client, server) = common::runtime().block_on(async {
+        let (c, mut sc, s, mut ss) = common::session_pair_in(FixedPoint::new(16).unwrap()).await;
+        let model = CheckedWeights::new(&cfg, FixedPoint::default(), &w).unwrap();
+        let client = infer(&mut sc, &cfg, Plan::default(), Prompt::new(&[1, 2]), &());
+        let out = tokio::join!(client, serve(&mut ss, &model, Plan::default(), &()));
+        drop((c, s));
+        out
+    });
+    let want = "checked for 18 fractional bits, the session agreed on 16";
+    assert!(matches!(server, Err(ModelError::Input(ref m)) if m.contains(want)), "{server:?}");
+    assert!(matches!(client, Err(ModelError::PeerRefused(ref m)) if m.contains(want)), "{client:?}");
 }
 
 /// The public-embedding option (BumbleBee's and BOLT's assumption): the client looks its

@@ -260,6 +260,40 @@ impl Encoder<'_> {
     }
 }
 
+/// A model's weights known to fit a fixed-point format ([`check_weights`], run once by
+/// [`CheckedWeights::new`]): what [`super::serve`] takes, so that a server checks when it starts,
+/// before it listens, and never while a client waits (minutes for tens of billions of weights).
+pub struct CheckedWeights<'a> {
+    cfg: ModelConfig,
+    format: FixedPoint,
+    source: &'a dyn WeightSource,
+}
+
+impl<'a> CheckedWeights<'a> {
+    /// Checks `cfg` and every weight of `source` against `format`; the first that does not fit
+    /// is an error naming it.
+    pub fn new(cfg: &ModelConfig, format: FixedPoint, source: &'a dyn WeightSource) -> ModelResult<CheckedWeights<'a>> {
+        cfg.validate()?;
+        check_weights(cfg, format, source)?;
+        Ok(CheckedWeights { cfg: cfg.clone(), format, source })
+    }
+
+    /// The model's config.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// The fixed-point format every weight fits.
+    pub fn format(&self) -> FixedPoint {
+        self.format
+    }
+
+    /// The weights.
+    pub fn source(&self) -> &'a dyn WeightSource {
+        self.source
+    }
+}
+
 /// Converts every weight of the model once (one block at a time, nothing kept): the first
 /// value that does not fit `format` is an error naming its tensor and index in the source.
 pub fn check_weights(cfg: &ModelConfig, format: FixedPoint, source: &dyn WeightSource) -> ModelResult<()> {

@@ -24,9 +24,9 @@ mod weights;
 pub use builtin::{DEEPSEEK_V2_LITE, GPT_OSS_20B, GRANITE_1B_A400M, default_config, default_weights};
 pub use checkpoint::{Checkpoint, HfTensor, hf_tensors, public_embedding};
 pub use config::{Family, Ffn, LatentAttention, ModelConfig, Positions, QkNorm, Scales, Yarn, relative_bucket};
-pub use encode::check_weights;
-pub use ranges::{Quantity, Range, Ranges, ranges};
-pub use reference::{forward, forward_quantized};
+pub use encode::{CheckedWeights, check_weights};
+pub use ranges::{Margin, NEAR_TIE, Quantity, Range, Ranges, ranges};
+pub use reference::{forward, forward_quantized, forward_with_ranges};
 pub use secure::{
     Embedding, KvCache, MAX_TOKENS, Output, Plan, Progress, Prompt, finish, infer, infer_cached, serve, setup_he,
 };

@@ -38,8 +38,8 @@ pub enum Quantity {
     SharedGateLogit,
     /// The input of an expert's activation (SiLU, GeLU: |x| < 63; ReLU: the ring's 64).
     Activation(ExpertKind),
-    /// A gated expert's other branch, x·W3 (|u| < 64).
-    UpBranch,
+    /// A gated expert's other branch, x·W3 (|u| < 64; gpt-oss's clamped one: |u| < 63).
+    UpBranch(ExpertKind),
 }
 
 impl Quantity {
@@ -51,7 +51,8 @@ impl Quantity {
             Quantity::ScoreSpread => SPREAD_BOUND,
             Quantity::RouterLogit => ROUTER_LOGIT_BOUND,
             Quantity::ScoreSumReciprocal => 1.0 / MIN_SCORE_SUM,
-            Quantity::Activation(ExpertKind::Relu) | Quantity::UpBranch => PRE_ACTIVATION_BOUND,
+            Quantity::UpBranch(ExpertKind::ClampedSwiGlu) => symmetric(Piecewise::clamped_up()),
+            Quantity::Activation(ExpertKind::Relu) | Quantity::UpBranch(_) => PRE_ACTIVATION_BOUND,
             Quantity::Activation(ExpertKind::Gelu | ExpertKind::GeGlu) => symmetric(Piecewise::gelu()),
             Quantity::Activation(ExpertKind::SwiGlu) => symmetric(Piecewise::silu()),
             Quantity::Activation(ExpertKind::ClampedSwiGlu) => symmetric(Piecewise::clamped_swish()),
@@ -78,7 +79,8 @@ impl fmt::Display for Quantity {
             Quantity::Activation(ExpertKind::Gelu | ExpertKind::GeGlu) => f.write_str("GeLU input"),
             Quantity::Activation(ExpertKind::SwiGlu) => f.write_str("SiLU input"),
             Quantity::Activation(ExpertKind::ClampedSwiGlu) => f.write_str("clamped SwiGLU gate input"),
-            Quantity::UpBranch => f.write_str("x·W3 branch"),
+            Quantity::UpBranch(ExpertKind::ClampedSwiGlu) => f.write_str("clamped SwiGLU up branch"),
+            Quantity::UpBranch(_) => f.write_str("x·W3 branch"),
         }
     }
 }
@@ -103,18 +105,72 @@ impl Range {
     }
 }
 
+/// A router's narrowest choice: over the tokens it routed, the least amount by which the last
+/// expert chosen ranks above the best one not chosen, in the values its top-k compares (the
+/// logits; σ(l) + b or the probabilities plus b under a selection bias; within the chosen groups
+/// under group-limited routing).
+///
+/// Not a range the protocols need: a private run's router values carry the fixed-point error of
+/// everything before them (about 10^-3 deep in a model), so a margin below that may send the
+/// token to another expert than the f64 model does — a near-tie the two computations break
+/// differently, as bf16 and f32 runs of `transformers` do; the token's output and the later
+/// tokens' (through attention) then differ from the reference by more than the protocols' error.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Margin {
+    /// The router's layer (`layers.{layer}.router`).
+    pub layer: usize,
+    /// The token's position in its prompt.
+    pub token: usize,
+    /// The margin.
+    pub gap: f64,
+}
+
+/// A routing margin below which a choice counts as a near-tie ([`Margin::near_tie`]): the
+/// order of the fixed-point error a private run's values carry after some layers (its outputs'
+/// error against the f64 model is 10^-3 to 10^-2 on the models measured).
+pub const NEAR_TIE: f64 = 1e-2;
+
+impl Margin {
+    /// Whether the choice is so narrow that a private run may make it the other way.
+    pub fn near_tie(&self) -> bool {
+        self.gap < NEAR_TIE
+    }
+}
+
 /// Every site of a model with the largest magnitude seen there, in the forward's order,
-/// against the ranges of a session whose norms take `norms`.
+/// against the ranges of a session whose norms take `norms`, and each router's narrowest choice.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Ranges {
     norms: NormRange,
     sites: Vec<Range>,
+    margins: Vec<Margin>,
 }
 
 impl Ranges {
     /// No site yet, the norms taking inputs in `norms`.
     pub fn new(norms: NormRange) -> Ranges {
-        Ranges { norms, sites: Vec::new() }
+        Ranges { norms, sites: Vec::new(), margins: Vec::new() }
+    }
+
+    /// Records a routing choice of layer `layer`'s router for `token` won by `gap`, keeping each
+    /// router's least.
+    pub(super) fn see_margin(&mut self, layer: usize, token: usize, gap: f64) {
+        let margin = Margin { layer, token, gap };
+        match self.margins.iter_mut().rev().find(|m| m.layer == layer) {
+            Some(m) if gap < m.gap => *m = margin,
+            Some(_) => {}
+            None => self.margins.push(margin),
+        }
+    }
+
+    /// Each router's narrowest choice, in the forward's order.
+    pub fn margins(&self) -> &[Margin] {
+        &self.margins
+    }
+
+    /// The narrowest routing choice of all.
+    pub fn narrowest(&self) -> Option<&Margin> {
+        self.margins.iter().min_by(|a, b| a.gap.total_cmp(&b.gap))
     }
 
     /// Records values seen at `site`, keeping the largest magnitude per (site, quantity) (the
@@ -186,5 +242,19 @@ mod tests {
         let beyond: Vec<&str> = r.exceeded().map(|s| s.site.as_str()).collect();
         assert_eq!(beyond, ["b"]);
         assert_eq!(r.norms_needed(), Some(NormRange::new(10).unwrap()));
+    }
+
+    /// A router keeps its narrowest choice and the token that made it; the narrowest of all is
+    /// found over the routers.
+    #[test]
+    fn routers_keep_their_narrowest_choice() {
+        let mut r = Ranges::default();
+        r.see_margin(0, 0, 0.5);
+        r.see_margin(0, 3, 0.01);
+        r.see_margin(0, 4, 0.2);
+        r.see_margin(1, 2, 0.1);
+        let m: Vec<(usize, usize, f64)> = r.margins().iter().map(|m| (m.layer, m.token, m.gap)).collect();
+        assert_eq!(m, [(0, 3, 0.01), (1, 2, 0.1)]);
+        assert_eq!(r.narrowest().map(|m| m.token), Some(3));
     }
 }

@@ -7,6 +7,7 @@ use super::ranges::{Quantity, Ranges};
 use super::weights::{FfnWeights, HeadMaps, LatentMaps, LayerWeights, Mlp, MlpBias, QkvWeights, WeightSource};
 use super::{ModelError, ModelResult};
 use crate::moe::{ExpertKind, GroupLimit, MoeConfig, Routing};
+use crate::proto::layernorm::NormRange;
 use crate::proto::piecewise::{clamped_swish_exact, clamped_up_exact, gelu_exact, silu_exact};
 use crate::ring::FixedPoint;
 
@@ -142,7 +143,7 @@ fn mlp(w: &Mlp, kind: ExpertKind, x: &[f64], d: usize, d_ff: usize, probe: &mut 
     let h: Vec<f64> = match &w.w3 {
         Some(w3) => {
             let u = add_bias(matmul(x, w3, d, d_ff), bias.and_then(|b| b.b3.as_deref()));
-            probe.see(site, Quantity::UpBranch, &u);
+            probe.see(site, Quantity::UpBranch(kind), &u);
             let up = |u: f64| if kind == ExpertKind::ClampedSwiGlu { clamped_up_exact(u) } else { u };
             a.iter().zip(u).map(|(g, u)| activation(kind, *g) * up(u)).collect()
         }
@@ -164,6 +165,17 @@ fn top_k(values: &[f64], k: usize) -> Vec<usize> {
     idx.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
     idx.truncate(k);
     idx
+}
+
+/// Token `token`'s top k of its router `values` (−∞: masked) at layer `layer`, the choice's
+/// margin recorded in `probe`.
+fn choose(values: &[f64], k: usize, probe: &mut Ranges, layer: usize, token: usize) -> Vec<usize> {
+    let mut c = top_k(values, k + 1);
+    if let Some(&next) = c.get(k).filter(|&&i| values[i].is_finite()) {
+        probe.see_margin(layer, token, values[c[k - 1]] - values[next]);
+    }
+    c.truncate(k);
+    c
 }
 
 /// Group-limited routing: `values` with those outside the top `limit.chosen` groups (by the
@@ -202,7 +214,7 @@ fn moe(
         let router = format!("layers.{layer}.router");
         let (chosen, gates): (Vec<usize>, Vec<f64>) = match m.routing {
             Routing::TopKSoftmax => {
-                let c = top_k(l, m.top_k);
+                let c = choose(l, m.top_k, probe, layer, t);
                 if m.top_k > 1 {
                     probe.see(&router, Quantity::ScoreSpread, &c.iter().map(|&i| top - l[i]).collect::<Vec<_>>());
                 }
@@ -211,10 +223,9 @@ fn moe(
             }
             Routing::Switch | Routing::SoftmaxTopK { .. } => {
                 probe.see(&router, Quantity::ScoreSpread, &l.iter().map(|v| top - v).collect::<Vec<_>>());
-                let c = match m.groups {
-                    Some(limit) => top_k(&within_groups(&probs, limit, 1), m.top_k),
-                    None => top_k(&probs, m.top_k),
-                };
+                // on the logits, whose order the softmax keeps (a group's best too)
+                let kept = m.groups.map(|limit| within_groups(l, limit, 1));
+                let c = choose(kept.as_deref().unwrap_or(l), m.top_k, probe, layer, t);
                 let g: Vec<f64> = c.iter().map(|&i| probs[i]).collect();
                 let normalize = m.routing == Routing::SoftmaxTopK { normalize: true };
                 (c, if normalize { normalized(g) } else { g })
@@ -237,7 +248,7 @@ fn moe(
                 if let Some(limit) = m.groups {
                     choice = within_groups(&choice, limit, 2);
                 }
-                let c = top_k(&choice, m.top_k);
+                let c = choose(&choice, m.top_k, probe, layer, t);
                 let g: Vec<f64> = c.iter().map(|&i| scores[i]).collect();
                 if normalize && m.top_k > 1 {
                     let sum: f64 = g.iter().sum();
@@ -384,6 +395,18 @@ fn attention(
 /// encoder's final hidden states).
 pub fn forward(cfg: &ModelConfig, weights: &dyn WeightSource, ids: &[u32]) -> ModelResult<Vec<f64>> {
     forward_probed(cfg, weights, ids, &mut Ranges::default())
+}
+
+/// [`forward`] and the [`Ranges`] it took, against those of a session whose norms take `norms`.
+pub fn forward_with_ranges(
+    cfg: &ModelConfig,
+    weights: &dyn WeightSource,
+    ids: &[u32],
+    norms: NormRange,
+) -> ModelResult<(Vec<f64>, Ranges)> {
+    let mut probe = Ranges::new(norms);
+    let out = forward_probed(cfg, weights, ids, &mut probe)?;
+    Ok((out, probe))
 }
 
 /// [`forward`], recording the values at every site with a stated range in `probe`.

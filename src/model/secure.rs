@@ -22,7 +22,7 @@
 //! stay hidden (the MoE layer's argument covers the routing).
 
 use super::config::{Ffn, LatentAttention, ModelConfig, Positions, Scales, relative_bucket};
-use super::encode::{Block, BlockFfn, BlockQkv, Encoder, check_weights};
+use super::encode::{Block, BlockFfn, BlockQkv, CheckedWeights, Encoder};
 use super::reference::{columns, latent_keys_values, rope_table, rotary_pair};
 use super::weights::WeightSource;
 use super::{ModelError, ModelResult};
@@ -281,28 +281,32 @@ pub async fn finish(sess: &mut Session) -> ModelResult<()> {
     Ok(())
 }
 
-/// The server: serves the client's forwards with its weights until the client is done;
-/// returns how many it served. It keeps its side of the key/value cache for forwards that
-/// extend the previous ones. It learns each forward's length, nothing else. It refuses the
-/// first request, naming the tensor, when a weight does not fit the session's fixed point
-/// ([`super::check_weights`]).
+/// The server: serves the client's forwards with its weights, checked for the session's fixed
+/// point, until the client is done; returns how many it served. It keeps its side of the
+/// key/value cache for forwards that extend the previous ones. It learns each forward's
+/// length, nothing else. It refuses the first request when the weights were checked for
+/// another format than the one the handshake agreed on.
 #[tracing::instrument(level = "info", skip_all)]
 pub async fn serve(
     sess: &mut Session,
-    cfg: &ModelConfig,
+    model: &CheckedWeights<'_>,
     plan: Plan,
-    weights: &dyn WeightSource,
     progress: &dyn Progress,
 ) -> ModelResult<usize> {
+    let (cfg, weights) = (model.config(), model.source());
     let mut served = 0;
     let mut cache = KvCache::new();
-    // checked once, answering the first request: every weight must fit the session's format
-    let mut ready = Some(cfg.validate().and_then(|_| {
-        if !sess.is_server() {
-            return Err(ModelError::Input("the client cannot serve".into()));
-        }
-        check_weights(cfg, sess.format(), weights)
-    }));
+    let mut ready = Some(if !sess.is_server() {
+        Err(ModelError::Input("the client cannot serve".into()))
+    } else if model.format() != sess.format() {
+        Err(ModelError::Input(format!(
+            "the weights were checked for {} fractional bits, the session agreed on {}",
+            model.format().frac_bits(),
+            sess.format().frac_bits()
+        )))
+    } else {
+        Ok(())
+    });
     loop {
         let local = ready.take().unwrap_or(Ok(()));
         let statement: Statement = local.as_ref().map(|_| prefix(cfg, plan)).map_err(|e| e.to_string());

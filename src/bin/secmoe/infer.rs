@@ -9,8 +9,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use secmoe::backend::Backend;
 use secmoe::he::Exposure;
 use secmoe::model::{
-    Checkpoint, KvCache, MAX_TOKENS, ModelConfig, Output, Plan, Progress, Prompt, WeightSource, default_config,
-    default_weights, finish, infer_cached, public_embedding, serve, setup_he,
+    CheckedWeights, Checkpoint, KvCache, MAX_TOKENS, ModelConfig, Output, Plan, Progress, Prompt, WeightSource,
+    default_config, default_weights, finish, infer_cached, public_embedding, serve, setup_he,
 };
 use secmoe::net::{CostModel, Link, Report};
 use secmoe::proto::{Session, SessionConfig};
@@ -238,13 +238,12 @@ pub async fn server(
     link: &mut Link,
     backend: Arc<dyn Backend>,
     job: JobConfig,
-    cfg: &ModelConfig,
-    weights: &dyn WeightSource,
+    model: &CheckedWeights<'_>,
     progress: &dyn Progress,
 ) -> Result<(usize, Costs)> {
     let start = Instant::now();
     let mut sess = session(link, backend, job).await?;
-    let served = serve(&mut sess, cfg, job.plan, weights, progress).await?;
+    let served = serve(&mut sess, model, job.plan, progress).await?;
     let flooding = sess.exposure();
     Ok((served, Costs { report: link.meter().report(), wall_s: start.elapsed().as_secs_f64(), flooding }))
 }

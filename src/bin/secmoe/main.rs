@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use bench::harness::reset_peak_rss;
 use clap::{Args, Parser, Subcommand};
 use secmoe::backend::{Backend, BackendChoice};
-use secmoe::model::{Embedding, Plan, Prompt};
+use secmoe::model::{CheckedWeights, Embedding, Plan, Prompt};
 use secmoe::net::{CostModel, Identity, LinkConfig, Listener, PublicParams, connect, fingerprint, loopback};
 use secmoe::proto::layernorm::NormRange;
 use secmoe::ring::FixedPoint;
@@ -44,9 +44,12 @@ struct MoeBenchArgs {
     /// Expert hidden width d_ff.
     #[arg(long, default_value_t = 3072)]
     d_ff: usize,
-    /// Expert kind: relu, gelu, swiglu or geglu.
+    /// Expert kind: relu, gelu, swiglu, geglu or clamped-swiglu (gpt-oss's).
     #[arg(long, default_value = "gelu")]
     expert: String,
+    /// Experts with biases (gpt-oss's): one more row in each expert matrix.
+    #[arg(long)]
+    expert_bias: bool,
     /// Experts per token.
     #[arg(long, default_value_t = 1)]
     top_k: usize,
@@ -89,6 +92,7 @@ impl MoeBenchArgs {
             top_k: self.top_k,
             routing: self.routing.parse().map_err(anyhow::Error::msg)?,
             groups: self.groups.as_deref().map(parse_groups).transpose()?,
+            expert_bias: self.expert_bias,
             methods,
         })
     }
@@ -311,11 +315,13 @@ async fn both(
     // the public table, when the embedding is public, is the one thing the client reads
     let table = if job.public_embedding { Some(weights.embedding()?) } else { None };
     let prompt = Prompt::new(prompt).with_table(table.as_deref());
+    let checked = CheckedWeights::new(&model.config, cfg.format, weights)
+        .with_context(|| format!("checking the weights of {}", model.origin))?;
     let (mut client, mut server) = loopback(job.link_config()).await?;
     let bar = infer::Bar::new("private inference", show_progress);
     let (c, s) = tokio::join!(
         infer::client(&mut client, job.backend()?, cfg, &model.config, prompt, max_new, &bar),
-        infer::server(&mut server, job.backend()?, cfg, &model.config, weights, &())
+        infer::server(&mut server, job.backend()?, cfg, &checked, &())
     );
     let (c, (_, s)) = (c?, s?);
     let (a, b) = tokio::join!(client.close(), server.close());
@@ -426,7 +432,7 @@ fn main() -> Result<()> {
                 let id = if cert.exists() { Identity::load(&cert, &key)? } else { write_identity(&identity)? };
                 let (model, weights) = infer::model_weights(model.as_deref())?;
                 let cfg = job.job()?;
-                secmoe::model::check_weights(&model.config, cfg.format, weights.as_ref())
+                let checked = CheckedWeights::new(&model.config, cfg.format, weights.as_ref())
                     .with_context(|| format!("checking the weights of {}", model.origin))?;
                 let listener = Listener::bind(listen, &id, job.link_config())?;
                 println!("secmoe server listening on {} (QUIC + TLS 1.3)", listener.local_addr());
@@ -437,8 +443,7 @@ fn main() -> Result<()> {
                     let served = async {
                         let mut link = listener.accept().await?;
                         let bar = infer::Bar::new("serving", true);
-                        let out = infer::server(&mut link, job.backend()?, cfg, &model.config, weights.as_ref(), &bar)
-                            .await?;
+                        let out = infer::server(&mut link, job.backend()?, cfg, &checked, &bar).await?;
                         link.close().await?;
                         anyhow::Ok(out)
                     }

@@ -246,9 +246,15 @@ pub fn print_ranges(
                        "limit": r.limit, "exceeded": r.exceeded()})
             })
             .collect();
+        let margins: Vec<serde_json::Value> = ranges
+            .margins()
+            .iter()
+            .map(|m| json!({"site": format!("layers.{}.router", m.layer), "token": m.token, "margin": m.gap}))
+            .collect();
         let v = json!({"model": model.config.to_string(), "prompts": prompts, "sites": sites,
                        "exceeded": ranges.exceeded().count(), "norm_range_bits": norms.bits(),
-                       "norm_range_bits_needed": ranges.norms_needed().map(|n| n.bits())});
+                       "norm_range_bits_needed": ranges.norms_needed().map(|n| n.bits()),
+                       "routing_margins": margins});
         return print(|o| writeln!(o, "{v}"));
     }
     print(|o| {
@@ -264,11 +270,28 @@ pub fn print_ranges(
         }
         match ranges.norms_needed() {
             Some(n) if n.bits() > norms.bits() => {
-                writeln!(o, "the norms' inputs need --norm-range {} (both parties)", n.bits())
+                writeln!(o, "the norms' inputs need --norm-range {} (both parties)", n.bits())?
             }
-            None => writeln!(o, "the norms' inputs are beyond the widest range they take, 2^{}", NormRange::BITS.end()),
-            _ => Ok(()),
+            None => {
+                writeln!(o, "the norms' inputs are beyond the widest range they take, 2^{}", NormRange::BITS.end())?
+            }
+            _ => {}
         }
+        if let Some(m) = ranges.narrowest() {
+            writeln!(
+                o,
+                "narrowest routing choice: layers.{}.router, token {}, by {:.1e}{}",
+                m.layer,
+                m.token,
+                m.gap,
+                if m.near_tie() {
+                    " — a near-tie: a private run, its router logits off by the fixed point's error, may route that token to the next expert"
+                } else {
+                    ""
+                }
+            )?;
+        }
+        Ok(())
     })
 }
 

@@ -40,6 +40,8 @@ pub struct Options {
     pub routing: Routing,
     /// Group-limited routing.
     pub groups: Option<GroupLimit>,
+    /// Experts with biases (gpt-oss's).
+    pub expert_bias: bool,
     /// Methods, in row order.
     pub methods: Vec<Method>,
 }
@@ -67,7 +69,7 @@ pub(crate) async fn run(
                 shared: None,
                 expert_capacity: None,
                 groups: opts.groups,
-                expert_bias: false,
+                expert_bias: opts.expert_bias,
             };
             let row = measure(&cfg, method, opts.tokens, backend.clone(), threads, tune)
                 .await

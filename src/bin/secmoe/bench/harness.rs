@@ -53,6 +53,10 @@ pub(crate) struct Row {
     /// from a weight-independent one (rows with HE products: linear layers, MoE layers, models).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) stat_distance_log2: Option<f64>,
+    /// The plaintext model's narrowest routing choice on the row's input (model rows): below
+    /// [`secmoe::model::NEAR_TIE`] the private run may route a token differently.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) routing_margin: Option<f64>,
     /// Bytes (both directions), rounds and seconds of the row's steps, where it reports them.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub(crate) steps: Vec<Step>,
@@ -151,6 +155,7 @@ pub(crate) fn row(
         mean_error: None,
         us_per_op: None,
         stat_distance_log2: None,
+        routing_margin: None,
         steps: Vec::new(),
         reference: None,
     }

@@ -15,12 +15,14 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use secmoe::backend::Backend;
 use secmoe::model::{
-    DEEPSEEK_V2_LITE, Family, Ffn, GPT_OSS_20B, GRANITE_1B_A400M, ModelConfig, ModelWeights, Plan, Positions, Progress,
-    Prompt, QkNorm, RandomWeights, Scales, WeightSource, default_config, finish, forward, infer, serve, setup_he,
+    CheckedWeights, DEEPSEEK_V2_LITE, Family, Ffn, GPT_OSS_20B, GRANITE_1B_A400M, ModelConfig, ModelWeights, Plan,
+    Positions, Progress, Prompt, QkNorm, RandomWeights, Scales, WeightSource, default_config, finish,
+    forward_with_ranges, infer, serve, setup_he,
 };
 use secmoe::moe::{ExpertKind, MoeConfig, Routing};
 use secmoe::net::CostModel;
 use secmoe::ot::OtKind;
+use secmoe::proto::layernorm::NormRange;
 
 use super::harness::Row;
 use super::harness::{reset_peak_rss, row, session_pair};
@@ -132,6 +134,8 @@ async fn measure(
     let (a, b) = tokio::join!(setup_he(&mut sc, Plan::default()), setup_he(&mut ss, Plan::default()));
     a?;
     b?;
+    // the server's one-time check, as `secmoe serve` makes it before it listens
+    let model = CheckedWeights::new(cfg, ss.format(), w)?;
     let before = c.meter().report().total();
     reset_peak_rss();
     let start = Instant::now();
@@ -141,7 +145,7 @@ async fn measure(
         anyhow::Ok(out)
     };
     let progress = Elapsed(start);
-    let (out, served) = tokio::join!(client, serve(&mut ss, cfg, Plan::default(), w, &progress));
+    let (out, served) = tokio::join!(client, serve(&mut ss, &model, Plan::default(), &progress));
     let wall_s = start.elapsed().as_secs_f64();
     let (out, served) = (out?, served?);
     if served != 1 {
@@ -150,7 +154,7 @@ async fn measure(
     let report = c.meter().report();
     let after = report.total();
     let flooding = ss.exposure();
-    let want = forward(cfg, w, &ids)?;
+    let (want, ranges) = forward_with_ranges(cfg, w, &ids, NormRange::DEFAULT)?;
     let errors: Vec<f64> = out.values.iter().zip(&want).map(|(g, w)| (g - w).abs()).collect();
     let error = errors.iter().copied().fold(0.0, f64::max);
     let (a, b) = tokio::join!(c.close(), s.close());
@@ -164,5 +168,6 @@ async fn measure(
     r.set_errors(&errors);
     r.set_steps(&report, ["embed", "norm", "attention", "ffn", "head"]);
     r.stat_distance_log2 = flooding.map(|e| e.distance().log2());
+    r.routing_margin = ranges.narrowest().map(|m| m.gap);
     Ok(r)
 }
