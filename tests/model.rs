@@ -12,10 +12,10 @@
 mod common;
 
 use secmoe::model::{
-    CheckedWeights, Checkpoint, Embedding, Family, Ffn, FfnWeights, HfTensor, KvCache, LatentAttention, ModelConfig, ModelError,
-    ModelResult, ModelWeights, Output, Plan, Positions, Prompt, QkNorm, QkvWeights, Quantity, Scales, WeightSource,
-    check_weights, default_config, default_weights, finish, forward, forward_quantized, infer, infer_cached, ranges,
-    serve, setup_he,
+    CheckedWeights, Checkpoint, Embedding, Family, Ffn, FfnWeights, HfTensor, KvCache, LatentAttention, ModelConfig,
+    ModelError, ModelResult, ModelWeights, Output, Plan, Positions, Prompt, QkNorm, QkvWeights, Quantity, Scales,
+    WeightSource, check_weights, default_config, default_weights, finish, forward, forward_quantized, infer,
+    infer_cached, ranges, serve, setup_he,
 };
 use secmoe::moe::{ExpertKind, Method, MoeConfig, Routing, SharedExpert};
 use secmoe::net::Frame;

@@ -144,18 +144,22 @@ pub struct Ranges {
     norms: NormRange,
     sites: Vec<Range>,
     margins: Vec<Margin>,
+    near_ties: Vec<Margin>,
 }
 
 impl Ranges {
     /// No site yet, the norms taking inputs in `norms`.
     pub fn new(norms: NormRange) -> Ranges {
-        Ranges { norms, sites: Vec::new(), margins: Vec::new() }
+        Ranges { norms, sites: Vec::new(), margins: Vec::new(), near_ties: Vec::new() }
     }
 
     /// Records a routing choice of layer `layer`'s router for `token` won by `gap`, keeping each
-    /// router's least.
+    /// router's least and every near-tie.
     pub(super) fn see_margin(&mut self, layer: usize, token: usize, gap: f64) {
         let margin = Margin { layer, token, gap };
+        if margin.near_tie() {
+            self.near_ties.push(margin.clone());
+        }
         match self.margins.iter_mut().rev().find(|m| m.layer == layer) {
             Some(m) if gap < m.gap => *m = margin,
             Some(_) => {}
@@ -166,6 +170,11 @@ impl Ranges {
     /// Each router's narrowest choice, in the forward's order.
     pub fn margins(&self) -> &[Margin] {
         &self.margins
+    }
+
+    /// Every routing choice made by a near-tie, in the forward's order.
+    pub fn near_ties(&self) -> &[Margin] {
+        &self.near_ties
     }
 
     /// The narrowest routing choice of all.
@@ -245,7 +254,7 @@ mod tests {
     }
 
     /// A router keeps its narrowest choice and the token that made it; the narrowest of all is
-    /// found over the routers.
+    /// found over the routers; every choice below 10^-2 is kept as a near-tie.
     #[test]
     fn routers_keep_their_narrowest_choice() {
         let mut r = Ranges::default();
@@ -253,8 +262,11 @@ mod tests {
         r.see_margin(0, 3, 0.01);
         r.see_margin(0, 4, 0.2);
         r.see_margin(1, 2, 0.1);
+        r.see_margin(1, 5, 0.001);
         let m: Vec<(usize, usize, f64)> = r.margins().iter().map(|m| (m.layer, m.token, m.gap)).collect();
-        assert_eq!(m, [(0, 3, 0.01), (1, 2, 0.1)]);
-        assert_eq!(r.narrowest().map(|m| m.token), Some(3));
+        assert_eq!(m, [(0, 3, 0.01), (1, 5, 0.001)]);
+        let ties: Vec<(usize, usize)> = r.near_ties().iter().map(|m| (m.layer, m.token)).collect();
+        assert_eq!(ties, [(1, 5)]);
+        assert_eq!(r.narrowest().map(|m| m.token), Some(5));
     }
 }

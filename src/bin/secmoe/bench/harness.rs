@@ -57,6 +57,13 @@ pub(crate) struct Row {
     /// [`secmoe::model::NEAR_TIE`] the private run may route a token differently.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) routing_margin: Option<f64>,
+    /// Its routing choices by near-ties, `layer:token:margin` (model rows).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub(crate) near_ties: Vec<String>,
+    /// Each token's largest error (model rows): a token routed differently from the plaintext
+    /// model stands out, and so, through attention, do the tokens after it.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub(crate) token_errors: Vec<f64>,
     /// Bytes (both directions), rounds and seconds of the row's steps, where it reports them.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub(crate) steps: Vec<Step>,
@@ -156,6 +163,8 @@ pub(crate) fn row(
         us_per_op: None,
         stat_distance_log2: None,
         routing_margin: None,
+        near_ties: Vec::new(),
+        token_errors: Vec::new(),
         steps: Vec::new(),
         reference: None,
     }

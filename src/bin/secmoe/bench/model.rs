@@ -169,5 +169,7 @@ async fn measure(
     r.set_steps(&report, ["embed", "norm", "attention", "ffn", "head"]);
     r.stat_distance_log2 = flooding.map(|e| e.distance().log2());
     r.routing_margin = ranges.narrowest().map(|m| m.gap);
+    r.near_ties = ranges.near_ties().iter().map(|m| format!("{}:{}:{:.1e}", m.layer, m.token, m.gap)).collect();
+    r.token_errors = errors.chunks(cfg.output_width()).map(|t| t.iter().copied().fold(0.0, f64::max)).collect();
     Ok(r)
 }

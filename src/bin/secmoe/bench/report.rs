@@ -89,4 +89,11 @@ pub(crate) fn print_row_with_steps(row: &Row) {
     for s in &row.steps {
         println!("  {:<22} {:>11} {:>7} rounds {:>8.2} s", s.name, human_bytes(s.bytes), s.rounds, s.seconds);
     }
+    if !row.token_errors.is_empty() {
+        let errors: Vec<String> = row.token_errors.iter().map(|e| format!("{e:.1e}")).collect();
+        println!("  each token's largest error: {}", errors.join(" "));
+    }
+    if !row.near_ties.is_empty() {
+        println!("  routing near-ties in the plaintext model (layer:token:margin): {}", row.near_ties.join(" "));
+    }
 }
