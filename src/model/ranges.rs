@@ -111,13 +111,13 @@ impl Range {
 /// under group-limited routing).
 ///
 /// Not a range the protocols need: a private run's router values carry the fixed-point error of
-/// everything before them (about 10^-3 deep in a model), so a margin below that may send the
-/// token to another expert than the f64 model does — a near-tie the two computations break
+/// everything before them, so a margin below [`NEAR_TIE`] may send the token to another expert
+/// than the f64 model does — a near-tie the two computations break
 /// differently, as bf16 and f32 runs of `transformers` do; the token's output and the later
 /// tokens' (through attention) then differ from the reference by more than the protocols' error.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Margin {
-    /// The router's layer (`layers.{layer}.router`).
+    /// The router's layer.
     pub layer: usize,
     /// The token's position in its prompt.
     pub token: usize,
@@ -131,6 +131,11 @@ pub struct Margin {
 pub const NEAR_TIE: f64 = 1e-2;
 
 impl Margin {
+    /// The router's site name, `layers.{layer}.router`.
+    pub fn site(&self) -> String {
+        format!("layers.{}.router", self.layer)
+    }
+
     /// Whether the choice is so narrow that a private run may make it the other way.
     pub fn near_tie(&self) -> bool {
         self.gap < NEAR_TIE

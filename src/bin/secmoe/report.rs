@@ -246,11 +246,8 @@ pub fn print_ranges(
                        "limit": r.limit, "exceeded": r.exceeded()})
             })
             .collect();
-        let margins: Vec<serde_json::Value> = ranges
-            .margins()
-            .iter()
-            .map(|m| json!({"site": format!("layers.{}.router", m.layer), "token": m.token, "margin": m.gap}))
-            .collect();
+        let margins: Vec<serde_json::Value> =
+            ranges.margins().iter().map(|m| json!({"site": m.site(), "token": m.token, "margin": m.gap})).collect();
         let v = json!({"model": model.config.to_string(), "prompts": prompts, "sites": sites,
                        "exceeded": ranges.exceeded().count(), "norm_range_bits": norms.bits(),
                        "norm_range_bits_needed": ranges.norms_needed().map(|n| n.bits()),
@@ -280,8 +277,8 @@ pub fn print_ranges(
         if let Some(m) = ranges.narrowest() {
             writeln!(
                 o,
-                "narrowest routing choice: layers.{}.router, token {}, by {:.1e}{}",
-                m.layer,
+                "narrowest routing choice: {}, token {}, by {:.1e}{}",
+                m.site(),
                 m.token,
                 m.gap,
                 if m.near_tie() {
