@@ -12,10 +12,10 @@
 mod common;
 
 use secmoe::model::{
-    CheckedWeights, Checkpoint, Embedding, Family, Ffn, FfnWeights, HfTensor, KvCache, LatentAttention, ModelConfig,
-    ModelError, ModelResult, ModelWeights, Output, Plan, Positions, Prompt, QkNorm, QkvWeights, Quantity, Scales,
-    WeightSource, check_weights, default_config, default_weights, finish, forward, forward_quantized, infer,
-    infer_cached, ranges, serve, setup_he,
+    Activations, CheckedWeights, Checkpoint, Embedding, Family, Ffn, FfnWeights, HfTensor, KvCache, LatentAttention,
+    ModelConfig, ModelError, ModelResult, ModelWeights, Output, Plan, Positions, Prompt, QkNorm, QkvWeights, Quantity,
+    Scales, WeightSource, check_weights, default_config, default_weights, finish, forward, forward_quantized,
+    forward_with, infer, infer_cached, ranges, serve, setup_he,
 };
 use secmoe::moe::{ExpertKind, Method, MoeConfig, Routing, SharedExpert};
 use secmoe::net::Frame;
@@ -87,12 +87,16 @@ fn check(cfg: &ModelConfig, w: &ModelWeights, ids: &[u32]) -> f64 {
     let quantized = forward_quantized(cfg, w, ids, FixedPoint::default()).unwrap();
     let (quantization, protocol) = (diff(&quantized, &want), diff(&got.values, &quantized));
     assert!(quantization < protocol, "rounding the weights alone moves the output by {quantization}");
+    // the activations' fits alone, and what the protocols add to them
+    let fitted = forward_with(cfg, w, ids, Activations::Fitted).unwrap();
+    let (fit, beyond) = (diff(&fitted, &want), diff(&got.values, &fitted));
     let scale = want.iter().map(|v| v.abs()).fold(0.0, f64::max);
     eprintln!(
-        "{}: max |Δ| {err:.2e} (quantization {quantization:.1e}, protocol {protocol:.2e}; outputs up to {scale:.2})",
+        "{}: max |Δ| {err:.2e} (quantization {quantization:.1e}, protocol {protocol:.2e}; fits {fit:.2e}, beyond them {beyond:.2e}; outputs up to {scale:.2})",
         cfg.family.model_type()
     );
     assert!(err <= BOUND, "{}: max |Δ| {err} > {BOUND}", cfg.family.model_type());
+    assert!(beyond <= BOUND / 10.0, "{}: {beyond} beyond the activations' fits", cfg.family.model_type());
     let want = Output { values: want, width: got.width };
     assert_eq!(got.argmax(), want.argmax(), "argmax per position");
     err

@@ -13,7 +13,7 @@ use std::fmt;
 
 use super::ModelResult;
 use super::config::ModelConfig;
-use super::reference::forward_probed;
+use super::reference::{Activations, forward_probed};
 use super::weights::WeightSource;
 use crate::moe::{ExpertKind, MIN_SCORE_SUM, PRE_ACTIVATION_BOUND, ROUTER_LOGIT_BOUND};
 use crate::proto::layernorm::NormRange;
@@ -51,11 +51,8 @@ impl Quantity {
             Quantity::ScoreSpread => SPREAD_BOUND,
             Quantity::RouterLogit => ROUTER_LOGIT_BOUND,
             Quantity::ScoreSumReciprocal => 1.0 / MIN_SCORE_SUM,
-            Quantity::UpBranch(ExpertKind::ClampedSwiGlu) => symmetric(Piecewise::clamped_up()),
-            Quantity::Activation(ExpertKind::Relu) | Quantity::UpBranch(_) => PRE_ACTIVATION_BOUND,
-            Quantity::Activation(ExpertKind::Gelu | ExpertKind::GeGlu) => symmetric(Piecewise::gelu()),
-            Quantity::Activation(ExpertKind::SwiGlu) => symmetric(Piecewise::silu()),
-            Quantity::Activation(ExpertKind::ClampedSwiGlu) => symmetric(Piecewise::clamped_swish()),
+            Quantity::Activation(kind) => kind.activation().map_or(PRE_ACTIVATION_BOUND, symmetric),
+            Quantity::UpBranch(kind) => kind.up_branch().map_or(PRE_ACTIVATION_BOUND, symmetric),
         }
     }
 }
@@ -232,7 +229,7 @@ pub fn ranges(
 ) -> ModelResult<Ranges> {
     let mut probe = Ranges::new(norms);
     for ids in prompts {
-        forward_probed(cfg, weights, ids, &mut probe)?;
+        forward_probed(cfg, weights, ids, Activations::Exact, &mut probe)?;
     }
     Ok(probe)
 }

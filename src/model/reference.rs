@@ -8,7 +8,7 @@ use super::weights::{FfnWeights, HeadMaps, LatentMaps, LayerWeights, Mlp, MlpBia
 use super::{ModelError, ModelResult};
 use crate::moe::{ExpertKind, GroupLimit, MoeConfig, Routing};
 use crate::proto::layernorm::NormRange;
-use crate::proto::piecewise::{clamped_swish_exact, clamped_up_exact, gelu_exact, silu_exact};
+use crate::proto::piecewise::Piecewise;
 use crate::ring::FixedPoint;
 
 /// x (n×d) · W (d×m), W in f32.
@@ -118,12 +118,26 @@ fn rope(x: &mut [f64], (heads, dim, at): (usize, usize, usize), positions: Posit
     }
 }
 
-fn activation(kind: ExpertKind, x: f64) -> f64 {
-    match kind {
-        ExpertKind::Relu => x.max(0.0),
-        ExpertKind::Gelu | ExpertKind::GeGlu => gelu_exact(x),
-        ExpertKind::SwiGlu => silu_exact(x),
-        ExpertKind::ClampedSwiGlu => clamped_swish_exact(x),
+/// How the plaintext model computes the experts' activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Activations {
+    /// Exactly: the model as `transformers` computes it.
+    #[default]
+    Exact,
+    /// On the piecewise quadratics the protocols evaluate ([`ExpertKind::activation`]): the
+    /// distance to [`Activations::Exact`] is the fits' share of private inference's error.
+    Fitted,
+}
+
+impl Activations {
+    /// `f` at x, or `otherwise` where the expert has no piecewise function there (ReLU; an
+    /// ungated up branch).
+    fn apply(self, f: Option<&Piecewise>, otherwise: fn(f64) -> f64, x: f64) -> f64 {
+        match (f, self) {
+            (None, _) => otherwise(x),
+            (Some(f), Activations::Exact) => f.exact(x),
+            (Some(f), Activations::Fitted) => f.approx(x),
+        }
     }
 }
 
@@ -135,19 +149,28 @@ fn add_bias(mut y: Vec<f64>, bias: Option<&[f32]>) -> Vec<f64> {
     y
 }
 
-/// One expert on rows of x, its pre-activations seen at `site`.
-fn mlp(w: &Mlp, kind: ExpertKind, x: &[f64], d: usize, d_ff: usize, probe: &mut Ranges, site: &str) -> Vec<f64> {
+/// One expert (d×d_ff) on rows of x, its pre-activations seen at `site`.
+fn mlp(
+    w: &Mlp,
+    (kind, acts): (ExpertKind, Activations),
+    x: &[f64],
+    d_ff: usize,
+    probe: &mut Ranges,
+    site: &str,
+) -> Vec<f64> {
+    let d = w.w1.len() / d_ff;
     let bias = w.bias.as_ref();
+    let (gate, up) = (kind.activation(), kind.up_branch());
+    let gate = |g: f64| acts.apply(gate.as_ref(), |g| g.max(0.0), g);
     let a = add_bias(matmul(x, &w.w1, d, d_ff), bias.map(|b| b.b1.as_slice()));
     probe.see(site, Quantity::Activation(kind), &a);
     let h: Vec<f64> = match &w.w3 {
         Some(w3) => {
             let u = add_bias(matmul(x, w3, d, d_ff), bias.and_then(|b| b.b3.as_deref()));
             probe.see(site, Quantity::UpBranch(kind), &u);
-            let up = |u: f64| if kind == ExpertKind::ClampedSwiGlu { clamped_up_exact(u) } else { u };
-            a.iter().zip(u).map(|(g, u)| activation(kind, *g) * up(u)).collect()
+            a.iter().zip(u).map(|(&g, u)| gate(g) * acts.apply(up.as_ref(), |u| u, u)).collect()
         }
-        None => a.iter().map(|g| activation(kind, *g)).collect(),
+        None => a.iter().map(|&g| gate(g)).collect(),
     };
     add_bias(matmul(&h, &w.w2, d_ff, d), bias.map(|b| b.b2.as_slice()))
 }
@@ -193,7 +216,7 @@ fn moe(
     m: &MoeConfig,
     w: &FfnWeights,
     x: &[f64],
-    routed: f64,
+    (routed, acts): (f64, Activations),
     probe: &mut Ranges,
     layer: usize,
 ) -> ModelResult<Vec<f64>> {
@@ -263,13 +286,13 @@ fn moe(
             if m.expert_capacity.is_some_and(|c| load[e] > c) {
                 continue;
             }
-            let out = mlp(&experts[e], m.expert, row, d, m.d_ff, probe, &site);
+            let out = mlp(&experts[e], (m.expert, acts), row, m.d_ff, probe, &site);
             y[t * d..(t + 1) * d].iter_mut().zip(out).for_each(|(y, o)| *y += g * o);
         }
     }
     if let (Some((expert, gate)), Some(s)) = (shared, m.shared) {
         let site = format!("layers.{layer}.shared_expert");
-        let out = mlp(expert, m.expert, x, d, s.d_ff, probe, &site);
+        let out = mlp(expert, (m.expert, acts), x, s.d_ff, probe, &site);
         let scale: Vec<f64> = match gate {
             Some(g) => {
                 let z = matmul(x, g, d, 1);
@@ -394,7 +417,17 @@ fn attention(
 /// The model's output for token ids: n rows of [`ModelConfig::output_width`] (logits, or the
 /// encoder's final hidden states).
 pub fn forward(cfg: &ModelConfig, weights: &dyn WeightSource, ids: &[u32]) -> ModelResult<Vec<f64>> {
-    forward_probed(cfg, weights, ids, &mut Ranges::default())
+    forward_probed(cfg, weights, ids, Activations::Exact, &mut Ranges::default())
+}
+
+/// [`forward`] with the experts' activations computed as `acts` says.
+pub fn forward_with(
+    cfg: &ModelConfig,
+    weights: &dyn WeightSource,
+    ids: &[u32],
+    acts: Activations,
+) -> ModelResult<Vec<f64>> {
+    forward_probed(cfg, weights, ids, acts, &mut Ranges::default())
 }
 
 /// [`forward`] and the [`Ranges`] it took, against those of a session whose norms take `norms`.
@@ -405,15 +438,17 @@ pub fn forward_with_ranges(
     norms: NormRange,
 ) -> ModelResult<(Vec<f64>, Ranges)> {
     let mut probe = Ranges::new(norms);
-    let out = forward_probed(cfg, weights, ids, &mut probe)?;
+    let out = forward_probed(cfg, weights, ids, Activations::Exact, &mut probe)?;
     Ok((out, probe))
 }
 
-/// [`forward`], recording the values at every site with a stated range in `probe`.
+/// [`forward`] with the experts' activations as `acts` says, recording the values at every
+/// site with a stated range in `probe`.
 pub(super) fn forward_probed(
     cfg: &ModelConfig,
     weights: &dyn WeightSource,
     ids: &[u32],
+    acts: Activations,
     probe: &mut Ranges,
 ) -> ModelResult<Vec<f64>> {
     let d = cfg.d_model;
@@ -437,9 +472,9 @@ pub(super) fn forward_probed(
         let b = rmsnorm(&x, &w.ffn_norm, cfg.norm_eps);
         let y = match (ffn, &w.ffn) {
             (Ffn::Dense { d_ff, kind }, FfnWeights::Dense(m)) => {
-                mlp(m, *kind, &b, d, *d_ff, probe, &format!("layers.{i}.mlp"))
+                mlp(m, (*kind, acts), &b, *d_ff, probe, &format!("layers.{i}.mlp"))
             }
-            (Ffn::Moe(m), f) => moe(m, f, &b, cfg.scales.routed, probe, i)?,
+            (Ffn::Moe(m), f) => moe(m, f, &b, (cfg.scales.routed, acts), probe, i)?,
             (Ffn::Dense { .. }, _) => {
                 return Err(ModelError::Weights(format!("layer {i}: MoE weights for a dense block")));
             }

@@ -6,6 +6,7 @@ use std::fmt;
 
 use super::{MoeError, MoeResult};
 use crate::proto::linear::KeySet;
+use crate::proto::piecewise::Piecewise;
 
 /// How the router's logits become the chosen experts and their gate weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +101,24 @@ impl ExpertKind {
     /// Whether the expert has the second input matrix W3.
     pub fn gated(self) -> bool {
         matches!(self, ExpertKind::SwiGlu | ExpertKind::GeGlu | ExpertKind::ClampedSwiGlu)
+    }
+
+    /// The piecewise function the protocols evaluate on the (gate) pre-activation x·W1: none
+    /// for ReLU (one sign test), GeLU for GeLU and GeGLU, SiLU for SwiGLU, gpt-oss's clamped
+    /// gate for its SwiGLU.
+    pub fn activation(self) -> Option<Piecewise> {
+        match self {
+            ExpertKind::Relu => None,
+            ExpertKind::Gelu | ExpertKind::GeGlu => Some(Piecewise::gelu()),
+            ExpertKind::SwiGlu => Some(Piecewise::silu()),
+            ExpertKind::ClampedSwiGlu => Some(Piecewise::clamped_swish()),
+        }
+    }
+
+    /// The piecewise function on a gated expert's other branch x·W3: gpt-oss's clamp(u, ±7) + 1,
+    /// none (u itself) for the others.
+    pub fn up_branch(self) -> Option<Piecewise> {
+        (self == ExpertKind::ClampedSwiGlu).then(Piecewise::clamped_up)
     }
 
     /// The name used on the command line and in reports.

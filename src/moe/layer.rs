@@ -12,7 +12,7 @@ use crate::proto::agree::exchange;
 use crate::proto::arith::{mul_rows_in, truncate_extend};
 use crate::proto::compare::{b2a, one_hot};
 use crate::proto::linear::{check_shared_product, linear, linear_in, matmul_shared};
-use crate::proto::piecewise::{Piecewise, evaluate, gated, relu};
+use crate::proto::piecewise::{evaluate, gated, relu};
 use crate::proto::selected::{selected_linear, send_choice};
 use crate::proto::softmax::softmax;
 use crate::proto::{HeKeys, HeUse, OutOfRange, ProtoError, ProtoResult, Session};
@@ -341,19 +341,17 @@ fn pre_activation_bits(sess: &Session) -> u32 {
 /// row holds the gate's d_ff values, then the linear branch's).
 async fn activate(sess: &mut Session, kind: ExpertKind, pre: &[u64], d_ff: usize) -> ProtoResult<Vec<u64>> {
     let frac = sess.format().frac_bits();
-    let y = match kind {
-        ExpertKind::Relu => relu(sess, &sess.shares((1, pre.len()), pre.to_vec())?, frac + 8).await?,
-        ExpertKind::Gelu => evaluate(sess, &Piecewise::gelu(), &sess.shares((1, pre.len()), pre.to_vec())?).await?,
-        ExpertKind::SwiGlu | ExpertKind::GeGlu | ExpertKind::ClampedSwiGlu => {
+    let y = match (kind.activation(), kind.gated()) {
+        (None, _) => relu(sess, &sess.shares((1, pre.len()), pre.to_vec())?, frac + 8).await?,
+        (Some(f), false) => evaluate(sess, &f, &sess.shares((1, pre.len()), pre.to_vec())?).await?,
+        (Some(f), true) => {
             let (gate, up): (Vec<&[u64]>, Vec<&[u64]>) =
                 pre.chunks_exact(2 * d_ff).map(|row| row.split_at(d_ff)).unzip();
             let rows = gate.len();
-            let (gate, up) = (sess.shares((rows, d_ff), gate.concat())?, sess.shares((rows, d_ff), up.concat())?);
-            let (f, up) = match kind {
-                ExpertKind::SwiGlu => (Piecewise::silu(), up),
-                ExpertKind::GeGlu => (Piecewise::gelu(), up),
-                _ => (Piecewise::clamped_swish(), evaluate(sess, &Piecewise::clamped_up(), &up).await?),
-            };
+            let (gate, mut up) = (sess.shares((rows, d_ff), gate.concat())?, sess.shares((rows, d_ff), up.concat())?);
+            if let Some(u) = kind.up_branch() {
+                up = evaluate(sess, &u, &up).await?;
+            }
             gated(sess, &f, &gate, &up).await?
         }
     };

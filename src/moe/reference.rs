@@ -66,21 +66,15 @@ fn expert(
             Err(_) => Box::new(|_| f64::NAN),
         }
     };
-    let hidden: Vec<f64> = match kind {
-        ExpertKind::Relu => a.iter().map(|v| v.max(0.0)).collect(),
-        ExpertKind::Gelu => {
-            let f = act(Piecewise::gelu());
-            a.iter().map(|&v| f(v)).collect()
-        }
-        ExpertKind::SwiGlu | ExpertKind::GeGlu | ExpertKind::ClampedSwiGlu => {
-            let b = pre(w.w3.as_deref().unwrap_or(&[]));
-            let (f, up): (_, Box<dyn Fn(f64) -> f64>) = match kind {
-                ExpertKind::SwiGlu => (act(Piecewise::silu()), Box::new(|v| v)),
-                ExpertKind::GeGlu => (act(Piecewise::gelu()), Box::new(|v| v)),
-                _ => (act(Piecewise::clamped_swish()), act(Piecewise::clamped_up())),
-            };
-            a.iter().zip(&b).map(|(&a, &b)| f(a) * up(b)).collect()
-        }
+    let relu: Box<dyn Fn(f64) -> f64> = Box::new(|v| v.max(0.0));
+    let f = kind.activation().map_or(relu, act);
+    let hidden: Vec<f64> = if kind.gated() {
+        let b = pre(w.w3.as_deref().unwrap_or(&[]));
+        let identity: Box<dyn Fn(f64) -> f64> = Box::new(|v| v);
+        let up = kind.up_branch().map_or(identity, act);
+        a.iter().zip(&b).map(|(&a, &b)| f(a) * up(b)).collect()
+    } else {
+        a.iter().map(|&v| f(v)).collect()
     };
     let hidden: Vec<f64> = hidden.into_iter().chain(bias.then_some(1.0)).collect();
     (0..d).map(|c| hidden.iter().enumerate().map(|(a, h)| h * w.w2[a * d + c] as f64 / format.scale()).sum()).collect()

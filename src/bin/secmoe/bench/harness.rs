@@ -64,6 +64,13 @@ pub(crate) struct Row {
     /// model stands out, and so, through attention, do the tokens after it.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub(crate) token_errors: Vec<f64>,
+    /// The same for the plaintext model with the experts' activations on the protocols' fits
+    /// (model rows): the fits' share of the error, token by token.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub(crate) fit_token_errors: Vec<f64>,
+    /// The largest of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) fit_error: Option<f64>,
     /// Bytes (both directions), rounds and seconds of the row's steps, where it reports them.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub(crate) steps: Vec<Step>,
@@ -165,6 +172,8 @@ pub(crate) fn row(
         routing_margin: None,
         near_ties: Vec::new(),
         token_errors: Vec::new(),
+        fit_token_errors: Vec::new(),
+        fit_error: None,
         steps: Vec::new(),
         reference: None,
     }

@@ -15,9 +15,9 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use secmoe::backend::Backend;
 use secmoe::model::{
-    CheckedWeights, DEEPSEEK_V2_LITE, Family, Ffn, GPT_OSS_20B, GRANITE_1B_A400M, ModelConfig, ModelWeights, Plan,
-    Positions, Progress, Prompt, QkNorm, RandomWeights, Scales, WeightSource, default_config, finish,
-    forward_with_ranges, infer, serve, setup_he,
+    Activations, CheckedWeights, DEEPSEEK_V2_LITE, Family, Ffn, GPT_OSS_20B, GRANITE_1B_A400M, ModelConfig,
+    ModelWeights, Plan, Positions, Progress, Prompt, QkNorm, RandomWeights, Scales, WeightSource, default_config,
+    finish, forward_with, forward_with_ranges, infer, serve, setup_he,
 };
 use secmoe::moe::{ExpertKind, MoeConfig, Routing};
 use secmoe::net::CostModel;
@@ -170,6 +170,12 @@ async fn measure(
     r.stat_distance_log2 = flooding.map(|e| e.distance().log2());
     r.routing_margin = ranges.narrowest().map(|m| m.gap);
     r.near_ties = ranges.near_ties().iter().map(|m| format!("{}:{}:{:.1e}", m.layer, m.token, m.gap)).collect();
-    r.token_errors = errors.chunks(cfg.output_width()).map(|t| t.iter().copied().fold(0.0, f64::max)).collect();
+    let largest = |e: Vec<f64>| -> Vec<f64> {
+        e.chunks(cfg.output_width()).map(|t| t.iter().copied().fold(0.0, f64::max)).collect()
+    };
+    r.token_errors = largest(errors);
+    let fitted = forward_with(cfg, w, &ids, Activations::Fitted)?;
+    r.fit_token_errors = largest(fitted.iter().zip(&want).map(|(f, w)| (f - w).abs()).collect());
+    r.fit_error = r.fit_token_errors.iter().copied().reduce(f64::max);
     Ok(r)
 }

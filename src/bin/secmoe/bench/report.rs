@@ -93,6 +93,10 @@ pub(crate) fn print_row_with_steps(row: &Row) {
         let errors: Vec<String> = row.token_errors.iter().map(|e| format!("{e:.1e}")).collect();
         println!("  each token's largest error: {}", errors.join(" "));
     }
+    if !row.fit_token_errors.is_empty() {
+        let errors: Vec<String> = row.fit_token_errors.iter().map(|e| format!("{e:.1e}")).collect();
+        println!("  the same, the activations' fits alone (f64): {}", errors.join(" "));
+    }
     if !row.near_ties.is_empty() {
         println!("  routing near-ties in the plaintext model (layer:token:margin): {}", row.near_ties.join(" "));
     }
