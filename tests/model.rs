@@ -12,10 +12,10 @@
 mod common;
 
 use secmoe::model::{
-    Activations, CheckedWeights, Checkpoint, Embedding, Family, Ffn, FfnWeights, HfTensor, KvCache, LatentAttention,
-    ModelConfig, ModelError, ModelResult, ModelWeights, Output, Plan, Positions, Prompt, QkNorm, QkvWeights, Quantity,
-    Scales, WeightSource, check_weights, default_config, default_weights, finish, forward, forward_quantized,
-    forward_with, infer, infer_cached, ranges, serve, setup_he,
+    CheckedWeights, Checkpoint, Embedding, Family, Ffn, FfnWeights, HfTensor, KvCache, LatentAttention, ModelConfig,
+    ModelError, ModelResult, ModelWeights, Output, Plan, Positions, Prompt, QkNorm, QkvWeights, Quantity, Scales,
+    Variant, WeightSource, check_weights, default_config, default_weights, finish, forward, forward_quantized,
+    forward_variants, forward_with, infer, infer_cached, ranges, serve, setup_he,
 };
 use secmoe::moe::{ExpertKind, Method, MoeConfig, Routing, SharedExpert};
 use secmoe::net::Frame;
@@ -88,7 +88,7 @@ fn check(cfg: &ModelConfig, w: &ModelWeights, ids: &[u32]) -> f64 {
     let (quantization, protocol) = (diff(&quantized, &want), diff(&got.values, &quantized));
     assert!(quantization < protocol, "rounding the weights alone moves the output by {quantization}");
     // the activations' fits alone, and what the protocols add to them
-    let fitted = forward_with(cfg, w, ids, Activations::Fitted).unwrap();
+    let fitted = forward_with(cfg, w, ids, &Variant::fitted()).unwrap();
     let (fit, beyond) = (diff(&fitted, &want), diff(&got.values, &fitted));
     let scale = want.iter().map(|v| v.abs()).fold(0.0, f64::max);
     eprintln!(
@@ -521,6 +521,27 @@ fn ranges_record_each_routers_narrowest_choice() {
     }
     let tied = ranges(&cfg, &w, &[&ids], NormRange::DEFAULT).unwrap();
     assert!(tied.margins().iter().all(|m| m.gap == 0.0 && m.near_tie()), "{:?}", tied.margins());
+}
+
+/// A routing choice broken the other way ([`Variant::flipped`]) changes its token's output and,
+/// through causal attention, the later tokens' (in the last layer its own only) — never the
+/// earlier ones'; the variants of one pass are each what a pass of its own gives.
+#[test]
+fn a_flipped_routing_choice_moves_its_token_and_the_later_ones() {
+    let (cfg, w) = (default_config(), default_weights());
+    let ids = [3, 141, 59, 26];
+    let flip = Variant { flipped: vec![(0, 1)], ..Variant::default() };
+    let (out, _) = forward_variants(&cfg, &w, &ids, &[Variant::default(), flip.clone()], NormRange::DEFAULT).unwrap();
+    assert_eq!(out[0], forward(&cfg, &w, &ids).unwrap());
+    assert_eq!(out[1], forward_with(&cfg, &w, &ids, &flip).unwrap());
+    let (width, out_as_is) = (cfg.output_width(), out[0].clone());
+    let moved: Vec<bool> = out[0].chunks(width).zip(out[1].chunks(width)).map(|(a, b)| a != b).collect();
+    assert_eq!(moved, [false, true, true, true]);
+    // in the last layer, its own token's only
+    let last = Variant { flipped: vec![(1, 1)], ..Variant::default() };
+    let out = forward_with(&cfg, &w, &ids, &last).unwrap();
+    let moved: Vec<bool> = out.chunks(width).zip(out_as_is.chunks(width)).map(|(a, b)| a != b).collect();
+    assert_eq!(moved, [false, true, false, false]);
 }
 
 /// `ranges` finds where the plaintext model leaves a protocol's stated range — and such a value

@@ -3,7 +3,8 @@
 //! and V3, and the Switch Transformers encoder) or a model in memory
 //! ([`ModelWeights`], the built-in default), its plaintext reference ([`forward`] in f64,
 //! [`forward_quantized`] on the weights rounded to the engine's fixed point, [`forward_with`]
-//! the experts' activations on the protocols' piecewise fits) and its
+//! a [`Variant`]: the experts' activations on the protocols' piecewise fits, routing near-ties
+//! broken the other way) and its
 //! private inference between the two parties ([`infer`] on the client, [`serve`] on the
 //! server; [`infer_cached`] extends a sequence against both parties' [`KvCache`]s, one token
 //! per step of greedy generation).
@@ -27,7 +28,7 @@ pub use checkpoint::{Checkpoint, HfTensor, hf_tensors, public_embedding};
 pub use config::{Family, Ffn, LatentAttention, ModelConfig, Positions, QkNorm, Scales, Yarn, relative_bucket};
 pub use encode::{CheckedWeights, check_weights};
 pub use ranges::{Margin, NEAR_TIE, Quantity, Range, Ranges, ranges};
-pub use reference::{Activations, forward, forward_quantized, forward_with, forward_with_ranges};
+pub use reference::{Activations, Variant, forward, forward_quantized, forward_variants, forward_with};
 pub use secure::{
     Embedding, KvCache, MAX_TOKENS, Output, Plan, Progress, Prompt, finish, infer, infer_cached, serve, setup_he,
 };

@@ -13,7 +13,7 @@ use std::fmt;
 
 use super::ModelResult;
 use super::config::ModelConfig;
-use super::reference::{Activations, forward_probed};
+use super::reference::{Variant, forward_probed};
 use super::weights::WeightSource;
 use crate::moe::{ExpertKind, MIN_SCORE_SUM, PRE_ACTIVATION_BOUND, ROUTER_LOGIT_BOUND};
 use crate::proto::layernorm::NormRange;
@@ -229,7 +229,7 @@ pub fn ranges(
 ) -> ModelResult<Ranges> {
     let mut probe = Ranges::new(norms);
     for ids in prompts {
-        forward_probed(cfg, weights, ids, Activations::Exact, &mut probe)?;
+        forward_probed(cfg, weights, ids, &[Variant::default()], &mut probe)?;
     }
     Ok(probe)
 }

@@ -129,6 +129,25 @@ pub enum Activations {
     Fitted,
 }
 
+/// How the plaintext model departs from the model as `transformers` computes it, to tell the
+/// sources of private inference's error apart. The default departs in nothing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Variant {
+    /// How the experts' activations are computed.
+    pub activations: Activations,
+    /// Routing choices broken the other way, as (layer, token): the token's last expert chosen
+    /// there gives way to the next — what a private run whose values differ from the f64
+    /// model's by more than a near-tie's margin ([`super::NEAR_TIE`]) may do.
+    pub flipped: Vec<(usize, usize)>,
+}
+
+impl Variant {
+    /// The experts' activations on the protocols' fits, nothing else changed.
+    pub fn fitted() -> Variant {
+        Variant { activations: Activations::Fitted, ..Variant::default() }
+    }
+}
+
 impl Activations {
     /// `f` at x, or `otherwise` where the expert has no piecewise function there (ReLU; an
     /// ungated up branch).
@@ -191,11 +210,20 @@ fn top_k(values: &[f64], k: usize) -> Vec<usize> {
 }
 
 /// Token `token`'s top k of its router `values` (−∞: masked) at layer `layer`, the choice's
-/// margin recorded in `probe`.
-fn choose(values: &[f64], k: usize, probe: &mut Ranges, layer: usize, token: usize) -> Vec<usize> {
+/// margin recorded in `probe`; the last chosen and the next swapped where `variant` flips it.
+fn choose(
+    values: &[f64],
+    k: usize,
+    variant: &Variant,
+    probe: &mut Ranges,
+    (layer, token): (usize, usize),
+) -> Vec<usize> {
     let mut c = top_k(values, k + 1);
     if let Some(&next) = c.get(k).filter(|&&i| values[i].is_finite()) {
         probe.see_margin(layer, token, values[c[k - 1]] - values[next]);
+        if variant.flipped.contains(&(layer, token)) {
+            c.swap(k - 1, k);
+        }
     }
     c.truncate(k);
     c
@@ -216,7 +244,8 @@ fn moe(
     m: &MoeConfig,
     w: &FfnWeights,
     x: &[f64],
-    (routed, acts): (f64, Activations),
+    routed: f64,
+    variant: &Variant,
     probe: &mut Ranges,
     layer: usize,
 ) -> ModelResult<Vec<f64>> {
@@ -237,7 +266,7 @@ fn moe(
         let router = format!("layers.{layer}.router");
         let (chosen, gates): (Vec<usize>, Vec<f64>) = match m.routing {
             Routing::TopKSoftmax => {
-                let c = choose(l, m.top_k, probe, layer, t);
+                let c = choose(l, m.top_k, variant, probe, (layer, t));
                 if m.top_k > 1 {
                     probe.see(&router, Quantity::ScoreSpread, &c.iter().map(|&i| top - l[i]).collect::<Vec<_>>());
                 }
@@ -248,7 +277,7 @@ fn moe(
                 probe.see(&router, Quantity::ScoreSpread, &l.iter().map(|v| top - v).collect::<Vec<_>>());
                 // on the logits, whose order the softmax keeps (a group's best too)
                 let kept = m.groups.map(|limit| within_groups(l, limit, 1));
-                let c = choose(kept.as_deref().unwrap_or(l), m.top_k, probe, layer, t);
+                let c = choose(kept.as_deref().unwrap_or(l), m.top_k, variant, probe, (layer, t));
                 let g: Vec<f64> = c.iter().map(|&i| probs[i]).collect();
                 let normalize = m.routing == Routing::SoftmaxTopK { normalize: true };
                 (c, if normalize { normalized(g) } else { g })
@@ -271,7 +300,7 @@ fn moe(
                 if let Some(limit) = m.groups {
                     choice = within_groups(&choice, limit, 2);
                 }
-                let c = choose(&choice, m.top_k, probe, layer, t);
+                let c = choose(&choice, m.top_k, variant, probe, (layer, t));
                 let g: Vec<f64> = c.iter().map(|&i| scores[i]).collect();
                 if normalize && m.top_k > 1 {
                     let sum: f64 = g.iter().sum();
@@ -286,13 +315,13 @@ fn moe(
             if m.expert_capacity.is_some_and(|c| load[e] > c) {
                 continue;
             }
-            let out = mlp(&experts[e], (m.expert, acts), row, m.d_ff, probe, &site);
+            let out = mlp(&experts[e], (m.expert, variant.activations), row, m.d_ff, probe, &site);
             y[t * d..(t + 1) * d].iter_mut().zip(out).for_each(|(y, o)| *y += g * o);
         }
     }
     if let (Some((expert, gate)), Some(s)) = (shared, m.shared) {
         let site = format!("layers.{layer}.shared_expert");
-        let out = mlp(expert, (m.expert, acts), x, s.d_ff, probe, &site);
+        let out = mlp(expert, (m.expert, variant.activations), x, s.d_ff, probe, &site);
         let scale: Vec<f64> = match gate {
             Some(g) => {
                 let z = matmul(x, g, d, 1);
@@ -417,40 +446,44 @@ fn attention(
 /// The model's output for token ids: n rows of [`ModelConfig::output_width`] (logits, or the
 /// encoder's final hidden states).
 pub fn forward(cfg: &ModelConfig, weights: &dyn WeightSource, ids: &[u32]) -> ModelResult<Vec<f64>> {
-    forward_probed(cfg, weights, ids, Activations::Exact, &mut Ranges::default())
+    forward_with(cfg, weights, ids, &Variant::default())
 }
 
-/// [`forward`] with the experts' activations computed as `acts` says.
+/// [`forward`] of a [`Variant`] of the model.
 pub fn forward_with(
     cfg: &ModelConfig,
     weights: &dyn WeightSource,
     ids: &[u32],
-    acts: Activations,
+    variant: &Variant,
 ) -> ModelResult<Vec<f64>> {
-    forward_probed(cfg, weights, ids, acts, &mut Ranges::default())
+    let (mut out, _) = forward_variants(cfg, weights, ids, std::slice::from_ref(variant), NormRange::DEFAULT)?;
+    Ok(out.remove(0))
 }
 
-/// [`forward`] and the [`Ranges`] it took, against those of a session whose norms take `norms`.
-pub fn forward_with_ranges(
+/// [`forward_with`] for each variant in one pass over the weights (each layer read, or drawn,
+/// once), and the [`Ranges`] the first took, against those of a session whose norms take
+/// `norms`.
+pub fn forward_variants(
     cfg: &ModelConfig,
     weights: &dyn WeightSource,
     ids: &[u32],
+    variants: &[Variant],
     norms: NormRange,
-) -> ModelResult<(Vec<f64>, Ranges)> {
+) -> ModelResult<(Vec<Vec<f64>>, Ranges)> {
     let mut probe = Ranges::new(norms);
-    let out = forward_probed(cfg, weights, ids, Activations::Exact, &mut probe)?;
+    let out = forward_probed(cfg, weights, ids, variants, &mut probe)?;
     Ok((out, probe))
 }
 
-/// [`forward`] with the experts' activations as `acts` says, recording the values at every
-/// site with a stated range in `probe`.
+/// [`forward_variants`], recording the values of the first at every site with a stated range
+/// in `probe`.
 pub(super) fn forward_probed(
     cfg: &ModelConfig,
     weights: &dyn WeightSource,
     ids: &[u32],
-    acts: Activations,
+    variants: &[Variant],
     probe: &mut Ranges,
-) -> ModelResult<Vec<f64>> {
+) -> ModelResult<Vec<Vec<f64>>> {
     let d = cfg.d_model;
     let table = weights.embedding()?;
     let mut x = Vec::with_capacity(ids.len() * d);
@@ -460,35 +493,59 @@ pub(super) fn forward_probed(
             row.ok_or_else(|| ModelError::Input(format!("token id {id} is not below the vocabulary {}", cfg.vocab)))?;
         x.extend(row.iter().map(|&v| v as f64 * cfg.scales.embedding));
     }
-    let residual = cfg.scales.residual;
+    let mut xs = vec![x; variants.len()];
     let bias = weights.position_bias()?;
-    for (i, ffn) in cfg.ffn.iter().enumerate() {
+    let mut unrecorded = Ranges::default();
+    for i in 0..cfg.ffn.len() {
         let w = weights.layer(i)?;
-        probe.see(format!("layers.{i}.attn_norm"), Quantity::NormInput, &x);
-        let a = rmsnorm(&x, &w.attn_norm, cfg.norm_eps);
-        let o = attention(cfg, &w, &a, bias.as_deref(), probe, i)?;
-        x.iter_mut().zip(o).for_each(|(x, o)| *x += residual * o);
-        probe.see(format!("layers.{i}.ffn_norm"), Quantity::NormInput, &x);
-        let b = rmsnorm(&x, &w.ffn_norm, cfg.norm_eps);
-        let y = match (ffn, &w.ffn) {
-            (Ffn::Dense { d_ff, kind }, FfnWeights::Dense(m)) => {
-                mlp(m, (*kind, acts), &b, *d_ff, probe, &format!("layers.{i}.mlp"))
-            }
-            (Ffn::Moe(m), f) => moe(m, f, &b, (cfg.scales.routed, acts), probe, i)?,
-            (Ffn::Dense { .. }, _) => {
-                return Err(ModelError::Weights(format!("layer {i}: MoE weights for a dense block")));
-            }
-        };
-        x.iter_mut().zip(y).for_each(|(x, y)| *x += residual * y);
-    }
-    probe.see("final_norm", Quantity::NormInput, &x);
-    let x = rmsnorm(&x, &weights.final_norm()?, cfg.norm_eps);
-    Ok(match weights.lm_head()? {
-        Some(head) if cfg.lm_head => {
-            matmul(&x, &head, d, cfg.vocab).into_iter().map(|l| l * cfg.scales.logits).collect()
+        for (j, (x, variant)) in xs.iter_mut().zip(variants).enumerate() {
+            let probe = if j == 0 { &mut *probe } else { &mut unrecorded };
+            block(cfg, (i, &w), x, bias.as_deref(), variant, probe)?;
         }
-        _ => x,
-    })
+    }
+    let gamma = weights.final_norm()?;
+    let head = weights.lm_head()?.filter(|_| cfg.lm_head);
+    let mut out = Vec::with_capacity(xs.len());
+    for (j, x) in xs.into_iter().enumerate() {
+        if j == 0 {
+            probe.see("final_norm", Quantity::NormInput, &x);
+        }
+        let x = rmsnorm(&x, &gamma, cfg.norm_eps);
+        out.push(match &head {
+            Some(head) => matmul(&x, head, d, cfg.vocab).into_iter().map(|l| l * cfg.scales.logits).collect(),
+            None => x,
+        });
+    }
+    Ok(out)
+}
+
+/// Layer `i` (weights `w`) on the residual stream x, in place.
+fn block(
+    cfg: &ModelConfig,
+    (i, w): (usize, &LayerWeights),
+    x: &mut [f64],
+    bias: Option<&[f32]>,
+    variant: &Variant,
+    probe: &mut Ranges,
+) -> ModelResult<()> {
+    let residual = cfg.scales.residual;
+    probe.see(format!("layers.{i}.attn_norm"), Quantity::NormInput, &*x);
+    let a = rmsnorm(x, &w.attn_norm, cfg.norm_eps);
+    let o = attention(cfg, w, &a, bias, probe, i)?;
+    x.iter_mut().zip(o).for_each(|(x, o)| *x += residual * o);
+    probe.see(format!("layers.{i}.ffn_norm"), Quantity::NormInput, &*x);
+    let b = rmsnorm(x, &w.ffn_norm, cfg.norm_eps);
+    let y = match (&cfg.ffn[i], &w.ffn) {
+        (Ffn::Dense { d_ff, kind }, FfnWeights::Dense(m)) => {
+            mlp(m, (*kind, variant.activations), &b, *d_ff, probe, &format!("layers.{i}.mlp"))
+        }
+        (Ffn::Moe(m), f) => moe(m, f, &b, cfg.scales.routed, variant, probe, i)?,
+        (Ffn::Dense { .. }, _) => {
+            return Err(ModelError::Weights(format!("layer {i}: MoE weights for a dense block")));
+        }
+    };
+    x.iter_mut().zip(y).for_each(|(x, y)| *x += residual * y);
+    Ok(())
 }
 
 /// A weight source with every weight rounded to the fixed-point format, as the server's

@@ -60,8 +60,12 @@ pub(crate) struct Row {
     /// Its routing choices by near-ties, `layer:token:margin` (model rows).
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub(crate) near_ties: Vec<String>,
-    /// Each token's largest error (model rows): a token routed differently from the plaintext
-    /// model stands out, and so, through attention, do the tokens after it.
+    /// Those of its near-ties that the check found broken the other way, `layer:token`: the
+    /// row's errors are against the plaintext model with them flipped (model rows).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub(crate) flipped: Vec<String>,
+    /// Each token's largest error against the plaintext model as is (model rows): a token
+    /// routed differently stands out, and so, through attention, do the tokens after it.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub(crate) token_errors: Vec<f64>,
     /// The same for the plaintext model with the experts' activations on the protocols' fits
@@ -171,6 +175,7 @@ pub(crate) fn row(
         stat_distance_log2: None,
         routing_margin: None,
         near_ties: Vec::new(),
+        flipped: Vec::new(),
         token_errors: Vec::new(),
         fit_token_errors: Vec::new(),
         fit_error: None,

@@ -91,7 +91,7 @@ pub(crate) fn print_row_with_steps(row: &Row) {
     }
     if !row.token_errors.is_empty() {
         let errors: Vec<String> = row.token_errors.iter().map(|e| format!("{e:.1e}")).collect();
-        println!("  each token's largest error: {}", errors.join(" "));
+        println!("  each token's largest error (the plaintext model as is): {}", errors.join(" "));
     }
     if !row.fit_token_errors.is_empty() {
         let errors: Vec<String> = row.fit_token_errors.iter().map(|e| format!("{e:.1e}")).collect();
@@ -99,5 +99,8 @@ pub(crate) fn print_row_with_steps(row: &Row) {
     }
     if !row.near_ties.is_empty() {
         println!("  routing near-ties in the plaintext model (layer:token:margin): {}", row.near_ties.join(" "));
+    }
+    if !row.flipped.is_empty() {
+        println!("  checked against it with these broken the other way: {}", row.flipped.join(" "));
     }
 }
