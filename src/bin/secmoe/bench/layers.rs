@@ -63,7 +63,6 @@ pub(crate) async fn run(
         rows.push(row);
     }
     // Select-Then-Compute with either OT (silent: fewest bytes; IKNP: least compute), the
-    // baseline with silent OT
     // baseline with silent OT; GeLU also saturating out-of-range inputs (the cost of that option)
     let methods = [("stc", OtKind::Silent), ("stc", OtKind::Iknp), ("baseline", OtKind::Silent)];
     for (name, (method, kind)) in ["gelu", "silu"].into_iter().flat_map(|n| methods.map(|m| (n, m))) {
