@@ -63,6 +63,10 @@ void secmoe_host_transpose_runs(sm_u64 *out, const sm_u64 *in, sm_u64 cols, sm_u
     for (sm_u64 idx = 0; idx < total; idx++) sm_transpose_runs_element(out, in, cols, width, first, n, idx);
 }
 
+void secmoe_host_spread_heads(sm_u64 *out, const sm_u64 *heads, sm_u32 support, sm_u32 n, sm_u64 total) {
+    for (sm_u64 idx = 0; idx < total; idx++) out[idx] = sm_spread_element(heads, support, n, idx);
+}
+
 void secmoe_host_hash_blocks(sm_u64 *blocks, const sm_u64 *tweaks, sm_u64 base, sm_u64 count, int listed) {
     sm_u8 rk[176];
     sm_fixed_key_schedule(rk, AES_SBOX);

@@ -3,7 +3,8 @@
  * and of the selection sum Σ_i W_i·[[t_i]] over all experts, fused: one thread per output value,
  * its accumulator in a register across every input) and the RNS base conversion
  * out[j] = Σ_i x[i]·c_ij mod m_j, key switching's digit lifting, and the sums of ciphertext tensors
- * and the first step of the RNS conversions of ciphertext products. Per-element math: modarith.cuh.
+ * and the first step of the RNS conversions of ciphertext products, and weights given by their low
+ * coefficients spread to whole polynomials. Per-element math: modarith.cuh.
  */
 #include "modarith.cuh"
 
@@ -80,4 +81,11 @@ extern "C" __global__ void transpose_runs(sm_u64 *out, const sm_u64 *in, sm_u64 
                                           sm_u32 n, sm_u64 total) {
     sm_u64 idx = (sm_u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx < total) sm_transpose_runs_element(out, in, cols, width, first, n, idx);
+}
+
+/* Weights given by their `support` low coefficients spread to whole polynomials of n values
+ * (sm_spread_element), before their forward transforms: one thread per output value. */
+extern "C" __global__ void spread_heads(sm_u64 *out, const sm_u64 *heads, sm_u32 support, sm_u32 n, sm_u64 total) {
+    sm_u64 idx = (sm_u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx < total) out[idx] = sm_spread_element(heads, support, n, idx);
 }

@@ -297,6 +297,14 @@ SM_FN void sm_transpose_runs_element(sm_u64 *out, const sm_u64 *in, sm_u64 cols,
     out[(col * width + first + row) * n + c] = in[idx];
 }
 
+/* Element idx of weights given by their `support` low coefficients (`heads`: one run of
+ * `support` values per polynomial) spread to whole polynomials of n values, zero above: what a
+ * forward transform of the heads reads. */
+SM_FN sm_u64 sm_spread_element(const sm_u64 *heads, sm_u32 support, sm_u32 n, sm_u64 idx) {
+    sm_u64 c = idx % n;
+    return c < support ? heads[(idx / n) * support + c] : 0;
+}
+
 /* a·b mod p for residues a, b < p < 2^62, by Barrett's reduction of the 128-bit product with
  * mu = floor(2^128 / p) = mu_hi·2^64 + mu_lo: the quotient estimate floor(x·mu / 2^128), summed
  * word by word with its carries, is at most 2 below floor(x / p), so x − q·p < 3p fits one word. */

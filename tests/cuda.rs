@@ -1,4 +1,5 @@
-//! The CUDA backend against the CPU backend, bit for bit, on seeded data: every kernel, key
+//! The CUDA backend against the CPU backend, bit for bit, on seeded data: every kernel, products
+//! by weights given by their low coefficients as one device pipeline, key
 //! switching with the key resident, sums of ciphertext tensors, ciphertext products kept on the
 //! device from their lifted operands to their rounded results, packing, expansion and
 //! relinearization with the keys held by the GPU, a selection sum over 128 experts, and experts
@@ -107,6 +108,51 @@ fn multiply_accumulate_and_base_conversion_match_the_cpu() {
 }
 
 #[test]
+fn products_by_weights_given_by_their_low_coefficients_run_on_the_device_and_match_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let cpu = CpuBackend::new(2).unwrap();
+    let mut rng = StdRng::seed_from_u64(47);
+    let n = 8192;
+    let tables: Vec<NttTable> = ntt_primes(58, n, 3)
+        .unwrap()
+        .into_iter()
+        .map(|q| NttTable::new(n, Modulus::new(q).unwrap()).unwrap())
+        .collect();
+    let moduli: Vec<Modulus> = tables.iter().map(|t| *t.modulus()).collect();
+    let (batch, inputs, outputs, limbs, support) = (2, 6, 5, tables.len(), 512);
+    let draw = |per_limb: usize, rng: &mut StdRng| -> Vec<u64> {
+        moduli.iter().flat_map(|m| (0..per_limb).map(|_| rng.random_range(0..m.value())).collect::<Vec<_>>()).collect()
+    };
+    let x: Vec<u64> = (0..batch).flat_map(|_| draw(inputs * n, &mut rng)).collect();
+    let xs: Vec<u64> = x
+        .chunks_exact(n)
+        .enumerate()
+        .flat_map(|(r, run)| {
+            let m = moduli[(r / inputs) % limbs];
+            run.iter().map(move |&v| m.shoup(v)).collect::<Vec<_>>()
+        })
+        .collect();
+    let heads = draw(outputs * inputs * support, &mut rng);
+    let mut want = vec![0u64; batch * limbs * outputs * n];
+    cpu.mul_acc_sparse(&tables, batch, &x, &heads, support, Prepared::X(&xs), &mut want).unwrap();
+    // the trait method under both policies that offload it, and the pipeline in groups of two
+    // outputs (a budget of two outputs' transformed weights)
+    for offload in [Offload::Pipelines, Offload::Everything] {
+        let gpu = CudaBackend::new(0, 2).unwrap().with_offload(offload);
+        assert!(!gpu.exact_products(&moduli, n), "{offload:?}: the device reads the inputs' constants");
+        let mut got = vec![0u64; want.len()];
+        gpu.mul_acc_sparse(&tables, batch, &x, &heads, support, Prepared::X(&xs), &mut got).unwrap();
+        assert_eq!(got, want, "{offload:?}");
+        let err = gpu.mul_acc_sparse(&tables, batch, &x, &heads, support, Prepared::Neither, &mut got).err();
+        assert!(err.is_some_and(|e| e.to_string().contains("Shoup constants")), "{offload:?}");
+    }
+    let mut got = vec![0u64; want.len()];
+    let budget = 2 * limbs * inputs * n * 8;
+    gpu.mul_acc_sparse_on_device(&tables, batch, (&x, &xs), &heads, support, &mut got, budget).unwrap();
+    assert_eq!(got, want, "in groups of two outputs");
+}
+
+#[test]
 fn automorphisms_and_modulus_switching_match_the_cpu() {
     let Some(gpu) = gpu() else { return };
     let cpu = CpuBackend::new(2).unwrap();
@@ -170,6 +216,11 @@ fn selection_sums_over_128_experts_match_the_cpu_on_one_and_on_every_device() {
     let held = OperandBank::new(&p, &rows(0..experts), &gpu).unwrap();
     // selectors in host memory (copied in for the call), and resident with the sums
     let on_gpu = select(&p, &sel, 0, &held, &gpu).unwrap().remove(0);
+    // under the default policy too, where host-slice products may be exact on the host but the
+    // held bank's products run on the device and read its Shoup constants
+    let default = CudaBackend::new(0, 2).unwrap();
+    let bank = OperandBank::new(&p, &rows(0..experts), &default).unwrap();
+    assert!(select(&p, &sel, 0, &bank, &default).unwrap().remove(0) == on_gpu, "under Offload::Held");
     let sel_gpu = Selectors::new(&p, std::slice::from_ref(&cts), &gpu).unwrap();
     let resident = select(&p, &sel_gpu, 0, &held, &gpu).unwrap().remove(0);
     assert!(resident == on_gpu, "resident selectors give other sums");

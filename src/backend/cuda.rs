@@ -16,7 +16,9 @@
 //! by default ([`Offload::Held`]) host-slice calls run on the host workers, bit for bit the same,
 //! and the GPU takes the work on values it holds; [`Offload::Pipelines`] also sends it the
 //! pipelines that start from host slices and keep their intermediates there (ciphertext
-//! products), and [`Offload::Everything`] every call (tests, kernel benchmarks;
+//! products, and products by weights given by their low coefficients: spread, transformed and
+//! multiplied on the device, [`CudaBackend::mul_acc_sparse_on_device`]), and
+//! [`Offload::Everything`] every call (tests, kernel benchmarks;
 //! [`CudaBackend::with_offload`], `--backend cuda:pipelines|everything`). [`Backend::hold`] keeps values in device memory and
 //! [`Backend::mul_acc_held`] reads and writes them there: a selection sum's weight banks, its
 //! encrypted selectors and its running sums stay on the device while the banks of experts
@@ -100,6 +102,9 @@ pub enum CudaError {
 
 /// The most streams a backend opens (one per host worker up to this).
 const MAX_STREAMS: usize = 32;
+/// Device memory for the transformed weights of one group of [`Backend::mul_acc_sparse`]'s
+/// outputs.
+const SPARSE_DEVICE_BYTES: usize = 1 << 30;
 /// Threads per block of the element-wise kernels.
 const BLOCK: u32 = 256;
 /// Shared memory every device gives a block without opting in.
@@ -119,6 +124,7 @@ struct Kernels {
     tensor_sum: CudaFunction,
     hat_rows: CudaFunction,
     transpose_runs: CudaFunction,
+    spread_heads: CudaFunction,
     hash_blocks: CudaFunction,
 }
 
@@ -224,6 +230,7 @@ impl CudaBackend {
             tensor_sum: function("mac", "tensor_sum")?,
             hat_rows: function("mac", "hat_rows")?,
             transpose_runs: function("mac", "transpose_runs")?,
+            spread_heads: function("mac", "spread_heads")?,
             hash_blocks: function("hash", "hash_blocks")?,
         };
         tracing::info!(ordinal, device = %device, "CUDA backend started");
@@ -466,6 +473,73 @@ impl CudaBackend {
                 // SAFETY: kernels/mac.cu `mul_acc_into`; one thread per output value of the view,
                 // the views as long as one limb's shapes, which the caller checked.
                 unsafe { args.launch(elementwise(total)) }.map(drop).map_err(self.fail("launching mul_acc_into"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Backend::mul_acc_sparse`] as one pipeline on the device: the inputs and their Shoup
+    /// constants `x` copied in once, then per group of outputs whose transformed weights fit
+    /// `budget` bytes, the group's heads copied in, spread to whole polynomials
+    /// (`spread_heads`), transformed (the NTT's first stages skipped above `support`) and
+    /// multiplied with every batch entry's inputs (`mul_acc`), the sums copied out — no
+    /// transformed weight crosses the bus. The caller checks the heads (as the trait method
+    /// does); the rest of the shapes are checked here.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mul_acc_sparse_on_device(
+        &self,
+        tables: &[NttTable],
+        batch: usize,
+        x: (&[u64], &[u64]),
+        heads: &[u64],
+        support: usize,
+        out: &mut [u64],
+        budget: usize,
+    ) -> Result<(), BackendError> {
+        let (x, consts) = x;
+        let n = tables.first().map_or(1, NttTable::degree);
+        let polys = super::check_sparse_heads(tables, heads, support, Prepared::X(consts))?;
+        let moduli: Vec<Modulus> = tables.iter().map(|t| *t.modulus()).collect();
+        let (inputs, outputs) =
+            super::check_mul_acc(&moduli, n, batch, x.len(), polys * n, consts.len(), x.len(), out.len())?;
+        let limbs = moduli.len();
+        if out.is_empty() || inputs == 0 {
+            out.fill(0);
+            return Ok(());
+        }
+        let (dx, dc) = (self.upload(x)?, self.upload(consts)?);
+        let primes = self.primes(&moduli)?;
+        let (per_x, per_out) = (limbs * inputs * n, limbs * outputs * n);
+        let group = (budget / (limbs * inputs * n * 8).max(1)).clamp(1, outputs);
+        for first in (0..outputs).step_by(group) {
+            let g = group.min(outputs - first);
+            let dh = self.upload(&super::kernels::group_heads(heads, outputs, inputs * support, first, g))?;
+            let total = (limbs * g * inputs * n) as u64;
+            let mut w = self.zeros(limbs * g * inputs * n)?;
+            let (support32, n32) = (support as u32, n as u32);
+            let mut args = self.stream().launch_builder(&self.kernels.spread_heads);
+            args.arg(&mut w.0).arg(&dh.0).arg(&support32).arg(&n32).arg(&total);
+            // SAFETY: kernels/mac.cu `spread_heads`; one thread per value of `w`, which holds
+            // total values, reading heads[(idx / n)·support + c] for c < support, all in `dh`.
+            unsafe { args.launch(elementwise(total)) }.map_err(self.fail("launching spread_heads"))?;
+            self.ntt_forward_on_device(tables, &mut w, support)?;
+            let mut sums = self.zeros(limbs * g * n)?;
+            let (inputs32, g32, sums_len) = (inputs as u32, g as u32, (limbs * g * n) as u64);
+            let flag = 0i32;
+            for (b, ob) in out.chunks_exact_mut(per_out).enumerate() {
+                let (xv, cv) = (dx.0.slice(b * per_x..(b + 1) * per_x), dc.0.slice(b * per_x..(b + 1) * per_x));
+                let mut args = self.stream().launch_builder(&self.kernels.mul_acc);
+                args.arg(&mut sums.0).arg(&xv).arg(&w.0).arg(&cv).arg(&primes.0);
+                args.arg(&n32).arg(&inputs32).arg(&g32).arg(&sums_len).arg(&flag);
+                // SAFETY: kernels/mac.cu `mul_acc`; one thread per value of `sums` (L·g runs), the
+                // entry's inputs and constants L·I runs, the group's weights L·g·I runs.
+                unsafe { args.launch(elementwise(sums_len)) }.map_err(self.fail("launching mul_acc"))?;
+                for l in 0..limbs {
+                    let host = &mut ob[(l * outputs + first) * n..][..g * n];
+                    let view = sums.0.slice(l * g * n..(l + 1) * g * n);
+                    self.stream().memcpy_dtoh(&view, host).map_err(self.fail("copying from the device"))?;
+                }
+                self.synchronize()?;
             }
         }
         Ok(())
@@ -1013,17 +1087,25 @@ impl Backend for CudaBackend {
         prepared: Prepared<'_>,
         out: &mut [u64],
     ) -> BackendResult<()> {
-        if self.offload != Offload::Everything {
-            // the host's windowed version, not the whole transforms of the trait's default
+        if self.offload == Offload::Held {
+            // the host's windowed version
             return self.host.mul_acc_sparse(tables, batch, x, heads, support, prepared, out);
         }
-        super::mul_acc_sparse_whole(self, tables, batch, x, heads, support, prepared, out)
+        let Prepared::X(consts) = prepared else {
+            return Err(super::shape("mul_acc_sparse", "the device's products read the inputs' Shoup constants"));
+        };
+        self.mul_acc_sparse_on_device(tables, batch, (x, consts), heads, support, out, SPARSE_DEVICE_BYTES)
     }
 
     fn exact_products(&self, moduli: &[Modulus], n: usize) -> bool {
-        // unless every call is offloaded, host-slice products run on the host, which may sum
-        // them exactly
-        self.offload != Offload::Everything && self.host.exact_products(moduli, n)
+        // under `Offload::Held` host-slice products run on the host, which may sum them exactly;
+        // otherwise products by weights given by their low coefficients run on the device
+        self.offload == Offload::Held && self.host.exact_products(moduli, n)
+    }
+
+    fn exact_held_products(&self, _moduli: &[Modulus], _n: usize) -> bool {
+        // held operands' products run on the device, whose kernels read the constants
+        false
     }
 
     fn hold(&self, values: Vec<u64>) -> BackendResult<Buffer> {

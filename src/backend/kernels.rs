@@ -69,10 +69,20 @@ pub(crate) fn barrett_constants(moduli: &[crate::ring::modp::Modulus]) -> Vec<u6
     moduli.iter().map(|m| u128::MAX / m.value() as u128).flat_map(|mu| [(mu >> 64) as u64, mu as u64]).collect()
 }
 
+/// The heads of outputs `first..first + g` of [`Backend::mul_acc_sparse`](super::Backend::mul_acc_sparse)'s
+/// weights (`heads`: [l][j][i][support] over `outputs` outputs, `run` = I·support values per
+/// output), limb-major as the device spreads and transforms one group of them: [l][g][i][support].
+#[cfg(any(feature = "cuda", test))]
+pub(crate) fn group_heads(heads: &[u64], outputs: usize, run: usize, first: usize, g: usize) -> Vec<u64> {
+    let limbs = heads.len() / (outputs * run).max(1);
+    (0..limbs).flat_map(|l| &heads[(l * outputs + first) * run..][..g * run]).copied().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::rns::HatConstants;
     use super::super::{Backend, Block, Buffer, CpuBackend, NttTable, Prepared, SwitchKeyRows, TensorBasis, Tweaks};
+    use super::group_heads;
     use crate::ring::modp::{Modulus, ntt_primes};
     use rand::{RngExt, SeedableRng, rngs::StdRng};
 
@@ -164,6 +174,7 @@ mod tests {
             total: u64,
         );
         fn secmoe_host_hash_blocks(blocks: *mut u64, tweaks: *const u64, base: u64, count: u64, listed: i32);
+        fn secmoe_host_spread_heads(out: *mut u64, heads: *const u64, support: u32, n: u32, total: u64);
     }
 
     fn prime(bits: u32, n: usize) -> Modulus {
@@ -176,6 +187,12 @@ mod tests {
 
     /// host.c's forward transform of every run of N values of `polys` under `t`.
     fn host_forward(t: &NttTable, polys: &mut [u64]) {
+        host_forward_sparse(t, polys, t.degree());
+    }
+
+    /// [`host_forward`] of runs whose values above `support` are zero (the first stages skipped,
+    /// as the device launches it: `support` rounded up to a power of two).
+    fn host_forward_sparse(t: &NttTable, polys: &mut [u64], support: usize) {
         let (tw, n) = (t.twiddles(), t.degree());
         for run in polys.chunks_exact_mut(n) {
             // SAFETY: a run of n values, tables of n values each.
@@ -186,7 +203,7 @@ mod tests {
                     tw.psi_shoup.as_ptr(),
                     t.modulus().value(),
                     n as u32,
-                    n as u32,
+                    support.clamp(1, n).next_power_of_two() as u32,
                 )
             };
         }
@@ -361,6 +378,81 @@ mod tests {
                 )
             };
             assert_eq!(got, want, "constants on {}", if flag == 1 { "w" } else { "x" });
+        }
+    }
+
+    /// The CUDA backend's products by weights given by their low coefficients run these kernels
+    /// in this order, on these layouts: per group of outputs, the group's heads gathered
+    /// limb-major (`group_heads`), spread to whole polynomials, transformed from their support,
+    /// and multiplied with each batch entry's inputs (their Shoup constants read), each limb's
+    /// sums placed at the group's outputs. Composed from host.c in groups that do not divide
+    /// the outputs, the pipeline is the CPU backend's `mul_acc_sparse` bit for bit.
+    #[test]
+    fn the_kernels_sparse_product_pipeline_is_the_cpu_backends_bit_for_bit() {
+        let mut rng = StdRng::seed_from_u64(33);
+        let be = backend();
+        let n = 256;
+        let tables: Vec<NttTable> = [prime(50, n), prime(58, n), prime(61, n)]
+            .into_iter()
+            .map(|m| NttTable::new(n, m).unwrap_or_else(|e| panic!("{e}")))
+            .collect();
+        let moduli: Vec<Modulus> = tables.iter().map(|t| *t.modulus()).collect();
+        let primes: Vec<u64> = moduli.iter().map(Modulus::value).collect();
+        let (batch, inputs, outputs, limbs) = (2, 5, 7, tables.len());
+        for support in [n, 48, 1] {
+            let draw = |per_limb: usize, rng: &mut StdRng| -> Vec<u64> {
+                primes.iter().flat_map(|&p| (0..per_limb).map(|_| rng.random_range(0..p)).collect::<Vec<_>>()).collect()
+            };
+            let x: Vec<u64> = (0..batch).flat_map(|_| draw(inputs * n, &mut rng)).collect();
+            let xs: Vec<u64> = x
+                .chunks_exact(n)
+                .enumerate()
+                .flat_map(|(r, run)| {
+                    let m = moduli[(r / inputs) % limbs];
+                    run.iter().map(move |&v| m.shoup(v))
+                })
+                .collect();
+            let heads = draw(outputs * inputs * support, &mut rng);
+            let mut want = vec![0u64; batch * limbs * outputs * n];
+            be.mul_acc_sparse(&tables, batch, &x, &heads, support, Prepared::X(&xs), &mut want)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let mut got = vec![0u64; want.len()];
+            let (per_x, per_out, group) = (limbs * inputs * n, limbs * outputs * n, 3);
+            for first in (0..outputs).step_by(group) {
+                let g = group.min(outputs - first);
+                let chunk = group_heads(&heads, outputs, inputs * support, first, g);
+                let mut w = vec![0u64; limbs * g * inputs * n];
+                // SAFETY: `w` holds `total` values, each reading heads[(idx / n)·support + c < support].
+                unsafe {
+                    secmoe_host_spread_heads(w.as_mut_ptr(), chunk.as_ptr(), support as u32, n as u32, w.len() as u64)
+                };
+                for (t, block) in tables.iter().zip(w.chunks_exact_mut(g * inputs * n)) {
+                    host_forward_sparse(t, block, support);
+                }
+                for b in 0..batch {
+                    let (xb, cb) = (&x[b * per_x..][..per_x], &xs[b * per_x..][..per_x]);
+                    let mut sums = vec![0u64; limbs * g * n];
+                    // SAFETY: the buffers have the lengths the kernel reads and writes.
+                    unsafe {
+                        secmoe_host_mul_acc(
+                            sums.as_mut_ptr(),
+                            xb.as_ptr(),
+                            w.as_ptr(),
+                            cb.as_ptr(),
+                            primes.as_ptr(),
+                            n as u32,
+                            inputs as u32,
+                            g as u32,
+                            sums.len() as u64,
+                            0,
+                        )
+                    };
+                    for (l, limb) in sums.chunks_exact(g * n).enumerate() {
+                        got[b * per_out + (l * outputs + first) * n..][..g * n].copy_from_slice(limb);
+                    }
+                }
+            }
+            assert_eq!(got, want, "support {support}");
         }
     }
 

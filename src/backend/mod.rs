@@ -120,6 +120,15 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         false
     }
 
+    /// Whether [`Backend::mul_acc_held`] over these moduli sums products exactly and reads no
+    /// Shoup constants of the weights, so that a caller may hold an empty buffer for them (the
+    /// weight banks of selection sums). A backend whose held products run where its host-slice
+    /// products do answers as [`Backend::exact_products`]; a GPU's held products run on the
+    /// device, whose kernels read the constants.
+    fn exact_held_products(&self, moduli: &[Modulus], n: usize) -> bool {
+        self.exact_products(moduli, n)
+    }
+
     /// Hands `values` to the backend to keep for [`Backend::mul_acc_held`]: device memory on a
     /// GPU (the host copy is freed), the same host memory on the CPU. Operands that serve many
     /// calls (the experts' weights of a selection sum, the encrypted selectors, the running
@@ -132,11 +141,11 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// [`Backend::mul_acc`] on operands this backend holds ([`Backend::hold`]): the inputs are
     /// a range of each of `batch` held runs ([`HeldRuns`]), the weights `w` come with their
-    /// Shoup constants `w_shoup` (an empty buffer where [`Backend::exact_products`] holds), and
-    /// the results are **added to** `out` (residues) — so a
-    /// selection sum streamed over several banks of experts accumulates where it is kept, and
-    /// on a GPU nothing moves between host and device until the sums are fetched. A buffer held
-    /// by another backend (another device) is an error.
+    /// Shoup constants `w_shoup` (an empty buffer where [`Backend::exact_held_products`]
+    /// holds), and the results are **added to** `out` (residues) — so a selection sum streamed
+    /// over several banks of experts accumulates where it is kept, and on a GPU nothing moves
+    /// between host and device until the sums are fetched. A buffer held by another backend
+    /// (another device) is an error.
     #[allow(clippy::too_many_arguments)]
     fn mul_acc_held(
         &self,
@@ -819,7 +828,8 @@ pub enum Offload {
     Held,
     /// Also the pipelines that start from host slices and keep their intermediates on the
     /// device — a ciphertext product's operands lifted there, so that its tensors and rounding
-    /// follow — while single kernels on host slices stay on the host.
+    /// follow; products by weights given by their low coefficients spread, transformed and
+    /// multiplied there — while single kernels on host slices stay on the host.
     Pipelines,
     /// Every call, host slices copied in and out (tests and kernel benchmarks).
     Everything,

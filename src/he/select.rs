@@ -224,7 +224,7 @@ impl OperandBank {
         }
         let len = outputs * inputs * n;
         // a backend that sums the products exactly reads no Shoup constants: none are computed
-        let constants = !backend.exact_products(&params.moduli()[..k], n);
+        let constants = !backend.exact_held_products(&params.moduli()[..k], n);
         let shoup_len = if constants { len } else { 0 };
         memory.retain(|(w, shoup)| w.len() == len && shoup.len() == shoup_len);
         memory.truncate(k);

@@ -1,5 +1,6 @@
 //! `secmoe bench --preset kernels`: the backend's kernels alone, as microseconds per operation —
-//! batched NTTs per degree and limb count, the multiply-accumulate of ct×pt products, the MoE
+//! batched NTTs per degree and limb count, the multiply-accumulate of ct×pt products, the same
+//! with weights given by their low coefficients and transformed where they are used, the MoE
 //! selection sum Σ_i W_i·[[t_i]] at E = 128, d = 768, d_ff = 3072, the sums of ciphertext
 //! tensors of ciphertext products, a ciphertext product's conversions and tensor whole, a key
 //! switch with the key held by the backend, and the OT hashing.
@@ -87,7 +88,7 @@ impl Bench<'_> {
         if self.wanted("ntt") {
             for (n, limbs) in NTT_SHAPES {
                 reset_peak_rss();
-                let tables = tables(n, limbs)?;
+                let tables = tables(60, n, limbs)?;
                 // limb-major: NTT_BATCH polynomials per limb, one call for all
                 let data: Vec<u64> =
                     tables.iter().flat_map(|t| self.random(NTT_BATCH * n, t.modulus().value())).collect();
@@ -137,6 +138,51 @@ impl Bench<'_> {
             result?;
             let shape = format!("N={n}, {inputs} in × {outputs} out, per term");
             self.push(with_method(op_row("mul-acc", be.name(), shape, us, ok), &label));
+        }
+        if self.wanted("mul-acc-sparse") {
+            reset_peak_rss();
+            // one group of a linear layer's products: weights of 512 coefficients (Cheetah's
+            // tiles of B), transformed where they are used, against two halves of 16 encrypted
+            // input polynomials over three 58-bit limbs
+            let (n, limbs, batch, inputs, outputs, support) = (8192, 3, 2, 16, 32, 512);
+            let tables = tables(58, n, limbs)?;
+            let moduli: Vec<Modulus> = tables.iter().map(|t| *t.modulus()).collect();
+            let draw = |this: &mut Self, per_limb: usize| -> Vec<u64> {
+                moduli.iter().flat_map(|m| this.random(per_limb, m.value())).collect()
+            };
+            let x: Vec<u64> = (0..batch).flat_map(|_| draw(self, inputs * n)).collect();
+            let xs: Vec<u64> = x
+                .chunks_exact(n)
+                .enumerate()
+                .flat_map(|(r, run)| {
+                    let m = moduli[(r / inputs) % limbs];
+                    run.iter().map(move |&v| m.shoup(v))
+                })
+                .collect();
+            let heads = draw(self, outputs * inputs * support);
+            let mut out = vec![0u64; batch * limbs * outputs * n];
+            be.mul_acc_sparse(&tables, batch, &x, &heads, support, Prepared::X(&xs), &mut out)?;
+            // against the CPU, or the heads transformed whole and multiplied
+            let mut want = vec![0u64; out.len()];
+            match cpu {
+                Some(cpu) => cpu.mul_acc_sparse(&tables, batch, &x, &heads, support, Prepared::X(&xs), &mut want)?,
+                None => {
+                    let mut w = vec![0u64; limbs * outputs * inputs * n];
+                    for (run, head) in w.chunks_exact_mut(n).zip(heads.chunks_exact(support)) {
+                        run[..support].copy_from_slice(head);
+                    }
+                    be.ntt_forward(&tables, &mut w)?;
+                    be.mul_acc(&moduli, n, batch, &x, &w, Prepared::X(&xs), &mut want)?;
+                }
+            }
+            let ok = want == out;
+            let mut result = Ok(());
+            let us = time_us(5, || {
+                result = be.mul_acc_sparse(&tables, batch, &x, &heads, support, Prepared::X(&xs), &mut out);
+            }) / (batch * inputs * outputs * limbs) as f64;
+            result?;
+            let shape = format!("N={n}, support {support}, {batch}×{inputs} in × {outputs} out, per term and limb");
+            self.push(with_method(op_row("mul-acc-sparse", be.name(), shape, us, ok), &label));
         }
         if self.wanted("select") {
             reset_peak_rss();
@@ -354,7 +400,7 @@ impl Bench<'_> {
         let sync = |r: Result<(), secmoe::backend::CudaError>| r.and_then(|()| gpu.synchronize());
         if self.wanted("ntt") {
             for (n, limbs) in NTT_SHAPES {
-                let tables = tables(n, limbs)?;
+                let tables = tables(60, n, limbs)?;
                 let data: Vec<u64> =
                     tables.iter().flat_map(|t| self.random(RESIDENT_NTT_BATCH * n, t.modulus().value())).collect();
                 let mut dev = gpu.upload(&data)?;
@@ -446,8 +492,8 @@ fn product_prime(n: usize) -> Result<Modulus> {
     Ok(Modulus::new(ntt_primes(58, n, 1)?[0])?)
 }
 
-fn tables(n: usize, limbs: usize) -> Result<Vec<NttTable>> {
-    let primes = ntt_primes(60, n, limbs)?;
+fn tables(bits: u32, n: usize, limbs: usize) -> Result<Vec<NttTable>> {
+    let primes = ntt_primes(bits, n, limbs)?;
     ensure!(primes.len() == limbs, "{limbs} primes for N = {n}");
     primes.into_iter().map(|p| Ok(NttTable::new(n, Modulus::new(p)?)?)).collect()
 }
