@@ -12,10 +12,10 @@
 mod common;
 
 use secmoe::model::{
-    CheckedWeights, Checkpoint, Embedding, Family, Ffn, FfnWeights, HfTensor, KvCache, LatentAttention, ModelConfig,
-    ModelError, ModelResult, ModelWeights, Output, Plan, Positions, Prompt, QkNorm, QkvWeights, Quantity, Scales,
-    Variant, WeightSource, check_weights, default_config, default_weights, finish, forward, forward_quantized,
-    forward_variants, forward_with, infer, infer_cached, ranges, serve, setup_he,
+    CheckedWeights, Checkpoint, Embedding, Family, Ffn, FfnWeights, HfTensor, KvCache, LatentAttention, Margin,
+    ModelConfig, ModelError, ModelResult, ModelWeights, Output, Plan, Positions, Prompt, QkNorm, QkvWeights, Quantity,
+    Scales, Variant, WeightSource, check_weights, default_config, default_weights, finish, forward, forward_quantized,
+    forward_variants, forward_with, infer, infer_cached, ranges, resolve_near_ties, serve, setup_he,
 };
 use secmoe::moe::{ExpertKind, Method, MoeConfig, Routing, SharedExpert};
 use secmoe::net::Frame;
@@ -542,6 +542,30 @@ fn a_flipped_routing_choice_moves_its_token_and_the_later_ones() {
     let out = forward_with(&cfg, &w, &ids, &last).unwrap();
     let moved: Vec<bool> = out.chunks(width).zip(out_as_is.chunks(width)).map(|(a, b)| a != b).collect();
     assert_eq!(moved, [false, true, false, false]);
+}
+
+/// A run that broke a near-tie the other way is matched by the model with that choice flipped:
+/// `resolve_near_ties` tries the near-ties at the first token beyond the bound, keeps the flip
+/// that brings it within, and stops (nothing flipped) where no near-tie explains the distance.
+#[test]
+fn near_ties_broken_the_other_way_are_found_and_nothing_else_is_flipped() {
+    let (cfg, w) = (default_config(), default_weights());
+    let ids = [3, 141, 59, 26];
+    let (want, flip) = (forward(&cfg, &w, &ids).unwrap(), (0, 1));
+    let got = forward_with(&cfg, &w, &ids, &Variant { flipped: vec![flip], ..Variant::default() }).unwrap();
+    let distances = |a: &[f64]| -> Vec<f64> { a.iter().zip(&want).map(|(a, b)| (a - b).abs()).collect() };
+    let bound = 1e-9;
+    assert!(distances(&got).iter().any(|&e| e > bound), "the flip moves nothing");
+    // near-ties as `ranges` lists them: the flipped choice among others at the same token
+    let tie = |layer: usize, token: usize| Margin { layer, token, gap: 1e-3 };
+    let ties = [tie(1, 1), tie(0, 1), tie(1, 2)];
+    let (variant, errors) = resolve_near_ties(&cfg, &w, &ids, (&got, distances(&got)), &ties, bound).unwrap();
+    assert_eq!(variant.flipped, [flip]);
+    assert!(errors.iter().all(|&e| e <= bound), "{errors:?}");
+    // no near-tie at that token: the model as is, and its distances
+    let (variant, errors) = resolve_near_ties(&cfg, &w, &ids, (&got, distances(&got)), &[tie(1, 2)], bound).unwrap();
+    assert!(variant.flipped.is_empty());
+    assert_eq!(errors, distances(&got));
 }
 
 /// `ranges` finds where the plaintext model leaves a protocol's stated range — and such a value

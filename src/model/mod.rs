@@ -28,7 +28,9 @@ pub use checkpoint::{Checkpoint, HfTensor, hf_tensors, public_embedding};
 pub use config::{Family, Ffn, LatentAttention, ModelConfig, Positions, QkNorm, Scales, Yarn, relative_bucket};
 pub use encode::{CheckedWeights, check_weights};
 pub use ranges::{Margin, NEAR_TIE, Quantity, Range, Ranges, ranges};
-pub use reference::{Activations, Variant, forward, forward_quantized, forward_variants, forward_with};
+pub use reference::{
+    Activations, Variant, forward, forward_quantized, forward_variants, forward_with, resolve_near_ties,
+};
 pub use secure::{
     Embedding, KvCache, MAX_TOKENS, Output, Plan, Progress, Prompt, finish, infer, infer_cached, serve, setup_he,
 };

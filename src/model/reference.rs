@@ -3,7 +3,7 @@
 //! `transformers` reference check compares this engine's loader and conventions with).
 
 use super::config::{Ffn, LatentAttention, ModelConfig, Positions, Yarn, relative_bucket};
-use super::ranges::{Quantity, Ranges};
+use super::ranges::{Margin, Quantity, Ranges};
 use super::weights::{FfnWeights, HeadMaps, LatentMaps, LayerWeights, Mlp, MlpBias, QkvWeights, WeightSource};
 use super::{ModelError, ModelResult};
 use crate::moe::{ExpertKind, GroupLimit, MoeConfig, Routing};
@@ -473,6 +473,50 @@ pub fn forward_variants(
     let mut probe = Ranges::new(norms);
     let out = forward_probed(cfg, weights, ids, variants, &mut probe)?;
     Ok((out, probe))
+}
+
+/// The [`Variant`] with the routing near-ties a private run broke the other way flipped, and the
+/// run's distances to it. `got` is the run's output, `errors` its distances to the model as is
+/// (per output value) and `ties` the model's near-ties ([`Ranges::near_ties`]). While some
+/// token is farther than `bound`, every combination of the near-ties at the first such token
+/// (at most three: a flip there moves that token and, through attention, the later ones only)
+/// is tried in one pass over the weights, and the closest kept if it brings that token within
+/// `bound`; where none does, the search stops, and the distances returned show what is left.
+pub fn resolve_near_ties(
+    cfg: &ModelConfig,
+    weights: &dyn WeightSource,
+    ids: &[u32],
+    (got, mut errors): (&[f64], Vec<f64>),
+    ties: &[Margin],
+    bound: f64,
+) -> ModelResult<(Variant, Vec<f64>)> {
+    let width = cfg.output_width();
+    let mut resolved = Variant::default();
+    let token_error = |e: &[f64], t: usize| e[t * width..(t + 1) * width].iter().copied().fold(0.0, f64::max);
+    while let Some(token) = (0..ids.len()).find(|&t| token_error(&errors, t) > bound) {
+        let at: Vec<(usize, usize)> =
+            ties.iter().filter(|m| m.token == token).map(|m| (m.layer, m.token)).take(3).collect();
+        let variants: Vec<Variant> = (1..1u32 << at.len())
+            .map(|subset| {
+                let extra = at.iter().enumerate().filter(|(i, _)| subset >> i & 1 == 1).map(|(_, s)| *s);
+                Variant { flipped: resolved.flipped.iter().copied().chain(extra).collect(), ..Variant::default() }
+            })
+            .collect();
+        if variants.is_empty() {
+            break;
+        }
+        let (wanted, _) = forward_variants(cfg, weights, ids, &variants, NormRange::DEFAULT)?;
+        let best = wanted
+            .iter()
+            .map(|want| got.iter().zip(want).map(|(g, w)| (g - w).abs()).collect::<Vec<f64>>())
+            .zip(variants)
+            .min_by(|(a, _), (b, _)| token_error(a, token).total_cmp(&token_error(b, token)));
+        match best {
+            Some((e, v)) if token_error(&e, token) <= bound => (errors, resolved) = (e, v),
+            _ => break,
+        }
+    }
+    Ok((resolved, errors))
 }
 
 /// [`forward_variants`], recording the values of the first at every site with a stated range

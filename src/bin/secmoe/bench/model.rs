@@ -17,9 +17,9 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use secmoe::backend::Backend;
 use secmoe::model::{
-    CheckedWeights, DEEPSEEK_V2_LITE, Family, Ffn, GPT_OSS_20B, GRANITE_1B_A400M, Margin, ModelConfig, ModelWeights,
-    Plan, Positions, Progress, Prompt, QkNorm, RandomWeights, Scales, Variant, WeightSource, default_config, finish,
-    forward_variants, infer, serve, setup_he,
+    CheckedWeights, DEEPSEEK_V2_LITE, Family, Ffn, GPT_OSS_20B, GRANITE_1B_A400M, ModelConfig, ModelWeights, Plan,
+    Positions, Progress, Prompt, QkNorm, RandomWeights, Scales, Variant, WeightSource, default_config, finish,
+    forward_variants, infer, resolve_near_ties, serve, setup_he,
 };
 use secmoe::moe::{ExpertKind, MoeConfig, Routing};
 use secmoe::net::CostModel;
@@ -164,7 +164,7 @@ async fn measure(
         forward_variants(cfg, w, &ids, &[Variant::default(), Variant::fitted()], NormRange::DEFAULT)?;
     let errors = distances(&out.values, &wanted[0]);
     let ties = ranges.near_ties().to_vec();
-    let (reference, resolved) = resolve_near_ties(cfg, w, &ids, &out.values, &ties, errors.clone())?;
+    let (reference, resolved) = resolve_near_ties(cfg, w, &ids, (&out.values, errors.clone()), &ties, CHECK_BOUND)?;
     let shape = format!("{n} tokens, {cfg}");
     let bytes = after.bytes() - before.bytes();
     let within = resolved.iter().all(|&e| e <= CHECK_BOUND);
@@ -188,46 +188,4 @@ async fn measure(
 
 fn distances(a: &[f64], b: &[f64]) -> Vec<f64> {
     a.iter().zip(b).map(|(a, b)| (a - b).abs()).collect()
-}
-
-/// The plaintext model with the routing near-ties that the private run `got` broke the other
-/// way flipped ([`Variant::flipped`]), and the run's errors against it: while some token's error is
-/// beyond the check's bound, every combination of the near-ties at the first such token (at
-/// most three; a flip there changes that token and, through attention, the later ones only) is
-/// tried in one pass, and the closest kept if it brings that token within the bound.
-fn resolve_near_ties(
-    cfg: &ModelConfig,
-    w: &dyn WeightSource,
-    ids: &[u32],
-    got: &[f64],
-    ties: &[Margin],
-    mut errors: Vec<f64>,
-) -> Result<(Variant, Vec<f64>)> {
-    let width = cfg.output_width();
-    let mut resolved = Variant::default();
-    let token_error = |e: &[f64], t: usize| e[t * width..(t + 1) * width].iter().copied().fold(0.0, f64::max);
-    while let Some(token) = (0..ids.len()).find(|&t| token_error(&errors, t) > CHECK_BOUND) {
-        let at: Vec<(usize, usize)> =
-            ties.iter().filter(|m| m.token == token).map(|m| (m.layer, m.token)).take(3).collect();
-        let variants: Vec<Variant> = (1..1u32 << at.len())
-            .map(|subset| {
-                let extra = at.iter().enumerate().filter(|(i, _)| subset >> i & 1 == 1).map(|(_, s)| *s);
-                Variant { flipped: resolved.flipped.iter().copied().chain(extra).collect(), ..Variant::default() }
-            })
-            .collect();
-        if variants.is_empty() {
-            break;
-        }
-        let (wanted, _) = forward_variants(cfg, w, ids, &variants, NormRange::DEFAULT)?;
-        let best = wanted
-            .iter()
-            .map(|want| distances(got, want))
-            .zip(variants)
-            .min_by(|(a, _), (b, _)| token_error(a, token).total_cmp(&token_error(b, token)));
-        match best {
-            Some((e, v)) if token_error(&e, token) <= CHECK_BOUND => (errors, resolved) = (e, v),
-            _ => break,
-        }
-    }
-    Ok((resolved, errors))
 }
