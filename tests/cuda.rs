@@ -12,6 +12,7 @@
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use secmoe::backend::{
     Backend, Block, Buffer, CpuBackend, CudaBackend, NttTable, Offload, Prepared, SwitchKeyRows, Tweaks,
+    input_constants,
 };
 use secmoe::he::{
     Ciphertext, GaloisKeys, HeParams, Lifted, OperandBank, Plaintext, ProductSum, RelinKey, SecretKey, SelectionPart,
@@ -124,14 +125,7 @@ fn products_by_weights_given_by_their_low_coefficients_run_on_the_device_and_mat
         moduli.iter().flat_map(|m| (0..per_limb).map(|_| rng.random_range(0..m.value())).collect::<Vec<_>>()).collect()
     };
     let x: Vec<u64> = (0..batch).flat_map(|_| draw(inputs * n, &mut rng)).collect();
-    let xs: Vec<u64> = x
-        .chunks_exact(n)
-        .enumerate()
-        .flat_map(|(r, run)| {
-            let m = moduli[(r / inputs) % limbs];
-            run.iter().map(move |&v| m.shoup(v)).collect::<Vec<_>>()
-        })
-        .collect();
+    let xs = input_constants(&moduli, n, inputs, &x);
     let heads = draw(outputs * inputs * support, &mut rng);
     let mut want = vec![0u64; batch * limbs * outputs * n];
     cpu.mul_acc_sparse(&tables, batch, &x, &heads, support, Prepared::X(&xs), &mut want).unwrap();

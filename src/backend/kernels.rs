@@ -81,7 +81,9 @@ pub(crate) fn group_heads(heads: &[u64], outputs: usize, run: usize, first: usiz
 #[cfg(test)]
 mod tests {
     use super::super::rns::HatConstants;
-    use super::super::{Backend, Block, Buffer, CpuBackend, NttTable, Prepared, SwitchKeyRows, TensorBasis, Tweaks};
+    use super::super::{
+        Backend, Block, Buffer, CpuBackend, NttTable, Prepared, SwitchKeyRows, TensorBasis, Tweaks, input_constants,
+    };
     use super::group_heads;
     use crate::ring::modp::{Modulus, ntt_primes};
     use rand::{RngExt, SeedableRng, rngs::StdRng};
@@ -404,14 +406,7 @@ mod tests {
                 primes.iter().flat_map(|&p| (0..per_limb).map(|_| rng.random_range(0..p)).collect::<Vec<_>>()).collect()
             };
             let x: Vec<u64> = (0..batch).flat_map(|_| draw(inputs * n, &mut rng)).collect();
-            let xs: Vec<u64> = x
-                .chunks_exact(n)
-                .enumerate()
-                .flat_map(|(r, run)| {
-                    let m = moduli[(r / inputs) % limbs];
-                    run.iter().map(move |&v| m.shoup(v))
-                })
-                .collect();
+            let xs = input_constants(&moduli, n, inputs, &x);
             let heads = draw(outputs * inputs * support, &mut rng);
             let mut want = vec![0u64; batch * limbs * outputs * n];
             be.mul_acc_sparse(&tables, batch, &x, &heads, support, Prepared::X(&xs), &mut want)

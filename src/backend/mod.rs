@@ -1213,6 +1213,20 @@ pub enum Prepared<'a> {
     Neither,
 }
 
+/// The Shoup constants of a batch of inputs, as [`Prepared::X`] takes them: `x` holds entries of
+/// L = `moduli.len()` limbs × `inputs` polynomials of `n` values each (limb-major), and each
+/// value's constant is for its limb's prime.
+pub fn input_constants(moduli: &[Modulus], n: usize, inputs: usize, x: &[u64]) -> Vec<u64> {
+    let per_limb = inputs.max(1);
+    x.chunks(n.max(1))
+        .enumerate()
+        .flat_map(|(r, run)| {
+            let m = moduli[(r / per_limb) % moduli.len()];
+            run.iter().map(move |&v| m.shoup(v))
+        })
+        .collect()
+}
+
 impl<'a> Prepared<'a> {
     /// The constants, and the length of the operand (of `x` or `w`) they belong to.
     pub(crate) fn constants(self, x: &[u64], w: &[u64]) -> (&'a [u64], usize) {
@@ -1390,14 +1404,7 @@ mod tests {
                 };
                 let x: Vec<u64> = (0..batch).flat_map(|_| draw(inputs * n, &mut rng)).collect();
                 let heads = draw(outputs * inputs * support, &mut rng);
-                let xs: Vec<u64> = x
-                    .chunks_exact(n)
-                    .enumerate()
-                    .flat_map(|(r, run)| {
-                        let m = moduli[(r / inputs) % limbs];
-                        run.iter().map(move |&v| m.shoup(v)).collect::<Vec<_>>()
-                    })
-                    .collect();
+                let xs = input_constants(&moduli, n, inputs, &x);
                 // the reference: dense transforms of the zero-padded weights, then mul_acc
                 let mut w = vec![0u64; heads.len() / support * n];
                 for (run, head) in w.chunks_exact_mut(n).zip(heads.chunks_exact(support)) {

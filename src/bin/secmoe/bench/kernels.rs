@@ -14,7 +14,9 @@
 use anyhow::{Result, ensure};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use secmoe::backend::{Backend, Block, Buffer, CpuBackend, NttTable, Prepared, SwitchKeyRows, TensorBasis, Tweaks};
+use secmoe::backend::{
+    Backend, Block, Buffer, CpuBackend, NttTable, Prepared, SwitchKeyRows, TensorBasis, Tweaks, input_constants,
+};
 use secmoe::ring::modp::{Modulus, ntt_primes};
 
 use super::harness::{Row, op_row, reset_peak_rss, time_us};
@@ -151,14 +153,7 @@ impl Bench<'_> {
                 moduli.iter().flat_map(|m| this.random(per_limb, m.value())).collect()
             };
             let x: Vec<u64> = (0..batch).flat_map(|_| draw(self, inputs * n)).collect();
-            let xs: Vec<u64> = x
-                .chunks_exact(n)
-                .enumerate()
-                .flat_map(|(r, run)| {
-                    let m = moduli[(r / inputs) % limbs];
-                    run.iter().map(move |&v| m.shoup(v))
-                })
-                .collect();
+            let xs = input_constants(&moduli, n, inputs, &x);
             let heads = draw(self, outputs * inputs * support);
             let mut out = vec![0u64; batch * limbs * outputs * n];
             be.mul_acc_sparse(&tables, batch, &x, &heads, support, Prepared::X(&xs), &mut out)?;
