@@ -566,6 +566,9 @@ fn near_ties_broken_the_other_way_are_found_and_nothing_else_is_flipped() {
     let (variant, errors) = resolve_near_ties(&cfg, &w, &ids, (&got, distances(&got)), &[tie(1, 2)], bound).unwrap();
     assert!(variant.flipped.is_empty());
     assert_eq!(errors, distances(&got));
+    // an output of another length is an error naming both, not a panic
+    let err = resolve_near_ties(&cfg, &w, &ids, (&got[1..], distances(&got)), &ties, bound).err();
+    assert!(err.is_some_and(|e| e.to_string().contains("distances for 4 tokens")));
 }
 
 /// `ranges` finds where the plaintext model leaves a protocol's stated range — and such a value

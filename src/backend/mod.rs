@@ -1215,8 +1215,11 @@ pub enum Prepared<'a> {
 
 /// The Shoup constants of a batch of inputs, as [`Prepared::X`] takes them: `x` holds entries of
 /// L = `moduli.len()` limbs × `inputs` polynomials of `n` values each (limb-major), and each
-/// value's constant is for its limb's prime.
+/// value's constant is for its limb's prime (none without moduli).
 pub fn input_constants(moduli: &[Modulus], n: usize, inputs: usize, x: &[u64]) -> Vec<u64> {
+    if moduli.is_empty() {
+        return Vec::new();
+    }
     let per_limb = inputs.max(1);
     x.chunks(n.max(1))
         .enumerate()

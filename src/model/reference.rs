@@ -491,6 +491,14 @@ pub fn resolve_near_ties(
     bound: f64,
 ) -> ModelResult<(Variant, Vec<f64>)> {
     let width = cfg.output_width();
+    if got.len() != ids.len() * width || errors.len() != got.len() {
+        return Err(ModelError::Input(format!(
+            "{} outputs and {} distances for {} tokens of {width}",
+            got.len(),
+            errors.len(),
+            ids.len()
+        )));
+    }
     let mut resolved = Variant::default();
     let token_error = |e: &[f64], t: usize| e[t * width..(t + 1) * width].iter().copied().fold(0.0, f64::max);
     while let Some(token) = (0..ids.len()).find(|&t| token_error(&errors, t) > bound) {
