@@ -17,7 +17,7 @@ use secmoe::proto::arith::{mul, truncate};
 use secmoe::proto::boolean::Triples;
 use secmoe::proto::compare::{b2a, greater_than, max, mux, non_negative, one_hot, triples_per_comparison};
 use secmoe::proto::layernorm::rsqrt;
-use secmoe::proto::piecewise::{Piecewise, evaluate, evaluate_baseline, relu};
+use secmoe::proto::piecewise::{Piecewise, evaluate, evaluate_baseline, gated, relu};
 use secmoe::proto::softmax::reciprocal;
 use secmoe::proto::{ProtoResult, Session};
 use secmoe::ring::{Bits, Shares};
@@ -41,6 +41,7 @@ pub const BLOCKS: &[&str] = &[
     "gelu-stc",
     "gelu-baseline",
     "silu-stc",
+    "swiglu",
     "clamped-swish-stc",
     "clamped-up-stc",
     "exp",
@@ -154,6 +155,12 @@ async fn measure(name: &str, n: usize, kind: OtKind, backend: Arc<dyn Backend>, 
             let silu = Piecewise::silu();
             close(&|x| silu.exact(x), 1.2e-2)
         }
+        // SiLU(x_i)·x_(n−1−i): the fit's error times |u| < 8, plus the truncations
+        "swiglu" => {
+            let silu = Piecewise::silu();
+            let up = k.x.iter().rev();
+            k.x.iter().zip(up).zip(&opened).all(|((&g, &u), &y)| (real(y) - silu.exact(g) * u).abs() <= 8.0 * 1.2e-2)
+        }
         "clamped-swish-stc" => {
             let swish = Piecewise::clamped_swish();
             close(&|x| swish.exact(x), 1.2e-2)
@@ -225,6 +232,14 @@ async fn run_block(name: &str, os: &mut Session, oc: &mut Session, k: &Case) -> 
             return Ok((a.iter().zip(&b).map(|(x, y)| x ^ y).collect(), vec![0; b.len()]));
         }
         "relu" => (opened(relu(os, &t[0], 32)), opened(relu(oc, &t[1], 32))),
+        "swiglu" => {
+            // the up branch: the inputs in reverse order (both parties reverse their shares)
+            let reversed = |v: &Shares| Shares::vector(v.as_slice().iter().rev().copied().collect(), 18);
+            let (us, uc) = (reversed(&t[0])?, reversed(&t[1])?);
+            let silu = Piecewise::silu();
+            let (a, b) = tokio::join!(gated(os, &silu, &t[0], &us), gated(oc, &silu, &t[1], &uc));
+            return Ok((a?.into_vec(), b?.into_vec()));
+        }
         "gelu-stc" | "silu-stc" | "clamped-swish-stc" | "clamped-up-stc" | "exp" | "gelu-baseline" => {
             let f = match name {
                 "silu-stc" => Piecewise::silu(),
