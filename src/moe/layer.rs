@@ -9,7 +9,7 @@ use super::{ExpertKind, Method, MoeConfig, MoeError, MoeResult, MoeWeights};
 use crate::he::selected::SelectOrder;
 use crate::he::tiling::MatShape;
 use crate::proto::agree::exchange;
-use crate::proto::arith::{mul_rows_in, truncate_extend};
+use crate::proto::arith::{mul_rows_in, truncate_extend, truncate_within};
 use crate::proto::compare::{b2a, one_hot};
 use crate::proto::linear::{check_shared_product, linear, linear_in, matmul_shared};
 use crate::proto::piecewise::{evaluate, gated, relu};
@@ -337,6 +337,16 @@ fn pre_activation_bits(sess: &Session) -> u32 {
     }
 }
 
+/// Ring the experts' hidden values (f fractional bits) are selected in: |h| < 2^12 (a gated
+/// product's bound, [`gated`]; GeLU and the clamped gate stay below 64), unless the session
+/// saturates out-of-range inputs (GeLU's tail is x itself): then all of Z_2^64.
+fn hidden_bits(sess: &Session) -> u32 {
+    match sess.out_of_range() {
+        OutOfRange::Precondition => sess.format().frac_bits() + 14,
+        OutOfRange::Saturate => 64,
+    }
+}
+
 /// The expert's activation on rows of pre-activations at f fractional bits (gated kinds: each
 /// row holds the gate's d_ff values, then the linear branch's).
 async fn activate(sess: &mut Session, kind: ExpertKind, pre: &[u64], d_ff: usize) -> ProtoResult<Vec<u64>> {
@@ -371,22 +381,27 @@ async fn selected_rows(
     let (k, d_ff) = (cfg.top_k, cfg.d_ff);
     let width = first_width(cfg.expert, d_ff);
     let meter = sess.meter().clone();
-    // 1. every expert's first matrices, each slot's row selected by its one-hot (2f bits, in the
-    //    ring the activation's precondition needs)
+    // 1. every expert's first matrices, each slot's row selected by its one-hot: the products'
+    //    2f fractional bits truncated to f where they stand (each party drops its shares' low f
+    //    bits: local within the ring f bits smaller), so the selection moves f fewer bits per
+    //    value, in the ring the activation's precondition needs
+    let frac = sess.format().frac_bits();
     let pre_bits = pre_activation_bits(sess);
+    let selected_bits = pre_bits - frac;
     let mut pre = vec![0u64; k * n * width];
     for experts in chunks(cfg, n) {
         let z = first_matrices(sess, cfg, x, n, &experts, weights).await?;
-        select_into(sess, routes, &experts, (&z, pre_bits), width, &mut pre).await?;
+        let z = truncate_within(&z, pre_bits, frac);
+        select_into(sess, routes, &experts, (&z, selected_bits), width, &mut pre).await?;
     }
     // 2. the activation once per chosen expert
     let hidden = {
         let _s = meter.scope("activation");
-        let pre = truncate_extend(sess, &pre, pre_bits, sess.format().frac_bits()).await?;
+        let pre = truncate_extend(sess, &pre, selected_bits, 0).await?;
         activate(sess, cfg.expert, &pre, d_ff).await?
     };
     // 3. W2 on the chosen rows, the way that moves fewer bytes
-    if scatter_hidden(cfg, n) {
+    if scatter_hidden(cfg, n, hidden_bits(sess)) {
         second_by_experts(sess, cfg, hidden, n, routes, weights).await
     } else {
         second_by_rows(sess, cfg, &hidden, n, routes, weights).await
@@ -394,19 +409,21 @@ async fn selected_rows(
 }
 
 /// Which way [`selected_rows`] applies W2 (public: from the shapes alone): by experts (the
-/// hidden rows gated, scattered to their experts' inputs, one product of n rows) when that
-/// moves fewer bytes than by rows (every expert's W2 on the k·n hidden rows, the outputs
-/// selected, then gated). Bytes per value, measured (silent OT, WAN tilings): a 64-bit row
-/// multiplexer 16, an HE product's input ≈ 130 and packed output ≈ 30, a gate product ≈ 320.
-/// By experts wins where experts are narrow and many are chosen: granite-3.1-1b-a400m
-/// (d_ff = d/2, top-8 of 32) 322 → 212 MB per layer; by rows where they are wide (Mixtral's
-/// d_ff = 3.5·d, top-2; the SPU shape's 4·d, top-1).
-fn scatter_hidden(cfg: &MoeConfig, n: usize) -> bool {
+/// hidden rows gated, scattered to their experts' inputs in a `hidden_bits` ring and lifted,
+/// one product of n rows) when that moves fewer bytes than by rows (every expert's W2 on the
+/// k·n hidden rows, the outputs selected, then gated). Bytes per value, measured (silent OT,
+/// WAN tilings): a row multiplexer 2·ℓ bits, a lift ≈ 5, an HE product's input ≈ 130 and packed
+/// output ≈ 30, a gate product ≈ 320. By experts wins where experts are narrow and many are
+/// chosen: granite-3.1-1b-a400m (d_ff = d/2, top-8 of 32) 322 → 212 MB per layer (before the
+/// scatter's narrower ring); by rows where they are wide (Mixtral's d_ff = 3.5·d, top-2; the SPU
+/// shape's 4·d, top-1).
+fn scatter_hidden(cfg: &MoeConfig, n: usize, hidden_bits: u32) -> bool {
     let (k, e, d, d_ff) = (cfg.top_k as f64, cfg.experts as f64, cfg.d_model as f64, cfg.d_ff as f64);
     let gate = if gate_weighted(cfg, n) { 320.0 } else { 0.0 };
     let n = n as f64;
+    let scatter = f64::from(hidden_bits) / 4.0;
     let by_rows = k * n * e * d * (16.0 + 30.0) + k * n * d_ff * 130.0 + k * n * d * gate;
-    let by_experts = k * n * e * d_ff * 16.0 + n * e * d_ff * 130.0 + n * d * 30.0 + k * n * d_ff * gate;
+    let by_experts = k * n * e * d_ff * scatter + n * e * d_ff * (130.0 + 5.0) + n * d * 30.0 + k * n * d_ff * gate;
     by_experts < by_rows
 }
 
@@ -434,6 +451,8 @@ async fn second_by_experts(
     } else {
         hidden
     };
+    // the scatter moves the hidden values in the ring their bound needs, lifted after the sum
+    let hidden_bits = hidden_bits(sess);
     let mut y = vec![0u64; n * d];
     for experts in chunks(cfg, n) {
         let c = experts.len();
@@ -443,12 +462,13 @@ async fn second_by_experts(
             // row (r, j, i): slot r's row of token j, once per expert i of the chunk
             let rows: Vec<u64> =
                 hidden.chunks_exact(d_ff).flat_map(|row| (0..c).flat_map(move |_| row.iter().copied())).collect();
-            let picked = select_rows(sess, &bits, &rows, d_ff, 64).await?;
+            let picked = select_rows(sess, &bits, &rows, d_ff, hidden_bits).await?;
             let mut x = vec![0u64; n * c * d_ff];
             for slot in picked.chunks_exact(n * c * d_ff) {
                 x.iter_mut().zip(slot).for_each(|(a, v)| *a = a.wrapping_add(*v));
             }
-            x
+            // at most one slot of a token routes to an expert: each sum is one hidden value
+            truncate_extend(sess, &x, hidden_bits, 0).await?
         };
         let w = weights.map(|w| second_stacked(&w.experts[experts.clone()]));
         let _s = meter.scope("second");
@@ -799,15 +819,17 @@ mod tests {
     fn w2_goes_by_experts_where_experts_are_narrow() {
         let softmax = Routing::SoftmaxTopK { normalize: true };
         // granite-3.1-1b-a400m, Qwen3-30B-A3B, OLMoE; tests/moe.rs' narrow cases
-        assert!(scatter_hidden(&shape(32, 8, 1024, 512, Routing::TopKSoftmax), 16));
-        assert!(scatter_hidden(&shape(128, 8, 2048, 768, softmax), 16));
-        assert!(scatter_hidden(&shape(64, 8, 2048, 1024, softmax), 128));
-        assert!(scatter_hidden(&shape(16, 4, 32, 8, softmax), 4));
-        assert!(scatter_hidden(&shape(4, 1, 32, 8, Routing::TopKSoftmax), 3));
-        assert!(scatter_hidden(&shape(4, 1, 32, 8, Routing::Switch), 5));
+        assert!(scatter_hidden(&shape(32, 8, 1024, 512, Routing::TopKSoftmax), 16, 32));
+        assert!(scatter_hidden(&shape(128, 8, 2048, 768, softmax), 16, 32));
+        assert!(scatter_hidden(&shape(64, 8, 2048, 1024, softmax), 128, 32));
+        assert!(scatter_hidden(&shape(16, 4, 32, 8, softmax), 4, 32));
+        assert!(scatter_hidden(&shape(4, 1, 32, 8, Routing::TopKSoftmax), 3, 32));
+        assert!(scatter_hidden(&shape(4, 1, 32, 8, Routing::Switch), 5, 32));
         // Mixtral-8x7B, the SPU shape, the built-in default model
-        assert!(!scatter_hidden(&shape(8, 2, 4096, 14336, Routing::TopKSoftmax), 16));
-        assert!(!scatter_hidden(&shape(8, 1, 768, 3072, Routing::TopKSoftmax), 16));
-        assert!(!scatter_hidden(&shape(8, 2, 64, 128, Routing::TopKSoftmax), 5));
+        assert!(!scatter_hidden(&shape(8, 2, 4096, 14336, Routing::TopKSoftmax), 16, 32));
+        assert!(!scatter_hidden(&shape(8, 1, 768, 3072, Routing::TopKSoftmax), 16, 32));
+        assert!(!scatter_hidden(&shape(8, 2, 64, 128, Routing::TopKSoftmax), 5, 32));
+        // saturating sessions scatter 64-bit values
+        assert!(scatter_hidden(&shape(32, 8, 1024, 512, Routing::TopKSoftmax), 16, 64));
     }
 }

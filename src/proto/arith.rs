@@ -17,7 +17,7 @@
 //!
 //! The public functions take typed [`Shares`] (the ring and scale come with them); the
 //! protocols inside the crate call the kernels on raw shares in a ring they name (`mul_in`, `mul_small`,
-//! `square`, `mul_weights`, `mul_rows_in`, `truncate_extend`).
+//! `square`, `mul_weights`, `mul_rows_in`, `truncate_extend`, and the local `truncate_within`).
 
 use super::Session;
 use rand::RngExt;
@@ -339,6 +339,15 @@ pub(crate) async fn truncate_extend(sess: &mut Session, shares: &[u64], bits: u3
     Ok(own.iter().zip(both).map(|(o, b)| o.wrapping_add(b).wrapping_sub(unshift)).collect())
 }
 
+/// Shares mod 2^(bits − f) of ⌊x/2^f⌋ or ⌊x/2^f⌋ − 1 for x shared mod 2^bits, by each party
+/// dropping its share's low f bits: with s + c = x + w·2^bits (w ∈ {0, 1}) and the low parts'
+/// carry κ ∈ {0, 1}, ⌊s/2^f⌋ + ⌊c/2^f⌋ = ⌊x/2^f⌋ + w·2^(bits−f) − κ, and the wrap vanishes
+/// in the smaller ring. Local, no message: a truncation that may stay in bits − f bits (a
+/// selection that reads fewer bits, then [`truncate_extend`] with f = 0 to lift) costs nothing.
+pub(crate) fn truncate_within(shares: &[u64], bits: u32, f: u32) -> Vec<u64> {
+    shares.iter().map(|&v| ((v & mask(bits)) >> f) & mask(bits - f)).collect()
+}
+
 /// A fresh uniform mask per value, below 2^bits (the sender's share in table lookups).
 pub(crate) fn masks(sess: &mut Session, n: usize, bits: u32) -> Vec<u64> {
     (0..n).map(|_| sess.rng.random::<u64>() & mask(bits)).collect()
@@ -563,6 +572,25 @@ mod tests {
             for i in 0..x.len() {
                 let want = x[i].wrapping_mul(r[i / len] as u64) & mask(bits);
                 assert_eq!(c[i].wrapping_add(s[i]) & mask(bits), want, "r = {}, m = {m}, ring {bits}", r[i / len]);
+            }
+        }
+    }
+
+    /// Dropping each share's low f bits gives ⌊x/2^f⌋ or one less in the ring f bits smaller,
+    /// for values of either sign up to the ring's edge.
+    #[test]
+    fn a_truncation_within_a_smaller_ring_is_local_and_faithful() {
+        for (bits, f) in [(44, 18), (64, 18), (26, 0), (20, 19)] {
+            let (x, client, server) = shared(bits, 2000);
+            let (c, s) = (truncate_within(&client, bits, f), truncate_within(&server, bits, f));
+            for i in 0..x.len() {
+                let got = c[i].wrapping_add(s[i]) & mask(bits - f);
+                let floor = ((x[i] >> f) as u64) & mask(bits - f);
+                assert!(
+                    got == floor || got == floor.wrapping_sub(1) & mask(bits - f),
+                    "x = {}, {bits} bits, f = {f}",
+                    x[i]
+                );
             }
         }
     }

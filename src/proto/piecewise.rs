@@ -819,7 +819,7 @@ pub async fn swiglu(sess: &mut Session, gate: &Shares, up: &Shares) -> ProtoResu
 /// Shares of a gated unit's product f(g) ⊙ u (SwiGLU with SiLU, GeGLU with GeLU) for shared g
 /// (in f's input range) and u (|u| < 64) of one shape, in the session's fixed point (f = 18:
 /// the product in a 50-bit ring, 2f + 14 bits in general; |f(g)·u| < 2^12 in real terms): f by
-/// Select-Then-Compute, the product by u's f + 8 bits ([`mul_small`]: u read in the ring its
+/// Select-Then-Compute, the product by u's f + 8 bits (u read in the ring its
 /// range needs) and one truncation back to Z_2^64.
 pub async fn gated(sess: &mut Session, f: &Piecewise, gate: &Shares, up: &Shares) -> ProtoResult<Shares> {
     sess.check_format(gate, "gate")?;
