@@ -446,7 +446,7 @@ async fn second_by_experts(
     let hidden = if gate_weighted(cfg, n) {
         let _s = meter.scope("gate");
         let bits = gate_bits(frac);
-        let weighted = mul_rows_in(sess, &hidden, &routes.gates, bits, bits).await?;
+        let weighted = mul_rows_in(sess, &hidden, &routes.gates, gate_scalar_bits(frac), bits).await?;
         truncate_extend(sess, &weighted, bits, frac).await?
     } else {
         hidden
@@ -479,7 +479,8 @@ async fn second_by_experts(
 }
 
 /// W2 by rows: every expert's W2 on the k·n hidden rows, each row's own expert's output
-/// selected, then the gate-weighted sum over slots. Returns n rows of d at f fractional bits.
+/// selected (truncated to f fractional bits where it stands, [`truncate_within`], so in
+/// 64 − f bits), then the gate-weighted sum over slots. Returns n rows of d at f fractional bits.
 async fn second_by_rows(
     sess: &mut Session,
     cfg: &MoeConfig,
@@ -490,6 +491,7 @@ async fn second_by_rows(
 ) -> MoeResult<Vec<u64>> {
     let (e, k, d, (_, d_ff)) = (cfg.experts, cfg.top_k, cfg.d_model, cfg.expert_inputs());
     let meter = sess.meter().clone();
+    let frac = sess.format().frac_bits();
     let hidden = &expert_input(sess, cfg, hidden.to_vec(), cfg.d_ff);
     let mut out = vec![0u64; k * n * d];
     for experts in chunks(cfg, n) {
@@ -501,10 +503,10 @@ async fn second_by_rows(
         };
         let _s = meter.scope("select");
         let bits: Vec<bool> = (0..k).flat_map(|r| slot_bits(routes, r, n, e, &experts)).collect();
-        let picked = select_rows(sess, &bits, &u, d, 64).await?;
+        let picked = select_rows(sess, &bits, &truncate_within(&u, 64, frac), d, 64 - frac).await?;
         add_groups(&mut out, &picked, c, d);
     }
-    let out = truncate_extend(sess, &out, 64, sess.format().frac_bits()).await?;
+    let out = truncate_extend(sess, &out, 64 - frac, 0).await?;
     let _s = meter.scope("combine");
     if gate_weighted(cfg, n) { Ok(combine(sess, &out, &routes.gates, n, d).await?) } else { Ok(out) }
 }
@@ -601,9 +603,9 @@ async fn baseline(
             }
         }
         drop(second);
-        select_into(sess, routes, &experts, (&u, 64), d, &mut out).await?;
+        select_into(sess, routes, &experts, (&truncate_within(&u, 64, frac), 64 - frac), d, &mut out).await?;
     }
-    Ok(truncate_extend(sess, &out, 64, frac).await?)
+    Ok(truncate_extend(sess, &out, 64 - frac, 0).await?)
 }
 
 /// Capacity dispatch (module notes): returns the gated, combined output (n×d at f bits) and,
@@ -726,11 +728,18 @@ fn gate_bits(frac: u32) -> u32 {
     2 * frac + 14
 }
 
+/// Bits a gate's shares are read in by the gate products: every gate is below 2 (a softmax's
+/// or σ's output, renormalized or not, with the reciprocal's Newton overshoot), so
+/// |g| < 2^(f+1) = 2^(m−2) at f fractional bits — m + 1 correlated OTs per row, not 2f + 15.
+fn gate_scalar_bits(frac: u32) -> u32 {
+    frac + 3
+}
+
 /// Σ_r g_r·o_r per token: `outputs` n·k rows of d and `gates` k·n values, both slot-major.
 async fn combine(sess: &mut Session, outputs: &[u64], gates: &[u64], n: usize, d: usize) -> ProtoResult<Vec<u64>> {
     let frac = sess.format().frac_bits();
     let bits = gate_bits(frac);
-    let weighted = mul_rows_in(sess, outputs, gates, bits, bits).await?;
+    let weighted = mul_rows_in(sess, outputs, gates, gate_scalar_bits(frac), bits).await?;
     let mut y = vec![0u64; n * d];
     for slot in weighted.chunks_exact(n * d) {
         y.iter_mut().zip(slot).for_each(|(y, v)| *y = y.wrapping_add(*v));

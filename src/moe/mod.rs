@@ -45,10 +45,11 @@
 //!   [`crate::proto::linear::linear_in`], then truncated to f fractional bits where they
 //!   stand: each party drops its shares' low f bits, local in the ring f bits smaller), the
 //!   selections (2·ℓ bits per selected value: n·k·E·g·d_ff pre-activations in ℓ = f + 8 bits,
-//!   the ring their precondition |x| < 64 needs, and n·k·E·d outputs in 64), and the
+//!   the ring their precondition |x| < 64 needs, and n·k·E·d outputs, truncated the same way,
+//!   in 64 − f), and the
 //!   activation on n·k·d_ff values. By experts, the scatter moves the n·k·E·d_ff hidden values
 //!   in f + 14 bits (|h| < 2^12, the gated product's own bound) and lifts their n·E·d_ff sums
-//!   to Z_2^64 for the product. (Until 2026-12-07 both selections ran at 2f + 8 and 64 bits:
+//!   to Z_2^64 for the product. (Until 2026-12-07 the selections ran at 2f + 8 and 64 bits:
 //!   granite's layer 215 → 176 MB.)
 //! - [`Method::Capacity`] (built; CryptoMoE's dispatch): C = ⌈c·k·n/E⌉ slots per expert. A
 //!   token's queue position at expert e is the prefix sum of the routing matrix (local on

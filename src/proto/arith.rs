@@ -16,7 +16,7 @@
 //! 2^m to shares mod 2^64.
 //!
 //! The public functions take typed [`Shares`] (the ring and scale come with them); the
-//! protocols inside the crate call the kernels on raw shares in a ring they name (`mul_in`, `mul_small`,
+//! protocols inside the crate call the kernels on raw shares in a ring they name (`mul_in`,
 //! `square`, `mul_weights`, `mul_rows_in`, `truncate_extend`, and the local `truncate_within`).
 
 use super::Session;
@@ -202,71 +202,6 @@ pub(crate) async fn mul_weights(
     }
 }
 
-/// Shares mod 2^bits of x ⊙ y for shared x (any value mod 2^bits) and shared y with
-/// |y| < 2^(m−2), m = `small` ≤ `bits` (y's shares are read mod 2^m). With y = c_s + c_c −
-/// 2^(m−2) − 2^m·w ([`Split`]: c_p ∈ [0, 2^m) party p's masked share, h_p its top bit, the
-/// wrap w = h_s ∨ h_c) and x·w = x_s·h_s + x_c·h_c + x_s·(1 − h_s)·h_c + x_c·(1 − h_c)·h_s:
-/// x·y = Σ_p x_p·(c_p − 2^(m−2) − 2^m·h_p) (local) + Σ_{p≠q} [x_p·c_q − 2^m·x_p·(1 − h_p)·h_q],
-/// each bracket one cross term where q chooses with the m bits of c_q and then h_q. Cost per
-/// value: 2(m + 1) correlated OTs against 2·bits for [`mul_in`] (SwiGLU's gate product at
-/// f = 18: 54 against 100), the wrap's two of bits − m bits.
-pub(crate) async fn mul_small(
-    sess: &mut Session,
-    x: &[u64],
-    y: &[u64],
-    small: u32,
-    bits: u32,
-) -> ProtoResult<Vec<u64>> {
-    if !(3..=bits).contains(&small) {
-        return Err(ProtoError::Input(format!("product by {small}-bit values in a {bits}-bit ring")));
-    }
-    if x.len() != y.len() {
-        return Err(ProtoError::Input(format!("product of {} and {} values", x.len(), y.len())));
-    }
-    let server = sess.is_server();
-    // c_p = the masked share (`own` + 2^(m−2) for the server, the share itself for the client)
-    let offset = 1u64 << (small - 2);
-    let parts: Vec<(u64, bool)> = y
-        .iter()
-        .map(|&v| {
-            let p = split(server, v, small);
-            (if server { p.own.wrapping_add(offset) } else { p.own }, p.top)
-        })
-        .collect();
-    // the wrap's term is bit m of the cross term (else it weighs 2^m ≡ 0)
-    let wrapped = small < bits;
-    let widths = cross_term_widths(small + u32::from(wrapped), bits)?;
-    let per = widths.len();
-    let scale = pow2(small);
-    let deltas: Vec<u64> = x
-        .iter()
-        .zip(&parts)
-        .flat_map(|(&a, &(_, top))| {
-            let wrap = if top { 0 } else { a.wrapping_neg() };
-            std::iter::repeat_n(a, small as usize).chain(wrapped.then_some(wrap))
-        })
-        .collect();
-    let choices: Vec<bool> = parts
-        .iter()
-        .flat_map(|&(c, top)| (0..small).map(move |j| (c >> j) & 1 == 1).chain(wrapped.then_some(top)))
-        .collect();
-    let (sent, got) = if server {
-        let sent = sess.ot.cot_vec_send(sess.kind, &deltas, 1, &widths).await?;
-        (sent, sess.ot.cot_vec_receive(sess.kind, &choices, 1, &widths).await?)
-    } else {
-        let got = sess.ot.cot_vec_receive(sess.kind, &choices, 1, &widths).await?;
-        (sess.ot.cot_vec_send(sess.kind, &deltas, 1, &widths).await?, got)
-    };
-    Ok(x.iter()
-        .zip(&parts)
-        .zip(sent.chunks_exact(per).zip(got.chunks_exact(per)))
-        .map(|((&a, &(c, top)), (sent, got))| {
-            let own = c.wrapping_sub(offset).wrapping_sub(if top { scale } else { 0 });
-            a.wrapping_mul(own).wrapping_add(weighted_sum(got)).wrapping_sub(weighted_sum(sent)) & mask(bits)
-        })
-        .collect())
-}
-
 /// The sender's share (−Σ_j r_j·2^j mod 2^width) of a·b, for its own `a` and the other party's
 /// `b_bits`-bit `b` ([`cross_receive`]): bit j's correlated OT carries a mod 2^(width − j)
 /// ([`cross_term_widths`]).
@@ -372,7 +307,8 @@ pub async fn mul_rows(sess: &mut Session, x: &Shares, r: &Shares) -> ProtoResult
 /// correlated OTs of whole rows per row ([`crate::ot::Ot::cot_vec_send`]; bit j's row in
 /// bits − j bits), one each way: the other party chooses with the bits of its part of r and
 /// then its top bit (weight 2^m). The server chooses with v = u + 2^(m−2) (its reduced share),
-/// the client removes 2^(m−2)·x_c. Random OTs per row, not per value.
+/// the client removes 2^(m−2)·x_c. Random OTs per row, not per value. Rows of one value are
+/// the element-wise product by a value known to be small (SwiGLU's gate by its up branch).
 pub(crate) async fn mul_rows_in(
     sess: &mut Session,
     x: &[u64],
@@ -523,44 +459,12 @@ mod tests {
         assert!(err.0 && err.1, "a value wider than the ring is refused");
     }
 
-    /// x·y for shared x filling the ring and shared y read in m bits is exact mod 2^bits at the
-    /// edges of y's range, with and without the wrap's terms, as mul_in's product is; a y wider
-    /// than the ring, or operands of different lengths, are refused.
-    #[test]
-    fn a_product_by_a_small_value_is_exact() {
-        for (m, bits) in [(26, 50), (3, 50), (20, 21), (40, 40), (64, 64), (30, 64)] {
-            let (y, y_client, y_server) = shared(m, 2000);
-            let x: Vec<u64> = (0..y.len() as u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (i << 50)).collect();
-            let x_client: Vec<u64> = x.iter().map(|v| v.rotate_left(23) ^ 0xa5a5).collect();
-            let x_server: Vec<u64> = x.iter().zip(&x_client).map(|(v, c)| v.wrapping_sub(*c)).collect();
-            let (c, s) = both(async |sess, party| match party {
-                Party::Client => mul_small(sess, &x_client, &y_client, m, bits).await,
-                Party::Server => mul_small(sess, &x_server, &y_server, m, bits).await,
-            });
-            let (cw, sw) = both(async |sess, party| match party {
-                Party::Client => mul_in(sess, &x_client, &y_client, bits).await,
-                Party::Server => mul_in(sess, &x_server, &y_server, bits).await,
-            });
-            for i in 0..y.len() {
-                let want = x[i].wrapping_mul(y[i] as u64) & mask(bits);
-                assert_eq!(c[i].wrapping_add(s[i]) & mask(bits), want, "y = {}, m = {m}, ring {bits}", y[i]);
-                assert_eq!(cw[i].wrapping_add(sw[i]) & mask(bits), want, "mul_in, y = {}", y[i]);
-            }
-        }
-        let (_, client, server) = shared(10, 5);
-        let err = both(async |sess, party| {
-            let mine = if party == Party::Client { &client } else { &server };
-            Ok(mul_small(sess, mine, mine, 42, 41).await.is_err()
-                && mul_small(sess, mine, &mine[1..], 10, 41).await.is_err())
-        });
-        assert!(err.0 && err.1, "a value wider than the ring, or lengths that differ, are refused");
-    }
-
     /// Row products x_ij·r_i with r read in m bits are exact mod 2^bits at the range's edges,
     /// with and without the wrap's terms.
     #[test]
     fn row_products_by_a_small_scalar_are_exact() {
-        for (m, bits, len) in [(21, 40, 5), (28, 51, 3), (40, 40, 4), (64, 64, 2), (3, 12, 7)] {
+        for (m, bits, len) in [(21, 40, 5), (28, 51, 3), (40, 40, 4), (64, 64, 2), (3, 12, 7), (26, 50, 1), (64, 64, 1)]
+        {
             let (r, r_client, r_server) = shared(m, 60);
             let x: Vec<u64> = (0..r.len() * len).map(|i| (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).collect();
             let x_client: Vec<u64> = x.iter().map(|v| v.rotate_left(17) ^ 0x5555).collect();

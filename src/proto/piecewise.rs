@@ -44,7 +44,7 @@
 use std::sync::LazyLock;
 
 use super::Session;
-use super::arith::{cross_receive, cross_send, masks, mul_small, square, truncate_extend};
+use super::arith::{cross_receive, cross_send, masks, mul_rows_in, square, truncate_extend};
 use super::boolean::Triples;
 use super::compare::{at_least, at_least_ots, carry, carry_ots, mux, non_negative, triples_per_comparison};
 use super::session::OutOfRange;
@@ -819,15 +819,16 @@ pub async fn swiglu(sess: &mut Session, gate: &Shares, up: &Shares) -> ProtoResu
 /// Shares of a gated unit's product f(g) ⊙ u (SwiGLU with SiLU, GeGLU with GeLU) for shared g
 /// (in f's input range) and u (|u| < 64) of one shape, in the session's fixed point (f = 18:
 /// the product in a 50-bit ring, 2f + 14 bits in general; |f(g)·u| < 2^12 in real terms): f by
-/// Select-Then-Compute, the product by u's f + 8 bits (u read in the ring its
-/// range needs) and one truncation back to Z_2^64.
+/// Select-Then-Compute, the product with u's shares read in the f + 8 bits its range needs
+/// (SCI's product by a value with a known top bit, rows of one value: 2(f + 9) correlated OTs
+/// per value instead of 2(2f + 14)) and one truncation back to Z_2^64.
 pub async fn gated(sess: &mut Session, f: &Piecewise, gate: &Shares, up: &Shares) -> ProtoResult<Shares> {
     sess.check_format(gate, "gate")?;
     gate.check_same(up)?;
     let frac = sess.format().frac_bits();
     let bits = 2 * frac + 14;
     let activated = evaluate_values(sess, f, gate.as_slice()).await?;
-    let product = mul_small(sess, &activated, up.as_slice(), frac + 8, bits).await?;
+    let product = mul_rows_in(sess, &activated, up.as_slice(), frac + 8, bits).await?;
     Ok(gate.with_values(truncate_extend(sess, &product, bits, frac).await?)?)
 }
 
