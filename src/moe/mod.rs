@@ -50,7 +50,8 @@
 //!   activation on n·k·d_ff values. By experts, the scatter moves the n·k·E·d_ff hidden values
 //!   in f + 14 bits (|h| < 2^12, the gated product's own bound) and lifts their n·E·d_ff sums
 //!   to Z_2^64 for the product. (Until 2026-12-07 the selections ran at 2f + 8 and 64 bits:
-//!   granite's layer 215 → 176 MB.)
+//!   granite's layer 215 → 176 MB, 169 MB with the
+//!   gate products reading each gate in f + 3 bits.)
 //! - [`Method::Capacity`] (built; CryptoMoE's dispatch): C = ⌈c·k·n/E⌉ slots per expert. A
 //!   token's queue position at expert e is the prefix sum of the routing matrix (local on
 //!   shares); its one-hot (size 2n, unrouted pairs pushed past every slot) gives the secret
