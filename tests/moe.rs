@@ -288,6 +288,37 @@ fn biased_clamped_swiglu_experts_in_every_method() {
     }
 }
 
+/// Experts whose outputs reach beyond 2^12 (a checkpoint's massive activations come out of its
+/// FFNs) are gated and summed in Z_2^64: top-2 by rows (W2 by rows), the capacity dispatch and
+/// the baseline agree with the plaintext layer, relative to the outputs' size (≈ 2^15 here).
+#[test]
+fn outputs_beyond_two_to_the_twelve_are_gated_exactly() {
+    let f = FixedPoint::default();
+    let cfg = config(8, 2, Routing::TopKSoftmax, ExpertKind::SwiGlu);
+    let mut rng = StdRng::seed_from_u64(700);
+    let mut w = MoeWeights::random(&cfg, f, 4.0, &mut rng);
+    // inputs of ones: the gate and the up branch near 48 (within their ranges), the hidden
+    // values near SiLU(48)·48 ≈ 2300, each output a sum of 32 of them times ½
+    let (three, half) = (f.encode(3.0).unwrap() as i64 as i32, f.encode(0.5).unwrap() as i64 as i32);
+    for (i, x) in w.experts.iter_mut().enumerate() {
+        let jitter = |j: usize| if (i + j) % 5 == 0 { three - (1 << 16) } else { three };
+        x.w1.iter_mut().enumerate().for_each(|(j, v)| *v = jitter(j));
+        x.w3.as_mut().unwrap().iter_mut().enumerate().for_each(|(j, v)| *v = jitter(j + 1));
+        x.w2.iter_mut().for_each(|v| *v = half);
+    }
+    let x: Vec<u64> = (0..4 * cfg.d_model).map(|_| f.encode(1.0).unwrap()).collect();
+    for method in [Method::SelectRows, Method::Baseline, Method::Capacity { factor: 2.0 }] {
+        let want = reference(&cfg, f, &x, &w, method.capacity(&cfg, 4)).unwrap();
+        let size = want.y.iter().map(|v| v.abs()).fold(0.0, f64::max);
+        assert!(size > 8192.0, "the outputs reach {size}");
+        let r = run(&cfg, &cfg, method, &x, &w);
+        let got = f.decode_slice(&common::open_rows(&r.client.unwrap().y, &r.server.unwrap().y));
+        let worst = got.iter().zip(&want.y).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max);
+        eprintln!("{cfg} {}: error {worst:.2e}, largest output {size:.0}", method.name());
+        assert!(worst <= BOUND * size / 0.5, "{cfg} {}: error {worst:.2e}", method.name());
+    }
+}
+
 #[test]
 fn the_baseline_computes_the_same_layer() {
     let cfg = config(8, 2, Routing::TopKSoftmax, ExpertKind::Gelu);

@@ -413,17 +413,19 @@ async fn selected_rows(
 /// one product of n rows) when that moves fewer bytes than by rows (every expert's W2 on the
 /// k·n hidden rows, the outputs selected, then gated). Bytes per value, measured (silent OT,
 /// WAN tilings): a row multiplexer 2·ℓ bits, a lift ≈ 5, an HE product's input ≈ 130 and packed
-/// output ≈ 30, a gate product ≈ 320. By experts wins where experts are narrow and many are
+/// output ≈ 30, a gate product ≈ 300 on an output (64 bits), ≈ 225 on a hidden value (2f + 14
+/// bits; each gate read in f + 3 bits, [`gate_scalar_bits`]). By experts wins where experts are narrow and many are
 /// chosen: granite-3.1-1b-a400m (d_ff = d/2, top-8 of 32) 322 → 212 MB per layer (before the
 /// scatter's narrower ring); by rows where they are wide (Mixtral's d_ff = 3.5·d, top-2; the SPU
 /// shape's 4·d, top-1).
 fn scatter_hidden(cfg: &MoeConfig, n: usize, hidden_bits: u32) -> bool {
     let (k, e, d, d_ff) = (cfg.top_k as f64, cfg.experts as f64, cfg.d_model as f64, cfg.d_ff as f64);
-    let gate = if gate_weighted(cfg, n) { 320.0 } else { 0.0 };
+    let (output_gate, hidden_gate) = if gate_weighted(cfg, n) { (300.0, 225.0) } else { (0.0, 0.0) };
     let n = n as f64;
     let scatter = f64::from(hidden_bits) / 4.0;
-    let by_rows = k * n * e * d * (16.0 + 30.0) + k * n * d_ff * 130.0 + k * n * d * gate;
-    let by_experts = k * n * e * d_ff * scatter + n * e * d_ff * (130.0 + 5.0) + n * d * 30.0 + k * n * d_ff * gate;
+    let by_rows = k * n * e * d * (16.0 + 30.0) + k * n * d_ff * 130.0 + k * n * d * output_gate;
+    let by_experts =
+        k * n * e * d_ff * scatter + n * e * d_ff * (130.0 + 5.0) + n * d * 30.0 + k * n * d_ff * hidden_gate;
     by_experts < by_rows
 }
 
@@ -689,9 +691,8 @@ async fn capacity(
     }
     let _s = meter.scope("combine");
     let y_slots = truncate_extend(sess, &y_slots, 64, frac).await?;
-    let bits = gate_bits(frac);
-    let gated = mul_rows_in(sess, &y_slots, &slot_gate, bits, bits).await?;
-    let gated = truncate_extend(sess, &gated, bits, frac).await?;
+    let gated = mul_rows_in(sess, &y_slots, &slot_gate, gate_scalar_bits(frac), 64).await?;
+    let gated = truncate_extend(sess, &gated, 64, frac).await?;
     // back to the tokens: Y = Dᵀ·gated (n × d)
     let d_back = Shares::matrix((n, e * slots), transpose(e * slots, n, &dispatch), 0).map_err(ProtoError::from)?;
     let gated = sess.shares((e * slots, d), gated)?;
@@ -722,8 +723,10 @@ fn transpose(rows: usize, cols: usize, a: &[u64]) -> Vec<u64> {
     (0..cols).flat_map(|c| (0..rows).map(move |r| a[r * cols + c])).collect()
 }
 
-/// Ring of the gate products: |g| ≤ 1 at f bits times values below 2^12 at f bits (the experts'
-/// outputs, |o| < 2^8 with k ≤ 8 of them summed; SwiGLU's hidden values, |SiLU(a)·b| < 64·64).
+/// Ring of the hidden values' gate products (W2 by experts): |g| < 2 at f bits times |h| < 2^12
+/// at f bits (a gated product's bound, [`gated`]; GeLU's and ReLU's below 64). The experts'
+/// outputs have no such bound (a checkpoint's massive activations come out of its FFNs): their
+/// gate products run in Z_2^64, as cheap with the gate read in f + 3 bits.
 fn gate_bits(frac: u32) -> u32 {
     2 * frac + 14
 }
@@ -738,13 +741,12 @@ fn gate_scalar_bits(frac: u32) -> u32 {
 /// Σ_r g_r·o_r per token: `outputs` n·k rows of d and `gates` k·n values, both slot-major.
 async fn combine(sess: &mut Session, outputs: &[u64], gates: &[u64], n: usize, d: usize) -> ProtoResult<Vec<u64>> {
     let frac = sess.format().frac_bits();
-    let bits = gate_bits(frac);
-    let weighted = mul_rows_in(sess, outputs, gates, gate_scalar_bits(frac), bits).await?;
+    let weighted = mul_rows_in(sess, outputs, gates, gate_scalar_bits(frac), 64).await?;
     let mut y = vec![0u64; n * d];
     for slot in weighted.chunks_exact(n * d) {
         y.iter_mut().zip(slot).for_each(|(y, v)| *y = y.wrapping_add(*v));
     }
-    truncate_extend(sess, &y, bits, frac).await
+    truncate_extend(sess, &y, 64, frac).await
 }
 
 /// The shared expert on every token (n rows of d at f bits), scaled by sigmoid(x·w_g) where
@@ -772,9 +774,8 @@ async fn shared_expert(
     let pairs: Vec<u64> = logit.iter().flat_map(|&l| [l, 0]).collect();
     let pairs = sess.shares((n, 2), pairs)?;
     let sigma: Vec<u64> = softmax(sess, &pairs).await?.into_vec().into_iter().step_by(2).collect();
-    let bits = gate_bits(frac);
-    let scaled = mul_rows_in(sess, &y, &sigma, bits, bits).await?;
-    Ok(truncate_extend(sess, &scaled, bits, frac).await?)
+    let scaled = mul_rows_in(sess, &y, &sigma, gate_scalar_bits(frac), 64).await?;
+    Ok(truncate_extend(sess, &scaled, 64, frac).await?)
 }
 
 /// A dense expert on every row of X (n×d, each party's shares): the shared expert of a MoE
