@@ -301,7 +301,7 @@ fn outputs_beyond_two_to_the_twelve_are_gated_exactly() {
     // values near SiLU(48)·48 ≈ 2300, each output a sum of 32 of them times ½
     let (three, half) = (f.encode(3.0).unwrap() as i64 as i32, f.encode(0.5).unwrap() as i64 as i32);
     for (i, x) in w.experts.iter_mut().enumerate() {
-        let jitter = |j: usize| if (i + j) % 5 == 0 { three - (1 << 16) } else { three };
+        let jitter = |j: usize| if (i + j).is_multiple_of(5) { three - (1 << 16) } else { three };
         x.w1.iter_mut().enumerate().for_each(|(j, v)| *v = jitter(j));
         x.w3.as_mut().unwrap().iter_mut().enumerate().for_each(|(j, v)| *v = jitter(j + 1));
         x.w2.iter_mut().for_each(|v| *v = half);
