@@ -4,6 +4,8 @@ use cryprot_core::aes_hash::FIXED_KEY_HASH;
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::simd::{self, Avx2, Avx512, Lanes, Level, mul_shoup, mul_shoup_lazy};
 use super::{Backend, BackendResult, Block, Buffer, Held, HeldRuns, NttTable, Prepared, Tweaks, Workers};
 use crate::ring::modp::Modulus;
 
@@ -234,10 +236,7 @@ impl Backend for CpuBackend {
             for row in out.chunks_exact_mut(n) {
                 windows.iter_mut().zip(row.chunks_mut(width)).for_each(|(w, piece)| w.push(piece));
             }
-            // SAFETY: the CPU supports AVX-512 F and DQ (`lazy_conversion`).
-            let convert = |w: usize, rows: Vec<&mut [u64]>| unsafe {
-                convert_window_avx512(moduli, n, x, consts, w * width, rows)
-            };
+            let convert = |w: usize, rows: Vec<&mut [u64]>| convert_window(moduli, n, x, consts, w * width, rows);
             if small {
                 windows.into_iter().enumerate().for_each(|(w, rows)| convert(w, rows));
             } else {
@@ -412,7 +411,7 @@ fn divide_element(m: &Modulus, x: u64, v: u64, p_top: u64, p_mod: u64, inv: u64,
 /// [`divide_element`] over a row, on the best instruction set of the machine.
 fn divide_row(m: &Modulus, row: &mut [u64], top: &[u64], p_top: u64, consts: [u64; 3]) {
     #[cfg(target_arch = "x86_64")]
-    if p_top < m.value() && super::ntt::simd::level() == super::ntt::simd::Level::Avx512 {
+    if p_top < m.value() && simd::level() == Level::Avx512 {
         // SAFETY: the CPU supports the features of this variant (checked at run time above).
         return unsafe { divide_row_avx512(m, row, top, p_top, consts) };
     }
@@ -436,47 +435,81 @@ fn divide_row_avx512(m: &Modulus, row: &mut [u64], top: &[u64], p_top: u64, cons
     let [_, inv, inv_shoup] = consts;
     let splat = |v: u64| _mm512_set1_epi64(v as i64);
     let (p, half, lift) = (splat(m.value()), splat(p_top / 2), splat(m.value() - p_top));
-    let (inv, inv_shoup) = (splat(inv), splat(inv_shoup));
+    let (inv, inv_shoup) = (Avx512(splat(inv)), Avx512(splat(inv_shoup)));
     let body = row.len() - row.len() % 8;
     for i in (0..body).step_by(8) {
-        // SAFETY: i + 8 ≤ body ≤ the length of row and of top; unaligned loads and stores.
+        // SAFETY: i + 8 ≤ body ≤ the length of row and of top; unaligned loads and stores; the
+        // CPU has AVX-512 (this function's features).
         unsafe {
             let x = _mm512_loadu_si512(row.as_ptr().add(i).cast());
             let v = _mm512_loadu_si512(top.as_ptr().add(i).cast());
             let centred = _mm512_mask_add_epi64(v, _mm512_cmpgt_epu64_mask(v, half), v, lift);
             // x − centred + p in [1, 2p), then [0, p)
             let d = _mm512_sub_epi64(_mm512_add_epi64(x, p), centred);
-            let d = _mm512_min_epu64(d, _mm512_sub_epi64(d, p));
-            let q = super::ntt::mulhi_avx512(d, inv_shoup);
-            let r = _mm512_sub_epi64(_mm512_mullo_epi64(d, inv), _mm512_mullo_epi64(q, p));
-            _mm512_storeu_si512(row.as_mut_ptr().add(i).cast(), _mm512_min_epu64(r, _mm512_sub_epi64(r, p)));
+            let d = Avx512(_mm512_min_epu64(d, _mm512_sub_epi64(d, p)));
+            let r = mul_shoup(d, inv, inv_shoup, Avx512(p)).reduce_once(Avx512(p));
+            _mm512_storeu_si512(row.as_mut_ptr().add(i).cast(), r.0);
         }
     }
     divide_row_kernel(m, &mut row[body..], &top[body..], p_top, consts)
 }
 
-/// Slots per task of a base conversion on AVX-512 (a multiple of 8): every input row's window and the
-/// outputs' stay in L2.
+/// Slots per task of a vectorized base conversion (a multiple of 8): every input row's window
+/// and the outputs' stay in L2.
 #[cfg(target_arch = "x86_64")]
 const CONVERT_WINDOW: usize = 1 << 10;
 
-/// Whether [`convert_window_avx512`] takes a conversion into `moduli` of rows of `n` slots:
-/// AVX-512, moduli below 2^61 (sums of two lazy products below 8p < 2^64), whole vectors.
+/// Whether [`convert_window`] takes a conversion into `moduli` of rows of `n` slots at the
+/// machine's level: a vector set, moduli below its [`Lanes::PRIME_LIMIT`] (sums of two lazy
+/// products below 8p), whole vectors.
 #[cfg(target_arch = "x86_64")]
 fn lazy_conversion(moduli: &[Modulus], n: usize) -> bool {
-    super::ntt::simd::level() == super::ntt::simd::Level::Avx512
-        && moduli.iter().all(|m| m.value() < 1 << 61)
-        && n.is_multiple_of(8)
+    fn takes<L: Lanes>(moduli: &[Modulus], n: usize) -> bool {
+        moduli.iter().all(|m| m.value() < L::PRIME_LIMIT) && n.is_multiple_of(L::LEN)
+    }
+    match simd::level() {
+        Level::Avx512 => takes::<Avx512>(moduli, n),
+        Level::Avx2 => takes::<Avx2>(moduli, n),
+        Level::Baseline => false,
+    }
 }
 
 /// The window of slots from `first` of a base conversion, `out[j] = Σ_i x[i]·c[i][j] mod m_j`
-/// for the output rows' pieces `out`: per vector of eight slots, each output's sum stays in a
-/// register over all input rows (the inputs' vectors are read from L1 once per output), each
-/// product Shoup's with the shortened quotient of the NTT (in [0, 4p)), the sum kept in
-/// [0, 4p) by one conditional subtraction per term and fully reduced once at the end.
+/// for the output rows' pieces `out`, at the machine's level (one [`lazy_conversion`] takes):
+/// per vector of slots, each output's sum stays in a register over all input rows (the inputs'
+/// vectors are read from L1 once per output), each product Shoup's with the shortened quotient
+/// of the NTT (in [0, 4p)), the sum kept in [0, 4p) by one conditional subtraction per term and
+/// fully reduced once at the end.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq")]
-fn convert_window_avx512(
+fn convert_window(moduli: &[Modulus], n: usize, x: &[u64], consts: &[(u64, u64)], first: usize, out: Vec<&mut [u64]>) {
+    #[target_feature(enable = "avx2")]
+    fn avx2(moduli: &[Modulus], n: usize, x: &[u64], consts: &[(u64, u64)], first: usize, out: Vec<&mut [u64]>) {
+        // SAFETY: compiled for AVX2, called at that level only.
+        unsafe { convert_window_lanes::<Avx2>(moduli, n, x, consts, first, out) }
+    }
+    #[target_feature(enable = "avx512f,avx512dq")]
+    fn avx512(moduli: &[Modulus], n: usize, x: &[u64], consts: &[(u64, u64)], first: usize, out: Vec<&mut [u64]>) {
+        // SAFETY: compiled for AVX-512, called at that level only.
+        unsafe { convert_window_lanes::<Avx512>(moduli, n, x, consts, first, out) }
+    }
+    debug_assert!(lazy_conversion(moduli, n));
+    match simd::level() {
+        // SAFETY: the CPU supports the level's features (`simd::level`).
+        Level::Avx512 => unsafe { avx512(moduli, n, x, consts, first, out) },
+        // SAFETY: as above.
+        Level::Avx2 => unsafe { avx2(moduli, n, x, consts, first, out) },
+        Level::Baseline => unreachable!("no vector conversion at the portable level (`lazy_conversion`)"),
+    }
+}
+
+/// [`convert_window`] on lanes `L`.
+///
+/// # Safety
+/// The CPU has `L`'s instruction set; x holds the rows of n slots, first + each piece's length
+/// ≤ n, pieces of whole vectors.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn convert_window_lanes<L: Lanes>(
     moduli: &[Modulus],
     n: usize,
     x: &[u64],
@@ -484,25 +517,23 @@ fn convert_window_avx512(
     first: usize,
     mut out: Vec<&mut [u64]>,
 ) {
-    use super::ntt::avx512::{mul_shoup_lazy, reduce_once};
-    use std::arch::x86_64::*;
     let (inputs, outputs) = (x.len() / n, moduli.len());
-    let splat = |v: u64| _mm512_set1_epi64(v as i64);
-    let primes: Vec<[__m512i; 3]> = moduli.iter().map(|m| [1, 2, 4].map(|k| splat(k * m.value()))).collect();
     let len = out.first().map_or(0, |row| row.len());
-    for s in (0..len).step_by(8) {
-        for (j, row) in out.iter_mut().enumerate() {
-            let [p, two_p, four_p] = primes[j];
-            let mut acc = _mm512_setzero_si512();
-            for i in 0..inputs {
-                let (c, shoup) = consts[i * outputs + j];
-                // SAFETY: first + s + 8 ≤ n (windows of whole vectors), so the load stays in row i.
-                let y = unsafe { _mm512_loadu_si512(x.as_ptr().add(i * n + first + s).cast()) };
-                acc = reduce_once(_mm512_add_epi64(acc, mul_shoup_lazy(y, splat(c), splat(shoup), p)), four_p);
+    // SAFETY: the caller's contract: the set, and first + s + LEN ≤ n (windows of whole
+    // vectors), so every load stays in row i, and s + LEN ≤ the window's length.
+    unsafe {
+        for s in (0..len).step_by(L::LEN) {
+            for (j, row) in out.iter_mut().enumerate() {
+                let p = moduli[j].value();
+                let (p, two_p, four_p) = (L::splat(p), L::splat(2 * p), L::splat(4 * p));
+                let mut acc = L::splat(0);
+                for i in 0..inputs {
+                    let (c, shoup) = consts[i * outputs + j];
+                    let y = L::load(x.as_ptr().add(i * n + first + s));
+                    acc = acc.add(mul_shoup_lazy(y, L::splat(c), L::splat(shoup), p)).reduce_once(four_p);
+                }
+                acc.reduce_once(two_p).reduce_once(p).store(row.as_mut_ptr().add(s));
             }
-            let acc = reduce_once(reduce_once(acc, two_p), p);
-            // SAFETY: s + 8 ≤ the window's length, a multiple of 8.
-            unsafe { _mm512_storeu_si512(row.as_mut_ptr().add(s).cast(), acc) };
         }
     }
 }
@@ -511,43 +542,50 @@ fn convert_window_avx512(
 /// `shoup` and any u64 values y, on the best instruction set of the machine.
 fn accumulate_scalar(m: &Modulus, acc: &mut [u64], y: &[u64], c: u64, shoup: u64) {
     #[cfg(target_arch = "x86_64")]
-    return accumulate_scalar_at(super::ntt::simd::level(), m, acc, y, c, shoup);
+    return accumulate_scalar_at(simd::level(), m, acc, y, c, shoup);
     #[cfg(not(target_arch = "x86_64"))]
     accumulate_scalar_kernel(m, acc, y, c, shoup)
 }
 
 /// [`accumulate_scalar`] at instruction-set `level`, which the CPU must support.
 #[cfg(target_arch = "x86_64")]
-fn accumulate_scalar_at(level: super::ntt::simd::Level, m: &Modulus, acc: &mut [u64], y: &[u64], c: u64, shoup: u64) {
-    use super::ntt::simd::Level;
+fn accumulate_scalar_at(level: Level, m: &Modulus, acc: &mut [u64], y: &[u64], c: u64, shoup: u64) {
+    #[target_feature(enable = "avx2")]
+    fn avx2(m: &Modulus, acc: &mut [u64], y: &[u64], c: u64, shoup: u64) {
+        // SAFETY: compiled for AVX2, called at that level only.
+        unsafe { accumulate_scalar_lanes::<Avx2>(m, acc, y, c, shoup) }
+    }
+    #[target_feature(enable = "avx512f,avx512dq")]
+    fn avx512(m: &Modulus, acc: &mut [u64], y: &[u64], c: u64, shoup: u64) {
+        // SAFETY: compiled for AVX-512, called at that level only.
+        unsafe { accumulate_scalar_lanes::<Avx512>(m, acc, y, c, shoup) }
+    }
     match level {
-        // SAFETY: the CPU supports the features this variant is compiled for (checked at run
+        // SAFETY: the CPU supports the features these variants are compiled for (checked at run
         // time by `simd::level` / `simd::available`).
-        Level::Avx512 => unsafe { accumulate_scalar_avx512(m, acc, y, c, shoup) },
-        Level::Avx2 | Level::Baseline => accumulate_scalar_kernel(m, acc, y, c, shoup),
+        Level::Avx512 if m.value() < Avx512::PRIME_LIMIT => unsafe { avx512(m, acc, y, c, shoup) },
+        // SAFETY: as above.
+        Level::Avx2 if m.value() < Avx2::PRIME_LIMIT => unsafe { avx2(m, acc, y, c, shoup) },
+        _ => accumulate_scalar_kernel(m, acc, y, c, shoup),
     }
 }
 
-/// AVX-512 version: 8 lanes at a time; the tail goes through the kernel.
+/// [`accumulate_scalar`] on lanes `L`, the tail through the kernel.
+///
+/// # Safety
+/// The CPU has `L`'s instruction set; p below its [`Lanes::PRIME_LIMIT`].
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq,avx512vl,bmi2")]
-fn accumulate_scalar_avx512(m: &Modulus, acc: &mut [u64], y: &[u64], c: u64, shoup: u64) {
-    use std::arch::x86_64::*;
+#[inline(always)]
+unsafe fn accumulate_scalar_lanes<L: Lanes>(m: &Modulus, acc: &mut [u64], y: &[u64], c: u64, shoup: u64) {
     let len = acc.len().min(y.len());
-    let body = len - len % 8;
-    let p = _mm512_set1_epi64(m.value() as i64);
-    let two_p = _mm512_set1_epi64(2 * m.value() as i64);
-    let (cv, sv) = (_mm512_set1_epi64(c as i64), _mm512_set1_epi64(shoup as i64));
-    for i in (0..body).step_by(8) {
-        // SAFETY: i + 8 ≤ body ≤ the length of both slices; unaligned loads and stores.
-        unsafe {
-            let ya = _mm512_loadu_si512(y.as_ptr().add(i).cast());
-            let aa = _mm512_loadu_si512(acc.as_ptr().add(i).cast());
-            let q = super::ntt::mulhi_avx512(ya, sv);
-            let r = _mm512_sub_epi64(_mm512_mullo_epi64(ya, cv), _mm512_mullo_epi64(q, p));
-            let s = _mm512_add_epi64(aa, r);
-            let s = _mm512_min_epu64(s, _mm512_sub_epi64(s, two_p));
-            _mm512_storeu_si512(acc.as_mut_ptr().add(i).cast(), s);
+    let body = len - len % L::LEN;
+    // SAFETY: the caller's contract; i + LEN ≤ body ≤ the length of both slices.
+    unsafe {
+        let (p, two_p) = (L::splat(m.value()), L::splat(2 * m.value()));
+        let (cv, sv) = (L::splat(c), L::splat(shoup));
+        for i in (0..body).step_by(L::LEN) {
+            let r = mul_shoup(L::load(y.as_ptr().add(i)), cv, sv, p);
+            L::load(acc.as_ptr().add(i)).add(r).reduce_once(two_p).store(acc.as_mut_ptr().add(i));
         }
     }
     accumulate_scalar_kernel(m, &mut acc[body..len], &y[body..len], c, shoup)
@@ -586,12 +624,15 @@ impl Folds {
 }
 
 /// Whether [`mac_block`] sums the products of every limb exactly, on every block of
-/// polynomials of `n` values: AVX-512, primes below 2^58, whole vectors of 8 slots.
+/// polynomials of `n` values: a vector set, primes below 2^58, whole vectors.
 fn exact_sums(moduli: &[Modulus], n: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
-    return super::ntt::simd::level() == super::ntt::simd::Level::Avx512
-        && moduli.iter().all(|m| m.bits() <= 58)
-        && n.is_multiple_of(8);
+    return moduli.iter().all(|m| m.bits() <= 58)
+        && match simd::level() {
+            Level::Avx512 => n.is_multiple_of(Avx512::LEN),
+            Level::Avx2 => n.is_multiple_of(Avx2::LEN),
+            Level::Baseline => false,
+        };
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
@@ -613,29 +654,42 @@ struct Operands<'a> {
 }
 
 /// The multiply-accumulate of one block: `acc[c] = Σ_i x[i·x_step + c] · w[i·w_step + c] mod p` over the
-/// inputs of `ops`, for c < acc.len(). On AVX-512 with p < 2^58 the products are summed exactly
-/// and reduced once per run of inputs (no product pays a reduction, and the constants are not
-/// read); otherwise each product is a lazy Shoup product.
+/// inputs of `ops`, for c < acc.len(). On a vector set with p < 2^58 the products are summed
+/// exactly and reduced once per run of inputs (no product pays a reduction, and the constants
+/// are not read); otherwise each product is a lazy Shoup product.
 fn mac_block(folds: &Folds, acc: &mut [u64], ops: Operands<'_>) {
     #[cfg(target_arch = "x86_64")]
-    return mac_block_at(super::ntt::simd::level(), folds, acc, ops);
+    return mac_block_at(simd::level(), folds, acc, ops);
     #[cfg(not(target_arch = "x86_64"))]
     mac_block_shoup(&folds.m, acc, ops, accumulate_kernel)
 }
 
 /// [`mac_block`] at instruction-set `level`, which the CPU must support.
 #[cfg(target_arch = "x86_64")]
-fn mac_block_at(level: super::ntt::simd::Level, folds: &Folds, acc: &mut [u64], ops: Operands<'_>) {
-    use super::ntt::simd::Level;
+fn mac_block_at(level: Level, folds: &Folds, acc: &mut [u64], ops: Operands<'_>) {
+    #[target_feature(enable = "avx2")]
+    fn avx2(folds: &Folds, acc: &mut [u64], ops: Operands<'_>) {
+        // SAFETY: compiled for AVX2, called at that level only; the rest as `mac_block_exact`'s.
+        unsafe { mac_block_exact::<Avx2>(folds, acc, ops) }
+    }
+    #[target_feature(enable = "avx512f,avx512dq")]
+    fn avx512(folds: &Folds, acc: &mut [u64], ops: Operands<'_>) {
+        // SAFETY: compiled for AVX-512, called at that level only; the rest as above.
+        unsafe { mac_block_exact::<Avx512>(folds, acc, ops) }
+    }
     let len = acc.len();
+    let exact = folds.exact && len <= MAC_BLOCK && exact_pays(&ops);
+    let reach = |step: usize| (ops.inputs - 1) * step + len;
     match level {
-        Level::Avx512 if folds.exact && len.is_multiple_of(8) && len <= MAC_BLOCK && exact_pays(&ops) => {
-            let reach = |step: usize| (ops.inputs - 1) * step + len;
-            let ops = Operands { x: &ops.x[..reach(ops.x_step)], w: &ops.w[..reach(ops.w_step)], ..ops };
-            // SAFETY: the CPU supports the features this variant is compiled for (checked at
-            // run time by `simd::level` / `simd::available`); x and w hold every input's block.
-            unsafe { mac_block_avx512(folds, acc, ops) }
-        }
+        // SAFETY: the CPU supports the features these variants are compiled for (checked at
+        // run time by `simd::level` / `simd::available`); x and w hold every input's block.
+        Level::Avx512 if exact && len.is_multiple_of(Avx512::LEN) => unsafe {
+            avx512(folds, acc, Operands { x: &ops.x[..reach(ops.x_step)], w: &ops.w[..reach(ops.w_step)], ..ops })
+        },
+        // SAFETY: as above.
+        Level::Avx2 if exact && len.is_multiple_of(Avx2::LEN) => unsafe {
+            avx2(folds, acc, Operands { x: &ops.x[..reach(ops.x_step)], w: &ops.w[..reach(ops.w_step)], ..ops })
+        },
         _ => mac_block_shoup(&folds.m, acc, ops, |m, a, y, v, c| accumulate_at(level, m, a, y, v, c)),
     }
 }
@@ -653,83 +707,75 @@ fn exact_pays(ops: &Operands<'_>) -> bool {
 #[cfg(target_arch = "x86_64")]
 const EXACT_FROM: usize = 4;
 
-/// AVX-512 version for primes below 2^58 and blocks of whole vectors: each residue splits into
-/// 29-bit halves (x = x1·2^29 + x0), whose 32×32-bit products are summed exactly in three 64-bit
-/// lanes (low, middle, high: kept in L1 for the block, in registers across 8 inputs at a time)
-/// for up to 32 inputs before one fold into `acc`.
+/// The exact multiply-accumulate on lanes `L`, for primes below 2^58 and blocks of whole
+/// vectors: each residue splits into 29-bit halves (x = x1·2^29 + x0), whose 32×32-bit
+/// products are summed exactly in three 64-bit lanes (low, middle, high: kept in L1 for the
+/// block, in registers across 8 inputs at a time) for up to 32 inputs before one fold into
+/// `acc`.
+///
+/// # Safety
+/// The CPU has `L`'s instruction set; acc.len() ≤ [`MAC_BLOCK`] and a multiple of `LEN`; x and
+/// w hold (inputs − 1)·step + acc.len() values.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq,avx512vl,bmi2")]
-fn mac_block_avx512(folds: &Folds, acc: &mut [u64], ops: Operands<'_>) {
-    use std::arch::x86_64::*;
+#[inline(always)]
+unsafe fn mac_block_exact<L: Lanes>(folds: &Folds, acc: &mut [u64], ops: Operands<'_>) {
     let Operands { x, w, inputs, x_step, w_step, add, .. } = ops;
     /// Inputs per exact sum: a middle term x0·w1 + x1·w0 is below 2^59.
     const RUN: usize = 32;
     /// Inputs per pass over the block: the sums stay in registers across them.
     const PASS: usize = 8;
     let len = acc.len();
-    let (p, two_p, four_p) = (folds.m.value(), 2 * folds.m.value(), 4 * folds.m.value());
-    let splat = |v: u64| _mm512_set1_epi64(v as i64);
-    let (pv, two_pv, four_pv, low29) = (splat(p), splat(two_p), splat(four_p), splat((1 << 29) - 1));
-    let pairs = [folds.one, folds.at29, folds.at58].map(|(c, s)| (splat(c), splat(s)));
-    // y·c mod p in [0, 2p) for any u64 lanes y (Shoup)
-    let times = |y: __m512i, (c, s): (__m512i, __m512i)| {
-        let q = super::ntt::mulhi_avx512(y, s);
-        _mm512_sub_epi64(_mm512_mullo_epi64(y, c), _mm512_mullo_epi64(q, pv))
-    };
+    debug_assert!(len <= MAC_BLOCK && len.is_multiple_of(L::LEN));
+    debug_assert!(inputs == 0 || (x.len() >= (inputs - 1) * x_step + len && w.len() >= (inputs - 1) * w_step + len));
     let (mut lo, mut mid, mut hi) = ([0u64; MAC_BLOCK], [0u64; MAC_BLOCK], [0u64; MAC_BLOCK]);
     let (lo, mid, hi) = (&mut lo[..len], &mut mid[..len], &mut hi[..len]);
     if !add {
         acc.fill(0);
     }
-    for first in (0..inputs).step_by(RUN) {
-        let last = (first + RUN).min(inputs);
-        for (from, to) in (first..last).step_by(PASS).map(|from| (from, (from + PASS).min(last))) {
-            for c in (0..len).step_by(8) {
-                // SAFETY: c + 8 ≤ len, the length of the sums, and input i's slots c..c + 8 lie
-                // below (inputs − 1)·step + len, the length of x and w; unaligned loads and stores.
-                unsafe {
-                    let load = |v: &[u64], at: usize| _mm512_loadu_si512(v.as_ptr().add(at).cast());
+    // SAFETY: the caller's contract: the set; every c + LEN ≤ len, the length of acc and of
+    // the sums, and input i's slots c..c + LEN lie below (inputs − 1)·step + len.
+    unsafe {
+        let p = folds.m.value();
+        let (pv, two_pv, four_pv, low29) = (L::splat(p), L::splat(2 * p), L::splat(4 * p), L::splat((1 << 29) - 1));
+        let (one, at29, at58) = (folds.one, folds.at29, folds.at58);
+        let one = (L::splat(one.0), L::splat(one.1));
+        let at29 = (L::splat(at29.0), L::splat(at29.1));
+        let at58 = (L::splat(at58.0), L::splat(at58.1));
+        for first in (0..inputs).step_by(RUN) {
+            let last = (first + RUN).min(inputs);
+            for (from, to) in (first..last).step_by(PASS).map(|from| (from, (from + PASS).min(last))) {
+                for c in (0..len).step_by(L::LEN) {
                     let (mut s_lo, mut s_mid, mut s_hi) = if from == first {
-                        (splat(0), splat(0), splat(0))
+                        (L::splat(0), L::splat(0), L::splat(0))
                     } else {
-                        (load(lo, c), load(mid, c), load(hi, c))
+                        (L::load(lo.as_ptr().add(c)), L::load(mid.as_ptr().add(c)), L::load(hi.as_ptr().add(c)))
                     };
                     for i in from..to {
-                        let (xv, wv) = (load(x, i * x_step + c), load(w, i * w_step + c));
-                        let (x0, x1) = (_mm512_and_si512(xv, low29), _mm512_srli_epi64(xv, 29));
-                        let (w0, w1) = (_mm512_and_si512(wv, low29), _mm512_srli_epi64(wv, 29));
-                        s_lo = _mm512_add_epi64(s_lo, _mm512_mul_epu32(x0, w0));
-                        let m = _mm512_add_epi64(_mm512_mul_epu32(x0, w1), _mm512_mul_epu32(x1, w0));
-                        s_mid = _mm512_add_epi64(s_mid, m);
-                        s_hi = _mm512_add_epi64(s_hi, _mm512_mul_epu32(x1, w1));
+                        let xv = L::load(x.as_ptr().add(i * x_step + c));
+                        let wv = L::load(w.as_ptr().add(i * w_step + c));
+                        let (x0, x1) = (xv.and(low29), xv.shr29());
+                        let (w0, w1) = (wv.and(low29), wv.shr29());
+                        s_lo = s_lo.add(x0.mul32(w0));
+                        s_mid = s_mid.add(x0.mul32(w1).add(x1.mul32(w0)));
+                        s_hi = s_hi.add(x1.mul32(w1));
                     }
-                    let store = |v: &mut [u64], s: __m512i| _mm512_storeu_si512(v.as_mut_ptr().add(c).cast(), s);
-                    store(lo, s_lo);
-                    store(mid, s_mid);
-                    store(hi, s_hi);
+                    s_lo.store(lo.as_mut_ptr().add(c));
+                    s_mid.store(mid.as_mut_ptr().add(c));
+                    s_hi.store(hi.as_mut_ptr().add(c));
                 }
             }
-        }
-        // acc + low + middle·2^29 + high·2^58 mod p, lazily in [0, 2p)
-        for c in (0..len).step_by(8) {
-            // SAFETY: c + 8 ≤ len, the length of acc and the sums.
-            unsafe {
-                let load = |v: &[u64]| _mm512_loadu_si512(v.as_ptr().add(c).cast());
-                let r = _mm512_add_epi64(
-                    _mm512_add_epi64(load(acc), times(load(lo), pairs[0])),
-                    _mm512_add_epi64(times(load(mid), pairs[1]), times(load(hi), pairs[2])),
-                );
-                let r = _mm512_min_epu64(r, _mm512_sub_epi64(r, four_pv));
-                let r = _mm512_min_epu64(r, _mm512_sub_epi64(r, two_pv));
-                _mm512_storeu_si512(acc.as_mut_ptr().add(c).cast(), r);
+            // acc + low + middle·2^29 + high·2^58 mod p, lazily in [0, 2p)
+            for c in (0..len).step_by(L::LEN) {
+                let (a, l) = (L::load(acc.as_ptr().add(c)), L::load(lo.as_ptr().add(c)));
+                let (m, h) = (L::load(mid.as_ptr().add(c)), L::load(hi.as_ptr().add(c)));
+                let r = a
+                    .add(mul_shoup(l, one.0, one.1, pv))
+                    .add(mul_shoup(m, at29.0, at29.1, pv).add(mul_shoup(h, at58.0, at58.1, pv)));
+                r.reduce_once(four_pv).reduce_once(two_pv).store(acc.as_mut_ptr().add(c));
             }
         }
-    }
-    for c in (0..len).step_by(8) {
-        // SAFETY: as above.
-        unsafe {
-            let a = _mm512_loadu_si512(acc.as_ptr().add(c).cast());
-            _mm512_storeu_si512(acc.as_mut_ptr().add(c).cast(), _mm512_min_epu64(a, _mm512_sub_epi64(a, pv)));
+        for c in (0..len).step_by(L::LEN) {
+            L::load(acc.as_ptr().add(c)).reduce_once(pv).store(acc.as_mut_ptr().add(c));
         }
     }
 }
@@ -765,52 +811,50 @@ fn mac_block_shoup(
 /// The lazy Shoup multiply-accumulate `acc += y ⊙ v mod p` (acc in [0, 2p)) with the constants
 /// `consts` of v, at instruction-set `level`, which the CPU must support.
 #[cfg(target_arch = "x86_64")]
-fn accumulate_at(level: super::ntt::simd::Level, m: &Modulus, acc: &mut [u64], y: &[u64], v: &[u64], consts: &[u64]) {
-    use super::ntt::simd::Level;
+fn accumulate_at(level: Level, m: &Modulus, acc: &mut [u64], y: &[u64], v: &[u64], consts: &[u64]) {
+    #[target_feature(enable = "avx2")]
+    fn avx2(m: &Modulus, acc: &mut [u64], y: &[u64], v: &[u64], consts: &[u64]) {
+        // SAFETY: compiled for AVX2, called at that level only.
+        unsafe { accumulate_lanes::<Avx2>(m, acc, y, v, consts) }
+    }
+    #[target_feature(enable = "avx512f,avx512dq")]
+    fn avx512(m: &Modulus, acc: &mut [u64], y: &[u64], v: &[u64], consts: &[u64]) {
+        // SAFETY: compiled for AVX-512, called at that level only.
+        unsafe { accumulate_lanes::<Avx512>(m, acc, y, v, consts) }
+    }
     match level {
         // SAFETY: the CPU supports the features these variants are compiled for (checked at run
         // time by `simd::level` / `simd::available`).
-        Level::Avx512 => unsafe { accumulate_avx512(m, acc, y, v, consts) },
+        Level::Avx512 if m.value() < Avx512::PRIME_LIMIT => unsafe { avx512(m, acc, y, v, consts) },
         // SAFETY: as above.
-        Level::Avx2 => unsafe { accumulate_avx2(m, acc, y, v, consts) },
-        Level::Baseline => accumulate_kernel(m, acc, y, v, consts),
+        Level::Avx2 if m.value() < Avx2::PRIME_LIMIT => unsafe { avx2(m, acc, y, v, consts) },
+        _ => accumulate_kernel(m, acc, y, v, consts),
     }
 }
 
-/// AVX-512 version: 8 lanes at a time; the tail goes through the kernel.
+/// [`accumulate_at`] on lanes `L`, the tail through the kernel.
+///
+/// # Safety
+/// The CPU has `L`'s instruction set; p below its [`Lanes::PRIME_LIMIT`].
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq,avx512vl,bmi2")]
-fn accumulate_avx512(m: &Modulus, acc: &mut [u64], y: &[u64], v: &[u64], consts: &[u64]) {
-    use std::arch::x86_64::*;
+#[inline(always)]
+unsafe fn accumulate_lanes<L: Lanes>(m: &Modulus, acc: &mut [u64], y: &[u64], v: &[u64], consts: &[u64]) {
     let len = acc.len().min(y.len()).min(v.len()).min(consts.len());
-    let body = len - len % 8;
-    let p = _mm512_set1_epi64(m.value() as i64);
-    let two_p = _mm512_set1_epi64(2 * m.value() as i64);
-    for i in (0..body).step_by(8) {
-        // SAFETY: i + 8 ≤ body ≤ the length of every slice; unaligned loads and stores.
-        unsafe {
-            let ya = _mm512_loadu_si512(y.as_ptr().add(i).cast());
-            let va = _mm512_loadu_si512(v.as_ptr().add(i).cast());
-            let sa = _mm512_loadu_si512(consts.as_ptr().add(i).cast());
-            let aa = _mm512_loadu_si512(acc.as_ptr().add(i).cast());
-            let q = super::ntt::mulhi_avx512(ya, sa);
-            let r = _mm512_sub_epi64(_mm512_mullo_epi64(ya, va), _mm512_mullo_epi64(q, p));
-            let s = _mm512_add_epi64(aa, r);
-            let s = _mm512_min_epu64(s, _mm512_sub_epi64(s, two_p));
-            _mm512_storeu_si512(acc.as_mut_ptr().add(i).cast(), s);
+    let body = len - len % L::LEN;
+    // SAFETY: the caller's contract; i + LEN ≤ body ≤ the length of every slice.
+    unsafe {
+        let (p, two_p) = (L::splat(m.value()), L::splat(2 * m.value()));
+        for i in (0..body).step_by(L::LEN) {
+            let (yv, vv, sv) =
+                (L::load(y.as_ptr().add(i)), L::load(v.as_ptr().add(i)), L::load(consts.as_ptr().add(i)));
+            let r = mul_shoup(yv, vv, sv, p);
+            L::load(acc.as_ptr().add(i)).add(r).reduce_once(two_p).store(acc.as_mut_ptr().add(i));
         }
     }
     accumulate_kernel(m, &mut acc[body..len], &y[body..len], &v[body..len], &consts[body..len])
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,bmi2")]
-fn accumulate_avx2(m: &Modulus, acc: &mut [u64], y: &[u64], v: &[u64], consts: &[u64]) {
-    accumulate_kernel(m, acc, y, v, consts)
-}
-
-/// The multiply-accumulate loop, inlined into each instruction-set variant (which the compiler
-/// vectorizes for that set).
+/// The multiply-accumulate loop (the portable level, and the tails of the vector ones).
 #[inline(always)]
 fn accumulate_kernel(m: &Modulus, acc: &mut [u64], y: &[u64], v: &[u64], consts: &[u64]) {
     let (p, two_p) = (m.value(), 2 * m.value());
@@ -887,7 +931,7 @@ mod tests {
                             (0..inputs).fold(base, |a, i| m.add(a, m.mul(x[i * n + c], w[i * n + c])))
                         })
                         .collect();
-                    for level in super::super::ntt::simd::available() {
+                    for level in super::super::simd::available() {
                         for prepared in [Prepared::W(&ws), Prepared::X(&xs)] {
                             let mut got = start.clone();
                             let ops = Operands { x: &x, w: &w, prepared, inputs, x_step: n, w_step: n, add };
@@ -905,7 +949,7 @@ mod tests {
             let consts: Vec<u64> = v.iter().map(|&x| m.shoup(x)).collect();
             let mut want = acc.clone();
             accumulate_kernel(&m, &mut want, &y, &v, &consts);
-            for level in super::super::ntt::simd::available() {
+            for level in super::super::simd::available() {
                 let mut got = acc.clone();
                 accumulate_at(level, &m, &mut got, &y, &v, &consts);
                 assert_eq!(got, want, "{level:?}, {bits}-bit prime");
@@ -914,7 +958,7 @@ mod tests {
             let any: Vec<u64> = (0..len).map(|_| rng.random()).collect();
             let mut want = acc.clone();
             accumulate_scalar_kernel(&m, &mut want, &any, v[0], consts[0]);
-            for level in super::super::ntt::simd::available() {
+            for level in super::super::simd::available() {
                 let mut got = acc.clone();
                 accumulate_scalar_at(level, &m, &mut got, &any, v[0], consts[0]);
                 assert_eq!(got, want, "by a constant: {level:?}, {bits}-bit prime");

@@ -20,6 +20,8 @@ mod cuda;
 mod kernels;
 pub mod ntt;
 mod rns;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 
 pub use cpu::CpuBackend;
 pub use cryprot_core::Block;

@@ -13,7 +13,9 @@ use crate::ring::RingError;
 use crate::ring::modp::Modulus;
 
 #[cfg(target_arch = "x86_64")]
-pub(super) mod avx512;
+mod vector;
+#[cfg(target_arch = "x86_64")]
+use super::simd;
 
 /// Twiddle tables for one (N, p).
 #[derive(Debug, Clone)]
@@ -178,30 +180,44 @@ impl NttTable {
     /// level from [`simd::level`] or [`simd::available`]).
     #[cfg(target_arch = "x86_64")]
     fn forward_at(&self, level: simd::Level, a: &mut [u64], s: usize, first: usize) {
-        if level == simd::Level::Avx512 && avx512::takes(self, first, a.len()) {
-            // SAFETY: the CPU supports the features this variant is compiled for (checked at
-            // run time by `simd::level` / `simd::available`).
-            return unsafe { avx512::forward(self, a, s, first) };
-        }
-        Self::replicate(a, s);
+        use simd::{Avx2, Avx512, Level};
         match level {
+            // SAFETY: the CPU supports the features these variants are compiled for (checked at
+            // run time by `simd::level` / `simd::available`).
+            Level::Avx512 if vector::takes::<Avx512>(self, first, a.len()) => unsafe {
+                vector::forward_avx512(self, a, s, first)
+            },
             // SAFETY: as above.
-            simd::Level::Avx512 => unsafe { self.forward_avx512(a, s, first) },
-            // SAFETY: as above.
-            simd::Level::Avx2 => unsafe { self.forward_avx2(a, s, first) },
-            simd::Level::Baseline => self.forward_kernel(a, s, first),
+            Level::Avx2 if vector::takes::<Avx2>(self, first, a.len()) => unsafe {
+                vector::forward_avx2(self, a, s, first)
+            },
+            _ => {
+                Self::replicate(a, s);
+                match level {
+                    // SAFETY: as above.
+                    Level::Avx512 => unsafe { self.forward_kernel_avx512(a, s, first) },
+                    // SAFETY: as above.
+                    Level::Avx2 => unsafe { self.forward_kernel_avx2(a, s, first) },
+                    Level::Baseline => self.forward_kernel(a, s, first),
+                }
+            }
         }
     }
 
     /// The inverse transform at instruction-set `level` (as [`NttTable::forward_at`]).
     #[cfg(target_arch = "x86_64")]
     fn inverse_at(&self, level: simd::Level, a: &mut [u64]) {
+        use simd::{Avx2, Avx512, Level};
         match level {
             // SAFETY: as in `forward_at`.
-            simd::Level::Avx512 => unsafe { self.inverse_avx512(a) },
+            Level::Avx512 if vector::takes::<Avx512>(self, 0, self.n) => unsafe { vector::inverse_avx512(self, a) },
             // SAFETY: as above.
-            simd::Level::Avx2 => unsafe { self.inverse_avx2(a) },
-            simd::Level::Baseline => self.inverse_kernel(a),
+            Level::Avx2 if vector::takes::<Avx2>(self, 0, self.n) => unsafe { vector::inverse_avx2(self, a) },
+            // SAFETY: as above.
+            Level::Avx512 => unsafe { self.inverse_kernel_avx512(a) },
+            // SAFETY: as above.
+            Level::Avx2 => unsafe { self.inverse_kernel_avx2(a) },
+            Level::Baseline => self.inverse_kernel(a),
         }
     }
 
@@ -218,25 +234,25 @@ impl NttTable {
     /// kernels do not take).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512dq,avx512vl,bmi2")]
-    fn forward_avx512(&self, a: &mut [u64], s: usize, first: usize) {
+    fn forward_kernel_avx512(&self, a: &mut [u64], s: usize, first: usize) {
         self.forward_kernel(a, s, first)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,bmi2")]
-    fn forward_avx2(&self, a: &mut [u64], s: usize, first: usize) {
+    fn forward_kernel_avx2(&self, a: &mut [u64], s: usize, first: usize) {
         self.forward_kernel(a, s, first)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512dq,avx512vl,bmi2")]
-    fn inverse_avx512(&self, a: &mut [u64]) {
-        if avx512::takes(self, 0, self.n) { avx512::inverse(self, a) } else { self.inverse_kernel(a) }
+    fn inverse_kernel_avx512(&self, a: &mut [u64]) {
+        self.inverse_kernel(a)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,bmi2")]
-    fn inverse_avx2(&self, a: &mut [u64]) {
+    fn inverse_kernel_avx2(&self, a: &mut [u64]) {
         self.inverse_kernel(a)
     }
 
@@ -305,66 +321,6 @@ impl NttTable {
             *x = m_.mul_shoup(u + v, self.n_inv, self.n_inv_shoup);
             *y = m_.mul_shoup(u + two_p - v, self.last_inv, self.last_inv_shoup);
         }
-    }
-}
-
-/// The high 64 bits of the lane-wise 64×64-bit products, from four 32×32→64 products (AVX-512
-/// has no 64-bit high multiply).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq")]
-pub(super) fn mulhi_avx512(a: std::arch::x86_64::__m512i, b: std::arch::x86_64::__m512i) -> std::arch::x86_64::__m512i {
-    use std::arch::x86_64::*;
-    let low32 = _mm512_set1_epi64(0xffff_ffff);
-    let (ah, bh) = (_mm512_srli_epi64(a, 32), _mm512_srli_epi64(b, 32));
-    let ll = _mm512_mul_epu32(a, b);
-    let lh = _mm512_mul_epu32(a, bh);
-    let hl = _mm512_mul_epu32(ah, b);
-    let hh = _mm512_mul_epu32(ah, bh);
-    let mid = _mm512_add_epi64(
-        _mm512_add_epi64(_mm512_srli_epi64(ll, 32), _mm512_and_si512(lh, low32)),
-        _mm512_and_si512(hl, low32),
-    );
-    _mm512_add_epi64(
-        _mm512_add_epi64(hh, _mm512_srli_epi64(mid, 32)),
-        _mm512_add_epi64(_mm512_srli_epi64(lh, 32), _mm512_srli_epi64(hl, 32)),
-    )
-}
-
-/// Run-time choice of the instruction set for the NTT and product kernels (a serial fallback
-/// always exists).
-#[cfg(target_arch = "x86_64")]
-pub(super) mod simd {
-    use std::sync::OnceLock;
-
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub(in crate::backend) enum Level {
-        Avx512,
-        Avx2,
-        Baseline,
-    }
-
-    /// The level the kernels run at: the best [available](available) one, or the portable one
-    /// when `SECMOE_NO_SIMD` is set.
-    pub(in crate::backend) fn level() -> Level {
-        static LEVEL: OnceLock<Level> = OnceLock::new();
-        *LEVEL.get_or_init(
-            || {
-                if std::env::var_os("SECMOE_NO_SIMD").is_some() { Level::Baseline } else { available()[0] }
-            },
-        )
-    }
-
-    /// The levels this CPU supports, best first (the portable one always).
-    pub(in crate::backend) fn available() -> Vec<Level> {
-        let avx512 = std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512dq")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-            && std::arch::is_x86_feature_detected!("bmi2");
-        let avx2 = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("bmi2");
-        [(avx512, Level::Avx512), (avx2, Level::Avx2), (true, Level::Baseline)]
-            .into_iter()
-            .filter_map(|(has, level)| has.then_some(level))
-            .collect()
     }
 }
 
