@@ -411,9 +411,25 @@ fn divide_element(m: &Modulus, x: u64, v: u64, p_top: u64, p_mod: u64, inv: u64,
 /// [`divide_element`] over a row, on the best instruction set of the machine.
 fn divide_row(m: &Modulus, row: &mut [u64], top: &[u64], p_top: u64, consts: [u64; 3]) {
     #[cfg(target_arch = "x86_64")]
-    if p_top < m.value() && simd::level() == Level::Avx512 {
-        // SAFETY: the CPU supports the features of this variant (checked at run time above).
-        return unsafe { divide_row_avx512(m, row, top, p_top, consts) };
+    {
+        #[target_feature(enable = "avx2")]
+        fn avx2(m: &Modulus, row: &mut [u64], top: &[u64], p_top: u64, consts: [u64; 3]) {
+            // SAFETY: compiled for AVX2, called at that level only.
+            unsafe { divide_row_lanes::<Avx2>(m, row, top, p_top, consts) }
+        }
+        #[target_feature(enable = "avx512f,avx512dq")]
+        fn avx512(m: &Modulus, row: &mut [u64], top: &[u64], p_top: u64, consts: [u64; 3]) {
+            // SAFETY: compiled for AVX-512, called at that level only.
+            unsafe { divide_row_lanes::<Avx512>(m, row, top, p_top, consts) }
+        }
+        let below = |limit: u64| p_top < m.value() && m.value() < limit;
+        match simd::level() {
+            // SAFETY: the CPU supports the level's features (`simd::level`).
+            Level::Avx512 if below(Avx512::PRIME_LIMIT) => return unsafe { avx512(m, row, top, p_top, consts) },
+            // SAFETY: as above.
+            Level::Avx2 if below(Avx2::PRIME_LIMIT) => return unsafe { avx2(m, row, top, p_top, consts) },
+            _ => {}
+        }
     }
     divide_row_kernel(m, row, top, p_top, consts)
 }
@@ -425,30 +441,26 @@ fn divide_row_kernel(m: &Modulus, row: &mut [u64], top: &[u64], p_top: u64, [p_m
     }
 }
 
-/// [`divide_row`] on AVX-512, eight lanes at a time, for a top prime below p (v needs no
-/// reduction, and its centred value is v or v + p − p_top); the tail through the kernel.
+/// [`divide_row`] on lanes `L` for a top prime below p (v needs no reduction, and its centred
+/// value is v, or v − p_top ≡ v + p − p_top above p_top/2); the tail through the kernel.
+///
+/// # Safety
+/// The CPU has `L`'s instruction set; p_top < p < [`Lanes::PRIME_LIMIT`].
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq")]
-fn divide_row_avx512(m: &Modulus, row: &mut [u64], top: &[u64], p_top: u64, consts: [u64; 3]) {
-    use std::arch::x86_64::*;
+#[inline(always)]
+unsafe fn divide_row_lanes<L: Lanes>(m: &Modulus, row: &mut [u64], top: &[u64], p_top: u64, consts: [u64; 3]) {
     debug_assert!(p_top < m.value() && top.len() >= row.len());
     let [_, inv, inv_shoup] = consts;
-    let splat = |v: u64| _mm512_set1_epi64(v as i64);
-    let (p, half, lift) = (splat(m.value()), splat(p_top / 2), splat(m.value() - p_top));
-    let (inv, inv_shoup) = (Avx512(splat(inv)), Avx512(splat(inv_shoup)));
-    let body = row.len() - row.len() % 8;
-    for i in (0..body).step_by(8) {
-        // SAFETY: i + 8 ≤ body ≤ the length of row and of top; unaligned loads and stores; the
-        // CPU has AVX-512 (this function's features).
-        unsafe {
-            let x = _mm512_loadu_si512(row.as_ptr().add(i).cast());
-            let v = _mm512_loadu_si512(top.as_ptr().add(i).cast());
-            let centred = _mm512_mask_add_epi64(v, _mm512_cmpgt_epu64_mask(v, half), v, lift);
+    let body = row.len() - row.len() % L::LEN;
+    // SAFETY: the caller's contract; i + LEN ≤ body ≤ the length of row and of top.
+    unsafe {
+        let (p, half, lift) = (L::splat(m.value()), L::splat(p_top / 2), L::splat(m.value() - p_top));
+        let (inv, inv_shoup) = (L::splat(inv), L::splat(inv_shoup));
+        for i in (0..body).step_by(L::LEN) {
+            let (x, v) = (L::load(row.as_ptr().add(i)), L::load(top.as_ptr().add(i)));
             // x − centred + p in [1, 2p), then [0, p)
-            let d = _mm512_sub_epi64(_mm512_add_epi64(x, p), centred);
-            let d = Avx512(_mm512_min_epu64(d, _mm512_sub_epi64(d, p)));
-            let r = mul_shoup(d, inv, inv_shoup, Avx512(p)).reduce_once(Avx512(p));
-            _mm512_storeu_si512(row.as_mut_ptr().add(i).cast(), r.0);
+            let d = x.add(p).sub(v).sub(v.above(half).and(lift)).reduce_once(p);
+            mul_shoup(d, inv, inv_shoup, p).reduce_once(p).store(row.as_mut_ptr().add(i));
         }
     }
     divide_row_kernel(m, &mut row[body..], &top[body..], p_top, consts)

@@ -68,6 +68,8 @@ pub(super) trait Lanes: Copy {
     unsafe fn mullo(self, b: Self) -> Self;
     /// x − c where x ≥ c, else x (unsigned; below [`Lanes::PRIME_LIMIT`]·8 on AVX2).
     unsafe fn reduce_once(self, c: Self) -> Self;
+    /// All ones in the lanes where x > b, else zero (unsigned; below 2^63 on AVX2).
+    unsafe fn above(self, b: Self) -> Self;
 }
 
 /// Four 64-bit lanes of AVX2.
@@ -139,6 +141,11 @@ impl Lanes for Avx2 {
             Avx2(_mm256_castpd_si256(_mm256_blendv_pd(d, _mm256_castsi256_pd(self.0), d)))
         }
     }
+    /// A signed comparison, right for values below 2^63.
+    #[inline(always)]
+    unsafe fn above(self, b: Self) -> Self {
+        unsafe { Avx2(_mm256_cmpgt_epi64(self.0, b.0)) }
+    }
 }
 
 impl Lanes for Avx512 {
@@ -188,6 +195,10 @@ impl Lanes for Avx512 {
     #[inline(always)]
     unsafe fn reduce_once(self, c: Self) -> Self {
         unsafe { Avx512(_mm512_min_epu64(self.0, _mm512_sub_epi64(self.0, c.0))) }
+    }
+    #[inline(always)]
+    unsafe fn above(self, b: Self) -> Self {
+        unsafe { Avx512(_mm512_movm_epi64(_mm512_cmpgt_epu64_mask(self.0, b.0))) }
     }
 }
 

@@ -21,8 +21,10 @@ pub fn config(timeout_s: u64) -> LinkConfig {
     LinkConfig { timeout: Duration::from_secs(timeout_s), params: PublicParams::new().with("frac_bits", 18) }
 }
 
+/// Links with a receive timeout of 120 s: the tests run two at a time, each with both parties,
+/// so on a slow 2-core machine a party may wait that long for the other's heaviest step.
 pub async fn links() -> (Link, Link) {
-    loopback(config(30)).await.expect("loopback links")
+    loopback(config(120)).await.expect("loopback links")
 }
 
 /// (client link, client OT, server link, server OT).
