@@ -42,7 +42,8 @@ pub(super) fn available() -> Vec<Level> {
 /// A vector of 64-bit lanes. Every method is `unsafe` for one reason: the CPU must have the
 /// instruction set of the implementation. The generic kernels are `#[inline(always)]` and
 /// instantiated inside a function compiled for that set (`#[target_feature]`), which is called
-/// only at the matching [`level`].
+/// only at the matching [`level`]. They call no closures: a closure is compiled without its
+/// caller's features, so the intrinsics in it would become calls (an NTT 30× slower).
 pub(super) trait Lanes: Copy {
     /// Lanes per vector.
     const LEN: usize;

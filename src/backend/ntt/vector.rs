@@ -380,6 +380,7 @@ unsafe fn forward<L: Groups>(table: &NttTable, a: &mut [u64], s: usize, first: u
         (&table.psi[from..2 * m], &table.psi_shoup[from..2 * m])
     };
     let mut t = s / 2;
+    // SAFETY: the lanes' set as above; the window is whole groups (`takes`), s a power of two.
     unsafe {
         if t >= L::LEN {
             head_stage(a, t, twiddles(t), bf);
