@@ -13,8 +13,9 @@ use rand::{RngExt, SeedableRng};
 use secmoe::ot::OtKind;
 use secmoe::proto::Session;
 use secmoe::proto::arith::truncate;
-use secmoe::proto::compare::carry;
+use secmoe::proto::compare::{carry, signs};
 use secmoe::proto::piecewise::{BATCH, Piecewise, evaluate, evaluate_baseline};
+use secmoe::ring::Bits;
 use secmoe::ring::Shares;
 
 const SCALE: f64 = (1u64 << 18) as f64;
@@ -76,6 +77,45 @@ fn carries_are_exact() {
             for i in 0..x.len() {
                 let want = (x[i] as u128 + y[i] as u128) >> bits == 1;
                 assert_eq!(a.get(i) ^ b.get(i), want, "{bits} bits: {:#x} + {:#x}", x[i], y[i]);
+            }
+        }
+    });
+}
+
+/// The two signs of v = x_s + x_c + c mod 2^bits with a shared carry-in c, for every v the
+/// bound admits at 6 bits (every split of it, both carries in, either party holding them)
+/// and for random values at 20.
+#[test]
+fn signs_with_a_carry_in_are_exact() {
+    common::runtime().block_on(async {
+        let (_c, mut oc, _s, mut os) = common::session_pair().await;
+        let mut rng = StdRng::seed_from_u64(13);
+        for bits in [6u32, 20] {
+            let (m, bound) = ((1u64 << bits) - 1, (1i64 << (bits - 1)) - 1);
+            let values: Vec<i64> = if bits == 6 {
+                (-bound + 1..bound).flat_map(|v| [v; 16]).collect()
+            } else {
+                (0..3000)
+                    .map(|_| rng.random_range(-bound + 1..bound))
+                    .chain([-bound + 1, -1, 0, 1, bound - 1])
+                    .collect()
+            };
+            let c: Vec<bool> = (0..values.len()).map(|_| rng.random()).collect();
+            let c_s: Vec<bool> = (0..values.len()).map(|_| rng.random()).collect();
+            let c_c: Vec<bool> = c.iter().zip(&c_s).map(|(a, b)| a ^ b).collect();
+            let x_s: Vec<u64> = (0..values.len()).map(|_| rng.random::<u64>() & m).collect();
+            let x_c: Vec<u64> = values
+                .iter()
+                .zip(&x_s)
+                .zip(&c)
+                .map(|((&v, &s), &c)| (v as u64).wrapping_sub(s).wrapping_sub(c as u64) & m)
+                .collect();
+            let (c_s, c_c) = (Bits::from_bools(&c_s), Bits::from_bools(&c_c));
+            let (a, b) = tokio::join!(signs(&mut os, &x_s, bits, &c_s), signs(&mut oc, &x_c, bits, &c_c));
+            let ((below_s, above_s), (below_c, above_c)) = (a.unwrap(), b.unwrap());
+            for (i, &v) in values.iter().enumerate() {
+                assert_eq!(below_s.get(i) ^ below_c.get(i), v < 0, "{bits} bits: [{v} < 0]");
+                assert_eq!(above_s.get(i) ^ above_c.get(i), v > 0, "{bits} bits: [{v} > 0]");
             }
         }
     });
@@ -228,19 +268,32 @@ fn relu_and_swiglu_match_plaintext() {
     });
 }
 
-/// With saturation on, inputs far outside the input range give the function's limit on their
-/// side (GeLU and SiLU: 0 below, x above; e^x: 0 below), while inputs inside stay as accurate.
+/// With saturation on, inputs outside the input range, as far as the reach 2^24, give the
+/// function's limit on their side (GeLU and SiLU: 0 below, x above; e^x: 0 below), while inputs
+/// inside stay as accurate.
 #[test]
 fn out_of_range_inputs_saturate_when_the_session_asks() {
     use secmoe::proto::OutOfRange;
+    use secmoe::proto::piecewise::SATURATION_REACH;
     common::runtime().block_on(async {
         let (_c, mut oc, _s, mut os) = common::session_pair().await;
         os.set_out_of_range(OutOfRange::Saturate);
         oc.set_out_of_range(OutOfRange::Saturate);
         let mut rng = StdRng::seed_from_u64(17);
-        for f in [Piecewise::gelu(), Piecewise::silu(), Piecewise::sigmoid(), Piecewise::exp()] {
+        let reach = 2f64.powi(SATURATION_REACH as i32);
+        let functions =
+            [Piecewise::gelu(), Piecewise::silu(), Piecewise::sigmoid(), Piecewise::exp(), Piecewise::clamped_up()];
+        for f in functions {
             let (lo, hi) = f.input_range();
-            let mut xs: Vec<f64> = vec![lo - 1.0, lo - 1000.0, -(2f64.powi(40)), hi, hi + 0.5, hi + 1e6, 2f64.powi(40)];
+            let unit = 1.0 / SCALE;
+            let mut xs: Vec<f64> =
+                vec![lo - unit, lo - 1.0, lo - 1000.0, -reach + unit, hi - unit, hi, hi + 0.5, hi + 1e6, reach - unit];
+            // magnitudes spread evenly in log scale out to the reach, on both sides
+            xs.extend((0..400).map(|i| {
+                let x = 2f64.powf(rng.random_range(0.0..SATURATION_REACH as f64));
+                let x = if i % 2 == 0 { x } else { -x };
+                (x * SCALE).round() / SCALE
+            }));
             xs.extend((0..200).map(|_| (rng.random_range(lo..hi) * SCALE).round() / SCALE));
             let raw: Vec<u64> = xs.iter().map(|&x| (x * SCALE).round() as i64 as u64).collect();
             let (s, c) = common::share_rows(&raw, (1, raw.len()), 18, &mut rng);

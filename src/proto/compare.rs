@@ -310,12 +310,25 @@ async fn mux_values(
         .collect())
 }
 
-/// Most bits of one link of [`carry`]'s chain (a 1-of-2^(m+1) OT with its carry-in).
-const CARRY_LINK_BITS: u32 = 5;
+/// Most choice bits of one link of a carry chain ([`carry`], [`signs`]): a 1-of-64 OT, its
+/// chunk of the client's value and its shares of the carries into the chunk.
+const CARRY_LINK_BITS: u32 = 6;
+
+/// Random OTs (the server as sender) a chain over `bits` bits with `lanes` carries and, with
+/// `carry_in`, one shared carry into its first link uses per value: one per choice bit.
+fn chain_ots(bits: u32, lanes: u32, carry_in: bool) -> usize {
+    let links = bits.div_ceil(CARRY_LINK_BITS - lanes);
+    (bits + carry_in as u32 + lanes * (links - 1)) as usize
+}
 
 /// Random OTs (the server as sender) one [`carry`] of `bits` bits uses per value.
 pub fn carry_ots(bits: u32) -> usize {
-    (bits + bits.div_ceil(CARRY_LINK_BITS) - 1) as usize
+    chain_ots(bits, 1, false)
+}
+
+/// Random OTs (the server as sender) one [`signs`] at `bits` bits uses per value.
+pub fn signs_ots(bits: u32) -> usize {
+    chain_ots(bits - 1, 2, true)
 }
 
 /// Random OTs (the server as sender) one [`at_least`] at `bits` bits uses per value, for any
@@ -334,38 +347,95 @@ pub async fn carry(sess: &mut Session, mine: &[u64], bits: u32) -> ProtoResult<B
     if !(1..=64).contains(&bits) {
         return Err(ProtoError::Input(format!("carry out of {bits} bits")));
     }
-    let links = bits.div_ceil(CARRY_LINK_BITS);
-    let server = sess.party() == Party::Server;
-    let mut shares = vec![false; mine.len()];
+    let [carry] = chain(sess, mine, bits, [0], None).await?;
+    Ok(Bits::from_bools(&carry))
+}
+
+/// XOR shares of [v < 0] and [v > 0] for v = x_s + x_c + c mod 2^bits read as a signed value,
+/// with an XOR-shared carry-in c and |v| < 2^(bits−1) − 1 (the caller's bound): msb(v) and
+/// ¬msb(v − 1), each the top bits of the two values ⊕ the carry out of their low bits − 1 bits.
+/// The two carries ripple through one chain ([`chain`]'s two lanes, the server's value and its
+/// value − 1): links of 4 bits, 1-of-64 lookups with 2-bit entries; [`signs_ots`] random OTs
+/// per value, no AND gates.
+pub async fn signs(sess: &mut Session, mine: &[u64], bits: u32, carry_in: &Bits) -> ProtoResult<(Bits, Bits)> {
+    if !(2..=64).contains(&bits) || carry_in.len() != mine.len() {
+        return Err(ProtoError::Input(format!(
+            "signs of {} values at {bits} bits, {} carries",
+            mine.len(),
+            carry_in.len()
+        )));
+    }
+    let server = sess.is_server();
+    let low = bits - 1;
+    let [zero, minus_one] = chain(sess, mine, low, [0, mask(bits)], Some(carry_in)).await?;
+    let top = |v: u64, offset: u64| (v.wrapping_add(if server { offset } else { 0 }) >> low) & 1 == 1;
+    let below: Vec<bool> = mine.iter().zip(&zero).map(|(&v, &c)| top(v, 0) ^ c).collect();
+    // [v > 0] = [v − 1 ≥ 0] = ¬msb(v − 1): the server flips its share
+    let above: Vec<bool> = mine.iter().zip(&minus_one).map(|(&v, &c)| top(v, mask(bits)) ^ c ^ server).collect();
+    Ok((Bits::from_bools(&below), Bits::from_bools(&above)))
+}
+
+/// The ripple-carry chain of [`carry`] and [`signs`]: XOR shares of the carries out of the low
+/// `bits` bits of x_s + δ_l + x_c (+ c), one lane per public offset δ_l (added by the server),
+/// all lanes choosing with the client's same chunks. A link's choice is the client's m bits and
+/// its shares of the lanes' carries into the chunk (of the carry-in c into the first link);
+/// entry bit l is lane l's carry out ⊕ r_l.
+async fn chain<const LANES: usize>(
+    sess: &mut Session,
+    mine: &[u64],
+    bits: u32,
+    offsets: [u64; LANES],
+    carry_in: Option<&Bits>,
+) -> ProtoResult<[Vec<bool>; LANES]> {
+    let lanes = LANES as u32;
+    let links = bits.div_ceil(CARRY_LINK_BITS - lanes);
+    let server = sess.is_server();
+    let n = mine.len();
+    let own = |v: u64, l: usize| if server { v.wrapping_add(offsets[l]) } else { v };
+    // the state: this party's share of each lane's carry into the next chunk
+    let start = carry_in.map(Bits::to_bools);
+    let mut state: [Vec<bool>; LANES] = std::array::from_fn(|_| start.clone().unwrap_or_else(|| vec![false; n]));
     let mut low = 0;
     for link in 0..links {
         // spread the bits evenly over the links
         let m = (bits - low).div_ceil(links - link);
-        let chunk = |v: u64| (v >> low) & ((1u64 << m) - 1);
-        let with_in = link > 0;
-        let log_n = m + with_in as u32;
+        let chunk = |v: u64| (v >> low) & mask(m);
+        // the first link's carries in are the one carry-in (or none)
+        let in_bits = if link > 0 { lanes } else { start.is_some() as u32 };
+        let log_n = m + in_bits;
+        let carry_of = |l: usize, choice: u64| if link > 0 { (choice >> (m + l as u32)) & 1 } else { choice >> m };
         if server {
-            let r = masks(sess, mine.len(), 1);
-            let mut table = Vec::with_capacity(mine.len() << log_n);
-            for (i, &v) in mine.iter().enumerate() {
-                let own = chunk(v);
+            let r = masks(sess, n, lanes);
+            let mut table = Vec::with_capacity(n << log_n);
+            for i in 0..n {
                 table.extend((0..1u64 << log_n).map(|choice| {
-                    let carry_in = with_in && ((choice >> m) == 1) ^ shares[i];
-                    let sum = own + (choice & ((1 << m) - 1)) + carry_in as u64;
-                    ((sum >> m) & 1) ^ r[i]
+                    let entry = (0..LANES).fold(0, |acc, l| {
+                        let carry = carry_of(l, choice) ^ state[l][i] as u64;
+                        let sum = chunk(own(mine[i], l)) + (choice & mask(m)) + carry;
+                        acc | ((sum >> m) & 1) << l
+                    });
+                    entry ^ r[i]
                 }));
             }
-            sess.ot.one_of_n_send(sess.kind, log_n, 1, &table).await?;
-            shares = r.iter().map(|&b| b == 1).collect();
+            sess.ot.one_of_n_send(sess.kind, log_n, lanes, &table).await?;
+            state = std::array::from_fn(|l| r.iter().map(|&r| (r >> l) & 1 == 1).collect());
         } else {
-            let choices: Vec<u32> =
-                mine.iter().zip(&shares).map(|(&v, &c)| (chunk(v) | ((c as u64) << m)) as u32).collect();
-            let got = sess.ot.one_of_n_receive(sess.kind, log_n, 1, &choices).await?;
-            shares = got.iter().map(|&b| b == 1).collect();
+            let choices: Vec<u32> = (0..n)
+                .map(|i| {
+                    let carries = if link > 0 {
+                        (0..LANES).fold(0, |acc, l| acc | (state[l][i] as u64) << l)
+                    } else {
+                        state[0][i] as u64
+                    };
+                    (chunk(mine[i]) | carries << m) as u32
+                })
+                .collect();
+            let got = sess.ot.one_of_n_receive(sess.kind, log_n, lanes, &choices).await?;
+            state = std::array::from_fn(|l| got.iter().map(|&g| (g >> l) & 1 == 1).collect());
         }
         low += m;
     }
-    Ok(Bits::from_bools(&shares))
+    Ok(state)
 }
 
 /// XOR shares of [x ≥ 0] for shared values with |x| < 2^(bits−1) (the caller's bound), at that

@@ -31,7 +31,8 @@ use super::Session;
 use super::arith::{mul_in, mul_rows_in, mul_weights, square, truncate_extend};
 use super::boolean::Triples;
 use super::compare::{at_least, b2a, triples_per_comparison};
-use super::piecewise::{Piecewise, evaluate_values};
+use super::piecewise::{Piecewise, evaluate_in};
+use super::session::OutOfRange;
 use super::{ProtoError, ProtoResult};
 use crate::net::Party;
 use crate::ring::{Bits, Shares};
@@ -327,7 +328,7 @@ async fn rsqrt_values(
     let m = mul_in(sess, v, &quarter, 64).await?;
     let m = truncate_extend(sess, &m, 64, v_frac + x_bits as u32 - frac).await?;
     let three = if server { 3u64 << frac } else { 0 };
-    let mut y = evaluate_values(sess, &Piecewise::rsqrt(), &m).await?;
+    let mut y = evaluate_in(sess, &Piecewise::rsqrt(), &m, OutOfRange::Precondition).await?;
     for _ in 0..2 {
         let y2 = mul_in(sess, &y, &y, 64).await?;
         let y2 = truncate_extend(sess, &y2, 64, frac).await?;

@@ -27,15 +27,23 @@
 //!    locally to f fractional bits *before* it is masked (⌊A/2^t⌋ + ⌊B/2^t⌋ is ⌊Y/2^t⌋ or one
 //!    less, mod 2^(s−t)), so the tables carry s − t bits instead of s (t = 34 − f: 16 at f = 18).
 //! 6. One extension back to Z_2^64 (the lift of [`super::arith::truncate`], by 0 bits).
+//! 7. Only when the session saturates ([`OutOfRange::Saturate`]): steps 1–3 read the shifted
+//!    value in f + [`SATURATION_REACH`] + 3 bits, and its far part F above the piece number is
+//!    zero for accepted inputs, negative below, positive above. The step-3 lookup also hands
+//!    out the carry into F; one two-lane carry chain over F's 26 − R bits
+//!    ([`super::compare::signs`]) gives [F < 0] and [F > 0], and one multiplexer pair puts the
+//!    tail on that side (β·x + γ, local) in place of the result.
 //!
 //! The random OTs of each batch are prepared in one go, both directions at once; about 35 per
-//! value for GeLU, no AND gates.
+//! value for GeLU (67 saturating), no AND gates.
 //!
 //! Error model (against [`Piecewise::reference`], the same fixed-point arithmetic computed in
 //! the clear): H can be one unit lower than its floor, which moves d by 2^-k or, at a piece
 //! boundary, picks the neighbouring piece at its edge; the local truncation of step 5 can be one
-//! unit (2^-f) low. [`Piecewise::protocol_bound`] states the resulting bound. Outside the input range
-//! the shifted value wraps and the result is wrong: callers bound their activations.
+//! unit (2^-f) low. [`Piecewise::protocol_bound`] states the resulting bound. Outside the input
+//! range the shifted value wraps and the result is wrong, unless the session saturates (step 7,
+//! as far as |x| < 2^24): callers bound their activations. (At the range's ends H one unit low
+//! can move a value between the last piece and the tail; both are the tail there.)
 //!
 //! **Baseline** ([`evaluate_baseline`]): K − 1 breakpoint comparisons ([`super::compare::at_least`]),
 //! the one-hot vector by XOR of neighbours, x² by a full-width product, every piece's polynomial
@@ -46,7 +54,9 @@ use std::sync::LazyLock;
 use super::Session;
 use super::arith::{cross_receive, cross_send, masks, mul_rows_in, square, truncate_extend};
 use super::boolean::Triples;
-use super::compare::{at_least, at_least_ots, carry, carry_ots, mux, non_negative, triples_per_comparison};
+use super::compare::{
+    at_least, at_least_ots, carry, carry_ots, mux, non_negative, signs, signs_ots, triples_per_comparison,
+};
 use super::session::OutOfRange;
 use super::{ProtoError, ProtoResult, prefetch_carrying, prepare, prepare_carrying};
 use crate::net::Party;
@@ -61,6 +71,12 @@ const FRAC: u32 = DEFAULT_FRAC_BITS;
 pub const MIN_FRAC: u32 = D_BITS;
 /// Most fractional bits a piecewise function can be evaluated at.
 pub const MAX_FRAC: u32 = ACC_BITS - 8;
+/// How far saturation reaches ([`OutOfRange::Saturate`]): inputs with |x| < 2^24 (real units)
+/// outside a function's range give its tail on their side; beyond, the shifted value wraps.
+/// Far beyond any activation the other protocols accept (LayerNorm's widest range is 2^14), it
+/// keeps the far part's sign chain at 26 − R bits (20 for GeLU's R = 6) instead of two sign
+/// tests at 64.
+pub const SATURATION_REACH: u32 = 24;
 /// Fractional bits of d (the in-piece offset) when it is squared.
 const D_BITS: u32 = 8;
 /// Fractional bits of the selected terms before their local truncation (module notes, step 5).
@@ -428,12 +444,12 @@ impl Piecewise {
 
     /// The protocol's arithmetic in the clear, with exact floors: X = x·2^18 → y·2^18.
     pub fn reference(&self, x: u64) -> u64 {
-        let (ring, t, lo_bits) = self.layout();
-        let g = x.wrapping_add(self.lift as u64) & mask(ring);
-        let h = g >> t;
-        let (lo, hi) = (h & mask(lo_bits), h >> lo_bits);
+        let l = self.layout(false);
+        let g = x.wrapping_add(self.lift as u64) & mask(l.ring);
+        let h = g >> l.shift;
+        let (lo, hi) = (h & mask(l.lo), h >> l.lo);
         let i = self.index_of_high(hi) as usize;
-        let d = lo as i64 - (1i64 << (lo_bits - 1)) + 1;
+        let d = lo as i64 - (1i64 << (l.lo - 1)) + 1;
         let (a, b, c) = self.pieces[i].fixed(self.frac);
         let y = a as i128 * (d * d) as i128 + b as i128 * (x as i64) as i128 + c as i128;
         (y >> (ACC_BITS - self.frac)) as i64 as u64
@@ -442,25 +458,29 @@ impl Piecewise {
     /// Random OTs one batch of `n` values takes, (server as sender, client as sender), generated
     /// in one go before the batch: the carry, the index lookup, one correlated OT for the carry's
     /// term in d² and the final extension on the server's side; the cross term of d² and the
-    /// other carry term on the client's; one selection lookup each.
-    fn random_ots(&self, n: usize) -> (usize, usize) {
-        let (ring, t, lo_bits) = self.layout();
-        let (hi_bits, b) = ((ring - t - lo_bits) as usize, self.index_bits() as usize);
-        ((carry_ots(lo_bits) + 1 + hi_bits + 1 + b + 1) * n, (lo_bits as usize + 1 + b) * n)
+    /// other carry term on the client's; one selection lookup each. Saturating: the far part's
+    /// sign chain on the server's side, the tails' multiplexer pair on both.
+    fn random_ots(&self, n: usize, saturate: bool) -> (usize, usize) {
+        let l = self.layout(saturate);
+        let b = self.index_bits() as usize;
+        let stc = (carry_ots(l.lo) + 1 + l.hi as usize + 1 + b + 1, l.lo as usize + 1 + b);
+        let tails = if saturate { (signs_ots(l.far) + 2, 2) } else { (0, 0) };
+        ((stc.0 + tails.0) * n, (stc.1 + tails.1) * n)
     }
 
-    /// Bits those random OTs carry per OT on average, counting the two lookups' tables, the
-    /// cross term's and c's corrections (the carry's and the truncation's few bits left out:
-    /// an underestimate, which only keeps the OT batches' calls larger).
-    fn payload_bits(&self) -> f64 {
-        let (ring, t, lo_bits) = self.layout();
-        let (hi_bits, b, sum) = (ring - t - lo_bits, self.index_bits(), self.sum_bits());
+    /// Bits those random OTs carry per OT on average, counting the lookups' tables, the
+    /// cross term's, c's and the tails' corrections (the carry's and the truncation's few bits
+    /// left out: an underestimate, which only keeps the OT batches' calls larger).
+    fn payload_bits(&self, saturate: bool) -> f64 {
+        let l = self.layout(saturate);
+        let (b, sum) = (self.index_bits(), self.sum_bits());
         let out_bits = sum - (ACC_BITS - self.frac);
-        let index = (1u64 << (hi_bits + 1)) * u64::from(b);
+        let index = (1u64 << (l.hi + 1)) * u64::from(b + saturate as u32);
         let terms = 2 * (1u64 << b) * u64::from(out_bits);
-        let cross: u64 = (0..lo_bits).map(|j| u64::from(sum - j)).sum();
-        let (send, receive) = self.random_ots(1);
-        (index + terms + cross + 2 * u64::from(sum)) as f64 / (send + receive) as f64
+        let cross: u64 = (0..l.lo).map(|j| u64::from(sum - j)).sum();
+        let tails = if saturate { 128 * u64::from(l.far).div_ceil(4) + 4 * 64 } else { 0 };
+        let (send, receive) = self.random_ots(1, saturate);
+        (index + terms + cross + 2 * u64::from(sum) + tails) as f64 / (send + receive) as f64
     }
 
     /// The same for the baseline: AND triples (two random OTs each, one per direction), the
@@ -478,9 +498,14 @@ impl Piecewise {
         self.frac + self.range_bits + 3
     }
 
-    /// (bits of the shifted value's ring, local truncation, bits of the in-piece position).
-    fn layout(&self) -> (u32, u32, u32) {
-        (self.frac + self.range_bits + 1, self.frac - D_BITS, (D_BITS as i32 + self.width_log2) as u32)
+    /// How the shifted value's bits are read (module notes, steps 1–3): accepted inputs fill
+    /// f + R + 1 bits; a saturating evaluation reads f + [`SATURATION_REACH`] + 3, the far part
+    /// above the piece number signed, with a bit to spare on each side for the truncation's −1.
+    fn layout(&self, saturate: bool) -> Layout {
+        let (shift, lo) = (self.frac - D_BITS, (D_BITS as i32 + self.width_log2) as u32);
+        let hi = self.frac + self.range_bits + 1 - shift - lo;
+        let far = if saturate { SATURATION_REACH + 2 - self.range_bits } else { 0 };
+        Layout { ring: shift + lo + hi + far, shift, lo, hi, far }
     }
 
     /// Bound (in real units) on |protocol − reference| from the two one-unit truncation errors
@@ -542,6 +567,18 @@ fn fit_piece(exact: fn(f64) -> f64, lo: f64, width: f64, mid: f64) -> Piece {
     best
 }
 
+/// The bits of the shifted value G = x + lift mod 2^ring, from the bottom: `shift` dropped by the
+/// local truncation, `lo` of the position in the piece, `hi` of the piece number, and under
+/// saturation `far`, zero for accepted inputs and otherwise negative below and positive above.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    ring: u32,
+    shift: u32,
+    lo: u32,
+    hi: u32,
+    far: u32,
+}
+
 /// Solves a 3×3 linear system by Cramer's rule.
 fn solve3(m: [[f64; 3]; 3], v: [f64; 3]) -> [f64; 3] {
     let det = |a: [[f64; 3]; 3]| {
@@ -576,77 +613,58 @@ pub async fn evaluate(sess: &mut Session, f: &Piecewise, x: &Shares) -> ProtoRes
 }
 
 pub(crate) async fn evaluate_values(sess: &mut Session, f: &Piecewise, shares: &[u64]) -> ProtoResult<Vec<u64>> {
+    evaluate_in(sess, f, shares, sess.out_of_range()).await
+}
+
+/// [`evaluate_values`] with the out-of-range rule given: the steps whose inputs lie in range by
+/// construction (a Newton start on a normalized value) pay no saturation.
+pub(crate) async fn evaluate_in(
+    sess: &mut Session,
+    f: &Piecewise,
+    shares: &[u64],
+    range: OutOfRange,
+) -> ProtoResult<Vec<u64>> {
     let f = &f.for_format(sess.format())?;
+    let saturate = range == OutOfRange::Saturate;
     let mut out = Vec::with_capacity(shares.len());
     let batches: Vec<&[u64]> = shares.chunks(BATCH).collect();
-    // the next batch's random OTs generate while this one runs, unless saturation's sign tests
-    // come in between (they would take them)
-    let overlap = sess.out_of_range() == OutOfRange::Precondition;
     for (i, batch) in batches.iter().enumerate() {
-        let next = batches.get(i + 1).filter(|_| overlap).map(|b| b.len());
-        let y = evaluate_batch(sess, f, batch, next).await?;
-        out.extend(match sess.out_of_range() {
-            OutOfRange::Precondition => y,
-            OutOfRange::Saturate => saturate(sess, f, batch, y).await?,
-        });
+        // the next batch's random OTs generate while this one runs
+        let next = batches.get(i + 1).map(|b| b.len());
+        out.extend(evaluate_batch(sess, f, batch, next, saturate).await?);
     }
     Ok(out)
 }
 
-/// Replaces the result at inputs outside the range by the tail on their side: two sign tests
-/// at 64 bits (x − lo ≥ 0, x − hi ≥ 0: exact for any |x − lo|, |x − hi| < 2^63; carry chains,
-/// no AND gates) and one multiplexer pair, y + [x < lo]·(tail_L(x) − y) + [x ≥ hi]·(tail_R(x) − y).
-/// The tails are β·x + γ with β ∈ {0, 1}, computed locally.
-async fn saturate(sess: &mut Session, f: &Piecewise, x: &[u64], y: Vec<u64>) -> ProtoResult<Vec<u64>> {
-    let server = sess.is_server();
-    let n = x.len();
-    let (lo, hi) = f.input_range();
-    let scale = (1u64 << f.frac) as f64;
-    let thresholds = [(lo * scale).ceil() as i64 as u64, (hi * scale).floor() as i64 as u64];
-    let shifted: Vec<u64> =
-        thresholds.iter().flat_map(|&c| x.iter().map(move |&v| if server { v.wrapping_sub(c) } else { v })).collect();
-    let ge = non_negative(sess, &Shares::matrix((2, n), shifted, f.frac)?, 64).await?.to_bools();
-    let (left, right) = (f.pieces[0], f.pieces[f.pieces.len() - 1]);
-    let tail = |p: Piece, x: u64| {
-        let linear = if p.beta == 1.0 { x } else { 0 };
-        let constant = if server { (p.gamma * scale).round() as i64 as u64 } else { 0 };
-        linear.wrapping_add(constant)
-    };
-    // [x < lo] = 1 ⊕ [x ≥ lo]: the server flips its share
-    let bits: Vec<bool> = (0..n).map(|i| ge[i] ^ server).chain((0..n).map(|i| ge[n + i])).collect();
-    let deltas: Vec<u64> = (0..n)
-        .map(|i| tail(left, x[i]).wrapping_sub(y[i]))
-        .chain((0..n).map(|i| tail(right, x[i]).wrapping_sub(y[i])))
-        .collect();
-    let deltas = Shares::matrix((2, n), deltas, f.frac)?;
-    let picked = mux(sess, &Bits::from_bools(&bits), &deltas).await?.into_vec();
-    Ok((0..n).map(|i| y[i].wrapping_add(picked[i]).wrapping_add(picked[n + i])).collect())
-}
-
 /// One batch; with `next`, the random OTs of a next batch of that many values are started in
-/// the background once this batch's are in the pool.
+/// the background once this batch's are in the pool. With `saturate`, results at inputs
+/// outside the range are replaced by the tail on their side (module notes, step 7).
 async fn evaluate_batch(
     sess: &mut Session,
     f: &Piecewise,
     shares: &[u64],
     next: Option<usize>,
+    saturate: bool,
 ) -> ProtoResult<Vec<u64>> {
     let server = sess.party() == Party::Server;
     let n = shares.len();
-    let payload = Some(f.payload_bits());
-    prepare_carrying(sess, f.random_ots(n), payload).await?;
+    let payload = Some(f.payload_bits(saturate));
+    prepare_carrying(sess, f.random_ots(n, saturate), payload).await?;
     if let Some(next) = next {
-        prefetch_carrying(sess, f.random_ots(next), payload).await?;
+        prefetch_carrying(sess, f.random_ots(next, saturate), payload).await?;
     }
-    let (ring, t, lo_bits) = f.layout();
-    let hi_bits = ring - t - lo_bits;
+    let layout = f.layout(saturate);
+    let (lo_bits, hi_bits) = (layout.lo, layout.hi);
     let sum = f.sum_bits();
-    // 1–2: shift, reduce, truncate locally; split into high part and in-piece position
+    // 1–2: shift, reduce, truncate locally; split into the in-piece position, the piece
+    // number and (saturating) the far part
     let lifted = f.lift as u64;
-    let h: Vec<u64> =
-        shares.iter().map(|&x| (if server { x.wrapping_add(lifted) } else { x } & mask(ring)) >> t).collect();
+    let h: Vec<u64> = shares
+        .iter()
+        .map(|&x| (if server { x.wrapping_add(lifted) } else { x } & mask(layout.ring)) >> layout.shift)
+        .collect();
     let lo: Vec<u64> = h.iter().map(|v| v & mask(lo_bits)).collect();
-    let hi: Vec<u64> = h.iter().map(|v| v >> lo_bits).collect();
+    let hi: Vec<u64> = h.iter().map(|v| (v >> lo_bits) & mask(hi_bits)).collect();
     let c = carry(sess, &lo, lo_bits).await?.to_bools();
 
     // 4: D = P + Q − 2^(k+w)·c with P = lo_s + e, e = 1 − 2^(k+w−1) (server), Q = lo_c (client);
@@ -690,24 +708,29 @@ async fn evaluate_batch(
         })
         .collect();
 
-    // 3: index shares i = i_s + i_c mod 2^b from one lookup on (hi_c, c_c)
+    // 3: index shares i = i_s + i_c mod 2^b from one lookup on (hi_c, c_c); saturating, the
+    // entry's bit b also carries XOR shares of the carry out of the piece number into the far part
     let b = f.index_bits();
     let log_n = hi_bits + 1;
-    let index: Vec<u64> = if server {
-        let r = masks(sess, n, b);
+    let width = b + saturate as u32;
+    let entries: Vec<u64> = if server {
+        let r = masks(sess, n, width);
         let mut table = Vec::with_capacity(n << log_n);
         for i in 0..n {
             table.extend((0..1u64 << log_n).map(|v| {
-                let high = (hi[i] + (v & mask(hi_bits)) + ((v >> hi_bits == 1) ^ c[i]) as u64) & mask(hi_bits);
-                f.index_of_high(high).wrapping_sub(r[i]) & mask(b)
+                let high = hi[i] + (v & mask(hi_bits)) + ((v >> hi_bits == 1) ^ c[i]) as u64;
+                let index = f.index_of_high(high & mask(hi_bits)).wrapping_sub(r[i]) & mask(b);
+                let carry_out = ((high >> hi_bits) & 1) ^ (r[i] >> b);
+                index | ((carry_out << b) & mask(width))
             }));
         }
-        sess.ot.one_of_n_send(sess.kind, log_n, b, &table).await?;
+        sess.ot.one_of_n_send(sess.kind, log_n, width, &table).await?;
         r
     } else {
         let choices: Vec<u32> = (0..n).map(|i| (hi[i] | (c[i] as u64) << hi_bits) as u32).collect();
-        sess.ot.one_of_n_receive(sess.kind, log_n, b, &choices).await?
+        sess.ot.one_of_n_receive(sess.kind, log_n, width, &choices).await?
     };
+    let index: Vec<u64> = entries.iter().map(|&e| e & mask(b)).collect();
 
     // 5: each party's masked term θ_i·(d²_p, x_p, 1) to the other, selected by its index share;
     // each term is a share of Y mod 2^sum, truncated locally by ACC − f bits before it is masked
@@ -742,7 +765,32 @@ async fn evaluate_batch(
     let y: Vec<u64> = r.iter().zip(&got).map(|(r, g)| r.wrapping_add(*g) & mask(out_bits)).collect();
 
     // 6: extended to Z_2^64 (at f fractional bits already)
-    truncate_extend(sess, &y, out_bits, 0).await
+    let y = truncate_extend(sess, &y, out_bits, 0).await?;
+    if !saturate {
+        return Ok(y);
+    }
+
+    // 7: the far part F = far_s + far_c + c' (c' the carry out of the piece number) is 0 for
+    // accepted inputs, negative below, positive above; its two signs select the tails,
+    // y + [F < 0]·(tail_L(x) − y) + [F > 0]·(tail_R(x) − y) by one multiplexer pair. The tails
+    // are β·x + γ with β ∈ {0, 1}, computed locally.
+    let far: Vec<u64> = h.iter().map(|v| v >> (lo_bits + hi_bits)).collect();
+    let carry_in = Bits::from_bools(&entries.iter().map(|&e| e >> b & 1 == 1).collect::<Vec<_>>());
+    let (below, above) = signs(sess, &far, layout.far, &carry_in).await?;
+    let scale = (1u64 << f.frac) as f64;
+    let tail = |p: Piece, x: u64| {
+        let linear = if p.beta == 1.0 { x } else { 0 };
+        let constant = if server { (p.gamma * scale).round() as i64 as u64 } else { 0 };
+        linear.wrapping_add(constant)
+    };
+    let (left, right) = (f.pieces[0], f.pieces[f.pieces.len() - 1]);
+    let deltas: Vec<u64> = (0..n)
+        .map(|i| tail(left, shares[i]).wrapping_sub(y[i]))
+        .chain((0..n).map(|i| tail(right, shares[i]).wrapping_sub(y[i])))
+        .collect();
+    let bits: Vec<bool> = below.to_bools().into_iter().chain(above.to_bools()).collect();
+    let picked = mux(sess, &Bits::from_bools(&bits), &Shares::matrix((2, n), deltas, f.frac)?).await?.into_vec();
+    Ok((0..n).map(|i| y[i].wrapping_add(picked[i]).wrapping_add(picked[n + i])).collect())
 }
 
 /// The baseline (module notes): every piece evaluated, then multiplexed by the one-hot vector

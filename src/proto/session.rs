@@ -34,8 +34,11 @@ pub enum OutOfRange {
     /// to a wrong result. The cheapest.
     #[default]
     Precondition,
-    /// A value outside gives the function's limit on that side (the tail piece: 0 or x for
-    /// GeLU/SiLU, 0 for e^x): two 64-bit sign tests and one multiplexer pair more per value.
+    /// A value outside, up to |x| < 2^24 ([`super::piecewise::SATURATION_REACH`]), gives the
+    /// function's limit on that side (the tail piece: 0 or x for GeLU/SiLU, 0 for e^x): a
+    /// carry chain over the bits above the range and one multiplexer pair more per value
+    /// (about twice the random OTs of the evaluation itself). Newton starts whose inputs are in
+    /// range by construction (softmax's 1/s, the norms' 1/√v) do not pay it.
     Saturate,
 }
 

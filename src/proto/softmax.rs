@@ -19,7 +19,8 @@
 use super::Session;
 use super::arith::{mul_in, mul_rows_in, truncate_extend};
 use super::compare::{max, mux, non_negative};
-use super::piecewise::{Piecewise, evaluate_values};
+use super::piecewise::{Piecewise, evaluate_in, evaluate_values};
+use super::session::OutOfRange;
 use super::{ProtoError, ProtoResult};
 use crate::net::Party;
 use crate::ring::Shares;
@@ -132,13 +133,13 @@ pub async fn reciprocal_wide(sess: &mut Session, s: &Shares) -> ProtoResult<Shar
 /// [`reciprocal`] (or [`reciprocal_wide`] when `wide`) on the session's shares.
 async fn reciprocal_values(sess: &mut Session, s: &[u64], wide: bool) -> ProtoResult<Vec<u64>> {
     let f = Piecewise::reciprocal();
-    let low = evaluate_values(sess, &f, s).await?;
+    let low = evaluate_in(sess, &f, s, OutOfRange::Precondition).await?;
     if !wide {
         return newton(sess, s, low).await;
     }
     let frac = sess.format().frac_bits();
     let scaled = truncate_extend(sess, s, 64, 4).await?;
-    let high = evaluate_values(sess, &f, &scaled).await?;
+    let high = evaluate_in(sess, &f, &scaled, OutOfRange::Precondition).await?;
     let high = truncate_extend(sess, &high, 64, 4).await?;
     let sixty_four = if sess.party() == Party::Server { 64u64 << frac } else { 0 };
     let shifted: Vec<u64> = s.iter().map(|v| v.wrapping_sub(sixty_four)).collect();
