@@ -408,10 +408,11 @@ async fn chain<const LANES: usize>(
             let r = masks(sess, n, lanes);
             let mut table = Vec::with_capacity(n << log_n);
             for i in 0..n {
+                let chunks: [u64; LANES] = std::array::from_fn(|l| chunk(own(mine[i], l)));
+                let carries: [u64; LANES] = std::array::from_fn(|l| state[l][i] as u64);
                 table.extend((0..1u64 << log_n).map(|choice| {
                     let entry = (0..LANES).fold(0, |acc, l| {
-                        let carry = carry_of(l, choice) ^ state[l][i] as u64;
-                        let sum = chunk(own(mine[i], l)) + (choice & mask(m)) + carry;
+                        let sum = chunks[l] + (choice & mask(m)) + (carry_of(l, choice) ^ carries[l]);
                         acc | ((sum >> m) & 1) << l
                     });
                     entry ^ r[i]
