@@ -351,10 +351,10 @@ pub async fn carry(sess: &mut Session, mine: &[u64], bits: u32) -> ProtoResult<B
     Ok(Bits::from_bools(&carry))
 }
 
-/// XOR shares of [v < 0] and [v > 0] for v = x_s + x_c + c mod 2^bits read as a signed value,
+/// XOR shares of \[v < 0\] and \[v > 0\] for v = x_s + x_c + c mod 2^bits read as a signed value,
 /// with an XOR-shared carry-in c and |v| < 2^(bits−1) − 1 (the caller's bound): msb(v) and
 /// ¬msb(v − 1), each the top bits of the two values ⊕ the carry out of their low bits − 1 bits.
-/// The two carries ripple through one chain ([`chain`]'s two lanes, the server's value and its
+/// The two carries ripple through one chain (two lanes: the server's value and its
 /// value − 1): links of 4 bits, 1-of-64 lookups with 2-bit entries; [`signs_ots`] random OTs
 /// per value, no AND gates.
 pub async fn signs(sess: &mut Session, mine: &[u64], bits: u32, carry_in: &Bits) -> ProtoResult<(Bits, Bits)> {

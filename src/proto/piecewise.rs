@@ -31,7 +31,7 @@
 //!    value in f + [`SATURATION_REACH`] + 3 bits, and its far part F above the piece number is
 //!    zero for accepted inputs, negative below, positive above. The step-3 lookup also hands
 //!    out the carry into F; one two-lane carry chain over F's 26 − R bits
-//!    ([`super::compare::signs`]) gives [F < 0] and [F > 0], and one multiplexer pair puts the
+//!    ([`super::compare::signs`]) gives \[F < 0\] and \[F > 0\], and one multiplexer pair puts the
 //!    tail on that side (β·x + γ, local) in place of the result.
 //!
 //! The random OTs of each batch are prepared in one go, both directions at once; about 35 per
